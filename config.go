@@ -1,0 +1,224 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// errUsage marks configuration and usage errors: main exits 2 for them.
+var errUsage = errors.New("usage")
+
+// usageError reports a bad setting, naming its variable and flag.
+func usageError(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+// setting is one configuration value: an environment variable overridable by a flag.
+type setting struct {
+	env, flag, def, help string
+	value                *string
+}
+
+// settings reads a subcommand's configuration: flag if given, else the
+// environment variable, else the default.
+type settings struct {
+	fs   *flag.FlagSet
+	list []*setting
+	set  map[string]bool
+	env  func(string) string
+}
+
+func newSettings(name, summary string, out io.Writer, env func(string) string) *settings {
+	s := &settings{fs: flag.NewFlagSet(name, flag.ContinueOnError), env: env}
+	s.fs.SetOutput(out)
+	s.fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: fleetgraph %s\n\n%s\n\nFlags (each overrides its environment variable):\n", name, summary)
+		s.fs.PrintDefaults()
+	}
+	return s
+}
+
+// add declares a setting; env may be "" for flag-only settings.
+func (s *settings) add(env, flagName, def, help string) *setting {
+	st := &setting{env: env, flag: flagName, def: def, help: help, value: new(string)}
+	usage := help
+	if env != "" {
+		usage += " [env " + env + "]"
+	}
+	s.fs.StringVar(st.value, flagName, def, usage)
+	s.list = append(s.list, st)
+	return st
+}
+
+// parse reads flags; positional arguments are returned.
+func (s *settings) parse(args []string) ([]string, error) {
+	if err := s.fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	s.set = map[string]bool{}
+	s.fs.Visit(func(f *flag.Flag) { s.set[f.Name] = true })
+	for _, st := range s.list {
+		if !s.set[st.flag] && st.env != "" {
+			if v, ok := lookup(s.env, st.env); ok {
+				*st.value = v
+			}
+		}
+	}
+	return s.fs.Args(), nil
+}
+
+func lookup(env func(string) string, key string) (string, bool) {
+	v := env(key)
+	return v, v != ""
+}
+
+// name is how errors refer to a setting.
+func (st *setting) name() string {
+	if st.env == "" {
+		return "--" + st.flag
+	}
+	return fmt.Sprintf("%s (--%s)", st.env, st.flag)
+}
+
+func (st *setting) String() string { return strings.TrimSpace(*st.value) }
+
+// Bool parses an optional boolean; nil when unset (the mode decides).
+func (st *setting) Bool() (*bool, error) {
+	if st.String() == "" {
+		return nil, nil
+	}
+	b, err := strconv.ParseBool(st.String())
+	if err != nil {
+		return nil, usageError("%s must be true or false, not %q", st.name(), st.String())
+	}
+	return &b, nil
+}
+
+// config is the server's configuration.
+type config struct {
+	listenAddr     string
+	databaseURL    string
+	dataDir        string
+	jwtSecret      string
+	jwtAudience    string
+	jwtIssuer      string
+	allowedOrigins []string
+	playground     *bool
+	introspection  *bool
+	autoMigrate    bool
+	logLevel       slog.Level
+	logFormat      string
+}
+
+// embedded reports whether the server runs its own PostgreSQL.
+func (c *config) embedded() bool { return c.databaseURL == "" }
+
+// devDefault resolves a mode-dependent switch: on in the embedded
+// development mode, off elsewhere, unless set explicitly.
+func (c *config) devDefault(b *bool) bool {
+	if b != nil {
+		return *b
+	}
+	return c.embedded()
+}
+
+// configSettings declares the settings shared by the subcommands that need them.
+type configSettings struct {
+	listen, databaseURL, dataDir, jwtSecret, jwtAudience, jwtIssuer *setting
+	origins, playground, introspection, autoMigrate, logLevel       *setting
+	logFormat                                                       *setting
+}
+
+func declareServe(s *settings) *configSettings {
+	return &configSettings{
+		listen:        s.add("LISTEN_ADDR", "listen", ":8080", "address to serve HTTP on"),
+		databaseURL:   s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset runs a private PostgreSQL in DATA_DIR"),
+		dataDir:       s.add("DATA_DIR", "data-dir", ".data", "folder for the private PostgreSQL and the generated JWT secret"),
+		jwtSecret:     s.add("JWT_SECRET", "jwt-secret", "", "HS256 secret for tokens (at least 32 bytes); required with DATABASE_URL"),
+		jwtAudience:   s.add("JWT_AUDIENCE", "jwt-audience", "authenticated", "required aud claim"),
+		jwtIssuer:     s.add("JWT_ISSUER", "jwt-issuer", "", "required iss claim, when set"),
+		origins:       s.add("ALLOWED_ORIGINS", "allowed-origins", "", "comma-separated browser origin host patterns allowed for CORS and websockets, e.g. app.example.com,*.example.com"),
+		playground:    s.add("PLAYGROUND", "playground", "", "serve the GraphiQL playground at / (default: on with the private database, else off)"),
+		introspection: s.add("INTROSPECTION", "introspection", "", "allow schema introspection and suggestions (default: on with the private database, else off)"),
+		autoMigrate:   s.add("AUTO_MIGRATE", "auto-migrate", "", "apply pending migrations at start (always on with the private database)"),
+		logLevel:      s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
+		logFormat:     s.add("LOG_FORMAT", "log-format", "text", "text or json"),
+	}
+}
+
+// resolve validates every setting, naming the variable of the first bad one.
+func (cs *configSettings) resolve() (*config, error) {
+	c := &config{
+		listenAddr:  cs.listen.String(),
+		databaseURL: cs.databaseURL.String(),
+		dataDir:     cs.dataDir.String(),
+		jwtSecret:   cs.jwtSecret.String(),
+		jwtAudience: cs.jwtAudience.String(),
+		jwtIssuer:   cs.jwtIssuer.String(),
+		logFormat:   cs.logFormat.String(),
+	}
+	if _, _, err := net.SplitHostPort(c.listenAddr); err != nil {
+		return nil, usageError("%s must be host:port or :port, not %q", cs.listen.name(), c.listenAddr)
+	}
+	if c.dataDir == "" {
+		return nil, usageError("%s must not be empty", cs.dataDir.name())
+	}
+	if c.jwtSecret != "" && len(c.jwtSecret) < 32 {
+		return nil, usageError("%s must be at least 32 bytes", cs.jwtSecret.name())
+	}
+	if c.jwtSecret == "" && !c.embedded() {
+		return nil, usageError("%s is required when DATABASE_URL is set (use your identity provider's JWT secret)", cs.jwtSecret.name())
+	}
+	if c.jwtAudience == "" {
+		return nil, usageError("%s must not be empty", cs.jwtAudience.name())
+	}
+	for _, o := range strings.Split(cs.origins.String(), ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			c.allowedOrigins = append(c.allowedOrigins, o)
+		}
+	}
+	var err error
+	if c.playground, err = cs.playground.Bool(); err != nil {
+		return nil, err
+	}
+	if c.introspection, err = cs.introspection.Bool(); err != nil {
+		return nil, err
+	}
+	auto, err := cs.autoMigrate.Bool()
+	if err != nil {
+		return nil, err
+	}
+	c.autoMigrate = auto != nil && *auto
+	if c.logLevel, err = parseLevel(cs.logLevel); err != nil {
+		return nil, err
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return nil, usageError("%s must be text or json, not %q", cs.logFormat.name(), c.logFormat)
+	}
+	return c, nil
+}
+
+func parseLevel(st *setting) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(st.String())); err != nil {
+		return 0, usageError("%s must be debug, info, warn or error, not %q", st.name(), st.String())
+	}
+	return l, nil
+}
+
+func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

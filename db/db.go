@@ -1,0 +1,68 @@
+// Package db owns Fleetgraph's data: the bun models, one store per domain,
+// and the rules that keep callers inside their own data. Every query a store
+// runs on behalf of a caller is scoped by the Principal in its context through
+// scope (scope.go), the only place where tenant and owner filters are built.
+// State transitions are single conditional statements; store methods take a
+// bun.IDB so callers can compose them in one transaction.
+package db
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/lib/pq"
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+
+	"fleetgraph/fault"
+)
+
+// Open connects to PostgreSQL at dsn (a URL or key=value DSN) through lib/pq and
+// checks the connection.
+func Open(ctx context.Context, dsn string) (*bun.DB, error) {
+	sqldb, err := sql.Open("postgres", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening the database: %w", err)
+	}
+	sqldb.SetMaxOpenConns(25)
+	sqldb.SetMaxIdleConns(25)
+	sqldb.SetConnMaxIdleTime(5 * time.Minute)
+	bdb := bun.NewDB(sqldb, pgdialect.New())
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := bdb.PingContext(pingCtx); err != nil {
+		_ = bdb.Close()
+		return nil, fmt.Errorf("connecting to the database (check DATABASE_URL): %w", err)
+	}
+	return bdb, nil
+}
+
+// jsonText renders an already validated JSON value for a ?::jsonb parameter.
+func jsonText(v any) string {
+	b, _ := json.Marshal(v) // validated by checkJSONObject, which marshalled it already
+	return string(b)
+}
+
+// constraintError translates a violated constraint into a client error using
+// messages keyed by constraint name; other errors pass through unchanged.
+func constraintError(err error, messages map[string]*fault.Error) error {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		if fe, ok := messages[pqErr.Constraint]; ok {
+			return fe
+		}
+	}
+	return err
+}
+
+// notFoundIfNoRows turns sql.ErrNoRows into a NOT_FOUND fault for what.
+func notFoundIfNoRows(err error, what string) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return fault.Missing(what)
+	}
+	return err
+}

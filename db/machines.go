@@ -1,0 +1,504 @@
+package db
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+
+	"fleetgraph/fault"
+)
+
+// MachineStatus is a machine's lifecycle state.
+type MachineStatus string
+
+// Machine states.
+const (
+	MachineStopped MachineStatus = "STOPPED"
+	MachineRunning MachineStatus = "RUNNING"
+	MachineError   MachineStatus = "ERROR"
+)
+
+// Machine is a machine owned by one user of a tenant.
+type Machine struct {
+	bun.BaseModel `bun:"table:machines,alias:m"`
+
+	ID            uuid.UUID      `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
+	TenantID      uuid.UUID      `bun:"tenant_id,type:uuid"`
+	OwnerID       uuid.UUID      `bun:"owner_id,type:uuid"`
+	Name          string         `bun:"name"`
+	Status        MachineStatus  `bun:"status"`
+	Configuration map[string]any `bun:"configuration,type:jsonb"`
+	LastStartedAt *time.Time     `bun:"last_started_at"`
+	LastStoppedAt *time.Time     `bun:"last_stopped_at"`
+	CreatedAt     time.Time      `bun:"created_at,nullzero,default:clock_timestamp()"`
+	UpdatedAt     time.Time      `bun:"updated_at,nullzero,default:now()"`
+	Version       int64          `bun:"version,default:1"`
+}
+
+// Cursor is the machine's position in `machines`, newest first.
+func (m *Machine) Cursor() string { return encodeTimeID("machine", m.CreatedAt, m.ID) }
+
+// MachineEvent is one entry of a machine's log.
+type MachineEvent struct {
+	bun.BaseModel `bun:"table:machine_events,alias:e"`
+
+	ID        int64          `bun:"id,pk,autoincrement"`
+	MachineID uuid.UUID      `bun:"machine_id,type:uuid"`
+	TenantID  uuid.UUID      `bun:"tenant_id,type:uuid"`
+	EventType string         `bun:"event_type"`
+	Details   map[string]any `bun:"details,type:jsonb"`
+	Actor     string         `bun:"actor"`
+	CreatedAt time.Time      `bun:"created_at,nullzero,default:now()"`
+}
+
+// Cursor is the event's position in a machine's log, newest first.
+func (e *MachineEvent) Cursor() string {
+	return encodeCursor("event", strconv.FormatInt(e.ID, 10))
+}
+
+// DeploymentStatus is where a deployment is in its lifecycle.
+type DeploymentStatus string
+
+// Deployment states.
+const (
+	DeploymentPending    DeploymentStatus = "PENDING"
+	DeploymentActive     DeploymentStatus = "ACTIVE"
+	DeploymentSuperseded DeploymentStatus = "SUPERSEDED"
+)
+
+// Deployment is a protocol deployed to a machine.
+type Deployment struct {
+	bun.BaseModel `bun:"table:deployments,alias:d"`
+
+	ID           uuid.UUID        `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
+	MachineID    uuid.UUID        `bun:"machine_id,type:uuid"`
+	TenantID     uuid.UUID        `bun:"tenant_id,type:uuid"`
+	Name         string           `bun:"name"`
+	Version      string           `bun:"version"`
+	Settings     map[string]any   `bun:"settings,type:jsonb"`
+	Status       DeploymentStatus `bun:"status"`
+	DeployedBy   string           `bun:"deployed_by"`
+	CreatedAt    time.Time        `bun:"created_at,nullzero,default:clock_timestamp()"`
+	ActivatedAt  *time.Time       `bun:"activated_at"`
+	SupersededAt *time.Time       `bun:"superseded_at"`
+}
+
+// MachineFilter narrows a machine list.
+type MachineFilter struct {
+	Status       *MachineStatus
+	NameContains *string
+}
+
+// CreateMachineInput is what a new machine is made of.
+type CreateMachineInput struct {
+	Name          string
+	Configuration map[string]any
+}
+
+// UpdateMachineInput changes the fields that are non-nil.
+type UpdateMachineInput struct {
+	Name          *string
+	Configuration map[string]any
+}
+
+// ProtocolInput describes a protocol to deploy.
+type ProtocolInput struct {
+	Name     string
+	Version  string
+	Settings map[string]any
+}
+
+// Machines is the store of machines, their events and their deployments.
+type Machines struct{}
+
+// NewMachines returns the machine store.
+func NewMachines() *Machines { return &Machines{} }
+
+var machineConstraints = map[string]*fault.Error{
+	"machines_owner_name_key": {Code: fault.Conflict, Field: "name", Message: "you already have a machine with this name"},
+}
+
+// Get returns one machine the caller may see, or NOT_FOUND.
+func (s *Machines) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Machine, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.get(ctx, idb, sc, id, false)
+}
+
+func (s *Machines) get(ctx context.Context, idb bun.IDB, sc scope, id uuid.UUID, forUpdate bool) (*Machine, error) {
+	m := new(Machine)
+	q := ownedBy(sc, idb.NewSelect().Model(m).Where("m.id = ?", id), "m")
+	if forUpdate {
+		q = q.For("UPDATE")
+	}
+	if err := q.Scan(ctx); err != nil {
+		return nil, notFoundIfNoRows(err, "machine")
+	}
+	return m, nil
+}
+
+// FindMany returns the visible machines among ids, keyed by id; invisible or
+// absent ids are missing from the map.
+func (s *Machines) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (map[uuid.UUID]*Machine, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*Machine
+	if err := ownedBy(sc, idb.NewSelect().Model(&rows).Where("m.id = ANY(?::uuid[])", pgUUIDs(ids)), "m").Scan(ctx); err != nil {
+		return nil, fmt.Errorf("loading machines: %w", err)
+	}
+	out := make(map[uuid.UUID]*Machine, len(rows))
+	for _, m := range rows {
+		out[m.ID] = m
+	}
+	return out, nil
+}
+
+func (s *Machines) filtered(ctx context.Context, idb bun.IDB, f MachineFilter) (*bun.SelectQuery, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	q := ownedBy(sc, idb.NewSelect().Model((*Machine)(nil)), "m")
+	if f.Status != nil {
+		q = q.Where("m.status = ?", *f.Status)
+	}
+	if f.NameContains != nil && *f.NameContains != "" {
+		needle, err := checkFilterText("filter.nameContains", *f.NameContains)
+		if err != nil {
+			return nil, err
+		}
+		q = q.Where(`m.name ILIKE ? ESCAPE '\'`, likePattern(needle))
+	}
+	return q, nil
+}
+
+// List returns a page of the caller's machines, newest first.
+func (s *Machines) List(ctx context.Context, idb bun.IDB, f MachineFilter, p PageArgs) (Page[Machine], error) {
+	limit, err := p.limit()
+	if err != nil {
+		return Page[Machine]{}, err
+	}
+	after, err := decodeTimeID("machine", p.After)
+	if err != nil {
+		return Page[Machine]{}, err
+	}
+	q, err := s.filtered(ctx, idb, f)
+	if err != nil {
+		return Page[Machine]{}, err
+	}
+	if after != nil {
+		q = q.Where("(m.created_at, m.id) < (?, ?)", after.at, after.id)
+	}
+	var rows []*Machine
+	if err := q.Model(&rows).OrderExpr("m.created_at DESC, m.id DESC").Limit(limit + 1).Scan(ctx); err != nil {
+		return Page[Machine]{}, fmt.Errorf("listing machines: %w", err)
+	}
+	return trim(rows, limit), nil
+}
+
+// Count returns how many of the caller's machines match f.
+func (s *Machines) Count(ctx context.Context, idb bun.IDB, f MachineFilter) (int, error) {
+	q, err := s.filtered(ctx, idb, f)
+	if err != nil {
+		return 0, err
+	}
+	n, err := q.Count(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("counting machines: %w", err)
+	}
+	return n, nil
+}
+
+// Create makes a STOPPED machine owned by the caller and logs `created`.
+func (s *Machines) Create(ctx context.Context, idb bun.IDB, in CreateMachineInput) (*Machine, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	name, err := checkName("name", in.Name)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := checkJSONObject("configuration", in.Configuration)
+	if err != nil {
+		return nil, err
+	}
+	m := &Machine{TenantID: sc.tenant, OwnerID: sc.user, Name: name, Status: MachineStopped, Configuration: cfg}
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if _, err := tx.NewInsert().Model(m).Returning("*").Exec(ctx); err != nil {
+			return constraintError(err, machineConstraints)
+		}
+		return s.logEvent(ctx, tx, sc, m, "created", map[string]any{"name": m.Name}, nil)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Update renames a machine or replaces its configuration, and logs `updated`
+// with the names of the changed fields.
+func (s *Machines) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in UpdateMachineInput) (*Machine, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	q := ownedBy(sc, idb.NewUpdate().Model((*Machine)(nil)).Where("m.id = ?", id), "m").
+		Set("updated_at = now()").Set("version = m.version + 1")
+	var changed []any
+	if in.Name != nil {
+		name, err := checkName("name", *in.Name)
+		if err != nil {
+			return nil, err
+		}
+		q = q.Set("name = ?", name)
+		changed = append(changed, "name")
+	}
+	if in.Configuration != nil {
+		cfg, err := checkJSONObject("configuration", in.Configuration)
+		if err != nil {
+			return nil, err
+		}
+		q = q.Set("configuration = ?::jsonb", jsonText(cfg))
+		changed = append(changed, "configuration")
+	}
+	if len(changed) == 0 {
+		return s.get(ctx, idb, sc, id, false)
+	}
+	m := new(Machine)
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if err := q.Conn(tx).Returning("*").Scan(ctx, m); err != nil {
+			return notFoundIfNoRows(constraintError(err, machineConstraints), "machine")
+		}
+		return s.logEvent(ctx, tx, sc, m, "updated", map[string]any{"fields": changed}, nil)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Delete removes a machine with its events and deployments.
+func (s *Machines) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	var deleted uuid.UUID
+	err = ownedBy(sc, idb.NewDelete().Model((*Machine)(nil)).Where("m.id = ?", id), "m").
+		Returning("m.id").Scan(ctx, &deleted)
+	if err != nil {
+		return uuid.Nil, notFoundIfNoRows(err, "machine")
+	}
+	return deleted, nil
+}
+
+// Start sets a STOPPED or ERROR machine RUNNING, logs `started` and activates a
+// pending deployment. Starting a RUNNING machine returns it unchanged.
+func (s *Machines) Start(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Machine, error) {
+	return s.transition(ctx, idb, id, MachineRunning, "last_started_at", "started")
+}
+
+// Stop sets a RUNNING or ERROR machine STOPPED and logs `stopped`. Stopping a
+// STOPPED machine returns it unchanged.
+func (s *Machines) Stop(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Machine, error) {
+	return s.transition(ctx, idb, id, MachineStopped, "last_stopped_at", "stopped")
+}
+
+// transition moves a machine to status in one conditional UPDATE; when no row
+// changes the machine either is not visible (NOT_FOUND) or already has the
+// status, which is returned as is with no event: retries are harmless.
+func (s *Machines) transition(ctx context.Context, idb bun.IDB, id uuid.UUID, to MachineStatus, stampColumn, eventType string) (*Machine, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := new(Machine)
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		err := ownedBy(sc, tx.NewUpdate().Model((*Machine)(nil)).Where("m.id = ?", id), "m").
+			Where("m.status <> ?", to).
+			Set("status = ?", to).
+			Set("? = now()", bun.Ident(stampColumn)).
+			Set("updated_at = now()").
+			Set("version = m.version + 1").
+			Returning("*").Scan(ctx, m)
+		if errors.Is(err, sql.ErrNoRows) {
+			m, err = s.get(ctx, tx, sc, id, false)
+			return err
+		}
+		if err != nil {
+			return fmt.Errorf("changing machine status: %w", err)
+		}
+		activated, err := s.activatePending(ctx, tx, m, to)
+		if err != nil {
+			return err
+		}
+		details := map[string]any{}
+		if activated != nil {
+			details["deploymentId"] = activated.ID.String()
+		}
+		if err := s.logEvent(ctx, tx, sc, m, eventType, details, nil); err != nil {
+			return err
+		}
+		if activated != nil {
+			return s.logEvent(ctx, tx, sc, m, "deployment_activated", map[string]any{
+				"deploymentId": activated.ID.String(), "name": activated.Name, "version": activated.Version,
+			}, nil)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// activatePending makes a machine's PENDING deployment ACTIVE when it has just
+// started, superseding the previous ACTIVE one.
+func (s *Machines) activatePending(ctx context.Context, tx bun.Tx, m *Machine, to MachineStatus) (*Deployment, error) {
+	if to != MachineRunning {
+		return nil, nil
+	}
+	var pending Deployment
+	err := tx.NewSelect().Model(&pending).Where("d.machine_id = ? AND d.status = ?", m.ID, DeploymentPending).For("UPDATE").Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("finding a pending deployment: %w", err)
+	}
+	if err := supersede(ctx, tx, m.ID, DeploymentActive); err != nil {
+		return nil, err
+	}
+	err = tx.NewUpdate().Model(&pending).WherePK().
+		Set("status = ?", DeploymentActive).Set("activated_at = now()").
+		Returning("*").Scan(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("activating deployment: %w", err)
+	}
+	return &pending, nil
+}
+
+func supersede(ctx context.Context, tx bun.Tx, machineID uuid.UUID, status DeploymentStatus) error {
+	_, err := tx.NewUpdate().Model((*Deployment)(nil)).
+		Where("d.machine_id = ? AND d.status = ?", machineID, status).
+		Set("status = ?", DeploymentSuperseded).Set("superseded_at = now()").
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("superseding the %s deployment: %w", status, err)
+	}
+	return nil
+}
+
+// Deploy records a protocol deployment: ACTIVE at once on a RUNNING machine
+// (superseding the ACTIVE one), otherwise PENDING until the next start
+// (superseding an older PENDING one). It logs `deployed`.
+func (s *Machines) Deploy(ctx context.Context, idb bun.IDB, machineID uuid.UUID, in ProtocolInput) (*Deployment, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	name, err := checkName("protocol.name", in.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSemver("protocol.version", in.Version); err != nil {
+		return nil, err
+	}
+	settings, err := checkJSONObject("protocol.settings", in.Settings)
+	if err != nil {
+		return nil, err
+	}
+	d := &Deployment{Name: name, Version: in.Version, Settings: settings, DeployedBy: sc.actor}
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		// Locking the machine orders this deployment against concurrent
+		// starts, stops and deployments of the same machine.
+		m, err := s.get(ctx, tx, sc, machineID, true)
+		if err != nil {
+			return err
+		}
+		d.MachineID, d.TenantID = m.ID, m.TenantID
+		d.Status = DeploymentPending
+		if m.Status == MachineRunning {
+			d.Status = DeploymentActive
+		}
+		if err := supersede(ctx, tx, m.ID, d.Status); err != nil {
+			return err
+		}
+		q := tx.NewInsert().Model(d)
+		if d.Status == DeploymentActive {
+			q = q.Value("activated_at", "now()")
+		}
+		if _, err := q.Returning("*").Exec(ctx); err != nil {
+			return fmt.Errorf("recording deployment: %w", err)
+		}
+		if _, err := tx.NewUpdate().Model(m).WherePK().Set("updated_at = now()").Set("version = version + 1").Returning("*").Exec(ctx); err != nil {
+			return fmt.Errorf("bumping machine version: %w", err)
+		}
+		return s.logEvent(ctx, tx, sc, m, "deployed", map[string]any{
+			"deploymentId": d.ID.String(), "name": d.Name, "version": d.Version, "status": string(d.Status),
+		}, nil)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// LogEvent appends a client's event to a machine's log. An `error` event sets
+// the machine to ERROR.
+func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUID, eventType string, details map[string]any) (*MachineEvent, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkEventType("eventType", eventType); err != nil {
+		return nil, err
+	}
+	details, err = checkJSONObject("details", details)
+	if err != nil {
+		return nil, err
+	}
+	ev := new(MachineEvent)
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		m, err := s.get(ctx, tx, sc, machineID, eventType == "error")
+		if err != nil {
+			return err
+		}
+		if eventType == "error" && m.Status != MachineError {
+			if _, err := tx.NewUpdate().Model(m).WherePK().
+				Set("status = ?", MachineError).Set("updated_at = now()").Set("version = version + 1").
+				Returning("*").Exec(ctx); err != nil {
+				return fmt.Errorf("marking machine as failed: %w", err)
+			}
+		}
+		return s.logEvent(ctx, tx, sc, m, eventType, details, ev)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ev, nil
+}
+
+// logEvent writes an event in the caller's transaction; into, when non-nil,
+// receives the stored row.
+func (s *Machines) logEvent(ctx context.Context, tx bun.Tx, sc scope, m *Machine, eventType string, details map[string]any, into *MachineEvent) error {
+	if into == nil {
+		into = new(MachineEvent)
+	}
+	*into = MachineEvent{MachineID: m.ID, TenantID: m.TenantID, EventType: eventType, Details: details, Actor: sc.actor}
+	if _, err := tx.NewInsert().Model(into).Returning("*").Exec(ctx); err != nil {
+		return fmt.Errorf("logging machine event %s: %w", eventType, err)
+	}
+	return nil
+}

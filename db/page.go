@@ -1,0 +1,124 @@
+package db
+
+import (
+	"encoding/base64"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"fleetgraph/fault"
+)
+
+// Page sizes for Relay connections.
+const (
+	DefaultPageSize = 50
+	MaxPageSize     = 500
+)
+
+// PageArgs are a connection's `first` and `after` arguments.
+type PageArgs struct {
+	First *int
+	After *string
+}
+
+// limit returns the page size: DefaultPageSize when absent, capped at MaxPageSize.
+func (p PageArgs) limit() (int, error) {
+	return pageSize(p.First, DefaultPageSize)
+}
+
+func pageSize(first *int, def int) (int, error) {
+	if first == nil {
+		return def, nil
+	}
+	if *first < 0 {
+		return 0, fault.Invalid("first", "first must not be negative")
+	}
+	return min(*first, MaxPageSize), nil
+}
+
+// Page is one page of a keyset-paginated list.
+type Page[T any] struct {
+	Items   []*T
+	HasNext bool
+}
+
+// trim drops the look-ahead row fetched to learn whether another page follows.
+func trim[T any](rows []*T, limit int) Page[T] {
+	if len(rows) > limit {
+		return Page[T]{Items: rows[:limit], HasNext: true}
+	}
+	return Page[T]{Items: rows}
+}
+
+// Cursors are opaque to clients: base64url of "<kind>:<position>". The kind
+// makes a cursor of one list unusable with another.
+func encodeCursor(kind, position string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(kind + ":" + position))
+}
+
+func decodeCursor(kind, cursor string) (string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(cursor)
+	if err != nil {
+		return "", badCursor()
+	}
+	position, ok := strings.CutPrefix(string(raw), kind+":")
+	if !ok {
+		return "", badCursor()
+	}
+	return position, nil
+}
+
+func badCursor() error {
+	return fault.Invalid("after", "after is not a cursor of this list; pass a pageInfo.endCursor from a previous page")
+}
+
+// timeIDCursor orders by (created_at, id), newest first.
+type timeIDCursor struct {
+	at time.Time
+	id uuid.UUID
+}
+
+func encodeTimeID(kind string, at time.Time, id uuid.UUID) string {
+	return encodeCursor(kind, at.UTC().Format(time.RFC3339Nano)+"|"+id.String())
+}
+
+func decodeTimeID(kind string, after *string) (*timeIDCursor, error) {
+	if after == nil {
+		return nil, nil
+	}
+	pos, err := decodeCursor(kind, *after)
+	if err != nil {
+		return nil, err
+	}
+	ts, id, ok := strings.Cut(pos, "|")
+	if !ok {
+		return nil, badCursor()
+	}
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		return nil, badCursor()
+	}
+	uid, err := uuid.Parse(id)
+	if err != nil {
+		return nil, badCursor()
+	}
+	return &timeIDCursor{at: at, id: uid}, nil
+}
+
+// decodeSeq decodes a cursor over a bigint identity ordered newest first; 0 means none.
+func decodeSeq(kind string, after *string) (int64, error) {
+	if after == nil {
+		return 0, nil
+	}
+	pos, err := decodeCursor(kind, *after)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(pos, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, badCursor()
+	}
+	return n, nil
+}

@@ -1,0 +1,232 @@
+package db
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+
+	"fleetgraph/fault"
+)
+
+// pgUUIDs passes ids as a text[] parameter; queries cast it with ?::uuid[].
+func pgUUIDs(ids []uuid.UUID) any {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = id.String()
+	}
+	return pgdialect.Array(s)
+}
+
+// checkFilterText validates free text used in a filter.
+func checkFilterText(field, s string) (string, error) {
+	if len(s) > 100 {
+		return "", fault.Invalid(field, "%s must be at most 100 bytes", field)
+	}
+	if strings.ContainsRune(s, 0) {
+		return "", fault.Invalid(field, "%s must not contain NUL characters", field)
+	}
+	return s, nil
+}
+
+// EventPageKey selects one page of one machine's events. It holds values
+// only, so equal requests compare equal and dataloaders can batch them.
+type EventPageKey struct {
+	MachineID uuid.UUID
+	First     int    // page size, already defaulted and capped (see PageLimit)
+	After     string // a cursor, or "" for the first page
+	// Types, joined with "\x00", restricts the event types ("" = all).
+	Types string
+}
+
+// EventTypesKey encodes an event type filter for EventPageKey.Types.
+func EventTypesKey(types []string) string { return strings.Join(types, "\x00") }
+
+func splitTypes(key string) []string {
+	if key == "" {
+		return nil
+	}
+	return strings.Split(key, "\x00")
+}
+
+// PageLimit resolves a connection's `first`: DefaultPageSize when nil, capped
+// at MaxPageSize, BAD_USER_INPUT when negative.
+func PageLimit(first *int) (int, error) { return pageSize(first, DefaultPageSize) }
+
+// EventPages returns a page of events for each key, newest first, reading every
+// machine of the batch in one statement per distinct (first, after, types).
+// Machines the caller may not see get empty pages.
+func (s *Machines) EventPages(ctx context.Context, idb bun.IDB, keys []EventPageKey) (map[EventPageKey]Page[MachineEvent], error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	groups := map[EventPageKey][]uuid.UUID{} // keyed with MachineID zeroed
+	for _, k := range keys {
+		g := k
+		g.MachineID = uuid.Nil
+		groups[g] = append(groups[g], k.MachineID)
+	}
+	out := make(map[EventPageKey]Page[MachineEvent], len(keys))
+	for g, ids := range groups {
+		var afterArg *string
+		if g.After != "" {
+			afterArg = &g.After
+		}
+		after, err := decodeSeq("event", afterArg)
+		if err != nil {
+			return nil, err
+		}
+		types := splitTypes(g.Types)
+		if err := checkEventTypes(types); err != nil {
+			return nil, err
+		}
+		inner := idb.NewSelect().Model((*MachineEvent)(nil)).Where("e.machine_id = k.id").
+			OrderExpr("e.id DESC").Limit(g.First + 1)
+		if after > 0 {
+			inner = inner.Where("e.id < ?", after)
+		}
+		if len(types) > 0 {
+			inner = inner.Where("e.event_type = ANY(?)", pgdialect.Array(types))
+		}
+		var rows []*MachineEvent
+		err = ownedBy(sc, idb.NewSelect().
+			TableExpr("unnest(?::uuid[]) AS k(id)", pgUUIDs(ids)).
+			Join("JOIN machines AS m ON m.id = k.id").
+			Join("CROSS JOIN LATERAL (?) AS e", inner).
+			ColumnExpr("e.*"), "m").
+			Scan(ctx, &rows)
+		if err != nil {
+			return nil, fmt.Errorf("loading machine events: %w", err)
+		}
+		byMachine := map[uuid.UUID][]*MachineEvent{}
+		for _, e := range rows {
+			byMachine[e.MachineID] = append(byMachine[e.MachineID], e)
+		}
+		for _, id := range ids {
+			k := g
+			k.MachineID = id
+			out[k] = trim(byMachine[id], g.First)
+		}
+	}
+	return out, nil
+}
+
+func checkEventTypes(types []string) error {
+	if len(types) > 50 {
+		return fault.Invalid("eventTypes", "eventTypes may name at most 50 types")
+	}
+	for _, t := range types {
+		if err := checkEventType("eventTypes", t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EventCountKey selects the events of one machine to count.
+type EventCountKey struct {
+	MachineID uuid.UUID
+	Types     string // as EventPageKey.Types
+}
+
+// EventCounts counts events per key in one statement per distinct type filter.
+func (s *Machines) EventCounts(ctx context.Context, idb bun.IDB, keys []EventCountKey) (map[EventCountKey]int, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byTypes := map[string][]uuid.UUID{}
+	for _, k := range keys {
+		byTypes[k.Types] = append(byTypes[k.Types], k.MachineID)
+	}
+	out := make(map[EventCountKey]int, len(keys))
+	for types, ids := range byTypes {
+		q := ownedBy(sc, idb.NewSelect().
+			TableExpr("machine_events AS e").
+			Join("JOIN machines AS m ON m.id = e.machine_id").
+			ColumnExpr("e.machine_id, count(*) AS n").
+			Where("e.machine_id = ANY(?::uuid[])", pgUUIDs(ids)).
+			GroupExpr("e.machine_id"), "m")
+		if ts := splitTypes(types); len(ts) > 0 {
+			if err := checkEventTypes(ts); err != nil {
+				return nil, err
+			}
+			q = q.Where("e.event_type = ANY(?)", pgdialect.Array(ts))
+		}
+		var rows []struct {
+			MachineID uuid.UUID `bun:"machine_id"`
+			N         int       `bun:"n"`
+		}
+		if err := q.Scan(ctx, &rows); err != nil {
+			return nil, fmt.Errorf("counting machine events: %w", err)
+		}
+		for _, r := range rows {
+			out[EventCountKey{r.MachineID, types}] = r.N
+		}
+	}
+	return out, nil
+}
+
+// DeploymentListKey selects the newest deployments of one machine.
+type DeploymentListKey struct {
+	MachineID uuid.UUID
+	First     int
+}
+
+// DeploymentLists returns each machine's newest deployments, one statement per distinct size.
+func (s *Machines) DeploymentLists(ctx context.Context, idb bun.IDB, keys []DeploymentListKey) (map[DeploymentListKey][]*Deployment, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bySize := map[int][]uuid.UUID{}
+	for _, k := range keys {
+		bySize[k.First] = append(bySize[k.First], k.MachineID)
+	}
+	out := make(map[DeploymentListKey][]*Deployment, len(keys))
+	for size, ids := range bySize {
+		inner := idb.NewSelect().Model((*Deployment)(nil)).Where("d.machine_id = k.id").
+			OrderExpr("d.created_at DESC, d.id DESC").Limit(size)
+		var rows []*Deployment
+		err := ownedBy(sc, idb.NewSelect().
+			TableExpr("unnest(?::uuid[]) AS k(id)", pgUUIDs(ids)).
+			Join("JOIN machines AS m ON m.id = k.id").
+			Join("CROSS JOIN LATERAL (?) AS d", inner).
+			ColumnExpr("d.*"), "m").
+			Scan(ctx, &rows)
+		if err != nil {
+			return nil, fmt.Errorf("loading deployments: %w", err)
+		}
+		for _, d := range rows {
+			k := DeploymentListKey{d.MachineID, size}
+			out[k] = append(out[k], d)
+		}
+	}
+	return out, nil
+}
+
+// ActiveDeployments returns the ACTIVE deployment of each visible machine that has one.
+func (s *Machines) ActiveDeployments(ctx context.Context, idb bun.IDB, machineIDs []uuid.UUID) (map[uuid.UUID]*Deployment, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*Deployment
+	err = ownedBy(sc, idb.NewSelect().Model(&rows).
+		Join("JOIN machines AS m ON m.id = d.machine_id").
+		Where("d.machine_id = ANY(?::uuid[])", pgUUIDs(machineIDs)).
+		Where("d.status = ?", DeploymentActive), "m").
+		Scan(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("loading active deployments: %w", err)
+	}
+	out := make(map[uuid.UUID]*Deployment, len(rows))
+	for _, d := range rows {
+		out[d.MachineID] = d
+	}
+	return out, nil
+}

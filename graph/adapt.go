@@ -1,0 +1,63 @@
+package graph
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	"fleetgraph/auth"
+	"fleetgraph/dataloaders"
+	"fleetgraph/db"
+	"fleetgraph/fault"
+	"fleetgraph/graph/model"
+)
+
+// This file holds the small adapters the resolvers share, kept out of the
+// generated resolver files where gqlgen might move them aside.
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+// nullIfMissing turns NOT_FOUND into a null result, for fields documented as
+// "null when absent or not yours".
+func nullIfMissing[T any](v *T, err error) (*T, error) {
+	if fault.Has(err, fault.NotFound) {
+		return nil, nil
+	}
+	return v, err
+}
+
+func pageSizeOr(first *int, def int) (int, error) {
+	if first == nil {
+		return def, nil
+	}
+	return db.PageLimit(first)
+}
+
+func viewer(ctx context.Context) (*auth.Principal, error) {
+	p := auth.FromContext(ctx)
+	if p == nil {
+		return nil, fault.New(fault.Unauthenticated, "sign in first: send `Authorization: Bearer <token>`")
+	}
+	return p, nil
+}
+
+// machineEvents serves Query.machineEvents: the machine must be visible (else
+// NOT_FOUND), then its page comes through the same loader as Machine.events.
+func (r *queryResolver) machineEvents(ctx context.Context, machineID uuid.UUID, first *int, after *string, eventTypes []string) (*model.MachineEventConnection, error) {
+	if _, err := r.MachineStore.Get(ctx, r.DB, machineID); err != nil {
+		return nil, err
+	}
+	limit, err := db.PageLimit(first)
+	if err != nil {
+		return nil, err
+	}
+	types := db.EventTypesKey(eventTypes)
+	page, err := dataloaders.For(ctx).MachineEvents.Load(ctx, db.EventPageKey{MachineID: machineID, First: limit, After: deref(after), Types: types})
+	return model.NewMachineEventConnection(page, machineID, types), err
+}

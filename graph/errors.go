@@ -1,0 +1,104 @@
+package graph
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"runtime/debug"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/errcode"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"fleetgraph/fault"
+)
+
+type requestIDKey struct{}
+
+// RequestID returns the id of the request in ctx, or "".
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+var clientRequestID = regexp.MustCompile(`^[A-Za-z0-9._-]{8,64}$`)
+
+// withRequestID gives every request an id (the client's X-Request-Id when it
+// is well-formed, else a fresh one), echoes it in the response, and puts it in
+// the context for logs and INTERNAL errors.
+func withRequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-Id")
+		if !clientRequestID.MatchString(id) {
+			var b [12]byte
+			_, _ = rand.Read(b[:])
+			id = hex.EncodeToString(b[:])
+		}
+		w.Header().Set("X-Request-Id", id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id)))
+	})
+}
+
+// reasons maps gqlgen's own error codes for requests it refused before
+// execution to ours; the original code stays in extensions.reason.
+var reasons = map[string]bool{
+	errcode.ParseFailed:         true,
+	errcode.ValidationFailed:    true,
+	"COMPLEXITY_LIMIT_EXCEEDED": true,
+}
+
+// presentError is the one place errors leave the server. Client errors
+// (faults, and requests gqlgen refused as malformed) pass through with their
+// code; everything else is logged with the request id and reaches the client
+// only as INTERNAL with that id.
+func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
+	return func(ctx context.Context, err error) *gqlerror.Error {
+		gqlErr := graphql.DefaultErrorPresenter(ctx, err)
+		var fe *fault.Error
+		if errors.As(err, &fe) {
+			gqlErr.Message = fe.Message
+			gqlErr.Extensions = map[string]any{"code": fe.Code}
+			if fe.Field != "" {
+				gqlErr.Extensions["field"] = fe.Field
+			}
+			for k, v := range fe.Extra {
+				gqlErr.Extensions[k] = v
+			}
+			return gqlErr
+		}
+		code, _ := gqlErr.Extensions["code"].(string)
+		if code == extensionPersistedQueryNotFound {
+			return gqlErr // APQ clients retry with the full query on this exact code
+		}
+		if gqlErr.Err == nil && (reasons[code] || code == "") && gqlErr.Path == nil {
+			gqlErr.Extensions = map[string]any{"code": fault.BadUserInput}
+			if code != "" {
+				gqlErr.Extensions["reason"] = code
+			}
+			return gqlErr
+		}
+		id := RequestID(ctx)
+		log.ErrorContext(ctx, "internal error", "request_id", id, "path", gqlErr.Path.String(), "error", err)
+		return &gqlerror.Error{
+			Message:    fmt.Sprintf("internal error; quote request id %s when reporting it", id),
+			Path:       gqlErr.Path,
+			Extensions: map[string]any{"code": fault.Internal, "requestId": id},
+		}
+	}
+}
+
+const extensionPersistedQueryNotFound = "PERSISTED_QUERY_NOT_FOUND"
+
+// recoverPanic logs a resolver panic with its stack; the presenter then turns
+// the returned error into INTERNAL.
+func recoverPanic(log *slog.Logger) graphql.RecoverFunc {
+	return func(ctx context.Context, p any) error {
+		log.ErrorContext(ctx, "panic in resolver", "request_id", RequestID(ctx), "panic", p, "stack", string(debug.Stack()))
+		return fmt.Errorf("panic: %v", p)
+	}
+}

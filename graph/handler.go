@@ -1,0 +1,163 @@
+package graph
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/handler/extension"
+	"github.com/99designs/gqlgen/graphql/handler/lru"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
+	coderws "github.com/coder/websocket"
+	"github.com/google/uuid"
+	"github.com/vektah/gqlparser/v2/ast"
+
+	"fleetgraph/auth"
+	"fleetgraph/dataloaders"
+	"fleetgraph/db"
+)
+
+// Limits bound what one request may ask of the server. Each limit exceeded is
+// a BAD_USER_INPUT error that names it.
+type Limits struct {
+	// Complexity caps the estimated cost: 1 per field, connections multiplied by their page size.
+	Complexity int
+	// Depth caps how deeply selections nest.
+	Depth int
+	// Aliases caps how many aliased fields one operation has.
+	Aliases int
+	// Tokens caps the lexer tokens of a query document, before it is parsed.
+	Tokens int
+	// BodyBytes caps a request body.
+	BodyBytes int64
+}
+
+// DefaultLimits fit every legitimate use of this API with room to spare.
+var DefaultLimits = Limits{Complexity: 50_000, Depth: 12, Aliases: 50, Tokens: 10_000, BodyBytes: 1 << 20}
+
+// HandlerConfig is what NewHandler needs.
+type HandlerConfig struct {
+	Resolver *Resolver
+	Auth     *auth.Authenticator
+	Logger   *slog.Logger
+	// AllowedOrigins are host patterns (path.Match syntax, e.g. "*.example.com")
+	// of browser origins allowed to call the API and open websockets.
+	AllowedOrigins []string
+	// Introspection enables schema introspection and "did you mean" suggestions.
+	Introspection bool
+	Limits        Limits
+	// WebsocketInitTimeout bounds the wait for connection_init.
+	WebsocketInitTimeout time.Duration
+	// WebsocketKeepAlive is the interval between server pings.
+	WebsocketKeepAlive time.Duration
+}
+
+// Handler is the GraphQL endpoint: POST, GET (queries only), SSE and
+// websockets, behind request ids, CORS, body limits and authentication.
+type Handler struct {
+	http.Handler
+	sockets *sockets
+}
+
+// CloseWebsockets ends every open websocket with close code 1001 (going
+// away) and refuses new ones. Call it when the server shuts down, after
+// http.Server.Shutdown has stopped new requests.
+func (h *Handler) CloseWebsockets() { h.sockets.closeAll() }
+
+// NewHandler builds the GraphQL endpoint.
+func NewHandler(cfg HandlerConfig) *Handler {
+	if cfg.Limits == (Limits{}) {
+		cfg.Limits = DefaultLimits
+	}
+	if cfg.WebsocketInitTimeout == 0 {
+		cfg.WebsocketInitTimeout = 10 * time.Second
+	}
+	if cfg.WebsocketKeepAlive == 0 {
+		cfg.WebsocketKeepAlive = 15 * time.Second
+	}
+	srv := handler.New(NewExecutableSchema(schemaConfig(cfg.Resolver)))
+
+	// SSE first: it claims POSTs that accept text/event-stream before POST does.
+	srv.AddTransport(transport.SSE{})
+	srv.AddTransport(transport.POST{})
+	srv.AddTransport(transport.GET{})
+	socks := newSockets(transport.CoderWebsocketImplementation{
+		AcceptOptions: coderws.AcceptOptions{OriginPatterns: cfg.AllowedOrigins},
+	})
+	srv.AddTransport(transport.Websocket{
+		Implementation:        socks,
+		InitFunc:              websocketInit(cfg.Auth),
+		InitTimeout:           cfg.WebsocketInitTimeout,
+		KeepAlivePingInterval: cfg.WebsocketKeepAlive,
+		PayloadReadLimit:      &cfg.Limits.BodyBytes,
+	})
+
+	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
+	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](1000)})
+	srv.SetParserTokenLimit(cfg.Limits.Tokens)
+	srv.Use(extension.FixedComplexityLimit(cfg.Limits.Complexity))
+	srv.Use(shapeLimit{depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases})
+	if cfg.Introspection {
+		srv.Use(extension.Introspection{})
+	}
+	srv.SetDisableSuggestion(!cfg.Introspection)
+	srv.SetErrorPresenter(presentError(cfg.Logger))
+	srv.SetRecoverFunc(recoverPanic(cfg.Logger))
+
+	stores := dataloaders.Stores{DB: cfg.Resolver.DB, Machines: cfg.Resolver.MachineStore}
+	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
+		return next(dataloaders.With(ctx, dataloaders.New(stores)))
+	})
+
+	var h http.Handler = srv
+	h = socks.track(h)
+	h = cfg.Auth.Middleware(h)
+	h = limitBody(cfg.Limits.BodyBytes, h)
+	h = cors(cfg.AllowedOrigins, h)
+	return &Handler{Handler: withRequestID(h), sockets: socks}
+}
+
+// schemaConfig builds gqlgen's Config for r with complexity estimates that
+// make a connection cost its page size times its selection.
+func schemaConfig(r *Resolver) Config {
+	c := Config{Resolvers: r}
+	page := func(first *int, def int) int {
+		n, err := pageSizeOr(first, def)
+		if err != nil || n < 1 {
+			return 1
+		}
+		return n
+	}
+	c.Complexity.Query.Machines = func(child int, first *int, _ *string, _ *db.MachineFilter) int {
+		return 1 + child*page(first, db.DefaultPageSize)
+	}
+	c.Complexity.Query.MachineEvents = func(child int, _ uuid.UUID, first *int, _ *string, _ []string) int {
+		return 1 + child*page(first, db.DefaultPageSize)
+	}
+	c.Complexity.Machine.Events = func(child int, first *int, _ *string) int {
+		return 1 + child*page(first, db.DefaultPageSize)
+	}
+	c.Complexity.Machine.Deployments = func(child int, first *int) int {
+		return 1 + child*page(first, 20)
+	}
+	return c
+}
+
+// websocketInit authenticates a websocket from its connection_init payload. A
+// connection whose upgrade request already carried valid credentials keeps
+// them when the payload has none.
+func websocketInit(a *auth.Authenticator) transport.WebsocketInitFunc {
+	return func(ctx context.Context, payload transport.InitPayload) (context.Context, *transport.InitPayload, error) {
+		p, err := a.FromInitPayload(payload)
+		if err != nil {
+			return ctx, nil, err
+		}
+		if p != nil {
+			ctx = auth.WithPrincipal(ctx, p)
+		}
+		return ctx, &payload, nil
+	}
+}

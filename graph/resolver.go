@@ -1,0 +1,17 @@
+// Package graph is Fleetgraph's GraphQL layer: the generated executable
+// schema, thin resolvers that adapt arguments and call one store or loader
+// each, and the HTTP handler with its transports, limits and error presenter.
+// Business rules live in package db, not here.
+package graph
+
+import (
+	"github.com/uptrace/bun"
+
+	"fleetgraph/db"
+)
+
+// Resolver is the root resolver: the stores the API reads and writes.
+type Resolver struct {
+	DB           *bun.DB
+	MachineStore *db.Machines
+}

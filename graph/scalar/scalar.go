@@ -1,0 +1,101 @@
+// Package scalar implements Fleetgraph's custom GraphQL scalars: ID as a
+// UUID and JSON as a JSON object. Bad values become BAD_USER_INPUT faults.
+package scalar
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/google/uuid"
+
+	"fleetgraph/fault"
+)
+
+// MarshalID writes a UUID as a GraphQL ID.
+func MarshalID(id uuid.UUID) graphql.Marshaler {
+	return graphql.WriterFunc(func(w io.Writer) {
+		_, _ = io.WriteString(w, strconv.Quote(id.String()))
+	})
+}
+
+// UnmarshalID reads a GraphQL ID that must be a UUID.
+func UnmarshalID(v any) (uuid.UUID, error) {
+	s, ok := v.(string)
+	if !ok {
+		return uuid.Nil, fault.New(fault.BadUserInput, "an id must be a string")
+	}
+	id, err := uuid.Parse(s)
+	if err != nil || len(s) != 36 {
+		return uuid.Nil, fault.New(fault.BadUserInput, "%q is not a valid id", truncate(s, 64))
+	}
+	return id, nil
+}
+
+// MarshalJSON writes a JSON object.
+func MarshalJSON(v map[string]any) graphql.Marshaler {
+	return graphql.WriterFunc(func(w io.Writer) {
+		if v == nil {
+			_, _ = io.WriteString(w, "{}")
+			return
+		}
+		if err := json.NewEncoder(w).Encode(v); err != nil {
+			_, _ = io.WriteString(w, "null")
+		}
+	})
+}
+
+// UnmarshalJSON reads a JSON object, from a variable or an inline object literal.
+func UnmarshalJSON(v any) (map[string]any, error) {
+	switch t := v.(type) {
+	case map[string]any:
+		return t, nil
+	case nil:
+		return nil, nil
+	default:
+		return nil, fault.New(fault.BadUserInput, "expected a JSON object, got %s", kind(v))
+	}
+}
+
+func kind(v any) string {
+	switch v.(type) {
+	case []any:
+		return "an array"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	case json.Number, int, int64, float64:
+		return "a number"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// MarshalSeqID writes a sequence number (a bigint identity) as a GraphQL ID.
+func MarshalSeqID(id int64) graphql.Marshaler {
+	return graphql.WriterFunc(func(w io.Writer) {
+		_, _ = io.WriteString(w, strconv.Quote(strconv.FormatInt(id, 10)))
+	})
+}
+
+// UnmarshalSeqID reads a GraphQL ID that must be a positive integer.
+func UnmarshalSeqID(v any) (int64, error) {
+	s, ok := v.(string)
+	if !ok {
+		return 0, fault.New(fault.BadUserInput, "an id must be a string")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fault.New(fault.BadUserInput, "%q is not a valid id", truncate(s, 64))
+	}
+	return n, nil
+}

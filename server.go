@@ -1,0 +1,493 @@
+// Command fleetgraph serves Fleetgraph's GraphQL API over PostgreSQL.
+//
+// Subcommands: serve (the default), migrate up|down|status, token, schema.
+// `fleetgraph <command> --help` lists each one's flags and environment
+// variables. With DATABASE_URL unset, serve and migrate run a private
+// PostgreSQL from the machine's own binaries in DATA_DIR.
+package main
+
+//go:generate go tool gqlgen generate
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+
+	"fleetgraph/auth"
+	"fleetgraph/db"
+	"fleetgraph/demo"
+	"fleetgraph/graph"
+	"fleetgraph/localpg"
+	"fleetgraph/migrations"
+	"fleetgraph/playground"
+)
+
+//go:embed schema.graphqls
+var schemaSDL string
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `Fleetgraph serves a GraphQL API for fleets of machines over PostgreSQL.
+
+Usage:
+  fleetgraph [serve] [flags]          serve the API (the default)
+  fleetgraph migrate up|down|status   manage the database schema
+  fleetgraph token [flags]            print a signed JWT for the configured secret
+  fleetgraph schema                   print the GraphQL schema (SDL)
+
+Run 'fleetgraph <command> --help' for a command's flags and environment variables.
+`
+
+// run executes one command and returns the process exit status: 0 on
+// success, 2 for usage and configuration errors, 1 for everything else.
+func run(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "serve":
+		err = serve(ctx, args, env, stdout, stderr)
+	case "migrate":
+		err = migrate(ctx, args, env, stdout, stderr)
+	case "token":
+		err = token(args, env, stdout, stderr)
+	case "schema":
+		_, err = io.WriteString(stdout, schemaSDL)
+	case "help":
+		_, _ = io.WriteString(stdout, usage)
+	default:
+		_, _ = fmt.Fprintf(stderr, "fleetgraph: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		_, _ = fmt.Fprintf(stderr, "fleetgraph %s: %s\n", cmd, strings.TrimPrefix(err.Error(), "usage: "))
+		return 2
+	default:
+		_, _ = fmt.Fprintf(stderr, "fleetgraph %s: %v\n", cmd, err)
+		return 1
+	}
+}
+
+// database is an open database, with the private cluster behind it when
+// DATABASE_URL is unset.
+type database struct {
+	*bun.DB
+	cluster *localpg.Cluster
+}
+
+// dbName is the database the private cluster keeps Fleetgraph's data in.
+const dbName = "fleetgraph"
+
+func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database, error) {
+	if !cfg.embedded() {
+		bdb, err := db.Open(ctx, cfg.databaseURL)
+		if err != nil {
+			return nil, err
+		}
+		return &database{DB: bdb}, nil
+	}
+	cluster, err := localpg.Start(ctx, localpg.Options{Dir: filepath.Join(cfg.dataDir, "postgres"), Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("starting the private PostgreSQL: %w", err)
+	}
+	d := &database{cluster: cluster}
+	if err := createDatabase(ctx, cluster); err != nil {
+		d.close(log)
+		return nil, err
+	}
+	if d.DB, err = db.Open(ctx, cluster.DSN(dbName)); err != nil {
+		d.close(log)
+		return nil, err
+	}
+	return d, nil
+}
+
+// createDatabase creates the Fleetgraph database in a fresh private cluster.
+func createDatabase(ctx context.Context, cluster *localpg.Cluster) error {
+	admin, err := db.Open(ctx, cluster.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	var exists bool
+	if err := admin.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", dbName).Scan(ctx, &exists); err != nil {
+		return fmt.Errorf("looking for the %s database: %w", dbName, err)
+	}
+	if exists {
+		return nil
+	}
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+dbName); err != nil && !strings.Contains(err.Error(), "already exists") {
+		return fmt.Errorf("creating the %s database: %w", dbName, err)
+	}
+	return nil
+}
+
+// close closes the connection pool, then stops the private cluster if this process started it.
+func (d *database) close(log *slog.Logger) {
+	if d.DB != nil {
+		_ = d.DB.Close()
+	}
+	if d.cluster != nil && d.cluster.Owned() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := d.cluster.Stop(ctx); err != nil {
+			log.Error("stopping the private PostgreSQL", "error", err)
+		}
+	}
+}
+
+// secretFile is where the embedded mode keeps its generated JWT secret.
+func secretFile(dataDir string) string { return filepath.Join(dataDir, "jwt-secret") }
+
+// jwtSecret returns the configured secret, or in the embedded mode the one
+// kept in the data folder, generating it on first use.
+func jwtSecret(cfg *config, create bool) ([]byte, error) {
+	if cfg.jwtSecret != "" {
+		return []byte(cfg.jwtSecret), nil
+	}
+	path := secretFile(cfg.dataDir)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if s := strings.TrimSpace(string(b)); len(s) >= 32 {
+			return []byte(s), nil
+		}
+		return nil, fmt.Errorf("%s holds no usable secret: delete it to generate a new one, or set JWT_SECRET", path)
+	}
+	if !errors.Is(err, os.ErrNotExist) || !create {
+		return nil, fmt.Errorf("no JWT secret: set JWT_SECRET, or run `fleetgraph serve` once to create %s (%w)", path, err)
+	}
+	var raw [32]byte
+	_, _ = rand.Read(raw[:])
+	secret := hex.EncodeToString(raw[:])
+	if err := os.MkdirAll(cfg.dataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the data folder: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("saving the JWT secret: %w", err)
+	}
+	return []byte(secret), nil
+}
+
+func serve(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("serve", "Serves the GraphQL API, /healthz, /readyz and (optionally) the playground at /.", stderr, env)
+	cs := declareServe(s)
+	if _, err := s.parse(args); err != nil {
+		return err
+	}
+	cfg, err := cs.resolve()
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.logLevel, cfg.logFormat)
+
+	secret, err := jwtSecret(cfg, cfg.embedded())
+	if err != nil {
+		return err
+	}
+	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: secret, Audience: cfg.jwtAudience, Issuer: cfg.jwtIssuer})
+	if err != nil {
+		return usageError("JWT_SECRET: %v", err)
+	}
+
+	d, err := openDatabase(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer d.close(log)
+
+	if cfg.embedded() || cfg.autoMigrate {
+		applied, err := migrations.Up(ctx, d.DB)
+		if err != nil {
+			return err
+		}
+		if len(applied) > 0 {
+			log.Info("applied migrations", "migrations", applied)
+		}
+	} else if st, err := migrations.CurrentStatus(ctx, d.DB); err != nil {
+		return err
+	} else if !st.Current() {
+		return errors.New(st.Problem())
+	}
+
+	machines := db.NewMachines()
+	if cfg.embedded() {
+		if err := seedOnce(ctx, cfg, d.DB, machines, log); err != nil {
+			return err
+		}
+	}
+
+	api := graph.NewHandler(graph.HandlerConfig{
+		Resolver:       &graph.Resolver{DB: d.DB, MachineStore: machines},
+		Auth:           auth.NewAuthenticator(jwt),
+		Logger:         log,
+		AllowedOrigins: cfg.allowedOrigins,
+		Introspection:  cfg.devDefault(cfg.introspection),
+	})
+	mux := http.NewServeMux()
+	mux.Handle("/graphql", streaming(api))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /readyz", readiness(d.DB))
+	if cfg.devDefault(cfg.playground) {
+		pg := playground.Handler("Fleetgraph", "/graphql")
+		mux.Handle("GET /{$}", pg)
+		mux.Handle("GET /playground/", pg)
+	}
+
+	ln, err := net.Listen("tcp", cfg.listenAddr)
+	if err != nil {
+		return fmt.Errorf("listening on %s (set LISTEN_ADDR to another address): %w", cfg.listenAddr, err)
+	}
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	url := "http://" + displayAddr(ln.Addr())
+	log.Info("serving", "addr", ln.Addr().String(), "graphql", url+"/graphql")
+	if cfg.embedded() {
+		if err := printWelcome(stdout, jwt, url, cfg.devDefault(cfg.playground)); err != nil {
+			return err
+		}
+	}
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serving HTTP: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(shutdownCtx) }()
+	api.CloseWebsockets()
+	if err := <-done; err != nil {
+		log.Warn("in-flight requests did not finish in time", "error", err)
+	}
+	return nil
+}
+
+// streaming lifts the server's read and write timeouts for websocket and SSE
+// requests, which live as long as their subscriptions.
+func streaming(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") || strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
+			rc := http.NewResponseController(w)
+			_ = rc.SetReadDeadline(time.Time{})
+			_ = rc.SetWriteDeadline(time.Time{})
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// readiness answers 200 when the database is reachable and its schema is
+// exactly this binary's, else 503 with the reason.
+func readiness(bdb *bun.DB) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := bdb.PingContext(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "database unreachable\n")
+			return
+		}
+		st, err := migrations.CurrentStatus(ctx, bdb)
+		if err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "cannot read migration status\n")
+			return
+		}
+		if !st.Current() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, st.Problem()+"\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+}
+
+// seedOnce seeds the demo fleet the first time the private database starts.
+// A marker file keeps a later start from re-seeding a fleet the user changed.
+func seedOnce(ctx context.Context, cfg *config, bdb *bun.DB, machines *db.Machines, log *slog.Logger) error {
+	marker := filepath.Join(cfg.dataDir, "seeded")
+	if _, err := os.Stat(marker); err == nil {
+		return nil
+	}
+	if err := demo.Seed(ctx, bdb, machines); err != nil {
+		return err
+	}
+	log.Info("seeded the demo fleet")
+	return os.WriteFile(marker, []byte("the demo fleet was seeded; delete this file to seed it again\n"), 0o644)
+}
+
+// demoTokenTTL is how long the token printed at start stays valid.
+const demoTokenTTL = 7 * 24 * time.Hour
+
+func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool) error {
+	tok, err := jwt.Mint(auth.MintOptions{UserID: demo.Alice, TenantID: demo.Tenant, Role: auth.RoleUser, TTL: demoTokenTTL})
+	if err != nil {
+		return fmt.Errorf("minting the demo token: %w", err)
+	}
+	if withPlayground {
+		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. Playground: %s/\n", url)
+	} else {
+		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. GraphQL: %s/graphql\n", url)
+	}
+	_, _ = fmt.Fprintf(w, "Paste this header (demo user alice, valid %s) into the playground's Headers tab:\n\n", demoTokenTTL)
+	_, err = fmt.Fprintf(w, "{\"Authorization\": \"Bearer %s\"}\n\n", tok)
+	return err
+}
+
+// displayAddr turns a listener address into something a browser can open.
+func displayAddr(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func migrate(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations.", stderr, env)
+	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
+	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
+	logLevel := s.add("LOG_LEVEL", "log-level", "warn", "debug, info, warn or error")
+	rest, err := s.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(rest) != 1 || (rest[0] != "up" && rest[0] != "down" && rest[0] != "status") {
+		return usageError("say what to do: fleetgraph migrate up|down|status")
+	}
+	level, err := parseLevel(logLevel)
+	if err != nil {
+		return err
+	}
+	cfg := &config{databaseURL: databaseURL.String(), dataDir: dataDir.String()}
+	log := newLogger(stderr, level, "text")
+	d, err := openDatabase(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer d.close(log)
+	switch rest[0] {
+	case "up":
+		applied, err := migrations.Up(ctx, d.DB)
+		if err != nil {
+			return err
+		}
+		_, _ = fmt.Fprintf(stdout, "applied %d migration(s) %s\n", len(applied), strings.Join(applied, " "))
+	case "down":
+		rolled, err := migrations.Down(ctx, d.DB)
+		if err != nil {
+			return err
+		}
+		_, _ = fmt.Fprintf(stdout, "rolled back %d migration(s) %s\n", len(rolled), strings.Join(rolled, " "))
+	case "status":
+		st, err := migrations.CurrentStatus(ctx, d.DB)
+		if err != nil {
+			return err
+		}
+		_, _ = fmt.Fprintf(stdout, "applied: %s\npending: %s\n", listOrNone(st.Applied), listOrNone(st.Pending))
+		if len(st.Unknown) > 0 {
+			_, _ = fmt.Fprintf(stdout, "unknown to this binary: %s\n", strings.Join(st.Unknown, " "))
+		}
+	}
+	return nil
+}
+
+func listOrNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, " ")
+}
+
+func token(args []string, env func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("token", "Prints a signed JWT that this server accepts, and nothing else.", stderr, env)
+	secret := s.add("JWT_SECRET", "jwt-secret", "", "HS256 secret; unset reads the one kept in DATA_DIR")
+	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder holding the generated secret")
+	audience := s.add("JWT_AUDIENCE", "jwt-audience", "authenticated", "aud claim")
+	issuer := s.add("JWT_ISSUER", "jwt-issuer", "", "iss claim")
+	sub := s.add("", "sub", demo.Alice.String(), "user id (UUID); defaults to the demo user alice")
+	tenant := s.add("", "tenant", "", "tenant id (UUID); unset means the default tenant")
+	role := s.add("", "role", string(auth.RoleUser), "authenticated or service_role")
+	ttl := s.add("", "ttl", "24h", "lifetime, e.g. 30m, 24h")
+	if _, err := s.parse(args); err != nil {
+		return err
+	}
+	userID, err := uuid.Parse(sub.String())
+	if err != nil {
+		return usageError("%s must be a UUID", sub.name())
+	}
+	var tenantID uuid.UUID
+	if tenant.String() != "" {
+		if tenantID, err = uuid.Parse(tenant.String()); err != nil {
+			return usageError("%s must be a UUID", tenant.name())
+		}
+	}
+	lifetime, err := time.ParseDuration(ttl.String())
+	if err != nil || lifetime <= 0 {
+		return usageError("%s must be a positive duration such as 30m or 24h", ttl.name())
+	}
+	r := auth.Role(role.String())
+	if r != auth.RoleUser && r != auth.RoleService {
+		return usageError("%s must be %s or %s", role.name(), auth.RoleUser, auth.RoleService)
+	}
+	key, err := jwtSecret(&config{jwtSecret: secret.String(), dataDir: dataDir.String()}, false)
+	if err != nil {
+		return err
+	}
+	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: key, Audience: audience.String(), Issuer: issuer.String()})
+	if err != nil {
+		return usageError("JWT_SECRET: %v", err)
+	}
+	tok, err := jwt.Mint(auth.MintOptions{UserID: userID, TenantID: tenantID, Role: r, TTL: lifetime})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, tok)
+	return err
+}
