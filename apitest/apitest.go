@@ -1,0 +1,212 @@
+// Package apitest runs the real GraphQL HTTP stack on a loopback port over a
+// test's own database, and speaks to it as clients do: JSON over HTTP POST
+// and graphql-transport-ws over websockets. Only tests import it.
+package apitest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+	"github.com/uptrace/bun"
+
+	"fleetgraph/auth"
+	"fleetgraph/db"
+	"fleetgraph/dbtest"
+	"fleetgraph/graph"
+)
+
+// Secret is the JWT secret test servers accept.
+const Secret = "test-secret-test-secret-test-secret-0123456789"
+
+// Server is a running API over a test database.
+type Server struct {
+	URL      string // base URL; the endpoint is URL + "/graphql"
+	DB       *dbtest.Database
+	JWT      *auth.JWT
+	Handler  *graph.Handler
+	Log      *LogBuffer
+	Machines *db.Machines
+	// Statements counts SQL statements run through DB.
+	Statements atomic.Int64
+}
+
+// Options adjust a test server.
+type Options struct {
+	Introspection  bool
+	AllowedOrigins []string
+	Limits         graph.Limits
+	// DB replaces the resolver's database (e.g. a closed one, to provoke internal errors).
+	DB *bun.DB
+}
+
+// New starts a server for t with its own database; it stops when t ends.
+func New(t testing.TB, opts ...Options) *Server {
+	t.Helper()
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	s := &Server{DB: dbtest.New(t), Log: &LogBuffer{}, Machines: db.NewMachines()}
+	s.DB.AddQueryHook(counter{&s.Statements})
+	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(Secret), Audience: "authenticated"})
+	require.NoError(t, err)
+	s.JWT = jwt
+	resolverDB := s.DB.DB
+	if o.DB != nil {
+		resolverDB = o.DB
+	}
+	s.Handler = graph.NewHandler(graph.HandlerConfig{
+		Resolver:       &graph.Resolver{DB: resolverDB, MachineStore: s.Machines},
+		Auth:           auth.NewAuthenticator(jwt),
+		Logger:         slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		AllowedOrigins: o.AllowedOrigins,
+		Introspection:  o.Introspection,
+		Limits:         o.Limits,
+	})
+	mux := http.NewServeMux()
+	mux.Handle("/graphql", s.Handler)
+	ts := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		s.Handler.CloseWebsockets()
+		ts.Close()
+	})
+	s.URL = ts.URL
+	return s
+}
+
+// counter is a bun query hook counting statements.
+type counter struct{ n *atomic.Int64 }
+
+func (c counter) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
+func (c counter) AfterQuery(context.Context, *bun.QueryEvent)                      { c.n.Add(1) }
+
+// LogBuffer collects the server's log lines.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// String returns everything logged so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// User is a caller with a token.
+type User struct {
+	ID     uuid.UUID
+	Tenant uuid.UUID
+	Token  string
+}
+
+// NewUser mints a token for a fresh user in tenant (uuid.Nil: the default tenant).
+func (s *Server) NewUser(t testing.TB, tenant uuid.UUID) User {
+	return s.userWithRole(t, tenant, auth.RoleUser)
+}
+
+// NewService mints a service_role token for tenant.
+func (s *Server) NewService(t testing.TB, tenant uuid.UUID) User {
+	return s.userWithRole(t, tenant, auth.RoleService)
+}
+
+func (s *Server) userWithRole(t testing.TB, tenant uuid.UUID, role auth.Role) User {
+	t.Helper()
+	if tenant == uuid.Nil {
+		tenant = auth.DefaultTenant
+	}
+	u := User{ID: uuid.New(), Tenant: tenant}
+	tok, err := s.JWT.Mint(auth.MintOptions{UserID: u.ID, TenantID: tenant, Role: role, TTL: time.Hour})
+	require.NoError(t, err)
+	u.Token = tok
+	return u
+}
+
+// Response is a GraphQL response with its HTTP status.
+type Response struct {
+	Status int
+	Header http.Header
+	Data   json.RawMessage `json:"data"`
+	Errors []Error         `json:"errors"`
+	Raw    []byte
+}
+
+// Error is one GraphQL error.
+type Error struct {
+	Message    string         `json:"message"`
+	Path       []any          `json:"path"`
+	Extensions map[string]any `json:"extensions"`
+}
+
+// Code is the error's extensions.code.
+func (e Error) Code() string { s, _ := e.Extensions["code"].(string); return s }
+
+// Do posts a query with variables as the user with token ("" = anonymous).
+func (s *Server) Do(t testing.TB, token, query string, vars map[string]any) *Response {
+	t.Helper()
+	body, err := json.Marshal(map[string]any{"query": query, "variables": vars})
+	require.NoError(t, err)
+	return s.Post(t, token, "application/json", body)
+}
+
+// Post sends a raw body to the endpoint.
+func (s *Server) Post(t testing.TB, token, contentType string, body []byte) *Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, s.URL+"/graphql", bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", contentType)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return s.Send(t, req)
+}
+
+// Send performs req and decodes a GraphQL response.
+func (s *Server) Send(t testing.TB, req *http.Request) *Response {
+	t.Helper()
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	raw, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	r := &Response{Status: res.StatusCode, Header: res.Header, Raw: raw}
+	if strings.HasPrefix(res.Header.Get("Content-Type"), "application/") && len(raw) > 0 {
+		require.NoError(t, json.Unmarshal(raw, r), "decoding %s", raw)
+	}
+	return r
+}
+
+// OK fails t unless the response has no errors, and decodes data into v (when non-nil).
+func (r *Response) OK(t testing.TB, v any) {
+	t.Helper()
+	require.Empty(t, r.Errors, "unexpected errors: %s", r.Raw)
+	if v != nil {
+		require.NoError(t, json.Unmarshal(r.Data, v), "decoding %s", r.Data)
+	}
+}
+
+// Code fails t unless the response's first error has the code, and returns that error.
+func (r *Response) Code(t testing.TB, code string) Error {
+	t.Helper()
+	require.NotEmpty(t, r.Errors, "expected a %s error, got %s", code, r.Raw)
+	require.Equal(t, code, r.Errors[0].Code(), "response: %s", r.Raw)
+	return r.Errors[0]
+}
