@@ -90,7 +90,7 @@ func New(t testing.TB, opts ...Options) *Server {
 type counter struct{ n *atomic.Int64 }
 
 func (c counter) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
-func (c counter) AfterQuery(context.Context, *bun.QueryEvent)                      { c.n.Add(1) }
+func (c counter) AfterQuery(context.Context, *bun.QueryEvent)                        { c.n.Add(1) }
 
 // LogBuffer collects the server's log lines.
 type LogBuffer struct {
