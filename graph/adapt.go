@@ -58,6 +58,6 @@ func (r *queryResolver) machineEvents(ctx context.Context, machineID uuid.UUID, 
 		return nil, err
 	}
 	types := db.EventTypesKey(eventTypes)
-	page, err := dataloaders.For(ctx).MachineEvents.Load(ctx, db.EventPageKey{MachineID: machineID, First: limit, After: deref(after), Types: types})
+	page, err := dataloaders.For(ctx).EventPage(ctx, db.EventPageKey{MachineID: machineID, First: limit, After: deref(after), Types: types})
 	return model.NewMachineEventConnection(page, machineID, types), err
 }

@@ -75,7 +75,9 @@ func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
 		if code == extensionPersistedQueryNotFound {
 			return gqlErr // APQ clients retry with the full query on this exact code
 		}
-		if gqlErr.Err == nil && (reasons[code] || code == "") && gqlErr.Path == nil {
+		// gqlgen's own refusals of a malformed request (parse, validation,
+		// complexity) carry no wrapped error and no path.
+		if gqlErr.Err == nil && gqlErr.Path == nil && (reasons[code] || code == "") {
 			gqlErr.Extensions = map[string]any{"code": fault.BadUserInput}
 			if code != "" {
 				gqlErr.Extensions["reason"] = code

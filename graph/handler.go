@@ -99,7 +99,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](1000)})
 	srv.SetParserTokenLimit(cfg.Limits.Tokens)
 	srv.Use(extension.FixedComplexityLimit(cfg.Limits.Complexity))
-	srv.Use(shapeLimit{depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases})
+	srv.Use(shapeLimit{depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases, introspection: cfg.Introspection})
 	if cfg.Introspection {
 		srv.Use(extension.Introspection{})
 	}
@@ -113,7 +113,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	})
 
 	var h http.Handler = srv
-	h = socks.track(h)
+	h = socks.track(cfg.AllowedOrigins, h)
 	h = cfg.Auth.Middleware(h)
 	h = limitBody(cfg.Limits.BodyBytes, h)
 	h = cors(cfg.AllowedOrigins, h)

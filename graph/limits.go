@@ -16,9 +16,11 @@ import (
 )
 
 // shapeLimit refuses operations nested deeper than depth or using more than
-// aliases aliased fields: the cheap abuses complexity alone misses.
+// aliases aliased fields (the cheap abuses complexity alone misses), and
+// introspection when it is off, with a clear error before execution.
 type shapeLimit struct {
 	depth, aliases int
+	introspection  bool
 }
 
 var _ interface {
@@ -35,6 +37,9 @@ func (l shapeLimit) MutateOperationContext(_ context.Context, op *graphql.Operat
 	}
 	w := shapeWalker{fragments: op.Doc.Fragments, visiting: map[string]bool{}}
 	depth := w.walk(op.Operation.SelectionSet, 1)
+	if w.introspects && !l.introspection {
+		return &gqlerror.Error{Message: "introspection is disabled on this server", Err: fault.New(fault.Forbidden, "introspection is disabled on this server")}
+	}
 	if depth > l.depth {
 		return limitError("DEPTH_LIMIT_EXCEEDED", "the operation nests %d levels deep; the limit is %d", depth, l.depth)
 	}
@@ -45,15 +50,16 @@ func (l shapeLimit) MutateOperationContext(_ context.Context, op *graphql.Operat
 }
 
 func limitError(reason, format string, args ...any) *gqlerror.Error {
-	e := gqlerror.Errorf(format, args...)
-	e.Extensions = map[string]any{"code": fault.BadUserInput, "reason": reason}
-	return e
+	fe := fault.New(fault.BadUserInput, format, args...)
+	fe.Extra = map[string]any{"reason": reason}
+	return &gqlerror.Error{Message: fe.Message, Err: fe}
 }
 
 type shapeWalker struct {
-	fragments ast.FragmentDefinitionList
-	visiting  map[string]bool
-	aliases   int
+	fragments   ast.FragmentDefinitionList
+	visiting    map[string]bool
+	aliases     int
+	introspects bool
 }
 
 // walk returns the depth of set, counting aliases on the way. Fragment cycles
@@ -65,6 +71,9 @@ func (w *shapeWalker) walk(set ast.SelectionSet, depth int) int {
 		case *ast.Field:
 			if s.Alias != "" && s.Alias != s.Name {
 				w.aliases++
+			}
+			if s.Name == "__schema" || s.Name == "__type" {
+				w.introspects = true
 			}
 			deepest = max(deepest, depth)
 			if len(s.SelectionSet) > 0 {

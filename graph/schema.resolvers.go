@@ -22,7 +22,7 @@ func (r *machineResolver) Events(ctx context.Context, obj *db.Machine, first *in
 		return nil, err
 	}
 	key := db.EventPageKey{MachineID: obj.ID, First: limit, After: deref(after)}
-	page, err := dataloaders.For(ctx).MachineEvents.Load(ctx, key)
+	page, err := dataloaders.For(ctx).EventPage(ctx, key)
 	return model.NewMachineEventConnection(page, obj.ID, ""), err
 }
 
@@ -32,12 +32,12 @@ func (r *machineResolver) Deployments(ctx context.Context, obj *db.Machine, firs
 	if err != nil {
 		return nil, err
 	}
-	return dataloaders.For(ctx).Deployments.Load(ctx, db.DeploymentListKey{MachineID: obj.ID, First: limit})
+	return dataloaders.For(ctx).DeploymentList(ctx, db.DeploymentListKey{MachineID: obj.ID, First: limit})
 }
 
 // CurrentDeployment is the resolver for the currentDeployment field.
 func (r *machineResolver) CurrentDeployment(ctx context.Context, obj *db.Machine) (*db.Deployment, error) {
-	return dataloaders.For(ctx).ActiveDeployment.Load(ctx, obj.ID)
+	return dataloaders.For(ctx).ActiveDeployment(ctx, obj.ID)
 }
 
 // TotalCount is the resolver for the totalCount field.
@@ -47,7 +47,7 @@ func (r *machineConnectionResolver) TotalCount(ctx context.Context, obj *model.M
 
 // TotalCount is the resolver for the totalCount field.
 func (r *machineEventConnectionResolver) TotalCount(ctx context.Context, obj *model.MachineEventConnection) (int, error) {
-	return dataloaders.For(ctx).MachineEventCount.Load(ctx, db.EventCountKey{MachineID: obj.MachineID, Types: obj.Types})
+	return dataloaders.For(ctx).EventCount(ctx, db.EventCountKey{MachineID: obj.MachineID, Types: obj.Types})
 }
 
 // CreateMachine is the resolver for the createMachine field.
@@ -99,6 +99,7 @@ func (r *queryResolver) Machine(ctx context.Context, id uuid.UUID) (*db.Machine,
 func (r *queryResolver) Machines(ctx context.Context, first *int, after *string, filter *db.MachineFilter) (*model.MachineConnection, error) {
 	f := deref(filter)
 	page, err := r.MachineStore.List(ctx, r.DB, f, db.PageArgs{First: first, After: after})
+	dataloaders.For(ctx).RememberPage(page.Items)
 	return model.NewMachineConnection(page, f), err
 }
 

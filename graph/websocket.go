@@ -3,11 +3,15 @@ package graph
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql/handler/transport"
+
+	"fleetgraph/auth"
+	"fleetgraph/fault"
 )
 
 // closeGoingAway is RFC 6455's "going away": the server is shutting down.
@@ -28,11 +32,17 @@ func newSockets(inner transport.WebsocketImplementation) *sockets {
 	return &sockets{inner: inner, cancels: map[*http.Request]context.CancelFunc{}}
 }
 
-// track gives each websocket upgrade request a context that closeAll cancels.
-func (s *sockets) track(next http.Handler) http.Handler {
+// track refuses websocket upgrades from foreign browser origins and gives
+// each accepted one a context that closeAll cancels.
+func (s *sockets) track(allowedOrigins []string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 			next.ServeHTTP(w, r)
+			return
+		}
+		if origin := r.Header.Get("Origin"); origin != "" && !sameHost(origin, r.Host) && !originAllowed(origin, allowedOrigins) {
+			auth.WriteError(w, http.StatusForbidden, fault.New(fault.Forbidden,
+				"websocket origin %q is not allowed; add its host to ALLOWED_ORIGINS", origin))
 			return
 		}
 		ctx, cancel := context.WithCancel(r.Context())
@@ -53,6 +63,13 @@ func (s *sockets) track(next http.Handler) http.Handler {
 		}()
 		next.ServeHTTP(w, r)
 	})
+}
+
+// sameHost reports whether a browser origin is the server itself, which
+// browsers always allow.
+func sameHost(origin, host string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, host)
 }
 
 // closeAll ends every websocket with 1001 and refuses new ones.
