@@ -47,14 +47,42 @@ func newSettings(name, summary string, out io.Writer, env func(string) string) *
 // add declares a setting; env may be "" for flag-only settings.
 func (s *settings) add(env, flagName, def, help string) *setting {
 	st := &setting{env: env, flag: flagName, def: def, help: help, value: new(string)}
-	usage := help
-	if env != "" {
-		usage += " [env " + env + "]"
-	}
-	s.fs.StringVar(st.value, flagName, def, usage)
+	s.fs.StringVar(st.value, flagName, def, flagUsage(env, help))
 	s.list = append(s.list, st)
 	return st
 }
+
+// addBool declares an optional boolean setting (read with Bool). Its flag
+// works like a flag.Bool: `--name` alone means true, `--name=false` turns
+// it off, and it never takes the next argument as its value.
+func (s *settings) addBool(env, flagName, help string) *setting {
+	st := &setting{env: env, flag: flagName, help: help, value: new(string)}
+	s.fs.Var(boolFlag{st.value}, flagName, flagUsage(env, help))
+	s.list = append(s.list, st)
+	return st
+}
+
+func flagUsage(env, help string) string {
+	if env == "" {
+		return help
+	}
+	return help + " [env " + env + "]"
+}
+
+// boolFlag keeps a boolean flag's text for setting.Bool to validate, so a
+// bad value is reported naming its variable like any other setting.
+type boolFlag struct{ value *string }
+
+func (b boolFlag) String() string {
+	if b.value == nil {
+		return ""
+	}
+	return *b.value
+}
+
+func (b boolFlag) Set(v string) error { *b.value = v; return nil }
+
+func (b boolFlag) IsBoolFlag() bool { return true }
 
 // parse reads flags; positional arguments are returned.
 func (s *settings) parse(args []string) ([]string, error) {
@@ -147,9 +175,9 @@ func declareServe(s *settings) *configSettings {
 		jwtAudience:   s.add("JWT_AUDIENCE", "jwt-audience", "authenticated", "required aud claim"),
 		jwtIssuer:     s.add("JWT_ISSUER", "jwt-issuer", "", "required iss claim, when set"),
 		origins:       s.add("ALLOWED_ORIGINS", "allowed-origins", "", "comma-separated browser origin host patterns allowed for CORS and websockets, e.g. app.example.com,*.example.com"),
-		playground:    s.add("PLAYGROUND", "playground", "", "serve the GraphiQL playground at / (default: on with the private database, else off)"),
-		introspection: s.add("INTROSPECTION", "introspection", "", "allow schema introspection and suggestions (default: on with the private database, else off)"),
-		autoMigrate:   s.add("AUTO_MIGRATE", "auto-migrate", "", "apply pending migrations at start (always on with the private database)"),
+		playground:    s.addBool("PLAYGROUND", "playground", "serve the GraphiQL playground at / (default: on with the private database, else off)"),
+		introspection: s.addBool("INTROSPECTION", "introspection", "allow schema introspection and suggestions (default: on with the private database, else off)"),
+		autoMigrate:   s.addBool("AUTO_MIGRATE", "auto-migrate", "apply pending migrations at start (always on with the private database)"),
 		logLevel:      s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat:     s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 	}

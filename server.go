@@ -298,7 +298,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(shutdownCtx) }()
-	api.CloseWebsockets()
+	// api.CloseWebsockets()
 	if err := <-done; err != nil {
 		log.Warn("in-flight requests did not finish in time", "error", err)
 	}
@@ -394,10 +394,17 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
 	logLevel := s.add("LOG_LEVEL", "log-level", "warn", "debug, info, warn or error")
+	// The action may come first (`migrate up --data-dir x`), where the flag
+	// package would stop parsing, or after the flags.
+	var action []string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		action, args = args[:1], args[1:]
+	}
 	rest, err := s.parse(args)
 	if err != nil {
 		return err
 	}
+	rest = append(action, rest...)
 	if len(rest) != 1 || (rest[0] != "up" && rest[0] != "down" && rest[0] != "status") {
 		return usageError("say what to do: fleetgraph migrate up|down|status")
 	}
@@ -475,6 +482,9 @@ func token(args []string, env func(string) string, stdout, stderr io.Writer) err
 	r := auth.Role(role.String())
 	if r != auth.RoleUser && r != auth.RoleService {
 		return usageError("%s must be %s or %s", role.name(), auth.RoleUser, auth.RoleService)
+	}
+	if audience.String() == "" {
+		return usageError("%s must not be empty", audience.name())
 	}
 	key, err := jwtSecret(&config{jwtSecret: secret.String(), dataDir: dataDir.String()}, false)
 	if err != nil {

@@ -105,7 +105,18 @@ func tokenProblem(err error) string {
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
 		return "bad signature or algorithm (HS256 required)"
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		return "a required claim (exp) is missing"
+		// The parser requires exp always, and aud and iss when configured;
+		// its error text names the missing ones ("aud claim is required").
+		var missing []string
+		for _, claim := range []string{"exp", "aud", "iss"} {
+			if strings.Contains(err.Error(), claim+" claim is required") {
+				missing = append(missing, claim)
+			}
+		}
+		if len(missing) == 0 {
+			return "a required claim is missing"
+		}
+		return "missing required claim " + strings.Join(missing, ", ")
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return "expired"
 	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):

@@ -1,8 +1,10 @@
 package db
 
 import (
+	"bytes"
 	"encoding/json"
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -34,21 +36,106 @@ func checkName(field, name string) (string, error) {
 
 // checkJSONObject validates a client JSON object: at most MaxJSONBytes, and no
 // NUL characters (PostgreSQL's jsonb cannot store them). nil becomes {}.
+//
+// The size is that of the compact JSON as jsonb stores it: without HTML
+// escaping (which would count "<" as six bytes), and with numbers written out
+// in full, since jsonb expands exponents (a 9-byte 1e100000 is stored as
+// 100001 digits). Numbers PostgreSQL's numeric cannot hold are refused here
+// rather than failing in the database.
 func checkJSONObject(field string, v map[string]any) (map[string]any, error) {
 	if v == nil {
 		return map[string]any{}, nil
 	}
-	b, err := json.Marshal(v)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		return nil, fault.Invalid(field, "%s is not valid JSON", field)
 	}
-	if len(b) > MaxJSONBytes {
-		return nil, fault.Invalid(field, "%s is %d bytes; the limit is %d", field, len(b), MaxJSONBytes)
+	size := buf.Len() - 1 // Encode ends with a newline
+	if size > MaxJSONBytes {
+		return nil, fault.Invalid(field, "%s is %d bytes; the limit is %d", field, size, MaxJSONBytes)
 	}
-	if strings.Contains(string(b), `\u0000`) {
+	w := jsonWalk{size: size}
+	w.walk(v)
+	switch {
+	case w.nul:
 		return nil, fault.Invalid(field, "%s must not contain NUL characters", field)
+	case w.badNumber != "":
+		return nil, fault.Invalid(field, "%s holds a number out of range (%.40s); numbers may have at most %d digits before and %d after the decimal point",
+			field, w.badNumber, maxNumericIntDigits, maxNumericScale)
+	case w.size > MaxJSONBytes:
+		return nil, fault.Invalid(field, "%s is %d bytes with its numbers written out; the limit is %d", field, w.size, MaxJSONBytes)
 	}
 	return v, nil
+}
+
+// PostgreSQL's numeric, which jsonb uses for every number, holds at most this
+// many digits before and after the decimal point.
+const (
+	maxNumericIntDigits = 131072
+	maxNumericScale     = 16383
+)
+
+// jsonWalk visits a decoded JSON value for what its encoding cannot show: NUL
+// characters, and the size of its numbers once PostgreSQL expands them.
+type jsonWalk struct {
+	size      int // compact size, corrected for expanded numbers
+	nul       bool
+	badNumber string
+}
+
+func (w *jsonWalk) walk(v any) {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, e := range t {
+			w.nul = w.nul || strings.ContainsRune(k, 0)
+			w.walk(e)
+		}
+	case []any:
+		for _, e := range t {
+			w.walk(e)
+		}
+	case string:
+		w.nul = w.nul || strings.ContainsRune(t, 0)
+	case json.Number, float64, float32, int, int64, int32:
+		lit, _ := json.Marshal(t) // the same text the whole document was encoded with
+		n, ok := storedNumberLen(string(lit))
+		if !ok {
+			w.badNumber = string(lit)
+			return
+		}
+		w.size += n - len(lit)
+	}
+}
+
+// storedNumberLen returns an upper bound on the length of the JSON number lit
+// as jsonb stores it (exponent expanded: 1.5e3 is 1500, 1e-3 is 0.001), and
+// false when numeric cannot hold it.
+func storedNumberLen(lit string) (int, bool) {
+	mantissa, exp := lit, 0
+	if i := strings.IndexAny(lit, "eE"); i >= 0 {
+		e, err := strconv.Atoi(lit[i+1:])
+		if err != nil || e > maxNumericIntDigits || e < -maxNumericScale-1 {
+			return 0, false
+		}
+		mantissa, exp = lit[:i], e
+	}
+	n := 0
+	if strings.HasPrefix(mantissa, "-") {
+		n, mantissa = 1, mantissa[1:]
+	}
+	intPart, frac, _ := strings.Cut(mantissa, ".")
+	intDigits := max(1, len(intPart)+exp)
+	scale := max(0, len(frac)-exp)
+	if intDigits > maxNumericIntDigits || scale > maxNumericScale {
+		return 0, false
+	}
+	n += intDigits
+	if scale > 0 {
+		n += 1 + scale
+	}
+	return n, true
 }
 
 // semverRE is the regular expression semver.org recommends.
