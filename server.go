@@ -30,10 +30,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
 
+	"fleetgraph/app"
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/demo"
-	"fleetgraph/graph"
 	"fleetgraph/localpg"
 	"fleetgraph/migrations"
 	"fleetgraph/playground"
@@ -101,6 +101,7 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 // DATABASE_URL is unset.
 type database struct {
 	*bun.DB
+	dsn     string
 	cluster *localpg.Cluster
 }
 
@@ -113,18 +114,18 @@ func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database
 		if err != nil {
 			return nil, err
 		}
-		return &database{DB: bdb}, nil
+		return &database{DB: bdb, dsn: cfg.databaseURL}, nil
 	}
 	cluster, err := localpg.Start(ctx, localpg.Options{Dir: filepath.Join(cfg.dataDir, "postgres"), Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("starting the private PostgreSQL: %w", err)
 	}
-	d := &database{cluster: cluster}
+	d := &database{cluster: cluster, dsn: cluster.DSN(dbName)}
 	if err := createDatabase(ctx, cluster); err != nil {
 		d.close(log)
 		return nil, err
 	}
-	if d.DB, err = db.Open(ctx, cluster.DSN(dbName)); err != nil {
+	if d.DB, err = db.Open(ctx, d.dsn); err != nil {
 		d.close(log)
 		return nil, err
 	}
@@ -238,20 +239,34 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return errors.New(st.Problem())
 	}
 
-	machines := db.NewMachines()
 	if cfg.embedded() {
-		if err := seedOnce(ctx, cfg, d.DB, machines, log); err != nil {
+		if err := seedOnce(ctx, cfg, d.DB, log); err != nil {
 			return err
 		}
 	}
 
-	api := graph.NewHandler(graph.HandlerConfig{
-		Resolver:       &graph.Resolver{DB: d.DB, MachineStore: machines},
-		Auth:           auth.NewAuthenticator(jwt),
+	a, err := app.New(app.Config{
+		DB:             d.DB,
+		DSN:            d.dsn,
+		JWT:            jwt,
 		Logger:         log,
 		AllowedOrigins: cfg.allowedOrigins,
 		Introspection:  cfg.devDefault(cfg.introspection),
 	})
+	if err != nil {
+		return err
+	}
+	background, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	backgroundDone := make(chan struct{})
+	go func() {
+		a.Run(background)
+		close(backgroundDone)
+	}()
+	defer func() {
+		stopBackground()
+		<-backgroundDone
+	}()
+	api := a.Handler
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", streaming(api))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -298,7 +313,9 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(shutdownCtx) }()
-	// api.CloseWebsockets()
+	if err := api.CloseWebsockets(shutdownCtx); err != nil {
+		log.Warn("websockets did not close in time", "error", err)
+	}
 	if err := <-done; err != nil {
 		log.Warn("in-flight requests did not finish in time", "error", err)
 	}
@@ -347,12 +364,12 @@ func readiness(bdb *bun.DB) http.Handler {
 
 // seedOnce seeds the demo fleet the first time the private database starts.
 // A marker file keeps a later start from re-seeding a fleet the user changed.
-func seedOnce(ctx context.Context, cfg *config, bdb *bun.DB, machines *db.Machines, log *slog.Logger) error {
+func seedOnce(ctx context.Context, cfg *config, bdb *bun.DB, log *slog.Logger) error {
 	marker := filepath.Join(cfg.dataDir, "seeded")
 	if _, err := os.Stat(marker); err == nil {
 		return nil
 	}
-	if err := demo.Seed(ctx, bdb, machines); err != nil {
+	if err := demo.Seed(ctx, bdb); err != nil {
 		return err
 	}
 	log.Info("seeded the demo fleet")

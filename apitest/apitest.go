@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/uptrace/bun"
 
+	"fleetgraph/app"
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
@@ -32,13 +33,13 @@ const Secret = "test-secret-test-secret-test-secret-0123456789"
 
 // Server is a running API over a test database.
 type Server struct {
-	URL      string // base URL; the endpoint is URL + "/graphql"
-	DB       *dbtest.Database
-	JWT      *auth.JWT
-	Handler  *graph.Handler
-	Log      *LogBuffer
-	Machines *db.Machines
-	// Statements counts SQL statements run through DB.
+	URL     string // base URL; the endpoint is URL + "/graphql"
+	DB      *dbtest.Database
+	JWT     *auth.JWT
+	App     *app.App
+	Handler *graph.Handler
+	Log     *LogBuffer
+	// Statements counts SQL statements run through DB for requests.
 	Statements atomic.Int64
 }
 
@@ -49,6 +50,13 @@ type Options struct {
 	Limits         graph.Limits
 	// DB replaces the resolver's database (e.g. a closed one, to provoke internal errors).
 	DB *bun.DB
+	// Queue overrides the queue timings (short leases for rescue tests).
+	Queue db.QueueConfig
+	// SweepEvery overrides how often the sweeper runs (default 100ms in tests).
+	SweepEvery time.Duration
+	// ClaimPoll overrides how often waiting claims poll (default: an hour,
+	// so tests prove that notifications, not polling, wake them).
+	ClaimPoll time.Duration
 }
 
 // New starts a server for t with its own database; it stops when t ends.
@@ -58,7 +66,7 @@ func New(t testing.TB, opts ...Options) *Server {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	s := &Server{DB: dbtest.New(t), Log: &LogBuffer{}, Machines: db.NewMachines()}
+	s := &Server{DB: dbtest.New(t), Log: &LogBuffer{}}
 	s.DB.AddQueryHook(counter{&s.Statements})
 	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(Secret), Audience: "authenticated"})
 	require.NoError(t, err)
@@ -67,19 +75,43 @@ func New(t testing.TB, opts ...Options) *Server {
 	if o.DB != nil {
 		resolverDB = o.DB
 	}
-	s.Handler = graph.NewHandler(graph.HandlerConfig{
-		Resolver:       &graph.Resolver{DB: resolverDB, MachineStore: s.Machines},
-		Auth:           auth.NewAuthenticator(jwt),
+	if o.SweepEvery == 0 {
+		o.SweepEvery = 100 * time.Millisecond
+	}
+	if o.ClaimPoll == 0 {
+		o.ClaimPoll = time.Hour
+	}
+	a, err := app.New(app.Config{
+		DB:             resolverDB,
+		DSN:            s.DB.DSN,
+		JWT:            jwt,
 		Logger:         slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Queue:          o.Queue,
 		AllowedOrigins: o.AllowedOrigins,
 		Introspection:  o.Introspection,
 		Limits:         o.Limits,
+		ClaimPoll:      o.ClaimPoll,
+		SweepEvery:     o.SweepEvery,
+	})
+	require.NoError(t, err)
+	s.App, s.Handler = a, a.Handler
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		a.Run(ctx)
+		close(done)
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-done
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", s.Handler)
 	ts := httptest.NewServer(mux)
 	t.Cleanup(func() {
-		s.Handler.CloseWebsockets()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = s.Handler.CloseWebsockets(ctx)
 		ts.Close()
 	})
 	s.URL = ts.URL

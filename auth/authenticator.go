@@ -1,55 +1,113 @@
 package auth
 
 import (
+	"context"
 	"encoding/json"
+	"net"
 	"net/http"
+	"strings"
 
 	"fleetgraph/fault"
 )
 
+// KeyPrefix starts every robot API key; a bearer credential with it is a key,
+// not a JWT.
+const KeyPrefix = "crpa_"
+
+// KeyVerifier resolves a robot API key presented from the address ip. It
+// returns an UNAUTHENTICATED fault for unknown, revoked and expired keys.
+type KeyVerifier func(ctx context.Context, key, ip string) (*Principal, error)
+
 // Authenticator resolves the credentials of an HTTP request or a websocket
-// connection_init payload to a Principal.
+// connection_init payload to a Principal: a JWT for users, an API key for
+// robots.
 type Authenticator struct {
-	jwt *JWT
+	jwt  *JWT
+	keys KeyVerifier
 }
 
-// NewAuthenticator returns an Authenticator that accepts the tokens j verifies.
-func NewAuthenticator(j *JWT) *Authenticator { return &Authenticator{jwt: j} }
+// NewAuthenticator returns an Authenticator that accepts the tokens j
+// verifies and the API keys keys verifies (nil: API keys are refused).
+func NewAuthenticator(j *JWT, keys KeyVerifier) *Authenticator {
+	return &Authenticator{jwt: j, keys: keys}
+}
+
+// credential resolves one bearer credential.
+func (a *Authenticator) credential(ctx context.Context, cred, ip string) (*Principal, error) {
+	if strings.HasPrefix(cred, KeyPrefix) {
+		if a.keys == nil {
+			return nil, fault.New(fault.Unauthenticated, "API keys are not accepted here")
+		}
+		return a.keys(ctx, cred, ip)
+	}
+	return a.jwt.Verify(cred)
+}
 
 // FromAuthorization resolves an Authorization header value. An empty value
-// is an anonymous caller (nil, nil); anything else must be a valid bearer token.
-func (a *Authenticator) FromAuthorization(header string) (*Principal, error) {
+// is an anonymous caller (nil, nil); anything else must be a valid
+// `Bearer <jwt>` or `Bearer crpa_...`.
+func (a *Authenticator) FromAuthorization(ctx context.Context, header, ip string) (*Principal, error) {
 	if header == "" {
 		return nil, nil
 	}
-	token, ok := BearerToken(header)
+	cred, ok := BearerToken(header)
 	if !ok {
 		return nil, fault.New(fault.Unauthenticated, "the Authorization header must be `Bearer <token>`")
 	}
-	return a.jwt.Verify(token)
+	return a.credential(ctx, cred, ip)
+}
+
+// FromRequest resolves an HTTP request's credentials: the Authorization
+// header, else an X-Api-Key header. Sending both is refused as ambiguous.
+func (a *Authenticator) FromRequest(r *http.Request) (*Principal, error) {
+	header, key := r.Header.Get("Authorization"), r.Header.Get("X-Api-Key")
+	ip := ClientIP(r)
+	switch {
+	case header != "" && key != "":
+		return nil, fault.New(fault.Unauthenticated, "send either Authorization or X-Api-Key, not both")
+	case key != "":
+		if !strings.HasPrefix(key, KeyPrefix) {
+			return nil, fault.New(fault.Unauthenticated, "X-Api-Key must hold a robot API key (crpa_...)")
+		}
+		return a.credential(r.Context(), key, ip)
+	}
+	return a.FromAuthorization(r.Context(), header, ip)
 }
 
 // FromInitPayload resolves the credentials a websocket client sends in its
 // connection_init payload: `Authorization` (or `authorization`) with a
-// "Bearer <token>" value, or a bare token in `authToken`.
-func (a *Authenticator) FromInitPayload(payload map[string]any) (*Principal, error) {
+// "Bearer <token>" value, or a bare token or key in `authToken`, `apiKey` or
+// `X-Api-Key`.
+func (a *Authenticator) FromInitPayload(ctx context.Context, payload map[string]any, ip string) (*Principal, error) {
 	for _, key := range []string{"Authorization", "authorization"} {
 		if v, ok := payload[key]; ok {
 			s, isString := v.(string)
 			if !isString {
 				return nil, fault.New(fault.Unauthenticated, "connection_init %s must be a string", key)
 			}
-			return a.FromAuthorization(s)
+			return a.FromAuthorization(ctx, s, ip)
 		}
 	}
-	if v, ok := payload["authToken"]; ok {
-		s, isString := v.(string)
-		if !isString || s == "" {
-			return nil, fault.New(fault.Unauthenticated, "connection_init authToken must be a non-empty string")
+	for _, key := range []string{"authToken", "apiKey", "X-Api-Key"} {
+		if v, ok := payload[key]; ok {
+			s, isString := v.(string)
+			if !isString || s == "" {
+				return nil, fault.New(fault.Unauthenticated, "connection_init %s must be a non-empty string", key)
+			}
+			return a.credential(ctx, s, ip)
 		}
-		return a.jwt.Verify(s)
 	}
 	return nil, nil
+}
+
+// ClientIP is the address a request came from: the connection's peer. (Behind
+// a proxy this is the proxy; forwarded headers are not trusted.)
+func ClientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // Middleware puts the caller's Principal in the request context. A request
@@ -58,9 +116,14 @@ func (a *Authenticator) FromInitPayload(payload map[string]any) (*Principal, err
 // GraphQL-shaped UNAUTHENTICATED error, so no resolver ever runs for it.
 func (a *Authenticator) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := a.FromAuthorization(r.Header.Get("Authorization"))
+		r = r.WithContext(WithClientIP(r.Context(), ClientIP(r)))
+		p, err := a.FromRequest(r)
 		if err != nil {
-			WriteError(w, http.StatusUnauthorized, err)
+			status := http.StatusUnauthorized
+			if fault.CodeOf(err) == fault.Internal {
+				status = http.StatusInternalServerError
+			}
+			WriteError(w, status, err)
 			return
 		}
 		if p != nil {

@@ -20,6 +20,9 @@ const (
 	RoleUser Role = "authenticated"
 	// RoleService is a trusted backend: sees everything in its tenant.
 	RoleService Role = "service_role"
+	// RoleRobot is a robot authenticated by an API key: acts only as itself.
+	// Tokens cannot carry it.
+	RoleRobot Role = "robot"
 )
 
 // DefaultTenant is the tenant of tokens that carry no tenant_id claim.
@@ -27,15 +30,25 @@ var DefaultTenant = uuid.MustParse("00000000-0000-0000-0000-000000000001")
 
 // Principal is an authenticated caller.
 type Principal struct {
-	UserID   uuid.UUID
+	// UserID is the user of a JWT; uuid.Nil for robots.
+	UserID uuid.UUID
+	// RobotID is the robot of an API key; uuid.Nil for users.
+	RobotID uuid.UUID
+	// APIKeyID is the key a robot authenticated with.
+	APIKeyID uuid.UUID
 	TenantID uuid.UUID
 	Role     Role
 	// ExpiresAt is when the credential stops being valid.
 	ExpiresAt time.Time
 }
 
-// Actor names the principal in audit trails, e.g. "user:<uuid>".
-func (p *Principal) Actor() string { return "user:" + p.UserID.String() }
+// Actor names the principal in audit trails: "user:<uuid>" or "robot:<uuid>".
+func (p *Principal) Actor() string {
+	if p.RobotID != uuid.Nil {
+		return "robot:" + p.RobotID.String()
+	}
+	return "user:" + p.UserID.String()
+}
 
 type principalKey struct{}
 
@@ -48,4 +61,17 @@ func WithPrincipal(ctx context.Context, p *Principal) context.Context {
 func FromContext(ctx context.Context) *Principal {
 	p, _ := ctx.Value(principalKey{}).(*Principal)
 	return p
+}
+
+type ipKey struct{}
+
+// WithClientIP returns a context carrying the caller's address.
+func WithClientIP(ctx context.Context, ip string) context.Context {
+	return context.WithValue(ctx, ipKey{}, ip)
+}
+
+// ClientIPFrom returns the caller's address carried by ctx, or "".
+func ClientIPFrom(ctx context.Context) string {
+	ip, _ := ctx.Value(ipKey{}).(string)
+	return ip
 }

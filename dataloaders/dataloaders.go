@@ -27,74 +27,164 @@ import (
 // the resolvers of one list to queue up, short enough to be invisible.
 const wait = 2 * time.Millisecond
 
+// Kinds of rows a page can list; loaders of a row's relations batch by page.
+const (
+	Machines  = "machine"
+	Robots    = "robot"
+	Workflows = "workflow"
+	Jobs      = "job"
+)
+
 // Loaders are the batch loaders of one operation.
 type Loaders struct {
 	machineEvents     *dataloadgen.Loader[db.EventPageKey, db.Page[db.MachineEvent]]
 	machineEventCount *dataloadgen.Loader[db.EventCountKey, int]
 	deployments       *dataloadgen.Loader[db.DeploymentListKey, []*db.Deployment]
 	activeDeployment  *dataloadgen.Loader[uuid.UUID, *db.Deployment]
+	robot             *dataloadgen.Loader[uuid.UUID, *db.Robot]
+	currentJobs       *dataloadgen.Loader[uuid.UUID, []*db.Job]
+	workflow          *dataloadgen.Loader[uuid.UUID, *db.Workflow]
+	versions          *dataloadgen.Loader[uuid.UUID, []*db.WorkflowVersion]
+	assignments       *dataloadgen.Loader[uuid.UUID, []*db.WorkflowAssignment]
+	overrides         *dataloadgen.Loader[uuid.UUID, []*db.NodeRobotOverride]
+	jobLogs           *dataloadgen.Loader[jobLogsKey, []*db.JobLog]
 
 	mu    sync.Mutex
-	pages map[uuid.UUID][]uuid.UUID // machine id -> ids of the page it was listed in
+	pages map[pageKey][]uuid.UUID // a listed row -> the ids of its page
+}
+
+type pageKey struct {
+	kind string
+	id   uuid.UUID
+}
+
+type jobLogsKey struct {
+	JobID uuid.UUID
+	First int
 }
 
 // Stores are what the loaders read from.
 type Stores struct {
-	DB       bun.IDB
-	Machines *db.Machines
+	DB        bun.IDB
+	Machines  *db.Machines
+	Robots    *db.Robots
+	Workflows *db.Workflows
+	Jobs      *db.Jobs
+}
+
+// mapped builds a loader over a keyed fetch; keys the fetch leaves out get
+// zero: for these relations "nothing" is an answer, not dataloadgen's ErrNotFound.
+func mapped[K comparable, V any](zero V, fetch func(ctx context.Context, keys []K) (map[K]V, error)) *dataloadgen.Loader[K, V] {
+	return dataloadgen.NewMappedLoader(func(ctx context.Context, keys []K) (map[K]V, error) {
+		m, err := fetch(ctx, keys)
+		return withZeros(keys, m, zero), err
+	}, dataloadgen.WithWait(wait))
 }
 
 // New returns fresh loaders for one operation.
 func New(s Stores) *Loaders {
 	return &Loaders{
-		pages: map[uuid.UUID][]uuid.UUID{},
-		machineEvents: dataloadgen.NewMappedLoader(func(ctx context.Context, keys []db.EventPageKey) (map[db.EventPageKey]db.Page[db.MachineEvent], error) {
+		pages: map[pageKey][]uuid.UUID{},
+		machineEvents: mapped(db.Page[db.MachineEvent]{}, func(ctx context.Context, keys []db.EventPageKey) (map[db.EventPageKey]db.Page[db.MachineEvent], error) {
 			return s.Machines.EventPages(ctx, s.DB, keys)
-		}, dataloadgen.WithWait(wait)),
-		machineEventCount: dataloadgen.NewMappedLoader(func(ctx context.Context, keys []db.EventCountKey) (map[db.EventCountKey]int, error) {
-			counts, err := s.Machines.EventCounts(ctx, s.DB, keys)
-			return withZeros(keys, counts, 0), err
-		}, dataloadgen.WithWait(wait)),
-		deployments: dataloadgen.NewMappedLoader(func(ctx context.Context, keys []db.DeploymentListKey) (map[db.DeploymentListKey][]*db.Deployment, error) {
-			lists, err := s.Machines.DeploymentLists(ctx, s.DB, keys)
-			return withZeros(keys, lists, []*db.Deployment{}), err
-		}, dataloadgen.WithWait(wait)),
-		activeDeployment: dataloadgen.NewMappedLoader(func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Deployment, error) {
-			active, err := s.Machines.ActiveDeployments(ctx, s.DB, ids)
-			return withZeros(ids, active, nil), err
-		}, dataloadgen.WithWait(wait)),
+		}),
+		machineEventCount: mapped(0, func(ctx context.Context, keys []db.EventCountKey) (map[db.EventCountKey]int, error) {
+			return s.Machines.EventCounts(ctx, s.DB, keys)
+		}),
+		deployments: mapped([]*db.Deployment{}, func(ctx context.Context, keys []db.DeploymentListKey) (map[db.DeploymentListKey][]*db.Deployment, error) {
+			return s.Machines.DeploymentLists(ctx, s.DB, keys)
+		}),
+		activeDeployment: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Deployment, error) {
+			return s.Machines.ActiveDeployments(ctx, s.DB, ids)
+		}),
+		robot: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Robot, error) {
+			return s.Robots.FindMany(ctx, s.DB, ids)
+		}),
+		currentJobs: mapped([]*db.Job{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.Job, error) {
+			return s.Jobs.CurrentJobsOf(ctx, s.DB, ids)
+		}),
+		workflow: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Workflow, error) {
+			return s.Workflows.FindMany(ctx, s.DB, ids)
+		}),
+		versions: mapped([]*db.WorkflowVersion{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.WorkflowVersion, error) {
+			return s.Workflows.VersionsOf(ctx, s.DB, ids)
+		}),
+		assignments: mapped([]*db.WorkflowAssignment{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.WorkflowAssignment, error) {
+			return s.Workflows.AssignmentsOf(ctx, s.DB, ids)
+		}),
+		overrides: mapped([]*db.NodeRobotOverride{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.NodeRobotOverride, error) {
+			return s.Workflows.OverridesOf(ctx, s.DB, ids)
+		}),
+		jobLogs: mapped([]*db.JobLog{}, func(ctx context.Context, keys []jobLogsKey) (map[jobLogsKey][]*db.JobLog, error) {
+			byFirst := map[int][]uuid.UUID{}
+			for _, k := range keys {
+				byFirst[k.First] = append(byFirst[k.First], k.JobID)
+			}
+			out := map[jobLogsKey][]*db.JobLog{}
+			for first, ids := range byFirst {
+				logs, err := s.Jobs.LogsOf(ctx, s.DB, ids, first)
+				if err != nil {
+					return nil, err
+				}
+				for id, l := range logs {
+					out[jobLogsKey{id, first}] = l
+				}
+			}
+			return out, nil
+		}),
 	}
 }
 
-// RememberPage records that machines were listed together, so their
-// relations load in one batch.
-func (l *Loaders) RememberPage(machines []*db.Machine) {
-	ids := make([]uuid.UUID, len(machines))
-	for i, m := range machines {
-		ids[i] = m.ID
-	}
+// RememberPage records that rows of a kind (Machines, Robots, Workflows,
+// Jobs) were listed together, so their relations load in one batch.
+// Duplicate and nil ids are ignored.
+func (l *Loaders) RememberPage(kind string, ids []uuid.UUID) {
+	ids = distinct(ids)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, id := range ids {
-		l.pages[id] = ids
+		l.pages[pageKey{kind, id}] = ids
 	}
 }
 
+// IDs returns the ids of rows, for RememberPage.
+func IDs[T any](rows []*T, id func(*T) *uuid.UUID) []uuid.UUID {
+	out := make([]uuid.UUID, 0, len(rows))
+	for _, r := range rows {
+		if p := id(r); p != nil {
+			out = append(out, *p)
+		}
+	}
+	return out
+}
+
+func distinct(ids []uuid.UUID) []uuid.UUID {
+	seen := make(map[uuid.UUID]bool, len(ids))
+	out := make([]uuid.UUID, 0, len(ids))
+	for _, id := range ids {
+		if id != uuid.Nil && !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 // siblings returns the ids listed with id (id alone when it was not listed).
-func (l *Loaders) siblings(id uuid.UUID) []uuid.UUID {
+func (l *Loaders) siblings(kind string, id uuid.UUID) []uuid.UUID {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if ids, ok := l.pages[id]; ok {
+	if ids, ok := l.pages[pageKey{kind, id}]; ok {
 		return ids
 	}
 	return []uuid.UUID{id}
 }
 
 // loadWithPage loads own's value after queueing the same key for every row
-// of own's page; withID makes a row's key from own's.
-func loadWithPage[K comparable, V any](ctx context.Context, l *Loaders, loader *dataloadgen.Loader[K, V], own K, id uuid.UUID, withID func(K, uuid.UUID) K) (V, error) {
+// of id's page; withID makes a row's key from own's.
+func loadWithPage[K comparable, V any](ctx context.Context, l *Loaders, loader *dataloadgen.Loader[K, V], kind string, own K, id uuid.UUID, withID func(K, uuid.UUID) K) (V, error) {
 	var mine func() (V, error)
-	for _, sibling := range l.siblings(id) {
+	for _, sibling := range l.siblings(kind, id) {
 		thunk := loader.LoadThunk(ctx, withID(own, sibling))
 		if sibling == id {
 			mine = thunk
@@ -106,9 +196,11 @@ func loadWithPage[K comparable, V any](ctx context.Context, l *Loaders, loader *
 	return mine()
 }
 
+func byID(_ uuid.UUID, id uuid.UUID) uuid.UUID { return id }
+
 // EventPage returns a page of one machine's events.
 func (l *Loaders) EventPage(ctx context.Context, key db.EventPageKey) (db.Page[db.MachineEvent], error) {
-	return loadWithPage(ctx, l, l.machineEvents, key, key.MachineID, func(k db.EventPageKey, id uuid.UUID) db.EventPageKey {
+	return loadWithPage(ctx, l, l.machineEvents, Machines, key, key.MachineID, func(k db.EventPageKey, id uuid.UUID) db.EventPageKey {
 		k.MachineID = id
 		return k
 	})
@@ -116,7 +208,7 @@ func (l *Loaders) EventPage(ctx context.Context, key db.EventPageKey) (db.Page[d
 
 // EventCount counts one machine's events.
 func (l *Loaders) EventCount(ctx context.Context, key db.EventCountKey) (int, error) {
-	return loadWithPage(ctx, l, l.machineEventCount, key, key.MachineID, func(k db.EventCountKey, id uuid.UUID) db.EventCountKey {
+	return loadWithPage(ctx, l, l.machineEventCount, Machines, key, key.MachineID, func(k db.EventCountKey, id uuid.UUID) db.EventCountKey {
 		k.MachineID = id
 		return k
 	})
@@ -124,7 +216,7 @@ func (l *Loaders) EventCount(ctx context.Context, key db.EventCountKey) (int, er
 
 // DeploymentList returns one machine's newest deployments.
 func (l *Loaders) DeploymentList(ctx context.Context, key db.DeploymentListKey) ([]*db.Deployment, error) {
-	return loadWithPage(ctx, l, l.deployments, key, key.MachineID, func(k db.DeploymentListKey, id uuid.UUID) db.DeploymentListKey {
+	return loadWithPage(ctx, l, l.deployments, Machines, key, key.MachineID, func(k db.DeploymentListKey, id uuid.UUID) db.DeploymentListKey {
 		k.MachineID = id
 		return k
 	})
@@ -132,7 +224,45 @@ func (l *Loaders) DeploymentList(ctx context.Context, key db.DeploymentListKey) 
 
 // ActiveDeployment returns a machine's ACTIVE deployment, or nil.
 func (l *Loaders) ActiveDeployment(ctx context.Context, machineID uuid.UUID) (*db.Deployment, error) {
-	return loadWithPage(ctx, l, l.activeDeployment, machineID, machineID, func(_ uuid.UUID, id uuid.UUID) uuid.UUID { return id })
+	return loadWithPage(ctx, l, l.activeDeployment, Machines, machineID, machineID, byID)
+}
+
+// Robot returns a visible robot by id, or nil.
+func (l *Loaders) Robot(ctx context.Context, id uuid.UUID) (*db.Robot, error) {
+	return loadWithPage(ctx, l, l.robot, Robots, id, id, byID)
+}
+
+// CurrentJobs returns the jobs a robot holds now.
+func (l *Loaders) CurrentJobs(ctx context.Context, robotID uuid.UUID) ([]*db.Job, error) {
+	return loadWithPage(ctx, l, l.currentJobs, Robots, robotID, robotID, byID)
+}
+
+// Workflow returns a visible workflow by id, or nil.
+func (l *Loaders) Workflow(ctx context.Context, id uuid.UUID) (*db.Workflow, error) {
+	return loadWithPage(ctx, l, l.workflow, Workflows, id, id, byID)
+}
+
+// Versions returns a workflow's versions, newest first.
+func (l *Loaders) Versions(ctx context.Context, workflowID uuid.UUID) ([]*db.WorkflowVersion, error) {
+	return loadWithPage(ctx, l, l.versions, Workflows, workflowID, workflowID, byID)
+}
+
+// Assignments returns a workflow's assignments, default first.
+func (l *Loaders) Assignments(ctx context.Context, workflowID uuid.UUID) ([]*db.WorkflowAssignment, error) {
+	return loadWithPage(ctx, l, l.assignments, Workflows, workflowID, workflowID, byID)
+}
+
+// Overrides returns a workflow's node overrides.
+func (l *Loaders) Overrides(ctx context.Context, workflowID uuid.UUID) ([]*db.NodeRobotOverride, error) {
+	return loadWithPage(ctx, l, l.overrides, Workflows, workflowID, workflowID, byID)
+}
+
+// JobLogs returns a job's newest log lines, at most first.
+func (l *Loaders) JobLogs(ctx context.Context, jobID uuid.UUID, first int) ([]*db.JobLog, error) {
+	return loadWithPage(ctx, l, l.jobLogs, Jobs, jobLogsKey{jobID, first}, jobID, func(k jobLogsKey, id uuid.UUID) jobLogsKey {
+		k.JobID = id
+		return k
+	})
 }
 
 // withZeros gives keys with no rows an explicit empty value: for these

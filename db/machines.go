@@ -126,7 +126,7 @@ var machineConstraints = map[string]*fault.Error{
 
 // Get returns one machine the caller may see, or NOT_FOUND.
 func (s *Machines) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Machine, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +148,7 @@ func (s *Machines) get(ctx context.Context, idb bun.IDB, sc scope, id uuid.UUID,
 // FindMany returns the visible machines among ids, keyed by id; invisible or
 // absent ids are missing from the map.
 func (s *Machines) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (map[uuid.UUID]*Machine, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +164,7 @@ func (s *Machines) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (
 }
 
 func (s *Machines) filtered(ctx context.Context, idb bun.IDB, f MachineFilter) (*bun.SelectQuery, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +221,7 @@ func (s *Machines) Count(ctx context.Context, idb bun.IDB, f MachineFilter) (int
 
 // Create makes a STOPPED machine owned by the caller and logs `created`.
 func (s *Machines) Create(ctx context.Context, idb bun.IDB, in CreateMachineInput) (*Machine, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -249,7 +249,7 @@ func (s *Machines) Create(ctx context.Context, idb bun.IDB, in CreateMachineInpu
 // Update renames a machine or replaces its configuration, and logs `updated`
 // with the names of the changed fields.
 func (s *Machines) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in UpdateMachineInput) (*Machine, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +290,7 @@ func (s *Machines) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Upd
 
 // Delete removes a machine with its events and deployments.
 func (s *Machines) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return uuid.Nil, err
 	}
@@ -319,7 +319,7 @@ func (s *Machines) Stop(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Machin
 // changes the machine either is not visible (NOT_FOUND) or already has the
 // status, which is returned as is with no event: retries are harmless.
 func (s *Machines) transition(ctx context.Context, idb bun.IDB, id uuid.UUID, to MachineStatus, stampColumn, eventType string) (*Machine, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -404,7 +404,7 @@ func supersede(ctx context.Context, tx bun.Tx, machineID uuid.UUID, status Deplo
 // (superseding the ACTIVE one), otherwise PENDING until the next start
 // (superseding an older PENDING one). It logs `deployed`.
 func (s *Machines) Deploy(ctx context.Context, idb bun.IDB, machineID uuid.UUID, in ProtocolInput) (*Deployment, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -458,7 +458,7 @@ func (s *Machines) Deploy(ctx context.Context, idb bun.IDB, machineID uuid.UUID,
 // LogEvent appends a client's event to a machine's log. An `error` event sets
 // the machine to ERROR.
 func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUID, eventType string, details map[string]any) (*MachineEvent, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -60,7 +60,7 @@ func PageLimit(first *int) (int, error) { return pageSize(first, DefaultPageSize
 // machine of the batch in one statement per distinct (first, after, types).
 // Machines the caller may not see get empty pages.
 func (s *Machines) EventPages(ctx context.Context, idb bun.IDB, keys []EventPageKey) (map[EventPageKey]Page[MachineEvent], error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +135,7 @@ type EventCountKey struct {
 
 // EventCounts counts events per key in one statement per distinct type filter.
 func (s *Machines) EventCounts(ctx context.Context, idb bun.IDB, keys []EventCountKey) (map[EventCountKey]int, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +179,7 @@ type DeploymentListKey struct {
 
 // DeploymentLists returns each machine's newest deployments, one statement per distinct size.
 func (s *Machines) DeploymentLists(ctx context.Context, idb bun.IDB, keys []DeploymentListKey) (map[DeploymentListKey][]*Deployment, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +211,7 @@ func (s *Machines) DeploymentLists(ctx context.Context, idb bun.IDB, keys []Depl
 
 // ActiveDeployments returns the ACTIVE deployment of each visible machine that has one.
 func (s *Machines) ActiveDeployments(ctx context.Context, idb bun.IDB, machineIDs []uuid.UUID) (map[uuid.UUID]*Deployment, error) {
-	sc, err := scopeOf(ctx)
+	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,8 @@ func As(ctx context.Context, user uuid.UUID) context.Context {
 // Seed creates the demo fleet in one transaction: Alice has a running press
 // with an active deployment, a stopped press with a pending one and a sorter
 // in ERROR; Bob has one machine of his own.
-func Seed(ctx context.Context, bdb *bun.DB, machines *db.Machines) error {
+func Seed(ctx context.Context, bdb *bun.DB) error {
+	machines := db.NewMachines()
 	err := bdb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		alice := As(ctx, Alice)
 		press1, err := machines.Create(alice, tx, db.CreateMachineInput{Name: "press-01", Configuration: map[string]any{"site": "Lyon", "line": 1}})

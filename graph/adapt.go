@@ -61,3 +61,21 @@ func (r *queryResolver) machineEvents(ctx context.Context, machineID uuid.UUID, 
 	page, err := dataloaders.For(ctx).EventPage(ctx, db.EventPageKey{MachineID: machineID, First: limit, After: deref(after), Types: types})
 	return model.NewMachineEventConnection(page, machineID, types), err
 }
+
+// derefAll turns a list of non-null input objects into values.
+func derefAll[T any](in []*T) []T {
+	out := make([]T, len(in))
+	for i, p := range in {
+		out[i] = *p
+	}
+	return out
+}
+
+// rememberJobs lets the relations of a page of jobs (their robots and
+// workflows, their logs) load in one batch each.
+func rememberJobs(ctx context.Context, jobs []*db.Job) {
+	l := dataloaders.For(ctx)
+	l.RememberPage(dataloaders.Jobs, dataloaders.IDs(jobs, func(j *db.Job) *uuid.UUID { return &j.ID }))
+	l.RememberPage(dataloaders.Robots, dataloaders.IDs(jobs, func(j *db.Job) *uuid.UUID { return j.RobotID }))
+	l.RememberPage(dataloaders.Workflows, dataloaders.IDs(jobs, func(j *db.Job) *uuid.UUID { return &j.WorkflowID }))
+}

@@ -11,7 +11,6 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
-	coderws "github.com/coder/websocket"
 	"github.com/google/uuid"
 	"github.com/vektah/gqlparser/v2/ast"
 
@@ -63,9 +62,10 @@ type Handler struct {
 }
 
 // CloseWebsockets ends every open websocket with close code 1001 (going
-// away) and refuses new ones. Call it when the server shuts down, after
-// http.Server.Shutdown has stopped new requests.
-func (h *Handler) CloseWebsockets() { h.sockets.closeAll() }
+// away), refuses new ones, and waits until they are closed or ctx ends. Call
+// it when the server shuts down, alongside http.Server.Shutdown, and before
+// closing the database.
+func (h *Handler) CloseWebsockets(ctx context.Context) error { return h.sockets.closeAll(ctx) }
 
 // NewHandler builds the GraphQL endpoint.
 func NewHandler(cfg HandlerConfig) *Handler {
@@ -84,9 +84,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	srv.AddTransport(transport.SSE{})
 	srv.AddTransport(transport.POST{})
 	srv.AddTransport(transport.GET{})
-	socks := newSockets(transport.CoderWebsocketImplementation{
-		AcceptOptions: coderws.AcceptOptions{OriginPatterns: cfg.AllowedOrigins},
-	})
+	socks := newSockets(cfg.AllowedOrigins)
 	srv.AddTransport(transport.Websocket{
 		Implementation:        socks,
 		InitFunc:              websocketInit(cfg.Auth),
@@ -107,13 +105,14 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	srv.SetErrorPresenter(presentError(cfg.Logger))
 	srv.SetRecoverFunc(recoverPanic(cfg.Logger))
 
-	stores := dataloaders.Stores{DB: cfg.Resolver.DB, Machines: cfg.Resolver.MachineStore}
+	r := cfg.Resolver
+	stores := dataloaders.Stores{DB: r.DB, Machines: r.MachineStore, Robots: r.RobotStore, Workflows: r.WorkflowStore, Jobs: r.JobStore}
 	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
 		return next(dataloaders.With(ctx, dataloaders.New(stores)))
 	})
 
 	var h http.Handler = srv
-	h = socks.track(cfg.AllowedOrigins, h)
+	h = socks.track(h)
 	h = cfg.Auth.Middleware(h)
 	h = limitBody(cfg.Limits.BodyBytes, h)
 	h = cors(cfg.AllowedOrigins, h)
@@ -151,7 +150,7 @@ func schemaConfig(r *Resolver) Config {
 // them when the payload has none.
 func websocketInit(a *auth.Authenticator) transport.WebsocketInitFunc {
 	return func(ctx context.Context, payload transport.InitPayload) (context.Context, *transport.InitPayload, error) {
-		p, err := a.FromInitPayload(payload)
+		p, err := a.FromInitPayload(ctx, payload, auth.ClientIPFrom(ctx))
 		if err != nil {
 			return ctx, nil, err
 		}

@@ -8,10 +8,16 @@ import (
 	"github.com/uptrace/bun"
 
 	"fleetgraph/db"
+	"fleetgraph/dispatch"
 )
 
 // Resolver is the root resolver: the stores the API reads and writes.
 type Resolver struct {
-	DB           *bun.DB
-	MachineStore *db.Machines
+	DB            *bun.DB
+	MachineStore  *db.Machines
+	RobotStore    *db.Robots
+	APIKeyStore   *db.APIKeys
+	WorkflowStore *db.Workflows
+	JobStore      *db.Jobs
+	Dispatcher    *dispatch.Dispatcher
 }

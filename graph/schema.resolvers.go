@@ -11,9 +11,37 @@ import (
 	"fleetgraph/dataloaders"
 	"fleetgraph/db"
 	"fleetgraph/graph/model"
+	"time"
 
 	"github.com/google/uuid"
 )
+
+// Workflow is the resolver for the workflow field.
+func (r *jobResolver) Workflow(ctx context.Context, obj *db.Job) (*db.Workflow, error) {
+	return dataloaders.For(ctx).Workflow(ctx, obj.WorkflowID)
+}
+
+// Robot is the resolver for the robot field.
+func (r *jobResolver) Robot(ctx context.Context, obj *db.Job) (*db.Robot, error) {
+	if obj.RobotID == nil {
+		return nil, nil
+	}
+	return dataloaders.For(ctx).Robot(ctx, *obj.RobotID)
+}
+
+// Logs is the resolver for the logs field.
+func (r *jobResolver) Logs(ctx context.Context, obj *db.Job, first *int) ([]*db.JobLog, error) {
+	limit, err := pageSizeOr(first, 50)
+	if err != nil {
+		return nil, err
+	}
+	return dataloaders.For(ctx).JobLogs(ctx, obj.ID, limit)
+}
+
+// TotalCount is the resolver for the totalCount field.
+func (r *jobConnectionResolver) TotalCount(ctx context.Context, obj *model.JobConnection) (int, error) {
+	return r.JobStore.Count(ctx, r.DB, obj.Filter)
+}
 
 // Events is the resolver for the events field.
 func (r *machineResolver) Events(ctx context.Context, obj *db.Machine, first *int, after *string) (*model.MachineEventConnection, error) {
@@ -85,6 +113,116 @@ func (r *mutationResolver) LogMachineEvent(ctx context.Context, machineID uuid.U
 	return r.MachineStore.LogEvent(ctx, r.DB, machineID, eventType, details)
 }
 
+// CreateRobot is the resolver for the createRobot field.
+func (r *mutationResolver) CreateRobot(ctx context.Context, input db.CreateRobotInput) (*db.Robot, error) {
+	return r.RobotStore.Create(ctx, r.DB, input)
+}
+
+// UpdateRobot is the resolver for the updateRobot field.
+func (r *mutationResolver) UpdateRobot(ctx context.Context, id uuid.UUID, input db.UpdateRobotInput) (*db.Robot, error) {
+	return r.RobotStore.Update(ctx, r.DB, id, input)
+}
+
+// DeleteRobot is the resolver for the deleteRobot field.
+func (r *mutationResolver) DeleteRobot(ctx context.Context, id uuid.UUID) (uuid.UUID, error) {
+	return r.RobotStore.Delete(ctx, r.DB, id)
+}
+
+// CreateAPIKey is the resolver for the createApiKey field.
+func (r *mutationResolver) CreateAPIKey(ctx context.Context, robotID uuid.UUID, name string, expiresAt *time.Time) (*db.CreatedAPIKey, error) {
+	return r.APIKeyStore.Create(ctx, r.DB, robotID, name, expiresAt)
+}
+
+// RevokeAPIKey is the resolver for the revokeApiKey field.
+func (r *mutationResolver) RevokeAPIKey(ctx context.Context, id uuid.UUID) (*db.APIKey, error) {
+	return r.APIKeyStore.Revoke(ctx, r.DB, id)
+}
+
+// CreateWorkflow is the resolver for the createWorkflow field.
+func (r *mutationResolver) CreateWorkflow(ctx context.Context, input db.CreateWorkflowInput) (*db.Workflow, error) {
+	return r.WorkflowStore.Create(ctx, r.DB, input)
+}
+
+// PublishWorkflowVersion is the resolver for the publishWorkflowVersion field.
+func (r *mutationResolver) PublishWorkflowVersion(ctx context.Context, workflowID uuid.UUID, definition map[string]any) (*db.WorkflowVersion, error) {
+	return r.WorkflowStore.Publish(ctx, r.DB, workflowID, definition)
+}
+
+// AssignWorkflow is the resolver for the assignWorkflow field.
+func (r *mutationResolver) AssignWorkflow(ctx context.Context, workflowID uuid.UUID, robotID uuid.UUID, isDefault *bool, priority *int) (*db.WorkflowAssignment, error) {
+	return r.WorkflowStore.Assign(ctx, r.DB, workflowID, robotID, deref(isDefault), deref(priority))
+}
+
+// UnassignWorkflow is the resolver for the unassignWorkflow field.
+func (r *mutationResolver) UnassignWorkflow(ctx context.Context, workflowID uuid.UUID, robotID uuid.UUID) (bool, error) {
+	return r.WorkflowStore.Unassign(ctx, r.DB, workflowID, robotID)
+}
+
+// SetNodeRobotOverride is the resolver for the setNodeRobotOverride field.
+func (r *mutationResolver) SetNodeRobotOverride(ctx context.Context, workflowID uuid.UUID, nodeID string, robotID *uuid.UUID, capability *string) (*db.NodeRobotOverride, error) {
+	return r.WorkflowStore.SetOverride(ctx, r.DB, workflowID, nodeID, robotID, capability)
+}
+
+// RemoveNodeRobotOverride is the resolver for the removeNodeRobotOverride field.
+func (r *mutationResolver) RemoveNodeRobotOverride(ctx context.Context, workflowID uuid.UUID, nodeID string) (bool, error) {
+	return r.WorkflowStore.RemoveOverride(ctx, r.DB, workflowID, nodeID)
+}
+
+// EnqueueJob is the resolver for the enqueueJob field.
+func (r *mutationResolver) EnqueueJob(ctx context.Context, input db.EnqueueJobInput) (*db.Job, error) {
+	return r.JobStore.Enqueue(ctx, r.DB, input)
+}
+
+// EnqueueJobs is the resolver for the enqueueJobs field.
+func (r *mutationResolver) EnqueueJobs(ctx context.Context, input []*db.EnqueueJobInput) ([]*db.Job, error) {
+	return r.JobStore.EnqueueMany(ctx, r.DB, derefAll(input))
+}
+
+// CancelJob is the resolver for the cancelJob field.
+func (r *mutationResolver) CancelJob(ctx context.Context, id uuid.UUID) (*db.Job, error) {
+	return r.JobStore.Cancel(ctx, r.DB, id)
+}
+
+// RetryJob is the resolver for the retryJob field.
+func (r *mutationResolver) RetryJob(ctx context.Context, id uuid.UUID) (*db.Job, error) {
+	return r.JobStore.Retry(ctx, r.DB, id)
+}
+
+// Heartbeat is the resolver for the heartbeat field.
+func (r *mutationResolver) Heartbeat(ctx context.Context, input db.HeartbeatInput) (*db.Robot, error) {
+	return r.RobotStore.Heartbeat(ctx, r.DB, input)
+}
+
+// ClaimJob is the resolver for the claimJob field.
+func (r *mutationResolver) ClaimJob(ctx context.Context, waitSeconds *int) (*db.JobLease, error) {
+	return r.Dispatcher.Claim(ctx, time.Duration(deref(waitSeconds))*time.Second)
+}
+
+// StartJob is the resolver for the startJob field.
+func (r *mutationResolver) StartJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID) (*db.Job, error) {
+	return r.JobStore.Start(ctx, r.DB, jobID, leaseToken)
+}
+
+// ReportJobProgress is the resolver for the reportJobProgress field.
+func (r *mutationResolver) ReportJobProgress(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, progress int, currentNode *string, message *string) (*db.Job, error) {
+	return r.JobStore.Progress(ctx, r.DB, jobID, leaseToken, progress, currentNode, message)
+}
+
+// CompleteJob is the resolver for the completeJob field.
+func (r *mutationResolver) CompleteJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any) (*db.Job, error) {
+	return r.JobStore.Complete(ctx, r.DB, jobID, leaseToken, result)
+}
+
+// FailJob is the resolver for the failJob field.
+func (r *mutationResolver) FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool) (*db.Job, error) {
+	return r.JobStore.Fail(ctx, r.DB, jobID, leaseToken, error, deref(retryable))
+}
+
+// AppendJobLogs is the resolver for the appendJobLogs field.
+func (r *mutationResolver) AppendJobLogs(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, entries []*db.JobLogInput) (int, error) {
+	return r.JobStore.AppendLogs(ctx, r.DB, jobID, leaseToken, derefAll(entries))
+}
+
 // Me is the resolver for the me field.
 func (r *queryResolver) Me(ctx context.Context) (*auth.Principal, error) {
 	return viewer(ctx)
@@ -99,7 +237,7 @@ func (r *queryResolver) Machine(ctx context.Context, id uuid.UUID) (*db.Machine,
 func (r *queryResolver) Machines(ctx context.Context, first *int, after *string, filter *db.MachineFilter) (*model.MachineConnection, error) {
 	f := deref(filter)
 	page, err := r.MachineStore.List(ctx, r.DB, f, db.PageArgs{First: first, After: after})
-	dataloaders.For(ctx).RememberPage(page.Items)
+	dataloaders.For(ctx).RememberPage(dataloaders.Machines, dataloaders.IDs(page.Items, func(m *db.Machine) *uuid.UUID { return &m.ID }))
 	return model.NewMachineConnection(page, f), err
 }
 
@@ -108,8 +246,84 @@ func (r *queryResolver) MachineEvents(ctx context.Context, machineID uuid.UUID, 
 	return r.machineEvents(ctx, machineID, first, after, eventTypes)
 }
 
+// Robot is the resolver for the robot field.
+func (r *queryResolver) Robot(ctx context.Context, id uuid.UUID) (*db.Robot, error) {
+	return nullIfMissing(r.RobotStore.Get(ctx, r.DB, id))
+}
+
+// Robots is the resolver for the robots field.
+func (r *queryResolver) Robots(ctx context.Context, first *int, after *string, filter *db.RobotFilter) (*model.RobotConnection, error) {
+	f := deref(filter)
+	page, err := r.RobotStore.List(ctx, r.DB, f, db.PageArgs{First: first, After: after})
+	dataloaders.For(ctx).RememberPage(dataloaders.Robots, dataloaders.IDs(page.Items, func(x *db.Robot) *uuid.UUID { return &x.ID }))
+	return model.NewRobotConnection(page, f), err
+}
+
+// APIKeys is the resolver for the apiKeys field.
+func (r *queryResolver) APIKeys(ctx context.Context, robotID uuid.UUID, includeRevoked *bool) ([]*db.APIKey, error) {
+	return r.APIKeyStore.List(ctx, r.DB, robotID, deref(includeRevoked))
+}
+
+// Workflow is the resolver for the workflow field.
+func (r *queryResolver) Workflow(ctx context.Context, id uuid.UUID) (*db.Workflow, error) {
+	return nullIfMissing(r.WorkflowStore.Get(ctx, r.DB, id))
+}
+
+// Workflows is the resolver for the workflows field.
+func (r *queryResolver) Workflows(ctx context.Context, first *int, after *string, nameContains *string) (*model.WorkflowConnection, error) {
+	page, err := r.WorkflowStore.List(ctx, r.DB, nameContains, db.PageArgs{First: first, After: after})
+	dataloaders.For(ctx).RememberPage(dataloaders.Workflows, dataloaders.IDs(page.Items, func(x *db.Workflow) *uuid.UUID { return &x.ID }))
+	return model.NewWorkflowConnection(page, nameContains), err
+}
+
+// Job is the resolver for the job field.
+func (r *queryResolver) Job(ctx context.Context, id uuid.UUID) (*db.Job, error) {
+	return nullIfMissing(r.JobStore.Get(ctx, r.DB, id))
+}
+
+// Jobs is the resolver for the jobs field.
+func (r *queryResolver) Jobs(ctx context.Context, first *int, after *string, filter *db.JobFilter) (*model.JobConnection, error) {
+	f := deref(filter)
+	page, err := r.JobStore.List(ctx, r.DB, f, db.PageArgs{First: first, After: after})
+	rememberJobs(ctx, page.Items)
+	return model.NewJobConnection(page, f), err
+}
+
+// RobotStats is the resolver for the robotStats field.
+func (r *queryResolver) RobotStats(ctx context.Context) (*db.RobotStats, error) {
+	return r.RobotStore.Stats(ctx, r.DB)
+}
+
+// WorkflowAssignmentStats is the resolver for the workflowAssignmentStats field.
+func (r *queryResolver) WorkflowAssignmentStats(ctx context.Context) ([]*db.WorkflowAssignmentStats, error) {
+	return r.WorkflowStore.AssignmentStats(ctx, r.DB)
+}
+
+// CurrentRobot is the resolver for the currentRobot field.
+func (r *queryResolver) CurrentRobot(ctx context.Context) (*db.Robot, error) {
+	return r.RobotStore.Current(ctx, r.DB)
+}
+
+// APIKeyAudit is the resolver for the apiKeyAudit field.
+func (r *queryResolver) APIKeyAudit(ctx context.Context, robotID *uuid.UUID, first *int) ([]*db.APIKeyAuditEntry, error) {
+	return r.APIKeyStore.Audit(ctx, r.DB, robotID, first)
+}
+
+// CurrentJobs is the resolver for the currentJobs field.
+func (r *robotResolver) CurrentJobs(ctx context.Context, obj *db.Robot) ([]*db.Job, error) {
+	return dataloaders.For(ctx).CurrentJobs(ctx, obj.ID)
+}
+
+// TotalCount is the resolver for the totalCount field.
+func (r *robotConnectionResolver) TotalCount(ctx context.Context, obj *model.RobotConnection) (int, error) {
+	return r.RobotStore.Count(ctx, r.DB, obj.Filter)
+}
+
 // ID is the resolver for the id field.
 func (r *viewerResolver) ID(ctx context.Context, obj *auth.Principal) (uuid.UUID, error) {
+	if obj.RobotID != uuid.Nil {
+		return obj.RobotID, nil
+	}
 	return obj.UserID, nil
 }
 
@@ -122,6 +336,45 @@ func (r *viewerResolver) TenantID(ctx context.Context, obj *auth.Principal) (uui
 func (r *viewerResolver) Role(ctx context.Context, obj *auth.Principal) (string, error) {
 	return string(obj.Role), nil
 }
+
+// RobotID is the resolver for the robotId field.
+func (r *viewerResolver) RobotID(ctx context.Context, obj *auth.Principal) (*uuid.UUID, error) {
+	if obj.RobotID == uuid.Nil {
+		return nil, nil
+	}
+	return &obj.RobotID, nil
+}
+
+// Versions is the resolver for the versions field.
+func (r *workflowResolver) Versions(ctx context.Context, obj *db.Workflow) ([]*db.WorkflowVersion, error) {
+	return dataloaders.For(ctx).Versions(ctx, obj.ID)
+}
+
+// Assignments is the resolver for the assignments field.
+func (r *workflowResolver) Assignments(ctx context.Context, obj *db.Workflow) ([]*db.WorkflowAssignment, error) {
+	return dataloaders.For(ctx).Assignments(ctx, obj.ID)
+}
+
+// NodeOverrides is the resolver for the nodeOverrides field.
+func (r *workflowResolver) NodeOverrides(ctx context.Context, obj *db.Workflow) ([]*db.NodeRobotOverride, error) {
+	return dataloaders.For(ctx).Overrides(ctx, obj.ID)
+}
+
+// Robot is the resolver for the robot field.
+func (r *workflowAssignmentResolver) Robot(ctx context.Context, obj *db.WorkflowAssignment) (*db.Robot, error) {
+	return dataloaders.For(ctx).Robot(ctx, obj.RobotID)
+}
+
+// TotalCount is the resolver for the totalCount field.
+func (r *workflowConnectionResolver) TotalCount(ctx context.Context, obj *model.WorkflowConnection) (int, error) {
+	return r.WorkflowStore.Count(ctx, r.DB, obj.NameContains)
+}
+
+// Job returns JobResolver implementation.
+func (r *Resolver) Job() JobResolver { return &jobResolver{r} }
+
+// JobConnection returns JobConnectionResolver implementation.
+func (r *Resolver) JobConnection() JobConnectionResolver { return &jobConnectionResolver{r} }
 
 // Machine returns MachineResolver implementation.
 func (r *Resolver) Machine() MachineResolver { return &machineResolver{r} }
@@ -142,14 +395,40 @@ func (r *Resolver) Mutation() MutationResolver { return &mutationResolver{r} }
 // Query returns QueryResolver implementation.
 func (r *Resolver) Query() QueryResolver { return &queryResolver{r} }
 
+// Robot returns RobotResolver implementation.
+func (r *Resolver) Robot() RobotResolver { return &robotResolver{r} }
+
+// RobotConnection returns RobotConnectionResolver implementation.
+func (r *Resolver) RobotConnection() RobotConnectionResolver { return &robotConnectionResolver{r} }
+
 // Viewer returns ViewerResolver implementation.
 func (r *Resolver) Viewer() ViewerResolver { return &viewerResolver{r} }
 
+// Workflow returns WorkflowResolver implementation.
+func (r *Resolver) Workflow() WorkflowResolver { return &workflowResolver{r} }
+
+// WorkflowAssignment returns WorkflowAssignmentResolver implementation.
+func (r *Resolver) WorkflowAssignment() WorkflowAssignmentResolver {
+	return &workflowAssignmentResolver{r}
+}
+
+// WorkflowConnection returns WorkflowConnectionResolver implementation.
+func (r *Resolver) WorkflowConnection() WorkflowConnectionResolver {
+	return &workflowConnectionResolver{r}
+}
+
 type (
+	jobResolver                    struct{ *Resolver }
+	jobConnectionResolver          struct{ *Resolver }
 	machineResolver                struct{ *Resolver }
 	machineConnectionResolver      struct{ *Resolver }
 	machineEventConnectionResolver struct{ *Resolver }
 	mutationResolver               struct{ *Resolver }
 	queryResolver                  struct{ *Resolver }
+	robotResolver                  struct{ *Resolver }
+	robotConnectionResolver        struct{ *Resolver }
 	viewerResolver                 struct{ *Resolver }
+	workflowResolver               struct{ *Resolver }
+	workflowAssignmentResolver     struct{ *Resolver }
+	workflowConnectionResolver     struct{ *Resolver }
 )

@@ -132,8 +132,8 @@ func TestWebsocket(t *testing.T) {
 	t.Run("ShutdownClosesWith1001", func(t *testing.T) {
 		s := apitest.New(t)
 		conn := wsDial(t, s, nil, nil)
-		s.Handler.CloseWebsockets()
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		go func() { _ = s.Handler.CloseWebsockets(ctx) }()
 		defer cancel()
 		var msg map[string]any
 		for {

@@ -1,46 +1,52 @@
 package graph
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/99designs/gqlgen/graphql/handler/transport"
+	coderws "github.com/coder/websocket"
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
 )
 
-// closeGoingAway is RFC 6455's "going away": the server is shutting down.
-const closeGoingAway = 1001
-
-// sockets tracks open websockets so shutdown can end them with 1001. HTTP
-// requests finish on their own under http.Server.Shutdown; hijacked websocket
-// connections are invisible to it, so they are cancelled here instead.
+// sockets accepts the GraphQL transport's websockets on coder/websocket and
+// owns their shutdown. HTTP requests finish on their own under
+// http.Server.Shutdown, but hijacked websocket connections are invisible to
+// it: closeAll cancels each one, which makes the transport close it, with
+// 1001 (going away) instead of gqlgen's 1000, and waits until every handler
+// has returned and every close handshake has ended, so the database is not
+// closed under a subscription and clients see the 1001.
 type sockets struct {
-	inner transport.WebsocketImplementation
+	origins []string
 
 	mu      sync.Mutex
 	going   bool
 	cancels map[*http.Request]context.CancelFunc
+	live    sync.WaitGroup // handlers and close handshakes
 }
 
-func newSockets(inner transport.WebsocketImplementation) *sockets {
-	return &sockets{inner: inner, cancels: map[*http.Request]context.CancelFunc{}}
+func newSockets(allowedOrigins []string) *sockets {
+	return &sockets{origins: allowedOrigins, cancels: map[*http.Request]context.CancelFunc{}}
 }
 
 // track refuses websocket upgrades from foreign browser origins and gives
 // each accepted one a context that closeAll cancels.
-func (s *sockets) track(allowedOrigins []string, next http.Handler) http.Handler {
+func (s *sockets) track(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 			next.ServeHTTP(w, r)
 			return
 		}
-		if origin := r.Header.Get("Origin"); origin != "" && !sameHost(origin, r.Host) && !originAllowed(origin, allowedOrigins) {
+		if origin := r.Header.Get("Origin"); origin != "" && !sameHost(origin, r.Host) && !originAllowed(origin, s.origins) {
 			auth.WriteError(w, http.StatusForbidden, fault.New(fault.Forbidden,
 				"websocket origin %q is not allowed; add its host to ALLOWED_ORIGINS", origin))
 			return
@@ -51,15 +57,17 @@ func (s *sockets) track(allowedOrigins []string, next http.Handler) http.Handler
 		s.mu.Lock()
 		if s.going {
 			s.mu.Unlock()
-			http.Error(w, "server shutting down", http.StatusServiceUnavailable)
+			auth.WriteError(w, http.StatusServiceUnavailable, fault.New(fault.Unauthenticated, "the server is shutting down"))
 			return
 		}
 		s.cancels[r] = cancel
+		s.live.Add(1)
 		s.mu.Unlock()
 		defer func() {
 			s.mu.Lock()
 			delete(s.cancels, r)
 			s.mu.Unlock()
+			s.live.Done()
 		}()
 		next.ServeHTTP(w, r)
 	})
@@ -72,14 +80,26 @@ func sameHost(origin, host string) bool {
 	return err == nil && strings.EqualFold(u.Host, host)
 }
 
-// closeAll ends every websocket with 1001 and refuses new ones.
-func (s *sockets) closeAll() {
+// closeAll ends every websocket with 1001, refuses new ones, and waits until
+// they are closed or ctx ends.
+func (s *sockets) closeAll(ctx context.Context) error {
 	s.mu.Lock()
 	s.going = true
 	for _, cancel := range s.cancels {
 		cancel()
 	}
 	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.live.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (s *sockets) goingAway() bool {
@@ -88,39 +108,80 @@ func (s *sockets) goingAway() bool {
 	return s.going
 }
 
-// Accept implements transport.WebsocketImplementation.
+// Accept implements transport.WebsocketImplementation. Origins were checked
+// by track; coder/websocket's own check is relaxed to match.
 func (s *sockets) Accept(w http.ResponseWriter, r *http.Request, opts transport.WebsocketAcceptOptions) (transport.WebsocketConn, error) {
-	c, err := s.inner.Accept(w, r, opts)
+	for key, values := range opts.ResponseHeader {
+		for _, v := range values {
+			w.Header().Add(key, v)
+		}
+	}
+	c, err := coderws.Accept(w, r, &coderws.AcceptOptions{Subprotocols: opts.Subprotocols, InsecureSkipVerify: true})
 	if err != nil {
 		return nil, err
 	}
-	return &socket{WebsocketConn: c, owner: s}, nil
+	return &socket{conn: c, owner: s}, nil
 }
 
-// socket rewrites the close code gqlgen uses for a cancelled connection
-// (1000) to 1001 while the server shuts down, and forwards the optional
-// interfaces gqlgen looks for.
+// socket adapts a coder/websocket connection to gqlgen's transport.
 type socket struct {
-	transport.WebsocketConn
+	conn  *coderws.Conn
 	owner *sockets
+	once  sync.Once
 }
 
+var (
+	_ transport.WebsocketConn        = (*socket)(nil)
+	_ transport.WebsocketReadLimiter = (*socket)(nil)
+)
+
+func (c *socket) NextReader() (int, io.Reader, error) {
+	typ, data, err := c.conn.Read(context.Background())
+	if err != nil {
+		if s := coderws.CloseStatus(err); s == coderws.StatusNormalClosure || s == coderws.StatusGoingAway || errors.Is(err, io.EOF) {
+			return int(typ), nil, transport.ErrWebsocketClosed
+		}
+		return int(typ), nil, err
+	}
+	return int(typ), bytes.NewReader(data), nil
+}
+
+func (c *socket) WriteJSON(v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return c.conn.Write(context.Background(), coderws.MessageText, data)
+}
+
+// WriteClose starts the close handshake in the background (it can wait up to
+// five seconds for the peer), tracked so shutdown can wait for it. While the
+// server shuts down, every close says 1001.
 func (c *socket) WriteClose(code int, msg string) error {
 	if c.owner.goingAway() {
-		code, msg = closeGoingAway, "server shutting down"
+		code, msg = int(coderws.StatusGoingAway), "server shutting down"
 	}
-	return c.WebsocketConn.WriteClose(code, msg)
-}
-
-func (c *socket) SetReadLimit(limit int64) {
-	if l, ok := c.WebsocketConn.(transport.WebsocketReadLimiter); ok {
-		l.SetReadLimit(limit)
-	}
-}
-
-func (c *socket) SetReadDeadline(t time.Time) error {
-	if d, ok := c.WebsocketConn.(transport.WebsocketReadDeadliner); ok {
-		return d.SetReadDeadline(t)
-	}
+	c.once.Do(func() {
+		c.owner.live.Add(1)
+		go func() {
+			defer c.owner.live.Done()
+			_ = c.conn.Close(coderws.StatusCode(code), msg)
+		}()
+	})
 	return nil
 }
+
+// Close drops the connection unless a close handshake is under way, which
+// closes it itself.
+func (c *socket) Close() error {
+	started := true
+	c.once.Do(func() { started = false })
+	if started {
+		return nil
+	}
+	return c.conn.CloseNow()
+}
+
+func (c *socket) Subprotocol() string { return c.conn.Subprotocol() }
+
+func (c *socket) SetReadLimit(limit int64) { c.conn.SetReadLimit(limit) }

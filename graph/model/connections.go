@@ -40,14 +40,8 @@ type MachineConnection struct {
 
 // NewMachineConnection wraps a page of machines.
 func NewMachineConnection(p db.Page[db.Machine], f db.MachineFilter) *MachineConnection {
-	c := &MachineConnection{Edges: make([]*MachineEdge, len(p.Items)), Filter: f}
-	cursors := make([]string, len(p.Items))
-	for i, m := range p.Items {
-		cursors[i] = m.Cursor()
-		c.Edges[i] = &MachineEdge{Cursor: cursors[i], Node: m}
-	}
-	c.PageInfo = pageInfo(cursors, p.HasNext)
-	return c
+	edges, pi := edgesOf(p, func(c string, n *db.Machine) *MachineEdge { return &MachineEdge{c, n} })
+	return &MachineConnection{Edges: edges, PageInfo: pi, Filter: f}
 }
 
 // MachineEventEdge is one event in a page.
@@ -67,12 +61,80 @@ type MachineEventConnection struct {
 
 // NewMachineEventConnection wraps a page of a machine's events.
 func NewMachineEventConnection(p db.Page[db.MachineEvent], machineID uuid.UUID, types string) *MachineEventConnection {
-	c := &MachineEventConnection{Edges: make([]*MachineEventEdge, len(p.Items)), MachineID: machineID, Types: types}
+	edges, pi := edgesOf(p, func(c string, n *db.MachineEvent) *MachineEventEdge { return &MachineEventEdge{c, n} })
+	return &MachineEventConnection{Edges: edges, PageInfo: pi, MachineID: machineID, Types: types}
+}
+
+// RobotEdge is one robot in a page.
+type RobotEdge struct {
+	Cursor string
+	Node   *db.Robot
+}
+
+// RobotConnection is a page of robots; Filter computes totalCount on demand.
+type RobotConnection struct {
+	Edges    []*RobotEdge
+	PageInfo *PageInfo
+	Filter   db.RobotFilter
+}
+
+// NewRobotConnection wraps a page of robots.
+func NewRobotConnection(p db.Page[db.Robot], f db.RobotFilter) *RobotConnection {
+	edges, pi := edgesOf(p, func(c string, n *db.Robot) *RobotEdge { return &RobotEdge{c, n} })
+	return &RobotConnection{Edges: edges, PageInfo: pi, Filter: f}
+}
+
+// WorkflowEdge is one workflow in a page.
+type WorkflowEdge struct {
+	Cursor string
+	Node   *db.Workflow
+}
+
+// WorkflowConnection is a page of workflows; NameContains computes totalCount on demand.
+type WorkflowConnection struct {
+	Edges        []*WorkflowEdge
+	PageInfo     *PageInfo
+	NameContains *string
+}
+
+// NewWorkflowConnection wraps a page of workflows.
+func NewWorkflowConnection(p db.Page[db.Workflow], nameContains *string) *WorkflowConnection {
+	edges, pi := edgesOf(p, func(c string, n *db.Workflow) *WorkflowEdge { return &WorkflowEdge{c, n} })
+	return &WorkflowConnection{Edges: edges, PageInfo: pi, NameContains: nameContains}
+}
+
+// JobEdge is one job in a page.
+type JobEdge struct {
+	Cursor string
+	Node   *db.Job
+}
+
+// JobConnection is a page of jobs; Filter computes totalCount on demand.
+type JobConnection struct {
+	Edges    []*JobEdge
+	PageInfo *PageInfo
+	Filter   db.JobFilter
+}
+
+// NewJobConnection wraps a page of jobs.
+func NewJobConnection(p db.Page[db.Job], f db.JobFilter) *JobConnection {
+	edges, pi := edgesOf(p, func(c string, n *db.Job) *JobEdge { return &JobEdge{c, n} })
+	return &JobConnection{Edges: edges, PageInfo: pi, Filter: f}
+}
+
+// cursored is a row with a position in its list.
+type cursored interface{ Cursor() string }
+
+// edgesOf builds the edges and page info of a page.
+func edgesOf[T any, PT interface {
+	*T
+	cursored
+}, E any](p db.Page[T], edge func(cursor string, node *T) E) ([]E, *PageInfo) {
+	edges := make([]E, len(p.Items))
 	cursors := make([]string, len(p.Items))
-	for i, e := range p.Items {
-		cursors[i] = e.Cursor()
-		c.Edges[i] = &MachineEventEdge{Cursor: cursors[i], Node: e}
+	for i, n := range p.Items {
+		cursors[i] = PT(n).Cursor()
+		edges[i] = edge(cursors[i], n)
 	}
-	c.PageInfo = pageInfo(cursors, p.HasNext)
-	return c
+	return edges, pageInfo(cursors, p.HasNext)
 }

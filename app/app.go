@@ -1,0 +1,103 @@
+// Package app assembles Fleetgraph from its parts: the stores, the
+// notification listener, the dispatcher, the sweeper and the GraphQL handler.
+// The server and the API tests build the same application through New, so
+// what the tests exercise is what runs.
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"fleetgraph/auth"
+	"fleetgraph/db"
+	"fleetgraph/dispatch"
+	"fleetgraph/graph"
+	"fleetgraph/realtime"
+	"fleetgraph/sweeper"
+)
+
+// Config is what the application needs.
+type Config struct {
+	DB *bun.DB
+	// DSN is the same database's connection string, for the LISTEN connection.
+	DSN            string
+	JWT            *auth.JWT
+	Logger         *slog.Logger
+	Queue          db.QueueConfig
+	AllowedOrigins []string
+	Introspection  bool
+	Limits         graph.Limits
+	// ClaimPoll is how often a waiting claim re-checks without a notification.
+	ClaimPoll time.Duration
+	// SweepEvery is how often the sweeper runs.
+	SweepEvery time.Duration
+}
+
+// App is the assembled application.
+type App struct {
+	Handler  *graph.Handler
+	Resolver *graph.Resolver
+	Listener *realtime.Listener
+	Sweeper  *sweeper.Sweeper
+}
+
+// New builds the application; Run starts its background work.
+func New(cfg Config) (*App, error) {
+	if cfg.Queue == (db.QueueConfig{}) {
+		cfg.Queue = db.DefaultQueueConfig
+	}
+	if cfg.ClaimPoll == 0 {
+		cfg.ClaimPoll = time.Second
+	}
+	if cfg.SweepEvery == 0 {
+		cfg.SweepEvery = 5 * time.Second
+	}
+	listener, err := realtime.NewListener(cfg.DSN, []string{db.JobQueuedChannel}, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("starting the notification listener: %w", err)
+	}
+	workflows := db.NewWorkflows()
+	jobs := db.NewJobs(cfg.Queue, workflows)
+	robots := db.NewRobots(cfg.Queue)
+	keys := db.NewAPIKeys()
+	r := &graph.Resolver{
+		DB:            cfg.DB,
+		MachineStore:  db.NewMachines(),
+		RobotStore:    robots,
+		APIKeyStore:   keys,
+		WorkflowStore: workflows,
+		JobStore:      jobs,
+		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, cfg.ClaimPoll),
+	}
+	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
+		return keys.Verify(ctx, cfg.DB, key, ip)
+	}
+	h := graph.NewHandler(graph.HandlerConfig{
+		Resolver:       r,
+		Auth:           auth.NewAuthenticator(cfg.JWT, verifyKey),
+		Logger:         cfg.Logger,
+		AllowedOrigins: cfg.AllowedOrigins,
+		Introspection:  cfg.Introspection,
+		Limits:         cfg.Limits,
+	})
+	return &App{
+		Handler:  h,
+		Resolver: r,
+		Listener: listener,
+		Sweeper:  sweeper.New(cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger),
+	}, nil
+}
+
+// Run runs the listener and the sweeper until ctx ends, and returns when
+// both have stopped.
+func (a *App) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { a.Listener.Run(ctx) })
+	wg.Go(func() { a.Sweeper.Run(ctx) })
+	wg.Wait()
+}

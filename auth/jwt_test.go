@@ -1,0 +1,425 @@
+package auth_test
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/auth"
+	"fleetgraph/fault"
+)
+
+const (
+	testSecret   = "0123456789abcdef0123456789abcdef-jwt-test"
+	testAudience = "authenticated"
+)
+
+var (
+	testUser   = uuid.MustParse("5e1f0000-0000-4000-8000-00000000000a")
+	testTenant = uuid.MustParse("7e7a0000-0000-4000-8000-00000000000b")
+)
+
+// newJWT returns a verifier for testSecret and testAudience, with issuer iss
+// required when it is not empty.
+func newJWT(t *testing.T, iss string) *auth.JWT {
+	t.Helper()
+	j, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(testSecret), Audience: testAudience, Issuer: iss})
+	require.NoError(t, err)
+	return j
+}
+
+// validClaims are the claims of a token Verify accepts; tests change one thing.
+func validClaims() jwt.MapClaims {
+	now := time.Now()
+	return jwt.MapClaims{
+		"sub":  testUser.String(),
+		"aud":  testAudience,
+		"role": string(auth.RoleUser),
+		"iat":  now.Unix(),
+		"exp":  now.Add(time.Hour).Unix(),
+	}
+}
+
+// sign signs claims with HS256 and testSecret.
+func sign(t *testing.T, claims jwt.MapClaims) string {
+	t.Helper()
+	return signWith(t, jwt.SigningMethodHS256, []byte(testSecret), claims)
+}
+
+func signWith(t *testing.T, method jwt.SigningMethod, key any, claims jwt.MapClaims) string {
+	t.Helper()
+	tok, err := jwt.NewWithClaims(method, claims).SignedString(key)
+	require.NoError(t, err)
+	return tok
+}
+
+// requireUnauthenticated checks that err is an UNAUTHENTICATED fault that
+// mentions want and does not echo the token or any of its parts.
+func requireUnauthenticated(t *testing.T, err error, token, want string) {
+	t.Helper()
+	require.Error(t, err)
+	var fe *fault.Error
+	require.ErrorAs(t, err, &fe)
+	require.Equal(t, fault.Unauthenticated, fault.CodeOf(err))
+	require.Contains(t, err.Error(), want)
+	if token != "" {
+		require.NotContains(t, err.Error(), token)
+		for _, part := range strings.Split(token, ".") {
+			if len(part) >= 8 {
+				require.NotContains(t, err.Error(), part, "the message echoes part of the token")
+			}
+		}
+	}
+}
+
+func TestJWTVerify(t *testing.T) {
+	t.Parallel()
+
+	t.Run("ValidUserToken", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		p, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+		require.Equal(t, testUser, p.UserID)
+		require.Equal(t, auth.RoleUser, p.Role)
+		require.Equal(t, auth.DefaultTenant, p.TenantID)
+		require.Equal(t, c["exp"], p.ExpiresAt.Unix())
+		require.Equal(t, "user:"+testUser.String(), p.Actor())
+	})
+
+	t.Run("ValidServiceToken", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["role"] = string(auth.RoleService)
+		p, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+		require.Equal(t, auth.RoleService, p.Role)
+		require.Equal(t, testUser, p.UserID)
+	})
+
+	t.Run("AudienceInList", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["aud"] = []string{"other", testAudience}
+		_, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+	})
+
+	t.Run("TenantFromTopLevelClaim", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["tenant_id"] = testTenant.String()
+		p, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+		require.Equal(t, testTenant, p.TenantID)
+	})
+
+	t.Run("TenantFromAppMetadata", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["app_metadata"] = map[string]any{"tenant_id": testTenant.String(), "provider": "email"}
+		p, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+		require.Equal(t, testTenant, p.TenantID)
+	})
+
+	t.Run("TopLevelTenantWinsOverAppMetadata", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["tenant_id"] = testTenant.String()
+		c["app_metadata"] = map[string]any{"tenant_id": uuid.NewString()}
+		p, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+		require.Equal(t, testTenant, p.TenantID)
+	})
+
+	t.Run("DefaultTenantWhenAbsent", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["app_metadata"] = map[string]any{"provider": "email"}
+		p, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+		require.Equal(t, auth.DefaultTenant, p.TenantID)
+	})
+
+	t.Run("ExpiredWithinLeewayAccepted", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["iat"] = time.Now().Add(-time.Hour).Unix()
+		c["exp"] = time.Now().Add(-auth.Leeway / 3).Unix()
+		_, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+	})
+
+	t.Run("NotBeforeWithinLeewayAccepted", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["nbf"] = time.Now().Add(auth.Leeway / 3).Unix()
+		_, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+	})
+
+	t.Run("AnyIssuerAcceptedWhenNotConfigured", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["iss"] = "https://anyone.example.com/auth/v1"
+		_, err := newJWT(t, "").Verify(sign(t, c))
+		require.NoError(t, err)
+	})
+
+	t.Run("ConfiguredIssuerAccepted", func(t *testing.T) {
+		t.Parallel()
+		c := validClaims()
+		c["iss"] = "https://project.supabase.co/auth/v1"
+		_, err := newJWT(t, "https://project.supabase.co/auth/v1").Verify(sign(t, c))
+		require.NoError(t, err)
+	})
+
+	refusals := []struct {
+		name   string
+		iss    string // issuer the verifier requires
+		token  func(t *testing.T) string
+		reason string // what the message must say
+	}{
+		{"ExpiredBeyondLeeway", "", func(t *testing.T) string {
+			c := validClaims()
+			c["iat"] = time.Now().Add(-time.Hour).Unix()
+			c["exp"] = time.Now().Add(-auth.Leeway - 30*time.Second).Unix()
+			return sign(t, c)
+		}, "expired"},
+		{"NotBeforeInTheFuture", "", func(t *testing.T) string {
+			c := validClaims()
+			c["nbf"] = time.Now().Add(10 * time.Minute).Unix()
+			return sign(t, c)
+		}, "not valid yet"},
+		{"IssuedInTheFuture", "", func(t *testing.T) string {
+			c := validClaims()
+			c["iat"] = time.Now().Add(10 * time.Minute).Unix()
+			return sign(t, c)
+		}, "not valid yet"},
+		{"MissingExp", "", func(t *testing.T) string {
+			c := validClaims()
+			delete(c, "exp")
+			return sign(t, c)
+		}, "missing required claim exp"},
+		{"WrongAudience", "", func(t *testing.T) string {
+			c := validClaims()
+			c["aud"] = "anon"
+			return sign(t, c)
+		}, "wrong audience"},
+		{"MissingAudience", "", func(t *testing.T) string {
+			c := validClaims()
+			delete(c, "aud")
+			return sign(t, c)
+		}, "missing required claim aud"},
+		{"WrongIssuer", "https://project.supabase.co/auth/v1", func(t *testing.T) string {
+			c := validClaims()
+			c["iss"] = "https://evil.example.com/auth/v1"
+			return sign(t, c)
+		}, "wrong issuer"},
+		{"MissingIssuerWhenConfigured", "https://project.supabase.co/auth/v1", func(t *testing.T) string {
+			return sign(t, validClaims())
+		}, "missing required claim iss"},
+		{"AlgNone", "", func(t *testing.T) string {
+			return signWith(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, validClaims())
+		}, "HS256 required"},
+		{"HS384", "", func(t *testing.T) string {
+			return signWith(t, jwt.SigningMethodHS384, []byte(testSecret), validClaims())
+		}, "HS256 required"},
+		{"HS512", "", func(t *testing.T) string {
+			return signWith(t, jwt.SigningMethodHS512, []byte(testSecret), validClaims())
+		}, "HS256 required"},
+		{"RS256", "", func(t *testing.T) string {
+			key, err := rsa.GenerateKey(rand.Reader, 2048)
+			require.NoError(t, err)
+			return signWith(t, jwt.SigningMethodRS256, key, validClaims())
+		}, "HS256 required"},
+		{"BadSignature", "", func(t *testing.T) string {
+			return signWith(t, jwt.SigningMethodHS256, []byte("another-secret-another-secret-0123456789"), validClaims())
+		}, "bad signature"},
+		{"TamperedPayload", "", func(t *testing.T) string {
+			good := strings.Split(sign(t, validClaims()), ".")
+			c := validClaims()
+			c["role"] = string(auth.RoleService)
+			forged := strings.Split(sign(t, c), ".")
+			return good[0] + "." + forged[1] + "." + good[2]
+		}, "bad signature"},
+		{"Malformed", "", func(*testing.T) string { return "not-a-jwt" }, "malformed"},
+		{"MalformedSegments", "", func(*testing.T) string { return "aaaaaaaaaa.bbbbbbbbbb.cccccccccc" }, "malformed"},
+		{"Empty", "", func(*testing.T) string { return "" }, "malformed"},
+		{"RoleAnon", "", func(t *testing.T) string {
+			c := validClaims()
+			c["role"] = "anon"
+			return sign(t, c)
+		}, "role"},
+		{"RoleOther", "", func(t *testing.T) string {
+			c := validClaims()
+			c["role"] = "supabase_admin"
+			return sign(t, c)
+		}, "role"},
+		{"RoleMissing", "", func(t *testing.T) string {
+			c := validClaims()
+			delete(c, "role")
+			return sign(t, c)
+		}, "role"},
+		{"SubNotUUID", "", func(t *testing.T) string {
+			c := validClaims()
+			c["sub"] = "alice"
+			return sign(t, c)
+		}, "sub"},
+		{"SubMissing", "", func(t *testing.T) string {
+			c := validClaims()
+			delete(c, "sub")
+			return sign(t, c)
+		}, "sub"},
+		{"TenantNotUUID", "", func(t *testing.T) string {
+			c := validClaims()
+			c["tenant_id"] = "acme"
+			return sign(t, c)
+		}, "tenant_id"},
+		{"AppMetadataTenantNotUUID", "", func(t *testing.T) string {
+			c := validClaims()
+			c["app_metadata"] = map[string]any{"tenant_id": "acme"}
+			return sign(t, c)
+		}, "tenant_id"},
+	}
+	for _, tt := range refusals {
+		t.Run("Refuses"+tt.name, func(t *testing.T) {
+			t.Parallel()
+			token := tt.token(t)
+			p, err := newJWT(t, tt.iss).Verify(token)
+			require.Nil(t, p)
+			requireUnauthenticated(t, err, token, tt.reason)
+		})
+	}
+}
+
+func TestJWTMint(t *testing.T) {
+	t.Parallel()
+
+	t.Run("RoundTrips", func(t *testing.T) {
+		t.Parallel()
+		j := newJWT(t, "https://issuer.example.com")
+		for _, role := range []auth.Role{auth.RoleUser, auth.RoleService} {
+			tok, err := j.Mint(auth.MintOptions{UserID: testUser, TenantID: testTenant, Role: role, TTL: time.Hour})
+			require.NoError(t, err)
+			p, err := j.Verify(tok)
+			require.NoError(t, err)
+			require.Equal(t, testUser, p.UserID)
+			require.Equal(t, testTenant, p.TenantID)
+			require.Equal(t, role, p.Role)
+			require.WithinDuration(t, time.Now().Add(time.Hour), p.ExpiresAt, 5*time.Second)
+		}
+	})
+
+	t.Run("NoTenantMeansDefaultTenant", func(t *testing.T) {
+		t.Parallel()
+		j := newJWT(t, "")
+		tok, err := j.Mint(auth.MintOptions{UserID: testUser, Role: auth.RoleUser, TTL: time.Minute})
+		require.NoError(t, err)
+		p, err := j.Verify(tok)
+		require.NoError(t, err)
+		require.Equal(t, auth.DefaultTenant, p.TenantID)
+	})
+
+	t.Run("OtherSecretRefusesMintedToken", func(t *testing.T) {
+		t.Parallel()
+		tok, err := newJWT(t, "").Mint(auth.MintOptions{UserID: testUser, Role: auth.RoleUser, TTL: time.Minute})
+		require.NoError(t, err)
+		other, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(strings.Repeat("x", 32)), Audience: testAudience})
+		require.NoError(t, err)
+		_, err = other.Verify(tok)
+		requireUnauthenticated(t, err, tok, "bad signature")
+	})
+
+	t.Run("OtherAudienceRefusesMintedToken", func(t *testing.T) {
+		t.Parallel()
+		tok, err := newJWT(t, "").Mint(auth.MintOptions{UserID: testUser, Role: auth.RoleUser, TTL: time.Minute})
+		require.NoError(t, err)
+		other, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(testSecret), Audience: "service"})
+		require.NoError(t, err)
+		_, err = other.Verify(tok)
+		requireUnauthenticated(t, err, tok, "wrong audience")
+	})
+
+	t.Run("RefusesBadRoles", func(t *testing.T) {
+		t.Parallel()
+		j := newJWT(t, "")
+		for _, role := range []auth.Role{"", "anon", "admin"} {
+			tok, err := j.Mint(auth.MintOptions{UserID: testUser, Role: role, TTL: time.Hour})
+			require.Error(t, err, "role %q", role)
+			require.Empty(t, tok)
+		}
+	})
+
+	t.Run("RefusesNonPositiveTTL", func(t *testing.T) {
+		t.Parallel()
+		j := newJWT(t, "")
+		for _, ttl := range []time.Duration{0, -time.Minute} {
+			tok, err := j.Mint(auth.MintOptions{UserID: testUser, Role: auth.RoleUser, TTL: ttl})
+			require.Error(t, err, "ttl %s", ttl)
+			require.Empty(t, tok)
+		}
+	})
+}
+
+func TestNewJWT(t *testing.T) {
+	t.Parallel()
+
+	t.Run("RefusesShortSecret", func(t *testing.T) {
+		t.Parallel()
+		for _, secret := range []string{"", "short", strings.Repeat("s", 31)} {
+			j, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(secret), Audience: testAudience})
+			require.Error(t, err)
+			require.Contains(t, err.Error(), "32 bytes")
+			require.Nil(t, j)
+		}
+	})
+
+	t.Run("AcceptsThirtyTwoByteSecret", func(t *testing.T) {
+		t.Parallel()
+		_, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(strings.Repeat("s", 32)), Audience: testAudience})
+		require.NoError(t, err)
+	})
+
+	t.Run("RefusesEmptyAudience", func(t *testing.T) {
+		t.Parallel()
+		j, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(testSecret)})
+		require.Error(t, err)
+		require.Contains(t, err.Error(), "audience")
+		require.Nil(t, j)
+	})
+}
+
+func TestBearerToken(t *testing.T) {
+	t.Parallel()
+
+	for _, tt := range []struct {
+		name, header, token string
+		ok                  bool
+	}{
+		{"Bearer", "Bearer abc.def.ghi", "abc.def.ghi", true},
+		{"LowercaseScheme", "bearer abc", "abc", true},
+		{"UppercaseScheme", "BEARER abc", "abc", true},
+		{"SurroundingSpaces", "  Bearer   abc  ", "abc", true},
+		{"Empty", "", "", false},
+		{"SchemeOnly", "Bearer", "", false},
+		{"SchemeAndSpaces", "Bearer    ", "", false},
+		{"OtherScheme", "Basic dXNlcjpwYXNz", "", false},
+		{"TokenWithoutScheme", "abc.def.ghi", "", false},
+		{"SchemePrefix", "Bearerabc", "", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			token, ok := auth.BearerToken(tt.header)
+			require.Equal(t, tt.ok, ok)
+			require.Equal(t, tt.token, token)
+		})
+	}
+}

@@ -1,0 +1,299 @@
+package db
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+
+	"fleetgraph/auth"
+	"fleetgraph/fault"
+)
+
+// KeyPrefix starts every robot API key.
+const KeyPrefix = "crpa_"
+
+// keyLength is the length of a raw key: the prefix and 32 random bytes in
+// unpadded base64url.
+var keyLength = len(KeyPrefix) + base64.RawURLEncoding.EncodedLen(32)
+
+// APIKey is a robot's API key. Only the SHA-256 of the raw key is stored.
+type APIKey struct {
+	bun.BaseModel `bun:"table:api_keys,alias:k"`
+
+	ID         uuid.UUID  `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
+	TenantID   uuid.UUID  `bun:"tenant_id,type:uuid"`
+	RobotID    uuid.UUID  `bun:"robot_id,type:uuid"`
+	Name       string     `bun:"name"`
+	Prefix     string     `bun:"prefix"`
+	KeyHash    []byte     `bun:"key_hash"`
+	CreatedBy  string     `bun:"created_by"`
+	CreatedAt  time.Time  `bun:"created_at,nullzero,default:clock_timestamp()"`
+	ExpiresAt  *time.Time `bun:"expires_at"`
+	RevokedBy  *string    `bun:"revoked_by"`
+	RevokedAt  *time.Time `bun:"revoked_at"`
+	LastUsedAt *time.Time `bun:"last_used_at"`
+	LastUsedIP *string    `bun:"last_used_ip"`
+}
+
+// CreatedAPIKey is a new key with its raw value, shown once.
+type CreatedAPIKey struct {
+	Key    string
+	APIKey *APIKey
+}
+
+// APIKeyAuditEntry records something done with (or attempted with) a key.
+type APIKeyAuditEntry struct {
+	bun.BaseModel `bun:"table:api_key_audit,alias:a"`
+
+	ID       int64      `bun:"id,pk,autoincrement"`
+	TenantID *uuid.UUID `bun:"tenant_id,type:uuid"`
+	APIKeyID *uuid.UUID `bun:"api_key_id,type:uuid"`
+	RobotID  *uuid.UUID `bun:"robot_id,type:uuid"`
+	Event    string     `bun:"event"`
+	Actor    *string    `bun:"actor"`
+	IP       *string    `bun:"ip"`
+	Detail   *string    `bun:"detail"`
+	At       time.Time  `bun:"at,nullzero,default:now()"`
+}
+
+// Audit events.
+const (
+	AuditCreated         = "CREATED"
+	AuditRevoked         = "REVOKED"
+	AuditUsedAfterRevoke = "USED_AFTER_REVOKE"
+	AuditExpired         = "EXPIRED"
+	AuditUnknownKey      = "UNKNOWN_KEY"
+)
+
+// auditEvery bounds how often one key (or, for unknown keys, one address)
+// writes the same refusal to the audit log, and how often a key's last use
+// is written: a flood of requests costs no flood of writes.
+const auditEvery = time.Minute
+
+// APIKeys is the store of robot API keys and their audit trail.
+type APIKeys struct {
+	mu   sync.Mutex
+	last map[string]time.Time // "<event>:<key or ip>" -> last write
+	now  func() time.Time
+}
+
+// NewAPIKeys returns the API key store.
+func NewAPIKeys() *APIKeys {
+	return &APIKeys{last: map[string]time.Time{}, now: time.Now}
+}
+
+// due reports whether the write named by key may happen now, and if so
+// records it. Old entries are dropped when the map grows.
+func (s *APIKeys) due(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if t, ok := s.last[key]; ok && now.Sub(t) < auditEvery {
+		return false
+	}
+	if len(s.last) > 10_000 {
+		for k, t := range s.last {
+			if now.Sub(t) >= auditEvery {
+				delete(s.last, k)
+			}
+		}
+	}
+	s.last[key] = now
+	return true
+}
+
+func hashKey(raw string) []byte {
+	sum := sha256.Sum256([]byte(raw))
+	return sum[:]
+}
+
+// Create makes a key for a robot of the caller's tenant and returns the raw
+// key, which is not stored.
+func (s *APIKeys) Create(ctx context.Context, idb bun.IDB, robotID uuid.UUID, name string, expiresAt *time.Time) (*CreatedAPIKey, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if name, err = checkName("name", name); err != nil {
+		return nil, err
+	}
+	if expiresAt != nil && !expiresAt.After(s.now()) {
+		return nil, fault.Invalid("expiresAt", "expiresAt must be in the future")
+	}
+	var secret [32]byte
+	if _, err := rand.Read(secret[:]); err != nil {
+		return nil, fmt.Errorf("generating a key: %w", err)
+	}
+	raw := KeyPrefix + base64.RawURLEncoding.EncodeToString(secret[:])
+	k := &APIKey{TenantID: sc.tenant, RobotID: robotID, Name: name, Prefix: raw[:len(KeyPrefix)+8],
+		KeyHash: hashKey(raw), CreatedBy: sc.actor, ExpiresAt: expiresAt}
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		exists, err := inTenant(sc, tx.NewSelect().Model((*Robot)(nil)).Where("r.id = ?", robotID), "r").Exists(ctx)
+		if err != nil {
+			return fmt.Errorf("finding the robot: %w", err)
+		}
+		if !exists {
+			return fault.Missing("robot")
+		}
+		if _, err := tx.NewInsert().Model(k).Returning("*").Exec(ctx); err != nil {
+			return fmt.Errorf("storing the key: %w", err)
+		}
+		return s.audit(ctx, tx, k, AuditCreated, sc.actor, "", "")
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &CreatedAPIKey{Key: raw, APIKey: k}, nil
+}
+
+func (s *APIKeys) audit(ctx context.Context, idb bun.IDB, k *APIKey, event, actor, ip, detail string) error {
+	e := &APIKeyAuditEntry{Event: event, Actor: nilIfEmpty(actor), IP: nilIfEmpty(ip), Detail: nilIfEmpty(detail)}
+	if k != nil {
+		e.TenantID, e.APIKeyID, e.RobotID = &k.TenantID, &k.ID, &k.RobotID
+	}
+	if _, err := idb.NewInsert().Model(e).Exec(ctx); err != nil {
+		return fmt.Errorf("auditing %s: %w", event, err)
+	}
+	return nil
+}
+
+func nilIfEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// Revoke revokes a key at once; revoking twice is a CONFLICT.
+func (s *APIKeys) Revoke(ctx context.Context, idb bun.IDB, id uuid.UUID) (*APIKey, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	k := new(APIKey)
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		err := inTenant(sc, tx.NewUpdate().Model(k).Where("k.id = ?", id), "k").
+			Where("k.revoked_at IS NULL").
+			Set("revoked_at = now()").Set("revoked_by = ?", sc.actor).
+			Returning("*").Scan(ctx)
+		if errors.Is(err, sql.ErrNoRows) {
+			exists, err := inTenant(sc, tx.NewSelect().Model((*APIKey)(nil)).Where("k.id = ?", id), "k").Exists(ctx)
+			if err != nil {
+				return fmt.Errorf("finding the key: %w", err)
+			}
+			if exists {
+				return fault.New(fault.Conflict, "the API key is already revoked")
+			}
+			return fault.Missing("API key")
+		}
+		if err != nil {
+			return fmt.Errorf("revoking the key: %w", err)
+		}
+		return s.audit(ctx, tx, k, AuditRevoked, sc.actor, "", "")
+	})
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// List returns a robot's keys, newest first.
+func (s *APIKeys) List(ctx context.Context, idb bun.IDB, robotID uuid.UUID, includeRevoked bool) ([]*APIKey, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var keys []*APIKey
+	q := inTenant(sc, idb.NewSelect().Model(&keys).Where("k.robot_id = ?", robotID), "k").OrderExpr("k.created_at DESC, k.id DESC")
+	if !includeRevoked {
+		q = q.Where("k.revoked_at IS NULL")
+	}
+	if err := q.Scan(ctx); err != nil {
+		return nil, fmt.Errorf("listing keys: %w", err)
+	}
+	return keys, nil
+}
+
+// Audit returns the tenant's newest audit entries, optionally of one robot.
+func (s *APIKeys) Audit(ctx context.Context, idb bun.IDB, robotID *uuid.UUID, first *int) ([]*APIKeyAuditEntry, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	limit, err := PageLimit(first)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*APIKeyAuditEntry
+	q := inTenant(sc, idb.NewSelect().Model(&rows), "a").OrderExpr("a.id DESC").Limit(limit)
+	if robotID != nil {
+		q = q.Where("a.robot_id = ?", *robotID)
+	}
+	if err := q.Scan(ctx); err != nil {
+		return nil, fmt.Errorf("reading the audit log: %w", err)
+	}
+	return rows, nil
+}
+
+// Verify resolves a raw key presented from ip to its robot's principal.
+// Unknown, revoked and expired keys are refused with UNAUTHENTICATED and
+// audited (each at most once a minute per key or address). The key's last
+// use is written at most once a minute, not on every request.
+func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*auth.Principal, error) {
+	refused := fault.New(fault.Unauthenticated, "invalid API key")
+	if !strings.HasPrefix(raw, KeyPrefix) || len(raw) != keyLength {
+		return nil, s.refuse(ctx, idb, nil, AuditUnknownKey, ip, "malformed key", refused)
+	}
+	k := new(APIKey)
+	err := idb.NewSelect().Model(k).
+		Join("JOIN robots AS r ON r.id = k.robot_id AND r.tenant_id = k.tenant_id").
+		Where("k.key_hash = ?", hashKey(raw)).Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, s.refuse(ctx, idb, nil, AuditUnknownKey, ip, "", refused)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up the API key: %w", err)
+	}
+	switch {
+	case k.RevokedAt != nil:
+		return nil, s.refuse(ctx, idb, k, AuditUsedAfterRevoke, ip, "", fault.New(fault.Unauthenticated, "this API key was revoked"))
+	case k.ExpiresAt != nil && !k.ExpiresAt.After(s.now()):
+		return nil, s.refuse(ctx, idb, k, AuditExpired, ip, "", fault.New(fault.Unauthenticated, "this API key has expired"))
+	}
+	if s.due("used:" + k.ID.String()) {
+		if _, err := idb.NewUpdate().Model(k).WherePK().
+			Where("k.last_used_at IS NULL OR k.last_used_at < now() - make_interval(secs => ?)", seconds(auditEvery)).
+			Set("last_used_at = now()").Set("last_used_ip = ?", nilIfEmpty(ip)).Exec(ctx); err != nil {
+			return nil, fmt.Errorf("recording the key's use: %w", err)
+		}
+	}
+	p := &auth.Principal{RobotID: k.RobotID, APIKeyID: k.ID, TenantID: k.TenantID, Role: auth.RoleRobot}
+	if k.ExpiresAt != nil {
+		p.ExpiresAt = *k.ExpiresAt
+	}
+	return p, nil
+}
+
+// refuse audits a refused key (rate-limited) and returns the refusal.
+func (s *APIKeys) refuse(ctx context.Context, idb bun.IDB, k *APIKey, event, ip, detail string, refusal error) error {
+	subject := ip
+	if k != nil {
+		subject = k.ID.String()
+	}
+	if s.due(event + ":" + subject) {
+		if err := s.audit(ctx, idb, k, event, "", ip, detail); err != nil {
+			return err
+		}
+	}
+	return refusal
+}

@@ -1,0 +1,495 @@
+package db
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+
+	"fleetgraph/fault"
+)
+
+// RobotStatus is what a robot reports itself as.
+type RobotStatus string
+
+// Robot states.
+const (
+	RobotOnline      RobotStatus = "ONLINE"
+	RobotBusy        RobotStatus = "BUSY"
+	RobotMaintenance RobotStatus = "MAINTENANCE"
+	RobotOffline     RobotStatus = "OFFLINE"
+)
+
+func (s RobotStatus) valid() bool {
+	switch s {
+	case RobotOnline, RobotBusy, RobotMaintenance, RobotOffline:
+		return true
+	}
+	return false
+}
+
+// Robot is an RPA robot of a tenant.
+type Robot struct {
+	bun.BaseModel `bun:"table:robots,alias:r"`
+
+	ID                uuid.UUID      `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
+	TenantID          uuid.UUID      `bun:"tenant_id,type:uuid"`
+	Name              string         `bun:"name"`
+	Hostname          string         `bun:"hostname"`
+	Status            RobotStatus    `bun:"status"`
+	Capabilities      []string       `bun:"capabilities,array"`
+	MaxConcurrentJobs int            `bun:"max_concurrent_jobs"`
+	Environment       string         `bun:"environment"`
+	AgentVersion      string         `bun:"agent_version"`
+	Metadata          map[string]any `bun:"metadata,type:jsonb"`
+	LastHeartbeatAt   *time.Time     `bun:"last_heartbeat_at"`
+	CreatedAt         time.Time      `bun:"created_at,nullzero,default:clock_timestamp()"`
+	UpdatedAt         time.Time      `bun:"updated_at,nullzero,default:now()"`
+	Revision          int64          `bun:"revision,default:1"`
+}
+
+// Cursor is the robot's position in `robots`, newest first.
+func (r *Robot) Cursor() string { return encodeTimeID("robot", r.CreatedAt, r.ID) }
+
+// RobotFilter narrows a robot list.
+type RobotFilter struct {
+	Status       *RobotStatus
+	Capability   *string
+	NameContains *string
+}
+
+// CreateRobotInput is what a new robot is made of.
+type CreateRobotInput struct {
+	Name              string
+	Hostname          *string
+	Capabilities      []string
+	MaxConcurrentJobs *int
+	Environment       *string
+	Metadata          map[string]any
+}
+
+// UpdateRobotInput changes the fields that are non-nil.
+type UpdateRobotInput struct {
+	Name              *string
+	Hostname          *string
+	Capabilities      []string
+	MaxConcurrentJobs *int
+	Environment       *string
+	Metadata          map[string]any
+	Status            *RobotStatus
+}
+
+// HeartbeatInput is what a robot reports in a heartbeat.
+type HeartbeatInput struct {
+	Status       RobotStatus
+	Metrics      map[string]any
+	AgentVersion *string
+}
+
+// QueueConfig holds the timings of the job queue.
+type QueueConfig struct {
+	// Lease is how long a claim (and each extension) lasts.
+	Lease time.Duration
+	// RetryBackoff is the delay before the first retry; it doubles with each
+	// attempt, up to MaxRetryBackoff.
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// OfflineAfter is how long a robot may stay silent before it is OFFLINE.
+	OfflineAfter time.Duration
+	// HeartbeatSample is the least time between two stored heartbeats of a
+	// robot with an unchanged status.
+	HeartbeatSample time.Duration
+}
+
+// DefaultQueueConfig is the production default.
+var DefaultQueueConfig = QueueConfig{
+	Lease:           60 * time.Second,
+	RetryBackoff:    5 * time.Second,
+	MaxRetryBackoff: 10 * time.Minute,
+	OfflineAfter:    90 * time.Second,
+	HeartbeatSample: time.Minute,
+}
+
+// Robots is the store of robots and their heartbeats.
+type Robots struct {
+	cfg QueueConfig
+}
+
+// NewRobots returns the robot store.
+func NewRobots(cfg QueueConfig) *Robots { return &Robots{cfg: cfg} }
+
+var robotConstraints = map[string]*fault.Error{
+	"robots_tenant_name_key": {Code: fault.Conflict, Field: "name", Message: "the tenant already has a robot with this name"},
+}
+
+var capabilityRE = regexp.MustCompile(`^[A-Za-z0-9_.:\-]{1,64}$`)
+
+// checkCapabilities validates, de-duplicates and sorts a capability list.
+func checkCapabilities(field string, caps []string) ([]string, error) {
+	if len(caps) > 50 {
+		return nil, fault.Invalid(field, "%s may list at most 50 capabilities", field)
+	}
+	out := make([]string, 0, len(caps))
+	for _, c := range caps {
+		if !capabilityRE.MatchString(c) {
+			return nil, fault.Invalid(field, "capability %q must be 1-64 characters of letters, digits, _ . : -", truncate(c, 70))
+		}
+		out = append(out, c)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// seconds passes a duration to make_interval(secs => ?).
+func seconds(d time.Duration) float64 { return d.Seconds() }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func checkShortText(field, v string, max int) (string, error) {
+	if len(v) > max {
+		return "", fault.Invalid(field, "%s must be at most %d bytes", field, max)
+	}
+	if _, err := checkFilterText(field, v); err != nil {
+		return "", err
+	}
+	return v, nil
+}
+
+func checkSlots(field string, n int) error {
+	if n < 1 || n > 100 {
+		return fault.Invalid(field, "%s must be between 1 and 100", field)
+	}
+	return nil
+}
+
+// Get returns one robot the caller may see, or NOT_FOUND.
+func (s *Robots) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Robot, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := new(Robot)
+	if err := robotsVisible(sc, idb.NewSelect().Model(r).Where("r.id = ?", id), "r").Scan(ctx); err != nil {
+		return nil, notFoundIfNoRows(err, "robot")
+	}
+	return r, nil
+}
+
+// Current returns the calling robot.
+func (s *Robots) Current(ctx context.Context, idb bun.IDB) (*Robot, error) {
+	sc, err := robotScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.Get(ctx, idb, sc.robot)
+}
+
+// FindMany returns the visible robots among ids, keyed by id.
+func (s *Robots) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (map[uuid.UUID]*Robot, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*Robot
+	if err := robotsVisible(sc, idb.NewSelect().Model(&rows).Where("r.id = ANY(?::uuid[])", pgUUIDs(ids)), "r").Scan(ctx); err != nil {
+		return nil, fmt.Errorf("loading robots: %w", err)
+	}
+	out := make(map[uuid.UUID]*Robot, len(rows))
+	for _, r := range rows {
+		out[r.ID] = r
+	}
+	return out, nil
+}
+
+func (s *Robots) filtered(ctx context.Context, idb bun.IDB, f RobotFilter) (*bun.SelectQuery, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	q := robotsVisible(sc, idb.NewSelect().Model((*Robot)(nil)), "r")
+	if f.Status != nil {
+		q = q.Where("r.status = ?", *f.Status)
+	}
+	if f.Capability != nil {
+		if !capabilityRE.MatchString(*f.Capability) {
+			return nil, fault.Invalid("filter.capability", "filter.capability must be 1-64 characters of letters, digits, _ . : -")
+		}
+		q = q.Where("r.capabilities @> ?", pgdialect.Array([]string{*f.Capability}))
+	}
+	if f.NameContains != nil && *f.NameContains != "" {
+		needle, err := checkFilterText("filter.nameContains", *f.NameContains)
+		if err != nil {
+			return nil, err
+		}
+		q = q.Where(`r.name ILIKE ? ESCAPE '\'`, likePattern(needle))
+	}
+	return q, nil
+}
+
+// List returns a page of the tenant's robots, newest first.
+func (s *Robots) List(ctx context.Context, idb bun.IDB, f RobotFilter, p PageArgs) (Page[Robot], error) {
+	limit, err := p.limit()
+	if err != nil {
+		return Page[Robot]{}, err
+	}
+	after, err := decodeTimeID("robot", p.After)
+	if err != nil {
+		return Page[Robot]{}, err
+	}
+	q, err := s.filtered(ctx, idb, f)
+	if err != nil {
+		return Page[Robot]{}, err
+	}
+	if after != nil {
+		q = q.Where("(r.created_at, r.id) < (?, ?)", after.at, after.id)
+	}
+	var rows []*Robot
+	if err := q.Model(&rows).OrderExpr("r.created_at DESC, r.id DESC").Limit(limit + 1).Scan(ctx); err != nil {
+		return Page[Robot]{}, fmt.Errorf("listing robots: %w", err)
+	}
+	return trim(rows, limit), nil
+}
+
+// Count returns how many robots match f.
+func (s *Robots) Count(ctx context.Context, idb bun.IDB, f RobotFilter) (int, error) {
+	q, err := s.filtered(ctx, idb, f)
+	if err != nil {
+		return 0, err
+	}
+	n, err := q.Count(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("counting robots: %w", err)
+	}
+	return n, nil
+}
+
+// Create registers a robot, OFFLINE until its first heartbeat.
+func (s *Robots) Create(ctx context.Context, idb bun.IDB, in CreateRobotInput) (*Robot, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := &Robot{TenantID: sc.tenant, Status: RobotOffline, MaxConcurrentJobs: 1}
+	if r.Name, err = checkName("name", in.Name); err != nil {
+		return nil, err
+	}
+	if in.Hostname != nil {
+		if r.Hostname, err = checkShortText("hostname", *in.Hostname, 255); err != nil {
+			return nil, err
+		}
+	}
+	if in.Environment != nil {
+		if r.Environment, err = checkShortText("environment", *in.Environment, 100); err != nil {
+			return nil, err
+		}
+	}
+	if r.Capabilities, err = checkCapabilities("capabilities", in.Capabilities); err != nil {
+		return nil, err
+	}
+	if in.MaxConcurrentJobs != nil {
+		if err := checkSlots("maxConcurrentJobs", *in.MaxConcurrentJobs); err != nil {
+			return nil, err
+		}
+		r.MaxConcurrentJobs = *in.MaxConcurrentJobs
+	}
+	if r.Metadata, err = checkJSONObject("metadata", in.Metadata); err != nil {
+		return nil, err
+	}
+	if _, err := idb.NewInsert().Model(r).Returning("*").Exec(ctx); err != nil {
+		return nil, constraintError(err, robotConstraints)
+	}
+	return r, nil
+}
+
+// Update changes the given fields of a robot.
+func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in UpdateRobotInput) (*Robot, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	q := inTenant(sc, idb.NewUpdate().Model((*Robot)(nil)).Where("r.id = ?", id), "r").
+		Set("updated_at = now()").Set("revision = r.revision + 1")
+	changed := false
+	set := func(col string, v any) {
+		q = q.Set("? = ?", bun.Ident(col), v)
+		changed = true
+	}
+	if in.Name != nil {
+		name, err := checkName("name", *in.Name)
+		if err != nil {
+			return nil, err
+		}
+		set("name", name)
+	}
+	if in.Hostname != nil {
+		v, err := checkShortText("hostname", *in.Hostname, 255)
+		if err != nil {
+			return nil, err
+		}
+		set("hostname", v)
+	}
+	if in.Environment != nil {
+		v, err := checkShortText("environment", *in.Environment, 100)
+		if err != nil {
+			return nil, err
+		}
+		set("environment", v)
+	}
+	if in.Capabilities != nil {
+		caps, err := checkCapabilities("capabilities", in.Capabilities)
+		if err != nil {
+			return nil, err
+		}
+		set("capabilities", pgdialect.Array(caps))
+	}
+	if in.MaxConcurrentJobs != nil {
+		if err := checkSlots("maxConcurrentJobs", *in.MaxConcurrentJobs); err != nil {
+			return nil, err
+		}
+		set("max_concurrent_jobs", *in.MaxConcurrentJobs)
+	}
+	if in.Metadata != nil {
+		md, err := checkJSONObject("metadata", in.Metadata)
+		if err != nil {
+			return nil, err
+		}
+		q = q.Set("metadata = ?::jsonb", jsonText(md))
+		changed = true
+	}
+	if in.Status != nil {
+		if !in.Status.valid() {
+			return nil, fault.Invalid("status", "status is not a robot status")
+		}
+		set("status", *in.Status)
+	}
+	if !changed {
+		return s.Get(ctx, idb, id)
+	}
+	r := new(Robot)
+	if err := q.Returning("*").Scan(ctx, r); err != nil {
+		return nil, notFoundIfNoRows(constraintError(err, robotConstraints), "robot")
+	}
+	return r, nil
+}
+
+// Delete removes a robot with its keys, assignments and heartbeats. Its live
+// jobs go back to the queue; queued jobs aimed at it alone are cancelled,
+// since no other robot may take them.
+func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	var deleted uuid.UUID
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		r := new(Robot)
+		if err := inTenant(sc, tx.NewSelect().Model(r).Where("r.id = ?", id), "r").For("UPDATE").Scan(ctx); err != nil {
+			return notFoundIfNoRows(err, "robot")
+		}
+		if _, err := tx.NewUpdate().Model((*Job)(nil)).
+			Where("j.robot_id = ? AND j.status IN (?)", id, bun.In(liveJobStatuses)).
+			Set("status = ?", JobQueued).Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
+			Set("updated_at = now()").Set("revision = j.revision + 1").
+			Exec(ctx); err != nil {
+			return fmt.Errorf("requeueing the robot's jobs: %w", err)
+		}
+		if _, err := tx.NewUpdate().Model((*Job)(nil)).
+			Where("j.target_robot_id = ? AND j.status = ?", id, JobQueued).
+			Set("status = ?", JobCancelled).Set("error = 'its target robot was deleted'").Set("finished_at = now()").
+			Set("updated_at = now()").Set("revision = j.revision + 1").
+			Exec(ctx); err != nil {
+			return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
+		}
+		_, err := tx.NewDelete().Model(r).WherePK().Returning("id").Exec(ctx, &deleted)
+		return err
+	})
+	return deleted, err
+}
+
+// Heartbeat records that the calling robot is alive: its status, a sampled
+// history row, and a lease extension for every job it holds.
+func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) (*Robot, error) {
+	sc, err := robotScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !in.Status.valid() {
+		return nil, fault.Invalid("status", "status is not a robot status")
+	}
+	metrics, err := checkJSONObject("metrics", in.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	var agentVersion *string
+	if in.AgentVersion != nil {
+		v, err := checkShortText("agentVersion", *in.AgentVersion, 64)
+		if err != nil {
+			return nil, err
+		}
+		agentVersion = &v
+	}
+	r := new(Robot)
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var prev Robot
+		if err := robotsVisible(sc, tx.NewSelect().Model(&prev).Where("r.id = ?", sc.robot), "r").For("UPDATE").Scan(ctx); err != nil {
+			return notFoundIfNoRows(err, "robot")
+		}
+		changed := prev.Status != in.Status || (agentVersion != nil && *agentVersion != prev.AgentVersion)
+		q := tx.NewUpdate().Model(r).Where("r.id = ?", prev.ID).
+			Set("status = ?", in.Status).Set("last_heartbeat_at = now()")
+		if agentVersion != nil {
+			q = q.Set("agent_version = ?", *agentVersion)
+		}
+		if changed {
+			q = q.Set("updated_at = now()").Set("revision = r.revision + 1")
+		}
+		if err := q.Returning("*").Scan(ctx); err != nil {
+			return fmt.Errorf("recording heartbeat: %w", err)
+		}
+		if _, err := tx.NewUpdate().Model((*Job)(nil)).
+			Where("j.robot_id = ? AND j.status IN (?)", prev.ID, bun.In(liveJobStatuses)).
+			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease)).
+			Exec(ctx); err != nil {
+			return fmt.Errorf("extending leases: %w", err)
+		}
+		_, err := tx.NewRaw(`INSERT INTO robot_heartbeats (robot_id, tenant_id, status, metrics)
+			SELECT ?, ?, ?, ?::jsonb
+			WHERE ? OR NOT EXISTS (SELECT 1 FROM robot_heartbeats WHERE robot_id = ? AND at > now() - make_interval(secs => ?))`,
+			prev.ID, prev.TenantID, in.Status, jsonText(metrics),
+			prev.Status != in.Status, prev.ID, seconds(s.cfg.HeartbeatSample)).Exec(ctx)
+		if err != nil {
+			return fmt.Errorf("sampling heartbeat: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// MarkSilentOffline sets OFFLINE every robot of any tenant whose last
+// heartbeat is older than OfflineAfter, and returns them. It is maintenance
+// work, run by the sweeper, not on behalf of a caller.
+func (s *Robots) MarkSilentOffline(ctx context.Context, idb bun.IDB) ([]*Robot, error) {
+	var rows []*Robot
+	err := idb.NewUpdate().Model(&rows).
+		Where("r.status <> ?", RobotOffline).
+		Where("r.last_heartbeat_at IS NULL OR r.last_heartbeat_at < now() - make_interval(secs => ?)", seconds(s.cfg.OfflineAfter)).
+		Set("status = ?", RobotOffline).Set("updated_at = now()").Set("revision = r.revision + 1").
+		Returning("*").Scan(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("marking silent robots offline: %w", err)
+	}
+	return rows, nil
+}

@@ -1,0 +1,121 @@
+package db
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+)
+
+// RobotStats summarises a tenant's fleet.
+type RobotStats struct {
+	Total, Online, Busy, Maintenance, Offline int
+	Robots                                    []*RobotStat
+}
+
+// RobotStat is one robot's job outcomes.
+type RobotStat struct {
+	Robot                  *Robot
+	JobsCompleted          int
+	JobsFailed             int
+	SuccessRate            *float64
+	AverageDurationSeconds *float64
+	LastHeartbeatAt        *time.Time
+}
+
+// WorkflowAssignmentStats summarises who may run a workflow and its backlog.
+type WorkflowAssignmentStats struct {
+	Workflow        *Workflow
+	AssignedRobots  int
+	AvailableRobots int
+	DefaultRobotID  *uuid.UUID
+	QueuedJobs      int
+	RunningJobs     int
+}
+
+// RobotStats returns the caller's tenant's fleet statistics in one statement.
+func (s *Robots) Stats(ctx context.Context, idb bun.IDB) (*RobotStats, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []struct {
+		Robot
+		Completed int      `bun:"completed"`
+		Failed    int      `bun:"failed"`
+		AvgSecs   *float64 `bun:"avg_secs"`
+	}
+	err = inTenant(sc, idb.NewSelect().
+		TableExpr("robots AS r").
+		ColumnExpr("r.*").
+		ColumnExpr("count(j.id) FILTER (WHERE j.status = 'COMPLETED') AS completed").
+		ColumnExpr("count(j.id) FILTER (WHERE j.status = 'FAILED') AS failed").
+		ColumnExpr("avg(extract(epoch FROM j.finished_at - j.started_at)) FILTER (WHERE j.status = 'COMPLETED' AND j.started_at IS NOT NULL) AS avg_secs").
+		Join("LEFT JOIN jobs AS j ON j.robot_id = r.id AND j.status IN ('COMPLETED', 'FAILED')").
+		GroupExpr("r.id").
+		OrderExpr("r.name"), "r").Scan(ctx, &rows)
+	if err != nil {
+		return nil, fmt.Errorf("computing robot statistics: %w", err)
+	}
+	st := &RobotStats{Total: len(rows), Robots: make([]*RobotStat, len(rows))}
+	for i := range rows {
+		row := &rows[i]
+		switch row.Status {
+		case RobotOnline:
+			st.Online++
+		case RobotBusy:
+			st.Busy++
+		case RobotMaintenance:
+			st.Maintenance++
+		default:
+			st.Offline++
+		}
+		rs := &RobotStat{Robot: &row.Robot, JobsCompleted: row.Completed, JobsFailed: row.Failed,
+			AverageDurationSeconds: row.AvgSecs, LastHeartbeatAt: row.LastHeartbeatAt}
+		if done := row.Completed + row.Failed; done > 0 {
+			rate := float64(row.Completed) / float64(done)
+			rs.SuccessRate = &rate
+		}
+		st.Robots[i] = rs
+	}
+	return st, nil
+}
+
+// AssignmentStats returns, per workflow of the caller's tenant, its assigned
+// robots and its backlog, in one statement.
+func (s *Workflows) AssignmentStats(ctx context.Context, idb bun.IDB) ([]*WorkflowAssignmentStats, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []struct {
+		Workflow
+		Assigned  int        `bun:"assigned"`
+		Available int        `bun:"available"`
+		DefaultID *uuid.UUID `bun:"default_robot_id,type:uuid"`
+		Queued    int        `bun:"queued"`
+		Running   int        `bun:"running"`
+	}
+	err = inTenant(sc, idb.NewSelect().
+		TableExpr("workflows AS w").
+		ColumnExpr("w.*").
+		ColumnExpr("(SELECT count(*) FROM workflow_assignments a WHERE a.workflow_id = w.id) AS assigned").
+		ColumnExpr(`(SELECT count(*) FROM workflow_assignments a JOIN robots r ON r.id = a.robot_id
+			WHERE a.workflow_id = w.id AND r.status IN ('ONLINE', 'BUSY')) AS available`).
+		ColumnExpr("(SELECT a.robot_id FROM workflow_assignments a WHERE a.workflow_id = w.id AND a.is_default) AS default_robot_id").
+		ColumnExpr("(SELECT count(*) FROM jobs j WHERE j.workflow_id = w.id AND j.status = 'QUEUED') AS queued").
+		ColumnExpr("(SELECT count(*) FROM jobs j WHERE j.workflow_id = w.id AND j.status IN ('CLAIMED', 'RUNNING')) AS running").
+		OrderExpr("w.name"), "w").Scan(ctx, &rows)
+	if err != nil {
+		return nil, fmt.Errorf("computing workflow assignment statistics: %w", err)
+	}
+	out := make([]*WorkflowAssignmentStats, len(rows))
+	for i := range rows {
+		r := &rows[i]
+		out[i] = &WorkflowAssignmentStats{Workflow: &r.Workflow, AssignedRobots: r.Assigned, AvailableRobots: r.Available,
+			DefaultRobotID: r.DefaultID, QueuedJobs: r.Queued, RunningJobs: r.Running}
+	}
+	return out, nil
+}

@@ -1,0 +1,10 @@
+DROP TABLE IF EXISTS job_logs;
+DROP TABLE IF EXISTS jobs;
+DROP TABLE IF EXISTS node_robot_overrides;
+DROP TABLE IF EXISTS workflow_assignments;
+DROP TABLE IF EXISTS workflow_versions;
+DROP TABLE IF EXISTS workflows;
+DROP TABLE IF EXISTS api_key_audit;
+DROP TABLE IF EXISTS api_keys;
+DROP TABLE IF EXISTS robot_heartbeats;
+DROP TABLE IF EXISTS robots;

@@ -1,0 +1,131 @@
+// Package realtime carries PostgreSQL notifications to the code waiting on
+// them. One Listener per process holds one pq.Listener connection, LISTENs
+// on the channels the process needs, and fans each notification out to
+// in-process subscriptions by channel. Senders never block: a subscription
+// whose buffer is full misses the notification, so subscriptions are for
+// wake-ups and invalidations whose receivers re-read the database.
+package realtime
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/lib/pq"
+)
+
+// Notification is one NOTIFY, or a reconnect marker.
+type Notification struct {
+	Channel string
+	Payload string
+	// Reconnected is true for the marker sent to every subscription after
+	// the listener's connection was re-established: notifications sent while
+	// it was down are lost, so receivers must re-read what they watch.
+	Reconnected bool
+}
+
+// Subscription receives the notifications of one channel.
+type Subscription struct {
+	C       <-chan Notification
+	c       chan Notification
+	channel string
+	l       *Listener
+}
+
+// Close stops delivery to s.
+func (s *Subscription) Close() {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	delete(s.l.subs[s.channel], s)
+}
+
+// Listener is the process's LISTEN connection.
+type Listener struct {
+	pql      *pq.Listener
+	log      *slog.Logger
+	ping     time.Duration
+	channels []string
+
+	mu   sync.Mutex
+	subs map[string]map[*Subscription]struct{}
+}
+
+// PingInterval is how often an idle listener checks its connection, so a
+// dead one is noticed within seconds rather than at the next TCP timeout.
+const PingInterval = 5 * time.Second
+
+// NewListener connects to dsn and LISTENs on channels. It reconnects by
+// itself when the connection drops; Run must be running to deliver.
+func NewListener(dsn string, channels []string, log *slog.Logger) (*Listener, error) {
+	l := &Listener{log: log, ping: PingInterval, channels: channels, subs: map[string]map[*Subscription]struct{}{}}
+	l.pql = pq.NewListener(dsn, 100*time.Millisecond, 5*time.Second, func(ev pq.ListenerEventType, err error) {
+		switch ev {
+		case pq.ListenerEventDisconnected:
+			log.Warn("notification listener disconnected", "error", err)
+		case pq.ListenerEventReconnected:
+			log.Info("notification listener reconnected")
+		case pq.ListenerEventConnectionAttemptFailed:
+			log.Warn("notification listener cannot reconnect yet", "error", err)
+		}
+	})
+	for _, ch := range channels {
+		if err := l.pql.Listen(ch); err != nil {
+			_ = l.pql.Close()
+			return nil, fmt.Errorf("listening on %s: %w", ch, err)
+		}
+	}
+	return l, nil
+}
+
+// Subscribe returns a subscription to channel with a buffer of n.
+func (l *Listener) Subscribe(channel string, n int) *Subscription {
+	c := make(chan Notification, n)
+	s := &Subscription{C: c, c: c, channel: channel, l: l}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.subs[channel] == nil {
+		l.subs[channel] = map[*Subscription]struct{}{}
+	}
+	l.subs[channel][s] = struct{}{}
+	return s
+}
+
+// Run delivers notifications until ctx ends, then closes the connection.
+func (l *Listener) Run(ctx context.Context) {
+	defer l.pql.Close()
+	ticker := time.NewTicker(l.ping)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case n := <-l.pql.Notify:
+			if n == nil {
+				// pq sends nil after a reconnect: anything sent meanwhile is lost.
+				for _, ch := range l.channels {
+					l.deliver(Notification{Channel: ch, Reconnected: true})
+				}
+				continue
+			}
+			l.deliver(Notification{Channel: n.Channel, Payload: n.Extra})
+		case <-ticker.C:
+			// A failed ping makes pq drop and re-establish the connection.
+			if err := l.pql.Ping(); err != nil {
+				l.log.Debug("notification listener ping failed", "error", err)
+			}
+		}
+	}
+}
+
+func (l *Listener) deliver(n Notification) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for s := range l.subs[n.Channel] {
+		select {
+		case s.c <- n:
+		default: // full: the receiver has a wake-up pending already
+		}
+	}
+}
