@@ -53,7 +53,7 @@ type Job struct {
 	Status               JobStatus      `bun:"status"`
 	Priority             int            `bun:"priority"`
 	Input                map[string]any `bun:"input,type:jsonb"`
-	Result               map[string]any `bun:"result,type:jsonb"`
+	Result               map[string]any `bun:"result,type:jsonb,nullzero"`
 	Error                *string        `bun:"error"`
 	Progress             int            `bun:"progress"`
 	CurrentNode          *string        `bun:"current_node"`
@@ -720,9 +720,9 @@ func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 			Where("j.status IN (?) AND j.lease_expires_at < now()", bun.In(liveJobStatuses)).
 			Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
 			Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)).
-			Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END").
+			Set("robot_id = CASE WHEN " + retry + " THEN NULL ELSE j.robot_id END").
 			Set("error = 'lease expired: the robot stopped reporting (attempt ' || j.attempt || ' of ' || j.max_attempts || ')'").
-			Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END").
+			Set("finished_at = CASE WHEN " + retry + " THEN NULL ELSE now() END").
 			Set("lease_token = NULL").Set("lease_expires_at = NULL").
 			Set("updated_at = now()").Set("revision = j.revision + 1").
 			Returning("*").Scan(ctx)

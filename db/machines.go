@@ -455,6 +455,12 @@ func (s *Machines) Deploy(ctx context.Context, idb bun.IDB, machineID uuid.UUID,
 	return d, nil
 }
 
+// systemEventTypes are the events the server writes; clients may not log
+// them, so the log's lifecycle entries can be trusted.
+var systemEventTypes = map[string]bool{
+	"created": true, "updated": true, "started": true, "stopped": true, "deployed": true, "deployment_activated": true,
+}
+
 // LogEvent appends a client's event to a machine's log. An `error` event sets
 // the machine to ERROR.
 func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUID, eventType string, details map[string]any) (*MachineEvent, error) {
@@ -464,6 +470,9 @@ func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUI
 	}
 	if err := checkEventType("eventType", eventType); err != nil {
 		return nil, err
+	}
+	if systemEventTypes[eventType] {
+		return nil, fault.Invalid("eventType", "%q is written by the server itself; choose another event type", eventType)
 	}
 	details, err = checkJSONObject("details", details)
 	if err != nil {

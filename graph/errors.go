@@ -76,8 +76,9 @@ func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
 			return gqlErr // APQ clients retry with the full query on this exact code
 		}
 		// gqlgen's own refusals of a malformed request (parse, validation,
-		// complexity) carry no wrapped error and no path.
-		if gqlErr.Err == nil && gqlErr.Path == nil && (reasons[code] || code == "") {
+		// complexity, bad variables) carry no wrapped error; those with a
+		// code say so, those without a path come from before execution.
+		if gqlErr.Err == nil && (reasons[code] || (code == "" && gqlErr.Path == nil)) {
 			gqlErr.Extensions = map[string]any{"code": fault.BadUserInput}
 			if code != "" {
 				gqlErr.Extensions["reason"] = code

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/handler"
@@ -114,7 +115,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	var h http.Handler = srv
 	h = socks.track(h)
 	h = cfg.Auth.Middleware(h)
-	h = limitBody(cfg.Limits.BodyBytes, h)
+	h = checkBody(cfg.Limits.BodyBytes, h)
 	h = cors(cfg.AllowedOrigins, h)
 	return &Handler{Handler: withRequestID(h), sockets: socks}
 }
@@ -145,6 +146,21 @@ func schemaConfig(r *Resolver) Config {
 	return c
 }
 
+// closeForbidden is graphql-transport-ws's close code for a rejected connection_init.
+const closeForbidden = 4403
+
+// closeReason fits a reason into a close frame, which allows 123 bytes.
+func closeReason(s string) string {
+	if len(s) <= 123 {
+		return s
+	}
+	s = s[:123]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
 // websocketInit authenticates a websocket from its connection_init payload. A
 // connection whose upgrade request already carried valid credentials keeps
 // them when the payload has none.
@@ -152,7 +168,9 @@ func websocketInit(a *auth.Authenticator) transport.WebsocketInitFunc {
 	return func(ctx context.Context, payload transport.InitPayload) (context.Context, *transport.InitPayload, error) {
 		p, err := a.FromInitPayload(ctx, payload, auth.ClientIPFrom(ctx))
 		if err != nil {
-			return ctx, nil, err
+			// graphql-transport-ws: a rejected connection_init closes with 4403.
+			ctx = transport.WithWebsocketCloseCode(ctx, closeForbidden)
+			return transport.AppendCloseReason(ctx, closeReason("Forbidden: "+err.Error())), nil, err
 		}
 		if p != nil {
 			ctx = auth.WithPrincipal(ctx, p)

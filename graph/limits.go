@@ -1,7 +1,11 @@
 package graph
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"io"
+	"mime"
 	"net/http"
 	"path"
 	"strconv"
@@ -92,16 +96,43 @@ func (w *shapeWalker) walk(set ast.SelectionSet, depth int) int {
 	return deepest
 }
 
-// limitBody refuses request bodies over max bytes: at once with 413 when the
-// declared length is too large, else when reading passes the limit.
-func limitBody(max int64, next http.Handler) http.Handler {
+// checkBody reads a POST body up to max bytes and refuses, before GraphQL
+// sees it, what is too large (413), not JSON (415) or not a JSON object
+// (400), each with a GraphQL-shaped BAD_USER_INPUT error that does not echo
+// the body back. Other methods pass through; the websocket transport has
+// its own message limit.
+func checkBody(max int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > max {
-			auth.WriteError(w, http.StatusRequestEntityTooLarge,
-				fault.New(fault.BadUserInput, "the request body is %d bytes; the limit is %d", r.ContentLength, max))
+		if r.Method != http.MethodPost {
+			next.ServeHTTP(w, r)
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, max)
+		refuse := func(status int, format string, args ...any) {
+			auth.WriteError(w, status, fault.New(fault.BadUserInput, format, args...))
+		}
+		if r.ContentLength > max {
+			refuse(http.StatusRequestEntityTooLarge, "the request body is %d bytes; the limit is %d", r.ContentLength, max)
+			return
+		}
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" && mt != "application/graphql-response+json" {
+			refuse(http.StatusUnsupportedMediaType, "send the request as Content-Type: application/json")
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+		if err != nil {
+			refuse(http.StatusBadRequest, "the request body could not be read")
+			return
+		}
+		if int64(len(body)) > max {
+			refuse(http.StatusRequestEntityTooLarge, "the request body is over the limit of %d bytes", max)
+			return
+		}
+		if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) {
+			refuse(http.StatusBadRequest, "the request body must be a JSON object such as {\"query\": \"{ me { id } }\"}")
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
 		next.ServeHTTP(w, r)
 	})
 }

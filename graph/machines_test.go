@@ -218,6 +218,24 @@ func TestMachineLifecycle(t *testing.T) {
 		s.Do(t, c.token, `mutation($id: ID!) { deleteMachine(id: $id) }`, map[string]any{"id": m.ID}).Code(t, "NOT_FOUND")
 	})
 
+	t.Run("NamesAreUniqueIgnoringCaseBeyondASCII", func(t *testing.T) {
+		c := newClient(t, s)
+		c.create("École-1")
+		e := s.Do(t, c.token, `mutation { createMachine(input: {name: "école-1"}) { id } }`, nil).Code(t, "CONFLICT")
+		require.Equal(t, "name", e.Extensions["field"])
+	})
+
+	t.Run("SystemEventTypesAreReserved", func(t *testing.T) {
+		c := newClient(t, s)
+		m := c.create("honest")
+		for _, typ := range []string{"created", "started", "stopped", "deployed", "deployment_activated", "updated"} {
+			e := s.Do(t, c.token, `mutation($id: ID!, $t: String!) { logMachineEvent(machineId: $id, eventType: $t) { id } }`,
+				map[string]any{"id": m.ID, "t": typ}).Code(t, "BAD_USER_INPUT")
+			require.Equal(t, "eventType", e.Extensions["field"])
+		}
+		require.Len(t, c.events(m.ID), 1)
+	})
+
 	t.Run("ConcurrentStartsStartOnce", func(t *testing.T) {
 		c := newClient(t, s)
 		m := c.create("racer")

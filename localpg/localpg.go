@@ -272,11 +272,22 @@ func prepareDir(dir string, acct *account) error {
 }
 
 // initdb creates a cluster in the empty folder dir with trust authentication
-// for the postgres superuser, UTF8 and the C locale (fast, and the same
-// sorting on every machine).
+// for the postgres superuser, UTF8, C collation (fast, and the same sorting
+// on every machine) and C.UTF-8 character classes, so that lower() and ILIKE
+// fold non-ASCII letters (case-insensitive uniqueness of "École" and
+// "école"). Where C.UTF-8 does not exist it falls back to plain C.
 func initdb(ctx context.Context, binDir, dir string, acct *account, settings map[string]string, logger *slog.Logger) error {
+	err := runInitdb(ctx, binDir, dir, acct, settings, logger, "C.UTF-8")
+	if err != nil && strings.Contains(err.Error(), "C.UTF-8") {
+		logger.Warn("the C.UTF-8 locale is missing; case-insensitive names fold ASCII only", "error", err)
+		err = runInitdb(ctx, binDir, dir, acct, settings, logger, "C")
+	}
+	return err
+}
+
+func runInitdb(ctx context.Context, binDir, dir string, acct *account, settings map[string]string, logger *slog.Logger, ctype string) error {
 	logger.Info("creating PostgreSQL cluster", "dir", dir, "bin", binDir)
-	args := []string{"-D", dir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"}
+	args := []string{"-D", dir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--lc-ctype=" + ctype}
 	if settings["fsync"] == "off" {
 		args = append(args, "--no-sync") // durability was waived anyway
 	}

@@ -86,7 +86,7 @@ func (s *Sweeper) lead(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("connecting to compete for the sweeper lock: %w", err)
 	}
 	var got bool
-	if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", int64(lockKey)).Scan(&got); err != nil {
+	if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock(?)", int64(lockKey)).Scan(&got); err != nil {
 		_ = conn.Close()
 		return false, fmt.Errorf("competing for the sweeper lock: %w", err)
 	}
@@ -102,7 +102,7 @@ func (s *Sweeper) resign() {
 	if s.leader == nil {
 		return
 	}
-	_, _ = s.leader.ExecContext(context.Background(), "SELECT pg_advisory_unlock($1)", int64(lockKey))
+	_, _ = s.leader.ExecContext(context.Background(), "SELECT pg_advisory_unlock(?)", int64(lockKey))
 	_ = s.leader.Close()
 	s.leader = nil
 }
