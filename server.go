@@ -298,7 +298,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	url := "http://" + displayAddr(ln.Addr())
 	log.Info("serving", "addr", ln.Addr().String(), "graphql", url+"/graphql")
 	if cfg.embedded() {
-		if err := printWelcome(stdout, jwt, url, cfg.devDefault(cfg.playground)); err != nil {
+		if err := printWelcome(stdout, jwt, url, cfg.devDefault(cfg.playground), cfg.dataDir); err != nil {
 			return err
 		}
 	}
@@ -369,17 +369,26 @@ func seedOnce(ctx context.Context, cfg *config, bdb *bun.DB, log *slog.Logger) e
 	if _, err := os.Stat(marker); err == nil {
 		return nil
 	}
-	if err := demo.Seed(ctx, bdb); err != nil {
+	key, err := demo.Seed(ctx, bdb)
+	if err != nil {
 		return err
 	}
 	log.Info("seeded the demo fleet")
+	// The raw key exists nowhere else; keep it beside the JWT secret so that
+	// every start can print it.
+	if err := os.WriteFile(robotKeyFile(cfg.dataDir), []byte(key+"\n"), 0o600); err != nil {
+		return fmt.Errorf("saving the demo robot's API key: %w", err)
+	}
 	return os.WriteFile(marker, []byte("the demo fleet was seeded; delete this file to seed it again\n"), 0o644)
 }
+
+// robotKeyFile keeps the demo robot's API key in the embedded mode.
+func robotKeyFile(dataDir string) string { return filepath.Join(dataDir, "demo-robot-key") }
 
 // demoTokenTTL is how long the token printed at start stays valid.
 const demoTokenTTL = 7 * 24 * time.Hour
 
-func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool) error {
+func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool, dataDir string) error {
 	tok, err := jwt.Mint(auth.MintOptions{UserID: demo.Alice, TenantID: demo.Tenant, Role: auth.RoleUser, TTL: demoTokenTTL})
 	if err != nil {
 		return fmt.Errorf("minting the demo token: %w", err)
@@ -391,6 +400,9 @@ func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool) e
 	}
 	_, _ = fmt.Fprintf(w, "Paste this header (demo user alice, valid %s) into the playground's Headers tab:\n\n", demoTokenTTL)
 	_, err = fmt.Fprintf(w, "{\"Authorization\": \"Bearer %s\"}\n\n", tok)
+	if key, readErr := os.ReadFile(robotKeyFile(dataDir)); readErr == nil {
+		_, err = fmt.Fprintf(w, "Demo robot robot-lyon-1 (acts as the robot: heartbeat, claimJob, ...):\n\n{\"Authorization\": \"Bearer %s\"}\n\n", strings.TrimSpace(string(key)))
+	}
 	return err
 }
 

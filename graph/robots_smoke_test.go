@@ -20,7 +20,12 @@ func TestRobotJobHappyPath(t *testing.T) {
 	var wf struct{ CreateWorkflow struct{ ID string } }
 	s.Do(t, u.Token, `mutation { createWorkflow(input: {name: "w", definition: {nodes: []}}) { id } }`, nil).OK(t, &wf)
 	var job struct{ EnqueueJob struct{ ID, Status string } }
-	t.Cleanup(func() { if t.Failed() { t.Log(s.Log.String()) } }); s.Do(t, u.Token, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w, requiredCapabilities: ["excel"], input: {a: 1}}) { id status } }`, map[string]any{"w": wf.CreateWorkflow.ID}).OK(t, &job)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(s.Log.String())
+		}
+	})
+	s.Do(t, u.Token, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w, requiredCapabilities: ["excel"], input: {a: 1}}) { id status } }`, map[string]any{"w": wf.CreateWorkflow.ID}).OK(t, &job)
 
 	rk := key.CreateApiKey.Key
 	var hb struct{ Heartbeat struct{ Status string } }
