@@ -639,8 +639,9 @@ func TestServeExternalDatabase(t *testing.T) {
 
 // welcome matches the lines the embedded mode prints once it serves.
 var (
-	welcomeURL    = regexp.MustCompile(`Fleetgraph is running\. Playground: (http://\S+)/\n`)
-	welcomeHeader = regexp.MustCompile(`\{"Authorization": "Bearer ([A-Za-z0-9_.-]+)"\}\n`)
+	welcomeURL      = regexp.MustCompile(`Fleetgraph is running\. Playground: (http://\S+)/\n`)
+	welcomeHeader   = regexp.MustCompile(`\{"Authorization": "Bearer ([A-Za-z0-9_.-]+)"\}\n`)
+	welcomeRobotKey = regexp.MustCompile(`\{"Authorization": "Bearer (crpa_[A-Za-z0-9_-]+)"\}\n`)
 )
 
 // pgDataDir creates a folder the postgres user can reach: as root, the
@@ -722,6 +723,17 @@ func TestServeEmbedded(t *testing.T) {
 		require.Equal(t, http.StatusOK, status)
 		require.Empty(t, resp.Errors)
 		require.JSONEq(t, `{"machines":{"edges":[{"node":{"name":"sorter-01"}},{"node":{"name":"press-02"}},{"node":{"name":"press-01"}}]}}`, string(resp.Data))
+	})
+
+	t.Run("DemoRobotWithPrintedKey", func(t *testing.T) {
+		key := p.waitFor(t, p.stdout, welcomeRobotKey)[1]
+		status, resp := postGraphQL(t, url, "Bearer "+key, `{ currentRobot { name } jobs { totalCount } }`)
+		require.Equal(t, http.StatusOK, status)
+		require.Empty(t, resp.Errors)
+		require.JSONEq(t, `{"currentRobot":{"name":"robot-lyon-1"},"jobs":{"totalCount":0}}`, string(resp.Data))
+		status, resp = postGraphQL(t, url, "Bearer "+token, `{ robots { totalCount } jobs(filter: {status: QUEUED}) { totalCount } workflows { edges { node { name } } } }`)
+		require.Equal(t, http.StatusOK, status)
+		require.JSONEq(t, `{"robots":{"totalCount":2},"jobs":{"totalCount":5},"workflows":{"edges":[{"node":{"name":"invoice-processing"}}]}}`, string(resp.Data))
 	})
 
 	t.Run("AnonymousAndBadTokens", func(t *testing.T) {
@@ -818,7 +830,7 @@ func TestWelcomePatterns(t *testing.T) {
 	t.Parallel()
 	j := verifier(t, testSecret, "")
 	var out bytes.Buffer
-	require.NoError(t, printWelcome(&out, j, "http://127.0.0.1:1234", true))
+	require.NoError(t, printWelcome(&out, j, "http://127.0.0.1:1234", true, t.TempDir()))
 	require.Equal(t, "http://127.0.0.1:1234", welcomeURL.FindStringSubmatch(out.String())[1])
 	tok := welcomeHeader.FindStringSubmatch(out.String())[1]
 	p, err := j.Verify(tok)
@@ -827,7 +839,7 @@ func TestWelcomePatterns(t *testing.T) {
 	require.Equal(t, demo.Tenant, p.TenantID)
 
 	out.Reset()
-	require.NoError(t, printWelcome(&out, j, "http://localhost:8080", false))
+	require.NoError(t, printWelcome(&out, j, "http://localhost:8080", false, t.TempDir()))
 	require.Contains(t, out.String(), "GraphQL: http://localhost:8080/graphql")
 	require.False(t, welcomeURL.MatchString(out.String()))
 }
