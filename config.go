@@ -9,6 +9,9 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
+
+	"fleetgraph/db"
 )
 
 // errUsage marks configuration and usage errors: main exits 2 for them.
@@ -131,6 +134,15 @@ func (st *setting) Bool() (*bool, error) {
 	return &b, nil
 }
 
+// Seconds parses a whole number of seconds between lo and hi.
+func (st *setting) Seconds(lo, hi int) (time.Duration, error) {
+	n, err := strconv.Atoi(st.String())
+	if err != nil || n < lo || n > hi {
+		return 0, usageError("%s must be a whole number of seconds from %d to %d, not %q", st.name(), lo, hi, st.String())
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
 // config is the server's configuration.
 type config struct {
 	listenAddr     string
@@ -143,6 +155,7 @@ type config struct {
 	playground     *bool
 	introspection  *bool
 	autoMigrate    bool
+	queue          db.QueueConfig
 	logLevel       slog.Level
 	logFormat      string
 }
@@ -164,6 +177,7 @@ type configSettings struct {
 	listen, databaseURL, dataDir, jwtSecret, jwtAudience, jwtIssuer *setting
 	origins, playground, introspection, autoMigrate, logLevel       *setting
 	logFormat                                                       *setting
+	jobLease, offlineAfter                                          *setting
 }
 
 func declareServe(s *settings) *configSettings {
@@ -178,6 +192,8 @@ func declareServe(s *settings) *configSettings {
 		playground:    s.addBool("PLAYGROUND", "playground", "serve the GraphiQL playground at / (default: on with the private database, else off)"),
 		introspection: s.addBool("INTROSPECTION", "introspection", "allow schema introspection and suggestions (default: on with the private database, else off)"),
 		autoMigrate:   s.addBool("AUTO_MIGRATE", "auto-migrate", "apply pending migrations at start (always on with the private database)"),
+		jobLease:      s.add("JOB_LEASE_SECONDS", "job-lease-seconds", "60", "how long a claimed job's lease lasts; heartbeats and progress reports extend it"),
+		offlineAfter:  s.add("ROBOT_OFFLINE_THRESHOLD", "robot-offline-threshold", "90", "seconds without a heartbeat after which a robot is OFFLINE"),
 		logLevel:      s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat:     s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 	}
@@ -226,6 +242,13 @@ func (cs *configSettings) resolve() (*config, error) {
 		return nil, err
 	}
 	c.autoMigrate = auto != nil && *auto
+	c.queue = db.DefaultQueueConfig
+	if c.queue.Lease, err = cs.jobLease.Seconds(5, 3600); err != nil {
+		return nil, err
+	}
+	if c.queue.OfflineAfter, err = cs.offlineAfter.Seconds(5, 86400); err != nil {
+		return nil, err
+	}
 	if c.logLevel, err = parseLevel(cs.logLevel); err != nil {
 		return nil, err
 	}

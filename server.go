@@ -250,6 +250,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		DSN:            d.dsn,
 		JWT:            jwt,
 		Logger:         log,
+		Queue:          cfg.queue,
 		AllowedOrigins: cfg.allowedOrigins,
 		Introspection:  cfg.devDefault(cfg.introspection),
 	})

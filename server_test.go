@@ -344,6 +344,9 @@ func TestServeConfigErrors(t *testing.T) {
 	}{
 		{name: "LogLevel", env: env{"LOG_LEVEL": "loud"}, want: "LOG_LEVEL"},
 		{name: "LogFormat", env: env{"LOG_FORMAT": "xml"}, want: "LOG_FORMAT"},
+		{name: "JobLease", env: env{"JOB_LEASE_SECONDS": "soon"}, want: "JOB_LEASE_SECONDS"},
+		{name: "JobLeaseTooShort", env: env{"JOB_LEASE_SECONDS": "1"}, want: "JOB_LEASE_SECONDS"},
+		{name: "OfflineThreshold", env: env{"ROBOT_OFFLINE_THRESHOLD": "-5"}, want: "ROBOT_OFFLINE_THRESHOLD"},
 		{name: "Playground", env: env{"PLAYGROUND": "maybe"}, want: "PLAYGROUND"},
 		{name: "Introspection", env: env{"INTROSPECTION": "2x"}, want: "INTROSPECTION"},
 		{name: "AutoMigrate", env: env{"AUTO_MIGRATE": "sometimes"}, want: "AUTO_MIGRATE"},
