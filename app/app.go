@@ -43,6 +43,7 @@ type App struct {
 	Handler  *graph.Handler
 	Resolver *graph.Resolver
 	Listener *realtime.Listener
+	Hub      *realtime.Hub
 	Sweeper  *sweeper.Sweeper
 }
 
@@ -57,7 +58,7 @@ func New(cfg Config) (*App, error) {
 	if cfg.SweepEvery == 0 {
 		cfg.SweepEvery = 5 * time.Second
 	}
-	listener, err := realtime.NewListener(cfg.DSN, []string{db.JobQueuedChannel}, cfg.Logger)
+	listener, err := realtime.NewListener(cfg.DSN, []string{db.JobQueuedChannel, realtime.ChangeChannel}, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("starting the notification listener: %w", err)
 	}
@@ -65,14 +66,17 @@ func New(cfg Config) (*App, error) {
 	jobs := db.NewJobs(cfg.Queue, workflows)
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
+	machines := db.NewMachines()
+	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
 	r := &graph.Resolver{
 		DB:            cfg.DB,
-		MachineStore:  db.NewMachines(),
+		MachineStore:  machines,
 		RobotStore:    robots,
 		APIKeyStore:   keys,
 		WorkflowStore: workflows,
 		JobStore:      jobs,
 		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, cfg.ClaimPoll),
+		Hub:           hub,
 	}
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
@@ -89,15 +93,17 @@ func New(cfg Config) (*App, error) {
 		Handler:  h,
 		Resolver: r,
 		Listener: listener,
+		Hub:      hub,
 		Sweeper:  sweeper.New(cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger),
 	}, nil
 }
 
-// Run runs the listener and the sweeper until ctx ends, and returns when
-// both have stopped.
+// Run runs the listener, the hub and the sweeper until ctx ends, and
+// returns when all have stopped.
 func (a *App) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.Listener.Run(ctx) })
+	wg.Go(func() { a.Hub.Run(ctx) })
 	wg.Go(func() { a.Sweeper.Run(ctx) })
 	wg.Wait()
 }

@@ -742,3 +742,16 @@ func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 	})
 	return rows, err
 }
+
+// ChangedSince returns the visible jobs changed at or after since.
+func (s *Jobs) ChangedSince(ctx context.Context, idb bun.IDB, since time.Time) ([]*Job, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*Job
+	if err := jobsVisible(sc, idb.NewSelect().Model(&rows).Where("j.updated_at >= ?", since), "j").Scan(ctx); err != nil {
+		return nil, fmt.Errorf("re-reading jobs: %w", err)
+	}
+	return rows, nil
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"fleetgraph/fault"
 )
@@ -510,4 +511,49 @@ func (s *Machines) logEvent(ctx context.Context, tx bun.Tx, sc scope, m *Machine
 		return fmt.Errorf("logging machine event %s: %w", eventType, err)
 	}
 	return nil
+}
+
+// EventsByID returns the visible events among ids.
+func (s *Machines) EventsByID(ctx context.Context, idb bun.IDB, ids []int64) ([]*MachineEvent, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*MachineEvent
+	err = ownedBy(sc, idb.NewSelect().Model(&rows).
+		Join("JOIN machines AS m ON m.id = e.machine_id").
+		Where("e.id = ANY(?)", pgdialect.Array(ids)), "m").OrderExpr("e.id").Scan(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("loading machine events: %w", err)
+	}
+	return rows, nil
+}
+
+// EventsSince returns the visible events written at or after since, oldest first.
+func (s *Machines) EventsSince(ctx context.Context, idb bun.IDB, since time.Time) ([]*MachineEvent, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*MachineEvent
+	err = ownedBy(sc, idb.NewSelect().Model(&rows).
+		Join("JOIN machines AS m ON m.id = e.machine_id").
+		Where("e.created_at >= ?", since), "m").OrderExpr("e.id").Scan(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("re-reading machine events: %w", err)
+	}
+	return rows, nil
+}
+
+// ChangedSince returns the visible machines changed at or after since.
+func (s *Machines) ChangedSince(ctx context.Context, idb bun.IDB, since time.Time) ([]*Machine, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*Machine
+	if err := ownedBy(sc, idb.NewSelect().Model(&rows).Where("m.updated_at >= ?", since), "m").Scan(ctx); err != nil {
+		return nil, fmt.Errorf("re-reading machines: %w", err)
+	}
+	return rows, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -159,8 +160,8 @@ func checkShortText(field, v string, max int) (string, error) {
 	if len(v) > max {
 		return "", fault.Invalid(field, "%s must be at most %d bytes", field, max)
 	}
-	if _, err := checkFilterText(field, v); err != nil {
-		return "", err
+	if strings.ContainsRune(v, 0) {
+		return "", fault.Invalid(field, "%s must not contain NUL characters", field)
 	}
 	return v, nil
 }
@@ -396,11 +397,12 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 		if err := inTenant(sc, tx.NewSelect().Model(r).Where("r.id = ?", id), "r").For("UPDATE").Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "robot")
 		}
-		if _, err := tx.NewUpdate().Model((*Job)(nil)).
+		res, err := tx.NewUpdate().Model((*Job)(nil)).
 			Where("j.robot_id = ? AND j.status IN (?)", id, bun.In(liveJobStatuses)).
 			Set("status = ?", JobQueued).Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
 			Set("updated_at = now()").Set("revision = j.revision + 1").
-			Exec(ctx); err != nil {
+			Exec(ctx)
+		if err != nil {
 			return fmt.Errorf("requeueing the robot's jobs: %w", err)
 		}
 		if _, err := tx.NewUpdate().Model((*Job)(nil)).
@@ -410,8 +412,14 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 			Exec(ctx); err != nil {
 			return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
 		}
-		_, err := tx.NewDelete().Model(r).WherePK().Returning("id").Exec(ctx, &deleted)
-		return err
+		if _, err := tx.NewDelete().Model(r).WherePK().Returning("id").Exec(ctx, &deleted); err != nil {
+			return fmt.Errorf("deleting the robot: %w", err)
+		}
+		// Requeued jobs are claimable again: wake the tenant's waiting claims.
+		if n, _ := res.RowsAffected(); n > 0 {
+			return notifyQueued(ctx, tx, sc.tenant)
+		}
+		return nil
 	})
 	return deleted, err
 }
@@ -490,6 +498,19 @@ func (s *Robots) MarkSilentOffline(ctx context.Context, idb bun.IDB) ([]*Robot, 
 		Returning("*").Scan(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("marking silent robots offline: %w", err)
+	}
+	return rows, nil
+}
+
+// ChangedSince returns the visible robots changed at or after since.
+func (s *Robots) ChangedSince(ctx context.Context, idb bun.IDB, since time.Time) ([]*Robot, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*Robot
+	if err := robotsVisible(sc, idb.NewSelect().Model(&rows).Where("r.updated_at >= ?", since), "r").Scan(ctx); err != nil {
+		return nil, fmt.Errorf("re-reading robots: %w", err)
 	}
 	return rows, nil
 }

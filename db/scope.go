@@ -102,3 +102,37 @@ func jobsVisible[Q wherer[Q]](s scope, q Q, alias string) Q {
 	}
 	return q
 }
+
+// CanSee decides in Go, without a database read, whether p may see a row
+// described by routing fields: the same rules the SQL scope applies, for the
+// subscription hub. kind is "machine" (owner set), "robot" (robot = the
+// robot's id) or "job" (robot = the holding robot, if any); every other
+// kind follows the tenant rule.
+func CanSee(p *auth.Principal, kind string, tenant uuid.UUID, owner, robot *uuid.UUID) bool {
+	if p == nil || p.TenantID != tenant {
+		return false
+	}
+	isRobot := p.RobotID != uuid.Nil
+	switch kind {
+	case "machine":
+		if isRobot {
+			return false
+		}
+		return p.Role == auth.RoleService || (owner != nil && *owner == p.UserID)
+	case "robot", "job":
+		return !isRobot || (robot != nil && *robot == p.RobotID)
+	}
+	return !isRobot
+}
+
+// CheckCaller refuses an anonymous caller (UNAUTHENTICATED) and, when
+// usersOnly, a robot (FORBIDDEN), as the stores do: for entry points such as
+// subscriptions that check the caller before reading anything.
+func CheckCaller(ctx context.Context, usersOnly bool) error {
+	if usersOnly {
+		_, err := userScope(ctx)
+		return err
+	}
+	_, err := scopeOf(ctx)
+	return err
+}

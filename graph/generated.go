@@ -42,6 +42,7 @@ type ResolverRoot interface {
 	Query() QueryResolver
 	Robot() RobotResolver
 	RobotConnection() RobotConnectionResolver
+	Subscription() SubscriptionResolver
 	Viewer() ViewerResolver
 	Workflow() WorkflowResolver
 	WorkflowAssignment() WorkflowAssignmentResolver
@@ -123,6 +124,13 @@ type ComplexityRoot struct {
 		WorkflowVersion      func(childComplexity int) int
 	}
 
+	JobChange struct {
+		ID       func(childComplexity int) int
+		Job      func(childComplexity int) int
+		Op       func(childComplexity int) int
+		Revision func(childComplexity int) int
+	}
+
 	JobConnection struct {
 		Edges      func(childComplexity int) int
 		PageInfo   func(childComplexity int) int
@@ -161,6 +169,13 @@ type ComplexityRoot struct {
 		Status            func(childComplexity int) int
 		UpdatedAt         func(childComplexity int) int
 		Version           func(childComplexity int) int
+	}
+
+	MachineChange struct {
+		ID      func(childComplexity int) int
+		Machine func(childComplexity int) int
+		Op      func(childComplexity int) int
+		Version func(childComplexity int) int
 	}
 
 	MachineConnection struct {
@@ -240,6 +255,13 @@ type ComplexityRoot struct {
 		StartCursor     func(childComplexity int) int
 	}
 
+	PresenceEvent struct {
+		At       func(childComplexity int) int
+		Hostname func(childComplexity int) int
+		RobotID  func(childComplexity int) int
+		Status   func(childComplexity int) int
+	}
+
 	Query struct {
 		APIKeyAudit             func(childComplexity int, robotID *uuid.UUID, first *int) int
 		APIKeys                 func(childComplexity int, robotID uuid.UUID, includeRevoked *bool) int
@@ -275,6 +297,13 @@ type ComplexityRoot struct {
 		UpdatedAt         func(childComplexity int) int
 	}
 
+	RobotChange struct {
+		ID       func(childComplexity int) int
+		Op       func(childComplexity int) int
+		Revision func(childComplexity int) int
+		Robot    func(childComplexity int) int
+	}
+
 	RobotConnection struct {
 		Edges      func(childComplexity int) int
 		PageInfo   func(childComplexity int) int
@@ -302,6 +331,14 @@ type ComplexityRoot struct {
 		Online      func(childComplexity int) int
 		Robots      func(childComplexity int) int
 		Total       func(childComplexity int) int
+	}
+
+	Subscription struct {
+		FleetPresence     func(childComplexity int) int
+		JobUpdated        func(childComplexity int, id *uuid.UUID, filter *model.JobUpdateFilter) int
+		MachineEventAdded func(childComplexity int, machineID uuid.UUID) int
+		MachineUpdated    func(childComplexity int, id *uuid.UUID) int
+		RobotUpdated      func(childComplexity int, id *uuid.UUID) int
 	}
 
 	Viewer struct {
@@ -439,6 +476,13 @@ type RobotResolver interface {
 }
 type RobotConnectionResolver interface {
 	TotalCount(ctx context.Context, obj *model.RobotConnection) (int, error)
+}
+type SubscriptionResolver interface {
+	MachineUpdated(ctx context.Context, id *uuid.UUID) (<-chan *model.MachineChange, error)
+	MachineEventAdded(ctx context.Context, machineID uuid.UUID) (<-chan *db.MachineEvent, error)
+	RobotUpdated(ctx context.Context, id *uuid.UUID) (<-chan *model.RobotChange, error)
+	FleetPresence(ctx context.Context) (<-chan *model.PresenceEvent, error)
+	JobUpdated(ctx context.Context, id *uuid.UUID, filter *model.JobUpdateFilter) (<-chan *model.JobChange, error)
 }
 type ViewerResolver interface {
 	ID(ctx context.Context, obj *auth.Principal) (uuid.UUID, error)
@@ -822,6 +866,31 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.Job.WorkflowVersion(childComplexity), true
 
+	case "JobChange.id":
+		if e.ComplexityRoot.JobChange.ID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.JobChange.ID(childComplexity), true
+	case "JobChange.job":
+		if e.ComplexityRoot.JobChange.Job == nil {
+			break
+		}
+
+		return e.ComplexityRoot.JobChange.Job(childComplexity), true
+	case "JobChange.op":
+		if e.ComplexityRoot.JobChange.Op == nil {
+			break
+		}
+
+		return e.ComplexityRoot.JobChange.Op(childComplexity), true
+	case "JobChange.revision":
+		if e.ComplexityRoot.JobChange.Revision == nil {
+			break
+		}
+
+		return e.ComplexityRoot.JobChange.Revision(childComplexity), true
+
 	case "JobConnection.edges":
 		if e.ComplexityRoot.JobConnection.Edges == nil {
 			break
@@ -986,6 +1055,31 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Machine.Version(childComplexity), true
+
+	case "MachineChange.id":
+		if e.ComplexityRoot.MachineChange.ID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.MachineChange.ID(childComplexity), true
+	case "MachineChange.machine":
+		if e.ComplexityRoot.MachineChange.Machine == nil {
+			break
+		}
+
+		return e.ComplexityRoot.MachineChange.Machine(childComplexity), true
+	case "MachineChange.op":
+		if e.ComplexityRoot.MachineChange.Op == nil {
+			break
+		}
+
+		return e.ComplexityRoot.MachineChange.Op(childComplexity), true
+	case "MachineChange.version":
+		if e.ComplexityRoot.MachineChange.Version == nil {
+			break
+		}
+
+		return e.ComplexityRoot.MachineChange.Version(childComplexity), true
 
 	case "MachineConnection.edges":
 		if e.ComplexityRoot.MachineConnection.Edges == nil {
@@ -1458,6 +1552,31 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.PageInfo.StartCursor(childComplexity), true
 
+	case "PresenceEvent.at":
+		if e.ComplexityRoot.PresenceEvent.At == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PresenceEvent.At(childComplexity), true
+	case "PresenceEvent.hostname":
+		if e.ComplexityRoot.PresenceEvent.Hostname == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PresenceEvent.Hostname(childComplexity), true
+	case "PresenceEvent.robotId":
+		if e.ComplexityRoot.PresenceEvent.RobotID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PresenceEvent.RobotID(childComplexity), true
+	case "PresenceEvent.status":
+		if e.ComplexityRoot.PresenceEvent.Status == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PresenceEvent.Status(childComplexity), true
+
 	case "Query.apiKeyAudit":
 		if e.ComplexityRoot.Query.APIKeyAudit == nil {
 			break
@@ -1690,6 +1809,31 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.Robot.UpdatedAt(childComplexity), true
 
+	case "RobotChange.id":
+		if e.ComplexityRoot.RobotChange.ID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotChange.ID(childComplexity), true
+	case "RobotChange.op":
+		if e.ComplexityRoot.RobotChange.Op == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotChange.Op(childComplexity), true
+	case "RobotChange.revision":
+		if e.ComplexityRoot.RobotChange.Revision == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotChange.Revision(childComplexity), true
+	case "RobotChange.robot":
+		if e.ComplexityRoot.RobotChange.Robot == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotChange.Robot(childComplexity), true
+
 	case "RobotConnection.edges":
 		if e.ComplexityRoot.RobotConnection.Edges == nil {
 			break
@@ -1795,6 +1939,57 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.RobotStats.Total(childComplexity), true
+
+	case "Subscription.fleetPresence":
+		if e.ComplexityRoot.Subscription.FleetPresence == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Subscription.FleetPresence(childComplexity), true
+	case "Subscription.jobUpdated":
+		if e.ComplexityRoot.Subscription.JobUpdated == nil {
+			break
+		}
+
+		args, err := ec.field_Subscription_jobUpdated_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Subscription.JobUpdated(childComplexity, args["id"].(*uuid.UUID), args["filter"].(*model.JobUpdateFilter)), true
+	case "Subscription.machineEventAdded":
+		if e.ComplexityRoot.Subscription.MachineEventAdded == nil {
+			break
+		}
+
+		args, err := ec.field_Subscription_machineEventAdded_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Subscription.MachineEventAdded(childComplexity, args["machineId"].(uuid.UUID)), true
+	case "Subscription.machineUpdated":
+		if e.ComplexityRoot.Subscription.MachineUpdated == nil {
+			break
+		}
+
+		args, err := ec.field_Subscription_machineUpdated_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Subscription.MachineUpdated(childComplexity, args["id"].(*uuid.UUID)), true
+	case "Subscription.robotUpdated":
+		if e.ComplexityRoot.Subscription.RobotUpdated == nil {
+			break
+		}
+
+		args, err := ec.field_Subscription_robotUpdated_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Subscription.RobotUpdated(childComplexity, args["id"].(*uuid.UUID)), true
 
 	case "Viewer.id":
 		if e.ComplexityRoot.Viewer.ID == nil {
@@ -2028,6 +2223,7 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 		ec.unmarshalInputHeartbeatInput,
 		ec.unmarshalInputJobFilter,
 		ec.unmarshalInputJobLogInput,
+		ec.unmarshalInputJobUpdateFilter,
 		ec.unmarshalInputMachineFilter,
 		ec.unmarshalInputProtocolInput,
 		ec.unmarshalInputRobotFilter,
@@ -2082,6 +2278,23 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 				Data: buf.Bytes(),
 			}
 		}
+	case ast.Subscription:
+		next := ec._Subscription(ctx, opCtx.Operation.SelectionSet)
+
+		var buf bytes.Buffer
+		return func(ctx context.Context) *graphql.Response {
+			buf.Reset()
+			data := next(ctx)
+
+			if data == nil {
+				return nil
+			}
+			data.MarshalGQL(&buf)
+
+			return &graphql.Response{
+				Data: buf.Bytes(),
+			}
+		}
 
 	default:
 		return graphql.OneShot(graphql.ErrorResponse(ctx, "unsupported GraphQL operation"))
@@ -2129,6 +2342,7 @@ when reporting it).
 schema {
   query: Query
   mutation: Mutation
+  subscription: Subscription
 }
 
 "An RFC 3339 timestamp, e.g. ` + "`" + `2026-11-22T10:00:00Z` + "`" + `."
@@ -2394,6 +2608,87 @@ type Deployment {
   createdAt: Time!
   activatedAt: Time
   supersededAt: Time
+}
+
+"""
+Live updates, over websockets (` + "`" + `graphql-transport-ws` + "`" + `, or the legacy
+` + "`" + `graphql-ws` + "`" + `) or server-sent events (` + "`" + `Accept: text/event-stream` + "`" + `).
+
+Subscribing to something the caller may not see fails at once with NOT_FOUND
+or FORBIDDEN. A subscription to one entity first sends its current state
+(` + "`" + `op: CURRENT` + "`" + `), so nothing changed between a query and the subscription is
+lost. Updates of one entity that the client has not received yet are
+replaced by newer ones (only the latest state is sent); a client that falls
+far behind is ended with RATE_LIMITED and should resubscribe and re-query.
+After the server loses its database notifications for a while (a restart), it
+re-reads and sends what changed meanwhile (` + "`" + `op: CURRENT` + "`" + `), so a client's final
+state equals the database. When the credential behind the connection
+expires, its subscriptions end with UNAUTHENTICATED.
+"""
+type Subscription {
+  "One of the caller's machines, or all of them when ` + "`" + `id` + "`" + ` is null."
+  machineUpdated(id: ID): MachineChange!
+  "Events logged for one of the caller's machines, as they are written."
+  machineEventAdded(machineId: ID!): MachineEvent!
+  "One robot, or the tenant's fleet when ` + "`" + `id` + "`" + ` is null (a robot: only itself)."
+  robotUpdated(id: ID): RobotChange!
+  "Robots of the tenant going online (from OFFLINE) or offline (to OFFLINE)."
+  fleetPresence: PresenceEvent!
+  """
+  One job, or the jobs matching ` + "`" + `filter` + "`" + ` (a robot: only the jobs it holds):
+  claimed, started, progress, completed, failed, cancelled, queued again.
+  """
+  jobUpdated(id: ID, filter: JobUpdateFilter): JobChange!
+}
+
+"What happened to an entity."
+enum ChangeOp {
+  "Its state now: the first message of a one-entity subscription, or a re-read after lost notifications."
+  CURRENT
+  CREATED
+  UPDATED
+  DELETED
+}
+
+type MachineChange {
+  op: ChangeOp!
+  id: ID!
+  "The machine's version after the change."
+  version: Int!
+  "Null when deleted."
+  machine: Machine
+}
+
+type RobotChange {
+  op: ChangeOp!
+  id: ID!
+  revision: Int!
+  "Null when deleted."
+  robot: Robot
+}
+
+type JobChange {
+  op: ChangeOp!
+  id: ID!
+  revision: Int!
+  "Null when deleted."
+  job: Job
+}
+
+"A robot went online or offline."
+type PresenceEvent {
+  robotId: ID!
+  "The robot's new status."
+  status: RobotStatus!
+  hostname: String!
+  "When the change was seen."
+  at: Time!
+}
+
+input JobUpdateFilter {
+  status: JobStatus
+  robotId: ID
+  workflowId: ID
 }
 
 "What a robot reports itself as."
@@ -2898,6 +3193,20 @@ func (ec *executionContext) childFields_Job(ctx context.Context, field graphql.C
 	return nil, fmt.Errorf("no field named %q was found under type Job", field.Name)
 }
 
+func (ec *executionContext) childFields_JobChange(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "op":
+		return ec.fieldContext_JobChange_op(ctx, field)
+	case "id":
+		return ec.fieldContext_JobChange_id(ctx, field)
+	case "revision":
+		return ec.fieldContext_JobChange_revision(ctx, field)
+	case "job":
+		return ec.fieldContext_JobChange_job(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type JobChange", field.Name)
+}
+
 func (ec *executionContext) childFields_JobConnection(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 	switch field.Name {
 	case "edges":
@@ -2976,6 +3285,20 @@ func (ec *executionContext) childFields_Machine(ctx context.Context, field graph
 		return ec.fieldContext_Machine_currentDeployment(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Machine", field.Name)
+}
+
+func (ec *executionContext) childFields_MachineChange(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "op":
+		return ec.fieldContext_MachineChange_op(ctx, field)
+	case "id":
+		return ec.fieldContext_MachineChange_id(ctx, field)
+	case "version":
+		return ec.fieldContext_MachineChange_version(ctx, field)
+	case "machine":
+		return ec.fieldContext_MachineChange_machine(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type MachineChange", field.Name)
 }
 
 func (ec *executionContext) childFields_MachineConnection(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -3068,6 +3391,20 @@ func (ec *executionContext) childFields_PageInfo(ctx context.Context, field grap
 	return nil, fmt.Errorf("no field named %q was found under type PageInfo", field.Name)
 }
 
+func (ec *executionContext) childFields_PresenceEvent(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "robotId":
+		return ec.fieldContext_PresenceEvent_robotId(ctx, field)
+	case "status":
+		return ec.fieldContext_PresenceEvent_status(ctx, field)
+	case "hostname":
+		return ec.fieldContext_PresenceEvent_hostname(ctx, field)
+	case "at":
+		return ec.fieldContext_PresenceEvent_at(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type PresenceEvent", field.Name)
+}
+
 func (ec *executionContext) childFields_Robot(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 	switch field.Name {
 	case "id":
@@ -3100,6 +3437,20 @@ func (ec *executionContext) childFields_Robot(ctx context.Context, field graphql
 		return ec.fieldContext_Robot_currentJobs(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Robot", field.Name)
+}
+
+func (ec *executionContext) childFields_RobotChange(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "op":
+		return ec.fieldContext_RobotChange_op(ctx, field)
+	case "id":
+		return ec.fieldContext_RobotChange_id(ctx, field)
+	case "revision":
+		return ec.fieldContext_RobotChange_revision(ctx, field)
+	case "robot":
+		return ec.fieldContext_RobotChange_robot(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type RobotChange", field.Name)
 }
 
 func (ec *executionContext) childFields_RobotConnection(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -4337,6 +4688,70 @@ func (ec *executionContext) field_Query_workflows_args(ctx context.Context, rawA
 		return nil, err
 	}
 	args["nameContains"] = arg2
+	return args, nil
+}
+
+func (ec *executionContext) field_Subscription_jobUpdated_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (*uuid.UUID, error) {
+			return ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "filter",
+		func(ctx context.Context, v any) (*model.JobUpdateFilter, error) {
+			return ec.unmarshalOJobUpdateFilter2ᚖfleetgraphᚋgraphᚋmodelᚐJobUpdateFilter(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["filter"] = arg1
+	return args, nil
+}
+
+func (ec *executionContext) field_Subscription_machineEventAdded_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "machineId",
+		func(ctx context.Context, v any) (uuid.UUID, error) {
+			return ec.unmarshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["machineId"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Subscription_machineUpdated_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (*uuid.UUID, error) {
+			return ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Subscription_robotUpdated_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (*uuid.UUID, error) {
+			return ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
 	return args, nil
 }
 
@@ -5736,6 +6151,107 @@ func (ec *executionContext) fieldContext_Job_logs(ctx context.Context, field gra
 	return fc, nil
 }
 
+func (ec *executionContext) _JobChange_op(ctx context.Context, field graphql.CollectedField, obj *model.JobChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_JobChange_op(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Op, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v model.ChangeOp) graphql.Marshaler {
+			return ec.marshalNChangeOp2fleetgraphᚋgraphᚋmodelᚐChangeOp(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_JobChange_op(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("JobChange", field, false, false, errors.New("field of type ChangeOp does not have child fields"))
+}
+
+func (ec *executionContext) _JobChange_id(ctx context.Context, field graphql.CollectedField, obj *model.JobChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_JobChange_id(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v uuid.UUID) graphql.Marshaler {
+			return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_JobChange_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("JobChange", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _JobChange_revision(ctx context.Context, field graphql.CollectedField, obj *model.JobChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_JobChange_revision(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Revision, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_JobChange_revision(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("JobChange", field, false, false, errors.New("field of type Int does not have child fields"))
+}
+
+func (ec *executionContext) _JobChange_job(ctx context.Context, field graphql.CollectedField, obj *model.JobChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_JobChange_job(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Job, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *db.Job) graphql.Marshaler {
+			return ec.marshalOJob2ᚖfleetgraphᚋdbᚐJob(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_JobChange_job(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "JobChange",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Job(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _JobConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.JobConnection) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -6393,6 +6909,107 @@ func (ec *executionContext) fieldContext_Machine_currentDeployment(_ context.Con
 		IsResolver: true,
 		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 			return ec.childFields_Deployment(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _MachineChange_op(ctx context.Context, field graphql.CollectedField, obj *model.MachineChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_MachineChange_op(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Op, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v model.ChangeOp) graphql.Marshaler {
+			return ec.marshalNChangeOp2fleetgraphᚋgraphᚋmodelᚐChangeOp(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_MachineChange_op(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("MachineChange", field, false, false, errors.New("field of type ChangeOp does not have child fields"))
+}
+
+func (ec *executionContext) _MachineChange_id(ctx context.Context, field graphql.CollectedField, obj *model.MachineChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_MachineChange_id(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v uuid.UUID) graphql.Marshaler {
+			return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_MachineChange_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("MachineChange", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _MachineChange_version(ctx context.Context, field graphql.CollectedField, obj *model.MachineChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_MachineChange_version(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Version, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_MachineChange_version(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("MachineChange", field, false, false, errors.New("field of type Int does not have child fields"))
+}
+
+func (ec *executionContext) _MachineChange_machine(ctx context.Context, field graphql.CollectedField, obj *model.MachineChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_MachineChange_machine(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Machine, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *db.Machine) graphql.Marshaler {
+			return ec.marshalOMachine2ᚖfleetgraphᚋdbᚐMachine(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_MachineChange_machine(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "MachineChange",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Machine(ctx, field)
 		},
 	}
 	return fc, nil
@@ -8280,6 +8897,98 @@ func (ec *executionContext) fieldContext_PageInfo_endCursor(_ context.Context, f
 	return graphql.NewScalarFieldContext("PageInfo", field, false, false, errors.New("field of type String does not have child fields"))
 }
 
+func (ec *executionContext) _PresenceEvent_robotId(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PresenceEvent_robotId(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.RobotID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v uuid.UUID) graphql.Marshaler {
+			return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_PresenceEvent_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("PresenceEvent", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _PresenceEvent_status(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PresenceEvent_status(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Status, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v db.RobotStatus) graphql.Marshaler {
+			return ec.marshalNRobotStatus2fleetgraphᚋdbᚐRobotStatus(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_PresenceEvent_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("PresenceEvent", field, false, false, errors.New("field of type RobotStatus does not have child fields"))
+}
+
+func (ec *executionContext) _PresenceEvent_hostname(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PresenceEvent_hostname(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Hostname, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_PresenceEvent_hostname(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("PresenceEvent", field, false, false, errors.New("field of type String does not have child fields"))
+}
+
+func (ec *executionContext) _PresenceEvent_at(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PresenceEvent_at(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.At, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v time.Time) graphql.Marshaler {
+			return ec.marshalNTime2timeᚐTime(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_PresenceEvent_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("PresenceEvent", field, false, false, errors.New("field of type Time does not have child fields"))
+}
+
 func (ec *executionContext) _Query_me(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -9299,6 +10008,107 @@ func (ec *executionContext) fieldContext_Robot_currentJobs(_ context.Context, fi
 	return fc, nil
 }
 
+func (ec *executionContext) _RobotChange_op(ctx context.Context, field graphql.CollectedField, obj *model.RobotChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotChange_op(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Op, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v model.ChangeOp) graphql.Marshaler {
+			return ec.marshalNChangeOp2fleetgraphᚋgraphᚋmodelᚐChangeOp(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotChange_op(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotChange", field, false, false, errors.New("field of type ChangeOp does not have child fields"))
+}
+
+func (ec *executionContext) _RobotChange_id(ctx context.Context, field graphql.CollectedField, obj *model.RobotChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotChange_id(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v uuid.UUID) graphql.Marshaler {
+			return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotChange_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotChange", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _RobotChange_revision(ctx context.Context, field graphql.CollectedField, obj *model.RobotChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotChange_revision(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Revision, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotChange_revision(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotChange", field, false, false, errors.New("field of type Int does not have child fields"))
+}
+
+func (ec *executionContext) _RobotChange_robot(ctx context.Context, field graphql.CollectedField, obj *model.RobotChange) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotChange_robot(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Robot, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *db.Robot) graphql.Marshaler {
+			return ec.marshalORobot2ᚖfleetgraphᚋdbᚐRobot(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_RobotChange_robot(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "RobotChange",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Robot(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _RobotConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.RobotConnection) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -9731,6 +10541,214 @@ func (ec *executionContext) fieldContext_RobotStats_robots(_ context.Context, fi
 		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 			return ec.childFields_RobotStat(ctx, field)
 		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Subscription_machineUpdated(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_machineUpdated(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Subscription().MachineUpdated(ctx, fc.Args["id"].(*uuid.UUID))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.MachineChange) graphql.Marshaler {
+			return ec.marshalNMachineChange2ᚖfleetgraphᚋgraphᚋmodelᚐMachineChange(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_machineUpdated(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_MachineChange(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Subscription_machineUpdated_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Subscription_machineEventAdded(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_machineEventAdded(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Subscription().MachineEventAdded(ctx, fc.Args["machineId"].(uuid.UUID))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *db.MachineEvent) graphql.Marshaler {
+			return ec.marshalNMachineEvent2ᚖfleetgraphᚋdbᚐMachineEvent(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_machineEventAdded(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_MachineEvent(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Subscription_machineEventAdded_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Subscription_robotUpdated(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_robotUpdated(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Subscription().RobotUpdated(ctx, fc.Args["id"].(*uuid.UUID))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.RobotChange) graphql.Marshaler {
+			return ec.marshalNRobotChange2ᚖfleetgraphᚋgraphᚋmodelᚐRobotChange(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_robotUpdated(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_RobotChange(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Subscription_robotUpdated_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Subscription_fleetPresence(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_fleetPresence(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.Subscription().FleetPresence(ctx)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.PresenceEvent) graphql.Marshaler {
+			return ec.marshalNPresenceEvent2ᚖfleetgraphᚋgraphᚋmodelᚐPresenceEvent(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_fleetPresence(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_PresenceEvent(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Subscription_jobUpdated(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_jobUpdated(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Subscription().JobUpdated(ctx, fc.Args["id"].(*uuid.UUID), fc.Args["filter"].(*model.JobUpdateFilter))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.JobChange) graphql.Marshaler {
+			return ec.marshalNJobChange2ᚖfleetgraphᚋgraphᚋmodelᚐJobChange(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_jobUpdated(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_JobChange(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Subscription_jobUpdated_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
 	}
 	return fc, nil
 }
@@ -12049,6 +13067,50 @@ func (ec *executionContext) unmarshalInputJobLogInput(ctx context.Context, obj a
 	return it, nil
 }
 
+func (ec *executionContext) unmarshalInputJobUpdateFilter(ctx context.Context, obj any) (model.JobUpdateFilter, error) {
+	var it model.JobUpdateFilter
+	if obj == nil {
+		return it, nil
+	}
+
+	asMap := map[string]any{}
+	for k, v := range obj.(map[string]any) {
+		asMap[k] = v
+	}
+
+	fieldsInOrder := [...]string{"status", "robotId", "workflowId"}
+	for _, k := range fieldsInOrder {
+		v, ok := asMap[k]
+		if !ok {
+			continue
+		}
+		switch k {
+		case "status":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("status"))
+			data, err := ec.unmarshalOJobStatus2ᚖfleetgraphᚋdbᚐJobStatus(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Status = data
+		case "robotId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("robotId"))
+			data, err := ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.RobotID = data
+		case "workflowId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("workflowId"))
+			data, err := ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.WorkflowID = data
+		}
+	}
+	return it, nil
+}
+
 func (ec *executionContext) unmarshalInputMachineFilter(ctx context.Context, obj any) (db.MachineFilter, error) {
 	var it db.MachineFilter
 	if obj == nil {
@@ -12835,6 +13897,59 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 	return out
 }
 
+var jobChangeImplementors = []string{"JobChange"}
+
+func (ec *executionContext) _JobChange(ctx context.Context, sel ast.SelectionSet, obj *model.JobChange) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, jobChangeImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("JobChange")
+		case "op":
+			out.Values[i] = ec._JobChange_op(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "id":
+			out.Values[i] = ec._JobChange_id(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "revision":
+			out.Values[i] = ec._JobChange_revision(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "job":
+			out.Values[i] = ec._JobChange_job(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
 var jobConnectionImplementors = []string{"JobConnection"}
 
 func (ec *executionContext) _JobConnection(ctx context.Context, sel ast.SelectionSet, obj *model.JobConnection) graphql.Marshaler {
@@ -13236,6 +14351,59 @@ func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, 
 			}
 
 			out.Concurrently(i, func(ctx context.Context) graphql.Marshaler { return innerFunc(ctx, out) })
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var machineChangeImplementors = []string{"MachineChange"}
+
+func (ec *executionContext) _MachineChange(ctx context.Context, sel ast.SelectionSet, obj *model.MachineChange) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, machineChangeImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("MachineChange")
+		case "op":
+			out.Values[i] = ec._MachineChange_op(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "id":
+			out.Values[i] = ec._MachineChange_id(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "version":
+			out.Values[i] = ec._MachineChange_version(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "machine":
+			out.Values[i] = ec._MachineChange_machine(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -13918,6 +15086,59 @@ func (ec *executionContext) _PageInfo(ctx context.Context, sel ast.SelectionSet,
 	return out
 }
 
+var presenceEventImplementors = []string{"PresenceEvent"}
+
+func (ec *executionContext) _PresenceEvent(ctx context.Context, sel ast.SelectionSet, obj *model.PresenceEvent) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, presenceEventImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("PresenceEvent")
+		case "robotId":
+			out.Values[i] = ec._PresenceEvent_robotId(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "status":
+			out.Values[i] = ec._PresenceEvent_status(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "hostname":
+			out.Values[i] = ec._PresenceEvent_hostname(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "at":
+			out.Values[i] = ec._PresenceEvent_at(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
 var queryImplementors = []string{"Query"}
 
 func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) graphql.Marshaler {
@@ -14439,6 +15660,59 @@ func (ec *executionContext) _Robot(ctx context.Context, sel ast.SelectionSet, ob
 	return out
 }
 
+var robotChangeImplementors = []string{"RobotChange"}
+
+func (ec *executionContext) _RobotChange(ctx context.Context, sel ast.SelectionSet, obj *model.RobotChange) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, robotChangeImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("RobotChange")
+		case "op":
+			out.Values[i] = ec._RobotChange_op(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "id":
+			out.Values[i] = ec._RobotChange_id(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "revision":
+			out.Values[i] = ec._RobotChange_revision(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "robot":
+			out.Values[i] = ec._RobotChange_robot(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
 var robotConnectionImplementors = []string{"RobotConnection"}
 
 func (ec *executionContext) _RobotConnection(ctx context.Context, sel ast.SelectionSet, obj *model.RobotConnection) graphql.Marshaler {
@@ -14687,6 +15961,34 @@ func (ec *executionContext) _RobotStats(ctx context.Context, sel ast.SelectionSe
 	})
 
 	return out
+}
+
+var subscriptionImplementors = []string{"Subscription"}
+
+func (ec *executionContext) _Subscription(ctx context.Context, sel ast.SelectionSet) func(ctx context.Context) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, subscriptionImplementors)
+	ctx = graphql.WithFieldContext(ctx, &graphql.FieldContext{
+		Object: "Subscription",
+	})
+	if len(fields) != 1 {
+		graphql.AddErrorf(ctx, "must subscribe to exactly one stream")
+		return nil
+	}
+
+	switch fields[0].Name {
+	case "machineUpdated":
+		return ec._Subscription_machineUpdated(ctx, fields[0])
+	case "machineEventAdded":
+		return ec._Subscription_machineEventAdded(ctx, fields[0])
+	case "robotUpdated":
+		return ec._Subscription_robotUpdated(ctx, fields[0])
+	case "fleetPresence":
+		return ec._Subscription_fleetPresence(ctx, fields[0])
+	case "jobUpdated":
+		return ec._Subscription_jobUpdated(ctx, fields[0])
+	default:
+		panic("unknown field " + strconv.Quote(fields[0].Name))
+	}
 }
 
 var viewerImplementors = []string{"Viewer"}
@@ -15852,6 +17154,16 @@ func (ec *executionContext) marshalNBoolean2bool(ctx context.Context, sel ast.Se
 	return res
 }
 
+func (ec *executionContext) unmarshalNChangeOp2fleetgraphᚋgraphᚋmodelᚐChangeOp(ctx context.Context, v any) (model.ChangeOp, error) {
+	var res model.ChangeOp
+	err := res.UnmarshalGQL(v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalNChangeOp2fleetgraphᚋgraphᚋmodelᚐChangeOp(ctx context.Context, sel ast.SelectionSet, v model.ChangeOp) graphql.Marshaler {
+	return v
+}
+
 func (ec *executionContext) unmarshalNCreateMachineInput2fleetgraphᚋdbᚐCreateMachineInput(ctx context.Context, v any) (db.CreateMachineInput, error) {
 	res, err := ec.unmarshalInputCreateMachineInput(ctx, v)
 	return res, graphql.ErrorOnPath(ctx, err)
@@ -16061,6 +17373,16 @@ func (ec *executionContext) marshalNJob2ᚖfleetgraphᚋdbᚐJob(ctx context.Con
 	return ec._Job(ctx, sel, v)
 }
 
+func (ec *executionContext) marshalNJobChange2ᚖfleetgraphᚋgraphᚋmodelᚐJobChange(ctx context.Context, sel ast.SelectionSet, v *model.JobChange) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._JobChange(ctx, sel, v)
+}
+
 func (ec *executionContext) marshalNJobConnection2ᚖfleetgraphᚋgraphᚋmodelᚐJobConnection(ctx context.Context, sel ast.SelectionSet, v *model.JobConnection) graphql.Marshaler {
 	if v == nil {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
@@ -16184,6 +17506,16 @@ func (ec *executionContext) marshalNMachine2ᚖfleetgraphᚋdbᚐMachine(ctx con
 		return graphql.Null
 	}
 	return ec._Machine(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNMachineChange2ᚖfleetgraphᚋgraphᚋmodelᚐMachineChange(ctx context.Context, sel ast.SelectionSet, v *model.MachineChange) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._MachineChange(ctx, sel, v)
 }
 
 func (ec *executionContext) marshalNMachineConnection2ᚖfleetgraphᚋgraphᚋmodelᚐMachineConnection(ctx context.Context, sel ast.SelectionSet, v *model.MachineConnection) graphql.Marshaler {
@@ -16321,6 +17653,16 @@ func (ec *executionContext) marshalNPageInfo2ᚖfleetgraphᚋgraphᚋmodelᚐPag
 	return ec._PageInfo(ctx, sel, v)
 }
 
+func (ec *executionContext) marshalNPresenceEvent2ᚖfleetgraphᚋgraphᚋmodelᚐPresenceEvent(ctx context.Context, sel ast.SelectionSet, v *model.PresenceEvent) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._PresenceEvent(ctx, sel, v)
+}
+
 func (ec *executionContext) unmarshalNProtocolInput2fleetgraphᚋdbᚐProtocolInput(ctx context.Context, v any) (db.ProtocolInput, error) {
 	res, err := ec.unmarshalInputProtocolInput(ctx, v)
 	return res, graphql.ErrorOnPath(ctx, err)
@@ -16334,6 +17676,16 @@ func (ec *executionContext) marshalNRobot2ᚖfleetgraphᚋdbᚐRobot(ctx context
 		return graphql.Null
 	}
 	return ec._Robot(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNRobotChange2ᚖfleetgraphᚋgraphᚋmodelᚐRobotChange(ctx context.Context, sel ast.SelectionSet, v *model.RobotChange) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._RobotChange(ctx, sel, v)
 }
 
 func (ec *executionContext) marshalNRobotConnection2ᚖfleetgraphᚋgraphᚋmodelᚐRobotConnection(ctx context.Context, sel ast.SelectionSet, v *model.RobotConnection) graphql.Marshaler {
@@ -16917,6 +18269,14 @@ func (ec *executionContext) marshalOJobStatus2ᚖfleetgraphᚋdbᚐJobStatus(ctx
 	_ = ctx
 	res := graphql.MarshalString(string(*v))
 	return res
+}
+
+func (ec *executionContext) unmarshalOJobUpdateFilter2ᚖfleetgraphᚋgraphᚋmodelᚐJobUpdateFilter(ctx context.Context, v any) (*model.JobUpdateFilter, error) {
+	if v == nil {
+		return nil, nil
+	}
+	res, err := ec.unmarshalInputJobUpdateFilter(ctx, v)
+	return &res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalOMachine2ᚖfleetgraphᚋdbᚐMachine(ctx context.Context, sel ast.SelectionSet, v *db.Machine) graphql.Marshaler {

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
-	"unicode/utf8"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/handler"
@@ -17,6 +16,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/dataloaders"
+	"fleetgraph/graph/live"
 	"fleetgraph/db"
 )
 
@@ -81,18 +81,20 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	}
 	srv := handler.New(NewExecutableSchema(schemaConfig(cfg.Resolver)))
 
-	// SSE first: it claims POSTs that accept text/event-stream before POST does.
-	srv.AddTransport(transport.SSE{})
+	// Streaming transports first: SSE claims requests that accept
+	// text/event-stream before POST and GET see them.
+	socks := newSockets(cfg.AllowedOrigins)
+	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second})
+	srv.AddTransport(live.Websocket{
+		Auth:         cfg.Auth,
+		Log:          cfg.Logger,
+		InitTimeout:  cfg.WebsocketInitTimeout,
+		KeepAlive:    cfg.WebsocketKeepAlive,
+		WriteTimeout: 30 * time.Second,
+		ReadLimit:    cfg.Limits.BodyBytes,
+	})
 	srv.AddTransport(transport.POST{})
 	srv.AddTransport(transport.GET{})
-	socks := newSockets(cfg.AllowedOrigins)
-	srv.AddTransport(transport.Websocket{
-		Implementation:        socks,
-		InitFunc:              websocketInit(cfg.Auth),
-		InitTimeout:           cfg.WebsocketInitTimeout,
-		KeepAlivePingInterval: cfg.WebsocketKeepAlive,
-		PayloadReadLimit:      &cfg.Limits.BodyBytes,
-	})
 
 	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
 	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](1000)})
@@ -144,37 +146,4 @@ func schemaConfig(r *Resolver) Config {
 		return 1 + child*page(first, 20)
 	}
 	return c
-}
-
-// closeForbidden is graphql-transport-ws's close code for a rejected connection_init.
-const closeForbidden = 4403
-
-// closeReason fits a reason into a close frame, which allows 123 bytes.
-func closeReason(s string) string {
-	if len(s) <= 123 {
-		return s
-	}
-	s = s[:123]
-	for !utf8.ValidString(s) {
-		s = s[:len(s)-1]
-	}
-	return s
-}
-
-// websocketInit authenticates a websocket from its connection_init payload. A
-// connection whose upgrade request already carried valid credentials keeps
-// them when the payload has none.
-func websocketInit(a *auth.Authenticator) transport.WebsocketInitFunc {
-	return func(ctx context.Context, payload transport.InitPayload) (context.Context, *transport.InitPayload, error) {
-		p, err := a.FromInitPayload(ctx, payload, auth.ClientIPFrom(ctx))
-		if err != nil {
-			// graphql-transport-ws: a rejected connection_init closes with 4403.
-			ctx = transport.WithWebsocketCloseCode(ctx, closeForbidden)
-			return transport.AppendCloseReason(ctx, closeReason("Forbidden: "+err.Error())), nil, err
-		}
-		if p != nil {
-			ctx = auth.WithPrincipal(ctx, p)
-		}
-		return ctx, &payload, nil
-	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"fleetgraph/db"
 	"fleetgraph/dispatch"
+	"fleetgraph/realtime"
 )
 
 // Resolver is the root resolver: the stores the API reads and writes.
@@ -20,4 +21,6 @@ type Resolver struct {
 	WorkflowStore *db.Workflows
 	JobStore      *db.Jobs
 	Dispatcher    *dispatch.Dispatcher
+	// Hub feeds subscriptions.
+	Hub *realtime.Hub
 }

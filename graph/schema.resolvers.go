@@ -319,6 +319,31 @@ func (r *robotConnectionResolver) TotalCount(ctx context.Context, obj *model.Rob
 	return r.RobotStore.Count(ctx, r.DB, obj.Filter)
 }
 
+// MachineUpdated is the resolver for the machineUpdated field.
+func (r *subscriptionResolver) MachineUpdated(ctx context.Context, id *uuid.UUID) (<-chan *model.MachineChange, error) {
+	return r.machineUpdated(ctx, id)
+}
+
+// MachineEventAdded is the resolver for the machineEventAdded field.
+func (r *subscriptionResolver) MachineEventAdded(ctx context.Context, machineID uuid.UUID) (<-chan *db.MachineEvent, error) {
+	return r.machineEventAdded(ctx, machineID)
+}
+
+// RobotUpdated is the resolver for the robotUpdated field.
+func (r *subscriptionResolver) RobotUpdated(ctx context.Context, id *uuid.UUID) (<-chan *model.RobotChange, error) {
+	return r.robotUpdated(ctx, id)
+}
+
+// FleetPresence is the resolver for the fleetPresence field.
+func (r *subscriptionResolver) FleetPresence(ctx context.Context) (<-chan *model.PresenceEvent, error) {
+	return r.fleetPresence(ctx)
+}
+
+// JobUpdated is the resolver for the jobUpdated field.
+func (r *subscriptionResolver) JobUpdated(ctx context.Context, id *uuid.UUID, filter *model.JobUpdateFilter) (<-chan *model.JobChange, error) {
+	return r.jobUpdated(ctx, id, filter)
+}
+
 // ID is the resolver for the id field.
 func (r *viewerResolver) ID(ctx context.Context, obj *auth.Principal) (uuid.UUID, error) {
 	if obj.RobotID != uuid.Nil {
@@ -401,6 +426,9 @@ func (r *Resolver) Robot() RobotResolver { return &robotResolver{r} }
 // RobotConnection returns RobotConnectionResolver implementation.
 func (r *Resolver) RobotConnection() RobotConnectionResolver { return &robotConnectionResolver{r} }
 
+// Subscription returns SubscriptionResolver implementation.
+func (r *Resolver) Subscription() SubscriptionResolver { return &subscriptionResolver{r} }
+
 // Viewer returns ViewerResolver implementation.
 func (r *Resolver) Viewer() ViewerResolver { return &viewerResolver{r} }
 
@@ -427,6 +455,7 @@ type (
 	queryResolver                  struct{ *Resolver }
 	robotResolver                  struct{ *Resolver }
 	robotConnectionResolver        struct{ *Resolver }
+	subscriptionResolver           struct{ *Resolver }
 	viewerResolver                 struct{ *Resolver }
 	workflowResolver               struct{ *Resolver }
 	workflowAssignmentResolver     struct{ *Resolver }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lib/pq"
@@ -28,11 +29,16 @@ type Notification struct {
 
 // Subscription receives the notifications of one channel.
 type Subscription struct {
-	C       <-chan Notification
-	c       chan Notification
-	channel string
-	l       *Listener
+	C        <-chan Notification
+	c        chan Notification
+	channel  string
+	l        *Listener
+	overflow atomic.Bool
 }
+
+// TakeOverflow reports, and clears, whether notifications were dropped
+// because the buffer was full since the last call.
+func (s *Subscription) TakeOverflow() bool { return s.overflow.Swap(false) }
 
 // Close stops delivery to s.
 func (s *Subscription) Close() {
@@ -125,7 +131,8 @@ func (l *Listener) deliver(n Notification) {
 	for s := range l.subs[n.Channel] {
 		select {
 		case s.c <- n:
-		default: // full: the receiver has a wake-up pending already
+		default: // full: for wake-ups one pending is enough; others check TakeOverflow
+			s.overflow.Store(true)
 		}
 	}
 }

@@ -2,8 +2,137 @@
 
 package model
 
+import (
+	"bytes"
+	"fleetgraph/db"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+type JobChange struct {
+	Op       ChangeOp  `json:"op"`
+	ID       uuid.UUID `json:"id"`
+	Revision int       `json:"revision"`
+	// Null when deleted.
+	Job *db.Job `json:"job,omitempty"`
+}
+
+type JobUpdateFilter struct {
+	Status     *db.JobStatus `json:"status,omitempty"`
+	RobotID    *uuid.UUID    `json:"robotId,omitempty"`
+	WorkflowID *uuid.UUID    `json:"workflowId,omitempty"`
+}
+
+type MachineChange struct {
+	Op ChangeOp  `json:"op"`
+	ID uuid.UUID `json:"id"`
+	// The machine's version after the change.
+	Version int `json:"version"`
+	// Null when deleted.
+	Machine *db.Machine `json:"machine,omitempty"`
+}
+
 type Mutation struct {
 }
 
+// A robot went online or offline.
+type PresenceEvent struct {
+	RobotID uuid.UUID `json:"robotId"`
+	// The robot's new status.
+	Status   db.RobotStatus `json:"status"`
+	Hostname string         `json:"hostname"`
+	// When the change was seen.
+	At time.Time `json:"at"`
+}
+
 type Query struct {
+}
+
+type RobotChange struct {
+	Op       ChangeOp  `json:"op"`
+	ID       uuid.UUID `json:"id"`
+	Revision int       `json:"revision"`
+	// Null when deleted.
+	Robot *db.Robot `json:"robot,omitempty"`
+}
+
+// Live updates, over websockets (`graphql-transport-ws`, or the legacy
+// `graphql-ws`) or server-sent events (`Accept: text/event-stream`).
+//
+// Subscribing to something the caller may not see fails at once with NOT_FOUND
+// or FORBIDDEN. A subscription to one entity first sends its current state
+// (`op: CURRENT`), so nothing changed between a query and the subscription is
+// lost. Updates of one entity that the client has not received yet are
+// replaced by newer ones (only the latest state is sent); a client that falls
+// far behind is ended with RATE_LIMITED and should resubscribe and re-query.
+// After the server loses its database notifications for a while (a restart), it
+// re-reads and sends what changed meanwhile (`op: CURRENT`), so a client's final
+// state equals the database. When the credential behind the connection
+// expires, its subscriptions end with UNAUTHENTICATED.
+type Subscription struct {
+}
+
+// What happened to an entity.
+type ChangeOp string
+
+const (
+	// Its state now: the first message of a one-entity subscription, or a re-read after lost notifications.
+	ChangeOpCurrent ChangeOp = "CURRENT"
+	ChangeOpCreated ChangeOp = "CREATED"
+	ChangeOpUpdated ChangeOp = "UPDATED"
+	ChangeOpDeleted ChangeOp = "DELETED"
+)
+
+var AllChangeOp = []ChangeOp{
+	ChangeOpCurrent,
+	ChangeOpCreated,
+	ChangeOpUpdated,
+	ChangeOpDeleted,
+}
+
+func (e ChangeOp) IsValid() bool {
+	switch e {
+	case ChangeOpCurrent, ChangeOpCreated, ChangeOpUpdated, ChangeOpDeleted:
+		return true
+	}
+	return false
+}
+
+func (e ChangeOp) String() string {
+	return string(e)
+}
+
+func (e *ChangeOp) UnmarshalGQL(v any) error {
+	str, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("enums must be strings")
+	}
+
+	*e = ChangeOp(str)
+	if !e.IsValid() {
+		return fmt.Errorf("%s is not a valid ChangeOp", str)
+	}
+	return nil
+}
+
+func (e ChangeOp) MarshalGQL(w io.Writer) {
+	_, _ = fmt.Fprint(w, strconv.Quote(e.String()))
+}
+
+func (e *ChangeOp) UnmarshalJSON(b []byte) error {
+	s, err := strconv.Unquote(string(b))
+	if err != nil {
+		return err
+	}
+	return e.UnmarshalGQL(s)
+}
+
+func (e ChangeOp) MarshalJSON() ([]byte, error) {
+	var buf bytes.Buffer
+	e.MarshalGQL(&buf)
+	return buf.Bytes(), nil
 }

@@ -1,0 +1,133 @@
+// Package live holds Fleetgraph's streaming transports for GraphQL:
+// graphql-transport-ws exactly as the graphql-ws project's PROTOCOL.md says,
+// the legacy graphql-ws protocol of subscriptions-transport-ws, and
+// server-sent events. They replace gqlgen's, whose close codes and
+// error/complete sequences differ from the protocol, and they end a
+// subscription with an error (not a completion) when a resolver says so,
+// for example when the credential behind it expires.
+package live
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"fleetgraph/fault"
+)
+
+type endKey struct{}
+
+// ender records the error an operation's stream ends with.
+type ender struct {
+	mu  sync.Mutex
+	err *gqlerror.Error
+}
+
+// End makes the operation running in ctx end with err instead of
+// completing: transports send it as the operation's error. Subscription
+// resolvers call it before closing their channel.
+func End(ctx context.Context, err error) {
+	e, ok := ctx.Value(endKey{}).(*ender)
+	if !ok || err == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err == nil {
+		e.err = present(err)
+	}
+}
+
+// present turns an error into a GraphQL error with our extensions.
+func present(err error) *gqlerror.Error {
+	var fe *fault.Error
+	if !errors.As(err, &fe) {
+		fe = &fault.Error{Code: fault.Internal, Message: "the operation failed"}
+	}
+	ext := map[string]any{"code": fe.Code}
+	for k, v := range fe.Extra {
+		ext[k] = v
+	}
+	return &gqlerror.Error{Message: fe.Message, Extensions: ext}
+}
+
+func (e *ender) get() *gqlerror.Error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
+// outcome is how an operation ended.
+type outcome struct {
+	// errs, when set, end the operation as an error: request errors found
+	// before execution, a subscription refused at subscribe time, or an
+	// error a resolver ended the stream with. No completion follows them.
+	errs gqlerror.List
+	// stopped means the client went away or cancelled; nothing more is sent.
+	stopped bool
+}
+
+// execute runs one operation and calls next with each result. A
+// subscription whose first result is only errors (the resolver refused it:
+// NOT_FOUND, FORBIDDEN, ...) ends as an error rather than a result.
+func execute(ctx context.Context, exec graphql.GraphExecutor, params *graphql.RawParams, next func(*graphql.Response) error) (out outcome) {
+	start := graphql.Now()
+	ctx = graphql.StartOperationTrace(ctx)
+	params.ReadTime = graphql.TraceTiming{Start: start, End: graphql.Now()}
+	rc, errs := exec.CreateOperationContext(ctx, params)
+	if errs != nil {
+		resp := exec.DispatchError(graphql.WithOperationContext(ctx, rc), errs)
+		return outcome{errs: resp.Errors}
+	}
+	ctx = graphql.WithOperationContext(ctx, rc)
+	e := &ender{}
+	ctx = context.WithValue(ctx, endKey{}, e)
+	defer func() {
+		if r := recover(); r != nil {
+			err := rc.Recover(ctx, r) // logs it (the server's recover function)
+			var gqlErr *gqlerror.Error
+			if !errors.As(err, &gqlErr) {
+				gqlErr = present(err)
+			}
+			out = outcome{errs: gqlerror.List{gqlErr}}
+		}
+	}()
+	subscription := rc.Operation != nil && rc.Operation.Operation == ast.Subscription
+	responses, ctx := exec.DispatchOperation(ctx, rc)
+	for first := true; ; first = false {
+		resp := responses(ctx)
+		if resp == nil {
+			break
+		}
+		if first && subscription && len(resp.Errors) > 0 && isNull(resp.Data) {
+			return outcome{errs: resp.Errors}
+		}
+		if err := next(resp); err != nil {
+			return outcome{stopped: true}
+		}
+	}
+	if ctx.Err() != nil {
+		return outcome{stopped: true}
+	}
+	if err := e.get(); err != nil {
+		return outcome{errs: gqlerror.List{err}}
+	}
+	return outcome{}
+}
+
+func isNull(data []byte) bool { return len(data) == 0 || string(data) == "null" }
+
+// errorList is a JSON-ready list of errors, for transports' error payloads.
+func errorList(errs gqlerror.List) []*gqlerror.Error { return errs }
+
+// protocolError is a malformed client message: the socket closes with 4400.
+type protocolError struct{ msg string }
+
+func (e protocolError) Error() string { return e.msg }
+
+func malformed(format string, args ...any) error { return protocolError{fmt.Sprintf(format, args...)} }

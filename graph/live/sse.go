@@ -1,0 +1,137 @@
+package live
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql"
+)
+
+// SSE serves operations as server-sent events, for clients that cannot open
+// a websocket: a POST (JSON body) or GET (query string) that accepts
+// text/event-stream gets `event: next` messages with each result and a final
+// `event: complete` (the graphql-sse "distinct connections" mode). An
+// operation that ends with an error sends it as a last `next` before
+// `complete`. It implements graphql.Transport.
+type SSE struct {
+	// KeepAlive is the interval of comment lines that keep proxies from
+	// closing an idle stream.
+	KeepAlive time.Duration
+	// WriteTimeout bounds one event's write; a client that does not read is dropped.
+	WriteTimeout time.Duration
+}
+
+var _ graphql.Transport = SSE{}
+
+// Supports implements graphql.Transport.
+func (SSE) Supports(r *http.Request) bool {
+	if r.Method != http.MethodPost && r.Method != http.MethodGet {
+		return false
+	}
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		if mt, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mt == "text/event-stream" {
+			return true
+		}
+	}
+	return false
+}
+
+// Do implements graphql.Transport.
+func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	params := &graphql.RawParams{Headers: r.Header}
+	if err := readParams(r, params); err != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{"message": err.Error(), "extensions": map[string]any{"code": "BAD_USER_INPUT"}}}})
+		return
+	}
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("Connection", "keep-alive")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	_ = rc.Flush()
+
+	events := make(chan []byte)
+	done := make(chan outcome, 1)
+	ctx := r.Context()
+	go func() {
+		done <- execute(ctx, exec, params, func(resp *graphql.Response) error {
+			select {
+			case events <- mustJSON(resp):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	send := func(event string, data []byte) error {
+		_ = rc.SetWriteDeadline(time.Now().Add(t.WriteTimeout))
+		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, data); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	keepAlive := time.NewTicker(t.KeepAlive)
+	defer keepAlive.Stop()
+	for {
+		select {
+		case data := <-events:
+			if send("next", data) != nil {
+				return
+			}
+		case <-keepAlive.C:
+			_ = rc.SetWriteDeadline(time.Now().Add(t.WriteTimeout))
+			if _, err := io.WriteString(w, ":\n\n"); err != nil || rc.Flush() != nil {
+				return
+			}
+		case out := <-done:
+			if out.stopped {
+				return
+			}
+			if out.errs != nil {
+				if send("next", mustJSON(map[string]any{"errors": out.errs})) != nil {
+					return
+				}
+			}
+			_ = send("complete", nil)
+			return
+		}
+	}
+}
+
+// readParams reads the operation from a JSON body (POST) or the query string (GET).
+func readParams(r *http.Request, params *graphql.RawParams) error {
+	if r.Method == http.MethodGet {
+		q := r.URL.Query()
+		params.Query = q.Get("query")
+		params.OperationName = q.Get("operationName")
+		if v := q.Get("variables"); v != "" {
+			if err := json.Unmarshal([]byte(v), &params.Variables); err != nil {
+				return fmt.Errorf("variables must be a JSON object")
+			}
+		}
+		if v := q.Get("extensions"); v != "" {
+			if err := json.Unmarshal([]byte(v), &params.Extensions); err != nil {
+				return fmt.Errorf("extensions must be a JSON object")
+			}
+		}
+	} else {
+		dec := json.NewDecoder(r.Body)
+		dec.UseNumber()
+		if err := dec.Decode(params); err != nil {
+			return fmt.Errorf("the request body must be a JSON object with a query")
+		}
+	}
+	if params.Query == "" && params.Extensions["persistedQuery"] == nil {
+		return fmt.Errorf("give a query")
+	}
+	return nil
+}

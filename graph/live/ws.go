@@ -1,0 +1,437 @@
+package live
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/99designs/gqlgen/graphql"
+	coderws "github.com/coder/websocket"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"fleetgraph/auth"
+	"fleetgraph/fault"
+)
+
+// Close codes of graphql-transport-ws (PROTOCOL.md), and RFC 6455's.
+const (
+	CloseBadRequest          = 4400
+	CloseUnauthorized        = 4401
+	CloseForbidden           = 4403
+	CloseInitTimeout         = 4408
+	CloseSubscriberExists    = 4409
+	CloseTooManyInitRequests = 4429
+	CloseGoingAway           = 1001
+	CloseNormal              = 1000
+)
+
+// Subprotocols.
+const (
+	ProtocolTransportWS = "graphql-transport-ws"
+	ProtocolLegacyWS    = "graphql-ws"
+)
+
+// Websocket is the websocket transport for both protocols; the client's
+// subprotocol picks one. It implements graphql.Transport.
+type Websocket struct {
+	Auth *auth.Authenticator
+	Log  *slog.Logger
+	// InitTimeout bounds the wait for connection_init (4408 after it).
+	InitTimeout time.Duration
+	// KeepAlive is the interval of the server's pings (graphql-transport-ws)
+	// or keep-alive messages (graphql-ws).
+	KeepAlive time.Duration
+	// WriteTimeout bounds one message write; a client that does not read is closed.
+	WriteTimeout time.Duration
+	// ReadLimit caps one client message, in bytes.
+	ReadLimit int64
+}
+
+var _ graphql.Transport = Websocket{}
+
+// Supports implements graphql.Transport: websocket upgrade requests.
+func (Websocket) Supports(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+}
+
+// Do implements graphql.Transport. It serves the socket until it closes,
+// including the close handshake, so callers can wait for it.
+func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	conn, err := coderws.Accept(w, r, &coderws.AcceptOptions{
+		Subprotocols: []string{ProtocolTransportWS, ProtocolLegacyWS},
+		// Origins were checked before the transport (graph.sockets).
+		InsecureSkipVerify: true,
+	})
+	if err != nil {
+		t.Log.Debug("websocket upgrade failed", "error", err)
+		return
+	}
+	d := transportWS
+	switch conn.Subprotocol() {
+	case ProtocolTransportWS:
+	case ProtocolLegacyWS:
+		d = legacyWS
+	default:
+		_ = conn.Close(4406, "Subprotocol not acceptable: use graphql-transport-ws")
+		return
+	}
+	conn.SetReadLimit(t.ReadLimit)
+	c := &wsConn{t: t, d: d, conn: conn, exec: exec, ip: auth.ClientIPFrom(r.Context()),
+		principal: auth.FromContext(r.Context()), ops: map[string]*wsOp{}}
+	code, reason := c.serve(r.Context())
+	_ = conn.Close(coderws.StatusCode(code), reason)
+}
+
+// dialect is what differs between the two protocols.
+type dialect struct {
+	subscribe, stop, next, complete string
+	// keepAlive is the server's periodic message.
+	keepAlive string
+	// pings: graphql-transport-ws has ping/pong messages.
+	pings bool
+	// legacy: init refusals send connection_error first; operation errors
+	// carry one error object; subscribing before the ack is an error
+	// message, not a close.
+	legacy bool
+}
+
+var (
+	transportWS = dialect{subscribe: "subscribe", stop: "complete", next: "next", complete: "complete", keepAlive: "ping", pings: true}
+	legacyWS    = dialect{subscribe: "start", stop: "stop", next: "data", complete: "complete", keepAlive: "ka", legacy: true}
+)
+
+type wsMessage struct {
+	ID      string          `json:"id,omitempty"`
+	Type    string          `json:"type"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+}
+
+type wsConn struct {
+	t    Websocket
+	d    dialect
+	conn *coderws.Conn
+	exec graphql.GraphExecutor
+	ip   string
+
+	writeMu sync.Mutex
+
+	mu        sync.Mutex
+	initSeen  bool
+	acked     bool
+	principal *auth.Principal
+	ops       map[string]*wsOp
+	closing   chan closeReq // first fatal condition found by a goroutine
+}
+
+type wsOp struct {
+	cancel context.CancelFunc
+	done   bool // the client stopped it, or the server ended it: send nothing more
+}
+
+type closeReq struct {
+	code   int
+	reason string
+}
+
+// serve runs the socket's read loop and returns how to close it.
+func (c *wsConn) serve(ctx context.Context) (int, string) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.closing = make(chan closeReq, 1)
+	msgs := make(chan wsMessage)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			typ, data, err := c.conn.Read(ctx)
+			if err != nil {
+				readErr <- err
+				return
+			}
+			var m wsMessage
+			if typ != coderws.MessageText || json.Unmarshal(data, &m) != nil || m.Type == "" {
+				readErr <- malformed("Invalid message received: expected a JSON object with a type")
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	initTimer := time.NewTimer(c.t.InitTimeout)
+	defer initTimer.Stop()
+	keepAlive := time.NewTicker(c.t.KeepAlive)
+	defer keepAlive.Stop()
+	var expired <-chan time.Time
+
+	defer c.stopAll()
+	for {
+		select {
+		case <-ctx.Done():
+			return CloseGoingAway, "server shutting down"
+		case req := <-c.closing:
+			return req.code, req.reason
+		case err := <-readErr:
+			var pe protocolError
+			if errors.As(err, &pe) {
+				return CloseBadRequest, pe.msg
+			}
+			return CloseNormal, "" // the client closed or vanished
+		case <-initTimer.C:
+			if !c.initialised() {
+				return CloseInitTimeout, "Connection initialisation timeout"
+			}
+		case <-keepAlive.C:
+			if c.initialised() {
+				if err := c.write(ctx, wsMessage{Type: c.d.keepAlive}); err != nil {
+					return CloseNormal, ""
+				}
+			}
+		case <-expired:
+			c.endAll(ctx, fault.New(fault.Unauthenticated, "your credential has expired; reconnect with a fresh one"))
+			return CloseForbidden, "Forbidden: credential expired"
+		case m := <-msgs:
+			code, reason, exp := c.handle(ctx, m)
+			if code != 0 {
+				return code, reason
+			}
+			if !exp.IsZero() {
+				expired = time.After(time.Until(exp))
+			}
+		}
+	}
+}
+
+func (c *wsConn) initialised() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.initSeen
+}
+
+// handle acts on one client message; a non-zero code closes the socket.
+// expires is set when a connection is acknowledged for a credential that expires.
+func (c *wsConn) handle(ctx context.Context, m wsMessage) (code int, reason string, expires time.Time) {
+	switch m.Type {
+	case "connection_init":
+		return c.init(ctx, m)
+	case "ping":
+		if !c.d.pings {
+			break
+		}
+		pong := wsMessage{Type: "pong"}
+		if len(m.Payload) > 0 && string(m.Payload) != "null" {
+			pong.Payload = m.Payload
+		}
+		if err := c.write(ctx, pong); err != nil {
+			return CloseNormal, "", time.Time{}
+		}
+		return 0, "", time.Time{}
+	case "pong":
+		if c.d.pings {
+			return 0, "", time.Time{}
+		}
+	case c.d.subscribe:
+		return c.subscribe(ctx, m)
+	case c.d.stop:
+		c.mu.Lock()
+		if op, ok := c.ops[m.ID]; ok {
+			op.done = true
+			op.cancel()
+			delete(c.ops, m.ID)
+		}
+		c.mu.Unlock()
+		return 0, "", time.Time{}
+	case "connection_terminate":
+		if c.d.legacy {
+			return CloseNormal, "", time.Time{}
+		}
+	}
+	return CloseBadRequest, "Invalid message received: unexpected type " + truncate(m.Type, 40), time.Time{}
+}
+
+func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time) {
+	c.mu.Lock()
+	again := c.initSeen
+	c.initSeen = true
+	c.mu.Unlock()
+	if again {
+		return CloseTooManyInitRequests, "Too many initialisation requests", time.Time{}
+	}
+	var payload map[string]any
+	if len(m.Payload) > 0 && string(m.Payload) != "null" {
+		if err := json.Unmarshal(m.Payload, &payload); err != nil {
+			return CloseBadRequest, "Invalid message received: connection_init payload must be an object", time.Time{}
+		}
+	}
+	p, err := c.t.Auth.FromInitPayload(ctx, payload, c.ip)
+	if err != nil {
+		if c.d.legacy {
+			_ = c.write(ctx, wsMessage{Type: "connection_error", Payload: mustJSON(present(err))})
+		}
+		return CloseForbidden, closeReason("Forbidden: " + err.Error()), time.Time{}
+	}
+	c.mu.Lock()
+	if p != nil {
+		c.principal = p
+	}
+	p = c.principal
+	c.acked = true
+	c.mu.Unlock()
+	if err := c.write(ctx, wsMessage{Type: "connection_ack"}); err != nil {
+		return CloseNormal, "", time.Time{}
+	}
+	if c.d.legacy {
+		_ = c.write(ctx, wsMessage{Type: "ka"})
+	}
+	if p != nil && !p.ExpiresAt.IsZero() {
+		return 0, "", p.ExpiresAt
+	}
+	return 0, "", time.Time{}
+}
+
+func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.Time) {
+	var params graphql.RawParams
+	if m.ID == "" || json.Unmarshal(m.Payload, &params) != nil || params.Query == "" && params.Extensions["persistedQuery"] == nil {
+		return CloseBadRequest, "Invalid message received: " + c.d.subscribe + " needs an id and a payload with a query", time.Time{}
+	}
+	c.mu.Lock()
+	acked := c.acked
+	_, exists := c.ops[m.ID]
+	c.mu.Unlock()
+	if !acked {
+		if c.d.legacy {
+			_ = c.write(ctx, wsMessage{ID: m.ID, Type: "error", Payload: mustJSON(&gqlerror.Error{Message: "send connection_init first"})})
+			return 0, "", time.Time{}
+		}
+		return CloseUnauthorized, "Unauthorized", time.Time{}
+	}
+	if exists {
+		return CloseSubscriberExists, closeReason("Subscriber for " + m.ID + " already exists"), time.Time{}
+	}
+	opCtx, cancel := context.WithCancel(ctx)
+	c.mu.Lock()
+	op := &wsOp{cancel: cancel}
+	c.ops[m.ID] = op
+	if c.principal != nil {
+		opCtx = auth.WithPrincipal(opCtx, c.principal)
+	}
+	c.mu.Unlock()
+	go c.run(opCtx, m.ID, op, &params)
+	return 0, "", time.Time{}
+}
+
+// run executes one operation and reports its results under id.
+func (c *wsConn) run(ctx context.Context, id string, op *wsOp, params *graphql.RawParams) {
+	defer op.cancel()
+	out := execute(ctx, c.exec, params, func(resp *graphql.Response) error {
+		if c.isDone(op) {
+			return context.Canceled
+		}
+		return c.write(ctx, wsMessage{ID: id, Type: c.d.next, Payload: mustJSON(resp)})
+	})
+	c.mu.Lock()
+	done := op.done
+	op.done = true
+	if c.ops[id] == op {
+		delete(c.ops, id)
+	}
+	c.mu.Unlock()
+	if done || out.stopped {
+		return
+	}
+	if out.errs != nil {
+		_ = c.write(ctx, c.errorMessage(id, out.errs))
+		return // no complete after error
+	}
+	_ = c.write(ctx, wsMessage{ID: id, Type: c.d.complete})
+}
+
+func (c *wsConn) errorMessage(id string, errs gqlerror.List) wsMessage {
+	if c.d.legacy {
+		// subscriptions-transport-ws clients read one error object.
+		return wsMessage{ID: id, Type: "error", Payload: mustJSON(errs[0])}
+	}
+	return wsMessage{ID: id, Type: "error", Payload: mustJSON(errorList(errs))}
+}
+
+func (c *wsConn) isDone(op *wsOp) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return op.done
+}
+
+// endAll ends every running operation with err.
+func (c *wsConn) endAll(ctx context.Context, err error) {
+	c.mu.Lock()
+	ops := c.ops
+	c.ops = map[string]*wsOp{}
+	for _, op := range ops {
+		op.done = true
+		op.cancel()
+	}
+	c.mu.Unlock()
+	for id := range ops {
+		_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(err)}))
+	}
+}
+
+func (c *wsConn) stopAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, op := range c.ops {
+		op.done = true
+		op.cancel()
+	}
+}
+
+// write sends one message; a client that does not take it within the write
+// timeout is closed, since it cannot keep up.
+func (c *wsConn) write(ctx context.Context, m wsMessage) error {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.t.WriteTimeout)
+	defer cancel()
+	if err := c.conn.Write(wctx, coderws.MessageText, data); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			select {
+			case c.closing <- closeReq{1008, "the client is not reading its messages"}:
+			default:
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return json.RawMessage(`null`)
+	}
+	return b
+}
+
+// closeReason fits a reason into a close frame (123 bytes).
+func closeReason(s string) string { return truncate(s, 123) }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}

@@ -1,0 +1,249 @@
+package graph
+
+import (
+	"context"
+	"errors"
+
+	"github.com/google/uuid"
+
+	"fleetgraph/auth"
+	"fleetgraph/db"
+	"fleetgraph/fault"
+	"fleetgraph/graph/live"
+	"fleetgraph/graph/model"
+	"fleetgraph/realtime"
+)
+
+// This file turns hub subscriptions into the channels gqlgen's subscription
+// resolvers return, keeping channel management out of the generated files.
+// Every subscription is checked at subscribe time through the stores (so an
+// invisible id is NOT_FOUND and a wrong caller FORBIDDEN), filtered per
+// change in Go with db.CanSee, and ends with UNAUTHENTICATED when the
+// caller's credential expires.
+
+// stream pumps a hub subscription into a channel: first (when non-nil),
+// then every update convert accepts. It ends when ctx does (the client
+// stopped) or when the hub ends the subscription (with its reason).
+func stream[T any](ctx context.Context, sub *realtime.Sub, first *T, convert func(realtime.Update) *T) <-chan *T {
+	out := make(chan *T)
+	go func() {
+		defer close(out)
+		defer sub.Close()
+		send := func(v *T) bool {
+			select {
+			case out <- v:
+				return true
+			case <-ctx.Done():
+				return false
+			case <-sub.Done():
+				return false
+			}
+		}
+		if first != nil && !send(first) {
+			live.End(ctx, streamError(sub))
+			return
+		}
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sub.Done():
+				live.End(ctx, streamError(sub))
+				return
+			case <-sub.Ready():
+				for _, u := range sub.Take() {
+					if v := convert(u); v != nil && !send(v) {
+						live.End(ctx, streamError(sub))
+						return
+					}
+				}
+			}
+		}
+	}()
+	return out
+}
+
+// streamError is the client-facing reason the hub ended a subscription, or
+// nil when it simply stopped.
+func streamError(sub *realtime.Sub) error {
+	select {
+	case <-sub.Done():
+	default:
+		return nil
+	}
+	switch err := sub.Err(); {
+	case errors.Is(err, realtime.ErrExpired):
+		return fault.New(fault.Unauthenticated, "your credential has expired; reconnect with a fresh one")
+	case errors.Is(err, realtime.ErrTooSlow):
+		return &fault.Error{Code: fault.RateLimited, Message: err.Error(), Extra: map[string]any{"reason": "SLOW_CONSUMER"}}
+	case err == nil, errors.Is(err, context.Canceled):
+		return nil
+	default:
+		return &fault.Error{Code: fault.Internal, Message: err.Error()}
+	}
+}
+
+func parseKey(key string) uuid.UUID {
+	id, _ := uuid.Parse(key)
+	return id
+}
+
+func op(u realtime.Update) model.ChangeOp { return model.ChangeOp(u.Op) }
+
+func (r *subscriptionResolver) machineUpdated(ctx context.Context, id *uuid.UUID) (<-chan *model.MachineChange, error) {
+	if err := db.CheckCaller(ctx, true); err != nil {
+		return nil, err
+	}
+	if id != nil {
+		if _, err := r.MachineStore.Get(ctx, r.DB, *id); err != nil {
+			return nil, err
+		}
+	}
+	p := auth.FromContext(ctx)
+	wanted := func(m uuid.UUID) bool { return id == nil || m == *id }
+	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
+		Kind: realtime.KindMachine, Tenant: p.TenantID, Expires: p.ExpiresAt,
+		Filter: func(c realtime.Change) bool {
+			return wanted(parseKey(c.ID)) && db.CanSee(p, "machine", c.Tenant, c.Owner, nil)
+		},
+		MatchRow: func(v any) bool {
+			m := v.(*db.Machine)
+			return wanted(m.ID) && db.CanSee(p, "machine", m.TenantID, &m.OwnerID, nil)
+		},
+	})
+	var first *model.MachineChange
+	if id != nil {
+		// Read after subscribing: nothing between the read and the feed is lost.
+		m, err := r.MachineStore.Get(ctx, r.DB, *id)
+		if err != nil {
+			sub.Close()
+			return nil, err
+		}
+		sub.Seed(m.ID.String(), m.Version)
+		first = &model.MachineChange{Op: model.ChangeOpCurrent, ID: m.ID, Version: int(m.Version), Machine: m}
+	}
+	return stream(ctx, sub, first, func(u realtime.Update) *model.MachineChange {
+		m, _ := u.Value.(*db.Machine)
+		return &model.MachineChange{Op: op(u), ID: parseKey(u.Key), Version: int(u.Version), Machine: m}
+	}), nil
+}
+
+func (r *subscriptionResolver) machineEventAdded(ctx context.Context, machineID uuid.UUID) (<-chan *db.MachineEvent, error) {
+	if _, err := r.MachineStore.Get(ctx, r.DB, machineID); err != nil {
+		return nil, err
+	}
+	p := auth.FromContext(ctx)
+	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
+		Kind: realtime.KindMachineEvent, Tenant: p.TenantID, Expires: p.ExpiresAt, Append: true,
+		Filter: func(c realtime.Change) bool {
+			return c.Machine != nil && *c.Machine == machineID && db.CanSee(p, "machine", c.Tenant, c.Owner, nil)
+		},
+		MatchRow: func(v any) bool { return v.(*db.MachineEvent).MachineID == machineID },
+	})
+	return stream(ctx, sub, nil, func(u realtime.Update) *db.MachineEvent {
+		e, _ := u.Value.(*db.MachineEvent)
+		return e
+	}), nil
+}
+
+func (r *subscriptionResolver) robotUpdated(ctx context.Context, id *uuid.UUID) (<-chan *model.RobotChange, error) {
+	if err := db.CheckCaller(ctx, false); err != nil {
+		return nil, err
+	}
+	if id != nil {
+		if _, err := r.RobotStore.Get(ctx, r.DB, *id); err != nil {
+			return nil, err
+		}
+	}
+	p := auth.FromContext(ctx)
+	wanted := func(robot uuid.UUID) bool { return id == nil || robot == *id }
+	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
+		Kind: realtime.KindRobot, Tenant: p.TenantID, Expires: p.ExpiresAt,
+		Filter: func(c realtime.Change) bool {
+			robot := parseKey(c.ID)
+			return wanted(robot) && db.CanSee(p, "robot", c.Tenant, nil, &robot)
+		},
+		MatchRow: func(v any) bool {
+			robot := v.(*db.Robot)
+			return wanted(robot.ID) && db.CanSee(p, "robot", robot.TenantID, nil, &robot.ID)
+		},
+	})
+	var first *model.RobotChange
+	if id != nil {
+		robot, err := r.RobotStore.Get(ctx, r.DB, *id)
+		if err != nil {
+			sub.Close()
+			return nil, err
+		}
+		sub.Seed(robot.ID.String(), robot.Revision)
+		first = &model.RobotChange{Op: model.ChangeOpCurrent, ID: robot.ID, Revision: int(robot.Revision), Robot: robot}
+	}
+	return stream(ctx, sub, first, func(u realtime.Update) *model.RobotChange {
+		robot, _ := u.Value.(*db.Robot)
+		return &model.RobotChange{Op: op(u), ID: parseKey(u.Key), Revision: int(u.Version), Robot: robot}
+	}), nil
+}
+
+func (r *subscriptionResolver) fleetPresence(ctx context.Context) (<-chan *model.PresenceEvent, error) {
+	if err := db.CheckCaller(ctx, true); err != nil {
+		return nil, err
+	}
+	p := auth.FromContext(ctx)
+	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
+		Kind: realtime.KindPresence, Tenant: p.TenantID, Expires: p.ExpiresAt,
+		Filter: func(c realtime.Change) bool { return db.CanSee(p, "presence", c.Tenant, nil, nil) },
+	})
+	return stream(ctx, sub, nil, func(u realtime.Update) *model.PresenceEvent {
+		robot, ok := u.Value.(*db.Robot)
+		if !ok {
+			return nil
+		}
+		return &model.PresenceEvent{RobotID: robot.ID, Status: robot.Status, Hostname: robot.Hostname, At: robot.UpdatedAt}
+	}), nil
+}
+
+func (r *subscriptionResolver) jobUpdated(ctx context.Context, id *uuid.UUID, f *model.JobUpdateFilter) (<-chan *model.JobChange, error) {
+	if err := db.CheckCaller(ctx, false); err != nil {
+		return nil, err
+	}
+	if id != nil {
+		if _, err := r.JobStore.Get(ctx, r.DB, *id); err != nil {
+			return nil, err
+		}
+	}
+	if f == nil {
+		f = &model.JobUpdateFilter{}
+	}
+	p := auth.FromContext(ctx)
+	matches := func(job uuid.UUID, status string, robot, workflow *uuid.UUID) bool {
+		return (id == nil || job == *id) &&
+			(f.Status == nil || string(*f.Status) == status) &&
+			(f.RobotID == nil || (robot != nil && *robot == *f.RobotID)) &&
+			(f.WorkflowID == nil || (workflow != nil && *workflow == *f.WorkflowID))
+	}
+	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
+		Kind: realtime.KindJob, Tenant: p.TenantID, Expires: p.ExpiresAt,
+		Filter: func(c realtime.Change) bool {
+			return matches(parseKey(c.ID), c.Status, c.Robot, c.Workflow) && db.CanSee(p, "job", c.Tenant, nil, c.Robot)
+		},
+		MatchRow: func(v any) bool {
+			j := v.(*db.Job)
+			return matches(j.ID, string(j.Status), j.RobotID, &j.WorkflowID) && db.CanSee(p, "job", j.TenantID, nil, j.RobotID)
+		},
+	})
+	var first *model.JobChange
+	if id != nil {
+		j, err := r.JobStore.Get(ctx, r.DB, *id)
+		if err != nil {
+			sub.Close()
+			return nil, err
+		}
+		sub.Seed(j.ID.String(), j.Revision)
+		first = &model.JobChange{Op: model.ChangeOpCurrent, ID: j.ID, Revision: int(j.Revision), Job: j}
+	}
+	return stream(ctx, sub, first, func(u realtime.Update) *model.JobChange {
+		j, _ := u.Value.(*db.Job)
+		return &model.JobChange{Op: op(u), ID: parseKey(u.Key), Revision: int(u.Version), Job: j}
+	}), nil
+}
+

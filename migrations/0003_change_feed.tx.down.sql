@@ -1,0 +1,11 @@
+DROP TRIGGER IF EXISTS jobs_notify_update ON jobs;
+DROP TRIGGER IF EXISTS jobs_notify ON jobs;
+DROP FUNCTION IF EXISTS fleetgraph_notify_job();
+DROP TRIGGER IF EXISTS robots_notify_update ON robots;
+DROP TRIGGER IF EXISTS robots_notify ON robots;
+DROP FUNCTION IF EXISTS fleetgraph_notify_robot();
+DROP TRIGGER IF EXISTS machine_events_notify ON machine_events;
+DROP FUNCTION IF EXISTS fleetgraph_notify_machine_event();
+DROP TRIGGER IF EXISTS machines_notify_update ON machines;
+DROP TRIGGER IF EXISTS machines_notify ON machines;
+DROP FUNCTION IF EXISTS fleetgraph_notify_machine();

@@ -1,0 +1,500 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// ChangeChannel is the NOTIFY channel of the change feed (migration 0003).
+const ChangeChannel = "fleetgraph_change"
+
+// Kinds of change on the feed.
+const (
+	KindMachine      = "machine"
+	KindMachineEvent = "machine_event"
+	KindRobot        = "robot"
+	KindJob          = "job"
+)
+
+// Change is one change-feed notification: routing fields only, never the row.
+type Change struct {
+	Kind       string     `json:"k"`
+	Op         string     `json:"op"` // INSERT, UPDATE or DELETE
+	Tenant     uuid.UUID  `json:"t"`
+	ID         string     `json:"id"`
+	Version    int64      `json:"v"`
+	Owner      *uuid.UUID `json:"o"`  // machines and their events
+	Machine    *uuid.UUID `json:"m"`  // machine events
+	Status     string     `json:"s"`  // robots and jobs
+	PrevStatus string     `json:"ps"` // robots, on UPDATE
+	Robot      *uuid.UUID `json:"r"`  // jobs
+	Workflow   *uuid.UUID `json:"w"`  // jobs
+}
+
+// Update is what a subscriber receives: an entity's current row, or its deletion.
+type Update struct {
+	Kind    string
+	Op      string // CREATED, UPDATED, DELETED or CURRENT (resync and first state)
+	Key     string
+	Version int64
+	// Value is the row as the scoped stores read it (e.g. *db.Machine); nil when deleted.
+	Value any
+	// Change is the notification that caused the update (zero for resyncs).
+	Change Change
+}
+
+// Source reads rows for the hub, through the same scoped stores the queries use.
+type Source interface {
+	// Load returns the current rows of kind with these keys in tenant, keyed
+	// by key, each with its version. Missing keys are gone.
+	Load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (map[string]Versioned, error)
+	// ChangedSince returns the rows of kind in tenant changed at or after since.
+	ChangedSince(ctx context.Context, kind string, tenant uuid.UUID, since time.Time) ([]Versioned, error)
+}
+
+// Versioned is a row with its key and version.
+type Versioned struct {
+	Key     string
+	Version int64
+	Value   any
+}
+
+// Errors that end a subscription.
+var (
+	// ErrTooSlow ends a subscriber that lets too many updates pile up.
+	ErrTooSlow = errors.New("the subscriber is not reading fast enough; updates were piling up, so the subscription was closed: resubscribe and re-query")
+)
+
+// Hub routes change-feed notifications to subscribers. One hub per process
+// reads the process's Listener; every process fans out the same feed, so any
+// number of replicas serve subscribers.
+type Hub struct {
+	source Source
+	feed   *Subscription
+	log    *slog.Logger
+	// QueueLimit bounds each subscriber's undelivered updates.
+	queueLimit int
+	// resyncSlack widens a resync's window to cover transactions that
+	// committed after they stamped updated_at.
+	resyncSlack time.Duration
+
+	mu     sync.RWMutex
+	topics map[topic]map[*Sub]struct{}
+
+	lastFeed time.Time // when the feed was last known healthy; hub goroutine only
+}
+
+type topic struct {
+	kind   string
+	tenant uuid.UUID
+}
+
+// NewHub returns a hub reading the change feed from l.
+func NewHub(l *Listener, source Source, log *slog.Logger) *Hub {
+	return &Hub{
+		source:      source,
+		feed:        l.Subscribe(ChangeChannel, 65536),
+		log:         log,
+		queueLimit:  1000,
+		resyncSlack: time.Minute,
+		topics:      map[topic]map[*Sub]struct{}{},
+		lastFeed:    time.Now(),
+	}
+}
+
+// Run routes notifications until ctx ends. Notifications are taken in
+// batches: each batch costs one read per kind and tenant, shared by all the
+// batch's subscribers.
+func (h *Hub) Run(ctx context.Context) {
+	defer h.feed.Close()
+	for {
+		var first Notification
+		select {
+		case <-ctx.Done():
+			h.closeAll(ctx.Err())
+			return
+		case first = <-h.feed.C:
+		}
+		batch := []Notification{first}
+	drain:
+		for len(batch) < 1000 {
+			select {
+			case n := <-h.feed.C:
+				batch = append(batch, n)
+			default:
+				break drain
+			}
+		}
+		h.process(ctx, batch)
+	}
+}
+
+func (h *Hub) process(ctx context.Context, batch []Notification) {
+	resync := h.feed.TakeOverflow()
+	var changes []Change
+	for _, n := range batch {
+		if n.Reconnected {
+			resync = true
+			continue
+		}
+		var c Change
+		if err := json.Unmarshal([]byte(n.Payload), &c); err != nil {
+			h.log.Error("undecodable change notification", "payload", n.Payload, "error", err)
+			continue
+		}
+		changes = append(changes, c)
+	}
+	if resync {
+		h.resync(ctx)
+	}
+	h.lastFeed = time.Now()
+	h.deliver(ctx, changes)
+}
+
+// deliver loads what the changes' subscribers need, once per (kind, tenant),
+// and offers each subscriber its updates.
+func (h *Hub) deliver(ctx context.Context, changes []Change) {
+	type wanted struct {
+		change Change
+		subs   []*Sub
+	}
+	byTopic := map[topic][]wanted{}
+	for _, c := range changes {
+		for _, k := range topicsOf(c) {
+			subs := h.matching(k, c)
+			if len(subs) > 0 {
+				byTopic[k] = append(byTopic[k], wanted{c, subs})
+			}
+		}
+	}
+	for k, ws := range byTopic {
+		loadKind := k.kind
+		if loadKind == KindPresence {
+			loadKind = KindRobot
+		}
+		var keys []string
+		for _, w := range ws {
+			if w.change.Op != "DELETE" {
+				keys = append(keys, w.change.ID)
+			}
+		}
+		rows := map[string]Versioned{}
+		if len(keys) > 0 {
+			var err error
+			if rows, err = h.source.Load(ctx, loadKind, k.tenant, keys); err != nil {
+				h.log.Error("loading changed rows", "kind", loadKind, "error", err)
+				continue
+			}
+		}
+		for _, w := range ws {
+			u := Update{Kind: k.kind, Key: w.change.ID, Version: w.change.Version, Change: w.change, Op: opName(w.change.Op)}
+			if w.change.Op != "DELETE" {
+				row, ok := rows[w.change.ID]
+				if !ok {
+					continue // deleted since; its DELETE notification follows
+				}
+				u.Value, u.Version = row.Value, row.Version
+			}
+			for _, s := range w.subs {
+				s.offer(u)
+			}
+		}
+	}
+}
+
+func opName(op string) string {
+	switch op {
+	case "INSERT":
+		return "CREATED"
+	case "DELETE":
+		return "DELETED"
+	}
+	return "UPDATED"
+}
+
+// KindPresence is the topic of robots going online or offline; it is fed by
+// robot changes whose status crosses OFFLINE.
+const KindPresence = "presence"
+
+// topicsOf lists the topics a change is published on.
+func topicsOf(c Change) []topic {
+	ts := []topic{{c.Kind, c.Tenant}}
+	if c.Kind == KindRobot && c.Op == "UPDATE" && (c.Status == "OFFLINE") != (c.PrevStatus == "OFFLINE") {
+		ts = append(ts, topic{KindPresence, c.Tenant})
+	}
+	return ts
+}
+
+func (h *Hub) matching(k topic, c Change) []*Sub {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var out []*Sub
+	for s := range h.topics[k] {
+		if s.filter(c) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// resync re-reads, after the feed lost notifications (a reconnect, or an
+// overflow), what every live topic may have missed, and offers it as
+// CURRENT updates; subscribers drop what they already have.
+func (h *Hub) resync(ctx context.Context) {
+	since := h.lastFeed.Add(-h.resyncSlack)
+	h.mu.RLock()
+	live := make(map[topic][]*Sub, len(h.topics))
+	for k, subs := range h.topics {
+		for s := range subs {
+			live[k] = append(live[k], s)
+		}
+	}
+	h.mu.RUnlock()
+	h.log.Info("resynchronising subscriptions after lost notifications", "topics", len(live), "since", since)
+	for k, subs := range live {
+		kind := k.kind
+		if kind == KindPresence {
+			kind = KindRobot
+		}
+		rows, err := h.source.ChangedSince(ctx, kind, k.tenant, since)
+		if err != nil {
+			h.log.Error("resynchronising", "kind", kind, "error", err)
+			for _, s := range subs {
+				s.end(errors.New("lost updates could not be re-read; resubscribe"))
+			}
+			continue
+		}
+		for _, row := range rows {
+			u := Update{Kind: k.kind, Op: "CURRENT", Key: row.Key, Version: row.Version, Value: row.Value}
+			for _, s := range subs {
+				if s.matchRow == nil || s.matchRow(row.Value) {
+					s.offer(u)
+				}
+			}
+		}
+		// Rows a subscriber has seen that are gone now: deleted meanwhile.
+		if kind == KindMachine || kind == KindRobot {
+			h.resyncDeletions(ctx, kind, k, subs)
+		}
+	}
+}
+
+func (h *Hub) resyncDeletions(ctx context.Context, kind string, k topic, subs []*Sub) {
+	seen := map[string]bool{}
+	for _, s := range subs {
+		for _, key := range s.seenKeys() {
+			seen[key] = true
+		}
+	}
+	if len(seen) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(seen))
+	for key := range seen {
+		keys = append(keys, key)
+	}
+	rows, err := h.source.Load(ctx, kind, k.tenant, keys)
+	if err != nil {
+		h.log.Error("resynchronising deletions", "kind", kind, "error", err)
+		return
+	}
+	for _, key := range keys {
+		if _, ok := rows[key]; !ok {
+			for _, s := range subs {
+				s.offer(Update{Kind: k.kind, Op: "DELETED", Key: key, Version: 1<<62 - 1})
+			}
+		}
+	}
+}
+
+// SubscribeOptions describe a subscription.
+type SubscribeOptions struct {
+	Kind   string
+	Tenant uuid.UUID
+	// Filter decides from a change's routing fields, in Go, whether the
+	// subscriber may see and wants it; no database read per subscriber.
+	Filter func(Change) bool
+	// MatchRow decides for rows re-read by a resync (nil: all of the topic's rows).
+	MatchRow func(value any) bool
+	// Append marks append-only feeds (events): updates are never coalesced.
+	Append bool
+	// Expires, when non-zero, ends the subscription then (the credential's expiry).
+	Expires time.Time
+}
+
+// Subscribe registers a subscriber; call Sub.Close when done.
+func (h *Hub) Subscribe(o SubscribeOptions) *Sub {
+	s := &Sub{
+		hub: h, topic: topic{o.Kind, o.Tenant}, filter: o.Filter, matchRow: o.MatchRow, append: o.Append,
+		limit: h.queueLimit, pending: map[string]int{}, sent: map[string]int64{},
+		ready: make(chan struct{}, 1), done: make(chan struct{}),
+	}
+	if !o.Expires.IsZero() {
+		s.expiry = time.AfterFunc(time.Until(o.Expires), func() { s.end(ErrExpired) })
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.topics[s.topic] == nil {
+		h.topics[s.topic] = map[*Sub]struct{}{}
+	}
+	h.topics[s.topic][s] = struct{}{}
+	return s
+}
+
+// ErrExpired ends subscriptions whose credential expired.
+var ErrExpired = errors.New("the credential behind this subscription has expired; reconnect with a fresh one")
+
+func (h *Hub) remove(s *Sub) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.topics[s.topic], s)
+	if len(h.topics[s.topic]) == 0 {
+		delete(h.topics, s.topic)
+	}
+}
+
+func (h *Hub) closeAll(err error) {
+	h.mu.RLock()
+	var all []*Sub
+	for _, subs := range h.topics {
+		for s := range subs {
+			all = append(all, s)
+		}
+	}
+	h.mu.RUnlock()
+	for _, s := range all {
+		s.end(err)
+	}
+}
+
+// Sub is one subscriber. The hub offers it updates without ever blocking:
+// a newer update of an entity replaces an undelivered older one (except on
+// append-only feeds), and a subscriber whose queue passes the limit is ended
+// with ErrTooSlow.
+type Sub struct {
+	hub      *Hub
+	topic    topic
+	filter   func(Change) bool
+	matchRow func(any) bool
+	append   bool
+	limit    int
+	expiry   *time.Timer
+
+	mu      sync.Mutex
+	queue   []Update
+	pending map[string]int   // key -> index in queue (coalescing)
+	sent    map[string]int64 // key -> version last delivered
+	err     error
+	ready   chan struct{}
+	done    chan struct{}
+}
+
+// Ready is signalled when updates are waiting; Done is closed when the
+// subscription ended (Err says why).
+func (s *Sub) Ready() <-chan struct{} { return s.ready }
+
+// Done is closed when the hub ended the subscription.
+func (s *Sub) Done() <-chan struct{} { return s.done }
+
+// Err is why the subscription ended, once Done is closed.
+func (s *Sub) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Seed records that the subscriber already has key at version (its first
+// state), so older updates are not sent again.
+func (s *Sub) Seed(key string, version int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sent[key] = version
+}
+
+func (s *Sub) offer(u Update) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	if u.Op != "DELETED" && u.Version <= s.sent[u.Key] {
+		return // the subscriber has this version (or event) already
+	}
+	if i, ok := s.pending[u.Key]; ok && !s.append {
+		if u.Version >= s.queue[i].Version {
+			s.queue[i] = u
+		}
+		return
+	}
+	if len(s.queue) >= s.limit {
+		s.endLocked(ErrTooSlow)
+		return
+	}
+	s.pending[u.Key] = len(s.queue)
+	s.queue = append(s.queue, u)
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+// Take returns the waiting updates, oldest first, and marks them delivered.
+func (s *Sub) Take() []Update {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.queue
+	s.queue = nil
+	clear(s.pending)
+	for _, u := range q {
+		if u.Op == "DELETED" {
+			delete(s.sent, u.Key)
+		} else {
+			s.sent[u.Key] = u.Version
+		}
+	}
+	if len(s.sent) > 100_000 {
+		clear(s.sent) // only de-duplication is lost
+	}
+	return q
+}
+
+func (s *Sub) seenKeys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]string, 0, len(s.sent))
+	for k := range s.sent {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func (s *Sub) end(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.endLocked(err)
+}
+
+func (s *Sub) endLocked(err error) {
+	if s.err != nil {
+		return
+	}
+	s.err = err
+	close(s.done)
+}
+
+// Close unregisters the subscriber.
+func (s *Sub) Close() {
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	s.end(errClosed)
+	s.hub.remove(s)
+}
+
+var errClosed = errors.New("subscription closed")
