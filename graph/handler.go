@@ -16,8 +16,8 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/dataloaders"
-	"fleetgraph/graph/live"
 	"fleetgraph/db"
+	"fleetgraph/graph/live"
 )
 
 // Limits bound what one request may ask of the server. Each limit exceeded is

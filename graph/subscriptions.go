@@ -246,4 +246,3 @@ func (r *subscriptionResolver) jobUpdated(ctx context.Context, id *uuid.UUID, f 
 		return &model.JobChange{Op: op(u), ID: parseKey(u.Key), Revision: int(u.Version), Job: j}
 	}), nil
 }
-

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 
-
 	"fleetgraph/auth"
 	"fleetgraph/fault"
 )
@@ -95,4 +94,3 @@ func (s *sockets) closeAll(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
-
