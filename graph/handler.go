@@ -110,7 +110,9 @@ func NewHandler(cfg HandlerConfig) *Handler {
 
 	r := cfg.Resolver
 	stores := dataloaders.Stores{DB: r.DB, Machines: r.MachineStore, Robots: r.RobotStore, Workflows: r.WorkflowStore, Jobs: r.JobStore}
-	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
+	// Loaders per response, not per operation: a subscription is one long
+	// operation, and each of its events must read fresh relations.
+	srv.AroundResponses(func(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {
 		return next(dataloaders.With(ctx, dataloaders.New(stores)))
 	})
 
