@@ -7,10 +7,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,6 +59,12 @@ type Options struct {
 	// ClaimPoll overrides how often waiting claims poll (default: an hour,
 	// so tests prove that notifications, not polling, wake them).
 	ClaimPoll time.Duration
+	// InitTimeout overrides how long a websocket may wait before
+	// connection_init (default 10s), for tests of the 4408 close.
+	InitTimeout time.Duration
+	// KeepAlive overrides the interval of the websocket and SSE keep-alive
+	// messages (default 15s), for tests that wait for one.
+	KeepAlive time.Duration
 }
 
 // New starts a server for t with its own database; it stops when t ends.
@@ -67,7 +75,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		o = opts[0]
 	}
 	s := &Server{DB: dbtest.New(t), Log: &LogBuffer{}}
-	s.DB.AddQueryHook(counter{&s.Statements})
+	s.DB.AddQueryHook(counter{&s.Statements, s.Log})
 	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(Secret), Audience: "authenticated"})
 	require.NoError(t, err)
 	s.JWT = jwt
@@ -92,6 +100,8 @@ func New(t testing.TB, opts ...Options) *Server {
 		Limits:         o.Limits,
 		ClaimPoll:      o.ClaimPoll,
 		SweepEvery:     o.SweepEvery,
+		InitTimeout:    o.InitTimeout,
+		KeepAlive:      o.KeepAlive,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler
@@ -118,11 +128,25 @@ func New(t testing.TB, opts ...Options) *Server {
 	return s
 }
 
-// counter is a bun query hook counting statements.
-type counter struct{ n *atomic.Int64 }
+// counter is a bun query hook counting the statements of requests.
+type counter struct {
+	n   *atomic.Int64
+	log *LogBuffer
+}
 
 func (c counter) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
-func (c counter) AfterQuery(context.Context, *bun.QueryEvent)                        { c.n.Add(1) }
+
+// AfterQuery counts statements run for requests (those with a request id),
+// not the background sweeper's or hub's; APITEST_LOG_SQL=1 logs them.
+func (c counter) AfterQuery(ctx context.Context, e *bun.QueryEvent) {
+	if graph.RequestID(ctx) == "" {
+		return
+	}
+	c.n.Add(1)
+	if os.Getenv("APITEST_LOG_SQL") != "" {
+		_, _ = fmt.Fprintf(c.log, "SQL %s %s\n", graph.RequestID(ctx), e.Query)
+	}
+}
 
 // LogBuffer collects the server's log lines.
 type LogBuffer struct {

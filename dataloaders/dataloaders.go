@@ -4,11 +4,13 @@
 // the operation's context, so caching never outlives it and every read runs
 // with the operation's principal (and so its scope).
 //
-// Batching does not rely on timing alone. A list resolver records the ids of
-// the page it returns (RememberPage); the first row whose relation is asked
-// for queues the keys of every row of its page at once, and the other rows
-// find their results already queued. A page of 500 therefore costs the same
-// statements as a page of 5, however the scheduler interleaves resolvers.
+// Batching of list pages does not rely on timing. A list resolver records
+// the ids of the page it returns (RememberPage); the first row whose
+// relation is asked for fetches it for every row of its page with one keyed
+// statement and primes the loader's cache; the other rows wait for that and
+// read the cache. A page of 500 therefore costs the same statements as a page
+// of 5 however the scheduler interleaves resolvers. Rows not listed in a
+// page batch by dataloadgen's short time window.
 package dataloaders
 
 import (
@@ -37,17 +39,17 @@ const (
 
 // Loaders are the batch loaders of one operation.
 type Loaders struct {
-	machineEvents     *dataloadgen.Loader[db.EventPageKey, db.Page[db.MachineEvent]]
-	machineEventCount *dataloadgen.Loader[db.EventCountKey, int]
-	deployments       *dataloadgen.Loader[db.DeploymentListKey, []*db.Deployment]
-	activeDeployment  *dataloadgen.Loader[uuid.UUID, *db.Deployment]
-	robot             *dataloadgen.Loader[uuid.UUID, *db.Robot]
-	currentJobs       *dataloadgen.Loader[uuid.UUID, []*db.Job]
-	workflow          *dataloadgen.Loader[uuid.UUID, *db.Workflow]
-	versions          *dataloadgen.Loader[uuid.UUID, []*db.WorkflowVersion]
-	assignments       *dataloadgen.Loader[uuid.UUID, []*db.WorkflowAssignment]
-	overrides         *dataloadgen.Loader[uuid.UUID, []*db.NodeRobotOverride]
-	jobLogs           *dataloadgen.Loader[jobLogsKey, []*db.JobLog]
+	machineEvents     *paged[db.EventPageKey, db.Page[db.MachineEvent]]
+	machineEventCount *paged[db.EventCountKey, int]
+	deployments       *paged[db.DeploymentListKey, []*db.Deployment]
+	activeDeployment  *paged[uuid.UUID, *db.Deployment]
+	robot             *paged[uuid.UUID, *db.Robot]
+	currentJobs       *paged[uuid.UUID, []*db.Job]
+	workflow          *paged[uuid.UUID, *db.Workflow]
+	versions          *paged[uuid.UUID, []*db.WorkflowVersion]
+	assignments       *paged[uuid.UUID, []*db.WorkflowAssignment]
+	overrides         *paged[uuid.UUID, []*db.NodeRobotOverride]
+	jobLogs           *paged[jobLogsKey, []*db.JobLog]
 
 	mu    sync.Mutex
 	pages map[pageKey][]uuid.UUID // a listed row -> the ids of its page
@@ -72,13 +74,55 @@ type Stores struct {
 	Jobs      *db.Jobs
 }
 
+// paged is a dataloadgen loader that can also load a whole page at once.
+type paged[K comparable, V any] struct {
+	*dataloadgen.Loader[K, V]
+	fetch func(ctx context.Context, keys []K) (map[K]V, error)
+
+	mu    sync.Mutex
+	pages map[K]*pageLoad // by the key of the page's first row
+}
+
+// pageLoad is one page's fetch, run once for all its rows.
+type pageLoad struct {
+	once sync.Once
+	err  error
+}
+
 // mapped builds a loader over a keyed fetch; keys the fetch leaves out get
 // zero: for these relations "nothing" is an answer, not dataloadgen's ErrNotFound.
-func mapped[K comparable, V any](zero V, fetch func(ctx context.Context, keys []K) (map[K]V, error)) *dataloadgen.Loader[K, V] {
-	return dataloadgen.NewMappedLoader(func(ctx context.Context, keys []K) (map[K]V, error) {
+func mapped[K comparable, V any](zero V, fetch func(ctx context.Context, keys []K) (map[K]V, error)) *paged[K, V] {
+	withZero := func(ctx context.Context, keys []K) (map[K]V, error) {
 		m, err := fetch(ctx, keys)
 		return withZeros(keys, m, zero), err
-	}, dataloadgen.WithWait(wait))
+	}
+	return &paged[K, V]{
+		Loader: dataloadgen.NewMappedLoader(withZero, dataloadgen.WithWait(wait)),
+		fetch:  withZero,
+		pages:  map[K]*pageLoad{},
+	}
+}
+
+// loadPage fetches keys (a page, led by first) once, priming the cache.
+func (p *paged[K, V]) loadPage(ctx context.Context, first K, keys []K) error {
+	p.mu.Lock()
+	pl, ok := p.pages[first]
+	if !ok {
+		pl = &pageLoad{}
+		p.pages[first] = pl
+	}
+	p.mu.Unlock()
+	pl.once.Do(func() {
+		values, err := p.fetch(ctx, keys)
+		if err != nil {
+			pl.err = err
+			return
+		}
+		for _, k := range keys {
+			p.Prime(k, values[k])
+		}
+	})
+	return pl.err
 }
 
 // New returns fresh loaders for one operation.
@@ -180,20 +224,21 @@ func (l *Loaders) siblings(kind string, id uuid.UUID) []uuid.UUID {
 	return []uuid.UUID{id}
 }
 
-// loadWithPage loads own's value after queueing the same key for every row
-// of id's page; withID makes a row's key from own's.
-func loadWithPage[K comparable, V any](ctx context.Context, l *Loaders, loader *dataloadgen.Loader[K, V], kind string, own K, id uuid.UUID, withID func(K, uuid.UUID) K) (V, error) {
-	var mine func() (V, error)
-	for _, sibling := range l.siblings(kind, id) {
-		thunk := loader.LoadThunk(ctx, withID(own, sibling))
-		if sibling == id {
-			mine = thunk
+// loadWithPage loads own's value. When id's row was listed in a page, the
+// relation is first fetched for the whole page, once; withID makes a row's
+// key from own's.
+func loadWithPage[K comparable, V any](ctx context.Context, l *Loaders, loader *paged[K, V], kind string, own K, id uuid.UUID, withID func(K, uuid.UUID) K) (V, error) {
+	if page := l.siblings(kind, id); len(page) > 1 {
+		keys := make([]K, len(page))
+		for i, sibling := range page {
+			keys[i] = withID(own, sibling)
+		}
+		if err := loader.loadPage(ctx, keys[0], keys); err != nil {
+			var zero V
+			return zero, err
 		}
 	}
-	if mine == nil {
-		mine = loader.LoadThunk(ctx, own)
-	}
-	return mine()
+	return loader.Load(ctx, own)
 }
 
 func byID(_ uuid.UUID, id uuid.UUID) uuid.UUID { return id }

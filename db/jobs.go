@@ -198,26 +198,11 @@ func (s *Jobs) filtered(ctx context.Context, idb bun.IDB, f JobFilter) (*bun.Sel
 
 // List returns a page of jobs, newest first.
 func (s *Jobs) List(ctx context.Context, idb bun.IDB, f JobFilter, p PageArgs) (Page[Job], error) {
-	limit, err := p.limit()
-	if err != nil {
-		return Page[Job]{}, err
-	}
-	after, err := decodeTimeID("job", p.After)
-	if err != nil {
-		return Page[Job]{}, err
-	}
 	q, err := s.filtered(ctx, idb, f)
 	if err != nil {
 		return Page[Job]{}, err
 	}
-	if after != nil {
-		q = q.Where("(j.created_at, j.id) < (?, ?)", after.at, after.id)
-	}
-	var rows []*Job
-	if err := q.Model(&rows).OrderExpr("j.created_at DESC, j.id DESC").Limit(limit + 1).Scan(ctx); err != nil {
-		return Page[Job]{}, fmt.Errorf("listing jobs: %w", err)
-	}
-	return trim(rows, limit), nil
+	return newestFirst[Job](ctx, q, "job", "j", p)
 }
 
 // Count returns how many jobs match f.
@@ -353,7 +338,7 @@ func (s *Jobs) Cancel(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, err
 	}
 	j := new(Job)
 	err = inTenant(sc, idb.NewUpdate().Model(j).Where("j.id = ?", id), "j").
-		Where("j.status IN (?)", bun.In([]JobStatus{JobQueued, JobClaimed, JobRunning})).
+		Where("j.status IN (?)", bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning})).
 		Set("status = ?", JobCancelled).Set("finished_at = now()").Set("lease_expires_at = NULL").
 		Set("updated_at = now()").Set("revision = j.revision + 1").
 		Returning("*").Scan(ctx)
@@ -375,7 +360,7 @@ func (s *Jobs) Retry(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, erro
 	j := new(Job)
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		err := inTenant(sc, tx.NewUpdate().Model(j).Where("j.id = ?", id), "j").
-			Where("j.status IN (?)", bun.In([]JobStatus{JobFailed, JobCancelled})).
+			Where("j.status IN (?)", bun.List([]JobStatus{JobFailed, JobCancelled})).
 			Set("status = ?", JobQueued).Set("attempt = 0").Set("error = NULL").Set("result = NULL").
 			Set("progress = 0").Set("current_node = NULL").Set("robot_id = NULL").
 			Set("lease_token = NULL").Set("lease_expires_at = NULL").Set("run_after = now()").
@@ -470,7 +455,7 @@ func (s *Jobs) fenced(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, 
 	}
 	j := new(Job)
 	q := inTenant(sc, idb.NewUpdate().Model(j).Where("j.id = ?", jobID), "j").
-		Where("j.robot_id = ? AND j.lease_token = ? AND j.status IN (?)", sc.robot, token, bun.In(from)).
+		Where("j.robot_id = ? AND j.lease_token = ? AND j.status IN (?)", sc.robot, token, bun.List(from)).
 		Set("updated_at = now()").Set("revision = j.revision + 1")
 	err = set(q).Returning("*").Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -701,7 +686,7 @@ func (s *Jobs) CurrentJobsOf(ctx context.Context, idb bun.IDB, robotIDs []uuid.U
 	}
 	var rows []*Job
 	err = jobsVisible(sc, idb.NewSelect().Model(&rows).
-		Where("j.robot_id = ANY(?::uuid[]) AND j.status IN (?)", pgUUIDs(robotIDs), bun.In(liveJobStatuses)), "j").
+		Where("j.robot_id = ANY(?::uuid[]) AND j.status IN (?)", pgUUIDs(robotIDs), bun.List(liveJobStatuses)), "j").
 		OrderExpr("j.claimed_at").Scan(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("loading current jobs: %w", err)
@@ -717,7 +702,7 @@ func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 	const retry = "(j.attempt < j.max_attempts)"
 	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		err := tx.NewUpdate().Model(&rows).
-			Where("j.status IN (?) AND j.lease_expires_at < now()", bun.In(liveJobStatuses)).
+			Where("j.status IN (?) AND j.lease_expires_at < now()", bun.List(liveJobStatuses)).
 			Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
 			Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)).
 			Set("robot_id = CASE WHEN " + retry + " THEN NULL ELSE j.robot_id END").

@@ -185,26 +185,11 @@ func (s *Machines) filtered(ctx context.Context, idb bun.IDB, f MachineFilter) (
 
 // List returns a page of the caller's machines, newest first.
 func (s *Machines) List(ctx context.Context, idb bun.IDB, f MachineFilter, p PageArgs) (Page[Machine], error) {
-	limit, err := p.limit()
-	if err != nil {
-		return Page[Machine]{}, err
-	}
-	after, err := decodeTimeID("machine", p.After)
-	if err != nil {
-		return Page[Machine]{}, err
-	}
 	q, err := s.filtered(ctx, idb, f)
 	if err != nil {
 		return Page[Machine]{}, err
 	}
-	if after != nil {
-		q = q.Where("(m.created_at, m.id) < (?, ?)", after.at, after.id)
-	}
-	var rows []*Machine
-	if err := q.Model(&rows).OrderExpr("m.created_at DESC, m.id DESC").Limit(limit + 1).Scan(ctx); err != nil {
-		return Page[Machine]{}, fmt.Errorf("listing machines: %w", err)
-	}
-	return trim(rows, limit), nil
+	return newestFirst[Machine](ctx, q, "machine", "m", p)
 }
 
 // Count returns how many of the caller's machines match f.

@@ -1,12 +1,15 @@
 package db
 
 import (
+	"context"
 	"encoding/base64"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/uptrace/bun"
 
 	"fleetgraph/fault"
 )
@@ -121,4 +124,26 @@ func decodeSeq(kind string, after *string) (int64, error) {
 		return 0, badCursor()
 	}
 	return n, nil
+}
+
+// newestFirst runs one keyset page of q, whose rows (alias) are ordered
+// newest first by (created_at, id), with cursors of the given kind.
+func newestFirst[T any](ctx context.Context, q *bun.SelectQuery, kind, alias string, p PageArgs) (Page[T], error) {
+	limit, err := p.limit()
+	if err != nil {
+		return Page[T]{}, err
+	}
+	after, err := decodeTimeID(kind, p.After)
+	if err != nil {
+		return Page[T]{}, err
+	}
+	if after != nil {
+		q = q.Where("(?.created_at, ?.id) < (?, ?)", bun.Ident(alias), bun.Ident(alias), after.at, after.id)
+	}
+	var rows []*T
+	err = q.Model(&rows).OrderExpr("?.created_at DESC, ?.id DESC", bun.Ident(alias), bun.Ident(alias)).Limit(limit + 1).Scan(ctx)
+	if err != nil {
+		return Page[T]{}, fmt.Errorf("listing %ss: %w", kind, err)
+	}
+	return trim(rows, limit), nil
 }

@@ -239,26 +239,11 @@ func (s *Robots) filtered(ctx context.Context, idb bun.IDB, f RobotFilter) (*bun
 
 // List returns a page of the tenant's robots, newest first.
 func (s *Robots) List(ctx context.Context, idb bun.IDB, f RobotFilter, p PageArgs) (Page[Robot], error) {
-	limit, err := p.limit()
-	if err != nil {
-		return Page[Robot]{}, err
-	}
-	after, err := decodeTimeID("robot", p.After)
-	if err != nil {
-		return Page[Robot]{}, err
-	}
 	q, err := s.filtered(ctx, idb, f)
 	if err != nil {
 		return Page[Robot]{}, err
 	}
-	if after != nil {
-		q = q.Where("(r.created_at, r.id) < (?, ?)", after.at, after.id)
-	}
-	var rows []*Robot
-	if err := q.Model(&rows).OrderExpr("r.created_at DESC, r.id DESC").Limit(limit + 1).Scan(ctx); err != nil {
-		return Page[Robot]{}, fmt.Errorf("listing robots: %w", err)
-	}
-	return trim(rows, limit), nil
+	return newestFirst[Robot](ctx, q, "robot", "r", p)
 }
 
 // Count returns how many robots match f.
@@ -398,7 +383,7 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 			return notFoundIfNoRows(err, "robot")
 		}
 		res, err := tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.robot_id = ? AND j.status IN (?)", id, bun.In(liveJobStatuses)).
+			Where("j.robot_id = ? AND j.status IN (?)", id, bun.List(liveJobStatuses)).
 			Set("status = ?", JobQueued).Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
 			Set("updated_at = now()").Set("revision = j.revision + 1").
 			Exec(ctx)
@@ -465,7 +450,7 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 			return fmt.Errorf("recording heartbeat: %w", err)
 		}
 		if _, err := tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.robot_id = ? AND j.status IN (?)", prev.ID, bun.In(liveJobStatuses)).
+			Where("j.robot_id = ? AND j.status IN (?)", prev.ID, bun.List(liveJobStatuses)).
 			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease)).
 			Exec(ctx); err != nil {
 			return fmt.Errorf("extending leases: %w", err)

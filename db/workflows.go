@@ -145,26 +145,11 @@ func (s *Workflows) filtered(ctx context.Context, idb bun.IDB, nameContains *str
 
 // List returns a page of the tenant's workflows, newest first.
 func (s *Workflows) List(ctx context.Context, idb bun.IDB, nameContains *string, p PageArgs) (Page[Workflow], error) {
-	limit, err := p.limit()
-	if err != nil {
-		return Page[Workflow]{}, err
-	}
-	after, err := decodeTimeID("workflow", p.After)
-	if err != nil {
-		return Page[Workflow]{}, err
-	}
 	q, err := s.filtered(ctx, idb, nameContains)
 	if err != nil {
 		return Page[Workflow]{}, err
 	}
-	if after != nil {
-		q = q.Where("(w.created_at, w.id) < (?, ?)", after.at, after.id)
-	}
-	var rows []*Workflow
-	if err := q.Model(&rows).OrderExpr("w.created_at DESC, w.id DESC").Limit(limit + 1).Scan(ctx); err != nil {
-		return Page[Workflow]{}, fmt.Errorf("listing workflows: %w", err)
-	}
-	return trim(rows, limit), nil
+	return newestFirst[Workflow](ctx, q, "workflow", "w", p)
 }
 
 // Count returns how many workflows match.
