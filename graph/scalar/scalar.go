@@ -1,5 +1,6 @@
 // Package scalar implements Fleetgraph's custom GraphQL scalars: ID as a
-// UUID and JSON as a JSON object. Bad values become BAD_USER_INPUT faults.
+// UUID (or a sequence number), JSON as a JSON object, Time as RFC 3339. Bad
+// values become BAD_USER_INPUT faults, never internal errors.
 package scalar
 
 import (
@@ -7,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"time"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/google/uuid"
@@ -98,4 +100,24 @@ func UnmarshalSeqID(v any) (int64, error) {
 		return 0, fault.New(fault.BadUserInput, "%q is not a valid id", truncate(s, 64))
 	}
 	return n, nil
+}
+
+// MarshalTime writes a time as RFC 3339 with nanoseconds, in UTC.
+func MarshalTime(t time.Time) graphql.Marshaler {
+	return graphql.WriterFunc(func(w io.Writer) {
+		_, _ = io.WriteString(w, strconv.Quote(t.UTC().Format(time.RFC3339Nano)))
+	})
+}
+
+// UnmarshalTime reads an RFC 3339 time such as 2026-11-22T10:00:00Z.
+func UnmarshalTime(v any) (time.Time, error) {
+	s, ok := v.(string)
+	if !ok {
+		return time.Time{}, fault.New(fault.BadUserInput, "a time must be an RFC 3339 string such as 2026-11-22T10:00:00Z")
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fault.New(fault.BadUserInput, "%q is not an RFC 3339 time such as 2026-11-22T10:00:00Z", truncate(s, 64))
+	}
+	return t, nil
 }
