@@ -484,9 +484,9 @@ func (s *Jobs) explainFence(ctx context.Context, idb bun.IDB, sc scope, jobID, t
 	case holds && j.Status == JobCancelled:
 		return conflict(ReasonJobCancelled, "the job was cancelled: stop working on it")
 	case !holds:
-		// No currentStatus: the job may be another robot's now.
-		return &fault.Error{Code: fault.Conflict, Extra: map[string]any{"reason": ReasonLeaseLost},
-			Message: "this robot no longer holds the job under this lease token (the lease expired or the job moved on): stop working on it"}
+		// currentStatus tells a robot whose lease was rescued where its old
+		// job went; job ids are random, so it reveals nothing to guessers.
+		return conflict(ReasonLeaseLost, "this robot no longer holds the job under this lease token (the lease expired or the job moved on): stop working on it")
 	default:
 		return conflict(ReasonIllegalTransition, fmt.Sprintf("cannot %s a %s job", action, j.Status))
 	}
