@@ -20,6 +20,12 @@ import (
 // MaxWait is the longest a claim may wait.
 const MaxWait = 60 * time.Second
 
+// wakeBuffer is how many notifications a waiting claim's subscription holds.
+// Every tenant's notifications reach every waiting claim, and the listener
+// drops what a full buffer cannot take, the claim's own tenant's included;
+// a claim whose subscription overflowed therefore re-claims as if woken.
+const wakeBuffer = 16
+
 // Dispatcher serves claims.
 type Dispatcher struct {
 	db       bun.IDB
@@ -43,7 +49,7 @@ func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (*db.JobLeas
 	if lease != nil || err != nil || wait == 0 {
 		return lease, err
 	}
-	sub := d.listener.Subscribe(db.JobQueuedChannel, 1)
+	sub := d.listener.Subscribe(db.JobQueuedChannel, wakeBuffer)
 	defer sub.Close()
 	tenant := auth.FromContext(ctx).TenantID.String()
 	deadline := time.NewTimer(wait)
@@ -67,7 +73,8 @@ func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (*db.JobLeas
 			case <-poll.C:
 				break wake
 			case n := <-sub.C:
-				if n.Reconnected || n.Payload == tenant {
+				// An overflow may have dropped the tenant's notification.
+				if sub.TakeOverflow() || n.Reconnected || n.Payload == tenant {
 					break wake
 				}
 			}

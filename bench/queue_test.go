@@ -1,0 +1,276 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"fleetgraph/apitest"
+	"fleetgraph/db"
+	"fleetgraph/dbtest"
+)
+
+// TestMain stops the private PostgreSQL after the benchmarks; it starts only
+// when a benchmark first asks for a database.
+func TestMain(m *testing.M) { dbtest.Main(m) }
+
+// client speaks GraphQL over HTTP and keeps its connections alive, as a
+// robot agent would; it is safe for concurrent use.
+type client struct {
+	url string
+	hc  *http.Client
+}
+
+func newClient(b *testing.B, s *apitest.Server) *client {
+	tr := &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512}
+	b.Cleanup(tr.CloseIdleConnections)
+	return &client{url: s.URL + "/graphql", hc: &http.Client{Transport: tr, Timeout: time.Minute}}
+}
+
+// do posts query as token and decodes the data into out.
+func (c *client) do(ctx context.Context, token, query string, vars map[string]any, out any) error {
+	body, err := json.Marshal(map[string]any{"query": query, "variables": vars})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	var r struct {
+		Data   json.RawMessage
+		Errors []apitest.Error
+	}
+	if err := json.NewDecoder(res.Body).Decode(&r); err != nil {
+		return fmt.Errorf("decoding a %d response: %w", res.StatusCode, err)
+	}
+	if len(r.Errors) > 0 {
+		return fmt.Errorf("%s: %s", r.Errors[0].Code(), r.Errors[0].Message)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(r.Data, out)
+}
+
+// fleet is a fresh tenant with a workflow and robots.
+type fleet struct {
+	c      *client
+	user   string
+	wf     string
+	robots []string // API keys
+}
+
+func newFleet(b *testing.B, s *apitest.Server, c *client, robots int) *fleet {
+	b.Helper()
+	ctx := b.Context()
+	f := &fleet{c: c, user: s.NewUser(b, uuid.New()).Token}
+	var wf struct{ CreateWorkflow struct{ ID string } }
+	must(b, c.do(ctx, f.user, `mutation { createWorkflow(input: {name: "bench", definition: {nodes: []}}) { id } }`, nil, &wf))
+	f.wf = wf.CreateWorkflow.ID
+	for i := range robots {
+		var r struct{ CreateRobot struct{ ID string } }
+		must(b, c.do(ctx, f.user, `mutation($n: String!) { createRobot(input: {name: $n}) { id } }`, map[string]any{"n": fmt.Sprintf("robot-%d", i)}, &r))
+		var k struct{ CreateApiKey struct{ Key string } }
+		must(b, c.do(ctx, f.user, `mutation($r: ID!) { createApiKey(robotId: $r, name: "bench") { key } }`, map[string]any{"r": r.CreateRobot.ID}, &k))
+		f.robots = append(f.robots, k.CreateApiKey.Key)
+	}
+	return f
+}
+
+// enqueue queues n jobs in batches of at most size.
+func (f *fleet) enqueue(ctx context.Context, n, size int) error {
+	for done := 0; done < n; {
+		in := make([]map[string]any, min(size, n-done))
+		for i := range in {
+			in[i] = map[string]any{"workflowId": f.wf, "input": map[string]any{"n": done + i}}
+		}
+		if err := f.c.do(ctx, f.user, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil); err != nil {
+			return err
+		}
+		done += len(in)
+	}
+	return nil
+}
+
+type lease struct {
+	LeaseToken string
+	Job        struct{ ID string }
+}
+
+const claimQuery = `mutation($w: Int) { claimJob(waitSeconds: $w) { leaseToken job { id } } }`
+
+// finish starts and completes a claimed job.
+func (f *fleet) finish(ctx context.Context, key string, l *lease) error {
+	vars := map[string]any{"j": l.Job.ID, "l": l.LeaseToken}
+	if err := f.c.do(ctx, key, `mutation($j: ID!, $l: ID!) { startJob(jobId: $j, leaseToken: $l) { id } }`, vars, nil); err != nil {
+		return fmt.Errorf("starting: %w", err)
+	}
+	if err := f.c.do(ctx, key, `mutation($j: ID!, $l: ID!) { completeJob(jobId: $j, leaseToken: $l, result: {ok: true}) { id } }`, vars, nil); err != nil {
+		return fmt.Errorf("completing: %w", err)
+	}
+	return nil
+}
+
+// waitFor polls cond until it holds, for at most ten seconds.
+func waitFor(b *testing.B, cond func() bool) {
+	b.Helper()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Microsecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			b.Fatal("timed out: the claim did not start waiting")
+		case <-tick.C:
+		}
+	}
+}
+
+func must(b *testing.B, err error) {
+	b.Helper()
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkClaimComplete measures how many jobs robots working in parallel
+// take through claimJob, startJob and completeJob (three requests a job).
+// The queue holds b.N jobs when the timer starts; ns/op is per job.
+func BenchmarkClaimComplete(b *testing.B) {
+	s := apitest.New(b, apitest.Options{SweepEvery: time.Hour})
+	c := newClient(b, s)
+	for _, robots := range []int{1, 4, 16, 32} {
+		b.Run(fmt.Sprintf("robots=%d", robots), func(b *testing.B) {
+			ctx := b.Context()
+			f := newFleet(b, s, c, robots)
+			must(b, f.enqueue(ctx, b.N, db.MaxEnqueueBatch))
+			var left atomic.Int64
+			left.Store(int64(b.N))
+			var (
+				wg   sync.WaitGroup
+				mu   sync.Mutex
+				errs []error
+			)
+			b.ResetTimer()
+			for _, key := range f.robots {
+				wg.Go(func() {
+					for left.Add(-1) >= 0 {
+						var out struct{ ClaimJob *lease }
+						err := c.do(ctx, key, claimQuery, map[string]any{"w": 0}, &out)
+						if err == nil && out.ClaimJob == nil {
+							err = errors.New("the queue ran dry early")
+						}
+						if err == nil {
+							err = f.finish(ctx, key, out.ClaimJob)
+						}
+						if err != nil {
+							mu.Lock()
+							errs = append(errs, err)
+							mu.Unlock()
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			must(b, errors.Join(errs...))
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+		})
+	}
+}
+
+// BenchmarkEnqueueToClaimLatency measures how long a robot already waiting
+// in claimJob(waitSeconds: 10) takes to receive a job once enqueueJob has
+// returned, and from just before enqueueJob was sent. Claims poll hourly,
+// so only the NOTIFY of the enqueue wakes them. Each op is one job.
+func BenchmarkEnqueueToClaimLatency(b *testing.B) {
+	s := apitest.New(b, apitest.Options{SweepEvery: time.Hour})
+	c := newClient(b, s)
+	f := newFleet(b, s, c, 1)
+	ctx := b.Context()
+	key := f.robots[0]
+
+	// A claim that finds nothing runs a fixed number of statements before
+	// it waits; counting them tells when a claim is waiting.
+	statements := func() int64 {
+		before := s.Statements.Load()
+		must(b, c.do(ctx, key, claimQuery, map[string]any{"w": 1}, nil))
+		return s.Statements.Load() - before
+	}
+	statements() // the key's first use records it; the second is typical
+	untilWaiting := statements()
+
+	type arrival struct {
+		l   *lease
+		at  time.Time
+		err error
+	}
+	afterReturn := make([]time.Duration, 0, b.N)
+	afterSend := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		base := s.Statements.Load()
+		got := make(chan arrival, 1)
+		go func() {
+			var out struct{ ClaimJob *lease }
+			err := c.do(ctx, key, claimQuery, map[string]any{"w": 10}, &out)
+			got <- arrival{out.ClaimJob, time.Now(), err}
+		}()
+		waitFor(b, func() bool { return s.Statements.Load()-base >= untilWaiting })
+		sent := time.Now()
+		must(b, c.do(ctx, f.user, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w}) { id } }`, map[string]any{"w": f.wf}, nil))
+		returned := time.Now()
+		a := <-got
+		must(b, a.err)
+		if a.l == nil {
+			b.Fatal("the waiting claim returned nothing")
+		}
+		afterReturn = append(afterReturn, a.at.Sub(returned))
+		afterSend = append(afterSend, a.at.Sub(sent))
+		must(b, f.finish(ctx, key, a.l)) // frees the robot's one slot
+	}
+	b.StopTimer()
+	report := func(ds []time.Duration, name string) {
+		slices.Sort(ds)
+		ms := func(q float64) float64 {
+			return float64(ds[min(len(ds)-1, int(q*float64(len(ds))))]) / float64(time.Millisecond)
+		}
+		b.ReportMetric(ms(0.50), name+"-p50-ms")
+		b.ReportMetric(ms(0.99), name+"-p99-ms")
+	}
+	report(afterReturn, "after-return")
+	report(afterSend, "after-send")
+}
+
+// BenchmarkEnqueueBatch measures enqueueJobs with 500 jobs a call.
+func BenchmarkEnqueueBatch(b *testing.B) {
+	const batch = 500
+	s := apitest.New(b, apitest.Options{SweepEvery: time.Hour})
+	c := newClient(b, s)
+	f := newFleet(b, s, c, 0)
+	ctx := b.Context()
+	for b.Loop() {
+		must(b, f.enqueue(ctx, batch, batch))
+	}
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "jobs/s")
+}

@@ -1,0 +1,1210 @@
+package graph_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+	"fleetgraph/db"
+)
+
+// The job queue's rules, through the API: who may claim what and in which
+// order, the state machine and its fenced transitions, lease rescue,
+// heartbeats, waiting claims woken by NOTIFY, and the statement cost of the
+// job list. Most tests share one server per top-level test and give each
+// subtest a tenant of its own, so their queues never meet.
+
+// jqGQL speaks GraphQL over HTTP without a testing.T, so goroutines can use
+// it; apitest.Server.Do fails the test, which only the test's goroutine may.
+type jqGQL struct {
+	url string
+	hc  *http.Client
+}
+
+func jqNewGQL(t testing.TB, s *apitest.Server) *jqGQL {
+	tr := &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &jqGQL{url: s.URL + "/graphql", hc: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}
+}
+
+// jqResult is a decoded GraphQL response.
+type jqResult struct {
+	Data   json.RawMessage `json:"data"`
+	Errors []apitest.Error `json:"errors"`
+}
+
+// do posts query as token (a JWT or a raw robot API key).
+func (c *jqGQL) do(ctx context.Context, token, query string, vars map[string]any) (*jqResult, error) {
+	body, err := json.Marshal(map[string]any{"query": query, "variables": vars})
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	var out jqResult
+	if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("decoding a %d response: %w", res.StatusCode, err)
+	}
+	return &out, nil
+}
+
+// ok decodes the data into v, or returns the first GraphQL error.
+func (r *jqResult) ok(v any) error {
+	if len(r.Errors) > 0 {
+		return fmt.Errorf("%s: %s (%v)", r.Errors[0].Code(), r.Errors[0].Message, r.Errors[0].Extensions)
+	}
+	if v == nil {
+		return nil
+	}
+	return json.Unmarshal(r.Data, v)
+}
+
+// jqTenant is a fresh tenant on a shared server: a user and a workflow
+// without assignments.
+type jqTenant struct {
+	s    *apitest.Server
+	gql  *jqGQL
+	user apitest.User
+	wf   string
+}
+
+func jqNewTenant(t testing.TB, s *apitest.Server) *jqTenant {
+	t.Helper()
+	tn := &jqTenant{s: s, gql: jqNewGQL(t, s), user: s.NewUser(t, uuid.New())}
+	tn.wf = tn.workflow(t, "main")
+	return tn
+}
+
+// do runs a query as the tenant's user that must succeed.
+func (tn *jqTenant) do(t testing.TB, query string, vars map[string]any, out any) {
+	t.Helper()
+	tn.s.Do(t, tn.user.Token, query, vars).OK(t, out)
+}
+
+func (tn *jqTenant) workflow(t testing.TB, name string) string {
+	t.Helper()
+	var out struct{ CreateWorkflow struct{ ID string } }
+	tn.do(t, `mutation($n: String!) { createWorkflow(input: {name: $n, definition: {nodes: []}}) { id } }`, map[string]any{"n": name}, &out)
+	return out.CreateWorkflow.ID
+}
+
+// jqRobotOpts are a new robot's optional settings.
+type jqRobotOpts struct {
+	Capabilities []string
+	Slots        int // maxConcurrentJobs; 0 means the default (1)
+}
+
+// jqRobot is a robot and the API key it calls with.
+type jqRobot struct {
+	ID, Key, Name string
+	Slots         int
+	tn            *jqTenant
+}
+
+func (tn *jqTenant) robot(t testing.TB, name string, o jqRobotOpts) *jqRobot {
+	t.Helper()
+	in := map[string]any{"name": name, "capabilities": o.Capabilities}
+	if o.Capabilities == nil {
+		in["capabilities"] = []string{}
+	}
+	if o.Slots > 0 {
+		in["maxConcurrentJobs"] = o.Slots
+	}
+	var robot struct{ CreateRobot struct{ ID string } }
+	tn.do(t, `mutation($in: CreateRobotInput!) { createRobot(input: $in) { id } }`, map[string]any{"in": in}, &robot)
+	var key struct{ CreateApiKey struct{ Key string } }
+	tn.do(t, `mutation($r: ID!) { createApiKey(robotId: $r, name: "agent") { key } }`, map[string]any{"r": robot.CreateRobot.ID}, &key)
+	return &jqRobot{ID: robot.CreateRobot.ID, Key: key.CreateApiKey.Key, Name: name, Slots: max(o.Slots, 1), tn: tn}
+}
+
+// jqJobFields is everything about a job a robot or user can read, but logs.
+const jqJobFields = `id workflowId workflowVersion status priority input result error progress currentNode
+	robotId targetRobotId attempt maxAttempts leaseExpiresAt runAfter requiredCapabilities
+	createdAt claimedAt startedAt finishedAt updatedAt revision`
+
+type jqJob struct {
+	ID                   string
+	WorkflowID           string
+	WorkflowVersion      int
+	Status               string
+	Priority             int
+	Input                map[string]any
+	Result               map[string]any
+	Error                *string
+	Progress             int
+	CurrentNode          *string
+	RobotID              *string
+	TargetRobotID        *string
+	Attempt              int
+	MaxAttempts          int
+	LeaseExpiresAt       *time.Time
+	RunAfter             time.Time
+	RequiredCapabilities []string
+	CreatedAt            time.Time
+	ClaimedAt            *time.Time
+	StartedAt            *time.Time
+	FinishedAt           *time.Time
+	UpdatedAt            time.Time
+	Revision             int
+	Logs                 []jqLog
+}
+
+type jqLog struct {
+	Level   string
+	Message string
+	Fields  map[string]any
+	At      time.Time
+}
+
+// enqueue queues a job of the tenant's workflow, with in's fields on top.
+func (tn *jqTenant) enqueue(t testing.TB, in map[string]any) jqJob {
+	t.Helper()
+	full := map[string]any{"workflowId": tn.wf}
+	for k, v := range in {
+		full[k] = v
+	}
+	var out struct{ EnqueueJob jqJob }
+	tn.do(t, `mutation($in: EnqueueJobInput!) { enqueueJob(input: $in) { `+jqJobFields+` } }`, map[string]any{"in": full}, &out)
+	return out.EnqueueJob
+}
+
+// job reads a job as the tenant's user, with its newest logs.
+func (tn *jqTenant) job(t testing.TB, id string) jqJob {
+	t.Helper()
+	var out struct{ Job *jqJob }
+	tn.do(t, `query($id: ID!) { job(id: $id) { `+jqJobFields+` logs { level message fields at } } }`, map[string]any{"id": id}, &out)
+	require.NotNil(t, out.Job, "job %s is not visible to its tenant's user", id)
+	return *out.Job
+}
+
+// snapshot is everything about a job as raw JSON, to prove a refused call
+// changed nothing (revision and updatedAt included).
+func (tn *jqTenant) snapshot(t testing.TB, id string) string {
+	t.Helper()
+	resp := tn.s.Do(t, tn.user.Token, `query($id: ID!) { job(id: $id) { `+jqJobFields+` logs { level message fields at } } }`, map[string]any{"id": id})
+	resp.OK(t, nil)
+	return string(resp.Data)
+}
+
+// jqLease is what claimJob returns.
+type jqLease struct {
+	LeaseToken     string
+	LeaseExpiresAt time.Time
+	Job            jqJob
+}
+
+const jqClaimQuery = `mutation($w: Int) { claimJob(waitSeconds: $w) { leaseToken leaseExpiresAt job { ` + jqJobFields + ` } } }`
+
+// claim asks for a job, waiting up to wait seconds; nil when none came.
+func (r *jqRobot) claim(t testing.TB, wait int) *jqLease {
+	t.Helper()
+	var out struct{ ClaimJob *jqLease }
+	r.tn.s.Do(t, r.Key, jqClaimQuery, map[string]any{"w": wait}).OK(t, &out)
+	return out.ClaimJob
+}
+
+// jqClaimed is the outcome of a claim made in a goroutine.
+type jqClaimed struct {
+	lease *jqLease
+	err   error
+}
+
+// claimAsync claims in a goroutine; the request ends with the test.
+func (r *jqRobot) claimAsync(t testing.TB, wait int) <-chan jqClaimed {
+	ch := make(chan jqClaimed, 1)
+	ctx := t.Context()
+	go func() {
+		res, err := r.tn.gql.do(ctx, r.Key, jqClaimQuery, map[string]any{"w": wait})
+		if err != nil {
+			ch <- jqClaimed{err: err}
+			return
+		}
+		var out struct{ ClaimJob *jqLease }
+		ch <- jqClaimed{lease: out.ClaimJob, err: res.ok(&out)}
+	}()
+	return ch
+}
+
+// jqReceive waits for a goroutine's claim, failing t after within.
+func jqReceive(t testing.TB, ch <-chan jqClaimed, within time.Duration) *jqLease {
+	t.Helper()
+	select {
+	case c := <-ch:
+		require.NoError(t, c.err)
+		return c.lease
+	case <-time.After(within):
+		require.FailNow(t, "the claim did not return", "waited %s", within)
+		return nil
+	}
+}
+
+// jqOp is a fenced robot call about one job.
+type jqOp struct {
+	name, query string
+}
+
+// jqFencedOps are the robot's calls about a job it holds, with valid arguments.
+var jqFencedOps = []jqOp{
+	{"startJob", `mutation($j: ID!, $l: ID!) { startJob(jobId: $j, leaseToken: $l) { id status } }`},
+	{"reportJobProgress", `mutation($j: ID!, $l: ID!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: 10, currentNode: "n", message: "m") { id status } }`},
+	{"completeJob", `mutation($j: ID!, $l: ID!) { completeJob(jobId: $j, leaseToken: $l, result: {ok: true}) { id status } }`},
+	{"failJob", `mutation($j: ID!, $l: ID!) { failJob(jobId: $j, leaseToken: $l, error: "broke", retryable: true) { id status } }`},
+	{"appendJobLogs", `mutation($j: ID!, $l: ID!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: [{level: INFO, message: "x"}]) }`},
+}
+
+func jqFencedOp(name string) jqOp {
+	for _, op := range jqFencedOps {
+		if op.name == name {
+			return op
+		}
+	}
+	panic("no fenced op " + name)
+}
+
+// call makes a fenced call about jobID under token.
+func (r *jqRobot) call(t testing.TB, op string, jobID, token string) *apitest.Response {
+	t.Helper()
+	return r.tn.s.Do(t, r.Key, jqFencedOp(op).query, map[string]any{"j": jobID, "l": token})
+}
+
+func (r *jqRobot) start(t testing.TB, l *jqLease) {
+	t.Helper()
+	var out struct{ StartJob struct{ Status string } }
+	r.call(t, "startJob", l.Job.ID, l.LeaseToken).OK(t, &out)
+	require.Equal(t, "RUNNING", out.StartJob.Status)
+}
+
+func (r *jqRobot) complete(t testing.TB, l *jqLease, result map[string]any) jqJob {
+	t.Helper()
+	var out struct{ CompleteJob jqJob }
+	r.tn.s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $r: JSON) { completeJob(jobId: $j, leaseToken: $l, result: $r) { `+jqJobFields+` } }`,
+		map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "r": result}).OK(t, &out)
+	return out.CompleteJob
+}
+
+func (r *jqRobot) fail(t testing.TB, l *jqLease, reason string, retryable bool) jqJob {
+	t.Helper()
+	var out struct{ FailJob jqJob }
+	r.tn.s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $e: String!, $r: Boolean) { failJob(jobId: $j, leaseToken: $l, error: $e, retryable: $r) { `+jqJobFields+` } }`,
+		map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "e": reason, "r": retryable}).OK(t, &out)
+	return out.FailJob
+}
+
+func (r *jqRobot) heartbeat(t testing.TB, status string) {
+	t.Helper()
+	r.tn.s.Do(t, r.Key, `mutation($s: RobotStatus!) { heartbeat(input: {status: $s}) { id } }`, map[string]any{"s": status}).OK(t, nil)
+}
+
+// jqRequireRefused asserts a CONFLICT with reason and currentStatus.
+func jqRequireRefused(t testing.TB, resp *apitest.Response, reason, current string) {
+	t.Helper()
+	e := resp.Code(t, "CONFLICT")
+	require.Equal(t, reason, e.Extensions["reason"], "response: %s", resp.Raw)
+	require.Equal(t, current, e.Extensions["currentStatus"], "response: %s", resp.Raw)
+}
+
+// jqEventually polls cond until it holds, failing t after within.
+func jqEventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			require.FailNow(t, "timed out waiting until "+what, "waited %s", within)
+		case <-tick.C:
+		}
+	}
+}
+
+// jqSameTime asserts two instants are equal, whatever their locations.
+func jqSameTime(t testing.TB, want, got time.Time, what string) {
+	t.Helper()
+	require.True(t, want.Equal(got), "%s: want %s, got %s", what, want, got)
+}
+
+func jqTime(d time.Duration) string { return time.Now().Add(d).UTC().Format(time.RFC3339Nano) }
+
+func TestJobEligibility(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+
+	t.Run("only robots of the job's tenant claim it", func(t *testing.T) {
+		t.Parallel()
+		a, b := jqNewTenant(t, s), jqNewTenant(t, s)
+		job := a.enqueue(t, nil)
+		stranger := b.robot(t, "stranger", jqRobotOpts{})
+		require.Nil(t, stranger.claim(t, 0))
+		own := a.robot(t, "own", jqRobotOpts{})
+		l := own.claim(t, 0)
+		require.NotNil(t, l)
+		require.Equal(t, job.ID, l.Job.ID)
+	})
+
+	t.Run("an assigned workflow's jobs go only to its assigned robots", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		assigned, other := tn.robot(t, "assigned", jqRobotOpts{}), tn.robot(t, "other", jqRobotOpts{})
+		tn.do(t, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r) { robotId } }`, map[string]any{"w": tn.wf, "r": assigned.ID}, nil)
+		job := tn.enqueue(t, nil)
+		require.Nil(t, other.claim(t, 0), "an unassigned robot took an assigned workflow's job")
+		l := assigned.claim(t, 0)
+		require.NotNil(t, l)
+		require.Equal(t, job.ID, l.Job.ID)
+	})
+
+	t.Run("a job aimed at a robot goes only to that robot, assigned or not", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		assigned, target, other := tn.robot(t, "assigned", jqRobotOpts{}), tn.robot(t, "target", jqRobotOpts{}), tn.robot(t, "other", jqRobotOpts{})
+		tn.do(t, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r) { robotId } }`, map[string]any{"w": tn.wf, "r": assigned.ID}, nil)
+		open := tn.workflow(t, "open") // no assignments
+		onAssigned := tn.enqueue(t, map[string]any{"robotId": target.ID})
+		onOpen := tn.enqueue(t, map[string]any{"workflowId": open, "robotId": target.ID})
+		require.Equal(t, target.ID, *onAssigned.TargetRobotID)
+		require.Nil(t, assigned.claim(t, 0), "an assigned robot took a job aimed at another robot")
+		require.Nil(t, other.claim(t, 0), "a robot took a job aimed at another robot")
+		got := map[string]bool{}
+		for range 2 {
+			l := target.claim(t, 0)
+			require.NotNil(t, l, "the target robot must claim its jobs, though it is not assigned")
+			got[l.Job.ID] = true
+			target.complete(t, jqStarted(t, target, l), nil)
+		}
+		require.Equal(t, map[string]bool{onAssigned.ID: true, onOpen.ID: true}, got)
+	})
+
+	t.Run("every required capability must be held", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		job := tn.enqueue(t, map[string]any{"requiredCapabilities": []string{"excel", "sap"}})
+		require.Equal(t, []string{"excel", "sap"}, job.RequiredCapabilities)
+		require.Nil(t, tn.robot(t, "none", jqRobotOpts{}).claim(t, 0))
+		require.Nil(t, tn.robot(t, "excel-only", jqRobotOpts{Capabilities: []string{"excel"}}).claim(t, 0))
+		l := tn.robot(t, "all", jqRobotOpts{Capabilities: []string{"sap", "excel", "ocr"}}).claim(t, 0)
+		require.NotNil(t, l)
+		require.Equal(t, job.ID, l.Job.ID)
+	})
+
+	t.Run("a robot at its maxConcurrentJobs gets nothing until it finishes one", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "two-slots", jqRobotOpts{Slots: 2})
+		for range 3 {
+			tn.enqueue(t, nil)
+		}
+		first, second := r.claim(t, 0), r.claim(t, 0)
+		require.NotNil(t, first)
+		require.NotNil(t, second)
+		require.Nil(t, r.claim(t, 0), "a robot with 2 slots claimed a third job")
+		r.complete(t, jqStarted(t, r, first), nil)
+		third := r.claim(t, 0)
+		require.NotNil(t, third, "finishing a job frees its slot")
+		require.Nil(t, r.claim(t, 0))
+		r.fail(t, second, "gave up", false)
+		require.Nil(t, r.claim(t, 0), "the queue is empty")
+	})
+
+	t.Run("a MAINTENANCE robot gets nothing", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "serviced", jqRobotOpts{})
+		// Heartbeat first: a robot that never did is marked OFFLINE by the
+		// sweeper, which would overwrite MAINTENANCE.
+		r.heartbeat(t, "ONLINE")
+		job := tn.enqueue(t, nil)
+		setStatus := func(status string) {
+			var out struct{ UpdateRobot struct{ Status string } }
+			tn.do(t, `mutation($r: ID!, $s: RobotStatus) { updateRobot(id: $r, input: {status: $s}) { status } }`, map[string]any{"r": r.ID, "s": status}, &out)
+			require.Equal(t, status, out.UpdateRobot.Status)
+		}
+		setStatus("MAINTENANCE")
+		require.Nil(t, r.claim(t, 0))
+		require.Nil(t, r.claim(t, 1), "a waiting claim of a MAINTENANCE robot must not take the queued job")
+		require.Equal(t, "QUEUED", tn.job(t, job.ID).Status)
+		setStatus("ONLINE")
+		l := r.claim(t, 0)
+		require.NotNil(t, l)
+		require.Equal(t, job.ID, l.Job.ID)
+	})
+
+	t.Run("higher priority first, then older first", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		priorities := []int{0, 5, 0, 10, 5, -3, 10}
+		ids := make([]string, len(priorities))
+		for i, p := range priorities {
+			ids[i] = tn.enqueue(t, map[string]any{"priority": p}).ID
+		}
+		r := tn.robot(t, "worker", jqRobotOpts{Slots: 10})
+		var got []string
+		for range priorities {
+			l := r.claim(t, 0)
+			require.NotNil(t, l)
+			got = append(got, l.Job.ID)
+		}
+		require.Nil(t, r.claim(t, 0))
+		want := []string{ids[3], ids[6], ids[1], ids[4], ids[0], ids[2], ids[5]}
+		require.Equal(t, want, got)
+	})
+}
+
+// jqStarted starts a claimed job and returns its lease, for chaining.
+func jqStarted(t testing.TB, r *jqRobot, l *jqLease) *jqLease {
+	t.Helper()
+	require.NotNil(t, l)
+	r.start(t, l)
+	return l
+}
+
+func TestJobRunAtIsHonoured(t *testing.T) {
+	t.Parallel()
+	// Poll fallback on: nothing announces a run-after passing.
+	s := apitest.New(t, apitest.Options{ClaimPoll: 200 * time.Millisecond})
+	tn := jqNewTenant(t, s)
+	r := tn.robot(t, "patient", jqRobotOpts{})
+	job := tn.enqueue(t, map[string]any{"runAt": jqTime(2 * time.Second)})
+	require.Nil(t, r.claim(t, 0), "a job must not be claimable before its runAt")
+	l := jqReceive(t, r.claimAsync(t, 10), 20*time.Second)
+	require.NotNil(t, l, "the polling fallback must hand over the job once its runAt passed")
+	require.Equal(t, job.ID, l.Job.ID)
+	require.False(t, l.Job.ClaimedAt.Before(job.RunAfter), "claimed at %s, before its runAt %s", l.Job.ClaimedAt, job.RunAfter)
+}
+
+func TestJobStateMachine(t *testing.T) {
+	t.Parallel()
+	const lease = time.Hour
+	const backoff, maxBackoff = 10 * time.Second, 15 * time.Second
+	s := apitest.New(t, apitest.Options{Queue: db.QueueConfig{
+		Lease: lease, RetryBackoff: backoff, MaxRetryBackoff: maxBackoff,
+		OfflineAfter: time.Hour, HeartbeatSample: time.Minute,
+	}})
+	// claimed enqueues a job in a fresh tenant and claims it with a fresh robot.
+	claimed := func(t *testing.T, in map[string]any) (*jqTenant, *jqRobot, *jqLease) {
+		tn := jqNewTenant(t, s)
+		tn.enqueue(t, in)
+		r := tn.robot(t, "worker", jqRobotOpts{Slots: 5})
+		l := r.claim(t, 0)
+		require.NotNil(t, l)
+		return tn, r, l
+	}
+
+	t.Run("QUEUED, CLAIMED, RUNNING, COMPLETED", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "worker", jqRobotOpts{})
+		queued := tn.enqueue(t, map[string]any{"input": map[string]any{"invoice": 7}})
+		require.Equal(t, "QUEUED", queued.Status)
+		require.Zero(t, queued.Attempt)
+		require.Equal(t, 3, queued.MaxAttempts)
+		require.Nil(t, queued.RobotID)
+		require.Nil(t, queued.LeaseExpiresAt)
+		require.Nil(t, queued.ClaimedAt)
+
+		l := r.claim(t, 0)
+		require.NotNil(t, l)
+		require.Equal(t, queued.ID, l.Job.ID)
+		require.Equal(t, "CLAIMED", l.Job.Status)
+		require.Equal(t, 1, l.Job.Attempt)
+		require.Equal(t, r.ID, *l.Job.RobotID)
+		require.NotEmpty(t, l.LeaseToken)
+		require.Equal(t, map[string]any{"invoice": float64(7)}, l.Job.Input)
+		jqSameTime(t, l.Job.ClaimedAt.Add(lease), l.LeaseExpiresAt, "a claim leases the job for Lease")
+		jqSameTime(t, l.LeaseExpiresAt, *l.Job.LeaseExpiresAt, "the lease is the job's")
+
+		r.start(t, l)
+		running := tn.job(t, l.Job.ID)
+		require.Equal(t, "RUNNING", running.Status)
+		require.NotNil(t, running.StartedAt)
+		require.Nil(t, running.FinishedAt)
+
+		done := r.complete(t, l, map[string]any{"pages": 3})
+		require.Equal(t, "COMPLETED", done.Status)
+		require.Equal(t, map[string]any{"pages": float64(3)}, done.Result)
+		require.Equal(t, 100, done.Progress)
+		require.NotNil(t, done.FinishedAt)
+		require.Nil(t, done.LeaseExpiresAt)
+		require.Equal(t, r.ID, *done.RobotID, "a finished job keeps the robot that ran it")
+		require.Nil(t, r.claim(t, 0))
+	})
+
+	t.Run("illegal transitions are refused and change nothing", func(t *testing.T) {
+		t.Parallel()
+		tn, r, l := claimed(t, nil)
+		refused := func(op, current string) {
+			t.Helper()
+			before := tn.snapshot(t, l.Job.ID)
+			resp := r.call(t, op, l.Job.ID, l.LeaseToken)
+			jqRequireRefused(t, resp, db.ReasonIllegalTransition, current)
+			require.Contains(t, resp.Errors[0].Message, current)
+			require.Equal(t, before, tn.snapshot(t, l.Job.ID), "a refused %s changed the job", op)
+		}
+		refused("completeJob", "CLAIMED")
+		refused("reportJobProgress", "CLAIMED")
+		r.start(t, l)
+		refused("startJob", "RUNNING")
+		r.complete(t, l, nil)
+		refused("completeJob", "COMPLETED")
+		refused("startJob", "COMPLETED")
+		refused("reportJobProgress", "COMPLETED")
+		refused("failJob", "COMPLETED")
+		refused("appendJobLogs", "COMPLETED")
+	})
+
+	t.Run("a wrong or stale lease token is LEASE_LOST and changes nothing", func(t *testing.T) {
+		t.Parallel()
+		tn, r, l := claimed(t, nil)
+		other := tn.robot(t, "other", jqRobotOpts{})
+		for _, op := range jqFencedOps {
+			before := tn.snapshot(t, l.Job.ID)
+			jqRequireRefused(t, r.call(t, op.name, l.Job.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
+			jqRequireRefused(t, other.call(t, op.name, l.Job.ID, l.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+			require.Equal(t, before, tn.snapshot(t, l.Job.ID), "a refused %s changed the job", op.name)
+		}
+		// A token from an earlier claim of the same job is stale.
+		r.fail(t, l, "flaky", true)
+		require.NoError(t, jqRunAfterNow(t, tn, l.Job.ID))
+		again := r.claim(t, 0)
+		require.NotNil(t, again)
+		require.Equal(t, l.Job.ID, again.Job.ID)
+		before := tn.snapshot(t, l.Job.ID)
+		jqRequireRefused(t, r.call(t, "startJob", l.Job.ID, l.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+		require.Equal(t, before, tn.snapshot(t, l.Job.ID))
+		r.start(t, again)
+	})
+
+	t.Run("an unknown job is NOT_FOUND", func(t *testing.T) {
+		t.Parallel()
+		_, r, l := claimed(t, nil)
+		r.call(t, "startJob", uuid.NewString(), l.LeaseToken).Code(t, "NOT_FOUND")
+	})
+
+	t.Run("a retryable failure requeues after a doubling backoff until attempts run out", func(t *testing.T) {
+		t.Parallel()
+		tn, r, l := claimed(t, nil)
+		r.start(t, l)
+		queued := r.fail(t, l, "portal down", true)
+		require.Equal(t, "QUEUED", queued.Status)
+		require.Nil(t, queued.RobotID, "a requeued job belongs to no robot")
+		require.Nil(t, queued.LeaseExpiresAt)
+		require.Nil(t, queued.FinishedAt)
+		require.Equal(t, "portal down", *queued.Error)
+		require.Equal(t, 1, queued.Attempt)
+		require.Equal(t, backoff, queued.RunAfter.Sub(queued.UpdatedAt), "first retry waits RetryBackoff")
+		require.Nil(t, r.claim(t, 0), "a job in its backoff must not be claimable")
+
+		require.NoError(t, jqRunAfterNow(t, tn, l.Job.ID)) // the backoff passes
+		l2 := r.claim(t, 0)
+		require.NotNil(t, l2)
+		require.Equal(t, 2, l2.Job.Attempt)
+		require.Nil(t, l2.Job.Error, "a claim clears the previous attempt's error")
+		queued = r.fail(t, l2, "portal down again", true) // from CLAIMED, too
+		require.Equal(t, "QUEUED", queued.Status)
+		require.Equal(t, maxBackoff, queued.RunAfter.Sub(queued.UpdatedAt), "the doubled backoff is capped at MaxRetryBackoff")
+
+		require.NoError(t, jqRunAfterNow(t, tn, l.Job.ID))
+		l3 := r.claim(t, 0)
+		require.NotNil(t, l3)
+		require.Equal(t, 3, l3.Job.Attempt)
+		r.start(t, l3)
+		failed := r.fail(t, l3, "still down", true)
+		require.Equal(t, "FAILED", failed.Status, "no attempts left")
+		require.Equal(t, "still down", *failed.Error)
+		require.NotNil(t, failed.FinishedAt)
+		require.Nil(t, failed.LeaseExpiresAt)
+		require.Equal(t, r.ID, *failed.RobotID)
+		require.Nil(t, r.claim(t, 0))
+	})
+
+	t.Run("a non-retryable failure is final", func(t *testing.T) {
+		t.Parallel()
+		tn, r, l := claimed(t, map[string]any{"maxAttempts": 5})
+		r.start(t, l)
+		failed := r.fail(t, l, "invalid invoice", false)
+		require.Equal(t, "FAILED", failed.Status)
+		require.Equal(t, 1, failed.Attempt)
+		require.NotNil(t, failed.FinishedAt)
+		require.Equal(t, "invalid invoice", *tn.job(t, l.Job.ID).Error)
+		require.Nil(t, r.claim(t, 0))
+	})
+
+	t.Run("cancelling a held job refuses the holder's next call with JOB_CANCELLED", func(t *testing.T) {
+		t.Parallel()
+		for _, running := range []bool{false, true} {
+			tn, r, l := claimed(t, nil)
+			if running {
+				r.start(t, l)
+			}
+			var out struct{ CancelJob jqJob }
+			tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { `+jqJobFields+` } }`, map[string]any{"id": l.Job.ID}, &out)
+			require.Equal(t, "CANCELLED", out.CancelJob.Status)
+			require.NotNil(t, out.CancelJob.FinishedAt)
+			for _, op := range jqFencedOps {
+				before := tn.snapshot(t, l.Job.ID)
+				jqRequireRefused(t, r.call(t, op.name, l.Job.ID, l.LeaseToken), db.ReasonJobCancelled, "CANCELLED")
+				require.Equal(t, before, tn.snapshot(t, l.Job.ID), "a refused %s changed the job", op.name)
+			}
+			require.Nil(t, r.claim(t, 0), "a cancelled job is not queued")
+		}
+	})
+
+	t.Run("cancelling a queued job; a finished job cannot be cancelled", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		job := tn.enqueue(t, nil)
+		cancel := func(id string) *apitest.Response {
+			return s.Do(t, tn.user.Token, `mutation($id: ID!) { cancelJob(id: $id) { status } }`, map[string]any{"id": id})
+		}
+		var out struct{ CancelJob struct{ Status string } }
+		cancel(job.ID).OK(t, &out)
+		require.Equal(t, "CANCELLED", out.CancelJob.Status)
+		require.Nil(t, tn.robot(t, "idle", jqRobotOpts{}).claim(t, 0))
+		jqRequireRefused(t, cancel(job.ID), db.ReasonIllegalTransition, "CANCELLED")
+
+		_, r, l := claimed(t, nil)
+		r.start(t, l)
+		r.complete(t, l, nil)
+		before := r.tn.snapshot(t, l.Job.ID)
+		resp := s.Do(t, r.tn.user.Token, `mutation($id: ID!) { cancelJob(id: $id) { status } }`, map[string]any{"id": l.Job.ID})
+		jqRequireRefused(t, resp, db.ReasonIllegalTransition, "COMPLETED")
+		require.Equal(t, before, r.tn.snapshot(t, l.Job.ID))
+	})
+
+	t.Run("retry queues a FAILED or CANCELLED job afresh; a QUEUED one cannot be retried", func(t *testing.T) {
+		t.Parallel()
+		retry := func(tn *jqTenant, id string) *apitest.Response {
+			return s.Do(t, tn.user.Token, `mutation($id: ID!) { retryJob(id: $id) { `+jqJobFields+` } }`, map[string]any{"id": id})
+		}
+		for _, end := range []string{"FAILED", "CANCELLED"} {
+			tn, r, l := claimed(t, nil)
+			r.start(t, l)
+			if end == "FAILED" {
+				r.fail(t, l, "broken", false)
+			} else {
+				tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": l.Job.ID}, nil)
+			}
+			var out struct{ RetryJob jqJob }
+			retry(tn, l.Job.ID).OK(t, &out)
+			j := out.RetryJob
+			require.Equal(t, "QUEUED", j.Status)
+			require.Zero(t, j.Attempt)
+			require.Nil(t, j.Error)
+			require.Nil(t, j.RobotID)
+			require.Nil(t, j.FinishedAt)
+			require.Zero(t, j.Progress)
+			jqRequireRefused(t, r.call(t, "completeJob", l.Job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+			again := r.claim(t, 0)
+			require.NotNil(t, again, "a retried %s job is claimable", end)
+			require.Equal(t, 1, again.Job.Attempt)
+		}
+		tn := jqNewTenant(t, s)
+		job := tn.enqueue(t, nil)
+		jqRequireRefused(t, retry(tn, job.ID), db.ReasonIllegalTransition, "QUEUED")
+	})
+
+	t.Run("progress is recorded, logged and extends the lease", func(t *testing.T) {
+		t.Parallel()
+		tn, r, l := claimed(t, nil)
+		r.start(t, l)
+		var out struct{ ReportJobProgress jqJob }
+		s.Do(t, r.Key, `mutation($j: ID!, $l: ID!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: 40, currentNode: "extract", message: "page 2 of 5") { `+jqJobFields+` } }`,
+			map[string]any{"j": l.Job.ID, "l": l.LeaseToken}).OK(t, &out)
+		p := out.ReportJobProgress
+		require.Equal(t, 40, p.Progress)
+		require.Equal(t, "extract", *p.CurrentNode)
+		jqSameTime(t, p.UpdatedAt.Add(lease), *p.LeaseExpiresAt, "progress leases the job for Lease from now")
+		require.True(t, p.LeaseExpiresAt.After(l.LeaseExpiresAt), "progress must extend the lease")
+		j := tn.job(t, l.Job.ID)
+		require.Len(t, j.Logs, 1)
+		require.Equal(t, "INFO", j.Logs[0].Level)
+		require.Equal(t, "page 2 of 5", j.Logs[0].Message)
+		require.Equal(t, map[string]any{"progress": float64(40)}, j.Logs[0].Fields)
+		for _, bad := range []int{-1, 101} {
+			before := tn.snapshot(t, l.Job.ID)
+			s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $p: Int!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: $p) { id } }`,
+				map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "p": bad}).Code(t, "BAD_USER_INPUT")
+			require.Equal(t, before, tn.snapshot(t, l.Job.ID))
+		}
+	})
+
+	t.Run("appended log lines are kept, newest first", func(t *testing.T) {
+		t.Parallel()
+		tn, r, l := claimed(t, nil)
+		at := time.Date(2026, 1, 2, 3, 4, 5, 678000000, time.UTC)
+		var out struct{ AppendJobLogs int }
+		s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $e: [JobLogInput!]!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: $e) }`, map[string]any{
+			"j": l.Job.ID, "l": l.LeaseToken, "e": []map[string]any{
+				{"level": "DEBUG", "message": "opening portal", "fields": map[string]any{"url": "https://portal"}, "at": at.Format(time.RFC3339Nano)},
+				{"level": "WARN", "message": "slow page"},
+				{"level": "ERROR", "message": "captcha"},
+			},
+		}).OK(t, &out)
+		require.Equal(t, 3, out.AppendJobLogs)
+		r.start(t, l) // RUNNING jobs take logs too
+		s.Do(t, r.Key, jqFencedOp("appendJobLogs").query, map[string]any{"j": l.Job.ID, "l": l.LeaseToken}).OK(t, nil)
+
+		logs := tn.job(t, l.Job.ID).Logs
+		var got []string
+		for _, lg := range logs {
+			got = append(got, lg.Level+" "+lg.Message)
+		}
+		require.Equal(t, []string{"INFO x", "ERROR captcha", "WARN slow page", "DEBUG opening portal"}, got)
+		require.Equal(t, map[string]any{"url": "https://portal"}, logs[3].Fields)
+		require.True(t, at.Equal(logs[3].At), "a line keeps the time the robot logged it: %s", logs[3].At)
+		require.Equal(t, map[string]any{}, logs[2].Fields)
+
+		var first struct{ Job struct{ Logs []jqLog } }
+		tn.do(t, `query($id: ID!) { job(id: $id) { logs(first: 2) { level message } } }`, map[string]any{"id": l.Job.ID}, &first)
+		require.Len(t, first.Job.Logs, 2)
+		require.Equal(t, "x", first.Job.Logs[0].Message)
+	})
+
+	t.Run("enqueueJobs queues a batch", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		var out struct{ EnqueueJobs []jqJob }
+		tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { `+jqJobFields+` } }`, map[string]any{"in": []map[string]any{
+			{"workflowId": tn.wf, "input": map[string]any{"n": 1}},
+			{"workflowId": tn.wf, "input": map[string]any{"n": 2}, "priority": 7},
+			{"workflowId": tn.wf, "input": map[string]any{"n": 3}, "maxAttempts": 1},
+		}}, &out)
+		require.Len(t, out.EnqueueJobs, 3)
+		ids := map[string]bool{}
+		for i, j := range out.EnqueueJobs {
+			require.Equal(t, "QUEUED", j.Status)
+			require.Equal(t, float64(i+1), j.Input["n"], "results come in input order")
+			ids[j.ID] = true
+		}
+		require.Len(t, ids, 3)
+		require.Equal(t, 7, out.EnqueueJobs[1].Priority)
+		require.Equal(t, 1, out.EnqueueJobs[2].MaxAttempts)
+		var list struct{ Jobs struct{ TotalCount int } }
+		tn.do(t, `{ jobs(filter: {status: QUEUED}) { totalCount } }`, nil, &list)
+		require.Equal(t, 3, list.Jobs.TotalCount)
+	})
+
+	t.Run("a job pinned to an older version keeps it", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		var v struct{ PublishWorkflowVersion struct{ Version int } }
+		tn.do(t, `mutation($w: ID!) { publishWorkflowVersion(workflowId: $w, definition: {nodes: [{id: "a"}]}) { version } }`, map[string]any{"w": tn.wf}, &v)
+		require.Equal(t, 2, v.PublishWorkflowVersion.Version)
+		pinned := tn.enqueue(t, map[string]any{"version": 1})
+		current := tn.enqueue(t, nil)
+		require.Equal(t, 1, pinned.WorkflowVersion)
+		require.Equal(t, 2, current.WorkflowVersion)
+		s.Do(t, tn.user.Token, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w, version: 3}) { id } }`, map[string]any{"w": tn.wf}).Code(t, "BAD_USER_INPUT")
+		r := tn.robot(t, "worker", jqRobotOpts{Slots: 2})
+		got := map[string]int{}
+		for range 2 {
+			l := r.claim(t, 0)
+			require.NotNil(t, l)
+			got[l.Job.ID] = l.Job.WorkflowVersion
+		}
+		require.Equal(t, map[string]int{pinned.ID: 1, current.ID: 2}, got)
+	})
+}
+
+// jqRunAfterNow makes a job's backoff pass at once, as if time went by.
+func jqRunAfterNow(t testing.TB, tn *jqTenant, id string) error {
+	_, err := tn.s.DB.NewRaw("UPDATE jobs SET run_after = now() WHERE id = ?", id).Exec(t.Context())
+	return err
+}
+
+// jqShortLeases is a queue whose leases expire after a second and whose
+// rescued jobs are claimable at once.
+var jqShortLeases = db.QueueConfig{Lease: time.Second, RetryBackoff: 0, MaxRetryBackoff: time.Millisecond, OfflineAfter: time.Minute, HeartbeatSample: time.Minute}
+
+func TestJobRescue(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Queue: jqShortLeases})
+
+	t.Run("a silent robot's job goes to a waiting robot and its late calls are refused", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		silent, waiting := tn.robot(t, "silent", jqRobotOpts{}), tn.robot(t, "waiting", jqRobotOpts{})
+		job := tn.enqueue(t, nil)
+		held := silent.claim(t, 0)
+		require.NotNil(t, held)
+		silent.start(t, held)
+
+		// The claim polls only hourly: the rescue's NOTIFY must wake it.
+		l := jqReceive(t, waiting.claimAsync(t, 30), 40*time.Second)
+		require.NotNil(t, l, "the waiting robot must get the rescued job")
+		require.Equal(t, job.ID, l.Job.ID)
+		require.Equal(t, 2, l.Job.Attempt)
+		require.Equal(t, waiting.ID, *l.Job.RobotID)
+		require.NotEqual(t, held.LeaseToken, l.LeaseToken)
+
+		for _, op := range jqFencedOps {
+			before := tn.snapshot(t, job.ID)
+			jqRequireRefused(t, silent.call(t, op.name, job.ID, held.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+			require.Equal(t, before, tn.snapshot(t, job.ID), "the old holder's %s changed the job", op.name)
+		}
+		waiting.start(t, l)
+		done := waiting.complete(t, l, map[string]any{"by": "waiting"})
+		require.Equal(t, "COMPLETED", done.Status)
+		require.Equal(t, waiting.ID, *done.RobotID)
+		require.Equal(t, 2, done.Attempt)
+	})
+
+	t.Run("rescues that use up the attempts fail the job with the reason", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "flaky", jqRobotOpts{})
+		job := tn.enqueue(t, map[string]any{"maxAttempts": 2})
+		first := r.claim(t, 0)
+		require.NotNil(t, first)
+		// The robot goes silent, then asks again: it gets the rescued job back.
+		second := jqReceive(t, r.claimAsync(t, 30), 40*time.Second)
+		require.NotNil(t, second)
+		require.Equal(t, job.ID, second.Job.ID)
+		require.Equal(t, 2, second.Job.Attempt)
+		r.start(t, second)
+
+		var failed jqJob
+		jqEventually(t, 20*time.Second, "the second lease expires and the job fails", func() bool {
+			failed = tn.job(t, job.ID)
+			return failed.Status != "RUNNING"
+		})
+		require.Equal(t, "FAILED", failed.Status)
+		require.Contains(t, *failed.Error, "lease expired")
+		require.Contains(t, *failed.Error, "attempt 2 of 2")
+		require.NotNil(t, failed.FinishedAt)
+		require.Nil(t, failed.LeaseExpiresAt)
+		require.Equal(t, 2, failed.Attempt)
+		jqRequireRefused(t, r.call(t, "completeJob", job.ID, second.LeaseToken), db.ReasonLeaseLost, "FAILED")
+		require.Nil(t, r.claim(t, 0))
+	})
+}
+
+func TestJobLeaseKeptByHeartbeats(t *testing.T) {
+	t.Parallel()
+	const lease = 2 * time.Second
+	q := jqShortLeases
+	q.Lease = lease
+	s := apitest.New(t, apitest.Options{Queue: q})
+	tn := jqNewTenant(t, s)
+	alive, silent := tn.robot(t, "alive", jqRobotOpts{}), tn.robot(t, "silent", jqRobotOpts{})
+	kept, lost := tn.enqueue(t, nil), tn.enqueue(t, nil)
+	lk := jqStarted(t, alive, alive.claim(t, 0))
+	ll := jqStarted(t, silent, silent.claim(t, 0))
+	require.Equal(t, kept.ID, lk.Job.ID)
+	require.Equal(t, lost.ID, ll.Job.ID)
+
+	// alive heartbeats on a ticker in a goroutine until stopped.
+	stop, stopped := make(chan struct{}), make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				stopped <- nil
+				return
+			case <-tick.C:
+				res, err := tn.gql.do(t.Context(), alive.Key, `mutation { heartbeat(input: {status: BUSY}) { id } }`, nil)
+				if err == nil {
+					err = res.ok(nil)
+				}
+				if err != nil {
+					stopped <- err
+					return
+				}
+			}
+		}
+	}()
+	// Three lease periods pass, during which the sweeper rescues the silent
+	// robot's job: proof that it runs and would have taken the other too.
+	periods := time.After(3 * lease)
+	jqEventually(t, 20*time.Second, "the silent robot's job is rescued", func() bool { return tn.job(t, lost.ID).Status == "QUEUED" })
+	select {
+	case <-periods:
+	case err := <-stopped:
+		require.NoError(t, err, "heartbeating")
+	}
+	close(stop)
+	require.NoError(t, <-stopped, "heartbeating")
+
+	j := tn.job(t, kept.ID)
+	require.Equal(t, "RUNNING", j.Status)
+	require.Equal(t, alive.ID, *j.RobotID)
+	require.Equal(t, 1, j.Attempt)
+	done := alive.complete(t, lk, nil)
+	require.Equal(t, "COMPLETED", done.Status, "the heartbeating robot kept its lease throughout")
+}
+
+func TestJobDispatch(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t) // ClaimPoll is an hour: only NOTIFY wakes a waiting claim
+
+	for i := range 4 {
+		t.Run(fmt.Sprintf("a waiting claim gets a job enqueued meanwhile #%d", i), func(t *testing.T) {
+			t.Parallel()
+			tn := jqNewTenant(t, s)
+			r := tn.robot(t, "waiter", jqRobotOpts{})
+			// Whether the claim is already waiting when the job is queued or
+			// not, it must get the job: the test holds for every interleaving.
+			claim := r.claimAsync(t, 10)
+			job := tn.enqueue(t, nil)
+			l := jqReceive(t, claim, 20*time.Second)
+			require.NotNil(t, l, "the waiting claim returned null")
+			require.Equal(t, job.ID, l.Job.ID)
+		})
+	}
+
+	t.Run("a waiting claim is woken by a retry", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "waiter", jqRobotOpts{})
+		job := tn.enqueue(t, nil)
+		tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": job.ID}, nil)
+		claim := r.claimAsync(t, 10)
+		tn.do(t, `mutation($id: ID!) { retryJob(id: $id) { id } }`, map[string]any{"id": job.ID}, nil)
+		l := jqReceive(t, claim, 20*time.Second)
+		require.NotNil(t, l)
+		require.Equal(t, job.ID, l.Job.ID)
+	})
+
+	t.Run("a waiting claim gets the jobs of a deleted robot", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		doomed, waiter := tn.robot(t, "doomed", jqRobotOpts{}), tn.robot(t, "waiter", jqRobotOpts{})
+		job := tn.enqueue(t, nil)
+		jqStarted(t, doomed, doomed.claim(t, 0))
+		claim := waiter.claimAsync(t, 10)
+		tn.do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
+		l := jqReceive(t, claim, 20*time.Second)
+		require.NotNil(t, l, "the deleted robot's job went back to the queue but the waiting claim was not woken")
+		require.Equal(t, job.ID, l.Job.ID)
+	})
+
+	t.Run("a waiting claim is not given another tenant's job", func(t *testing.T) {
+		t.Parallel()
+		a, b := jqNewTenant(t, s), jqNewTenant(t, s)
+		r := a.robot(t, "waiter", jqRobotOpts{})
+		claim := r.claimAsync(t, 2)
+		job := b.enqueue(t, nil)
+		require.Nil(t, jqReceive(t, claim, 20*time.Second), "a robot got another tenant's job")
+		require.Equal(t, "QUEUED", b.job(t, job.ID).Status)
+	})
+
+	t.Run("a wait with nothing queued returns null", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		require.Nil(t, tn.robot(t, "idle", jqRobotOpts{}).claim(t, 1))
+	})
+
+	t.Run("waitSeconds must be 0-60", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "eager", jqRobotOpts{})
+		for _, w := range []int{-1, 61} {
+			s.Do(t, r.Key, jqClaimQuery, map[string]any{"w": w}).Code(t, "BAD_USER_INPUT")
+		}
+	})
+}
+
+// TestJobDispatchOtherTenantsCannotCrowdOut holds a waiting claim inside one
+// of its claim transactions while other tenants' notifications and then its
+// own arrive, so its own finds the subscription's buffer full of other
+// tenants'. The claim must still wake for its job; polling is hourly, so
+// only a notification can wake it.
+//
+// The claim is held by a table lock on robots, which its robot-row lock must
+// wait for. Table locks queue fairly (row locks do not: a newcomer may take a
+// row just released ahead of an older waiter), so a second lock requested
+// while the claim's first attempt waits is granted before the second attempt
+// asks, and that attempt, made after the claim subscribed, waits in turn.
+func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
+	t.Parallel()
+	for _, others := range []int{1, 50} {
+		t.Run(fmt.Sprintf("%d other tenants", others), func(t *testing.T) {
+			t.Parallel()
+			s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
+			ctx := t.Context()
+			tn := jqNewTenant(t, s)
+			r := tn.robot(t, "waiter", jqRobotOpts{})
+			// Not claimable yet: the burst below makes it claimable.
+			job := tn.enqueue(t, map[string]any{"runAt": jqTime(time.Hour)})
+
+			lockWaiters := func(n int) {
+				t.Helper()
+				var activity []map[string]any
+				jqEventually(t, 20*time.Second, fmt.Sprintf("%d transactions wait for a lock (seen: %v)", n, &activity), func() bool {
+					activity = activity[:0]
+					// Only the claim's robot-row locks and our table locks
+					// count (a sweep, say, could wait on robots too).
+					require.NoError(t, s.DB.NewRaw(`SELECT state, wait_event_type, wait_event, left(query, 60) AS query FROM pg_stat_activity
+						WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'
+						AND (query LIKE '%FROM "robots"%FOR UPDATE%' OR query LIKE 'LOCK TABLE robots%')`).Scan(ctx, &activity))
+					got := 0
+					for _, a := range activity {
+						if a["wait_event_type"] == "Lock" {
+							got++
+						}
+					}
+					return got == n
+				})
+			}
+			// lockRobots holds robots against row locks (plain reads pass).
+			lockRobots := func() (commit func(), err error) {
+				tx, err := s.DB.BeginTx(ctx, nil)
+				if err != nil {
+					return nil, err
+				}
+				if _, err := tx.ExecContext(ctx, "LOCK TABLE robots IN EXCLUSIVE MODE"); err != nil {
+					_ = tx.Rollback()
+					return nil, err
+				}
+				return func() { require.NoError(t, tx.Commit()) }, nil
+			}
+
+			release, err := lockRobots()
+			require.NoError(t, err)
+			claim := r.claimAsync(t, 5)
+			lockWaiters(1) // the claim's first attempt, before it subscribes
+			type locked struct {
+				commit func()
+				err    error
+			}
+			second := make(chan locked, 1)
+			go func() {
+				commit, err := lockRobots()
+				second <- locked{commit, err}
+			}()
+			lockWaiters(2) // our second lock, queued behind the first attempt
+			release()
+			var hold locked
+			select {
+			case hold = <-second:
+				require.NoError(t, hold.err)
+			case <-time.After(20 * time.Second):
+				require.FailNow(t, "the second lock was not granted")
+			}
+			// The first attempt found nothing; the claim subscribed and its
+			// second attempt began (fixing its now()) and waits for us.
+			lockWaiters(1)
+
+			sub := s.App.Listener.Subscribe(db.JobQueuedChannel, others+8)
+			defer sub.Close()
+			tx, err := s.DB.BeginTx(ctx, nil)
+			require.NoError(t, err)
+			// Claimable from a moment after the waiting attempt's transaction
+			// began, so that attempt cannot take it; the next one can.
+			_, err = tx.ExecContext(ctx, "UPDATE jobs SET run_after = clock_timestamp() WHERE id = ?", job.ID)
+			require.NoError(t, err)
+			for range others {
+				_, err = tx.ExecContext(ctx, "SELECT pg_notify(?, ?)", db.JobQueuedChannel, uuid.NewString())
+				require.NoError(t, err)
+			}
+			_, err = tx.ExecContext(ctx, "SELECT pg_notify(?, ?)", db.JobQueuedChannel, tn.user.Tenant.String())
+			require.NoError(t, err)
+			require.NoError(t, tx.Commit())
+			// Wait until the listener has delivered the robot's tenant's
+			// notification; subscribing takes the lock delivery holds, so
+			// once it returns every subscription has been offered it.
+			for own := false; !own; {
+				select {
+				case n := <-sub.C:
+					own = n.Payload == tn.user.Tenant.String()
+				case <-time.After(20 * time.Second):
+					require.FailNow(t, "the listener did not deliver the notifications")
+				}
+			}
+			s.App.Listener.Subscribe(db.JobQueuedChannel, 1).Close()
+			hold.commit()
+
+			l := jqReceive(t, claim, 20*time.Second)
+			require.NotNil(t, l, "the waiting claim missed its tenant's job: its wake-up was lost behind %d other tenants' notifications", others)
+			require.Equal(t, job.ID, l.Job.ID)
+		})
+	}
+}
+
+func TestJobListStatementCount(t *testing.T) {
+	t.Parallel()
+	// No sweeps while counting: the counter sees every statement of the app.
+	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
+	const q = `query($n: Int) { jobs(first: $n) { edges { node { id robot { name } workflow { name } logs { message } } } } }`
+	statements := func(n int) int64 {
+		tn := jqNewTenant(t, s)
+		other := tn.workflow(t, "other")
+		robots := []*jqRobot{tn.robot(t, "r1", jqRobotOpts{}), tn.robot(t, "r2", jqRobotOpts{})}
+		for done := 0; done < n; {
+			batch := make([]map[string]any, 0, min(n-done, db.MaxEnqueueBatch))
+			for i := range cap(batch) {
+				wf := tn.wf
+				if (done+i)%2 == 1 {
+					wf = other
+				}
+				batch = append(batch, map[string]any{"workflowId": wf})
+			}
+			tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": batch}, nil)
+			done += len(batch)
+		}
+		// Two of every three jobs get a robot, and each a log line.
+		_, err := s.DB.NewRaw(`UPDATE jobs SET status = 'RUNNING', robot_id = CASE WHEN random() < 0.5 THEN ?::uuid ELSE ?::uuid END
+			WHERE tenant_id = ? AND id IN (SELECT id FROM jobs WHERE tenant_id = ? ORDER BY id LIMIT ?)`,
+			robots[0].ID, robots[1].ID, tn.user.Tenant, tn.user.Tenant, max(1, 2*n/3)).Exec(t.Context())
+		require.NoError(t, err)
+		_, err = s.DB.NewRaw(`INSERT INTO job_logs (job_id, tenant_id, level, message) SELECT id, tenant_id, 'INFO', 'hello' FROM jobs WHERE tenant_id = ?`,
+			tn.user.Tenant).Exec(t.Context())
+		require.NoError(t, err)
+
+		best := int64(math.MaxInt64)
+		for range 3 { // the least of three: anything else running only adds
+			var out struct {
+				Jobs struct {
+					Edges []struct {
+						Node struct {
+							ID       string
+							Robot    *struct{ Name string }
+							Workflow *struct{ Name string }
+							Logs     []struct{ Message string }
+						}
+					}
+				}
+			}
+			before := s.Statements.Load()
+			tn.do(t, q, map[string]any{"n": n}, &out)
+			best = min(best, s.Statements.Load()-before)
+			require.Len(t, out.Jobs.Edges, n)
+			withRobot := 0
+			for _, e := range out.Jobs.Edges {
+				require.NotNil(t, e.Node.Workflow)
+				require.Equal(t, []struct{ Message string }{{"hello"}}, e.Node.Logs)
+				if e.Node.Robot != nil {
+					withRobot++
+				}
+			}
+			require.Equal(t, max(1, 2*n/3), withRobot)
+		}
+		return best
+	}
+	five, many := statements(5), statements(db.MaxPageSize)
+	t.Logf("jobs(first: N) with robot, workflow and logs: %d statements for 5 jobs, %d for %d", five, many, db.MaxPageSize)
+	require.Equal(t, five, many, "a page of %d jobs must cost the same statements as a page of 5", db.MaxPageSize)
+	// The page, its robots, its workflows, its logs.
+	require.LessOrEqual(t, five, int64(4))
+}
