@@ -704,7 +704,11 @@ func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 	const retry = "(j.attempt < j.max_attempts)"
 	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		err := tx.NewUpdate().Model(&rows).
-			Where("j.status IN (?) AND j.lease_expires_at < now()", bun.List(liveJobStatuses)).
+			// In id order, skipping rows a heartbeat or a robot's call holds
+			// right now: those are being extended or finished, and the next
+			// sweep sees them again if not.
+			Where("j.id IN (SELECT id FROM jobs WHERE status IN (?) AND lease_expires_at < now() ORDER BY id FOR UPDATE SKIP LOCKED)", bun.List(liveJobStatuses)).
+			Where("j.lease_expires_at < now()").
 			Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
 			Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)).
 			Set("robot_id = CASE WHEN " + retry + " THEN NULL ELSE j.robot_id END").

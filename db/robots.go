@@ -449,8 +449,10 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 		if err := q.Returning("*").Scan(ctx); err != nil {
 			return fmt.Errorf("recording heartbeat: %w", err)
 		}
+		// Rows are locked in id order, as the sweeper's rescue does, so the
+		// two can never deadlock.
 		if _, err := tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.robot_id = ? AND j.status IN (?)", prev.ID, bun.List(liveJobStatuses)).
+			Where("j.id IN (SELECT id FROM jobs WHERE robot_id = ? AND status IN (?) ORDER BY id FOR UPDATE)", prev.ID, bun.List(liveJobStatuses)).
 			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease)).
 			Exec(ctx); err != nil {
 			return fmt.Errorf("extending leases: %w", err)
