@@ -369,8 +369,8 @@ func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Updat
 }
 
 // Delete removes a robot with its keys, assignments and heartbeats. Its live
-// jobs go back to the queue; queued jobs aimed at it alone are cancelled,
-// since no other robot may take them.
+// jobs go back to the queue (or fail, on their last attempt); queued jobs
+// aimed at it alone are cancelled, since no other robot may take them.
 func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -384,7 +384,11 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 		}
 		res, err := tx.NewUpdate().Model((*Job)(nil)).
 			Where("j.robot_id = ? AND j.status IN (?)", id, bun.List(liveJobStatuses)).
-			Set("status = ?", JobQueued).Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
+			// Like a rescue: queued again while attempts remain, else failed.
+			Set("status = CASE WHEN j.attempt < j.max_attempts THEN 'QUEUED' ELSE 'FAILED' END").
+			Set("error = CASE WHEN j.attempt < j.max_attempts THEN j.error ELSE 'its robot was deleted (attempt ' || j.attempt || ' of ' || j.max_attempts || ')' END").
+			Set("finished_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END").
+			Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
 			Set("updated_at = now()").Set("revision = j.revision + 1").
 			Exec(ctx)
 		if err != nil {
