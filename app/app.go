@@ -36,6 +36,10 @@ type Config struct {
 	ClaimPoll time.Duration
 	// SweepEvery is how often the sweeper runs.
 	SweepEvery time.Duration
+	// InitTimeout bounds a websocket's wait for connection_init (0: the handler's default).
+	InitTimeout time.Duration
+	// KeepAlive is the interval of websocket and SSE keep-alives (0: the handler's default).
+	KeepAlive time.Duration
 }
 
 // App is the assembled application.
@@ -82,12 +86,14 @@ func New(cfg Config) (*App, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
 	}
 	h := graph.NewHandler(graph.HandlerConfig{
-		Resolver:       r,
-		Auth:           auth.NewAuthenticator(cfg.JWT, verifyKey),
-		Logger:         cfg.Logger,
-		AllowedOrigins: cfg.AllowedOrigins,
-		Introspection:  cfg.Introspection,
-		Limits:         cfg.Limits,
+		Resolver:             r,
+		Auth:                 auth.NewAuthenticator(cfg.JWT, verifyKey),
+		Logger:               cfg.Logger,
+		AllowedOrigins:       cfg.AllowedOrigins,
+		Introspection:        cfg.Introspection,
+		Limits:               cfg.Limits,
+		WebsocketInitTimeout: cfg.InitTimeout,
+		WebsocketKeepAlive:   cfg.KeepAlive,
 	})
 	return &App{
 		Handler:  h,

@@ -91,7 +91,6 @@ type rbbCase struct {
 	bug string
 }
 
-
 func rbbList(n int, item func(i int) any) []any {
 	out := make([]any, n)
 	for i := range out {

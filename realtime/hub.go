@@ -285,18 +285,21 @@ func (h *Hub) resync(ctx context.Context) {
 	}
 }
 
+// resyncDeletions tells each subscriber about the rows it has (or has
+// queued) that are gone now, and only those: a subscriber to one machine
+// must not hear of another's deletion, nor a user of another user's machine.
 func (h *Hub) resyncDeletions(ctx context.Context, kind string, k topic, subs []*Sub) {
-	seen := map[string]bool{}
+	holders := map[string][]*Sub{}
 	for _, s := range subs {
 		for _, key := range s.seenKeys() {
-			seen[key] = true
+			holders[key] = append(holders[key], s)
 		}
 	}
-	if len(seen) == 0 {
+	if len(holders) == 0 {
 		return
 	}
-	keys := make([]string, 0, len(seen))
-	for key := range seen {
+	keys := make([]string, 0, len(holders))
+	for key := range holders {
 		keys = append(keys, key)
 	}
 	rows, err := h.source.Load(ctx, kind, k.tenant, keys)
@@ -306,8 +309,8 @@ func (h *Hub) resyncDeletions(ctx context.Context, kind string, k topic, subs []
 	}
 	for _, key := range keys {
 		if _, ok := rows[key]; !ok {
-			for _, s := range subs {
-				s.offer(Update{Kind: k.kind, Op: "DELETED", Key: key, Version: 1<<62 - 1})
+			for _, s := range holders[key] {
+				s.offerDeleted(k.kind, key)
 			}
 		}
 	}
@@ -426,6 +429,11 @@ func (s *Sub) offer(u Update) {
 	if u.Op != "DELETED" && u.Version <= s.sent[u.Key] {
 		return // the subscriber has this version (or event) already
 	}
+	if u.Op == "CREATED" && s.sent[u.Key] > 0 {
+		// The subscriber holds an older state of the entity (its first
+		// state, read after the creation): the news is a later state.
+		u.Op = "UPDATED"
+	}
 	if i, ok := s.pending[u.Key]; ok && !s.append {
 		if u.Version >= s.queue[i].Version {
 			s.queue[i] = u
@@ -444,6 +452,20 @@ func (s *Sub) offer(u Update) {
 	}
 }
 
+// offerDeleted queues the deletion of key that a resync found: the row is
+// gone, so its last version is unknown; the deletion carries the last one
+// the subscriber has or has queued (a client-visible GraphQL Int), and
+// replaces a queued update.
+func (s *Sub) offerDeleted(kind, key string) {
+	s.mu.Lock()
+	v := s.sent[key]
+	if i, ok := s.pending[key]; ok && s.queue[i].Version > v {
+		v = s.queue[i].Version
+	}
+	s.mu.Unlock()
+	s.offer(Update{Kind: kind, Op: "DELETED", Key: key, Version: v})
+}
+
 // Take returns the waiting updates, oldest first, and marks them delivered.
 func (s *Sub) Take() []Update {
 	s.mu.Lock()
@@ -451,25 +473,38 @@ func (s *Sub) Take() []Update {
 	q := s.queue
 	s.queue = nil
 	clear(s.pending)
+	out := q[:0]
 	for _, u := range q {
 		if u.Op == "DELETED" {
 			delete(s.sent, u.Key)
+		} else if u.Version <= s.sent[u.Key] {
+			// Offered before Seed recorded the subscriber's first state,
+			// which is as new or newer: sending it would go backwards.
+			continue
 		} else {
 			s.sent[u.Key] = u.Version
 		}
+		out = append(out, u)
 	}
+	q = out
 	if len(s.sent) > 100_000 {
 		clear(s.sent) // only de-duplication is lost
 	}
 	return q
 }
 
+// seenKeys lists the keys the subscriber has received or has queued.
 func (s *Sub) seenKeys() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	keys := make([]string, 0, len(s.sent))
+	keys := make([]string, 0, len(s.sent)+len(s.pending))
 	for k := range s.sent {
 		keys = append(keys, k)
+	}
+	for k := range s.pending {
+		if _, ok := s.sent[k]; !ok {
+			keys = append(keys, k)
+		}
 	}
 	return keys
 }

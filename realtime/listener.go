@@ -100,9 +100,10 @@ func (l *Listener) Subscribe(channel string, n int) *Subscription {
 
 // Run delivers notifications until ctx ends, then closes the connection.
 func (l *Listener) Run(ctx context.Context) {
-	defer l.pql.Close()
+	defer l.close()
 	ticker := time.NewTicker(l.ping)
 	defer ticker.Stop()
+	var pinging atomic.Bool
 	for {
 		select {
 		case <-ctx.Done():
@@ -118,8 +119,37 @@ func (l *Listener) Run(ctx context.Context) {
 			l.deliver(Notification{Channel: n.Channel, Payload: n.Extra})
 		case <-ticker.C:
 			// A failed ping makes pq drop and re-establish the connection.
-			if err := l.pql.Ping(); err != nil {
-				l.log.Debug("notification listener ping failed", "error", err)
+			// It runs beside this loop: pq reads the ping's answer on the
+			// connection that delivers notifications, so waiting for it here
+			// without draining Notify deadlocks once a burst fills Notify.
+			if pinging.CompareAndSwap(false, true) {
+				go func() {
+					defer pinging.Store(false)
+					if err := l.pql.Ping(); err != nil {
+						l.log.Debug("notification listener ping failed", "error", err)
+					}
+				}()
+			}
+		}
+	}
+}
+
+// close closes the connection, draining notifications meanwhile: a ping in
+// flight holds pq's lock until its answer is read, behind them.
+func (l *Listener) close() {
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		_ = l.pql.Close()
+	}()
+	for {
+		select {
+		case <-closed:
+			return
+		case _, ok := <-l.pql.Notify:
+			if !ok {
+				<-closed
+				return
 			}
 		}
 	}

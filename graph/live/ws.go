@@ -127,6 +127,9 @@ type wsConn struct {
 	principal *auth.Principal
 	ops       map[string]*wsOp
 	closing   chan closeReq // first fatal condition found by a goroutine
+	// finishing counts operations that ended on their own and are sending
+	// their last message (added to under mu, with the op's removal).
+	finishing sync.WaitGroup
 }
 
 type wsOp struct {
@@ -146,9 +149,13 @@ func (c *wsConn) serve(ctx context.Context) (int, string) {
 	c.closing = make(chan closeReq, 1)
 	msgs := make(chan wsMessage)
 	readErr := make(chan error, 1)
+	// Reads must outlive serve: cancelling a blocked coder/websocket Read
+	// closes the connection at once, before Do could send the close frame
+	// with its code. Do's Close ends this read (its close handshake).
+	readCtx := context.WithoutCancel(ctx)
 	go func() {
 		for {
-			typ, data, err := c.conn.Read(ctx)
+			typ, data, err := c.conn.Read(readCtx)
 			if err != nil {
 				readErr <- err
 				return
@@ -196,6 +203,9 @@ func (c *wsConn) serve(ctx context.Context) (int, string) {
 			}
 		case <-expired:
 			c.endAll(ctx, fault.New(fault.Unauthenticated, "your credential has expired; reconnect with a fresh one"))
+			// Operations that ended just before (their own expiry) send
+			// their error before the close, as endAll does for the others.
+			c.finishing.Wait()
 			return CloseForbidden, "Forbidden: credential expired"
 		case m := <-msgs:
 			code, reason, exp := c.handle(ctx, m)
@@ -342,8 +352,15 @@ func (c *wsConn) run(ctx context.Context, id string, op *wsOp, params *graphql.R
 	if c.ops[id] == op {
 		delete(c.ops, id)
 	}
+	if !done {
+		c.finishing.Add(1)
+	}
 	c.mu.Unlock()
-	if done || out.stopped {
+	if done {
+		return
+	}
+	defer c.finishing.Done()
+	if out.stopped {
 		return
 	}
 	if out.errs != nil {
