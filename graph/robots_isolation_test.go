@@ -607,24 +607,11 @@ func TestRevokingAKeyEndsItsWebsocketAccess(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	got, err := rbiWSTry(ctx, ws, "2", hb)
-	if err == nil && got["errors"] == nil {
-		// Tripwire for a known bug: the websocket keeps the principal it
-		// authenticated at connection_init, so a revoked key goes on working
-		// on a connection opened before the revocation. When this fails, the
-		// bug is fixed: delete the tripwire and keep the assertions below.
-		require.Equal(t, map[string]any{"data": map[string]any{"heartbeat": map[string]any{"status": "ONLINE"}}}, got,
-			"BUG FIXED? a revoked key's websocket should be refused or closed")
-		t.Log("known bug, still present: a websocket authenticated with an API key keeps working after the key is revoked")
-		return
-	}
-	// Refused: with an error, or by closing the connection.
-	if err == nil {
-		require.Equal(t, "UNAUTHENTICATED", isoFirstErrorCode(t, got), "got %v", got)
-		require.Nil(t, got["data"].(map[string]any)["heartbeat"])
-		return
-	}
+	// The key is re-checked on every subscribe: the socket closes with 4403.
+	require.Error(t, err, "a revoked key's websocket must be refused, got %v", got)
 	var closeErr websocket.CloseError
 	require.True(t, errors.As(err, &closeErr), "got %v", err)
+	require.Equal(t, websocket.StatusCode(4403), closeErr.Code, "reason %q", closeErr.Reason)
 }
 
 // rbiWSTry runs one operation on ws and returns its payload (of a `next`

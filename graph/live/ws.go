@@ -13,6 +13,7 @@ import (
 
 	"github.com/99designs/gqlgen/graphql"
 	coderws "github.com/coder/websocket"
+	"github.com/google/uuid"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/auth"
@@ -84,6 +85,8 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 	conn.SetReadLimit(t.ReadLimit)
 	c := &wsConn{t: t, d: d, conn: conn, exec: exec, ip: auth.ClientIPFrom(r.Context()),
 		principal: auth.FromContext(r.Context()), ops: map[string]*wsOp{}}
+	// The upgrade request's own credentials, re-checked like a payload's.
+	c.reauth = func(ctx context.Context) (*auth.Principal, error) { return t.Auth.FromRequest(r.WithContext(ctx)) }
 	code, reason := c.serve(r.Context())
 	_ = conn.Close(coderws.StatusCode(code), reason)
 }
@@ -120,6 +123,10 @@ type wsConn struct {
 	ip   string
 
 	writeMu sync.Mutex
+
+	// reauth re-checks the connection's credential: API keys can be revoked
+	// while a socket is open (JWTs only expire, which a timer handles).
+	reauth func(context.Context) (*auth.Principal, error)
 
 	mu        sync.Mutex
 	initSeen  bool
@@ -176,6 +183,8 @@ func (c *wsConn) serve(ctx context.Context) (int, string) {
 	defer initTimer.Stop()
 	keepAlive := time.NewTicker(c.t.KeepAlive)
 	defer keepAlive.Stop()
+	recheck := time.NewTicker(recheckEvery)
+	defer recheck.Stop()
 	var expired <-chan time.Time
 
 	defer c.stopAll()
@@ -194,6 +203,10 @@ func (c *wsConn) serve(ctx context.Context) (int, string) {
 		case <-initTimer.C:
 			if !c.initialised() {
 				return CloseInitTimeout, "Connection initialisation timeout"
+			}
+		case <-recheck.C:
+			if code, reason := c.recheck(ctx); code != 0 {
+				return code, reason
 			}
 		case <-keepAlive.C:
 			if c.initialised() {
@@ -217,6 +230,27 @@ func (c *wsConn) serve(ctx context.Context) (int, string) {
 			}
 		}
 	}
+}
+
+// recheckEvery is how often a robot's connection re-checks its API key.
+const recheckEvery = 30 * time.Second
+
+// recheck re-authenticates a robot's connection (an API key may have been
+// revoked since connection_init). When the key no longer passes, every
+// operation ends with UNAUTHENTICATED and the socket is to close with 4403.
+func (c *wsConn) recheck(ctx context.Context) (int, string) {
+	c.mu.Lock()
+	p := c.principal
+	c.mu.Unlock()
+	if p == nil || p.RobotID == uuid.Nil {
+		return 0, ""
+	}
+	if _, err := c.reauth(ctx); err != nil {
+		c.endAll(ctx, err)
+		c.finishing.Wait()
+		return CloseForbidden, closeReason("Forbidden: " + err.Error())
+	}
+	return 0, ""
 }
 
 func (c *wsConn) initialised() bool {
@@ -281,6 +315,11 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 		}
 	}
 	p, err := c.t.Auth.FromInitPayload(ctx, payload, c.ip)
+	if err == nil && p != nil {
+		c.reauth = func(ctx context.Context) (*auth.Principal, error) {
+			return c.t.Auth.FromInitPayload(ctx, payload, c.ip)
+		}
+	}
 	if err != nil {
 		if c.d.legacy {
 			_ = c.write(ctx, wsMessage{Type: "connection_error", Payload: mustJSON(present(err))})
@@ -324,6 +363,9 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	}
 	if exists {
 		return CloseSubscriberExists, closeReason("Subscriber for " + m.ID + " already exists"), time.Time{}
+	}
+	if code, reason := c.recheck(ctx); code != 0 {
+		return code, reason, time.Time{}
 	}
 	opCtx, cancel := context.WithCancel(ctx)
 	c.mu.Lock()
