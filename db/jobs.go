@@ -673,11 +673,7 @@ func (s *Jobs) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (map[
 	if err := jobsVisible(sc, idb.NewSelect().Model(&rows).Where("j.id = ANY(?::uuid[])", pgUUIDs(ids)), "j").Scan(ctx); err != nil {
 		return nil, fmt.Errorf("loading jobs: %w", err)
 	}
-	out := make(map[uuid.UUID]*Job, len(rows))
-	for _, j := range rows {
-		out[j.ID] = j
-	}
-	return out, nil
+	return keyed(rows, func(x *Job) uuid.UUID { return x.ID }), nil
 }
 
 // CurrentJobsOf returns the jobs each visible robot holds now.

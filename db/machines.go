@@ -157,11 +157,7 @@ func (s *Machines) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (
 	if err := ownedBy(sc, idb.NewSelect().Model(&rows).Where("m.id = ANY(?::uuid[])", pgUUIDs(ids)), "m").Scan(ctx); err != nil {
 		return nil, fmt.Errorf("loading machines: %w", err)
 	}
-	out := make(map[uuid.UUID]*Machine, len(rows))
-	for _, m := range rows {
-		out[m.ID] = m
-	}
-	return out, nil
+	return keyed(rows, func(x *Machine) uuid.UUID { return x.ID }), nil
 }
 
 func (s *Machines) filtered(ctx context.Context, idb bun.IDB, f MachineFilter) (*bun.SelectQuery, error) {

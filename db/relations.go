@@ -21,6 +21,16 @@ func pgUUIDs(ids []uuid.UUID) any {
 	return pgdialect.Array(s)
 }
 
+// keyed maps rows by their id, for FindMany methods whose callers match
+// results by key, never by order.
+func keyed[T any](rows []*T, id func(*T) uuid.UUID) map[uuid.UUID]*T {
+	out := make(map[uuid.UUID]*T, len(rows))
+	for _, r := range rows {
+		out[id(r)] = r
+	}
+	return out
+}
+
 // checkFilterText validates free text used in a filter.
 func checkFilterText(field, s string) (string, error) {
 	if len(s) > 100 {

@@ -205,11 +205,7 @@ func (s *Robots) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (ma
 	if err := robotsVisible(sc, idb.NewSelect().Model(&rows).Where("r.id = ANY(?::uuid[])", pgUUIDs(ids)), "r").Scan(ctx); err != nil {
 		return nil, fmt.Errorf("loading robots: %w", err)
 	}
-	out := make(map[uuid.UUID]*Robot, len(rows))
-	for _, r := range rows {
-		out[r.ID] = r
-	}
-	return out, nil
+	return keyed(rows, func(x *Robot) uuid.UUID { return x.ID }), nil
 }
 
 func (s *Robots) filtered(ctx context.Context, idb bun.IDB, f RobotFilter) (*bun.SelectQuery, error) {

@@ -120,11 +120,7 @@ func (s *Workflows) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) 
 	if err := inTenant(sc, idb.NewSelect().Model(&rows).Where("w.id = ANY(?::uuid[])", pgUUIDs(ids)), "w").Scan(ctx); err != nil {
 		return nil, fmt.Errorf("loading workflows: %w", err)
 	}
-	out := make(map[uuid.UUID]*Workflow, len(rows))
-	for _, w := range rows {
-		out[w.ID] = w
-	}
-	return out, nil
+	return keyed(rows, func(x *Workflow) uuid.UUID { return x.ID }), nil
 }
 
 func (s *Workflows) filtered(ctx context.Context, idb bun.IDB, nameContains *string) (*bun.SelectQuery, error) {
