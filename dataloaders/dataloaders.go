@@ -326,13 +326,24 @@ func withZeros[K comparable, V any](keys []K, m map[K]V, zero V) map[K]V {
 
 type loadersKey struct{}
 
-// With returns a context carrying l.
-func With(ctx context.Context, l *Loaders) context.Context {
-	return context.WithValue(ctx, loadersKey{}, l)
+// lazy builds a response's loaders on first use: most subscription events
+// resolve no relation, and building eleven loaders for each would be waste.
+type lazy struct {
+	once    sync.Once
+	stores  Stores
+	loaders *Loaders
 }
 
-// For returns the operation's loaders. It panics when the server did not
+// With returns a context in which For builds loaders over s, once, when
+// first asked. The server installs it for every response.
+func With(ctx context.Context, s Stores) context.Context {
+	return context.WithValue(ctx, loadersKey{}, &lazy{stores: s})
+}
+
+// For returns the response's loaders. It panics when the server did not
 // install them, which is a wiring bug caught by every test.
 func For(ctx context.Context) *Loaders {
-	return ctx.Value(loadersKey{}).(*Loaders)
+	l := ctx.Value(loadersKey{}).(*lazy)
+	l.once.Do(func() { l.loaders = New(l.stores) })
+	return l.loaders
 }

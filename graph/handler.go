@@ -113,7 +113,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	// Loaders per response, not per operation: a subscription is one long
 	// operation, and each of its events must read fresh relations.
 	srv.AroundResponses(func(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {
-		return next(dataloaders.With(ctx, dataloaders.New(stores)))
+		return next(dataloaders.With(ctx, stores))
 	})
 
 	var h http.Handler = srv
