@@ -208,14 +208,7 @@ func (s *Jobs) List(ctx context.Context, idb bun.IDB, f JobFilter, p PageArgs) (
 // Count returns how many jobs match f.
 func (s *Jobs) Count(ctx context.Context, idb bun.IDB, f JobFilter) (int, error) {
 	q, err := s.filtered(ctx, idb, f)
-	if err != nil {
-		return 0, err
-	}
-	n, err := q.Count(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("counting jobs: %w", err)
-	}
-	return n, nil
+	return countOf(ctx, q, err, "jobs")
 }
 
 // Enqueue queues one job.

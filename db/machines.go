@@ -191,14 +191,7 @@ func (s *Machines) List(ctx context.Context, idb bun.IDB, f MachineFilter, p Pag
 // Count returns how many of the caller's machines match f.
 func (s *Machines) Count(ctx context.Context, idb bun.IDB, f MachineFilter) (int, error) {
 	q, err := s.filtered(ctx, idb, f)
-	if err != nil {
-		return 0, err
-	}
-	n, err := q.Count(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("counting machines: %w", err)
-	}
-	return n, nil
+	return countOf(ctx, q, err, "machines")
 }
 
 // Create makes a STOPPED machine owned by the caller and logs `created`.

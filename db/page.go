@@ -147,3 +147,15 @@ func newestFirst[T any](ctx context.Context, q *bun.SelectQuery, kind, alias str
 	}
 	return trim(rows, limit), nil
 }
+
+// countOf counts the rows of q (built, or failed with err, by a filter).
+func countOf(ctx context.Context, q *bun.SelectQuery, err error, what string) (int, error) {
+	if err != nil {
+		return 0, err
+	}
+	n, err := q.Count(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("counting %s: %w", what, err)
+	}
+	return n, nil
+}

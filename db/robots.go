@@ -245,14 +245,7 @@ func (s *Robots) List(ctx context.Context, idb bun.IDB, f RobotFilter, p PageArg
 // Count returns how many robots match f.
 func (s *Robots) Count(ctx context.Context, idb bun.IDB, f RobotFilter) (int, error) {
 	q, err := s.filtered(ctx, idb, f)
-	if err != nil {
-		return 0, err
-	}
-	n, err := q.Count(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("counting robots: %w", err)
-	}
-	return n, nil
+	return countOf(ctx, q, err, "robots")
 }
 
 // Create registers a robot, OFFLINE until its first heartbeat.

@@ -151,14 +151,7 @@ func (s *Workflows) List(ctx context.Context, idb bun.IDB, nameContains *string,
 // Count returns how many workflows match.
 func (s *Workflows) Count(ctx context.Context, idb bun.IDB, nameContains *string) (int, error) {
 	q, err := s.filtered(ctx, idb, nameContains)
-	if err != nil {
-		return 0, err
-	}
-	n, err := q.Count(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("counting workflows: %w", err)
-	}
-	return n, nil
+	return countOf(ctx, q, err, "workflows")
 }
 
 // Create makes a workflow with its first version.
