@@ -463,6 +463,8 @@ func (c *wsConn) write(ctx context.Context, m wsMessage) error {
 	defer cancel()
 	if err := c.conn.Write(wctx, coderws.MessageText, data); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
+			// coder/websocket has already dropped the connection; this ends
+			// the serve loop (the close frame cannot reach the client).
 			select {
 			case c.closing <- closeReq{1008, "the client is not reading its messages"}:
 			default:
