@@ -19,12 +19,9 @@ import (
 	"fleetgraph/fault"
 )
 
-// KeyPrefix starts every robot API key.
-const KeyPrefix = "crpa_"
-
 // keyLength is the length of a raw key: the prefix and 32 random bytes in
 // unpadded base64url.
-var keyLength = len(KeyPrefix) + base64.RawURLEncoding.EncodedLen(32)
+var keyLength = len(auth.KeyPrefix) + base64.RawURLEncoding.EncodedLen(32)
 
 // APIKey is a robot's API key. Only the SHA-256 of the raw key is stored.
 type APIKey struct {
@@ -134,8 +131,8 @@ func (s *APIKeys) Create(ctx context.Context, idb bun.IDB, robotID uuid.UUID, na
 	if _, err := rand.Read(secret[:]); err != nil {
 		return nil, fmt.Errorf("generating a key: %w", err)
 	}
-	raw := KeyPrefix + base64.RawURLEncoding.EncodeToString(secret[:])
-	k := &APIKey{TenantID: sc.tenant, RobotID: robotID, Name: name, Prefix: raw[:len(KeyPrefix)+8],
+	raw := auth.KeyPrefix + base64.RawURLEncoding.EncodeToString(secret[:])
+	k := &APIKey{TenantID: sc.tenant, RobotID: robotID, Name: name, Prefix: raw[:len(auth.KeyPrefix)+8],
 		KeyHash: hashKey(raw), CreatedBy: sc.actor, ExpiresAt: expiresAt}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		exists, err := inTenant(sc, tx.NewSelect().Model((*Robot)(nil)).Where("r.id = ?", robotID), "r").Exists(ctx)
@@ -251,7 +248,7 @@ func (s *APIKeys) Audit(ctx context.Context, idb bun.IDB, robotID *uuid.UUID, fi
 // use is written at most once a minute, not on every request.
 func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*auth.Principal, error) {
 	refused := fault.New(fault.Unauthenticated, "invalid API key")
-	if !strings.HasPrefix(raw, KeyPrefix) || len(raw) != keyLength {
+	if !strings.HasPrefix(raw, auth.KeyPrefix) || len(raw) != keyLength {
 		return nil, s.refuse(ctx, idb, nil, AuditUnknownKey, ip, "malformed key", refused)
 	}
 	k := new(APIKey)

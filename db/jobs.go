@@ -576,16 +576,7 @@ func checkLogMessage(field, msg string) error {
 	if len([]rune(msg)) > 8000 {
 		return fault.Invalid(field, "%s must be at most 8000 characters", field)
 	}
-	_, err := checkFilterText(field, "") // field name check only
-	if err != nil {
-		return err
-	}
-	for _, r := range msg {
-		if r == 0 {
-			return fault.Invalid(field, "%s must not contain NUL characters", field)
-		}
-	}
-	return nil
+	return noNUL(field, msg)
 }
 
 // AppendLogs adds log lines to a job the robot holds and returns how many.

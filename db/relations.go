@@ -36,10 +36,7 @@ func checkFilterText(field, s string) (string, error) {
 	if len(s) > 100 {
 		return "", fault.Invalid(field, "%s must be at most 100 bytes", field)
 	}
-	if strings.ContainsRune(s, 0) {
-		return "", fault.Invalid(field, "%s must not contain NUL characters", field)
-	}
-	return s, nil
+	return s, noNUL(field, s)
 }
 
 // EventPageKey selects one page of one machine's events. It holds values

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -138,7 +137,7 @@ func checkCapabilities(field string, caps []string) ([]string, error) {
 	out := make([]string, 0, len(caps))
 	for _, c := range caps {
 		if !capabilityRE.MatchString(c) {
-			return nil, fault.Invalid(field, "capability %q must be 1-64 characters of letters, digits, _ . : -", truncate(c, 70))
+			return nil, fault.Invalid(field, "capability %q must be 1-64 characters of letters, digits, _ . : -", fault.Excerpt(c, 70))
 		}
 		out = append(out, c)
 	}
@@ -149,21 +148,11 @@ func checkCapabilities(field string, caps []string) ([]string, error) {
 // seconds passes a duration to make_interval(secs => ?).
 func seconds(d time.Duration) float64 { return d.Seconds() }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
-
 func checkShortText(field, v string, max int) (string, error) {
 	if len(v) > max {
 		return "", fault.Invalid(field, "%s must be at most %d bytes", field, max)
 	}
-	if strings.ContainsRune(v, 0) {
-		return "", fault.Invalid(field, "%s must not contain NUL characters", field)
-	}
-	return v, nil
+	return v, noNUL(field, v)
 }
 
 func checkSlots(field string, n int) error {

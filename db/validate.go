@@ -157,6 +157,14 @@ func checkEventType(field, v string) error {
 	return nil
 }
 
+// noNUL refuses text PostgreSQL cannot store: a NUL character.
+func noNUL(field, s string) error {
+	if strings.ContainsRune(s, 0) {
+		return fault.Invalid(field, "%s must not contain NUL characters", field)
+	}
+	return nil
+}
+
 // likePattern escapes a user's substring for ILIKE.
 func likePattern(s string) string {
 	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)

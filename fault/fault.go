@@ -7,6 +7,7 @@ package fault
 import (
 	"errors"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Code is the stable, machine-readable kind of a client error. It is sent as
@@ -57,6 +58,19 @@ func Invalid(field, format string, args ...any) *Error {
 // the two are indistinguishable on purpose.
 func Missing(what string) *Error {
 	return &Error{Code: NotFound, Message: what + " not found"}
+}
+
+// Excerpt shortens client input quoted in a message to at most n bytes of
+// whole characters, marking the cut with "…".
+func Excerpt(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + "…"
 }
 
 // CodeOf returns the code of err, or Internal when err is not a client error.

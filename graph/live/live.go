@@ -122,9 +122,6 @@ func execute(ctx context.Context, exec graphql.GraphExecutor, params *graphql.Ra
 
 func isNull(data []byte) bool { return len(data) == 0 || string(data) == "null" }
 
-// errorList is a JSON-ready list of errors, for transports' error payloads.
-func errorList(errs gqlerror.List) []*gqlerror.Error { return errs }
-
 // protocolError is a malformed client message: the socket closes with 4400.
 type protocolError struct{ msg string }
 

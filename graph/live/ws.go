@@ -417,7 +417,7 @@ func (c *wsConn) errorMessage(id string, errs gqlerror.List) wsMessage {
 		// subscriptions-transport-ws clients read one error object.
 		return wsMessage{ID: id, Type: "error", Payload: mustJSON(errs[0])}
 	}
-	return wsMessage{ID: id, Type: "error", Payload: mustJSON(errorList(errs))}
+	return wsMessage{ID: id, Type: "error", Payload: mustJSON(errs)}
 }
 
 func (c *wsConn) isDone(op *wsOp) bool {

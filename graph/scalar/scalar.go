@@ -31,7 +31,7 @@ func UnmarshalID(v any) (uuid.UUID, error) {
 	}
 	id, err := uuid.Parse(s)
 	if err != nil || len(s) != 36 {
-		return uuid.Nil, fault.New(fault.BadUserInput, "%q is not a valid id", truncate(s, 64))
+		return uuid.Nil, fault.New(fault.BadUserInput, "%q is not a valid id", fault.Excerpt(s, 64))
 	}
 	return id, nil
 }
@@ -75,13 +75,6 @@ func kind(v any) string {
 	return fmt.Sprintf("%T", v)
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
-
 // MarshalSeqID writes a sequence number (a bigint identity) as a GraphQL ID.
 func MarshalSeqID(id int64) graphql.Marshaler {
 	return graphql.WriterFunc(func(w io.Writer) {
@@ -97,7 +90,7 @@ func UnmarshalSeqID(v any) (int64, error) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n <= 0 {
-		return 0, fault.New(fault.BadUserInput, "%q is not a valid id", truncate(s, 64))
+		return 0, fault.New(fault.BadUserInput, "%q is not a valid id", fault.Excerpt(s, 64))
 	}
 	return n, nil
 }
@@ -117,7 +110,7 @@ func UnmarshalTime(v any) (time.Time, error) {
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
-		return time.Time{}, fault.New(fault.BadUserInput, "%q is not an RFC 3339 time such as 2026-11-22T10:00:00Z", truncate(s, 64))
+		return time.Time{}, fault.New(fault.BadUserInput, "%q is not an RFC 3339 time such as 2026-11-22T10:00:00Z", fault.Excerpt(s, 64))
 	}
 	return t, nil
 }
