@@ -340,21 +340,26 @@ func (tb *tab) evaluate(ctx context.Context, expression string, result any) erro
 }
 
 // waitFor waits until the JavaScript expression is truthy and returns its
-// value. The page re-checks it on every DOM change (a MutationObserver), so
-// nothing polls on a timer; ctx's deadline bounds the wait.
+// value; ctx's deadline bounds the wait. The page re-checks it on every DOM
+// change (a MutationObserver) and every 25 ms: expressions also read state
+// that is not in the DOM (CodeMirror's parsed documentAST, set after a
+// debounce), which can change after the last DOM mutation on a slow machine.
 func (tb *tab) waitFor(ctx context.Context, expression string, result any) error {
 	script := `new Promise((resolve) => {
+	  let timer = null;
 	  const check = () => {
 	    let value;
 	    try { value = (` + expression + `); } catch (e) { return false; }
 	    if (!value) { return false; }
 	    observer.disconnect();
+	    clearInterval(timer);
 	    resolve(value);
 	    return true;
 	  };
 	  const observer = new MutationObserver(check);
 	  if (!check()) {
 	    observer.observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+	    timer = setInterval(check, 25);
 	  }
 	})`
 	err := tb.evaluate(ctx, script, result)

@@ -321,7 +321,8 @@ type wsEvent struct {
 // fakeGraphQL is a stand-in for fleetgraph's /graphql: POSTs answer
 // introspection with fakeSchema and anything else with {"hello":"world"}, and
 // a websocket speaks just enough graphql-transport-ws to answer a subscription
-// with one tick. It records what clients send so tests can assert on it.
+// with one tick, numbered after the connection (1 on the first websocket, 2 on
+// the second), so a test can tell which socket an answer came through. It records what clients send so tests can assert on it.
 type fakeGraphQL struct {
 	ws chan wsEvent
 
@@ -412,7 +413,7 @@ func (f *fakeGraphQL) serveWebsocket(w http.ResponseWriter, r *http.Request) {
 		case "ping":
 			err = send(map[string]any{"type": "pong"})
 		case "subscribe":
-			err = send(map[string]any{"id": msg.ID, "type": "next", "payload": map[string]any{"data": map[string]any{"tick": 1}}})
+			err = send(map[string]any{"id": msg.ID, "type": "next", "payload": map[string]any{"data": map[string]any{"tick": id}}})
 			if err == nil {
 				err = send(map[string]any{"id": msg.ID, "type": "complete"})
 			}
@@ -484,6 +485,7 @@ const (
 	headersEditorJS = `[...document.querySelectorAll('.graphiql-editor-tool .CodeMirror')].map((e) => e.CodeMirror).find((cm) => cm.getValue().includes('Authorization'))`
 	responseJS      = `document.querySelector('.graphiql-response .CodeMirror').CodeMirror.getValue()`
 	executeJS       = `document.querySelector('.graphiql-execute-button').click()`
+	executeReadyJS  = `document.querySelector('.graphiql-execute-button').getAttribute('aria-label').startsWith('Execute')`
 )
 
 func TestPlaygroundInBrowser(t *testing.T) {
@@ -535,9 +537,13 @@ func TestPlaygroundInBrowser(t *testing.T) {
 	}
 
 	// result clicks the execute button and waits for the response pane to
-	// contain want.
+	// contain want. It waits first until the button offers to execute: while
+	// GraphiQL still counts an earlier subscription as running (its completion
+	// can trail the result it showed on a busy machine), the same button
+	// stops that one instead.
 	result := func(t *testing.T, bundle *testBundle, want string) string {
 		t.Helper()
+		require.NoError(t, bundle.tab.waitFor(bundle.ctx, executeReadyJS, nil), bundle.tab.describe())
 		require.NoError(t, bundle.tab.evaluate(bundle.ctx, executeJS, nil))
 		wantJS, err := json.Marshal(want)
 		require.NoError(t, err)
@@ -620,7 +626,9 @@ func TestPlaygroundInBrowser(t *testing.T) {
 			headersEditorJS+`.setValue('{"Authorization":"Bearer second"}')`, nil))
 		require.NoError(t, bundle.tab.evaluate(bundle.ctx, queryEditorJS+`.setValue('subscription Again {tick}')`, nil))
 		queryReady(t, bundle, "subscription Again {tick}")
-		result(t, bundle, `"tick": 1`)
+		// The tick numbers the socket: 2 comes only through the new one, so
+		// the old answer still on screen cannot satisfy the wait.
+		result(t, bundle, `"tick": 2`)
 		init = bundle.fake.nextWS(bundle.ctx, t, "connection_init")
 		require.JSONEq(t, `{"Authorization":"Bearer second"}`, string(init.Payload))
 		sub = bundle.fake.nextWS(bundle.ctx, t, "subscribe")
