@@ -46,10 +46,10 @@ type Loaders struct {
 	robot             *paged[uuid.UUID, *db.Robot]
 	currentJobs       *paged[uuid.UUID, []*db.Job]
 	workflow          *paged[uuid.UUID, *db.Workflow]
-	versions          *paged[uuid.UUID, []*db.WorkflowVersion]
+	versions          *paged[limitedKey, []*db.WorkflowVersion]
 	assignments       *paged[uuid.UUID, []*db.WorkflowAssignment]
 	overrides         *paged[uuid.UUID, []*db.NodeRobotOverride]
-	jobLogs           *paged[jobLogsKey, []*db.JobLog]
+	jobLogs           *paged[limitedKey, []*db.JobLog]
 
 	mu    sync.Mutex
 	pages map[pageKey][]uuid.UUID // a listed row -> the ids of its page
@@ -60,9 +60,33 @@ type pageKey struct {
 	id   uuid.UUID
 }
 
-type jobLogsKey struct {
-	JobID uuid.UUID
+// limitedKey asks for the first First children of ID (a job's log lines, a
+// workflow's versions).
+type limitedKey struct {
+	ID    uuid.UUID
 	First int
+}
+
+// limited batches a fetch of at most limit children per id: one fetch per
+// distinct limit among the keys.
+func limited[V any](fetch func(ctx context.Context, ids []uuid.UUID, limit int) (map[uuid.UUID][]V, error)) func(context.Context, []limitedKey) (map[limitedKey][]V, error) {
+	return func(ctx context.Context, keys []limitedKey) (map[limitedKey][]V, error) {
+		byFirst := map[int][]uuid.UUID{}
+		for _, k := range keys {
+			byFirst[k.First] = append(byFirst[k.First], k.ID)
+		}
+		out := make(map[limitedKey][]V, len(keys))
+		for first, ids := range byFirst {
+			rows, err := fetch(ctx, ids, first)
+			if err != nil {
+				return nil, err
+			}
+			for id, r := range rows {
+				out[limitedKey{id, first}] = r
+			}
+		}
+		return out, nil
+	}
 }
 
 // Stores are what the loaders read from.
@@ -150,32 +174,18 @@ func New(s Stores) *Loaders {
 		workflow: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Workflow, error) {
 			return s.Workflows.FindMany(ctx, s.DB, ids)
 		}),
-		versions: mapped([]*db.WorkflowVersion{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.WorkflowVersion, error) {
-			return s.Workflows.VersionsOf(ctx, s.DB, ids)
-		}),
+		versions: mapped([]*db.WorkflowVersion{}, limited(func(ctx context.Context, ids []uuid.UUID, limit int) (map[uuid.UUID][]*db.WorkflowVersion, error) {
+			return s.Workflows.VersionsOf(ctx, s.DB, ids, limit)
+		})),
 		assignments: mapped([]*db.WorkflowAssignment{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.WorkflowAssignment, error) {
 			return s.Workflows.AssignmentsOf(ctx, s.DB, ids)
 		}),
 		overrides: mapped([]*db.NodeRobotOverride{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.NodeRobotOverride, error) {
 			return s.Workflows.OverridesOf(ctx, s.DB, ids)
 		}),
-		jobLogs: mapped([]*db.JobLog{}, func(ctx context.Context, keys []jobLogsKey) (map[jobLogsKey][]*db.JobLog, error) {
-			byFirst := map[int][]uuid.UUID{}
-			for _, k := range keys {
-				byFirst[k.First] = append(byFirst[k.First], k.JobID)
-			}
-			out := map[jobLogsKey][]*db.JobLog{}
-			for first, ids := range byFirst {
-				logs, err := s.Jobs.LogsOf(ctx, s.DB, ids, first)
-				if err != nil {
-					return nil, err
-				}
-				for id, l := range logs {
-					out[jobLogsKey{id, first}] = l
-				}
-			}
-			return out, nil
-		}),
+		jobLogs: mapped([]*db.JobLog{}, limited(func(ctx context.Context, ids []uuid.UUID, limit int) (map[uuid.UUID][]*db.JobLog, error) {
+			return s.Jobs.LogsOf(ctx, s.DB, ids, limit)
+		})),
 	}
 }
 
@@ -287,9 +297,9 @@ func (l *Loaders) Workflow(ctx context.Context, id uuid.UUID) (*db.Workflow, err
 	return loadWithPage(ctx, l, l.workflow, Workflows, id, id, byID)
 }
 
-// Versions returns a workflow's versions, newest first.
-func (l *Loaders) Versions(ctx context.Context, workflowID uuid.UUID) ([]*db.WorkflowVersion, error) {
-	return loadWithPage(ctx, l, l.versions, Workflows, workflowID, workflowID, byID)
+// Versions returns a workflow's newest versions, at most first.
+func (l *Loaders) Versions(ctx context.Context, workflowID uuid.UUID, first int) ([]*db.WorkflowVersion, error) {
+	return loadWithPage(ctx, l, l.versions, Workflows, limitedKey{workflowID, first}, workflowID, withID)
 }
 
 // Assignments returns a workflow's assignments, default first.
@@ -304,10 +314,13 @@ func (l *Loaders) Overrides(ctx context.Context, workflowID uuid.UUID) ([]*db.No
 
 // JobLogs returns a job's newest log lines, at most first.
 func (l *Loaders) JobLogs(ctx context.Context, jobID uuid.UUID, first int) ([]*db.JobLog, error) {
-	return loadWithPage(ctx, l, l.jobLogs, Jobs, jobLogsKey{jobID, first}, jobID, func(k jobLogsKey, id uuid.UUID) jobLogsKey {
-		k.JobID = id
-		return k
-	})
+	return loadWithPage(ctx, l, l.jobLogs, Jobs, limitedKey{jobID, first}, jobID, withID)
+}
+
+// withID re-keys a limited key for a sibling row of the same page.
+func withID(k limitedKey, id uuid.UUID) limitedKey {
+	k.ID = id
+	return k
 }
 
 // withZeros gives keys with no rows an explicit empty value: for these

@@ -340,9 +340,22 @@ func (s *Workflows) RemoveOverride(ctx context.Context, idb bun.IDB, workflowID 
 }
 
 // VersionsOf returns each visible workflow's versions, newest first.
-func (s *Workflows) VersionsOf(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (map[uuid.UUID][]*WorkflowVersion, error) {
+func (s *Workflows) VersionsOf(ctx context.Context, idb bun.IDB, ids []uuid.UUID, limit int) (map[uuid.UUID][]*WorkflowVersion, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// A LATERAL join reads at most limit versions of each workflow, newest
+	// first, however many it has.
+	inner := idb.NewSelect().Model((*WorkflowVersion)(nil)).Where("v.workflow_id = k.id").OrderExpr("v.version DESC").Limit(limit)
 	var rows []*WorkflowVersion
-	if err := s.childrenOf(ctx, idb, ids, &rows, "v", "v.version DESC"); err != nil {
+	err = inTenant(sc, idb.NewSelect().
+		TableExpr("unnest(?::uuid[]) AS k(id)", pgUUIDs(ids)).
+		Join("JOIN workflows AS w ON w.id = k.id").
+		Join("CROSS JOIN LATERAL (?) AS v", inner).
+		ColumnExpr("v.*"), "w").
+		OrderExpr("v.workflow_id, v.version DESC").Scan(ctx, &rows)
+	if err != nil {
 		return nil, fmt.Errorf("loading workflow versions: %w", err)
 	}
 	return groupBy(ids, rows, func(v *WorkflowVersion) uuid.UUID { return v.WorkflowID }), nil

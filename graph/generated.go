@@ -357,7 +357,7 @@ type ComplexityRoot struct {
 		Name           func(childComplexity int) int
 		NodeOverrides  func(childComplexity int) int
 		UpdatedAt      func(childComplexity int) int
-		Versions       func(childComplexity int) int
+		Versions       func(childComplexity int, first *int) int
 	}
 
 	WorkflowAssignment struct {
@@ -491,7 +491,7 @@ type ViewerResolver interface {
 	RobotID(ctx context.Context, obj *auth.Principal) (*uuid.UUID, error)
 }
 type WorkflowResolver interface {
-	Versions(ctx context.Context, obj *db.Workflow) ([]*db.WorkflowVersion, error)
+	Versions(ctx context.Context, obj *db.Workflow, first *int) ([]*db.WorkflowVersion, error)
 	Assignments(ctx context.Context, obj *db.Workflow) ([]*db.WorkflowAssignment, error)
 	NodeOverrides(ctx context.Context, obj *db.Workflow) ([]*db.NodeRobotOverride, error)
 }
@@ -2069,7 +2069,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			break
 		}
 
-		return e.ComplexityRoot.Workflow.Versions(childComplexity), true
+		args, err := ec.field_Workflow_versions_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Workflow.Versions(childComplexity, args["first"].(*int)), true
 
 	case "WorkflowAssignment.createdAt":
 		if e.ComplexityRoot.WorkflowAssignment.CreatedAt == nil {
@@ -2805,8 +2810,8 @@ type Workflow {
   currentVersion: Int!
   createdAt: Time!
   updatedAt: Time!
-  "Every published version, newest first."
-  versions: [WorkflowVersion!]!
+  "The newest published versions, newest first: ` + "`" + `first` + "`" + ` of them (default 20, at most 500)."
+  versions(first: Int): [WorkflowVersion!]!
   "Robots allowed to run it; empty means any robot of the tenant."
   assignments: [WorkflowAssignment!]!
   "Node-level routing: which robot or capability runs each overridden node."
@@ -4755,6 +4760,20 @@ func (ec *executionContext) field_Subscription_robotUpdated_args(ctx context.Con
 		return nil, err
 	}
 	args["id"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Workflow_versions_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "first",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["first"] = arg0
 	return args, nil
 }
 
@@ -10995,7 +11014,8 @@ func (ec *executionContext) _Workflow_versions(ctx context.Context, field graphq
 			return ec.fieldContext_Workflow_versions(ctx, field)
 		},
 		func(ctx context.Context) (any, error) {
-			return ec.Resolvers.Workflow().Versions(ctx, obj)
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Workflow().Versions(ctx, obj, fc.Args["first"].(*int))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v []*db.WorkflowVersion) graphql.Marshaler {
@@ -11005,7 +11025,7 @@ func (ec *executionContext) _Workflow_versions(ctx context.Context, field graphq
 		true,
 	)
 }
-func (ec *executionContext) fieldContext_Workflow_versions(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+func (ec *executionContext) fieldContext_Workflow_versions(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	fc = &graphql.FieldContext{
 		Object:     "Workflow",
 		Field:      field,
@@ -11014,6 +11034,17 @@ func (ec *executionContext) fieldContext_Workflow_versions(_ context.Context, fi
 		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 			return ec.childFields_WorkflowVersion(ctx, field)
 		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Workflow_versions_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
 	}
 	return fc, nil
 }
@@ -17219,14 +17250,14 @@ func (ec *executionContext) marshalNDeployment2ᚖfleetgraphᚋdbᚐDeployment(c
 }
 
 func (ec *executionContext) unmarshalNDeploymentStatus2fleetgraphᚋdbᚐDeploymentStatus(ctx context.Context, v any) (db.DeploymentStatus, error) {
-	tmp, err := graphql.UnmarshalString(v)
+	tmp, err := scalar.UnmarshalString(v)
 	res := db.DeploymentStatus(tmp)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalNDeploymentStatus2fleetgraphᚋdbᚐDeploymentStatus(ctx context.Context, sel ast.SelectionSet, v db.DeploymentStatus) graphql.Marshaler {
 	_ = sel
-	res := graphql.MarshalString(string(v))
+	res := scalar.MarshalString(string(v))
 	if res == graphql.Null {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
 			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
@@ -17468,14 +17499,14 @@ func (ec *executionContext) unmarshalNJobLogInput2ᚖfleetgraphᚋdbᚐJobLogInp
 }
 
 func (ec *executionContext) unmarshalNJobStatus2fleetgraphᚋdbᚐJobStatus(ctx context.Context, v any) (db.JobStatus, error) {
-	tmp, err := graphql.UnmarshalString(v)
+	tmp, err := scalar.UnmarshalString(v)
 	res := db.JobStatus(tmp)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalNJobStatus2fleetgraphᚋdbᚐJobStatus(ctx context.Context, sel ast.SelectionSet, v db.JobStatus) graphql.Marshaler {
 	_ = sel
-	res := graphql.MarshalString(string(v))
+	res := scalar.MarshalString(string(v))
 	if res == graphql.Null {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
 			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
@@ -17485,14 +17516,14 @@ func (ec *executionContext) marshalNJobStatus2fleetgraphᚋdbᚐJobStatus(ctx co
 }
 
 func (ec *executionContext) unmarshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx context.Context, v any) (db.LogLevel, error) {
-	tmp, err := graphql.UnmarshalString(v)
+	tmp, err := scalar.UnmarshalString(v)
 	res := db.LogLevel(tmp)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx context.Context, sel ast.SelectionSet, v db.LogLevel) graphql.Marshaler {
 	_ = sel
-	res := graphql.MarshalString(string(v))
+	res := scalar.MarshalString(string(v))
 	if res == graphql.Null {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
 			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
@@ -17604,14 +17635,14 @@ func (ec *executionContext) marshalNMachineEventEdge2ᚖfleetgraphᚋgraphᚋmod
 }
 
 func (ec *executionContext) unmarshalNMachineStatus2fleetgraphᚋdbᚐMachineStatus(ctx context.Context, v any) (db.MachineStatus, error) {
-	tmp, err := graphql.UnmarshalString(v)
+	tmp, err := scalar.UnmarshalString(v)
 	res := db.MachineStatus(tmp)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalNMachineStatus2fleetgraphᚋdbᚐMachineStatus(ctx context.Context, sel ast.SelectionSet, v db.MachineStatus) graphql.Marshaler {
 	_ = sel
-	res := graphql.MarshalString(string(v))
+	res := scalar.MarshalString(string(v))
 	if res == graphql.Null {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
 			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
@@ -17764,14 +17795,14 @@ func (ec *executionContext) marshalNRobotStats2ᚖfleetgraphᚋdbᚐRobotStats(c
 }
 
 func (ec *executionContext) unmarshalNRobotStatus2fleetgraphᚋdbᚐRobotStatus(ctx context.Context, v any) (db.RobotStatus, error) {
-	tmp, err := graphql.UnmarshalString(v)
+	tmp, err := scalar.UnmarshalString(v)
 	res := db.RobotStatus(tmp)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalNRobotStatus2fleetgraphᚋdbᚐRobotStatus(ctx context.Context, sel ast.SelectionSet, v db.RobotStatus) graphql.Marshaler {
 	_ = sel
-	res := graphql.MarshalString(string(v))
+	res := scalar.MarshalString(string(v))
 	if res == graphql.Null {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
 			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
@@ -17781,13 +17812,13 @@ func (ec *executionContext) marshalNRobotStatus2fleetgraphᚋdbᚐRobotStatus(ct
 }
 
 func (ec *executionContext) unmarshalNString2string(ctx context.Context, v any) (string, error) {
-	res, err := graphql.UnmarshalString(v)
+	res, err := scalar.UnmarshalString(v)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalNString2string(ctx context.Context, sel ast.SelectionSet, v string) graphql.Marshaler {
 	_ = sel
-	res := graphql.MarshalString(v)
+	res := scalar.MarshalString(v)
 	if res == graphql.Null {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
 			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
@@ -18259,7 +18290,7 @@ func (ec *executionContext) unmarshalOJobStatus2ᚖfleetgraphᚋdbᚐJobStatus(c
 	if v == nil {
 		return nil, nil
 	}
-	tmp, err := graphql.UnmarshalString(v)
+	tmp, err := scalar.UnmarshalString(v)
 	res := db.JobStatus(tmp)
 	return &res, graphql.ErrorOnPath(ctx, err)
 }
@@ -18270,7 +18301,7 @@ func (ec *executionContext) marshalOJobStatus2ᚖfleetgraphᚋdbᚐJobStatus(ctx
 	}
 	_ = sel
 	_ = ctx
-	res := graphql.MarshalString(string(*v))
+	res := scalar.MarshalString(string(*v))
 	return res
 }
 
@@ -18301,7 +18332,7 @@ func (ec *executionContext) unmarshalOMachineStatus2ᚖfleetgraphᚋdbᚐMachine
 	if v == nil {
 		return nil, nil
 	}
-	tmp, err := graphql.UnmarshalString(v)
+	tmp, err := scalar.UnmarshalString(v)
 	res := db.MachineStatus(tmp)
 	return &res, graphql.ErrorOnPath(ctx, err)
 }
@@ -18312,7 +18343,7 @@ func (ec *executionContext) marshalOMachineStatus2ᚖfleetgraphᚋdbᚐMachineSt
 	}
 	_ = sel
 	_ = ctx
-	res := graphql.MarshalString(string(*v))
+	res := scalar.MarshalString(string(*v))
 	return res
 }
 
@@ -18335,7 +18366,7 @@ func (ec *executionContext) unmarshalORobotStatus2ᚖfleetgraphᚋdbᚐRobotStat
 	if v == nil {
 		return nil, nil
 	}
-	tmp, err := graphql.UnmarshalString(v)
+	tmp, err := scalar.UnmarshalString(v)
 	res := db.RobotStatus(tmp)
 	return &res, graphql.ErrorOnPath(ctx, err)
 }
@@ -18346,7 +18377,7 @@ func (ec *executionContext) marshalORobotStatus2ᚖfleetgraphᚋdbᚐRobotStatus
 	}
 	_ = sel
 	_ = ctx
-	res := graphql.MarshalString(string(*v))
+	res := scalar.MarshalString(string(*v))
 	return res
 }
 
@@ -18389,7 +18420,7 @@ func (ec *executionContext) unmarshalOString2ᚖstring(ctx context.Context, v an
 	if v == nil {
 		return nil, nil
 	}
-	res, err := graphql.UnmarshalString(v)
+	res, err := scalar.UnmarshalString(v)
 	return &res, graphql.ErrorOnPath(ctx, err)
 }
 
@@ -18399,7 +18430,7 @@ func (ec *executionContext) marshalOString2ᚖstring(ctx context.Context, sel as
 	}
 	_ = sel
 	_ = ctx
-	res := graphql.MarshalString(*v)
+	res := scalar.MarshalString(*v)
 	return res
 }
 

@@ -11,32 +11,63 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
-	"github.com/google/uuid"
 	"github.com/vektah/gqlparser/v2/ast"
 
 	"fleetgraph/auth"
 	"fleetgraph/dataloaders"
-	"fleetgraph/db"
 	"fleetgraph/graph/live"
 )
 
 // Limits bound what one request may ask of the server. Each limit exceeded is
-// a BAD_USER_INPUT error that names it.
+// a BAD_USER_INPUT error that names it (extensions.reason), given before the
+// work it guards starts. docs/security.md says what each one costs at most.
 type Limits struct {
-	// Complexity caps the estimated cost: 1 per field, connections multiplied by their page size.
+	// Complexity caps the estimated cost: 1 per field, 10 per JSON value,
+	// lists and connections multiplied by their page size (see listSizes).
 	Complexity int
-	// Depth caps how deeply selections nest.
+	// Depth caps how deeply selections nest (introspection aside: gqlparser
+	// bounds its depth by its own rule).
 	Depth int
 	// Aliases caps how many aliased fields one operation has.
 	Aliases int
 	// Tokens caps the lexer tokens of a query document, before it is parsed.
 	Tokens int
+	// Fields caps the fields of a document's operations and fragments with
+	// every fragment spread expanded, before it is validated.
+	Fields int
+	// Overlaps caps the field comparisons validating a document may take
+	// (fields sharing a response name are compared pairwise).
+	Overlaps int
+	// Errors caps the errors one response lists; the rest are counted in
+	// a last error.
+	Errors int
 	// BodyBytes caps a request body.
 	BodyBytes int64
 }
 
 // DefaultLimits fit every legitimate use of this API with room to spare.
-var DefaultLimits = Limits{Complexity: 50_000, Depth: 12, Aliases: 50, Tokens: 10_000, BodyBytes: 1 << 20}
+var DefaultLimits = Limits{Complexity: 50_000, Depth: 12, Aliases: 50, Tokens: 10_000, Fields: 2_000, Overlaps: 10_000, Errors: 20, BodyBytes: 1 << 20}
+
+// orDefaults fills each unset limit from DefaultLimits.
+func (l Limits) orDefaults() Limits {
+	or := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	d := DefaultLimits
+	or(&l.Complexity, d.Complexity)
+	or(&l.Depth, d.Depth)
+	or(&l.Aliases, d.Aliases)
+	or(&l.Tokens, d.Tokens)
+	or(&l.Fields, d.Fields)
+	or(&l.Overlaps, d.Overlaps)
+	or(&l.Errors, d.Errors)
+	if l.BodyBytes <= 0 {
+		l.BodyBytes = d.BodyBytes
+	}
+	return l
+}
 
 // HandlerConfig is what NewHandler needs.
 type HandlerConfig struct {
@@ -70,16 +101,14 @@ func (h *Handler) CloseWebsockets(ctx context.Context) error { return h.sockets.
 
 // NewHandler builds the GraphQL endpoint.
 func NewHandler(cfg HandlerConfig) *Handler {
-	if cfg.Limits == (Limits{}) {
-		cfg.Limits = DefaultLimits
-	}
+	cfg.Limits = cfg.Limits.orDefaults()
 	if cfg.WebsocketInitTimeout == 0 {
 		cfg.WebsocketInitTimeout = 10 * time.Second
 	}
 	if cfg.WebsocketKeepAlive == 0 {
 		cfg.WebsocketKeepAlive = 15 * time.Second
 	}
-	srv := handler.New(NewExecutableSchema(schemaConfig(cfg.Resolver)))
+	srv := handler.New(NewExecutableSchema(Config{Resolvers: cfg.Resolver}))
 
 	// Streaming transports first: SSE claims requests that accept
 	// text/event-stream before POST and GET see them.
@@ -96,11 +125,13 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	srv.AddTransport(transport.POST{})
 	srv.AddTransport(transport.GET{})
 
-	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
+	validated := lru.New[*ast.QueryDocument](1000)
+	srv.SetQueryCache(validated)
 	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](1000)})
 	srv.SetParserTokenLimit(cfg.Limits.Tokens)
-	srv.Use(extension.FixedComplexityLimit(cfg.Limits.Complexity))
-	srv.Use(shapeLimit{depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases, introspection: cfg.Introspection})
+	// After the persisted query is resolved, before gqlgen validates.
+	srv.Use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})
+	srv.Use(operationLimit{complexity: cfg.Limits.Complexity, depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases, introspection: cfg.Introspection})
 	if cfg.Introspection {
 		srv.Use(extension.Introspection{})
 	}
@@ -113,7 +144,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	// Loaders per response, not per operation: a subscription is one long
 	// operation, and each of its events must read fresh relations.
 	srv.AroundResponses(func(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {
-		return next(dataloaders.With(ctx, stores))
+		return bounded(next(dataloaders.With(ctx, stores)), cfg.Limits.Errors)
 	})
 
 	var h http.Handler = srv
@@ -122,30 +153,4 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = checkBody(cfg.Limits.BodyBytes, h)
 	h = cors(cfg.AllowedOrigins, h)
 	return &Handler{Handler: withRequestID(h), sockets: socks}
-}
-
-// schemaConfig builds gqlgen's Config for r with complexity estimates that
-// make a connection cost its page size times its selection.
-func schemaConfig(r *Resolver) Config {
-	c := Config{Resolvers: r}
-	page := func(first *int, def int) int {
-		n, err := pageSizeOr(first, def)
-		if err != nil || n < 1 {
-			return 1
-		}
-		return n
-	}
-	c.Complexity.Query.Machines = func(child int, first *int, _ *string, _ *db.MachineFilter) int {
-		return 1 + child*page(first, db.DefaultPageSize)
-	}
-	c.Complexity.Query.MachineEvents = func(child int, _ uuid.UUID, first *int, _ *string, _ []string) int {
-		return 1 + child*page(first, db.DefaultPageSize)
-	}
-	c.Complexity.Machine.Events = func(child int, first *int, _ *string) int {
-		return 1 + child*page(first, db.DefaultPageSize)
-	}
-	c.Complexity.Machine.Deployments = func(child int, first *int) int {
-		return 1 + child*page(first, 20)
-	}
-	return c
 }

@@ -19,28 +19,33 @@ import (
 	"fleetgraph/fault"
 )
 
-// shapeLimit refuses operations nested deeper than depth or using more than
-// aliases aliased fields (the cheap abuses complexity alone misses), and
-// introspection when it is off, with a clear error before execution.
-type shapeLimit struct {
-	depth, aliases int
-	introspection  bool
+// operationLimit refuses, with a clear error before execution, operations
+// that would cost more than the limits: estimated cost (table-driven, see
+// listSizes), nesting depth, aliases, and introspection when it is off.
+// Its walk expands fragments; documentLimit has already bounded the
+// expanded size, so the walk is linear in what it may visit.
+type operationLimit struct {
+	complexity, depth, aliases int
+	introspection              bool
 }
 
 var _ interface {
 	graphql.HandlerExtension
 	graphql.OperationContextMutator
-} = shapeLimit{}
+} = operationLimit{}
 
-func (shapeLimit) ExtensionName() string                   { return "ShapeLimit" }
-func (shapeLimit) Validate(graphql.ExecutableSchema) error { return nil }
+func (operationLimit) ExtensionName() string                   { return "OperationLimit" }
+func (operationLimit) Validate(graphql.ExecutableSchema) error { return nil }
 
-func (l shapeLimit) MutateOperationContext(_ context.Context, op *graphql.OperationContext) *gqlerror.Error {
+func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.OperationContext) *gqlerror.Error {
 	if op.Operation == nil {
 		return nil
 	}
-	w := shapeWalker{fragments: op.Doc.Fragments, visiting: map[string]bool{}}
-	depth := w.walk(op.Operation.SelectionSet, 1)
+	if err := ctx.Err(); err != nil {
+		return clientGone()
+	}
+	w := operationWalker{vars: op.Variables}
+	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)
 	if w.introspects && !l.introspection {
 		return &gqlerror.Error{Message: "introspection is disabled on this server", Err: fault.New(fault.Forbidden, "introspection is disabled on this server")}
 	}
@@ -49,6 +54,9 @@ func (l shapeLimit) MutateOperationContext(_ context.Context, op *graphql.Operat
 	}
 	if w.aliases > l.aliases {
 		return limitError("ALIAS_LIMIT_EXCEEDED", "the operation uses %d aliases; the limit is %d", w.aliases, l.aliases)
+	}
+	if cost > l.complexity {
+		return limitError("COMPLEXITY_LIMIT_EXCEEDED", "the operation costs %d (each field 1, JSON %d, lists and connections times their page size); the limit is %d: ask for smaller pages or fewer fields", cost, jsonWeight, l.complexity)
 	}
 	return nil
 }
@@ -59,41 +67,78 @@ func limitError(reason, format string, args ...any) *gqlerror.Error {
 	return &gqlerror.Error{Message: fe.Message, Err: fe}
 }
 
-type shapeWalker struct {
-	fragments   ast.FragmentDefinitionList
-	visiting    map[string]bool
+// clientGone ends work for a client that has already left.
+func clientGone() *gqlerror.Error {
+	return &gqlerror.Error{Message: "the request was cancelled", Err: fault.New(fault.BadUserInput, "the request was cancelled")}
+}
+
+// operationWalker measures a validated operation.
+type operationWalker struct {
+	vars        map[string]any
 	aliases     int
 	introspects bool
 }
 
-// walk returns the depth of set, counting aliases on the way. Fragment cycles
-// are rejected by validation before this runs; visiting guards anyway.
-func (w *shapeWalker) walk(set ast.SelectionSet, depth int) int {
-	deepest := depth - 1
+// walk returns the cost and depth of set at depth. edges, when positive,
+// multiplies the edges of the connection whose selection set this is.
+// Introspection fields count 1 each and no depth: gqlparser's
+// MaxIntrospectionDepth rule bounds them, and data limits must not refuse a
+// client's schema query.
+func (w *operationWalker) walk(set ast.SelectionSet, depth, edges int) (cost, deepest int) {
+	deepest = depth - 1
 	for _, sel := range set {
+		var c, d int
 		switch s := sel.(type) {
 		case *ast.Field:
-			if s.Alias != "" && s.Alias != s.Name {
-				w.aliases++
-			}
-			if s.Name == "__schema" || s.Name == "__type" {
-				w.introspects = true
-			}
-			deepest = max(deepest, depth)
-			if len(s.SelectionSet) > 0 {
-				deepest = max(deepest, w.walk(s.SelectionSet, depth+1))
-			}
+			c, d = w.field(s, depth, edges)
 		case *ast.InlineFragment:
-			deepest = max(deepest, w.walk(s.SelectionSet, depth))
+			c, d = w.walk(s.SelectionSet, depth, edges)
 		case *ast.FragmentSpread:
-			if f := w.fragments.ForName(s.Name); f != nil && !w.visiting[s.Name] {
-				w.visiting[s.Name] = true
-				deepest = max(deepest, w.walk(f.SelectionSet, depth))
-				delete(w.visiting, s.Name)
+			if s.Definition != nil {
+				c, d = w.walk(s.Definition.SelectionSet, depth, edges)
 			}
 		}
+		cost, deepest = saturatingAdd(cost, c), max(deepest, d)
 	}
-	return deepest
+	return cost, deepest
+}
+
+func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest int) {
+	if f.Alias != "" && f.Alias != f.Name {
+		w.aliases++
+	}
+	if strings.HasPrefix(f.Name, "__") {
+		if f.Name == "__schema" || f.Name == "__type" {
+			w.introspects = true
+		}
+		return 1, depth - 1
+	}
+	if f.Definition == nil || f.ObjectDefinition == nil {
+		return 1, depth
+	}
+	if len(f.SelectionSet) == 0 {
+		if f.Definition.Type.Name() == "JSON" {
+			return jsonWeight, depth
+		}
+		return 1, depth
+	}
+	t := f.Definition.Type
+	size := sizeOf(f.ObjectDefinition.Name, f.Name)
+	var child int
+	switch {
+	case edges > 0 && (f.Name == "edges" || f.Name == "nodes"):
+		// A connection's page: the connection field's entry sized it.
+		child, deepest = w.walk(f.SelectionSet, depth+1, 0)
+		child = saturatingMul(child, edges)
+	case isConnection(t):
+		child, deepest = w.walk(f.SelectionSet, depth+1, size.count(f, w.vars))
+	case t.Elem != nil:
+		child, deepest = w.walk(f.SelectionSet, depth+1, 0)
+		child = saturatingMul(child, size.count(f, w.vars))
+	default:
+		child, deepest = w.walk(f.SelectionSet, depth+1, 0)
+	}
+	return saturatingAdd(1, child), deepest
 }
 
 // checkBody reads a POST body up to max bytes and refuses, before GraphQL

@@ -371,8 +371,12 @@ func (r *viewerResolver) RobotID(ctx context.Context, obj *auth.Principal) (*uui
 }
 
 // Versions is the resolver for the versions field.
-func (r *workflowResolver) Versions(ctx context.Context, obj *db.Workflow) ([]*db.WorkflowVersion, error) {
-	return dataloaders.For(ctx).Versions(ctx, obj.ID)
+func (r *workflowResolver) Versions(ctx context.Context, obj *db.Workflow, first *int) ([]*db.WorkflowVersion, error) {
+	limit, err := pageSizeOr(first, 20)
+	if err != nil {
+		return nil, err
+	}
+	return dataloaders.For(ctx).Versions(ctx, obj.ID, limit)
 }
 
 // Assignments is the resolver for the assignments field.

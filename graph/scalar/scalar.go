@@ -36,19 +36,6 @@ func UnmarshalID(v any) (uuid.UUID, error) {
 	return id, nil
 }
 
-// MarshalJSON writes a JSON object.
-func MarshalJSON(v map[string]any) graphql.Marshaler {
-	return graphql.WriterFunc(func(w io.Writer) {
-		if v == nil {
-			_, _ = io.WriteString(w, "{}")
-			return
-		}
-		if err := json.NewEncoder(w).Encode(v); err != nil {
-			_, _ = io.WriteString(w, "null")
-		}
-	})
-}
-
 // UnmarshalJSON reads a JSON object, from a variable or an inline object literal.
 func UnmarshalJSON(v any) (map[string]any, error) {
 	switch t := v.(type) {

@@ -1,0 +1,128 @@
+package graph
+
+import (
+	"encoding/json"
+	"strings"
+
+	"github.com/vektah/gqlparser/v2/ast"
+
+	"fleetgraph/db"
+)
+
+// listSize says how many items a list field, or the edges of a connection
+// field, return at most: the count the cost estimate multiplies the
+// selection below it by.
+type listSize struct {
+	// arg names the argument that sets the count: a page size ("first") or,
+	// with lengthOf, an input list whose length it is.
+	arg      string
+	lengthOf bool
+	// def is the count when arg is absent or null; for a list without
+	// arguments it is the most the list is expected to hold.
+	def int
+	// max caps the count: the resolver never returns more.
+	max int
+}
+
+// page is a connection or list paged by `first`.
+func page(def int) listSize { return listSize{arg: "first", def: def, max: db.MaxPageSize} }
+
+// listSizes is the one table of list costs: every field of the schema whose
+// type is a list of objects or a connection has an entry, and a test fails
+// when a new one has none (an unknown list costs db.MaxPageSize, failing
+// closed). Lists without a page argument are bounded by a domain rule
+// (Robot.currentJobs by the robot's at most 100 slots) or, where the data
+// sets no hard bound, by an expected size that the response byte budget
+// backs up.
+var listSizes = map[string]listSize{
+	"Query.machines":                page(db.DefaultPageSize),
+	"Query.machineEvents":           page(db.DefaultPageSize),
+	"Query.robots":                  page(db.DefaultPageSize),
+	"Query.workflows":               page(db.DefaultPageSize),
+	"Query.jobs":                    page(db.DefaultPageSize),
+	"Query.apiKeyAudit":             page(db.DefaultPageSize),
+	"Query.apiKeys":                 {def: 20, max: 20},
+	"Query.workflowAssignmentStats": {def: 100, max: 100},
+	"Mutation.enqueueJobs":          {arg: "input", lengthOf: true, def: db.MaxEnqueueBatch, max: db.MaxEnqueueBatch},
+	"Machine.events":                page(db.DefaultPageSize),
+	"Machine.deployments":           page(20),
+	"Robot.currentJobs":             {def: 100, max: 100},
+	"Workflow.versions":             page(20),
+	"Workflow.assignments":          {def: 25, max: 25},
+	"Workflow.nodeOverrides":        {def: 25, max: 25},
+	"Job.logs":                      page(50),
+	"RobotStats.robots":             {def: 200, max: 200},
+	"MachineConnection.edges":       {}, // the connection field's entry counts these
+	"MachineEventConnection.edges":  {},
+	"RobotConnection.edges":         {},
+	"WorkflowConnection.edges":      {},
+	"JobConnection.edges":           {},
+}
+
+// jsonWeight is what one JSON value costs: it may hold up to db.MaxJSONBytes.
+const jsonWeight = 10
+
+// isConnection tells a Relay connection type by its name.
+func isConnection(t *ast.Type) bool { return strings.HasSuffix(t.Name(), "Connection") }
+
+// count returns how many items field f returns at most, given the
+// operation's variables.
+func (s listSize) count(f *ast.Field, vars map[string]any) int {
+	n := s.def
+	if s.arg != "" {
+		if a := f.Arguments.ForName(s.arg); a != nil {
+			if v, err := a.Value.Value(vars); err == nil && v != nil {
+				if s.lengthOf {
+					if l, ok := v.([]any); ok {
+						n = len(l)
+					} else {
+						n = 1 // a single value coerces to a list of one
+					}
+				} else if i, ok := asInt(v); ok {
+					n = i
+				}
+			}
+		}
+	}
+	return min(max(n, 1), s.max)
+}
+
+// asInt reads an Int argument as parsed from a literal or a variable.
+func asInt(v any) (int, bool) {
+	switch n := v.(type) {
+	case int:
+		return n, true
+	case int64:
+		return int(n), true
+	case float64:
+		return int(n), true
+	case json.Number:
+		i, err := n.Int64()
+		return int(i), err == nil
+	}
+	return 0, false
+}
+
+// sizeOf looks up the list size of a field of parent, failing closed for a
+// list the table does not know.
+func sizeOf(parent, field string) listSize {
+	if s, ok := listSizes[parent+"."+field]; ok {
+		return s
+	}
+	return listSize{def: db.MaxPageSize, max: db.MaxPageSize}
+}
+
+// saturatingAdd adds without overflowing: costs only compare against limits.
+func saturatingAdd(a, b int) int {
+	const ceiling = 1 << 40
+	return min(a+b, ceiling)
+}
+
+// saturatingMul multiplies without overflowing.
+func saturatingMul(a, n int) int {
+	const ceiling = 1 << 40
+	if a != 0 && n > ceiling/a {
+		return ceiling
+	}
+	return min(a*n, ceiling)
+}

@@ -1,0 +1,253 @@
+package graph_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+	"fleetgraph/graph"
+)
+
+// Cheap requests stay cheap: each attack below is a small document that
+// once cost the server seconds of CPU or gigabytes of memory. Each must now
+// be answered, refused or cut short while the server spends bounded CPU and
+// allocations. The bounds are generous (a refusal costs milliseconds; the
+// attacks cost seconds and gigabytes) and are measured on the process, not
+// the clock: these tests do not run in parallel, so the process's counters
+// see the request and little else.
+
+// spent is what one request cost the process.
+type spent struct {
+	cpu   time.Duration
+	alloc uint64
+}
+
+func (s spent) String() string {
+	return fmt.Sprintf("%v of CPU, %d MiB allocated", s.cpu.Round(time.Millisecond), s.alloc>>20)
+}
+
+func processCPU(t *testing.T) time.Duration {
+	t.Helper()
+	var ru syscall.Rusage
+	require.NoError(t, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// measure runs fn and returns what it cost the process.
+func measure(t *testing.T, fn func()) spent {
+	t.Helper()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	cpu := processCPU(t)
+	fn()
+	cpu = processCPU(t) - cpu
+	runtime.ReadMemStats(&after)
+	return spent{cpu: cpu, alloc: after.TotalAlloc - before.TotalAlloc}
+}
+
+// cheapBound is what a refused or cut-short request may cost at most.
+var cheapBound = spent{cpu: 500 * time.Millisecond, alloc: 64 << 20}
+
+func requireCheap(t *testing.T, s spent, bound spent) {
+	t.Helper()
+	t.Logf("cost: %s", s)
+	require.LessOrEqual(t, s.cpu, bound.cpu, "the request cost %s", s)
+	require.LessOrEqual(t, s.alloc, bound.alloc, "the request cost %s", s)
+}
+
+// doublingFragments is a document whose fragments each spread the next one
+// twice: levels of them select 2^levels fields.
+func doublingFragments(levels int) string {
+	var b strings.Builder
+	b.WriteString("query { ...F0 }\n")
+	for i := range levels {
+		fmt.Fprintf(&b, "fragment F%d on Query { ...F%d ...F%d }\n", i, i+1, i+1)
+	}
+	fmt.Fprintf(&b, "fragment F%d on Query { me { id } }\n", levels)
+	return b.String()
+}
+
+func TestCheapRequestsStayCheap(t *testing.T) {
+	s := apitest.New(t)
+	owner := s.NewUser(t, uuid.Nil)
+
+	refused := func(t *testing.T, token, query, reason string) {
+		t.Helper()
+		var resp *apitest.Response
+		cost := measure(t, func() { resp = s.Do(t, token, query, nil) })
+		e := resp.Code(t, "BAD_USER_INPUT")
+		require.Equal(t, reason, e.Extensions["reason"], "%s", resp.Raw)
+		require.Less(t, len(resp.Raw), 4<<10, "the refusal is short")
+		requireCheap(t, cost, cheapBound)
+	}
+
+	t.Run("DoublingFragments", func(t *testing.T) {
+		q := doublingFragments(24)
+		require.Less(t, len(q), 1500)
+		refused(t, "", q, "FIELD_LIMIT_EXCEEDED")
+	})
+	t.Run("DoublingFragmentsUnused", func(t *testing.T) {
+		// Validation walks fragments nobody spreads too.
+		q := strings.Replace(doublingFragments(24), "query { ...F0 }", "query { me { id } }", 1)
+		refused(t, "", q, "FIELD_LIMIT_EXCEEDED")
+	})
+	t.Run("RepeatedFields", func(t *testing.T) {
+		q := "{ me { " + strings.Repeat("id ", 9_000) + "} }"
+		require.Greater(t, len(q), 25_000)
+		refused(t, "", q, "FIELD_LIMIT_EXCEEDED")
+	})
+	t.Run("RepeatedFieldsUnderTheFieldLimit", func(t *testing.T) {
+		refused(t, "", "{ me { "+strings.Repeat("id ", 1_500)+"} }", "OVERLAP_LIMIT_EXCEEDED")
+	})
+	t.Run("RepeatedObjectFields", func(t *testing.T) {
+		// Same-named fields merge their sub-selections: the comparisons
+		// repeat one level down.
+		refused(t, "", "{ "+strings.Repeat("me { id } ", 600)+"}", "OVERLAP_LIMIT_EXCEEDED")
+	})
+	t.Run("ConflictingAliases", func(t *testing.T) {
+		var b strings.Builder
+		b.WriteString("{ ")
+		for range 450 {
+			b.WriteString("x: me { id } x: robots { totalCount } ")
+		}
+		b.WriteString("}")
+		refused(t, "", b.String(), "OVERLAP_LIMIT_EXCEEDED")
+	})
+	t.Run("ManySpreadsOfUndefinedFragments", func(t *testing.T) {
+		var b strings.Builder
+		b.WriteString("{ ")
+		for i := range 1_500 {
+			fmt.Fprintf(&b, "...F%d ", i)
+		}
+		b.WriteString("}")
+		refused(t, "", b.String(), "OVERLAP_LIMIT_EXCEEDED")
+	})
+	t.Run("ManyErrorsAreCapped", func(t *testing.T) {
+		var b strings.Builder
+		b.WriteString("{ me { ")
+		for i := range 300 {
+			fmt.Fprintf(&b, "f%d ", i)
+		}
+		b.WriteString("} }")
+		var resp *apitest.Response
+		cost := measure(t, func() { resp = s.Do(t, "", b.String(), nil) })
+		requireCheap(t, cost, cheapBound)
+		require.Len(t, resp.Errors, graph.DefaultLimits.Errors)
+		last := resp.Errors[len(resp.Errors)-1]
+		require.Equal(t, "TOO_MANY_ERRORS", last.Extensions["reason"])
+		require.Contains(t, last.Message, fmt.Sprintf("%d more errors", 300-graph.DefaultLimits.Errors+1))
+	})
+
+	t.Run("EveryListCarriesItsCost", func(t *testing.T) {
+		// 142 bytes that once answered 150 MB: each job's workflow's
+		// versions with their definitions.
+		q := `{jobs(first:500){edges{node{workflow{versions{definition}}}}}}`
+		refused(t, owner.Token, q, "COMPLEXITY_LIMIT_EXCEEDED")
+		refused(t, owner.Token, `{a:`+q[1:len(q)-1]+` b:`+q[1:len(q)-1]+` c:`+q[1:len(q)-1]+`}`, "COMPLEXITY_LIMIT_EXCEEDED")
+		// Unpaged lists count too: every robot's current jobs' logs.
+		refused(t, owner.Token, `{robots(first:500){edges{node{currentJobs{logs(first:500){message}}}}}}`, "COMPLEXITY_LIMIT_EXCEEDED")
+		refused(t, owner.Token, `{robotStats{robots{robot{currentJobs{workflow{versions(first:100){definition}}}}}}}`, "COMPLEXITY_LIMIT_EXCEEDED")
+	})
+
+	t.Run("ResponseBudget", func(t *testing.T) {
+		// Within the cost limit, but every job repeats its workflow's 20
+		// versions of 60 KB each: 100 jobs would answer 120 MB.
+		blob := strings.Repeat("x", 60_000)
+		var wf struct{ CreateWorkflow struct{ ID string } }
+		s.Do(t, owner.Token, `mutation($d: JSON!) { createWorkflow(input: {name: "big", definition: $d}) { id } }`,
+			map[string]any{"d": map[string]any{"blob": blob}}).OK(t, &wf)
+		for range 19 {
+			s.Do(t, owner.Token, `mutation($w: ID!, $d: JSON!) { publishWorkflowVersion(workflowId: $w, definition: $d) { version } }`,
+				map[string]any{"w": wf.CreateWorkflow.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
+		}
+		inputs := make([]map[string]any, 100)
+		for i := range inputs {
+			inputs[i] = map[string]any{"workflowId": wf.CreateWorkflow.ID}
+		}
+		s.Do(t, owner.Token, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": inputs}).OK(t, nil)
+
+		var resp *apitest.Response
+		cost := measure(t, func() {
+			resp = s.Do(t, owner.Token, `{jobs(first:100){edges{node{id workflow{versions{definition}}}}}}`, nil)
+		})
+		e := resp.Code(t, "BAD_USER_INPUT")
+		require.Equal(t, "RESPONSE_TOO_LARGE", e.Extensions["reason"])
+		require.JSONEq(t, "null", string(resp.Data))
+		require.Less(t, len(resp.Raw), 4<<10)
+		requireCheap(t, cost, spent{cpu: 5 * time.Second, alloc: 160 << 20})
+
+		// A page that fits is answered whole.
+		var out struct {
+			Jobs struct {
+				Edges []struct {
+					Node struct {
+						Workflow struct {
+							Versions []struct{ Definition map[string]any }
+						}
+					}
+				}
+			}
+		}
+		s.Do(t, owner.Token, `{jobs(first:5){edges{node{workflow{versions(first:2){definition}}}}}}`, nil).OK(t, &out)
+		require.Len(t, out.Jobs.Edges, 5)
+		require.Len(t, out.Jobs.Edges[0].Node.Workflow.Versions, 2)
+		require.Equal(t, blob, out.Jobs.Edges[0].Node.Workflow.Versions[0].Definition["blob"])
+	})
+}
+
+// graphiqlIntrospection is the query GraphiQL (graphql-js's
+// getIntrospectionQuery with every option on) sends to load a schema: it
+// nests 15 levels through TypeRef.
+const graphiqlIntrospection = `query IntrospectionQuery {
+  __schema {
+    description
+    queryType { name kind }
+    mutationType { name kind }
+    subscriptionType { name kind }
+    types { ...FullType }
+    directives { name description isRepeatable locations args(includeDeprecated: true) { ...InputValue } }
+  }
+}
+fragment FullType on __Type {
+  kind name description specifiedByURL isOneOf
+  fields(includeDeprecated: true) { name description args(includeDeprecated: true) { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason }
+  inputFields(includeDeprecated: true) { ...InputValue }
+  interfaces { ...TypeRef }
+  enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason }
+  possibleTypes { ...TypeRef }
+}
+fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue isDeprecated deprecationReason }
+fragment TypeRef on __Type {
+  kind name
+  ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } } }
+}`
+
+// The data limits do not apply to a client loading the schema: GraphiQL's
+// and codegen's introspection query passes wherever introspection is on.
+func TestIntrospectionQueryPassesTheLimits(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Introspection: true})
+	var out struct {
+		Schema struct {
+			QueryType struct{ Name string }
+			Types     []struct{ Name string }
+		} `json:"__schema"`
+	}
+	s.Do(t, "", graphiqlIntrospection, nil).OK(t, &out)
+	require.Equal(t, "Query", out.Schema.QueryType.Name)
+	raw, err := json.Marshal(out.Schema.Types)
+	require.NoError(t, err)
+	require.Contains(t, string(raw), `"Machine"`)
+
+	// With introspection off it is refused as such, not by a data limit.
+	off := apitest.New(t)
+	off.Do(t, "", graphiqlIntrospection, nil).Code(t, "FORBIDDEN")
+}

@@ -1,0 +1,232 @@
+package graph
+
+import (
+	"context"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+	"github.com/vektah/gqlparser/v2/parser"
+
+	"fleetgraph/graph/scalar"
+)
+
+// documentLimit bounds the work that validating a document can cost, before
+// gqlgen validates it. The token limit already bounds the document's size;
+// what it does not bound is what validation makes of it:
+//
+//   - fragments expand: a 1 KB document whose fragments each spread the
+//     next one twice selects 2^24 fields, so documentLimit counts the
+//     fields each fragment expands to once (memoised) and refuses a
+//     document whose operations and fragments expand to more than fields;
+//   - the rule that fields with one response name must be mergeable
+//     compares them pairwise (and every pair of fragment spreads in a
+//     selection set), so documentLimit counts those comparisons over the
+//     merged selection sets, as validation and execution merge them, and
+//     refuses more than overlaps.
+//
+// Both counts cost time linear in the expanded document, which fields
+// bounds. Documents gqlgen has validated before (its query cache) are not
+// measured again: they passed here on their way in.
+type documentLimit struct {
+	tokens, fields, overlaps int
+	validated                graphql.Cache[*ast.QueryDocument]
+}
+
+var _ interface {
+	graphql.HandlerExtension
+	graphql.OperationParameterMutator
+} = documentLimit{}
+
+func (documentLimit) ExtensionName() string                   { return "DocumentLimit" }
+func (documentLimit) Validate(graphql.ExecutableSchema) error { return nil }
+
+func (l documentLimit) MutateOperationParameters(ctx context.Context, params *graphql.RawParams) *gqlerror.Error {
+	if ctx.Err() != nil {
+		return clientGone()
+	}
+	if params.Query == "" {
+		return nil
+	}
+	if _, ok := l.validated.Get(ctx, params.Query); ok {
+		return nil
+	}
+	doc, err := parser.ParseQueryWithTokenLimit(&ast.Source{Input: params.Query}, l.tokens)
+	if err != nil {
+		return nil // gqlgen parses it again and reports the error
+	}
+	m := newDocumentMeasure(doc, l.fields)
+	if n := m.expanded(); n > l.fields {
+		return limitError("FIELD_LIMIT_EXCEEDED", "the document selects over %d fields once its fragments are expanded; the limit is %d", l.fields, l.fields)
+	}
+	if n := m.comparisons(l.overlaps); n > l.overlaps {
+		return limitError("OVERLAP_LIMIT_EXCEEDED", "the document repeats fields under one response name (or fragment spreads in one selection set) too often: validating it would take over %d comparisons; the limit is %d", l.overlaps, l.overlaps)
+	}
+	return nil
+}
+
+// documentMeasure measures one parsed, unvalidated document: fragments may
+// be undefined, duplicated or cyclic (validation refuses those later).
+type documentMeasure struct {
+	doc      *ast.QueryDocument
+	frags    map[string]*ast.FragmentDefinition
+	size     map[string]int // expanded fields of a fragment; -1 while expanding it
+	ceiling  int
+	visiting map[string]bool
+}
+
+func newDocumentMeasure(doc *ast.QueryDocument, limit int) *documentMeasure {
+	m := &documentMeasure{doc: doc, frags: map[string]*ast.FragmentDefinition{}, size: map[string]int{}, ceiling: limit + 1, visiting: map[string]bool{}}
+	for _, f := range doc.Fragments {
+		if _, dup := m.frags[f.Name]; !dup {
+			m.frags[f.Name] = f
+		}
+	}
+	return m
+}
+
+// expanded returns the fields of every operation and every fragment
+// definition with their spreads expanded (validation visits each), capped
+// just above the limit.
+func (m *documentMeasure) expanded() int {
+	n := 0
+	for _, op := range m.doc.Operations {
+		n = min(n+m.setSize(op.SelectionSet), m.ceiling)
+	}
+	for _, f := range m.doc.Fragments {
+		n = min(n+m.setSize(f.SelectionSet), m.ceiling)
+	}
+	return n
+}
+
+func (m *documentMeasure) setSize(set ast.SelectionSet) int {
+	n := 0
+	for _, sel := range set {
+		switch s := sel.(type) {
+		case *ast.Field:
+			n += 1 + m.setSize(s.SelectionSet)
+		case *ast.InlineFragment:
+			n += m.setSize(s.SelectionSet)
+		case *ast.FragmentSpread:
+			n += m.fragmentSize(s.Name)
+		}
+		if n >= m.ceiling {
+			return m.ceiling
+		}
+	}
+	return n
+}
+
+func (m *documentMeasure) fragmentSize(name string) int {
+	if n, ok := m.size[name]; ok {
+		return max(n, 0) // a cycle counts nothing more; validation refuses it
+	}
+	f := m.frags[name]
+	if f == nil {
+		return 0
+	}
+	m.size[name] = -1
+	n := m.setSize(f.SelectionSet)
+	m.size[name] = n
+	return n
+}
+
+// comparisons counts the pairs the overlapping-fields rule may compare in
+// every operation and fragment definition, stopping once over limit. Call
+// it only once expanded is within bounds: it walks the expansion.
+func (m *documentMeasure) comparisons(limit int) int {
+	n := 0
+	for _, op := range m.doc.Operations {
+		if n = m.merged([]ast.SelectionSet{op.SelectionSet}, n, limit); n > limit {
+			return n
+		}
+	}
+	for _, f := range m.doc.Fragments {
+		if n = m.merged([]ast.SelectionSet{f.SelectionSet}, n, limit); n > limit {
+			return n
+		}
+	}
+	return n
+}
+
+// merged adds to n the comparisons within the selection sets of one merged
+// group (the sub-selections of fields that share a response name): pairs
+// of same-named fields (fragments expanded) and pairs of fragment spreads,
+// which the rule compares even when undefined; then recurses into each
+// group of same-named fields.
+func (m *documentMeasure) merged(sets []ast.SelectionSet, n, limit int) int {
+	groups := map[string][]ast.SelectionSet{}
+	var order []string
+	counts := map[string]int{}
+	spreads := 0
+	var collect func(set ast.SelectionSet)
+	collect = func(set ast.SelectionSet) {
+		for _, sel := range set {
+			switch s := sel.(type) {
+			case *ast.Field:
+				name := s.Alias
+				if name == "" {
+					name = s.Name
+				}
+				if counts[name] == 0 {
+					order = append(order, name)
+				}
+				counts[name]++
+				if len(s.SelectionSet) > 0 {
+					groups[name] = append(groups[name], s.SelectionSet)
+				}
+			case *ast.InlineFragment:
+				collect(s.SelectionSet)
+			case *ast.FragmentSpread:
+				spreads++
+				if f := m.frags[s.Name]; f != nil && !m.visiting[s.Name] {
+					m.visiting[s.Name] = true
+					collect(f.SelectionSet)
+					delete(m.visiting, s.Name)
+				}
+			}
+		}
+	}
+	for _, set := range sets {
+		collect(set)
+	}
+	n += spreads * (spreads - 1) / 2
+	for _, name := range order {
+		k := counts[name]
+		n += k * (k - 1) / 2
+		if n > limit {
+			return n
+		}
+	}
+	for _, name := range order {
+		if sub := groups[name]; len(sub) > 0 {
+			if n = m.merged(sub, n, limit); n > limit {
+				return n
+			}
+		}
+	}
+	return n
+}
+
+// bounded keeps a response within its budgets: a response whose data grew
+// past scalar.MaxResponseBytes lost values on the way (see there) and
+// becomes one error, and at most maxErrors errors are listed, the last of
+// them saying how many more there were.
+func bounded(resp *graphql.Response, maxErrors int) *graphql.Response {
+	if resp == nil {
+		return nil
+	}
+	if len(resp.Data) > scalar.MaxResponseBytes {
+		err := limitError("RESPONSE_TOO_LARGE", "the response would be over %d bytes: ask for smaller pages or fewer fields", scalar.MaxResponseBytes)
+		err.Extensions = map[string]any{"code": "BAD_USER_INPUT", "reason": "RESPONSE_TOO_LARGE"}
+		resp.Data = []byte("null")
+		resp.Errors = gqlerror.List{err}
+	}
+	if len(resp.Errors) > maxErrors {
+		rest := len(resp.Errors) - (maxErrors - 1)
+		more := limitError("TOO_MANY_ERRORS", "%d more errors were left out", rest)
+		more.Extensions = map[string]any{"code": "BAD_USER_INPUT", "reason": "TOO_MANY_ERRORS"}
+		resp.Errors = append(resp.Errors[:maxErrors-1:maxErrors-1], more)
+	}
+	return resp
+}
