@@ -269,7 +269,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	}()
 	api := a.Handler
 	mux := http.NewServeMux()
-	mux.Handle("/graphql", streaming(api))
+	mux.Handle("/graphql", api)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
@@ -321,19 +321,6 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		log.Warn("in-flight requests did not finish in time", "error", err)
 	}
 	return nil
-}
-
-// streaming lifts the server's read and write timeouts for websocket and SSE
-// requests, which live as long as their subscriptions.
-func streaming(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") || strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
-			rc := http.NewResponseController(w)
-			_ = rc.SetReadDeadline(time.Time{})
-			_ = rc.SetWriteDeadline(time.Time{})
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 // readiness answers 200 when the database is reachable and its schema is

@@ -151,6 +151,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = socks.track(h)
 	h = cfg.Auth.Middleware(h)
 	h = checkBody(cfg.Limits.BodyBytes, h)
+	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = cors(cfg.AllowedOrigins, h)
 	return &Handler{Handler: withRequestID(h), sockets: socks}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
+	"github.com/vektah/gqlparser/v2/parser"
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
@@ -43,6 +44,9 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 	}
 	if err := ctx.Err(); err != nil {
 		return clientGone()
+	}
+	if op.Operation.Operation == ast.Mutation && isQueriesOnly(ctx) {
+		return &gqlerror.Error{Message: mutationOverGet.Message, Err: mutationOverGet}
 	}
 	w := operationWalker{vars: op.Variables}
 	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)
@@ -140,6 +144,48 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 	}
 	return saturatingAdd(1, child), deepest
 }
+
+type queriesOnlyKey struct{}
+
+// queriesOnly marks GET requests other than websocket upgrades: whatever
+// transport serves them (plain GET, or SSE over GET), they may run queries
+// and subscriptions, never a mutation, which operationLimit refuses. GET is
+// safe by HTTP's rules: links, prefetchers and caches repeat it.
+// A GET whose query names a mutation is answered 405 with Allow: POST, as
+// the GraphQL-over-HTTP spec asks, before any transport sees it; the mark
+// still catches what only resolves later (a persisted query).
+func queriesOnly(tokens int, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			if q := r.URL.Query(); isMutation(q.Get("query"), q.Get("operationName"), tokens) {
+				w.Header().Set("Allow", http.MethodPost)
+				auth.WriteError(w, http.StatusMethodNotAllowed, mutationOverGet)
+				return
+			}
+			r = r.WithContext(context.WithValue(r.Context(), queriesOnlyKey{}, true))
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// mutationOverGet is the refusal of a mutation sent by GET.
+var mutationOverGet = &fault.Error{Code: fault.BadUserInput, Message: "a GET request cannot run a mutation: send it with POST (or over a websocket)", Extra: map[string]any{"reason": "MUTATION_OVER_GET"}}
+
+// isMutation reports whether query's operation (named, or the only one) is
+// a mutation; a document that does not parse is left to the transport.
+func isMutation(query, operationName string, tokens int) bool {
+	if !strings.Contains(query, "mutation") {
+		return false
+	}
+	doc, err := parser.ParseQueryWithTokenLimit(&ast.Source{Input: query}, tokens)
+	if err != nil {
+		return false
+	}
+	op := doc.Operations.ForName(operationName)
+	return op != nil && op.Operation == ast.Mutation
+}
+
+func isQueriesOnly(ctx context.Context) bool { v, _ := ctx.Value(queriesOnlyKey{}).(bool); return v }
 
 // checkBody reads a POST body up to max bytes and refuses, before GraphQL
 // sees it, what is too large (413), not JSON (415) or not a JSON object

@@ -6,6 +6,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,17 +29,59 @@ type SSE struct {
 
 var _ graphql.Transport = SSE{}
 
-// Supports implements graphql.Transport.
+// Supports implements graphql.Transport: requests whose Accept header
+// prefers text/event-stream to every JSON type it names, by q-value and
+// then by order. Clients such as urql list text/event-stream after the
+// JSON types on every request, and get JSON.
 func (SSE) Supports(r *http.Request) bool {
 	if r.Method != http.MethodPost && r.Method != http.MethodGet {
 		return false
 	}
-	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
-		if mt, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mt == "text/event-stream" {
-			return true
+	return PrefersEventStream(r.Header.Get("Accept"))
+}
+
+// PrefersEventStream reports whether an Accept header ranks
+// text/event-stream above application/json and
+// application/graphql-response+json: a higher q-value, or the same one
+// listed first. Wildcards rank below every type they would match.
+func PrefersEventStream(accept string) bool {
+	type rank struct {
+		q     float64
+		order int
+		found bool
+	}
+	var stream, json rank
+	for i, part := range strings.Split(accept, ",") {
+		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil {
+			continue
+		}
+		q := 1.0
+		if v, ok := params["q"]; ok {
+			if q, err = strconv.ParseFloat(v, 64); err != nil || q < 0 || q > 1 {
+				continue
+			}
+		}
+		r := rank{q: q, order: i, found: true}
+		better := func(a, b rank) bool { return !b.found || a.q > b.q }
+		switch mt {
+		case "text/event-stream":
+			if better(r, stream) {
+				stream = r
+			}
+		case "application/json", "application/graphql-response+json", "application/*", "*/*":
+			if mt == "application/*" || mt == "*/*" {
+				r.order = 1 << 30 // a wildcard only stands in for JSON not listed
+			}
+			if better(r, json) || (r.q == json.q && r.order < json.order) {
+				json = r
+			}
 		}
 	}
-	return false
+	if !stream.found || stream.q == 0 {
+		return false
+	}
+	return !json.found || stream.q > json.q || (stream.q == json.q && stream.order < json.order)
 }
 
 // Do implements graphql.Transport.
@@ -50,7 +93,12 @@ func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecut
 		_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{"message": err.Error(), "extensions": map[string]any{"code": "BAD_USER_INPUT"}}}})
 		return
 	}
+	// The body is read: only now does the request become a stream, which
+	// lives as long as its operation. Until here the server's read timeout
+	// stood, so a client trickling a body cannot hold a connection. Each
+	// write below sets its own deadline.
 	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -113,13 +161,15 @@ func readParams(r *http.Request, params *graphql.RawParams) error {
 		q := r.URL.Query()
 		params.Query = q.Get("query")
 		params.OperationName = q.Get("operationName")
+		// Decoded as the POST body is, numbers as json.Number, so that an
+		// Int variable is an Int on every transport.
 		if v := q.Get("variables"); v != "" {
-			if err := json.Unmarshal([]byte(v), &params.Variables); err != nil {
+			if err := decodeJSON(v, &params.Variables); err != nil {
 				return fmt.Errorf("variables must be a JSON object")
 			}
 		}
 		if v := q.Get("extensions"); v != "" {
-			if err := json.Unmarshal([]byte(v), &params.Extensions); err != nil {
+			if err := decodeJSON(v, &params.Extensions); err != nil {
 				return fmt.Errorf("extensions must be a JSON object")
 			}
 		}
@@ -132,6 +182,19 @@ func readParams(r *http.Request, params *graphql.RawParams) error {
 	}
 	if params.Query == "" && params.Extensions["persistedQuery"] == nil {
 		return fmt.Errorf("give a query")
+	}
+	return nil
+}
+
+// decodeJSON decodes one JSON object with numbers as json.Number.
+func decodeJSON(s string, v any) error {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("trailing data after the object")
 	}
 	return nil
 }

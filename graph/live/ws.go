@@ -56,14 +56,21 @@ type Websocket struct {
 
 var _ graphql.Transport = Websocket{}
 
-// Supports implements graphql.Transport: websocket upgrade requests.
+// Supports implements graphql.Transport: websocket upgrade requests, which
+// are GETs.
 func (Websocket) Supports(r *http.Request) bool {
-	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+	return r.Method == http.MethodGet && strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
 }
 
 // Do implements graphql.Transport. It serves the socket until it closes,
 // including the close handshake, so callers can wait for it.
 func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	// An upgrade has no body to trickle: the socket lives as long as its
+	// subscriptions, under the init timeout and keep-alives instead of the
+	// server's request deadlines, which the hijacked connection would keep.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
 	conn, err := coderws.Accept(w, r, &coderws.AcceptOptions{
 		Subprotocols: []string{ProtocolTransportWS, ProtocolLegacyWS},
 		// Origins were checked before the transport (graph.sockets).
