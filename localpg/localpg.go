@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -120,7 +121,9 @@ type postmaster struct {
 // Start returns a running cluster for opts.Dir, creating and starting it as
 // needed, and waits as long as ctx allows for it to accept connections. Give
 // ctx a deadline: a fresh cluster takes a few seconds (initdb), a cluster
-// that was killed may first run crash recovery.
+// that was killed may first run crash recovery, and Start waits for the
+// backends of a killed postmaster to exit (PostgreSQL refuses to start while
+// they hold its shared memory).
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	logger := opts.Logger
 	if logger == nil {
@@ -480,14 +483,10 @@ func startPostmaster(ctx context.Context, binDir, dir string, acct *account, set
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = sysProcAttr(acct, syscall.SIGQUIT) // SIGQUIT: immediate shutdown
 	logger.Info("starting PostgreSQL", "dir", dir, "log", logPath)
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
+	pm, err := spawn(cmd)
+	if err != nil {
+		return nil, err
 	}
-	pm := &postmaster{pid: cmd.Process.Pid, proc: cmd.Process, exited: make(chan struct{})}
-	go func() {
-		pm.waitErr = cmd.Wait() // the reason is in postgres.log
-		close(pm.exited)
-	}()
 
 	ticker := time.NewTicker(pollInterval)
 	defer ticker.Stop()
@@ -514,6 +513,32 @@ func startPostmaster(ctx context.Context, binDir, dir string, acct *account, set
 		case <-ticker.C:
 		}
 	}
+}
+
+// spawn starts cmd and reaps it when it exits. Linux sends the parent-death
+// signal when the thread that forked the child exits, not the process
+// (golang/go#27505), so the goroutine that starts the postmaster keeps its
+// thread locked until the postmaster has exited: the runtime cannot retire
+// that thread and kill a healthy postmaster, wherever a restart runs.
+func spawn(cmd *exec.Cmd) (*postmaster, error) {
+	started := make(chan error, 1)
+	pm := &postmaster{exited: make(chan struct{})}
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- fmt.Errorf("starting %s: %w", cmd.Path, err)
+			return
+		}
+		pm.pid, pm.proc = cmd.Process.Pid, cmd.Process
+		started <- nil
+		pm.waitErr = cmd.Wait() // the reason is in postgres.log
+		close(pm.exited)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return pm, nil
 }
 
 // pidFile is what postmaster.pid says about the postmaster using a data

@@ -251,6 +251,22 @@ func (r *logRecorder) count(msg string) int {
 	return n
 }
 
+// logged returns a channel closed once msg has been logged.
+func (r *logRecorder) logged(msg string) <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		for {
+			n, changed := r.snapshot(msg)
+			if n > 0 {
+				return
+			}
+			<-changed
+		}
+	}()
+	return ch
+}
+
 // wait waits until msg has been logged n times.
 func (r *logRecorder) wait(t *testing.T, msg string, n int) {
 	t.Helper()
