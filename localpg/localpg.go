@@ -160,15 +160,17 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 
 	c := &Cluster{dir: dir, binDir: binDir, acct: acct, settings: opts.Settings, logger: logger}
-	for {
+	for delay := firstRestartDelay; ; delay = min(2*delay, maxRestartDelay) {
 		if c.pm, err = c.launch(ctx, true); !errors.Is(err, errOldBackends) {
 			break
 		}
-		logger.Info("waiting for the backends of a killed PostgreSQL to exit", "dir", dir)
+		if delay == firstRestartDelay {
+			logger.Info("waiting for the backends of a killed PostgreSQL to exit", "dir", dir)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, err
-		case <-time.After(firstRestartDelay):
+		case <-time.After(delay):
 		}
 	}
 	if err != nil {
