@@ -98,7 +98,11 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 }
 
 // database is an open database, with the private cluster behind it when
-// DATABASE_URL is unset.
+// DATABASE_URL is unset. The cluster is supervised while the database is
+// open: if this process started it, it is restarted when it dies; if this
+// process attached to another one's, it takes the cluster over (starts and
+// owns it) when that one goes away. The pool and the notification listener
+// reconnect by themselves, so /readyz turns back to 200 once it is up.
 type database struct {
 	*bun.DB
 	dsn     string
@@ -116,7 +120,7 @@ func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database
 		}
 		return &database{DB: bdb, dsn: cfg.databaseURL}, nil
 	}
-	cluster, err := localpg.Start(ctx, localpg.Options{Dir: filepath.Join(cfg.dataDir, "postgres"), Logger: log})
+	cluster, err := localpg.Start(ctx, localpg.Options{Dir: filepath.Join(cfg.dataDir, "postgres"), Logger: log, Supervise: true})
 	if err != nil {
 		return nil, fmt.Errorf("starting the private PostgreSQL: %w", err)
 	}
@@ -152,12 +156,14 @@ func createDatabase(ctx context.Context, cluster *localpg.Cluster) error {
 	return nil
 }
 
-// close closes the connection pool, then stops the private cluster if this process started it.
+// close closes the connection pool, then ends the private cluster's
+// supervision and stops the cluster if this process started it (or took it
+// over); a cluster it attached to keeps running for its owner.
 func (d *database) close(log *slog.Logger) {
 	if d.DB != nil {
 		_ = d.DB.Close()
 	}
-	if d.cluster != nil && d.cluster.Owned() {
+	if d.cluster != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := d.cluster.Stop(ctx); err != nil {

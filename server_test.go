@@ -29,6 +29,7 @@ import (
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
 	"fleetgraph/demo"
+	"fleetgraph/realtime/faulttest"
 )
 
 func TestMain(m *testing.M) { dbtest.Main(m) }
@@ -845,4 +846,147 @@ func TestWelcomePatterns(t *testing.T) {
 	require.NoError(t, printWelcome(&out, j, "http://localhost:8080", false, t.TempDir()))
 	require.Contains(t, out.String(), "GraphQL: http://localhost:8080/graphql")
 	require.False(t, welcomeURL.MatchString(out.String()))
+}
+
+// Log lines of the private PostgreSQL's supervision.
+var (
+	postgresBackLog       = regexp.MustCompile(`msg="PostgreSQL is back" dir=\S+ pid=(\d+) owned=(\w+)`)
+	postgresRestartingLog = regexp.MustCompile(`msg="restarting PostgreSQL"`)
+	postgresAttachedLog   = regexp.MustCompile(`msg="attached to running PostgreSQL"`)
+	listenerBackLog       = regexp.MustCompile(`msg="notification listener reconnected"`)
+)
+
+// waitReady polls url/readyz until it answers 200, failing t after startTimeout.
+func waitReady(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(startTimeout)
+	pace := time.NewTicker(50 * time.Millisecond)
+	defer pace.Stop()
+	for {
+		status, _, body := get(t, url+"/readyz")
+		if status == http.StatusOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still answers %d %q after %s", status, body, startTimeout)
+		}
+		<-pace.C
+	}
+}
+
+// TestServeEmbeddedRestartsPostgres kills the private PostgreSQL of a
+// running server as hard as it can die (SIGKILL: stale postmaster.pid,
+// backends still holding shared memory) and waits for the server to bring
+// it back: /readyz, queries and subscriptions work again on the same data.
+func TestServeEmbeddedRestartsPostgres(t *testing.T) {
+	t.Parallel()
+	dataDir := pgDataDir(t)
+	pgDir := filepath.Join(dataDir, "postgres")
+	p := startServe(t, env{"DATA_DIR": dataDir}, "--listen", "127.0.0.1:0")
+	url := p.waitFor(t, p.stdout, welcomeURL)[1]
+	token := p.waitFor(t, p.stdout, welcomeHeader)[1]
+	pid, ok := postmasterPID(pgDir)
+	require.True(t, ok)
+
+	f := faulttest.NewFleet(t, url, token, 1)
+	m0 := f.Machines[0]
+	sub := faulttest.Subscribe(t, "machines", faulttest.WSURL(url), token, faulttest.AllMachines("machines"))
+	v, err := f.TouchMachine(context.Background(), m0)
+	require.NoError(t, err)
+	sub.WaitReceived(t, "machines", m0, v)
+
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	back := p.waitFor(t, p.stderr, postgresBackLog)
+	require.Equal(t, "true", back[2], "the server that started PostgreSQL restarts it itself")
+	newPID, err := strconv.Atoi(back[1])
+	require.NoError(t, err)
+	require.NotEqual(t, pid, newPID)
+	require.Contains(t, p.stderr.String(), `msg="PostgreSQL exited unexpectedly; restarting it"`)
+
+	waitReady(t, url)
+	require.Equal(t, 4, machineCount(t, url, token), "the demo fleet and the machine made before the kill")
+	faulttest.Retry(t, "touching a machine after the restart", func(ctx context.Context) error {
+		v, err = f.TouchMachine(ctx, m0)
+		return err
+	})
+	p.waitFor(t, p.stderr, listenerBackLog)
+	sub.WaitReceived(t, "machines", m0, v)
+
+	require.Equal(t, 0, p.stop(t), p.stderr.String())
+	requireStopped(t, pgDir, newPID)
+}
+
+// TestServeEmbeddedSharedCluster runs servers on one data folder: one that
+// merely attached to the private PostgreSQL leaves it running when it exits,
+// and one still running when the owner exits takes the cluster over.
+func TestServeEmbeddedSharedCluster(t *testing.T) {
+	t.Parallel()
+	dataDir := pgDataDir(t)
+	pgDir := filepath.Join(dataDir, "postgres")
+	e := env{"DATA_DIR": dataDir}
+
+	owner := startServe(t, e, "--listen", "127.0.0.1:0")
+	ownerURL := owner.waitFor(t, owner.stdout, welcomeURL)[1]
+	token := owner.waitFor(t, owner.stdout, welcomeHeader)[1]
+	pid, ok := postmasterPID(pgDir)
+	require.True(t, ok)
+
+	attached := startServe(t, e, "--listen", "127.0.0.1:0")
+	attachedURL := attached.waitFor(t, attached.stdout, welcomeURL)[1]
+	attached.waitFor(t, attached.stderr, postgresAttachedLog)
+	require.Equal(t, 3, machineCount(t, attachedURL, token))
+	require.Equal(t, 0, attached.stop(t), attached.stderr.String())
+
+	now, ok := postmasterPID(pgDir)
+	require.True(t, ok, "the attached server left PostgreSQL running")
+	require.Equal(t, pid, now)
+	require.NoError(t, syscall.Kill(pid, 0))
+	status, _, body := get(t, ownerURL+"/readyz")
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, 3, machineCount(t, ownerURL, token))
+	require.NotRegexp(t, postgresRestartingLog, owner.stderr.String())
+
+	heir := startServe(t, e, "--listen", "127.0.0.1:0")
+	heirURL := heir.waitFor(t, heir.stdout, welcomeURL)[1]
+	heir.waitFor(t, heir.stderr, postgresAttachedLog)
+	require.Equal(t, 0, owner.stop(t), owner.stderr.String())
+	back := heir.waitFor(t, heir.stderr, postgresBackLog)
+	require.Equal(t, "true", back[2], "the remaining server took the cluster over")
+	newPID, err := strconv.Atoi(back[1])
+	require.NoError(t, err)
+	require.NotEqual(t, pid, newPID)
+
+	waitReady(t, heirURL)
+	require.Equal(t, 3, machineCount(t, heirURL, token))
+	require.Equal(t, 0, heir.stop(t), heir.stderr.String())
+	requireStopped(t, pgDir, newPID)
+}
+
+// TestServeEmbeddedShutdownDuringRestart stops the server (as Ctrl-C does)
+// while it is restarting its dead PostgreSQL: the server exits cleanly and
+// leaves no PostgreSQL running. Another process holding the cluster's start
+// lock keeps the restart in progress until then.
+func TestServeEmbeddedShutdownDuringRestart(t *testing.T) {
+	t.Parallel()
+	dataDir := pgDataDir(t)
+	pgDir := filepath.Join(dataDir, "postgres")
+	p := startServe(t, env{"DATA_DIR": dataDir}, "--listen", "127.0.0.1:0")
+	p.waitFor(t, p.stdout, welcomeURL)
+	pid, ok := postmasterPID(pgDir)
+	require.True(t, ok)
+
+	lock, err := os.OpenFile(pgDir+".lock", os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer lock.Close()
+	require.NoError(t, syscall.Flock(int(lock.Fd()), syscall.LOCK_EX))
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	p.waitFor(t, p.stderr, postgresRestartingLog)
+
+	require.Equal(t, 0, p.stop(t), p.stderr.String())
+	require.NoError(t, lock.Close())
+	require.ErrorIs(t, syscall.Kill(pid, 0), syscall.ESRCH, "the killed postmaster is gone")
+	if left, ok := postmasterPID(pgDir); ok {
+		require.Equal(t, pid, left, "only the killed postmaster's stale pid file may be left")
+	}
+	require.NotRegexp(t, postgresBackLog, p.stderr.String())
 }

@@ -8,12 +8,18 @@
 // port, so it never clashes with another server). Stop shuts down only a
 // postmaster this process started. On Linux the postmaster also gets an
 // immediate shutdown if this process dies without calling Stop.
+//
+// With Options.Supervise the cluster is kept up until Stop: a postmaster this
+// process started is restarted when it dies, and when the postmaster it
+// attached to goes away (its owner stopped or crashed), this process starts a
+// new one and owns it from then on (see supervise.go).
 package localpg
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -21,12 +27,23 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
+
+// errOldBackends is returned (wrapped) by startPostmaster when postgres
+// refused to start because backends of a postmaster killed with SIGKILL
+// still hold its shared memory. They exit within moments of noticing that
+// their postmaster is gone, so a start retries shortly after.
+var errOldBackends = errors.New("backends of a killed postmaster still hold its shared memory")
+
+// oldBackendsMessage is how postgres reports errOldBackends in its log.
+const oldBackendsMessage = "pre-existing shared memory block"
 
 // ErrSocketPathTooLong is returned (wrapped) by Start when the unix socket
 // path inside Dir would exceed the kernel's limit.
@@ -61,25 +78,52 @@ type Options struct {
 	Settings map[string]string
 	// BinDir holds initdb and postgres; empty means FindBinaries.
 	BinDir string
+	// Supervise keeps the cluster running until Stop: a postmaster that dies
+	// is started again (after a backoff from 100 ms doubling to 5 s, each
+	// attempt logged), and a postmaster this process merely attached to is
+	// replaced by one it starts and owns once the original goes away. Leave
+	// it off where a stopped cluster must stay stopped, as in tests of
+	// outages.
+	Supervise bool
 }
 
-// Cluster is a running PostgreSQL cluster reachable over a unix socket.
+// Cluster is a PostgreSQL cluster reachable over a unix socket. Its
+// postmaster may change over time when the cluster is supervised.
 type Cluster struct {
-	dir       string
+	dir      string
+	binDir   string
+	acct     *account
+	settings map[string]string
+	logger   *slog.Logger
+
+	mu sync.Mutex
+	pm *postmaster // the postmaster serving the cluster now, or last
+
+	// cancelSupervise and supervised are set when Options.Supervise is:
+	// Stop calls the one and waits for the other to be closed.
+	cancelSupervise context.CancelFunc
+	supervised      chan struct{}
+}
+
+// postmaster is one PostgreSQL server process running on the cluster.
+type postmaster struct {
+	pid       int
 	socketDir string
 	port      int
-	pid       int
-	logger    *slog.Logger
 	// proc and exited are set only when this process started the postmaster;
-	// exited is closed once it has been reaped.
-	proc   *os.Process
-	exited chan struct{}
+	// exited is closed once it has been reaped, and waitErr (how it ended)
+	// is set before.
+	proc    *os.Process
+	exited  chan struct{}
+	waitErr error
 }
 
 // Start returns a running cluster for opts.Dir, creating and starting it as
 // needed, and waits as long as ctx allows for it to accept connections. Give
 // ctx a deadline: a fresh cluster takes a few seconds (initdb), a cluster
-// that was killed may first run crash recovery.
+// that was killed may first run crash recovery, and Start waits for the
+// backends of a killed postmaster to exit (PostgreSQL refuses to start while
+// they hold its shared memory).
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	logger := opts.Logger
 	if logger == nil {
@@ -111,41 +155,88 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-
-	// Serialize Starts on this folder across processes, so two of them
-	// racing on an empty folder do not both run initdb or start a postmaster.
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return nil, fmt.Errorf("creating the parent of PostgreSQL folder %s: %w", dir, err)
 	}
-	unlock, err := lockFile(ctx, dir+".lock")
+
+	c := &Cluster{dir: dir, binDir: binDir, acct: acct, settings: opts.Settings, logger: logger}
+	for delay := firstRestartDelay; ; delay = min(2*delay, maxRestartDelay) {
+		if c.pm, err = c.launch(ctx, true); !errors.Is(err, errOldBackends) {
+			break
+		}
+		if delay == firstRestartDelay {
+			logger.Info("waiting for the backends of a killed PostgreSQL to exit", "dir", dir)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(delay):
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if opts.Supervise {
+		// The supervisor outlives Start's ctx (often a start deadline); Stop
+		// ends it.
+		sctx, cancel := context.WithCancel(context.Background())
+		c.cancelSupervise, c.supervised = cancel, make(chan struct{})
+		go c.supervise(sctx)
+	}
+	return c, nil
+}
+
+// launch attaches to the postmaster running on the cluster or starts one.
+// create also makes the folder and runs initdb where needed; a restart
+// passes false, so that a folder deleted under a running server is reported
+// rather than silently replaced by an empty cluster.
+func (c *Cluster) launch(ctx context.Context, create bool) (*postmaster, error) {
+	// Serialize launches on this folder across processes, so two of them
+	// racing on an empty folder (or on a dead postmaster) do not both run
+	// initdb or start a postmaster.
+	unlock, err := lockFile(ctx, c.dir+".lock")
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 
-	if err := prepareDir(dir, acct); err != nil {
-		return nil, err
+	if create {
+		if err := prepareDir(c.dir, c.acct); err != nil {
+			return nil, err
+		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); errors.Is(err, fs.ErrNotExist) {
-		if err := initdb(ctx, binDir, dir, acct, opts.Settings, logger); err != nil {
+	if _, err := os.Stat(filepath.Join(c.dir, "PG_VERSION")); errors.Is(err, fs.ErrNotExist) {
+		if !create {
+			return nil, fmt.Errorf("restarting PostgreSQL: %s no longer holds a cluster (PG_VERSION is gone); restore the folder, or restart the server to create an empty cluster", c.dir)
+		}
+		if err := initdb(ctx, c.binDir, c.dir, c.acct, c.settings, c.logger); err != nil {
 			return nil, err
 		}
 	} else if err != nil {
-		return nil, fmt.Errorf("checking whether %s holds a PostgreSQL cluster: %w", dir, err)
+		return nil, fmt.Errorf("checking whether %s holds a PostgreSQL cluster: %w", c.dir, err)
 	}
 
-	c, err := attach(ctx, dir, logger)
-	if c != nil || err != nil {
-		return c, err
+	pm, err := attach(ctx, c.dir, c.logger)
+	if pm != nil || err != nil {
+		return pm, err
 	}
-	return startPostmaster(ctx, binDir, dir, acct, opts.Settings, logger)
+	return startPostmaster(ctx, c.binDir, c.dir, c.acct, c.settings, c.logger)
+}
+
+// current returns the postmaster serving the cluster now, or last.
+func (c *Cluster) current() *postmaster {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pm
 }
 
 // DSN returns a lib/pq key=value connection string for database over the
 // unix socket, as the postgres superuser. An empty database leaves dbname
-// out, so the server uses the user's name.
+// out, so the server uses the user's name. The socket of a supervised
+// cluster stays where it is across restarts, so the DSN stays valid.
 func (c *Cluster) DSN(database string) string {
-	parts := []string{"host=" + dsnValue(c.socketDir), "port=" + strconv.Itoa(c.port), "user=postgres"}
+	pm := c.current()
+	parts := []string{"host=" + dsnValue(pm.socketDir), "port=" + strconv.Itoa(pm.port), "user=postgres"}
 	if database != "" {
 		parts = append(parts, "dbname="+dsnValue(database))
 	}
@@ -153,52 +244,73 @@ func (c *Cluster) DSN(database string) string {
 }
 
 // SocketDir returns the folder holding the cluster's unix socket.
-func (c *Cluster) SocketDir() string { return c.socketDir }
+func (c *Cluster) SocketDir() string { return c.current().socketDir }
 
 // Dir returns the cluster's absolute data folder.
 func (c *Cluster) Dir() string { return c.dir }
 
-// Owned reports whether this process started the postmaster, and so whether
-// Stop will shut it down.
-func (c *Cluster) Owned() bool { return c.proc != nil }
+// PID returns the process id of the postmaster serving the cluster now, or
+// of the last one while a supervised cluster is being restarted.
+func (c *Cluster) PID() int { return c.current().pid }
 
-// Stop shuts down a postmaster this process started with a fast shutdown
-// (SIGINT: sessions are ended, then a checkpoint) and waits for it to exit.
-// If ctx ends first it falls back to an immediate shutdown (SIGQUIT), which is
-// safe but makes the next start run crash recovery. Stop does nothing for an
-// attached cluster and removes no files. Pass a context that is not already
-// done, e.g. a fresh one with a timeout during shutdown.
+// Owned reports whether this process started the current postmaster, and so
+// whether Stop will shut it down. A supervised cluster that this process
+// attached to becomes owned when this process starts its replacement.
+func (c *Cluster) Owned() bool { return c.current().proc != nil }
+
+// Stop ends supervision, waiting for a restart under way to finish or be
+// abandoned (an abandoned start is shut down), then shuts down a postmaster
+// this process started with a fast shutdown (SIGINT: sessions are ended, then
+// a checkpoint) and waits for it to exit. If ctx ends first it falls back to
+// an immediate shutdown (SIGQUIT), which is safe but makes the next start run
+// crash recovery. Stop leaves a postmaster this process merely attached to
+// running, and removes no files. Pass a context that is not already done,
+// e.g. a fresh one with a timeout during shutdown.
 func (c *Cluster) Stop(ctx context.Context) error {
-	if !c.Owned() {
+	if c.cancelSupervise != nil {
+		c.cancelSupervise()
+		<-c.supervised
+	}
+	pm := c.current()
+	if pm.proc == nil {
 		return nil
 	}
 	select {
-	case <-c.exited:
+	case <-pm.exited:
 		return nil
 	default:
 	}
-	c.logger.Info("stopping PostgreSQL", "dir", c.dir, "pid", c.pid)
-	if err := c.proc.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("stopping PostgreSQL (pid %d): %w", c.pid, err)
+	c.logger.Info("stopping PostgreSQL", "dir", c.dir, "pid", pm.pid)
+	if err := pm.stop(ctx); err != nil {
+		return fmt.Errorf("stopping PostgreSQL in %s: %w", c.dir, err)
+	}
+	return nil
+}
+
+// stop shuts down a postmaster this process started with a fast shutdown
+// and waits for it to exit, falling back to quit when ctx ends first.
+func (pm *postmaster) stop(ctx context.Context) error {
+	if err := pm.proc.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signalling the postmaster (pid %d): %w", pm.pid, err)
 	}
 	select {
-	case <-c.exited:
+	case <-pm.exited:
 		return nil
 	case <-ctx.Done():
 	}
-	c.quit()
-	return fmt.Errorf("stopping PostgreSQL in %s: fast shutdown did not finish in time, so it was stopped immediately and the next start will run crash recovery: %w", c.dir, ctx.Err())
+	pm.quit()
+	return fmt.Errorf("fast shutdown did not finish in time, so it was stopped immediately and the next start will run crash recovery: %w", ctx.Err())
 }
 
 // quit stops the postmaster immediately (SIGQUIT) and, should even that hang,
 // kills its whole process group; it returns once the postmaster is reaped.
-func (c *Cluster) quit() {
-	_ = c.proc.Signal(syscall.SIGQUIT)
+func (pm *postmaster) quit() {
+	_ = pm.proc.Signal(syscall.SIGQUIT)
 	select {
-	case <-c.exited:
+	case <-pm.exited:
 	case <-time.After(quitGrace):
-		_ = syscall.Kill(-c.pid, syscall.SIGKILL)
-		<-c.exited
+		_ = syscall.Kill(-pm.pid, syscall.SIGKILL)
+		<-pm.exited
 	}
 }
 
@@ -308,7 +420,7 @@ func runInitdb(ctx context.Context, binDir, dir string, acct *account, settings 
 // accept connections, or nil when there is none. A postmaster.pid left by a
 // killed postmaster whose pid now belongs to an unrelated process is
 // removed, since PostgreSQL would refuse to start over it.
-func attach(ctx context.Context, dir string, logger *slog.Logger) (*Cluster, error) {
+func attach(ctx context.Context, dir string, logger *slog.Logger) (*postmaster, error) {
 	ticker := time.NewTicker(pollInterval)
 	defer ticker.Stop()
 	for {
@@ -331,7 +443,7 @@ func attach(ctx context.Context, dir string, logger *slog.Logger) (*Cluster, err
 		}
 		if pf.accepting() {
 			logger.Info("attached to running PostgreSQL", "dir", dir, "pid", pf.pid)
-			return &Cluster{dir: dir, socketDir: pf.socketDir, port: pf.port, pid: pf.pid, logger: logger}, nil
+			return &postmaster{pid: pf.pid, socketDir: pf.socketDir, port: pf.port}, nil
 		}
 		select {
 		case <-ctx.Done():
@@ -344,14 +456,20 @@ func attach(ctx context.Context, dir string, logger *slog.Logger) (*Cluster, err
 
 // startPostmaster starts postgres on dir listening only on a unix socket in
 // dir, logging to dir/postgres.log, and waits until it accepts connections.
-// On failure it makes sure the postmaster is gone and quotes the log.
-func startPostmaster(ctx context.Context, binDir, dir string, acct *account, settings map[string]string, logger *slog.Logger) (*Cluster, error) {
+// On failure it makes sure the postmaster is gone and quotes the log; when
+// ctx ends first, the half-started postmaster gets a fast shutdown (then an
+// immediate one after quitGrace), so that nothing is left running.
+func startPostmaster(ctx context.Context, binDir, dir string, acct *account, settings map[string]string, logger *slog.Logger) (*postmaster, error) {
 	logPath := filepath.Join(dir, "postgres.log")
 	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening PostgreSQL log %s: %w", logPath, err)
 	}
 	defer logFile.Close() // the child has its own copy once started
+	logStart, err := logFile.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, fmt.Errorf("finding the end of PostgreSQL log %s: %w", logPath, err)
+	}
 	if acct != nil {
 		if err := logFile.Chown(int(acct.uid), int(acct.gid)); err != nil {
 			return nil, fmt.Errorf("giving %s to the %s user: %w", logPath, acct.name, err)
@@ -367,34 +485,62 @@ func startPostmaster(ctx context.Context, binDir, dir string, acct *account, set
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = sysProcAttr(acct, syscall.SIGQUIT) // SIGQUIT: immediate shutdown
 	logger.Info("starting PostgreSQL", "dir", dir, "log", logPath)
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
+	pm, err := spawn(cmd)
+	if err != nil {
+		return nil, err
 	}
-	c := &Cluster{dir: dir, pid: cmd.Process.Pid, logger: logger, proc: cmd.Process, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait() // the exit status is in postgres.log
-		close(c.exited)
-	}()
 
 	ticker := time.NewTicker(pollInterval)
 	defer ticker.Stop()
 	for {
-		if pf, err := readPidFile(dir); err == nil && pf.pid == c.pid && pf.accepting() {
-			c.socketDir, c.port = pf.socketDir, pf.port
-			logger.Info("PostgreSQL ready", "dir", dir, "pid", c.pid, "socket_dir", c.socketDir)
-			return c, nil
+		if pf, err := readPidFile(dir); err == nil && pf.pid == pm.pid && pf.accepting() {
+			pm.socketDir, pm.port = pf.socketDir, pf.port
+			logger.Info("PostgreSQL ready", "dir", dir, "pid", pm.pid, "socket_dir", pm.socketDir)
+			return pm, nil
 		}
 		select {
-		case <-c.exited:
+		case <-pm.exited:
+			if logSince(logPath, logStart, oldBackendsMessage) {
+				return nil, fmt.Errorf("starting PostgreSQL in %s: %w; they exit once they notice, or stop them (see %s)", dir, errOldBackends, logPath)
+			}
 			return nil, fmt.Errorf("starting PostgreSQL in %s: postgres exited before accepting connections; fix the cause in %s, last lines:\n%s",
 				dir, logPath, tailFile(logPath))
 		case <-ctx.Done():
-			c.quit()
+			logger.Info("abandoning the PostgreSQL start", "dir", dir, "pid", pm.pid)
+			sctx, cancel := context.WithTimeout(context.Background(), quitGrace)
+			_ = pm.stop(sctx)
+			cancel()
 			return nil, fmt.Errorf("starting PostgreSQL in %s: %w before it accepted connections; see %s, last lines:\n%s",
 				dir, ctx.Err(), logPath, tailFile(logPath))
 		case <-ticker.C:
 		}
 	}
+}
+
+// spawn starts cmd and reaps it when it exits. Linux sends the parent-death
+// signal when the thread that forked the child exits, not the process
+// (golang/go#27505), so the goroutine that starts the postmaster keeps its
+// thread locked until the postmaster has exited: the runtime cannot retire
+// that thread and kill a healthy postmaster, wherever a restart runs.
+func spawn(cmd *exec.Cmd) (*postmaster, error) {
+	started := make(chan error, 1)
+	pm := &postmaster{exited: make(chan struct{})}
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- fmt.Errorf("starting %s: %w", cmd.Path, err)
+			return
+		}
+		pm.pid, pm.proc = cmd.Process.Pid, cmd.Process
+		started <- nil
+		pm.waitErr = cmd.Wait() // the reason is in postgres.log
+		close(pm.exited)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return pm, nil
 }
 
 // pidFile is what postmaster.pid says about the postmaster using a data
@@ -468,6 +614,18 @@ func postmasterState(pid int, dir string) pidState {
 		return pidReused
 	}
 	return pidRunning
+}
+
+// logSince reports whether the log at path holds text after offset, the
+// part the last start wrote.
+func logSince(path string, offset int64, text string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.NewSectionReader(f, offset, 1<<20))
+	return err == nil && strings.Contains(string(data), text)
 }
 
 // tailFile returns the last lines of the file at path, or a note on why it

@@ -62,7 +62,7 @@ func TestCluster(t *testing.T) {
 		require.Equal(t, bundle.cluster.DSN("postgres"), attached.DSN("postgres"))
 
 		require.NoError(t, attached.Stop(ctxWithTimeout(t)))
-		require.NoError(t, syscall.Kill(bundle.cluster.pid, 0), "postmaster still running")
+		require.NoError(t, syscall.Kill(bundle.cluster.PID(), 0), "postmaster still running")
 		require.Equal(t, "1", psql(t, binDir, attached, "select 1"))
 	})
 
@@ -72,7 +72,7 @@ func TestCluster(t *testing.T) {
 
 		require.NoError(t, bundle.cluster.Stop(ctxWithTimeout(t)))
 		require.Eventually(t, func() bool {
-			return errors.Is(syscall.Kill(bundle.cluster.pid, 0), syscall.ESRCH)
+			return errors.Is(syscall.Kill(bundle.cluster.PID(), 0), syscall.ESRCH)
 		}, 10*time.Second, 10*time.Millisecond)
 		require.NoFileExists(t, filepath.Join(bundle.dir, "postmaster.pid"))
 		require.NoError(t, bundle.cluster.Stop(ctxWithTimeout(t)), "second Stop is a no-op")
@@ -142,7 +142,7 @@ func TestCluster(t *testing.T) {
 		}
 
 		require.NotEqual(t, clusters[0].Owned(), clusters[1].Owned(), "exactly one Start owns the postmaster")
-		require.Equal(t, clusters[0].pid, clusters[1].pid)
+		require.Equal(t, clusters[0].PID(), clusters[1].PID())
 		require.Equal(t, "1", psql(t, binDir, clusters[1], "select 1"))
 	})
 
