@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -52,6 +53,12 @@ type Websocket struct {
 	WriteTimeout time.Duration
 	// ReadLimit caps one client message, in bytes.
 	ReadLimit int64
+	// Quota caps the operations of one connection and of one caller across
+	// connections (nil: DefaultLimits per connection, none per caller).
+	Quota *Quota
+	// KeyRecheck is how often a robot's connection re-checks its API key
+	// (0: every 30 seconds).
+	KeyRecheck time.Duration
 }
 
 var _ graphql.Transport = Websocket{}
@@ -142,7 +149,21 @@ type wsConn struct {
 type wsOp struct {
 	cancel context.CancelFunc
 	done   bool // the client stopped it, or the server ended it: send nothing more
+	// release returns the operation's place in the caller's quota; it is
+	// called whenever the operation leaves the connection's ops.
+	release func()
 }
+
+// end stops op and returns its quota (under c.mu).
+func (op *wsOp) end() {
+	op.done = true
+	op.cancel()
+	op.release()
+}
+
+// MaxOperationID caps the length of a client's operation id: it is kept for
+// the operation's life and echoed in each of its messages.
+const MaxOperationID = 128
 
 type closeReq struct {
 	code   int
@@ -183,7 +204,11 @@ func (c *wsConn) serve(ctx context.Context) (int, string) {
 	defer initTimer.Stop()
 	keepAlive := time.NewTicker(c.t.KeepAlive)
 	defer keepAlive.Stop()
-	recheck := time.NewTicker(recheckEvery)
+	every := c.t.KeyRecheck
+	if every <= 0 {
+		every = recheckEvery
+	}
+	recheck := time.NewTicker(every)
 	defer recheck.Stop()
 	var expired <-chan time.Time
 
@@ -286,8 +311,7 @@ func (c *wsConn) handle(ctx context.Context, m wsMessage) (code int, reason stri
 	case c.d.stop:
 		c.mu.Lock()
 		if op, ok := c.ops[m.ID]; ok {
-			op.done = true
-			op.cancel()
+			op.end()
 			delete(c.ops, m.ID)
 		}
 		c.mu.Unlock()
@@ -350,9 +374,13 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	if m.ID == "" || json.Unmarshal(m.Payload, &params) != nil || params.Query == "" && params.Extensions["persistedQuery"] == nil {
 		return CloseBadRequest, "Invalid message received: " + c.d.subscribe + " needs an id and a payload with a query", time.Time{}
 	}
+	if len(m.ID) > MaxOperationID {
+		return CloseBadRequest, closeReason(fmt.Sprintf("Invalid message received: an operation id has at most %d bytes", MaxOperationID)), time.Time{}
+	}
 	c.mu.Lock()
 	acked := c.acked
 	_, exists := c.ops[m.ID]
+	running := len(c.ops)
 	c.mu.Unlock()
 	if !acked {
 		if c.d.legacy {
@@ -364,24 +392,45 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	if exists {
 		return CloseSubscriberExists, closeReason("Subscriber for " + m.ID + " already exists"), time.Time{}
 	}
+	if max := c.t.Quota.perConnection(); running >= max {
+		c.refuse(ctx, m.ID, limitError("MAX_SUBSCRIPTIONS_PER_CONNECTION", max,
+			"this connection already runs %d operations (subscriptions, and queries or mutations still running), the most one connection may (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one before starting another", max))
+		return 0, "", time.Time{}
+	}
 	if code, reason := c.recheck(ctx); code != 0 {
 		return code, reason, time.Time{}
 	}
 	opCtx, cancel := context.WithCancel(ctx)
 	c.mu.Lock()
-	op := &wsOp{cancel: cancel}
-	c.ops[m.ID] = op
-	if c.principal != nil {
-		opCtx = auth.WithPrincipal(opCtx, c.principal)
+	p := c.principal
+	c.mu.Unlock()
+	if p != nil {
+		opCtx = auth.WithPrincipal(opCtx, p)
 	}
+	release, err := c.t.Quota.Hold(opCtx)
+	if err != nil {
+		cancel()
+		c.refuse(ctx, m.ID, err)
+		return 0, "", time.Time{}
+	}
+	op := &wsOp{cancel: cancel, release: release}
+	c.mu.Lock()
+	c.ops[m.ID] = op
 	c.mu.Unlock()
 	go c.run(opCtx, m.ID, op, &params)
 	return 0, "", time.Time{}
 }
 
+// refuse answers a subscribe message with an error for its id, without
+// running it; the socket stays open and the id may be used again.
+func (c *wsConn) refuse(ctx context.Context, id string, err error) {
+	_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(err)}))
+}
+
 // run executes one operation and reports its results under id.
 func (c *wsConn) run(ctx context.Context, id string, op *wsOp, params *graphql.RawParams) {
 	defer op.cancel()
+	defer op.release()
 	out := execute(ctx, c.exec, params, func(resp *graphql.Response) error {
 		if c.isDone(op) {
 			return context.Canceled
@@ -394,6 +443,7 @@ func (c *wsConn) run(ctx context.Context, id string, op *wsOp, params *graphql.R
 	if c.ops[id] == op {
 		delete(c.ops, id)
 	}
+	op.release() // before the last message: a client may reuse the place once it has it
 	if !done {
 		c.finishing.Add(1)
 	}
@@ -432,8 +482,7 @@ func (c *wsConn) endAll(ctx context.Context, err error) {
 	ops := c.ops
 	c.ops = map[string]*wsOp{}
 	for _, op := range ops {
-		op.done = true
-		op.cancel()
+		op.end()
 	}
 	c.mu.Unlock()
 	for id := range ops {
@@ -445,8 +494,7 @@ func (c *wsConn) stopAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, op := range c.ops {
-		op.done = true
-		op.cancel()
+		op.end()
 	}
 }
 
