@@ -31,6 +31,10 @@ const (
 	CloseTooManyInitRequests = 4429
 	CloseGoingAway           = 1001
 	CloseNormal              = 1000
+	// CloseTryAgainLater (RFC 6455's registry) closes a connection the server
+	// cannot serve for now, such as when its database is unreachable:
+	// graphql-ws clients retry it, unlike 4403 or 1011.
+	CloseTryAgainLater = 1013
 )
 
 // Subprotocols.
@@ -230,7 +234,8 @@ func (c *wsConn) serve(ctx context.Context) (int, string) {
 				return CloseInitTimeout, "Connection initialisation timeout"
 			}
 		case <-recheck.C:
-			if code, reason := c.recheck(ctx); code != 0 {
+			// A check that could not be made is retried at the next tick.
+			if code, reason, _ := c.recheck(ctx); code != 0 {
 				return code, reason
 			}
 		case <-keepAlive.C:
@@ -263,20 +268,32 @@ const recheckEvery = 30 * time.Second
 // recheck re-authenticates a robot's connection (an API key may have been
 // revoked since connection_init). When the key no longer passes, every
 // operation ends with UNAUTHENTICATED and the socket is to close with 4403.
-func (c *wsConn) recheck(ctx context.Context) (int, string) {
+// When the check cannot be made (the database is unreachable: an outage is
+// not a revocation), the socket stays and unchecked is the client-fit
+// reason; the error itself is logged, never sent.
+func (c *wsConn) recheck(ctx context.Context) (code int, reason string, unchecked error) {
 	c.mu.Lock()
 	p := c.principal
 	c.mu.Unlock()
 	if p == nil || p.RobotID == uuid.Nil {
-		return 0, ""
+		return 0, "", nil
 	}
-	if _, err := c.reauth(ctx); err != nil {
-		c.endAll(ctx, err)
-		c.finishing.Wait()
-		return CloseForbidden, closeReason("Forbidden: " + err.Error())
+	_, err := c.reauth(ctx)
+	switch {
+	case err == nil:
+		return 0, "", nil
+	case fault.CodeOf(err) == fault.Internal:
+		c.t.Log.Warn("could not re-check a robot's API key; the websocket stays open until the next check", "robot", p.RobotID, "error", err)
+		return 0, "", errCannotVerify
 	}
-	return 0, ""
+	c.endAll(ctx, err)
+	c.finishing.Wait()
+	return CloseForbidden, closeReason("Forbidden: " + err.Error()), nil
 }
+
+// errCannotVerify is what a client learns when its credential could not be
+// checked because of a server fault: nothing of the fault itself.
+var errCannotVerify = fault.New(fault.Internal, "the server cannot verify credentials right now; try again shortly")
 
 func (c *wsConn) initialised() bool {
 	c.mu.Lock()
@@ -345,10 +362,16 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 		}
 	}
 	if err != nil {
+		code, reason := CloseForbidden, "Forbidden: "+err.Error()
+		if fault.CodeOf(err) == fault.Internal {
+			// Not a refusal: the credential could not be checked (an outage).
+			c.t.Log.Warn("could not check a websocket's credentials", "error", err)
+			err, code, reason = errCannotVerify, CloseTryAgainLater, "Try again later: "+errCannotVerify.Message
+		}
 		if c.d.legacy {
 			_ = c.write(ctx, wsMessage{Type: "connection_error", Payload: mustJSON(present(err))})
 		}
-		return CloseForbidden, closeReason("Forbidden: " + err.Error()), time.Time{}
+		return code, closeReason(reason), time.Time{}
 	}
 	c.mu.Lock()
 	if p != nil {
@@ -397,8 +420,11 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 			"this connection already runs %d operations (subscriptions, and queries or mutations still running), the most one connection may (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one before starting another", max))
 		return 0, "", time.Time{}
 	}
-	if code, reason := c.recheck(ctx); code != 0 {
+	if code, reason, unchecked := c.recheck(ctx); code != 0 {
 		return code, reason, time.Time{}
+	} else if unchecked != nil {
+		c.refuse(ctx, m.ID, unchecked)
+		return 0, "", time.Time{}
 	}
 	opCtx, cancel := context.WithCancel(ctx)
 	c.mu.Lock()
