@@ -207,9 +207,9 @@ func declareServe(s *settings) *configSettings {
 		jobLease:      s.add("JOB_LEASE_SECONDS", "job-lease-seconds", "60", "how long a claimed job's lease lasts; heartbeats and progress reports extend it"),
 		offlineAfter:  s.add("ROBOT_OFFLINE_THRESHOLD", "robot-offline-threshold", "90", "seconds without a heartbeat after which a robot is OFFLINE"),
 		subsPerConnection: s.add("MAX_SUBSCRIPTIONS_PER_CONNECTION", "max-subscriptions-per-connection", strconv.Itoa(live.DefaultLimits.PerConnection),
-			"operations (subscriptions, and queries or mutations still running) one websocket may run at once; more are refused with RATE_LIMITED"),
+			"subscriptions one websocket may hold at once; more are refused with RATE_LIMITED"),
 		subsPerPrincipal: s.add("MAX_SUBSCRIPTIONS_PER_PRINCIPAL", "max-subscriptions-per-principal", strconv.Itoa(live.DefaultLimits.PerPrincipal),
-			"operations one caller (user, robot, service) may run at once across its websockets and SSE streams to this process"),
+			"subscriptions and SSE streams one caller (user, robot, service) may hold at once across its connections to this process"),
 		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 	}

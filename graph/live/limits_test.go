@@ -42,11 +42,11 @@ func (c *conn) sync() {
 	}
 }
 
-// TestLiveWSOperationsPerConnection: with the default limits, one
-// websocket runs at most live.DefaultLimits.PerConnection operations; the
-// next is refused with an error for its id, the socket stays open, and a
-// place freed by a complete can be taken again.
-func TestLiveWSOperationsPerConnection(t *testing.T) {
+// TestLiveWSSubscriptionsPerConnection: with the default limits, one
+// websocket holds at most live.DefaultLimits.PerConnection subscriptions;
+// the next is refused with an error for its id, the socket stays open (its
+// queries run), and a place freed by a complete can be taken again.
+func TestLiveWSSubscriptionsPerConnection(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
 	f := newFixture(t, s)
@@ -60,9 +60,9 @@ func TestLiveWSOperationsPerConnection(t *testing.T) {
 	}
 	c.subscribe("over", machineSub, map[string]any{"id": f.machine})
 	requireRateLimited(t, c.read(), "over", "MAX_SUBSCRIPTIONS_PER_CONNECTION")
-	// A query is an operation too while it runs.
-	c.subscribe("query", `{ me { id } }`, nil)
-	requireRateLimited(t, c.read(), "query", "MAX_SUBSCRIPTIONS_PER_CONNECTION")
+	// Queries and mutations are not subscriptions: they still run.
+	r := c.query("query", `{ me { id } }`)
+	require.Empty(t, r.Errors)
 
 	// The socket is open and its subscriptions live; one stopped frees its place.
 	c.send(map[string]any{"id": "0", "type": "complete"})
@@ -83,10 +83,10 @@ func TestLiveWSOperationsPerConnection(t *testing.T) {
 	require.NotContains(t, seen, "again")
 }
 
-// TestLiveOperationsPerPrincipal: one caller's operations across its
-// websockets (both protocols) and SSE streams are capped together; other
-// callers are not affected, and a freed place can be taken again.
-func TestLiveOperationsPerPrincipal(t *testing.T) {
+// TestLiveSubscriptionsPerPrincipal: one caller's subscriptions across its
+// websockets (both protocols) and its SSE streams are capped together;
+// other callers are not affected, and a freed place can be taken again.
+func TestLiveSubscriptionsPerPrincipal(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{PerConnection: 3, PerPrincipal: 7}})
 	f := newFixture(t, s)

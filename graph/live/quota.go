@@ -11,24 +11,24 @@ import (
 )
 
 // Limits bound the state the streaming transports hold for their clients.
-// A running operation (above all a subscription: a goroutine, a hub
-// subscriber with its queue, an executor context) costs tens of kilobytes
-// for as long as it runs, so a client may hold only so many at once.
+// A subscription (a goroutine, a hub subscriber with its queue, an executor
+// context) costs tens of kilobytes for as long as it runs, so a client may
+// hold only so many at once.
 type Limits struct {
-	// PerConnection caps the operations one websocket runs at once:
-	// subscriptions, and queries or mutations still running.
+	// PerConnection caps the subscriptions one websocket holds at once.
 	PerConnection int
-	// PerPrincipal caps the operations one caller (a user, a robot, a
-	// tenant's service role; anonymous callers by address) runs at once
-	// across all its websockets and SSE streams to this process.
+	// PerPrincipal caps the subscriptions (over websockets) and SSE streams
+	// one caller (a user, a robot, a tenant's service role; anonymous
+	// callers by address) holds at once across all its connections to this
+	// process.
 	PerPrincipal int
 }
 
 // DefaultLimits fit any dashboard or robot with room to spare.
 var DefaultLimits = Limits{PerConnection: 100, PerPrincipal: 500}
 
-// Quota counts each caller's running streaming operations in this
-// process against Limits.PerPrincipal. The websocket and SSE transports of
+// Quota counts each caller's subscriptions and SSE streams in this process
+// against Limits.PerPrincipal. The websocket and SSE transports of
 // one handler share one Quota. A nil *Quota limits nothing.
 type Quota struct {
 	limits Limits
@@ -64,7 +64,7 @@ func callerKey(p *auth.Principal, ip string) string {
 	return p.TenantID.String() + "/" + p.Actor()
 }
 
-// Hold reserves one operation for the caller of ctx (its Principal, else
+// Hold reserves one place for the caller of ctx (its Principal, else
 // its client address), or refuses with RATE_LIMITED when the caller runs as
 // many as Limits.PerPrincipal allows. release returns the reservation; it
 // may be called more than once.
@@ -80,7 +80,7 @@ func (q *Quota) hold(key string) (func(), error) {
 	defer q.mu.Unlock()
 	if q.held[key] >= q.limits.PerPrincipal {
 		return nil, limitError("MAX_SUBSCRIPTIONS_PER_PRINCIPAL", q.limits.PerPrincipal,
-			"you already run %d operations (subscriptions, streams) on this server over websockets and SSE, the most one caller may (MAX_SUBSCRIPTIONS_PER_PRINCIPAL); complete one before starting another",
+			"you already hold %d subscriptions and SSE streams on this server, the most one caller may (MAX_SUBSCRIPTIONS_PER_PRINCIPAL); complete one before starting another",
 			q.limits.PerPrincipal)
 	}
 	q.held[key]++

@@ -156,6 +156,8 @@ type wsOp struct {
 	// release returns the operation's place in the caller's quota; it is
 	// called whenever the operation leaves the connection's ops.
 	release func()
+	// subscription tells what the operation is, for the connection's limits.
+	subscription bool
 }
 
 // end stops op and returns its quota (under c.mu).
@@ -403,7 +405,6 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	c.mu.Lock()
 	acked := c.acked
 	_, exists := c.ops[m.ID]
-	running := len(c.ops)
 	c.mu.Unlock()
 	if !acked {
 		if c.d.legacy {
@@ -414,11 +415,6 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	}
 	if exists {
 		return CloseSubscriberExists, closeReason("Subscriber for " + m.ID + " already exists"), time.Time{}
-	}
-	if max := c.t.Quota.perConnection(); running >= max {
-		c.refuse(ctx, m.ID, limitError("MAX_SUBSCRIPTIONS_PER_CONNECTION", max,
-			"this connection already runs %d operations (subscriptions, and queries or mutations still running), the most one connection may (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one before starting another", max))
-		return 0, "", time.Time{}
 	}
 	if code, reason, unchecked := c.recheck(ctx); code != 0 {
 		return code, reason, time.Time{}
@@ -433,18 +429,64 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	if p != nil {
 		opCtx = auth.WithPrincipal(opCtx, p)
 	}
-	release, err := c.t.Quota.Hold(opCtx)
-	if err != nil {
+	// Parsed and validated here, in order, so that what the operation is
+	// (a subscription or not) is known before it takes a place.
+	opCtx, rc, errs := prepare(opCtx, c.exec, &params)
+	if errs != nil {
+		cancel()
+		_ = c.write(ctx, c.errorMessage(m.ID, errs))
+		return 0, "", time.Time{}
+	}
+	op := &wsOp{cancel: cancel, release: func() {}, subscription: isSubscription(rc)}
+	if err := c.admit(opCtx, op); err != nil {
 		cancel()
 		c.refuse(ctx, m.ID, err)
 		return 0, "", time.Time{}
 	}
-	op := &wsOp{cancel: cancel, release: release}
 	c.mu.Lock()
 	c.ops[m.ID] = op
 	c.mu.Unlock()
-	go c.run(opCtx, m.ID, op, &params)
+	go c.run(opCtx, m.ID, op, rc)
 	return 0, "", time.Time{}
+}
+
+// MaxRunningPerConnection caps the queries and mutations one websocket runs
+// at once (subscriptions have their own limit): each holds a goroutine and
+// possibly a database connection until it finishes.
+const MaxRunningPerConnection = 100
+
+// admit checks a new operation against the connection's limits and, for a
+// subscription, takes its place in its caller's quota (op.release returns
+// it). The serve loop alone adds operations, so the counts cannot be
+// overtaken between the check and the registration.
+func (c *wsConn) admit(ctx context.Context, op *wsOp) error {
+	subs, others := 0, 0
+	c.mu.Lock()
+	for _, o := range c.ops {
+		if o.subscription {
+			subs++
+		} else {
+			others++
+		}
+	}
+	c.mu.Unlock()
+	if !op.subscription {
+		if others >= MaxRunningPerConnection {
+			return limitError("RUNNING_QUERIES_PER_CONNECTION", MaxRunningPerConnection,
+				"this connection already runs %d queries and mutations at once, the most one connection may; wait for one to finish", MaxRunningPerConnection)
+		}
+		return nil
+	}
+	if max := c.t.Quota.perConnection(); subs >= max {
+		return limitError("MAX_SUBSCRIPTIONS_PER_CONNECTION", max,
+			"this connection already has %d subscriptions, the most one connection may (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one before starting another", max)
+	}
+	release, err := c.t.Quota.Hold(ctx)
+	if err != nil {
+		return err
+	}
+	op.release = release
+	return nil
 }
 
 // refuse answers a subscribe message with an error for its id, without
@@ -453,11 +495,11 @@ func (c *wsConn) refuse(ctx context.Context, id string, err error) {
 	_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(err)}))
 }
 
-// run executes one operation and reports its results under id.
-func (c *wsConn) run(ctx context.Context, id string, op *wsOp, params *graphql.RawParams) {
+// run executes one prepared operation and reports its results under id.
+func (c *wsConn) run(ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
 	defer op.cancel()
 	defer op.release()
-	out := execute(ctx, c.exec, params, func(resp *graphql.Response) error {
+	out := runPrepared(ctx, c.exec, rc, func(resp *graphql.Response) error {
 		if c.isDone(op) {
 			return context.Canceled
 		}
