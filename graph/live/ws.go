@@ -57,8 +57,8 @@ type Websocket struct {
 	WriteTimeout time.Duration
 	// ReadLimit caps one client message, in bytes.
 	ReadLimit int64
-	// Quota caps the operations of one connection and of one caller across
-	// connections (nil: DefaultLimits per connection, none per caller).
+	// Quota caps the subscriptions of one connection and of one caller
+	// across connections (nil: DefaultLimits per connection, none per caller).
 	Quota *Quota
 	// KeyRecheck is how often a robot's connection re-checks its API key
 	// (0: every 30 seconds).
