@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"fleetgraph/db"
+	"fleetgraph/graph/live"
 )
 
 // errUsage marks configuration and usage errors: main exits 2 for them.
@@ -143,6 +144,15 @@ func (st *setting) Seconds(lo, hi int) (time.Duration, error) {
 	return time.Duration(n) * time.Second, nil
 }
 
+// Int parses a whole number between lo and hi.
+func (st *setting) Int(lo, hi int) (int, error) {
+	n, err := strconv.Atoi(st.String())
+	if err != nil || n < lo || n > hi {
+		return 0, usageError("%s must be a whole number from %d to %d, not %q", st.name(), lo, hi, st.String())
+	}
+	return n, nil
+}
+
 // config is the server's configuration.
 type config struct {
 	listenAddr     string
@@ -156,6 +166,7 @@ type config struct {
 	introspection  *bool
 	autoMigrate    bool
 	queue          db.QueueConfig
+	live           live.Limits
 	logLevel       slog.Level
 	logFormat      string
 }
@@ -178,6 +189,7 @@ type configSettings struct {
 	origins, playground, introspection, autoMigrate, logLevel       *setting
 	logFormat                                                       *setting
 	jobLease, offlineAfter                                          *setting
+	subsPerConnection, subsPerPrincipal                             *setting
 }
 
 func declareServe(s *settings) *configSettings {
@@ -194,8 +206,12 @@ func declareServe(s *settings) *configSettings {
 		autoMigrate:   s.addBool("AUTO_MIGRATE", "auto-migrate", "apply pending migrations at start (always on with the private database)"),
 		jobLease:      s.add("JOB_LEASE_SECONDS", "job-lease-seconds", "60", "how long a claimed job's lease lasts; heartbeats and progress reports extend it"),
 		offlineAfter:  s.add("ROBOT_OFFLINE_THRESHOLD", "robot-offline-threshold", "90", "seconds without a heartbeat after which a robot is OFFLINE"),
-		logLevel:      s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
-		logFormat:     s.add("LOG_FORMAT", "log-format", "text", "text or json"),
+		subsPerConnection: s.add("MAX_SUBSCRIPTIONS_PER_CONNECTION", "max-subscriptions-per-connection", strconv.Itoa(live.DefaultLimits.PerConnection),
+			"subscriptions one websocket may hold at once; more are refused with RATE_LIMITED"),
+		subsPerPrincipal: s.add("MAX_SUBSCRIPTIONS_PER_PRINCIPAL", "max-subscriptions-per-principal", strconv.Itoa(live.DefaultLimits.PerPrincipal),
+			"subscriptions and SSE streams one caller (user, robot, service) may hold at once across its connections to this process"),
+		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
+		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 	}
 }
 
@@ -247,6 +263,12 @@ func (cs *configSettings) resolve() (*config, error) {
 		return nil, err
 	}
 	if c.queue.OfflineAfter, err = cs.offlineAfter.Seconds(5, 86400); err != nil {
+		return nil, err
+	}
+	if c.live.PerConnection, err = cs.subsPerConnection.Int(1, 100_000); err != nil {
+		return nil, err
+	}
+	if c.live.PerPrincipal, err = cs.subsPerPrincipal.Int(1, 1_000_000); err != nil {
 		return nil, err
 	}
 	if c.logLevel, err = parseLevel(cs.logLevel); err != nil {

@@ -259,6 +259,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		Queue:          cfg.queue,
 		AllowedOrigins: cfg.allowedOrigins,
 		Introspection:  cfg.devDefault(cfg.introspection),
+		LiveLimits:     cfg.live,
 	})
 	if err != nil {
 		return err

@@ -348,6 +348,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "JobLease", env: env{"JOB_LEASE_SECONDS": "soon"}, want: "JOB_LEASE_SECONDS"},
 		{name: "JobLeaseTooShort", env: env{"JOB_LEASE_SECONDS": "1"}, want: "JOB_LEASE_SECONDS"},
 		{name: "OfflineThreshold", env: env{"ROBOT_OFFLINE_THRESHOLD": "-5"}, want: "ROBOT_OFFLINE_THRESHOLD"},
+		{name: "SubscriptionsPerConnection", env: env{"MAX_SUBSCRIPTIONS_PER_CONNECTION": "0"}, want: "MAX_SUBSCRIPTIONS_PER_CONNECTION"},
+		{name: "SubscriptionsPerPrincipal", env: env{"MAX_SUBSCRIPTIONS_PER_PRINCIPAL": "many"}, want: "MAX_SUBSCRIPTIONS_PER_PRINCIPAL"},
 		{name: "Playground", env: env{"PLAYGROUND": "maybe"}, want: "PLAYGROUND"},
 		{name: "Introspection", env: env{"INTROSPECTION": "2x"}, want: "INTROSPECTION"},
 		{name: "AutoMigrate", env: env{"AUTO_MIGRATE": "sometimes"}, want: "AUTO_MIGRATE"},

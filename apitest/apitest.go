@@ -28,6 +28,7 @@ import (
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
 	"fleetgraph/graph"
+	"fleetgraph/graph/live"
 )
 
 // Secret is the JWT secret test servers accept.
@@ -65,6 +66,10 @@ type Options struct {
 	// KeepAlive overrides the interval of the websocket and SSE keep-alive
 	// messages (default 15s), for tests that wait for one.
 	KeepAlive time.Duration
+	// LiveLimits override the operations allowed per websocket and per caller.
+	LiveLimits live.Limits
+	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
+	KeyRecheck time.Duration
 }
 
 // New starts a server for t with its own database; it stops when t ends.
@@ -102,6 +107,8 @@ func New(t testing.TB, opts ...Options) *Server {
 		SweepEvery:     o.SweepEvery,
 		InitTimeout:    o.InitTimeout,
 		KeepAlive:      o.KeepAlive,
+		LiveLimits:     o.LiveLimits,
+		KeyRecheck:     o.KeyRecheck,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler

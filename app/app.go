@@ -17,6 +17,7 @@ import (
 	"fleetgraph/db"
 	"fleetgraph/dispatch"
 	"fleetgraph/graph"
+	"fleetgraph/graph/live"
 	"fleetgraph/realtime"
 	"fleetgraph/sweeper"
 )
@@ -40,6 +41,10 @@ type Config struct {
 	InitTimeout time.Duration
 	// KeepAlive is the interval of websocket and SSE keep-alives (0: the handler's default).
 	KeepAlive time.Duration
+	// LiveLimits cap operations per websocket and per caller (zero fields: the defaults).
+	LiveLimits live.Limits
+	// KeyRecheck is how often robot websockets re-check their API key (0: the handler's default).
+	KeyRecheck time.Duration
 }
 
 // App is the assembled application.
@@ -94,6 +99,8 @@ func New(cfg Config) (*App, error) {
 		Limits:               cfg.Limits,
 		WebsocketInitTimeout: cfg.InitTimeout,
 		WebsocketKeepAlive:   cfg.KeepAlive,
+		LiveLimits:           cfg.LiveLimits,
+		WebsocketKeyRecheck:  cfg.KeyRecheck,
 	})
 	return &App{
 		Handler:  h,

@@ -56,6 +56,9 @@ type MachineEvent struct {
 	Details   map[string]any `bun:"details,type:jsonb"`
 	Actor     string         `bun:"actor"`
 	CreatedAt time.Time      `bun:"created_at,nullzero,default:now()"`
+	// OwnerID is the machine's owner, read only by the live path's loads
+	// (EventsByID, EventsSince), which check it against each subscriber.
+	OwnerID uuid.UUID `bun:"owner_id,scanonly"`
 }
 
 // Cursor is the event's position in a machine's log, newest first.
@@ -494,7 +497,7 @@ func (s *Machines) EventsByID(ctx context.Context, idb bun.IDB, ids []int64) ([]
 		return nil, err
 	}
 	var rows []*MachineEvent
-	err = ownedBy(sc, idb.NewSelect().Model(&rows).
+	err = ownedBy(sc, idb.NewSelect().Model(&rows).ColumnExpr("e.*, m.owner_id").
 		Join("JOIN machines AS m ON m.id = e.machine_id").
 		Where("e.id = ANY(?)", pgdialect.Array(ids)), "m").OrderExpr("e.id").Scan(ctx)
 	if err != nil {
@@ -510,7 +513,7 @@ func (s *Machines) EventsSince(ctx context.Context, idb bun.IDB, since time.Time
 		return nil, err
 	}
 	var rows []*MachineEvent
-	err = ownedBy(sc, idb.NewSelect().Model(&rows).
+	err = ownedBy(sc, idb.NewSelect().Model(&rows).ColumnExpr("e.*, m.owner_id").
 		Join("JOIN machines AS m ON m.id = e.machine_id").
 		Where("e.created_at >= ?", since), "m").OrderExpr("e.id").Scan(ctx)
 	if err != nil {

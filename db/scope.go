@@ -103,26 +103,93 @@ func jobsVisible[Q wherer[Q]](s scope, q Q, alias string) Q {
 	return q
 }
 
-// CanSee decides in Go, without a database read, whether p may see a row
-// described by routing fields: the same rules the SQL scope applies, for the
-// subscription hub. kind is "machine" (owner set), "robot" (robot = the
-// robot's id) or "job" (robot = the holding robot, if any); every other
-// kind follows the tenant rule.
-func CanSee(p *auth.Principal, kind string, tenant uuid.UUID, owner, robot *uuid.UUID) bool {
+// The live path's visibility rules. The hub loads rows once per change as
+// its tenant's service role and decides in Go, per subscriber, what each one
+// may see: these functions are the same rules the SQL scope above applies
+// (ownedBy, robotsVisible, jobsVisible), written once for both the routing
+// fields of a notification (CanSee) and the row that is sent (CanSeeRow).
+// An unknown kind, or a row of the wrong type, is visible to no one.
+
+// canSeeMachine is ownedBy: a user sees the machines it owns, service_role
+// all of its tenant's; robots own no machines.
+func canSeeMachine(p *auth.Principal, tenant uuid.UUID, owner *uuid.UUID) bool {
+	switch {
+	case p == nil || p.TenantID != tenant || p.RobotID != uuid.Nil:
+		return false
+	case p.Role == auth.RoleService:
+		return true
+	}
+	return owner != nil && *owner != uuid.Nil && *owner == p.UserID
+}
+
+// canSeeRobot is robotsVisible: people see their tenant's robots, a robot
+// only itself.
+func canSeeRobot(p *auth.Principal, tenant, robot uuid.UUID) bool {
 	if p == nil || p.TenantID != tenant {
 		return false
 	}
-	isRobot := p.RobotID != uuid.Nil
+	return p.RobotID == uuid.Nil || robot == p.RobotID
+}
+
+// canSeeJob is jobsVisible: people see their tenant's jobs, a robot the jobs
+// it holds or held (robot_id is itself). A job retried or claimed by another
+// robot is no longer the first robot's.
+func canSeeJob(p *auth.Principal, tenant uuid.UUID, robot *uuid.UUID) bool {
+	if p == nil || p.TenantID != tenant {
+		return false
+	}
+	return p.RobotID == uuid.Nil || (robot != nil && *robot == p.RobotID)
+}
+
+// canSeePresence is who may watch a tenant's robots come and go: its people
+// (fleetPresence is refused to robots).
+func canSeePresence(p *auth.Principal, tenant uuid.UUID) bool {
+	return p != nil && p.TenantID == tenant && p.RobotID == uuid.Nil
+}
+
+// CanSee decides in Go, without a database read, whether p may see a row
+// described by a notification's routing fields, for the subscription hub's
+// first, cheap filter. kind is "machine" and "machine_event" (owner set),
+// "robot" (robot = the robot's id), "presence", or "job" (robot = the
+// holding robot, if any). Any other kind is visible to no one. Routing
+// fields may be older than the row the hub then sends: CanSeeRow checks that.
+func CanSee(p *auth.Principal, kind string, tenant uuid.UUID, owner, robot *uuid.UUID) bool {
+	switch kind {
+	case "machine", "machine_event":
+		return canSeeMachine(p, tenant, owner)
+	case "robot":
+		return robot != nil && canSeeRobot(p, tenant, *robot)
+	case "presence":
+		return canSeePresence(p, tenant)
+	case "job":
+		return canSeeJob(p, tenant, robot)
+	}
+	return false
+}
+
+// CanSeeRow decides whether p may see row, a row of kind as the hub loaded
+// it (*Machine, *MachineEvent, *Robot for "robot" and "presence", *Job):
+// the check every live update passes just before it is sent. Any other kind
+// or row type is visible to no one.
+func CanSeeRow(p *auth.Principal, kind string, row any) bool {
 	switch kind {
 	case "machine":
-		if isRobot {
-			return false
-		}
-		return p.Role == auth.RoleService || (owner != nil && *owner == p.UserID)
-	case "robot", "job":
-		return !isRobot || (robot != nil && *robot == p.RobotID)
+		m, ok := row.(*Machine)
+		return ok && m != nil && canSeeMachine(p, m.TenantID, &m.OwnerID)
+	case "machine_event":
+		e, ok := row.(*MachineEvent)
+		return ok && e != nil && canSeeMachine(p, e.TenantID, &e.OwnerID)
+	case "robot":
+		r, ok := row.(*Robot)
+		return ok && r != nil && canSeeRobot(p, r.TenantID, r.ID)
+	case "presence":
+		r, ok := row.(*Robot)
+		return ok && r != nil && canSeePresence(p, r.TenantID)
+	case "job":
+		j, ok := row.(*Job)
+		return ok && j != nil && canSeeJob(p, j.TenantID, j.RobotID)
 	}
-	return !isRobot
+	return false
 }
 
 // CheckCaller refuses an anonymous caller (UNAUTHENTICATED) and, when

@@ -84,6 +84,11 @@ type HandlerConfig struct {
 	WebsocketInitTimeout time.Duration
 	// WebsocketKeepAlive is the interval between server pings.
 	WebsocketKeepAlive time.Duration
+	// LiveLimits cap the operations per websocket and per caller across
+	// websockets and SSE streams (zero fields: live.DefaultLimits').
+	LiveLimits live.Limits
+	// WebsocketKeyRecheck is how often a robot's websocket re-checks its API key (0: 30s).
+	WebsocketKeyRecheck time.Duration
 }
 
 // Handler is the GraphQL endpoint: POST, GET (queries only), SSE and
@@ -113,7 +118,8 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	// Streaming transports first: SSE claims requests that accept
 	// text/event-stream before POST and GET see them.
 	socks := newSockets(cfg.AllowedOrigins)
-	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second})
+	quota := live.NewQuota(cfg.LiveLimits)
+	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota})
 	srv.AddTransport(live.Websocket{
 		Auth:         cfg.Auth,
 		Log:          cfg.Logger,
@@ -121,6 +127,8 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		KeepAlive:    cfg.WebsocketKeepAlive,
 		WriteTimeout: 30 * time.Second,
 		ReadLimit:    cfg.Limits.BodyBytes,
+		Quota:        quota,
+		KeyRecheck:   cfg.WebsocketKeyRecheck,
 	})
 	srv.AddTransport(transport.POST{})
 	srv.AddTransport(transport.GET{})

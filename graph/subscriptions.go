@@ -19,7 +19,9 @@ import (
 // Every subscription is checked at subscribe time through the stores (so an
 // invisible id is NOT_FOUND and a wrong caller FORBIDDEN), filtered per
 // change in Go with db.CanSee, and ends with UNAUTHENTICATED when the
-// caller's credential expires.
+// caller's credential expires. The hub checks every row it sends against
+// the subscriber's Principal (SubscribeOptions.Principal, db.CanSeeRow), so
+// a filter here only narrows what the subscriber asked for.
 
 // stream pumps a hub subscription into a channel: first (when non-nil),
 // then every update convert accepts. It ends when ctx does (the client
@@ -76,10 +78,13 @@ func streamError(sub *realtime.Sub) error {
 		return fault.New(fault.Unauthenticated, "your credential has expired; reconnect with a fresh one")
 	case errors.Is(err, realtime.ErrTooSlow):
 		return &fault.Error{Code: fault.RateLimited, Message: err.Error(), Extra: map[string]any{"reason": "SLOW_CONSUMER"}}
+	case errors.Is(err, realtime.ErrResyncFailed):
+		return &fault.Error{Code: fault.Internal, Message: err.Error()}
 	case err == nil, errors.Is(err, context.Canceled):
 		return nil
 	default:
-		return &fault.Error{Code: fault.Internal, Message: err.Error()}
+		// Only the hub's own errors above are fit for a client.
+		return fault.New(fault.Internal, "the subscription ended on a server fault; resubscribe")
 	}
 }
 
@@ -102,7 +107,7 @@ func (r *subscriptionResolver) machineUpdated(ctx context.Context, id *uuid.UUID
 	p := auth.FromContext(ctx)
 	wanted := func(m uuid.UUID) bool { return id == nil || m == *id }
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
-		Kind: realtime.KindMachine, Tenant: p.TenantID, Expires: p.ExpiresAt,
+		Kind: realtime.KindMachine, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
 		Filter: func(c realtime.Change) bool {
 			return wanted(parseKey(c.ID)) && db.CanSee(p, "machine", c.Tenant, c.Owner, nil)
 		},
@@ -134,9 +139,9 @@ func (r *subscriptionResolver) machineEventAdded(ctx context.Context, machineID 
 	}
 	p := auth.FromContext(ctx)
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
-		Kind: realtime.KindMachineEvent, Tenant: p.TenantID, Expires: p.ExpiresAt, Append: true,
+		Kind: realtime.KindMachineEvent, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt, Append: true,
 		Filter: func(c realtime.Change) bool {
-			return c.Machine != nil && *c.Machine == machineID && db.CanSee(p, "machine", c.Tenant, c.Owner, nil)
+			return c.Machine != nil && *c.Machine == machineID && db.CanSee(p, "machine_event", c.Tenant, c.Owner, nil)
 		},
 		MatchRow: func(v any) bool { return v.(*db.MachineEvent).MachineID == machineID },
 	})
@@ -158,7 +163,7 @@ func (r *subscriptionResolver) robotUpdated(ctx context.Context, id *uuid.UUID) 
 	p := auth.FromContext(ctx)
 	wanted := func(robot uuid.UUID) bool { return id == nil || robot == *id }
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
-		Kind: realtime.KindRobot, Tenant: p.TenantID, Expires: p.ExpiresAt,
+		Kind: realtime.KindRobot, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
 		Filter: func(c realtime.Change) bool {
 			robot := parseKey(c.ID)
 			return wanted(robot) && db.CanSee(p, "robot", c.Tenant, nil, &robot)
@@ -190,7 +195,7 @@ func (r *subscriptionResolver) fleetPresence(ctx context.Context) (<-chan *model
 	}
 	p := auth.FromContext(ctx)
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
-		Kind: realtime.KindPresence, Tenant: p.TenantID, Expires: p.ExpiresAt,
+		Kind: realtime.KindPresence, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
 		Filter: func(c realtime.Change) bool { return db.CanSee(p, "presence", c.Tenant, nil, nil) },
 	})
 	return stream(ctx, sub, nil, func(u realtime.Update) *model.PresenceEvent {
@@ -222,7 +227,7 @@ func (r *subscriptionResolver) jobUpdated(ctx context.Context, id *uuid.UUID, f 
 			(f.WorkflowID == nil || (workflow != nil && *workflow == *f.WorkflowID))
 	}
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
-		Kind: realtime.KindJob, Tenant: p.TenantID, Expires: p.ExpiresAt,
+		Kind: realtime.KindJob, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
 		Filter: func(c realtime.Change) bool {
 			return matches(parseKey(c.ID), c.Status, c.Robot, c.Workflow) && db.CanSee(p, "job", c.Tenant, nil, c.Robot)
 		},

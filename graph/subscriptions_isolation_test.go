@@ -1,13 +1,16 @@
 package graph_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+	"github.com/uptrace/bun"
 
 	"fleetgraph/apitest"
+	"fleetgraph/auth"
 )
 
 // Attacks on subscriptions: other users' machines, other tenants' fleets,
@@ -255,4 +258,127 @@ func TestSubscriptionAnonymous(t *testing.T) {
 	} {
 		require.Equal(t, "UNAUTHENTICATED", ws.refused(fmt.Sprint(i), sub.query, sub.vars), "%s %v", sub.query, sub.vars)
 	}
+}
+
+// lvJobResultSub selects a job change with the job's result and input.
+const lvJobResultSub = `subscription($id: ID) { jobUpdated(id: $id) { op id revision job { id status robotId revision input result error } } }`
+
+// TestSubscriptionRobotLosesItsJob: robot A watches jobs it holds; each is
+// cancelled, retried, claimed and finished by robot B in one transaction, so
+// every notification of it reaches the hub after the last change, and the
+// row the hub loads for A's notification (the cancel, which still routes to
+// A) is B's. The hub must check that row against A, not the routing fields:
+// A never gets B's state (its result, its error), while the user watching
+// the jobs gets it; A's next message, on each of its subscriptions, is its
+// own next job state.
+func TestSubscriptionRobotLosesItsJob(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	tn := lvNewTenant(t, s)
+	a, b := tn.robot("a", 20), tn.robot("b", 20)
+	done := tn.enqueue(tn.wf, nil)   // B completes it
+	failed := tn.enqueue(tn.wf, nil) // B fails it
+	a.claim(done.ID)
+	a.claim(failed.ID)
+	own := tn.enqueue(tn.wf, map[string]any{"robotId": a.ID})
+	ownLease := a.claim(own.ID)
+	const secret = "robot-b-secret"
+
+	// A watches each job on its own, and all of its jobs.
+	var got lvJobChange
+	watch := func(id, job string) *lvConn {
+		ws := lvConnect(t, s, a.Key)
+		ws.subscribe(id, lvJobResultSub, map[string]any{"id": job})
+		ws.value(id, &got)
+		require.Equal(t, "CURRENT", got.Op)
+		require.Equal(t, a.ID, *got.Job.RobotID)
+		return ws
+	}
+	doneWS, failedWS := watch("done", done.ID), watch("failed", failed.ID)
+	doneWS.subscribe("own", lvJobResultSub, map[string]any{"id": own.ID})
+	doneWS.value("own", &got)
+	all := lvConnect(t, s, a.Key)
+	all.subscribe("all", lvJobResultSub, nil)
+	all.sync("all", func() {
+		p := tn.enqueue(tn.wf, map[string]any{"robotId": a.ID, "priority": 1000, "input": map[string]any{"probe": true}})
+		a.claim(p.ID)
+	}, lvHasInput(t, "probe"))
+	users := map[string]*lvConn{}
+	for id, job := range map[string]string{"done": done.ID, "failed": failed.ID} {
+		users[id] = lvConnect(t, s, tn.user.Token)
+		users[id].subscribe(id, lvJobResultSub, map[string]any{"id": job})
+		users[id].value(id, &got)
+	}
+
+	ctx := t.Context()
+	asUser := auth.WithPrincipal(ctx, &auth.Principal{UserID: tn.user.ID, TenantID: tn.user.Tenant, Role: auth.RoleUser})
+	asB := auth.WithPrincipal(ctx, &auth.Principal{RobotID: uuid.MustParse(b.ID), TenantID: tn.user.Tenant, Role: auth.RoleRobot})
+	jobs := s.App.Resolver.JobStore
+	require.NoError(t, s.DB.RunInTx(ctx, nil, func(_ context.Context, tx bun.Tx) error {
+		for _, job := range []string{done.ID, failed.ID} {
+			id := uuid.MustParse(job)
+			if _, err := jobs.Cancel(asUser, tx, id); err != nil {
+				return err
+			}
+			if _, err := jobs.Retry(asUser, tx, id); err != nil {
+				return err
+			}
+			l, err := jobs.Claim(asB, tx)
+			if err != nil {
+				return err
+			}
+			require.NotNil(t, l)
+			require.Equal(t, id, l.Job.ID)
+			if _, err := jobs.Start(asB, tx, id, l.LeaseToken); err != nil {
+				return err
+			}
+			if job == done.ID {
+				_, err = jobs.Complete(asB, tx, id, l.LeaseToken, map[string]any{"secret": secret})
+			} else {
+				_, err = jobs.Fail(asB, tx, id, l.LeaseToken, secret, false)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+
+	// The user sees B's final states: the hub has loaded the rows and
+	// offered them to every subscriber of these notifications.
+	for id, final := range map[string]string{"done": "COMPLETED", "failed": "FAILED"} {
+		for got = (lvJobChange{}); got.Job == nil || got.Job.Status != final; {
+			users[id].value(id, &got)
+		}
+		require.Equal(t, b.ID, *got.Job.RobotID)
+	}
+	for _, job := range []string{done.ID, failed.ID} {
+		var seen struct{ Job *struct{ ID string } }
+		a.do(`query($id: ID!) { job(id: $id) { id } }`, map[string]any{"id": job}, &seen)
+		require.Nil(t, seen.Job, "the query path hides the job from A")
+	}
+
+	// Barriers: A's own next job states are its next messages.
+	k := tn.enqueue(tn.wf, map[string]any{"robotId": a.ID, "priority": 1000})
+	a.claim(k.ID)
+	m := all.next("all")
+	require.NotContains(t, string(m.Payload), secret, "A received B's job")
+	m.value(t, &got)
+	require.Equal(t, k.ID, got.ID, "A's next message must be its own new job: %s", m.Payload)
+
+	started := a.start(ownLease)
+	m = doneWS.next("own")
+	require.NotContains(t, string(m.Payload), secret, "A received B's job")
+	m.value(t, &got)
+	require.Equal(t, started.Revision, got.Revision)
+
+	var retried struct{ RetryJob lvJob }
+	tn.do(`mutation($id: ID!) { retryJob(id: $id) { id status revision } }`, map[string]any{"id": failed.ID}, &retried)
+	l := a.claim(failed.ID)
+	m = failedWS.next("failed")
+	require.NotContains(t, string(m.Payload), secret, "A received B's job")
+	m.value(t, &got)
+	require.Equal(t, "CLAIMED", got.Job.Status, "A's next message must be its own claim: %s", m.Payload)
+	require.Equal(t, a.ID, *got.Job.RobotID)
+	require.Equal(t, l.Job.Revision, got.Revision)
 }

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"fleetgraph/auth"
+	"fleetgraph/db"
 )
 
 // ChangeChannel is the NOTIFY channel of the change feed (migration 0003).
@@ -35,6 +38,28 @@ type Change struct {
 	PrevStatus string     `json:"ps"` // robots, on UPDATE
 	Robot      *uuid.UUID `json:"r"`  // jobs
 	Workflow   *uuid.UUID `json:"w"`  // jobs
+}
+
+// loadKind is the kind of row a topic's updates carry: presence is fed by
+// robot rows.
+func loadKind(kind string) string {
+	if kind == KindPresence {
+		return KindRobot
+	}
+	return kind
+}
+
+// visible is the one check every update passes before a subscriber gets
+// it: the row as loaded (not the notification's routing fields, which may
+// be older) against the subscriber's Principal, by the rules the query
+// path's scope applies (db.CanSeeRow). A deletion carries no row; its
+// routing fields were checked by the subscriber's filter, or the subscriber
+// already had the row. An unknown kind is visible to no one.
+func visible(p *auth.Principal, kind string, u Update) bool {
+	if u.Op == "DELETED" {
+		return u.Value == nil
+	}
+	return db.CanSeeRow(p, kind, u.Value)
 }
 
 // Update is what a subscriber receives: an entity's current row, or its deletion.
@@ -69,6 +94,8 @@ type Versioned struct {
 var (
 	// ErrTooSlow ends a subscriber that lets too many updates pile up.
 	ErrTooSlow = errors.New("the subscriber is not reading fast enough; updates were piling up, so the subscription was closed: resubscribe and re-query")
+	// ErrResyncFailed ends subscribers whose lost updates could not be re-read.
+	ErrResyncFailed = errors.New("updates were lost and could not be re-read; resubscribe and re-query")
 )
 
 // Hub routes change-feed notifications to subscribers. One hub per process
@@ -174,10 +201,7 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 		}
 	}
 	for k, ws := range byTopic {
-		loadKind := k.kind
-		if loadKind == KindPresence {
-			loadKind = KindRobot
-		}
+		loadKind := loadKind(k.kind)
 		var keys []string
 		for _, w := range ws {
 			if w.change.Op != "DELETE" {
@@ -258,15 +282,12 @@ func (h *Hub) resync(ctx context.Context) {
 	h.mu.RUnlock()
 	h.log.Info("resynchronising subscriptions after lost notifications", "topics", len(live), "since", since)
 	for k, subs := range live {
-		kind := k.kind
-		if kind == KindPresence {
-			kind = KindRobot
-		}
+		kind := loadKind(k.kind)
 		rows, err := h.source.ChangedSince(ctx, kind, k.tenant, since)
 		if err != nil {
 			h.log.Error("resynchronising", "kind", kind, "error", err)
 			for _, s := range subs {
-				s.end(errors.New("lost updates could not be re-read; resubscribe"))
+				s.end(ErrResyncFailed)
 			}
 			continue
 		}
@@ -320,6 +341,9 @@ func (h *Hub) resyncDeletions(ctx context.Context, kind string, k topic, subs []
 type SubscribeOptions struct {
 	Kind   string
 	Tenant uuid.UUID
+	// Principal is the subscriber: every row is checked against it before
+	// it is sent (nil sees nothing).
+	Principal *auth.Principal
 	// Filter decides from a change's routing fields, in Go, whether the
 	// subscriber may see and wants it; no database read per subscriber.
 	Filter func(Change) bool
@@ -334,7 +358,7 @@ type SubscribeOptions struct {
 // Subscribe registers a subscriber; call Sub.Close when done.
 func (h *Hub) Subscribe(o SubscribeOptions) *Sub {
 	s := &Sub{
-		hub: h, topic: topic{o.Kind, o.Tenant}, filter: o.Filter, matchRow: o.MatchRow, append: o.Append,
+		hub: h, topic: topic{o.Kind, o.Tenant}, principal: o.Principal, filter: o.Filter, matchRow: o.MatchRow, append: o.Append,
 		limit: h.queueLimit, pending: map[string]int{}, sent: map[string]int64{},
 		ready: make(chan struct{}, 1), done: make(chan struct{}),
 	}
@@ -381,13 +405,14 @@ func (h *Hub) closeAll(err error) {
 // append-only feeds), and a subscriber whose queue passes the limit is ended
 // with ErrTooSlow.
 type Sub struct {
-	hub      *Hub
-	topic    topic
-	filter   func(Change) bool
-	matchRow func(any) bool
-	append   bool
-	limit    int
-	expiry   *time.Timer
+	hub       *Hub
+	topic     topic
+	principal *auth.Principal
+	filter    func(Change) bool
+	matchRow  func(any) bool
+	append    bool
+	limit     int
+	expiry    *time.Timer
 
 	mu      sync.Mutex
 	queue   []Update
@@ -421,6 +446,9 @@ func (s *Sub) Seed(key string, version int64) {
 }
 
 func (s *Sub) offer(u Update) {
+	if !visible(s.principal, s.topic.kind, u) {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {

@@ -15,7 +15,8 @@ import (
 
 // StoreSource reads rows for the hub through the scoped stores, as a
 // service principal of the change's tenant: one read per batch serves every
-// subscriber, whose own visibility the hub checks in Go (db.CanSee).
+// subscriber, whose own visibility the hub checks in Go on each row it
+// sends (db.CanSeeRow).
 type StoreSource struct {
 	DB       bun.IDB
 	Machines *db.Machines

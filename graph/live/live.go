@@ -75,16 +75,38 @@ type outcome struct {
 // execute runs one operation and calls next with each result. A
 // subscription whose first result is only errors (the resolver refused it:
 // NOT_FOUND, FORBIDDEN, ...) ends as an error rather than a result.
-func execute(ctx context.Context, exec graphql.GraphExecutor, params *graphql.RawParams, next func(*graphql.Response) error) (out outcome) {
+func execute(ctx context.Context, exec graphql.GraphExecutor, params *graphql.RawParams, next func(*graphql.Response) error) outcome {
+	ctx, rc, errs := prepare(ctx, exec, params)
+	if errs != nil {
+		return outcome{errs: errs}
+	}
+	return runPrepared(ctx, exec, rc, next)
+}
+
+// prepare parses and validates an operation: the request errors, or the
+// operation's context (which says what kind of operation it is) for
+// runPrepared.
+func prepare(ctx context.Context, exec graphql.GraphExecutor, params *graphql.RawParams) (context.Context, *graphql.OperationContext, gqlerror.List) {
 	start := graphql.Now()
 	ctx = graphql.StartOperationTrace(ctx)
 	params.ReadTime = graphql.TraceTiming{Start: start, End: graphql.Now()}
 	rc, errs := exec.CreateOperationContext(ctx, params)
 	if errs != nil {
-		resp := exec.DispatchError(graphql.WithOperationContext(ctx, rc), errs)
-		return outcome{errs: resp.Errors}
+		if resp := exec.DispatchError(graphql.WithOperationContext(ctx, rc), errs); len(resp.Errors) > 0 {
+			errs = resp.Errors
+		}
+		return ctx, nil, errs
 	}
-	ctx = graphql.WithOperationContext(ctx, rc)
+	return graphql.WithOperationContext(ctx, rc), rc, nil
+}
+
+// isSubscription reports whether a prepared operation is a subscription.
+func isSubscription(rc *graphql.OperationContext) bool {
+	return rc.Operation != nil && rc.Operation.Operation == ast.Subscription
+}
+
+// runPrepared executes a prepared operation (see execute).
+func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, next func(*graphql.Response) error) (out outcome) {
 	e := &ender{}
 	ctx = context.WithValue(ctx, endKey{}, e)
 	defer func() {
@@ -97,7 +119,7 @@ func execute(ctx context.Context, exec graphql.GraphExecutor, params *graphql.Ra
 			out = outcome{errs: gqlerror.List{gqlErr}}
 		}
 	}()
-	subscription := rc.Operation != nil && rc.Operation.Operation == ast.Subscription
+	subscription := isSubscription(rc)
 	responses, ctx := exec.DispatchOperation(ctx, rc)
 	for first := true; ; first = false {
 		resp := responses(ctx)

@@ -25,6 +25,8 @@ type SSE struct {
 	KeepAlive time.Duration
 	// WriteTimeout bounds one event's write; a client that does not read is dropped.
 	WriteTimeout time.Duration
+	// Quota counts each stream against its caller's operations (nil: no limit).
+	Quota *Quota
 }
 
 var _ graphql.Transport = SSE{}
@@ -93,6 +95,12 @@ func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecut
 		_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{"message": err.Error(), "extensions": map[string]any{"code": "BAD_USER_INPUT"}}}})
 		return
 	}
+	release, err := t.Quota.Hold(r.Context())
+	if err != nil {
+		writeRefusal(w, http.StatusTooManyRequests, err)
+		return
+	}
+	defer release()
 	// The body is read: only now does the request become a stream, which
 	// lives as long as its operation. Until here the server's read timeout
 	// stood, so a client trickling a body cannot hold a connection. Each

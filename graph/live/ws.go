@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -30,6 +31,10 @@ const (
 	CloseTooManyInitRequests = 4429
 	CloseGoingAway           = 1001
 	CloseNormal              = 1000
+	// CloseTryAgainLater (RFC 6455's registry) closes a connection the server
+	// cannot serve for now, such as when its database is unreachable:
+	// graphql-ws clients retry it, unlike 4403 or 1011.
+	CloseTryAgainLater = 1013
 )
 
 // Subprotocols.
@@ -52,6 +57,12 @@ type Websocket struct {
 	WriteTimeout time.Duration
 	// ReadLimit caps one client message, in bytes.
 	ReadLimit int64
+	// Quota caps the subscriptions of one connection and of one caller
+	// across connections (nil: DefaultLimits per connection, none per caller).
+	Quota *Quota
+	// KeyRecheck is how often a robot's connection re-checks its API key
+	// (0: every 30 seconds).
+	KeyRecheck time.Duration
 }
 
 var _ graphql.Transport = Websocket{}
@@ -149,7 +160,23 @@ type wsConn struct {
 type wsOp struct {
 	cancel context.CancelFunc
 	done   bool // the client stopped it, or the server ended it: send nothing more
+	// release returns the operation's place in the caller's quota; it is
+	// called whenever the operation leaves the connection's ops.
+	release func()
+	// subscription tells what the operation is, for the connection's limits.
+	subscription bool
 }
+
+// end stops op and returns its quota (under c.mu).
+func (op *wsOp) end() {
+	op.done = true
+	op.cancel()
+	op.release()
+}
+
+// MaxOperationID caps the length of a client's operation id: it is kept for
+// the operation's life and echoed in each of its messages.
+const MaxOperationID = 128
 
 type closeReq struct {
 	code   int
@@ -190,7 +217,11 @@ func (c *wsConn) serve(ctx context.Context) (int, string) {
 	defer initTimer.Stop()
 	keepAlive := time.NewTicker(c.t.KeepAlive)
 	defer keepAlive.Stop()
-	recheck := time.NewTicker(recheckEvery)
+	every := c.t.KeyRecheck
+	if every <= 0 {
+		every = recheckEvery
+	}
+	recheck := time.NewTicker(every)
 	defer recheck.Stop()
 	var expired <-chan time.Time
 
@@ -212,7 +243,8 @@ func (c *wsConn) serve(ctx context.Context) (int, string) {
 				return CloseInitTimeout, "Connection initialisation timeout"
 			}
 		case <-recheck.C:
-			if code, reason := c.recheck(ctx); code != 0 {
+			// A check that could not be made is retried at the next tick.
+			if code, reason, _ := c.recheck(ctx); code != 0 {
 				return code, reason
 			}
 		case <-keepAlive.C:
@@ -245,20 +277,32 @@ const recheckEvery = 30 * time.Second
 // recheck re-authenticates a robot's connection (an API key may have been
 // revoked since connection_init). When the key no longer passes, every
 // operation ends with UNAUTHENTICATED and the socket is to close with 4403.
-func (c *wsConn) recheck(ctx context.Context) (int, string) {
+// When the check cannot be made (the database is unreachable: an outage is
+// not a revocation), the socket stays and unchecked is the client-fit
+// reason; the error itself is logged, never sent.
+func (c *wsConn) recheck(ctx context.Context) (code int, reason string, unchecked error) {
 	c.mu.Lock()
 	p := c.principal
 	c.mu.Unlock()
 	if p == nil || p.RobotID == uuid.Nil {
-		return 0, ""
+		return 0, "", nil
 	}
-	if _, err := c.reauth(ctx); err != nil {
-		c.endAll(ctx, err)
-		c.finishing.Wait()
-		return CloseForbidden, closeReason("Forbidden: " + err.Error())
+	_, err := c.reauth(ctx)
+	switch {
+	case err == nil:
+		return 0, "", nil
+	case fault.CodeOf(err) == fault.Internal:
+		c.t.Log.Warn("could not re-check a robot's API key; the websocket stays open until the next check", "robot", p.RobotID, "error", err)
+		return 0, "", errCannotVerify
 	}
-	return 0, ""
+	c.endAll(ctx, err)
+	c.finishing.Wait()
+	return CloseForbidden, closeReason("Forbidden: " + err.Error()), nil
 }
+
+// errCannotVerify is what a client learns when its credential could not be
+// checked because of a server fault: nothing of the fault itself.
+var errCannotVerify = fault.New(fault.Internal, "the server cannot verify credentials right now; try again shortly")
 
 func (c *wsConn) initialised() bool {
 	c.mu.Lock()
@@ -293,8 +337,7 @@ func (c *wsConn) handle(ctx context.Context, m wsMessage) (code int, reason stri
 	case c.d.stop:
 		c.mu.Lock()
 		if op, ok := c.ops[m.ID]; ok {
-			op.done = true
-			op.cancel()
+			op.end()
 			delete(c.ops, m.ID)
 		}
 		c.mu.Unlock()
@@ -328,10 +371,16 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 		}
 	}
 	if err != nil {
+		code, reason := CloseForbidden, "Forbidden: "+err.Error()
+		if fault.CodeOf(err) == fault.Internal {
+			// Not a refusal: the credential could not be checked (an outage).
+			c.t.Log.Warn("could not check a websocket's credentials", "error", err)
+			err, code, reason = errCannotVerify, CloseTryAgainLater, "Try again later: "+errCannotVerify.Message
+		}
 		if c.d.legacy {
 			_ = c.write(ctx, wsMessage{Type: "connection_error", Payload: mustJSON(present(err))})
 		}
-		return CloseForbidden, closeReason("Forbidden: " + err.Error()), time.Time{}
+		return code, closeReason(reason), time.Time{}
 	}
 	c.mu.Lock()
 	if p != nil {
@@ -357,6 +406,9 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	if m.ID == "" || json.Unmarshal(m.Payload, &params) != nil || params.Query == "" && params.Extensions["persistedQuery"] == nil {
 		return CloseBadRequest, "Invalid message received: " + c.d.subscribe + " needs an id and a payload with a query", time.Time{}
 	}
+	if len(m.ID) > MaxOperationID {
+		return CloseBadRequest, closeReason(fmt.Sprintf("Invalid message received: an operation id has at most %d bytes", MaxOperationID)), time.Time{}
+	}
 	c.mu.Lock()
 	acked := c.acked
 	_, exists := c.ops[m.ID]
@@ -371,25 +423,90 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	if exists {
 		return CloseSubscriberExists, closeReason("Subscriber for " + m.ID + " already exists"), time.Time{}
 	}
-	if code, reason := c.recheck(ctx); code != 0 {
+	if code, reason, unchecked := c.recheck(ctx); code != 0 {
 		return code, reason, time.Time{}
+	} else if unchecked != nil {
+		c.refuse(ctx, m.ID, unchecked)
+		return 0, "", time.Time{}
 	}
 	opCtx, cancel := context.WithCancel(ctx)
 	c.mu.Lock()
-	op := &wsOp{cancel: cancel}
-	c.ops[m.ID] = op
-	if c.principal != nil {
-		opCtx = auth.WithPrincipal(opCtx, c.principal)
-	}
+	p := c.principal
 	c.mu.Unlock()
-	go c.run(opCtx, m.ID, op, &params)
+	if p != nil {
+		opCtx = auth.WithPrincipal(opCtx, p)
+	}
+	// Parsed and validated here, in order, so that what the operation is
+	// (a subscription or not) is known before it takes a place.
+	opCtx, rc, errs := prepare(opCtx, c.exec, &params)
+	if errs != nil {
+		cancel()
+		_ = c.write(ctx, c.errorMessage(m.ID, errs))
+		return 0, "", time.Time{}
+	}
+	op := &wsOp{cancel: cancel, release: func() {}, subscription: isSubscription(rc)}
+	if err := c.admit(opCtx, op); err != nil {
+		cancel()
+		c.refuse(ctx, m.ID, err)
+		return 0, "", time.Time{}
+	}
+	c.mu.Lock()
+	c.ops[m.ID] = op
+	c.mu.Unlock()
+	go c.run(opCtx, m.ID, op, rc)
 	return 0, "", time.Time{}
 }
 
-// run executes one operation and reports its results under id.
-func (c *wsConn) run(ctx context.Context, id string, op *wsOp, params *graphql.RawParams) {
+// MaxRunningPerConnection caps the queries and mutations one websocket runs
+// at once (subscriptions have their own limit): each holds a goroutine and
+// possibly a database connection until it finishes.
+const MaxRunningPerConnection = 100
+
+// admit checks a new operation against the connection's limits and, for a
+// subscription, takes its place in its caller's quota (op.release returns
+// it). The serve loop alone adds operations, so the counts cannot be
+// overtaken between the check and the registration.
+func (c *wsConn) admit(ctx context.Context, op *wsOp) error {
+	subs, others := 0, 0
+	c.mu.Lock()
+	for _, o := range c.ops {
+		if o.subscription {
+			subs++
+		} else {
+			others++
+		}
+	}
+	c.mu.Unlock()
+	if !op.subscription {
+		if others >= MaxRunningPerConnection {
+			return limitError("RUNNING_QUERIES_PER_CONNECTION", MaxRunningPerConnection,
+				"this connection already runs %d queries and mutations at once, the most one connection may; wait for one to finish", MaxRunningPerConnection)
+		}
+		return nil
+	}
+	if max := c.t.Quota.perConnection(); subs >= max {
+		return limitError("MAX_SUBSCRIPTIONS_PER_CONNECTION", max,
+			"this connection already has %d subscriptions, the most one connection may (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one before starting another", max)
+	}
+	release, err := c.t.Quota.Hold(ctx)
+	if err != nil {
+		return err
+	}
+	op.release = release
+	return nil
+}
+
+// refuse answers a subscribe message with an error for its id, without
+// running it; the socket stays open and the id may be used again.
+func (c *wsConn) refuse(ctx context.Context, id string, err error) {
+	_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(err)}))
+}
+
+// run executes one prepared operation and reports its results under id.
+func (c *wsConn) run(ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
 	defer op.cancel()
-	out := execute(ctx, c.exec, params, func(resp *graphql.Response) error {
+	defer op.release()
+	out := runPrepared(ctx, c.exec, rc, func(resp *graphql.Response) error {
 		if c.isDone(op) {
 			return context.Canceled
 		}
@@ -401,6 +518,7 @@ func (c *wsConn) run(ctx context.Context, id string, op *wsOp, params *graphql.R
 	if c.ops[id] == op {
 		delete(c.ops, id)
 	}
+	op.release() // before the last message: a client may reuse the place once it has it
 	if !done {
 		c.finishing.Add(1)
 	}
@@ -439,8 +557,7 @@ func (c *wsConn) endAll(ctx context.Context, err error) {
 	ops := c.ops
 	c.ops = map[string]*wsOp{}
 	for _, op := range ops {
-		op.done = true
-		op.cancel()
+		op.end()
 	}
 	c.mu.Unlock()
 	for id := range ops {
@@ -452,8 +569,7 @@ func (c *wsConn) stopAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, op := range c.ops {
-		op.done = true
-		op.cancel()
+		op.end()
 	}
 }
 

@@ -1,0 +1,164 @@
+package live_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+	"fleetgraph/graph/live"
+)
+
+// allMachinesSub has no first message: it runs, holding its place, until stopped.
+const allMachinesSub = `subscription { machineUpdated { op id } }`
+
+// requireRateLimited requires that m is the refusal of operation id for
+// the named limit: an error message, RATE_LIMITED, naming the setting.
+func requireRateLimited(t *testing.T, m msg, id, limit string) {
+	t.Helper()
+	require.Equal(t, id, m.ID, "%+v %s", m, m.Payload)
+	errs := m.errors(t)
+	require.Equal(t, "RATE_LIMITED", errs[0].code(), "%s", m.Payload)
+	require.Equal(t, limit, errs[0].Extensions["limit"], "%s", m.Payload)
+	require.Contains(t, errs[0].Message, limit)
+}
+
+// sync waits until the server has handled every message sent on c so far:
+// it answers a ping only after them.
+func (c *conn) sync() {
+	c.t.Helper()
+	c.send(map[string]any{"type": "ping"})
+	for {
+		m := c.readAny()
+		if m.Type == "pong" {
+			return
+		}
+		require.Equal(c.t, "ping", m.Type, "unexpected %+v %s", m, m.Payload)
+	}
+}
+
+// TestLiveWSSubscriptionsPerConnection: with the default limits, one
+// websocket holds at most live.DefaultLimits.PerConnection subscriptions;
+// the next is refused with an error for its id, the socket stays open (its
+// queries run), and a place freed by a complete can be taken again.
+func TestLiveWSSubscriptionsPerConnection(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	f := newFixture(t, s)
+	c := connect(t, s, f.user.Token)
+	max := live.DefaultLimits.PerConnection
+	for i := range max {
+		c.subscribe(fmt.Sprint(i), machineSub, map[string]any{"id": f.machine})
+	}
+	for range max {
+		require.Equal(t, "CURRENT", machineChange(t, c.read()).Op)
+	}
+	c.subscribe("over", machineSub, map[string]any{"id": f.machine})
+	requireRateLimited(t, c.read(), "over", "MAX_SUBSCRIPTIONS_PER_CONNECTION")
+	// Queries and mutations are not subscriptions: they still run.
+	r := c.query("query", `{ me { id } }`)
+	require.Empty(t, r.Errors)
+
+	// The socket is open and its subscriptions live; one stopped frees its place.
+	c.send(map[string]any{"id": "0", "type": "complete"})
+	c.subscribe("over", machineSub, map[string]any{"id": f.machine})
+	require.Equal(t, "CURRENT", machineChange(t, c.readFor("over")).Op)
+	c.subscribe("again", machineSub, map[string]any{"id": f.machine})
+	requireRateLimited(t, c.read(), "again", "MAX_SUBSCRIPTIONS_PER_CONNECTION")
+	v := f.set(t, "startMachine")
+	seen := map[string]bool{}
+	for len(seen) < max {
+		m := c.read()
+		got := machineChange(t, m)
+		require.Equal(t, v, got.Version)
+		require.False(t, seen[m.ID], "one update per subscription")
+		seen[m.ID] = true
+	}
+	require.NotContains(t, seen, "0", "the stopped subscription")
+	require.NotContains(t, seen, "again")
+}
+
+// TestLiveSubscriptionsPerPrincipal: one caller's subscriptions across its
+// websockets (both protocols) and its SSE streams are capped together;
+// other callers are not affected, and a freed place can be taken again.
+func TestLiveSubscriptionsPerPrincipal(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{PerConnection: 3, PerPrincipal: 7}})
+	f := newFixture(t, s)
+	other := newFixture(t, s)
+
+	t.Run("PerConnectionAlsoOnTheLegacyProtocol", func(t *testing.T) {
+		u := s.NewUser(t, uuid.Nil)
+		c := dial(t, s, "graphql-ws")
+		c.send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + u.Token}})
+		require.Equal(t, "connection_ack", c.read().Type)
+		for i := range 3 {
+			c.send(map[string]any{"id": fmt.Sprint(i), "type": "start", "payload": map[string]any{"query": allMachinesSub}})
+		}
+		c.send(map[string]any{"id": "over", "type": "start", "payload": map[string]any{"query": allMachinesSub}})
+		m := c.read()
+		require.Equal(t, msg{ID: "over", Type: "error"}, msg{ID: m.ID, Type: m.Type}, "%s", m.Payload)
+		var e gqlError // the legacy protocol sends one error object
+		require.NoError(t, json.Unmarshal(m.Payload, &e), "%s", m.Payload)
+		require.Equal(t, "RATE_LIMITED", e.code())
+		require.Contains(t, e.Message, "MAX_SUBSCRIPTIONS_PER_CONNECTION")
+	})
+
+	// Seven places: three and three on two sockets, one SSE stream.
+	a, b := connect(t, s, f.user.Token), connect(t, s, f.user.Token)
+	for _, ws := range []*conn{a, b} {
+		for i := range 3 {
+			ws.subscribe(fmt.Sprint(i), machineSub, map[string]any{"id": f.machine})
+		}
+		for range 3 {
+			require.Equal(t, "CURRENT", machineChange(t, ws.read()).Op)
+		}
+	}
+	require.Empty(t, openSSE(t, s, f.user.Token, machineSub, map[string]any{"id": f.machine}).result().Errors)
+
+	// An eighth, on a third socket or as a stream, is refused.
+	c := connect(t, s, f.user.Token)
+	c.subscribe("over", machineSub, map[string]any{"id": f.machine})
+	requireRateLimited(t, c.read(), "over", "MAX_SUBSCRIPTIONS_PER_PRINCIPAL")
+	res := postSSE(t, s, f.user.Token, machineSub, map[string]any{"id": f.machine})
+	require.Equal(t, http.StatusTooManyRequests, res.StatusCode)
+	var body result
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&body))
+	require.Len(t, body.Errors, 1)
+	require.Equal(t, "RATE_LIMITED", body.Errors[0].code())
+	require.Contains(t, body.Errors[0].Message, "MAX_SUBSCRIPTIONS_PER_PRINCIPAL")
+
+	// Another caller is not affected.
+	o := connect(t, s, other.user.Token)
+	o.subscribe("mine", machineSub, map[string]any{"id": other.machine})
+	require.Equal(t, "CURRENT", machineChange(t, o.readFor("mine")).Op)
+
+	// A place freed on one socket is taken on another; the refused socket stayed open.
+	a.send(map[string]any{"id": "0", "type": "complete"})
+	a.sync()
+	c.subscribe("over", machineSub, map[string]any{"id": f.machine})
+	require.Equal(t, "CURRENT", machineChange(t, c.readFor("over")).Op)
+	c.subscribe("again", machineSub, map[string]any{"id": f.machine})
+	requireRateLimited(t, c.read(), "again", "MAX_SUBSCRIPTIONS_PER_PRINCIPAL")
+}
+
+// TestLiveWSOperationIDLength: an operation id is kept and echoed for the
+// operation's life, so its length is capped; a longer one is a malformed
+// message (4400).
+func TestLiveWSOperationIDLength(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	f := newFixture(t, s)
+	c := connect(t, s, f.user.Token)
+	longest := strings.Repeat("x", live.MaxOperationID)
+	c.subscribe(longest, machineSub, map[string]any{"id": f.machine})
+	require.Equal(t, "CURRENT", machineChange(t, c.readFor(longest)).Op)
+	c.subscribe(longest+"x", machineSub, map[string]any{"id": f.machine})
+	reason := c.requireClosed(4400)
+	require.Contains(t, reason, fmt.Sprint(live.MaxOperationID))
+}
