@@ -282,7 +282,17 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	})
 	mux.Handle("GET /readyz", readiness(d.DB))
 	if cfg.devDefault(cfg.playground) {
-		pg := playground.Handler("Fleetgraph", "/graphql")
+		var opts []playground.Option
+		if cfg.embedded() {
+			// The development mode's playground opens signed in as the
+			// demo user, as the welcome message says.
+			tok, err := demoToken(jwt)
+			if err != nil {
+				return err
+			}
+			opts = append(opts, playground.WithDefaultHeaders(`{"Authorization": "Bearer `+tok+`"}`))
+		}
+		pg := playground.Handler("Fleetgraph", "/graphql", opts...)
 		mux.Handle("GET /{$}", pg)
 		mux.Handle("GET /playground/", pg)
 	}
@@ -383,17 +393,26 @@ func robotKeyFile(dataDir string) string { return filepath.Join(dataDir, "demo-r
 // demoTokenTTL is how long the token printed at start stays valid.
 const demoTokenTTL = 7 * 24 * time.Hour
 
-func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool, dataDir string) error {
+// demoToken mints a token for the demo user alice.
+func demoToken(jwt *auth.JWT) (string, error) {
 	tok, err := jwt.Mint(auth.MintOptions{UserID: demo.Alice, TenantID: demo.Tenant, Role: auth.RoleUser, TTL: demoTokenTTL})
 	if err != nil {
-		return fmt.Errorf("minting the demo token: %w", err)
+		return "", fmt.Errorf("minting the demo token: %w", err)
+	}
+	return tok, nil
+}
+
+func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool, dataDir string) error {
+	tok, err := demoToken(jwt)
+	if err != nil {
+		return err
 	}
 	if withPlayground {
-		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. Playground: %s/\n", url)
+		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. Playground: %s/ (it opens signed in as the demo user alice)\n", url)
 	} else {
 		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. GraphQL: %s/graphql\n", url)
 	}
-	_, _ = fmt.Fprintf(w, "Paste this header (demo user alice, valid %s) into the playground's Headers tab:\n\n", demoTokenTTL)
+	_, _ = fmt.Fprintf(w, "Send this header (demo user alice, valid %s) from other clients:\n\n", demoTokenTTL)
 	_, err = fmt.Fprintf(w, "{\"Authorization\": \"Bearer %s\"}\n\n", tok)
 	if key, readErr := os.ReadFile(robotKeyFile(dataDir)); readErr == nil {
 		_, err = fmt.Fprintf(w, "Demo robot robot-lyon-1 (acts as the robot: heartbeat, claimJob, ...):\n\n{\"Authorization\": \"Bearer %s\"}\n\n", strings.TrimSpace(string(key)))

@@ -645,7 +645,7 @@ func TestServeExternalDatabase(t *testing.T) {
 
 // welcome matches the lines the embedded mode prints once it serves.
 var (
-	welcomeURL      = regexp.MustCompile(`Fleetgraph is running\. Playground: (http://\S+)/\n`)
+	welcomeURL      = regexp.MustCompile(`Fleetgraph is running\. Playground: (http://\S+)/[ \n]`)
 	welcomeHeader   = regexp.MustCompile(`\{"Authorization": "Bearer ([A-Za-z0-9_.-]+)"\}\n`)
 	welcomeRobotKey = regexp.MustCompile(`\{"Authorization": "Bearer (crpa_[A-Za-z0-9_-]+)"\}\n`)
 )
@@ -720,6 +720,11 @@ func TestServeEmbedded(t *testing.T) {
 		require.Contains(t, header.Get("Content-Type"), "text/html")
 		require.Contains(t, body, `id="graphiql"`)
 		require.Contains(t, body, "/graphql")
+		// It opens signed in as the demo user, with a working token.
+		m := regexp.MustCompile(`data-default-headers="{&#34;Authorization&#34;: &#34;Bearer ([^&]+)&#34;}"`).FindStringSubmatch(body)
+		require.NotNil(t, m, "the page carries the demo user's header: %s", body)
+		require.Equal(t, "no-store", header.Get("Cache-Control"))
+		require.Equal(t, 3, machineCount(t, url, m[1]))
 	})
 
 	t.Run("DemoFleetWithPrintedToken", func(t *testing.T) {
