@@ -831,13 +831,37 @@ func jqRunAfterNow(t testing.TB, tn *jqTenant, id string) error {
 	return err
 }
 
-// jqShortLeases is a queue whose leases expire after a second and whose
-// rescued jobs are claimable at once.
-var jqShortLeases = db.QueueConfig{Lease: time.Second, RetryBackoff: 0, MaxRetryBackoff: time.Millisecond, OfflineAfter: time.Minute, HeartbeatSample: time.Minute}
+// jqLongLeases is a queue whose leases never run out by themselves during a
+// test (an hour), whose robots never go silent by the clock, and whose
+// rescued jobs are claimable at once. Tests make time pass for a job with
+// jqAge or jqExpire, so a busy machine can neither expire a lease early nor
+// keep one alive late.
+var jqLongLeases = db.QueueConfig{Lease: time.Hour, RetryBackoff: 0, MaxRetryBackoff: 0, OfflineAfter: 24 * time.Hour, HeartbeatSample: time.Minute}
+
+// jqAge makes d pass for a job, as far as the queue can tell: every instant
+// that decides when its lease runs out moves d into the past.
+func jqAge(t testing.TB, s *apitest.Server, id string, d time.Duration) {
+	t.Helper()
+	_, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = lease_expires_at - make_interval(secs => ?0),
+		claimed_at = claimed_at - make_interval(secs => ?0), started_at = started_at - make_interval(secs => ?0)
+		WHERE id = ?1`, d.Seconds(), id).Exec(t.Context())
+	require.NoError(t, err)
+}
+
+// jqExpire ends a job's lease now, as if its robot had stopped reporting
+// a lease period ago; the sweeper rescues it on its next round.
+func jqExpire(t testing.TB, s *apitest.Server, id string) {
+	t.Helper()
+	res, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = ? AND lease_expires_at IS NOT NULL`, id).Exec(t.Context())
+	require.NoError(t, err)
+	n, err := res.RowsAffected()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "job %s holds no lease to expire", id)
+}
 
 func TestJobRescue(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqShortLeases})
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
 
 	t.Run("a silent robot's job goes to a waiting robot and its late calls are refused", func(t *testing.T) {
 		t.Parallel()
@@ -848,8 +872,11 @@ func TestJobRescue(t *testing.T) {
 		require.NotNil(t, held)
 		silent.start(t, held)
 
-		// The claim polls only hourly: the rescue's NOTIFY must wake it.
-		l := jqReceive(t, waiting.claimAsync(t, 30), 40*time.Second)
+		// The claim polls only hourly: the rescue's NOTIFY must wake it (or
+		// the rescue comes first and the claim's first attempt finds the job).
+		claim := waiting.claimAsync(t, 30)
+		jqExpire(t, s, job.ID)
+		l := jqReceive(t, claim, 40*time.Second)
 		require.NotNil(t, l, "the waiting robot must get the rescued job")
 		require.Equal(t, job.ID, l.Job.ID)
 		require.Equal(t, 2, l.Job.Attempt)
@@ -875,15 +902,19 @@ func TestJobRescue(t *testing.T) {
 		job := tn.enqueue(t, map[string]any{"maxAttempts": 2})
 		first := r.claim(t, 0)
 		require.NotNil(t, first)
-		// The robot goes silent, then asks again: it gets the rescued job back.
-		second := jqReceive(t, r.claimAsync(t, 30), 40*time.Second)
+		// The robot goes silent; once its job is rescued it asks again and
+		// gets the job back.
+		jqExpire(t, s, job.ID)
+		jqEventually(t, 20*time.Second, "the first lease is rescued", func() bool { return tn.job(t, job.ID).Status == "QUEUED" })
+		second := r.claim(t, 0)
 		require.NotNil(t, second)
 		require.Equal(t, job.ID, second.Job.ID)
 		require.Equal(t, 2, second.Job.Attempt)
 		r.start(t, second)
 
+		jqExpire(t, s, job.ID)
 		var failed jqJob
-		jqEventually(t, 20*time.Second, "the second lease expires and the job fails", func() bool {
+		jqEventually(t, 20*time.Second, "the second lease is rescued and the job fails", func() bool {
 			failed = tn.job(t, job.ID)
 			return failed.Status != "RUNNING"
 		})
@@ -898,12 +929,12 @@ func TestJobRescue(t *testing.T) {
 	})
 }
 
+// TestJobLeaseKeptByHeartbeats makes time pass for two running jobs in
+// steps shorter than the lease: the robot that heartbeats between the steps
+// keeps its job, the silent one loses its own.
 func TestJobLeaseKeptByHeartbeats(t *testing.T) {
 	t.Parallel()
-	const lease = 2 * time.Second
-	q := jqShortLeases
-	q.Lease = lease
-	s := apitest.New(t, apitest.Options{Queue: q})
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
 	tn := jqNewTenant(t, s)
 	alive, silent := tn.robot(t, "alive", jqRobotOpts{}), tn.robot(t, "silent", jqRobotOpts{})
 	kept, lost := tn.enqueue(t, nil), tn.enqueue(t, nil)
@@ -912,40 +943,21 @@ func TestJobLeaseKeptByHeartbeats(t *testing.T) {
 	require.Equal(t, kept.ID, lk.Job.ID)
 	require.Equal(t, lost.ID, ll.Job.ID)
 
-	// alive heartbeats on a ticker in a goroutine until stopped.
-	stop, stopped := make(chan struct{}), make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				stopped <- nil
-				return
-			case <-tick.C:
-				res, err := tn.gql.do(t.Context(), alive.Key, `mutation { heartbeat(input: {status: BUSY}) { id } }`, nil)
-				if err == nil {
-					err = res.ok(nil)
-				}
-				if err != nil {
-					stopped <- err
-					return
-				}
-			}
+	// Two steps of 40 minutes: the silent robot's hour-long lease runs out
+	// in the second, the alive robot's heartbeat renews its own in between.
+	// Each step leaves 20 minutes of slack, which no machine is slow enough
+	// to use up.
+	step := 40 * time.Minute
+	for i := range 2 {
+		jqAge(t, s, kept.ID, step)
+		jqAge(t, s, lost.ID, step)
+		if i == 0 {
+			alive.heartbeat(t, "BUSY")
 		}
-	}()
-	// Three lease periods pass, during which the sweeper rescues the silent
-	// robot's job: proof that it runs and would have taken the other too.
-	periods := time.After(3 * lease)
-	jqEventually(t, 20*time.Second, "the silent robot's job is rescued", func() bool { return tn.job(t, lost.ID).Status == "QUEUED" })
-	select {
-	case <-periods:
-	case err := <-stopped:
-		require.NoError(t, err, "heartbeating")
 	}
-	close(stop)
-	require.NoError(t, <-stopped, "heartbeating")
+	jqEventually(t, 20*time.Second, "the silent robot's job is rescued", func() bool { return tn.job(t, lost.ID).Status == "QUEUED" })
 
+	// The rescue that took the silent robot's job saw the other one too.
 	j := tn.job(t, kept.ID)
 	require.Equal(t, "RUNNING", j.Status)
 	require.Equal(t, alive.ID, *j.RobotID)
