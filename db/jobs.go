@@ -438,6 +438,23 @@ func (s *Jobs) Claim(ctx context.Context, idb bun.IDB) (*JobLease, error) {
 	return &JobLease{Job: j, LeaseToken: *j.LeaseToken, LeaseExpiresAt: *j.LeaseExpiresAt}, nil
 }
 
+// FreeSlots returns how many more jobs the calling robot may hold now: its
+// maxConcurrentJobs less the jobs it holds (never below zero).
+func (s *Jobs) FreeSlots(ctx context.Context, idb bun.IDB) (int, error) {
+	sc, err := robotScope(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var free int
+	err = robotsVisible(sc, idb.NewSelect().Model((*Robot)(nil)).Where("r.id = ?", sc.robot), "r").
+		ColumnExpr("greatest(r.max_concurrent_jobs - (SELECT count(*) FROM jobs l WHERE l.robot_id = r.id AND l.status IN (?)), 0)", bun.List(liveJobStatuses)).
+		Scan(ctx, &free)
+	if err != nil {
+		return 0, notFoundIfNoRows(err, "robot")
+	}
+	return free, nil
+}
+
 // fenced runs a robot's transition of one of its jobs: an UPDATE that
 // changes the row only while the robot holds the job under token in one of
 // the from states. A refusal explains itself (see explainFence).

@@ -2489,7 +2489,12 @@ type Mutation {
   required capability; a free slot; run-after passed. Highest priority first,
   then oldest. Returns null when none is available after waiting up to
   ` + "`" + `waitSeconds` + "`" + ` (0-60): a waiting claim returns as soon as a job it may take is
-  queued.
+  queued. The server waits at most 45 s (three quarters of its 60 s write
+  timeout), then answers null. A robot may wait in at most as many claims at
+  once as it has free slots (maxConcurrentJobs less the jobs it holds): a
+  waiting claim beyond them is refused with RATE_LIMITED (extensions.reason
+  WAIT_LIMIT, with waitingClaims and freeSlots); a claim with waitSeconds 0
+  is never refused so.
   """
   claimJob(waitSeconds: Int = 0): JobLease
   "(Robots) CLAIMED -> RUNNING. Fenced on the lease token, like every call below."
