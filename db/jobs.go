@@ -69,6 +69,7 @@ type Job struct {
 	CreatedAt            time.Time      `bun:"created_at,nullzero,default:clock_timestamp()"`
 	ClaimedAt            *time.Time     `bun:"claimed_at"`
 	StartedAt            *time.Time     `bun:"started_at"`
+	ProgressAt           *time.Time     `bun:"progress_at"`
 	FinishedAt           *time.Time     `bun:"finished_at"`
 	UpdatedAt            time.Time      `bun:"updated_at,nullzero,default:now()"`
 	Revision             int64          `bun:"revision,default:1"`
@@ -403,7 +404,7 @@ WITH candidate AS (
 	FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs j SET status = 'CLAIMED', robot_id = ?0, lease_token = gen_random_uuid(),
-	lease_expires_at = now() + make_interval(secs => ?4), claimed_at = now(),
+	lease_expires_at = now() + make_interval(secs => ?4), claimed_at = now(), progress_at = NULL,
 	attempt = j.attempt + 1, error = NULL, updated_at = now(), revision = j.revision + 1
 FROM candidate WHERE j.id = candidate.id
 RETURNING j.*`
@@ -502,15 +503,37 @@ func (s *Jobs) explainFence(ctx context.Context, idb bun.IDB, sc scope, jobID, t
 	}
 }
 
-// Start moves a claimed job to RUNNING.
+// Start moves a claimed job to RUNNING, which must happen within the
+// claim's lease (heartbeats do not extend a CLAIMED job's lease). It counts
+// as progress and renews the lease.
 func (s *Jobs) Start(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID) (*Job, error) {
 	return s.fenced(ctx, idb, jobID, token, []JobStatus{JobClaimed}, "start", func(q *bun.UpdateQuery) *bun.UpdateQuery {
-		return q.Set("status = ?", JobRunning).Set("started_at = now()")
+		return q.Set("status = ?", JobRunning).Set("started_at = now()").Set("progress_at = now()").
+			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
 	})
 }
 
+// extendRunningLeases is a heartbeat's extension of the leases of robot's
+// RUNNING jobs: a lease from now, but never past ProgressTimeout after the
+// job's last progress, so a job that makes no progress loses its lease
+// however alive its robot is. CLAIMED jobs are not extended: a claim must
+// be started within its lease. Rows are locked in id order, as the
+// sweeper's rescue does, so the two can never deadlock.
+func extendRunningLeases(ctx context.Context, tx bun.Tx, cfg QueueConfig, robot uuid.UUID) error {
+	_, err := tx.NewUpdate().Model((*Job)(nil)).
+		Where("j.id IN (SELECT id FROM jobs WHERE robot_id = ? AND status = ? ORDER BY id FOR UPDATE)", robot, JobRunning).
+		Set("lease_expires_at = least(now() + make_interval(secs => ?), j.progress_at + make_interval(secs => ?))",
+			seconds(cfg.Lease), seconds(cfg.progressTimeout())).
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("extending leases: %w", err)
+	}
+	return nil
+}
+
 // Progress records a running job's progress and extends its lease; a message
-// goes to the job's log.
+// goes to the job's log. A report (even of unchanged progress) is what lets
+// heartbeats keep extending the lease for another ProgressTimeout.
 func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, progress int, currentNode, message *string) (*Job, error) {
 	if progress < 0 || progress > 100 {
 		return nil, fault.Invalid("progress", "progress must be between 0 and 100")
@@ -529,7 +552,8 @@ func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID
 	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		var err error
 		j, err = s.fenced(ctx, tx, jobID, token, []JobStatus{JobRunning}, "report progress on", func(q *bun.UpdateQuery) *bun.UpdateQuery {
-			q = q.Set("progress = ?", progress).Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
+			q = q.Set("progress = ?", progress).Set("progress_at = now()").
+				Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
 			if currentNode != nil {
 				q = q.Set("current_node = ?", *currentNode)
 			}
@@ -694,7 +718,8 @@ func (s *Jobs) CurrentJobsOf(ctx context.Context, idb bun.IDB, robotIDs []uuid.U
 }
 
 // RescueExpired takes back every job, of any tenant, whose lease has
-// expired: QUEUED again after a backoff while attempts remain, else FAILED
+// expired (the robot went silent, did not start its claim within the lease,
+// or reported no progress for ProgressTimeout): QUEUED again after a backoff while attempts remain, else FAILED
 // with the reason. It is maintenance work, run by the sweeper.
 func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 	var rows []*Job
@@ -708,8 +733,12 @@ func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 			Where("j.lease_expires_at < now()").
 			Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
 			Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)).
-			Set("robot_id = CASE WHEN " + retry + " THEN NULL ELSE j.robot_id END").
-			Set("error = 'lease expired: the robot stopped reporting (attempt ' || j.attempt || ' of ' || j.max_attempts || ')'").
+			Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END").
+			Set("error = CASE WHEN j.status = 'CLAIMED' THEN 'lease expired: the robot did not start the job within its lease'"+
+				" WHEN j.progress_at + make_interval(secs => ?) <= now() THEN ?"+
+				" ELSE 'lease expired: the robot stopped reporting' END"+
+				" || ' (attempt ' || j.attempt || ' of ' || j.max_attempts || ')'",
+				seconds(s.cfg.progressTimeout()), fmt.Sprintf("lease expired: no progress reported for %d seconds", int(s.cfg.progressTimeout().Seconds()))).
 			Set("finished_at = CASE WHEN " + retry + " THEN NULL ELSE now() END").
 			Set("lease_token = NULL").Set("lease_expires_at = NULL").
 			Set("updated_at = now()").Set("revision = j.revision + 1").

@@ -95,6 +95,10 @@ type HeartbeatInput struct {
 type QueueConfig struct {
 	// Lease is how long a claim (and each extension) lasts.
 	Lease time.Duration
+	// ProgressTimeout is how long heartbeats may keep a RUNNING job leased
+	// after its last progress report (or its start); 0 means
+	// DefaultProgressTimeout. It is never shorter than Lease.
+	ProgressTimeout time.Duration
 	// RetryBackoff is the delay before the first retry; it doubles with each
 	// attempt, up to MaxRetryBackoff.
 	RetryBackoff    time.Duration
@@ -106,9 +110,22 @@ type QueueConfig struct {
 	HeartbeatSample time.Duration
 }
 
+// DefaultProgressTimeout is ProgressTimeout when none is configured.
+const DefaultProgressTimeout = 10 * time.Minute
+
+// progressTimeout is ProgressTimeout with its default, at least Lease.
+func (c QueueConfig) progressTimeout() time.Duration {
+	t := c.ProgressTimeout
+	if t == 0 {
+		t = DefaultProgressTimeout
+	}
+	return max(t, c.Lease)
+}
+
 // DefaultQueueConfig is the production default.
 var DefaultQueueConfig = QueueConfig{
 	Lease:           60 * time.Second,
+	ProgressTimeout: DefaultProgressTimeout,
 	RetryBackoff:    5 * time.Second,
 	MaxRetryBackoff: 10 * time.Minute,
 	OfflineAfter:    90 * time.Second,
@@ -392,7 +409,8 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 }
 
 // Heartbeat records that the calling robot is alive: its status, a sampled
-// history row, and a lease extension for every job it holds.
+// history row, and a lease extension for every RUNNING job it holds that
+// made progress lately (see extendRunningLeases).
 func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) (*Robot, error) {
 	sc, err := robotScope(ctx)
 	if err != nil {
@@ -431,13 +449,8 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 		if err := q.Returning("*").Scan(ctx); err != nil {
 			return fmt.Errorf("recording heartbeat: %w", err)
 		}
-		// Rows are locked in id order, as the sweeper's rescue does, so the
-		// two can never deadlock.
-		if _, err := tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.id IN (SELECT id FROM jobs WHERE robot_id = ? AND status IN (?) ORDER BY id FOR UPDATE)", prev.ID, bun.List(liveJobStatuses)).
-			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease)).
-			Exec(ctx); err != nil {
-			return fmt.Errorf("extending leases: %w", err)
+		if err := extendRunningLeases(ctx, tx, s.cfg, prev.ID); err != nil {
+			return err
 		}
 		_, err := tx.NewRaw(`INSERT INTO robot_heartbeats (robot_id, tenant_id, status, metrics)
 			SELECT ?, ?, ?, ?::jsonb

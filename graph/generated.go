@@ -2480,7 +2480,10 @@ type Mutation {
   """
   (Robots) Reports the robot alive: sets its status (ONLINE, BUSY or
   MAINTENANCE; OFFLINE when shutting down) and extends the leases of its
-  CLAIMED and RUNNING jobs. History is sampled, at most once a minute.
+  RUNNING jobs, each up to JOB_PROGRESS_TIMEOUT_SECONDS (default 600) after
+  its start or last progress report: a job that makes no progress loses its
+  lease however alive its robot is. CLAIMED jobs are not extended: start a
+  claim within its lease. History is sampled, at most once a minute.
   """
   heartbeat(input: HeartbeatInput!): Robot!
   """
@@ -2497,9 +2500,9 @@ type Mutation {
   is never refused so.
   """
   claimJob(waitSeconds: Int = 0): JobLease
-  "(Robots) CLAIMED -> RUNNING. Fenced on the lease token, like every call below."
+  "(Robots) CLAIMED -> RUNNING, within the claim's lease; renews the lease. Fenced on the lease token, like every call below."
   startJob(jobId: ID!, leaseToken: ID!): Job!
-  "(Robots) Reports progress (0-100) of a RUNNING job and extends its lease; a message is kept in the job's log."
+  "(Robots) Reports progress (0-100) of a RUNNING job and renews its lease (so heartbeats may extend it for another JOB_PROGRESS_TIMEOUT_SECONDS); a message is kept in the job's log."
   reportJobProgress(jobId: ID!, leaseToken: ID!, progress: Int!, currentNode: String, message: String): Job!
   "(Robots) RUNNING -> COMPLETED with a result."
   completeJob(jobId: ID!, leaseToken: ID!, result: JSON): Job!
@@ -2904,7 +2907,12 @@ type JobLease {
   job: Job!
   "Pass it to startJob, reportJobProgress, completeJob, failJob and appendJobLogs."
   leaseToken: ID!
-  "Heartbeats and progress reports extend it; when it passes, the job may go to another robot."
+  """
+  Start the job before it passes; then progress reports renew it, and
+  heartbeats extend it within JOB_PROGRESS_TIMEOUT_SECONDS of the last
+  report. When it passes, the job is taken back: queued again (possibly for
+  another robot) while attempts remain, else failed.
+  """
   leaseExpiresAt: Time!
 }
 

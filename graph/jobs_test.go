@@ -832,18 +832,20 @@ func jqRunAfterNow(t testing.TB, tn *jqTenant, id string) error {
 }
 
 // jqLongLeases is a queue whose leases never run out by themselves during a
-// test (an hour), whose robots never go silent by the clock, and whose
+// test (an hour, heartbeats extending them for a day), whose robots never go silent by the clock, and whose
 // rescued jobs are claimable at once. Tests make time pass for a job with
 // jqAge or jqExpire, so a busy machine can neither expire a lease early nor
 // keep one alive late.
-var jqLongLeases = db.QueueConfig{Lease: time.Hour, RetryBackoff: 0, MaxRetryBackoff: 0, OfflineAfter: 24 * time.Hour, HeartbeatSample: time.Minute}
+var jqLongLeases = db.QueueConfig{Lease: time.Hour, ProgressTimeout: 24 * time.Hour, RetryBackoff: 0, MaxRetryBackoff: 0,
+	OfflineAfter: 24 * time.Hour, HeartbeatSample: time.Minute}
 
 // jqAge makes d pass for a job, as far as the queue can tell: every instant
 // that decides when its lease runs out moves d into the past.
 func jqAge(t testing.TB, s *apitest.Server, id string, d time.Duration) {
 	t.Helper()
 	_, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = lease_expires_at - make_interval(secs => ?0),
-		claimed_at = claimed_at - make_interval(secs => ?0), started_at = started_at - make_interval(secs => ?0)
+		claimed_at = claimed_at - make_interval(secs => ?0), started_at = started_at - make_interval(secs => ?0),
+		progress_at = progress_at - make_interval(secs => ?0)
 		WHERE id = ?1`, d.Seconds(), id).Exec(t.Context())
 	require.NoError(t, err)
 }
@@ -964,6 +966,95 @@ func TestJobLeaseKeptByHeartbeats(t *testing.T) {
 	require.Equal(t, 1, j.Attempt)
 	done := alive.complete(t, lk, nil)
 	require.Equal(t, "COMPLETED", done.Status, "the heartbeating robot kept its lease throughout")
+}
+
+// TestJobLeaseNeedsProgress: heartbeats keep a robot's jobs only while
+// they make progress. Time passes in steps of 40 minutes against an hour's
+// lease and two hours' progress timeout, the robot heartbeating between
+// steps.
+func TestJobLeaseNeedsProgress(t *testing.T) {
+	t.Parallel()
+	q := jqLongLeases
+	q.ProgressTimeout = 2 * time.Hour
+	s := apitest.New(t, apitest.Options{Queue: q})
+	const step = 40 * time.Minute
+	progress := func(t *testing.T, r *jqRobot, l *jqLease, p int) {
+		t.Helper()
+		r.tn.s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $p: Int!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: $p) { id } }`,
+			map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "p": p}).OK(t, nil)
+	}
+	rescued := func(t *testing.T, tn *jqTenant, id string) jqJob {
+		t.Helper()
+		var j jqJob
+		jqEventually(t, 20*time.Second, "the job is rescued", func() bool {
+			j = tn.job(t, id)
+			return j.Status == "QUEUED"
+		})
+		require.Nil(t, j.RobotID)
+		require.Equal(t, 1, j.Attempt)
+		return j
+	}
+
+	t.Run("a claim not started within its lease is taken back though its robot heartbeats", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "hoarder", jqRobotOpts{})
+		job := tn.enqueue(t, nil)
+		l := r.claim(t, 0)
+		require.NotNil(t, l)
+		for range 2 {
+			r.heartbeat(t, "BUSY")
+			jqAge(t, s, job.ID, step)
+		}
+		j := rescued(t, tn, job.ID)
+		require.Contains(t, *j.Error, "did not start the job within its lease")
+		jqRequireRefused(t, r.call(t, "startJob", job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+	})
+
+	t.Run("a running job without progress is taken back though its robot heartbeats", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "stuck", jqRobotOpts{})
+		job := tn.enqueue(t, nil)
+		l := jqStarted(t, r, r.claim(t, 0))
+		// Four steps pass 2 h 40 min after the start: past the progress
+		// timeout, though each step is shorter than the lease.
+		for range 4 {
+			r.heartbeat(t, "BUSY")
+			jqAge(t, s, job.ID, step)
+		}
+		j := rescued(t, tn, job.ID)
+		require.Contains(t, *j.Error, "no progress reported for 7200 seconds")
+		jqRequireRefused(t, r.call(t, "completeJob", job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+	})
+
+	t.Run("a job making progress keeps its lease through heartbeats", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r, silent := tn.robot(t, "worker", jqRobotOpts{}), tn.robot(t, "witness", jqRobotOpts{})
+		job := tn.enqueue(t, map[string]any{"priority": 1})
+		witness := tn.enqueue(t, nil)
+		l := jqStarted(t, r, r.claim(t, 0))
+		require.Equal(t, job.ID, l.Job.ID)
+		require.NotNil(t, silent.claim(t, 0))
+		// Progress every other step, heartbeats in between: 2 h 40 min in
+		// all, never two hours without a report nor an hour without either.
+		for i := range 4 {
+			if i%2 == 0 {
+				progress(t, r, l, 10*(i+1))
+			} else {
+				r.heartbeat(t, "BUSY")
+			}
+			jqAge(t, s, job.ID, step)
+		}
+		// Once the witness's lease has run out and the sweeper took it, the
+		// same sweep saw the worker's job too and left it alone.
+		jqExpire(t, s, witness.ID)
+		rescued(t, tn, witness.ID)
+		j := tn.job(t, job.ID)
+		require.Equal(t, "RUNNING", j.Status)
+		require.Equal(t, "COMPLETED", r.complete(t, l, nil).Status)
+	})
 }
 
 func TestJobDispatch(t *testing.T) {

@@ -1037,7 +1037,7 @@ func TestHeartbeat(t *testing.T) {
 		}, history(), "every status change is stored")
 	})
 
-	t.Run("HeartbeatExtendsTheLeasesOfHeldJobs", func(t *testing.T) {
+	t.Run("HeartbeatExtendsTheLeasesOfRunningJobs", func(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
 		_, key := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "r", "maxConcurrentJobs": 2})
@@ -1065,15 +1065,17 @@ func TestHeartbeat(t *testing.T) {
 			return time.Duration(secs * float64(time.Second)).Round(time.Millisecond)
 		}
 		rbHeartbeat(t, s, key, "BUSY")
-		for _, id := range []string{claimed.ID, running.ID} {
-			require.Equal(t, time.Minute, leaseAfterBeat(id), "the heartbeat extends the lease to a minute from the heartbeat")
+		require.Equal(t, time.Minute, leaseAfterBeat(running.ID), "the heartbeat extends a running job's lease to a minute from the heartbeat")
+		untouched := func(id string) bool {
+			var far bool
+			require.NoError(t, s.DB.NewRaw(`SELECT lease_expires_at > now() + interval '23 hours' FROM jobs WHERE id = ?`, id).Scan(t.Context(), &far))
+			return far
 		}
-		var untouched bool
-		require.NoError(t, s.DB.NewRaw(`SELECT lease_expires_at > now() + interval '23 hours' FROM jobs WHERE id = ?`, others.ID).Scan(t.Context(), &untouched))
-		require.True(t, untouched, "a heartbeat extends only its own robot's leases")
+		require.True(t, untouched(claimed.ID), "a heartbeat extends no CLAIMED job's lease: a claim must be started within its lease")
+		require.True(t, untouched(others.ID), "a heartbeat extends only its own robot's leases")
 		var stored time.Time
-		require.NoError(t, s.DB.NewRaw(`SELECT lease_expires_at FROM jobs WHERE id = ?`, claimed.ID).Scan(t.Context(), &stored))
-		j := rbGetJob(t, s, u.Token, claimed.ID)
+		require.NoError(t, s.DB.NewRaw(`SELECT lease_expires_at FROM jobs WHERE id = ?`, running.ID).Scan(t.Context(), &stored))
+		j := rbGetJob(t, s, u.Token, running.ID)
 		require.True(t, stored.Equal(*j.LeaseExpiresAt), "the API shows the extended lease: %v, stored %v", j.LeaseExpiresAt, stored)
 	})
 }
