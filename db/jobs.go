@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -357,7 +358,7 @@ func (s *Jobs) Retry(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, erro
 			Where("j.status IN (?)", bun.List([]JobStatus{JobFailed, JobCancelled})).
 			Set("status = ?", JobQueued).Set("attempt = 0").Set("error = NULL").Set("result = NULL").
 			Set("progress = 0").Set("current_node = NULL").Set("robot_id = NULL").
-			Set("lease_token = NULL").Set("lease_expires_at = NULL").Set("run_after = now()").
+			Set("lease_expires_at = NULL").Set("run_after = now()"). // the last lease token stays (see explainFence)
 			Set("claimed_at = NULL").Set("started_at = NULL").Set("finished_at = NULL").
 			Set("updated_at = now()").Set("revision = j.revision + 1").
 			Returning("*").Scan(ctx)
@@ -478,16 +479,29 @@ func (s *Jobs) fenced(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, 
 	return j, nil
 }
 
-// explainFence says why a fenced call changed nothing: the job is unknown
-// (NOT_FOUND), was cancelled (CONFLICT, JOB_CANCELLED: stop working on it),
-// is no longer this robot's under this token (CONFLICT, LEASE_LOST), or is
-// in a state the call does not apply to (CONFLICT, ILLEGAL_TRANSITION).
+// explainFence says why a fenced call changed nothing: the job is not the
+// robot's (NOT_FOUND, as `job(id)` answers it), was cancelled (CONFLICT,
+// JOB_CANCELLED: stop working on it), is no longer this robot's under this
+// token (CONFLICT, LEASE_LOST), or is in a state the call does not apply to
+// (CONFLICT, ILLEGAL_TRANSITION).
+//
+// A job is the robot's when the robot holds or last held it (robot_id), or
+// when it went back to the queue from the lease the robot presents: a
+// requeue clears robot_id but keeps the last lease token, so the robot whose
+// lease was rescued still learns where its job went. A job another robot
+// holds, or one the robot never held, is NOT_FOUND: its state is none of
+// the robot's business.
 func (s *Jobs) explainFence(ctx context.Context, idb bun.IDB, sc scope, jobID, token uuid.UUID, action string) error {
 	j := new(Job)
 	if err := inTenant(sc, idb.NewSelect().Model(j).Where("j.id = ?", jobID), "j").Scan(ctx); err != nil {
 		return notFoundIfNoRows(err, "job")
 	}
-	holds := j.RobotID != nil && *j.RobotID == sc.robot && j.LeaseToken != nil && *j.LeaseToken == token
+	sameToken := j.LeaseToken != nil && *j.LeaseToken == token
+	visible := j.RobotID != nil && *j.RobotID == sc.robot
+	if !visible && !(j.RobotID == nil && sameToken) {
+		return fault.Missing("job")
+	}
+	holds := visible && sameToken
 	conflict := func(reason, msg string) error {
 		return &fault.Error{Code: fault.Conflict, Message: msg, Extra: map[string]any{"reason": reason, "currentStatus": string(j.Status)}}
 	}
@@ -496,7 +510,7 @@ func (s *Jobs) explainFence(ctx context.Context, idb bun.IDB, sc scope, jobID, t
 		return conflict(ReasonJobCancelled, "the job was cancelled: stop working on it")
 	case !holds:
 		// currentStatus tells a robot whose lease was rescued where its old
-		// job went; job ids are random, so it reveals nothing to guessers.
+		// job went.
 		return conflict(ReasonLeaseLost, "this robot no longer holds the job under this lease token (the lease expired or the job moved on): stop working on it")
 	default:
 		return conflict(ReasonIllegalTransition, fmt.Sprintf("cannot %s a %s job", action, j.Status))
@@ -602,7 +616,6 @@ func (s *Jobs) Fail(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, re
 				Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END", retryable).
 				Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", retryable, base, max).
 				Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END", retryable).
-				Set("lease_token = CASE WHEN "+retry+" THEN NULL ELSE j.lease_token END", retryable).
 				Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END", retryable)
 		})
 		if err != nil || j.Status != JobQueued {
@@ -717,6 +730,40 @@ func (s *Jobs) CurrentJobsOf(ctx context.Context, idb bun.IDB, robotIDs []uuid.U
 	return groupBy(robotIDs, rows, func(j *Job) uuid.UUID { return *j.RobotID }), nil
 }
 
+// releaseDeletedRobotsJobs lets go of the jobs of robot r, which is being
+// deleted in tx. A job aimed at r (enqueued with its robotId) can run on no
+// other robot, so it is CANCELLED, queued or live, with the reason. The
+// other jobs r holds go back to the queue like a rescue: QUEUED while
+// attempts remain, else FAILED; waiting claims are woken for them.
+func releaseDeletedRobotsJobs(ctx context.Context, tx bun.Tx, r *Robot) error {
+	if _, err := tx.NewUpdate().Model((*Job)(nil)).
+		Where("j.target_robot_id = ? AND j.status IN (?)", r.ID, bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning})).
+		Set("status = ?", JobCancelled).
+		Set("error = 'its target robot was deleted: no other robot may run it'").
+		Set("finished_at = now()").Set("lease_expires_at = NULL").
+		Set("updated_at = now()").Set("revision = j.revision + 1").
+		Exec(ctx); err != nil {
+		return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
+	}
+	const retry = "(j.attempt < j.max_attempts)"
+	var requeued []JobStatus
+	err := tx.NewUpdate().Model((*Job)(nil)).
+		Where("j.robot_id = ? AND j.status IN (?)", r.ID, bun.List(liveJobStatuses)).
+		Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
+		Set("error = CASE WHEN "+retry+" THEN j.error ELSE 'its robot was deleted (attempt ' || j.attempt || ' of ' || j.max_attempts || ')' END").
+		Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END").
+		Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
+		Set("updated_at = now()").Set("revision = j.revision + 1").
+		Returning("j.status").Scan(ctx, &requeued)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("requeueing the robot's jobs: %w", err)
+	}
+	if slices.Contains(requeued, JobQueued) {
+		return notifyQueued(ctx, tx, r.TenantID)
+	}
+	return nil
+}
+
 // RescueExpired takes back every job, of any tenant, whose lease has
 // expired (the robot went silent, did not start its claim within the lease,
 // or reported no progress for ProgressTimeout): QUEUED again after a backoff while attempts remain, else FAILED
@@ -740,7 +787,11 @@ func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 				" || ' (attempt ' || j.attempt || ' of ' || j.max_attempts || ')'",
 				seconds(s.cfg.progressTimeout()), fmt.Sprintf("lease expired: no progress reported for %d seconds", int(s.cfg.progressTimeout().Seconds()))).
 			Set("finished_at = CASE WHEN " + retry + " THEN NULL ELSE now() END").
-			Set("lease_token = NULL").Set("lease_expires_at = NULL").
+			// A requeued job keeps its last lease token (see explainFence;
+			// the next claim replaces it); a failed one, which keeps its
+			// robot, drops it, so its robot learns that its lease was lost.
+			Set("lease_token = CASE WHEN " + retry + " THEN j.lease_token END").
+			Set("lease_expires_at = NULL").
 			Set("updated_at = now()").Set("revision = j.revision + 1").
 			Returning("*").Scan(ctx)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {

@@ -363,9 +363,9 @@ func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Updat
 	return r, nil
 }
 
-// Delete removes a robot with its keys, assignments and heartbeats. Its live
-// jobs go back to the queue (or fail, on their last attempt); queued jobs
-// aimed at it alone are cancelled, since no other robot may take them.
+// Delete removes a robot with its keys, assignments and heartbeats, and
+// lets its jobs go (see releaseDeletedRobotsJobs): jobs aimed at it are
+// cancelled, its other live jobs go back to the queue.
 func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -377,31 +377,11 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 		if err := inTenant(sc, tx.NewSelect().Model(r).Where("r.id = ?", id), "r").For("UPDATE").Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "robot")
 		}
-		res, err := tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.robot_id = ? AND j.status IN (?)", id, bun.List(liveJobStatuses)).
-			// Like a rescue: queued again while attempts remain, else failed.
-			Set("status = CASE WHEN j.attempt < j.max_attempts THEN 'QUEUED' ELSE 'FAILED' END").
-			Set("error = CASE WHEN j.attempt < j.max_attempts THEN j.error ELSE 'its robot was deleted (attempt ' || j.attempt || ' of ' || j.max_attempts || ')' END").
-			Set("finished_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END").
-			Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
-			Set("updated_at = now()").Set("revision = j.revision + 1").
-			Exec(ctx)
-		if err != nil {
-			return fmt.Errorf("requeueing the robot's jobs: %w", err)
-		}
-		if _, err := tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.target_robot_id = ? AND j.status = ?", id, JobQueued).
-			Set("status = ?", JobCancelled).Set("error = 'its target robot was deleted'").Set("finished_at = now()").
-			Set("updated_at = now()").Set("revision = j.revision + 1").
-			Exec(ctx); err != nil {
-			return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
+		if err := releaseDeletedRobotsJobs(ctx, tx, r); err != nil {
+			return err
 		}
 		if _, err := tx.NewDelete().Model(r).WherePK().Returning("id").Exec(ctx, &deleted); err != nil {
 			return fmt.Errorf("deleting the robot: %w", err)
-		}
-		// Requeued jobs are claimable again: wake the tenant's waiting claims.
-		if n, _ := res.RowsAffected(); n > 0 {
-			return notifyQueued(ctx, tx, sc.tenant)
 		}
 		return nil
 	})

@@ -2439,7 +2439,14 @@ type Mutation {
   createRobot(input: CreateRobotInput!): Robot!
   "Changes the given fields of a robot."
   updateRobot(id: ID!, input: UpdateRobotInput!): Robot!
-  "Deletes a robot with its keys, assignments and history; its live jobs go back to the queue. Returns its id."
+  """
+  Deletes a robot with its keys, assignments and history, and returns its id.
+  Jobs aimed at it (enqueued with its robotId), queued or live, can run on
+  no other robot: they are CANCELLED with the error
+  "its target robot was deleted: no other robot may run it". Its other live
+  jobs go back to the queue for other robots (or fail, on their last
+  attempt).
+  """
   deleteRobot(id: ID!): ID!
 
   """

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -578,7 +579,8 @@ func TestJobStateMachine(t *testing.T) {
 		for _, op := range jqFencedOps {
 			before := tn.snapshot(t, l.Job.ID)
 			jqRequireRefused(t, r.call(t, op.name, l.Job.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
-			jqRequireRefused(t, other.call(t, op.name, l.Job.ID, l.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+			// Another robot learns nothing of the job, even with its token.
+			other.call(t, op.name, l.Job.ID, l.LeaseToken).Code(t, "NOT_FOUND")
 			require.Equal(t, before, tn.snapshot(t, l.Job.ID), "a refused %s changed the job", op.name)
 		}
 		// A token from an earlier claim of the same job is stale.
@@ -885,9 +887,11 @@ func TestJobRescue(t *testing.T) {
 		require.Equal(t, waiting.ID, *l.Job.RobotID)
 		require.NotEqual(t, held.LeaseToken, l.LeaseToken)
 
+		// The job is the waiting robot's now: its old holder cannot read it,
+		// so its late calls find nothing.
 		for _, op := range jqFencedOps {
 			before := tn.snapshot(t, job.ID)
-			jqRequireRefused(t, silent.call(t, op.name, job.ID, held.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+			silent.call(t, op.name, job.ID, held.LeaseToken).Code(t, "NOT_FOUND")
 			require.Equal(t, before, tn.snapshot(t, job.ID), "the old holder's %s changed the job", op.name)
 		}
 		waiting.start(t, l)
@@ -929,6 +933,140 @@ func TestJobRescue(t *testing.T) {
 		jqRequireRefused(t, r.call(t, "completeJob", job.ID, second.LeaseToken), db.ReasonLeaseLost, "FAILED")
 		require.Nil(t, r.claim(t, 0))
 	})
+}
+
+// TestJobFencedCallsAnswerAsJobDoes: a robot's fenced call about a job it
+// cannot read is NOT_FOUND, exactly as job(id) answers it (null), whatever
+// the job's state and whichever token it sends; its own job (held, or
+// taken back from its lease) is explained with currentStatus.
+func TestJobFencedCallsAnswerAsJobDoes(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
+	tn := jqNewTenant(t, s)
+	a, b := tn.robot(t, "a", jqRobotOpts{}), tn.robot(t, "b", jqRobotOpts{Slots: 10})
+	// readable reports whether robot r can read the job through job(id).
+	readable := func(r *jqRobot, id string) bool {
+		var out struct{ Job *struct{ ID string } }
+		r.tn.s.Do(t, r.Key, `query($id: ID!) { job(id: $id) { id } }`, map[string]any{"id": id}).OK(t, &out)
+		return out.Job != nil
+	}
+	// notFound asserts that every fenced call of a about id is NOT_FOUND,
+	// changes nothing, and agrees with job(id).
+	notFound := func(t *testing.T, id, token, state string) {
+		t.Helper()
+		require.False(t, readable(a, id), "robot a reads a %s job it never held", state)
+		for _, op := range jqFencedOps {
+			before := tn.snapshot(t, id)
+			resp := a.call(t, op.name, id, token)
+			e := resp.Code(t, "NOT_FOUND")
+			require.NotContains(t, e.Extensions, "currentStatus", "%s of a %s job: %s", op.name, state, resp.Raw)
+			require.NotContains(t, string(resp.Raw), state, "%s of a %s job names its state", op.name, state)
+			require.Equal(t, before, tn.snapshot(t, id), "robot a's %s changed a %s job", op.name, state)
+		}
+	}
+	bClaims := func(want string) *jqLease {
+		t.Helper()
+		l := b.claim(t, 0)
+		require.NotNil(t, l)
+		require.Equal(t, want, l.Job.ID)
+		return l
+	}
+
+	queued := tn.enqueue(t, nil)
+	notFound(t, queued.ID, uuid.NewString(), "QUEUED")
+
+	claimed := bClaims(queued.ID)
+	running := jqStarted(t, b, bClaims(tn.enqueue(t, nil).ID))
+	done := jqStarted(t, b, bClaims(tn.enqueue(t, nil).ID))
+	b.complete(t, done, map[string]any{"secret": true})
+	failed := jqStarted(t, b, bClaims(tn.enqueue(t, map[string]any{"maxAttempts": 1}).ID))
+	b.fail(t, failed, "broke", false)
+	cancelled := bClaims(tn.enqueue(t, nil).ID)
+	tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": cancelled.Job.ID}, nil)
+	for _, c := range []struct {
+		l     *jqLease
+		state string
+	}{{claimed, "CLAIMED"}, {running, "RUNNING"}, {done, "COMPLETED"}, {failed, "FAILED"}, {cancelled, "CANCELLED"}} {
+		// With a made-up token, and with the holder's own.
+		notFound(t, c.l.Job.ID, uuid.NewString(), c.state)
+		notFound(t, c.l.Job.ID, c.l.LeaseToken, c.state)
+	}
+
+	// A's own job, taken back from its lease, is explained to a...
+	mine := tn.enqueue(t, map[string]any{"priority": 5})
+	lost := a.claim(t, 0)
+	require.NotNil(t, lost)
+	require.Equal(t, mine.ID, lost.Job.ID)
+	jqRequireRefused(t, a.call(t, "completeJob", mine.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
+	jqExpire(t, s, mine.ID)
+	jqEventually(t, 20*time.Second, "a's lease is rescued", func() bool { return tn.job(t, mine.ID).Status == "QUEUED" })
+	jqRequireRefused(t, a.call(t, "startJob", mine.ID, lost.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+	// ...until another robot takes it: then it is that robot's business.
+	bClaims(mine.ID)
+	notFound(t, mine.ID, lost.LeaseToken, "CLAIMED")
+}
+
+// TestDeletingARobotLetsGoOfItsJobs: jobs aimed at a deleted robot can run
+// nowhere else and are cancelled, whether queued or live and whatever their
+// attempts; its other live jobs go back to the queue (or fail, on their last
+// attempt); and the schema says so.
+func TestDeletingARobotLetsGoOfItsJobs(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases, Introspection: true})
+	tn := jqNewTenant(t, s)
+	doomed, peer := tn.robot(t, "doomed", jqRobotOpts{Slots: 4}), tn.robot(t, "peer", jqRobotOpts{})
+	// Claimed in priority order by the doomed robot.
+	aimed := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 4})
+	aimedLast := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 3, "maxAttempts": 1})
+	free := tn.enqueue(t, map[string]any{"priority": 2})
+	freeLast := tn.enqueue(t, map[string]any{"priority": 1, "maxAttempts": 1})
+	for _, want := range []string{aimed.ID, aimedLast.ID, free.ID, freeLast.ID} {
+		l := doomed.claim(t, 0)
+		require.NotNil(t, l)
+		require.Equal(t, want, l.Job.ID)
+		if want == aimed.ID || want == free.ID {
+			doomed.start(t, l)
+		}
+	}
+	aimedQueued := tn.enqueue(t, map[string]any{"robotId": doomed.ID})
+
+	tn.do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
+
+	for _, id := range []string{aimed.ID, aimedLast.ID, aimedQueued.ID} {
+		j := tn.job(t, id)
+		require.Equal(t, "CANCELLED", j.Status, "a job aimed at the deleted robot")
+		require.Equal(t, "its target robot was deleted: no other robot may run it", *j.Error)
+		require.NotNil(t, j.FinishedAt)
+		require.Nil(t, j.LeaseExpiresAt)
+	}
+	j := tn.job(t, free.ID)
+	require.Equal(t, "QUEUED", j.Status, "a job any robot may run goes back to the queue")
+	require.Nil(t, j.RobotID)
+	require.Nil(t, j.LeaseExpiresAt)
+	require.Nil(t, j.FinishedAt)
+	j = tn.job(t, freeLast.ID)
+	require.Equal(t, "FAILED", j.Status, "a job on its last attempt fails")
+	require.Equal(t, "its robot was deleted (attempt 1 of 1)", *j.Error)
+
+	l := peer.claim(t, 0)
+	require.NotNil(t, l)
+	require.Equal(t, free.ID, l.Job.ID)
+	require.Equal(t, 2, l.Job.Attempt)
+	require.Nil(t, peer.claim(t, 0), "only the requeued job is left to claim")
+
+	var schema struct {
+		Type struct{ Fields []struct{ Name, Description string } } `json:"__type"`
+	}
+	tn.do(t, `{ __type(name: "Mutation") { fields { name description } } }`, nil, &schema)
+	for _, f := range schema.Type.Fields {
+		if f.Name == "deleteRobot" {
+			doc := strings.Join(strings.Fields(f.Description), " ")
+			require.Contains(t, doc, `aimed at it (enqueued with its robotId), queued or live, can run on no other robot: they are CANCELLED with the error "its target robot was deleted: no other robot may run it"`)
+			require.Contains(t, doc, "Its other live jobs go back to the queue for other robots (or fail, on their last attempt)")
+			return
+		}
+	}
+	require.Fail(t, "no deleteRobot mutation")
 }
 
 // TestJobLeaseKeptByHeartbeats makes time pass for two running jobs in
