@@ -1055,7 +1055,9 @@ func TestDeletingARobotLetsGoOfItsJobs(t *testing.T) {
 	require.Nil(t, peer.claim(t, 0), "only the requeued job is left to claim")
 
 	var schema struct {
-		Type struct{ Fields []struct{ Name, Description string } } `json:"__type"`
+		Type struct {
+			Fields []struct{ Name, Description string }
+		} `json:"__type"`
 	}
 	tn.do(t, `{ __type(name: "Mutation") { fields { name description } } }`, nil, &schema)
 	for _, f := range schema.Type.Fields {
