@@ -78,7 +78,7 @@ type Options struct {
 	Limits         graph.Limits
 	// DB replaces the resolver's database (e.g. a closed one, to provoke internal errors).
 	DB *bun.DB
-	// Queue overrides the queue timings (short leases for rescue tests).
+	// Queue overrides the queue timings (default: DefaultQueue).
 	Queue db.QueueConfig
 	// SweepEvery overrides how often the sweeper runs (default 100ms in tests).
 	SweepEvery time.Duration
@@ -96,6 +96,17 @@ type Options struct {
 	KeepAlive time.Duration
 }
 
+// DefaultQueue is the queue of test servers that set none: production's,
+// but with leases of an hour (heartbeats extending them for a day) and
+// robots silent for an hour before they are OFFLINE, so that no lease runs
+// out and no robot goes offline because a busy machine ran a test slowly.
+// Tests of expiry make time pass in the database, or set their own timings.
+func DefaultQueue() db.QueueConfig {
+	q := db.DefaultQueueConfig
+	q.Lease, q.ProgressTimeout, q.OfflineAfter = time.Hour, 24*time.Hour, time.Hour
+	return q
+}
+
 // New starts a server for t with its own database; it stops when t ends.
 func New(t testing.TB, opts ...Options) *Server {
 	t.Helper()
@@ -111,6 +122,9 @@ func New(t testing.TB, opts ...Options) *Server {
 	resolverDB := s.DB.DB
 	if o.DB != nil {
 		resolverDB = o.DB
+	}
+	if o.Queue == (db.QueueConfig{}) {
+		o.Queue = DefaultQueue()
 	}
 	if o.SweepEvery == 0 {
 		o.SweepEvery = 100 * time.Millisecond

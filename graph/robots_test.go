@@ -1047,14 +1047,15 @@ func TestHeartbeat(t *testing.T) {
 		running := rbEnqueue(t, s, u.Token, wf, map[string]any{"priority": 1})
 		others := rbEnqueue(t, s, u.Token, wf, nil)
 		l := rbMustClaim(t, s, key, claimed.ID)
-		require.Equal(t, time.Minute, l.LeaseExpiresAt.Sub(*l.Job.ClaimedAt), "a claim leases for a minute")
+		lease := apitest.DefaultQueue().Lease
+		require.Equal(t, lease, l.LeaseExpiresAt.Sub(*l.Job.ClaimedAt), "a claim leases for the configured lease")
 		require.Equal(t, l.LeaseExpiresAt, *l.Job.LeaseExpiresAt)
 		rbStart(t, s, key, rbMustClaim(t, s, key, running.ID))
 		rbMustClaim(t, s, otherKey, others.ID)
 
-		// Leases far from running out, so that no sweep can take a job while
-		// the test runs, and a value that no extension would choose.
-		_, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = now() + interval '1 day' WHERE id IN (?, ?, ?)`, claimed.ID, running.ID, others.ID).Exec(t.Context())
+		// Leases far from running out, and a value that no extension would
+		// choose.
+		_, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = now() + interval '2 days' WHERE id IN (?, ?, ?)`, claimed.ID, running.ID, others.ID).Exec(t.Context())
 		require.NoError(t, err)
 		// leaseAfterBeat is a job's lease as it stands, counted from its
 		// holder's last heartbeat (both written by the database's clock).
@@ -1065,10 +1066,10 @@ func TestHeartbeat(t *testing.T) {
 			return time.Duration(secs * float64(time.Second)).Round(time.Millisecond)
 		}
 		rbHeartbeat(t, s, key, "BUSY")
-		require.Equal(t, time.Minute, leaseAfterBeat(running.ID), "the heartbeat extends a running job's lease to a minute from the heartbeat")
+		require.Equal(t, lease, leaseAfterBeat(running.ID), "the heartbeat extends a running job's lease to a lease from the heartbeat")
 		untouched := func(id string) bool {
 			var far bool
-			require.NoError(t, s.DB.NewRaw(`SELECT lease_expires_at > now() + interval '23 hours' FROM jobs WHERE id = ?`, id).Scan(t.Context(), &far))
+			require.NoError(t, s.DB.NewRaw(`SELECT lease_expires_at > now() + interval '47 hours' FROM jobs WHERE id = ?`, id).Scan(t.Context(), &far))
 			return far
 		}
 		require.True(t, untouched(claimed.ID), "a heartbeat extends no CLAIMED job's lease: a claim must be started within its lease")
