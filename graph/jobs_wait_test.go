@@ -43,7 +43,12 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		}
 		// The claims beyond the robot's free slots are refused at once.
 		for range claims - slots {
-			c := <-results
+			var c jqClaimed
+			select {
+			case c = <-results:
+			case <-time.After(20 * time.Second):
+				require.FailNow(t, "the claims beyond the robot's free slots were not refused")
+			}
 			if c.err == nil {
 				require.FailNow(t, "a claim returned before any job was queued", "%+v", c.lease)
 			}
@@ -122,7 +127,13 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		r := tn.robot(t, "full", jqRobotOpts{})
 		tn.enqueue(t, nil)
 		require.NotNil(t, r.claim(t, 0))
-		jqRequireWaitLimit(t, <-r.claimAsync(t, 10), 0)
+		var c jqClaimed
+		select {
+		case c = <-r.claimAsync(t, 10):
+		case <-time.After(20 * time.Second):
+			require.FailNow(t, "the claim of a full robot waited")
+		}
+		jqRequireWaitLimit(t, c, 0)
 		require.Nil(t, r.claim(t, 0), "a claim that does not wait answers null")
 	})
 }
@@ -138,7 +149,12 @@ func TestLongestWaitAnswersBeforeTheWriteTimeout(t *testing.T) {
 	s := apitest.New(t, apitest.Options{WriteTimeout: writeTimeout})
 	tn := jqNewTenant(t, s)
 	r := tn.robot(t, "patient", jqRobotOpts{})
-	c := <-r.claimAsync(t, dispatch.MaxWaitSeconds)
+	var c jqClaimed
+	select {
+	case c = <-r.claimAsync(t, dispatch.MaxWaitSeconds):
+	case <-time.After(2 * time.Minute):
+		require.FailNow(t, "the longest wait did not end")
+	}
 	require.NoError(t, c.err, "the longest wait did not answer")
 	require.Nil(t, c.lease)
 }
