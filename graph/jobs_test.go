@@ -484,18 +484,34 @@ func TestJobRunAtIsHonoured(t *testing.T) {
 	s := apitest.New(t, apitest.Options{ClaimPoll: 200 * time.Millisecond})
 	tn := jqNewTenant(t, s)
 	r := tn.robot(t, "patient", jqRobotOpts{})
-	job := tn.enqueue(t, map[string]any{"runAt": jqTime(2 * time.Second)})
+	job := tn.enqueue(t, map[string]any{"runAt": jqTime(time.Hour)})
+
+	// What one request's authentication costs, and one claim attempt.
+	before := s.Statements.Load()
+	s.Do(t, r.Key, `{ me { role } }`, nil).OK(t, nil)
+	auth := s.Statements.Load() - before
+	before = s.Statements.Load()
 	require.Nil(t, r.claim(t, 0), "a job must not be claimable before its runAt")
-	l := jqReceive(t, r.claimAsync(t, 10), 20*time.Second)
+	attempt := s.Statements.Load() - before - auth
+
+	// Once the claim waits (it tried, counted its free slots, subscribed
+	// and tried again), the run-after passes, announced by nobody.
+	before = s.Statements.Load()
+	claim := r.claimAsync(t, 30)
+	jqEventually(t, 20*time.Second, "the claim to wait", func() bool { return s.Statements.Load()-before >= auth+2*attempt+1 })
+	require.NoError(t, jqRunAfterNow(t, tn, job.ID))
+	l := jqReceive(t, claim, 40*time.Second)
 	require.NotNil(t, l, "the polling fallback must hand over the job once its runAt passed")
 	require.Equal(t, job.ID, l.Job.ID)
-	require.False(t, l.Job.ClaimedAt.Before(job.RunAfter), "claimed at %s, before its runAt %s", l.Job.ClaimedAt, job.RunAfter)
+	runAfter := tn.job(t, job.ID).RunAfter
+	require.False(t, l.Job.ClaimedAt.Before(runAfter), "claimed at %s, before its runAt %s", l.Job.ClaimedAt, runAfter)
 }
 
 func TestJobStateMachine(t *testing.T) {
 	t.Parallel()
 	const lease = time.Hour
-	const backoff, maxBackoff = 10 * time.Second, 15 * time.Second
+	// Backoffs no busy machine outlasts: tests make them pass (jqRunAfterNow).
+	const backoff, maxBackoff = time.Hour, 90 * time.Minute
 	s := apitest.New(t, apitest.Options{Queue: db.QueueConfig{
 		Lease: lease, RetryBackoff: backoff, MaxRetryBackoff: maxBackoff,
 		OfflineAfter: time.Hour, HeartbeatSample: time.Minute,
