@@ -34,6 +34,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/demo"
+	"fleetgraph/dispatch"
 	"fleetgraph/localpg"
 	"fleetgraph/migrations"
 	"fleetgraph/playground"
@@ -204,6 +205,11 @@ func jwtSecret(cfg *config, create bool) ([]byte, error) {
 	return []byte(secret), nil
 }
 
+// httpWriteTimeout bounds how long a request may take to be answered
+// (streams lift it). The longest claim wait is derived from it, so that a
+// claim that waits its longest still answers.
+const httpWriteTimeout = 60 * time.Second
+
 func serve(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("serve", "Serves the GraphQL API, /healthz, /readyz and (optionally) the playground at /.", stderr, env)
 	cs := declareServe(s)
@@ -257,6 +263,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		JWT:            jwt,
 		Logger:         log,
 		Queue:          cfg.queue,
+		ClaimMaxWait:   dispatch.WaitWithin(httpWriteTimeout),
 		AllowedOrigins: cfg.allowedOrigins,
 		Introspection:  cfg.devDefault(cfg.introspection),
 		LiveLimits:     cfg.live,
@@ -305,7 +312,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
+		WriteTimeout:      httpWriteTimeout,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

@@ -347,6 +347,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "LogFormat", env: env{"LOG_FORMAT": "xml"}, want: "LOG_FORMAT"},
 		{name: "JobLease", env: env{"JOB_LEASE_SECONDS": "soon"}, want: "JOB_LEASE_SECONDS"},
 		{name: "JobLeaseTooShort", env: env{"JOB_LEASE_SECONDS": "1"}, want: "JOB_LEASE_SECONDS"},
+		{name: "JobProgressTimeout", env: env{"JOB_PROGRESS_TIMEOUT_SECONDS": "later"}, want: "JOB_PROGRESS_TIMEOUT_SECONDS"},
+		{name: "JobProgressTimeoutBelowLease", env: env{"JOB_LEASE_SECONDS": "120", "JOB_PROGRESS_TIMEOUT_SECONDS": "60"}, want: "JOB_PROGRESS_TIMEOUT_SECONDS (--job-progress-timeout-seconds) must be at least JOB_LEASE_SECONDS"},
 		{name: "OfflineThreshold", env: env{"ROBOT_OFFLINE_THRESHOLD": "-5"}, want: "ROBOT_OFFLINE_THRESHOLD"},
 		{name: "SubscriptionsPerConnection", env: env{"MAX_SUBSCRIPTIONS_PER_CONNECTION": "0"}, want: "MAX_SUBSCRIPTIONS_PER_CONNECTION"},
 		{name: "SubscriptionsPerPrincipal", env: env{"MAX_SUBSCRIPTIONS_PER_PRINCIPAL": "many"}, want: "MAX_SUBSCRIPTIONS_PER_PRINCIPAL"},

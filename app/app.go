@@ -35,6 +35,9 @@ type Config struct {
 	Limits         graph.Limits
 	// ClaimPoll is how often a waiting claim re-checks without a notification.
 	ClaimPoll time.Duration
+	// ClaimMaxWait caps a claim's wait (0: dispatch's default); derive it
+	// from the HTTP server's write timeout with dispatch.WaitWithin.
+	ClaimMaxWait time.Duration
 	// SweepEvery is how often the sweeper runs.
 	SweepEvery time.Duration
 	// InitTimeout bounds a websocket's wait for connection_init (0: the handler's default).
@@ -84,7 +87,7 @@ func New(cfg Config) (*App, error) {
 		APIKeyStore:   keys,
 		WorkflowStore: workflows,
 		JobStore:      jobs,
-		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, cfg.ClaimPoll),
+		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, dispatch.Config{Poll: cfg.ClaimPoll, MaxWait: cfg.ClaimMaxWait}),
 		Hub:           hub,
 	}
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
