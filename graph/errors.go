@@ -10,9 +10,12 @@ import (
 	"net/http"
 	"regexp"
 	"runtime/debug"
+	"slices"
+	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/errcode"
+	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/fault"
@@ -63,8 +66,16 @@ func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
 		if errors.As(err, &fe) {
 			gqlErr.Message = fe.Message
 			gqlErr.Extensions = map[string]any{"code": fe.Code}
-			if fe.Field != "" {
-				gqlErr.Extensions["field"] = fe.Field
+			field := fe.Field
+			if field == "" && fe.Code == fault.BadUserInput {
+				// A scalar refusing an argument does not know its name;
+				// the path does.
+				if field = argumentPath(ctx, gqlErr.Path); field != "" {
+					gqlErr.Message = field + ": " + fe.Message
+				}
+			}
+			if field != "" {
+				gqlErr.Extensions["field"] = field
 			}
 			for k, v := range fe.Extra {
 				gqlErr.Extensions[k] = v
@@ -93,6 +104,34 @@ func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
 			Extensions: map[string]any{"code": fault.Internal, "requestId": id},
 		}
 	}
+}
+
+// argumentPath names the argument or input field an error's path points
+// into below the field being resolved, as the stores name fields:
+// "filter.createdAfter", "entries[2].at". It is "" for an error of the field
+// itself (a resolver's), or outside any field.
+func argumentPath(ctx context.Context, path ast.Path) string {
+	fc := graphql.GetFieldContext(ctx)
+	if fc == nil {
+		return ""
+	}
+	field := fc.Path()
+	if len(path) <= len(field) || !slices.Equal(path[:len(field)], field) {
+		return ""
+	}
+	var b strings.Builder
+	for _, el := range path[len(field):] {
+		switch el := el.(type) {
+		case ast.PathIndex:
+			fmt.Fprintf(&b, "[%d]", int(el))
+		case ast.PathName:
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(string(el))
+		}
+	}
+	return b.String()
 }
 
 const extensionPersistedQueryNotFound = "PERSISTED_QUERY_NOT_FOUND"
