@@ -661,7 +661,9 @@ func TestTimeAndIntRangeEdgesAreAccepted(t *testing.T) {
 		}
 		isoDo(t, s, u.Token, `{ robots(first: 2147483647) { totalCount } }`, nil, nil)
 		// Inside an input object the number reaches the scalar as written.
-		var r struct{ CreateRobot struct{ MaxConcurrentJobs int } }
+		var r struct {
+			CreateRobot struct{ MaxConcurrentJobs int }
+		}
 		isoDo(t, s, u.Token, `mutation($in: CreateRobotInput!) { createRobot(input: $in) { maxConcurrentJobs } }`,
 			map[string]any{"in": map[string]any{"name": "ints", "maxConcurrentJobs": json.Number("100")}}, &r)
 		require.Equal(t, 100, r.CreateRobot.MaxConcurrentJobs)
