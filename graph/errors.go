@@ -55,11 +55,17 @@ var reasons = map[string]bool{
 	"COMPLEXITY_LIMIT_EXCEEDED": true,
 }
 
+// numberMessage is gqlparser's refusal of a variable that does not fit its
+// number type; it shows the failed conversion's zero ("cannot use value 0 as
+// Int" for 1e400 or 1.5), so it is replaced by what the value must be.
+var numberMessage = regexp.MustCompile(`^cannot use value \S+ as (Int|Float)$`)
+
 // presentError is the one place errors leave the server. Client errors
 // (faults, and requests gqlgen refused as malformed) pass through with their
 // code; everything else is logged with the request id and reaches the client
-// only as INTERNAL with that id.
-func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
+// only as INTERNAL with that id. With hideSchema (introspection off), a
+// refusal names no schema element the request did not name itself.
+func presentError(log *slog.Logger, hideSchema bool) graphql.ErrorPresenterFunc {
 	return func(ctx context.Context, err error) *gqlerror.Error {
 		gqlErr := graphql.DefaultErrorPresenter(ctx, err)
 		var fe *fault.Error
@@ -90,6 +96,19 @@ func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
 		// complexity, bad variables) carry no wrapped error; those with a
 		// code say so, those without a path come from before execution.
 		if gqlErr.Err == nil && (reasons[code] || (code == "" && gqlErr.Path == nil)) {
+			if m := numberMessage.FindStringSubmatch(gqlErr.Message); m != nil {
+				gqlErr.Message = map[string]string{
+					"Int":   "must be an Int: a whole number from -2147483648 to 2147483647",
+					"Float": "must be a Float: a finite number",
+				}[m[1]]
+			}
+			if hideSchema {
+				query := ""
+				if graphql.HasOperationContext(ctx) {
+					query = graphql.GetOperationContext(ctx).RawQuery
+				}
+				hideSchemaNames(gqlErr, query)
+			}
 			gqlErr.Extensions = map[string]any{"code": fault.BadUserInput}
 			if code != "" {
 				gqlErr.Extensions["reason"] = code

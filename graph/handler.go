@@ -105,7 +105,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		srv.Use(extension.Introspection{})
 	}
 	srv.SetDisableSuggestion(!cfg.Introspection)
-	srv.SetErrorPresenter(presentError(cfg.Logger))
+	srv.SetErrorPresenter(presentError(cfg.Logger, !cfg.Introspection))
 	srv.SetRecoverFunc(recoverPanic(cfg.Logger))
 
 	r := cfg.Resolver
