@@ -102,7 +102,11 @@ func presentError(log *slog.Logger, hideSchema bool) graphql.ErrorPresenterFunc 
 					"Float": "must be a Float: a finite number",
 				}[m[1]]
 			}
-			if hideSchema {
+			if m := transportMessage(gqlErr.Message); m != "" {
+				// A transport's refusal, passed through here by POST: some
+				// echo the request body.
+				gqlErr.Message = m
+			} else if hideSchema {
 				query := ""
 				if graphql.HasOperationContext(ctx) {
 					query = graphql.GetOperationContext(ctx).RawQuery

@@ -116,7 +116,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		return next(dataloaders.With(ctx, stores))
 	})
 
-	var h http.Handler = srv
+	var h http.Handler = codedRefusals(cfg.Logger, srv)
 	h = socks.track(h)
 	h = cfg.Auth.Middleware(h)
 	h = checkBody(cfg.Limits.BodyBytes, h)
