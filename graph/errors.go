@@ -113,9 +113,13 @@ func presentError(log *slog.Logger, hideSchema bool) graphql.ErrorPresenterFunc 
 				}
 				hideSchemaNames(gqlErr, query)
 			}
+			field, _ := gqlErr.Extensions["field"].(string)
 			gqlErr.Extensions = map[string]any{"code": fault.BadUserInput}
 			if code != "" {
 				gqlErr.Extensions["reason"] = code
+			}
+			if field != "" {
+				gqlErr.Extensions["field"] = field // from intRange
 			}
 			return gqlErr
 		}

@@ -452,41 +452,44 @@ func rbbIntCases(f rbbFixture, add func(...rbbCase)) {
 			`mutation($w: ID!) { enqueueJob(input: {workflowId: $w, ` + in + `: LIT}) { id } }`,
 			func(v any) map[string]any { return map[string]any{"w": f.workflow, "v": v} }, false})
 	}
+	// All are refused before anything runs, as validation: literals name the
+	// argument in extensions.field, variables in the path.
 	for _, a := range args {
 		for _, label := range slices.Sorted(maps.Keys(over)) {
 			v := over[label]
-			field := a.field
+			literalField := a.field
 			if label == "1e10" {
-				field = "" // refused while coercing variables, before any field
+				literalField = "" // not an integer literal: gqlparser refuses it
 			}
 			add(
-				rbbCase{name: a.name + "Variable" + label, query: a.query, vars: a.vars(v), code: "BAD_USER_INPUT", field: field, robot: a.robot},
-				rbbCase{name: a.name + "Literal" + label, query: strings.Replace(a.lit, "LIT", string(v), 1), vars: a.vars(nil), code: "BAD_USER_INPUT", robot: a.robot},
+				rbbCase{name: a.name + "Variable" + label, query: a.query, vars: a.vars(v), code: "BAD_USER_INPUT", reason: badGQLValidation, robot: a.robot},
+				rbbCase{name: a.name + "Literal" + label, query: strings.Replace(a.lit, "LIT", string(v), 1), vars: a.vars(nil), code: "BAD_USER_INPUT", field: literalField, reason: badGQLValidation, robot: a.robot},
 			)
 		}
 		add(
-			rbbCase{name: a.name + "VariableNumericString", query: a.query, vars: a.vars("5"), code: "BAD_USER_INPUT", robot: a.robot},
-			rbbCase{name: a.name + "VariableFraction", query: a.query, vars: a.vars(json.Number("5.5")), code: "BAD_USER_INPUT", robot: a.robot},
+			rbbCase{name: a.name + "VariableNumericString", query: a.query, vars: a.vars("5"), code: "BAD_USER_INPUT", reason: badGQLValidation, robot: a.robot},
+			rbbCase{name: a.name + "VariableFraction", query: a.query, vars: a.vars(json.Number("5.5")), code: "BAD_USER_INPUT", reason: badGQLValidation, robot: a.robot},
 		)
 	}
+	// An out-of-range Int in a later mutation field stops the earlier ones too.
+	add(
+		rbbCase{name: "createRobot/SecondFieldLiteralOverflowRunsNothing", query: `mutation { a: createRobot(input: {name: "first"}) { id } b: createRobot(input: {name: "second", maxConcurrentJobs: 2147483648}) { id } }`,
+			code: "BAD_USER_INPUT", field: "input.maxConcurrentJobs", reason: badGQLValidation},
+		rbbCase{name: "createRobot/SecondFieldVariableOverflowRunsNothing", query: `mutation($m: Int) { a: createRobot(input: {name: "first"}) { id } b: createRobot(input: {name: "second", maxConcurrentJobs: $m}) { id } }`,
+			vars: map[string]any{"m": json.Number("2147483648")}, code: "BAD_USER_INPUT", reason: badGQLValidation},
+	)
 	// Inside input object and list variables the number reaches the scalar
 	// as the client wrote it.
 	enqueueMany := `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`
 	good := map[string]any{"workflowId": f.workflow}
 	for _, label := range slices.Sorted(maps.Keys(over)) {
-		field := func(f string) string {
-			if label == "1e10" {
-				return ""
-			}
-			return f
-		}
 		add(
 			rbbCase{name: "enqueueJob/PriorityInObjectVariable" + label, query: `mutation($in: EnqueueJobInput!) { enqueueJob(input: $in) { id } }`,
-				vars: map[string]any{"in": map[string]any{"workflowId": f.workflow, "priority": over[label]}}, code: "BAD_USER_INPUT", field: field("input.priority")},
+				vars: map[string]any{"in": map[string]any{"workflowId": f.workflow, "priority": over[label]}}, code: "BAD_USER_INPUT", reason: badGQLValidation},
 			rbbCase{name: "enqueueJobs/ThirdMaxAttempts" + label, query: enqueueMany,
-				vars: map[string]any{"in": []any{good, good, map[string]any{"workflowId": f.workflow, "maxAttempts": over[label]}}}, code: "BAD_USER_INPUT", field: field("input[2].maxAttempts")},
+				vars: map[string]any{"in": []any{good, good, map[string]any{"workflowId": f.workflow, "maxAttempts": over[label]}}}, code: "BAD_USER_INPUT", reason: badGQLValidation},
 			rbbCase{name: "createRobot/MaxConcurrentJobsInObjectVariable" + label, query: `mutation($in: CreateRobotInput!) { createRobot(input: $in) { id } }`,
-				vars: map[string]any{"in": map[string]any{"name": "x", "maxConcurrentJobs": over[label]}}, code: "BAD_USER_INPUT", field: field("input.maxConcurrentJobs")},
+				vars: map[string]any{"in": map[string]any{"name": "x", "maxConcurrentJobs": over[label]}}, code: "BAD_USER_INPUT", reason: badGQLValidation},
 		)
 	}
 }
