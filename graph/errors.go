@@ -70,8 +70,12 @@ func presentError(log *slog.Logger, hideSchema bool) graphql.ErrorPresenterFunc 
 		gqlErr := graphql.DefaultErrorPresenter(ctx, err)
 		var fe *fault.Error
 		if errors.As(err, &fe) {
+			reason, _ := gqlErr.Extensions["code"].(string) // a fault refused in validation (scalarCheck)
 			gqlErr.Message = fe.Message
 			gqlErr.Extensions = map[string]any{"code": fe.Code}
+			if reasons[reason] {
+				gqlErr.Extensions["reason"] = reason
+			}
 			field := fe.Field
 			if field == "" && fe.Code == fault.BadUserInput {
 				// A scalar refusing an argument does not know its name;
@@ -113,13 +117,9 @@ func presentError(log *slog.Logger, hideSchema bool) graphql.ErrorPresenterFunc 
 				}
 				hideSchemaNames(gqlErr, query)
 			}
-			field, _ := gqlErr.Extensions["field"].(string)
 			gqlErr.Extensions = map[string]any{"code": fault.BadUserInput}
 			if code != "" {
 				gqlErr.Extensions["reason"] = code
-			}
-			if field != "" {
-				gqlErr.Extensions["field"] = field // from intRange
 			}
 			return gqlErr
 		}

@@ -89,6 +89,8 @@ type rbbCase struct {
 	field string
 	// reason is the expected extensions.reason, when there is one.
 	reason string
+	// message, when set, is a part the error message must contain.
+	message string
 	// robot sends the request with the fixture robot's key instead of the user's token.
 	robot bool
 	// bug, when set, describes a known server bug this case still shows (see badKnownBug).
@@ -384,22 +386,29 @@ func rbbTimeCases(f rbbFixture, add func(...rbbCase)) {
 	)
 	good := map[string]any{"workflowId": f.workflow}
 	lv := f.lease.rbVars
+	// An out-of-range time in a later mutation field stops the earlier ones too.
+	add(
+		rbbCase{name: "enqueueJob/SecondFieldLiteralYear0RunsNothing", query: `mutation($w: ID!) { a: createRobot(input: {name: "first"}) { id } b: enqueueJob(input: {workflowId: $w, runAt: "0000-06-01T00:00:00Z"}) { id } }`,
+			vars: map[string]any{"w": f.workflow}, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "input.runAt"},
+		rbbCase{name: "enqueueJob/SecondFieldVariableYear0RunsNothing", query: `mutation($w: ID!, $at: Time) { a: createRobot(input: {name: "first"}) { id } b: enqueueJob(input: {workflowId: $w, runAt: $at}) { id } }`,
+			vars: map[string]any{"w": f.workflow, "at": "0000-06-01T00:00:00Z"}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $at:"},
+	)
 	for _, label := range slices.Sorted(maps.Keys(rbbOutOfRangeTimes)) {
 		at := rbbOutOfRangeTimes[label]
 		lit := strconv.Quote(at)
 		add(
-			rbbCase{name: "createApiKey/ExpiresAt" + label, query: createKey, vars: map[string]any{"r": f.robot.ID, "e": at}, code: "BAD_USER_INPUT", field: "expiresAt"},
-			rbbCase{name: "createApiKey/ExpiresAtLiteral" + label, query: `mutation($r: ID!) { createApiKey(robotId: $r, name: "k", expiresAt: ` + lit + `) { key } }`, vars: map[string]any{"r": f.robot.ID}, code: "BAD_USER_INPUT", field: "expiresAt"},
-			rbbCase{name: "enqueueJob/RunAt" + label, query: enqueue, vars: map[string]any{"in": map[string]any{"workflowId": f.workflow, "runAt": at}}, code: "BAD_USER_INPUT", field: "input.runAt"},
-			rbbCase{name: "enqueueJob/RunAtLiteral" + label, query: `mutation($w: ID!) { enqueueJob(input: {workflowId: $w, runAt: ` + lit + `}) { id } }`, vars: map[string]any{"w": f.workflow}, code: "BAD_USER_INPUT", field: "input.runAt"},
-			rbbCase{name: "enqueueJobs/ThirdRunAt" + label, query: enqueueMany, vars: map[string]any{"in": []any{good, good, map[string]any{"workflowId": f.workflow, "runAt": at}}}, code: "BAD_USER_INPUT", field: "input[2].runAt"},
-			rbbCase{name: "jobs/CreatedAfter" + label, query: jobs, vars: map[string]any{"f": map[string]any{"createdAfter": at}}, code: "BAD_USER_INPUT", field: "filter.createdAfter"},
-			rbbCase{name: "jobs/CreatedBefore" + label, query: jobs, vars: map[string]any{"f": map[string]any{"createdBefore": at}}, code: "BAD_USER_INPUT", field: "filter.createdBefore"},
-			rbbCase{name: "jobs/CreatedAfterLiteral" + label, query: `{ jobs(filter: {createdAfter: ` + lit + `}) { totalCount } }`, code: "BAD_USER_INPUT", field: "filter.createdAfter"},
-			rbbCase{name: "jobs/CreatedBeforeLiteral" + label, query: `{ jobs(filter: {status: QUEUED, createdBefore: ` + lit + `}) { totalCount } }`, code: "BAD_USER_INPUT", field: "filter.createdBefore"},
-			rbbCase{name: "appendJobLogs/At" + label, query: logs, vars: lv(map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "ok", "at": at}}}), code: "BAD_USER_INPUT", field: "entries[0].at", robot: true},
-			rbbCase{name: "appendJobLogs/SecondAt" + label, query: logs, vars: lv(map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "ok"}, map[string]any{"level": "INFO", "message": "ok", "at": at}}}), code: "BAD_USER_INPUT", field: "entries[1].at", robot: true},
-			rbbCase{name: "appendJobLogs/AtLiteral" + label, query: `mutation($j: ID!, $l: ID!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: [{level: INFO, message: "ok", at: ` + lit + `}]) }`, vars: lv(nil), code: "BAD_USER_INPUT", field: "entries[0].at", robot: true},
+			rbbCase{name: "createApiKey/ExpiresAt" + label, query: createKey, vars: map[string]any{"r": f.robot.ID, "e": at}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $e:"},
+			rbbCase{name: "createApiKey/ExpiresAtLiteral" + label, query: `mutation($r: ID!) { createApiKey(robotId: $r, name: "k", expiresAt: ` + lit + `) { key } }`, vars: map[string]any{"r": f.robot.ID}, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "expiresAt"},
+			rbbCase{name: "enqueueJob/RunAt" + label, query: enqueue, vars: map[string]any{"in": map[string]any{"workflowId": f.workflow, "runAt": at}}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $in.runAt:"},
+			rbbCase{name: "enqueueJob/RunAtLiteral" + label, query: `mutation($w: ID!) { enqueueJob(input: {workflowId: $w, runAt: ` + lit + `}) { id } }`, vars: map[string]any{"w": f.workflow}, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "input.runAt"},
+			rbbCase{name: "enqueueJobs/ThirdRunAt" + label, query: enqueueMany, vars: map[string]any{"in": []any{good, good, map[string]any{"workflowId": f.workflow, "runAt": at}}}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $in[2].runAt:"},
+			rbbCase{name: "jobs/CreatedAfter" + label, query: jobs, vars: map[string]any{"f": map[string]any{"createdAfter": at}}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $f.createdAfter:"},
+			rbbCase{name: "jobs/CreatedBefore" + label, query: jobs, vars: map[string]any{"f": map[string]any{"createdBefore": at}}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $f.createdBefore:"},
+			rbbCase{name: "jobs/CreatedAfterLiteral" + label, query: `{ jobs(filter: {createdAfter: ` + lit + `}) { totalCount } }`, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "filter.createdAfter"},
+			rbbCase{name: "jobs/CreatedBeforeLiteral" + label, query: `{ jobs(filter: {status: QUEUED, createdBefore: ` + lit + `}) { totalCount } }`, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "filter.createdBefore"},
+			rbbCase{name: "appendJobLogs/At" + label, query: logs, vars: lv(map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "ok", "at": at}}}), code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $e[0].at:", robot: true},
+			rbbCase{name: "appendJobLogs/SecondAt" + label, query: logs, vars: lv(map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "ok"}, map[string]any{"level": "INFO", "message": "ok", "at": at}}}), code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $e[1].at:", robot: true},
+			rbbCase{name: "appendJobLogs/AtLiteral" + label, query: `mutation($j: ID!, $l: ID!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: [{level: INFO, message: "ok", at: ` + lit + `}]) }`, vars: lv(nil), code: "BAD_USER_INPUT", reason: badGQLValidation, field: "entries[0].at", robot: true},
 		)
 		// A forged cursor carries its time to a keyset comparison in SQL.
 		for _, list := range []struct{ field, kind string }{{"machines", "machine"}, {"robots", "robot"}, {"workflows", "workflow"}, {"jobs", "job"}} {
@@ -539,6 +548,7 @@ func TestRobotBadInputIsRefusedAndWritesNothing(t *testing.T) {
 				if c.reason != "" {
 					require.Equal(t, c.reason, e.Extensions["reason"], "response: %s", resp.Raw)
 				}
+				require.Contains(t, e.Message, c.message)
 				require.NotContains(t, s.Log.String()[logged:], "internal error")
 			}
 			require.Equal(t, before, rbbSnapshot(t, f), "a refused request changed data")
@@ -650,6 +660,9 @@ func TestTimeAndIntRangeEdgesAreAccepted(t *testing.T) {
 		// One microsecond past either edge is refused.
 		for _, at := range []string{"0000-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.9999991Z"} {
 			resp := s.Do(t, u.Token, `query($f: JobFilter) { jobs(filter: $f) { totalCount } }`, map[string]any{"f": map[string]any{"createdAfter": at}})
+			require.Equal(t, "GRAPHQL_VALIDATION_FAILED", resp.Code(t, "BAD_USER_INPUT").Extensions["reason"])
+			require.Contains(t, resp.Errors[0].Message, "$f.createdAfter")
+			resp = s.Do(t, u.Token, `{ jobs(filter: {createdAfter: "`+at+`"}) { totalCount } }`, nil)
 			require.Equal(t, "filter.createdAfter", resp.Code(t, "BAD_USER_INPUT").Extensions["field"])
 			require.Contains(t, resp.Errors[0].Message, "filter.createdAfter")
 			resp = s.Do(t, u.Token, `query($a: String) { jobs(after: $a) { totalCount } }`, map[string]any{"a": cursor(at)})

@@ -10,33 +10,43 @@ import (
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
+	"fleetgraph/fault"
 	"fleetgraph/graph/scalar"
 )
 
-// intRange refuses, before anything runs, every Int of an operation (literal
-// or variable, at any depth of lists and input objects) beyond the 32 bits
-// GraphQL gives Int. gqlparser's validation only refuses literals beyond 64
-// bits, and the Int scalar (graph/scalar) refuses the rest only when a field
-// reads its arguments: by then the mutation fields before it have run.
-type intRange struct{ schema *ast.Schema }
+// scalarCheck refuses, before anything runs, every Int and Time of an
+// operation (literal or variable, at any depth of lists and input objects)
+// that the scalars in graph/scalar refuse: an Int beyond the 32 bits GraphQL
+// gives it (gqlparser's validation only refuses literals beyond 64 bits), a
+// Time PostgreSQL cannot store. The scalars alone refuse such a value only
+// when a field reads its arguments, after the mutation fields before it have
+// run.
+type scalarCheck struct{ schema *ast.Schema }
+
+// checkedScalars are the scalars checked before execution, by name; each
+// takes a literal's or variable's value as gqlgen would pass it.
+var checkedScalars = map[string]func(v any) error{
+	"Int":  func(v any) error { _, err := scalar.UnmarshalInt(v); return err },
+	"Time": func(v any) error { _, err := scalar.UnmarshalTime(v); return err },
+}
 
 var (
-	_ graphql.HandlerExtension        = (*intRange)(nil)
-	_ graphql.OperationContextMutator = (*intRange)(nil)
+	_ graphql.HandlerExtension        = (*scalarCheck)(nil)
+	_ graphql.OperationContextMutator = (*scalarCheck)(nil)
 )
 
 // ExtensionName implements graphql.HandlerExtension.
-func (*intRange) ExtensionName() string { return "IntRange" }
+func (*scalarCheck) ExtensionName() string { return "ScalarCheck" }
 
 // Validate implements graphql.HandlerExtension; it keeps the schema, whose
-// input types tell which variable members are Ints.
-func (r *intRange) Validate(es graphql.ExecutableSchema) error {
+// input types tell which variable members are checked scalars.
+func (r *scalarCheck) Validate(es graphql.ExecutableSchema) error {
 	r.schema = es.Schema()
 	return nil
 }
 
 // MutateOperationContext implements graphql.OperationContextMutator.
-func (r *intRange) MutateOperationContext(_ context.Context, oc *graphql.OperationContext) *gqlerror.Error {
+func (r *scalarCheck) MutateOperationContext(_ context.Context, oc *graphql.OperationContext) *gqlerror.Error {
 	if oc.Doc == nil || oc.Operation == nil {
 		return nil
 	}
@@ -103,22 +113,26 @@ func arguments(args ast.ArgumentList, dirs ast.DirectiveList) *gqlerror.Error {
 	return nil
 }
 
-// literal checks an Int literal, and those inside a list or object literal;
-// field names the argument path for the message.
+// literal checks a literal of a checked scalar, and those inside a list or
+// object literal; field names the argument path for the message.
 func literal(v *ast.Value, field string) *gqlerror.Error {
 	if v == nil {
 		return nil
 	}
 	switch v.Kind {
-	case ast.IntValue:
-		if v.Definition == nil || v.Definition.Name != "Int" {
+	case ast.IntValue, ast.StringValue, ast.BlockValue:
+		if v.Definition == nil || checkedScalars[v.Definition.Name] == nil {
 			return nil
 		}
-		n, err := strconv.ParseInt(v.Raw, 10, 64)
-		if err != nil {
-			return nil // beyond 64 bits: gqlparser has refused it
+		var val any = v.Raw
+		if v.Kind == ast.IntValue {
+			n, err := strconv.ParseInt(v.Raw, 10, 64)
+			if err != nil {
+				return nil // beyond 64 bits: gqlparser has refused it
+			}
+			val = n
 		}
-		if _, err := scalar.UnmarshalInt(n); err != nil {
+		if err := checkedScalars[v.Definition.Name](val); err != nil {
 			e := refusal(field, err)
 			if v.Position != nil {
 				e.Locations = []gqlerror.Location{{Line: v.Position.Line, Column: v.Position.Column}}
@@ -142,7 +156,7 @@ func literal(v *ast.Value, field string) *gqlerror.Error {
 }
 
 // variable checks a coerced variable value of type typ.
-func (r *intRange) variable(val any, typ *ast.Type, path ast.Path) *gqlerror.Error {
+func (r *scalarCheck) variable(val any, typ *ast.Type, path ast.Path) *gqlerror.Error {
 	if val == nil || typ == nil {
 		return nil
 	}
@@ -158,10 +172,10 @@ func (r *intRange) variable(val any, typ *ast.Type, path ast.Path) *gqlerror.Err
 		}
 		return nil
 	}
-	if typ.NamedType == "Int" {
-		if _, err := scalar.UnmarshalInt(val); err != nil {
-			e := refusal("", err)
-			e.Message = "variable " + variableName(path) + ": " + e.Message
+	if check := checkedScalars[typ.NamedType]; check != nil {
+		if err := check(val); err != nil {
+			e := refusal("variable "+variableName(path), err)
+			e.Err.(*fault.Error).Field = ""
 			e.Path = path
 			return e
 		}
@@ -180,16 +194,16 @@ func (r *intRange) variable(val any, typ *ast.Type, path ast.Path) *gqlerror.Err
 	return nil
 }
 
-// refusal is a validation error for a bad Int; field, when known, prefixes
-// the message and goes to extensions.field.
+// refusal is a validation error for a refused scalar value, carrying it as a
+// fault so that the presenter passes the message as it is; field, when
+// known, prefixes the message and goes to extensions.field.
 func refusal(field string, err error) *gqlerror.Error {
 	msg := err.Error()
-	e := &gqlerror.Error{Message: msg, Extensions: map[string]any{}}
 	if field != "" {
-		e.Message = field + ": " + msg
-		e.Extensions["field"] = field
+		msg = field + ": " + msg
 	}
-	errcode.Set(e, errcode.ValidationFailed) // BAD_USER_INPUT, by the presenter
+	e := &gqlerror.Error{Message: msg, Err: fault.Invalid(field, "%s", msg)}
+	errcode.Set(e, errcode.ValidationFailed) // extensions.reason, by the presenter
 	return e
 }
 
