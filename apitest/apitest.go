@@ -81,7 +81,7 @@ type Options struct {
 	DB *bun.DB
 	// Queue overrides the queue timings (default: DefaultQueue).
 	Queue db.QueueConfig
-	// SweepEvery overrides how often the sweeper runs (default 100ms in tests).
+	// SweepEvery overrides how often the maintenance runner runs (default 100ms in tests).
 	SweepEvery time.Duration
 	// ClaimPoll overrides how often waiting claims poll (default: an hour,
 	// so tests prove that notifications, not polling, wake them).

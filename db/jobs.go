@@ -767,7 +767,7 @@ func releaseDeletedRobotsJobs(ctx context.Context, tx bun.Tx, r *Robot) error {
 // RescueExpired takes back every job, of any tenant, whose lease has
 // expired (the robot went silent, did not start its claim within the lease,
 // or reported no progress for ProgressTimeout): QUEUED again after a backoff while attempts remain, else FAILED
-// with the reason. It is maintenance work, run by the sweeper.
+// with the reason. It is maintenance work, run by the maintenance runner.
 func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 	var rows []*Job
 	const retry = "(j.attempt < j.max_attempts)"

@@ -450,7 +450,7 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 
 // MarkSilentOffline sets OFFLINE every robot of any tenant whose last
 // heartbeat is older than OfflineAfter, and returns them. It is maintenance
-// work, run by the sweeper, not on behalf of a caller.
+// work, run by the maintenance runner, not on behalf of a caller.
 func (s *Robots) MarkSilentOffline(ctx context.Context, idb bun.IDB) ([]*Robot, error) {
 	var rows []*Robot
 	err := idb.NewUpdate().Model(&rows).

@@ -869,7 +869,7 @@ func jqAge(t testing.TB, s *apitest.Server, id string, d time.Duration) {
 }
 
 // jqExpire ends a job's lease now, as if its robot had stopped reporting
-// a lease period ago; the sweeper rescues it on its next round.
+// a lease period ago; the maintenance runner rescues it on its next round.
 func jqExpire(t testing.TB, s *apitest.Server, id string) {
 	t.Helper()
 	res, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = ? AND lease_expires_at IS NOT NULL`, id).Exec(t.Context())
@@ -1203,7 +1203,7 @@ func TestJobLeaseNeedsProgress(t *testing.T) {
 			}
 			jqAge(t, s, job.ID, step)
 		}
-		// Once the witness's lease has run out and the sweeper took it, the
+		// Once the witness's lease has run out and the maintenance runner took it, the
 		// same sweep saw the worker's job too and left it alone.
 		jqExpire(t, s, witness.ID)
 		rescued(t, tn, witness.ID)

@@ -57,7 +57,7 @@ func rbbNewFixture(t *testing.T) rbbFixture {
 
 // rbbSnapshot describes, in one statement, everything a refused request
 // must leave as it was: the row count of every table, and the fixture's
-// robot, keys, workflows and job. Columns only the sweeper or a key's
+// robot, keys, workflows and job. Columns only maintenance or a key's
 // (rate-limited) last use would write are left out.
 func rbbSnapshot(t *testing.T, f rbbFixture) string {
 	t.Helper()

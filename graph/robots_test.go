@@ -383,7 +383,7 @@ func TestRobots(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
 		r, key := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "maint"})
-		// A heartbeat first: the sweeper sets silent robots OFFLINE.
+		// A heartbeat first: the maintenance runner sets silent robots OFFLINE.
 		rbHeartbeat(t, s, key, "ONLINE")
 		var out struct{ UpdateRobot rbRobot }
 		isoDo(t, s, u.Token, `mutation($id: ID!) { updateRobot(id: $id, input: {status: MAINTENANCE}) { `+rbRobotFields+` } }`, map[string]any{"id": r.ID}, &out)
@@ -1081,7 +1081,7 @@ func TestHeartbeat(t *testing.T) {
 	})
 }
 
-// TestSilentRobotGoesOffline runs a sweeper that considers a robot silent
+// TestSilentRobotGoesOffline runs a maintenance runner that considers a robot silent
 // after a second.
 func TestSilentRobotGoesOffline(t *testing.T) {
 	t.Parallel()

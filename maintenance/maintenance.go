@@ -97,8 +97,10 @@ type Runner struct {
 	tick  time.Duration
 	log   *slog.Logger
 
-	mu     sync.Mutex
-	tasks  []*scheduled
+	mu      sync.Mutex
+	tasks   []*scheduled
+	leading bool // read by Leading; leader is the runner goroutine's own
+
 	leader *bun.Conn // held while this process holds the lock
 }
 
@@ -149,17 +151,26 @@ func (r *Runner) Run(ctx context.Context) {
 	}
 }
 
+// Leading reports whether this process led at its last step.
+func (r *Runner) Leading() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.leading
+}
+
 // Step takes or keeps the leadership and, when leading, runs every task
 // that is due at the clock's time, in the order they were registered. It
-// reports whether this process leads.
+// reports whether this process leads. Run calls it every tick; tests call
+// it directly, from one goroutine at a time.
 func (r *Runner) Step(ctx context.Context) (bool, error) {
 	leading, err := r.lead(ctx)
+	r.mu.Lock()
+	r.leading = leading && err == nil
+	tasks := append([]*scheduled(nil), r.tasks...)
+	r.mu.Unlock()
 	if err != nil || !leading {
 		return false, err
 	}
-	r.mu.Lock()
-	tasks := append([]*scheduled(nil), r.tasks...)
-	r.mu.Unlock()
 	for _, t := range tasks {
 		now := r.clock.Now()
 		if !t.last.IsZero() && now.Sub(t.last) < t.Every {
@@ -210,4 +221,7 @@ func (r *Runner) resign() {
 	_, _ = r.leader.ExecContext(context.Background(), "SELECT pg_advisory_unlock(?)", int64(locks.Maintenance))
 	_ = r.leader.Close()
 	r.leader = nil
+	r.mu.Lock()
+	r.leading = false
+	r.mu.Unlock()
 }
