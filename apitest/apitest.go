@@ -30,6 +30,7 @@ import (
 	"fleetgraph/dispatch"
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
+	"fleetgraph/maintenance"
 )
 
 // Secret is the JWT secret test servers accept.
@@ -99,6 +100,10 @@ type Options struct {
 	LiveLimits live.Limits
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
+	// Clock is the maintenance runner's and the scheduler's time. With a
+	// clock set, no loop runs the maintenance runner: the test steps it
+	// (Server.App.Maintenance.Step) after moving the clock.
+	Clock maintenance.Clock
 }
 
 // DefaultQueue is the queue of test servers that set none: production's,
@@ -153,13 +158,22 @@ func New(t testing.TB, opts ...Options) *Server {
 		KeepAlive:      o.KeepAlive,
 		LiveLimits:     o.LiveLimits,
 		KeyRecheck:     o.KeyRecheck,
+		Clock:          o.Clock,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		a.Run(ctx)
+		if o.Clock != nil {
+			// What App.Run runs, less the maintenance loop the test steps.
+			var wg sync.WaitGroup
+			wg.Go(func() { a.Listener.Run(ctx) })
+			wg.Go(func() { a.Hub.Run(ctx) })
+			wg.Wait()
+		} else {
+			a.Run(ctx)
+		}
 		close(done)
 	}()
 	t.Cleanup(func() {

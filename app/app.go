@@ -61,7 +61,7 @@ type App struct {
 	Listener *realtime.Listener
 	Hub      *realtime.Hub
 	// Maintenance runs the server's own work on one leader per database;
-	// New registers the queue's tasks with it.
+	// New registers the queue's tasks and the scheduler with it.
 	Maintenance *maintenance.Runner
 }
 
@@ -85,6 +85,10 @@ func New(cfg Config) (*App, error) {
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
 	machines := db.NewMachines()
+	if cfg.Clock == nil {
+		cfg.Clock = maintenance.SystemClock{}
+	}
+	schedules := db.NewSchedules(jobs, workflows, cfg.Clock.Now)
 	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
 	r := &graph.Resolver{
 		DB:            cfg.DB,
@@ -95,6 +99,7 @@ func New(cfg Config) (*App, error) {
 		JobStore:      jobs,
 		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, dispatch.Config{Poll: cfg.ClaimPoll, MaxWait: cfg.ClaimMaxWait}),
 		Hub:           hub,
+		ScheduleStore: schedules,
 	}
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
@@ -111,8 +116,10 @@ func New(cfg Config) (*App, error) {
 		LiveLimits:           cfg.LiveLimits,
 		WebsocketKeyRecheck:  cfg.KeyRecheck,
 	})
-	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: cfg.SweepEvery, Log: cfg.Logger})
+	// The runner steps at least every second, for the scheduler.
+	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: min(cfg.SweepEvery, ScheduleEvery), Log: cfg.Logger})
 	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger)
+	registerScheduleTasks(runner, cfg.DB, schedules, cfg.Logger)
 	return &App{
 		Handler:     h,
 		Resolver:    r,
@@ -137,6 +144,23 @@ func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, j
 		rescued, err := jobs.RescueExpired(ctx, bdb)
 		if len(rescued) > 0 {
 			log.Info("rescued expired leases", "count", len(rescued))
+		}
+		return err
+	}})
+}
+
+// ScheduleEvery is how often the scheduler's round runs on the leader. Each
+// round fires the ticks due up to the clock's time, so a slower round fires
+// late, never less.
+const ScheduleEvery = time.Second
+
+// registerScheduleTasks registers the scheduler: each round enqueues, as
+// system:scheduler, the jobs of every schedule's ticks due by now.
+func registerScheduleTasks(r *maintenance.Runner, bdb *bun.DB, schedules *db.Schedules, log *slog.Logger) {
+	r.Register(maintenance.Task{Name: db.SchedulerTask, Every: ScheduleEvery, Run: func(ctx context.Context, now time.Time) error {
+		stats, err := schedules.Fire(ctx, bdb, now)
+		if stats != (db.FireStats{}) {
+			log.Info("schedules fired", "jobs", stats.Fired, "skipped", stats.Skipped, "missed", stats.Missed, "buffered", stats.Buffered)
 		}
 		return err
 	}})

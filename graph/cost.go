@@ -57,6 +57,10 @@ var listSizes = map[string]listSize{
 	"RobotConnection.edges":         {},
 	"WorkflowConnection.edges":      {},
 	"JobConnection.edges":           {},
+	// Schedules.
+	"Query.schedules":          page(db.DefaultPageSize),
+	"Schedule.recentJobs":      {arg: "first", def: 10, max: db.MaxRecentJobs},
+	"ScheduleConnection.edges": {},
 }
 
 // jsonWeight is what one JSON value costs: it may hold up to db.MaxJSONBytes.
