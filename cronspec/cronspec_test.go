@@ -55,7 +55,7 @@ func TestDaylightSaving(t *testing.T) {
 		// The local day of 23 hours: the skipped hour's minutes collapse into the jump.
 		spring := ticks(s, utc("2026-03-28T22:59:00Z"), utc("2026-03-29T21:59:00Z"))
 		require.Equal(t, 23*60, len(spring))
-				require.Equal(t, utc("2026-03-29T00:59:00Z"), spring[119]) // 01:59 CET
+		require.Equal(t, utc("2026-03-29T00:59:00Z"), spring[119]) // 01:59 CET
 		require.Equal(t, utc("2026-03-29T01:00:00Z"), spring[120]) // 03:00 CEST
 		// The local day of 25 hours: the repeated hour fires once.
 		fall := ticks(s, utc("2026-10-24T21:59:00Z"), utc("2026-10-25T22:59:00Z"))

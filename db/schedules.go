@@ -468,7 +468,9 @@ func (s *Schedules) Resume(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Sch
 			return err
 		}
 		next := firstTick(sp, sch, s.now())
-		err = tx.NewUpdate().Model(sch).WherePK().Where("s.paused").
+		id := sch.ID
+		sch = new(Schedule) // bun leaves a pointer set when it scans NULL into it
+		err = tx.NewUpdate().Model(sch).Where("s.id = ?", id).Where("s.paused").
 			Set("paused = false").Set("pause_note = NULL").Set("paused_by = NULL").Set("paused_at = NULL").
 			Set("next_tick_at = ?", next).
 			Set("updated_at = now()").Set("revision = s.revision + 1").
@@ -844,5 +846,3 @@ func jitter(sch *Schedule, tick time.Time) time.Duration {
 	_, _ = fmt.Fprint(h, tick.UnixNano())
 	return time.Duration(h.Sum64()%uint64(sch.JitterSeconds+1)) * time.Second
 }
-
-
