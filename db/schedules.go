@@ -220,9 +220,10 @@ func firstTick(sp *cronspec.Spec, sch *Schedule, now time.Time) *time.Time {
 	return tickBefore(sp.Next(from), sch.EndAt)
 }
 
-// tickBefore returns t unless it is zero (no tick) or past end.
+// tickBefore returns t unless it is zero (no tick), past end, or past the
+// times Fleetgraph can store and write (TimeRange).
 func tickBefore(t time.Time, end *time.Time) *time.Time {
-	if t.IsZero() || (end != nil && t.After(*end)) {
+	if t.IsZero() || (end != nil && t.After(*end)) || !TimeInRange(t) {
 		return nil
 	}
 	return &t
