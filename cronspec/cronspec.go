@@ -25,6 +25,10 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	// Zones come with the binary, so that a host or container without
+	// /usr/share/zoneinfo knows them too.
+	_ "time/tzdata"
 )
 
 // MaxLength caps an expression's length.

@@ -237,6 +237,9 @@ func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch *Schedul
 	if sch.Name, err = checkName("name", sch.Name); err != nil {
 		return err
 	}
+	if sch.TimeZone == "" {
+		sch.TimeZone = "UTC"
+	}
 	sp, err := s.spec(sch.CronExpression, sch.TimeZone)
 	if err != nil {
 		return err
