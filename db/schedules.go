@@ -696,6 +696,7 @@ func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now ti
 		return fmt.Errorf("locking the schedule: %w", err)
 	}
 	ctx = auth.WithPrincipal(ctx, auth.SystemPrincipal(SchedulerTask, sch.TenantID))
+	before := sch.tickState()
 	live := false
 	if sch.OverlapPolicy != OverlapAllow {
 		if live, err = tx.NewSelect().Model((*Job)(nil)).
@@ -776,6 +777,9 @@ func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now ti
 			}
 		}
 	}
+	if sch.tickState() == before {
+		return nil // a held-back tick still waiting: nothing to record
+	}
 	_, err = tx.NewUpdate().Model(sch).WherePK().
 		Column("next_tick_at", "buffered_tick_at", "last_fired_at", "missed_ticks", "last_missed_at",
 			"skipped_ticks", "last_skipped_at", "last_error", "last_error_at").
@@ -785,6 +789,24 @@ func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now ti
 		return fmt.Errorf("recording the schedule's ticks: %w", err)
 	}
 	return nil
+}
+
+// tickState is what a scheduler round may change of a schedule, comparable.
+type tickState struct {
+	next, buffered, fired, missedAt, skippedAt, errorAt time.Time
+	missed, skipped                                     int
+}
+
+func (sch *Schedule) tickState() tickState {
+	at := func(t *time.Time) time.Time {
+		if t == nil {
+			return time.Time{}
+		}
+		return *t
+	}
+	return tickState{next: at(sch.NextTickAt), buffered: at(sch.BufferedTickAt), fired: at(sch.LastFiredAt),
+		missedAt: at(sch.LastMissedAt), skippedAt: at(sch.LastSkippedAt), errorAt: at(sch.LastErrorAt),
+		missed: sch.MissedTicks, skipped: sch.SkippedTicks}
 }
 
 // dueTicks consumes the schedule's ticks up to now, at most
