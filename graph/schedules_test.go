@@ -268,6 +268,52 @@ func TestScheduler(t *testing.T) {
 		require.Equal(t, b.clock.Now(), b.get(t, sch.ID).LastFiredAt.UTC())
 	})
 
+	t.Run("UpdateRestartsTicksAndDeleteKeepsTheJobs", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *"})
+		b.advance(t, 10*time.Minute)
+		var upd struct{ UpdateSchedule schSchedule }
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {cronExpression: "0 9 * * *", timeZone: "Asia/Tokyo", name: "tokyo"}) { `+schFields+` } }`,
+			map[string]any{"id": sch.ID}, &upd)
+		require.Equal(t, "tokyo", upd.UpdateSchedule.Name)
+		require.Equal(t, []time.Time{utcTime("2026-06-02T00:00:00Z"), utcTime("2026-06-03T00:00:00Z"), utcTime("2026-06-04T00:00:00Z")},
+			upd.UpdateSchedule.NextRuns, "09:00 in Tokyo is midnight UTC")
+		b.advance(t, 10*time.Minute)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Len(t, ticks, 1, "the old expression no longer fires")
+
+		var del struct{ DeleteSchedule string }
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { deleteSchedule(id: $id) }`, map[string]any{"id": sch.ID}, &del)
+		require.Equal(t, sch.ID, del.DeleteSchedule)
+		var kept []struct {
+			ScheduleID   *string   `bun:"schedule_id"`
+			ScheduledFor time.Time `bun:"scheduled_for"`
+		}
+		require.NoError(t, b.s.DB.NewRaw("SELECT schedule_id, scheduled_for FROM jobs").Scan(t.Context(), &kept))
+		require.Len(t, kept, 1)
+		require.Nil(t, kept[0].ScheduleID, "the job stays, without its schedule")
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { deleteSchedule(id: $id) }`, map[string]any{"id": sch.ID}).Code(t, "NOT_FOUND")
+	})
+
+	t.Run("AJobThatCannotBeEnqueuedIsRecordedAndTheScheduleGoesOn", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		robot := rbCreateRobot(t, b.s, b.user.Token, map[string]any{"name": "only-this-one"})
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *", "robotId": robot.ID})
+		b.advance(t, 10*time.Minute)
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": robot.ID}, nil)
+		b.advance(t, 10*time.Minute)
+		b.advance(t, 10*time.Minute)
+		got := b.get(t, sch.ID)
+		require.NotNil(t, got.LastError)
+		require.Contains(t, *got.LastError, "robot not found")
+		require.Contains(t, *got.LastError, "2026-06-01T10:30:00Z")
+		require.Equal(t, utcTime("2026-06-01T10:40:00Z"), got.NextRuns[0], "the ticks go on")
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:10:00Z")}, ticks)
+	})
+
 	t.Run("JitterDelaysEachJobWithinItsBound", func(t *testing.T) {
 		t.Parallel()
 		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
