@@ -35,6 +35,7 @@ import (
 	"fleetgraph/db"
 	"fleetgraph/demo"
 	"fleetgraph/localpg"
+	"fleetgraph/metrics"
 	"fleetgraph/migrations"
 	"fleetgraph/playground"
 )
@@ -251,6 +252,13 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		}
 	}
 
+	m, metricsLn, err := listenMetrics(cfg, log)
+	if err != nil {
+		return err
+	}
+	if metricsLn != nil {
+		defer metricsLn.Close()
+	}
 	a, err := app.New(app.Config{
 		DB:             d.DB,
 		DSN:            d.dsn,
@@ -260,6 +268,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		AllowedOrigins: cfg.allowedOrigins,
 		Introspection:  cfg.devDefault(cfg.introspection),
 		LiveLimits:     cfg.live,
+		Metrics:        m,
 	})
 	if err != nil {
 		return err
@@ -302,6 +311,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	metricsSrv := serveMetrics(m, metricsLn, log)
 
 	url := "http://" + displayAddr(ln.Addr())
 	log.Info("serving", "addr", ln.Addr().String(), "graphql", url+"/graphql")
@@ -327,7 +337,56 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err := <-done; err != nil {
 		log.Warn("in-flight requests did not finish in time", "error", err)
 	}
+	// Metrics last among the servers, so the drain above can be watched.
+	if metricsSrv != nil {
+		if err := metricsSrv.Shutdown(shutdownCtx); err != nil {
+			log.Warn("the metrics server did not stop in time", "error", err)
+		}
+	}
 	return nil
+}
+
+// listenMetrics opens METRICS_ADDR and returns the metrics to record into
+// it, or nil, nil when metrics are off. An address that cannot be opened is
+// an error when configured; the embedded mode's default only warns, so a
+// second development server (or anything else on the port) does not stop
+// one from starting.
+func listenMetrics(cfg *config, log *slog.Logger) (*metrics.Metrics, net.Listener, error) {
+	if cfg.metricsAddr == "" {
+		return nil, nil, nil
+	}
+	ln, err := net.Listen("tcp", cfg.metricsAddr)
+	if err != nil {
+		if cfg.metricsDefaulted {
+			log.Warn("not serving metrics: the default METRICS_ADDR is taken (set METRICS_ADDR to another address, or off)", "addr", cfg.metricsAddr, "error", err)
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("listening for metrics on %s (set METRICS_ADDR to another address, or off): %w", cfg.metricsAddr, err)
+	}
+	return metrics.New(log), ln, nil
+}
+
+// serveMetrics serves GET /metrics on ln, its own server apart from the
+// API's, so that a public LISTEN_ADDR never exposes it; nil when off.
+func serveMetrics(m *metrics.Metrics, ln net.Listener, log *slog.Logger) *http.Server {
+	if ln == nil {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serving metrics", "error", err)
+		}
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String(), "metrics", "http://"+displayAddr(ln.Addr())+"/metrics")
+	return srv
 }
 
 // readiness answers 200 when the database is reachable and its schema is

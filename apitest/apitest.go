@@ -29,6 +29,7 @@ import (
 	"fleetgraph/dbtest"
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
+	"fleetgraph/metrics"
 )
 
 // Secret is the JWT secret test servers accept.
@@ -42,6 +43,10 @@ type Server struct {
 	App     *app.App
 	Handler *graph.Handler
 	Log     *LogBuffer
+	// Metrics and MetricsURL (its /metrics endpoint, on a listener of its
+	// own) are set when Options.Metrics asked for them.
+	Metrics    *metrics.Metrics
+	MetricsURL string
 	// Statements counts SQL statements run through DB for requests.
 	Statements atomic.Int64
 }
@@ -70,6 +75,10 @@ type Options struct {
 	LiveLimits live.Limits
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
+	// Metrics turns the Prometheus metrics on, served at Server.MetricsURL.
+	Metrics bool
+	// LogLevel is the server log's level (nil: debug).
+	LogLevel slog.Leveler
 }
 
 // New starts a server for t with its own database; it stops when t ends.
@@ -94,11 +103,21 @@ func New(t testing.TB, opts ...Options) *Server {
 	if o.ClaimPoll == 0 {
 		o.ClaimPoll = time.Hour
 	}
+	if o.LogLevel == nil {
+		o.LogLevel = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: o.LogLevel}))
+	if o.Metrics {
+		s.Metrics = metrics.New(log)
+		ms := httptest.NewServer(s.Metrics.Handler())
+		t.Cleanup(ms.Close)
+		s.MetricsURL = ms.URL + "/metrics"
+	}
 	a, err := app.New(app.Config{
 		DB:             resolverDB,
 		DSN:            s.DB.DSN,
 		JWT:            jwt,
-		Logger:         slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:         log,
 		Queue:          o.Queue,
 		AllowedOrigins: o.AllowedOrigins,
 		Introspection:  o.Introspection,
@@ -109,6 +128,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		KeepAlive:      o.KeepAlive,
 		LiveLimits:     o.LiveLimits,
 		KeyRecheck:     o.KeyRecheck,
+		Metrics:        s.Metrics,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler

@@ -18,6 +18,7 @@ import (
 	"fleetgraph/dispatch"
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
+	"fleetgraph/metrics"
 	"fleetgraph/realtime"
 	"fleetgraph/sweeper"
 )
@@ -45,6 +46,9 @@ type Config struct {
 	LiveLimits live.Limits
 	// KeyRecheck is how often robot websockets re-check their API key (0: the handler's default).
 	KeyRecheck time.Duration
+	// Metrics, when non-nil, is given to every part that records metrics,
+	// and watches DB's pool and the job queue's depth.
+	Metrics *metrics.Metrics
 }
 
 // App is the assembled application.
@@ -76,7 +80,10 @@ func New(cfg Config) (*App, error) {
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
 	machines := db.NewMachines()
+	listener.Metrics = cfg.Metrics
 	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
+	hub.Metrics = cfg.Metrics
+	cfg.Metrics.WatchDatabase(cfg.DB.DB, func(ctx context.Context) (map[string]int, error) { return db.CountLiveJobs(ctx, cfg.DB) })
 	r := &graph.Resolver{
 		DB:            cfg.DB,
 		MachineStore:  machines,
@@ -87,6 +94,7 @@ func New(cfg Config) (*App, error) {
 		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, cfg.ClaimPoll),
 		Hub:           hub,
 	}
+	r.Dispatcher.Metrics = cfg.Metrics
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
 	}
@@ -101,14 +109,17 @@ func New(cfg Config) (*App, error) {
 		WebsocketKeepAlive:   cfg.KeepAlive,
 		LiveLimits:           cfg.LiveLimits,
 		WebsocketKeyRecheck:  cfg.KeyRecheck,
+		Metrics:              cfg.Metrics,
 	})
-	return &App{
+	a := &App{
 		Handler:  h,
 		Resolver: r,
 		Listener: listener,
 		Hub:      hub,
 		Sweeper:  sweeper.New(cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger),
-	}, nil
+	}
+	a.Sweeper.Metrics = cfg.Metrics
+	return a, nil
 }
 
 // Run runs the listener, the hub and the sweeper until ctx ends, and

@@ -14,6 +14,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/fault"
+	"fleetgraph/metrics"
 	"fleetgraph/realtime"
 )
 
@@ -28,6 +29,9 @@ const wakeBuffer = 16
 
 // Dispatcher serves claims.
 type Dispatcher struct {
+	// Metrics records how long claims that may wait took (nil: off).
+	Metrics *metrics.Metrics
+
 	db       bun.IDB
 	jobs     *db.Jobs
 	listener *realtime.Listener
@@ -41,11 +45,12 @@ func New(bdb bun.IDB, jobs *db.Jobs, listener *realtime.Listener, poll time.Dura
 
 // Claim returns the best job for the calling robot, waiting up to wait for
 // one to be queued; nil when none came.
-func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (*db.JobLease, error) {
+func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (lease *db.JobLease, err error) {
+	defer func(start time.Time) { d.Metrics.ClaimReturned(wait, start, lease != nil, err) }(time.Now())
 	if wait < 0 || wait > MaxWait {
 		return nil, fault.Invalid("waitSeconds", "waitSeconds must be between 0 and %d", int(MaxWait.Seconds()))
 	}
-	lease, err := d.jobs.Claim(ctx, d.db)
+	lease, err = d.jobs.Claim(ctx, d.db)
 	if lease != nil || err != nil || wait == 0 {
 		return lease, err
 	}

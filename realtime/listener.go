@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+
+	"fleetgraph/metrics"
 )
 
 // Notification is one NOTIFY, or a reconnect marker.
@@ -49,6 +51,10 @@ func (s *Subscription) Close() {
 
 // Listener is the process's LISTEN connection.
 type Listener struct {
+	// Metrics counts reconnects and dropped notifications (nil: off). Set
+	// it before Run.
+	Metrics *metrics.Metrics
+
 	pql      *pq.Listener
 	log      *slog.Logger
 	ping     time.Duration
@@ -111,6 +117,7 @@ func (l *Listener) Run(ctx context.Context) {
 		case n := <-l.pql.Notify:
 			if n == nil {
 				// pq sends nil after a reconnect: anything sent meanwhile is lost.
+				l.Metrics.Reconnected()
 				for _, ch := range l.channels {
 					l.deliver(Notification{Channel: ch, Reconnected: true})
 				}
@@ -163,6 +170,7 @@ func (l *Listener) deliver(n Notification) {
 		case s.c <- n:
 		default: // full: for wake-ups one pending is enough; others check TakeOverflow
 			s.overflow.Store(true)
+			l.Metrics.Dropped(n.Channel)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"fleetgraph/db"
+	"fleetgraph/metrics"
 )
 
 // lockKey is the advisory lock whose holder sweeps.
@@ -21,6 +22,9 @@ const lockKey = 0x666c656574_02
 
 // Sweeper is the maintenance loop of one process.
 type Sweeper struct {
+	// Metrics counts rescued leases (nil: off).
+	Metrics *metrics.Metrics
+
 	db       *bun.DB
 	robots   *db.Robots
 	jobs     *db.Jobs
@@ -65,6 +69,9 @@ func (s *Sweeper) Sweep(ctx context.Context) error {
 	rescued, err := s.jobs.RescueExpired(ctx, s.db)
 	if err != nil {
 		return err
+	}
+	for _, j := range rescued {
+		s.Metrics.LeaseRescued(string(j.Status))
 	}
 	if len(offline) > 0 || len(rescued) > 0 {
 		s.log.Info("swept", "robots_offline", len(offline), "leases_rescued", len(rescued))
