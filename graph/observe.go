@@ -13,6 +13,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/auth"
+	"fleetgraph/fault"
 	"fleetgraph/metrics"
 )
 
@@ -176,6 +177,8 @@ func (o operationMetrics) InterceptOperation(ctx context.Context, next graphql.O
 	rc := graphql.GetOperationContext(ctx)
 	name := rc.Operation.Name
 	metrics.RequestOf(ctx).AddOperation(name)
+	// The marker tells InterceptResponse that this operation is seen here.
+	ctx, op := metrics.WithOperation(ctx)
 	if o.m == nil {
 		return next(ctx)
 	}
@@ -185,7 +188,6 @@ func (o operationMetrics) InterceptOperation(ctx context.Context, next graphql.O
 	if start.IsZero() {
 		start = time.Now()
 	}
-	ctx, op := metrics.WithOperation(ctx)
 	var once sync.Once
 	finish := func() {
 		once.Do(func() {
@@ -253,7 +255,13 @@ func (o operationMetrics) InterceptResponse(ctx context.Context, next graphql.Re
 // countErrors counts each error by its extensions.code.
 func countErrors(m *metrics.Metrics, errs gqlerror.List) {
 	for _, e := range errs {
-		code, _ := e.Extensions["code"].(string)
-		m.Error(code)
+		switch code := e.Extensions["code"].(type) {
+		case fault.Code:
+			m.Error(string(code))
+		case string:
+			m.Error(code)
+		default:
+			m.Error("")
+		}
 	}
 }
