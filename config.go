@@ -293,10 +293,11 @@ func (cs *configSettings) resolve() (*config, error) {
 	case addr == "" && c.embedded():
 		c.metricsAddr, c.metricsDefaulted = defaultMetricsAddr, true
 	case addr != "":
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
 			return nil, usageError("%s must be host:port, :port or off, not %q", cs.metricsAddr.name(), addr)
 		}
-		if addr == c.listenAddr {
+		if addr == c.listenAddr && port != "0" {
 			return nil, usageError("%s must differ from LISTEN_ADDR: metrics are served apart from the API", cs.metricsAddr.name())
 		}
 		c.metricsAddr = addr
