@@ -491,12 +491,21 @@ func TestOperatorHelpAndFlags(t *testing.T) {
 		require.Contains(t, stderr, "no-such-flag", cmd)
 	}
 
-	// Every command reads LOG_LEVEL with serve's default.
-	defaultRE := regexp.MustCompile(`-log-level string\n\s+[^\n]*\(default "(\w+)"\)`)
+	// Every command reads LOG_LEVEL and LOG_FORMAT with serve's defaults.
+	levelRE := regexp.MustCompile(`-log-level string\n\s+[^\n]*\[env LOG_LEVEL\] \(default "(\w+)"\)`)
+	formatRE := regexp.MustCompile(`-log-format string\n\s+[^\n]*\[env LOG_FORMAT\] \(default "(\w+)"\)`)
 	for _, cmd := range [][]string{{"serve"}, {"migrate"}, {"verify"}, {"robots", "list"}, {"keys", "create"}} {
 		_, stdout, stderr := runCLI(t, baseEnv(t), append(cmd, "--help")...)
-		m := defaultRE.FindStringSubmatch(stdout + stderr)
+		m := levelRE.FindStringSubmatch(stdout + stderr)
 		require.NotNil(t, m, "%v --help shows LOG_LEVEL's default", cmd)
 		require.Equal(t, "info", m[1], "%v's LOG_LEVEL default", cmd)
+		m = formatRE.FindStringSubmatch(stdout + stderr)
+		require.NotNil(t, m, "%v --help shows LOG_FORMAT's default", cmd)
+		require.Equal(t, "text", m[1], "%v's LOG_FORMAT default", cmd)
+	}
+	for _, cmd := range [][]string{{"migrate", "status"}, {"robots", "list"}, {"keys", "list", "--robot", "x"}} {
+		code, _, stderr := runCLI(t, baseEnv(t).with("LOG_FORMAT", "xml"), cmd...)
+		require.Equal(t, 2, code, cmd)
+		require.Contains(t, stderr, "LOG_FORMAT (--log-format) must be text or json", cmd)
 	}
 }

@@ -454,6 +454,7 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
 	logLevel := s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error")
+	logFormat := s.add("LOG_FORMAT", "log-format", "text", "text or json")
 	// The action may come first (`migrate up --data-dir x`), where the flag
 	// package would stop parsing, or after the flags.
 	var action []string
@@ -473,7 +474,10 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 		return err
 	}
 	cfg := &config{databaseURL: databaseURL.String(), dataDir: dataDir.String()}
-	log := newLogger(stderr, level, "text")
+	if f := logFormat.String(); f != "text" && f != "json" {
+		return usageError("%s must be text or json, not %q", logFormat.name(), f)
+	}
+	log := newLogger(stderr, level, logFormat.String())
 	d, err := openDatabase(ctx, cfg, log)
 	if err != nil {
 		return err
