@@ -82,19 +82,25 @@ func (c *connection) open(ctx context.Context, stderr io.Writer) (*database, *sl
 	return d, log, nil
 }
 
-// parseArgs parses flags that may come before or after the positional
-// arguments (`keys revoke ID --json` and `keys revoke --json ID`), which
-// the flag package alone stops reading at the first positional one.
+// parseArgs parses flags mixed with positional arguments (`keys revoke ID
+// --json`, `keys revoke --json ID`, `robots create --json NAME --max-jobs 2`),
+// which the flag package alone stops reading at the first positional one.
+// After "--" everything is positional.
 func parseArgs(s *settings, args []string) ([]string, error) {
-	var lead []string
-	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		lead, args = append(lead, args[0]), args[1:]
+	var pos []string
+	for {
+		for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+			pos, args = append(pos, args[0]), args[1:]
+		}
+		rest, err := s.parse(args)
+		if err != nil {
+			return nil, err
+		}
+		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
+			return append(pos, rest...), nil
+		}
+		args = rest
 	}
-	rest, err := s.parse(args)
-	if err != nil {
-		return nil, err
-	}
-	return append(lead, rest...), nil
 }
 
 // noArgs refuses positional arguments a command does not take.
@@ -348,6 +354,9 @@ func robotsCreate(ctx context.Context, args []string, env func(string) string, s
 	rest, err := parseArgs(s, args)
 	if err != nil {
 		return err
+	}
+	if len(rest) == 1 && name.String() == "" {
+		*name.value, rest = rest[0], nil // `robots create NAME` reads as --name NAME
 	}
 	if err := noArgs(rest); err != nil {
 		return err
@@ -832,7 +841,7 @@ func verifyDatabase(ctx context.Context, r *verifyReport, d *database, log *slog
 	case len(st.Unknown) > 0:
 		r.add("migrations", "fail", st.Problem(), "run the Fleetgraph version that migrated this database, or roll back with its `migrate down`")
 	case len(st.Pending) > 0:
-		r.add("migrations", "fail", st.Problem(), "run `fleetgraph migrate up` with the same DATABASE_URL (or start serve once with --auto-migrate)")
+		r.add("migrations", "fail", st.Problem(), "run `fleetgraph migrate up` with the same settings (or start serve once with --auto-migrate)")
 	default:
 		r.add("migrations", "ok", fmt.Sprintf("all %d applied (latest %s)", len(st.Applied), st.Applied[len(st.Applied)-1]), "")
 	}

@@ -201,7 +201,7 @@ func TestRobotsCommands(t *testing.T) {
 	require.Regexp(t, `(?m)^ID\s+NAME\s+STATUS\s+CAPABILITIES\s+MAX JOBS\s+LAST HEARTBEAT$`, stdout)
 	require.Regexp(t, `(?m)^[0-9a-f-]{36}\s+lyon-1\s+OFFLINE\s+browser,excel\s+2\s+-$`, stdout)
 
-	second := robotJSON(t, e, "--name", "paris-1", "--environment", "production")
+	second := robotJSON(t, e, "paris-1", "--environment", "production")
 	require.Equal(t, "paris-1", second.Name)
 	require.Equal(t, "OFFLINE", second.Status)
 	require.Equal(t, "production", second.Environment)
@@ -238,6 +238,7 @@ func TestRobotsCommands(t *testing.T) {
 		{[]string{"robots", "list", "--status", "ASLEEP"}, "--status"},
 		{[]string{"robots", "list", "--no-such-flag"}, "no-such-flag"},
 		{[]string{"robots", "list", "extra"}, `"extra"`},
+		{[]string{"robots", "create", "a", "b"}, "unexpected argument"},
 		{[]string{"robots"}, "robots list|create"},
 		{[]string{"robots", "delete"}, `"delete"`},
 	} {
@@ -508,4 +509,41 @@ func TestOperatorHelpAndFlags(t *testing.T) {
 		require.Equal(t, 2, code, cmd)
 		require.Contains(t, stderr, "LOG_FORMAT (--log-format) must be text or json", cmd)
 	}
+}
+
+// TestKeysAgainstServer: a key the CLI creates works on a running server at
+// once, and stops working there as soon as the CLI revokes it; verify runs
+// beside the server without disturbing it.
+func TestKeysAgainstServer(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN, "JWT_SECRET", testSecret)
+	p := startServe(t, e, "--listen", "127.0.0.1:0")
+	url := p.waitFor(t, p.stderr, servingLog)[1]
+
+	robot := robotJSON(t, e, "--name", "lyon-1")
+	code, stdout, stderr := runCLI(t, e, "keys", "create", "--robot", "lyon-1", "--json")
+	require.Equal(t, 0, code, stderr)
+	var created struct {
+		Key    string  `json:"key"`
+		APIKey keyView `json:"apiKey"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &created))
+
+	status, res := postGraphQL(t, url, "Bearer "+created.Key, `{ currentRobot { id name } }`)
+	require.Equal(t, 200, status)
+	require.Empty(t, res.Errors)
+	require.JSONEq(t, `{"currentRobot": {"id": "`+robot.ID.String()+`", "name": "lyon-1"}}`, string(res.Data))
+
+	code, _, stderr = runCLI(t, e, "verify")
+	require.Equal(t, 0, code, stderr)
+
+	code, _, stderr = runCLI(t, e, "keys", "revoke", created.APIKey.ID.String())
+	require.Equal(t, 0, code, stderr)
+	_, res = postGraphQL(t, url, "Bearer "+created.Key, `{ currentRobot { id } }`)
+	require.NotEmpty(t, res.Errors, "a revoked key no longer authenticates")
+	require.Equal(t, "UNAUTHENTICATED", res.Errors[0].Extensions["code"])
+
+	require.Equal(t, 0, p.stop(t))
+	require.NotContains(t, p.stderr.String(), "level=ERROR", "verify's NOTIFY did not trouble the server")
 }
