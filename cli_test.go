@@ -547,3 +547,19 @@ func TestKeysAgainstServer(t *testing.T) {
 	require.Equal(t, 0, p.stop(t))
 	require.NotContains(t, p.stderr.String(), "level=ERROR", "verify's NOTIFY did not trouble the server")
 }
+
+// TestOperatorRefusesUnmigrated: the provisioning commands refuse a
+// database whose schema is not this binary's, naming migrate up, and
+// change nothing.
+func TestOperatorRefusesUnmigrated(t *testing.T) {
+	t.Parallel()
+	dsn, bdb := emptyDatabase(t)
+	e := baseEnv(t).with("DATABASE_URL", dsn)
+	for _, cmd := range [][]string{{"robots", "list"}, {"robots", "create", "x"}, {"keys", "create", "--robot", "x"}, {"keys", "list", "--robot", "x"}, {"keys", "revoke", uuid.NewString()}} {
+		code, stdout, stderr := runCLI(t, e, cmd...)
+		require.Equal(t, 1, code, cmd)
+		require.Empty(t, stdout, cmd)
+		require.Contains(t, stderr, "run `fleetgraph migrate up`", cmd)
+	}
+	require.False(t, tableExists(t, bdb, "bun_migrations"))
+}
