@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -425,6 +426,9 @@ func keysCmd(ctx context.Context, args []string, env func(string) string, stdout
 	}, []string{"create", "list", "revoke"}, args, stderr)
 }
 
+// maxKeyDays bounds a key's lifetime given in --expires (100 years).
+const maxKeyDays = 36500
+
 // parseExpiry reads --expires: an RFC 3339 time, or a lifetime from now
 // such as 720h or 90d.
 func parseExpiry(st *setting, now time.Time) (*time.Time, error) {
@@ -435,19 +439,16 @@ func parseExpiry(st *setting, now time.Time) (*time.Time, error) {
 	if t, err := time.Parse(time.RFC3339, v); err == nil {
 		return &t, nil
 	}
-	var d time.Duration
-	var err error
+	d, err := time.ParseDuration(v)
 	if days, ok := strings.CutSuffix(v, "d"); ok {
 		var n int
-		if _, err = fmt.Sscanf(days, "%d", &n); err == nil && fmt.Sprint(n) == days {
-			d = time.Duration(n) * 24 * time.Hour
-		} else {
-			err = errors.New("bad days")
+		n, err = strconv.Atoi(days)
+		if n > maxKeyDays {
+			n = 0 // refused below, before it can overflow
 		}
-	} else {
-		d, err = time.ParseDuration(v)
+		d = time.Duration(n) * 24 * time.Hour
 	}
-	if err != nil || d <= 0 {
+	if err != nil || d <= 0 || d > maxKeyDays*24*time.Hour {
 		return nil, usageError("%s must be a time (2027-01-31T00:00:00Z) or a positive lifetime (720h, 90d), not %q", st.name(), v)
 	}
 	t := now.Add(d)

@@ -327,6 +327,8 @@ func TestKeysCommands(t *testing.T) {
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "-1h"}, "--expires"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "2001-01-01T00:00:00Z"}, "--expires"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "soon"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "99999999999d"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "0d"}, "--expires"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--name", " "}, "--name"},
 		{[]string{"keys", "list"}, "--robot is required"},
 		{[]string{"keys", "revoke"}, "say which key"},
