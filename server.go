@@ -1,6 +1,7 @@
 // Command fleetgraph serves Fleetgraph's GraphQL API over PostgreSQL.
 //
-// Subcommands: serve (the default), migrate up|down|status, token, schema.
+// Subcommands: serve (the default), migrate up|down|status, token, schema,
+// verify, robots list|create, keys create|list|revoke.
 // `fleetgraph <command> --help` lists each one's flags and environment
 // variables. With DATABASE_URL unset, serve and migrate run a private
 // PostgreSQL from the machine's own binaries in DATA_DIR.
@@ -56,7 +57,10 @@ Usage:
   fleetgraph [serve] [flags]          serve the API (the default)
   fleetgraph migrate up|down|status   manage the database schema
   fleetgraph token [flags]            print a signed JWT for the configured secret
-  fleetgraph schema                   print the GraphQL schema (SDL)
+  fleetgraph schema [--introspection] print the GraphQL schema (SDL, or introspection JSON)
+  fleetgraph verify [--json]          check the installation: settings, database, triggers, change feed
+  fleetgraph robots list|create       list or register a tenant's robots
+  fleetgraph keys create|list|revoke  manage robots' API keys (the raw key is printed once)
 
 Run 'fleetgraph <command> --help' for a command's flags and environment variables.
 `
@@ -77,7 +81,13 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 	case "token":
 		err = token(args, env, stdout, stderr)
 	case "schema":
-		_, err = io.WriteString(stdout, schemaSDL)
+		err = schemaCmd(ctx, args, env, stdout, stderr)
+	case "verify":
+		err = verify(ctx, args, env, stdout, stderr)
+	case "robots":
+		err = robotsCmd(ctx, args, env, stdout, stderr)
+	case "keys":
+		err = keysCmd(ctx, args, env, stdout, stderr)
 	case "help":
 		_, _ = io.WriteString(stdout, usage)
 	default:
@@ -443,7 +453,8 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations.", stderr, env)
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
-	logLevel := s.add("LOG_LEVEL", "log-level", "warn", "debug, info, warn or error")
+	logLevel := s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error")
+	logFormat := s.add("LOG_FORMAT", "log-format", "text", "text or json")
 	// The action may come first (`migrate up --data-dir x`), where the flag
 	// package would stop parsing, or after the flags.
 	var action []string
@@ -463,7 +474,10 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 		return err
 	}
 	cfg := &config{databaseURL: databaseURL.String(), dataDir: dataDir.String()}
-	log := newLogger(stderr, level, "text")
+	if f := logFormat.String(); f != "text" && f != "json" {
+		return usageError("%s must be text or json, not %q", logFormat.name(), f)
+	}
+	log := newLogger(stderr, level, logFormat.String())
 	d, err := openDatabase(ctx, cfg, log)
 	if err != nil {
 		return err
