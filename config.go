@@ -192,7 +192,7 @@ type configSettings struct {
 	listen, databaseURL, dataDir, jwtSecret, jwtAudience, jwtIssuer *setting
 	origins, playground, introspection, autoMigrate, logLevel       *setting
 	logFormat                                                       *setting
-	jobLease, offlineAfter                                          *setting
+	jobLease, jobProgress, offlineAfter                             *setting
 	subsPerConnection, subsPerPrincipal                             *setting
 	metricsAddr                                                     *setting
 }
@@ -209,7 +209,8 @@ func declareServe(s *settings) *configSettings {
 		playground:    s.addBool("PLAYGROUND", "playground", "serve the GraphiQL playground at / (default: on with the private database, else off)"),
 		introspection: s.addBool("INTROSPECTION", "introspection", "allow schema introspection and suggestions (default: on with the private database, else off)"),
 		autoMigrate:   s.addBool("AUTO_MIGRATE", "auto-migrate", "apply pending migrations at start (always on with the private database)"),
-		jobLease:      s.add("JOB_LEASE_SECONDS", "job-lease-seconds", "60", "how long a claimed job's lease lasts; heartbeats and progress reports extend it"),
+		jobLease:      s.add("JOB_LEASE_SECONDS", "job-lease-seconds", "60", "how long a claimed job's lease lasts: a claim must be started within it; heartbeats and progress reports extend a running job's"),
+		jobProgress:   s.add("JOB_PROGRESS_TIMEOUT_SECONDS", "job-progress-timeout-seconds", "600", "how long heartbeats keep a running job leased after its last progress report (at least JOB_LEASE_SECONDS)"),
 		offlineAfter:  s.add("ROBOT_OFFLINE_THRESHOLD", "robot-offline-threshold", "90", "seconds without a heartbeat after which a robot is OFFLINE"),
 		subsPerConnection: s.add("MAX_SUBSCRIPTIONS_PER_CONNECTION", "max-subscriptions-per-connection", strconv.Itoa(live.DefaultLimits.PerConnection),
 			"subscriptions one websocket may hold at once; more are refused with RATE_LIMITED"),
@@ -272,6 +273,13 @@ func (cs *configSettings) resolve() (*config, error) {
 	c.queue = db.DefaultQueueConfig
 	if c.queue.Lease, err = cs.jobLease.Seconds(5, 3600); err != nil {
 		return nil, err
+	}
+	if c.queue.ProgressTimeout, err = cs.jobProgress.Seconds(5, 7*86400); err != nil {
+		return nil, err
+	}
+	if c.queue.ProgressTimeout < c.queue.Lease {
+		return nil, usageError("%s must be at least %s (%d), not %d", cs.jobProgress.name(), cs.jobLease.name(),
+			int(c.queue.Lease.Seconds()), int(c.queue.ProgressTimeout.Seconds()))
 	}
 	if c.queue.OfflineAfter, err = cs.offlineAfter.Seconds(5, 86400); err != nil {
 		return nil, err

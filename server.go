@@ -1,6 +1,7 @@
 // Command fleetgraph serves Fleetgraph's GraphQL API over PostgreSQL.
 //
-// Subcommands: serve (the default), migrate up|down|status, token, schema.
+// Subcommands: serve (the default), migrate up|down|status, token, schema,
+// verify, robots list|create, keys create|list|revoke.
 // `fleetgraph <command> --help` lists each one's flags and environment
 // variables. With DATABASE_URL unset, serve and migrate run a private
 // PostgreSQL from the machine's own binaries in DATA_DIR.
@@ -34,6 +35,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/demo"
+	"fleetgraph/dispatch"
 	"fleetgraph/localpg"
 	"fleetgraph/metrics"
 	"fleetgraph/migrations"
@@ -56,7 +58,10 @@ Usage:
   fleetgraph [serve] [flags]          serve the API (the default)
   fleetgraph migrate up|down|status   manage the database schema
   fleetgraph token [flags]            print a signed JWT for the configured secret
-  fleetgraph schema                   print the GraphQL schema (SDL)
+  fleetgraph schema [--introspection] print the GraphQL schema (SDL, or introspection JSON)
+  fleetgraph verify [--json]          check the installation: settings, database, triggers, change feed
+  fleetgraph robots list|create       list or register a tenant's robots
+  fleetgraph keys create|list|revoke  manage robots' API keys (the raw key is printed once)
 
 Run 'fleetgraph <command> --help' for a command's flags and environment variables.
 `
@@ -77,7 +82,13 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 	case "token":
 		err = token(args, env, stdout, stderr)
 	case "schema":
-		_, err = io.WriteString(stdout, schemaSDL)
+		err = schemaCmd(ctx, args, env, stdout, stderr)
+	case "verify":
+		err = verify(ctx, args, env, stdout, stderr)
+	case "robots":
+		err = robotsCmd(ctx, args, env, stdout, stderr)
+	case "keys":
+		err = keysCmd(ctx, args, env, stdout, stderr)
 	case "help":
 		_, _ = io.WriteString(stdout, usage)
 	default:
@@ -205,6 +216,11 @@ func jwtSecret(cfg *config, create bool) ([]byte, error) {
 	return []byte(secret), nil
 }
 
+// httpWriteTimeout bounds how long a request may take to be answered
+// (streams lift it). The longest claim wait is derived from it, so that a
+// claim that waits its longest still answers.
+const httpWriteTimeout = 60 * time.Second
+
 func serve(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("serve", "Serves the GraphQL API, /healthz, /readyz and (optionally) the playground at /.", stderr, env)
 	cs := declareServe(s)
@@ -265,6 +281,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		JWT:            jwt,
 		Logger:         log,
 		Queue:          cfg.queue,
+		ClaimMaxWait:   dispatch.WaitWithin(httpWriteTimeout),
 		AllowedOrigins: cfg.allowedOrigins,
 		Introspection:  cfg.devDefault(cfg.introspection),
 		LiveLimits:     cfg.live,
@@ -291,7 +308,17 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	})
 	mux.Handle("GET /readyz", readiness(d.DB))
 	if cfg.devDefault(cfg.playground) {
-		pg := playground.Handler("Fleetgraph", "/graphql")
+		var opts []playground.Option
+		if cfg.embedded() {
+			// The development mode's playground opens signed in as the
+			// demo user, as the welcome message says.
+			tok, err := demoToken(jwt)
+			if err != nil {
+				return err
+			}
+			opts = append(opts, playground.WithDefaultHeaders(`{"Authorization": "Bearer `+tok+`"}`))
+		}
+		pg := playground.Handler("Fleetgraph", "/graphql", opts...)
 		mux.Handle("GET /{$}", pg)
 		mux.Handle("GET /playground/", pg)
 	}
@@ -304,7 +331,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
+		WriteTimeout:      httpWriteTimeout,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
@@ -442,17 +469,26 @@ func robotKeyFile(dataDir string) string { return filepath.Join(dataDir, "demo-r
 // demoTokenTTL is how long the token printed at start stays valid.
 const demoTokenTTL = 7 * 24 * time.Hour
 
-func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool, dataDir string) error {
+// demoToken mints a token for the demo user alice.
+func demoToken(jwt *auth.JWT) (string, error) {
 	tok, err := jwt.Mint(auth.MintOptions{UserID: demo.Alice, TenantID: demo.Tenant, Role: auth.RoleUser, TTL: demoTokenTTL})
 	if err != nil {
-		return fmt.Errorf("minting the demo token: %w", err)
+		return "", fmt.Errorf("minting the demo token: %w", err)
+	}
+	return tok, nil
+}
+
+func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool, dataDir string) error {
+	tok, err := demoToken(jwt)
+	if err != nil {
+		return err
 	}
 	if withPlayground {
-		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. Playground: %s/\n", url)
+		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. Playground: %s/ (it opens signed in as the demo user alice)\n", url)
 	} else {
 		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. GraphQL: %s/graphql\n", url)
 	}
-	_, _ = fmt.Fprintf(w, "Paste this header (demo user alice, valid %s) into the playground's Headers tab:\n\n", demoTokenTTL)
+	_, _ = fmt.Fprintf(w, "Send this header (demo user alice, valid %s) from other clients:\n\n", demoTokenTTL)
 	_, err = fmt.Fprintf(w, "{\"Authorization\": \"Bearer %s\"}\n\n", tok)
 	if key, readErr := os.ReadFile(robotKeyFile(dataDir)); readErr == nil {
 		_, err = fmt.Fprintf(w, "Demo robot robot-lyon-1 (acts as the robot: heartbeat, claimJob, ...):\n\n{\"Authorization\": \"Bearer %s\"}\n\n", strings.TrimSpace(string(key)))
@@ -476,7 +512,8 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations.", stderr, env)
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
-	logLevel := s.add("LOG_LEVEL", "log-level", "warn", "debug, info, warn or error")
+	logLevel := s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error")
+	logFormat := s.add("LOG_FORMAT", "log-format", "text", "text or json")
 	// The action may come first (`migrate up --data-dir x`), where the flag
 	// package would stop parsing, or after the flags.
 	var action []string
@@ -496,7 +533,10 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 		return err
 	}
 	cfg := &config{databaseURL: databaseURL.String(), dataDir: dataDir.String()}
-	log := newLogger(stderr, level, "text")
+	if f := logFormat.String(); f != "text" && f != "json" {
+		return usageError("%s must be text or json, not %q", logFormat.name(), f)
+	}
+	log := newLogger(stderr, level, logFormat.String())
 	d, err := openDatabase(ctx, cfg, log)
 	if err != nil {
 		return err

@@ -27,6 +27,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
+	"fleetgraph/dispatch"
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 	"fleetgraph/metrics"
@@ -49,7 +50,32 @@ type Server struct {
 	MetricsURL string
 	// Statements counts SQL statements run through DB for requests.
 	Statements atomic.Int64
+	// Transactions gauges the transactions of requests open at once on DB,
+	// each of which holds a pooled connection.
+	Transactions Gauge
 }
+
+// Gauge is a count that goes up and down, with the highest it reached.
+type Gauge struct{ now, peak atomic.Int64 }
+
+func (g *Gauge) add(d int64) {
+	v := g.now.Add(d)
+	for {
+		p := g.peak.Load()
+		if v <= p || g.peak.CompareAndSwap(p, v) {
+			return
+		}
+	}
+}
+
+// Now is the current count.
+func (g *Gauge) Now() int64 { return g.now.Load() }
+
+// Peak is the highest count since the last ResetPeak.
+func (g *Gauge) Peak() int64 { return g.peak.Load() }
+
+// ResetPeak starts a new peak from the current count.
+func (g *Gauge) ResetPeak() { g.peak.Store(g.now.Load()) }
 
 // Options adjust a test server.
 type Options struct {
@@ -58,13 +84,16 @@ type Options struct {
 	Limits         graph.Limits
 	// DB replaces the resolver's database (e.g. a closed one, to provoke internal errors).
 	DB *bun.DB
-	// Queue overrides the queue timings (short leases for rescue tests).
+	// Queue overrides the queue timings (default: DefaultQueue).
 	Queue db.QueueConfig
-	// SweepEvery overrides how often the sweeper runs (default 100ms in tests).
+	// SweepEvery overrides how often the maintenance runner runs (default 100ms in tests).
 	SweepEvery time.Duration
 	// ClaimPoll overrides how often waiting claims poll (default: an hour,
 	// so tests prove that notifications, not polling, wake them).
 	ClaimPoll time.Duration
+	// WriteTimeout sets the HTTP server's write timeout (default: none) and
+	// caps waiting claims as the real server does (dispatch.WaitWithin).
+	WriteTimeout time.Duration
 	// InitTimeout overrides how long a websocket may wait before
 	// connection_init (default 10s), for tests of the 4408 close.
 	InitTimeout time.Duration
@@ -81,6 +110,17 @@ type Options struct {
 	LogLevel slog.Leveler
 }
 
+// DefaultQueue is the queue of test servers that set none: production's,
+// but with leases of an hour (heartbeats extending them for a day) and
+// robots silent for an hour before they are OFFLINE, so that no lease runs
+// out and no robot goes offline because a busy machine ran a test slowly.
+// Tests of expiry make time pass in the database, or set their own timings.
+func DefaultQueue() db.QueueConfig {
+	q := db.DefaultQueueConfig
+	q.Lease, q.ProgressTimeout, q.OfflineAfter = time.Hour, 24*time.Hour, time.Hour
+	return q
+}
+
 // New starts a server for t with its own database; it stops when t ends.
 func New(t testing.TB, opts ...Options) *Server {
 	t.Helper()
@@ -89,13 +129,16 @@ func New(t testing.TB, opts ...Options) *Server {
 		o = opts[0]
 	}
 	s := &Server{DB: dbtest.New(t), Log: &LogBuffer{}}
-	s.DB.AddQueryHook(counter{&s.Statements, s.Log})
+	s.DB.AddQueryHook(counter{&s.Statements, &s.Transactions, s.Log})
 	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(Secret), Audience: "authenticated"})
 	require.NoError(t, err)
 	s.JWT = jwt
 	resolverDB := s.DB.DB
 	if o.DB != nil {
 		resolverDB = o.DB
+	}
+	if o.Queue == (db.QueueConfig{}) {
+		o.Queue = DefaultQueue()
 	}
 	if o.SweepEvery == 0 {
 		o.SweepEvery = 100 * time.Millisecond
@@ -123,6 +166,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		Introspection:  o.Introspection,
 		Limits:         o.Limits,
 		ClaimPoll:      o.ClaimPoll,
+		ClaimMaxWait:   claimMaxWait(o.WriteTimeout),
 		SweepEvery:     o.SweepEvery,
 		InitTimeout:    o.InitTimeout,
 		KeepAlive:      o.KeepAlive,
@@ -144,7 +188,9 @@ func New(t testing.TB, opts ...Options) *Server {
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", s.Handler)
-	ts := httptest.NewServer(mux)
+	ts := httptest.NewUnstartedServer(mux)
+	ts.Config.WriteTimeout = o.WriteTimeout
+	ts.Start()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -155,19 +201,38 @@ func New(t testing.TB, opts ...Options) *Server {
 	return s
 }
 
+// claimMaxWait is the claim wait cap of a server with writeTimeout (0: none).
+func claimMaxWait(writeTimeout time.Duration) time.Duration {
+	if writeTimeout == 0 {
+		return 0
+	}
+	return dispatch.WaitWithin(writeTimeout)
+}
+
 // counter is a bun query hook counting the statements of requests.
 type counter struct {
 	n   *atomic.Int64
+	tx  *Gauge
 	log *LogBuffer
 }
 
-func (c counter) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
+// BeforeQuery closes a request's transaction in the gauge.
+func (c counter) BeforeQuery(ctx context.Context, e *bun.QueryEvent) context.Context {
+	if graph.RequestID(ctx) != "" && (e.Query == "COMMIT" || e.Query == "ROLLBACK") {
+		c.tx.add(-1)
+	}
+	return ctx
+}
 
 // AfterQuery counts statements run for requests (those with a request id),
-// not the background sweeper's or hub's; APITEST_LOG_SQL=1 logs them.
+// not the background sweeper's or hub's, and opens their transactions in
+// the gauge; APITEST_LOG_SQL=1 logs them.
 func (c counter) AfterQuery(ctx context.Context, e *bun.QueryEvent) {
 	if graph.RequestID(ctx) == "" {
 		return
+	}
+	if e.Query == "BEGIN" && e.Err == nil {
+		c.tx.add(1)
 	}
 	c.n.Add(1)
 	if os.Getenv("APITEST_LOG_SQL") != "" {

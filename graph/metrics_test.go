@@ -185,7 +185,7 @@ func TestMetrics(t *testing.T) {
 		require.Equal(t, before[`fleetgraph_jobs{status="QUEUED"}`], claimed[`fleetgraph_jobs{status="QUEUED"}`])
 		require.Equal(t, before[`fleetgraph_jobs{status="CLAIMED"}`]+1, claimed[`fleetgraph_jobs{status="CLAIMED"}`])
 
-		// The lease runs out (as the database sees it); the sweeper takes the job back.
+		// The lease runs out (as the database sees it); the maintenance task takes the job back.
 		_, err := s.DB.ExecContext(t.Context(), `UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE status = 'CLAIMED'`)
 		require.NoError(t, err)
 		mtEventually(t, s, "the lease to be rescued", func(m map[string]float64) bool {

@@ -10,6 +10,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,11 +70,30 @@ type Listener struct {
 // dead one is noticed within seconds rather than at the next TCP timeout.
 const PingInterval = 5 * time.Second
 
+// ListenerApplicationName names the listener's connection in
+// pg_stat_activity, so operators (and tests) can tell it from the pool's.
+const ListenerApplicationName = "fleetgraph-listener"
+
+// withApplicationName sets application_name in a connection string, either
+// form (a postgres:// URL or key=value pairs), unless it already names one.
+func withApplicationName(dsn, name string) string {
+	if strings.Contains(dsn, "application_name") {
+		return dsn
+	}
+	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		q := u.Query()
+		q.Set("application_name", name)
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	return strings.TrimSpace(dsn) + " application_name=" + name
+}
+
 // NewListener connects to dsn and LISTENs on channels. It reconnects by
 // itself when the connection drops; Run must be running to deliver.
 func NewListener(dsn string, channels []string, log *slog.Logger) (*Listener, error) {
 	l := &Listener{log: log, ping: PingInterval, channels: channels, subs: map[string]map[*Subscription]struct{}{}}
-	l.pql = pq.NewListener(dsn, 100*time.Millisecond, 5*time.Second, func(ev pq.ListenerEventType, err error) {
+	l.pql = pq.NewListener(withApplicationName(dsn, ListenerApplicationName), 100*time.Millisecond, 5*time.Second, func(ev pq.ListenerEventType, err error) {
 		switch ev {
 		case pq.ListenerEventDisconnected:
 			log.Warn("notification listener disconnected", "error", err)
