@@ -20,6 +20,7 @@ import (
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 	"fleetgraph/maintenance"
+	"fleetgraph/metrics"
 	"fleetgraph/realtime"
 )
 
@@ -52,6 +53,9 @@ type Config struct {
 	LiveLimits live.Limits
 	// KeyRecheck is how often robot websockets re-check their API key (0: the handler's default).
 	KeyRecheck time.Duration
+	// Metrics, when non-nil, is given to every part that records metrics,
+	// and watches DB's pool and the job queue's depth.
+	Metrics *metrics.Metrics
 }
 
 // App is the assembled application.
@@ -89,7 +93,10 @@ func New(cfg Config) (*App, error) {
 		cfg.Clock = maintenance.SystemClock{}
 	}
 	schedules := db.NewSchedules(jobs, workflows, cfg.Clock.Now)
+	listener.Metrics = cfg.Metrics
 	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
+	hub.Metrics = cfg.Metrics
+	cfg.Metrics.WatchDatabase(cfg.DB.DB, func(ctx context.Context) (map[string]int, error) { return db.CountLiveJobs(ctx, cfg.DB) })
 	r := &graph.Resolver{
 		DB:            cfg.DB,
 		MachineStore:  machines,
@@ -101,6 +108,7 @@ func New(cfg Config) (*App, error) {
 		Hub:           hub,
 		ScheduleStore: schedules,
 	}
+	r.Dispatcher.Metrics = cfg.Metrics
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
 	}
@@ -115,10 +123,11 @@ func New(cfg Config) (*App, error) {
 		WebsocketKeepAlive:   cfg.KeepAlive,
 		LiveLimits:           cfg.LiveLimits,
 		WebsocketKeyRecheck:  cfg.KeyRecheck,
+		Metrics:              cfg.Metrics,
 	})
 	// The runner steps at least every second, for the scheduler.
 	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: min(cfg.SweepEvery, ScheduleEvery), Log: cfg.Logger})
-	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger)
+	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger, cfg.Metrics)
 	registerScheduleTasks(runner, cfg.DB, schedules, cfg.Logger)
 	return &App{
 		Handler:     h,
@@ -132,7 +141,7 @@ func New(cfg Config) (*App, error) {
 // registerQueueTasks registers the robot fleet's upkeep: robots that stopped
 // heartbeating go OFFLINE, and jobs whose leases expired are taken back
 // (queued again while attempts remain, else failed).
-func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, jobs *db.Jobs, every time.Duration, log *slog.Logger) {
+func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, jobs *db.Jobs, every time.Duration, log *slog.Logger, m *metrics.Metrics) {
 	r.Register(maintenance.Task{Name: "robots-offline", Every: every, Run: func(ctx context.Context, _ time.Time) error {
 		offline, err := robots.MarkSilentOffline(ctx, bdb)
 		if len(offline) > 0 {
@@ -142,6 +151,9 @@ func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, j
 	}})
 	r.Register(maintenance.Task{Name: "lease-rescue", Every: every, Run: func(ctx context.Context, _ time.Time) error {
 		rescued, err := jobs.RescueExpired(ctx, bdb)
+		for _, j := range rescued {
+			m.LeaseRescued(string(j.Status))
+		}
 		if len(rescued) > 0 {
 			log.Info("rescued expired leases", "count", len(rescued))
 		}
