@@ -321,8 +321,8 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(shutdownCtx) }()
-	if err := api.CloseWebsockets(shutdownCtx); err != nil {
-		log.Warn("websockets did not close in time", "error", err)
+	if err := api.CloseStreams(shutdownCtx); err != nil {
+		log.Warn("websockets and streams did not close in time", "error", err)
 	}
 	if err := <-done; err != nil {
 		log.Warn("in-flight requests did not finish in time", "error", err)

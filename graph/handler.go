@@ -2,6 +2,7 @@ package graph
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -91,18 +92,30 @@ type HandlerConfig struct {
 	WebsocketKeyRecheck time.Duration
 }
 
-// Handler is the GraphQL endpoint: POST, GET (queries only), SSE and
-// websockets, behind request ids, CORS, body limits and authentication.
+// Handler is the GraphQL endpoint: POST, GET (queries only), SSE,
+// multipart subscriptions and websockets, behind request ids, CORS, body
+// limits and authentication.
 type Handler struct {
 	http.Handler
 	sockets *sockets
+	streams *live.Streams
 }
 
-// CloseWebsockets ends every open websocket with close code 1001 (going
-// away), refuses new ones, and waits until they are closed or ctx ends. Call
-// it when the server shuts down, alongside http.Server.Shutdown, and before
-// closing the database.
-func (h *Handler) CloseWebsockets(ctx context.Context) error { return h.sockets.closeAll(ctx) }
+// CloseStreams ends every open websocket with close code 1001 (going away)
+// and every SSE and multipart stream with its final message (`event:
+// complete`, the closing boundary), refuses new ones, and waits until they
+// are closed or ctx ends. Call it when the server shuts down, alongside
+// http.Server.Shutdown (which waits for streams, as for any request), and
+// before closing the database.
+func (h *Handler) CloseStreams(ctx context.Context) error {
+	streams := make(chan error, 1)
+	go func() { streams <- h.streams.Close(ctx) }()
+	return errors.Join(h.sockets.closeAll(ctx), <-streams)
+}
+
+// CloseWebsockets is CloseStreams, under the name it had when only
+// websockets needed closing.
+func (h *Handler) CloseWebsockets(ctx context.Context) error { return h.CloseStreams(ctx) }
 
 // NewHandler builds the GraphQL endpoint.
 func NewHandler(cfg HandlerConfig) *Handler {
@@ -115,11 +128,13 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	}
 	srv := handler.New(NewExecutableSchema(Config{Resolvers: cfg.Resolver}))
 
-	// Streaming transports first: SSE claims requests that accept
-	// text/event-stream before POST and GET see them.
+	// Streaming transports first: SSE and multipart claim requests whose
+	// Accept header prefers their type before POST and GET see them.
 	socks := newSockets(cfg.AllowedOrigins)
+	streams := live.NewStreams()
 	quota := live.NewQuota(cfg.LiveLimits)
-	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota})
+	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams})
+	srv.AddTransport(live.Multipart{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams})
 	srv.AddTransport(live.Websocket{
 		Auth:         cfg.Auth,
 		Log:          cfg.Logger,
@@ -161,5 +176,5 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = checkBody(cfg.Limits.BodyBytes, h)
 	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = cors(cfg.AllowedOrigins, h)
-	return &Handler{Handler: withRequestID(h), sockets: socks}
+	return &Handler{Handler: withRequestID(h), sockets: socks, streams: streams}
 }
