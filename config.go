@@ -42,8 +42,11 @@ func newSettings(name, summary string, out io.Writer, env func(string) string) *
 	s := &settings{fs: flag.NewFlagSet(name, flag.ContinueOnError), env: env}
 	s.fs.SetOutput(out)
 	s.fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: fleetgraph %s\n\n%s\n\nFlags (each overrides its environment variable):\n", name, summary)
-		s.fs.PrintDefaults()
+		fmt.Fprintf(out, "Usage: fleetgraph %s\n\n%s\n", name, summary)
+		if len(s.list) > 0 {
+			fmt.Fprintf(out, "\nFlags (each overrides its environment variable):\n")
+			s.fs.PrintDefaults()
+		}
 	}
 	return s
 }

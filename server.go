@@ -56,6 +56,7 @@ Usage:
   fleetgraph migrate up|down|status   manage the database schema
   fleetgraph token [flags]            print a signed JWT for the configured secret
   fleetgraph schema                   print the GraphQL schema (SDL)
+  fleetgraph help [command]           print this, or a command's help
 
 Run 'fleetgraph <command> --help' for a command's flags and environment variables.
 `
@@ -64,7 +65,16 @@ Run 'fleetgraph <command> --help' for a command's flags and environment variable
 // success, 2 for usage and configuration errors, 1 for everything else.
 func run(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	switch {
+	case len(args) > 0 && isHelpFlag(args[0]):
+		// `fleetgraph --help` asks about the program, not about serve,
+		// although serve is what runs without a command.
+		_, _ = io.WriteString(stdout, usage)
+		return 0
+	case len(args) > 1 && args[0] == "help":
+		// `fleetgraph help serve` is `fleetgraph serve --help`.
+		cmd, args = args[1], []string{"--help"}
+	case len(args) > 0 && !strings.HasPrefix(args[0], "-"):
 		cmd, args = args[0], args[1:]
 	}
 	var err error
@@ -76,7 +86,7 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 	case "token":
 		err = token(args, env, stdout, stderr)
 	case "schema":
-		_, err = io.WriteString(stdout, schemaSDL)
+		err = schema(args, env, stdout, stderr)
 	case "help":
 		_, _ = io.WriteString(stdout, usage)
 	default:
@@ -95,6 +105,31 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 		_, _ = fmt.Fprintf(stderr, "fleetgraph %s: %v\n", cmd, err)
 		return 1
 	}
+}
+
+// isHelpFlag reports whether arg asks for help, as the flag package
+// understands it.
+func isHelpFlag(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help", "--h":
+		return true
+	}
+	return false
+}
+
+// schema prints the GraphQL schema. It takes no flags but --help, so that
+// `fleetgraph schema --help` explains the command instead of printing it.
+func schema(args []string, env func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("schema", "Prints the GraphQL schema (SDL) this binary serves, for code generators such as graphql-codegen.", stderr, env)
+	rest, err := s.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usageError("schema takes no arguments, not %q", strings.Join(rest, " "))
+	}
+	_, err = io.WriteString(stdout, schemaSDL)
+	return err
 }
 
 // database is an open database, with the private cluster behind it when
