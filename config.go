@@ -158,8 +158,10 @@ func (st *setting) Int(lo, hi int) (int, error) {
 
 // config is the server's configuration.
 type config struct {
-	listenAddr     string
-	databaseURL    string
+	listenAddr  string
+	databaseURL string
+	// dbConnectWait is how long to retry a DATABASE_URL that is not reachable yet.
+	dbConnectWait  time.Duration
 	dataDir        string
 	jwtSecret      string
 	jwtAudience    string
@@ -188,17 +190,19 @@ func (c *config) devDefault(b *bool) bool {
 
 // configSettings declares the settings shared by the subcommands that need them.
 type configSettings struct {
-	listen, databaseURL, dataDir, jwtSecret, jwtAudience, jwtIssuer *setting
-	origins, playground, introspection, autoMigrate, logLevel       *setting
-	logFormat                                                       *setting
-	jobLease, offlineAfter                                          *setting
-	subsPerConnection, subsPerPrincipal                             *setting
+	listen, databaseURL, dbConnectWait, dataDir, jwtSecret    *setting
+	jwtAudience, jwtIssuer                                    *setting
+	origins, playground, introspection, autoMigrate, logLevel *setting
+	logFormat                                                 *setting
+	jobLease, offlineAfter                                    *setting
+	subsPerConnection, subsPerPrincipal                       *setting
 }
 
 func declareServe(s *settings) *configSettings {
 	return &configSettings{
 		listen:        s.add("LISTEN_ADDR", "listen", ":8080", "address to serve HTTP on"),
 		databaseURL:   s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset runs a private PostgreSQL in DATA_DIR"),
+		dbConnectWait: addConnectTimeout(s),
 		dataDir:       s.add("DATA_DIR", "data-dir", ".data", "folder for the private PostgreSQL and the generated JWT secret"),
 		jwtSecret:     s.add("JWT_SECRET", "jwt-secret", "", "HS256 secret for tokens (at least 32 bytes); required with DATABASE_URL"),
 		jwtAudience:   s.add("JWT_AUDIENCE", "jwt-audience", "authenticated", "required aud claim"),
@@ -218,6 +222,13 @@ func declareServe(s *settings) *configSettings {
 	}
 }
 
+// addConnectTimeout declares DATABASE_CONNECT_TIMEOUT, which serve and
+// migrate share.
+func addConnectTimeout(s *settings) *setting {
+	return s.add("DATABASE_CONNECT_TIMEOUT", "database-connect-timeout", "60",
+		"seconds to keep retrying a DATABASE_URL that is not reachable yet (containers start in any order); 0 tries once")
+}
+
 // resolve validates every setting, naming the variable of the first bad one.
 func (cs *configSettings) resolve() (*config, error) {
 	c := &config{
@@ -228,6 +239,10 @@ func (cs *configSettings) resolve() (*config, error) {
 		jwtAudience: cs.jwtAudience.String(),
 		jwtIssuer:   cs.jwtIssuer.String(),
 		logFormat:   cs.logFormat.String(),
+	}
+	var err error
+	if c.dbConnectWait, err = cs.dbConnectWait.Seconds(0, 3600); err != nil {
+		return nil, err
 	}
 	if _, _, err := net.SplitHostPort(c.listenAddr); err != nil {
 		return nil, usageError("%s must be host:port or :port, not %q", cs.listen.name(), c.listenAddr)
@@ -249,7 +264,6 @@ func (cs *configSettings) resolve() (*config, error) {
 			c.allowedOrigins = append(c.allowedOrigins, o)
 		}
 	}
-	var err error
 	if c.playground, err = cs.playground.Bool(); err != nil {
 		return nil, err
 	}

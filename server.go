@@ -149,7 +149,7 @@ const dbName = "fleetgraph"
 
 func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database, error) {
 	if !cfg.embedded() {
-		bdb, err := db.Open(ctx, cfg.databaseURL)
+		bdb, err := db.OpenWaiting(ctx, cfg.databaseURL, cfg.dbConnectWait, log)
 		if err != nil {
 			return nil, err
 		}
@@ -451,6 +451,7 @@ func displayAddr(a net.Addr) string {
 func migrate(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations.", stderr, env)
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
+	connectWait := addConnectTimeout(s)
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
 	logLevel := s.add("LOG_LEVEL", "log-level", "warn", "debug, info, warn or error")
 	// The action may come first (`migrate up --data-dir x`), where the flag
@@ -471,7 +472,11 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	if err != nil {
 		return err
 	}
-	cfg := &config{databaseURL: databaseURL.String(), dataDir: dataDir.String()}
+	wait, err := connectWait.Seconds(0, 3600)
+	if err != nil {
+		return err
+	}
+	cfg := &config{databaseURL: databaseURL.String(), dbConnectWait: wait, dataDir: dataDir.String()}
 	log := newLogger(stderr, level, "text")
 	d, err := openDatabase(ctx, cfg, log)
 	if err != nil {
