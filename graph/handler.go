@@ -126,7 +126,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	if cfg.WebsocketKeepAlive == 0 {
 		cfg.WebsocketKeepAlive = 15 * time.Second
 	}
-	srv := handler.New(NewExecutableSchema(Config{Resolvers: cfg.Resolver}))
+	srv := handler.New(NewExecutableSchema(Config{Resolvers: cfg.Resolver, Directives: DirectiveRoot{AcceptsText: acceptsText}}))
 
 	// Streaming transports first: SSE and multipart claim requests whose
 	// Accept header prefers their type before POST and GET see them.
