@@ -56,9 +56,9 @@ type MachineEvent struct {
 	Details   map[string]any `bun:"details,type:jsonb"`
 	// DetailsText is the details as logged when a client sent a string
 	// (Details then reads {"text": DetailsText}); nil for an object.
-	DetailsText *string `bun:"details_text"`
-	Actor     string         `bun:"actor"`
-	CreatedAt time.Time      `bun:"created_at,nullzero,default:now()"`
+	DetailsText *string   `bun:"details_text"`
+	Actor       string    `bun:"actor"`
+	CreatedAt   time.Time `bun:"created_at,nullzero,default:now()"`
 	// OwnerID is the machine's owner, read only by the live path's loads
 	// (EventsByID, EventsSince), which check it against each subscriber.
 	OwnerID uuid.UUID `bun:"owner_id,scanonly"`

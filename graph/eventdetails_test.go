@@ -49,7 +49,9 @@ func TestEventDetailsAsText(t *testing.T) {
 	}
 	count := func(t *testing.T) int {
 		t.Helper()
-		var out struct{ Machine struct{ Events struct{ TotalCount int } } }
+		var out struct {
+			Machine struct{ Events struct{ TotalCount int } }
+		}
 		c.do(`query($id: ID!) { machine(id: $id) { events { totalCount } } }`, map[string]any{"id": m.ID}, &out)
 		return out.Machine.Events.TotalCount
 	}
