@@ -58,9 +58,9 @@ func openMultipart(t *testing.T, res *http.Response) *multipartStream {
 	return &multipartStream{t: t, r: multipart.NewReader(res.Body, params["boundary"])}
 }
 
-// next returns the next part's JSON, skipping heartbeats unless
-// heartbeats is set; io.EOF means the stream ended with its closing
-// boundary.
+// next returns the next part's JSON, skipping heartbeats (and the empty
+// last part) unless heartbeats is set; io.EOF means the stream ended with
+// its closing boundary, anything else that it was cut.
 func (m *multipartStream) next(heartbeats bool) (map[string]any, error) {
 	for {
 		p, err := m.r.NextPart()
@@ -68,8 +68,12 @@ func (m *multipartStream) next(heartbeats bool) (map[string]any, error) {
 			return nil, err
 		}
 		require.Equal(m.t, "application/json", p.Header.Get("Content-Type"))
+		// The whole part, up to the delimiter after it, as a client
+		// must read it before it can know the part is complete.
+		body, err := io.ReadAll(p)
+		require.NoError(m.t, err)
 		var v map[string]any
-		require.NoError(m.t, json.NewDecoder(p).Decode(&v))
+		require.NoError(m.t, json.Unmarshal(body, &v), "%s", body)
 		if len(v) > 0 || heartbeats {
 			return v, nil
 		}
@@ -148,7 +152,9 @@ func TestSubscriptionOverPlainHTTPIsRefused(t *testing.T) {
 // heartbeats while idle, the closing boundary at the end.
 func TestMultipartSubscriptions(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{KeepAlive: 50 * time.Millisecond})
+	// No heartbeat in a test's lifetime: each part must reach the client
+	// on its own, not pushed through by the next write.
+	s := apitest.New(t, apitest.Options{KeepAlive: time.Hour})
 	c := newClient(t, s)
 	m := c.create("multipart-sub")
 
@@ -169,6 +175,9 @@ func TestMultipartSubscriptions(t *testing.T) {
 	})
 
 	t.Run("HeartbeatsWhileIdle", func(t *testing.T) {
+		s := apitest.New(t, apitest.Options{KeepAlive: 50 * time.Millisecond})
+		c := newClient(t, s)
+		m := c.create("multipart-heartbeats")
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
 		mp := openMultipart(t, streamRequest(t, ctx, s, c.token, apolloAccept, streamSub, map[string]any{"id": m.ID}))
@@ -183,7 +192,7 @@ func TestMultipartSubscriptions(t *testing.T) {
 		defer cancel()
 		mp := openMultipart(t, streamRequest(t, ctx, s, c.token, `multipart/mixed;subscriptionSpec="1.0", application/json`, `{ machines { totalCount } }`, nil))
 		require.Equal(t, map[string]any{"data": map[string]any{"machines": map[string]any{"totalCount": float64(1)}}}, mp.payload())
-		_, err := mp.next(true)
+		_, err := mp.next(false)
 		require.ErrorIs(t, err, io.EOF, "the stream ends with --graphql--")
 	})
 
@@ -194,7 +203,7 @@ func TestMultipartSubscriptions(t *testing.T) {
 		p := mp.payload()
 		raw, _ := json.Marshal(p)
 		require.Contains(t, string(raw), "NOT_FOUND")
-		_, err := mp.next(true)
+		_, err := mp.next(false)
 		require.ErrorIs(t, err, io.EOF)
 	})
 
@@ -257,7 +266,7 @@ func TestShutdownEndsStreams(t *testing.T) {
 	closed := make(chan error, 1)
 	go func() { closed <- s.Handler.CloseStreams(ctx) }()
 
-	_, err := mp.next(true)
+	_, err := mp.next(false)
 	require.ErrorIs(t, err, io.EOF, "the multipart stream ends with its closing boundary")
 	require.Equal(t, "complete", readEvent(), "events: %v", events)
 	require.NoError(t, <-closed, "every stream closed before the deadline")

@@ -45,21 +45,34 @@ func (Multipart) Supports(r *http.Request) bool {
 	return PrefersMultipart(r.Header.Get("Accept"))
 }
 
-// Do implements graphql.Transport.
+// Do implements graphql.Transport. Each part is followed by the next
+// delimiter at once, not preceded by it: a reader knows a part is complete
+// only when it sees the delimiter after it, so a part written the other way
+// round would wait for the next event or heartbeat.
 func (t Multipart) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	const (
+		delimiter = "\r\n--" + multipartBoundary
+		head      = "Content-Type: application/json\r\n\r\n"
+	)
 	part := func(w http.ResponseWriter, body []byte) error {
-		_, err := fmt.Fprintf(w, "\r\n--%s\r\nContent-Type: application/json\r\n\r\n%s", multipartBoundary, body)
+		_, err := fmt.Fprintf(w, "%s%s%s\r\n", head, body, delimiter)
 		return err
 	}
 	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams}
 	st.serve(w, r, exec, framing{
 		contentType: `multipart/mixed; boundary="` + multipartBoundary + `"; subscriptionSpec="1.0"`,
+		begin: func(w http.ResponseWriter) error {
+			_, err := io.WriteString(w, delimiter+"\r\n")
+			return err
+		},
 		result: func(w http.ResponseWriter, data []byte) error {
 			return part(w, append(append([]byte(`{"payload":`), data...), '}'))
 		},
 		keepAlive: func(w http.ResponseWriter) error { return part(w, []byte("{}")) },
+		// The last part is an empty object, which readers skip as a
+		// heartbeat, closed by the final delimiter.
 		end: func(w http.ResponseWriter) error {
-			_, err := io.WriteString(w, "\r\n--"+multipartBoundary+"--\r\n")
+			_, err := io.WriteString(w, head+"{}"+delimiter+"--\r\n")
 			return err
 		},
 	})

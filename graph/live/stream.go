@@ -156,6 +156,8 @@ func (s *Streams) Close(ctx context.Context) error {
 type framing struct {
 	// contentType is the response's Content-Type.
 	contentType string
+	// begin, when set, writes what comes before the first result.
+	begin func(w http.ResponseWriter) error
 	// result writes one result (a JSON GraphQL response).
 	result func(w http.ResponseWriter, data []byte) error
 	// keepAlive writes what keeps an idle stream open through proxies.
@@ -206,6 +208,12 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	h.Set("Connection", "keep-alive")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	if f.begin != nil {
+		_ = rc.SetWriteDeadline(time.Now().Add(t.writeTimeout))
+		if f.begin(w) != nil {
+			return
+		}
+	}
 	_ = rc.Flush()
 
 	ctx, cancel := context.WithCancel(r.Context())
