@@ -57,7 +57,7 @@ func TestReadmeExamples(t *testing.T) {
 		if len(pending) > 0 && !declaresVariables(t, schema, body) {
 			t.Fatalf("these examples declare $variables but no Variables JSON follows them:\n%s", pending[0].Position.Src.Input)
 		}
-		doc, errs := gqlparser.LoadQuery(schema, body)
+		doc, errs := gqlparser.LoadQueryWithRules(schema, body, nil)
 		if errs != nil {
 			t.Fatalf("README example is not valid (%s):\n%s", errs, body)
 		}
@@ -76,7 +76,7 @@ func TestReadmeExamples(t *testing.T) {
 
 func declaresVariables(t *testing.T, schema *ast.Schema, query string) bool {
 	t.Helper()
-	doc, errs := gqlparser.LoadQuery(schema, query)
+	doc, errs := gqlparser.LoadQueryWithRules(schema, query, nil)
 	if errs != nil {
 		t.Fatalf("README example is not valid (%s):\n%s", errs, query)
 	}
