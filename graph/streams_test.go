@@ -276,3 +276,28 @@ func TestShutdownEndsStreams(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
 	require.False(t, errors.Is(ctx.Err(), context.DeadlineExceeded))
 }
+
+// Multipart is chosen as SSE is: when the Accept header prefers it by
+// q-value, then order, and only with a subscriptionSpec (Apollo's @defer
+// format, deferSpec, is another protocol).
+func TestMultipartNegotiation(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct{ multipart, sse bool }{
+		apolloAccept: {multipart: true},
+		`multipart/mixed;subscriptionSpec="1.0", application/json`:           {multipart: true},
+		`application/json, multipart/mixed;subscriptionSpec=1.0`:             {},
+		`application/json;q=0.5, multipart/mixed;subscriptionSpec=1.0`:       {multipart: true},
+		`multipart/mixed;subscriptionSpec=1.0;q=0.4, application/json;q=0.9`: {},
+		`multipart/mixed;subscriptionSpec=1.0;q=0`:                           {},
+		`multipart/mixed;deferSpec=20220824, application/json`:               {},
+		`multipart/mixed`: {},
+		`multipart/mixed;subscriptionSpec=1.0, */*`:                     {multipart: true},
+		`text/event-stream, multipart/mixed;subscriptionSpec=1.0`:       {sse: true},
+		`multipart/mixed;subscriptionSpec=1.0, text/event-stream`:       {multipart: true},
+		`text/event-stream;q=0.5, multipart/mixed;subscriptionSpec=1.0`: {multipart: true},
+	}
+	for accept, want := range cases {
+		require.Equal(t, want.multipart, live.PrefersMultipart(accept), "Accept: %q", accept)
+		require.Equal(t, want.sse, live.PrefersEventStream(accept), "Accept: %q", accept)
+	}
+}
