@@ -7,6 +7,7 @@ package dispatch
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -32,12 +33,20 @@ type Dispatcher struct {
 	jobs     *db.Jobs
 	listener *realtime.Listener
 	poll     time.Duration
+
+	drainOnce sync.Once
+	draining  chan struct{} // closed by Drain
 }
 
 // New returns a dispatcher that polls every poll while waiting.
 func New(bdb bun.IDB, jobs *db.Jobs, listener *realtime.Listener, poll time.Duration) *Dispatcher {
-	return &Dispatcher{db: bdb, jobs: jobs, listener: listener, poll: poll}
+	return &Dispatcher{db: bdb, jobs: jobs, listener: listener, poll: poll, draining: make(chan struct{})}
 }
+
+// Drain ends every waiting claim with no job and makes later claims try
+// once without waiting, so that a shutting-down server is not held by
+// robots waiting for work (they ask again, of another replica).
+func (d *Dispatcher) Drain() { d.drainOnce.Do(func() { close(d.draining) }) }
 
 // Claim returns the best job for the calling robot, waiting up to wait for
 // one to be queued; nil when none came.
@@ -67,6 +76,8 @@ func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (*db.JobLeas
 		for {
 			select {
 			case <-ctx.Done():
+				return nil, nil
+			case <-d.draining:
 				return nil, nil
 			case <-deadline.C:
 				return nil, nil

@@ -16,6 +16,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/dataloaders"
+	"fleetgraph/dispatch"
 	"fleetgraph/graph/live"
 )
 
@@ -97,17 +98,22 @@ type HandlerConfig struct {
 // limits and authentication.
 type Handler struct {
 	http.Handler
-	sockets *sockets
-	streams *live.Streams
+	sockets    *sockets
+	streams    *live.Streams
+	dispatcher *dispatch.Dispatcher
 }
 
 // CloseStreams ends every open websocket with close code 1001 (going away)
 // and every SSE and multipart stream with its final message (`event:
-// complete`, the closing boundary), refuses new ones, and waits until they
-// are closed or ctx ends. Call it when the server shuts down, alongside
-// http.Server.Shutdown (which waits for streams, as for any request), and
-// before closing the database.
+// complete`, the closing boundary), refuses new ones, ends waiting claims
+// (claimJob with waitSeconds) with no job, and waits until the streams are
+// closed or ctx ends. Call it when the server shuts down, alongside
+// http.Server.Shutdown (which waits for streams and claims, as for any
+// request), and before closing the database.
 func (h *Handler) CloseStreams(ctx context.Context) error {
+	if h.dispatcher != nil {
+		h.dispatcher.Drain()
+	}
 	streams := make(chan error, 1)
 	go func() { streams <- h.streams.Close(ctx) }()
 	return errors.Join(h.sockets.closeAll(ctx), <-streams)
@@ -176,5 +182,5 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = checkBody(cfg.Limits.BodyBytes, h)
 	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = cors(cfg.AllowedOrigins, h)
-	return &Handler{Handler: withRequestID(h), sockets: socks, streams: streams}
+	return &Handler{Handler: withRequestID(h), sockets: socks, streams: streams, dispatcher: cfg.Resolver.Dispatcher}
 }

@@ -301,3 +301,27 @@ func TestMultipartNegotiation(t *testing.T) {
 		require.Equal(t, want.sse, live.PrefersEventStream(accept), "Accept: %q", accept)
 	}
 }
+
+// Shutdown ends a robot's waiting claim with no job (the robot asks
+// again, of another replica) instead of holding the server for up to a
+// minute; a job queued meanwhile is still handed out, without waiting.
+func TestShutdownEndsWaitingClaims(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	tn := jqNewTenant(t, s)
+	r := tn.robot(t, "waiting", jqRobotOpts{})
+	claimed := r.claimAsync(t, 60)
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- s.Handler.CloseStreams(ctx) }()
+	// Well within the claim's 60 s: the old code answered only then.
+	require.Nil(t, jqReceive(t, claimed, 45*time.Second), "no job came")
+	require.NoError(t, <-closed)
+
+	job := tn.enqueue(t, nil)
+	lease := r.claim(t, 60)
+	require.NotNil(t, lease)
+	require.Equal(t, job.ID, lease.Job.ID)
+}
