@@ -216,7 +216,7 @@ func declareServe(s *settings) *configSettings {
 		subsPerConnection: s.add("MAX_SUBSCRIPTIONS_PER_CONNECTION", "max-subscriptions-per-connection", strconv.Itoa(live.DefaultLimits.PerConnection),
 			"subscriptions one websocket may hold at once; more are refused with RATE_LIMITED"),
 		subsPerPrincipal: s.add("MAX_SUBSCRIPTIONS_PER_PRINCIPAL", "max-subscriptions-per-principal", strconv.Itoa(live.DefaultLimits.PerPrincipal),
-			"subscriptions and SSE streams one caller (user, robot, service) may hold at once across its connections to this process"),
+			"subscriptions and SSE or multipart streams one caller (user, robot, service) may hold at once across its connections to this process"),
 		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 	}

@@ -87,7 +87,7 @@ type HandlerConfig struct {
 	// WebsocketKeepAlive is the interval between server pings.
 	WebsocketKeepAlive time.Duration
 	// LiveLimits cap the operations per websocket and per caller across
-	// websockets and SSE streams (zero fields: live.DefaultLimits').
+	// websockets and SSE and multipart streams (zero fields: live.DefaultLimits').
 	LiveLimits live.Limits
 	// WebsocketKeyRecheck is how often a robot's websocket re-checks its API key (0: 30s).
 	WebsocketKeyRecheck time.Duration
