@@ -1,8 +1,11 @@
 package graph_test
 
 import (
+	"context"
+	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -108,6 +111,38 @@ func TestEventDetailsAsText(t *testing.T) {
 			require.NotContains(t, e.Message, "pq:", name)
 		}
 		require.Equal(t, before, count(t), "nothing was written")
+	})
+
+	// Subscribers get the text as given too (the live path re-reads the row).
+	t.Run("Subscription", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		mp := openMultipart(t, streamRequest(t, ctx, s, c.token, apolloAccept,
+			`subscription($m: ID!) { machineEventAdded(machineId: $m) { eventType details detailsText } }`, map[string]any{"m": m.ID}))
+		payloads := make(chan map[string]any, 100)
+		go func() {
+			for {
+				v, err := mp.next(false)
+				if err != nil {
+					return
+				}
+				payloads <- v
+			}
+		}()
+		// An event logged before the hub registered the subscription is
+		// not sent: log until one arrives (each the same).
+		for {
+			logged(t, logVar, map[string]any{"id": m.ID, "d": "live text"})
+			select {
+			case v := <-payloads:
+				raw, _ := json.Marshal(v["payload"])
+				require.JSONEq(t, `{"data":{"machineEventAdded":{"eventType":"note","details":{"text":"live text"},"detailsText":"live text"}}}`, string(raw))
+				return
+			case <-ctx.Done():
+				t.Fatal("no event reached the subscriber")
+			case <-time.After(time.Second):
+			}
+		}
 	})
 
 	// Only this argument takes text: every other JSON argument still
