@@ -174,6 +174,10 @@ type config struct {
 	live           live.Limits
 	logLevel       slog.Level
 	logFormat      string
+	// metricsAddr is where /metrics is served ("" : nowhere);
+	// metricsDefaulted says it is the dev mode's default, not configured.
+	metricsAddr      string
+	metricsDefaulted bool
 }
 
 // embedded reports whether the server runs its own PostgreSQL.
@@ -194,8 +198,9 @@ type configSettings struct {
 	jwtAudience, jwtIssuer                                    *setting
 	origins, playground, introspection, autoMigrate, logLevel *setting
 	logFormat                                                 *setting
-	jobLease, offlineAfter                                    *setting
+	jobLease, jobProgress, offlineAfter                       *setting
 	subsPerConnection, subsPerPrincipal                       *setting
+	metricsAddr                                               *setting
 }
 
 func declareServe(s *settings) *configSettings {
@@ -211,7 +216,8 @@ func declareServe(s *settings) *configSettings {
 		playground:    s.addBool("PLAYGROUND", "playground", "serve the GraphiQL playground at / (default: on with the private database, else off)"),
 		introspection: s.addBool("INTROSPECTION", "introspection", "allow schema introspection and suggestions (default: on with the private database, else off)"),
 		autoMigrate:   s.addBool("AUTO_MIGRATE", "auto-migrate", "apply pending migrations at start (always on with the private database)"),
-		jobLease:      s.add("JOB_LEASE_SECONDS", "job-lease-seconds", "60", "how long a claimed job's lease lasts; heartbeats and progress reports extend it"),
+		jobLease:      s.add("JOB_LEASE_SECONDS", "job-lease-seconds", "60", "how long a claimed job's lease lasts: a claim must be started within it; heartbeats and progress reports extend a running job's"),
+		jobProgress:   s.add("JOB_PROGRESS_TIMEOUT_SECONDS", "job-progress-timeout-seconds", "600", "how long heartbeats keep a running job leased after its last progress report (at least JOB_LEASE_SECONDS)"),
 		offlineAfter:  s.add("ROBOT_OFFLINE_THRESHOLD", "robot-offline-threshold", "90", "seconds without a heartbeat after which a robot is OFFLINE"),
 		subsPerConnection: s.add("MAX_SUBSCRIPTIONS_PER_CONNECTION", "max-subscriptions-per-connection", strconv.Itoa(live.DefaultLimits.PerConnection),
 			"subscriptions one websocket may hold at once; more are refused with RATE_LIMITED"),
@@ -219,6 +225,8 @@ func declareServe(s *settings) *configSettings {
 			"subscriptions and SSE or multipart streams one caller (user, robot, service) may hold at once across its connections to this process"),
 		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
+		metricsAddr: s.add("METRICS_ADDR", "metrics-addr", "",
+			"address to serve Prometheus /metrics on, apart from the API, or off (default: "+defaultMetricsAddr+" with the private database, else off)"),
 	}
 }
 
@@ -228,6 +236,10 @@ func addConnectTimeout(s *settings) *setting {
 	return s.add("DATABASE_CONNECT_TIMEOUT", "database-connect-timeout", "60",
 		"seconds to keep retrying a DATABASE_URL that is not reachable yet (containers start in any order); 0 tries once")
 }
+
+// defaultMetricsAddr is where the embedded mode serves /metrics: loopback
+// only, so metrics are never public unless an operator says so.
+const defaultMetricsAddr = "127.0.0.1:9464"
 
 // resolve validates every setting, naming the variable of the first bad one.
 func (cs *configSettings) resolve() (*config, error) {
@@ -279,6 +291,13 @@ func (cs *configSettings) resolve() (*config, error) {
 	if c.queue.Lease, err = cs.jobLease.Seconds(5, 3600); err != nil {
 		return nil, err
 	}
+	if c.queue.ProgressTimeout, err = cs.jobProgress.Seconds(5, 7*86400); err != nil {
+		return nil, err
+	}
+	if c.queue.ProgressTimeout < c.queue.Lease {
+		return nil, usageError("%s must be at least %s (%d), not %d", cs.jobProgress.name(), cs.jobLease.name(),
+			int(c.queue.Lease.Seconds()), int(c.queue.ProgressTimeout.Seconds()))
+	}
 	if c.queue.OfflineAfter, err = cs.offlineAfter.Seconds(5, 86400); err != nil {
 		return nil, err
 	}
@@ -293,6 +312,20 @@ func (cs *configSettings) resolve() (*config, error) {
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return nil, usageError("%s must be text or json, not %q", cs.logFormat.name(), c.logFormat)
+	}
+	switch addr := cs.metricsAddr.String(); {
+	case addr == "off":
+	case addr == "" && c.embedded():
+		c.metricsAddr, c.metricsDefaulted = defaultMetricsAddr, true
+	case addr != "":
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, usageError("%s must be host:port, :port or off, not %q", cs.metricsAddr.name(), addr)
+		}
+		if addr == c.listenAddr && port != "0" {
+			return nil, usageError("%s must differ from LISTEN_ADDR: metrics are served apart from the API", cs.metricsAddr.name())
+		}
+		c.metricsAddr = addr
 	}
 	return c, nil
 }

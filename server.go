@@ -1,6 +1,7 @@
 // Command fleetgraph serves Fleetgraph's GraphQL API over PostgreSQL.
 //
-// Subcommands: serve (the default), migrate up|down|status, token, schema.
+// Subcommands: serve (the default), migrate up|down|status, token, schema,
+// verify, robots list|create, keys create|list|revoke.
 // `fleetgraph <command> --help` lists each one's flags and environment
 // variables. With DATABASE_URL unset, serve and migrate run a private
 // PostgreSQL from the machine's own binaries in DATA_DIR.
@@ -34,7 +35,9 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/demo"
+	"fleetgraph/dispatch"
 	"fleetgraph/localpg"
+	"fleetgraph/metrics"
 	"fleetgraph/migrations"
 	"fleetgraph/playground"
 )
@@ -55,7 +58,10 @@ Usage:
   fleetgraph [serve] [flags]          serve the API (the default)
   fleetgraph migrate up|down|status   manage the database schema
   fleetgraph token [flags]            print a signed JWT for the configured secret
-  fleetgraph schema                   print the GraphQL schema (SDL)
+  fleetgraph schema [--introspection] print the GraphQL schema (SDL, or introspection JSON)
+  fleetgraph verify [--json]          check the installation: settings, database, triggers, change feed
+  fleetgraph robots list|create       list or register a tenant's robots
+  fleetgraph keys create|list|revoke  manage robots' API keys (the raw key is printed once)
   fleetgraph help [command]           print this, or a command's help
 
 Run 'fleetgraph <command> --help' for a command's flags and environment variables.
@@ -86,7 +92,13 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 	case "token":
 		err = token(args, env, stdout, stderr)
 	case "schema":
-		err = schema(args, env, stdout, stderr)
+		err = schemaCmd(ctx, args, env, stdout, stderr)
+	case "verify":
+		err = verify(ctx, args, env, stdout, stderr)
+	case "robots":
+		err = robotsCmd(ctx, args, env, stdout, stderr)
+	case "keys":
+		err = keysCmd(ctx, args, env, stdout, stderr)
 	case "help":
 		_, _ = io.WriteString(stdout, usage)
 	default:
@@ -115,21 +127,6 @@ func isHelpFlag(arg string) bool {
 		return true
 	}
 	return false
-}
-
-// schema prints the GraphQL schema. It takes no flags but --help, so that
-// `fleetgraph schema --help` explains the command instead of printing it.
-func schema(args []string, env func(string) string, stdout, stderr io.Writer) error {
-	s := newSettings("schema", "Prints the GraphQL schema (SDL) this binary serves, for code generators such as graphql-codegen.", stderr, env)
-	rest, err := s.parse(args)
-	if err != nil {
-		return err
-	}
-	if len(rest) > 0 {
-		return usageError("schema takes no arguments, not %q", strings.Join(rest, " "))
-	}
-	_, err = io.WriteString(stdout, schemaSDL)
-	return err
 }
 
 // database is an open database, with the private cluster behind it when
@@ -239,6 +236,11 @@ func jwtSecret(cfg *config, create bool) ([]byte, error) {
 	return []byte(secret), nil
 }
 
+// httpWriteTimeout bounds how long a request may take to be answered
+// (streams lift it). The longest claim wait is derived from it, so that a
+// claim that waits its longest still answers.
+const httpWriteTimeout = 60 * time.Second
+
 func serve(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("serve", "Serves the GraphQL API, /healthz, /readyz and (optionally) the playground at /.", stderr, env)
 	cs := declareServe(s)
@@ -286,15 +288,24 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		}
 	}
 
+	m, metricsLn, err := listenMetrics(cfg, log)
+	if err != nil {
+		return err
+	}
+	if metricsLn != nil {
+		defer metricsLn.Close()
+	}
 	a, err := app.New(app.Config{
 		DB:             d.DB,
 		DSN:            d.dsn,
 		JWT:            jwt,
 		Logger:         log,
 		Queue:          cfg.queue,
+		ClaimMaxWait:   dispatch.WaitWithin(httpWriteTimeout),
 		AllowedOrigins: cfg.allowedOrigins,
 		Introspection:  cfg.devDefault(cfg.introspection),
 		LiveLimits:     cfg.live,
+		Metrics:        m,
 	})
 	if err != nil {
 		return err
@@ -317,7 +328,17 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	})
 	mux.Handle("GET /readyz", readiness(d.DB))
 	if cfg.devDefault(cfg.playground) {
-		pg := playground.Handler("Fleetgraph", "/graphql")
+		var opts []playground.Option
+		if cfg.embedded() {
+			// The development mode's playground opens signed in as the
+			// demo user, as the welcome message says.
+			tok, err := demoToken(jwt)
+			if err != nil {
+				return err
+			}
+			opts = append(opts, playground.WithDefaultHeaders(`{"Authorization": "Bearer `+tok+`"}`))
+		}
+		pg := playground.Handler("Fleetgraph", "/graphql", opts...)
 		mux.Handle("GET /{$}", pg)
 		mux.Handle("GET /playground/", pg)
 	}
@@ -330,13 +351,14 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
+		WriteTimeout:      httpWriteTimeout,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	metricsSrv := serveMetrics(m, metricsLn, log)
 
 	url := "http://" + displayAddr(ln.Addr())
 	log.Info("serving", "addr", ln.Addr().String(), "graphql", url+"/graphql")
@@ -362,7 +384,56 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err := <-done; err != nil {
 		log.Warn("in-flight requests did not finish in time", "error", err)
 	}
+	// Metrics last among the servers, so the drain above can be watched.
+	if metricsSrv != nil {
+		if err := metricsSrv.Shutdown(shutdownCtx); err != nil {
+			log.Warn("the metrics server did not stop in time", "error", err)
+		}
+	}
 	return nil
+}
+
+// listenMetrics opens METRICS_ADDR and returns the metrics to record into
+// it, or nil, nil when metrics are off. An address that cannot be opened is
+// an error when configured; the embedded mode's default only warns, so a
+// second development server (or anything else on the port) does not stop
+// one from starting.
+func listenMetrics(cfg *config, log *slog.Logger) (*metrics.Metrics, net.Listener, error) {
+	if cfg.metricsAddr == "" {
+		return nil, nil, nil
+	}
+	ln, err := net.Listen("tcp", cfg.metricsAddr)
+	if err != nil {
+		if cfg.metricsDefaulted {
+			log.Warn("not serving metrics: the default METRICS_ADDR is taken (set METRICS_ADDR to another address, or off)", "addr", cfg.metricsAddr, "error", err)
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("listening for metrics on %s (set METRICS_ADDR to another address, or off): %w", cfg.metricsAddr, err)
+	}
+	return metrics.New(log), ln, nil
+}
+
+// serveMetrics serves GET /metrics on ln, its own server apart from the
+// API's, so that a public LISTEN_ADDR never exposes it; nil when off.
+func serveMetrics(m *metrics.Metrics, ln net.Listener, log *slog.Logger) *http.Server {
+	if ln == nil {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serving metrics", "error", err)
+		}
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String(), "metrics", "http://"+displayAddr(ln.Addr())+"/metrics")
+	return srv
 }
 
 // readiness answers 200 when the database is reachable and its schema is
@@ -418,17 +489,26 @@ func robotKeyFile(dataDir string) string { return filepath.Join(dataDir, "demo-r
 // demoTokenTTL is how long the token printed at start stays valid.
 const demoTokenTTL = 7 * 24 * time.Hour
 
-func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool, dataDir string) error {
+// demoToken mints a token for the demo user alice.
+func demoToken(jwt *auth.JWT) (string, error) {
 	tok, err := jwt.Mint(auth.MintOptions{UserID: demo.Alice, TenantID: demo.Tenant, Role: auth.RoleUser, TTL: demoTokenTTL})
 	if err != nil {
-		return fmt.Errorf("minting the demo token: %w", err)
+		return "", fmt.Errorf("minting the demo token: %w", err)
+	}
+	return tok, nil
+}
+
+func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool, dataDir string) error {
+	tok, err := demoToken(jwt)
+	if err != nil {
+		return err
 	}
 	if withPlayground {
-		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. Playground: %s/\n", url)
+		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. Playground: %s/ (it opens signed in as the demo user alice)\n", url)
 	} else {
 		_, _ = fmt.Fprintf(w, "\nFleetgraph is running. GraphQL: %s/graphql\n", url)
 	}
-	_, _ = fmt.Fprintf(w, "Paste this header (demo user alice, valid %s) into the playground's Headers tab:\n\n", demoTokenTTL)
+	_, _ = fmt.Fprintf(w, "Send this header (demo user alice, valid %s) from other clients:\n\n", demoTokenTTL)
 	_, err = fmt.Fprintf(w, "{\"Authorization\": \"Bearer %s\"}\n\n", tok)
 	if key, readErr := os.ReadFile(robotKeyFile(dataDir)); readErr == nil {
 		_, err = fmt.Fprintf(w, "Demo robot robot-lyon-1 (acts as the robot: heartbeat, claimJob, ...):\n\n{\"Authorization\": \"Bearer %s\"}\n\n", strings.TrimSpace(string(key)))
@@ -453,7 +533,8 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
 	connectWait := addConnectTimeout(s)
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
-	logLevel := s.add("LOG_LEVEL", "log-level", "warn", "debug, info, warn or error")
+	logLevel := s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error")
+	logFormat := s.add("LOG_FORMAT", "log-format", "text", "text or json")
 	// The action may come first (`migrate up --data-dir x`), where the flag
 	// package would stop parsing, or after the flags.
 	var action []string
@@ -477,7 +558,10 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 		return err
 	}
 	cfg := &config{databaseURL: databaseURL.String(), dbConnectWait: wait, dataDir: dataDir.String()}
-	log := newLogger(stderr, level, "text")
+	if f := logFormat.String(); f != "text" && f != "json" {
+		return usageError("%s must be text or json, not %q", logFormat.name(), f)
+	}
+	log := newLogger(stderr, level, logFormat.String())
 	d, err := openDatabase(ctx, cfg, log)
 	if err != nil {
 		return err

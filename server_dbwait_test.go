@@ -65,17 +65,6 @@ func viaAddr(t *testing.T, dsn, addr string) string {
 	return dsn + " host=" + host + " port=" + port // later keys win
 }
 
-// freeAddr returns a loopback address where nothing listens (it listened
-// a moment ago, so the port is valid and, most likely, still free).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
-
 // proxy forwards every connection to addr to the database at network/target
 // until the test ends.
 func proxy(t *testing.T, addr, network, target string) {

@@ -342,7 +342,7 @@ func TestCommands(t *testing.T) {
 		code, stdout, stderr := runCLI(t, baseEnv(t), "schema", "extra")
 		require.Equal(t, 2, code)
 		require.Empty(t, stdout)
-		require.Contains(t, stderr, "takes no arguments")
+		require.Contains(t, stderr, "unexpected argument")
 	})
 
 	t.Run("UnknownCommand", func(t *testing.T) {
@@ -377,6 +377,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "LogFormat", env: env{"LOG_FORMAT": "xml"}, want: "LOG_FORMAT"},
 		{name: "JobLease", env: env{"JOB_LEASE_SECONDS": "soon"}, want: "JOB_LEASE_SECONDS"},
 		{name: "JobLeaseTooShort", env: env{"JOB_LEASE_SECONDS": "1"}, want: "JOB_LEASE_SECONDS"},
+		{name: "JobProgressTimeout", env: env{"JOB_PROGRESS_TIMEOUT_SECONDS": "later"}, want: "JOB_PROGRESS_TIMEOUT_SECONDS"},
+		{name: "JobProgressTimeoutBelowLease", env: env{"JOB_LEASE_SECONDS": "120", "JOB_PROGRESS_TIMEOUT_SECONDS": "60"}, want: "JOB_PROGRESS_TIMEOUT_SECONDS (--job-progress-timeout-seconds) must be at least JOB_LEASE_SECONDS"},
 		{name: "OfflineThreshold", env: env{"ROBOT_OFFLINE_THRESHOLD": "-5"}, want: "ROBOT_OFFLINE_THRESHOLD"},
 		{name: "SubscriptionsPerConnection", env: env{"MAX_SUBSCRIPTIONS_PER_CONNECTION": "0"}, want: "MAX_SUBSCRIPTIONS_PER_CONNECTION"},
 		{name: "SubscriptionsPerPrincipal", env: env{"MAX_SUBSCRIPTIONS_PER_PRINCIPAL": "many"}, want: "MAX_SUBSCRIPTIONS_PER_PRINCIPAL"},
@@ -675,7 +677,7 @@ func TestServeExternalDatabase(t *testing.T) {
 
 // welcome matches the lines the embedded mode prints once it serves.
 var (
-	welcomeURL      = regexp.MustCompile(`Fleetgraph is running\. Playground: (http://\S+)/\n`)
+	welcomeURL      = regexp.MustCompile(`Fleetgraph is running\. Playground: (http://\S+)/[ \n]`)
 	welcomeHeader   = regexp.MustCompile(`\{"Authorization": "Bearer ([A-Za-z0-9_.-]+)"\}\n`)
 	welcomeRobotKey = regexp.MustCompile(`\{"Authorization": "Bearer (crpa_[A-Za-z0-9_-]+)"\}\n`)
 )
@@ -750,6 +752,11 @@ func TestServeEmbedded(t *testing.T) {
 		require.Contains(t, header.Get("Content-Type"), "text/html")
 		require.Contains(t, body, `id="graphiql"`)
 		require.Contains(t, body, "/graphql")
+		// It opens signed in as the demo user, with a working token.
+		m := regexp.MustCompile(`data-default-headers="{&#34;Authorization&#34;: &#34;Bearer ([^&]+)&#34;}"`).FindStringSubmatch(body)
+		require.NotNil(t, m, "the page carries the demo user's header: %s", body)
+		require.Equal(t, "no-store", header.Get("Cache-Control"))
+		require.Equal(t, 3, machineCount(t, url, m[1]))
 	})
 
 	t.Run("DemoFleetWithPrintedToken", func(t *testing.T) {

@@ -27,8 +27,10 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
+	"fleetgraph/dispatch"
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
+	"fleetgraph/metrics"
 )
 
 // Secret is the JWT secret test servers accept.
@@ -42,9 +44,38 @@ type Server struct {
 	App     *app.App
 	Handler *graph.Handler
 	Log     *LogBuffer
+	// Metrics and MetricsURL (its /metrics endpoint, on a listener of its
+	// own) are set when Options.Metrics asked for them.
+	Metrics    *metrics.Metrics
+	MetricsURL string
 	// Statements counts SQL statements run through DB for requests.
 	Statements atomic.Int64
+	// Transactions gauges the transactions of requests open at once on DB,
+	// each of which holds a pooled connection.
+	Transactions Gauge
 }
+
+// Gauge is a count that goes up and down, with the highest it reached.
+type Gauge struct{ now, peak atomic.Int64 }
+
+func (g *Gauge) add(d int64) {
+	v := g.now.Add(d)
+	for {
+		p := g.peak.Load()
+		if v <= p || g.peak.CompareAndSwap(p, v) {
+			return
+		}
+	}
+}
+
+// Now is the current count.
+func (g *Gauge) Now() int64 { return g.now.Load() }
+
+// Peak is the highest count since the last ResetPeak.
+func (g *Gauge) Peak() int64 { return g.peak.Load() }
+
+// ResetPeak starts a new peak from the current count.
+func (g *Gauge) ResetPeak() { g.peak.Store(g.now.Load()) }
 
 // Options adjust a test server.
 type Options struct {
@@ -53,13 +84,16 @@ type Options struct {
 	Limits         graph.Limits
 	// DB replaces the resolver's database (e.g. a closed one, to provoke internal errors).
 	DB *bun.DB
-	// Queue overrides the queue timings (short leases for rescue tests).
+	// Queue overrides the queue timings (default: DefaultQueue).
 	Queue db.QueueConfig
-	// SweepEvery overrides how often the sweeper runs (default 100ms in tests).
+	// SweepEvery overrides how often the maintenance runner runs (default 100ms in tests).
 	SweepEvery time.Duration
 	// ClaimPoll overrides how often waiting claims poll (default: an hour,
 	// so tests prove that notifications, not polling, wake them).
 	ClaimPoll time.Duration
+	// WriteTimeout sets the HTTP server's write timeout (default: none) and
+	// caps waiting claims as the real server does (dispatch.WaitWithin).
+	WriteTimeout time.Duration
 	// InitTimeout overrides how long a websocket may wait before
 	// connection_init (default 10s), for tests of the 4408 close.
 	InitTimeout time.Duration
@@ -70,6 +104,21 @@ type Options struct {
 	LiveLimits live.Limits
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
+	// Metrics turns the Prometheus metrics on, served at Server.MetricsURL.
+	Metrics bool
+	// LogLevel is the server log's level (nil: debug).
+	LogLevel slog.Leveler
+}
+
+// DefaultQueue is the queue of test servers that set none: production's,
+// but with leases of an hour (heartbeats extending them for a day) and
+// robots silent for an hour before they are OFFLINE, so that no lease runs
+// out and no robot goes offline because a busy machine ran a test slowly.
+// Tests of expiry make time pass in the database, or set their own timings.
+func DefaultQueue() db.QueueConfig {
+	q := db.DefaultQueueConfig
+	q.Lease, q.ProgressTimeout, q.OfflineAfter = time.Hour, 24*time.Hour, time.Hour
+	return q
 }
 
 // New starts a server for t with its own database; it stops when t ends.
@@ -80,7 +129,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		o = opts[0]
 	}
 	s := &Server{DB: dbtest.New(t), Log: &LogBuffer{}}
-	s.DB.AddQueryHook(counter{&s.Statements, s.Log})
+	s.DB.AddQueryHook(counter{&s.Statements, &s.Transactions, s.Log})
 	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(Secret), Audience: "authenticated"})
 	require.NoError(t, err)
 	s.JWT = jwt
@@ -88,27 +137,42 @@ func New(t testing.TB, opts ...Options) *Server {
 	if o.DB != nil {
 		resolverDB = o.DB
 	}
+	if o.Queue == (db.QueueConfig{}) {
+		o.Queue = DefaultQueue()
+	}
 	if o.SweepEvery == 0 {
 		o.SweepEvery = 100 * time.Millisecond
 	}
 	if o.ClaimPoll == 0 {
 		o.ClaimPoll = time.Hour
 	}
+	if o.LogLevel == nil {
+		o.LogLevel = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: o.LogLevel}))
+	if o.Metrics {
+		s.Metrics = metrics.New(log)
+		ms := httptest.NewServer(s.Metrics.Handler())
+		t.Cleanup(ms.Close)
+		s.MetricsURL = ms.URL + "/metrics"
+	}
 	a, err := app.New(app.Config{
 		DB:             resolverDB,
 		DSN:            s.DB.DSN,
 		JWT:            jwt,
-		Logger:         slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:         log,
 		Queue:          o.Queue,
 		AllowedOrigins: o.AllowedOrigins,
 		Introspection:  o.Introspection,
 		Limits:         o.Limits,
 		ClaimPoll:      o.ClaimPoll,
+		ClaimMaxWait:   claimMaxWait(o.WriteTimeout),
 		SweepEvery:     o.SweepEvery,
 		InitTimeout:    o.InitTimeout,
 		KeepAlive:      o.KeepAlive,
 		LiveLimits:     o.LiveLimits,
 		KeyRecheck:     o.KeyRecheck,
+		Metrics:        s.Metrics,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler
@@ -124,7 +188,9 @@ func New(t testing.TB, opts ...Options) *Server {
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", s.Handler)
-	ts := httptest.NewServer(mux)
+	ts := httptest.NewUnstartedServer(mux)
+	ts.Config.WriteTimeout = o.WriteTimeout
+	ts.Start()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -135,19 +201,38 @@ func New(t testing.TB, opts ...Options) *Server {
 	return s
 }
 
+// claimMaxWait is the claim wait cap of a server with writeTimeout (0: none).
+func claimMaxWait(writeTimeout time.Duration) time.Duration {
+	if writeTimeout == 0 {
+		return 0
+	}
+	return dispatch.WaitWithin(writeTimeout)
+}
+
 // counter is a bun query hook counting the statements of requests.
 type counter struct {
 	n   *atomic.Int64
+	tx  *Gauge
 	log *LogBuffer
 }
 
-func (c counter) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
+// BeforeQuery closes a request's transaction in the gauge.
+func (c counter) BeforeQuery(ctx context.Context, e *bun.QueryEvent) context.Context {
+	if graph.RequestID(ctx) != "" && (e.Query == "COMMIT" || e.Query == "ROLLBACK") {
+		c.tx.add(-1)
+	}
+	return ctx
+}
 
 // AfterQuery counts statements run for requests (those with a request id),
-// not the background sweeper's or hub's; APITEST_LOG_SQL=1 logs them.
+// not the background sweeper's or hub's, and opens their transactions in
+// the gauge; APITEST_LOG_SQL=1 logs them.
 func (c counter) AfterQuery(ctx context.Context, e *bun.QueryEvent) {
 	if graph.RequestID(ctx) == "" {
 		return
+	}
+	if e.Query == "BEGIN" && e.Err == nil {
+		c.tx.add(1)
 	}
 	c.n.Add(1)
 	if os.Getenv("APITEST_LOG_SQL") != "" {

@@ -1,5 +1,6 @@
 // Package app assembles Fleetgraph from its parts: the stores, the
-// notification listener, the dispatcher, the sweeper and the GraphQL handler.
+// notification listener, the dispatcher, the maintenance runner and its
+// tasks, and the GraphQL handler.
 // The server and the API tests build the same application through New, so
 // what the tests exercise is what runs.
 package app
@@ -18,8 +19,9 @@ import (
 	"fleetgraph/dispatch"
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
+	"fleetgraph/maintenance"
+	"fleetgraph/metrics"
 	"fleetgraph/realtime"
-	"fleetgraph/sweeper"
 )
 
 // Config is what the application needs.
@@ -35,8 +37,14 @@ type Config struct {
 	Limits         graph.Limits
 	// ClaimPoll is how often a waiting claim re-checks without a notification.
 	ClaimPoll time.Duration
-	// SweepEvery is how often the sweeper runs.
+	// ClaimMaxWait caps a claim's wait (0: dispatch's default); derive it
+	// from the HTTP server's write timeout with dispatch.WaitWithin.
+	ClaimMaxWait time.Duration
+	// SweepEvery is how often the maintenance runner steps, and how often
+	// it marks silent robots offline and rescues expired leases (default 5 s).
 	SweepEvery time.Duration
+	// Clock is the maintenance runner's time (default: the system clock).
+	Clock maintenance.Clock
 	// InitTimeout bounds a websocket's wait for connection_init (0: the handler's default).
 	InitTimeout time.Duration
 	// KeepAlive is the interval of websocket and SSE keep-alives (0: the handler's default).
@@ -45,6 +53,9 @@ type Config struct {
 	LiveLimits live.Limits
 	// KeyRecheck is how often robot websockets re-check their API key (0: the handler's default).
 	KeyRecheck time.Duration
+	// Metrics, when non-nil, is given to every part that records metrics,
+	// and watches DB's pool and the job queue's depth.
+	Metrics *metrics.Metrics
 }
 
 // App is the assembled application.
@@ -53,7 +64,9 @@ type App struct {
 	Resolver *graph.Resolver
 	Listener *realtime.Listener
 	Hub      *realtime.Hub
-	Sweeper  *sweeper.Sweeper
+	// Maintenance runs the server's own work on one leader per database;
+	// New registers the queue's tasks with it.
+	Maintenance *maintenance.Runner
 }
 
 // New builds the application; Run starts its background work.
@@ -76,7 +89,10 @@ func New(cfg Config) (*App, error) {
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
 	machines := db.NewMachines()
+	listener.Metrics = cfg.Metrics
 	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
+	hub.Metrics = cfg.Metrics
+	cfg.Metrics.WatchDatabase(cfg.DB.DB, func(ctx context.Context) (map[string]int, error) { return db.CountLiveJobs(ctx, cfg.DB) })
 	r := &graph.Resolver{
 		DB:            cfg.DB,
 		MachineStore:  machines,
@@ -84,9 +100,10 @@ func New(cfg Config) (*App, error) {
 		APIKeyStore:   keys,
 		WorkflowStore: workflows,
 		JobStore:      jobs,
-		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, cfg.ClaimPoll),
+		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, dispatch.Config{Poll: cfg.ClaimPoll, MaxWait: cfg.ClaimMaxWait}),
 		Hub:           hub,
 	}
+	r.Dispatcher.Metrics = cfg.Metrics
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
 	}
@@ -101,22 +118,48 @@ func New(cfg Config) (*App, error) {
 		WebsocketKeepAlive:   cfg.KeepAlive,
 		LiveLimits:           cfg.LiveLimits,
 		WebsocketKeyRecheck:  cfg.KeyRecheck,
+		Metrics:              cfg.Metrics,
 	})
+	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: cfg.SweepEvery, Log: cfg.Logger})
+	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger, cfg.Metrics)
 	return &App{
-		Handler:  h,
-		Resolver: r,
-		Listener: listener,
-		Hub:      hub,
-		Sweeper:  sweeper.New(cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger),
+		Handler:     h,
+		Resolver:    r,
+		Listener:    listener,
+		Hub:         hub,
+		Maintenance: runner,
 	}, nil
 }
 
-// Run runs the listener, the hub and the sweeper until ctx ends, and
-// returns when all have stopped.
+// registerQueueTasks registers the robot fleet's upkeep: robots that stopped
+// heartbeating go OFFLINE, and jobs whose leases expired are taken back
+// (queued again while attempts remain, else failed).
+func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, jobs *db.Jobs, every time.Duration, log *slog.Logger, m *metrics.Metrics) {
+	r.Register(maintenance.Task{Name: "robots-offline", Every: every, Run: func(ctx context.Context, _ time.Time) error {
+		offline, err := robots.MarkSilentOffline(ctx, bdb)
+		if len(offline) > 0 {
+			log.Info("robots went offline", "count", len(offline))
+		}
+		return err
+	}})
+	r.Register(maintenance.Task{Name: "lease-rescue", Every: every, Run: func(ctx context.Context, _ time.Time) error {
+		rescued, err := jobs.RescueExpired(ctx, bdb)
+		for _, j := range rescued {
+			m.LeaseRescued(string(j.Status))
+		}
+		if len(rescued) > 0 {
+			log.Info("rescued expired leases", "count", len(rescued))
+		}
+		return err
+	}})
+}
+
+// Run runs the listener, the hub and the maintenance runner until ctx ends,
+// and returns when all have stopped.
 func (a *App) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.Listener.Run(ctx) })
 	wg.Go(func() { a.Hub.Run(ctx) })
-	wg.Go(func() { a.Sweeper.Run(ctx) })
+	wg.Go(func() { a.Maintenance.Run(ctx) })
 	wg.Wait()
 }

@@ -40,10 +40,29 @@ type Principal struct {
 	Role     Role
 	// ExpiresAt is when the credential stops being valid.
 	ExpiresAt time.Time
+	// System names the server's own task acting (a schedule firing, a
+	// rescue); empty for every caller from outside.
+	System string
 }
 
-// Actor names the principal in audit trails: "user:<uuid>" or "robot:<uuid>".
+// SystemPrincipal is the server's own task acting: the actor
+// system:<task>, with a service role in tenant (uuid.Nil for work across
+// tenants, which the task does through store functions made for it).
+// Stores apply the same scope to it as to any service role.
+func SystemPrincipal(task string, tenant ...uuid.UUID) *Principal {
+	p := &Principal{System: task, Role: RoleService}
+	if len(tenant) > 0 {
+		p.TenantID = tenant[0]
+	}
+	return p
+}
+
+// Actor names the principal in audit trails: "user:<uuid>", "robot:<uuid>"
+// or "system:<task>".
 func (p *Principal) Actor() string {
+	if p.System != "" {
+		return "system:" + p.System
+	}
 	if p.RobotID != uuid.Nil {
 		return "robot:" + p.RobotID.String()
 	}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -69,6 +70,7 @@ type Job struct {
 	CreatedAt            time.Time      `bun:"created_at,nullzero,default:clock_timestamp()"`
 	ClaimedAt            *time.Time     `bun:"claimed_at"`
 	StartedAt            *time.Time     `bun:"started_at"`
+	ProgressAt           *time.Time     `bun:"progress_at"`
 	FinishedAt           *time.Time     `bun:"finished_at"`
 	UpdatedAt            time.Time      `bun:"updated_at,nullzero,default:now()"`
 	Revision             int64          `bun:"revision,default:1"`
@@ -356,7 +358,7 @@ func (s *Jobs) Retry(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, erro
 			Where("j.status IN (?)", bun.List([]JobStatus{JobFailed, JobCancelled})).
 			Set("status = ?", JobQueued).Set("attempt = 0").Set("error = NULL").Set("result = NULL").
 			Set("progress = 0").Set("current_node = NULL").Set("robot_id = NULL").
-			Set("lease_token = NULL").Set("lease_expires_at = NULL").Set("run_after = now()").
+			Set("lease_expires_at = NULL").Set("run_after = now()"). // the last lease token stays (see explainFence)
 			Set("claimed_at = NULL").Set("started_at = NULL").Set("finished_at = NULL").
 			Set("updated_at = now()").Set("revision = j.revision + 1").
 			Returning("*").Scan(ctx)
@@ -403,7 +405,7 @@ WITH candidate AS (
 	FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs j SET status = 'CLAIMED', robot_id = ?0, lease_token = gen_random_uuid(),
-	lease_expires_at = now() + make_interval(secs => ?4), claimed_at = now(),
+	lease_expires_at = now() + make_interval(secs => ?4), claimed_at = now(), progress_at = NULL,
 	attempt = j.attempt + 1, error = NULL, updated_at = now(), revision = j.revision + 1
 FROM candidate WHERE j.id = candidate.id
 RETURNING j.*`
@@ -438,6 +440,23 @@ func (s *Jobs) Claim(ctx context.Context, idb bun.IDB) (*JobLease, error) {
 	return &JobLease{Job: j, LeaseToken: *j.LeaseToken, LeaseExpiresAt: *j.LeaseExpiresAt}, nil
 }
 
+// FreeSlots returns how many more jobs the calling robot may hold now: its
+// maxConcurrentJobs less the jobs it holds (never below zero).
+func (s *Jobs) FreeSlots(ctx context.Context, idb bun.IDB) (int, error) {
+	sc, err := robotScope(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var free int
+	err = robotsVisible(sc, idb.NewSelect().Model((*Robot)(nil)).Where("r.id = ?", sc.robot), "r").
+		ColumnExpr("greatest(r.max_concurrent_jobs - (SELECT count(*) FROM jobs l WHERE l.robot_id = r.id AND l.status IN (?)), 0)", bun.List(liveJobStatuses)).
+		Scan(ctx, &free)
+	if err != nil {
+		return 0, notFoundIfNoRows(err, "robot")
+	}
+	return free, nil
+}
+
 // fenced runs a robot's transition of one of its jobs: an UPDATE that
 // changes the row only while the robot holds the job under token in one of
 // the from states. A refusal explains itself (see explainFence).
@@ -460,16 +479,29 @@ func (s *Jobs) fenced(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, 
 	return j, nil
 }
 
-// explainFence says why a fenced call changed nothing: the job is unknown
-// (NOT_FOUND), was cancelled (CONFLICT, JOB_CANCELLED: stop working on it),
-// is no longer this robot's under this token (CONFLICT, LEASE_LOST), or is
-// in a state the call does not apply to (CONFLICT, ILLEGAL_TRANSITION).
+// explainFence says why a fenced call changed nothing: the job is not the
+// robot's (NOT_FOUND, as `job(id)` answers it), was cancelled (CONFLICT,
+// JOB_CANCELLED: stop working on it), is no longer this robot's under this
+// token (CONFLICT, LEASE_LOST), or is in a state the call does not apply to
+// (CONFLICT, ILLEGAL_TRANSITION).
+//
+// A job is the robot's when the robot holds or last held it (robot_id), or
+// when it went back to the queue from the lease the robot presents: a
+// requeue clears robot_id but keeps the last lease token, so the robot whose
+// lease was rescued still learns where its job went. A job another robot
+// holds, or one the robot never held, is NOT_FOUND: its state is none of
+// the robot's business.
 func (s *Jobs) explainFence(ctx context.Context, idb bun.IDB, sc scope, jobID, token uuid.UUID, action string) error {
 	j := new(Job)
 	if err := inTenant(sc, idb.NewSelect().Model(j).Where("j.id = ?", jobID), "j").Scan(ctx); err != nil {
 		return notFoundIfNoRows(err, "job")
 	}
-	holds := j.RobotID != nil && *j.RobotID == sc.robot && j.LeaseToken != nil && *j.LeaseToken == token
+	sameToken := j.LeaseToken != nil && *j.LeaseToken == token
+	visible := j.RobotID != nil && *j.RobotID == sc.robot
+	if !visible && !(j.RobotID == nil && sameToken) {
+		return fault.Missing("job")
+	}
+	holds := visible && sameToken
 	conflict := func(reason, msg string) error {
 		return &fault.Error{Code: fault.Conflict, Message: msg, Extra: map[string]any{"reason": reason, "currentStatus": string(j.Status)}}
 	}
@@ -478,22 +510,44 @@ func (s *Jobs) explainFence(ctx context.Context, idb bun.IDB, sc scope, jobID, t
 		return conflict(ReasonJobCancelled, "the job was cancelled: stop working on it")
 	case !holds:
 		// currentStatus tells a robot whose lease was rescued where its old
-		// job went; job ids are random, so it reveals nothing to guessers.
+		// job went.
 		return conflict(ReasonLeaseLost, "this robot no longer holds the job under this lease token (the lease expired or the job moved on): stop working on it")
 	default:
 		return conflict(ReasonIllegalTransition, fmt.Sprintf("cannot %s a %s job", action, j.Status))
 	}
 }
 
-// Start moves a claimed job to RUNNING.
+// Start moves a claimed job to RUNNING, which must happen within the
+// claim's lease (heartbeats do not extend a CLAIMED job's lease). It counts
+// as progress and renews the lease.
 func (s *Jobs) Start(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID) (*Job, error) {
 	return s.fenced(ctx, idb, jobID, token, []JobStatus{JobClaimed}, "start", func(q *bun.UpdateQuery) *bun.UpdateQuery {
-		return q.Set("status = ?", JobRunning).Set("started_at = now()")
+		return q.Set("status = ?", JobRunning).Set("started_at = now()").Set("progress_at = now()").
+			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
 	})
 }
 
+// extendRunningLeases is a heartbeat's extension of the leases of robot's
+// RUNNING jobs: a lease from now, but never past ProgressTimeout after the
+// job's last progress, so a job that makes no progress loses its lease
+// however alive its robot is. CLAIMED jobs are not extended: a claim must
+// be started within its lease. Rows are locked in id order, as the
+// sweeper's rescue does, so the two can never deadlock.
+func extendRunningLeases(ctx context.Context, tx bun.Tx, cfg QueueConfig, robot uuid.UUID) error {
+	_, err := tx.NewUpdate().Model((*Job)(nil)).
+		Where("j.id IN (SELECT id FROM jobs WHERE robot_id = ? AND status = ? ORDER BY id FOR UPDATE)", robot, JobRunning).
+		Set("lease_expires_at = least(now() + make_interval(secs => ?), j.progress_at + make_interval(secs => ?))",
+			seconds(cfg.Lease), seconds(cfg.progressTimeout())).
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("extending leases: %w", err)
+	}
+	return nil
+}
+
 // Progress records a running job's progress and extends its lease; a message
-// goes to the job's log.
+// goes to the job's log. A report (even of unchanged progress) is what lets
+// heartbeats keep extending the lease for another ProgressTimeout.
 func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, progress int, currentNode, message *string) (*Job, error) {
 	if progress < 0 || progress > 100 {
 		return nil, fault.Invalid("progress", "progress must be between 0 and 100")
@@ -512,7 +566,8 @@ func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID
 	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		var err error
 		j, err = s.fenced(ctx, tx, jobID, token, []JobStatus{JobRunning}, "report progress on", func(q *bun.UpdateQuery) *bun.UpdateQuery {
-			q = q.Set("progress = ?", progress).Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
+			q = q.Set("progress = ?", progress).Set("progress_at = now()").
+				Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
 			if currentNode != nil {
 				q = q.Set("current_node = ?", *currentNode)
 			}
@@ -561,7 +616,6 @@ func (s *Jobs) Fail(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, re
 				Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END", retryable).
 				Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", retryable, base, max).
 				Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END", retryable).
-				Set("lease_token = CASE WHEN "+retry+" THEN NULL ELSE j.lease_token END", retryable).
 				Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END", retryable)
 		})
 		if err != nil || j.Status != JobQueued {
@@ -676,9 +730,44 @@ func (s *Jobs) CurrentJobsOf(ctx context.Context, idb bun.IDB, robotIDs []uuid.U
 	return groupBy(robotIDs, rows, func(j *Job) uuid.UUID { return *j.RobotID }), nil
 }
 
+// releaseDeletedRobotsJobs lets go of the jobs of robot r, which is being
+// deleted in tx. A job aimed at r (enqueued with its robotId) can run on no
+// other robot, so it is CANCELLED, queued or live, with the reason. The
+// other jobs r holds go back to the queue like a rescue: QUEUED while
+// attempts remain, else FAILED; waiting claims are woken for them.
+func releaseDeletedRobotsJobs(ctx context.Context, tx bun.Tx, r *Robot) error {
+	if _, err := tx.NewUpdate().Model((*Job)(nil)).
+		Where("j.target_robot_id = ? AND j.status IN (?)", r.ID, bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning})).
+		Set("status = ?", JobCancelled).
+		Set("error = 'its target robot was deleted: no other robot may run it'").
+		Set("finished_at = now()").Set("lease_expires_at = NULL").
+		Set("updated_at = now()").Set("revision = j.revision + 1").
+		Exec(ctx); err != nil {
+		return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
+	}
+	const retry = "(j.attempt < j.max_attempts)"
+	var requeued []JobStatus
+	err := tx.NewUpdate().Model((*Job)(nil)).
+		Where("j.robot_id = ? AND j.status IN (?)", r.ID, bun.List(liveJobStatuses)).
+		Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
+		Set("error = CASE WHEN "+retry+" THEN j.error ELSE 'its robot was deleted (attempt ' || j.attempt || ' of ' || j.max_attempts || ')' END").
+		Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END").
+		Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
+		Set("updated_at = now()").Set("revision = j.revision + 1").
+		Returning("j.status").Scan(ctx, &requeued)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("requeueing the robot's jobs: %w", err)
+	}
+	if slices.Contains(requeued, JobQueued) {
+		return notifyQueued(ctx, tx, r.TenantID)
+	}
+	return nil
+}
+
 // RescueExpired takes back every job, of any tenant, whose lease has
-// expired: QUEUED again after a backoff while attempts remain, else FAILED
-// with the reason. It is maintenance work, run by the sweeper.
+// expired (the robot went silent, did not start its claim within the lease,
+// or reported no progress for ProgressTimeout): QUEUED again after a backoff while attempts remain, else FAILED
+// with the reason. It is maintenance work, run by the maintenance runner.
 func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 	var rows []*Job
 	const retry = "(j.attempt < j.max_attempts)"
@@ -691,10 +780,18 @@ func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
 			Where("j.lease_expires_at < now()").
 			Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
 			Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)).
-			Set("robot_id = CASE WHEN " + retry + " THEN NULL ELSE j.robot_id END").
-			Set("error = 'lease expired: the robot stopped reporting (attempt ' || j.attempt || ' of ' || j.max_attempts || ')'").
+			Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END").
+			Set("error = CASE WHEN j.status = 'CLAIMED' THEN 'lease expired: the robot did not start the job within its lease'"+
+				" WHEN j.progress_at + make_interval(secs => ?) <= now() THEN ?"+
+				" ELSE 'lease expired: the robot stopped reporting' END"+
+				" || ' (attempt ' || j.attempt || ' of ' || j.max_attempts || ')'",
+				seconds(s.cfg.progressTimeout()), fmt.Sprintf("lease expired: no progress reported for %d seconds", int(s.cfg.progressTimeout().Seconds()))).
 			Set("finished_at = CASE WHEN " + retry + " THEN NULL ELSE now() END").
-			Set("lease_token = NULL").Set("lease_expires_at = NULL").
+			// A requeued job keeps its last lease token (see explainFence;
+			// the next claim replaces it); a failed one, which keeps its
+			// robot, drops it, so its robot learns that its lease was lost.
+			Set("lease_token = CASE WHEN " + retry + " THEN j.lease_token END").
+			Set("lease_expires_at = NULL").
 			Set("updated_at = now()").Set("revision = j.revision + 1").
 			Returning("*").Scan(ctx)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {

@@ -95,6 +95,10 @@ type HeartbeatInput struct {
 type QueueConfig struct {
 	// Lease is how long a claim (and each extension) lasts.
 	Lease time.Duration
+	// ProgressTimeout is how long heartbeats may keep a RUNNING job leased
+	// after its last progress report (or its start); 0 means
+	// DefaultProgressTimeout. It is never shorter than Lease.
+	ProgressTimeout time.Duration
 	// RetryBackoff is the delay before the first retry; it doubles with each
 	// attempt, up to MaxRetryBackoff.
 	RetryBackoff    time.Duration
@@ -106,9 +110,22 @@ type QueueConfig struct {
 	HeartbeatSample time.Duration
 }
 
+// DefaultProgressTimeout is ProgressTimeout when none is configured.
+const DefaultProgressTimeout = 10 * time.Minute
+
+// progressTimeout is ProgressTimeout with its default, at least Lease.
+func (c QueueConfig) progressTimeout() time.Duration {
+	t := c.ProgressTimeout
+	if t == 0 {
+		t = DefaultProgressTimeout
+	}
+	return max(t, c.Lease)
+}
+
 // DefaultQueueConfig is the production default.
 var DefaultQueueConfig = QueueConfig{
 	Lease:           60 * time.Second,
+	ProgressTimeout: DefaultProgressTimeout,
 	RetryBackoff:    5 * time.Second,
 	MaxRetryBackoff: 10 * time.Minute,
 	OfflineAfter:    90 * time.Second,
@@ -170,6 +187,20 @@ func (s *Robots) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Robot, er
 	}
 	r := new(Robot)
 	if err := robotsVisible(sc, idb.NewSelect().Model(r).Where("r.id = ?", id), "r").Scan(ctx); err != nil {
+		return nil, notFoundIfNoRows(err, "robot")
+	}
+	return r, nil
+}
+
+// GetByName returns the robot the caller may see with exactly this name
+// (names are unique in a tenant), or NOT_FOUND.
+func (s *Robots) GetByName(ctx context.Context, idb bun.IDB, name string) (*Robot, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := new(Robot)
+	if err := robotsVisible(sc, idb.NewSelect().Model(r).Where("r.name = ?", name), "r").Scan(ctx); err != nil {
 		return nil, notFoundIfNoRows(err, "robot")
 	}
 	return r, nil
@@ -346,9 +377,9 @@ func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Updat
 	return r, nil
 }
 
-// Delete removes a robot with its keys, assignments and heartbeats. Its live
-// jobs go back to the queue (or fail, on their last attempt); queued jobs
-// aimed at it alone are cancelled, since no other robot may take them.
+// Delete removes a robot with its keys, assignments and heartbeats, and
+// lets its jobs go (see releaseDeletedRobotsJobs): jobs aimed at it are
+// cancelled, its other live jobs go back to the queue.
 func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -360,31 +391,11 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 		if err := inTenant(sc, tx.NewSelect().Model(r).Where("r.id = ?", id), "r").For("UPDATE").Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "robot")
 		}
-		res, err := tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.robot_id = ? AND j.status IN (?)", id, bun.List(liveJobStatuses)).
-			// Like a rescue: queued again while attempts remain, else failed.
-			Set("status = CASE WHEN j.attempt < j.max_attempts THEN 'QUEUED' ELSE 'FAILED' END").
-			Set("error = CASE WHEN j.attempt < j.max_attempts THEN j.error ELSE 'its robot was deleted (attempt ' || j.attempt || ' of ' || j.max_attempts || ')' END").
-			Set("finished_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END").
-			Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
-			Set("updated_at = now()").Set("revision = j.revision + 1").
-			Exec(ctx)
-		if err != nil {
-			return fmt.Errorf("requeueing the robot's jobs: %w", err)
-		}
-		if _, err := tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.target_robot_id = ? AND j.status = ?", id, JobQueued).
-			Set("status = ?", JobCancelled).Set("error = 'its target robot was deleted'").Set("finished_at = now()").
-			Set("updated_at = now()").Set("revision = j.revision + 1").
-			Exec(ctx); err != nil {
-			return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
+		if err := releaseDeletedRobotsJobs(ctx, tx, r); err != nil {
+			return err
 		}
 		if _, err := tx.NewDelete().Model(r).WherePK().Returning("id").Exec(ctx, &deleted); err != nil {
 			return fmt.Errorf("deleting the robot: %w", err)
-		}
-		// Requeued jobs are claimable again: wake the tenant's waiting claims.
-		if n, _ := res.RowsAffected(); n > 0 {
-			return notifyQueued(ctx, tx, sc.tenant)
 		}
 		return nil
 	})
@@ -392,7 +403,8 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 }
 
 // Heartbeat records that the calling robot is alive: its status, a sampled
-// history row, and a lease extension for every job it holds.
+// history row, and a lease extension for every RUNNING job it holds that
+// made progress lately (see extendRunningLeases).
 func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) (*Robot, error) {
 	sc, err := robotScope(ctx)
 	if err != nil {
@@ -431,13 +443,8 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 		if err := q.Returning("*").Scan(ctx); err != nil {
 			return fmt.Errorf("recording heartbeat: %w", err)
 		}
-		// Rows are locked in id order, as the sweeper's rescue does, so the
-		// two can never deadlock.
-		if _, err := tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.id IN (SELECT id FROM jobs WHERE robot_id = ? AND status IN (?) ORDER BY id FOR UPDATE)", prev.ID, bun.List(liveJobStatuses)).
-			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease)).
-			Exec(ctx); err != nil {
-			return fmt.Errorf("extending leases: %w", err)
+		if err := extendRunningLeases(ctx, tx, s.cfg, prev.ID); err != nil {
+			return err
 		}
 		_, err := tx.NewRaw(`INSERT INTO robot_heartbeats (robot_id, tenant_id, status, metrics)
 			SELECT ?, ?, ?, ?::jsonb
@@ -457,7 +464,7 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 
 // MarkSilentOffline sets OFFLINE every robot of any tenant whose last
 // heartbeat is older than OfflineAfter, and returns them. It is maintenance
-// work, run by the sweeper, not on behalf of a caller.
+// work, run by the maintenance runner, not on behalf of a caller.
 func (s *Robots) MarkSilentOffline(ctx context.Context, idb bun.IDB) ([]*Robot, error) {
 	var rows []*Robot
 	err := idb.NewUpdate().Model(&rows).

@@ -3,23 +3,57 @@
 // tenant (a NOTIFY, delivered through the realtime listener) or a polling
 // fallback fires (for jobs whose run-after passes, or notifications lost in
 // a reconnect), and tries again, until the robot's wait is over.
+//
+// Waiting is cheap by construction. A waiting claim holds no database
+// connection: it sleeps on channels, and takes a connection only for the
+// one short transaction of each attempt. A robot's claims take turns (its
+// claim transactions would queue on its row lock in PostgreSQL anyway, each
+// holding a pooled connection while it queued), so one robot's claims use at
+// most one connection of a process at a time. Attempts of woken claims,
+// across all robots, are bounded by Config.WakeAttempts, so a burst of
+// notifications or polls cannot drain the pool. And a robot may have at
+// most as many claims waiting as it has free slots: a claim beyond them is
+// refused (RATE_LIMITED, reason WAIT_LIMIT) instead of waiting for a job it
+// could not take.
 package dispatch
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/uptrace/bun"
 
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/fault"
+	"fleetgraph/metrics"
 	"fleetgraph/realtime"
 )
 
-// MaxWait is the longest a claim may wait.
-const MaxWait = 60 * time.Second
+// MaxWaitSeconds is the largest waitSeconds a claim may ask for. The
+// dispatcher waits at most Config.MaxWait, which may be shorter.
+const MaxWaitSeconds = 60
+
+// ReasonWaitLimit is the extensions.reason of a waiting claim refused
+// because the robot already waits in as many claims as it has free slots.
+const ReasonWaitLimit = "WAIT_LIMIT"
+
+// DefaultWakeAttempts is how many claim attempts of woken claims may run at
+// once in a process by default: a few connections of the pool (25), so that
+// every other request still finds one.
+const DefaultWakeAttempts = 4
+
+// WaitWithin is the longest a claim may wait on a server whose responses
+// must be written within writeTimeout: three quarters of it (at most
+// MaxWaitSeconds), leaving the rest for the attempt and the response, so a
+// claim that waits its longest answers null instead of being cut off.
+func WaitWithin(writeTimeout time.Duration) time.Duration {
+	return min(MaxWaitSeconds*time.Second, writeTimeout*3/4)
+}
 
 // wakeBuffer is how many notifications a waiting claim's subscription holds.
 // Every tenant's notifications reach every waiting claim, and the listener
@@ -27,20 +61,68 @@ const MaxWait = 60 * time.Second
 // a claim whose subscription overflowed therefore re-claims as if woken.
 const wakeBuffer = 16
 
+// Config tunes a dispatcher; zero fields take their defaults.
+type Config struct {
+	// Poll is the mean interval of a waiting claim's polling fallback
+	// (default: a second); each wait polls at a random interval of 0.5-1.5
+	// times it, so waits that began together do not poll together.
+	Poll time.Duration
+	// MaxWait caps every wait (default: WaitWithin of a 60 s write timeout).
+	MaxWait time.Duration
+	// WakeAttempts bounds the attempts of woken claims that run at once
+	// (default: DefaultWakeAttempts).
+	WakeAttempts int
+}
+
 // Dispatcher serves claims.
 type Dispatcher struct {
+	// Metrics records how long claims that may wait took (nil: off).
+	Metrics *metrics.Metrics
+
 	db       bun.IDB
 	jobs     *db.Jobs
 	listener *realtime.Listener
-	poll     time.Duration
+	cfg      Config
+	// wakes holds a token for each attempt of a woken claim in flight.
+	wakes chan struct{}
+
+	mu     sync.Mutex
+	robots map[uuid.UUID]*robotClaims // robots with claims in flight
 
 	drainOnce sync.Once
 	draining  chan struct{} // closed by Drain
 }
 
-// New returns a dispatcher that polls every poll while waiting.
-func New(bdb bun.IDB, jobs *db.Jobs, listener *realtime.Listener, poll time.Duration) *Dispatcher {
-	return &Dispatcher{db: bdb, jobs: jobs, listener: listener, poll: poll, draining: make(chan struct{})}
+// robotClaims is what the dispatcher knows of one robot's claims in flight.
+type robotClaims struct {
+	// turn is held (a token in it) by the robot's claim attempt in flight.
+	turn chan struct{}
+	// waiting counts the robot's claims that wait; guarded by
+	// Dispatcher.mu, and raised only by a claim that holds turn.
+	waiting int
+	// claims counts the robot's claims in flight, so the entry can go
+	// when the last one ends; guarded by Dispatcher.mu.
+	claims int
+}
+
+// New returns a dispatcher that claims through jobs on bdb and wakes
+// waiting claims through listener.
+func New(bdb bun.IDB, jobs *db.Jobs, listener *realtime.Listener, cfg Config) *Dispatcher {
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Second
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = WaitWithin(60 * time.Second)
+	}
+	if cfg.WakeAttempts <= 0 {
+		cfg.WakeAttempts = DefaultWakeAttempts
+	}
+	return &Dispatcher{
+		db: bdb, jobs: jobs, listener: listener, cfg: cfg,
+		wakes:    make(chan struct{}, cfg.WakeAttempts),
+		robots:   map[uuid.UUID]*robotClaims{},
+		draining: make(chan struct{}),
+	}
 }
 
 // Drain ends every waiting claim with no job and makes later claims try
@@ -48,28 +130,48 @@ func New(bdb bun.IDB, jobs *db.Jobs, listener *realtime.Listener, poll time.Dura
 // robots waiting for work (they ask again, of another replica).
 func (d *Dispatcher) Drain() { d.drainOnce.Do(func() { close(d.draining) }) }
 
-// Claim returns the best job for the calling robot, waiting up to wait for
-// one to be queued; nil when none came.
-func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (*db.JobLease, error) {
-	if wait < 0 || wait > MaxWait {
-		return nil, fault.Invalid("waitSeconds", "waitSeconds must be between 0 and %d", int(MaxWait.Seconds()))
+// MaxWait is the longest this dispatcher lets a claim wait.
+func (d *Dispatcher) MaxWait() time.Duration { return d.cfg.MaxWait }
+
+// Claim returns the best job for the calling robot, waiting up to wait (cut
+// to MaxWait) for one to be queued; nil when none came. A waiting claim
+// beyond the robot's free slots is refused with RATE_LIMITED.
+func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (lease *db.JobLease, err error) {
+	defer func(start time.Time) { d.Metrics.ClaimReturned(wait, start, lease != nil, err) }(time.Now())
+	if wait < 0 || wait > MaxWaitSeconds*time.Second {
+		return nil, fault.Invalid("waitSeconds", "waitSeconds must be between 0 and %d", MaxWaitSeconds)
 	}
-	lease, err := d.jobs.Claim(ctx, d.db)
-	if lease != nil || err != nil || wait == 0 {
+	wait = min(wait, d.cfg.MaxWait)
+	p := auth.FromContext(ctx)
+	if p == nil || p.RobotID == uuid.Nil {
+		return d.jobs.Claim(ctx, d.db) // refuses the caller as the store does
+	}
+	rc := d.enter(p.RobotID)
+	defer d.leave(p.RobotID, rc)
+
+	lease, waiting, err := d.firstAttempt(ctx, rc, wait > 0)
+	if !waiting {
 		return lease, err
 	}
+	defer func() {
+		if lease == nil {
+			d.mu.Lock()
+			rc.waiting--
+			d.mu.Unlock()
+		}
+	}()
 	sub := d.listener.Subscribe(db.JobQueuedChannel, wakeBuffer)
 	defer sub.Close()
-	tenant := auth.FromContext(ctx).TenantID.String()
+	tenant := p.TenantID.String()
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
-	poll := time.NewTicker(d.poll)
+	poll := time.NewTimer(d.pollInterval())
 	defer poll.Stop()
 	// Subscribing after the first attempt leaves a gap in which a job could
 	// have been queued unnoticed: the loop's first round closes it.
 	for {
-		lease, err := d.jobs.Claim(ctx, d.db)
-		if lease != nil || err != nil {
+		lease, err = d.wokenAttempt(ctx, rc)
+		if lease != nil || err != nil || ctx.Err() != nil {
 			return lease, err
 		}
 	wake:
@@ -82,6 +184,7 @@ func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (*db.JobLeas
 			case <-deadline.C:
 				return nil, nil
 			case <-poll.C:
+				poll.Reset(d.pollInterval())
 				break wake
 			case n := <-sub.C:
 				// An overflow may have dropped the tenant's notification.
@@ -92,3 +195,102 @@ func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (*db.JobLeas
 		}
 	}
 }
+
+// firstAttempt claims once in the robot's turn. When nothing came and the
+// claim means to wait, it counts the claim as waiting (and says so) if the
+// robot has a free slot for it, and refuses it otherwise.
+func (d *Dispatcher) firstAttempt(ctx context.Context, rc *robotClaims, waits bool) (*db.JobLease, bool, error) {
+	if !rc.take(ctx) {
+		return nil, false, nil
+	}
+	defer rc.give()
+	lease, err := d.jobs.Claim(ctx, d.db)
+	if lease != nil || err != nil || !waits {
+		return lease, false, err
+	}
+	free, err := d.jobs.FreeSlots(ctx, d.db)
+	if err != nil {
+		return nil, false, fmt.Errorf("counting the robot's free slots: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if rc.waiting >= free {
+		return nil, false, waitLimit(rc.waiting, free)
+	}
+	rc.waiting++
+	return nil, true, nil
+}
+
+// wokenAttempt claims once for a waiting claim, in the robot's turn and
+// within the process's bound on woken attempts. A claim that gets a job
+// stops counting as waiting before the turn passes on, so the next claim of
+// the robot counts the job as held and the claim as gone at once.
+func (d *Dispatcher) wokenAttempt(ctx context.Context, rc *robotClaims) (*db.JobLease, error) {
+	if !rc.take(ctx) {
+		return nil, nil
+	}
+	defer rc.give()
+	select {
+	case d.wakes <- struct{}{}:
+	case <-ctx.Done():
+		return nil, nil
+	}
+	defer func() { <-d.wakes }()
+	lease, err := d.jobs.Claim(ctx, d.db)
+	if lease != nil {
+		d.mu.Lock()
+		rc.waiting--
+		d.mu.Unlock()
+	}
+	return lease, err
+}
+
+// waitLimit is the refusal of a waiting claim beyond the robot's free slots.
+func waitLimit(waiting, free int) error {
+	msg := fmt.Sprintf("this robot already waits in %d claims, one for each of its free slots: let one return before asking again, or claim with waitSeconds: 0", waiting)
+	if free == 0 {
+		msg = "this robot holds as many jobs as it may (maxConcurrentJobs): finish or fail one before waiting for another, or claim with waitSeconds: 0"
+	}
+	return &fault.Error{Code: fault.RateLimited, Message: msg,
+		Extra: map[string]any{"reason": ReasonWaitLimit, "waitingClaims": waiting, "freeSlots": free}}
+}
+
+// pollInterval is the next polling delay: Poll, give or take half.
+func (d *Dispatcher) pollInterval() time.Duration {
+	return d.cfg.Poll/2 + rand.N(d.cfg.Poll+1)
+}
+
+// enter registers a claim of robot and returns the robot's entry.
+func (d *Dispatcher) enter(robot uuid.UUID) *robotClaims {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rc := d.robots[robot]
+	if rc == nil {
+		rc = &robotClaims{turn: make(chan struct{}, 1)}
+		d.robots[robot] = rc
+	}
+	rc.claims++
+	return rc
+}
+
+// leave ends a claim of robot, dropping the entry after its last claim.
+func (d *Dispatcher) leave(robot uuid.UUID, rc *robotClaims) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if rc.claims--; rc.claims == 0 {
+		delete(d.robots, robot)
+	}
+}
+
+// take waits for the robot's turn; false when ctx ended first.
+func (rc *robotClaims) take(ctx context.Context) bool {
+	select {
+	case rc.turn <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// give ends the robot's turn.
+func (rc *robotClaims) give() { <-rc.turn }

@@ -2463,7 +2463,14 @@ type Mutation {
   createRobot(input: CreateRobotInput!): Robot!
   "Changes the given fields of a robot."
   updateRobot(id: ID!, input: UpdateRobotInput!): Robot!
-  "Deletes a robot with its keys, assignments and history; its live jobs go back to the queue. Returns its id."
+  """
+  Deletes a robot with its keys, assignments and history, and returns its id.
+  Jobs aimed at it (enqueued with its robotId), queued or live, can run on
+  no other robot: they are CANCELLED with the error
+  "its target robot was deleted: no other robot may run it". Its other live
+  jobs go back to the queue for other robots (or fail, on their last
+  attempt).
+  """
   deleteRobot(id: ID!): ID!
 
   """
@@ -2504,7 +2511,10 @@ type Mutation {
   """
   (Robots) Reports the robot alive: sets its status (ONLINE, BUSY or
   MAINTENANCE; OFFLINE when shutting down) and extends the leases of its
-  CLAIMED and RUNNING jobs. History is sampled, at most once a minute.
+  RUNNING jobs, each up to JOB_PROGRESS_TIMEOUT_SECONDS (default 600) after
+  its start or last progress report: a job that makes no progress loses its
+  lease however alive its robot is. CLAIMED jobs are not extended: start a
+  claim within its lease. History is sampled, at most once a minute.
   """
   heartbeat(input: HeartbeatInput!): Robot!
   """
@@ -2513,12 +2523,17 @@ type Mutation {
   required capability; a free slot; run-after passed. Highest priority first,
   then oldest. Returns null when none is available after waiting up to
   ` + "`" + `waitSeconds` + "`" + ` (0-60): a waiting claim returns as soon as a job it may take is
-  queued.
+  queued. The server waits at most 45 s (three quarters of its 60 s write
+  timeout), then answers null. A robot may wait in at most as many claims at
+  once as it has free slots (maxConcurrentJobs less the jobs it holds): a
+  waiting claim beyond them is refused with RATE_LIMITED (extensions.reason
+  WAIT_LIMIT, with waitingClaims and freeSlots); a claim with waitSeconds 0
+  is never refused so.
   """
   claimJob(waitSeconds: Int = 0): JobLease
-  "(Robots) CLAIMED -> RUNNING. Fenced on the lease token, like every call below."
+  "(Robots) CLAIMED -> RUNNING, within the claim's lease; renews the lease. Fenced on the lease token, like every call below."
   startJob(jobId: ID!, leaseToken: ID!): Job!
-  "(Robots) Reports progress (0-100) of a RUNNING job and extends its lease; a message is kept in the job's log."
+  "(Robots) Reports progress (0-100) of a RUNNING job and renews its lease (so heartbeats may extend it for another JOB_PROGRESS_TIMEOUT_SECONDS); a message is kept in the job's log."
   reportJobProgress(jobId: ID!, leaseToken: ID!, progress: Int!, currentNode: String, message: String): Job!
   "(Robots) RUNNING -> COMPLETED with a result."
   completeJob(jobId: ID!, leaseToken: ID!, result: JSON): Job!
@@ -2926,7 +2941,12 @@ type JobLease {
   job: Job!
   "Pass it to startJob, reportJobProgress, completeJob, failJob and appendJobLogs."
   leaseToken: ID!
-  "Heartbeats and progress reports extend it; when it passes, the job may go to another robot."
+  """
+  Start the job before it passes; then progress reports renew it, and
+  heartbeats extend it within JOB_PROGRESS_TIMEOUT_SECONDS of the last
+  report. When it passes, the job is taken back: queued again (possibly for
+  another robot) while attempts remain, else failed.
+  """
   leaseExpiresAt: Time!
 }
 
@@ -17416,13 +17436,13 @@ func (ec *executionContext) marshalNID2int64(ctx context.Context, sel ast.Select
 }
 
 func (ec *executionContext) unmarshalNInt2int(ctx context.Context, v any) (int, error) {
-	res, err := graphql.UnmarshalInt(v)
+	res, err := scalar.UnmarshalInt(v)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalNInt2int(ctx context.Context, sel ast.SelectionSet, v int) graphql.Marshaler {
 	_ = sel
-	res := graphql.MarshalInt(v)
+	res := scalar.MarshalInt(v)
 	if res == graphql.Null {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
 			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
@@ -17432,13 +17452,13 @@ func (ec *executionContext) marshalNInt2int(ctx context.Context, sel ast.Selecti
 }
 
 func (ec *executionContext) unmarshalNInt2int64(ctx context.Context, v any) (int64, error) {
-	res, err := graphql.UnmarshalInt64(v)
+	res, err := scalar.UnmarshalInt64(v)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalNInt2int64(ctx context.Context, sel ast.SelectionSet, v int64) graphql.Marshaler {
 	_ = sel
-	res := graphql.MarshalInt64(v)
+	res := scalar.MarshalInt64(v)
 	if res == graphql.Null {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
 			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
@@ -18320,7 +18340,7 @@ func (ec *executionContext) unmarshalOInt2ᚖint(ctx context.Context, v any) (*i
 	if v == nil {
 		return nil, nil
 	}
-	res, err := graphql.UnmarshalInt(v)
+	res, err := scalar.UnmarshalInt(v)
 	return &res, graphql.ErrorOnPath(ctx, err)
 }
 
@@ -18330,7 +18350,7 @@ func (ec *executionContext) marshalOInt2ᚖint(ctx context.Context, sel ast.Sele
 	}
 	_ = sel
 	_ = ctx
-	res := graphql.MarshalInt(*v)
+	res := scalar.MarshalInt(*v)
 	return res
 }
 

@@ -18,6 +18,7 @@ import (
 	"fleetgraph/dataloaders"
 	"fleetgraph/dispatch"
 	"fleetgraph/graph/live"
+	"fleetgraph/metrics"
 )
 
 // Limits bound what one request may ask of the server. Each limit exceeded is
@@ -91,6 +92,9 @@ type HandlerConfig struct {
 	LiveLimits live.Limits
 	// WebsocketKeyRecheck is how often a robot's websocket re-checks its API key (0: 30s).
 	WebsocketKeyRecheck time.Duration
+	// Metrics records requests, operations, errors and streams (nil: off).
+	// The access log is Logger's, at info level, either way.
+	Metrics *metrics.Metrics
 }
 
 // Handler is the GraphQL endpoint: POST, GET (queries only), SSE,
@@ -153,6 +157,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	})
 	srv.AddTransport(transport.POST{})
 	srv.AddTransport(transport.GET{})
+	srv.Use(operationMetrics{cfg.Metrics})
 
 	validated := lru.New[*ast.QueryDocument](1000)
 	srv.SetQueryCache(validated)
@@ -160,12 +165,13 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	srv.SetParserTokenLimit(cfg.Limits.Tokens)
 	// After the persisted query is resolved, before gqlgen validates.
 	srv.Use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})
+	srv.Use(&scalarCheck{})
 	srv.Use(operationLimit{complexity: cfg.Limits.Complexity, depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases, introspection: cfg.Introspection})
 	if cfg.Introspection {
 		srv.Use(extension.Introspection{})
 	}
 	srv.SetDisableSuggestion(!cfg.Introspection)
-	srv.SetErrorPresenter(presentError(cfg.Logger))
+	srv.SetErrorPresenter(presentError(cfg.Logger, !cfg.Introspection))
 	srv.SetRecoverFunc(recoverPanic(cfg.Logger))
 
 	r := cfg.Resolver
@@ -176,11 +182,13 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		return bounded(next(dataloaders.With(ctx, stores)), cfg.Limits.Errors)
 	})
 
-	var h http.Handler = srv
+	var h http.Handler = codedRefusals(cfg.Logger, srv)
 	h = socks.track(h)
+	h = noteCaller(h)
 	h = cfg.Auth.Middleware(h)
 	h = checkBody(cfg.Limits.BodyBytes, h)
 	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = cors(cfg.AllowedOrigins, h)
+	h = observe(cfg.Metrics, cfg.Logger, h)
 	return &Handler{Handler: withRequestID(h), sockets: socks, streams: streams, dispatcher: cfg.Resolver.Dispatcher}
 }

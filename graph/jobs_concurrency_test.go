@@ -255,7 +255,7 @@ func TestJobQueueConcurrency(t *testing.T) {
 		// Failed jobs are claimable again at once; the fail's NOTIFY wakes
 		// waiting claims.
 		s := apitest.New(t, apitest.Options{Queue: db.QueueConfig{
-			Lease: time.Minute, RetryBackoff: 0, MaxRetryBackoff: 0, OfflineAfter: time.Minute, HeartbeatSample: time.Minute,
+			Lease: time.Hour, RetryBackoff: 0, MaxRetryBackoff: 0, OfflineAfter: time.Hour, HeartbeatSample: time.Minute,
 		}})
 		// About one job in eight fails at least once; one in a hundred
 		// always does.

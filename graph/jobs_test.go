@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -483,18 +484,34 @@ func TestJobRunAtIsHonoured(t *testing.T) {
 	s := apitest.New(t, apitest.Options{ClaimPoll: 200 * time.Millisecond})
 	tn := jqNewTenant(t, s)
 	r := tn.robot(t, "patient", jqRobotOpts{})
-	job := tn.enqueue(t, map[string]any{"runAt": jqTime(2 * time.Second)})
+	job := tn.enqueue(t, map[string]any{"runAt": jqTime(time.Hour)})
+
+	// What one request's authentication costs, and one claim attempt.
+	before := s.Statements.Load()
+	s.Do(t, r.Key, `{ me { role } }`, nil).OK(t, nil)
+	auth := s.Statements.Load() - before
+	before = s.Statements.Load()
 	require.Nil(t, r.claim(t, 0), "a job must not be claimable before its runAt")
-	l := jqReceive(t, r.claimAsync(t, 10), 20*time.Second)
+	attempt := s.Statements.Load() - before - auth
+
+	// Once the claim waits (it tried, counted its free slots, subscribed
+	// and tried again), the run-after passes, announced by nobody.
+	before = s.Statements.Load()
+	claim := r.claimAsync(t, 30)
+	jqEventually(t, 20*time.Second, "the claim to wait", func() bool { return s.Statements.Load()-before >= auth+2*attempt+1 })
+	require.NoError(t, jqRunAfterNow(t, tn, job.ID))
+	l := jqReceive(t, claim, 40*time.Second)
 	require.NotNil(t, l, "the polling fallback must hand over the job once its runAt passed")
 	require.Equal(t, job.ID, l.Job.ID)
-	require.False(t, l.Job.ClaimedAt.Before(job.RunAfter), "claimed at %s, before its runAt %s", l.Job.ClaimedAt, job.RunAfter)
+	runAfter := tn.job(t, job.ID).RunAfter
+	require.False(t, l.Job.ClaimedAt.Before(runAfter), "claimed at %s, before its runAt %s", l.Job.ClaimedAt, runAfter)
 }
 
 func TestJobStateMachine(t *testing.T) {
 	t.Parallel()
 	const lease = time.Hour
-	const backoff, maxBackoff = 10 * time.Second, 15 * time.Second
+	// Backoffs no busy machine outlasts: tests make them pass (jqRunAfterNow).
+	const backoff, maxBackoff = time.Hour, 90 * time.Minute
 	s := apitest.New(t, apitest.Options{Queue: db.QueueConfig{
 		Lease: lease, RetryBackoff: backoff, MaxRetryBackoff: maxBackoff,
 		OfflineAfter: time.Hour, HeartbeatSample: time.Minute,
@@ -578,7 +595,8 @@ func TestJobStateMachine(t *testing.T) {
 		for _, op := range jqFencedOps {
 			before := tn.snapshot(t, l.Job.ID)
 			jqRequireRefused(t, r.call(t, op.name, l.Job.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
-			jqRequireRefused(t, other.call(t, op.name, l.Job.ID, l.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+			// Another robot learns nothing of the job, even with its token.
+			other.call(t, op.name, l.Job.ID, l.LeaseToken).Code(t, "NOT_FOUND")
 			require.Equal(t, before, tn.snapshot(t, l.Job.ID), "a refused %s changed the job", op.name)
 		}
 		// A token from an earlier claim of the same job is stale.
@@ -831,13 +849,39 @@ func jqRunAfterNow(t testing.TB, tn *jqTenant, id string) error {
 	return err
 }
 
-// jqShortLeases is a queue whose leases expire after a second and whose
-// rescued jobs are claimable at once.
-var jqShortLeases = db.QueueConfig{Lease: time.Second, RetryBackoff: 0, MaxRetryBackoff: time.Millisecond, OfflineAfter: time.Minute, HeartbeatSample: time.Minute}
+// jqLongLeases is a queue whose leases never run out by themselves during a
+// test (an hour, heartbeats extending them for a day), whose robots never go silent by the clock, and whose
+// rescued jobs are claimable at once. Tests make time pass for a job with
+// jqAge or jqExpire, so a busy machine can neither expire a lease early nor
+// keep one alive late.
+var jqLongLeases = db.QueueConfig{Lease: time.Hour, ProgressTimeout: 24 * time.Hour, RetryBackoff: 0, MaxRetryBackoff: 0,
+	OfflineAfter: 24 * time.Hour, HeartbeatSample: time.Minute}
+
+// jqAge makes d pass for a job, as far as the queue can tell: every instant
+// that decides when its lease runs out moves d into the past.
+func jqAge(t testing.TB, s *apitest.Server, id string, d time.Duration) {
+	t.Helper()
+	_, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = lease_expires_at - make_interval(secs => ?0),
+		claimed_at = claimed_at - make_interval(secs => ?0), started_at = started_at - make_interval(secs => ?0),
+		progress_at = progress_at - make_interval(secs => ?0)
+		WHERE id = ?1`, d.Seconds(), id).Exec(t.Context())
+	require.NoError(t, err)
+}
+
+// jqExpire ends a job's lease now, as if its robot had stopped reporting
+// a lease period ago; the maintenance runner rescues it on its next round.
+func jqExpire(t testing.TB, s *apitest.Server, id string) {
+	t.Helper()
+	res, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = ? AND lease_expires_at IS NOT NULL`, id).Exec(t.Context())
+	require.NoError(t, err)
+	n, err := res.RowsAffected()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "job %s holds no lease to expire", id)
+}
 
 func TestJobRescue(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqShortLeases})
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
 
 	t.Run("a silent robot's job goes to a waiting robot and its late calls are refused", func(t *testing.T) {
 		t.Parallel()
@@ -848,17 +892,22 @@ func TestJobRescue(t *testing.T) {
 		require.NotNil(t, held)
 		silent.start(t, held)
 
-		// The claim polls only hourly: the rescue's NOTIFY must wake it.
-		l := jqReceive(t, waiting.claimAsync(t, 30), 40*time.Second)
+		// The claim polls only hourly: the rescue's NOTIFY must wake it (or
+		// the rescue comes first and the claim's first attempt finds the job).
+		claim := waiting.claimAsync(t, 30)
+		jqExpire(t, s, job.ID)
+		l := jqReceive(t, claim, 40*time.Second)
 		require.NotNil(t, l, "the waiting robot must get the rescued job")
 		require.Equal(t, job.ID, l.Job.ID)
 		require.Equal(t, 2, l.Job.Attempt)
 		require.Equal(t, waiting.ID, *l.Job.RobotID)
 		require.NotEqual(t, held.LeaseToken, l.LeaseToken)
 
+		// The job is the waiting robot's now: its old holder cannot read it,
+		// so its late calls find nothing.
 		for _, op := range jqFencedOps {
 			before := tn.snapshot(t, job.ID)
-			jqRequireRefused(t, silent.call(t, op.name, job.ID, held.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+			silent.call(t, op.name, job.ID, held.LeaseToken).Code(t, "NOT_FOUND")
 			require.Equal(t, before, tn.snapshot(t, job.ID), "the old holder's %s changed the job", op.name)
 		}
 		waiting.start(t, l)
@@ -875,15 +924,19 @@ func TestJobRescue(t *testing.T) {
 		job := tn.enqueue(t, map[string]any{"maxAttempts": 2})
 		first := r.claim(t, 0)
 		require.NotNil(t, first)
-		// The robot goes silent, then asks again: it gets the rescued job back.
-		second := jqReceive(t, r.claimAsync(t, 30), 40*time.Second)
+		// The robot goes silent; once its job is rescued it asks again and
+		// gets the job back.
+		jqExpire(t, s, job.ID)
+		jqEventually(t, 20*time.Second, "the first lease is rescued", func() bool { return tn.job(t, job.ID).Status == "QUEUED" })
+		second := r.claim(t, 0)
 		require.NotNil(t, second)
 		require.Equal(t, job.ID, second.Job.ID)
 		require.Equal(t, 2, second.Job.Attempt)
 		r.start(t, second)
 
+		jqExpire(t, s, job.ID)
 		var failed jqJob
-		jqEventually(t, 20*time.Second, "the second lease expires and the job fails", func() bool {
+		jqEventually(t, 20*time.Second, "the second lease is rescued and the job fails", func() bool {
 			failed = tn.job(t, job.ID)
 			return failed.Status != "RUNNING"
 		})
@@ -898,12 +951,148 @@ func TestJobRescue(t *testing.T) {
 	})
 }
 
+// TestJobFencedCallsAnswerAsJobDoes: a robot's fenced call about a job it
+// cannot read is NOT_FOUND, exactly as job(id) answers it (null), whatever
+// the job's state and whichever token it sends; its own job (held, or
+// taken back from its lease) is explained with currentStatus.
+func TestJobFencedCallsAnswerAsJobDoes(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
+	tn := jqNewTenant(t, s)
+	a, b := tn.robot(t, "a", jqRobotOpts{}), tn.robot(t, "b", jqRobotOpts{Slots: 10})
+	// readable reports whether robot r can read the job through job(id).
+	readable := func(r *jqRobot, id string) bool {
+		var out struct{ Job *struct{ ID string } }
+		r.tn.s.Do(t, r.Key, `query($id: ID!) { job(id: $id) { id } }`, map[string]any{"id": id}).OK(t, &out)
+		return out.Job != nil
+	}
+	// notFound asserts that every fenced call of a about id is NOT_FOUND,
+	// changes nothing, and agrees with job(id).
+	notFound := func(t *testing.T, id, token, state string) {
+		t.Helper()
+		require.False(t, readable(a, id), "robot a reads a %s job it never held", state)
+		for _, op := range jqFencedOps {
+			before := tn.snapshot(t, id)
+			resp := a.call(t, op.name, id, token)
+			e := resp.Code(t, "NOT_FOUND")
+			require.NotContains(t, e.Extensions, "currentStatus", "%s of a %s job: %s", op.name, state, resp.Raw)
+			require.NotContains(t, string(resp.Raw), state, "%s of a %s job names its state", op.name, state)
+			require.Equal(t, before, tn.snapshot(t, id), "robot a's %s changed a %s job", op.name, state)
+		}
+	}
+	bClaims := func(want string) *jqLease {
+		t.Helper()
+		l := b.claim(t, 0)
+		require.NotNil(t, l)
+		require.Equal(t, want, l.Job.ID)
+		return l
+	}
+
+	queued := tn.enqueue(t, nil)
+	notFound(t, queued.ID, uuid.NewString(), "QUEUED")
+
+	claimed := bClaims(queued.ID)
+	running := jqStarted(t, b, bClaims(tn.enqueue(t, nil).ID))
+	done := jqStarted(t, b, bClaims(tn.enqueue(t, nil).ID))
+	b.complete(t, done, map[string]any{"secret": true})
+	failed := jqStarted(t, b, bClaims(tn.enqueue(t, map[string]any{"maxAttempts": 1}).ID))
+	b.fail(t, failed, "broke", false)
+	cancelled := bClaims(tn.enqueue(t, nil).ID)
+	tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": cancelled.Job.ID}, nil)
+	for _, c := range []struct {
+		l     *jqLease
+		state string
+	}{{claimed, "CLAIMED"}, {running, "RUNNING"}, {done, "COMPLETED"}, {failed, "FAILED"}, {cancelled, "CANCELLED"}} {
+		// With a made-up token, and with the holder's own.
+		notFound(t, c.l.Job.ID, uuid.NewString(), c.state)
+		notFound(t, c.l.Job.ID, c.l.LeaseToken, c.state)
+	}
+
+	// A's own job, taken back from its lease, is explained to a...
+	mine := tn.enqueue(t, map[string]any{"priority": 5})
+	lost := a.claim(t, 0)
+	require.NotNil(t, lost)
+	require.Equal(t, mine.ID, lost.Job.ID)
+	jqRequireRefused(t, a.call(t, "completeJob", mine.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
+	jqExpire(t, s, mine.ID)
+	jqEventually(t, 20*time.Second, "a's lease is rescued", func() bool { return tn.job(t, mine.ID).Status == "QUEUED" })
+	jqRequireRefused(t, a.call(t, "startJob", mine.ID, lost.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+	// ...until another robot takes it: then it is that robot's business.
+	bClaims(mine.ID)
+	notFound(t, mine.ID, lost.LeaseToken, "CLAIMED")
+}
+
+// TestDeletingARobotLetsGoOfItsJobs: jobs aimed at a deleted robot can run
+// nowhere else and are cancelled, whether queued or live and whatever their
+// attempts; its other live jobs go back to the queue (or fail, on their last
+// attempt); and the schema says so.
+func TestDeletingARobotLetsGoOfItsJobs(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases, Introspection: true})
+	tn := jqNewTenant(t, s)
+	doomed, peer := tn.robot(t, "doomed", jqRobotOpts{Slots: 4}), tn.robot(t, "peer", jqRobotOpts{})
+	// Claimed in priority order by the doomed robot.
+	aimed := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 4})
+	aimedLast := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 3, "maxAttempts": 1})
+	free := tn.enqueue(t, map[string]any{"priority": 2})
+	freeLast := tn.enqueue(t, map[string]any{"priority": 1, "maxAttempts": 1})
+	for _, want := range []string{aimed.ID, aimedLast.ID, free.ID, freeLast.ID} {
+		l := doomed.claim(t, 0)
+		require.NotNil(t, l)
+		require.Equal(t, want, l.Job.ID)
+		if want == aimed.ID || want == free.ID {
+			doomed.start(t, l)
+		}
+	}
+	aimedQueued := tn.enqueue(t, map[string]any{"robotId": doomed.ID})
+
+	tn.do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
+
+	for _, id := range []string{aimed.ID, aimedLast.ID, aimedQueued.ID} {
+		j := tn.job(t, id)
+		require.Equal(t, "CANCELLED", j.Status, "a job aimed at the deleted robot")
+		require.Equal(t, "its target robot was deleted: no other robot may run it", *j.Error)
+		require.NotNil(t, j.FinishedAt)
+		require.Nil(t, j.LeaseExpiresAt)
+	}
+	j := tn.job(t, free.ID)
+	require.Equal(t, "QUEUED", j.Status, "a job any robot may run goes back to the queue")
+	require.Nil(t, j.RobotID)
+	require.Nil(t, j.LeaseExpiresAt)
+	require.Nil(t, j.FinishedAt)
+	j = tn.job(t, freeLast.ID)
+	require.Equal(t, "FAILED", j.Status, "a job on its last attempt fails")
+	require.Equal(t, "its robot was deleted (attempt 1 of 1)", *j.Error)
+
+	l := peer.claim(t, 0)
+	require.NotNil(t, l)
+	require.Equal(t, free.ID, l.Job.ID)
+	require.Equal(t, 2, l.Job.Attempt)
+	require.Nil(t, peer.claim(t, 0), "only the requeued job is left to claim")
+
+	var schema struct {
+		Type struct {
+			Fields []struct{ Name, Description string }
+		} `json:"__type"`
+	}
+	tn.do(t, `{ __type(name: "Mutation") { fields { name description } } }`, nil, &schema)
+	for _, f := range schema.Type.Fields {
+		if f.Name == "deleteRobot" {
+			doc := strings.Join(strings.Fields(f.Description), " ")
+			require.Contains(t, doc, `aimed at it (enqueued with its robotId), queued or live, can run on no other robot: they are CANCELLED with the error "its target robot was deleted: no other robot may run it"`)
+			require.Contains(t, doc, "Its other live jobs go back to the queue for other robots (or fail, on their last attempt)")
+			return
+		}
+	}
+	require.Fail(t, "no deleteRobot mutation")
+}
+
+// TestJobLeaseKeptByHeartbeats makes time pass for two running jobs in
+// steps shorter than the lease: the robot that heartbeats between the steps
+// keeps its job, the silent one loses its own.
 func TestJobLeaseKeptByHeartbeats(t *testing.T) {
 	t.Parallel()
-	const lease = 2 * time.Second
-	q := jqShortLeases
-	q.Lease = lease
-	s := apitest.New(t, apitest.Options{Queue: q})
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
 	tn := jqNewTenant(t, s)
 	alive, silent := tn.robot(t, "alive", jqRobotOpts{}), tn.robot(t, "silent", jqRobotOpts{})
 	kept, lost := tn.enqueue(t, nil), tn.enqueue(t, nil)
@@ -912,46 +1101,116 @@ func TestJobLeaseKeptByHeartbeats(t *testing.T) {
 	require.Equal(t, kept.ID, lk.Job.ID)
 	require.Equal(t, lost.ID, ll.Job.ID)
 
-	// alive heartbeats on a ticker in a goroutine until stopped.
-	stop, stopped := make(chan struct{}), make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				stopped <- nil
-				return
-			case <-tick.C:
-				res, err := tn.gql.do(t.Context(), alive.Key, `mutation { heartbeat(input: {status: BUSY}) { id } }`, nil)
-				if err == nil {
-					err = res.ok(nil)
-				}
-				if err != nil {
-					stopped <- err
-					return
-				}
-			}
+	// Two steps of 40 minutes: the silent robot's hour-long lease runs out
+	// in the second, the alive robot's heartbeat renews its own in between.
+	// Each step leaves 20 minutes of slack, which no machine is slow enough
+	// to use up.
+	step := 40 * time.Minute
+	for i := range 2 {
+		jqAge(t, s, kept.ID, step)
+		jqAge(t, s, lost.ID, step)
+		if i == 0 {
+			alive.heartbeat(t, "BUSY")
 		}
-	}()
-	// Three lease periods pass, during which the sweeper rescues the silent
-	// robot's job: proof that it runs and would have taken the other too.
-	periods := time.After(3 * lease)
-	jqEventually(t, 20*time.Second, "the silent robot's job is rescued", func() bool { return tn.job(t, lost.ID).Status == "QUEUED" })
-	select {
-	case <-periods:
-	case err := <-stopped:
-		require.NoError(t, err, "heartbeating")
 	}
-	close(stop)
-	require.NoError(t, <-stopped, "heartbeating")
+	jqEventually(t, 20*time.Second, "the silent robot's job is rescued", func() bool { return tn.job(t, lost.ID).Status == "QUEUED" })
 
+	// The rescue that took the silent robot's job saw the other one too.
 	j := tn.job(t, kept.ID)
 	require.Equal(t, "RUNNING", j.Status)
 	require.Equal(t, alive.ID, *j.RobotID)
 	require.Equal(t, 1, j.Attempt)
 	done := alive.complete(t, lk, nil)
 	require.Equal(t, "COMPLETED", done.Status, "the heartbeating robot kept its lease throughout")
+}
+
+// TestJobLeaseNeedsProgress: heartbeats keep a robot's jobs only while
+// they make progress. Time passes in steps of 40 minutes against an hour's
+// lease and two hours' progress timeout, the robot heartbeating between
+// steps.
+func TestJobLeaseNeedsProgress(t *testing.T) {
+	t.Parallel()
+	q := jqLongLeases
+	q.ProgressTimeout = 2 * time.Hour
+	s := apitest.New(t, apitest.Options{Queue: q})
+	const step = 40 * time.Minute
+	progress := func(t *testing.T, r *jqRobot, l *jqLease, p int) {
+		t.Helper()
+		r.tn.s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $p: Int!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: $p) { id } }`,
+			map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "p": p}).OK(t, nil)
+	}
+	rescued := func(t *testing.T, tn *jqTenant, id string) jqJob {
+		t.Helper()
+		var j jqJob
+		jqEventually(t, 20*time.Second, "the job is rescued", func() bool {
+			j = tn.job(t, id)
+			return j.Status == "QUEUED"
+		})
+		require.Nil(t, j.RobotID)
+		require.Equal(t, 1, j.Attempt)
+		return j
+	}
+
+	t.Run("a claim not started within its lease is taken back though its robot heartbeats", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "hoarder", jqRobotOpts{})
+		job := tn.enqueue(t, nil)
+		l := r.claim(t, 0)
+		require.NotNil(t, l)
+		for range 2 {
+			r.heartbeat(t, "BUSY")
+			jqAge(t, s, job.ID, step)
+		}
+		j := rescued(t, tn, job.ID)
+		require.Contains(t, *j.Error, "did not start the job within its lease")
+		jqRequireRefused(t, r.call(t, "startJob", job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+	})
+
+	t.Run("a running job without progress is taken back though its robot heartbeats", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "stuck", jqRobotOpts{})
+		job := tn.enqueue(t, nil)
+		l := jqStarted(t, r, r.claim(t, 0))
+		// Four steps pass 2 h 40 min after the start: past the progress
+		// timeout, though each step is shorter than the lease.
+		for range 4 {
+			r.heartbeat(t, "BUSY")
+			jqAge(t, s, job.ID, step)
+		}
+		j := rescued(t, tn, job.ID)
+		require.Contains(t, *j.Error, "no progress reported for 7200 seconds")
+		jqRequireRefused(t, r.call(t, "completeJob", job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+	})
+
+	t.Run("a job making progress keeps its lease through heartbeats", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r, silent := tn.robot(t, "worker", jqRobotOpts{}), tn.robot(t, "witness", jqRobotOpts{})
+		job := tn.enqueue(t, map[string]any{"priority": 1})
+		witness := tn.enqueue(t, nil)
+		l := jqStarted(t, r, r.claim(t, 0))
+		require.Equal(t, job.ID, l.Job.ID)
+		require.NotNil(t, silent.claim(t, 0))
+		// Progress every other step, heartbeats in between: 2 h 40 min in
+		// all, never two hours without a report nor an hour without either.
+		for i := range 4 {
+			if i%2 == 0 {
+				progress(t, r, l, 10*(i+1))
+			} else {
+				r.heartbeat(t, "BUSY")
+			}
+			jqAge(t, s, job.ID, step)
+		}
+		// Once the witness's lease has run out and the maintenance runner took it, the
+		// same sweep saw the worker's job too and left it alone.
+		jqExpire(t, s, witness.ID)
+		rescued(t, tn, witness.ID)
+		j := tn.job(t, job.ID)
+		require.Equal(t, "RUNNING", j.Status)
+		require.Equal(t, "COMPLETED", r.complete(t, l, nil).Status)
+	})
 }
 
 func TestJobDispatch(t *testing.T) {

@@ -764,7 +764,7 @@ func TestSubscriptionFleetPresence(t *testing.T) {
 		ws := presence(t, s, tn)
 		r.heartbeat("BUSY")
 		expect(t, ws, r, "BUSY")
-		// The sweeper marks the silent robot OFFLINE after a second.
+		// The maintenance runner marks the silent robot OFFLINE after a second.
 		expect(t, ws, r, "OFFLINE")
 	})
 }

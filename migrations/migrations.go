@@ -12,6 +12,8 @@ import (
 
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/migrate"
+
+	"fleetgraph/locks"
 )
 
 //go:embed *.sql
@@ -21,7 +23,7 @@ var files embed.FS
 // row that fails fast instead of waiting, and survives a crash; holding this
 // session lock first lets concurrent starters queue, and lets us clear a lock
 // row left behind by a process that died mid-migration.
-const advisoryLockKey = 0x666c656574 // "fleet"
+const advisoryLockKey = int64(locks.Migrations)
 
 // Status describes how a database's schema compares with this binary's.
 type Status struct {

@@ -93,6 +93,7 @@ type handler struct {
 	page    []byte
 	assets  map[string]*asset
 	connect []string // connect-src sources besides 'self' and the request's own ws(s) origin
+	private bool     // the page carries default headers: never stored by caches
 }
 
 // Handler returns the playground for a GraphQL endpoint. Title is the page's
@@ -102,18 +103,40 @@ type handler struct {
 // endpoint with its scheme changed to ws: or wss:, following the page's own.
 //
 // See the package documentation for the paths it serves and how to mount it.
-func Handler(title, endpoint string) http.Handler {
+func Handler(title, endpoint string, opts ...Option) http.Handler {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	assets, err := loadAssets(assetFiles)
 	if err != nil {
 		// The files are embedded at build time, so this cannot fail at run time
 		// in a binary whose tests passed.
 		panic(fmt.Sprintf("playground: %v", err))
 	}
-	page, err := renderPage(title, endpoint, assets)
+	page, err := renderPage(pageData{Title: title, Endpoint: endpoint, DefaultHeaders: o.defaultHeaders, assets: assets})
 	if err != nil {
 		panic(fmt.Sprintf("playground: %v", err))
 	}
-	return &handler{page: page, assets: assets, connect: endpointSources(endpoint)}
+	h := &handler{page: page, assets: assets, connect: endpointSources(endpoint)}
+	if o.defaultHeaders != "" {
+		h.private = true
+	}
+	return h
+}
+
+// Option adjusts the playground page.
+type Option func(*options)
+
+type options struct{ defaultHeaders string }
+
+// WithDefaultHeaders fills GraphiQL's headers editor with headers (a JSON
+// object such as {"Authorization": "Bearer ..."}) whenever the page is
+// opened without a headers parameter, so a development server's playground
+// opens ready to use. The page then carries a credential: it is served with
+// Cache-Control: no-store, and only a development server should use this.
+func WithDefaultHeaders(headers string) Option {
+	return func(o *options) { o.defaultHeaders = headers }
 }
 
 // loadAssets reads every embedded asset and computes its version.
@@ -156,9 +179,10 @@ func gzipBytes(b []byte) []byte {
 
 // pageData is what index.html is rendered with.
 type pageData struct {
-	Title    string
-	Endpoint string
-	assets   map[string]*asset
+	Title          string
+	Endpoint       string
+	DefaultHeaders string
+	assets         map[string]*asset
 }
 
 // Asset returns the relative URL of an embedded asset, with its version so
@@ -173,9 +197,8 @@ func (d pageData) Asset(name string) (string, error) {
 }
 
 // renderPage renders the HTML page once; it does not change per request.
-func renderPage(title, endpoint string, assets map[string]*asset) ([]byte, error) {
+func renderPage(data pageData) ([]byte, error) {
 	var buf bytes.Buffer
-	data := pageData{Title: title, Endpoint: endpoint, assets: assets}
 	if err := pageTemplate.Execute(&buf, data); err != nil {
 		return nil, fmt.Errorf("rendering index.html: %w", err)
 	}
@@ -234,8 +257,12 @@ func (h *handler) servePage(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("Referrer-Policy", "no-referrer")
 	// The page names asset versions, so it must be revalidated to pick up new
-	// ones after an upgrade.
-	hdr.Set("Cache-Control", "no-cache")
+	// ones after an upgrade; one that carries default headers is not kept.
+	if h.private {
+		hdr.Set("Cache-Control", "no-store")
+	} else {
+		hdr.Set("Cache-Control", "no-cache")
+	}
 	http.ServeContent(w, r, "index.html", time.Time{}, bytes.NewReader(h.page))
 }
 

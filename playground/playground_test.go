@@ -654,3 +654,20 @@ func requireRendered(t *testing.T, shot []byte) {
 	}
 	require.Greater(t, len(colours), 20, "the screenshot looks blank: %d colours in %v", len(colours), bounds.Size())
 }
+
+// A page with default headers carries them, escaped, and is never stored.
+func TestHandlerDefaultHeaders(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(playground.Handler("fleetgraph", "/graphql", playground.WithDefaultHeaders(`{"Authorization": "Bearer a\"<b>"}`)))
+	t.Cleanup(srv.Close)
+	res, body := get(t, srv.URL+"/", nil)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Equal(t, "no-store", res.Header.Get("Cache-Control"))
+	require.Contains(t, string(body), `data-default-headers="{&#34;Authorization&#34;: &#34;Bearer a\&#34;&lt;b&gt;&#34;}"`)
+
+	plain := httptest.NewServer(playground.Handler("fleetgraph", "/graphql"))
+	t.Cleanup(plain.Close)
+	res, body = get(t, plain.URL+"/", nil)
+	require.Equal(t, "no-cache", res.Header.Get("Cache-Control"))
+	require.NotContains(t, string(body), "data-default-headers")
+}

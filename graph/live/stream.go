@@ -12,6 +12,7 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 
 	"fleetgraph/fault"
+	"fleetgraph/metrics"
 )
 
 // This file holds what the two HTTP streaming transports (SSE and
@@ -180,11 +181,13 @@ type streamer struct {
 func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor, f framing) {
 	params := &graphql.RawParams{Headers: r.Header}
 	if err := readParams(r, params); err != nil {
+		metrics.SentError(r.Context(), string(fault.BadUserInput))
 		writeRefusal(w, http.StatusBadRequest, fault.New(fault.BadUserInput, "%s", err.Error()))
 		return
 	}
 	release, err := t.quota.Hold(r.Context())
 	if err != nil {
+		metrics.SentError(r.Context(), string(fault.CodeOf(err)))
 		writeRefusal(w, http.StatusTooManyRequests, err)
 		return
 	}
@@ -192,6 +195,7 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	going, leave, ok := t.streams.join()
 	if !ok {
 		w.Header().Set("Retry-After", "1")
+		metrics.SentError(r.Context(), string(fault.RateLimited))
 		writeRefusal(w, http.StatusServiceUnavailable, fault.New(fault.RateLimited, "the server is shutting down; retry against another replica or in a moment"))
 		return
 	}

@@ -57,11 +57,17 @@
   // The page can be linked with ?query=...&variables=...&operationName=...
   // &headers=... as in GraphiQL's own examples. Edits are written back to the
   // address bar, except headers, which would put tokens in the history.
+  // A development server puts ready-made headers (the demo user's token) in
+  // data-default-headers; a headers parameter in the address wins.
   var search = new URLSearchParams(window.location.search);
+  var defaultHeaders = container.getAttribute('data-default-headers');
   var props = {
     fetcher: fetcher,
-    defaultEditorToolsVisibility: search.has('variables') || search.has('headers'),
+    defaultEditorToolsVisibility: search.has('variables') || search.has('headers') || !!defaultHeaders,
   };
+  if (defaultHeaders && !search.has('headers')) {
+    props.headers = defaultHeaders;
+  }
   ['query', 'variables', 'headers', 'operationName'].forEach(function (name) {
     if (search.has(name)) {
       props[name] = search.get(name);

@@ -1,0 +1,160 @@
+package graph_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+	"fleetgraph/dispatch"
+)
+
+// What waiting claims may cost: no pooled connection while they wait, at
+// most one at a time for all the claims of one robot, at most one wait per
+// free slot, and an answer within the server's write timeout.
+
+// jqRequireWaitLimit asserts a claim refused for the robot's wait limit.
+func jqRequireWaitLimit(t testing.TB, c jqClaimed, free int) {
+	t.Helper()
+	require.Error(t, c.err, "the claim was not refused")
+	require.Contains(t, c.err.Error(), "RATE_LIMITED")
+	require.Contains(t, c.err.Error(), "reason:"+dispatch.ReasonWaitLimit)
+	require.Contains(t, c.err.Error(), fmt.Sprintf("freeSlots:%d", free))
+}
+
+func TestWaitingClaimsAreBounded(t *testing.T) {
+	t.Parallel()
+
+	t.Run("one robot's waits take one connection at a time and one free slot each", func(t *testing.T) {
+		t.Parallel()
+		// Polling as in production, so waits poll while the test runs.
+		s := apitest.New(t, apitest.Options{ClaimPoll: time.Second})
+		tn := jqNewTenant(t, s)
+		const slots, claims = 20, 60
+		r := tn.robot(t, "greedy", jqRobotOpts{Slots: slots})
+		other := jqNewTenant(t, s)
+		s.Transactions.ResetPeak()
+
+		results := make(chan jqClaimed, claims)
+		for range claims {
+			go func() { results <- <-r.claimAsync(t, 25) }()
+		}
+		// The claims beyond the robot's free slots are refused at once.
+		for range claims - slots {
+			var c jqClaimed
+			select {
+			case c = <-results:
+			case <-time.After(20 * time.Second):
+				require.FailNow(t, "the claims beyond the robot's free slots were not refused")
+			}
+			if c.err == nil {
+				require.FailNow(t, "a claim returned before any job was queued", "%+v", c.lease)
+			}
+			jqRequireWaitLimit(t, c, slots)
+		}
+		// Every request has been authenticated by now (a burst of
+		// authentications may queue for the pool; waits must not).
+		pool := s.DB.Stats()
+		// The others wait. Notifications of the tenant that bring no job
+		// the robot may take wake them all, again and again.
+		for range 10 {
+			tn.enqueue(t, map[string]any{"requiredCapabilities": []string{"nobody-has-this"}})
+		}
+		// Another tenant's query still answers, from a pool that never ran dry.
+		var out struct{ Jobs struct{ TotalCount int } }
+		other.do(t, `{ jobs { totalCount } }`, nil, &out)
+		require.Zero(t, out.Jobs.TotalCount)
+
+		// Jobs for every waiting claim: each gets one.
+		var in []map[string]any
+		for range slots {
+			in = append(in, map[string]any{"workflowId": tn.wf})
+		}
+		tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
+		got := map[string]bool{}
+		for range slots {
+			l := jqReceive(t, results, 40*time.Second)
+			require.NotNil(t, l, "a waiting claim returned null though a job was queued for it")
+			require.False(t, got[l.Job.ID], "job %s was claimed twice", l.Job.ID)
+			got[l.Job.ID] = true
+		}
+		// One transaction for the robot's claims, one for the test's own
+		// request that may overlap it (an enqueue while a wait polls).
+		require.LessOrEqual(t, s.Transactions.Peak(), int64(2),
+			"the robot's %d claims held more than one pooled connection at once", claims)
+		require.Equal(t, pool.WaitCount, s.DB.Stats().WaitCount, "a request waited for a pooled connection while the claims waited")
+	})
+
+	t.Run("a robot waits in one claim per free slot, its other claims are refused", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t)
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "two-slots", jqRobotOpts{Slots: 2})
+		peer := tn.robot(t, "peer", jqRobotOpts{})
+		tn.enqueue(t, nil)
+		require.NotNil(t, r.claim(t, 0))
+		// Holding one job of two, the robot may wait in one claim: of two,
+		// whichever asks second is refused, and the other waits.
+		a, b := r.claimAsync(t, 20), r.claimAsync(t, 20)
+		var waiting <-chan jqClaimed
+		select {
+		case c := <-a:
+			jqRequireWaitLimit(t, c, 1)
+			waiting = b
+		case c := <-b:
+			jqRequireWaitLimit(t, c, 1)
+			waiting = a
+		case <-time.After(20 * time.Second):
+			require.FailNow(t, "neither claim was refused")
+		}
+		// A claim that does not wait is never refused so, and another
+		// robot's waits are its own.
+		require.Nil(t, r.claim(t, 0))
+		peerClaim := peer.claimAsync(t, 20)
+		j1, j2 := tn.enqueue(t, nil), tn.enqueue(t, nil)
+		l1, l2 := jqReceive(t, waiting, 20*time.Second), jqReceive(t, peerClaim, 20*time.Second)
+		require.NotNil(t, l1, "the robot's waiting claim got no job")
+		require.NotNil(t, l2, "the peer's waiting claim got no job")
+		require.ElementsMatch(t, []string{j1.ID, j2.ID}, []string{l1.Job.ID, l2.Job.ID})
+	})
+
+	t.Run("a robot with no free slot cannot wait", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t)
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "full", jqRobotOpts{})
+		tn.enqueue(t, nil)
+		require.NotNil(t, r.claim(t, 0))
+		var c jqClaimed
+		select {
+		case c = <-r.claimAsync(t, 10):
+		case <-time.After(20 * time.Second):
+			require.FailNow(t, "the claim of a full robot waited")
+		}
+		jqRequireWaitLimit(t, c, 0)
+		require.Nil(t, r.claim(t, 0), "a claim that does not wait answers null")
+	})
+}
+
+// TestLongestWaitAnswersBeforeTheWriteTimeout asks for the longest wait the
+// API allows from a server whose write timeout is shorter: the claim must
+// answer null, not lose its connection to the timeout.
+func TestLongestWaitAnswersBeforeTheWriteTimeout(t *testing.T) {
+	t.Parallel()
+	const writeTimeout = 30 * time.Second
+	require.Less(t, dispatch.WaitWithin(writeTimeout), writeTimeout)
+	require.Less(t, dispatch.WaitWithin(60*time.Second), 60*time.Second, "the production server's longest wait outlasts its write timeout")
+	s := apitest.New(t, apitest.Options{WriteTimeout: writeTimeout})
+	tn := jqNewTenant(t, s)
+	r := tn.robot(t, "patient", jqRobotOpts{})
+	var c jqClaimed
+	select {
+	case c = <-r.claimAsync(t, dispatch.MaxWaitSeconds):
+	case <-time.After(2 * time.Minute):
+		require.FailNow(t, "the longest wait did not end")
+	}
+	require.NoError(t, c.err, "the longest wait did not answer")
+	require.Nil(t, c.lease)
+}

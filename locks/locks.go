@@ -1,0 +1,16 @@
+// Package locks is the one registry of the PostgreSQL advisory-lock keys
+// Fleetgraph takes. Every key is declared here, so that no two purposes can
+// share one by accident; the values never change, since replicas of
+// different releases compete for the same locks during a rolling upgrade.
+package locks
+
+// Key is an advisory-lock key (the single bigint form of pg_advisory_lock).
+type Key int64
+
+const (
+	// Migrations serialises migrators across processes ("fleet").
+	Migrations Key = 0x666c656574
+	// Maintenance is held by the maintenance leader: the one process per
+	// database that runs the server's own work (package maintenance).
+	Maintenance Key = 0x666c656574_02
+)
