@@ -1,10 +1,15 @@
 package auth
 
 import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
@@ -48,6 +53,8 @@ func NewJWT(cfg JWTConfig) (*JWT, error) {
 		jwt.WithAudience(cfg.Audience),
 		jwt.WithLeeway(Leeway),
 		jwt.WithIssuedAt(),
+		// One token, one encoding: no non-zero padding bits in a segment.
+		jwt.WithStrictDecoding(),
 	}
 	if cfg.Issuer != "" {
 		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
@@ -68,6 +75,9 @@ type claims struct {
 // Verify checks a token and returns its principal. Every failure is an
 // UNAUTHENTICATED fault whose message says what was wrong without echoing the token.
 func (j *JWT) Verify(token string) (*Principal, error) {
+	if problem := strictProblem(token); problem != "" {
+		return nil, fault.New(fault.Unauthenticated, "invalid token: %s", problem)
+	}
 	var c claims
 	_, err := j.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return j.cfg.Secret, nil })
 	if err != nil {
@@ -88,6 +98,140 @@ func (j *JWT) Verify(token string) (*Principal, error) {
 		}
 	}
 	return &Principal{UserID: userID, TenantID: tenant, Role: role, ExpiresAt: c.ExpiresAt.Time}, nil
+}
+
+// maxNumericDate is 9999-12-31T23:59:59Z: a NumericDate past it (or before
+// 1970) is no time a token is issued, valid or expiring at. Converting a
+// larger float to a time overflows, differently on each CPU (one reads 1e300
+// as long expired, another as never expiring).
+const maxNumericDate = 253402300799
+
+// strictProblem checks what the jwt library lets through, before the
+// signature is checked so that the answer is the same whoever signed the
+// token. It returns "" for a token the library may then verify, else what is
+// wrong with it:
+//
+//   - a segment that is not canonical base64url (RFC 7515 §2), or a header
+//     or claims set that is not one JSON object of valid UTF-8 with unique
+//     member names at every level (RFC 7515 §4, RFC 7519 §4: we refuse
+//     duplicates rather than let the last one silently win);
+//   - a "crit" header (RFC 7515 §4.1.11: a token naming extensions the
+//     recipient must understand is refused when it does not; we understand
+//     none), "b64" (RFC 7797 unencoded payloads), "zip" (compression is for
+//     JWE), or "cty" (a nested token, RFC 7519 §5.2);
+//   - a "typ" other than JWT (RFC 7519 §5.1; RFC 8725 §3.11 explicit typing);
+//   - exp, nbf or iat that is not a JSON number (RFC 7519 §2 NumericDate:
+//     the library would read the string "9999999999" as a number) or lies
+//     outside 1970..9999.
+//
+// The key-locating headers (kid, jku, jwk, x5u, x5c, x5t) are ignored: the
+// one shared secret verifies every token and no key is ever fetched.
+func strictProblem(token string) string {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return "" // the library names it malformed
+	}
+	for _, p := range parts {
+		if strings.Trim(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+			return "malformed (segments must be unpadded base64url)"
+		}
+	}
+	header, ok := decodeObject(parts[0])
+	if !ok {
+		return "malformed header (one JSON object, unique member names, UTF-8)"
+	}
+	if _, ok := header["crit"]; ok {
+		return "unsupported critical header parameters (crit)"
+	}
+	for _, name := range []string{"b64", "zip", "cty"} {
+		if _, ok := header[name]; ok {
+			return "unsupported header parameter " + name
+		}
+	}
+	if raw, ok := header["typ"]; ok {
+		var typ string
+		if json.Unmarshal(raw, &typ) != nil || !(strings.EqualFold(typ, "JWT") || strings.EqualFold(typ, "application/jwt")) {
+			return "typ must be JWT"
+		}
+	}
+	payload, ok := decodeObject(parts[1])
+	if !ok {
+		return "malformed claims (one JSON object, unique member names, UTF-8)"
+	}
+	for _, name := range []string{"exp", "nbf", "iat"} {
+		raw, ok := payload[name]
+		if !ok {
+			continue
+		}
+		var n json.Number
+		if c := raw[0]; (c != '-' && (c < '0' || c > '9')) || json.Unmarshal(raw, &n) != nil {
+			return name + " must be a number of seconds since 1970 (a NumericDate)"
+		}
+		f, err := n.Float64()
+		if err != nil || f < 0 || f > maxNumericDate {
+			return name + " is out of range"
+		}
+	}
+	return ""
+}
+
+// decodeObject decodes a segment that must be one JSON object in valid UTF-8
+// with unique member names at every level, returning its top-level members.
+func decodeObject(segment string) (map[string]json.RawMessage, bool) {
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(segment)
+	if err != nil || !utf8.Valid(raw) || !uniqueMembers(raw) {
+		return nil, false
+	}
+	var members map[string]json.RawMessage
+	if json.Unmarshal(raw, &members) != nil || members == nil {
+		return nil, false
+	}
+	return members, true
+}
+
+// uniqueMembers reports whether raw is exactly one JSON value in which no
+// object has the same member name twice.
+func uniqueMembers(raw []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if !uniqueValue(dec) {
+		return false
+	}
+	_, err := dec.Token()
+	return err == io.EOF
+}
+
+// uniqueValue reads one value from dec; the decoder bounds its nesting.
+func uniqueValue(dec *json.Decoder) bool {
+	tok, err := dec.Token()
+	if err != nil {
+		return false
+	}
+	switch tok {
+	case json.Delim('{'):
+		names := map[string]bool{}
+		for dec.More() {
+			tok, err := dec.Token()
+			name, ok := tok.(string)
+			if err != nil || !ok || names[name] {
+				return false
+			}
+			names[name] = true
+			if !uniqueValue(dec) {
+				return false
+			}
+		}
+	case json.Delim('['):
+		for dec.More() {
+			if !uniqueValue(dec) {
+				return false
+			}
+		}
+	default:
+		return true
+	}
+	_, err = dec.Token() // the closing delimiter
+	return err == nil
 }
 
 func cmpOr(a, b string) string {

@@ -1,8 +1,13 @@
 package auth_test
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -422,4 +427,127 @@ func TestBearerToken(t *testing.T) {
 			require.Equal(t, tt.token, token)
 		})
 	}
+}
+
+// signRaw signs a token whose header and claims are the given JSON texts,
+// byte for byte, with HS256 and testSecret: what a library would never
+// produce, and an issuer (or someone holding the secret by mistake) might.
+func signRaw(header, claims string) string {
+	enc := base64.RawURLEncoding
+	input := enc.EncodeToString([]byte(header)) + "." + enc.EncodeToString([]byte(claims))
+	mac := hmac.New(sha256.New, []byte(testSecret))
+	mac.Write([]byte(input))
+	return input + "." + enc.EncodeToString(mac.Sum(nil))
+}
+
+// rawClaims returns the JSON of validClaims with extra members appended
+// verbatim (extra starts with a comma).
+func rawClaims(t *testing.T, drop []string, extra string) string {
+	t.Helper()
+	c := validClaims()
+	for _, k := range drop {
+		delete(c, k)
+	}
+	b, err := json.Marshal(c)
+	require.NoError(t, err)
+	return string(b[:len(b)-1]) + extra + "}"
+}
+
+// TestJWTVerifyStrict covers what RFC 7515 and RFC 7519 require a recipient
+// to refuse and the jwt library accepts: critical extensions, NumericDates
+// that are not numbers or not times, duplicate members, headers that change
+// what the token is, and non-canonical encodings.
+func TestJWTVerifyStrict(t *testing.T) {
+	t.Parallel()
+	const hs = `{"alg":"HS256","typ":"JWT"}`
+	future := strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)
+
+	t.Run("ControlRawTokenAccepted", func(t *testing.T) {
+		t.Parallel()
+		for _, header := range []string{hs, `{"alg":"HS256"}`, `{"alg":"HS256","typ":"jwt"}`, `{"alg":"HS256","typ":"application/jwt"}`, `{"alg":"HS256","typ":"JWT","kid":"key-1"}`} {
+			_, err := newJWT(t, "").Verify(signRaw(header, rawClaims(t, nil, "")))
+			require.NoError(t, err, "header %s", header)
+		}
+		// A fractional NumericDate is a time too.
+		_, err := newJWT(t, "").Verify(signRaw(hs, rawClaims(t, []string{"exp"}, `,"exp":`+future+`.5`)))
+		require.NoError(t, err)
+	})
+
+	refusals := []struct {
+		name, header, claims string
+		reason               string
+	}{
+		{"CritUnknownExtension", `{"alg":"HS256","typ":"JWT","crit":["urn:example:must-understand"],"urn:example:must-understand":true}`, "", "crit"},
+		{"CritEmpty", `{"alg":"HS256","typ":"JWT","crit":[]}`, "", "crit"},
+		{"CritNamingExp", `{"alg":"HS256","typ":"JWT","crit":["exp"]}`, "", "crit"},
+		{"UnencodedPayload", `{"alg":"HS256","typ":"JWT","b64":false}`, "", "b64"},
+		{"Compressed", `{"alg":"HS256","typ":"JWT","zip":"DEF"}`, "", "zip"},
+		{"NestedToken", `{"alg":"HS256","typ":"JWT","cty":"JWT"}`, "", "cty"},
+		{"TypOther", `{"alg":"HS256","typ":"at+jwt+evil"}`, "", "typ"},
+		{"TypNotString", `{"alg":"HS256","typ":7}`, "", "typ"},
+		{"DuplicateHeaderAlg", `{"alg":"none","alg":"HS256","typ":"JWT"}`, "", "malformed header"},
+		{"HeaderNotObject", `["HS256"]`, "", "malformed header"},
+		{"HeaderTrailingData", hs + `{}`, "", "malformed header"},
+		{"ExpString", hs, rawClaims(t, []string{"exp"}, `,"exp":"`+future+`"`), "exp must be a number"},
+		{"NbfString", hs, rawClaims(t, nil, `,"nbf":"0"`), "nbf must be a number"},
+		{"IatString", hs, rawClaims(t, []string{"iat"}, `,"iat":"0"`), "iat must be a number"},
+		{"ExpNull", hs, rawClaims(t, []string{"exp"}, `,"exp":null`), "exp must be a number"},
+		{"ExpBoolean", hs, rawClaims(t, []string{"exp"}, `,"exp":true`), "exp must be a number"},
+		{"ExpObject", hs, rawClaims(t, []string{"exp"}, `,"exp":{"n":`+future+`}`), "exp must be a number"},
+		{"ExpHugeFloat", hs, rawClaims(t, []string{"exp"}, `,"exp":1e300`), "exp is out of range"},
+		{"ExpHugeInteger", hs, rawClaims(t, []string{"exp"}, `,"exp":99999999999999999999999`), "exp is out of range"},
+		{"ExpPastYear9999", hs, rawClaims(t, []string{"exp"}, `,"exp":253402300800`), "exp is out of range"},
+		{"ExpNegative", hs, rawClaims(t, []string{"exp"}, `,"exp":-1e300`), "exp is out of range"},
+		{"NbfHugeNegative", hs, rawClaims(t, nil, `,"nbf":-1e19`), "nbf is out of range"},
+		{"IatHugeFloat", hs, rawClaims(t, []string{"iat"}, `,"iat":1e19`), "iat is out of range"},
+		{"DuplicateRole", hs, rawClaims(t, []string{"role"}, `,"role":"user","role":"service"`), "malformed claims"},
+		{"DuplicateExp", hs, rawClaims(t, []string{"exp"}, `,"exp":`+future+`,"exp":`+future), "malformed claims"},
+		{"DuplicateNestedTenant", hs, rawClaims(t, nil, `,"app_metadata":{"tenant_id":"`+testTenant.String()+`","tenant_id":"`+uuid.NewString()+`"}`), "malformed claims"},
+		{"ClaimsTrailingData", hs, rawClaims(t, nil, "") + `{"role":"service"}`, "malformed claims"},
+		{"ClaimsInvalidUTF8", hs, rawClaims(t, nil, `,"name":"`+"\xff\xfe"+`"`), "malformed claims"},
+		{"ClaimsNull", hs, `null`, "malformed claims"},
+	}
+	for _, tt := range refusals {
+		t.Run("Refuses"+tt.name, func(t *testing.T) {
+			t.Parallel()
+			claims := tt.claims
+			if claims == "" {
+				claims = rawClaims(t, nil, "")
+			}
+			token := signRaw(tt.header, claims)
+			p, err := newJWT(t, "").Verify(token)
+			require.Nil(t, p)
+			requireUnauthenticated(t, err, token, tt.reason)
+		})
+	}
+
+	t.Run("RefusesNonCanonicalBase64", func(t *testing.T) {
+		t.Parallel()
+		// A 32-byte signature is 43 base64url characters whose last one
+		// carries two unused bits: flipping them gives another string for
+		// the same bytes, which a lenient decoder accepts.
+		token := sign(t, validClaims())
+		const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+		last := strings.IndexByte(alphabet, token[len(token)-1])
+		require.Zero(t, last&3, "a canonical encoding leaves the unused bits zero")
+		forged := token[:len(token)-1] + string(alphabet[last|1])
+		p, err := newJWT(t, "").Verify(forged)
+		require.Nil(t, p)
+		requireUnauthenticated(t, err, forged, "")
+	})
+
+	t.Run("RefusesCharactersOutsideBase64URL", func(t *testing.T) {
+		t.Parallel()
+		token := sign(t, validClaims())
+		parts := strings.Split(token, ".")
+		for _, forged := range []string{
+			parts[0] + "\n." + parts[1] + "." + parts[2], // a decoder skips newlines
+			parts[0] + "." + parts[1] + "\r\n." + parts[2],
+			parts[0] + "==." + parts[1] + "." + parts[2],
+		} {
+			p, err := newJWT(t, "").Verify(forged)
+			require.Nil(t, p)
+			requireUnauthenticated(t, err, forged, "malformed")
+		}
+	})
 }

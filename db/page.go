@@ -100,7 +100,8 @@ func decodeTimeID(kind string, after *string) (*timeIDCursor, error) {
 		return nil, badCursor()
 	}
 	at, err := time.Parse(time.RFC3339Nano, ts)
-	if err != nil {
+	if err != nil || !TimeInRange(at) {
+		// A forged cursor may hold a time PostgreSQL cannot compare (year 0).
 		return nil, badCursor()
 	}
 	uid, err := uuid.Parse(id)

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -155,6 +156,29 @@ func checkEventType(field, v string) error {
 		return fault.Invalid(field, "%s must be 1-64 characters of lowercase letters, digits, _ . -, starting with a letter", field)
 	}
 	return nil
+}
+
+// The instants every time input must lie in, as Unix seconds: from
+// 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z. PostgreSQL's
+// timestamptz has no year 0 (lib/pq and bun write it as "0000", which the
+// server refuses as out of range, an INTERNAL error), and RFC 3339, in which
+// clients send and receive times, has only four-digit years; the microsecond
+// cap is the precision timestamptz keeps, so no stored time rounds up into
+// year 10000.
+const (
+	minTimeUnix = -62135596800
+	maxTimeUnix = 253402300799
+	maxTimeNano = 999_999_000
+)
+
+// TimeRange describes the times Fleetgraph accepts, for error messages.
+const TimeRange = "between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z"
+
+// TimeInRange reports whether t (in any zone) lies within TimeRange once in
+// UTC, so that PostgreSQL can store and compare it and RFC 3339 can write it.
+func TimeInRange(t time.Time) bool {
+	u := t.Unix()
+	return u >= minTimeUnix && (u < maxTimeUnix || (u == maxTimeUnix && t.Nanosecond() <= maxTimeNano))
 }
 
 // noNUL refuses text PostgreSQL cannot store: a NUL character.

@@ -10,9 +10,12 @@ import (
 	"net/http"
 	"regexp"
 	"runtime/debug"
+	"slices"
+	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/errcode"
+	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/fault"
@@ -52,19 +55,37 @@ var reasons = map[string]bool{
 	"COMPLEXITY_LIMIT_EXCEEDED": true,
 }
 
+// numberMessage is gqlparser's refusal of a variable that does not fit its
+// number type; it shows the failed conversion's zero ("cannot use value 0 as
+// Int" for 1e400 or 1.5), so it is replaced by what the value must be.
+var numberMessage = regexp.MustCompile(`^cannot use value \S+ as (Int|Float)$`)
+
 // presentError is the one place errors leave the server. Client errors
 // (faults, and requests gqlgen refused as malformed) pass through with their
 // code; everything else is logged with the request id and reaches the client
-// only as INTERNAL with that id.
-func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
+// only as INTERNAL with that id. With hideSchema (introspection off), a
+// refusal names no schema element the request did not name itself.
+func presentError(log *slog.Logger, hideSchema bool) graphql.ErrorPresenterFunc {
 	return func(ctx context.Context, err error) *gqlerror.Error {
 		gqlErr := graphql.DefaultErrorPresenter(ctx, err)
 		var fe *fault.Error
 		if errors.As(err, &fe) {
+			reason, _ := gqlErr.Extensions["code"].(string) // a fault refused in validation (scalarCheck)
 			gqlErr.Message = fe.Message
 			gqlErr.Extensions = map[string]any{"code": fe.Code}
-			if fe.Field != "" {
-				gqlErr.Extensions["field"] = fe.Field
+			if reasons[reason] {
+				gqlErr.Extensions["reason"] = reason
+			}
+			field := fe.Field
+			if field == "" && fe.Code == fault.BadUserInput {
+				// A scalar refusing an argument does not know its name;
+				// the path does.
+				if field = argumentPath(ctx, gqlErr.Path); field != "" {
+					gqlErr.Message = field + ": " + fe.Message
+				}
+			}
+			if field != "" {
+				gqlErr.Extensions["field"] = field
 			}
 			for k, v := range fe.Extra {
 				gqlErr.Extensions[k] = v
@@ -79,6 +100,23 @@ func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
 		// complexity, bad variables) carry no wrapped error; those with a
 		// code say so, those without a path come from before execution.
 		if gqlErr.Err == nil && (reasons[code] || (code == "" && gqlErr.Path == nil)) {
+			if m := numberMessage.FindStringSubmatch(gqlErr.Message); m != nil {
+				gqlErr.Message = map[string]string{
+					"Int":   "must be an Int: a whole number from -2147483648 to 2147483647",
+					"Float": "must be a Float: a finite number",
+				}[m[1]]
+			}
+			if m := transportMessage(gqlErr.Message); m != "" {
+				// A transport's refusal, passed through here by POST: some
+				// echo the request body.
+				gqlErr.Message = m
+			} else if hideSchema {
+				query := ""
+				if graphql.HasOperationContext(ctx) {
+					query = graphql.GetOperationContext(ctx).RawQuery
+				}
+				hideSchemaNames(gqlErr, query)
+			}
 			gqlErr.Extensions = map[string]any{"code": fault.BadUserInput}
 			if code != "" {
 				gqlErr.Extensions["reason"] = code
@@ -93,6 +131,34 @@ func presentError(log *slog.Logger) graphql.ErrorPresenterFunc {
 			Extensions: map[string]any{"code": fault.Internal, "requestId": id},
 		}
 	}
+}
+
+// argumentPath names the argument or input field an error's path points
+// into below the field being resolved, as the stores name fields:
+// "filter.createdAfter", "entries[2].at". It is "" for an error of the field
+// itself (a resolver's), or outside any field.
+func argumentPath(ctx context.Context, path ast.Path) string {
+	fc := graphql.GetFieldContext(ctx)
+	if fc == nil {
+		return ""
+	}
+	field := fc.Path()
+	if len(path) <= len(field) || !slices.Equal(path[:len(field)], field) {
+		return ""
+	}
+	var b strings.Builder
+	for _, el := range path[len(field):] {
+		switch el := el.(type) {
+		case ast.PathIndex:
+			fmt.Fprintf(&b, "[%d]", int(el))
+		case ast.PathName:
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(string(el))
+		}
+	}
+	return b.String()
 }
 
 const extensionPersistedQueryNotFound = "PERSISTED_QUERY_NOT_FOUND"

@@ -139,12 +139,13 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	srv.SetParserTokenLimit(cfg.Limits.Tokens)
 	// After the persisted query is resolved, before gqlgen validates.
 	srv.Use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})
+	srv.Use(&scalarCheck{})
 	srv.Use(operationLimit{complexity: cfg.Limits.Complexity, depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases, introspection: cfg.Introspection})
 	if cfg.Introspection {
 		srv.Use(extension.Introspection{})
 	}
 	srv.SetDisableSuggestion(!cfg.Introspection)
-	srv.SetErrorPresenter(presentError(cfg.Logger))
+	srv.SetErrorPresenter(presentError(cfg.Logger, !cfg.Introspection))
 	srv.SetRecoverFunc(recoverPanic(cfg.Logger))
 
 	r := cfg.Resolver
@@ -155,7 +156,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		return bounded(next(dataloaders.With(ctx, stores)), cfg.Limits.Errors)
 	})
 
-	var h http.Handler = srv
+	var h http.Handler = codedRefusals(cfg.Logger, srv)
 	h = socks.track(h)
 	h = cfg.Auth.Middleware(h)
 	h = checkBody(cfg.Limits.BodyBytes, h)

@@ -1,8 +1,12 @@
 package graph_test
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +89,8 @@ type rbbCase struct {
 	field string
 	// reason is the expected extensions.reason, when there is one.
 	reason string
+	// message, when set, is a part the error message must contain.
+	message string
 	// robot sends the request with the fixture robot's key instead of the user's token.
 	robot bool
 	// bug, when set, describes a known server bug this case still shows (see badKnownBug).
@@ -348,7 +354,153 @@ func rbbCases(f rbbFixture) []rbbCase {
 		rbbCase{name: "job/MalformedID", query: `{ job(id: "job-1") { id } }`, code: "BAD_USER_INPUT"},
 		rbbCase{name: "Job.logs/NegativeFirst", query: `query($id: ID!) { job(id: $id) { logs(first: -1) { id } } }`, vars: map[string]any{"id": f.lease.Job.ID}, code: "BAD_USER_INPUT", field: "first"},
 	)
+	rbbTimeCases(f, add)
+	rbbIntCases(f, add)
 	return cases
+}
+
+// rbbOutOfRangeTimes are RFC 3339 times PostgreSQL cannot store or compare,
+// or that RFC 3339 could not write back: year 0, reached directly or through
+// an offset, year 10000 through an offset, and a time past the last
+// microsecond of 9999.
+var rbbOutOfRangeTimes = map[string]string{
+	"Year0":                   "0000-01-01T00:00:00Z",
+	"Year0Late":               "0000-12-31T23:59:59.999999Z",
+	"Year1MinusOffset":        "0001-01-01T00:00:00+00:01",
+	"Year9999PlusOffset":      "9999-12-31T23:59:59-00:01",
+	"Year9999PastMicrosecond": "9999-12-31T23:59:59.9999991Z",
+}
+
+// rbbTimeCases refuse an out-of-range time in every Time input of the schema
+// (createApiKey.expiresAt, EnqueueJobInput.runAt, JobFilter.createdAfter and
+// createdBefore, JobLogInput.at), as a variable and as a literal, and in the
+// cursor of every list ordered by time: BAD_USER_INPUT naming the field,
+// never INTERNAL.
+func rbbTimeCases(f rbbFixture, add func(...rbbCase)) {
+	const (
+		createKey   = `mutation($r: ID!, $e: Time) { createApiKey(robotId: $r, name: "k", expiresAt: $e) { key } }`
+		enqueue     = `mutation($in: EnqueueJobInput!) { enqueueJob(input: $in) { id } }`
+		enqueueMany = `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`
+		jobs        = `query($f: JobFilter) { jobs(filter: $f) { totalCount } }`
+		logs        = `mutation($j: ID!, $l: ID!, $e: [JobLogInput!]!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: $e) }`
+	)
+	good := map[string]any{"workflowId": f.workflow}
+	lv := f.lease.rbVars
+	// An out-of-range time in a later mutation field stops the earlier ones too.
+	add(
+		rbbCase{name: "enqueueJob/SecondFieldLiteralYear0RunsNothing", query: `mutation($w: ID!) { a: createRobot(input: {name: "first"}) { id } b: enqueueJob(input: {workflowId: $w, runAt: "0000-06-01T00:00:00Z"}) { id } }`,
+			vars: map[string]any{"w": f.workflow}, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "input.runAt"},
+		rbbCase{name: "enqueueJob/SecondFieldVariableYear0RunsNothing", query: `mutation($w: ID!, $at: Time) { a: createRobot(input: {name: "first"}) { id } b: enqueueJob(input: {workflowId: $w, runAt: $at}) { id } }`,
+			vars: map[string]any{"w": f.workflow, "at": "0000-06-01T00:00:00Z"}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $at:"},
+	)
+	for _, label := range slices.Sorted(maps.Keys(rbbOutOfRangeTimes)) {
+		at := rbbOutOfRangeTimes[label]
+		lit := strconv.Quote(at)
+		add(
+			rbbCase{name: "createApiKey/ExpiresAt" + label, query: createKey, vars: map[string]any{"r": f.robot.ID, "e": at}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $e:"},
+			rbbCase{name: "createApiKey/ExpiresAtLiteral" + label, query: `mutation($r: ID!) { createApiKey(robotId: $r, name: "k", expiresAt: ` + lit + `) { key } }`, vars: map[string]any{"r": f.robot.ID}, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "expiresAt"},
+			rbbCase{name: "enqueueJob/RunAt" + label, query: enqueue, vars: map[string]any{"in": map[string]any{"workflowId": f.workflow, "runAt": at}}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $in.runAt:"},
+			rbbCase{name: "enqueueJob/RunAtLiteral" + label, query: `mutation($w: ID!) { enqueueJob(input: {workflowId: $w, runAt: ` + lit + `}) { id } }`, vars: map[string]any{"w": f.workflow}, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "input.runAt"},
+			rbbCase{name: "enqueueJobs/ThirdRunAt" + label, query: enqueueMany, vars: map[string]any{"in": []any{good, good, map[string]any{"workflowId": f.workflow, "runAt": at}}}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $in[2].runAt:"},
+			rbbCase{name: "jobs/CreatedAfter" + label, query: jobs, vars: map[string]any{"f": map[string]any{"createdAfter": at}}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $f.createdAfter:"},
+			rbbCase{name: "jobs/CreatedBefore" + label, query: jobs, vars: map[string]any{"f": map[string]any{"createdBefore": at}}, code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $f.createdBefore:"},
+			rbbCase{name: "jobs/CreatedAfterLiteral" + label, query: `{ jobs(filter: {createdAfter: ` + lit + `}) { totalCount } }`, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "filter.createdAfter"},
+			rbbCase{name: "jobs/CreatedBeforeLiteral" + label, query: `{ jobs(filter: {status: QUEUED, createdBefore: ` + lit + `}) { totalCount } }`, code: "BAD_USER_INPUT", reason: badGQLValidation, field: "filter.createdBefore"},
+			rbbCase{name: "appendJobLogs/At" + label, query: logs, vars: lv(map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "ok", "at": at}}}), code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $e[0].at:", robot: true},
+			rbbCase{name: "appendJobLogs/SecondAt" + label, query: logs, vars: lv(map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "ok"}, map[string]any{"level": "INFO", "message": "ok", "at": at}}}), code: "BAD_USER_INPUT", reason: badGQLValidation, message: "variable $e[1].at:", robot: true},
+			rbbCase{name: "appendJobLogs/AtLiteral" + label, query: `mutation($j: ID!, $l: ID!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: [{level: INFO, message: "ok", at: ` + lit + `}]) }`, vars: lv(nil), code: "BAD_USER_INPUT", reason: badGQLValidation, field: "entries[0].at", robot: true},
+		)
+		// A forged cursor carries its time to a keyset comparison in SQL.
+		for _, list := range []struct{ field, kind string }{{"machines", "machine"}, {"robots", "robot"}, {"workflows", "workflow"}, {"jobs", "job"}} {
+			cursor := base64.RawURLEncoding.EncodeToString([]byte(list.kind + ":" + at + "|" + uuid.NewString()))
+			add(rbbCase{name: list.field + "/Cursor" + label, query: `query($a: String) { ` + list.field + `(after: $a) { totalCount } }`, vars: map[string]any{"a": cursor}, code: "BAD_USER_INPUT", field: "after"})
+		}
+	}
+}
+
+// rbbIntCases refuse Ints beyond 32 bits (GraphQL's Int is a signed 32-bit
+// integer) in every Int argument and input field, as a literal, as a
+// variable and inside an input object or list variable, and Ints sent as
+// strings or fractions.
+func rbbIntCases(f rbbFixture, add func(...rbbCase)) {
+	over := map[string]json.Number{"2147483648": "2147483648", "Minus2147483649": "-2147483649", "1e10": "1e10"}
+	// args are the Int arguments of the schema: a query with $v, and one
+	// with the literal in place of LIT.
+	lv := f.lease.rbVars
+	type intArg struct {
+		name, field string
+		query, lit  string // a query with $v: Int, and one with LIT for a literal
+		vars        func(v any) map[string]any
+		robot       bool
+	}
+	plain := func(v any) map[string]any { return map[string]any{"v": v} }
+	args := []intArg{
+		{"machines/First", "first", `query($v: Int) { machines(first: $v) { totalCount } }`, `{ machines(first: LIT) { totalCount } }`, plain, false},
+		{"robots/First", "first", `query($v: Int) { robots(first: $v) { totalCount } }`, `{ robots(first: LIT) { totalCount } }`, plain, false},
+		{"workflows/First", "first", `query($v: Int) { workflows(first: $v) { totalCount } }`, `{ workflows(first: LIT) { totalCount } }`, plain, false},
+		{"jobs/First", "first", `query($v: Int) { jobs(first: $v) { totalCount } }`, `{ jobs(first: LIT) { totalCount } }`, plain, false},
+		{"apiKeyAudit/First", "first", `query($v: Int) { apiKeyAudit(first: $v) { id } }`, `{ apiKeyAudit(first: LIT) { id } }`, plain, false},
+		{"Job.logs/First", "first", `query($id: ID!, $v: Int) { job(id: $id) { logs(first: $v) { id } } }`, `query($id: ID!) { job(id: $id) { logs(first: LIT) { id } } }`,
+			func(v any) map[string]any { return map[string]any{"id": f.lease.Job.ID, "v": v} }, false},
+		{"assignWorkflow/Priority", "priority", `mutation($w: ID!, $r: ID!, $v: Int) { assignWorkflow(workflowId: $w, robotId: $r, priority: $v) { robotId } }`,
+			`mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r, priority: LIT) { robotId } }`,
+			func(v any) map[string]any { return map[string]any{"w": f.workflow, "r": f.robot.ID, "v": v} }, false},
+		{"claimJob/WaitSeconds", "waitSeconds", `mutation($v: Int) { claimJob(waitSeconds: $v) { leaseToken } }`, `mutation { claimJob(waitSeconds: LIT) { leaseToken } }`, plain, true},
+		{"reportJobProgress/Progress", "progress", `mutation($j: ID!, $l: ID!, $v: Int!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: $v) { id } }`,
+			`mutation($j: ID!, $l: ID!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: LIT) { id } }`,
+			func(v any) map[string]any { return lv(map[string]any{"v": v}) }, true},
+		{"createRobot/MaxConcurrentJobs", "input.maxConcurrentJobs", `mutation($v: Int) { createRobot(input: {name: "x", maxConcurrentJobs: $v}) { id } }`,
+			`mutation { createRobot(input: {name: "x", maxConcurrentJobs: LIT}) { id } }`, plain, false},
+		{"updateRobot/MaxConcurrentJobs", "input.maxConcurrentJobs", `mutation($id: ID!, $v: Int) { updateRobot(id: $id, input: {maxConcurrentJobs: $v}) { id } }`,
+			`mutation($id: ID!) { updateRobot(id: $id, input: {maxConcurrentJobs: LIT}) { id } }`,
+			func(v any) map[string]any { return map[string]any{"id": f.robot.ID, "v": v} }, false},
+	}
+	for _, in := range []string{"version", "priority", "maxAttempts"} {
+		args = append(args, intArg{"enqueueJob/" + in, "input." + in,
+			`mutation($w: ID!, $v: Int) { enqueueJob(input: {workflowId: $w, ` + in + `: $v}) { id } }`,
+			`mutation($w: ID!) { enqueueJob(input: {workflowId: $w, ` + in + `: LIT}) { id } }`,
+			func(v any) map[string]any { return map[string]any{"w": f.workflow, "v": v} }, false})
+	}
+	// All are refused before anything runs, as validation: literals name the
+	// argument in extensions.field, variables in the path.
+	for _, a := range args {
+		for _, label := range slices.Sorted(maps.Keys(over)) {
+			v := over[label]
+			literalField := a.field
+			if label == "1e10" {
+				literalField = "" // not an integer literal: gqlparser refuses it
+			}
+			add(
+				rbbCase{name: a.name + "Variable" + label, query: a.query, vars: a.vars(v), code: "BAD_USER_INPUT", reason: badGQLValidation, robot: a.robot},
+				rbbCase{name: a.name + "Literal" + label, query: strings.Replace(a.lit, "LIT", string(v), 1), vars: a.vars(nil), code: "BAD_USER_INPUT", field: literalField, reason: badGQLValidation, robot: a.robot},
+			)
+		}
+		add(
+			rbbCase{name: a.name + "VariableNumericString", query: a.query, vars: a.vars("5"), code: "BAD_USER_INPUT", reason: badGQLValidation, robot: a.robot},
+			rbbCase{name: a.name + "VariableFraction", query: a.query, vars: a.vars(json.Number("5.5")), code: "BAD_USER_INPUT", reason: badGQLValidation, robot: a.robot},
+		)
+	}
+	// An out-of-range Int in a later mutation field stops the earlier ones too.
+	add(
+		rbbCase{name: "createRobot/SecondFieldLiteralOverflowRunsNothing", query: `mutation { a: createRobot(input: {name: "first"}) { id } b: createRobot(input: {name: "second", maxConcurrentJobs: 2147483648}) { id } }`,
+			code: "BAD_USER_INPUT", field: "input.maxConcurrentJobs", reason: badGQLValidation},
+		rbbCase{name: "createRobot/SecondFieldVariableOverflowRunsNothing", query: `mutation($m: Int) { a: createRobot(input: {name: "first"}) { id } b: createRobot(input: {name: "second", maxConcurrentJobs: $m}) { id } }`,
+			vars: map[string]any{"m": json.Number("2147483648")}, code: "BAD_USER_INPUT", reason: badGQLValidation},
+	)
+	// Inside input object and list variables the number reaches the scalar
+	// as the client wrote it.
+	enqueueMany := `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`
+	good := map[string]any{"workflowId": f.workflow}
+	for _, label := range slices.Sorted(maps.Keys(over)) {
+		add(
+			rbbCase{name: "enqueueJob/PriorityInObjectVariable" + label, query: `mutation($in: EnqueueJobInput!) { enqueueJob(input: $in) { id } }`,
+				vars: map[string]any{"in": map[string]any{"workflowId": f.workflow, "priority": over[label]}}, code: "BAD_USER_INPUT", reason: badGQLValidation},
+			rbbCase{name: "enqueueJobs/ThirdMaxAttempts" + label, query: enqueueMany,
+				vars: map[string]any{"in": []any{good, good, map[string]any{"workflowId": f.workflow, "maxAttempts": over[label]}}}, code: "BAD_USER_INPUT", reason: badGQLValidation},
+			rbbCase{name: "createRobot/MaxConcurrentJobsInObjectVariable" + label, query: `mutation($in: CreateRobotInput!) { createRobot(input: $in) { id } }`,
+				vars: map[string]any{"in": map[string]any{"name": "x", "maxConcurrentJobs": over[label]}}, code: "BAD_USER_INPUT", reason: badGQLValidation},
+		)
+	}
 }
 
 func TestRobotBadInputIsRefusedAndWritesNothing(t *testing.T) {
@@ -396,6 +548,7 @@ func TestRobotBadInputIsRefusedAndWritesNothing(t *testing.T) {
 				if c.reason != "" {
 					require.Equal(t, c.reason, e.Extensions["reason"], "response: %s", resp.Raw)
 				}
+				require.Contains(t, e.Message, c.message)
 				require.NotContains(t, s.Log.String()[logged:], "internal error")
 			}
 			require.Equal(t, before, rbbSnapshot(t, f), "a refused request changed data")
@@ -465,4 +618,79 @@ func TestRobotBadInputBoundariesAreAccepted(t *testing.T) {
 	isoDo(t, s, k.Key, `mutation($j: ID!, $l: ID!, $r: JSON) { completeJob(jobId: $j, leaseToken: $l, result: $r) { id } }`,
 		l.rbVars(map[string]any{"r": atLimit}), nil)
 	require.Equal(t, 502, rbCount(t, s, "job_logs", "job_id = ?", job.ID))
+}
+
+// The edges of the Time and Int ranges are accepted and one step past them
+// is not; a time written with an offset is the same instant as in UTC.
+func TestTimeAndIntRangeEdgesAreAccepted(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Queue: rbiQueue})
+	u := s.NewUser(t, uuid.Nil)
+	wf := rbCreateWorkflow(t, s, u.Token, "edges")
+	const first, last = "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"
+
+	t.Run("Times", func(t *testing.T) {
+		job := rbEnqueue(t, s, u.Token, wf, map[string]any{"runAt": last})
+		var out struct {
+			Job struct{ RunAfter time.Time }
+		}
+		isoDo(t, s, u.Token, `query($id: ID!) { job(id: $id) { runAfter } }`, map[string]any{"id": job.ID}, &out)
+		require.Equal(t, last, out.Job.RunAfter.UTC().Format(time.RFC3339Nano))
+		// The same instants through offsets: year 1 from the east, 9999 from the west.
+		for _, f := range []map[string]any{
+			{"createdAfter": first, "createdBefore": last},
+			{"createdAfter": "0001-01-01T01:00:00+01:00", "createdBefore": "9999-12-31T22:59:59.999999-01:00"},
+		} {
+			var jobs struct{ Jobs struct{ TotalCount int } }
+			isoDo(t, s, u.Token, `query($f: JobFilter) { jobs(filter: $f) { totalCount } }`, map[string]any{"f": f}, &jobs)
+			require.Equal(t, 1, jobs.Jobs.TotalCount)
+		}
+		r := rbCreateRobot(t, s, u.Token, map[string]any{"name": "edge-bot"})
+		var key struct{ CreateApiKey struct{ Key string } }
+		isoDo(t, s, u.Token, `mutation($r: ID!, $e: Time) { createApiKey(robotId: $r, name: "k", expiresAt: $e) { key } }`,
+			map[string]any{"r": r.ID, "e": last}, &key)
+		require.NotEmpty(t, key.CreateApiKey.Key)
+		// A cursor at either edge is a position like any other.
+		cursor := func(at string) string {
+			return base64.RawURLEncoding.EncodeToString([]byte("job:" + at + "|" + uuid.NewString()))
+		}
+		for _, at := range []string{first, last} {
+			isoDo(t, s, u.Token, `query($a: String) { jobs(after: $a) { totalCount } }`, map[string]any{"a": cursor(at)}, nil)
+		}
+		// One microsecond past either edge is refused.
+		for _, at := range []string{"0000-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.9999991Z"} {
+			resp := s.Do(t, u.Token, `query($f: JobFilter) { jobs(filter: $f) { totalCount } }`, map[string]any{"f": map[string]any{"createdAfter": at}})
+			require.Equal(t, "GRAPHQL_VALIDATION_FAILED", resp.Code(t, "BAD_USER_INPUT").Extensions["reason"])
+			require.Contains(t, resp.Errors[0].Message, "$f.createdAfter")
+			resp = s.Do(t, u.Token, `{ jobs(filter: {createdAfter: "`+at+`"}) { totalCount } }`, nil)
+			require.Equal(t, "filter.createdAfter", resp.Code(t, "BAD_USER_INPUT").Extensions["field"])
+			require.Contains(t, resp.Errors[0].Message, "filter.createdAfter")
+			resp = s.Do(t, u.Token, `query($a: String) { jobs(after: $a) { totalCount } }`, map[string]any{"a": cursor(at)})
+			require.Equal(t, "after", resp.Code(t, "BAD_USER_INPUT").Extensions["field"])
+		}
+	})
+
+	t.Run("Ints", func(t *testing.T) {
+		for _, v := range []any{2147483647, json.Number("2147483647"), json.Number("-0")} {
+			var out struct{ Robots struct{ TotalCount int } }
+			isoDo(t, s, u.Token, `query($v: Int) { robots(first: $v) { totalCount } }`, map[string]any{"v": v}, &out)
+		}
+		isoDo(t, s, u.Token, `{ robots(first: 2147483647) { totalCount } }`, nil, nil)
+		// Inside an input object the number reaches the scalar as written.
+		var r struct {
+			CreateRobot struct{ MaxConcurrentJobs int }
+		}
+		isoDo(t, s, u.Token, `mutation($in: CreateRobotInput!) { createRobot(input: $in) { maxConcurrentJobs } }`,
+			map[string]any{"in": map[string]any{"name": "ints", "maxConcurrentJobs": json.Number("100")}}, &r)
+		require.Equal(t, 100, r.CreateRobot.MaxConcurrentJobs)
+		resp := s.Do(t, u.Token, `{ robots(first: -2147483648) { totalCount } }`, nil)
+		require.Equal(t, "first", resp.Code(t, "BAD_USER_INPUT").Extensions["field"], "a negative page size is the store's refusal, not the scalar's")
+		require.NotContains(t, resp.Errors[0].Message, "out of range")
+		// One past either end of 32 bits is refused.
+		for _, lit := range []string{"2147483648", "-2147483649"} {
+			resp := s.Do(t, u.Token, `{ robots(first: `+lit+`) { totalCount } }`, nil)
+			require.Equal(t, "first", resp.Code(t, "BAD_USER_INPUT").Extensions["field"])
+			require.Contains(t, resp.Errors[0].Message, "out of range")
+		}
+	})
 }
