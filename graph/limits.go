@@ -205,8 +205,10 @@ func checkBody(max int64, next http.Handler) http.Handler {
 			refuse(http.StatusRequestEntityTooLarge, "the request body is %d bytes; the limit is %d", r.ContentLength, max)
 			return
 		}
-		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" && mt != "application/graphql-response+json" {
-			refuse(http.StatusUnsupportedMediaType, "send the request as Content-Type: application/json")
+		// GraphQL over HTTP: a POST body is application/json in UTF-8.
+		mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if cs, ok := params["charset"]; mt != "application/json" || (ok && !strings.EqualFold(cs, "utf-8")) {
+			refuse(http.StatusUnsupportedMediaType, "send the request as Content-Type: application/json (UTF-8)")
 			return
 		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, max+1))

@@ -2,15 +2,16 @@ package live
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
+
+	"fleetgraph/graph/accept"
 )
 
 // SSE serves operations as server-sent events, for clients that cannot open
@@ -45,51 +46,16 @@ func (SSE) Supports(r *http.Request) bool {
 // PrefersEventStream reports whether an Accept header ranks
 // text/event-stream above application/json and
 // application/graphql-response+json: a higher q-value, or the same one
-// listed first. Wildcards rank below every type they would match.
-func PrefersEventStream(accept string) bool {
-	type rank struct {
-		q     float64
-		order int
-		found bool
-	}
-	var stream, json rank
-	for i, part := range strings.Split(accept, ",") {
-		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		if err != nil {
-			continue
-		}
-		q := 1.0
-		if v, ok := params["q"]; ok {
-			if q, err = strconv.ParseFloat(v, 64); err != nil || q < 0 || q > 1 {
-				continue
-			}
-		}
-		r := rank{q: q, order: i, found: true}
-		better := func(a, b rank) bool { return !b.found || a.q > b.q }
-		switch mt {
-		case "text/event-stream":
-			if better(r, stream) {
-				stream = r
-			}
-		case "application/json", "application/graphql-response+json", "application/*", "*/*":
-			if mt == "application/*" || mt == "*/*" {
-				r.order = 1 << 30 // a wildcard only stands in for JSON not listed
-			}
-			if better(r, json) || (r.q == json.q && r.order < json.order) {
-				json = r
-			}
-		}
-	}
-	if !stream.found || stream.q == 0 {
-		return false
-	}
-	return !json.found || stream.q > json.q || (stream.q == json.q && stream.order < json.order)
+// from a range as specific and listed first (see accept.Choose). Wildcards
+// rank below every type they would match.
+func PrefersEventStream(header string) bool {
+	return accept.Choose(header, accept.JSON, accept.GraphQLResponse, accept.EventStream) == accept.EventStream
 }
 
 // Do implements graphql.Transport.
 func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
 	params := &graphql.RawParams{Headers: r.Header}
-	if err := readParams(r, params); err != nil {
+	if err := ReadParams(r, params); err != nil {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusBadRequest)
 		_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{"message": err.Error(), "extensions": map[string]any{"code": "BAD_USER_INPUT"}}}})
@@ -163,8 +129,10 @@ func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecut
 	}
 }
 
-// readParams reads the operation from a JSON body (POST) or the query string (GET).
-func readParams(r *http.Request, params *graphql.RawParams) error {
+// ReadParams reads the operation from a JSON body (POST) or the query
+// string (GET), numbers as json.Number on both. Its error says which
+// parameter is malformed, in words fit for a client, and echoes nothing.
+func ReadParams(r *http.Request, params *graphql.RawParams) error {
 	if r.Method == http.MethodGet {
 		q := r.URL.Query()
 		params.Query = q.Get("query")
@@ -185,11 +153,20 @@ func readParams(r *http.Request, params *graphql.RawParams) error {
 		dec := json.NewDecoder(r.Body)
 		dec.UseNumber()
 		if err := dec.Decode(params); err != nil {
+			var typeErr *json.UnmarshalTypeError
+			if errors.As(err, &typeErr) {
+				switch typeErr.Field {
+				case "query", "operationName":
+					return fmt.Errorf("%s must be a string", typeErr.Field)
+				case "variables", "extensions":
+					return fmt.Errorf("%s must be a JSON object", typeErr.Field)
+				}
+			}
 			return fmt.Errorf("the request body must be a JSON object with a query")
 		}
 	}
 	if params.Query == "" && params.Extensions["persistedQuery"] == nil {
-		return fmt.Errorf("give a query")
+		return fmt.Errorf("the request has no query: send the GraphQL document as the query parameter")
 	}
 	return nil
 }
