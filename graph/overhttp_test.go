@@ -44,11 +44,11 @@ func TestStatusByMediaType(t *testing.T) {
 	}
 
 	requestErrors := map[string]string{
-		"parse":       `{"query": "{ machines("}`,
-		"validation":  `{"query": "{ noSuchField }"}`,
-		"variable":    `{"query": "query($n: Int!) { machines(first: $n) { totalCount } }", "variables": {"n": "three"}}`,
-		"missingVar":  `{"query": "query($id: ID!) { machine(id: $id) { id } }"}`,
-		"unknown op":  `{"query": "query A { me { id } }", "operationName": "B"}`,
+		"parse":      `{"query": "{ machines("}`,
+		"validation": `{"query": "{ noSuchField }"}`,
+		"variable":   `{"query": "query($n: Int!) { machines(first: $n) { totalCount } }", "variables": {"n": "three"}}`,
+		"missingVar": `{"query": "query($id: ID!) { machine(id: $id) { id } }"}`,
+		"unknown op": `{"query": "query A { me { id } }", "operationName": "B"}`,
 	}
 	// A limit refused before execution: more aliases than Limits.Aliases.
 	var aliases strings.Builder
@@ -68,8 +68,8 @@ func TestStatusByMediaType(t *testing.T) {
 				"application/graphql-response+json": {400, "application/graphql-response+json"},
 				// urql's default
 				"application/graphql-response+json, application/graphql+json, application/json, text/event-stream, multipart/mixed": {400, "application/graphql-response+json"},
-				"application/graphql-response+json;q=0.5, application/json":                                                       {200, "application/json"},
-				"application/json;q=0.9, application/graphql-response+json":                                                       {400, "application/graphql-response+json"},
+				"application/graphql-response+json;q=0.5, application/json":                                                         {200, "application/json"},
+				"application/json;q=0.9, application/graphql-response+json":                                                         {400, "application/graphql-response+json"},
 			} {
 				res := post(t, accept, "application/json", body)
 				require.Equal(t, want.status, res.Status, "Accept %q: %s", accept, res.Raw)
