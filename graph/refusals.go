@@ -150,6 +150,9 @@ func (w *refusalWriter) FlushError() error {
 	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
+// Flush is FlushError for code that asserts http.Flusher.
+func (w *refusalWriter) Flush() { _ = w.FlushError() }
+
 // Unwrap lets http.ResponseController and websocket upgrades reach the
 // connection.
 func (w *refusalWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
