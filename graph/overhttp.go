@@ -49,11 +49,11 @@ func (t overHTTP) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphE
 	h.Add("Vary", "Accept")
 	mediaType := accept.Choose(r.Header.Get("Accept"), accept.JSON, accept.GraphQLResponse)
 	if mediaType == "" {
-		h.Set("Content-Type", accept.JSON+"; charset=utf-8")
+		h.Set("Content-Type", accept.JSON)
 		t.write(w, r, http.StatusNotAcceptable, false, httpRefusal("the Accept header accepts no type this endpoint answers in: accept application/json or application/graphql-response+json (or text/event-stream for a stream)", "NOT_ACCEPTABLE"))
 		return
 	}
-	h.Set("Content-Type", mediaType+"; charset=utf-8")
+	h.Set("Content-Type", mediaType) // JSON is UTF-8 (RFC 8259): no charset
 
 	params := &graphql.RawParams{Headers: r.Header}
 	start := graphql.Now()
