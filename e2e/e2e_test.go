@@ -33,10 +33,10 @@ type testBundle struct {
 	user   apitest.User
 }
 
-func setup(t *testing.T) *testBundle {
+func setup(t *testing.T, opts ...apitest.Options) *testBundle {
 	t.Helper()
 	requireClients(t) // skip before paying for a database
-	s := apitest.New(t)
+	s := apitest.New(t, opts...)
 	// The deadline starts once the server runs: the first test of the
 	// binary also waits for PostgreSQL to start.
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)

@@ -123,6 +123,12 @@ type line struct {
 	SSE      json.RawMessage `json:"sse"`
 	HTTP     *httpAnswer     `json:"http"`
 
+	// One audit of graphql-http's serverAudits (audit.mjs).
+	Audit *auditResult `json:"audit"`
+
+	// A script is ready for what the test does next (urql.mjs, apollo.mjs).
+	Ready bool `json:"ready"`
+
 	Done  bool   `json:"done"`
 	Fatal string `json:"fatal"`
 }
@@ -143,6 +149,18 @@ type httpAnswer struct {
 	Method      string `json:"method"`
 	Status      int    `json:"status"`
 	ContentType string `json:"contentType"`
+}
+
+// auditResult is one GraphQL-over-HTTP audit's outcome: status "ok",
+// "warn" (a SHOULD or MAY not met) or "error" (a MUST not met), with the
+// audit's reason and the answer it got when not ok.
+type auditResult struct {
+	ID         string `json:"id"`
+	Name       string `json:"name"`
+	Status     string `json:"status"`
+	Reason     string `json:"reason"`
+	HTTPStatus int    `json:"httpStatus"`
+	Body       string `json:"body"`
 }
 
 // gqlError is a GraphQL error as the clients hand it over.

@@ -11,7 +11,6 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/lru"
-	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/vektah/gqlparser/v2/ast"
 
 	"fleetgraph/auth"
@@ -155,8 +154,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		Quota:        quota,
 		KeyRecheck:   cfg.WebsocketKeyRecheck,
 	})
-	srv.AddTransport(transport.POST{})
-	srv.AddTransport(transport.GET{})
+	srv.AddTransport(overHTTP{log: cfg.Logger})
 	srv.Use(operationMetrics{cfg.Metrics})
 
 	validated := lru.New[*ast.QueryDocument](1000)

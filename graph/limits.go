@@ -50,7 +50,7 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 		return &gqlerror.Error{Message: mutationOverGet.Message, Err: mutationOverGet}
 	}
 	if op.Operation.Operation == ast.Subscription && !live.Streaming(ctx) {
-		fe := &fault.Error{Code: fault.BadUserInput, Message: "a subscription needs a transport that streams: " + live.Transports, Extra: map[string]any{"reason": "SUBSCRIPTION_NEEDS_STREAM"}}
+		fe := &fault.Error{Code: fault.BadUserInput, Message: "a subscription needs a transport that streams: " + live.Transports, Extra: map[string]any{"reason": subscriptionNeedsStream}}
 		return &gqlerror.Error{Message: fe.Message, Err: fe}
 	}
 	w := operationWalker{vars: op.Variables}
@@ -150,6 +150,10 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 	return saturatingAdd(1, child), deepest
 }
 
+// subscriptionNeedsStream is the reason of a subscription refused on a
+// transport that answers once.
+const subscriptionNeedsStream = "SUBSCRIPTION_NEEDS_STREAM"
+
 type queriesOnlyKey struct{}
 
 // queriesOnly marks GET requests other than websocket upgrades: whatever
@@ -210,8 +214,10 @@ func checkBody(max int64, next http.Handler) http.Handler {
 			refuse(http.StatusRequestEntityTooLarge, "the request body is %d bytes; the limit is %d", r.ContentLength, max)
 			return
 		}
-		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" && mt != "application/graphql-response+json" {
-			refuse(http.StatusUnsupportedMediaType, "send the request as Content-Type: application/json")
+		// GraphQL over HTTP: a POST body is application/json in UTF-8.
+		mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if cs, ok := params["charset"]; mt != "application/json" || (ok && !strings.EqualFold(cs, "utf-8")) {
+			refuse(http.StatusUnsupportedMediaType, "send the request as Content-Type: application/json (UTF-8)")
 			return
 		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, max+1))

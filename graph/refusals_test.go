@@ -23,6 +23,10 @@ import (
 // refMarker is written into every refused request; no answer may repeat it.
 const refMarker = "ZQXJ0ECHO"
 
+// graphQLResponse asks for application/graphql-response+json, in which a
+// request refused before execution is a 400 (in application/json, a 200).
+var graphQLResponse = http.Header{"Accept": {"application/graphql-response+json"}}
+
 // refAnswer is one HTTP answer of the endpoint.
 type refAnswer struct {
 	status int
@@ -62,7 +66,8 @@ func refRequireCodedRefusal(t *testing.T, a refAnswer) string {
 	t.Helper()
 	require.GreaterOrEqual(t, a.status, 400, "%s", a.body)
 	require.Less(t, a.status, 500, "%s", a.body)
-	require.True(t, strings.HasPrefix(a.header.Get("Content-Type"), "application/json"), "content type %q: %s", a.header.Get("Content-Type"), a.body)
+	ct := a.header.Get("Content-Type")
+	require.True(t, strings.HasPrefix(ct, "application/json") || strings.HasPrefix(ct, "application/graphql-response+json"), "content type %q: %s", ct, a.body)
 	var resp struct {
 		Errors []struct {
 			Message    string         `json:"message"`
@@ -145,11 +150,11 @@ func refTransportRefusals(t *testing.T, s *apitest.Server) {
 		{name: "BodyOperationNameANumber", method: http.MethodPost, contentType: "application/json", body: body(`, "operationName": 7, "x": "` + refMarker + `"`), status: http.StatusBadRequest},
 		{name: "BodyExtensionsAList", method: http.MethodPost, contentType: "application/json", body: body(`, "extensions": ["` + refMarker + `"]`), status: http.StatusBadRequest},
 		{name: "BodyTrailingData", method: http.MethodPost, contentType: "application/json", body: append(body(""), []byte(` {"x": "`+refMarker+`"}`)...), status: http.StatusBadRequest},
-		{name: "BodyHugeExponent", method: http.MethodPost, contentType: "application/json",
+		{name: "BodyHugeExponent", method: http.MethodPost, contentType: "application/json", header: graphQLResponse,
 			body: []byte(`{"query": "query($f: Int) { machines(first: $f) { totalCount } } # ` + refMarker + `", "variables": {"f": 1e999999}}`)},
-		{name: "BodyHugeInteger", method: http.MethodPost, contentType: "application/json",
+		{name: "BodyHugeInteger", method: http.MethodPost, contentType: "application/json", header: graphQLResponse,
 			body: []byte(`{"query": "query($f: Int) { machines(first: $f) { totalCount } } # ` + refMarker + `", "variables": {"f": 1` + strings.Repeat("0", 5000) + `}}`)},
-		{name: "BodyHugeNestedInteger", method: http.MethodPost, contentType: "application/json",
+		{name: "BodyHugeNestedInteger", method: http.MethodPost, contentType: "application/json", header: graphQLResponse,
 			body: []byte(`{"query": "query($f: [Int!]) { machines(first: 1) { totalCount } } # ` + refMarker + `", "variables": {"f": [1` + strings.Repeat("0", 5000) + `]}}`)},
 		// Websocket handshakes the websocket library refuses (as text/plain).
 		{name: "WebsocketWithoutKey", method: http.MethodGet, header: http.Header{"Upgrade": {"websocket"}, "Connection": {"Upgrade"}, "Sec-Websocket-Version": {"13"}, "Sec-Websocket-Protocol": {"graphql-transport-ws"}}},

@@ -2,6 +2,7 @@ package live
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -61,8 +62,10 @@ func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecut
 	})
 }
 
-// readParams reads the operation from a JSON body (POST) or the query string (GET).
-func readParams(r *http.Request, params *graphql.RawParams) error {
+// ReadParams reads the operation from a JSON body (POST) or the query
+// string (GET), numbers as json.Number on both. Its error says which
+// parameter is malformed, in words fit for a client, and echoes nothing.
+func ReadParams(r *http.Request, params *graphql.RawParams) error {
 	if r.Method == http.MethodGet {
 		q := r.URL.Query()
 		params.Query = q.Get("query")
@@ -83,11 +86,20 @@ func readParams(r *http.Request, params *graphql.RawParams) error {
 		dec := json.NewDecoder(r.Body)
 		dec.UseNumber()
 		if err := dec.Decode(params); err != nil {
+			var typeErr *json.UnmarshalTypeError
+			if errors.As(err, &typeErr) {
+				switch typeErr.Field {
+				case "query", "operationName":
+					return fmt.Errorf("%s must be a string", typeErr.Field)
+				case "variables", "extensions":
+					return fmt.Errorf("%s must be a JSON object", typeErr.Field)
+				}
+			}
 			return fmt.Errorf("the request body must be a JSON object with a query")
 		}
 	}
 	if params.Query == "" && params.Extensions["persistedQuery"] == nil {
-		return fmt.Errorf("give a query")
+		return fmt.Errorf("the request has no query: send the GraphQL document as the query parameter")
 	}
 	return nil
 }

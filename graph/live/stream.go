@@ -2,16 +2,14 @@ package live
 
 import (
 	"context"
-	"mime"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
 
 	"fleetgraph/fault"
+	"fleetgraph/graph/accept"
 	"fleetgraph/metrics"
 )
 
@@ -31,60 +29,19 @@ const (
 // negotiate picks the response type an Accept header prefers among JSON
 // (application/json, application/graphql-response+json), server-sent events
 // (text/event-stream) and multipart subscriptions (multipart/mixed with a
-// subscriptionSpec parameter): the highest q-value, then the one listed
-// first. Wildcards rank below every type they would match and stand for
-// JSON; a stream type with q=0 is never chosen. Clients such as urql list
-// text/event-stream after the JSON types on every request, and get JSON;
-// Apollo Client lists multipart/mixed first on subscriptions only.
-func negotiate(accept string) offer {
-	type rank struct {
-		q     float64
-		order int
-		found bool
+// subscriptionSpec parameter), by accept.Choose: q-value, then the more
+// specific range, then order; wildcards stand for JSON, which wins ties.
+// Clients such as urql list text/event-stream after the JSON types on
+// every request, and get JSON; Apollo Client lists multipart/mixed first on
+// subscriptions only.
+func negotiate(header string) offer {
+	switch accept.Choose(accept.WithoutPlainMultipart(header), accept.JSON, accept.GraphQLResponse, accept.EventStream, accept.Multipart) {
+	case accept.EventStream:
+		return offerEventStream
+	case accept.Multipart:
+		return offerMultipart
 	}
-	above := func(a, b rank) bool { return !b.found || a.q > b.q || (a.q == b.q && a.order < b.order) }
-	var ranks [3]rank
-	for i, part := range strings.Split(accept, ",") {
-		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		if err != nil {
-			continue
-		}
-		q := 1.0
-		if v, ok := params["q"]; ok {
-			if q, err = strconv.ParseFloat(v, 64); err != nil || q < 0 || q > 1 {
-				continue
-			}
-		}
-		r := rank{q: q, order: i, found: true}
-		var o offer
-		switch mt {
-		case "text/event-stream":
-			o = offerEventStream
-		case "multipart/mixed":
-			// Without subscriptionSpec it is Apollo's @defer format
-			// (deferSpec), which this server does not speak.
-			if params["subscriptionspec"] == "" {
-				continue
-			}
-			o = offerMultipart
-		case "application/json", "application/graphql-response+json":
-			o = offerJSON
-		case "application/*", "*/*":
-			o, r.order = offerJSON, 1<<30 // a wildcard only stands in for JSON not listed
-		default:
-			continue
-		}
-		if above(r, ranks[o]) {
-			ranks[o] = r
-		}
-	}
-	best := offerJSON
-	for _, o := range []offer{offerEventStream, offerMultipart} {
-		if r := ranks[o]; r.found && r.q > 0 && above(r, ranks[best]) {
-			best = o
-		}
-	}
-	return best
+	return offerJSON
 }
 
 // PrefersEventStream reports whether an Accept header ranks
@@ -180,7 +137,7 @@ type streamer struct {
 // written once the client has gone.
 func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor, f framing) {
 	params := &graphql.RawParams{Headers: r.Header}
-	if err := readParams(r, params); err != nil {
+	if err := ReadParams(r, params); err != nil {
 		metrics.SentError(r.Context(), string(fault.BadUserInput))
 		writeRefusal(w, http.StatusBadRequest, fault.New(fault.BadUserInput, "%s", err.Error()))
 		return

@@ -1,0 +1,146 @@
+package graph_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+	"fleetgraph/graph"
+)
+
+// The GraphQL-over-HTTP status rules: a request error is a 200 in
+// application/json (Apollo Client hides the errors of a 4xx behind a
+// network error) and a 400 without a data entry in
+// application/graphql-response+json; once execution started it is 200 in
+// both; the media type follows the Accept header's q-values and order.
+func TestStatusByMediaType(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+
+	post := func(t *testing.T, accept, contentType, body string) *apitest.Response {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, s.URL+"/graphql", strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+u.Token)
+		req.Header.Set("Content-Type", contentType)
+		if accept != "" {
+			req.Header.Set("Accept", accept)
+		}
+		return s.Send(t, req)
+	}
+	hasData := func(raw []byte) bool {
+		var m map[string]json.RawMessage
+		_ = json.Unmarshal(raw, &m)
+		_, ok := m["data"]
+		return ok
+	}
+
+	requestErrors := map[string]string{
+		"parse":      `{"query": "{ machines("}`,
+		"validation": `{"query": "{ noSuchField }"}`,
+		"variable":   `{"query": "query($n: Int!) { machines(first: $n) { totalCount } }", "variables": {"n": "three"}}`,
+		"missingVar": `{"query": "query($id: ID!) { machine(id: $id) { id } }"}`,
+		"unknown op": `{"query": "query A { me { id } }", "operationName": "B"}`,
+	}
+	// A limit refused before execution: more aliases than Limits.Aliases.
+	var aliases strings.Builder
+	for i := range graph.DefaultLimits.Aliases + 1 {
+		fmt.Fprintf(&aliases, " a%d: __typename", i)
+	}
+	requestErrors["alias limit"] = `{"query": "{` + aliases.String() + ` }"}`
+	for name, body := range requestErrors {
+		t.Run("RequestError/"+name, func(t *testing.T) {
+			for accept, want := range map[string]struct {
+				status int
+				typ    string
+			}{
+				"":                                  {200, "application/json"},
+				"application/json":                  {200, "application/json"},
+				"*/*":                               {200, "application/json"},
+				"application/graphql-response+json": {400, "application/graphql-response+json"},
+				// urql's default
+				"application/graphql-response+json, application/graphql+json, application/json, text/event-stream, multipart/mixed": {400, "application/graphql-response+json"},
+				"application/graphql-response+json;q=0.5, application/json":                                                         {200, "application/json"},
+				"application/json;q=0.9, application/graphql-response+json":                                                         {400, "application/graphql-response+json"},
+			} {
+				res := post(t, accept, "application/json", body)
+				require.Equal(t, want.status, res.Status, "Accept %q: %s", accept, res.Raw)
+				require.True(t, strings.HasPrefix(res.Header.Get("Content-Type"), want.typ), "Accept %q: content type %q", accept, res.Header.Get("Content-Type"))
+				res.Code(t, "BAD_USER_INPUT")
+				require.False(t, hasData(res.Raw), "a request error has no data entry: %s", res.Raw)
+			}
+		})
+	}
+
+	t.Run("ExecutionStarted", func(t *testing.T) {
+		// A field error after execution started: 200 in both types, data
+		// present.
+		body := `{"query": "{ machine(id: \"` + uuid.NewString() + `\") { id } }"}`
+		for _, accept := range []string{"application/json", "application/graphql-response+json"} {
+			res := post(t, accept, "application/json", body)
+			require.Equal(t, http.StatusOK, res.Status, "Accept %q: %s", accept, res.Raw)
+			require.True(t, hasData(res.Raw), "Accept %q: %s", accept, res.Raw)
+		}
+		res := post(t, "application/graphql-response+json", "application/json", `{"query": "{ machines { totalCount } }"}`)
+		require.Equal(t, http.StatusOK, res.Status)
+		require.JSONEq(t, `{"data":{"machines":{"totalCount":0}}}`, string(res.Raw))
+	})
+
+	t.Run("NotAGraphQLRequest", func(t *testing.T) {
+		// 400 in either type: the body is JSON but not a GraphQL request.
+		for _, body := range []string{`{}`, `{"query": 1}`, `{"query": "{ me { id } }", "variables": "x"}`, `{"query": "{ me { id } }", "operationName": false}`, `{"query": "{ me { id } }", "extensions": []}`, `{"qeury": "{ me { id } }"}`} {
+			for _, accept := range []string{"application/json", "application/graphql-response+json"} {
+				res := post(t, accept, "application/json", body)
+				require.Equal(t, http.StatusBadRequest, res.Status, "%s, Accept %q: %s", body, accept, res.Raw)
+				res.Code(t, "BAD_USER_INPUT")
+				require.NotContains(t, string(res.Raw), "RawParams", "no decoder internals")
+			}
+		}
+	})
+
+	t.Run("NotAcceptable", func(t *testing.T) {
+		for _, accept := range []string{"text/html", "application/xml", "application/json;q=0, application/graphql-response+json;q=0", "text/event-stream;q=0"} {
+			res := post(t, accept, "application/json", `{"query": "{ me { id } }"}`)
+			require.Equal(t, http.StatusNotAcceptable, res.Status, "Accept %q: %s", accept, res.Raw)
+			require.Equal(t, "NOT_ACCEPTABLE", res.Code(t, "BAD_USER_INPUT").Extensions["reason"])
+		}
+	})
+
+	t.Run("UnsupportedMediaType", func(t *testing.T) {
+		for _, ct := range []string{"text/plain", "application/graphql-response+json", "application/json; charset=latin1", "application/x-www-form-urlencoded", ""} {
+			res := post(t, "application/json", ct, `{"query": "{ me { id } }"}`)
+			require.Equal(t, http.StatusUnsupportedMediaType, res.Status, "Content-Type %q: %s", ct, res.Raw)
+			res.Code(t, "BAD_USER_INPUT")
+		}
+		res := post(t, "application/json", "application/json; charset=UTF-8", `{"query": "{ me { id } }"}`)
+		require.Equal(t, http.StatusOK, res.Status, "%s", res.Raw)
+	})
+
+	t.Run("GET", func(t *testing.T) {
+		get := func(q url.Values, accept string) *apitest.Response {
+			req, err := http.NewRequest(http.MethodGet, s.URL+"/graphql?"+q.Encode(), nil)
+			require.NoError(t, err)
+			req.Header.Set("Authorization", "Bearer "+u.Token)
+			req.Header.Set("Accept", accept)
+			return s.Send(t, req)
+		}
+		bad := url.Values{"query": {"{ noSuchField }"}}
+		require.Equal(t, http.StatusOK, get(bad, "application/json").Status)
+		res := get(bad, "application/graphql-response+json")
+		require.Equal(t, http.StatusBadRequest, res.Status)
+		require.False(t, hasData(res.Raw), "%s", res.Raw)
+		// A subscription needs a stream: 405, Allow: POST.
+		res = get(url.Values{"query": {"subscription { machineUpdated { id } }"}}, "application/json")
+		require.Equal(t, http.StatusMethodNotAllowed, res.Status, "%s", res.Raw)
+		require.Equal(t, "POST", res.Header.Get("Allow"))
+		res.Code(t, "BAD_USER_INPUT")
+	})
+}
