@@ -267,6 +267,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		AllowedOrigins: cfg.allowedOrigins,
 		Introspection:  cfg.devDefault(cfg.introspection),
 		LiveLimits:     cfg.live,
+		Webhooks:       cfg.webhooks,
 	})
 	if err != nil {
 		return err

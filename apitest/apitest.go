@@ -30,6 +30,7 @@ import (
 	"fleetgraph/dispatch"
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
+	"fleetgraph/maintenance"
 )
 
 // Secret is the JWT secret test servers accept.
@@ -99,6 +100,13 @@ type Options struct {
 	LiveLimits live.Limits
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
+	// Clock is the maintenance runner's clock (default: the system clock).
+	Clock maintenance.Clock
+	// Webhooks shape webhook delivery. Test servers allow http:// and
+	// private (loopback) receivers unless WebhookGuard is set.
+	Webhooks app.WebhookConfig
+	// WebhookGuard keeps the production rules: https only, no private addresses.
+	WebhookGuard bool
 }
 
 // DefaultQueue is the queue of test servers that set none: production's,
@@ -137,6 +145,9 @@ func New(t testing.TB, opts ...Options) *Server {
 	if o.ClaimPoll == 0 {
 		o.ClaimPoll = time.Hour
 	}
+	if !o.WebhookGuard {
+		o.Webhooks.AllowPrivate, o.Webhooks.AllowHTTP = true, true
+	}
 	a, err := app.New(app.Config{
 		DB:             resolverDB,
 		DSN:            s.DB.DSN,
@@ -153,6 +164,8 @@ func New(t testing.TB, opts ...Options) *Server {
 		KeepAlive:      o.KeepAlive,
 		LiveLimits:     o.LiveLimits,
 		KeyRecheck:     o.KeyRecheck,
+		Clock:          o.Clock,
+		Webhooks:       o.Webhooks,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler

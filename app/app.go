@@ -21,6 +21,7 @@ import (
 	"fleetgraph/graph/live"
 	"fleetgraph/maintenance"
 	"fleetgraph/realtime"
+	"fleetgraph/webhook"
 )
 
 // Config is what the application needs.
@@ -52,6 +53,23 @@ type Config struct {
 	LiveLimits live.Limits
 	// KeyRecheck is how often robot websockets re-check their API key (0: the handler's default).
 	KeyRecheck time.Duration
+	// Webhooks shapes webhook delivery.
+	Webhooks WebhookConfig
+}
+
+// WebhookConfig shapes webhook delivery (see package webhook).
+type WebhookConfig struct {
+	// AllowPrivate lets deliveries reach loopback, private, link-local and
+	// metadata addresses (WEBHOOK_ALLOW_PRIVATE; development and tests).
+	AllowPrivate bool
+	// AllowHTTP accepts http:// endpoint URLs (WEBHOOK_ALLOW_HTTP; development and tests).
+	AllowHTTP bool
+	// Timeout bounds one attempt (default 10 s).
+	Timeout time.Duration
+	// Workers caps the deliveries in flight (default 16).
+	Workers int
+	// Retries override the waits between attempts (default db.DefaultWebhookRetries).
+	Retries []time.Duration
 }
 
 // App is the assembled application.
@@ -63,6 +81,8 @@ type App struct {
 	// Maintenance runs the server's own work on one leader per database;
 	// New registers the queue's tasks with it.
 	Maintenance *maintenance.Runner
+	// Webhooks sends the webhook outbox, as a maintenance task.
+	Webhooks *webhook.Deliverer
 }
 
 // New builds the application; Run starts its background work.
@@ -85,6 +105,13 @@ func New(cfg Config) (*App, error) {
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
 	machines := db.NewMachines()
+	clock := cfg.Clock
+	if clock == nil {
+		clock = maintenance.SystemClock{}
+	}
+	webhooks := db.NewWebhooks(db.WebhookConfig{
+		AllowHTTP: cfg.Webhooks.AllowHTTP, AllowPrivate: cfg.Webhooks.AllowPrivate, Retries: cfg.Webhooks.Retries, Now: clock.Now,
+	})
 	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
 	r := &graph.Resolver{
 		DB:            cfg.DB,
@@ -95,6 +122,7 @@ func New(cfg Config) (*App, error) {
 		JobStore:      jobs,
 		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, dispatch.Config{Poll: cfg.ClaimPoll, MaxWait: cfg.ClaimMaxWait}),
 		Hub:           hub,
+		WebhookStore:  webhooks,
 	}
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
@@ -113,13 +141,31 @@ func New(cfg Config) (*App, error) {
 	})
 	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: cfg.SweepEvery, Log: cfg.Logger})
 	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger)
+	deliverer := registerWebhookTasks(runner, cfg.DB, webhooks, cfg.Webhooks, clock, cfg.SweepEvery, cfg.Logger)
 	return &App{
 		Handler:     h,
 		Resolver:    r,
 		Listener:    listener,
 		Hub:         hub,
 		Maintenance: runner,
+		Webhooks:    deliverer,
 	}, nil
+}
+
+// registerWebhookTasks registers webhook delivery: each round starts the
+// due deliveries on the deliverer's bounded pool of workers.
+func registerWebhookTasks(r *maintenance.Runner, bdb *bun.DB, store *db.Webhooks, cfg WebhookConfig, clock maintenance.Clock, every time.Duration, log *slog.Logger) *webhook.Deliverer {
+	d := webhook.NewDeliverer(webhook.Config{
+		DB:      bdb,
+		Store:   store,
+		Client:  webhook.NewClient(webhook.ClientConfig{Timeout: cfg.Timeout, AllowPrivate: cfg.AllowPrivate}),
+		Workers: cfg.Workers,
+		Timeout: cfg.Timeout,
+		Now:     clock.Now,
+		Log:     log,
+	})
+	r.Register(maintenance.Task{Name: "webhooks", Every: every, Run: d.Run})
+	return d
 }
 
 // registerQueueTasks registers the robot fleet's upkeep: robots that stopped
@@ -148,6 +194,9 @@ func (a *App) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.Listener.Run(ctx) })
 	wg.Go(func() { a.Hub.Run(ctx) })
-	wg.Go(func() { a.Maintenance.Run(ctx) })
+	wg.Go(func() {
+		a.Maintenance.Run(ctx)
+		a.Webhooks.Wait()
+	})
 	wg.Wait()
 }

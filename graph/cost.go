@@ -57,6 +57,11 @@ var listSizes = map[string]listSize{
 	"RobotConnection.edges":         {},
 	"WorkflowConnection.edges":      {},
 	"JobConnection.edges":           {},
+	// Webhooks.
+	"Query.webhookEndpoints":          {def: db.MaxWebhookEndpoints, max: db.MaxWebhookEndpoints},
+	"Query.webhookDeliveries":         page(db.DefaultPageSize),
+	"WebhookDelivery.attempts":        {def: 8, max: 8}, // the retry schedule's length + 1
+	"WebhookDeliveryConnection.edges": {},
 }
 
 // jsonWeight is what one JSON value costs: it may hold up to db.MaxJSONBytes.

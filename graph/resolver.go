@@ -23,4 +23,6 @@ type Resolver struct {
 	Dispatcher    *dispatch.Dispatcher
 	// Hub feeds subscriptions.
 	Hub *realtime.Hub
+	// WebhookStore holds webhook endpoints and their deliveries.
+	WebhookStore *db.Webhooks
 }
