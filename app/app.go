@@ -70,6 +70,9 @@ type WebhookConfig struct {
 	Workers int
 	// Retries override the waits between attempts (default db.DefaultWebhookRetries).
 	Retries []time.Duration
+	// Manual leaves delivery out of the maintenance runner, for tests that
+	// step it themselves (App.Webhooks.Run, then Wait).
+	Manual bool
 }
 
 // App is the assembled application.
@@ -164,7 +167,9 @@ func registerWebhookTasks(r *maintenance.Runner, bdb *bun.DB, store *db.Webhooks
 		Now:     clock.Now,
 		Log:     log,
 	})
-	r.Register(maintenance.Task{Name: "webhooks", Every: every, Run: d.Run})
+	if !cfg.Manual {
+		r.Register(maintenance.Task{Name: "webhooks", Every: every, Run: d.Run})
+	}
 	return d
 }
 

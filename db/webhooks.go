@@ -700,9 +700,9 @@ type DueDelivery struct {
 	OldSecret    *string         `bun:"previous_secret"`
 	OldUntil     *time.Time      `bun:"previous_secret_expires_at"`
 	EventID      uuid.UUID       `bun:"event_id"`
-	EventType    string          `bun:"type"`
-	EventData    json.RawMessage `bun:"data"`
-	EventAt      time.Time       `bun:"created_at"`
+	EventType    string          `bun:"event_type"`
+	EventData    json.RawMessage `bun:"event_data"`
+	EventAt      time.Time       `bun:"event_at"`
 }
 
 // Secrets are the secrets that sign the delivery at now: the endpoint's,
@@ -736,7 +736,7 @@ WHERE d.id IN (
 	FOR UPDATE OF c SKIP LOCKED
 ) AND w.id = d.endpoint_id AND e.id = d.event_id
 RETURNING d.id, d.endpoint_id, d.attempt_count, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at,
-	e.id AS event_id, e.type, e.data, e.created_at`
+	e.id AS event_id, e.type AS event_type, e.data AS event_data, e.created_at AS event_at`
 
 // ClaimDue leases up to limit deliveries due at now, of any tenant, for
 // lease (longer than an attempt can take). It is maintenance work.
