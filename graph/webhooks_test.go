@@ -627,7 +627,9 @@ func TestWebhookRetries(t *testing.T) {
 		ds := whDeliveries(t, b.tn, ep)
 		require.Len(t, ds, 2)
 		var st struct {
-			WebhookDeliveries struct{ Edges []struct{ Node struct{ ID string } } }
+			WebhookDeliveries struct {
+				Edges []struct{ Node struct{ ID string } }
+			}
 		}
 		b.tn.do(t, `query($e: ID!) { webhookDeliveries(endpointId: $e, status: PENDING) { edges { node { id } } } }`, map[string]any{"e": ep}, &st)
 		require.Empty(t, st.WebhookDeliveries.Edges)

@@ -107,4 +107,3 @@ func TestClientGuard(t *testing.T) {
 		require.Zero(t, targetHits.Load(), "the redirect reached loopback")
 	})
 }
-
