@@ -464,12 +464,17 @@ func TestWebhookRetries(t *testing.T) {
 		got := rcv.requests()[before:]
 		require.Len(t, got, 5, "each event is delivered once it succeeds")
 		var order []string
+		delivered := map[string]bool{}
 		for _, q := range got {
 			whVerify(t, secret, q)
 			bd := q.body(t)
+			delivered[bd.Data["id"].(string)] = true
 			if bd.Data["id"] == l.Job.ID {
 				order = append(order, bd.Type)
 			}
+		}
+		for _, id := range ids {
+			require.True(t, delivered[id], "job %s's completion was never delivered", id)
 		}
 		require.Equal(t, []string{"job.failed", "job.completed"}, order, "a job's events reached the endpoint out of order")
 		// While its first event was failing, the job's second was never sent.
