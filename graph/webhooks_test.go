@@ -19,6 +19,7 @@ import (
 	"fleetgraph/apitest"
 	"fleetgraph/app"
 	"fleetgraph/maintenance"
+	"fleetgraph/webhook"
 )
 
 // Webhooks through the API, to real HTTP receivers on loopback: what is
@@ -307,6 +308,25 @@ func TestWebhookDelivery(t *testing.T) {
 		require.Equal(t, []string{"robot.online:ONLINE", "robot.offline:OFFLINE", "robot.online:ONLINE"}, types)
 	})
 
+	t.Run("ARescueThatFailsAJobReportsIt", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		rcv := whNewReceiver(t)
+		whEndpoint(t, tn, rcv.srv.URL, "job.failed", "job.completed")
+		r := tn.robot(t, "r1", jqRobotOpts{Slots: 2})
+		// A retryable failure requeues the job: no event.
+		retried := r.fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 2}), "flaky", true)
+		require.Equal(t, "QUEUED", retried.Status)
+		lost := whRunning(t, tn, r, map[string]any{"maxAttempts": 1, "priority": 10})
+		jqExpire(t, s, lost.Job.ID)
+		got := rcv.wait(t, 1)
+		b := got[0].body(t)
+		require.Equal(t, "job.failed", b.Type)
+		require.Equal(t, lost.Job.ID, b.Data["id"])
+		require.Contains(t, b.Data["error"], "lease expired")
+		require.Len(t, rcv.requests(), 1)
+	})
+
 	t.Run("DeletingARobotReportsItsJobs", func(t *testing.T) {
 		t.Parallel()
 		tn := jqNewTenant(t, s)
@@ -485,6 +505,43 @@ func TestWebhookRetries(t *testing.T) {
 			}
 		}
 		require.Equal(t, 1, completions)
+	})
+
+	t.Run("TwoReplicasSendEachDeliveryOnce", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		const jobs = 20
+		for range jobs {
+			r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		}
+		// A second replica's deliverer over the same database, both
+		// stepping at once until every delivery is done.
+		other := webhook.NewDeliverer(webhook.Config{DB: b.s.DB.DB, Store: b.s.App.Resolver.WebhookStore,
+			Client: webhook.NewClient(webhook.ClientConfig{AllowPrivate: true}), Workers: 4, Now: b.clock.Now})
+		for rcv.count() < jobs {
+			var wg sync.WaitGroup
+			for _, d := range []*webhook.Deliverer{b.s.App.Webhooks, other} {
+				wg.Go(func() {
+					require.NoError(t, d.Run(t.Context(), b.clock.Now()))
+					d.Wait()
+				})
+			}
+			wg.Wait()
+		}
+		seen := map[string]int{}
+		for _, q := range rcv.requests() {
+			seen[q.Header.Get("webhook-id")]++
+		}
+		require.Len(t, seen, jobs)
+		for id, n := range seen {
+			require.Equal(t, 1, n, "event %s was sent %d times", id, n)
+		}
+		for _, d := range whDeliveries(t, b.tn, ep) {
+			require.Equal(t, 1, d.AttemptCount)
+		}
 	})
 
 	t.Run("AHangingReceiverDoesNotDelayOthers", func(t *testing.T) {
