@@ -36,7 +36,9 @@ type Config struct {
 // a maintenance task: each round claims as many due deliveries as there
 // are free workers and starts them, without waiting for them, so that a
 // slow receiver holds one worker (for at most Timeout) and never the task
-// or the other workers.
+// or the other workers. A worker that finishes claims the next due
+// delivery itself, until none is due, so a burst drains at full
+// concurrency rather than one batch per maintenance tick.
 type Deliverer struct {
 	cfg   Config
 	slots chan struct{}
@@ -82,10 +84,35 @@ func (d *Deliverer) Run(ctx context.Context, now time.Time) error {
 		d.slots <- struct{}{} // never blocks: only Run takes slots, and it took no more than were free
 		d.wg.Go(func() {
 			defer func() { <-d.slots }()
-			d.deliver(ctx, dd, now)
+			for claimedAt := now; dd != nil; {
+				d.deliver(ctx, dd, claimedAt)
+				if dd, claimedAt = d.next(ctx); dd == nil {
+					return
+				}
+			}
 		})
 	}
 	return nil
+}
+
+// next claims one more due delivery for a worker that is done with its
+// last, or returns nil when none is due (or ctx ended).
+func (d *Deliverer) next(ctx context.Context) (*db.DueDelivery, time.Time) {
+	if ctx.Err() != nil {
+		return nil, time.Time{}
+	}
+	now := d.cfg.Now()
+	due, err := d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, 1, d.lease())
+	if err != nil {
+		if ctx.Err() == nil {
+			d.cfg.Log.Error("claiming the next webhook delivery", "error", err)
+		}
+		return nil, time.Time{}
+	}
+	if len(due) == 0 {
+		return nil, time.Time{}
+	}
+	return due[0], now
 }
 
 // Wait waits for the deliveries in flight.
