@@ -86,6 +86,9 @@ type App struct {
 	Maintenance *maintenance.Runner
 	// Webhooks sends the webhook outbox, as a maintenance task.
 	Webhooks *webhook.Deliverer
+
+	clock         maintenance.Clock
+	wakeDeliverer bool
 }
 
 // New builds the application; Run starts its background work.
@@ -99,7 +102,7 @@ func New(cfg Config) (*App, error) {
 	if cfg.SweepEvery == 0 {
 		cfg.SweepEvery = 5 * time.Second
 	}
-	listener, err := realtime.NewListener(cfg.DSN, []string{db.JobQueuedChannel, realtime.ChangeChannel}, cfg.Logger)
+	listener, err := realtime.NewListener(cfg.DSN, []string{db.JobQueuedChannel, realtime.ChangeChannel, db.WebhookDueChannel}, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("starting the notification listener: %w", err)
 	}
@@ -152,6 +155,9 @@ func New(cfg Config) (*App, error) {
 		Hub:         hub,
 		Maintenance: runner,
 		Webhooks:    deliverer,
+
+		clock:         clock,
+		wakeDeliverer: !cfg.Webhooks.Manual,
 	}, nil
 }
 
@@ -199,9 +205,30 @@ func (a *App) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.Listener.Run(ctx) })
 	wg.Go(func() { a.Hub.Run(ctx) })
-	wg.Go(func() {
-		a.Maintenance.Run(ctx)
-		a.Webhooks.Wait()
-	})
+	wg.Go(func() { a.Maintenance.Run(ctx) })
+	if a.wakeDeliverer {
+		wg.Go(func() { a.wakeWebhooks(ctx) })
+	}
 	wg.Wait()
+	a.Webhooks.Wait() // the sends in flight, which ctx cut short
+}
+
+// wakeWebhooks runs a delivery round, on the leader, whenever deliveries
+// are queued (NOTIFY on db.WebhookDueChannel, sent on commit), so that an
+// event goes out in milliseconds instead of at the next maintenance tick;
+// the tick still catches what a lost notification missed, and retries.
+func (a *App) wakeWebhooks(ctx context.Context) {
+	sub := a.Listener.Subscribe(db.WebhookDueChannel, 1)
+	defer sub.Close()
+	ctx = auth.WithPrincipal(ctx, auth.SystemPrincipal("webhooks"))
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sub.C:
+			if a.Maintenance.Leading() {
+				_ = a.Webhooks.Run(ctx, a.clock.Now()) // errors recur at the task's round, which logs them
+			}
+		}
+	}
 }

@@ -37,6 +37,19 @@ const (
 // WebhookEventTypes are the event types an endpoint may subscribe to.
 var WebhookEventTypes = []string{EventJobCompleted, EventJobFailed, EventJobCancelled, EventRobotOffline, EventRobotOnline}
 
+// WebhookDueChannel is the NOTIFY channel told whenever deliveries are
+// queued, so that the leader's deliverer sends them at once rather than at
+// its next maintenance tick.
+const WebhookDueChannel = "fleetgraph_webhook_due"
+
+// notifyDue wakes the deliverer when the transaction commits.
+func notifyDue(ctx context.Context, idb bun.IDB) error {
+	if _, err := idb.ExecContext(ctx, "SELECT pg_notify(?, '')", WebhookDueChannel); err != nil {
+		return fmt.Errorf("announcing a webhook delivery: %w", err)
+	}
+	return nil
+}
+
 // MaxWebhookEndpoints caps a tenant's endpoints (and webhookEndpoints).
 const MaxWebhookEndpoints = 50
 
@@ -492,7 +505,7 @@ func (s *Webhooks) Redeliver(ctx context.Context, idb bun.IDB, deliveryID uuid.U
 		if _, err := tx.NewInsert().Model(out).Returning("*").Exec(ctx); err != nil {
 			return fmt.Errorf("queueing the redelivery: %w", err)
 		}
-		return nil
+		return notifyDue(ctx, tx)
 	})
 	return out, err
 }
@@ -531,7 +544,7 @@ func (s *Webhooks) SendTest(ctx context.Context, idb bun.IDB, endpointID uuid.UU
 		if _, err := tx.NewInsert().Model(out).Returning("*").Exec(ctx); err != nil {
 			return fmt.Errorf("queueing the test delivery: %w", err)
 		}
-		return nil
+		return notifyDue(ctx, tx)
 	})
 	return out, err
 }
@@ -552,7 +565,8 @@ func insertEvent(ctx context.Context, tx bun.IDB, tenant uuid.UUID, typ string, 
 
 // recordEventSQL writes an event to the outbox with one delivery per
 // enabled endpoint of the tenant that wants its type, or nothing at all
-// when none does. Parameters: tenant, type, subject, data, time.
+// when none does; when it wrote deliveries, it wakes the deliverer (on
+// commit). Parameters: tenant, type, subject, data, time, channel.
 const recordEventSQL = `
 WITH wanted AS (
 	SELECT id FROM webhook_endpoints WHERE tenant_id = ?0 AND enabled AND ?1 = ANY(events)
@@ -561,8 +575,12 @@ WITH wanted AS (
 	SELECT ?0, ?1, ?2, ?3::jsonb, ?4 WHERE EXISTS (SELECT 1 FROM wanted)
 	RETURNING id
 )
-INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id, subject_id, event_type)
-SELECT ?0, wanted.id, event.id, ?2, ?1 FROM event, wanted ORDER BY wanted.id`
+, delivery AS (
+	INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id, subject_id, event_type)
+	SELECT ?0, wanted.id, event.id, ?2, ?1 FROM event, wanted ORDER BY wanted.id
+	RETURNING 1
+)
+SELECT pg_notify(?5, '') FROM (SELECT 1 FROM delivery LIMIT 1) AS any_delivery`
 
 // recordEvent writes an event of tenant about subject (a job or robot) to
 // the webhook outbox in tx, the transaction of the change that causes it,
@@ -573,7 +591,7 @@ func recordEvent(ctx context.Context, tx bun.IDB, tenant uuid.UUID, typ string, 
 	if err != nil {
 		return fmt.Errorf("encoding the %s event: %w", typ, err)
 	}
-	if _, err := tx.NewRaw(recordEventSQL, tenant, typ, subject, string(raw), at).Exec(ctx); err != nil {
+	if _, err := tx.NewRaw(recordEventSQL, tenant, typ, subject, string(raw), at, WebhookDueChannel).Exec(ctx); err != nil {
 		return fmt.Errorf("recording the %s event: %w", typ, err)
 	}
 	return nil

@@ -744,3 +744,19 @@ func TestJobRevisionIsBumpedByTheDatabase(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, before.Revision+1, tn.job(t, l.Job.ID).Revision)
 }
+
+// A queued delivery wakes the leader's deliverer through NOTIFY: it goes
+// out long before the maintenance runner's next tick (an hour here).
+func TestWebhookDeliveryIsWokenByTheOutbox(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
+	jqEventually(t, time.Minute, "the runner leads", s.App.Maintenance.Leading)
+	tn := jqNewTenant(t, s)
+	rcv := whNewReceiver(t)
+	ep, _ := whEndpoint(t, tn, rcv.srv.URL, "job.completed")
+	r := tn.robot(t, "r1", jqRobotOpts{})
+	done := r.complete(t, whRunning(t, tn, r, nil), nil)
+	require.Equal(t, done.ID, rcv.wait(t, 1)[0].body(t).Data["id"])
+	tn.do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep}, nil)
+	require.Equal(t, "webhook.test", rcv.wait(t, 2)[1].body(t).Type)
+}

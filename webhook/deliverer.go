@@ -43,6 +43,9 @@ type Deliverer struct {
 	cfg   Config
 	slots chan struct{}
 	wg    sync.WaitGroup
+	// running serialises Run: the runner's rounds and wake-ups by NOTIFY
+	// share the free slots.
+	running sync.Mutex
 }
 
 // NewDeliverer returns a deliverer.
@@ -72,6 +75,8 @@ func (d *Deliverer) lease() time.Duration { return 3*d.cfg.Timeout + time.Minute
 // Run claims the deliveries due at now, up to the free workers, and
 // starts sending them. It returns once they are started.
 func (d *Deliverer) Run(ctx context.Context, now time.Time) error {
+	d.running.Lock()
+	defer d.running.Unlock()
 	free := cap(d.slots) - len(d.slots)
 	if free == 0 {
 		return nil
@@ -81,7 +86,7 @@ func (d *Deliverer) Run(ctx context.Context, now time.Time) error {
 		return err
 	}
 	for _, dd := range due {
-		d.slots <- struct{}{} // never blocks: only Run takes slots, and it took no more than were free
+		d.slots <- struct{}{} // never blocks: only Run takes slots, one Run at a time, and no more than were free
 		d.wg.Go(func() {
 			defer func() { <-d.slots }()
 			for claimedAt := now; dd != nil; {
