@@ -70,10 +70,8 @@ func BenchmarkWebhookThroughput(b *testing.B) {
 }
 
 // BenchmarkWebhookLag measures the time from completeJob's response to the
-// receiver getting the job.completed event, one job at a time, with the
-// maintenance runner ticking every 100 ms (the apitest default; 5 s in
-// production): an event written while the workers are idle waits for the
-// next tick.
+// receiver getting the job.completed event, one job at a time, with every
+// worker idle: the outbox's NOTIFY wakes the deliverer.
 func BenchmarkWebhookLag(b *testing.B) {
 	s := apitest.New(b)
 	c := newClient(b, s)
