@@ -200,9 +200,6 @@ func NewWebhooks(cfg WebhookConfig) *Webhooks {
 	return &Webhooks{cfg: cfg}
 }
 
-// Config returns the store's configuration, with its defaults.
-func (s *Webhooks) Config() WebhookConfig { return s.cfg }
-
 // newWebhookSecret returns a Standard Webhooks secret: whsec_ and the
 // base64 of 24 random bytes.
 func newWebhookSecret() string {
