@@ -31,6 +31,7 @@ import (
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 	"fleetgraph/maintenance"
+	"fleetgraph/metrics"
 )
 
 // Secret is the JWT secret test servers accept.
@@ -44,6 +45,10 @@ type Server struct {
 	App     *app.App
 	Handler *graph.Handler
 	Log     *LogBuffer
+	// Metrics and MetricsURL (its /metrics endpoint, on a listener of its
+	// own) are set when Options.Metrics asked for them.
+	Metrics    *metrics.Metrics
+	MetricsURL string
 	// Statements counts SQL statements run through DB for requests.
 	Statements atomic.Int64
 	// Transactions gauges the transactions of requests open at once on DB,
@@ -100,8 +105,14 @@ type Options struct {
 	LiveLimits live.Limits
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
-	// Clock is the maintenance runner's clock (default: the system clock).
+	// Clock is the maintenance runner's and the scheduler's time. With a
+	// clock set, no loop runs the maintenance runner: the test steps it
+	// (Server.App.Maintenance.Step) after moving the clock.
 	Clock maintenance.Clock
+	// Metrics turns the Prometheus metrics on, served at Server.MetricsURL.
+	Metrics bool
+	// LogLevel is the server log's level (nil: debug).
+	LogLevel slog.Leveler
 	// Webhooks shape webhook delivery. Test servers allow http:// and
 	// private (loopback) receivers unless WebhookGuard is set.
 	Webhooks app.WebhookConfig
@@ -148,11 +159,21 @@ func New(t testing.TB, opts ...Options) *Server {
 	if !o.WebhookGuard {
 		o.Webhooks.AllowPrivate, o.Webhooks.AllowHTTP = true, true
 	}
+	if o.LogLevel == nil {
+		o.LogLevel = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: o.LogLevel}))
+	if o.Metrics {
+		s.Metrics = metrics.New(log)
+		ms := httptest.NewServer(s.Metrics.Handler())
+		t.Cleanup(ms.Close)
+		s.MetricsURL = ms.URL + "/metrics"
+	}
 	a, err := app.New(app.Config{
 		DB:             resolverDB,
 		DSN:            s.DB.DSN,
 		JWT:            jwt,
-		Logger:         slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:         log,
 		Queue:          o.Queue,
 		AllowedOrigins: o.AllowedOrigins,
 		Introspection:  o.Introspection,
@@ -165,6 +186,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		LiveLimits:     o.LiveLimits,
 		KeyRecheck:     o.KeyRecheck,
 		Clock:          o.Clock,
+		Metrics:        s.Metrics,
 		Webhooks:       o.Webhooks,
 	})
 	require.NoError(t, err)
@@ -172,7 +194,15 @@ func New(t testing.TB, opts ...Options) *Server {
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		a.Run(ctx)
+		if o.Clock != nil {
+			// What App.Run runs, less the maintenance loop the test steps.
+			var wg sync.WaitGroup
+			wg.Go(func() { a.Listener.Run(ctx) })
+			wg.Go(func() { a.Hub.Run(ctx) })
+			wg.Wait()
+		} else {
+			a.Run(ctx)
+		}
 		close(done)
 	}()
 	t.Cleanup(func() {

@@ -20,6 +20,7 @@ import (
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 	"fleetgraph/maintenance"
+	"fleetgraph/metrics"
 	"fleetgraph/realtime"
 	"fleetgraph/webhook"
 )
@@ -53,6 +54,9 @@ type Config struct {
 	LiveLimits live.Limits
 	// KeyRecheck is how often robot websockets re-check their API key (0: the handler's default).
 	KeyRecheck time.Duration
+	// Metrics, when non-nil, is given to every part that records metrics,
+	// and watches DB's pool and the job queue's depth.
+	Metrics *metrics.Metrics
 	// Webhooks shapes webhook delivery.
 	Webhooks WebhookConfig
 }
@@ -82,7 +86,7 @@ type App struct {
 	Listener *realtime.Listener
 	Hub      *realtime.Hub
 	// Maintenance runs the server's own work on one leader per database;
-	// New registers the queue's tasks with it.
+	// New registers the queue's tasks and the scheduler with it.
 	Maintenance *maintenance.Runner
 	// Webhooks sends the webhook outbox, as a maintenance task.
 	Webhooks *webhook.Deliverer
@@ -111,14 +115,18 @@ func New(cfg Config) (*App, error) {
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
 	machines := db.NewMachines()
-	clock := cfg.Clock
-	if clock == nil {
-		clock = maintenance.SystemClock{}
+	if cfg.Clock == nil {
+		cfg.Clock = maintenance.SystemClock{}
 	}
+	clock := cfg.Clock
+	schedules := db.NewSchedules(jobs, workflows, cfg.Clock.Now)
 	webhooks := db.NewWebhooks(db.WebhookConfig{
 		AllowHTTP: cfg.Webhooks.AllowHTTP, AllowPrivate: cfg.Webhooks.AllowPrivate, Retries: cfg.Webhooks.Retries, Now: clock.Now,
 	})
+	listener.Metrics = cfg.Metrics
 	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
+	hub.Metrics = cfg.Metrics
+	cfg.Metrics.WatchDatabase(cfg.DB.DB, func(ctx context.Context) (map[string]int, error) { return db.CountLiveJobs(ctx, cfg.DB) })
 	r := &graph.Resolver{
 		DB:            cfg.DB,
 		MachineStore:  machines,
@@ -128,8 +136,10 @@ func New(cfg Config) (*App, error) {
 		JobStore:      jobs,
 		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, dispatch.Config{Poll: cfg.ClaimPoll, MaxWait: cfg.ClaimMaxWait}),
 		Hub:           hub,
+		ScheduleStore: schedules,
 		WebhookStore:  webhooks,
 	}
+	r.Dispatcher.Metrics = cfg.Metrics
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
 	}
@@ -144,9 +154,12 @@ func New(cfg Config) (*App, error) {
 		WebsocketKeepAlive:   cfg.KeepAlive,
 		LiveLimits:           cfg.LiveLimits,
 		WebsocketKeyRecheck:  cfg.KeyRecheck,
+		Metrics:              cfg.Metrics,
 	})
-	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: cfg.SweepEvery, Log: cfg.Logger})
-	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger)
+	// The runner steps at least every second, for the scheduler.
+	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: min(cfg.SweepEvery, ScheduleEvery), Log: cfg.Logger})
+	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger, cfg.Metrics)
+	registerScheduleTasks(runner, cfg.DB, schedules, cfg.Logger)
 	deliverer := registerWebhookTasks(runner, cfg.DB, webhooks, cfg.Webhooks, clock, cfg.SweepEvery, cfg.Logger)
 	return &App{
 		Handler:     h,
@@ -182,7 +195,7 @@ func registerWebhookTasks(r *maintenance.Runner, bdb *bun.DB, store *db.Webhooks
 // registerQueueTasks registers the robot fleet's upkeep: robots that stopped
 // heartbeating go OFFLINE, and jobs whose leases expired are taken back
 // (queued again while attempts remain, else failed).
-func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, jobs *db.Jobs, every time.Duration, log *slog.Logger) {
+func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, jobs *db.Jobs, every time.Duration, log *slog.Logger, m *metrics.Metrics) {
 	r.Register(maintenance.Task{Name: "robots-offline", Every: every, Run: func(ctx context.Context, _ time.Time) error {
 		offline, err := robots.MarkSilentOffline(ctx, bdb)
 		if len(offline) > 0 {
@@ -192,8 +205,28 @@ func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, j
 	}})
 	r.Register(maintenance.Task{Name: "lease-rescue", Every: every, Run: func(ctx context.Context, _ time.Time) error {
 		rescued, err := jobs.RescueExpired(ctx, bdb)
+		for _, j := range rescued {
+			m.LeaseRescued(string(j.Status))
+		}
 		if len(rescued) > 0 {
 			log.Info("rescued expired leases", "count", len(rescued))
+		}
+		return err
+	}})
+}
+
+// ScheduleEvery is how often the scheduler's round runs on the leader. Each
+// round fires the ticks due up to the clock's time, so a slower round fires
+// late, never less.
+const ScheduleEvery = time.Second
+
+// registerScheduleTasks registers the scheduler: each round enqueues, as
+// system:scheduler, the jobs of every schedule's ticks due by now.
+func registerScheduleTasks(r *maintenance.Runner, bdb *bun.DB, schedules *db.Schedules, log *slog.Logger) {
+	r.Register(maintenance.Task{Name: db.SchedulerTask, Every: ScheduleEvery, Run: func(ctx context.Context, now time.Time) error {
+		stats, err := schedules.Fire(ctx, bdb, now)
+		if stats != (db.FireStats{}) {
+			log.Info("schedules fired", "jobs", stats.Fired, "skipped", stats.Skipped, "missed", stats.Missed, "buffered", stats.Buffered)
 		}
 		return err
 	}})

@@ -57,6 +57,10 @@ var listSizes = map[string]listSize{
 	"RobotConnection.edges":         {},
 	"WorkflowConnection.edges":      {},
 	"JobConnection.edges":           {},
+	// Schedules.
+	"Query.schedules":          page(db.DefaultPageSize),
+	"Schedule.recentJobs":      {arg: "first", def: 10, max: db.MaxRecentJobs},
+	"ScheduleConnection.edges": {},
 	// Webhooks.
 	"Query.webhookEndpoints":          {def: db.MaxWebhookEndpoints, max: db.MaxWebhookEndpoints},
 	"Query.webhookDeliveries":         page(db.DefaultPageSize),

@@ -23,6 +23,8 @@ type Resolver struct {
 	Dispatcher    *dispatch.Dispatcher
 	// Hub feeds subscriptions.
 	Hub *realtime.Hub
+	// ScheduleStore holds cron schedules (the scheduler fires them).
+	ScheduleStore *db.Schedules
 	// WebhookStore holds webhook endpoints and their deliveries.
 	WebhookStore *db.Webhooks
 }

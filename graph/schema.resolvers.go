@@ -223,6 +223,36 @@ func (r *mutationResolver) AppendJobLogs(ctx context.Context, jobID uuid.UUID, l
 	return r.JobStore.AppendLogs(ctx, r.DB, jobID, leaseToken, derefAll(entries))
 }
 
+// CreateSchedule is the resolver for the createSchedule field.
+func (r *mutationResolver) CreateSchedule(ctx context.Context, input db.CreateScheduleInput) (*db.Schedule, error) {
+	return r.ScheduleStore.Create(ctx, r.DB, input)
+}
+
+// UpdateSchedule is the resolver for the updateSchedule field.
+func (r *mutationResolver) UpdateSchedule(ctx context.Context, id uuid.UUID, input db.UpdateScheduleInput) (*db.Schedule, error) {
+	return r.ScheduleStore.Update(ctx, r.DB, id, input)
+}
+
+// PauseSchedule is the resolver for the pauseSchedule field.
+func (r *mutationResolver) PauseSchedule(ctx context.Context, id uuid.UUID, note *string) (*db.Schedule, error) {
+	return r.ScheduleStore.Pause(ctx, r.DB, id, note)
+}
+
+// ResumeSchedule is the resolver for the resumeSchedule field.
+func (r *mutationResolver) ResumeSchedule(ctx context.Context, id uuid.UUID) (*db.Schedule, error) {
+	return r.ScheduleStore.Resume(ctx, r.DB, id)
+}
+
+// DeleteSchedule is the resolver for the deleteSchedule field.
+func (r *mutationResolver) DeleteSchedule(ctx context.Context, id uuid.UUID) (uuid.UUID, error) {
+	return r.ScheduleStore.Delete(ctx, r.DB, id)
+}
+
+// TriggerSchedule is the resolver for the triggerSchedule field.
+func (r *mutationResolver) TriggerSchedule(ctx context.Context, id uuid.UUID) (*db.Job, error) {
+	return r.ScheduleStore.Trigger(ctx, r.DB, id)
+}
+
 // CreateWebhookEndpoint is the resolver for the createWebhookEndpoint field.
 func (r *mutationResolver) CreateWebhookEndpoint(ctx context.Context, input db.CreateWebhookEndpointInput) (*db.CreatedWebhookEndpoint, error) {
 	return r.WebhookStore.CreateEndpoint(ctx, r.DB, input)
@@ -339,6 +369,17 @@ func (r *queryResolver) APIKeyAudit(ctx context.Context, robotID *uuid.UUID, fir
 	return r.APIKeyStore.Audit(ctx, r.DB, robotID, first)
 }
 
+// Schedule is the resolver for the schedule field.
+func (r *queryResolver) Schedule(ctx context.Context, id uuid.UUID) (*db.Schedule, error) {
+	return nullIfMissing(r.ScheduleStore.Get(ctx, r.DB, id))
+}
+
+// Schedules is the resolver for the schedules field.
+func (r *queryResolver) Schedules(ctx context.Context, first *int, after *string, filter *db.ScheduleFilter) (*model.ScheduleConnection, error) {
+	page, err := r.ScheduleStore.List(ctx, r.DB, deref(filter), db.PageArgs{First: first, After: after})
+	return model.NewScheduleConnection(page, deref(filter)), err
+}
+
 // WebhookEndpoints is the resolver for the webhookEndpoints field.
 func (r *queryResolver) WebhookEndpoints(ctx context.Context) ([]*db.WebhookEndpoint, error) {
 	return r.WebhookStore.Endpoints(ctx, r.DB)
@@ -361,6 +402,26 @@ func (r *robotResolver) CurrentJobs(ctx context.Context, obj *db.Robot) ([]*db.J
 // TotalCount is the resolver for the totalCount field.
 func (r *robotConnectionResolver) TotalCount(ctx context.Context, obj *model.RobotConnection) (int, error) {
 	return r.RobotStore.Count(ctx, r.DB, obj.Filter)
+}
+
+// Workflow is the resolver for the workflow field.
+func (r *scheduleResolver) Workflow(ctx context.Context, obj *db.Schedule) (*db.Workflow, error) {
+	return dataloaders.For(ctx).Workflow(ctx, obj.WorkflowID)
+}
+
+// NextRuns is the resolver for the nextRuns field.
+func (r *scheduleResolver) NextRuns(ctx context.Context, obj *db.Schedule, count *int) ([]*time.Time, error) {
+	return r.ScheduleStore.NextRuns(obj, deref(count))
+}
+
+// RecentJobs is the resolver for the recentJobs field.
+func (r *scheduleResolver) RecentJobs(ctx context.Context, obj *db.Schedule, first *int) ([]*db.Job, error) {
+	return r.ScheduleStore.RecentJobs(ctx, r.DB, obj.ID, first)
+}
+
+// TotalCount is the resolver for the totalCount field.
+func (r *scheduleConnectionResolver) TotalCount(ctx context.Context, obj *model.ScheduleConnection) (int, error) {
+	return r.ScheduleStore.Count(ctx, r.DB, obj.Filter)
 }
 
 // MachineUpdated is the resolver for the machineUpdated field.
@@ -474,6 +535,14 @@ func (r *Resolver) Robot() RobotResolver { return &robotResolver{r} }
 // RobotConnection returns RobotConnectionResolver implementation.
 func (r *Resolver) RobotConnection() RobotConnectionResolver { return &robotConnectionResolver{r} }
 
+// Schedule returns ScheduleResolver implementation.
+func (r *Resolver) Schedule() ScheduleResolver { return &scheduleResolver{r} }
+
+// ScheduleConnection returns ScheduleConnectionResolver implementation.
+func (r *Resolver) ScheduleConnection() ScheduleConnectionResolver {
+	return &scheduleConnectionResolver{r}
+}
+
 // Subscription returns SubscriptionResolver implementation.
 func (r *Resolver) Subscription() SubscriptionResolver { return &subscriptionResolver{r} }
 
@@ -503,6 +572,8 @@ type (
 	queryResolver                  struct{ *Resolver }
 	robotResolver                  struct{ *Resolver }
 	robotConnectionResolver        struct{ *Resolver }
+	scheduleResolver               struct{ *Resolver }
+	scheduleConnectionResolver     struct{ *Resolver }
 	subscriptionResolver           struct{ *Resolver }
 	viewerResolver                 struct{ *Resolver }
 	workflowResolver               struct{ *Resolver }
