@@ -663,6 +663,8 @@ type jobView struct {
 	FinishedAt           *apiTime       `json:"finishedAt"`
 	UpdatedAt            apiTime        `json:"updatedAt"`
 	Revision             int64          `json:"revision"`
+	ScheduleID           *uuid.UUID     `json:"scheduleId"`
+	ScheduledFor         *apiTime       `json:"scheduledFor"`
 }
 
 func jobViewOf(j *Job) jobView {
@@ -674,6 +676,7 @@ func jobViewOf(j *Job) jobView {
 		RequiredCapabilities: nonNilStrings(j.RequiredCapabilities), CreatedAt: apiTime(j.CreatedAt),
 		ClaimedAt: apiTimePtr(j.ClaimedAt), StartedAt: apiTimePtr(j.StartedAt), FinishedAt: apiTimePtr(j.FinishedAt),
 		UpdatedAt: apiTime(j.UpdatedAt), Revision: j.Revision,
+		ScheduleID: j.ScheduleID, ScheduledFor: apiTimePtr(j.ScheduledFor),
 	}
 }
 

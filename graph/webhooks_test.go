@@ -212,7 +212,7 @@ func whRunning(t *testing.T, tn *jqTenant, r *jqRobot, in map[string]any) *jqLea
 func whJobJSON(t *testing.T, tn *jqTenant, id string) map[string]any {
 	t.Helper()
 	var out struct{ Job map[string]any }
-	tn.do(t, `query($id: ID!) { job(id: $id) { `+jqJobFields+` } }`, map[string]any{"id": id}, &out)
+	tn.do(t, `query($id: ID!) { job(id: $id) { `+jqJobFields+` scheduleId scheduledFor } }`, map[string]any{"id": id}, &out)
 	return out.Job
 }
 
