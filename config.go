@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"fleetgraph/app"
 	"fleetgraph/db"
 	"fleetgraph/graph/live"
 )
@@ -172,6 +173,7 @@ type config struct {
 	autoMigrate    bool
 	queue          db.QueueConfig
 	live           live.Limits
+	webhooks       app.WebhookConfig
 	logLevel       slog.Level
 	logFormat      string
 	// metricsAddr is where /metrics is served ("" : nowhere);
@@ -201,6 +203,8 @@ type configSettings struct {
 	jobLease, jobProgress, offlineAfter                       *setting
 	subsPerConnection, subsPerPrincipal                       *setting
 	metricsAddr                                               *setting
+	webhookAllowPrivate, webhookAllowHTTP, webhookTimeout     *setting
+	webhookWorkers                                            *setting
 }
 
 func declareServe(s *settings) *configSettings {
@@ -223,8 +227,15 @@ func declareServe(s *settings) *configSettings {
 			"subscriptions one websocket may hold at once; more are refused with RATE_LIMITED"),
 		subsPerPrincipal: s.add("MAX_SUBSCRIPTIONS_PER_PRINCIPAL", "max-subscriptions-per-principal", strconv.Itoa(live.DefaultLimits.PerPrincipal),
 			"subscriptions and SSE or multipart streams one caller (user, robot, service) may hold at once across its connections to this process"),
-		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
-		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
+		webhookAllowPrivate: s.addBool("WEBHOOK_ALLOW_PRIVATE", "webhook-allow-private",
+			"deliver webhooks to loopback, private, link-local and metadata addresses (default: on with the private database, else off)"),
+		webhookAllowHTTP: s.addBool("WEBHOOK_ALLOW_HTTP", "webhook-allow-http",
+			"accept http:// webhook endpoint URLs, not only https:// (default: on with the private database, else off)"),
+		webhookTimeout: s.add("WEBHOOK_TIMEOUT_SECONDS", "webhook-timeout-seconds", "10",
+			"how long one webhook attempt may take (connect, send, answer); longer counts as a failure and is retried"),
+		webhookWorkers: s.add("WEBHOOK_WORKERS", "webhook-workers", "16", "webhook deliveries in flight at once, on the maintenance leader"),
+		logLevel:       s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
+		logFormat:      s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 		metricsAddr: s.add("METRICS_ADDR", "metrics-addr", "",
 			"address to serve Prometheus /metrics on, apart from the API, or off (default: "+defaultMetricsAddr+" with the private database, else off)"),
 	}
@@ -305,6 +316,22 @@ func (cs *configSettings) resolve() (*config, error) {
 		return nil, err
 	}
 	if c.live.PerPrincipal, err = cs.subsPerPrincipal.Int(1, 1_000_000); err != nil {
+		return nil, err
+	}
+	allowPrivate, err := cs.webhookAllowPrivate.Bool()
+	if err != nil {
+		return nil, err
+	}
+	c.webhooks.AllowPrivate = c.devDefault(allowPrivate)
+	allowHTTP, err := cs.webhookAllowHTTP.Bool()
+	if err != nil {
+		return nil, err
+	}
+	c.webhooks.AllowHTTP = c.devDefault(allowHTTP)
+	if c.webhooks.Timeout, err = cs.webhookTimeout.Seconds(1, 60); err != nil {
+		return nil, err
+	}
+	if c.webhooks.Workers, err = cs.webhookWorkers.Int(1, 1000); err != nil {
 		return nil, err
 	}
 	if c.logLevel, err = parseLevel(cs.logLevel); err != nil {

@@ -306,6 +306,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		Introspection:  cfg.devDefault(cfg.introspection),
 		LiveLimits:     cfg.live,
 		Metrics:        m,
+		Webhooks:       cfg.webhooks,
 	})
 	if err != nil {
 		return err

@@ -113,6 +113,11 @@ type Options struct {
 	Metrics bool
 	// LogLevel is the server log's level (nil: debug).
 	LogLevel slog.Leveler
+	// Webhooks shape webhook delivery. Test servers allow http:// and
+	// private (loopback) receivers unless WebhookGuard is set.
+	Webhooks app.WebhookConfig
+	// WebhookGuard keeps the production rules: https only, no private addresses.
+	WebhookGuard bool
 }
 
 // DefaultQueue is the queue of test servers that set none: production's,
@@ -151,6 +156,9 @@ func New(t testing.TB, opts ...Options) *Server {
 	if o.ClaimPoll == 0 {
 		o.ClaimPoll = time.Hour
 	}
+	if !o.WebhookGuard {
+		o.Webhooks.AllowPrivate, o.Webhooks.AllowHTTP = true, true
+	}
 	if o.LogLevel == nil {
 		o.LogLevel = slog.LevelDebug
 	}
@@ -179,6 +187,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		KeyRecheck:     o.KeyRecheck,
 		Clock:          o.Clock,
 		Metrics:        s.Metrics,
+		Webhooks:       o.Webhooks,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler

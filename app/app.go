@@ -22,6 +22,7 @@ import (
 	"fleetgraph/maintenance"
 	"fleetgraph/metrics"
 	"fleetgraph/realtime"
+	"fleetgraph/webhook"
 )
 
 // Config is what the application needs.
@@ -56,6 +57,26 @@ type Config struct {
 	// Metrics, when non-nil, is given to every part that records metrics,
 	// and watches DB's pool and the job queue's depth.
 	Metrics *metrics.Metrics
+	// Webhooks shapes webhook delivery.
+	Webhooks WebhookConfig
+}
+
+// WebhookConfig shapes webhook delivery (see package webhook).
+type WebhookConfig struct {
+	// AllowPrivate lets deliveries reach loopback, private, link-local and
+	// metadata addresses (WEBHOOK_ALLOW_PRIVATE; development and tests).
+	AllowPrivate bool
+	// AllowHTTP accepts http:// endpoint URLs (WEBHOOK_ALLOW_HTTP; development and tests).
+	AllowHTTP bool
+	// Timeout bounds one attempt (default 10 s).
+	Timeout time.Duration
+	// Workers caps the deliveries in flight (default 16).
+	Workers int
+	// Retries override the waits between attempts (default db.DefaultWebhookRetries).
+	Retries []time.Duration
+	// Manual leaves delivery out of the maintenance runner, for tests that
+	// step it themselves (App.Webhooks.Run, then Wait).
+	Manual bool
 }
 
 // App is the assembled application.
@@ -67,6 +88,11 @@ type App struct {
 	// Maintenance runs the server's own work on one leader per database;
 	// New registers the queue's tasks and the scheduler with it.
 	Maintenance *maintenance.Runner
+	// Webhooks sends the webhook outbox, as a maintenance task.
+	Webhooks *webhook.Deliverer
+
+	clock         maintenance.Clock
+	wakeDeliverer bool
 }
 
 // New builds the application; Run starts its background work.
@@ -80,7 +106,7 @@ func New(cfg Config) (*App, error) {
 	if cfg.SweepEvery == 0 {
 		cfg.SweepEvery = 5 * time.Second
 	}
-	listener, err := realtime.NewListener(cfg.DSN, []string{db.JobQueuedChannel, realtime.ChangeChannel}, cfg.Logger)
+	listener, err := realtime.NewListener(cfg.DSN, []string{db.JobQueuedChannel, realtime.ChangeChannel, db.WebhookDueChannel}, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("starting the notification listener: %w", err)
 	}
@@ -92,7 +118,11 @@ func New(cfg Config) (*App, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = maintenance.SystemClock{}
 	}
+	clock := cfg.Clock
 	schedules := db.NewSchedules(jobs, workflows, cfg.Clock.Now)
+	webhooks := db.NewWebhooks(db.WebhookConfig{
+		AllowHTTP: cfg.Webhooks.AllowHTTP, AllowPrivate: cfg.Webhooks.AllowPrivate, Retries: cfg.Webhooks.Retries, Now: clock.Now,
+	})
 	listener.Metrics = cfg.Metrics
 	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
 	hub.Metrics = cfg.Metrics
@@ -107,6 +137,7 @@ func New(cfg Config) (*App, error) {
 		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, dispatch.Config{Poll: cfg.ClaimPoll, MaxWait: cfg.ClaimMaxWait}),
 		Hub:           hub,
 		ScheduleStore: schedules,
+		WebhookStore:  webhooks,
 	}
 	r.Dispatcher.Metrics = cfg.Metrics
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
@@ -129,13 +160,36 @@ func New(cfg Config) (*App, error) {
 	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: min(cfg.SweepEvery, ScheduleEvery), Log: cfg.Logger})
 	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger, cfg.Metrics)
 	registerScheduleTasks(runner, cfg.DB, schedules, cfg.Logger)
+	deliverer := registerWebhookTasks(runner, cfg.DB, webhooks, cfg.Webhooks, clock, cfg.SweepEvery, cfg.Logger)
 	return &App{
 		Handler:     h,
 		Resolver:    r,
 		Listener:    listener,
 		Hub:         hub,
 		Maintenance: runner,
+		Webhooks:    deliverer,
+
+		clock:         clock,
+		wakeDeliverer: !cfg.Webhooks.Manual,
 	}, nil
+}
+
+// registerWebhookTasks registers webhook delivery: each round starts the
+// due deliveries on the deliverer's bounded pool of workers.
+func registerWebhookTasks(r *maintenance.Runner, bdb *bun.DB, store *db.Webhooks, cfg WebhookConfig, clock maintenance.Clock, every time.Duration, log *slog.Logger) *webhook.Deliverer {
+	d := webhook.NewDeliverer(webhook.Config{
+		DB:      bdb,
+		Store:   store,
+		Client:  webhook.NewClient(webhook.ClientConfig{Timeout: cfg.Timeout, AllowPrivate: cfg.AllowPrivate}),
+		Workers: cfg.Workers,
+		Timeout: cfg.Timeout,
+		Now:     clock.Now,
+		Log:     log,
+	})
+	if !cfg.Manual {
+		r.Register(maintenance.Task{Name: "webhooks", Every: every, Run: d.Run})
+	}
+	return d
 }
 
 // registerQueueTasks registers the robot fleet's upkeep: robots that stopped
@@ -185,5 +239,29 @@ func (a *App) Run(ctx context.Context) {
 	wg.Go(func() { a.Listener.Run(ctx) })
 	wg.Go(func() { a.Hub.Run(ctx) })
 	wg.Go(func() { a.Maintenance.Run(ctx) })
+	if a.wakeDeliverer {
+		wg.Go(func() { a.wakeWebhooks(ctx) })
+	}
 	wg.Wait()
+	a.Webhooks.Wait() // the sends in flight, which ctx cut short
+}
+
+// wakeWebhooks runs a delivery round, on the leader, whenever deliveries
+// are queued (NOTIFY on db.WebhookDueChannel, sent on commit), so that an
+// event goes out in milliseconds instead of at the next maintenance tick;
+// the tick still catches what a lost notification missed, and retries.
+func (a *App) wakeWebhooks(ctx context.Context) {
+	sub := a.Listener.Subscribe(db.WebhookDueChannel, 1)
+	defer sub.Close()
+	ctx = auth.WithPrincipal(ctx, auth.SystemPrincipal("webhooks"))
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sub.C:
+			if a.Maintenance.Leading() {
+				_ = a.Webhooks.Run(ctx, a.clock.Now()) // errors recur at the task's round, which logs them
+			}
+		}
+	}
 }

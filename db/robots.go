@@ -371,8 +371,20 @@ func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Updat
 		return s.Get(ctx, idb, id)
 	}
 	r := new(Robot)
-	if err := q.Returning("*").Scan(ctx, r); err != nil {
-		return nil, notFoundIfNoRows(constraintError(err, robotConstraints), "robot")
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		// The status before the change tells whether it is a robot.online
+		// or robot.offline event for webhooks.
+		var was RobotStatus
+		if err := inTenant(sc, tx.NewSelect().Model((*Robot)(nil)).Column("status").Where("r.id = ?", id), "r").For("UPDATE").Scan(ctx, &was); err != nil {
+			return notFoundIfNoRows(err, "robot")
+		}
+		if err := q.Conn(tx).Returning("*").Scan(ctx, r); err != nil {
+			return notFoundIfNoRows(constraintError(err, robotConstraints), "robot")
+		}
+		return recordRobotChange(ctx, tx, was, r)
+	})
+	if err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -443,6 +455,9 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 		if err := q.Returning("*").Scan(ctx); err != nil {
 			return fmt.Errorf("recording heartbeat: %w", err)
 		}
+		if err := recordRobotChange(ctx, tx, prev.Status, r); err != nil {
+			return err
+		}
 		if err := extendRunningLeases(ctx, tx, s.cfg, prev.ID); err != nil {
 			return err
 		}
@@ -467,13 +482,24 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 // work, run by the maintenance runner, not on behalf of a caller.
 func (s *Robots) MarkSilentOffline(ctx context.Context, idb bun.IDB) ([]*Robot, error) {
 	var rows []*Robot
-	err := idb.NewUpdate().Model(&rows).
-		Where("r.status <> ?", RobotOffline).
-		Where("r.last_heartbeat_at IS NULL OR r.last_heartbeat_at < now() - make_interval(secs => ?)", seconds(s.cfg.OfflineAfter)).
-		Set("status = ?", RobotOffline).Set("updated_at = now()").Set("revision = r.revision + 1").
-		Returning("*").Scan(ctx)
+	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		err := tx.NewUpdate().Model(&rows).
+			Where("r.status <> ?", RobotOffline).
+			Where("r.last_heartbeat_at IS NULL OR r.last_heartbeat_at < now() - make_interval(secs => ?)", seconds(s.cfg.OfflineAfter)).
+			Set("status = ?", RobotOffline).Set("updated_at = now()").Set("revision = r.revision + 1").
+			Returning("*").Scan(ctx)
+		if err != nil {
+			return fmt.Errorf("marking silent robots offline: %w", err)
+		}
+		for _, r := range rows {
+			if err := recordRobotChange(ctx, tx, RobotOnline, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("marking silent robots offline: %w", err)
+		return nil, err
 	}
 	return rows, nil
 }

@@ -61,6 +61,11 @@ var listSizes = map[string]listSize{
 	"Query.schedules":          page(db.DefaultPageSize),
 	"Schedule.recentJobs":      {arg: "first", def: 10, max: db.MaxRecentJobs},
 	"ScheduleConnection.edges": {},
+	// Webhooks.
+	"Query.webhookEndpoints":          {def: db.MaxWebhookEndpoints, max: db.MaxWebhookEndpoints},
+	"Query.webhookDeliveries":         page(db.DefaultPageSize),
+	"WebhookDelivery.attempts":        {def: 8, max: 8}, // the retry schedule's length + 1
+	"WebhookDeliveryConnection.edges": {},
 }
 
 // jsonWeight is what one JSON value costs: it may hold up to db.MaxJSONBytes.

@@ -25,4 +25,6 @@ type Resolver struct {
 	Hub *realtime.Hub
 	// ScheduleStore holds cron schedules (the scheduler fires them).
 	ScheduleStore *db.Schedules
+	// WebhookStore holds webhook endpoints and their deliveries.
+	WebhookStore *db.Webhooks
 }

@@ -253,6 +253,36 @@ func (r *mutationResolver) TriggerSchedule(ctx context.Context, id uuid.UUID) (*
 	return r.ScheduleStore.Trigger(ctx, r.DB, id)
 }
 
+// CreateWebhookEndpoint is the resolver for the createWebhookEndpoint field.
+func (r *mutationResolver) CreateWebhookEndpoint(ctx context.Context, input db.CreateWebhookEndpointInput) (*db.CreatedWebhookEndpoint, error) {
+	return r.WebhookStore.CreateEndpoint(ctx, r.DB, input)
+}
+
+// UpdateWebhookEndpoint is the resolver for the updateWebhookEndpoint field.
+func (r *mutationResolver) UpdateWebhookEndpoint(ctx context.Context, id uuid.UUID, input db.UpdateWebhookEndpointInput) (*db.WebhookEndpoint, error) {
+	return r.WebhookStore.UpdateEndpoint(ctx, r.DB, id, input)
+}
+
+// DeleteWebhookEndpoint is the resolver for the deleteWebhookEndpoint field.
+func (r *mutationResolver) DeleteWebhookEndpoint(ctx context.Context, id uuid.UUID) (uuid.UUID, error) {
+	return r.WebhookStore.DeleteEndpoint(ctx, r.DB, id)
+}
+
+// RotateWebhookSecret is the resolver for the rotateWebhookSecret field.
+func (r *mutationResolver) RotateWebhookSecret(ctx context.Context, id uuid.UUID) (*db.CreatedWebhookEndpoint, error) {
+	return r.WebhookStore.RotateSecret(ctx, r.DB, id)
+}
+
+// RedeliverWebhook is the resolver for the redeliverWebhook field.
+func (r *mutationResolver) RedeliverWebhook(ctx context.Context, deliveryID uuid.UUID) (*db.WebhookDelivery, error) {
+	return r.WebhookStore.Redeliver(ctx, r.DB, deliveryID)
+}
+
+// SendTestWebhook is the resolver for the sendTestWebhook field.
+func (r *mutationResolver) SendTestWebhook(ctx context.Context, endpointID uuid.UUID) (*db.WebhookDelivery, error) {
+	return r.WebhookStore.SendTest(ctx, r.DB, endpointID)
+}
+
 // Me is the resolver for the me field.
 func (r *queryResolver) Me(ctx context.Context) (*auth.Principal, error) {
 	return viewer(ctx)
@@ -348,6 +378,20 @@ func (r *queryResolver) Schedule(ctx context.Context, id uuid.UUID) (*db.Schedul
 func (r *queryResolver) Schedules(ctx context.Context, first *int, after *string, filter *db.ScheduleFilter) (*model.ScheduleConnection, error) {
 	page, err := r.ScheduleStore.List(ctx, r.DB, deref(filter), db.PageArgs{First: first, After: after})
 	return model.NewScheduleConnection(page, deref(filter)), err
+}
+
+// WebhookEndpoints is the resolver for the webhookEndpoints field.
+func (r *queryResolver) WebhookEndpoints(ctx context.Context) ([]*db.WebhookEndpoint, error) {
+	return r.WebhookStore.Endpoints(ctx, r.DB)
+}
+
+// WebhookDeliveries is the resolver for the webhookDeliveries field.
+func (r *queryResolver) WebhookDeliveries(ctx context.Context, endpointID uuid.UUID, status *db.WebhookDeliveryStatus, first *int, after *string) (*model.WebhookDeliveryConnection, error) {
+	page, err := r.WebhookStore.Deliveries(ctx, r.DB, endpointID, status, db.PageArgs{First: first, After: after})
+	if err != nil {
+		return nil, err
+	}
+	return model.NewWebhookDeliveryConnection(page), nil
 }
 
 // CurrentJobs is the resolver for the currentJobs field.

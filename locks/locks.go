@@ -14,3 +14,12 @@ const (
 	// database that runs the server's own work (package maintenance).
 	Maintenance Key = 0x666c656574_02
 )
+
+// Keys of the two-integer form, pg_advisory_xact_lock(class, id), a key
+// space apart from the bigint one above: class says what is locked, id
+// which one (e.g. hashtext of a tenant's id).
+const (
+	// WebhookEndpoints, with a tenant, serialises creations of the
+	// tenant's webhook endpoints so that its cap holds.
+	WebhookEndpoints int32 = 0x77686b01
+)

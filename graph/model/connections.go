@@ -125,6 +125,24 @@ func NewJobConnection(p db.Page[db.Job], f db.JobFilter) *JobConnection {
 // cursored is a row with a position in its list.
 type cursored interface{ Cursor() string }
 
+// WebhookDeliveryEdge is one delivery in a page.
+type WebhookDeliveryEdge struct {
+	Cursor string
+	Node   *db.WebhookDelivery
+}
+
+// WebhookDeliveryConnection is a page of an endpoint's deliveries.
+type WebhookDeliveryConnection struct {
+	Edges    []*WebhookDeliveryEdge
+	PageInfo *PageInfo
+}
+
+// NewWebhookDeliveryConnection wraps a page of deliveries.
+func NewWebhookDeliveryConnection(p db.Page[db.WebhookDelivery]) *WebhookDeliveryConnection {
+	edges, pi := edgesOf(p, func(c string, n *db.WebhookDelivery) *WebhookDeliveryEdge { return &WebhookDeliveryEdge{c, n} })
+	return &WebhookDeliveryConnection{Edges: edges, PageInfo: pi}
+}
+
 // edgesOf builds the edges and page info of a page.
 func edgesOf[T any, PT interface {
 	*T

@@ -1,0 +1,430 @@
+package db
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+
+	"fleetgraph/fault"
+)
+
+// This file is the one place where jobs change state: claim, start,
+// progress, complete, fail, cancel, retry, rescue, and the release of a
+// deleted robot's jobs. Each is a single conditional UPDATE ... RETURNING
+// run through transition, which writes the webhook events of the change to
+// the outbox in the same transaction. The revision and updated_at that feed
+// subscribers are bumped by the jobs_revision trigger, never by a statement.
+
+// jobStatement is an UPDATE of jobs (alias j) returning the changed rows:
+// a bun update or raw query.
+type jobStatement interface {
+	Scan(ctx context.Context, dest ...any) error
+}
+
+// jobEventOf names the webhook event of a job that a transition left in
+// status, or "" when there is none. No transition moves a job from one
+// final state to another, so a final state returned by a transition was
+// just entered.
+func jobEventOf(status JobStatus) string {
+	switch status {
+	case JobCompleted:
+		return EventJobCompleted
+	case JobFailed:
+		return EventJobFailed
+	case JobCancelled:
+		return EventJobCancelled
+	}
+	return ""
+}
+
+// transition runs stmt, one job state change, in tx and returns the jobs it
+// changed (none when its conditions matched no row), after writing to the
+// outbox an event for each job it finished.
+func transition(ctx context.Context, tx bun.Tx, stmt jobStatement) ([]*Job, error) {
+	var rows []*Job
+	if err := stmt.Scan(ctx, &rows); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, err
+	}
+	for _, j := range rows {
+		if typ := jobEventOf(j.Status); typ != "" {
+			if err := recordEvent(ctx, tx, j.TenantID, typ, j.ID, j.UpdatedAt, jobViewOf(j)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return rows, nil
+}
+
+// transitionOne is transition for a statement that changes at most one
+// job; it returns nil when it changed none.
+func transitionOne(ctx context.Context, tx bun.Tx, stmt jobStatement) (*Job, error) {
+	rows, err := transition(ctx, tx, stmt)
+	if err != nil || len(rows) == 0 {
+		return nil, err
+	}
+	return rows[0], nil
+}
+
+// Cancel cancels a QUEUED, CLAIMED or RUNNING job. The robot holding it
+// learns on its next fenced call (CONFLICT, reason JOB_CANCELLED).
+func (s *Jobs) Cancel(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var j *Job
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		j, err = transitionOne(ctx, tx, inTenant(sc, tx.NewUpdate().Model((*Job)(nil)).Where("j.id = ?", id), "j").
+			Where("j.status IN (?)", bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning})).
+			Set("status = ?", JobCancelled).Set("finished_at = now()").Set("lease_expires_at = NULL").
+			Returning("*"))
+		if err != nil {
+			return fmt.Errorf("cancelling the job: %w", err)
+		}
+		if j == nil {
+			return s.stateConflict(ctx, tx, sc, id, "cancel")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// Retry queues a FAILED or CANCELLED job again with its attempts reset.
+func (s *Jobs) Retry(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error) {
+	sc, err := userScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var j *Job
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		j, err = transitionOne(ctx, tx, inTenant(sc, tx.NewUpdate().Model((*Job)(nil)).Where("j.id = ?", id), "j").
+			Where("j.status IN (?)", bun.List([]JobStatus{JobFailed, JobCancelled})).
+			Set("status = ?", JobQueued).Set("attempt = 0").Set("error = NULL").Set("result = NULL").
+			Set("progress = 0").Set("current_node = NULL").Set("robot_id = NULL").
+			Set("lease_expires_at = NULL").Set("run_after = now()"). // the last lease token stays (see explainFence)
+			Set("claimed_at = NULL").Set("started_at = NULL").Set("finished_at = NULL").
+			Returning("*"))
+		if err != nil {
+			return fmt.Errorf("retrying the job: %w", err)
+		}
+		if j == nil {
+			return s.stateConflict(ctx, tx, sc, id, "retry")
+		}
+		return notifyQueued(ctx, tx, j.TenantID)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// stateConflict explains why a user's transition changed no row.
+func (s *Jobs) stateConflict(ctx context.Context, idb bun.IDB, sc scope, id uuid.UUID, action string) error {
+	j := new(Job)
+	if err := inTenant(sc, idb.NewSelect().Model(j).Where("j.id = ?", id), "j").Scan(ctx); err != nil {
+		return notFoundIfNoRows(err, "job")
+	}
+	return &fault.Error{Code: fault.Conflict, Message: fmt.Sprintf("cannot %s a %s job", action, j.Status),
+		Extra: map[string]any{"reason": ReasonIllegalTransition, "currentStatus": string(j.Status)}}
+}
+
+// claimSQL picks the best job the robot may take and leases it, in one
+// statement. SKIP LOCKED lets concurrent claims pass each other instead of
+// queueing on the same row. Parameters: robot id (×5), tenant, robot
+// capabilities, max slots, lease seconds.
+const claimSQL = `
+WITH candidate AS (
+	SELECT j.id FROM jobs j
+	WHERE j.tenant_id = ?1 AND j.status = 'QUEUED' AND j.run_after <= now()
+	  AND j.required_capabilities <@ ?2::text[]
+	  AND (j.target_robot_id IS NULL OR j.target_robot_id = ?0)
+	  AND (j.target_robot_id = ?0
+	       OR NOT EXISTS (SELECT 1 FROM workflow_assignments a WHERE a.workflow_id = j.workflow_id)
+	       OR EXISTS (SELECT 1 FROM workflow_assignments a WHERE a.workflow_id = j.workflow_id AND a.robot_id = ?0))
+	  AND (SELECT count(*) FROM jobs l WHERE l.robot_id = ?0 AND l.status IN ('CLAIMED', 'RUNNING')) < ?3
+	ORDER BY j.priority DESC, j.created_at, j.id
+	LIMIT 1
+	FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobs j SET status = 'CLAIMED', robot_id = ?0, lease_token = gen_random_uuid(),
+	lease_expires_at = now() + make_interval(secs => ?4), claimed_at = now(), progress_at = NULL,
+	attempt = j.attempt + 1, error = NULL
+FROM candidate WHERE j.id = candidate.id
+RETURNING j.*`
+
+// Claim leases the best job the calling robot may take, or returns nil when
+// there is none. The robot's row is locked first so that its own concurrent
+// claims see each other's slots; the claim itself is one statement.
+func (s *Jobs) Claim(ctx context.Context, idb bun.IDB) (*JobLease, error) {
+	sc, err := robotScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var j *Job
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		r := new(Robot)
+		if err := robotsVisible(sc, tx.NewSelect().Model(r).Where("r.id = ?", sc.robot), "r").For("UPDATE").Scan(ctx); err != nil {
+			return notFoundIfNoRows(err, "robot")
+		}
+		if r.Status == RobotMaintenance {
+			return nil
+		}
+		j, err = transitionOne(ctx, tx, tx.NewRaw(claimSQL, r.ID, r.TenantID, pgdialect.Array(r.Capabilities), r.MaxConcurrentJobs, seconds(s.cfg.Lease)))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claiming a job: %w", err)
+	}
+	if j == nil {
+		return nil, nil
+	}
+	return &JobLease{Job: j, LeaseToken: *j.LeaseToken, LeaseExpiresAt: *j.LeaseExpiresAt}, nil
+}
+
+// fenced runs a robot's transition of one of its jobs in tx: an UPDATE that
+// changes the row only while the robot holds the job under token in one of
+// the from states. A refusal explains itself (see explainFence).
+func (s *Jobs) fenced(ctx context.Context, tx bun.Tx, jobID, token uuid.UUID, from []JobStatus, action string, set func(*bun.UpdateQuery) *bun.UpdateQuery) (*Job, error) {
+	sc, err := robotScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	q := inTenant(sc, tx.NewUpdate().Model((*Job)(nil)).Where("j.id = ?", jobID), "j").
+		Where("j.robot_id = ? AND j.lease_token = ? AND j.status IN (?)", sc.robot, token, bun.List(from))
+	j, err := transitionOne(ctx, tx, set(q).Returning("*"))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", action, err)
+	}
+	if j == nil {
+		return nil, s.explainFence(ctx, tx, sc, jobID, token, action)
+	}
+	return j, nil
+}
+
+// fencedTx is fenced in a transaction of its own.
+func (s *Jobs) fencedTx(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, from []JobStatus, action string, set func(*bun.UpdateQuery) *bun.UpdateQuery) (*Job, error) {
+	var j *Job
+	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var err error
+		j, err = s.fenced(ctx, tx, jobID, token, from, action, set)
+		return err
+	})
+	return j, err
+}
+
+// explainFence says why a fenced call changed nothing: the job is not the
+// robot's (NOT_FOUND, as `job(id)` answers it), was cancelled (CONFLICT,
+// JOB_CANCELLED: stop working on it), is no longer this robot's under this
+// token (CONFLICT, LEASE_LOST), or is in a state the call does not apply to
+// (CONFLICT, ILLEGAL_TRANSITION).
+//
+// A job is the robot's when the robot holds or last held it (robot_id), or
+// when it went back to the queue from the lease the robot presents: a
+// requeue clears robot_id but keeps the last lease token, so the robot whose
+// lease was rescued still learns where its job went. A job another robot
+// holds, or one the robot never held, is NOT_FOUND: its state is none of
+// the robot's business.
+func (s *Jobs) explainFence(ctx context.Context, idb bun.IDB, sc scope, jobID, token uuid.UUID, action string) error {
+	j := new(Job)
+	if err := inTenant(sc, idb.NewSelect().Model(j).Where("j.id = ?", jobID), "j").Scan(ctx); err != nil {
+		return notFoundIfNoRows(err, "job")
+	}
+	sameToken := j.LeaseToken != nil && *j.LeaseToken == token
+	visible := j.RobotID != nil && *j.RobotID == sc.robot
+	if !visible && !(j.RobotID == nil && sameToken) {
+		return fault.Missing("job")
+	}
+	holds := visible && sameToken
+	conflict := func(reason, msg string) error {
+		return &fault.Error{Code: fault.Conflict, Message: msg, Extra: map[string]any{"reason": reason, "currentStatus": string(j.Status)}}
+	}
+	switch {
+	case holds && j.Status == JobCancelled:
+		return conflict(ReasonJobCancelled, "the job was cancelled: stop working on it")
+	case !holds:
+		// currentStatus tells a robot whose lease was rescued where its old
+		// job went.
+		return conflict(ReasonLeaseLost, "this robot no longer holds the job under this lease token (the lease expired or the job moved on): stop working on it")
+	default:
+		return conflict(ReasonIllegalTransition, fmt.Sprintf("cannot %s a %s job", action, j.Status))
+	}
+}
+
+// Start moves a claimed job to RUNNING, which must happen within the
+// claim's lease (heartbeats do not extend a CLAIMED job's lease). It counts
+// as progress and renews the lease.
+func (s *Jobs) Start(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID) (*Job, error) {
+	return s.fencedTx(ctx, idb, jobID, token, []JobStatus{JobClaimed}, "start", func(q *bun.UpdateQuery) *bun.UpdateQuery {
+		return q.Set("status = ?", JobRunning).Set("started_at = now()").Set("progress_at = now()").
+			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
+	})
+}
+
+// Progress records a running job's progress and extends its lease; a message
+// goes to the job's log. A report (even of unchanged progress) is what lets
+// heartbeats keep extending the lease for another ProgressTimeout.
+func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, progress int, currentNode, message *string) (*Job, error) {
+	if progress < 0 || progress > 100 {
+		return nil, fault.Invalid("progress", "progress must be between 0 and 100")
+	}
+	if currentNode != nil {
+		if _, err := checkShortText("currentNode", *currentNode, 100); err != nil {
+			return nil, err
+		}
+	}
+	if message != nil {
+		if err := checkLogMessage("message", *message); err != nil {
+			return nil, err
+		}
+	}
+	var j *Job
+	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var err error
+		j, err = s.fenced(ctx, tx, jobID, token, []JobStatus{JobRunning}, "report progress on", func(q *bun.UpdateQuery) *bun.UpdateQuery {
+			q = q.Set("progress = ?", progress).Set("progress_at = now()").
+				Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
+			if currentNode != nil {
+				q = q.Set("current_node = ?", *currentNode)
+			}
+			return q
+		})
+		if err != nil || message == nil {
+			return err
+		}
+		return insertLogs(ctx, tx, j, []JobLogInput{{Level: LogInfo, Message: *message, Fields: map[string]any{"progress": progress}}})
+	})
+	return j, err
+}
+
+// Complete finishes a running job with its result.
+func (s *Jobs) Complete(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, result map[string]any) (*Job, error) {
+	result, err := checkJSONObject("result", result)
+	if err != nil {
+		return nil, err
+	}
+	return s.fencedTx(ctx, idb, jobID, token, []JobStatus{JobRunning}, "complete", func(q *bun.UpdateQuery) *bun.UpdateQuery {
+		return q.Set("status = ?", JobCompleted).Set("result = ?::jsonb", jsonText(result)).Set("progress = 100").
+			Set("finished_at = now()").Set("lease_expires_at = NULL")
+	})
+}
+
+// backoffSQL is the delay before retry number attempt (1-based), doubling
+// from RetryBackoff up to MaxRetryBackoff. Parameters: base and max seconds.
+const backoffSQL = "make_interval(secs => least(? * power(2, greatest(j.attempt - 1, 0)), ?))"
+
+// Fail ends a claimed or running job: back to QUEUED (after a backoff) when
+// retryable and attempts remain, else FAILED.
+func (s *Jobs) Fail(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, reason string, retryable bool) (*Job, error) {
+	if err := checkLogMessage("error", reason); err != nil {
+		return nil, err
+	}
+	if reason == "" {
+		return nil, fault.Invalid("error", "say why the job failed")
+	}
+	var j *Job
+	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var err error
+		retry := "(? AND j.attempt < j.max_attempts)"
+		base, max := seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)
+		j, err = s.fenced(ctx, tx, jobID, token, liveJobStatuses, "fail", func(q *bun.UpdateQuery) *bun.UpdateQuery {
+			return q.Set("error = ?", reason).Set("lease_expires_at = NULL").
+				Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END", retryable).
+				Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", retryable, base, max).
+				Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END", retryable).
+				Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END", retryable)
+		})
+		if err != nil || j.Status != JobQueued {
+			return err
+		}
+		return notifyQueued(ctx, tx, j.TenantID)
+	})
+	return j, err
+}
+
+// releaseDeletedRobotsJobs lets go of the jobs of robot r, which is being
+// deleted in tx. A job aimed at r (enqueued with its robotId) can run on no
+// other robot, so it is CANCELLED, queued or live, with the reason. The
+// other jobs r holds go back to the queue like a rescue: QUEUED while
+// attempts remain, else FAILED; waiting claims are woken for them.
+func releaseDeletedRobotsJobs(ctx context.Context, tx bun.Tx, r *Robot) error {
+	if _, err := transition(ctx, tx, tx.NewUpdate().Model((*Job)(nil)).
+		Where("j.target_robot_id = ? AND j.status IN (?)", r.ID, bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning})).
+		Set("status = ?", JobCancelled).
+		Set("error = 'its target robot was deleted: no other robot may run it'").
+		Set("finished_at = now()").Set("lease_expires_at = NULL").
+		Returning("*")); err != nil {
+		return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
+	}
+	const retry = "(j.attempt < j.max_attempts)"
+	released, err := transition(ctx, tx, tx.NewUpdate().Model((*Job)(nil)).
+		Where("j.robot_id = ? AND j.status IN (?)", r.ID, bun.List(liveJobStatuses)).
+		Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
+		Set("error = CASE WHEN "+retry+" THEN j.error ELSE 'its robot was deleted (attempt ' || j.attempt || ' of ' || j.max_attempts || ')' END").
+		Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END").
+		Set("robot_id = NULL").Set("lease_token = NULL").Set("lease_expires_at = NULL").
+		Returning("*"))
+	if err != nil {
+		return fmt.Errorf("requeueing the robot's jobs: %w", err)
+	}
+	if slices.ContainsFunc(released, func(j *Job) bool { return j.Status == JobQueued }) {
+		return notifyQueued(ctx, tx, r.TenantID)
+	}
+	return nil
+}
+
+// RescueExpired takes back every job, of any tenant, whose lease has
+// expired (the robot went silent, did not start its claim within the
+// lease, or reported no progress for ProgressTimeout): QUEUED again after a
+// backoff while attempts remain, else FAILED with the reason. It is
+// maintenance work, run by the maintenance runner.
+func (s *Jobs) RescueExpired(ctx context.Context, idb bun.IDB) ([]*Job, error) {
+	var rows []*Job
+	const retry = "(j.attempt < j.max_attempts)"
+	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var err error
+		rows, err = transition(ctx, tx, tx.NewUpdate().Model((*Job)(nil)).
+			// In id order, skipping rows a heartbeat or a robot's call holds
+			// right now: those are being extended or finished, and the next
+			// sweep sees them again if not.
+			Where("j.id IN (SELECT id FROM jobs WHERE status IN (?) AND lease_expires_at < now() ORDER BY id FOR UPDATE SKIP LOCKED)", bun.List(liveJobStatuses)).
+			Where("j.lease_expires_at < now()").
+			Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
+			Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)).
+			Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END").
+			Set("error = CASE WHEN j.status = 'CLAIMED' THEN 'lease expired: the robot did not start the job within its lease'"+
+				" WHEN j.progress_at + make_interval(secs => ?) <= now() THEN ?"+
+				" ELSE 'lease expired: the robot stopped reporting' END"+
+				" || ' (attempt ' || j.attempt || ' of ' || j.max_attempts || ')'",
+				seconds(s.cfg.progressTimeout()), fmt.Sprintf("lease expired: no progress reported for %d seconds", int(s.cfg.progressTimeout().Seconds()))).
+			Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END").
+			// A requeued job keeps its last lease token (see explainFence;
+			// the next claim replaces it); a failed one, which keeps its
+			// robot, drops it, so its robot learns that its lease was lost.
+			Set("lease_token = CASE WHEN "+retry+" THEN j.lease_token END").
+			Set("lease_expires_at = NULL").
+			Returning("*"))
+		if err != nil {
+			return fmt.Errorf("rescuing expired leases: %w", err)
+		}
+		tenants := map[uuid.UUID]bool{}
+		for _, j := range rows {
+			if j.Status == JobQueued && !tenants[j.TenantID] {
+				tenants[j.TenantID] = true
+				if err := notifyQueued(ctx, tx, j.TenantID); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return rows, err
+}

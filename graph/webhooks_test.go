@@ -1,0 +1,762 @@
+package graph_test
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+	"fleetgraph/app"
+	"fleetgraph/maintenance"
+	"fleetgraph/webhook"
+)
+
+// Webhooks through the API, to real HTTP receivers on loopback: what is
+// sent (signed, the job or robot as the API shows it), when (the retry
+// schedule, on an injectable clock), what disables an endpoint, ordering,
+// slow receivers, and the SSRF guard. Tests that step time drive delivery
+// themselves (apitest.Options.Webhooks.Manual) with round.
+
+// whRequest is one request a receiver got.
+type whRequest struct {
+	Header http.Header
+	Body   []byte
+}
+
+// whReceiver is a webhook receiver on loopback that records each request
+// and answers with the status the test sets (default 204).
+type whReceiver struct {
+	srv    *httptest.Server
+	status atomic.Int32
+	mu     sync.Mutex
+	got    []whRequest
+}
+
+func whNewReceiver(t *testing.T) *whReceiver {
+	r := &whReceiver{}
+	r.status.Store(http.StatusNoContent)
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		r.got = append(r.got, whRequest{Header: req.Header.Clone(), Body: body})
+		r.mu.Unlock()
+		w.WriteHeader(int(r.status.Load()))
+		_, _ = io.WriteString(w, "answer "+http.StatusText(int(r.status.Load())))
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *whReceiver) requests() []whRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]whRequest(nil), r.got...)
+}
+
+func (r *whReceiver) count() int { return len(r.requests()) }
+
+// wait waits until the receiver got n requests and returns them.
+func (r *whReceiver) wait(t *testing.T, n int) []whRequest {
+	t.Helper()
+	jqEventually(t, time.Minute, "the receiver got its deliveries", func() bool { return r.count() >= n })
+	return r.requests()
+}
+
+// whBody is a delivery's body, decoded.
+type whBody struct {
+	Type      string
+	Timestamp time.Time
+	Data      map[string]any
+}
+
+func (q whRequest) body(t *testing.T) whBody {
+	t.Helper()
+	var b whBody
+	require.NoError(t, json.Unmarshal(q.Body, &b), "body: %s", q.Body)
+	return b
+}
+
+// whVerify checks the request's Standard Webhooks signature with secret,
+// computed here by hand.
+func whVerify(t *testing.T, secret string, q whRequest) {
+	t.Helper()
+	id, ts := q.Header.Get("webhook-id"), q.Header.Get("webhook-timestamp")
+	require.NotEmpty(t, id)
+	require.NotEmpty(t, ts)
+	require.Contains(t, whSignatures(q), whSignature(t, secret, id, ts, q.Body), "no signature of the secret in %q", q.Header.Get("webhook-signature"))
+}
+
+func whSignature(t *testing.T, secret, id, ts string, body []byte) string {
+	t.Helper()
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	require.NoError(t, err)
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(id + "." + ts + "." + string(body)))
+	return "v1," + base64.StdEncoding.EncodeToString(mac.Sum(nil))
+}
+
+func whSignatures(q whRequest) []string { return strings.Fields(q.Header.Get("webhook-signature")) }
+
+// whBundle is a server whose webhook delivery the test steps on a manual clock.
+type whBundle struct {
+	s     *apitest.Server
+	clock *maintenance.ManualClock
+	tn    *jqTenant
+}
+
+func whManual(t *testing.T, o apitest.Options) *whBundle {
+	t.Helper()
+	clock := maintenance.NewManualClock(time.Now().Truncate(time.Millisecond))
+	o.Clock = clock
+	o.Webhooks.Manual = true
+	s := apitest.New(t, o)
+	return &whBundle{s: s, clock: clock, tn: jqNewTenant(t, s)}
+}
+
+// round runs one delivery round at the clock's time and waits for its sends.
+func (b *whBundle) round(t *testing.T) {
+	t.Helper()
+	require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
+	b.s.App.Webhooks.Wait()
+}
+
+// whEndpoint creates an endpoint of the tenant and returns its id and secret.
+func whEndpoint(t *testing.T, tn *jqTenant, url string, events ...string) (string, string) {
+	t.Helper()
+	var out struct {
+		CreateWebhookEndpoint struct {
+			Endpoint struct{ ID string }
+			Secret   string
+		}
+	}
+	tn.do(t, `mutation($in: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $in) { endpoint { id } secret } }`,
+		map[string]any{"in": map[string]any{"url": url, "events": events}}, &out)
+	require.True(t, strings.HasPrefix(out.CreateWebhookEndpoint.Secret, "whsec_"))
+	return out.CreateWebhookEndpoint.Endpoint.ID, out.CreateWebhookEndpoint.Secret
+}
+
+type whAttempt struct {
+	At           time.Time
+	StatusCode   *int
+	DurationMs   int
+	ResponseBody *string
+	Error        *string
+}
+
+type whDelivery struct {
+	ID            string
+	EndpointID    string
+	EventID       string
+	EventType     string
+	Status        string
+	AttemptCount  int
+	NextAttemptAt *time.Time
+	FinishedAt    *time.Time
+	Attempts      []whAttempt
+}
+
+const whDeliveryFields = `id endpointId eventId eventType status attemptCount nextAttemptAt finishedAt
+	attempts { at statusCode durationMs responseBody error }`
+
+// deliveries lists an endpoint's deliveries, oldest first.
+func whDeliveries(t *testing.T, tn *jqTenant, endpoint string) []whDelivery {
+	t.Helper()
+	var out struct {
+		WebhookDeliveries struct{ Edges []struct{ Node whDelivery } }
+	}
+	tn.do(t, `query($e: ID!) { webhookDeliveries(endpointId: $e, first: 100) { edges { node { `+whDeliveryFields+` } } } }`,
+		map[string]any{"e": endpoint}, &out)
+	var ds []whDelivery
+	for i := len(out.WebhookDeliveries.Edges) - 1; i >= 0; i-- {
+		ds = append(ds, out.WebhookDeliveries.Edges[i].Node)
+	}
+	return ds
+}
+
+type whEndpointState struct {
+	ID             string
+	Enabled        bool
+	DisabledReason *string
+	FailingSince   *time.Time
+}
+
+func whEndpoints(t *testing.T, tn *jqTenant) []whEndpointState {
+	t.Helper()
+	var out struct{ WebhookEndpoints []whEndpointState }
+	tn.do(t, `{ webhookEndpoints { id enabled disabledReason failingSince } }`, nil, &out)
+	return out.WebhookEndpoints
+}
+
+// finishJob enqueues a job, has robot r claim and start it, and returns its lease.
+func whRunning(t *testing.T, tn *jqTenant, r *jqRobot, in map[string]any) *jqLease {
+	t.Helper()
+	tn.enqueue(t, in)
+	l := r.claim(t, 0)
+	require.NotNil(t, l)
+	r.start(t, l)
+	return l
+}
+
+// jobJSON is the job as the API shows it, decoded into a map.
+func whJobJSON(t *testing.T, tn *jqTenant, id string) map[string]any {
+	t.Helper()
+	var out struct{ Job map[string]any }
+	tn.do(t, `query($id: ID!) { job(id: $id) { `+jqJobFields+` scheduleId scheduledFor } }`, map[string]any{"id": id}, &out)
+	return out.Job
+}
+
+func TestWebhookDelivery(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+
+	t.Run("JobEventsAreSignedAndCarryTheJobAsTheAPIShowsIt", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		rcv := whNewReceiver(t)
+		_, secret := whEndpoint(t, tn, rcv.srv.URL, "job.completed", "job.failed", "job.cancelled")
+		r := tn.robot(t, "r1", jqRobotOpts{})
+
+		done := r.complete(t, whRunning(t, tn, r, nil), map[string]any{"ok": true})
+		failed := r.fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 1}), "broke", false)
+		queued := tn.enqueue(t, nil)
+		tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": queued.ID}, nil)
+
+		got := rcv.wait(t, 3)
+		require.Len(t, got, 3)
+		byJob := map[string]whRequest{}
+		for _, q := range got {
+			whVerify(t, secret, q)
+			require.Equal(t, "application/json", q.Header.Get("Content-Type"))
+			byJob[q.body(t).Data["id"].(string)] = q
+		}
+		for id, typ := range map[string]string{done.ID: "job.completed", failed.ID: "job.failed", queued.ID: "job.cancelled"} {
+			q, ok := byJob[id]
+			require.True(t, ok, "no %s event for job %s", typ, id)
+			b := q.body(t)
+			require.Equal(t, typ, b.Type)
+			require.False(t, b.Timestamp.IsZero())
+			require.Equal(t, whJobJSON(t, tn, id), b.Data, "the event's data is not the job as the API shows it")
+		}
+		// Each delivery is recorded as succeeded, with its attempt.
+		jqEventually(t, time.Minute, "the deliveries are recorded", func() bool {
+			var out struct{ WebhookEndpoints []struct{ ID string } }
+			tn.do(t, `{ webhookEndpoints { id } }`, nil, &out)
+			ds := whDeliveries(t, tn, out.WebhookEndpoints[0].ID)
+			for _, d := range ds {
+				if d.Status != "SUCCEEDED" {
+					return false
+				}
+			}
+			return len(ds) == 3
+		})
+	})
+
+	t.Run("OnlyTheEventsAnEndpointWantsAndNoneWhenDisabled", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		rcv, off := whNewReceiver(t), whNewReceiver(t)
+		whEndpoint(t, tn, rcv.srv.URL, "job.failed")
+		offID, _ := whEndpoint(t, tn, off.srv.URL, "job.completed", "job.failed")
+		tn.do(t, `mutation($id: ID!) { updateWebhookEndpoint(id: $id, input: {enabled: false}) { id } }`, map[string]any{"id": offID}, nil)
+		r := tn.robot(t, "r1", jqRobotOpts{})
+		r.complete(t, whRunning(t, tn, r, nil), nil)
+		failed := r.fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 1}), "broke", false)
+
+		got := rcv.wait(t, 1)
+		require.Equal(t, failed.ID, got[0].body(t).Data["id"])
+		// The completion wrote no event at all: no endpoint wanted it.
+		var events int
+		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM webhook_events WHERE type = 'job.completed' AND tenant_id = (SELECT tenant_id FROM jobs WHERE id = ?)", failed.ID).Scan(t.Context(), &events))
+		require.Zero(t, events)
+		require.Len(t, rcv.requests(), 1)
+		require.Empty(t, whDeliveries(t, tn, offID))
+		require.Zero(t, off.count())
+	})
+
+	t.Run("RobotsComingOnlineAndGoingOffline", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		rcv := whNewReceiver(t)
+		_, secret := whEndpoint(t, tn, rcv.srv.URL, "robot.online", "robot.offline")
+		r := tn.robot(t, "r1", jqRobotOpts{})
+		r.heartbeat(t, "ONLINE")
+		r.heartbeat(t, "BUSY") // still online: no event
+		r.heartbeat(t, "OFFLINE")
+		tn.do(t, `mutation($id: ID!) { updateRobot(id: $id, input: {status: ONLINE}) { id } }`, map[string]any{"id": r.ID}, nil)
+
+		got := rcv.wait(t, 3)
+		var types []string
+		for _, q := range got {
+			whVerify(t, secret, q)
+			b := q.body(t)
+			require.Equal(t, r.ID, b.Data["id"])
+			require.Equal(t, "r1", b.Data["name"])
+			types = append(types, b.Type+":"+b.Data["status"].(string))
+		}
+		// A robot's events reach an endpoint in order.
+		require.Equal(t, []string{"robot.online:ONLINE", "robot.offline:OFFLINE", "robot.online:ONLINE"}, types)
+	})
+
+	t.Run("ARescueThatFailsAJobReportsIt", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		rcv := whNewReceiver(t)
+		whEndpoint(t, tn, rcv.srv.URL, "job.failed", "job.completed")
+		r := tn.robot(t, "r1", jqRobotOpts{Slots: 2})
+		// A retryable failure requeues the job: no event.
+		retried := r.fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 2}), "flaky", true)
+		require.Equal(t, "QUEUED", retried.Status)
+		lost := whRunning(t, tn, r, map[string]any{"maxAttempts": 1, "priority": 10})
+		jqExpire(t, s, lost.Job.ID)
+		got := rcv.wait(t, 1)
+		b := got[0].body(t)
+		require.Equal(t, "job.failed", b.Type)
+		require.Equal(t, lost.Job.ID, b.Data["id"])
+		require.Contains(t, b.Data["error"], "lease expired")
+		require.Len(t, rcv.requests(), 1)
+	})
+
+	t.Run("DeletingARobotReportsItsJobs", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		rcv := whNewReceiver(t)
+		whEndpoint(t, tn, rcv.srv.URL, "job.failed", "job.cancelled")
+		r := tn.robot(t, "r1", jqRobotOpts{Slots: 2})
+		held := whRunning(t, tn, r, map[string]any{"maxAttempts": 1})
+		aimed := tn.enqueue(t, map[string]any{"robotId": r.ID, "runAt": jqTime(time.Hour)})
+		tn.do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": r.ID}, nil)
+
+		got := rcv.wait(t, 2)
+		types := map[string]string{}
+		for _, q := range got {
+			b := q.body(t)
+			types[b.Data["id"].(string)] = b.Type
+		}
+		require.Equal(t, map[string]string{held.Job.ID: "job.failed", aimed.ID: "job.cancelled"}, types)
+	})
+}
+
+func TestWebhookRetries(t *testing.T) {
+	t.Parallel()
+
+	t.Run("OnTheScheduleThenFailed", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		rcv.status.Store(http.StatusInternalServerError)
+		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+
+		b.round(t)
+		require.Equal(t, 1, rcv.count())
+		waits := []time.Duration{5 * time.Second, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 10 * time.Hour}
+		for i, wait := range waits {
+			d := whDeliveries(t, b.tn, ep)[0]
+			require.Equal(t, "PENDING", d.Status)
+			require.NotNil(t, d.NextAttemptAt)
+			last := d.Attempts[len(d.Attempts)-1].At
+			delay := d.NextAttemptAt.Sub(last)
+			require.True(t, delay >= wait && delay <= wait+wait/10+time.Millisecond, "retry %d after %s, want %s plus at most 10%%", i+1, delay, wait)
+			// Not before its time...
+			b.clock.Set(d.NextAttemptAt.Add(-time.Millisecond))
+			b.round(t)
+			require.Equal(t, i+1, rcv.count(), "retry %d went out early", i+1)
+			// ...and at it.
+			b.clock.Set(*d.NextAttemptAt)
+			b.round(t)
+			require.Equal(t, i+2, rcv.count(), "retry %d did not go out", i+1)
+		}
+		d := whDeliveries(t, b.tn, ep)[0]
+		require.Equal(t, "FAILED", d.Status)
+		require.Equal(t, 8, d.AttemptCount)
+		require.Len(t, d.Attempts, 8)
+		for _, a := range d.Attempts {
+			require.NotNil(t, a.StatusCode)
+			require.Equal(t, 500, *a.StatusCode)
+			require.Equal(t, "answer Internal Server Error", *a.ResponseBody)
+		}
+		b.clock.Advance(48 * time.Hour)
+		b.round(t)
+		require.Equal(t, 8, rcv.count(), "a FAILED delivery was attempted again")
+		// Every delivery failed for less than 3 days: still enabled.
+		require.True(t, whEndpoints(t, b.tn)[0].Enabled)
+	})
+
+	t.Run("GoneDisablesTheEndpoint", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		rcv.status.Store(http.StatusGone)
+		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		b.round(t)
+		e := whEndpoints(t, b.tn)[0]
+		require.False(t, e.Enabled)
+		require.NotNil(t, e.DisabledReason)
+		require.Contains(t, *e.DisabledReason, "410 Gone")
+		require.Equal(t, "FAILED", whDeliveries(t, b.tn, ep)[0].Status)
+		// Nothing more goes to it: not the next event, not a retry.
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		b.clock.Advance(time.Hour)
+		b.round(t)
+		require.Equal(t, 1, rcv.count())
+		require.Len(t, whDeliveries(t, b.tn, ep), 1)
+	})
+
+	t.Run("FailingForThreeDaysDisablesTheEndpoint", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		rcv.status.Store(http.StatusServiceUnavailable)
+		whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		start := b.clock.Now()
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		b.round(t)
+		// Every attempt fails, for 70 hours: a new event every 10 hours.
+		for b.clock.Now().Add(10*time.Hour).Sub(start) < 72*time.Hour {
+			b.clock.Advance(10 * time.Hour)
+			r.complete(t, whRunning(t, b.tn, r, nil), nil)
+			b.round(t)
+			require.True(t, whEndpoints(t, b.tn)[0].Enabled, "disabled after %s", b.clock.Now().Sub(start))
+		}
+		b.clock.Set(start.Add(72 * time.Hour))
+		b.round(t)
+		e := whEndpoints(t, b.tn)[0]
+		require.False(t, e.Enabled)
+		require.NotNil(t, e.DisabledReason)
+		require.Contains(t, *e.DisabledReason, "every delivery failed for 72h0m0s")
+	})
+
+	t.Run("AReceiverDownForAnHourGetsEveryEventInOrder", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		rcv.status.Store(http.StatusServiceUnavailable)
+		ep, secret := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed", "job.failed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		var ids []string
+		for range 3 {
+			ids = append(ids, r.complete(t, whRunning(t, b.tn, r, nil), nil).ID)
+		}
+		b.tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": b.tn.enqueue(t, nil).ID}, nil) // not wanted
+		// A job that fails, is retried and completes: two events of one
+		// job, the second of which must wait for the first.
+		l := whRunning(t, b.tn, r, map[string]any{"maxAttempts": 1})
+		r.fail(t, l, "broke", false)
+		b.tn.do(t, `mutation($id: ID!) { retryJob(id: $id) { id } }`, map[string]any{"id": l.Job.ID}, nil)
+		l2 := r.claim(t, 0)
+		require.Equal(t, l.Job.ID, l2.Job.ID)
+		r.start(t, l2)
+		r.complete(t, l2, nil)
+		b.round(t)
+		require.Equal(t, 4, rcv.count(), "the job's second event went out before its first succeeded")
+		// Down for an hour, with a round every minute.
+		for range 60 {
+			b.clock.Advance(time.Minute)
+			b.round(t)
+		}
+		before := rcv.count()
+		rcv.status.Store(http.StatusOK)
+		// Back: every event arrives within the retry schedule.
+		for range 10 {
+			b.clock.Advance(time.Hour)
+			b.round(t)
+		}
+		ds := whDeliveries(t, b.tn, ep)
+		require.Len(t, ds, 5)
+		for _, d := range ds {
+			require.Equal(t, "SUCCEEDED", d.Status, "delivery %s of %s", d.ID, d.EventType)
+		}
+		got := rcv.requests()[before:]
+		require.Len(t, got, 5, "each event is delivered once it succeeds")
+		var order []string
+		delivered := map[string]bool{}
+		for _, q := range got {
+			whVerify(t, secret, q)
+			bd := q.body(t)
+			delivered[bd.Data["id"].(string)] = true
+			if bd.Data["id"] == l.Job.ID {
+				order = append(order, bd.Type)
+			}
+		}
+		for _, id := range ids {
+			require.True(t, delivered[id], "job %s's completion was never delivered", id)
+		}
+		require.Equal(t, []string{"job.failed", "job.completed"}, order, "a job's events reached the endpoint out of order")
+		// While its first event was failing, the job's second was never sent.
+		var completions int
+		for _, q := range rcv.requests() {
+			if bd := q.body(t); bd.Data["id"] == l.Job.ID && bd.Type == "job.completed" {
+				completions++
+			}
+		}
+		require.Equal(t, 1, completions)
+	})
+
+	t.Run("TwoReplicasSendEachDeliveryOnce", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		const jobs = 20
+		for range jobs {
+			r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		}
+		// A second replica's deliverer over the same database, both
+		// stepping at once until every delivery is done.
+		other := webhook.NewDeliverer(webhook.Config{DB: b.s.DB.DB, Store: b.s.App.Resolver.WebhookStore,
+			Client: webhook.NewClient(webhook.ClientConfig{AllowPrivate: true}), Workers: 4, Now: b.clock.Now})
+		for rcv.count() < jobs {
+			var wg sync.WaitGroup
+			for _, d := range []*webhook.Deliverer{b.s.App.Webhooks, other} {
+				wg.Go(func() {
+					require.NoError(t, d.Run(t.Context(), b.clock.Now()))
+					d.Wait()
+				})
+			}
+			wg.Wait()
+		}
+		seen := map[string]int{}
+		for _, q := range rcv.requests() {
+			seen[q.Header.Get("webhook-id")]++
+		}
+		require.Len(t, seen, jobs)
+		for id, n := range seen {
+			require.Equal(t, 1, n, "event %s was sent %d times", id, n)
+		}
+		for _, d := range whDeliveries(t, b.tn, ep) {
+			require.Equal(t, 1, d.AttemptCount)
+		}
+	})
+
+	t.Run("AHangingReceiverDoesNotDelayOthers", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{Webhooks: app.WebhookConfig{Workers: 2, Timeout: time.Hour}})
+		release := make(chan struct{})
+		var hung atomic.Int64
+		hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			hung.Add(1)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}))
+		t.Cleanup(hang.Close)
+		t.Cleanup(func() { close(release) })
+		fast := whNewReceiver(t)
+		other := jqNewTenant(t, b.s)
+		whEndpoint(t, b.tn, hang.URL, "job.completed")
+		whEndpoint(t, other, fast.srv.URL, "job.completed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
+		jqEventually(t, time.Minute, "the hanging receiver got its delivery", func() bool { return hung.Load() == 1 })
+		// While it hangs, the other worker serves the other tenant, twice.
+		ro := other.robot(t, "r1", jqRobotOpts{})
+		for i := 1; i <= 2; i++ {
+			ro.complete(t, whRunning(t, other, ro, nil), nil)
+			jqEventually(t, time.Minute, "the fast receiver got its delivery", func() bool {
+				require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
+				return fast.count() == i
+			})
+			require.EqualValues(t, 1, hung.Load())
+		}
+	})
+
+	t.Run("HugeAndTricklingAnswersCostAtMostTheTimeout", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{}) // the default timeout, 10 s
+		var wrote atomic.Int64
+		huge := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusOK)
+			chunk := []byte(strings.Repeat("x", 64<<10))
+			for range 160 { // 10 MB
+				n, err := w.Write(chunk)
+				wrote.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}))
+		t.Cleanup(huge.Close)
+		trickle := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// Headers never complete: one byte at a time until the client gives up.
+			conn, buf, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			for _, c := range []byte("HTTP/1.1 200 OK\r\nX-Slow: " + strings.Repeat("a", 10000)) {
+				if _, err := buf.Write([]byte{c}); err != nil || buf.Flush() != nil {
+					return
+				}
+				select {
+				case <-time.After(50 * time.Millisecond):
+				case <-r.Context().Done():
+					return
+				}
+			}
+		}))
+		t.Cleanup(trickle.Close)
+		hugeEP, _ := whEndpoint(t, b.tn, huge.URL, "job.completed")
+		trickleEP, _ := whEndpoint(t, b.tn, trickle.URL, "job.completed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		b.round(t) // returns: neither receiver holds a worker past the timeout
+
+		h := whDeliveries(t, b.tn, hugeEP)[0]
+		require.Equal(t, "SUCCEEDED", h.Status)
+		require.Len(t, *h.Attempts[0].ResponseBody, 1024, "the attempt keeps the first 1 KiB")
+		require.Less(t, wrote.Load(), int64(10<<20), "the whole 10 MB answer was read")
+		tr := whDeliveries(t, b.tn, trickleEP)[0]
+		require.Equal(t, "PENDING", tr.Status)
+		require.Nil(t, tr.Attempts[0].StatusCode)
+		require.NotNil(t, tr.Attempts[0].Error)
+	})
+
+	t.Run("ARotatedSecretSignsAlongsideFor24Hours", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		ep, old := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
+		var out struct {
+			RotateWebhookSecret struct {
+				Secret   string
+				Endpoint struct{ PreviousSecretExpiresAt time.Time }
+			}
+		}
+		b.tn.do(t, `mutation($id: ID!) { rotateWebhookSecret(id: $id) { secret endpoint { previousSecretExpiresAt } } }`, map[string]any{"id": ep}, &out)
+		fresh := out.RotateWebhookSecret.Secret
+		require.NotEqual(t, old, fresh)
+		jqSameTime(t, b.clock.Now().Add(24*time.Hour), out.RotateWebhookSecret.Endpoint.PreviousSecretExpiresAt, "previousSecretExpiresAt")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		b.round(t)
+		q := rcv.requests()[0]
+		require.Len(t, whSignatures(q), 2)
+		whVerify(t, fresh, q)
+		whVerify(t, old, q)
+
+		b.clock.Advance(24*time.Hour + time.Second)
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		b.round(t)
+		q = rcv.requests()[1]
+		require.Equal(t, []string{whSignature(t, fresh, q.Header.Get("webhook-id"), q.Header.Get("webhook-timestamp"), q.Body)}, whSignatures(q))
+	})
+
+	t.Run("RedeliverAndTest", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		ep, secret := whEndpoint(t, b.tn, rcv.srv.URL, "robot.offline")
+		var sent struct{ SendTestWebhook whDelivery }
+		b.tn.do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { `+whDeliveryFields+` } }`, map[string]any{"e": ep}, &sent)
+		require.Equal(t, "PENDING", sent.SendTestWebhook.Status)
+		require.Equal(t, "webhook.test", sent.SendTestWebhook.EventType)
+		// A pending delivery is retried on its own.
+		resp := b.s.Do(t, b.tn.user.Token, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { id } }`, map[string]any{"d": sent.SendTestWebhook.ID})
+		resp.Code(t, "CONFLICT")
+		b.round(t)
+		q := rcv.requests()[0]
+		whVerify(t, secret, q)
+		require.Equal(t, "webhook.test", q.body(t).Type)
+		require.Equal(t, ep, q.body(t).Data["endpointId"])
+
+		var again struct{ RedeliverWebhook whDelivery }
+		b.tn.do(t, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { `+whDeliveryFields+` } }`, map[string]any{"d": sent.SendTestWebhook.ID}, &again)
+		require.NotEqual(t, sent.SendTestWebhook.ID, again.RedeliverWebhook.ID)
+		b.round(t)
+		got := rcv.requests()
+		require.Len(t, got, 2)
+		require.Equal(t, got[0].Header.Get("webhook-id"), got[1].Header.Get("webhook-id"), "a redelivery keeps the webhook-id")
+		require.Equal(t, got[0].Body, got[1].Body)
+		ds := whDeliveries(t, b.tn, ep)
+		require.Len(t, ds, 2)
+		var st struct {
+			WebhookDeliveries struct {
+				Edges []struct{ Node struct{ ID string } }
+			}
+		}
+		b.tn.do(t, `query($e: ID!) { webhookDeliveries(endpointId: $e, status: PENDING) { edges { node { id } } } }`, map[string]any{"e": ep}, &st)
+		require.Empty(t, st.WebhookDeliveries.Edges)
+	})
+
+	t.Run("PrivateAddressesAreRefusedUnlessAllowed", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{WebhookGuard: true, Webhooks: app.WebhookConfig{AllowHTTP: true}})
+		rcv := whNewReceiver(t)
+		port := rcv.srv.Listener.Addr().String()[len("127.0.0.1:"):]
+		for _, url := range []string{rcv.srv.URL, "http://169.254.169.254/latest/meta-data/", "http://10.0.0.7/hook", "http://[::1]:" + port + "/"} {
+			resp := b.s.Do(t, b.tn.user.Token, `mutation($in: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $in) { secret } }`,
+				map[string]any{"in": map[string]any{"url": url, "events": []string{"job.completed"}}})
+			e := resp.Code(t, "BAD_USER_INPUT")
+			require.Contains(t, e.Message, "address", url)
+		}
+		// A name is checked where it leads, at connect time.
+		ep, _ := whEndpoint(t, b.tn, "http://localhost:"+port+"/hook", "job.completed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		b.round(t)
+		d := whDeliveries(t, b.tn, ep)[0]
+		require.Equal(t, "PENDING", d.Status)
+		require.NotNil(t, d.Attempts[0].Error)
+		require.Contains(t, *d.Attempts[0].Error, "is a loopback address")
+		require.Zero(t, rcv.count(), "a delivery reached loopback")
+	})
+}
+
+func TestJobRevisionIsBumpedByTheDatabase(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	tn := jqNewTenant(t, s)
+	r := tn.robot(t, "r1", jqRobotOpts{})
+	l := whRunning(t, tn, r, nil)
+	before := tn.job(t, l.Job.ID)
+
+	// A heartbeat extends the lease: nothing a subscriber sees changes.
+	r.heartbeat(t, "ONLINE")
+	after := tn.job(t, l.Job.ID)
+	require.Equal(t, before.Revision, after.Revision)
+	jqSameTime(t, before.UpdatedAt, after.UpdatedAt, "updatedAt")
+
+	// Any statement that changes a job bumps its revision, even one that
+	// forgets to, and one cannot set it by hand.
+	_, err := s.DB.ExecContext(t.Context(), "UPDATE jobs SET priority = 7 WHERE id = ?", l.Job.ID)
+	require.NoError(t, err)
+	require.Equal(t, before.Revision+1, tn.job(t, l.Job.ID).Revision)
+	_, err = s.DB.ExecContext(t.Context(), "UPDATE jobs SET revision = 1000 WHERE id = ?", l.Job.ID)
+	require.NoError(t, err)
+	require.Equal(t, before.Revision+1, tn.job(t, l.Job.ID).Revision)
+}
+
+// A queued delivery wakes the leader's deliverer through NOTIFY: it goes
+// out long before the maintenance runner's next tick (an hour here).
+func TestWebhookDeliveryIsWokenByTheOutbox(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
+	jqEventually(t, time.Minute, "the runner leads", s.App.Maintenance.Leading)
+	tn := jqNewTenant(t, s)
+	rcv := whNewReceiver(t)
+	ep, _ := whEndpoint(t, tn, rcv.srv.URL, "job.completed")
+	r := tn.robot(t, "r1", jqRobotOpts{})
+	done := r.complete(t, whRunning(t, tn, r, nil), nil)
+	require.Equal(t, done.ID, rcv.wait(t, 1)[0].body(t).Data["id"])
+	tn.do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep}, nil)
+	require.Equal(t, "webhook.test", rcv.wait(t, 2)[1].body(t).Type)
+}

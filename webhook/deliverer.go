@@ -1,0 +1,194 @@
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"fleetgraph/db"
+)
+
+// Config shapes a Deliverer.
+type Config struct {
+	DB    *bun.DB
+	Store *db.Webhooks
+	// Client sends the deliveries (default NewClient with Timeout).
+	Client *http.Client
+	// Workers is how many deliveries are in flight at most (default 16).
+	Workers int
+	// Timeout bounds one attempt (default 10 s).
+	Timeout time.Duration
+	// Now is the clock the attempts' times come from (default time.Now);
+	// the maintenance runner's clock.
+	Now func() time.Time
+	Log *slog.Logger
+}
+
+// Deliverer sends due deliveries on a bounded pool of workers. Its Run is
+// a maintenance task: each round claims as many due deliveries as there
+// are free workers and starts them, without waiting for them, so that a
+// slow receiver holds one worker (for at most Timeout) and never the task
+// or the other workers. A worker that finishes claims the next due
+// delivery itself, until none is due, so a burst drains at full
+// concurrency rather than one batch per maintenance tick.
+type Deliverer struct {
+	cfg   Config
+	slots chan struct{}
+	wg    sync.WaitGroup
+	// running serialises Run: the runner's rounds and wake-ups by NOTIFY
+	// share the free slots.
+	running sync.Mutex
+}
+
+// NewDeliverer returns a deliverer.
+func NewDeliverer(cfg Config) *Deliverer {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 16
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.Client == nil {
+		cfg.Client = NewClient(ClientConfig{Timeout: cfg.Timeout})
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Deliverer{cfg: cfg, slots: make(chan struct{}, cfg.Workers)}
+}
+
+// lease is how long a claimed delivery stays its sender's: well past an
+// attempt's timeout, so that only a sender that died loses it.
+func (d *Deliverer) lease() time.Duration { return 3*d.cfg.Timeout + time.Minute }
+
+// Run claims the deliveries due at now, up to the free workers, and
+// starts sending them. It returns once they are started.
+func (d *Deliverer) Run(ctx context.Context, now time.Time) error {
+	d.running.Lock()
+	defer d.running.Unlock()
+	free := cap(d.slots) - len(d.slots)
+	if free == 0 {
+		return nil
+	}
+	due, err := d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, free, d.lease())
+	if err != nil {
+		return err
+	}
+	for _, dd := range due {
+		d.slots <- struct{}{} // never blocks: only Run takes slots, one Run at a time, and no more than were free
+		d.wg.Go(func() {
+			defer func() { <-d.slots }()
+			for claimedAt := now; dd != nil; {
+				d.deliver(ctx, dd, claimedAt)
+				if dd, claimedAt = d.next(ctx); dd == nil {
+					return
+				}
+			}
+		})
+	}
+	return nil
+}
+
+// next claims one more due delivery for a worker that is done with its
+// last, or returns nil when none is due (or ctx ended).
+func (d *Deliverer) next(ctx context.Context) (*db.DueDelivery, time.Time) {
+	if ctx.Err() != nil {
+		return nil, time.Time{}
+	}
+	now := d.cfg.Now()
+	due, err := d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, 1, d.lease())
+	if err != nil {
+		if ctx.Err() == nil {
+			d.cfg.Log.Error("claiming the next webhook delivery", "error", err)
+		}
+		return nil, time.Time{}
+	}
+	if len(due) == 0 {
+		return nil, time.Time{}
+	}
+	return due[0], now
+}
+
+// Wait waits for the deliveries in flight.
+func (d *Deliverer) Wait() { d.wg.Wait() }
+
+// deliver makes one attempt at dd and records it. When ctx ends first
+// (shutdown), nothing is recorded: the lease runs out and the delivery is
+// attempted again, at least once, by whichever process leads then.
+func (d *Deliverer) deliver(ctx context.Context, dd *db.DueDelivery, claimedAt time.Time) {
+	res := d.send(ctx, dd)
+	if ctx.Err() != nil {
+		return
+	}
+	if err := d.cfg.Store.RecordAttempt(ctx, d.cfg.DB, dd, claimedAt, res); err != nil {
+		d.cfg.Log.Error("recording a webhook attempt", "delivery", dd.ID, "error", err)
+	}
+}
+
+// send posts dd once, reading at most db.MaxAttemptBody bytes of the answer.
+func (d *Deliverer) send(ctx context.Context, dd *db.DueDelivery) db.AttemptResult {
+	now := d.cfg.Now()
+	res := db.AttemptResult{Attempt: db.WebhookAttempt{At: now}}
+	fail := func(err error) db.AttemptResult {
+		msg := err.Error()
+		res.Attempt.Error = &msg
+		return res
+	}
+	body, err := EncodeBody(dd.EventType, dd.EventAt, dd.EventData)
+	if err != nil {
+		return fail(err)
+	}
+	id := dd.EventID.String()
+	sig, err := Sign(dd.Secrets(now), id, now, body)
+	if err != nil {
+		return fail(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, dd.URL, bytes.NewReader(body))
+	if err != nil {
+		return fail(fmt.Errorf("building the request: %w", err))
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "Fleetgraph-Webhooks/1")
+	req.Header.Set("webhook-id", id)
+	req.Header.Set("webhook-timestamp", fmt.Sprint(now.Unix()))
+	req.Header.Set("webhook-signature", sig)
+	started := time.Now()
+	resp, err := d.cfg.Client.Do(req)
+	if err != nil {
+		res.Attempt.DurationMs = int(time.Since(started).Milliseconds())
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fail(fmt.Errorf("no answer within %s", d.cfg.Timeout))
+		}
+		return fail(err)
+	}
+	defer resp.Body.Close()
+	// The rest of a long answer is never read: closing the body drops the
+	// connection.
+	head, readErr := io.ReadAll(io.LimitReader(resp.Body, db.MaxAttemptBody))
+	res.Attempt.DurationMs = int(time.Since(started).Milliseconds())
+	code := resp.StatusCode
+	res.Attempt.StatusCode = &code
+	res.Gone = code == http.StatusGone
+	if len(head) > 0 {
+		s := string(head)
+		res.Attempt.ResponseBody = &s
+	}
+	if readErr != nil && !res.Succeeded() {
+		msg := "reading the answer: " + readErr.Error()
+		res.Attempt.Error = &msg
+	}
+	return res
+}
