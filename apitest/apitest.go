@@ -30,6 +30,7 @@ import (
 	"fleetgraph/dispatch"
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
+	"fleetgraph/maintenance"
 )
 
 // Secret is the JWT secret test servers accept.
@@ -99,6 +100,10 @@ type Options struct {
 	LiveLimits live.Limits
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
+	// Clock is the server's maintenance and log clock (default: the system clock).
+	Clock maintenance.Clock
+	// Logs overrides the log retention and partitions ahead.
+	Logs db.LogConfig
 }
 
 // DefaultQueue is the queue of test servers that set none: production's,
@@ -153,6 +158,8 @@ func New(t testing.TB, opts ...Options) *Server {
 		KeepAlive:      o.KeepAlive,
 		LiveLimits:     o.LiveLimits,
 		KeyRecheck:     o.KeyRecheck,
+		Clock:          o.Clock,
+		Logs:           o.Logs,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler

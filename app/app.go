@@ -42,8 +42,12 @@ type Config struct {
 	// SweepEvery is how often the maintenance runner steps, and how often
 	// it marks silent robots offline and rescues expired leases (default 5 s).
 	SweepEvery time.Duration
-	// Clock is the maintenance runner's time (default: the system clock).
+	// Clock is the maintenance runner's time (default: the system clock),
+	// and the log store's: the receive time of lines, and retention's today.
 	Clock maintenance.Clock
+	// Logs configures robot logs: retention and partitions ahead (zero
+	// fields: db.DefaultLogConfig). Its clock is Clock.
+	Logs db.LogConfig
 	// InitTimeout bounds a websocket's wait for connection_init (0: the handler's default).
 	InitTimeout time.Duration
 	// KeepAlive is the interval of websocket and SSE keep-alives (0: the handler's default).
@@ -85,7 +89,12 @@ func New(cfg Config) (*App, error) {
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
 	machines := db.NewMachines()
-	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
+	if cfg.Clock == nil {
+		cfg.Clock = maintenance.SystemClock{}
+	}
+	cfg.Logs.Now = cfg.Clock.Now
+	logs := db.NewLogs(cfg.Logs, jobs)
+	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs, Logs: logs}, cfg.Logger)
 	r := &graph.Resolver{
 		DB:            cfg.DB,
 		MachineStore:  machines,
@@ -93,6 +102,7 @@ func New(cfg Config) (*App, error) {
 		APIKeyStore:   keys,
 		WorkflowStore: workflows,
 		JobStore:      jobs,
+		LogStore:      logs,
 		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, dispatch.Config{Poll: cfg.ClaimPoll, MaxWait: cfg.ClaimMaxWait}),
 		Hub:           hub,
 	}
@@ -113,6 +123,7 @@ func New(cfg Config) (*App, error) {
 	})
 	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: cfg.SweepEvery, Log: cfg.Logger})
 	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger)
+	registerLogTasks(runner, cfg.DB, logs, cfg.Logger)
 	return &App{
 		Handler:     h,
 		Resolver:    r,
@@ -137,6 +148,28 @@ func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, j
 		rescued, err := jobs.RescueExpired(ctx, bdb)
 		if len(rescued) > 0 {
 			log.Info("rescued expired leases", "count", len(rescued))
+		}
+		return err
+	}})
+}
+
+// registerLogTasks registers the upkeep of robot logs: partitions for today
+// and the days ahead (hourly, so a new day's is ready long before midnight),
+// and the daily retention run, which drops whole days past
+// LOG_RETENTION_DAYS with the heartbeat history of those days and records
+// itself in the cleanup history.
+func registerLogTasks(r *maintenance.Runner, bdb *bun.DB, logs *db.Logs, log *slog.Logger) {
+	r.Register(maintenance.Task{Name: "log-partitions", Every: time.Hour, Run: func(ctx context.Context, now time.Time) error {
+		created, err := logs.EnsurePartitions(ctx, bdb, now)
+		if len(created) > 0 {
+			log.Info("created log partitions", "partitions", created)
+		}
+		return err
+	}})
+	r.Register(maintenance.Task{Name: "log-retention", Every: 24 * time.Hour, Run: func(ctx context.Context, _ time.Time) error {
+		run, err := logs.Cleanup(ctx, bdb, nil, false)
+		if err == nil && len(run.Partitions) > 0 {
+			log.Info("dropped old log partitions", "days", run.Partitions, "lines", run.Rows, "bytes", run.Bytes, "heartbeats", run.Heartbeats)
 		}
 		return err
 	}})

@@ -57,6 +57,13 @@ var listSizes = map[string]listSize{
 	"RobotConnection.edges":         {},
 	"WorkflowConnection.edges":      {},
 	"JobConnection.edges":           {},
+	"Query.robotLogs":               page(db.DefaultPageSize),
+	"Query.logSummary":              {def: db.MaxSummaryRows, max: db.MaxSummaryRows},
+	"Query.logCleanupHistory":       page(db.DefaultPageSize),
+	"Robot.heartbeats":              page(100),
+	"RobotLogBatch.lines":           {def: db.MaxShipBatch, max: db.MaxShipBatch},
+	"RobotLogConnection.edges":      {},
+	"LogCleanupConnection.edges":    {},
 }
 
 // jsonWeight is what one JSON value costs: it may hold up to db.MaxJSONBytes.
