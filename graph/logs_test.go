@@ -20,8 +20,8 @@ import (
 // tail, and retention by hand. Helpers start with lg.
 
 const (
-	lgShip    = `mutation($e: [RobotLogInput!]!) { shipLogs(entries: $e) }`
-	lgQuery   = `query($r: ID, $j: ID, $min: LogLevel, $since: Time, $until: Time, $c: String, $first: Int, $after: String) {
+	lgShip  = `mutation($e: [RobotLogInput!]!) { shipLogs(entries: $e) }`
+	lgQuery = `query($r: ID, $j: ID, $min: LogLevel, $since: Time, $until: Time, $c: String, $first: Int, $after: String) {
 		robotLogs(robotId: $r, jobId: $j, minLevel: $min, since: $since, until: $until, contains: $c, first: $first, after: $after) {
 			edges { cursor node { id robotId jobId level message fields at } } pageInfo { hasNextPage endCursor } } }`
 	lgTailSub = `subscription($r: ID, $min: LogLevel) { robotLogAdded(robotId: $r, minLevel: $min) { robotId missedLines lines { id robotId level message } } }`
@@ -58,7 +58,9 @@ func (p lgPage) messages() []string {
 	return out
 }
 
-func lgEntry(level, message string) map[string]any { return map[string]any{"level": level, "message": message} }
+func lgEntry(level, message string) map[string]any {
+	return map[string]any{"level": level, "message": message}
+}
 
 // lgShipOK ships entries as robot key and requires them all stored.
 func lgShipOK(t *testing.T, s *apitest.Server, key string, entries ...map[string]any) {
@@ -376,7 +378,9 @@ func TestRobotLogsIsolation(t *testing.T) {
 	})
 
 	t.Run("job logs show only the robot's own lines to a robot", func(t *testing.T) {
-		var out struct{ Job *struct{ Logs []struct{ Message string } } }
+		var out struct {
+			Job *struct{ Logs []struct{ Message string } }
+		}
 		s.Do(t, vr.Key, `query($j: ID!) { job(id: $j) { logs { message } } }`, map[string]any{"j": vl.Job.ID}).OK(t, &out)
 		require.Len(t, out.Job.Logs, 1)
 		s.Do(t, sibling.Key, `query($j: ID!) { job(id: $j) { logs { message } } }`, map[string]any{"j": vl.Job.ID}).OK(t, &out)
@@ -384,7 +388,9 @@ func TestRobotLogsIsolation(t *testing.T) {
 	})
 
 	t.Run("heartbeat history stays in its tenant", func(t *testing.T) {
-		var out struct{ Robot *struct{ Heartbeats []struct{ Status string } } }
+		var out struct {
+			Robot *struct{ Heartbeats []struct{ Status string } }
+		}
 		s.Do(t, attacker.user.Token, `query($r: ID!) { robot(id: $r) { heartbeats { status } } }`, map[string]any{"r": vr.ID}).OK(t, &out)
 		require.Nil(t, out.Robot)
 		s.Do(t, sibling.Key, `query($r: ID!) { robot(id: $r) { heartbeats { status } } }`, map[string]any{"r": vr.ID}).OK(t, &out)
@@ -551,4 +557,111 @@ func TestRobotLogShipSendsOneNotificationPerBatch(t *testing.T) {
 			require.FailNow(t, "the barrier notification never came")
 		}
 	}
+}
+
+func TestCleanupLogs(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t) // its own database: retention is installation-wide
+	a, b := jqNewTenant(t, s), jqNewTenant(t, s)
+	svcA, svcB := s.NewService(t, a.user.Tenant), s.NewService(t, b.user.Tenant)
+	// The leader's first retention run happens at start; wait for it, so
+	// that the old day made below is dropped only by the runs of this test.
+	require.Eventually(t, func() bool {
+		return rbCount(t, s, "robot_log_cleanups", "actor = 'system:log-retention'") > 0
+	}, lvWait, 10*time.Millisecond)
+
+	old := time.Now().UTC().AddDate(0, 0, -45)
+	oldDay := old.Format(time.DateOnly)
+	_, err := s.DB.ExecContext(t.Context(), "SELECT fleetgraph_ensure_log_partition(?::date)", oldDay)
+	require.NoError(t, err)
+	_, err = s.DB.ExecContext(t.Context(), `INSERT INTO robot_logs (tenant_id, robot_id, level, message, at)
+		VALUES (?, gen_random_uuid(), 20, 'a1', ?), (?, gen_random_uuid(), 20, 'a2', ?), (?, gen_random_uuid(), 20, 'b1', ?)`,
+		a.user.Tenant, old, a.user.Tenant, old, b.user.Tenant, old)
+	require.NoError(t, err)
+	partition := "robot_logs_p" + old.Format("20060102")
+	exists := func() bool {
+		var ok bool
+		require.NoError(t, s.DB.NewRaw("SELECT to_regclass(?) IS NOT NULL", partition).Scan(t.Context(), &ok))
+		return ok
+	}
+
+	type run struct {
+		ID                string
+		Actor             string
+		DryRun            bool
+		RetentionDays     int
+		Cutoff            time.Time
+		PartitionsDropped []string
+		LinesDropped      float64
+		BytesFreed        float64
+		HeartbeatsDropped float64
+	}
+	const fields = `id actor dryRun retentionDays cutoff partitionsDropped linesDropped bytesFreed heartbeatsDropped`
+	var out struct{ CleanupLogs run }
+
+	s.Do(t, svcA.Token, `mutation { cleanupLogs(retentionDays: 29) { id } }`, nil).Code(t, "BAD_USER_INPUT")
+	s.Do(t, svcA.Token, `mutation { cleanupLogs(retentionDays: 0, dryRun: true) { id } }`, nil).Code(t, "BAD_USER_INPUT")
+	s.Do(t, svcA.Token, `mutation { cleanupLogs(retentionDays: 100000, dryRun: true) { id } }`, nil).Code(t, "BAD_USER_INPUT")
+	require.True(t, exists())
+
+	s.Do(t, svcA.Token, `mutation { cleanupLogs(dryRun: true) { `+fields+` } }`, nil).OK(t, &out)
+	dry := out.CleanupLogs
+	require.True(t, dry.DryRun)
+	require.Equal(t, 30, dry.RetentionDays)
+	require.Equal(t, []string{oldDay}, dry.PartitionsDropped)
+	require.EqualValues(t, 2, dry.LinesDropped, "tenant A's own lines, not B's")
+	require.Positive(t, dry.BytesFreed)
+	require.Equal(t, "user:"+svcA.ID.String(), dry.Actor)
+	require.True(t, exists(), "a dry run drops nothing")
+
+	s.Do(t, svcA.Token, `mutation { cleanupLogs { `+fields+` } }`, nil).OK(t, &out)
+	real := out.CleanupLogs
+	require.False(t, real.DryRun)
+	require.Equal(t, []string{oldDay}, real.PartitionsDropped)
+	require.EqualValues(t, 2, real.LinesDropped)
+	require.False(t, exists())
+
+	s.Do(t, svcA.Token, `mutation { cleanupLogs { `+fields+` } }`, nil).OK(t, &out)
+	require.Empty(t, out.CleanupLogs.PartitionsDropped, "nothing is left to drop")
+
+	type history struct {
+		LogCleanupHistory struct {
+			Edges []struct {
+				Cursor string
+				Node   run
+			}
+			PageInfo struct{ HasNextPage bool }
+		}
+	}
+	var h history
+	s.Do(t, svcA.Token, `{ logCleanupHistory { edges { cursor node { `+fields+` } } pageInfo { hasNextPage } } }`, nil).OK(t, &h)
+	var ids []string
+	for _, e := range h.LogCleanupHistory.Edges {
+		ids = append(ids, e.Node.ID)
+	}
+	require.Equal(t, []string{out.CleanupLogs.ID, real.ID, dry.ID}, ids[:3], "newest first, dry runs included")
+	require.Equal(t, "system:log-retention", h.LogCleanupHistory.Edges[len(ids)-1].Node.Actor)
+
+	// Tenant B sees the run that dropped its lines, with its own share and
+	// without A's identity; not A's dry run, nor A's run that dropped nothing.
+	s.Do(t, svcB.Token, `{ logCleanupHistory { edges { node { `+fields+` } } } }`, nil).OK(t, &h)
+	var seen []run
+	for _, e := range h.LogCleanupHistory.Edges {
+		if e.Node.Actor != "system:log-retention" {
+			seen = append(seen, e.Node)
+		}
+	}
+	require.Len(t, seen, 1)
+	require.Equal(t, real.ID, seen[0].ID)
+	require.Equal(t, "service", seen[0].Actor)
+	require.EqualValues(t, 1, seen[0].LinesDropped)
+
+	// Pages.
+	var p1, p2 history
+	s.Do(t, svcA.Token, `{ logCleanupHistory(first: 1) { edges { cursor node { id } } pageInfo { hasNextPage } } }`, nil).OK(t, &p1)
+	require.True(t, p1.LogCleanupHistory.PageInfo.HasNextPage)
+	s.Do(t, svcA.Token, `query($a: String) { logCleanupHistory(first: 1, after: $a) { edges { cursor node { id } } } }`,
+		map[string]any{"a": p1.LogCleanupHistory.Edges[0].Cursor}).OK(t, &p2)
+	require.Equal(t, real.ID, p2.LogCleanupHistory.Edges[0].Node.ID)
+	s.Do(t, svcA.Token, `{ logCleanupHistory(after: "bm9wZQ") { edges { cursor } } }`, nil).Code(t, "BAD_USER_INPUT")
 }
