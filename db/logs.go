@@ -218,6 +218,9 @@ func (s *Logs) line(field string, now time.Time, level LogLevel, message string,
 		oldest := now.Add(-time.Duration(s.cfg.RetentionDays) * 24 * time.Hour)
 		if at.Before(oldest) || at.After(now.Add(LogFutureSlack)) || !TimeInRange(*at) {
 			l.fields = maps.Clone(fields)
+			if l.fields == nil {
+				l.fields = map[string]any{}
+			}
 			l.fields[RobotTimeField] = at.UTC().Format(time.RFC3339Nano)
 		} else {
 			l.at = *at

@@ -116,6 +116,20 @@ func TestRobotLogs(t *testing.T) {
 			map[string]any{"since": at(-3 * time.Minute), "until": at(-time.Minute)}).messages(), "since is inclusive, until exclusive")
 	})
 
+	t.Run("messages and fields arrive byte for byte", func(t *testing.T) {
+		t.Parallel()
+		tn := jqNewTenant(t, s)
+		r := tn.robot(t, "quoting", jqRobotOpts{})
+		msg := "quotes \" ' {braces} \\ back\\slash ? $1 :name\nnew line\ttab ünïcödé 🤖 ,;"
+		fields := map[string]any{"q": `"{a,b}"`, "b": `\`, "n": map[string]any{"deep": []any{1.5, "x\"y", nil, true}}, "empty": ""}
+		lgShipOK(t, s, r.Key, map[string]any{"level": "INFO", "message": msg, "fields": fields}, lgEntry("INFO", ""))
+		p := lgList(t, s, tn.user.Token, map[string]any{"r": r.ID})
+		require.Len(t, p.RobotLogs.Edges, 2)
+		require.Equal(t, "", p.RobotLogs.Edges[0].Node.Message)
+		require.Equal(t, msg, p.RobotLogs.Edges[1].Node.Message)
+		require.Equal(t, fields, p.RobotLogs.Edges[1].Node.Fields)
+	})
+
 	t.Run("pages are exact across days and ties", func(t *testing.T) {
 		t.Parallel()
 		tn := jqNewTenant(t, s)
