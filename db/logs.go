@@ -528,7 +528,7 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 			run.Bytes += bytes
 			run.Partitions = append(run.Partitions, p.Day.Format(time.DateOnly))
 			if !dryRun {
-				if _, err := tx.ExecContext(ctx, "SET LOCAL lock_timeout = '10s'"); err != nil {
+				if _, err := tx.ExecContext(ctx, "SET LOCAL lock_timeout = '5s'"); err != nil {
 					return fmt.Errorf("bounding the wait for %s: %w", p.Name, err)
 				}
 				if _, err := tx.NewRaw("DROP TABLE ?", bun.Ident(p.Name)).Exec(ctx); err != nil {
