@@ -87,7 +87,9 @@ func BenchmarkRobotLogsQuery(b *testing.B) {
 	const query = `query($r: ID!) { robotLogs(robotId: $r, minLevel: WARNING, first: 100) { edges { node { id at level message } } } }`
 	vars := map[string]any{"r": me.CurrentRobot.ID}
 	var out struct {
-		RobotLogs struct{ Edges []struct{ Node struct{ ID string } } }
+		RobotLogs struct {
+			Edges []struct{ Node struct{ ID string } }
+		}
 	}
 	must(b, c.do(b.Context(), f.user, query, vars, &out))
 	if len(out.RobotLogs.Edges) != 100 {
@@ -162,7 +164,7 @@ func BenchmarkLogRetention(b *testing.B) {
 	must(b, generateLogs(b, s, tenant, me.CurrentRobot.ID, rows))
 	logs := s.App.Resolver.LogStore
 	ctx := auth.WithPrincipal(b.Context(), auth.SystemPrincipal("bench"))
-	keep := 5 // days 5 to 9 ago are wholly older than today - 5 days
+	keep := 4 // the days 5 to 9 ago end at or before today - 4 days
 	for b.Loop() {
 		start := time.Now()
 		run, err := logs.Cleanup(ctx, s.DB.DB, &keep, false)
