@@ -322,3 +322,37 @@ func (s *Logs) HeartbeatHistory(ctx context.Context, idb bun.IDB, robotID uuid.U
 	}
 	return rows, nil
 }
+
+// MaxResyncLines caps what ChangedSince re-reads for live tails.
+const MaxResyncLines = 10_000
+
+// ChangedSince re-reads, for live tails after the change feed lost
+// notifications, the visible lines timestamped at or after since (at most
+// MaxResyncLines, the newest), as one batch per robot. Lines a robot
+// stamped earlier than since but shipped meanwhile are not found: the
+// tail's replay is best effort, and robotLogs is the record.
+func (s *Logs) ChangedSince(ctx context.Context, idb bun.IDB, since time.Time) ([]*LogBatch, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*RobotLog
+	err = logsVisible(sc, idb.NewSelect().Model(&rows).Where("l.at >= ?", since), "l").
+		OrderExpr("l.at DESC, l.id DESC").Limit(MaxResyncLines).Scan(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("re-reading log lines: %w", err)
+	}
+	byRobot := map[uuid.UUID]*LogBatch{}
+	var out []*LogBatch
+	for i := len(rows) - 1; i >= 0; i-- { // oldest first
+		l := rows[i]
+		b := byRobot[l.RobotID]
+		if b == nil {
+			b = &LogBatch{TenantID: l.TenantID, RobotID: l.RobotID}
+			byRobot[l.RobotID] = b
+			out = append(out, b)
+		}
+		b.Lines = append(b.Lines, l)
+	}
+	return out, nil
+}

@@ -41,6 +41,12 @@ func (h *Hub) TailLogs(p *auth.Principal, robot *uuid.UUID, minLevel int16) *Log
 		Filter: func(c Change) bool {
 			return c.Robot != nil && wanted(*c.Robot) && c.Level >= int(minLevel) && db.CanSee(p, "log", c.Tenant, nil, c.Robot)
 		},
+		// After lost notifications the hub re-reads recent lines per robot
+		// (best effort; see db.Logs.ChangedSince).
+		MatchRow: func(v any) bool {
+			b, ok := v.(*db.LogBatch)
+			return ok && wanted(b.RobotID)
+		},
 		Weight: func(u Update) int {
 			if b, ok := u.Value.(*db.LogBatch); ok {
 				return len(t.shown(b))

@@ -147,8 +147,16 @@ func (s *StoreSource) ChangedSince(ctx context.Context, kind string, tenant uuid
 			out = append(out, Versioned{Key: j.ID.String(), Version: j.Revision, Value: j})
 		}
 	case KindLog:
-		// A tail does not replay lines lost with the feed: it is told to
-		// re-query (see Hub.resync).
+		rows, err := s.Logs.ChangedSince(ctx, s.DB, since)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range rows {
+			last := b.Lines[len(b.Lines)-1].ID
+			// A key of its own: tails drop the lines they already sent.
+			k := "resync:" + b.RobotID.String() + ":" + strconv.FormatInt(last, 10)
+			out = append(out, Versioned{Key: k, Version: last, Value: b})
+		}
 	default:
 		return nil, fmt.Errorf("re-reading rows of unknown kind %q", kind)
 	}
