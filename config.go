@@ -170,6 +170,10 @@ type config struct {
 	live           live.Limits
 	logLevel       slog.Level
 	logFormat      string
+	// metricsAddr is where /metrics is served ("" : nowhere);
+	// metricsDefaulted says it is the dev mode's default, not configured.
+	metricsAddr      string
+	metricsDefaulted bool
 }
 
 // embedded reports whether the server runs its own PostgreSQL.
@@ -192,6 +196,7 @@ type configSettings struct {
 	jobLease, jobProgress, offlineAfter                             *setting
 	logRetention, logPartitionsAhead                                *setting
 	subsPerConnection, subsPerPrincipal                             *setting
+	metricsAddr                                                     *setting
 }
 
 func declareServe(s *settings) *configSettings {
@@ -219,8 +224,14 @@ func declareServe(s *settings) *configSettings {
 			"subscriptions and SSE streams one caller (user, robot, service) may hold at once across its connections to this process"),
 		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
+		metricsAddr: s.add("METRICS_ADDR", "metrics-addr", "",
+			"address to serve Prometheus /metrics on, apart from the API, or off (default: "+defaultMetricsAddr+" with the private database, else off)"),
 	}
 }
+
+// defaultMetricsAddr is where the embedded mode serves /metrics: loopback
+// only, so metrics are never public unless an operator says so.
+const defaultMetricsAddr = "127.0.0.1:9464"
 
 // resolve validates every setting, naming the variable of the first bad one.
 func (cs *configSettings) resolve() (*config, error) {
@@ -296,6 +307,20 @@ func (cs *configSettings) resolve() (*config, error) {
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return nil, usageError("%s must be text or json, not %q", cs.logFormat.name(), c.logFormat)
+	}
+	switch addr := cs.metricsAddr.String(); {
+	case addr == "off":
+	case addr == "" && c.embedded():
+		c.metricsAddr, c.metricsDefaulted = defaultMetricsAddr, true
+	case addr != "":
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, usageError("%s must be host:port, :port or off, not %q", cs.metricsAddr.name(), addr)
+		}
+		if addr == c.listenAddr && port != "0" {
+			return nil, usageError("%s must differ from LISTEN_ADDR: metrics are served apart from the API", cs.metricsAddr.name())
+		}
+		c.metricsAddr = addr
 	}
 	return c, nil
 }

@@ -1,6 +1,7 @@
 // Command fleetgraph serves Fleetgraph's GraphQL API over PostgreSQL.
 //
-// Subcommands: serve (the default), migrate up|down|status, token, schema.
+// Subcommands: serve (the default), migrate up|down|status, token, schema,
+// verify, robots list|create, keys create|list|revoke.
 // `fleetgraph <command> --help` lists each one's flags and environment
 // variables. With DATABASE_URL unset, serve and migrate run a private
 // PostgreSQL from the machine's own binaries in DATA_DIR.
@@ -36,6 +37,7 @@ import (
 	"fleetgraph/demo"
 	"fleetgraph/dispatch"
 	"fleetgraph/localpg"
+	"fleetgraph/metrics"
 	"fleetgraph/migrations"
 	"fleetgraph/playground"
 )
@@ -56,7 +58,10 @@ Usage:
   fleetgraph [serve] [flags]          serve the API (the default)
   fleetgraph migrate up|down|status   manage the database schema
   fleetgraph token [flags]            print a signed JWT for the configured secret
-  fleetgraph schema                   print the GraphQL schema (SDL)
+  fleetgraph schema [--introspection] print the GraphQL schema (SDL, or introspection JSON)
+  fleetgraph verify [--json]          check the installation: settings, database, triggers, change feed
+  fleetgraph robots list|create       list or register a tenant's robots
+  fleetgraph keys create|list|revoke  manage robots' API keys (the raw key is printed once)
 
 Run 'fleetgraph <command> --help' for a command's flags and environment variables.
 `
@@ -77,7 +82,13 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 	case "token":
 		err = token(args, env, stdout, stderr)
 	case "schema":
-		_, err = io.WriteString(stdout, schemaSDL)
+		err = schemaCmd(ctx, args, env, stdout, stderr)
+	case "verify":
+		err = verify(ctx, args, env, stdout, stderr)
+	case "robots":
+		err = robotsCmd(ctx, args, env, stdout, stderr)
+	case "keys":
+		err = keysCmd(ctx, args, env, stdout, stderr)
 	case "help":
 		_, _ = io.WriteString(stdout, usage)
 	default:
@@ -257,6 +268,13 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		}
 	}
 
+	m, metricsLn, err := listenMetrics(cfg, log)
+	if err != nil {
+		return err
+	}
+	if metricsLn != nil {
+		defer metricsLn.Close()
+	}
 	a, err := app.New(app.Config{
 		DB:             d.DB,
 		DSN:            d.dsn,
@@ -268,6 +286,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		AllowedOrigins: cfg.allowedOrigins,
 		Introspection:  cfg.devDefault(cfg.introspection),
 		LiveLimits:     cfg.live,
+		Metrics:        m,
 	})
 	if err != nil {
 		return err
@@ -320,6 +339,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	metricsSrv := serveMetrics(m, metricsLn, log)
 
 	url := "http://" + displayAddr(ln.Addr())
 	log.Info("serving", "addr", ln.Addr().String(), "graphql", url+"/graphql")
@@ -345,7 +365,56 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err := <-done; err != nil {
 		log.Warn("in-flight requests did not finish in time", "error", err)
 	}
+	// Metrics last among the servers, so the drain above can be watched.
+	if metricsSrv != nil {
+		if err := metricsSrv.Shutdown(shutdownCtx); err != nil {
+			log.Warn("the metrics server did not stop in time", "error", err)
+		}
+	}
 	return nil
+}
+
+// listenMetrics opens METRICS_ADDR and returns the metrics to record into
+// it, or nil, nil when metrics are off. An address that cannot be opened is
+// an error when configured; the embedded mode's default only warns, so a
+// second development server (or anything else on the port) does not stop
+// one from starting.
+func listenMetrics(cfg *config, log *slog.Logger) (*metrics.Metrics, net.Listener, error) {
+	if cfg.metricsAddr == "" {
+		return nil, nil, nil
+	}
+	ln, err := net.Listen("tcp", cfg.metricsAddr)
+	if err != nil {
+		if cfg.metricsDefaulted {
+			log.Warn("not serving metrics: the default METRICS_ADDR is taken (set METRICS_ADDR to another address, or off)", "addr", cfg.metricsAddr, "error", err)
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("listening for metrics on %s (set METRICS_ADDR to another address, or off): %w", cfg.metricsAddr, err)
+	}
+	return metrics.New(log), ln, nil
+}
+
+// serveMetrics serves GET /metrics on ln, its own server apart from the
+// API's, so that a public LISTEN_ADDR never exposes it; nil when off.
+func serveMetrics(m *metrics.Metrics, ln net.Listener, log *slog.Logger) *http.Server {
+	if ln == nil {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serving metrics", "error", err)
+		}
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String(), "metrics", "http://"+displayAddr(ln.Addr())+"/metrics")
+	return srv
 }
 
 // readiness answers 200 when the database is reachable and its schema is
@@ -444,7 +513,8 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations.", stderr, env)
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
-	logLevel := s.add("LOG_LEVEL", "log-level", "warn", "debug, info, warn or error")
+	logLevel := s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error")
+	logFormat := s.add("LOG_FORMAT", "log-format", "text", "text or json")
 	// The action may come first (`migrate up --data-dir x`), where the flag
 	// package would stop parsing, or after the flags.
 	var action []string
@@ -464,7 +534,10 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 		return err
 	}
 	cfg := &config{databaseURL: databaseURL.String(), dataDir: dataDir.String()}
-	log := newLogger(stderr, level, "text")
+	if f := logFormat.String(); f != "text" && f != "json" {
+		return usageError("%s must be text or json, not %q", logFormat.name(), f)
+	}
+	log := newLogger(stderr, level, logFormat.String())
 	d, err := openDatabase(ctx, cfg, log)
 	if err != nil {
 		return err

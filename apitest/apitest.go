@@ -31,6 +31,7 @@ import (
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 	"fleetgraph/maintenance"
+	"fleetgraph/metrics"
 )
 
 // Secret is the JWT secret test servers accept.
@@ -44,6 +45,10 @@ type Server struct {
 	App     *app.App
 	Handler *graph.Handler
 	Log     *LogBuffer
+	// Metrics and MetricsURL (its /metrics endpoint, on a listener of its
+	// own) are set when Options.Metrics asked for them.
+	Metrics    *metrics.Metrics
+	MetricsURL string
 	// Statements counts SQL statements run through DB for requests.
 	Statements atomic.Int64
 	// Transactions gauges the transactions of requests open at once on DB,
@@ -100,10 +105,16 @@ type Options struct {
 	LiveLimits live.Limits
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
-	// Clock is the server's maintenance and log clock (default: the system clock).
-	Clock maintenance.Clock
 	// Logs overrides the log retention and partitions ahead.
 	Logs db.LogConfig
+	// Clock is the maintenance runner's, the scheduler's and the log store's time. With a
+	// clock set, no loop runs the maintenance runner: the test steps it
+	// (Server.App.Maintenance.Step) after moving the clock.
+	Clock maintenance.Clock
+	// Metrics turns the Prometheus metrics on, served at Server.MetricsURL.
+	Metrics bool
+	// LogLevel is the server log's level (nil: debug).
+	LogLevel slog.Leveler
 }
 
 // DefaultQueue is the queue of test servers that set none: production's,
@@ -142,11 +153,21 @@ func New(t testing.TB, opts ...Options) *Server {
 	if o.ClaimPoll == 0 {
 		o.ClaimPoll = time.Hour
 	}
+	if o.LogLevel == nil {
+		o.LogLevel = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: o.LogLevel}))
+	if o.Metrics {
+		s.Metrics = metrics.New(log)
+		ms := httptest.NewServer(s.Metrics.Handler())
+		t.Cleanup(ms.Close)
+		s.MetricsURL = ms.URL + "/metrics"
+	}
 	a, err := app.New(app.Config{
 		DB:             resolverDB,
 		DSN:            s.DB.DSN,
 		JWT:            jwt,
-		Logger:         slog.New(slog.NewTextHandler(s.Log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:         log,
 		Queue:          o.Queue,
 		AllowedOrigins: o.AllowedOrigins,
 		Introspection:  o.Introspection,
@@ -160,13 +181,22 @@ func New(t testing.TB, opts ...Options) *Server {
 		KeyRecheck:     o.KeyRecheck,
 		Clock:          o.Clock,
 		Logs:           o.Logs,
+		Metrics:        s.Metrics,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		a.Run(ctx)
+		if o.Clock != nil {
+			// What App.Run runs, less the maintenance loop the test steps.
+			var wg sync.WaitGroup
+			wg.Go(func() { a.Listener.Run(ctx) })
+			wg.Go(func() { a.Hub.Run(ctx) })
+			wg.Wait()
+		} else {
+			a.Run(ctx)
+		}
 		close(done)
 	}()
 	t.Cleanup(func() {

@@ -20,6 +20,7 @@ import (
 	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 	"fleetgraph/maintenance"
+	"fleetgraph/metrics"
 	"fleetgraph/realtime"
 )
 
@@ -56,6 +57,9 @@ type Config struct {
 	LiveLimits live.Limits
 	// KeyRecheck is how often robot websockets re-check their API key (0: the handler's default).
 	KeyRecheck time.Duration
+	// Metrics, when non-nil, is given to every part that records metrics,
+	// and watches DB's pool and the job queue's depth.
+	Metrics *metrics.Metrics
 }
 
 // App is the assembled application.
@@ -65,7 +69,7 @@ type App struct {
 	Listener *realtime.Listener
 	Hub      *realtime.Hub
 	// Maintenance runs the server's own work on one leader per database;
-	// New registers the queue's tasks with it.
+	// New registers the queue's tasks and the scheduler with it.
 	Maintenance *maintenance.Runner
 }
 
@@ -94,7 +98,11 @@ func New(cfg Config) (*App, error) {
 	}
 	cfg.Logs.Now = cfg.Clock.Now
 	logs := db.NewLogs(cfg.Logs, jobs)
+	schedules := db.NewSchedules(jobs, workflows, cfg.Clock.Now)
+	listener.Metrics = cfg.Metrics
 	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs, Logs: logs}, cfg.Logger)
+	hub.Metrics = cfg.Metrics
+	cfg.Metrics.WatchDatabase(cfg.DB.DB, func(ctx context.Context) (map[string]int, error) { return db.CountLiveJobs(ctx, cfg.DB) })
 	r := &graph.Resolver{
 		DB:            cfg.DB,
 		MachineStore:  machines,
@@ -105,7 +113,9 @@ func New(cfg Config) (*App, error) {
 		LogStore:      logs,
 		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, dispatch.Config{Poll: cfg.ClaimPoll, MaxWait: cfg.ClaimMaxWait}),
 		Hub:           hub,
+		ScheduleStore: schedules,
 	}
+	r.Dispatcher.Metrics = cfg.Metrics
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
 	}
@@ -120,9 +130,12 @@ func New(cfg Config) (*App, error) {
 		WebsocketKeepAlive:   cfg.KeepAlive,
 		LiveLimits:           cfg.LiveLimits,
 		WebsocketKeyRecheck:  cfg.KeyRecheck,
+		Metrics:              cfg.Metrics,
 	})
-	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: cfg.SweepEvery, Log: cfg.Logger})
-	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger)
+	// The runner steps at least every second, for the scheduler.
+	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: min(cfg.SweepEvery, ScheduleEvery), Log: cfg.Logger})
+	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger, cfg.Metrics)
+	registerScheduleTasks(runner, cfg.DB, schedules, cfg.Logger)
 	registerLogTasks(runner, cfg.DB, logs, cfg.Logger)
 	return &App{
 		Handler:     h,
@@ -136,7 +149,7 @@ func New(cfg Config) (*App, error) {
 // registerQueueTasks registers the robot fleet's upkeep: robots that stopped
 // heartbeating go OFFLINE, and jobs whose leases expired are taken back
 // (queued again while attempts remain, else failed).
-func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, jobs *db.Jobs, every time.Duration, log *slog.Logger) {
+func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, jobs *db.Jobs, every time.Duration, log *slog.Logger, m *metrics.Metrics) {
 	r.Register(maintenance.Task{Name: "robots-offline", Every: every, Run: func(ctx context.Context, _ time.Time) error {
 		offline, err := robots.MarkSilentOffline(ctx, bdb)
 		if len(offline) > 0 {
@@ -146,6 +159,9 @@ func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, j
 	}})
 	r.Register(maintenance.Task{Name: "lease-rescue", Every: every, Run: func(ctx context.Context, _ time.Time) error {
 		rescued, err := jobs.RescueExpired(ctx, bdb)
+		for _, j := range rescued {
+			m.LeaseRescued(string(j.Status))
+		}
 		if len(rescued) > 0 {
 			log.Info("rescued expired leases", "count", len(rescued))
 		}
@@ -170,6 +186,23 @@ func registerLogTasks(r *maintenance.Runner, bdb *bun.DB, logs *db.Logs, log *sl
 		run, err := logs.Cleanup(ctx, bdb, nil, false)
 		if err == nil && len(run.Partitions) > 0 {
 			log.Info("dropped old log partitions", "days", run.Partitions, "lines", run.Rows, "bytes", run.Bytes, "heartbeats", run.Heartbeats)
+		}
+		return err
+	}})
+}
+
+// ScheduleEvery is how often the scheduler's round runs on the leader. Each
+// round fires the ticks due up to the clock's time, so a slower round fires
+// late, never less.
+const ScheduleEvery = time.Second
+
+// registerScheduleTasks registers the scheduler: each round enqueues, as
+// system:scheduler, the jobs of every schedule's ticks due by now.
+func registerScheduleTasks(r *maintenance.Runner, bdb *bun.DB, schedules *db.Schedules, log *slog.Logger) {
+	r.Register(maintenance.Task{Name: db.SchedulerTask, Every: ScheduleEvery, Run: func(ctx context.Context, now time.Time) error {
+		stats, err := schedules.Fire(ctx, bdb, now)
+		if stats != (db.FireStats{}) {
+			log.Info("schedules fired", "jobs", stats.Fired, "skipped", stats.Skipped, "missed", stats.Missed, "buffered", stats.Buffered)
 		}
 		return err
 	}})

@@ -144,6 +144,10 @@ func WriteError(w http.ResponseWriter, status int, err error) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="fleetgraph"`)
 	}
+	// The endpoint's writer counts the errors it sends (graph's metrics).
+	if c, ok := w.(interface{ CountError(code string) }); ok {
+		c.CountError(string(code))
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]any{

@@ -74,6 +74,11 @@ type Job struct {
 	FinishedAt           *time.Time     `bun:"finished_at"`
 	UpdatedAt            time.Time      `bun:"updated_at,nullzero,default:now()"`
 	Revision             int64          `bun:"revision,default:1"`
+
+	// ScheduleID and ScheduledFor are the schedule that enqueued the job and
+	// the tick it is for (see Schedules): one job per (schedule, tick).
+	ScheduleID   *uuid.UUID `bun:"schedule_id,type:uuid"`
+	ScheduledFor *time.Time `bun:"scheduled_for"`
 }
 
 // Cursor is the job's position in `jobs`, newest first.
@@ -96,6 +101,11 @@ type EnqueueJobInput struct {
 	MaxAttempts          *int
 	RequiredCapabilities []string
 	RobotID              *uuid.UUID
+	// ScheduleID and ScheduledFor are set by the scheduler only (the API's
+	// input has no such fields): a second job for the same schedule and
+	// tick violates jobs_schedule_tick_key and is not inserted.
+	ScheduleID   *uuid.UUID
+	ScheduledFor *time.Time
 }
 
 // JobFilter narrows a job list.
@@ -207,7 +217,8 @@ func (s *Jobs) enqueue(ctx context.Context, idb bun.IDB, ins []EnqueueJobInput, 
 	}
 	jobs := make([]*Job, len(ins))
 	for i, in := range ins {
-		j := &Job{TenantID: sc.tenant, WorkflowID: in.WorkflowID, Status: JobQueued, MaxAttempts: 3, CreatedBy: sc.actor, TargetRobotID: in.RobotID}
+		j := &Job{TenantID: sc.tenant, WorkflowID: in.WorkflowID, Status: JobQueued, MaxAttempts: 3, CreatedBy: sc.actor, TargetRobotID: in.RobotID,
+			ScheduleID: in.ScheduleID, ScheduledFor: in.ScheduledFor}
 		if j.Input, err = checkJSONObject(field(i, "input"), in.Input); err != nil {
 			return nil, err
 		}

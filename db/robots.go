@@ -192,6 +192,20 @@ func (s *Robots) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Robot, er
 	return r, nil
 }
 
+// GetByName returns the robot the caller may see with exactly this name
+// (names are unique in a tenant), or NOT_FOUND.
+func (s *Robots) GetByName(ctx context.Context, idb bun.IDB, name string) (*Robot, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := new(Robot)
+	if err := robotsVisible(sc, idb.NewSelect().Model(r).Where("r.name = ?", name), "r").Scan(ctx); err != nil {
+		return nil, notFoundIfNoRows(err, "robot")
+	}
+	return r, nil
+}
+
 // Current returns the calling robot.
 func (s *Robots) Current(ctx context.Context, idb bun.IDB) (*Robot, error) {
 	sc, err := robotScope(ctx)

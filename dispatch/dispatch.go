@@ -30,6 +30,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/fault"
+	"fleetgraph/metrics"
 	"fleetgraph/realtime"
 )
 
@@ -75,6 +76,9 @@ type Config struct {
 
 // Dispatcher serves claims.
 type Dispatcher struct {
+	// Metrics records how long claims that may wait took (nil: off).
+	Metrics *metrics.Metrics
+
 	db       bun.IDB
 	jobs     *db.Jobs
 	listener *realtime.Listener
@@ -123,7 +127,8 @@ func (d *Dispatcher) MaxWait() time.Duration { return d.cfg.MaxWait }
 // Claim returns the best job for the calling robot, waiting up to wait (cut
 // to MaxWait) for one to be queued; nil when none came. A waiting claim
 // beyond the robot's free slots is refused with RATE_LIMITED.
-func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (*db.JobLease, error) {
+func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (lease *db.JobLease, err error) {
+	defer func(start time.Time) { d.Metrics.ClaimReturned(wait, start, lease != nil, err) }(time.Now())
 	if wait < 0 || wait > MaxWaitSeconds*time.Second {
 		return nil, fault.Invalid("waitSeconds", "waitSeconds must be between 0 and %d", MaxWaitSeconds)
 	}

@@ -64,6 +64,10 @@ var listSizes = map[string]listSize{
 	"RobotLogBatch.lines":           {def: db.MaxShipBatch, max: db.MaxShipBatch},
 	"RobotLogConnection.edges":      {},
 	"LogCleanupConnection.edges":    {},
+	// Schedules.
+	"Query.schedules":          page(db.DefaultPageSize),
+	"Schedule.recentJobs":      {arg: "first", def: 10, max: db.MaxRecentJobs},
+	"ScheduleConnection.edges": {},
 }
 
 // jsonWeight is what one JSON value costs: it may hold up to db.MaxJSONBytes.

@@ -16,6 +16,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/dataloaders"
 	"fleetgraph/graph/live"
+	"fleetgraph/metrics"
 )
 
 // Limits bound what one request may ask of the server. Each limit exceeded is
@@ -89,6 +90,9 @@ type HandlerConfig struct {
 	LiveLimits live.Limits
 	// WebsocketKeyRecheck is how often a robot's websocket re-checks its API key (0: 30s).
 	WebsocketKeyRecheck time.Duration
+	// Metrics records requests, operations, errors and streams (nil: off).
+	// The access log is Logger's, at info level, either way.
+	Metrics *metrics.Metrics
 }
 
 // Handler is the GraphQL endpoint: POST, GET (queries only), SSE and
@@ -132,6 +136,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	})
 	srv.AddTransport(transport.POST{})
 	srv.AddTransport(transport.GET{})
+	srv.Use(operationMetrics{cfg.Metrics})
 
 	validated := lru.New[*ast.QueryDocument](1000)
 	srv.SetQueryCache(validated)
@@ -158,9 +163,11 @@ func NewHandler(cfg HandlerConfig) *Handler {
 
 	var h http.Handler = codedRefusals(cfg.Logger, srv)
 	h = socks.track(h)
+	h = noteCaller(h)
 	h = cfg.Auth.Middleware(h)
 	h = checkBody(cfg.Limits.BodyBytes, h)
 	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = cors(cfg.AllowedOrigins, h)
+	h = observe(cfg.Metrics, cfg.Logger, h)
 	return &Handler{Handler: withRequestID(h), sockets: socks}
 }

@@ -24,4 +24,6 @@ type Resolver struct {
 	Dispatcher    *dispatch.Dispatcher
 	// Hub feeds subscriptions.
 	Hub *realtime.Hub
+	// ScheduleStore holds cron schedules (the scheduler fires them).
+	ScheduleStore *db.Schedules
 }

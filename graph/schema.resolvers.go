@@ -233,6 +233,36 @@ func (r *mutationResolver) CleanupLogs(ctx context.Context, retentionDays *int, 
 	return r.LogStore.Cleanup(ctx, r.DB, retentionDays, deref(dryRun))
 }
 
+// CreateSchedule is the resolver for the createSchedule field.
+func (r *mutationResolver) CreateSchedule(ctx context.Context, input db.CreateScheduleInput) (*db.Schedule, error) {
+	return r.ScheduleStore.Create(ctx, r.DB, input)
+}
+
+// UpdateSchedule is the resolver for the updateSchedule field.
+func (r *mutationResolver) UpdateSchedule(ctx context.Context, id uuid.UUID, input db.UpdateScheduleInput) (*db.Schedule, error) {
+	return r.ScheduleStore.Update(ctx, r.DB, id, input)
+}
+
+// PauseSchedule is the resolver for the pauseSchedule field.
+func (r *mutationResolver) PauseSchedule(ctx context.Context, id uuid.UUID, note *string) (*db.Schedule, error) {
+	return r.ScheduleStore.Pause(ctx, r.DB, id, note)
+}
+
+// ResumeSchedule is the resolver for the resumeSchedule field.
+func (r *mutationResolver) ResumeSchedule(ctx context.Context, id uuid.UUID) (*db.Schedule, error) {
+	return r.ScheduleStore.Resume(ctx, r.DB, id)
+}
+
+// DeleteSchedule is the resolver for the deleteSchedule field.
+func (r *mutationResolver) DeleteSchedule(ctx context.Context, id uuid.UUID) (uuid.UUID, error) {
+	return r.ScheduleStore.Delete(ctx, r.DB, id)
+}
+
+// TriggerSchedule is the resolver for the triggerSchedule field.
+func (r *mutationResolver) TriggerSchedule(ctx context.Context, id uuid.UUID) (*db.Job, error) {
+	return r.ScheduleStore.Trigger(ctx, r.DB, id)
+}
+
 // Me is the resolver for the me field.
 func (r *queryResolver) Me(ctx context.Context) (*auth.Principal, error) {
 	return viewer(ctx)
@@ -337,6 +367,17 @@ func (r *queryResolver) LogCleanupHistory(ctx context.Context, first *int, after
 	return model.NewLogCleanupConnection(page), err
 }
 
+// Schedule is the resolver for the schedule field.
+func (r *queryResolver) Schedule(ctx context.Context, id uuid.UUID) (*db.Schedule, error) {
+	return nullIfMissing(r.ScheduleStore.Get(ctx, r.DB, id))
+}
+
+// Schedules is the resolver for the schedules field.
+func (r *queryResolver) Schedules(ctx context.Context, first *int, after *string, filter *db.ScheduleFilter) (*model.ScheduleConnection, error) {
+	page, err := r.ScheduleStore.List(ctx, r.DB, deref(filter), db.PageArgs{First: first, After: after})
+	return model.NewScheduleConnection(page, deref(filter)), err
+}
+
 // CurrentJobs is the resolver for the currentJobs field.
 func (r *robotResolver) CurrentJobs(ctx context.Context, obj *db.Robot) ([]*db.Job, error) {
 	return dataloaders.For(ctx).CurrentJobs(ctx, obj.ID)
@@ -350,6 +391,26 @@ func (r *robotResolver) Heartbeats(ctx context.Context, obj *db.Robot, since *ti
 // TotalCount is the resolver for the totalCount field.
 func (r *robotConnectionResolver) TotalCount(ctx context.Context, obj *model.RobotConnection) (int, error) {
 	return r.RobotStore.Count(ctx, r.DB, obj.Filter)
+}
+
+// Workflow is the resolver for the workflow field.
+func (r *scheduleResolver) Workflow(ctx context.Context, obj *db.Schedule) (*db.Workflow, error) {
+	return dataloaders.For(ctx).Workflow(ctx, obj.WorkflowID)
+}
+
+// NextRuns is the resolver for the nextRuns field.
+func (r *scheduleResolver) NextRuns(ctx context.Context, obj *db.Schedule, count *int) ([]*time.Time, error) {
+	return r.ScheduleStore.NextRuns(obj, deref(count))
+}
+
+// RecentJobs is the resolver for the recentJobs field.
+func (r *scheduleResolver) RecentJobs(ctx context.Context, obj *db.Schedule, first *int) ([]*db.Job, error) {
+	return r.ScheduleStore.RecentJobs(ctx, r.DB, obj.ID, first)
+}
+
+// TotalCount is the resolver for the totalCount field.
+func (r *scheduleConnectionResolver) TotalCount(ctx context.Context, obj *model.ScheduleConnection) (int, error) {
+	return r.ScheduleStore.Count(ctx, r.DB, obj.Filter)
 }
 
 // MachineUpdated is the resolver for the machineUpdated field.
@@ -468,6 +529,14 @@ func (r *Resolver) Robot() RobotResolver { return &robotResolver{r} }
 // RobotConnection returns RobotConnectionResolver implementation.
 func (r *Resolver) RobotConnection() RobotConnectionResolver { return &robotConnectionResolver{r} }
 
+// Schedule returns ScheduleResolver implementation.
+func (r *Resolver) Schedule() ScheduleResolver { return &scheduleResolver{r} }
+
+// ScheduleConnection returns ScheduleConnectionResolver implementation.
+func (r *Resolver) ScheduleConnection() ScheduleConnectionResolver {
+	return &scheduleConnectionResolver{r}
+}
+
 // Subscription returns SubscriptionResolver implementation.
 func (r *Resolver) Subscription() SubscriptionResolver { return &subscriptionResolver{r} }
 
@@ -497,6 +566,8 @@ type (
 	queryResolver                  struct{ *Resolver }
 	robotResolver                  struct{ *Resolver }
 	robotConnectionResolver        struct{ *Resolver }
+	scheduleResolver               struct{ *Resolver }
+	scheduleConnectionResolver     struct{ *Resolver }
 	subscriptionResolver           struct{ *Resolver }
 	viewerResolver                 struct{ *Resolver }
 	workflowResolver               struct{ *Resolver }

@@ -115,7 +115,7 @@ func TestWebsocket(t *testing.T) {
 	})
 
 	t.Run("ForeignOriginRefused", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
 		_, res, err := websocket.Dial(ctx, wsURL(s), &websocket.DialOptions{
 			Subprotocols: []string{"graphql-transport-ws"},

@@ -13,6 +13,7 @@ import (
 	"fleetgraph/apitest"
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
+	"fleetgraph/realtime"
 	"fleetgraph/realtime/faulttest"
 )
 
@@ -38,12 +39,13 @@ func adminDatabase(t *testing.T, dsn string) *bun.DB {
 }
 
 // listenerBackends returns the pids of the test database's LISTEN
-// connections: client backends whose last statement was a LISTEN, or the
-// empty query pq's listener pings with (the pool pings with ";").
+// connections, which the listener names by their application_name (their
+// last query tells nothing sure: pq pings with an empty query, as other
+// connections may).
 func listenerBackends(t *testing.T, admin *bun.DB, database string) []int {
 	t.Helper()
 	rows, err := admin.QueryContext(t.Context(), `SELECT pid FROM pg_stat_activity
-		WHERE datname = ? AND backend_type = 'client backend' AND (query ILIKE 'LISTEN %' OR query = '')`, database)
+		WHERE datname = ? AND backend_type = 'client backend' AND application_name = ?`, database, realtime.ListenerApplicationName)
 	require.NoError(t, err)
 	defer rows.Close()
 	var pids []int

@@ -13,6 +13,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/db"
+	"fleetgraph/metrics"
 )
 
 // ChangeChannel is the NOTIFY channel of the change feed (migration 0003).
@@ -109,6 +110,10 @@ var (
 // reads the process's Listener; every process fans out the same feed, so any
 // number of replicas serve subscribers.
 type Hub struct {
+	// Metrics counts subscribers, deliveries, coalesced updates and slow
+	// consumers (nil: off). Set it before Run and Subscribe.
+	Metrics *metrics.Metrics
+
 	source Source
 	feed   *Subscription
 	log    *slog.Logger
@@ -288,6 +293,7 @@ func (h *Hub) resync(ctx context.Context) {
 	}
 	h.mu.RUnlock()
 	h.log.Info("resynchronising subscriptions after lost notifications", "topics", len(live), "since", since)
+	h.Metrics.Resynced()
 	for k, subs := range live {
 		kind := loadKind(k.kind)
 		rows, err := h.source.ChangedSince(ctx, kind, k.tenant, since)
@@ -386,6 +392,7 @@ func (h *Hub) Subscribe(o SubscribeOptions) *Sub {
 		h.topics[s.topic] = map[*Sub]struct{}{}
 	}
 	h.topics[s.topic][s] = struct{}{}
+	h.Metrics.Subscribers(s.topic.kind, 1)
 	return s
 }
 
@@ -395,6 +402,9 @@ var ErrExpired = errors.New("the credential behind this subscription has expired
 func (h *Hub) remove(s *Sub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if _, ok := h.topics[s.topic][s]; ok {
+		h.Metrics.Subscribers(s.topic.kind, -1)
+	}
 	delete(h.topics[s.topic], s)
 	if len(h.topics[s.topic]) == 0 {
 		delete(h.topics, s.topic)
@@ -484,6 +494,7 @@ func (s *Sub) offer(u Update) {
 		if u.Version >= s.queue[i].Version {
 			s.queue[i] = u
 		}
+		s.hub.Metrics.Coalesced(s.topic.kind)
 		return
 	}
 	if len(s.queue) >= s.limit {
@@ -496,6 +507,7 @@ func (s *Sub) offer(u Update) {
 			return
 		}
 		s.endLocked(ErrTooSlow)
+		s.hub.Metrics.SlowConsumer(s.topic.kind)
 		return
 	}
 	s.pending[u.Key] = len(s.queue)
@@ -547,6 +559,7 @@ func (s *Sub) Take() []Update {
 		q = append(q, Update{Kind: s.topic.kind, Op: OpMissed, Version: int64(s.missed)})
 		s.missed = 0
 	}
+	s.hub.Metrics.Delivered(s.topic.kind, len(q))
 	if len(s.sent) > 100_000 {
 		clear(s.sent) // only de-duplication is lost
 	}

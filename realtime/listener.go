@@ -10,11 +10,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lib/pq"
+
+	"fleetgraph/metrics"
 )
 
 // Notification is one NOTIFY, or a reconnect marker.
@@ -49,6 +53,10 @@ func (s *Subscription) Close() {
 
 // Listener is the process's LISTEN connection.
 type Listener struct {
+	// Metrics counts reconnects and dropped notifications (nil: off). Set
+	// it before Run.
+	Metrics *metrics.Metrics
+
 	pql      *pq.Listener
 	log      *slog.Logger
 	ping     time.Duration
@@ -62,11 +70,30 @@ type Listener struct {
 // dead one is noticed within seconds rather than at the next TCP timeout.
 const PingInterval = 5 * time.Second
 
+// ListenerApplicationName names the listener's connection in
+// pg_stat_activity, so operators (and tests) can tell it from the pool's.
+const ListenerApplicationName = "fleetgraph-listener"
+
+// withApplicationName sets application_name in a connection string, either
+// form (a postgres:// URL or key=value pairs), unless it already names one.
+func withApplicationName(dsn, name string) string {
+	if strings.Contains(dsn, "application_name") {
+		return dsn
+	}
+	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		q := u.Query()
+		q.Set("application_name", name)
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	return strings.TrimSpace(dsn) + " application_name=" + name
+}
+
 // NewListener connects to dsn and LISTENs on channels. It reconnects by
 // itself when the connection drops; Run must be running to deliver.
 func NewListener(dsn string, channels []string, log *slog.Logger) (*Listener, error) {
 	l := &Listener{log: log, ping: PingInterval, channels: channels, subs: map[string]map[*Subscription]struct{}{}}
-	l.pql = pq.NewListener(dsn, 100*time.Millisecond, 5*time.Second, func(ev pq.ListenerEventType, err error) {
+	l.pql = pq.NewListener(withApplicationName(dsn, ListenerApplicationName), 100*time.Millisecond, 5*time.Second, func(ev pq.ListenerEventType, err error) {
 		switch ev {
 		case pq.ListenerEventDisconnected:
 			log.Warn("notification listener disconnected", "error", err)
@@ -111,6 +138,7 @@ func (l *Listener) Run(ctx context.Context) {
 		case n := <-l.pql.Notify:
 			if n == nil {
 				// pq sends nil after a reconnect: anything sent meanwhile is lost.
+				l.Metrics.Reconnected()
 				for _, ch := range l.channels {
 					l.deliver(Notification{Channel: ch, Reconnected: true})
 				}
@@ -163,6 +191,7 @@ func (l *Listener) deliver(n Notification) {
 		case s.c <- n:
 		default: // full: for wake-ups one pending is enough; others check TakeOverflow
 			s.overflow.Store(true)
+			l.Metrics.Dropped(n.Channel)
 		}
 	}
 }

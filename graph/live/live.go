@@ -18,6 +18,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/fault"
+	"fleetgraph/metrics"
 )
 
 type endKey struct{}
@@ -40,6 +41,7 @@ func End(ctx context.Context, err error) {
 	defer e.mu.Unlock()
 	if e.err == nil {
 		e.err = present(err)
+		metrics.SentError(ctx, string(fault.CodeOf(err)))
 	}
 }
 
@@ -112,6 +114,7 @@ func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.Op
 	defer func() {
 		if r := recover(); r != nil {
 			err := rc.Recover(ctx, r) // logs it (the server's recover function)
+			metrics.SentError(ctx, string(fault.Internal))
 			var gqlErr *gqlerror.Error
 			if !errors.As(err, &gqlErr) {
 				gqlErr = present(err)

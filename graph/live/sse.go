@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
+
+	"fleetgraph/fault"
+	"fleetgraph/metrics"
 )
 
 // SSE serves operations as server-sent events, for clients that cannot open
@@ -90,6 +93,7 @@ func PrefersEventStream(accept string) bool {
 func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
 	params := &graphql.RawParams{Headers: r.Header}
 	if err := readParams(r, params); err != nil {
+		metrics.SentError(r.Context(), string(fault.BadUserInput))
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusBadRequest)
 		_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{"message": err.Error(), "extensions": map[string]any{"code": "BAD_USER_INPUT"}}}})
@@ -97,6 +101,7 @@ func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecut
 	}
 	release, err := t.Quota.Hold(r.Context())
 	if err != nil {
+		metrics.SentError(r.Context(), string(fault.CodeOf(err)))
 		writeRefusal(w, http.StatusTooManyRequests, err)
 		return
 	}

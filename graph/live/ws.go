@@ -19,6 +19,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
+	"fleetgraph/metrics"
 )
 
 // Close codes of graphql-transport-ws (PROTOCOL.md), and RFC 6455's.
@@ -389,6 +390,7 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 	p = c.principal
 	c.acked = true
 	c.mu.Unlock()
+	metrics.RequestOf(ctx).SetCaller(p)
 	if err := c.write(ctx, wsMessage{Type: "connection_ack"}); err != nil {
 		return CloseNormal, "", time.Time{}
 	}
@@ -499,6 +501,7 @@ func (c *wsConn) admit(ctx context.Context, op *wsOp) error {
 // refuse answers a subscribe message with an error for its id, without
 // running it; the socket stays open and the id may be used again.
 func (c *wsConn) refuse(ctx context.Context, id string, err error) {
+	metrics.SentError(ctx, string(fault.CodeOf(err)))
 	_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(err)}))
 }
 
@@ -561,6 +564,7 @@ func (c *wsConn) endAll(ctx context.Context, err error) {
 	}
 	c.mu.Unlock()
 	for id := range ops {
+		metrics.SentError(ctx, string(fault.CodeOf(err)))
 		_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(err)}))
 	}
 }

@@ -385,14 +385,17 @@ func TestLiveWSCloseCodes(t *testing.T) {
 
 	t.Run("4408NotForAnInitialisedSocket", func(t *testing.T) {
 		t.Parallel()
-		s := apitest.New(t, apitest.Options{InitTimeout: 100 * time.Millisecond})
+		// Long enough that a busy machine still reads connection_init
+		// before it, short enough to wait past.
+		const initTimeout = time.Second
+		s := apitest.New(t, apitest.Options{InitTimeout: initTimeout})
 		f := newFixture(t, s)
 		c := connect(t, s, f.user.Token)
 		// The init timer fires while the socket is initialised and closes
 		// nothing: the subscription goes on past it.
 		c.subscribe("s", machineSub, map[string]any{"id": f.machine})
 		require.Equal(t, "CURRENT", machineChange(t, c.readFor("s")).Op)
-		c.requireNothingFor(3 * 100 * time.Millisecond) // past the timeout
+		c.requireNothingFor(2 * initTimeout) // past the timeout
 		f.set(t, "startMachine")
 		require.Equal(t, "RUNNING", machineChange(t, c.readFor("s")).Machine.Status)
 	})

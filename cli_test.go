@@ -1,0 +1,567 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+	"github.com/vektah/gqlparser/v2"
+	"github.com/vektah/gqlparser/v2/ast"
+
+	"fleetgraph/auth"
+	"fleetgraph/db"
+	"fleetgraph/dbtest"
+	"fleetgraph/fault"
+)
+
+// checkOf returns the named check of a verify report, failing if absent.
+func checkOf(t *testing.T, r verifyReport, name string) verifyCheck {
+	t.Helper()
+	for _, c := range r.Checks {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("verify reported no %q check: %+v", name, r.Checks)
+	return verifyCheck{}
+}
+
+// runVerifyJSON runs verify --json and decodes its report.
+func runVerifyJSON(t *testing.T, e env, args ...string) (int, verifyReport, string) {
+	t.Helper()
+	code, stdout, stderr := runCLI(t, e, append([]string{"verify", "--json"}, args...)...)
+	var r verifyReport
+	require.NoError(t, json.Unmarshal([]byte(stdout), &r), "verify --json prints JSON: %s\nstderr: %s", stdout, stderr)
+	return code, r, stderr
+}
+
+var verifyChecks = []string{"settings", "JWT secret", "database reachable", "PostgreSQL version", "migrations", "change-feed triggers", "change feed"}
+
+func TestVerify(t *testing.T) {
+	t.Parallel()
+
+	type testBundle struct {
+		d   *dbtest.Database
+		env env
+	}
+	setup := func(t *testing.T) *testBundle {
+		d := dbtest.New(t)
+		return &testBundle{d: d, env: baseEnv(t).with("DATABASE_URL", d.DSN, "JWT_SECRET", testSecret)}
+	}
+
+	t.Run("Healthy", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		code, stdout, stderr := runCLI(t, b.env, "verify")
+		require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
+		require.Regexp(t, `(?m)^CHECK\s+STATUS\s+DETAIL$`, stdout)
+		for _, name := range verifyChecks {
+			require.Regexp(t, `(?m)^`+regexp.QuoteMeta(name)+`\s+OK\s`, stdout)
+		}
+		require.NotContains(t, stdout, "FAIL")
+
+		code, r, stderr := runVerifyJSON(t, b.env)
+		require.Equal(t, 0, code, stderr)
+		require.True(t, r.OK)
+		for _, name := range verifyChecks {
+			require.Equal(t, "ok", checkOf(t, r, name).Status, name)
+		}
+		require.Contains(t, checkOf(t, r, "change feed").Detail, "came back through LISTEN")
+	})
+
+	t.Run("Unmigrated", func(t *testing.T) {
+		t.Parallel()
+		dsn, _ := emptyDatabase(t)
+		e := baseEnv(t).with("DATABASE_URL", dsn, "JWT_SECRET", testSecret)
+		code, stdout, stderr := runCLI(t, e, "verify")
+		require.Equal(t, 1, code, stdout)
+		require.Regexp(t, `(?m)^migrations\s+FAIL\s`, stdout)
+		require.Contains(t, stdout, "run `fleetgraph migrate up`")
+		require.Contains(t, stderr, "check(s) failed")
+
+		code, r, _ := runVerifyJSON(t, e)
+		require.Equal(t, 1, code)
+		require.False(t, r.OK)
+		mig := checkOf(t, r, "migrations")
+		require.Equal(t, "fail", mig.Status)
+		require.Contains(t, mig.Detail, "missing migrations 0001")
+		require.Contains(t, mig.Advice, "fleetgraph migrate up")
+		triggers := checkOf(t, r, "change-feed triggers")
+		require.Equal(t, "fail", triggers.Status)
+		require.Contains(t, triggers.Advice, "fleetgraph migrate up")
+		require.Equal(t, "ok", checkOf(t, r, "database reachable").Status)
+	})
+
+	t.Run("TriggersDroppedOrDisabled", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		ctx := context.Background()
+		_, err := b.d.ExecContext(ctx, "ALTER TABLE robots DISABLE TRIGGER robots_notify_update")
+		require.NoError(t, err)
+		_, err = b.d.ExecContext(ctx, "DROP TRIGGER jobs_notify ON jobs")
+		require.NoError(t, err)
+
+		code, r, _ := runVerifyJSON(t, b.env)
+		require.Equal(t, 1, code)
+		c := checkOf(t, r, "change-feed triggers")
+		require.Equal(t, "fail", c.Status)
+		require.Contains(t, c.Detail, "dropped: jobs_notify on jobs (migration 0003)")
+		require.Contains(t, c.Detail, "disabled: robots_notify_update on robots")
+		require.Contains(t, c.Advice, "ENABLE TRIGGER")
+		require.Contains(t, c.Advice, "CREATE TRIGGER")
+		require.Equal(t, "ok", checkOf(t, r, "migrations").Status, "the migrations themselves are applied")
+	})
+
+	t.Run("ContradictingSettings", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		code, r, _ := runVerifyJSON(t, b.env.with("JOB_LEASE_SECONDS", "120", "JOB_PROGRESS_TIMEOUT_SECONDS", "60"))
+		require.Equal(t, 1, code)
+		c := checkOf(t, r, "settings")
+		require.Equal(t, "fail", c.Status)
+		require.Contains(t, c.Detail, "JOB_PROGRESS_TIMEOUT_SECONDS")
+		require.Contains(t, c.Detail, "JOB_LEASE_SECONDS")
+		require.NotEmpty(t, c.Advice)
+		require.Equal(t, "ok", checkOf(t, r, "change feed").Status, "the other checks still run")
+
+		code, r, _ = runVerifyJSON(t, b.env.with("PLAYGROUND", "true"))
+		require.Equal(t, 1, code)
+		c = checkOf(t, r, "playground and introspection")
+		require.Equal(t, "fail", c.Status)
+		require.Contains(t, c.Advice, "INTROSPECTION=true")
+
+		code, r, _ = runVerifyJSON(t, b.env.with("MAX_SUBSCRIPTIONS_PER_CONNECTION", "600"))
+		require.Equal(t, 0, code, "a limit that is never reached is worth a warning only")
+		require.Equal(t, "warn", checkOf(t, r, "subscription limits").Status)
+	})
+
+	t.Run("JWTSecret", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		code, r, _ := runVerifyJSON(t, b.env.with("JWT_SECRET", "too-short"))
+		require.Equal(t, 1, code)
+		c := checkOf(t, r, "JWT secret")
+		require.Equal(t, "fail", c.Status)
+		require.Contains(t, c.Detail, "JWT_SECRET is 9 bytes; at least 32 are required")
+		require.Contains(t, c.Advice, "openssl rand -hex 32")
+
+		delete(b.env, "JWT_SECRET")
+		code, r, _ = runVerifyJSON(t, b.env)
+		require.Equal(t, 1, code)
+		c = checkOf(t, r, "JWT secret")
+		require.Equal(t, "fail", c.Status)
+		require.Contains(t, c.Detail, "JWT_SECRET is unset")
+	})
+
+	t.Run("Unreachable", func(t *testing.T) {
+		t.Parallel()
+		e := baseEnv(t).with("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?sslmode=disable", "JWT_SECRET", testSecret)
+		code, r, _ := runVerifyJSON(t, e)
+		require.Equal(t, 1, code)
+		c := checkOf(t, r, "database reachable")
+		require.Equal(t, "fail", c.Status)
+		require.Contains(t, c.Advice, "DATABASE_URL")
+		require.Equal(t, "skipped", checkOf(t, r, "change feed").Status)
+	})
+
+	t.Run("BadFlags", func(t *testing.T) {
+		t.Parallel()
+		code, _, stderr := runCLI(t, baseEnv(t), "verify", "--json=maybe")
+		require.Equal(t, 2, code)
+		require.Contains(t, stderr, "--json must be true or false")
+		code, _, stderr = runCLI(t, baseEnv(t), "verify", "--timeout", "soon")
+		require.Equal(t, 2, code)
+		require.Contains(t, stderr, "--timeout")
+	})
+}
+
+// robotJSON creates a robot through the CLI and returns it.
+func robotJSON(t *testing.T, e env, args ...string) robotView {
+	t.Helper()
+	code, stdout, stderr := runCLI(t, e, append([]string{"robots", "create", "--json"}, args...)...)
+	require.Equal(t, 0, code, stderr)
+	var r robotView
+	require.NoError(t, json.Unmarshal([]byte(stdout), &r), stdout)
+	return r
+}
+
+func TestRobotsCommands(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+
+	code, stdout, stderr := runCLI(t, e, "robots", "create", "--name", "lyon-1", "--capabilities", "excel, browser", "--max-jobs", "2", "--hostname", "lyon-1.local")
+	require.Equal(t, 0, code, stderr)
+	require.Regexp(t, `(?m)^ID\s+NAME\s+STATUS\s+CAPABILITIES\s+MAX JOBS\s+LAST HEARTBEAT$`, stdout)
+	require.Regexp(t, `(?m)^[0-9a-f-]{36}\s+lyon-1\s+OFFLINE\s+browser,excel\s+2\s+-$`, stdout)
+
+	second := robotJSON(t, e, "paris-1", "--environment", "production")
+	require.Equal(t, "paris-1", second.Name)
+	require.Equal(t, "OFFLINE", second.Status)
+	require.Equal(t, "production", second.Environment)
+	require.Equal(t, []string{}, second.Capabilities)
+
+	code, stdout, stderr = runCLI(t, e, "robots", "list", "--json")
+	require.Equal(t, 0, code, stderr)
+	var list []robotView
+	require.NoError(t, json.Unmarshal([]byte(stdout), &list), stdout)
+	require.Len(t, list, 2)
+	require.Equal(t, "paris-1", list[0].Name, "newest first")
+	require.Equal(t, "lyon-1", list[1].Name)
+	require.Equal(t, []string{"browser", "excel"}, list[1].Capabilities)
+
+	code, stdout, _ = runCLI(t, e, "robots", "list", "--capability", "excel")
+	require.Equal(t, 0, code)
+	require.Contains(t, stdout, "lyon-1")
+	require.NotContains(t, stdout, "paris-1")
+
+	// The store's rules, as the API applies them.
+	code, _, stderr = runCLI(t, e, "robots", "create", "--name", "lyon-1")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "the tenant already has a robot with this name")
+
+	for _, tt := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"robots", "create"}, "--name"},
+		{[]string{"robots", "create", "--name", "x", "--max-jobs", "0"}, "--max-jobs"},
+		{[]string{"robots", "create", "--name", "x", "--capabilities", "a b"}, "--capabilities"},
+		{[]string{"robots", "create", "--name", strings.Repeat("x", 101)}, "--name"},
+		{[]string{"robots", "create", "--name", "x", "--tenant", "acme"}, "--tenant"},
+		{[]string{"robots", "list", "--status", "ASLEEP"}, "--status"},
+		{[]string{"robots", "list", "--no-such-flag"}, "no-such-flag"},
+		{[]string{"robots", "list", "extra"}, `"extra"`},
+		{[]string{"robots", "create", "a", "b"}, "unexpected argument"},
+		{[]string{"robots"}, "robots list|create"},
+		{[]string{"robots", "delete"}, `"delete"`},
+	} {
+		code, _, stderr := runCLI(t, e, tt.args...)
+		require.Equal(t, 2, code, "%v: %s", tt.args, stderr)
+		require.Contains(t, stderr, tt.flag, tt.args)
+	}
+
+	code, stdout, _ = runCLI(t, e, "robots", "list", "--json")
+	require.Equal(t, 0, code)
+	require.NoError(t, json.Unmarshal([]byte(stdout), &list))
+	require.Len(t, list, 2, "refused commands wrote nothing")
+}
+
+func TestKeysCommands(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	robot := robotJSON(t, e, "--name", "lyon-1")
+	keys := db.NewAPIKeys()
+
+	code, stdout, stderr := runCLI(t, e, "keys", "create", "--robot", "lyon-1", "--name", "deploy")
+	require.Equal(t, 0, code, stderr)
+	raw := strings.TrimSuffix(stdout, "\n")
+	require.NotContains(t, raw, "\n", "stdout holds the key alone")
+	require.True(t, strings.HasPrefix(raw, auth.KeyPrefix), raw)
+	require.Contains(t, stderr, "the only time the key is shown")
+	p, err := keys.Verify(ctx, d.DB, raw, "")
+	require.NoError(t, err, "the printed key authenticates")
+	require.Equal(t, robot.ID, p.RobotID)
+
+	code, stdout, stderr = runCLI(t, e, "keys", "create", "--robot", robot.ID.String(), "--expires", "90d", "--json")
+	require.Equal(t, 0, code, stderr)
+	var created struct {
+		Key    string  `json:"key"`
+		APIKey keyView `json:"apiKey"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &created), stdout)
+	require.True(t, strings.HasPrefix(created.Key, created.APIKey.Prefix))
+	require.Equal(t, "cli", created.APIKey.Name)
+	require.Equal(t, "system:cli", created.APIKey.CreatedBy)
+	require.NotNil(t, created.APIKey.ExpiresAt)
+	require.WithinDuration(t, time.Now().Add(90*24*time.Hour), *created.APIKey.ExpiresAt, time.Hour)
+
+	code, stdout, stderr = runCLI(t, e, "keys", "list", "--robot", "lyon-1", "--json")
+	require.Equal(t, 0, code, stderr)
+	var listed []keyView
+	require.NoError(t, json.Unmarshal([]byte(stdout), &listed), stdout)
+	require.Len(t, listed, 2)
+	require.NotContains(t, stdout, raw, "lists never show a key")
+	deploy := listed[1]
+	require.Equal(t, "deploy", deploy.Name)
+	require.True(t, strings.HasPrefix(raw, deploy.Prefix))
+
+	code, stdout, stderr = runCLI(t, e, "keys", "revoke", deploy.ID.String())
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "revoked API key "+deploy.ID.String())
+	_, err = keys.Verify(ctx, d.DB, raw, "")
+	require.ErrorIs(t, err, &fault.Error{Code: fault.Unauthenticated}, "a revoked key no longer authenticates")
+	_, err = keys.Verify(ctx, d.DB, created.Key, "")
+	require.NoError(t, err, "the other key still works")
+
+	code, _, stderr = runCLI(t, e, "keys", "revoke", "--json", deploy.ID.String())
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "already revoked")
+
+	code, stdout, _ = runCLI(t, e, "keys", "list", "--robot", "lyon-1")
+	require.Equal(t, 0, code)
+	require.Regexp(t, `(?m)^ID\s+NAME\s+PREFIX\s+CREATED\s+EXPIRES\s+LAST USED\s+REVOKED$`, stdout)
+	require.NotContains(t, stdout, deploy.ID.String(), "revoked keys are hidden without --all")
+	code, stdout, _ = runCLI(t, e, "keys", "list", "--robot", "lyon-1", "--all")
+	require.Equal(t, 0, code)
+	require.Contains(t, stdout, deploy.ID.String())
+
+	// Audited as the API's key changes are, with the CLI as the actor.
+	var audit []string
+	require.NoError(t, d.NewRaw("SELECT event || ' ' || coalesce(actor, '-') FROM api_key_audit WHERE api_key_id = ? ORDER BY id", deploy.ID).Scan(ctx, &audit))
+	require.Equal(t, []string{"CREATED system:cli", "REVOKED system:cli", "USED_AFTER_REVOKE -"}, audit)
+
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"keys", "create"}, "--robot is required"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "-1h"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "2001-01-01T00:00:00Z"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "soon"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "99999999999d"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "0d"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--name", " "}, "--name"},
+		{[]string{"keys", "list"}, "--robot is required"},
+		{[]string{"keys", "revoke"}, "say which key"},
+		{[]string{"keys", "revoke", "not-a-uuid"}, "must be a UUID"},
+		{[]string{"keys", "revoke", uuid.NewString(), "--tenant", "x"}, "--tenant"},
+		{[]string{"keys", "list", "--robot", "lyon-1", "--all=perhaps"}, "--all"},
+		{[]string{"keys", "rotate"}, `"rotate"`},
+	} {
+		code, _, stderr := runCLI(t, e, tt.args...)
+		require.Equal(t, 2, code, "%v: %s", tt.args, stderr)
+		require.Contains(t, stderr, tt.want, tt.args)
+	}
+	code, _, stderr = runCLI(t, e, "keys", "create", "--robot", "nobody")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, `no robot "nobody"`)
+
+	var count int
+	require.NoError(t, d.NewRaw("SELECT count(*) FROM api_keys").Scan(ctx, &count))
+	require.Equal(t, 2, count, "refused commands created no key")
+}
+
+// TestKeysIsolation: --tenant scopes every command to that tenant; another
+// tenant's robots and keys are not found, whether named by id or by name.
+func TestKeysIsolation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	tenantA, tenantB := uuid.NewString(), uuid.NewString()
+	robot := robotJSON(t, e, "--name", "secret-robot", "--tenant", tenantA)
+	code, stdout, stderr := runCLI(t, e, "keys", "create", "--robot", "secret-robot", "--tenant", tenantA, "--json")
+	require.Equal(t, 0, code, stderr)
+	var created struct {
+		Key    string  `json:"key"`
+		APIKey keyView `json:"apiKey"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &created))
+
+	for _, tenant := range []string{tenantB, auth.DefaultTenant.String()} {
+		for _, ref := range []string{robot.ID.String(), "secret-robot"} {
+			code, stdout, stderr := runCLI(t, e, "keys", "list", "--robot", ref, "--tenant", tenant, "--json")
+			require.Equal(t, 1, code, stdout)
+			require.Contains(t, stderr, "no robot")
+			require.NotContains(t, stdout+stderr, created.APIKey.ID.String())
+
+			code, _, stderr = runCLI(t, e, "keys", "create", "--robot", ref, "--tenant", tenant)
+			require.Equal(t, 1, code)
+			require.Contains(t, stderr, "no robot")
+		}
+		code, _, stderr := runCLI(t, e, "keys", "revoke", created.APIKey.ID.String(), "--tenant", tenant)
+		require.Equal(t, 1, code)
+		require.Contains(t, stderr, "no API key "+created.APIKey.ID.String())
+
+		code, stdout, _ := runCLI(t, e, "robots", "list", "--tenant", tenant, "--json")
+		require.Equal(t, 0, code)
+		require.JSONEq(t, "[]", stdout)
+	}
+	_, err := db.NewAPIKeys().Verify(ctx, d.DB, created.Key, "")
+	require.NoError(t, err, "another tenant's revoke changed nothing")
+	var revoked int
+	require.NoError(t, d.NewRaw("SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL").Scan(ctx, &revoked))
+	require.Zero(t, revoked)
+	code, stdout, _ = runCLI(t, e, "keys", "list", "--robot", "secret-robot", "--tenant", tenantA)
+	require.Equal(t, 0, code)
+	require.Contains(t, stdout, created.APIKey.ID.String(), "its own tenant sees it")
+}
+
+func TestSchemaIntrospection(t *testing.T) {
+	t.Parallel()
+	code, stdout, stderr := runCLI(t, baseEnv(t), "schema", "--introspection")
+	require.Equal(t, 0, code, stderr)
+	var res struct {
+		Data struct {
+			Schema struct {
+				QueryType        struct{ Name string } `json:"queryType"`
+				MutationType     struct{ Name string } `json:"mutationType"`
+				SubscriptionType struct{ Name string } `json:"subscriptionType"`
+				Types            []struct {
+					Kind   string `json:"kind"`
+					Name   string `json:"name"`
+					Fields []struct {
+						Name string `json:"name"`
+					} `json:"fields"`
+					InputFields []struct {
+						Name string `json:"name"`
+					} `json:"inputFields"`
+				} `json:"types"`
+			} `json:"__schema"`
+		} `json:"data"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &res))
+	s := res.Data.Schema
+	require.Equal(t, "Query", s.QueryType.Name)
+	require.Equal(t, "Mutation", s.MutationType.Name)
+	require.Equal(t, "Subscription", s.SubscriptionType.Name)
+
+	// The same types and fields as the SDL that `schema` prints.
+	want, err := gqlparser.LoadSchema(&ast.Source{Name: "schema.graphqls", Input: schemaSDL})
+	require.NoError(t, err)
+	var wantTypes, gotTypes []string
+	for name, def := range want.Types {
+		var fields []string
+		for _, f := range def.Fields {
+			if !strings.HasPrefix(f.Name, "__") {
+				fields = append(fields, f.Name)
+			}
+		}
+		slices.Sort(fields)
+		wantTypes = append(wantTypes, string(def.Kind)+" "+name+" "+strings.Join(fields, ","))
+	}
+	for _, ty := range s.Types {
+		var fields []string
+		for _, f := range ty.Fields {
+			fields = append(fields, f.Name)
+		}
+		for _, f := range ty.InputFields {
+			fields = append(fields, f.Name)
+		}
+		slices.Sort(fields)
+		gotTypes = append(gotTypes, ty.Kind+" "+ty.Name+" "+strings.Join(fields, ","))
+	}
+	require.ElementsMatch(t, wantTypes, gotTypes)
+	require.Contains(t, gotTypes, "SCALAR Time ")
+
+	code, stdout, _ = runCLI(t, baseEnv(t), "schema")
+	require.Equal(t, 0, code)
+	require.Equal(t, schemaSDL, stdout, "without the flag: the SDL")
+
+	code, _, stderr = runCLI(t, baseEnv(t), "schema", "--introspection=sometimes")
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, "--introspection must be true or false")
+}
+
+func TestOperatorHelpAndFlags(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"verify", "--help"}, []string{"Usage: fleetgraph verify", "-json", "-timeout",
+			"-database-url", "[env DATABASE_URL]", "-jwt-secret", "[env JWT_SECRET]", "-job-lease-seconds", "[env JOB_LEASE_SECONDS]"}},
+		{[]string{"robots", "--help"}, []string{"Usage: fleetgraph robots list|create"}},
+		{[]string{"robots", "list", "--help"}, []string{"Usage: fleetgraph robots list", "-json", "-tenant", "-status",
+			"-database-url", "[env DATABASE_URL]", "-data-dir", "[env DATA_DIR]", "-log-level", "[env LOG_LEVEL]"}},
+		{[]string{"robots", "create", "-h"}, []string{"Usage: fleetgraph robots create", "-name", "-capabilities", "-max-jobs", "-tenant", "-json"}},
+		{[]string{"keys", "help"}, []string{"Usage: fleetgraph keys create|list|revoke"}},
+		{[]string{"keys", "create", "--help"}, []string{"Usage: fleetgraph keys create --robot NAME-or-ID", "-robot", "-name", "-expires", "-json", "-tenant"}},
+		{[]string{"keys", "list", "--help"}, []string{"Usage: fleetgraph keys list", "-robot", "-all", "-json"}},
+		{[]string{"keys", "revoke", "--help"}, []string{"Usage: fleetgraph keys revoke ID", "-json", "-tenant"}},
+		{[]string{"schema", "--help"}, []string{"Usage: fleetgraph schema", "-introspection"}},
+		{[]string{"help"}, []string{"verify", "robots list|create", "keys create|list|revoke", "schema [--introspection]"}},
+	} {
+		code, stdout, stderr := runCLI(t, baseEnv(t), tt.args...)
+		require.Equal(t, 0, code, "%v: %s", tt.args, stderr)
+		for _, w := range tt.want {
+			require.Contains(t, stdout+stderr, w, tt.args)
+		}
+	}
+
+	for _, cmd := range [][]string{{"verify"}, {"robots", "list"}, {"robots", "create"}, {"keys", "create"}, {"keys", "list"}, {"keys", "revoke"}, {"schema"}} {
+		code, _, stderr := runCLI(t, baseEnv(t), append(cmd, "--no-such-flag")...)
+		require.Equal(t, 2, code, cmd)
+		require.Contains(t, stderr, "no-such-flag", cmd)
+	}
+
+	// Every command reads LOG_LEVEL and LOG_FORMAT with serve's defaults.
+	levelRE := regexp.MustCompile(`-log-level string\n\s+[^\n]*\[env LOG_LEVEL\] \(default "(\w+)"\)`)
+	formatRE := regexp.MustCompile(`-log-format string\n\s+[^\n]*\[env LOG_FORMAT\] \(default "(\w+)"\)`)
+	for _, cmd := range [][]string{{"serve"}, {"migrate"}, {"verify"}, {"robots", "list"}, {"keys", "create"}} {
+		_, stdout, stderr := runCLI(t, baseEnv(t), append(cmd, "--help")...)
+		m := levelRE.FindStringSubmatch(stdout + stderr)
+		require.NotNil(t, m, "%v --help shows LOG_LEVEL's default", cmd)
+		require.Equal(t, "info", m[1], "%v's LOG_LEVEL default", cmd)
+		m = formatRE.FindStringSubmatch(stdout + stderr)
+		require.NotNil(t, m, "%v --help shows LOG_FORMAT's default", cmd)
+		require.Equal(t, "text", m[1], "%v's LOG_FORMAT default", cmd)
+	}
+	for _, cmd := range [][]string{{"migrate", "status"}, {"robots", "list"}, {"keys", "list", "--robot", "x"}} {
+		code, _, stderr := runCLI(t, baseEnv(t).with("LOG_FORMAT", "xml"), cmd...)
+		require.Equal(t, 2, code, cmd)
+		require.Contains(t, stderr, "LOG_FORMAT (--log-format) must be text or json", cmd)
+	}
+}
+
+// TestKeysAgainstServer: a key the CLI creates works on a running server at
+// once, and stops working there as soon as the CLI revokes it; verify runs
+// beside the server without disturbing it.
+func TestKeysAgainstServer(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN, "JWT_SECRET", testSecret)
+	p := startServe(t, e, "--listen", "127.0.0.1:0")
+	url := p.waitFor(t, p.stderr, servingLog)[1]
+
+	robot := robotJSON(t, e, "--name", "lyon-1")
+	code, stdout, stderr := runCLI(t, e, "keys", "create", "--robot", "lyon-1", "--json")
+	require.Equal(t, 0, code, stderr)
+	var created struct {
+		Key    string  `json:"key"`
+		APIKey keyView `json:"apiKey"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &created))
+
+	status, res := postGraphQL(t, url, "Bearer "+created.Key, `{ currentRobot { id name } }`)
+	require.Equal(t, 200, status)
+	require.Empty(t, res.Errors)
+	require.JSONEq(t, `{"currentRobot": {"id": "`+robot.ID.String()+`", "name": "lyon-1"}}`, string(res.Data))
+
+	code, _, stderr = runCLI(t, e, "verify")
+	require.Equal(t, 0, code, stderr)
+
+	code, _, stderr = runCLI(t, e, "keys", "revoke", created.APIKey.ID.String())
+	require.Equal(t, 0, code, stderr)
+	_, res = postGraphQL(t, url, "Bearer "+created.Key, `{ currentRobot { id } }`)
+	require.NotEmpty(t, res.Errors, "a revoked key no longer authenticates")
+	require.Equal(t, "UNAUTHENTICATED", res.Errors[0].Extensions["code"])
+
+	require.Equal(t, 0, p.stop(t))
+	require.NotContains(t, p.stderr.String(), "level=ERROR", "verify's NOTIFY did not trouble the server")
+}
+
+// TestOperatorRefusesUnmigrated: the provisioning commands refuse a
+// database whose schema is not this binary's, naming migrate up, and
+// change nothing.
+func TestOperatorRefusesUnmigrated(t *testing.T) {
+	t.Parallel()
+	dsn, bdb := emptyDatabase(t)
+	e := baseEnv(t).with("DATABASE_URL", dsn)
+	for _, cmd := range [][]string{{"robots", "list"}, {"robots", "create", "x"}, {"keys", "create", "--robot", "x"}, {"keys", "list", "--robot", "x"}, {"keys", "revoke", uuid.NewString()}} {
+		code, stdout, stderr := runCLI(t, e, cmd...)
+		require.Equal(t, 1, code, cmd)
+		require.Empty(t, stdout, cmd)
+		require.Contains(t, stderr, "run `fleetgraph migrate up`", cmd)
+	}
+	require.False(t, tableExists(t, bdb, "bun_migrations"))
+}

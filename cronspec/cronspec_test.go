@@ -1,0 +1,112 @@
+package cronspec_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/cronspec"
+)
+
+func mustSpec(t *testing.T, expr, zone string) *cronspec.Spec {
+	t.Helper()
+	loc, err := cronspec.LoadZone(zone)
+	require.NoError(t, err)
+	s, err := cronspec.Parse(expr, loc)
+	require.NoError(t, err)
+	return s
+}
+
+// ticks lists the ticks in (from, to].
+func ticks(s *cronspec.Spec, from, to time.Time) []time.Time {
+	var out []time.Time
+	for t := s.Next(from); !t.IsZero() && !t.After(to); t = s.Next(t) {
+		out = append(out, t)
+	}
+	return out
+}
+
+func utc(s string) time.Time {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		panic(err)
+	}
+	return t.UTC()
+}
+
+func TestDaylightSaving(t *testing.T) {
+	t.Parallel()
+
+	t.Run("ParisSpringForwardFiresANonexistentTimeOnceAtTheJump", func(t *testing.T) {
+		// 2026-03-29: 02:00 CET becomes 03:00 CEST (01:00 UTC).
+		s := mustSpec(t, "30 2 * * *", "Europe/Paris")
+		require.Equal(t, []time.Time{utc("2026-03-28T01:30:00Z"), utc("2026-03-29T01:00:00Z"), utc("2026-03-30T00:30:00Z")},
+			ticks(s, utc("2026-03-27T12:00:00Z"), utc("2026-03-30T12:00:00Z")))
+	})
+	t.Run("ParisFallBackFiresARepeatedTimeOnce", func(t *testing.T) {
+		// 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:30 happens at 00:30 and 01:30 UTC.
+		s := mustSpec(t, "30 2 * * *", "Europe/Paris")
+		require.Equal(t, []time.Time{utc("2026-10-24T00:30:00Z"), utc("2026-10-25T00:30:00Z"), utc("2026-10-26T01:30:00Z")},
+			ticks(s, utc("2026-10-23T12:00:00Z"), utc("2026-10-26T12:00:00Z")))
+	})
+	t.Run("ParisEveryMinuteOnBothDays", func(t *testing.T) {
+		s := mustSpec(t, "* * * * *", "Europe/Paris")
+		// The local day of 23 hours: the skipped hour's minutes collapse into the jump.
+		spring := ticks(s, utc("2026-03-28T22:59:00Z"), utc("2026-03-29T21:59:00Z"))
+		require.Equal(t, 23*60, len(spring))
+		require.Equal(t, utc("2026-03-29T00:59:00Z"), spring[119]) // 01:59 CET
+		require.Equal(t, utc("2026-03-29T01:00:00Z"), spring[120]) // 03:00 CEST
+		// The local day of 25 hours: the repeated hour fires once.
+		fall := ticks(s, utc("2026-10-24T21:59:00Z"), utc("2026-10-25T22:59:00Z"))
+		require.Equal(t, 24*60, len(fall))
+		require.Equal(t, utc("2026-10-25T00:59:00Z"), fall[179]) // 02:59 CEST, first occurrence
+		require.Equal(t, utc("2026-10-25T02:00:00Z"), fall[180]) // 03:00 CET: the second 02:xx is skipped
+	})
+	t.Run("NewYork", func(t *testing.T) {
+		// 2026-03-08: 02:00 EST becomes 03:00 EDT (07:00 UTC).
+		require.Equal(t, []time.Time{utc("2026-03-08T07:00:00Z"), utc("2026-03-09T06:15:00Z")},
+			ticks(mustSpec(t, "15 2 * * *", "America/New_York"), utc("2026-03-07T12:00:00Z"), utc("2026-03-09T12:00:00Z")))
+		// 2026-11-01: 02:00 EDT becomes 01:00 EST; 01:30 happens at 05:30 and 06:30 UTC.
+		require.Equal(t, []time.Time{utc("2026-11-01T05:30:00Z"), utc("2026-11-02T06:30:00Z")},
+			ticks(mustSpec(t, "30 1 * * *", "America/New_York"), utc("2026-10-31T12:00:00Z"), utc("2026-11-02T12:00:00Z")))
+		// Asking from inside the second 01:xx does not go back to the first.
+		require.Equal(t, utc("2026-11-02T06:30:00Z"), mustSpec(t, "30 1 * * *", "America/New_York").Next(utc("2026-11-01T06:10:00Z")))
+	})
+}
+
+func TestNext(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, utc("2026-12-02T10:00:30Z"), mustSpec(t, "30 * * * * *", "").Next(utc("2026-12-02T10:00:00Z")), "six fields: seconds first")
+	require.Equal(t, utc("2026-12-02T11:00:00Z"), mustSpec(t, "@hourly", "").Next(utc("2026-12-02T10:20:00Z")))
+	require.Equal(t, utc("2026-12-02T11:00:00Z"), mustSpec(t, "@every 1h", "Europe/Paris").Next(utc("2026-12-02T10:00:00Z")))
+	require.Equal(t, utc("2026-12-02T10:01:30Z"), mustSpec(t, "@every 90s", "").Next(utc("2026-12-02T10:00:00.5Z")))
+	require.True(t, mustSpec(t, "0 0 30 2 *", "").Next(utc("2026-12-02T10:00:00Z")).IsZero(), "30 February never comes")
+}
+
+func TestParseErrors(t *testing.T) {
+	t.Parallel()
+	for expr, want := range map[string]string{
+		"":                   "empty",
+		"61 * * * *":         "minute field \"61\"",
+		"* 24 * * *":         "hour field",
+		"0 0 * * FOO":        "day-of-week field",
+		"0 0 0 * *":          "day-of-month field",
+		"0 0 * 13 *":         "month field",
+		"99 0 0 * * *":       "second field",
+		"* * * *":            "4 fields",
+		"* * * * * * *":      "7 fields",
+		"@fortnightly":       "not a descriptor",
+		"@every soon":        "@every needs a duration",
+		"@every 1500ms":      "whole number of seconds",
+		"TZ=UTC * * * * *":   "timeZone",
+		"CRON_TZ=UTC @daily": "timeZone",
+	} {
+		_, err := cronspec.Parse(expr, time.UTC)
+		require.ErrorContains(t, err, want, expr)
+	}
+	for _, zone := range []string{"Mars/Olympus", "Local", "../etc/passwd", "Europe/Paris\x00"} {
+		_, err := cronspec.LoadZone(zone)
+		require.Error(t, err, zone)
+	}
+}

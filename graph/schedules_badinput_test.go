@@ -1,0 +1,155 @@
+package graph_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+)
+
+// schSnapshot is every schedule and scheduled job of the server, as rows:
+// what a refused request must leave as it was.
+func schSnapshot(t *testing.T, b *schBundle) string {
+	t.Helper()
+	var dump string
+	require.NoError(t, b.s.DB.NewRaw(`SELECT coalesce((SELECT string_agg(row_to_json(s)::text, E'\n' ORDER BY s.id) FROM schedules s), '')
+		|| '|' || (SELECT count(*) FROM jobs)`).Scan(t.Context(), &dump))
+	return dump
+}
+
+// Bad input to the schedule API: BAD_USER_INPUT (or NOT_FOUND, CONFLICT)
+// naming the field and saying why, no SQL in the message, nothing written.
+func TestScheduleBadInput(t *testing.T) {
+	t.Parallel()
+	b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+	existing := b.create(t, map[string]any{"name": "taken", "cronExpression": "0 9 * * MON-FRI", "timeZone": "Europe/Paris",
+		"startAt": "2026-06-02T00:00:00Z", "endAt": "2026-12-31T00:00:00Z"})
+	long := strings.Repeat("x", 101)
+
+	type tc struct {
+		name   string
+		input  map[string]any
+		code   string
+		field  string
+		reason string // a part of the message
+	}
+	cases := []tc{
+		{"UnparsableMinute", map[string]any{"cronExpression": "61 * * * *"}, "BAD_USER_INPUT", "cronExpression", `minute field "61"`},
+		{"UnparsableHour", map[string]any{"cronExpression": "0 25 * * *"}, "BAD_USER_INPUT", "cronExpression", "hour field"},
+		{"UnparsableDayOfWeek", map[string]any{"cronExpression": "0 0 * * FUNDAY"}, "BAD_USER_INPUT", "cronExpression", "day-of-week field"},
+		{"UnparsableSeconds", map[string]any{"cronExpression": "75 0 0 * * *"}, "BAD_USER_INPUT", "cronExpression", "second field"},
+		{"TooFewFields", map[string]any{"cronExpression": "0 0 *"}, "BAD_USER_INPUT", "cronExpression", "3 fields"},
+		{"TooManyFields", map[string]any{"cronExpression": "0 0 0 * * * 2026"}, "BAD_USER_INPUT", "cronExpression", "7 fields"},
+		{"EmptyExpression", map[string]any{"cronExpression": "  "}, "BAD_USER_INPUT", "cronExpression", "empty"},
+		{"LongExpression", map[string]any{"cronExpression": strings.Repeat("1,", 150) + "2 * * * *"}, "BAD_USER_INPUT", "cronExpression", "limit is 200"},
+		{"UnknownDescriptor", map[string]any{"cronExpression": "@fortnightly"}, "BAD_USER_INPUT", "cronExpression", "not a descriptor"},
+		{"SubSecondEvery", map[string]any{"cronExpression": "@every 250ms"}, "BAD_USER_INPUT", "cronExpression", "whole number of seconds"},
+		{"ZoneInExpression", map[string]any{"cronExpression": "CRON_TZ=Asia/Tokyo 0 9 * * *"}, "BAD_USER_INPUT", "cronExpression", "timeZone"},
+		{"NeverFires", map[string]any{"cronExpression": "0 0 30 2 *"}, "BAD_USER_INPUT", "cronExpression", "can never fire"},
+		{"UnknownZone", map[string]any{"timeZone": "Mars/Olympus_Mons"}, "BAD_USER_INPUT", "timeZone", "not an IANA time zone"},
+		{"ServerLocalZone", map[string]any{"timeZone": "Local"}, "BAD_USER_INPUT", "timeZone", "not an IANA time zone"},
+		{"PathAsZone", map[string]any{"timeZone": "../../etc/passwd"}, "BAD_USER_INPUT", "timeZone", "not an IANA time zone"},
+		{"EndBeforeStart", map[string]any{"startAt": "2026-07-01T00:00:00Z", "endAt": "2026-06-15T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "must be after startAt"},
+		{"EndEqualsStart", map[string]any{"startAt": "2026-07-01T00:00:00Z", "endAt": "2026-07-01T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "must be after startAt"},
+		{"EndInThePast", map[string]any{"endAt": "2026-05-01T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "can never fire again"},
+		{"EndBeforeTheNextTick", map[string]any{"cronExpression": "0 0 1 1 *", "endAt": "2026-12-31T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "can never fire again"},
+		{"FirstTickPastYear9999", map[string]any{"cronExpression": "0 0 1 1 *", "startAt": "9999-12-31T23:59:59Z"}, "BAD_USER_INPUT", "cronExpression", "can never fire"},
+		{"NegativeJitter", map[string]any{"jitterSeconds": -1}, "BAD_USER_INPUT", "jitterSeconds", "between 0 and 3600"},
+		{"LongJitter", map[string]any{"jitterSeconds": 3601}, "BAD_USER_INPUT", "jitterSeconds", "between 0 and 3600"},
+		{"ShortWindow", map[string]any{"catchupWindowSeconds": 9}, "BAD_USER_INPUT", "catchupWindowSeconds", "between 10 and 2592000"},
+		{"LongWindow", map[string]any{"catchupWindowSeconds": 2592001}, "BAD_USER_INPUT", "catchupWindowSeconds", "between 10 and 2592000"},
+		{"Priority", map[string]any{"priority": 1001}, "BAD_USER_INPUT", "priority", "between -1000 and 1000"},
+		{"MaxAttempts", map[string]any{"maxAttempts": 0}, "BAD_USER_INPUT", "maxAttempts", "between 1 and 100"},
+		{"Capability", map[string]any{"requiredCapabilities": []any{"no spaces"}}, "BAD_USER_INPUT", "requiredCapabilities", "capability"},
+		{"BigInput", map[string]any{"input": badJSONOfSize(64<<10 + 1)}, "BAD_USER_INPUT", "input", "limit is"},
+		{"EmptyName", map[string]any{"name": " "}, "BAD_USER_INPUT", "name", "must not be empty"},
+		{"LongName", map[string]any{"name": long}, "BAD_USER_INPUT", "name", "at most 100"},
+		{"DuplicateName", map[string]any{"name": "TAKEN"}, "CONFLICT", "name", "already has a schedule"},
+		{"NoSuchVersion", map[string]any{"version": 7}, "BAD_USER_INPUT", "version", "no version 7"},
+		{"NoSuchWorkflow", map[string]any{"workflowId": uuid.NewString()}, "NOT_FOUND", "workflowId", "workflow not found"},
+		{"NoSuchRobot", map[string]any{"robotId": uuid.NewString()}, "NOT_FOUND", "robotId", "robot not found"},
+		{"NoteWithoutPause", map[string]any{"pauseNote": "why"}, "BAD_USER_INPUT", "pauseNote", "paused"},
+		{"LongNote", map[string]any{"paused": true, "pauseNote": strings.Repeat("n", 501)}, "BAD_USER_INPUT", "note", "at most 500"},
+	}
+	before := schSnapshot(t, b)
+	for _, c := range cases {
+		t.Run("Create"+c.name, func(t *testing.T) {
+			in := map[string]any{"name": "new", "workflowId": b.workflow, "cronExpression": "*/5 * * * *"}
+			for k, v := range c.input {
+				in[k] = v
+			}
+			e := b.s.Do(t, b.user.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { id } }`, map[string]any{"in": in}).Code(t, c.code)
+			require.Equal(t, c.field, e.Extensions["field"], "%s", e.Message)
+			require.Contains(t, e.Message, c.reason)
+			require.NotContains(t, strings.ToLower(e.Message), "sql")
+			require.NotContains(t, e.Message, "schedules_")
+			require.Equal(t, before, schSnapshot(t, b), "nothing written")
+		})
+		switch c.name {
+		case "DuplicateName", "NoteWithoutPause", "LongNote", "NoSuchWorkflow":
+			continue // not fields of UpdateScheduleInput, or the schedule's own name
+		case "EndInThePast", "FirstTickPastYear9999":
+			continue // against the stored start or end, another field is wrong first
+		}
+		t.Run("Update"+c.name, func(t *testing.T) {
+			e := b.s.Do(t, b.user.Token, `mutation($id: ID!, $in: UpdateScheduleInput!) { updateSchedule(id: $id, input: $in) { id } }`,
+				map[string]any{"id": existing.ID, "in": c.input}).Code(t, c.code)
+			require.Equal(t, c.field, e.Extensions["field"], "%s", e.Message)
+			require.Contains(t, e.Message, c.reason)
+			require.Equal(t, before, schSnapshot(t, b), "nothing written")
+		})
+	}
+
+	t.Run("UpdateCombinesWithTheStoredSettings", func(t *testing.T) {
+		// The stored start is 2026-06-02: an end before it is refused.
+		e := b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {endAt: "2026-06-01T12:00:00Z"}) { id } }`,
+			map[string]any{"id": existing.ID}).Code(t, "BAD_USER_INPUT")
+		require.Equal(t, "endAt", e.Extensions["field"])
+		e = b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {unset: [START_AT], endAt: "2026-06-01T12:00:00Z"}) { id } }`,
+			map[string]any{"id": existing.ID}).Code(t, "BAD_USER_INPUT")
+		require.Contains(t, e.Message, "can never fire again", "09:00 Paris on a weekday does not come before 12:00 UTC today")
+		require.Equal(t, before, schSnapshot(t, b))
+	})
+	t.Run("ListAndFieldArguments", func(t *testing.T) {
+		for q, field := range map[string]string{
+			`{ schedules(first: -1) { totalCount } }`:                                                        "first",
+			`{ schedules(after: "bm90LWEtY3Vyc29y") { totalCount } }`:                                        "after",
+			`{ schedules(filter: {nameContains: "` + long + `"}) { totalCount } }`:                           "filter.nameContains",
+			`query($id: ID!) { schedule(id: $id) { nextRuns(count: 101) } }`:                                 "count",
+			`query($id: ID!) { schedule(id: $id) { nextRuns(count: -1) } }`:                                  "count",
+			`query($id: ID!) { schedule(id: $id) { recentJobs(first: -1) { id } } }`:                         "first",
+			`mutation($id: ID!) { pauseSchedule(id: $id, note: "` + strings.Repeat("n", 501) + `") { id } }`: "note",
+		} {
+			e := b.s.Do(t, b.user.Token, q, map[string]any{"id": existing.ID}).Code(t, "BAD_USER_INPUT")
+			require.Equal(t, field, e.Extensions["field"], "%s: %s", q, e.Message)
+		}
+		require.Equal(t, before, schSnapshot(t, b))
+	})
+	t.Run("NotFound", func(t *testing.T) {
+		for _, q := range []string{
+			`mutation($id: ID!) { updateSchedule(id: $id, input: {priority: 1}) { id } }`,
+			`mutation($id: ID!) { pauseSchedule(id: $id) { id } }`,
+			`mutation($id: ID!) { resumeSchedule(id: $id) { id } }`,
+			`mutation($id: ID!) { deleteSchedule(id: $id) }`,
+			`mutation($id: ID!) { triggerSchedule(id: $id) { id } }`,
+		} {
+			b.s.Do(t, b.user.Token, q, map[string]any{"id": uuid.NewString()}).Code(t, "NOT_FOUND")
+		}
+		var out struct{ Schedule *struct{ ID string } }
+		isoDo(t, b.s, b.user.Token, `query($id: ID!) { schedule(id: $id) { id } }`, map[string]any{"id": uuid.NewString()}, &out)
+		require.Nil(t, out.Schedule)
+		require.Equal(t, before, schSnapshot(t, b))
+	})
+	t.Run("EdgesAreAccepted", func(t *testing.T) {
+		sch := b.create(t, map[string]any{"name": strings.Repeat("é", 100), "cronExpression": "0 0 1 1 *", "jitterSeconds": 3600,
+			"catchupWindowSeconds": 10, "priority": -1000, "maxAttempts": 100, "timeZone": "Pacific/Kiritimati",
+			"startAt": "9998-06-01T00:00:00Z", "endAt": "9999-12-31T23:59:59.999999Z", "input": badJSONOfSize(64 << 10)})
+		require.Equal(t, []time.Time{utcTime("9998-12-31T10:00:00Z"), utcTime("9999-12-31T10:00:00Z")}, sch.NextRuns, "and no tick in year 10000")
+		var upd struct{ UpdateSchedule schSchedule }
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {cronExpression: "@every 8784h", unset: [START_AT, END_AT], catchupWindowSeconds: 2592000}) { `+schFields+` } }`,
+			map[string]any{"id": sch.ID}, &upd)
+		require.Len(t, upd.UpdateSchedule.NextRuns, 3)
+	})
+}

@@ -1,0 +1,490 @@
+package graph_test
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+	"fleetgraph/app"
+	"fleetgraph/auth"
+	"fleetgraph/db"
+	"fleetgraph/maintenance"
+)
+
+// The scheduler's tests step the maintenance runner through simulated days
+// with a manual clock: no test waits for a tick.
+
+// schBundle is a server whose maintenance runner the test steps, a user of
+// its tenant, and a workflow to schedule.
+type schBundle struct {
+	s        *apitest.Server
+	clock    *maintenance.ManualClock
+	user     apitest.User
+	workflow string
+}
+
+func schSetup(t *testing.T, start time.Time) *schBundle {
+	t.Helper()
+	clock := maintenance.NewManualClock(start)
+	s := apitest.New(t, apitest.Options{Clock: clock})
+	user := s.NewUser(t, uuid.New())
+	return &schBundle{s: s, clock: clock, user: user, workflow: rbCreateWorkflow(t, s, user.Token, "nightly")}
+}
+
+// schSchedule is a schedule as the API shows it.
+type schSchedule struct {
+	ID, Name, CronExpression, TimeZone, OverlapPolicy, CreatedBy string
+	Paused                                                       bool
+	PauseNote, PausedBy                                          *string
+	NextRuns                                                     []time.Time
+	LastFiredAt, BufferedTickAt, LastMissedAt, LastSkippedAt     *time.Time
+	MissedTicks, SkippedTicks                                    int
+	LastError                                                    *string
+	RecentJobs                                                   []schJob
+}
+
+type schJob struct {
+	ID, Status, CreatedBy string
+	ScheduleID            *string
+	ScheduledFor          *time.Time
+	RunAfter              time.Time
+}
+
+const schFields = `id name cronExpression timeZone overlapPolicy createdBy paused pauseNote pausedBy nextRuns(count: 3)
+	lastFiredAt bufferedTickAt lastMissedAt lastSkippedAt missedTicks skippedTicks lastError
+	recentJobs(first: 100) { id status createdBy scheduleId scheduledFor runAfter }`
+
+// create makes a schedule of the bundle's workflow from input's fields.
+func (b *schBundle) create(t *testing.T, input map[string]any) schSchedule {
+	t.Helper()
+	in := map[string]any{"name": "s-" + uuid.NewString()[:8], "workflowId": b.workflow}
+	for k, v := range input {
+		in[k] = v
+	}
+	var out struct{ CreateSchedule schSchedule }
+	isoDo(t, b.s, b.user.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { `+schFields+` } }`, map[string]any{"in": in}, &out)
+	return out.CreateSchedule
+}
+
+func (b *schBundle) get(t *testing.T, id string) schSchedule {
+	t.Helper()
+	var out struct{ Schedule *schSchedule }
+	isoDo(t, b.s, b.user.Token, `query($id: ID!) { schedule(id: $id) { `+schFields+` } }`, map[string]any{"id": id}, &out)
+	require.NotNil(t, out.Schedule)
+	return *out.Schedule
+}
+
+// step runs the maintenance runner once, at the clock's time.
+func (b *schBundle) step(t *testing.T) {
+	t.Helper()
+	leading, err := b.s.App.Maintenance.Step(t.Context())
+	require.NoError(t, err)
+	require.True(t, leading)
+}
+
+// advance moves the clock by d and steps the runner.
+func (b *schBundle) advance(t *testing.T, d time.Duration) {
+	t.Helper()
+	b.clock.Advance(d)
+	b.step(t)
+}
+
+// ticks returns the scheduledFor of every job of the schedule, in order,
+// straight from the database, with how many jobs each tick has.
+func schTicks(t *testing.T, s *apitest.Server, scheduleID string) ([]time.Time, map[time.Time]int) {
+	t.Helper()
+	var rows []time.Time
+	require.NoError(t, s.DB.NewRaw("SELECT scheduled_for FROM jobs WHERE schedule_id = ? ORDER BY scheduled_for", scheduleID).Scan(t.Context(), &rows))
+	per := map[time.Time]int{}
+	for i, r := range rows {
+		rows[i] = r.UTC()
+		per[rows[i]]++
+	}
+	return rows, per
+}
+
+// everyMinute lists the minutes in (from, to].
+func everyMinute(from, to time.Time) []time.Time {
+	var out []time.Time
+	for m := from.Truncate(time.Minute).Add(time.Minute); !m.After(to); m = m.Add(time.Minute) {
+		out = append(out, m)
+	}
+	return out
+}
+
+func utcTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		panic(err)
+	}
+	return t.UTC()
+}
+
+func TestScheduler(t *testing.T) {
+	t.Parallel()
+
+	t.Run("EveryMinuteForAWeekOneJobPerTick", func(t *testing.T) {
+		t.Parallel()
+		start := utcTime("2026-06-01T00:00:30Z")
+		b := schSetup(t, start)
+		sch := b.create(t, map[string]any{"cronExpression": "* * * * *"})
+		require.Equal(t, []time.Time{utcTime("2026-06-01T00:01:00Z"), utcTime("2026-06-01T00:02:00Z"), utcTime("2026-06-01T00:03:00Z")}, sch.NextRuns)
+		// The runner steps at uneven intervals, from a second to 45
+		// minutes (within the default catch-up window of an hour).
+		end := start.Add(7 * 24 * time.Hour)
+		rng := rand.New(rand.NewPCG(9, 9))
+		for b.clock.Now().Before(end) {
+			d := time.Second + time.Duration(rng.Int64N(int64(45*time.Minute)))
+			next := b.clock.Now().Add(d)
+			if next.After(end) {
+				next = end
+			}
+			b.clock.Set(next)
+			b.step(t)
+		}
+		b.step(t) // a second round at the same time fires nothing more
+		ticks, per := schTicks(t, b.s, sch.ID)
+		want := everyMinute(start, end)
+		require.Equal(t, 7*24*60, len(want))
+		require.Equal(t, len(want), len(ticks), "one job per tick")
+		require.Equal(t, want, ticks)
+		require.Equal(t, len(want), len(per))
+		var actors []string
+		require.NoError(t, b.s.DB.NewRaw("SELECT DISTINCT created_by FROM jobs WHERE schedule_id = ?", sch.ID).Scan(t.Context(), &actors))
+		require.Equal(t, []string{"system:scheduler"}, actors, "the scheduler enqueues as system:scheduler")
+		got := b.get(t, sch.ID)
+		require.Zero(t, got.MissedTicks)
+		require.Equal(t, end.Truncate(time.Minute), got.LastFiredAt.UTC())
+		require.Len(t, got.RecentJobs, 100)
+		require.Equal(t, "system:scheduler", got.RecentJobs[0].CreatedBy)
+		require.Equal(t, sch.ID, *got.RecentJobs[0].ScheduleID)
+		require.Equal(t, end.Truncate(time.Minute), got.RecentJobs[0].ScheduledFor.UTC(), "newest tick first")
+	})
+
+	t.Run("DaylightSaving", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name, zone, expr, from, to string
+			day                        string // the transition day
+			want                       []string
+		}{
+			// 02:30 does not exist on 29 March in Paris: once, at 03:00 CEST.
+			{"ParisSpring", "Europe/Paris", "30 2 * * *", "2026-03-27T12:00:00Z", "2026-03-31T12:00:00Z", "2026-03-29",
+				[]string{"2026-03-28T01:30:00Z", "2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z", "2026-03-31T00:30:00Z"}},
+			// 02:30 happens twice on 25 October in Paris: once, the first time.
+			{"ParisFall", "Europe/Paris", "30 2 * * *", "2026-10-23T12:00:00Z", "2026-10-27T12:00:00Z", "2026-10-25",
+				[]string{"2026-10-24T00:30:00Z", "2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z", "2026-10-27T01:30:00Z"}},
+			// 02:15 does not exist on 8 March in New York: once, at 03:00 EDT.
+			{"NewYorkSpring", "America/New_York", "15 2 * * *", "2026-03-06T12:00:00Z", "2026-03-09T12:00:00Z", "2026-03-08",
+				[]string{"2026-03-07T07:15:00Z", "2026-03-08T07:00:00Z", "2026-03-09T06:15:00Z"}},
+			// 01:30 happens twice on 1 November in New York: once, at 01:30 EDT.
+			{"NewYorkFall", "America/New_York", "30 1 * * *", "2026-10-30T12:00:00Z", "2026-11-02T12:00:00Z", "2026-11-01",
+				[]string{"2026-10-31T05:30:00Z", "2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				b := schSetup(t, utcTime(tc.from))
+				sch := b.create(t, map[string]any{"cronExpression": tc.expr, "timeZone": tc.zone})
+				// The same day again, every minute: the count of jobs is the
+				// count of the local day's distinct instants.
+				minutely := b.create(t, map[string]any{"cronExpression": "* * * * *", "timeZone": tc.zone})
+				for b.clock.Now().Before(utcTime(tc.to)) {
+					b.advance(t, 20*time.Minute)
+				}
+				ticks, _ := schTicks(t, b.s, sch.ID)
+				var want []time.Time
+				for _, w := range tc.want {
+					want = append(want, utcTime(w))
+				}
+				require.Equal(t, want, ticks)
+
+				loc, err := time.LoadLocation(tc.zone)
+				require.NoError(t, err)
+				day, err := time.ParseInLocation(time.DateOnly, tc.day, loc)
+				require.NoError(t, err)
+				next := time.Date(day.Year(), day.Month(), day.Day()+1, 0, 0, 0, 0, loc)
+				var n int
+				require.NoError(t, b.s.DB.NewRaw("SELECT count(*) FROM jobs WHERE schedule_id = ? AND scheduled_for >= ? AND scheduled_for < ?",
+					minutely.ID, day, next).Scan(t.Context(), &n))
+				hours := int(next.Sub(day).Hours()) // 23 on spring days, 25 on fall days
+				require.Contains(t, []int{23, 25}, hours)
+				require.Equal(t, min(hours, 24)*60, n, "a skipped hour's minutes fire once at the jump; a repeated hour fires once")
+			})
+		}
+	})
+
+	t.Run("PauseAndResume", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *"})
+		b.advance(t, 10*time.Minute)
+		var out struct{ PauseSchedule schSchedule }
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { pauseSchedule(id: $id, note: "month-end freeze") { `+schFields+` } }`, map[string]any{"id": sch.ID}, &out)
+		require.True(t, out.PauseSchedule.Paused)
+		require.Equal(t, "month-end freeze", *out.PauseSchedule.PauseNote)
+		require.Equal(t, "user:"+b.user.ID.String(), *out.PauseSchedule.PausedBy)
+		require.Empty(t, out.PauseSchedule.NextRuns)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { pauseSchedule(id: $id) { id } }`, map[string]any{"id": sch.ID}).Code(t, "CONFLICT")
+		for range 12 {
+			b.advance(t, 10*time.Minute)
+		}
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:10:00Z")}, ticks, "no job while paused")
+
+		var res struct{ ResumeSchedule schSchedule }
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { resumeSchedule(id: $id) { `+schFields+` } }`, map[string]any{"id": sch.ID}, &res)
+		require.False(t, res.ResumeSchedule.Paused)
+		require.Nil(t, res.ResumeSchedule.PauseNote)
+		require.Equal(t, utcTime("2026-06-01T12:20:00Z"), res.ResumeSchedule.NextRuns[0])
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { resumeSchedule(id: $id) { id } }`, map[string]any{"id": sch.ID}).Code(t, "CONFLICT")
+		b.advance(t, 10*time.Minute)
+		b.advance(t, 10*time.Minute)
+		ticks, _ = schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:10:00Z"), utcTime("2026-06-01T12:20:00Z"), utcTime("2026-06-01T12:30:00Z")}, ticks,
+			"the paused ticks are not caught up")
+		got := b.get(t, sch.ID)
+		require.Zero(t, got.MissedTicks)
+		require.Zero(t, got.SkippedTicks)
+	})
+
+	t.Run("TriggerRunsNow", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		sch := b.create(t, map[string]any{"cronExpression": "@daily", "overlapPolicy": "SKIP", "paused": true})
+		var out struct{ TriggerSchedule schJob }
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { triggerSchedule(id: $id) { id status createdBy scheduleId scheduledFor runAfter } }`,
+			map[string]any{"id": sch.ID}, &out)
+		require.Equal(t, "QUEUED", out.TriggerSchedule.Status)
+		require.Equal(t, "user:"+b.user.ID.String(), out.TriggerSchedule.CreatedBy)
+		require.Equal(t, sch.ID, *out.TriggerSchedule.ScheduleID)
+		require.Equal(t, b.clock.Now(), out.TriggerSchedule.ScheduledFor.UTC())
+		require.Equal(t, b.clock.Now(), b.get(t, sch.ID).LastFiredAt.UTC())
+	})
+
+	t.Run("UpdateRestartsTicksAndDeleteKeepsTheJobs", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *"})
+		b.advance(t, 10*time.Minute)
+		var upd struct{ UpdateSchedule schSchedule }
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {cronExpression: "0 9 * * *", timeZone: "Asia/Tokyo", name: "tokyo"}) { `+schFields+` } }`,
+			map[string]any{"id": sch.ID}, &upd)
+		require.Equal(t, "tokyo", upd.UpdateSchedule.Name)
+		require.Equal(t, []time.Time{utcTime("2026-06-02T00:00:00Z"), utcTime("2026-06-03T00:00:00Z"), utcTime("2026-06-04T00:00:00Z")},
+			upd.UpdateSchedule.NextRuns, "09:00 in Tokyo is midnight UTC")
+		b.advance(t, 10*time.Minute)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Len(t, ticks, 1, "the old expression no longer fires")
+
+		var del struct{ DeleteSchedule string }
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { deleteSchedule(id: $id) }`, map[string]any{"id": sch.ID}, &del)
+		require.Equal(t, sch.ID, del.DeleteSchedule)
+		var kept []struct {
+			ScheduleID   *string   `bun:"schedule_id"`
+			ScheduledFor time.Time `bun:"scheduled_for"`
+		}
+		require.NoError(t, b.s.DB.NewRaw("SELECT schedule_id, scheduled_for FROM jobs").Scan(t.Context(), &kept))
+		require.Len(t, kept, 1)
+		require.Nil(t, kept[0].ScheduleID, "the job stays, without its schedule")
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { deleteSchedule(id: $id) }`, map[string]any{"id": sch.ID}).Code(t, "NOT_FOUND")
+	})
+
+	t.Run("AJobThatCannotBeEnqueuedIsRecordedAndTheScheduleGoesOn", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		robot := rbCreateRobot(t, b.s, b.user.Token, map[string]any{"name": "only-this-one"})
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *", "robotId": robot.ID})
+		b.advance(t, 10*time.Minute)
+		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": robot.ID}, nil)
+		b.advance(t, 10*time.Minute)
+		b.advance(t, 10*time.Minute)
+		got := b.get(t, sch.ID)
+		require.NotNil(t, got.LastError)
+		require.Contains(t, *got.LastError, "robot not found")
+		require.Contains(t, *got.LastError, "2026-06-01T10:30:00Z")
+		require.Equal(t, utcTime("2026-06-01T10:40:00Z"), got.NextRuns[0], "the ticks go on")
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:10:00Z")}, ticks)
+	})
+
+	t.Run("JitterDelaysEachJobWithinItsBound", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		sch := b.create(t, map[string]any{"cronExpression": "* * * * *", "jitterSeconds": 30})
+		b.advance(t, 50*time.Minute)
+		got := b.get(t, sch.ID)
+		require.Len(t, got.RecentJobs, 50)
+		delays := map[time.Duration]bool{}
+		for _, j := range got.RecentJobs {
+			d := j.RunAfter.Sub(*j.ScheduledFor)
+			require.True(t, d >= 0 && d <= 30*time.Second, "delay %s", d)
+			delays[d] = true
+		}
+		require.Greater(t, len(delays), 5, "the delays are spread")
+	})
+}
+
+// TestSchedulerCatchUp takes the server down for three hours (the clock
+// moves, nothing steps) and checks what each overlap policy fires when it
+// is back: a schedule every 10 minutes with a one-hour catch-up window.
+func TestSchedulerCatchUp(t *testing.T) {
+	t.Parallel()
+	start := utcTime("2026-06-01T10:00:05Z")
+	// After the outage it is 13:10:05: the ticks 10:20 to 12:10 (12) are
+	// older than the window, 12:20 to 13:10 (6) within it.
+	within := []time.Time{}
+	for m := utcTime("2026-06-01T12:20:00Z"); !m.After(utcTime("2026-06-01T13:10:00Z")); m = m.Add(10 * time.Minute) {
+		within = append(within, m)
+	}
+	first := utcTime("2026-06-01T10:10:00Z")
+
+	setup := func(t *testing.T, policy string, finishFirst bool) (*schBundle, schSchedule) {
+		b := schSetup(t, start)
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *", "overlapPolicy": policy, "catchupWindowSeconds": 3600})
+		b.advance(t, 10*time.Minute) // 10:10 fires before the outage
+		got := b.get(t, sch.ID)
+		require.Len(t, got.RecentJobs, 1)
+		if finishFirst {
+			isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": got.RecentJobs[0].ID}, nil)
+		}
+		b.advance(t, 3*time.Hour)
+		return b, sch
+	}
+
+	t.Run("Allow", func(t *testing.T) {
+		t.Parallel()
+		b, sch := setup(t, "ALLOW", false)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, append([]time.Time{first}, within...), ticks, "every tick within the window fires once")
+		got := b.get(t, sch.ID)
+		require.Equal(t, 12, got.MissedTicks)
+		require.Equal(t, utcTime("2026-06-01T12:10:00Z"), got.LastMissedAt.UTC())
+		require.Zero(t, got.SkippedTicks)
+	})
+	t.Run("SkipAfterThePreviousJobFinished", func(t *testing.T) {
+		t.Parallel()
+		b, sch := setup(t, "SKIP", true)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{first, within[len(within)-1]}, ticks, "SKIP fires once in all: the latest tick")
+		got := b.get(t, sch.ID)
+		require.Equal(t, 12, got.MissedTicks)
+		require.Equal(t, len(within)-1, got.SkippedTicks)
+		// Its job is live: the next tick is skipped.
+		b.advance(t, 10*time.Minute)
+		ticks, _ = schTicks(t, b.s, sch.ID)
+		require.Len(t, ticks, 2)
+		require.Equal(t, len(within), b.get(t, sch.ID).SkippedTicks)
+	})
+	t.Run("SkipWhileThePreviousJobIsLive", func(t *testing.T) {
+		t.Parallel()
+		b, sch := setup(t, "SKIP", false)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{first}, ticks)
+		require.Equal(t, len(within), b.get(t, sch.ID).SkippedTicks)
+	})
+	t.Run("BufferOne", func(t *testing.T) {
+		t.Parallel()
+		b, sch := setup(t, "BUFFER_ONE", true)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{first, within[0]}, ticks, "the first tick within the window fires")
+		got := b.get(t, sch.ID)
+		require.Equal(t, within[1], got.BufferedTickAt.UTC(), "the next is held back")
+		require.Equal(t, len(within)-2, got.SkippedTicks, "the rest are skipped")
+		require.Equal(t, 12, got.MissedTicks)
+
+		// A robot runs the 12:20 job; the held-back tick waits for it.
+		_, key := rbRobotWithKey(t, b.s, b.user.Token, map[string]any{"name": "worker"})
+		lease := rbMustClaim(t, b.s, key, got.RecentJobs[0].ID)
+		rbStart(t, b.s, key, lease)
+		b.advance(t, time.Second)
+		ticks, _ = schTicks(t, b.s, sch.ID)
+		require.Len(t, ticks, 2, "nothing fires while the previous job runs")
+		isoDo(t, b.s, key, `mutation($j: ID!, $l: ID!) { completeJob(jobId: $j, leaseToken: $l) { id } }`, lease.rbVars(nil), nil)
+		b.advance(t, time.Second)
+		ticks, _ = schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{first, within[0], within[1]}, ticks, "the held-back tick fires when the previous job finishes")
+		require.Nil(t, b.get(t, sch.ID).BufferedTickAt)
+	})
+}
+
+// TestSchedulerFailover runs two replicas on one database, each with its
+// maintenance runner and scheduler, through two hours of minutes: the
+// leader dies in the middle, and at some ticks both replicas run the
+// scheduler's round at once (a leader that lost its lock mid-round while the
+// new one starts). Every schedule still has exactly one job per tick.
+func TestSchedulerFailover(t *testing.T) {
+	t.Parallel()
+	start := utcTime("2026-06-01T10:00:05Z")
+	b := schSetup(t, start)
+	other, err := db.Open(t.Context(), b.s.DB.DSN)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = other.Close() })
+	replica, err := app.New(app.Config{DB: other, DSN: b.s.DB.DSN, JWT: b.s.JWT, Logger: slog.New(slog.DiscardHandler), Clock: b.clock})
+	require.NoError(t, err)
+
+	var ids []string
+	for range 5 {
+		ids = append(ids, b.create(t, map[string]any{"cronExpression": "* * * * *"}).ID)
+	}
+	first, second := b.s.App.Maintenance, replica.Maintenance
+	ctx := t.Context()
+	step := func(r *maintenance.Runner) bool {
+		leading, err := r.Step(ctx)
+		require.NoError(t, err)
+		return leading
+	}
+	require.True(t, step(first))
+	require.False(t, step(second))
+	for minute := 1; minute <= 120; minute++ {
+		b.clock.Advance(time.Minute)
+		switch {
+		case minute == 40:
+			// The leader's session dies; the other replica takes over.
+			var pid int
+			require.NoError(t, other.NewRaw(`SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+				AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(ctx, &pid))
+			_, err := other.ExecContext(ctx, "SELECT pg_terminate_backend(?)", pid)
+			require.NoError(t, err)
+			require.Eventually(t, func() bool {
+				leading, err := second.Step(ctx)
+				return err == nil && leading
+			}, 30*time.Second, 10*time.Millisecond)
+			require.False(t, step(first), "the old leader follows")
+		case minute%7 == 0:
+			// Two rounds at once, one per replica, for the same instant.
+			var wg sync.WaitGroup
+			for _, pool := range []*db.Schedules{b.s.App.Resolver.ScheduleStore, replica.Resolver.ScheduleStore} {
+				bdb := b.s.DB.DB
+				if pool == replica.Resolver.ScheduleStore {
+					bdb = other
+				}
+				wg.Go(func() {
+					ctx := auth.WithPrincipal(context.WithoutCancel(ctx), auth.SystemPrincipal(db.SchedulerTask))
+					_, err := pool.Fire(ctx, bdb, b.clock.Now())
+					require.NoError(t, err)
+				})
+			}
+			wg.Wait()
+		default:
+			step(first)
+			step(second)
+		}
+	}
+	step(first)
+	step(second)
+	want := everyMinute(start, b.clock.Now())
+	require.Len(t, want, 120)
+	for _, id := range ids {
+		ticks, per := schTicks(t, b.s, id)
+		require.Equal(t, len(want), len(ticks), "one job per tick")
+		require.Equal(t, want, ticks)
+		require.Len(t, per, len(want))
+	}
+}
