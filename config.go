@@ -42,8 +42,11 @@ func newSettings(name, summary string, out io.Writer, env func(string) string) *
 	s := &settings{fs: flag.NewFlagSet(name, flag.ContinueOnError), env: env}
 	s.fs.SetOutput(out)
 	s.fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: fleetgraph %s\n\n%s\n\nFlags (each overrides its environment variable):\n", name, summary)
-		s.fs.PrintDefaults()
+		fmt.Fprintf(out, "Usage: fleetgraph %s\n\n%s\n", name, summary)
+		if len(s.list) > 0 {
+			fmt.Fprintf(out, "\nFlags (each overrides its environment variable):\n")
+			s.fs.PrintDefaults()
+		}
 	}
 	return s
 }
@@ -155,8 +158,10 @@ func (st *setting) Int(lo, hi int) (int, error) {
 
 // config is the server's configuration.
 type config struct {
-	listenAddr     string
-	databaseURL    string
+	listenAddr  string
+	databaseURL string
+	// dbConnectWait is how long to retry a DATABASE_URL that is not reachable yet.
+	dbConnectWait  time.Duration
 	dataDir        string
 	jwtSecret      string
 	jwtAudience    string
@@ -190,19 +195,21 @@ func (c *config) devDefault(b *bool) bool {
 
 // configSettings declares the settings shared by the subcommands that need them.
 type configSettings struct {
-	listen, databaseURL, dataDir, jwtSecret, jwtAudience, jwtIssuer *setting
-	origins, playground, introspection, autoMigrate, logLevel       *setting
-	logFormat                                                       *setting
-	jobLease, jobProgress, offlineAfter                             *setting
-	logRetention, logPartitionsAhead                                *setting
-	subsPerConnection, subsPerPrincipal                             *setting
-	metricsAddr                                                     *setting
+	listen, databaseURL, dbConnectWait, dataDir, jwtSecret    *setting
+	jwtAudience, jwtIssuer                                    *setting
+	origins, playground, introspection, autoMigrate, logLevel *setting
+	logFormat                                                 *setting
+	jobLease, jobProgress, offlineAfter                       *setting
+	logRetention, logPartitionsAhead                          *setting
+	subsPerConnection, subsPerPrincipal                       *setting
+	metricsAddr                                               *setting
 }
 
 func declareServe(s *settings) *configSettings {
 	return &configSettings{
 		listen:        s.add("LISTEN_ADDR", "listen", ":8080", "address to serve HTTP on"),
 		databaseURL:   s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset runs a private PostgreSQL in DATA_DIR"),
+		dbConnectWait: addConnectTimeout(s),
 		dataDir:       s.add("DATA_DIR", "data-dir", ".data", "folder for the private PostgreSQL and the generated JWT secret"),
 		jwtSecret:     s.add("JWT_SECRET", "jwt-secret", "", "HS256 secret for tokens (at least 32 bytes); required with DATABASE_URL"),
 		jwtAudience:   s.add("JWT_AUDIENCE", "jwt-audience", "authenticated", "required aud claim"),
@@ -221,12 +228,19 @@ func declareServe(s *settings) *configSettings {
 		subsPerConnection: s.add("MAX_SUBSCRIPTIONS_PER_CONNECTION", "max-subscriptions-per-connection", strconv.Itoa(live.DefaultLimits.PerConnection),
 			"subscriptions one websocket may hold at once; more are refused with RATE_LIMITED"),
 		subsPerPrincipal: s.add("MAX_SUBSCRIPTIONS_PER_PRINCIPAL", "max-subscriptions-per-principal", strconv.Itoa(live.DefaultLimits.PerPrincipal),
-			"subscriptions and SSE streams one caller (user, robot, service) may hold at once across its connections to this process"),
+			"subscriptions and SSE or multipart streams one caller (user, robot, service) may hold at once across its connections to this process"),
 		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 		metricsAddr: s.add("METRICS_ADDR", "metrics-addr", "",
 			"address to serve Prometheus /metrics on, apart from the API, or off (default: "+defaultMetricsAddr+" with the private database, else off)"),
 	}
+}
+
+// addConnectTimeout declares DATABASE_CONNECT_TIMEOUT, which serve and
+// migrate share.
+func addConnectTimeout(s *settings) *setting {
+	return s.add("DATABASE_CONNECT_TIMEOUT", "database-connect-timeout", "60",
+		"seconds to keep retrying a DATABASE_URL that is not reachable yet (containers start in any order); 0 tries once")
 }
 
 // defaultMetricsAddr is where the embedded mode serves /metrics: loopback
@@ -243,6 +257,10 @@ func (cs *configSettings) resolve() (*config, error) {
 		jwtAudience: cs.jwtAudience.String(),
 		jwtIssuer:   cs.jwtIssuer.String(),
 		logFormat:   cs.logFormat.String(),
+	}
+	var err error
+	if c.dbConnectWait, err = cs.dbConnectWait.Seconds(0, 3600); err != nil {
+		return nil, err
 	}
 	if _, _, err := net.SplitHostPort(c.listenAddr); err != nil {
 		return nil, usageError("%s must be host:port or :port, not %q", cs.listen.name(), c.listenAddr)
@@ -264,7 +282,6 @@ func (cs *configSettings) resolve() (*config, error) {
 			c.allowedOrigins = append(c.allowedOrigins, o)
 		}
 	}
-	var err error
 	if c.playground, err = cs.playground.Bool(); err != nil {
 		return nil, err
 	}

@@ -62,6 +62,7 @@ Usage:
   fleetgraph verify [--json]          check the installation: settings, database, triggers, change feed
   fleetgraph robots list|create       list or register a tenant's robots
   fleetgraph keys create|list|revoke  manage robots' API keys (the raw key is printed once)
+  fleetgraph help [command]           print this, or a command's help
 
 Run 'fleetgraph <command> --help' for a command's flags and environment variables.
 `
@@ -70,7 +71,16 @@ Run 'fleetgraph <command> --help' for a command's flags and environment variable
 // success, 2 for usage and configuration errors, 1 for everything else.
 func run(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	switch {
+	case len(args) > 0 && isHelpFlag(args[0]):
+		// `fleetgraph --help` asks about the program, not about serve,
+		// although serve is what runs without a command.
+		_, _ = io.WriteString(stdout, usage)
+		return 0
+	case len(args) > 1 && args[0] == "help":
+		// `fleetgraph help serve` is `fleetgraph serve --help`.
+		cmd, args = args[1], []string{"--help"}
+	case len(args) > 0 && !strings.HasPrefix(args[0], "-"):
 		cmd, args = args[0], args[1:]
 	}
 	var err error
@@ -109,6 +119,16 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 	}
 }
 
+// isHelpFlag reports whether arg asks for help, as the flag package
+// understands it.
+func isHelpFlag(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help", "--h":
+		return true
+	}
+	return false
+}
+
 // database is an open database, with the private cluster behind it when
 // DATABASE_URL is unset. The cluster is supervised while the database is
 // open: if this process started it, it is restarted when it dies; if this
@@ -126,7 +146,7 @@ const dbName = "fleetgraph"
 
 func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database, error) {
 	if !cfg.embedded() {
-		bdb, err := db.Open(ctx, cfg.databaseURL)
+		bdb, err := db.OpenWaiting(ctx, cfg.databaseURL, cfg.dbConnectWait, log)
 		if err != nil {
 			return nil, err
 		}
@@ -359,8 +379,8 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(shutdownCtx) }()
-	if err := api.CloseWebsockets(shutdownCtx); err != nil {
-		log.Warn("websockets did not close in time", "error", err)
+	if err := api.CloseStreams(shutdownCtx); err != nil {
+		log.Warn("websockets and streams did not close in time", "error", err)
 	}
 	if err := <-done; err != nil {
 		log.Warn("in-flight requests did not finish in time", "error", err)
@@ -512,6 +532,7 @@ func displayAddr(a net.Addr) string {
 func migrate(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations.", stderr, env)
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
+	connectWait := addConnectTimeout(s)
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
 	logLevel := s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error")
 	logFormat := s.add("LOG_FORMAT", "log-format", "text", "text or json")
@@ -533,7 +554,11 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	if err != nil {
 		return err
 	}
-	cfg := &config{databaseURL: databaseURL.String(), dataDir: dataDir.String()}
+	wait, err := connectWait.Seconds(0, 3600)
+	if err != nil {
+		return err
+	}
+	cfg := &config{databaseURL: databaseURL.String(), dbConnectWait: wait, dataDir: dataDir.String()}
 	if f := logFormat.String(); f != "text" && f != "json" {
 		return usageError("%s must be text or json, not %q", logFormat.name(), f)
 	}

@@ -294,7 +294,8 @@ func TestCommands(t *testing.T) {
 			"-introspection", "[env INTROSPECTION]", "-auto-migrate", "[env AUTO_MIGRATE]",
 			"-log-level", "[env LOG_LEVEL]", "-log-format", "[env LOG_FORMAT]",
 		}},
-		{[]string{"--help"}, []string{"Usage: fleetgraph serve", "-listen", "[env LISTEN_ADDR]"}},
+		{[]string{"help", "serve"}, []string{"Usage: fleetgraph serve", "-listen", "[env LISTEN_ADDR]"}},
+		{[]string{"schema", "--help"}, []string{"Usage: fleetgraph schema", "Prints the GraphQL schema"}},
 		{[]string{"migrate", "--help"}, []string{
 			"Usage: fleetgraph migrate up|down|status",
 			"-database-url", "[env DATABASE_URL]", "-data-dir", "[env DATA_DIR]", "-log-level", "[env LOG_LEVEL]",
@@ -314,6 +315,35 @@ func TestCommands(t *testing.T) {
 			}
 		})
 	}
+
+	// The program's help lists the commands, whatever runs by default.
+	for _, arg := range []string{"--help", "-h", "-help"} {
+		t.Run("ProgramHelp"+arg, func(t *testing.T) {
+			t.Parallel()
+			code, stdout, stderr := runCLI(t, baseEnv(t), arg)
+			require.Equal(t, 0, code, stderr)
+			for _, cmd := range []string{"fleetgraph [serve]", "migrate up|down|status", "token", "schema", "--help"} {
+				require.Contains(t, stdout, cmd)
+			}
+			require.NotContains(t, stdout+stderr, "-listen", "serve's flags are serve's help")
+		})
+	}
+
+	// Asking a command for help never runs it: schema --help explains
+	// schema rather than printing the SDL.
+	t.Run("SchemaHelpIsNotTheSchema", func(t *testing.T) {
+		t.Parallel()
+		for _, arg := range []string{"--help", "-h"} {
+			code, stdout, stderr := runCLI(t, baseEnv(t), "schema", arg)
+			require.Equal(t, 0, code, stderr)
+			require.NotContains(t, stdout+stderr, "type Query {")
+			require.Contains(t, stdout+stderr, "Usage: fleetgraph schema")
+		}
+		code, stdout, stderr := runCLI(t, baseEnv(t), "schema", "extra")
+		require.Equal(t, 2, code)
+		require.Empty(t, stdout)
+		require.Contains(t, stderr, "unexpected argument")
+	})
 
 	t.Run("UnknownCommand", func(t *testing.T) {
 		t.Parallel()

@@ -54,8 +54,11 @@ type MachineEvent struct {
 	TenantID  uuid.UUID      `bun:"tenant_id,type:uuid"`
 	EventType string         `bun:"event_type"`
 	Details   map[string]any `bun:"details,type:jsonb"`
-	Actor     string         `bun:"actor"`
-	CreatedAt time.Time      `bun:"created_at,nullzero,default:now()"`
+	// DetailsText is the details as logged when a client sent a string
+	// (Details then reads {"text": DetailsText}); nil for an object.
+	DetailsText *string   `bun:"details_text"`
+	Actor       string    `bun:"actor"`
+	CreatedAt   time.Time `bun:"created_at,nullzero,default:now()"`
 	// OwnerID is the machine's owner, read only by the live path's loads
 	// (EventsByID, EventsSince), which check it against each subscriber.
 	OwnerID uuid.UUID `bun:"owner_id,scanonly"`
@@ -439,9 +442,17 @@ var systemEventTypes = map[string]bool{
 	"created": true, "updated": true, "started": true, "stopped": true, "deployed": true, "deployment_activated": true,
 }
 
+// EventDetails is what a client logs with an event: a JSON object, or
+// (as the API Fleetgraph replaces took it) a text, kept as given.
+type EventDetails struct {
+	Object map[string]any
+	// Text, when set, is the details as a string; Object is then ignored.
+	Text *string
+}
+
 // LogEvent appends a client's event to a machine's log. An `error` event sets
 // the machine to ERROR.
-func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUID, eventType string, details map[string]any) (*MachineEvent, error) {
+func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUID, eventType string, in EventDetails) (*MachineEvent, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
@@ -452,7 +463,7 @@ func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUI
 	if systemEventTypes[eventType] {
 		return nil, fault.Invalid("eventType", "%q is written by the server itself; choose another event type", eventType)
 	}
-	details, err = checkJSONObject("details", details)
+	details, err := checkEventDetails(in)
 	if err != nil {
 		return nil, err
 	}
@@ -469,6 +480,7 @@ func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUI
 				return fmt.Errorf("marking machine as failed: %w", err)
 			}
 		}
+		ev.DetailsText = in.Text
 		return s.logEvent(ctx, tx, sc, m, eventType, details, ev)
 	})
 	if err != nil {
@@ -478,12 +490,12 @@ func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUI
 }
 
 // logEvent writes an event in the caller's transaction; into, when non-nil,
-// receives the stored row.
+// receives the stored row (its DetailsText, when set, is stored with it).
 func (s *Machines) logEvent(ctx context.Context, tx bun.Tx, sc scope, m *Machine, eventType string, details map[string]any, into *MachineEvent) error {
 	if into == nil {
 		into = new(MachineEvent)
 	}
-	*into = MachineEvent{MachineID: m.ID, TenantID: m.TenantID, EventType: eventType, Details: details, Actor: sc.actor}
+	*into = MachineEvent{MachineID: m.ID, TenantID: m.TenantID, EventType: eventType, Details: details, DetailsText: into.DetailsText, Actor: sc.actor}
 	if _, err := tx.NewInsert().Model(into).Returning("*").Exec(ctx); err != nil {
 		return fmt.Errorf("logging machine event %s: %w", eventType, err)
 	}

@@ -71,6 +71,28 @@ func checkJSONObject(field string, v map[string]any) (map[string]any, error) {
 	return v, nil
 }
 
+// checkEventDetails validates an event's details and returns the object to
+// store: the object itself, or {"text": ...} for details given as text,
+// which must be valid UTF-8 without NUL (PostgreSQL's text cannot hold it)
+// and at most MaxJSONBytes.
+func checkEventDetails(in EventDetails) (map[string]any, error) {
+	if in.Text == nil {
+		return checkJSONObject("details", in.Object)
+	}
+	t := *in.Text
+	switch {
+	case len(t) > MaxJSONBytes:
+		return nil, fault.Invalid("details", "details is %d bytes; the limit is %d", len(t), MaxJSONBytes)
+	case !utf8.ValidString(t):
+		return nil, fault.Invalid("details", "details must be valid UTF-8")
+	case strings.ContainsRune(t, 0):
+		return nil, fault.Invalid("details", "details must not contain NUL characters")
+	}
+	// The object holds the text again: a string of up to MaxJSONBytes,
+	// escaped, may exceed MaxJSONBytes as JSON, and needs no second check.
+	return map[string]any{"text": t}, nil
+}
+
 // PostgreSQL's numeric, which jsonb uses for every number, holds at most this
 // many digits before and after the decimal point.
 const (

@@ -48,7 +48,7 @@ func Seed(ctx context.Context, bdb *bun.DB) (robotKey string, err error) {
 		if _, err := machines.Deploy(alice, tx, press1.ID, db.ProtocolInput{Name: "stamping", Version: "1.2.0", Settings: map[string]any{"force_kn": 120}}); err != nil {
 			return err
 		}
-		if _, err := machines.LogEvent(alice, tx, press1.ID, "telemetry", map[string]any{"temperature_c": 41.5}); err != nil {
+		if _, err := machines.LogEvent(alice, tx, press1.ID, "telemetry", db.EventDetails{Object: map[string]any{"temperature_c": 41.5}}); err != nil {
 			return err
 		}
 		press2, err := machines.Create(alice, tx, db.CreateMachineInput{Name: "press-02", Configuration: map[string]any{"site": "Lyon", "line": 2}})
@@ -65,7 +65,7 @@ func Seed(ctx context.Context, bdb *bun.DB) (robotKey string, err error) {
 		if _, err := machines.Start(alice, tx, sorter.ID); err != nil {
 			return err
 		}
-		if _, err := machines.LogEvent(alice, tx, sorter.ID, "error", map[string]any{"message": "belt jammed"}); err != nil {
+		if _, err := machines.LogEvent(alice, tx, sorter.ID, "error", db.EventDetails{Object: map[string]any{"message": "belt jammed"}}); err != nil {
 			return err
 		}
 		if _, err = machines.Create(As(ctx, Bob), tx, db.CreateMachineInput{Name: "bob-lab-1"}); err != nil {

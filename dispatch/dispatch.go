@@ -88,6 +88,9 @@ type Dispatcher struct {
 
 	mu     sync.Mutex
 	robots map[uuid.UUID]*robotClaims // robots with claims in flight
+
+	drainOnce sync.Once
+	draining  chan struct{} // closed by Drain
 }
 
 // robotClaims is what the dispatcher knows of one robot's claims in flight.
@@ -116,10 +119,16 @@ func New(bdb bun.IDB, jobs *db.Jobs, listener *realtime.Listener, cfg Config) *D
 	}
 	return &Dispatcher{
 		db: bdb, jobs: jobs, listener: listener, cfg: cfg,
-		wakes:  make(chan struct{}, cfg.WakeAttempts),
-		robots: map[uuid.UUID]*robotClaims{},
+		wakes:    make(chan struct{}, cfg.WakeAttempts),
+		robots:   map[uuid.UUID]*robotClaims{},
+		draining: make(chan struct{}),
 	}
 }
+
+// Drain ends every waiting claim with no job and makes later claims try
+// once without waiting, so that a shutting-down server is not held by
+// robots waiting for work (they ask again, of another replica).
+func (d *Dispatcher) Drain() { d.drainOnce.Do(func() { close(d.draining) }) }
 
 // MaxWait is the longest this dispatcher lets a claim wait.
 func (d *Dispatcher) MaxWait() time.Duration { return d.cfg.MaxWait }
@@ -169,6 +178,8 @@ func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (lease *db.J
 		for {
 			select {
 			case <-ctx.Done():
+				return nil, nil
+			case <-d.draining:
 				return nil, nil
 			case <-deadline.C:
 				return nil, nil

@@ -438,3 +438,71 @@ func TestGraphQLSSE(t *testing.T) {
 		}
 	})
 }
+
+// Apollo Client's HTTP subscriptions: HttpLink alone sends a subscription
+// as a multipart/mixed request, and the server streams it.
+func TestApolloMultipartSubscriptions(t *testing.T) {
+	t.Parallel()
+
+	// multipartAnswer checks that the one request went as Apollo's
+	// multipart subscription and was answered as one.
+	multipartAnswer := func(t *testing.T, sc *script) {
+		t.Helper()
+		var answers []httpAnswer
+		for _, l := range sc.all() {
+			if l.HTTP != nil {
+				answers = append(answers, *l.HTTP)
+			}
+		}
+		require.Len(t, answers, 1, "one request per subscription")
+		require.Equal(t, "POST", answers[0].Method)
+		require.Equal(t, 200, answers[0].Status)
+		require.Equal(t, `multipart/mixed; boundary="graphql"; subscriptionSpec="1.0"`, answers[0].ContentType)
+	}
+
+	t.Run("EventsAsTheMachineChanges", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.createMachine(t, "apollo-multipart")
+		sc := runScript(b.ctx, t, "apollo_multipart.mjs", b.env("machine", map[string]string{"MACHINE_ID": id}))
+
+		var current, updated machineChange
+		sc.wait(b.ctx, t, "CURRENT, STOPPED", change("watch", "CURRENT", "STOPPED", &current))
+		require.Equal(t, id, current.ID)
+		b.machine(t, "startMachine", id, "RUNNING")
+		sc.wait(b.ctx, t, "UPDATED, RUNNING", change("watch", "UPDATED", "RUNNING", &updated))
+		require.Greater(t, updated.Version, current.Version)
+		sc.finish(b.ctx, t)
+		for _, l := range sc.all() {
+			require.Empty(t, l.Error, "no operation failed: %s", l.Raw)
+		}
+		multipartAnswer(t, sc)
+	})
+
+	t.Run("ShutdownCompletesTheSubscription", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.createMachine(t, "apollo-multipart-shutdown")
+		sc := runScript(b.ctx, t, "apollo_multipart.mjs", b.env("complete", map[string]string{"MACHINE_ID": id}))
+		var current machineChange
+		sc.wait(b.ctx, t, "CURRENT, STOPPED", change("watch", "CURRENT", "STOPPED", &current))
+		closed := make(chan error, 1)
+		go func() { closed <- b.server.Handler.CloseStreams(b.ctx) }()
+		sc.wait(b.ctx, t, "the completion", completed("watch"))
+		require.NoError(t, <-closed)
+		sc.finish(b.ctx, t)
+		for _, l := range sc.all() {
+			require.Empty(t, l.Error, "the stream ended cleanly, not as a network error: %s", l.Raw)
+		}
+		multipartAnswer(t, sc)
+	})
+
+	t.Run("UnknownMachineIsAnErrorResult", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		sc := runScript(b.ctx, t, "apollo_multipart.mjs", b.env("notfound", map[string]string{"MACHINE_ID": uuid.NewString()}))
+		l := sc.wait(b.ctx, t, "the error", func(l line) bool { return l.Op == "watch" && (l.Error != nil || l.Next != nil) })
+		require.Contains(t, string(l.Raw), "NOT_FOUND")
+		sc.finish(b.ctx, t)
+	})
+}

@@ -3,6 +3,7 @@ package graph
 import (
 	"context"
 
+	"github.com/99designs/gqlgen/graphql"
 	"github.com/google/uuid"
 
 	"fleetgraph/auth"
@@ -78,4 +79,29 @@ func rememberJobs(ctx context.Context, jobs []*db.Job) {
 	l.RememberPage(dataloaders.Jobs, dataloaders.IDs(jobs, func(j *db.Job) *uuid.UUID { return &j.ID }))
 	l.RememberPage(dataloaders.Robots, dataloaders.IDs(jobs, func(j *db.Job) *uuid.UUID { return j.RobotID }))
 	l.RememberPage(dataloaders.Workflows, dataloaders.IDs(jobs, func(j *db.Job) *uuid.UUID { return &j.WorkflowID }))
+}
+
+// eventDetails is logMachineEvent's details: the object, or the string an
+// agent of the API Fleetgraph replaces sends, which @acceptsText lets past
+// the JSON scalar; it is read from the argument as given.
+func eventDetails(ctx context.Context, object map[string]any) db.EventDetails {
+	if fc := graphql.GetFieldContext(ctx); fc != nil {
+		if text, ok := fc.Field.ArgumentMap(graphql.GetOperationContext(ctx).Variables)["details"].(string); ok {
+			return db.EventDetails{Text: &text}
+		}
+	}
+	return db.EventDetails{Object: object}
+}
+
+// acceptsText implements @acceptsText: a string given for the argument
+// passes (as no object; the resolver reads the string itself), anything
+// else is unmarshalled as the argument's scalar says.
+func acceptsText(ctx context.Context, obj any, next graphql.Resolver) (any, error) {
+	args, _ := obj.(map[string]any)
+	if pc := graphql.GetPathContext(ctx); pc != nil && pc.Field != nil {
+		if _, ok := args[*pc.Field].(string); ok {
+			return nil, nil
+		}
+	}
+	return next(ctx)
 }

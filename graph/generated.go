@@ -52,6 +52,7 @@ type ResolverRoot interface {
 }
 
 type DirectiveRoot struct {
+	AcceptsText func(ctx context.Context, obj any, next graphql.Resolver) (res any, err error)
 }
 
 type ComplexityRoot struct {
@@ -227,12 +228,13 @@ type ComplexityRoot struct {
 	}
 
 	MachineEvent struct {
-		Actor     func(childComplexity int) int
-		CreatedAt func(childComplexity int) int
-		Details   func(childComplexity int) int
-		EventType func(childComplexity int) int
-		ID        func(childComplexity int) int
-		MachineID func(childComplexity int) int
+		Actor       func(childComplexity int) int
+		CreatedAt   func(childComplexity int) int
+		Details     func(childComplexity int) int
+		DetailsText func(childComplexity int) int
+		EventType   func(childComplexity int) int
+		ID          func(childComplexity int) int
+		MachineID   func(childComplexity int) int
 	}
 
 	MachineEventConnection struct {
@@ -1431,6 +1433,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.MachineEvent.Details(childComplexity), true
+	case "MachineEvent.detailsText":
+		if e.ComplexityRoot.MachineEvent.DetailsText == nil {
+			break
+		}
+
+		return e.ComplexityRoot.MachineEvent.DetailsText(childComplexity), true
 	case "MachineEvent.eventType":
 		if e.ComplexityRoot.MachineEvent.EventType == nil {
 			break
@@ -3185,6 +3193,12 @@ scalar Time
 "A JSON object (not an array or a primitive)."
 scalar JSON
 
+"""
+On a JSON argument: a string is accepted too, and kept as text (see
+` + "`" + `logMachineEvent` + "`" + `'s ` + "`" + `details` + "`" + `). Every other JSON argument takes objects only.
+"""
+directive @acceptsText on ARGUMENT_DEFINITION
+
 type Query {
   "Who the caller is, as the server sees the presented credentials."
   me: Viewer!
@@ -3292,8 +3306,13 @@ type Mutation {
   lowercase letters, digits, ` + "`" + `_` + "`" + `, ` + "`" + `.` + "`" + ` and ` + "`" + `-` + "`" + `, starting with a letter. An event
   of type ` + "`" + `error` + "`" + ` sets the machine to ERROR (its agent reports faults that way);
   the next start clears it.
+
+  ` + "`" + `details` + "`" + ` is a JSON object of at most 64 KiB, or, as the API this one
+  replaces took it, a string (at most 64 KiB of UTF-8 without NUL): the
+  string is stored as given and returned by ` + "`" + `detailsText` + "`" + `, and ` + "`" + `details` + "`" + `
+  reads ` + "`" + `{"text": <the string>}` + "`" + `.
   """
-  logMachineEvent(machineId: ID!, eventType: String!, details: JSON): MachineEvent!
+  logMachineEvent(machineId: ID!, eventType: String!, details: JSON @acceptsText): MachineEvent!
 
   "Registers a robot (OFFLINE until its first heartbeat). Names are unique per tenant (case-insensitive)."
   createRobot(input: CreateRobotInput!): Robot!
@@ -3495,7 +3514,10 @@ type MachineEvent {
   machineId: ID!
   "` + "`" + `created` + "`" + `, ` + "`" + `updated` + "`" + `, ` + "`" + `started` + "`" + `, ` + "`" + `stopped` + "`" + `, ` + "`" + `deployed` + "`" + `, ` + "`" + `deployment_activated` + "`" + `, or a type logged by a client."
   eventType: String!
+  "A JSON object: the details logged, or ` + "`" + `{\"text\": ...}` + "`" + ` when they were logged as a string."
   details: JSON!
+  "The details exactly as logged when they were logged as a string; null when they were an object."
+  detailsText: String
   "Who caused it: ` + "`" + `user:<id>` + "`" + ` or ` + "`" + `system` + "`" + `."
   actor: String!
   createdAt: Time!
@@ -4619,6 +4641,8 @@ func (ec *executionContext) childFields_MachineEvent(ctx context.Context, field 
 		return ec.fieldContext_MachineEvent_eventType(ctx, field)
 	case "details":
 		return ec.fieldContext_MachineEvent_details(ctx, field)
+	case "detailsText":
+		return ec.fieldContext_MachineEvent_detailsText(ctx, field)
 	case "actor":
 		return ec.fieldContext_MachineEvent_actor(ctx, field)
 	case "createdAt":
@@ -5636,15 +5660,51 @@ func (ec *executionContext) field_Mutation_logMachineEvent_args(ctx context.Cont
 		return nil, err
 	}
 	args["eventType"] = arg1
-	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "details",
-		func(ctx context.Context, v any) (map[string]any, error) {
-			return ec.unmarshalOJSON2map(ctx, v)
-		})
+
+	arg2, err := ec.field_Mutation_logMachineEvent_argsDetails(ctx, rawArgs)
 	if err != nil {
 		return nil, err
 	}
 	args["details"] = arg2
 	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_logMachineEvent_argsDetails(
+	ctx context.Context,
+	rawArgs map[string]any,
+) (map[string]any, error) {
+	ctx = graphql.WithPathContext(ctx, graphql.NewPathWithField("details"))
+	directive0 := func(ctx context.Context) (any, error) {
+		tmp, ok := rawArgs["details"]
+		if !ok {
+			var zeroVal map[string]any
+			return zeroVal, nil
+		}
+		return ec.unmarshalOJSON2map(ctx, tmp)
+	}
+
+	directive1 := func(ctx context.Context) (any, error) {
+		if ec.Directives.AcceptsText == nil {
+			var zeroVal map[string]any
+			return zeroVal, errors.New("directive acceptsText is not implemented")
+		}
+		return ec.Directives.AcceptsText(ctx, rawArgs, directive0)
+	}
+
+	tmp, err := directive1(ctx)
+	if err != nil {
+		var zeroVal map[string]any
+		return zeroVal, graphql.ErrorOnPath(ctx, err)
+	}
+	if data, ok := tmp.(map[string]any); ok {
+		return data, nil
+	} else if tmp == nil {
+		var zeroVal map[string]any
+		return zeroVal, nil
+	} else {
+		var zeroVal map[string]any
+		return zeroVal, graphql.ErrorOnPath(ctx, fmt.Errorf(`unexpected type %T from directive, should be map[string]any`, tmp))
+	}
 }
 
 func (ec *executionContext) field_Mutation_pauseSchedule_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
@@ -9649,6 +9709,29 @@ func (ec *executionContext) _MachineEvent_details(ctx context.Context, field gra
 }
 func (ec *executionContext) fieldContext_MachineEvent_details(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("MachineEvent", field, false, false, errors.New("field of type JSON does not have child fields"))
+}
+
+func (ec *executionContext) _MachineEvent_detailsText(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_MachineEvent_detailsText(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.DetailsText, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_MachineEvent_detailsText(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("MachineEvent", field, false, false, errors.New("field of type String does not have child fields"))
 }
 
 func (ec *executionContext) _MachineEvent_actor(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
@@ -19704,6 +19787,11 @@ func (ec *executionContext) _MachineEvent(ctx context.Context, sel ast.Selection
 		case "details":
 			out.Values[i] = ec._MachineEvent_details(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "detailsText":
+			out.Values[i] = ec._MachineEvent_detailsText(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
 				out.Invalids++
 			}
 		case "actor":

@@ -2,6 +2,7 @@ package graph
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/dataloaders"
+	"fleetgraph/dispatch"
 	"fleetgraph/graph/live"
 	"fleetgraph/metrics"
 )
@@ -86,7 +88,7 @@ type HandlerConfig struct {
 	// WebsocketKeepAlive is the interval between server pings.
 	WebsocketKeepAlive time.Duration
 	// LiveLimits cap the operations per websocket and per caller across
-	// websockets and SSE streams (zero fields: live.DefaultLimits').
+	// websockets and SSE and multipart streams (zero fields: live.DefaultLimits').
 	LiveLimits live.Limits
 	// WebsocketKeyRecheck is how often a robot's websocket re-checks its API key (0: 30s).
 	WebsocketKeyRecheck time.Duration
@@ -95,18 +97,35 @@ type HandlerConfig struct {
 	Metrics *metrics.Metrics
 }
 
-// Handler is the GraphQL endpoint: POST, GET (queries only), SSE and
-// websockets, behind request ids, CORS, body limits and authentication.
+// Handler is the GraphQL endpoint: POST, GET (queries only), SSE,
+// multipart subscriptions and websockets, behind request ids, CORS, body
+// limits and authentication.
 type Handler struct {
 	http.Handler
-	sockets *sockets
+	sockets    *sockets
+	streams    *live.Streams
+	dispatcher *dispatch.Dispatcher
 }
 
-// CloseWebsockets ends every open websocket with close code 1001 (going
-// away), refuses new ones, and waits until they are closed or ctx ends. Call
-// it when the server shuts down, alongside http.Server.Shutdown, and before
-// closing the database.
-func (h *Handler) CloseWebsockets(ctx context.Context) error { return h.sockets.closeAll(ctx) }
+// CloseStreams ends every open websocket with close code 1001 (going away)
+// and every SSE and multipart stream with its final message (`event:
+// complete`, the closing boundary), refuses new ones, ends waiting claims
+// (claimJob with waitSeconds) with no job, and waits until the streams are
+// closed or ctx ends. Call it when the server shuts down, alongside
+// http.Server.Shutdown (which waits for streams and claims, as for any
+// request), and before closing the database.
+func (h *Handler) CloseStreams(ctx context.Context) error {
+	if h.dispatcher != nil {
+		h.dispatcher.Drain()
+	}
+	streams := make(chan error, 1)
+	go func() { streams <- h.streams.Close(ctx) }()
+	return errors.Join(h.sockets.closeAll(ctx), <-streams)
+}
+
+// CloseWebsockets is CloseStreams, under the name it had when only
+// websockets needed closing.
+func (h *Handler) CloseWebsockets(ctx context.Context) error { return h.CloseStreams(ctx) }
 
 // NewHandler builds the GraphQL endpoint.
 func NewHandler(cfg HandlerConfig) *Handler {
@@ -117,13 +136,15 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	if cfg.WebsocketKeepAlive == 0 {
 		cfg.WebsocketKeepAlive = 15 * time.Second
 	}
-	srv := handler.New(NewExecutableSchema(Config{Resolvers: cfg.Resolver}))
+	srv := handler.New(NewExecutableSchema(Config{Resolvers: cfg.Resolver, Directives: DirectiveRoot{AcceptsText: acceptsText}}))
 
-	// Streaming transports first: SSE claims requests that accept
-	// text/event-stream before POST and GET see them.
+	// Streaming transports first: SSE and multipart claim requests whose
+	// Accept header prefers their type before POST and GET see them.
 	socks := newSockets(cfg.AllowedOrigins)
+	streams := live.NewStreams()
 	quota := live.NewQuota(cfg.LiveLimits)
-	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota})
+	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams})
+	srv.AddTransport(live.Multipart{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams})
 	srv.AddTransport(live.Websocket{
 		Auth:         cfg.Auth,
 		Log:          cfg.Logger,
@@ -169,5 +190,5 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = cors(cfg.AllowedOrigins, h)
 	h = observe(cfg.Metrics, cfg.Logger, h)
-	return &Handler{Handler: withRequestID(h), sockets: socks}
+	return &Handler{Handler: withRequestID(h), sockets: socks, streams: streams, dispatcher: cfg.Resolver.Dispatcher}
 }

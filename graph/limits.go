@@ -18,6 +18,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
+	"fleetgraph/graph/live"
 )
 
 // operationLimit refuses, with a clear error before execution, operations
@@ -47,6 +48,10 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 	}
 	if op.Operation.Operation == ast.Mutation && isQueriesOnly(ctx) {
 		return &gqlerror.Error{Message: mutationOverGet.Message, Err: mutationOverGet}
+	}
+	if op.Operation.Operation == ast.Subscription && !live.Streaming(ctx) {
+		fe := &fault.Error{Code: fault.BadUserInput, Message: "a subscription needs a transport that streams: " + live.Transports, Extra: map[string]any{"reason": "SUBSCRIPTION_NEEDS_STREAM"}}
+		return &gqlerror.Error{Message: fe.Message, Err: fe}
 	}
 	w := operationWalker{vars: op.Variables}
 	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)

@@ -95,7 +95,7 @@ func noteCaller(next http.Handler) http.Handler {
 }
 
 // statusWriter records the response's status, and whether the request
-// became a stream (a websocket upgrade, or an SSE response), which it
+// became a stream (a websocket upgrade, or an SSE or multipart response), which it
 // counts as open until the request ends. Unwrap lets
 // http.ResponseController and coder/websocket reach the connection
 // (deadlines, flushing, hijacking) underneath.
@@ -115,6 +115,8 @@ func (w *statusWriter) WriteHeader(code int) {
 			w.stream = "websocket"
 		case strings.HasPrefix(w.Header().Get("Content-Type"), "text/event-stream"):
 			w.stream = "sse"
+		case strings.HasPrefix(w.Header().Get("Content-Type"), "multipart/mixed"):
+			w.stream = "multipart"
 		}
 		if w.stream != "" {
 			w.closeStream = w.m.StreamOpened(w.stream)

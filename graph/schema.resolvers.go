@@ -110,7 +110,7 @@ func (r *mutationResolver) DeployProtocol(ctx context.Context, machineID uuid.UU
 
 // LogMachineEvent is the resolver for the logMachineEvent field.
 func (r *mutationResolver) LogMachineEvent(ctx context.Context, machineID uuid.UUID, eventType string, details map[string]any) (*db.MachineEvent, error) {
-	return r.MachineStore.LogEvent(ctx, r.DB, machineID, eventType, details)
+	return r.MachineStore.LogEvent(ctx, r.DB, machineID, eventType, eventDetails(ctx, details))
 }
 
 // CreateRobot is the resolver for the createRobot field.

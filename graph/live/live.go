@@ -23,6 +23,19 @@ import (
 
 type endKey struct{}
 
+// streamKey marks the context of an operation that a streaming transport runs.
+type streamKey struct{}
+
+// Streaming reports whether the operation of ctx runs on a transport that
+// can deliver more than one result (websocket, SSE, multipart). A
+// subscription anywhere else is refused at once rather than answered with
+// its first event, whenever that comes.
+func Streaming(ctx context.Context) bool { v, _ := ctx.Value(streamKey{}).(bool); return v }
+
+// Transports names the transports that stream, for errors that send a
+// client to one of them.
+const Transports = "a websocket (graphql-transport-ws), server-sent events (Accept: text/event-stream) or multipart HTTP (Accept: multipart/mixed;subscriptionSpec=\"1.0\")"
+
 // ender records the error an operation's stream ends with.
 type ender struct {
 	mu  sync.Mutex
@@ -90,7 +103,7 @@ func execute(ctx context.Context, exec graphql.GraphExecutor, params *graphql.Ra
 // runPrepared.
 func prepare(ctx context.Context, exec graphql.GraphExecutor, params *graphql.RawParams) (context.Context, *graphql.OperationContext, gqlerror.List) {
 	start := graphql.Now()
-	ctx = graphql.StartOperationTrace(ctx)
+	ctx = context.WithValue(graphql.StartOperationTrace(ctx), streamKey{}, true)
 	params.ReadTime = graphql.TraceTiming{Start: start, End: graphql.Now()}
 	rc, errs := exec.CreateOperationContext(ctx, params)
 	if errs != nil {

@@ -17,19 +17,20 @@ import (
 type Limits struct {
 	// PerConnection caps the subscriptions one websocket holds at once.
 	PerConnection int
-	// PerPrincipal caps the subscriptions (over websockets) and SSE streams
-	// one caller (a user, a robot, a tenant's service role; anonymous
-	// callers by address) holds at once across all its connections to this
-	// process.
+	// PerPrincipal caps the subscriptions (over websockets) and SSE and
+	// multipart streams one caller (a user, a robot, a tenant's service
+	// role; anonymous callers by address) holds at once across all its
+	// connections to this process.
 	PerPrincipal int
 }
 
 // DefaultLimits fit any dashboard or robot with room to spare.
 var DefaultLimits = Limits{PerConnection: 100, PerPrincipal: 500}
 
-// Quota counts each caller's subscriptions and SSE streams in this process
-// against Limits.PerPrincipal. The websocket and SSE transports of
-// one handler share one Quota. A nil *Quota limits nothing.
+// Quota counts each caller's subscriptions and SSE and multipart streams
+// in this process against Limits.PerPrincipal. The websocket, SSE and
+// multipart transports of one handler share one Quota. A nil *Quota limits
+// nothing.
 type Quota struct {
 	limits Limits
 
@@ -80,7 +81,7 @@ func (q *Quota) hold(key string) (func(), error) {
 	defer q.mu.Unlock()
 	if q.held[key] >= q.limits.PerPrincipal {
 		return nil, limitError("MAX_SUBSCRIPTIONS_PER_PRINCIPAL", q.limits.PerPrincipal,
-			"you already hold %d subscriptions and SSE streams on this server, the most one caller may (MAX_SUBSCRIPTIONS_PER_PRINCIPAL); complete one before starting another",
+			"you already hold %d subscriptions and streams (SSE, multipart) on this server, the most one caller may (MAX_SUBSCRIPTIONS_PER_PRINCIPAL); complete one before starting another",
 			q.limits.PerPrincipal)
 	}
 	q.held[key]++

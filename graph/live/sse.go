@@ -4,16 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
-
-	"fleetgraph/fault"
-	"fleetgraph/metrics"
 )
 
 // SSE serves operations as server-sent events, for clients that cannot open
@@ -21,7 +16,8 @@ import (
 // text/event-stream gets `event: next` messages with each result and a final
 // `event: complete` (the graphql-sse "distinct connections" mode). An
 // operation that ends with an error sends it as a last `next` before
-// `complete`. It implements graphql.Transport.
+// `complete`; at shutdown the stream ends with `complete` too. It
+// implements graphql.Transport.
 type SSE struct {
 	// KeepAlive is the interval of comment lines that keep proxies from
 	// closing an idle stream.
@@ -30,14 +26,14 @@ type SSE struct {
 	WriteTimeout time.Duration
 	// Quota counts each stream against its caller's operations (nil: no limit).
 	Quota *Quota
+	// Streams ends the stream when the server shuts down (nil: never).
+	Streams *Streams
 }
 
 var _ graphql.Transport = SSE{}
 
-// Supports implements graphql.Transport: requests whose Accept header
-// prefers text/event-stream to every JSON type it names, by q-value and
-// then by order. Clients such as urql list text/event-stream after the
-// JSON types on every request, and get JSON.
+// Supports implements graphql.Transport: POST and GET requests whose
+// Accept header prefers text/event-stream (see PrefersEventStream).
 func (SSE) Supports(r *http.Request) bool {
 	if r.Method != http.MethodPost && r.Method != http.MethodGet {
 		return false
@@ -45,127 +41,24 @@ func (SSE) Supports(r *http.Request) bool {
 	return PrefersEventStream(r.Header.Get("Accept"))
 }
 
-// PrefersEventStream reports whether an Accept header ranks
-// text/event-stream above application/json and
-// application/graphql-response+json: a higher q-value, or the same one
-// listed first. Wildcards rank below every type they would match.
-func PrefersEventStream(accept string) bool {
-	type rank struct {
-		q     float64
-		order int
-		found bool
-	}
-	var stream, json rank
-	for i, part := range strings.Split(accept, ",") {
-		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		if err != nil {
-			continue
-		}
-		q := 1.0
-		if v, ok := params["q"]; ok {
-			if q, err = strconv.ParseFloat(v, 64); err != nil || q < 0 || q > 1 {
-				continue
-			}
-		}
-		r := rank{q: q, order: i, found: true}
-		better := func(a, b rank) bool { return !b.found || a.q > b.q }
-		switch mt {
-		case "text/event-stream":
-			if better(r, stream) {
-				stream = r
-			}
-		case "application/json", "application/graphql-response+json", "application/*", "*/*":
-			if mt == "application/*" || mt == "*/*" {
-				r.order = 1 << 30 // a wildcard only stands in for JSON not listed
-			}
-			if better(r, json) || (r.q == json.q && r.order < json.order) {
-				json = r
-			}
-		}
-	}
-	if !stream.found || stream.q == 0 {
-		return false
-	}
-	return !json.found || stream.q > json.q || (stream.q == json.q && stream.order < json.order)
-}
-
 // Do implements graphql.Transport.
 func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	params := &graphql.RawParams{Headers: r.Header}
-	if err := readParams(r, params); err != nil {
-		metrics.SentError(r.Context(), string(fault.BadUserInput))
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusBadRequest)
-		_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{"message": err.Error(), "extensions": map[string]any{"code": "BAD_USER_INPUT"}}}})
-		return
-	}
-	release, err := t.Quota.Hold(r.Context())
-	if err != nil {
-		metrics.SentError(r.Context(), string(fault.CodeOf(err)))
-		writeRefusal(w, http.StatusTooManyRequests, err)
-		return
-	}
-	defer release()
-	// The body is read: only now does the request become a stream, which
-	// lives as long as its operation. Until here the server's read timeout
-	// stood, so a client trickling a body cannot hold a connection. Each
-	// write below sets its own deadline.
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Time{})
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("Connection", "keep-alive")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	_ = rc.Flush()
-
-	events := make(chan []byte)
-	done := make(chan outcome, 1)
-	ctx := r.Context()
-	go func() {
-		done <- execute(ctx, exec, params, func(resp *graphql.Response) error {
-			select {
-			case events <- mustJSON(resp):
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		})
-	}()
-	send := func(event string, data []byte) error {
-		_ = rc.SetWriteDeadline(time.Now().Add(t.WriteTimeout))
-		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, data); err != nil {
+	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams}
+	st.serve(w, r, exec, framing{
+		contentType: "text/event-stream",
+		result: func(w http.ResponseWriter, data []byte) error {
+			_, err := fmt.Fprintf(w, "event: next\ndata: %s\n\n", data)
 			return err
-		}
-		return rc.Flush()
-	}
-	keepAlive := time.NewTicker(t.KeepAlive)
-	defer keepAlive.Stop()
-	for {
-		select {
-		case data := <-events:
-			if send("next", data) != nil {
-				return
-			}
-		case <-keepAlive.C:
-			_ = rc.SetWriteDeadline(time.Now().Add(t.WriteTimeout))
-			if _, err := io.WriteString(w, ":\n\n"); err != nil || rc.Flush() != nil {
-				return
-			}
-		case out := <-done:
-			if out.stopped {
-				return
-			}
-			if out.errs != nil {
-				if send("next", mustJSON(map[string]any{"errors": out.errs})) != nil {
-					return
-				}
-			}
-			_ = send("complete", nil)
-			return
-		}
-	}
+		},
+		keepAlive: func(w http.ResponseWriter) error {
+			_, err := io.WriteString(w, ":\n\n")
+			return err
+		},
+		end: func(w http.ResponseWriter) error {
+			_, err := io.WriteString(w, "event: complete\ndata: \n\n")
+			return err
+		},
+	})
 }
 
 // readParams reads the operation from a JSON body (POST) or the query string (GET).

@@ -1,0 +1,272 @@
+package live
+
+import (
+	"context"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql"
+
+	"fleetgraph/fault"
+	"fleetgraph/metrics"
+)
+
+// This file holds what the two HTTP streaming transports (SSE and
+// multipart) share: content negotiation, the stream's lifetime, and
+// shutdown.
+
+// offer is a response type the HTTP transports can answer with.
+type offer int
+
+const (
+	offerJSON offer = iota
+	offerEventStream
+	offerMultipart
+)
+
+// negotiate picks the response type an Accept header prefers among JSON
+// (application/json, application/graphql-response+json), server-sent events
+// (text/event-stream) and multipart subscriptions (multipart/mixed with a
+// subscriptionSpec parameter): the highest q-value, then the one listed
+// first. Wildcards rank below every type they would match and stand for
+// JSON; a stream type with q=0 is never chosen. Clients such as urql list
+// text/event-stream after the JSON types on every request, and get JSON;
+// Apollo Client lists multipart/mixed first on subscriptions only.
+func negotiate(accept string) offer {
+	type rank struct {
+		q     float64
+		order int
+		found bool
+	}
+	above := func(a, b rank) bool { return !b.found || a.q > b.q || (a.q == b.q && a.order < b.order) }
+	var ranks [3]rank
+	for i, part := range strings.Split(accept, ",") {
+		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil {
+			continue
+		}
+		q := 1.0
+		if v, ok := params["q"]; ok {
+			if q, err = strconv.ParseFloat(v, 64); err != nil || q < 0 || q > 1 {
+				continue
+			}
+		}
+		r := rank{q: q, order: i, found: true}
+		var o offer
+		switch mt {
+		case "text/event-stream":
+			o = offerEventStream
+		case "multipart/mixed":
+			// Without subscriptionSpec it is Apollo's @defer format
+			// (deferSpec), which this server does not speak.
+			if params["subscriptionspec"] == "" {
+				continue
+			}
+			o = offerMultipart
+		case "application/json", "application/graphql-response+json":
+			o = offerJSON
+		case "application/*", "*/*":
+			o, r.order = offerJSON, 1<<30 // a wildcard only stands in for JSON not listed
+		default:
+			continue
+		}
+		if above(r, ranks[o]) {
+			ranks[o] = r
+		}
+	}
+	best := offerJSON
+	for _, o := range []offer{offerEventStream, offerMultipart} {
+		if r := ranks[o]; r.found && r.q > 0 && above(r, ranks[best]) {
+			best = o
+		}
+	}
+	return best
+}
+
+// PrefersEventStream reports whether an Accept header ranks
+// text/event-stream above JSON and multipart/mixed (see negotiate).
+func PrefersEventStream(accept string) bool { return negotiate(accept) == offerEventStream }
+
+// PrefersMultipart reports whether an Accept header ranks multipart/mixed
+// with a subscriptionSpec parameter above JSON and text/event-stream (see
+// negotiate).
+func PrefersMultipart(accept string) bool { return negotiate(accept) == offerMultipart }
+
+// Streams tracks a handler's open SSE and multipart streams so that
+// shutdown can end them: http.Server.Shutdown waits for every request, and
+// a subscription's lasts until its client leaves. A nil *Streams tracks
+// nothing.
+type Streams struct {
+	mu     sync.Mutex
+	going  chan struct{} // closed by Close
+	closed bool
+	open   sync.WaitGroup
+}
+
+// NewStreams returns an empty tracker.
+func NewStreams() *Streams { return &Streams{going: make(chan struct{})} }
+
+// join registers a stream. going is closed when the server shuts down;
+// leave unregisters the stream once its handler is done writing. ok is
+// false when the server is already shutting down.
+func (s *Streams) join() (going <-chan struct{}, leave func(), ok bool) {
+	if s == nil {
+		return nil, func() {}, true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, nil, false
+	}
+	s.open.Add(1)
+	return s.going, s.open.Done, true
+}
+
+// Close makes every open stream end its operation and write its final
+// message (`event: complete`, or the closing multipart boundary), refuses
+// new streams, and waits until every stream's handler has returned or ctx
+// ends.
+func (s *Streams) Close(ctx context.Context) error {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.going)
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.open.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// framing is how one streaming transport writes what a stream carries.
+type framing struct {
+	// contentType is the response's Content-Type.
+	contentType string
+	// begin, when set, writes what comes before the first result.
+	begin func(w http.ResponseWriter) error
+	// result writes one result (a JSON GraphQL response).
+	result func(w http.ResponseWriter, data []byte) error
+	// keepAlive writes what keeps an idle stream open through proxies.
+	keepAlive func(w http.ResponseWriter) error
+	// end writes the stream's last message.
+	end func(w http.ResponseWriter) error
+}
+
+// streamer is the configuration the HTTP streaming transports share.
+type streamer struct {
+	keepAlive, writeTimeout time.Duration
+	quota                   *Quota
+	streams                 *Streams
+}
+
+// serve runs the operation of r as a stream written with f: each result,
+// keep-alives while idle, an operation's error as a last result, and f.end
+// when the operation completes or the server shuts down. Nothing more is
+// written once the client has gone.
+func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor, f framing) {
+	params := &graphql.RawParams{Headers: r.Header}
+	if err := readParams(r, params); err != nil {
+		metrics.SentError(r.Context(), string(fault.BadUserInput))
+		writeRefusal(w, http.StatusBadRequest, fault.New(fault.BadUserInput, "%s", err.Error()))
+		return
+	}
+	release, err := t.quota.Hold(r.Context())
+	if err != nil {
+		metrics.SentError(r.Context(), string(fault.CodeOf(err)))
+		writeRefusal(w, http.StatusTooManyRequests, err)
+		return
+	}
+	defer release()
+	going, leave, ok := t.streams.join()
+	if !ok {
+		w.Header().Set("Retry-After", "1")
+		metrics.SentError(r.Context(), string(fault.RateLimited))
+		writeRefusal(w, http.StatusServiceUnavailable, fault.New(fault.RateLimited, "the server is shutting down; retry against another replica or in a moment"))
+		return
+	}
+	defer leave()
+	// The body is read: only now does the request become a stream, which
+	// lives as long as its operation. Until here the server's read timeout
+	// stood, so a client trickling a body cannot hold a connection. Each
+	// write below sets its own deadline.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	h := w.Header()
+	h.Set("Content-Type", f.contentType)
+	h.Set("Cache-Control", "no-cache")
+	h.Set("Connection", "keep-alive")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if f.begin != nil {
+		_ = rc.SetWriteDeadline(time.Now().Add(t.writeTimeout))
+		if f.begin(w) != nil {
+			return
+		}
+	}
+	_ = rc.Flush()
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	events := make(chan []byte)
+	done := make(chan outcome, 1)
+	go func() {
+		done <- execute(ctx, exec, params, func(resp *graphql.Response) error {
+			select {
+			case events <- mustJSON(resp):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	write := func(fn func() error) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(t.writeTimeout))
+		return fn() == nil && rc.Flush() == nil
+	}
+	keepAlive := time.NewTicker(t.keepAlive)
+	defer keepAlive.Stop()
+	for {
+		select {
+		case data := <-events:
+			if !write(func() error { return f.result(w, data) }) {
+				return
+			}
+		case <-keepAlive.C:
+			if !write(func() error { return f.keepAlive(w) }) {
+				return
+			}
+		case <-going:
+			// Shutdown: stop the operation, wait until its resolver has
+			// let go (the database closes after this), then end the stream
+			// as a completed one so the client knows it was not cut.
+			cancel()
+			<-done
+			write(func() error { return f.end(w) })
+			return
+		case out := <-done:
+			if out.stopped {
+				return
+			}
+			if out.errs != nil && !write(func() error { return f.result(w, mustJSON(map[string]any{"errors": out.errs})) }) {
+				return
+			}
+			write(func() error { return f.end(w) })
+			return
+		}
+	}
+}
