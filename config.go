@@ -172,6 +172,7 @@ type config struct {
 	introspection  *bool
 	autoMigrate    bool
 	queue          db.QueueConfig
+	logs           db.LogConfig
 	live           live.Limits
 	webhooks       app.WebhookConfig
 	logLevel       slog.Level
@@ -201,6 +202,7 @@ type configSettings struct {
 	origins, playground, introspection, autoMigrate, logLevel *setting
 	logFormat                                                 *setting
 	jobLease, jobProgress, offlineAfter                       *setting
+	logRetention, logPartitionsAhead                          *setting
 	subsPerConnection, subsPerPrincipal                       *setting
 	metricsAddr                                               *setting
 	webhookAllowPrivate, webhookAllowHTTP, webhookTimeout     *setting
@@ -223,6 +225,10 @@ func declareServe(s *settings) *configSettings {
 		jobLease:      s.add("JOB_LEASE_SECONDS", "job-lease-seconds", "60", "how long a claimed job's lease lasts: a claim must be started within it; heartbeats and progress reports extend a running job's"),
 		jobProgress:   s.add("JOB_PROGRESS_TIMEOUT_SECONDS", "job-progress-timeout-seconds", "600", "how long heartbeats keep a running job leased after its last progress report (at least JOB_LEASE_SECONDS)"),
 		offlineAfter:  s.add("ROBOT_OFFLINE_THRESHOLD", "robot-offline-threshold", "90", "seconds without a heartbeat after which a robot is OFFLINE"),
+		logRetention: s.add("LOG_RETENTION_DAYS", "log-retention-days", strconv.Itoa(db.DefaultLogConfig.RetentionDays),
+			"days of robot logs and heartbeat history kept; older whole days are dropped daily"),
+		logPartitionsAhead: s.add("LOG_PARTITIONS_AHEAD", "log-partitions-ahead", strconv.Itoa(db.DefaultLogConfig.PartitionsAhead),
+			"days after today whose robot log partitions are kept ready"),
 		subsPerConnection: s.add("MAX_SUBSCRIPTIONS_PER_CONNECTION", "max-subscriptions-per-connection", strconv.Itoa(live.DefaultLimits.PerConnection),
 			"subscriptions one websocket may hold at once; more are refused with RATE_LIMITED"),
 		subsPerPrincipal: s.add("MAX_SUBSCRIPTIONS_PER_PRINCIPAL", "max-subscriptions-per-principal", strconv.Itoa(live.DefaultLimits.PerPrincipal),
@@ -310,6 +316,12 @@ func (cs *configSettings) resolve() (*config, error) {
 			int(c.queue.Lease.Seconds()), int(c.queue.ProgressTimeout.Seconds()))
 	}
 	if c.queue.OfflineAfter, err = cs.offlineAfter.Seconds(5, 86400); err != nil {
+		return nil, err
+	}
+	if c.logs.RetentionDays, err = cs.logRetention.Int(1, 3650); err != nil {
+		return nil, err
+	}
+	if c.logs.PartitionsAhead, err = cs.logPartitionsAhead.Int(1, 60); err != nil {
 		return nil, err
 	}
 	if c.live.PerConnection, err = cs.subsPerConnection.Int(1, 100_000); err != nil {

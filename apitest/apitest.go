@@ -105,7 +105,9 @@ type Options struct {
 	LiveLimits live.Limits
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
-	// Clock is the maintenance runner's and the scheduler's time. With a
+	// Logs overrides the log retention and partitions ahead.
+	Logs db.LogConfig
+	// Clock is the maintenance runner's, the scheduler's and the log store's time. With a
 	// clock set, no loop runs the maintenance runner: the test steps it
 	// (Server.App.Maintenance.Step) after moving the clock.
 	Clock maintenance.Clock
@@ -186,6 +188,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		LiveLimits:     o.LiveLimits,
 		KeyRecheck:     o.KeyRecheck,
 		Clock:          o.Clock,
+		Logs:           o.Logs,
 		Metrics:        s.Metrics,
 		Webhooks:       o.Webhooks,
 	})

@@ -44,8 +44,12 @@ type Config struct {
 	// SweepEvery is how often the maintenance runner steps, and how often
 	// it marks silent robots offline and rescues expired leases (default 5 s).
 	SweepEvery time.Duration
-	// Clock is the maintenance runner's time (default: the system clock).
+	// Clock is the maintenance runner's time (default: the system clock),
+	// and the log store's: the receive time of lines, and retention's today.
 	Clock maintenance.Clock
+	// Logs configures robot logs: retention and partitions ahead (zero
+	// fields: db.DefaultLogConfig). Its clock is Clock.
+	Logs db.LogConfig
 	// InitTimeout bounds a websocket's wait for connection_init (0: the handler's default).
 	InitTimeout time.Duration
 	// KeepAlive is the interval of websocket and SSE keep-alives (0: the handler's default).
@@ -119,12 +123,14 @@ func New(cfg Config) (*App, error) {
 		cfg.Clock = maintenance.SystemClock{}
 	}
 	clock := cfg.Clock
+	cfg.Logs.Now = cfg.Clock.Now
+	logs := db.NewLogs(cfg.Logs, jobs)
 	schedules := db.NewSchedules(jobs, workflows, cfg.Clock.Now)
 	webhooks := db.NewWebhooks(db.WebhookConfig{
 		AllowHTTP: cfg.Webhooks.AllowHTTP, AllowPrivate: cfg.Webhooks.AllowPrivate, Retries: cfg.Webhooks.Retries, Now: clock.Now,
 	})
 	listener.Metrics = cfg.Metrics
-	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs}, cfg.Logger)
+	hub := realtime.NewHub(listener, &realtime.StoreSource{DB: cfg.DB, Machines: machines, Robots: robots, Jobs: jobs, Logs: logs}, cfg.Logger)
 	hub.Metrics = cfg.Metrics
 	cfg.Metrics.WatchDatabase(cfg.DB.DB, func(ctx context.Context) (map[string]int, error) { return db.CountLiveJobs(ctx, cfg.DB) })
 	r := &graph.Resolver{
@@ -134,6 +140,7 @@ func New(cfg Config) (*App, error) {
 		APIKeyStore:   keys,
 		WorkflowStore: workflows,
 		JobStore:      jobs,
+		LogStore:      logs,
 		Dispatcher:    dispatch.New(cfg.DB, jobs, listener, dispatch.Config{Poll: cfg.ClaimPoll, MaxWait: cfg.ClaimMaxWait}),
 		Hub:           hub,
 		ScheduleStore: schedules,
@@ -161,6 +168,7 @@ func New(cfg Config) (*App, error) {
 	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger, cfg.Metrics)
 	registerScheduleTasks(runner, cfg.DB, schedules, cfg.Logger)
 	deliverer := registerWebhookTasks(runner, cfg.DB, webhooks, cfg.Webhooks, clock, cfg.SweepEvery, cfg.Logger)
+	registerLogTasks(runner, cfg.DB, logs, cfg.Logger)
 	return &App{
 		Handler:     h,
 		Resolver:    r,
@@ -210,6 +218,28 @@ func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, j
 		}
 		if len(rescued) > 0 {
 			log.Info("rescued expired leases", "count", len(rescued))
+		}
+		return err
+	}})
+}
+
+// registerLogTasks registers the upkeep of robot logs: partitions for today
+// and the days ahead (hourly, so a new day's is ready long before midnight),
+// and the daily retention run, which drops whole days past
+// LOG_RETENTION_DAYS with the heartbeat history of those days and records
+// itself in the cleanup history.
+func registerLogTasks(r *maintenance.Runner, bdb *bun.DB, logs *db.Logs, log *slog.Logger) {
+	r.Register(maintenance.Task{Name: "log-partitions", Every: time.Hour, Run: func(ctx context.Context, now time.Time) error {
+		created, err := logs.EnsurePartitions(ctx, bdb, now)
+		if len(created) > 0 {
+			log.Info("created log partitions", "partitions", created)
+		}
+		return err
+	}})
+	r.Register(maintenance.Task{Name: "log-retention", Every: 24 * time.Hour, Run: func(ctx context.Context, _ time.Time) error {
+		run, err := logs.Cleanup(ctx, bdb, nil, false)
+		if err == nil && len(run.Partitions) > 0 {
+			log.Info("dropped old log partitions", "days", run.Partitions, "lines", run.Rows, "bytes", run.Bytes, "heartbeats", run.Heartbeats)
 		}
 		return err
 	}})

@@ -49,7 +49,7 @@ type Loaders struct {
 	versions          *paged[limitedKey, []*db.WorkflowVersion]
 	assignments       *paged[uuid.UUID, []*db.WorkflowAssignment]
 	overrides         *paged[uuid.UUID, []*db.NodeRobotOverride]
-	jobLogs           *paged[limitedKey, []*db.JobLog]
+	jobLogs           *paged[limitedKey, []*db.RobotLog]
 
 	mu    sync.Mutex
 	pages map[pageKey][]uuid.UUID // a listed row -> the ids of its page
@@ -96,6 +96,7 @@ type Stores struct {
 	Robots    *db.Robots
 	Workflows *db.Workflows
 	Jobs      *db.Jobs
+	Logs      *db.Logs
 }
 
 // paged is a dataloadgen loader that can also load a whole page at once.
@@ -183,8 +184,8 @@ func New(s Stores) *Loaders {
 		overrides: mapped([]*db.NodeRobotOverride{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.NodeRobotOverride, error) {
 			return s.Workflows.OverridesOf(ctx, s.DB, ids)
 		}),
-		jobLogs: mapped([]*db.JobLog{}, limited(func(ctx context.Context, ids []uuid.UUID, limit int) (map[uuid.UUID][]*db.JobLog, error) {
-			return s.Jobs.LogsOf(ctx, s.DB, ids, limit)
+		jobLogs: mapped([]*db.RobotLog{}, limited(func(ctx context.Context, ids []uuid.UUID, limit int) (map[uuid.UUID][]*db.RobotLog, error) {
+			return s.Logs.LogsOf(ctx, s.DB, ids, limit)
 		})),
 	}
 }
@@ -313,7 +314,7 @@ func (l *Loaders) Overrides(ctx context.Context, workflowID uuid.UUID) ([]*db.No
 }
 
 // JobLogs returns a job's newest log lines, at most first.
-func (l *Loaders) JobLogs(ctx context.Context, jobID uuid.UUID, first int) ([]*db.JobLog, error) {
+func (l *Loaders) JobLogs(ctx context.Context, jobID uuid.UUID, first int) ([]*db.RobotLog, error) {
 	return loadWithPage(ctx, l, l.jobLogs, Jobs, limitedKey{jobID, first}, jobID, withID)
 }
 

@@ -87,35 +87,6 @@ type JobLease struct {
 	LeaseExpiresAt time.Time
 }
 
-// JobLog is one line of a job's log.
-type JobLog struct {
-	bun.BaseModel `bun:"table:job_logs,alias:l"`
-
-	ID       int64          `bun:"id,pk,autoincrement"`
-	JobID    uuid.UUID      `bun:"job_id,type:uuid"`
-	TenantID uuid.UUID      `bun:"tenant_id,type:uuid"`
-	RobotID  *uuid.UUID     `bun:"robot_id,type:uuid"`
-	Level    LogLevel       `bun:"level"`
-	Message  string         `bun:"message"`
-	Fields   map[string]any `bun:"fields,type:jsonb"`
-	At       time.Time      `bun:"at,nullzero,default:clock_timestamp()"`
-}
-
-// LogLevel is a job log line's severity.
-type LogLevel string
-
-// Log levels.
-const (
-	LogDebug LogLevel = "DEBUG"
-	LogInfo  LogLevel = "INFO"
-	LogWarn  LogLevel = "WARN"
-	LogError LogLevel = "ERROR"
-)
-
-func (l LogLevel) valid() bool {
-	return l == LogDebug || l == LogInfo || l == LogWarn || l == LogError
-}
-
 // EnqueueJobInput describes a job to queue.
 type EnqueueJobInput struct {
 	WorkflowID           uuid.UUID
@@ -142,19 +113,8 @@ type JobFilter struct {
 	CreatedBefore *time.Time
 }
 
-// JobLogInput is one log line a robot ships.
-type JobLogInput struct {
-	Level   LogLevel
-	Message string
-	Fields  map[string]any
-	At      *time.Time
-}
-
 // MaxEnqueueBatch caps enqueueJobs.
 const MaxEnqueueBatch = 1000
-
-// MaxLogBatch caps appendJobLogs.
-const MaxLogBatch = 500
 
 // Jobs is the store of the job queue.
 type Jobs struct {
@@ -364,84 +324,6 @@ func extendRunningLeases(ctx context.Context, tx bun.Tx, cfg QueueConfig, robot 
 		return fmt.Errorf("extending leases: %w", err)
 	}
 	return nil
-}
-
-func checkLogMessage(field, msg string) error {
-	if len([]rune(msg)) > 8000 {
-		return fault.Invalid(field, "%s must be at most 8000 characters", field)
-	}
-	return noNUL(field, msg)
-}
-
-// AppendLogs adds log lines to a job the robot holds and returns how many.
-func (s *Jobs) AppendLogs(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, entries []JobLogInput) (int, error) {
-	if len(entries) == 0 {
-		return 0, fault.Invalid("entries", "give at least one log line")
-	}
-	if len(entries) > MaxLogBatch {
-		return 0, fault.Invalid("entries", "at most %d log lines per call (got %d)", MaxLogBatch, len(entries))
-	}
-	for i, e := range entries {
-		field := fmt.Sprintf("entries[%d]", i)
-		if !e.Level.valid() {
-			return 0, fault.Invalid(field+".level", "%s.level is not a log level", field)
-		}
-		if err := checkLogMessage(field+".message", e.Message); err != nil {
-			return 0, err
-		}
-		if _, err := checkJSONObject(field+".fields", e.Fields); err != nil {
-			return 0, err
-		}
-	}
-	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		// A no-op fenced update proves the robot holds the job (and locks
-		// it); it changes nothing a subscriber sees, so no revision bump.
-		j, err := s.fenced(ctx, tx, jobID, token, liveJobStatuses, "log to", func(q *bun.UpdateQuery) *bun.UpdateQuery {
-			return q.Set("lease_token = j.lease_token")
-		})
-		if err != nil {
-			return err
-		}
-		return insertLogs(ctx, tx, j, entries)
-	})
-	if err != nil {
-		return 0, err
-	}
-	return len(entries), nil
-}
-
-func insertLogs(ctx context.Context, tx bun.Tx, j *Job, entries []JobLogInput) error {
-	rows := make([]*JobLog, len(entries))
-	for i, e := range entries {
-		fields, _ := checkJSONObject("fields", e.Fields)
-		rows[i] = &JobLog{JobID: j.ID, TenantID: j.TenantID, RobotID: j.RobotID, Level: e.Level, Message: e.Message, Fields: fields}
-		if e.At != nil {
-			rows[i].At = *e.At
-		}
-	}
-	if _, err := tx.NewInsert().Model(&rows).Exec(ctx); err != nil {
-		return fmt.Errorf("storing job logs: %w", err)
-	}
-	return nil
-}
-
-// LogsOf returns each visible job's newest log lines, at most limit each.
-func (s *Jobs) LogsOf(ctx context.Context, idb bun.IDB, ids []uuid.UUID, limit int) (map[uuid.UUID][]*JobLog, error) {
-	sc, err := scopeOf(ctx)
-	if err != nil {
-		return nil, err
-	}
-	inner := idb.NewSelect().Model((*JobLog)(nil)).Where("l.job_id = k.id").OrderExpr("l.id DESC").Limit(limit)
-	var rows []*JobLog
-	err = jobsVisible(sc, idb.NewSelect().
-		TableExpr("unnest(?::uuid[]) AS k(id)", pgUUIDs(ids)).
-		Join("JOIN jobs AS j ON j.id = k.id").
-		Join("CROSS JOIN LATERAL (?) AS l", inner).
-		ColumnExpr("l.*"), "j").Scan(ctx, &rows)
-	if err != nil {
-		return nil, fmt.Errorf("loading job logs: %w", err)
-	}
-	return groupBy(ids, rows, func(l *JobLog) uuid.UUID { return l.JobID }), nil
 }
 
 // FindMany returns the visible jobs among ids, keyed by id.

@@ -461,10 +461,10 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 		if err := extendRunningLeases(ctx, tx, s.cfg, prev.ID); err != nil {
 			return err
 		}
-		_, err := tx.NewRaw(`INSERT INTO robot_heartbeats (robot_id, tenant_id, status, metrics)
-			SELECT ?, ?, ?, ?::jsonb
+		_, err := tx.NewRaw(`INSERT INTO robot_heartbeats (robot_id, tenant_id, status, metrics, agent_version)
+			SELECT ?, ?, ?, ?::jsonb, ?
 			WHERE ? OR NOT EXISTS (SELECT 1 FROM robot_heartbeats WHERE robot_id = ? AND at > now() - make_interval(secs => ?))`,
-			prev.ID, prev.TenantID, in.Status, jsonText(metrics),
+			prev.ID, prev.TenantID, in.Status, jsonText(metrics), r.AgentVersion,
 			prev.Status != in.Status, prev.ID, seconds(s.cfg.HeartbeatSample)).Exec(ctx)
 		if err != nil {
 			return fmt.Errorf("sampling heartbeat: %w", err)

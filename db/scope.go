@@ -147,11 +147,20 @@ func canSeePresence(p *auth.Principal, tenant uuid.UUID) bool {
 	return p != nil && p.TenantID == tenant && p.RobotID == uuid.Nil
 }
 
+// canSeeLog is logsVisible: people see their tenant's robots' lines, a
+// robot only its own.
+func canSeeLog(p *auth.Principal, tenant, robot uuid.UUID) bool {
+	if p == nil || p.TenantID != tenant {
+		return false
+	}
+	return p.RobotID == uuid.Nil || robot == p.RobotID
+}
+
 // CanSee decides in Go, without a database read, whether p may see a row
 // described by a notification's routing fields, for the subscription hub's
 // first, cheap filter. kind is "machine" and "machine_event" (owner set),
-// "robot" (robot = the robot's id), "presence", or "job" (robot = the
-// holding robot, if any). Any other kind is visible to no one. Routing
+// "robot" (robot = the robot's id), "presence", "job" (robot = the
+// holding robot, if any), or "log" (robot = the robot that shipped it). Any other kind is visible to no one. Routing
 // fields may be older than the row the hub then sends: CanSeeRow checks that.
 func CanSee(p *auth.Principal, kind string, tenant uuid.UUID, owner, robot *uuid.UUID) bool {
 	switch kind {
@@ -163,12 +172,15 @@ func CanSee(p *auth.Principal, kind string, tenant uuid.UUID, owner, robot *uuid
 		return canSeePresence(p, tenant)
 	case "job":
 		return canSeeJob(p, tenant, robot)
+	case "log":
+		return robot != nil && canSeeLog(p, tenant, *robot)
 	}
 	return false
 }
 
 // CanSeeRow decides whether p may see row, a row of kind as the hub loaded
-// it (*Machine, *MachineEvent, *Robot for "robot" and "presence", *Job):
+// it (*Machine, *MachineEvent, *Robot for "robot" and "presence", *Job,
+// *LogBatch for "log", each of whose lines must be the batch's robot's):
 // the check every live update passes just before it is sent. Any other kind
 // or row type is visible to no one.
 func CanSeeRow(p *auth.Principal, kind string, row any) bool {
@@ -188,6 +200,17 @@ func CanSeeRow(p *auth.Principal, kind string, row any) bool {
 	case "job":
 		j, ok := row.(*Job)
 		return ok && j != nil && canSeeJob(p, j.TenantID, j.RobotID)
+	case "log":
+		b, ok := row.(*LogBatch)
+		if !ok || b == nil || !canSeeLog(p, b.TenantID, b.RobotID) {
+			return false
+		}
+		for _, l := range b.Lines {
+			if l.TenantID != b.TenantID || l.RobotID != b.RobotID {
+				return false
+			}
+		}
+		return true
 	}
 	return false
 }

@@ -23,7 +23,7 @@ func TestLiveVisibilityFailsClosed(t *testing.T) {
 	anotherRobot := uuid.New()
 
 	for _, p := range []*auth.Principal{user, service, robot} {
-		for _, kind := range []string{"", "log", "workflow", "Job", "machines"} {
+		for _, kind := range []string{"", "logs", "Log", "workflow", "Job", "machines"} {
 			require.False(t, db.CanSee(p, kind, tenant, &user.UserID, &robotID), "routing fields of kind %q", kind)
 			require.False(t, db.CanSeeRow(p, kind, &db.Job{TenantID: tenant, RobotID: &robotID}), "row of kind %q", kind)
 		}
@@ -58,4 +58,23 @@ func TestLiveVisibilityFailsClosed(t *testing.T) {
 	require.True(t, db.CanSeeRow(user, "job", &db.Job{TenantID: tenant, RobotID: &anotherRobot}))
 	require.True(t, db.CanSeeRow(user, "presence", &db.Robot{ID: anotherRobot, TenantID: tenant}))
 	require.True(t, db.CanSeeRow(service, "machine", &db.Machine{TenantID: tenant, OwnerID: uuid.New()}))
+
+	// Log batches: the tenant's people see every robot's, a robot its own;
+	// a batch holding a line of another robot or tenant is nobody's.
+	own := &db.LogBatch{TenantID: tenant, RobotID: robotID, Lines: []*db.RobotLog{{TenantID: tenant, RobotID: robotID}}}
+	for _, p := range []*auth.Principal{user, service, robot} {
+		require.True(t, db.CanSee(p, "log", tenant, nil, &robotID))
+		require.True(t, db.CanSeeRow(p, "log", own))
+		require.False(t, db.CanSee(p, "log", other, nil, &robotID))
+		require.False(t, db.CanSee(p, "log", tenant, nil, nil))
+		require.False(t, db.CanSeeRow(p, "log", &db.LogBatch{TenantID: other, RobotID: robotID}))
+		require.False(t, db.CanSeeRow(p, "log", &db.LogBatch{TenantID: tenant, RobotID: robotID,
+			Lines: []*db.RobotLog{{TenantID: tenant, RobotID: robotID}, {TenantID: other, RobotID: robotID}}}))
+		require.False(t, db.CanSeeRow(p, "log", (*db.LogBatch)(nil)))
+		require.False(t, db.CanSeeRow(p, "log", &db.Job{TenantID: tenant, RobotID: &robotID}))
+	}
+	require.False(t, db.CanSee(robot, "log", tenant, nil, &anotherRobot))
+	require.False(t, db.CanSeeRow(robot, "log", &db.LogBatch{TenantID: tenant, RobotID: anotherRobot}))
+	require.True(t, db.CanSeeRow(user, "log", &db.LogBatch{TenantID: tenant, RobotID: anotherRobot}))
+	require.False(t, db.CanSeeRow(nil, "log", own))
 }

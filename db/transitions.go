@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
@@ -300,7 +301,7 @@ func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID
 		if err != nil || message == nil {
 			return err
 		}
-		return insertLogs(ctx, tx, j, []JobLogInput{{Level: LogInfo, Message: *message, Fields: map[string]any{"progress": progress}}})
+		return insertLines(ctx, tx, j.TenantID, *j.RobotID, []logLine{{job: &j.ID, level: LogInfo, message: *message, fields: map[string]any{"progress": progress}, at: time.Now()}})
 	})
 	return j, err
 }

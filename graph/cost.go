@@ -57,6 +57,13 @@ var listSizes = map[string]listSize{
 	"RobotConnection.edges":         {},
 	"WorkflowConnection.edges":      {},
 	"JobConnection.edges":           {},
+	"Query.robotLogs":               page(db.DefaultPageSize),
+	"Query.logSummary":              {def: db.MaxSummaryRows, max: db.MaxSummaryRows},
+	"Query.logCleanupHistory":       page(db.DefaultPageSize),
+	"Robot.heartbeats":              page(100),
+	"RobotLogBatch.lines":           {def: db.MaxShipBatch, max: db.MaxShipBatch},
+	"RobotLogConnection.edges":      {},
+	"LogCleanupConnection.edges":    {},
 	// Schedules.
 	"Query.schedules":          page(db.DefaultPageSize),
 	"Schedule.recentJobs":      {arg: "first", def: 10, max: db.MaxRecentJobs},

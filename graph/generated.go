@@ -167,6 +167,38 @@ type ComplexityRoot struct {
 		Message func(childComplexity int) int
 	}
 
+	LogCleanupConnection struct {
+		Edges    func(childComplexity int) int
+		PageInfo func(childComplexity int) int
+	}
+
+	LogCleanupEdge struct {
+		Cursor func(childComplexity int) int
+		Node   func(childComplexity int) int
+	}
+
+	LogCleanupRun struct {
+		Actor             func(childComplexity int) int
+		At                func(childComplexity int) int
+		BytesFreed        func(childComplexity int) int
+		Cutoff            func(childComplexity int) int
+		DryRun            func(childComplexity int) int
+		HeartbeatsDropped func(childComplexity int) int
+		ID                func(childComplexity int) int
+		LinesDropped      func(childComplexity int) int
+		Partitions        func(childComplexity int) int
+		RetentionDays     func(childComplexity int) int
+	}
+
+	LogSummary struct {
+		Count   func(childComplexity int) int
+		Day     func(childComplexity int) int
+		FirstAt func(childComplexity int) int
+		LastAt  func(childComplexity int) int
+		Level   func(childComplexity int) int
+		RobotID func(childComplexity int) int
+	}
+
 	Machine struct {
 		Configuration     func(childComplexity int) int
 		CreatedAt         func(childComplexity int) int
@@ -226,6 +258,7 @@ type ComplexityRoot struct {
 		AssignWorkflow          func(childComplexity int, workflowID uuid.UUID, robotID uuid.UUID, isDefault *bool, priority *int) int
 		CancelJob               func(childComplexity int, id uuid.UUID) int
 		ClaimJob                func(childComplexity int, waitSeconds *int) int
+		CleanupLogs             func(childComplexity int, retentionDays *int, dryRun *bool) int
 		CompleteJob             func(childComplexity int, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any) int
 		CreateAPIKey            func(childComplexity int, robotID uuid.UUID, name string, expiresAt *time.Time) int
 		CreateMachine           func(childComplexity int, input db.CreateMachineInput) int
@@ -254,6 +287,7 @@ type ComplexityRoot struct {
 		RotateWebhookSecret     func(childComplexity int, id uuid.UUID) int
 		SendTestWebhook         func(childComplexity int, endpointID uuid.UUID) int
 		SetNodeRobotOverride    func(childComplexity int, workflowID uuid.UUID, nodeID string, robotID *uuid.UUID, capability *string) int
+		ShipLogs                func(childComplexity int, entries []*db.RobotLogInput) int
 		StartJob                func(childComplexity int, jobID uuid.UUID, leaseToken uuid.UUID) int
 		StartMachine            func(childComplexity int, id uuid.UUID) int
 		StopMachine             func(childComplexity int, id uuid.UUID) int
@@ -292,11 +326,14 @@ type ComplexityRoot struct {
 		CurrentRobot            func(childComplexity int) int
 		Job                     func(childComplexity int, id uuid.UUID) int
 		Jobs                    func(childComplexity int, first *int, after *string, filter *db.JobFilter) int
+		LogCleanupHistory       func(childComplexity int, first *int, after *string) int
+		LogSummary              func(childComplexity int, since *time.Time, until *time.Time, robotID *uuid.UUID) int
 		Machine                 func(childComplexity int, id uuid.UUID) int
 		MachineEvents           func(childComplexity int, machineID uuid.UUID, first *int, after *string, eventTypes []string) int
 		Machines                func(childComplexity int, first *int, after *string, filter *db.MachineFilter) int
 		Me                      func(childComplexity int) int
 		Robot                   func(childComplexity int, id uuid.UUID) int
+		RobotLogs               func(childComplexity int, robotID *uuid.UUID, jobID *uuid.UUID, minLevel *db.LogLevel, since *time.Time, until *time.Time, contains *string, first *int, after *string) int
 		RobotStats              func(childComplexity int) int
 		Robots                  func(childComplexity int, first *int, after *string, filter *db.RobotFilter) int
 		Schedule                func(childComplexity int, id uuid.UUID) int
@@ -314,6 +351,7 @@ type ComplexityRoot struct {
 		CreatedAt         func(childComplexity int) int
 		CurrentJobs       func(childComplexity int) int
 		Environment       func(childComplexity int) int
+		Heartbeats        func(childComplexity int, since *time.Time, until *time.Time, first *int) int
 		Hostname          func(childComplexity int) int
 		ID                func(childComplexity int) int
 		LastHeartbeatAt   func(childComplexity int) int
@@ -339,6 +377,39 @@ type ComplexityRoot struct {
 	}
 
 	RobotEdge struct {
+		Cursor func(childComplexity int) int
+		Node   func(childComplexity int) int
+	}
+
+	RobotHeartbeat struct {
+		AgentVersion func(childComplexity int) int
+		At           func(childComplexity int) int
+		Metrics      func(childComplexity int) int
+		Status       func(childComplexity int) int
+	}
+
+	RobotLog struct {
+		At      func(childComplexity int) int
+		Fields  func(childComplexity int) int
+		ID      func(childComplexity int) int
+		JobID   func(childComplexity int) int
+		Level   func(childComplexity int) int
+		Message func(childComplexity int) int
+		RobotID func(childComplexity int) int
+	}
+
+	RobotLogBatch struct {
+		Lines       func(childComplexity int) int
+		MissedLines func(childComplexity int) int
+		RobotID     func(childComplexity int) int
+	}
+
+	RobotLogConnection struct {
+		Edges    func(childComplexity int) int
+		PageInfo func(childComplexity int) int
+	}
+
+	RobotLogEdge struct {
 		Cursor func(childComplexity int) int
 		Node   func(childComplexity int) int
 	}
@@ -414,6 +485,7 @@ type ComplexityRoot struct {
 		JobUpdated        func(childComplexity int, id *uuid.UUID, filter *model.JobUpdateFilter) int
 		MachineEventAdded func(childComplexity int, machineID uuid.UUID) int
 		MachineUpdated    func(childComplexity int, id *uuid.UUID) int
+		RobotLogAdded     func(childComplexity int, robotID *uuid.UUID, minLevel *db.LogLevel) int
 		RobotUpdated      func(childComplexity int, id *uuid.UUID) int
 	}
 
@@ -528,7 +600,7 @@ type JobResolver interface {
 
 	Robot(ctx context.Context, obj *db.Job) (*db.Robot, error)
 
-	Logs(ctx context.Context, obj *db.Job, first *int) ([]*db.JobLog, error)
+	Logs(ctx context.Context, obj *db.Job, first *int) ([]*db.RobotLog, error)
 }
 type JobConnectionResolver interface {
 	TotalCount(ctx context.Context, obj *model.JobConnection) (int, error)
@@ -574,6 +646,8 @@ type MutationResolver interface {
 	CompleteJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any) (*db.Job, error)
 	FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool) (*db.Job, error)
 	AppendJobLogs(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, entries []*db.JobLogInput) (int, error)
+	ShipLogs(ctx context.Context, entries []*db.RobotLogInput) (int, error)
+	CleanupLogs(ctx context.Context, retentionDays *int, dryRun *bool) (*db.LogCleanup, error)
 	CreateSchedule(ctx context.Context, input db.CreateScheduleInput) (*db.Schedule, error)
 	UpdateSchedule(ctx context.Context, id uuid.UUID, input db.UpdateScheduleInput) (*db.Schedule, error)
 	PauseSchedule(ctx context.Context, id uuid.UUID, note *string) (*db.Schedule, error)
@@ -603,6 +677,9 @@ type QueryResolver interface {
 	WorkflowAssignmentStats(ctx context.Context) ([]*db.WorkflowAssignmentStats, error)
 	CurrentRobot(ctx context.Context) (*db.Robot, error)
 	APIKeyAudit(ctx context.Context, robotID *uuid.UUID, first *int) ([]*db.APIKeyAuditEntry, error)
+	RobotLogs(ctx context.Context, robotID *uuid.UUID, jobID *uuid.UUID, minLevel *db.LogLevel, since *time.Time, until *time.Time, contains *string, first *int, after *string) (*model.RobotLogConnection, error)
+	LogSummary(ctx context.Context, since *time.Time, until *time.Time, robotID *uuid.UUID) ([]*db.LogSummaryRow, error)
+	LogCleanupHistory(ctx context.Context, first *int, after *string) (*model.LogCleanupConnection, error)
 	Schedule(ctx context.Context, id uuid.UUID) (*db.Schedule, error)
 	Schedules(ctx context.Context, first *int, after *string, filter *db.ScheduleFilter) (*model.ScheduleConnection, error)
 	WebhookEndpoints(ctx context.Context) ([]*db.WebhookEndpoint, error)
@@ -610,6 +687,7 @@ type QueryResolver interface {
 }
 type RobotResolver interface {
 	CurrentJobs(ctx context.Context, obj *db.Robot) ([]*db.Job, error)
+	Heartbeats(ctx context.Context, obj *db.Robot, since *time.Time, until *time.Time, first *int) ([]*db.RobotHeartbeat, error)
 }
 type RobotConnectionResolver interface {
 	TotalCount(ctx context.Context, obj *model.RobotConnection) (int, error)
@@ -630,6 +708,7 @@ type SubscriptionResolver interface {
 	RobotUpdated(ctx context.Context, id *uuid.UUID) (<-chan *model.RobotChange, error)
 	FleetPresence(ctx context.Context) (<-chan *model.PresenceEvent, error)
 	JobUpdated(ctx context.Context, id *uuid.UUID, filter *model.JobUpdateFilter) (<-chan *model.JobChange, error)
+	RobotLogAdded(ctx context.Context, robotID *uuid.UUID, minLevel *db.LogLevel) (<-chan *model.RobotLogBatch, error)
 }
 type ViewerResolver interface {
 	ID(ctx context.Context, obj *auth.Principal) (uuid.UUID, error)
@@ -1151,6 +1230,130 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.JobLog.Message(childComplexity), true
 
+	case "LogCleanupConnection.edges":
+		if e.ComplexityRoot.LogCleanupConnection.Edges == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupConnection.Edges(childComplexity), true
+	case "LogCleanupConnection.pageInfo":
+		if e.ComplexityRoot.LogCleanupConnection.PageInfo == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupConnection.PageInfo(childComplexity), true
+
+	case "LogCleanupEdge.cursor":
+		if e.ComplexityRoot.LogCleanupEdge.Cursor == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupEdge.Cursor(childComplexity), true
+	case "LogCleanupEdge.node":
+		if e.ComplexityRoot.LogCleanupEdge.Node == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupEdge.Node(childComplexity), true
+
+	case "LogCleanupRun.actor":
+		if e.ComplexityRoot.LogCleanupRun.Actor == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.Actor(childComplexity), true
+	case "LogCleanupRun.at":
+		if e.ComplexityRoot.LogCleanupRun.At == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.At(childComplexity), true
+	case "LogCleanupRun.bytesFreed":
+		if e.ComplexityRoot.LogCleanupRun.BytesFreed == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.BytesFreed(childComplexity), true
+	case "LogCleanupRun.cutoff":
+		if e.ComplexityRoot.LogCleanupRun.Cutoff == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.Cutoff(childComplexity), true
+	case "LogCleanupRun.dryRun":
+		if e.ComplexityRoot.LogCleanupRun.DryRun == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.DryRun(childComplexity), true
+	case "LogCleanupRun.heartbeatsDropped":
+		if e.ComplexityRoot.LogCleanupRun.HeartbeatsDropped == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.HeartbeatsDropped(childComplexity), true
+	case "LogCleanupRun.id":
+		if e.ComplexityRoot.LogCleanupRun.ID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.ID(childComplexity), true
+	case "LogCleanupRun.linesDropped":
+		if e.ComplexityRoot.LogCleanupRun.LinesDropped == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.LinesDropped(childComplexity), true
+	case "LogCleanupRun.partitionsDropped":
+		if e.ComplexityRoot.LogCleanupRun.Partitions == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.Partitions(childComplexity), true
+	case "LogCleanupRun.retentionDays":
+		if e.ComplexityRoot.LogCleanupRun.RetentionDays == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogCleanupRun.RetentionDays(childComplexity), true
+
+	case "LogSummary.count":
+		if e.ComplexityRoot.LogSummary.Count == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogSummary.Count(childComplexity), true
+	case "LogSummary.day":
+		if e.ComplexityRoot.LogSummary.Day == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogSummary.Day(childComplexity), true
+	case "LogSummary.firstAt":
+		if e.ComplexityRoot.LogSummary.FirstAt == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogSummary.FirstAt(childComplexity), true
+	case "LogSummary.lastAt":
+		if e.ComplexityRoot.LogSummary.LastAt == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogSummary.LastAt(childComplexity), true
+	case "LogSummary.level":
+		if e.ComplexityRoot.LogSummary.Level == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogSummary.Level(childComplexity), true
+	case "LogSummary.robotId":
+		if e.ComplexityRoot.LogSummary.RobotID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LogSummary.RobotID(childComplexity), true
+
 	case "Machine.configuration":
 		if e.ComplexityRoot.Machine.Configuration == nil {
 			break
@@ -1410,6 +1613,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.ClaimJob(childComplexity, args["waitSeconds"].(*int)), true
+	case "Mutation.cleanupLogs":
+		if e.ComplexityRoot.Mutation.CleanupLogs == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_cleanupLogs_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.CleanupLogs(childComplexity, args["retentionDays"].(*int), args["dryRun"].(*bool)), true
 	case "Mutation.completeJob":
 		if e.ComplexityRoot.Mutation.CompleteJob == nil {
 			break
@@ -1718,6 +1932,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.SetNodeRobotOverride(childComplexity, args["workflowId"].(uuid.UUID), args["nodeId"].(string), args["robotId"].(*uuid.UUID), args["capability"].(*string)), true
+	case "Mutation.shipLogs":
+		if e.ComplexityRoot.Mutation.ShipLogs == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_shipLogs_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.ShipLogs(childComplexity, args["entries"].([]*db.RobotLogInput)), true
 	case "Mutation.startJob":
 		if e.ComplexityRoot.Mutation.StartJob == nil {
 			break
@@ -1944,6 +2169,28 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Query.Jobs(childComplexity, args["first"].(*int), args["after"].(*string), args["filter"].(*db.JobFilter)), true
+	case "Query.logCleanupHistory":
+		if e.ComplexityRoot.Query.LogCleanupHistory == nil {
+			break
+		}
+
+		args, err := ec.field_Query_logCleanupHistory_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Query.LogCleanupHistory(childComplexity, args["first"].(*int), args["after"].(*string)), true
+	case "Query.logSummary":
+		if e.ComplexityRoot.Query.LogSummary == nil {
+			break
+		}
+
+		args, err := ec.field_Query_logSummary_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Query.LogSummary(childComplexity, args["since"].(*time.Time), args["until"].(*time.Time), args["robotId"].(*uuid.UUID)), true
 	case "Query.machine":
 		if e.ComplexityRoot.Query.Machine == nil {
 			break
@@ -1994,6 +2241,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Query.Robot(childComplexity, args["id"].(uuid.UUID)), true
+	case "Query.robotLogs":
+		if e.ComplexityRoot.Query.RobotLogs == nil {
+			break
+		}
+
+		args, err := ec.field_Query_robotLogs_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Query.RobotLogs(childComplexity, args["robotId"].(*uuid.UUID), args["jobId"].(*uuid.UUID), args["minLevel"].(*db.LogLevel), args["since"].(*time.Time), args["until"].(*time.Time), args["contains"].(*string), args["first"].(*int), args["after"].(*string)), true
 	case "Query.robotStats":
 		if e.ComplexityRoot.Query.RobotStats == nil {
 			break
@@ -2109,6 +2367,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Robot.Environment(childComplexity), true
+	case "Robot.heartbeats":
+		if e.ComplexityRoot.Robot.Heartbeats == nil {
+			break
+		}
+
+		args, err := ec.field_Robot_heartbeats_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Robot.Heartbeats(childComplexity, args["since"].(*time.Time), args["until"].(*time.Time), args["first"].(*int)), true
 	case "Robot.hostname":
 		if e.ComplexityRoot.Robot.Hostname == nil {
 			break
@@ -2220,6 +2489,119 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.RobotEdge.Node(childComplexity), true
+
+	case "RobotHeartbeat.agentVersion":
+		if e.ComplexityRoot.RobotHeartbeat.AgentVersion == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotHeartbeat.AgentVersion(childComplexity), true
+	case "RobotHeartbeat.at":
+		if e.ComplexityRoot.RobotHeartbeat.At == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotHeartbeat.At(childComplexity), true
+	case "RobotHeartbeat.metrics":
+		if e.ComplexityRoot.RobotHeartbeat.Metrics == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotHeartbeat.Metrics(childComplexity), true
+	case "RobotHeartbeat.status":
+		if e.ComplexityRoot.RobotHeartbeat.Status == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotHeartbeat.Status(childComplexity), true
+
+	case "RobotLog.at":
+		if e.ComplexityRoot.RobotLog.At == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLog.At(childComplexity), true
+	case "RobotLog.fields":
+		if e.ComplexityRoot.RobotLog.Fields == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLog.Fields(childComplexity), true
+	case "RobotLog.id":
+		if e.ComplexityRoot.RobotLog.ID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLog.ID(childComplexity), true
+	case "RobotLog.jobId":
+		if e.ComplexityRoot.RobotLog.JobID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLog.JobID(childComplexity), true
+	case "RobotLog.level":
+		if e.ComplexityRoot.RobotLog.Level == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLog.Level(childComplexity), true
+	case "RobotLog.message":
+		if e.ComplexityRoot.RobotLog.Message == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLog.Message(childComplexity), true
+	case "RobotLog.robotId":
+		if e.ComplexityRoot.RobotLog.RobotID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLog.RobotID(childComplexity), true
+
+	case "RobotLogBatch.lines":
+		if e.ComplexityRoot.RobotLogBatch.Lines == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLogBatch.Lines(childComplexity), true
+	case "RobotLogBatch.missedLines":
+		if e.ComplexityRoot.RobotLogBatch.MissedLines == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLogBatch.MissedLines(childComplexity), true
+	case "RobotLogBatch.robotId":
+		if e.ComplexityRoot.RobotLogBatch.RobotID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLogBatch.RobotID(childComplexity), true
+
+	case "RobotLogConnection.edges":
+		if e.ComplexityRoot.RobotLogConnection.Edges == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLogConnection.Edges(childComplexity), true
+	case "RobotLogConnection.pageInfo":
+		if e.ComplexityRoot.RobotLogConnection.PageInfo == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLogConnection.PageInfo(childComplexity), true
+
+	case "RobotLogEdge.cursor":
+		if e.ComplexityRoot.RobotLogEdge.Cursor == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLogEdge.Cursor(childComplexity), true
+	case "RobotLogEdge.node":
+		if e.ComplexityRoot.RobotLogEdge.Node == nil {
+			break
+		}
+
+		return e.ComplexityRoot.RobotLogEdge.Node(childComplexity), true
 
 	case "RobotStat.averageDurationSeconds":
 		if e.ComplexityRoot.RobotStat.AverageDurationSeconds == nil {
@@ -2581,6 +2963,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Subscription.MachineUpdated(childComplexity, args["id"].(*uuid.UUID)), true
+	case "Subscription.robotLogAdded":
+		if e.ComplexityRoot.Subscription.RobotLogAdded == nil {
+			break
+		}
+
+		args, err := ec.field_Subscription_robotLogAdded_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Subscription.RobotLogAdded(childComplexity, args["robotId"].(*uuid.UUID), args["minLevel"].(*db.LogLevel)), true
 	case "Subscription.robotUpdated":
 		if e.ComplexityRoot.Subscription.RobotUpdated == nil {
 			break
@@ -3021,6 +3414,7 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 		ec.unmarshalInputMachineFilter,
 		ec.unmarshalInputProtocolInput,
 		ec.unmarshalInputRobotFilter,
+		ec.unmarshalInputRobotLogInput,
 		ec.unmarshalInputScheduleFilter,
 		ec.unmarshalInputUpdateMachineInput,
 		ec.unmarshalInputUpdateRobotInput,
@@ -3196,6 +3590,27 @@ type Query {
   "The tenant's API key audit trail, newest first: creations, revocations, and refused uses of its keys."
   apiKeyAudit(robotId: ID, first: Int): [ApiKeyAuditEntry!]!
 
+  """
+  Log lines of the tenant's robots (a robot: only its own), newest first by
+  time, then id; the cursors stay exact across days. Filters: one robot, one
+  job, a minimum level (WARNING includes ERROR and CRITICAL), a time window
+  (` + "`" + `since` + "`" + ` inclusive, ` + "`" + `until` + "`" + ` exclusive), and a case-insensitive substring of
+  the message (at most 100 bytes). NOT_FOUND when ` + "`" + `robotId` + "`" + ` or ` + "`" + `jobId` + "`" + ` is not
+  visible. Lines are kept LOG_RETENTION_DAYS days (default 30).
+  """
+  robotLogs(robotId: ID, jobId: ID, minLevel: LogLevel, since: Time, until: Time, contains: String, first: Int, after: String): RobotLogConnection!
+  """
+  Visible lines counted per UTC day, robot and level, newest day first, at
+  most 500 rows; ` + "`" + `since` + "`" + ` defaults to 7 days ago.
+  """
+  logSummary(since: Time, until: Time, robotId: ID): [LogSummary!]!
+  """
+  (service_role) Retention runs, newest first: the leader's daily runs and
+  runs by hand. A tenant sees the runs that dropped lines and its own dry
+  runs, with its own share of the figures; another tenant's service shows as
+  ` + "`" + `service` + "`" + `.
+  """
+  logCleanupHistory(first: Int, after: String): LogCleanupConnection!
   "One schedule of the caller's tenant (users only)."
   schedule(id: ID!): Schedule
   "The tenant's schedules, newest first (users only)."
@@ -3337,6 +3752,23 @@ type Mutation {
   "(Robots) Appends up to 500 log lines to a job it holds."
   appendJobLogs(jobId: ID!, leaseToken: ID!, entries: [JobLogInput!]!): Int!
 
+  """
+  (Robots) Ships up to 1,000 of its own log lines in one write and returns how
+  many. A line about a job names ` + "`" + `jobId` + "`" + ` and ` + "`" + `leaseToken` + "`" + ` and is fenced on the
+  lease, as appendJobLogs is. A line timestamped more than 5 minutes ahead of
+  the server, or older than LOG_RETENTION_DAYS, is stored at the server's
+  receive time with the robot's time kept in ` + "`" + `fields.robotAt` + "`" + `. Any bad line
+  (level, message over 8,000 characters, NUL characters, fields) refuses the
+  whole batch with BAD_USER_INPUT naming it (` + "`" + `entries[i]...` + "`" + `): nothing is written.
+  """
+  shipLogs(entries: [RobotLogInput!]!): Int!
+  """
+  (service_role) Drops the log partitions (whole UTC days) older than
+  ` + "`" + `retentionDays` + "`" + ` (default and minimum: LOG_RETENTION_DAYS) and the heartbeat
+  history older than the same cutoff, and records the run; a dry run drops
+  nothing and records what it would drop. The leader runs this daily.
+  """
+  cleanupLogs(retentionDays: Int, dryRun: Boolean = false): LogCleanupRun!
   """
   Creates a schedule: jobs of a workflow enqueued at the ticks of a cron
   expression in a time zone (see Schedule). Names are 1-100 characters and
@@ -3520,6 +3952,14 @@ type Subscription {
   claimed, started, progress, completed, failed, cancelled, queued again.
   """
   jobUpdated(id: ID, filter: JobUpdateFilter): JobChange!
+  """
+  Log lines as robots ship them: of one robot, or of the tenant's robots when
+  ` + "`" + `robotId` + "`" + ` is null (a robot: only its own), at ` + "`" + `minLevel` + "`" + ` or above. One
+  message per shipped batch. A tail that does not keep up is not closed: the
+  batches it could not take are dropped, and a notice (no lines,
+  ` + "`" + `missedLines` + "`" + ` > 0) says how many lines it missed; query robotLogs for them.
+  """
+  robotLogAdded(robotId: ID, minLevel: LogLevel): RobotLogBatch!
 }
 
 "What happened to an entity."
@@ -3600,6 +4040,12 @@ type Robot {
   revision: Int!
   "Jobs the robot holds now (CLAIMED or RUNNING)."
   currentJobs: [Job!]!
+  """
+  The robot's sampled heartbeat history (at most one a minute, plus every
+  status change), newest first: ` + "`" + `first` + "`" + ` defaults to 100 (at most 500). Kept
+  LOG_RETENTION_DAYS days.
+  """
+  heartbeats(since: Time, until: Time, first: Int): [RobotHeartbeat!]!
 }
 
 input RobotFilter {
@@ -3820,11 +4266,15 @@ input JobFilter {
   createdBefore: Time
 }
 
+"A log line's severity, lowest first."
 enum LogLevel {
   DEBUG
   INFO
-  WARN
+  "Read as WARNING; lines are returned as WARNING."
+  WARN @deprecated(reason: "Use WARNING.")
+  WARNING
   ERROR
+  CRITICAL
 }
 
 type JobLog {
@@ -3937,6 +4387,104 @@ type MachineEventConnection {
 type MachineEventEdge {
   cursor: String!
   node: MachineEvent!
+}
+
+"One line of a robot's log."
+type RobotLog {
+  id: ID!
+  robotId: ID!
+  "The job the line is about, if any."
+  jobId: ID
+  level: LogLevel!
+  message: String!
+  fields: JSON!
+  "When the robot logged it (or when the server received it: see shipLogs)."
+  at: Time!
+}
+
+input RobotLogInput {
+  level: LogLevel!
+  "At most 8,000 characters."
+  message: String!
+  fields: JSON
+  "When the robot logged it; default now."
+  at: Time
+  "The job the line is about; needs leaseToken."
+  jobId: ID
+  leaseToken: ID
+}
+
+type RobotLogConnection {
+  edges: [RobotLogEdge!]!
+  pageInfo: PageInfo!
+}
+
+type RobotLogEdge {
+  cursor: String!
+  node: RobotLog!
+}
+
+"Lines of one robot on one UTC day at one level."
+type LogSummary {
+  "YYYY-MM-DD (UTC)."
+  day: String!
+  robotId: ID!
+  level: LogLevel!
+  count: Int!
+  firstAt: Time!
+  lastAt: Time!
+}
+
+"""
+One shipped batch of a robot's lines, as a tail sees it (only lines at its
+minLevel or above); or, with no lines and ` + "`" + `missedLines` + "`" + ` above 0, the notice
+that the tail fell behind and that many lines were not sent to it.
+"""
+type RobotLogBatch {
+  "The robot that shipped the batch; null on a notice."
+  robotId: ID
+  "Oldest first."
+  lines: [RobotLog!]!
+  "Lines this tail did not keep up with and never received (a notice); 0 on a batch."
+  missedLines: Int!
+}
+
+"One retention run."
+type LogCleanupRun {
+  id: ID!
+  at: Time!
+  "Who ran it: system:log-retention for the leader, user:<id>, system:cli, or ` + "`" + `service` + "`" + ` (another tenant's)."
+  actor: String!
+  dryRun: Boolean!
+  retentionDays: Int!
+  "Lines before this time were dropped (whole UTC days)."
+  cutoff: Time!
+  "The days whose partitions were dropped (or would be), YYYY-MM-DD."
+  partitionsDropped: [String!]!
+  "Lines dropped (the caller's tenant's)."
+  linesDropped: Float!
+  "Bytes freed (the caller's tenant's share, in proportion to its lines)."
+  bytesFreed: Float!
+  "Heartbeat history rows pruned (the caller's tenant's)."
+  heartbeatsDropped: Float!
+}
+
+type LogCleanupConnection {
+  edges: [LogCleanupEdge!]!
+  pageInfo: PageInfo!
+}
+
+type LogCleanupEdge {
+  cursor: String!
+  node: LogCleanupRun!
+}
+
+"One sampled heartbeat."
+type RobotHeartbeat {
+  status: RobotStatus!
+  metrics: JSON!
+  agentVersion: String!
+  at: Time!
 }
 
 """
@@ -4440,6 +4988,70 @@ func (ec *executionContext) childFields_JobLog(ctx context.Context, field graphq
 	return nil, fmt.Errorf("no field named %q was found under type JobLog", field.Name)
 }
 
+func (ec *executionContext) childFields_LogCleanupConnection(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "edges":
+		return ec.fieldContext_LogCleanupConnection_edges(ctx, field)
+	case "pageInfo":
+		return ec.fieldContext_LogCleanupConnection_pageInfo(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type LogCleanupConnection", field.Name)
+}
+
+func (ec *executionContext) childFields_LogCleanupEdge(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "cursor":
+		return ec.fieldContext_LogCleanupEdge_cursor(ctx, field)
+	case "node":
+		return ec.fieldContext_LogCleanupEdge_node(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type LogCleanupEdge", field.Name)
+}
+
+func (ec *executionContext) childFields_LogCleanupRun(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "id":
+		return ec.fieldContext_LogCleanupRun_id(ctx, field)
+	case "at":
+		return ec.fieldContext_LogCleanupRun_at(ctx, field)
+	case "actor":
+		return ec.fieldContext_LogCleanupRun_actor(ctx, field)
+	case "dryRun":
+		return ec.fieldContext_LogCleanupRun_dryRun(ctx, field)
+	case "retentionDays":
+		return ec.fieldContext_LogCleanupRun_retentionDays(ctx, field)
+	case "cutoff":
+		return ec.fieldContext_LogCleanupRun_cutoff(ctx, field)
+	case "partitionsDropped":
+		return ec.fieldContext_LogCleanupRun_partitionsDropped(ctx, field)
+	case "linesDropped":
+		return ec.fieldContext_LogCleanupRun_linesDropped(ctx, field)
+	case "bytesFreed":
+		return ec.fieldContext_LogCleanupRun_bytesFreed(ctx, field)
+	case "heartbeatsDropped":
+		return ec.fieldContext_LogCleanupRun_heartbeatsDropped(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type LogCleanupRun", field.Name)
+}
+
+func (ec *executionContext) childFields_LogSummary(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "day":
+		return ec.fieldContext_LogSummary_day(ctx, field)
+	case "robotId":
+		return ec.fieldContext_LogSummary_robotId(ctx, field)
+	case "level":
+		return ec.fieldContext_LogSummary_level(ctx, field)
+	case "count":
+		return ec.fieldContext_LogSummary_count(ctx, field)
+	case "firstAt":
+		return ec.fieldContext_LogSummary_firstAt(ctx, field)
+	case "lastAt":
+		return ec.fieldContext_LogSummary_lastAt(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type LogSummary", field.Name)
+}
+
 func (ec *executionContext) childFields_Machine(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 	switch field.Name {
 	case "id":
@@ -4620,6 +5232,8 @@ func (ec *executionContext) childFields_Robot(ctx context.Context, field graphql
 		return ec.fieldContext_Robot_revision(ctx, field)
 	case "currentJobs":
 		return ec.fieldContext_Robot_currentJobs(ctx, field)
+	case "heartbeats":
+		return ec.fieldContext_Robot_heartbeats(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Robot", field.Name)
 }
@@ -4658,6 +5272,72 @@ func (ec *executionContext) childFields_RobotEdge(ctx context.Context, field gra
 		return ec.fieldContext_RobotEdge_node(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type RobotEdge", field.Name)
+}
+
+func (ec *executionContext) childFields_RobotHeartbeat(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "status":
+		return ec.fieldContext_RobotHeartbeat_status(ctx, field)
+	case "metrics":
+		return ec.fieldContext_RobotHeartbeat_metrics(ctx, field)
+	case "agentVersion":
+		return ec.fieldContext_RobotHeartbeat_agentVersion(ctx, field)
+	case "at":
+		return ec.fieldContext_RobotHeartbeat_at(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type RobotHeartbeat", field.Name)
+}
+
+func (ec *executionContext) childFields_RobotLog(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "id":
+		return ec.fieldContext_RobotLog_id(ctx, field)
+	case "robotId":
+		return ec.fieldContext_RobotLog_robotId(ctx, field)
+	case "jobId":
+		return ec.fieldContext_RobotLog_jobId(ctx, field)
+	case "level":
+		return ec.fieldContext_RobotLog_level(ctx, field)
+	case "message":
+		return ec.fieldContext_RobotLog_message(ctx, field)
+	case "fields":
+		return ec.fieldContext_RobotLog_fields(ctx, field)
+	case "at":
+		return ec.fieldContext_RobotLog_at(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type RobotLog", field.Name)
+}
+
+func (ec *executionContext) childFields_RobotLogBatch(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "robotId":
+		return ec.fieldContext_RobotLogBatch_robotId(ctx, field)
+	case "lines":
+		return ec.fieldContext_RobotLogBatch_lines(ctx, field)
+	case "missedLines":
+		return ec.fieldContext_RobotLogBatch_missedLines(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type RobotLogBatch", field.Name)
+}
+
+func (ec *executionContext) childFields_RobotLogConnection(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "edges":
+		return ec.fieldContext_RobotLogConnection_edges(ctx, field)
+	case "pageInfo":
+		return ec.fieldContext_RobotLogConnection_pageInfo(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type RobotLogConnection", field.Name)
+}
+
+func (ec *executionContext) childFields_RobotLogEdge(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "cursor":
+		return ec.fieldContext_RobotLogEdge_cursor(ctx, field)
+	case "node":
+		return ec.fieldContext_RobotLogEdge_node(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type RobotLogEdge", field.Name)
 }
 
 func (ec *executionContext) childFields_RobotStat(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -5256,6 +5936,28 @@ func (ec *executionContext) field_Mutation_claimJob_args(ctx context.Context, ra
 	return args, nil
 }
 
+func (ec *executionContext) field_Mutation_cleanupLogs_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "retentionDays",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["retentionDays"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "dryRun",
+		func(ctx context.Context, v any) (*bool, error) {
+			return ec.unmarshalOBoolean2ᚖbool(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["dryRun"] = arg1
+	return args, nil
+}
+
 func (ec *executionContext) field_Mutation_completeJob_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -5844,6 +6546,20 @@ func (ec *executionContext) field_Mutation_setNodeRobotOverride_args(ctx context
 	return args, nil
 }
 
+func (ec *executionContext) field_Mutation_shipLogs_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "entries",
+		func(ctx context.Context, v any) ([]*db.RobotLogInput, error) {
+			return ec.unmarshalNRobotLogInput2ᚕᚖfleetgraphᚋdbᚐRobotLogInputᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["entries"] = arg0
+	return args, nil
+}
+
 func (ec *executionContext) field_Mutation_startJob_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -6120,6 +6836,58 @@ func (ec *executionContext) field_Query_jobs_args(ctx context.Context, rawArgs m
 	return args, nil
 }
 
+func (ec *executionContext) field_Query_logCleanupHistory_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "first",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["first"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg1
+	return args, nil
+}
+
+func (ec *executionContext) field_Query_logSummary_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "since",
+		func(ctx context.Context, v any) (*time.Time, error) {
+			return ec.unmarshalOTime2ᚖtimeᚐTime(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["since"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "until",
+		func(ctx context.Context, v any) (*time.Time, error) {
+			return ec.unmarshalOTime2ᚖtimeᚐTime(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["until"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "robotId",
+		func(ctx context.Context, v any) (*uuid.UUID, error) {
+			return ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["robotId"] = arg2
+	return args, nil
+}
+
 func (ec *executionContext) field_Query_machineEvents_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -6199,6 +6967,76 @@ func (ec *executionContext) field_Query_machines_args(ctx context.Context, rawAr
 		return nil, err
 	}
 	args["filter"] = arg2
+	return args, nil
+}
+
+func (ec *executionContext) field_Query_robotLogs_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "robotId",
+		func(ctx context.Context, v any) (*uuid.UUID, error) {
+			return ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["robotId"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "jobId",
+		func(ctx context.Context, v any) (*uuid.UUID, error) {
+			return ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["jobId"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "minLevel",
+		func(ctx context.Context, v any) (*db.LogLevel, error) {
+			return ec.unmarshalOLogLevel2ᚖfleetgraphᚋdbᚐLogLevel(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["minLevel"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "since",
+		func(ctx context.Context, v any) (*time.Time, error) {
+			return ec.unmarshalOTime2ᚖtimeᚐTime(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["since"] = arg3
+	arg4, err := graphql.ProcessArgField(ctx, rawArgs, "until",
+		func(ctx context.Context, v any) (*time.Time, error) {
+			return ec.unmarshalOTime2ᚖtimeᚐTime(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["until"] = arg4
+	arg5, err := graphql.ProcessArgField(ctx, rawArgs, "contains",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["contains"] = arg5
+	arg6, err := graphql.ProcessArgField(ctx, rawArgs, "first",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["first"] = arg6
+	arg7, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg7
 	return args, nil
 }
 
@@ -6372,6 +7210,36 @@ func (ec *executionContext) field_Query_workflows_args(ctx context.Context, rawA
 	return args, nil
 }
 
+func (ec *executionContext) field_Robot_heartbeats_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "since",
+		func(ctx context.Context, v any) (*time.Time, error) {
+			return ec.unmarshalOTime2ᚖtimeᚐTime(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["since"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "until",
+		func(ctx context.Context, v any) (*time.Time, error) {
+			return ec.unmarshalOTime2ᚖtimeᚐTime(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["until"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "first",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["first"] = arg2
+	return args, nil
+}
+
 func (ec *executionContext) field_Schedule_nextRuns_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -6447,6 +7315,28 @@ func (ec *executionContext) field_Subscription_machineUpdated_args(ctx context.C
 		return nil, err
 	}
 	args["id"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Subscription_robotLogAdded_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "robotId",
+		func(ctx context.Context, v any) (*uuid.UUID, error) {
+			return ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["robotId"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "minLevel",
+		func(ctx context.Context, v any) (*db.LogLevel, error) {
+			return ec.unmarshalOLogLevel2ᚖfleetgraphᚋdbᚐLogLevel(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["minLevel"] = arg1
 	return args, nil
 }
 
@@ -7898,8 +8788,8 @@ func (ec *executionContext) _Job_logs(ctx context.Context, field graphql.Collect
 			return ec.Resolvers.Job().Logs(ctx, obj, fc.Args["first"].(*int))
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v []*db.JobLog) graphql.Marshaler {
-			return ec.marshalNJobLog2ᚕᚖfleetgraphᚋdbᚐJobLogᚄ(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v []*db.RobotLog) graphql.Marshaler {
+			return ec.marshalNJobLog2ᚕᚖfleetgraphᚋdbᚐRobotLogᚄ(ctx, selections, v)
 		},
 		true,
 		true,
@@ -8319,7 +9209,7 @@ func (ec *executionContext) fieldContext_JobLease_leaseExpiresAt(_ context.Conte
 	return graphql.NewScalarFieldContext("JobLease", field, false, false, errors.New("field of type Time does not have child fields"))
 }
 
-func (ec *executionContext) _JobLog_id(ctx context.Context, field graphql.CollectedField, obj *db.JobLog) (ret graphql.Marshaler) {
+func (ec *executionContext) _JobLog_id(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -8342,7 +9232,7 @@ func (ec *executionContext) fieldContext_JobLog_id(_ context.Context, field grap
 	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type ID does not have child fields"))
 }
 
-func (ec *executionContext) _JobLog_level(ctx context.Context, field graphql.CollectedField, obj *db.JobLog) (ret graphql.Marshaler) {
+func (ec *executionContext) _JobLog_level(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -8365,7 +9255,7 @@ func (ec *executionContext) fieldContext_JobLog_level(_ context.Context, field g
 	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type LogLevel does not have child fields"))
 }
 
-func (ec *executionContext) _JobLog_message(ctx context.Context, field graphql.CollectedField, obj *db.JobLog) (ret graphql.Marshaler) {
+func (ec *executionContext) _JobLog_message(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -8388,7 +9278,7 @@ func (ec *executionContext) fieldContext_JobLog_message(_ context.Context, field
 	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type String does not have child fields"))
 }
 
-func (ec *executionContext) _JobLog_fields(ctx context.Context, field graphql.CollectedField, obj *db.JobLog) (ret graphql.Marshaler) {
+func (ec *executionContext) _JobLog_fields(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -8411,7 +9301,7 @@ func (ec *executionContext) fieldContext_JobLog_fields(_ context.Context, field 
 	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type JSON does not have child fields"))
 }
 
-func (ec *executionContext) _JobLog_at(ctx context.Context, field graphql.CollectedField, obj *db.JobLog) (ret graphql.Marshaler) {
+func (ec *executionContext) _JobLog_at(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -8432,6 +9322,493 @@ func (ec *executionContext) _JobLog_at(ctx context.Context, field graphql.Collec
 }
 func (ec *executionContext) fieldContext_JobLog_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type Time does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.LogCleanupConnection) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupConnection_edges(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Edges, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*model.LogCleanupEdge) graphql.Marshaler {
+			return ec.marshalNLogCleanupEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐLogCleanupEdgeᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupConnection_edges(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "LogCleanupConnection",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_LogCleanupEdge(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _LogCleanupConnection_pageInfo(ctx context.Context, field graphql.CollectedField, obj *model.LogCleanupConnection) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupConnection_pageInfo(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.PageInfo, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.PageInfo) graphql.Marshaler {
+			return ec.marshalNPageInfo2ᚖfleetgraphᚋgraphᚋmodelᚐPageInfo(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupConnection_pageInfo(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "LogCleanupConnection",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_PageInfo(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _LogCleanupEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.LogCleanupEdge) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupEdge_cursor(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Cursor, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupEdge", field, false, false, errors.New("field of type String does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.LogCleanupEdge) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupEdge_node(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Node, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *db.LogCleanup) graphql.Marshaler {
+			return ec.marshalNLogCleanupRun2ᚖfleetgraphᚋdbᚐLogCleanup(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupEdge_node(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "LogCleanupEdge",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_LogCleanupRun(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _LogCleanupRun_id(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_id(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int64) graphql.Marshaler {
+			return ec.marshalNID2int64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupRun_at(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_at(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.At, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v time.Time) graphql.Marshaler {
+			return ec.marshalNTime2timeᚐTime(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type Time does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupRun_actor(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_actor(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Actor, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_actor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type String does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupRun_dryRun(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_dryRun(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.DryRun, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v bool) graphql.Marshaler {
+			return ec.marshalNBoolean2bool(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_dryRun(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type Boolean does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupRun_retentionDays(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_retentionDays(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.RetentionDays, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_retentionDays(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type Int does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupRun_cutoff(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_cutoff(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Cutoff, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v time.Time) graphql.Marshaler {
+			return ec.marshalNTime2timeᚐTime(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_cutoff(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type Time does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupRun_partitionsDropped(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_partitionsDropped(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Partitions, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []string) graphql.Marshaler {
+			return ec.marshalNString2ᚕstringᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_partitionsDropped(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type String does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupRun_linesDropped(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_linesDropped(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.LinesDropped(), nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v float64) graphql.Marshaler {
+			return ec.marshalNFloat2float64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_linesDropped(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, true, false, errors.New("field of type Float does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupRun_bytesFreed(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_bytesFreed(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.BytesFreed(), nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v float64) graphql.Marshaler {
+			return ec.marshalNFloat2float64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_bytesFreed(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, true, false, errors.New("field of type Float does not have child fields"))
+}
+
+func (ec *executionContext) _LogCleanupRun_heartbeatsDropped(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogCleanupRun_heartbeatsDropped(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.HeartbeatsDropped(), nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v float64) graphql.Marshaler {
+			return ec.marshalNFloat2float64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogCleanupRun_heartbeatsDropped(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogCleanupRun", field, true, false, errors.New("field of type Float does not have child fields"))
+}
+
+func (ec *executionContext) _LogSummary_day(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogSummary_day(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Day, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogSummary_day(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type String does not have child fields"))
+}
+
+func (ec *executionContext) _LogSummary_robotId(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogSummary_robotId(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.RobotID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v uuid.UUID) graphql.Marshaler {
+			return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogSummary_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _LogSummary_level(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogSummary_level(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Level, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v db.LogLevel) graphql.Marshaler {
+			return ec.marshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogSummary_level(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type LogLevel does not have child fields"))
+}
+
+func (ec *executionContext) _LogSummary_count(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogSummary_count(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Count, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int64) graphql.Marshaler {
+			return ec.marshalNInt2int64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogSummary_count(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type Int does not have child fields"))
+}
+
+func (ec *executionContext) _LogSummary_firstAt(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogSummary_firstAt(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.FirstAt, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v time.Time) graphql.Marshaler {
+			return ec.marshalNTime2timeᚐTime(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogSummary_firstAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type Time does not have child fields"))
+}
+
+func (ec *executionContext) _LogSummary_lastAt(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LogSummary_lastAt(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.LastAt, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v time.Time) graphql.Marshaler {
+			return ec.marshalNTime2timeᚐTime(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LogSummary_lastAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type Time does not have child fields"))
 }
 
 func (ec *executionContext) _Machine_id(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10583,6 +11960,94 @@ func (ec *executionContext) fieldContext_Mutation_appendJobLogs(ctx context.Cont
 	return fc, nil
 }
 
+func (ec *executionContext) _Mutation_shipLogs(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_shipLogs(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().ShipLogs(ctx, fc.Args["entries"].([]*db.RobotLogInput))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_shipLogs(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return nil, errors.New("field of type Int does not have child fields")
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_shipLogs_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_cleanupLogs(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_cleanupLogs(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().CleanupLogs(ctx, fc.Args["retentionDays"].(*int), fc.Args["dryRun"].(*bool))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *db.LogCleanup) graphql.Marshaler {
+			return ec.marshalNLogCleanupRun2ᚖfleetgraphᚋdbᚐLogCleanup(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_cleanupLogs(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_LogCleanupRun(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_cleanupLogs_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _Mutation_createSchedule(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -11999,6 +13464,138 @@ func (ec *executionContext) fieldContext_Query_apiKeyAudit(ctx context.Context, 
 	return fc, nil
 }
 
+func (ec *executionContext) _Query_robotLogs(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_robotLogs(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Query().RobotLogs(ctx, fc.Args["robotId"].(*uuid.UUID), fc.Args["jobId"].(*uuid.UUID), fc.Args["minLevel"].(*db.LogLevel), fc.Args["since"].(*time.Time), fc.Args["until"].(*time.Time), fc.Args["contains"].(*string), fc.Args["first"].(*int), fc.Args["after"].(*string))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.RobotLogConnection) graphql.Marshaler {
+			return ec.marshalNRobotLogConnection2ᚖfleetgraphᚋgraphᚋmodelᚐRobotLogConnection(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_robotLogs(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_RobotLogConnection(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Query_robotLogs_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Query_logSummary(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_logSummary(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Query().LogSummary(ctx, fc.Args["since"].(*time.Time), fc.Args["until"].(*time.Time), fc.Args["robotId"].(*uuid.UUID))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*db.LogSummaryRow) graphql.Marshaler {
+			return ec.marshalNLogSummary2ᚕᚖfleetgraphᚋdbᚐLogSummaryRowᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_logSummary(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_LogSummary(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Query_logSummary_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Query_logCleanupHistory(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_logCleanupHistory(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Query().LogCleanupHistory(ctx, fc.Args["first"].(*int), fc.Args["after"].(*string))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.LogCleanupConnection) graphql.Marshaler {
+			return ec.marshalNLogCleanupConnection2ᚖfleetgraphᚋgraphᚋmodelᚐLogCleanupConnection(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_logCleanupHistory(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_LogCleanupConnection(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Query_logCleanupHistory_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _Query_schedule(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -12570,6 +14167,50 @@ func (ec *executionContext) fieldContext_Robot_currentJobs(_ context.Context, fi
 	return fc, nil
 }
 
+func (ec *executionContext) _Robot_heartbeats(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Robot_heartbeats(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Robot().Heartbeats(ctx, obj, fc.Args["since"].(*time.Time), fc.Args["until"].(*time.Time), fc.Args["first"].(*int))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*db.RobotHeartbeat) graphql.Marshaler {
+			return ec.marshalNRobotHeartbeat2ᚕᚖfleetgraphᚋdbᚐRobotHeartbeatᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Robot_heartbeats(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Robot",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_RobotHeartbeat(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Robot_heartbeats_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _RobotChange_op(ctx context.Context, field graphql.CollectedField, obj *model.RobotChange) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -12808,6 +14449,456 @@ func (ec *executionContext) fieldContext_RobotEdge_node(_ context.Context, field
 		IsResolver: false,
 		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 			return ec.childFields_Robot(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _RobotHeartbeat_status(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotHeartbeat_status(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Status, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v db.RobotStatus) graphql.Marshaler {
+			return ec.marshalNRobotStatus2fleetgraphᚋdbᚐRobotStatus(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotHeartbeat_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotHeartbeat", field, false, false, errors.New("field of type RobotStatus does not have child fields"))
+}
+
+func (ec *executionContext) _RobotHeartbeat_metrics(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotHeartbeat_metrics(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Metrics, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
+			return ec.marshalNJSON2map(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotHeartbeat_metrics(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotHeartbeat", field, false, false, errors.New("field of type JSON does not have child fields"))
+}
+
+func (ec *executionContext) _RobotHeartbeat_agentVersion(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotHeartbeat_agentVersion(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.AgentVersion, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotHeartbeat_agentVersion(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotHeartbeat", field, false, false, errors.New("field of type String does not have child fields"))
+}
+
+func (ec *executionContext) _RobotHeartbeat_at(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotHeartbeat_at(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.At, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v time.Time) graphql.Marshaler {
+			return ec.marshalNTime2timeᚐTime(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotHeartbeat_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotHeartbeat", field, false, false, errors.New("field of type Time does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLog_id(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLog_id(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int64) graphql.Marshaler {
+			return ec.marshalNID2int64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLog_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLog_robotId(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLog_robotId(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.RobotID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v uuid.UUID) graphql.Marshaler {
+			return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLog_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLog_jobId(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLog_jobId(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.JobID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *uuid.UUID) graphql.Marshaler {
+			return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLog_jobId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLog_level(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLog_level(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Level, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v db.LogLevel) graphql.Marshaler {
+			return ec.marshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLog_level(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type LogLevel does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLog_message(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLog_message(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Message, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLog_message(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type String does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLog_fields(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLog_fields(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Fields, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
+			return ec.marshalNJSON2map(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLog_fields(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type JSON does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLog_at(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLog_at(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.At, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v time.Time) graphql.Marshaler {
+			return ec.marshalNTime2timeᚐTime(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLog_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type Time does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLogBatch_robotId(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogBatch) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLogBatch_robotId(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.RobotID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *uuid.UUID) graphql.Marshaler {
+			return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLogBatch_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLogBatch", field, false, false, errors.New("field of type ID does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLogBatch_lines(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogBatch) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLogBatch_lines(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Lines, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*db.RobotLog) graphql.Marshaler {
+			return ec.marshalNRobotLog2ᚕᚖfleetgraphᚋdbᚐRobotLogᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLogBatch_lines(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "RobotLogBatch",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_RobotLog(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _RobotLogBatch_missedLines(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogBatch) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLogBatch_missedLines(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.MissedLines, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLogBatch_missedLines(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLogBatch", field, false, false, errors.New("field of type Int does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLogConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogConnection) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLogConnection_edges(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Edges, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*model.RobotLogEdge) graphql.Marshaler {
+			return ec.marshalNRobotLogEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐRobotLogEdgeᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLogConnection_edges(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "RobotLogConnection",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_RobotLogEdge(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _RobotLogConnection_pageInfo(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogConnection) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLogConnection_pageInfo(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.PageInfo, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.PageInfo) graphql.Marshaler {
+			return ec.marshalNPageInfo2ᚖfleetgraphᚋgraphᚋmodelᚐPageInfo(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLogConnection_pageInfo(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "RobotLogConnection",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_PageInfo(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _RobotLogEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogEdge) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLogEdge_cursor(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Cursor, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLogEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("RobotLogEdge", field, false, false, errors.New("field of type String does not have child fields"))
+}
+
+func (ec *executionContext) _RobotLogEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogEdge) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_RobotLogEdge_node(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Node, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *db.RobotLog) graphql.Marshaler {
+			return ec.marshalNRobotLog2ᚖfleetgraphᚋdbᚐRobotLog(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_RobotLogEdge_node(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "RobotLogEdge",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_RobotLog(ctx, field)
 		},
 	}
 	return fc, nil
@@ -14284,6 +16375,50 @@ func (ec *executionContext) fieldContext_Subscription_jobUpdated(ctx context.Con
 	}()
 	ctx = graphql.WithFieldContext(ctx, fc)
 	if fc.Args, err = ec.field_Subscription_jobUpdated_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Subscription_robotLogAdded(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_robotLogAdded(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Subscription().RobotLogAdded(ctx, fc.Args["robotId"].(*uuid.UUID), fc.Args["minLevel"].(*db.LogLevel))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.RobotLogBatch) graphql.Marshaler {
+			return ec.marshalNRobotLogBatch2ᚖfleetgraphᚋgraphᚋmodelᚐRobotLogBatch(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_robotLogAdded(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_RobotLogBatch(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Subscription_robotLogAdded_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
 		ec.Error(ctx, err)
 		return fc, err
 	}
@@ -17704,6 +19839,71 @@ func (ec *executionContext) unmarshalInputRobotFilter(ctx context.Context, obj a
 	return it, nil
 }
 
+func (ec *executionContext) unmarshalInputRobotLogInput(ctx context.Context, obj any) (db.RobotLogInput, error) {
+	var it db.RobotLogInput
+	if obj == nil {
+		return it, nil
+	}
+
+	asMap := map[string]any{}
+	for k, v := range obj.(map[string]any) {
+		asMap[k] = v
+	}
+
+	fieldsInOrder := [...]string{"level", "message", "fields", "at", "jobId", "leaseToken"}
+	for _, k := range fieldsInOrder {
+		v, ok := asMap[k]
+		if !ok {
+			continue
+		}
+		switch k {
+		case "level":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("level"))
+			data, err := ec.unmarshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Level = data
+		case "message":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("message"))
+			data, err := ec.unmarshalNString2string(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Message = data
+		case "fields":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("fields"))
+			data, err := ec.unmarshalOJSON2map(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Fields = data
+		case "at":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("at"))
+			data, err := ec.unmarshalOTime2ᚖtimeᚐTime(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.At = data
+		case "jobId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("jobId"))
+			data, err := ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.JobID = data
+		case "leaseToken":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("leaseToken"))
+			data, err := ec.unmarshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.LeaseToken = data
+		}
+	}
+	return it, nil
+}
+
 func (ec *executionContext) unmarshalInputScheduleFilter(ctx context.Context, obj any) (db.ScheduleFilter, error) {
 	var it db.ScheduleFilter
 	if obj == nil {
@@ -18873,7 +21073,7 @@ func (ec *executionContext) _JobLease(ctx context.Context, sel ast.SelectionSet,
 
 var jobLogImplementors = []string{"JobLog"}
 
-func (ec *executionContext) _JobLog(ctx context.Context, sel ast.SelectionSet, obj *db.JobLog) graphql.Marshaler {
+func (ec *executionContext) _JobLog(ctx context.Context, sel ast.SelectionSet, obj *db.RobotLog) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, jobLogImplementors)
 
 	out := graphql.NewFieldSet(fields)
@@ -18905,6 +21105,238 @@ func (ec *executionContext) _JobLog(ctx context.Context, sel ast.SelectionSet, o
 			}
 		case "at":
 			out.Values[i] = ec._JobLog_at(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var logCleanupConnectionImplementors = []string{"LogCleanupConnection"}
+
+func (ec *executionContext) _LogCleanupConnection(ctx context.Context, sel ast.SelectionSet, obj *model.LogCleanupConnection) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, logCleanupConnectionImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("LogCleanupConnection")
+		case "edges":
+			out.Values[i] = ec._LogCleanupConnection_edges(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "pageInfo":
+			out.Values[i] = ec._LogCleanupConnection_pageInfo(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var logCleanupEdgeImplementors = []string{"LogCleanupEdge"}
+
+func (ec *executionContext) _LogCleanupEdge(ctx context.Context, sel ast.SelectionSet, obj *model.LogCleanupEdge) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, logCleanupEdgeImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("LogCleanupEdge")
+		case "cursor":
+			out.Values[i] = ec._LogCleanupEdge_cursor(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "node":
+			out.Values[i] = ec._LogCleanupEdge_node(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var logCleanupRunImplementors = []string{"LogCleanupRun"}
+
+func (ec *executionContext) _LogCleanupRun(ctx context.Context, sel ast.SelectionSet, obj *db.LogCleanup) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, logCleanupRunImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("LogCleanupRun")
+		case "id":
+			out.Values[i] = ec._LogCleanupRun_id(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "at":
+			out.Values[i] = ec._LogCleanupRun_at(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "actor":
+			out.Values[i] = ec._LogCleanupRun_actor(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "dryRun":
+			out.Values[i] = ec._LogCleanupRun_dryRun(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "retentionDays":
+			out.Values[i] = ec._LogCleanupRun_retentionDays(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "cutoff":
+			out.Values[i] = ec._LogCleanupRun_cutoff(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "partitionsDropped":
+			out.Values[i] = ec._LogCleanupRun_partitionsDropped(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "linesDropped":
+			out.Values[i] = ec._LogCleanupRun_linesDropped(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "bytesFreed":
+			out.Values[i] = ec._LogCleanupRun_bytesFreed(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "heartbeatsDropped":
+			out.Values[i] = ec._LogCleanupRun_heartbeatsDropped(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var logSummaryImplementors = []string{"LogSummary"}
+
+func (ec *executionContext) _LogSummary(ctx context.Context, sel ast.SelectionSet, obj *db.LogSummaryRow) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, logSummaryImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("LogSummary")
+		case "day":
+			out.Values[i] = ec._LogSummary_day(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "robotId":
+			out.Values[i] = ec._LogSummary_robotId(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "level":
+			out.Values[i] = ec._LogSummary_level(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "count":
+			out.Values[i] = ec._LogSummary_count(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "firstAt":
+			out.Values[i] = ec._LogSummary_firstAt(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "lastAt":
+			out.Values[i] = ec._LogSummary_lastAt(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -19713,6 +22145,20 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
+		case "shipLogs":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_shipLogs(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "cleanupLogs":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_cleanupLogs(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		case "createSchedule":
 			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
 				return ec._Mutation_createSchedule(ctx, field)
@@ -20327,6 +22773,72 @@ func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) gr
 			}
 
 			out.Concurrently(i, func(ctx context.Context) graphql.Marshaler { return rrm(innerCtx) })
+		case "robotLogs":
+			field := field
+
+			innerFunc := func(ctx context.Context, fs *graphql.FieldSet) (res graphql.Marshaler) {
+				defer func() {
+					if r := recover(); r != nil {
+						ec.Error(ctx, ec.Recover(ctx, r))
+					}
+				}()
+				res = ec._Query_robotLogs(ctx, field)
+				if res == graphql.Null {
+					atomic.AddUint32(&fs.Invalids, 1)
+				}
+				return res
+			}
+
+			rrm := func(ctx context.Context) graphql.Marshaler {
+				return ec.OperationContext.RootResolverMiddleware(ctx,
+					func(ctx context.Context) graphql.Marshaler { return innerFunc(ctx, out) })
+			}
+
+			out.Concurrently(i, func(ctx context.Context) graphql.Marshaler { return rrm(innerCtx) })
+		case "logSummary":
+			field := field
+
+			innerFunc := func(ctx context.Context, fs *graphql.FieldSet) (res graphql.Marshaler) {
+				defer func() {
+					if r := recover(); r != nil {
+						ec.Error(ctx, ec.Recover(ctx, r))
+					}
+				}()
+				res = ec._Query_logSummary(ctx, field)
+				if res == graphql.Null {
+					atomic.AddUint32(&fs.Invalids, 1)
+				}
+				return res
+			}
+
+			rrm := func(ctx context.Context) graphql.Marshaler {
+				return ec.OperationContext.RootResolverMiddleware(ctx,
+					func(ctx context.Context) graphql.Marshaler { return innerFunc(ctx, out) })
+			}
+
+			out.Concurrently(i, func(ctx context.Context) graphql.Marshaler { return rrm(innerCtx) })
+		case "logCleanupHistory":
+			field := field
+
+			innerFunc := func(ctx context.Context, fs *graphql.FieldSet) (res graphql.Marshaler) {
+				defer func() {
+					if r := recover(); r != nil {
+						ec.Error(ctx, ec.Recover(ctx, r))
+					}
+				}()
+				res = ec._Query_logCleanupHistory(ctx, field)
+				if res == graphql.Null {
+					atomic.AddUint32(&fs.Invalids, 1)
+				}
+				return res
+			}
+
+			rrm := func(ctx context.Context) graphql.Marshaler {
+				return ec.OperationContext.RootResolverMiddleware(ctx,
+					func(ctx context.Context) graphql.Marshaler { return innerFunc(ctx, out) })
+			}
+
+			out.Concurrently(i, func(ctx context.Context) graphql.Marshaler { return rrm(innerCtx) })
 		case "schedule":
 			field := field
 
@@ -20565,6 +23077,44 @@ func (ec *executionContext) _Robot(ctx context.Context, sel ast.SelectionSet, ob
 			}
 
 			out.Concurrently(i, func(ctx context.Context) graphql.Marshaler { return innerFunc(ctx, out) })
+		case "heartbeats":
+			field := field
+
+			innerFunc := func(ctx context.Context, fs *graphql.FieldSet) (res graphql.Marshaler) {
+				defer func() {
+					if r := recover(); r != nil {
+						ec.Error(ctx, ec.Recover(ctx, r))
+					}
+				}()
+				res = ec._Robot_heartbeats(ctx, field, obj)
+				if res == graphql.Null {
+					atomic.AddUint32(&fs.Invalids, 1)
+				}
+				return res
+			}
+
+			if field.IsDeferred() {
+				deferredFieldSet.AddField(field)
+				fieldIndex := len(deferredFieldSet.Values) - 1
+				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
+					return innerFunc(ctx, deferredFieldSet)
+				})
+
+				for _, deferrable := range field.Deferrables {
+					view, ok := deferLabelToView[deferrable.Label]
+					if !ok {
+						view = deferredFieldSet.NewView()
+						deferLabelToView[deferrable.Label] = view
+					}
+					view.AddIndices(fieldIndex)
+				}
+
+				// don't run the out.Concurrently() call below
+				out.Values[i] = graphql.Null
+				continue
+			}
+
+			out.Concurrently(i, func(ctx context.Context) graphql.Marshaler { return innerFunc(ctx, out) })
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -20739,6 +23289,261 @@ func (ec *executionContext) _RobotEdge(ctx context.Context, sel ast.SelectionSet
 			}
 		case "node":
 			out.Values[i] = ec._RobotEdge_node(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var robotHeartbeatImplementors = []string{"RobotHeartbeat"}
+
+func (ec *executionContext) _RobotHeartbeat(ctx context.Context, sel ast.SelectionSet, obj *db.RobotHeartbeat) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, robotHeartbeatImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("RobotHeartbeat")
+		case "status":
+			out.Values[i] = ec._RobotHeartbeat_status(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "metrics":
+			out.Values[i] = ec._RobotHeartbeat_metrics(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "agentVersion":
+			out.Values[i] = ec._RobotHeartbeat_agentVersion(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "at":
+			out.Values[i] = ec._RobotHeartbeat_at(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var robotLogImplementors = []string{"RobotLog"}
+
+func (ec *executionContext) _RobotLog(ctx context.Context, sel ast.SelectionSet, obj *db.RobotLog) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, robotLogImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("RobotLog")
+		case "id":
+			out.Values[i] = ec._RobotLog_id(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "robotId":
+			out.Values[i] = ec._RobotLog_robotId(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "jobId":
+			out.Values[i] = ec._RobotLog_jobId(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		case "level":
+			out.Values[i] = ec._RobotLog_level(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "message":
+			out.Values[i] = ec._RobotLog_message(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "fields":
+			out.Values[i] = ec._RobotLog_fields(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "at":
+			out.Values[i] = ec._RobotLog_at(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var robotLogBatchImplementors = []string{"RobotLogBatch"}
+
+func (ec *executionContext) _RobotLogBatch(ctx context.Context, sel ast.SelectionSet, obj *model.RobotLogBatch) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, robotLogBatchImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("RobotLogBatch")
+		case "robotId":
+			out.Values[i] = ec._RobotLogBatch_robotId(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		case "lines":
+			out.Values[i] = ec._RobotLogBatch_lines(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "missedLines":
+			out.Values[i] = ec._RobotLogBatch_missedLines(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var robotLogConnectionImplementors = []string{"RobotLogConnection"}
+
+func (ec *executionContext) _RobotLogConnection(ctx context.Context, sel ast.SelectionSet, obj *model.RobotLogConnection) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, robotLogConnectionImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("RobotLogConnection")
+		case "edges":
+			out.Values[i] = ec._RobotLogConnection_edges(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "pageInfo":
+			out.Values[i] = ec._RobotLogConnection_pageInfo(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
+var robotLogEdgeImplementors = []string{"RobotLogEdge"}
+
+func (ec *executionContext) _RobotLogEdge(ctx context.Context, sel ast.SelectionSet, obj *model.RobotLogEdge) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, robotLogEdgeImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("RobotLogEdge")
+		case "cursor":
+			out.Values[i] = ec._RobotLogEdge_cursor(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "node":
+			out.Values[i] = ec._RobotLogEdge_node(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -21338,6 +24143,8 @@ func (ec *executionContext) _Subscription(ctx context.Context, sel ast.Selection
 		return ec._Subscription_fleetPresence(ctx, fields[0])
 	case "jobUpdated":
 		return ec._Subscription_jobUpdated(ctx, fields[0])
+	case "robotLogAdded":
+		return ec._Subscription_robotLogAdded(ctx, fields[0])
 	default:
 		panic("unknown field " + strconv.Quote(fields[0].Name))
 	}
@@ -22943,6 +25750,22 @@ func (ec *executionContext) unmarshalNEnqueueJobInput2ᚖfleetgraphᚋdbᚐEnque
 	return &res, graphql.ErrorOnPath(ctx, err)
 }
 
+func (ec *executionContext) unmarshalNFloat2float64(ctx context.Context, v any) (float64, error) {
+	res, err := graphql.UnmarshalFloatContext(ctx, v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalNFloat2float64(ctx context.Context, sel ast.SelectionSet, v float64) graphql.Marshaler {
+	_ = sel
+	res := graphql.MarshalFloatContext(v)
+	if res == graphql.Null {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+	}
+	return graphql.WrapContextMarshaler(ctx, res)
+}
+
 func (ec *executionContext) unmarshalNHeartbeatInput2fleetgraphᚋdbᚐHeartbeatInput(ctx context.Context, v any) (db.HeartbeatInput, error) {
 	res, err := ec.unmarshalInputHeartbeatInput(ctx, v)
 	return res, graphql.ErrorOnPath(ctx, err)
@@ -23106,11 +25929,11 @@ func (ec *executionContext) marshalNJobEdge2ᚖfleetgraphᚋgraphᚋmodelᚐJobE
 	return ec._JobEdge(ctx, sel, v)
 }
 
-func (ec *executionContext) marshalNJobLog2ᚕᚖfleetgraphᚋdbᚐJobLogᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.JobLog) graphql.Marshaler {
+func (ec *executionContext) marshalNJobLog2ᚕᚖfleetgraphᚋdbᚐRobotLogᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.RobotLog) graphql.Marshaler {
 	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
-		return ec.marshalNJobLog2ᚖfleetgraphᚋdbᚐJobLog(ctx, sel, v[i])
+		return ec.marshalNJobLog2ᚖfleetgraphᚋdbᚐRobotLog(ctx, sel, v[i])
 	})
 
 	for _, e := range ret {
@@ -23122,7 +25945,7 @@ func (ec *executionContext) marshalNJobLog2ᚕᚖfleetgraphᚋdbᚐJobLogᚄ(ctx
 	return ret
 }
 
-func (ec *executionContext) marshalNJobLog2ᚖfleetgraphᚋdbᚐJobLog(ctx context.Context, sel ast.SelectionSet, v *db.JobLog) graphql.Marshaler {
+func (ec *executionContext) marshalNJobLog2ᚖfleetgraphᚋdbᚐRobotLog(ctx context.Context, sel ast.SelectionSet, v *db.RobotLog) graphql.Marshaler {
 	if v == nil {
 		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
 			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
@@ -23168,6 +25991,52 @@ func (ec *executionContext) marshalNJobStatus2fleetgraphᚋdbᚐJobStatus(ctx co
 	return res
 }
 
+func (ec *executionContext) marshalNLogCleanupConnection2ᚖfleetgraphᚋgraphᚋmodelᚐLogCleanupConnection(ctx context.Context, sel ast.SelectionSet, v *model.LogCleanupConnection) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._LogCleanupConnection(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNLogCleanupEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐLogCleanupEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.LogCleanupEdge) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNLogCleanupEdge2ᚖfleetgraphᚋgraphᚋmodelᚐLogCleanupEdge(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNLogCleanupEdge2ᚖfleetgraphᚋgraphᚋmodelᚐLogCleanupEdge(ctx context.Context, sel ast.SelectionSet, v *model.LogCleanupEdge) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._LogCleanupEdge(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNLogCleanupRun2ᚖfleetgraphᚋdbᚐLogCleanup(ctx context.Context, sel ast.SelectionSet, v *db.LogCleanup) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._LogCleanupRun(ctx, sel, v)
+}
+
 func (ec *executionContext) unmarshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx context.Context, v any) (db.LogLevel, error) {
 	tmp, err := scalar.UnmarshalString(v)
 	res := db.LogLevel(tmp)
@@ -23183,6 +26052,32 @@ func (ec *executionContext) marshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx cont
 		}
 	}
 	return res
+}
+
+func (ec *executionContext) marshalNLogSummary2ᚕᚖfleetgraphᚋdbᚐLogSummaryRowᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.LogSummaryRow) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNLogSummary2ᚖfleetgraphᚋdbᚐLogSummaryRow(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNLogSummary2ᚖfleetgraphᚋdbᚐLogSummaryRow(ctx context.Context, sel ast.SelectionSet, v *db.LogSummaryRow) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._LogSummary(ctx, sel, v)
 }
 
 func (ec *executionContext) marshalNMachine2ᚖfleetgraphᚋdbᚐMachine(ctx context.Context, sel ast.SelectionSet, v *db.Machine) graphql.Marshaler {
@@ -23426,6 +26321,123 @@ func (ec *executionContext) marshalNRobotEdge2ᚖfleetgraphᚋgraphᚋmodelᚐRo
 		return graphql.Null
 	}
 	return ec._RobotEdge(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNRobotHeartbeat2ᚕᚖfleetgraphᚋdbᚐRobotHeartbeatᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.RobotHeartbeat) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNRobotHeartbeat2ᚖfleetgraphᚋdbᚐRobotHeartbeat(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNRobotHeartbeat2ᚖfleetgraphᚋdbᚐRobotHeartbeat(ctx context.Context, sel ast.SelectionSet, v *db.RobotHeartbeat) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._RobotHeartbeat(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNRobotLog2ᚕᚖfleetgraphᚋdbᚐRobotLogᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.RobotLog) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNRobotLog2ᚖfleetgraphᚋdbᚐRobotLog(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNRobotLog2ᚖfleetgraphᚋdbᚐRobotLog(ctx context.Context, sel ast.SelectionSet, v *db.RobotLog) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._RobotLog(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNRobotLogBatch2ᚖfleetgraphᚋgraphᚋmodelᚐRobotLogBatch(ctx context.Context, sel ast.SelectionSet, v *model.RobotLogBatch) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._RobotLogBatch(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNRobotLogConnection2ᚖfleetgraphᚋgraphᚋmodelᚐRobotLogConnection(ctx context.Context, sel ast.SelectionSet, v *model.RobotLogConnection) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._RobotLogConnection(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNRobotLogEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐRobotLogEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.RobotLogEdge) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNRobotLogEdge2ᚖfleetgraphᚋgraphᚋmodelᚐRobotLogEdge(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNRobotLogEdge2ᚖfleetgraphᚋgraphᚋmodelᚐRobotLogEdge(ctx context.Context, sel ast.SelectionSet, v *model.RobotLogEdge) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._RobotLogEdge(ctx, sel, v)
+}
+
+func (ec *executionContext) unmarshalNRobotLogInput2ᚕᚖfleetgraphᚋdbᚐRobotLogInputᚄ(ctx context.Context, v any) ([]*db.RobotLogInput, error) {
+	vSlice := graphql.CoerceList(v)
+	var err error
+	res := make([]*db.RobotLogInput, len(vSlice))
+	for i := range vSlice {
+		ctx := graphql.WithPathContext(ctx, graphql.NewPathWithIndex(i))
+		res[i], err = ec.unmarshalNRobotLogInput2ᚖfleetgraphᚋdbᚐRobotLogInput(ctx, vSlice[i])
+		if err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+func (ec *executionContext) unmarshalNRobotLogInput2ᚖfleetgraphᚋdbᚐRobotLogInput(ctx context.Context, v any) (*db.RobotLogInput, error) {
+	res, err := ec.unmarshalInputRobotLogInput(ctx, v)
+	return &res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) marshalNRobotStat2ᚕᚖfleetgraphᚋdbᚐRobotStatᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.RobotStat) graphql.Marshaler {
@@ -24214,6 +27226,25 @@ func (ec *executionContext) unmarshalOJobUpdateFilter2ᚖfleetgraphᚋgraphᚋmo
 	}
 	res, err := ec.unmarshalInputJobUpdateFilter(ctx, v)
 	return &res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) unmarshalOLogLevel2ᚖfleetgraphᚋdbᚐLogLevel(ctx context.Context, v any) (*db.LogLevel, error) {
+	if v == nil {
+		return nil, nil
+	}
+	tmp, err := scalar.UnmarshalString(v)
+	res := db.LogLevel(tmp)
+	return &res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalOLogLevel2ᚖfleetgraphᚋdbᚐLogLevel(ctx context.Context, sel ast.SelectionSet, v *db.LogLevel) graphql.Marshaler {
+	if v == nil {
+		return graphql.Null
+	}
+	_ = sel
+	_ = ctx
+	res := scalar.MarshalString(string(*v))
+	return res
 }
 
 func (ec *executionContext) marshalOMachine2ᚖfleetgraphᚋdbᚐMachine(ctx context.Context, sel ast.SelectionSet, v *db.Machine) graphql.Marshaler {

@@ -768,7 +768,8 @@ func TestJobStateMachine(t *testing.T) {
 	t.Run("appended log lines are kept, newest first", func(t *testing.T) {
 		t.Parallel()
 		tn, r, l := claimed(t, nil)
-		at := time.Date(2026, 1, 2, 3, 4, 5, 678000000, time.UTC)
+		// Within the accepted window (LOG_RETENTION_DAYS back): kept as logged.
+		at := time.Now().Add(-time.Hour).Truncate(time.Millisecond).UTC()
 		var out struct{ AppendJobLogs int }
 		s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $e: [JobLogInput!]!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: $e) }`, map[string]any{
 			"j": l.Job.ID, "l": l.LeaseToken, "e": []map[string]any{
@@ -786,7 +787,7 @@ func TestJobStateMachine(t *testing.T) {
 		for _, lg := range logs {
 			got = append(got, lg.Level+" "+lg.Message)
 		}
-		require.Equal(t, []string{"INFO x", "ERROR captcha", "WARN slow page", "DEBUG opening portal"}, got)
+		require.Equal(t, []string{"INFO x", "ERROR captcha", "WARNING slow page", "DEBUG opening portal"}, got, "WARN is read as WARNING")
 		require.Equal(t, map[string]any{"url": "https://portal"}, logs[3].Fields)
 		require.True(t, at.Equal(logs[3].At), "a line keeps the time the robot logged it: %s", logs[3].At)
 		require.Equal(t, map[string]any{}, logs[2].Fields)
@@ -1427,8 +1428,8 @@ func TestJobListStatementCount(t *testing.T) {
 			WHERE tenant_id = ? AND id IN (SELECT id FROM jobs WHERE tenant_id = ? ORDER BY id LIMIT ?)`,
 			robots[0].ID, robots[1].ID, tn.user.Tenant, tn.user.Tenant, max(1, 2*n/3)).Exec(t.Context())
 		require.NoError(t, err)
-		_, err = s.DB.NewRaw(`INSERT INTO job_logs (job_id, tenant_id, level, message) SELECT id, tenant_id, 'INFO', 'hello' FROM jobs WHERE tenant_id = ?`,
-			tn.user.Tenant).Exec(t.Context())
+		_, err = s.DB.NewRaw(`INSERT INTO robot_logs (job_id, tenant_id, robot_id, level, message, at) SELECT id, tenant_id, coalesce(robot_id, ?), 20, 'hello', now() FROM jobs WHERE tenant_id = ?`,
+			robots[0].ID, tn.user.Tenant).Exec(t.Context())
 		require.NoError(t, err)
 
 		best := int64(math.MaxInt64)

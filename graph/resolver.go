@@ -20,6 +20,7 @@ type Resolver struct {
 	APIKeyStore   *db.APIKeys
 	WorkflowStore *db.Workflows
 	JobStore      *db.Jobs
+	LogStore      *db.Logs
 	Dispatcher    *dispatch.Dispatcher
 	// Hub feeds subscriptions.
 	Hub *realtime.Hub

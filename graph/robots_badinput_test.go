@@ -617,7 +617,7 @@ func TestRobotBadInputBoundariesAreAccepted(t *testing.T) {
 	require.Equal(t, 500, appended.AppendJobLogs)
 	isoDo(t, s, k.Key, `mutation($j: ID!, $l: ID!, $r: JSON) { completeJob(jobId: $j, leaseToken: $l, result: $r) { id } }`,
 		l.rbVars(map[string]any{"r": atLimit}), nil)
-	require.Equal(t, 502, rbCount(t, s, "job_logs", "job_id = ?", job.ID))
+	require.Equal(t, 502, rbCount(t, s, "robot_logs", "job_id = ?", job.ID))
 }
 
 // The edges of the Time and Int ranges are accepted and one step past them

@@ -210,7 +210,7 @@ func rbCount(t *testing.T, s *apitest.Server, table, where string, args ...any) 
 
 // rbTables are every table of the robot side of the schema.
 var rbTables = []string{"robots", "robot_heartbeats", "api_keys", "api_key_audit", "workflows", "workflow_versions",
-	"workflow_assignments", "node_robot_overrides", "jobs", "job_logs"}
+	"workflow_assignments", "node_robot_overrides", "jobs", "robot_logs"}
 
 // rbRowCounts counts the rows of every table of the robot side, and of machines.
 func rbRowCounts(t *testing.T, s *apitest.Server) map[string]int {

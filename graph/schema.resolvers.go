@@ -30,7 +30,7 @@ func (r *jobResolver) Robot(ctx context.Context, obj *db.Job) (*db.Robot, error)
 }
 
 // Logs is the resolver for the logs field.
-func (r *jobResolver) Logs(ctx context.Context, obj *db.Job, first *int) ([]*db.JobLog, error) {
+func (r *jobResolver) Logs(ctx context.Context, obj *db.Job, first *int) ([]*db.RobotLog, error) {
 	limit, err := pageSizeOr(first, 50)
 	if err != nil {
 		return nil, err
@@ -220,7 +220,17 @@ func (r *mutationResolver) FailJob(ctx context.Context, jobID uuid.UUID, leaseTo
 
 // AppendJobLogs is the resolver for the appendJobLogs field.
 func (r *mutationResolver) AppendJobLogs(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, entries []*db.JobLogInput) (int, error) {
-	return r.JobStore.AppendLogs(ctx, r.DB, jobID, leaseToken, derefAll(entries))
+	return r.LogStore.AppendJobLogs(ctx, r.DB, jobID, leaseToken, derefAll(entries))
+}
+
+// ShipLogs is the resolver for the shipLogs field.
+func (r *mutationResolver) ShipLogs(ctx context.Context, entries []*db.RobotLogInput) (int, error) {
+	return r.LogStore.Ship(ctx, r.DB, derefAll(entries))
+}
+
+// CleanupLogs is the resolver for the cleanupLogs field.
+func (r *mutationResolver) CleanupLogs(ctx context.Context, retentionDays *int, dryRun *bool) (*db.LogCleanup, error) {
+	return r.LogStore.Cleanup(ctx, r.DB, retentionDays, deref(dryRun))
 }
 
 // CreateSchedule is the resolver for the createSchedule field.
@@ -369,6 +379,24 @@ func (r *queryResolver) APIKeyAudit(ctx context.Context, robotID *uuid.UUID, fir
 	return r.APIKeyStore.Audit(ctx, r.DB, robotID, first)
 }
 
+// RobotLogs is the resolver for the robotLogs field.
+func (r *queryResolver) RobotLogs(ctx context.Context, robotID *uuid.UUID, jobID *uuid.UUID, minLevel *db.LogLevel, since *time.Time, until *time.Time, contains *string, first *int, after *string) (*model.RobotLogConnection, error) {
+	f := db.LogFilter{RobotID: robotID, JobID: jobID, MinLevel: minLevel, Since: since, Until: until, Contains: contains}
+	page, err := r.LogStore.List(ctx, r.DB, f, db.PageArgs{First: first, After: after})
+	return model.NewRobotLogConnection(page), err
+}
+
+// LogSummary is the resolver for the logSummary field.
+func (r *queryResolver) LogSummary(ctx context.Context, since *time.Time, until *time.Time, robotID *uuid.UUID) ([]*db.LogSummaryRow, error) {
+	return r.LogStore.Summary(ctx, r.DB, since, until, robotID)
+}
+
+// LogCleanupHistory is the resolver for the logCleanupHistory field.
+func (r *queryResolver) LogCleanupHistory(ctx context.Context, first *int, after *string) (*model.LogCleanupConnection, error) {
+	page, err := r.LogStore.CleanupHistory(ctx, r.DB, db.PageArgs{First: first, After: after})
+	return model.NewLogCleanupConnection(page), err
+}
+
 // Schedule is the resolver for the schedule field.
 func (r *queryResolver) Schedule(ctx context.Context, id uuid.UUID) (*db.Schedule, error) {
 	return nullIfMissing(r.ScheduleStore.Get(ctx, r.DB, id))
@@ -397,6 +425,11 @@ func (r *queryResolver) WebhookDeliveries(ctx context.Context, endpointID uuid.U
 // CurrentJobs is the resolver for the currentJobs field.
 func (r *robotResolver) CurrentJobs(ctx context.Context, obj *db.Robot) ([]*db.Job, error) {
 	return dataloaders.For(ctx).CurrentJobs(ctx, obj.ID)
+}
+
+// Heartbeats is the resolver for the heartbeats field.
+func (r *robotResolver) Heartbeats(ctx context.Context, obj *db.Robot, since *time.Time, until *time.Time, first *int) ([]*db.RobotHeartbeat, error) {
+	return r.LogStore.HeartbeatHistory(ctx, r.DB, obj.ID, since, until, first)
 }
 
 // TotalCount is the resolver for the totalCount field.
@@ -447,6 +480,11 @@ func (r *subscriptionResolver) FleetPresence(ctx context.Context) (<-chan *model
 // JobUpdated is the resolver for the jobUpdated field.
 func (r *subscriptionResolver) JobUpdated(ctx context.Context, id *uuid.UUID, filter *model.JobUpdateFilter) (<-chan *model.JobChange, error) {
 	return r.jobUpdated(ctx, id, filter)
+}
+
+// RobotLogAdded is the resolver for the robotLogAdded field.
+func (r *subscriptionResolver) RobotLogAdded(ctx context.Context, robotID *uuid.UUID, minLevel *db.LogLevel) (<-chan *model.RobotLogBatch, error) {
+	return r.robotLogAdded(ctx, robotID, minLevel)
 }
 
 // ID is the resolver for the id field.

@@ -51,7 +51,7 @@ var sugWords = regexp.MustCompile(`[_A-Za-z][_0-9A-Za-z]*`)
 
 // sugEnglish are words of the refusals' own prose that happen to be schema
 // names too; they name nothing when they read as English.
-var sugEnglish = map[string]bool{"input": true, "type": true, "value": true, "field": true, "here": true}
+var sugEnglish = map[string]bool{"input": true, "type": true, "value": true, "field": true, "here": true, "since": true}
 
 // sugLeaks returns the schema names an error response mentions (in messages,
 // paths or extensions) that the request (query and variables) did not.

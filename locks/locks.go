@@ -13,6 +13,10 @@ const (
 	// Maintenance is held by the maintenance leader: the one process per
 	// database that runs the server's own work (package maintenance).
 	Maintenance Key = 0x666c656574_02
+	// LogPartitions serialises the creation and dropping of robot_logs
+	// partitions (transaction-scoped). Migration 0007's
+	// fleetgraph_ensure_log_partition takes it by value (112615743648775).
+	LogPartitions Key = 0x666c656574_07
 )
 
 // Keys of the two-integer form, pg_advisory_xact_lock(class, id), a key

@@ -1,6 +1,7 @@
 package realtime
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,10 @@ const (
 	KindMachineEvent = "machine_event"
 	KindRobot        = "robot"
 	KindJob          = "job"
+	// KindLog is a batch of log lines shipped by one robot: one
+	// notification per batch (db.insertLinesSQL), keyed by the batch's
+	// robot, id range and time range.
+	KindLog = "log"
 )
 
 // Change is one change-feed notification: routing fields only, never the row.
@@ -37,8 +42,10 @@ type Change struct {
 	Machine    *uuid.UUID `json:"m"`  // machine events
 	Status     string     `json:"s"`  // robots and jobs
 	PrevStatus string     `json:"ps"` // robots, on UPDATE
-	Robot      *uuid.UUID `json:"r"`  // jobs
+	Robot      *uuid.UUID `json:"r"`  // jobs, log batches
 	Workflow   *uuid.UUID `json:"w"`  // jobs
+	Count      int        `json:"n"`  // log batches: lines
+	Level      int        `json:"lv"` // log batches: the highest severity
 }
 
 // loadKind is the kind of row a topic's updates carry: presence is fed by
@@ -357,6 +364,14 @@ type SubscribeOptions struct {
 	MatchRow func(value any) bool
 	// Append marks append-only feeds (events): updates are never coalesced.
 	Append bool
+	// Lossy subscribers (log tails) are not ended when they fall behind:
+	// updates past the queue limit are dropped and counted, and the next
+	// Take ends with an Op "MISSED" update whose Version is how many.
+	Lossy bool
+	// Weight counts what a dropped update held (default 1), for Lossy.
+	Weight func(Update) int
+	// Limit bounds the subscriber's undelivered updates (0: the hub's).
+	Limit int
 	// Expires, when non-zero, ends the subscription then (the credential's expiry).
 	Expires time.Time
 }
@@ -365,7 +380,7 @@ type SubscribeOptions struct {
 func (h *Hub) Subscribe(o SubscribeOptions) *Sub {
 	s := &Sub{
 		hub: h, topic: topic{o.Kind, o.Tenant}, principal: o.Principal, filter: o.Filter, matchRow: o.MatchRow, append: o.Append,
-		limit: h.queueLimit, pending: map[string]int{}, sent: map[string]int64{},
+		lossy: o.Lossy, weight: o.Weight, limit: cmp.Or(o.Limit, h.queueLimit), pending: map[string]int{}, sent: map[string]int64{},
 		ready: make(chan struct{}, 1), done: make(chan struct{}),
 	}
 	if !o.Expires.IsZero() {
@@ -421,6 +436,8 @@ type Sub struct {
 	filter    func(Change) bool
 	matchRow  func(any) bool
 	append    bool
+	lossy     bool
+	weight    func(Update) int
 	limit     int
 	expiry    *time.Timer
 
@@ -428,6 +445,7 @@ type Sub struct {
 	queue   []Update
 	pending map[string]int   // key -> index in queue (coalescing)
 	sent    map[string]int64 // key -> version last delivered
+	missed  int              // what was dropped since the last Take (Lossy)
 	err     error
 	ready   chan struct{}
 	done    chan struct{}
@@ -480,6 +498,14 @@ func (s *Sub) offer(u Update) {
 		return
 	}
 	if len(s.queue) >= s.limit {
+		if s.lossy {
+			n := 1
+			if s.weight != nil {
+				n = s.weight(u)
+			}
+			s.missed += n
+			return
+		}
 		s.endLocked(ErrTooSlow)
 		s.hub.Metrics.SlowConsumer(s.topic.kind)
 		return
@@ -527,6 +553,12 @@ func (s *Sub) Take() []Update {
 		out = append(out, u)
 	}
 	q = out
+	if s.missed > 0 {
+		// Everything dropped came after what was queued, and nothing was
+		// queued after it (the queue was full): the notice goes last.
+		q = append(q, Update{Kind: s.topic.kind, Op: OpMissed, Version: int64(s.missed)})
+		s.missed = 0
+	}
 	s.hub.Metrics.Delivered(s.topic.kind, len(q))
 	if len(s.sent) > 100_000 {
 		clear(s.sent) // only de-duplication is lost
@@ -574,3 +606,7 @@ func (s *Sub) Close() {
 }
 
 var errClosed = errors.New("subscription closed")
+
+// OpMissed is the Op of the notice a Lossy subscriber gets after updates
+// were dropped; its Version is how many (by the subscription's Weight).
+const OpMissed = "MISSED"

@@ -3,6 +3,8 @@ package realtime
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -22,6 +24,7 @@ type StoreSource struct {
 	Machines *db.Machines
 	Robots   *db.Robots
 	Jobs     *db.Jobs
+	Logs     *db.Logs
 }
 
 var _ Source = (*StoreSource)(nil)
@@ -85,6 +88,20 @@ func (s *StoreSource) Load(ctx context.Context, kind string, tenant uuid.UUID, k
 		for id, j := range rows {
 			out[id.String()] = Versioned{Key: id.String(), Version: j.Revision, Value: j}
 		}
+	case KindLog:
+		byKey := map[db.LogBatchKey]string{}
+		for _, k := range keys {
+			if bk, ok := db.ParseLogBatchKey(k); ok {
+				byKey[bk] = k
+			}
+		}
+		rows, err := s.Logs.Batches(ctx, s.DB, slices.Collect(maps.Keys(byKey)))
+		if err != nil {
+			return nil, err
+		}
+		for bk, b := range rows {
+			out[byKey[bk]] = Versioned{Key: byKey[bk], Version: bk.Hi, Value: b}
+		}
 	default:
 		return nil, fmt.Errorf("loading rows of unknown kind %q", kind)
 	}
@@ -128,6 +145,17 @@ func (s *StoreSource) ChangedSince(ctx context.Context, kind string, tenant uuid
 		}
 		for _, j := range rows {
 			out = append(out, Versioned{Key: j.ID.String(), Version: j.Revision, Value: j})
+		}
+	case KindLog:
+		rows, err := s.Logs.ChangedSince(ctx, s.DB, since)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range rows {
+			last := b.Lines[len(b.Lines)-1].ID
+			// A key of its own: tails drop the lines they already sent.
+			k := "resync:" + b.RobotID.String() + ":" + strconv.FormatInt(last, 10)
+			out = append(out, Versioned{Key: k, Version: last, Value: b})
 		}
 	default:
 		return nil, fmt.Errorf("re-reading rows of unknown kind %q", kind)

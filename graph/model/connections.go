@@ -156,3 +156,40 @@ func edgesOf[T any, PT interface {
 	}
 	return edges, pageInfo(cursors, p.HasNext)
 }
+
+// RobotLogEdge is one log line in a page.
+type RobotLogEdge struct {
+	Cursor string
+	Node   *db.RobotLog
+}
+
+// RobotLogConnection is a page of log lines (no totalCount: counting
+// millions of lines per page would cost more than the page).
+type RobotLogConnection struct {
+	Edges    []*RobotLogEdge
+	PageInfo *PageInfo
+}
+
+// NewRobotLogConnection wraps a page of log lines.
+func NewRobotLogConnection(p db.Page[db.RobotLog]) *RobotLogConnection {
+	edges, pi := edgesOf(p, func(c string, n *db.RobotLog) *RobotLogEdge { return &RobotLogEdge{c, n} })
+	return &RobotLogConnection{Edges: edges, PageInfo: pi}
+}
+
+// LogCleanupEdge is one retention run in a page.
+type LogCleanupEdge struct {
+	Cursor string
+	Node   *db.LogCleanup
+}
+
+// LogCleanupConnection is a page of retention runs.
+type LogCleanupConnection struct {
+	Edges    []*LogCleanupEdge
+	PageInfo *PageInfo
+}
+
+// NewLogCleanupConnection wraps a page of retention runs.
+func NewLogCleanupConnection(p db.Page[db.LogCleanup]) *LogCleanupConnection {
+	edges, pi := edgesOf(p, func(c string, n *db.LogCleanup) *LogCleanupEdge { return &LogCleanupEdge{c, n} })
+	return &LogCleanupConnection{Edges: edges, PageInfo: pi}
+}

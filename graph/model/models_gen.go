@@ -60,6 +60,18 @@ type RobotChange struct {
 	Robot *db.Robot `json:"robot,omitempty"`
 }
 
+// One shipped batch of a robot's lines, as a tail sees it (only lines at its
+// minLevel or above); or, with no lines and `missedLines` above 0, the notice
+// that the tail fell behind and that many lines were not sent to it.
+type RobotLogBatch struct {
+	// The robot that shipped the batch; null on a notice.
+	RobotID *uuid.UUID `json:"robotId,omitempty"`
+	// Oldest first.
+	Lines []*db.RobotLog `json:"lines"`
+	// Lines this tail did not keep up with and never received (a notice); 0 on a batch.
+	MissedLines int `json:"missedLines"`
+}
+
 // Live updates, over websockets (`graphql-transport-ws`, or the legacy
 // `graphql-ws`) or server-sent events (`Accept: text/event-stream`).
 //

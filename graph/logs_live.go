@@ -1,0 +1,44 @@
+package graph
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	"fleetgraph/auth"
+	"fleetgraph/db"
+	"fleetgraph/fault"
+	"fleetgraph/graph/model"
+	"fleetgraph/realtime"
+)
+
+// robotLogAdded serves the live tail (realtime.LogTail): one message per
+// shipped batch of a visible robot, with the lines at minLevel or above,
+// or a missed-lines notice when the subscriber fell behind.
+func (r *subscriptionResolver) robotLogAdded(ctx context.Context, robotID *uuid.UUID, minLevel *db.LogLevel) (<-chan *model.RobotLogBatch, error) {
+	if err := db.CheckCaller(ctx, false); err != nil {
+		return nil, err
+	}
+	if robotID != nil {
+		if _, err := r.RobotStore.Get(ctx, r.DB, *robotID); err != nil {
+			return nil, err
+		}
+	}
+	var min int16
+	if minLevel != nil {
+		if min = minLevel.Severity(); min == 0 {
+			return nil, fault.Invalid("minLevel", "minLevel is not a log level")
+		}
+	}
+	tail := r.Hub.TailLogs(auth.FromContext(ctx), robotID, min)
+	return stream(ctx, tail.Sub(), nil, func(u realtime.Update) *model.RobotLogBatch {
+		item, ok := tail.Item(u)
+		switch {
+		case !ok:
+			return nil
+		case item.Missed > 0:
+			return &model.RobotLogBatch{Lines: []*db.RobotLog{}, MissedLines: item.Missed}
+		}
+		return &model.RobotLogBatch{RobotID: &item.Robot, Lines: item.Lines}
+	}), nil
+}
