@@ -33,6 +33,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -198,13 +199,29 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 
+	before := loadAverage()
 	res, err := measure(ctx, o, servers, cluster)
 	if err != nil {
 		return err
 	}
 	fmt.Println()
 	printReport(os.Stdout, o, servers, res)
+	fmt.Printf("\nLoad average (1, 5, 15 min) before the rounds: %s; after: %s (%d cores).\n", before, loadAverage(), runtime.NumCPU())
 	return nil
+}
+
+// loadAverage is the machine's load average from /proc/loadavg, to tell a
+// quiet run from one that shared the cores with other work.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // repoRoot is the folder of the main module (go.mod of fleetgraph).
