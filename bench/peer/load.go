@@ -81,7 +81,7 @@ func pgbenchRun(ctx context.Context, c *localpg.Cluster, script, mode string, co
 	}
 	port := clusterPort(c)
 	cmd := exec.CommandContext(ctx, bin, "-n", "-M", mode, "-c", strconv.Itoa(conc), "-j", "2",
-		"-T", strconv.Itoa(int(d.Seconds())), "-f", script,
+		"-T", strconv.Itoa(max(1, int(d.Seconds()))), "-f", script,
 		"-h", c.SocketDir(), "-p", port, "-U", "postgres", benchDB)
 	out, err := cmd.CombinedOutput()
 	if err != nil {

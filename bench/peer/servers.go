@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -38,13 +39,46 @@ FROM jobs j LEFT JOIN robots r ON r.id = j.robot_id AND r.tenant_id = j.tenant_i
 WHERE j.id = ` + strings.Replace(idExpr(3, ":n"), "(:n)", "(:n::int)", 1) + ` AND j.tenant_id = '` + tenantID + `'::uuid;
 `
 
-// queries are a server's spelling of the benchmark queries.
-type queries struct{ list, point string }
+// queries are a server's spelling of the benchmark queries; probe succeeds
+// only on the server the harness started (Fleetgraph's needs the token signed
+// with this run's secret), not on another one that took its port.
+type queries struct{ list, point, probe string }
 
 var (
-	fleetgraphQueries   = queries{list: fgList, point: fgPoint}
-	postgraphileQueries = queries{list: pgList, point: pgPoint}
+	fleetgraphQueries   = queries{list: fgList, point: fgPoint, probe: `{ robots(first: 1) { totalCount } }`}
+	postgraphileQueries = queries{list: pgList, point: pgPoint, probe: `{ allRobots(first: 1) { totalCount } }`}
 )
+
+// errExited reports a server process that ended before it answered.
+var errExited = errors.New("exited before it answered")
+
+// launch starts a server on a free loopback port and waits until it
+// answers, and sets s.url. A port is free only until someone takes it: a
+// server that exits before answering (its port was taken) is started again
+// on another port, up to three times.
+func launch(ctx context.Context, s *server, start func(port int) (*process, error)) (*process, error) {
+	var err error
+	for range 3 {
+		var port int
+		if port, err = freePort(); err != nil {
+			return nil, err
+		}
+		s.url = fmt.Sprintf("http://127.0.0.1:%d/graphql", port)
+		var p *process
+		if p, err = start(port); err != nil {
+			return nil, err
+		}
+		if err = s.waitReady(ctx, p, 90*time.Second); err == nil {
+			return p, nil
+		}
+		p.stop()
+		if !errors.Is(err, errExited) {
+			return nil, err
+		}
+		logf("%v; trying another port", err)
+	}
+	return nil, err
+}
 
 // server is one GraphQL server under test.
 type server struct {
@@ -83,17 +117,20 @@ func (s *server) post(ctx context.Context, c *http.Client, b []byte) ([]byte, er
 	return out, nil
 }
 
-// waitReady polls the server with a trivial query until it answers.
-func (s *server) waitReady(ctx context.Context, limit time.Duration) error {
+// waitReady polls the server with its probe query until it answers, p
+// exits, or limit passes.
+func (s *server) waitReady(ctx context.Context, p *process, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	c := &http.Client{Timeout: 5 * time.Second}
 	var last error
 	for {
-		if _, last = s.post(ctx, c, body("{ __typename }", nil)); last == nil {
+		if _, last = s.post(ctx, c, body(s.queries.probe, nil)); last == nil {
 			return nil
 		}
 		select {
+		case <-p.exited:
+			return fmt.Errorf("%s %w (log: %s)", s.name, errExited, p.log.Name())
 		case <-ctx.Done():
 			return fmt.Errorf("%s did not answer within %s: %v", s.name, limit, last)
 		case <-time.After(200 * time.Millisecond):
@@ -190,9 +227,10 @@ func countJobs(v any) int {
 
 // process is a server started by the harness.
 type process struct {
-	name string
-	cmd  *exec.Cmd
-	log  *os.File
+	name   string
+	cmd    *exec.Cmd
+	log    *os.File
+	exited chan struct{} // closed once the process has been reaped
 }
 
 // startProcess runs bin in dir with env added, its output in logPath.
@@ -210,10 +248,14 @@ func startProcess(ctx context.Context, name, dir, logPath, bin string, args, env
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
 	logf("started %s (pid %d, log %s)", name, cmd.Process.Pid, logPath)
-	p := &process{name: name, cmd: cmd, log: f}
+	p := &process{name: name, cmd: cmd, log: f, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.exited) }()
 	go func() {
-		<-ctx.Done()
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-ctx.Done():
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+		case <-p.exited:
+		}
 	}()
 	return p, nil
 }
@@ -221,13 +263,11 @@ func startProcess(ctx context.Context, name, dir, logPath, bin string, args, env
 // stop ends the process: SIGTERM, then SIGKILL after 10 s.
 func (p *process) stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-p.exited:
 	case <-time.After(10 * time.Second):
 		_ = p.cmd.Process.Kill()
-		<-done
+		<-p.exited
 	}
 	p.log.Close()
 }
