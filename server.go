@@ -1,7 +1,7 @@
 // Command fleetgraph serves Fleetgraph's GraphQL API over PostgreSQL.
 //
 // Subcommands: serve (the default), migrate up|down|status, token, schema,
-// verify, robots list|create, keys create|list|revoke.
+// verify, robots list|create, keys create|list|revoke, logs cleanup.
 // `fleetgraph <command> --help` lists each one's flags and environment
 // variables. With DATABASE_URL unset, serve and migrate run a private
 // PostgreSQL from the machine's own binaries in DATA_DIR.
@@ -62,6 +62,7 @@ Usage:
   fleetgraph verify [--json]          check the installation: settings, database, triggers, change feed
   fleetgraph robots list|create       list or register a tenant's robots
   fleetgraph keys create|list|revoke  manage robots' API keys (the raw key is printed once)
+  fleetgraph logs cleanup             drop robot logs past the retention (--dry-run to see first)
   fleetgraph help [command]           print this, or a command's help
 
 Run 'fleetgraph <command> --help' for a command's flags and environment variables.
@@ -99,6 +100,8 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 		err = robotsCmd(ctx, args, env, stdout, stderr)
 	case "keys":
 		err = keysCmd(ctx, args, env, stdout, stderr)
+	case "logs":
+		err = logsCmd(ctx, args, env, stdout, stderr)
 	case "help":
 		_, _ = io.WriteString(stdout, usage)
 	default:
