@@ -280,9 +280,12 @@ func orDash(s string) string {
 	return s
 }
 
-func timeOrDash(t *time.Time) string {
+func timeOrDash(t *time.Time) string { return timeOr(t, "-") }
+
+// timeOr formats t in UTC, or says none when it is unset.
+func timeOr(t *time.Time, none string) string {
 	if t == nil {
-		return "-"
+		return none
 	}
 	return t.UTC().Format(time.RFC3339)
 }
@@ -504,12 +507,7 @@ func keysCreate(ctx context.Context, args []string, env func(string) string, std
 	return err
 }
 
-func orNever(t *time.Time) string {
-	if t == nil {
-		return "never"
-	}
-	return t.UTC().Format(time.RFC3339)
-}
+func orNever(t *time.Time) string { return timeOr(t, "never") }
 
 func keysList(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("keys list --robot NAME-or-ID", "Lists a robot's API keys, newest first (never the keys themselves).", stderr, env)
