@@ -267,7 +267,7 @@ func (s *Logs) Ship(ctx context.Context, idb bun.IDB, entries []RobotLogInput) (
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		for _, l := range leases {
 			// A no-op fenced update proves the robot holds the job (and locks it).
-			if _, err := s.jobs.fenced(ctx, tx, l.job, l.token, liveJobStatuses, "log to", func(q *bun.UpdateQuery) *bun.UpdateQuery { return q }); err != nil {
+			if err := s.holdsJob(ctx, tx, l.job, l.token); err != nil {
 				return err
 			}
 		}
@@ -301,7 +301,7 @@ func (s *Logs) AppendJobLogs(ctx context.Context, idb bun.IDB, jobID, token uuid
 		lines[i].job = &jobID
 	}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if _, err := s.jobs.fenced(ctx, tx, jobID, token, liveJobStatuses, "log to", func(q *bun.UpdateQuery) *bun.UpdateQuery { return q }); err != nil {
+		if err := s.holdsJob(ctx, tx, jobID, token); err != nil {
 			return err
 		}
 		return insertLines(ctx, tx, sc.tenant, sc.robot, lines)
@@ -310,6 +310,16 @@ func (s *Logs) AppendJobLogs(ctx context.Context, idb bun.IDB, jobID, token uuid
 		return 0, err
 	}
 	return len(lines), nil
+}
+
+// holdsJob proves that the calling robot holds the job under token, and
+// locks the job's row, by a fenced update that changes nothing: the revision
+// trigger sees no change, so subscribers are told of none.
+func (s *Logs) holdsJob(ctx context.Context, tx bun.Tx, jobID, token uuid.UUID) error {
+	_, err := s.jobs.fenced(ctx, tx, jobID, token, liveJobStatuses, "log to", func(q *bun.UpdateQuery) *bun.UpdateQuery {
+		return q.Set("lease_token = j.lease_token")
+	})
+	return err
 }
 
 // LogChannel is where log batches are announced: the change feed, kind "log".
