@@ -930,9 +930,18 @@ func TestServeEmbeddedRestartsPostgres(t *testing.T) {
 	f := faulttest.NewFleet(t, url, token, 1)
 	m0 := f.Machines[0]
 	sub := faulttest.Subscribe(t, "machines", faulttest.WSURL(url), token, faulttest.AllMachines("machines"))
-	v, err := f.TouchMachine(context.Background(), m0)
-	require.NoError(t, err)
-	sub.WaitReceived(t, "machines", m0, v)
+	// The subscription has no first state, so nothing says when the hub
+	// has registered it: touch the machine until a change arrives.
+	var v int
+	var err error
+	for try := 0; ; try++ {
+		require.Less(t, try, 30, "the subscription never received a change")
+		v, err = f.TouchMachine(context.Background(), m0)
+		require.NoError(t, err)
+		if sub.Received("machines", m0, v, 2*time.Second) {
+			break
+		}
+	}
 
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	back := p.waitFor(t, p.stderr, postgresBackLog)

@@ -363,6 +363,30 @@ func (s *Subscriber) WaitFor(t testing.TB, what string, cond func(View) bool, ex
 	}
 }
 
+// Received waits up to within for the stream to hold entity at version or
+// later, and reports whether it does; unlike WaitReceived it does not fail
+// the test, for callers that poke again when a change was not seen (a
+// subscription without a first state cannot say when the hub registered it).
+func (s *Subscriber) Received(stream, entity string, version int, within time.Duration) bool {
+	timer := time.NewTimer(within)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		st := s.streams[stream]
+		ok := st != nil && st.Latest[entity].Version >= version
+		changed := s.changed
+		s.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return false
+		}
+	}
+}
+
 // Stream returns a copy of one stream's state.
 func (s *Subscriber) Stream(id string) Stream {
 	s.mu.Lock()
