@@ -2,20 +2,30 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/google/uuid"
 
 	"fleetgraph/auth"
 	"fleetgraph/db"
+	"fleetgraph/realtime"
 )
 
 // logsCmd groups the operator's log commands.
 func logsCmd(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	return group("logs", "Manages robot logs, acting as system:cli.", map[string]func([]string) error{
 		"cleanup": func(a []string) error { return logsCleanup(ctx, a, env, stdout, stderr) },
-	}, []string{"cleanup"}, args, stderr)
+		"tail":    func(a []string) error { return logsTail(ctx, a, env, stdout, stderr) },
+	}, []string{"cleanup", "tail"}, args, stderr)
 }
 
 // logsCleanup drops the whole days of robot logs (and heartbeat history)
@@ -77,4 +87,156 @@ func listDays(days []string) string {
 		return ""
 	}
 	return " (" + strings.Join(days, ", ") + ")"
+}
+
+// logLineView is a tailed line as `logs tail --json` prints it, one JSON
+// object a line; a missed-lines notice is {"missedLines": N}.
+type logLineView struct {
+	ID      int64          `json:"id"`
+	RobotID uuid.UUID      `json:"robotId"`
+	JobID   *uuid.UUID     `json:"jobId"`
+	Level   db.LogLevel    `json:"level"`
+	Message string         `json:"message"`
+	Fields  map[string]any `json:"fields"`
+	At      time.Time      `json:"at"`
+}
+
+// logsTail follows one robot's lines live through the hub, as the
+// robotLogAdded subscription does, acting as system:cli in the tenant,
+// until ctx ends (Ctrl-C).
+func logsTail(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("logs tail --robot NAME-or-ID [--level LEVEL]",
+		"Follows a robot's log lines live, as they are shipped, until interrupted (Ctrl-C). Lines a slow terminal could not "+
+			"keep up with are reported as missed, never dropped silently. With --json, one JSON object a line.", stderr, env)
+	ops := declareOperator(s)
+	robotFlag := s.add("", "robot", "", "the robot's name or id (required)")
+	levelFlag := s.add("", "level", "", "minimum level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default: every line)")
+	rest, err := parseArgs(s, args)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(rest); err != nil {
+		return err
+	}
+	var min int16
+	if lv := strings.ToUpper(levelFlag.String()); lv != "" {
+		if min = db.LogLevel(lv).Severity(); min == 0 {
+			return usageError("--level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not %q", levelFlag.String())
+		}
+	}
+	o, err := ops.open(ctx, stderr)
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	robot, err := o.robotRef("robot", robotFlag.String())
+	if err != nil {
+		return err
+	}
+
+	quiet := slog.New(slog.DiscardHandler)
+	if o.log.Enabled(ctx, slog.LevelDebug) {
+		quiet = o.log
+	}
+	l, err := realtime.NewListener(o.d.dsn, []string{realtime.ChangeChannel}, quiet)
+	if err != nil {
+		return fmt.Errorf("listening for log lines: %w", err)
+	}
+	logs := db.NewLogs(db.DefaultLogConfig, db.NewJobs(db.DefaultQueueConfig, db.NewWorkflows()))
+	hub := realtime.NewHub(l, &realtime.StoreSource{DB: o.d.DB, Robots: o.robots, Logs: logs}, o.log)
+	probe := l.Subscribe(realtime.ChangeChannel, 64)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{}, 2)
+	go func() { l.Run(runCtx); done <- struct{}{} }()
+	go func() { hub.Run(runCtx); done <- struct{}{} }()
+	defer func() {
+		stop()
+		<-done
+		<-done
+	}()
+	tail := hub.TailLogs(auth.FromContext(o.ctx), &robot.ID, min)
+	defer tail.Close()
+	if err := awaitListening(ctx, o.d, probe); err != nil {
+		return err
+	}
+	probe.Close()
+	_, _ = fmt.Fprintf(stderr, "tailing robot %s (%s); Ctrl-C to stop\n", robot.Name, robot.ID)
+
+	enc := json.NewEncoder(stdout)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tail.Sub().Done():
+			if err := tail.Sub().Err(); err != nil && !errors.Is(err, context.Canceled) {
+				return fmt.Errorf("the tail ended: %w", err)
+			}
+			return nil
+		case <-tail.Sub().Ready():
+		}
+		for _, item := range tail.Take() {
+			if err := printTailItem(stdout, enc, o.json, item); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// awaitListening returns once a NOTIFY on the change channel has come back
+// through the listener, so that lines shipped from then on are seen.
+func awaitListening(ctx context.Context, d *database, probe *realtime.Subscription) error {
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	payload := fmt.Sprintf(`{"k":"verify","id":%q}`, hex.EncodeToString(nonce[:]))
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	resend := time.NewTicker(250 * time.Millisecond)
+	defer resend.Stop()
+	for {
+		if _, err := d.ExecContext(ctx, "SELECT pg_notify(?, ?)", realtime.ChangeChannel, payload); err != nil {
+			return fmt.Errorf("starting the tail: %w", err)
+		}
+		arrived, ended := awaitPayload(ctx, probe.C, payload, resend.C, deadline.C)
+		switch {
+		case arrived:
+			return nil
+		case ended && ctx.Err() != nil:
+			return ctx.Err()
+		case ended:
+			return errors.New("the change feed does not deliver (no NOTIFY came back through LISTEN within 30s): `fleetgraph verify` says why")
+		}
+	}
+}
+
+// printTailItem prints a batch's lines, oldest first, or the missed-lines
+// notice.
+func printTailItem(w io.Writer, enc *json.Encoder, asJSON bool, item realtime.LogTailItem) error {
+	if item.Missed > 0 {
+		if asJSON {
+			return enc.Encode(map[string]int{"missedLines": item.Missed})
+		}
+		_, err := fmt.Fprintf(w, "-- %d line(s) missed: the tail fell behind (the robotLogs query still has them) --\n", item.Missed)
+		return err
+	}
+	for _, l := range item.Lines {
+		if asJSON {
+			if err := enc.Encode(logLineView{ID: l.ID, RobotID: l.RobotID, JobID: l.JobID, Level: l.Level, Message: l.Message, Fields: l.Fields, At: l.At}); err != nil {
+				return err
+			}
+			continue
+		}
+		line := fmt.Sprintf("%s %-8s %s", l.At.UTC().Format("2006-01-02T15:04:05.000Z"), l.Level, l.Message)
+		if l.JobID != nil {
+			line += " job=" + l.JobID.String()
+		}
+		if len(l.Fields) > 0 {
+			if b, err := json.Marshal(l.Fields); err == nil {
+				line += " " + string(b)
+			}
+		}
+		if _, err := fmt.Fprintln(w, line); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"regexp"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
+	"fleetgraph/auth"
+	"fleetgraph/db"
 	"fleetgraph/dbtest"
+	"fleetgraph/realtime"
 )
 
 // logs cleanup drops exactly the days past the retention, a dry run drops
@@ -61,4 +67,99 @@ func TestLogsCleanupCommand(t *testing.T) {
 	code, stdout, _ = runCLI(t, e, "logs", "cleanup", "--help")
 	require.Equal(t, 0, code)
 	require.Empty(t, stdout)
+}
+
+// startCommand runs a long-running command (args in full) until the end of
+// the test, as startServe runs serve.
+func startCommand(t *testing.T, e env, args ...string) *serveProcess {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &serveProcess{cancel: cancel, stdout: newSyncBuffer(), stderr: newSyncBuffer(), exit: make(chan int, 1)}
+	go func() { p.exit <- run(ctx, args, e.get, p.stdout, p.stderr) }()
+	t.Cleanup(func() { p.stop(t) })
+	return p
+}
+
+// shipAs ships lines as the robot, as its API key would.
+func shipAs(t *testing.T, d *dbtest.Database, tenant, robot uuid.UUID, lines ...db.RobotLogInput) {
+	t.Helper()
+	ctx := auth.WithPrincipal(t.Context(), &auth.Principal{RobotID: robot, TenantID: tenant, Role: auth.RoleRobot})
+	n, err := db.NewLogs(db.DefaultLogConfig, db.NewJobs(db.DefaultQueueConfig, db.NewWorkflows())).Ship(ctx, d.DB, lines)
+	require.NoError(t, err)
+	require.Equal(t, len(lines), n)
+}
+
+// logs tail prints a robot's lines as they are shipped, at the level asked
+// and above, only that robot's, and ends cleanly when interrupted.
+func TestLogsTailCommand(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	tenant := uuid.New()
+	robot := robotJSON(t, e, "--name", "tailed", "--tenant", tenant.String())
+	other := robotJSON(t, e, "--name", "other", "--tenant", tenant.String())
+
+	p := startCommand(t, e, "logs", "tail", "--robot", "tailed", "--level", "warning", "--tenant", tenant.String())
+	p.waitFor(t, p.stderr, regexp.MustCompile(`tailing robot tailed \(`+robot.ID.String()+`\)`))
+	shipAs(t, d, tenant, other.ID, db.RobotLogInput{Level: db.LogError, Message: "not-this-robot"})
+	shipAs(t, d, tenant, robot.ID,
+		db.RobotLogInput{Level: db.LogDebug, Message: "too-quiet"},
+		db.RobotLogInput{Level: db.LogWarn, Message: "disk almost full", Fields: map[string]any{"free": "2%"}},
+		db.RobotLogInput{Level: db.LogError, Message: "disk full"})
+	m := p.waitFor(t, p.stdout, regexp.MustCompile(`(?s)WARNING\s+disk almost full \{"free":"2%"\}\n.*ERROR\s+disk full\n`))
+	require.NotContains(t, m[0], "too-quiet")
+	require.Equal(t, 0, p.stop(t), "an interrupt ends the tail cleanly")
+	out := p.stdout.String()
+	require.NotContains(t, out, "too-quiet", "below --level")
+	require.NotContains(t, out, "not-this-robot", "another robot's line")
+
+	// --json: one object a line.
+	j := startCommand(t, e, "logs", "tail", "--robot", robot.ID.String(), "--json", "--tenant", tenant.String())
+	j.waitFor(t, j.stderr, regexp.MustCompile(`tailing robot tailed`))
+	shipAs(t, d, tenant, robot.ID, db.RobotLogInput{Level: db.LogDebug, Message: "as json"})
+	line := j.waitFor(t, j.stdout, regexp.MustCompile(`(?m)^\{.*\}\n`))[0]
+	var v logLineView
+	require.NoError(t, json.Unmarshal([]byte(line), &v), line)
+	require.Equal(t, robot.ID, v.RobotID)
+	require.Equal(t, db.LogDebug, v.Level)
+	require.Equal(t, "as json", v.Message)
+}
+
+// logs tail names what is wrong: an unknown robot, another tenant's robot
+// (by name or id: not found), a bad level.
+func TestLogsTailErrors(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	tenantA, tenantB := uuid.NewString(), uuid.NewString()
+	robot := robotJSON(t, e, "--name", "secret-robot", "--tenant", tenantA)
+
+	code, _, stderr := runCLI(t, e, "logs", "tail", "--robot", "nobody", "--tenant", tenantA)
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, `no robot "nobody" in tenant `+tenantA)
+	for _, ref := range []string{"secret-robot", robot.ID.String()} {
+		code, _, stderr = runCLI(t, e, "logs", "tail", "--robot", ref, "--tenant", tenantB)
+		require.Equal(t, 1, code, "another tenant's robot is not visible")
+		require.Contains(t, stderr, "no robot")
+	}
+	code, _, stderr = runCLI(t, e, "logs", "tail", "--robot", "secret-robot", "--tenant", tenantA, "--level", "LOUD")
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, "--level must be")
+	code, _, stderr = runCLI(t, e, "logs", "tail", "--tenant", tenantA)
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, "--robot is required")
+	code, stdout, stderr := runCLI(t, e, "logs", "tail", "--help")
+	require.Equal(t, 0, code)
+	require.Empty(t, stdout)
+	require.Contains(t, stderr, "Usage: fleetgraph logs tail --robot NAME-or-ID")
+}
+
+// The missed-lines notice is printed in the stream, in both formats.
+func TestLogsTailMissedNotice(t *testing.T) {
+	t.Parallel()
+	var text, js bytes.Buffer
+	require.NoError(t, printTailItem(&text, json.NewEncoder(&text), false, realtime.LogTailItem{Missed: 7}))
+	require.Contains(t, text.String(), "7 line(s) missed")
+	require.NoError(t, printTailItem(&js, json.NewEncoder(&js), true, realtime.LogTailItem{Missed: 7}))
+	require.JSONEq(t, `{"missedLines":7}`, js.String())
 }
