@@ -1,7 +1,7 @@
 // Command fleetgraph serves Fleetgraph's GraphQL API over PostgreSQL.
 //
 // Subcommands: serve (the default), migrate up|down|status, token, schema,
-// verify, robots list|create, keys create|list|revoke, logs cleanup.
+// verify, robots list|create, keys create|list|revoke, logs cleanup|tail.
 // `fleetgraph <command> --help` lists each one's flags and environment
 // variables. With DATABASE_URL unset, serve and migrate run a private
 // PostgreSQL from the machine's own binaries in DATA_DIR.
@@ -63,6 +63,7 @@ Usage:
   fleetgraph robots list|create       list or register a tenant's robots
   fleetgraph keys create|list|revoke  manage robots' API keys (the raw key is printed once)
   fleetgraph logs cleanup             drop robot logs past the retention (--dry-run to see first)
+  fleetgraph logs tail --robot NAME   follow a robot's log lines live (--level, --json)
   fleetgraph help [command]           print this, or a command's help
 
 Run 'fleetgraph <command> --help' for a command's flags and environment variables.
