@@ -676,7 +676,8 @@ const feedTimeout = "10s"
 
 func verify(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("verify", "Checks an installation with serve's settings: the settings themselves, the JWT secret, the database "+
-		"(reachable, PostgreSQL 14+, migrations current, change-feed triggers in place) and the change feed (a NOTIFY round trip "+
+		"(reachable, PostgreSQL 14+, migrations current, change-feed triggers in place, robot_logs partitions of today and "+
+		"LOG_PARTITIONS_AHEAD days ahead ready and no default partition) and the change feed (a NOTIFY round trip "+
 		"through LISTEN). Prints what holds and what does not, with advice, and exits 1 when something is wrong.", stderr, env)
 	cs := declareServe(s)
 	asJSON := jsonFlag(s)
@@ -723,12 +724,18 @@ func verify(ctx context.Context, args []string, env func(string) string, stdout,
 	d, err := openDatabase(ctx, &config{databaseURL: cs.databaseURL.String(), dataDir: dataDir}, log)
 	if err != nil {
 		r.add("database reachable", "fail", err.Error(), "check DATABASE_URL (host, port, user, password, database, sslmode) and that PostgreSQL accepts connections from here")
-		for _, name := range []string{"PostgreSQL version", "migrations", "change-feed triggers", "change feed"} {
+		for _, name := range []string{"PostgreSQL version", "migrations", "change-feed triggers", "log partitions", "change feed"} {
 			r.add(name, "skipped", "the database is unreachable", "")
 		}
 	} else {
 		defer d.close(log)
-		verifyDatabase(ctx, &r, d, log, wait)
+		ahead := db.DefaultLogConfig.PartitionsAhead
+		if cfg != nil {
+			ahead = cfg.logs.PartitionsAhead
+		} else if n, err := cs.logPartitionsAhead.Int(1, 60); err == nil {
+			ahead = n
+		}
+		verifyDatabase(ctx, &r, d, log, wait, ahead)
 	}
 
 	r.OK = true
@@ -813,7 +820,7 @@ func verifySecret(r *verifyReport, cs *configSettings) {
 }
 
 // verifyDatabase runs the checks that need the database.
-func verifyDatabase(ctx context.Context, r *verifyReport, d *database, log *slog.Logger, wait time.Duration) {
+func verifyDatabase(ctx context.Context, r *verifyReport, d *database, log *slog.Logger, wait time.Duration, partitionsAhead int) {
 	var who struct {
 		Database string `bun:"db"`
 		User     string `bun:"usr"`
@@ -845,7 +852,65 @@ func verifyDatabase(ctx context.Context, r *verifyReport, d *database, log *slog
 		r.add("migrations", "ok", fmt.Sprintf("all %d applied (latest %s)", len(st.Applied), st.Applied[len(st.Applied)-1]), "")
 	}
 	verifyTriggers(ctx, r, d.DB, st)
+	verifyPartitions(ctx, r, d.DB, time.Now(), partitionsAhead)
 	verifyFeed(ctx, r, d, log, wait)
+}
+
+// verifyPartitions checks that robot_logs has the partitions of today and
+// of the ahead days after it (UTC), as the maintenance leader keeps them,
+// and no default partition: a line of a day without its partition makes
+// ingest create it under a lock, and one in a default partition would
+// never be dropped by retention.
+func verifyPartitions(ctx context.Context, r *verifyReport, bdb *bun.DB, now time.Time, ahead int) {
+	const name = "log partitions"
+	var exists bool
+	if err := bdb.NewRaw("SELECT to_regclass('robot_logs') IS NOT NULL").Scan(ctx, &exists); err != nil {
+		r.add(name, "fail", fmt.Sprintf("reading the catalog: %v", err), "check that the user may read the catalog")
+		return
+	}
+	if !exists {
+		r.add(name, "fail", "there is no robot_logs table", "run `fleetgraph migrate up`")
+		return
+	}
+	parts, err := db.NewLogs(db.DefaultLogConfig, nil).Partitions(ctx, bdb)
+	if err != nil {
+		r.add(name, "fail", err.Error(), "check that the user may read the catalog")
+		return
+	}
+	have := map[string]bool{}
+	for _, p := range parts {
+		have[p.Name] = true
+	}
+	var missing, days []string
+	today := now.UTC().Truncate(24 * time.Hour)
+	for i := range ahead + 1 {
+		d := today.AddDate(0, 0, i)
+		if n := "robot_logs_p" + d.Format("20060102"); !have[n] {
+			missing = append(missing, n)
+			days = append(days, d.Format(time.DateOnly))
+		}
+	}
+	var def []string
+	if err := bdb.NewRaw(`SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'robot_logs'::regclass AND c.relpartbound IS NOT NULL AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'`).Scan(ctx, &def); err != nil {
+		r.add(name, "fail", fmt.Sprintf("reading the catalog: %v", err), "check that the user may read the catalog")
+		return
+	}
+	var detail, advice []string
+	if len(missing) > 0 {
+		detail = append(detail, fmt.Sprintf("missing %s (today and %d day(s) ahead, LOG_PARTITIONS_AHEAD, are kept ready)", strings.Join(missing, ", "), ahead))
+		advice = append(advice, fmt.Sprintf("start `fleetgraph serve` with the same settings: its maintenance leader creates them within the hour (task log-partitions); "+
+			"or create them now with `SELECT fleetgraph_ensure_log_partition(d::date) FROM unnest('{%s}'::text[]) AS d`", strings.Join(days, ",")))
+	}
+	if len(def) > 0 {
+		detail = append(detail, "default partition attached: "+strings.Join(def, ", "))
+		advice = append(advice, fmt.Sprintf("a default partition swallows lines that retention never drops: move its rows out and `ALTER TABLE robot_logs DETACH PARTITION %s`", def[0]))
+	}
+	if len(detail) > 0 {
+		r.add(name, "fail", strings.Join(detail, "; "), strings.Join(advice, "; "))
+		return
+	}
+	r.add(name, "ok", fmt.Sprintf("today and %d day(s) ahead ready (%d partitions in all)", ahead, len(parts)), "")
 }
 
 // verifyTriggers checks that every trigger of this binary's migrations is

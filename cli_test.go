@@ -41,7 +41,7 @@ func runVerifyJSON(t *testing.T, e env, args ...string) (int, verifyReport, stri
 	return code, r, stderr
 }
 
-var verifyChecks = []string{"settings", "JWT secret", "database reachable", "PostgreSQL version", "migrations", "change-feed triggers", "change feed"}
+var verifyChecks = []string{"settings", "JWT secret", "database reachable", "PostgreSQL version", "migrations", "change-feed triggers", "log partitions", "change feed"}
 
 func TestVerify(t *testing.T) {
 	t.Parallel()
@@ -95,6 +95,9 @@ func TestVerify(t *testing.T) {
 		triggers := checkOf(t, r, "change-feed triggers")
 		require.Equal(t, "fail", triggers.Status)
 		require.Contains(t, triggers.Advice, "fleetgraph migrate up")
+		parts := checkOf(t, r, "log partitions")
+		require.Equal(t, "fail", parts.Status)
+		require.Contains(t, parts.Advice, "fleetgraph migrate up")
 		require.Equal(t, "ok", checkOf(t, r, "database reachable").Status)
 	})
 
@@ -116,6 +119,48 @@ func TestVerify(t *testing.T) {
 		require.Contains(t, c.Advice, "ENABLE TRIGGER")
 		require.Contains(t, c.Advice, "CREATE TRIGGER")
 		require.Equal(t, "ok", checkOf(t, r, "migrations").Status, "the migrations themselves are applied")
+	})
+
+	t.Run("PartitionsAhead", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		ctx := context.Background()
+		// The migration made today and 3 days ahead; the day after
+		// tomorrow's goes.
+		gone := time.Now().UTC().AddDate(0, 0, 2).Format("20060102")
+		_, err := b.d.ExecContext(ctx, "DROP TABLE robot_logs_p"+gone)
+		require.NoError(t, err)
+		code, r, _ := runVerifyJSON(t, b.env)
+		require.Equal(t, 1, code)
+		c := checkOf(t, r, "log partitions")
+		require.Equal(t, "fail", c.Status)
+		require.Contains(t, c.Detail, "missing robot_logs_p"+gone+" (today and 3 day(s) ahead")
+		require.Contains(t, c.Advice, "fleetgraph serve")
+		require.Contains(t, c.Advice, "fleetgraph_ensure_log_partition")
+		require.Equal(t, "ok", checkOf(t, r, "change feed").Status, "the other checks still run")
+
+		// Following the advice fixes it.
+		_, err = b.d.ExecContext(ctx, "SELECT fleetgraph_ensure_log_partition(?::date)", time.Now().UTC().AddDate(0, 0, 2).Format(time.DateOnly))
+		require.NoError(t, err)
+		code, r, _ = runVerifyJSON(t, b.env)
+		require.Equal(t, 0, code)
+		require.Equal(t, "ok", checkOf(t, r, "log partitions").Status)
+
+		// More days ahead than are ready: the configured setting counts.
+		code, r, _ = runVerifyJSON(t, b.env.with("LOG_PARTITIONS_AHEAD", "5"))
+		require.Equal(t, 1, code)
+		c = checkOf(t, r, "log partitions")
+		require.Contains(t, c.Detail, "robot_logs_p"+time.Now().UTC().AddDate(0, 0, 5).Format("20060102"))
+		require.Contains(t, c.Detail, "5 day(s) ahead")
+
+		// A default partition is refused.
+		_, err = b.d.ExecContext(ctx, "CREATE TABLE robot_logs_catchall PARTITION OF robot_logs DEFAULT")
+		require.NoError(t, err)
+		code, r, _ = runVerifyJSON(t, b.env)
+		require.Equal(t, 1, code)
+		c = checkOf(t, r, "log partitions")
+		require.Contains(t, c.Detail, "default partition attached: robot_logs_catchall")
+		require.Contains(t, c.Advice, "DETACH PARTITION robot_logs_catchall")
 	})
 
 	t.Run("ContradictingSettings", func(t *testing.T) {

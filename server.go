@@ -59,7 +59,7 @@ Usage:
   fleetgraph migrate up|down|status   manage the database schema
   fleetgraph token [flags]            print a signed JWT for the configured secret
   fleetgraph schema [--introspection] print the GraphQL schema (SDL, or introspection JSON)
-  fleetgraph verify [--json]          check the installation: settings, database, triggers, change feed
+  fleetgraph verify [--json]          check the installation: settings, database, triggers, partitions, feed
   fleetgraph robots list|create       list or register a tenant's robots
   fleetgraph keys create|list|revoke  manage robots' API keys (the raw key is printed once)
   fleetgraph logs cleanup             drop robot logs past the retention (--dry-run to see first)
