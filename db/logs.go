@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/lib/pq"
@@ -187,11 +188,13 @@ type logLine struct {
 	level   LogLevel
 	message string
 	fields  map[string]any
-	at      time.Time
+	// fieldsJSON is fields as compact JSON, as validation encoded it.
+	fieldsJSON string
+	at         time.Time
 }
 
 func checkLogMessage(field, msg string) error {
-	if n := len([]rune(msg)); n > MaxLogMessage {
+	if n := utf8.RuneCountInString(msg); n > MaxLogMessage {
 		return fault.Invalid(field, "%s is %d characters; the limit is %d", field, n, MaxLogMessage)
 	}
 	return noNUL(field, msg)
@@ -202,18 +205,28 @@ func checkLogMessage(field, msg string) error {
 // retention, or more than LogFutureSlack ahead) is stored at the receive
 // time, with the robot's time kept in fields.robotAt: it is not refused,
 // since one skewed clock must not lose a whole batch.
-func (s *Logs) line(field string, now time.Time, level LogLevel, message string, fields map[string]any, at *time.Time) (logLine, error) {
+//
+// The line's name (entries[i]) is built only for an error: ingest
+// validates up to MaxShipBatch lines a call.
+func (s *Logs) line(i int, now time.Time, level LogLevel, message string, fields map[string]any, at *time.Time) (logLine, error) {
+	field := func() string { return "entries[" + strconv.Itoa(i) + "]" }
 	if !level.valid() {
-		return logLine{}, fault.Invalid(field+".level", "%s.level must be DEBUG, INFO, WARNING, ERROR or CRITICAL", field)
+		f := field()
+		return logLine{}, fault.Invalid(f+".level", "%s.level must be DEBUG, INFO, WARNING, ERROR or CRITICAL", f)
 	}
-	if err := checkLogMessage(field+".message", message); err != nil {
-		return logLine{}, err
+	// Bytes bound characters: a message of at most MaxLogMessage bytes
+	// needs no counting.
+	if len(message) > MaxLogMessage || strings.IndexByte(message, 0) >= 0 {
+		if err := checkLogMessage(field()+".message", message); err != nil {
+			return logLine{}, err
+		}
 	}
-	fields, err := checkJSONObject(field+".fields", fields)
+	valid, text, err := checkJSONObjectText("fields", fields)
 	if err != nil {
+		_, _, err = checkJSONObjectText(field()+".fields", fields)
 		return logLine{}, err
 	}
-	l := logLine{level: level.canonical(), message: message, fields: fields, at: now}
+	l := logLine{level: level.canonical(), message: message, fields: valid, fieldsJSON: text, at: now}
 	if at != nil {
 		oldest := now.Add(-time.Duration(s.cfg.RetentionDays) * 24 * time.Hour)
 		if at.Before(oldest) || at.After(now.Add(LogFutureSlack)) || !TimeInRange(*at) {
@@ -222,6 +235,7 @@ func (s *Logs) line(field string, now time.Time, level LogLevel, message string,
 				l.fields = map[string]any{}
 			}
 			l.fields[RobotTimeField] = at.UTC().Format(time.RFC3339Nano)
+			l.fieldsJSON = jsonText(l.fields)
 		} else {
 			l.at = *at
 		}
@@ -249,13 +263,13 @@ func (s *Logs) Ship(ctx context.Context, idb bun.IDB, entries []RobotLogInput) (
 	type lease struct{ job, token uuid.UUID }
 	var leases []lease
 	for i, e := range entries {
-		field := fmt.Sprintf("entries[%d]", i)
-		if lines[i], err = s.line(field, now, e.Level, e.Message, e.Fields, e.At); err != nil {
+		if lines[i], err = s.line(i, now, e.Level, e.Message, e.Fields, e.At); err != nil {
 			return 0, err
 		}
 		switch {
 		case e.JobID == nil && e.LeaseToken == nil:
 		case e.JobID == nil || e.LeaseToken == nil:
+			field := "entries[" + strconv.Itoa(i) + "]"
 			return 0, fault.Invalid(field+".leaseToken", "%s: a line about a job needs both jobId and leaseToken", field)
 		default:
 			lines[i].job = e.JobID
@@ -295,7 +309,7 @@ func (s *Logs) AppendJobLogs(ctx context.Context, idb bun.IDB, jobID, token uuid
 	now := s.cfg.Now()
 	lines := make([]logLine, len(entries))
 	for i, e := range entries {
-		if lines[i], err = s.line(fmt.Sprintf("entries[%d]", i), now, e.Level, e.Message, e.Fields, e.At); err != nil {
+		if lines[i], err = s.line(i, now, e.Level, e.Message, e.Fields, e.At); err != nil {
 			return 0, err
 		}
 		lines[i].job = &jobID
@@ -362,7 +376,7 @@ func insertLines(ctx context.Context, tx bun.Tx, tenant, robot uuid.UUID, lines 
 		}
 		levels[i] = int64(l.level.Severity())
 		messages[i] = l.message
-		fields[i] = jsonText(l.fields)
+		fields[i] = l.fieldsJSON
 		ats[i] = l.at.UTC().Format(time.RFC3339Nano)
 		days[l.at.UTC().Format(time.DateOnly)] = true
 	}

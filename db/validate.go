@@ -44,31 +44,39 @@ func checkName(field, name string) (string, error) {
 // 100001 digits). Numbers PostgreSQL's numeric cannot hold are refused here
 // rather than failing in the database.
 func checkJSONObject(field string, v map[string]any) (map[string]any, error) {
-	if v == nil {
-		return map[string]any{}, nil
+	v, _, err := checkJSONObjectText(field, v)
+	return v, err
+}
+
+// checkJSONObjectText is checkJSONObject that also returns the object's
+// compact JSON text, for a caller that stores it as text (log ingest),
+// sparing a second encoding.
+func checkJSONObjectText(field string, v map[string]any) (map[string]any, string, error) {
+	if len(v) == 0 {
+		return map[string]any{}, "{}", nil
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(v); err != nil {
-		return nil, fault.Invalid(field, "%s is not valid JSON", field)
+		return nil, "", fault.Invalid(field, "%s is not valid JSON", field)
 	}
 	size := buf.Len() - 1 // Encode ends with a newline
 	if size > MaxJSONBytes {
-		return nil, fault.Invalid(field, "%s is %d bytes; the limit is %d", field, size, MaxJSONBytes)
+		return nil, "", fault.Invalid(field, "%s is %d bytes; the limit is %d", field, size, MaxJSONBytes)
 	}
 	w := jsonWalk{size: size}
 	w.walk(v)
 	switch {
 	case w.nul:
-		return nil, fault.Invalid(field, "%s must not contain NUL characters", field)
+		return nil, "", fault.Invalid(field, "%s must not contain NUL characters", field)
 	case w.badNumber != "":
-		return nil, fault.Invalid(field, "%s holds a number out of range (%.40s); numbers may have at most %d digits before and %d after the decimal point",
+		return nil, "", fault.Invalid(field, "%s holds a number out of range (%.40s); numbers may have at most %d digits before and %d after the decimal point",
 			field, w.badNumber, maxNumericIntDigits, maxNumericScale)
 	case w.size > MaxJSONBytes:
-		return nil, fault.Invalid(field, "%s is %d bytes with its numbers written out; the limit is %d", field, w.size, MaxJSONBytes)
+		return nil, "", fault.Invalid(field, "%s is %d bytes with its numbers written out; the limit is %d", field, w.size, MaxJSONBytes)
 	}
-	return v, nil
+	return v, string(buf.Bytes()[:size]), nil
 }
 
 // checkEventDetails validates an event's details and returns the object to
