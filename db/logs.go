@@ -188,7 +188,8 @@ type logLine struct {
 	level   LogLevel
 	message string
 	fields  map[string]any
-	// fieldsJSON is fields as compact JSON, as validation encoded it.
+	// fieldsJSON is fields as compact JSON, as validation encoded it;
+	// empty for a line built elsewhere, whose fields are encoded on insert.
 	fieldsJSON string
 	at         time.Time
 }
@@ -376,7 +377,9 @@ func insertLines(ctx context.Context, tx bun.Tx, tenant, robot uuid.UUID, lines 
 		}
 		levels[i] = int64(l.level.Severity())
 		messages[i] = l.message
-		fields[i] = l.fieldsJSON
+		if fields[i] = l.fieldsJSON; fields[i] == "" {
+			fields[i] = jsonText(l.fields) // a line not made by Logs.line (job progress)
+		}
 		ats[i] = l.at.UTC().Format(time.RFC3339Nano)
 		days[l.at.UTC().Format(time.DateOnly)] = true
 	}
