@@ -17,13 +17,11 @@ import (
 // This file turns hub subscriptions into the channels gqlgen's subscription
 // resolvers return, keeping channel management out of the generated files.
 // Every subscription is checked at subscribe time through the stores (so an
-// invisible id is NOT_FOUND and a wrong caller FORBIDDEN): a one-entity
-// subscription subscribes first and then reads its entity once, which is
-// both the check and its first state, so nothing between the read and the
-// feed is lost. It ends with UNAUTHENTICATED when the caller's credential
-// expires. The hub decides visibility by the change's kind
-// (realtime.Kind.CanSee on routing fields, db.CanSeeRow on the row it
-// sends), so a filter here only narrows what the subscriber asked for.
+// invisible id is NOT_FOUND and a wrong caller FORBIDDEN), filtered per
+// change in Go with db.CanSee, and ends with UNAUTHENTICATED when the
+// caller's credential expires. The hub checks every row it sends against
+// the subscriber's Principal (SubscribeOptions.Principal, db.CanSeeRow), so
+// a filter here only narrows what the subscriber asked for.
 
 // stream pumps a hub subscription into a channel: first (when non-nil),
 // then every update convert accepts. It ends when ctx does (the client
@@ -101,16 +99,26 @@ func (r *subscriptionResolver) machineUpdated(ctx context.Context, id *uuid.UUID
 	if err := db.CheckCaller(ctx, true); err != nil {
 		return nil, err
 	}
+	if id != nil {
+		if _, err := r.MachineStore.Get(ctx, r.DB, *id); err != nil {
+			return nil, err
+		}
+	}
 	p := auth.FromContext(ctx)
 	wanted := func(m uuid.UUID) bool { return id == nil || m == *id }
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
 		Kind: realtime.KindMachine, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
-		Filter:   func(c realtime.Change) bool { return wanted(parseKey(c.ID)) },
-		MatchRow: func(v any) bool { return wanted(v.(*db.Machine).ID) },
+		Filter: func(c realtime.Change) bool {
+			return wanted(parseKey(c.ID)) && db.CanSee(p, "machine", c.Tenant, c.Owner, nil)
+		},
+		MatchRow: func(v any) bool {
+			m := v.(*db.Machine)
+			return wanted(m.ID) && db.CanSee(p, "machine", m.TenantID, &m.OwnerID, nil)
+		},
 	})
 	var first *model.MachineChange
 	if id != nil {
-		// The check and the first state, read after subscribing.
+		// Read after subscribing: nothing between the read and the feed is lost.
 		m, err := r.MachineStore.Get(ctx, r.DB, *id)
 		if err != nil {
 			sub.Close()
@@ -132,7 +140,9 @@ func (r *subscriptionResolver) machineEventAdded(ctx context.Context, machineID 
 	p := auth.FromContext(ctx)
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
 		Kind: realtime.KindMachineEvent, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt, Append: true,
-		Filter:   func(c realtime.Change) bool { return c.Machine != nil && *c.Machine == machineID },
+		Filter: func(c realtime.Change) bool {
+			return c.Machine != nil && *c.Machine == machineID && db.CanSee(p, "machine_event", c.Tenant, c.Owner, nil)
+		},
 		MatchRow: func(v any) bool { return v.(*db.MachineEvent).MachineID == machineID },
 	})
 	return stream(ctx, sub, nil, func(u realtime.Update) *db.MachineEvent {
@@ -145,12 +155,23 @@ func (r *subscriptionResolver) robotUpdated(ctx context.Context, id *uuid.UUID) 
 	if err := db.CheckCaller(ctx, false); err != nil {
 		return nil, err
 	}
+	if id != nil {
+		if _, err := r.RobotStore.Get(ctx, r.DB, *id); err != nil {
+			return nil, err
+		}
+	}
 	p := auth.FromContext(ctx)
 	wanted := func(robot uuid.UUID) bool { return id == nil || robot == *id }
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
 		Kind: realtime.KindRobot, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
-		Filter:   func(c realtime.Change) bool { return wanted(parseKey(c.ID)) },
-		MatchRow: func(v any) bool { return wanted(v.(*db.Robot).ID) },
+		Filter: func(c realtime.Change) bool {
+			robot := parseKey(c.ID)
+			return wanted(robot) && db.CanSee(p, "robot", c.Tenant, nil, &robot)
+		},
+		MatchRow: func(v any) bool {
+			robot := v.(*db.Robot)
+			return wanted(robot.ID) && db.CanSee(p, "robot", robot.TenantID, nil, &robot.ID)
+		},
 	})
 	var first *model.RobotChange
 	if id != nil {
@@ -175,6 +196,7 @@ func (r *subscriptionResolver) fleetPresence(ctx context.Context) (<-chan *model
 	p := auth.FromContext(ctx)
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
 		Kind: realtime.KindPresence, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
+		Filter: func(c realtime.Change) bool { return db.CanSee(p, "presence", c.Tenant, nil, nil) },
 	})
 	return stream(ctx, sub, nil, func(u realtime.Update) *model.PresenceEvent {
 		robot, ok := u.Value.(*db.Robot)
@@ -189,6 +211,11 @@ func (r *subscriptionResolver) jobUpdated(ctx context.Context, id *uuid.UUID, f 
 	if err := db.CheckCaller(ctx, false); err != nil {
 		return nil, err
 	}
+	if id != nil {
+		if _, err := r.JobStore.Get(ctx, r.DB, *id); err != nil {
+			return nil, err
+		}
+	}
 	if f == nil {
 		f = &model.JobUpdateFilter{}
 	}
@@ -201,10 +228,12 @@ func (r *subscriptionResolver) jobUpdated(ctx context.Context, id *uuid.UUID, f 
 	}
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
 		Kind: realtime.KindJob, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
-		Filter: func(c realtime.Change) bool { return matches(parseKey(c.ID), c.Status, c.Robot, c.Workflow) },
+		Filter: func(c realtime.Change) bool {
+			return matches(parseKey(c.ID), c.Status, c.Robot, c.Workflow) && db.CanSee(p, "job", c.Tenant, nil, c.Robot)
+		},
 		MatchRow: func(v any) bool {
 			j := v.(*db.Job)
-			return matches(j.ID, string(j.Status), j.RobotID, &j.WorkflowID)
+			return matches(j.ID, string(j.Status), j.RobotID, &j.WorkflowID) && db.CanSee(p, "job", j.TenantID, nil, j.RobotID)
 		},
 	})
 	var first *model.JobChange

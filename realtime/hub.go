@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"maps"
-	"slices"
 	"sync"
 	"time"
 
@@ -21,9 +19,21 @@ import (
 // ChangeChannel is the NOTIFY channel of the change feed (migration 0003).
 const ChangeChannel = "fleetgraph_change"
 
+// Kinds of change on the feed.
+const (
+	KindMachine      = "machine"
+	KindMachineEvent = "machine_event"
+	KindRobot        = "robot"
+	KindJob          = "job"
+	// KindLog is a batch of log lines shipped by one robot: one
+	// notification per batch (db.insertLinesSQL), keyed by the batch's
+	// robot, id range and time range.
+	KindLog = "log"
+)
+
 // Change is one change-feed notification: routing fields only, never the row.
 type Change struct {
-	Kind       Kind       `json:"k"`
+	Kind       string     `json:"k"`
 	Op         string     `json:"op"` // INSERT, UPDATE or DELETE
 	Tenant     uuid.UUID  `json:"t"`
 	ID         string     `json:"id"`
@@ -38,22 +48,31 @@ type Change struct {
 	Level      int        `json:"lv"` // log batches: the highest severity
 }
 
+// loadKind is the kind of row a topic's updates carry: presence is fed by
+// robot rows.
+func loadKind(kind string) string {
+	if kind == KindPresence {
+		return KindRobot
+	}
+	return kind
+}
+
 // visible is the one check every update passes before a subscriber gets
 // it: the row as loaded (not the notification's routing fields, which may
 // be older) against the subscriber's Principal, by the rules the query
 // path's scope applies (db.CanSeeRow). A deletion carries no row; its
 // routing fields were checked by the subscriber's filter, or the subscriber
 // already had the row. An unknown kind is visible to no one.
-func visible(p *auth.Principal, kind Kind, u Update) bool {
+func visible(p *auth.Principal, kind string, u Update) bool {
 	if u.Op == "DELETED" {
-		return u.Value == nil && kind.Known()
+		return u.Value == nil
 	}
-	return db.CanSeeRow(p, string(kind), u.Value)
+	return db.CanSeeRow(p, kind, u.Value)
 }
 
 // Update is what a subscriber receives: an entity's current row, or its deletion.
 type Update struct {
-	Kind    Kind
+	Kind    string
 	Op      string // CREATED, UPDATED, DELETED or CURRENT (resync and first state)
 	Key     string
 	Version int64
@@ -67,9 +86,9 @@ type Update struct {
 type Source interface {
 	// Load returns the current rows of kind with these keys in tenant, keyed
 	// by key, each with its version. Missing keys are gone.
-	Load(ctx context.Context, kind Kind, tenant uuid.UUID, keys []string) (map[string]Versioned, error)
+	Load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (map[string]Versioned, error)
 	// ChangedSince returns the rows of kind in tenant changed at or after since.
-	ChangedSince(ctx context.Context, kind Kind, tenant uuid.UUID, since time.Time) ([]Versioned, error)
+	ChangedSince(ctx context.Context, kind string, tenant uuid.UUID, since time.Time) ([]Versioned, error)
 }
 
 // Versioned is a row with its key and version.
@@ -105,50 +124,14 @@ type Hub struct {
 	resyncSlack time.Duration
 
 	mu     sync.RWMutex
-	topics map[topic]*topicState
+	topics map[topic]map[*Sub]struct{}
 
 	lastFeed time.Time // when the feed was last known healthy; hub goroutine only
 }
 
 type topic struct {
-	kind   Kind
+	kind   string
 	tenant uuid.UUID
-}
-
-// topicState is a topic's subscribers and what the hub has sent on it.
-type topicState struct {
-	subs map[*Sub]struct{} // under Hub.mu
-	// sent is, per key, the last version the hub offered on the topic and
-	// the routing fields a resync needs to tell its deletion to the right
-	// subscribers. It is the topic's, not each subscriber's, and bounded
-	// (sentLimit): past the bound it starts over, losing only
-	// de-duplication. The hub goroutine alone reads and writes it.
-	sent map[string]sentEntry
-}
-
-type sentEntry struct {
-	version int64
-	owner   uuid.UUID // machines and their events
-}
-
-// sentLimit bounds a topic's table of versions sent.
-const sentLimit = 100_000
-
-// markSent records that key went out at version, and reports false when
-// the topic already sent it at that version or a newer one.
-func (t *topicState) markSent(key string, version int64, c Change) bool {
-	if e, ok := t.sent[key]; ok && version <= e.version {
-		return false
-	}
-	if len(t.sent) >= sentLimit {
-		clear(t.sent)
-	}
-	e := sentEntry{version: version}
-	if c.Owner != nil {
-		e.owner = *c.Owner
-	}
-	t.sent[key] = e
-	return true
 }
 
 // NewHub returns a hub reading the change feed from l.
@@ -159,7 +142,7 @@ func NewHub(l *Listener, source Source, log *slog.Logger) *Hub {
 		log:         log,
 		queueLimit:  1000,
 		resyncSlack: time.Minute,
-		topics:      map[topic]*topicState{},
+		topics:      map[topic]map[*Sub]struct{}{},
 		lastFeed:    time.Now(),
 	}
 }
@@ -221,19 +204,16 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 		subs   []*Sub
 	}
 	byTopic := map[topic][]wanted{}
-	states := map[topic]*topicState{}
 	for _, c := range changes {
 		for _, k := range topicsOf(c) {
-			st, subs := h.matching(k, c)
+			subs := h.matching(k, c)
 			if len(subs) > 0 {
 				byTopic[k] = append(byTopic[k], wanted{c, subs})
-				states[k] = st
 			}
 		}
 	}
 	for k, ws := range byTopic {
-		st := states[k]
-		loadKind := k.kind.rowKind()
+		loadKind := loadKind(k.kind)
 		var keys []string
 		for _, w := range ws {
 			if w.change.Op != "DELETE" {
@@ -256,11 +236,6 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 					continue // deleted since; its DELETE notification follows
 				}
 				u.Value, u.Version = row.Value, row.Version
-				if !st.markSent(u.Key, u.Version, w.change) {
-					continue // sent already, at this version or a newer one
-				}
-			} else {
-				delete(st.sent, u.Key)
 			}
 			for _, s := range w.subs {
 				s.offer(u)
@@ -279,6 +254,10 @@ func opName(op string) string {
 	return "UPDATED"
 }
 
+// KindPresence is the topic of robots going online or offline; it is fed by
+// robot changes whose status crosses OFFLINE.
+const KindPresence = "presence"
+
 // topicsOf lists the topics a change is published on.
 func topicsOf(c Change) []topic {
 	ts := []topic{{c.Kind, c.Tenant}}
@@ -288,22 +267,16 @@ func topicsOf(c Change) []topic {
 	return ts
 }
 
-// matching lists the topic's subscribers that may see c, by its kind's
-// rule over the routing fields, and want it, by their own filter.
-func (h *Hub) matching(k topic, c Change) (*topicState, []*Sub) {
+func (h *Hub) matching(k topic, c Change) []*Sub {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	st := h.topics[k]
-	if st == nil {
-		return nil, nil
-	}
 	var out []*Sub
-	for s := range st.subs {
-		if k.kind.CanSee(s.principal, c) && (s.filter == nil || s.filter(c)) {
+	for s := range h.topics[k] {
+		if s.filter(c) {
 			out = append(out, s)
 		}
 	}
-	return st, out
+	return out
 }
 
 // resync re-reads, after the feed lost notifications (a reconnect, or an
@@ -313,10 +286,8 @@ func (h *Hub) resync(ctx context.Context) {
 	since := h.lastFeed.Add(-h.resyncSlack)
 	h.mu.RLock()
 	live := make(map[topic][]*Sub, len(h.topics))
-	states := make(map[topic]*topicState, len(h.topics))
-	for k, st := range h.topics {
-		states[k] = st
-		for s := range st.subs {
+	for k, subs := range h.topics {
+		for s := range subs {
 			live[k] = append(live[k], s)
 		}
 	}
@@ -324,8 +295,7 @@ func (h *Hub) resync(ctx context.Context) {
 	h.log.Info("resynchronising subscriptions after lost notifications", "topics", len(live), "since", since)
 	h.Metrics.Resynced()
 	for k, subs := range live {
-		st := states[k]
-		kind := k.kind.rowKind()
+		kind := loadKind(k.kind)
 		rows, err := h.source.ChangedSince(ctx, kind, k.tenant, since)
 		if err != nil {
 			h.log.Error("resynchronising", "kind", kind, "error", err)
@@ -335,9 +305,6 @@ func (h *Hub) resync(ctx context.Context) {
 			continue
 		}
 		for _, row := range rows {
-			if !st.markSent(row.Key, row.Version, routingOf(row.Value)) {
-				continue // the topic sent this version or a newer one
-			}
 			u := Update{Kind: k.kind, Op: "CURRENT", Key: row.Key, Version: row.Version, Value: row.Value}
 			for _, s := range subs {
 				if s.matchRow == nil || s.matchRow(row.Value) {
@@ -347,63 +314,37 @@ func (h *Hub) resync(ctx context.Context) {
 		}
 		// Rows a subscriber has seen that are gone now: deleted meanwhile.
 		if kind == KindMachine || kind == KindRobot {
-			h.resyncDeletions(ctx, kind, k, st, subs)
+			h.resyncDeletions(ctx, kind, k, subs)
 		}
 	}
 }
 
-// routingOf is the routing a row re-read by a resync would have had on
-// the feed: what the topic's table of versions sent keeps.
-func routingOf(v any) Change {
-	switch r := v.(type) {
-	case *db.Machine:
-		return Change{Owner: &r.OwnerID}
-	case *db.MachineEvent:
-		return Change{Owner: &r.OwnerID}
-	}
-	return Change{}
-}
-
-// resyncDeletions tells each subscriber about the rows the topic sent (or
-// the subscriber's first state) that are gone now, and only those it may
-// see and wants: a subscriber to one machine must not hear of another's
-// deletion, nor a user of another user's machine. The hub's table of
-// versions sent, not each subscriber, knows what went out.
-func (h *Hub) resyncDeletions(ctx context.Context, kind Kind, k topic, st *topicState, subs []*Sub) {
-	keys := make(map[string]struct{}, len(st.sent))
-	for key := range st.sent {
-		keys[key] = struct{}{}
-	}
+// resyncDeletions tells each subscriber about the rows it has (or has
+// queued) that are gone now, and only those: a subscriber to one machine
+// must not hear of another's deletion, nor a user of another user's machine.
+func (h *Hub) resyncDeletions(ctx context.Context, kind string, k topic, subs []*Sub) {
+	holders := map[string][]*Sub{}
 	for _, s := range subs {
-		if key, _ := s.seed(); key != "" {
-			keys[key] = struct{}{}
+		for _, key := range s.seenKeys() {
+			holders[key] = append(holders[key], s)
 		}
 	}
-	if len(keys) == 0 {
+	if len(holders) == 0 {
 		return
 	}
-	rows, err := h.source.Load(ctx, kind, k.tenant, slices.Collect(maps.Keys(keys)))
+	keys := make([]string, 0, len(holders))
+	for key := range holders {
+		keys = append(keys, key)
+	}
+	rows, err := h.source.Load(ctx, kind, k.tenant, keys)
 	if err != nil {
 		h.log.Error("resynchronising deletions", "kind", kind, "error", err)
 		return
 	}
-	for key := range keys {
-		if _, ok := rows[key]; ok {
-			continue
-		}
-		e, wasSent := st.sent[key]
-		delete(st.sent, key)
-		c := Change{Kind: k.kind, Op: "DELETE", Tenant: k.tenant, ID: key, Version: e.version}
-		if e.owner != uuid.Nil {
-			c.Owner = &e.owner
-		}
-		for _, s := range subs {
-			seedKey, seedVersion := s.seed()
-			switch {
-			case seedKey == key:
-				s.offerDeleted(k.kind, key, max(e.version, seedVersion))
-			case wasSent && k.kind.CanSee(s.principal, c) && (s.filter == nil || s.filter(c)):
-				s.offerDeleted(k.kind, key, e.version)
+	for _, key := range keys {
+		if _, ok := rows[key]; !ok {
+			for _, s := range holders[key] {
+				s.offerDeleted(k.kind, key)
 			}
 		}
 	}
@@ -411,19 +352,15 @@ func (h *Hub) resyncDeletions(ctx context.Context, kind Kind, k topic, st *topic
 
 // SubscribeOptions describe a subscription.
 type SubscribeOptions struct {
-	Kind   Kind
+	Kind   string
 	Tenant uuid.UUID
 	// Principal is the subscriber: every row is checked against it before
 	// it is sent (nil sees nothing).
 	Principal *auth.Principal
 	// Filter decides from a change's routing fields, in Go, whether the
-	// subscriber wants it (nil: every change); no database read per
-	// subscriber. Whether it may see it is the kind's rule (Kind.CanSee),
-	// which the hub applies first.
+	// subscriber may see and wants it; no database read per subscriber.
 	Filter func(Change) bool
-	// MatchRow decides for rows re-read by a resync whether the subscriber
-	// wants them (nil: all of the topic's rows); every row is checked
-	// against Principal anyway.
+	// MatchRow decides for rows re-read by a resync (nil: all of the topic's rows).
 	MatchRow func(value any) bool
 	// Append marks append-only feeds (events): updates are never coalesced.
 	Append bool
@@ -443,7 +380,7 @@ type SubscribeOptions struct {
 func (h *Hub) Subscribe(o SubscribeOptions) *Sub {
 	s := &Sub{
 		hub: h, topic: topic{o.Kind, o.Tenant}, principal: o.Principal, filter: o.Filter, matchRow: o.MatchRow, append: o.Append,
-		lossy: o.Lossy, weight: o.Weight, limit: cmp.Or(o.Limit, h.queueLimit),
+		lossy: o.Lossy, weight: o.Weight, limit: cmp.Or(o.Limit, h.queueLimit), pending: map[string]int{}, sent: map[string]int64{},
 		ready: make(chan struct{}, 1), done: make(chan struct{}),
 	}
 	if !o.Expires.IsZero() {
@@ -451,13 +388,11 @@ func (h *Hub) Subscribe(o SubscribeOptions) *Sub {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st := h.topics[s.topic]
-	if st == nil {
-		st = &topicState{subs: map[*Sub]struct{}{}, sent: map[string]sentEntry{}}
-		h.topics[s.topic] = st
+	if h.topics[s.topic] == nil {
+		h.topics[s.topic] = map[*Sub]struct{}{}
 	}
-	st.subs[s] = struct{}{}
-	h.Metrics.Subscribers(string(s.topic.kind), 1)
+	h.topics[s.topic][s] = struct{}{}
+	h.Metrics.Subscribers(s.topic.kind, 1)
 	return s
 }
 
@@ -467,15 +402,11 @@ var ErrExpired = errors.New("the credential behind this subscription has expired
 func (h *Hub) remove(s *Sub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st := h.topics[s.topic]
-	if st == nil {
-		return
+	if _, ok := h.topics[s.topic][s]; ok {
+		h.Metrics.Subscribers(s.topic.kind, -1)
 	}
-	if _, ok := st.subs[s]; ok {
-		h.Metrics.Subscribers(string(s.topic.kind), -1)
-	}
-	delete(st.subs, s)
-	if len(st.subs) == 0 {
+	delete(h.topics[s.topic], s)
+	if len(h.topics[s.topic]) == 0 {
 		delete(h.topics, s.topic)
 	}
 }
@@ -483,8 +414,8 @@ func (h *Hub) remove(s *Sub) {
 func (h *Hub) closeAll(err error) {
 	h.mu.RLock()
 	var all []*Sub
-	for _, st := range h.topics {
-		for s := range st.subs {
+	for _, subs := range h.topics {
+		for s := range subs {
 			all = append(all, s)
 		}
 	}
@@ -510,20 +441,14 @@ type Sub struct {
 	limit     int
 	expiry    *time.Timer
 
-	mu    sync.Mutex
-	queue []Update
-	// pending maps a queued key to its index in queue, for coalescing; it
-	// exists only while updates wait.
-	pending map[string]int
-	// seedKey and seedVersion are the subscriber's first state (Seed):
-	// the one entity whose versions it must not receive again. Everything
-	// else the topic de-duplicates for all its subscribers (topicState.sent).
-	seedKey     string
-	seedVersion int64
-	missed      int // what was dropped since the last Take (Lossy)
-	err         error
-	ready       chan struct{}
-	done        chan struct{}
+	mu      sync.Mutex
+	queue   []Update
+	pending map[string]int   // key -> index in queue (coalescing)
+	sent    map[string]int64 // key -> version last delivered
+	missed  int              // what was dropped since the last Take (Lossy)
+	err     error
+	ready   chan struct{}
+	done    chan struct{}
 }
 
 // Ready is signalled when updates are waiting; Done is closed when the
@@ -545,20 +470,7 @@ func (s *Sub) Err() error {
 func (s *Sub) Seed(key string, version int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.seedKey, s.seedVersion = key, version
-}
-
-// seed returns the subscriber's first state's key and version ("" if none).
-func (s *Sub) seed() (string, int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.seedKey, s.seedVersion
-}
-
-// stale reports whether u is the subscriber's first state's entity at a
-// version it has already (under s.mu).
-func (s *Sub) stale(u Update) bool {
-	return u.Op != "DELETED" && s.seedKey != "" && u.Key == s.seedKey && u.Version <= s.seedVersion
+	s.sent[key] = version
 }
 
 func (s *Sub) offer(u Update) {
@@ -570,10 +482,10 @@ func (s *Sub) offer(u Update) {
 	if s.err != nil {
 		return
 	}
-	if s.stale(u) {
-		return // the subscriber has this version already
+	if u.Op != "DELETED" && u.Version <= s.sent[u.Key] {
+		return // the subscriber has this version (or event) already
 	}
-	if u.Op == "CREATED" && s.seedKey != "" && u.Key == s.seedKey {
+	if u.Op == "CREATED" && s.sent[u.Key] > 0 {
 		// The subscriber holds an older state of the entity (its first
 		// state, read after the creation): the news is a later state.
 		u.Op = "UPDATED"
@@ -582,7 +494,7 @@ func (s *Sub) offer(u Update) {
 		if u.Version >= s.queue[i].Version {
 			s.queue[i] = u
 		}
-		s.hub.Metrics.Coalesced(string(s.topic.kind))
+		s.hub.Metrics.Coalesced(s.topic.kind)
 		return
 	}
 	if len(s.queue) >= s.limit {
@@ -595,11 +507,8 @@ func (s *Sub) offer(u Update) {
 			return
 		}
 		s.endLocked(ErrTooSlow)
-		s.hub.Metrics.SlowConsumer(string(s.topic.kind))
+		s.hub.Metrics.SlowConsumer(s.topic.kind)
 		return
-	}
-	if s.pending == nil {
-		s.pending = map[string]int{}
 	}
 	s.pending[u.Key] = len(s.queue)
 	s.queue = append(s.queue, u)
@@ -610,11 +519,12 @@ func (s *Sub) offer(u Update) {
 }
 
 // offerDeleted queues the deletion of key that a resync found: the row is
-// gone, so its last version is unknown; the deletion carries v, the last
-// one the topic sent, or the one the subscriber has queued if newer (a
-// client-visible GraphQL Int), and replaces a queued update.
-func (s *Sub) offerDeleted(kind Kind, key string, v int64) {
+// gone, so its last version is unknown; the deletion carries the last one
+// the subscriber has or has queued (a client-visible GraphQL Int), and
+// replaces a queued update.
+func (s *Sub) offerDeleted(kind, key string) {
 	s.mu.Lock()
+	v := s.sent[key]
 	if i, ok := s.pending[key]; ok && s.queue[i].Version > v {
 		v = s.queue[i].Version
 	}
@@ -628,16 +538,17 @@ func (s *Sub) Take() []Update {
 	defer s.mu.Unlock()
 	q := s.queue
 	s.queue = nil
-	s.pending = nil
+	clear(s.pending)
 	out := q[:0]
 	for _, u := range q {
-		if s.stale(u) {
+		if u.Op == "DELETED" {
+			delete(s.sent, u.Key)
+		} else if u.Version <= s.sent[u.Key] {
 			// Offered before Seed recorded the subscriber's first state,
 			// which is as new or newer: sending it would go backwards.
 			continue
-		}
-		if u.Op == "DELETED" && u.Key == s.seedKey {
-			s.seedKey, s.seedVersion = "", 0
+		} else {
+			s.sent[u.Key] = u.Version
 		}
 		out = append(out, u)
 	}
@@ -648,8 +559,27 @@ func (s *Sub) Take() []Update {
 		q = append(q, Update{Kind: s.topic.kind, Op: OpMissed, Version: int64(s.missed)})
 		s.missed = 0
 	}
-	s.hub.Metrics.Delivered(string(s.topic.kind), len(q))
+	s.hub.Metrics.Delivered(s.topic.kind, len(q))
+	if len(s.sent) > 100_000 {
+		clear(s.sent) // only de-duplication is lost
+	}
 	return q
+}
+
+// seenKeys lists the keys the subscriber has received or has queued.
+func (s *Sub) seenKeys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]string, 0, len(s.sent)+len(s.pending))
+	for k := range s.sent {
+		keys = append(keys, k)
+	}
+	for k := range s.pending {
+		if _, ok := s.sent[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 func (s *Sub) end(err error) {

@@ -16,7 +16,7 @@ import (
 func TestLossySubscriberIsToldWhatItMissed(t *testing.T) {
 	t.Parallel()
 	tenant, robot := uuid.New(), uuid.New()
-	h := &Hub{queueLimit: 1000, topics: map[topic]*topicState{}}
+	h := &Hub{queueLimit: 1000, topics: map[topic]map[*Sub]struct{}{}}
 	p := &auth.Principal{TenantID: tenant, UserID: uuid.New(), Role: auth.RoleUser}
 	batch := func(id int64, lines int) Update {
 		b := &db.LogBatch{TenantID: tenant, RobotID: robot}

@@ -45,7 +45,7 @@ func uuids(keys []string) []uuid.UUID {
 }
 
 // Load implements Source.
-func (s *StoreSource) Load(ctx context.Context, kind Kind, tenant uuid.UUID, keys []string) (map[string]Versioned, error) {
+func (s *StoreSource) Load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (map[string]Versioned, error) {
 	ctx = tenantContext(ctx, tenant)
 	out := map[string]Versioned{}
 	switch kind {
@@ -109,7 +109,7 @@ func (s *StoreSource) Load(ctx context.Context, kind Kind, tenant uuid.UUID, key
 }
 
 // ChangedSince implements Source.
-func (s *StoreSource) ChangedSince(ctx context.Context, kind Kind, tenant uuid.UUID, since time.Time) ([]Versioned, error) {
+func (s *StoreSource) ChangedSince(ctx context.Context, kind string, tenant uuid.UUID, since time.Time) ([]Versioned, error) {
 	ctx = tenantContext(ctx, tenant)
 	var out []Versioned
 	switch kind {

@@ -184,7 +184,7 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	go func() {
 		done <- execute(ctx, exec, params, func(resp *graphql.Response) error {
 			select {
-			case events <- resultJSON(resp):
+			case events <- mustJSON(resp):
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()

@@ -1,7 +1,6 @@
 package live
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -514,7 +513,7 @@ func (c *wsConn) run(ctx context.Context, id string, op *wsOp, rc *graphql.Opera
 		if c.isDone(op) {
 			return context.Canceled
 		}
-		return c.writeBytes(ctx, nextMessage(id, c.d.next, resp))
+		return c.write(ctx, wsMessage{ID: id, Type: c.d.next, Payload: mustJSON(resp)})
 	})
 	c.mu.Lock()
 	done := op.done
@@ -585,11 +584,6 @@ func (c *wsConn) write(ctx context.Context, m wsMessage) error {
 	if err != nil {
 		return err
 	}
-	return c.writeBytes(ctx, data)
-}
-
-// writeBytes sends one encoded message (see write).
-func (c *wsConn) writeBytes(ctx context.Context, data []byte) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.t.WriteTimeout)
@@ -606,40 +600,6 @@ func (c *wsConn) writeBytes(ctx context.Context, data []byte) error {
 		return err
 	}
 	return nil
-}
-
-// resultJSON encodes a result as json.Marshal would, byte for byte, but
-// without encoding gqlgen's already compact data a second time: a result
-// that is only data is framed as it is. A result with anything else, or
-// with a character json.Marshal escapes for HTML, takes json.Marshal's path.
-func resultJSON(resp *graphql.Response) []byte {
-	if resp.Errors != nil || resp.Label != "" || resp.Path != nil || resp.HasNext != nil || resp.Extensions != nil ||
-		len(resp.Data) == 0 || bytes.ContainsAny(resp.Data, "<>&\u2028\u2029") {
-		return mustJSON(resp)
-	}
-	b := make([]byte, 0, len(`{"data":}`)+len(resp.Data))
-	b = append(b, `{"data":`...)
-	b = append(b, resp.Data...)
-	return append(b, '}')
-}
-
-// nextMessage encodes a result message, {"id":…,"type":…,"payload":…},
-// byte for byte as json.Marshal of a wsMessage would, with the payload
-// encoded once (resultJSON).
-func nextMessage(id, typ string, resp *graphql.Response) []byte {
-	payload := resultJSON(resp)
-	if id == "" || typ != transportWS.next && typ != legacyWS.next {
-		return mustJSON(wsMessage{ID: id, Type: typ, Payload: payload})
-	}
-	quoted := mustJSON(id)
-	b := make([]byte, 0, len(`{"id":,"type":"","payload":}`)+len(quoted)+len(typ)+len(payload))
-	b = append(b, `{"id":`...)
-	b = append(b, quoted...)
-	b = append(b, `,"type":"`...)
-	b = append(b, typ...)
-	b = append(b, `","payload":`...)
-	b = append(b, payload...)
-	return append(b, '}')
 }
 
 func mustJSON(v any) json.RawMessage {
