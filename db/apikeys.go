@@ -89,8 +89,12 @@ type APIKeys struct {
 }
 
 // NewAPIKeys returns the API key store.
-func NewAPIKeys() *APIKeys {
-	return &APIKeys{last: map[string]time.Time{}, now: time.Now}
+func NewAPIKeys() *APIKeys { return NewAPIKeysAt(time.Now) }
+
+// NewAPIKeysAt returns the API key store on the clock now, which decides
+// expiry (tests of expiry move it).
+func NewAPIKeysAt(now func() time.Time) *APIKeys {
+	return &APIKeys{last: map[string]time.Time{}, now: now}
 }
 
 // due reports whether the write named by key may happen now, and if so
