@@ -30,12 +30,11 @@ func (h kcLookups) AfterQuery(_ context.Context, e *bun.QueryEvent) {
 // pool, listener and key cache (an hour's TTL: only invalidations can make
 // them forget), a robot and its key.
 type kcReplicas struct {
-	a, b      *apitest.Server
-	svc       apitest.User
-	robotID   string
-	key, id   string
-	bLookups  atomic.Int64
-	robotSeen func(t *testing.T, s *apitest.Server) // a request with the key succeeds on s
+	a, b     *apitest.Server
+	svc      apitest.User
+	robotID  string
+	key, id  string
+	bLookups atomic.Int64
 }
 
 func kcSetup(t *testing.T) *kcReplicas {
