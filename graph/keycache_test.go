@@ -2,6 +2,7 @@ package graph_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"fleetgraph/apitest"
+	"fleetgraph/db"
 	"fleetgraph/realtime"
 )
 
@@ -148,29 +150,43 @@ func TestAPIKeyCache(t *testing.T) {
 		r := kcSetup(t)
 		kcListenerLive(t, r.b)
 		kcAccepted(t, r.b, r.key)
-		epoch, _ := r.b.App.Listener.Trusted()
-		// In one session: B's listener backend ends (the call waits until it
-		// has exited), then the key is revoked; B cannot hear of it.
+		// In one session: no new connections to the database, so that the
+		// listeners cannot come back; both replicas' listeners end (the
+		// call waits until they have exited); the key is revoked. B cannot
+		// hear of it: nothing of it LISTENs when the revocation commits.
 		conn, err := r.a.DB.Conn(t.Context())
 		require.NoError(t, err)
 		defer conn.Close()
+		// ALTER DATABASE runs from another database of the same server.
+		admin, err := db.Open(t.Context(), strings.Replace(r.a.DB.DSN, r.a.DB.Name, "postgres", 1))
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = admin.Close() })
+		allow := func(ok bool) {
+			_, err := admin.ExecContext(context.WithoutCancel(t.Context()), fmt.Sprintf("ALTER DATABASE %s ALLOW_CONNECTIONS %t", r.a.DB.Name, ok))
+			require.NoError(t, err)
+		}
+		allow(false)
+		t.Cleanup(func() { allow(true) })
 		var terminated bool
-		require.NoError(t, conn.QueryRowContext(t.Context(), `SELECT bool_and(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity
-			WHERE datname = current_database() AND application_name = ? AND pid <> pg_backend_pid()
-			AND backend_start = (SELECT max(backend_start) FROM pg_stat_activity WHERE datname = current_database() AND application_name = ?)`,
-			realtime.ListenerApplicationName, realtime.ListenerApplicationName).Scan(&terminated))
+		require.NoError(t, conn.QueryRowContext(t.Context(), `SELECT coalesce(bool_and(pg_terminate_backend(pid, 10000)), false) FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name = ? AND pid <> pg_backend_pid()`,
+			realtime.ListenerApplicationName).Scan(&terminated))
 		require.True(t, terminated)
 		_, err = conn.ExecContext(t.Context(), `UPDATE api_keys SET revoked_at = now(), revoked_by = 'test' WHERE id = ?`, r.id)
 		require.NoError(t, err)
-		// Once B has seen its connection drop (whether or not it is back),
-		// what it cached before is not used.
+		// Once B has seen its connection drop, it reads the key (over a
+		// pooled connection still open) instead of trusting its cache.
 		for {
 			changed := r.b.App.Listener.Changed()
-			if e, _ := r.b.App.Listener.Trusted(); e != epoch {
+			if _, ok := r.b.App.Listener.Trusted(); !ok {
 				break
 			}
 			kcWait(t, changed, "B's listener to notice the drop")
 		}
+		kcRefused(t, r.b, r.key)
+		allow(true)
+		// Back and resubscribed, B does not trust what it cached before.
+		kcListenerLive(t, r.b)
 		kcRefused(t, r.b, r.key)
 	})
 }
