@@ -181,6 +181,8 @@ type config struct {
 	// metricsDefaulted says it is the dev mode's default, not configured.
 	metricsAddr      string
 	metricsDefaulted bool
+	// keyCacheTTL is API_KEY_CACHE_TTL (0: no key cache).
+	keyCacheTTL time.Duration
 }
 
 // embedded reports whether the server runs its own PostgreSQL.
@@ -207,6 +209,7 @@ type configSettings struct {
 	metricsAddr                                               *setting
 	webhookAllowPrivate, webhookAllowHTTP, webhookTimeout     *setting
 	webhookWorkers                                            *setting
+	keyCacheTTL                                               *setting
 }
 
 func declareServe(s *settings) *configSettings {
@@ -240,8 +243,10 @@ func declareServe(s *settings) *configSettings {
 		webhookTimeout: s.add("WEBHOOK_TIMEOUT_SECONDS", "webhook-timeout-seconds", "10",
 			"how long one webhook attempt may take (connect, send, answer); longer counts as a failure and is retried"),
 		webhookWorkers: s.add("WEBHOOK_WORKERS", "webhook-workers", "16", "webhook deliveries in flight at once, on the maintenance leader"),
-		logLevel:       s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
-		logFormat:      s.add("LOG_FORMAT", "log-format", "text", "text or json"),
+		keyCacheTTL: s.add("API_KEY_CACHE_TTL", "api-key-cache-ttl", "5",
+			"seconds a verified robot API key is trusted without reading it again (0: read on every request); revocations clear it at once on every replica, and it is bypassed while the notification listener is down"),
+		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
+		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 		metricsAddr: s.add("METRICS_ADDR", "metrics-addr", "",
 			"address to serve Prometheus /metrics on, apart from the API, or off (default: "+defaultMetricsAddr+" with the private database, else off)"),
 	}
@@ -341,6 +346,9 @@ func (cs *configSettings) resolve() (*config, error) {
 	}
 	c.webhooks.AllowHTTP = c.devDefault(allowHTTP)
 	if c.webhooks.Timeout, err = cs.webhookTimeout.Seconds(1, 60); err != nil {
+		return nil, err
+	}
+	if c.keyCacheTTL, err = cs.keyCacheTTL.Seconds(0, 60); err != nil {
 		return nil, err
 	}
 	if c.webhooks.Workers, err = cs.webhookWorkers.Int(1, 1000); err != nil {

@@ -312,6 +312,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		LiveLimits:     cfg.live,
 		Metrics:        m,
 		Webhooks:       cfg.webhooks,
+		KeyCacheTTL:    cfg.keyCacheTTL,
 	})
 	if err != nil {
 		return err

@@ -105,6 +105,13 @@ type Options struct {
 	LiveLimits live.Limits
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
+	// KeyCacheTTL turns the API key cache on (default off, so tests that
+	// revoke see it at once without waiting for the notification).
+	KeyCacheTTL time.Duration
+	// ReplicaOf, when set, makes this server a second replica of another:
+	// it serves that server's database over a pool and a listener of its
+	// own (and counts its own statements).
+	ReplicaOf *Server
 	// Logs overrides the log retention and partitions ahead.
 	Logs db.LogConfig
 	// Clock is the maintenance runner's, the scheduler's and the log store's time. With a
@@ -140,7 +147,15 @@ func New(t testing.TB, opts ...Options) *Server {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	s := &Server{DB: dbtest.New(t), Log: &LogBuffer{}}
+	s := &Server{Log: &LogBuffer{}}
+	if o.ReplicaOf != nil {
+		bdb, err := db.Open(t.Context(), o.ReplicaOf.DB.DSN)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = bdb.Close() })
+		s.DB = &dbtest.Database{DB: bdb, Name: o.ReplicaOf.DB.Name, DSN: o.ReplicaOf.DB.DSN}
+	} else {
+		s.DB = dbtest.New(t)
+	}
 	s.DB.AddQueryHook(counter{&s.Statements, &s.Transactions, s.Log})
 	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(Secret), Audience: "authenticated"})
 	require.NoError(t, err)
@@ -187,6 +202,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		KeepAlive:      o.KeepAlive,
 		LiveLimits:     o.LiveLimits,
 		KeyRecheck:     o.KeyRecheck,
+		KeyCacheTTL:    o.KeyCacheTTL,
 		Clock:          o.Clock,
 		Logs:           o.Logs,
 		Metrics:        s.Metrics,

@@ -63,6 +63,9 @@ type Config struct {
 	Metrics *metrics.Metrics
 	// Webhooks shapes webhook delivery.
 	Webhooks WebhookConfig
+	// KeyCacheTTL is how long a verified API key is trusted without reading
+	// it again (0: no cache; API_KEY_CACHE_TTL, db.DefaultKeyCacheTTL).
+	KeyCacheTTL time.Duration
 }
 
 // WebhookConfig shapes webhook delivery (see package webhook).
@@ -110,7 +113,7 @@ func New(cfg Config) (*App, error) {
 	if cfg.SweepEvery == 0 {
 		cfg.SweepEvery = 5 * time.Second
 	}
-	listener, err := realtime.NewListener(cfg.DSN, []string{db.JobQueuedChannel, realtime.ChangeChannel, db.WebhookDueChannel}, cfg.Logger)
+	listener, err := realtime.NewListener(cfg.DSN, []string{db.JobQueuedChannel, realtime.ChangeChannel, db.WebhookDueChannel, db.KeyRevokedChannel}, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("starting the notification listener: %w", err)
 	}
@@ -118,6 +121,12 @@ func New(cfg Config) (*App, error) {
 	jobs := db.NewJobs(cfg.Queue, workflows)
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
+	// The key cache trusts itself only while the listener delivers its
+	// invalidations, which it handles in the listener's own loop.
+	keys.Cache = db.NewKeyCache(cfg.KeyCacheTTL, listener, nil)
+	if keys.Cache != nil {
+		listener.Handle(db.KeyRevokedChannel, func(n realtime.Notification) { keys.Cache.Invalidate(n.Payload, n.Reconnected) })
+	}
 	machines := db.NewMachines()
 	if cfg.Clock == nil {
 		cfg.Clock = maintenance.SystemClock{}

@@ -79,14 +79,22 @@ const auditEvery = time.Minute
 
 // APIKeys is the store of robot API keys and their audit trail.
 type APIKeys struct {
+	// Cache, when set, spares Verify the read of keys verified in the last
+	// seconds (see KeyCache). Set it before use.
+	Cache *KeyCache
+
 	mu   sync.Mutex
 	last map[string]time.Time // "<event>:<key or ip>" -> last write
 	now  func() time.Time
 }
 
 // NewAPIKeys returns the API key store.
-func NewAPIKeys() *APIKeys {
-	return &APIKeys{last: map[string]time.Time{}, now: time.Now}
+func NewAPIKeys() *APIKeys { return NewAPIKeysAt(time.Now) }
+
+// NewAPIKeysAt returns the API key store on the clock now, which decides
+// expiry (tests of expiry move it).
+func NewAPIKeysAt(now func() time.Time) *APIKeys {
+	return &APIKeys{last: map[string]time.Time{}, now: now}
 }
 
 // due reports whether the write named by key may happen now, and if so
@@ -112,6 +120,23 @@ func (s *APIKeys) due(key string) bool {
 func hashKey(raw string) []byte {
 	sum := sha256.Sum256([]byte(raw))
 	return sum[:]
+}
+
+// recordUse writes a key's last use, at most once a minute per key and
+// process (and, across replicas, at most once a minute per key: the
+// statement skips rows written less than a minute ago). A cached
+// verification records it as a read one does, so last_used_at stays true
+// to within a minute whatever the cache does.
+func (s *APIKeys) recordUse(ctx context.Context, idb bun.IDB, keyID uuid.UUID, ip string) error {
+	if !s.due("used:" + keyID.String()) {
+		return nil
+	}
+	if _, err := idb.NewUpdate().Model((*APIKey)(nil)).Where("k.id = ?", keyID).
+		Where("k.last_used_at IS NULL OR k.last_used_at < now() - make_interval(secs => ?)", seconds(auditEvery)).
+		Set("last_used_at = now()").Set("last_used_ip = ?", nilIfEmpty(ip)).Exec(ctx); err != nil {
+		return fmt.Errorf("recording the key's use: %w", err)
+	}
+	return nil
 }
 
 // Create makes a key for a robot of the caller's tenant and returns the raw
@@ -201,6 +226,9 @@ func (s *APIKeys) Revoke(ctx context.Context, idb bun.IDB, id uuid.UUID) (*APIKe
 	if err != nil {
 		return nil, err
 	}
+	// This replica forgets the key now, not when its own notification
+	// comes back (every other replica's listener evicts it on commit).
+	s.Cache.Invalidate("key:"+k.ID.String(), false)
 	return k, nil
 }
 
@@ -245,16 +273,26 @@ func (s *APIKeys) Audit(ctx context.Context, idb bun.IDB, robotID *uuid.UUID, fi
 // Verify resolves a raw key presented from ip to its robot's principal.
 // Unknown, revoked and expired keys are refused with UNAUTHENTICATED and
 // audited (each at most once a minute per key or address). The key's last
-// use is written at most once a minute, not on every request.
+// use is written at most once a minute, not on every request. With a Cache,
+// a key verified in the last seconds is not read again (refusals are never
+// cached, so they are read and audited as before).
 func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*auth.Principal, error) {
 	refused := fault.New(fault.Unauthenticated, "invalid API key")
 	if !strings.HasPrefix(raw, auth.KeyPrefix) || len(raw) != keyLength {
 		return nil, s.refuse(ctx, idb, nil, AuditUnknownKey, ip, "malformed key", refused)
 	}
+	hash := sha256.Sum256([]byte(raw))
+	if p, ok := s.Cache.get(hash); ok {
+		if err := s.recordUse(ctx, idb, p.APIKeyID, ip); err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	ticket := s.Cache.ticket()
 	k := new(APIKey)
 	err := idb.NewSelect().Model(k).
 		Join("JOIN robots AS r ON r.id = k.robot_id AND r.tenant_id = k.tenant_id").
-		Where("k.key_hash = ?", hashKey(raw)).Scan(ctx)
+		Where("k.key_hash = ?", hash[:]).Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, s.refuse(ctx, idb, nil, AuditUnknownKey, ip, "", refused)
 	}
@@ -267,17 +305,14 @@ func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*aut
 	case k.ExpiresAt != nil && !k.ExpiresAt.After(s.now()):
 		return nil, s.refuse(ctx, idb, k, AuditExpired, ip, "", fault.New(fault.Unauthenticated, "this API key has expired"))
 	}
-	if s.due("used:" + k.ID.String()) {
-		if _, err := idb.NewUpdate().Model(k).WherePK().
-			Where("k.last_used_at IS NULL OR k.last_used_at < now() - make_interval(secs => ?)", seconds(auditEvery)).
-			Set("last_used_at = now()").Set("last_used_ip = ?", nilIfEmpty(ip)).Exec(ctx); err != nil {
-			return nil, fmt.Errorf("recording the key's use: %w", err)
-		}
+	if err := s.recordUse(ctx, idb, k.ID, ip); err != nil {
+		return nil, err
 	}
 	p := &auth.Principal{RobotID: k.RobotID, APIKeyID: k.ID, TenantID: k.TenantID, Role: auth.RoleRobot}
 	if k.ExpiresAt != nil {
 		p.ExpiresAt = *k.ExpiresAt
 	}
+	s.Cache.put(ticket, hash, p)
 	return p, nil
 }
 

@@ -62,8 +62,18 @@ type Listener struct {
 	ping     time.Duration
 	channels []string
 
-	mu   sync.Mutex
-	subs map[string]map[*Subscription]struct{}
+	mu       sync.Mutex
+	subs     map[string]map[*Subscription]struct{}
+	handlers map[string][]func(Notification)
+
+	// connected follows pq's connection events.
+	connected atomic.Bool
+	// live is true while Run delivers on a connection that LISTENs on every
+	// channel; epoch counts the times it stopped being so (see Trusted).
+	live  atomic.Bool
+	epoch atomic.Uint64
+	// changed is closed (and replaced) at every change of live.
+	changed chan struct{}
 }
 
 // PingInterval is how often an idle listener checks its connection, so a
@@ -92,12 +102,17 @@ func withApplicationName(dsn, name string) string {
 // NewListener connects to dsn and LISTENs on channels. It reconnects by
 // itself when the connection drops; Run must be running to deliver.
 func NewListener(dsn string, channels []string, log *slog.Logger) (*Listener, error) {
-	l := &Listener{log: log, ping: PingInterval, channels: channels, subs: map[string]map[*Subscription]struct{}{}}
+	l := &Listener{log: log, ping: PingInterval, channels: channels, subs: map[string]map[*Subscription]struct{}{},
+		handlers: map[string][]func(Notification){}, changed: make(chan struct{})}
 	l.pql = pq.NewListener(withApplicationName(dsn, ListenerApplicationName), 100*time.Millisecond, 5*time.Second, func(ev pq.ListenerEventType, err error) {
 		switch ev {
 		case pq.ListenerEventDisconnected:
+			// Before anything else: from here notifications may be lost.
+			l.connected.Store(false)
+			l.setLive(false)
 			log.Warn("notification listener disconnected", "error", err)
 		case pq.ListenerEventReconnected:
+			l.connected.Store(true)
 			log.Info("notification listener reconnected")
 		case pq.ListenerEventConnectionAttemptFailed:
 			log.Warn("notification listener cannot reconnect yet", "error", err)
@@ -109,7 +124,57 @@ func NewListener(dsn string, channels []string, log *slog.Logger) (*Listener, er
 			return nil, fmt.Errorf("listening on %s: %w", ch, err)
 		}
 	}
+	l.connected.Store(true)
 	return l, nil
+}
+
+// Trusted reports whether every notification committed since the listener
+// last (re)connected is being delivered: Run is running on a connection that
+// LISTENs on all its channels. epoch changes whenever that stops being true
+// (a disconnect, Run ending), so state derived from notifications while the
+// epoch was e is only current while Trusted still returns (e, true); after a
+// reconnect notifications sent meanwhile are lost and such state must be
+// rebuilt. A connection that dies silently is noticed at the next ping
+// (PingInterval) or when the server's RST arrives.
+func (l *Listener) Trusted() (epoch uint64, ok bool) {
+	// Read live first: setLive bumps the epoch before changing live, so
+	// (e, true) means e began with the current live period.
+	ok = l.live.Load()
+	return l.epoch.Load(), ok
+}
+
+// Changed returns a channel closed at the next change of Trusted's answer,
+// for tests and for code that waits for the listener to come back.
+func (l *Listener) Changed() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.changed
+}
+
+// setLive records whether delivery is complete. Every change starts a new
+// epoch, before live changes, so nothing learned under an earlier epoch is
+// trusted again after a reconnect.
+func (l *Listener) setLive(live bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.live.Load() == live {
+		return
+	}
+	l.epoch.Add(1)
+	l.live.Store(live)
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// Handle calls f with every notification on channel (and with the
+// Reconnected marker), synchronously in Run's loop, before subscriptions
+// see it: f must be quick and must not block. It is for invalidations
+// that must take effect as soon as the notification arrives. Call it
+// before Run.
+func (l *Listener) Handle(channel string, f func(Notification)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.handlers[channel] = append(l.handlers[channel], f)
 }
 
 // Subscribe returns a subscription to channel with a buffer of n.
@@ -128,6 +193,8 @@ func (l *Listener) Subscribe(channel string, n int) *Subscription {
 // Run delivers notifications until ctx ends, then closes the connection.
 func (l *Listener) Run(ctx context.Context) {
 	defer l.close()
+	defer l.setLive(false)
+	l.setLive(l.connected.Load())
 	ticker := time.NewTicker(l.ping)
 	defer ticker.Stop()
 	var pinging atomic.Bool
@@ -142,6 +209,9 @@ func (l *Listener) Run(ctx context.Context) {
 				for _, ch := range l.channels {
 					l.deliver(Notification{Channel: ch, Reconnected: true})
 				}
+				// pq has LISTENed again on every channel before sending nil;
+				// the markers (which clear caches) went out first.
+				l.setLive(l.connected.Load())
 				continue
 			}
 			l.deliver(Notification{Channel: n.Channel, Payload: n.Extra})
@@ -186,6 +256,9 @@ func (l *Listener) close() {
 func (l *Listener) deliver(n Notification) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for _, f := range l.handlers[n.Channel] {
+		f(n)
+	}
 	for s := range l.subs[n.Channel] {
 		select {
 		case s.c <- n:
