@@ -127,6 +127,7 @@ func New(cfg Config) (*App, error) {
 	if keys.Cache != nil {
 		listener.Handle(db.KeyRevokedChannel, func(n realtime.Notification) { keys.Cache.Invalidate(n.Payload, n.Reconnected) })
 	}
+	robots.Keys = keys.Cache
 	machines := db.NewMachines()
 	if cfg.Clock == nil {
 		cfg.Clock = maintenance.SystemClock{}

@@ -78,3 +78,34 @@ func TestKeyCacheDistrustsAnotherEpoch(t *testing.T) {
 	_, err = keys.Verify(ctx, d.DB, created.Key, "")
 	require.ErrorContains(t, err, "revoked")
 }
+
+// TestKeyCacheForgetsADeletedRobotAtOnce checks that deleting a robot evicts
+// its keys from this process's cache before Delete returns, as a revoke
+// does, rather than when the deletion's notification comes back (there is
+// no listener here, so only the store itself can evict).
+func TestKeyCacheForgetsADeletedRobotAtOnce(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	ctx := t.Context()
+	keys := db.NewAPIKeys()
+	keys.Cache = db.NewKeyCache(time.Hour, &kcTrusted{}, nil)
+	robots := db.NewRobots(db.DefaultQueueConfig)
+	robots.Keys = keys.Cache
+
+	tenant, robot := uuid.New(), uuid.New()
+	_, err := d.ExecContext(ctx, `INSERT INTO robots (id, tenant_id, name) VALUES (?, ?, 'r')`, robot, tenant)
+	require.NoError(t, err)
+	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
+	created, err := keys.Create(svc, d.DB, robot, "k", nil)
+	require.NoError(t, err)
+	_, err = keys.Verify(ctx, d.DB, created.Key, "")
+	require.NoError(t, err)
+	require.Equal(t, 1, keys.Cache.Len())
+
+	deleted, err := robots.Delete(svc, d.DB, robot)
+	require.NoError(t, err)
+	require.Equal(t, robot, deleted)
+	require.Zero(t, keys.Cache.Len(), "the deleted robot's key is evicted by the deletion itself")
+	_, err = keys.Verify(ctx, d.DB, created.Key, "")
+	require.Equal(t, fault.Unauthenticated, fault.CodeOf(err))
+}

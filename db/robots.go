@@ -135,6 +135,10 @@ var DefaultQueueConfig = QueueConfig{
 // Robots is the store of robots and their heartbeats.
 type Robots struct {
 	cfg QueueConfig
+	// Keys, when set, is the process's API key cache: deleting a robot
+	// evicts its keys here before answering, as a revoke does (other
+	// replicas evict when the delete's notification arrives).
+	Keys *KeyCache
 }
 
 // NewRobots returns the robot store.
@@ -411,6 +415,9 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 		}
 		return nil
 	})
+	if err == nil {
+		s.Keys.Invalidate("robot:"+deleted.String(), false)
+	}
 	return deleted, err
 }
 
