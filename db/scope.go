@@ -215,6 +215,40 @@ func CanSeeRow(p *auth.Principal, kind string, row any) bool {
 	return false
 }
 
+// VisibilityClass names the principals that see exactly what p sees of
+// kind, and resolve it alike (the same rows, and the same rows behind
+// their fields), so that a live update rendered for one of them may be sent
+// to all: people of a tenant share one class for robots, presence and jobs;
+// machines are per owner; a service role is a class of its own per tenant;
+// a robot sees only itself. It answers false for anything else (no
+// principal, the server's own tasks, an unknown role or kind): such
+// callers share nothing.
+func VisibilityClass(p *auth.Principal, kind string) (string, bool) {
+	if p == nil || p.System != "" || p.TenantID == uuid.Nil {
+		return "", false
+	}
+	tenant := p.TenantID.String()
+	switch kind {
+	case "machine", "machine_event", "robot", "presence", "job", "log":
+	default:
+		return "", false
+	}
+	switch {
+	case p.Role == auth.RoleRobot && p.RobotID != uuid.Nil:
+		return "robot:" + tenant + ":" + p.RobotID.String(), true
+	case p.RobotID != uuid.Nil:
+		return "", false
+	case p.Role == auth.RoleService:
+		return "service:" + tenant, true
+	case p.Role == auth.RoleUser && p.UserID != uuid.Nil:
+		if kind == "machine" || kind == "machine_event" {
+			return "owner:" + tenant + ":" + p.UserID.String(), true
+		}
+		return "people:" + tenant, true
+	}
+	return "", false
+}
+
 // CheckCaller refuses an anonymous caller (UNAUTHENTICATED) and, when
 // usersOnly, a robot (FORBIDDEN), as the stores do: for entry points such as
 // subscriptions that check the caller before reading anything.

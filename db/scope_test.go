@@ -78,3 +78,43 @@ func TestLiveVisibilityFailsClosed(t *testing.T) {
 	require.True(t, db.CanSeeRow(user, "log", &db.LogBatch{TenantID: tenant, RobotID: anotherRobot}))
 	require.False(t, db.CanSeeRow(nil, "log", own))
 }
+
+// TestVisibilityClass checks who may share rendered live updates: people
+// of a tenant for its robots, presence, jobs and logs; one owner for
+// machines; each service role tenant and each robot alone; and nobody for
+// an unknown kind, a system task, an anonymous caller or an unknown role.
+func TestVisibilityClass(t *testing.T) {
+	t.Parallel()
+	tenant, other := uuid.New(), uuid.New()
+	u1 := &auth.Principal{UserID: uuid.New(), TenantID: tenant, Role: auth.RoleUser}
+	u2 := &auth.Principal{UserID: uuid.New(), TenantID: tenant, Role: auth.RoleUser}
+	foreign := &auth.Principal{UserID: uuid.New(), TenantID: other, Role: auth.RoleUser}
+	service := &auth.Principal{TenantID: tenant, Role: auth.RoleService}
+	r1 := &auth.Principal{RobotID: uuid.New(), TenantID: tenant, Role: auth.RoleRobot}
+	r2 := &auth.Principal{RobotID: uuid.New(), TenantID: tenant, Role: auth.RoleRobot}
+
+	class := func(p *auth.Principal, kind string) string {
+		c, ok := db.VisibilityClass(p, kind)
+		require.Equal(t, ok, c != "", "a class is given exactly when sharing is allowed")
+		return c
+	}
+	for _, kind := range []string{"robot", "presence", "job", "log"} {
+		require.NotEmpty(t, class(u1, kind))
+		require.Equal(t, class(u1, kind), class(u2, kind), "people of a tenant share %s", kind)
+		require.NotEqual(t, class(u1, kind), class(foreign, kind), "not across tenants (%s)", kind)
+		require.NotEqual(t, class(u1, kind), class(service, kind), "nor with the service role (%s)", kind)
+		require.NotEqual(t, class(r1, kind), class(r2, kind), "each robot alone (%s)", kind)
+		require.NotEqual(t, class(r1, kind), class(u1, kind), "a robot never with people (%s)", kind)
+	}
+	for _, kind := range []string{"machine", "machine_event"} {
+		require.NotEqual(t, class(u1, kind), class(u2, kind), "machines are per owner")
+		require.Equal(t, class(u1, kind), class(&auth.Principal{UserID: u1.UserID, TenantID: tenant, Role: auth.RoleUser}, kind))
+	}
+	for _, p := range []*auth.Principal{nil, auth.SystemPrincipal("scheduler", tenant), {UserID: uuid.New(), TenantID: tenant, Role: "anon"},
+		{TenantID: tenant, Role: auth.RoleUser}, {UserID: uuid.New(), Role: auth.RoleUser}, {RobotID: uuid.New(), TenantID: tenant, Role: auth.RoleUser}} {
+		require.Empty(t, class(p, "job"), "%+v shares nothing", p)
+	}
+	for _, kind := range []string{"", "jobs", "workflow", "Job"} {
+		require.Empty(t, class(u1, kind), "unknown kind %q", kind)
+	}
+}

@@ -104,6 +104,8 @@ type Handler struct {
 	sockets    *sockets
 	streams    *live.Streams
 	dispatcher *dispatch.Dispatcher
+	// Fanout groups the subscribers that share rendered results.
+	Fanout *live.Fanout
 }
 
 // CloseStreams ends every open websocket with close code 1001 (going away)
@@ -142,8 +144,12 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	socks := newSockets(cfg.AllowedOrigins)
 	streams := live.NewStreams()
 	quota := live.NewQuota(cfg.LiveLimits)
-	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams})
-	srv.AddTransport(live.Multipart{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams})
+	// Subscribers with the same operation, variables and visibility class
+	// share one execution and its encoded results, on every transport.
+	fanout := live.NewFanout(shareSubscription)
+	fanout.Metrics = cfg.Metrics
+	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout})
+	srv.AddTransport(live.Multipart{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout})
 	srv.AddTransport(live.Websocket{
 		Auth:         cfg.Auth,
 		Log:          cfg.Logger,
@@ -153,6 +159,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		ReadLimit:    cfg.Limits.BodyBytes,
 		Quota:        quota,
 		KeyRecheck:   cfg.WebsocketKeyRecheck,
+		Fanout:       fanout,
 	})
 	srv.AddTransport(overHTTP{log: cfg.Logger})
 	srv.Use(operationMetrics{cfg.Metrics})
@@ -188,5 +195,5 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = cors(cfg.AllowedOrigins, h)
 	h = observe(cfg.Metrics, cfg.Logger, h)
-	return &Handler{Handler: withRequestID(h), sockets: socks, streams: streams, dispatcher: cfg.Resolver.Dispatcher}
+	return &Handler{Handler: withRequestID(h), sockets: socks, streams: streams, dispatcher: cfg.Resolver.Dispatcher, Fanout: fanout}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/99designs/gqlgen/graphql"
 	"github.com/google/uuid"
 
 	"fleetgraph/auth"
@@ -250,4 +251,37 @@ func (r *subscriptionResolver) jobUpdated(ctx context.Context, id *uuid.UUID, f 
 		j, _ := u.Value.(*db.Job)
 		return &model.JobChange{Op: op(u), ID: parseKey(u.Key), Revision: int(u.Version), Job: j}
 	}), nil
+}
+
+// sharedSubscriptions are the subscriptions whose results a group of
+// subscribers may share (live.Fanout), each with its kind: they check
+// nothing at subscribe time but the caller's kind (which the visibility
+// class fixes), and send no first state of their own, as long as the
+// argument named in noArg, if any, is null. The others run per subscriber:
+// machineEventAdded checks its machine, robotLogAdded counts each tail's
+// missed lines, and one-entity subscriptions (an id) check the entity and
+// send it first.
+var sharedSubscriptions = map[string]struct{ kind, noArg string }{
+	"jobUpdated":     {"job", "id"},
+	"robotUpdated":   {"robot", "id"},
+	"machineUpdated": {"machine", "id"},
+	"fleetPresence":  {"presence", ""},
+}
+
+// shareSubscription is the live.ShareFunc of the handler: the caller's
+// visibility class for a subscription in sharedSubscriptions, or false.
+func shareSubscription(ctx context.Context, rc *graphql.OperationContext) (string, bool) {
+	fields := graphql.CollectFields(rc, rc.Operation.SelectionSet, []string{"Subscription"})
+	if len(fields) != 1 {
+		return "", false
+	}
+	f := fields[0]
+	shared, ok := sharedSubscriptions[f.Name]
+	if !ok {
+		return "", false
+	}
+	if shared.noArg != "" && f.ArgumentMap(rc.Variables)[shared.noArg] != nil {
+		return "", false
+	}
+	return db.VisibilityClass(auth.FromContext(ctx), shared.kind)
 }

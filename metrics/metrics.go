@@ -59,7 +59,12 @@ type Metrics struct {
 	slowConsumers *prometheus.CounterVec // kind
 	resyncs       prometheus.Counter
 	reconnects    prometheus.Counter
-	dropped       *prometheus.CounterVec // channel
+
+	sharedGroups      prometheus.Gauge
+	sharedSubscribers prometheus.Gauge
+	sharedRenders     prometheus.Counter
+	sharedSends       prometheus.Counter
+	dropped           *prometheus.CounterVec // channel
 
 	claimWait *prometheus.HistogramVec // outcome
 	rescues   *prometheus.CounterVec   // to
@@ -130,6 +135,22 @@ func New(log *slog.Logger) *Metrics {
 		Name: "fleetgraph_hub_resyncs_total",
 		Help: "Times the hub re-read live topics after the feed lost notifications (reconnect or overflow).",
 	})
+	m.sharedGroups = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "fleetgraph_live_shared_groups",
+		Help: "Groups of subscribers that share one execution of their subscription (same operation, variables and visibility class).",
+	})
+	m.sharedSubscribers = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "fleetgraph_live_shared_subscribers",
+		Help: "Subscribers that are members of a shared group.",
+	})
+	m.sharedRenders = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetgraph_live_shared_renders_total",
+		Help: "Results a shared group executed and encoded once for all its members.",
+	})
+	m.sharedSends = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "fleetgraph_live_shared_sends_total",
+		Help: "Results handed to the members of shared groups (each shared render counts once per member).",
+	})
 	m.reconnects = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "fleetgraph_listener_reconnects_total",
 		Help: "Times the notification listener's connection was re-established.",
@@ -149,7 +170,7 @@ func New(log *slog.Logger) *Metrics {
 	}, []string{"to"})
 	for _, c := range []prometheus.Collector{m.httpRequests, m.httpDuration, m.streamsOpen, m.streamsTotal,
 		m.operations, m.errors, m.subscribers, m.deliveries, m.coalesced, m.slowConsumers, m.resyncs,
-		m.reconnects, m.dropped, m.claimWait, m.rescues} {
+		m.sharedGroups, m.sharedSubscribers, m.sharedRenders, m.sharedSends, m.reconnects, m.dropped, m.claimWait, m.rescues} {
 		f(c)
 	}
 	return m
@@ -269,6 +290,32 @@ func (m *Metrics) Delivered(kind string, n int) {
 		return
 	}
 	m.deliveries.WithLabelValues(kind).Add(float64(n))
+}
+
+// SharedGroups moves the count of shared subscription groups by delta.
+func (m *Metrics) SharedGroups(delta int) {
+	if m == nil {
+		return
+	}
+	m.sharedGroups.Add(float64(delta))
+}
+
+// SharedSubscribers moves the count of shared groups' members by delta.
+func (m *Metrics) SharedSubscribers(delta int) {
+	if m == nil {
+		return
+	}
+	m.sharedSubscribers.Add(float64(delta))
+}
+
+// SharedRender counts one result of a shared group, rendered once and
+// handed to members.
+func (m *Metrics) SharedRender(members int) {
+	if m == nil {
+		return
+	}
+	m.sharedRenders.Inc()
+	m.sharedSends.Add(float64(members))
 }
 
 // Coalesced counts an update that replaced an undelivered one.

@@ -87,13 +87,24 @@ type outcome struct {
 	stopped bool
 }
 
-// execute runs one operation and calls next with each result. A
-// subscription whose first result is only errors (the resolver refused it:
-// NOT_FOUND, FORBIDDEN, ...) ends as an error rather than a result.
-func execute(ctx context.Context, exec graphql.GraphExecutor, params *graphql.RawParams, next func(*graphql.Response) error) outcome {
+// execute runs one operation and calls next with each result, encoded as
+// JSON. A subscription whose first result is only errors (the resolver
+// refused it: NOT_FOUND, FORBIDDEN, ...) ends as an error rather than a
+// result. A subscription fan vouches for shares its results with the
+// subscribers of its group.
+func execute(ctx context.Context, exec graphql.GraphExecutor, fan *Fanout, params *graphql.RawParams, next func(payload []byte) error) outcome {
 	ctx, rc, errs := prepare(ctx, exec, params)
 	if errs != nil {
 		return outcome{errs: errs}
+	}
+	return runShared(ctx, exec, fan, rc, next)
+}
+
+// runShared runs a prepared operation in its group when fan shares it, else
+// on its own (runPrepared).
+func runShared(ctx context.Context, exec graphql.GraphExecutor, fan *Fanout, rc *graphql.OperationContext, next func(payload []byte) error) outcome {
+	if key, ok := fan.shareable(ctx, rc); ok {
+		return fan.run(ctx, exec, rc, key, next)
 	}
 	return runPrepared(ctx, exec, rc, next)
 }
@@ -120,8 +131,9 @@ func isSubscription(rc *graphql.OperationContext) bool {
 	return rc.Operation != nil && rc.Operation.Operation == ast.Subscription
 }
 
-// runPrepared executes a prepared operation (see execute).
-func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, next func(*graphql.Response) error) (out outcome) {
+// runPrepared executes a prepared operation (see execute), encoding each
+// result once.
+func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, next func(payload []byte) error) (out outcome) {
 	e := &ender{}
 	ctx = context.WithValue(ctx, endKey{}, e)
 	defer func() {
@@ -145,7 +157,7 @@ func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.Op
 		if first && subscription && len(resp.Errors) > 0 && isNull(resp.Data) {
 			return outcome{errs: resp.Errors}
 		}
-		if err := next(resp); err != nil {
+		if err := next(mustJSON(resp)); err != nil {
 			return outcome{stopped: true}
 		}
 	}

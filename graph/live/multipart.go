@@ -28,6 +28,8 @@ type Multipart struct {
 	Quota *Quota
 	// Streams ends the stream when the server shuts down (nil: never).
 	Streams *Streams
+	// Fanout shares rendered results between subscribers (nil: none).
+	Fanout *Fanout
 }
 
 var _ graphql.Transport = Multipart{}
@@ -58,7 +60,7 @@ func (t Multipart) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 		_, err := fmt.Fprintf(w, "%s%s%s\r\n", head, body, delimiter)
 		return err
 	}
-	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams}
+	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams, fanout: t.Fanout}
 	st.serve(w, r, exec, framing{
 		contentType: `multipart/mixed; boundary="` + multipartBoundary + `"; subscriptionSpec="1.0"`,
 		begin: func(w http.ResponseWriter) error {

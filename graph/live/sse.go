@@ -29,6 +29,8 @@ type SSE struct {
 	Quota *Quota
 	// Streams ends the stream when the server shuts down (nil: never).
 	Streams *Streams
+	// Fanout shares rendered results between subscribers (nil: none).
+	Fanout *Fanout
 }
 
 var _ graphql.Transport = SSE{}
@@ -44,7 +46,7 @@ func (SSE) Supports(r *http.Request) bool {
 
 // Do implements graphql.Transport.
 func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams}
+	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams, fanout: t.Fanout}
 	st.serve(w, r, exec, framing{
 		contentType: "text/event-stream",
 		result: func(w http.ResponseWriter, data []byte) error {

@@ -129,6 +129,7 @@ type streamer struct {
 	keepAlive, writeTimeout time.Duration
 	quota                   *Quota
 	streams                 *Streams
+	fanout                  *Fanout
 }
 
 // serve runs the operation of r as a stream written with f: each result,
@@ -182,9 +183,9 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	events := make(chan []byte)
 	done := make(chan outcome, 1)
 	go func() {
-		done <- execute(ctx, exec, params, func(resp *graphql.Response) error {
+		done <- execute(ctx, exec, t.fanout, params, func(payload []byte) error {
 			select {
-			case events <- mustJSON(resp):
+			case events <- payload:
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()

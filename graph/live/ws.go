@@ -64,6 +64,8 @@ type Websocket struct {
 	// KeyRecheck is how often a robot's connection re-checks its API key
 	// (0: every 30 seconds).
 	KeyRecheck time.Duration
+	// Fanout shares rendered results between subscribers (nil: none).
+	Fanout *Fanout
 }
 
 var _ graphql.Transport = Websocket{}
@@ -509,11 +511,16 @@ func (c *wsConn) refuse(ctx context.Context, id string, err error) {
 func (c *wsConn) run(ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
 	defer op.cancel()
 	defer op.release()
-	out := runPrepared(ctx, c.exec, rc, func(resp *graphql.Response) error {
+	// Each result is framed around its payload as it was encoded (once,
+	// and shared by a group's members), not encoded again.
+	prefix := envelopePrefix(id, c.d.next)
+	out := runShared(ctx, c.exec, c.t.Fanout, rc, func(payload []byte) error {
 		if c.isDone(op) {
 			return context.Canceled
 		}
-		return c.write(ctx, wsMessage{ID: id, Type: c.d.next, Payload: mustJSON(resp)})
+		msg := make([]byte, 0, len(prefix)+len(payload)+1)
+		msg = append(append(append(msg, prefix...), payload...), '}')
+		return c.writeBytes(ctx, msg)
 	})
 	c.mu.Lock()
 	done := op.done
@@ -577,6 +584,17 @@ func (c *wsConn) stopAll() {
 	}
 }
 
+// envelopePrefix is a result message of operation id up to its payload:
+// `{"id":"...","type":"next","payload":`; the message is the prefix, the
+// payload and `}`, as json.Marshal would write a wsMessage.
+func envelopePrefix(id, typ string) []byte {
+	idJSON, _ := json.Marshal(id)
+	typJSON, _ := json.Marshal(typ)
+	b := append([]byte(`{"id":`), idJSON...)
+	b = append(append(append(b, `,"type":`...), typJSON...), `,"payload":`...)
+	return b
+}
+
 // write sends one message; a client that does not take it within the write
 // timeout is closed, since it cannot keep up.
 func (c *wsConn) write(ctx context.Context, m wsMessage) error {
@@ -584,6 +602,11 @@ func (c *wsConn) write(ctx context.Context, m wsMessage) error {
 	if err != nil {
 		return err
 	}
+	return c.writeBytes(ctx, data)
+}
+
+// writeBytes sends one encoded message (see write).
+func (c *wsConn) writeBytes(ctx context.Context, data []byte) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.t.WriteTimeout)

@@ -1,0 +1,304 @@
+package graph_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket/wsjson"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+	"fleetgraph/graph/live"
+)
+
+// Tests of shared rendering (live.Fanout): subscribers with the same
+// operation, variables and visibility class share one execution, and each
+// gets the shared bytes in its own envelope; any difference in class or
+// variables means a group of its own.
+
+// fanJobs is the all-jobs document every shared subscriber here sends.
+const fanJobs = `subscription($f: JobUpdateFilter) { jobUpdated(filter: $f) { op id revision job { id status input } } }`
+
+// fanMachines is the all-machines document.
+const fanMachines = `subscription { machineUpdated { op id machine { id name } } }`
+
+// fanStats waits, with a deadline, until the server's fanout holds groups
+// groups of members members in all.
+func fanStats(t *testing.T, s *apitest.Server, groups, members int) live.FanoutStats {
+	t.Helper()
+	var st live.FanoutStats
+	require.Eventually(t, func() bool {
+		st = s.Handler.Fanout.Stats()
+		return st.Groups == groups && st.Members == members
+	}, lvWait, 5*time.Millisecond, "expected %d groups of %d members", groups, members)
+	return st
+}
+
+// fanRead reads c's messages until want has held for one message of each
+// of ids, and returns those; messages want refuses (earlier changes,
+// probes) are passed over, and a message of another operation fails.
+func fanRead(t *testing.T, c *lvConn, want func(lvMsg) bool, ids ...string) map[string]lvMsg {
+	t.Helper()
+	got := map[string]lvMsg{}
+	for len(got) < len(ids) {
+		m, ok := c.recv(lvWait)
+		require.True(t, ok, "no message for %v within %v (have %v)", ids, lvWait, got)
+		require.Contains(t, ids, m.ID, "unexpected %+v %s", m, m.Payload)
+		if _, done := got[m.ID]; !done && want(m) {
+			got[m.ID] = m
+		}
+	}
+	return got
+}
+
+// fanCollect reads c's messages (of any operation) up to and including
+// the first that until accepts.
+func fanCollect(t *testing.T, c *lvConn, until func(lvMsg) bool) []lvMsg {
+	t.Helper()
+	var out []lvMsg
+	for {
+		m, ok := c.recv(lvWait)
+		require.True(t, ok, "no message within %v (after %d)", lvWait, len(out))
+		out = append(out, m)
+		if until(m) {
+			return out
+		}
+	}
+}
+
+// fanJob tells the `next` messages about job id.
+func fanJob(id string) func(lvMsg) bool {
+	return func(m lvMsg) bool { return m.Type == "next" && m.field("id") == id }
+}
+
+// fanFence enqueues a job in tn and waits until every (connection,
+// operations) listed has received it: the hub and every group take changes
+// in order, so whatever was committed before has then been rendered.
+func fanFence(t *testing.T, tn *lvTenant, subs map[*lvConn][]string) {
+	t.Helper()
+	j := tn.enqueue(tn.wf, map[string]any{"input": map[string]any{"fence": true}})
+	for c, ids := range subs {
+		fanRead(t, c, fanJob(j.ID), ids...)
+	}
+}
+
+// fanLive makes a group live (its hub subscription registered): it
+// enqueues jobs until op id on c sees one.
+func fanLive(t *testing.T, tn *lvTenant, c *lvConn, id string) {
+	t.Helper()
+	c.sync(id, func() { tn.enqueue(tn.wf, map[string]any{"input": map[string]any{"probe": true}}) }, lvHasInput(t, "probe"))
+}
+
+func TestSharedSubscriptions(t *testing.T) {
+	t.Parallel()
+
+	t.Run("EachMemberGetsTheSharedBytesInItsEnvelope", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t)
+		tn := lvNewTenant(t, s)
+		other := s.NewUser(t, tn.user.Tenant) // another person of the tenant: the same class
+		c1, c2 := lvConnect(t, s, tn.user.Token), lvConnect(t, s, other.Token)
+		c2.subscribe("c", fanJobs, nil)
+		fanStats(t, s, 1, 1)
+		fanLive(t, tn, c2, "c")
+		c1.subscribe("a", fanJobs, nil)
+		c1.subscribe("b", fanJobs, nil)
+		fanStats(t, s, 1, 3)
+		// Two operations of one socket and one of another, over SSE too.
+		sse := fanSSE(t, s, tn.user.Token, fanJobs)
+		fanStats(t, s, 1, 4)
+		fanFence(t, tn, map[*lvConn][]string{c1: {"a", "b"}, c2: {"c"}})
+		before := s.Handler.Fanout.Stats().Renders
+
+		j := tn.enqueue(tn.wf, nil)
+		got := fanRead(t, c1, fanJob(j.ID), "a", "b")
+		for id, m := range fanRead(t, c2, fanJob(j.ID), "c") {
+			got[id] = m
+		}
+		payload := sse.until(t, func(data string) bool { return strings.Contains(data, j.ID) })
+		for _, id := range []string{"a", "b", "c"} {
+			require.Equal(t, id, got[id].ID)
+			require.Equal(t, "next", got[id].Type)
+			require.Equal(t, string(got["a"].Payload), string(got[id].Payload), "every member gets the same bytes")
+		}
+		require.Equal(t, string(got["a"].Payload), payload, "the SSE member too")
+		require.Equal(t, int64(1), s.Handler.Fanout.Stats().Renders-before, "one execution for the four members")
+	})
+
+	t.Run("ClassesAndVariablesNeverShare", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t)
+		a, b := lvNewTenant(t, s), lvNewTenant(t, s)
+		a2 := s.NewUser(t, a.user.Tenant)
+		r := a.robot("r1", 50)
+		ua, ua2, ub, rc := lvConnect(t, s, a.user.Token), lvConnect(t, s, a2.Token), lvConnect(t, s, b.user.Token), lvConnect(t, s, r.Key)
+		um, um2 := lvConnect(t, s, a.user.Token), lvConnect(t, s, a2.Token)
+
+		ua.subscribe("jobs", fanJobs, nil)
+		ua2.subscribe("jobs", fanJobs, nil) // the same class as ua's: one group
+		ub.subscribe("jobs", fanJobs, nil)  // another tenant
+		rc.subscribe("jobs", fanJobs, nil)  // a robot: only the jobs it holds
+		ua.subscribe("queued", fanJobs, map[string]any{"f": map[string]any{"status": "QUEUED"}})
+		um.subscribe("m", fanMachines, nil)
+		um2.subscribe("m", fanMachines, nil) // machines are per owner
+		fanStats(t, s, 6, 7)
+		require.Equal(t, "BAD_USER_INPUT", ua2.refused("bad", fanJobs, map[string]any{"f": map[string]any{"robotId": "not-an-id"}}),
+			"a variable set that cannot run fails for its subscriber alone")
+		fanStats(t, s, 6, 7)
+
+		// Every group live.
+		fanLive(t, a, ua2, "jobs")
+		fanLive(t, b, ub, "jobs")
+		rc.sync("jobs", func() {
+			p := a.enqueue(a.wf, map[string]any{"robotId": r.ID, "priority": 1000, "input": map[string]any{"probe": true}})
+			r.claim(p.ID)
+		}, lvHasInput(t, "probe"))
+		um.sync("m", lvProbeMachines(t, s, a.user.Token), lvIsProbeMachine(t))
+		um2.sync("m", lvProbeMachines(t, s, a2.Token), lvIsProbeMachine(t))
+
+		// A job of tenant A that robot r does not hold: A's people get it,
+		// in one group, then its cancellation, which the QUEUED filter's
+		// group does not get.
+		j := a.enqueue(a.wf, nil)
+		a.cancel(j.ID)
+		fence := a.enqueue(a.wf, nil)
+		msgs := fanCollect(t, ua, func(m lvMsg) bool { return m.ID == "queued" && m.field("id") == fence.ID })
+		var jobs, queued []string
+		for _, m := range msgs {
+			if m.field("id") != j.ID {
+				continue
+			}
+			if m.ID == "queued" {
+				queued = append(queued, string(m.Payload))
+			} else {
+				jobs = append(jobs, string(m.Payload))
+			}
+		}
+		require.Len(t, queued, 1, "the QUEUED filter's group got the creation only")
+		require.Contains(t, queued[0], "QUEUED")
+		require.NotEmpty(t, jobs)
+		require.Contains(t, jobs[len(jobs)-1], "CANCELLED")
+		fanCollect(t, ua2, func(m lvMsg) bool { return m.field("id") == fence.ID })
+
+		// Tenant B's subscriber and the robot got nothing of it: their next
+		// messages are their own.
+		jb := b.enqueue(b.wf, nil)
+		var bc lvJobChange
+		ub.value("jobs", &bc)
+		require.Equal(t, jb.ID, bc.ID, "tenant B's subscriber got nothing of tenant A")
+		mine := a.enqueue(a.wf, map[string]any{"robotId": r.ID, "priority": 1000})
+		r.claim(mine.ID)
+		var rcChange lvJobChange
+		rc.value("jobs", &rcChange)
+		require.Equal(t, mine.ID, rcChange.ID, "the robot got nothing of the jobs it does not hold")
+		require.Equal(t, "CLAIMED", rcChange.Job.Status)
+
+		// Machines: each owner's group gets its own, and only its own.
+		var m1, m2 struct{ CreateMachine struct{ ID string } }
+		lvDo(t, s, a.user.Token, `mutation { createMachine(input: {name: "mine"}) { id } }`, nil, &m1)
+		lvDo(t, s, a2.Token, `mutation { createMachine(input: {name: "theirs"}) { id } }`, nil, &m2)
+		var mc lvMachineChange
+		um.value("m", &mc)
+		require.Equal(t, m1.CreateMachine.ID, mc.ID)
+		um2.value("m", &mc)
+		require.Equal(t, m2.CreateMachine.ID, mc.ID, "the other owner never got the first owner's machine")
+	})
+
+	t.Run("AMemberLeavingMidDeliveryLeavesTheOthers", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t)
+		tn := lvNewTenant(t, s)
+		c1, c2 := lvConnect(t, s, tn.user.Token), lvConnect(t, s, tn.user.Token)
+		c1.subscribe("a", fanJobs, nil)
+		c2.subscribe("b", fanJobs, nil)
+		fanStats(t, s, 1, 2)
+		fanLive(t, tn, c2, "b")
+		fanFence(t, tn, map[*lvConn][]string{c1: {"a"}, c2: {"b"}})
+
+		const n = 30
+		ids := make(chan string, n)
+		go func() {
+			defer close(ids)
+			for range n {
+				ids <- tn.enqueue(tn.wf, nil).ID
+			}
+		}()
+		// a leaves once its first job arrived, while the rest are sent.
+		first := <-ids
+		fanRead(t, c1, fanJob(first), "a")
+		ctx, cancel := context.WithTimeout(t.Context(), lvWait)
+		defer cancel()
+		require.NoError(t, wsjson.Write(ctx, c1.ws, map[string]any{"id": "a", "type": "complete"}))
+		fanRead(t, c2, fanJob(first), "b")
+		for id := range ids {
+			fanRead(t, c2, fanJob(id), "b")
+		}
+		fanStats(t, s, 1, 1)
+		require.NoError(t, c2.ws.Close(1000, ""))
+		fanStats(t, s, 0, 0)
+		// A later subscriber starts a new group, which works.
+		c3 := lvConnect(t, s, tn.user.Token)
+		c3.subscribe("c", fanJobs, nil)
+		fanStats(t, s, 1, 1)
+		fanLive(t, tn, c3, "c")
+	})
+}
+
+// fanSSEStream is a server-sent events subscription read line by line.
+type fanSSEStream struct {
+	lines chan string
+}
+
+// fanSSE opens an SSE subscription to query as token's caller.
+func fanSSE(t *testing.T, s *apitest.Server, token, query string) *fanSSEStream {
+	t.Helper()
+	body, err := json.Marshal(map[string]any{"query": query})
+	require.NoError(t, err)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.URL+"/graphql", strings.NewReader(string(body)))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = res.Body.Close() })
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	st := &fanSSEStream{lines: make(chan string, 1024)}
+	go func() {
+		defer close(st.lines)
+		sc := bufio.NewScanner(res.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			st.lines <- sc.Text()
+		}
+	}()
+	return st
+}
+
+// until returns the data of the first `next` event whose data want accepts.
+func (st *fanSSEStream) until(t *testing.T, want func(data string) bool) string {
+	t.Helper()
+	timeout := time.After(lvWait)
+	event := ""
+	for {
+		select {
+		case line, ok := <-st.lines:
+			require.True(t, ok, "the SSE stream ended")
+			switch {
+			case strings.HasPrefix(line, "event: "):
+				event = strings.TrimPrefix(line, "event: ")
+			case strings.HasPrefix(line, "data: ") && event == "next":
+				if data := strings.TrimPrefix(line, "data: "); want(data) {
+					return data
+				}
+			}
+		case <-timeout:
+			require.FailNow(t, "no matching SSE event", "within %v", lvWait)
+		}
+	}
+}
