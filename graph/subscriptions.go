@@ -100,11 +100,6 @@ func (r *subscriptionResolver) machineUpdated(ctx context.Context, id *uuid.UUID
 	if err := db.CheckCaller(ctx, true); err != nil {
 		return nil, err
 	}
-	if id != nil {
-		if _, err := r.MachineStore.Get(ctx, r.DB, *id); err != nil {
-			return nil, err
-		}
-	}
 	p := auth.FromContext(ctx)
 	wanted := func(m uuid.UUID) bool { return id == nil || m == *id }
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
@@ -119,7 +114,9 @@ func (r *subscriptionResolver) machineUpdated(ctx context.Context, id *uuid.UUID
 	})
 	var first *model.MachineChange
 	if id != nil {
-		// Read after subscribing: nothing between the read and the feed is lost.
+		// One read, after subscribing: it checks the caller may see the
+		// machine (NOT_FOUND otherwise, and nothing was sent) and is the
+		// first state, so nothing between the read and the feed is lost.
 		m, err := r.MachineStore.Get(ctx, r.DB, *id)
 		if err != nil {
 			sub.Close()
@@ -156,11 +153,6 @@ func (r *subscriptionResolver) robotUpdated(ctx context.Context, id *uuid.UUID) 
 	if err := db.CheckCaller(ctx, false); err != nil {
 		return nil, err
 	}
-	if id != nil {
-		if _, err := r.RobotStore.Get(ctx, r.DB, *id); err != nil {
-			return nil, err
-		}
-	}
 	p := auth.FromContext(ctx)
 	wanted := func(robot uuid.UUID) bool { return id == nil || robot == *id }
 	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
@@ -176,6 +168,7 @@ func (r *subscriptionResolver) robotUpdated(ctx context.Context, id *uuid.UUID) 
 	})
 	var first *model.RobotChange
 	if id != nil {
+		// One read after subscribing: the check and the first state.
 		robot, err := r.RobotStore.Get(ctx, r.DB, *id)
 		if err != nil {
 			sub.Close()
@@ -212,11 +205,6 @@ func (r *subscriptionResolver) jobUpdated(ctx context.Context, id *uuid.UUID, f 
 	if err := db.CheckCaller(ctx, false); err != nil {
 		return nil, err
 	}
-	if id != nil {
-		if _, err := r.JobStore.Get(ctx, r.DB, *id); err != nil {
-			return nil, err
-		}
-	}
 	if f == nil {
 		f = &model.JobUpdateFilter{}
 	}
@@ -239,6 +227,7 @@ func (r *subscriptionResolver) jobUpdated(ctx context.Context, id *uuid.UUID, f 
 	})
 	var first *model.JobChange
 	if id != nil {
+		// One read after subscribing: the check and the first state.
 		j, err := r.JobStore.Get(ctx, r.DB, *id)
 		if err != nil {
 			sub.Close()

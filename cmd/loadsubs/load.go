@@ -420,6 +420,10 @@ type nextPayload struct {
 
 // read records every message of s until ctx ends or the socket closes.
 func (l *load) read(ctx context.Context, s *subscriber) {
+	if l.o.lean && s.latest == nil {
+		l.count(ctx, s)
+		return
+	}
 	for {
 		var m inMessage
 		if err := wsjson.Read(ctx, s.conn, &m); err != nil {
@@ -469,6 +473,58 @@ func (l *load) read(ctx context.Context, s *subscriber) {
 			s.pending = append(s.pending, received{k, at})
 		}
 	}
+}
+
+// count is read for a subscriber that is not sampled, in -lean mode: it
+// counts its `next` frames, finding the job's id without decoding them.
+func (l *load) count(ctx context.Context, s *subscriber) {
+	for {
+		_, data, err := s.conn.Read(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				msg := "connection closed: " + err.Error()
+				s.ended.CompareAndSwap(nil, &msg)
+			}
+			return
+		}
+		at := time.Now()
+		switch {
+		case bytes.Contains(data, []byte(`"type":"ping"`)):
+			_ = wsjson.Write(ctx, s.conn, map[string]any{"type": "pong"})
+			continue
+		case bytes.Contains(data, []byte(`"type":"pong"`)):
+			continue
+		case !bytes.Contains(data, []byte(`"type":"next"`)):
+			msg := string(data)
+			s.ended.CompareAndSwap(nil, &msg)
+			continue
+		}
+		if !l.driving.Load() {
+			s.warm.Store(true)
+			continue
+		}
+		if _, ok := l.warmup.Load(jobIDOf(data)); ok {
+			continue
+		}
+		s.messages.Add(1)
+		l.total.Add(1)
+		l.last.Store(at.UnixNano())
+	}
+}
+
+// jobIDOf finds the job's id in a jobUpdated frame without decoding it:
+// the first "id" after "jobUpdated" (the change's id, which is the job's).
+func jobIDOf(frame []byte) string {
+	i := bytes.Index(frame, []byte(`"jobUpdated":`))
+	if i < 0 {
+		return ""
+	}
+	rest := frame[i:]
+	j := bytes.Index(rest, []byte(`"id":"`))
+	if j < 0 || len(rest) < j+6+36 {
+		return ""
+	}
+	return string(rest[j+6 : j+6+36])
 }
 
 // work drives jobs of one robot through their lifecycle until ctx ends:

@@ -59,6 +59,7 @@ type options struct {
 	src         string
 	serverPID   int
 	jsonOut     bool
+	lean        bool
 }
 
 func main() {
@@ -90,6 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.src, "src", ".", "with -serve: the module's folder, to build it")
 	fs.IntVar(&o.serverPID, "server-pid", 0, "without -serve: the server's pid, to read its memory from /proc")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the results as JSON")
+	fs.BoolVar(&o.lean, "lean", false, "decode in full only the subscribers sampled for the final-state check (latency is theirs); the others count frames, so the tool's own CPU hides less of the server's")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -70,6 +70,11 @@ func startServer(ctx context.Context, o options, stderr io.Writer) (*server, err
 			env = append(env, kv)
 		}
 	}
+	if os.Getenv("MAX_SUBSCRIPTIONS_PER_PRINCIPAL") == "" {
+		// Every subscriber is the same user: the default per-caller quota
+		// (500) would refuse all but the first few hundred.
+		env = append(env, fmt.Sprintf("MAX_SUBSCRIPTIONS_PER_PRINCIPAL=%d", o.subscribers+100))
+	}
 	s.cmd.Env = env
 	s.cmd.Stdout, s.cmd.Stderr = io.Discard, logFile
 	// The server dies with this tool, whatever happens to it.
