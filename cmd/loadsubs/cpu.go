@@ -16,15 +16,17 @@ type cpuSample struct {
 	Server, Postgres, Client, Machine float64
 }
 
-// sampleCPU reads the CPU times of server (with its descendants counted as
-// PostgreSQL) and of this process.
-func sampleCPU(server int) cpuSample {
+// sampleCPU reads the CPU times of the servers (with their descendants
+// counted as PostgreSQL) and of this process.
+func sampleCPU(servers ...int) cpuSample {
 	var s cpuSample
 	procs := readProcs()
-	s.Server = procs[server].cpu
-	for pid := range procs {
-		if pid != server && descends(procs, pid, server) {
-			s.Postgres += procs[pid].cpu
+	for _, server := range servers {
+		s.Server += procs[server].cpu
+		for pid := range procs {
+			if pid != server && descends(procs, pid, server) {
+				s.Postgres += procs[pid].cpu
+			}
 		}
 	}
 	s.Client = procs[os.Getpid()].cpu

@@ -78,6 +78,7 @@ const jobFields = `id status revision`
 
 // subscriber is one websocket with one jobUpdated subscription.
 type subscriber struct {
+	index int // which subscriber: the server it dials
 	group int
 	conn  *websocket.Conn
 
@@ -118,7 +119,7 @@ type load struct {
 
 func key(id string, rev int) string { return id + ":" + strconv.Itoa(rev) }
 
-func measure(ctx context.Context, o options, pid int, stderr io.Writer) (*results, error) {
+func measure(ctx context.Context, o options, pids []int, stderr io.Writer) (*results, error) {
 	client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: o.jobs*2 + 16}}
 	l := &load{o: o, user: api{base: httpBase(o.url), token: o.token, client: client}, groups: make([]int, o.spread)}
 	res := &results{Subscribers: o.subscribers, Jobs: o.jobs, Rate: o.rate, Spread: o.spread, Duration: o.duration.String()}
@@ -149,7 +150,7 @@ func measure(ctx context.Context, o options, pid int, stderr io.Writer) (*result
 		robots[i].id, robots[i].key = r.CreateRobot.ID, k.CreateApiKey.Key
 	}
 
-	base, err := readMemory(pid)
+	base, err := readMemory(pids...)
 	if err != nil {
 		logf("no server memory figures: %v", err)
 	}
@@ -166,7 +167,7 @@ func measure(ctx context.Context, o options, pid int, stderr io.Writer) (*result
 	var dialErr atomic.Pointer[error]
 	var dialing sync.WaitGroup
 	for i := range l.subs {
-		s := &subscriber{group: i % o.spread}
+		s := &subscriber{index: i, group: i % o.spread}
 		if i%max(1, o.subscribers/checked) == 0 {
 			s.latest = map[string]int{}
 		}
@@ -219,7 +220,7 @@ func measure(ctx context.Context, o options, pid int, stderr io.Writer) (*result
 		}
 		return nil, fmt.Errorf("only %d of %d subscribers received the warm-up job: %w", warm, len(l.subs), err)
 	}
-	idle, _ := readMemory(pid)
+	idle, _ := readMemory(pids...)
 	res.ServerIdle = idle
 	if base.RSS > 0 && idle.RSS > 0 {
 		res.ServerBytesPerSubscriber = float64(idle.RSS-base.RSS) / float64(o.subscribers)
@@ -232,7 +233,7 @@ func measure(ctx context.Context, o options, pid int, stderr io.Writer) (*result
 	driveCtx, stopDriving := context.WithTimeout(ctx, o.duration)
 	defer stopDriving()
 	tokens := pace(driveCtx, o.rate)
-	cpuStart := sampleCPU(pid)
+	cpuStart := sampleCPU(pids...)
 	started := time.Now()
 	var workers sync.WaitGroup
 	for i, r := range robots {
@@ -251,9 +252,9 @@ func measure(ctx context.Context, o options, pid int, stderr io.Writer) (*result
 		quiet := time.Since(time.Unix(0, l.last.Load())) > 3*time.Second
 		return l.total.Load()-startTotal >= expected || quiet
 	})
-	end, _ := readMemory(pid)
+	end, _ := readMemory(pids...)
 	res.ServerEnd = end
-	res.CPU = sampleCPU(pid).minus(cpuStart)
+	res.CPU = sampleCPU(pids...).minus(cpuStart)
 	res.CPUSeconds = time.Since(started).Seconds()
 	res.Cores = runtime.NumCPU()
 	stopReading()
@@ -376,7 +377,11 @@ func (l *load) finalRevisions(ctx context.Context, workflows []string) (map[stri
 func (l *load) dial(ctx context.Context, s *subscriber, workflow string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, l.o.url, &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
+	url := l.o.url
+	if len(l.o.urls) > 0 {
+		url = l.o.urls[s.index%len(l.o.urls)]
+	}
+	conn, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
 	if err != nil {
 		return err
 	}

@@ -60,6 +60,10 @@ type options struct {
 	serverPID   int
 	jsonOut     bool
 	lean        bool
+	servers     int
+	// urls are the servers' websocket URLs (-serve with -servers > 1);
+	// subscriber i dials urls[i % len(urls)]. Mutations go to url.
+	urls []string
 }
 
 func main() {
@@ -86,6 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to drive updates")
 	fs.IntVar(&o.spread, "spread", 1, "split jobs and subscribers across this many workflows; a subscriber filters on one (1: every subscriber sees every job)")
 	fs.IntVar(&o.dialers, "dialers", 64, "websockets dialled at once")
+	fs.IntVar(&o.servers, "servers", 1, "with -serve: server processes over the one database (the others attach to the first's PostgreSQL); subscribers are spread over them, mutations go to the first")
 	fs.BoolVar(&o.serve, "serve", false, "build and start the server as a child process with a private DATA_DIR, and measure its memory")
 	fs.StringVar(&o.serverBin, "server-bin", "", "with -serve: the fleetgraph binary (default: go build the module in -src)")
 	fs.StringVar(&o.src, "src", ".", "with -serve: the module's folder, to build it")
@@ -115,14 +120,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%d subscribers need about %d file descriptors, and the limit is %d: raise it (ulimit -n) or open fewer", o.subscribers, need, fds)
 	}
 
-	pid := o.serverPID
+	if o.servers < 1 || o.servers > 8 || o.servers > 1 && !o.serve {
+		return errors.New("-servers is 1 to 8, and more than 1 needs -serve")
+	}
+	pids := []int{o.serverPID}
 	if o.serve {
-		srv, err := startServer(ctx, o, stderr)
+		srv, err := startServer(ctx, o, stderr, "")
 		if err != nil {
 			return err
 		}
 		defer srv.stop(stderr)
-		o.url, o.secret, pid = srv.wsURL, srv.secret, srv.pid
+		o.url, o.secret, pids = srv.wsURL, srv.secret, []int{srv.pid}
+		o.urls = []string{srv.wsURL}
+		for range o.servers - 1 {
+			more, err := startServer(ctx, o, stderr, srv.dir)
+			if err != nil {
+				return err
+			}
+			defer more.stop(stderr) // before the first, which owns PostgreSQL
+			o.urls, pids = append(o.urls, more.wsURL), append(pids, more.pid)
+		}
 	}
 	if err := requireLoopback(o.url); err != nil {
 		return err
@@ -136,7 +153,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	res, err := measure(ctx, o, pid, stderr)
+	res, err := measure(ctx, o, pids, stderr)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 
 // server is a fleetgraph child process with its own DATA_DIR.
 type server struct {
+	owner   bool // started the data folder (and its PostgreSQL); removes it at stop
 	cmd     *exec.Cmd
 	pid     int
 	dir     string
@@ -30,17 +31,25 @@ type server struct {
 
 // startServer builds (unless -server-bin) and starts `fleetgraph serve` on
 // a free loopback port with a private DATA_DIR, and waits until it is ready.
-func startServer(ctx context.Context, o options, stderr io.Writer) (*server, error) {
-	dir, err := os.MkdirTemp("", "loadsubs")
-	if err != nil {
-		return nil, err
-	}
-	// As root, the private PostgreSQL runs as postgres and must reach DATA_DIR/postgres.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, err
+// With shared set (the first server's folder), it starts another replica
+// over the same data folder instead: it attaches to the first server's
+// PostgreSQL and shares its JWT secret, and its stop leaves the folder.
+func startServer(ctx context.Context, o options, stderr io.Writer, shared string) (*server, error) {
+	dir := shared
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "loadsubs"); err != nil {
+			return nil, err
+		}
+		// As root, the private PostgreSQL runs as postgres and must reach DATA_DIR/postgres.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	bin := o.serverBin
-	if bin == "" {
+	if bin == "" && shared != "" {
+		bin = filepath.Join(dir, "fleetgraph")
+	} else if bin == "" {
 		bin = filepath.Join(dir, "fleetgraph")
 		fmt.Fprintln(stderr, "loadsubs: building the server")
 		build := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
@@ -57,7 +66,7 @@ func startServer(ctx context.Context, o options, stderr io.Writer) (*server, err
 	addr := ln.Addr().String()
 	_ = ln.Close()
 
-	s := &server{dir: dir, wsURL: "ws://" + addr + "/graphql", exited: make(chan struct{}), logPath: filepath.Join(dir, "server.log")}
+	s := &server{dir: dir, owner: shared == "", wsURL: "ws://" + addr + "/graphql", exited: make(chan struct{}), logPath: filepath.Join(dir, "server-"+strings.ReplaceAll(addr, ":", "-")+".log")}
 	logFile, err := os.Create(s.logPath)
 	if err != nil {
 		return nil, err
@@ -74,6 +83,9 @@ func startServer(ctx context.Context, o options, stderr io.Writer) (*server, err
 		// Every subscriber is the same user: the default per-caller quota
 		// (500) would refuse all but the first few hundred.
 		env = append(env, fmt.Sprintf("MAX_SUBSCRIPTIONS_PER_PRINCIPAL=%d", o.subscribers+100))
+	}
+	if shared != "" {
+		env = append(env, "METRICS_ADDR=off") // the first server has the default address
 	}
 	s.cmd.Env = env
 	s.cmd.Stdout, s.cmd.Stderr = io.Discard, logFile
@@ -122,7 +134,8 @@ func startServer(ctx context.Context, o options, stderr io.Writer) (*server, err
 	return s, nil
 }
 
-// stop interrupts the server (it stops its PostgreSQL) and removes DATA_DIR.
+// stop interrupts the server (the first stops its PostgreSQL) and, for the
+// first, removes DATA_DIR.
 func (s *server) stop(stderr io.Writer) {
 	_ = s.cmd.Process.Signal(os.Interrupt)
 	select {
@@ -135,7 +148,9 @@ func (s *server) stop(stderr io.Writer) {
 	if log, err := os.ReadFile(s.logPath); err == nil && len(log) > 0 {
 		fmt.Fprintf(stderr, "loadsubs: server log (warnings and errors):\n%s", tail(string(log), 20))
 	}
-	_ = os.RemoveAll(s.dir)
+	if s.owner {
+		_ = os.RemoveAll(s.dir)
+	}
 }
 
 func tail(s string, n int) string {
@@ -152,7 +167,20 @@ type memory struct {
 	Peak int64 `json:"peakBytes"` // VmHWM
 }
 
-func readMemory(pid int) (memory, error) {
+// readMemory sums the memory of processes pids.
+func readMemory(pids ...int) (memory, error) {
+	var sum memory
+	for _, pid := range pids {
+		m, err := readMemoryOf(pid)
+		if err != nil {
+			return sum, err
+		}
+		sum.RSS, sum.Peak = sum.RSS+m.RSS, sum.Peak+m.Peak
+	}
+	return sum, nil
+}
+
+func readMemoryOf(pid int) (memory, error) {
 	var m memory
 	if pid <= 0 {
 		return m, errors.New("no server pid")
