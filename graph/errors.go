@@ -90,6 +90,11 @@ func presentError(log *slog.Logger, hideSchema bool) graphql.ErrorPresenterFunc 
 			for k, v := range fe.Extra {
 				gqlErr.Extensions[k] = v
 			}
+			if fe.Code == fault.Internal {
+				// A server fault worded for the client (an outage, a lost
+				// stream): it still carries the request id to quote.
+				gqlErr.Extensions["requestId"] = RequestID(ctx)
+			}
 			return gqlErr
 		}
 		code, _ := gqlErr.Extensions["code"].(string)

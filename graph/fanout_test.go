@@ -163,7 +163,7 @@ func TestSharedSubscriptions(t *testing.T) {
 
 		// A job of tenant A that robot r does not hold: A's people get it,
 		// in one group, then its cancellation, which the QUEUED filter's
-		// group does not get.
+		// group (other variables) does not get.
 		j := a.enqueue(a.wf, nil)
 		a.cancel(j.ID)
 		fence := a.enqueue(a.wf, nil)
@@ -179,8 +179,10 @@ func TestSharedSubscriptions(t *testing.T) {
 				jobs = append(jobs, string(m.Payload))
 			}
 		}
-		require.Len(t, queued, 1, "the QUEUED filter's group got the creation only")
-		require.Contains(t, queued[0], "QUEUED")
+		// (Its one message may already show the job CANCELLED: the hub
+		// reads the row when it delivers, and may take both changes in one
+		// batch.)
+		require.Len(t, queued, 1, "the QUEUED filter's group got the creation only, not the cancellation")
 		require.NotEmpty(t, jobs)
 		require.Contains(t, jobs[len(jobs)-1], "CANCELLED")
 		fanCollect(t, ua2, func(m lvMsg) bool { return m.field("id") == fence.ID })

@@ -176,7 +176,8 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		srv.Use(extension.Introspection{})
 	}
 	srv.SetDisableSuggestion(!cfg.Introspection)
-	srv.SetErrorPresenter(presentError(cfg.Logger, !cfg.Introspection))
+	presenter := presentError(cfg.Logger, !cfg.Introspection)
+	srv.SetErrorPresenter(presenter)
 	srv.SetRecoverFunc(recoverPanic(cfg.Logger))
 
 	r := cfg.Resolver
@@ -188,6 +189,9 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	})
 
 	var h http.Handler = codedRefusals(cfg.Logger, srv)
+	// The streaming transports' own errors (refusals, a stream's end) leave
+	// through the same presenter as every other error.
+	h = withLivePresenter(presenter, h)
 	h = socks.track(h)
 	h = noteCaller(h)
 	h = cfg.Auth.Middleware(h)
@@ -196,4 +200,12 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = cors(cfg.AllowedOrigins, h)
 	h = observe(cfg.Metrics, cfg.Logger, h)
 	return &Handler{Handler: withRequestID(h), sockets: socks, streams: streams, dispatcher: cfg.Resolver.Dispatcher, Fanout: fanout}
+}
+
+// withLivePresenter puts the error presenter in each request's context for
+// the streaming transports (live.WithPresenter).
+func withLivePresenter(fn graphql.ErrorPresenterFunc, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r.WithContext(live.WithPresenter(r.Context(), fn)))
+	})
 }

@@ -161,6 +161,7 @@ func TestRobotWebsocketsOutliveADatabaseOutage(t *testing.T) {
 	require.NoError(t, json.Unmarshal(m.Payload, &errs))
 	require.Len(t, errs, 1)
 	require.Equal(t, "INTERNAL", errs[0].Extensions["code"])
+	require.NotEmpty(t, errs[0].Extensions["requestId"], "a live INTERNAL error carries the request id, as over HTTP")
 	requireNoInternals(t, string(m.Payload), s.DB.Name)
 
 	// The periodic re-check fails again and again without closing the socket.
@@ -178,6 +179,10 @@ func TestRobotWebsocketsOutliveADatabaseOutage(t *testing.T) {
 		if protocol == "graphql-ws" {
 			m := c.next()
 			require.Equal(t, "connection_error", m.Type, "%s", m.Payload)
+			var e struct{ Extensions map[string]any }
+			require.NoError(t, json.Unmarshal(m.Payload, &e))
+			require.Equal(t, "INTERNAL", e.Extensions["code"])
+			require.NotEmpty(t, e.Extensions["requestId"], "%s", m.Payload)
 			requireNoInternals(t, string(m.Payload), s.DB.Name)
 		}
 		ce := c.closeError()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,9 +45,48 @@ type Fanout struct {
 	// Metrics counts shared renders (nil: off).
 	Metrics *metrics.Metrics
 
+	// Writers bounds the members writing at once (0: two per CPU).
+	Writers int
+
 	mu      sync.Mutex
 	groups  map[groupKey]*group
 	renders atomic.Int64
+
+	slotsOnce sync.Once
+	slots     chan struct{}
+}
+
+// slowWrite is how long a member may hold a writing slot: a write that
+// takes longer is parked on a client that does not read, and gives its
+// slot back so that it delays no one (it still ends at the transport's
+// write timeout).
+const slowWrite = 50 * time.Millisecond
+
+// writeSlot waits for one of the Writers slots and returns its release.
+// Bounding the members that write at once keeps a render for thousands of
+// members from making thousands of goroutines runnable together, ahead of
+// the requests the same process serves: delivery takes its turn, the API
+// keeps its latency. A slot held past slowWrite is released early.
+func (f *Fanout) writeSlot(ctx context.Context) (release func()) {
+	f.slotsOnce.Do(func() {
+		n := f.Writers
+		if n <= 0 {
+			n = 2 * runtime.GOMAXPROCS(0)
+		}
+		f.slots = make(chan struct{}, n)
+	})
+	select {
+	case f.slots <- struct{}{}:
+	case <-ctx.Done():
+		return func() {}
+	}
+	var once sync.Once
+	free := func() { once.Do(func() { <-f.slots }) }
+	t := time.AfterFunc(slowWrite, free)
+	return func() {
+		t.Stop()
+		free()
+	}
 }
 
 // FanoutStats is what a Fanout holds and has done.
@@ -202,7 +242,13 @@ func (f *Fanout) run(ctx context.Context, exec graphql.GraphExecutor, rc *graphq
 		expired = t.C
 	}
 	send := func() bool {
-		for _, payload := range m.take() {
+		payloads := m.take()
+		if len(payloads) == 0 {
+			return true
+		}
+		release := f.writeSlot(ctx)
+		defer release()
+		for _, payload := range payloads {
 			if next(payload) != nil {
 				return false
 			}
@@ -215,7 +261,7 @@ func (f *Fanout) run(ctx context.Context, exec graphql.GraphExecutor, rc *graphq
 			return outcome{stopped: true}
 		case <-expired:
 			metrics.SentError(ctx, string(fault.Unauthenticated))
-			return outcome{errs: gqlerror.List{present(errExpiredMember)}}
+			return outcome{errs: gqlerror.List{present(ctx, errExpiredMember)}}
 		case <-m.ready:
 			if !send() {
 				return outcome{stopped: true}
@@ -226,7 +272,7 @@ func (f *Fanout) run(ctx context.Context, exec graphql.GraphExecutor, rc *graphq
 			m.mu.Unlock()
 			if slow {
 				metrics.SentError(ctx, string(fault.RateLimited))
-				return outcome{errs: gqlerror.List{present(errSlowMember)}}
+				return outcome{errs: gqlerror.List{present(ctx, errSlowMember)}}
 			}
 			// The execution ended: what it rendered before goes out first.
 			if !send() {

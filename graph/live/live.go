@@ -53,13 +53,28 @@ func End(ctx context.Context, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.err == nil {
-		e.err = present(err)
+		e.err = present(ctx, err)
 		metrics.SentError(ctx, string(fault.CodeOf(err)))
 	}
 }
 
-// present turns an error into a GraphQL error with our extensions.
-func present(err error) *gqlerror.Error {
+type presenterKey struct{}
+
+// WithPresenter makes every error the streaming transports send for
+// requests under ctx leave through fn: the handler's one error presenter,
+// so that a live error carries what the same error over HTTP carries (its
+// code and extensions; for INTERNAL, the request id, with the real error
+// logged under it), on every transport.
+func WithPresenter(ctx context.Context, fn graphql.ErrorPresenterFunc) context.Context {
+	return context.WithValue(ctx, presenterKey{}, fn)
+}
+
+// present turns an error into a GraphQL error through the presenter of
+// ctx (WithPresenter), or, without one, with our extensions alone.
+func present(ctx context.Context, err error) *gqlerror.Error {
+	if fn, ok := ctx.Value(presenterKey{}).(graphql.ErrorPresenterFunc); ok && fn != nil {
+		return fn(ctx, err)
+	}
 	var fe *fault.Error
 	if !errors.As(err, &fe) {
 		fe = &fault.Error{Code: fault.Internal, Message: "the operation failed"}
@@ -142,7 +157,7 @@ func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.Op
 			metrics.SentError(ctx, string(fault.Internal))
 			var gqlErr *gqlerror.Error
 			if !errors.As(err, &gqlErr) {
-				gqlErr = present(err)
+				gqlErr = present(ctx, err)
 			}
 			out = outcome{errs: gqlerror.List{gqlErr}}
 		}

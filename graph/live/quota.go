@@ -107,8 +107,8 @@ func limitError(limit string, max int, format string, args ...any) *fault.Error 
 
 // writeRefusal answers a request refused before its stream began with a
 // GraphQL-shaped error body.
-func writeRefusal(w http.ResponseWriter, status int, err error) {
+func writeRefusal(ctx context.Context, w http.ResponseWriter, status int, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []any{present(err)}})
+	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []any{present(ctx, err)}})
 }

@@ -140,13 +140,13 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	params := &graphql.RawParams{Headers: r.Header}
 	if err := ReadParams(r, params); err != nil {
 		metrics.SentError(r.Context(), string(fault.BadUserInput))
-		writeRefusal(w, http.StatusBadRequest, fault.New(fault.BadUserInput, "%s", err.Error()))
+		writeRefusal(r.Context(), w, http.StatusBadRequest, fault.New(fault.BadUserInput, "%s", err.Error()))
 		return
 	}
 	release, err := t.quota.Hold(r.Context())
 	if err != nil {
 		metrics.SentError(r.Context(), string(fault.CodeOf(err)))
-		writeRefusal(w, http.StatusTooManyRequests, err)
+		writeRefusal(r.Context(), w, http.StatusTooManyRequests, err)
 		return
 	}
 	defer release()
@@ -154,7 +154,7 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	if !ok {
 		w.Header().Set("Retry-After", "1")
 		metrics.SentError(r.Context(), string(fault.RateLimited))
-		writeRefusal(w, http.StatusServiceUnavailable, fault.New(fault.RateLimited, "the server is shutting down; retry against another replica or in a moment"))
+		writeRefusal(r.Context(), w, http.StatusServiceUnavailable, fault.New(fault.RateLimited, "the server is shutting down; retry against another replica or in a moment"))
 		return
 	}
 	defer leave()

@@ -381,7 +381,7 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 			err, code, reason = errCannotVerify, CloseTryAgainLater, "Try again later: "+errCannotVerify.Message
 		}
 		if c.d.legacy {
-			_ = c.write(ctx, wsMessage{Type: "connection_error", Payload: mustJSON(present(err))})
+			_ = c.write(ctx, wsMessage{Type: "connection_error", Payload: mustJSON(present(ctx, err))})
 		}
 		return code, closeReason(reason), time.Time{}
 	}
@@ -504,7 +504,7 @@ func (c *wsConn) admit(ctx context.Context, op *wsOp) error {
 // running it; the socket stays open and the id may be used again.
 func (c *wsConn) refuse(ctx context.Context, id string, err error) {
 	metrics.SentError(ctx, string(fault.CodeOf(err)))
-	_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(err)}))
+	_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(ctx, err)}))
 }
 
 // run executes one prepared operation and reports its results under id.
@@ -513,13 +513,14 @@ func (c *wsConn) run(ctx context.Context, id string, op *wsOp, rc *graphql.Opera
 	defer op.release()
 	// Each result is framed around its payload as it was encoded (once,
 	// and shared by a group's members), not encoded again.
+	// The message buffer is reused: a write copies it out before returning.
 	prefix := envelopePrefix(id, c.d.next)
+	var msg []byte
 	out := runShared(ctx, c.exec, c.t.Fanout, rc, func(payload []byte) error {
 		if c.isDone(op) {
 			return context.Canceled
 		}
-		msg := make([]byte, 0, len(prefix)+len(payload)+1)
-		msg = append(append(append(msg, prefix...), payload...), '}')
+		msg = append(append(append(msg[:0], prefix...), payload...), '}')
 		return c.writeBytes(ctx, msg)
 	})
 	c.mu.Lock()
@@ -572,7 +573,7 @@ func (c *wsConn) endAll(ctx context.Context, err error) {
 	c.mu.Unlock()
 	for id := range ops {
 		metrics.SentError(ctx, string(fault.CodeOf(err)))
-		_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(err)}))
+		_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(ctx, err)}))
 	}
 }
 
