@@ -140,12 +140,17 @@ func (s *Jobs) stateConflict(ctx context.Context, idb bun.IDB, sc scope, id uuid
 }
 
 // claimSQL picks the best jobs the robot may take and leases them, in one
-// statement: at most ?5 of them, and never more than the robot's free slots
-// (its maxConcurrentJobs less the jobs it holds), counted in this statement
-// so that it sees every claim committed before the robot's row was locked.
-// SKIP LOCKED lets concurrent claims pass each other instead of queueing on
-// the same rows. Each job gets its own lease token. Parameters: robot id
-// (×5), tenant, robot capabilities, max slots, lease seconds, limit.
+// statement, each under a lease token of its own. SKIP LOCKED lets
+// concurrent claims pass each other instead of queueing on the same rows.
+// The count of the robot's jobs runs in this statement, after the robot's
+// row was locked, so it sees every claim of the robot committed before.
+// Parameters: robot id (×5), tenant, robot capabilities, max slots, lease
+// seconds, how many jobs at most.
+//
+// That last is a constant (see claimLocked), not an expression of the
+// robot's free slots: PostgreSQL costs a LIMIT it cannot evaluate as a
+// tenth of the rows, which on a queue of 100,000 jobs crossed
+// jit_above_cost and spent some 25 ms compiling each claim.
 const claimSQL = `
 WITH candidate AS (
 	SELECT j.id FROM jobs j
@@ -155,8 +160,9 @@ WITH candidate AS (
 	  AND (j.target_robot_id = ?0
 	       OR NOT EXISTS (SELECT 1 FROM workflow_assignments a WHERE a.workflow_id = j.workflow_id)
 	       OR EXISTS (SELECT 1 FROM workflow_assignments a WHERE a.workflow_id = j.workflow_id AND a.robot_id = ?0))
+	  AND (SELECT count(*) FROM jobs l WHERE l.robot_id = ?0 AND l.status IN ('CLAIMED', 'RUNNING')) < ?3
 	ORDER BY j.priority DESC, j.created_at, j.id
-	LIMIT least(?5, greatest(?3 - (SELECT count(*) FROM jobs l WHERE l.robot_id = ?0 AND l.status IN ('CLAIMED', 'RUNNING')), 0))
+	LIMIT ?5
 	FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs j SET status = 'CLAIMED', robot_id = ?0, lease_token = gen_random_uuid(),
@@ -182,7 +188,7 @@ func (s *Jobs) Claim(ctx context.Context, idb bun.IDB) (*JobLease, error) {
 // ClaimMany leases up to limit (1 to MaxClaimBatch) of the best jobs the
 // calling robot may take, within its free slots, best first; none when
 // there is none. The robot's row is locked first so that its own concurrent
-// claims see each other's slots; the claim itself is one statement.
+// claims see each other's slots; the leasing itself is one statement.
 func (s *Jobs) ClaimMany(ctx context.Context, idb bun.IDB, limit int) ([]*JobLease, error) {
 	if err := CheckClaimLimit(limit); err != nil {
 		return nil, err
@@ -228,10 +234,24 @@ func lockClaimingRobot(ctx context.Context, tx bun.Tx, sc scope) (*Robot, error)
 }
 
 // claimLocked leases up to limit jobs to robot r, whose row tx has locked
-// (lockClaimingRobot), best first. A robot in MAINTENANCE gets none.
+// (lockClaimingRobot), best first, within its free slots. A robot in
+// MAINTENANCE gets none. A single claim is one statement; a batch counts
+// the robot's jobs first, so that the claim's LIMIT is a constant.
 func (s *Jobs) claimLocked(ctx context.Context, tx bun.Tx, r *Robot, limit int) ([]*Job, error) {
 	if r.Status == RobotMaintenance {
 		return nil, nil
+	}
+	if limit > 1 {
+		// A batch takes at most the free slots, counted now that the
+		// robot's row is locked: its other claims wait for the lock, so
+		// the count can only fall before the claim runs.
+		var held int
+		if err := tx.NewRaw("SELECT count(*) FROM jobs WHERE robot_id = ? AND status IN (?)", r.ID, bun.List(liveJobStatuses)).Scan(ctx, &held); err != nil {
+			return nil, fmt.Errorf("counting the robot's jobs: %w", err)
+		}
+		if limit = min(limit, r.MaxConcurrentJobs-held); limit <= 0 {
+			return nil, nil
+		}
 	}
 	jobs, err := transition(ctx, tx, tx.NewRaw(claimSQL, r.ID, r.TenantID, pgdialect.Array(r.Capabilities), r.MaxConcurrentJobs, seconds(s.cfg.Lease), limit))
 	if err != nil {
