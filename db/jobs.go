@@ -75,6 +75,11 @@ type Job struct {
 	// the tick it is for (see Schedules): one job per (schedule, tick).
 	ScheduleID   *uuid.UUID `bun:"schedule_id,type:uuid"`
 	ScheduledFor *time.Time `bun:"scheduled_for"`
+
+	// NextLease is the robot's next job, leased in the transaction that
+	// completed or failed this one when the robot asked for it (claimNext):
+	// the answer carries it, no table does.
+	NextLease *JobLease `bun:"-"`
 }
 
 // Cursor is the job's position in `jobs`, newest first.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -138,10 +139,18 @@ func (s *Jobs) stateConflict(ctx context.Context, idb bun.IDB, sc scope, id uuid
 		Extra: map[string]any{"reason": ReasonIllegalTransition, "currentStatus": string(j.Status)}}
 }
 
-// claimSQL picks the best job the robot may take and leases it, in one
-// statement. SKIP LOCKED lets concurrent claims pass each other instead of
-// queueing on the same row. Parameters: robot id (×5), tenant, robot
-// capabilities, max slots, lease seconds.
+// claimSQL picks the best jobs the robot may take and leases them, in one
+// statement, each under a lease token of its own. SKIP LOCKED lets
+// concurrent claims pass each other instead of queueing on the same rows.
+// The count of the robot's jobs runs in this statement, after the robot's
+// row was locked, so it sees every claim of the robot committed before.
+// Parameters: robot id (×5), tenant, robot capabilities, max slots, lease
+// seconds, how many jobs at most.
+//
+// That last is a constant (see claimLocked), not an expression of the
+// robot's free slots: PostgreSQL costs a LIMIT it cannot evaluate as a
+// tenth of the rows, which on a queue of 100,000 jobs crossed
+// jit_above_cost and spent some 25 ms compiling each claim.
 const claimSQL = `
 WITH candidate AS (
 	SELECT j.id FROM jobs j
@@ -153,7 +162,7 @@ WITH candidate AS (
 	       OR EXISTS (SELECT 1 FROM workflow_assignments a WHERE a.workflow_id = j.workflow_id AND a.robot_id = ?0))
 	  AND (SELECT count(*) FROM jobs l WHERE l.robot_id = ?0 AND l.status IN ('CLAIMED', 'RUNNING')) < ?3
 	ORDER BY j.priority DESC, j.created_at, j.id
-	LIMIT 1
+	LIMIT ?5
 	FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs j SET status = 'CLAIMED', robot_id = ?0, lease_token = gen_random_uuid(),
@@ -162,33 +171,112 @@ UPDATE jobs j SET status = 'CLAIMED', robot_id = ?0, lease_token = gen_random_uu
 FROM candidate WHERE j.id = candidate.id
 RETURNING j.*`
 
+// MaxClaimBatch is the most jobs one claimJobs may lease: as many as a
+// robot may hold (maxConcurrentJobs is at most 100).
+const MaxClaimBatch = 100
+
 // Claim leases the best job the calling robot may take, or returns nil when
-// there is none. The robot's row is locked first so that its own concurrent
-// claims see each other's slots; the claim itself is one statement.
+// there is none.
 func (s *Jobs) Claim(ctx context.Context, idb bun.IDB) (*JobLease, error) {
+	leases, err := s.ClaimMany(ctx, idb, 1)
+	if err != nil || len(leases) == 0 {
+		return nil, err
+	}
+	return leases[0], nil
+}
+
+// ClaimMany leases up to limit (1 to MaxClaimBatch) of the best jobs the
+// calling robot may take, within its free slots, best first; none when
+// there is none. The robot's row is locked first so that its own concurrent
+// claims see each other's slots; the leasing itself is one statement.
+func (s *Jobs) ClaimMany(ctx context.Context, idb bun.IDB, limit int) ([]*JobLease, error) {
+	if err := CheckClaimLimit(limit); err != nil {
+		return nil, err
+	}
 	sc, err := robotScope(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var j *Job
+	var jobs []*Job
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		r := new(Robot)
-		if err := robotsVisible(sc, tx.NewSelect().Model(r).Where("r.id = ?", sc.robot), "r").For("UPDATE").Scan(ctx); err != nil {
-			return notFoundIfNoRows(err, "robot")
+		r, err := lockClaimingRobot(ctx, tx, sc)
+		if err != nil {
+			return err
 		}
-		if r.Status == RobotMaintenance {
-			return nil
-		}
-		j, err = transitionOne(ctx, tx, tx.NewRaw(claimSQL, r.ID, r.TenantID, pgdialect.Array(r.Capabilities), r.MaxConcurrentJobs, seconds(s.cfg.Lease)))
+		jobs, err = s.claimLocked(ctx, tx, r, limit)
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("claiming a job: %w", err)
+		return nil, fmt.Errorf("claiming jobs: %w", err)
 	}
-	if j == nil {
+	return leasesOf(jobs), nil
+}
+
+// CheckClaimLimit refuses a claimJobs limit outside 1 to MaxClaimBatch.
+func CheckClaimLimit(limit int) error {
+	if limit < 1 || limit > MaxClaimBatch {
+		return fault.Invalid("limit", "limit must be between 1 and %d (got %d); a robot gets at most its free slots", MaxClaimBatch, limit)
+	}
+	return nil
+}
+
+// lockClaimingRobot locks the calling robot's row for a claim in tx. Every
+// claim of a robot takes this lock before it counts the robot's jobs, and
+// every path that locks both takes the robot's row before its jobs'
+// (heartbeats, claims, a completion that claims the next job), so they
+// cannot deadlock.
+func lockClaimingRobot(ctx context.Context, tx bun.Tx, sc scope) (*Robot, error) {
+	r := new(Robot)
+	if err := robotsVisible(sc, tx.NewSelect().Model(r).Where("r.id = ?", sc.robot), "r").For("UPDATE").Scan(ctx); err != nil {
+		return nil, notFoundIfNoRows(err, "robot")
+	}
+	return r, nil
+}
+
+// claimLocked leases up to limit jobs to robot r, whose row tx has locked
+// (lockClaimingRobot), best first, within its free slots. A robot in
+// MAINTENANCE gets none. A single claim is one statement; a batch counts
+// the robot's jobs first, so that the claim's LIMIT is a constant.
+func (s *Jobs) claimLocked(ctx context.Context, tx bun.Tx, r *Robot, limit int) ([]*Job, error) {
+	if r.Status == RobotMaintenance {
 		return nil, nil
 	}
-	return &JobLease{Job: j, LeaseToken: *j.LeaseToken, LeaseExpiresAt: *j.LeaseExpiresAt}, nil
+	if limit > 1 {
+		// A batch takes at most the free slots, counted now that the
+		// robot's row is locked: its other claims wait for the lock, so
+		// the count can only fall before the claim runs.
+		var held int
+		if err := tx.NewRaw("SELECT count(*) FROM jobs WHERE robot_id = ? AND status IN (?)", r.ID, bun.List(liveJobStatuses)).Scan(ctx, &held); err != nil {
+			return nil, fmt.Errorf("counting the robot's jobs: %w", err)
+		}
+		if limit = min(limit, r.MaxConcurrentJobs-held); limit <= 0 {
+			return nil, nil
+		}
+	}
+	jobs, err := transition(ctx, tx, tx.NewRaw(claimSQL, r.ID, r.TenantID, pgdialect.Array(r.Capabilities), r.MaxConcurrentJobs, seconds(s.cfg.Lease), limit))
+	if err != nil {
+		return nil, err
+	}
+	// UPDATE ... RETURNING keeps no order: put the best job first again.
+	slices.SortFunc(jobs, func(a, b *Job) int {
+		if a.Priority != b.Priority {
+			return b.Priority - a.Priority
+		}
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID.String(), b.ID.String())
+	})
+	return jobs, nil
+}
+
+// leasesOf is the lease of each claimed job, never nil.
+func leasesOf(jobs []*Job) []*JobLease {
+	leases := make([]*JobLease, 0, len(jobs))
+	for _, j := range jobs {
+		leases = append(leases, &JobLease{Job: j, LeaseToken: *j.LeaseToken, LeaseExpiresAt: *j.LeaseExpiresAt})
+	}
+	return leases
 }
 
 // fenced runs a robot's transition of one of its jobs in tx: an UPDATE that
@@ -211,15 +299,94 @@ func (s *Jobs) fenced(ctx context.Context, tx bun.Tx, jobID, token uuid.UUID, fr
 	return j, nil
 }
 
-// fencedTx is fenced in a transaction of its own.
-func (s *Jobs) fencedTx(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, from []JobStatus, action string, set func(*bun.UpdateQuery) *bun.UpdateQuery) (*Job, error) {
+// fencedTx is fenced in a transaction of its own. With claimNext it also
+// leases the robot's next job in that transaction, once the change is made,
+// and attaches it to the returned job as NextLease (nil when none is
+// available: the change commits all the same). The robot's row is locked
+// before the job's, in the order every claim and heartbeat takes them.
+func (s *Jobs) fencedTx(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, from []JobStatus, action string, claimNext bool, set func(*bun.UpdateQuery) *bun.UpdateQuery) (*Job, error) {
+	return s.fencedThen(ctx, idb, jobID, token, from, action, claimNext, set, nil)
+}
+
+// fencedThen is fencedTx with then, when not nil, run in the transaction
+// right after the change (before the next job is claimed).
+func (s *Jobs) fencedThen(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, from []JobStatus, action string, claimNext bool,
+	set func(*bun.UpdateQuery) *bun.UpdateQuery, then func(ctx context.Context, tx bun.Tx, j *Job) error) (*Job, error) {
+	sc, err := robotScope(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var j *Job
-	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		var err error
-		j, err = s.fenced(ctx, tx, jobID, token, from, action, set)
-		return err
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var r *Robot
+		if claimNext {
+			if r, err = lockClaimingRobot(ctx, tx, sc); err != nil {
+				return err
+			}
+		}
+		if j, err = s.fenced(ctx, tx, jobID, token, from, action, set); err != nil {
+			return err
+		}
+		if then != nil {
+			if err := then(ctx, tx, j); err != nil {
+				return err
+			}
+		}
+		if !claimNext {
+			return nil
+		}
+		next, err := s.claimLocked(ctx, tx, r, 1)
+		if err != nil {
+			return fmt.Errorf("claiming the next job: %w", err)
+		}
+		if leases := leasesOf(next); len(leases) > 0 {
+			j.NextLease = leases[0]
+		}
+		return nil
 	})
-	return j, err
+	if err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// JobCallOptions are what a robot may ask of a progress report, completion
+// or failure besides the change itself.
+type JobCallOptions struct {
+	// StartIfClaimed lets a progress report or completion apply to a
+	// CLAIMED job, which its statement starts (startJob may be skipped).
+	StartIfClaimed bool
+	// ClaimNext leases the robot's next job in the completion's or
+	// failure's transaction, as Job.NextLease (see fencedTx).
+	ClaimNext bool
+}
+
+// optionsOf is the options of a call that takes at most one set.
+func optionsOf(opts []JobCallOptions) JobCallOptions {
+	if len(opts) == 0 {
+		return JobCallOptions{}
+	}
+	return opts[0]
+}
+
+// runningOrClaimed is what a robot's call that applies to a RUNNING job
+// accepts: a CLAIMED job too when the robot asks to start it with the call
+// (startIfClaimed), so that it may skip startJob. The call's own statement
+// then starts the job (see startedIfClaimed).
+func runningOrClaimed(startIfClaimed bool) []JobStatus {
+	if startIfClaimed {
+		return liveJobStatuses
+	}
+	return []JobStatus{JobRunning}
+}
+
+// startedIfClaimed stamps started_at, as startJob would, on a job that a
+// call accepted while CLAIMED (runningOrClaimed); the call sets the status.
+func startedIfClaimed(startIfClaimed bool, q *bun.UpdateQuery) *bun.UpdateQuery {
+	if !startIfClaimed {
+		return q
+	}
+	return q.Set("started_at = coalesce(j.started_at, now())")
 }
 
 // explainFence says why a fenced call changed nothing: the job is not the
@@ -264,7 +431,7 @@ func (s *Jobs) explainFence(ctx context.Context, idb bun.IDB, sc scope, jobID, t
 // claim's lease (heartbeats do not extend a CLAIMED job's lease). It counts
 // as progress and renews the lease.
 func (s *Jobs) Start(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID) (*Job, error) {
-	return s.fencedTx(ctx, idb, jobID, token, []JobStatus{JobClaimed}, "start", func(q *bun.UpdateQuery) *bun.UpdateQuery {
+	return s.fencedTx(ctx, idb, jobID, token, []JobStatus{JobClaimed}, "start", false, func(q *bun.UpdateQuery) *bun.UpdateQuery {
 		return q.Set("status = ?", JobRunning).Set("started_at = now()").Set("progress_at = now()").
 			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
 	})
@@ -272,8 +439,10 @@ func (s *Jobs) Start(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID) (
 
 // Progress records a running job's progress and extends its lease; a message
 // goes to the job's log. A report (even of unchanged progress) is what lets
-// heartbeats keep extending the lease for another ProgressTimeout.
-func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, progress int, currentNode, message *string) (*Job, error) {
+// heartbeats keep extending the lease for another ProgressTimeout. With
+// startIfClaimed, a CLAIMED job is started by the same statement.
+func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, progress int, currentNode, message *string, opts ...JobCallOptions) (*Job, error) {
+	startIfClaimed := optionsOf(opts).StartIfClaimed
 	if progress < 0 || progress > 100 {
 		return nil, fault.Invalid("progress", "progress must be between 0 and 100")
 	}
@@ -287,33 +456,36 @@ func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID
 			return nil, err
 		}
 	}
-	var j *Job
-	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		var err error
-		j, err = s.fenced(ctx, tx, jobID, token, []JobStatus{JobRunning}, "report progress on", func(q *bun.UpdateQuery) *bun.UpdateQuery {
-			q = q.Set("progress = ?", progress).Set("progress_at = now()").
-				Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
-			if currentNode != nil {
-				q = q.Set("current_node = ?", *currentNode)
-			}
-			return q
-		})
-		if err != nil || message == nil {
-			return err
+	return s.fencedThen(ctx, idb, jobID, token, runningOrClaimed(startIfClaimed), "report progress on", false, func(q *bun.UpdateQuery) *bun.UpdateQuery {
+		if startIfClaimed {
+			q = startedIfClaimed(true, q).Set("status = ?", JobRunning)
+		}
+		q = q.Set("progress = ?", progress).Set("progress_at = now()").
+			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
+		if currentNode != nil {
+			q = q.Set("current_node = ?", *currentNode)
+		}
+		return q
+	}, func(ctx context.Context, tx bun.Tx, j *Job) error {
+		if message == nil {
+			return nil
 		}
 		return insertLines(ctx, tx, j.TenantID, *j.RobotID, []logLine{{job: &j.ID, level: LogInfo, message: *message, fields: map[string]any{"progress": progress}, at: time.Now()}})
 	})
-	return j, err
 }
 
-// Complete finishes a running job with its result.
-func (s *Jobs) Complete(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, result map[string]any) (*Job, error) {
+// Complete finishes a running job with its result. With startIfClaimed a
+// CLAIMED job is completed too (and stamped started), so a robot may skip
+// startJob; with claimNext the robot's next job is leased in the same
+// transaction (see fencedTx).
+func (s *Jobs) Complete(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, result map[string]any, opts ...JobCallOptions) (*Job, error) {
+	o := optionsOf(opts)
 	result, err := checkJSONObject("result", result)
 	if err != nil {
 		return nil, err
 	}
-	return s.fencedTx(ctx, idb, jobID, token, []JobStatus{JobRunning}, "complete", func(q *bun.UpdateQuery) *bun.UpdateQuery {
-		return q.Set("status = ?", JobCompleted).Set("result = ?::jsonb", jsonText(result)).Set("progress = 100").
+	return s.fencedTx(ctx, idb, jobID, token, runningOrClaimed(o.StartIfClaimed), "complete", o.ClaimNext, func(q *bun.UpdateQuery) *bun.UpdateQuery {
+		return startedIfClaimed(o.StartIfClaimed, q).Set("status = ?", JobCompleted).Set("result = ?::jsonb", jsonText(result)).Set("progress = 100").
 			Set("finished_at = now()").Set("lease_expires_at = NULL")
 	})
 }
@@ -323,32 +495,30 @@ func (s *Jobs) Complete(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID
 const backoffSQL = "make_interval(secs => least(? * power(2, greatest(j.attempt - 1, 0)), ?))"
 
 // Fail ends a claimed or running job: back to QUEUED (after a backoff) when
-// retryable and attempts remain, else FAILED.
-func (s *Jobs) Fail(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, reason string, retryable bool) (*Job, error) {
+// retryable and attempts remain, else FAILED. With claimNext the robot's
+// next job is leased in the same transaction (see fencedTx); it may be this
+// job again when it was requeued without a backoff.
+func (s *Jobs) Fail(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, reason string, retryable bool, opts ...JobCallOptions) (*Job, error) {
 	if err := checkLogMessage("error", reason); err != nil {
 		return nil, err
 	}
 	if reason == "" {
 		return nil, fault.Invalid("error", "say why the job failed")
 	}
-	var j *Job
-	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		var err error
-		retry := "(? AND j.attempt < j.max_attempts)"
-		base, max := seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)
-		j, err = s.fenced(ctx, tx, jobID, token, liveJobStatuses, "fail", func(q *bun.UpdateQuery) *bun.UpdateQuery {
-			return q.Set("error = ?", reason).Set("lease_expires_at = NULL").
-				Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END", retryable).
-				Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", retryable, base, max).
-				Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END", retryable).
-				Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END", retryable)
-		})
-		if err != nil || j.Status != JobQueued {
-			return err
+	retry := "(? AND j.attempt < j.max_attempts)"
+	base, max := seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)
+	return s.fencedThen(ctx, idb, jobID, token, liveJobStatuses, "fail", optionsOf(opts).ClaimNext, func(q *bun.UpdateQuery) *bun.UpdateQuery {
+		return q.Set("error = ?", reason).Set("lease_expires_at = NULL").
+			Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END", retryable).
+			Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", retryable, base, max).
+			Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END", retryable).
+			Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END", retryable)
+	}, func(ctx context.Context, tx bun.Tx, j *Job) error {
+		if j.Status != JobQueued {
+			return nil
 		}
 		return notifyQueued(ctx, tx, j.TenantID)
 	})
-	return j, err
 }
 
 // releaseDeletedRobotsJobs lets go of the jobs of robot r, which is being

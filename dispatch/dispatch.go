@@ -136,25 +136,41 @@ func (d *Dispatcher) MaxWait() time.Duration { return d.cfg.MaxWait }
 // Claim returns the best job for the calling robot, waiting up to wait (cut
 // to MaxWait) for one to be queued; nil when none came. A waiting claim
 // beyond the robot's free slots is refused with RATE_LIMITED.
-func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (lease *db.JobLease, err error) {
-	defer func(start time.Time) { d.Metrics.ClaimReturned(wait, start, lease != nil, err) }(time.Now())
+func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (*db.JobLease, error) {
+	leases, err := d.ClaimMany(ctx, 1, wait)
+	if err != nil || len(leases) == 0 {
+		return nil, err
+	}
+	return leases[0], nil
+}
+
+// ClaimMany leases up to limit of the best jobs for the calling robot, within
+// its free slots, waiting up to wait (cut to MaxWait) until at least one can
+// be leased; then it returns what that attempt leased (none when none came).
+// A waiting batch counts as one waiting claim: it is refused, as Claim is,
+// when the robot already waits in as many claims as it has free slots.
+func (d *Dispatcher) ClaimMany(ctx context.Context, limit int, wait time.Duration) (leases []*db.JobLease, err error) {
+	defer func(start time.Time) { d.Metrics.ClaimReturned(wait, start, len(leases) > 0, err) }(time.Now())
 	if wait < 0 || wait > MaxWaitSeconds*time.Second {
 		return nil, fault.Invalid("waitSeconds", "waitSeconds must be between 0 and %d", MaxWaitSeconds)
+	}
+	if err := db.CheckClaimLimit(limit); err != nil {
+		return nil, err
 	}
 	wait = min(wait, d.cfg.MaxWait)
 	p := auth.FromContext(ctx)
 	if p == nil || p.RobotID == uuid.Nil {
-		return d.jobs.Claim(ctx, d.db) // refuses the caller as the store does
+		return d.jobs.ClaimMany(ctx, d.db, limit) // refuses the caller as the store does
 	}
 	rc := d.enter(p.RobotID)
 	defer d.leave(p.RobotID, rc)
 
-	lease, waiting, err := d.firstAttempt(ctx, rc, wait > 0)
+	leases, waiting, err := d.firstAttempt(ctx, rc, limit, wait > 0)
 	if !waiting {
-		return lease, err
+		return leases, err
 	}
 	defer func() {
-		if lease == nil {
+		if len(leases) == 0 {
 			d.mu.Lock()
 			rc.waiting--
 			d.mu.Unlock()
@@ -170,9 +186,9 @@ func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (lease *db.J
 	// Subscribing after the first attempt leaves a gap in which a job could
 	// have been queued unnoticed: the loop's first round closes it.
 	for {
-		lease, err = d.wokenAttempt(ctx, rc)
-		if lease != nil || err != nil || ctx.Err() != nil {
-			return lease, err
+		leases, err = d.wokenAttempt(ctx, rc, limit)
+		if len(leases) > 0 || err != nil || ctx.Err() != nil {
+			return leases, err
 		}
 	wake:
 		for {
@@ -199,14 +215,14 @@ func (d *Dispatcher) Claim(ctx context.Context, wait time.Duration) (lease *db.J
 // firstAttempt claims once in the robot's turn. When nothing came and the
 // claim means to wait, it counts the claim as waiting (and says so) if the
 // robot has a free slot for it, and refuses it otherwise.
-func (d *Dispatcher) firstAttempt(ctx context.Context, rc *robotClaims, waits bool) (*db.JobLease, bool, error) {
+func (d *Dispatcher) firstAttempt(ctx context.Context, rc *robotClaims, limit int, waits bool) ([]*db.JobLease, bool, error) {
 	if !rc.take(ctx) {
 		return nil, false, nil
 	}
 	defer rc.give()
-	lease, err := d.jobs.Claim(ctx, d.db)
-	if lease != nil || err != nil || !waits {
-		return lease, false, err
+	leases, err := d.jobs.ClaimMany(ctx, d.db, limit)
+	if len(leases) > 0 || err != nil || !waits {
+		return leases, false, err
 	}
 	free, err := d.jobs.FreeSlots(ctx, d.db)
 	if err != nil {
@@ -225,7 +241,7 @@ func (d *Dispatcher) firstAttempt(ctx context.Context, rc *robotClaims, waits bo
 // within the process's bound on woken attempts. A claim that gets a job
 // stops counting as waiting before the turn passes on, so the next claim of
 // the robot counts the job as held and the claim as gone at once.
-func (d *Dispatcher) wokenAttempt(ctx context.Context, rc *robotClaims) (*db.JobLease, error) {
+func (d *Dispatcher) wokenAttempt(ctx context.Context, rc *robotClaims, limit int) ([]*db.JobLease, error) {
 	if !rc.take(ctx) {
 		return nil, nil
 	}
@@ -236,13 +252,13 @@ func (d *Dispatcher) wokenAttempt(ctx context.Context, rc *robotClaims) (*db.Job
 		return nil, nil
 	}
 	defer func() { <-d.wakes }()
-	lease, err := d.jobs.Claim(ctx, d.db)
-	if lease != nil {
+	leases, err := d.jobs.ClaimMany(ctx, d.db, limit)
+	if len(leases) > 0 {
 		d.mu.Lock()
 		rc.waiting--
 		d.mu.Unlock()
 	}
-	return lease, err
+	return leases, err
 }
 
 // waitLimit is the refusal of a waiting claim beyond the robot's free slots.

@@ -116,6 +116,7 @@ type ComplexityRoot struct {
 		LeaseExpiresAt       func(childComplexity int) int
 		Logs                 func(childComplexity int, first *int) int
 		MaxAttempts          func(childComplexity int) int
+		NextLease            func(childComplexity int) int
 		Priority             func(childComplexity int) int
 		Progress             func(childComplexity int) int
 		RequiredCapabilities func(childComplexity int) int
@@ -258,8 +259,9 @@ type ComplexityRoot struct {
 		AssignWorkflow          func(childComplexity int, workflowID uuid.UUID, robotID uuid.UUID, isDefault *bool, priority *int) int
 		CancelJob               func(childComplexity int, id uuid.UUID) int
 		ClaimJob                func(childComplexity int, waitSeconds *int) int
+		ClaimJobs               func(childComplexity int, limit int, waitSeconds *int) int
 		CleanupLogs             func(childComplexity int, retentionDays *int, dryRun *bool) int
-		CompleteJob             func(childComplexity int, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any) int
+		CompleteJob             func(childComplexity int, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any, startIfClaimed *bool, claimNext *bool) int
 		CreateAPIKey            func(childComplexity int, robotID uuid.UUID, name string, expiresAt *time.Time) int
 		CreateMachine           func(childComplexity int, input db.CreateMachineInput) int
 		CreateRobot             func(childComplexity int, input db.CreateRobotInput) int
@@ -273,14 +275,14 @@ type ComplexityRoot struct {
 		DeployProtocol          func(childComplexity int, machineID uuid.UUID, protocol db.ProtocolInput) int
 		EnqueueJob              func(childComplexity int, input db.EnqueueJobInput) int
 		EnqueueJobs             func(childComplexity int, input []*db.EnqueueJobInput) int
-		FailJob                 func(childComplexity int, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool) int
+		FailJob                 func(childComplexity int, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool, claimNext *bool) int
 		Heartbeat               func(childComplexity int, input db.HeartbeatInput) int
 		LogMachineEvent         func(childComplexity int, machineID uuid.UUID, eventType string, details map[string]any) int
 		PauseSchedule           func(childComplexity int, id uuid.UUID, note *string) int
 		PublishWorkflowVersion  func(childComplexity int, workflowID uuid.UUID, definition map[string]any) int
 		RedeliverWebhook        func(childComplexity int, deliveryID uuid.UUID) int
 		RemoveNodeRobotOverride func(childComplexity int, workflowID uuid.UUID, nodeID string) int
-		ReportJobProgress       func(childComplexity int, jobID uuid.UUID, leaseToken uuid.UUID, progress int, currentNode *string, message *string) int
+		ReportJobProgress       func(childComplexity int, jobID uuid.UUID, leaseToken uuid.UUID, progress int, currentNode *string, message *string, startIfClaimed *bool) int
 		ResumeSchedule          func(childComplexity int, id uuid.UUID) int
 		RetryJob                func(childComplexity int, id uuid.UUID) int
 		RevokeAPIKey            func(childComplexity int, id uuid.UUID) int
@@ -641,10 +643,11 @@ type MutationResolver interface {
 	RetryJob(ctx context.Context, id uuid.UUID) (*db.Job, error)
 	Heartbeat(ctx context.Context, input db.HeartbeatInput) (*db.Robot, error)
 	ClaimJob(ctx context.Context, waitSeconds *int) (*db.JobLease, error)
+	ClaimJobs(ctx context.Context, limit int, waitSeconds *int) ([]*db.JobLease, error)
 	StartJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID) (*db.Job, error)
-	ReportJobProgress(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, progress int, currentNode *string, message *string) (*db.Job, error)
-	CompleteJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any) (*db.Job, error)
-	FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool) (*db.Job, error)
+	ReportJobProgress(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, progress int, currentNode *string, message *string, startIfClaimed *bool) (*db.Job, error)
+	CompleteJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any, startIfClaimed *bool, claimNext *bool) (*db.Job, error)
+	FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool, claimNext *bool) (*db.Job, error)
 	AppendJobLogs(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, entries []*db.JobLogInput) (int, error)
 	ShipLogs(ctx context.Context, entries []*db.RobotLogInput) (int, error)
 	CleanupLogs(ctx context.Context, retentionDays *int, dryRun *bool) (*db.LogCleanup, error)
@@ -1020,6 +1023,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Job.MaxAttempts(childComplexity), true
+	case "Job.nextLease":
+		if e.ComplexityRoot.Job.NextLease == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Job.NextLease(childComplexity), true
 	case "Job.priority":
 		if e.ComplexityRoot.Job.Priority == nil {
 			break
@@ -1613,6 +1622,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.ClaimJob(childComplexity, args["waitSeconds"].(*int)), true
+	case "Mutation.claimJobs":
+		if e.ComplexityRoot.Mutation.ClaimJobs == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_claimJobs_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.ClaimJobs(childComplexity, args["limit"].(int), args["waitSeconds"].(*int)), true
 	case "Mutation.cleanupLogs":
 		if e.ComplexityRoot.Mutation.CleanupLogs == nil {
 			break
@@ -1634,7 +1654,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Mutation.CompleteJob(childComplexity, args["jobId"].(uuid.UUID), args["leaseToken"].(uuid.UUID), args["result"].(map[string]any)), true
+		return e.ComplexityRoot.Mutation.CompleteJob(childComplexity, args["jobId"].(uuid.UUID), args["leaseToken"].(uuid.UUID), args["result"].(map[string]any), args["startIfClaimed"].(*bool), args["claimNext"].(*bool)), true
 	case "Mutation.createApiKey":
 		if e.ComplexityRoot.Mutation.CreateAPIKey == nil {
 			break
@@ -1788,7 +1808,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Mutation.FailJob(childComplexity, args["jobId"].(uuid.UUID), args["leaseToken"].(uuid.UUID), args["error"].(string), args["retryable"].(*bool)), true
+		return e.ComplexityRoot.Mutation.FailJob(childComplexity, args["jobId"].(uuid.UUID), args["leaseToken"].(uuid.UUID), args["error"].(string), args["retryable"].(*bool), args["claimNext"].(*bool)), true
 	case "Mutation.heartbeat":
 		if e.ComplexityRoot.Mutation.Heartbeat == nil {
 			break
@@ -1865,7 +1885,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Mutation.ReportJobProgress(childComplexity, args["jobId"].(uuid.UUID), args["leaseToken"].(uuid.UUID), args["progress"].(int), args["currentNode"].(*string), args["message"].(*string)), true
+		return e.ComplexityRoot.Mutation.ReportJobProgress(childComplexity, args["jobId"].(uuid.UUID), args["leaseToken"].(uuid.UUID), args["progress"].(int), args["currentNode"].(*string), args["message"].(*string), args["startIfClaimed"].(*bool)), true
 	case "Mutation.resumeSchedule":
 		if e.ComplexityRoot.Mutation.ResumeSchedule == nil {
 			break
@@ -3741,14 +3761,45 @@ type Mutation {
   is never refused so.
   """
   claimJob(waitSeconds: Int = 0): JobLease
+  """
+  (Robots) Claims up to ` + "`" + `limit` + "`" + ` (1-100) jobs at once, in one statement, by
+  the rules of claimJob, best first (highest priority, then oldest), and
+  never more than the robot's free slots (maxConcurrentJobs less the jobs it
+  holds): a larger limit gets at most the free slots. Each job has its own
+  lease token and deadline, and each is started, completed, failed and
+  rescued on its own. An empty list means none was available after waiting
+  up to ` + "`" + `waitSeconds` + "`" + ` (0-60), as claimJob waits: a waiting batch returns as
+  soon as at least one job can be leased, with what that attempt leased, and
+  counts as one waiting claim against the robot's free slots (RATE_LIMITED,
+  reason WAIT_LIMIT, beyond them).
+  """
+  claimJobs(limit: Int!, waitSeconds: Int = 0): [JobLease!]!
   "(Robots) CLAIMED -> RUNNING, within the claim's lease; renews the lease. Fenced on the lease token, like every call below."
   startJob(jobId: ID!, leaseToken: ID!): Job!
-  "(Robots) Reports progress (0-100) of a RUNNING job and renews its lease (so heartbeats may extend it for another JOB_PROGRESS_TIMEOUT_SECONDS); a message is kept in the job's log."
-  reportJobProgress(jobId: ID!, leaseToken: ID!, progress: Int!, currentNode: String, message: String): Job!
-  "(Robots) RUNNING -> COMPLETED with a result."
-  completeJob(jobId: ID!, leaseToken: ID!, result: JSON): Job!
-  "(Robots) CLAIMED or RUNNING -> FAILED, or back to QUEUED when ` + "`" + `retryable` + "`" + ` and attempts remain."
-  failJob(jobId: ID!, leaseToken: ID!, error: String!, retryable: Boolean = false): Job!
+  """
+  (Robots) Reports progress (0-100) of a RUNNING job and renews its lease (so
+  heartbeats may extend it for another JOB_PROGRESS_TIMEOUT_SECONDS); a message
+  is kept in the job's log. With ` + "`" + `startIfClaimed: true` + "`" + ` a CLAIMED job is
+  accepted too and started by the same call (RUNNING, startedAt set), so
+  startJob may be skipped.
+  """
+  reportJobProgress(jobId: ID!, leaseToken: ID!, progress: Int!, currentNode: String, message: String, startIfClaimed: Boolean = false): Job!
+  """
+  (Robots) RUNNING -> COMPLETED with a result. With ` + "`" + `startIfClaimed: true` + "`" + `, a
+  CLAIMED job is completed too (its startedAt set now), so startJob may be
+  skipped. With ` + "`" + `claimNext: true` + "`" + ` the robot's next job is claimed in the same
+  transaction, by the rules of claimJob (without waiting), and returned in
+  ` + "`" + `nextLease` + "`" + `: null when none is available, and the completion stands either
+  way.
+  """
+  completeJob(jobId: ID!, leaseToken: ID!, result: JSON, startIfClaimed: Boolean = false, claimNext: Boolean = false): Job!
+  """
+  (Robots) CLAIMED or RUNNING -> FAILED, or back to QUEUED when ` + "`" + `retryable` + "`" + `
+  and attempts remain. With ` + "`" + `claimNext: true` + "`" + ` the robot's next job is claimed
+  in the same transaction and returned in ` + "`" + `nextLease` + "`" + `, as completeJob does
+  (it may be this job again, when it was requeued with no backoff).
+  """
+  failJob(jobId: ID!, leaseToken: ID!, error: String!, retryable: Boolean = false, claimNext: Boolean = false): Job!
   "(Robots) Appends up to 500 log lines to a job it holds."
   appendJobLogs(jobId: ID!, leaseToken: ID!, entries: [JobLogInput!]!): Int!
 
@@ -4225,12 +4276,18 @@ type Job {
   scheduleId: ID
   "The schedule's tick this job is for (or when triggerSchedule ran it); one job per schedule and tick."
   scheduledFor: Time
+  """
+  The robot's next job, claimed in the same transaction, in the answer of
+  completeJob or failJob with ` + "`" + `claimNext: true` + "`" + `; null when none was available,
+  when not asked for, and everywhere else.
+  """
+  nextLease: JobLease
 }
 
 "A claimed job and the lease that fences every later call about it."
 type JobLease {
   job: Job!
-  "Pass it to startJob, reportJobProgress, completeJob, failJob and appendJobLogs."
+  "Pass it to startJob, reportJobProgress, completeJob, failJob and appendJobLogs (each job of a batch has its own)."
   leaseToken: ID!
   """
   Start the job before it passes; then progress reports renew it, and
@@ -4920,6 +4977,8 @@ func (ec *executionContext) childFields_Job(ctx context.Context, field graphql.C
 		return ec.fieldContext_Job_scheduleId(ctx, field)
 	case "scheduledFor":
 		return ec.fieldContext_Job_scheduledFor(ctx, field)
+	case "nextLease":
+		return ec.fieldContext_Job_nextLease(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Job", field.Name)
 }
@@ -5936,6 +5995,28 @@ func (ec *executionContext) field_Mutation_claimJob_args(ctx context.Context, ra
 	return args, nil
 }
 
+func (ec *executionContext) field_Mutation_claimJobs_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "limit",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNInt2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["limit"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "waitSeconds",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["waitSeconds"] = arg1
+	return args, nil
+}
+
 func (ec *executionContext) field_Mutation_cleanupLogs_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -5985,6 +6066,22 @@ func (ec *executionContext) field_Mutation_completeJob_args(ctx context.Context,
 		return nil, err
 	}
 	args["result"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "startIfClaimed",
+		func(ctx context.Context, v any) (*bool, error) {
+			return ec.unmarshalOBoolean2ᚖbool(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["startIfClaimed"] = arg3
+	arg4, err := graphql.ProcessArgField(ctx, rawArgs, "claimNext",
+		func(ctx context.Context, v any) (*bool, error) {
+			return ec.unmarshalOBoolean2ᚖbool(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["claimNext"] = arg4
 	return args, nil
 }
 
@@ -6229,6 +6326,14 @@ func (ec *executionContext) field_Mutation_failJob_args(ctx context.Context, raw
 		return nil, err
 	}
 	args["retryable"] = arg3
+	arg4, err := graphql.ProcessArgField(ctx, rawArgs, "claimNext",
+		func(ctx context.Context, v any) (*bool, error) {
+			return ec.unmarshalOBoolean2ᚖbool(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["claimNext"] = arg4
 	return args, nil
 }
 
@@ -6435,6 +6540,14 @@ func (ec *executionContext) field_Mutation_reportJobProgress_args(ctx context.Co
 		return nil, err
 	}
 	args["message"] = arg4
+	arg5, err := graphql.ProcessArgField(ctx, rawArgs, "startIfClaimed",
+		func(ctx context.Context, v any) (*bool, error) {
+			return ec.unmarshalOBoolean2ᚖbool(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["startIfClaimed"] = arg5
 	return args, nil
 }
 
@@ -8886,6 +8999,38 @@ func (ec *executionContext) _Job_scheduledFor(ctx context.Context, field graphql
 }
 func (ec *executionContext) fieldContext_Job_scheduledFor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Time does not have child fields"))
+}
+
+func (ec *executionContext) _Job_nextLease(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Job_nextLease(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.NextLease, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *db.JobLease) graphql.Marshaler {
+			return ec.marshalOJobLease2ᚖfleetgraphᚋdbᚐJobLease(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_Job_nextLease(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Job",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_JobLease(ctx, field)
+		},
+	}
+	return fc, nil
 }
 
 func (ec *executionContext) _JobChange_op(ctx context.Context, field graphql.CollectedField, obj *model.JobChange) (ret graphql.Marshaler) {
@@ -11740,6 +11885,50 @@ func (ec *executionContext) fieldContext_Mutation_claimJob(ctx context.Context, 
 	return fc, nil
 }
 
+func (ec *executionContext) _Mutation_claimJobs(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_claimJobs(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().ClaimJobs(ctx, fc.Args["limit"].(int), fc.Args["waitSeconds"].(*int))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*db.JobLease) graphql.Marshaler {
+			return ec.marshalNJobLease2ᚕᚖfleetgraphᚋdbᚐJobLeaseᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_claimJobs(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_JobLease(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_claimJobs_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _Mutation_startJob(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -11794,7 +11983,7 @@ func (ec *executionContext) _Mutation_reportJobProgress(ctx context.Context, fie
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Mutation().ReportJobProgress(ctx, fc.Args["jobId"].(uuid.UUID), fc.Args["leaseToken"].(uuid.UUID), fc.Args["progress"].(int), fc.Args["currentNode"].(*string), fc.Args["message"].(*string))
+			return ec.Resolvers.Mutation().ReportJobProgress(ctx, fc.Args["jobId"].(uuid.UUID), fc.Args["leaseToken"].(uuid.UUID), fc.Args["progress"].(int), fc.Args["currentNode"].(*string), fc.Args["message"].(*string), fc.Args["startIfClaimed"].(*bool))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *db.Job) graphql.Marshaler {
@@ -11838,7 +12027,7 @@ func (ec *executionContext) _Mutation_completeJob(ctx context.Context, field gra
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Mutation().CompleteJob(ctx, fc.Args["jobId"].(uuid.UUID), fc.Args["leaseToken"].(uuid.UUID), fc.Args["result"].(map[string]any))
+			return ec.Resolvers.Mutation().CompleteJob(ctx, fc.Args["jobId"].(uuid.UUID), fc.Args["leaseToken"].(uuid.UUID), fc.Args["result"].(map[string]any), fc.Args["startIfClaimed"].(*bool), fc.Args["claimNext"].(*bool))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *db.Job) graphql.Marshaler {
@@ -11882,7 +12071,7 @@ func (ec *executionContext) _Mutation_failJob(ctx context.Context, field graphql
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Mutation().FailJob(ctx, fc.Args["jobId"].(uuid.UUID), fc.Args["leaseToken"].(uuid.UUID), fc.Args["error"].(string), fc.Args["retryable"].(*bool))
+			return ec.Resolvers.Mutation().FailJob(ctx, fc.Args["jobId"].(uuid.UUID), fc.Args["leaseToken"].(uuid.UUID), fc.Args["error"].(string), fc.Args["retryable"].(*bool), fc.Args["claimNext"].(*bool))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *db.Job) graphql.Marshaler {
@@ -20825,6 +21014,11 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 			if out.Values[i] == graphql.RequiredNull {
 				atomic.AddUint32(&out.Invalids, 1)
 			}
+		case "nextLease":
+			out.Values[i] = ec._Job_nextLease(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -22108,6 +22302,13 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 				return ec._Mutation_claimJob(ctx, field)
 			})
 			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		case "claimJobs":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_claimJobs(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
 		case "startJob":
@@ -25927,6 +26128,32 @@ func (ec *executionContext) marshalNJobEdge2ᚖfleetgraphᚋgraphᚋmodelᚐJobE
 		return graphql.Null
 	}
 	return ec._JobEdge(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNJobLease2ᚕᚖfleetgraphᚋdbᚐJobLeaseᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.JobLease) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNJobLease2ᚖfleetgraphᚋdbᚐJobLease(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNJobLease2ᚖfleetgraphᚋdbᚐJobLease(ctx context.Context, sel ast.SelectionSet, v *db.JobLease) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._JobLease(ctx, sel, v)
 }
 
 func (ec *executionContext) marshalNJobLog2ᚕᚖfleetgraphᚋdbᚐRobotLogᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.RobotLog) graphql.Marshaler {

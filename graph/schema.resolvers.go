@@ -198,24 +198,29 @@ func (r *mutationResolver) ClaimJob(ctx context.Context, waitSeconds *int) (*db.
 	return r.Dispatcher.Claim(ctx, time.Duration(deref(waitSeconds))*time.Second)
 }
 
+// ClaimJobs is the resolver for the claimJobs field.
+func (r *mutationResolver) ClaimJobs(ctx context.Context, limit int, waitSeconds *int) ([]*db.JobLease, error) {
+	return r.Dispatcher.ClaimMany(ctx, limit, time.Duration(deref(waitSeconds))*time.Second)
+}
+
 // StartJob is the resolver for the startJob field.
 func (r *mutationResolver) StartJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID) (*db.Job, error) {
 	return r.JobStore.Start(ctx, r.DB, jobID, leaseToken)
 }
 
 // ReportJobProgress is the resolver for the reportJobProgress field.
-func (r *mutationResolver) ReportJobProgress(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, progress int, currentNode *string, message *string) (*db.Job, error) {
-	return r.JobStore.Progress(ctx, r.DB, jobID, leaseToken, progress, currentNode, message)
+func (r *mutationResolver) ReportJobProgress(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, progress int, currentNode *string, message *string, startIfClaimed *bool) (*db.Job, error) {
+	return r.JobStore.Progress(ctx, r.DB, jobID, leaseToken, progress, currentNode, message, db.JobCallOptions{StartIfClaimed: deref(startIfClaimed)})
 }
 
 // CompleteJob is the resolver for the completeJob field.
-func (r *mutationResolver) CompleteJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any) (*db.Job, error) {
-	return r.JobStore.Complete(ctx, r.DB, jobID, leaseToken, result)
+func (r *mutationResolver) CompleteJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any, startIfClaimed *bool, claimNext *bool) (*db.Job, error) {
+	return r.JobStore.Complete(ctx, r.DB, jobID, leaseToken, result, db.JobCallOptions{StartIfClaimed: deref(startIfClaimed), ClaimNext: deref(claimNext)})
 }
 
 // FailJob is the resolver for the failJob field.
-func (r *mutationResolver) FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool) (*db.Job, error) {
-	return r.JobStore.Fail(ctx, r.DB, jobID, leaseToken, error, deref(retryable))
+func (r *mutationResolver) FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool, claimNext *bool) (*db.Job, error) {
+	return r.JobStore.Fail(ctx, r.DB, jobID, leaseToken, error, deref(retryable), db.JobCallOptions{ClaimNext: deref(claimNext)})
 }
 
 // AppendJobLogs is the resolver for the appendJobLogs field.
