@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -400,6 +401,10 @@ func (l *load) dial(ctx context.Context, s *subscriber, workflow string) error {
 	if l.o.spread > 1 {
 		query = `subscription($w: ID) { jobUpdated(filter: {workflowId: $w}) { op id revision job { status progress } } }`
 		vars["w"] = workflow
+	}
+	if l.o.distinct {
+		// A selection of its own: the server cannot share this subscriber's results.
+		query = strings.Replace(query, "op id", fmt.Sprintf("op id s%d: __typename", s.index), 1)
 	}
 	if err := wsjson.Write(ctx, conn, map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query, "variables": vars}}); err != nil {
 		_ = conn.CloseNow()

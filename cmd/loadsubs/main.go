@@ -60,6 +60,7 @@ type options struct {
 	serverPID   int
 	jsonOut     bool
 	lean        bool
+	distinct    bool
 	servers     int
 	// urls are the servers' websocket URLs (-serve with -servers > 1);
 	// subscriber i dials urls[i % len(urls)]. Mutations go to url.
@@ -90,6 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to drive updates")
 	fs.IntVar(&o.spread, "spread", 1, "split jobs and subscribers across this many workflows; a subscriber filters on one (1: every subscriber sees every job)")
 	fs.IntVar(&o.dialers, "dialers", 64, "websockets dialled at once")
+	fs.BoolVar(&o.distinct, "distinct", false, "give every subscriber a document of its own (an alias that names it), so that no two share a rendered result")
 	fs.IntVar(&o.servers, "servers", 1, "with -serve: server processes over the one database (the others attach to the first's PostgreSQL); subscribers are spread over them, mutations go to the first")
 	fs.BoolVar(&o.serve, "serve", false, "build and start the server as a child process with a private DATA_DIR, and measure its memory")
 	fs.StringVar(&o.serverBin, "server-bin", "", "with -serve: the fleetgraph binary (default: go build the module in -src)")

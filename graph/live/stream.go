@@ -180,7 +180,8 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	events := make(chan []byte)
+	// A few results may wait, so that a burst goes out in one flush.
+	events := make(chan []byte, 16)
 	done := make(chan outcome, 1)
 	go func() {
 		done <- execute(ctx, exec, t.fanout, params, func(payload []byte) error {
@@ -201,7 +202,20 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	for {
 		select {
 		case data := <-events:
-			if !write(func() error { return f.result(w, data) }) {
+			// Results that are already waiting go out with this one, in
+			// one flush.
+			if !write(func() error {
+				for {
+					if err := f.result(w, data); err != nil {
+						return err
+					}
+					select {
+					case data = <-events:
+					default:
+						return nil
+					}
+				}
+			}) {
 				return
 			}
 		case <-keepAlive.C:
