@@ -251,6 +251,47 @@ func TestSharedSubscriptions(t *testing.T) {
 	})
 }
 
+// TestSharedSubscriptionSlowMember: a member whose client stops reading
+// falls behind alone. The group's other member gets every result in
+// time, and the slow one is ended (its queue passed the limit) and leaves
+// the group, without holding up the writers.
+func TestSharedSubscriptionSlowMember(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	// One writer, so that only its hand-over can keep the reader served
+	// while the writer is stuck on the other member; a queue long enough
+	// for the reader to wait out the hand-over (slowWrite).
+	s.Handler.Fanout.Writers = 1
+	s.Handler.Fanout.Limit = 40 // before any subscriber: read when each one joins
+	tn := lvNewTenant(t, s)
+	reader := lvConnect(t, s, tn.user.Token)
+	reader.ws.SetReadLimit(1 << 20)
+	reader.subscribe("r", fanJobs, nil)
+	fanStats(t, s, 1, 1)
+	fanLive(t, tn, reader, "r")
+
+	// A client that subscribes and then never reads again.
+	stuck := wsDial(t, s, map[string]any{"Authorization": "Bearer " + tn.user.Token}, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), lvWait)
+	defer cancel()
+	require.NoError(t, wsjson.Write(ctx, stuck, map[string]any{"id": "s", "type": "subscribe", "payload": map[string]any{"query": fanJobs}}))
+	fanStats(t, s, 1, 2)
+
+	// Big results fill the stuck socket's buffers within a few dozen jobs.
+	big := strings.Repeat("x", 60<<10)
+	const n = 300
+	ids := make([]string, 0, n)
+	for i := range n {
+		ids = append(ids, tn.enqueue(tn.wf, map[string]any{"input": map[string]any{"i": i, "pad": big}}).ID)
+	}
+	for _, id := range ids {
+		fanRead(t, reader, fanJob(id), "r")
+	}
+	fanStats(t, s, 1, 1) // the stuck member was ended and left; the reader stays
+	j := tn.enqueue(tn.wf, nil)
+	fanRead(t, reader, fanJob(j.ID), "r")
+}
+
 // fanSSEStream is a server-sent events subscription read line by line.
 type fanSSEStream struct {
 	lines chan string

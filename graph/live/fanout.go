@@ -25,6 +25,12 @@ import (
 // payload to each member, which frames it in its own envelope (its id, its
 // transport). Anything the Fanout's Share function does not vouch for runs
 // on its own, as before.
+//
+// A member holds no goroutine while it waits: a rendered result is queued
+// on it, and the member is put on the Fanout's ready list, from which a
+// few writers (Writers) send each ready member's queue in turn. A render
+// for thousands of members therefore wakes a handful of goroutines, not
+// thousands, and requests served by the same process keep their turn.
 
 // ShareFunc decides whether a prepared subscription may share its results,
 // and with whom: it returns the caller's visibility class for what the
@@ -42,51 +48,36 @@ type Fanout struct {
 	// Limit bounds the rendered results a member may leave unsent before
 	// it is ended as a slow consumer (0: DefaultMemberQueue).
 	Limit int
+	// Writers bounds the members written to at once (0: two per CPU).
+	Writers int
 	// Metrics counts shared renders (nil: off).
 	Metrics *metrics.Metrics
-
-	// Writers bounds the members writing at once (0: two per CPU).
-	Writers int
 
 	mu      sync.Mutex
 	groups  map[groupKey]*group
 	renders atomic.Int64
 
-	slotsOnce sync.Once
-	slots     chan struct{}
+	// The ready list: members with results to send (or an end to
+	// deliver), and how many writers run.
+	readyMu sync.Mutex
+	ready   []*member
+	writing int
 }
 
-// slowWrite is how long a member may hold a writing slot: a write that
-// takes longer is parked on a client that does not read, and gives its
-// slot back so that it delays no one (it still ends at the transport's
-// write timeout).
+// DefaultMemberQueue is how many rendered results a member of a group may
+// have waiting, as the hub's queue bounds a subscriber's updates.
+const DefaultMemberQueue = 1000
+
+// slowWrite is how long a writer may stay on one member: past it the
+// member's client is not reading (its socket buffer is full), so another
+// writer takes over the ready list and this one leaves when its write
+// ends (at the transport's write timeout at worst). A client that does not
+// read delays no one.
 const slowWrite = 50 * time.Millisecond
 
-// writeSlot waits for one of the Writers slots and returns its release.
-// Bounding the members that write at once keeps a render for thousands of
-// members from making thousands of goroutines runnable together, ahead of
-// the requests the same process serves: delivery takes its turn, the API
-// keeps its latency. A slot held past slowWrite is released early.
-func (f *Fanout) writeSlot(ctx context.Context) (release func()) {
-	f.slotsOnce.Do(func() {
-		n := f.Writers
-		if n <= 0 {
-			n = 2 * runtime.GOMAXPROCS(0)
-		}
-		f.slots = make(chan struct{}, n)
-	})
-	select {
-	case f.slots <- struct{}{}:
-	case <-ctx.Done():
-		return func() {}
-	}
-	var once sync.Once
-	free := func() { once.Do(func() { <-f.slots }) }
-	t := time.AfterFunc(slowWrite, free)
-	return func() {
-		t.Stop()
-		free()
-	}
+// NewFanout returns a Fanout that shares what share vouches for.
+func NewFanout(share ShareFunc) *Fanout {
+	return &Fanout{Share: share, groups: map[groupKey]*group{}}
 }
 
 // FanoutStats is what a Fanout holds and has done.
@@ -109,15 +100,6 @@ func (f *Fanout) Stats() FanoutStats {
 	return st
 }
 
-// DefaultMemberQueue is how many rendered results a member of a group may
-// have waiting, as the hub's queue bounds a subscriber's updates.
-const DefaultMemberQueue = 1000
-
-// NewFanout returns a Fanout that shares what share vouches for.
-func NewFanout(share ShareFunc) *Fanout {
-	return &Fanout{Share: share, groups: map[groupKey]*group{}}
-}
-
 // groupKey identifies a group: a hash of the document, operation name and
 // variables, and the visibility class.
 type groupKey struct {
@@ -133,57 +115,29 @@ type group struct {
 	ended   bool
 	// done is closed when the execution has returned (its resolver let go).
 	done chan struct{}
-	// out is how the execution ended, for members still there (under Fanout.mu).
-	out outcome
 }
 
-// member is one subscriber of a group: what it has not sent yet, and why
-// it ends.
+// member is one subscriber of a group: what it has not sent yet, and how
+// it ends. It is driven by the group (push, groupEnded), by the writers
+// (drain) and by its own end conditions (its context, its credential's
+// expiry); finish is called exactly once, after the last write.
 type member struct {
-	limit int
+	f      *Fanout
+	g      *group
+	ctx    context.Context
+	limit  int
+	write  func(payload []byte) error
+	finish func(outcome)
 
 	mu      sync.Mutex
 	queue   [][]byte
-	slow    bool // ended: its queue passed the limit
-	done    bool // the group's execution ended
-	ready   chan struct{}
-	stopped chan struct{} // closed when slow or done
-}
-
-func (m *member) push(payload []byte) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.slow || m.done {
-		return
-	}
-	if len(m.queue) >= m.limit {
-		m.slow = true
-		m.queue = nil
-		close(m.stopped)
-		return
-	}
-	m.queue = append(m.queue, payload)
-	select {
-	case m.ready <- struct{}{}:
-	default:
-	}
-}
-
-func (m *member) finish() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !m.slow && !m.done {
-		m.done = true
-		close(m.stopped)
-	}
-}
-
-func (m *member) take() [][]byte {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	q := m.queue
-	m.queue = nil
-	return q
+	listed  bool     // on the ready list, or being written
+	ending  *outcome // how it ends, once decided
+	stopped bool     // finish has been called (or is about to be)
+	// after, when set, is waited for before finish: the group's execution,
+	// which this member, its last, stopped.
+	after   <-chan struct{}
+	cleanup []func() bool
 }
 
 // errSlowMember ends a member that lets too many rendered results pile up.
@@ -217,71 +171,187 @@ func (f *Fanout) shareable(ctx context.Context, rc *graphql.OperationContext) (g
 	return k, true
 }
 
-// run joins (or starts) the group of key and passes each rendered result
-// to next until the group's execution ends, the member falls behind, its
-// credential expires, or ctx ends.
+// run joins the group of key and passes each rendered result to next
+// until the member ends, and returns how: the blocking form of attach, for
+// transports whose request goroutine is the stream.
 func (f *Fanout) run(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, next func([]byte) error) outcome {
-	m := &member{limit: f.Limit, ready: make(chan struct{}, 1), stopped: make(chan struct{})}
+	done := make(chan outcome, 1)
+	f.attach(ctx, exec, rc, key, next, func(out outcome) { done <- out })
+	return <-done
+}
+
+// attach joins (or starts) the group of key. write is called with each
+// rendered result, from a writer goroutine, one call at a time; finish is
+// called once when the member ends: when the group's execution ended (its
+// outcome, after every result rendered before it was written), when ctx
+// ends (stopped), when a write fails (stopped), when the member falls
+// behind by Limit results (RATE_LIMITED) or when its credential expires
+// (UNAUTHENTICATED). No goroutine waits for the member in between.
+func (f *Fanout) attach(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, write func([]byte) error, finish func(outcome)) {
+	m := &member{f: f, ctx: ctx, limit: f.Limit, write: write, finish: finish}
 	if m.limit <= 0 {
 		m.limit = DefaultMemberQueue
 	}
-	g := f.join(ctx, exec, rc, key, m)
-	defer func() {
-		if f.leave(g, m) {
-			// The last member waits for the execution it stopped, as a
-			// subscriber waits for its own resolver: shutdown closes the
-			// database only after every stream has let go.
-			<-g.done
-		}
-	}()
-
-	var expired <-chan time.Time
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.g = f.join(ctx, exec, rc, key, m)
+	stopCtx := context.AfterFunc(ctx, func() { m.end(outcome{stopped: true}, false) })
+	m.cleanup = append(m.cleanup, stopCtx)
 	if p := auth.FromContext(ctx); p != nil && !p.ExpiresAt.IsZero() {
-		t := time.NewTimer(time.Until(p.ExpiresAt))
-		defer t.Stop()
-		expired = t.C
-	}
-	send := func() bool {
-		payloads := m.take()
-		if len(payloads) == 0 {
-			return true
-		}
-		release := f.writeSlot(ctx)
-		defer release()
-		for _, payload := range payloads {
-			if next(payload) != nil {
-				return false
-			}
-		}
-		return true
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return outcome{stopped: true}
-		case <-expired:
+		t := time.AfterFunc(time.Until(p.ExpiresAt), func() {
 			metrics.SentError(ctx, string(fault.Unauthenticated))
-			return outcome{errs: gqlerror.List{present(ctx, errExpiredMember)}}
-		case <-m.ready:
-			if !send() {
-				return outcome{stopped: true}
+			m.end(outcome{errs: gqlerror.List{present(ctx, errExpiredMember)}}, false)
+		})
+		m.cleanup = append(m.cleanup, t.Stop)
+	}
+}
+
+// push queues a rendered result (from the group's execution).
+func (m *member) push(payload []byte) {
+	m.mu.Lock()
+	if m.ending != nil {
+		m.mu.Unlock()
+		return
+	}
+	if len(m.queue) >= m.limit {
+		m.mu.Unlock()
+		metrics.SentError(m.ctx, string(fault.RateLimited))
+		m.end(outcome{errs: gqlerror.List{present(m.ctx, errSlowMember)}}, false)
+		return
+	}
+	m.queue = append(m.queue, payload)
+	list := !m.listed
+	m.listed = true
+	m.mu.Unlock()
+	if list {
+		m.f.list(m)
+	}
+}
+
+// end decides how the member ends. With keep (the group's execution
+// ended), what was rendered before still goes out first; otherwise the
+// queue is dropped. The member leaves its group at once; finish runs as
+// soon as no writer is on the member.
+func (m *member) end(out outcome, keep bool) {
+	m.mu.Lock()
+	if m.ending != nil {
+		m.mu.Unlock()
+		return
+	}
+	m.ending = &out
+	if !keep {
+		m.queue = nil
+	}
+	if m.f.leave(m.g, m) {
+		// The last member stops the execution, and its end is told once
+		// that has let go, as a subscriber's own resolver has: shutdown
+		// closes the database only after every stream let go.
+		m.after = m.g.done
+	}
+	list := !m.listed
+	m.listed = true
+	m.mu.Unlock()
+	if list {
+		m.f.list(m)
+	}
+}
+
+// drain writes the member's queue; once it is empty and the member's end
+// is decided, it finishes the member. It runs on a writer, which it holds
+// until the queue is empty.
+func (m *member) drain() {
+	for {
+		m.mu.Lock()
+		q := m.queue
+		m.queue = nil
+		if len(q) == 0 {
+			m.listed = false
+			var out *outcome
+			if m.ending != nil && !m.stopped {
+				m.stopped = true
+				out = m.ending
 			}
-		case <-m.stopped:
-			m.mu.Lock()
-			slow := m.slow
+			after := m.after
 			m.mu.Unlock()
-			if slow {
-				metrics.SentError(ctx, string(fault.RateLimited))
-				return outcome{errs: gqlerror.List{present(ctx, errSlowMember)}}
+			if out != nil {
+				for _, stop := range m.cleanup {
+					stop()
+				}
+				if after != nil {
+					go func() {
+						<-after
+						m.finish(*out)
+					}()
+				} else {
+					m.finish(*out)
+				}
 			}
-			// The execution ended: what it rendered before goes out first.
-			if !send() {
-				return outcome{stopped: true}
+			return
+		}
+		m.mu.Unlock()
+		for _, payload := range q {
+			if err := m.write(payload); err != nil {
+				m.end(outcome{stopped: true}, false)
+				break
 			}
-			f.mu.Lock()
-			out := g.out
-			f.mu.Unlock()
-			return out
+		}
+	}
+}
+
+// list puts m on the ready list and makes sure a writer will take it.
+func (f *Fanout) list(m *member) {
+	f.readyMu.Lock()
+	f.ready = append(f.ready, m)
+	start := f.writing < f.writers()
+	if start {
+		f.writing++
+	}
+	f.readyMu.Unlock()
+	if start {
+		go f.writer()
+	}
+}
+
+func (f *Fanout) writers() int {
+	if f.Writers > 0 {
+		return f.Writers
+	}
+	return 2 * runtime.GOMAXPROCS(0)
+}
+
+// writer drains ready members until none is left. A writer held by one
+// member past slowWrite stops counting, and another starts if members are
+// waiting; it leaves when that member is done.
+func (f *Fanout) writer() {
+	for {
+		f.readyMu.Lock()
+		if len(f.ready) == 0 {
+			f.writing--
+			f.readyMu.Unlock()
+			return
+		}
+		m := f.ready[0]
+		f.ready[0] = nil
+		f.ready = f.ready[1:]
+		f.readyMu.Unlock()
+
+		var detached atomic.Bool
+		slow := time.AfterFunc(slowWrite, func() {
+			detached.Store(true)
+			f.readyMu.Lock()
+			start := len(f.ready) > 0
+			if !start {
+				f.writing-- // this writer no longer counts; none is needed yet
+			}
+			f.readyMu.Unlock()
+			if start {
+				go f.writer() // takes this writer's place
+			}
+		})
+		m.drain()
+		if !slow.Stop() || detached.Load() {
+			// Replaced (or uncounted) while on a slow member: leave.
+			return
 		}
 	}
 }
@@ -299,7 +369,7 @@ func (f *Fanout) join(ctx context.Context, exec graphql.GraphExecutor, rc *graph
 	// The execution outlives the member that started it: it keeps the
 	// member's request values (principal, loaders' stores, logger) but
 	// not its cancellation, and its principal does not expire (each member
-	// ends at its own credential's expiry, above).
+	// ends at its own credential's expiry, in attach).
 	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	if p := auth.FromContext(ctx); p != nil {
 		shared := *p
@@ -322,34 +392,36 @@ func (f *Fanout) join(ctx context.Context, exec graphql.GraphExecutor, rc *graph
 func (f *Fanout) execute(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, g *group) {
 	defer close(g.done)
 	var members []*member
-	out := runPrepared(ctx, exec, rc, func(payload []byte) error {
+	snapshot := func() []*member {
 		f.mu.Lock()
+		defer f.mu.Unlock()
 		members = members[:0]
 		for m := range g.members {
 			members = append(members, m)
 		}
-		f.mu.Unlock()
-		for _, m := range members {
+		return members
+	}
+	out := runPrepared(ctx, exec, rc, func(payload []byte) error {
+		ms := snapshot()
+		for _, m := range ms {
 			m.push(payload)
 		}
 		f.renders.Add(1)
-		f.Metrics.SharedRender(len(members))
+		f.Metrics.SharedRender(len(ms))
 		return nil
 	})
 	f.mu.Lock()
-	g.ended, g.out = true, out
+	g.ended = true
 	if f.groups[g.key] == g {
 		delete(f.groups, g.key)
 		f.Metrics.SharedGroups(-1)
 	}
-	members = members[:0]
-	for m := range g.members {
-		members = append(members, m)
-	}
 	f.mu.Unlock()
 	g.cancel()
-	for _, m := range members {
-		m.finish()
+	// Each member still here ends with the execution's outcome, after
+	// what was rendered for it.
+	for _, m := range snapshot() {
+		m.end(out, true)
 	}
 }
 
@@ -364,7 +436,7 @@ func (f *Fanout) leave(g *group, m *member) (last bool) {
 	delete(g.members, m)
 	f.Metrics.SharedSubscribers(-1)
 	if len(g.members) > 0 || g.ended {
-		return g.ended && len(g.members) == 0
+		return false
 	}
 	// No one is left: the group stops, and a later subscriber starts anew.
 	if f.groups[g.key] == g {

@@ -457,7 +457,7 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	c.mu.Lock()
 	c.ops[m.ID] = op
 	c.mu.Unlock()
-	go c.run(opCtx, m.ID, op, rc)
+	c.start(opCtx, m.ID, op, rc)
 	return 0, "", time.Time{}
 }
 
@@ -507,22 +507,36 @@ func (c *wsConn) refuse(ctx context.Context, id string, err error) {
 	_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(ctx, err)}))
 }
 
-// run executes one prepared operation and reports its results under id.
-func (c *wsConn) run(ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
-	defer op.cancel()
-	defer op.release()
+// start runs one prepared operation and reports its results under id. A
+// shared subscription joins its group and holds no goroutine while it
+// waits (the group's writers call its write); any other operation runs on
+// a goroutine of its own.
+func (c *wsConn) start(ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
 	// Each result is framed around its payload as it was encoded (once,
-	// and shared by a group's members), not encoded again.
-	// The message buffer is reused: a write copies it out before returning.
+	// and shared by a group's members), not encoded again. The message
+	// buffer is reused: writes for one operation come one at a time, and a
+	// write copies the message out before returning.
 	prefix := envelopePrefix(id, c.d.next)
 	var msg []byte
-	out := runShared(ctx, c.exec, c.t.Fanout, rc, func(payload []byte) error {
+	write := func(payload []byte) error {
 		if c.isDone(op) {
 			return context.Canceled
 		}
 		msg = append(append(append(msg[:0], prefix...), payload...), '}')
 		return c.writeBytes(ctx, msg)
-	})
+	}
+	if key, ok := c.t.Fanout.shareable(ctx, rc); ok {
+		c.t.Fanout.attach(ctx, c.exec, rc, key, write, func(out outcome) { c.finish(ctx, id, op, out) })
+		return
+	}
+	go func() { c.finish(ctx, id, op, runPrepared(ctx, c.exec, rc, write)) }()
+}
+
+// finish reports how operation id ended: its error, or its completion,
+// unless the client stopped it or the server ended it already.
+func (c *wsConn) finish(ctx context.Context, id string, op *wsOp, out outcome) {
+	defer op.cancel()
+	defer op.release()
 	c.mu.Lock()
 	done := op.done
 	op.done = true
