@@ -230,7 +230,7 @@ func BenchmarkClaimCompleteBatching(b *testing.B) {
 	const robots = 16
 	for _, mode := range []struct {
 		name string
-		work func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error
+		work queueWork
 	}{
 		{"one-at-a-time", workOneAtATime},
 		{"batched", func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error {
@@ -241,37 +241,80 @@ func BenchmarkClaimCompleteBatching(b *testing.B) {
 		}},
 	} {
 		b.Run(fmt.Sprintf("robots=%d/%s", robots, mode.name), func(b *testing.B) {
-			ctx := b.Context()
-			f := newFleetOfSlots(b, s, c, robots, batchSlots)
-			must(b, f.enqueue(ctx, b.N, db.MaxEnqueueBatch))
-			var left atomic.Int64
-			left.Store(int64(b.N))
-			var (
-				wg   sync.WaitGroup
-				mu   sync.Mutex
-				errs []error
-			)
-			requests, statements := c.requests.Load(), s.Statements.Load()
-			b.ResetTimer()
-			for _, key := range f.robots {
-				wg.Go(func() {
-					if err := mode.work(ctx, f, key, &left); err != nil {
-						mu.Lock()
-						errs = append(errs, err)
-						mu.Unlock()
-					}
-				})
-			}
-			wg.Wait()
-			b.StopTimer()
-			must(b, errors.Join(errs...))
-			if n := left.Load(); n != 0 {
-				b.Fatalf("%d jobs were left undone", n)
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
-			b.ReportMetric(float64(c.requests.Load()-requests)/float64(b.N), "requests/job")
-			b.ReportMetric(float64(s.Statements.Load()-statements)/float64(b.N), "statements/job")
+			drainQueue(b, s, c, robots, mode.work)
 		})
+	}
+}
+
+// queueWork works jobs as one robot (its key) until left runs out.
+type queueWork func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error
+
+// drainQueue enqueues b.N jobs for a fresh fleet of robots and times their
+// work, one goroutine per robot, until every job is done. It reports
+// jobs/s, requests/job and statements/job.
+func drainQueue(b *testing.B, s *apitest.Server, c *client, robots int, work queueWork) {
+	ctx := b.Context()
+	f := newFleetOfSlots(b, s, c, robots, batchSlots)
+	must(b, f.enqueue(ctx, b.N, db.MaxEnqueueBatch))
+	var left atomic.Int64
+	left.Store(int64(b.N))
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	requests, statements := c.requests.Load(), s.Statements.Load()
+	b.ResetTimer()
+	for _, key := range f.robots {
+		wg.Go(func() {
+			if err := work(ctx, f, key, &left); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	must(b, errors.Join(errs...))
+	if n := left.Load(); n != 0 {
+		b.Fatalf("%d jobs were left undone", n)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+	b.ReportMetric(float64(c.requests.Load()-requests)/float64(b.N), "requests/job")
+	b.ReportMetric(float64(s.Statements.Load()-statements)/float64(b.N), "statements/job")
+}
+
+// BenchmarkChangeFeedCost measures what the change feed's NOTIFY costs the
+// job queue: the same work (16 robots, one job at a time, then batches
+// without claimNext) with the jobs table's change-feed triggers
+// (jobs_notify, jobs_notify_update: one pg_notify per job change, queued
+// at commit under PostgreSQL's global notification lock) enabled, then
+// disabled. Nothing else changes: the revision trigger and the dispatch
+// NOTIFY of enqueued jobs stay. It reports jobs/s.
+func BenchmarkChangeFeedCost(b *testing.B) {
+	s := apitest.New(b, apitest.Options{SweepEvery: time.Hour, KeyCacheTTL: 5 * time.Second})
+	c := newClient(b, s)
+	const robots = 16
+	for _, feed := range []string{"on", "off"} {
+		action := map[string]string{"on": "ENABLE", "off": "DISABLE"}[feed]
+		for _, trigger := range []string{"jobs_notify", "jobs_notify_update"} {
+			_, err := s.DB.ExecContext(b.Context(), "ALTER TABLE jobs "+action+" TRIGGER "+trigger)
+			must(b, err)
+		}
+		for _, mode := range []struct {
+			name string
+			work queueWork
+		}{
+			{"one-at-a-time", workOneAtATime},
+			{"batched-without-claimNext", func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error {
+				return workBatched(ctx, f, key, left, false)
+			}},
+		} {
+			b.Run(fmt.Sprintf("feed=%s/%s", feed, mode.name), func(b *testing.B) {
+				drainQueue(b, s, c, robots, mode.work)
+			})
+		}
 	}
 }
 
