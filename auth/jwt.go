@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -28,6 +29,8 @@ type JWTConfig struct {
 	Audience string
 	// Issuer, when set, must equal the token's iss claim.
 	Issuer string
+	// Now is the clock tokens are checked and minted by (nil: time.Now).
+	Now func() time.Time
 }
 
 // JWT verifies and mints Supabase-compatible HS256 tokens.
@@ -35,6 +38,67 @@ type JWT struct {
 	cfg    JWTConfig
 	parser *jwt.Parser
 	now    func() time.Time
+	cache  tokenCache
+}
+
+// tokenCache remembers tokens verified lately. Whether a token verifies
+// depends on the token, the secret and the clock alone, and a JWT cannot
+// be revoked: a token that verified stays valid until its exp (plus the
+// leeway), so a repeated token (every request of a dashboard, every
+// subscription of a socket) is checked once, not decoded twice and hashed
+// each time. Only tokens that verified are kept, at most tokenCacheSize.
+type tokenCache struct {
+	mu      sync.Mutex
+	entries map[string]cachedToken
+}
+
+type cachedToken struct {
+	p     Principal
+	until time.Time // exp + Leeway: refused after
+}
+
+// tokenCacheSize bounds the verified tokens kept (about 0.5 KB each).
+const tokenCacheSize = 10_000
+
+func (c *tokenCache) get(token string, now time.Time) (*Principal, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[token]
+	if !ok {
+		return nil, false
+	}
+	if now.After(e.until) {
+		delete(c.entries, token)
+		return nil, false
+	}
+	p := e.p
+	return &p, true
+}
+
+func (c *tokenCache) put(token string, p *Principal) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries == nil {
+		c.entries = map[string]cachedToken{}
+	}
+	if len(c.entries) >= tokenCacheSize {
+		// Full: forget a tenth, whichever the map yields first.
+		n := tokenCacheSize / 10
+		for k := range c.entries {
+			delete(c.entries, k)
+			if n--; n == 0 {
+				break
+			}
+		}
+	}
+	c.entries[token] = cachedToken{p: *p, until: p.ExpiresAt.Add(Leeway)}
+}
+
+// CachedTokens is how many verified tokens are remembered.
+func (j *JWT) CachedTokens() int {
+	j.cache.mu.Lock()
+	defer j.cache.mu.Unlock()
+	return len(j.cache.entries)
 }
 
 // NewJWT returns a verifier for cfg. The secret must be at least 32 bytes.
@@ -59,7 +123,12 @@ func NewJWT(cfg JWTConfig) (*JWT, error) {
 	if cfg.Issuer != "" {
 		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
 	}
-	return &JWT{cfg: cfg, parser: jwt.NewParser(opts...), now: time.Now}, nil
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	opts = append(opts, jwt.WithTimeFunc(now))
+	return &JWT{cfg: cfg, parser: jwt.NewParser(opts...), now: now}, nil
 }
 
 // claims are the parts of a Supabase access token we read.
@@ -75,6 +144,9 @@ type claims struct {
 // Verify checks a token and returns its principal. Every failure is an
 // UNAUTHENTICATED fault whose message says what was wrong without echoing the token.
 func (j *JWT) Verify(token string) (*Principal, error) {
+	if p, ok := j.cache.get(token, j.now()); ok {
+		return p, nil
+	}
 	if problem := strictProblem(token); problem != "" {
 		return nil, fault.New(fault.Unauthenticated, "invalid token: %s", problem)
 	}
@@ -97,7 +169,9 @@ func (j *JWT) Verify(token string) (*Principal, error) {
 			return nil, fault.New(fault.Unauthenticated, "invalid token: tenant_id must be a UUID")
 		}
 	}
-	return &Principal{UserID: userID, TenantID: tenant, Role: role, ExpiresAt: c.ExpiresAt.Time}, nil
+	p := &Principal{UserID: userID, TenantID: tenant, Role: role, ExpiresAt: c.ExpiresAt.Time}
+	j.cache.put(token, p)
+	return p, nil
 }
 
 // maxNumericDate is 9999-12-31T23:59:59Z: a NumericDate past it (or before

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -550,4 +551,59 @@ func TestJWTVerifyStrict(t *testing.T) {
 			requireUnauthenticated(t, err, forged, "malformed")
 		}
 	})
+}
+
+// TestVerifiedTokenCache checks the cache of verified tokens: a repeated
+// token is not decoded again, a cached token is refused once it expires
+// (whatever it was when cached), tokens that fail are never kept, and the
+// cache stays bounded.
+func TestVerifiedTokenCache(t *testing.T) {
+	// Not parallel: testing.AllocsPerRun refuses to run beside other tests.
+	var offset atomic.Int64
+	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	j, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(testSecret), Audience: testAudience, Now: clock})
+	require.NoError(t, err)
+	token, err := j.Mint(auth.MintOptions{UserID: testUser, TenantID: testTenant, Role: auth.RoleUser, TTL: time.Hour})
+	require.NoError(t, err)
+
+	p, err := j.Verify(token)
+	require.NoError(t, err)
+	require.Equal(t, 1, j.CachedTokens())
+	again, err := j.Verify(token)
+	require.NoError(t, err)
+	require.Equal(t, *p, *again)
+	require.NotSame(t, p, again, "each caller gets its own copy")
+	again.Role = auth.RoleService
+	third, err := j.Verify(token)
+	require.NoError(t, err)
+	require.Equal(t, auth.RoleUser, third.Role, "a caller's change does not reach the cache")
+	allocs := testing.AllocsPerRun(50, func() { _, _ = j.Verify(token) })
+	require.Less(t, allocs, 10.0, "a cached token is not decoded again (an uncached one takes about 220 allocations)")
+
+	// Tampered and wrongly signed tokens are refused every time, and never kept.
+	parts := strings.Split(token, ".")
+	for _, bad := range []string{parts[0] + "." + parts[1] + ".AAAA", token + "x", strings.Replace(token, parts[1], base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"x"}`)), 1)} {
+		for range 2 {
+			_, err := j.Verify(bad)
+			require.Equal(t, fault.Unauthenticated, fault.CodeOf(err))
+		}
+	}
+	require.Equal(t, 1, j.CachedTokens())
+
+	// Past its exp and the leeway, the cached token is refused as expired.
+	offset.Store(int64(time.Hour + auth.Leeway + time.Second))
+	_, err = j.Verify(token)
+	require.Equal(t, fault.Unauthenticated, fault.CodeOf(err))
+	require.ErrorContains(t, err, "expired")
+	require.Zero(t, j.CachedTokens())
+	offset.Store(0)
+
+	// Bounded: many distinct tokens never grow it past its size.
+	for i := range 10_500 {
+		tok, err := j.Mint(auth.MintOptions{UserID: testUser, TenantID: testTenant, Role: auth.RoleUser, TTL: time.Hour + time.Duration(i)*time.Second})
+		require.NoError(t, err)
+		_, err = j.Verify(tok)
+		require.NoError(t, err)
+	}
+	require.LessOrEqual(t, j.CachedTokens(), 10_000)
 }
