@@ -135,11 +135,18 @@ func (a *Authenticator) Middleware(next http.Handler) http.Handler {
 
 // WriteError answers a request that never reached GraphQL execution with a
 // GraphQL-shaped error body, so clients parse every failure the same way.
+// An INTERNAL error carries the request id (the X-Request-Id the response
+// already has), as the GraphQL presenter's do.
 func WriteError(w http.ResponseWriter, status int, err error) {
 	code := fault.CodeOf(err)
 	msg := err.Error()
+	ext := map[string]any{"code": code}
 	if code == fault.Internal {
 		msg = "internal error"
+		if id := w.Header().Get("X-Request-Id"); id != "" {
+			msg = "internal error; quote request id " + id + " when reporting it"
+			ext["requestId"] = id
+		}
 	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="fleetgraph"`)
@@ -151,6 +158,6 @@ func WriteError(w http.ResponseWriter, status int, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]any{
-		"errors": []map[string]any{{"message": msg, "extensions": map[string]any{"code": code}}},
+		"errors": []map[string]any{{"message": msg, "extensions": ext}},
 	})
 }

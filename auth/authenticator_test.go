@@ -192,5 +192,13 @@ func TestAuthenticator(t *testing.T) {
 		require.Empty(t, rec.Header().Get("WWW-Authenticate"))
 		require.NotContains(t, rec.Body.String(), errSecret.Error())
 		require.JSONEq(t, `{"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}`, rec.Body.String())
+
+		// Behind the request-id middleware, the id the response carries is quoted.
+		rec = httptest.NewRecorder()
+		rec.Header().Set("X-Request-Id", "req-0123456789")
+		auth.WriteError(rec, http.StatusInternalServerError, errSecret)
+		require.NotContains(t, rec.Body.String(), errSecret.Error())
+		require.JSONEq(t, `{"errors":[{"message":"internal error; quote request id req-0123456789 when reporting it",
+			"extensions":{"code":"INTERNAL","requestId":"req-0123456789"}}]}`, rec.Body.String())
 	})
 }

@@ -233,12 +233,8 @@ func BenchmarkClaimCompleteBatching(b *testing.B) {
 		work queueWork
 	}{
 		{"one-at-a-time", workOneAtATime},
-		{"batched", func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error {
-			return workBatched(ctx, f, key, left, true)
-		}},
-		{"batched-without-claimNext", func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error {
-			return workBatched(ctx, f, key, left, false)
-		}},
+		{"batched", batchedWork(true)},
+		{"batched-without-claimNext", batchedWork(false)},
 	} {
 		b.Run(fmt.Sprintf("robots=%d/%s", robots, mode.name), func(b *testing.B) {
 			drainQueue(b, s, c, robots, mode.work)
@@ -307,9 +303,7 @@ func BenchmarkChangeFeedCost(b *testing.B) {
 			work queueWork
 		}{
 			{"one-at-a-time", workOneAtATime},
-			{"batched-without-claimNext", func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error {
-				return workBatched(ctx, f, key, left, false)
-			}},
+			{"batched-without-claimNext", batchedWork(false)},
 		} {
 			b.Run(fmt.Sprintf("feed=%s/%s", feed, mode.name), func(b *testing.B) {
 				drainQueue(b, s, c, robots, mode.work)
@@ -335,6 +329,13 @@ func workOneAtATime(ctx context.Context, f *fleet, key string, left *atomic.Int6
 	}
 	left.Add(1) // the failed decrement
 	return nil
+}
+
+// batchedWork is workBatched with or without claimNext, as a queueWork.
+func batchedWork(claimNext bool) queueWork {
+	return func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error {
+		return workBatched(ctx, f, key, left, claimNext)
+	}
 }
 
 // workBatched takes jobs as one robot with batching until the queue is

@@ -150,6 +150,18 @@ func TestAPIKeyCache(t *testing.T) {
 		r := kcSetup(t)
 		kcListenerLive(t, r.b)
 		kcAccepted(t, r.b, r.key)
+		// B's pool keeps a few connections open, so that its reads below
+		// need no new one while the database refuses them (its background
+		// work may be holding one at that moment).
+		var warm []bun.Conn
+		for range 4 {
+			c, err := r.b.DB.DB.Conn(t.Context())
+			require.NoError(t, err)
+			warm = append(warm, c)
+		}
+		for _, c := range warm {
+			require.NoError(t, c.Close())
+		}
 		// In one session: no new connections to the database, so that the
 		// listeners cannot come back; both replicas' listeners end (the
 		// call waits until they have exited); the key is revoked. B cannot

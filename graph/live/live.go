@@ -4,7 +4,10 @@
 // server-sent events. They replace gqlgen's, whose close codes and
 // error/complete sequences differ from the protocol, and they end a
 // subscription with an error (not a completion) when a resolver says so,
-// for example when the credential behind it expires.
+// for example when the credential behind it expires. Subscribers of the
+// same operation, variables and visibility class share one execution of it
+// (Fanout), and every error they send leaves through the handler's
+// presenter (WithPresenter).
 package live
 
 import (
