@@ -197,25 +197,38 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 		_ = rc.SetWriteDeadline(time.Now().Add(t.writeTimeout))
 		return fn() == nil && rc.Flush() == nil
 	}
+	// results writes data and every result already waiting after it, in
+	// one flush.
+	results := func(data []byte) bool {
+		return write(func() error {
+			for {
+				if err := f.result(w, data); err != nil {
+					return err
+				}
+				select {
+				case data = <-events:
+				default:
+					return nil
+				}
+			}
+		})
+	}
+	// waiting writes the results still buffered when the operation ended:
+	// they came before its end.
+	waiting := func() bool {
+		select {
+		case data := <-events:
+			return results(data)
+		default:
+			return true
+		}
+	}
 	keepAlive := time.NewTicker(t.keepAlive)
 	defer keepAlive.Stop()
 	for {
 		select {
 		case data := <-events:
-			// Results that are already waiting go out with this one, in
-			// one flush.
-			if !write(func() error {
-				for {
-					if err := f.result(w, data); err != nil {
-						return err
-					}
-					select {
-					case data = <-events:
-					default:
-						return nil
-					}
-				}
-			}) {
+			if !results(data) {
 				return
 			}
 		case <-keepAlive.C:
@@ -228,10 +241,12 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 			// as a completed one so the client knows it was not cut.
 			cancel()
 			<-done
-			write(func() error { return f.end(w) })
+			if waiting() {
+				write(func() error { return f.end(w) })
+			}
 			return
 		case out := <-done:
-			if out.stopped {
+			if out.stopped || !waiting() {
 				return
 			}
 			if out.errs != nil && !write(func() error { return f.result(w, mustJSON(map[string]any{"errors": out.errs})) }) {
