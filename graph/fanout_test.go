@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -290,6 +291,64 @@ func TestSharedSubscriptionSlowMember(t *testing.T) {
 	fanStats(t, s, 1, 1) // the stuck member was ended and left; the reader stays
 	j := tn.enqueue(tn.wf, nil)
 	fanRead(t, reader, fanJob(j.ID), "r")
+}
+
+// TestSharedSubscriptionCoalescesForASlowMember: a member that falls
+// behind keeps only the newest result of each entity, as an unshared
+// subscriber does: one job changing a hundred times while its client
+// reads nothing never passes the member's limit (5 here), and once the
+// client reads again its last message is the job's final state.
+func TestSharedSubscriptionCoalescesForASlowMember(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	s.Handler.Fanout.Limit = 5 // before any subscriber: read when each one joins
+	tn := lvNewTenant(t, s)
+	r := tn.robot("r1", 1)
+	big := strings.Repeat("x", 60<<10) // every result carries it: the socket's buffers fill fast
+	j := tn.enqueue(tn.wf, map[string]any{"input": map[string]any{"pad": big}})
+	l := r.claim(j.ID)
+	r.start(l)
+
+	// A member that reads makes the group live; the slow one joins it.
+	reader := lvConnect(t, s, tn.user.Token)
+	reader.ws.SetReadLimit(1 << 20)
+	reader.subscribe("r", fanJobs, nil)
+	fanStats(t, s, 1, 1)
+	fanLive(t, tn, reader, "r")
+	slow := wsDial(t, s, map[string]any{"Authorization": "Bearer " + tn.user.Token}, nil)
+	slow.SetReadLimit(1 << 20)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*lvWait)
+	defer cancel()
+	require.NoError(t, wsjson.Write(ctx, slow, map[string]any{"id": "s", "type": "subscribe", "payload": map[string]any{"query": fanJobs}}))
+	fanStats(t, s, 1, 2)
+
+	// The slow client reads nothing until every update is made.
+	var last lvJob
+	for p := 1; p <= 100; p++ {
+		last = r.progress(l, p)
+	}
+	require.Equal(t, 100, last.Progress)
+	fanRead(t, reader, func(m lvMsg) bool { return fanJob(j.ID)(m) && strings.Contains(string(m.Payload), `"revision":`+strconv.Itoa(last.Revision)) }, "r")
+	fanStats(t, s, 1, 2) // still a member: never ended as slow
+	for {
+		var m lvMsg
+		require.NoError(t, wsjson.Read(ctx, slow, &m), "the final state never came")
+		if m.Type == "ping" || m.Type == "pong" {
+			continue
+		}
+		require.Equal(t, "next", m.Type, "%+v %s", m, m.Payload)
+		require.Equal(t, "s", m.ID)
+		if m.field("id") != j.ID {
+			continue // a probe, or a job before
+		}
+		var c lvJobChange
+		m.value(t, &c)
+		if c.Revision == last.Revision {
+			require.Equal(t, "RUNNING", c.Job.Status)
+			break
+		}
+		require.Less(t, c.Revision, last.Revision)
+	}
 }
 
 // fanSSEStream is a server-sent events subscription read line by line.

@@ -42,9 +42,12 @@ func stream[T any](ctx context.Context, sub *realtime.Sub, first *T, convert fun
 				return false
 			}
 		}
-		if first != nil && !send(first) {
-			live.End(ctx, streamError(sub))
-			return
+		if first != nil {
+			live.Tag(ctx, "")
+			if !send(first) {
+				live.End(ctx, streamError(sub))
+				return
+			}
 		}
 		for {
 			select {
@@ -55,7 +58,14 @@ func stream[T any](ctx context.Context, sub *realtime.Sub, first *T, convert fun
 				return
 			case <-sub.Ready():
 				for _, u := range sub.Take() {
-					if v := convert(u); v != nil && !send(v) {
+					v := convert(u)
+					if v == nil {
+						continue
+					}
+					// A group sharing this stream's results keeps, for a
+					// member that falls behind, the newest of each entity.
+					live.Tag(ctx, u.Key)
+					if !send(v) {
 						live.End(ctx, streamError(sub))
 						return
 					}

@@ -129,8 +129,10 @@ type member struct {
 	write  func(payload []byte) error
 	finish func(outcome)
 
-	mu      sync.Mutex
-	queue   [][]byte
+	mu    sync.Mutex
+	queue []queued
+	// pending indexes queue by entity, for coalescing (nil while empty).
+	pending map[string]int
 	listed  bool     // on the ready list, or being written
 	ending  *outcome // how it ends, once decided
 	stopped bool     // finish has been called (or is about to be)
@@ -138,6 +140,49 @@ type member struct {
 	// which this member, its last, stopped.
 	after   <-chan struct{}
 	cleanup []func() bool
+}
+
+// queued is a rendered result waiting for a member, and the entity it is
+// about ("" for none).
+type queued struct {
+	key     string
+	payload []byte
+}
+
+// resultTags carries, from a shared subscription's resolver to its group's
+// execution, the entity each value the resolver sends is about, in order:
+// the executor turns each value into exactly one result, so the first tag
+// names the next result. A member that falls behind then keeps only the
+// newest result of each entity, as the hub's queue keeps only its newest
+// update.
+type resultTags struct {
+	mu   sync.Mutex
+	keys []string
+}
+
+type tagsKey struct{}
+
+// Tag records that the next value a subscription resolver sends on its
+// channel is about entity key ("" for none). Resolvers whose results a
+// group may share call it before every send; anywhere else it does nothing.
+func Tag(ctx context.Context, key string) {
+	if t, ok := ctx.Value(tagsKey{}).(*resultTags); ok {
+		t.mu.Lock()
+		t.keys = append(t.keys, key)
+		t.mu.Unlock()
+	}
+}
+
+// next returns the entity of the next result ("" when untagged).
+func (t *resultTags) next() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.keys) == 0 {
+		return ""
+	}
+	key := t.keys[0]
+	t.keys = t.keys[1:]
+	return key
 }
 
 // errSlowMember ends a member that lets too many rendered results pile up.
@@ -206,10 +251,17 @@ func (f *Fanout) attach(ctx context.Context, exec graphql.GraphExecutor, rc *gra
 	}
 }
 
-// push queues a rendered result (from the group's execution).
-func (m *member) push(payload []byte) {
+// push queues a rendered result about entity key (from the group's
+// execution). A newer result of an entity replaces one still waiting, in
+// its place; the limit counts what waits.
+func (m *member) push(payload []byte, key string) {
 	m.mu.Lock()
 	if m.ending != nil {
+		m.mu.Unlock()
+		return
+	}
+	if i, ok := m.pending[key]; ok && key != "" {
+		m.queue[i].payload = payload
 		m.mu.Unlock()
 		return
 	}
@@ -219,7 +271,13 @@ func (m *member) push(payload []byte) {
 		m.end(outcome{errs: gqlerror.List{present(m.ctx, errSlowMember)}}, false)
 		return
 	}
-	m.queue = append(m.queue, payload)
+	if key != "" {
+		if m.pending == nil {
+			m.pending = map[string]int{}
+		}
+		m.pending[key] = len(m.queue)
+	}
+	m.queue = append(m.queue, queued{key, payload})
 	list := !m.listed
 	m.listed = true
 	m.mu.Unlock()
@@ -240,7 +298,7 @@ func (m *member) end(out outcome, keep bool) {
 	}
 	m.ending = &out
 	if !keep {
-		m.queue = nil
+		m.queue, m.pending = nil, nil
 	}
 	if m.f.leave(m.g, m) {
 		// The last member stops the execution, and its end is told once
@@ -263,7 +321,7 @@ func (m *member) drain() {
 	for {
 		m.mu.Lock()
 		q := m.queue
-		m.queue = nil
+		m.queue, m.pending = nil, nil
 		if len(q) == 0 {
 			m.listed = false
 			var out *outcome
@@ -289,8 +347,8 @@ func (m *member) drain() {
 			return
 		}
 		m.mu.Unlock()
-		for _, payload := range q {
-			if err := m.write(payload); err != nil {
+		for _, r := range q {
+			if err := m.write(r.payload); err != nil {
 				m.end(outcome{stopped: true}, false)
 				break
 			}
@@ -401,10 +459,13 @@ func (f *Fanout) execute(ctx context.Context, exec graphql.GraphExecutor, rc *gr
 		}
 		return members
 	}
+	tags := &resultTags{}
+	ctx = context.WithValue(ctx, tagsKey{}, tags)
 	out := runPrepared(ctx, exec, rc, func(payload []byte) error {
+		key := tags.next()
 		ms := snapshot()
 		for _, m := range ms {
-			m.push(payload)
+			m.push(payload, key)
 		}
 		f.renders.Add(1)
 		f.Metrics.SharedRender(len(ms))

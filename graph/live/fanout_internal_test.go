@@ -1,0 +1,66 @@
+package live
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/fault"
+)
+
+// TestMemberQueueCoalesces checks a member's queue while no writer takes
+// it: a newer result of an entity replaces the one waiting, in its place;
+// untagged results are all kept; the limit counts what waits, and past it
+// the member ends as a slow consumer with its queue dropped.
+func TestMemberQueueCoalesces(t *testing.T) {
+	t.Parallel()
+	f := NewFanout(nil)
+	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
+	var finished []outcome
+	m := &member{f: f, g: g, ctx: context.Background(), limit: 3, listed: true, // a writer is "busy": nothing drains
+		write: func([]byte) error { return nil }, finish: func(o outcome) { finished = append(finished, o) }}
+	g.members[m] = struct{}{}
+	payloads := func() []string {
+		var out []string
+		for _, q := range m.queue {
+			out = append(out, q.key+"="+string(q.payload))
+		}
+		return out
+	}
+
+	m.push([]byte("a1"), "a")
+	m.push([]byte("b1"), "b")
+	m.push([]byte("a2"), "a")
+	require.Equal(t, []string{"a=a2", "b=b1"}, payloads(), "a's newer result replaced its older one, in its place")
+	m.push([]byte("x"), "")
+	require.Equal(t, []string{"a=a2", "b=b1", "=x"}, payloads())
+	m.push([]byte("b2"), "b")
+	require.Equal(t, []string{"a=a2", "b=b2", "=x"}, payloads(), "at the limit, an entity already waiting is still replaced")
+	require.Nil(t, m.ending)
+
+	m.push([]byte("c1"), "c")
+	require.NotNil(t, m.ending, "a fourth entity passes the limit of 3")
+	require.NotNil(t, m.ending.errs)
+	require.Equal(t, fault.RateLimited, m.ending.errs[0].Extensions["code"])
+	require.Equal(t, "SLOW_CONSUMER", m.ending.errs[0].Extensions["reason"])
+	require.Empty(t, m.queue, "the queue of a member ended as slow is dropped")
+	_, still := g.members[m]
+	require.False(t, still, "it left its group")
+}
+
+// TestResultTagsInOrder checks that tags come back in the order the
+// resolver set them, and empty once used up.
+func TestResultTagsInOrder(t *testing.T) {
+	t.Parallel()
+	tags := &resultTags{}
+	ctx := context.WithValue(context.Background(), tagsKey{}, tags)
+	Tag(ctx, "a")
+	Tag(ctx, "")
+	Tag(ctx, "b")
+	Tag(context.Background(), "ignored") // no group: nothing recorded
+	require.Equal(t, "a", tags.next())
+	require.Equal(t, "", tags.next())
+	require.Equal(t, "b", tags.next())
+	require.Equal(t, "", tags.next())
+}
