@@ -328,7 +328,9 @@ func TestSharedSubscriptionCoalescesForASlowMember(t *testing.T) {
 		last = r.progress(l, p)
 	}
 	require.Equal(t, 100, last.Progress)
-	fanRead(t, reader, func(m lvMsg) bool { return fanJob(j.ID)(m) && strings.Contains(string(m.Payload), `"revision":`+strconv.Itoa(last.Revision)) }, "r")
+	fanRead(t, reader, func(m lvMsg) bool {
+		return fanJob(j.ID)(m) && strings.Contains(string(m.Payload), `"revision":`+strconv.Itoa(last.Revision))
+	}, "r")
 	fanStats(t, s, 1, 2) // still a member: never ended as slow
 	for {
 		var m lvMsg
