@@ -45,8 +45,9 @@ type ShareFunc func(ctx context.Context, rc *graphql.OperationContext) (class st
 type Fanout struct {
 	// Share decides which operations are shared (nil: none).
 	Share ShareFunc
-	// Limit bounds the rendered results a member may leave unsent before
-	// it is ended as a slow consumer (0: DefaultMemberQueue).
+	// Limit bounds the results (one per entity: a newer one replaces the
+	// one waiting) a member may leave unsent before it is ended as a slow
+	// consumer (0: DefaultMemberQueue).
 	Limit int
 	// Writers bounds the members written to at once (0: two per CPU).
 	Writers int
