@@ -170,41 +170,7 @@ func BenchmarkClaimComplete(b *testing.B) {
 	c := newClient(b, s)
 	for _, robots := range []int{1, 4, 16, 32} {
 		b.Run(fmt.Sprintf("robots=%d", robots), func(b *testing.B) {
-			ctx := b.Context()
-			f := newFleet(b, s, c, robots)
-			must(b, f.enqueue(ctx, b.N, db.MaxEnqueueBatch))
-			var left atomic.Int64
-			left.Store(int64(b.N))
-			var (
-				wg   sync.WaitGroup
-				mu   sync.Mutex
-				errs []error
-			)
-			b.ResetTimer()
-			for _, key := range f.robots {
-				wg.Go(func() {
-					for left.Add(-1) >= 0 {
-						var out struct{ ClaimJob *lease }
-						err := c.do(ctx, key, claimQuery, map[string]any{"w": 0}, &out)
-						if err == nil && out.ClaimJob == nil {
-							err = errors.New("the queue ran dry early")
-						}
-						if err == nil {
-							err = f.finish(ctx, key, out.ClaimJob)
-						}
-						if err != nil {
-							mu.Lock()
-							errs = append(errs, err)
-							mu.Unlock()
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			b.StopTimer()
-			must(b, errors.Join(errs...))
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+			drainQueue(b, s, c, robots, 1, workOneAtATime)
 		})
 	}
 }
@@ -237,7 +203,7 @@ func BenchmarkClaimCompleteBatching(b *testing.B) {
 		{"batched-without-claimNext", batchedWork(false)},
 	} {
 		b.Run(fmt.Sprintf("robots=%d/%s", robots, mode.name), func(b *testing.B) {
-			drainQueue(b, s, c, robots, mode.work)
+			drainQueue(b, s, c, robots, batchSlots, mode.work)
 		})
 	}
 }
@@ -245,12 +211,12 @@ func BenchmarkClaimCompleteBatching(b *testing.B) {
 // queueWork works jobs as one robot (its key) until left runs out.
 type queueWork func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error
 
-// drainQueue enqueues b.N jobs for a fresh fleet of robots and times their
-// work, one goroutine per robot, until every job is done. It reports
-// jobs/s, requests/job and statements/job.
-func drainQueue(b *testing.B, s *apitest.Server, c *client, robots int, work queueWork) {
+// drainQueue enqueues b.N jobs for a fresh fleet of robots (each may hold
+// slots jobs) and times their work, one goroutine per robot, until every
+// job is done. It reports jobs/s, requests/job and statements/job.
+func drainQueue(b *testing.B, s *apitest.Server, c *client, robots, slots int, work queueWork) {
 	ctx := b.Context()
-	f := newFleetOfSlots(b, s, c, robots, batchSlots)
+	f := newFleetOfSlots(b, s, c, robots, slots)
 	must(b, f.enqueue(ctx, b.N, db.MaxEnqueueBatch))
 	var left atomic.Int64
 	left.Store(int64(b.N))
@@ -306,7 +272,7 @@ func BenchmarkChangeFeedCost(b *testing.B) {
 			{"batched-without-claimNext", batchedWork(false)},
 		} {
 			b.Run(fmt.Sprintf("feed=%s/%s", feed, mode.name), func(b *testing.B) {
-				drainQueue(b, s, c, robots, mode.work)
+				drainQueue(b, s, c, robots, batchSlots, mode.work)
 			})
 		}
 	}
