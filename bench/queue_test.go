@@ -247,6 +247,33 @@ func drainQueue(b *testing.B, s *apitest.Server, c *client, robots, slots int, w
 	b.ReportMetric(float64(s.Statements.Load()-statements)/float64(b.N), "statements/job")
 }
 
+// BenchmarkClaimBatchOnALongQueue measures one claimJobs(limit: 50) of a
+// robot with 100 slots while 100,000 jobs are queued (each batch is
+// completed, untimed, before the next): the case where the planner costs a
+// batch above jit_above_cost, so that compiling it would outweigh the
+// claim (the claim's transaction now runs without JIT). ns/op is per batch.
+func BenchmarkClaimBatchOnALongQueue(b *testing.B) {
+	s := apitest.New(b, apitest.Options{SweepEvery: time.Hour, KeyCacheTTL: 5 * time.Second})
+	c := newClient(b, s)
+	f := newFleetOfSlots(b, s, c, 1, 100)
+	must(b, f.enqueue(b.Context(), 100_000, db.MaxEnqueueBatch))
+	_, err := s.DB.ExecContext(b.Context(), "ANALYZE jobs")
+	must(b, err)
+	const claim = `mutation { claimJobs(limit: 50) { leaseToken job { id } } }`
+	for b.Loop() {
+		var out struct{ ClaimJobs []*lease }
+		must(b, c.do(b.Context(), f.robots[0], claim, nil, &out))
+		if len(out.ClaimJobs) != 50 {
+			b.Fatalf("claimed %d jobs, not 50", len(out.ClaimJobs))
+		}
+		b.StopTimer()
+		for _, l := range out.ClaimJobs {
+			must(b, f.finish(b.Context(), f.robots[0], l))
+		}
+		b.StartTimer()
+	}
+}
+
 // BenchmarkChangeFeedCost measures what the change feed's NOTIFY costs the
 // job queue: the same work (16 robots, one job at a time, then batches
 // without claimNext) with the jobs table's change-feed triggers

@@ -245,8 +245,14 @@ func (s *Jobs) claimLocked(ctx context.Context, tx bun.Tx, r *Robot, limit int) 
 		// A batch takes at most the free slots, counted now that the
 		// robot's row is locked: its other claims wait for the lock, so
 		// the count can only fall before the claim runs.
+		// The same statement turns JIT compilation off for the rest of the
+		// transaction: on a long queue the planner overestimates the rows
+		// the claim's filter keeps, costs a batch above jit_above_cost, and
+		// compiling it (about 25 ms) would cost more than the claim itself.
 		var held int
-		if err := tx.NewRaw("SELECT count(*) FROM jobs WHERE robot_id = ? AND status IN (?)", r.ID, bun.List(liveJobStatuses)).Scan(ctx, &held); err != nil {
+		var jit string
+		if err := tx.NewRaw("SELECT count(*), set_config('jit', 'off', true) FROM jobs WHERE robot_id = ? AND status IN (?)",
+			r.ID, bun.List(liveJobStatuses)).Scan(ctx, &held, &jit); err != nil {
 			return nil, fmt.Errorf("counting the robot's jobs: %w", err)
 		}
 		if limit = min(limit, r.MaxConcurrentJobs-held); limit <= 0 {
