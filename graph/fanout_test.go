@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
 	"github.com/stretchr/testify/require"
 
@@ -265,18 +266,8 @@ func TestSharedSubscriptionSlowMember(t *testing.T) {
 	s.Handler.Fanout.Writers = 1
 	s.Handler.Fanout.Limit = 40 // before any subscriber: read when each one joins
 	tn := lvNewTenant(t, s)
-	reader := lvConnect(t, s, tn.user.Token)
-	reader.ws.SetReadLimit(1 << 20)
-	reader.subscribe("r", fanJobs, nil)
-	fanStats(t, s, 1, 1)
-	fanLive(t, tn, reader, "r")
-
 	// A client that subscribes and then never reads again.
-	stuck := wsDial(t, s, map[string]any{"Authorization": "Bearer " + tn.user.Token}, nil)
-	ctx, cancel := context.WithTimeout(t.Context(), lvWait)
-	defer cancel()
-	require.NoError(t, wsjson.Write(ctx, stuck, map[string]any{"id": "s", "type": "subscribe", "payload": map[string]any{"query": fanJobs}}))
-	fanStats(t, s, 1, 2)
+	reader, _ := fanReaderAndSilent(t, s, tn)
 
 	// Big results fill the stuck socket's buffers within a few dozen jobs.
 	big := strings.Repeat("x", 60<<10)
@@ -309,18 +300,9 @@ func TestSharedSubscriptionCoalescesForASlowMember(t *testing.T) {
 	l := r.claim(j.ID)
 	r.start(l)
 
-	// A member that reads makes the group live; the slow one joins it.
-	reader := lvConnect(t, s, tn.user.Token)
-	reader.ws.SetReadLimit(1 << 20)
-	reader.subscribe("r", fanJobs, nil)
-	fanStats(t, s, 1, 1)
-	fanLive(t, tn, reader, "r")
-	slow := wsDial(t, s, map[string]any{"Authorization": "Bearer " + tn.user.Token}, nil)
-	slow.SetReadLimit(1 << 20)
+	reader, slow := fanReaderAndSilent(t, s, tn)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*lvWait)
 	defer cancel()
-	require.NoError(t, wsjson.Write(ctx, slow, map[string]any{"id": "s", "type": "subscribe", "payload": map[string]any{"query": fanJobs}}))
-	fanStats(t, s, 1, 2)
 
 	// The slow client reads nothing until every update is made.
 	var last lvJob
@@ -351,6 +333,26 @@ func TestSharedSubscriptionCoalescesForASlowMember(t *testing.T) {
 		}
 		require.Less(t, c.Revision, last.Revision)
 	}
+}
+
+// fanReaderAndSilent opens two members of one all-jobs group of tn's
+// user: reader (id "r"), which reads everything and made the group live,
+// and silent (id "s"), a raw socket that the test reads only when it
+// wants to (nothing reads it meanwhile). Both take messages up to 1 MiB.
+func fanReaderAndSilent(t *testing.T, s *apitest.Server, tn *lvTenant) (reader *lvConn, silent *websocket.Conn) {
+	t.Helper()
+	reader = lvConnect(t, s, tn.user.Token)
+	reader.ws.SetReadLimit(1 << 20)
+	reader.subscribe("r", fanJobs, nil)
+	fanStats(t, s, 1, 1)
+	fanLive(t, tn, reader, "r")
+	silent = wsDial(t, s, map[string]any{"Authorization": "Bearer " + tn.user.Token}, nil)
+	silent.SetReadLimit(1 << 20)
+	ctx, cancel := context.WithTimeout(t.Context(), lvWait)
+	defer cancel()
+	require.NoError(t, wsjson.Write(ctx, silent, map[string]any{"id": "s", "type": "subscribe", "payload": map[string]any{"query": fanJobs}}))
+	fanStats(t, s, 1, 2)
+	return reader, silent
 }
 
 // fanSSEStream is a server-sent events subscription read line by line.
