@@ -382,6 +382,20 @@ func (f *Fanout) writers() int {
 // member past slowWrite stops counting, and another starts if members are
 // waiting; it leaves when that member is done.
 func (f *Fanout) writer() {
+	// One timer for the writer's whole run, re-armed per member: the
+	// hand-over fires only for a member that holds the writer too long.
+	slow := time.AfterFunc(time.Hour, func() {
+		f.readyMu.Lock()
+		start := len(f.ready) > 0
+		if !start {
+			f.writing-- // this writer no longer counts; none is needed yet
+		}
+		f.readyMu.Unlock()
+		if start {
+			go f.writer() // takes this writer's place
+		}
+	})
+	slow.Stop()
 	for {
 		f.readyMu.Lock()
 		if len(f.ready) == 0 {
@@ -394,22 +408,11 @@ func (f *Fanout) writer() {
 		f.ready = f.ready[1:]
 		f.readyMu.Unlock()
 
-		var detached atomic.Bool
-		slow := time.AfterFunc(slowWrite, func() {
-			detached.Store(true)
-			f.readyMu.Lock()
-			start := len(f.ready) > 0
-			if !start {
-				f.writing-- // this writer no longer counts; none is needed yet
-			}
-			f.readyMu.Unlock()
-			if start {
-				go f.writer() // takes this writer's place
-			}
-		})
+		slow.Reset(slowWrite)
 		m.drain()
-		if !slow.Stop() || detached.Load() {
-			// Replaced (or uncounted) while on a slow member: leave.
+		if !slow.Stop() {
+			// The hand-over ran (or is running): this writer was
+			// replaced or no longer counts, so it leaves.
 			return
 		}
 	}
