@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"fleetgraph/bench/peer/dataset"
 	"fleetgraph/localpg"
 )
 
@@ -82,7 +83,7 @@ func pgbenchRun(ctx context.Context, c *localpg.Cluster, script, mode string, co
 	port := clusterPort(c)
 	cmd := exec.CommandContext(ctx, bin, "-n", "-M", mode, "-c", strconv.Itoa(conc), "-j", "2",
 		"-T", strconv.Itoa(max(1, int(d.Seconds()))), "-f", script,
-		"-h", c.SocketDir(), "-p", port, "-U", "postgres", benchDB)
+		"-h", c.SocketDir(), "-p", port, "-U", "postgres", dataset.DBName)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("pgbench: %w\n%s", err, out)
@@ -118,7 +119,7 @@ func measure(ctx context.Context, o options, servers []*server, c *localpg.Clust
 		r := rand.New(rand.NewPCG(1, 2))
 		b := make([][]byte, 4096)
 		for i := range b {
-			b[i] = body(s.queries.point, map[string]any{"id": jobID(1 + r.IntN(jobCount))})
+			b[i] = body(s.queries.point, map[string]any{"id": dataset.JobID(1 + r.IntN(dataset.JobCount))})
 		}
 		return b
 	}

@@ -39,6 +39,7 @@ import (
 	"syscall"
 	"time"
 
+	"fleetgraph/bench/peer/dataset"
 	"fleetgraph/db"
 	"fleetgraph/localpg"
 	"fleetgraph/migrations"
@@ -150,7 +151,7 @@ func run(ctx context.Context, o options) (err error) {
 	if err := prepareDatabase(ctx, cluster); err != nil {
 		return err
 	}
-	dsn := cluster.DSN(benchDB)
+	dsn := cluster.DSN(dataset.DBName)
 
 	secret := randomHex(32)
 	tok, err := mintToken(ctx, bin, secret, tmp)
@@ -237,7 +238,7 @@ func randomHex(n int) string {
 
 // mintToken asks the built binary for a service_role token of the tenant.
 func mintToken(ctx context.Context, bin, secret, tmp string) (string, error) {
-	cmd := exec.CommandContext(ctx, bin, "token", "--tenant", tenantID, "--role", "service_role", "--ttl", "6h")
+	cmd := exec.CommandContext(ctx, bin, "token", "--tenant", dataset.TenantID, "--role", "service_role", "--ttl", "6h")
 	cmd.Env = append(os.Environ(), "JWT_SECRET="+secret, "DATA_DIR="+filepath.Join(tmp, "data"))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
@@ -250,7 +251,7 @@ func mintToken(ctx context.Context, bin, secret, tmp string) (string, error) {
 // nodeURL is a node-postgres connection string for the benchmark database
 // over the cluster's unix socket.
 func nodeURL(c *localpg.Cluster) string {
-	return fmt.Sprintf("postgres://postgres@localhost/%s?host=%s&port=%s", benchDB, c.SocketDir(), clusterPort(c))
+	return fmt.Sprintf("postgres://postgres@localhost/%s?host=%s&port=%s", dataset.DBName, c.SocketDir(), clusterPort(c))
 }
 
 // clusterPort is the port number of the cluster's unix socket.
@@ -270,10 +271,10 @@ func prepareDatabase(ctx context.Context, c *localpg.Cluster) error {
 		return err
 	}
 	defer admin.Close()
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+benchDB); err != nil {
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+dataset.DBName); err != nil {
 		return fmt.Errorf("creating the database: %w", err)
 	}
-	bdb, err := db.Open(ctx, c.DSN(benchDB))
+	bdb, err := db.Open(ctx, c.DSN(dataset.DBName))
 	if err != nil {
 		return err
 	}
@@ -282,14 +283,14 @@ func prepareDatabase(ctx context.Context, c *localpg.Cluster) error {
 	if _, err := migrations.Up(ctx, bdb); err != nil {
 		return err
 	}
-	logf("seeding %d robots and %d jobs", robotCount, jobCount)
+	logf("seeding %d robots and %d jobs", dataset.RobotCount, dataset.JobCount)
 	start := time.Now()
 	conn, err := bdb.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	for _, stmt := range seedSQL() {
+	for _, stmt := range dataset.SeedSQL() {
 		if _, err := conn.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("seeding: %w\n%s", err, stmt)
 		}

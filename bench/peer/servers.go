@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fleetgraph/bench/peer/dataset"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -17,26 +19,23 @@ import (
 	"time"
 )
 
-// The benchmark queries. Aliases give PostGraphile's answers Fleetgraph's
+// PostGraphile's spelling of the benchmark queries (dataset.List and
+// dataset.Point are Fleetgraph's). Aliases give PostGraphile's answers Fleetgraph's
 // field names (the Amber preset names a table's id column rowId, keeping id
 // for the global Node ID); timestamps are normalised before the comparison.
 const (
-	fgList = `query List { robots(first: 50) { edges { node {
-  id name hostname status capabilities maxConcurrentJobs createdAt
-  currentJobs { id status priority progress attempt claimedAt workflow { name } } } } } }`
-	pgList = `query List { robots: allRobots(first: 50, orderBy: [CREATED_AT_DESC, PRIMARY_KEY_DESC], condition: {tenantId: "` + tenantID + `"}) { edges { node {
+	pgList = `query List { robots: allRobots(first: 50, orderBy: [CREATED_AT_DESC, PRIMARY_KEY_DESC], condition: {tenantId: "` + dataset.TenantID + `"}) { edges { node {
   id: rowId name hostname status capabilities maxConcurrentJobs createdAt
   currentJobs: currentJobsList { id: rowId status priority progress attempt claimedAt workflow: workflowByWorkflowId { name } } } } } }`
-	fgPoint = `query Point($id: ID!) { job(id: $id) { id status priority progress attempt input createdAt robot { name } } }`
 	pgPoint = `query Point($id: UUID!) { job: jobByRowId(rowId: $id) { id: rowId status priority progress attempt input createdAt robot: robotByRobotId { name } } }`
 )
 
 // rawPoint is the point query's SELECT for pgbench: the same columns, the
 // robot's name joined in, scoped by tenant as the store scopes it.
-var rawPoint = `\set n random(1, ` + fmt.Sprint(jobCount) + `)
+var rawPoint = `\set n random(1, ` + fmt.Sprint(dataset.JobCount) + `)
 SELECT j.id, j.status, j.priority, j.progress, j.attempt, j.input, j.created_at, r.name
 FROM jobs j LEFT JOIN robots r ON r.id = j.robot_id AND r.tenant_id = j.tenant_id
-WHERE j.id = ` + strings.Replace(idExpr(3, ":n"), "(:n)", "(:n::int)", 1) + ` AND j.tenant_id = '` + tenantID + `'::uuid;
+WHERE j.id = ` + strings.Replace(dataset.IDExpr(3, ":n"), "(:n)", "(:n::int)", 1) + ` AND j.tenant_id = '` + dataset.TenantID + `'::uuid;
 `
 
 // queries are a server's spelling of the benchmark queries; probe succeeds
@@ -45,7 +44,7 @@ WHERE j.id = ` + strings.Replace(idExpr(3, ":n"), "(:n)", "(:n::int)", 1) + ` AN
 type queries struct{ list, point, probe string }
 
 var (
-	fleetgraphQueries   = queries{list: fgList, point: fgPoint, probe: `{ robots(first: 1) { totalCount } }`}
+	fleetgraphQueries   = queries{list: dataset.List, point: dataset.Point, probe: `{ robots(first: 1) { totalCount } }`}
 	postgraphileQueries = queries{list: pgList, point: pgPoint, probe: `{ allRobots(first: 1) { totalCount } }`}
 )
 
@@ -148,8 +147,8 @@ func checkSameData(ctx context.Context, servers []*server) error {
 		list bool
 	}
 	probes := []probe{{what: "list", list: true}}
-	for _, n := range []int{1, 1500, 2001, 50000, jobCount} {
-		probes = append(probes, probe{what: "point " + jobID(n), vars: map[string]any{"id": jobID(n)}})
+	for _, n := range []int{1, 1500, 2001, 50000, dataset.JobCount} {
+		probes = append(probes, probe{what: "point " + dataset.JobID(n), vars: map[string]any{"id": dataset.JobID(n)}})
 	}
 	for _, p := range probes {
 		var want any

@@ -1,41 +1,48 @@
-package main
+// Package dataset is the peer benchmark's data set: one tenant with 1,000
+// robots, 5 workflows and 100,000 jobs, seeded with set-based SQL, and the
+// benchmark queries in Fleetgraph's spelling. bench/peer seeds it into its
+// own cluster; the in-process benchmarks in bench seed it into a test
+// database, so a profile of the request path sees the same data.
+package dataset
 
 import "fmt"
 
 const (
-	benchDB = "peerbench"
-	// tenantID is the one tenant of the data set.
-	tenantID      = "a0000000-0000-4000-8000-000000000001"
-	robotCount    = 1000
-	workflowCount = 5
-	jobCount      = 100000
-	// liveJobs are the CLAIMED or RUNNING jobs: two per robot.
-	liveJobs = 2 * robotCount
+	// DBName is the database bench/peer seeds.
+	DBName = "peerbench"
+	// TenantID is the one tenant of the data set.
+	TenantID = "a0000000-0000-4000-8000-000000000001"
+	// RobotCount, WorkflowCount and JobCount size the data set.
+	RobotCount    = 1000
+	WorkflowCount = 5
+	JobCount      = 100000
+	// LiveJobs are the CLAIMED or RUNNING jobs: two per robot.
+	LiveJobs = 2 * RobotCount
 )
 
-// idExpr is SQL for the deterministic UUID number n of a kind (1 robots,
+// IDExpr is SQL for the deterministic UUID number n of a kind (1 robots,
 // 2 workflows, 3 jobs), so that pgbench and the load generator can name a
 // random job from its number alone.
-func idExpr(kind int, n string) string {
+func IDExpr(kind int, n string) string {
 	return fmt.Sprintf("('%08x-0000-4000-8000-' || lpad(to_hex(%s), 12, '0'))::uuid", kind, n)
 }
 
-// jobID is the UUID of job number n, as idExpr(3, n) computes it.
-func jobID(n int) string { return fmt.Sprintf("00000003-0000-4000-8000-%012x", n) }
+// JobID is the UUID of job number n, as IDExpr(3, n) computes it.
+func JobID(n int) string { return fmt.Sprintf("00000003-0000-4000-8000-%012x", n) }
 
-// seedSQL seeds the data set with set-based INSERTs. The change-feed
+// SeedSQL seeds the data set with set-based INSERTs. The change-feed
 // triggers (and foreign-key checks) are off while it runs
 // (session_replication_role = replica), so seeding sends no notifications.
 // It also creates robots_current_jobs, the computed column PostGraphile
 // needs to serve Robot.currentJobs; it is harness setup, not a migration.
-func seedSQL() []string {
-	t := "'" + tenantID + "'::uuid"
+func SeedSQL() []string {
+	t := "'" + TenantID + "'::uuid"
 	day0 := "'2026-01-01T00:00:00Z'::timestamptz"
 	return []string{
 		"SET session_replication_role = replica",
 		fmt.Sprintf(`INSERT INTO workflows (id, tenant_id, name, description, created_at, updated_at)
 SELECT %s, %s, 'workflow-' || i, 'benchmark workflow ' || i, %s + i * interval '1 second', %s
-FROM generate_series(1, %d) i`, idExpr(2, "i"), t, day0, day0, workflowCount),
+FROM generate_series(1, %d) i`, IDExpr(2, "i"), t, day0, day0, WorkflowCount),
 		`INSERT INTO workflow_versions (workflow_id, version, tenant_id, definition, created_by)
 SELECT id, 1, tenant_id, '{"nodes": [{"id": "start", "type": "task"}]}', 'bench' FROM workflows`,
 		fmt.Sprintf(`INSERT INTO robots (id, tenant_id, name, hostname, status, capabilities, max_concurrent_jobs,
@@ -44,7 +51,7 @@ SELECT %s, %s, 'robot-' || lpad(i::text, 4, '0'), 'host-' || i || '.example.inte
   'OFFLINE', ARRAY['excel', 'browser', 'site-' || (i %% 7)], 2, 'production', '1.4.2',
   jsonb_build_object('rack', i %% 20, 'os', 'windows'), NULL,
   %s + i * interval '1 minute', %s + i * interval '1 minute'
-FROM generate_series(1, %d) i`, idExpr(1, "i"), t, day0, day0, robotCount),
+FROM generate_series(1, %d) i`, IDExpr(1, "i"), t, day0, day0, RobotCount),
 		// Jobs 1-1000 are RUNNING on robot i, 1001-2000 CLAIMED by robot
 		// i-1000; the rest are COMPLETED, FAILED or QUEUED.
 		fmt.Sprintf(`INSERT INTO jobs (id, tenant_id, workflow_id, workflow_version, status, priority, input, result, error,
@@ -67,8 +74,8 @@ SELECT %s, %s, %s, 1, s.status, (i %% 5) * 10, jsonb_build_object('n', i, 'custo
 FROM generate_series(1, %d) i,
 LATERAL (SELECT CASE WHEN i <= %d THEN 'RUNNING' WHEN i <= %d THEN 'CLAIMED'
   WHEN i %% 10 = 0 THEN 'FAILED' WHEN i %% 10 = 1 THEN 'QUEUED' ELSE 'COMPLETED' END AS status) s`,
-			idExpr(3, "i"), t, idExpr(2, "(i % 5) + 1"), idExpr(1, "((i - 1) % 1000) + 1"),
-			day0, day0, day0, day0, day0, day0, jobCount, robotCount, liveJobs),
+			IDExpr(3, "i"), t, IDExpr(2, "(i % 5) + 1"), IDExpr(1, "((i - 1) % 1000) + 1"),
+			day0, day0, day0, day0, day0, day0, JobCount, RobotCount, LiveJobs),
 		"RESET session_replication_role",
 		`CREATE FUNCTION robots_current_jobs(r robots) RETURNS SETOF jobs LANGUAGE sql STABLE AS $$
   SELECT j.* FROM jobs j
@@ -79,3 +86,13 @@ $$`,
 		"VACUUM ANALYZE",
 	}
 }
+
+// The benchmark queries in Fleetgraph's spelling: List reads 50 robots with
+// their current jobs and each job's workflow; Point reads one job (variable
+// id, see JobID) with its robot's name.
+const (
+	List = `query List { robots(first: 50) { edges { node {
+  id name hostname status capabilities maxConcurrentJobs createdAt
+  currentJobs { id status priority progress attempt claimedAt workflow { name } } } } } }`
+	Point = `query Point($id: ID!) { job(id: $id) { id status priority progress attempt input createdAt robot { name } } }`
+)
