@@ -8,6 +8,7 @@
 package main
 
 //go:generate go tool gqlgen generate
+//go:generate go run ./graph/internal/sequential
 
 import (
 	"context"

@@ -9,12 +9,16 @@
 // relation is asked for fetches it for every row of its page with one keyed
 // statement and primes the loader's cache; the other rows wait for that and
 // read the cache. A page of 500 therefore costs the same statements as a page
-// of 5 however the scheduler interleaves resolvers. Rows not listed in a
-// page batch by dataloadgen's short time window.
+// of 5 however the scheduler interleaves resolvers. The children one
+// batched fetch returns (the current jobs of a page of robots) form a page
+// in turn, and a row returned on its own (a point read, a mutation's
+// answer) is a page of one, fetched at once. Rows not listed in any page
+// batch by dataloadgen's short time window.
 package dataloaders
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -152,7 +156,8 @@ func (p *paged[K, V]) loadPage(ctx context.Context, first K, keys []K) error {
 
 // New returns fresh loaders for one operation.
 func New(s Stores) *Loaders {
-	return &Loaders{
+	l := &Loaders{}
+	*l = Loaders{
 		pages: map[pageKey][]uuid.UUID{},
 		machineEvents: mapped(db.Page[db.MachineEvent]{}, func(ctx context.Context, keys []db.EventPageKey) (map[db.EventPageKey]db.Page[db.MachineEvent], error) {
 			return s.Machines.EventPages(ctx, s.DB, keys)
@@ -170,7 +175,9 @@ func New(s Stores) *Loaders {
 			return s.Robots.FindMany(ctx, s.DB, ids)
 		}),
 		currentJobs: mapped([]*db.Job{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.Job, error) {
-			return s.Jobs.CurrentJobsOf(ctx, s.DB, ids)
+			byRobot, err := s.Jobs.CurrentJobsOf(ctx, s.DB, ids)
+			l.RememberJobs(flatten(byRobot))
+			return byRobot, err
 		}),
 		workflow: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Workflow, error) {
 			return s.Workflows.FindMany(ctx, s.DB, ids)
@@ -179,7 +186,9 @@ func New(s Stores) *Loaders {
 			return s.Workflows.VersionsOf(ctx, s.DB, ids, limit)
 		})),
 		assignments: mapped([]*db.WorkflowAssignment{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.WorkflowAssignment, error) {
-			return s.Workflows.AssignmentsOf(ctx, s.DB, ids)
+			byWorkflow, err := s.Workflows.AssignmentsOf(ctx, s.DB, ids)
+			l.RememberPage(Robots, IDs(flatten(byWorkflow), func(a *db.WorkflowAssignment) *uuid.UUID { return &a.RobotID }))
+			return byWorkflow, err
 		}),
 		overrides: mapped([]*db.NodeRobotOverride{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.NodeRobotOverride, error) {
 			return s.Workflows.OverridesOf(ctx, s.DB, ids)
@@ -188,17 +197,33 @@ func New(s Stores) *Loaders {
 			return s.Logs.LogsOf(ctx, s.DB, ids, limit)
 		})),
 	}
+	return l
+}
+
+// flatten lists the rows of a keyed fetch: the children fetched together
+// form a page of their own, so their relations load in one batch too.
+func flatten[K comparable, V any](m map[K][]*V) []*V {
+	var out []*V
+	for _, rows := range m {
+		out = append(out, rows...)
+	}
+	return out
 }
 
 // RememberPage records that rows of a kind (Machines, Robots, Workflows,
 // Jobs) were listed together, so their relations load in one batch.
-// Duplicate and nil ids are ignored.
+// Duplicate and nil ids are ignored, and a row keeps the first page it was
+// listed in (its relations may be loading with that page already), so
+// pages never overlap.
 func (l *Loaders) RememberPage(kind string, ids []uuid.UUID) {
-	ids = distinct(ids)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, id := range ids {
-		l.pages[pageKey{kind, id}] = ids
+	fresh := slices.DeleteFunc(distinct(ids), func(id uuid.UUID) bool {
+		_, listed := l.pages[pageKey{kind, id}]
+		return listed
+	})
+	for _, id := range fresh {
+		l.pages[pageKey{kind, id}] = fresh
 	}
 }
 
@@ -225,21 +250,30 @@ func distinct(ids []uuid.UUID) []uuid.UUID {
 	return out
 }
 
-// siblings returns the ids listed with id (id alone when it was not listed).
-func (l *Loaders) siblings(kind string, id uuid.UUID) []uuid.UUID {
+// RememberJobs lets the relations of jobs listed together (their robots,
+// workflows and logs) load in one batch each.
+func (l *Loaders) RememberJobs(jobs []*db.Job) {
+	l.RememberPage(Jobs, IDs(jobs, func(j *db.Job) *uuid.UUID { return &j.ID }))
+	l.RememberPage(Robots, IDs(jobs, func(j *db.Job) *uuid.UUID { return j.RobotID }))
+	l.RememberPage(Workflows, IDs(jobs, func(j *db.Job) *uuid.UUID { return &j.WorkflowID }))
+}
+
+// siblings returns the ids listed with id; listed is false when id was in
+// no page.
+func (l *Loaders) siblings(kind string, id uuid.UUID) (ids []uuid.UUID, listed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if ids, ok := l.pages[pageKey{kind, id}]; ok {
-		return ids
-	}
-	return []uuid.UUID{id}
+	ids, listed = l.pages[pageKey{kind, id}]
+	return ids, listed
 }
 
 // loadWithPage loads own's value. When id's row was listed in a page, the
-// relation is first fetched for the whole page, once; withID makes a row's
-// key from own's.
+// relation is first fetched for the whole page, once, at once (a page of
+// one included: a row returned on its own has no siblings to wait for);
+// otherwise dataloadgen batches it with whatever else asks within its
+// window. withID makes a row's key from own's.
 func loadWithPage[K comparable, V any](ctx context.Context, l *Loaders, loader *paged[K, V], kind string, own K, id uuid.UUID, withID func(K, uuid.UUID) K) (V, error) {
-	if page := l.siblings(kind, id); len(page) > 1 {
+	if page, listed := l.siblings(kind, id); listed {
 		keys := make([]K, len(page))
 		for i, sibling := range page {
 			keys[i] = withID(own, sibling)

@@ -75,10 +75,37 @@ func derefAll[T any](in []*T) []T {
 // rememberJobs lets the relations of a page of jobs (their robots and
 // workflows, their logs) load in one batch each.
 func rememberJobs(ctx context.Context, jobs []*db.Job) {
+	dataloaders.For(ctx).RememberJobs(jobs)
+}
+
+// alone lets the relations of a row the API returns on its own (a point
+// read, a mutation's answer) load at once, as a page of one, rather than
+// wait out the loaders' batching window for siblings that never come.
+func alone[T any](ctx context.Context, row *T) *T {
+	if row == nil {
+		return nil
+	}
 	l := dataloaders.For(ctx)
-	l.RememberPage(dataloaders.Jobs, dataloaders.IDs(jobs, func(j *db.Job) *uuid.UUID { return &j.ID }))
-	l.RememberPage(dataloaders.Robots, dataloaders.IDs(jobs, func(j *db.Job) *uuid.UUID { return j.RobotID }))
-	l.RememberPage(dataloaders.Workflows, dataloaders.IDs(jobs, func(j *db.Job) *uuid.UUID { return &j.WorkflowID }))
+	switch r := any(row).(type) {
+	case *db.Job:
+		l.RememberJobs([]*db.Job{r})
+		if r.NextLease != nil {
+			l.RememberJobs([]*db.Job{r.NextLease.Job})
+		}
+	case *db.JobLease:
+		l.RememberJobs([]*db.Job{r.Job})
+	case *db.Robot:
+		l.RememberPage(dataloaders.Robots, []uuid.UUID{r.ID})
+	case *db.Machine:
+		l.RememberPage(dataloaders.Machines, []uuid.UUID{r.ID})
+	case *db.Workflow:
+		l.RememberPage(dataloaders.Workflows, []uuid.UUID{r.ID})
+	case *db.Schedule:
+		l.RememberPage(dataloaders.Workflows, []uuid.UUID{r.WorkflowID})
+	case *db.WorkflowAssignment:
+		l.RememberPage(dataloaders.Robots, []uuid.UUID{r.RobotID})
+	}
+	return row
 }
 
 // eventDetails is logMachineEvent's details: the object, or the string an

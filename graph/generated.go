@@ -25762,7 +25762,7 @@ func (ec *executionContext) ___Type(ctx context.Context, sel ast.SelectionSet, o
 // region    ***************************** type.gotpl *****************************
 
 func (ec *executionContext) marshalNApiKey2ᚕᚖfleetgraphᚋdbᚐAPIKeyᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.APIKey) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNApiKey2ᚖfleetgraphᚋdbᚐAPIKey(ctx, sel, v[i])
@@ -25788,7 +25788,7 @@ func (ec *executionContext) marshalNApiKey2ᚖfleetgraphᚋdbᚐAPIKey(ctx conte
 }
 
 func (ec *executionContext) marshalNApiKeyAuditEntry2ᚕᚖfleetgraphᚋdbᚐAPIKeyAuditEntryᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.APIKeyAuditEntry) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNApiKeyAuditEntry2ᚖfleetgraphᚋdbᚐAPIKeyAuditEntry(ctx, sel, v[i])
@@ -25885,7 +25885,7 @@ func (ec *executionContext) marshalNCreatedWebhookEndpoint2ᚖfleetgraphᚋdbᚐ
 }
 
 func (ec *executionContext) marshalNDeployment2ᚕᚖfleetgraphᚋdbᚐDeploymentᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.Deployment) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNDeployment2ᚖfleetgraphᚋdbᚐDeployment(ctx, sel, v[i])
@@ -26059,7 +26059,7 @@ func (ec *executionContext) marshalNJSON2map(ctx context.Context, sel ast.Select
 }
 
 func (ec *executionContext) marshalNJob2ᚕᚖfleetgraphᚋdbᚐJobᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.Job) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNJob2ᚖfleetgraphᚋdbᚐJob(ctx, sel, v[i])
@@ -26105,7 +26105,7 @@ func (ec *executionContext) marshalNJobConnection2ᚖfleetgraphᚋgraphᚋmodel�
 }
 
 func (ec *executionContext) marshalNJobEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐJobEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.JobEdge) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNJobEdge2ᚖfleetgraphᚋgraphᚋmodelᚐJobEdge(ctx, sel, v[i])
@@ -26131,7 +26131,7 @@ func (ec *executionContext) marshalNJobEdge2ᚖfleetgraphᚋgraphᚋmodelᚐJobE
 }
 
 func (ec *executionContext) marshalNJobLease2ᚕᚖfleetgraphᚋdbᚐJobLeaseᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.JobLease) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNJobLease2ᚖfleetgraphᚋdbᚐJobLease(ctx, sel, v[i])
@@ -26157,7 +26157,7 @@ func (ec *executionContext) marshalNJobLease2ᚖfleetgraphᚋdbᚐJobLease(ctx c
 }
 
 func (ec *executionContext) marshalNJobLog2ᚕᚖfleetgraphᚋdbᚐRobotLogᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.RobotLog) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNJobLog2ᚖfleetgraphᚋdbᚐRobotLog(ctx, sel, v[i])
@@ -26229,7 +26229,7 @@ func (ec *executionContext) marshalNLogCleanupConnection2ᚖfleetgraphᚋgraph�
 }
 
 func (ec *executionContext) marshalNLogCleanupEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐLogCleanupEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.LogCleanupEdge) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNLogCleanupEdge2ᚖfleetgraphᚋgraphᚋmodelᚐLogCleanupEdge(ctx, sel, v[i])
@@ -26282,7 +26282,7 @@ func (ec *executionContext) marshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx cont
 }
 
 func (ec *executionContext) marshalNLogSummary2ᚕᚖfleetgraphᚋdbᚐLogSummaryRowᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.LogSummaryRow) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNLogSummary2ᚖfleetgraphᚋdbᚐLogSummaryRow(ctx, sel, v[i])
@@ -26338,7 +26338,7 @@ func (ec *executionContext) marshalNMachineConnection2ᚖfleetgraphᚋgraphᚋmo
 }
 
 func (ec *executionContext) marshalNMachineEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐMachineEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.MachineEdge) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNMachineEdge2ᚖfleetgraphᚋgraphᚋmodelᚐMachineEdge(ctx, sel, v[i])
@@ -26384,7 +26384,7 @@ func (ec *executionContext) marshalNMachineEventConnection2ᚖfleetgraphᚋgraph
 }
 
 func (ec *executionContext) marshalNMachineEventEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐMachineEventEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.MachineEventEdge) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNMachineEventEdge2ᚖfleetgraphᚋgraphᚋmodelᚐMachineEventEdge(ctx, sel, v[i])
@@ -26427,7 +26427,7 @@ func (ec *executionContext) marshalNMachineStatus2fleetgraphᚋdbᚐMachineStatu
 }
 
 func (ec *executionContext) marshalNNodeRobotOverride2ᚕᚖfleetgraphᚋdbᚐNodeRobotOverrideᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.NodeRobotOverride) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNNodeRobotOverride2ᚖfleetgraphᚋdbᚐNodeRobotOverride(ctx, sel, v[i])
@@ -26525,7 +26525,7 @@ func (ec *executionContext) marshalNRobotConnection2ᚖfleetgraphᚋgraphᚋmode
 }
 
 func (ec *executionContext) marshalNRobotEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐRobotEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.RobotEdge) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNRobotEdge2ᚖfleetgraphᚋgraphᚋmodelᚐRobotEdge(ctx, sel, v[i])
@@ -26551,7 +26551,7 @@ func (ec *executionContext) marshalNRobotEdge2ᚖfleetgraphᚋgraphᚋmodelᚐRo
 }
 
 func (ec *executionContext) marshalNRobotHeartbeat2ᚕᚖfleetgraphᚋdbᚐRobotHeartbeatᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.RobotHeartbeat) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNRobotHeartbeat2ᚖfleetgraphᚋdbᚐRobotHeartbeat(ctx, sel, v[i])
@@ -26577,7 +26577,7 @@ func (ec *executionContext) marshalNRobotHeartbeat2ᚖfleetgraphᚋdbᚐRobotHea
 }
 
 func (ec *executionContext) marshalNRobotLog2ᚕᚖfleetgraphᚋdbᚐRobotLogᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.RobotLog) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNRobotLog2ᚖfleetgraphᚋdbᚐRobotLog(ctx, sel, v[i])
@@ -26623,7 +26623,7 @@ func (ec *executionContext) marshalNRobotLogConnection2ᚖfleetgraphᚋgraphᚋm
 }
 
 func (ec *executionContext) marshalNRobotLogEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐRobotLogEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.RobotLogEdge) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNRobotLogEdge2ᚖfleetgraphᚋgraphᚋmodelᚐRobotLogEdge(ctx, sel, v[i])
@@ -26668,7 +26668,7 @@ func (ec *executionContext) unmarshalNRobotLogInput2ᚖfleetgraphᚋdbᚐRobotLo
 }
 
 func (ec *executionContext) marshalNRobotStat2ᚕᚖfleetgraphᚋdbᚐRobotStatᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.RobotStat) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNRobotStat2ᚖfleetgraphᚋdbᚐRobotStat(ctx, sel, v[i])
@@ -26741,7 +26741,7 @@ func (ec *executionContext) marshalNScheduleConnection2ᚖfleetgraphᚋgraphᚋm
 }
 
 func (ec *executionContext) marshalNScheduleEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐScheduleEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.ScheduleEdge) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNScheduleEdge2ᚖfleetgraphᚋgraphᚋmodelᚐScheduleEdge(ctx, sel, v[i])
@@ -26930,7 +26930,7 @@ func (ec *executionContext) marshalNWebhookAttempt2fleetgraphᚋdbᚐWebhookAtte
 }
 
 func (ec *executionContext) marshalNWebhookAttempt2ᚕfleetgraphᚋdbᚐWebhookAttemptᚄ(ctx context.Context, sel ast.SelectionSet, v []db.WebhookAttempt) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNWebhookAttempt2fleetgraphᚋdbᚐWebhookAttempt(ctx, sel, v[i])
@@ -26966,7 +26966,7 @@ func (ec *executionContext) marshalNWebhookDeliveryConnection2ᚖfleetgraphᚋgr
 }
 
 func (ec *executionContext) marshalNWebhookDeliveryEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐWebhookDeliveryEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.WebhookDeliveryEdge) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNWebhookDeliveryEdge2ᚖfleetgraphᚋgraphᚋmodelᚐWebhookDeliveryEdge(ctx, sel, v[i])
@@ -27009,7 +27009,7 @@ func (ec *executionContext) marshalNWebhookDeliveryStatus2fleetgraphᚋdbᚐWebh
 }
 
 func (ec *executionContext) marshalNWebhookEndpoint2ᚕᚖfleetgraphᚋdbᚐWebhookEndpointᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.WebhookEndpoint) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNWebhookEndpoint2ᚖfleetgraphᚋdbᚐWebhookEndpoint(ctx, sel, v[i])
@@ -27045,7 +27045,7 @@ func (ec *executionContext) marshalNWorkflow2ᚖfleetgraphᚋdbᚐWorkflow(ctx c
 }
 
 func (ec *executionContext) marshalNWorkflowAssignment2ᚕᚖfleetgraphᚋdbᚐWorkflowAssignmentᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.WorkflowAssignment) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNWorkflowAssignment2ᚖfleetgraphᚋdbᚐWorkflowAssignment(ctx, sel, v[i])
@@ -27071,7 +27071,7 @@ func (ec *executionContext) marshalNWorkflowAssignment2ᚖfleetgraphᚋdbᚐWork
 }
 
 func (ec *executionContext) marshalNWorkflowAssignmentStats2ᚕᚖfleetgraphᚋdbᚐWorkflowAssignmentStatsᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.WorkflowAssignmentStats) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNWorkflowAssignmentStats2ᚖfleetgraphᚋdbᚐWorkflowAssignmentStats(ctx, sel, v[i])
@@ -27107,7 +27107,7 @@ func (ec *executionContext) marshalNWorkflowConnection2ᚖfleetgraphᚋgraphᚋm
 }
 
 func (ec *executionContext) marshalNWorkflowEdge2ᚕᚖfleetgraphᚋgraphᚋmodelᚐWorkflowEdgeᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.WorkflowEdge) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNWorkflowEdge2ᚖfleetgraphᚋgraphᚋmodelᚐWorkflowEdge(ctx, sel, v[i])
@@ -27133,7 +27133,7 @@ func (ec *executionContext) marshalNWorkflowEdge2ᚖfleetgraphᚋgraphᚋmodel�
 }
 
 func (ec *executionContext) marshalNWorkflowVersion2ᚕᚖfleetgraphᚋdbᚐWorkflowVersionᚄ(ctx context.Context, sel ast.SelectionSet, v []*db.WorkflowVersion) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNWorkflowVersion2ᚖfleetgraphᚋdbᚐWorkflowVersion(ctx, sel, v[i])
@@ -27163,7 +27163,7 @@ func (ec *executionContext) marshalN__Directive2githubᚗcomᚋ99designsᚋgqlge
 }
 
 func (ec *executionContext) marshalN__Directive2ᚕgithubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐDirectiveᚄ(ctx context.Context, sel ast.SelectionSet, v []introspection.Directive) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalN__Directive2githubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐDirective(ctx, sel, v[i])
@@ -27209,7 +27209,7 @@ func (ec *executionContext) unmarshalN__DirectiveLocation2ᚕstringᚄ(ctx conte
 }
 
 func (ec *executionContext) marshalN__DirectiveLocation2ᚕstringᚄ(ctx context.Context, sel ast.SelectionSet, v []string) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalN__DirectiveLocation2string(ctx, sel, v[i])
@@ -27237,7 +27237,7 @@ func (ec *executionContext) marshalN__InputValue2githubᚗcomᚋ99designsᚋgqlg
 }
 
 func (ec *executionContext) marshalN__InputValue2ᚕgithubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐInputValueᚄ(ctx context.Context, sel ast.SelectionSet, v []introspection.InputValue) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalN__InputValue2githubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐInputValue(ctx, sel, v[i])
@@ -27257,7 +27257,7 @@ func (ec *executionContext) marshalN__Type2githubᚗcomᚋ99designsᚋgqlgenᚋg
 }
 
 func (ec *executionContext) marshalN__Type2ᚕgithubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐTypeᚄ(ctx context.Context, sel ast.SelectionSet, v []introspection.Type) graphql.Marshaler {
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalN__Type2githubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐType(ctx, sel, v[i])
@@ -27589,7 +27589,7 @@ func (ec *executionContext) marshalOScheduleField2ᚕfleetgraphᚋdbᚐScheduleF
 	if v == nil {
 		return graphql.Null
 	}
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalNScheduleField2fleetgraphᚋdbᚐScheduleField(ctx, sel, v[i])
@@ -27713,7 +27713,7 @@ func (ec *executionContext) marshalO__EnumValue2ᚕgithubᚗcomᚋ99designsᚋgq
 	if v == nil {
 		return graphql.Null
 	}
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalN__EnumValue2githubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐEnumValue(ctx, sel, v[i])
@@ -27732,7 +27732,7 @@ func (ec *executionContext) marshalO__Field2ᚕgithubᚗcomᚋ99designsᚋgqlgen
 	if v == nil {
 		return graphql.Null
 	}
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalN__Field2githubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐField(ctx, sel, v[i])
@@ -27751,7 +27751,7 @@ func (ec *executionContext) marshalO__InputValue2ᚕgithubᚗcomᚋ99designsᚋg
 	if v == nil {
 		return graphql.Null
 	}
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalN__InputValue2githubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐInputValue(ctx, sel, v[i])
@@ -27777,7 +27777,7 @@ func (ec *executionContext) marshalO__Type2ᚕgithubᚗcomᚋ99designsᚋgqlgen�
 	if v == nil {
 		return graphql.Null
 	}
-	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+	ret := marshalList(ctx, len(v), func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
 		return ec.marshalN__Type2githubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐType(ctx, sel, v[i])

@@ -112,7 +112,13 @@ func (t overHTTP) write(w http.ResponseWriter, r *http.Request, status int, exec
 			Extensions map[string]any `json:"extensions,omitempty"`
 		}{resp.Errors, resp.Extensions}
 	}
-	b, err := json.Marshal(body)
+	var b []byte
+	var err error
+	if executed {
+		b, err = encodeResponse(resp)
+	} else {
+		b, err = json.Marshal(body)
+	}
 	if err != nil {
 		// Resolvers return what marshals; a value that does not is a bug.
 		id := RequestID(r.Context())
@@ -123,4 +129,39 @@ func (t overHTTP) write(w http.ResponseWriter, r *http.Request, status int, exec
 	}
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
+}
+
+// encodeResponse encodes an executed operation's response as json.Marshal
+// would, but splices gqlgen's data bytes in as they are: json.Marshal
+// re-validates and compacts a json.RawMessage byte by byte, which cost about
+// 6% of a 50-robot list's CPU. Only the errors and extensions are encoded
+// here (they are small); a response of incremental delivery, which this
+// transport never sends, goes through json.Marshal whole.
+func encodeResponse(resp *graphql.Response) ([]byte, error) {
+	if resp.Label != "" || resp.Path != nil || resp.HasNext != nil {
+		return json.Marshal(resp)
+	}
+	b := make([]byte, 0, len(resp.Data)+64)
+	b = append(b, '{')
+	if len(resp.Errors) > 0 {
+		errs, err := json.Marshal(resp.Errors)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(append(b, `"errors":`...), errs...), ',')
+	}
+	b = append(b, `"data":`...)
+	if len(resp.Data) == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, resp.Data...)
+	}
+	if len(resp.Extensions) > 0 {
+		ext, err := json.Marshal(resp.Extensions)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, `,"extensions":`...), ext...)
+	}
+	return append(b, '}'), nil
 }

@@ -80,12 +80,14 @@ func (r *machineEventConnectionResolver) TotalCount(ctx context.Context, obj *mo
 
 // CreateMachine is the resolver for the createMachine field.
 func (r *mutationResolver) CreateMachine(ctx context.Context, input db.CreateMachineInput) (*db.Machine, error) {
-	return r.MachineStore.Create(ctx, r.DB, input)
+	row, err := r.MachineStore.Create(ctx, r.DB, input)
+	return alone(ctx, row), err
 }
 
 // UpdateMachine is the resolver for the updateMachine field.
 func (r *mutationResolver) UpdateMachine(ctx context.Context, id uuid.UUID, input db.UpdateMachineInput) (*db.Machine, error) {
-	return r.MachineStore.Update(ctx, r.DB, id, input)
+	row, err := r.MachineStore.Update(ctx, r.DB, id, input)
+	return alone(ctx, row), err
 }
 
 // DeleteMachine is the resolver for the deleteMachine field.
@@ -95,12 +97,14 @@ func (r *mutationResolver) DeleteMachine(ctx context.Context, id uuid.UUID) (uui
 
 // StartMachine is the resolver for the startMachine field.
 func (r *mutationResolver) StartMachine(ctx context.Context, id uuid.UUID) (*db.Machine, error) {
-	return r.MachineStore.Start(ctx, r.DB, id)
+	row, err := r.MachineStore.Start(ctx, r.DB, id)
+	return alone(ctx, row), err
 }
 
 // StopMachine is the resolver for the stopMachine field.
 func (r *mutationResolver) StopMachine(ctx context.Context, id uuid.UUID) (*db.Machine, error) {
-	return r.MachineStore.Stop(ctx, r.DB, id)
+	row, err := r.MachineStore.Stop(ctx, r.DB, id)
+	return alone(ctx, row), err
 }
 
 // DeployProtocol is the resolver for the deployProtocol field.
@@ -115,12 +119,14 @@ func (r *mutationResolver) LogMachineEvent(ctx context.Context, machineID uuid.U
 
 // CreateRobot is the resolver for the createRobot field.
 func (r *mutationResolver) CreateRobot(ctx context.Context, input db.CreateRobotInput) (*db.Robot, error) {
-	return r.RobotStore.Create(ctx, r.DB, input)
+	row, err := r.RobotStore.Create(ctx, r.DB, input)
+	return alone(ctx, row), err
 }
 
 // UpdateRobot is the resolver for the updateRobot field.
 func (r *mutationResolver) UpdateRobot(ctx context.Context, id uuid.UUID, input db.UpdateRobotInput) (*db.Robot, error) {
-	return r.RobotStore.Update(ctx, r.DB, id, input)
+	row, err := r.RobotStore.Update(ctx, r.DB, id, input)
+	return alone(ctx, row), err
 }
 
 // DeleteRobot is the resolver for the deleteRobot field.
@@ -140,7 +146,8 @@ func (r *mutationResolver) RevokeAPIKey(ctx context.Context, id uuid.UUID) (*db.
 
 // CreateWorkflow is the resolver for the createWorkflow field.
 func (r *mutationResolver) CreateWorkflow(ctx context.Context, input db.CreateWorkflowInput) (*db.Workflow, error) {
-	return r.WorkflowStore.Create(ctx, r.DB, input)
+	row, err := r.WorkflowStore.Create(ctx, r.DB, input)
+	return alone(ctx, row), err
 }
 
 // PublishWorkflowVersion is the resolver for the publishWorkflowVersion field.
@@ -150,7 +157,8 @@ func (r *mutationResolver) PublishWorkflowVersion(ctx context.Context, workflowI
 
 // AssignWorkflow is the resolver for the assignWorkflow field.
 func (r *mutationResolver) AssignWorkflow(ctx context.Context, workflowID uuid.UUID, robotID uuid.UUID, isDefault *bool, priority *int) (*db.WorkflowAssignment, error) {
-	return r.WorkflowStore.Assign(ctx, r.DB, workflowID, robotID, deref(isDefault), deref(priority))
+	row, err := r.WorkflowStore.Assign(ctx, r.DB, workflowID, robotID, deref(isDefault), deref(priority))
+	return alone(ctx, row), err
 }
 
 // UnassignWorkflow is the resolver for the unassignWorkflow field.
@@ -170,57 +178,74 @@ func (r *mutationResolver) RemoveNodeRobotOverride(ctx context.Context, workflow
 
 // EnqueueJob is the resolver for the enqueueJob field.
 func (r *mutationResolver) EnqueueJob(ctx context.Context, input db.EnqueueJobInput) (*db.Job, error) {
-	return r.JobStore.Enqueue(ctx, r.DB, input)
+	row, err := r.JobStore.Enqueue(ctx, r.DB, input)
+	return alone(ctx, row), err
 }
 
 // EnqueueJobs is the resolver for the enqueueJobs field.
 func (r *mutationResolver) EnqueueJobs(ctx context.Context, input []*db.EnqueueJobInput) ([]*db.Job, error) {
-	return r.JobStore.EnqueueMany(ctx, r.DB, derefAll(input))
+	jobs, err := r.JobStore.EnqueueMany(ctx, r.DB, derefAll(input))
+	rememberJobs(ctx, jobs)
+	return jobs, err
 }
 
 // CancelJob is the resolver for the cancelJob field.
 func (r *mutationResolver) CancelJob(ctx context.Context, id uuid.UUID) (*db.Job, error) {
-	return r.JobStore.Cancel(ctx, r.DB, id)
+	row, err := r.JobStore.Cancel(ctx, r.DB, id)
+	return alone(ctx, row), err
 }
 
 // RetryJob is the resolver for the retryJob field.
 func (r *mutationResolver) RetryJob(ctx context.Context, id uuid.UUID) (*db.Job, error) {
-	return r.JobStore.Retry(ctx, r.DB, id)
+	row, err := r.JobStore.Retry(ctx, r.DB, id)
+	return alone(ctx, row), err
 }
 
 // Heartbeat is the resolver for the heartbeat field.
 func (r *mutationResolver) Heartbeat(ctx context.Context, input db.HeartbeatInput) (*db.Robot, error) {
-	return r.RobotStore.Heartbeat(ctx, r.DB, input)
+	row, err := r.RobotStore.Heartbeat(ctx, r.DB, input)
+	return alone(ctx, row), err
 }
 
 // ClaimJob is the resolver for the claimJob field.
 func (r *mutationResolver) ClaimJob(ctx context.Context, waitSeconds *int) (*db.JobLease, error) {
-	return r.Dispatcher.Claim(ctx, time.Duration(deref(waitSeconds))*time.Second)
+	row, err := r.Dispatcher.Claim(ctx, time.Duration(deref(waitSeconds))*time.Second)
+	return alone(ctx, row), err
 }
 
 // ClaimJobs is the resolver for the claimJobs field.
 func (r *mutationResolver) ClaimJobs(ctx context.Context, limit int, waitSeconds *int) ([]*db.JobLease, error) {
-	return r.Dispatcher.ClaimMany(ctx, limit, time.Duration(deref(waitSeconds))*time.Second)
+	leases, err := r.Dispatcher.ClaimMany(ctx, limit, time.Duration(deref(waitSeconds))*time.Second)
+	jobs := make([]*db.Job, len(leases))
+	for i, l := range leases {
+		jobs[i] = l.Job
+	}
+	rememberJobs(ctx, jobs)
+	return leases, err
 }
 
 // StartJob is the resolver for the startJob field.
 func (r *mutationResolver) StartJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID) (*db.Job, error) {
-	return r.JobStore.Start(ctx, r.DB, jobID, leaseToken)
+	row, err := r.JobStore.Start(ctx, r.DB, jobID, leaseToken)
+	return alone(ctx, row), err
 }
 
 // ReportJobProgress is the resolver for the reportJobProgress field.
 func (r *mutationResolver) ReportJobProgress(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, progress int, currentNode *string, message *string, startIfClaimed *bool) (*db.Job, error) {
-	return r.JobStore.Progress(ctx, r.DB, jobID, leaseToken, progress, currentNode, message, db.JobCallOptions{StartIfClaimed: deref(startIfClaimed)})
+	row, err := r.JobStore.Progress(ctx, r.DB, jobID, leaseToken, progress, currentNode, message, db.JobCallOptions{StartIfClaimed: deref(startIfClaimed)})
+	return alone(ctx, row), err
 }
 
 // CompleteJob is the resolver for the completeJob field.
 func (r *mutationResolver) CompleteJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any, startIfClaimed *bool, claimNext *bool) (*db.Job, error) {
-	return r.JobStore.Complete(ctx, r.DB, jobID, leaseToken, result, db.JobCallOptions{StartIfClaimed: deref(startIfClaimed), ClaimNext: deref(claimNext)})
+	row, err := r.JobStore.Complete(ctx, r.DB, jobID, leaseToken, result, db.JobCallOptions{StartIfClaimed: deref(startIfClaimed), ClaimNext: deref(claimNext)})
+	return alone(ctx, row), err
 }
 
 // FailJob is the resolver for the failJob field.
 func (r *mutationResolver) FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool, claimNext *bool) (*db.Job, error) {
-	return r.JobStore.Fail(ctx, r.DB, jobID, leaseToken, error, deref(retryable), db.JobCallOptions{ClaimNext: deref(claimNext)})
+	row, err := r.JobStore.Fail(ctx, r.DB, jobID, leaseToken, error, deref(retryable), db.JobCallOptions{ClaimNext: deref(claimNext)})
+	return alone(ctx, row), err
 }
 
 // AppendJobLogs is the resolver for the appendJobLogs field.
@@ -240,22 +265,26 @@ func (r *mutationResolver) CleanupLogs(ctx context.Context, retentionDays *int, 
 
 // CreateSchedule is the resolver for the createSchedule field.
 func (r *mutationResolver) CreateSchedule(ctx context.Context, input db.CreateScheduleInput) (*db.Schedule, error) {
-	return r.ScheduleStore.Create(ctx, r.DB, input)
+	row, err := r.ScheduleStore.Create(ctx, r.DB, input)
+	return alone(ctx, row), err
 }
 
 // UpdateSchedule is the resolver for the updateSchedule field.
 func (r *mutationResolver) UpdateSchedule(ctx context.Context, id uuid.UUID, input db.UpdateScheduleInput) (*db.Schedule, error) {
-	return r.ScheduleStore.Update(ctx, r.DB, id, input)
+	row, err := r.ScheduleStore.Update(ctx, r.DB, id, input)
+	return alone(ctx, row), err
 }
 
 // PauseSchedule is the resolver for the pauseSchedule field.
 func (r *mutationResolver) PauseSchedule(ctx context.Context, id uuid.UUID, note *string) (*db.Schedule, error) {
-	return r.ScheduleStore.Pause(ctx, r.DB, id, note)
+	row, err := r.ScheduleStore.Pause(ctx, r.DB, id, note)
+	return alone(ctx, row), err
 }
 
 // ResumeSchedule is the resolver for the resumeSchedule field.
 func (r *mutationResolver) ResumeSchedule(ctx context.Context, id uuid.UUID) (*db.Schedule, error) {
-	return r.ScheduleStore.Resume(ctx, r.DB, id)
+	row, err := r.ScheduleStore.Resume(ctx, r.DB, id)
+	return alone(ctx, row), err
 }
 
 // DeleteSchedule is the resolver for the deleteSchedule field.
@@ -265,7 +294,8 @@ func (r *mutationResolver) DeleteSchedule(ctx context.Context, id uuid.UUID) (uu
 
 // TriggerSchedule is the resolver for the triggerSchedule field.
 func (r *mutationResolver) TriggerSchedule(ctx context.Context, id uuid.UUID) (*db.Job, error) {
-	return r.ScheduleStore.Trigger(ctx, r.DB, id)
+	row, err := r.ScheduleStore.Trigger(ctx, r.DB, id)
+	return alone(ctx, row), err
 }
 
 // CreateWebhookEndpoint is the resolver for the createWebhookEndpoint field.
@@ -305,7 +335,8 @@ func (r *queryResolver) Me(ctx context.Context) (*auth.Principal, error) {
 
 // Machine is the resolver for the machine field.
 func (r *queryResolver) Machine(ctx context.Context, id uuid.UUID) (*db.Machine, error) {
-	return nullIfMissing(r.MachineStore.Get(ctx, r.DB, id))
+	row, err := nullIfMissing(r.MachineStore.Get(ctx, r.DB, id))
+	return alone(ctx, row), err
 }
 
 // Machines is the resolver for the machines field.
@@ -323,7 +354,8 @@ func (r *queryResolver) MachineEvents(ctx context.Context, machineID uuid.UUID, 
 
 // Robot is the resolver for the robot field.
 func (r *queryResolver) Robot(ctx context.Context, id uuid.UUID) (*db.Robot, error) {
-	return nullIfMissing(r.RobotStore.Get(ctx, r.DB, id))
+	row, err := nullIfMissing(r.RobotStore.Get(ctx, r.DB, id))
+	return alone(ctx, row), err
 }
 
 // Robots is the resolver for the robots field.
@@ -341,7 +373,8 @@ func (r *queryResolver) APIKeys(ctx context.Context, robotID uuid.UUID, includeR
 
 // Workflow is the resolver for the workflow field.
 func (r *queryResolver) Workflow(ctx context.Context, id uuid.UUID) (*db.Workflow, error) {
-	return nullIfMissing(r.WorkflowStore.Get(ctx, r.DB, id))
+	row, err := nullIfMissing(r.WorkflowStore.Get(ctx, r.DB, id))
+	return alone(ctx, row), err
 }
 
 // Workflows is the resolver for the workflows field.
@@ -353,7 +386,8 @@ func (r *queryResolver) Workflows(ctx context.Context, first *int, after *string
 
 // Job is the resolver for the job field.
 func (r *queryResolver) Job(ctx context.Context, id uuid.UUID) (*db.Job, error) {
-	return nullIfMissing(r.JobStore.Get(ctx, r.DB, id))
+	row, err := nullIfMissing(r.JobStore.Get(ctx, r.DB, id))
+	return alone(ctx, row), err
 }
 
 // Jobs is the resolver for the jobs field.
@@ -371,12 +405,20 @@ func (r *queryResolver) RobotStats(ctx context.Context) (*db.RobotStats, error) 
 
 // WorkflowAssignmentStats is the resolver for the workflowAssignmentStats field.
 func (r *queryResolver) WorkflowAssignmentStats(ctx context.Context) ([]*db.WorkflowAssignmentStats, error) {
-	return r.WorkflowStore.AssignmentStats(ctx, r.DB)
+	stats, err := r.WorkflowStore.AssignmentStats(ctx, r.DB)
+	dataloaders.For(ctx).RememberPage(dataloaders.Workflows, dataloaders.IDs(stats, func(s *db.WorkflowAssignmentStats) *uuid.UUID {
+		if s.Workflow == nil {
+			return nil
+		}
+		return &s.Workflow.ID
+	}))
+	return stats, err
 }
 
 // CurrentRobot is the resolver for the currentRobot field.
 func (r *queryResolver) CurrentRobot(ctx context.Context) (*db.Robot, error) {
-	return r.RobotStore.Current(ctx, r.DB)
+	row, err := r.RobotStore.Current(ctx, r.DB)
+	return alone(ctx, row), err
 }
 
 // APIKeyAudit is the resolver for the apiKeyAudit field.
@@ -404,12 +446,14 @@ func (r *queryResolver) LogCleanupHistory(ctx context.Context, first *int, after
 
 // Schedule is the resolver for the schedule field.
 func (r *queryResolver) Schedule(ctx context.Context, id uuid.UUID) (*db.Schedule, error) {
-	return nullIfMissing(r.ScheduleStore.Get(ctx, r.DB, id))
+	row, err := nullIfMissing(r.ScheduleStore.Get(ctx, r.DB, id))
+	return alone(ctx, row), err
 }
 
 // Schedules is the resolver for the schedules field.
 func (r *queryResolver) Schedules(ctx context.Context, first *int, after *string, filter *db.ScheduleFilter) (*model.ScheduleConnection, error) {
 	page, err := r.ScheduleStore.List(ctx, r.DB, deref(filter), db.PageArgs{First: first, After: after})
+	dataloaders.For(ctx).RememberPage(dataloaders.Workflows, dataloaders.IDs(page.Items, func(s *db.Schedule) *uuid.UUID { return &s.WorkflowID }))
 	return model.NewScheduleConnection(page, deref(filter)), err
 }
 
@@ -454,7 +498,9 @@ func (r *scheduleResolver) NextRuns(ctx context.Context, obj *db.Schedule, count
 
 // RecentJobs is the resolver for the recentJobs field.
 func (r *scheduleResolver) RecentJobs(ctx context.Context, obj *db.Schedule, first *int) ([]*db.Job, error) {
-	return r.ScheduleStore.RecentJobs(ctx, r.DB, obj.ID, first)
+	jobs, err := r.ScheduleStore.RecentJobs(ctx, r.DB, obj.ID, first)
+	rememberJobs(ctx, jobs)
+	return jobs, err
 }
 
 // TotalCount is the resolver for the totalCount field.
