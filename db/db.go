@@ -24,10 +24,11 @@ import (
 // Open connects to PostgreSQL at dsn (a URL or key=value DSN) through lib/pq and
 // checks the connection.
 func Open(ctx context.Context, dsn string) (*bun.DB, error) {
-	sqldb, err := sql.Open("postgres", dsn)
+	pqc, err := pq.NewConnector(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("opening the database: %w", err)
+		return nil, fmt.Errorf("connecting to the database (check DATABASE_URL): %w", err)
 	}
+	sqldb := sql.OpenDB(connector{pqc})
 	sqldb.SetMaxOpenConns(25)
 	sqldb.SetMaxIdleConns(25)
 	sqldb.SetConnMaxIdleTime(5 * time.Minute)

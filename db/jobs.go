@@ -138,49 +138,51 @@ func (s *Jobs) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error)
 	if err != nil {
 		return nil, err
 	}
+	var p Params
 	j := new(Job)
-	if err := jobsVisible(sc, idb.NewSelect().Model(j).Where("j.id = ?", id), "j").Scan(ctx); err != nil {
+	if err := scanBound(ctx, jobsVisible(sc.binding(&p), idb.NewSelect().Model(j).Where("j.id = ?", p.Bind(id)), "j"), &p); err != nil {
 		return nil, notFoundIfNoRows(err, "job")
 	}
 	return j, nil
 }
 
-func (s *Jobs) filtered(ctx context.Context, idb bun.IDB, f JobFilter) (*bun.SelectQuery, error) {
+func (s *Jobs) filtered(ctx context.Context, idb bun.IDB, f JobFilter, par *Params) (*bun.SelectQuery, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
 	}
-	q := jobsVisible(sc, idb.NewSelect().Model((*Job)(nil)), "j")
+	q := jobsVisible(sc.binding(par), idb.NewSelect().Model((*Job)(nil)), "j")
 	if f.Status != nil {
-		q = q.Where("j.status = ?", *f.Status)
+		q = q.Where("j.status = ?", par.Arg(*f.Status))
 	}
 	if f.RobotID != nil {
-		q = q.Where("j.robot_id = ?", *f.RobotID)
+		q = q.Where("j.robot_id = ?", par.Arg(*f.RobotID))
 	}
 	if f.WorkflowID != nil {
-		q = q.Where("j.workflow_id = ?", *f.WorkflowID)
+		q = q.Where("j.workflow_id = ?", par.Arg(*f.WorkflowID))
 	}
 	if f.CreatedAfter != nil {
-		q = q.Where("j.created_at > ?", *f.CreatedAfter)
+		q = q.Where("j.created_at > ?", par.Arg(*f.CreatedAfter))
 	}
 	if f.CreatedBefore != nil {
-		q = q.Where("j.created_at < ?", *f.CreatedBefore)
+		q = q.Where("j.created_at < ?", par.Arg(*f.CreatedBefore))
 	}
 	return q, nil
 }
 
 // List returns a page of jobs, newest first.
 func (s *Jobs) List(ctx context.Context, idb bun.IDB, f JobFilter, p PageArgs) (Page[Job], error) {
-	q, err := s.filtered(ctx, idb, f)
+	var par Params
+	q, err := s.filtered(ctx, idb, f, &par)
 	if err != nil {
 		return Page[Job]{}, err
 	}
-	return newestFirst[Job](ctx, q, "job", "j", p)
+	return newestFirst[Job](ctx, q, &par, "job", "j", p)
 }
 
 // Count returns how many jobs match f.
 func (s *Jobs) Count(ctx context.Context, idb bun.IDB, f JobFilter) (int, error) {
-	q, err := s.filtered(ctx, idb, f)
+	q, err := s.filtered(ctx, idb, f, nil)
 	return countOf(ctx, q, err, "jobs")
 }
 
@@ -350,10 +352,11 @@ func (s *Jobs) CurrentJobsOf(ctx context.Context, idb bun.IDB, robotIDs []uuid.U
 	if err != nil {
 		return nil, err
 	}
+	var p Params
 	var rows []*Job
-	err = jobsVisible(sc, idb.NewSelect().Model(&rows).
-		Where("j.robot_id = ANY(?::uuid[]) AND j.status IN (?)", pgUUIDs(robotIDs), bun.List(liveJobStatuses)), "j").
-		OrderExpr("j.claimed_at").Scan(ctx)
+	err = scanBound(ctx, jobsVisible(sc.binding(&p), idb.NewSelect().Model(&rows).
+		Where("j.robot_id = ANY(?::uuid[]) AND j.status IN (?)", p.Bind(uuidArray(robotIDs)), bun.List(liveJobStatuses)), "j").
+		OrderExpr("j.claimed_at"), &p)
 	if err != nil {
 		return nil, fmt.Errorf("loading current jobs: %w", err)
 	}

@@ -166,37 +166,38 @@ func (s *Machines) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (
 	return keyed(rows, func(x *Machine) uuid.UUID { return x.ID }), nil
 }
 
-func (s *Machines) filtered(ctx context.Context, idb bun.IDB, f MachineFilter) (*bun.SelectQuery, error) {
+func (s *Machines) filtered(ctx context.Context, idb bun.IDB, f MachineFilter, par *Params) (*bun.SelectQuery, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
-	q := ownedBy(sc, idb.NewSelect().Model((*Machine)(nil)), "m")
+	q := ownedBy(sc.binding(par), idb.NewSelect().Model((*Machine)(nil)), "m")
 	if f.Status != nil {
-		q = q.Where("m.status = ?", *f.Status)
+		q = q.Where("m.status = ?", par.Arg(*f.Status))
 	}
 	if f.NameContains != nil && *f.NameContains != "" {
 		needle, err := checkFilterText("filter.nameContains", *f.NameContains)
 		if err != nil {
 			return nil, err
 		}
-		q = q.Where(`m.name ILIKE ? ESCAPE '\'`, likePattern(needle))
+		q = q.Where(`m.name ILIKE ? ESCAPE '\'`, par.Arg(likePattern(needle)))
 	}
 	return q, nil
 }
 
 // List returns a page of the caller's machines, newest first.
 func (s *Machines) List(ctx context.Context, idb bun.IDB, f MachineFilter, p PageArgs) (Page[Machine], error) {
-	q, err := s.filtered(ctx, idb, f)
+	var par Params
+	q, err := s.filtered(ctx, idb, f, &par)
 	if err != nil {
 		return Page[Machine]{}, err
 	}
-	return newestFirst[Machine](ctx, q, "machine", "m", p)
+	return newestFirst[Machine](ctx, q, &par, "machine", "m", p)
 }
 
 // Count returns how many of the caller's machines match f.
 func (s *Machines) Count(ctx context.Context, idb bun.IDB, f MachineFilter) (int, error) {
-	q, err := s.filtered(ctx, idb, f)
+	q, err := s.filtered(ctx, idb, f, nil)
 	return countOf(ctx, q, err, "machines")
 }
 

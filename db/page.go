@@ -129,7 +129,10 @@ func decodeSeq(kind string, after *string) (int64, error) {
 
 // newestFirst runs one keyset page of q, whose rows (alias) are ordered
 // newest first by (created_at, id), with cursors of the given kind.
-func newestFirst[T any](ctx context.Context, q *bun.SelectQuery, kind, alias string, p PageArgs) (Page[T], error) {
+//
+// par, when not nil, holds the values q bound; the page then runs as a
+// prepared statement, its cursor bound too.
+func newestFirst[T any](ctx context.Context, q *bun.SelectQuery, par *Params, kind, alias string, p PageArgs) (Page[T], error) {
 	limit, err := p.limit()
 	if err != nil {
 		return Page[T]{}, err
@@ -139,10 +142,15 @@ func newestFirst[T any](ctx context.Context, q *bun.SelectQuery, kind, alias str
 		return Page[T]{}, err
 	}
 	if after != nil {
-		q = q.Where("(?.created_at, ?.id) < (?, ?)", bun.Ident(alias), bun.Ident(alias), after.at, after.id)
+		q = q.Where("(?.created_at, ?.id) < (?::timestamptz, ?::uuid)", bun.Ident(alias), bun.Ident(alias), par.Arg(after.at), par.Arg(after.id))
 	}
 	var rows []*T
-	err = q.Model(&rows).OrderExpr("?.created_at DESC, ?.id DESC", bun.Ident(alias), bun.Ident(alias)).Limit(limit + 1).Scan(ctx)
+	q = q.Model(&rows).OrderExpr("?.created_at DESC, ?.id DESC", bun.Ident(alias), bun.Ident(alias)).Limit(limit + 1)
+	if par != nil {
+		err = scanBound(ctx, q, par)
+	} else {
+		err = q.Scan(ctx)
+	}
 	if err != nil {
 		return Page[T]{}, fmt.Errorf("listing %ss: %w", kind, err)
 	}

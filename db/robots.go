@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/lib/pq"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 
@@ -225,50 +226,52 @@ func (s *Robots) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (ma
 	if err != nil {
 		return nil, err
 	}
+	var p Params
 	var rows []*Robot
-	if err := robotsVisible(sc, idb.NewSelect().Model(&rows).Where("r.id = ANY(?::uuid[])", pgUUIDs(ids)), "r").Scan(ctx); err != nil {
+	if err := scanBound(ctx, robotsVisible(sc.binding(&p), idb.NewSelect().Model(&rows).Where("r.id = ANY(?::uuid[])", p.Bind(uuidArray(ids))), "r"), &p); err != nil {
 		return nil, fmt.Errorf("loading robots: %w", err)
 	}
 	return keyed(rows, func(x *Robot) uuid.UUID { return x.ID }), nil
 }
 
-func (s *Robots) filtered(ctx context.Context, idb bun.IDB, f RobotFilter) (*bun.SelectQuery, error) {
+func (s *Robots) filtered(ctx context.Context, idb bun.IDB, f RobotFilter, par *Params) (*bun.SelectQuery, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
 	}
-	q := robotsVisible(sc, idb.NewSelect().Model((*Robot)(nil)), "r")
+	q := robotsVisible(sc.binding(par), idb.NewSelect().Model((*Robot)(nil)), "r")
 	if f.Status != nil {
-		q = q.Where("r.status = ?", *f.Status)
+		q = q.Where("r.status = ?", par.Arg(*f.Status))
 	}
 	if f.Capability != nil {
 		if !capabilityRE.MatchString(*f.Capability) {
 			return nil, fault.Invalid("filter.capability", "filter.capability must be 1-64 characters of letters, digits, _ . : -")
 		}
-		q = q.Where("r.capabilities @> ?", pgdialect.Array([]string{*f.Capability}))
+		q = q.Where("r.capabilities @> ?::text[]", par.Arg(pq.StringArray{*f.Capability}))
 	}
 	if f.NameContains != nil && *f.NameContains != "" {
 		needle, err := checkFilterText("filter.nameContains", *f.NameContains)
 		if err != nil {
 			return nil, err
 		}
-		q = q.Where(`r.name ILIKE ? ESCAPE '\'`, likePattern(needle))
+		q = q.Where(`r.name ILIKE ? ESCAPE '\'`, par.Arg(likePattern(needle)))
 	}
 	return q, nil
 }
 
 // List returns a page of the tenant's robots, newest first.
 func (s *Robots) List(ctx context.Context, idb bun.IDB, f RobotFilter, p PageArgs) (Page[Robot], error) {
-	q, err := s.filtered(ctx, idb, f)
+	var par Params
+	q, err := s.filtered(ctx, idb, f, &par)
 	if err != nil {
 		return Page[Robot]{}, err
 	}
-	return newestFirst[Robot](ctx, q, "robot", "r", p)
+	return newestFirst[Robot](ctx, q, &par, "robot", "r", p)
 }
 
 // Count returns how many robots match f.
 func (s *Robots) Count(ctx context.Context, idb bun.IDB, f RobotFilter) (int, error) {
-	q, err := s.filtered(ctx, idb, f)
+	q, err := s.filtered(ctx, idb, f, nil)
 	return countOf(ctx, q, err, "robots")
 }
 

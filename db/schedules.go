@@ -597,7 +597,7 @@ func (s *Schedules) List(ctx context.Context, idb bun.IDB, f ScheduleFilter, p P
 	if err != nil {
 		return Page[Schedule]{}, err
 	}
-	return newestFirst[Schedule](ctx, q, "schedule", "s", p)
+	return newestFirst[Schedule](ctx, q, nil, "schedule", "s", p)
 }
 
 // Count returns how many schedules match f.

@@ -27,6 +27,8 @@ type scope struct {
 	// wholeTenant is true for service_role.
 	wholeTenant bool
 	actor       string
+	// params, when set, bind the rules' values (see binding).
+	params *Params
 }
 
 // scopeOf returns the caller's scope, or UNAUTHENTICATED for an anonymous context.
@@ -64,6 +66,20 @@ func robotScope(ctx context.Context) (scope, error) {
 
 func (s scope) isRobot() bool { return s.robot != uuid.Nil }
 
+// binding is the scope with its rules binding their values to p, for a
+// prepared statement (see Params): the statement's text then depends on
+// the kind of principal only, never on who it is.
+func (s scope) binding(p *Params) scope {
+	s.params = p
+	return s
+}
+
+// arg is v as the scope's rules pass it to a query: bound to the scope's
+// Params when it has them, else written into the text by bun.
+func (s scope) arg(v any) any {
+	return s.params.Arg(v)
+}
+
 // wherer is any bun query with a Where clause (select, update, delete).
 type wherer[Q any] interface {
 	Where(query string, args ...any) Q
@@ -71,16 +87,16 @@ type wherer[Q any] interface {
 
 // ownedBy restricts q to machines (alias names the table) the scope may see.
 func ownedBy[Q wherer[Q]](s scope, q Q, alias string) Q {
-	q = q.Where(alias+".tenant_id = ?", s.tenant)
+	q = q.Where(alias+".tenant_id = ?", s.arg(s.tenant))
 	if !s.wholeTenant {
-		q = q.Where(alias+".owner_id = ?", s.user)
+		q = q.Where(alias+".owner_id = ?", s.arg(s.user))
 	}
 	return q
 }
 
 // inTenant restricts q to rows of the scope's tenant.
 func inTenant[Q wherer[Q]](s scope, q Q, alias string) Q {
-	return q.Where(alias+".tenant_id = ?", s.tenant)
+	return q.Where(alias+".tenant_id = ?", s.arg(s.tenant))
 }
 
 // robotsVisible restricts q to robots the scope may see: the tenant's, or a
@@ -88,7 +104,7 @@ func inTenant[Q wherer[Q]](s scope, q Q, alias string) Q {
 func robotsVisible[Q wherer[Q]](s scope, q Q, alias string) Q {
 	q = inTenant(s, q, alias)
 	if s.isRobot() {
-		q = q.Where(alias+".id = ?", s.robot)
+		q = q.Where(alias+".id = ?", s.arg(s.robot))
 	}
 	return q
 }
@@ -98,7 +114,7 @@ func robotsVisible[Q wherer[Q]](s scope, q Q, alias string) Q {
 func jobsVisible[Q wherer[Q]](s scope, q Q, alias string) Q {
 	q = inTenant(s, q, alias)
 	if s.isRobot() {
-		q = q.Where(alias+".robot_id = ?", s.robot)
+		q = q.Where(alias+".robot_id = ?", s.arg(s.robot))
 	}
 	return q
 }

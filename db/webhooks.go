@@ -462,7 +462,7 @@ func (s *Webhooks) Deliveries(ctx context.Context, idb bun.IDB, endpointID uuid.
 	if status != nil {
 		q = q.Where("d.status = ?", *status)
 	}
-	return newestFirst[WebhookDelivery](ctx, q, "delivery", "d", p)
+	return newestFirst[WebhookDelivery](ctx, q, nil, "delivery", "d", p)
 }
 
 // requireEndpoint answers NOT_FOUND (naming field) unless the tenant has the endpoint.

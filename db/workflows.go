@@ -116,41 +116,43 @@ func (s *Workflows) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) 
 	if err != nil {
 		return nil, err
 	}
+	var p Params
 	var rows []*Workflow
-	if err := inTenant(sc, idb.NewSelect().Model(&rows).Where("w.id = ANY(?::uuid[])", pgUUIDs(ids)), "w").Scan(ctx); err != nil {
+	if err := scanBound(ctx, inTenant(sc.binding(&p), idb.NewSelect().Model(&rows).Where("w.id = ANY(?::uuid[])", p.Bind(uuidArray(ids))), "w"), &p); err != nil {
 		return nil, fmt.Errorf("loading workflows: %w", err)
 	}
 	return keyed(rows, func(x *Workflow) uuid.UUID { return x.ID }), nil
 }
 
-func (s *Workflows) filtered(ctx context.Context, idb bun.IDB, nameContains *string) (*bun.SelectQuery, error) {
+func (s *Workflows) filtered(ctx context.Context, idb bun.IDB, nameContains *string, par *Params) (*bun.SelectQuery, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
 	}
-	q := inTenant(sc, idb.NewSelect().Model((*Workflow)(nil)), "w")
+	q := inTenant(sc.binding(par), idb.NewSelect().Model((*Workflow)(nil)), "w")
 	if nameContains != nil && *nameContains != "" {
 		needle, err := checkFilterText("nameContains", *nameContains)
 		if err != nil {
 			return nil, err
 		}
-		q = q.Where(`w.name ILIKE ? ESCAPE '\'`, likePattern(needle))
+		q = q.Where(`w.name ILIKE ? ESCAPE '\'`, par.Arg(likePattern(needle)))
 	}
 	return q, nil
 }
 
 // List returns a page of the tenant's workflows, newest first.
 func (s *Workflows) List(ctx context.Context, idb bun.IDB, nameContains *string, p PageArgs) (Page[Workflow], error) {
-	q, err := s.filtered(ctx, idb, nameContains)
+	var par Params
+	q, err := s.filtered(ctx, idb, nameContains, &par)
 	if err != nil {
 		return Page[Workflow]{}, err
 	}
-	return newestFirst[Workflow](ctx, q, "workflow", "w", p)
+	return newestFirst[Workflow](ctx, q, &par, "workflow", "w", p)
 }
 
 // Count returns how many workflows match.
 func (s *Workflows) Count(ctx context.Context, idb bun.IDB, nameContains *string) (int, error) {
-	q, err := s.filtered(ctx, idb, nameContains)
+	q, err := s.filtered(ctx, idb, nameContains, nil)
 	return countOf(ctx, q, err, "workflows")
 }
 
