@@ -331,7 +331,7 @@ func (s *Logs) AppendJobLogs(ctx context.Context, idb bun.IDB, jobID, token uuid
 // locks the job's row, by a fenced update that changes nothing: the revision
 // trigger sees no change, so subscribers are told of none.
 func (s *Logs) holdsJob(ctx context.Context, tx bun.Tx, jobID, token uuid.UUID) error {
-	_, err := s.jobs.fenced(ctx, tx, jobID, token, liveJobStatuses, "log to", func(q *bun.UpdateQuery) *bun.UpdateQuery {
+	_, err := s.jobs.fenced(ctx, tx, jobID, token, liveJobStatuses, "log to", func(q *bun.UpdateQuery, _ *Params) *bun.UpdateQuery {
 		return q.Set("lease_token = j.lease_token")
 	})
 	return err

@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/lib/pq"
 	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/schema"
 )
 
 // Prepared statements for the hot paths.
@@ -76,9 +77,27 @@ type bound struct {
 
 type boundKey struct{}
 
+// boundQuery is a bun query (select, update, raw) whose values may be bound.
+type boundQuery interface {
+	AppendQuery(gen schema.QueryGen, b []byte) ([]byte, error)
+	Scan(ctx context.Context, dest ...any) error
+	DB() *bun.DB
+}
+
+// boundStatement is q, whose values p bound, run prepared by Scan.
+type boundStatement struct {
+	q boundQuery
+	p *Params
+}
+
+// Scan runs the statement (scanBound).
+func (b boundStatement) Scan(ctx context.Context, dest ...any) error {
+	return scanBound(ctx, b.q, b.p, dest...)
+}
+
 // scanBound runs q, whose values p bound, as a prepared statement, scanning
 // into dest (q's model when dest is empty).
-func scanBound(ctx context.Context, q *bun.SelectQuery, p *Params, dest ...any) error {
+func scanBound(ctx context.Context, q boundQuery, p *Params, dest ...any) error {
 	if p.err != nil {
 		return p.err
 	}

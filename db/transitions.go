@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/lib/pq"
 	"github.com/uptrace/bun"
-	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"fleetgraph/fault"
 )
@@ -226,8 +226,9 @@ func CheckClaimLimit(limit int) error {
 // (heartbeats, claims, a completion that claims the next job), so they
 // cannot deadlock.
 func lockClaimingRobot(ctx context.Context, tx bun.Tx, sc scope) (*Robot, error) {
+	var p Params
 	r := new(Robot)
-	if err := robotsVisible(sc, tx.NewSelect().Model(r).Where("r.id = ?", sc.robot), "r").For("UPDATE").Scan(ctx); err != nil {
+	if err := scanBound(ctx, robotsVisible(sc.binding(&p), tx.NewSelect().Model(r).Where("r.id = ?", p.Bind(sc.robot)), "r").For("UPDATE"), &p); err != nil {
 		return nil, notFoundIfNoRows(err, "robot")
 	}
 	return r, nil
@@ -251,15 +252,21 @@ func (s *Jobs) claimLocked(ctx context.Context, tx bun.Tx, r *Robot, limit int) 
 		// compiling it (about 25 ms) would cost more than the claim itself.
 		var held int
 		var jit string
-		if err := tx.NewRaw("SELECT count(*), set_config('jit', 'off', true) FROM jobs WHERE robot_id = ? AND status IN (?)",
-			r.ID, bun.List(liveJobStatuses)).Scan(ctx, &held, &jit); err != nil {
+		var p Params
+		if err := scanBound(ctx, tx.NewRaw("SELECT count(*), set_config('jit', 'off', true) FROM jobs WHERE robot_id = ? AND status IN (?)",
+			p.Bind(r.ID), bun.List(liveJobStatuses)), &p, &held, &jit); err != nil {
 			return nil, fmt.Errorf("counting the robot's jobs: %w", err)
 		}
 		if limit = min(limit, r.MaxConcurrentJobs-held); limit <= 0 {
 			return nil, nil
 		}
 	}
-	jobs, err := transition(ctx, tx, tx.NewRaw(claimSQL, r.ID, r.TenantID, pgdialect.Array(r.Capabilities), r.MaxConcurrentJobs, seconds(s.cfg.Lease), limit))
+	// The claim is prepared (see Params), its LIMIT written in: a generic
+	// plan cannot read a bound LIMIT and would cost the claim as a tenth of
+	// the queue (see the batch's count above).
+	var p Params
+	jobs, err := transition(ctx, tx, boundStatement{tx.NewRaw(claimSQL, p.Bind(r.ID), p.Bind(r.TenantID), p.Bind(pq.StringArray(r.Capabilities)),
+		p.Bind(r.MaxConcurrentJobs), seconds(s.cfg.Lease), limit), &p})
 	if err != nil {
 		return nil, err
 	}
@@ -288,14 +295,18 @@ func leasesOf(jobs []*Job) []*JobLease {
 // fenced runs a robot's transition of one of its jobs in tx: an UPDATE that
 // changes the row only while the robot holds the job under token in one of
 // the from states. A refusal explains itself (see explainFence).
-func (s *Jobs) fenced(ctx context.Context, tx bun.Tx, jobID, token uuid.UUID, from []JobStatus, action string, set func(*bun.UpdateQuery) *bun.UpdateQuery) (*Job, error) {
+//
+// The statement is prepared (see Params): set binds the values it writes
+// through p, so its text stays the same from call to call.
+func (s *Jobs) fenced(ctx context.Context, tx bun.Tx, jobID, token uuid.UUID, from []JobStatus, action string, set fencedSet) (*Job, error) {
 	sc, err := robotScope(ctx)
 	if err != nil {
 		return nil, err
 	}
-	q := inTenant(sc, tx.NewUpdate().Model((*Job)(nil)).Where("j.id = ?", jobID), "j").
-		Where("j.robot_id = ? AND j.lease_token = ? AND j.status IN (?)", sc.robot, token, bun.List(from))
-	j, err := transitionOne(ctx, tx, set(q).Returning("*"))
+	var p Params
+	q := inTenant(sc.binding(&p), tx.NewUpdate().Model((*Job)(nil)).Where("j.id = ?", p.Bind(jobID)), "j").
+		Where("j.robot_id = ? AND j.lease_token = ? AND j.status IN (?)", p.Bind(sc.robot), p.Bind(token), bun.List(from))
+	j, err := transitionOne(ctx, tx, boundStatement{set(q, &p).Returning("*"), &p})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", action, err)
 	}
@@ -305,19 +316,23 @@ func (s *Jobs) fenced(ctx context.Context, tx bun.Tx, jobID, token uuid.UUID, fr
 	return j, nil
 }
 
+// fencedSet adds a fenced transition's changes to its UPDATE, binding the
+// values that vary from call to call through p.
+type fencedSet func(q *bun.UpdateQuery, p *Params) *bun.UpdateQuery
+
 // fencedTx is fenced in a transaction of its own. With claimNext it also
 // leases the robot's next job in that transaction, once the change is made,
 // and attaches it to the returned job as NextLease (nil when none is
 // available: the change commits all the same). The robot's row is locked
 // before the job's, in the order every claim and heartbeat takes them.
-func (s *Jobs) fencedTx(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, from []JobStatus, action string, claimNext bool, set func(*bun.UpdateQuery) *bun.UpdateQuery) (*Job, error) {
+func (s *Jobs) fencedTx(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, from []JobStatus, action string, claimNext bool, set fencedSet) (*Job, error) {
 	return s.fencedThen(ctx, idb, jobID, token, from, action, claimNext, set, nil)
 }
 
 // fencedThen is fencedTx with then, when not nil, run in the transaction
 // right after the change (before the next job is claimed).
 func (s *Jobs) fencedThen(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, from []JobStatus, action string, claimNext bool,
-	set func(*bun.UpdateQuery) *bun.UpdateQuery, then func(ctx context.Context, tx bun.Tx, j *Job) error) (*Job, error) {
+	set fencedSet, then func(ctx context.Context, tx bun.Tx, j *Job) error) (*Job, error) {
 	sc, err := robotScope(ctx)
 	if err != nil {
 		return nil, err
@@ -437,7 +452,7 @@ func (s *Jobs) explainFence(ctx context.Context, idb bun.IDB, sc scope, jobID, t
 // claim's lease (heartbeats do not extend a CLAIMED job's lease). It counts
 // as progress and renews the lease.
 func (s *Jobs) Start(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID) (*Job, error) {
-	return s.fencedTx(ctx, idb, jobID, token, []JobStatus{JobClaimed}, "start", false, func(q *bun.UpdateQuery) *bun.UpdateQuery {
+	return s.fencedTx(ctx, idb, jobID, token, []JobStatus{JobClaimed}, "start", false, func(q *bun.UpdateQuery, _ *Params) *bun.UpdateQuery {
 		return q.Set("status = ?", JobRunning).Set("started_at = now()").Set("progress_at = now()").
 			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
 	})
@@ -462,14 +477,14 @@ func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID
 			return nil, err
 		}
 	}
-	return s.fencedThen(ctx, idb, jobID, token, runningOrClaimed(startIfClaimed), "report progress on", false, func(q *bun.UpdateQuery) *bun.UpdateQuery {
+	return s.fencedThen(ctx, idb, jobID, token, runningOrClaimed(startIfClaimed), "report progress on", false, func(q *bun.UpdateQuery, p *Params) *bun.UpdateQuery {
 		if startIfClaimed {
 			q = startedIfClaimed(true, q).Set("status = ?", JobRunning)
 		}
-		q = q.Set("progress = ?", progress).Set("progress_at = now()").
+		q = q.Set("progress = ?", p.Bind(progress)).Set("progress_at = now()").
 			Set("lease_expires_at = now() + make_interval(secs => ?)", seconds(s.cfg.Lease))
 		if currentNode != nil {
-			q = q.Set("current_node = ?", *currentNode)
+			q = q.Set("current_node = ?", p.Bind(*currentNode))
 		}
 		return q
 	}, func(ctx context.Context, tx bun.Tx, j *Job) error {
@@ -490,8 +505,8 @@ func (s *Jobs) Complete(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID
 	if err != nil {
 		return nil, err
 	}
-	return s.fencedTx(ctx, idb, jobID, token, runningOrClaimed(o.StartIfClaimed), "complete", o.ClaimNext, func(q *bun.UpdateQuery) *bun.UpdateQuery {
-		return startedIfClaimed(o.StartIfClaimed, q).Set("status = ?", JobCompleted).Set("result = ?::jsonb", jsonText(result)).Set("progress = 100").
+	return s.fencedTx(ctx, idb, jobID, token, runningOrClaimed(o.StartIfClaimed), "complete", o.ClaimNext, func(q *bun.UpdateQuery, p *Params) *bun.UpdateQuery {
+		return startedIfClaimed(o.StartIfClaimed, q).Set("status = ?", JobCompleted).Set("result = ?::jsonb", p.Bind(jsonText(result))).Set("progress = 100").
 			Set("finished_at = now()").Set("lease_expires_at = NULL")
 	})
 }
@@ -511,14 +526,14 @@ func (s *Jobs) Fail(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, re
 	if reason == "" {
 		return nil, fault.Invalid("error", "say why the job failed")
 	}
-	retry := "(? AND j.attempt < j.max_attempts)"
 	base, max := seconds(s.cfg.RetryBackoff), seconds(s.cfg.MaxRetryBackoff)
-	return s.fencedThen(ctx, idb, jobID, token, liveJobStatuses, "fail", optionsOf(opts).ClaimNext, func(q *bun.UpdateQuery) *bun.UpdateQuery {
-		return q.Set("error = ?", reason).Set("lease_expires_at = NULL").
-			Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END", retryable).
-			Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", retryable, base, max).
-			Set("robot_id = CASE WHEN "+retry+" THEN NULL ELSE j.robot_id END", retryable).
-			Set("finished_at = CASE WHEN "+retry+" THEN NULL ELSE now() END", retryable)
+	return s.fencedThen(ctx, idb, jobID, token, liveJobStatuses, "fail", optionsOf(opts).ClaimNext, func(q *bun.UpdateQuery, p *Params) *bun.UpdateQuery {
+		retry := "(" + string(p.Bind(retryable)) + "::boolean AND j.attempt < j.max_attempts)"
+		return q.Set("error = ?", p.Bind(reason)).Set("lease_expires_at = NULL").
+			Set("status = CASE WHEN "+retry+" THEN 'QUEUED' ELSE 'FAILED' END").
+			Set("run_after = CASE WHEN "+retry+" THEN now() + "+backoffSQL+" ELSE j.run_after END", base, max).
+			Set("robot_id = CASE WHEN " + retry + " THEN NULL ELSE j.robot_id END").
+			Set("finished_at = CASE WHEN " + retry + " THEN NULL ELSE now() END")
 	}, func(ctx context.Context, tx bun.Tx, j *Job) error {
 		if j.Status != JobQueued {
 			return nil
