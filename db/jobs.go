@@ -76,6 +76,12 @@ type Job struct {
 	ScheduleID   *uuid.UUID `bun:"schedule_id,type:uuid"`
 	ScheduledFor *time.Time `bun:"scheduled_for"`
 
+	// Robot is the job's robot when a read joined it (GetWithRobot, for a
+	// selection that asks for it), with RobotRead set: nil then means the
+	// job has no robot the caller may see.
+	Robot     *Robot `bun:"rel:belongs-to,join:robot_id=id"`
+	RobotRead bool   `bun:"-"`
+
 	// NextLease is the robot's next job, leased in the transaction that
 	// completed or failed this one when the robot asked for it (claimNext):
 	// the answer carries it, no table does.
@@ -143,6 +149,30 @@ func (s *Jobs) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error)
 	if err := scanBound(ctx, jobsVisible(sc.binding(&p), idb.NewSelect().Model(j).Where("j.id = ?", p.Bind(id)), "j"), &p); err != nil {
 		return nil, notFoundIfNoRows(err, "job")
 	}
+	return j, nil
+}
+
+// GetWithRobot is Get with the job's robot read in the same statement (a
+// LEFT JOIN under the robots' scope rule), for a caller that will show it:
+// one round trip instead of two.
+func (s *Jobs) GetWithRobot(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error) {
+	sc, err := scopeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var p Params
+	sc = sc.binding(&p)
+	j := new(Job)
+	q := idb.NewSelect().Model(j).RelationWithOpts("Robot", bun.RelationOpts{
+		AdditionalJoinOnConditions: robotsVisible(sc, joinOn(nil), "robot"),
+	}).Where("j.id = ?", p.Bind(id))
+	if err := scanBound(ctx, jobsVisible(sc, q, "j"), &p); err != nil {
+		return nil, notFoundIfNoRows(err, "job")
+	}
+	if j.Robot != nil && j.Robot.ID == uuid.Nil { // the LEFT JOIN matched nothing
+		j.Robot = nil
+	}
+	j.RobotRead = true
 	return j, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/google/uuid"
+	"github.com/uptrace/bun/schema"
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
@@ -83,6 +84,16 @@ func (s scope) arg(v any) any {
 // wherer is any bun query with a Where clause (select, update, delete).
 type wherer[Q any] interface {
 	Where(query string, args ...any) Q
+}
+
+// joinOn collects a scope rule's conditions for a JOIN's ON clause, so a
+// joined table is restricted by the same rule as a queried one (for
+// example robotsVisible(sc, joinOn(nil), "robot")).
+type joinOn []schema.QueryWithArgs
+
+// Where adds a condition.
+func (o joinOn) Where(query string, args ...any) joinOn {
+	return append(o, schema.SafeQuery(query, args))
 }
 
 // ownedBy restricts q to machines (alias names the table) the scope may see.

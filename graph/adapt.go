@@ -78,6 +78,18 @@ func rememberJobs(ctx context.Context, jobs []*db.Job) {
 	dataloaders.For(ctx).RememberJobs(jobs)
 }
 
+// selects reports whether the object the field being resolved returns (of
+// GraphQL type typ) has child selected, fragments included: a resolver
+// looks ahead to read a relation in its own statement.
+func selects(ctx context.Context, typ, child string) bool {
+	for _, f := range graphql.CollectFieldsCtx(ctx, []string{typ}) {
+		if f.Name == child {
+			return true
+		}
+	}
+	return false
+}
+
 // alone lets the relations of a row the API returns on its own (a point
 // read, a mutation's answer) load at once, as a page of one, rather than
 // wait out the loaders' batching window for siblings that never come.

@@ -1468,3 +1468,60 @@ func TestJobListStatementCount(t *testing.T) {
 	// The page, its robots, its workflows, its logs.
 	require.LessOrEqual(t, five, int64(4))
 }
+
+// TestJobPointReadJoinsItsRobot checks that job(id) asking for its robot
+// reads both in one statement (a join under the robots' scope rule), through
+// a fragment too, with the same answers as before: the robot, or null for a
+// job no robot holds; another tenant's job stays null; the robot holding the
+// job sees itself; another robot of the tenant sees nothing.
+func TestJobPointReadJoinsItsRobot(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
+	tn := jqNewTenant(t, s)
+	holder := tn.robot(t, "holder", jqRobotOpts{})
+	other := tn.robot(t, "other", jqRobotOpts{})
+	a, b := tn.enqueue(t, nil), tn.enqueue(t, nil)
+	l := holder.claim(t, 0)
+	require.NotNil(t, l)
+	held, queued := a, b
+	if l.Job.ID == b.ID {
+		held, queued = b, a
+	}
+
+	type answer struct {
+		Job *struct {
+			ID    string
+			Robot *struct{ Name string }
+		}
+	}
+	read := func(token, query, id string) (answer, int64) {
+		var out answer
+		before := s.Statements.Load()
+		s.Do(t, token, query, map[string]any{"id": id}).OK(t, &out)
+		return out, s.Statements.Load() - before
+	}
+	for _, query := range []string{
+		`query($id: ID!) { job(id: $id) { id robot { name } } }`,
+		`query($id: ID!) { job(id: $id) { id ... on Job { robot { name } } } }`,
+		`query($id: ID!) { job(id: $id) { id ...R } } fragment R on Job { robot { name } }`,
+	} {
+		out, n := read(tn.user.Token, query, held.ID)
+		require.NotNil(t, out.Job)
+		require.NotNil(t, out.Job.Robot, query)
+		require.Equal(t, "holder", out.Job.Robot.Name)
+		require.EqualValues(t, 1, n, "the job and its robot in one statement: %s", query)
+
+		out, n = read(tn.user.Token, query, queued.ID)
+		require.NotNil(t, out.Job)
+		require.Nil(t, out.Job.Robot, "a queued job has no robot")
+		require.EqualValues(t, 1, n)
+	}
+	q := `query($id: ID!) { job(id: $id) { id robot { name } } }`
+	out, _ := read(holder.Key, q, held.ID)
+	require.NotNil(t, out.Job, "the holder sees its job")
+	require.Equal(t, "holder", out.Job.Robot.Name)
+	out, _ = read(other.Key, q, held.ID)
+	require.Nil(t, out.Job, "another robot does not see the job")
+	out, _ = read(jqNewTenant(t, s).user.Token, q, held.ID)
+	require.Nil(t, out.Job, "another tenant does not see the job")
+}

@@ -26,6 +26,9 @@ func (r *jobResolver) Robot(ctx context.Context, obj *db.Job) (*db.Robot, error)
 	if obj.RobotID == nil {
 		return nil, nil
 	}
+	if obj.RobotRead {
+		return obj.Robot, nil
+	}
 	return dataloaders.For(ctx).Robot(ctx, *obj.RobotID)
 }
 
@@ -386,7 +389,11 @@ func (r *queryResolver) Workflows(ctx context.Context, first *int, after *string
 
 // Job is the resolver for the job field.
 func (r *queryResolver) Job(ctx context.Context, id uuid.UUID) (*db.Job, error) {
-	row, err := nullIfMissing(r.JobStore.Get(ctx, r.DB, id))
+	get := r.JobStore.Get
+	if selects(ctx, "Job", "robot") {
+		get = r.JobStore.GetWithRobot
+	}
+	row, err := nullIfMissing(get(ctx, r.DB, id))
 	return alone(ctx, row), err
 }
 

