@@ -24,11 +24,18 @@ import (
 // Open connects to PostgreSQL at dsn (a URL or key=value DSN) through lib/pq and
 // checks the connection.
 func Open(ctx context.Context, dsn string) (*bun.DB, error) {
-	pqc, err := pq.NewConnector(dsn)
+	cfg, err := pq.NewConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the database (check DATABASE_URL): %w", err)
 	}
-	sqldb := sql.OpenDB(connector{pqc})
+	pqc, err := pq.NewConnectorConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the database (check DATABASE_URL): %w", err)
+	}
+	// binary_parameters=yes is lib/pq's mode for transaction poolers
+	// (PgBouncer, Supavisor), where a named statement cannot outlive a
+	// transaction: bound statements are then sent unprepared.
+	sqldb := sql.OpenDB(connector{Connector: pqc, prepare: !cfg.BinaryParameters})
 	sqldb.SetMaxOpenConns(25)
 	sqldb.SetMaxIdleConns(25)
 	sqldb.SetConnMaxIdleTime(5 * time.Minute)

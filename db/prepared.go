@@ -108,8 +108,13 @@ func scanBound(ctx context.Context, q boundQuery, p *Params, dest ...any) error 
 	return q.Scan(context.WithValue(ctx, boundKey{}, &bound{text: string(text), args: p.args}), dest...)
 }
 
-// connector opens connections that run bound statements prepared.
-type connector struct{ driver.Connector }
+// connector opens connections that run bound statements prepared, or,
+// without prepare, send them with their values in one message batch
+// (lib/pq's binary_parameters mode) for a transaction pooler.
+type connector struct {
+	driver.Connector
+	prepare bool
+}
 
 // Connect implements driver.Connector.
 func (c connector) Connect(ctx context.Context) (driver.Conn, error) {
@@ -117,7 +122,7 @@ func (c connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &conn{Conn: inner, stmts: map[string]driver.Stmt{}}, nil
+	return &conn{Conn: inner, stmts: map[string]driver.Stmt{}, prepare: c.prepare}, nil
 }
 
 // maxPrepared bounds the statements a connection keeps; the hot paths have
@@ -131,12 +136,17 @@ type conn struct {
 	driver.Conn
 	stmts map[string]driver.Stmt
 	inTx  bool // between BeginTx and the transaction's end
+	// prepare is false behind a transaction pooler (see connector).
+	prepare bool
 }
 
 // QueryContext runs a bound query (one whose context carries its values)
 // as a prepared statement, and any other query as lib/pq would.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	if b, ok := ctx.Value(boundKey{}).(*bound); ok && len(args) == 0 && b.text == query {
+		if !c.prepare {
+			return c.Conn.(driver.QueryerContext).QueryContext(ctx, query, b.args)
+		}
 		st, err := c.prepared(ctx, query)
 		if err != nil {
 			return nil, err

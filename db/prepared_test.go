@@ -2,6 +2,7 @@ package db_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -90,4 +91,33 @@ func TestPreparedStatementSurvivesAMigration(t *testing.T) {
 	require.Error(t, err, "inside a transaction the failure aborts it; it cannot be retried there")
 	require.NoError(t, bdb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error { return find(tx) }),
 		"the next transaction prepares it again")
+}
+
+// TestTransactionPoolerModeSendsBoundStatementsUnprepared checks that with
+// binary_parameters=yes in the DSN (lib/pq's mode for PgBouncer and
+// Supavisor in transaction mode, where a named statement cannot outlive a
+// transaction) the hot reads still answer, and nothing is prepared.
+func TestTransactionPoolerModeSendsBoundStatementsUnprepared(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	dsn := d.DSN + "&binary_parameters=yes"
+	if !strings.Contains(d.DSN, "?") {
+		dsn = d.DSN + " binary_parameters=yes"
+	}
+	bdb, err := db.Open(t.Context(), dsn)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = bdb.Close() })
+	bdb.SetMaxOpenConns(1)
+	tenant, id := uuid.New(), uuid.New()
+	ctx := auth.WithPrincipal(t.Context(), &auth.Principal{TenantID: tenant, Role: auth.RoleService})
+	_, err = bdb.ExecContext(ctx, `INSERT INTO robots (id, tenant_id, name) VALUES (?, ?, 'r1')`, id, tenant)
+	require.NoError(t, err)
+	for range 3 {
+		got, err := (&db.Robots{}).FindMany(ctx, bdb, []uuid.UUID{id})
+		require.NoError(t, err)
+		require.Equal(t, "r1", got[id].Name)
+	}
+	var n int
+	require.NoError(t, bdb.NewRaw(`SELECT count(*) FROM pg_prepared_statements`).Scan(t.Context(), &n))
+	require.Zero(t, n, "nothing is prepared behind a transaction pooler")
 }
