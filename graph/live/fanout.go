@@ -468,11 +468,13 @@ func (f *Fanout) execute(ctx context.Context, exec graphql.GraphExecutor, rc *gr
 	out := runPrepared(ctx, exec, rc, func(payload []byte) error {
 		key := tags.next()
 		ms := snapshot()
+		// Counted before any member can see the result, so that whoever
+		// reads Stats after a delivery sees its render.
+		f.renders.Add(1)
+		f.Metrics.SharedRender(len(ms))
 		for _, m := range ms {
 			m.push(payload, key)
 		}
-		f.renders.Add(1)
-		f.Metrics.SharedRender(len(ms))
 		return nil
 	})
 	f.mu.Lock()
