@@ -104,9 +104,14 @@ type Stores struct {
 }
 
 // paged is a dataloadgen loader that can also load a whole page at once.
+// The dataloadgen loader is built when first used: an operation uses one or
+// two of its eleven relations, and building all of them cost a point read
+// about 5% of its CPU.
 type paged[K comparable, V any] struct {
-	*dataloadgen.Loader[K, V]
 	fetch func(ctx context.Context, keys []K) (map[K]V, error)
+
+	once   sync.Once
+	loader *dataloadgen.Loader[K, V]
 
 	mu    sync.Mutex
 	pages map[K]*pageLoad // by the key of the page's first row
@@ -125,11 +130,13 @@ func mapped[K comparable, V any](zero V, fetch func(ctx context.Context, keys []
 		m, err := fetch(ctx, keys)
 		return withZeros(keys, m, zero), err
 	}
-	return &paged[K, V]{
-		Loader: dataloadgen.NewMappedLoader(withZero, dataloadgen.WithWait(wait)),
-		fetch:  withZero,
-		pages:  map[K]*pageLoad{},
-	}
+	return &paged[K, V]{fetch: withZero}
+}
+
+// get returns the dataloadgen loader, building it the first time.
+func (p *paged[K, V]) get() *dataloadgen.Loader[K, V] {
+	p.once.Do(func() { p.loader = dataloadgen.NewMappedLoader(p.fetch, dataloadgen.WithWait(wait)) })
+	return p.loader
 }
 
 // loadPage fetches keys (a page, led by first) once, priming the cache.
@@ -137,6 +144,9 @@ func (p *paged[K, V]) loadPage(ctx context.Context, first K, keys []K) error {
 	p.mu.Lock()
 	pl, ok := p.pages[first]
 	if !ok {
+		if p.pages == nil {
+			p.pages = map[K]*pageLoad{}
+		}
 		pl = &pageLoad{}
 		p.pages[first] = pl
 	}
@@ -148,7 +158,7 @@ func (p *paged[K, V]) loadPage(ctx context.Context, first K, keys []K) error {
 			return
 		}
 		for _, k := range keys {
-			p.Prime(k, values[k])
+			p.get().Prime(k, values[k])
 		}
 	})
 	return pl.err
@@ -283,7 +293,7 @@ func loadWithPage[K comparable, V any](ctx context.Context, l *Loaders, loader *
 			return zero, err
 		}
 	}
-	return loader.Load(ctx, own)
+	return loader.get().Load(ctx, own)
 }
 
 func byID(_ uuid.UUID, id uuid.UUID) uuid.UUID { return id }
