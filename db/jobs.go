@@ -152,6 +152,10 @@ func (s *Jobs) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error)
 	return j, nil
 }
 
+// jobKeyColumns are the columns a narrowed read of jobs always reads: its
+// keys, its relations' keys, the scope's and the cursor's.
+var jobKeyColumns = []string{"id", "tenant_id", "robot_id", "workflow_id", "status", "created_at", "claimed_at", "revision"}
+
 // GetWithRobot is Get with the job's robot read in the same statement (a
 // LEFT JOIN under the robots' scope rule), for a caller that will show it:
 // one round trip instead of two.
@@ -377,14 +381,19 @@ func (s *Jobs) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (map[
 }
 
 // CurrentJobsOf returns the jobs each visible robot holds now.
-func (s *Jobs) CurrentJobsOf(ctx context.Context, idb bun.IDB, robotIDs []uuid.UUID) (map[uuid.UUID][]*Job, error) {
+//
+// cols, when not nil, are the only columns the caller will read (the
+// selection of a GraphQL operation): the statement then reads those and the
+// keys, not the other columns (JSON among them) of every job. Other fields of
+// the jobs are zero. A name that is not a column reads every column.
+func (s *Jobs) CurrentJobsOf(ctx context.Context, idb bun.IDB, robotIDs []uuid.UUID, cols []string) (map[uuid.UUID][]*Job, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var p Params
 	var rows []*Job
-	err = scanBound(ctx, jobsVisible(sc.binding(&p), idb.NewSelect().Model(&rows).
+	err = scanBound(ctx, jobsVisible(sc.binding(&p), narrowed(idb.NewSelect().Model(&rows), jobKeyColumns, cols).
 		Where("j.robot_id = ANY(?::uuid[]) AND j.status IN (?)", p.Bind(uuidArray(robotIDs)), bun.List(liveJobStatuses)), "j").
 		OrderExpr("j.claimed_at"), &p)
 	if err != nil {

@@ -24,6 +24,10 @@ const (
 type PageArgs struct {
 	First *int
 	After *string
+	// Columns, when not nil, are the only columns the caller reads (a
+	// GraphQL selection); the list adds its keys. Lists that support it
+	// say so; the others read every column.
+	Columns []string
 }
 
 // limit returns the page size: DefaultPageSize when absent, capped at MaxPageSize.

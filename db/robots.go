@@ -259,14 +259,18 @@ func (s *Robots) filtered(ctx context.Context, idb bun.IDB, f RobotFilter, par *
 	return q, nil
 }
 
-// List returns a page of the tenant's robots, newest first.
+// robotKeyColumns are the columns a narrowed read of robots always reads.
+var robotKeyColumns = []string{"id", "tenant_id", "created_at", "revision"}
+
+// List returns a page of the tenant's robots, newest first, narrowed to
+// p.Columns.
 func (s *Robots) List(ctx context.Context, idb bun.IDB, f RobotFilter, p PageArgs) (Page[Robot], error) {
 	var par Params
 	q, err := s.filtered(ctx, idb, f, &par)
 	if err != nil {
 		return Page[Robot]{}, err
 	}
-	return newestFirst[Robot](ctx, q, &par, "robot", "r", p)
+	return newestFirst[Robot](ctx, narrowed(q, robotKeyColumns, p.Columns), &par, "robot", "r", p)
 }
 
 // Count returns how many robots match f.

@@ -1,0 +1,140 @@
+package graph_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/uptrace/bun"
+
+	"fleetgraph/apitest"
+)
+
+// colRecorder records the statements that match and returns the last one
+// (forgetting them) on demand.
+func colRecorder(t *testing.T, s *apitest.Server, match func(query string) bool) (last func() string) {
+	var mu sync.Mutex
+	var seen []string
+	s.DB.AddQueryHook(queryHook(func(q string) {
+		if match(q) {
+			mu.Lock()
+			seen = append(seen, q)
+			mu.Unlock()
+		}
+	}))
+	return func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		require.NotEmpty(t, seen, "no statement matched")
+		q := seen[len(seen)-1]
+		seen = nil
+		return q
+	}
+}
+
+// TestCurrentJobsReadTheColumnsTheOperationSelects checks that a robot's
+// current jobs are read with the columns the operation selects on Job and
+// no others (a list does not fetch and decode every job's input), and that
+// every Job the operation shows still gets every field it selects, however
+// the selections are spread: another field asking for more, through a
+// named fragment, in any order.
+func TestCurrentJobsReadTheColumnsTheOperationSelects(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
+	last := colRecorder(t, s, func(q string) bool { return strings.Contains(q, `FROM "jobs" AS "j" WHERE (j.robot_id = ANY(`) })
+	tn := jqNewTenant(t, s)
+	r := tn.robot(t, "r", jqRobotOpts{Slots: 2})
+	for range 2 {
+		tn.enqueue(t, map[string]any{"input": map[string]any{"k": 1}, "priority": 7})
+	}
+	require.NotNil(t, r.claim(t, 0))
+	require.NotNil(t, r.claim(t, 0))
+
+	type job struct {
+		ID       string
+		Status   string
+		Input    map[string]any
+		Priority *int
+	}
+	type robot struct{ CurrentJobs []job }
+	var narrow struct {
+		Robots struct{ Edges []struct{ Node robot } }
+	}
+	tn.do(t, `{ robots(first: 5) { edges { node { currentJobs { id status } } } } }`, nil, &narrow)
+	q := last()
+	require.NotContains(t, q, `"input"`, "a selection without input does not read it: %s", q)
+	require.NotContains(t, q, `"result"`)
+	require.Len(t, narrow.Robots.Edges, 1)
+	require.Len(t, narrow.Robots.Edges[0].Node.CurrentJobs, 2)
+	for _, j := range narrow.Robots.Edges[0].Node.CurrentJobs {
+		require.Equal(t, "CLAIMED", j.Status)
+	}
+
+	for _, query := range []string{
+		// Two fields, one asking for more: both get it, whichever loads first.
+		`query($id: ID!) { robots(first: 5) { edges { node { currentJobs { id } } } } one: robot(id: $id) { currentJobs { id status input priority } } }`,
+		`query($id: ID!) { one: robot(id: $id) { currentJobs { id status input priority } } robots(first: 5) { edges { node { currentJobs { id } } } } }`,
+		// Through a named fragment.
+		`query($id: ID!) { robots(first: 5) { edges { node { currentJobs { ...J } } } } one: robot(id: $id) { currentJobs { ...J } } } fragment J on Job { id status input priority }`,
+	} {
+		var wide struct {
+			Robots struct{ Edges []struct{ Node robot } }
+			One    robot
+		}
+		tn.do(t, query, map[string]any{"id": r.ID}, &wide)
+		require.Contains(t, last(), `"input"`, query)
+		jobs := append(wide.One.CurrentJobs, wide.Robots.Edges[0].Node.CurrentJobs...)
+		require.Len(t, jobs, 4)
+		for _, j := range wide.One.CurrentJobs {
+			require.Equal(t, map[string]any{"k": float64(1)}, j.Input, query)
+			require.NotNil(t, j.Priority)
+			require.Equal(t, 7, *j.Priority)
+			require.Equal(t, "CLAIMED", j.Status)
+		}
+	}
+}
+
+// TestRobotsPageReadsTheColumnsTheOperationSelects checks the same for a
+// page of robots: metadata (JSON) is read only when some field asks.
+func TestRobotsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
+	lastPage := colRecorder(t, s, func(q string) bool {
+		return strings.Contains(q, `FROM "robots" AS "r"`) && strings.Contains(q, `ORDER BY "r".created_at DESC`)
+	})
+	tn := jqNewTenant(t, s)
+	tn.do(t, `mutation { createRobot(input: {name: "r", hostname: "h", metadata: {rack: 7}}) { id } }`, nil, nil)
+
+	var narrow struct {
+		Robots struct {
+			Edges []struct{ Node struct{ Name string } }
+		}
+	}
+	tn.do(t, `{ robots(first: 5) { edges { cursor node { name } } } }`, nil, &narrow)
+	require.NotContains(t, lastPage(), `"metadata"`)
+	require.Equal(t, "r", narrow.Robots.Edges[0].Node.Name)
+
+	var wide struct {
+		Robots struct {
+			Edges []struct {
+				Node struct {
+					Name     string
+					Metadata map[string]any
+				}
+			}
+		}
+	}
+	tn.do(t, `{ robots(first: 5) { edges { node { ...R } } } } fragment R on Robot { name metadata }`, nil, &wide)
+	require.Contains(t, lastPage(), `"metadata"`)
+	require.Equal(t, map[string]any{"rack": float64(7)}, wide.Robots.Edges[0].Node.Metadata)
+}
+
+// queryHook calls f with each statement's text.
+type queryHook func(query string)
+
+func (h queryHook) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
+
+func (h queryHook) AfterQuery(_ context.Context, e *bun.QueryEvent) { h(e.Query) }
