@@ -101,6 +101,9 @@ type Stores struct {
 	Workflows *db.Workflows
 	Jobs      *db.Jobs
 	Logs      *db.Logs
+	// JobColumns, when set, names the jobs columns the operation in ctx
+	// reads (nil: all), so a fetch of jobs reads only those.
+	JobColumns func(ctx context.Context) []string
 }
 
 // paged is a dataloadgen loader that can also load a whole page at once.
@@ -185,7 +188,11 @@ func New(s Stores) *Loaders {
 			return s.Robots.FindMany(ctx, s.DB, ids)
 		}),
 		currentJobs: mapped([]*db.Job{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.Job, error) {
-			byRobot, err := s.Jobs.CurrentJobsOf(ctx, s.DB, ids)
+			var cols []string
+			if s.JobColumns != nil {
+				cols = s.JobColumns(ctx)
+			}
+			byRobot, err := s.Jobs.CurrentJobsOf(ctx, s.DB, ids, cols)
 			l.RememberJobs(flatten(byRobot))
 			return byRobot, err
 		}),
