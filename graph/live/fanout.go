@@ -49,7 +49,7 @@ type Fanout struct {
 	// one waiting) a member may leave unsent before it is ended as a slow
 	// consumer (0: DefaultMemberQueue).
 	Limit int
-	// Writers bounds the members written to at once (0: two per CPU).
+	// Writers bounds the members written to at once (0: one per CPU).
 	Writers int
 	// Metrics counts shared renders (nil: off).
 	Metrics *metrics.Metrics
@@ -371,11 +371,16 @@ func (f *Fanout) list(m *member) {
 	}
 }
 
+// writers is how many members may be written to at once: one per CPU by
+// default. Two per CPU delivered no more and took the CPU from the API:
+// 10,000 subscribers at 10 changes/s (cmd/loadsubs) kept 100% delivery
+// with one per CPU while a mutation's round trip fell from p99 268–325 ms
+// to 136–142 ms and commit→client p99 from 0.69–1.03 s to 0.50–0.87 s.
 func (f *Fanout) writers() int {
 	if f.Writers > 0 {
 		return f.Writers
 	}
-	return 2 * runtime.GOMAXPROCS(0)
+	return runtime.GOMAXPROCS(0)
 }
 
 // writer drains ready members until none is left. A writer held by one
