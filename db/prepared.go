@@ -17,14 +17,14 @@ import (
 //
 // bun writes every value into a statement's text, so PostgreSQL parses and
 // plans each statement as new: for a point read that is most of its cost
-// (BenchmarkRequestPath: the raw point SELECT runs 4.6 times as fast
+// (BenchmarkRequestPath: the raw point SELECT runs 4.5-6 times as fast
 // prepared as with its values in the text). A hot store query binds its
 // values instead (Params.Bind writes $1, $2... where bun would write the
 // value) and runs through scanBound, which hands the values to the
 // connection beside the query, in its context. The connection (conn, below
 // lib/pq in database/sql) prepares each such text once and keeps it, so
 // the text must not depend on the values: scope rules bind the tenant and
-// the principal too (scope.bind). The query still goes through bun (its
+// the principal too (scope.binding). The query still goes through bun (its
 // model, its scan, its query hooks); only the values travel apart.
 
 // Params are the values a statement binds as parameters.
