@@ -204,14 +204,14 @@ func (s *Jobs) filtered(ctx context.Context, idb bun.IDB, f JobFilter, par *Para
 	return q, nil
 }
 
-// List returns a page of jobs, newest first.
+// List returns a page of jobs, newest first, narrowed to p.Columns.
 func (s *Jobs) List(ctx context.Context, idb bun.IDB, f JobFilter, p PageArgs) (Page[Job], error) {
 	var par Params
 	q, err := s.filtered(ctx, idb, f, &par)
 	if err != nil {
 		return Page[Job]{}, err
 	}
-	return newestFirst[Job](ctx, q, &par, "job", "j", p)
+	return newestFirst[Job](ctx, narrowed(q, jobKeyColumns, p.Columns), &par, "job", "j", p)
 }
 
 // Count returns how many jobs match f.

@@ -138,3 +138,45 @@ type queryHook func(query string)
 func (h queryHook) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
 
 func (h queryHook) AfterQuery(_ context.Context, e *bun.QueryEvent) { h(e.Query) }
+
+// TestJobsPageReadsTheColumnsTheOperationSelects checks the same for a
+// page of jobs: input and result (JSON) are read only when some field asks,
+// and the relations still resolve from the keys.
+func TestJobsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
+	lastPage := colRecorder(t, s, func(q string) bool {
+		return strings.Contains(q, `FROM "jobs" AS "j"`) && strings.Contains(q, `ORDER BY "j".created_at DESC`)
+	})
+	tn := jqNewTenant(t, s)
+	r := tn.robot(t, "r", jqRobotOpts{})
+	tn.enqueue(t, map[string]any{"input": map[string]any{"k": 1}})
+	require.NotNil(t, r.claim(t, 0))
+
+	type page struct {
+		Jobs struct {
+			Edges []struct {
+				Node struct {
+					Status   string
+					Input    map[string]any
+					Robot    *struct{ Name string }
+					Workflow *struct{ Name string }
+				}
+			}
+		}
+	}
+	var narrow page
+	tn.do(t, `{ jobs(first: 5) { edges { cursor node { status robot { name } workflow { name } } } } }`, nil, &narrow)
+	q := lastPage()
+	require.NotContains(t, q, `"input"`, q)
+	require.NotContains(t, q, `"result"`, q)
+	n := narrow.Jobs.Edges[0].Node
+	require.Equal(t, "CLAIMED", n.Status)
+	require.Equal(t, "r", n.Robot.Name)
+	require.Equal(t, "main", n.Workflow.Name)
+
+	var wide page
+	tn.do(t, `{ jobs(first: 5) { edges { node { ... on Job { status input } } } } }`, nil, &wide)
+	require.Contains(t, lastPage(), `"input"`)
+	require.Equal(t, map[string]any{"k": float64(1)}, wide.Jobs.Edges[0].Node.Input)
+}

@@ -400,7 +400,7 @@ func (r *queryResolver) Job(ctx context.Context, id uuid.UUID) (*db.Job, error) 
 // Jobs is the resolver for the jobs field.
 func (r *queryResolver) Jobs(ctx context.Context, first *int, after *string, filter *db.JobFilter) (*model.JobConnection, error) {
 	f := deref(filter)
-	page, err := r.JobStore.List(ctx, r.DB, f, db.PageArgs{First: first, After: after})
+	page, err := r.JobStore.List(ctx, r.DB, f, db.PageArgs{First: first, After: after, Columns: jobColumns(ctx)})
 	rememberJobs(ctx, page.Items)
 	return model.NewJobConnection(page, f), err
 }
