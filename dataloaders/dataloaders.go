@@ -101,9 +101,18 @@ type Stores struct {
 	Workflows *db.Workflows
 	Jobs      *db.Jobs
 	Logs      *db.Logs
-	// JobColumns, when set, names the jobs columns the operation in ctx
-	// reads (nil: all), so a fetch of jobs reads only those.
-	JobColumns func(ctx context.Context) []string
+	// Columns, when set, names the columns the operation in ctx reads of
+	// rows of GraphQL type typ (Job, Robot, Workflow; nil: all), so that a
+	// fetch reads only those.
+	Columns func(ctx context.Context, typ string) []string
+}
+
+// columns is s.Columns(ctx, typ), or nil (every column) without it.
+func (s Stores) columns(ctx context.Context, typ string) []string {
+	if s.Columns == nil {
+		return nil
+	}
+	return s.Columns(ctx, typ)
 }
 
 // paged is a dataloadgen loader that can also load a whole page at once.
@@ -185,19 +194,15 @@ func New(s Stores) *Loaders {
 			return s.Machines.ActiveDeployments(ctx, s.DB, ids)
 		}),
 		robot: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Robot, error) {
-			return s.Robots.FindMany(ctx, s.DB, ids)
+			return s.Robots.FindMany(ctx, s.DB, ids, s.columns(ctx, "Robot")...)
 		}),
 		currentJobs: mapped([]*db.Job{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.Job, error) {
-			var cols []string
-			if s.JobColumns != nil {
-				cols = s.JobColumns(ctx)
-			}
-			byRobot, err := s.Jobs.CurrentJobsOf(ctx, s.DB, ids, cols)
+			byRobot, err := s.Jobs.CurrentJobsOf(ctx, s.DB, ids, s.columns(ctx, "Job"))
 			l.RememberJobs(flatten(byRobot))
 			return byRobot, err
 		}),
 		workflow: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Workflow, error) {
-			return s.Workflows.FindMany(ctx, s.DB, ids)
+			return s.Workflows.FindMany(ctx, s.DB, ids, s.columns(ctx, "Workflow")...)
 		}),
 		versions: mapped([]*db.WorkflowVersion{}, limited(func(ctx context.Context, ids []uuid.UUID, limit int) (map[uuid.UUID][]*db.WorkflowVersion, error) {
 			return s.Workflows.VersionsOf(ctx, s.DB, ids, limit)

@@ -221,14 +221,16 @@ func (s *Robots) Current(ctx context.Context, idb bun.IDB) (*Robot, error) {
 }
 
 // FindMany returns the visible robots among ids, keyed by id.
-func (s *Robots) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (map[uuid.UUID]*Robot, error) {
+//
+// cols, when given, narrow the read as List's PageArgs.Columns do.
+func (s *Robots) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID, cols ...string) (map[uuid.UUID]*Robot, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var p Params
 	var rows []*Robot
-	if err := scanBound(ctx, robotsVisible(sc.binding(&p), idb.NewSelect().Model(&rows).Where("r.id = ANY(?::uuid[])", p.Bind(uuidArray(ids))), "r"), &p); err != nil {
+	if err := scanBound(ctx, robotsVisible(sc.binding(&p), narrowed(idb.NewSelect().Model(&rows), robotKeyColumns, cols).Where("r.id = ANY(?::uuid[])", p.Bind(uuidArray(ids))), "r"), &p); err != nil {
 		return nil, fmt.Errorf("loading robots: %w", err)
 	}
 	return keyed(rows, func(x *Robot) uuid.UUID { return x.ID }), nil

@@ -111,18 +111,24 @@ func (s *Workflows) get(ctx context.Context, idb bun.IDB, sc scope, id uuid.UUID
 }
 
 // FindMany returns the visible workflows among ids, keyed by id.
-func (s *Workflows) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID) (map[uuid.UUID]*Workflow, error) {
+//
+// cols, when given, narrow the read to them and the keys (id, tenant_id,
+// created_at).
+func (s *Workflows) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID, cols ...string) (map[uuid.UUID]*Workflow, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var p Params
 	var rows []*Workflow
-	if err := scanBound(ctx, inTenant(sc.binding(&p), idb.NewSelect().Model(&rows).Where("w.id = ANY(?::uuid[])", p.Bind(uuidArray(ids))), "w"), &p); err != nil {
+	if err := scanBound(ctx, inTenant(sc.binding(&p), narrowed(idb.NewSelect().Model(&rows), workflowKeyColumns, cols).Where("w.id = ANY(?::uuid[])", p.Bind(uuidArray(ids))), "w"), &p); err != nil {
 		return nil, fmt.Errorf("loading workflows: %w", err)
 	}
 	return keyed(rows, func(x *Workflow) uuid.UUID { return x.ID }), nil
 }
+
+// workflowKeyColumns are the columns a narrowed read of workflows always reads.
+var workflowKeyColumns = []string{"id", "tenant_id", "created_at"}
 
 func (s *Workflows) filtered(ctx context.Context, idb bun.IDB, nameContains *string, par *Params) (*bun.SelectQuery, error) {
 	sc, err := scopeOf(ctx)

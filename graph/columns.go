@@ -16,6 +16,25 @@ func jobColumns(ctx context.Context) []string {
 	return columnsOf(ctx, "Job", "nextLease", "workflow", "robot", "logs")
 }
 
+// loaderColumns is columnsOf for the loaders' fetches (dataloaders.Stores):
+// the types whose fetches narrow, with their relation fields.
+func loaderColumns(ctx context.Context, typ string) []string {
+	switch typ {
+	case "Job":
+		return jobColumns(ctx)
+	case "Robot":
+		return robotColumns(ctx)
+	case "Workflow":
+		return columnsOf(ctx, "Workflow", "versions", "assignments", "nodeOverrides")
+	}
+	return nil
+}
+
+// robotColumns names the robots columns the operation in ctx can read.
+func robotColumns(ctx context.Context) []string {
+	return columnsOf(ctx, "Robot", "currentJobs", "heartbeats")
+}
+
 // columnsOf names the columns the operation in ctx can read of objects of
 // GraphQL type typ: the column behind every field of typ it selects
 // anywhere (fragments included, so that every object of the type the

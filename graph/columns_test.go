@@ -141,13 +141,16 @@ func (h queryHook) AfterQuery(_ context.Context, e *bun.QueryEvent) { h(e.Query)
 
 // TestJobsPageReadsTheColumnsTheOperationSelects checks the same for a
 // page of jobs: input and result (JSON) are read only when some field asks,
-// and the relations still resolve from the keys.
+// the relations still resolve from the keys, and the loaders' reads of the
+// jobs' robots and workflows are narrowed too.
 func TestJobsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
 	lastPage := colRecorder(t, s, func(q string) bool {
 		return strings.Contains(q, `FROM "jobs" AS "j"`) && strings.Contains(q, `ORDER BY "j".created_at DESC`)
 	})
+	lastRobots := colRecorder(t, s, func(q string) bool { return strings.Contains(q, `FROM "robots" AS "r" WHERE (r.id = ANY(`) })
+	lastWorkflows := colRecorder(t, s, func(q string) bool { return strings.Contains(q, `FROM "workflows" AS "w" WHERE (w.id = ANY(`) })
 	tn := jqNewTenant(t, s)
 	r := tn.robot(t, "r", jqRobotOpts{})
 	tn.enqueue(t, map[string]any{"input": map[string]any{"k": 1}})
@@ -170,6 +173,9 @@ func TestJobsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
 	q := lastPage()
 	require.NotContains(t, q, `"input"`, q)
 	require.NotContains(t, q, `"result"`, q)
+	q = lastRobots()
+	require.NotContains(t, q, `"metadata"`, "the jobs' robots are read narrowed too: %s", q)
+	require.NotContains(t, lastWorkflows(), `"description"`, "and their workflows")
 	n := narrow.Jobs.Edges[0].Node
 	require.Equal(t, "CLAIMED", n.Status)
 	require.Equal(t, "r", n.Robot.Name)

@@ -181,7 +181,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	srv.SetRecoverFunc(recoverPanic(cfg.Logger))
 
 	r := cfg.Resolver
-	stores := dataloaders.Stores{DB: r.DB, Machines: r.MachineStore, Robots: r.RobotStore, Workflows: r.WorkflowStore, Jobs: r.JobStore, Logs: r.LogStore, JobColumns: jobColumns}
+	stores := dataloaders.Stores{DB: r.DB, Machines: r.MachineStore, Robots: r.RobotStore, Workflows: r.WorkflowStore, Jobs: r.JobStore, Logs: r.LogStore, Columns: loaderColumns}
 	// Loaders per response, not per operation: a subscription is one long
 	// operation, and each of its events must read fresh relations.
 	srv.AroundResponses(func(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {

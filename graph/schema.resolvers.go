@@ -364,7 +364,7 @@ func (r *queryResolver) Robot(ctx context.Context, id uuid.UUID) (*db.Robot, err
 // Robots is the resolver for the robots field.
 func (r *queryResolver) Robots(ctx context.Context, first *int, after *string, filter *db.RobotFilter) (*model.RobotConnection, error) {
 	f := deref(filter)
-	page, err := r.RobotStore.List(ctx, r.DB, f, db.PageArgs{First: first, After: after, Columns: columnsOf(ctx, "Robot", "currentJobs", "heartbeats")})
+	page, err := r.RobotStore.List(ctx, r.DB, f, db.PageArgs{First: first, After: after, Columns: robotColumns(ctx)})
 	dataloaders.For(ctx).RememberPage(dataloaders.Robots, dataloaders.IDs(page.Items, func(x *db.Robot) *uuid.UUID { return &x.ID }))
 	return model.NewRobotConnection(page, f), err
 }
