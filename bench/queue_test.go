@@ -187,18 +187,28 @@ func BenchmarkClaimComplete(b *testing.B) {
 // no HTTP, GraphQL or API key in between. The ratio is what the API keeps
 // of the SQL's own rate. ns/op is per job.
 func BenchmarkClaimCompleteVsStore(b *testing.B) {
+	compareModes(b, 1, func(s *apitest.Server) []queueMode {
+		return []queueMode{{"api", workOneAtATime}, {"store", workThroughTheStore(s)}}
+	})
+}
+
+// queueMode is one way of working the queue, named for b.Run.
+type queueMode struct {
+	name string
+	work queueWork
+}
+
+// compareModes runs drainQueue with 16 robots, each of which may hold
+// slots jobs, in each of the modes in turn (one sub-benchmark each, so they
+// see the same load), on one server that caches API keys for 5 s, the
+// production default, so that a key costs no statement per request.
+func compareModes(b *testing.B, slots int, modes func(s *apitest.Server) []queueMode) {
 	s := apitest.New(b, apitest.Options{SweepEvery: time.Hour, KeyCacheTTL: 5 * time.Second})
 	c := newClient(b, s)
 	const robots = 16
-	for _, mode := range []struct {
-		name string
-		work queueWork
-	}{
-		{"api", workOneAtATime},
-		{"store", workThroughTheStore(s)},
-	} {
+	for _, mode := range modes(s) {
 		b.Run(fmt.Sprintf("robots=%d/%s", robots, mode.name), func(b *testing.B) {
-			drainQueue(b, s, c, robots, 1, mode.work)
+			drainQueue(b, s, c, robots, slots, mode.work)
 		})
 	}
 }
@@ -245,21 +255,13 @@ const batchSlots = 8
 // starts; ns/op is per job. The server caches API keys for 5 s, the
 // production default, so that a key costs no statement per request.
 func BenchmarkClaimCompleteBatching(b *testing.B) {
-	s := apitest.New(b, apitest.Options{SweepEvery: time.Hour, KeyCacheTTL: 5 * time.Second})
-	c := newClient(b, s)
-	const robots = 16
-	for _, mode := range []struct {
-		name string
-		work queueWork
-	}{
-		{"one-at-a-time", workOneAtATime},
-		{"batched", batchedWork(true)},
-		{"batched-without-claimNext", batchedWork(false)},
-	} {
-		b.Run(fmt.Sprintf("robots=%d/%s", robots, mode.name), func(b *testing.B) {
-			drainQueue(b, s, c, robots, batchSlots, mode.work)
-		})
-	}
+	compareModes(b, batchSlots, func(*apitest.Server) []queueMode {
+		return []queueMode{
+			{"one-at-a-time", workOneAtATime},
+			{"batched", batchedWork(true)},
+			{"batched-without-claimNext", batchedWork(false)},
+		}
+	})
 }
 
 // queueWork works jobs as one robot (its key) until left runs out.

@@ -394,7 +394,7 @@ func (s *Jobs) CurrentJobsOf(ctx context.Context, idb bun.IDB, robotIDs []uuid.U
 	var p Params
 	var rows []*Job
 	err = scanBound(ctx, jobsVisible(sc.binding(&p), narrowed(idb.NewSelect().Model(&rows), jobKeyColumns, cols).
-		Where("j.robot_id = ANY(?::uuid[]) AND j.status IN (?)", p.Bind(uuidArray(robotIDs)), bun.List(liveJobStatuses)), "j").
+		Where("j.robot_id = ANY(?::uuid[]) AND j.status IN (?)", p.Bind(pgUUIDs(robotIDs)), bun.List(liveJobStatuses)), "j").
 		OrderExpr("j.claimed_at"), &p)
 	if err != nil {
 		return nil, fmt.Errorf("loading current jobs: %w", err)

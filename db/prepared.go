@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/google/uuid"
 	"github.com/lib/pq"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/schema"
@@ -58,15 +57,6 @@ func (p *Params) Arg(v any) any {
 		return v
 	}
 	return p.Bind(v)
-}
-
-// uuidArray is ids as an array parameter (pair it with $n::uuid[]).
-func uuidArray(ids []uuid.UUID) any {
-	s := make([]string, len(ids))
-	for i, id := range ids {
-		s[i] = id.String()
-	}
-	return pq.StringArray(s)
 }
 
 // bound is a statement's text and the values its placeholders stand for.

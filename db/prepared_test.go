@@ -15,11 +15,11 @@ import (
 	"fleetgraph/fault"
 )
 
-// oneConnection opens d again with a pool of one connection, so that the
+// oneConnection opens dsn with a pool of one connection, so that the
 // session's pg_prepared_statements shows what every call prepared.
-func oneConnection(t *testing.T, d *dbtest.Database) *bun.DB {
+func oneConnection(t *testing.T, dsn string) *bun.DB {
 	t.Helper()
-	bdb, err := db.Open(t.Context(), d.DSN)
+	bdb, err := db.Open(t.Context(), dsn)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = bdb.Close() })
 	bdb.SetMaxOpenConns(1)
@@ -41,7 +41,7 @@ func preparedJobReads(t *testing.T, bdb *bun.DB) int {
 // prepare its own). A robot's scope adds a condition, so a second shape.
 func TestHotReadsArePreparedOncePerShape(t *testing.T) {
 	t.Parallel()
-	bdb := oneConnection(t, dbtest.New(t))
+	bdb := oneConnection(t, dbtest.New(t).DSN)
 	jobs := &db.Jobs{}
 	read := func(p *auth.Principal) {
 		_, err := jobs.Get(auth.WithPrincipal(t.Context(), p), bdb, uuid.New())
@@ -62,8 +62,7 @@ func TestHotReadsArePreparedOncePerShape(t *testing.T) {
 // at once, and inside one from the next transaction on.
 func TestPreparedStatementSurvivesAMigration(t *testing.T) {
 	t.Parallel()
-	d := dbtest.New(t)
-	bdb := oneConnection(t, d)
+	bdb := oneConnection(t, dbtest.New(t).DSN)
 	tenant := uuid.New()
 	ctx := auth.WithPrincipal(t.Context(), &auth.Principal{TenantID: tenant, Role: auth.RoleService})
 	robots := &db.Robots{}
@@ -104,13 +103,10 @@ func TestTransactionPoolerModeSendsBoundStatementsUnprepared(t *testing.T) {
 	if !strings.Contains(d.DSN, "?") {
 		dsn = d.DSN + " binary_parameters=yes"
 	}
-	bdb, err := db.Open(t.Context(), dsn)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = bdb.Close() })
-	bdb.SetMaxOpenConns(1)
+	bdb := oneConnection(t, dsn)
 	tenant, id := uuid.New(), uuid.New()
 	ctx := auth.WithPrincipal(t.Context(), &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-	_, err = bdb.ExecContext(ctx, `INSERT INTO robots (id, tenant_id, name) VALUES (?, ?, 'r1')`, id, tenant)
+	_, err := bdb.ExecContext(ctx, `INSERT INTO robots (id, tenant_id, name) VALUES (?, ?, 'r1')`, id, tenant)
 	require.NoError(t, err)
 	for range 3 {
 		got, err := (&db.Robots{}).FindMany(ctx, bdb, []uuid.UUID{id})

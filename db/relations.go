@@ -6,19 +6,22 @@ import (
 	"strings"
 
 	"github.com/google/uuid"
+	"github.com/lib/pq"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"fleetgraph/fault"
 )
 
-// pgUUIDs passes ids as a text[] parameter; queries cast it with ?::uuid[].
+// pgUUIDs passes ids as a text[] value; queries cast it with ?::uuid[]. It
+// is a driver.Valuer, so it serves bun (which writes it into the text) and
+// Params.Bind (which sends it as a parameter) alike.
 func pgUUIDs(ids []uuid.UUID) any {
 	s := make([]string, len(ids))
 	for i, id := range ids {
 		s[i] = id.String()
 	}
-	return pgdialect.Array(s)
+	return pq.StringArray(s)
 }
 
 // keyed maps rows by their id, for FindMany methods whose callers match

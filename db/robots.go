@@ -230,7 +230,7 @@ func (s *Robots) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID, col
 	}
 	var p Params
 	var rows []*Robot
-	if err := scanBound(ctx, robotsVisible(sc.binding(&p), narrowed(idb.NewSelect().Model(&rows), robotKeyColumns, cols).Where("r.id = ANY(?::uuid[])", p.Bind(uuidArray(ids))), "r"), &p); err != nil {
+	if err := scanBound(ctx, robotsVisible(sc.binding(&p), narrowed(idb.NewSelect().Model(&rows), robotKeyColumns, cols).Where("r.id = ANY(?::uuid[])", p.Bind(pgUUIDs(ids))), "r"), &p); err != nil {
 		return nil, fmt.Errorf("loading robots: %w", err)
 	}
 	return keyed(rows, func(x *Robot) uuid.UUID { return x.ID }), nil

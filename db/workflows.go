@@ -121,7 +121,7 @@ func (s *Workflows) FindMany(ctx context.Context, idb bun.IDB, ids []uuid.UUID, 
 	}
 	var p Params
 	var rows []*Workflow
-	if err := scanBound(ctx, inTenant(sc.binding(&p), narrowed(idb.NewSelect().Model(&rows), workflowKeyColumns, cols).Where("w.id = ANY(?::uuid[])", p.Bind(uuidArray(ids))), "w"), &p); err != nil {
+	if err := scanBound(ctx, inTenant(sc.binding(&p), narrowed(idb.NewSelect().Model(&rows), workflowKeyColumns, cols).Where("w.id = ANY(?::uuid[])", p.Bind(pgUUIDs(ids))), "w"), &p); err != nil {
 		return nil, fmt.Errorf("loading workflows: %w", err)
 	}
 	return keyed(rows, func(x *Workflow) uuid.UUID { return x.ID }), nil
