@@ -260,6 +260,7 @@ func BenchmarkClaimCompleteBatching(b *testing.B) {
 			{"one-at-a-time", workOneAtATime},
 			{"batched", batchedWork(true)},
 			{"batched-without-claimNext", batchedWork(false)},
+			{"completing-batches", workCompletingBatches},
 		}
 	})
 }
@@ -423,6 +424,42 @@ func workBatched(ctx context.Context, f *fleet, key string, left *atomic.Int64, 
 			mine = append(mine, next)
 		}
 	}
+}
+
+// workCompletingBatches takes jobs as one robot a batch at a time:
+// claimJobs(limit: 8) once, then completeJobs of the whole batch with
+// claimNext: 8, which leases the next batch in the same transaction (one
+// request and one transaction per batch), until a batch comes back empty.
+func workCompletingBatches(ctx context.Context, f *fleet, key string, left *atomic.Int64) error {
+	const claimJobs = `mutation($n: Int!) { claimJobs(limit: $n) { leaseToken job { id } } }`
+	const complete = `mutation($c: [JobCompletionInput!]!, $n: Int) { completeJobs(completions: $c, startIfClaimed: true, claimNext: $n) {
+		jobs { id } nextLeases { leaseToken job { id } } } }`
+	var out struct{ ClaimJobs []*lease }
+	if err := f.c.do(ctx, key, claimJobs, map[string]any{"n": batchSlots}, &out); err != nil {
+		return fmt.Errorf("claiming: %w", err)
+	}
+	mine := out.ClaimJobs
+	for len(mine) > 0 {
+		batch := make([]map[string]any, len(mine))
+		for i, l := range mine {
+			batch[i] = map[string]any{"jobId": l.Job.ID, "leaseToken": l.LeaseToken, "result": map[string]any{"ok": true}}
+		}
+		var out struct {
+			CompleteJobs struct {
+				Jobs       []struct{ ID string }
+				NextLeases []*lease
+			}
+		}
+		if err := f.c.do(ctx, key, complete, map[string]any{"c": batch, "n": batchSlots}, &out); err != nil {
+			return fmt.Errorf("completing: %w", err)
+		}
+		if len(out.CompleteJobs.Jobs) != len(mine) {
+			return fmt.Errorf("completed %d jobs of %d", len(out.CompleteJobs.Jobs), len(mine))
+		}
+		left.Add(-int64(len(mine)))
+		mine = out.CompleteJobs.NextLeases
+	}
+	return nil
 }
 
 // BenchmarkEnqueueToClaimLatency measures how long a robot already waiting

@@ -98,6 +98,20 @@ type JobLease struct {
 	LeaseExpiresAt time.Time
 }
 
+// JobCompletionInput is one job's completion in a batch (CompleteMany).
+type JobCompletionInput struct {
+	JobID      uuid.UUID
+	LeaseToken uuid.UUID
+	Result     map[string]any
+}
+
+// JobCompletions is what a batch of completions did: the jobs completed, in
+// the order given, and the robot's next leases when it asked for them.
+type JobCompletions struct {
+	Jobs       []*Job
+	NextLeases []*JobLease
+}
+
 // EnqueueJobInput describes a job to queue.
 type EnqueueJobInput struct {
 	WorkflowID           uuid.UUID

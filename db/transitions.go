@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -53,12 +54,14 @@ func transition(ctx context.Context, tx bun.Tx, stmt jobStatement) ([]*Job, erro
 	if err := stmt.Scan(ctx, &rows); err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return nil, err
 	}
+	var events []outboxEvent
 	for _, j := range rows {
 		if typ := jobEventOf(j.Status); typ != "" {
-			if err := recordEvent(ctx, tx, j.TenantID, typ, j.ID, j.UpdatedAt, jobViewOf(j)); err != nil {
-				return nil, err
-			}
+			events = append(events, outboxEvent{j.TenantID, typ, j.ID, j.UpdatedAt, jobViewOf(j)})
 		}
+	}
+	if err := recordEvents(ctx, tx, events); err != nil {
+		return nil, err
 	}
 	return rows, nil
 }
@@ -509,6 +512,121 @@ func (s *Jobs) Complete(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID
 		return startedIfClaimed(o.StartIfClaimed, q).Set("status = ?", JobCompleted).Set("result = ?::jsonb", p.Bind(jsonText(result))).Set("progress = 100").
 			Set("finished_at = now()").Set("lease_expires_at = NULL")
 	})
+}
+
+// CompleteMany completes up to MaxClaimBatch jobs the calling robot holds,
+// each as Complete would (fenced on its own lease token, StartIfClaimed
+// applying to all), in one transaction and one statement. It is all or
+// nothing: when any completion is refused, nothing changes and the error is
+// that job's refusal (see explainFence), naming it as completions[i]. The
+// robot's row is locked first, so one robot's batches take turns. With
+// claimNext > 0 the robot then claims up to that many more jobs in the same
+// transaction, within the slots the completions freed (see ClaimMany).
+func (s *Jobs) CompleteMany(ctx context.Context, idb bun.IDB, batch []JobCompletionInput, claimNext int, opts ...JobCallOptions) (*JobCompletions, error) {
+	startIfClaimed := optionsOf(opts).StartIfClaimed
+	ids, tokens, results, err := checkCompletions(batch)
+	if err != nil {
+		return nil, err
+	}
+	if claimNext < 0 || claimNext > MaxClaimBatch {
+		return nil, fault.Invalid("claimNext", "claimNext must be between 0 and %d (got %d)", MaxClaimBatch, claimNext)
+	}
+	sc, err := robotScope(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &JobCompletions{NextLeases: []*JobLease{}}
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		// The robot's row first, as every claim takes it: one robot's
+		// batches (and claims) take turns, so two overlapping batches
+		// cannot deadlock on their jobs' rows.
+		r, err := lockClaimingRobot(ctx, tx, sc)
+		if err != nil {
+			return err
+		}
+		// c is the batch.
+		var p Params
+		c := tx.NewRaw("SELECT * FROM unnest(?::uuid[], ?::uuid[], ?::text[]::jsonb[]) AS c(id, token, result)",
+			p.Bind(pgUUIDs(ids)), p.Bind(pgUUIDs(tokens)), p.Bind(pq.StringArray(results)))
+		q := tx.NewUpdate().With("c", c).Model((*Job)(nil)).TableExpr("c").Where("j.id = c.id AND j.lease_token = c.token")
+		q = inTenant(sc.binding(&p), q, "j").
+			Where("j.robot_id = ? AND j.status IN (?)", p.Bind(sc.robot), bun.List(runningOrClaimed(startIfClaimed)))
+		q = startedIfClaimed(startIfClaimed, q).Set("status = ?", JobCompleted).Set("result = c.result").Set("progress = 100").
+			Set("finished_at = now()").Set("lease_expires_at = NULL")
+		done, err := transition(ctx, tx, boundStatement{q.Returning("j.*"), &p})
+		if err != nil {
+			return fmt.Errorf("completing the jobs: %w", err)
+		}
+		if out.Jobs, err = s.inBatchOrder(ctx, tx, sc, batch, done); err != nil {
+			return err
+		}
+		if claimNext == 0 {
+			return nil
+		}
+		next, err := s.claimLocked(ctx, tx, r, claimNext)
+		if err != nil {
+			return fmt.Errorf("claiming the next jobs: %w", err)
+		}
+		out.NextLeases = leasesOf(next)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// checkCompletions validates a batch of completions (1 to MaxClaimBatch,
+// each job once, each result a JSON object) and returns its columns, the
+// results as JSON text.
+func checkCompletions(batch []JobCompletionInput) (ids, tokens []uuid.UUID, results []string, err error) {
+	if len(batch) == 0 {
+		return nil, nil, nil, fault.Invalid("completions", "give at least one completion")
+	}
+	if len(batch) > MaxClaimBatch {
+		return nil, nil, nil, fault.Invalid("completions", "at most %d completions per call (got %d)", MaxClaimBatch, len(batch))
+	}
+	seen := make(map[uuid.UUID]bool, len(batch))
+	for i, c := range batch {
+		if seen[c.JobID] {
+			field := fmt.Sprintf("completions[%d].jobId", i)
+			return nil, nil, nil, fault.Invalid(field, "%s: job %s is completed twice in this batch", field, c.JobID)
+		}
+		seen[c.JobID] = true
+		result, err := checkJSONObject(fmt.Sprintf("completions[%d].result", i), c.Result)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ids, tokens, results = append(ids, c.JobID), append(tokens, c.LeaseToken), append(results, jsonText(result))
+	}
+	return ids, tokens, results, nil
+}
+
+// inBatchOrder puts the jobs a batch changed (done) in the batch's order.
+// When the statement left a job of the batch unchanged, it returns that
+// job's refusal (see explainFence), the first in the batch's order, naming
+// it as completions[i] (extensions.field and index).
+func (s *Jobs) inBatchOrder(ctx context.Context, tx bun.Tx, sc scope, batch []JobCompletionInput, done []*Job) ([]*Job, error) {
+	byID := keyed(done, func(j *Job) uuid.UUID { return j.ID })
+	jobs := make([]*Job, len(batch))
+	for i, c := range batch {
+		if jobs[i] = byID[c.JobID]; jobs[i] != nil {
+			continue
+		}
+		err := s.explainFence(ctx, tx, sc, c.JobID, c.LeaseToken, "complete")
+		var f *fault.Error
+		if errors.As(err, &f) {
+			field := fmt.Sprintf("completions[%d]", i)
+			extra := maps.Clone(f.Extra)
+			if extra == nil {
+				extra = map[string]any{}
+			}
+			extra["index"] = i
+			return nil, &fault.Error{Code: f.Code, Message: field + ": " + f.Message, Field: field, Extra: extra}
+		}
+		return nil, err
+	}
+	return jobs, nil
 }
 
 // backoffSQL is the delay before retry number attempt (1-based), doubling

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/lib/pq"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 
@@ -560,36 +561,63 @@ func insertEvent(ctx context.Context, tx bun.IDB, tenant uuid.UUID, typ string, 
 	return id, nil
 }
 
-// recordEventSQL writes an event to the outbox with one delivery per
-// enabled endpoint of the tenant that wants its type, or nothing at all
-// when none does; when it wrote deliveries, it wakes the deliverer (on
-// commit). Parameters: tenant, type, subject, data, time, channel.
-const recordEventSQL = `
-WITH wanted AS (
-	SELECT id FROM webhook_endpoints WHERE tenant_id = ?0 AND enabled AND ?1 = ANY(events)
+// recordEventsSQL writes events to the outbox, each with one delivery per
+// enabled endpoint of its tenant that wants its type, or not at all when
+// none does; when it wrote deliveries, it wakes the deliverer (on commit).
+// It is one prepared statement however many events a transition finished.
+// Parameters (arrays, one element per event): tenants, types, subjects,
+// data, times; then the channel.
+const recordEventsSQL = `
+WITH e AS (
+	SELECT * FROM unnest(?::uuid[], ?::text[], ?::uuid[], ?::text[]::jsonb[], ?::text[]::timestamptz[])
+		WITH ORDINALITY AS e(tenant_id, type, subject_id, data, created_at, n)
 ), event AS (
 	INSERT INTO webhook_events (tenant_id, type, subject_id, data, created_at)
-	SELECT ?0, ?1, ?2, ?3::jsonb, ?4 WHERE EXISTS (SELECT 1 FROM wanted)
-	RETURNING id
-)
-, delivery AS (
+	SELECT e.tenant_id, e.type, e.subject_id, e.data, e.created_at FROM e
+	WHERE EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = e.tenant_id AND w.enabled AND e.type = ANY(w.events))
+	ORDER BY e.n
+	RETURNING id, tenant_id, type, subject_id
+), delivery AS (
 	INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id, subject_id, event_type)
-	SELECT ?0, wanted.id, event.id, ?2, ?1 FROM event, wanted ORDER BY wanted.id
+	SELECT event.tenant_id, w.id, event.id, event.subject_id, event.type
+	FROM event JOIN webhook_endpoints w ON w.tenant_id = event.tenant_id AND w.enabled AND event.type = ANY(w.events)
+	ORDER BY event.id, w.id
 	RETURNING 1
 )
-SELECT pg_notify(?5, '') FROM (SELECT 1 FROM delivery LIMIT 1) AS any_delivery`
+SELECT pg_notify(?, '') FROM (SELECT 1 FROM delivery LIMIT 1) AS any_delivery`
 
-// recordEvent writes an event of tenant about subject (a job or robot) to
-// the webhook outbox in tx, the transaction of the change that causes it,
-// so that no event is lost or sent for a change that rolled back. data is
-// the subject as the API shows it.
-func recordEvent(ctx context.Context, tx bun.IDB, tenant uuid.UUID, typ string, subject uuid.UUID, at time.Time, data any) error {
-	raw, err := json.Marshal(data)
-	if err != nil {
-		return fmt.Errorf("encoding the %s event: %w", typ, err)
+// outboxEvent is an event about subject (a job or robot) of tenant, at
+// the time of the change; data is the subject as the API shows it.
+type outboxEvent struct {
+	tenant  uuid.UUID
+	typ     string
+	subject uuid.UUID
+	at      time.Time
+	data    any
+}
+
+// recordEvents writes events to the webhook outbox in tx, the transaction
+// of the change that causes them, so that no event is lost or sent for a
+// change that rolled back. An event's subject appears at most once.
+func recordEvents(ctx context.Context, tx bun.IDB, events []outboxEvent) error {
+	if len(events) == 0 {
+		return nil
 	}
-	if _, err := tx.NewRaw(recordEventSQL, tenant, typ, subject, string(raw), at, WebhookDueChannel).Exec(ctx); err != nil {
-		return fmt.Errorf("recording the %s event: %w", typ, err)
+	tenants, subjects := make([]uuid.UUID, len(events)), make([]uuid.UUID, len(events))
+	types, data, times := make([]string, len(events)), make([]string, len(events)), make([]string, len(events))
+	for i, ev := range events {
+		raw, err := json.Marshal(ev.data)
+		if err != nil {
+			return fmt.Errorf("encoding the %s event: %w", ev.typ, err)
+		}
+		tenants[i], types[i], subjects[i], data[i], times[i] = ev.tenant, ev.typ, ev.subject, string(raw), ev.at.Format(time.RFC3339Nano)
+	}
+	var p Params
+	var none any
+	err := scanBound(ctx, tx.NewRaw(recordEventsSQL, p.Bind(pgUUIDs(tenants)), p.Bind(pq.StringArray(types)), p.Bind(pgUUIDs(subjects)),
+		p.Bind(pq.StringArray(data)), p.Bind(pq.StringArray(times)), p.Bind(WebhookDueChannel)), &p, &none)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("recording the %s event: %w", events[0].typ, err)
 	}
 	return nil
 }
@@ -604,7 +632,7 @@ func recordRobotChange(ctx context.Context, tx bun.IDB, was RobotStatus, r *Robo
 	if r.Status == RobotOffline {
 		typ = EventRobotOffline
 	}
-	return recordEvent(ctx, tx, r.TenantID, typ, r.ID, r.UpdatedAt, robotViewOf(r))
+	return recordEvents(ctx, tx, []outboxEvent{{r.TenantID, typ, r.ID, r.UpdatedAt, robotViewOf(r)}})
 }
 
 // apiTime is a time as the API shows it: RFC 3339 with nanoseconds, in UTC.

@@ -144,3 +144,12 @@ func acceptsText(ctx context.Context, obj any, next graphql.Resolver) (any, erro
 	}
 	return next(ctx)
 }
+
+// jobsOf is the job of each lease.
+func jobsOf(leases []*db.JobLease) []*db.Job {
+	jobs := make([]*db.Job, len(leases))
+	for i, l := range leases {
+		jobs[i] = l.Job
+	}
+	return jobs
+}

@@ -45,6 +45,8 @@ var listSizes = map[string]listSize{
 	"Query.workflowAssignmentStats": {def: 100, max: 100},
 	"Mutation.enqueueJobs":          {arg: "input", lengthOf: true, def: db.MaxEnqueueBatch, max: db.MaxEnqueueBatch},
 	"Mutation.claimJobs":            {arg: "limit", def: db.MaxClaimBatch, max: db.MaxClaimBatch},
+	"JobCompletions.jobs":           {def: db.MaxClaimBatch, max: db.MaxClaimBatch},
+	"JobCompletions.nextLeases":     {def: db.MaxClaimBatch, max: db.MaxClaimBatch},
 	"Machine.events":                page(db.DefaultPageSize),
 	"Machine.deployments":           page(20),
 	"Robot.currentJobs":             {def: 100, max: 100},

@@ -143,6 +143,11 @@ type ComplexityRoot struct {
 		Revision func(childComplexity int) int
 	}
 
+	JobCompletions struct {
+		Jobs       func(childComplexity int) int
+		NextLeases func(childComplexity int) int
+	}
+
 	JobConnection struct {
 		Edges      func(childComplexity int) int
 		PageInfo   func(childComplexity int) int
@@ -262,6 +267,7 @@ type ComplexityRoot struct {
 		ClaimJobs               func(childComplexity int, limit int, waitSeconds *int) int
 		CleanupLogs             func(childComplexity int, retentionDays *int, dryRun *bool) int
 		CompleteJob             func(childComplexity int, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any, startIfClaimed *bool, claimNext *bool) int
+		CompleteJobs            func(childComplexity int, completions []*db.JobCompletionInput, startIfClaimed *bool, claimNext *int) int
 		CreateAPIKey            func(childComplexity int, robotID uuid.UUID, name string, expiresAt *time.Time) int
 		CreateMachine           func(childComplexity int, input db.CreateMachineInput) int
 		CreateRobot             func(childComplexity int, input db.CreateRobotInput) int
@@ -648,6 +654,7 @@ type MutationResolver interface {
 	ReportJobProgress(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, progress int, currentNode *string, message *string, startIfClaimed *bool) (*db.Job, error)
 	CompleteJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any, startIfClaimed *bool, claimNext *bool) (*db.Job, error)
 	FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool, claimNext *bool) (*db.Job, error)
+	CompleteJobs(ctx context.Context, completions []*db.JobCompletionInput, startIfClaimed *bool, claimNext *int) (*db.JobCompletions, error)
 	AppendJobLogs(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, entries []*db.JobLogInput) (int, error)
 	ShipLogs(ctx context.Context, entries []*db.RobotLogInput) (int, error)
 	CleanupLogs(ctx context.Context, retentionDays *int, dryRun *bool) (*db.LogCleanup, error)
@@ -1157,6 +1164,19 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.JobChange.Revision(childComplexity), true
 
+	case "JobCompletions.jobs":
+		if e.ComplexityRoot.JobCompletions.Jobs == nil {
+			break
+		}
+
+		return e.ComplexityRoot.JobCompletions.Jobs(childComplexity), true
+	case "JobCompletions.nextLeases":
+		if e.ComplexityRoot.JobCompletions.NextLeases == nil {
+			break
+		}
+
+		return e.ComplexityRoot.JobCompletions.NextLeases(childComplexity), true
+
 	case "JobConnection.edges":
 		if e.ComplexityRoot.JobConnection.Edges == nil {
 			break
@@ -1655,6 +1675,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.CompleteJob(childComplexity, args["jobId"].(uuid.UUID), args["leaseToken"].(uuid.UUID), args["result"].(map[string]any), args["startIfClaimed"].(*bool), args["claimNext"].(*bool)), true
+	case "Mutation.completeJobs":
+		if e.ComplexityRoot.Mutation.CompleteJobs == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_completeJobs_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.CompleteJobs(childComplexity, args["completions"].([]*db.JobCompletionInput), args["startIfClaimed"].(*bool), args["claimNext"].(*int)), true
 	case "Mutation.createApiKey":
 		if e.ComplexityRoot.Mutation.CreateAPIKey == nil {
 			break
@@ -3428,6 +3459,7 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 		ec.unmarshalInputCreateWorkflowInput,
 		ec.unmarshalInputEnqueueJobInput,
 		ec.unmarshalInputHeartbeatInput,
+		ec.unmarshalInputJobCompletionInput,
 		ec.unmarshalInputJobFilter,
 		ec.unmarshalInputJobLogInput,
 		ec.unmarshalInputJobUpdateFilter,
@@ -3800,6 +3832,18 @@ type Mutation {
   (it may be this job again, when it was requeued with no backoff).
   """
   failJob(jobId: ID!, leaseToken: ID!, error: String!, retryable: Boolean = false, claimNext: Boolean = false): Job!
+  """
+  (Robots) Completes up to 100 jobs at once, each as completeJob would
+  (fenced on its own lease token; ` + "`" + `startIfClaimed` + "`" + ` applies to every one), in
+  one transaction: all or nothing. When any completion is refused (a lost
+  lease, a cancelled job, a job not RUNNING), nothing changes and the error
+  is that job's, as completeJob would give it, naming it as ` + "`" + `completions[i]` + "`" + `
+  (extensions.field, extensions.index). A job given twice is BAD_USER_INPUT.
+  With ` + "`" + `claimNext: n` + "`" + ` (0-100) up to n more jobs are claimed in the same
+  transaction, by the rules of claimJobs (without waiting) and within the
+  slots the completions freed, and returned in ` + "`" + `nextLeases` + "`" + `.
+  """
+  completeJobs(completions: [JobCompletionInput!]!, startIfClaimed: Boolean = false, claimNext: Int = 0): JobCompletions!
   "(Robots) Appends up to 500 log lines to a job it holds."
   appendJobLogs(jobId: ID!, leaseToken: ID!, entries: [JobLogInput!]!): Int!
 
@@ -4282,6 +4326,21 @@ type Job {
   when not asked for, and everywhere else.
   """
   nextLease: JobLease
+}
+
+"One job's completion in completeJobs."
+input JobCompletionInput {
+  jobId: ID!
+  leaseToken: ID!
+  result: JSON
+}
+
+"What completeJobs did."
+type JobCompletions {
+  "The jobs completed, in the order given."
+  jobs: [Job!]!
+  "The robot's next jobs, claimed in the same transaction when ` + "`" + `claimNext` + "`" + ` asked for them; empty when none was available."
+  nextLeases: [JobLease!]!
 }
 
 "A claimed job and the lease that fences every later call about it."
@@ -4995,6 +5054,16 @@ func (ec *executionContext) childFields_JobChange(ctx context.Context, field gra
 		return ec.fieldContext_JobChange_job(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type JobChange", field.Name)
+}
+
+func (ec *executionContext) childFields_JobCompletions(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "jobs":
+		return ec.fieldContext_JobCompletions_jobs(ctx, field)
+	case "nextLeases":
+		return ec.fieldContext_JobCompletions_nextLeases(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type JobCompletions", field.Name)
 }
 
 func (ec *executionContext) childFields_JobConnection(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -6082,6 +6151,36 @@ func (ec *executionContext) field_Mutation_completeJob_args(ctx context.Context,
 		return nil, err
 	}
 	args["claimNext"] = arg4
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_completeJobs_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "completions",
+		func(ctx context.Context, v any) ([]*db.JobCompletionInput, error) {
+			return ec.unmarshalNJobCompletionInput2ᚕᚖfleetgraphᚋdbᚐJobCompletionInputᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["completions"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "startIfClaimed",
+		func(ctx context.Context, v any) (*bool, error) {
+			return ec.unmarshalOBoolean2ᚖbool(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["startIfClaimed"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "claimNext",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["claimNext"] = arg2
 	return args, nil
 }
 
@@ -9134,6 +9233,70 @@ func (ec *executionContext) fieldContext_JobChange_job(_ context.Context, field 
 	return fc, nil
 }
 
+func (ec *executionContext) _JobCompletions_jobs(ctx context.Context, field graphql.CollectedField, obj *db.JobCompletions) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_JobCompletions_jobs(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Jobs, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*db.Job) graphql.Marshaler {
+			return ec.marshalNJob2ᚕᚖfleetgraphᚋdbᚐJobᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_JobCompletions_jobs(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "JobCompletions",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Job(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _JobCompletions_nextLeases(ctx context.Context, field graphql.CollectedField, obj *db.JobCompletions) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_JobCompletions_nextLeases(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.NextLeases, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*db.JobLease) graphql.Marshaler {
+			return ec.marshalNJobLease2ᚕᚖfleetgraphᚋdbᚐJobLeaseᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_JobCompletions_nextLeases(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "JobCompletions",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_JobLease(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _JobConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.JobConnection) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -12099,6 +12262,50 @@ func (ec *executionContext) fieldContext_Mutation_failJob(ctx context.Context, f
 	}()
 	ctx = graphql.WithFieldContext(ctx, fc)
 	if fc.Args, err = ec.field_Mutation_failJob_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_completeJobs(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_completeJobs(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().CompleteJobs(ctx, fc.Args["completions"].([]*db.JobCompletionInput), fc.Args["startIfClaimed"].(*bool), fc.Args["claimNext"].(*int))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *db.JobCompletions) graphql.Marshaler {
+			return ec.marshalNJobCompletions2ᚖfleetgraphᚋdbᚐJobCompletions(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_completeJobs(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_JobCompletions(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_completeJobs_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
 		ec.Error(ctx, err)
 		return fc, err
 	}
@@ -19750,6 +19957,50 @@ func (ec *executionContext) unmarshalInputHeartbeatInput(ctx context.Context, ob
 	return it, nil
 }
 
+func (ec *executionContext) unmarshalInputJobCompletionInput(ctx context.Context, obj any) (db.JobCompletionInput, error) {
+	var it db.JobCompletionInput
+	if obj == nil {
+		return it, nil
+	}
+
+	asMap := map[string]any{}
+	for k, v := range obj.(map[string]any) {
+		asMap[k] = v
+	}
+
+	fieldsInOrder := [...]string{"jobId", "leaseToken", "result"}
+	for _, k := range fieldsInOrder {
+		v, ok := asMap[k]
+		if !ok {
+			continue
+		}
+		switch k {
+		case "jobId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("jobId"))
+			data, err := ec.unmarshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.JobID = data
+		case "leaseToken":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("leaseToken"))
+			data, err := ec.unmarshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.LeaseToken = data
+		case "result":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("result"))
+			data, err := ec.unmarshalOJSON2map(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Result = data
+		}
+	}
+	return it, nil
+}
+
 func (ec *executionContext) unmarshalInputJobFilter(ctx context.Context, obj any) (db.JobFilter, error) {
 	var it db.JobFilter
 	if obj == nil {
@@ -21093,6 +21344,49 @@ func (ec *executionContext) _JobChange(ctx context.Context, sel ast.SelectionSet
 	return out
 }
 
+var jobCompletionsImplementors = []string{"JobCompletions"}
+
+func (ec *executionContext) _JobCompletions(ctx context.Context, sel ast.SelectionSet, obj *db.JobCompletions) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, jobCompletionsImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferredFieldSet := graphql.NewFieldSet(nil)
+	deferLabelToView := make(map[string]*graphql.FieldSetView)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("JobCompletions")
+		case "jobs":
+			out.Values[i] = ec._JobCompletions_jobs(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "nextLeases":
+			out.Values[i] = ec._JobCompletions_nextLeases(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
+
+	ec.ProcessDeferredGroup(graphql.DeferredGroup{
+		Defers:   deferLabelToView,
+		Path:     graphql.GetPath(ctx),
+		FieldSet: deferredFieldSet,
+		Context:  ctx,
+	})
+
+	return out
+}
+
 var jobConnectionImplementors = []string{"JobConnection"}
 
 func (ec *executionContext) _JobConnection(ctx context.Context, sel ast.SelectionSet, obj *model.JobConnection) graphql.Marshaler {
@@ -22335,6 +22629,13 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 		case "failJob":
 			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
 				return ec._Mutation_failJob(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "completeJobs":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_completeJobs(ctx, field)
 			})
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
@@ -26092,6 +26393,35 @@ func (ec *executionContext) marshalNJobChange2ᚖfleetgraphᚋgraphᚋmodelᚐJo
 		return graphql.Null
 	}
 	return ec._JobChange(ctx, sel, v)
+}
+
+func (ec *executionContext) unmarshalNJobCompletionInput2ᚕᚖfleetgraphᚋdbᚐJobCompletionInputᚄ(ctx context.Context, v any) ([]*db.JobCompletionInput, error) {
+	vSlice := graphql.CoerceList(v)
+	var err error
+	res := make([]*db.JobCompletionInput, len(vSlice))
+	for i := range vSlice {
+		ctx := graphql.WithPathContext(ctx, graphql.NewPathWithIndex(i))
+		res[i], err = ec.unmarshalNJobCompletionInput2ᚖfleetgraphᚋdbᚐJobCompletionInput(ctx, vSlice[i])
+		if err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+func (ec *executionContext) unmarshalNJobCompletionInput2ᚖfleetgraphᚋdbᚐJobCompletionInput(ctx context.Context, v any) (*db.JobCompletionInput, error) {
+	res, err := ec.unmarshalInputJobCompletionInput(ctx, v)
+	return &res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalNJobCompletions2ᚖfleetgraphᚋdbᚐJobCompletions(ctx context.Context, sel ast.SelectionSet, v *db.JobCompletions) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return ec._JobCompletions(ctx, sel, v)
 }
 
 func (ec *executionContext) marshalNJobConnection2ᚖfleetgraphᚋgraphᚋmodelᚐJobConnection(ctx context.Context, sel ast.SelectionSet, v *model.JobConnection) graphql.Marshaler {

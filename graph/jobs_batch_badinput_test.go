@@ -2,6 +2,7 @@ package graph_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/google/uuid"
@@ -11,7 +12,7 @@ import (
 	"fleetgraph/db"
 )
 
-// Bad input to the batching calls (claimJobs, claimNext, startIfClaimed)
+// Bad input to the batching calls (claimJobs, completeJobs, claimNext, startIfClaimed)
 // is refused with a clear code naming the field, leaks no SQL, logs no
 // internal error, and writes nothing: no job is leased, started or
 // finished by a refused call.
@@ -50,6 +51,20 @@ func jbbSnapshot(t *testing.T, s *apitest.Server) string {
 		(SELECT 'webhook_events ' || count(*) FROM webhook_events),
 		(SELECT 'webhook_deliveries ' || count(*) FROM webhook_deliveries))`).Scan(t.Context(), &snap))
 	return snap
+}
+
+// jbbCompletion is l's completion in a completeJobs batch, with result.
+func jbbCompletion(l jqLease, result any) map[string]any {
+	return map[string]any{"jobId": l.Job.ID, "leaseToken": l.LeaseToken, "result": result}
+}
+
+// jbbMany is n completions of the same lease.
+func jbbMany(l jqLease, n int) []any {
+	out := make([]any, n)
+	for i := range out {
+		out[i] = jbbCompletion(l, nil)
+	}
+	return out
 }
 
 func TestJobBatchBadInputIsRefusedAndWritesNothing(t *testing.T) {
@@ -97,6 +112,34 @@ func TestJobBatchBadInputIsRefusedAndWritesNothing(t *testing.T) {
 		{name: "completeJob/ClaimNextNotABoolean", query: jbCompleteQuery, vars: fenced(running, map[string]any{"c": "yes"}), code: "BAD_USER_INPUT"},
 		{name: "completeJob/StartIfClaimedNotABoolean", query: jbCompleteQuery, vars: fenced(claimed, map[string]any{"s": 1}), code: "BAD_USER_INPUT"},
 		{name: "completeJob/ClaimNextByAUser", user: true, query: jbCompleteQuery, vars: fenced(running, map[string]any{"c": true}), code: "FORBIDDEN"},
+		{name: "completeJobs/Empty", query: jbCompleteJobsQuery, vars: map[string]any{"c": []any{}}, code: "BAD_USER_INPUT", field: "completions"},
+		{name: "completeJobs/Null", query: jbCompleteJobsQuery, vars: map[string]any{"c": nil}, code: "BAD_USER_INPUT"},
+		{name: "completeJobs/Over100", query: jbCompleteJobsQuery, vars: map[string]any{"c": jbbMany(running, db.MaxClaimBatch+1)}, code: "BAD_USER_INPUT", field: "completions"},
+		{name: "completeJobs/SameJobTwice", query: jbCompleteJobsQuery, vars: map[string]any{"c": jbbMany(running, 2), "s": true},
+			code: "BAD_USER_INPUT", field: "completions[1].jobId"},
+		{name: "completeJobs/ResultNotAnObject", query: jbCompleteJobsQuery, vars: map[string]any{"c": []any{jbbCompletion(running, []any{1})}},
+			code: "BAD_USER_INPUT", field: "completions[0].result"},
+		{name: "completeJobs/JobIDNotAUUID", query: jbCompleteJobsQuery, vars: map[string]any{"c": []any{map[string]any{"jobId": "x'; --", "leaseToken": running.LeaseToken}}},
+			code: "BAD_USER_INPUT"},
+		{name: "completeJobs/LeaseTokenMissing", query: jbCompleteJobsQuery, vars: map[string]any{"c": []any{map[string]any{"jobId": running.Job.ID}}}, code: "BAD_USER_INPUT"},
+		{name: "completeJobs/ClaimNextNegative", query: jbCompleteJobsQuery, vars: map[string]any{"c": []any{jbbCompletion(running, nil)}, "n": -1},
+			code: "BAD_USER_INPUT", field: "claimNext"},
+		{name: "completeJobs/ClaimNext101", query: jbCompleteJobsQuery, vars: map[string]any{"c": []any{jbbCompletion(running, nil)}, "n": db.MaxClaimBatch + 1},
+			code: "BAD_USER_INPUT", field: "claimNext"},
+		{name: "completeJobs/ClaimNextOver32Bits", query: jbCompleteJobsQuery, vars: map[string]any{"c": []any{jbbCompletion(running, nil)}, "n": json.Number("2147483648")},
+			code: "BAD_USER_INPUT"},
+		{name: "completeJobs/ByAUser", user: true, query: jbCompleteJobsQuery, vars: map[string]any{"c": []any{jbbCompletion(running, nil)}}, code: "FORBIDDEN"},
+		// One refused completion refuses the batch: the other job stays
+		// as it was, and no next job is leased.
+		{name: "completeJobs/OneWrongToken", query: jbCompleteJobsQuery,
+			vars: map[string]any{"c": []any{jbbCompletion(running, nil), map[string]any{"jobId": claimed.Job.ID, "leaseToken": uuid.NewString()}}, "s": true, "n": 3},
+			code: "CONFLICT", field: "completions[1]", reason: db.ReasonLeaseLost},
+		{name: "completeJobs/OneUnknownJob", query: jbCompleteJobsQuery,
+			vars: map[string]any{"c": []any{map[string]any{"jobId": uuid.NewString(), "leaseToken": running.LeaseToken}, jbbCompletion(running, nil)}, "n": 3},
+			code: "NOT_FOUND", field: "completions[0]"},
+		{name: "completeJobs/ClaimedWithoutStartIfClaimed", query: jbCompleteJobsQuery,
+			vars: map[string]any{"c": []any{jbbCompletion(running, nil), jbbCompletion(claimed, nil)}, "n": 1},
+			code: "CONFLICT", field: "completions[1]", reason: db.ReasonIllegalTransition},
 		{name: "failJob/ClaimNextNoReason", query: jbFailQuery, vars: fenced(running, map[string]any{"e": "", "c": true}), code: "BAD_USER_INPUT", field: "error"},
 		{name: "failJob/ClaimNextWrongToken", query: jbFailQuery, vars: map[string]any{"j": claimed.Job.ID, "l": uuid.NewString(), "e": "x", "c": true},
 			code: "CONFLICT", reason: db.ReasonLeaseLost},
@@ -126,6 +169,10 @@ func TestJobBatchBadInputIsRefusedAndWritesNothing(t *testing.T) {
 			}
 			if c.reason != "" {
 				require.Equal(t, c.reason, e.Extensions["reason"], "response: %s", resp.Raw)
+			}
+			var index int
+			if _, err := fmt.Sscanf(c.field, "completions[%d]", &index); err == nil && c.code != "BAD_USER_INPUT" {
+				require.Equal(t, float64(index), e.Extensions["index"], "a refused completion names its place in the batch: %s", resp.Raw)
 			}
 			require.NotContains(t, f.s.Log.String()[logged:], "internal error")
 			require.Equal(t, before, jbbSnapshot(t, f.s), "a refused request changed data")

@@ -219,11 +219,7 @@ func (r *mutationResolver) ClaimJob(ctx context.Context, waitSeconds *int) (*db.
 // ClaimJobs is the resolver for the claimJobs field.
 func (r *mutationResolver) ClaimJobs(ctx context.Context, limit int, waitSeconds *int) ([]*db.JobLease, error) {
 	leases, err := r.Dispatcher.ClaimMany(ctx, limit, time.Duration(deref(waitSeconds))*time.Second)
-	jobs := make([]*db.Job, len(leases))
-	for i, l := range leases {
-		jobs[i] = l.Job
-	}
-	rememberJobs(ctx, jobs)
+	rememberJobs(ctx, jobsOf(leases))
 	return leases, err
 }
 
@@ -249,6 +245,17 @@ func (r *mutationResolver) CompleteJob(ctx context.Context, jobID uuid.UUID, lea
 func (r *mutationResolver) FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool, claimNext *bool) (*db.Job, error) {
 	row, err := r.JobStore.Fail(ctx, r.DB, jobID, leaseToken, error, deref(retryable), db.JobCallOptions{ClaimNext: deref(claimNext)})
 	return alone(ctx, row), err
+}
+
+// CompleteJobs is the resolver for the completeJobs field.
+func (r *mutationResolver) CompleteJobs(ctx context.Context, completions []*db.JobCompletionInput, startIfClaimed *bool, claimNext *int) (*db.JobCompletions, error) {
+	out, err := r.JobStore.CompleteMany(ctx, r.DB, derefAll(completions), deref(claimNext), db.JobCallOptions{StartIfClaimed: deref(startIfClaimed)})
+	if err != nil {
+		return nil, err
+	}
+	rememberJobs(ctx, out.Jobs)
+	rememberJobs(ctx, jobsOf(out.NextLeases))
+	return out, nil
 }
 
 // AppendJobLogs is the resolver for the appendJobLogs field.
