@@ -186,9 +186,17 @@ func BenchmarkClaimComplete(b *testing.B) {
 // job store directly, in-process: the very statements the API runs, with
 // no HTTP, GraphQL or API key in between. The ratio is what the API keeps
 // of the SQL's own rate. ns/op is per job.
+//
+// The second pair takes a job per call: a robot claims once, then each
+// completeJob(startIfClaimed, claimNext) completes its job and leases the
+// next (one request and one transaction a job), against the store's
+// Complete with the same options.
 func BenchmarkClaimCompleteVsStore(b *testing.B) {
 	compareModes(b, 1, func(s *apitest.Server) []queueMode {
-		return []queueMode{{"api", workOneAtATime}, {"store", workThroughTheStore(s)}}
+		return []queueMode{
+			{"api", workOneAtATime}, {"store", workThroughTheStore(s)},
+			{"api-claimNext", batchedWork(true)}, {"store-claimNext", workThroughTheStoreClaimingNext(s)},
+		}
 	})
 }
 
@@ -235,6 +243,29 @@ func workThroughTheStore(s *apitest.Server) queueWork {
 			}
 		}
 		left.Add(1) // the failed decrement
+		return nil
+	}
+}
+
+// workThroughTheStoreClaimingNext is workBatched with claimNext (for a
+// robot of one slot) calling the job store as the robot: one claim, then
+// Complete(StartIfClaimed, ClaimNext) of each job, until none comes back.
+func workThroughTheStoreClaimingNext(s *apitest.Server) queueWork {
+	jobs, idb := s.App.Resolver.JobStore, s.App.Resolver.DB
+	return func(ctx context.Context, f *fleet, key string, left *atomic.Int64) error {
+		ctx = auth.WithPrincipal(ctx, &auth.Principal{TenantID: f.tenant, RobotID: f.robotIDs[key], Role: auth.RoleRobot})
+		l, err := jobs.Claim(ctx, idb)
+		if err != nil {
+			return err
+		}
+		for l != nil {
+			j, err := jobs.Complete(ctx, idb, l.Job.ID, l.LeaseToken, map[string]any{"ok": true}, db.JobCallOptions{StartIfClaimed: true, ClaimNext: true})
+			if err != nil {
+				return fmt.Errorf("completing: %w", err)
+			}
+			left.Add(-1)
+			l = j.NextLease
+		}
 		return nil
 	}
 }
