@@ -126,13 +126,14 @@ type paged[K comparable, V any] struct {
 	loader *dataloadgen.Loader[K, V]
 
 	mu    sync.Mutex
-	pages map[K]*pageLoad // by the key of the page's first row
+	pages map[K]*pageLoad[K, V] // by the key of the page's first row
 }
 
 // pageLoad is one page's fetch, run once for all its rows.
-type pageLoad struct {
-	once sync.Once
-	err  error
+type pageLoad[K comparable, V any] struct {
+	once   sync.Once
+	values map[K]V
+	err    error
 }
 
 // mapped builds a loader over a keyed fetch; keys the fetch leaves out get
@@ -151,19 +152,22 @@ func (p *paged[K, V]) get() *dataloadgen.Loader[K, V] {
 	return p.loader
 }
 
-// loadPage fetches keys (a page, led by first) once, priming the cache.
-func (p *paged[K, V]) loadPage(ctx context.Context, first K, keys []K) error {
+// loadPage fetches the keys of a page (led by first, built by keys only
+// for the fetch) once, priming the cache, and returns the page's values:
+// every row of a page asks, and all but the first find it fetched.
+func (p *paged[K, V]) loadPage(ctx context.Context, first K, keys func() []K) (map[K]V, error) {
 	p.mu.Lock()
 	pl, ok := p.pages[first]
 	if !ok {
 		if p.pages == nil {
-			p.pages = map[K]*pageLoad{}
+			p.pages = map[K]*pageLoad[K, V]{}
 		}
-		pl = &pageLoad{}
+		pl = &pageLoad[K, V]{}
 		p.pages[first] = pl
 	}
 	p.mu.Unlock()
 	pl.once.Do(func() {
+		keys := keys()
 		values, err := p.fetch(ctx, keys)
 		if err != nil {
 			pl.err = err
@@ -172,8 +176,9 @@ func (p *paged[K, V]) loadPage(ctx context.Context, first K, keys []K) error {
 		for _, k := range keys {
 			p.get().Prime(k, values[k])
 		}
+		pl.values = values
 	})
-	return pl.err
+	return pl.values, pl.err
 }
 
 // New returns fresh loaders for one operation.
@@ -296,13 +301,15 @@ func (l *Loaders) siblings(kind string, id uuid.UUID) (ids []uuid.UUID, listed b
 // window. withID makes a row's key from own's.
 func loadWithPage[K comparable, V any](ctx context.Context, l *Loaders, loader *paged[K, V], kind string, own K, id uuid.UUID, withID func(K, uuid.UUID) K) (V, error) {
 	if page, listed := l.siblings(kind, id); listed {
-		keys := make([]K, len(page))
-		for i, sibling := range page {
-			keys[i] = withID(own, sibling)
-		}
-		if err := loader.loadPage(ctx, keys[0], keys); err != nil {
-			var zero V
-			return zero, err
+		values, err := loader.loadPage(ctx, withID(own, page[0]), func() []K {
+			keys := make([]K, len(page))
+			for i, sibling := range page {
+				keys[i] = withID(own, sibling)
+			}
+			return keys
+		})
+		if v, ok := values[own]; ok || err != nil {
+			return v, err
 		}
 	}
 	return loader.get().Load(ctx, own)

@@ -49,8 +49,8 @@ type Job struct {
 	WorkflowVersion      int            `bun:"workflow_version"`
 	Status               JobStatus      `bun:"status"`
 	Priority             int            `bun:"priority"`
-	Input                map[string]any `bun:"input,type:jsonb"`
-	Result               map[string]any `bun:"result,type:jsonb,nullzero"`
+	Input                RawJSON        `bun:"input,type:jsonb"`
+	Result               RawJSON        `bun:"result,type:jsonb,nullzero"`
 	Error                *string        `bun:"error"`
 	Progress             int            `bun:"progress"`
 	CurrentNode          *string        `bun:"current_node"`
@@ -270,9 +270,11 @@ func (s *Jobs) enqueue(ctx context.Context, idb bun.IDB, ins []EnqueueJobInput, 
 	for i, in := range ins {
 		j := &Job{TenantID: sc.tenant, WorkflowID: in.WorkflowID, Status: JobQueued, MaxAttempts: 3, CreatedBy: sc.actor, TargetRobotID: in.RobotID,
 			ScheduleID: in.ScheduleID, ScheduledFor: in.ScheduledFor}
-		if j.Input, err = checkJSONObject(field(i, "input"), in.Input); err != nil {
+		input, err := checkJSONObject(field(i, "input"), in.Input)
+		if err != nil {
 			return nil, err
 		}
+		j.Input = rawJSONOf(input)
 		if in.Priority != nil {
 			if *in.Priority < -1000 || *in.Priority > 1000 {
 				return nil, fault.Invalid(field(i, "priority"), "%s must be between -1000 and 1000", field(i, "priority"))

@@ -668,37 +668,37 @@ func nonNilObject(m map[string]any) map[string]any {
 // jobView is a job as the API's Job type shows its scalar fields: the data
 // of job events.
 type jobView struct {
-	ID                   uuid.UUID      `json:"id"`
-	WorkflowID           uuid.UUID      `json:"workflowId"`
-	WorkflowVersion      int            `json:"workflowVersion"`
-	Status               JobStatus      `json:"status"`
-	Priority             int            `json:"priority"`
-	Input                map[string]any `json:"input"`
-	Result               map[string]any `json:"result"`
-	Error                *string        `json:"error"`
-	Progress             int            `json:"progress"`
-	CurrentNode          *string        `json:"currentNode"`
-	RobotID              *uuid.UUID     `json:"robotId"`
-	TargetRobotID        *uuid.UUID     `json:"targetRobotId"`
-	Attempt              int            `json:"attempt"`
-	MaxAttempts          int            `json:"maxAttempts"`
-	LeaseExpiresAt       *apiTime       `json:"leaseExpiresAt"`
-	RunAfter             apiTime        `json:"runAfter"`
-	RequiredCapabilities []string       `json:"requiredCapabilities"`
-	CreatedAt            apiTime        `json:"createdAt"`
-	ClaimedAt            *apiTime       `json:"claimedAt"`
-	StartedAt            *apiTime       `json:"startedAt"`
-	FinishedAt           *apiTime       `json:"finishedAt"`
-	UpdatedAt            apiTime        `json:"updatedAt"`
-	Revision             int64          `json:"revision"`
-	ScheduleID           *uuid.UUID     `json:"scheduleId"`
-	ScheduledFor         *apiTime       `json:"scheduledFor"`
+	ID                   uuid.UUID  `json:"id"`
+	WorkflowID           uuid.UUID  `json:"workflowId"`
+	WorkflowVersion      int        `json:"workflowVersion"`
+	Status               JobStatus  `json:"status"`
+	Priority             int        `json:"priority"`
+	Input                RawJSON    `json:"input"`
+	Result               RawJSON    `json:"result"`
+	Error                *string    `json:"error"`
+	Progress             int        `json:"progress"`
+	CurrentNode          *string    `json:"currentNode"`
+	RobotID              *uuid.UUID `json:"robotId"`
+	TargetRobotID        *uuid.UUID `json:"targetRobotId"`
+	Attempt              int        `json:"attempt"`
+	MaxAttempts          int        `json:"maxAttempts"`
+	LeaseExpiresAt       *apiTime   `json:"leaseExpiresAt"`
+	RunAfter             apiTime    `json:"runAfter"`
+	RequiredCapabilities []string   `json:"requiredCapabilities"`
+	CreatedAt            apiTime    `json:"createdAt"`
+	ClaimedAt            *apiTime   `json:"claimedAt"`
+	StartedAt            *apiTime   `json:"startedAt"`
+	FinishedAt           *apiTime   `json:"finishedAt"`
+	UpdatedAt            apiTime    `json:"updatedAt"`
+	Revision             int64      `json:"revision"`
+	ScheduleID           *uuid.UUID `json:"scheduleId"`
+	ScheduledFor         *apiTime   `json:"scheduledFor"`
 }
 
 func jobViewOf(j *Job) jobView {
 	return jobView{
 		ID: j.ID, WorkflowID: j.WorkflowID, WorkflowVersion: j.WorkflowVersion, Status: j.Status, Priority: j.Priority,
-		Input: nonNilObject(j.Input), Result: j.Result, Error: j.Error, Progress: j.Progress, CurrentNode: j.CurrentNode,
+		Input: j.Input.orEmptyObject(), Result: j.Result, Error: j.Error, Progress: j.Progress, CurrentNode: j.CurrentNode,
 		RobotID: j.RobotID, TargetRobotID: j.TargetRobotID, Attempt: j.Attempt, MaxAttempts: j.MaxAttempts,
 		LeaseExpiresAt: apiTimePtr(j.LeaseExpiresAt), RunAfter: apiTime(j.RunAfter),
 		RequiredCapabilities: nonNilStrings(j.RequiredCapabilities), CreatedAt: apiTime(j.CreatedAt),

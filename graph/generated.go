@@ -8553,8 +8553,8 @@ func (ec *executionContext) _Job_input(ctx context.Context, field graphql.Collec
 			return obj.Input, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,
@@ -8576,8 +8576,8 @@ func (ec *executionContext) _Job_result(ctx context.Context, field graphql.Colle
 			return obj.Result, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalOJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalOJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		false,
@@ -26337,6 +26337,22 @@ func (ec *executionContext) marshalNInt2int64(ctx context.Context, sel ast.Selec
 	return res
 }
 
+func (ec *executionContext) unmarshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx context.Context, v any) (db.RawJSON, error) {
+	var res db.RawJSON
+	err := res.UnmarshalGQL(v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx context.Context, sel ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+	if v == nil {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+		return graphql.Null
+	}
+	return v
+}
+
 func (ec *executionContext) unmarshalNJSON2map(ctx context.Context, v any) (map[string]any, error) {
 	res, err := scalar.UnmarshalJSON(v)
 	return res, graphql.ErrorOnPath(ctx, err)
@@ -27716,6 +27732,22 @@ func (ec *executionContext) marshalOInt2ᚖint(ctx context.Context, sel ast.Sele
 	_ = ctx
 	res := scalar.MarshalInt(*v)
 	return res
+}
+
+func (ec *executionContext) unmarshalOJSON2fleetgraphᚋdbᚐRawJSON(ctx context.Context, v any) (db.RawJSON, error) {
+	if v == nil {
+		return nil, nil
+	}
+	var res db.RawJSON
+	err := res.UnmarshalGQL(v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalOJSON2fleetgraphᚋdbᚐRawJSON(ctx context.Context, sel ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+	if v == nil {
+		return graphql.Null
+	}
+	return v
 }
 
 func (ec *executionContext) unmarshalOJSON2map(ctx context.Context, v any) (map[string]any, error) {

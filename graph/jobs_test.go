@@ -1525,3 +1525,36 @@ func TestJobPointReadJoinsItsRobot(t *testing.T) {
 	out, _ = read(jqNewTenant(t, s).user.Token, q, held.ID)
 	require.Nil(t, out.Job, "another tenant does not see the job")
 }
+
+// A job's input and result leave as PostgreSQL stores them (db.RawJSON),
+// not decoded into Go maps and encoded again: a number beyond float64's
+// precision comes back digit for digit, through a read, a mutation's
+// answer and the job's webhook event alike.
+func TestJobJSONPassesThroughAsStored(t *testing.T) {
+	t.Parallel()
+	b := whManual(t, apitest.Options{Queue: jqLongLeases})
+	recv := whNewReceiver(t)
+	whEndpoint(t, b.tn, recv.srv.URL, db.EventJobCompleted)
+	const big, precise = "12345678901234567890123", "3.14159265358979323846264338327950288"
+	input := map[string]any{"big": json.Number(big), "nested": map[string]any{"pi": json.Number(precise)}, "text": "<&>"}
+	job := b.tn.enqueue(t, map[string]any{"input": input})
+	read := b.s.Do(t, b.tn.user.Token, `query($id: ID!) { job(id: $id) { input } }`, map[string]any{"id": job.ID})
+	read.OK(t, nil)
+	require.Contains(t, string(read.Raw), big)
+	require.Contains(t, string(read.Raw), precise)
+	require.Contains(t, string(read.Raw), `"<&>"`, "JSON as stored, not HTML-escaped again")
+
+	r := b.tn.robot(t, "r", jqRobotOpts{})
+	l := r.claim(t, 0)
+	require.NotNil(t, l)
+	done := b.s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $r: JSON) { completeJob(jobId: $j, leaseToken: $l, result: $r, startIfClaimed: true) { input result } }`,
+		map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "r": map[string]any{"count": json.Number(big)}})
+	done.OK(t, nil)
+	require.Contains(t, string(done.Raw), `"count": `+big)
+	require.Contains(t, string(done.Raw), precise)
+
+	b.round(t)
+	event := recv.wait(t, 1)[0]
+	require.Contains(t, string(event.Body), big)
+	require.Contains(t, string(event.Body), precise)
+}

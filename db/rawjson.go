@@ -1,0 +1,99 @@
+package db
+
+import (
+	"database/sql/driver"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// RawJSON is a jsonb value kept as PostgreSQL sent it: a job's input and
+// result pass from the database to a response (GraphQL, a live update, a
+// webhook) as bytes, without being decoded into maps and encoded again.
+// Code that needs to look inside decodes it (Object). nil is SQL NULL and
+// JSON null.
+type RawJSON []byte
+
+// rawJSONOf is m's compact JSON text, as a RawJSON (nil for a nil map).
+func rawJSONOf(m map[string]any) RawJSON {
+	if m == nil {
+		return nil
+	}
+	return RawJSON(jsonText(m))
+}
+
+// orEmptyObject is r, or {} for null.
+func (r RawJSON) orEmptyObject() RawJSON {
+	if r == nil {
+		return RawJSON("{}")
+	}
+	return r
+}
+
+// Scan implements sql.Scanner, copying the driver's bytes (which it reuses).
+func (r *RawJSON) Scan(src any) error {
+	switch v := src.(type) {
+	case nil:
+		*r = nil
+	case []byte:
+		*r = append(RawJSON(nil), v...)
+	case string:
+		*r = RawJSON(v)
+	default:
+		return fmt.Errorf("db: cannot scan %T into RawJSON", src)
+	}
+	return nil
+}
+
+// Value implements driver.Valuer: the JSON text, or NULL.
+func (r RawJSON) Value() (driver.Value, error) {
+	if r == nil {
+		return nil, nil
+	}
+	return string(r), nil
+}
+
+// MarshalJSON implements json.Marshaler: the bytes as they are.
+func (r RawJSON) MarshalJSON() ([]byte, error) {
+	if r == nil {
+		return []byte("null"), nil
+	}
+	return r, nil
+}
+
+// UnmarshalJSON implements json.Unmarshaler, keeping a copy of b.
+func (r *RawJSON) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*r = nil
+		return nil
+	}
+	*r = append(RawJSON(nil), b...)
+	return nil
+}
+
+// MarshalGQL writes the value into a GraphQL response as it is (gqlgen's
+// Marshaler; the GraphQL JSON scalar).
+func (r RawJSON) MarshalGQL(w io.Writer) {
+	b, _ := r.MarshalJSON()
+	_, _ = w.Write(b)
+}
+
+// UnmarshalGQL implements gqlgen's Unmarshaler. RawJSON is an output type:
+// arguments and inputs of the JSON scalar arrive as maps, validated by the
+// stores (checkJSONObject).
+func (r *RawJSON) UnmarshalGQL(any) error {
+	return errors.New("db: RawJSON is not an input type")
+}
+
+// Object decodes the value as a JSON object (nil for null).
+func (r RawJSON) Object() (map[string]any, error) {
+	if r == nil {
+		return nil, nil
+	}
+	var m map[string]any
+	if err := json.Unmarshal(r, &m); err != nil {
+		return nil, fmt.Errorf("db: decoding a JSON object: %w", err)
+	}
+	return m, nil
+}
