@@ -43,33 +43,33 @@ const (
 type Job struct {
 	bun.BaseModel `bun:"table:jobs,alias:j"`
 
-	ID                   uuid.UUID      `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
-	TenantID             uuid.UUID      `bun:"tenant_id,type:uuid"`
-	WorkflowID           uuid.UUID      `bun:"workflow_id,type:uuid"`
-	WorkflowVersion      int            `bun:"workflow_version"`
-	Status               JobStatus      `bun:"status"`
-	Priority             int            `bun:"priority"`
-	Input                RawJSON        `bun:"input,type:jsonb"`
-	Result               RawJSON        `bun:"result,type:jsonb,nullzero"`
-	Error                *string        `bun:"error"`
-	Progress             int            `bun:"progress"`
-	CurrentNode          *string        `bun:"current_node"`
-	RobotID              *uuid.UUID     `bun:"robot_id,type:uuid"`
-	TargetRobotID        *uuid.UUID     `bun:"target_robot_id,type:uuid"`
-	Attempt              int            `bun:"attempt"`
-	MaxAttempts          int            `bun:"max_attempts"`
-	LeaseToken           *uuid.UUID     `bun:"lease_token,type:uuid"`
-	LeaseExpiresAt       *time.Time     `bun:"lease_expires_at"`
-	RunAfter             time.Time      `bun:"run_after,nullzero,default:now()"`
-	RequiredCapabilities []string       `bun:"required_capabilities,array"`
-	CreatedBy            string         `bun:"created_by"`
-	CreatedAt            time.Time      `bun:"created_at,nullzero,default:clock_timestamp()"`
-	ClaimedAt            *time.Time     `bun:"claimed_at"`
-	StartedAt            *time.Time     `bun:"started_at"`
-	ProgressAt           *time.Time     `bun:"progress_at"`
-	FinishedAt           *time.Time     `bun:"finished_at"`
-	UpdatedAt            time.Time      `bun:"updated_at,nullzero,default:now()"`
-	Revision             int64          `bun:"revision,default:1"`
+	ID                   uuid.UUID  `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
+	TenantID             uuid.UUID  `bun:"tenant_id,type:uuid"`
+	WorkflowID           uuid.UUID  `bun:"workflow_id,type:uuid"`
+	WorkflowVersion      int        `bun:"workflow_version"`
+	Status               JobStatus  `bun:"status"`
+	Priority             int        `bun:"priority"`
+	Input                RawJSON    `bun:"input,type:jsonb"`
+	Result               RawJSON    `bun:"result,type:jsonb,nullzero"`
+	Error                *string    `bun:"error"`
+	Progress             int        `bun:"progress"`
+	CurrentNode          *string    `bun:"current_node"`
+	RobotID              *uuid.UUID `bun:"robot_id,type:uuid"`
+	TargetRobotID        *uuid.UUID `bun:"target_robot_id,type:uuid"`
+	Attempt              int        `bun:"attempt"`
+	MaxAttempts          int        `bun:"max_attempts"`
+	LeaseToken           *uuid.UUID `bun:"lease_token,type:uuid"`
+	LeaseExpiresAt       *time.Time `bun:"lease_expires_at"`
+	RunAfter             time.Time  `bun:"run_after,nullzero,default:now()"`
+	RequiredCapabilities []string   `bun:"required_capabilities,array"`
+	CreatedBy            string     `bun:"created_by"`
+	CreatedAt            time.Time  `bun:"created_at,nullzero,default:clock_timestamp()"`
+	ClaimedAt            *time.Time `bun:"claimed_at"`
+	StartedAt            *time.Time `bun:"started_at"`
+	ProgressAt           *time.Time `bun:"progress_at"`
+	FinishedAt           *time.Time `bun:"finished_at"`
+	UpdatedAt            time.Time  `bun:"updated_at,nullzero,default:now()"`
+	Revision             int64      `bun:"revision,default:1"`
 
 	// ScheduleID and ScheduledFor are the schedule that enqueued the job and
 	// the tick it is for (see Schedules): one job per (schedule, tick).
