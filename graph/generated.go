@@ -7660,7 +7660,7 @@ func (ec *executionContext) _ApiKey_id(ctx context.Context, field graphql.Collec
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_robotId(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7683,7 +7683,7 @@ func (ec *executionContext) _ApiKey_robotId(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_name(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7706,7 +7706,7 @@ func (ec *executionContext) _ApiKey_name(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_prefix(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7729,7 +7729,7 @@ func (ec *executionContext) _ApiKey_prefix(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_prefix(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_createdBy(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7752,7 +7752,7 @@ func (ec *executionContext) _ApiKey_createdBy(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7775,7 +7775,7 @@ func (ec *executionContext) _ApiKey_createdAt(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_expiresAt(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7798,7 +7798,7 @@ func (ec *executionContext) _ApiKey_expiresAt(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_expiresAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_revokedAt(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7821,7 +7821,7 @@ func (ec *executionContext) _ApiKey_revokedAt(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_revokedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_revokedBy(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7844,7 +7844,7 @@ func (ec *executionContext) _ApiKey_revokedBy(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_revokedBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_lastUsedAt(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7867,7 +7867,7 @@ func (ec *executionContext) _ApiKey_lastUsedAt(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_lastUsedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_lastUsedIp(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
@@ -7890,7 +7890,7 @@ func (ec *executionContext) _ApiKey_lastUsedIp(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_ApiKey_lastUsedIp(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKey", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_id(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
@@ -7913,7 +7913,7 @@ func (ec *executionContext) _ApiKeyAuditEntry_id(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKeyAuditEntry", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_apiKeyId(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
@@ -7936,7 +7936,7 @@ func (ec *executionContext) _ApiKeyAuditEntry_apiKeyId(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_apiKeyId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKeyAuditEntry", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_robotId(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
@@ -7959,7 +7959,7 @@ func (ec *executionContext) _ApiKeyAuditEntry_robotId(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKeyAuditEntry", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_event(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
@@ -7982,7 +7982,7 @@ func (ec *executionContext) _ApiKeyAuditEntry_event(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_event(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKeyAuditEntry", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_actor(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
@@ -8005,7 +8005,7 @@ func (ec *executionContext) _ApiKeyAuditEntry_actor(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_actor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKeyAuditEntry", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_ip(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
@@ -8028,7 +8028,7 @@ func (ec *executionContext) _ApiKeyAuditEntry_ip(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_ip(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKeyAuditEntry", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_at(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
@@ -8051,7 +8051,7 @@ func (ec *executionContext) _ApiKeyAuditEntry_at(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ApiKeyAuditEntry", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _CreatedApiKey_key(ctx context.Context, field graphql.CollectedField, obj *db.CreatedAPIKey) (ret graphql.Marshaler) {
@@ -8074,7 +8074,7 @@ func (ec *executionContext) _CreatedApiKey_key(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_CreatedApiKey_key(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("CreatedApiKey", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("CreatedApiKey", field, false, false)
 }
 
 func (ec *executionContext) _CreatedApiKey_apiKey(ctx context.Context, field graphql.CollectedField, obj *db.CreatedAPIKey) (ret graphql.Marshaler) {
@@ -8161,7 +8161,7 @@ func (ec *executionContext) _CreatedWebhookEndpoint_secret(ctx context.Context, 
 	)
 }
 func (ec *executionContext) fieldContext_CreatedWebhookEndpoint_secret(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("CreatedWebhookEndpoint", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("CreatedWebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_id(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8184,7 +8184,7 @@ func (ec *executionContext) _Deployment_id(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_machineId(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8207,7 +8207,7 @@ func (ec *executionContext) _Deployment_machineId(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_machineId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_name(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8230,7 +8230,7 @@ func (ec *executionContext) _Deployment_name(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_version(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8253,7 +8253,7 @@ func (ec *executionContext) _Deployment_version(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_version(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_settings(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8276,7 +8276,7 @@ func (ec *executionContext) _Deployment_settings(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_settings(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_status(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8299,7 +8299,7 @@ func (ec *executionContext) _Deployment_status(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type DeploymentStatus does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_deployedBy(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8322,7 +8322,7 @@ func (ec *executionContext) _Deployment_deployedBy(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_deployedBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8345,7 +8345,7 @@ func (ec *executionContext) _Deployment_createdAt(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_activatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8368,7 +8368,7 @@ func (ec *executionContext) _Deployment_activatedAt(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_activatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_supersededAt(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
@@ -8391,7 +8391,7 @@ func (ec *executionContext) _Deployment_supersededAt(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_Deployment_supersededAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Deployment", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Job_id(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8414,7 +8414,7 @@ func (ec *executionContext) _Job_id(ctx context.Context, field graphql.Collected
 	)
 }
 func (ec *executionContext) fieldContext_Job_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_workflowId(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8437,7 +8437,7 @@ func (ec *executionContext) _Job_workflowId(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Job_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_workflowVersion(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8460,7 +8460,7 @@ func (ec *executionContext) _Job_workflowVersion(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_Job_workflowVersion(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_workflow(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8515,7 +8515,7 @@ func (ec *executionContext) _Job_status(ctx context.Context, field graphql.Colle
 	)
 }
 func (ec *executionContext) fieldContext_Job_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type JobStatus does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_priority(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8538,7 +8538,7 @@ func (ec *executionContext) _Job_priority(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext_Job_priority(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_input(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8561,7 +8561,7 @@ func (ec *executionContext) _Job_input(ctx context.Context, field graphql.Collec
 	)
 }
 func (ec *executionContext) fieldContext_Job_input(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_result(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8584,7 +8584,7 @@ func (ec *executionContext) _Job_result(ctx context.Context, field graphql.Colle
 	)
 }
 func (ec *executionContext) fieldContext_Job_result(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_error(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8607,7 +8607,7 @@ func (ec *executionContext) _Job_error(ctx context.Context, field graphql.Collec
 	)
 }
 func (ec *executionContext) fieldContext_Job_error(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_progress(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8630,7 +8630,7 @@ func (ec *executionContext) _Job_progress(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext_Job_progress(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_currentNode(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8653,7 +8653,7 @@ func (ec *executionContext) _Job_currentNode(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_Job_currentNode(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_robotId(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8676,7 +8676,7 @@ func (ec *executionContext) _Job_robotId(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext_Job_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_robot(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8731,7 +8731,7 @@ func (ec *executionContext) _Job_targetRobotId(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_Job_targetRobotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_attempt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8754,7 +8754,7 @@ func (ec *executionContext) _Job_attempt(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext_Job_attempt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_maxAttempts(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8777,7 +8777,7 @@ func (ec *executionContext) _Job_maxAttempts(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_Job_maxAttempts(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_leaseExpiresAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8800,7 +8800,7 @@ func (ec *executionContext) _Job_leaseExpiresAt(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Job_leaseExpiresAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_runAfter(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8823,7 +8823,7 @@ func (ec *executionContext) _Job_runAfter(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext_Job_runAfter(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_requiredCapabilities(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8846,7 +8846,7 @@ func (ec *executionContext) _Job_requiredCapabilities(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext_Job_requiredCapabilities(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8869,7 +8869,7 @@ func (ec *executionContext) _Job_createdAt(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_Job_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_claimedAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8892,7 +8892,7 @@ func (ec *executionContext) _Job_claimedAt(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_Job_claimedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_startedAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8915,7 +8915,7 @@ func (ec *executionContext) _Job_startedAt(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_Job_startedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_finishedAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8938,7 +8938,7 @@ func (ec *executionContext) _Job_finishedAt(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Job_finishedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8961,7 +8961,7 @@ func (ec *executionContext) _Job_updatedAt(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_Job_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_revision(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -8984,7 +8984,7 @@ func (ec *executionContext) _Job_revision(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext_Job_revision(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_logs(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -9051,7 +9051,7 @@ func (ec *executionContext) _Job_createdBy(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_Job_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_scheduleId(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -9074,7 +9074,7 @@ func (ec *executionContext) _Job_scheduleId(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Job_scheduleId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_scheduledFor(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -9097,7 +9097,7 @@ func (ec *executionContext) _Job_scheduledFor(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_Job_scheduledFor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Job", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_nextLease(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
@@ -9152,7 +9152,7 @@ func (ec *executionContext) _JobChange_op(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext_JobChange_op(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobChange", field, false, false, errors.New("field of type ChangeOp does not have child fields"))
+	return scalarFieldContext("JobChange", field, false, false)
 }
 
 func (ec *executionContext) _JobChange_id(ctx context.Context, field graphql.CollectedField, obj *model.JobChange) (ret graphql.Marshaler) {
@@ -9175,7 +9175,7 @@ func (ec *executionContext) _JobChange_id(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext_JobChange_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobChange", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("JobChange", field, false, false)
 }
 
 func (ec *executionContext) _JobChange_revision(ctx context.Context, field graphql.CollectedField, obj *model.JobChange) (ret graphql.Marshaler) {
@@ -9198,7 +9198,7 @@ func (ec *executionContext) _JobChange_revision(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_JobChange_revision(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobChange", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("JobChange", field, false, false)
 }
 
 func (ec *executionContext) _JobChange_job(ctx context.Context, field graphql.CollectedField, obj *model.JobChange) (ret graphql.Marshaler) {
@@ -9381,7 +9381,7 @@ func (ec *executionContext) _JobConnection_totalCount(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext_JobConnection_totalCount(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobConnection", field, true, true, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("JobConnection", field, true, true)
 }
 
 func (ec *executionContext) _JobEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.JobEdge) (ret graphql.Marshaler) {
@@ -9404,7 +9404,7 @@ func (ec *executionContext) _JobEdge_cursor(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_JobEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobEdge", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("JobEdge", field, false, false)
 }
 
 func (ec *executionContext) _JobEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.JobEdge) (ret graphql.Marshaler) {
@@ -9491,7 +9491,7 @@ func (ec *executionContext) _JobLease_leaseToken(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_JobLease_leaseToken(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobLease", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("JobLease", field, false, false)
 }
 
 func (ec *executionContext) _JobLease_leaseExpiresAt(ctx context.Context, field graphql.CollectedField, obj *db.JobLease) (ret graphql.Marshaler) {
@@ -9514,7 +9514,7 @@ func (ec *executionContext) _JobLease_leaseExpiresAt(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_JobLease_leaseExpiresAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobLease", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("JobLease", field, false, false)
 }
 
 func (ec *executionContext) _JobLog_id(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -9537,7 +9537,7 @@ func (ec *executionContext) _JobLog_id(ctx context.Context, field graphql.Collec
 	)
 }
 func (ec *executionContext) fieldContext_JobLog_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("JobLog", field, false, false)
 }
 
 func (ec *executionContext) _JobLog_level(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -9560,7 +9560,7 @@ func (ec *executionContext) _JobLog_level(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext_JobLog_level(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type LogLevel does not have child fields"))
+	return scalarFieldContext("JobLog", field, false, false)
 }
 
 func (ec *executionContext) _JobLog_message(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -9583,7 +9583,7 @@ func (ec *executionContext) _JobLog_message(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_JobLog_message(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("JobLog", field, false, false)
 }
 
 func (ec *executionContext) _JobLog_fields(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -9606,7 +9606,7 @@ func (ec *executionContext) _JobLog_fields(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_JobLog_fields(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("JobLog", field, false, false)
 }
 
 func (ec *executionContext) _JobLog_at(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -9629,7 +9629,7 @@ func (ec *executionContext) _JobLog_at(ctx context.Context, field graphql.Collec
 	)
 }
 func (ec *executionContext) fieldContext_JobLog_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("JobLog", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("JobLog", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.LogCleanupConnection) (ret graphql.Marshaler) {
@@ -9716,7 +9716,7 @@ func (ec *executionContext) _LogCleanupEdge_cursor(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupEdge", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("LogCleanupEdge", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.LogCleanupEdge) (ret graphql.Marshaler) {
@@ -9771,7 +9771,7 @@ func (ec *executionContext) _LogCleanupRun_id(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_at(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
@@ -9794,7 +9794,7 @@ func (ec *executionContext) _LogCleanupRun_at(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_actor(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
@@ -9817,7 +9817,7 @@ func (ec *executionContext) _LogCleanupRun_actor(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_actor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_dryRun(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
@@ -9840,7 +9840,7 @@ func (ec *executionContext) _LogCleanupRun_dryRun(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_dryRun(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_retentionDays(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
@@ -9863,7 +9863,7 @@ func (ec *executionContext) _LogCleanupRun_retentionDays(ctx context.Context, fi
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_retentionDays(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_cutoff(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
@@ -9886,7 +9886,7 @@ func (ec *executionContext) _LogCleanupRun_cutoff(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_cutoff(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_partitionsDropped(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
@@ -9909,7 +9909,7 @@ func (ec *executionContext) _LogCleanupRun_partitionsDropped(ctx context.Context
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_partitionsDropped(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_linesDropped(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
@@ -9932,7 +9932,7 @@ func (ec *executionContext) _LogCleanupRun_linesDropped(ctx context.Context, fie
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_linesDropped(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, true, false, errors.New("field of type Float does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, true, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_bytesFreed(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
@@ -9955,7 +9955,7 @@ func (ec *executionContext) _LogCleanupRun_bytesFreed(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_bytesFreed(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, true, false, errors.New("field of type Float does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, true, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_heartbeatsDropped(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
@@ -9978,7 +9978,7 @@ func (ec *executionContext) _LogCleanupRun_heartbeatsDropped(ctx context.Context
 	)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_heartbeatsDropped(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogCleanupRun", field, true, false, errors.New("field of type Float does not have child fields"))
+	return scalarFieldContext("LogCleanupRun", field, true, false)
 }
 
 func (ec *executionContext) _LogSummary_day(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
@@ -10001,7 +10001,7 @@ func (ec *executionContext) _LogSummary_day(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_LogSummary_day(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _LogSummary_robotId(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
@@ -10024,7 +10024,7 @@ func (ec *executionContext) _LogSummary_robotId(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_LogSummary_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _LogSummary_level(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
@@ -10047,7 +10047,7 @@ func (ec *executionContext) _LogSummary_level(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_LogSummary_level(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type LogLevel does not have child fields"))
+	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _LogSummary_count(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
@@ -10070,7 +10070,7 @@ func (ec *executionContext) _LogSummary_count(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_LogSummary_count(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _LogSummary_firstAt(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
@@ -10093,7 +10093,7 @@ func (ec *executionContext) _LogSummary_firstAt(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_LogSummary_firstAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _LogSummary_lastAt(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
@@ -10116,7 +10116,7 @@ func (ec *executionContext) _LogSummary_lastAt(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_LogSummary_lastAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("LogSummary", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _Machine_id(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10139,7 +10139,7 @@ func (ec *executionContext) _Machine_id(ctx context.Context, field graphql.Colle
 	)
 }
 func (ec *executionContext) fieldContext_Machine_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Machine", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_name(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10162,7 +10162,7 @@ func (ec *executionContext) _Machine_name(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext_Machine_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Machine", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_status(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10185,7 +10185,7 @@ func (ec *executionContext) _Machine_status(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Machine_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Machine", field, false, false, errors.New("field of type MachineStatus does not have child fields"))
+	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_configuration(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10208,7 +10208,7 @@ func (ec *executionContext) _Machine_configuration(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_Machine_configuration(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Machine", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_lastStartedAt(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10231,7 +10231,7 @@ func (ec *executionContext) _Machine_lastStartedAt(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_Machine_lastStartedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Machine", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_lastStoppedAt(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10254,7 +10254,7 @@ func (ec *executionContext) _Machine_lastStoppedAt(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_Machine_lastStoppedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Machine", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10277,7 +10277,7 @@ func (ec *executionContext) _Machine_createdAt(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_Machine_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Machine", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10300,7 +10300,7 @@ func (ec *executionContext) _Machine_updatedAt(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_Machine_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Machine", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_version(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10323,7 +10323,7 @@ func (ec *executionContext) _Machine_version(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_Machine_version(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Machine", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_events(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
@@ -10466,7 +10466,7 @@ func (ec *executionContext) _MachineChange_op(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_MachineChange_op(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineChange", field, false, false, errors.New("field of type ChangeOp does not have child fields"))
+	return scalarFieldContext("MachineChange", field, false, false)
 }
 
 func (ec *executionContext) _MachineChange_id(ctx context.Context, field graphql.CollectedField, obj *model.MachineChange) (ret graphql.Marshaler) {
@@ -10489,7 +10489,7 @@ func (ec *executionContext) _MachineChange_id(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_MachineChange_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineChange", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("MachineChange", field, false, false)
 }
 
 func (ec *executionContext) _MachineChange_version(ctx context.Context, field graphql.CollectedField, obj *model.MachineChange) (ret graphql.Marshaler) {
@@ -10512,7 +10512,7 @@ func (ec *executionContext) _MachineChange_version(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_MachineChange_version(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineChange", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("MachineChange", field, false, false)
 }
 
 func (ec *executionContext) _MachineChange_machine(ctx context.Context, field graphql.CollectedField, obj *model.MachineChange) (ret graphql.Marshaler) {
@@ -10631,7 +10631,7 @@ func (ec *executionContext) _MachineConnection_totalCount(ctx context.Context, f
 	)
 }
 func (ec *executionContext) fieldContext_MachineConnection_totalCount(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineConnection", field, true, true, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("MachineConnection", field, true, true)
 }
 
 func (ec *executionContext) _MachineEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.MachineEdge) (ret graphql.Marshaler) {
@@ -10654,7 +10654,7 @@ func (ec *executionContext) _MachineEdge_cursor(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_MachineEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEdge", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("MachineEdge", field, false, false)
 }
 
 func (ec *executionContext) _MachineEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.MachineEdge) (ret graphql.Marshaler) {
@@ -10709,7 +10709,7 @@ func (ec *executionContext) _MachineEvent_id(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_MachineEvent_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEvent", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEvent_machineId(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
@@ -10732,7 +10732,7 @@ func (ec *executionContext) _MachineEvent_machineId(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_MachineEvent_machineId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEvent", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEvent_eventType(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
@@ -10755,7 +10755,7 @@ func (ec *executionContext) _MachineEvent_eventType(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_MachineEvent_eventType(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEvent", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEvent_details(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
@@ -10778,7 +10778,7 @@ func (ec *executionContext) _MachineEvent_details(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_MachineEvent_details(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEvent", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEvent_detailsText(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
@@ -10801,7 +10801,7 @@ func (ec *executionContext) _MachineEvent_detailsText(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext_MachineEvent_detailsText(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEvent", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEvent_actor(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
@@ -10824,7 +10824,7 @@ func (ec *executionContext) _MachineEvent_actor(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_MachineEvent_actor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEvent", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEvent_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
@@ -10847,7 +10847,7 @@ func (ec *executionContext) _MachineEvent_createdAt(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_MachineEvent_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEvent", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEventConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.MachineEventConnection) (ret graphql.Marshaler) {
@@ -10934,7 +10934,7 @@ func (ec *executionContext) _MachineEventConnection_totalCount(ctx context.Conte
 	)
 }
 func (ec *executionContext) fieldContext_MachineEventConnection_totalCount(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEventConnection", field, true, true, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("MachineEventConnection", field, true, true)
 }
 
 func (ec *executionContext) _MachineEventEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.MachineEventEdge) (ret graphql.Marshaler) {
@@ -10957,7 +10957,7 @@ func (ec *executionContext) _MachineEventEdge_cursor(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_MachineEventEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("MachineEventEdge", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("MachineEventEdge", field, false, false)
 }
 
 func (ec *executionContext) _MachineEventEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.MachineEventEdge) (ret graphql.Marshaler) {
@@ -12992,7 +12992,7 @@ func (ec *executionContext) _NodeRobotOverride_workflowId(ctx context.Context, f
 	)
 }
 func (ec *executionContext) fieldContext_NodeRobotOverride_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("NodeRobotOverride", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("NodeRobotOverride", field, false, false)
 }
 
 func (ec *executionContext) _NodeRobotOverride_nodeId(ctx context.Context, field graphql.CollectedField, obj *db.NodeRobotOverride) (ret graphql.Marshaler) {
@@ -13015,7 +13015,7 @@ func (ec *executionContext) _NodeRobotOverride_nodeId(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext_NodeRobotOverride_nodeId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("NodeRobotOverride", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("NodeRobotOverride", field, false, false)
 }
 
 func (ec *executionContext) _NodeRobotOverride_robotId(ctx context.Context, field graphql.CollectedField, obj *db.NodeRobotOverride) (ret graphql.Marshaler) {
@@ -13038,7 +13038,7 @@ func (ec *executionContext) _NodeRobotOverride_robotId(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_NodeRobotOverride_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("NodeRobotOverride", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("NodeRobotOverride", field, false, false)
 }
 
 func (ec *executionContext) _NodeRobotOverride_capability(ctx context.Context, field graphql.CollectedField, obj *db.NodeRobotOverride) (ret graphql.Marshaler) {
@@ -13061,7 +13061,7 @@ func (ec *executionContext) _NodeRobotOverride_capability(ctx context.Context, f
 	)
 }
 func (ec *executionContext) fieldContext_NodeRobotOverride_capability(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("NodeRobotOverride", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("NodeRobotOverride", field, false, false)
 }
 
 func (ec *executionContext) _PageInfo_hasNextPage(ctx context.Context, field graphql.CollectedField, obj *model.PageInfo) (ret graphql.Marshaler) {
@@ -13084,7 +13084,7 @@ func (ec *executionContext) _PageInfo_hasNextPage(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_PageInfo_hasNextPage(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("PageInfo", field, false, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("PageInfo", field, false, false)
 }
 
 func (ec *executionContext) _PageInfo_hasPreviousPage(ctx context.Context, field graphql.CollectedField, obj *model.PageInfo) (ret graphql.Marshaler) {
@@ -13107,7 +13107,7 @@ func (ec *executionContext) _PageInfo_hasPreviousPage(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext_PageInfo_hasPreviousPage(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("PageInfo", field, false, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("PageInfo", field, false, false)
 }
 
 func (ec *executionContext) _PageInfo_startCursor(ctx context.Context, field graphql.CollectedField, obj *model.PageInfo) (ret graphql.Marshaler) {
@@ -13130,7 +13130,7 @@ func (ec *executionContext) _PageInfo_startCursor(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_PageInfo_startCursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("PageInfo", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("PageInfo", field, false, false)
 }
 
 func (ec *executionContext) _PageInfo_endCursor(ctx context.Context, field graphql.CollectedField, obj *model.PageInfo) (ret graphql.Marshaler) {
@@ -13153,7 +13153,7 @@ func (ec *executionContext) _PageInfo_endCursor(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_PageInfo_endCursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("PageInfo", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("PageInfo", field, false, false)
 }
 
 func (ec *executionContext) _PresenceEvent_robotId(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
@@ -13176,7 +13176,7 @@ func (ec *executionContext) _PresenceEvent_robotId(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_PresenceEvent_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("PresenceEvent", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("PresenceEvent", field, false, false)
 }
 
 func (ec *executionContext) _PresenceEvent_status(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
@@ -13199,7 +13199,7 @@ func (ec *executionContext) _PresenceEvent_status(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_PresenceEvent_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("PresenceEvent", field, false, false, errors.New("field of type RobotStatus does not have child fields"))
+	return scalarFieldContext("PresenceEvent", field, false, false)
 }
 
 func (ec *executionContext) _PresenceEvent_hostname(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
@@ -13222,7 +13222,7 @@ func (ec *executionContext) _PresenceEvent_hostname(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_PresenceEvent_hostname(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("PresenceEvent", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("PresenceEvent", field, false, false)
 }
 
 func (ec *executionContext) _PresenceEvent_at(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
@@ -13245,7 +13245,7 @@ func (ec *executionContext) _PresenceEvent_at(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_PresenceEvent_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("PresenceEvent", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("PresenceEvent", field, false, false)
 }
 
 func (ec *executionContext) _Query_me(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
@@ -14252,7 +14252,7 @@ func (ec *executionContext) _Robot_id(ctx context.Context, field graphql.Collect
 	)
 }
 func (ec *executionContext) fieldContext_Robot_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_name(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14275,7 +14275,7 @@ func (ec *executionContext) _Robot_name(ctx context.Context, field graphql.Colle
 	)
 }
 func (ec *executionContext) fieldContext_Robot_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_hostname(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14298,7 +14298,7 @@ func (ec *executionContext) _Robot_hostname(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Robot_hostname(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_status(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14321,7 +14321,7 @@ func (ec *executionContext) _Robot_status(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext_Robot_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type RobotStatus does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_capabilities(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14344,7 +14344,7 @@ func (ec *executionContext) _Robot_capabilities(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Robot_capabilities(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_maxConcurrentJobs(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14367,7 +14367,7 @@ func (ec *executionContext) _Robot_maxConcurrentJobs(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_Robot_maxConcurrentJobs(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_environment(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14390,7 +14390,7 @@ func (ec *executionContext) _Robot_environment(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_Robot_environment(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_agentVersion(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14413,7 +14413,7 @@ func (ec *executionContext) _Robot_agentVersion(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Robot_agentVersion(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_metadata(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14436,7 +14436,7 @@ func (ec *executionContext) _Robot_metadata(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Robot_metadata(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_lastHeartbeatAt(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14459,7 +14459,7 @@ func (ec *executionContext) _Robot_lastHeartbeatAt(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_Robot_lastHeartbeatAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14482,7 +14482,7 @@ func (ec *executionContext) _Robot_createdAt(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_Robot_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14505,7 +14505,7 @@ func (ec *executionContext) _Robot_updatedAt(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_Robot_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_revision(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14528,7 +14528,7 @@ func (ec *executionContext) _Robot_revision(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Robot_revision(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Robot", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_currentJobs(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
@@ -14627,7 +14627,7 @@ func (ec *executionContext) _RobotChange_op(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_RobotChange_op(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotChange", field, false, false, errors.New("field of type ChangeOp does not have child fields"))
+	return scalarFieldContext("RobotChange", field, false, false)
 }
 
 func (ec *executionContext) _RobotChange_id(ctx context.Context, field graphql.CollectedField, obj *model.RobotChange) (ret graphql.Marshaler) {
@@ -14650,7 +14650,7 @@ func (ec *executionContext) _RobotChange_id(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_RobotChange_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotChange", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("RobotChange", field, false, false)
 }
 
 func (ec *executionContext) _RobotChange_revision(ctx context.Context, field graphql.CollectedField, obj *model.RobotChange) (ret graphql.Marshaler) {
@@ -14673,7 +14673,7 @@ func (ec *executionContext) _RobotChange_revision(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_RobotChange_revision(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotChange", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotChange", field, false, false)
 }
 
 func (ec *executionContext) _RobotChange_robot(ctx context.Context, field graphql.CollectedField, obj *model.RobotChange) (ret graphql.Marshaler) {
@@ -14792,7 +14792,7 @@ func (ec *executionContext) _RobotConnection_totalCount(ctx context.Context, fie
 	)
 }
 func (ec *executionContext) fieldContext_RobotConnection_totalCount(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotConnection", field, true, true, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotConnection", field, true, true)
 }
 
 func (ec *executionContext) _RobotEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.RobotEdge) (ret graphql.Marshaler) {
@@ -14815,7 +14815,7 @@ func (ec *executionContext) _RobotEdge_cursor(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_RobotEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotEdge", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("RobotEdge", field, false, false)
 }
 
 func (ec *executionContext) _RobotEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.RobotEdge) (ret graphql.Marshaler) {
@@ -14870,7 +14870,7 @@ func (ec *executionContext) _RobotHeartbeat_status(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_RobotHeartbeat_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotHeartbeat", field, false, false, errors.New("field of type RobotStatus does not have child fields"))
+	return scalarFieldContext("RobotHeartbeat", field, false, false)
 }
 
 func (ec *executionContext) _RobotHeartbeat_metrics(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
@@ -14893,7 +14893,7 @@ func (ec *executionContext) _RobotHeartbeat_metrics(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_RobotHeartbeat_metrics(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotHeartbeat", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("RobotHeartbeat", field, false, false)
 }
 
 func (ec *executionContext) _RobotHeartbeat_agentVersion(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
@@ -14916,7 +14916,7 @@ func (ec *executionContext) _RobotHeartbeat_agentVersion(ctx context.Context, fi
 	)
 }
 func (ec *executionContext) fieldContext_RobotHeartbeat_agentVersion(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotHeartbeat", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("RobotHeartbeat", field, false, false)
 }
 
 func (ec *executionContext) _RobotHeartbeat_at(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
@@ -14939,7 +14939,7 @@ func (ec *executionContext) _RobotHeartbeat_at(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_RobotHeartbeat_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotHeartbeat", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("RobotHeartbeat", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_id(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -14962,7 +14962,7 @@ func (ec *executionContext) _RobotLog_id(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext_RobotLog_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_robotId(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -14985,7 +14985,7 @@ func (ec *executionContext) _RobotLog_robotId(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_RobotLog_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_jobId(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -15008,7 +15008,7 @@ func (ec *executionContext) _RobotLog_jobId(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_RobotLog_jobId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_level(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -15031,7 +15031,7 @@ func (ec *executionContext) _RobotLog_level(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_RobotLog_level(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type LogLevel does not have child fields"))
+	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_message(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -15054,7 +15054,7 @@ func (ec *executionContext) _RobotLog_message(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_RobotLog_message(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_fields(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -15077,7 +15077,7 @@ func (ec *executionContext) _RobotLog_fields(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_RobotLog_fields(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_at(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
@@ -15100,7 +15100,7 @@ func (ec *executionContext) _RobotLog_at(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext_RobotLog_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLog", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLogBatch_robotId(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogBatch) (ret graphql.Marshaler) {
@@ -15123,7 +15123,7 @@ func (ec *executionContext) _RobotLogBatch_robotId(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_RobotLogBatch_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLogBatch", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("RobotLogBatch", field, false, false)
 }
 
 func (ec *executionContext) _RobotLogBatch_lines(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogBatch) (ret graphql.Marshaler) {
@@ -15178,7 +15178,7 @@ func (ec *executionContext) _RobotLogBatch_missedLines(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_RobotLogBatch_missedLines(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLogBatch", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotLogBatch", field, false, false)
 }
 
 func (ec *executionContext) _RobotLogConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogConnection) (ret graphql.Marshaler) {
@@ -15265,7 +15265,7 @@ func (ec *executionContext) _RobotLogEdge_cursor(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_RobotLogEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotLogEdge", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("RobotLogEdge", field, false, false)
 }
 
 func (ec *executionContext) _RobotLogEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogEdge) (ret graphql.Marshaler) {
@@ -15352,7 +15352,7 @@ func (ec *executionContext) _RobotStat_jobsCompleted(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_RobotStat_jobsCompleted(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStat", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotStat", field, false, false)
 }
 
 func (ec *executionContext) _RobotStat_jobsFailed(ctx context.Context, field graphql.CollectedField, obj *db.RobotStat) (ret graphql.Marshaler) {
@@ -15375,7 +15375,7 @@ func (ec *executionContext) _RobotStat_jobsFailed(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_RobotStat_jobsFailed(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStat", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotStat", field, false, false)
 }
 
 func (ec *executionContext) _RobotStat_successRate(ctx context.Context, field graphql.CollectedField, obj *db.RobotStat) (ret graphql.Marshaler) {
@@ -15398,7 +15398,7 @@ func (ec *executionContext) _RobotStat_successRate(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_RobotStat_successRate(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStat", field, false, false, errors.New("field of type Float does not have child fields"))
+	return scalarFieldContext("RobotStat", field, false, false)
 }
 
 func (ec *executionContext) _RobotStat_averageDurationSeconds(ctx context.Context, field graphql.CollectedField, obj *db.RobotStat) (ret graphql.Marshaler) {
@@ -15421,7 +15421,7 @@ func (ec *executionContext) _RobotStat_averageDurationSeconds(ctx context.Contex
 	)
 }
 func (ec *executionContext) fieldContext_RobotStat_averageDurationSeconds(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStat", field, false, false, errors.New("field of type Float does not have child fields"))
+	return scalarFieldContext("RobotStat", field, false, false)
 }
 
 func (ec *executionContext) _RobotStat_lastHeartbeatAt(ctx context.Context, field graphql.CollectedField, obj *db.RobotStat) (ret graphql.Marshaler) {
@@ -15444,7 +15444,7 @@ func (ec *executionContext) _RobotStat_lastHeartbeatAt(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_RobotStat_lastHeartbeatAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStat", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("RobotStat", field, false, false)
 }
 
 func (ec *executionContext) _RobotStats_total(ctx context.Context, field graphql.CollectedField, obj *db.RobotStats) (ret graphql.Marshaler) {
@@ -15467,7 +15467,7 @@ func (ec *executionContext) _RobotStats_total(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_RobotStats_total(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStats", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotStats", field, false, false)
 }
 
 func (ec *executionContext) _RobotStats_online(ctx context.Context, field graphql.CollectedField, obj *db.RobotStats) (ret graphql.Marshaler) {
@@ -15490,7 +15490,7 @@ func (ec *executionContext) _RobotStats_online(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_RobotStats_online(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStats", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotStats", field, false, false)
 }
 
 func (ec *executionContext) _RobotStats_busy(ctx context.Context, field graphql.CollectedField, obj *db.RobotStats) (ret graphql.Marshaler) {
@@ -15513,7 +15513,7 @@ func (ec *executionContext) _RobotStats_busy(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_RobotStats_busy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStats", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotStats", field, false, false)
 }
 
 func (ec *executionContext) _RobotStats_maintenance(ctx context.Context, field graphql.CollectedField, obj *db.RobotStats) (ret graphql.Marshaler) {
@@ -15536,7 +15536,7 @@ func (ec *executionContext) _RobotStats_maintenance(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_RobotStats_maintenance(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStats", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotStats", field, false, false)
 }
 
 func (ec *executionContext) _RobotStats_offline(ctx context.Context, field graphql.CollectedField, obj *db.RobotStats) (ret graphql.Marshaler) {
@@ -15559,7 +15559,7 @@ func (ec *executionContext) _RobotStats_offline(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_RobotStats_offline(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("RobotStats", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("RobotStats", field, false, false)
 }
 
 func (ec *executionContext) _RobotStats_robots(ctx context.Context, field graphql.CollectedField, obj *db.RobotStats) (ret graphql.Marshaler) {
@@ -15614,7 +15614,7 @@ func (ec *executionContext) _Schedule_id(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_name(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15637,7 +15637,7 @@ func (ec *executionContext) _Schedule_name(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_workflowId(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15660,7 +15660,7 @@ func (ec *executionContext) _Schedule_workflowId(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_workflow(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15715,7 +15715,7 @@ func (ec *executionContext) _Schedule_workflowVersion(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_workflowVersion(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_cronExpression(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15738,7 +15738,7 @@ func (ec *executionContext) _Schedule_cronExpression(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_cronExpression(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_timeZone(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15761,7 +15761,7 @@ func (ec *executionContext) _Schedule_timeZone(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_timeZone(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_input(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15784,7 +15784,7 @@ func (ec *executionContext) _Schedule_input(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_input(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_priority(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15807,7 +15807,7 @@ func (ec *executionContext) _Schedule_priority(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_priority(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_requiredCapabilities(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15830,7 +15830,7 @@ func (ec *executionContext) _Schedule_requiredCapabilities(ctx context.Context, 
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_requiredCapabilities(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_targetRobotId(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15853,7 +15853,7 @@ func (ec *executionContext) _Schedule_targetRobotId(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_targetRobotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_maxAttempts(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15876,7 +15876,7 @@ func (ec *executionContext) _Schedule_maxAttempts(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_maxAttempts(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_overlapPolicy(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15899,7 +15899,7 @@ func (ec *executionContext) _Schedule_overlapPolicy(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_overlapPolicy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type OverlapPolicy does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_catchupWindowSeconds(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15922,7 +15922,7 @@ func (ec *executionContext) _Schedule_catchupWindowSeconds(ctx context.Context, 
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_catchupWindowSeconds(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_jitterSeconds(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15945,7 +15945,7 @@ func (ec *executionContext) _Schedule_jitterSeconds(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_jitterSeconds(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_startAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15968,7 +15968,7 @@ func (ec *executionContext) _Schedule_startAt(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_startAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_endAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -15991,7 +15991,7 @@ func (ec *executionContext) _Schedule_endAt(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_endAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_paused(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16014,7 +16014,7 @@ func (ec *executionContext) _Schedule_paused(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_paused(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_pauseNote(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16037,7 +16037,7 @@ func (ec *executionContext) _Schedule_pauseNote(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_pauseNote(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_pausedBy(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16060,7 +16060,7 @@ func (ec *executionContext) _Schedule_pausedBy(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_pausedBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_pausedAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16083,7 +16083,7 @@ func (ec *executionContext) _Schedule_pausedAt(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_pausedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_nextRuns(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16150,7 +16150,7 @@ func (ec *executionContext) _Schedule_lastFiredAt(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_lastFiredAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_bufferedTickAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16173,7 +16173,7 @@ func (ec *executionContext) _Schedule_bufferedTickAt(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_bufferedTickAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_missedTicks(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16196,7 +16196,7 @@ func (ec *executionContext) _Schedule_missedTicks(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_missedTicks(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_lastMissedAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16219,7 +16219,7 @@ func (ec *executionContext) _Schedule_lastMissedAt(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_lastMissedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_skippedTicks(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16242,7 +16242,7 @@ func (ec *executionContext) _Schedule_skippedTicks(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_skippedTicks(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_lastSkippedAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16265,7 +16265,7 @@ func (ec *executionContext) _Schedule_lastSkippedAt(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_lastSkippedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_lastError(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16288,7 +16288,7 @@ func (ec *executionContext) _Schedule_lastError(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_lastError(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_lastErrorAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16311,7 +16311,7 @@ func (ec *executionContext) _Schedule_lastErrorAt(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_lastErrorAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_recentJobs(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16378,7 +16378,7 @@ func (ec *executionContext) _Schedule_createdBy(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16401,7 +16401,7 @@ func (ec *executionContext) _Schedule_createdAt(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
@@ -16424,7 +16424,7 @@ func (ec *executionContext) _Schedule_updatedAt(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Schedule_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Schedule", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _ScheduleConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.ScheduleConnection) (ret graphql.Marshaler) {
@@ -16511,7 +16511,7 @@ func (ec *executionContext) _ScheduleConnection_totalCount(ctx context.Context, 
 	)
 }
 func (ec *executionContext) fieldContext_ScheduleConnection_totalCount(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ScheduleConnection", field, true, true, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("ScheduleConnection", field, true, true)
 }
 
 func (ec *executionContext) _ScheduleEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.ScheduleEdge) (ret graphql.Marshaler) {
@@ -16534,7 +16534,7 @@ func (ec *executionContext) _ScheduleEdge_cursor(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_ScheduleEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("ScheduleEdge", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("ScheduleEdge", field, false, false)
 }
 
 func (ec *executionContext) _ScheduleEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.ScheduleEdge) (ret graphql.Marshaler) {
@@ -16841,7 +16841,7 @@ func (ec *executionContext) _Viewer_id(ctx context.Context, field graphql.Collec
 	)
 }
 func (ec *executionContext) fieldContext_Viewer_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Viewer", field, true, true, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Viewer", field, true, true)
 }
 
 func (ec *executionContext) _Viewer_tenantId(ctx context.Context, field graphql.CollectedField, obj *auth.Principal) (ret graphql.Marshaler) {
@@ -16864,7 +16864,7 @@ func (ec *executionContext) _Viewer_tenantId(ctx context.Context, field graphql.
 	)
 }
 func (ec *executionContext) fieldContext_Viewer_tenantId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Viewer", field, true, true, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Viewer", field, true, true)
 }
 
 func (ec *executionContext) _Viewer_role(ctx context.Context, field graphql.CollectedField, obj *auth.Principal) (ret graphql.Marshaler) {
@@ -16887,7 +16887,7 @@ func (ec *executionContext) _Viewer_role(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext_Viewer_role(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Viewer", field, true, true, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Viewer", field, true, true)
 }
 
 func (ec *executionContext) _Viewer_robotId(ctx context.Context, field graphql.CollectedField, obj *auth.Principal) (ret graphql.Marshaler) {
@@ -16910,7 +16910,7 @@ func (ec *executionContext) _Viewer_robotId(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext_Viewer_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Viewer", field, true, true, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Viewer", field, true, true)
 }
 
 func (ec *executionContext) _WebhookAttempt_at(ctx context.Context, field graphql.CollectedField, obj *db.WebhookAttempt) (ret graphql.Marshaler) {
@@ -16933,7 +16933,7 @@ func (ec *executionContext) _WebhookAttempt_at(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext_WebhookAttempt_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookAttempt", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WebhookAttempt", field, false, false)
 }
 
 func (ec *executionContext) _WebhookAttempt_statusCode(ctx context.Context, field graphql.CollectedField, obj *db.WebhookAttempt) (ret graphql.Marshaler) {
@@ -16956,7 +16956,7 @@ func (ec *executionContext) _WebhookAttempt_statusCode(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_WebhookAttempt_statusCode(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookAttempt", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WebhookAttempt", field, false, false)
 }
 
 func (ec *executionContext) _WebhookAttempt_durationMs(ctx context.Context, field graphql.CollectedField, obj *db.WebhookAttempt) (ret graphql.Marshaler) {
@@ -16979,7 +16979,7 @@ func (ec *executionContext) _WebhookAttempt_durationMs(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_WebhookAttempt_durationMs(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookAttempt", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WebhookAttempt", field, false, false)
 }
 
 func (ec *executionContext) _WebhookAttempt_responseBody(ctx context.Context, field graphql.CollectedField, obj *db.WebhookAttempt) (ret graphql.Marshaler) {
@@ -17002,7 +17002,7 @@ func (ec *executionContext) _WebhookAttempt_responseBody(ctx context.Context, fi
 	)
 }
 func (ec *executionContext) fieldContext_WebhookAttempt_responseBody(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookAttempt", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WebhookAttempt", field, false, false)
 }
 
 func (ec *executionContext) _WebhookAttempt_error(ctx context.Context, field graphql.CollectedField, obj *db.WebhookAttempt) (ret graphql.Marshaler) {
@@ -17025,7 +17025,7 @@ func (ec *executionContext) _WebhookAttempt_error(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_WebhookAttempt_error(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookAttempt", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WebhookAttempt", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_id(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17048,7 +17048,7 @@ func (ec *executionContext) _WebhookDelivery_id(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDelivery", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_endpointId(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17071,7 +17071,7 @@ func (ec *executionContext) _WebhookDelivery_endpointId(ctx context.Context, fie
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_endpointId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDelivery", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_eventId(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17094,7 +17094,7 @@ func (ec *executionContext) _WebhookDelivery_eventId(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_eventId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDelivery", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_eventType(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17117,7 +17117,7 @@ func (ec *executionContext) _WebhookDelivery_eventType(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_eventType(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDelivery", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_status(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17140,7 +17140,7 @@ func (ec *executionContext) _WebhookDelivery_status(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDelivery", field, false, false, errors.New("field of type WebhookDeliveryStatus does not have child fields"))
+	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_attemptCount(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17163,7 +17163,7 @@ func (ec *executionContext) _WebhookDelivery_attemptCount(ctx context.Context, f
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_attemptCount(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDelivery", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_nextAttemptAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17186,7 +17186,7 @@ func (ec *executionContext) _WebhookDelivery_nextAttemptAt(ctx context.Context, 
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_nextAttemptAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDelivery", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17209,7 +17209,7 @@ func (ec *executionContext) _WebhookDelivery_createdAt(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDelivery", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_finishedAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17232,7 +17232,7 @@ func (ec *executionContext) _WebhookDelivery_finishedAt(ctx context.Context, fie
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_finishedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDelivery", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_attempts(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
@@ -17351,7 +17351,7 @@ func (ec *executionContext) _WebhookDeliveryEdge_cursor(ctx context.Context, fie
 	)
 }
 func (ec *executionContext) fieldContext_WebhookDeliveryEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookDeliveryEdge", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WebhookDeliveryEdge", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDeliveryEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.WebhookDeliveryEdge) (ret graphql.Marshaler) {
@@ -17406,7 +17406,7 @@ func (ec *executionContext) _WebhookEndpoint_id(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_url(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17429,7 +17429,7 @@ func (ec *executionContext) _WebhookEndpoint_url(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_url(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_description(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17452,7 +17452,7 @@ func (ec *executionContext) _WebhookEndpoint_description(ctx context.Context, fi
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_events(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17475,7 +17475,7 @@ func (ec *executionContext) _WebhookEndpoint_events(ctx context.Context, field g
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_events(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_enabled(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17498,7 +17498,7 @@ func (ec *executionContext) _WebhookEndpoint_enabled(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_enabled(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_disabledReason(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17521,7 +17521,7 @@ func (ec *executionContext) _WebhookEndpoint_disabledReason(ctx context.Context,
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_disabledReason(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_previousSecretExpiresAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17544,7 +17544,7 @@ func (ec *executionContext) _WebhookEndpoint_previousSecretExpiresAt(ctx context
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_previousSecretExpiresAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_failingSince(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17567,7 +17567,7 @@ func (ec *executionContext) _WebhookEndpoint_failingSince(ctx context.Context, f
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_failingSince(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_createdBy(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17590,7 +17590,7 @@ func (ec *executionContext) _WebhookEndpoint_createdBy(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17613,7 +17613,7 @@ func (ec *executionContext) _WebhookEndpoint_createdAt(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
@@ -17636,7 +17636,7 @@ func (ec *executionContext) _WebhookEndpoint_updatedAt(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WebhookEndpoint", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_id(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
@@ -17659,7 +17659,7 @@ func (ec *executionContext) _Workflow_id(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext_Workflow_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Workflow", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("Workflow", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_name(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
@@ -17682,7 +17682,7 @@ func (ec *executionContext) _Workflow_name(ctx context.Context, field graphql.Co
 	)
 }
 func (ec *executionContext) fieldContext_Workflow_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Workflow", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Workflow", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_description(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
@@ -17705,7 +17705,7 @@ func (ec *executionContext) _Workflow_description(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext_Workflow_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Workflow", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("Workflow", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_currentVersion(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
@@ -17728,7 +17728,7 @@ func (ec *executionContext) _Workflow_currentVersion(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_Workflow_currentVersion(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Workflow", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("Workflow", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
@@ -17751,7 +17751,7 @@ func (ec *executionContext) _Workflow_createdAt(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Workflow_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Workflow", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Workflow", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
@@ -17774,7 +17774,7 @@ func (ec *executionContext) _Workflow_updatedAt(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext_Workflow_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Workflow", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("Workflow", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_versions(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
@@ -17905,7 +17905,7 @@ func (ec *executionContext) _WorkflowAssignment_workflowId(ctx context.Context, 
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignment_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignment", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("WorkflowAssignment", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignment_robotId(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignment) (ret graphql.Marshaler) {
@@ -17928,7 +17928,7 @@ func (ec *executionContext) _WorkflowAssignment_robotId(ctx context.Context, fie
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignment_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignment", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("WorkflowAssignment", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignment_robot(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignment) (ret graphql.Marshaler) {
@@ -17983,7 +17983,7 @@ func (ec *executionContext) _WorkflowAssignment_isDefault(ctx context.Context, f
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignment_isDefault(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignment", field, false, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("WorkflowAssignment", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignment_priority(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignment) (ret graphql.Marshaler) {
@@ -18006,7 +18006,7 @@ func (ec *executionContext) _WorkflowAssignment_priority(ctx context.Context, fi
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignment_priority(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignment", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WorkflowAssignment", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignment_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignment) (ret graphql.Marshaler) {
@@ -18029,7 +18029,7 @@ func (ec *executionContext) _WorkflowAssignment_createdAt(ctx context.Context, f
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignment_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignment", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WorkflowAssignment", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignmentStats_workflow(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignmentStats) (ret graphql.Marshaler) {
@@ -18084,7 +18084,7 @@ func (ec *executionContext) _WorkflowAssignmentStats_assignedRobots(ctx context.
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignmentStats_assignedRobots(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignmentStats", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WorkflowAssignmentStats", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignmentStats_availableRobots(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignmentStats) (ret graphql.Marshaler) {
@@ -18107,7 +18107,7 @@ func (ec *executionContext) _WorkflowAssignmentStats_availableRobots(ctx context
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignmentStats_availableRobots(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignmentStats", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WorkflowAssignmentStats", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignmentStats_defaultRobotId(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignmentStats) (ret graphql.Marshaler) {
@@ -18130,7 +18130,7 @@ func (ec *executionContext) _WorkflowAssignmentStats_defaultRobotId(ctx context.
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignmentStats_defaultRobotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignmentStats", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("WorkflowAssignmentStats", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignmentStats_queuedJobs(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignmentStats) (ret graphql.Marshaler) {
@@ -18153,7 +18153,7 @@ func (ec *executionContext) _WorkflowAssignmentStats_queuedJobs(ctx context.Cont
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignmentStats_queuedJobs(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignmentStats", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WorkflowAssignmentStats", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignmentStats_runningJobs(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignmentStats) (ret graphql.Marshaler) {
@@ -18176,7 +18176,7 @@ func (ec *executionContext) _WorkflowAssignmentStats_runningJobs(ctx context.Con
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignmentStats_runningJobs(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowAssignmentStats", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WorkflowAssignmentStats", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowConnection_edges(ctx context.Context, field graphql.CollectedField, obj *model.WorkflowConnection) (ret graphql.Marshaler) {
@@ -18263,7 +18263,7 @@ func (ec *executionContext) _WorkflowConnection_totalCount(ctx context.Context, 
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowConnection_totalCount(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowConnection", field, true, true, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WorkflowConnection", field, true, true)
 }
 
 func (ec *executionContext) _WorkflowEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.WorkflowEdge) (ret graphql.Marshaler) {
@@ -18286,7 +18286,7 @@ func (ec *executionContext) _WorkflowEdge_cursor(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowEdge", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WorkflowEdge", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowEdge_node(ctx context.Context, field graphql.CollectedField, obj *model.WorkflowEdge) (ret graphql.Marshaler) {
@@ -18341,7 +18341,7 @@ func (ec *executionContext) _WorkflowVersion_workflowId(ctx context.Context, fie
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowVersion_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowVersion", field, false, false, errors.New("field of type ID does not have child fields"))
+	return scalarFieldContext("WorkflowVersion", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowVersion_version(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowVersion) (ret graphql.Marshaler) {
@@ -18364,7 +18364,7 @@ func (ec *executionContext) _WorkflowVersion_version(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowVersion_version(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowVersion", field, false, false, errors.New("field of type Int does not have child fields"))
+	return scalarFieldContext("WorkflowVersion", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowVersion_definition(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowVersion) (ret graphql.Marshaler) {
@@ -18387,7 +18387,7 @@ func (ec *executionContext) _WorkflowVersion_definition(ctx context.Context, fie
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowVersion_definition(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowVersion", field, false, false, errors.New("field of type JSON does not have child fields"))
+	return scalarFieldContext("WorkflowVersion", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowVersion_createdBy(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowVersion) (ret graphql.Marshaler) {
@@ -18410,7 +18410,7 @@ func (ec *executionContext) _WorkflowVersion_createdBy(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowVersion_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowVersion", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("WorkflowVersion", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowVersion_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowVersion) (ret graphql.Marshaler) {
@@ -18433,7 +18433,7 @@ func (ec *executionContext) _WorkflowVersion_createdAt(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_WorkflowVersion_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("WorkflowVersion", field, false, false, errors.New("field of type Time does not have child fields"))
+	return scalarFieldContext("WorkflowVersion", field, false, false)
 }
 
 func (ec *executionContext) ___Directive_name(ctx context.Context, field graphql.CollectedField, obj *introspection.Directive) (ret graphql.Marshaler) {
@@ -18456,7 +18456,7 @@ func (ec *executionContext) ___Directive_name(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext___Directive_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Directive", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__Directive", field, false, false)
 }
 
 func (ec *executionContext) ___Directive_description(ctx context.Context, field graphql.CollectedField, obj *introspection.Directive) (ret graphql.Marshaler) {
@@ -18479,7 +18479,7 @@ func (ec *executionContext) ___Directive_description(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext___Directive_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Directive", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__Directive", field, true, false)
 }
 
 func (ec *executionContext) ___Directive_isRepeatable(ctx context.Context, field graphql.CollectedField, obj *introspection.Directive) (ret graphql.Marshaler) {
@@ -18502,7 +18502,7 @@ func (ec *executionContext) ___Directive_isRepeatable(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext___Directive_isRepeatable(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Directive", field, false, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("__Directive", field, false, false)
 }
 
 func (ec *executionContext) ___Directive_locations(ctx context.Context, field graphql.CollectedField, obj *introspection.Directive) (ret graphql.Marshaler) {
@@ -18525,7 +18525,7 @@ func (ec *executionContext) ___Directive_locations(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext___Directive_locations(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Directive", field, false, false, errors.New("field of type __DirectiveLocation does not have child fields"))
+	return scalarFieldContext("__Directive", field, false, false)
 }
 
 func (ec *executionContext) ___Directive_args(ctx context.Context, field graphql.CollectedField, obj *introspection.Directive) (ret graphql.Marshaler) {
@@ -18591,7 +18591,7 @@ func (ec *executionContext) ___EnumValue_name(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext___EnumValue_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__EnumValue", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__EnumValue", field, false, false)
 }
 
 func (ec *executionContext) ___EnumValue_description(ctx context.Context, field graphql.CollectedField, obj *introspection.EnumValue) (ret graphql.Marshaler) {
@@ -18614,7 +18614,7 @@ func (ec *executionContext) ___EnumValue_description(ctx context.Context, field 
 	)
 }
 func (ec *executionContext) fieldContext___EnumValue_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__EnumValue", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__EnumValue", field, true, false)
 }
 
 func (ec *executionContext) ___EnumValue_isDeprecated(ctx context.Context, field graphql.CollectedField, obj *introspection.EnumValue) (ret graphql.Marshaler) {
@@ -18637,7 +18637,7 @@ func (ec *executionContext) ___EnumValue_isDeprecated(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext___EnumValue_isDeprecated(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__EnumValue", field, true, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("__EnumValue", field, true, false)
 }
 
 func (ec *executionContext) ___EnumValue_deprecationReason(ctx context.Context, field graphql.CollectedField, obj *introspection.EnumValue) (ret graphql.Marshaler) {
@@ -18660,7 +18660,7 @@ func (ec *executionContext) ___EnumValue_deprecationReason(ctx context.Context, 
 	)
 }
 func (ec *executionContext) fieldContext___EnumValue_deprecationReason(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__EnumValue", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__EnumValue", field, true, false)
 }
 
 func (ec *executionContext) ___Field_name(ctx context.Context, field graphql.CollectedField, obj *introspection.Field) (ret graphql.Marshaler) {
@@ -18683,7 +18683,7 @@ func (ec *executionContext) ___Field_name(ctx context.Context, field graphql.Col
 	)
 }
 func (ec *executionContext) fieldContext___Field_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Field", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__Field", field, false, false)
 }
 
 func (ec *executionContext) ___Field_description(ctx context.Context, field graphql.CollectedField, obj *introspection.Field) (ret graphql.Marshaler) {
@@ -18706,7 +18706,7 @@ func (ec *executionContext) ___Field_description(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext___Field_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Field", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__Field", field, true, false)
 }
 
 func (ec *executionContext) ___Field_args(ctx context.Context, field graphql.CollectedField, obj *introspection.Field) (ret graphql.Marshaler) {
@@ -18804,7 +18804,7 @@ func (ec *executionContext) ___Field_isDeprecated(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext___Field_isDeprecated(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Field", field, true, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("__Field", field, true, false)
 }
 
 func (ec *executionContext) ___Field_deprecationReason(ctx context.Context, field graphql.CollectedField, obj *introspection.Field) (ret graphql.Marshaler) {
@@ -18827,7 +18827,7 @@ func (ec *executionContext) ___Field_deprecationReason(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext___Field_deprecationReason(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Field", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__Field", field, true, false)
 }
 
 func (ec *executionContext) ___InputValue_name(ctx context.Context, field graphql.CollectedField, obj *introspection.InputValue) (ret graphql.Marshaler) {
@@ -18850,7 +18850,7 @@ func (ec *executionContext) ___InputValue_name(ctx context.Context, field graphq
 	)
 }
 func (ec *executionContext) fieldContext___InputValue_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__InputValue", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__InputValue", field, false, false)
 }
 
 func (ec *executionContext) ___InputValue_description(ctx context.Context, field graphql.CollectedField, obj *introspection.InputValue) (ret graphql.Marshaler) {
@@ -18873,7 +18873,7 @@ func (ec *executionContext) ___InputValue_description(ctx context.Context, field
 	)
 }
 func (ec *executionContext) fieldContext___InputValue_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__InputValue", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__InputValue", field, true, false)
 }
 
 func (ec *executionContext) ___InputValue_type(ctx context.Context, field graphql.CollectedField, obj *introspection.InputValue) (ret graphql.Marshaler) {
@@ -18928,7 +18928,7 @@ func (ec *executionContext) ___InputValue_defaultValue(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext___InputValue_defaultValue(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__InputValue", field, false, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__InputValue", field, false, false)
 }
 
 func (ec *executionContext) ___InputValue_isDeprecated(ctx context.Context, field graphql.CollectedField, obj *introspection.InputValue) (ret graphql.Marshaler) {
@@ -18951,7 +18951,7 @@ func (ec *executionContext) ___InputValue_isDeprecated(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext___InputValue_isDeprecated(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__InputValue", field, true, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("__InputValue", field, true, false)
 }
 
 func (ec *executionContext) ___InputValue_deprecationReason(ctx context.Context, field graphql.CollectedField, obj *introspection.InputValue) (ret graphql.Marshaler) {
@@ -18974,7 +18974,7 @@ func (ec *executionContext) ___InputValue_deprecationReason(ctx context.Context,
 	)
 }
 func (ec *executionContext) fieldContext___InputValue_deprecationReason(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__InputValue", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__InputValue", field, true, false)
 }
 
 func (ec *executionContext) ___Schema_description(ctx context.Context, field graphql.CollectedField, obj *introspection.Schema) (ret graphql.Marshaler) {
@@ -18997,7 +18997,7 @@ func (ec *executionContext) ___Schema_description(ctx context.Context, field gra
 	)
 }
 func (ec *executionContext) fieldContext___Schema_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Schema", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__Schema", field, true, false)
 }
 
 func (ec *executionContext) ___Schema_types(ctx context.Context, field graphql.CollectedField, obj *introspection.Schema) (ret graphql.Marshaler) {
@@ -19180,7 +19180,7 @@ func (ec *executionContext) ___Type_kind(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext___Type_kind(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Type", field, true, false, errors.New("field of type __TypeKind does not have child fields"))
+	return scalarFieldContext("__Type", field, true, false)
 }
 
 func (ec *executionContext) ___Type_name(ctx context.Context, field graphql.CollectedField, obj *introspection.Type) (ret graphql.Marshaler) {
@@ -19203,7 +19203,7 @@ func (ec *executionContext) ___Type_name(ctx context.Context, field graphql.Coll
 	)
 }
 func (ec *executionContext) fieldContext___Type_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Type", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__Type", field, true, false)
 }
 
 func (ec *executionContext) ___Type_description(ctx context.Context, field graphql.CollectedField, obj *introspection.Type) (ret graphql.Marshaler) {
@@ -19226,7 +19226,7 @@ func (ec *executionContext) ___Type_description(ctx context.Context, field graph
 	)
 }
 func (ec *executionContext) fieldContext___Type_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Type", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__Type", field, true, false)
 }
 
 func (ec *executionContext) ___Type_specifiedByURL(ctx context.Context, field graphql.CollectedField, obj *introspection.Type) (ret graphql.Marshaler) {
@@ -19249,7 +19249,7 @@ func (ec *executionContext) ___Type_specifiedByURL(ctx context.Context, field gr
 	)
 }
 func (ec *executionContext) fieldContext___Type_specifiedByURL(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Type", field, true, false, errors.New("field of type String does not have child fields"))
+	return scalarFieldContext("__Type", field, true, false)
 }
 
 func (ec *executionContext) ___Type_fields(ctx context.Context, field graphql.CollectedField, obj *introspection.Type) (ret graphql.Marshaler) {
@@ -19488,7 +19488,7 @@ func (ec *executionContext) ___Type_isOneOf(ctx context.Context, field graphql.C
 	)
 }
 func (ec *executionContext) fieldContext___Type_isOneOf(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("__Type", field, true, false, errors.New("field of type Boolean does not have child fields"))
+	return scalarFieldContext("__Type", field, true, false)
 }
 
 // endregion **************************** field.gotpl *****************************
@@ -20762,12 +20762,14 @@ func (ec *executionContext) _ApiKey(ctx context.Context, sel ast.SelectionSet, o
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -20830,12 +20832,14 @@ func (ec *executionContext) _ApiKeyAuditEntry(ctx context.Context, sel ast.Selec
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -20873,12 +20877,14 @@ func (ec *executionContext) _CreatedApiKey(ctx context.Context, sel ast.Selectio
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -20916,12 +20922,14 @@ func (ec *executionContext) _CreatedWebhookEndpoint(ctx context.Context, sel ast
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -20999,12 +21007,14 @@ func (ec *executionContext) _Deployment(ctx context.Context, sel ast.SelectionSe
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21281,12 +21291,14 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21334,12 +21346,14 @@ func (ec *executionContext) _JobChange(ctx context.Context, sel ast.SelectionSet
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21377,12 +21391,14 @@ func (ec *executionContext) _JobCompletions(ctx context.Context, sel ast.Selecti
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21458,12 +21474,14 @@ func (ec *executionContext) _JobConnection(ctx context.Context, sel ast.Selectio
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21501,12 +21519,14 @@ func (ec *executionContext) _JobEdge(ctx context.Context, sel ast.SelectionSet, 
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21549,12 +21569,14 @@ func (ec *executionContext) _JobLease(ctx context.Context, sel ast.SelectionSet,
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21607,12 +21629,14 @@ func (ec *executionContext) _JobLog(ctx context.Context, sel ast.SelectionSet, o
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21650,12 +21674,14 @@ func (ec *executionContext) _LogCleanupConnection(ctx context.Context, sel ast.S
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21693,12 +21719,14 @@ func (ec *executionContext) _LogCleanupEdge(ctx context.Context, sel ast.Selecti
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21776,12 +21804,14 @@ func (ec *executionContext) _LogCleanupRun(ctx context.Context, sel ast.Selectio
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -21839,12 +21869,14 @@ func (ec *executionContext) _LogSummary(ctx context.Context, sel ast.SelectionSe
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22031,12 +22063,14 @@ func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, 
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22084,12 +22118,14 @@ func (ec *executionContext) _MachineChange(ctx context.Context, sel ast.Selectio
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22165,12 +22201,14 @@ func (ec *executionContext) _MachineConnection(ctx context.Context, sel ast.Sele
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22208,12 +22246,14 @@ func (ec *executionContext) _MachineEdge(ctx context.Context, sel ast.SelectionS
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22276,12 +22316,14 @@ func (ec *executionContext) _MachineEvent(ctx context.Context, sel ast.Selection
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22357,12 +22399,14 @@ func (ec *executionContext) _MachineEventConnection(ctx context.Context, sel ast
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22400,12 +22444,14 @@ func (ec *executionContext) _MachineEventEdge(ctx context.Context, sel ast.Selec
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22756,12 +22802,14 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22809,12 +22857,14 @@ func (ec *executionContext) _NodeRobotOverride(ctx context.Context, sel ast.Sele
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22862,12 +22912,14 @@ func (ec *executionContext) _PageInfo(ctx context.Context, sel ast.SelectionSet,
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -22915,12 +22967,14 @@ func (ec *executionContext) _PresenceEvent(ctx context.Context, sel ast.Selectio
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -23454,12 +23508,14 @@ func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) gr
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -23628,12 +23684,14 @@ func (ec *executionContext) _Robot(ctx context.Context, sel ast.SelectionSet, ob
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -23681,12 +23739,14 @@ func (ec *executionContext) _RobotChange(ctx context.Context, sel ast.SelectionS
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -23762,12 +23822,14 @@ func (ec *executionContext) _RobotConnection(ctx context.Context, sel ast.Select
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -23805,12 +23867,14 @@ func (ec *executionContext) _RobotEdge(ctx context.Context, sel ast.SelectionSet
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -23858,12 +23922,14 @@ func (ec *executionContext) _RobotHeartbeat(ctx context.Context, sel ast.Selecti
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -23926,12 +23992,14 @@ func (ec *executionContext) _RobotLog(ctx context.Context, sel ast.SelectionSet,
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -23974,12 +24042,14 @@ func (ec *executionContext) _RobotLogBatch(ctx context.Context, sel ast.Selectio
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24017,12 +24087,14 @@ func (ec *executionContext) _RobotLogConnection(ctx context.Context, sel ast.Sel
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24060,12 +24132,14 @@ func (ec *executionContext) _RobotLogEdge(ctx context.Context, sel ast.Selection
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24123,12 +24197,14 @@ func (ec *executionContext) _RobotStat(ctx context.Context, sel ast.SelectionSet
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24186,12 +24262,14 @@ func (ec *executionContext) _RobotStats(ctx context.Context, sel ast.SelectionSe
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24488,12 +24566,14 @@ func (ec *executionContext) _Schedule(ctx context.Context, sel ast.SelectionSet,
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24569,12 +24649,14 @@ func (ec *executionContext) _ScheduleConnection(ctx context.Context, sel ast.Sel
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24612,12 +24694,14 @@ func (ec *executionContext) _ScheduleEdge(ctx context.Context, sel ast.Selection
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24827,12 +24911,14 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24885,12 +24971,14 @@ func (ec *executionContext) _WebhookAttempt(ctx context.Context, sel ast.Selecti
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -24968,12 +25056,14 @@ func (ec *executionContext) _WebhookDelivery(ctx context.Context, sel ast.Select
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25011,12 +25101,14 @@ func (ec *executionContext) _WebhookDeliveryConnection(ctx context.Context, sel 
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25054,12 +25146,14 @@ func (ec *executionContext) _WebhookDeliveryEdge(ctx context.Context, sel ast.Se
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25142,12 +25236,14 @@ func (ec *executionContext) _WebhookEndpoint(ctx context.Context, sel ast.Select
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25319,12 +25415,14 @@ func (ec *executionContext) _Workflow(ctx context.Context, sel ast.SelectionSet,
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25415,12 +25513,14 @@ func (ec *executionContext) _WorkflowAssignment(ctx context.Context, sel ast.Sel
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25478,12 +25578,14 @@ func (ec *executionContext) _WorkflowAssignmentStats(ctx context.Context, sel as
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25559,12 +25661,14 @@ func (ec *executionContext) _WorkflowConnection(ctx context.Context, sel ast.Sel
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25602,12 +25706,14 @@ func (ec *executionContext) _WorkflowEdge(ctx context.Context, sel ast.Selection
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25660,12 +25766,14 @@ func (ec *executionContext) _WorkflowVersion(ctx context.Context, sel ast.Select
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25718,12 +25826,14 @@ func (ec *executionContext) ___Directive(ctx context.Context, sel ast.SelectionS
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25771,12 +25881,14 @@ func (ec *executionContext) ___EnumValue(ctx context.Context, sel ast.SelectionS
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25834,12 +25946,14 @@ func (ec *executionContext) ___Field(ctx context.Context, sel ast.SelectionSet, 
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25897,12 +26011,14 @@ func (ec *executionContext) ___InputValue(ctx context.Context, sel ast.Selection
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -25960,12 +26076,14 @@ func (ec *executionContext) ___Schema(ctx context.Context, sel ast.SelectionSet,
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
@@ -26048,12 +26166,14 @@ func (ec *executionContext) ___Type(ctx context.Context, sel ast.SelectionSet, o
 
 	atomic.AddInt32(&ec.Deferred, int32(min(len(deferLabelToView), math.MaxInt32)))
 
-	ec.ProcessDeferredGroup(graphql.DeferredGroup{
-		Defers:   deferLabelToView,
-		Path:     graphql.GetPath(ctx),
-		FieldSet: deferredFieldSet,
-		Context:  ctx,
-	})
+	if len(deferLabelToView) > 0 {
+		ec.ProcessDeferredGroup(graphql.DeferredGroup{
+			Defers:   deferLabelToView,
+			Path:     graphql.GetPath(ctx),
+			FieldSet: deferredFieldSet,
+			Context:  ctx,
+		})
+	}
 
 	return out
 }
