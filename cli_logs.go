@@ -92,13 +92,13 @@ func listDays(days []string) string {
 // logLineView is a tailed line as `logs tail --json` prints it, one JSON
 // object a line; a missed-lines notice is {"missedLines": N}.
 type logLineView struct {
-	ID      int64          `json:"id"`
-	RobotID uuid.UUID      `json:"robotId"`
-	JobID   *uuid.UUID     `json:"jobId"`
-	Level   db.LogLevel    `json:"level"`
-	Message string         `json:"message"`
-	Fields  map[string]any `json:"fields"`
-	At      time.Time      `json:"at"`
+	ID      int64       `json:"id"`
+	RobotID uuid.UUID   `json:"robotId"`
+	JobID   *uuid.UUID  `json:"jobId"`
+	Level   db.LogLevel `json:"level"`
+	Message string      `json:"message"`
+	Fields  db.RawJSON  `json:"fields"`
+	At      time.Time   `json:"at"`
 }
 
 // logsTail follows one robot's lines live through the hub, as the
@@ -229,8 +229,8 @@ func printTailItem(w io.Writer, enc *json.Encoder, asJSON bool, item realtime.Lo
 		if l.JobID != nil {
 			line += " job=" + l.JobID.String()
 		}
-		if len(l.Fields) > 0 {
-			if b, err := json.Marshal(l.Fields); err == nil {
+		if fields, err := l.Fields.Object(); err == nil && len(fields) > 0 {
+			if b, err := json.Marshal(fields); err == nil {
 				line += " " + string(b)
 			}
 		}

@@ -94,14 +94,14 @@ func (l *LogLevel) Scan(src any) error {
 type RobotLog struct {
 	bun.BaseModel `bun:"table:robot_logs,alias:l"`
 
-	ID       int64          `bun:"id"`
-	TenantID uuid.UUID      `bun:"tenant_id,type:uuid"`
-	RobotID  uuid.UUID      `bun:"robot_id,type:uuid"`
-	JobID    *uuid.UUID     `bun:"job_id,type:uuid"`
-	Level    LogLevel       `bun:"level"`
-	Message  string         `bun:"message"`
-	Fields   map[string]any `bun:"fields,type:jsonb"`
-	At       time.Time      `bun:"at"`
+	ID       int64      `bun:"id"`
+	TenantID uuid.UUID  `bun:"tenant_id,type:uuid"`
+	RobotID  uuid.UUID  `bun:"robot_id,type:uuid"`
+	JobID    *uuid.UUID `bun:"job_id,type:uuid"`
+	Level    LogLevel   `bun:"level"`
+	Message  string     `bun:"message"`
+	Fields   RawJSON    `bun:"fields,type:jsonb"`
+	At       time.Time  `bun:"at"`
 }
 
 // Cursor is the line's position in robotLogs, newest first.

@@ -282,13 +282,13 @@ func (s *Logs) LogsOf(ctx context.Context, idb bun.IDB, ids []uuid.UUID, limit i
 type RobotHeartbeat struct {
 	bun.BaseModel `bun:"table:robot_heartbeats,alias:h"`
 
-	ID           int64          `bun:"id"`
-	RobotID      uuid.UUID      `bun:"robot_id,type:uuid"`
-	TenantID     uuid.UUID      `bun:"tenant_id,type:uuid"`
-	Status       RobotStatus    `bun:"status"`
-	Metrics      map[string]any `bun:"metrics,type:jsonb"`
-	AgentVersion string         `bun:"agent_version"`
-	At           time.Time      `bun:"at"`
+	ID           int64       `bun:"id"`
+	RobotID      uuid.UUID   `bun:"robot_id,type:uuid"`
+	TenantID     uuid.UUID   `bun:"tenant_id,type:uuid"`
+	Status       RobotStatus `bun:"status"`
+	Metrics      RawJSON     `bun:"metrics,type:jsonb"`
+	AgentVersion string      `bun:"agent_version"`
+	At           time.Time   `bun:"at"`
 }
 
 // HeartbeatHistory returns a visible robot's sampled heartbeats between

@@ -29,17 +29,17 @@ const (
 type Machine struct {
 	bun.BaseModel `bun:"table:machines,alias:m"`
 
-	ID            uuid.UUID      `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
-	TenantID      uuid.UUID      `bun:"tenant_id,type:uuid"`
-	OwnerID       uuid.UUID      `bun:"owner_id,type:uuid"`
-	Name          string         `bun:"name"`
-	Status        MachineStatus  `bun:"status"`
-	Configuration map[string]any `bun:"configuration,type:jsonb"`
-	LastStartedAt *time.Time     `bun:"last_started_at"`
-	LastStoppedAt *time.Time     `bun:"last_stopped_at"`
-	CreatedAt     time.Time      `bun:"created_at,nullzero,default:clock_timestamp()"`
-	UpdatedAt     time.Time      `bun:"updated_at,nullzero,default:now()"`
-	Version       int64          `bun:"version,default:1"`
+	ID            uuid.UUID     `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
+	TenantID      uuid.UUID     `bun:"tenant_id,type:uuid"`
+	OwnerID       uuid.UUID     `bun:"owner_id,type:uuid"`
+	Name          string        `bun:"name"`
+	Status        MachineStatus `bun:"status"`
+	Configuration RawJSON       `bun:"configuration,type:jsonb"`
+	LastStartedAt *time.Time    `bun:"last_started_at"`
+	LastStoppedAt *time.Time    `bun:"last_stopped_at"`
+	CreatedAt     time.Time     `bun:"created_at,nullzero,default:clock_timestamp()"`
+	UpdatedAt     time.Time     `bun:"updated_at,nullzero,default:now()"`
+	Version       int64         `bun:"version,default:1"`
 }
 
 // Cursor is the machine's position in `machines`, newest first.
@@ -88,7 +88,7 @@ type Deployment struct {
 	TenantID     uuid.UUID        `bun:"tenant_id,type:uuid"`
 	Name         string           `bun:"name"`
 	Version      string           `bun:"version"`
-	Settings     map[string]any   `bun:"settings,type:jsonb"`
+	Settings     RawJSON          `bun:"settings,type:jsonb"`
 	Status       DeploymentStatus `bun:"status"`
 	DeployedBy   string           `bun:"deployed_by"`
 	CreatedAt    time.Time        `bun:"created_at,nullzero,default:clock_timestamp()"`
@@ -215,7 +215,7 @@ func (s *Machines) Create(ctx context.Context, idb bun.IDB, in CreateMachineInpu
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{TenantID: sc.tenant, OwnerID: sc.user, Name: name, Status: MachineStopped, Configuration: cfg}
+	m := &Machine{TenantID: sc.tenant, OwnerID: sc.user, Name: name, Status: MachineStopped, Configuration: rawJSONOf(cfg)}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		if _, err := tx.NewInsert().Model(m).Returning("*").Exec(ctx); err != nil {
 			return constraintError(err, machineConstraints)
@@ -401,7 +401,7 @@ func (s *Machines) Deploy(ctx context.Context, idb bun.IDB, machineID uuid.UUID,
 	if err != nil {
 		return nil, err
 	}
-	d := &Deployment{Name: name, Version: in.Version, Settings: settings, DeployedBy: sc.actor}
+	d := &Deployment{Name: name, Version: in.Version, Settings: rawJSONOf(settings), DeployedBy: sc.actor}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		// Locking the machine orders this deployment against concurrent
 		// starts, stops and deployments of the same machine.

@@ -3,13 +3,12 @@ package db
 import (
 	"database/sql/driver"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 )
 
 // RawJSON is a jsonb value kept as PostgreSQL sent it: a job's input and
-// result pass from the database to a response (GraphQL, a live update, a
+// result (and the other JSON columns the API reads) pass from the database
+// to a response (GraphQL through scalar.MarshalRawJSON, a live update, a
 // webhook) as bytes, without being decoded into maps and encoded again.
 // Code that needs to look inside decodes it (Object). nil is SQL NULL and
 // JSON null.
@@ -70,20 +69,6 @@ func (r *RawJSON) UnmarshalJSON(b []byte) error {
 	}
 	*r = append(RawJSON(nil), b...)
 	return nil
-}
-
-// MarshalGQL writes the value into a GraphQL response as it is (gqlgen's
-// Marshaler; the GraphQL JSON scalar).
-func (r RawJSON) MarshalGQL(w io.Writer) {
-	b, _ := r.MarshalJSON()
-	_, _ = w.Write(b)
-}
-
-// UnmarshalGQL implements gqlgen's Unmarshaler. RawJSON is an output type:
-// arguments and inputs of the JSON scalar arrive as maps, validated by the
-// stores (checkJSONObject).
-func (r *RawJSON) UnmarshalGQL(any) error {
-	return errors.New("db: RawJSON is not an input type")
 }
 
 // Object decodes the value as a JSON object (nil for null).

@@ -38,20 +38,20 @@ func (s RobotStatus) valid() bool {
 type Robot struct {
 	bun.BaseModel `bun:"table:robots,alias:r"`
 
-	ID                uuid.UUID      `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
-	TenantID          uuid.UUID      `bun:"tenant_id,type:uuid"`
-	Name              string         `bun:"name"`
-	Hostname          string         `bun:"hostname"`
-	Status            RobotStatus    `bun:"status"`
-	Capabilities      []string       `bun:"capabilities,array"`
-	MaxConcurrentJobs int            `bun:"max_concurrent_jobs"`
-	Environment       string         `bun:"environment"`
-	AgentVersion      string         `bun:"agent_version"`
-	Metadata          map[string]any `bun:"metadata,type:jsonb"`
-	LastHeartbeatAt   *time.Time     `bun:"last_heartbeat_at"`
-	CreatedAt         time.Time      `bun:"created_at,nullzero,default:clock_timestamp()"`
-	UpdatedAt         time.Time      `bun:"updated_at,nullzero,default:now()"`
-	Revision          int64          `bun:"revision,default:1"`
+	ID                uuid.UUID   `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
+	TenantID          uuid.UUID   `bun:"tenant_id,type:uuid"`
+	Name              string      `bun:"name"`
+	Hostname          string      `bun:"hostname"`
+	Status            RobotStatus `bun:"status"`
+	Capabilities      []string    `bun:"capabilities,array"`
+	MaxConcurrentJobs int         `bun:"max_concurrent_jobs"`
+	Environment       string      `bun:"environment"`
+	AgentVersion      string      `bun:"agent_version"`
+	Metadata          RawJSON     `bun:"metadata,type:jsonb"`
+	LastHeartbeatAt   *time.Time  `bun:"last_heartbeat_at"`
+	CreatedAt         time.Time   `bun:"created_at,nullzero,default:clock_timestamp()"`
+	UpdatedAt         time.Time   `bun:"updated_at,nullzero,default:now()"`
+	Revision          int64       `bun:"revision,default:1"`
 }
 
 // Cursor is the robot's position in `robots`, newest first.
@@ -310,9 +310,11 @@ func (s *Robots) Create(ctx context.Context, idb bun.IDB, in CreateRobotInput) (
 		}
 		r.MaxConcurrentJobs = *in.MaxConcurrentJobs
 	}
-	if r.Metadata, err = checkJSONObject("metadata", in.Metadata); err != nil {
+	md, err := checkJSONObject("metadata", in.Metadata)
+	if err != nil {
 		return nil, err
 	}
+	r.Metadata = rawJSONOf(md)
 	if _, err := idb.NewInsert().Model(r).Returning("*").Exec(ctx); err != nil {
 		return nil, constraintError(err, robotConstraints)
 	}

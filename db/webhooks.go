@@ -658,13 +658,6 @@ func nonNilStrings(s []string) []string {
 	return s
 }
 
-func nonNilObject(m map[string]any) map[string]any {
-	if m == nil {
-		return map[string]any{}
-	}
-	return m
-}
-
 // jobView is a job as the API's Job type shows its scalar fields: the data
 // of job events.
 type jobView struct {
@@ -711,26 +704,26 @@ func jobViewOf(j *Job) jobView {
 // robotView is a robot as the API's Robot type shows its scalar fields:
 // the data of robot events.
 type robotView struct {
-	ID                uuid.UUID      `json:"id"`
-	Name              string         `json:"name"`
-	Hostname          string         `json:"hostname"`
-	Status            RobotStatus    `json:"status"`
-	Capabilities      []string       `json:"capabilities"`
-	MaxConcurrentJobs int            `json:"maxConcurrentJobs"`
-	Environment       string         `json:"environment"`
-	AgentVersion      string         `json:"agentVersion"`
-	Metadata          map[string]any `json:"metadata"`
-	LastHeartbeatAt   *apiTime       `json:"lastHeartbeatAt"`
-	CreatedAt         apiTime        `json:"createdAt"`
-	UpdatedAt         apiTime        `json:"updatedAt"`
-	Revision          int64          `json:"revision"`
+	ID                uuid.UUID   `json:"id"`
+	Name              string      `json:"name"`
+	Hostname          string      `json:"hostname"`
+	Status            RobotStatus `json:"status"`
+	Capabilities      []string    `json:"capabilities"`
+	MaxConcurrentJobs int         `json:"maxConcurrentJobs"`
+	Environment       string      `json:"environment"`
+	AgentVersion      string      `json:"agentVersion"`
+	Metadata          RawJSON     `json:"metadata"`
+	LastHeartbeatAt   *apiTime    `json:"lastHeartbeatAt"`
+	CreatedAt         apiTime     `json:"createdAt"`
+	UpdatedAt         apiTime     `json:"updatedAt"`
+	Revision          int64       `json:"revision"`
 }
 
 func robotViewOf(r *Robot) robotView {
 	return robotView{
 		ID: r.ID, Name: r.Name, Hostname: r.Hostname, Status: r.Status, Capabilities: nonNilStrings(r.Capabilities),
 		MaxConcurrentJobs: r.MaxConcurrentJobs, Environment: r.Environment, AgentVersion: r.AgentVersion,
-		Metadata: nonNilObject(r.Metadata), LastHeartbeatAt: apiTimePtr(r.LastHeartbeatAt),
+		Metadata: r.Metadata.orEmptyObject(), LastHeartbeatAt: apiTimePtr(r.LastHeartbeatAt),
 		CreatedAt: apiTime(r.CreatedAt), UpdatedAt: apiTime(r.UpdatedAt), Revision: r.Revision,
 	}
 }

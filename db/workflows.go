@@ -33,12 +33,12 @@ func (w *Workflow) Cursor() string { return encodeTimeID("workflow", w.CreatedAt
 type WorkflowVersion struct {
 	bun.BaseModel `bun:"table:workflow_versions,alias:v"`
 
-	WorkflowID uuid.UUID      `bun:"workflow_id,pk,type:uuid"`
-	Version    int            `bun:"version,pk"`
-	TenantID   uuid.UUID      `bun:"tenant_id,type:uuid"`
-	Definition map[string]any `bun:"definition,type:jsonb"`
-	CreatedBy  string         `bun:"created_by"`
-	CreatedAt  time.Time      `bun:"created_at,nullzero,default:now()"`
+	WorkflowID uuid.UUID `bun:"workflow_id,pk,type:uuid"`
+	Version    int       `bun:"version,pk"`
+	TenantID   uuid.UUID `bun:"tenant_id,type:uuid"`
+	Definition RawJSON   `bun:"definition,type:jsonb"`
+	CreatedBy  string    `bun:"created_by"`
+	CreatedAt  time.Time `bun:"created_at,nullzero,default:now()"`
 }
 
 // WorkflowAssignment lets a robot run a workflow.
@@ -185,7 +185,7 @@ func (s *Workflows) Create(ctx context.Context, idb bun.IDB, in CreateWorkflowIn
 		if _, err := tx.NewInsert().Model(w).Returning("*").Exec(ctx); err != nil {
 			return constraintError(err, workflowConstraints)
 		}
-		v := &WorkflowVersion{WorkflowID: w.ID, Version: 1, TenantID: w.TenantID, Definition: def, CreatedBy: sc.actor}
+		v := &WorkflowVersion{WorkflowID: w.ID, Version: 1, TenantID: w.TenantID, Definition: rawJSONOf(def), CreatedBy: sc.actor}
 		if _, err := tx.NewInsert().Model(v).Exec(ctx); err != nil {
 			return fmt.Errorf("storing version 1: %w", err)
 		}
@@ -207,7 +207,7 @@ func (s *Workflows) Publish(ctx context.Context, idb bun.IDB, workflowID uuid.UU
 	if err != nil {
 		return nil, err
 	}
-	v := &WorkflowVersion{Definition: def, CreatedBy: sc.actor}
+	v := &WorkflowVersion{Definition: rawJSONOf(def), CreatedBy: sc.actor}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		w, err := s.get(ctx, tx, sc, workflowID, true)
 		if err != nil {

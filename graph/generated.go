@@ -8268,8 +8268,8 @@ func (ec *executionContext) _Deployment_settings(ctx context.Context, field grap
 			return obj.Settings, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,
@@ -9598,8 +9598,8 @@ func (ec *executionContext) _JobLog_fields(ctx context.Context, field graphql.Co
 			return obj.Fields, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,
@@ -10200,8 +10200,8 @@ func (ec *executionContext) _Machine_configuration(ctx context.Context, field gr
 			return obj.Configuration, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,
@@ -14428,8 +14428,8 @@ func (ec *executionContext) _Robot_metadata(ctx context.Context, field graphql.C
 			return obj.Metadata, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,
@@ -14885,8 +14885,8 @@ func (ec *executionContext) _RobotHeartbeat_metrics(ctx context.Context, field g
 			return obj.Metrics, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,
@@ -15069,8 +15069,8 @@ func (ec *executionContext) _RobotLog_fields(ctx context.Context, field graphql.
 			return obj.Fields, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,
@@ -18379,8 +18379,8 @@ func (ec *executionContext) _WorkflowVersion_definition(ctx context.Context, fie
 			return obj.Definition, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,
@@ -26458,8 +26458,7 @@ func (ec *executionContext) marshalNInt2int64(ctx context.Context, sel ast.Selec
 }
 
 func (ec *executionContext) unmarshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx context.Context, v any) (db.RawJSON, error) {
-	var res db.RawJSON
-	err := res.UnmarshalGQL(v)
+	res, err := scalar.UnmarshalRawJSON(v)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
@@ -26470,7 +26469,14 @@ func (ec *executionContext) marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx context.C
 		}
 		return graphql.Null
 	}
-	return v
+	_ = sel
+	res := scalar.MarshalRawJSON(v)
+	if res == graphql.Null {
+		if !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {
+			graphql.AddErrorf(ctx, "the requested element is null which the schema does not allow")
+		}
+	}
+	return res
 }
 
 func (ec *executionContext) unmarshalNJSON2map(ctx context.Context, v any) (map[string]any, error) {
@@ -27858,8 +27864,7 @@ func (ec *executionContext) unmarshalOJSON2fleetgraphᚋdbᚐRawJSON(ctx context
 	if v == nil {
 		return nil, nil
 	}
-	var res db.RawJSON
-	err := res.UnmarshalGQL(v)
+	res, err := scalar.UnmarshalRawJSON(v)
 	return res, graphql.ErrorOnPath(ctx, err)
 }
 
@@ -27867,7 +27872,10 @@ func (ec *executionContext) marshalOJSON2fleetgraphᚋdbᚐRawJSON(ctx context.C
 	if v == nil {
 		return graphql.Null
 	}
-	return v
+	_ = sel
+	_ = ctx
+	res := scalar.MarshalRawJSON(v)
+	return res
 }
 
 func (ec *executionContext) unmarshalOJSON2map(ctx context.Context, v any) (map[string]any, error) {

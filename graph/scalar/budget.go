@@ -2,9 +2,12 @@ package scalar
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 
 	"github.com/99designs/gqlgen/graphql"
+
+	"fleetgraph/db"
 )
 
 // MaxResponseBytes is the response size budget: the last line behind the
@@ -37,6 +40,25 @@ func MarshalJSON(v map[string]any) graphql.Marshaler {
 			}
 		}
 	})
+}
+
+// MarshalRawJSON writes a stored JSON value as PostgreSQL sent it, or null
+// past the response budget (the JSON scalar of a job's input and result,
+// and of the other jsonb columns the API reads).
+func MarshalRawJSON(v db.RawJSON) graphql.Marshaler {
+	return graphql.WriterFunc(func(w io.Writer) {
+		if overBudget(w) || v == nil {
+			_, _ = io.WriteString(w, "null")
+			return
+		}
+		_, _ = w.Write(v)
+	})
+}
+
+// UnmarshalRawJSON refuses: the JSON scalar's arguments and inputs arrive
+// as maps (UnmarshalJSON), which the stores validate before writing.
+func UnmarshalRawJSON(any) (db.RawJSON, error) {
+	return nil, errors.New("a stored JSON value is not an input")
 }
 
 // MarshalString writes a String as gqlgen does, or null past the response
