@@ -367,8 +367,8 @@ func BenchmarkClaimBatchOnALongQueue(b *testing.B) {
 }
 
 // BenchmarkChangeFeedCost measures what the change feed's NOTIFY costs the
-// job queue: the same work (16 robots, one job at a time, then batches
-// without claimNext) with the jobs table's change-feed triggers
+// job queue: the same work (16 robots, one job at a time, batches without
+// claimNext, and completeJobs batches) with the jobs table's change-feed triggers
 // (jobs_notify, jobs_notify_update: one pg_notify per job change, queued
 // at commit under PostgreSQL's global notification lock) enabled, then
 // disabled. Nothing else changes: the revision trigger and the dispatch
@@ -389,6 +389,7 @@ func BenchmarkChangeFeedCost(b *testing.B) {
 		}{
 			{"one-at-a-time", workOneAtATime},
 			{"batched-without-claimNext", batchedWork(false)},
+			{"completing-batches", workCompletingBatches},
 		} {
 			b.Run(fmt.Sprintf("feed=%s/%s", feed, mode.name), func(b *testing.B) {
 				drainQueue(b, s, c, robots, batchSlots, mode.work)
