@@ -183,7 +183,8 @@ func TestJobBatchBadInputIsRefusedAndWritesNothing(t *testing.T) {
 }
 
 // The edges of claimJobs' range are accepted: a limit of 100 on a robot
-// with 100 slots leases 100 jobs in one call, within the cost limit.
+// with 100 slots leases 100 jobs in one call, within the cost limit, and
+// completeJobs takes all 100 back with claimNext 100.
 func TestJobBatchLimitEdgesAreAccepted(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
@@ -203,4 +204,11 @@ func TestJobBatchLimitEdgesAreAccepted(t *testing.T) {
 	require.Equal(t, 2, leases[0].Job.Priority)
 	require.Empty(t, r.claimJobs(t, 1, 0), "no slot left")
 	require.Equal(t, 100, jbHeld(t, s, r.ID))
+
+	// completeJobs' edges too: 100 completions and claimNext 100, every
+	// field of both lists selected, within the cost limit.
+	done := jcbDecode(t, r.completeJobs(t, leases, true, db.MaxClaimBatch))
+	require.Len(t, done.Jobs, 100)
+	require.Len(t, done.NextLeases, 20, "what was left in the queue")
+	require.Equal(t, 20, jbHeld(t, s, r.ID))
 }
