@@ -3,6 +3,7 @@ package graph
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -162,18 +163,28 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		Fanout:       fanout,
 	})
 	srv.AddTransport(overHTTP{log: cfg.Logger})
-	srv.Use(operationMetrics{cfg.Metrics})
+	// Extensions go through use: go generate marshals plain fields straight
+	// from their structs (graph/internal/sequential), past any field
+	// interceptor, so one is refused here rather than silently missing
+	// most fields (nor may srv.AroundFields be called).
+	use := func(ext graphql.HandlerExtension) {
+		if _, ok := ext.(graphql.FieldInterceptor); ok {
+			panic(fmt.Sprintf("graph: %s intercepts fields, which plain fields bypass (graph/internal/sequential)", ext.ExtensionName()))
+		}
+		srv.Use(ext)
+	}
+	use(operationMetrics{cfg.Metrics})
 
 	validated := lru.New[*ast.QueryDocument](1000)
 	srv.SetQueryCache(validated)
-	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](1000)})
+	use(extension.AutomaticPersistedQuery{Cache: lru.New[string](1000)})
 	srv.SetParserTokenLimit(cfg.Limits.Tokens)
 	// After the persisted query is resolved, before gqlgen validates.
-	srv.Use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})
-	srv.Use(&scalarCheck{})
-	srv.Use(operationLimit{complexity: cfg.Limits.Complexity, depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases, introspection: cfg.Introspection})
+	use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})
+	use(&scalarCheck{})
+	use(operationLimit{complexity: cfg.Limits.Complexity, depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases, introspection: cfg.Introspection})
 	if cfg.Introspection {
-		srv.Use(extension.Introspection{})
+		use(extension.Introspection{})
 	}
 	srv.SetDisableSuggestion(!cfg.Introspection)
 	presenter := presentError(cfg.Logger, !cfg.Introspection)

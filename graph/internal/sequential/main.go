@@ -1,66 +1,180 @@
 // Command sequential rewrites graph/generated.go after gqlgen, for speed,
-// in two places that gqlgen v0.17.95 offers no option for. `go generate
-// ./...` runs it right after gqlgen (server.go).
+// where gqlgen v0.17.95 offers no option. `go generate ./...` runs it
+// right after gqlgen (server.go).
 //
 //   - Lists marshal their elements one after another (graph.marshalList)
 //     instead of in a goroutine each (graphql.MarshalSliceConcurrently,
 //     which gqlgen always generates; its worker_limit option only caps how
 //     many run at once).
-//   - A scalar field's context is graph.scalarFieldContext, one allocation,
-//     instead of graphql.NewScalarFieldContext with an error and a closure
-//     allocated per field for a child lookup that validation makes
-//     unreachable.
-//   - Every object computes its response path (an allocation per path
-//     element) for its @defer fragments only when it has some:
-//     ProcessDeferredGroup returns at once for none, but gqlgen computes
-//     the path before calling it, for every object of every response.
+//   - A plain field (a struct field of a scalar type, no resolver, no
+//     directive) is marshalled straight from the struct: gqlgen resolves
+//     it like any other, through a field context, a context value, three
+//     closures and the value boxed in an interface, some six allocations
+//     for every scalar of every response. Only fields that cannot error
+//     qualify: those of a type (or, nullable, pointing to a type) that
+//     has no nil and whose marshaller reports nothing (an error would need
+//     the field's own context for its path; see noNil). This
+//     skips field interceptors, which the server registers none of
+//     (graph.NewHandler says so where it adds extensions).
+//   - Any other scalar field's context is graph.scalarFieldContext, one
+//     allocation, instead of graphql.NewScalarFieldContext with an error
+//     and a closure allocated per field for a child lookup that validation
+//     makes unreachable.
+//   - Every object computes its response path for its @defer fragments
+//     only when it has some: ProcessDeferredGroup returns at once for
+//     none, but gqlgen computes the path before calling it, for every
+//     object of every response.
 //
-// It fails when it finds nothing to rewrite, so a gqlgen upgrade that
-// changes the generated code is noticed rather than silently undone.
+// It fails when a rewrite finds nothing to rewrite, so a gqlgen upgrade
+// that changes the generated code is noticed rather than silently undone.
 package main
 
 import (
 	"bytes"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os"
 	"regexp"
+	"strings"
 )
 
 const file = "graph/generated.go"
 
-// rewrite is one replacement: from (a pattern) becomes to; done recognises
-// a file already rewritten.
+// rewrite is one replacement: each match of from becomes what to makes of
+// it (m: the match's submatch indexes in src); done recognises a file
+// already rewritten.
 type rewrite struct {
 	from *regexp.Regexp
-	to   string
+	to   func(src []byte, m []int) []byte
 	done string
+}
+
+// literally replaces each match with repl (regexp's $n expansion).
+func literally(from *regexp.Regexp, repl string) func([]byte, []int) []byte {
+	return func(src []byte, m []int) []byte { return from.Expand(nil, []byte(repl), src, m) }
+}
+
+// replaceAll is regexp's ReplaceAllFunc with the submatches at hand.
+func replaceAll(re *regexp.Regexp, src []byte, to func([]byte, []int) []byte) []byte {
+	var out []byte
+	last := 0
+	for _, m := range re.FindAllSubmatchIndex(src, -1) {
+		out = append(out, src[last:m[0]]...)
+		out = append(out, to(src, m)...)
+		last = m[1]
+	}
+	return append(out, src[last:]...)
+}
+
+// plainField matches a field resolved as `return obj.Field, nil`, with
+// no middleware, its marshaller and whether it is non-null.
+var plainField = regexp.MustCompile(`func \(ec \*executionContext\) (_\w+)\(ctx context\.Context, field graphql\.CollectedField, obj (\*[\w.]+)\) \(ret graphql\.Marshaler\) \{
+	return graphql\.ResolveField\(
+		ctx,
+		ec\.OperationContext,
+		field,
+		func\(ctx context\.Context, field graphql\.CollectedField\) \(\*graphql\.FieldContext, error\) \{
+			return ec\.fieldContext_\w+\(ctx, field\)
+		\},
+		func\(ctx context\.Context\) \(any, error\) \{
+			return obj\.(\w+), nil
+		\},
+		nil,
+		func\(ctx context\.Context, selections ast\.SelectionSet, v ([^)]+)\) graphql\.Marshaler \{
+			return ec\.(marshal([NO])[^(]+)\(ctx, selections, v\)
+		\},
+		true,
+		(?:true|false),
+	\)
+\}`)
+
+// noNil are the Go types a plain field may have, or point to when it is
+// nullable: no value of them is nil, and their marshallers (graph/scalar's
+// and gqlgen's) neither report a null nor an error. Float is not one:
+// gqlgen reports NaN and infinities as errors on the field's path.
+var noNil = map[string]bool{
+	"string": true, "int": true, "int32": true, "int64": true, "bool": true,
+	"uuid.UUID": true, "time.Time": true,
+}
+
+// plain rewrites a plain field's function to marshal the struct field
+// directly when it qualifies, and leaves it as it is otherwise.
+func plain(src []byte, m []int) []byte {
+	sub := func(i int) []byte { return src[m[2*i]:m[2*i+1]] }
+	name, obj, structField, typ, marshal, nullness := sub(1), sub(2), sub(3), string(sub(4)), sub(5), string(sub(6))
+	if nullness == "O" {
+		typ = strings.TrimPrefix(typ, "*")
+	}
+	if !noNil[typ] {
+		return sub(0)
+	}
+	return fmt.Appendf(nil, `func (ec *executionContext) %s(ctx context.Context, field graphql.CollectedField, obj %s) (ret graphql.Marshaler) {
+	return ec.%s(ctx, field.Selections, obj.%s) // a plain field (graph/internal/sequential)
+}`, name, obj, marshal, structField)
 }
 
 var rewrites = []rewrite{
 	{regexp.MustCompile(regexp.QuoteMeta("graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(")),
-		"marshalList(ctx, len(v), func(", "marshalList(ctx, len(v), func("},
-	{regexp.MustCompile(`graphql\.NewScalarFieldContext\(("[A-Za-z_]+"), field, (true|false), (true|false), errors\.New\("field of type [A-Za-z_]+ does not have child fields"\)\)`),
-		"scalarFieldContext($1, field, $2, $3)", "scalarFieldContext("},
-	{regexp.MustCompile(`\n\tec\.ProcessDeferredGroup\(graphql\.DeferredGroup\{\n\t\tDefers:   deferLabelToView,\n\t\tPath:     graphql\.GetPath\(ctx\),\n\t\tFieldSet: deferredFieldSet,\n\t\tContext:  ctx,\n\t\}\)\n`),
-		"\n\tif len(deferLabelToView) > 0 {\n\t\tec.ProcessDeferredGroup(graphql.DeferredGroup{\n\t\t\tDefers:   deferLabelToView,\n\t\t\tPath:     graphql.GetPath(ctx),\n\t\t\tFieldSet: deferredFieldSet,\n\t\t\tContext:  ctx,\n\t\t})\n\t}\n",
+		func([]byte, []int) []byte { return []byte("marshalList(ctx, len(v), func(") }, "marshalList(ctx, len(v), func("},
+	{plainField, plain, "// a plain field (graph/internal/sequential)"},
+	{scalarContext, literally(scalarContext, "scalarFieldContext($1, field, $2, $3)"), "scalarFieldContext("},
+	{deferredGroup, literally(deferredGroup, "\n\tif len(deferLabelToView) > 0 {\n\t\tec.ProcessDeferredGroup(graphql.DeferredGroup{\n\t\t\tDefers:   deferLabelToView,\n\t\t\tPath:     graphql.GetPath(ctx),\n\t\t\tFieldSet: deferredFieldSet,\n\t\t\tContext:  ctx,\n\t\t})\n\t}\n"),
 		"\tif len(deferLabelToView) > 0 {\n"},
 }
 
-func main() {
-	src, err := os.ReadFile(file)
+var (
+	scalarContext = regexp.MustCompile(`graphql\.NewScalarFieldContext\(("[A-Za-z_]+"), field, (true|false), (true|false), errors\.New\("field of type [A-Za-z_]+ does not have child fields"\)\)`)
+	deferredGroup = regexp.MustCompile(`\n\tec\.ProcessDeferredGroup\(graphql\.DeferredGroup\{\n\t\tDefers:   deferLabelToView,\n\t\tPath:     graphql\.GetPath\(ctx\),\n\t\tFieldSet: deferredFieldSet,\n\t\tContext:  ctx,\n\t\}\)\n`)
+)
+
+// stringTypes adds to noNil the types package db declares over a basic
+// type (its enums: `type JobStatus string`), as generated code names them.
+func stringTypes(dir, pkg string) error {
+	pkgs, err := parser.ParseDir(token.NewFileSet(), dir, nil, parser.SkipObjectResolution)
 	if err != nil {
+		return err
+	}
+	for _, p := range pkgs {
+		for _, f := range p.Files {
+			for _, d := range f.Decls {
+				g, ok := d.(*ast.GenDecl)
+				if !ok || g.Tok != token.TYPE {
+					continue
+				}
+				for _, s := range g.Specs {
+					ts := s.(*ast.TypeSpec)
+					if id, ok := ts.Type.(*ast.Ident); ok && noNil[id.Name] && ts.Assign == 0 {
+						noNil[pkg+"."+ts.Name.Name] = true
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func main() {
+	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "sequential:", err)
 		os.Exit(1)
+	}
+}
+
+func run() error {
+	if err := stringTypes("db", "db"); err != nil {
+		return err
+	}
+	src, err := os.ReadFile(file)
+	if err != nil {
+		return err
 	}
 	for _, r := range rewrites {
 		if !r.from.Match(src) && !bytes.Contains(src, []byte(r.done)) {
-			fmt.Fprintf(os.Stderr, "sequential: %s has nothing matching %s to rewrite: did gqlgen change its generated code?\n", file, r.from)
-			os.Exit(1)
+			return fmt.Errorf("%s has nothing matching %s to rewrite: did gqlgen change its generated code?", file, r.from)
 		}
-		src = r.from.ReplaceAll(src, []byte(r.to))
+		src = replaceAll(r.from, src, r.to)
 	}
-	if err := os.WriteFile(file, src, 0o644); err != nil {
-		fmt.Fprintln(os.Stderr, "sequential:", err)
-		os.Exit(1)
-	}
+	return os.WriteFile(file, src, 0o644)
 }

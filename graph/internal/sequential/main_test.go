@@ -1,0 +1,78 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// field is a field's function as gqlgen v0.17.95 generates it.
+func field(name, resolve, typ, marshal string) string {
+	return `func (ec *executionContext) _Job_` + name + `(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Job_` + name + `(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ` + resolve + `, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v ` + typ + `) graphql.Marshaler {
+			return ec.` + marshal + `(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}`
+}
+
+// Only the plain fields that cannot report a null or an error are
+// marshalled straight from the struct; the others keep gqlgen's path.
+func TestPlainFields(t *testing.T) {
+	noNil["db.JobStatus"] = true // as stringTypes finds it in package db
+	for _, c := range []struct {
+		name, resolve, typ, marshal string
+		plain                       bool
+	}{
+		{"name", "obj.Name", "string", "marshalNString2string", true},
+		{"status", "obj.Status", "db.JobStatus", "marshalNJobStatus2fleetgraphᚋdbᚐJobStatus", true},
+		{"claimedAt", "obj.ClaimedAt", "*time.Time", "marshalOTime2ᚖtimeᚐTime", true},
+		{"robotId", "obj.RobotID", "*uuid.UUID", "marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID", true},
+		// Non-null of a type with a nil: the null is reported on the field's path.
+		{"input", "obj.Input", "db.RawJSON", "marshalNJSON2fleetgraphᚋdbᚐRawJSON", false},
+		{"capabilities", "obj.Capabilities", "[]string", "marshalNString2ᚕstringᚄ", false},
+		// Floats report NaN and infinities on the field's path.
+		{"rate", "obj.Rate", "*float64", "marshalOFloat2ᚖfloat64", false},
+		{"bytes", "obj.Bytes", "float64", "marshalNFloat2float64", false},
+		// A method or a resolver is not a plain field.
+		{"age", "obj.Age()", "int", "marshalNInt2int", false},
+		{"robot", "ec.resolvers.Job().Robot(ctx, obj)", "string", "marshalNString2string", false},
+	} {
+		src := field(c.name, c.resolve, c.typ, c.marshal)
+		got := string(replaceAll(plainField, []byte(src), plain))
+		want := src
+		if c.plain {
+			want = `func (ec *executionContext) _Job_` + c.name + `(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
+	return ec.` + c.marshal + `(ctx, field.Selections, ` + c.resolve + `) // a plain field (graph/internal/sequential)
+}`
+		}
+		if got != want {
+			t.Errorf("%s:\ngot\n%s\nwant\n%s", c.name, got, want)
+		}
+	}
+}
+
+// The other rewrites expand their matches as they should.
+func TestLiteralRewrites(t *testing.T) {
+	src := `return graphql.NewScalarFieldContext("Job", field, true, false, errors.New("field of type ID does not have child fields"))`
+	got := string(replaceAll(scalarContext, []byte(src), literally(scalarContext, "scalarFieldContext($1, field, $2, $3)")))
+	if want := `return scalarFieldContext("Job", field, true, false)`; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+	if !strings.Contains(string(replaceAll(deferredGroup, []byte("x\n\tec.ProcessDeferredGroup(graphql.DeferredGroup{\n\t\tDefers:   deferLabelToView,\n\t\tPath:     graphql.GetPath(ctx),\n\t\tFieldSet: deferredFieldSet,\n\t\tContext:  ctx,\n\t})\n"),
+		literally(deferredGroup, "\n\tif len(deferLabelToView) > 0 {}\n"))), "if len(deferLabelToView) > 0") {
+		t.Error("the deferred group was not guarded")
+	}
+}
