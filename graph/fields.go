@@ -3,6 +3,7 @@ package graph
 import (
 	"context"
 	"errors"
+	"io"
 
 	"github.com/99designs/gqlgen/graphql"
 )
@@ -23,4 +24,58 @@ var errNoChildFields = errors.New("a field of a scalar type does not have child 
 
 func noChildFields(context.Context, graphql.CollectedField) (*graphql.FieldContext, error) {
 	return nil, errNoChildFields
+}
+
+// deferring returns an object's set of deferred fields and its views by
+// label, making them when the object defers its first field; go generate
+// has objects start without them (graph/internal/sequential), since
+// nearly none defers anything and gqlgen allocated both for every object.
+func deferring(fs *graphql.FieldSet, views map[string]*graphql.FieldSetView) (*graphql.FieldSet, map[string]*graphql.FieldSetView) {
+	if fs == nil {
+		fs, views = graphql.NewFieldSet(nil), map[string]*graphql.FieldSetView{}
+	}
+	return fs, views
+}
+
+// object is a resolved object's fields and their values, marshalled as
+// graphql.FieldSet does (each alias once, the first time it appears, in
+// order) without its per-object map of aliases written and per-field
+// allocation; go generate returns it where gqlgen returned the FieldSet
+// (graph/internal/sequential).
+type object struct {
+	fields []graphql.CollectedField
+	values []graphql.Marshaler
+}
+
+// MarshalGQL implements graphql.Marshaler.
+func (o object) MarshalGQL(w io.Writer) {
+	_, _ = io.WriteString(w, "{")
+	first := true
+	for i := range o.fields {
+		alias := o.fields[i].Alias
+		if aliasBefore(o.fields[:i], alias) {
+			continue
+		}
+		if !first {
+			_, _ = io.WriteString(w, ",")
+		}
+		first = false
+		// An alias is a GraphQL name ([_A-Za-z][_0-9A-Za-z]*): nothing to escape.
+		_, _ = io.WriteString(w, `"`)
+		_, _ = io.WriteString(w, alias)
+		_, _ = io.WriteString(w, `":`)
+		o.values[i].MarshalGQL(w)
+	}
+	_, _ = io.WriteString(w, "}")
+}
+
+// aliasBefore tells whether one of fields has alias. An object has a few
+// fields, so a scan costs less than the map gqlgen kept.
+func aliasBefore(fields []graphql.CollectedField, alias string) bool {
+	for i := range fields {
+		if fields[i].Alias == alias {
+			return true
+		}
+	}
+	return false
 }

@@ -20,10 +20,12 @@
 //     allocation, instead of graphql.NewScalarFieldContext with an error
 //     and a closure allocated per field for a child lookup that validation
 //     makes unreachable.
-//   - Every object computes its response path for its @defer fragments
-//     only when it has some: ProcessDeferredGroup returns at once for
-//     none, but gqlgen computes the path before calling it, for every
-//     object of every response.
+//   - An object makes its set of deferred fields, and computes its response
+//     path for them, only when it has some (graph.deferring): gqlgen made
+//     the set and a map for every object of every response, and computed
+//     the path before ProcessDeferredGroup returned at once for none.
+//   - An object is returned as graph.object, which marshals its fields
+//     without graphql.FieldSet's map per object and allocation per field.
 //
 // It fails when a rewrite finds nothing to rewrite, so a gqlgen upgrade
 // that changes the generated code is noticed rather than silently undone.
@@ -120,11 +122,19 @@ var rewrites = []rewrite{
 		func([]byte, []int) []byte { return []byte("marshalList(ctx, len(v), func(") }, "marshalList(ctx, len(v), func("},
 	{plainField, plain, "// a plain field (graph/internal/sequential)"},
 	{scalarContext, literally(scalarContext, "scalarFieldContext($1, field, $2, $3)"), "scalarFieldContext("},
+	{deferredSets, literally(deferredSets, "\tvar deferredFieldSet *graphql.FieldSet\n\tvar deferLabelToView map[string]*graphql.FieldSetView\n"),
+		"\tvar deferredFieldSet *graphql.FieldSet\n"},
+	{deferredAdd, literally(deferredAdd, "\t\t\t\tdeferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)\n\t\t\t\tdeferredFieldSet.AddField(field)\n"),
+		"deferring(deferredFieldSet, deferLabelToView)"},
+	{objectReturn, literally(objectReturn, "\n\treturn object{fields, out.Values}\n}\n"), "\treturn object{fields, out.Values}\n"},
 	{deferredGroup, literally(deferredGroup, "\n\tif len(deferLabelToView) > 0 {\n\t\tec.ProcessDeferredGroup(graphql.DeferredGroup{\n\t\t\tDefers:   deferLabelToView,\n\t\t\tPath:     graphql.GetPath(ctx),\n\t\t\tFieldSet: deferredFieldSet,\n\t\t\tContext:  ctx,\n\t\t})\n\t}\n"),
 		"\tif len(deferLabelToView) > 0 {\n"},
 }
 
 var (
+	deferredSets  = regexp.MustCompile(`\tdeferredFieldSet := graphql\.NewFieldSet\(nil\)\n\tdeferLabelToView := make\(map\[string\]\*graphql\.FieldSetView\)\n`)
+	deferredAdd   = regexp.MustCompile(`\t\t\t\tdeferredFieldSet\.AddField\(field\)\n`)
+	objectReturn  = regexp.MustCompile(`\n\treturn out\n\}\n`)
 	scalarContext = regexp.MustCompile(`graphql\.NewScalarFieldContext\(("[A-Za-z_]+"), field, (true|false), (true|false), errors\.New\("field of type [A-Za-z_]+ does not have child fields"\)\)`)
 	deferredGroup = regexp.MustCompile(`\n\tec\.ProcessDeferredGroup\(graphql\.DeferredGroup\{\n\t\tDefers:   deferLabelToView,\n\t\tPath:     graphql\.GetPath\(ctx\),\n\t\tFieldSet: deferredFieldSet,\n\t\tContext:  ctx,\n\t\}\)\n`)
 )
