@@ -63,15 +63,7 @@ func UnmarshalRawJSON(any) (db.RawJSON, error) {
 
 // MarshalString writes a String as gqlgen does, or null past the response
 // budget.
-func MarshalString(s string) graphql.Marshaler {
-	return graphql.WriterFunc(func(w io.Writer) {
-		if overBudget(w) {
-			_, _ = io.WriteString(w, "null")
-			return
-		}
-		graphql.MarshalString(s).MarshalGQL(w)
-	})
-}
+func MarshalString(s string) graphql.Marshaler { return stringValue(s) }
 
 // UnmarshalString reads a String as gqlgen does.
 func UnmarshalString(v any) (string, error) { return graphql.UnmarshalString(v) }

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"strconv"
 	"time"
@@ -22,11 +21,7 @@ import (
 )
 
 // MarshalID writes a UUID as a GraphQL ID.
-func MarshalID(id uuid.UUID) graphql.Marshaler {
-	return graphql.WriterFunc(func(w io.Writer) {
-		_, _ = io.WriteString(w, strconv.Quote(id.String()))
-	})
-}
+func MarshalID(id uuid.UUID) graphql.Marshaler { return idValue(id) }
 
 // UnmarshalID reads a GraphQL ID that must be a UUID.
 func UnmarshalID(v any) (uuid.UUID, error) {
@@ -72,11 +67,7 @@ func kind(v any) string {
 }
 
 // MarshalSeqID writes a sequence number (a bigint identity) as a GraphQL ID.
-func MarshalSeqID(id int64) graphql.Marshaler {
-	return graphql.WriterFunc(func(w io.Writer) {
-		_, _ = io.WriteString(w, strconv.Quote(strconv.FormatInt(id, 10)))
-	})
-}
+func MarshalSeqID(id int64) graphql.Marshaler { return seqIDValue(id) }
 
 // UnmarshalSeqID reads a GraphQL ID that must be a positive integer.
 func UnmarshalSeqID(v any) (int64, error) {
@@ -92,11 +83,7 @@ func UnmarshalSeqID(v any) (int64, error) {
 }
 
 // MarshalTime writes a time as RFC 3339 with nanoseconds, in UTC.
-func MarshalTime(t time.Time) graphql.Marshaler {
-	return graphql.WriterFunc(func(w io.Writer) {
-		_, _ = io.WriteString(w, strconv.Quote(t.UTC().Format(time.RFC3339Nano)))
-	})
-}
+func MarshalTime(t time.Time) graphql.Marshaler { return timeValue(t) }
 
 // UnmarshalTime reads an RFC 3339 time such as 2026-11-22T10:00:00Z.
 func UnmarshalTime(v any) (time.Time, error) {
@@ -117,11 +104,7 @@ func UnmarshalTime(v any) (time.Time, error) {
 }
 
 // MarshalInt writes an Int.
-func MarshalInt(i int) graphql.Marshaler {
-	return graphql.WriterFunc(func(w io.Writer) {
-		_, _ = io.WriteString(w, strconv.Itoa(i))
-	})
-}
+func MarshalInt(i int) graphql.Marshaler { return intValue(i) }
 
 // UnmarshalInt reads an Int: a whole number from -2147483648 to 2147483647,
 // as the GraphQL specification defines it. gqlgen's own Int takes any 64-bit
@@ -132,11 +115,7 @@ func UnmarshalInt(v any) (int, error) {
 }
 
 // MarshalInt64 writes an Int held in an int64 (a bigint column).
-func MarshalInt64(i int64) graphql.Marshaler {
-	return graphql.WriterFunc(func(w io.Writer) {
-		_, _ = io.WriteString(w, strconv.FormatInt(i, 10))
-	})
-}
+func MarshalInt64(i int64) graphql.Marshaler { return intValue(i) }
 
 // UnmarshalInt64 reads an Int into an int64, within the same 32-bit range as
 // UnmarshalInt: the Go type does not widen the GraphQL type.
