@@ -38,6 +38,7 @@ import (
 	"go/parser"
 	"go/token"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -142,22 +143,28 @@ var (
 // stringTypes adds to noNil the types package db declares over a basic
 // type (its enums: `type JobStatus string`), as generated code names them.
 func stringTypes(dir, pkg string) error {
-	pkgs, err := parser.ParseDir(token.NewFileSet(), dir, nil, parser.SkipObjectResolution)
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
 	if err != nil {
 		return err
 	}
-	for _, p := range pkgs {
-		for _, f := range p.Files {
-			for _, d := range f.Decls {
-				g, ok := d.(*ast.GenDecl)
-				if !ok || g.Tok != token.TYPE {
-					continue
-				}
-				for _, s := range g.Specs {
-					ts := s.(*ast.TypeSpec)
-					if id, ok := ts.Type.(*ast.Ident); ok && noNil[id.Name] && ts.Assign == 0 {
-						noNil[pkg+"."+ts.Name.Name] = true
-					}
+	fset := token.NewFileSet()
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		for _, d := range f.Decls {
+			g, ok := d.(*ast.GenDecl)
+			if !ok || g.Tok != token.TYPE {
+				continue
+			}
+			for _, s := range g.Specs {
+				ts := s.(*ast.TypeSpec)
+				if id, ok := ts.Type.(*ast.Ident); ok && noNil[id.Name] && ts.Assign == 0 {
+					noNil[pkg+"."+ts.Name.Name] = true
 				}
 			}
 		}
