@@ -593,11 +593,11 @@ func checkCompletions(batch []JobCompletionInput) (ids, tokens []uuid.UUID, resu
 			return nil, nil, nil, fault.Invalid(field, "%s: job %s is completed twice in this batch", field, c.JobID)
 		}
 		seen[c.JobID] = true
-		result, err := checkJSONObject(fmt.Sprintf("completions[%d].result", i), c.Result)
+		_, text, err := checkJSONObjectText(fmt.Sprintf("completions[%d].result", i), c.Result)
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		ids, tokens, results = append(ids, c.JobID), append(tokens, c.LeaseToken), append(results, jsonText(result))
+		ids, tokens, results = append(ids, c.JobID), append(tokens, c.LeaseToken), append(results, text)
 	}
 	return ids, tokens, results, nil
 }
