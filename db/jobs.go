@@ -270,11 +270,9 @@ func (s *Jobs) enqueue(ctx context.Context, idb bun.IDB, ins []EnqueueJobInput, 
 	for i, in := range ins {
 		j := &Job{TenantID: sc.tenant, WorkflowID: in.WorkflowID, Status: JobQueued, MaxAttempts: 3, CreatedBy: sc.actor, TargetRobotID: in.RobotID,
 			ScheduleID: in.ScheduleID, ScheduledFor: in.ScheduledFor}
-		input, err := checkJSONObject(field(i, "input"), in.Input)
-		if err != nil {
+		if j.Input, err = checkRawJSONObject(field(i, "input"), in.Input); err != nil {
 			return nil, err
 		}
-		j.Input = rawJSONOf(input)
 		if in.Priority != nil {
 			if *in.Priority < -1000 || *in.Priority > 1000 {
 				return nil, fault.Invalid(field(i, "priority"), "%s must be between -1000 and 1000", field(i, "priority"))

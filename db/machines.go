@@ -211,11 +211,11 @@ func (s *Machines) Create(ctx context.Context, idb bun.IDB, in CreateMachineInpu
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := checkJSONObject("configuration", in.Configuration)
+	cfg, err := checkRawJSONObject("configuration", in.Configuration)
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{TenantID: sc.tenant, OwnerID: sc.user, Name: name, Status: MachineStopped, Configuration: rawJSONOf(cfg)}
+	m := &Machine{TenantID: sc.tenant, OwnerID: sc.user, Name: name, Status: MachineStopped, Configuration: cfg}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		if _, err := tx.NewInsert().Model(m).Returning("*").Exec(ctx); err != nil {
 			return constraintError(err, machineConstraints)
@@ -247,11 +247,11 @@ func (s *Machines) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Upd
 		changed = append(changed, "name")
 	}
 	if in.Configuration != nil {
-		cfg, err := checkJSONObject("configuration", in.Configuration)
+		cfg, err := checkRawJSONObject("configuration", in.Configuration)
 		if err != nil {
 			return nil, err
 		}
-		q = q.Set("configuration = ?::jsonb", jsonText(cfg))
+		q = q.Set("configuration = ?::jsonb", string(cfg))
 		changed = append(changed, "configuration")
 	}
 	if len(changed) == 0 {
@@ -397,11 +397,11 @@ func (s *Machines) Deploy(ctx context.Context, idb bun.IDB, machineID uuid.UUID,
 	if err := checkSemver("protocol.version", in.Version); err != nil {
 		return nil, err
 	}
-	settings, err := checkJSONObject("protocol.settings", in.Settings)
+	settings, err := checkRawJSONObject("protocol.settings", in.Settings)
 	if err != nil {
 		return nil, err
 	}
-	d := &Deployment{Name: name, Version: in.Version, Settings: rawJSONOf(settings), DeployedBy: sc.actor}
+	d := &Deployment{Name: name, Version: in.Version, Settings: settings, DeployedBy: sc.actor}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		// Locking the machine orders this deployment against concurrent
 		// starts, stops and deployments of the same machine.

@@ -10,17 +10,10 @@ import (
 // result (and the other JSON columns the API reads) pass from the database
 // to a response (GraphQL through scalar.MarshalRawJSON, a live update, a
 // webhook) as bytes, without being decoded into maps and encoded again.
-// Code that needs to look inside decodes it (Object). nil is SQL NULL and
+// Code that needs to look inside decodes it (Object); a store writes one
+// from a client's map with checkRawJSONObject. nil is SQL NULL and
 // JSON null.
 type RawJSON []byte
-
-// rawJSONOf is m's compact JSON text, as a RawJSON (nil for a nil map).
-func rawJSONOf(m map[string]any) RawJSON {
-	if m == nil {
-		return nil
-	}
-	return RawJSON(jsonText(m))
-}
 
 // orEmptyObject is r, or {} for null.
 func (r RawJSON) orEmptyObject() RawJSON {

@@ -310,11 +310,9 @@ func (s *Robots) Create(ctx context.Context, idb bun.IDB, in CreateRobotInput) (
 		}
 		r.MaxConcurrentJobs = *in.MaxConcurrentJobs
 	}
-	md, err := checkJSONObject("metadata", in.Metadata)
-	if err != nil {
+	if r.Metadata, err = checkRawJSONObject("metadata", in.Metadata); err != nil {
 		return nil, err
 	}
-	r.Metadata = rawJSONOf(md)
 	if _, err := idb.NewInsert().Model(r).Returning("*").Exec(ctx); err != nil {
 		return nil, constraintError(err, robotConstraints)
 	}
@@ -369,11 +367,11 @@ func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Updat
 		set("max_concurrent_jobs", *in.MaxConcurrentJobs)
 	}
 	if in.Metadata != nil {
-		md, err := checkJSONObject("metadata", in.Metadata)
+		md, err := checkRawJSONObject("metadata", in.Metadata)
 		if err != nil {
 			return nil, err
 		}
-		q = q.Set("metadata = ?::jsonb", jsonText(md))
+		q = q.Set("metadata = ?::jsonb", string(md))
 		changed = true
 	}
 	if in.Status != nil {
@@ -443,7 +441,7 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 	if !in.Status.valid() {
 		return nil, fault.Invalid("status", "status is not a robot status")
 	}
-	metrics, err := checkJSONObject("metrics", in.Metrics)
+	metrics, err := checkRawJSONObject("metrics", in.Metrics)
 	if err != nil {
 		return nil, err
 	}
@@ -482,7 +480,7 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 		_, err := tx.NewRaw(`INSERT INTO robot_heartbeats (robot_id, tenant_id, status, metrics, agent_version)
 			SELECT ?, ?, ?, ?::jsonb, ?
 			WHERE ? OR NOT EXISTS (SELECT 1 FROM robot_heartbeats WHERE robot_id = ? AND at > now() - make_interval(secs => ?))`,
-			prev.ID, prev.TenantID, in.Status, jsonText(metrics), r.AgentVersion,
+			prev.ID, prev.TenantID, in.Status, string(metrics), r.AgentVersion,
 			prev.Status != in.Status, prev.ID, seconds(s.cfg.HeartbeatSample)).Exec(ctx)
 		if err != nil {
 			return fmt.Errorf("sampling heartbeat: %w", err)

@@ -504,12 +504,12 @@ func (s *Jobs) Progress(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID
 // transaction (see fencedTx).
 func (s *Jobs) Complete(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, result map[string]any, opts ...JobCallOptions) (*Job, error) {
 	o := optionsOf(opts)
-	result, err := checkJSONObject("result", result)
+	text, err := checkRawJSONObject("result", result)
 	if err != nil {
 		return nil, err
 	}
 	return s.fencedTx(ctx, idb, jobID, token, runningOrClaimed(o.StartIfClaimed), "complete", o.ClaimNext, func(q *bun.UpdateQuery, p *Params) *bun.UpdateQuery {
-		return startedIfClaimed(o.StartIfClaimed, q).Set("status = ?", JobCompleted).Set("result = ?::jsonb", p.Bind(jsonText(result))).Set("progress = 100").
+		return startedIfClaimed(o.StartIfClaimed, q).Set("status = ?", JobCompleted).Set("result = ?::jsonb", p.Bind(string(text))).Set("progress = 100").
 			Set("finished_at = now()").Set("lease_expires_at = NULL")
 	})
 }
@@ -593,11 +593,11 @@ func checkCompletions(batch []JobCompletionInput) (ids, tokens []uuid.UUID, resu
 			return nil, nil, nil, fault.Invalid(field, "%s: job %s is completed twice in this batch", field, c.JobID)
 		}
 		seen[c.JobID] = true
-		_, text, err := checkJSONObjectText(fmt.Sprintf("completions[%d].result", i), c.Result)
+		text, err := checkRawJSONObject(fmt.Sprintf("completions[%d].result", i), c.Result)
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		ids, tokens, results = append(ids, c.JobID), append(tokens, c.LeaseToken), append(results, text)
+		ids, tokens, results = append(ids, c.JobID), append(tokens, c.LeaseToken), append(results, string(text))
 	}
 	return ids, tokens, results, nil
 }

@@ -48,6 +48,17 @@ func checkJSONObject(field string, v map[string]any) (map[string]any, error) {
 	return v, err
 }
 
+// checkRawJSONObject is checkJSONObject for a caller that stores the
+// object: it returns the compact JSON text the check encoded, as a RawJSON,
+// rather than the map (which the caller would have to encode again).
+func checkRawJSONObject(field string, v map[string]any) (RawJSON, error) {
+	_, text, err := checkJSONObjectText(field, v)
+	if err != nil {
+		return nil, err
+	}
+	return RawJSON(text), nil
+}
+
 // checkJSONObjectText is checkJSONObject that also returns the object's
 // compact JSON text, for a caller that stores it as text (log ingest),
 // sparing a second encoding.

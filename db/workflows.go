@@ -82,11 +82,11 @@ var workflowConstraints = map[string]*fault.Error{
 	"workflows_tenant_name_key": {Code: fault.Conflict, Field: "name", Message: "the tenant already has a workflow with this name"},
 }
 
-func checkDefinition(field string, def map[string]any) (map[string]any, error) {
+func checkDefinition(field string, def map[string]any) (RawJSON, error) {
 	if def == nil {
 		return nil, fault.Invalid(field, "%s is required", field)
 	}
-	return checkJSONObject(field, def)
+	return checkRawJSONObject(field, def)
 }
 
 // Get returns one workflow of the caller's tenant, or NOT_FOUND.
@@ -185,7 +185,7 @@ func (s *Workflows) Create(ctx context.Context, idb bun.IDB, in CreateWorkflowIn
 		if _, err := tx.NewInsert().Model(w).Returning("*").Exec(ctx); err != nil {
 			return constraintError(err, workflowConstraints)
 		}
-		v := &WorkflowVersion{WorkflowID: w.ID, Version: 1, TenantID: w.TenantID, Definition: rawJSONOf(def), CreatedBy: sc.actor}
+		v := &WorkflowVersion{WorkflowID: w.ID, Version: 1, TenantID: w.TenantID, Definition: def, CreatedBy: sc.actor}
 		if _, err := tx.NewInsert().Model(v).Exec(ctx); err != nil {
 			return fmt.Errorf("storing version 1: %w", err)
 		}
@@ -207,7 +207,7 @@ func (s *Workflows) Publish(ctx context.Context, idb bun.IDB, workflowID uuid.UU
 	if err != nil {
 		return nil, err
 	}
-	v := &WorkflowVersion{Definition: rawJSONOf(def), CreatedBy: sc.actor}
+	v := &WorkflowVersion{Definition: def, CreatedBy: sc.actor}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		w, err := s.get(ctx, tx, sc, workflowID, true)
 		if err != nil {
