@@ -169,7 +169,15 @@ func TestSharedSubscriptions(t *testing.T) {
 		j := a.enqueue(a.wf, nil)
 		a.cancel(j.ID)
 		fence := a.enqueue(a.wf, nil)
-		msgs := fanCollect(t, ua, func(m lvMsg) bool { return m.ID == "queued" && m.field("id") == fence.ID })
+		// Each group's messages come in order, but two groups' messages to
+		// one socket do not come in any order: the fence is awaited on both.
+		fenced := map[string]bool{}
+		msgs := fanCollect(t, ua, func(m lvMsg) bool {
+			if m.field("id") == fence.ID {
+				fenced[m.ID] = true
+			}
+			return fenced["queued"] && fenced["jobs"]
+		})
 		var jobs, queued []string
 		for _, m := range msgs {
 			if m.field("id") != j.ID {

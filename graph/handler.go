@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -210,7 +211,22 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = cors(cfg.AllowedOrigins, h)
 	h = observe(cfg.Metrics, cfg.Logger, h)
+	// A websocket is served past its handler, so that net/http's state
+	// for its connection is not kept for the socket's life: the layers
+	// above end its request when the socket closes (live.AtEnd).
+	h = withLifetime(h)
 	return &Handler{Handler: withRequestID(h), sockets: socks, streams: streams, dispatcher: cfg.Resolver.Dispatcher, Fanout: fanout}
+}
+
+// withLifetime gives each websocket upgrade a lifetime that the transport
+// may detach from its handler (live.WithLifetime).
+func withLifetime(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			r = r.WithContext(live.WithLifetime(r.Context()))
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // withLivePresenter puts the error presenter in each request's context for

@@ -14,6 +14,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
+	"fleetgraph/graph/live"
 	"fleetgraph/metrics"
 )
 
@@ -35,19 +36,22 @@ func observe(m *metrics.Metrics, log *slog.Logger, next http.Handler) http.Handl
 		sw := &statusWriter{ResponseWriter: w, m: m}
 		defer func() {
 			// A panic below still ends the request: count and log it, and
-			// let net/http see the panic.
-			if sw.closeStream != nil {
-				sw.closeStream()
-			}
-			status := sw.status
-			if status == 0 {
-				status = http.StatusOK
-			}
-			d := time.Since(start)
-			m.Request(r.Method, status, sw.stream, d)
-			if log.Enabled(ctx, slog.LevelInfo) {
-				accessLog(ctx, log, r, req, status, sw.stream, d)
-			}
+			// let net/http see the panic. A websocket served past its
+			// handler ends when its socket closes.
+			live.AtEnd(ctx, func() {
+				if sw.closeStream != nil {
+					sw.closeStream()
+				}
+				status := sw.status
+				if status == 0 {
+					status = http.StatusOK
+				}
+				d := time.Since(start)
+				m.Request(r.Method, status, sw.stream, d)
+				if log.Enabled(ctx, slog.LevelInfo) {
+					accessLog(ctx, log, r, req, status, sw.stream, d)
+				}
+			})
 		}()
 		next.ServeHTTP(sw, r.WithContext(ctx))
 	})

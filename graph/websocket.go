@@ -9,6 +9,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
+	"fleetgraph/graph/live"
 )
 
 // sockets guards the websocket transport (package live): it refuses
@@ -44,25 +45,29 @@ func (s *sockets) track(next http.Handler) http.Handler {
 				"websocket origin %q is not allowed; add its host to ALLOWED_ORIGINS", origin))
 			return
 		}
-		ctx, cancel := context.WithCancel(r.Context())
-		defer cancel()
+		// The socket's context: closeAll cancels it, net/http does not
+		// (the transport may serve the socket after this handler returns,
+		// when net/http cancels the request's own).
+		ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 		r = r.WithContext(ctx)
 		s.mu.Lock()
 		if s.going {
 			s.mu.Unlock()
+			cancel()
 			auth.WriteError(w, http.StatusServiceUnavailable, fault.New(fault.Unauthenticated, "the server is shutting down"))
 			return
 		}
 		s.cancels[r] = cancel
 		s.live.Add(1)
 		s.mu.Unlock()
-		defer func() {
+		next.ServeHTTP(w, r)
+		live.AtEnd(ctx, func() {
+			cancel()
 			s.mu.Lock()
 			delete(s.cancels, r)
 			s.mu.Unlock()
 			s.live.Done()
-		}()
-		next.ServeHTTP(w, r)
+		})
 	})
 }
 

@@ -127,7 +127,7 @@ type member struct {
 	g      *group
 	ctx    context.Context
 	limit  int
-	write  func(payload []byte) error
+	write  func(payloads [][]byte) error
 	finish func(outcome)
 
 	mu    sync.Mutex
@@ -222,18 +222,27 @@ func (f *Fanout) shareable(ctx context.Context, rc *graphql.OperationContext) (g
 // transports whose request goroutine is the stream.
 func (f *Fanout) run(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, next func([]byte) error) outcome {
 	done := make(chan outcome, 1)
-	f.attach(ctx, exec, rc, key, next, func(out outcome) { done <- out })
+	write := func(payloads [][]byte) error {
+		for _, p := range payloads {
+			if err := next(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	f.attach(ctx, exec, rc, key, write, func(out outcome) { done <- out })
 	return <-done
 }
 
-// attach joins (or starts) the group of key. write is called with each
-// rendered result, from a writer goroutine, one call at a time; finish is
+// attach joins (or starts) the group of key. write is called with the
+// rendered results waiting, oldest first, from a writer goroutine, one
+// call at a time (a transport sends them together); finish is
 // called once when the member ends: when the group's execution ended (its
 // outcome, after every result rendered before it was written), when ctx
 // ends (stopped), when a write fails (stopped), when the member falls
 // behind by Limit results (RATE_LIMITED) or when its credential expires
 // (UNAUTHENTICATED). No goroutine waits for the member in between.
-func (f *Fanout) attach(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, write func([]byte) error, finish func(outcome)) {
+func (f *Fanout) attach(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, write func([][]byte) error, finish func(outcome)) {
 	m := &member{f: f, ctx: ctx, limit: f.Limit, write: write, finish: finish}
 	if m.limit <= 0 {
 		m.limit = DefaultMemberQueue
@@ -315,10 +324,11 @@ func (m *member) end(out outcome, keep bool) {
 	}
 }
 
-// drain writes the member's queue; once it is empty and the member's end
-// is decided, it finishes the member. It runs on a writer, which it holds
-// until the queue is empty.
-func (m *member) drain() {
+// drain writes the member's queue, all of what waits in one write; once it
+// is empty and the member's end is decided, it finishes the member. It runs
+// on a writer, which it holds until the queue is empty, and returns
+// scratch, the writer's slice for a batch's payloads, for the next member.
+func (m *member) drain(scratch [][]byte) [][]byte {
 	for {
 		m.mu.Lock()
 		q := m.queue
@@ -345,14 +355,16 @@ func (m *member) drain() {
 					m.finish(*out)
 				}
 			}
-			return
+			clear(scratch)
+			return scratch[:0]
 		}
 		m.mu.Unlock()
+		scratch = scratch[:0]
 		for _, r := range q {
-			if err := m.write(r.payload); err != nil {
-				m.end(outcome{stopped: true}, false)
-				break
-			}
+			scratch = append(scratch, r.payload)
+		}
+		if err := m.write(scratch); err != nil {
+			m.end(outcome{stopped: true}, false)
 		}
 	}
 }
@@ -401,6 +413,7 @@ func (f *Fanout) writer() {
 		}
 	})
 	slow.Stop()
+	var scratch [][]byte
 	for {
 		f.readyMu.Lock()
 		if len(f.ready) == 0 {
@@ -414,7 +427,7 @@ func (f *Fanout) writer() {
 		f.readyMu.Unlock()
 
 		slow.Reset(slowWrite)
-		m.drain()
+		scratch = m.drain(scratch)
 		if !slow.Stop() {
 			// The hand-over ran (or is running): this writer was
 			// replaced or no longer counts, so it leaves.

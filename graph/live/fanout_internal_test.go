@@ -19,7 +19,7 @@ func TestMemberQueueCoalesces(t *testing.T) {
 	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
 	var finished []outcome
 	m := &member{f: f, g: g, ctx: context.Background(), limit: 3, listed: true, // a writer is "busy": nothing drains
-		write: func([]byte) error { return nil }, finish: func(o outcome) { finished = append(finished, o) }}
+		write: func([][]byte) error { return nil }, finish: func(o outcome) { finished = append(finished, o) }}
 	g.members[m] = struct{}{}
 	payloads := func() []string {
 		var out []string
@@ -47,6 +47,49 @@ func TestMemberQueueCoalesces(t *testing.T) {
 	require.Empty(t, m.queue, "the queue of a member ended as slow is dropped")
 	_, still := g.members[m]
 	require.False(t, still, "it left its group")
+}
+
+// TestDrainWritesWhatWaitsAtOnce checks that a writer hands a member's
+// whole queue to one write, oldest first, and finishes the member once its
+// queue is empty and its end decided.
+func TestDrainWritesWhatWaitsAtOnce(t *testing.T) {
+	t.Parallel()
+	f := NewFanout(nil)
+	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
+	var writes [][]string
+	var finished []outcome
+	m := &member{f: f, g: g, ctx: context.Background(), limit: 10, listed: true,
+		write: func(payloads [][]byte) error {
+			var w []string
+			for _, p := range payloads {
+				w = append(w, string(p))
+			}
+			writes = append(writes, w)
+			return nil
+		},
+		finish: func(o outcome) { finished = append(finished, o) }}
+	g.members[m] = struct{}{}
+	g.members[&member{}] = struct{}{} // another member: m's end does not wait for the group's
+	m.push([]byte("a1"), "a")
+	m.push([]byte("b1"), "b")
+	m.push([]byte("a2"), "a")
+	m.push([]byte("x"), "")
+	scratch := m.drain(nil)
+	require.Equal(t, [][]string{{"a2", "b1", "x"}}, writes, "one write of the queue, oldest first")
+	require.Empty(t, finished, "the member has not ended")
+	require.False(t, m.listed, "an empty member leaves the ready list")
+	for _, p := range scratch[:cap(scratch)] {
+		require.Nil(t, p, "the writer's scratch keeps no payload")
+	}
+
+	m.mu.Lock()
+	m.listed = true // as list would mark it
+	m.mu.Unlock()
+	m.push([]byte("c1"), "c")
+	m.end(outcome{}, true)
+	m.drain(scratch)
+	require.Equal(t, [][]string{{"a2", "b1", "x"}, {"c1"}}, writes, "what was rendered before the end still goes out")
+	require.Equal(t, []outcome{{}}, finished, "then the member finishes, once")
 }
 
 // TestResultTagsInOrder checks that tags come back in the order the

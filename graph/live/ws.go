@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -77,7 +79,12 @@ func (Websocket) Supports(r *http.Request) bool {
 }
 
 // Do implements graphql.Transport. It serves the socket until it closes,
-// including the close handshake, so callers can wait for it.
+// including the close handshake, so callers can wait for it; or, when the
+// request has a lifetime (WithLifetime), on a goroutine of its own,
+// returning at once: the request then ends (AtEnd) when the socket has
+// closed. Either way the socket ends when the request's context does
+// (shutdown), so a detached request's context must be one net/http does
+// not cancel when the handler returns (graph.sockets gives it one).
 func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
 	// An upgrade has no body to trickle: the socket lives as long as its
 	// subscriptions, under the init timeout and keep-alives instead of the
@@ -85,7 +92,8 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{})
 	_ = rc.SetWriteDeadline(time.Time{})
-	conn, err := coderws.Accept(w, r, &coderws.AcceptOptions{
+	cw := &corkingWriter{ResponseWriter: w}
+	conn, err := coderws.Accept(cw, r, &coderws.AcceptOptions{
 		Subprotocols: []string{ProtocolTransportWS, ProtocolLegacyWS},
 		// Origins were checked before the transport (graph.sockets).
 		InsecureSkipVerify: true,
@@ -104,12 +112,28 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 		return
 	}
 	conn.SetReadLimit(t.ReadLimit)
-	c := &wsConn{t: t, d: d, conn: conn, exec: exec, ip: auth.ClientIPFrom(r.Context()),
-		principal: auth.FromContext(r.Context()), ops: map[string]*wsOp{}}
-	// The upgrade request's own credentials, re-checked like a payload's.
-	c.reauth = func(ctx context.Context) (*auth.Principal, error) { return t.Auth.FromRequest(r.WithContext(ctx)) }
-	code, reason := c.serve(r.Context())
-	_ = conn.Close(coderws.StatusCode(code), reason)
+	ctx := r.Context()
+	c := &wsConn{t: t, d: d, conn: conn, sock: cw.conn, exec: exec, ip: auth.ClientIPFrom(ctx),
+		principal: auth.FromContext(ctx), ops: map[string]*wsOp{}, closed: make(chan struct{})}
+	// The upgrade request's own credentials, re-checked like a payload's:
+	// only its header and address are kept for it.
+	upgrade := &http.Request{Method: r.Method, URL: r.URL, Header: r.Header, RemoteAddr: r.RemoteAddr, Host: r.Host}
+	c.reauth = func(ctx context.Context) (*auth.Principal, error) {
+		return t.Auth.FromRequest(upgrade.WithContext(ctx))
+	}
+	serve := func() {
+		defer func() {
+			if p := recover(); p != nil {
+				// As net/http does for a handler: log it, drop the connection.
+				t.Log.Error("panic serving a websocket", "panic", p, "stack", string(debug.Stack()))
+				_ = conn.CloseNow()
+			}
+		}()
+		c.serve(ctx)
+	}
+	if !detach(ctx, serve) {
+		serve()
+	}
 }
 
 // dialect is what differs between the two protocols.
@@ -140,9 +164,13 @@ type wsConn struct {
 	t    Websocket
 	d    dialect
 	conn *coderws.Conn
+	// sock is conn's connection: messages written while it is corked
+	// leave together (send).
+	sock *corkConn
 	exec graphql.GraphExecutor
 	ip   string
 
+	// writeMu makes each send's batch whole on the wire.
 	writeMu sync.Mutex
 
 	// reauth re-checks the connection's credential: API keys can be revoked
@@ -154,7 +182,13 @@ type wsConn struct {
 	acked     bool
 	principal *auth.Principal
 	ops       map[string]*wsOp
-	closing   chan closeReq // first fatal condition found by a goroutine
+	// shutting is set by the first shut; closed is closed once its close
+	// handshake is over.
+	shutting bool
+	closed   chan struct{}
+	// turn serialises what acts on the connection's operations: the
+	// client's messages, key rechecks, the credential's expiry.
+	turn sync.Mutex
 	// finishing counts operations that ended on their own and are sending
 	// their last message (added to under mu, with the op's removal).
 	finishing sync.WaitGroup
@@ -181,97 +215,134 @@ func (op *wsOp) end() {
 // the operation's life and echoed in each of its messages.
 const MaxOperationID = 128
 
-type closeReq struct {
-	code   int
-	reason string
-}
-
-// serve runs the socket's read loop and returns how to close it.
-func (c *wsConn) serve(ctx context.Context) (int, string) {
+// serve runs the socket until it has closed. Its goroutine is the only one
+// an idle socket holds: it reads the client's messages and acts on each
+// in turn (on a goroutine of its own, so that the deep stacks of parsing
+// and validating an operation are not kept by the reader), and timers do
+// the rest (the init timeout, keep-alives, key rechecks, the credential's
+// expiry, shutdown), each ending the socket through shut.
+func (c *wsConn) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	c.closing = make(chan closeReq, 1)
-	msgs := make(chan wsMessage)
-	readErr := make(chan error, 1)
-	// Reads must outlive serve: cancelling a blocked coder/websocket Read
-	// closes the connection at once, before Do could send the close frame
-	// with its code. Do's Close ends this read (its close handshake).
-	readCtx := context.WithoutCancel(ctx)
-	go func() {
-		for {
-			typ, data, err := c.conn.Read(readCtx)
-			if err != nil {
-				readErr <- err
-				return
-			}
-			var m wsMessage
-			if typ != coderws.MessageText || json.Unmarshal(data, &m) != nil || m.Type == "" {
-				readErr <- malformed("Invalid message received: expected a JSON object with a type")
-				return
-			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
+	stopShutdown := context.AfterFunc(ctx, func() { c.shut(CloseGoingAway, "server shutting down") })
+	defer stopShutdown()
+
+	initTimer := time.AfterFunc(c.t.InitTimeout, func() {
+		if !c.initialised() {
+			c.shut(CloseInitTimeout, "Connection initialisation timeout")
+		}
+	})
+	defer initTimer.Stop()
+	// Timers that re-arm themselves are made idle, then armed, so that
+	// their callbacks see them.
+	var keepAlive *time.Timer
+	keepAlive = time.AfterFunc(time.Hour, func() {
+		if ctx.Err() != nil {
+			return // the socket has ended
+		}
+		if c.initialised() {
+			if err := c.write(wsMessage{Type: c.d.keepAlive}); err != nil {
+				c.shut(CloseNormal, "")
 				return
 			}
 		}
-	}()
-	initTimer := time.NewTimer(c.t.InitTimeout)
-	defer initTimer.Stop()
-	keepAlive := time.NewTicker(c.t.KeepAlive)
+		keepAlive.Reset(c.t.KeepAlive)
+	})
+	keepAlive.Reset(c.t.KeepAlive)
 	defer keepAlive.Stop()
 	every := c.t.KeyRecheck
 	if every <= 0 {
 		every = recheckEvery
 	}
-	recheck := time.NewTicker(every)
+	var recheck *time.Timer
+	recheck = time.AfterFunc(time.Hour, func() {
+		if ctx.Err() != nil {
+			return
+		}
+		c.turn.Lock()
+		// A check that could not be made is retried at the next tick.
+		code, reason, _ := c.recheck(ctx)
+		c.turn.Unlock()
+		if code != 0 {
+			c.shut(code, reason)
+			return
+		}
+		recheck.Reset(every)
+	})
+	recheck.Reset(every)
 	defer recheck.Stop()
-	var expired <-chan time.Time
+	var expiry *time.Timer
+	defer func() {
+		if expiry != nil {
+			expiry.Stop()
+		}
+	}()
 
-	defer c.stopAll()
+	// Reads are never cancelled: cancelling a blocked coder/websocket Read
+	// closes the connection at once, before shut could send the close
+	// frame with its code. shut's Close ends a blocked read (its close
+	// handshake).
 	for {
-		select {
-		case <-ctx.Done():
-			return CloseGoingAway, "server shutting down"
-		case req := <-c.closing:
-			return req.code, req.reason
-		case err := <-readErr:
-			var pe protocolError
-			if errors.As(err, &pe) {
-				return CloseBadRequest, pe.msg
-			}
-			return CloseNormal, "" // the client closed or vanished
-		case <-initTimer.C:
-			if !c.initialised() {
-				return CloseInitTimeout, "Connection initialisation timeout"
-			}
-		case <-recheck.C:
-			// A check that could not be made is retried at the next tick.
-			if code, reason, _ := c.recheck(ctx); code != 0 {
-				return code, reason
-			}
-		case <-keepAlive.C:
-			if c.initialised() {
-				if err := c.write(ctx, wsMessage{Type: c.d.keepAlive}); err != nil {
-					return CloseNormal, ""
-				}
-			}
-		case <-expired:
-			c.endAll(ctx, fault.New(fault.Unauthenticated, "your credential has expired; reconnect with a fresh one"))
-			// Operations that ended just before (their own expiry) send
-			// their error before the close, as endAll does for the others.
-			c.finishing.Wait()
-			return CloseForbidden, "Forbidden: credential expired"
-		case m := <-msgs:
-			code, reason, exp := c.handle(ctx, m)
-			if code != 0 {
-				return code, reason
-			}
-			if !exp.IsZero() {
-				expired = time.After(time.Until(exp))
-			}
+		typ, data, err := c.conn.Read(context.Background())
+		if err != nil {
+			c.shut(CloseNormal, "") // the client closed or vanished, unless a close was under way
+			break
+		}
+		var m wsMessage
+		if typ != coderws.MessageText || json.Unmarshal(data, &m) != nil || m.Type == "" {
+			c.shut(CloseBadRequest, "Invalid message received: expected a JSON object with a type")
+			break
+		}
+		code, reason, exp := c.handleAside(ctx, m)
+		if code != 0 {
+			c.shut(code, reason)
+			break
+		}
+		if !exp.IsZero() {
+			expiry = time.AfterFunc(time.Until(exp), func() {
+				c.turn.Lock()
+				c.endAll(ctx, fault.New(fault.Unauthenticated, "your credential has expired; reconnect with a fresh one"))
+				c.turn.Unlock()
+				// Operations that ended just before (their own expiry) send
+				// their error before the close, as endAll does for the others.
+				c.finishing.Wait()
+				c.shut(CloseForbidden, "Forbidden: credential expired")
+			})
 		}
 	}
+	<-c.closed
+}
+
+// handleAside runs handle on a goroutine of its own and waits for it, in
+// the connection's turn (timers that act on its operations take the same).
+func (c *wsConn) handleAside(ctx context.Context, m wsMessage) (code int, reason string, expires time.Time) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.turn.Lock()
+		defer c.turn.Unlock()
+		code, reason, expires = c.handle(ctx, m)
+	}()
+	<-done
+	return code, reason, expires
+}
+
+// shut closes the socket with code and reason, once: every operation
+// stops, then the close handshake runs (from whichever goroutine decided
+// the end; a read blocked meanwhile ends with it). Later calls wait until
+// the socket has closed.
+func (c *wsConn) shut(code int, reason string) {
+	c.mu.Lock()
+	first := !c.shutting
+	c.shutting = true
+	c.mu.Unlock()
+	if !first {
+		<-c.closed
+		return
+	}
+	c.stopAll()
+	_ = c.conn.Close(coderws.StatusCode(code), reason)
+	close(c.closed)
 }
 
 // recheckEvery is how often a robot's connection re-checks its API key.
@@ -327,7 +398,7 @@ func (c *wsConn) handle(ctx context.Context, m wsMessage) (code int, reason stri
 		if len(m.Payload) > 0 && string(m.Payload) != "null" {
 			pong.Payload = m.Payload
 		}
-		if err := c.write(ctx, pong); err != nil {
+		if err := c.write(pong); err != nil {
 			return CloseNormal, "", time.Time{}
 		}
 		return 0, "", time.Time{}
@@ -381,7 +452,7 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 			err, code, reason = errCannotVerify, CloseTryAgainLater, "Try again later: "+errCannotVerify.Message
 		}
 		if c.d.legacy {
-			_ = c.write(ctx, wsMessage{Type: "connection_error", Payload: mustJSON(present(ctx, err))})
+			_ = c.write(wsMessage{Type: "connection_error", Payload: mustJSON(present(ctx, err))})
 		}
 		return code, closeReason(reason), time.Time{}
 	}
@@ -393,11 +464,11 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 	c.acked = true
 	c.mu.Unlock()
 	metrics.RequestOf(ctx).SetCaller(p)
-	if err := c.write(ctx, wsMessage{Type: "connection_ack"}); err != nil {
+	if err := c.write(wsMessage{Type: "connection_ack"}); err != nil {
 		return CloseNormal, "", time.Time{}
 	}
 	if c.d.legacy {
-		_ = c.write(ctx, wsMessage{Type: "ka"})
+		_ = c.write(wsMessage{Type: "ka"})
 	}
 	if p != nil && !p.ExpiresAt.IsZero() {
 		return 0, "", p.ExpiresAt
@@ -419,7 +490,7 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	c.mu.Unlock()
 	if !acked {
 		if c.d.legacy {
-			_ = c.write(ctx, wsMessage{ID: m.ID, Type: "error", Payload: mustJSON(&gqlerror.Error{Message: "send connection_init first"})})
+			_ = c.write(wsMessage{ID: m.ID, Type: "error", Payload: mustJSON(&gqlerror.Error{Message: "send connection_init first"})})
 			return 0, "", time.Time{}
 		}
 		return CloseUnauthorized, "Unauthorized", time.Time{}
@@ -445,7 +516,7 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	opCtx, rc, errs := prepare(opCtx, c.exec, &params)
 	if errs != nil {
 		cancel()
-		_ = c.write(ctx, c.errorMessage(m.ID, errs))
+		_ = c.write(c.errorMessage(m.ID, errs))
 		return 0, "", time.Time{}
 	}
 	op := &wsOp{cancel: cancel, release: func() {}, subscription: isSubscription(rc)}
@@ -504,7 +575,7 @@ func (c *wsConn) admit(ctx context.Context, op *wsOp) error {
 // running it; the socket stays open and the id may be used again.
 func (c *wsConn) refuse(ctx context.Context, id string, err error) {
 	metrics.SentError(ctx, string(fault.CodeOf(err)))
-	_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(ctx, err)}))
+	_ = c.write(c.errorMessage(id, gqlerror.List{present(ctx, err)}))
 }
 
 // start runs one prepared operation and reports its results under id. A
@@ -513,23 +584,33 @@ func (c *wsConn) refuse(ctx context.Context, id string, err error) {
 // a goroutine of its own.
 func (c *wsConn) start(ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
 	// Each result is framed around its payload as it was encoded (once,
-	// and shared by a group's members), not encoded again. The message
-	// buffer is reused: writes for one operation come one at a time, and a
-	// write copies the message out before returning.
+	// and shared by a group's members), not encoded again; the results a
+	// group's writer finds waiting leave in one send. The message buffer
+	// is reused: writes for one operation come one at a time, and a write
+	// copies the message out before returning.
 	prefix := envelopePrefix(id, c.d.next)
 	var msg []byte
-	write := func(payload []byte) error {
+	write := func(payloads [][]byte) error {
 		if c.isDone(op) {
 			return context.Canceled
 		}
-		msg = append(append(append(msg[:0], prefix...), payload...), '}')
-		return c.writeBytes(ctx, msg)
+		return c.send(func(put func([]byte) error) error {
+			for _, payload := range payloads {
+				msg = append(append(append(msg[:0], prefix...), payload...), '}')
+				if err := put(msg); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
 	if key, ok := c.t.Fanout.shareable(ctx, rc); ok {
 		c.t.Fanout.attach(ctx, c.exec, rc, key, write, func(out outcome) { c.finish(ctx, id, op, out) })
 		return
 	}
-	go func() { c.finish(ctx, id, op, runPrepared(ctx, c.exec, rc, write)) }()
+	go func() {
+		c.finish(ctx, id, op, runPrepared(ctx, c.exec, rc, func(payload []byte) error { return write([][]byte{payload}) }))
+	}()
 }
 
 // finish reports how operation id ended: its error, or its completion,
@@ -556,10 +637,10 @@ func (c *wsConn) finish(ctx context.Context, id string, op *wsOp, out outcome) {
 		return
 	}
 	if out.errs != nil {
-		_ = c.write(ctx, c.errorMessage(id, out.errs))
+		_ = c.write(c.errorMessage(id, out.errs))
 		return // no complete after error
 	}
-	_ = c.write(ctx, wsMessage{ID: id, Type: c.d.complete})
+	_ = c.write(wsMessage{ID: id, Type: c.d.complete})
 }
 
 func (c *wsConn) errorMessage(id string, errs gqlerror.List) wsMessage {
@@ -587,7 +668,7 @@ func (c *wsConn) endAll(ctx context.Context, err error) {
 	c.mu.Unlock()
 	for id := range ops {
 		metrics.SentError(ctx, string(fault.CodeOf(err)))
-		_ = c.write(ctx, c.errorMessage(id, gqlerror.List{present(ctx, err)}))
+		_ = c.write(c.errorMessage(id, gqlerror.List{present(ctx, err)}))
 	}
 }
 
@@ -612,32 +693,36 @@ func envelopePrefix(id, typ string) []byte {
 
 // write sends one message; a client that does not take it within the write
 // timeout is closed, since it cannot keep up.
-func (c *wsConn) write(ctx context.Context, m wsMessage) error {
+func (c *wsConn) write(m wsMessage) error {
 	data, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
-	return c.writeBytes(ctx, data)
+	return c.send(func(put func([]byte) error) error { return put(data) })
 }
 
-// writeBytes sends one encoded message (see write).
-func (c *wsConn) writeBytes(ctx context.Context, data []byte) error {
+// send writes the messages fill puts, each a websocket message of its own,
+// in one write to the socket: a burst costs one system call, not one per
+// message. A client that does not take the batch within the write timeout
+// is closed with 1008, since it cannot keep up; any failed write closes
+// the connection (its stream may end inside a frame).
+func (c *wsConn) send(fill func(put func(msg []byte) error) error) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.t.WriteTimeout)
-	defer cancel()
-	if err := c.conn.Write(wctx, coderws.MessageText, data); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			// coder/websocket has already dropped the connection; this ends
-			// the serve loop (the close frame cannot reach the client).
-			select {
-			case c.closing <- closeReq{1008, "the client is not reading its messages"}:
-			default:
-			}
+	c.sock.cork()
+	// Writes into the cork do not block, so they need no deadline of
+	// their own: the flush has it.
+	err := fill(func(msg []byte) error { return c.conn.Write(context.Background(), coderws.MessageText, msg) })
+	if ferr := c.sock.flush(c.t.WriteTimeout); ferr != nil {
+		_ = c.conn.CloseNow()
+		if errors.Is(ferr, os.ErrDeadlineExceeded) {
+			// The close frame cannot reach the client; this ends the
+			// socket (on its own goroutine: the writer may hold a turn).
+			go c.shut(1008, "the client is not reading its messages")
 		}
-		return err
+		return ferr
 	}
-	return nil
+	return err
 }
 
 func mustJSON(v any) json.RawMessage {

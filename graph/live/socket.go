@@ -1,0 +1,140 @@
+package live
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// This file is the connection under a websocket. coder/websocket flushes
+// every message it writes with its own write to the socket, and keeps the
+// HTTP server's 4 KiB read and write buffers for the socket's life. A
+// subscriber that has several results waiting (a burst, or a fan-out
+// catching up) would cost one system call, and one TCP segment, per
+// message; and an idle subscriber would hold 8 KiB of buffers it rarely
+// uses. So the upgrade hands coder/websocket a corkConn and small buffers:
+// while the transport batches, what coder/websocket writes collects in
+// memory, and one write sends the batch.
+
+// socketBuffer is the size of coder/websocket's read and write buffers over
+// a corkConn. Client messages are small, and larger reads and writes go
+// around the buffer, so a small one costs little and saves 7 KiB per
+// socket.
+const socketBuffer = 512
+
+// maxPooledBatch is the largest batch buffer kept for reuse: a rare large
+// batch does not pin its memory.
+const maxPooledBatch = 64 << 10
+
+var batchPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// corkConn is a hijacked connection whose writes can be held back and sent
+// together. Every write to the socket happens under mu, so a write that
+// arrives during a flush (coder/websocket's own pongs and close frames)
+// follows the batch on the wire, as it followed it in time.
+type corkConn struct {
+	net.Conn
+
+	mu     sync.Mutex
+	corked bool
+	buf    *[]byte // what was written while corked (from batchPool)
+}
+
+// Write sends p, or holds it while the connection is corked.
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked {
+		*c.buf = append(*c.buf, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// cork holds writes until flush.
+func (c *corkConn) cork() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = true
+	if c.buf == nil {
+		c.buf = batchPool.Get().(*[]byte)
+	}
+}
+
+// flush sends what was held in one write that must finish within timeout,
+// and stops holding writes. A write that times out leaves the stream cut
+// in the middle of a frame: the caller closes the connection.
+func (c *corkConn) flush(timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	buf := c.buf
+	c.buf = nil
+	if buf == nil {
+		return nil
+	}
+	defer func() {
+		if cap(*buf) <= maxPooledBatch {
+			*buf = (*buf)[:0]
+			batchPool.Put(buf)
+		}
+	}()
+	if len(*buf) == 0 {
+		return nil
+	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := c.Conn.Write(*buf)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// closeFlush bounds the write of what was held when the connection closes.
+const closeFlush = 5 * time.Second
+
+// Close sends what is held, then closes the connection: coder/websocket
+// closes it right after writing a close frame, which may have joined a
+// batch not yet flushed.
+func (c *corkConn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	if c.buf != nil && len(*c.buf) > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlush))
+		_, _ = c.Conn.Write(*c.buf)
+	}
+	c.buf = nil
+	return c.Conn.Close()
+}
+
+// corkingWriter is the upgrade's ResponseWriter as coder/websocket sees it:
+// its Hijack hands over a corkConn and buffers of socketBuffer bytes.
+type corkingWriter struct {
+	http.ResponseWriter
+	conn *corkConn // set by Hijack
+}
+
+// Unwrap returns the ResponseWriter it wraps (for http.ResponseController).
+func (w *corkingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack implements http.Hijacker over the server's own hijack.
+func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.conn = &corkConn{Conn: nc}
+	// Bytes the client sent after its upgrade request, already read into
+	// the server's buffer, stay first in line: they are copied into the
+	// new reader's buffer, where coder/websocket looks for them.
+	r := bufio.NewReaderSize(w.conn, socketBuffer)
+	if n := brw.Reader.Buffered(); n > 0 {
+		early, _ := brw.Reader.Peek(n)
+		r = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), w.conn), max(socketBuffer, n))
+		_, _ = r.Peek(n) // from the copy alone: it holds n bytes
+	}
+	return w.conn, bufio.NewReadWriter(r, bufio.NewWriterSize(w.conn, socketBuffer)), nil
+}

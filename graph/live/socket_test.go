@@ -1,0 +1,145 @@
+package live_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+)
+
+// TestIdleSocketHoldsOneGoroutine opens websockets that each hold a shared
+// subscription and then wait, and counts the server's goroutines: one per
+// idle socket (its reader). The upgrade's handler has returned (the socket
+// is served past it, so net/http's state for the connection is gone), and
+// a group's members hold none. The test's own clients do not read, so they
+// hold none either. Not parallel: other tests' goroutines would blur the
+// count.
+func TestIdleSocketHoldsOneGoroutine(t *testing.T) {
+	s := apitest.New(t)
+	f := newFixture(t, s)
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	open := func() *websocket.Conn {
+		ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(s.URL, "http")+"/graphql",
+			&websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = ws.CloseNow() })
+		require.NoError(t, wsjson.Write(ctx, ws, map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + f.user.Token}}))
+		var ack msg
+		require.NoError(t, wsjson.Read(ctx, ws, &ack))
+		require.Equal(t, "connection_ack", ack.Type)
+		require.NoError(t, wsjson.Write(ctx, ws, map[string]any{"id": "1", "type": "subscribe",
+			"payload": map[string]any{"query": allMachinesSub}}))
+		return ws
+	}
+	members := func(n int) {
+		t.Helper()
+		require.Eventually(t, func() bool { return s.Handler.Fanout.Stats().Members == n }, wait, 5*time.Millisecond)
+	}
+	// The first socket starts the group (its execution, its hub
+	// subscription); the baseline is taken with it.
+	open()
+	members(1)
+	base := runtime.NumGoroutine()
+
+	const n = 40
+	for range n {
+		open()
+	}
+	members(n + 1)
+	// Goroutines that end on their own (the handlers' returns, the
+	// short-lived ones that acted on each message) are given time to.
+	var got int
+	require.Eventually(t, func() bool {
+		got = runtime.NumGoroutine() - base
+		return got <= n+4
+	}, wait, 10*time.Millisecond, "%d idle sockets hold %d goroutines: at most one each", n, got)
+}
+
+// TestSocketKeepsBytesSentWithTheUpgrade sends the upgrade request and the
+// first websocket message in one write, before the server has answered:
+// the message, already in the server's read buffer when the connection is
+// handed over, is still read, and answered.
+func TestSocketKeepsBytesSentWithTheUpgrade(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	f := newFixture(t, s)
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "http://"), wait)
+	require.NoError(t, err)
+	defer nc.Close()
+	require.NoError(t, nc.SetDeadline(time.Now().Add(wait)))
+	init, err := json.Marshal(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + f.user.Token}})
+	require.NoError(t, err)
+	key := make([]byte, 16)
+	_, _ = rand.Read(key)
+	upgrade := fmt.Sprintf("GET /graphql HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
+		strings.TrimPrefix(s.URL, "http://"), base64.StdEncoding.EncodeToString(key))
+	_, err = nc.Write(append([]byte(upgrade), maskedTextFrame(init)...))
+	require.NoError(t, err)
+
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	payload := readServerFrame(t, br)
+	var ack msg
+	require.NoError(t, json.Unmarshal(payload, &ack), "frame %q", payload)
+	require.Equal(t, "connection_ack", ack.Type)
+}
+
+// maskedTextFrame is a client's text frame (RFC 6455 5.2) of payload.
+func maskedTextFrame(payload []byte) []byte {
+	frame := []byte{0x81}
+	switch n := len(payload); {
+	case n < 126:
+		frame = append(frame, 0x80|byte(n))
+	default:
+		frame = append(frame, 0x80|126, byte(n>>8), byte(n))
+	}
+	mask := []byte{0x12, 0x34, 0x56, 0x78}
+	frame = append(frame, mask...)
+	for i, b := range payload {
+		frame = append(frame, b^mask[i%4])
+	}
+	return frame
+}
+
+// readServerFrame reads one unmasked, unfragmented frame and returns its
+// payload.
+func readServerFrame(t *testing.T, r io.Reader) []byte {
+	t.Helper()
+	var h [2]byte
+	_, err := io.ReadFull(r, h[:])
+	require.NoError(t, err)
+	require.Equal(t, byte(0x81), h[0], "a final text frame")
+	n := int(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		_, err = io.ReadFull(r, l[:])
+		require.NoError(t, err)
+		n = int(l[0])<<8 | int(l[1])
+	case 127:
+		t.Fatal("an unexpectedly large frame")
+	}
+	p := make([]byte, n)
+	_, err = io.ReadFull(r, p)
+	require.NoError(t, err)
+	return p
+}
