@@ -82,6 +82,7 @@ type subscriber struct {
 	index int // which subscriber: the server it dials
 	group int
 	conn  *websocket.Conn
+	raw   *rawConn // instead of conn: not sampled, in -lean mode
 
 	messages atomic.Int64
 	warm     atomic.Bool // received a warm-up job
@@ -260,7 +261,11 @@ func measure(ctx context.Context, o options, pids []int, stderr io.Writer) (*res
 	res.Cores = runtime.NumCPU()
 	stopReading()
 	for _, s := range l.subs {
-		_ = s.conn.CloseNow()
+		if s.raw != nil {
+			_ = s.raw.nc.Close()
+		} else {
+			_ = s.conn.CloseNow()
+		}
 	}
 	readers.Wait()
 
@@ -382,6 +387,24 @@ func (l *load) dial(ctx context.Context, s *subscriber, workflow string) error {
 	if len(l.o.urls) > 0 {
 		url = l.o.urls[s.index%len(l.o.urls)]
 	}
+	query := `subscription { jobUpdated { op id revision job { status progress } } }`
+	vars := map[string]any{}
+	if l.o.spread > 1 {
+		query = `subscription($w: ID) { jobUpdated(filter: {workflowId: $w}) { op id revision job { status progress } } }`
+		vars["w"] = workflow
+	}
+	if l.o.distinct {
+		// A selection of its own: the server cannot share this subscriber's results.
+		query = strings.Replace(query, "op id", fmt.Sprintf("op id s%d: __typename", s.index), 1)
+	}
+	if l.o.lean && s.latest == nil {
+		raw, err := dialRaw(ctx, url, l.o.token, query, vars)
+		if err != nil {
+			return err
+		}
+		s.raw = raw
+		return nil
+	}
 	conn, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
 	if err != nil {
 		return err
@@ -395,16 +418,6 @@ func (l *load) dial(ctx context.Context, s *subscriber, workflow string) error {
 	if err := wsjson.Read(ctx, conn, &ack); err != nil || ack.Type != "connection_ack" {
 		_ = conn.CloseNow()
 		return fmt.Errorf("connection_init answered %q: %v", ack.Type, err)
-	}
-	query := `subscription { jobUpdated { op id revision job { status progress } } }`
-	vars := map[string]any{}
-	if l.o.spread > 1 {
-		query = `subscription($w: ID) { jobUpdated(filter: {workflowId: $w}) { op id revision job { status progress } } }`
-		vars["w"] = workflow
-	}
-	if l.o.distinct {
-		// A selection of its own: the server cannot share this subscriber's results.
-		query = strings.Replace(query, "op id", fmt.Sprintf("op id s%d: __typename", s.index), 1)
 	}
 	if err := wsjson.Write(ctx, conn, map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query, "variables": vars}}); err != nil {
 		_ = conn.CloseNow()
@@ -430,8 +443,8 @@ type nextPayload struct {
 
 // read records every message of s until ctx ends or the socket closes.
 func (l *load) read(ctx context.Context, s *subscriber) {
-	if l.o.lean && s.latest == nil {
-		l.count(ctx, s)
+	if s.raw != nil {
+		l.countRaw(ctx, s)
 		return
 	}
 	for {
@@ -485,41 +498,19 @@ func (l *load) read(ctx context.Context, s *subscriber) {
 	}
 }
 
-// count is read for a subscriber that is not sampled, in -lean mode: it
-// counts its `next` frames, finding the job's id without decoding them.
-func (l *load) count(ctx context.Context, s *subscriber) {
-	for {
-		_, data, err := s.conn.Read(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				msg := "connection closed: " + err.Error()
-				s.ended.CompareAndSwap(nil, &msg)
-			}
-			return
-		}
-		at := time.Now()
-		switch {
-		case bytes.Contains(data, []byte(`"type":"ping"`)):
-			_ = wsjson.Write(ctx, s.conn, map[string]any{"type": "pong"})
-			continue
-		case bytes.Contains(data, []byte(`"type":"pong"`)):
-			continue
-		case !bytes.Contains(data, []byte(`"type":"next"`)):
-			msg := string(data)
-			s.ended.CompareAndSwap(nil, &msg)
-			continue
-		}
-		if !l.driving.Load() {
-			s.warm.Store(true)
-			continue
-		}
-		if _, ok := l.warmup.Load(jobIDOf(data)); ok {
-			continue
-		}
-		s.messages.Add(1)
-		l.total.Add(1)
-		l.last.Store(at.UnixNano())
+// counted records a `next` frame of a subscriber that is not sampled
+// (-lean), finding the job's id without decoding the frame.
+func (l *load) counted(s *subscriber, data []byte) {
+	if !l.driving.Load() {
+		s.warm.Store(true)
+		return
 	}
+	if _, ok := l.warmup.Load(jobIDOf(data)); ok {
+		return
+	}
+	s.messages.Add(1)
+	l.total.Add(1)
+	l.last.Store(time.Now().UnixNano())
 }
 
 // jobIDOf finds the job's id in a jobUpdated frame without decoding it:

@@ -98,7 +98,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.src, "src", ".", "with -serve: the module's folder, to build it")
 	fs.IntVar(&o.serverPID, "server-pid", 0, "without -serve: the server's pid, to read its memory from /proc")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the results as JSON")
-	fs.BoolVar(&o.lean, "lean", false, "decode in full only the subscribers sampled for the final-state check (latency is theirs); the others count frames, so the tool's own CPU hides less of the server's")
+	fs.BoolVar(&o.lean, "lean", false, "decode in full only the subscribers sampled for the final-state check (latency is theirs); the others speak the websocket by hand and count frames in their read buffers, so the tool's own CPU hides less of the server's")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -433,6 +433,9 @@ func (f *Fanout) writer() {
 			// replaced or no longer counts, so it leaves.
 			return
 		}
+		// Requests waiting for a CPU go first: writers that run back to
+		// back would hold every CPU until the scheduler preempts them.
+		runtime.Gosched()
 	}
 }
 
