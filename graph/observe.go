@@ -38,18 +38,22 @@ func observe(m *metrics.Metrics, log *slog.Logger, next http.Handler) http.Handl
 			// A panic below still ends the request: count and log it, and
 			// let net/http see the panic. A websocket served past its
 			// handler ends when its socket closes.
+			// What the end needs is copied out of the writer and the
+			// request: a socket's end must not keep them (and with them
+			// net/http's buffers for the connection).
+			closeStream, status, stream := sw.closeStream, sw.status, sw.stream
+			if status == 0 {
+				status = http.StatusOK
+			}
+			method, path := r.Method, r.URL.Path
 			live.AtEnd(ctx, func() {
-				if sw.closeStream != nil {
-					sw.closeStream()
-				}
-				status := sw.status
-				if status == 0 {
-					status = http.StatusOK
+				if closeStream != nil {
+					closeStream()
 				}
 				d := time.Since(start)
-				m.Request(r.Method, status, sw.stream, d)
+				m.Request(method, status, stream, d)
 				if log.Enabled(ctx, slog.LevelInfo) {
-					accessLog(ctx, log, r, req, status, sw.stream, d)
+					accessLog(ctx, log, method, path, req, status, stream, d)
 				}
 			})
 		}()
@@ -58,7 +62,7 @@ func observe(m *metrics.Metrics, log *slog.Logger, next http.Handler) http.Handl
 }
 
 // accessLog writes the request's line.
-func accessLog(ctx context.Context, log *slog.Logger, r *http.Request, req *metrics.Request, status int, stream string, d time.Duration) {
+func accessLog(ctx context.Context, log *slog.Logger, method, path string, req *metrics.Request, status int, stream string, d time.Duration) {
 	msg := "request"
 	if stream != "" {
 		msg = "stream ended"
@@ -66,8 +70,8 @@ func accessLog(ctx context.Context, log *slog.Logger, r *http.Request, req *metr
 	op, ops := req.Operation()
 	attrs := make([]slog.Attr, 0, 9)
 	attrs = append(attrs,
-		slog.String("method", r.Method),
-		slog.String("path", r.URL.Path),
+		slog.String("method", method),
+		slog.String("path", path),
 		slog.Int("status", status),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 		slog.String("operation", truncateName(op)),

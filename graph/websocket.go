@@ -24,12 +24,12 @@ type sockets struct {
 
 	mu      sync.Mutex
 	going   bool
-	cancels map[*http.Request]context.CancelFunc
+	cancels map[*context.CancelFunc]struct{}
 	live    sync.WaitGroup // websocket handlers, close handshakes included
 }
 
 func newSockets(allowedOrigins []string) *sockets {
-	return &sockets{origins: allowedOrigins, cancels: map[*http.Request]context.CancelFunc{}}
+	return &sockets{origins: allowedOrigins, cancels: map[*context.CancelFunc]struct{}{}}
 }
 
 // track refuses websocket upgrades from foreign browser origins and gives
@@ -57,14 +57,15 @@ func (s *sockets) track(next http.Handler) http.Handler {
 			auth.WriteError(w, http.StatusServiceUnavailable, fault.New(fault.Unauthenticated, "the server is shutting down"))
 			return
 		}
-		s.cancels[r] = cancel
+		key := &cancel // the socket's entry: not the request, which its end would keep
+		s.cancels[key] = struct{}{}
 		s.live.Add(1)
 		s.mu.Unlock()
 		next.ServeHTTP(w, r)
 		live.AtEnd(ctx, func() {
 			cancel()
 			s.mu.Lock()
-			delete(s.cancels, r)
+			delete(s.cancels, key)
 			s.mu.Unlock()
 			s.live.Done()
 		})
@@ -83,8 +84,8 @@ func sameHost(origin, host string) bool {
 func (s *sockets) closeAll(ctx context.Context) error {
 	s.mu.Lock()
 	s.going = true
-	for _, cancel := range s.cancels {
-		cancel()
+	for cancel := range s.cancels {
+		(*cancel)()
 	}
 	s.mu.Unlock()
 	done := make(chan struct{})

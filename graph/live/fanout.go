@@ -230,7 +230,7 @@ func (f *Fanout) run(ctx context.Context, exec graphql.GraphExecutor, rc *graphq
 		}
 		return nil
 	}
-	f.attach(ctx, exec, rc, key, write, func(out outcome) { done <- out })
+	f.attach(ctx, ctx, exec, rc, key, write, func(out outcome) { done <- out })
 	return <-done
 }
 
@@ -242,14 +242,17 @@ func (f *Fanout) run(ctx context.Context, exec graphql.GraphExecutor, rc *graphq
 // ends (stopped), when a write fails (stopped), when the member falls
 // behind by Limit results (RATE_LIMITED) or when its credential expires
 // (UNAUTHENTICATED). No goroutine waits for the member in between.
-func (f *Fanout) attach(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, write func([][]byte) error, finish func(outcome)) {
+//
+// ctx is the member's own context (its cancellation, its caller); a group
+// it starts runs in prepared, the operation's context, derived from ctx.
+func (f *Fanout) attach(ctx, prepared context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, write func([][]byte) error, finish func(outcome)) {
 	m := &member{f: f, ctx: ctx, limit: f.Limit, write: write, finish: finish}
 	if m.limit <= 0 {
 		m.limit = DefaultMemberQueue
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.g = f.join(ctx, exec, rc, key, m)
+	m.g = f.join(prepared, exec, rc, key, m)
 	stopCtx := context.AfterFunc(ctx, func() { m.end(outcome{stopped: true}, false) })
 	m.cleanup = append(m.cleanup, stopCtx)
 	if p := auth.FromContext(ctx); p != nil && !p.ExpiresAt.IsZero() {

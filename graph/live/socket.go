@@ -21,10 +21,11 @@ import (
 // memory, and one write sends the batch.
 
 // socketBuffer is the size of coder/websocket's read and write buffers over
-// a corkConn. Client messages are small, and larger reads and writes go
-// around the buffer, so a small one costs little and saves 7 KiB per
-// socket.
-const socketBuffer = 512
+// a corkConn. Larger reads and writes go around a buffer, so a small one
+// costs little and saves most of 8 KiB per socket; it holds any control
+// frame whole (at most 2+125 bytes), so coder/websocket's pongs and close
+// frames reach the socket in one write.
+const socketBuffer = 256
 
 // maxPooledBatch is the largest batch buffer kept for reuse: a rare large
 // batch does not pin its memory.

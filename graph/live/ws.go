@@ -116,8 +116,14 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 	c := &wsConn{t: t, d: d, conn: conn, sock: cw.conn, exec: exec, ip: auth.ClientIPFrom(ctx),
 		principal: auth.FromContext(ctx), ops: map[string]*wsOp{}, closed: make(chan struct{})}
 	// The upgrade request's own credentials, re-checked like a payload's:
-	// only its header and address are kept for it.
-	upgrade := &http.Request{Method: r.Method, URL: r.URL, Header: r.Header, RemoteAddr: r.RemoteAddr, Host: r.Host}
+	// only they and the address are kept for it, not the request.
+	creds := http.Header{}
+	for _, h := range []string{"Authorization", "X-Api-Key"} {
+		if v := r.Header.Values(h); len(v) > 0 {
+			creds[h] = v
+		}
+	}
+	upgrade := &http.Request{Header: creds, RemoteAddr: r.RemoteAddr}
 	c.reauth = func(ctx context.Context) (*auth.Principal, error) {
 		return t.Auth.FromRequest(upgrade.WithContext(ctx))
 	}
@@ -222,8 +228,6 @@ const MaxOperationID = 128
 // the rest (the init timeout, keep-alives, key rechecks, the credential's
 // expiry, shutdown), each ending the socket through shut.
 func (c *wsConn) serve(ctx context.Context) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	stopShutdown := context.AfterFunc(ctx, func() { c.shut(CloseGoingAway, "server shutting down") })
 	defer stopShutdown()
 
@@ -237,8 +241,8 @@ func (c *wsConn) serve(ctx context.Context) {
 	// their callbacks see them.
 	var keepAlive *time.Timer
 	keepAlive = time.AfterFunc(time.Hour, func() {
-		if ctx.Err() != nil {
-			return // the socket has ended
+		if c.over() {
+			return
 		}
 		if c.initialised() {
 			if err := c.write(wsMessage{Type: c.d.keepAlive}); err != nil {
@@ -256,7 +260,7 @@ func (c *wsConn) serve(ctx context.Context) {
 	}
 	var recheck *time.Timer
 	recheck = time.AfterFunc(time.Hour, func() {
-		if ctx.Err() != nil {
+		if c.over() {
 			return
 		}
 		c.turn.Lock()
@@ -288,12 +292,7 @@ func (c *wsConn) serve(ctx context.Context) {
 			c.shut(CloseNormal, "") // the client closed or vanished, unless a close was under way
 			break
 		}
-		var m wsMessage
-		if typ != coderws.MessageText || json.Unmarshal(data, &m) != nil || m.Type == "" {
-			c.shut(CloseBadRequest, "Invalid message received: expected a JSON object with a type")
-			break
-		}
-		code, reason, exp := c.handleAside(ctx, m)
+		code, reason, exp := c.handleAside(ctx, typ, data)
 		if code != 0 {
 			c.shut(code, reason)
 			break
@@ -313,18 +312,34 @@ func (c *wsConn) serve(ctx context.Context) {
 	<-c.closed
 }
 
-// handleAside runs handle on a goroutine of its own and waits for it, in
-// the connection's turn (timers that act on its operations take the same).
-func (c *wsConn) handleAside(ctx context.Context, m wsMessage) (code int, reason string, expires time.Time) {
+// handleAside decodes a client message and handles it on a goroutine of its
+// own, and waits for it, in the connection's turn (timers that act on its
+// operations take the same). The reader's stack stays as small as a read
+// needs: decoding and handling (parsing, validating, authenticating) grow
+// a stack that an idle socket would otherwise keep.
+func (c *wsConn) handleAside(ctx context.Context, typ coderws.MessageType, data []byte) (code int, reason string, expires time.Time) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		var m wsMessage
+		if typ != coderws.MessageText || json.Unmarshal(data, &m) != nil || m.Type == "" {
+			code, reason = CloseBadRequest, "Invalid message received: expected a JSON object with a type"
+			return
+		}
 		c.turn.Lock()
 		defer c.turn.Unlock()
 		code, reason, expires = c.handle(ctx, m)
 	}()
 	<-done
 	return code, reason, expires
+}
+
+// over reports whether the socket is closing or closed: timers that re-arm
+// themselves stop.
+func (c *wsConn) over() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.shutting
 }
 
 // shut closes the socket with code and reason, once: every operation
@@ -513,6 +528,7 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	}
 	// Parsed and validated here, in order, so that what the operation is
 	// (a subscription or not) is known before it takes a place.
+	base := opCtx
 	opCtx, rc, errs := prepare(opCtx, c.exec, &params)
 	if errs != nil {
 		cancel()
@@ -528,7 +544,7 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 	c.mu.Lock()
 	c.ops[m.ID] = op
 	c.mu.Unlock()
-	c.start(opCtx, m.ID, op, rc)
+	c.start(base, opCtx, m.ID, op, rc)
 	return 0, "", time.Time{}
 }
 
@@ -581,23 +597,25 @@ func (c *wsConn) refuse(ctx context.Context, id string, err error) {
 // start runs one prepared operation and reports its results under id. A
 // shared subscription joins its group and holds no goroutine while it
 // waits (the group's writers call its write); any other operation runs on
-// a goroutine of its own.
-func (c *wsConn) start(ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
+// a goroutine of its own. base is the operation's context before it was
+// prepared: a member keeps it, not the prepared operation, which its
+// group holds once for all.
+func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
 	// Each result is framed around its payload as it was encoded (once,
 	// and shared by a group's members), not encoded again; the results a
-	// group's writer finds waiting leave in one send. The message buffer
-	// is reused: writes for one operation come one at a time, and a write
-	// copies the message out before returning.
+	// group's writer finds waiting leave in one send. Messages are built
+	// in a pooled buffer: an idle subscriber keeps none.
 	prefix := envelopePrefix(id, c.d.next)
-	var msg []byte
 	write := func(payloads [][]byte) error {
 		if c.isDone(op) {
 			return context.Canceled
 		}
 		return c.send(func(put func([]byte) error) error {
+			buf := messagePool.Get().(*[]byte)
+			defer messagePool.Put(buf)
 			for _, payload := range payloads {
-				msg = append(append(append(msg[:0], prefix...), payload...), '}')
-				if err := put(msg); err != nil {
+				*buf = append(append(append((*buf)[:0], prefix...), payload...), '}')
+				if err := put(*buf); err != nil {
 					return err
 				}
 			}
@@ -605,13 +623,16 @@ func (c *wsConn) start(ctx context.Context, id string, op *wsOp, rc *graphql.Ope
 		})
 	}
 	if key, ok := c.t.Fanout.shareable(ctx, rc); ok {
-		c.t.Fanout.attach(ctx, c.exec, rc, key, write, func(out outcome) { c.finish(ctx, id, op, out) })
+		c.t.Fanout.attach(base, ctx, c.exec, rc, key, write, func(out outcome) { c.finish(base, id, op, out) })
 		return
 	}
 	go func() {
 		c.finish(ctx, id, op, runPrepared(ctx, c.exec, rc, func(payload []byte) error { return write([][]byte{payload}) }))
 	}()
 }
+
+// messagePool holds the buffers results are framed in.
+var messagePool = sync.Pool{New: func() any { return new([]byte) }}
 
 // finish reports how operation id ended: its error, or its completion,
 // unless the client stopped it or the server ended it already.
