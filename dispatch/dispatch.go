@@ -183,6 +183,7 @@ func (d *Dispatcher) ClaimMany(ctx context.Context, limit int, wait time.Duratio
 	defer deadline.Stop()
 	poll := time.NewTimer(d.pollInterval())
 	defer poll.Stop()
+	parked := Parking(ctx)
 	// Subscribing after the first attempt leaves a gap in which a job could
 	// have been queued unnoticed: the loop's first round closes it.
 	for {
@@ -190,14 +191,18 @@ func (d *Dispatcher) ClaimMany(ctx context.Context, limit int, wait time.Duratio
 		if len(leases) > 0 || err != nil || ctx.Err() != nil {
 			return leases, err
 		}
+		parked(true)
 	wake:
 		for {
 			select {
 			case <-ctx.Done():
+				parked(false)
 				return nil, nil
 			case <-d.draining:
+				parked(false)
 				return nil, nil
 			case <-deadline.C:
+				parked(false)
 				return nil, nil
 			case <-poll.C:
 				poll.Reset(d.pollInterval())
@@ -209,6 +214,7 @@ func (d *Dispatcher) ClaimMany(ctx context.Context, limit int, wait time.Duratio
 				}
 			}
 		}
+		parked(false)
 	}
 }
 
@@ -310,3 +316,22 @@ func (rc *robotClaims) take(ctx context.Context) bool {
 
 // give ends the robot's turn.
 func (rc *robotClaims) give() { <-rc.turn }
+
+type parkingKey struct{}
+
+// WithParking returns ctx with a function that a waiting claim calls with
+// true when it parks (waits for a job without using the CPU) and with
+// false when it wakes: the fan-out yields to running requests, and a
+// parked claim is not one.
+func WithParking(ctx context.Context, parked func(bool)) context.Context {
+	return context.WithValue(ctx, parkingKey{}, parked)
+}
+
+// Parking returns ctx's parking function (WithParking), or one that does
+// nothing.
+func Parking(ctx context.Context) func(bool) {
+	if fn, ok := ctx.Value(parkingKey{}).(func(bool)); ok {
+		return fn
+	}
+	return func(bool) {}
+}

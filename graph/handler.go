@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -150,6 +151,8 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	// share one execution and its encoded results, on every transport.
 	fanout := live.NewFanout(shareSubscription)
 	fanout.Metrics = cfg.Metrics
+	var running atomic.Int64
+	fanout.Yield = func() bool { return running.Load() > 0 }
 	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout})
 	srv.AddTransport(live.Multipart{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout})
 	srv.AddTransport(live.Websocket{
@@ -175,6 +178,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		srv.Use(ext)
 	}
 	use(operationMetrics{cfg.Metrics})
+	use(requestsFirst{&running})
 
 	validated := lru.New[*ast.QueryDocument](1000)
 	srv.SetQueryCache(validated)

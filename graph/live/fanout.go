@@ -51,6 +51,10 @@ type Fanout struct {
 	Limit int
 	// Writers bounds the members written to at once (0: one per CPU).
 	Writers int
+	// Yield reports whether requests (queries, mutations) are running:
+	// while they are, one writer runs, so that a process saturated by
+	// delivery keeps CPU for its requests (nil: never).
+	Yield func() bool
 	// Metrics counts shared renders (nil: off).
 	Metrics *metrics.Metrics
 
@@ -376,7 +380,7 @@ func (m *member) drain(scratch [][]byte) [][]byte {
 func (f *Fanout) list(m *member) {
 	f.readyMu.Lock()
 	f.ready = append(f.ready, m)
-	start := f.writing < f.writers()
+	start := f.writing < f.writers() && (f.writing == 0 || !f.yielding())
 	if start {
 		f.writing++
 	}
@@ -387,10 +391,11 @@ func (f *Fanout) list(m *member) {
 }
 
 // writers is how many members may be written to at once: one per CPU by
-// default. Two per CPU delivered no more and took the CPU from the API:
-// 10,000 subscribers at 10 changes/s (cmd/loadsubs) kept 100% delivery
-// with one per CPU while a mutation's round trip fell from p99 268–325 ms
-// to 136–142 ms and commit→client p99 from 0.69–1.03 s to 0.50–0.87 s.
+// default, and one while requests run (Yield). Two per CPU delivered no
+// more and took the CPU from the API. With one per CPU and the yield, a
+// 10,000-subscriber tenant at 10 changes/s (cmd/loadsubs) is delivered in
+// full while a mutation's round trip stays near its idle time (see
+// BENCHMARKS.md, "One write per batch").
 func (f *Fanout) writers() int {
 	if f.Writers > 0 {
 		return f.Writers
@@ -436,11 +441,24 @@ func (f *Fanout) writer() {
 			// replaced or no longer counts, so it leaves.
 			return
 		}
-		// Requests waiting for a CPU go first: writers that run back to
-		// back would hold every CPU until the scheduler preempts them.
+		// Requests go first: while any runs, writers but one leave (list
+		// starts them again), and the one left lets waiting goroutines
+		// run between members, as back-to-back writers would not.
+		f.readyMu.Lock()
+		leave := f.writing > 1 && f.yielding()
+		if leave {
+			f.writing--
+		}
+		f.readyMu.Unlock()
+		if leave {
+			return
+		}
 		runtime.Gosched()
 	}
 }
+
+// yielding reports whether requests are running (Yield).
+func (f *Fanout) yielding() bool { return f.Yield != nil && f.Yield() }
 
 // join adds m to the group of key, starting the group's execution when
 // there is none.

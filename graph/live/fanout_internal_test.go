@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -106,4 +107,47 @@ func TestResultTagsInOrder(t *testing.T) {
 	require.Equal(t, "", tags.next())
 	require.Equal(t, "b", tags.next())
 	require.Equal(t, "", tags.next())
+}
+
+// TestWritersYieldToRequests checks the fan-out's priority for requests:
+// while Yield reports requests running, a member waiting does not get a
+// second writer; once they are done, the next member listed starts one.
+func TestWritersYieldToRequests(t *testing.T) {
+	t.Parallel()
+	var busy atomic.Bool
+	busy.Store(true)
+	f := NewFanout(nil)
+	f.Writers = 2
+	f.Yield = busy.Load
+	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
+	written := make(chan string, 10)
+	release := make(chan struct{})
+	newMember := func(name string, block bool) *member {
+		m := &member{f: f, g: g, ctx: context.Background(), limit: 10,
+			write: func(p [][]byte) error {
+				written <- name
+				if block {
+					<-release
+				}
+				return nil
+			},
+			finish: func(outcome) {}}
+		g.members[m] = struct{}{}
+		return m
+	}
+	a, b, c := newMember("a", true), newMember("b", false), newMember("c", false)
+	a.push([]byte("1"), "")
+	require.Equal(t, "a", <-written, "the first writer holds a")
+	b.push([]byte("1"), "")
+	f.readyMu.Lock()
+	writing, waiting := f.writing, len(f.ready)
+	f.readyMu.Unlock()
+	require.Equal(t, 1, writing, "requests are running: no second writer")
+	require.Equal(t, 1, waiting, "b waits on the ready list")
+
+	busy.Store(false)
+	c.push([]byte("1"), "")
+	require.Equal(t, "b", <-written, "a second writer took b")
+	require.Equal(t, "c", <-written)
+	close(release)
 }
