@@ -235,6 +235,10 @@ func measure(ctx context.Context, o options, pids []int, stderr io.Writer) (*res
 	driveCtx, stopDriving := context.WithTimeout(ctx, o.duration)
 	defer stopDriving()
 	tokens := pace(driveCtx, o.rate)
+	var timesBefore map[string]int64
+	if o.metricsURL != "" {
+		timesBefore, _ = postBuckets(ctx, o.metricsURL)
+	}
 	cpuStart := sampleCPU(pids...)
 	started := time.Now()
 	var workers sync.WaitGroup
@@ -244,6 +248,11 @@ func measure(ctx context.Context, o options, pids []int, stderr io.Writer) (*res
 	}
 	workers.Wait()
 	driven := time.Since(started)
+	if timesBefore != nil {
+		if after, err := postBuckets(ctx, o.metricsURL); err == nil {
+			res.MutationServer = timesBetween(timesBefore, after)
+		}
+	}
 	logf("drove %s; waiting for deliveries to drain", driven.Round(time.Millisecond))
 
 	// Drain: until every expected delivery arrived, or nothing arrived for 3 s.

@@ -65,6 +65,8 @@ type options struct {
 	// urls are the servers' websocket URLs (-serve with -servers > 1);
 	// subscriber i dials urls[i % len(urls)]. Mutations go to url.
 	urls []string
+	// metricsURL is the /metrics of the server mutations go to (-serve).
+	metricsURL string
 }
 
 func main() {
@@ -132,7 +134,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer srv.stop(stderr)
-		o.url, o.secret, pids = srv.wsURL, srv.secret, []int{srv.pid}
+		o.url, o.secret, pids, o.metricsURL = srv.wsURL, srv.secret, []int{srv.pid}, srv.metricsURL
 		o.urls = []string{srv.wsURL}
 		for range o.servers - 1 {
 			more, err := startServer(ctx, o, stderr, srv.dir)

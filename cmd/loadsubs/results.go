@@ -19,9 +19,13 @@ type results struct {
 	Mutations          int     `json:"mutations"`
 	MutationsPerSecond float64 `json:"mutationsPerSecond"`
 	MutationRTT        summary `json:"mutationRoundTrip"`
-	Errors             int     `json:"errors"`
-	ErrorExample       string  `json:"errorExample,omitempty"`
-	DriveSeconds       float64 `json:"driveSeconds"`
+	// MutationServer is how long the server took over the drive's
+	// requests, from its own histogram (-serve): the round trip without
+	// this tool's share of the machine.
+	MutationServer *serverTimes `json:"mutationServerTime,omitempty"`
+	Errors         int          `json:"errors"`
+	ErrorExample   string       `json:"errorExample,omitempty"`
+	DriveSeconds   float64      `json:"driveSeconds"`
 
 	// Deliveries counts next messages received by all subscribers; Expected
 	// is one per mutation per subscriber it matches. Fewer deliveries than
@@ -63,6 +67,10 @@ func (r *results) print(w io.Writer) {
 	p("jobs in flight        %d, target rate %.0f mutations/s, drove %.1fs", r.Jobs, r.Rate, r.DriveSeconds)
 	p("mutations             %d (%.1f/s), round trip p50 %.1f ms p99 %.1f ms, errors %d %s",
 		r.Mutations, r.MutationsPerSecond, r.MutationRTT.P50, r.MutationRTT.P99, r.Errors, r.ErrorExample)
+	if t := r.MutationServer; t != nil {
+		p("mutations, server     %d requests: %.0f%% within 25 ms, %.0f%% within 50 ms, %.0f%% within 100 ms; p99 at most %s (its histogram's buckets)",
+			t.N, 100*t.Within25, 100*t.Within50, 100*t.Within100, t.P99Bound)
+	}
 	p("deliveries            %d of %d expected (%.1f%%), %.0f/s over %.1fs",
 		r.Deliveries, r.Expected, 100*float64(r.Deliveries)/float64(max(r.Expected, 1)), r.DeliveriesPerSecond, r.DeliverySeconds)
 	p("commit-to-client      p50 %.1f-%.1f ms, p90 %.1f-%.1f ms, p99 %.1f-%.1f ms, max %.1f ms (lower-upper bound, n=%d)",

@@ -19,14 +19,16 @@ import (
 
 // server is a fleetgraph child process with its own DATA_DIR.
 type server struct {
-	owner   bool // started the data folder (and its PostgreSQL); removes it at stop
-	cmd     *exec.Cmd
-	pid     int
-	dir     string
-	wsURL   string
-	secret  string
-	exited  chan struct{}
-	logPath string
+	owner bool // started the data folder (and its PostgreSQL); removes it at stop
+	cmd   *exec.Cmd
+	pid   int
+	dir   string
+	wsURL string
+	// metricsURL is the first server's /metrics (its request timings).
+	metricsURL string
+	secret     string
+	exited     chan struct{}
+	logPath    string
 }
 
 // startServer builds (unless -server-bin) and starts `fleetgraph serve` on
@@ -85,7 +87,16 @@ func startServer(ctx context.Context, o options, stderr io.Writer, shared string
 		env = append(env, fmt.Sprintf("MAX_SUBSCRIPTIONS_PER_PRINCIPAL=%d", o.subscribers+100))
 	}
 	if shared != "" {
-		env = append(env, "METRICS_ADDR=off") // the first server has the default address
+		env = append(env, "METRICS_ADDR=off") // the first server's are enough
+	} else {
+		mln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		maddr := mln.Addr().String()
+		_ = mln.Close()
+		env = append(env, "METRICS_ADDR="+maddr)
+		s.metricsURL = "http://" + maddr + "/metrics"
 	}
 	s.cmd.Env = env
 	s.cmd.Stdout, s.cmd.Stderr = io.Discard, logFile
