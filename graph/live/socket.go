@@ -3,6 +3,8 @@ package live
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -37,23 +39,78 @@ var batchPool = sync.Pool{New: func() any { return new([]byte) }}
 // together. Every write to the socket happens under mu, so a write that
 // arrives during a flush (coder/websocket's own pongs and close frames)
 // follows the batch on the wire, as it followed it in time.
+//
+// The transport frames its messages itself, straight into the batch
+// (text), so coder/websocket writes only control frames: each reaches
+// Write whole (its buffer holds the largest), which is how a close frame
+// is seen, after which no message may follow.
 type corkConn struct {
 	net.Conn
+	// timeout bounds a write that blocks (0: none). The deadline is set
+	// ahead and renewed when less than half of it is left, rather than
+	// set and cleared around every write.
+	timeout  time.Duration
+	deadline time.Time
 
-	mu     sync.Mutex
-	corked bool
-	buf    *[]byte // what was written while corked (from batchPool)
+	mu        sync.Mutex
+	corked    bool
+	buf       *[]byte // what was written while corked (from batchPool)
+	closeSent bool
 }
 
 // Write sends p, or holds it while the connection is corked.
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(p) > 0 && p[0] == 0x88 { // FIN and the close opcode: a close frame
+		c.closeSent = true
+	}
 	if c.corked {
 		*c.buf = append(*c.buf, p...)
 		return len(p), nil
 	}
+	c.arm()
 	return c.Conn.Write(p)
+}
+
+// text appends a text message made of prefix, payload and suffix to the
+// batch, as one unmasked frame (RFC 6455 5.2). The connection must be
+// corked.
+func (c *corkConn) text(prefix, payload, suffix []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeSent {
+		return net.ErrClosed
+	}
+	if !c.corked {
+		return errors.New("live: a message framed outside a batch")
+	}
+	n := len(prefix) + len(payload) + len(suffix)
+	b := append(*c.buf, 0x81) // FIN, text
+	switch {
+	case n < 126:
+		b = append(b, byte(n))
+	case n < 1<<16:
+		b = append(b, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	b = append(append(append(b, prefix...), payload...), suffix...)
+	*c.buf = b
+	return nil
+}
+
+// arm makes sure a blocked write ends within the timeout (under mu).
+func (c *corkConn) arm() {
+	if c.timeout <= 0 {
+		return
+	}
+	now := time.Now()
+	if c.deadline.Sub(now) < c.timeout/2 {
+		c.deadline = now.Add(c.timeout)
+		_ = c.Conn.SetWriteDeadline(c.deadline)
+	}
 }
 
 // cork holds writes until flush.
@@ -66,10 +123,11 @@ func (c *corkConn) cork() {
 	}
 }
 
-// flush sends what was held in one write that must finish within timeout,
-// and stops holding writes. A write that times out leaves the stream cut
-// in the middle of a frame: the caller closes the connection.
-func (c *corkConn) flush(timeout time.Duration) error {
+// flush sends what was held in one write, and stops holding writes. The
+// write has at least half the timeout to finish; one that times out
+// leaves the stream cut in the middle of a frame, so the caller closes
+// the connection.
+func (c *corkConn) flush() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = false
@@ -87,9 +145,8 @@ func (c *corkConn) flush(timeout time.Duration) error {
 	if len(*buf) == 0 {
 		return nil
 	}
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	c.arm()
 	_, err := c.Conn.Write(*buf)
-	_ = c.Conn.SetWriteDeadline(time.Time{})
 	return err
 }
 
@@ -115,7 +172,8 @@ func (c *corkConn) Close() error {
 // its Hijack hands over a corkConn and buffers of socketBuffer bytes.
 type corkingWriter struct {
 	http.ResponseWriter
-	conn *corkConn // set by Hijack
+	timeout time.Duration // the corkConn's
+	conn    *corkConn     // set by Hijack
 }
 
 // Unwrap returns the ResponseWriter it wraps (for http.ResponseController).
@@ -127,7 +185,7 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.conn = &corkConn{Conn: nc}
+	w.conn = &corkConn{Conn: nc, timeout: w.timeout}
 	// Bytes the client sent after its upgrade request, already read into
 	// the server's buffer, stay first in line: they are copied into the
 	// new reader's buffer, where coder/websocket looks for them.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -61,7 +62,7 @@ func TestCorkConnSendsABatchInOneWrite(t *testing.T) {
 	t.Parallel()
 	server, client := tcpPair(t)
 	counted := &countingConn{Conn: server}
-	c := &corkConn{Conn: counted}
+	c := &corkConn{Conn: counted, timeout: time.Second}
 
 	c.cork()
 	for _, part := range []string{"one", "two", "three"} {
@@ -70,7 +71,7 @@ func TestCorkConnSendsABatchInOneWrite(t *testing.T) {
 		require.Equal(t, len(part), n)
 	}
 	require.Zero(t, counted.count(), "nothing leaves while corked")
-	require.NoError(t, c.flush(time.Second))
+	require.NoError(t, c.flush())
 	require.Equal(t, 1, counted.count(), "the batch leaves in one write")
 	got := make([]byte, len("onetwothree"))
 	_, err := io.ReadFull(client, got)
@@ -84,7 +85,7 @@ func TestCorkConnSendsABatchInOneWrite(t *testing.T) {
 	_, err = io.ReadFull(client, got)
 	require.NoError(t, err)
 
-	require.NoError(t, c.flush(time.Second), "a flush with nothing held writes nothing")
+	require.NoError(t, c.flush(), "a flush with nothing held writes nothing")
 	require.Equal(t, 2, counted.count())
 
 	c.cork()
@@ -101,11 +102,83 @@ func TestCorkConnSendsABatchInOneWrite(t *testing.T) {
 func TestCorkConnFlushTimesOut(t *testing.T) {
 	t.Parallel()
 	server, _ := tcpPair(t)
-	c := &corkConn{Conn: server}
+	c := &corkConn{Conn: server, timeout: 200 * time.Millisecond}
 	c.cork()
 	big := bytes.Repeat([]byte("x"), 64<<20) // far more than the socket buffers hold
 	_, _ = c.Write(big)
-	err := c.flush(200 * time.Millisecond)
+	err := c.flush()
 	require.Error(t, err)
 	require.True(t, errors.Is(err, os.ErrDeadlineExceeded), "got %v", err)
+}
+
+// TestCorkConnFramesText checks the frames text writes (RFC 6455 5.2: the
+// 7-bit, 16-bit and 64-bit lengths) by reading them back with a real
+// websocket frame reader, and that nothing is framed after a close frame.
+func TestCorkConnFramesText(t *testing.T) {
+	t.Parallel()
+	server, client := tcpPair(t)
+	c := &corkConn{Conn: server, timeout: time.Second}
+	sizes := []int{0, 1, 125, 126, 65535, 65536, 70000}
+	c.cork()
+	for _, n := range sizes {
+		payload := bytes.Repeat([]byte("p"), n)
+		require.NoError(t, c.text([]byte("<"), payload, []byte(">")))
+	}
+	require.NoError(t, c.flush())
+	for _, n := range sizes {
+		var h [2]byte
+		_, err := io.ReadFull(client, h[:])
+		require.NoError(t, err)
+		require.Equal(t, byte(0x81), h[0], "FIN and text")
+		require.Zero(t, h[1]&0x80, "a server's frame is not masked")
+		size := int(h[1] & 0x7f)
+		switch size {
+		case 126:
+			var l [2]byte
+			_, err = io.ReadFull(client, l[:])
+			require.NoError(t, err)
+			size = int(l[0])<<8 | int(l[1])
+		case 127:
+			var l [8]byte
+			_, err = io.ReadFull(client, l[:])
+			require.NoError(t, err)
+			size = 0
+			for _, b := range l {
+				size = size<<8 | int(b)
+			}
+		}
+		require.Equal(t, n+2, size, "the length of a %d-byte payload with its envelope", n)
+		body := make([]byte, size)
+		_, err = io.ReadFull(client, body)
+		require.NoError(t, err)
+		require.Equal(t, "<"+strings.Repeat("p", n)+">", string(body))
+	}
+
+	// A close frame (as coder/websocket writes it) ends the messages.
+	_, err := c.Write([]byte{0x88, 0x02, 0x03, 0xe8})
+	require.NoError(t, err)
+	c.cork()
+	require.ErrorIs(t, c.text([]byte("late"), nil, nil), net.ErrClosed)
+	require.NoError(t, c.flush())
+}
+
+// TestCorkConnRenewsItsDeadline checks that a deadline left from an
+// earlier write does not fail a later one: a write renews it when less
+// than half of the timeout is left.
+func TestCorkConnRenewsItsDeadline(t *testing.T) {
+	t.Parallel()
+	server, client := tcpPair(t)
+	c := &corkConn{Conn: server, timeout: time.Second}
+	past := time.Now().Add(-time.Minute)
+	require.NoError(t, server.SetWriteDeadline(past))
+	c.deadline = past
+	_, err := c.Write([]byte("x"))
+	require.NoError(t, err, "the expired deadline was renewed")
+	c.cork()
+	require.NoError(t, c.text([]byte("y"), nil, nil))
+	require.NoError(t, c.flush())
+	got := make([]byte, 4)
+	_, err = io.ReadFull(client, got)
+	require.NoError(t, err)
+	require.Equal(t, "x\x81\x01y", string(got))
 }

@@ -92,7 +92,7 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{})
 	_ = rc.SetWriteDeadline(time.Time{})
-	cw := &corkingWriter{ResponseWriter: w}
+	cw := &corkingWriter{ResponseWriter: w, timeout: t.WriteTimeout}
 	conn, err := coderws.Accept(cw, r, &coderws.AcceptOptions{
 		Subprotocols: []string{ProtocolTransportWS, ProtocolLegacyWS},
 		// Origins were checked before the transport (graph.sockets).
@@ -603,19 +603,15 @@ func (c *wsConn) refuse(ctx context.Context, id string, err error) {
 func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
 	// Each result is framed around its payload as it was encoded (once,
 	// and shared by a group's members), not encoded again; the results a
-	// group's writer finds waiting leave in one send. Messages are built
-	// in a pooled buffer: an idle subscriber keeps none.
+	// group's writer finds waiting leave in one send.
 	prefix := envelopePrefix(id, c.d.next)
 	write := func(payloads [][]byte) error {
 		if c.isDone(op) {
 			return context.Canceled
 		}
-		return c.send(func(put func([]byte) error) error {
-			buf := messagePool.Get().(*[]byte)
-			defer messagePool.Put(buf)
+		return c.send(func(text func(prefix, payload, suffix []byte) error) error {
 			for _, payload := range payloads {
-				*buf = append(append(append((*buf)[:0], prefix...), payload...), '}')
-				if err := put(*buf); err != nil {
+				if err := text(prefix, payload, envelopeEnd); err != nil {
 					return err
 				}
 			}
@@ -631,8 +627,8 @@ func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graph
 	}()
 }
 
-// messagePool holds the buffers results are framed in.
-var messagePool = sync.Pool{New: func() any { return new([]byte) }}
+// envelopeEnd closes a result message after its payload.
+var envelopeEnd = []byte("}")
 
 // finish reports how operation id ended: its error, or its completion,
 // unless the client stopped it or the server ended it already.
@@ -719,22 +715,21 @@ func (c *wsConn) write(m wsMessage) error {
 	if err != nil {
 		return err
 	}
-	return c.send(func(put func([]byte) error) error { return put(data) })
+	return c.send(func(text func(prefix, payload, suffix []byte) error) error { return text(data, nil, nil) })
 }
 
-// send writes the messages fill puts, each a websocket message of its own,
-// in one write to the socket: a burst costs one system call, not one per
-// message. A client that does not take the batch within the write timeout
-// is closed with 1008, since it cannot keep up; any failed write closes
-// the connection (its stream may end inside a frame).
-func (c *wsConn) send(fill func(put func(msg []byte) error) error) error {
+// send writes the messages fill frames (each the concatenation of text's
+// three parts), each a websocket message of its own, in one write to the
+// socket: a burst costs one system call, not one per message. A client
+// that does not take the batch within the write timeout is closed with
+// 1008, since it cannot keep up; any failed write closes the connection
+// (its stream may end inside a frame).
+func (c *wsConn) send(fill func(text func(prefix, payload, suffix []byte) error) error) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	c.sock.cork()
-	// Writes into the cork do not block, so they need no deadline of
-	// their own: the flush has it.
-	err := fill(func(msg []byte) error { return c.conn.Write(context.Background(), coderws.MessageText, msg) })
-	if ferr := c.sock.flush(c.t.WriteTimeout); ferr != nil {
+	err := fill(c.sock.text)
+	if ferr := c.sock.flush(); ferr != nil {
 		_ = c.conn.CloseNow()
 		if errors.Is(ferr, os.ErrDeadlineExceeded) {
 			// The close frame cannot reach the client; this ends the
