@@ -221,23 +221,6 @@ func (f *Fanout) shareable(ctx context.Context, rc *graphql.OperationContext) (g
 	return k, true
 }
 
-// run joins the group of key and passes each rendered result to next
-// until the member ends, and returns how: the blocking form of attach, for
-// transports whose request goroutine is the stream.
-func (f *Fanout) run(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, next func([]byte) error) outcome {
-	done := make(chan outcome, 1)
-	write := func(payloads [][]byte) error {
-		for _, p := range payloads {
-			if err := next(p); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	f.attach(ctx, ctx, exec, rc, key, write, func(out outcome) { done <- out })
-	return <-done
-}
-
 // attach joins (or starts) the group of key. write is called with the
 // rendered results waiting, oldest first, from a writer goroutine, one
 // call at a time (a transport sends them together); finish is

@@ -13,7 +13,6 @@ package live
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -105,28 +104,6 @@ type outcome struct {
 	stopped bool
 }
 
-// execute runs one operation and calls next with each result, encoded as
-// JSON. A subscription whose first result is only errors (the resolver
-// refused it: NOT_FOUND, FORBIDDEN, ...) ends as an error rather than a
-// result. A subscription fan vouches for shares its results with the
-// subscribers of its group.
-func execute(ctx context.Context, exec graphql.GraphExecutor, fan *Fanout, params *graphql.RawParams, next func(payload []byte) error) outcome {
-	ctx, rc, errs := prepare(ctx, exec, params)
-	if errs != nil {
-		return outcome{errs: errs}
-	}
-	return runShared(ctx, exec, fan, rc, next)
-}
-
-// runShared runs a prepared operation in its group when fan shares it, else
-// on its own (runPrepared).
-func runShared(ctx context.Context, exec graphql.GraphExecutor, fan *Fanout, rc *graphql.OperationContext, next func(payload []byte) error) outcome {
-	if key, ok := fan.shareable(ctx, rc); ok {
-		return fan.run(ctx, exec, rc, key, next)
-	}
-	return runPrepared(ctx, exec, rc, next)
-}
-
 // prepare parses and validates an operation: the request errors, or the
 // operation's context (which says what kind of operation it is) for
 // runPrepared.
@@ -149,8 +126,10 @@ func isSubscription(rc *graphql.OperationContext) bool {
 	return rc.Operation != nil && rc.Operation.Operation == ast.Subscription
 }
 
-// runPrepared executes a prepared operation (see execute), encoding each
-// result once.
+// runPrepared executes a prepared operation and calls next with each
+// result, encoded once as JSON. A subscription whose first result is only
+// errors (the resolver refused it: NOT_FOUND, FORBIDDEN, ...) ends as an
+// error rather than a result.
 func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, next func(payload []byte) error) (out outcome) {
 	e := &ender{}
 	ctx = context.WithValue(ctx, endKey{}, e)
@@ -189,10 +168,3 @@ func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.Op
 }
 
 func isNull(data []byte) bool { return len(data) == 0 || string(data) == "null" }
-
-// protocolError is a malformed client message: the socket closes with 4400.
-type protocolError struct{ msg string }
-
-func (e protocolError) Error() string { return e.msg }
-
-func malformed(format string, args ...any) error { return protocolError{fmt.Sprintf(format, args...)} }

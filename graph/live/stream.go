@@ -183,16 +183,32 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	// A few results may wait, so that a burst goes out in one flush.
 	events := make(chan []byte, 16)
 	done := make(chan outcome, 1)
-	go func() {
-		done <- execute(ctx, exec, t.fanout, params, func(payload []byte) error {
-			select {
-			case events <- payload:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
+	next := func(payload []byte) error {
+		select {
+		case events <- payload:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// A shared subscription joins its group, which hands results to next
+	// from its writers: the stream holds no goroutine but this one. Any
+	// other operation runs on a goroutine of its own.
+	if opCtx, rc, errs := prepare(ctx, exec, params); errs != nil {
+		done <- outcome{errs: errs}
+	} else if key, ok := t.fanout.shareable(opCtx, rc); ok {
+		write := func(payloads [][]byte) error {
+			for _, p := range payloads {
+				if err := next(p); err != nil {
+					return err
+				}
 			}
-		})
-	}()
+			return nil
+		}
+		t.fanout.attach(ctx, opCtx, exec, rc, key, write, func(out outcome) { done <- out })
+	} else {
+		go func() { done <- runPrepared(opCtx, exec, rc, next) }()
+	}
 	write := func(fn func() error) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(t.writeTimeout))
 		return fn() == nil && rc.Flush() == nil
