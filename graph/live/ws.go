@@ -115,17 +115,20 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 	ctx := r.Context()
 	c := &wsConn{t: t, d: d, conn: conn, sock: cw.conn, exec: exec, ip: auth.ClientIPFrom(ctx),
 		principal: auth.FromContext(ctx), ops: map[string]*wsOp{}, closed: make(chan struct{})}
-	// The upgrade request's own credentials, re-checked like a payload's:
-	// only they and the address are kept for it, not the request.
-	creds := http.Header{}
-	for _, h := range []string{"Authorization", "X-Api-Key"} {
-		if v := r.Header.Values(h); len(v) > 0 {
-			creds[h] = v
+	// A robot's upgrade request's own credentials, re-checked like a
+	// payload's: only they and the address are kept for it, not the
+	// request. (Only robots' credentials are re-checked: see recheck.)
+	if c.principal != nil && c.principal.RobotID != uuid.Nil {
+		creds := http.Header{}
+		for _, h := range []string{"Authorization", "X-Api-Key"} {
+			if v := r.Header.Values(h); len(v) > 0 {
+				creds[h] = v
+			}
 		}
-	}
-	upgrade := &http.Request{Header: creds, RemoteAddr: r.RemoteAddr}
-	c.reauth = func(ctx context.Context) (*auth.Principal, error) {
-		return t.Auth.FromRequest(upgrade.WithContext(ctx))
+		upgrade := &http.Request{Header: creds, RemoteAddr: r.RemoteAddr}
+		c.reauth = func(ctx context.Context) (*auth.Principal, error) {
+			return t.Auth.FromRequest(upgrade.WithContext(ctx))
+		}
 	}
 	serve := func() {
 		defer func() {
@@ -179,8 +182,9 @@ type wsConn struct {
 	// writeMu makes each send's batch whole on the wire.
 	writeMu sync.Mutex
 
-	// reauth re-checks the connection's credential: API keys can be revoked
-	// while a socket is open (JWTs only expire, which a timer handles).
+	// reauth re-checks a robot's credential: API keys can be revoked while
+	// a socket is open (JWTs only expire, which a timer handles). nil for
+	// any other caller.
 	reauth func(context.Context) (*auth.Principal, error)
 
 	mu        sync.Mutex
@@ -376,7 +380,10 @@ func (c *wsConn) recheck(ctx context.Context) (code int, reason string, unchecke
 	if p == nil || p.RobotID == uuid.Nil {
 		return 0, "", nil
 	}
-	_, err := c.reauth(ctx)
+	var err error = errNoCredential
+	if c.reauth != nil { // a robot's credential is always kept; fail closed if not
+		_, err = c.reauth(ctx)
+	}
 	switch {
 	case err == nil:
 		return 0, "", nil
@@ -388,6 +395,10 @@ func (c *wsConn) recheck(ctx context.Context) (code int, reason string, unchecke
 	c.finishing.Wait()
 	return CloseForbidden, closeReason("Forbidden: " + err.Error()), nil
 }
+
+// errNoCredential refuses a robot whose credential was not kept to be
+// checked again (which does not happen).
+var errNoCredential = fault.New(fault.Unauthenticated, "the connection's credential cannot be checked again; reconnect")
 
 // errCannotVerify is what a client learns when its credential could not be
 // checked because of a server fault: nothing of the fault itself.
@@ -454,7 +465,7 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 		}
 	}
 	p, err := c.t.Auth.FromInitPayload(ctx, payload, c.ip)
-	if err == nil && p != nil {
+	if err == nil && p != nil && p.RobotID != uuid.Nil {
 		c.reauth = func(ctx context.Context) (*auth.Principal, error) {
 			return c.t.Auth.FromInitPayload(ctx, payload, c.ip)
 		}
