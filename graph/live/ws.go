@@ -235,12 +235,19 @@ func (c *wsConn) serve(ctx context.Context) {
 	stopShutdown := context.AfterFunc(ctx, func() { c.shut(CloseGoingAway, "server shutting down") })
 	defer stopShutdown()
 
+	// Timers an idle socket does not need are dropped: the init timeout
+	// once the client said hello, the key recheck unless the caller is a
+	// robot.
 	initTimer := time.AfterFunc(c.t.InitTimeout, func() {
 		if !c.initialised() {
 			c.shut(CloseInitTimeout, "Connection initialisation timeout")
 		}
 	})
-	defer initTimer.Stop()
+	defer func() {
+		if initTimer != nil {
+			initTimer.Stop()
+		}
+	}()
 	// Timers that re-arm themselves are made idle, then armed, so that
 	// their callbacks see them.
 	var keepAlive *time.Timer
@@ -263,22 +270,32 @@ func (c *wsConn) serve(ctx context.Context) {
 		every = recheckEvery
 	}
 	var recheck *time.Timer
-	recheck = time.AfterFunc(time.Hour, func() {
-		if c.over() {
+	armRecheck := func() {
+		if recheck != nil || !c.robot() {
 			return
 		}
-		c.turn.Lock()
-		// A check that could not be made is retried at the next tick.
-		code, reason, _ := c.recheck(ctx)
-		c.turn.Unlock()
-		if code != 0 {
-			c.shut(code, reason)
-			return
-		}
+		recheck = time.AfterFunc(time.Hour, func() {
+			if c.over() {
+				return
+			}
+			c.turn.Lock()
+			// A check that could not be made is retried at the next tick.
+			code, reason, _ := c.recheck(ctx)
+			c.turn.Unlock()
+			if code != 0 {
+				c.shut(code, reason)
+				return
+			}
+			recheck.Reset(every)
+		})
 		recheck.Reset(every)
-	})
-	recheck.Reset(every)
-	defer recheck.Stop()
+	}
+	armRecheck()
+	defer func() {
+		if recheck != nil {
+			recheck.Stop()
+		}
+	}()
 	var expiry *time.Timer
 	defer func() {
 		if expiry != nil {
@@ -301,6 +318,11 @@ func (c *wsConn) serve(ctx context.Context) {
 			c.shut(code, reason)
 			break
 		}
+		if initTimer != nil && c.initialised() {
+			initTimer.Stop()
+			initTimer = nil
+		}
+		armRecheck()
 		if !exp.IsZero() {
 			expiry = time.AfterFunc(time.Until(exp), func() {
 				c.turn.Lock()
@@ -403,6 +425,14 @@ var errNoCredential = fault.New(fault.Unauthenticated, "the connection's credent
 // errCannotVerify is what a client learns when its credential could not be
 // checked because of a server fault: nothing of the fault itself.
 var errCannotVerify = fault.New(fault.Internal, "the server cannot verify credentials right now; try again shortly")
+
+// robot reports whether the connection's caller is a robot, whose API key
+// is re-checked.
+func (c *wsConn) robot() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.principal != nil && c.principal.RobotID != uuid.Nil
+}
 
 func (c *wsConn) initialised() bool {
 	c.mu.Lock()
