@@ -34,6 +34,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -60,6 +61,7 @@ type options struct {
 	serverPID   int
 	jsonOut     bool
 	lean        bool
+	procs       int
 	distinct    bool
 	servers     int
 	// urls are the servers' websocket URLs (-serve with -servers > 1);
@@ -100,6 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.src, "src", ".", "with -serve: the module's folder, to build it")
 	fs.IntVar(&o.serverPID, "server-pid", 0, "without -serve: the server's pid, to read its memory from /proc")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the results as JSON")
+	fs.IntVar(&o.procs, "procs", 0, "threads this tool runs Go code on (0: GOMAXPROCS if set, else four per CPU and at least 8): more than the cores, so that a mutation's response is read when it arrives, not after the reads of thousands of subscribers queued before it in this tool's scheduler; the server's own setting is untouched")
 	fs.BoolVar(&o.lean, "lean", false, "decode in full only the subscribers sampled for the final-state check (latency is theirs); the others speak the websocket by hand and count frames in their read buffers, so the tool's own CPU hides less of the server's")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -112,6 +115,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if o.serve == (o.url != "") {
 		return errors.New("give either -serve or -url")
+	}
+	switch {
+	case o.procs > 0:
+		runtime.GOMAXPROCS(o.procs)
+	case os.Getenv("GOMAXPROCS") == "":
+		runtime.GOMAXPROCS(max(8, 4*runtime.NumCPU()))
 	}
 
 	// Every websocket is a file descriptor on both sides. Raise the soft

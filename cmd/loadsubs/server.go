@@ -77,7 +77,9 @@ func startServer(ctx context.Context, o options, stderr io.Writer, shared string
 		"--log-level", "warn", "--playground=false")
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "DATABASE_URL=") && !strings.HasPrefix(kv, "JWT_SECRET=") {
+		// GOMAXPROCS is this tool's setting (its readers against its
+		// drivers), not the server's.
+		if !strings.HasPrefix(kv, "DATABASE_URL=") && !strings.HasPrefix(kv, "JWT_SECRET=") && !strings.HasPrefix(kv, "GOMAXPROCS=") {
 			env = append(env, kv)
 		}
 	}
