@@ -61,14 +61,15 @@ func (s *sockets) track(next http.Handler) http.Handler {
 		s.cancels[key] = struct{}{}
 		s.live.Add(1)
 		s.mu.Unlock()
-		next.ServeHTTP(w, r)
-		live.AtEnd(ctx, func() {
+		// Deferred, so that a panic below still ends the socket's entry.
+		defer live.AtEnd(ctx, func() {
 			cancel()
 			s.mu.Lock()
 			delete(s.cancels, key)
 			s.mu.Unlock()
 			s.live.Done()
 		})
+		next.ServeHTTP(w, r)
 	})
 }
 

@@ -19,8 +19,9 @@ import (
 // catching up) would cost one system call, and one TCP segment, per
 // message; and an idle subscriber would hold 8 KiB of buffers it rarely
 // uses. So the upgrade hands coder/websocket a corkConn and small buffers:
-// while the transport batches, what coder/websocket writes collects in
-// memory, and one write sends the batch.
+// the transport frames its messages itself into a batch (text), anything
+// coder/websocket writes meanwhile joins it, and one write sends the
+// batch.
 
 // socketBuffer is the size of coder/websocket's read and write buffers over
 // a corkConn. Larger reads and writes go around a buffer, so a small one
