@@ -596,8 +596,8 @@ const MaxRunningPerConnection = 100
 
 // admit checks a new operation against the connection's limits and, for a
 // subscription, takes its place in its caller's quota (op.release returns
-// it). The serve loop alone adds operations, so the counts cannot be
-// overtaken between the check and the registration.
+// it). Messages are handled one at a time (handleAside), so the counts
+// cannot be overtaken between the check and the registration.
 func (c *wsConn) admit(ctx context.Context, op *wsOp) error {
 	subs, others := 0, 0
 	c.mu.Lock()
