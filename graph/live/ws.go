@@ -38,6 +38,8 @@ const (
 	// cannot serve for now, such as when its database is unreachable:
 	// graphql-ws clients retry it, unlike 4403 or 1011.
 	CloseTryAgainLater = 1013
+	// CloseInternalError (RFC 6455) ends a socket the server failed on.
+	CloseInternalError = 1011
 )
 
 // Subprotocols.
@@ -347,6 +349,14 @@ func (c *wsConn) handleAside(ctx context.Context, typ coderws.MessageType, data 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer func() {
+			if p := recover(); p != nil {
+				// As net/http does for a handler: log it, end the socket
+				// (1011), tell the client nothing of it.
+				c.t.Log.Error("panic handling a websocket message", "panic", p, "stack", string(debug.Stack()))
+				code, reason = CloseInternalError, "Internal server error"
+			}
+		}()
 		var m wsMessage
 		if typ != coderws.MessageText || json.Unmarshal(data, &m) != nil || m.Type == "" {
 			code, reason = CloseBadRequest, "Invalid message received: expected a JSON object with a type"
