@@ -53,9 +53,10 @@ type corkConn struct {
 	timeout  time.Duration
 	deadline time.Time
 
-	mu        sync.Mutex
-	corked    bool
-	buf       *[]byte // what was written while corked (from batchPool)
+	mu sync.Mutex
+	// buf holds what is written while the connection is corked (from
+	// batchPool); nil while it is not.
+	buf       *[]byte
 	closeSent bool
 }
 
@@ -66,7 +67,7 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	if len(p) > 0 && p[0] == 0x88 { // FIN and the close opcode: a close frame
 		c.closeSent = true
 	}
-	if c.corked {
+	if c.buf != nil {
 		*c.buf = append(*c.buf, p...)
 		return len(p), nil
 	}
@@ -83,7 +84,7 @@ func (c *corkConn) text(prefix, payload, suffix []byte) error {
 	if c.closeSent {
 		return net.ErrClosed
 	}
-	if !c.corked {
+	if c.buf == nil {
 		return errors.New("live: a message framed outside a batch")
 	}
 	n := len(prefix) + len(payload) + len(suffix)
@@ -118,7 +119,6 @@ func (c *corkConn) arm() {
 func (c *corkConn) cork() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.corked = true
 	if c.buf == nil {
 		c.buf = batchPool.Get().(*[]byte)
 	}
@@ -131,7 +131,6 @@ func (c *corkConn) cork() {
 func (c *corkConn) flush() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.corked = false
 	buf := c.buf
 	c.buf = nil
 	if buf == nil {
@@ -160,7 +159,6 @@ const closeFlush = 5 * time.Second
 func (c *corkConn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.corked = false
 	if c.buf != nil && len(*c.buf) > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlush))
 		_, _ = c.Conn.Write(*c.buf)
