@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/google/uuid"
@@ -152,15 +153,17 @@ func NewJobs(cfg QueueConfig, workflows *Workflows) *Jobs {
 	return &Jobs{cfg: cfg, workflows: workflows}
 }
 
-// Get returns one job the caller may see, or NOT_FOUND.
-func (s *Jobs) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error) {
+// Get returns one job the caller may see, or NOT_FOUND. cols, when given,
+// narrow the read as List's PageArgs.Columns do.
+func (s *Jobs) Get(ctx context.Context, idb bun.IDB, id uuid.UUID, cols ...string) (*Job, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var p Params
 	j := new(Job)
-	if err := scanBound(ctx, jobsVisible(sc.binding(&p), idb.NewSelect().Model(j).Where("j.id = ?", p.Bind(id)), "j"), &p); err != nil {
+	q := narrowed(idb.NewSelect().Model(j), jobKeyColumns, cols).Where("j.id = ?", p.Bind(id))
+	if err := scanBound(ctx, jobsVisible(sc.binding(&p), q, "j"), &p); err != nil {
 		return nil, notFoundIfNoRows(err, "job")
 	}
 	return j, nil
@@ -172,8 +175,9 @@ var jobKeyColumns = []string{"id", "tenant_id", "robot_id", "workflow_id", "stat
 
 // GetWithRobot is Get with the job's robot read in the same statement (a
 // LEFT JOIN under the robots' scope rule), for a caller that will show it:
-// one round trip instead of two.
-func (s *Jobs) GetWithRobot(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error) {
+// one round trip instead of two. cols and robotCols, when given, narrow
+// the read of the job and of its robot as List's PageArgs.Columns do.
+func (s *Jobs) GetWithRobot(ctx context.Context, idb bun.IDB, id uuid.UUID, cols, robotCols []string) (*Job, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
@@ -181,7 +185,12 @@ func (s *Jobs) GetWithRobot(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Jo
 	var p Params
 	sc = sc.binding(&p)
 	j := new(Job)
-	q := idb.NewSelect().Model(j).RelationWithOpts("Robot", bun.RelationOpts{
+	var narrowRobot func(*bun.SelectQuery) *bun.SelectQuery
+	if want := columnsToRead(idb.Dialect().Tables().Get(reflect.TypeFor[Robot]()), robotKeyColumns, robotCols); want != nil {
+		narrowRobot = func(q *bun.SelectQuery) *bun.SelectQuery { return q.Column(want...) }
+	}
+	q := narrowed(idb.NewSelect().Model(j), jobKeyColumns, cols).RelationWithOpts("Robot", bun.RelationOpts{
+		Apply:                      narrowRobot,
 		AdditionalJoinOnConditions: robotsVisible(sc, joinOn(nil), "robot"),
 	}).Where("j.id = ?", p.Bind(id))
 	if err := scanBound(ctx, jobsVisible(sc, q, "j"), &p); err != nil {

@@ -184,14 +184,17 @@ func checkSlots(field string, n int) error {
 	return nil
 }
 
-// Get returns one robot the caller may see, or NOT_FOUND.
-func (s *Robots) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Robot, error) {
+// Get returns one robot the caller may see, or NOT_FOUND. cols, when
+// given, narrow the read as List's PageArgs.Columns do.
+func (s *Robots) Get(ctx context.Context, idb bun.IDB, id uuid.UUID, cols ...string) (*Robot, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
 	}
+	var p Params
 	r := new(Robot)
-	if err := robotsVisible(sc, idb.NewSelect().Model(r).Where("r.id = ?", id), "r").Scan(ctx); err != nil {
+	q := narrowed(idb.NewSelect().Model(r), robotKeyColumns, cols).Where("r.id = ?", p.Bind(id))
+	if err := scanBound(ctx, robotsVisible(sc.binding(&p), q, "r"), &p); err != nil {
 		return nil, notFoundIfNoRows(err, "robot")
 	}
 	return r, nil

@@ -186,3 +186,77 @@ func TestJobsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
 	require.Contains(t, lastPage(), `"input"`)
 	require.Equal(t, map[string]any{"k": float64(1)}, wide.Jobs.Edges[0].Node.Input)
 }
+
+// TestPointReadsReadTheColumnsTheOperationSelects checks the same for the
+// point reads: job(id), with its robot joined in the same statement or
+// without it, and robot(id). Each reads only what the operation shows, and
+// a wider selection (here through a fragment) still gets every field.
+func TestPointReadsReadTheColumnsTheOperationSelects(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
+	lastJob := colRecorder(t, s, func(q string) bool {
+		return strings.Contains(q, `FROM "jobs" AS "j"`) && strings.Contains(q, `j.id = $`)
+	})
+	lastRobot := colRecorder(t, s, func(q string) bool {
+		return strings.Contains(q, `FROM "robots" AS "r"`) && strings.Contains(q, `r.id = $`)
+	})
+	tn := jqNewTenant(t, s)
+	tn.do(t, `mutation { createRobot(input: {name: "r", hostname: "h", capabilities: [], metadata: {rack: 7}}) { id } }`, nil, nil)
+	var robots struct {
+		Robots struct {
+			Edges []struct{ Node struct{ ID string } }
+		}
+	}
+	tn.do(t, `{ robots(first: 1) { edges { node { id } } } }`, nil, &robots)
+	robotID := robots.Robots.Edges[0].Node.ID
+	r := tn.robot(t, "claimer", jqRobotOpts{})
+	job := tn.enqueue(t, map[string]any{"input": map[string]any{"k": 1}, "priority": 3})
+	require.NotNil(t, r.claim(t, 0))
+
+	type robot struct {
+		Name     string
+		Hostname *string
+		Metadata map[string]any
+	}
+	type point struct {
+		Job struct {
+			Status   string
+			Priority int
+			Input    map[string]any
+			Robot    *robot
+		}
+	}
+	var narrow point
+	tn.do(t, `query($id: ID!) { job(id: $id) { status robot { name } } }`, map[string]any{"id": job.ID}, &narrow)
+	q := lastJob()
+	require.NotContains(t, q, `"input"`, q)
+	require.NotContains(t, q, `"metadata"`, "the joined robot is read narrowed too: %s", q)
+	require.Contains(t, q, `"robot"."name"`, q)
+	require.Equal(t, "CLAIMED", narrow.Job.Status)
+	require.Equal(t, "claimer", narrow.Job.Robot.Name)
+
+	var wide point
+	tn.do(t, `query($id: ID!) { job(id: $id) { ...J robot { ...R } } } fragment J on Job { status priority input } fragment R on Robot { name hostname metadata }`, map[string]any{"id": job.ID}, &wide)
+	q = lastJob()
+	require.Contains(t, q, `"input"`, q)
+	require.Contains(t, q, `"robot"."metadata"`, q)
+	require.Equal(t, 3, wide.Job.Priority)
+	require.Equal(t, map[string]any{"k": float64(1)}, wide.Job.Input)
+	require.Equal(t, "claimer", wide.Job.Robot.Name)
+	require.NotNil(t, wide.Job.Robot.Metadata, "the claimer registered with metadata {}")
+
+	var alone point
+	tn.do(t, `query($id: ID!) { job(id: $id) { status } }`, map[string]any{"id": job.ID}, &alone)
+	q = lastJob()
+	require.NotContains(t, q, `"input"`, q)
+	require.NotContains(t, q, `"robot"`, "no robot asked, none joined: %s", q)
+	require.Equal(t, "CLAIMED", alone.Job.Status)
+
+	var one struct{ Robot robot }
+	tn.do(t, `query($id: ID!) { robot(id: $id) { name } }`, map[string]any{"id": robotID}, &one)
+	require.NotContains(t, lastRobot(), `"metadata"`)
+	require.Equal(t, "r", one.Robot.Name)
+	tn.do(t, `query($id: ID!) { robot(id: $id) { ... on Robot { name metadata } } }`, map[string]any{"id": robotID}, &one)
+	require.Contains(t, lastRobot(), `"metadata"`)
+	require.Equal(t, map[string]any{"rack": float64(7)}, one.Robot.Metadata)
+}

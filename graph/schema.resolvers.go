@@ -364,7 +364,7 @@ func (r *queryResolver) MachineEvents(ctx context.Context, machineID uuid.UUID, 
 
 // Robot is the resolver for the robot field.
 func (r *queryResolver) Robot(ctx context.Context, id uuid.UUID) (*db.Robot, error) {
-	row, err := nullIfMissing(r.RobotStore.Get(ctx, r.DB, id))
+	row, err := nullIfMissing(r.RobotStore.Get(ctx, r.DB, id, robotColumns(ctx)...))
 	return alone(ctx, row), err
 }
 
@@ -396,11 +396,14 @@ func (r *queryResolver) Workflows(ctx context.Context, first *int, after *string
 
 // Job is the resolver for the job field.
 func (r *queryResolver) Job(ctx context.Context, id uuid.UUID) (*db.Job, error) {
-	get := r.JobStore.Get
+	var row *db.Job
+	var err error
 	if selects(ctx, "Job", "robot") {
-		get = r.JobStore.GetWithRobot
+		row, err = r.JobStore.GetWithRobot(ctx, r.DB, id, jobColumns(ctx), robotColumns(ctx))
+	} else {
+		row, err = r.JobStore.Get(ctx, r.DB, id, jobColumns(ctx)...)
 	}
-	row, err := nullIfMissing(get(ctx, r.DB, id))
+	row, err = nullIfMissing(row, err)
 	return alone(ctx, row), err
 }
 
