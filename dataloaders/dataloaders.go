@@ -43,17 +43,19 @@ const (
 
 // Loaders are the batch loaders of one operation.
 type Loaders struct {
-	machineEvents     *paged[db.EventPageKey, db.Page[db.MachineEvent]]
-	machineEventCount *paged[db.EventCountKey, int]
-	deployments       *paged[db.DeploymentListKey, []*db.Deployment]
-	activeDeployment  *paged[uuid.UUID, *db.Deployment]
-	robot             *paged[uuid.UUID, *db.Robot]
-	currentJobs       *paged[uuid.UUID, []*db.Job]
-	workflow          *paged[uuid.UUID, *db.Workflow]
-	versions          *paged[limitedKey, []*db.WorkflowVersion]
-	assignments       *paged[uuid.UUID, []*db.WorkflowAssignment]
-	overrides         *paged[uuid.UUID, []*db.NodeRobotOverride]
-	jobLogs           *paged[limitedKey, []*db.RobotLog]
+	machineEvents     paged[db.EventPageKey, db.Page[db.MachineEvent]]
+	machineEventCount paged[db.EventCountKey, int]
+	deployments       paged[db.DeploymentListKey, []*db.Deployment]
+	activeDeployment  paged[uuid.UUID, *db.Deployment]
+	robot             paged[uuid.UUID, *db.Robot]
+	currentJobs       paged[uuid.UUID, []*db.Job]
+	workflow          paged[uuid.UUID, *db.Workflow]
+	versions          paged[limitedKey, []*db.WorkflowVersion]
+	assignments       paged[uuid.UUID, []*db.WorkflowAssignment]
+	overrides         paged[uuid.UUID, []*db.NodeRobotOverride]
+	jobLogs           paged[limitedKey, []*db.RobotLog]
+
+	stores Stores
 
 	mu    sync.Mutex
 	pages map[pageKey][]uuid.UUID // a listed row -> the ids of its page
@@ -71,26 +73,24 @@ type limitedKey struct {
 	First int
 }
 
-// limited batches a fetch of at most limit children per id: one fetch per
-// distinct limit among the keys.
-func limited[V any](fetch func(ctx context.Context, ids []uuid.UUID, limit int) (map[uuid.UUID][]V, error)) func(context.Context, []limitedKey) (map[limitedKey][]V, error) {
-	return func(ctx context.Context, keys []limitedKey) (map[limitedKey][]V, error) {
-		byFirst := map[int][]uuid.UUID{}
-		for _, k := range keys {
-			byFirst[k.First] = append(byFirst[k.First], k.ID)
-		}
-		out := make(map[limitedKey][]V, len(keys))
-		for first, ids := range byFirst {
-			rows, err := fetch(ctx, ids, first)
-			if err != nil {
-				return nil, err
-			}
-			for id, r := range rows {
-				out[limitedKey{id, first}] = r
-			}
-		}
-		return out, nil
+// limited runs a fetch of at most limit children per id for keys: one
+// fetch per distinct limit among them.
+func limited[V any](ctx context.Context, keys []limitedKey, fetch func(ids []uuid.UUID, limit int) (map[uuid.UUID][]V, error)) (map[limitedKey][]V, error) {
+	byFirst := map[int][]uuid.UUID{}
+	for _, k := range keys {
+		byFirst[k.First] = append(byFirst[k.First], k.ID)
 	}
+	out := make(map[limitedKey][]V, len(keys))
+	for first, ids := range byFirst {
+		rows, err := fetch(ids, first)
+		if err != nil {
+			return nil, err
+		}
+		for id, r := range rows {
+			out[limitedKey{id, first}] = r
+		}
+	}
+	return out, nil
 }
 
 // Stores are what the loaders read from.
@@ -120,7 +120,11 @@ func (s Stores) columns(ctx context.Context, typ string) []string {
 // two of its eleven relations, and building all of them cost a point read
 // about 5% of its CPU.
 type paged[K comparable, V any] struct {
-	fetch func(ctx context.Context, keys []K) (map[K]V, error)
+	l *Loaders
+	// fetch reads the values of keys; keys it leaves out get zero: for
+	// these relations "nothing" is an answer, not dataloadgen's ErrNotFound.
+	fetch func(ctx context.Context, l *Loaders, keys []K) (map[K]V, error)
+	zero  V
 
 	once   sync.Once
 	loader *dataloadgen.Loader[K, V]
@@ -136,19 +140,20 @@ type pageLoad[K comparable, V any] struct {
 	err    error
 }
 
-// mapped builds a loader over a keyed fetch; keys the fetch leaves out get
-// zero: for these relations "nothing" is an answer, not dataloadgen's ErrNotFound.
-func mapped[K comparable, V any](zero V, fetch func(ctx context.Context, keys []K) (map[K]V, error)) *paged[K, V] {
-	withZero := func(ctx context.Context, keys []K) (map[K]V, error) {
-		m, err := fetch(ctx, keys)
-		return withZeros(keys, m, zero), err
-	}
-	return &paged[K, V]{fetch: withZero}
+// init sets what p loads and how.
+func (p *paged[K, V]) init(l *Loaders, zero V, fetch func(ctx context.Context, l *Loaders, keys []K) (map[K]V, error)) {
+	p.l, p.zero, p.fetch = l, zero, fetch
+}
+
+// load fetches keys, giving those without rows zero.
+func (p *paged[K, V]) load(ctx context.Context, keys []K) (map[K]V, error) {
+	m, err := p.fetch(ctx, p.l, keys)
+	return withZeros(keys, m, p.zero), err
 }
 
 // get returns the dataloadgen loader, building it the first time.
 func (p *paged[K, V]) get() *dataloadgen.Loader[K, V] {
-	p.once.Do(func() { p.loader = dataloadgen.NewMappedLoader(p.fetch, dataloadgen.WithWait(wait)) })
+	p.once.Do(func() { p.loader = dataloadgen.NewMappedLoader(p.load, dataloadgen.WithWait(wait)) })
 	return p.loader
 }
 
@@ -168,7 +173,7 @@ func (p *paged[K, V]) loadPage(ctx context.Context, first K, keys func() []K) (m
 	p.mu.Unlock()
 	pl.once.Do(func() {
 		keys := keys()
-		values, err := p.fetch(ctx, keys)
+		values, err := p.load(ctx, keys)
 		if err != nil {
 			pl.err = err
 			return
@@ -181,49 +186,52 @@ func (p *paged[K, V]) loadPage(ctx context.Context, first K, keys func() []K) (m
 	return pl.values, pl.err
 }
 
-// New returns fresh loaders for one operation.
+// New returns fresh loaders for one operation, in one allocation: the
+// loaders are fields of Loaders and their fetches functions of it, not
+// closures over it, since a point read uses one or two of the eleven.
 func New(s Stores) *Loaders {
-	l := &Loaders{}
-	*l = Loaders{
-		pages: map[pageKey][]uuid.UUID{},
-		machineEvents: mapped(db.Page[db.MachineEvent]{}, func(ctx context.Context, keys []db.EventPageKey) (map[db.EventPageKey]db.Page[db.MachineEvent], error) {
-			return s.Machines.EventPages(ctx, s.DB, keys)
-		}),
-		machineEventCount: mapped(0, func(ctx context.Context, keys []db.EventCountKey) (map[db.EventCountKey]int, error) {
-			return s.Machines.EventCounts(ctx, s.DB, keys)
-		}),
-		deployments: mapped([]*db.Deployment{}, func(ctx context.Context, keys []db.DeploymentListKey) (map[db.DeploymentListKey][]*db.Deployment, error) {
-			return s.Machines.DeploymentLists(ctx, s.DB, keys)
-		}),
-		activeDeployment: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Deployment, error) {
-			return s.Machines.ActiveDeployments(ctx, s.DB, ids)
-		}),
-		robot: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Robot, error) {
-			return s.Robots.FindMany(ctx, s.DB, ids, s.columns(ctx, "Robot")...)
-		}),
-		currentJobs: mapped([]*db.Job{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.Job, error) {
-			byRobot, err := s.Jobs.CurrentJobsOf(ctx, s.DB, ids, s.columns(ctx, "Job"))
-			l.RememberJobs(flatten(byRobot))
-			return byRobot, err
-		}),
-		workflow: mapped(nil, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]*db.Workflow, error) {
-			return s.Workflows.FindMany(ctx, s.DB, ids, s.columns(ctx, "Workflow")...)
-		}),
-		versions: mapped([]*db.WorkflowVersion{}, limited(func(ctx context.Context, ids []uuid.UUID, limit int) (map[uuid.UUID][]*db.WorkflowVersion, error) {
-			return s.Workflows.VersionsOf(ctx, s.DB, ids, limit)
-		})),
-		assignments: mapped([]*db.WorkflowAssignment{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.WorkflowAssignment, error) {
-			byWorkflow, err := s.Workflows.AssignmentsOf(ctx, s.DB, ids)
-			l.RememberPage(Robots, IDs(flatten(byWorkflow), func(a *db.WorkflowAssignment) *uuid.UUID { return &a.RobotID }))
-			return byWorkflow, err
-		}),
-		overrides: mapped([]*db.NodeRobotOverride{}, func(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID][]*db.NodeRobotOverride, error) {
-			return s.Workflows.OverridesOf(ctx, s.DB, ids)
-		}),
-		jobLogs: mapped([]*db.RobotLog{}, limited(func(ctx context.Context, ids []uuid.UUID, limit int) (map[uuid.UUID][]*db.RobotLog, error) {
-			return s.Logs.LogsOf(ctx, s.DB, ids, limit)
-		})),
-	}
+	l := &Loaders{stores: s}
+	l.machineEvents.init(l, db.Page[db.MachineEvent]{}, func(ctx context.Context, l *Loaders, keys []db.EventPageKey) (map[db.EventPageKey]db.Page[db.MachineEvent], error) {
+		return l.stores.Machines.EventPages(ctx, l.stores.DB, keys)
+	})
+	l.machineEventCount.init(l, 0, func(ctx context.Context, l *Loaders, keys []db.EventCountKey) (map[db.EventCountKey]int, error) {
+		return l.stores.Machines.EventCounts(ctx, l.stores.DB, keys)
+	})
+	l.deployments.init(l, []*db.Deployment{}, func(ctx context.Context, l *Loaders, keys []db.DeploymentListKey) (map[db.DeploymentListKey][]*db.Deployment, error) {
+		return l.stores.Machines.DeploymentLists(ctx, l.stores.DB, keys)
+	})
+	l.activeDeployment.init(l, nil, func(ctx context.Context, l *Loaders, ids []uuid.UUID) (map[uuid.UUID]*db.Deployment, error) {
+		return l.stores.Machines.ActiveDeployments(ctx, l.stores.DB, ids)
+	})
+	l.robot.init(l, nil, func(ctx context.Context, l *Loaders, ids []uuid.UUID) (map[uuid.UUID]*db.Robot, error) {
+		return l.stores.Robots.FindMany(ctx, l.stores.DB, ids, l.stores.columns(ctx, "Robot")...)
+	})
+	l.currentJobs.init(l, []*db.Job{}, func(ctx context.Context, l *Loaders, ids []uuid.UUID) (map[uuid.UUID][]*db.Job, error) {
+		byRobot, err := l.stores.Jobs.CurrentJobsOf(ctx, l.stores.DB, ids, l.stores.columns(ctx, "Job"))
+		l.RememberJobs(flatten(byRobot))
+		return byRobot, err
+	})
+	l.workflow.init(l, nil, func(ctx context.Context, l *Loaders, ids []uuid.UUID) (map[uuid.UUID]*db.Workflow, error) {
+		return l.stores.Workflows.FindMany(ctx, l.stores.DB, ids, l.stores.columns(ctx, "Workflow")...)
+	})
+	l.versions.init(l, []*db.WorkflowVersion{}, func(ctx context.Context, l *Loaders, keys []limitedKey) (map[limitedKey][]*db.WorkflowVersion, error) {
+		return limited(ctx, keys, func(ids []uuid.UUID, limit int) (map[uuid.UUID][]*db.WorkflowVersion, error) {
+			return l.stores.Workflows.VersionsOf(ctx, l.stores.DB, ids, limit)
+		})
+	})
+	l.assignments.init(l, []*db.WorkflowAssignment{}, func(ctx context.Context, l *Loaders, ids []uuid.UUID) (map[uuid.UUID][]*db.WorkflowAssignment, error) {
+		byWorkflow, err := l.stores.Workflows.AssignmentsOf(ctx, l.stores.DB, ids)
+		l.RememberPage(Robots, IDs(flatten(byWorkflow), func(a *db.WorkflowAssignment) *uuid.UUID { return &a.RobotID }))
+		return byWorkflow, err
+	})
+	l.overrides.init(l, []*db.NodeRobotOverride{}, func(ctx context.Context, l *Loaders, ids []uuid.UUID) (map[uuid.UUID][]*db.NodeRobotOverride, error) {
+		return l.stores.Workflows.OverridesOf(ctx, l.stores.DB, ids)
+	})
+	l.jobLogs.init(l, []*db.RobotLog{}, func(ctx context.Context, l *Loaders, keys []limitedKey) (map[limitedKey][]*db.RobotLog, error) {
+		return limited(ctx, keys, func(ids []uuid.UUID, limit int) (map[uuid.UUID][]*db.RobotLog, error) {
+			return l.stores.Logs.LogsOf(ctx, l.stores.DB, ids, limit)
+		})
+	})
 	return l
 }
 
@@ -249,6 +257,9 @@ func (l *Loaders) RememberPage(kind string, ids []uuid.UUID) {
 		_, listed := l.pages[pageKey{kind, id}]
 		return listed
 	})
+	if l.pages == nil && len(fresh) > 0 {
+		l.pages = make(map[pageKey][]uuid.UUID, len(fresh))
+	}
 	for _, id := range fresh {
 		l.pages[pageKey{kind, id}] = fresh
 	}
@@ -319,7 +330,7 @@ func byID(_ uuid.UUID, id uuid.UUID) uuid.UUID { return id }
 
 // EventPage returns a page of one machine's events.
 func (l *Loaders) EventPage(ctx context.Context, key db.EventPageKey) (db.Page[db.MachineEvent], error) {
-	return loadWithPage(ctx, l, l.machineEvents, Machines, key, key.MachineID, func(k db.EventPageKey, id uuid.UUID) db.EventPageKey {
+	return loadWithPage(ctx, l, &l.machineEvents, Machines, key, key.MachineID, func(k db.EventPageKey, id uuid.UUID) db.EventPageKey {
 		k.MachineID = id
 		return k
 	})
@@ -327,7 +338,7 @@ func (l *Loaders) EventPage(ctx context.Context, key db.EventPageKey) (db.Page[d
 
 // EventCount counts one machine's events.
 func (l *Loaders) EventCount(ctx context.Context, key db.EventCountKey) (int, error) {
-	return loadWithPage(ctx, l, l.machineEventCount, Machines, key, key.MachineID, func(k db.EventCountKey, id uuid.UUID) db.EventCountKey {
+	return loadWithPage(ctx, l, &l.machineEventCount, Machines, key, key.MachineID, func(k db.EventCountKey, id uuid.UUID) db.EventCountKey {
 		k.MachineID = id
 		return k
 	})
@@ -335,7 +346,7 @@ func (l *Loaders) EventCount(ctx context.Context, key db.EventCountKey) (int, er
 
 // DeploymentList returns one machine's newest deployments.
 func (l *Loaders) DeploymentList(ctx context.Context, key db.DeploymentListKey) ([]*db.Deployment, error) {
-	return loadWithPage(ctx, l, l.deployments, Machines, key, key.MachineID, func(k db.DeploymentListKey, id uuid.UUID) db.DeploymentListKey {
+	return loadWithPage(ctx, l, &l.deployments, Machines, key, key.MachineID, func(k db.DeploymentListKey, id uuid.UUID) db.DeploymentListKey {
 		k.MachineID = id
 		return k
 	})
@@ -343,42 +354,42 @@ func (l *Loaders) DeploymentList(ctx context.Context, key db.DeploymentListKey) 
 
 // ActiveDeployment returns a machine's ACTIVE deployment, or nil.
 func (l *Loaders) ActiveDeployment(ctx context.Context, machineID uuid.UUID) (*db.Deployment, error) {
-	return loadWithPage(ctx, l, l.activeDeployment, Machines, machineID, machineID, byID)
+	return loadWithPage(ctx, l, &l.activeDeployment, Machines, machineID, machineID, byID)
 }
 
 // Robot returns a visible robot by id, or nil.
 func (l *Loaders) Robot(ctx context.Context, id uuid.UUID) (*db.Robot, error) {
-	return loadWithPage(ctx, l, l.robot, Robots, id, id, byID)
+	return loadWithPage(ctx, l, &l.robot, Robots, id, id, byID)
 }
 
 // CurrentJobs returns the jobs a robot holds now.
 func (l *Loaders) CurrentJobs(ctx context.Context, robotID uuid.UUID) ([]*db.Job, error) {
-	return loadWithPage(ctx, l, l.currentJobs, Robots, robotID, robotID, byID)
+	return loadWithPage(ctx, l, &l.currentJobs, Robots, robotID, robotID, byID)
 }
 
 // Workflow returns a visible workflow by id, or nil.
 func (l *Loaders) Workflow(ctx context.Context, id uuid.UUID) (*db.Workflow, error) {
-	return loadWithPage(ctx, l, l.workflow, Workflows, id, id, byID)
+	return loadWithPage(ctx, l, &l.workflow, Workflows, id, id, byID)
 }
 
 // Versions returns a workflow's newest versions, at most first.
 func (l *Loaders) Versions(ctx context.Context, workflowID uuid.UUID, first int) ([]*db.WorkflowVersion, error) {
-	return loadWithPage(ctx, l, l.versions, Workflows, limitedKey{workflowID, first}, workflowID, withID)
+	return loadWithPage(ctx, l, &l.versions, Workflows, limitedKey{workflowID, first}, workflowID, withID)
 }
 
 // Assignments returns a workflow's assignments, default first.
 func (l *Loaders) Assignments(ctx context.Context, workflowID uuid.UUID) ([]*db.WorkflowAssignment, error) {
-	return loadWithPage(ctx, l, l.assignments, Workflows, workflowID, workflowID, byID)
+	return loadWithPage(ctx, l, &l.assignments, Workflows, workflowID, workflowID, byID)
 }
 
 // Overrides returns a workflow's node overrides.
 func (l *Loaders) Overrides(ctx context.Context, workflowID uuid.UUID) ([]*db.NodeRobotOverride, error) {
-	return loadWithPage(ctx, l, l.overrides, Workflows, workflowID, workflowID, byID)
+	return loadWithPage(ctx, l, &l.overrides, Workflows, workflowID, workflowID, byID)
 }
 
 // JobLogs returns a job's newest log lines, at most first.
 func (l *Loaders) JobLogs(ctx context.Context, jobID uuid.UUID, first int) ([]*db.RobotLog, error) {
-	return loadWithPage(ctx, l, l.jobLogs, Jobs, limitedKey{jobID, first}, jobID, withID)
+	return loadWithPage(ctx, l, &l.jobLogs, Jobs, limitedKey{jobID, first}, jobID, withID)
 }
 
 // withID re-keys a limited key for a sibling row of the same page.

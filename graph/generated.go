@@ -3451,28 +3451,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 	opCtx := graphql.GetOperationContext(ctx)
 	ec := newExecutionContext(opCtx, e, make(chan graphql.DeferredResult))
-	inputUnmarshalMap := graphql.BuildUnmarshalerMap(
-		ec.unmarshalInputCreateMachineInput,
-		ec.unmarshalInputCreateRobotInput,
-		ec.unmarshalInputCreateScheduleInput,
-		ec.unmarshalInputCreateWebhookEndpointInput,
-		ec.unmarshalInputCreateWorkflowInput,
-		ec.unmarshalInputEnqueueJobInput,
-		ec.unmarshalInputHeartbeatInput,
-		ec.unmarshalInputJobCompletionInput,
-		ec.unmarshalInputJobFilter,
-		ec.unmarshalInputJobLogInput,
-		ec.unmarshalInputJobUpdateFilter,
-		ec.unmarshalInputMachineFilter,
-		ec.unmarshalInputProtocolInput,
-		ec.unmarshalInputRobotFilter,
-		ec.unmarshalInputRobotLogInput,
-		ec.unmarshalInputScheduleFilter,
-		ec.unmarshalInputUpdateMachineInput,
-		ec.unmarshalInputUpdateRobotInput,
-		ec.unmarshalInputUpdateScheduleInput,
-		ec.unmarshalInputUpdateWebhookEndpointInput,
-	)
+	// No map of input unmarshallers: nothing calls graphql.UnmarshalInputFromContext (graph/internal/sequential).
 	first := true
 
 	switch opCtx.Operation.Operation {
@@ -3482,7 +3461,6 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 			var data graphql.Marshaler
 			if first {
 				first = false
-				ctx = graphql.WithUnmarshalerMap(ctx, inputUnmarshalMap)
 				data = ec._Query(ctx, opCtx.Operation.SelectionSet)
 			} else {
 				if atomic.LoadInt32(&ec.PendingDeferred) > 0 {
@@ -3512,7 +3490,6 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 				return nil
 			}
 			first = false
-			ctx = graphql.WithUnmarshalerMap(ctx, inputUnmarshalMap)
 			data := ec._Mutation(ctx, opCtx.Operation.SelectionSet)
 			var buf bytes.Buffer
 			data.MarshalGQL(&buf)

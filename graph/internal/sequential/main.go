@@ -26,6 +26,11 @@
 //     the path before ProcessDeferredGroup returned at once for none.
 //   - An object is returned as graph.object, which marshals its fields
 //     without graphql.FieldSet's map per object and allocation per field.
+//   - An operation does not build gqlgen's map of input unmarshallers (a
+//     map and a method value per input type, some two dozen allocations
+//     per request), which only graphql.UnmarshalInputFromContext reads.
+//     Nothing here calls it, and the rewrite fails if anything in the
+//     module starts to.
 //
 // It fails when a rewrite finds nothing to rewrite, so a gqlgen upgrade
 // that changes the generated code is noticed rather than silently undone.
@@ -130,14 +135,51 @@ var rewrites = []rewrite{
 	{objectReturn, literally(objectReturn, "\n\treturn object{fields, out.Values}\n}\n"), "\treturn object{fields, out.Values}\n"},
 	{deferredGroup, literally(deferredGroup, "\n\tif len(deferLabelToView) > 0 {\n\t\tec.ProcessDeferredGroup(graphql.DeferredGroup{\n\t\t\tDefers:   deferLabelToView,\n\t\t\tPath:     graphql.GetPath(ctx),\n\t\t\tFieldSet: deferredFieldSet,\n\t\t\tContext:  ctx,\n\t\t})\n\t}\n"),
 		"\tif len(deferLabelToView) > 0 {\n"},
+	{unmarshalerMap, literally(unmarshalerMap, noUnmarshalerMap), noUnmarshalerMap},
+	{withUnmarshalerMap, literally(withUnmarshalerMap, ""), noUnmarshalerMap},
+}
+
+// noUnmarshalerMap marks where gqlgen built its map of input unmarshallers.
+const noUnmarshalerMap = "\t// No map of input unmarshallers: nothing calls graphql.UnmarshalInputFromContext (graph/internal/sequential).\n"
+
+// unmarshalsFromContext names the Go files under dir, other than the
+// generated one, that call graphql.UnmarshalInputFromContext, which reads
+// the map the rewrite drops.
+func unmarshalsFromContext(dir string) ([]string, error) {
+	var found []string
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if path != dir && (strings.HasPrefix(d.Name(), ".") || d.Name() == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || path == file || strings.HasPrefix(path, filepath.Join("graph", "internal", "sequential")) {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(src, []byte("UnmarshalInputFromContext")) {
+			found = append(found, path)
+		}
+		return nil
+	})
+	return found, err
 }
 
 var (
-	deferredSets  = regexp.MustCompile(`\tdeferredFieldSet := graphql\.NewFieldSet\(nil\)\n\tdeferLabelToView := make\(map\[string\]\*graphql\.FieldSetView\)\n`)
-	deferredAdd   = regexp.MustCompile(`\t\t\t\tdeferredFieldSet\.AddField\(field\)\n`)
-	objectReturn  = regexp.MustCompile(`\n\treturn out\n\}\n`)
-	scalarContext = regexp.MustCompile(`graphql\.NewScalarFieldContext\(("[A-Za-z_]+"), field, (true|false), (true|false), errors\.New\("field of type [A-Za-z_]+ does not have child fields"\)\)`)
-	deferredGroup = regexp.MustCompile(`\n\tec\.ProcessDeferredGroup\(graphql\.DeferredGroup\{\n\t\tDefers:   deferLabelToView,\n\t\tPath:     graphql\.GetPath\(ctx\),\n\t\tFieldSet: deferredFieldSet,\n\t\tContext:  ctx,\n\t\}\)\n`)
+	unmarshalerMap     = regexp.MustCompile(`\tinputUnmarshalMap := graphql\.BuildUnmarshalerMap\(\n(?:\t\tec\.\w+,\n)*\t\)\n`)
+	withUnmarshalerMap = regexp.MustCompile(`\t+ctx = graphql\.WithUnmarshalerMap\(ctx, inputUnmarshalMap\)\n`)
+	deferredSets       = regexp.MustCompile(`\tdeferredFieldSet := graphql\.NewFieldSet\(nil\)\n\tdeferLabelToView := make\(map\[string\]\*graphql\.FieldSetView\)\n`)
+	deferredAdd        = regexp.MustCompile(`\t\t\t\tdeferredFieldSet\.AddField\(field\)\n`)
+	objectReturn       = regexp.MustCompile(`\n\treturn out\n\}\n`)
+	scalarContext      = regexp.MustCompile(`graphql\.NewScalarFieldContext\(("[A-Za-z_]+"), field, (true|false), (true|false), errors\.New\("field of type [A-Za-z_]+ does not have child fields"\)\)`)
+	deferredGroup      = regexp.MustCompile(`\n\tec\.ProcessDeferredGroup\(graphql\.DeferredGroup\{\n\t\tDefers:   deferLabelToView,\n\t\tPath:     graphql\.GetPath\(ctx\),\n\t\tFieldSet: deferredFieldSet,\n\t\tContext:  ctx,\n\t\}\)\n`)
 )
 
 // stringTypes adds to noNil the types package db declares over a basic
@@ -182,6 +224,9 @@ func main() {
 func run() error {
 	if err := stringTypes("db", "db"); err != nil {
 		return err
+	}
+	if found, err := unmarshalsFromContext("."); err != nil || len(found) > 0 {
+		return fmt.Errorf("%v call graphql.UnmarshalInputFromContext, which needs the map of input unmarshallers this rewrite drops (err: %v)", found, err)
 	}
 	src, err := os.ReadFile(file)
 	if err != nil {

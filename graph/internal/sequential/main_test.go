@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -74,5 +76,36 @@ func TestLiteralRewrites(t *testing.T) {
 	if !strings.Contains(string(replaceAll(deferredGroup, []byte("x\n\tec.ProcessDeferredGroup(graphql.DeferredGroup{\n\t\tDefers:   deferLabelToView,\n\t\tPath:     graphql.GetPath(ctx),\n\t\tFieldSet: deferredFieldSet,\n\t\tContext:  ctx,\n\t})\n"),
 		literally(deferredGroup, "\n\tif len(deferLabelToView) > 0 {}\n"))), "if len(deferLabelToView) > 0") {
 		t.Error("the deferred group was not guarded")
+	}
+}
+
+// The map of input unmarshallers is dropped only while nothing reads it:
+// a file that calls graphql.UnmarshalInputFromContext is found.
+func TestUnmarshalerMap(t *testing.T) {
+	src := "\tec := newExecutionContext(opCtx, e, make(chan graphql.DeferredResult))\n\tinputUnmarshalMap := graphql.BuildUnmarshalerMap(\n\t\tec.unmarshalInputA,\n\t\tec.unmarshalInputB,\n\t)\n\tfirst := true\n"
+	got := string(replaceAll(unmarshalerMap, []byte(src), literally(unmarshalerMap, noUnmarshalerMap)))
+	if want := "\tec := newExecutionContext(opCtx, e, make(chan graphql.DeferredResult))\n" + noUnmarshalerMap + "\tfirst := true\n"; got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	if got := string(replaceAll(withUnmarshalerMap, []byte("\t\t\t\tctx = graphql.WithUnmarshalerMap(ctx, inputUnmarshalMap)\n\t\t\t\tdata = x\n"), literally(withUnmarshalerMap, ""))); got != "\t\t\t\tdata = x\n" {
+		t.Errorf("got %q", got)
+	}
+
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "graph"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, src string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("graph/scalars.go", "package graph\n")
+	if found, err := unmarshalsFromContext(dir); err != nil || len(found) != 0 {
+		t.Fatalf("found %v, %v in a module that does not call it", found, err)
+	}
+	write("graph/input.go", "package graph\n\nvar _ = graphql.UnmarshalInputFromContext\n")
+	if found, err := unmarshalsFromContext(dir); err != nil || len(found) != 1 {
+		t.Fatalf("found %v, %v; want graph/input.go", found, err)
 	}
 }
