@@ -28,6 +28,11 @@ func Open(ctx context.Context, dsn string) (*bun.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the database (check DATABASE_URL): %w", err)
 	}
+	// Prepared statements' results come as text, as the simple protocol's
+	// do: lib/pq's binary UUIDs cost an allocation each to turn back into
+	// the text every scanner parses (see fastUUIDScans), and its other
+	// binary types (integers, bytea) decode from text as cheaply.
+	cfg.DisablePreparedBinaryResult = true
 	pqc, err := pq.NewConnectorConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the database (check DATABASE_URL): %w", err)
@@ -40,6 +45,7 @@ func Open(ctx context.Context, dsn string) (*bun.DB, error) {
 	sqldb.SetMaxIdleConns(25)
 	sqldb.SetConnMaxIdleTime(5 * time.Minute)
 	bdb := bun.NewDB(sqldb, pgdialect.New())
+	fastUUIDScans(bdb.Dialect())
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := bdb.PingContext(pingCtx); err != nil {
