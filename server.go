@@ -37,6 +37,7 @@ import (
 	"fleetgraph/db"
 	"fleetgraph/demo"
 	"fleetgraph/dispatch"
+	"fleetgraph/gcfloor"
 	"fleetgraph/localpg"
 	"fleetgraph/metrics"
 	"fleetgraph/migrations"
@@ -257,6 +258,10 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return err
 	}
 	log := newLogger(stderr, cfg.logLevel, cfg.logFormat)
+	// The runtime reads GOGC from the process's environment, not from env.
+	if cfg.gcHeadroom > 0 && os.Getenv("GOGC") == "" {
+		defer gcfloor.Start(cfg.gcHeadroom).Stop()
+	}
 
 	secret, err := jwtSecret(cfg, cfg.embedded())
 	if err != nil {

@@ -1,10 +1,12 @@
 package bench_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -22,9 +24,11 @@ import (
 // BenchmarkRequestPath serves the peer benchmark's queries (bench/peer:
 // dataset.List, 50 robots with their current jobs and workflows, and
 // dataset.Point, one job with its robot's name) in-process, over the peer's
-// data set seeded into a test database, with b.RunParallel's clients. It
-// leaves HTTP and the load generator out, so its CPU profile is the
-// server's request path alone:
+// data set seeded into a test database, with b.RunParallel's clients.
+// list and point leave HTTP and the load generator out, so their CPU
+// profile is the server's request path alone; http-list and http-point
+// send the same requests over loopback HTTP, for what net/http and the
+// middleware add:
 //
 //	go test ./bench/ -run '^$' -bench RequestPath -benchmem -cpuprofile /tmp/cpu.out
 //
@@ -78,6 +82,46 @@ func BenchmarkRequestPath(b *testing.B) {
 			}
 		})
 	})
+	// The same two queries over real HTTP on loopback, keep-alive, to
+	// profile what the server adds around the operation (net/http, the
+	// middleware, the body's JSON). The clients run in this process too:
+	// in a profile they are the stacks under net/http.(*Client).
+	srv := httptest.NewServer(s.Handler)
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	overHTTP := func(b *testing.B, payload string) {
+		req, err := http.NewRequest(http.MethodPost, srv.URL+"/graphql", strings.NewReader(payload))
+		if err != nil {
+			b.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || bytes.Contains(body, []byte(`"errors"`)) {
+			b.Fatalf("status %d, %v: %.500s", resp.StatusCode, err, body)
+		}
+	}
+	b.Run("http-list", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				overHTTP(b, list)
+			}
+		})
+	})
+	b.Run("http-point", func(b *testing.B) {
+		var n atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				overHTTP(b, points[n.Add(1)%int64(len(points))])
+			}
+		})
+	})
+
 	const rawPoint = `SELECT j.id, j.status, j.priority, j.progress, j.attempt, j.input, j.created_at, r.name
 FROM jobs j LEFT JOIN robots r ON r.id = j.robot_id AND r.tenant_id = j.tenant_id
 WHERE j.id = $1 AND j.tenant_id = $2`
