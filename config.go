@@ -183,8 +183,8 @@ type config struct {
 	metricsDefaulted bool
 	// keyCacheTTL is API_KEY_CACHE_TTL (0: no key cache).
 	keyCacheTTL time.Duration
-	// gcHeadroom is GC_HEADROOM_MB in bytes (0: Go's default GC rules).
-	gcHeadroom uint64
+	// gcMinHeap is GC_MIN_HEAP_MB in bytes (0: Go's default GC rules).
+	gcMinHeap uint64
 }
 
 // embedded reports whether the server runs its own PostgreSQL.
@@ -211,7 +211,7 @@ type configSettings struct {
 	metricsAddr                                               *setting
 	webhookAllowPrivate, webhookAllowHTTP, webhookTimeout     *setting
 	webhookWorkers                                            *setting
-	keyCacheTTL, gcHeadroom                                   *setting
+	keyCacheTTL, gcMinHeap                                    *setting
 }
 
 func declareServe(s *settings) *configSettings {
@@ -247,8 +247,8 @@ func declareServe(s *settings) *configSettings {
 		webhookWorkers: s.add("WEBHOOK_WORKERS", "webhook-workers", "16", "webhook deliveries in flight at once, on the maintenance leader"),
 		keyCacheTTL: s.add("API_KEY_CACHE_TTL", "api-key-cache-ttl", "5",
 			"seconds a verified robot API key is trusted without reading it again (0: read on every request); revocations clear it at once on every replica, and it is bypassed while the notification listener is down"),
-		gcHeadroom: s.add("GC_HEADROOM_MB", "gc-headroom-mb", "64",
-			"megabytes the heap may grow past what is live before the garbage collector runs, when that is more than Go's default (the live heap again); 0, or GOGC set, leaves Go's default"),
+		gcMinHeap: s.add("GC_MIN_HEAP_MB", "gc-min-heap-mb", "32",
+			"megabytes the heap may reach before the garbage collector runs, when that is more than Go's default (twice what is live); 0, or GOGC set, leaves Go's default"),
 		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 		metricsAddr: s.add("METRICS_ADDR", "metrics-addr", "",
@@ -358,11 +358,11 @@ func (cs *configSettings) resolve() (*config, error) {
 	if c.webhooks.Workers, err = cs.webhookWorkers.Int(1, 1000); err != nil {
 		return nil, err
 	}
-	headroom, err := cs.gcHeadroom.Int(0, 1<<20)
+	minHeap, err := cs.gcMinHeap.Int(0, 1<<20)
 	if err != nil {
 		return nil, err
 	}
-	c.gcHeadroom = uint64(headroom) << 20
+	c.gcMinHeap = uint64(minHeap) << 20
 	if c.logLevel, err = parseLevel(cs.logLevel); err != nil {
 		return nil, err
 	}

@@ -259,8 +259,8 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	}
 	log := newLogger(stderr, cfg.logLevel, cfg.logFormat)
 	// The runtime reads GOGC from the process's environment, not from env.
-	if cfg.gcHeadroom > 0 && os.Getenv("GOGC") == "" {
-		defer gcfloor.Start(cfg.gcHeadroom).Stop()
+	if cfg.gcMinHeap > 0 && os.Getenv("GOGC") == "" {
+		defer gcfloor.Start(cfg.gcMinHeap).Stop()
 	}
 
 	secret, err := jwtSecret(cfg, cfg.embedded())

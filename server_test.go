@@ -382,6 +382,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "OfflineThreshold", env: env{"ROBOT_OFFLINE_THRESHOLD": "-5"}, want: "ROBOT_OFFLINE_THRESHOLD"},
 		{name: "SubscriptionsPerConnection", env: env{"MAX_SUBSCRIPTIONS_PER_CONNECTION": "0"}, want: "MAX_SUBSCRIPTIONS_PER_CONNECTION"},
 		{name: "SubscriptionsPerPrincipal", env: env{"MAX_SUBSCRIPTIONS_PER_PRINCIPAL": "many"}, want: "MAX_SUBSCRIPTIONS_PER_PRINCIPAL"},
+		{name: "GCMinHeap", env: env{"GC_MIN_HEAP_MB": "-1"}, want: "GC_MIN_HEAP_MB"},
+		{name: "GCMinHeapNotANumber", env: env{"GC_MIN_HEAP_MB": "lots"}, want: "GC_MIN_HEAP_MB"},
 		{name: "Playground", env: env{"PLAYGROUND": "maybe"}, want: "PLAYGROUND"},
 		{name: "Introspection", env: env{"INTROSPECTION": "2x"}, want: "INTROSPECTION"},
 		{name: "AutoMigrate", env: env{"AUTO_MIGRATE": "sometimes"}, want: "AUTO_MIGRATE"},

@@ -1,17 +1,20 @@
-// Package gcfloor gives the garbage collector a floor of headroom: after
-// every collection it sets GOGC so that the next one starts no sooner than
-// headroom bytes of allocation later, and never sooner than Go's default
-// (GOGC=100, the heap doubling) would.
+// Package gcfloor gives the garbage collector a floor under its heap goal:
+// after every collection it sets GOGC so that the next one starts when the
+// heap reaches a minimum size, or twice what is live (Go's default,
+// GOGC=100) when that is more.
 //
 // A GraphQL server's live heap is small next to what it allocates per
 // second: a point read allocates some 40 KB that die with the request, so
 // at a few thousand requests a second a heap of a few megabytes is
-// collected dozens of times a second, and marking and sweeping took a
-// fifth of the request path's CPU. A fixed floor bounds the extra memory
-// (headroom bytes at most, and nothing once the live heap is larger than
-// headroom, as with 10,000 idle subscribers) while collecting a small heap
-// rarely. This is the technique of Uber's GOGC tuner and of gctuner in
-// bytedance/gopkg, reduced to a floor.
+// collected dozens of times a second. Go's own floor is 4 MB. A higher one
+// costs at most its size in memory while the live heap is small, and
+// nothing once the live heap is half of it or more (a replica holding
+// 10,000 idle subscriptions keeps Go's default), which a fixed GOGC could
+// not promise. It is kept small (serve's default is 32 MB): the first
+// window of a small heap is also where a burst of long-lived objects (10,000
+// subscriptions opening at once) lands, and a larger one spreads them over
+// more memory (BENCHMARKS.md, "A floor under the garbage collector"). This is the effect of the "heap ballast" of old and of the
+// GOGC tuners (Uber's; gctuner in bytedance/gopkg), reduced to a floor.
 package gcfloor
 
 import (
@@ -25,19 +28,19 @@ import (
 // hundred kilobytes the floor's percentage would be absurd.
 const maxPercent = 100_000
 
-// Floor keeps GOGC at headroom's percentage of the live heap while it runs.
+// Floor keeps the heap goal at least its minimum while it runs.
 type Floor struct {
-	headroom uint64
-	stopped  atomic.Bool
-	sample   []metrics.Sample
-	last     int // the percentage last set
+	min     uint64
+	stopped atomic.Bool
+	sample  []metrics.Sample
+	last    int // the percentage last set
 }
 
-// Start tunes GOGC after every collection until Stop. The caller should
-// not start it when the operator set GOGC (the runtime's rules are then
-// the operator's).
-func Start(headroom uint64) *Floor {
-	f := &Floor{headroom: headroom, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}, last: 100}
+// Start tunes GOGC after every collection until Stop, for a heap goal of
+// at least min bytes. The caller should not start it when the operator
+// set GOGC (the runtime's rules are then the operator's).
+func Start(min uint64) *Floor {
+	f := &Floor{min: min, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}, last: 100}
 	f.tune()
 	f.arm()
 	return f
@@ -72,21 +75,26 @@ func (f *Floor) tune() {
 	if f.sample[0].Value.Kind() == metrics.KindUint64 {
 		live = f.sample[0].Value.Uint64()
 	}
-	p := Percent(live, f.headroom)
+	p := Percent(live, f.min)
 	if p != f.last && !f.stopped.Load() {
 		debug.SetGCPercent(p)
 		f.last = p
 	}
 }
 
-// Percent is the GOGC that lets the heap grow by headroom bytes past live
-// before the next collection, and by no less than live (GOGC=100).
-func Percent(live, headroom uint64) int {
-	if live == 0 || headroom/live >= maxPercent/100 {
+// Percent is the GOGC whose heap goal, live×(1+GOGC/100), is min, or
+// Go's default (100, twice live) when that is more. Before the first
+// collection nothing is known to be live (0): Go's default until one has
+// run.
+func Percent(live, min uint64) int {
+	if live == 0 || 2*live >= min {
+		return 100
+	}
+	if min/live >= maxPercent/100 {
 		return maxPercent
 	}
-	// Round to whole tens, so that a heap that moves a little does not
-	// reset GOGC after every collection.
-	p := int(headroom*100/live) / 10 * 10
+	// Round down to whole tens, so that a heap that moves a little does
+	// not reset GOGC after every collection.
+	p := int((min-live)*100/live) / 10 * 10
 	return max(p, 100)
 }

@@ -10,18 +10,19 @@ import (
 func TestPercent(t *testing.T) {
 	const mib = 1 << 20
 	for _, c := range []struct {
-		live, headroom uint64
-		want           int
+		live, min uint64
+		want      int
 	}{
-		{4 * mib, 64 * mib, 1600},     // a small heap grows by the headroom
-		{3 * mib, 64 * mib, 2130},     // rounded down to tens
-		{64 * mib, 64 * mib, 100},     // the floor equals the default
+		{4 * mib, 64 * mib, 1500},     // a small heap may reach the minimum
+		{3 * mib, 64 * mib, 2030},     // rounded down to tens
+		{30 * mib, 64 * mib, 110},     // just above the default
+		{32 * mib, 64 * mib, 100},     // half the minimum: the default reaches it
 		{500 * mib, 64 * mib, 100},    // a large heap keeps the default
 		{10 * 1024, 64 * mib, 100000}, // bounded
-		{0, 64 * mib, 100000},
+		{0, 64 * mib, 100},            // no collection yet: nothing known
 	} {
-		if got := Percent(c.live, c.headroom); got != c.want {
-			t.Errorf("Percent(%d, %d) = %d, want %d", c.live, c.headroom, got, c.want)
+		if got := Percent(c.live, c.min); got != c.want {
+			t.Errorf("Percent(%d, %d) = %d, want %d", c.live, c.min, got, c.want)
 		}
 	}
 }
@@ -55,7 +56,7 @@ func TestFloorFollowsCollections(t *testing.T) {
 	for i := range live {
 		live[i] = new([1 << 20]byte)
 	}
-	await("at most 200 over a 32 MiB heap", func(p uint64) bool { return p <= 200 })
+	await("at most 110 over a 32 MiB heap", func(p uint64) bool { return p <= 110 })
 	runtime.KeepAlive(live)
 	await("above 1000 once the 32 MiB are garbage", func(p uint64) bool { return p > 1000 })
 
