@@ -11,6 +11,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,6 +21,7 @@ import (
 
 	"fleetgraph/apitest"
 	"fleetgraph/bench/peer/dataset"
+	"fleetgraph/gcfloor"
 )
 
 // BenchmarkRequestPath serves the peer benchmark's queries (bench/peer:
@@ -32,9 +35,15 @@ import (
 //
 //	go test ./bench/ -run '^$' -bench RequestPath -benchmem -cpuprofile /tmp/cpu.out
 //
+// It runs under Go's default garbage collection; GC_MIN_HEAP_MB=N runs it
+// under the floor serve puts under the heap goal (package gcfloor).
+//
 // The raw-point runs are the point query's SELECT through the same pool
 // (the ceiling over lib/pq), sent three ways (see raws).
 func BenchmarkRequestPath(b *testing.B) {
+	if mb, err := strconv.Atoi(os.Getenv("GC_MIN_HEAP_MB")); err == nil && mb > 0 {
+		defer gcfloor.Start(uint64(mb) << 20).Stop()
+	}
 	s := apitest.New(b, apitest.Options{LogLevel: slog.LevelWarn})
 	ctx := context.Background()
 	for _, stmt := range dataset.SeedSQL() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
 	"unicode"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -83,8 +84,12 @@ func selectedOn(set ast.SelectionSet, typ string, fields map[string]bool, seen m
 }
 
 // snakeCase is a GraphQL field's column name: leaseExpiresAt is
-// lease_expires_at.
+// lease_expires_at. Names come from the schema (validation refuses any
+// other), so the cache of those computed stays as small as the schema.
 func snakeCase(name string) string {
+	if c, ok := snakeCases.Load(name); ok {
+		return c.(string)
+	}
 	var b strings.Builder
 	for i, r := range name {
 		if unicode.IsUpper(r) {
@@ -95,5 +100,9 @@ func snakeCase(name string) string {
 		}
 		b.WriteRune(r)
 	}
+	snakeCases.Store(name, b.String())
 	return b.String()
 }
+
+// snakeCases are the column names snakeCase computed, by field name.
+var snakeCases sync.Map
