@@ -37,6 +37,57 @@ func deferring(fs *graphql.FieldSet, views map[string]*graphql.FieldSetView) (*g
 	return fs, views
 }
 
+// objectSet is what resolving one object allocates, at once: gqlgen's
+// FieldSet that resolves its fields, their values (inline, see
+// newObjectSet) and the object returned. go generate makes every object's
+// function start with one and return its object (graph/internal/sequential),
+// where gqlgen allocated the FieldSet, its values and the returned value
+// each on its own. Only Values, Invalids, Concurrently and Dispatch of the
+// FieldSet are used, none of which reads the fields NewFieldSet would
+// have kept: object marshals them.
+type objectSet struct {
+	fs  graphql.FieldSet
+	obj object
+}
+
+// objectSets with their values inline, in two sizes so that the many
+// objects of one field (edges, a job's workflow) do not carry eight.
+type (
+	objectSet2 struct {
+		objectSet
+		inline [2]graphql.Marshaler
+	}
+	objectSet8 struct {
+		objectSet
+		inline [8]graphql.Marshaler
+	}
+)
+
+// newObjectSet starts resolving an object of fields: one allocation up to
+// eight fields, two past that.
+func newObjectSet(fields []graphql.CollectedField) *objectSet {
+	n := len(fields)
+	switch {
+	case n <= 2:
+		s := &objectSet2{}
+		s.fs.Values = s.inline[:n:n]
+		return &s.objectSet
+	case n <= 8:
+		s := &objectSet8{}
+		s.fs.Values = s.inline[:n:n]
+		return &s.objectSet
+	}
+	s := &objectSet{}
+	s.fs.Values = make([]graphql.Marshaler, n)
+	return s
+}
+
+// object returns the resolved object, to be marshalled.
+func (s *objectSet) object(fields []graphql.CollectedField) graphql.Marshaler {
+	s.obj = object{fields, s.fs.Values}
+	return &s.obj
+}
+
 // object is a resolved object's fields and their values, marshalled as
 // graphql.FieldSet does (each alias once, the first time it appears, in
 // order) without its per-object map of aliases written and per-field

@@ -17146,7 +17146,8 @@ var apiKeyImplementors = []string{"ApiKey"}
 func (ec *executionContext) _ApiKey(ctx context.Context, sel ast.SelectionSet, obj *db.APIKey) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, apiKeyImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17228,7 +17229,7 @@ func (ec *executionContext) _ApiKey(ctx context.Context, sel ast.SelectionSet, o
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var apiKeyAuditEntryImplementors = []string{"ApiKeyAuditEntry"}
@@ -17236,7 +17237,8 @@ var apiKeyAuditEntryImplementors = []string{"ApiKeyAuditEntry"}
 func (ec *executionContext) _ApiKeyAuditEntry(ctx context.Context, sel ast.SelectionSet, obj *db.APIKeyAuditEntry) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, apiKeyAuditEntryImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17298,7 +17300,7 @@ func (ec *executionContext) _ApiKeyAuditEntry(ctx context.Context, sel ast.Selec
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var createdApiKeyImplementors = []string{"CreatedApiKey"}
@@ -17306,7 +17308,8 @@ var createdApiKeyImplementors = []string{"CreatedApiKey"}
 func (ec *executionContext) _CreatedApiKey(ctx context.Context, sel ast.SelectionSet, obj *db.CreatedAPIKey) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, createdApiKeyImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17343,7 +17346,7 @@ func (ec *executionContext) _CreatedApiKey(ctx context.Context, sel ast.Selectio
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var createdWebhookEndpointImplementors = []string{"CreatedWebhookEndpoint"}
@@ -17351,7 +17354,8 @@ var createdWebhookEndpointImplementors = []string{"CreatedWebhookEndpoint"}
 func (ec *executionContext) _CreatedWebhookEndpoint(ctx context.Context, sel ast.SelectionSet, obj *db.CreatedWebhookEndpoint) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, createdWebhookEndpointImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17388,7 +17392,7 @@ func (ec *executionContext) _CreatedWebhookEndpoint(ctx context.Context, sel ast
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var deploymentImplementors = []string{"Deployment"}
@@ -17396,7 +17400,8 @@ var deploymentImplementors = []string{"Deployment"}
 func (ec *executionContext) _Deployment(ctx context.Context, sel ast.SelectionSet, obj *db.Deployment) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, deploymentImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17473,7 +17478,7 @@ func (ec *executionContext) _Deployment(ctx context.Context, sel ast.SelectionSe
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var jobImplementors = []string{"Job"}
@@ -17481,7 +17486,8 @@ var jobImplementors = []string{"Job"}
 func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj *db.Job) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, jobImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17760,7 +17766,7 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var jobChangeImplementors = []string{"JobChange"}
@@ -17768,7 +17774,8 @@ var jobChangeImplementors = []string{"JobChange"}
 func (ec *executionContext) _JobChange(ctx context.Context, sel ast.SelectionSet, obj *model.JobChange) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, jobChangeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17815,7 +17822,7 @@ func (ec *executionContext) _JobChange(ctx context.Context, sel ast.SelectionSet
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var jobCompletionsImplementors = []string{"JobCompletions"}
@@ -17823,7 +17830,8 @@ var jobCompletionsImplementors = []string{"JobCompletions"}
 func (ec *executionContext) _JobCompletions(ctx context.Context, sel ast.SelectionSet, obj *db.JobCompletions) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, jobCompletionsImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17860,7 +17868,7 @@ func (ec *executionContext) _JobCompletions(ctx context.Context, sel ast.Selecti
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var jobConnectionImplementors = []string{"JobConnection"}
@@ -17868,7 +17876,8 @@ var jobConnectionImplementors = []string{"JobConnection"}
 func (ec *executionContext) _JobConnection(ctx context.Context, sel ast.SelectionSet, obj *model.JobConnection) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, jobConnectionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17944,7 +17953,7 @@ func (ec *executionContext) _JobConnection(ctx context.Context, sel ast.Selectio
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var jobEdgeImplementors = []string{"JobEdge"}
@@ -17952,7 +17961,8 @@ var jobEdgeImplementors = []string{"JobEdge"}
 func (ec *executionContext) _JobEdge(ctx context.Context, sel ast.SelectionSet, obj *model.JobEdge) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, jobEdgeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -17989,7 +17999,7 @@ func (ec *executionContext) _JobEdge(ctx context.Context, sel ast.SelectionSet, 
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var jobLeaseImplementors = []string{"JobLease"}
@@ -17997,7 +18007,8 @@ var jobLeaseImplementors = []string{"JobLease"}
 func (ec *executionContext) _JobLease(ctx context.Context, sel ast.SelectionSet, obj *db.JobLease) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, jobLeaseImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18039,7 +18050,7 @@ func (ec *executionContext) _JobLease(ctx context.Context, sel ast.SelectionSet,
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var jobLogImplementors = []string{"JobLog"}
@@ -18047,7 +18058,8 @@ var jobLogImplementors = []string{"JobLog"}
 func (ec *executionContext) _JobLog(ctx context.Context, sel ast.SelectionSet, obj *db.RobotLog) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, jobLogImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18099,7 +18111,7 @@ func (ec *executionContext) _JobLog(ctx context.Context, sel ast.SelectionSet, o
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var logCleanupConnectionImplementors = []string{"LogCleanupConnection"}
@@ -18107,7 +18119,8 @@ var logCleanupConnectionImplementors = []string{"LogCleanupConnection"}
 func (ec *executionContext) _LogCleanupConnection(ctx context.Context, sel ast.SelectionSet, obj *model.LogCleanupConnection) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, logCleanupConnectionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18144,7 +18157,7 @@ func (ec *executionContext) _LogCleanupConnection(ctx context.Context, sel ast.S
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var logCleanupEdgeImplementors = []string{"LogCleanupEdge"}
@@ -18152,7 +18165,8 @@ var logCleanupEdgeImplementors = []string{"LogCleanupEdge"}
 func (ec *executionContext) _LogCleanupEdge(ctx context.Context, sel ast.SelectionSet, obj *model.LogCleanupEdge) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, logCleanupEdgeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18189,7 +18203,7 @@ func (ec *executionContext) _LogCleanupEdge(ctx context.Context, sel ast.Selecti
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var logCleanupRunImplementors = []string{"LogCleanupRun"}
@@ -18197,7 +18211,8 @@ var logCleanupRunImplementors = []string{"LogCleanupRun"}
 func (ec *executionContext) _LogCleanupRun(ctx context.Context, sel ast.SelectionSet, obj *db.LogCleanup) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, logCleanupRunImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18274,7 +18289,7 @@ func (ec *executionContext) _LogCleanupRun(ctx context.Context, sel ast.Selectio
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var logSummaryImplementors = []string{"LogSummary"}
@@ -18282,7 +18297,8 @@ var logSummaryImplementors = []string{"LogSummary"}
 func (ec *executionContext) _LogSummary(ctx context.Context, sel ast.SelectionSet, obj *db.LogSummaryRow) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, logSummaryImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18339,7 +18355,7 @@ func (ec *executionContext) _LogSummary(ctx context.Context, sel ast.SelectionSe
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var machineImplementors = []string{"Machine"}
@@ -18347,7 +18363,8 @@ var machineImplementors = []string{"Machine"}
 func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, obj *db.Machine) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, machineImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18536,7 +18553,7 @@ func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, 
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var machineChangeImplementors = []string{"MachineChange"}
@@ -18544,7 +18561,8 @@ var machineChangeImplementors = []string{"MachineChange"}
 func (ec *executionContext) _MachineChange(ctx context.Context, sel ast.SelectionSet, obj *model.MachineChange) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, machineChangeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18591,7 +18609,7 @@ func (ec *executionContext) _MachineChange(ctx context.Context, sel ast.Selectio
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var machineConnectionImplementors = []string{"MachineConnection"}
@@ -18599,7 +18617,8 @@ var machineConnectionImplementors = []string{"MachineConnection"}
 func (ec *executionContext) _MachineConnection(ctx context.Context, sel ast.SelectionSet, obj *model.MachineConnection) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, machineConnectionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18675,7 +18694,7 @@ func (ec *executionContext) _MachineConnection(ctx context.Context, sel ast.Sele
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var machineEdgeImplementors = []string{"MachineEdge"}
@@ -18683,7 +18702,8 @@ var machineEdgeImplementors = []string{"MachineEdge"}
 func (ec *executionContext) _MachineEdge(ctx context.Context, sel ast.SelectionSet, obj *model.MachineEdge) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, machineEdgeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18720,7 +18740,7 @@ func (ec *executionContext) _MachineEdge(ctx context.Context, sel ast.SelectionS
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var machineEventImplementors = []string{"MachineEvent"}
@@ -18728,7 +18748,8 @@ var machineEventImplementors = []string{"MachineEvent"}
 func (ec *executionContext) _MachineEvent(ctx context.Context, sel ast.SelectionSet, obj *db.MachineEvent) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, machineEventImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18790,7 +18811,7 @@ func (ec *executionContext) _MachineEvent(ctx context.Context, sel ast.Selection
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var machineEventConnectionImplementors = []string{"MachineEventConnection"}
@@ -18798,7 +18819,8 @@ var machineEventConnectionImplementors = []string{"MachineEventConnection"}
 func (ec *executionContext) _MachineEventConnection(ctx context.Context, sel ast.SelectionSet, obj *model.MachineEventConnection) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, machineEventConnectionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18874,7 +18896,7 @@ func (ec *executionContext) _MachineEventConnection(ctx context.Context, sel ast
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var machineEventEdgeImplementors = []string{"MachineEventEdge"}
@@ -18882,7 +18904,8 @@ var machineEventEdgeImplementors = []string{"MachineEventEdge"}
 func (ec *executionContext) _MachineEventEdge(ctx context.Context, sel ast.SelectionSet, obj *model.MachineEventEdge) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, machineEventEdgeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -18919,7 +18942,7 @@ func (ec *executionContext) _MachineEventEdge(ctx context.Context, sel ast.Selec
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var mutationImplementors = []string{"Mutation"}
@@ -18930,7 +18953,8 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 		Object: "Mutation",
 	})
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -19277,7 +19301,7 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var nodeRobotOverrideImplementors = []string{"NodeRobotOverride"}
@@ -19285,7 +19309,8 @@ var nodeRobotOverrideImplementors = []string{"NodeRobotOverride"}
 func (ec *executionContext) _NodeRobotOverride(ctx context.Context, sel ast.SelectionSet, obj *db.NodeRobotOverride) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, nodeRobotOverrideImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -19332,7 +19357,7 @@ func (ec *executionContext) _NodeRobotOverride(ctx context.Context, sel ast.Sele
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var pageInfoImplementors = []string{"PageInfo"}
@@ -19340,7 +19365,8 @@ var pageInfoImplementors = []string{"PageInfo"}
 func (ec *executionContext) _PageInfo(ctx context.Context, sel ast.SelectionSet, obj *model.PageInfo) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, pageInfoImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -19387,7 +19413,7 @@ func (ec *executionContext) _PageInfo(ctx context.Context, sel ast.SelectionSet,
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var presenceEventImplementors = []string{"PresenceEvent"}
@@ -19395,7 +19421,8 @@ var presenceEventImplementors = []string{"PresenceEvent"}
 func (ec *executionContext) _PresenceEvent(ctx context.Context, sel ast.SelectionSet, obj *model.PresenceEvent) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, presenceEventImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -19442,7 +19469,7 @@ func (ec *executionContext) _PresenceEvent(ctx context.Context, sel ast.Selectio
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var queryImplementors = []string{"Query"}
@@ -19453,7 +19480,8 @@ func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) gr
 		Object: "Query",
 	})
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -19983,7 +20011,7 @@ func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) gr
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotImplementors = []string{"Robot"}
@@ -19991,7 +20019,8 @@ var robotImplementors = []string{"Robot"}
 func (ec *executionContext) _Robot(ctx context.Context, sel ast.SelectionSet, obj *db.Robot) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20161,7 +20190,7 @@ func (ec *executionContext) _Robot(ctx context.Context, sel ast.SelectionSet, ob
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotChangeImplementors = []string{"RobotChange"}
@@ -20169,7 +20198,8 @@ var robotChangeImplementors = []string{"RobotChange"}
 func (ec *executionContext) _RobotChange(ctx context.Context, sel ast.SelectionSet, obj *model.RobotChange) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotChangeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20216,7 +20246,7 @@ func (ec *executionContext) _RobotChange(ctx context.Context, sel ast.SelectionS
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotConnectionImplementors = []string{"RobotConnection"}
@@ -20224,7 +20254,8 @@ var robotConnectionImplementors = []string{"RobotConnection"}
 func (ec *executionContext) _RobotConnection(ctx context.Context, sel ast.SelectionSet, obj *model.RobotConnection) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotConnectionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20300,7 +20331,7 @@ func (ec *executionContext) _RobotConnection(ctx context.Context, sel ast.Select
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotEdgeImplementors = []string{"RobotEdge"}
@@ -20308,7 +20339,8 @@ var robotEdgeImplementors = []string{"RobotEdge"}
 func (ec *executionContext) _RobotEdge(ctx context.Context, sel ast.SelectionSet, obj *model.RobotEdge) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotEdgeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20345,7 +20377,7 @@ func (ec *executionContext) _RobotEdge(ctx context.Context, sel ast.SelectionSet
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotHeartbeatImplementors = []string{"RobotHeartbeat"}
@@ -20353,7 +20385,8 @@ var robotHeartbeatImplementors = []string{"RobotHeartbeat"}
 func (ec *executionContext) _RobotHeartbeat(ctx context.Context, sel ast.SelectionSet, obj *db.RobotHeartbeat) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotHeartbeatImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20400,7 +20433,7 @@ func (ec *executionContext) _RobotHeartbeat(ctx context.Context, sel ast.Selecti
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotLogImplementors = []string{"RobotLog"}
@@ -20408,7 +20441,8 @@ var robotLogImplementors = []string{"RobotLog"}
 func (ec *executionContext) _RobotLog(ctx context.Context, sel ast.SelectionSet, obj *db.RobotLog) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotLogImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20470,7 +20504,7 @@ func (ec *executionContext) _RobotLog(ctx context.Context, sel ast.SelectionSet,
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotLogBatchImplementors = []string{"RobotLogBatch"}
@@ -20478,7 +20512,8 @@ var robotLogBatchImplementors = []string{"RobotLogBatch"}
 func (ec *executionContext) _RobotLogBatch(ctx context.Context, sel ast.SelectionSet, obj *model.RobotLogBatch) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotLogBatchImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20520,7 +20555,7 @@ func (ec *executionContext) _RobotLogBatch(ctx context.Context, sel ast.Selectio
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotLogConnectionImplementors = []string{"RobotLogConnection"}
@@ -20528,7 +20563,8 @@ var robotLogConnectionImplementors = []string{"RobotLogConnection"}
 func (ec *executionContext) _RobotLogConnection(ctx context.Context, sel ast.SelectionSet, obj *model.RobotLogConnection) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotLogConnectionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20565,7 +20601,7 @@ func (ec *executionContext) _RobotLogConnection(ctx context.Context, sel ast.Sel
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotLogEdgeImplementors = []string{"RobotLogEdge"}
@@ -20573,7 +20609,8 @@ var robotLogEdgeImplementors = []string{"RobotLogEdge"}
 func (ec *executionContext) _RobotLogEdge(ctx context.Context, sel ast.SelectionSet, obj *model.RobotLogEdge) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotLogEdgeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20610,7 +20647,7 @@ func (ec *executionContext) _RobotLogEdge(ctx context.Context, sel ast.Selection
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotStatImplementors = []string{"RobotStat"}
@@ -20618,7 +20655,8 @@ var robotStatImplementors = []string{"RobotStat"}
 func (ec *executionContext) _RobotStat(ctx context.Context, sel ast.SelectionSet, obj *db.RobotStat) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotStatImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20675,7 +20713,7 @@ func (ec *executionContext) _RobotStat(ctx context.Context, sel ast.SelectionSet
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var robotStatsImplementors = []string{"RobotStats"}
@@ -20683,7 +20721,8 @@ var robotStatsImplementors = []string{"RobotStats"}
 func (ec *executionContext) _RobotStats(ctx context.Context, sel ast.SelectionSet, obj *db.RobotStats) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, robotStatsImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -20740,7 +20779,7 @@ func (ec *executionContext) _RobotStats(ctx context.Context, sel ast.SelectionSe
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var scheduleImplementors = []string{"Schedule"}
@@ -20748,7 +20787,8 @@ var scheduleImplementors = []string{"Schedule"}
 func (ec *executionContext) _Schedule(ctx context.Context, sel ast.SelectionSet, obj *db.Schedule) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, scheduleImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21047,7 +21087,7 @@ func (ec *executionContext) _Schedule(ctx context.Context, sel ast.SelectionSet,
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var scheduleConnectionImplementors = []string{"ScheduleConnection"}
@@ -21055,7 +21095,8 @@ var scheduleConnectionImplementors = []string{"ScheduleConnection"}
 func (ec *executionContext) _ScheduleConnection(ctx context.Context, sel ast.SelectionSet, obj *model.ScheduleConnection) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, scheduleConnectionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21131,7 +21172,7 @@ func (ec *executionContext) _ScheduleConnection(ctx context.Context, sel ast.Sel
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var scheduleEdgeImplementors = []string{"ScheduleEdge"}
@@ -21139,7 +21180,8 @@ var scheduleEdgeImplementors = []string{"ScheduleEdge"}
 func (ec *executionContext) _ScheduleEdge(ctx context.Context, sel ast.SelectionSet, obj *model.ScheduleEdge) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, scheduleEdgeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21176,7 +21218,7 @@ func (ec *executionContext) _ScheduleEdge(ctx context.Context, sel ast.Selection
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var subscriptionImplementors = []string{"Subscription"}
@@ -21214,7 +21256,8 @@ var viewerImplementors = []string{"Viewer"}
 func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, obj *auth.Principal) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, viewerImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21397,7 +21440,7 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var webhookAttemptImplementors = []string{"WebhookAttempt"}
@@ -21405,7 +21448,8 @@ var webhookAttemptImplementors = []string{"WebhookAttempt"}
 func (ec *executionContext) _WebhookAttempt(ctx context.Context, sel ast.SelectionSet, obj *db.WebhookAttempt) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, webhookAttemptImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21457,7 +21501,7 @@ func (ec *executionContext) _WebhookAttempt(ctx context.Context, sel ast.Selecti
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var webhookDeliveryImplementors = []string{"WebhookDelivery"}
@@ -21465,7 +21509,8 @@ var webhookDeliveryImplementors = []string{"WebhookDelivery"}
 func (ec *executionContext) _WebhookDelivery(ctx context.Context, sel ast.SelectionSet, obj *db.WebhookDelivery) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, webhookDeliveryImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21542,7 +21587,7 @@ func (ec *executionContext) _WebhookDelivery(ctx context.Context, sel ast.Select
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var webhookDeliveryConnectionImplementors = []string{"WebhookDeliveryConnection"}
@@ -21550,7 +21595,8 @@ var webhookDeliveryConnectionImplementors = []string{"WebhookDeliveryConnection"
 func (ec *executionContext) _WebhookDeliveryConnection(ctx context.Context, sel ast.SelectionSet, obj *model.WebhookDeliveryConnection) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, webhookDeliveryConnectionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21587,7 +21633,7 @@ func (ec *executionContext) _WebhookDeliveryConnection(ctx context.Context, sel 
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var webhookDeliveryEdgeImplementors = []string{"WebhookDeliveryEdge"}
@@ -21595,7 +21641,8 @@ var webhookDeliveryEdgeImplementors = []string{"WebhookDeliveryEdge"}
 func (ec *executionContext) _WebhookDeliveryEdge(ctx context.Context, sel ast.SelectionSet, obj *model.WebhookDeliveryEdge) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, webhookDeliveryEdgeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21632,7 +21679,7 @@ func (ec *executionContext) _WebhookDeliveryEdge(ctx context.Context, sel ast.Se
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var webhookEndpointImplementors = []string{"WebhookEndpoint"}
@@ -21640,7 +21687,8 @@ var webhookEndpointImplementors = []string{"WebhookEndpoint"}
 func (ec *executionContext) _WebhookEndpoint(ctx context.Context, sel ast.SelectionSet, obj *db.WebhookEndpoint) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, webhookEndpointImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21722,7 +21770,7 @@ func (ec *executionContext) _WebhookEndpoint(ctx context.Context, sel ast.Select
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var workflowImplementors = []string{"Workflow"}
@@ -21730,7 +21778,8 @@ var workflowImplementors = []string{"Workflow"}
 func (ec *executionContext) _Workflow(ctx context.Context, sel ast.SelectionSet, obj *db.Workflow) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, workflowImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -21904,7 +21953,7 @@ func (ec *executionContext) _Workflow(ctx context.Context, sel ast.SelectionSet,
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var workflowAssignmentImplementors = []string{"WorkflowAssignment"}
@@ -21912,7 +21961,8 @@ var workflowAssignmentImplementors = []string{"WorkflowAssignment"}
 func (ec *executionContext) _WorkflowAssignment(ctx context.Context, sel ast.SelectionSet, obj *db.WorkflowAssignment) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, workflowAssignmentImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22003,7 +22053,7 @@ func (ec *executionContext) _WorkflowAssignment(ctx context.Context, sel ast.Sel
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var workflowAssignmentStatsImplementors = []string{"WorkflowAssignmentStats"}
@@ -22011,7 +22061,8 @@ var workflowAssignmentStatsImplementors = []string{"WorkflowAssignmentStats"}
 func (ec *executionContext) _WorkflowAssignmentStats(ctx context.Context, sel ast.SelectionSet, obj *db.WorkflowAssignmentStats) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, workflowAssignmentStatsImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22068,7 +22119,7 @@ func (ec *executionContext) _WorkflowAssignmentStats(ctx context.Context, sel as
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var workflowConnectionImplementors = []string{"WorkflowConnection"}
@@ -22076,7 +22127,8 @@ var workflowConnectionImplementors = []string{"WorkflowConnection"}
 func (ec *executionContext) _WorkflowConnection(ctx context.Context, sel ast.SelectionSet, obj *model.WorkflowConnection) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, workflowConnectionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22152,7 +22204,7 @@ func (ec *executionContext) _WorkflowConnection(ctx context.Context, sel ast.Sel
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var workflowEdgeImplementors = []string{"WorkflowEdge"}
@@ -22160,7 +22212,8 @@ var workflowEdgeImplementors = []string{"WorkflowEdge"}
 func (ec *executionContext) _WorkflowEdge(ctx context.Context, sel ast.SelectionSet, obj *model.WorkflowEdge) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, workflowEdgeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22197,7 +22250,7 @@ func (ec *executionContext) _WorkflowEdge(ctx context.Context, sel ast.Selection
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var workflowVersionImplementors = []string{"WorkflowVersion"}
@@ -22205,7 +22258,8 @@ var workflowVersionImplementors = []string{"WorkflowVersion"}
 func (ec *executionContext) _WorkflowVersion(ctx context.Context, sel ast.SelectionSet, obj *db.WorkflowVersion) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, workflowVersionImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22257,7 +22311,7 @@ func (ec *executionContext) _WorkflowVersion(ctx context.Context, sel ast.Select
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var __DirectiveImplementors = []string{"__Directive"}
@@ -22265,7 +22319,8 @@ var __DirectiveImplementors = []string{"__Directive"}
 func (ec *executionContext) ___Directive(ctx context.Context, sel ast.SelectionSet, obj *introspection.Directive) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, __DirectiveImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22317,7 +22372,7 @@ func (ec *executionContext) ___Directive(ctx context.Context, sel ast.SelectionS
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var __EnumValueImplementors = []string{"__EnumValue"}
@@ -22325,7 +22380,8 @@ var __EnumValueImplementors = []string{"__EnumValue"}
 func (ec *executionContext) ___EnumValue(ctx context.Context, sel ast.SelectionSet, obj *introspection.EnumValue) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, __EnumValueImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22372,7 +22428,7 @@ func (ec *executionContext) ___EnumValue(ctx context.Context, sel ast.SelectionS
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var __FieldImplementors = []string{"__Field"}
@@ -22380,7 +22436,8 @@ var __FieldImplementors = []string{"__Field"}
 func (ec *executionContext) ___Field(ctx context.Context, sel ast.SelectionSet, obj *introspection.Field) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, __FieldImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22437,7 +22494,7 @@ func (ec *executionContext) ___Field(ctx context.Context, sel ast.SelectionSet, 
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var __InputValueImplementors = []string{"__InputValue"}
@@ -22445,7 +22502,8 @@ var __InputValueImplementors = []string{"__InputValue"}
 func (ec *executionContext) ___InputValue(ctx context.Context, sel ast.SelectionSet, obj *introspection.InputValue) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, __InputValueImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22502,7 +22560,7 @@ func (ec *executionContext) ___InputValue(ctx context.Context, sel ast.Selection
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var __SchemaImplementors = []string{"__Schema"}
@@ -22510,7 +22568,8 @@ var __SchemaImplementors = []string{"__Schema"}
 func (ec *executionContext) ___Schema(ctx context.Context, sel ast.SelectionSet, obj *introspection.Schema) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, __SchemaImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22567,7 +22626,7 @@ func (ec *executionContext) ___Schema(ctx context.Context, sel ast.SelectionSet,
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 var __TypeImplementors = []string{"__Type"}
@@ -22575,7 +22634,8 @@ var __TypeImplementors = []string{"__Type"}
 func (ec *executionContext) ___Type(ctx context.Context, sel ast.SelectionSet, obj *introspection.Type) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, __TypeImplementors)
 
-	out := graphql.NewFieldSet(fields)
+	set := newObjectSet(fields)
+	out := &set.fs
 	var deferredFieldSet *graphql.FieldSet
 	var deferLabelToView map[string]*graphql.FieldSetView
 	for i, field := range fields {
@@ -22657,7 +22717,7 @@ func (ec *executionContext) ___Type(ctx context.Context, sel ast.SelectionSet, o
 		})
 	}
 
-	return object{fields, out.Values}
+	return set.object(fields)
 }
 
 // endregion **************************** object.gotpl ****************************

@@ -26,6 +26,8 @@
 //     the path before ProcessDeferredGroup returned at once for none.
 //   - An object is returned as graph.object, which marshals its fields
 //     without graphql.FieldSet's map per object and allocation per field.
+//     Its FieldSet, its values and the object returned are one allocation
+//     (graph.objectSet) instead of three.
 //   - An operation does not build gqlgen's map of input unmarshallers (a
 //     map and a method value per input type, some two dozen allocations
 //     per request), which only graphql.UnmarshalInputFromContext reads.
@@ -132,7 +134,8 @@ var rewrites = []rewrite{
 		"\tvar deferredFieldSet *graphql.FieldSet\n"},
 	{deferredAdd, literally(deferredAdd, "\t\t\t\tdeferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)\n\t\t\t\tdeferredFieldSet.AddField(field)\n"),
 		"deferring(deferredFieldSet, deferLabelToView)"},
-	{objectReturn, literally(objectReturn, "\n\treturn object{fields, out.Values}\n}\n"), "\treturn object{fields, out.Values}\n"},
+	{objectReturn, literally(objectReturn, "\n\treturn set.object(fields)\n}\n"), "\treturn set.object(fields)\n"},
+	{objectSet, literally(objectSet, "\tset := newObjectSet(fields)\n\tout := &set.fs\n"), "\tout := &set.fs\n"},
 	{deferredGroup, literally(deferredGroup, "\n\tif len(deferLabelToView) > 0 {\n\t\tec.ProcessDeferredGroup(graphql.DeferredGroup{\n\t\t\tDefers:   deferLabelToView,\n\t\t\tPath:     graphql.GetPath(ctx),\n\t\t\tFieldSet: deferredFieldSet,\n\t\t\tContext:  ctx,\n\t\t})\n\t}\n"),
 		"\tif len(deferLabelToView) > 0 {\n"},
 	{unmarshalerMap, literally(unmarshalerMap, noUnmarshalerMap), noUnmarshalerMap},
@@ -178,6 +181,7 @@ var (
 	deferredSets       = regexp.MustCompile(`\tdeferredFieldSet := graphql\.NewFieldSet\(nil\)\n\tdeferLabelToView := make\(map\[string\]\*graphql\.FieldSetView\)\n`)
 	deferredAdd        = regexp.MustCompile(`\t\t\t\tdeferredFieldSet\.AddField\(field\)\n`)
 	objectReturn       = regexp.MustCompile(`\n\treturn out\n\}\n`)
+	objectSet          = regexp.MustCompile(`\tout := graphql\.NewFieldSet\(fields\)\n`)
 	scalarContext      = regexp.MustCompile(`graphql\.NewScalarFieldContext\(("[A-Za-z_]+"), field, (true|false), (true|false), errors\.New\("field of type [A-Za-z_]+ does not have child fields"\)\)`)
 	deferredGroup      = regexp.MustCompile(`\n\tec\.ProcessDeferredGroup\(graphql\.DeferredGroup\{\n\t\tDefers:   deferLabelToView,\n\t\tPath:     graphql\.GetPath\(ctx\),\n\t\tFieldSet: deferredFieldSet,\n\t\tContext:  ctx,\n\t\}\)\n`)
 )
