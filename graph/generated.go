@@ -7618,77 +7618,92 @@ func (ec *executionContext) field___Type_fields_args(ctx context.Context, rawArg
 // region    **************************** field.gotpl *****************************
 
 func (ec *executionContext) _ApiKey_id(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_robotId(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.RobotID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.RobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_name(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_prefix(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Prefix) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Prefix) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_prefix(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_createdBy(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.CreatedBy) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.CreatedBy) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_expiresAt(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.ExpiresAt) // a plain field (graph/internal/sequential)
+	if obj.ExpiresAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.ExpiresAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_expiresAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_revokedAt(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.RevokedAt) // a plain field (graph/internal/sequential)
+	if obj.RevokedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.RevokedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_revokedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_revokedBy(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.RevokedBy) // a plain field (graph/internal/sequential)
+	if obj.RevokedBy == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.RevokedBy) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_revokedBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_lastUsedAt(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LastUsedAt) // a plain field (graph/internal/sequential)
+	if obj.LastUsedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LastUsedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_lastUsedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
 }
 
 func (ec *executionContext) _ApiKey_lastUsedIp(ctx context.Context, field graphql.CollectedField, obj *db.APIKey) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.LastUsedIP) // a plain field (graph/internal/sequential)
+	if obj.LastUsedIP == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.LastUsedIP) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKey_lastUsedIp(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKey", field, false, false)
@@ -7702,49 +7717,61 @@ func (ec *executionContext) fieldContext_ApiKeyAuditEntry_id(_ context.Context, 
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_apiKeyId(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.APIKeyID) // a plain field (graph/internal/sequential)
+	if obj.APIKeyID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.APIKeyID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_apiKeyId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_robotId(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.RobotID) // a plain field (graph/internal/sequential)
+	if obj.RobotID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.RobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_event(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Event) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Event) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_event(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_actor(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.Actor) // a plain field (graph/internal/sequential)
+	if obj.Actor == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.Actor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_actor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_ip(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.IP) // a plain field (graph/internal/sequential)
+	if obj.IP == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.IP) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_ip(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _ApiKeyAuditEntry_at(ctx context.Context, field graphql.CollectedField, obj *db.APIKeyAuditEntry) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.At) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.At) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ApiKeyAuditEntry_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ApiKeyAuditEntry", field, false, false)
 }
 
 func (ec *executionContext) _CreatedApiKey_key(ctx context.Context, field graphql.CollectedField, obj *db.CreatedAPIKey) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Key) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Key) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_CreatedApiKey_key(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("CreatedApiKey", field, false, false)
@@ -7815,35 +7842,35 @@ func (ec *executionContext) fieldContext_CreatedWebhookEndpoint_endpoint(_ conte
 }
 
 func (ec *executionContext) _CreatedWebhookEndpoint_secret(ctx context.Context, field graphql.CollectedField, obj *db.CreatedWebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Secret) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Secret) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_CreatedWebhookEndpoint_secret(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("CreatedWebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_id(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Deployment_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_machineId(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.MachineID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.MachineID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Deployment_machineId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_name(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Deployment_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_version(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Version) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Version) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Deployment_version(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Deployment", field, false, false)
@@ -7873,49 +7900,55 @@ func (ec *executionContext) fieldContext_Deployment_settings(_ context.Context, 
 }
 
 func (ec *executionContext) _Deployment_status(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
-	return ec.marshalNDeploymentStatus2fleetgraphᚋdbᚐDeploymentStatus(ctx, field.Selections, obj.Status) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Status)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Deployment_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_deployedBy(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.DeployedBy) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.DeployedBy) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Deployment_deployedBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Deployment_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_activatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.ActivatedAt) // a plain field (graph/internal/sequential)
+	if obj.ActivatedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.ActivatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Deployment_activatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Deployment_supersededAt(ctx context.Context, field graphql.CollectedField, obj *db.Deployment) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.SupersededAt) // a plain field (graph/internal/sequential)
+	if obj.SupersededAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.SupersededAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Deployment_supersededAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Deployment", field, false, false)
 }
 
 func (ec *executionContext) _Job_id(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_workflowId(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.WorkflowID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.WorkflowID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
@@ -7961,7 +7994,7 @@ func (ec *executionContext) fieldContext_Job_workflow(_ context.Context, field g
 }
 
 func (ec *executionContext) _Job_status(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalNJobStatus2fleetgraphᚋdbᚐJobStatus(ctx, field.Selections, obj.Status) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Status)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
@@ -8021,7 +8054,10 @@ func (ec *executionContext) fieldContext_Job_result(_ context.Context, field gra
 }
 
 func (ec *executionContext) _Job_error(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.Error) // a plain field (graph/internal/sequential)
+	if obj.Error == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.Error) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_error(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
@@ -8035,14 +8071,20 @@ func (ec *executionContext) fieldContext_Job_progress(_ context.Context, field g
 }
 
 func (ec *executionContext) _Job_currentNode(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.CurrentNode) // a plain field (graph/internal/sequential)
+	if obj.CurrentNode == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.CurrentNode) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_currentNode(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_robotId(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.RobotID) // a plain field (graph/internal/sequential)
+	if obj.RobotID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.RobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
@@ -8081,7 +8123,10 @@ func (ec *executionContext) fieldContext_Job_robot(_ context.Context, field grap
 }
 
 func (ec *executionContext) _Job_targetRobotId(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.TargetRobotID) // a plain field (graph/internal/sequential)
+	if obj.TargetRobotID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.TargetRobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_targetRobotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
@@ -8102,14 +8147,17 @@ func (ec *executionContext) fieldContext_Job_maxAttempts(_ context.Context, fiel
 }
 
 func (ec *executionContext) _Job_leaseExpiresAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LeaseExpiresAt) // a plain field (graph/internal/sequential)
+	if obj.LeaseExpiresAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LeaseExpiresAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_leaseExpiresAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_runAfter(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.RunAfter) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.RunAfter) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_runAfter(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
@@ -8139,35 +8187,44 @@ func (ec *executionContext) fieldContext_Job_requiredCapabilities(_ context.Cont
 }
 
 func (ec *executionContext) _Job_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_claimedAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.ClaimedAt) // a plain field (graph/internal/sequential)
+	if obj.ClaimedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.ClaimedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_claimedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_startedAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.StartedAt) // a plain field (graph/internal/sequential)
+	if obj.StartedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.StartedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_startedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_finishedAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.FinishedAt) // a plain field (graph/internal/sequential)
+	if obj.FinishedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.FinishedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_finishedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.UpdatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.UpdatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
@@ -8225,21 +8282,27 @@ func (ec *executionContext) fieldContext_Job_logs(ctx context.Context, field gra
 }
 
 func (ec *executionContext) _Job_createdBy(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.CreatedBy) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.CreatedBy) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_scheduleId(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ScheduleID) // a plain field (graph/internal/sequential)
+	if obj.ScheduleID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.ScheduleID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_scheduleId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
 }
 
 func (ec *executionContext) _Job_scheduledFor(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.ScheduledFor) // a plain field (graph/internal/sequential)
+	if obj.ScheduledFor == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.ScheduledFor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Job_scheduledFor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Job", field, false, false)
@@ -8301,7 +8364,7 @@ func (ec *executionContext) fieldContext_JobChange_op(_ context.Context, field g
 }
 
 func (ec *executionContext) _JobChange_id(ctx context.Context, field graphql.CollectedField, obj *model.JobChange) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_JobChange_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("JobChange", field, false, false)
@@ -8498,7 +8561,7 @@ func (ec *executionContext) fieldContext_JobConnection_totalCount(_ context.Cont
 }
 
 func (ec *executionContext) _JobEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.JobEdge) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Cursor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Cursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_JobEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("JobEdge", field, false, false)
@@ -8569,14 +8632,14 @@ func (ec *executionContext) fieldContext_JobLease_job(_ context.Context, field g
 }
 
 func (ec *executionContext) _JobLease_leaseToken(ctx context.Context, field graphql.CollectedField, obj *db.JobLease) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.LeaseToken) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.LeaseToken) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_JobLease_leaseToken(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("JobLease", field, false, false)
 }
 
 func (ec *executionContext) _JobLease_leaseExpiresAt(ctx context.Context, field graphql.CollectedField, obj *db.JobLease) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.LeaseExpiresAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.LeaseExpiresAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_JobLease_leaseExpiresAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("JobLease", field, false, false)
@@ -8590,14 +8653,14 @@ func (ec *executionContext) fieldContext_JobLog_id(_ context.Context, field grap
 }
 
 func (ec *executionContext) _JobLog_level(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
-	return ec.marshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx, field.Selections, obj.Level) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Level)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_JobLog_level(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("JobLog", field, false, false)
 }
 
 func (ec *executionContext) _JobLog_message(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Message) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Message) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_JobLog_message(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("JobLog", field, false, false)
@@ -8627,7 +8690,7 @@ func (ec *executionContext) fieldContext_JobLog_fields(_ context.Context, field 
 }
 
 func (ec *executionContext) _JobLog_at(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.At) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.At) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_JobLog_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("JobLog", field, false, false)
@@ -8698,7 +8761,7 @@ func (ec *executionContext) fieldContext_LogCleanupConnection_pageInfo(_ context
 }
 
 func (ec *executionContext) _LogCleanupEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.LogCleanupEdge) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Cursor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Cursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_LogCleanupEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("LogCleanupEdge", field, false, false)
@@ -8744,14 +8807,14 @@ func (ec *executionContext) fieldContext_LogCleanupRun_id(_ context.Context, fie
 }
 
 func (ec *executionContext) _LogCleanupRun_at(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.At) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.At) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("LogCleanupRun", field, false, false)
 }
 
 func (ec *executionContext) _LogCleanupRun_actor(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Actor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Actor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_actor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("LogCleanupRun", field, false, false)
@@ -8772,7 +8835,7 @@ func (ec *executionContext) fieldContext_LogCleanupRun_retentionDays(_ context.C
 }
 
 func (ec *executionContext) _LogCleanupRun_cutoff(ctx context.Context, field graphql.CollectedField, obj *db.LogCleanup) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.Cutoff) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.Cutoff) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_LogCleanupRun_cutoff(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("LogCleanupRun", field, false, false)
@@ -8871,21 +8934,21 @@ func (ec *executionContext) fieldContext_LogCleanupRun_heartbeatsDropped(_ conte
 }
 
 func (ec *executionContext) _LogSummary_day(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Day) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Day) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_LogSummary_day(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _LogSummary_robotId(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.RobotID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.RobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_LogSummary_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _LogSummary_level(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
-	return ec.marshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx, field.Selections, obj.Level) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Level)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_LogSummary_level(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("LogSummary", field, false, false)
@@ -8899,35 +8962,35 @@ func (ec *executionContext) fieldContext_LogSummary_count(_ context.Context, fie
 }
 
 func (ec *executionContext) _LogSummary_firstAt(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.FirstAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.FirstAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_LogSummary_firstAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _LogSummary_lastAt(ctx context.Context, field graphql.CollectedField, obj *db.LogSummaryRow) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.LastAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.LastAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_LogSummary_lastAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("LogSummary", field, false, false)
 }
 
 func (ec *executionContext) _Machine_id(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Machine_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_name(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Machine_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_status(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
-	return ec.marshalNMachineStatus2fleetgraphᚋdbᚐMachineStatus(ctx, field.Selections, obj.Status) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Status)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Machine_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Machine", field, false, false)
@@ -8957,28 +9020,34 @@ func (ec *executionContext) fieldContext_Machine_configuration(_ context.Context
 }
 
 func (ec *executionContext) _Machine_lastStartedAt(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LastStartedAt) // a plain field (graph/internal/sequential)
+	if obj.LastStartedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LastStartedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Machine_lastStartedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_lastStoppedAt(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LastStoppedAt) // a plain field (graph/internal/sequential)
+	if obj.LastStoppedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LastStoppedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Machine_lastStoppedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Machine_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Machine", field, false, false)
 }
 
 func (ec *executionContext) _Machine_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Machine) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.UpdatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.UpdatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Machine_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Machine", field, false, false)
@@ -9135,7 +9204,7 @@ func (ec *executionContext) fieldContext_MachineChange_op(_ context.Context, fie
 }
 
 func (ec *executionContext) _MachineChange_id(ctx context.Context, field graphql.CollectedField, obj *model.MachineChange) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_MachineChange_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("MachineChange", field, false, false)
@@ -9268,7 +9337,7 @@ func (ec *executionContext) fieldContext_MachineConnection_totalCount(_ context.
 }
 
 func (ec *executionContext) _MachineEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.MachineEdge) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Cursor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Cursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_MachineEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("MachineEdge", field, false, false)
@@ -9314,14 +9383,14 @@ func (ec *executionContext) fieldContext_MachineEvent_id(_ context.Context, fiel
 }
 
 func (ec *executionContext) _MachineEvent_machineId(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.MachineID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.MachineID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_MachineEvent_machineId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEvent_eventType(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.EventType) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.EventType) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_MachineEvent_eventType(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("MachineEvent", field, false, false)
@@ -9351,21 +9420,24 @@ func (ec *executionContext) fieldContext_MachineEvent_details(_ context.Context,
 }
 
 func (ec *executionContext) _MachineEvent_detailsText(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.DetailsText) // a plain field (graph/internal/sequential)
+	if obj.DetailsText == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.DetailsText) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_MachineEvent_detailsText(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEvent_actor(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Actor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Actor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_MachineEvent_actor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("MachineEvent", field, false, false)
 }
 
 func (ec *executionContext) _MachineEvent_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.MachineEvent) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_MachineEvent_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("MachineEvent", field, false, false)
@@ -9459,7 +9531,7 @@ func (ec *executionContext) fieldContext_MachineEventConnection_totalCount(_ con
 }
 
 func (ec *executionContext) _MachineEventEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.MachineEventEdge) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Cursor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Cursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_MachineEventEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("MachineEventEdge", field, false, false)
@@ -11478,28 +11550,34 @@ func (ec *executionContext) fieldContext_Mutation_sendTestWebhook(ctx context.Co
 }
 
 func (ec *executionContext) _NodeRobotOverride_workflowId(ctx context.Context, field graphql.CollectedField, obj *db.NodeRobotOverride) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.WorkflowID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.WorkflowID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_NodeRobotOverride_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("NodeRobotOverride", field, false, false)
 }
 
 func (ec *executionContext) _NodeRobotOverride_nodeId(ctx context.Context, field graphql.CollectedField, obj *db.NodeRobotOverride) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.NodeID) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.NodeID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_NodeRobotOverride_nodeId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("NodeRobotOverride", field, false, false)
 }
 
 func (ec *executionContext) _NodeRobotOverride_robotId(ctx context.Context, field graphql.CollectedField, obj *db.NodeRobotOverride) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.RobotID) // a plain field (graph/internal/sequential)
+	if obj.RobotID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.RobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_NodeRobotOverride_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("NodeRobotOverride", field, false, false)
 }
 
 func (ec *executionContext) _NodeRobotOverride_capability(ctx context.Context, field graphql.CollectedField, obj *db.NodeRobotOverride) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.Capability) // a plain field (graph/internal/sequential)
+	if obj.Capability == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.Capability) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_NodeRobotOverride_capability(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("NodeRobotOverride", field, false, false)
@@ -11520,42 +11598,48 @@ func (ec *executionContext) fieldContext_PageInfo_hasPreviousPage(_ context.Cont
 }
 
 func (ec *executionContext) _PageInfo_startCursor(ctx context.Context, field graphql.CollectedField, obj *model.PageInfo) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.StartCursor) // a plain field (graph/internal/sequential)
+	if obj.StartCursor == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.StartCursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_PageInfo_startCursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("PageInfo", field, false, false)
 }
 
 func (ec *executionContext) _PageInfo_endCursor(ctx context.Context, field graphql.CollectedField, obj *model.PageInfo) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.EndCursor) // a plain field (graph/internal/sequential)
+	if obj.EndCursor == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.EndCursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_PageInfo_endCursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("PageInfo", field, false, false)
 }
 
 func (ec *executionContext) _PresenceEvent_robotId(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.RobotID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.RobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_PresenceEvent_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("PresenceEvent", field, false, false)
 }
 
 func (ec *executionContext) _PresenceEvent_status(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
-	return ec.marshalNRobotStatus2fleetgraphᚋdbᚐRobotStatus(ctx, field.Selections, obj.Status) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Status)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_PresenceEvent_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("PresenceEvent", field, false, false)
 }
 
 func (ec *executionContext) _PresenceEvent_hostname(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Hostname) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Hostname) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_PresenceEvent_hostname(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("PresenceEvent", field, false, false)
 }
 
 func (ec *executionContext) _PresenceEvent_at(ctx context.Context, field graphql.CollectedField, obj *model.PresenceEvent) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.At) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.At) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_PresenceEvent_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("PresenceEvent", field, false, false)
@@ -12546,28 +12630,28 @@ func (ec *executionContext) fieldContext_Query___schema(_ context.Context, field
 }
 
 func (ec *executionContext) _Robot_id(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Robot_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_name(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Robot_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_hostname(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Hostname) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Hostname) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Robot_hostname(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_status(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
-	return ec.marshalNRobotStatus2fleetgraphᚋdbᚐRobotStatus(ctx, field.Selections, obj.Status) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Status)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Robot_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Robot", field, false, false)
@@ -12604,14 +12688,14 @@ func (ec *executionContext) fieldContext_Robot_maxConcurrentJobs(_ context.Conte
 }
 
 func (ec *executionContext) _Robot_environment(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Environment) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Environment) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Robot_environment(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_agentVersion(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.AgentVersion) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.AgentVersion) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Robot_agentVersion(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Robot", field, false, false)
@@ -12641,21 +12725,24 @@ func (ec *executionContext) fieldContext_Robot_metadata(_ context.Context, field
 }
 
 func (ec *executionContext) _Robot_lastHeartbeatAt(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LastHeartbeatAt) // a plain field (graph/internal/sequential)
+	if obj.LastHeartbeatAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LastHeartbeatAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Robot_lastHeartbeatAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Robot_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Robot", field, false, false)
 }
 
 func (ec *executionContext) _Robot_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Robot) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.UpdatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.UpdatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Robot_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Robot", field, false, false)
@@ -12768,7 +12855,7 @@ func (ec *executionContext) fieldContext_RobotChange_op(_ context.Context, field
 }
 
 func (ec *executionContext) _RobotChange_id(ctx context.Context, field graphql.CollectedField, obj *model.RobotChange) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotChange_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotChange", field, false, false)
@@ -12901,7 +12988,7 @@ func (ec *executionContext) fieldContext_RobotConnection_totalCount(_ context.Co
 }
 
 func (ec *executionContext) _RobotEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.RobotEdge) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Cursor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Cursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotEdge", field, false, false)
@@ -12940,7 +13027,7 @@ func (ec *executionContext) fieldContext_RobotEdge_node(_ context.Context, field
 }
 
 func (ec *executionContext) _RobotHeartbeat_status(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
-	return ec.marshalNRobotStatus2fleetgraphᚋdbᚐRobotStatus(ctx, field.Selections, obj.Status) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Status)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotHeartbeat_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotHeartbeat", field, false, false)
@@ -12970,14 +13057,14 @@ func (ec *executionContext) fieldContext_RobotHeartbeat_metrics(_ context.Contex
 }
 
 func (ec *executionContext) _RobotHeartbeat_agentVersion(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.AgentVersion) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.AgentVersion) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotHeartbeat_agentVersion(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotHeartbeat", field, false, false)
 }
 
 func (ec *executionContext) _RobotHeartbeat_at(ctx context.Context, field graphql.CollectedField, obj *db.RobotHeartbeat) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.At) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.At) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotHeartbeat_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotHeartbeat", field, false, false)
@@ -12991,28 +13078,31 @@ func (ec *executionContext) fieldContext_RobotLog_id(_ context.Context, field gr
 }
 
 func (ec *executionContext) _RobotLog_robotId(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.RobotID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.RobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotLog_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_jobId(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.JobID) // a plain field (graph/internal/sequential)
+	if obj.JobID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.JobID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotLog_jobId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_level(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
-	return ec.marshalNLogLevel2fleetgraphᚋdbᚐLogLevel(ctx, field.Selections, obj.Level) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Level)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotLog_level(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLog_message(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Message) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Message) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotLog_message(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotLog", field, false, false)
@@ -13042,14 +13132,17 @@ func (ec *executionContext) fieldContext_RobotLog_fields(_ context.Context, fiel
 }
 
 func (ec *executionContext) _RobotLog_at(ctx context.Context, field graphql.CollectedField, obj *db.RobotLog) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.At) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.At) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotLog_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotLog", field, false, false)
 }
 
 func (ec *executionContext) _RobotLogBatch_robotId(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogBatch) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.RobotID) // a plain field (graph/internal/sequential)
+	if obj.RobotID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.RobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotLogBatch_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotLogBatch", field, false, false)
@@ -13159,7 +13252,7 @@ func (ec *executionContext) fieldContext_RobotLogConnection_pageInfo(_ context.C
 }
 
 func (ec *executionContext) _RobotLogEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.RobotLogEdge) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Cursor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Cursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotLogEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotLogEdge", field, false, false)
@@ -13290,7 +13383,10 @@ func (ec *executionContext) fieldContext_RobotStat_averageDurationSeconds(_ cont
 }
 
 func (ec *executionContext) _RobotStat_lastHeartbeatAt(ctx context.Context, field graphql.CollectedField, obj *db.RobotStat) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LastHeartbeatAt) // a plain field (graph/internal/sequential)
+	if obj.LastHeartbeatAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LastHeartbeatAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_RobotStat_lastHeartbeatAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("RobotStat", field, false, false)
@@ -13364,21 +13460,21 @@ func (ec *executionContext) fieldContext_RobotStats_robots(_ context.Context, fi
 }
 
 func (ec *executionContext) _Schedule_id(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_name(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_workflowId(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.WorkflowID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.WorkflowID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13424,14 +13520,14 @@ func (ec *executionContext) fieldContext_Schedule_workflowVersion(_ context.Cont
 }
 
 func (ec *executionContext) _Schedule_cronExpression(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.CronExpression) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.CronExpression) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_cronExpression(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_timeZone(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.TimeZone) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.TimeZone) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_timeZone(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13491,7 +13587,10 @@ func (ec *executionContext) fieldContext_Schedule_requiredCapabilities(_ context
 }
 
 func (ec *executionContext) _Schedule_targetRobotId(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.TargetRobotID) // a plain field (graph/internal/sequential)
+	if obj.TargetRobotID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.TargetRobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_targetRobotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13505,7 +13604,7 @@ func (ec *executionContext) fieldContext_Schedule_maxAttempts(_ context.Context,
 }
 
 func (ec *executionContext) _Schedule_overlapPolicy(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalNOverlapPolicy2fleetgraphᚋdbᚐOverlapPolicy(ctx, field.Selections, obj.OverlapPolicy) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.OverlapPolicy)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_overlapPolicy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13526,14 +13625,20 @@ func (ec *executionContext) fieldContext_Schedule_jitterSeconds(_ context.Contex
 }
 
 func (ec *executionContext) _Schedule_startAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.StartAt) // a plain field (graph/internal/sequential)
+	if obj.StartAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.StartAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_startAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_endAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.EndAt) // a plain field (graph/internal/sequential)
+	if obj.EndAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.EndAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_endAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13547,21 +13652,30 @@ func (ec *executionContext) fieldContext_Schedule_paused(_ context.Context, fiel
 }
 
 func (ec *executionContext) _Schedule_pauseNote(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.PauseNote) // a plain field (graph/internal/sequential)
+	if obj.PauseNote == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.PauseNote) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_pauseNote(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_pausedBy(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.PausedBy) // a plain field (graph/internal/sequential)
+	if obj.PausedBy == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.PausedBy) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_pausedBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_pausedAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.PausedAt) // a plain field (graph/internal/sequential)
+	if obj.PausedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.PausedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_pausedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13612,14 +13726,20 @@ func (ec *executionContext) fieldContext_Schedule_nextRuns(ctx context.Context, 
 }
 
 func (ec *executionContext) _Schedule_lastFiredAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LastFiredAt) // a plain field (graph/internal/sequential)
+	if obj.LastFiredAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LastFiredAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_lastFiredAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_bufferedTickAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.BufferedTickAt) // a plain field (graph/internal/sequential)
+	if obj.BufferedTickAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.BufferedTickAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_bufferedTickAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13633,7 +13753,10 @@ func (ec *executionContext) fieldContext_Schedule_missedTicks(_ context.Context,
 }
 
 func (ec *executionContext) _Schedule_lastMissedAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LastMissedAt) // a plain field (graph/internal/sequential)
+	if obj.LastMissedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LastMissedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_lastMissedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13647,21 +13770,30 @@ func (ec *executionContext) fieldContext_Schedule_skippedTicks(_ context.Context
 }
 
 func (ec *executionContext) _Schedule_lastSkippedAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LastSkippedAt) // a plain field (graph/internal/sequential)
+	if obj.LastSkippedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LastSkippedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_lastSkippedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_lastError(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.LastError) // a plain field (graph/internal/sequential)
+	if obj.LastError == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.LastError) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_lastError(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_lastErrorAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.LastErrorAt) // a plain field (graph/internal/sequential)
+	if obj.LastErrorAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.LastErrorAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_lastErrorAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13712,21 +13844,21 @@ func (ec *executionContext) fieldContext_Schedule_recentJobs(ctx context.Context
 }
 
 func (ec *executionContext) _Schedule_createdBy(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.CreatedBy) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.CreatedBy) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
 }
 
 func (ec *executionContext) _Schedule_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Schedule) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.UpdatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.UpdatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Schedule_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Schedule", field, false, false)
@@ -13820,7 +13952,7 @@ func (ec *executionContext) fieldContext_ScheduleConnection_totalCount(_ context
 }
 
 func (ec *executionContext) _ScheduleEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.ScheduleEdge) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Cursor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Cursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_ScheduleEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("ScheduleEdge", field, false, false)
@@ -14203,7 +14335,7 @@ func (ec *executionContext) fieldContext_Viewer_robotId(_ context.Context, field
 }
 
 func (ec *executionContext) _WebhookAttempt_at(ctx context.Context, field graphql.CollectedField, obj *db.WebhookAttempt) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.At) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.At) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookAttempt_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookAttempt", field, false, false)
@@ -14224,49 +14356,55 @@ func (ec *executionContext) fieldContext_WebhookAttempt_durationMs(_ context.Con
 }
 
 func (ec *executionContext) _WebhookAttempt_responseBody(ctx context.Context, field graphql.CollectedField, obj *db.WebhookAttempt) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.ResponseBody) // a plain field (graph/internal/sequential)
+	if obj.ResponseBody == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.ResponseBody) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookAttempt_responseBody(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookAttempt", field, false, false)
 }
 
 func (ec *executionContext) _WebhookAttempt_error(ctx context.Context, field graphql.CollectedField, obj *db.WebhookAttempt) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.Error) // a plain field (graph/internal/sequential)
+	if obj.Error == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.Error) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookAttempt_error(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookAttempt", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_id(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_endpointId(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.EndpointID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.EndpointID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_endpointId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_eventId(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.EventID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.EventID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_eventId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_eventType(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.EventType) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.EventType) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_eventType(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_status(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
-	return ec.marshalNWebhookDeliveryStatus2fleetgraphᚋdbᚐWebhookDeliveryStatus(ctx, field.Selections, obj.Status) // a plain field (graph/internal/sequential)
+	return scalar.StringAt((*string)(&obj.Status)) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookDelivery", field, false, false)
@@ -14280,21 +14418,27 @@ func (ec *executionContext) fieldContext_WebhookDelivery_attemptCount(_ context.
 }
 
 func (ec *executionContext) _WebhookDelivery_nextAttemptAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.NextAttemptAt) // a plain field (graph/internal/sequential)
+	if obj.NextAttemptAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.NextAttemptAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_nextAttemptAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookDelivery", field, false, false)
 }
 
 func (ec *executionContext) _WebhookDelivery_finishedAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookDelivery) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.FinishedAt) // a plain field (graph/internal/sequential)
+	if obj.FinishedAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.FinishedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookDelivery_finishedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookDelivery", field, false, false)
@@ -14397,7 +14541,7 @@ func (ec *executionContext) fieldContext_WebhookDeliveryConnection_pageInfo(_ co
 }
 
 func (ec *executionContext) _WebhookDeliveryEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.WebhookDeliveryEdge) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Cursor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Cursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookDeliveryEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookDeliveryEdge", field, false, false)
@@ -14436,21 +14580,21 @@ func (ec *executionContext) fieldContext_WebhookDeliveryEdge_node(_ context.Cont
 }
 
 func (ec *executionContext) _WebhookEndpoint_id(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_url(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.URL) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.URL) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_url(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_description(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Description) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Description) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookEndpoint", field, false, false)
@@ -14487,63 +14631,72 @@ func (ec *executionContext) fieldContext_WebhookEndpoint_enabled(_ context.Conte
 }
 
 func (ec *executionContext) _WebhookEndpoint_disabledReason(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.DisabledReason) // a plain field (graph/internal/sequential)
+	if obj.DisabledReason == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.DisabledReason) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_disabledReason(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_previousSecretExpiresAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.PreviousSecretExpiresAt) // a plain field (graph/internal/sequential)
+	if obj.PreviousSecretExpiresAt == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.PreviousSecretExpiresAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_previousSecretExpiresAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_failingSince(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalOTime2ᚖtimeᚐTime(ctx, field.Selections, obj.FailingSince) // a plain field (graph/internal/sequential)
+	if obj.FailingSince == nil {
+		return graphql.Null
+	}
+	return scalar.TimeAt(obj.FailingSince) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_failingSince(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_createdBy(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.CreatedBy) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.CreatedBy) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _WebhookEndpoint_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.WebhookEndpoint) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.UpdatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.UpdatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WebhookEndpoint_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WebhookEndpoint", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_id(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.ID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Workflow_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Workflow", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_name(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Workflow_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Workflow", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_description(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Description) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Description) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Workflow_description(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Workflow", field, false, false)
@@ -14557,14 +14710,14 @@ func (ec *executionContext) fieldContext_Workflow_currentVersion(_ context.Conte
 }
 
 func (ec *executionContext) _Workflow_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Workflow_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Workflow", field, false, false)
 }
 
 func (ec *executionContext) _Workflow_updatedAt(ctx context.Context, field graphql.CollectedField, obj *db.Workflow) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.UpdatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.UpdatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_Workflow_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("Workflow", field, false, false)
@@ -14679,14 +14832,14 @@ func (ec *executionContext) fieldContext_Workflow_nodeOverrides(_ context.Contex
 }
 
 func (ec *executionContext) _WorkflowAssignment_workflowId(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignment) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.WorkflowID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.WorkflowID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignment_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WorkflowAssignment", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowAssignment_robotId(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignment) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.RobotID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.RobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignment_robotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WorkflowAssignment", field, false, false)
@@ -14739,7 +14892,7 @@ func (ec *executionContext) fieldContext_WorkflowAssignment_priority(_ context.C
 }
 
 func (ec *executionContext) _WorkflowAssignment_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignment) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignment_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WorkflowAssignment", field, false, false)
@@ -14792,7 +14945,10 @@ func (ec *executionContext) fieldContext_WorkflowAssignmentStats_availableRobots
 }
 
 func (ec *executionContext) _WorkflowAssignmentStats_defaultRobotId(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowAssignmentStats) (ret graphql.Marshaler) {
-	return ec.marshalOID2ᚖgithubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.DefaultRobotID) // a plain field (graph/internal/sequential)
+	if obj.DefaultRobotID == nil {
+		return graphql.Null
+	}
+	return scalar.IDAt(obj.DefaultRobotID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WorkflowAssignmentStats_defaultRobotId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WorkflowAssignmentStats", field, false, false)
@@ -14900,7 +15056,7 @@ func (ec *executionContext) fieldContext_WorkflowConnection_totalCount(_ context
 }
 
 func (ec *executionContext) _WorkflowEdge_cursor(ctx context.Context, field graphql.CollectedField, obj *model.WorkflowEdge) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Cursor) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Cursor) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WorkflowEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WorkflowEdge", field, false, false)
@@ -14939,7 +15095,7 @@ func (ec *executionContext) fieldContext_WorkflowEdge_node(_ context.Context, fi
 }
 
 func (ec *executionContext) _WorkflowVersion_workflowId(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowVersion) (ret graphql.Marshaler) {
-	return ec.marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID(ctx, field.Selections, obj.WorkflowID) // a plain field (graph/internal/sequential)
+	return scalar.IDAt(&obj.WorkflowID) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WorkflowVersion_workflowId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WorkflowVersion", field, false, false)
@@ -14976,21 +15132,21 @@ func (ec *executionContext) fieldContext_WorkflowVersion_definition(_ context.Co
 }
 
 func (ec *executionContext) _WorkflowVersion_createdBy(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowVersion) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.CreatedBy) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.CreatedBy) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WorkflowVersion_createdBy(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WorkflowVersion", field, false, false)
 }
 
 func (ec *executionContext) _WorkflowVersion_createdAt(ctx context.Context, field graphql.CollectedField, obj *db.WorkflowVersion) (ret graphql.Marshaler) {
-	return ec.marshalNTime2timeᚐTime(ctx, field.Selections, obj.CreatedAt) // a plain field (graph/internal/sequential)
+	return scalar.TimeAt(&obj.CreatedAt) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext_WorkflowVersion_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("WorkflowVersion", field, false, false)
 }
 
 func (ec *executionContext) ___Directive_name(ctx context.Context, field graphql.CollectedField, obj *introspection.Directive) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext___Directive_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("__Directive", field, false, false)
@@ -15093,7 +15249,7 @@ func (ec *executionContext) fieldContext___Directive_args(ctx context.Context, f
 }
 
 func (ec *executionContext) ___EnumValue_name(ctx context.Context, field graphql.CollectedField, obj *introspection.EnumValue) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext___EnumValue_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("__EnumValue", field, false, false)
@@ -15169,7 +15325,7 @@ func (ec *executionContext) fieldContext___EnumValue_deprecationReason(_ context
 }
 
 func (ec *executionContext) ___Field_name(ctx context.Context, field graphql.CollectedField, obj *introspection.Field) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext___Field_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("__Field", field, false, false)
@@ -15320,7 +15476,7 @@ func (ec *executionContext) fieldContext___Field_deprecationReason(_ context.Con
 }
 
 func (ec *executionContext) ___InputValue_name(ctx context.Context, field graphql.CollectedField, obj *introspection.InputValue) (ret graphql.Marshaler) {
-	return ec.marshalNString2string(ctx, field.Selections, obj.Name) // a plain field (graph/internal/sequential)
+	return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext___InputValue_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("__InputValue", field, false, false)
@@ -15382,7 +15538,10 @@ func (ec *executionContext) fieldContext___InputValue_type(_ context.Context, fi
 }
 
 func (ec *executionContext) ___InputValue_defaultValue(ctx context.Context, field graphql.CollectedField, obj *introspection.InputValue) (ret graphql.Marshaler) {
-	return ec.marshalOString2ᚖstring(ctx, field.Selections, obj.DefaultValue) // a plain field (graph/internal/sequential)
+	if obj.DefaultValue == nil {
+		return graphql.Null
+	}
+	return scalar.StringAt(obj.DefaultValue) // a plain field, read in place (graph/internal/sequential)
 }
 func (ec *executionContext) fieldContext___InputValue_defaultValue(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return scalarFieldContext("__InputValue", field, false, false)

@@ -59,7 +59,8 @@ func TestUnmarshalTime(t *testing.T) {
 }
 
 // The marshallers write, into a response buffer or any other writer, byte
-// for byte what gqlgen's and strconv's functions wrote before them.
+// for byte what gqlgen's and strconv's functions wrote before them; those
+// that read their value in place (StringAt, IDAt, TimeAt) too.
 func TestMarshallersWriteAsBefore(t *testing.T) {
 	type pair struct {
 		got  graphql.Marshaler
@@ -72,10 +73,10 @@ func TestMarshallersWriteAsBefore(t *testing.T) {
 	}
 	var cases []pair
 	for _, s := range []string{"", "plain", `quote " and \ backslash`, "tab\tcr\rnl\n", "\x00\x01\x1f\x7f", "é ü 日本 🚀", "bad \xff\xfe utf-8", strings.Repeat("long ", 2000)} {
-		cases = append(cases, pair{scalar.MarshalString(s), quoted(s)})
+		cases = append(cases, pair{scalar.MarshalString(s), quoted(s)}, pair{scalar.StringAt(&s), quoted(s)})
 	}
 	for _, id := range []uuid.UUID{uuid.Nil, uuid.MustParse("0193a5b8-7c1d-7e2f-8a9b-0c1d2e3f4a5b"), uuid.Max} {
-		cases = append(cases, pair{scalar.MarshalID(id), strconv.Quote(id.String())})
+		cases = append(cases, pair{scalar.MarshalID(id), strconv.Quote(id.String())}, pair{scalar.IDAt(&id), strconv.Quote(id.String())})
 	}
 	for _, n := range []int64{0, 1, -1, 255, 256, math.MaxInt32, math.MinInt32, math.MaxInt64, math.MinInt64} {
 		cases = append(cases, pair{scalar.MarshalInt64(n), strconv.FormatInt(n, 10)}, pair{scalar.MarshalSeqID(n), strconv.Quote(strconv.FormatInt(n, 10))})
@@ -83,7 +84,7 @@ func TestMarshallersWriteAsBefore(t *testing.T) {
 	}
 	zone := time.FixedZone("X", -5*3600)
 	for _, tm := range []time.Time{{}, time.Date(2026, 12, 6, 15, 4, 5, 123456789, time.UTC), time.Date(2026, 1, 2, 3, 4, 5, 0, zone), time.Date(294276, 12, 31, 23, 59, 59, 999999000, time.UTC)} {
-		cases = append(cases, pair{scalar.MarshalTime(tm), strconv.Quote(tm.UTC().Format(time.RFC3339Nano))})
+		cases = append(cases, pair{scalar.MarshalTime(tm), strconv.Quote(tm.UTC().Format(time.RFC3339Nano))}, pair{scalar.TimeAt(&tm), strconv.Quote(tm.UTC().Format(time.RFC3339Nano))})
 	}
 	for _, c := range cases {
 		var buf bytes.Buffer

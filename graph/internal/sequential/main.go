@@ -7,7 +7,9 @@
 //     which gqlgen always generates; its worker_limit option only caps how
 //     many run at once).
 //   - A plain field (a struct field of a scalar type, no resolver, no
-//     directive) is marshalled straight from the struct: gqlgen resolves
+//     directive) is marshalled straight from the struct (Strings and
+//     enums, IDs and Times by a pointer into it, scalar.StringAt and
+//     friends, so that no value is boxed either): gqlgen resolves
 //     it like any other, through a field context, a context value, three
 //     closures and the value boxed in an interface, some six allocations
 //     for every scalar of every response. Only fields that cannot error
@@ -120,9 +122,59 @@ func plain(src []byte, m []int) []byte {
 	if !noNil[typ] {
 		return sub(0)
 	}
+	if at, ok := inPlace[string(marshal)]; ok {
+		ptr := "&obj." + string(structField)
+		if nullness == "O" {
+			ptr = "obj." + string(structField)
+		}
+		if at == "StringAt" && typ != "string" {
+			ptr = "(*string)(" + ptr + ")" // an enum: a string type of package db
+		}
+		null := ""
+		if nullness == "O" {
+			null = fmt.Sprintf("if obj.%s == nil {\n\t\treturn graphql.Null\n\t}\n\t", structField)
+		}
+		return fmt.Appendf(nil, `func (ec *executionContext) %s(ctx context.Context, field graphql.CollectedField, obj %s) (ret graphql.Marshaler) {
+	%sreturn scalar.%s(%s) // a plain field, read in place (graph/internal/sequential)
+}`, name, obj, null, at, ptr)
+	}
 	return fmt.Appendf(nil, `func (ec *executionContext) %s(ctx context.Context, field graphql.CollectedField, obj %s) (ret graphql.Marshaler) {
 	return ec.%s(ctx, field.Selections, obj.%s) // a plain field (graph/internal/sequential)
 }`, name, obj, marshal, structField)
+}
+
+// inPlace maps the marshallers whose whole work is scalar.MarshalString,
+// MarshalID or MarshalTime of the value to the function that marshals it
+// where it is (scalar.StringAt, IDAt, TimeAt), for the plain fields they
+// marshal: a value boxed into an interface is an allocation, a pointer is
+// not. findInPlace fills it from the generated marshallers' bodies.
+var inPlace = map[string]string{}
+
+// marshaller matches a generated marshaller of a value and its body.
+var marshaller = regexp.MustCompile(`(?s)func \(ec \*executionContext\) (marshal[NO][^(\s]+)\(ctx context\.Context, sel ast\.SelectionSet, v [^)]+\) graphql\.Marshaler \{\n(.*?)\n\}\n`)
+
+// inPlaceBodies are the bodies of marshallers that only call one of the
+// scalars' functions (null and error checks included, which these never
+// trigger: MarshalString, MarshalID and MarshalTime return neither).
+var inPlaceBodies = map[string]string{}
+
+func init() {
+	for fn, at := range map[string]string{"MarshalString": "StringAt", "MarshalID": "IDAt", "MarshalTime": "TimeAt"} {
+		for _, arg := range []string{"v", "string(v)"} {
+			inPlaceBodies["\t_ = sel\n\tres := scalar."+fn+"("+arg+")\n\tif res == graphql.Null {\n\t\tif !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {\n\t\t\tgraphql.AddErrorf(ctx, \"the requested element is null which the schema does not allow\")\n\t\t}\n\t}\n\treturn res"] = at
+			deref := strings.Replace(arg, "v", "*v", 1)
+			inPlaceBodies["\tif v == nil {\n\t\treturn graphql.Null\n\t}\n\t_ = sel\n\t_ = ctx\n\tres := scalar."+fn+"("+deref+")\n\treturn res"] = at
+		}
+	}
+}
+
+// findInPlace fills inPlace from src's marshallers.
+func findInPlace(src []byte) {
+	for _, m := range marshaller.FindAllSubmatch(src, -1) {
+		if at, ok := inPlaceBodies[string(m[2])]; ok {
+			inPlace[string(m[1])] = at
+		}
+	}
 }
 
 var rewrites = []rewrite{
@@ -235,6 +287,10 @@ func run() error {
 	src, err := os.ReadFile(file)
 	if err != nil {
 		return err
+	}
+	findInPlace(src)
+	if len(inPlace) == 0 {
+		return fmt.Errorf("%s has no marshaller of a String, ID or Time to read in place: did gqlgen change its generated code?", file)
 	}
 	for _, r := range rewrites {
 		if !r.from.Match(src) && !bytes.Contains(src, []byte(r.done)) {

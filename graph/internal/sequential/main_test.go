@@ -109,3 +109,42 @@ func TestUnmarshalerMap(t *testing.T) {
 		t.Fatalf("found %v, %v; want graph/input.go", found, err)
 	}
 }
+
+// marshallerSrc is a value marshaller as gqlgen v0.17.95 generates it, of
+// a non-null or nullable type, whose result is call.
+func marshallerSrc(name, typ, call string, nullable bool) string {
+	if nullable {
+		return "func (ec *executionContext) " + name + "(ctx context.Context, sel ast.SelectionSet, v " + typ + ") graphql.Marshaler {\n\tif v == nil {\n\t\treturn graphql.Null\n\t}\n\t_ = sel\n\t_ = ctx\n\tres := " + call + "\n\treturn res\n}\n"
+	}
+	return "func (ec *executionContext) " + name + "(ctx context.Context, sel ast.SelectionSet, v " + typ + ") graphql.Marshaler {\n\t_ = sel\n\tres := " + call + "\n\tif res == graphql.Null {\n\t\tif !graphql.HasFieldError(ctx, graphql.GetFieldContext(ctx)) {\n\t\t\tgraphql.AddErrorf(ctx, \"the requested element is null which the schema does not allow\")\n\t\t}\n\t}\n\treturn res\n}\n"
+}
+
+// Plain Strings, enums, IDs and Times are read in place, through a pointer
+// into their struct; other plain fields keep their marshaller, and a
+// marshaller that does more than call the scalar's function is kept.
+func TestPlainFieldsReadInPlace(t *testing.T) {
+	noNil["db.JobStatus"] = true
+	findInPlace([]byte(marshallerSrc("marshalNString2string", "string", "scalar.MarshalString(v)", false) +
+		marshallerSrc("marshalNJobStatus2fleetgraphᚋdbᚐJobStatus", "db.JobStatus", "scalar.MarshalString(string(v))", false) +
+		marshallerSrc("marshalOTime2ᚖtimeᚐTime", "*time.Time", "scalar.MarshalTime(*v)", true) +
+		marshallerSrc("marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID", "uuid.UUID", "scalar.MarshalID(v)", false) +
+		marshallerSrc("marshalNInt2int", "int", "scalar.MarshalInt(v)", false) +
+		marshallerSrc("marshalNSecret2string", "string", "scalar.MarshalString(redacted(v))", false)))
+	defer clear(inPlace)
+	head := func(name string) string {
+		return `func (ec *executionContext) _Job_` + name + `(ctx context.Context, field graphql.CollectedField, obj *db.Job) (ret graphql.Marshaler) {` + "\n\t"
+	}
+	for _, c := range []struct{ name, resolve, typ, marshal, want string }{
+		{"name", "obj.Name", "string", "marshalNString2string", "return scalar.StringAt(&obj.Name) // a plain field, read in place (graph/internal/sequential)"},
+		{"status", "obj.Status", "db.JobStatus", "marshalNJobStatus2fleetgraphᚋdbᚐJobStatus", "return scalar.StringAt((*string)(&obj.Status)) // a plain field, read in place (graph/internal/sequential)"},
+		{"claimedAt", "obj.ClaimedAt", "*time.Time", "marshalOTime2ᚖtimeᚐTime", "if obj.ClaimedAt == nil {\n\t\treturn graphql.Null\n\t}\n\treturn scalar.TimeAt(obj.ClaimedAt) // a plain field, read in place (graph/internal/sequential)"},
+		{"id", "obj.ID", "uuid.UUID", "marshalNID2githubᚗcomᚋgoogleᚋuuidᚐUUID", "return scalar.IDAt(&obj.ID) // a plain field, read in place (graph/internal/sequential)"},
+		{"attempt", "obj.Attempt", "int", "marshalNInt2int", "return ec.marshalNInt2int(ctx, field.Selections, obj.Attempt) // a plain field (graph/internal/sequential)"},
+		{"secret", "obj.Secret", "string", "marshalNSecret2string", "return ec.marshalNSecret2string(ctx, field.Selections, obj.Secret) // a plain field (graph/internal/sequential)"},
+	} {
+		got := string(replaceAll(plainField, []byte(field(c.name, c.resolve, c.typ, c.marshal)), plain))
+		if want := head(c.name) + c.want + "\n}"; got != want {
+			t.Errorf("%s:\ngot\n%s\nwant\n%s", c.name, got, want)
+		}
+	}
+}
