@@ -11,10 +11,11 @@
 // nothing once the live heap is half of it or more (a replica holding
 // 10,000 idle subscriptions keeps Go's default), which a fixed GOGC could
 // not promise. It is kept small (serve's default is 32 MB): the first
-// window of a small heap is also where a burst of long-lived objects (10,000
-// subscriptions opening at once) lands, and a larger one spreads them over
-// more memory (BENCHMARKS.md, "A floor under the garbage collector"). This is the effect of the "heap ballast" of old and of the
-// GOGC tuners (Uber's; gctuner in bytedance/gopkg), reduced to a floor.
+// window of a small heap is also where a burst of long-lived objects
+// (10,000 subscriptions opening at once) lands, and a larger floor spreads
+// them over more memory (BENCHMARKS.md, "The floor's size"). This is the
+// effect of the "heap ballast" of old and of the GOGC tuners (Uber's;
+// gctuner in bytedance/gopkg), reduced to a floor.
 package gcfloor
 
 import (
