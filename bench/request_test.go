@@ -74,23 +74,6 @@ func BenchmarkRequestPath(b *testing.B) {
 	for i := range points {
 		points[i] = body(dataset.Point, map[string]any{"id": dataset.JobID(1 + rand.IntN(dataset.JobCount))})
 	}
-	b.Run("list", func(b *testing.B) {
-		serve(b, list)
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				serve(b, list)
-			}
-		})
-	})
-	b.Run("point", func(b *testing.B) {
-		var n atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				serve(b, points[n.Add(1)%int64(len(points))])
-			}
-		})
-	})
 	// The same two queries over real HTTP on loopback, keep-alive, to
 	// profile what the server adds around the operation (net/http, the
 	// middleware, the body's JSON). The clients run in this process too:
@@ -115,21 +98,28 @@ func BenchmarkRequestPath(b *testing.B) {
 			b.Fatalf("status %d, %v: %.500s", resp.StatusCode, err, body)
 		}
 	}
-	b.Run("http-list", func(b *testing.B) {
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				overHTTP(b, list)
-			}
+	for _, via := range []struct {
+		prefix string
+		send   func(b *testing.B, payload string)
+	}{{"", serve}, {"http-", overHTTP}} {
+		b.Run(via.prefix+"list", func(b *testing.B) {
+			via.send(b, list)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					via.send(b, list)
+				}
+			})
 		})
-	})
-	b.Run("http-point", func(b *testing.B) {
-		var n atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				overHTTP(b, points[n.Add(1)%int64(len(points))])
-			}
+		b.Run(via.prefix+"point", func(b *testing.B) {
+			var n atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					via.send(b, points[n.Add(1)%int64(len(points))])
+				}
+			})
 		})
-	})
+	}
 
 	const rawPoint = `SELECT j.id, j.status, j.priority, j.progress, j.attempt, j.input, j.created_at, r.name
 FROM jobs j LEFT JOIN robots r ON r.id = j.robot_id AND r.tenant_id = j.tenant_id

@@ -100,8 +100,9 @@ func snakeCase(name string) string {
 		}
 		b.WriteRune(r)
 	}
-	snakeCases.Store(name, b.String())
-	return b.String()
+	c := b.String()
+	snakeCases.Store(name, c)
+	return c
 }
 
 // snakeCases are the column names snakeCase computed, by field name.
