@@ -112,8 +112,8 @@ func TestCorkConnFlushTimesOut(t *testing.T) {
 }
 
 // TestCorkConnFramesText checks the frames text writes (RFC 6455 5.2: the
-// 7-bit, 16-bit and 64-bit lengths) by reading them back with a real
-// websocket frame reader, and that nothing is framed after a close frame.
+// 7-bit, 16-bit and 64-bit lengths) by reading them back frame by frame,
+// and that nothing is framed after a close frame.
 func TestCorkConnFramesText(t *testing.T) {
 	t.Parallel()
 	server, client := tcpPair(t)
@@ -126,31 +126,8 @@ func TestCorkConnFramesText(t *testing.T) {
 	}
 	require.NoError(t, c.flush())
 	for _, n := range sizes {
-		var h [2]byte
-		_, err := io.ReadFull(client, h[:])
-		require.NoError(t, err)
-		require.Equal(t, byte(0x81), h[0], "FIN and text")
-		require.Zero(t, h[1]&0x80, "a server's frame is not masked")
-		size := int(h[1] & 0x7f)
-		switch size {
-		case 126:
-			var l [2]byte
-			_, err = io.ReadFull(client, l[:])
-			require.NoError(t, err)
-			size = int(l[0])<<8 | int(l[1])
-		case 127:
-			var l [8]byte
-			_, err = io.ReadFull(client, l[:])
-			require.NoError(t, err)
-			size = 0
-			for _, b := range l {
-				size = size<<8 | int(b)
-			}
-		}
-		require.Equal(t, n+2, size, "the length of a %d-byte payload with its envelope", n)
-		body := make([]byte, size)
-		_, err = io.ReadFull(client, body)
-		require.NoError(t, err)
+		body := readServerFrame(t, client)
+		require.Len(t, body, n+2, "the length of a %d-byte payload with its envelope", n)
 		require.Equal(t, "<"+strings.Repeat("p", n)+">", string(body))
 	}
 
@@ -181,4 +158,36 @@ func TestCorkConnRenewsItsDeadline(t *testing.T) {
 	_, err = io.ReadFull(client, got)
 	require.NoError(t, err)
 	require.Equal(t, "x\x81\x01y", string(got))
+}
+
+// readServerFrame reads one frame a server sends (RFC 6455 5.2: final,
+// text, unmasked, of any of the three lengths) and returns its payload.
+// socket_test.go uses it too (export_test.go).
+func readServerFrame(t *testing.T, r io.Reader) []byte {
+	t.Helper()
+	var h [2]byte
+	_, err := io.ReadFull(r, h[:])
+	require.NoError(t, err)
+	require.Equal(t, byte(0x81), h[0], "FIN and text")
+	require.Zero(t, h[1]&0x80, "a server's frame is not masked")
+	size := int(h[1] & 0x7f)
+	switch size {
+	case 126:
+		var l [2]byte
+		_, err = io.ReadFull(r, l[:])
+		require.NoError(t, err)
+		size = int(l[0])<<8 | int(l[1])
+	case 127:
+		var l [8]byte
+		_, err = io.ReadFull(r, l[:])
+		require.NoError(t, err)
+		size = 0
+		for _, b := range l {
+			size = size<<8 | int(b)
+		}
+	}
+	body := make([]byte, size)
+	_, err = io.ReadFull(r, body)
+	require.NoError(t, err)
+	return body
 }

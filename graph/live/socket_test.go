@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"runtime"
@@ -20,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
+	"fleetgraph/graph/live"
 )
 
 // TestIdleSocketHoldsOneGoroutine opens websockets that each hold a shared
@@ -97,7 +97,7 @@ func TestSocketKeepsBytesSentWithTheUpgrade(t *testing.T) {
 	resp, err := http.ReadResponse(br, nil)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
-	payload := readServerFrame(t, br)
+	payload := live.ReadServerFrame(t, br)
 	var ack msg
 	require.NoError(t, json.Unmarshal(payload, &ack), "frame %q", payload)
 	require.Equal(t, "connection_ack", ack.Type)
@@ -118,28 +118,4 @@ func maskedTextFrame(payload []byte) []byte {
 		frame = append(frame, b^mask[i%4])
 	}
 	return frame
-}
-
-// readServerFrame reads one unmasked, unfragmented frame and returns its
-// payload.
-func readServerFrame(t *testing.T, r io.Reader) []byte {
-	t.Helper()
-	var h [2]byte
-	_, err := io.ReadFull(r, h[:])
-	require.NoError(t, err)
-	require.Equal(t, byte(0x81), h[0], "a final text frame")
-	n := int(h[1] & 0x7f)
-	switch n {
-	case 126:
-		var l [2]byte
-		_, err = io.ReadFull(r, l[:])
-		require.NoError(t, err)
-		n = int(l[0])<<8 | int(l[1])
-	case 127:
-		t.Fatal("an unexpectedly large frame")
-	}
-	p := make([]byte, n)
-	_, err = io.ReadFull(r, p)
-	require.NoError(t, err)
-	return p
 }

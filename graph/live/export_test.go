@@ -1,0 +1,4 @@
+package live
+
+// ReadServerFrame is readServerFrame, for package live_test.
+var ReadServerFrame = readServerFrame
