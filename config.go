@@ -185,6 +185,8 @@ type config struct {
 	keyCacheTTL time.Duration
 	// gcMinHeap is GC_MIN_HEAP_MB in bytes (0: Go's default GC rules).
 	gcMinHeap uint64
+	// running is MAX_RUNNING_OPERATIONS (0: four per CPU).
+	running int
 }
 
 // embedded reports whether the server runs its own PostgreSQL.
@@ -211,7 +213,7 @@ type configSettings struct {
 	metricsAddr                                               *setting
 	webhookAllowPrivate, webhookAllowHTTP, webhookTimeout     *setting
 	webhookWorkers                                            *setting
-	keyCacheTTL, gcMinHeap                                    *setting
+	keyCacheTTL, gcMinHeap, running                           *setting
 }
 
 func declareServe(s *settings) *configSettings {
@@ -249,6 +251,8 @@ func declareServe(s *settings) *configSettings {
 			"seconds a verified robot API key is trusted without reading it again (0: read on every request); revocations clear it at once on every replica, and it is bypassed while the notification listener is down"),
 		gcMinHeap: s.add("GC_MIN_HEAP_MB", "gc-min-heap-mb", "32",
 			"megabytes the heap may reach before the garbage collector runs, when that is more than Go's default (twice what is live); 0, or GOGC set, leaves Go's default"),
+		running: s.add("MAX_RUNNING_OPERATIONS", "max-running-operations", "0",
+			"queries and mutations executing at once; more wait their turn in arrival order (0: four per CPU); a claim waiting for a job does not count"),
 		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 		metricsAddr: s.add("METRICS_ADDR", "metrics-addr", "",
@@ -363,6 +367,9 @@ func (cs *configSettings) resolve() (*config, error) {
 		return nil, err
 	}
 	c.gcMinHeap = uint64(minHeap) << 20
+	if c.running, err = cs.running.Int(0, 100_000); err != nil {
+		return nil, err
+	}
 	if c.logLevel, err = parseLevel(cs.logLevel); err != nil {
 		return nil, err
 	}

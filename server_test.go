@@ -384,6 +384,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "SubscriptionsPerPrincipal", env: env{"MAX_SUBSCRIPTIONS_PER_PRINCIPAL": "many"}, want: "MAX_SUBSCRIPTIONS_PER_PRINCIPAL"},
 		{name: "GCMinHeap", env: env{"GC_MIN_HEAP_MB": "-1"}, want: "GC_MIN_HEAP_MB"},
 		{name: "GCMinHeapNotANumber", env: env{"GC_MIN_HEAP_MB": "lots"}, want: "GC_MIN_HEAP_MB"},
+		{name: "RunningNegative", env: env{"MAX_RUNNING_OPERATIONS": "-1"}, want: "MAX_RUNNING_OPERATIONS"},
+		{name: "RunningTooMany", env: env{"MAX_RUNNING_OPERATIONS": "100001"}, want: "MAX_RUNNING_OPERATIONS"},
 		{name: "Playground", env: env{"PLAYGROUND": "maybe"}, want: "PLAYGROUND"},
 		{name: "Introspection", env: env{"INTROSPECTION": "2x"}, want: "INTROSPECTION"},
 		{name: "AutoMigrate", env: env{"AUTO_MIGRATE": "sometimes"}, want: "AUTO_MIGRATE"},

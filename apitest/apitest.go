@@ -103,6 +103,8 @@ type Options struct {
 	KeepAlive time.Duration
 	// LiveLimits override the operations allowed per websocket and per caller.
 	LiveLimits live.Limits
+	// Running caps the operations executing at once (default: graph.DefaultRunningPerCPU per CPU).
+	Running int
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
 	// KeyCacheTTL turns the API key cache on (default off, so tests that
@@ -201,6 +203,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		InitTimeout:    o.InitTimeout,
 		KeepAlive:      o.KeepAlive,
 		LiveLimits:     o.LiveLimits,
+		Running:        o.Running,
 		KeyRecheck:     o.KeyRecheck,
 		KeyCacheTTL:    o.KeyCacheTTL,
 		Clock:          o.Clock,

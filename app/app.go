@@ -56,6 +56,9 @@ type Config struct {
 	KeepAlive time.Duration
 	// LiveLimits cap operations per websocket and per caller (zero fields: the defaults).
 	LiveLimits live.Limits
+	// Running caps the queries and mutations executing at once; more wait
+	// their turn (0: graph.DefaultRunningPerCPU per CPU).
+	Running int
 	// KeyRecheck is how often robot websockets re-check their API key (0: the handler's default).
 	KeyRecheck time.Duration
 	// Metrics, when non-nil, is given to every part that records metrics,
@@ -170,6 +173,7 @@ func New(cfg Config) (*App, error) {
 		WebsocketInitTimeout: cfg.InitTimeout,
 		WebsocketKeepAlive:   cfg.KeepAlive,
 		LiveLimits:           cfg.LiveLimits,
+		Running:              cfg.Running,
 		WebsocketKeyRecheck:  cfg.KeyRecheck,
 		Metrics:              cfg.Metrics,
 	})

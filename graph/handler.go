@@ -94,6 +94,9 @@ type HandlerConfig struct {
 	LiveLimits live.Limits
 	// WebsocketKeyRecheck is how often a robot's websocket re-checks its API key (0: 30s).
 	WebsocketKeyRecheck time.Duration
+	// Running caps the queries and mutations that execute at once; more
+	// wait their turn in arrival order (0: DefaultRunningPerCPU per CPU).
+	Running int
 	// Metrics records requests, operations, errors and streams (nil: off).
 	// The access log is Logger's, at info level, either way.
 	Metrics *metrics.Metrics
@@ -178,7 +181,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		srv.Use(ext)
 	}
 	use(operationMetrics{cfg.Metrics})
-	use(requestsFirst{&running})
+	use(newRequestsFirst(cfg.Running, &running, cfg.Metrics))
 
 	validated := lru.New[*ast.QueryDocument](1000)
 	srv.SetQueryCache(validated)

@@ -158,3 +158,46 @@ func TestLongestWaitAnswersBeforeTheWriteTimeout(t *testing.T) {
 	require.NoError(t, c.err, "the longest wait did not answer")
 	require.Nil(t, c.lease)
 }
+
+// TestParkedClaimsHoldNoTurn: with one operation running at a time
+// (MAX_RUNNING_OPERATIONS=1), a claim waiting for a job leaves the turn to
+// other requests, and takes it back to return the job it was woken for.
+func TestParkedClaimsHoldNoTurn(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Running: 1})
+	tn := jqNewTenant(t, s)
+	r := tn.robot(t, "patient", jqRobotOpts{Slots: 1})
+	// The robot's second claim is refused once the first waits: it had
+	// to be given the turn the waiting claim gave back. (If the second
+	// comes first, the first is the one refused: it is sent again.)
+	var waiting <-chan jqClaimed
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		require.True(t, time.Now().Before(deadline), "the second claim was never refused for the first one's wait")
+		if waiting == nil {
+			waiting = r.claimAsync(t, 25)
+		}
+		if c := <-r.claimAsync(t, 1); c.err != nil {
+			jqRequireWaitLimit(t, c, 1)
+			break
+		}
+		select {
+		case first := <-waiting:
+			jqRequireWaitLimit(t, first, 1)
+			waiting = nil
+		default:
+		}
+	}
+	// And a user's query runs while it waits.
+	var out struct{ Jobs struct{ TotalCount int } }
+	tn.do(t, `{ jobs { totalCount } }`, nil, &out)
+	require.Zero(t, out.Jobs.TotalCount)
+	select {
+	case c := <-waiting:
+		require.FailNow(t, "the waiting claim returned before any job was queued", "%+v", c)
+	default:
+	}
+	job := tn.enqueue(t, nil)
+	l := jqReceive(t, waiting, 20*time.Second)
+	require.NotNil(t, l, "the woken claim returned no job")
+	require.Equal(t, job.ID, l.Job.ID)
+}

@@ -2,27 +2,58 @@ package graph
 
 import (
 	"context"
+	"runtime"
 	"sync/atomic"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+	"golang.org/x/sync/semaphore"
 
 	"fleetgraph/dispatch"
+	"fleetgraph/metrics"
 )
 
-// requestsFirst is the gqlgen extension that counts the queries and
-// mutations running, for the fan-out (live.Fanout.Yield): while any runs,
-// a single writer sends subscription results, so a process that fans out
-// at full speed keeps a CPU for its requests. Subscription events are not
-// counted, nor is a claim while it is parked waiting for a job
-// (dispatch.WithParking): robots' long polls would otherwise hold the
+// DefaultRunningPerCPU is how many queries and mutations execute at once
+// per CPU (GOMAXPROCS) when HandlerConfig.Running is 0.
+const DefaultRunningPerCPU = 4
+
+// requestsFirst is the gqlgen extension that gives queries and mutations
+// their turns and counts them.
+//
+// Turns: at most a fixed number of operations execute at once (turns);
+// the rest wait, in arrival order, before their loaders and results are
+// allocated. Past that number more operations in flight buy no
+// throughput on the process's CPUs, only a larger live heap, which the
+// garbage collector scans on every cycle (BENCHMARKS.md, "Turns"). A
+// claim gives its turn back while it is parked waiting for a job
+// (dispatch.WithParking) and takes one again when it wakes, so robots'
+// long polls never hold turns.
+//
+// Counting: while any query or mutation waits or runs, a single writer
+// sends subscription results (live.Fanout.Yield), so a process that fans
+// out at full speed keeps a CPU for its requests. Subscription events are
+// neither counted nor given turns (the fan-out bounds their work), nor is
+// a parked claim counted: robots' long polls would otherwise hold the
 // fan-out to one writer all the time.
-type requestsFirst struct{ running *atomic.Int64 }
+type requestsFirst struct {
+	running *atomic.Int64
+	turns   *semaphore.Weighted
+	metrics *metrics.Metrics
+}
 
 var (
 	_ graphql.HandlerExtension    = requestsFirst{}
 	_ graphql.ResponseInterceptor = requestsFirst{}
 )
+
+// newRequestsFirst gives n operations turns at once (0: DefaultRunningPerCPU per CPU).
+func newRequestsFirst(n int, running *atomic.Int64, m *metrics.Metrics) requestsFirst {
+	if n <= 0 {
+		n = DefaultRunningPerCPU * runtime.GOMAXPROCS(0)
+	}
+	return requestsFirst{running: running, turns: semaphore.NewWeighted(int64(n)), metrics: m}
+}
 
 // ExtensionName implements graphql.HandlerExtension.
 func (requestsFirst) ExtensionName() string { return "RequestsFirst" }
@@ -37,11 +68,48 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 	}
 	r.running.Add(1)
 	defer r.running.Add(-1)
+	t := turn{r: r}
+	if !t.take(ctx) {
+		return &graphql.Response{Errors: gqlerror.List{clientGone()}}
+	}
+	defer t.give()
+	// An operation's parking calls never overlap: claims are mutation
+	// fields, which run one at a time.
 	return next(dispatch.WithParking(ctx, func(parked bool) {
 		if parked {
 			r.running.Add(-1)
+			t.give()
 		} else {
 			r.running.Add(1)
+			t.take(ctx) // if ctx ends first, the claim returns at once without a turn
 		}
 	}))
+}
+
+// turn is one operation's hold on a turn.
+type turn struct {
+	r    requestsFirst
+	held bool
+}
+
+// take waits for a turn, and reports false if ctx ended first.
+func (t *turn) take(ctx context.Context) bool {
+	if !t.r.turns.TryAcquire(1) {
+		done := t.r.metrics.OperationWaiting()
+		err := t.r.turns.Acquire(ctx, 1)
+		done()
+		if err != nil {
+			return false
+		}
+	}
+	t.held = true
+	return true
+}
+
+// give returns the turn, if held.
+func (t *turn) give() {
+	if t.held {
+		t.held = false
+		t.r.turns.Release(1)
+	}
 }

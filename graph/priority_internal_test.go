@@ -4,13 +4,20 @@ import (
 	"context"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/stretchr/testify/require"
 	"github.com/vektah/gqlparser/v2/ast"
 
 	"fleetgraph/dispatch"
+	"fleetgraph/metrics"
 )
+
+// opContext is a context carrying an operation of the given kind.
+func opContext(ctx context.Context, kind ast.Operation) context.Context {
+	return graphql.WithOperationContext(ctx, &graphql.OperationContext{Operation: &ast.OperationDefinition{Operation: kind}})
+}
 
 // TestRequestsFirstCountsRunningRequests checks what the fan-out yields to:
 // a query or mutation counts while it runs, except while a claim is parked
@@ -18,10 +25,8 @@ import (
 func TestRequestsFirstCountsRunningRequests(t *testing.T) {
 	t.Parallel()
 	var running atomic.Int64
-	ext := requestsFirst{&running}
-	op := func(kind ast.Operation) context.Context {
-		return graphql.WithOperationContext(context.Background(), &graphql.OperationContext{Operation: &ast.OperationDefinition{Operation: kind}})
-	}
+	ext := newRequestsFirst(0, &running, nil)
+	op := func(kind ast.Operation) context.Context { return opContext(context.Background(), kind) }
 
 	ext.InterceptResponse(op(ast.Mutation), func(ctx context.Context) *graphql.Response {
 		require.EqualValues(t, 1, running.Load(), "a running mutation counts")
@@ -44,4 +49,207 @@ func TestRequestsFirstCountsRunningRequests(t *testing.T) {
 	})
 	dispatch.Parking(context.Background())(true) // without a hook: nothing happens
 	require.EqualValues(t, 0, running.Load())
+}
+
+// turnsTest runs operations through one requestsFirst with a few turns and
+// watches the operations waiting for one.
+type turnsTest struct {
+	t       *testing.T
+	ext     requestsFirst
+	running atomic.Int64
+	m       *metrics.Metrics
+}
+
+func newTurnsTest(t *testing.T, turns int) *turnsTest {
+	tt := &turnsTest{t: t, m: metrics.New(nil)}
+	tt.ext = newRequestsFirst(turns, &tt.running, tt.m)
+	return tt
+}
+
+// started is an operation in flight: its body runs until release is closed.
+type started struct {
+	running, release, done chan struct{}
+	resp                   *graphql.Response
+}
+
+// start sends an operation of kind whose body signals running, runs
+// during (if set), and then waits for release.
+func (tt *turnsTest) start(ctx context.Context, kind ast.Operation, during func(ctx context.Context)) *started {
+	s := &started{running: make(chan struct{}), release: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		s.resp = tt.ext.InterceptResponse(opContext(ctx, kind), func(ctx context.Context) *graphql.Response {
+			close(s.running)
+			if during != nil {
+				during(ctx)
+			}
+			<-s.release
+			return &graphql.Response{}
+		})
+	}()
+	return s
+}
+
+// waiting reads fleetgraph_graphql_operations_waiting.
+func (tt *turnsTest) waiting() float64 {
+	families, err := tt.m.Registry().Gather()
+	require.NoError(tt.t, err)
+	for _, f := range families {
+		if f.GetName() == "fleetgraph_graphql_operations_waiting" {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	tt.t.Fatal("no fleetgraph_graphql_operations_waiting")
+	return 0
+}
+
+// waitFor waits until n operations wait for a turn.
+func (tt *turnsTest) waitFor(n float64) {
+	tt.t.Helper()
+	require.Eventually(tt.t, func() bool { return tt.waiting() == n }, 10*time.Second, time.Millisecond, "operations waiting: want %v", n)
+}
+
+func recv(t *testing.T, c chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(10 * time.Second):
+		t.Fatal(what)
+	}
+}
+
+func ran(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// TestTurnsBoundRunningOperations: with two turns, a third and a fourth
+// operation wait, and run in the order they came as turns are given back.
+func TestTurnsBoundRunningOperations(t *testing.T) {
+	t.Parallel()
+	tt := newTurnsTest(t, 2)
+	ctx := t.Context()
+	a, b := tt.start(ctx, ast.Query, nil), tt.start(ctx, ast.Mutation, nil)
+	recv(t, a.running, "first operation never ran")
+	recv(t, b.running, "second operation never ran")
+	c := tt.start(ctx, ast.Query, nil)
+	tt.waitFor(1)
+	d := tt.start(ctx, ast.Query, nil)
+	tt.waitFor(2)
+	require.EqualValues(t, 4, tt.running.Load(), "waiting operations count for the fan-out's yield")
+
+	close(a.release)
+	recv(t, c.running, "the first to wait did not run when a turn came back")
+	tt.waitFor(1)
+	require.False(t, ran(d.running), "the second to wait ran before its turn")
+	close(b.release)
+	recv(t, d.running, "the second to wait never ran")
+	tt.waitFor(0)
+	close(c.release)
+	close(d.release)
+	for _, s := range []*started{a, b, c, d} {
+		recv(t, s.done, "an operation never ended")
+		require.Empty(t, s.resp.Errors)
+	}
+	require.EqualValues(t, 0, tt.running.Load())
+
+	// Every turn is back: two run at once again.
+	e, f := tt.start(ctx, ast.Query, nil), tt.start(ctx, ast.Query, nil)
+	recv(t, e.running, "a turn was lost")
+	recv(t, f.running, "a turn was lost")
+	close(e.release)
+	close(f.release)
+}
+
+// TestTurnsLeaveWhenTheClientDoes: an operation whose client leaves while
+// it waits ends without running, and holds no turn.
+func TestTurnsLeaveWhenTheClientDoes(t *testing.T) {
+	t.Parallel()
+	tt := newTurnsTest(t, 1)
+	a := tt.start(t.Context(), ast.Query, nil)
+	recv(t, a.running, "operation never ran")
+	ctx, cancel := context.WithCancel(t.Context())
+	b := tt.start(ctx, ast.Query, nil)
+	tt.waitFor(1)
+	cancel()
+	recv(t, b.done, "a waiting operation whose client left did not end")
+	require.False(t, ran(b.running), "it ran")
+	require.Len(t, b.resp.Errors, 1)
+	require.Equal(t, "the request was cancelled", b.resp.Errors[0].Message)
+	tt.waitFor(0)
+
+	close(a.release)
+	c := tt.start(t.Context(), ast.Query, nil)
+	recv(t, c.running, "the turn was not given back")
+	close(c.release)
+	require.EqualValues(t, 0, waitRunning(t, &tt.running))
+}
+
+// waitRunning waits until nothing is counted as running and returns the count.
+func waitRunning(t *testing.T, running *atomic.Int64) int64 {
+	require.Eventually(t, func() bool { return running.Load() == 0 }, 10*time.Second, time.Millisecond)
+	return running.Load()
+}
+
+// TestParkedClaimsGiveTheirTurn: a claim parked waiting for a job lets
+// another operation run on its turn, and when it wakes it waits for a turn
+// again; a subscription's events take no turn.
+func TestParkedClaimsGiveTheirTurn(t *testing.T) {
+	t.Parallel()
+	tt := newTurnsTest(t, 1)
+	ctx := t.Context()
+	parked, wake, woken := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	claim := tt.start(ctx, ast.Mutation, func(ctx context.Context) {
+		park := dispatch.Parking(ctx)
+		park(true)
+		close(parked)
+		<-wake
+		park(false)
+		close(woken)
+	})
+	recv(t, parked, "the claim never parked")
+	q := tt.start(ctx, ast.Query, nil)
+	recv(t, q.running, "a query did not run while the only turn's holder was parked")
+
+	close(wake)
+	tt.waitFor(1)
+	require.False(t, ran(woken), "the woken claim went on without a turn")
+	sub := tt.start(ctx, ast.Subscription, nil)
+	recv(t, sub.running, "a subscription's event waited for a turn")
+	close(sub.release)
+	close(q.release)
+	recv(t, woken, "the woken claim never got its turn back")
+	close(claim.release)
+	recv(t, claim.done, "the claim never ended")
+
+	// A claim whose client leaves while it is parked returns without
+	// waiting for a turn again, and gives back none it does not hold.
+	ctx2, cancel := context.WithCancel(ctx)
+	parked2, left := make(chan struct{}), make(chan struct{})
+	leaver := tt.start(ctx2, ast.Mutation, func(ctx context.Context) {
+		park := dispatch.Parking(ctx)
+		park(true)
+		close(parked2)
+		<-ctx.Done()
+		park(false)
+		close(left)
+	})
+	recv(t, parked2, "the second claim never parked")
+	holder := tt.start(ctx, ast.Query, nil)
+	recv(t, holder.running, "no turn while the second claim was parked")
+	cancel()
+	recv(t, left, "a claim whose client left waited for a turn")
+	close(leaver.release)
+	recv(t, leaver.done, "the leaving claim never ended")
+	close(holder.release)
+	recv(t, holder.done, "the holder never ended")
+	last := tt.start(ctx, ast.Query, nil)
+	recv(t, last.running, "a turn was lost")
+	close(last.release)
+	recv(t, last.done, "the last operation never ended")
+	require.EqualValues(t, 0, tt.running.Load())
 }

@@ -51,7 +51,8 @@ type Metrics struct {
 	streamsTotal *prometheus.CounterVec   // transport
 
 	operations *prometheus.HistogramVec // type, operation, outcome
-	errors     *prometheus.CounterVec   // code
+	waiting    prometheus.Gauge
+	errors     *prometheus.CounterVec // code
 
 	subscribers   *prometheus.GaugeVec   // kind
 	deliveries    *prometheus.CounterVec // kind
@@ -111,6 +112,10 @@ func New(log *slog.Logger) *Metrics {
 			"Queries and mutations until their response; subscriptions for their whole life.",
 		Buckets: durationBuckets,
 	}, []string{"type", "operation", "outcome"})
+	m.waiting = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "fleetgraph_graphql_operations_waiting",
+		Help: "Queries and mutations waiting for a turn to execute (MAX_RUNNING_OPERATIONS are given turns at once).",
+	})
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "fleetgraph_graphql_errors_total",
 		Help: "GraphQL errors sent to clients, by extensions.code.",
@@ -169,7 +174,7 @@ func New(log *slog.Logger) *Metrics {
 		Help: "Jobs taken back from an expired lease, by the status they went to (QUEUED again, or FAILED).",
 	}, []string{"to"})
 	for _, c := range []prometheus.Collector{m.httpRequests, m.httpDuration, m.streamsOpen, m.streamsTotal,
-		m.operations, m.errors, m.subscribers, m.deliveries, m.coalesced, m.slowConsumers, m.resyncs,
+		m.operations, m.waiting, m.errors, m.subscribers, m.deliveries, m.coalesced, m.slowConsumers, m.resyncs,
 		m.sharedGroups, m.sharedSubscribers, m.sharedRenders, m.sharedSends, m.reconnects, m.dropped, m.claimWait, m.rescues} {
 		f(c)
 	}
@@ -246,6 +251,16 @@ func (m *Metrics) Request(method string, status int, stream string, d time.Durat
 	if stream == "" {
 		m.httpDuration.WithLabelValues(method).Observe(d.Seconds())
 	}
+}
+
+// OperationWaiting counts an operation as waiting for its turn; call the
+// returned function when the wait ends.
+func (m *Metrics) OperationWaiting() (done func()) {
+	if m == nil {
+		return func() {}
+	}
+	m.waiting.Inc()
+	return m.waiting.Dec
 }
 
 // StreamOpened counts a websocket or SSE stream as open; call the returned

@@ -29,6 +29,7 @@ func TestNilMetricsRecordNothing(t *testing.T) {
 	var m *Metrics
 	m.Request("POST", 200, "", 0)
 	m.StreamOpened("sse")()
+	m.OperationWaiting()()
 	m.Operation("query", "Q", "ok", 0)
 	m.Error("INTERNAL")
 	m.Subscribers("machine", 1)
