@@ -103,6 +103,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.serverPID, "server-pid", 0, "without -serve: the server's pid, to read its memory from /proc")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the results as JSON")
 	fs.IntVar(&o.procs, "procs", 0, "threads this tool runs Go code on (0: GOMAXPROCS if set, else four per CPU and at least 8): more than the cores, so that a mutation's response is read when it arrives, not after the reads of thousands of subscribers queued before it in this tool's scheduler; the server's own setting is untouched")
+	var floor, floorWriting bool
+	var frame int
+	fs.BoolVar(&floor, "floor", false, "measure no server: the CPU and time that one write per subscriber per change costs on this machine (-subscribers, -rate, -duration; see floor.go)")
+	fs.IntVar(&frame, "floor-frame", 200, "with -floor: bytes per frame, header included")
+	fs.BoolVar(&floorWriting, "floor-writer", false, "the -floor run's writing child (internal)")
 	fs.BoolVar(&o.lean, "lean", false, "decode in full only the subscribers sampled for the final-state check (latency is theirs); the others speak the websocket by hand and count frames in their read buffers, so the tool's own CPU hides less of the server's")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -112,6 +117,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if o.duration > time.Hour {
 		return errors.New("-duration is at most an hour")
+	}
+	if floorWriting {
+		return floorWriter(ctx, o, frame, stdout)
+	}
+	if floor {
+		if _, err := raiseFileLimit(); err != nil {
+			fmt.Fprintln(stderr, "loadsubs: cannot raise the open-file limit:", err)
+		}
+		return runFloor(ctx, o, frame, stdout)
 	}
 	if o.serve == (o.url != "") {
 		return errors.New("give either -serve or -url")
