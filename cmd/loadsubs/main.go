@@ -16,6 +16,12 @@
 //
 //	go run ./cmd/loadsubs -url ws://127.0.0.1:8080/graphql -secret "$(cat .data/jwt-secret)" -server-pid 1234
 //
+// With -floor it measures no server at all: what one write per subscriber
+// per change costs on this machine (floor.go), the floor under a server's
+// CPU per delivery:
+//
+//	go run ./cmd/loadsubs -floor -subscribers 10000 -rate 2 -duration 20s
+//
 // Latency: a subscriber stamps each message when it reads it; the driver
 // stamps each mutation when it sends the request and when the response
 // returns. The commit happened between the two, so for every (job,
