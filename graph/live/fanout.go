@@ -73,6 +73,22 @@ type Fanout struct {
 // have waiting, as the hub's queue bounds a subscriber's updates.
 const DefaultMemberQueue = 1000
 
+// indexFrom is the queue length from which a member indexes its queue by
+// entity (member.pending) rather than scanning it.
+const indexFrom = 16
+
+// keepQueue is the largest queue whose storage a member keeps for its next
+// results once written: an idle member holds at most this many empty
+// entries, and the one-result-at-a-time case allocates nothing per
+// delivery.
+const keepQueue = 4
+
+// yieldEvery is how many members a writer drains between yields (see
+// writer): often enough that a goroutine made ready meanwhile waits for at
+// most a few writes, rarely enough that the scheduler's cost stays small
+// beside the writes'.
+const yieldEvery = 8
+
 // slowWrite is how long a writer may stay on one member: past it the
 // member's client is not reading (its socket buffer is full), so another
 // writer takes over the ready list and this one leaves when its write
@@ -136,7 +152,10 @@ type member struct {
 
 	mu    sync.Mutex
 	queue []queued
-	// pending indexes queue by entity, for coalescing (nil while empty).
+	// pending indexes queue by entity, for coalescing, once the queue is
+	// long enough (indexFrom) that a scan would cost more than the map;
+	// nil before. Every result of the common case, one waiting at a time,
+	// is then found by a scan of one, with no map to allocate.
 	pending map[string]int
 	listed  bool     // on the ready list, or being written
 	ending  *outcome // how it ends, once decided
@@ -260,7 +279,7 @@ func (m *member) push(payload []byte, key string) {
 		m.mu.Unlock()
 		return
 	}
-	if i, ok := m.pending[key]; ok && key != "" {
+	if i := m.waiting(key); i >= 0 {
 		m.queue[i].payload = payload
 		m.mu.Unlock()
 		return
@@ -271,19 +290,45 @@ func (m *member) push(payload []byte, key string) {
 		m.end(outcome{errs: gqlerror.List{present(m.ctx, errSlowMember)}}, false)
 		return
 	}
-	if key != "" {
-		if m.pending == nil {
-			m.pending = map[string]int{}
-		}
+	if key != "" && m.pending != nil {
 		m.pending[key] = len(m.queue)
 	}
 	m.queue = append(m.queue, queued{key, payload})
+	if len(m.queue) == indexFrom && m.pending == nil {
+		m.pending = make(map[string]int, 2*indexFrom)
+		for i, q := range m.queue {
+			if q.key != "" {
+				m.pending[q.key] = i
+			}
+		}
+	}
 	list := !m.listed
 	m.listed = true
 	m.mu.Unlock()
 	if list {
 		m.f.list(m)
 	}
+}
+
+// waiting returns where the result about entity key waits in the queue,
+// or -1 if none does (always for key ""). Entities are unique in the queue:
+// a newer result replaces the one waiting. m.mu must be held.
+func (m *member) waiting(key string) int {
+	if key == "" {
+		return -1
+	}
+	if m.pending != nil {
+		if i, ok := m.pending[key]; ok {
+			return i
+		}
+		return -1
+	}
+	for i := range m.queue {
+		if m.queue[i].key == key {
+			return i
+		}
+	}
+	return -1
 }
 
 // end decides how the member ends. With keep (the group's execution
@@ -322,7 +367,6 @@ func (m *member) drain(scratch [][]byte) [][]byte {
 	for {
 		m.mu.Lock()
 		q := m.queue
-		m.queue, m.pending = nil, nil
 		if len(q) == 0 {
 			m.listed = false
 			var out *outcome
@@ -345,16 +389,30 @@ func (m *member) drain(scratch [][]byte) [][]byte {
 					m.finish(*out)
 				}
 			}
-			clear(scratch)
 			return scratch[:0]
 		}
+		m.queue, m.pending = nil, nil
 		m.mu.Unlock()
 		scratch = scratch[:0]
 		for _, r := range q {
 			scratch = append(scratch, r.payload)
 		}
-		if err := m.write(scratch); err != nil {
+		err := m.write(scratch)
+		clear(scratch)
+		if err != nil {
 			m.end(outcome{stopped: true}, false)
+			continue
+		}
+		// The written queue's storage serves the next results, unless
+		// some arrived meanwhile (they have a queue of their own) or it
+		// is large (a burst does not stay pinned to an idle member).
+		if cap(q) <= keepQueue {
+			clear(q)
+			m.mu.Lock()
+			if m.queue == nil && m.ending == nil {
+				m.queue = q[:0]
+			}
+			m.mu.Unlock()
 		}
 	}
 }
@@ -405,6 +463,7 @@ func (f *Fanout) writer() {
 	})
 	slow.Stop()
 	var scratch [][]byte
+	drained := 0
 	for {
 		f.readyMu.Lock()
 		if len(f.ready) == 0 {
@@ -426,9 +485,13 @@ func (f *Fanout) writer() {
 		}
 		// Requests go first: while any runs, writers but one leave (list
 		// starts them again), and the one left lets waiting goroutines
-		// run between members, as back-to-back writers would not.
+		// run after every member, as back-to-back writers would not.
+		// Otherwise it yields every yieldEvery members, so that a
+		// goroutine made ready meanwhile (a request arriving, a timer)
+		// runs soon without a trip through the scheduler per write.
 		f.readyMu.Lock()
-		leave := f.writing > 1 && f.yielding()
+		yielding := f.yielding()
+		leave := f.writing > 1 && yielding
 		if leave {
 			f.writing--
 		}
@@ -436,7 +499,9 @@ func (f *Fanout) writer() {
 		if leave {
 			return
 		}
-		runtime.Gosched()
+		if drained++; yielding || drained%yieldEvery == 0 {
+			runtime.Gosched()
+		}
 	}
 }
 

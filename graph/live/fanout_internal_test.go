@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 
@@ -91,6 +92,76 @@ func TestDrainWritesWhatWaitsAtOnce(t *testing.T) {
 	m.drain(scratch)
 	require.Equal(t, [][]string{{"a2", "b1", "x"}, {"c1"}}, writes, "what was rendered before the end still goes out")
 	require.Equal(t, []outcome{{}}, finished, "then the member finishes, once")
+}
+
+// TestLongQueueCoalesces checks coalescing past the length from which a
+// member indexes its queue by entity: entities queued before and after the
+// index was built are replaced in place, untagged results are all kept,
+// and once written the member scans again.
+func TestLongQueueCoalesces(t *testing.T) {
+	t.Parallel()
+	f := NewFanout(nil)
+	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
+	var writes [][]string
+	m := &member{f: f, g: g, ctx: context.Background(), limit: 100, listed: true,
+		write: func(payloads [][]byte) error {
+			var w []string
+			for _, p := range payloads {
+				w = append(w, string(p))
+			}
+			writes = append(writes, w)
+			return nil
+		},
+		finish: func(outcome) {}}
+	g.members[m] = struct{}{}
+	var want []string
+	for i := range 2 * indexFrom {
+		key := fmt.Sprint("e", i)
+		m.push([]byte(key+"=1"), key)
+		m.push([]byte("u"), "") // untagged: never replaced, never indexed
+		want = append(want, key+"=1", "u")
+	}
+	require.NotNil(t, m.pending, "a long queue is indexed")
+	for _, i := range []int{0, 3, indexFrom - 1, indexFrom, 2*indexFrom - 1} {
+		key := fmt.Sprint("e", i)
+		m.push([]byte(key+"=2"), key)
+		want[2*i] = key + "=2"
+	}
+	require.Len(t, m.queue, 4*indexFrom, "replacements took their entity's place")
+	m.drain(nil)
+	require.Equal(t, [][]string{want}, writes)
+	require.Nil(t, m.pending, "an empty queue has no index")
+
+	m.mu.Lock()
+	m.listed = true
+	m.mu.Unlock()
+	m.push([]byte("e0=3"), "e0")
+	m.push([]byte("e0=4"), "e0")
+	require.Equal(t, []queued{{"e0", []byte("e0=4")}}, m.queue, "a short queue coalesces by scanning")
+}
+
+// TestOneResultAtATimeAllocatesNothing checks the common case of a shared
+// subscription's member, one result waiting at a time: queueing it and
+// writing it allocates nothing once the member has had one (no index, the
+// queue's storage kept).
+func TestOneResultAtATimeAllocatesNothing(t *testing.T) {
+	f := NewFanout(nil)
+	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
+	m := &member{f: f, g: g, ctx: context.Background(), limit: 10, listed: true,
+		write: func([][]byte) error { return nil }, finish: func(outcome) {}}
+	g.members[m] = struct{}{}
+	payload := []byte("p")
+	scratch := make([][]byte, 0, 4)
+	deliver := func() {
+		m.push(payload, "job-1")
+		scratch = m.drain(scratch)
+		m.listed = true // as list would mark it; no writer is involved here
+	}
+	deliver()
+	require.Zero(t, testing.AllocsPerRun(100, deliver))
+	for _, q := range m.queue[:cap(m.queue)] {
+		require.Nil(t, q.payload, "the kept queue holds no payload")
+	}
 }
 
 // TestResultTagsInOrder checks that tags come back in the order the
