@@ -61,15 +61,7 @@ func TestDrainWritesWhatWaitsAtOnce(t *testing.T) {
 	var writes [][]string
 	var finished []outcome
 	m := &member{f: f, g: g, ctx: context.Background(), limit: 10, listed: true,
-		write: func(payloads [][]byte) error {
-			var w []string
-			for _, p := range payloads {
-				w = append(w, string(p))
-			}
-			writes = append(writes, w)
-			return nil
-		},
-		finish: func(o outcome) { finished = append(finished, o) }}
+		write: recordWrites(&writes), finish: func(o outcome) { finished = append(finished, o) }}
 	g.members[m] = struct{}{}
 	g.members[&member{}] = struct{}{} // another member: m's end does not wait for the group's
 	m.push([]byte("a1"), "a")
@@ -94,6 +86,19 @@ func TestDrainWritesWhatWaitsAtOnce(t *testing.T) {
 	require.Equal(t, []outcome{{}}, finished, "then the member finishes, once")
 }
 
+// recordWrites is a member's write that appends each write's payloads, as
+// strings, to writes.
+func recordWrites(writes *[][]string) func([][]byte) error {
+	return func(payloads [][]byte) error {
+		var w []string
+		for _, p := range payloads {
+			w = append(w, string(p))
+		}
+		*writes = append(*writes, w)
+		return nil
+	}
+}
+
 // TestLongQueueCoalesces checks coalescing past the length from which a
 // member indexes its queue by entity: entities queued before and after the
 // index was built are replaced in place, untagged results are all kept,
@@ -104,15 +109,7 @@ func TestLongQueueCoalesces(t *testing.T) {
 	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
 	var writes [][]string
 	m := &member{f: f, g: g, ctx: context.Background(), limit: 100, listed: true,
-		write: func(payloads [][]byte) error {
-			var w []string
-			for _, p := range payloads {
-				w = append(w, string(p))
-			}
-			writes = append(writes, w)
-			return nil
-		},
-		finish: func(outcome) {}}
+		write: recordWrites(&writes), finish: func(outcome) {}}
 	g.members[m] = struct{}{}
 	var want []string
 	for i := range 2 * indexFrom {
