@@ -83,12 +83,6 @@ const indexFrom = 16
 // delivery.
 const keepQueue = 4
 
-// yieldEvery is how many members a writer drains between yields (see
-// writer): often enough that a goroutine made ready meanwhile waits for at
-// most a few writes, rarely enough that the scheduler's cost stays small
-// beside the writes'.
-const yieldEvery = 8
-
 // slowWrite is how long a writer may stay on one member: past it the
 // member's client is not reading (its socket buffer is full), so another
 // writer takes over the ready list and this one leaves when its write
@@ -463,7 +457,6 @@ func (f *Fanout) writer() {
 	})
 	slow.Stop()
 	var scratch [][]byte
-	drained := 0
 	for {
 		f.readyMu.Lock()
 		if len(f.ready) == 0 {
@@ -485,13 +478,14 @@ func (f *Fanout) writer() {
 		}
 		// Requests go first: while any runs, writers but one leave (list
 		// starts them again), and the one left lets waiting goroutines
-		// run after every member, as back-to-back writers would not.
-		// Otherwise it yields every yieldEvery members, so that a
-		// goroutine made ready meanwhile (a request arriving, a timer)
-		// runs soon without a trip through the scheduler per write.
+		// run between members, as back-to-back writers would not.
+		// (Yielding every eight members instead, while no request runs,
+		// saved about 1% of the server's CPU in a profile of E and
+		// let a mutation wait 100–250 ms behind one in 60 with 10,000
+		// different documents: BENCHMARKS.md, "A member's queue without
+		// allocations".)
 		f.readyMu.Lock()
-		yielding := f.yielding()
-		leave := f.writing > 1 && yielding
+		leave := f.writing > 1 && f.yielding()
 		if leave {
 			f.writing--
 		}
@@ -499,9 +493,7 @@ func (f *Fanout) writer() {
 		if leave {
 			return
 		}
-		if drained++; yielding || drained%yieldEvery == 0 {
-			runtime.Gosched()
-		}
+		runtime.Gosched()
 	}
 }
 
