@@ -4,8 +4,10 @@
 // private PostgreSQL (package localpg) in a temporary folder, tuned for speed
 // over durability; Main stops it when the binary's tests end, and the cluster
 // dies with the process if the binary is killed. Each database is cloned from
-// a template migrated once per binary, so a fresh database costs one
-// CREATE DATABASE, and dropped when its test ends. Separate databases (rather
+// a template migrated once per binary (and again on each new UTC day, as
+// migrations create the robot-log partitions of the day they run), so a
+// fresh database costs one CREATE DATABASE, and dropped when its test
+// ends. Separate databases (rather
 // than rolled-back transactions) let tests commit, LISTEN and NOTIFY.
 package dbtest
 
@@ -36,9 +38,11 @@ var server struct {
 	cluster  *localpg.Cluster
 	dir      string
 	adminDSN func(database string) string
-	template string
 	admin    *bun.DB
-	create   sync.Mutex // CREATE DATABASE ... TEMPLATE must not overlap
+	create   sync.Mutex // guards template and templateDay; CREATE DATABASE ... TEMPLATE must not overlap
+	// template is the migrated database each test's is cloned from, as
+	// migrated on templateDay (UTC, YYYY-MM-DD).
+	template, templateDay string
 }
 
 // Main runs a test binary's tests, then stops the private PostgreSQL. Use it
@@ -98,11 +102,24 @@ func start() error {
 		return err
 	}
 	server.admin = admin
-	server.template = "fgtpl_" + randomName()
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+server.template); err != nil {
+	return freshTemplate(ctx)
+}
+
+// freshTemplate makes sure the template was migrated today (UTC): a
+// migration's work that depends on the day it runs (the log partitions of
+// today and the days ahead) is then what a migration run now would do,
+// for a test binary that runs across midnight too. The caller holds
+// server.create, or is start.
+func freshTemplate(ctx context.Context) error {
+	today := time.Now().UTC().Format(time.DateOnly)
+	if server.templateDay == today {
+		return nil
+	}
+	name := "fgtpl_" + randomName()
+	if _, err := server.admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
 		return fmt.Errorf("creating the template database: %w", err)
 	}
-	tpl, err := db.Open(ctx, server.adminDSN(server.template))
+	tpl, err := db.Open(ctx, server.adminDSN(name))
 	if err != nil {
 		return err
 	}
@@ -110,6 +127,11 @@ func start() error {
 	if _, err := migrations.Up(ctx, tpl); err != nil {
 		return fmt.Errorf("migrating the template database: %w", err)
 	}
+	if old := server.template; old != "" {
+		// Nothing clones from it any more (the caller holds create).
+		_, _ = server.admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+old+" WITH (FORCE)")
+	}
+	server.template, server.templateDay = name, today
 	return nil
 }
 
@@ -153,7 +175,10 @@ func New(t testing.TB) *Database {
 	defer cancel()
 	name := "fgt_" + randomName()
 	server.create.Lock()
-	_, err := server.admin.ExecContext(ctx, "CREATE DATABASE "+name+" TEMPLATE "+server.template)
+	err := freshTemplate(ctx)
+	if err == nil {
+		_, err = server.admin.ExecContext(ctx, "CREATE DATABASE "+name+" TEMPLATE "+server.template)
+	}
 	server.create.Unlock()
 	if err != nil {
 		t.Fatalf("creating test database: %v", err)
