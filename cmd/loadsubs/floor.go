@@ -89,7 +89,17 @@ func runFloor(ctx context.Context, o options, frameBytes int, stdout io.Writer) 
 	}
 	addr := lines.Text()
 
-	var received atomic.Int64
+	// received counts the frames read. Once the writer's report gives the
+	// number written (want), whichever of a reader and the report sees the
+	// count reach it closes all.
+	var received, want atomic.Int64
+	all := make(chan struct{})
+	var allOnce sync.Once
+	reached := func(n int64) {
+		if w := want.Load(); w > 0 && n >= w {
+			allOnce.Do(func() { close(all) })
+		}
+	}
 	frameLen := len(floorFrame(frameBytes))
 	dial := make(chan struct{}, o.dialers)
 	var wg sync.WaitGroup
@@ -112,7 +122,9 @@ func runFloor(ctx context.Context, o options, frameBytes int, stdout io.Writer) 
 			for {
 				n, err := nc.Read(buf)
 				partial += n
-				received.Add(int64(partial / frameLen))
+				if frames := partial / frameLen; frames > 0 {
+					reached(received.Add(int64(frames)))
+				}
 				partial %= frameLen
 				if err != nil {
 					return
@@ -131,9 +143,12 @@ func runFloor(ctx context.Context, o options, frameBytes int, stdout io.Writer) 
 		return fmt.Errorf("the writer's report: %w", err)
 	}
 	// Every frame written is read before the writer closes its side.
-	deadline := time.Now().Add(30 * time.Second)
-	for received.Load() < int64(res.Writes) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	want.Store(int64(res.Writes))
+	reached(received.Load())
+	select {
+	case <-all:
+	case <-time.After(30 * time.Second):
+	case <-ctx.Done():
 	}
 	res.Received = received.Load()
 	if res.Received != int64(res.Writes) {
