@@ -53,3 +53,15 @@ func TestFloorFrame(t *testing.T) {
 		require.True(t, json.Valid(f[4:]))
 	}
 }
+
+// TestFloorRefusesFrameSizes: a frame size outside 200..60000 bytes is
+// refused with the flag's range before anything starts.
+func TestFloorRefusesFrameSizes(t *testing.T) {
+	t.Parallel()
+	for _, n := range []string{"199", "60001", "-1"} {
+		var out, errOut bytes.Buffer
+		err := run(t.Context(), []string{"-floor", "-floor-frame", n, "-subscribers", "10"}, &out, &errOut)
+		require.EqualError(t, err, "-floor-frame is 200 to 60000 bytes", n)
+		require.Empty(t, out.String())
+	}
+}
