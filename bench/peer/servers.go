@@ -110,10 +110,15 @@ func (s *server) post(ctx context.Context, c *http.Client, b []byte) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
-	if resp.StatusCode != http.StatusOK || bytes.Contains(out, []byte(`"errors"`)) {
-		return nil, fmt.Errorf("%s: HTTP %d: %.500s", s.name, resp.StatusCode, out)
+	return out, s.check(resp.StatusCode, out)
+}
+
+// check refuses an answer that is not a 200 or carries GraphQL errors.
+func (s *server) check(status int, out []byte) error {
+	if status != http.StatusOK || bytes.Contains(out, []byte(`"errors"`)) {
+		return fmt.Errorf("%s: HTTP %d: %.500s", s.name, status, out)
 	}
-	return out, nil
+	return nil
 }
 
 // waitReady polls the server with its probe query until it answers, p
