@@ -46,15 +46,28 @@ func echo(conns *atomic.Int64) *httptest.Server {
 	return s
 }
 
-func TestPostKeepsOneConnection(t *testing.T) {
-	var conns atomic.Int64
-	s := echo(&conns)
-	defer s.Close()
-	c, err := loadclient.New(s.URL + "/graphql?x=1")
+// serve starts echo for the test and returns its URL and its count of
+// connections.
+func serve(t *testing.T) (string, *atomic.Int64) {
+	conns := new(atomic.Int64)
+	s := echo(conns)
+	t.Cleanup(s.Close)
+	return s.URL, conns
+}
+
+// connect returns a Conn to url, closed when the test ends.
+func connect(t *testing.T, url string) *loadclient.Conn {
+	c, err := loadclient.New(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(c.Close)
+	return c
+}
+
+func TestPostKeepsOneConnection(t *testing.T) {
+	url, conns := serve(t)
+	c := connect(t, url+"/graphql?x=1")
 	for i := range 3 {
 		body := strings.Repeat("b", i*5000)
 		status, out, err := c.Post(t.Context(), "Authorization: Bearer k\r\n", []byte(body))
@@ -71,28 +84,19 @@ func TestPostKeepsOneConnection(t *testing.T) {
 }
 
 func TestPostReadsChunkedBodiesAndStatuses(t *testing.T) {
-	var conns atomic.Int64
-	s := echo(&conns)
-	defer s.Close()
-	big, _ := loadclient.New(s.URL + "/big")
-	defer big.Close()
-	status, out, err := big.Post(t.Context(), "", nil)
+	url, _ := serve(t)
+	status, out, err := connect(t, url+"/big").Post(t.Context(), "", nil)
 	if err != nil || status != 200 || len(out) != 100_000 {
 		t.Fatalf("chunked: %d, %d bytes, %v", status, len(out), err)
 	}
-	teapot, _ := loadclient.New(s.URL + "/teapot")
-	defer teapot.Close()
-	if status, _, err := teapot.Post(t.Context(), "", []byte("{}")); err != nil || status != http.StatusTeapot {
+	if status, _, err := connect(t, url+"/teapot").Post(t.Context(), "", []byte("{}")); err != nil || status != http.StatusTeapot {
 		t.Fatalf("status %d, %v; want 418", status, err)
 	}
 }
 
 func TestPostDialsAgainAfterTheServerCloses(t *testing.T) {
-	var conns atomic.Int64
-	s := echo(&conns)
-	defer s.Close()
-	c, _ := loadclient.New(s.URL + "/close")
-	defer c.Close()
+	url, conns := serve(t)
+	c := connect(t, url+"/close")
 	for range 2 {
 		if status, _, err := c.Post(t.Context(), "", []byte("x")); err != nil || status != 200 {
 			t.Fatalf("%d, %v", status, err)
@@ -104,11 +108,8 @@ func TestPostDialsAgainAfterTheServerCloses(t *testing.T) {
 }
 
 func TestPostEndsWithItsContextOrTimeout(t *testing.T) {
-	var conns atomic.Int64
-	s := echo(&conns)
-	defer s.Close()
-	c, _ := loadclient.New(s.URL + "/slow")
-	defer c.Close()
+	url, _ := serve(t)
+	c := connect(t, url+"/slow")
 	ctx, cancel := context.WithCancel(t.Context())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	if _, _, err := c.Post(ctx, "", nil); !errors.Is(err, context.Canceled) {
@@ -157,8 +158,7 @@ func TestPostRefusesMalformedResponses(t *testing.T) {
 				_, _ = conn.Read(make([]byte, 4096))
 				_, _ = io.WriteString(conn, answer)
 			}()
-			c, _ := loadclient.New("http://" + l.Addr().String() + "/")
-			defer c.Close()
+			c := connect(t, "http://"+l.Addr().String()+"/")
 			c.Timeout = 5 * time.Second
 			if status, out, err := c.Post(t.Context(), "", []byte("{}")); err == nil {
 				t.Fatalf("got %d %q, want an error", status, out)
