@@ -16,8 +16,9 @@
 // load generator (fixed concurrency, fixed duration, keep-alive HTTP/1.1
 // over lean connections, package loadclient, or net/http's Client with
 // -nethttp), interleaving the servers round by round, and reports the
-// generator's own CPU per request beside each rate. pgbench runs the point query's
-// SELECT as the raw-SQL ceiling, over the simple and the prepared protocol.
+// generator's own CPU per request beside each rate. pgbench runs the point
+// query's SELECT as the raw-SQL ceiling, over the simple and the prepared
+// protocol.
 //
 // Everything listens on loopback or a unix socket only. It is a main package
 // without tests, so `go test ./...` never runs it.
