@@ -190,12 +190,22 @@ func TestScheduler(t *testing.T) {
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
+				loc, err := time.LoadLocation(tc.zone)
+				require.NoError(t, err)
+				day, err := time.ParseInLocation(time.DateOnly, tc.day, loc)
+				require.NoError(t, err)
+				next := time.Date(day.Year(), day.Month(), day.Day()+1, 0, 0, 0, 0, loc)
+
 				b := schSetup(t, utcTime(tc.from))
 				sch := b.create(t, map[string]any{"cronExpression": tc.expr, "timeZone": tc.zone})
-				// The same day again, every minute: the count of jobs is the
-				// count of the local day's distinct instants.
-				minutely := b.create(t, map[string]any{"cronExpression": "* * * * *", "timeZone": tc.zone})
+				// The transition day again, every minute, from an hour
+				// before it starts: the count of its jobs is the count of the
+				// local day's distinct instants.
+				var minutely schSchedule
 				for b.clock.Now().Before(utcTime(tc.to)) {
+					if minutely.ID == "" && !b.clock.Now().Before(day.Add(-time.Hour)) {
+						minutely = b.create(t, map[string]any{"cronExpression": "* * * * *", "timeZone": tc.zone})
+					}
 					b.advance(t, 20*time.Minute)
 				}
 				ticks, _ := schTicks(t, b.s, sch.ID)
@@ -205,11 +215,6 @@ func TestScheduler(t *testing.T) {
 				}
 				require.Equal(t, want, ticks)
 
-				loc, err := time.LoadLocation(tc.zone)
-				require.NoError(t, err)
-				day, err := time.ParseInLocation(time.DateOnly, tc.day, loc)
-				require.NoError(t, err)
-				next := time.Date(day.Year(), day.Month(), day.Day()+1, 0, 0, 0, 0, loc)
 				var n int
 				require.NoError(t, b.s.DB.NewRaw("SELECT count(*) FROM jobs WHERE schedule_id = ? AND scheduled_for >= ? AND scheduled_for < ?",
 					minutely.ID, day, next).Scan(t.Context(), &n))
