@@ -44,6 +44,7 @@ func TestTwoServersShareTheChangeFeed(t *testing.T) {
 	for _, sub := range subs {
 		sub.WaitReceived(t, "machine0", m0, 1)
 	}
+	f.WaitLive(t, subs, "machines", "jobs") // no first state: wait until they see a change
 
 	ctx := context.Background()
 	// Machine changes through server 0, then through server 1.

@@ -934,18 +934,7 @@ func TestServeEmbeddedRestartsPostgres(t *testing.T) {
 	f := faulttest.NewFleet(t, url, token, 1)
 	m0 := f.Machines[0]
 	sub := faulttest.Subscribe(t, "machines", faulttest.WSURL(url), token, faulttest.AllMachines("machines"))
-	// The subscription has no first state, so nothing says when the hub
-	// has registered it: touch the machine until a change arrives.
-	var v int
-	var err error
-	for try := 0; ; try++ {
-		require.Less(t, try, 30, "the subscription never received a change")
-		v, err = f.TouchMachine(context.Background(), m0)
-		require.NoError(t, err)
-		if sub.Received("machines", m0, v, 2*time.Second) {
-			break
-		}
-	}
+	f.WaitLive(t, []*faulttest.Subscriber{sub}, "machines", "")
 
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	back := p.waitFor(t, p.stderr, postgresBackLog)
@@ -957,6 +946,7 @@ func TestServeEmbeddedRestartsPostgres(t *testing.T) {
 
 	waitReady(t, url)
 	require.Equal(t, 4, machineCount(t, url, token), "the demo fleet and the machine made before the kill")
+	var v int
 	faulttest.Retry(t, "touching a machine after the restart", func(ctx context.Context) error {
 		v, err = f.TouchMachine(ctx, m0)
 		return err

@@ -99,11 +99,11 @@ func TestSubscribersSurviveListenerTermination(t *testing.T) {
 	}
 
 	// The one-machine streams start with the machine's state; the others
-	// have no first message, so a change of every machine and a job, seen
-	// by all, shows the subscriptions are registered.
+	// have no first message, so WaitLive writes until they show a change.
 	for _, sub := range subs {
 		sub.WaitReceived(t, "machine0", m0, 1)
 	}
+	f.WaitLive(t, subs, "machines", "jobs")
 	for _, id := range f.Machines {
 		mustToggle(id)
 	}

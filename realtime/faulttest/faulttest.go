@@ -638,6 +638,46 @@ func (f *Fleet) MustAdvanceJob(t testing.TB) (string, int) {
 	return id, rev
 }
 
+// WaitLive returns once every subscriber's machineStream (a subscription to
+// every machine, which has no first state) has received a change, and, if
+// jobStream is not "", its jobStream (every job) too. Nothing says when the
+// server has registered such a subscription, and a change before that is
+// not sent, so a test that counts on its streams seeing every write waits
+// here first: it touches the first machine (and enqueues a job) and gives
+// each stream two seconds to see them, again until all have, within
+// Deadline. The probe jobs wait a day to run, so the fleet's robot does
+// not claim them.
+func (f *Fleet) WaitLive(t testing.TB, subs []*Subscriber, machineStream, jobStream string) {
+	t.Helper()
+	deadline := time.Now().Add(Deadline)
+	for {
+		require.True(t, time.Now().Before(deadline), "the subscriptions received no change within %s", Deadline)
+		ctx, cancel := context.WithTimeout(context.Background(), Deadline)
+		version, err := f.TouchMachine(ctx, f.Machines[0])
+		require.NoError(t, err, "touching a machine")
+		var job struct {
+			EnqueueJob struct {
+				ID       string
+				Revision int
+			}
+		}
+		if jobStream != "" {
+			err = f.User.Do(ctx, `mutation($w: ID!, $at: Time) { enqueueJob(input: {workflowId: $w, runAt: $at}) { id revision } }`,
+				map[string]any{"w": f.Workflow, "at": time.Now().Add(24 * time.Hour).UTC().Format(time.RFC3339)}, &job)
+			require.NoError(t, err, "enqueueing a job")
+		}
+		cancel()
+		live := true
+		for _, s := range subs {
+			live = live && s.Received(machineStream, f.Machines[0], version, 2*time.Second) &&
+				(jobStream == "" || s.Received(jobStream, job.EnqueueJob.ID, job.EnqueueJob.Revision, 2*time.Second))
+		}
+		if live {
+			return
+		}
+	}
+}
+
 // MachineSnapshot returns the user's machines as a query returns them.
 func (f *Fleet) MachineSnapshot(t testing.TB) Snapshot {
 	t.Helper()

@@ -155,6 +155,7 @@ func TestSubscribersSurvivePostgresRestart(t *testing.T) {
 	for _, sub := range subs {
 		sub.WaitReceived(t, "machine0", m0, 1)
 	}
+	f.WaitLive(t, subs, "machines", "jobs") // no first state: wait until they see a change
 	must := func(_ int, err error) { t.Helper(); require.NoError(t, err) }
 	for _, id := range f.Machines {
 		must(f.ToggleMachine(ctx, id))
