@@ -7,8 +7,8 @@
 // a template migrated once per binary (and again on each new UTC day, as
 // migrations create the robot-log partitions of the day they run), so a
 // fresh database costs one CREATE DATABASE, and dropped when its test
-// ends. Separate databases (rather
-// than rolled-back transactions) let tests commit, LISTEN and NOTIFY.
+// ends. Separate databases (rather than rolled-back transactions) let
+// tests commit, LISTEN and NOTIFY.
 package dbtest
 
 import (

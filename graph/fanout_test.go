@@ -321,17 +321,7 @@ func TestSharedSubscriptionCoalescesForASlowMember(t *testing.T) {
 	}, "r")
 	fanStats(t, s, 1, 2) // still a member: never ended as slow
 	for {
-		// Each message has its own deadline, from when the test starts to
-		// wait for it: the updates before take as long as a busy machine
-		// makes them.
-		var m lvMsg
-		ctx, cancel := context.WithTimeout(t.Context(), lvWait)
-		err := wsjson.Read(ctx, slow, &m)
-		cancel()
-		require.NoError(t, err, "the final state never came")
-		if m.Type == "ping" || m.Type == "pong" {
-			continue
-		}
+		m := lvReadRaw(t, slow, "the final state never came")
 		require.Equal(t, "next", m.Type, "%+v %s", m, m.Payload)
 		require.Equal(t, "s", m.ID)
 		if m.field("id") != j.ID {

@@ -93,6 +93,24 @@ type lvMsg struct {
 	Payload json.RawMessage `json:"payload,omitempty"`
 }
 
+// lvReadRaw reads the next message that is not a keep-alive from a socket
+// the test reads itself (rather than through lvConn), within lvWait of the
+// call: each message has its own deadline, so the writes a test makes
+// between reads take as long as a busy machine makes them.
+func lvReadRaw(t *testing.T, conn *websocket.Conn, msgAndArgs ...any) lvMsg {
+	t.Helper()
+	for {
+		var m lvMsg
+		ctx, cancel := context.WithTimeout(t.Context(), lvWait)
+		err := wsjson.Read(ctx, conn, &m)
+		cancel()
+		require.NoError(t, err, msgAndArgs...)
+		if m.Type != "ping" && m.Type != "pong" {
+			return m
+		}
+	}
+}
+
 // value decodes a `next` message's one root field into out; the message must
 // have no errors.
 func (m lvMsg) value(t *testing.T, out any) {
@@ -898,24 +916,13 @@ func TestSubscriptionJobUpdated(t *testing.T) {
 		defer cancel()
 		require.NoError(t, wsjson.Write(ctx, raw, map[string]any{"id": "j", "type": "subscribe",
 			"payload": map[string]any{"query": lvJobSub, "variables": map[string]any{"id": j.ID}}}))
-		// Each message has its own deadline: the updates between reads
-		// take as long as a busy machine makes them.
 		read := func() lvJobChange {
 			t.Helper()
-			for {
-				var m lvMsg
-				ctx, cancel := context.WithTimeout(t.Context(), lvWait)
-				err := wsjson.Read(ctx, raw, &m)
-				cancel()
-				require.NoError(t, err)
-				if m.Type == "ping" || m.Type == "pong" {
-					continue
-				}
-				require.Equal(t, "j", m.ID, "%+v %s", m, m.Payload)
-				var c lvJobChange
-				m.value(t, &c)
-				return c
-			}
+			m := lvReadRaw(t, raw)
+			require.Equal(t, "j", m.ID, "%+v %s", m, m.Payload)
+			var c lvJobChange
+			m.value(t, &c)
+			return c
 		}
 		first := read()
 		require.Equal(t, "CURRENT", first.Op)
