@@ -128,6 +128,9 @@ type group struct {
 	cancel  context.CancelFunc
 	members map[*member]struct{}
 	ended   bool
+	// live is closed once the operation is dispatched: its resolver has
+	// subscribed to the hub.
+	live chan struct{}
 	// done is closed when the execution has returned (its resolver let go).
 	done chan struct{}
 }
@@ -501,13 +504,18 @@ func (f *Fanout) writer() {
 func (f *Fanout) yielding() bool { return f.Yield != nil && f.Yield() }
 
 // join adds m to the group of key, starting the group's execution when
-// there is none.
+// there is none. Either way the group's subscription is registered with
+// the hub when join returns: the member that starts a group dispatches
+// its operation (its resolver subscribes; a shared subscription reads
+// nothing, so this is quick), and one joining a group still being started
+// waits for that.
 func (f *Fanout) join(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, m *member) *group {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if g := f.groups[key]; g != nil {
 		g.members[m] = struct{}{}
 		f.Metrics.SharedSubscribers(1)
+		f.mu.Unlock()
+		<-g.live
 		return g
 	}
 	// The execution outlives the member that started it: it keeps the
@@ -520,20 +528,24 @@ func (f *Fanout) join(ctx context.Context, exec graphql.GraphExecutor, rc *graph
 		shared.ExpiresAt = time.Time{}
 		gctx = auth.WithPrincipal(gctx, &shared)
 	}
-	g := &group{key: key, cancel: cancel, members: map[*member]struct{}{m: {}}, done: make(chan struct{})}
+	g := &group{key: key, cancel: cancel, members: map[*member]struct{}{m: {}}, live: make(chan struct{}), done: make(chan struct{})}
 	if f.groups == nil {
 		f.groups = map[groupKey]*group{}
 	}
 	f.groups[key] = g
 	f.Metrics.SharedSubscribers(1)
 	f.Metrics.SharedGroups(1)
-	go f.execute(gctx, exec, rc, g)
+	f.mu.Unlock()
+	tags := &resultTags{}
+	d := dispatch(context.WithValue(gctx, tagsKey{}, tags), exec, rc)
+	close(g.live)
+	go f.execute(d, tags, g)
 	return g
 }
 
-// execute runs the group's operation, encoding each result once for all
-// members, until it ends or its last member leaves.
-func (f *Fanout) execute(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, g *group) {
+// execute reads the group's dispatched operation, encoding each result
+// once for all members, until it ends or its last member leaves.
+func (f *Fanout) execute(d dispatched, tags *resultTags, g *group) {
 	defer close(g.done)
 	var members []*member
 	snapshot := func() []*member {
@@ -545,9 +557,7 @@ func (f *Fanout) execute(ctx context.Context, exec graphql.GraphExecutor, rc *gr
 		}
 		return members
 	}
-	tags := &resultTags{}
-	ctx = context.WithValue(ctx, tagsKey{}, tags)
-	out := runPrepared(ctx, exec, rc, func(payload []byte) error {
+	out := d.run(func(payload []byte) error {
 		key := tags.next()
 		ms := snapshot()
 		// Counted before any member can see the result, so that whoever

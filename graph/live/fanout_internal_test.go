@@ -5,8 +5,12 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/99designs/gqlgen/graphql"
 	"github.com/stretchr/testify/require"
+	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/fault"
 )
@@ -218,4 +222,116 @@ func TestWritersYieldToRequests(t *testing.T) {
 	require.Equal(t, "b", <-written, "a second writer took b")
 	require.Equal(t, "c", <-written)
 	close(release)
+}
+
+// streamExec is a GraphExecutor whose one operation is a stream the test
+// feeds: dispatching it counts a subscription (as a resolver registering
+// with the hub does) and waits for release, when set.
+type streamExec struct {
+	dispatched atomic.Int32
+	entered    chan struct{} // receives once per dispatch, when set
+	release    chan struct{} // dispatch waits for it, when set
+	results    chan *graphql.Response
+}
+
+func (e *streamExec) CreateOperationContext(context.Context, *graphql.RawParams) (*graphql.OperationContext, gqlerror.List) {
+	panic("unused: the test prepares its operation")
+}
+
+func (e *streamExec) DispatchOperation(ctx context.Context, _ *graphql.OperationContext) (graphql.ResponseHandler, context.Context) {
+	if e.entered != nil {
+		e.entered <- struct{}{}
+	}
+	if e.release != nil {
+		<-e.release
+	}
+	e.dispatched.Add(1)
+	return func(ctx context.Context) *graphql.Response {
+		select {
+		case r := <-e.results:
+			return r
+		case <-ctx.Done():
+			return nil
+		}
+	}, ctx
+}
+
+func (e *streamExec) DispatchError(_ context.Context, errs gqlerror.List) *graphql.Response {
+	return &graphql.Response{Errors: errs}
+}
+
+// TestJoinReturnsWithTheGroupSubscribed checks that a shared subscription
+// is registered when attach returns, for the member that starts its group
+// and for one that joins it while it is being started: a transport attaches
+// before it reads the client's next message or sends its headers, so a
+// client can order its own changes after its subscription.
+func TestJoinReturnsWithTheGroupSubscribed(t *testing.T) {
+	t.Parallel()
+	const wait = 10 * time.Second
+	f := NewFanout(nil)
+	exec := &streamExec{entered: make(chan struct{}, 1), release: make(chan struct{}), results: make(chan *graphql.Response)}
+	rc := &graphql.OperationContext{Operation: &ast.OperationDefinition{Operation: ast.Subscription}}
+	key := groupKey{class: "test"}
+	type delivery struct {
+		member  int
+		payload string
+	}
+	delivered := make(chan delivery, 4)
+	finished := make(chan outcome, 2)
+	ctxs := make([]context.CancelFunc, 2)
+	attached := make(chan int32, 2)
+	attach := func(i int) {
+		ctx, cancel := context.WithCancel(context.Background())
+		ctxs[i] = cancel
+		write := func(payloads [][]byte) error {
+			for _, p := range payloads {
+				delivered <- delivery{i, string(p)}
+			}
+			return nil
+		}
+		f.attach(ctx, ctx, exec, rc, key, write, func(o outcome) { finished <- o })
+		attached <- exec.dispatched.Load() // what attach had done when it returned
+	}
+
+	go attach(0)
+	select {
+	case <-exec.entered: // the first member dispatches the group's operation
+	case <-time.After(wait):
+		t.Fatal("the first member never dispatched its group's operation")
+	}
+	go attach(1) // joins the group while it is being started
+	close(exec.release)
+	for range 2 {
+		select {
+		case n := <-attached:
+			require.EqualValues(t, 1, n, "attach returned before the group's operation was dispatched")
+		case <-time.After(wait):
+			t.Fatal("attach never returned")
+		}
+	}
+	require.EqualValues(t, 1, exec.dispatched.Load(), "the second member joined the first's group")
+
+	exec.results <- &graphql.Response{Data: []byte(`{"n":1}`)}
+	got := map[int]string{}
+	for range 2 {
+		select {
+		case d := <-delivered:
+			got[d.member] = d.payload
+		case <-time.After(wait):
+			t.Fatalf("the result reached only %v", got)
+		}
+	}
+	require.Equal(t, map[int]string{0: `{"data":{"n":1}}`, 1: `{"data":{"n":1}}`}, got)
+
+	for _, cancel := range ctxs {
+		cancel()
+	}
+	for range 2 {
+		select {
+		case o := <-finished:
+			require.True(t, o.stopped, "a member that left ends stopped: %+v", o)
+		case <-time.After(wait):
+			t.Fatal("a member that left never finished")
+		}
+	}
 }

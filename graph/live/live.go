@@ -106,7 +106,7 @@ type outcome struct {
 
 // prepare parses and validates an operation: the request errors, or the
 // operation's context (which says what kind of operation it is) for
-// runPrepared.
+// dispatch.
 func prepare(ctx context.Context, exec graphql.GraphExecutor, params *graphql.RawParams) (context.Context, *graphql.OperationContext, gqlerror.List) {
 	start := graphql.Now()
 	ctx = context.WithValue(graphql.StartOperationTrace(ctx), streamKey{}, true)
@@ -126,32 +126,72 @@ func isSubscription(rc *graphql.OperationContext) bool {
 	return rc.Operation != nil && rc.Operation.Operation == ast.Subscription
 }
 
-// runPrepared executes a prepared operation and calls next with each
-// result, encoded once as JSON. A subscription whose first result is only
-// errors (the resolver refused it: NOT_FOUND, FORBIDDEN, ...) ends as an
-// error rather than a result.
-func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, next func(payload []byte) error) (out outcome) {
-	e := &ender{}
-	ctx = context.WithValue(ctx, endKey{}, e)
+// dispatched is a prepared operation whose resolvers have been called:
+// a subscription's resolver has registered with the hub (and, for one
+// entity, read its first state), so every change from then on reaches it.
+// Its results are still to be read (run).
+type dispatched struct {
+	ctx          context.Context
+	rc           *graphql.OperationContext
+	responses    graphql.ResponseHandler
+	ender        *ender
+	subscription bool
+	failed       *outcome // dispatching panicked
+}
+
+// dispatch calls a prepared operation's resolvers, on the caller's
+// goroutine, so that a subscription is live when dispatch returns: the
+// transports dispatch before they read the client's next message (or,
+// over HTTP, send the response's headers), and a client can order its
+// own writes after the subscription. gqlgen calls a subscription's
+// resolver in DispatchOperation; a query's or a mutation's run on the
+// first read of their results, in run.
+func dispatch(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext) (d dispatched) {
+	d = dispatched{rc: rc, ender: &ender{}, subscription: isSubscription(rc)}
+	ctx = context.WithValue(ctx, endKey{}, d.ender)
+	d.ctx = ctx
 	defer func() {
 		if r := recover(); r != nil {
-			err := rc.Recover(ctx, r) // logs it (the server's recover function)
-			metrics.SentError(ctx, string(fault.Internal))
-			var gqlErr *gqlerror.Error
-			if !errors.As(err, &gqlErr) {
-				gqlErr = present(ctx, err)
-			}
-			out = outcome{errs: gqlerror.List{gqlErr}}
+			out := recovered(ctx, rc, r)
+			d.failed = &out
 		}
 	}()
-	subscription := isSubscription(rc)
-	responses, ctx := exec.DispatchOperation(ctx, rc)
+	d.responses, d.ctx = exec.DispatchOperation(ctx, rc)
+	return d
+}
+
+// recovered is the outcome of an operation that panicked: the panic is
+// logged by the server's recover function, the client gets INTERNAL.
+func recovered(ctx context.Context, rc *graphql.OperationContext, r any) outcome {
+	err := rc.Recover(ctx, r)
+	metrics.SentError(ctx, string(fault.Internal))
+	var gqlErr *gqlerror.Error
+	if !errors.As(err, &gqlErr) {
+		gqlErr = present(ctx, err)
+	}
+	return outcome{errs: gqlerror.List{gqlErr}}
+}
+
+// run reads a dispatched operation's results and calls next with each,
+// encoded once as JSON. A subscription whose first result is only errors
+// (the resolver refused it: NOT_FOUND, FORBIDDEN, ...) ends as an error
+// rather than a result.
+func (d dispatched) run(next func(payload []byte) error) (out outcome) {
+	if d.failed != nil {
+		return *d.failed
+	}
+	ctx := d.ctx
+	defer func() {
+		if r := recover(); r != nil {
+			out = recovered(ctx, d.rc, r)
+		}
+	}()
 	for first := true; ; first = false {
-		resp := responses(ctx)
+		resp := d.responses(ctx)
 		if resp == nil {
 			break
 		}
-		if first && subscription && len(resp.Errors) > 0 && isNull(resp.Data) {
+		if first && d.subscription && len(resp.Errors) > 0 && isNull(resp.Data) {
 			return outcome{errs: resp.Errors}
 		}
 		if err := next(mustJSON(resp)); err != nil {
@@ -161,7 +201,7 @@ func runPrepared(ctx context.Context, exec graphql.GraphExecutor, rc *graphql.Op
 	if ctx.Err() != nil {
 		return outcome{stopped: true}
 	}
-	if err := e.get(); err != nil {
+	if err := d.ender.get(); err != nil {
 		return outcome{errs: gqlerror.List{err}}
 	}
 	return outcome{}

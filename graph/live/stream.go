@@ -158,6 +158,41 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 		return
 	}
 	defer leave()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	// A few results may wait, so that a burst goes out in one flush.
+	events := make(chan []byte, 16)
+	done := make(chan outcome, 1)
+	next := func(payload []byte) error {
+		select {
+		case events <- payload:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// A shared subscription joins its group, which hands results to next
+	// from its writers: the stream holds no goroutine but this one. Any
+	// other operation runs on a goroutine of its own. Either way a
+	// subscription is registered with the hub before the response's
+	// headers go out: a client that has them sees every change after.
+	if opCtx, oc, errs := prepare(ctx, exec, params); errs != nil {
+		done <- outcome{errs: errs}
+	} else if key, ok := t.fanout.shareable(opCtx, oc); ok {
+		write := func(payloads [][]byte) error {
+			for _, p := range payloads {
+				if err := next(p); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		t.fanout.attach(ctx, opCtx, exec, oc, key, write, func(out outcome) { done <- out })
+	} else {
+		d := dispatch(opCtx, exec, oc)
+		go func() { done <- d.run(next) }()
+	}
+
 	// The body is read: only now does the request become a stream, which
 	// lives as long as its operation. Until here the server's read timeout
 	// stood, so a client trickling a body cannot hold a connection. Each
@@ -178,37 +213,6 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	}
 	_ = rc.Flush()
 
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	// A few results may wait, so that a burst goes out in one flush.
-	events := make(chan []byte, 16)
-	done := make(chan outcome, 1)
-	next := func(payload []byte) error {
-		select {
-		case events <- payload:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	// A shared subscription joins its group, which hands results to next
-	// from its writers: the stream holds no goroutine but this one. Any
-	// other operation runs on a goroutine of its own.
-	if opCtx, rc, errs := prepare(ctx, exec, params); errs != nil {
-		done <- outcome{errs: errs}
-	} else if key, ok := t.fanout.shareable(opCtx, rc); ok {
-		write := func(payloads [][]byte) error {
-			for _, p := range payloads {
-				if err := next(p); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		t.fanout.attach(ctx, opCtx, exec, rc, key, write, func(out outcome) { done <- out })
-	} else {
-		go func() { done <- runPrepared(opCtx, exec, rc, next) }()
-	}
 	write := func(fn func() error) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(t.writeTimeout))
 		return fn() == nil && rc.Flush() == nil

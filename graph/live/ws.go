@@ -648,7 +648,10 @@ func (c *wsConn) refuse(ctx context.Context, id string, err error) {
 // start runs one prepared operation and reports its results under id. A
 // shared subscription joins its group and holds no goroutine while it
 // waits (the group's writers call its write); any other operation runs on
-// a goroutine of its own. base is the operation's context before it was
+// a goroutine of its own. Either way a subscription is registered with the
+// hub before start returns, so before the socket's next message is read:
+// a client that sends a ping after its subscribe has, with the pong, a
+// live subscription. base is the operation's context before it was
 // prepared: a member keeps it, not the prepared operation, which its
 // group holds once for all.
 func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graphql.OperationContext) {
@@ -673,8 +676,9 @@ func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graph
 		c.t.Fanout.attach(base, ctx, c.exec, rc, key, write, func(out outcome) { c.finish(base, id, op, out) })
 		return
 	}
+	d := dispatch(ctx, c.exec, rc)
 	go func() {
-		c.finish(ctx, id, op, runPrepared(ctx, c.exec, rc, func(payload []byte) error { return write([][]byte{payload}) }))
+		c.finish(ctx, id, op, d.run(func(payload []byte) error { return write([][]byte{payload}) }))
 	}()
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -1031,4 +1032,84 @@ func mustForeignToken(t *testing.T, u apitest.User) string {
 	tok, err := j.Mint(auth.MintOptions{UserID: u.ID, TenantID: u.Tenant, Role: auth.RoleUser, TTL: time.Hour})
 	require.NoError(t, err)
 	return tok
+}
+
+// TestLiveSubscriptionIsLiveBeforeTheNextMessage checks when a
+// subscription that sends no first state starts to see changes: before
+// the server reads the client's next message on the socket (so the pong
+// to a ping sent after the subscribe, or any later operation's answer,
+// means it is live), and over HTTP before the response's headers. A
+// change made right after is delivered, every time, whether the
+// subscription is shared (it starts or joins its group) or runs alone
+// (machineEventAdded).
+func TestLiveSubscriptionIsLiveBeforeTheNextMessage(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	ops := []string{"startMachine", "stopMachine"}
+	const rounds = 5
+
+	t.Run("shared over graphql-transport-ws", func(t *testing.T) {
+		f := newFixture(t, s)
+		c := connect(t, s, f.user.Token)
+		for i := range rounds {
+			id := fmt.Sprint("all-", i)
+			c.subscribe(id, machineSub, nil)
+			c.pong()
+			v := f.set(t, ops[i%2])
+			require.Equal(t, v, machineChange(t, c.readFor(id)).Version)
+			c.send(map[string]any{"id": id, "type": "complete"})
+		}
+	})
+
+	t.Run("alone over graphql-transport-ws", func(t *testing.T) {
+		f := newFixture(t, s)
+		c := connect(t, s, f.user.Token)
+		for i := range rounds {
+			id, probe := fmt.Sprint("events-", i), fmt.Sprint("probe-", i)
+			c.subscribe(id, `subscription($m: ID!) { machineEventAdded(machineId: $m) { eventType } }`, map[string]any{"m": f.machine})
+			c.pong()
+			s.Do(t, f.user.Token, `mutation($m: ID!, $t: String!) { logMachineEvent(machineId: $m, eventType: $t) { id } }`,
+				map[string]any{"m": f.machine, "t": probe}).OK(t, nil)
+			for {
+				var got struct{ MachineEventAdded struct{ EventType string } }
+				r := c.readFor(id).result(t)
+				require.Empty(t, r.Errors)
+				require.NoError(t, json.Unmarshal(r.Data, &got))
+				if got.MachineEventAdded.EventType == probe {
+					break
+				}
+				// The machine's creation, committed before the subscribe,
+				// may be heard after it.
+				require.Equal(t, "created", got.MachineEventAdded.EventType)
+			}
+			c.send(map[string]any{"id": id, "type": "complete"})
+		}
+	})
+
+	t.Run("shared over SSE", func(t *testing.T) {
+		f := newFixture(t, s)
+		for i := range rounds {
+			st := openSSE(t, s, f.user.Token, machineSub, nil) // returns with the headers
+			v := f.set(t, ops[i%2])
+			r := st.result()
+			require.Empty(t, r.Errors)
+			var got struct{ MachineUpdated change }
+			require.NoError(t, json.Unmarshal(r.Data, &got))
+			require.Equal(t, v, got.MachineUpdated.Version)
+		}
+	})
+}
+
+// pong sends a ping and waits for its pong: every message sent before the
+// ping has been handled.
+func (c *conn) pong() {
+	c.t.Helper()
+	c.send(map[string]any{"type": "ping"})
+	for {
+		m := c.readAny()
+		if m.Type == "pong" {
+			return
+		}
+		require.Equal(c.t, "ping", m.Type, "nothing but keep-alives before the pong: %+v %s", m, m.Payload)
+	}
 }
