@@ -360,6 +360,36 @@ func (s *Server) Do(t testing.TB, token, query string, vars map[string]any) *Res
 	return s.Post(t, token, "application/json", body)
 }
 
+// CreateWorkflow creates, as the user with token, a workflow named name
+// whose version 1 is {"nodes": [name]}, and returns its id.
+func (s *Server) CreateWorkflow(t testing.TB, token, name string) string {
+	t.Helper()
+	var out struct{ CreateWorkflow struct{ ID string } }
+	s.Do(t, token, `mutation($n: String!, $d: JSON!) { createWorkflow(input: {name: $n, definition: $d}) { id } }`,
+		map[string]any{"n": name, "d": map[string]any{"nodes": []any{name}}}).OK(t, &out)
+	require.NotEmpty(t, out.CreateWorkflow.ID)
+	return out.CreateWorkflow.ID
+}
+
+// RobotWithKey creates, as the user with token, a robot named name and an
+// API key for it, and returns the robot's id and the raw key.
+func (s *Server) RobotWithKey(t testing.TB, token, name string) (id, key string) {
+	t.Helper()
+	var robot struct{ CreateRobot struct{ ID string } }
+	s.Do(t, token, `mutation($n: String!) { createRobot(input: {name: $n}) { id } }`, map[string]any{"n": name}).OK(t, &robot)
+	var created struct{ CreateApiKey struct{ Key string } }
+	s.Do(t, token, `mutation($r: ID!) { createApiKey(robotId: $r, name: "agent") { key } }`,
+		map[string]any{"r": robot.CreateRobot.ID}).OK(t, &created)
+	require.NotEmpty(t, created.CreateApiKey.Key)
+	return robot.CreateRobot.ID, created.CreateApiKey.Key
+}
+
+// JSONOfSize is a JSON object whose encoding is exactly n bytes (n >= 8).
+func JSONOfSize(n int) map[string]any {
+	const overhead = len(`{"k":""}`)
+	return map[string]any{"k": strings.Repeat("a", n-overhead)}
+}
+
 // Post sends a raw body to the endpoint.
 func (s *Server) Post(t testing.TB, token, contentType string, body []byte) *Response {
 	t.Helper()

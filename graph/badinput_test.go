@@ -116,12 +116,6 @@ func badNewFixture(t *testing.T) badFixture {
 	return f
 }
 
-// badJSONOfSize returns a JSON object whose compact encoding is exactly n bytes.
-func badJSONOfSize(n int) map[string]any {
-	const overhead = len(`{"k":""}`)
-	return map[string]any{"k": strings.Repeat("a", n-overhead)}
-}
-
 const (
 	badGQLValidation = "GRAPHQL_VALIDATION_FAILED"
 	badGQLParse      = "GRAPHQL_PARSE_FAILED"
@@ -130,7 +124,7 @@ const (
 // badCases are the refusals of every mutation and list query.
 func badCases(f badFixture) []badCase {
 	id, unknown := f.machine, uuid.NewString()
-	over := badJSONOfSize(db.MaxJSONBytes + 1)
+	over := apitest.JSONOfSize(db.MaxJSONBytes + 1)
 	withID := func(extra map[string]any) map[string]any {
 		v := map[string]any{"id": id}
 		for k, x := range extra {
@@ -414,7 +408,7 @@ func TestBadInputBoundariesAreAccepted(t *testing.T) {
 	t.Run("JSONAtTheSizeLimit", func(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.Nil)
-		doc := badJSONOfSize(db.MaxJSONBytes)
+		doc := apitest.JSONOfSize(db.MaxJSONBytes)
 		b, err := json.Marshal(doc)
 		require.NoError(t, err)
 		require.Len(t, b, db.MaxJSONBytes)

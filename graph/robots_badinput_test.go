@@ -46,7 +46,7 @@ func rbbNewFixture(t *testing.T) rbbFixture {
 	k := rbCreateKey(t, s, f.user.Token, f.robot.ID, nil)
 	f.key, f.keyID = k.Key, k.APIKey.ID
 	rbHeartbeat(t, s, f.key, "ONLINE")
-	f.workflow = rbCreateWorkflow(t, s, f.user.Token, "taken-wf")
+	f.workflow = s.CreateWorkflow(t, f.user.Token, "taken-wf")
 	job := rbEnqueue(t, s, f.user.Token, f.workflow, nil)
 	f.lease = rbMustClaim(t, s, f.key, job.ID)
 	rbStart(t, s, f.key, f.lease)
@@ -108,7 +108,7 @@ func rbbList(n int, item func(i int) any) []any {
 // rbbCases are the refusals, with the fixture's ids.
 func rbbCases(f rbbFixture) []rbbCase {
 	unknown := uuid.NewString()
-	over := badJSONOfSize(db.MaxJSONBytes + 1)
+	over := apitest.JSONOfSize(db.MaxJSONBytes + 1)
 	long := func(n int) string { return strings.Repeat("a", n) }
 	caps51 := rbbList(51, func(i int) any { return fmt.Sprintf("c%d", i) })
 	with := func(base map[string]any, k string, v any) map[string]any {
@@ -561,7 +561,7 @@ func TestRobotBadInputBoundariesAreAccepted(t *testing.T) {
 	s := apitest.New(t, apitest.Options{Queue: rbiQueue})
 	u := s.NewUser(t, uuid.Nil)
 	long := func(n int) string { return strings.Repeat("a", n) }
-	atLimit := badJSONOfSize(db.MaxJSONBytes)
+	atLimit := apitest.JSONOfSize(db.MaxJSONBytes)
 	caps50 := rbbList(50, func(i int) any { return fmt.Sprintf("c%02d-%s", i, long(60)) })
 
 	r := rbCreateRobot(t, s, u.Token, map[string]any{
@@ -585,7 +585,7 @@ func TestRobotBadInputBoundariesAreAccepted(t *testing.T) {
 	require.Equal(t, long(64), hb.Heartbeat.AgentVersion)
 	isoDo(t, s, k.Key, `mutation { claimJob(waitSeconds: 0) { leaseToken } }`, nil, nil)
 
-	wf := rbCreateWorkflow(t, s, u.Token, long(100))
+	wf := s.CreateWorkflow(t, u.Token, long(100))
 	isoDo(t, s, u.Token, `mutation($w: ID!, $d: JSON!) { publishWorkflowVersion(workflowId: $w, definition: $d) { version } }`,
 		map[string]any{"w": wf, "d": atLimit}, nil)
 	isoDo(t, s, u.Token, `mutation($w: ID!, $r: ID!) { a: assignWorkflow(workflowId: $w, robotId: $r, priority: 1000) { priority }
@@ -626,7 +626,7 @@ func TestTimeAndIntRangeEdgesAreAccepted(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{Queue: rbiQueue})
 	u := s.NewUser(t, uuid.Nil)
-	wf := rbCreateWorkflow(t, s, u.Token, "edges")
+	wf := s.CreateWorkflow(t, u.Token, "edges")
 	const first, last = "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"
 
 	t.Run("Times", func(t *testing.T) {

@@ -70,7 +70,7 @@ func rbiNewVictim(t *testing.T, s *apitest.Server) rbiVictim {
 	isoDo(t, s, tok, `mutation($id: ID!) { revokeApiKey(id: $id) { id } }`, map[string]any{"id": revoked.APIKey.ID}, nil)
 	rbHeartbeat(t, s, v.key.Key, "ONLINE")
 
-	v.workflow = rbCreateWorkflow(t, s, tok, "victim-wf")
+	v.workflow = s.CreateWorkflow(t, tok, "victim-wf")
 	isoDo(t, s, tok, `mutation($w: ID!) { publishWorkflowVersion(workflowId: $w, definition: {v: 2}) { version } }`, map[string]any{"w": v.workflow}, nil)
 	isoDo(t, s, tok, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r, isDefault: true) { robotId } }`,
 		map[string]any{"w": v.workflow, "r": v.robot.ID}, nil)
@@ -121,7 +121,7 @@ func TestRobotTenantIsolation(t *testing.T) {
 	bobSvc := s.NewService(t, bob.Tenant)
 	bobRobot, bobKey := rbRobotWithKey(t, s, bob.Token, map[string]any{"name": "victim"}) // the same name, another tenant
 	rbHeartbeat(t, s, bobKey, "ONLINE")
-	bobWF := rbCreateWorkflow(t, s, bob.Token, "bob-wf")
+	bobWF := s.CreateWorkflow(t, bob.Token, "bob-wf")
 	victimRows := rbiTenantRows(t, s, v.user.Tenant)
 	leak := v.ids()
 
@@ -326,7 +326,7 @@ func TestRobotTenantIsolation(t *testing.T) {
 	// Last, as it changes the victim's data: a job any robot of the victim's
 	// tenant could take is no job for another tenant's robot.
 	t.Run("RobotOfAnotherTenantClaimsNothing", func(t *testing.T) {
-		open := rbCreateWorkflow(t, s, v.user.Token, "open")
+		open := s.CreateWorkflow(t, v.user.Token, "open")
 		job := rbEnqueue(t, s, v.user.Token, open, map[string]any{"priority": 1000})
 		require.Nil(t, rbClaim(t, s, bobKey))
 		require.Equal(t, "QUEUED", rbGetJob(t, s, v.user.Token, job.ID).Status)
@@ -349,7 +349,7 @@ func TestRobotActsOnlyAsItself(t *testing.T) {
 		return out.ApiKeys[0].ID
 	}()
 	y, yKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "y", "maxConcurrentJobs": 2})
-	wf := rbCreateWorkflow(t, s, u.Token, "wf")
+	wf := s.CreateWorkflow(t, u.Token, "wf")
 	xJob := rbEnqueue(t, s, u.Token, wf, map[string]any{"robotId": x.ID})
 	yClaimed := rbEnqueue(t, s, u.Token, wf, map[string]any{"robotId": y.ID, "priority": 2})
 	yRunning := rbEnqueue(t, s, u.Token, wf, map[string]any{"robotId": y.ID, "priority": 1})

@@ -144,16 +144,6 @@ func rbGetRobot(t *testing.T, s *apitest.Server, token, id string) *rbRobot {
 	return out.Robot
 }
 
-// rbCreateWorkflow creates a workflow whose version 1 is {"nodes": [name]}.
-func rbCreateWorkflow(t *testing.T, s *apitest.Server, token, name string) string {
-	t.Helper()
-	var out struct{ CreateWorkflow struct{ ID string } }
-	isoDo(t, s, token, `mutation($n: String!, $d: JSON!) { createWorkflow(input: {name: $n, definition: $d}) { id } }`,
-		map[string]any{"n": name, "d": map[string]any{"nodes": []any{name}}}, &out)
-	require.NotEmpty(t, out.CreateWorkflow.ID)
-	return out.CreateWorkflow.ID
-}
-
 // rbEnqueue queues a job of workflow with the other EnqueueJobInput fields of extra.
 func rbEnqueue(t *testing.T, s *apitest.Server, token, workflow string, extra map[string]any) rbJob {
 	t.Helper()
@@ -390,7 +380,7 @@ func TestRobots(t *testing.T) {
 		require.Equal(t, "MAINTENANCE", out.UpdateRobot.Status)
 		require.Equal(t, "MAINTENANCE", rbGetRobot(t, s, u.Token, r.ID).Status)
 
-		job := rbEnqueue(t, s, u.Token, rbCreateWorkflow(t, s, u.Token, "wf"), nil)
+		job := rbEnqueue(t, s, u.Token, s.CreateWorkflow(t, u.Token, "wf"), nil)
 		require.Nil(t, rbClaim(t, s, key), "a robot in maintenance claims nothing")
 		require.Equal(t, "QUEUED", rbGetJob(t, s, u.Token, job.ID).Status)
 
@@ -402,7 +392,7 @@ func TestRobots(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
 		_, key := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "plain"})
-		wf := rbCreateWorkflow(t, s, u.Token, "wf")
+		wf := s.CreateWorkflow(t, u.Token, "wf")
 		needsExcel := rbEnqueue(t, s, u.Token, wf, map[string]any{"requiredCapabilities": []any{"excel"}, "priority": 10})
 		plain := rbEnqueue(t, s, u.Token, wf, nil)
 		rbMustClaim(t, s, key, plain.ID)
@@ -495,7 +485,7 @@ func TestRobots(t *testing.T) {
 		r, key := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "doomed", "maxConcurrentJobs": 3})
 		survivor, survivorKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "survivor"})
 		rbHeartbeat(t, s, key, "ONLINE")
-		wf := rbCreateWorkflow(t, s, u.Token, "wf")
+		wf := s.CreateWorkflow(t, u.Token, "wf")
 		isoDo(t, s, u.Token, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r, isDefault: true) { robotId } }`,
 			map[string]any{"w": wf, "r": r.ID}, nil)
 		isoDo(t, s, u.Token, `mutation($w: ID!, $r: ID!) { setNodeRobotOverride(workflowId: $w, nodeId: "n1", robotId: $r) { nodeId } }`,
@@ -568,7 +558,7 @@ func TestDeletingARobotWakesWaitingClaims(t *testing.T) {
 	u := s.NewUser(t, uuid.Nil)
 	doomed, doomedKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "doomed"})
 	_, waiterKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "waiter"})
-	wf := rbCreateWorkflow(t, s, u.Token, "wf")
+	wf := s.CreateWorkflow(t, u.Token, "wf")
 	job := rbEnqueue(t, s, u.Token, wf, nil)
 	rbStart(t, s, doomedKey, rbMustClaim(t, s, doomedKey, job.ID))
 
@@ -1041,7 +1031,7 @@ func TestHeartbeat(t *testing.T) {
 		u := s.NewUser(t, uuid.New())
 		_, key := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "r", "maxConcurrentJobs": 2})
 		_, otherKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "other"})
-		wf := rbCreateWorkflow(t, s, u.Token, "wf")
+		wf := s.CreateWorkflow(t, u.Token, "wf")
 		claimed := rbEnqueue(t, s, u.Token, wf, map[string]any{"priority": 2})
 		running := rbEnqueue(t, s, u.Token, wf, map[string]any{"priority": 1})
 		others := rbEnqueue(t, s, u.Token, wf, nil)
@@ -1165,7 +1155,7 @@ func TestWorkflows(t *testing.T) {
 
 		e := s.Do(t, u.Token, `mutation { createWorkflow(input: {name: "INVOICES", definition: {}}) { id } }`, nil).Code(t, "CONFLICT")
 		require.Equal(t, "name", e.Extensions["field"])
-		rbCreateWorkflow(t, s, s.NewUser(t, uuid.New()).Token, "invoices") // another tenant may use the name
+		s.CreateWorkflow(t, s.NewUser(t, uuid.New()).Token, "invoices") // another tenant may use the name
 	})
 
 	t.Run("LongDescriptionsAreAccepted", func(t *testing.T) {
@@ -1184,7 +1174,7 @@ func TestWorkflows(t *testing.T) {
 	t.Run("PublishAddsImmutableVersions", func(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
-		id := rbCreateWorkflow(t, s, u.Token, "wf")
+		id := s.CreateWorkflow(t, u.Token, "wf")
 		publisher := s.NewUser(t, u.Tenant)
 		for v := 2; v <= 3; v++ {
 			var out struct {
@@ -1220,7 +1210,7 @@ func TestWorkflows(t *testing.T) {
 	t.Run("AssignmentsAndTheDefault", func(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
-		wf := rbCreateWorkflow(t, s, u.Token, "wf")
+		wf := s.CreateWorkflow(t, u.Token, "wf")
 		a := rbCreateRobot(t, s, u.Token, map[string]any{"name": "a"})
 		b := rbCreateRobot(t, s, u.Token, map[string]any{"name": "b"})
 		assign := func(robot string, extra string) {
@@ -1271,7 +1261,7 @@ func TestWorkflows(t *testing.T) {
 	t.Run("AssignmentsDecideWhoClaims", func(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
-		wf := rbCreateWorkflow(t, s, u.Token, "wf")
+		wf := s.CreateWorkflow(t, u.Token, "wf")
 		assigned, assignedKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "assigned"})
 		_, outsiderKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "outsider"})
 		isoDo(t, s, u.Token, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r) { robotId } }`,
@@ -1284,7 +1274,7 @@ func TestWorkflows(t *testing.T) {
 	t.Run("NodeOverrides", func(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
-		wf := rbCreateWorkflow(t, s, u.Token, "wf")
+		wf := s.CreateWorkflow(t, u.Token, "wf")
 		r := rbCreateRobot(t, s, u.Token, map[string]any{"name": "r"})
 		set := func(vars map[string]any) rbOverride {
 			vars["w"] = wf
@@ -1329,7 +1319,7 @@ func TestWorkflows(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
 		for _, name := range []string{"Invoice-in", "invoice-out", "payroll", "Tax_100%", "archive"} {
-			rbCreateWorkflow(t, s, u.Token, name)
+			s.CreateWorkflow(t, u.Token, name)
 		}
 		type page struct {
 			Workflows struct {
@@ -1380,8 +1370,8 @@ func TestWorkflows(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
 		busy := s.NewUser(t, u.Tenant)
-		wfA := rbCreateWorkflow(t, s, u.Token, "a-billing")
-		wfB := rbCreateWorkflow(t, s, u.Token, "b-idle")
+		wfA := s.CreateWorkflow(t, u.Token, "a-billing")
+		wfB := s.CreateWorkflow(t, u.Token, "b-idle")
 		online, onlineKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "online"})
 		working, workingKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "busy"})
 		maint, maintKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "maint"})
@@ -1420,7 +1410,7 @@ func TestWorkflows(t *testing.T) {
 	t.Run("RobotStats", func(t *testing.T) {
 		t.Parallel()
 		u := s.NewUser(t, uuid.New())
-		wf := rbCreateWorkflow(t, s, u.Token, "wf")
+		wf := s.CreateWorkflow(t, u.Token, "wf")
 		_, aKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "a"})
 		_, bKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "b"})
 		_, cKey := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "c"})

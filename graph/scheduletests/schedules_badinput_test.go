@@ -1,4 +1,4 @@
-package graph_test
+package scheduletests
 
 import (
 	"strings"
@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
 )
 
 // schSnapshot is every schedule and scheduled job of the server, as rows:
@@ -63,7 +65,7 @@ func TestScheduleBadInput(t *testing.T) {
 		{"Priority", map[string]any{"priority": 1001}, "BAD_USER_INPUT", "priority", "between -1000 and 1000"},
 		{"MaxAttempts", map[string]any{"maxAttempts": 0}, "BAD_USER_INPUT", "maxAttempts", "between 1 and 100"},
 		{"Capability", map[string]any{"requiredCapabilities": []any{"no spaces"}}, "BAD_USER_INPUT", "requiredCapabilities", "capability"},
-		{"BigInput", map[string]any{"input": badJSONOfSize(64<<10 + 1)}, "BAD_USER_INPUT", "input", "limit is"},
+		{"BigInput", map[string]any{"input": apitest.JSONOfSize(64<<10 + 1)}, "BAD_USER_INPUT", "input", "limit is"},
 		{"EmptyName", map[string]any{"name": " "}, "BAD_USER_INPUT", "name", "must not be empty"},
 		{"LongName", map[string]any{"name": long}, "BAD_USER_INPUT", "name", "at most 100"},
 		{"DuplicateName", map[string]any{"name": "TAKEN"}, "CONFLICT", "name", "already has a schedule"},
@@ -138,18 +140,17 @@ func TestScheduleBadInput(t *testing.T) {
 			b.s.Do(t, b.user.Token, q, map[string]any{"id": uuid.NewString()}).Code(t, "NOT_FOUND")
 		}
 		var out struct{ Schedule *struct{ ID string } }
-		isoDo(t, b.s, b.user.Token, `query($id: ID!) { schedule(id: $id) { id } }`, map[string]any{"id": uuid.NewString()}, &out)
+		b.s.Do(t, b.user.Token, `query($id: ID!) { schedule(id: $id) { id } }`, map[string]any{"id": uuid.NewString()}).OK(t, &out)
 		require.Nil(t, out.Schedule)
 		require.Equal(t, before, schSnapshot(t, b))
 	})
 	t.Run("EdgesAreAccepted", func(t *testing.T) {
 		sch := b.create(t, map[string]any{"name": strings.Repeat("é", 100), "cronExpression": "0 0 1 1 *", "jitterSeconds": 3600,
 			"catchupWindowSeconds": 10, "priority": -1000, "maxAttempts": 100, "timeZone": "Pacific/Kiritimati",
-			"startAt": "9998-06-01T00:00:00Z", "endAt": "9999-12-31T23:59:59.999999Z", "input": badJSONOfSize(64 << 10)})
+			"startAt": "9998-06-01T00:00:00Z", "endAt": "9999-12-31T23:59:59.999999Z", "input": apitest.JSONOfSize(64 << 10)})
 		require.Equal(t, []time.Time{utcTime("9998-12-31T10:00:00Z"), utcTime("9999-12-31T10:00:00Z")}, sch.NextRuns, "and no tick in year 10000")
 		var upd struct{ UpdateSchedule schSchedule }
-		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {cronExpression: "@every 8784h", unset: [START_AT, END_AT], catchupWindowSeconds: 2592000}) { `+schFields+` } }`,
-			map[string]any{"id": sch.ID}, &upd)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {cronExpression: "@every 8784h", unset: [START_AT, END_AT], catchupWindowSeconds: 2592000}) { `+schFields+` } }`, map[string]any{"id": sch.ID}).OK(t, &upd)
 		require.Len(t, upd.UpdateSchedule.NextRuns, 3)
 	})
 }

@@ -1,4 +1,4 @@
-package graph_test
+package scheduletests
 
 import (
 	"strings"
@@ -18,12 +18,12 @@ func TestScheduleIsolation(t *testing.T) {
 	t.Parallel()
 	b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
 	victim := b.user
-	robot, key := rbRobotWithKey(t, b.s, victim.Token, map[string]any{"name": "victim-bot"})
-	sch := b.create(t, map[string]any{"name": "victim-nightly", "cronExpression": "*/10 * * * *", "robotId": robot.ID,
+	robot, key := b.s.RobotWithKey(t, victim.Token, "victim-bot")
+	sch := b.create(t, map[string]any{"name": "victim-nightly", "cronExpression": "*/10 * * * *", "robotId": robot,
 		"input": map[string]any{"secret": "victim"}})
 	b.advance(t, 10*time.Minute)
 	var trig struct{ TriggerSchedule schJob }
-	isoDo(t, b.s, victim.Token, `mutation($id: ID!) { triggerSchedule(id: $id) { id } }`, map[string]any{"id": sch.ID}, &trig)
+	b.s.Do(t, victim.Token, `mutation($id: ID!) { triggerSchedule(id: $id) { id } }`, map[string]any{"id": sch.ID}).OK(t, &trig)
 	paused := b.create(t, map[string]any{"name": "victim-paused", "cronExpression": "@hourly", "paused": true, "pauseNote": "secret note"})
 	before := schSnapshot(t, b)
 	secrets := []string{sch.ID, paused.ID, trig.TriggerSchedule.ID, "victim-nightly", "secret note", `"secret"`}
@@ -103,9 +103,8 @@ func TestScheduleIsolation(t *testing.T) {
 	})
 	t.Run("TheSchedulerStaysInTheTenant", func(t *testing.T) {
 		other := b.s.NewUser(t, uuid.New())
-		otherWF := rbCreateWorkflow(t, b.s, other.Token, "other-wf")
-		isoDo(t, b.s, other.Token, `mutation($w: ID!) { createSchedule(input: {name: "victim-nightly", workflowId: $w, cronExpression: "*/10 * * * *"}) { id } }`,
-			map[string]any{"w": otherWF}, nil) // the same name in another tenant is fine
+		otherWF := b.s.CreateWorkflow(t, other.Token, "other-wf")
+		b.s.Do(t, other.Token, `mutation($w: ID!) { createSchedule(input: {name: "victim-nightly", workflowId: $w, cronExpression: "*/10 * * * *"}) { id } }`, map[string]any{"w": otherWF}).OK(t, nil) // the same name in another tenant is fine
 		b.advance(t, 10*time.Minute)
 		var wrong int
 		require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM jobs j JOIN schedules s ON s.id = j.schedule_id
@@ -115,7 +114,7 @@ func TestScheduleIsolation(t *testing.T) {
 		require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM jobs WHERE scheduled_for = '2026-06-01T10:20:00Z' GROUP BY tenant_id`).Scan(t.Context(), &perTenant))
 		require.Equal(t, []int{1, 1}, perTenant)
 		var job struct{ Job *struct{ ID string } }
-		isoDo(t, b.s, other.Token, `query($id: ID!) { job(id: $id) { id } }`, map[string]any{"id": trig.TriggerSchedule.ID}, &job)
+		b.s.Do(t, other.Token, `query($id: ID!) { job(id: $id) { id } }`, map[string]any{"id": trig.TriggerSchedule.ID}).OK(t, &job)
 		require.Nil(t, job.Job)
 	})
 }

@@ -1,4 +1,4 @@
-package graph_test
+package scheduletests
 
 import (
 	"context"
@@ -35,7 +35,7 @@ func schSetup(t *testing.T, start time.Time) *schBundle {
 	clock := maintenance.NewManualClock(start)
 	s := apitest.New(t, apitest.Options{Clock: clock})
 	user := s.NewUser(t, uuid.New())
-	return &schBundle{s: s, clock: clock, user: user, workflow: rbCreateWorkflow(t, s, user.Token, "nightly")}
+	return &schBundle{s: s, clock: clock, user: user, workflow: s.CreateWorkflow(t, user.Token, "nightly")}
 }
 
 // schSchedule is a schedule as the API shows it.
@@ -69,14 +69,14 @@ func (b *schBundle) create(t *testing.T, input map[string]any) schSchedule {
 		in[k] = v
 	}
 	var out struct{ CreateSchedule schSchedule }
-	isoDo(t, b.s, b.user.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { `+schFields+` } }`, map[string]any{"in": in}, &out)
+	b.s.Do(t, b.user.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { `+schFields+` } }`, map[string]any{"in": in}).OK(t, &out)
 	return out.CreateSchedule
 }
 
 func (b *schBundle) get(t *testing.T, id string) schSchedule {
 	t.Helper()
 	var out struct{ Schedule *schSchedule }
-	isoDo(t, b.s, b.user.Token, `query($id: ID!) { schedule(id: $id) { `+schFields+` } }`, map[string]any{"id": id}, &out)
+	b.s.Do(t, b.user.Token, `query($id: ID!) { schedule(id: $id) { `+schFields+` } }`, map[string]any{"id": id}).OK(t, &out)
 	require.NotNil(t, out.Schedule)
 	return *out.Schedule
 }
@@ -94,6 +94,26 @@ func (b *schBundle) advance(t *testing.T, d time.Duration) {
 	t.Helper()
 	b.clock.Advance(d)
 	b.step(t)
+}
+
+// schRun claims the job want as the robot with key and starts it, and
+// returns the variables ($j, $l) its fenced mutations take.
+func schRun(t *testing.T, s *apitest.Server, key, want string) map[string]any {
+	t.Helper()
+	var claimed struct {
+		ClaimJob *struct {
+			LeaseToken string
+			Job        struct{ ID string }
+		}
+	}
+	s.Do(t, key, `mutation { claimJob { leaseToken job { id } } }`, nil).OK(t, &claimed)
+	require.NotNil(t, claimed.ClaimJob, "the robot found no job to claim")
+	require.Equal(t, want, claimed.ClaimJob.Job.ID)
+	lease := map[string]any{"j": want, "l": claimed.ClaimJob.LeaseToken}
+	var started struct{ StartJob struct{ Status string } }
+	s.Do(t, key, `mutation($j: ID!, $l: ID!) { startJob(jobId: $j, leaseToken: $l) { status } }`, lease).OK(t, &started)
+	require.Equal(t, "RUNNING", started.StartJob.Status)
+	return lease
 }
 
 // ticks returns the scheduledFor of every job of the schedule, in order,
@@ -233,7 +253,7 @@ func TestScheduler(t *testing.T) {
 		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *"})
 		b.advance(t, 10*time.Minute)
 		var out struct{ PauseSchedule schSchedule }
-		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { pauseSchedule(id: $id, note: "month-end freeze") { `+schFields+` } }`, map[string]any{"id": sch.ID}, &out)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { pauseSchedule(id: $id, note: "month-end freeze") { `+schFields+` } }`, map[string]any{"id": sch.ID}).OK(t, &out)
 		require.True(t, out.PauseSchedule.Paused)
 		require.Equal(t, "month-end freeze", *out.PauseSchedule.PauseNote)
 		require.Equal(t, "user:"+b.user.ID.String(), *out.PauseSchedule.PausedBy)
@@ -246,7 +266,7 @@ func TestScheduler(t *testing.T) {
 		require.Equal(t, []time.Time{utcTime("2026-06-01T10:10:00Z")}, ticks, "no job while paused")
 
 		var res struct{ ResumeSchedule schSchedule }
-		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { resumeSchedule(id: $id) { `+schFields+` } }`, map[string]any{"id": sch.ID}, &res)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { resumeSchedule(id: $id) { `+schFields+` } }`, map[string]any{"id": sch.ID}).OK(t, &res)
 		require.False(t, res.ResumeSchedule.Paused)
 		require.Nil(t, res.ResumeSchedule.PauseNote)
 		require.Equal(t, utcTime("2026-06-01T12:20:00Z"), res.ResumeSchedule.NextRuns[0])
@@ -266,8 +286,7 @@ func TestScheduler(t *testing.T) {
 		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
 		sch := b.create(t, map[string]any{"cronExpression": "@daily", "overlapPolicy": "SKIP", "paused": true})
 		var out struct{ TriggerSchedule schJob }
-		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { triggerSchedule(id: $id) { id status createdBy scheduleId scheduledFor runAfter } }`,
-			map[string]any{"id": sch.ID}, &out)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { triggerSchedule(id: $id) { id status createdBy scheduleId scheduledFor runAfter } }`, map[string]any{"id": sch.ID}).OK(t, &out)
 		require.Equal(t, "QUEUED", out.TriggerSchedule.Status)
 		require.Equal(t, "user:"+b.user.ID.String(), out.TriggerSchedule.CreatedBy)
 		require.Equal(t, sch.ID, *out.TriggerSchedule.ScheduleID)
@@ -281,8 +300,7 @@ func TestScheduler(t *testing.T) {
 		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *"})
 		b.advance(t, 10*time.Minute)
 		var upd struct{ UpdateSchedule schSchedule }
-		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {cronExpression: "0 9 * * *", timeZone: "Asia/Tokyo", name: "tokyo"}) { `+schFields+` } }`,
-			map[string]any{"id": sch.ID}, &upd)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {cronExpression: "0 9 * * *", timeZone: "Asia/Tokyo", name: "tokyo"}) { `+schFields+` } }`, map[string]any{"id": sch.ID}).OK(t, &upd)
 		require.Equal(t, "tokyo", upd.UpdateSchedule.Name)
 		require.Equal(t, []time.Time{utcTime("2026-06-02T00:00:00Z"), utcTime("2026-06-03T00:00:00Z"), utcTime("2026-06-04T00:00:00Z")},
 			upd.UpdateSchedule.NextRuns, "09:00 in Tokyo is midnight UTC")
@@ -291,7 +309,7 @@ func TestScheduler(t *testing.T) {
 		require.Len(t, ticks, 1, "the old expression no longer fires")
 
 		var del struct{ DeleteSchedule string }
-		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { deleteSchedule(id: $id) }`, map[string]any{"id": sch.ID}, &del)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { deleteSchedule(id: $id) }`, map[string]any{"id": sch.ID}).OK(t, &del)
 		require.Equal(t, sch.ID, del.DeleteSchedule)
 		var kept []struct {
 			ScheduleID   *string   `bun:"schedule_id"`
@@ -306,10 +324,10 @@ func TestScheduler(t *testing.T) {
 	t.Run("AJobThatCannotBeEnqueuedIsRecordedAndTheScheduleGoesOn", func(t *testing.T) {
 		t.Parallel()
 		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
-		robot := rbCreateRobot(t, b.s, b.user.Token, map[string]any{"name": "only-this-one"})
-		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *", "robotId": robot.ID})
+		robot, _ := b.s.RobotWithKey(t, b.user.Token, "only-this-one")
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *", "robotId": robot})
 		b.advance(t, 10*time.Minute)
-		isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": robot.ID}, nil)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": robot}).OK(t, nil)
 		b.advance(t, 10*time.Minute)
 		b.advance(t, 10*time.Minute)
 		got := b.get(t, sch.ID)
@@ -359,7 +377,7 @@ func TestSchedulerCatchUp(t *testing.T) {
 		got := b.get(t, sch.ID)
 		require.Len(t, got.RecentJobs, 1)
 		if finishFirst {
-			isoDo(t, b.s, b.user.Token, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": got.RecentJobs[0].ID}, nil)
+			b.s.Do(t, b.user.Token, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": got.RecentJobs[0].ID}).OK(t, nil)
 		}
 		b.advance(t, 3*time.Hour)
 		return b, sch
@@ -407,13 +425,12 @@ func TestSchedulerCatchUp(t *testing.T) {
 		require.Equal(t, 12, got.MissedTicks)
 
 		// A robot runs the 12:20 job; the held-back tick waits for it.
-		_, key := rbRobotWithKey(t, b.s, b.user.Token, map[string]any{"name": "worker"})
-		lease := rbMustClaim(t, b.s, key, got.RecentJobs[0].ID)
-		rbStart(t, b.s, key, lease)
+		_, key := b.s.RobotWithKey(t, b.user.Token, "worker")
+		lease := schRun(t, b.s, key, got.RecentJobs[0].ID)
 		b.advance(t, time.Second)
 		ticks, _ = schTicks(t, b.s, sch.ID)
 		require.Len(t, ticks, 2, "nothing fires while the previous job runs")
-		isoDo(t, b.s, key, `mutation($j: ID!, $l: ID!) { completeJob(jobId: $j, leaseToken: $l) { id } }`, lease.rbVars(nil), nil)
+		b.s.Do(t, key, `mutation($j: ID!, $l: ID!) { completeJob(jobId: $j, leaseToken: $l) { id } }`, lease).OK(t, nil)
 		b.advance(t, time.Second)
 		ticks, _ = schTicks(t, b.s, sch.ID)
 		require.Equal(t, []time.Time{first, within[0], within[1]}, ticks, "the held-back tick fires when the previous job finishes")
