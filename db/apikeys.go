@@ -260,7 +260,7 @@ func (s *APIKeys) Audit(ctx context.Context, idb bun.IDB, robotID *uuid.UUID, fi
 		return nil, err
 	}
 	var rows []*APIKeyAuditEntry
-	q := inTenant(sc, idb.NewSelect().Model(&rows), "a").OrderExpr("a.id DESC").Limit(limit)
+	q := inTenant(sc, idb.NewSelect().Model(&rows), "a").OrderExpr("a.id DESC").Apply(limitRows(limit))
 	if robotID != nil {
 		q = q.Where("a.robot_id = ?", *robotID)
 	}

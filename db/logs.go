@@ -646,7 +646,7 @@ func (s *Logs) CleanupHistory(ctx context.Context, idb bun.IDB, p PageArgs) (Pag
 		q = q.Where("c.id < ?", after)
 	}
 	var rows []*LogCleanup
-	if err := q.OrderExpr("c.id DESC").Limit(limit+1).Scan(ctx, &rows); err != nil {
+	if err := q.OrderExpr("c.id DESC").Apply(limitRows(limit+1)).Scan(ctx, &rows); err != nil {
 		return Page[LogCleanup]{}, fmt.Errorf("reading the log cleanup history: %w", err)
 	}
 	return trim(rows, limit), nil

@@ -106,7 +106,7 @@ func (s *Logs) List(ctx context.Context, idb bun.IDB, f LogFilter, p PageArgs) (
 		q = q.Where("l.at <= ?", at).Where("(l.at, l.id) < (?, ?)", at, id)
 	}
 	var rows []*RobotLog
-	if err := q.Model(&rows).OrderExpr("l.at DESC, l.id DESC").Limit(limit + 1).Scan(ctx); err != nil {
+	if err := q.Model(&rows).OrderExpr("l.at DESC, l.id DESC").Apply(limitRows(limit + 1)).Scan(ctx); err != nil {
 		return Page[RobotLog]{}, fmt.Errorf("listing log lines: %w", err)
 	}
 	return trim(rows, limit), nil
@@ -187,7 +187,7 @@ func (s *Logs) Summary(ctx context.Context, idb bun.IDB, since, until *time.Time
 		q = q.Where("l.robot_id = ?", *robotID)
 	}
 	var rows []*LogSummaryRow
-	err = q.GroupExpr("1, 2, 3").OrderExpr("1 DESC, 2, 3 DESC").Limit(MaxSummaryRows).Scan(ctx, &rows)
+	err = q.GroupExpr("1, 2, 3").OrderExpr("1 DESC, 2, 3 DESC").Apply(limitRows(MaxSummaryRows)).Scan(ctx, &rows)
 	if err != nil {
 		return nil, fmt.Errorf("summarising log lines: %w", err)
 	}
@@ -265,7 +265,7 @@ func (s *Logs) LogsOf(ctx context.Context, idb bun.IDB, ids []uuid.UUID, limit i
 		return nil, err
 	}
 	inner := logsVisible(sc, idb.NewSelect().Model((*RobotLog)(nil)).Where("l.job_id = k.id AND l.tenant_id = j.tenant_id"), "l").
-		OrderExpr("l.at DESC, l.id DESC").Limit(limit)
+		OrderExpr("l.at DESC, l.id DESC").Apply(limitRows(limit))
 	var rows []*RobotLog
 	err = jobsVisible(sc, idb.NewSelect().
 		TableExpr("unnest(?::uuid[]) AS k(id)", pgUUIDs(ids)).
@@ -317,7 +317,7 @@ func (s *Logs) HeartbeatHistory(ctx context.Context, idb bun.IDB, robotID uuid.U
 		q = q.Where("h.at < ?", *until)
 	}
 	var rows []*RobotHeartbeat
-	if err := q.Model(&rows).OrderExpr("h.at DESC, h.id DESC").Limit(limit).Scan(ctx); err != nil {
+	if err := q.Model(&rows).OrderExpr("h.at DESC, h.id DESC").Apply(limitRows(limit)).Scan(ctx); err != nil {
 		return nil, fmt.Errorf("reading heartbeat history: %w", err)
 	}
 	return rows, nil
@@ -338,7 +338,7 @@ func (s *Logs) ChangedSince(ctx context.Context, idb bun.IDB, since time.Time) (
 	}
 	var rows []*RobotLog
 	err = logsVisible(sc, idb.NewSelect().Model(&rows).Where("l.at >= ?", since), "l").
-		OrderExpr("l.at DESC, l.id DESC").Limit(MaxResyncLines).Scan(ctx)
+		OrderExpr("l.at DESC, l.id DESC").Apply(limitRows(MaxResyncLines)).Scan(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("re-reading log lines: %w", err)
 	}

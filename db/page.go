@@ -45,6 +45,19 @@ func pageSize(first *int, def int) (int, error) {
 	return min(*first, MaxPageSize), nil
 }
 
+// limitRows caps a select at n rows (q.Apply(limitRows(n))). bun writes
+// no LIMIT clause for Limit(0), which would read every row: a page of zero
+// rows reads none. Every select of package db is capped through it, never
+// with Limit itself (TestSelectsAreCappedThroughLimitRows).
+func limitRows(n int) func(*bun.SelectQuery) *bun.SelectQuery {
+	return func(q *bun.SelectQuery) *bun.SelectQuery {
+		if n <= 0 {
+			return q.Where("false")
+		}
+		return q.Limit(n)
+	}
+}
+
 // Page is one page of a keyset-paginated list.
 type Page[T any] struct {
 	Items   []*T
@@ -149,7 +162,7 @@ func newestFirst[T any](ctx context.Context, q *bun.SelectQuery, par *Params, ki
 		q = q.Where("(?.created_at, ?.id) < (?::timestamptz, ?::uuid)", bun.Ident(alias), bun.Ident(alias), par.Arg(after.at), par.Arg(after.id))
 	}
 	var rows []*T
-	q = q.Model(&rows).OrderExpr("?.created_at DESC, ?.id DESC", bun.Ident(alias), bun.Ident(alias)).Limit(limit + 1)
+	q = q.Model(&rows).OrderExpr("?.created_at DESC, ?.id DESC", bun.Ident(alias), bun.Ident(alias)).Apply(limitRows(limit + 1))
 	if par != nil {
 		err = scanBound(ctx, q, par)
 	} else {

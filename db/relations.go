@@ -95,7 +95,7 @@ func (s *Machines) EventPages(ctx context.Context, idb bun.IDB, keys []EventPage
 			return nil, err
 		}
 		inner := idb.NewSelect().Model((*MachineEvent)(nil)).Where("e.machine_id = k.id").
-			OrderExpr("e.id DESC").Limit(g.First + 1)
+			OrderExpr("e.id DESC").Apply(limitRows(g.First + 1))
 		if after > 0 {
 			inner = inner.Where("e.id < ?", after)
 		}
@@ -200,7 +200,7 @@ func (s *Machines) DeploymentLists(ctx context.Context, idb bun.IDB, keys []Depl
 	out := make(map[DeploymentListKey][]*Deployment, len(keys))
 	for size, ids := range bySize {
 		inner := idb.NewSelect().Model((*Deployment)(nil)).Where("d.machine_id = k.id").
-			OrderExpr("d.created_at DESC, d.id DESC").Limit(size)
+			OrderExpr("d.created_at DESC, d.id DESC").Apply(limitRows(size))
 		var rows []*Deployment
 		err := ownedBy(sc, idb.NewSelect().
 			TableExpr("unnest(?::uuid[]) AS k(id)", pgUUIDs(ids)).

@@ -643,7 +643,7 @@ func (s *Schedules) RecentJobs(ctx context.Context, idb bun.IDB, scheduleID uuid
 	limit = min(limit, MaxRecentJobs)
 	var rows []*Job
 	err = jobsVisible(sc, idb.NewSelect().Model(&rows).Where("j.schedule_id = ?", scheduleID), "j").
-		OrderExpr("j.scheduled_for DESC").Limit(limit).Scan(ctx)
+		OrderExpr("j.scheduled_for DESC").Apply(limitRows(limit)).Scan(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("loading a schedule's jobs: %w", err)
 	}
@@ -668,7 +668,7 @@ func (s *Schedules) Fire(ctx context.Context, idb bun.IDB, now time.Time) (FireS
 	var due []uuid.UUID
 	err := idb.NewSelect().Model((*Schedule)(nil)).Column("s.id").
 		Where("NOT s.paused AND (s.next_tick_at <= ? OR s.buffered_tick_at IS NOT NULL)", now).
-		OrderExpr("s.next_tick_at").Limit(10_000).Scan(ctx, &due)
+		OrderExpr("s.next_tick_at").Apply(limitRows(10_000)).Scan(ctx, &due)
 	if err != nil {
 		return stats, fmt.Errorf("finding due schedules: %w", err)
 	}

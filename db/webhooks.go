@@ -443,7 +443,7 @@ func (s *Webhooks) Endpoints(ctx context.Context, idb bun.IDB) ([]*WebhookEndpoi
 	}
 	var rows []*WebhookEndpoint
 	if err := inTenant(sc, idb.NewSelect().Model(&rows), "w").OrderExpr("w.created_at DESC, w.id DESC").
-		Limit(MaxWebhookEndpoints).Scan(ctx); err != nil {
+		Apply(limitRows(MaxWebhookEndpoints)).Scan(ctx); err != nil {
 		return nil, fmt.Errorf("listing webhook endpoints: %w", err)
 	}
 	return rows, nil

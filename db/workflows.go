@@ -355,7 +355,7 @@ func (s *Workflows) VersionsOf(ctx context.Context, idb bun.IDB, ids []uuid.UUID
 	}
 	// A LATERAL join reads at most limit versions of each workflow, newest
 	// first, however many it has.
-	inner := idb.NewSelect().Model((*WorkflowVersion)(nil)).Where("v.workflow_id = k.id").OrderExpr("v.version DESC").Limit(limit)
+	inner := idb.NewSelect().Model((*WorkflowVersion)(nil)).Where("v.workflow_id = k.id").OrderExpr("v.version DESC").Apply(limitRows(limit))
 	var rows []*WorkflowVersion
 	err = inTenant(sc, idb.NewSelect().
 		TableExpr("unnest(?::uuid[]) AS k(id)", pgUUIDs(ids)).

@@ -28,7 +28,8 @@ type listSize struct {
 func page(def int) listSize { return listSize{arg: "first", def: def, max: db.MaxPageSize} }
 
 // listSizes is the one table of list costs: every field of the schema whose
-// type is a list of objects or a connection has an entry, and a test fails
+// type is a list of objects or a connection, or a list of scalars that
+// takes arguments (its length may be one), has an entry, and a test fails
 // when a new one has none (an unknown list costs db.MaxPageSize, failing
 // closed). Lists without a page argument are bounded by a domain rule
 // (Robot.currentJobs by the robot's at most 100 slots) or, where the data
@@ -70,6 +71,7 @@ var listSizes = map[string]listSize{
 	// Schedules.
 	"Query.schedules":          page(db.DefaultPageSize),
 	"Schedule.recentJobs":      {arg: "first", def: 10, max: db.MaxRecentJobs},
+	"Schedule.nextRuns":        {arg: "count", def: 5, max: db.MaxNextRuns}, // each a cron step
 	"ScheduleConnection.edges": {},
 	// Webhooks.
 	"Query.webhookEndpoints":          {def: db.MaxWebhookEndpoints, max: db.MaxWebhookEndpoints},

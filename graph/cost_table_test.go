@@ -8,8 +8,8 @@ import (
 	"github.com/vektah/gqlparser/v2/ast"
 )
 
-// Every list of objects and every connection in the schema has a size in
-// listSizes, and every entry names a field that exists: a new list field
+// Every list of objects, every connection and every list of scalars that
+// takes arguments in the schema has a size in listSizes, and every entry names a field that exists: a new list field
 // cannot be forgotten by the cost estimate.
 func TestListSizesCoverTheSchema(t *testing.T) {
 	schema := NewExecutableSchema(Config{Resolvers: &Resolver{}}).Schema()
@@ -24,7 +24,7 @@ func TestListSizesCoverTheSchema(t *testing.T) {
 			}
 			elem := schema.Types[f.Type.Name()]
 			composite := elem != nil && (elem.Kind == ast.Object || elem.Kind == ast.Interface || elem.Kind == ast.Union)
-			if isConnection(f.Type) || (f.Type.Elem != nil && composite) {
+			if isConnection(f.Type) || (f.Type.Elem != nil && (composite || len(f.Arguments) > 0)) {
 				need[name+"."+f.Name] = true
 			}
 		}
@@ -34,7 +34,7 @@ func TestListSizesCoverTheSchema(t *testing.T) {
 		require.True(t, ok, "%s is a list or connection without an entry in listSizes", key)
 	}
 	for key, size := range listSizes {
-		require.True(t, need[key], "listSizes has %s, which is not a list of objects or a connection", key)
+		require.True(t, need[key], "listSizes has %s, which is not a list of objects, a connection or a list with arguments", key)
 		if !strings.HasSuffix(key, ".edges") {
 			require.Positive(t, size.max, "%s needs a maximum", key)
 		}

@@ -155,6 +155,15 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 		// Unpaged lists count too: every robot's current jobs' logs.
 		refused(t, owner.Token, `{robots(first:500){edges{node{currentJobs{logs(first:500){message}}}}}}`, "COMPLEXITY_LIMIT_EXCEEDED")
 		refused(t, owner.Token, `{robotStats{robots{robot{currentJobs{workflow{versions(first:100){definition}}}}}}}`, "COMPLEXITY_LIMIT_EXCEEDED")
+		// A list of scalars that an argument sizes: each of a schedule's
+		// next runs is a step of its cron expression.
+		var runs strings.Builder
+		runs.WriteString(`{schedules(first:500){edges{node{`)
+		for i := range 49 {
+			fmt.Fprintf(&runs, "n%d: nextRuns(count:100) ", i)
+		}
+		runs.WriteString(`}}}}`)
+		refused(t, owner.Token, runs.String(), "COMPLEXITY_LIMIT_EXCEEDED")
 	})
 
 	t.Run("ResponseBudget", func(t *testing.T) {

@@ -129,6 +129,11 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 		if f.Definition.Type.Name() == "JSON" {
 			return jsonWeight, depth
 		}
+		if size, ok := listSizes[f.ObjectDefinition.Name+"."+f.Name]; ok && f.Definition.Type.Elem != nil {
+			// A list of scalars whose length an argument sets
+			// (Schedule.nextRuns): each item is computed.
+			return size.count(f, w.vars), depth
+		}
 		return 1, depth
 	}
 	t := f.Definition.Type
