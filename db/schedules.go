@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"sync"
 	"time"
 
@@ -240,6 +241,8 @@ func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch *Schedul
 	if sch.TimeZone == "" {
 		sch.TimeZone = "UTC"
 	}
+	// Stored as parsed and measured: without the spaces around it.
+	sch.CronExpression = strings.TrimSpace(sch.CronExpression)
 	sp, err := s.spec(sch.CronExpression, sch.TimeZone)
 	if err != nil {
 		return err

@@ -240,7 +240,14 @@ func (s *Webhooks) checkWebhookURL(field, raw string) (string, error) {
 			return "", fault.Invalid(field, "%s points at a %s address, where webhooks are not delivered", field, reason)
 		}
 	}
-	return u.String(), nil
+	// The URL is stored as Go writes it back, which escapes what the input
+	// left raw (a space becomes %20, a non-ASCII letter up to six bytes):
+	// the limit holds for what is stored.
+	out := u.String()
+	if len(out) > 2000 {
+		return "", fault.Invalid(field, "%s must be at most 2000 bytes once escaped (it is %d)", field, len(out))
+	}
+	return out, nil
 }
 
 // forbiddenPrefixes are the ranges no webhook goes to unless private

@@ -73,6 +73,10 @@ func TestWebhookBadInput(t *testing.T) {
 			{"Credentials", create, in("https://user:pass@hooks.example/x"), "BAD_USER_INPUT", "input.url"},
 			{"Fragment", create, in("https://hooks.example/x#frag"), "BAD_USER_INPUT", "input.url"},
 			{"TooLong", create, in("https://hooks.example/" + strings.Repeat("a", 2000)), "BAD_USER_INPUT", "input.url"},
+			// Within the limit as sent, past it once escaped as stored.
+			{"TooLongEscaped", create, in("https://hooks.example/" + strings.Repeat(" ", 1970) + "x"), "BAD_USER_INPUT", "input.url"},
+			{"TooLongEscapedLetters", create, in("https://hooks.example/" + strings.Repeat("é", 900)), "BAD_USER_INPUT", "input.url"},
+			{"UpdateTooLongEscaped", update, vars(map[string]any{"in": map[string]any{"url": "https://hooks.example/" + strings.Repeat(" ", 1970) + "x"}}), "BAD_USER_INPUT", "input.url"},
 			{"NoEvents", create, in("https://hooks.example/x", []string{}...), "BAD_USER_INPUT", "input.events"},
 			{"UnknownEvent", create, in("https://hooks.example/x", "job.started"), "BAD_USER_INPUT", "input.events"},
 			{"EventCase", create, in("https://hooks.example/x", "job.completed", "JOB.FAILED"), "BAD_USER_INPUT", "input.events"},

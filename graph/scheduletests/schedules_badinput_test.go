@@ -152,5 +152,14 @@ func TestScheduleBadInput(t *testing.T) {
 		var upd struct{ UpdateSchedule schSchedule }
 		b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {cronExpression: "@every 8784h", unset: [START_AT, END_AT], catchupWindowSeconds: 2592000}) { `+schFields+` } }`, map[string]any{"id": sch.ID}).OK(t, &upd)
 		require.Len(t, upd.UpdateSchedule.NextRuns, 3)
+
+		// Spaces around an expression are not part of it: past the limit
+		// with them, within it without, and stored without.
+		padded := "  " + strings.Repeat("1,", 95) + "2 * * * *" + strings.Repeat(" ", 200)
+		sch = b.create(t, map[string]any{"name": "padded", "cronExpression": padded})
+		require.Equal(t, strings.TrimSpace(padded), sch.CronExpression)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!, $e: String!) { updateSchedule(id: $id, input: {cronExpression: $e}) { `+schFields+` } }`,
+			map[string]any{"id": sch.ID, "e": "\t@daily" + strings.Repeat(" ", 300)}).OK(t, &upd)
+		require.Equal(t, "@daily", upd.UpdateSchedule.CronExpression)
 	})
 }
