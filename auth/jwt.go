@@ -156,8 +156,8 @@ func (j *JWT) Verify(token string) (*Principal, error) {
 		return nil, fault.New(fault.Unauthenticated, "invalid token: %s", tokenProblem(err))
 	}
 	userID, err := uuid.Parse(c.Subject)
-	if err != nil {
-		return nil, fault.New(fault.Unauthenticated, "invalid token: sub must be a user id (UUID)")
+	if err != nil || userID == uuid.Nil {
+		return nil, fault.New(fault.Unauthenticated, "invalid token: sub must be a user id (a UUID, not the nil one)")
 	}
 	role := Role(c.Role)
 	if role != RoleUser && role != RoleService {
@@ -165,8 +165,10 @@ func (j *JWT) Verify(token string) (*Principal, error) {
 	}
 	tenant := DefaultTenant
 	if raw := cmpOr(c.TenantID, c.AppMetadata.TenantID); raw != "" {
-		if tenant, err = uuid.Parse(raw); err != nil {
-			return nil, fault.New(fault.Unauthenticated, "invalid token: tenant_id must be a UUID")
+		// The nil UUID is no tenant: a principal without one is the
+		// installation's own (the operator CLI), never a token's.
+		if tenant, err = uuid.Parse(raw); err != nil || tenant == uuid.Nil {
+			return nil, fault.New(fault.Unauthenticated, "invalid token: tenant_id must be a UUID, not the nil one")
 		}
 	}
 	p := &Principal{UserID: userID, TenantID: tenant, Role: role, ExpiresAt: c.ExpiresAt.Time}

@@ -294,6 +294,24 @@ func TestJWTVerify(t *testing.T) {
 			c["app_metadata"] = map[string]any{"tenant_id": "acme"}
 			return sign(t, c)
 		}, "tenant_id"},
+		// The nil UUID is no one: no user, and no tenant (a principal
+		// without one is the installation's own, never a token's).
+		{"SubNilUUID", "", func(t *testing.T) string {
+			c := validClaims()
+			c["sub"] = uuid.Nil.String()
+			return sign(t, c)
+		}, "sub"},
+		{"TenantNilUUID", "", func(t *testing.T) string {
+			c := validClaims()
+			c["role"] = "service_role"
+			c["tenant_id"] = uuid.Nil.String()
+			return sign(t, c)
+		}, "tenant_id"},
+		{"AppMetadataTenantNilUUID", "", func(t *testing.T) string {
+			c := validClaims()
+			c["app_metadata"] = map[string]any{"tenant_id": uuid.Nil.String()}
+			return sign(t, c)
+		}, "tenant_id"},
 	}
 	for _, tt := range refusals {
 		t.Run("Refuses"+tt.name, func(t *testing.T) {

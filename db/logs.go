@@ -498,7 +498,7 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 	if !sc.wholeTenant {
 		return nil, fault.New(fault.Forbidden, "only service_role may clean up logs")
 	}
-	system := sc.tenant == uuid.Nil
+	system := sc.installation
 	days := s.cfg.RetentionDays
 	if retentionDays != nil {
 		days = *retentionDays
@@ -634,7 +634,7 @@ func (s *Logs) CleanupHistory(ctx context.Context, idb bun.IDB, p PageArgs) (Pag
 	}
 	q := idb.NewSelect().TableExpr("robot_log_cleanups AS c").
 		ColumnExpr("c.id, c.dry_run, c.retention_days, c.cutoff, c.partitions, c.at")
-	if sc.tenant == uuid.Nil {
+	if sc.installation {
 		q = q.ColumnExpr("c.actor, c.rows, c.bytes, c.heartbeats")
 	} else {
 		q = q.ColumnExpr("CASE WHEN c.actor_tenant IS NULL OR c.actor_tenant = ? THEN c.actor ELSE 'service' END AS actor", sc.tenant).

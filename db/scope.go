@@ -27,7 +27,11 @@ type scope struct {
 	robot  uuid.UUID
 	// wholeTenant is true for service_role.
 	wholeTenant bool
-	actor       string
+	// installation is true for a system task of no tenant (the operator
+	// CLI, the leader's log cleanup): where a rule says so, it acts on
+	// every tenant. Nothing a client sends makes one.
+	installation bool
+	actor        string
 	// params, when set, bind the rules' values (see binding).
 	params *Params
 }
@@ -39,11 +43,12 @@ func scopeOf(ctx context.Context) (scope, error) {
 		return scope{}, fault.New(fault.Unauthenticated, "sign in first: send `Authorization: Bearer <token>`")
 	}
 	return scope{
-		tenant:      p.TenantID,
-		user:        p.UserID,
-		robot:       p.RobotID,
-		wholeTenant: p.Role == auth.RoleService,
-		actor:       p.Actor(),
+		tenant:       p.TenantID,
+		user:         p.UserID,
+		robot:        p.RobotID,
+		wholeTenant:  p.Role == auth.RoleService,
+		installation: p.System != "" && p.TenantID == uuid.Nil,
+		actor:        p.Actor(),
 	}, nil
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/db"
+	"fleetgraph/fault"
 )
 
 // TestLiveVisibilityFailsClosed checks the live path's rules on the kinds
@@ -116,5 +117,27 @@ func TestVisibilityClass(t *testing.T) {
 	}
 	for _, kind := range []string{"", "jobs", "workflow", "Job"} {
 		require.Empty(t, class(u1, kind), "unknown kind %q", kind)
+	}
+}
+
+// TestOnlyTheInstallationCleansBelowRetention checks who may drop logs
+// younger than LOG_RETENTION_DAYS: a system task of no tenant (the operator
+// CLI), never a tenant's service role, and not a service principal that
+// lacks a tenant (tokens are refused one, and were it ever made, it is no
+// system task). The check comes before any statement.
+func TestOnlyTheInstallationCleansBelowRetention(t *testing.T) {
+	t.Parallel()
+	logs := db.NewLogs(db.LogConfig{RetentionDays: 30}, nil)
+	one := 1
+	for name, p := range map[string]*auth.Principal{
+		"TenantService":    {TenantID: uuid.New(), Role: auth.RoleService, UserID: uuid.New()},
+		"ServiceNoTenant":  {Role: auth.RoleService, UserID: uuid.New()},
+		"TenantSystemTask": auth.SystemPrincipal("scheduler", uuid.New()),
+	} {
+		_, err := logs.Cleanup(auth.WithPrincipal(t.Context(), p), nil, &one, true)
+		var fe *fault.Error
+		require.ErrorAs(t, err, &fe, name)
+		require.Equal(t, fault.BadUserInput, fe.Code, name)
+		require.Equal(t, "retentionDays", fe.Field, name)
 	}
 }
