@@ -18,7 +18,8 @@ import (
 //     workflows and jobs.
 //   - service_role sees everything in its tenant, machines of every user included.
 //   - A robot sees itself, the jobs it holds or held, and its tenant's
-//     workflows (to run them); it owns no machines.
+//     workflows (to run them), with only the assignments and node
+//     overrides that name itself or no robot; it owns no machines.
 //
 // Nobody ever sees another tenant's rows.
 type scope struct {
@@ -121,6 +122,17 @@ func robotsVisible[Q wherer[Q]](s scope, q Q, alias string) Q {
 	q = inTenant(s, q, alias)
 	if s.isRobot() {
 		q = q.Where(alias+".id = ?", s.arg(s.robot))
+	}
+	return q
+}
+
+// namingRobots restricts q to rows that name a robot (alias.robot_id: a
+// workflow's assignments, a node's robot override) the scope may see: for
+// a robot, those naming itself or no robot, so it learns no other robot's
+// id; for people, all of their tenant's (inTenant does that).
+func namingRobots[Q wherer[Q]](s scope, q Q, alias string) Q {
+	if s.isRobot() {
+		q = q.Where("("+alias+".robot_id IS NULL OR "+alias+".robot_id = ?)", s.arg(s.robot))
 	}
 	return q
 }

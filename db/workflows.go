@@ -394,8 +394,8 @@ func (s *Workflows) childrenOf(ctx context.Context, idb bun.IDB, ids []uuid.UUID
 	if err != nil {
 		return err
 	}
-	return inTenant(sc, idb.NewSelect().Model(into).Where(alias+".workflow_id = ANY(?::uuid[])", pgUUIDs(ids)), alias).
-		OrderExpr(order).Scan(ctx)
+	q := idb.NewSelect().Model(into).Where(alias+".workflow_id = ANY(?::uuid[])", pgUUIDs(ids))
+	return namingRobots(sc, inTenant(sc, q, alias), alias).OrderExpr(order).Scan(ctx)
 }
 
 // groupBy groups rows by key, with an empty (non-nil) slice for every id.

@@ -401,6 +401,44 @@ func TestRobotActsOnlyAsItself(t *testing.T) {
 		require.NotNil(t, out.Workflow, "robots read their tenant's workflows")
 	})
 
+	t.Run("SeesNoOtherRobotInAWorkflow", func(t *testing.T) {
+		// A workflow's assignments and node overrides name robots: a robot
+		// reads those naming itself (or none), never another's id.
+		routed := s.CreateWorkflow(t, u.Token, "routed")
+		for _, r := range []string{x.ID, y.ID} {
+			isoDo(t, s, u.Token, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r) { robotId } }`,
+				map[string]any{"w": routed, "r": r}, nil)
+		}
+		for node, r := range map[string]string{"mine": x.ID, "theirs": y.ID} {
+			isoDo(t, s, u.Token, `mutation($w: ID!, $n: String!, $r: ID) { setNodeRobotOverride(workflowId: $w, nodeId: $n, robotId: $r) { nodeId } }`,
+				map[string]any{"w": routed, "n": node, "r": r}, nil)
+		}
+		isoDo(t, s, u.Token, `mutation($w: ID!) { setNodeRobotOverride(workflowId: $w, nodeId: "any", capability: "ocr") { nodeId } }`,
+			map[string]any{"w": routed}, nil)
+		const q = `query($w: ID!) { workflow(id: $w) { assignments { robotId } nodeOverrides { nodeId robotId capability } } }`
+		var all struct {
+			Workflow struct {
+				Assignments   []struct{ RobotID string }
+				NodeOverrides []struct{ NodeID string }
+			}
+		}
+		isoDo(t, s, u.Token, q, map[string]any{"w": routed}, &all)
+		require.Len(t, all.Workflow.Assignments, 2, "the user sees every robot")
+		require.Len(t, all.Workflow.NodeOverrides, 3)
+
+		resp := s.Do(t, xKey, q, map[string]any{"w": routed})
+		rbiRequireNoLeak(t, resp.Raw, []string{y.ID})
+		var mine struct {
+			Workflow struct {
+				Assignments   []struct{ RobotID string }
+				NodeOverrides []struct{ NodeID string }
+			}
+		}
+		resp.OK(t, &mine)
+		require.Equal(t, []struct{ RobotID string }{{x.ID}}, mine.Workflow.Assignments)
+		require.ElementsMatch(t, []struct{ NodeID string }{{"mine"}, {"any"}}, mine.Workflow.NodeOverrides)
+	})
+
 	t.Run("CannotWorkAnotherRobotsJob", func(t *testing.T) {
 		jobRows := func() []string {
 			return []string{rbRow(t, s, "jobs", yClaimed.ID), rbRow(t, s, "jobs", yRunning.ID), rbRow(t, s, "jobs", xJob.ID)}
