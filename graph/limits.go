@@ -23,7 +23,8 @@ import (
 
 // operationLimit refuses, with a clear error before execution, operations
 // that would cost more than the limits: estimated cost (table-driven, see
-// listSizes), nesting depth, aliases, and introspection when it is off.
+// listSizes), nesting depth, aliases, and introspection when it is off; and
+// operations that use @defer, which no transport here delivers.
 // Its walk expands fragments; documentLimit has already bounded the
 // expanded size, so the walk is linear in what it may visit.
 type operationLimit struct {
@@ -55,6 +56,13 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 	}
 	w := operationWalker{vars: op.Variables}
 	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)
+	if w.defers {
+		// gqlgen declares @defer, but its transports here send one
+		// answer: a deferred part over HTTP never came, and in a
+		// subscription each event left a goroutine waiting to hand it
+		// over until the subscription ended.
+		return limitError("DEFER_NOT_SUPPORTED", "@defer is not supported: select the fields directly (they come in the one answer)")
+	}
 	if w.introspects && !l.introspection {
 		return &gqlerror.Error{Message: "introspection is disabled on this server", Err: fault.New(fault.Forbidden, "introspection is disabled on this server")}
 	}
@@ -86,6 +94,7 @@ type operationWalker struct {
 	vars        map[string]any
 	aliases     int
 	introspects bool
+	defers      bool // a fragment asks for @defer
 }
 
 // walk returns the cost and depth of set at depth. edges, when positive,
@@ -101,8 +110,10 @@ func (w *operationWalker) walk(set ast.SelectionSet, depth, edges int) (cost, de
 		case *ast.Field:
 			c, d = w.field(s, depth, edges)
 		case *ast.InlineFragment:
+			w.defers = w.defers || s.Directives.ForName("defer") != nil
 			c, d = w.walk(s.SelectionSet, depth, edges)
 		case *ast.FragmentSpread:
+			w.defers = w.defers || s.Directives.ForName("defer") != nil
 			if s.Definition != nil {
 				c, d = w.walk(s.Definition.SelectionSet, depth, edges)
 			}
