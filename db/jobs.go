@@ -115,9 +115,13 @@ type JobCompletions struct {
 
 // EnqueueJobInput describes a job to queue.
 type EnqueueJobInput struct {
-	WorkflowID           uuid.UUID
-	Version              *int
-	Input                map[string]any
+	WorkflowID uuid.UUID
+	Version    *int
+	Input      map[string]any
+	// CheckedInput, when set, is the input as stored and checked already
+	// (a schedule's): it is used as is, in place of Input, so its numbers
+	// keep every digit.
+	CheckedInput         RawJSON
 	Priority             *int
 	RunAt                *time.Time
 	MaxAttempts          *int
@@ -279,7 +283,9 @@ func (s *Jobs) enqueue(ctx context.Context, idb bun.IDB, ins []EnqueueJobInput, 
 	for i, in := range ins {
 		j := &Job{TenantID: sc.tenant, WorkflowID: in.WorkflowID, Status: JobQueued, MaxAttempts: 3, CreatedBy: sc.actor, TargetRobotID: in.RobotID,
 			ScheduleID: in.ScheduleID, ScheduledFor: in.ScheduledFor}
-		if j.Input, err = checkRawJSONObject(field(i, "input"), in.Input); err != nil {
+		if in.CheckedInput != nil {
+			j.Input = in.CheckedInput
+		} else if j.Input, err = checkRawJSONObject(field(i, "input"), in.Input); err != nil {
 			return nil, err
 		}
 		if in.Priority != nil {

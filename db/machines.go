@@ -49,11 +49,11 @@ func (m *Machine) Cursor() string { return encodeTimeID("machine", m.CreatedAt, 
 type MachineEvent struct {
 	bun.BaseModel `bun:"table:machine_events,alias:e"`
 
-	ID        int64          `bun:"id,pk,autoincrement"`
-	MachineID uuid.UUID      `bun:"machine_id,type:uuid"`
-	TenantID  uuid.UUID      `bun:"tenant_id,type:uuid"`
-	EventType string         `bun:"event_type"`
-	Details   map[string]any `bun:"details,type:jsonb"`
+	ID        int64     `bun:"id,pk,autoincrement"`
+	MachineID uuid.UUID `bun:"machine_id,type:uuid"`
+	TenantID  uuid.UUID `bun:"tenant_id,type:uuid"`
+	EventType string    `bun:"event_type"`
+	Details   RawJSON   `bun:"details,type:jsonb"`
 	// DetailsText is the details as logged when a client sent a string
 	// (Details then reads {"text": DetailsText}); nil for an object.
 	DetailsText *string   `bun:"details_text"`
@@ -220,7 +220,7 @@ func (s *Machines) Create(ctx context.Context, idb bun.IDB, in CreateMachineInpu
 		if _, err := tx.NewInsert().Model(m).Returning("*").Exec(ctx); err != nil {
 			return constraintError(err, machineConstraints)
 		}
-		return s.logEvent(ctx, tx, sc, m, "created", map[string]any{"name": m.Name}, nil)
+		return s.logEvent(ctx, tx, sc, m, "created", objectJSON(map[string]any{"name": m.Name}), nil)
 	})
 	if err != nil {
 		return nil, err
@@ -262,7 +262,7 @@ func (s *Machines) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Upd
 		if err := q.Conn(tx).Returning("*").Scan(ctx, m); err != nil {
 			return notFoundIfNoRows(constraintError(err, machineConstraints), "machine")
 		}
-		return s.logEvent(ctx, tx, sc, m, "updated", map[string]any{"fields": changed}, nil)
+		return s.logEvent(ctx, tx, sc, m, "updated", objectJSON(map[string]any{"fields": changed}), nil)
 	})
 	if err != nil {
 		return nil, err
@@ -329,13 +329,13 @@ func (s *Machines) transition(ctx context.Context, idb bun.IDB, id uuid.UUID, to
 		if activated != nil {
 			details["deploymentId"] = activated.ID.String()
 		}
-		if err := s.logEvent(ctx, tx, sc, m, eventType, details, nil); err != nil {
+		if err := s.logEvent(ctx, tx, sc, m, eventType, objectJSON(details), nil); err != nil {
 			return err
 		}
 		if activated != nil {
-			return s.logEvent(ctx, tx, sc, m, "deployment_activated", map[string]any{
+			return s.logEvent(ctx, tx, sc, m, "deployment_activated", objectJSON(map[string]any{
 				"deploymentId": activated.ID.String(), "name": activated.Name, "version": activated.Version,
-			}, nil)
+			}), nil)
 		}
 		return nil
 	})
@@ -427,9 +427,9 @@ func (s *Machines) Deploy(ctx context.Context, idb bun.IDB, machineID uuid.UUID,
 		if _, err := tx.NewUpdate().Model(m).WherePK().Set("updated_at = now()").Set("version = version + 1").Returning("*").Exec(ctx); err != nil {
 			return fmt.Errorf("bumping machine version: %w", err)
 		}
-		return s.logEvent(ctx, tx, sc, m, "deployed", map[string]any{
+		return s.logEvent(ctx, tx, sc, m, "deployed", objectJSON(map[string]any{
 			"deploymentId": d.ID.String(), "name": d.Name, "version": d.Version, "status": string(d.Status),
-		}, nil)
+		}), nil)
 	})
 	if err != nil {
 		return nil, err
@@ -492,7 +492,7 @@ func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUI
 
 // logEvent writes an event in the caller's transaction; into, when non-nil,
 // receives the stored row (its DetailsText, when set, is stored with it).
-func (s *Machines) logEvent(ctx context.Context, tx bun.Tx, sc scope, m *Machine, eventType string, details map[string]any, into *MachineEvent) error {
+func (s *Machines) logEvent(ctx context.Context, tx bun.Tx, sc scope, m *Machine, eventType string, details RawJSON, into *MachineEvent) error {
 	if into == nil {
 		into = new(MachineEvent)
 	}

@@ -65,40 +65,40 @@ const SchedulerTask = "scheduler"
 type Schedule struct {
 	bun.BaseModel `bun:"table:schedules,alias:s"`
 
-	ID                   uuid.UUID      `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
-	TenantID             uuid.UUID      `bun:"tenant_id,type:uuid"`
-	Name                 string         `bun:"name"`
-	WorkflowID           uuid.UUID      `bun:"workflow_id,type:uuid"`
-	WorkflowVersion      *int           `bun:"workflow_version"`
-	CronExpression       string         `bun:"cron_expression"`
-	TimeZone             string         `bun:"time_zone"`
-	Input                map[string]any `bun:"input,type:jsonb"`
-	Priority             int            `bun:"priority"`
-	RequiredCapabilities []string       `bun:"required_capabilities,array"`
-	TargetRobotID        *uuid.UUID     `bun:"target_robot_id,type:uuid"`
-	MaxAttempts          int            `bun:"max_attempts"`
-	OverlapPolicy        OverlapPolicy  `bun:"overlap_policy"`
-	CatchupWindowSeconds int            `bun:"catchup_window_seconds"`
-	JitterSeconds        int            `bun:"jitter_seconds"`
-	StartAt              *time.Time     `bun:"start_at"`
-	EndAt                *time.Time     `bun:"end_at"`
-	Paused               bool           `bun:"paused"`
-	PauseNote            *string        `bun:"pause_note"`
-	PausedBy             *string        `bun:"paused_by"`
-	PausedAt             *time.Time     `bun:"paused_at"`
-	NextTickAt           *time.Time     `bun:"next_tick_at"`
-	BufferedTickAt       *time.Time     `bun:"buffered_tick_at"`
-	LastFiredAt          *time.Time     `bun:"last_fired_at"`
-	MissedTicks          int            `bun:"missed_ticks"`
-	LastMissedAt         *time.Time     `bun:"last_missed_at"`
-	SkippedTicks         int            `bun:"skipped_ticks"`
-	LastSkippedAt        *time.Time     `bun:"last_skipped_at"`
-	LastError            *string        `bun:"last_error"`
-	LastErrorAt          *time.Time     `bun:"last_error_at"`
-	CreatedBy            string         `bun:"created_by"`
-	CreatedAt            time.Time      `bun:"created_at,nullzero,default:clock_timestamp()"`
-	UpdatedAt            time.Time      `bun:"updated_at,nullzero,default:now()"`
-	Revision             int64          `bun:"revision,default:1"`
+	ID                   uuid.UUID     `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
+	TenantID             uuid.UUID     `bun:"tenant_id,type:uuid"`
+	Name                 string        `bun:"name"`
+	WorkflowID           uuid.UUID     `bun:"workflow_id,type:uuid"`
+	WorkflowVersion      *int          `bun:"workflow_version"`
+	CronExpression       string        `bun:"cron_expression"`
+	TimeZone             string        `bun:"time_zone"`
+	Input                RawJSON       `bun:"input,type:jsonb"`
+	Priority             int           `bun:"priority"`
+	RequiredCapabilities []string      `bun:"required_capabilities,array"`
+	TargetRobotID        *uuid.UUID    `bun:"target_robot_id,type:uuid"`
+	MaxAttempts          int           `bun:"max_attempts"`
+	OverlapPolicy        OverlapPolicy `bun:"overlap_policy"`
+	CatchupWindowSeconds int           `bun:"catchup_window_seconds"`
+	JitterSeconds        int           `bun:"jitter_seconds"`
+	StartAt              *time.Time    `bun:"start_at"`
+	EndAt                *time.Time    `bun:"end_at"`
+	Paused               bool          `bun:"paused"`
+	PauseNote            *string       `bun:"pause_note"`
+	PausedBy             *string       `bun:"paused_by"`
+	PausedAt             *time.Time    `bun:"paused_at"`
+	NextTickAt           *time.Time    `bun:"next_tick_at"`
+	BufferedTickAt       *time.Time    `bun:"buffered_tick_at"`
+	LastFiredAt          *time.Time    `bun:"last_fired_at"`
+	MissedTicks          int           `bun:"missed_ticks"`
+	LastMissedAt         *time.Time    `bun:"last_missed_at"`
+	SkippedTicks         int           `bun:"skipped_ticks"`
+	LastSkippedAt        *time.Time    `bun:"last_skipped_at"`
+	LastError            *string       `bun:"last_error"`
+	LastErrorAt          *time.Time    `bun:"last_error_at"`
+	CreatedBy            string        `bun:"created_by"`
+	CreatedAt            time.Time     `bun:"created_at,nullzero,default:clock_timestamp()"`
+	UpdatedAt            time.Time     `bun:"updated_at,nullzero,default:now()"`
+	Revision             int64         `bun:"revision,default:1"`
 }
 
 // Cursor is the schedule's position in `schedules`, newest first.
@@ -247,9 +247,6 @@ func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch *Schedul
 	if err != nil {
 		return err
 	}
-	if sch.Input, err = checkJSONObject("input", sch.Input); err != nil {
-		return err
-	}
 	if sch.Priority < -1000 || sch.Priority > 1000 {
 		return fault.Invalid("priority", "priority must be between -1000 and 1000")
 	}
@@ -307,9 +304,13 @@ func (s *Schedules) Create(ctx context.Context, idb bun.IDB, in CreateScheduleIn
 	if err != nil {
 		return nil, err
 	}
+	input, err := checkRawJSONObject("input", in.Input)
+	if err != nil {
+		return nil, err
+	}
 	sch := &Schedule{
 		TenantID: sc.tenant, Name: in.Name, WorkflowID: in.WorkflowID, WorkflowVersion: in.Version,
-		CronExpression: in.CronExpression, TimeZone: "UTC", Input: in.Input, MaxAttempts: 3,
+		CronExpression: in.CronExpression, TimeZone: "UTC", Input: input, MaxAttempts: 3,
 		RequiredCapabilities: in.RequiredCapabilities, TargetRobotID: in.RobotID,
 		OverlapPolicy: OverlapAllow, CatchupWindowSeconds: int(DefaultCatchupWindow.Seconds()),
 		StartAt: in.StartAt, EndAt: in.EndAt, CreatedBy: sc.actor,
@@ -384,7 +385,9 @@ func (s *Schedules) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Up
 		setIf(&sch.CatchupWindowSeconds, in.CatchupWindowSeconds)
 		setIf(&sch.JitterSeconds, in.JitterSeconds)
 		if in.Input != nil {
-			sch.Input = in.Input
+			if sch.Input, err = checkRawJSONObject("input", in.Input); err != nil {
+				return err
+			}
 		}
 		if in.RequiredCapabilities != nil {
 			sch.RequiredCapabilities = in.RequiredCapabilities
@@ -549,7 +552,7 @@ func (s *Schedules) Trigger(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Jo
 // jobOf is the job a schedule enqueues for tick, not before runAfter.
 func (s *Schedules) jobOf(sch *Schedule, tick, runAfter time.Time) EnqueueJobInput {
 	return EnqueueJobInput{
-		WorkflowID: sch.WorkflowID, Version: sch.WorkflowVersion, Input: sch.Input,
+		WorkflowID: sch.WorkflowID, Version: sch.WorkflowVersion, CheckedInput: sch.Input,
 		Priority: &sch.Priority, MaxAttempts: &sch.MaxAttempts, RequiredCapabilities: sch.RequiredCapabilities,
 		RobotID: sch.TargetRobotID, RunAt: &runAfter, ScheduleID: &sch.ID, ScheduledFor: &tick,
 	}

@@ -94,9 +94,9 @@ func checkJSONObjectText(field string, v map[string]any) (map[string]any, string
 // store: the object itself, or {"text": ...} for details given as text,
 // which must be valid UTF-8 without NUL (PostgreSQL's text cannot hold it)
 // and at most MaxJSONBytes.
-func checkEventDetails(in EventDetails) (map[string]any, error) {
+func checkEventDetails(in EventDetails) (RawJSON, error) {
 	if in.Text == nil {
-		return checkJSONObject("details", in.Object)
+		return checkRawJSONObject("details", in.Object)
 	}
 	t := *in.Text
 	switch {
@@ -109,7 +109,7 @@ func checkEventDetails(in EventDetails) (map[string]any, error) {
 	}
 	// The object holds the text again: a string of up to MaxJSONBytes,
 	// escaped, may exceed MaxJSONBytes as JSON, and needs no second check.
-	return map[string]any{"text": t}, nil
+	return objectJSON(map[string]any{"text": t}), nil
 }
 
 // PostgreSQL's numeric, which jsonb uses for every number, holds at most this

@@ -90,6 +90,19 @@ func TestEventDetailsAsText(t *testing.T) {
 		require.Nil(t, stored(t, ev.ID).DetailsText)
 	})
 
+	t.Run("NumbersKeepEveryDigit", func(t *testing.T) {
+		// Details leave as PostgreSQL stores them: a number past float64's
+		// range or precision is no INTERNAL, and comes back digit for digit.
+		const big = "12345678901234567890123"
+		resp := s.Do(t, c.token, logVar, map[string]any{"id": m.ID, "d": map[string]any{"big": json.Number(big), "huge": json.Number("1e309")}})
+		resp.OK(t, nil)
+		require.Contains(t, string(resp.Raw), big)
+		require.Contains(t, string(resp.Raw), "1"+strings.Repeat("0", 309))
+		read := s.Do(t, c.token, `query($id: ID!) { machineEvents(machineId: $id, first: 1) { edges { node { details } } } }`, map[string]any{"id": m.ID})
+		read.OK(t, nil)
+		require.Contains(t, string(read.Raw), big)
+	})
+
 	t.Run("NoDetails", func(t *testing.T) {
 		ev := logged(t, `mutation($id: ID!) { logMachineEvent(machineId: $id, eventType: "note") { id details detailsText } }`, map[string]any{"id": m.ID})
 		require.Nil(t, ev.DetailsText)

@@ -9408,8 +9408,8 @@ func (ec *executionContext) _MachineEvent_details(ctx context.Context, field gra
 			return obj.Details, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,
@@ -13545,8 +13545,8 @@ func (ec *executionContext) _Schedule_input(ctx context.Context, field graphql.C
 			return obj.Input, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
-			return ec.marshalNJSON2map(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v db.RawJSON) graphql.Marshaler {
+			return ec.marshalNJSON2fleetgraphᚋdbᚐRawJSON(ctx, selections, v)
 		},
 		true,
 		true,

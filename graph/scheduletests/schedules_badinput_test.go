@@ -1,6 +1,7 @@
 package scheduletests
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -152,6 +153,18 @@ func TestScheduleBadInput(t *testing.T) {
 		var upd struct{ UpdateSchedule schSchedule }
 		b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {cronExpression: "@every 8784h", unset: [START_AT, END_AT], catchupWindowSeconds: 2592000}) { `+schFields+` } }`, map[string]any{"id": sch.ID}).OK(t, &upd)
 		require.Len(t, upd.UpdateSchedule.NextRuns, 3)
+
+		// A schedule's input is kept as stored: its numbers, past float64's
+		// range or precision, reach each job it enqueues digit for digit.
+		const big = "12345678901234567890123"
+		var numeric struct{ CreateSchedule struct{ ID string } }
+		b.s.Do(t, b.user.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { id } }`, map[string]any{"in": map[string]any{
+			"name": "numbers", "workflowId": b.workflow, "cronExpression": "@daily",
+			"input": map[string]any{"big": json.Number(big), "huge": json.Number("1e309")}}}).OK(t, &numeric)
+		trig := b.s.Do(t, b.user.Token, `mutation($id: ID!) { triggerSchedule(id: $id) { input } }`, map[string]any{"id": numeric.CreateSchedule.ID})
+		trig.OK(t, nil)
+		require.Contains(t, string(trig.Raw), big)
+		require.Contains(t, string(trig.Raw), "1"+strings.Repeat("0", 309))
 
 		// Spaces around an expression are not part of it: past the limit
 		// with them, within it without, and stored without.
