@@ -232,7 +232,7 @@ func (s *APIKeys) Revoke(ctx context.Context, idb bun.IDB, id uuid.UUID) (*APIKe
 	return k, nil
 }
 
-// List returns a robot's keys, newest first.
+// List returns a robot's keys, newest first: at most MaxPageSize.
 func (s *APIKeys) List(ctx context.Context, idb bun.IDB, robotID uuid.UUID, includeRevoked bool) ([]*APIKey, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -243,7 +243,7 @@ func (s *APIKeys) List(ctx context.Context, idb bun.IDB, robotID uuid.UUID, incl
 	if !includeRevoked {
 		q = q.Where("k.revoked_at IS NULL")
 	}
-	if err := q.Scan(ctx); err != nil {
+	if err := q.Apply(limitRows(MaxPageSize)).Scan(ctx); err != nil {
 		return nil, fmt.Errorf("listing keys: %w", err)
 	}
 	return keys, nil

@@ -35,6 +35,11 @@ type WorkflowAssignmentStats struct {
 	RunningJobs     int
 }
 
+// MaxStatsRows caps the lists of the statistics (RobotStats.robots,
+// workflowAssignmentStats): the first by name. RobotStats' counts cover
+// every robot.
+const MaxStatsRows = 500
+
 // RobotStats returns the caller's tenant's fleet statistics in one statement.
 func (s *Robots) Stats(ctx context.Context, idb bun.IDB) (*RobotStats, error) {
 	sc, err := userScope(ctx)
@@ -46,6 +51,12 @@ func (s *Robots) Stats(ctx context.Context, idb bun.IDB) (*RobotStats, error) {
 		Completed int      `bun:"completed"`
 		Failed    int      `bun:"failed"`
 		AvgSecs   *float64 `bun:"avg_secs"`
+		// The tenant's counts, over every robot (window functions: the
+		// list itself stops at MaxStatsRows).
+		Total       int `bun:"total"`
+		Online      int `bun:"online"`
+		Busy        int `bun:"busy"`
+		Maintenance int `bun:"maintenance"`
 	}
 	err = inTenant(sc, idb.NewSelect().
 		TableExpr("robots AS r").
@@ -53,25 +64,24 @@ func (s *Robots) Stats(ctx context.Context, idb bun.IDB) (*RobotStats, error) {
 		ColumnExpr("count(j.id) FILTER (WHERE j.status = 'COMPLETED') AS completed").
 		ColumnExpr("count(j.id) FILTER (WHERE j.status = 'FAILED') AS failed").
 		ColumnExpr("avg(extract(epoch FROM j.finished_at - j.started_at)) FILTER (WHERE j.status = 'COMPLETED' AND j.started_at IS NOT NULL) AS avg_secs").
+		ColumnExpr("count(*) OVER () AS total").
+		ColumnExpr("count(*) FILTER (WHERE r.status = 'ONLINE') OVER () AS online").
+		ColumnExpr("count(*) FILTER (WHERE r.status = 'BUSY') OVER () AS busy").
+		ColumnExpr("count(*) FILTER (WHERE r.status = 'MAINTENANCE') OVER () AS maintenance").
 		Join("LEFT JOIN jobs AS j ON j.robot_id = r.id AND j.status IN ('COMPLETED', 'FAILED')").
 		GroupExpr("r.id").
-		OrderExpr("r.name"), "r").Scan(ctx, &rows)
+		OrderExpr("r.name, r.id").Apply(limitRows(MaxStatsRows)), "r").Scan(ctx, &rows)
 	if err != nil {
 		return nil, fmt.Errorf("computing robot statistics: %w", err)
 	}
-	st := &RobotStats{Total: len(rows), Robots: make([]*RobotStat, len(rows))}
+	st := &RobotStats{Robots: make([]*RobotStat, len(rows))}
+	if len(rows) > 0 {
+		r := rows[0]
+		st.Total, st.Online, st.Busy, st.Maintenance = r.Total, r.Online, r.Busy, r.Maintenance
+		st.Offline = r.Total - r.Online - r.Busy - r.Maintenance
+	}
 	for i := range rows {
 		row := &rows[i]
-		switch row.Status {
-		case RobotOnline:
-			st.Online++
-		case RobotBusy:
-			st.Busy++
-		case RobotMaintenance:
-			st.Maintenance++
-		default:
-			st.Offline++
-		}
 		rs := &RobotStat{Robot: &row.Robot, JobsCompleted: row.Completed, JobsFailed: row.Failed,
 			AverageDurationSeconds: row.AvgSecs, LastHeartbeatAt: row.LastHeartbeatAt}
 		if done := row.Completed + row.Failed; done > 0 {
@@ -107,7 +117,7 @@ func (s *Workflows) AssignmentStats(ctx context.Context, idb bun.IDB) ([]*Workfl
 		ColumnExpr("(SELECT a.robot_id FROM workflow_assignments a WHERE a.workflow_id = w.id AND a.is_default) AS default_robot_id").
 		ColumnExpr("(SELECT count(*) FROM jobs j WHERE j.workflow_id = w.id AND j.status = 'QUEUED') AS queued").
 		ColumnExpr("(SELECT count(*) FROM jobs j WHERE j.workflow_id = w.id AND j.status IN ('CLAIMED', 'RUNNING')) AS running").
-		OrderExpr("w.name"), "w").Scan(ctx, &rows)
+		OrderExpr("w.name, w.id").Apply(limitRows(MaxStatsRows)), "w").Scan(ctx, &rows)
 	if err != nil {
 		return nil, fmt.Errorf("computing workflow assignment statistics: %w", err)
 	}

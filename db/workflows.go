@@ -238,6 +238,30 @@ func requireRobot(ctx context.Context, idb bun.IDB, sc scope, robotID uuid.UUID,
 	return nil
 }
 
+// MaxWorkflowAssignments caps a workflow's assignments, and
+// MaxNodeOverrides its node overrides: Workflow.assignments and
+// Workflow.nodeOverrides are unpaged lists, which the cost estimate counts
+// at these sizes.
+const (
+	MaxWorkflowAssignments = 50
+	MaxNodeOverrides       = 50
+)
+
+// atMost refuses with CONFLICT a new child row (another robot assigned,
+// another node overridden) of a workflow that has limit already; the
+// workflow's row is locked, so the count stands until the insert. Rows
+// where other holds (key = other) are the one being replaced, not added.
+func atMost(ctx context.Context, tx bun.Tx, model any, alias string, workflowID uuid.UUID, key string, other any, limit int, what string) error {
+	n, err := tx.NewSelect().Model(model).Where(alias+".workflow_id = ? AND "+alias+"."+key+" <> ?", workflowID, other).Count(ctx)
+	if err != nil {
+		return fmt.Errorf("counting the workflow's %s: %w", what, err)
+	}
+	if n >= limit {
+		return &fault.Error{Code: fault.Conflict, Message: fmt.Sprintf("a workflow has at most %d %s; remove one first", limit, what)}
+	}
+	return nil
+}
+
 // Assign lets a robot run a workflow (or updates the assignment).
 func (s *Workflows) Assign(ctx context.Context, idb bun.IDB, workflowID, robotID uuid.UUID, isDefault bool, priority int) (*WorkflowAssignment, error) {
 	sc, err := userScope(ctx)
@@ -253,6 +277,9 @@ func (s *Workflows) Assign(ctx context.Context, idb bun.IDB, workflowID, robotID
 			return err
 		}
 		if err := requireRobot(ctx, tx, sc, robotID, "robotId"); err != nil {
+			return err
+		}
+		if err := atMost(ctx, tx, (*WorkflowAssignment)(nil), "wa", workflowID, "robot_id", robotID, MaxWorkflowAssignments, "assigned robots"); err != nil {
 			return err
 		}
 		if isDefault {
@@ -309,13 +336,16 @@ func (s *Workflows) SetOverride(ctx context.Context, idb bun.IDB, workflowID uui
 	}
 	o := &NodeRobotOverride{WorkflowID: workflowID, NodeID: nodeID, TenantID: sc.tenant, RobotID: robotID, Capability: capability}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if _, err := s.get(ctx, tx, sc, workflowID, false); err != nil {
+		if _, err := s.get(ctx, tx, sc, workflowID, true); err != nil {
 			return err
 		}
 		if robotID != nil {
 			if err := requireRobot(ctx, tx, sc, *robotID, "robotId"); err != nil {
 				return err
 			}
+		}
+		if err := atMost(ctx, tx, (*NodeRobotOverride)(nil), "o", workflowID, "node_id", nodeID, MaxNodeOverrides, "node overrides"); err != nil {
+			return err
 		}
 		_, err := tx.NewInsert().Model(o).
 			On("CONFLICT (workflow_id, node_id) DO UPDATE").

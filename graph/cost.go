@@ -31,10 +31,10 @@ func page(def int) listSize { return listSize{arg: "first", def: def, max: db.Ma
 // type is a list of objects or a connection, or a list of scalars that
 // takes arguments (its length may be one), has an entry, and a test fails
 // when a new one has none (an unknown list costs db.MaxPageSize, failing
-// closed). Lists without a page argument are bounded by a domain rule
-// (Robot.currentJobs by the robot's at most 100 slots) or, where the data
-// sets no hard bound, by an expected size that the response byte budget
-// backs up.
+// closed). Lists without a page argument are bounded by a rule the store
+// enforces: a domain rule (Robot.currentJobs by the robot's at most 100
+// slots, a workflow's at most 50 assignments) or a cap on what the list
+// returns (the statistics' first 500).
 var listSizes = map[string]listSize{
 	"Query.machines":                page(db.DefaultPageSize),
 	"Query.machineEvents":           page(db.DefaultPageSize),
@@ -42,8 +42,8 @@ var listSizes = map[string]listSize{
 	"Query.workflows":               page(db.DefaultPageSize),
 	"Query.jobs":                    page(db.DefaultPageSize),
 	"Query.apiKeyAudit":             page(db.DefaultPageSize),
-	"Query.apiKeys":                 {def: 20, max: 20},
-	"Query.workflowAssignmentStats": {def: 100, max: 100},
+	"Query.apiKeys":                 {def: db.MaxPageSize, max: db.MaxPageSize},
+	"Query.workflowAssignmentStats": {def: db.MaxStatsRows, max: db.MaxStatsRows},
 	"Mutation.enqueueJobs":          {arg: "input", lengthOf: true, def: db.MaxEnqueueBatch, max: db.MaxEnqueueBatch},
 	"Mutation.claimJobs":            {arg: "limit", def: db.MaxClaimBatch, max: db.MaxClaimBatch},
 	"JobCompletions.jobs":           {def: db.MaxClaimBatch, max: db.MaxClaimBatch},
@@ -52,10 +52,10 @@ var listSizes = map[string]listSize{
 	"Machine.deployments":           page(20),
 	"Robot.currentJobs":             {def: 100, max: 100},
 	"Workflow.versions":             page(20),
-	"Workflow.assignments":          {def: 25, max: 25},
-	"Workflow.nodeOverrides":        {def: 25, max: 25},
+	"Workflow.assignments":          {def: db.MaxWorkflowAssignments, max: db.MaxWorkflowAssignments},
+	"Workflow.nodeOverrides":        {def: db.MaxNodeOverrides, max: db.MaxNodeOverrides},
 	"Job.logs":                      page(50),
-	"RobotStats.robots":             {def: 200, max: 200},
+	"RobotStats.robots":             {def: db.MaxStatsRows, max: db.MaxStatsRows},
 	"MachineConnection.edges":       {}, // the connection field's entry counts these
 	"MachineEventConnection.edges":  {},
 	"RobotConnection.edges":         {},

@@ -3600,7 +3600,7 @@ type Query {
   robot(id: ID!): Robot
   "The tenant's robots, newest first."
   robots(first: Int, after: String, filter: RobotFilter): RobotConnection!
-  "A robot's API keys, newest first; revoked keys only when asked."
+  "A robot's API keys, newest first (at most 500); revoked keys only when asked."
   apiKeys(robotId: ID!, includeRevoked: Boolean = false): [ApiKey!]!
   "One workflow of the caller's tenant; robots may read workflows to run their jobs."
   workflow(id: ID!): Workflow
@@ -3610,9 +3610,9 @@ type Query {
   job(id: ID!): Job
   "The tenant's jobs, newest first (a robot: only its own)."
   jobs(first: Int, after: String, filter: JobFilter): JobConnection!
-  "Fleet statistics: robots by status, and per robot its job outcomes."
+  "Fleet statistics: robots by status, and per robot (the first 500 by name) its job outcomes."
   robotStats: RobotStats!
-  "Per workflow: its assigned robots and its queued and running jobs."
+  "Per workflow (the first 500 by name): its assigned robots and its queued and running jobs."
   workflowAssignmentStats: [WorkflowAssignmentStats!]!
   "The robot calling (robots only)."
   currentRobot: Robot!
@@ -4206,9 +4206,9 @@ type Workflow {
   updatedAt: Time!
   "The newest published versions, newest first: ` + "`" + `first` + "`" + ` of them (default 20, at most 500)."
   versions(first: Int): [WorkflowVersion!]!
-  "Robots allowed to run it; empty means any robot of the tenant."
+  "Robots allowed to run it (at most 50); empty means any robot of the tenant."
   assignments: [WorkflowAssignment!]!
-  "Node-level routing: which robot or capability runs each overridden node."
+  "Node-level routing: which robot or capability runs each overridden node (at most 50 nodes)."
   nodeOverrides: [NodeRobotOverride!]!
 }
 
