@@ -44,19 +44,22 @@ const (
 type Job struct {
 	bun.BaseModel `bun:"table:jobs,alias:j"`
 
-	ID                   uuid.UUID  `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
-	TenantID             uuid.UUID  `bun:"tenant_id,type:uuid"`
-	WorkflowID           uuid.UUID  `bun:"workflow_id,type:uuid"`
-	WorkflowVersion      int        `bun:"workflow_version"`
-	Status               JobStatus  `bun:"status"`
-	Priority             int        `bun:"priority"`
-	Input                RawJSON    `bun:"input,type:jsonb"`
-	Result               RawJSON    `bun:"result,type:jsonb,nullzero"`
-	Error                *string    `bun:"error"`
-	Progress             int        `bun:"progress"`
-	CurrentNode          *string    `bun:"current_node"`
-	RobotID              *uuid.UUID `bun:"robot_id,type:uuid"`
-	TargetRobotID        *uuid.UUID `bun:"target_robot_id,type:uuid"`
+	ID              uuid.UUID  `bun:"id,pk,type:uuid,default:gen_random_uuid()"`
+	TenantID        uuid.UUID  `bun:"tenant_id,type:uuid"`
+	WorkflowID      uuid.UUID  `bun:"workflow_id,type:uuid"`
+	WorkflowVersion int        `bun:"workflow_version"`
+	Status          JobStatus  `bun:"status"`
+	Priority        int        `bun:"priority"`
+	Input           RawJSON    `bun:"input,type:jsonb"`
+	Result          RawJSON    `bun:"result,type:jsonb,nullzero"`
+	Error           *string    `bun:"error"`
+	Progress        int        `bun:"progress"`
+	CurrentNode     *string    `bun:"current_node"`
+	RobotID         *uuid.UUID `bun:"robot_id,type:uuid"`
+	TargetRobotID   *uuid.UUID `bun:"target_robot_id,type:uuid"`
+	// TargetLost says the job was aimed at a robot since deleted
+	// (TargetRobotID then reads nil): it may not be retried.
+	TargetLost           bool       `bun:"target_lost"`
 	Attempt              int        `bun:"attempt"`
 	MaxAttempts          int        `bun:"max_attempts"`
 	LeaseToken           *uuid.UUID `bun:"lease_token,type:uuid"`

@@ -103,7 +103,8 @@ func (s *Jobs) Cancel(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, err
 	return j, nil
 }
 
-// Retry queues a FAILED or CANCELLED job again with its attempts reset.
+// Retry queues a FAILED or CANCELLED job again with its attempts reset,
+// unless it was aimed at a robot since deleted (CONFLICT).
 func (s *Jobs) Retry(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -112,7 +113,7 @@ func (s *Jobs) Retry(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, erro
 	var j *Job
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		j, err = transitionOne(ctx, tx, inTenant(sc, tx.NewUpdate().Model((*Job)(nil)).Where("j.id = ?", id), "j").
-			Where("j.status IN (?)", bun.List([]JobStatus{JobFailed, JobCancelled})).
+			Where("j.status IN (?)", bun.List([]JobStatus{JobFailed, JobCancelled})).Where("NOT j.target_lost").
 			Set("status = ?", JobQueued).Set("attempt = 0").Set("error = NULL").Set("result = NULL").
 			Set("progress = 0").Set("current_node = NULL").Set("robot_id = NULL").
 			Set("lease_expires_at = NULL").Set("run_after = now()"). // the last lease token stays (see explainFence)
@@ -122,6 +123,12 @@ func (s *Jobs) Retry(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, erro
 			return fmt.Errorf("retrying the job: %w", err)
 		}
 		if j == nil {
+			var lost bool
+			err := inTenant(sc, tx.NewSelect().Model((*Job)(nil)).Column("j.target_lost").Where("j.id = ?", id), "j").Scan(ctx, &lost)
+			if err == nil && lost {
+				return &fault.Error{Code: fault.Conflict, Message: "the job was aimed at a robot that has been deleted: no other robot may run it; enqueue a new job",
+					Extra: map[string]any{"reason": ReasonIllegalTransition}}
+			}
 			return s.stateConflict(ctx, tx, sc, id, "retry")
 		}
 		return notifyQueued(ctx, tx, j.TenantID)
@@ -670,9 +677,15 @@ func releaseDeletedRobotsJobs(ctx context.Context, tx bun.Tx, r *Robot) error {
 		Where("j.target_robot_id = ? AND j.status IN (?)", r.ID, bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning})).
 		Set("status = ?", JobCancelled).
 		Set("error = 'its target robot was deleted: no other robot may run it'").
-		Set("finished_at = now()").Set("lease_expires_at = NULL").
+		Set("finished_at = now()").Set("lease_expires_at = NULL").Set("target_lost = true").
 		Returning("*")); err != nil {
 		return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
+	}
+	// The finished ones too: the robot's id goes with it, and a retry must
+	// still know the job was aimed at a robot that is gone.
+	if _, err := tx.NewUpdate().Model((*Job)(nil)).
+		Where("j.target_robot_id = ? AND NOT j.target_lost", r.ID).Set("target_lost = true").Exec(ctx); err != nil {
+		return fmt.Errorf("marking the finished jobs aimed at the robot: %w", err)
 	}
 	const retry = "(j.attempt < j.max_attempts)"
 	released, err := transition(ctx, tx, tx.NewUpdate().Model((*Job)(nil)).

@@ -3744,7 +3744,7 @@ type Mutation {
   enqueueJobs(input: [EnqueueJobInput!]!): [Job!]!
   "Cancels a QUEUED, CLAIMED or RUNNING job. The robot's next call about it fails with CONFLICT and reason JOB_CANCELLED."
   cancelJob(id: ID!): Job!
-  "Queues a FAILED or CANCELLED job again, with its attempts reset."
+  "Queues a FAILED or CANCELLED job again, with its attempts reset; not one aimed at a robot since deleted (CONFLICT: no other robot may run it)."
   retryJob(id: ID!): Job!
 
   """

@@ -1032,6 +1032,13 @@ func TestDeletingARobotLetsGoOfItsJobs(t *testing.T) {
 	s := apitest.New(t, apitest.Options{Queue: jqLongLeases, Introspection: true})
 	tn := jqNewTenant(t, s)
 	doomed, peer := tn.robot(t, "doomed", jqRobotOpts{Slots: 4}), tn.robot(t, "peer", jqRobotOpts{})
+	// A finished job aimed at the doomed robot, which no retry may give
+	// to another robot once it is gone.
+	aimedFailed := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "maxAttempts": 1})
+	l := doomed.claim(t, 0)
+	require.Equal(t, aimedFailed.ID, l.Job.ID)
+	doomed.start(t, l)
+	require.Equal(t, "FAILED", doomed.fail(t, l, "broke", false).Status)
 	// Claimed in priority order by the doomed robot.
 	aimed := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 4})
 	aimedLast := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 3, "maxAttempts": 1})
@@ -1065,11 +1072,25 @@ func TestDeletingARobotLetsGoOfItsJobs(t *testing.T) {
 	require.Equal(t, "FAILED", j.Status, "a job on its last attempt fails")
 	require.Equal(t, "its robot was deleted (attempt 1 of 1)", *j.Error)
 
-	l := peer.claim(t, 0)
+	l = peer.claim(t, 0)
 	require.NotNil(t, l)
 	require.Equal(t, free.ID, l.Job.ID)
 	require.Equal(t, 2, l.Job.Attempt)
 	require.Nil(t, peer.claim(t, 0), "only the requeued job is left to claim")
+
+	// A job aimed at the deleted robot, cancelled by the deletion or
+	// finished before it, cannot be retried: no other robot may run it.
+	const retry = `mutation($id: ID!) { retryJob(id: $id) { id status } }`
+	for _, id := range []string{aimed.ID, aimedFailed.ID} {
+		before := tn.snapshot(t, id)
+		e := s.Do(t, tn.user.Token, retry, map[string]any{"id": id}).Code(t, "CONFLICT")
+		require.Contains(t, e.Message, "aimed at a robot that has been deleted")
+		require.Equal(t, before, tn.snapshot(t, id), "a refused retry writes nothing")
+	}
+	require.Nil(t, peer.claim(t, 0), "nothing of the deleted robot's reached another robot")
+	var retried struct{ RetryJob struct{ Status string } }
+	tn.do(t, retry, map[string]any{"id": freeLast.ID}, &retried)
+	require.Equal(t, "QUEUED", retried.RetryJob.Status, "a job any robot may run is retried")
 
 	var schema struct {
 		Type struct {
