@@ -4838,7 +4838,7 @@ type WebhookAttempt {
   durationMs: Int!
   "The first 1 KiB of the answer."
   responseBody: String
-  "Why the attempt failed without an answer (refused address, timeout, connection error)."
+  "Why the attempt failed without an answer: the kind of failure (refused address, unknown name, timeout, connection or TLS error), never the addresses the server's network gave (those go to its log)."
   error: String
 }
 

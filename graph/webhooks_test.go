@@ -716,7 +716,8 @@ func TestWebhookRetries(t *testing.T) {
 		d := whDeliveries(t, b.tn, ep)[0]
 		require.Equal(t, "PENDING", d.Status)
 		require.NotNil(t, d.Attempts[0].Error)
-		require.Contains(t, *d.Attempts[0].Error, "is a loopback address")
+		require.Equal(t, "refused: the endpoint's host is at a loopback address, where webhooks are not delivered", *d.Attempts[0].Error,
+			"the tenant reads the kind of address, not the address its name resolved to")
 		require.Zero(t, rcv.count(), "a delivery reached loopback")
 	})
 }

@@ -1,10 +1,14 @@
 package webhook
 
 import (
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,15 +34,73 @@ func (g guard) control(network, address string, _ syscall.RawConn) error {
 	}
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
-		return fmt.Errorf("webhook delivery refused: cannot tell the address of %q", address)
+		return &RefusedError{Address: address, Reason: "unknown"}
 	}
 	if g.exempt != nil && g.exempt(ap) {
 		return nil
 	}
 	if reason := db.ForbiddenAddress(ap.Addr()); reason != "" {
-		return fmt.Errorf("webhook delivery refused: %s is a %s address (set WEBHOOK_ALLOW_PRIVATE=true to allow it in development)", ap.Addr(), reason)
+		return &RefusedError{Address: ap.Addr().String(), Reason: reason}
 	}
 	return nil
+}
+
+// RefusedError is the guard refusing to connect to an address where
+// webhooks are not delivered.
+type RefusedError struct {
+	// Address is the address the endpoint's name resolved to.
+	Address string
+	// Reason is the kind of address: "loopback", "private", ...
+	Reason string
+}
+
+func (e *RefusedError) Error() string {
+	if e.Reason == "unknown" {
+		return fmt.Sprintf("webhook delivery refused: cannot tell the address of %q", e.Address)
+	}
+	return fmt.Sprintf("webhook delivery refused: %s is a %s address (set WEBHOOK_ALLOW_PRIVATE=true to allow it in development)", e.Address, e.Reason)
+}
+
+// Describe is what a tenant reads of an attempt that got no answer (a
+// delivery attempt's error): the kind of failure, without what the
+// server's network told it on the way (the address a name resolved to,
+// the server's DNS resolver, its own addresses), which would let a tenant
+// map that network by pointing endpoints at internal names. The whole
+// error goes to the server's log.
+func Describe(err error) string {
+	var refused *RefusedError
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var recordErr tls.RecordHeaderError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &refused):
+		if refused.Reason == "unknown" {
+			return "refused: the endpoint's address could not be checked"
+		}
+		return "refused: the endpoint's host is at a " + refused.Reason + " address, where webhooks are not delivered"
+	case errors.As(err, &dnsErr):
+		switch {
+		case dnsErr.IsNotFound:
+			return "the endpoint's host name does not resolve"
+		case dnsErr.IsTimeout:
+			return "the endpoint's host name did not resolve in time"
+		}
+		return "the endpoint's host name could not be resolved"
+	case errors.As(err, &certErr):
+		return "the endpoint's TLS certificate was not accepted: " + strings.TrimPrefix(certErr.Err.Error(), "x509: ")
+	case errors.As(err, &recordErr), strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"): // net/http's own words
+		return "the endpoint does not answer in TLS"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "the endpoint refused the connection"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "the endpoint closed the connection without an answer"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "the endpoint's host is unreachable"
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return "the endpoint did not answer in time"
+	}
+	return "the request to the endpoint failed"
 }
 
 // ClientConfig shapes the delivery HTTP client.

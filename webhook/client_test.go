@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -106,4 +107,81 @@ func TestClientGuard(t *testing.T) {
 		require.EqualValues(t, 1, firstHits.Load())
 		require.Zero(t, targetHits.Load(), "the redirect reached loopback")
 	})
+}
+
+// TestDescribeTellsNoAddresses fails real deliveries in each way an
+// endpoint can fail before answering, and checks what the tenant reads of
+// each (Describe, an attempt's error): the kind of failure, and no address
+// the server's network gave away on the way (what the name resolved to,
+// the resolver, the server's own addresses).
+func TestDescribeTellsNoAddresses(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	post := func(c *http.Client, url string) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
+		require.NoError(t, err)
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		return err
+	}
+	// A port nothing listens on.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closedPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	// A listener that hangs up on every connection.
+	hangup, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { hangup.Close() })
+	go func() {
+		for {
+			c, err := hangup.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	t.Cleanup(plain.Close)
+	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	t.Cleanup(tlsSrv.Close)
+
+	guarded, open := NewClient(ClientConfig{}), NewClient(ClientConfig{AllowPrivate: true})
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		url    string
+		want   string
+	}{
+		{"PrivateAddress", guarded, "http://10.1.2.3/", "refused: the endpoint's host is at a private address"},
+		{"NameOfLoopback", guarded, "http://localhost:" + strconv.Itoa(closedPort) + "/", "refused: the endpoint's host is at a loopback address"},
+		{"ConnectionRefused", open, "http://127.0.0.1:" + strconv.Itoa(closedPort) + "/", "the endpoint refused the connection"},
+		{"HangsUp", open, "http://" + hangup.Addr().String() + "/", "the endpoint closed the connection without an answer"},
+		{"UntrustedCertificate", open, tlsSrv.URL, "the endpoint's TLS certificate was not accepted: certificate signed by unknown authority"},
+		{"NotTLS", open, strings.Replace(plain.URL, "http://", "https://", 1), "the endpoint does not answer in TLS"},
+	} {
+		err := post(tc.client, tc.url)
+		require.Error(t, err, tc.name)
+		got := Describe(err)
+		require.True(t, strings.HasPrefix(got, tc.want), "%s: %q (from %v)", tc.name, got, err)
+		require.NotRegexp(t, `\d+\.\d+\.\d+\.\d+|::|:\d+`, got, "%s: an address in %q", tc.name, got)
+	}
+
+	// A name lookup's error names the server's resolver; built here, since
+	// what a lookup does varies with the machine's DNS.
+	for _, dnsErr := range []*net.DNSError{
+		{Err: "no such host", Name: "intranet.corp", Server: "10.0.0.2:53", IsNotFound: true},
+		{Err: "i/o timeout", Name: "intranet.corp", Server: "10.0.0.2:53", IsTimeout: true},
+		{Err: "server misbehaving", Name: "intranet.corp", Server: "10.0.0.2:53"},
+	} {
+		err := &url.Error{Op: "Post", URL: "https://intranet.corp/", Err: &net.OpError{Op: "dial", Net: "tcp", Err: dnsErr}}
+		got := Describe(err)
+		require.True(t, strings.HasPrefix(got, "the endpoint's host name"), "%q", got)
+		require.NotContains(t, got, "10.0.0.2")
+	}
 }

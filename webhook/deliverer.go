@@ -172,7 +172,9 @@ func (d *Deliverer) send(ctx context.Context, dd *db.DueDelivery) db.AttemptResu
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fail(fmt.Errorf("no answer within %s", d.cfg.Timeout))
 		}
-		return fail(err)
+		// The tenant reads the kind of failure; the operator, all of it.
+		d.cfg.Log.Info("webhook attempt got no answer", "delivery", dd.ID, "error", err)
+		return fail(errors.New(Describe(err)))
 	}
 	defer resp.Body.Close()
 	// The rest of a long answer is never read: closing the body drops the
