@@ -92,7 +92,8 @@ type HandlerConfig struct {
 	// LiveLimits cap the operations per websocket and per caller across
 	// websockets and SSE and multipart streams (zero fields: live.DefaultLimits').
 	LiveLimits live.Limits
-	// WebsocketKeyRecheck is how often a robot's websocket re-checks its API key (0: 30s).
+	// WebsocketKeyRecheck is how often a robot's websocket, SSE or multipart
+	// stream re-checks its API key (0: 30s).
 	WebsocketKeyRecheck time.Duration
 	// Running caps the queries and mutations that execute at once; more
 	// wait their turn in arrival order (0: DefaultRunningPerCPU per CPU).
@@ -156,8 +157,10 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	fanout.Metrics = cfg.Metrics
 	var running atomic.Int64
 	fanout.Yield = func() bool { return running.Load() > 0 }
-	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout})
-	srv.AddTransport(live.Multipart{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout})
+	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout,
+		Auth: cfg.Auth, KeyRecheck: cfg.WebsocketKeyRecheck})
+	srv.AddTransport(live.Multipart{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout,
+		Auth: cfg.Auth, KeyRecheck: cfg.WebsocketKeyRecheck})
 	srv.AddTransport(live.Websocket{
 		Auth:         cfg.Auth,
 		Log:          cfg.Logger,

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
+
+	"fleetgraph/auth"
 )
 
 // Multipart serves operations as Apollo's multipart HTTP subscriptions
@@ -30,6 +32,11 @@ type Multipart struct {
 	Streams *Streams
 	// Fanout shares rendered results between subscribers (nil: none).
 	Fanout *Fanout
+	// Auth re-checks a robot's API key every KeyRecheck (0: 30 s), as a
+	// robot's websocket does: a revoked key's stream ends with
+	// UNAUTHENTICATED. Without it a robot cannot open a stream.
+	Auth       *auth.Authenticator
+	KeyRecheck time.Duration
 }
 
 var _ graphql.Transport = Multipart{}
@@ -60,7 +67,8 @@ func (t Multipart) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 		_, err := fmt.Fprintf(w, "%s%s%s\r\n", head, body, delimiter)
 		return err
 	}
-	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams, fanout: t.Fanout}
+	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams, fanout: t.Fanout,
+		auth: t.Auth, keyRecheck: t.KeyRecheck}
 	st.serve(w, r, exec, framing{
 		contentType: `multipart/mixed; boundary="` + multipartBoundary + `"; subscriptionSpec="1.0"`,
 		begin: func(w http.ResponseWriter) error {

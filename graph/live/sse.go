@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
+
+	"fleetgraph/auth"
 )
 
 // SSE serves operations as server-sent events, for clients that cannot open
@@ -31,6 +33,11 @@ type SSE struct {
 	Streams *Streams
 	// Fanout shares rendered results between subscribers (nil: none).
 	Fanout *Fanout
+	// Auth re-checks a robot's API key every KeyRecheck (0: 30 s), as a
+	// robot's websocket does: a revoked key's stream ends with
+	// UNAUTHENTICATED. Without it a robot cannot open a stream.
+	Auth       *auth.Authenticator
+	KeyRecheck time.Duration
 }
 
 var _ graphql.Transport = SSE{}
@@ -46,7 +53,8 @@ func (SSE) Supports(r *http.Request) bool {
 
 // Do implements graphql.Transport.
 func (t SSE) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams, fanout: t.Fanout}
+	st := streamer{keepAlive: t.KeepAlive, writeTimeout: t.WriteTimeout, quota: t.Quota, streams: t.Streams, fanout: t.Fanout,
+		auth: t.Auth, keyRecheck: t.KeyRecheck}
 	st.serve(w, r, exec, framing{
 		contentType: "text/event-stream",
 		result: func(w http.ResponseWriter, data []byte) error {

@@ -7,7 +7,10 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
+	"github.com/google/uuid"
+	"github.com/vektah/gqlparser/v2/gqlerror"
 
+	"fleetgraph/auth"
 	"fleetgraph/fault"
 	"fleetgraph/graph/accept"
 	"fleetgraph/metrics"
@@ -130,6 +133,39 @@ type streamer struct {
 	quota                   *Quota
 	streams                 *Streams
 	fanout                  *Fanout
+	auth                    *auth.Authenticator
+	keyRecheck              time.Duration
+}
+
+// robotRecheck returns, for a robot's stream, a function that checks its
+// API key again (revoked or expired: UNAUTHENTICATED; not checkable, the
+// database being down: INTERNAL, and the stream stays), and how often to
+// call it; for anyone else, nil and 0. Without an authenticator a robot's
+// key cannot be checked again: every is then negative, and the stream is
+// refused. Only the credential headers are kept.
+func (t streamer) robotRecheck(r *http.Request) (check func(context.Context) error, every time.Duration) {
+	p := auth.FromContext(r.Context())
+	if p == nil || p.RobotID == uuid.Nil {
+		return nil, 0
+	}
+	if t.auth == nil {
+		return nil, -1 // cannot be checked: serve refuses the stream
+	}
+	creds := http.Header{}
+	for _, h := range []string{"Authorization", "X-Api-Key"} {
+		if v := r.Header.Values(h); len(v) > 0 {
+			creds[h] = v
+		}
+	}
+	again := &http.Request{Header: creds, RemoteAddr: r.RemoteAddr}
+	every = t.keyRecheck
+	if every <= 0 {
+		every = recheckEvery
+	}
+	return func(ctx context.Context) error {
+		_, err := t.auth.FromRequest(again.WithContext(ctx))
+		return err
+	}, every
 }
 
 // serve runs the operation of r as a stream written with f: each result,
@@ -141,6 +177,12 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	if err := ReadParams(r, params); err != nil {
 		metrics.SentError(r.Context(), string(fault.BadUserInput))
 		writeRefusal(r.Context(), w, http.StatusBadRequest, fault.New(fault.BadUserInput, "%s", err.Error()))
+		return
+	}
+	check, every := t.robotRecheck(r)
+	if every < 0 {
+		metrics.SentError(r.Context(), string(fault.Unauthenticated))
+		writeRefusal(r.Context(), w, http.StatusUnauthorized, errNoCredential)
 		return
 	}
 	release, err := t.quota.Hold(r.Context())
@@ -245,8 +287,31 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	}
 	keepAlive := time.NewTicker(t.keepAlive)
 	defer keepAlive.Stop()
+	// A robot's key is checked again while its stream lasts, as on a
+	// websocket: revoked, the stream ends with UNAUTHENTICATED.
+	var recheck <-chan time.Time
+	if check != nil {
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		recheck = tick.C
+	}
 	for {
 		select {
+		case <-recheck:
+			err := check(ctx)
+			if err == nil || fault.CodeOf(err) == fault.Internal {
+				continue // valid, or not checkable now: an outage is not a revocation
+			}
+			cancel()
+			<-done
+			if !waiting() {
+				return
+			}
+			metrics.SentError(r.Context(), string(fault.CodeOf(err)))
+			if write(func() error { return f.result(w, mustJSON(map[string]any{"errors": gqlerror.List{present(r.Context(), err)}})) }) {
+				write(func() error { return f.end(w) })
+			}
+			return
 		case data := <-events:
 			if !results(data) {
 				return
