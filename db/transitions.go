@@ -161,6 +161,9 @@ func (s *Jobs) stateConflict(ctx context.Context, idb bun.IDB, sc scope, id uuid
 // robot's free slots: PostgreSQL costs a LIMIT it cannot evaluate as a
 // tenth of the rows, which on a queue of 100,000 jobs crossed
 // jit_above_cost and spent some 25 ms compiling each claim.
+//
+// A new attempt starts clean: the last attempt's progress, node and start
+// (another robot's, after a retry or a rescue) are not the new holder's.
 const claimSQL = `
 WITH candidate AS (
 	SELECT j.id FROM jobs j
@@ -177,7 +180,7 @@ WITH candidate AS (
 )
 UPDATE jobs j SET status = 'CLAIMED', robot_id = ?0, lease_token = gen_random_uuid(),
 	lease_expires_at = now() + make_interval(secs => ?4), claimed_at = now(), progress_at = NULL,
-	attempt = j.attempt + 1, error = NULL
+	attempt = j.attempt + 1, error = NULL, progress = 0, current_node = NULL, started_at = NULL
 FROM candidate WHERE j.id = candidate.id
 RETURNING j.*`
 

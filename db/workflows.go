@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -368,6 +369,7 @@ func (s *Workflows) RemoveOverride(ctx context.Context, idb bun.IDB, workflowID 
 	if _, err := s.get(ctx, idb, sc, workflowID, false); err != nil {
 		return false, err
 	}
+	nodeID = strings.TrimSpace(nodeID) // as SetOverride stored it (checkName)
 	res, err := inTenant(sc, idb.NewDelete().Model((*NodeRobotOverride)(nil)).
 		Where("o.workflow_id = ? AND o.node_id = ?", workflowID, nodeID), "o").Exec(ctx)
 	if err != nil {

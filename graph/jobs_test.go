@@ -1579,3 +1579,29 @@ func TestJobJSONPassesThroughAsStored(t *testing.T) {
 	require.Contains(t, string(event.Body), big)
 	require.Contains(t, string(event.Body), precise)
 }
+
+// TestANewAttemptStartsClean checks that a job claimed again, after a
+// retryable failure, carries none of the last attempt's state: its
+// progress, current node and start were the other robot's.
+func TestANewAttemptStartsClean(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
+	tn := jqNewTenant(t, s)
+	first, second := tn.robot(t, "first", jqRobotOpts{}), tn.robot(t, "second", jqRobotOpts{})
+	job := tn.enqueue(t, nil)
+	l := first.claim(t, 0)
+	require.Equal(t, job.ID, l.Job.ID)
+	first.start(t, l)
+	first.call(t, "reportJobProgress", l.Job.ID, l.LeaseToken).OK(t, nil) // progress 10 at node "n"
+	require.Equal(t, "QUEUED", first.fail(t, l, "flaky", true).Status)
+
+	again := second.claim(t, 0)
+	require.NotNil(t, again)
+	require.Equal(t, job.ID, again.Job.ID)
+	require.Equal(t, 2, again.Job.Attempt)
+	require.Zero(t, again.Job.Progress, "the last attempt's progress")
+	require.Nil(t, again.Job.CurrentNode, "the last attempt's node")
+	require.Nil(t, again.Job.StartedAt, "the last attempt's start")
+	second.start(t, again)
+	require.NotNil(t, tn.job(t, job.ID).StartedAt, "this attempt's own start")
+}

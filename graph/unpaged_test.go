@@ -60,6 +60,10 @@ func TestUnpagedListsHoldTheirBound(t *testing.T) {
 		}
 		tn.do(t, `query($w: ID!) { workflow(id: $w) { nodeOverrides { nodeId } } }`, map[string]any{"w": wf}, &out)
 		require.Len(t, out.Workflow.NodeOverrides, db.MaxNodeOverrides)
+		// A node id is trimmed when set and when removed alike.
+		var removed struct{ RemoveNodeRobotOverride bool }
+		tn.do(t, `mutation($w: ID!) { removeNodeRobotOverride(workflowId: $w, nodeId: "  node-1 ") }`, map[string]any{"w": wf}, &removed)
+		require.True(t, removed.RemoveNodeRobotOverride)
 	})
 
 	t.Run("Statistics", func(t *testing.T) {
