@@ -85,7 +85,8 @@ func UnmarshalSeqID(v any) (int64, error) {
 // MarshalTime writes a time as RFC 3339 with nanoseconds, in UTC.
 func MarshalTime(t time.Time) graphql.Marshaler { return timeValue(t) }
 
-// UnmarshalTime reads an RFC 3339 time such as 2026-11-22T10:00:00Z.
+// UnmarshalTime reads an RFC 3339 time such as 2026-11-22T10:00:00Z, to
+// the microsecond.
 func UnmarshalTime(v any) (time.Time, error) {
 	s, ok := v.(string)
 	if !ok {
@@ -100,7 +101,9 @@ func UnmarshalTime(v any) (time.Time, error) {
 	if !db.TimeInRange(t) {
 		return time.Time{}, fault.New(fault.BadUserInput, "%q is out of range: a time must be %s", fault.Excerpt(s, 64), db.TimeRange)
 	}
-	return t, nil
+	// PostgreSQL keeps microseconds, and the driver writes six digits: a
+	// time is compared (end after start, say) as it will be stored.
+	return t.Truncate(time.Microsecond), nil
 }
 
 // MarshalInt writes an Int.

@@ -48,6 +48,13 @@ func TestUnmarshalTime(t *testing.T) {
 		want, _ := time.Parse(time.RFC3339Nano, s)
 		require.True(t, got.Equal(want))
 	}
+	// Times are kept to the microsecond, as PostgreSQL stores them.
+	got, err := scalar.UnmarshalTime("2030-01-01T00:00:00.0000004Z")
+	require.NoError(t, err)
+	require.Equal(t, time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), got.UTC())
+	got, err = scalar.UnmarshalTime("2030-01-01T00:00:00.1234567+02:00")
+	require.NoError(t, err)
+	require.Equal(t, 123456000, got.Nanosecond())
 	for _, s := range []any{
 		"0000-01-01T00:00:00Z", "0000-12-31T23:59:59.999999Z", "0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-00:01",
 		"9999-12-31T23:59:59.9999991Z", "-0001-01-01T00:00:00Z", "10000-01-01T00:00:00Z", "yesterday", 5, nil,

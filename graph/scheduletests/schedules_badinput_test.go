@@ -56,6 +56,8 @@ func TestScheduleBadInput(t *testing.T) {
 		{"PathAsZone", map[string]any{"timeZone": "../../etc/passwd"}, "BAD_USER_INPUT", "timeZone", "not an IANA time zone"},
 		{"EndBeforeStart", map[string]any{"startAt": "2026-07-01T00:00:00Z", "endAt": "2026-06-15T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "must be after startAt"},
 		{"EndEqualsStart", map[string]any{"startAt": "2026-07-01T00:00:00Z", "endAt": "2026-07-01T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "must be after startAt"},
+		// Stored to the microsecond, these are equal.
+		{"EndWithinAMicrosecondOfStart", map[string]any{"startAt": "2026-07-01T00:00:00Z", "endAt": "2026-07-01T00:00:00.0000004Z"}, "BAD_USER_INPUT", "endAt", "must be after startAt"},
 		{"EndInThePast", map[string]any{"endAt": "2026-05-01T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "can never fire again"},
 		{"EndBeforeTheNextTick", map[string]any{"cronExpression": "0 0 1 1 *", "endAt": "2026-12-31T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "can never fire again"},
 		{"FirstTickPastYear9999", map[string]any{"cronExpression": "0 0 1 1 *", "startAt": "9999-12-31T23:59:59Z"}, "BAD_USER_INPUT", "cronExpression", "can never fire"},
