@@ -94,7 +94,7 @@ func Describe(err error) string {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "the endpoint refused the connection"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "the endpoint closed the connection without an answer"
+		return "the endpoint closed the connection"
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return "the endpoint's host is unreachable"
 	case errors.As(err, &netErr) && netErr.Timeout():

@@ -7,9 +7,11 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -161,7 +163,7 @@ func TestDescribeTellsNoAddresses(t *testing.T) {
 		{"PrivateAddress", guarded, "http://10.1.2.3/", "refused: the endpoint's host is at a private address"},
 		{"NameOfLoopback", guarded, "http://localhost:" + strconv.Itoa(closedPort) + "/", "refused: the endpoint's host is at a loopback address"},
 		{"ConnectionRefused", open, "http://127.0.0.1:" + strconv.Itoa(closedPort) + "/", "the endpoint refused the connection"},
-		{"HangsUp", open, "http://" + hangup.Addr().String() + "/", "the endpoint closed the connection without an answer"},
+		{"HangsUp", open, "http://" + hangup.Addr().String() + "/", "the endpoint closed the connection"},
 		{"UntrustedCertificate", open, tlsSrv.URL, "the endpoint's TLS certificate was not accepted: certificate signed by unknown authority"},
 		{"NotTLS", open, strings.Replace(plain.URL, "http://", "https://", 1), "the endpoint does not answer in TLS"},
 	} {
@@ -184,4 +186,8 @@ func TestDescribeTellsNoAddresses(t *testing.T) {
 		require.True(t, strings.HasPrefix(got, "the endpoint's host name"), "%q", got)
 		require.NotContains(t, got, "10.0.0.2")
 	}
+	// An answer cut short names both ends of the connection.
+	reset := &net.OpError{Op: "read", Net: "tcp", Source: &net.TCPAddr{IP: net.IPv4(10, 0, 3, 7), Port: 48812},
+		Addr: &net.TCPAddr{IP: net.IPv4(203, 0, 113, 5), Port: 443}, Err: os.NewSyscallError("read", syscall.ECONNRESET)}
+	require.Equal(t, "the endpoint closed the connection", Describe(reset), "from %v", reset)
 }

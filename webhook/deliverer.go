@@ -189,7 +189,8 @@ func (d *Deliverer) send(ctx context.Context, dd *db.DueDelivery) db.AttemptResu
 		res.Attempt.ResponseBody = &s
 	}
 	if readErr != nil && !res.Succeeded() {
-		msg := "reading the answer: " + readErr.Error()
+		d.cfg.Log.Info("webhook answer cut short", "delivery", dd.ID, "error", readErr)
+		msg := "reading the answer: " + Describe(readErr)
 		res.Attempt.Error = &msg
 	}
 	return res
