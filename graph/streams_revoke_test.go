@@ -56,7 +56,9 @@ func TestRevokedKeyEndsItsStreams(t *testing.T) {
 		// open: it sees the job that robot claims.
 		wf := s.CreateWorkflow(t, u.Token, "wf")
 		s.Do(t, u.Token, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w}) { id } }`, map[string]any{"w": wf}).OK(t, nil)
-		var claimed struct{ ClaimJob struct{ Job struct{ ID string } } }
+		var claimed struct {
+			ClaimJob struct{ Job struct{ ID string } }
+		}
 		s.Do(t, kept, `mutation { claimJob { job { id } } }`, nil).OK(t, &claimed)
 		r := bufio.NewReader(stays.Body)
 		for {

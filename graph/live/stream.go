@@ -308,7 +308,9 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 				return
 			}
 			metrics.SentError(r.Context(), string(fault.CodeOf(err)))
-			if write(func() error { return f.result(w, mustJSON(map[string]any{"errors": gqlerror.List{present(r.Context(), err)}})) }) {
+			if write(func() error {
+				return f.result(w, mustJSON(map[string]any{"errors": gqlerror.List{present(r.Context(), err)}}))
+			}) {
 				write(func() error { return f.end(w) })
 			}
 			return
