@@ -308,9 +308,8 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 				return
 			}
 			metrics.SentError(r.Context(), string(fault.CodeOf(err)))
-			if write(func() error {
-				return f.result(w, mustJSON(map[string]any{"errors": gqlerror.List{present(r.Context(), err)}}))
-			}) {
+			last := mustJSON(map[string]any{"errors": gqlerror.List{present(r.Context(), err)}})
+			if write(func() error { return f.result(w, last) }) {
 				write(func() error { return f.end(w) })
 			}
 			return
