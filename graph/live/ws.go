@@ -544,7 +544,9 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 
 func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.Time) {
 	var params graphql.RawParams
-	if m.ID == "" || json.Unmarshal(m.Payload, &params) != nil || params.Query == "" && params.Extensions["persistedQuery"] == nil {
+	// Numbers as json.Number, as over HTTP: a variable's digits past
+	// float64's reach a JSON argument as sent.
+	if m.ID == "" || decodeJSON(string(m.Payload), &params) != nil || params.Query == "" && params.Extensions["persistedQuery"] == nil {
 		return CloseBadRequest, "Invalid message received: " + c.d.subscribe + " needs an id and a payload with a query", time.Time{}
 	}
 	if len(m.ID) > MaxOperationID {

@@ -1123,3 +1123,20 @@ func (c *conn) pong() {
 		require.Equal(c.t, "ping", m.Type, "nothing but keep-alives before the pong: %+v %s", m, m.Payload)
 	}
 }
+
+// TestLiveWSNumbersKeepTheirDigits checks that a variable's numbers reach
+// a JSON argument over a websocket as they do over HTTP: digit for digit,
+// past float64's precision and range.
+func TestLiveWSNumbersKeepTheirDigits(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+	c := connect(t, s, u.Token)
+	const big = "12345678901234567890123"
+	c.sendRaw(websocket.MessageText, []byte(`{"id":"m","type":"subscribe","payload":{"query":"mutation($c: JSON) { createMachine(input: {name: \"digits\", configuration: $c}) { configuration } }","variables":{"c":{"big":`+big+`,"huge":1e400}}}}`))
+	m := c.readFor("m")
+	r := m.result(t)
+	require.Empty(t, r.Errors, "%s", m.Payload)
+	require.Contains(t, string(r.Data), big)
+	require.Contains(t, string(r.Data), "1"+strings.Repeat("0", 400))
+}
