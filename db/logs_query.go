@@ -328,7 +328,8 @@ const MaxResyncLines = 10_000
 
 // ChangedSince re-reads, for live tails after the change feed lost
 // notifications, the visible lines timestamped at or after since (at most
-// MaxResyncLines, the newest), as one batch per robot. Lines a robot
+// MaxResyncLines, the newest), as batches per robot of at most
+// MaxShipBatch lines, oldest first. Lines a robot
 // stamped earlier than since but shipped meanwhile are not found: the
 // tail's replay is best effort, and robotLogs is the record.
 func (s *Logs) ChangedSince(ctx context.Context, idb bun.IDB, since time.Time) ([]*LogBatch, error) {
@@ -347,7 +348,9 @@ func (s *Logs) ChangedSince(ctx context.Context, idb bun.IDB, since time.Time) (
 	for i := len(rows) - 1; i >= 0; i-- { // oldest first
 		l := rows[i]
 		b := byRobot[l.RobotID]
-		if b == nil {
+		if b == nil || len(b.Lines) == MaxShipBatch {
+			// A batch holds what one shipLogs may (RobotLogBatch.lines
+			// is counted at that): a longer replay is several.
 			b = &LogBatch{TenantID: l.TenantID, RobotID: l.RobotID}
 			byRobot[l.RobotID] = b
 			out = append(out, b)
