@@ -1,6 +1,7 @@
 package db
 
 import (
+	"bytes"
 	"context"
 	"database/sql/driver"
 	"errors"
@@ -279,6 +280,10 @@ func (s *Logs) Ship(ctx context.Context, idb bun.IDB, entries []RobotLogInput) (
 			}
 		}
 	}
+	// Jobs are locked in id order, as every other path that locks several
+	// of a robot's jobs does (a heartbeat extending their leases): in the
+	// order the lines came, two such paths could deadlock.
+	slices.SortFunc(leases, func(a, b lease) int { return bytes.Compare(a.job[:], b.job[:]) }) // PostgreSQL orders uuids by their bytes
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		for _, l := range leases {
 			// A no-op fenced update proves the robot holds the job (and locks it).

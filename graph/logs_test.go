@@ -1,8 +1,10 @@
 package graph_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -678,4 +680,62 @@ func TestCleanupLogs(t *testing.T) {
 		map[string]any{"a": p1.LogCleanupHistory.Edges[0].Cursor}).OK(t, &p2)
 	require.Equal(t, real.ID, p2.LogCleanupHistory.Edges[0].Node.ID)
 	s.Do(t, svcA.Token, `{ logCleanupHistory(after: "bm9wZQ") { edges { cursor } } }`, nil).Code(t, "BAD_USER_INPUT")
+}
+
+// TestShipLogsLocksJobsInIDOrder checks that shipLogs locks the jobs its
+// lines are about in id order, whatever order the lines come in, as a
+// heartbeat extending the same jobs' leases does: in the lines' order the
+// two could deadlock. With the lower job held by another transaction, a
+// shipLogs whose first line is about the higher job waits without having
+// locked the higher one.
+func TestShipLogsLocksJobsInIDOrder(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
+	tn := jqNewTenant(t, s)
+	r := tn.robot(t, "r", jqRobotOpts{Slots: 2})
+	tn.enqueue(t, nil)
+	tn.enqueue(t, nil)
+	leases := []*jqLease{r.claim(t, 0), r.claim(t, 0)}
+	for _, l := range leases {
+		require.NotNil(t, l)
+		r.start(t, l)
+	}
+	sort.Slice(leases, func(i, j int) bool { // the uuids' byte order, PostgreSQL's
+		a, b := uuid.MustParse(leases[i].Job.ID), uuid.MustParse(leases[j].Job.ID)
+		return bytes.Compare(a[:], b[:]) < 0
+	})
+	low, high := leases[0], leases[1]
+
+	ctx := t.Context()
+	holder, err := s.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer holder.Rollback()
+	_, err = holder.ExecContext(ctx, "SELECT id FROM jobs WHERE id = ? FOR UPDATE", low.Job.ID)
+	require.NoError(t, err)
+
+	shipped := make(chan *apitest.Response, 1)
+	go func() {
+		shipped <- s.Do(t, r.Key, lgShip, map[string]any{"e": []any{
+			map[string]any{"level": "INFO", "message": "about the higher", "jobId": high.Job.ID, "leaseToken": high.LeaseToken},
+			map[string]any{"level": "INFO", "message": "about the lower", "jobId": low.Job.ID, "leaseToken": low.LeaseToken},
+		}})
+	}()
+	jqEventually(t, 10*time.Second, "shipLogs waits for the lower job", func() bool {
+		var waiting int
+		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(ctx, &waiting))
+		return waiting > 0
+	})
+	probe, err := s.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	_, err = probe.ExecContext(ctx, "SELECT id FROM jobs WHERE id = ? FOR UPDATE NOWAIT", high.Job.ID)
+	require.NoError(t, err, "shipLogs locked the higher job before the lower one")
+	require.NoError(t, probe.Rollback())
+
+	require.NoError(t, holder.Rollback())
+	select {
+	case resp := <-shipped:
+		resp.OK(t, nil)
+	case <-time.After(10 * time.Second):
+		t.Fatal("shipLogs never finished")
+	}
 }
