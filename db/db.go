@@ -26,7 +26,9 @@ import (
 func Open(ctx context.Context, dsn string) (*bun.DB, error) {
 	cfg, err := pq.NewConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to the database (check DATABASE_URL): %w", err)
+		// The parser's error quotes the DSN, password and all; it is
+		// written to logs and terminals, so it is not passed on.
+		return nil, errors.New("connecting to the database: DATABASE_URL is neither a postgres:// URL nor a key=value connection string (in a URL, write %, #, / and @ of the password percent-encoded)")
 	}
 	// Prepared statements' results come as text, as the simple protocol's
 	// do: lib/pq's binary UUIDs cost an allocation each to turn back into

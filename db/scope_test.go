@@ -141,3 +141,22 @@ func TestOnlyTheInstallationCleansBelowRetention(t *testing.T) {
 		require.Equal(t, "retentionDays", fe.Field, name)
 	}
 }
+
+// TestOpenNeverEchoesTheDSN checks that a DATABASE_URL the driver cannot
+// parse is refused without being quoted: it holds the password, and the
+// error goes to logs and terminals.
+func TestOpenNeverEchoesTheDSN(t *testing.T) {
+	t.Parallel()
+	for _, dsn := range []string{
+		"postgres://fleet:pa%ss-w0rd@db/fleet",
+		"postgres://fleet:se#cret@db:99999999/fleet",
+		"host=db password='unterminated-s3cret",
+	} {
+		_, err := db.Open(t.Context(), dsn)
+		require.Error(t, err, dsn)
+		require.Contains(t, err.Error(), "DATABASE_URL", dsn)
+		for _, secret := range []string{"pa%ss", "se#cret", "s3cret"} {
+			require.NotContains(t, err.Error(), secret, dsn)
+		}
+	}
+}
