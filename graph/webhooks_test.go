@@ -709,7 +709,7 @@ func TestWebhookRetries(t *testing.T) {
 			require.Contains(t, e.Message, "address", url)
 		}
 		// A name is checked where it leads, at connect time.
-		ep, _ := whEndpoint(t, b.tn, "http://localhost:"+port+"/hook", "job.completed")
+		ep, _ := whEndpoint(t, b.tn, "http://localhost:"+port+"/hook/T0-S3CRET?token=S3CRET-TOO", "job.completed")
 		r := b.tn.robot(t, "r1", jqRobotOpts{})
 		r.complete(t, whRunning(t, b.tn, r, nil), nil)
 		b.round(t)
@@ -718,6 +718,10 @@ func TestWebhookRetries(t *testing.T) {
 		require.NotNil(t, d.Attempts[0].Error)
 		require.Equal(t, "refused: the endpoint's host is at a loopback address, where webhooks are not delivered", *d.Attempts[0].Error,
 			"the tenant reads the kind of address, not the address its name resolved to")
+		logs := b.s.Log.String()
+		require.Contains(t, logs, "webhook attempt got no answer", "the operator reads the whole error")
+		require.Contains(t, logs, "127.0.0.1")
+		require.NotContains(t, logs, "S3CRET", "but not the URL, whose path and query may hold the tenant's token")
 		require.Zero(t, rcv.count(), "a delivery reached loopback")
 	})
 }

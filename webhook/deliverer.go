@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -172,8 +173,14 @@ func (d *Deliverer) send(ctx context.Context, dd *db.DueDelivery) db.AttemptResu
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fail(fmt.Errorf("no answer within %s", d.cfg.Timeout))
 		}
-		// The tenant reads the kind of failure; the operator, all of it.
-		d.cfg.Log.Info("webhook attempt got no answer", "delivery", dd.ID, "error", err)
+		// The tenant reads the kind of failure; the operator, the whole
+		// error but the URL, whose path or query may hold the tenant's
+		// token (the delivery names the endpoint).
+		logged := err
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			logged = ue.Err
+		}
+		d.cfg.Log.Info("webhook attempt got no answer", "delivery", dd.ID, "error", logged)
 		return fail(errors.New(Describe(err)))
 	}
 	defer resp.Body.Close()
