@@ -178,8 +178,9 @@ type operator struct {
 // session; close it with close.
 func (ops *operatorSettings) open(ctx context.Context, stderr io.Writer) (*operator, error) {
 	tenant, err := uuid.Parse(ops.tenant.String())
-	if err != nil {
-		return nil, usageError("%s must be a UUID, not %q", ops.tenant.name(), ops.tenant.String())
+	if err != nil || tenant == uuid.Nil {
+		// The nil UUID is no tenant (a token cannot name it either).
+		return nil, usageError("%s must be a UUID other than the nil one, not %q", ops.tenant.name(), ops.tenant.String())
 	}
 	asJSON, err := ops.json()
 	if err != nil {
@@ -440,6 +441,11 @@ func parseExpiry(st *setting, now time.Time) (*time.Time, error) {
 		return nil, nil
 	}
 	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		// As the API's Time: one PostgreSQL stores and RFC 3339 writes back.
+		if !db.TimeInRange(t) {
+			return nil, usageError("%s must be %s, not %q", st.name(), db.TimeRange, v)
+		}
+		t = t.Truncate(time.Microsecond)
 		return &t, nil
 	}
 	d, err := time.ParseDuration(v)
