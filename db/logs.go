@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -554,7 +555,7 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 			for _, c := range counts {
 				sh := share(c.Tenant)
 				sh.rows += c.N
-				sh.bytes += bytes * c.N / total
+				sh.bytes += share64(bytes, c.N, total)
 			}
 			run.Rows += total
 			run.Bytes += bytes
@@ -665,3 +666,15 @@ func (c *LogCleanup) BytesFreed() float64 { return float64(c.Bytes) }
 
 // HeartbeatsDropped is Heartbeats as a GraphQL Float.
 func (c *LogCleanup) HeartbeatsDropped() float64 { return float64(c.Heartbeats) }
+
+// share64 is a*n/total, the part of a that n of total rows stand for,
+// without the overflow of a*n (a day of 100 GB and 10^8 rows passes
+// int64); a, n and total are not negative, and n is at most total.
+func share64(a, n, total int64) int64 {
+	if total <= 0 {
+		return 0
+	}
+	hi, lo := bits.Mul64(uint64(a), uint64(n))
+	q, _ := bits.Div64(hi, lo, uint64(total)) // hi < total, since n <= total
+	return int64(q)
+}
