@@ -157,5 +157,15 @@ func locked(ctx context.Context, db *bun.DB, fn func(*migrate.Migrator) error) e
 		return fmt.Errorf("taking the migration lock: %w", err)
 	}
 	defer func() { _ = m.Unlock(context.WithoutCancel(ctx)) }()
+	// A database a newer release migrated is left alone: bun would see only
+	// the migrations this binary knows, apply none, or roll back one under
+	// the newer ones, leaving a schema no release matches.
+	st, err := CurrentStatus(ctx, db)
+	if err != nil {
+		return err
+	}
+	if len(st.Unknown) > 0 {
+		return fmt.Errorf("the database holds migrations this binary does not know (%s): a newer release migrated it; run that release's migrate, or that release", strings.Join(st.Unknown, ", "))
+	}
 	return fn(m)
 }

@@ -174,6 +174,14 @@ func TestMigrations(t *testing.T) {
 		require.False(t, st.Current())
 		require.Contains(t, st.Problem(), "9999")
 		require.Contains(t, st.Problem(), "newer")
+
+		// This binary neither migrates nor rolls back such a database.
+		_, err = migrations.Up(ctx, d.DB)
+		require.ErrorContains(t, err, "9999")
+		rolled, err := migrations.Down(ctx, d.DB)
+		require.ErrorContains(t, err, "newer release")
+		require.Empty(t, rolled)
+		require.Equal(t, st, status(t, d.DB), "nothing changed")
 	})
 
 	t.Run("ConcurrentUpAppliesOnce", func(t *testing.T) {
