@@ -533,6 +533,10 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 		if err != nil {
 			return err
 		}
+		// Everything is counted and recorded first, and the partitions
+		// dropped last: a DROP locks robot_logs itself (ACCESS EXCLUSIVE)
+		// until the commit, and every log read and write waits for it.
+		var drop []string
 		for _, p := range parts {
 			if p.Day.IsZero() || !p.Day.Before(cutoff) {
 				continue
@@ -560,14 +564,7 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 			run.Rows += total
 			run.Bytes += bytes
 			run.Partitions = append(run.Partitions, p.Day.Format(time.DateOnly))
-			if !dryRun {
-				if _, err := tx.ExecContext(ctx, "SET LOCAL lock_timeout = '5s'"); err != nil {
-					return fmt.Errorf("bounding the wait for %s: %w", p.Name, err)
-				}
-				if _, err := tx.NewRaw("DROP TABLE ?", bun.Ident(p.Name)).Exec(ctx); err != nil {
-					return fmt.Errorf("dropping %s: %w", p.Name, err)
-				}
-			}
+			drop = append(drop, p.Name)
 		}
 		hb := "SELECT tenant_id, count(*) AS n FROM robot_heartbeats WHERE at < ? GROUP BY tenant_id"
 		if !dryRun {
@@ -599,6 +596,17 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 			if _, err := tx.NewRaw(`INSERT INTO robot_log_cleanup_tenants (cleanup_id, tenant_id, rows, bytes, heartbeats) VALUES (?, ?, ?, ?, ?)`,
 				run.ID, t, sh.rows, sh.bytes, sh.heartbeats).Exec(ctx); err != nil {
 				return fmt.Errorf("recording the cleanup: %w", err)
+			}
+		}
+		if dryRun || len(drop) == 0 {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, "SET LOCAL lock_timeout = '5s'"); err != nil {
+			return fmt.Errorf("bounding the wait for the log partitions: %w", err)
+		}
+		for _, name := range drop {
+			if _, err := tx.NewRaw("DROP TABLE ?", bun.Ident(name)).Exec(ctx); err != nil {
+				return fmt.Errorf("dropping %s: %w", name, err)
 			}
 		}
 		return nil

@@ -1,12 +1,17 @@
 package db_test
 
 import (
+	"context"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+	"github.com/uptrace/bun"
 
 	"fleetgraph/auth"
 	"fleetgraph/db"
@@ -42,4 +47,53 @@ func TestResyncBatchesHoldWhatAShipHolds(t *testing.T) {
 		}
 	}
 	require.Equal(t, map[uuid.UUID]int{a: lines, b: lines}, seen)
+}
+
+// stmtLog records the text of every statement run through a bun.DB.
+type stmtLog struct {
+	mu    sync.Mutex
+	texts []string
+}
+
+func (l *stmtLog) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
+
+func (l *stmtLog) AfterQuery(_ context.Context, e *bun.QueryEvent) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.texts = append(l.texts, e.Query)
+}
+
+// TestCleanupDropsPartitionsLast checks the order of a log cleanup's
+// statements: a partition's DROP locks robot_logs itself until the commit,
+// so every count, the heartbeats' pruning and the record come before the
+// first DROP, and nothing follows the DROPs.
+func TestCleanupDropsPartitionsLast(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	ctx := t.Context()
+	for _, age := range []int{40, 41} {
+		day := time.Now().UTC().AddDate(0, 0, -age)
+		_, err := d.ExecContext(ctx, "SELECT fleetgraph_ensure_log_partition(?::date)", day.Format(time.DateOnly))
+		require.NoError(t, err)
+		_, err = d.ExecContext(ctx, "INSERT INTO robot_logs (tenant_id, robot_id, level, message, at) VALUES (gen_random_uuid(), gen_random_uuid(), 20, 'old', ?)", day)
+		require.NoError(t, err)
+	}
+	rec := &stmtLog{}
+	d.DB.AddQueryHook(rec)
+	run, err := db.NewLogs(db.DefaultLogConfig, nil).Cleanup(auth.WithPrincipal(ctx, auth.SystemPrincipal("cli")), d.DB, nil, false)
+	require.NoError(t, err)
+	require.Len(t, run.Partitions, 2)
+
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	first := slices.IndexFunc(rec.texts, func(q string) bool { return strings.HasPrefix(q, "DROP TABLE") })
+	require.Positive(t, first, "%q", rec.texts)
+	for _, q := range rec.texts[:first] {
+		require.NotContains(t, q, "DROP")
+	}
+	for _, q := range rec.texts[first:] {
+		require.True(t, strings.HasPrefix(q, "DROP TABLE") || q == "COMMIT", "after the first DROP: %q", q)
+	}
+	require.True(t, slices.ContainsFunc(rec.texts[:first], func(q string) bool { return strings.Contains(q, "robot_heartbeats") }))
+	require.True(t, slices.ContainsFunc(rec.texts[:first], func(q string) bool { return strings.Contains(q, "robot_log_cleanup_tenants") }))
 }
