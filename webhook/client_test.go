@@ -18,6 +18,21 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// post sends an empty JSON object to url with c, within a minute, and
+// returns the client's error.
+func post(t *testing.T, c *http.Client, url string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
+	require.NoError(t, err)
+	resp, err := c.Do(req)
+	if err == nil {
+		resp.Body.Close()
+	}
+	return err
+}
+
 // The SSRF guard: with private addresses not allowed, the client refuses to
 // connect to loopback, private, link-local (metadata) and other reserved
 // addresses, whatever the URL's name resolves to, and on every redirect.
@@ -37,17 +52,6 @@ func TestClientGuard(t *testing.T) {
 		return srv, &hits
 	}
 	ok := func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }
-	post := func(c *http.Client, url string) error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
-		require.NoError(t, err)
-		resp, err := c.Do(req)
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err
-	}
 
 	t.Run("RefusesPrivateAddresses", func(t *testing.T) {
 		srv, hits := receiver(t, ok)
@@ -65,7 +69,7 @@ func TestClientGuard(t *testing.T) {
 			{"http://0.0.0.0:" + strconv.Itoa(port), "address"},
 			{"http://100.64.0.1/", "shared (carrier-grade NAT) address"},
 		} {
-			err := post(c, tc.url)
+			err := post(t, c, tc.url)
 			require.Error(t, err, tc.url)
 			require.Contains(t, err.Error(), "webhook delivery refused", tc.url)
 			require.Contains(t, err.Error(), tc.want, tc.url)
@@ -75,7 +79,7 @@ func TestClientGuard(t *testing.T) {
 
 	t.Run("AllowPrivateReachesLoopback", func(t *testing.T) {
 		srv, hits := receiver(t, ok)
-		require.NoError(t, post(NewClient(ClientConfig{AllowPrivate: true}), srv.URL))
+		require.NoError(t, post(t, NewClient(ClientConfig{AllowPrivate: true}), srv.URL))
 		require.EqualValues(t, 1, hits.Load())
 	})
 
@@ -103,7 +107,7 @@ func TestClientGuard(t *testing.T) {
 		// Only the first receiver is let through, as if it were public.
 		firstAddr := netip.MustParseAddrPort(first.Listener.Addr().String())
 		c := NewClient(ClientConfig{FollowRedirects: 3, exempt: func(ap netip.AddrPort) bool { return ap == firstAddr }})
-		err := post(c, first.URL)
+		err := post(t, c, first.URL)
 		require.Error(t, err)
 		require.Contains(t, err.Error(), "127.0.0.1 is a loopback address")
 		require.EqualValues(t, 1, firstHits.Load())
@@ -118,18 +122,6 @@ func TestClientGuard(t *testing.T) {
 // the resolver, the server's own addresses).
 func TestDescribeTellsNoAddresses(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	post := func(c *http.Client, url string) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
-		require.NoError(t, err)
-		resp, err := c.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		return err
-	}
 	// A port nothing listens on.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -167,7 +159,7 @@ func TestDescribeTellsNoAddresses(t *testing.T) {
 		{"UntrustedCertificate", open, tlsSrv.URL, "the endpoint's TLS certificate was not accepted: certificate signed by unknown authority"},
 		{"NotTLS", open, strings.Replace(plain.URL, "http://", "https://", 1), "the endpoint does not answer in TLS"},
 	} {
-		err := post(tc.client, tc.url)
+		err := post(t, tc.client, tc.url)
 		require.Error(t, err, tc.name)
 		got := Describe(err)
 		require.True(t, strings.HasPrefix(got, tc.want), "%s: %q (from %v)", tc.name, got, err)

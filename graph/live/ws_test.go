@@ -1054,7 +1054,7 @@ func TestLiveSubscriptionIsLiveBeforeTheNextMessage(t *testing.T) {
 		for i := range rounds {
 			id := fmt.Sprint("all-", i)
 			c.subscribe(id, machineSub, nil)
-			c.pong()
+			c.sync()
 			v := f.set(t, ops[i%2])
 			// A change committed before the subscribe (the machine's
 			// creation, the last round's) may be heard after it; the
@@ -1072,7 +1072,7 @@ func TestLiveSubscriptionIsLiveBeforeTheNextMessage(t *testing.T) {
 		for i := range rounds {
 			id, probe := fmt.Sprint("events-", i), fmt.Sprint("probe-", i)
 			c.subscribe(id, `subscription($m: ID!) { machineEventAdded(machineId: $m) { eventType } }`, map[string]any{"m": f.machine})
-			c.pong()
+			c.sync()
 			s.Do(t, f.user.Token, `mutation($m: ID!, $t: String!) { logMachineEvent(machineId: $m, eventType: $t) { id } }`,
 				map[string]any{"m": f.machine, "t": probe}).OK(t, nil)
 			for {
@@ -1110,19 +1110,6 @@ func TestLiveSubscriptionIsLiveBeforeTheNextMessage(t *testing.T) {
 	})
 }
 
-// pong sends a ping and waits for its pong: every message sent before the
-// ping has been handled.
-func (c *conn) pong() {
-	c.t.Helper()
-	c.send(map[string]any{"type": "ping"})
-	for {
-		m := c.readAny()
-		if m.Type == "pong" {
-			return
-		}
-		require.Equal(c.t, "ping", m.Type, "nothing but keep-alives before the pong: %+v %s", m, m.Payload)
-	}
-}
 
 // TestLiveWSNumbersKeepTheirDigits checks that a variable's numbers reach
 // a JSON argument over a websocket as they do over HTTP: digit for digit,
