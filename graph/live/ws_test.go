@@ -1110,7 +1110,6 @@ func TestLiveSubscriptionIsLiveBeforeTheNextMessage(t *testing.T) {
 	})
 }
 
-
 // TestLiveWSNumbersKeepTheirDigits checks that a variable's numbers reach
 // a JSON argument over a websocket as they do over HTTP: digit for digit,
 // past float64's precision and range.
