@@ -59,7 +59,7 @@ func Open(ctx context.Context, dsn string) (*bun.DB, error) {
 
 // jsonText renders an already validated JSON value for a ?::jsonb parameter.
 func jsonText(v any) string {
-	b, _ := json.Marshal(v) // validated by checkJSONObject, which marshalled it already
+	b, _ := json.Marshal(v) // validated by checkJSONObjectText, which marshalled it already
 	return string(b)
 }
 

@@ -35,20 +35,7 @@ func checkName(field, name string) (string, error) {
 	return name, nil
 }
 
-// checkJSONObject validates a client JSON object: at most MaxJSONBytes, and no
-// NUL characters (PostgreSQL's jsonb cannot store them). nil becomes {}.
-//
-// The size is that of the compact JSON as jsonb stores it: without HTML
-// escaping (which would count "<" as six bytes), and with numbers written out
-// in full, since jsonb expands exponents (a 9-byte 1e100000 is stored as
-// 100001 digits). Numbers PostgreSQL's numeric cannot hold are refused here
-// rather than failing in the database.
-func checkJSONObject(field string, v map[string]any) (map[string]any, error) {
-	v, _, err := checkJSONObjectText(field, v)
-	return v, err
-}
-
-// checkRawJSONObject is checkJSONObject for a caller that stores the
+// checkRawJSONObject is checkJSONObjectText for a caller that stores the
 // object: it returns the compact JSON text the check encoded, as a RawJSON,
 // rather than the map (which the caller would have to encode again).
 func checkRawJSONObject(field string, v map[string]any) (RawJSON, error) {
@@ -59,9 +46,18 @@ func checkRawJSONObject(field string, v map[string]any) (RawJSON, error) {
 	return RawJSON(text), nil
 }
 
-// checkJSONObjectText is checkJSONObject that also returns the object's
-// compact JSON text, for a caller that stores it as text (log ingest),
-// sparing a second encoding.
+// checkJSONObjectText validates a client JSON object: at most
+// MaxJSONBytes, and no NUL characters (PostgreSQL's jsonb cannot store
+// them). nil becomes {}.
+//
+// The size is that of the compact JSON as jsonb stores it: without HTML
+// escaping (which would count "<" as six bytes), and with numbers written out
+// in full, since jsonb expands exponents (a 9-byte 1e100000 is stored as
+// 100001 digits). Numbers PostgreSQL's numeric cannot hold are refused here
+// rather than failing in the database.
+//
+// It returns the object and its compact JSON text, for a caller that
+// stores it as text (log ingest), sparing a second encoding.
 func checkJSONObjectText(field string, v map[string]any) (map[string]any, string, error) {
 	if len(v) == 0 {
 		return map[string]any{}, "{}", nil
