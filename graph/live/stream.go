@@ -138,12 +138,12 @@ type streamer struct {
 }
 
 // robotRecheck returns, for a robot's stream, a function that checks its
-// API key again (revoked or expired: UNAUTHENTICATED; not checkable, the
-// database being down: INTERNAL, and the stream stays), and how often to
-// call it; for anyone else, nil and 0. Without an authenticator a robot's
-// key cannot be checked again: every is then negative, and the stream is
-// refused. Only the credential headers are kept.
-func (t streamer) robotRecheck(r *http.Request) (check func(context.Context) error, every time.Duration) {
+// API key again (requestReauth: revoked or expired is UNAUTHENTICATED; not
+// checkable, the database being down, INTERNAL, and the stream stays), and
+// how often to call it; for anyone else, nil and 0. Without an
+// authenticator a robot's key cannot be checked again: every is then
+// negative, and the stream is refused.
+func (t streamer) robotRecheck(r *http.Request) (check func(context.Context) (*auth.Principal, error), every time.Duration) {
 	p := auth.FromContext(r.Context())
 	if p == nil || p.RobotID == uuid.Nil {
 		return nil, 0
@@ -151,21 +151,11 @@ func (t streamer) robotRecheck(r *http.Request) (check func(context.Context) err
 	if t.auth == nil {
 		return nil, -1 // cannot be checked: serve refuses the stream
 	}
-	creds := http.Header{}
-	for _, h := range []string{"Authorization", "X-Api-Key"} {
-		if v := r.Header.Values(h); len(v) > 0 {
-			creds[h] = v
-		}
-	}
-	again := &http.Request{Header: creds, RemoteAddr: r.RemoteAddr}
 	every = t.keyRecheck
 	if every <= 0 {
 		every = recheckEvery
 	}
-	return func(ctx context.Context) error {
-		_, err := t.auth.FromRequest(again.WithContext(ctx))
-		return err
-	}, every
+	return requestReauth(t.auth, r), every
 }
 
 // serve runs the operation of r as a stream written with f: each result,
@@ -298,7 +288,7 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	for {
 		select {
 		case <-recheck:
-			err := check(ctx)
+			_, err := check(ctx)
 			if err == nil || fault.CodeOf(err) == fault.Internal {
 				continue // valid, or not checkable now: an outage is not a revocation
 			}

@@ -121,16 +121,7 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 	// payload's: only they and the address are kept for it, not the
 	// request. (Only robots' credentials are re-checked: see recheck.)
 	if c.principal != nil && c.principal.RobotID != uuid.Nil {
-		creds := http.Header{}
-		for _, h := range []string{"Authorization", "X-Api-Key"} {
-			if v := r.Header.Values(h); len(v) > 0 {
-				creds[h] = v
-			}
-		}
-		upgrade := &http.Request{Header: creds, RemoteAddr: r.RemoteAddr}
-		c.reauth = func(ctx context.Context) (*auth.Principal, error) {
-			return t.Auth.FromRequest(upgrade.WithContext(ctx))
-		}
+		c.reauth = requestReauth(t.Auth, r)
 	}
 	serve := func() {
 		defer func() {
@@ -394,6 +385,22 @@ func (c *wsConn) shut(code int, reason string) {
 	c.stopAll()
 	_ = c.conn.Close(coderws.StatusCode(code), reason)
 	close(c.closed)
+}
+
+// requestReauth authenticates r's credentials again, as a robot's
+// connection or stream does while it lasts: only the credential headers
+// and the address are kept, not the request.
+func requestReauth(a *auth.Authenticator, r *http.Request) func(context.Context) (*auth.Principal, error) {
+	creds := http.Header{}
+	for _, h := range []string{"Authorization", "X-Api-Key"} {
+		if v := r.Header.Values(h); len(v) > 0 {
+			creds[h] = v
+		}
+	}
+	again := &http.Request{Header: creds, RemoteAddr: r.RemoteAddr}
+	return func(ctx context.Context) (*auth.Principal, error) {
+		return a.FromRequest(again.WithContext(ctx))
+	}
 }
 
 // recheckEvery is how often a robot's connection re-checks its API key.
