@@ -442,11 +442,11 @@ func parseExpiry(st *setting, now time.Time) (*time.Time, error) {
 	}
 	if t, err := time.Parse(time.RFC3339, v); err == nil {
 		// As the API's Time: one PostgreSQL stores and RFC 3339 writes back.
-		if !db.TimeInRange(t) {
+		stored, ok := db.AsStored(t)
+		if !ok {
 			return nil, usageError("%s must be %s, not %q", st.name(), db.TimeRange, v)
 		}
-		t = t.Truncate(time.Microsecond)
-		return &t, nil
+		return &stored, nil
 	}
 	d, err := time.ParseDuration(v)
 	if days, ok := strings.CutSuffix(v, "d"); ok {

@@ -218,6 +218,16 @@ func TimeInRange(t time.Time) bool {
 	return u >= minTimeUnix && (u < maxTimeUnix || (u == maxTimeUnix && t.Nanosecond() <= maxTimeNano))
 }
 
+// AsStored is t as PostgreSQL will store it, to the microsecond (the driver
+// writes six digits), so that what is checked (end after start, say) is
+// what is stored; ok is false for a time out of TimeRange.
+func AsStored(t time.Time) (stored time.Time, ok bool) {
+	if !TimeInRange(t) {
+		return time.Time{}, false
+	}
+	return t.Truncate(time.Microsecond), true
+}
+
 // noNUL refuses text PostgreSQL cannot store: a NUL character.
 func noNUL(field, s string) error {
 	if strings.ContainsRune(s, 0) {

@@ -98,12 +98,11 @@ func UnmarshalTime(v any) (time.Time, error) {
 	}
 	// RFC 3339 admits year 0 (and offsets that move year 1 into it, or year
 	// 9999 into 10000); PostgreSQL can neither store nor compare those.
-	if !db.TimeInRange(t) {
+	stored, ok := db.AsStored(t)
+	if !ok {
 		return time.Time{}, fault.New(fault.BadUserInput, "%q is out of range: a time must be %s", fault.Excerpt(s, 64), db.TimeRange)
 	}
-	// PostgreSQL keeps microseconds, and the driver writes six digits: a
-	// time is compared (end after start, say) as it will be stored.
-	return t.Truncate(time.Microsecond), nil
+	return stored, nil
 }
 
 // MarshalInt writes an Int.
