@@ -541,8 +541,8 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 			if p.Day.IsZero() || !p.Day.Before(cutoff) {
 				continue
 			}
-			var bytes int64
-			if err := tx.NewRaw("SELECT pg_total_relation_size(?::regclass)", p.Name).Scan(ctx, &bytes); err != nil {
+			var size int64
+			if err := tx.NewRaw("SELECT pg_total_relation_size(?::regclass)", p.Name).Scan(ctx, &size); err != nil {
 				return fmt.Errorf("sizing %s: %w", p.Name, err)
 			}
 			var counts []struct {
@@ -559,10 +559,10 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 			for _, c := range counts {
 				sh := share(c.Tenant)
 				sh.rows += c.N
-				sh.bytes += share64(bytes, c.N, total)
+				sh.bytes += share64(size, c.N, total)
 			}
 			run.Rows += total
-			run.Bytes += bytes
+			run.Bytes += size
 			run.Partitions = append(run.Partitions, p.Day.Format(time.DateOnly))
 			drop = append(drop, p.Name)
 		}
