@@ -187,6 +187,8 @@ type config struct {
 	gcMinHeap uint64
 	// running is MAX_RUNNING_OPERATIONS (0: four per CPU).
 	running int
+	// operationTimeout is OPERATION_TIMEOUT_SECONDS.
+	operationTimeout time.Duration
 }
 
 // embedded reports whether the server runs its own PostgreSQL.
@@ -213,7 +215,7 @@ type configSettings struct {
 	metricsAddr                                               *setting
 	webhookAllowPrivate, webhookAllowHTTP, webhookTimeout     *setting
 	webhookWorkers                                            *setting
-	keyCacheTTL, gcMinHeap, running                           *setting
+	keyCacheTTL, gcMinHeap, running, operationTimeout         *setting
 }
 
 func declareServe(s *settings) *configSettings {
@@ -253,6 +255,8 @@ func declareServe(s *settings) *configSettings {
 			"megabytes the heap may reach before the garbage collector runs, when that is more than Go's default (twice what is live); 0, or GOGC set, leaves Go's default"),
 		running: s.add("MAX_RUNNING_OPERATIONS", "max-running-operations", "0",
 			"queries and mutations executing at once; more wait their turn in arrival order (0: four per CPU); a claim waiting for a job does not count"),
+		operationTimeout: s.add("OPERATION_TIMEOUT_SECONDS", "operation-timeout-seconds", "30",
+			"seconds of work after which a query or mutation is stopped, its statements cancelled and its transaction rolled back (RATE_LIMITED, reason OPERATION_TIMEOUT); a claim waiting for a job does not count its wait; at most 50, under the 60 s in which a response must be written"),
 		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat: s.add("LOG_FORMAT", "log-format", "text", "text or json"),
 		metricsAddr: s.add("METRICS_ADDR", "metrics-addr", "",
@@ -368,6 +372,9 @@ func (cs *configSettings) resolve() (*config, error) {
 	}
 	c.gcMinHeap = uint64(minHeap) << 20
 	if c.running, err = cs.running.Int(0, 100_000); err != nil {
+		return nil, err
+	}
+	if c.operationTimeout, err = cs.operationTimeout.Seconds(1, 50); err != nil {
 		return nil, err
 	}
 	if c.logLevel, err = parseLevel(cs.logLevel); err != nil {

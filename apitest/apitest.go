@@ -105,6 +105,9 @@ type Options struct {
 	LiveLimits live.Limits
 	// Running caps the operations executing at once (default: graph.DefaultRunningPerCPU per CPU).
 	Running int
+	// OperationTimeout overrides how long a query or mutation may work
+	// (default: graph.DefaultOperationTimeout).
+	OperationTimeout time.Duration
 	// KeyRecheck overrides how often robot websockets re-check their API key (default 30s).
 	KeyRecheck time.Duration
 	// KeyCacheTTL turns the API key cache on (default off, so tests that
@@ -189,27 +192,28 @@ func New(t testing.TB, opts ...Options) *Server {
 		s.MetricsURL = ms.URL + "/metrics"
 	}
 	a, err := app.New(app.Config{
-		DB:             resolverDB,
-		DSN:            s.DB.DSN,
-		JWT:            jwt,
-		Logger:         log,
-		Queue:          o.Queue,
-		AllowedOrigins: o.AllowedOrigins,
-		Introspection:  o.Introspection,
-		Limits:         o.Limits,
-		ClaimPoll:      o.ClaimPoll,
-		ClaimMaxWait:   claimMaxWait(o.WriteTimeout),
-		SweepEvery:     o.SweepEvery,
-		InitTimeout:    o.InitTimeout,
-		KeepAlive:      o.KeepAlive,
-		LiveLimits:     o.LiveLimits,
-		Running:        o.Running,
-		KeyRecheck:     o.KeyRecheck,
-		KeyCacheTTL:    o.KeyCacheTTL,
-		Clock:          o.Clock,
-		Logs:           o.Logs,
-		Metrics:        s.Metrics,
-		Webhooks:       o.Webhooks,
+		DB:               resolverDB,
+		DSN:              s.DB.DSN,
+		JWT:              jwt,
+		Logger:           log,
+		Queue:            o.Queue,
+		AllowedOrigins:   o.AllowedOrigins,
+		Introspection:    o.Introspection,
+		Limits:           o.Limits,
+		ClaimPoll:        o.ClaimPoll,
+		ClaimMaxWait:     claimMaxWait(o.WriteTimeout),
+		SweepEvery:       o.SweepEvery,
+		InitTimeout:      o.InitTimeout,
+		KeepAlive:        o.KeepAlive,
+		LiveLimits:       o.LiveLimits,
+		Running:          o.Running,
+		OperationTimeout: o.OperationTimeout,
+		KeyRecheck:       o.KeyRecheck,
+		KeyCacheTTL:      o.KeyCacheTTL,
+		Clock:            o.Clock,
+		Logs:             o.Logs,
+		Metrics:          s.Metrics,
+		Webhooks:         o.Webhooks,
 	})
 	require.NoError(t, err)
 	s.App, s.Handler = a, a.Handler

@@ -59,6 +59,10 @@ type Config struct {
 	// Running caps the queries and mutations executing at once; more wait
 	// their turn (0: graph.DefaultRunningPerCPU per CPU).
 	Running int
+	// OperationTimeout stops a query or mutation after this much work (0:
+	// graph.DefaultOperationTimeout); keep it under the HTTP server's write
+	// timeout so the refusal reaches the client.
+	OperationTimeout time.Duration
 	// KeyRecheck is how often robot websockets re-check their API key (0: the handler's default).
 	KeyRecheck time.Duration
 	// Metrics, when non-nil, is given to every part that records metrics,
@@ -174,6 +178,7 @@ func New(cfg Config) (*App, error) {
 		WebsocketKeepAlive:   cfg.KeepAlive,
 		LiveLimits:           cfg.LiveLimits,
 		Running:              cfg.Running,
+		OperationTimeout:     cfg.OperationTimeout,
 		WebsocketKeyRecheck:  cfg.KeyRecheck,
 		Metrics:              cfg.Metrics,
 	})

@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/errcode"
@@ -64,12 +65,17 @@ var numberMessage = regexp.MustCompile(`^cannot use value \S+ as (Int|Float)$`)
 // (faults, and requests gqlgen refused as malformed) pass through with their
 // code; everything else is logged with the request id and reaches the client
 // only as INTERNAL with that id. With hideSchema (introspection off), a
-// refusal names no schema element the request did not name itself.
-func presentError(log *slog.Logger, hideSchema bool) graphql.ErrorPresenterFunc {
+// refusal names no schema element the request did not name itself. An
+// error of an operation stopped at its deadline (timeout) is that
+// refusal, whatever failed first when its statements were cancelled.
+func presentError(log *slog.Logger, hideSchema bool, timeout time.Duration) graphql.ErrorPresenterFunc {
 	return func(ctx context.Context, err error) *gqlerror.Error {
 		gqlErr := graphql.DefaultErrorPresenter(ctx, err)
 		var fe *fault.Error
-		if errors.As(err, &fe) {
+		if !errors.As(err, &fe) && timedOut(ctx) {
+			fe = operationTimeout(timeout)
+		}
+		if fe != nil {
 			reason, _ := gqlErr.Extensions["code"].(string) // a fault refused in validation (scalarCheck)
 			gqlErr.Message = fe.Message
 			gqlErr.Extensions = map[string]any{"code": fe.Code}

@@ -98,6 +98,11 @@ type HandlerConfig struct {
 	// Running caps the queries and mutations that execute at once; more
 	// wait their turn in arrival order (0: DefaultRunningPerCPU per CPU).
 	Running int
+	// OperationTimeout stops a query or mutation after this much work,
+	// counted from when it waits for its turn, less the time a claim waits
+	// parked for a job (0: DefaultOperationTimeout). What failed is
+	// RATE_LIMITED, reason OPERATION_TIMEOUT.
+	OperationTimeout time.Duration
 	// Metrics records requests, operations, errors and streams (nil: off).
 	// The access log is Logger's, at info level, either way.
 	Metrics *metrics.Metrics
@@ -138,6 +143,9 @@ func (h *Handler) CloseWebsockets(ctx context.Context) error { return h.CloseStr
 // NewHandler builds the GraphQL endpoint.
 func NewHandler(cfg HandlerConfig) *Handler {
 	cfg.Limits = cfg.Limits.orDefaults()
+	if cfg.OperationTimeout <= 0 {
+		cfg.OperationTimeout = DefaultOperationTimeout
+	}
 	if cfg.WebsocketInitTimeout == 0 {
 		cfg.WebsocketInitTimeout = 10 * time.Second
 	}
@@ -184,7 +192,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		srv.Use(ext)
 	}
 	use(operationMetrics{cfg.Metrics})
-	use(newRequestsFirst(cfg.Running, &running, cfg.Metrics))
+	use(newRequestsFirst(cfg.Running, cfg.OperationTimeout, &running, cfg.Metrics))
 
 	validated := lru.New[*ast.QueryDocument](1000)
 	srv.SetQueryCache(validated)
@@ -198,7 +206,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		use(extension.Introspection{})
 	}
 	srv.SetDisableSuggestion(!cfg.Introspection)
-	presenter := presentError(cfg.Logger, !cfg.Introspection)
+	presenter := presentError(cfg.Logger, !cfg.Introspection, cfg.OperationTimeout)
 	srv.SetErrorPresenter(presenter)
 	srv.SetRecoverFunc(recoverPanic(cfg.Logger))
 

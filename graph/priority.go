@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"sync/atomic"
+	"time"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
@@ -36,7 +37,12 @@ const DefaultRunningPerCPU = 4
 // neither counted nor given turns (the fan-out bounds their work), nor is
 // a parked claim counted: robots' long polls would otherwise hold the
 // fan-out to one writer all the time.
+//
+// Deadline: an operation is stopped after timeout of work, counted from
+// when it starts waiting for its turn, less the time a claim spends parked
+// (operationDeadline).
 type requestsFirst struct {
+	timeout time.Duration
 	running *atomic.Int64
 	turns   *semaphore.Weighted
 	metrics *metrics.Metrics
@@ -47,12 +53,16 @@ var (
 	_ graphql.ResponseInterceptor = requestsFirst{}
 )
 
-// newRequestsFirst gives n operations turns at once (0: DefaultRunningPerCPU per CPU).
-func newRequestsFirst(n int, running *atomic.Int64, m *metrics.Metrics) requestsFirst {
+// newRequestsFirst gives n operations turns at once (0: DefaultRunningPerCPU
+// per CPU), and each timeout of work (0: DefaultOperationTimeout).
+func newRequestsFirst(n int, timeout time.Duration, running *atomic.Int64, m *metrics.Metrics) requestsFirst {
 	if n <= 0 {
 		n = DefaultRunningPerCPU * runtime.GOMAXPROCS(0)
 	}
-	return requestsFirst{running: running, turns: semaphore.NewWeighted(int64(n)), metrics: m}
+	if timeout <= 0 {
+		timeout = DefaultOperationTimeout
+	}
+	return requestsFirst{timeout: timeout, running: running, turns: semaphore.NewWeighted(int64(n)), metrics: m}
 }
 
 // ExtensionName implements graphql.HandlerExtension.
@@ -66,10 +76,15 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 	if rc := graphql.GetOperationContext(ctx); rc.Operation == nil || rc.Operation.Operation == ast.Subscription {
 		return next(ctx)
 	}
+	ctx, deadline := newOperationDeadline(ctx, r.timeout)
+	defer deadline.stop()
 	r.running.Add(1)
 	defer r.running.Add(-1)
 	t := turn{r: r}
 	if !t.take(ctx) {
+		if timedOut(ctx) {
+			return &graphql.Response{Errors: gqlerror.List{operationTimeoutError(r.timeout)}}
+		}
 		return &graphql.Response{Errors: gqlerror.List{clientGone()}}
 	}
 	defer t.give()
@@ -77,9 +92,11 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 	// fields, which run one at a time.
 	return next(dispatch.WithParking(ctx, func(parked bool) {
 		if parked {
+			deadline.pause()
 			r.running.Add(-1)
 			t.give()
 		} else {
+			deadline.resume()
 			r.running.Add(1)
 			t.take(ctx) // if ctx ends first, the claim returns at once without a turn
 		}

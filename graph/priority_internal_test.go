@@ -25,7 +25,7 @@ func opContext(ctx context.Context, kind ast.Operation) context.Context {
 func TestRequestsFirstCountsRunningRequests(t *testing.T) {
 	t.Parallel()
 	var running atomic.Int64
-	ext := newRequestsFirst(0, &running, nil)
+	ext := newRequestsFirst(0, 0, &running, nil)
 	op := func(kind ast.Operation) context.Context { return opContext(context.Background(), kind) }
 
 	ext.InterceptResponse(op(ast.Mutation), func(ctx context.Context) *graphql.Response {
@@ -62,7 +62,7 @@ type turnsTest struct {
 
 func newTurnsTest(t *testing.T, turns int) *turnsTest {
 	tt := &turnsTest{t: t, m: metrics.New(nil)}
-	tt.ext = newRequestsFirst(turns, &tt.running, tt.m)
+	tt.ext = newRequestsFirst(turns, 0, &tt.running, tt.m)
 	return tt
 }
 

@@ -1,0 +1,123 @@
+package graph_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+)
+
+// An operation's work is bounded in time (OPERATION_TIMEOUT_SECONDS): a
+// request whose statements PostgreSQL cannot finish is stopped, its
+// statements cancelled and its transaction rolled back, and the client is
+// told why. Statements are held here by a lock the test takes, so they
+// block until the deadline cancels them, however busy the machine is.
+
+// requireTimedOut asserts the refusal of an operation stopped at its deadline.
+func requireTimedOut(t *testing.T, res *apitest.Response) {
+	t.Helper()
+	e := res.Code(t, "RATE_LIMITED")
+	require.Equal(t, "OPERATION_TIMEOUT", e.Extensions["reason"], "%s", res.Raw)
+	require.Equal(t, "OPERATION_TIMEOUT_SECONDS", e.Extensions["limit"], "%s", res.Raw)
+	require.Contains(t, e.Message, "ask for less")
+	require.NotContains(t, string(res.Raw), "pq:")
+	require.NotContains(t, string(res.Raw), "canceling statement")
+}
+
+// lockTable takes an ACCESS EXCLUSIVE lock on table in a transaction the
+// test ends with release (idempotent; also at cleanup).
+func lockTable(t *testing.T, s *apitest.Server, table string) (release func()) {
+	t.Helper()
+	tx, err := s.DB.BeginTx(t.Context(), nil)
+	require.NoError(t, err)
+	_, err = tx.ExecContext(t.Context(), "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE")
+	require.NoError(t, err)
+	release = func() { _ = tx.Rollback() }
+	t.Cleanup(release)
+	return release
+}
+
+// requireNoWaiters waits until no backend but the test's waits for a lock:
+// the server's cancelled statements have ended in PostgreSQL too.
+func requireNoWaiters(t *testing.T, s *apitest.Server) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var n int
+		err := s.DB.QueryRowContext(context.Background(),
+			`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+		return err == nil && n == 0
+	}, 30*time.Second, 20*time.Millisecond, "a statement of the stopped operation still waits in PostgreSQL")
+}
+
+func TestOperationDeadline(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{OperationTimeout: time.Second})
+	u := s.NewUser(t, uuid.New())
+
+	t.Run("a query is stopped and told why, and its statements end", func(t *testing.T) {
+		release := lockTable(t, s, "machines")
+		res := s.Do(t, u.Token, `{ a: machines { totalCount } b: machines { edges { node { id } } } }`, nil)
+		requireTimedOut(t, res)
+		require.Len(t, res.Errors, 2, "each stopped field says so: %s", res.Raw)
+		requireNoWaiters(t, s)
+		release()
+		// The server is unharmed: the same query answers once the lock is gone.
+		s.Do(t, u.Token, `{ machines { totalCount } }`, nil).OK(t, nil)
+	})
+
+	t.Run("a mutation stopped halfway writes nothing", func(t *testing.T) {
+		// createMachine inserts the machine, then its created event, which waits.
+		release := lockTable(t, s, "machine_events")
+		res := s.Do(t, u.Token, `mutation { createMachine(input: {name: "halfway"}) { id } }`, nil)
+		requireTimedOut(t, res)
+		requireNoWaiters(t, s)
+		release()
+		var out struct{ Machines struct{ TotalCount int } }
+		s.Do(t, u.Token, `{ machines(filter: {nameContains: "halfway"}) { totalCount } }`, nil).OK(t, &out)
+		require.Zero(t, out.Machines.TotalCount, "the stopped mutation's machine was kept")
+		var n int
+		require.NoError(t, s.DB.QueryRowContext(t.Context(), `SELECT count(*) FROM machines WHERE name = 'halfway'`).Scan(&n))
+		require.Zero(t, n)
+	})
+
+	t.Run("a claim waiting for a job does not count its wait", func(t *testing.T) {
+		// The claim waits three times the deadline, parked, then answers
+		// null; only its attempts count.
+		_, key := s.RobotWithKey(t, u.Token, "patient")
+		start := time.Now()
+		var out struct{ ClaimJob *struct{ LeaseToken string } }
+		s.Do(t, key, `mutation { claimJob(waitSeconds: 3) { leaseToken } }`, nil).OK(t, &out)
+		require.Nil(t, out.ClaimJob)
+		require.GreaterOrEqual(t, time.Since(start), 3*time.Second, "the claim did not wait")
+	})
+}
+
+// The deadline's refusal is not only for statements: an operation that
+// waits for its turn past its deadline is refused the same way.
+func TestOperationDeadlineWhileWaitingForATurn(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{OperationTimeout: time.Second, Running: 1})
+	u := s.NewUser(t, uuid.New())
+	release := lockTable(t, s, "machines")
+	// The first query takes the only turn and waits on the lock; the
+	// second waits for the turn. Both are stopped.
+	results := make(chan *apitest.Response, 2)
+	for range 2 {
+		go func() { results <- s.Do(t, u.Token, `{ machines { totalCount } }`, nil) }()
+	}
+	for range 2 {
+		select {
+		case res := <-results:
+			requireTimedOut(t, res)
+		case <-time.After(30 * time.Second):
+			require.FailNow(t, "an operation outlived its deadline")
+		}
+	}
+	requireNoWaiters(t, s)
+	release()
+	s.Do(t, u.Token, `{ machines { totalCount } }`, nil).OK(t, nil)
+}
