@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -110,7 +111,15 @@ func presentError(log *slog.Logger, hideSchema bool, timeout time.Duration) grap
 		// gqlgen's own refusals of a malformed request (parse, validation,
 		// complexity, bad variables) carry no wrapped error; those with a
 		// code say so, those without a path come from before execution.
-		if gqlErr.Err == nil && (reasons[code] || (code == "" && gqlErr.Path == nil)) {
+		// A variable's default value is read before execution, and a
+		// number literal there that fits no Go number fails with
+		// strconv's error as the cause.
+		var numErr *strconv.NumError
+		defaultTooBig := reasons[code] && errors.As(gqlErr.Err, &numErr)
+		if (gqlErr.Err == nil || defaultTooBig) && (reasons[code] || (code == "" && gqlErr.Path == nil)) {
+			if defaultTooBig {
+				gqlErr.Message = "a number literal must fit in 64 bits (a whole number) or be a finite 64-bit float; pass larger or more precise numbers in a variable"
+			}
 			if m := numberMessage.FindStringSubmatch(gqlErr.Message); m != nil {
 				gqlErr.Message = map[string]string{
 					"Int":   "must be an Int: a whole number from -2147483648 to 2147483647",

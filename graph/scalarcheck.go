@@ -2,6 +2,7 @@ package graph
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -119,25 +120,35 @@ func literal(v *ast.Value, field string) *gqlerror.Error {
 	if v == nil {
 		return nil
 	}
-	switch v.Kind {
-	case ast.IntValue, ast.StringValue, ast.BlockValue:
-		if v.Definition == nil || checkedScalars[v.Definition.Name] == nil {
-			return nil
+	at := func(e *gqlerror.Error) *gqlerror.Error {
+		if v.Position != nil {
+			e.Locations = []gqlerror.Location{{Line: v.Position.Line, Column: v.Position.Column}}
 		}
+		return e
+	}
+	switch v.Kind {
+	case ast.FloatValue:
+		// gqlparser turns every number literal into a Go value when a field
+		// reads its arguments, and panics on one it cannot: its validation
+		// checks Int and Float positions, not custom scalars (Time, JSON)
+		// nor the numbers inside a JSON object literal.
+		if _, err := strconv.ParseFloat(v.Raw, 64); err != nil {
+			return at(refusal(field, errors.New("a number literal must be a finite 64-bit float; pass larger or more precise numbers in a variable")))
+		}
+	case ast.IntValue, ast.StringValue, ast.BlockValue:
 		var val any = v.Raw
 		if v.Kind == ast.IntValue {
 			n, err := strconv.ParseInt(v.Raw, 10, 64)
 			if err != nil {
-				return nil // beyond 64 bits: gqlparser has refused it
+				return at(refusal(field, errors.New("a whole number literal must fit in 64 bits; pass larger numbers in a variable")))
 			}
 			val = n
 		}
+		if v.Definition == nil || checkedScalars[v.Definition.Name] == nil {
+			return nil
+		}
 		if err := checkedScalars[v.Definition.Name](val); err != nil {
-			e := refusal(field, err)
-			if v.Position != nil {
-				e.Locations = []gqlerror.Location{{Line: v.Position.Line, Column: v.Position.Column}}
-			}
-			return e
+			return at(refusal(field, err))
 		}
 	case ast.ListValue:
 		for i, c := range v.Children {
