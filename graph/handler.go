@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -46,7 +47,8 @@ type Limits struct {
 	// Errors caps the errors one response lists; the rest are counted in
 	// a last error.
 	Errors int
-	// BodyBytes caps a request body.
+	// BodyBytes caps a request body, and an operation's argument values
+	// with each variable counted wherever it is used.
 	BodyBytes int64
 }
 
@@ -201,7 +203,8 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	// After the persisted query is resolved, before gqlgen validates.
 	use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})
 	use(&scalarCheck{})
-	use(operationLimit{complexity: cfg.Limits.Complexity, depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases, introspection: cfg.Introspection})
+	use(operationLimit{complexity: cfg.Limits.Complexity, depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases,
+		argumentBytes: int(min(cfg.Limits.BodyBytes, math.MaxInt32)), introspection: cfg.Introspection})
 	if cfg.Introspection {
 		use(extension.Introspection{})
 	}

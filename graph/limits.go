@@ -27,8 +27,15 @@ import (
 // operations that use @defer, which no transport here delivers.
 // Its walk expands fragments; documentLimit has already bounded the
 // expanded size, so the walk is linear in what it may visit.
+//
+// Arguments: the operation's argument values, each variable counted in
+// full wherever it is used, may come to at most argumentBytes (the body
+// limit). A variable referenced 5,000 times inside one JSON literal or
+// list (`[$s $s ...]`) is that many copies of it once a field reads its
+// arguments, though the request carried it once.
 type operationLimit struct {
 	complexity, depth, aliases int
+	argumentBytes              int
 	introspection              bool
 }
 
@@ -54,7 +61,7 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 		fe := &fault.Error{Code: fault.BadUserInput, Message: "a subscription needs a transport that streams: " + live.Transports, Extra: map[string]any{"reason": subscriptionNeedsStream}}
 		return &gqlerror.Error{Message: fe.Message, Err: fe}
 	}
-	w := operationWalker{vars: op.Variables}
+	w := operationWalker{vars: op.Variables, varBytes: map[string]int{}, literalBytes: map[*ast.Value]int{}}
 	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)
 	if w.defers {
 		// gqlgen declares @defer, but its transports here send one
@@ -71,6 +78,9 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 	}
 	if w.aliases > l.aliases {
 		return limitError("ALIAS_LIMIT_EXCEEDED", "the operation uses %d aliases; the limit is %d", w.aliases, l.aliases)
+	}
+	if w.argBytes > l.argumentBytes {
+		return limitError("ARGUMENT_SIZE_LIMIT_EXCEEDED", "the operation's arguments come to %d bytes with each variable counted wherever it is used; the limit is %d: use each large value once", w.argBytes, l.argumentBytes)
 	}
 	if cost > l.complexity {
 		return limitError("COMPLEXITY_LIMIT_EXCEEDED", "the operation costs %d (each field 1, JSON %d, lists and connections times their page size); the limit is %d: ask for smaller pages or fewer fields", cost, jsonWeight, l.complexity)
@@ -95,6 +105,12 @@ type operationWalker struct {
 	aliases     int
 	introspects bool
 	defers      bool // a fragment asks for @defer
+	// argBytes is the size of the argument values walked, variables
+	// expanded; varBytes and literalBytes memoise each variable's and each
+	// list or object literal's size, so that the walk stays linear.
+	argBytes     int
+	varBytes     map[string]int
+	literalBytes map[*ast.Value]int
 }
 
 // walk returns the cost and depth of set at depth. edges, when positive,
@@ -126,6 +142,14 @@ func (w *operationWalker) walk(set ast.SelectionSet, depth, edges int) (cost, de
 func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest int) {
 	if f.Alias != "" && f.Alias != f.Name {
 		w.aliases++
+	}
+	for _, a := range f.Arguments {
+		w.argBytes = saturatingAdd(w.argBytes, w.valueBytes(a.Value))
+	}
+	for _, d := range f.Directives {
+		for _, a := range d.Arguments {
+			w.argBytes = saturatingAdd(w.argBytes, w.valueBytes(a.Value))
+		}
 	}
 	if strings.HasPrefix(f.Name, "__") {
 		if f.Name == "__schema" || f.Name == "__type" {
@@ -164,6 +188,59 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 		child, deepest = w.walk(f.SelectionSet, depth+1, 0)
 	}
 	return saturatingAdd(1, child), deepest
+}
+
+// valueBytes is about how many bytes v takes as JSON once its variables
+// are put in.
+func (w *operationWalker) valueBytes(v *ast.Value) int {
+	if v == nil {
+		return 0
+	}
+	switch v.Kind {
+	case ast.Variable:
+		n, ok := w.varBytes[v.Raw]
+		if !ok {
+			n = jsonBytes(w.vars[v.Raw])
+			w.varBytes[v.Raw] = n
+		}
+		return n
+	case ast.ListValue, ast.ObjectValue:
+		n, ok := w.literalBytes[v]
+		if !ok {
+			n = 2
+			for _, c := range v.Children {
+				n = saturatingAdd(n, len(c.Name)+4+w.valueBytes(c.Value))
+			}
+			w.literalBytes[v] = n
+		}
+		return n
+	default:
+		return len(v.Raw) + 2
+	}
+}
+
+// jsonBytes is about how many bytes a decoded JSON value takes as JSON.
+func jsonBytes(v any) int {
+	switch v := v.(type) {
+	case string:
+		return len(v) + 2
+	case json.Number:
+		return len(v)
+	case map[string]any:
+		n := 2
+		for k, e := range v {
+			n = saturatingAdd(n, len(k)+4+jsonBytes(e))
+		}
+		return n
+	case []any:
+		n := 2
+		for _, e := range v {
+			n = saturatingAdd(n, 1+jsonBytes(e))
+		}
+		return n
+	default:
+		return 8
+	}
 }
 
 // subscriptionNeedsStream is the reason of a subscription refused on a
