@@ -146,6 +146,26 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 		require.Contains(t, last.Message, fmt.Sprintf("%d more errors", 300-graph.DefaultLimits.Errors+1))
 	})
 
+	t.Run("ManyErrorsInALargeDocument", func(t *testing.T) {
+		// Thousands of unknown arguments, after a comment of nearly 1 MB
+		// that repeats a schema name: each error used to be presented (its
+		// schema names looked for in the whole document) before all but
+		// 20 were dropped.
+		var b strings.Builder
+		b.WriteString("#" + strings.Repeat("Query", 190_000) + "x\n{ me(")
+		for i := range 3_200 {
+			fmt.Fprintf(&b, "a%d: 0 ", i)
+		}
+		b.WriteString(") { id } }")
+		require.Less(t, b.Len(), 1<<20-100)
+		var resp *apitest.Response
+		cost := measure(t, func() { resp = s.Do(t, "", b.String(), nil) })
+		requireCheap(t, cost, cheapBound)
+		require.Len(t, resp.Errors, graph.DefaultLimits.Errors)
+		last := resp.Errors[len(resp.Errors)-1]
+		require.Equal(t, "TOO_MANY_ERRORS", last.Extensions["reason"], "%s", resp.Raw)
+	})
+
 	t.Run("EveryListCarriesItsCost", func(t *testing.T) {
 		// 142 bytes that once answered 150 MB: each job's workflow's
 		// versions with their definitions.

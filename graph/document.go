@@ -2,8 +2,10 @@ package graph
 
 import (
 	"context"
+	"net/http"
 
 	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 	"github.com/vektah/gqlparser/v2/parser"
@@ -229,4 +231,51 @@ func bounded(resp *graphql.Response, maxErrors int) *graphql.Response {
 		resp.Errors = append(resp.Errors[:maxErrors-1:maxErrors-1], more)
 	}
 	return resp
+}
+
+// firstErrors is the executor every transport is given (errorsBounded): a
+// request refused before execution has its errors presented one by one,
+// and the presenter's work on each grows with the query (hideSchemaNames
+// looks for names in it), so at most max are presented, the last of them
+// counting the rest. A 1 MB document can carry thousands of validation
+// errors; only max of them would be sent anyway (bounded).
+type firstErrors struct {
+	graphql.GraphExecutor
+	max int
+}
+
+// DispatchError implements graphql.GraphExecutor.
+func (e firstErrors) DispatchError(ctx context.Context, list gqlerror.List) *graphql.Response {
+	if len(list) > e.max {
+		more := limitError("TOO_MANY_ERRORS", "%d more errors were left out", len(list)-(e.max-1))
+		list = append(list[:e.max-1:e.max-1], more)
+	}
+	return e.GraphExecutor.DispatchError(ctx, list)
+}
+
+// errorsBounded gives a transport the firstErrors executor.
+type errorsBounded struct {
+	graphql.Transport
+	max int
+}
+
+// Do implements graphql.Transport.
+func (t errorsBounded) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	t.Transport.Do(w, r, firstErrors{GraphExecutor: exec, max: t.max})
+}
+
+// persistedQueries is the cache of automatic persisted queries: at most
+// entries queries of at most maxBytes each. A larger query is not
+// remembered (its client keeps sending it whole, which works); without
+// the size bound 1,000 entries could pin a gigabyte of 1 MiB documents.
+type persistedQueries struct {
+	*lru.LRU[string]
+	maxBytes int
+}
+
+// Add implements graphql.Cache.
+func (c persistedQueries) Add(ctx context.Context, key string, query string) {
+	if len(query) <= c.maxBytes {
+		c.LRU.Add(ctx, key, query)
+	}
 }

@@ -52,6 +52,10 @@ type Limits struct {
 	BodyBytes int64
 }
 
+// maxPersistedQuery is the largest query remembered as an automatic
+// persisted query: 1,000 of them take at most 32 MiB.
+const maxPersistedQuery = 32 << 10
+
 // DefaultLimits fit every legitimate use of this API with room to spare.
 var DefaultLimits = Limits{Complexity: 50_000, Depth: 12, Aliases: 50, Tokens: 10_000, Fields: 2_000, Overlaps: 10_000, Errors: 20, BodyBytes: 1 << 20}
 
@@ -167,11 +171,14 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	fanout.Metrics = cfg.Metrics
 	var running atomic.Int64
 	fanout.Yield = func() bool { return running.Load() > 0 }
-	srv.AddTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout,
+	// Every transport presents at most Limits.Errors of a refused
+	// request's errors (firstErrors).
+	addTransport := func(t graphql.Transport) { srv.AddTransport(errorsBounded{Transport: t, max: cfg.Limits.Errors}) }
+	addTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout,
 		Auth: cfg.Auth, KeyRecheck: cfg.WebsocketKeyRecheck})
-	srv.AddTransport(live.Multipart{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout,
+	addTransport(live.Multipart{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout,
 		Auth: cfg.Auth, KeyRecheck: cfg.WebsocketKeyRecheck})
-	srv.AddTransport(live.Websocket{
+	addTransport(live.Websocket{
 		Auth:         cfg.Auth,
 		Log:          cfg.Logger,
 		InitTimeout:  cfg.WebsocketInitTimeout,
@@ -182,7 +189,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		KeyRecheck:   cfg.WebsocketKeyRecheck,
 		Fanout:       fanout,
 	})
-	srv.AddTransport(overHTTP{log: cfg.Logger})
+	addTransport(overHTTP{log: cfg.Logger})
 	// Extensions go through use: go generate marshals plain fields straight
 	// from their structs (graph/internal/sequential), past any field
 	// interceptor, so one is refused here rather than silently missing
@@ -198,7 +205,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 
 	validated := lru.New[*ast.QueryDocument](1000)
 	srv.SetQueryCache(validated)
-	use(extension.AutomaticPersistedQuery{Cache: lru.New[string](1000)})
+	use(extension.AutomaticPersistedQuery{Cache: persistedQueries{LRU: lru.New[string](1000), maxBytes: maxPersistedQuery}})
 	srv.SetParserTokenLimit(cfg.Limits.Tokens)
 	// After the persisted query is resolved, before gqlgen validates.
 	use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})

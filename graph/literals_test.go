@@ -46,7 +46,9 @@ func TestNumberLiteralsOutOfRangeAreRefused(t *testing.T) {
 	require.Zero(t, n, "a refused mutation wrote a machine")
 
 	// The same numbers in range, and huge ones in a variable, are fine.
-	var out struct{ CreateMachine struct{ Configuration map[string]json.Number } }
+	var out struct {
+		CreateMachine struct{ Configuration map[string]json.Number }
+	}
 	s.Do(t, u.Token, `mutation($c: JSON) { createMachine(input: {name: "ok", configuration: $c}) { configuration } }`,
 		map[string]any{"c": map[string]any{"n": json.Number("1e400")}}).OK(t, &out)
 	require.NotEmpty(t, out.CreateMachine.Configuration["n"], "the huge number is kept (as PostgreSQL writes it)")

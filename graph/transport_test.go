@@ -195,22 +195,30 @@ func TestHTTPTransports(t *testing.T) {
 	})
 
 	t.Run("AutomaticPersistedQueries", func(t *testing.T) {
-		query := `{ machines { totalCount } }`
-		sum := sha256.Sum256([]byte(query))
-		ext := map[string]any{"persistedQuery": map[string]any{"version": 1, "sha256Hash": hex.EncodeToString(sum[:])}}
-		post := func(withQuery bool) *apitest.Response {
-			body := map[string]any{"extensions": ext}
-			if withQuery {
-				body["query"] = query
+		persisted := func(query string) func(withQuery bool) *apitest.Response {
+			sum := sha256.Sum256([]byte(query))
+			ext := map[string]any{"persistedQuery": map[string]any{"version": 1, "sha256Hash": hex.EncodeToString(sum[:])}}
+			return func(withQuery bool) *apitest.Response {
+				body := map[string]any{"extensions": ext}
+				if withQuery {
+					body["query"] = query
+				}
+				b, _ := json.Marshal(body)
+				return s.Post(t, c.token, "application/json", b)
 			}
-			b, _ := json.Marshal(body)
-			return s.Post(t, c.token, "application/json", b)
 		}
+		post := persisted(`{ machines { totalCount } }`)
 		require.Equal(t, "PERSISTED_QUERY_NOT_FOUND", post(false).Errors[0].Code())
 		post(true).OK(t, nil)
 		var out struct{ Machines struct{ TotalCount int } }
 		post(false).OK(t, &out)
 		require.Equal(t, 1, out.Machines.TotalCount)
+
+		// A large query is answered but not remembered: 1,000 remembered
+		// 1 MiB documents would pin a gigabyte.
+		large := persisted("{ machines { totalCount } }\n#" + strings.Repeat("x", 40<<10))
+		large(true).OK(t, &out)
+		require.Equal(t, "PERSISTED_QUERY_NOT_FOUND", large(false).Errors[0].Code())
 	})
 
 	t.Run("RequestIDEchoed", func(t *testing.T) {
