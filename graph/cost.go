@@ -22,7 +22,15 @@ type listSize struct {
 	def int
 	// max caps the count: the resolver never returns more.
 	max int
+	// statement is what the field costs on top of its items each time it
+	// is resolved: statementWeight for a field that runs a statement of
+	// its own for each parent instead of one batched by a loader.
+	statement int
 }
+
+// statementWeight is the cost of one database round trip made for one
+// parent: under a page of 500 robots, `heartbeats` is 500 statements.
+const statementWeight = 100
 
 // page is a connection or list paged by `first`.
 func page(def int) listSize { return listSize{arg: "first", def: def, max: db.MaxPageSize} }
@@ -64,13 +72,13 @@ var listSizes = map[string]listSize{
 	"Query.robotLogs":               page(db.DefaultPageSize),
 	"Query.logSummary":              {def: db.MaxSummaryRows, max: db.MaxSummaryRows},
 	"Query.logCleanupHistory":       page(db.DefaultPageSize),
-	"Robot.heartbeats":              page(100),
+	"Robot.heartbeats":              {arg: "first", def: 100, max: db.MaxPageSize, statement: statementWeight},
 	"RobotLogBatch.lines":           {def: db.MaxShipBatch, max: db.MaxShipBatch},
 	"RobotLogConnection.edges":      {},
 	"LogCleanupConnection.edges":    {},
 	// Schedules.
 	"Query.schedules":          page(db.DefaultPageSize),
-	"Schedule.recentJobs":      {arg: "first", def: 10, max: db.MaxRecentJobs},
+	"Schedule.recentJobs":      {arg: "first", def: 10, max: db.MaxRecentJobs, statement: statementWeight},
 	"Schedule.nextRuns":        {arg: "count", def: 5, max: db.MaxNextRuns}, // each a cron step
 	"ScheduleConnection.edges": {},
 	// Webhooks.

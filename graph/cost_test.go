@@ -184,6 +184,12 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 		}
 		runs.WriteString(`}}}}`)
 		refused(t, owner.Token, runs.String(), "COMPLEXITY_LIMIT_EXCEEDED")
+		// A field that runs a statement of its own for each parent costs
+		// that statement: one heartbeat of each of 500 robots is 500
+		// round trips, not 500 rows.
+		refused(t, owner.Token, `{robots(first:500){edges{node{heartbeats(first:1){at}}}}}`, "COMPLEXITY_LIMIT_EXCEEDED")
+		refused(t, owner.Token, `{schedules(first:500){edges{node{recentJobs(first:1){id}}}}}`, "COMPLEXITY_LIMIT_EXCEEDED")
+		s.Do(t, owner.Token, `{robots(first:50){edges{node{heartbeats(first:10){at}}}}}`, nil).OK(t, nil)
 	})
 
 	t.Run("ResponseBudget", func(t *testing.T) {

@@ -187,7 +187,7 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 	default:
 		child, deepest = w.walk(f.SelectionSet, depth+1, 0)
 	}
-	return saturatingAdd(1, child), deepest
+	return saturatingAdd(1+size.statement, child), deepest
 }
 
 // valueBytes is about how many bytes v takes as JSON once its variables
