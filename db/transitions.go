@@ -670,19 +670,32 @@ func (s *Jobs) Fail(ctx context.Context, idb bun.IDB, jobID, token uuid.UUID, re
 	})
 }
 
+// releaseBatch is how many jobs aimed at a deleted robot are cancelled
+// (and read back for their events) at a time.
+const releaseBatch = 500
+
 // releaseDeletedRobotsJobs lets go of the jobs of robot r, which is being
 // deleted in tx. A job aimed at r (enqueued with its robotId) can run on no
 // other robot, so it is CANCELLED, queued or live, with the reason. The
 // other jobs r holds go back to the queue like a rescue: QUEUED while
 // attempts remain, else FAILED; waiting claims are woken for them.
 func releaseDeletedRobotsJobs(ctx context.Context, tx bun.Tx, r *Robot) error {
-	if _, err := transition(ctx, tx, tx.NewUpdate().Model((*Job)(nil)).
-		Where("j.target_robot_id = ? AND j.status IN (?)", r.ID, bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning})).
-		Set("status = ?", JobCancelled).
-		Set("error = 'its target robot was deleted: no other robot may run it'").
-		Set("finished_at = now()").Set("lease_expires_at = NULL").Set("target_lost = true").
-		Returning("*")); err != nil {
-		return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
+	// However many jobs were queued for r, a batch at a time: each comes
+	// back whole (input and result, 64 KiB each) for its event.
+	for {
+		done, err := transition(ctx, tx, tx.NewUpdate().Model((*Job)(nil)).
+			Where("j.id IN (SELECT id FROM jobs WHERE target_robot_id = ? AND status IN (?) LIMIT ?)",
+				r.ID, bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning}), releaseBatch).
+			Set("status = ?", JobCancelled).
+			Set("error = 'its target robot was deleted: no other robot may run it'").
+			Set("finished_at = now()").Set("lease_expires_at = NULL").Set("target_lost = true").
+			Returning("*"))
+		if err != nil {
+			return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
+		}
+		if len(done) < releaseBatch {
+			break
+		}
 	}
 	// The finished ones too: the robot's id goes with it, and a retry must
 	// still know the job was aimed at a robot that is gone.

@@ -1053,8 +1053,19 @@ func TestDeletingARobotLetsGoOfItsJobs(t *testing.T) {
 		}
 	}
 	aimedQueued := tn.enqueue(t, map[string]any{"robotId": doomed.ID})
+	// More jobs queued for it than one batch of cancellations takes.
+	for range 2 {
+		var in []map[string]any
+		for range 600 {
+			in = append(in, map[string]any{"workflowId": tn.wf, "robotId": doomed.ID})
+		}
+		tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
+	}
 
 	tn.do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
+	var live int
+	require.NoError(t, s.DB.QueryRowContext(t.Context(), `SELECT count(*) FROM jobs WHERE target_robot_id = ? AND status <> 'CANCELLED' AND status <> 'FAILED'`, doomed.ID).Scan(&live))
+	require.Zero(t, live, "jobs aimed at the deleted robot are left")
 
 	for _, id := range []string{aimed.ID, aimedLast.ID, aimedQueued.ID} {
 		j := tn.job(t, id)
