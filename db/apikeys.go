@@ -83,10 +83,21 @@ type APIKeys struct {
 	// seconds (see KeyCache). Set it before use.
 	Cache *KeyCache
 
-	mu   sync.Mutex
-	last map[string]time.Time // "<event>:<key or ip>" -> last write
-	now  func() time.Time
+	mu sync.Mutex
+	// written holds the writes of this window and of the one before it
+	// ("<event>:<key or ip>" -> when): a write is due when neither holds
+	// it within auditEvery. Windows last auditEvery, so both maps hold
+	// at most two minutes of writes, and at most maxDueEntries each.
+	written, before map[string]time.Time
+	window          time.Time // when written began
+	now             func() time.Time
 }
+
+// maxDueEntries caps the writes one window remembers: a flood of refusals
+// from more distinct addresses than that in a minute is not audited past
+// it (nor are last uses recorded) until the next window, rather than
+// growing the map or writing a row per address.
+const maxDueEntries = 50_000
 
 // NewAPIKeys returns the API key store.
 func NewAPIKeys() *APIKeys { return NewAPIKeysAt(time.Now) }
@@ -94,26 +105,27 @@ func NewAPIKeys() *APIKeys { return NewAPIKeysAt(time.Now) }
 // NewAPIKeysAt returns the API key store on the clock now, which decides
 // expiry (tests of expiry move it).
 func NewAPIKeysAt(now func() time.Time) *APIKeys {
-	return &APIKeys{last: map[string]time.Time{}, now: now}
+	return &APIKeys{written: map[string]time.Time{}, now: now}
 }
 
 // due reports whether the write named by key may happen now, and if so
-// records it. Old entries are dropped when the map grows.
+// records it. It takes constant time: old writes leave with their window.
 func (s *APIKeys) due(key string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	if t, ok := s.last[key]; ok && now.Sub(t) < auditEvery {
-		return false
+	if now.Sub(s.window) >= auditEvery {
+		s.before, s.written, s.window = s.written, make(map[string]time.Time, len(s.written)), now
 	}
-	if len(s.last) > 10_000 {
-		for k, t := range s.last {
-			if now.Sub(t) >= auditEvery {
-				delete(s.last, k)
-			}
+	for _, m := range []map[string]time.Time{s.written, s.before} {
+		if t, ok := m[key]; ok && now.Sub(t) < auditEvery {
+			return false
 		}
 	}
-	s.last[key] = now
+	if len(s.written) >= maxDueEntries {
+		return false
+	}
+	s.written[key] = now
 	return true
 }
 
