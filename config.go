@@ -248,7 +248,7 @@ func declareServe(s *settings) *configSettings {
 			"accept http:// webhook endpoint URLs, not only https:// (default: on with the private database, else off)"),
 		webhookTimeout: s.add("WEBHOOK_TIMEOUT_SECONDS", "webhook-timeout-seconds", "10",
 			"how long one webhook attempt may take (connect, send, answer); longer counts as a failure and is retried"),
-		webhookWorkers: s.add("WEBHOOK_WORKERS", "webhook-workers", "16", "webhook deliveries in flight at once, on the maintenance leader"),
+		webhookWorkers: s.add("WEBHOOK_WORKERS", "webhook-workers", "16", "webhook deliveries in flight at once, on the maintenance leader; a tenant holds a quarter of them, more only while another quarter stays free"),
 		keyCacheTTL: s.add("API_KEY_CACHE_TTL", "api-key-cache-ttl", "5",
 			"seconds a verified robot API key is trusted without reading it again (0: read on every request); revocations clear it at once on every replica, and it is bypassed while the notification listener is down"),
 		gcMinHeap: s.add("GC_MIN_HEAP_MB", "gc-min-heap-mb", "32",

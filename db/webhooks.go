@@ -739,6 +739,7 @@ func robotViewOf(r *Robot) robotView {
 // needs.
 type DueDelivery struct {
 	ID           uuid.UUID       `bun:"id"`
+	TenantID     uuid.UUID       `bun:"tenant_id"`
 	EndpointID   uuid.UUID       `bun:"endpoint_id"`
 	AttemptCount int             `bun:"attempt_count"`
 	URL          string          `bun:"url"`
@@ -762,17 +763,18 @@ func (d *DueDelivery) Secrets(now time.Time) []string {
 }
 
 // claimDueSQL leases up to ?2 due deliveries at ?0 for ?1 seconds, oldest
-// first: pending, not leased (or the lease ran out: its sender died), to
-// an enabled endpoint, and the first pending one of its subject to its
-// endpoint, so that each endpoint gets a job's events in order. SKIP
-// LOCKED and the lease keep two claimers from taking the same delivery.
+// first, of tenants other than those in ?3: pending, not leased (or the
+// lease ran out: its sender died), to an enabled endpoint, and the first
+// pending one of its subject to its endpoint, so that each endpoint gets a
+// job's events in order. SKIP LOCKED and the lease keep two claimers from
+// taking the same delivery.
 const claimDueSQL = `
 UPDATE webhook_deliveries d SET attempt_count = d.attempt_count + 1,
 	lease_until = ?0::timestamptz + make_interval(secs => ?1)
 FROM webhook_endpoints w, webhook_events e
 WHERE d.id IN (
 	SELECT c.id FROM webhook_deliveries c JOIN webhook_endpoints ce ON ce.id = c.endpoint_id
-	WHERE c.status = 'PENDING' AND ce.enabled
+	WHERE c.status = 'PENDING' AND ce.enabled AND c.tenant_id <> ALL(?3::uuid[])
 	  AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= ?0)
 	  AND (c.lease_until IS NULL OR c.lease_until <= ?0)
 	  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.endpoint_id = c.endpoint_id
@@ -781,14 +783,15 @@ WHERE d.id IN (
 	LIMIT ?2
 	FOR UPDATE OF c SKIP LOCKED
 ) AND w.id = d.endpoint_id AND e.id = d.event_id
-RETURNING d.id, d.endpoint_id, d.attempt_count, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at,
+RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at,
 	e.id AS event_id, e.type AS event_type, e.data AS event_data, e.created_at AS event_at`
 
-// ClaimDue leases up to limit deliveries due at now, of any tenant, for
-// lease (longer than an attempt can take). It is maintenance work.
-func (s *Webhooks) ClaimDue(ctx context.Context, idb bun.IDB, now time.Time, limit int, lease time.Duration) ([]*DueDelivery, error) {
+// ClaimDue leases up to limit deliveries due at now, of any tenant but
+// those in except, for lease (longer than an attempt can take). It is
+// maintenance work.
+func (s *Webhooks) ClaimDue(ctx context.Context, idb bun.IDB, now time.Time, limit int, lease time.Duration, except ...uuid.UUID) ([]*DueDelivery, error) {
 	var rows []*DueDelivery
-	if err := idb.NewRaw(claimDueSQL, now, seconds(lease), limit).Scan(ctx, &rows); err != nil && !errors.Is(err, sql.ErrNoRows) {
+	if err := idb.NewRaw(claimDueSQL, now, seconds(lease), limit, pgUUIDs(except)).Scan(ctx, &rows); err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("claiming due webhook deliveries: %w", err)
 	}
 	return rows, nil

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -576,6 +577,46 @@ func TestWebhookRetries(t *testing.T) {
 			})
 			require.EqualValues(t, 1, hung.Load())
 		}
+	})
+
+	t.Run("ATenantHoldsNoMoreThanItsShareOfTheWorkers", func(t *testing.T) {
+		t.Parallel()
+		// Four workers: a tenant's share is one, and it may hold more
+		// only while one more stays free.
+		b := whManual(t, apitest.Options{Webhooks: app.WebhookConfig{Workers: 4, Timeout: time.Hour}})
+		release := make(chan struct{})
+		var hung atomic.Int64
+		hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			hung.Add(1)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}))
+		t.Cleanup(hang.Close)
+		t.Cleanup(func() { close(release) })
+		fast := whNewReceiver(t)
+		other := jqNewTenant(t, b.s)
+		// Six hanging endpoints: one job's completion is six deliveries.
+		for i := range 6 {
+			whEndpoint(t, b.tn, fmt.Sprintf("%s/%d", hang.URL, i), "job.completed")
+		}
+		whEndpoint(t, other, fast.srv.URL, "job.completed")
+		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
+		jqEventually(t, time.Minute, "the hanging receivers got their deliveries", func() bool { return hung.Load() == 3 })
+		// The last worker is the other tenants': each of their deliveries
+		// goes out while the first tenant's hang.
+		ro := other.robot(t, "r1", jqRobotOpts{})
+		for i := 1; i <= 3; i++ {
+			ro.complete(t, whRunning(t, other, ro, nil), nil)
+			jqEventually(t, time.Minute, "the other tenant's delivery went out", func() bool {
+				require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
+				return fast.count() == i
+			})
+		}
+		require.EqualValues(t, 3, hung.Load(), "the hanging tenant took the last worker")
 	})
 
 	t.Run("HugeAndTricklingAnswersCostAtMostTheTimeout", func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/uptrace/bun"
 
 	"fleetgraph/db"
@@ -40,6 +41,15 @@ type Config struct {
 // or the other workers. A worker that finishes claims the next due
 // delivery itself, until none is due, so a burst drains at full
 // concurrency rather than one batch per maintenance tick.
+//
+// Workers are shared fairly between tenants: a tenant holds at most a
+// share of them (a quarter, at least one) while another tenant has a
+// delivery due, and more only while a share of the workers stays free
+// beside it. So a tenant whose receivers hang, or who queues thousands of
+// deliveries, leaves the others a share of the workers: the oldest due
+// delivery of a tenant under its share goes first. Whether another tenant
+// has a delivery due is asked again at each round (Run) and otherwise at
+// most once a second (soloFor) while one tenant is at its share.
 type Deliverer struct {
 	cfg   Config
 	slots chan struct{}
@@ -47,7 +57,20 @@ type Deliverer struct {
 	// running serialises Run: the runner's rounds and wake-ups by NOTIFY
 	// share the free slots.
 	running sync.Mutex
+
+	// claiming serialises claims, so that inflight is exact when a claim
+	// decides whom to exclude.
+	claiming sync.Mutex
+	share    int
+	mu       sync.Mutex
+	inflight map[uuid.UUID]int // deliveries in flight per tenant
+	// soloUntil: until then, no tenant under its share had a delivery due.
+	soloUntil time.Time
 }
+
+// soloFor is how long a claim that found no tenant under its share with a
+// delivery due trusts that before asking again.
+const soloFor = time.Second
 
 // NewDeliverer returns a deliverer.
 func NewDeliverer(cfg Config) *Deliverer {
@@ -66,7 +89,7 @@ func NewDeliverer(cfg Config) *Deliverer {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Deliverer{cfg: cfg, slots: make(chan struct{}, cfg.Workers)}
+	return &Deliverer{cfg: cfg, slots: make(chan struct{}, cfg.Workers), share: max(1, cfg.Workers/4), inflight: map[uuid.UUID]int{}}
 }
 
 // lease is how long a claimed delivery stays its sender's: well past an
@@ -78,20 +101,22 @@ func (d *Deliverer) lease() time.Duration { return 3*d.cfg.Timeout + time.Minute
 func (d *Deliverer) Run(ctx context.Context, now time.Time) error {
 	d.running.Lock()
 	defer d.running.Unlock()
-	free := cap(d.slots) - len(d.slots)
-	if free == 0 {
-		return nil
-	}
-	due, err := d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, free, d.lease())
-	if err != nil {
-		return err
-	}
-	for _, dd := range due {
+	// A round comes with new deliveries (a notification) or a tick: ask
+	// again whether a tenant under its share has one due.
+	d.mu.Lock()
+	d.soloUntil = time.Time{}
+	d.mu.Unlock()
+	for free := cap(d.slots) - len(d.slots); free > 0; free-- {
+		dd, err := d.claim(ctx, now, free-1)
+		if err != nil || dd == nil {
+			return err
+		}
 		d.slots <- struct{}{} // never blocks: only Run takes slots, one Run at a time, and no more than were free
 		d.wg.Go(func() {
 			defer func() { <-d.slots }()
 			for claimedAt := now; dd != nil; {
 				d.deliver(ctx, dd, claimedAt)
+				d.done(dd)
 				if dd, claimedAt = d.next(ctx); dd == nil {
 					return
 				}
@@ -108,17 +133,64 @@ func (d *Deliverer) next(ctx context.Context) (*db.DueDelivery, time.Time) {
 		return nil, time.Time{}
 	}
 	now := d.cfg.Now()
-	due, err := d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, 1, d.lease())
+	dd, err := d.claim(ctx, now, cap(d.slots)-len(d.slots))
 	if err != nil {
 		if ctx.Err() == nil {
 			d.cfg.Log.Error("claiming the next webhook delivery", "error", err)
 		}
 		return nil, time.Time{}
 	}
-	if len(due) == 0 {
-		return nil, time.Time{}
+	return dd, now
+}
+
+// claim leases the next delivery a worker should send, or nil: the oldest
+// due one of a tenant under its share, else (when spare workers would
+// stay free beside it, at least a share) the oldest due one of any tenant.
+func (d *Deliverer) claim(ctx context.Context, now time.Time, spare int) (*db.DueDelivery, error) {
+	d.claiming.Lock()
+	defer d.claiming.Unlock()
+	d.mu.Lock()
+	var full []uuid.UUID
+	for tenant, n := range d.inflight {
+		if n >= d.share {
+			full = append(full, tenant)
+		}
 	}
-	return due[0], now
+	solo := now.Before(d.soloUntil)
+	d.mu.Unlock()
+	var due []*db.DueDelivery
+	var err error
+	if len(full) == 0 || !solo {
+		if due, err = d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, 1, d.lease(), full...); err != nil {
+			return nil, err
+		}
+		if len(due) == 0 && len(full) > 0 {
+			d.mu.Lock()
+			d.soloUntil = now.Add(soloFor)
+			d.mu.Unlock()
+		}
+	}
+	if len(due) == 0 && len(full) > 0 && spare >= d.share {
+		if due, err = d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, 1, d.lease()); err != nil {
+			return nil, err
+		}
+	}
+	if len(due) == 0 {
+		return nil, nil
+	}
+	d.mu.Lock()
+	d.inflight[due[0].TenantID]++
+	d.mu.Unlock()
+	return due[0], nil
+}
+
+// done counts dd's delivery as no longer in flight.
+func (d *Deliverer) done(dd *db.DueDelivery) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.inflight[dd.TenantID]--; d.inflight[dd.TenantID] <= 0 {
+		delete(d.inflight, dd.TenantID)
+	}
 }
 
 // Wait waits for the deliveries in flight.
