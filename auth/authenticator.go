@@ -77,27 +77,35 @@ func (a *Authenticator) FromRequest(r *http.Request) (*Principal, error) {
 // FromInitPayload resolves the credentials a websocket client sends in its
 // connection_init payload: `Authorization` (or `authorization`) with a
 // "Bearer <token>" value, or a bare token or key in `authToken`, `apiKey` or
-// `X-Api-Key`.
+// `X-Api-Key`; the first of these present is read (InitCredential).
 func (a *Authenticator) FromInitPayload(ctx context.Context, payload map[string]any, ip string) (*Principal, error) {
-	for _, key := range []string{"Authorization", "authorization"} {
-		if v, ok := payload[key]; ok {
-			s, isString := v.(string)
+	for key, v := range InitCredential(payload) {
+		s, isString := v.(string)
+		if key == "Authorization" || key == "authorization" {
 			if !isString {
 				return nil, fault.New(fault.Unauthenticated, "connection_init %s must be a string", key)
 			}
 			return a.FromAuthorization(ctx, s, ip)
 		}
-	}
-	for _, key := range []string{"authToken", "apiKey", "X-Api-Key"} {
-		if v, ok := payload[key]; ok {
-			s, isString := v.(string)
-			if !isString || s == "" {
-				return nil, fault.New(fault.Unauthenticated, "connection_init %s must be a non-empty string", key)
-			}
-			return a.credential(ctx, s, ip)
+		if !isString || s == "" {
+			return nil, fault.New(fault.Unauthenticated, "connection_init %s must be a non-empty string", key)
 		}
+		return a.credential(ctx, s, ip)
 	}
 	return nil, nil
+}
+
+// InitCredential returns the one member of a connection_init payload that
+// FromInitPayload reads, as a payload of its own (nil: there is none). A
+// connection that checks its credential again keeps this, not the payload,
+// whose other members may hold a megabyte of anything.
+func InitCredential(payload map[string]any) map[string]any {
+	for _, key := range [...]string{"Authorization", "authorization", "authToken", "apiKey", "X-Api-Key"} {
+		if v, ok := payload[key]; ok {
+			return map[string]any{key: v}
+		}
+	}
+	return nil
 }
 
 // ClientIP is the address a request came from: the connection's peer. (Behind

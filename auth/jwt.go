@@ -190,7 +190,8 @@ const maxNumericDate = 253402300799
 //   - a segment that is not canonical base64url (RFC 7515 §2), or a header
 //     or claims set that is not one JSON object of valid UTF-8 with unique
 //     member names at every level (RFC 7515 §4, RFC 7519 §4: we refuse
-//     duplicates rather than let the last one silently win);
+//     duplicates rather than let the last one silently win), nested at
+//     most maxTokenNesting deep;
 //   - a "crit" header (RFC 7515 §4.1.11: a token naming extensions the
 //     recipient must understand is refused when it does not; we understand
 //     none), "b64" (RFC 7797 unencoded payloads), "zip" (compression is for
@@ -252,7 +253,8 @@ func strictProblem(token string) string {
 }
 
 // decodeObject decodes a segment that must be one JSON object in valid UTF-8
-// with unique member names at every level, returning its top-level members.
+// with unique member names at every level, nested at most maxTokenNesting
+// deep, returning its top-level members.
 func decodeObject(segment string) (map[string]json.RawMessage, bool) {
 	raw, err := base64.RawURLEncoding.Strict().DecodeString(segment)
 	if err != nil || !utf8.Valid(raw) || !uniqueMembers(raw) {
@@ -265,22 +267,34 @@ func decodeObject(segment string) (map[string]json.RawMessage, bool) {
 	return members, true
 }
 
-// uniqueMembers reports whether raw is exactly one JSON value in which no
-// object has the same member name twice.
+// maxTokenNesting bounds how deeply a JWT header or claims set may nest
+// objects and arrays. Real ones nest two or three levels (Supabase's
+// app_metadata, amr). json.Decoder.Token, unlike Decode, sets no bound of
+// its own, and this check runs before the signature's: without one, a
+// megabyte of '[' in an anonymous websocket's token recursed as deep,
+// growing its goroutine's stack by hundreds of megabytes.
+const maxTokenNesting = 32
+
+// uniqueMembers reports whether raw is exactly one JSON value, nested at
+// most maxTokenNesting deep, in which no object has the same member name
+// twice.
 func uniqueMembers(raw []byte) bool {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
-	if !uniqueValue(dec) {
+	if !uniqueValue(dec, 0) {
 		return false
 	}
 	_, err := dec.Token()
 	return err == io.EOF
 }
 
-// uniqueValue reads one value from dec; the decoder bounds its nesting.
-func uniqueValue(dec *json.Decoder) bool {
+// uniqueValue reads one value from dec, inside depth objects and arrays.
+func uniqueValue(dec *json.Decoder, depth int) bool {
 	tok, err := dec.Token()
 	if err != nil {
+		return false
+	}
+	if d, ok := tok.(json.Delim); ok && (d == '{' || d == '[') && depth == maxTokenNesting {
 		return false
 	}
 	switch tok {
@@ -293,13 +307,13 @@ func uniqueValue(dec *json.Decoder) bool {
 				return false
 			}
 			names[name] = true
-			if !uniqueValue(dec) {
+			if !uniqueValue(dec, depth+1) {
 				return false
 			}
 		}
 	case json.Delim('['):
 		for dec.More() {
-			if !uniqueValue(dec) {
+			if !uniqueValue(dec, depth+1) {
 				return false
 			}
 		}

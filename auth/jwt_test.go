@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -624,4 +625,52 @@ func TestVerifiedTokenCache(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.LessOrEqual(t, j.CachedTokens(), 10_000)
+}
+
+// TestJWTVerifyRefusesDeepNestingCheaply sends tokens whose header or
+// claims nest deeper than any real token. They are refused as malformed
+// before the signature is checked, so anyone may send one (a websocket's
+// connection_init carries a megabyte); refusing one must cost about its
+// size. json.Decoder.Token bounds no nesting: the duplicate-member check
+// recursed once per level, and grew its token stack with it, before the
+// bound. Not parallel: other tests would blur the bytes allocated.
+func TestJWTVerifyRefusesDeepNestingCheaply(t *testing.T) {
+	j := newJWT(t, "")
+	const hs = `{"alg":"HS256","typ":"JWT"}`
+	nested := func(depth int) string {
+		return `{"alg":"HS256","x":` + strings.Repeat("[", depth-1) + strings.Repeat("]", depth-1) + "}"
+	}
+
+	// Real tokens nest a few levels; up to 32 is accepted.
+	deepClaims := rawClaims(t, nil, `,"user_metadata":`+strings.Repeat(`{"a":`, 31)+"1"+strings.Repeat("}", 31))
+	_, err := j.Verify(signRaw(nested(32), deepClaims))
+	require.NoError(t, err)
+
+	for name, token := range map[string]string{
+		"Header": signRaw(nested(33), rawClaims(t, nil, "")),
+		"Claims": signRaw(hs, rawClaims(t, nil, `,"user_metadata":`+strings.Repeat(`{"a":`, 32)+"1"+strings.Repeat("}", 32))),
+	} {
+		t.Run(name, func(t *testing.T) {
+			p, err := j.Verify(token)
+			require.Nil(t, p)
+			requireUnauthenticated(t, err, token, "malformed")
+		})
+	}
+
+	// 200,000 levels, unsigned, cost what decoding the segment costs (its
+	// 200 KB), not a token stack per level.
+	deep := base64.RawURLEncoding.EncodeToString([]byte(strings.Repeat("[", 200_000))) + ".e30.x"
+	_, err = j.Verify(deep)
+	requireUnauthenticated(t, err, deep, "malformed header")
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const runs = 10
+	for range runs {
+		_, err := j.Verify(deep)
+		require.Error(t, err)
+	}
+	runtime.ReadMemStats(&after)
+	perRun := (after.TotalAlloc - before.TotalAlloc) / runs
+	t.Logf("refusing a %d-byte token allocates %d bytes", len(deep), perRun)
+	require.Less(t, perRun, uint64(len(deep)), "refusing a %d-byte token allocated %d bytes", len(deep), perRun)
 }

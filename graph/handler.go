@@ -50,6 +50,9 @@ type Limits struct {
 	// BodyBytes caps a request body, and an operation's argument values
 	// with each variable counted wherever it is used.
 	BodyBytes int64
+	// SubscriptionBytes caps the document of a subscription (its text, as
+	// sent or persisted), which it keeps, parsed, for as long as it runs.
+	SubscriptionBytes int
 }
 
 // maxPersistedQuery is the largest query remembered as an automatic
@@ -57,7 +60,7 @@ type Limits struct {
 const maxPersistedQuery = 32 << 10
 
 // DefaultLimits fit every legitimate use of this API with room to spare.
-var DefaultLimits = Limits{Complexity: 50_000, Depth: 12, Aliases: 50, Tokens: 10_000, Fields: 2_000, Overlaps: 10_000, Errors: 20, BodyBytes: 1 << 20}
+var DefaultLimits = Limits{Complexity: 50_000, Depth: 12, Aliases: 50, Tokens: 10_000, Fields: 2_000, Overlaps: 10_000, Errors: 20, BodyBytes: 1 << 20, SubscriptionBytes: 16 << 10}
 
 // orDefaults fills each unset limit from DefaultLimits.
 func (l Limits) orDefaults() Limits {
@@ -74,6 +77,7 @@ func (l Limits) orDefaults() Limits {
 	or(&l.Fields, d.Fields)
 	or(&l.Overlaps, d.Overlaps)
 	or(&l.Errors, d.Errors)
+	or(&l.SubscriptionBytes, d.SubscriptionBytes)
 	if l.BodyBytes <= 0 {
 		l.BodyBytes = d.BodyBytes
 	}
@@ -211,7 +215,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})
 	use(&scalarCheck{})
 	use(operationLimit{complexity: cfg.Limits.Complexity, depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases,
-		argumentBytes: int(min(cfg.Limits.BodyBytes, math.MaxInt32)), introspection: cfg.Introspection})
+		argumentBytes: int(min(cfg.Limits.BodyBytes, math.MaxInt32)), subscriptionBytes: cfg.Limits.SubscriptionBytes, introspection: cfg.Introspection})
 	if cfg.Introspection {
 		use(extension.Introspection{})
 	}

@@ -23,10 +23,13 @@ import (
 
 // operationLimit refuses, with a clear error before execution, operations
 // that would cost more than the limits: estimated cost (table-driven, see
-// listSizes), nesting depth, aliases, and introspection when it is off; and
-// operations that use @defer, which no transport here delivers.
-// Its walk expands fragments; documentLimit has already bounded the
-// expanded size, so the walk is linear in what it may visit.
+// listSizes), nesting depth, aliases, the document a subscription keeps,
+// and introspection when it is off; and operations that use @defer, which
+// no transport here delivers. Every transport's operations pass here
+// before they run (the streaming ones before a subscription takes its
+// place in its caller's quota). Its walk expands fragments; documentLimit
+// has already bounded the expanded size, so the walk is linear in what it
+// may visit.
 //
 // Arguments: the operation's argument values, each variable counted in
 // full wherever it is used, may come to at most argumentBytes (the body
@@ -36,6 +39,7 @@ import (
 type operationLimit struct {
 	complexity, depth, aliases int
 	argumentBytes              int
+	subscriptionBytes          int
 	introspection              bool
 }
 
@@ -60,6 +64,12 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 	if op.Operation.Operation == ast.Subscription && !live.Streaming(ctx) {
 		fe := &fault.Error{Code: fault.BadUserInput, Message: "a subscription needs a transport that streams: " + live.Transports, Extra: map[string]any{"reason": subscriptionNeedsStream}}
 		return &gqlerror.Error{Message: fe.Message, Err: fe}
+	}
+	if op.Operation.Operation == ast.Subscription && len(op.RawQuery) > l.subscriptionBytes {
+		// A subscription keeps its document, text and parse, while it
+		// runs: 500 per caller padded with a megabyte of comment each
+		// would hold half a gigabyte.
+		return limitError("SUBSCRIPTION_TOO_LARGE", "the subscription's document is %d bytes; the limit is %d, since a subscription keeps its document while it runs: send the subscription alone, without other operations or long comments", len(op.RawQuery), l.subscriptionBytes)
 	}
 	w := operationWalker{vars: op.Variables, varBytes: map[string]int{}, literalBytes: map[*ast.Value]int{}}
 	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
+	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 )
 
@@ -203,6 +204,20 @@ func TestMultipartSubscriptions(t *testing.T) {
 		p := mp.payload()
 		raw, _ := json.Marshal(p)
 		require.Contains(t, string(raw), "NOT_FOUND")
+		_, err := mp.next(false)
+		require.ErrorIs(t, err, io.EOF)
+	})
+
+	t.Run("DocumentOverTheSubscriptionLimitIsRefused", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		// A subscription keeps its document while it runs (the websocket
+		// and SSE cases, and the quota: graph/live).
+		big := streamSub + "\n#" + strings.Repeat("x", graph.DefaultLimits.SubscriptionBytes)
+		mp := openMultipart(t, streamRequest(t, ctx, s, c.token, apolloAccept, big, map[string]any{"id": m.ID}))
+		raw, _ := json.Marshal(mp.payload())
+		require.Contains(t, string(raw), `"reason":"SUBSCRIPTION_TOO_LARGE"`)
+		require.Contains(t, string(raw), `"code":"BAD_USER_INPUT"`)
 		_, err := mp.next(false)
 		require.ErrorIs(t, err, io.EOF)
 	})

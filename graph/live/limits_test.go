@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
+	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 )
 
@@ -161,4 +162,55 @@ func TestLiveWSOperationIDLength(t *testing.T) {
 	c.subscribe(longest+"x", machineSub, map[string]any{"id": f.machine})
 	reason := c.requireClosed(4400)
 	require.Contains(t, reason, fmt.Sprint(live.MaxOperationID))
+}
+
+// TestLiveSubscriptionDocumentSize: a subscription keeps its document while
+// it runs, so one longer than graph.DefaultLimits.SubscriptionBytes (here
+// padded with a comment) is refused with BAD_USER_INPUT and reason
+// SUBSCRIPTION_TOO_LARGE, on a websocket and as an SSE stream, before it
+// takes a place in its caller's quota: after more refusals than the quota
+// has places, the caller still has them all, and with the quota full the
+// refusal is still this one. One of exactly the limit runs.
+func TestLiveSubscriptionDocumentSize(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{PerConnection: 2, PerPrincipal: 2}})
+	f := newFixture(t, s)
+	vars := map[string]any{"id": f.machine}
+	limit := graph.DefaultLimits.SubscriptionBytes
+	tooLarge := machineSub + "\n#" + strings.Repeat("x", limit-len(machineSub)-1)
+	atLimit := tooLarge[:limit]
+	c := connect(t, s, f.user.Token)
+	refused := func(t *testing.T) {
+		t.Helper()
+		for i := range 3 {
+			id := fmt.Sprint("big", i)
+			c.subscribe(id, tooLarge, vars)
+			requireTooLarge(t, c.readFor(id).errors(t), limit)
+			st := openSSE(t, s, f.user.Token, tooLarge, vars)
+			requireTooLarge(t, st.result().Errors, limit)
+			st.requireEnd()
+		}
+	}
+
+	refused(t)
+	// Both places are free: one taken on the socket (at the limit), one by
+	// a stream.
+	c.subscribe("at-limit", atLimit, vars)
+	require.Equal(t, "CURRENT", machineChange(t, c.readFor("at-limit")).Op)
+	require.Empty(t, openSSE(t, s, f.user.Token, machineSub, vars).result().Errors)
+	// The quota is full: a third subscription is over it, a document too
+	// large is still refused as such.
+	c.subscribe("over", machineSub, vars)
+	requireRateLimited(t, c.readFor("over"), "over", "MAX_SUBSCRIPTIONS_PER_PRINCIPAL")
+	refused(t)
+}
+
+// requireTooLarge requires that errs are the refusal of a subscription
+// whose document is one byte over limit.
+func requireTooLarge(t *testing.T, errs []gqlError, limit int) {
+	t.Helper()
+	require.Len(t, errs, 1)
+	require.Equal(t, "BAD_USER_INPUT", errs[0].code())
+	require.Equal(t, "SUBSCRIPTION_TOO_LARGE", errs[0].Extensions["reason"])
+	require.Contains(t, errs[0].Message, fmt.Sprintf("is %d bytes; the limit is %d", limit+1, limit))
 }

@@ -106,7 +106,10 @@ type outcome struct {
 
 // prepare parses and validates an operation: the request errors, or the
 // operation's context (which says what kind of operation it is) for
-// dispatch.
+// dispatch. A subscription keeps that context while it runs, so it keeps
+// no extensions: they were read (a persisted query's hash) as it was
+// created, nothing reads them after, and a client's megabyte of them
+// decodes to tens of megabytes of maps.
 func prepare(ctx context.Context, exec graphql.GraphExecutor, params *graphql.RawParams) (context.Context, *graphql.OperationContext, gqlerror.List) {
 	start := graphql.Now()
 	ctx = context.WithValue(graphql.StartOperationTrace(ctx), streamKey{}, true)
@@ -117,6 +120,9 @@ func prepare(ctx context.Context, exec graphql.GraphExecutor, params *graphql.Ra
 			errs = resp.Errors
 		}
 		return ctx, nil, errs
+	}
+	if isSubscription(rc) {
+		rc.Extensions = nil
 	}
 	return graphql.WithOperationContext(ctx, rc), rc, nil
 }

@@ -119,3 +119,34 @@ func maskedTextFrame(payload []byte) []byte {
 	}
 	return frame
 }
+
+// TestSubscriptionKeepsNoExtensions subscribes with a message padded to
+// about a megabyte in its extensions, which decode to tens of megabytes of
+// maps, and measures the heap the subscription keeps once it runs: less
+// than the message itself (a persisted query's hash is read as the
+// subscription is created; nothing needs its extensions after). Not
+// parallel: other tests would blur the heap.
+func TestSubscriptionKeepsNoExtensions(t *testing.T) {
+	s := apitest.New(t)
+	f := newFixture(t, s)
+	c := connect(t, s, f.user.Token)
+	c.subscribe("first", machineSub, map[string]any{"id": f.machine})
+	require.Equal(t, "CURRENT", machineChange(t, c.readFor("first")).Op)
+	heap := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+
+	query, err := json.Marshal(machineSub)
+	require.NoError(t, err)
+	message := []byte(`{"id":"padded","type":"subscribe","payload":{"query":` + string(query) + `,"variables":{"id":"` + f.machine +
+		`"},"extensions":{"pad":[` + strings.Repeat("{},", 300_000) + `{}]}}}`)
+	before := heap()
+	c.sendRaw(websocket.MessageText, message)
+	require.Equal(t, "CURRENT", machineChange(t, c.readFor("padded")).Op)
+	kept := heap() - before
+	runtime.KeepAlive(message)
+	require.Less(t, kept, int64(len(message)), "a subscription sent in %d bytes keeps %d", len(message), kept)
+}

@@ -175,13 +175,21 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 		writeRefusal(r.Context(), w, http.StatusUnauthorized, errNoCredential)
 		return
 	}
-	release, err := t.quota.Hold(r.Context())
-	if err != nil {
-		metrics.SentError(r.Context(), string(fault.CodeOf(err)))
-		writeRefusal(r.Context(), w, http.StatusTooManyRequests, err)
-		return
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	// Parsed and validated first, as on a websocket: an operation refused
+	// before it runs (invalid, over a limit) takes no place in its
+	// caller's quota, not even while its refusal is written.
+	opCtx, oc, errs := prepare(ctx, exec, params)
+	if errs == nil {
+		release, err := t.quota.Hold(r.Context())
+		if err != nil {
+			metrics.SentError(r.Context(), string(fault.CodeOf(err)))
+			writeRefusal(r.Context(), w, http.StatusTooManyRequests, err)
+			return
+		}
+		defer release()
 	}
-	defer release()
 	going, leave, ok := t.streams.join()
 	if !ok {
 		w.Header().Set("Retry-After", "1")
@@ -190,8 +198,6 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 		return
 	}
 	defer leave()
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
 	// A few results may wait, so that a burst goes out in one flush.
 	events := make(chan []byte, 16)
 	done := make(chan outcome, 1)
@@ -208,7 +214,7 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	// other operation runs on a goroutine of its own. Either way a
 	// subscription is registered with the hub before the response's
 	// headers go out: a client that has them sees every change after.
-	if opCtx, oc, errs := prepare(ctx, exec, params); errs != nil {
+	if errs != nil {
 		done <- outcome{errs: errs}
 	} else if key, ok := t.fanout.shareable(opCtx, oc); ok {
 		write := func(payloads [][]byte) error {

@@ -403,6 +403,18 @@ func requestReauth(a *auth.Authenticator, r *http.Request) func(context.Context)
 	}
 }
 
+// initReauth authenticates a connection_init's credential again, as a
+// robot's connection does while it lasts: only the credential member
+// (auth.InitCredential) and the address are kept, not the payload, whose
+// other members (a megabyte of {} decodes to tens of megabytes of maps)
+// would otherwise live as long as the socket.
+func initReauth(a *auth.Authenticator, payload map[string]any, ip string) func(context.Context) (*auth.Principal, error) {
+	cred := auth.InitCredential(payload)
+	return func(ctx context.Context) (*auth.Principal, error) {
+		return a.FromInitPayload(ctx, cred, ip)
+	}
+}
+
 // recheckEvery is how often a robot's connection re-checks its API key.
 const recheckEvery = 30 * time.Second
 
@@ -513,9 +525,7 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 	}
 	p, err := c.t.Auth.FromInitPayload(ctx, payload, c.ip)
 	if err == nil && p != nil && p.RobotID != uuid.Nil {
-		c.reauth = func(ctx context.Context) (*auth.Principal, error) {
-			return c.t.Auth.FromInitPayload(ctx, payload, c.ip)
-		}
+		c.reauth = initReauth(c.t.Auth, payload, c.ip)
 	}
 	if err != nil {
 		code, reason := CloseForbidden, "Forbidden: "+err.Error()
