@@ -3,9 +3,10 @@ package graph
 import (
 	"context"
 	"net/http"
+	"sync"
 
 	"github.com/99designs/gqlgen/graphql"
-	"github.com/99designs/gqlgen/graphql/handler/lru"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 	"github.com/vektah/gqlparser/v2/parser"
@@ -264,18 +265,49 @@ func (t errorsBounded) Do(w http.ResponseWriter, r *http.Request, exec graphql.G
 	t.Transport.Do(w, r, firstErrors{GraphExecutor: exec, max: t.max})
 }
 
-// persistedQueries is the cache of automatic persisted queries: at most
-// entries queries of at most maxBytes each. A larger query is not
-// remembered (its client keeps sending it whole, which works); without
-// the size bound 1,000 entries could pin a gigabyte of 1 MiB documents.
-type persistedQueries struct {
-	*lru.LRU[string]
+// documentCache is an LRU cache of documents (gqlgen's validated query
+// cache, keyed by the query, and the automatic persisted queries, whose
+// values are queries) bounded by entries and by the bytes of query text it
+// holds: a parsed document takes memory in proportion to its text, so
+// 1,000 entries of 1 MiB documents would pin gigabytes. A document over
+// maxEntry bytes is not remembered: it is parsed and validated again each
+// time, or its client sends a persisted query whole, both of which work.
+type documentCache[T any] struct {
+	mu       sync.Mutex
+	lru      *simplelru.LRU[string, T]
+	size     func(key string, v T) int
+	bytes    int
 	maxBytes int
+	maxEntry int
+}
+
+// newDocumentCache holds at most entries documents of at most maxBytes in
+// all and maxEntry each, sized by size.
+func newDocumentCache[T any](entries, maxBytes, maxEntry int, size func(key string, v T) int) *documentCache[T] {
+	c := &documentCache[T]{size: size, maxBytes: maxBytes, maxEntry: maxEntry}
+	c.lru, _ = simplelru.NewLRU[string, T](entries, func(key string, v T) { c.bytes -= size(key, v) }) // entries > 0
+	return c
+}
+
+// Get implements graphql.Cache.
+func (c *documentCache[T]) Get(_ context.Context, key string) (T, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Get(key)
 }
 
 // Add implements graphql.Cache.
-func (c persistedQueries) Add(ctx context.Context, key string, query string) {
-	if len(query) <= c.maxBytes {
-		c.LRU.Add(ctx, key, query)
+func (c *documentCache[T]) Add(_ context.Context, key string, v T) {
+	n := c.size(key, v)
+	if n > c.maxEntry {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lru.Remove(key) // replaced: its bytes leave through the eviction callback
+	c.lru.Add(key, v)
+	c.bytes += n
+	for c.bytes > c.maxBytes {
+		c.lru.RemoveOldest()
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/handler"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
-	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/vektah/gqlparser/v2/ast"
 
 	"fleetgraph/auth"
@@ -55,9 +54,13 @@ type Limits struct {
 	SubscriptionBytes int
 }
 
-// maxPersistedQuery is the largest query remembered as an automatic
-// persisted query: 1,000 of them take at most 32 MiB.
-const maxPersistedQuery = 32 << 10
+// The caches of validated documents and of automatic persisted queries
+// (documentCache) each hold at most maxCachedText bytes of query text, in
+// documents of at most maxCachedDocument bytes.
+const (
+	maxCachedText     = 8 << 20
+	maxCachedDocument = 64 << 10
+)
 
 // DefaultLimits fit every legitimate use of this API with room to spare.
 var DefaultLimits = Limits{Complexity: 50_000, Depth: 12, Aliases: 50, Tokens: 10_000, Fields: 2_000, Overlaps: 10_000, Errors: 20, BodyBytes: 1 << 20, SubscriptionBytes: 16 << 10}
@@ -207,9 +210,9 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	use(operationMetrics{cfg.Metrics})
 	use(newRequestsFirst(cfg.Running, cfg.OperationTimeout, &running, cfg.Metrics))
 
-	validated := lru.New[*ast.QueryDocument](1000)
+	validated := newDocumentCache(1000, maxCachedText, maxCachedDocument, func(query string, _ *ast.QueryDocument) int { return len(query) })
 	srv.SetQueryCache(validated)
-	use(extension.AutomaticPersistedQuery{Cache: persistedQueries{LRU: lru.New[string](1000), maxBytes: maxPersistedQuery}})
+	use(extension.AutomaticPersistedQuery{Cache: newDocumentCache(1000, maxCachedText, maxCachedDocument, func(_, query string) int { return len(query) })})
 	srv.SetParserTokenLimit(cfg.Limits.Tokens)
 	// After the persisted query is resolved, before gqlgen validates.
 	use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})

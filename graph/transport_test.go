@@ -216,7 +216,7 @@ func TestHTTPTransports(t *testing.T) {
 
 		// A large query is answered but not remembered: 1,000 remembered
 		// 1 MiB documents would pin a gigabyte.
-		large := persisted("{ machines { totalCount } }\n#" + strings.Repeat("x", 40<<10))
+		large := persisted("{ machines { totalCount } }\n#" + strings.Repeat("x", 70<<10))
 		large(true).OK(t, &out)
 		require.Equal(t, "PERSISTED_QUERY_NOT_FOUND", large(false).Errors[0].Code())
 	})
