@@ -102,7 +102,8 @@ type Versioned struct {
 var (
 	// ErrTooSlow ends a subscriber that lets too many updates pile up.
 	ErrTooSlow = errors.New("the subscriber is not reading fast enough; updates were piling up, so the subscription was closed: resubscribe and re-query")
-	// ErrResyncFailed ends subscribers whose lost updates could not be re-read.
+	// ErrResyncFailed ends subscribers whose updates could not be read: a
+	// resync that failed, or a batch's rows that failed to load twice.
 	ErrResyncFailed = errors.New("updates were lost and could not be re-read; resubscribe and re-query")
 )
 
@@ -136,9 +137,13 @@ type topic struct {
 
 // NewHub returns a hub reading the change feed from l.
 func NewHub(l *Listener, source Source, log *slog.Logger) *Hub {
+	return newHub(l.Subscribe(ChangeChannel, 65536), source, log)
+}
+
+func newHub(feed *Subscription, source Source, log *slog.Logger) *Hub {
 	return &Hub{
 		source:      source,
-		feed:        l.Subscribe(ChangeChannel, 65536),
+		feed:        feed,
 		log:         log,
 		queueLimit:  1000,
 		resyncSlack: time.Minute,
@@ -223,8 +228,19 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 		rows := map[string]Versioned{}
 		if len(keys) > 0 {
 			var err error
-			if rows, err = h.source.Load(ctx, loadKind, k.tenant, keys); err != nil {
-				h.log.Error("loading changed rows", "kind", loadKind, "error", err)
+			if rows, err = h.load(ctx, loadKind, k.tenant, keys); err != nil {
+				if ctx.Err() != nil {
+					return // shutting down: Run ends every subscriber
+				}
+				// The updates are lost, as in a failed resync: end their
+				// subscribers, who resubscribe and re-query, rather than
+				// leave them silently behind.
+				h.log.Error("loading changed rows; ending their subscribers", "kind", loadKind, "error", err)
+				for _, w := range ws {
+					for _, s := range w.subs {
+						s.end(ErrResyncFailed)
+					}
+				}
 				continue
 			}
 		}
@@ -242,6 +258,17 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 			}
 		}
 	}
+}
+
+// load reads a batch's changed rows, trying twice: a reset connection or a
+// pool timeout is often gone at the second attempt.
+func (h *Hub) load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (map[string]Versioned, error) {
+	rows, err := h.source.Load(ctx, kind, tenant, keys)
+	if err != nil && ctx.Err() == nil {
+		h.log.Warn("loading changed rows; trying again", "kind", kind, "error", err)
+		rows, err = h.source.Load(ctx, kind, tenant, keys)
+	}
+	return rows, err
 }
 
 func opName(op string) string {
