@@ -127,7 +127,10 @@ type Hub struct {
 	mu     sync.RWMutex
 	topics map[topic]map[*Sub]struct{}
 
-	lastFeed time.Time // when the feed was last known healthy; hub goroutine only
+	// lastFeed is when the newest notification the hub has taken was
+	// received: the feed was healthy then, so what a later loss cost is
+	// what changed after it (hub goroutine only).
+	lastFeed time.Time
 }
 
 type topic struct {
@@ -179,7 +182,14 @@ func (h *Hub) Run(ctx context.Context) {
 	}
 }
 
+// process handles one batch. The window a resync re-reads starts at the
+// receipt of the newest notification taken before the batch, not at the
+// end of an earlier batch's processing: a slow resync or load, or a
+// backlog in the feed's buffer, must not move it past notifications that
+// were lost meanwhile.
 func (h *Hub) process(ctx context.Context, batch []Notification) {
+	since := h.lastFeed.Add(-h.resyncSlack)
+	h.lastFeed = batch[len(batch)-1].At
 	resync := h.feed.TakeOverflow()
 	var changes []Change
 	for _, n := range batch {
@@ -195,9 +205,8 @@ func (h *Hub) process(ctx context.Context, batch []Notification) {
 		changes = append(changes, c)
 	}
 	if resync {
-		h.resync(ctx)
+		h.resync(ctx, since)
 	}
-	h.lastFeed = time.Now()
 	h.deliver(ctx, changes)
 }
 
@@ -309,8 +318,7 @@ func (h *Hub) matching(k topic, c Change) []*Sub {
 // resync re-reads, after the feed lost notifications (a reconnect, or an
 // overflow), what every live topic may have missed, and offers it as
 // CURRENT updates; subscribers drop what they already have.
-func (h *Hub) resync(ctx context.Context) {
-	since := h.lastFeed.Add(-h.resyncSlack)
+func (h *Hub) resync(ctx context.Context, since time.Time) {
 	h.mu.RLock()
 	live := make(map[topic][]*Sub, len(h.topics))
 	for k, subs := range h.topics {

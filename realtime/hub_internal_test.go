@@ -2,9 +2,11 @@ package realtime
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -16,11 +18,12 @@ import (
 
 // faultySource is the hub's real source over a test database, with faults
 // injected: its next failLoads calls of Load fail as a reset connection
-// would.
+// would. It records the windows ChangedSince re-reads.
 type faultySource struct {
 	Source
 	failLoads int
 	loads     int
+	windows   []time.Time
 }
 
 var errConnectionReset = errors.New("read tcp: connection reset by peer")
@@ -32,6 +35,11 @@ func (s *faultySource) Load(ctx context.Context, kind string, tenant uuid.UUID, 
 		return nil, errConnectionReset
 	}
 	return s.Source.Load(ctx, kind, tenant, keys)
+}
+
+func (s *faultySource) ChangedSince(ctx context.Context, kind string, tenant uuid.UUID, since time.Time) ([]Versioned, error) {
+	s.windows = append(s.windows, since)
+	return s.Source.ChangedSince(ctx, kind, tenant, since)
 }
 
 func TestHubDelivery(t *testing.T) {
@@ -98,5 +106,24 @@ func TestHubDelivery(t *testing.T) {
 		}
 		require.ErrorIs(t, b.sub.Err(), ErrResyncFailed, "the failed resync's error: the client resubscribes and re-queries")
 		requireLive(t, bystander)
+	})
+
+	// The hub is an hour behind: the batch it takes now holds a
+	// notification received an hour ago. When the feed then loses
+	// notifications, the resync re-reads from that receipt (less the
+	// slack), not from when the hub got round to the batch, which would
+	// miss what changed in that hour after the feed broke.
+	t.Run("AResyncReReadsFromTheNewestNotificationReceived", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		payload, err := json.Marshal(b.change)
+		require.NoError(t, err)
+		received := time.Now().Add(-time.Hour)
+		b.hub.process(t.Context(), []Notification{{Channel: ChangeChannel, Payload: string(payload), At: received}})
+		require.Len(t, b.sub.Take(), 1)
+		b.hub.process(t.Context(), []Notification{{Channel: ChangeChannel, Reconnected: true, At: time.Now()}})
+		require.Len(t, b.source.windows, 1, "the reconnect resyncs the subscriber's topic")
+		require.True(t, b.source.windows[0].Equal(received.Add(-b.hub.resyncSlack)),
+			"the resync re-reads from %s, not from the notification's receipt %s less the slack", b.source.windows[0], received)
 	})
 }
