@@ -104,7 +104,7 @@ type Runner struct {
 	leader *bun.Conn // held while this process holds the lock
 }
 
-// scheduled is a task and when it last ran.
+// scheduled is a task and the start of the step it last ran in.
 type scheduled struct {
 	Task
 	last time.Time
@@ -162,7 +162,15 @@ func (r *Runner) Leading() bool {
 // that is due at the clock's time, in the order they were registered. It
 // reports whether this process leads. Run calls it every tick; tests call
 // it directly, from one goroutine at a time.
+//
+// A task is due when its interval, less half a tick for the ticker's
+// jitter, has passed between the starts of the step it last ran in and of
+// this one. Measuring from the step's start rather than from each task's
+// own (later by the leader's ping and the earlier tasks' durations, which
+// vary) keeps a task whose interval is the tick running at every tick.
+// Each task is still given the clock's time as it starts.
 func (r *Runner) Step(ctx context.Context) (bool, error) {
+	start := r.clock.Now()
 	leading, err := r.lead(ctx)
 	r.mu.Lock()
 	r.leading = leading && err == nil
@@ -172,11 +180,11 @@ func (r *Runner) Step(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	for _, t := range tasks {
-		now := r.clock.Now()
-		if !t.last.IsZero() && now.Sub(t.last) < t.Every {
+		if !t.last.IsZero() && start.Sub(t.last) < t.Every-r.tick/2 {
 			continue
 		}
-		t.last = now
+		t.last = start
+		now := r.clock.Now()
 		taskCtx := auth.WithPrincipal(ctx, auth.SystemPrincipal(t.Name))
 		if err := t.Run(taskCtx, now); err != nil && ctx.Err() == nil {
 			r.log.Error("maintenance task failed", "task", t.Name, "error", err)

@@ -76,6 +76,34 @@ func TestRunner(t *testing.T) {
 		require.Equal(t, "system:hourly", hourly.actors[1])
 	})
 
+	// Steps come one tick apart (the ticker's), while an earlier task's
+	// duration varies: a task due every tick still runs at every step.
+	t.Run("ATaskDueEveryTickRunsAtEveryStep", func(t *testing.T) {
+		b := setup(t)
+		const tick = time.Second
+		r := maintenance.New(maintenance.Config{DB: b.db.DB, Clock: b.clock, Tick: tick})
+		slowRuns := 0
+		r.Register(maintenance.Task{Name: "slow", Every: tick, Run: func(context.Context, time.Time) error {
+			slowRuns++
+			if slowRuns%2 == 1 {
+				b.clock.Advance(20 * time.Millisecond) // it takes 20 ms every other time
+			}
+			return nil
+		}})
+		everyTick := &recorder{}
+		r.Register(maintenance.Task{Name: "every-tick", Every: tick, Run: everyTick.run})
+		start := b.clock.Now()
+		for i := range 10 {
+			b.clock.Set(start.Add(time.Duration(i) * tick))
+			leading, err := r.Step(t.Context())
+			require.NoError(t, err)
+			require.True(t, leading)
+			require.Equal(t, i+1, everyTick.count(), "the task due every tick ran at step %d", i)
+		}
+		require.Equal(t, 10, slowRuns)
+		require.Equal(t, start.Add(20*time.Millisecond), everyTick.times[0], "a task runs at the clock's time as it starts")
+	})
+
 	t.Run("OneLeaderAndATakeoverWhenItDies", func(t *testing.T) {
 		b := setup(t)
 		// Two replicas: each its own pool on the same database.
