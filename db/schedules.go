@@ -668,7 +668,11 @@ type FireStats struct {
 // every job carries its (schedule, tick) key, so a tick fires at most one
 // job however many replicas run rounds at once or however often the
 // leader changes. A schedule whose job cannot be enqueued (its target robot
-// was deleted, say) records the error and moves on to its next tick.
+// was deleted, say) records the error and moves on to its next tick. One
+// that fails otherwise (a database error) is rolled back, to be tried
+// again at the next round, and the round goes on with the others: a
+// schedule that keeps failing must not starve those due after it. Their
+// errors are returned together, after the round, unless ctx ends it.
 func (s *Schedules) Fire(ctx context.Context, idb bun.IDB, now time.Time) (FireStats, error) {
 	var stats FireStats
 	var due []uuid.UUID
@@ -678,15 +682,26 @@ func (s *Schedules) Fire(ctx context.Context, idb bun.IDB, now time.Time) (FireS
 	if err != nil {
 		return stats, fmt.Errorf("finding due schedules: %w", err)
 	}
+	var errs []error
+	failed := 0
 	for _, id := range due {
 		err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 			return s.fireOne(ctx, tx, id, now, &stats)
 		})
-		if err != nil {
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil {
 			return stats, fmt.Errorf("firing schedule %s: %w", id, err)
 		}
+		if failed++; len(errs) < 10 {
+			errs = append(errs, fmt.Errorf("firing schedule %s: %w", id, err))
+		}
 	}
-	return stats, nil
+	if failed > len(errs) {
+		errs = append(errs, fmt.Errorf("and %d more schedules failed", failed-len(errs)))
+	}
+	return stats, errors.Join(errs...)
 }
 
 // fireOne fires one schedule's due ticks, as Fire describes.

@@ -339,6 +339,43 @@ func TestScheduler(t *testing.T) {
 		require.Equal(t, []time.Time{utcTime("2026-06-01T10:10:00Z")}, ticks)
 	})
 
+	// A schedule whose round fails on a database error (here a test-only
+	// trigger refusing its jobs) is due first, at every round: the others
+	// still fire, and it is tried again at the next round.
+	t.Run("AFailingScheduleDoesNotStarveTheOthers", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		failing := b.create(t, map[string]any{"cronExpression": "* * * * *"})   // due first, at 10:01
+		healthy := b.create(t, map[string]any{"cronExpression": "*/2 * * * *"}) // due at 10:02
+		ctx := t.Context()
+		_, err := b.s.DB.ExecContext(ctx, `CREATE FUNCTION refuse_job() RETURNS trigger LANGUAGE plpgsql
+			AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$`)
+		require.NoError(t, err)
+		_, err = b.s.DB.ExecContext(ctx, "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs FOR EACH ROW WHEN (NEW.schedule_id = ?) EXECUTE FUNCTION refuse_job()", failing.ID)
+		require.NoError(t, err)
+
+		b.clock.Set(utcTime("2026-06-01T10:02:05Z"))
+		round := func() error {
+			ctx := auth.WithPrincipal(ctx, auth.SystemPrincipal(db.SchedulerTask))
+			_, err := b.s.App.Resolver.ScheduleStore.Fire(ctx, b.s.DB.DB, b.clock.Now())
+			return err
+		}
+		err = round()
+		require.ErrorContains(t, err, failing.ID, "the round reports the failing schedule")
+		require.ErrorContains(t, err, "injected failure")
+		ticks, _ := schTicks(t, b.s, healthy.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:02:00Z")}, ticks, "the schedule due after the failing one fired")
+		ticks, _ = schTicks(t, b.s, failing.ID)
+		require.Empty(t, ticks)
+
+		_, err = b.s.DB.ExecContext(ctx, "DROP TRIGGER refuse_job ON jobs")
+		require.NoError(t, err)
+		require.NoError(t, round())
+		ticks, _ = schTicks(t, b.s, failing.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:01:00Z"), utcTime("2026-06-01T10:02:00Z")}, ticks,
+			"the failed round was rolled back and its ticks fire at the next")
+	})
+
 	t.Run("JitterDelaysEachJobWithinItsBound", func(t *testing.T) {
 		t.Parallel()
 		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
