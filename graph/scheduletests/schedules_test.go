@@ -321,6 +321,23 @@ func TestScheduler(t *testing.T) {
 		b.s.Do(t, b.user.Token, `mutation($id: ID!) { deleteSchedule(id: $id) }`, map[string]any{"id": sch.ID}).Code(t, "NOT_FOUND")
 	})
 
+	// The leader was down at 10:10 (the clock moved, nothing stepped);
+	// renaming the schedule and changing its priority meanwhile keeps that
+	// due tick, which the next round fires.
+	t.Run("UpdateKeepsDueTicksWhenTheTimingIsUnchanged", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *"})
+		b.clock.Set(utcTime("2026-06-01T10:10:05Z"))
+		var upd struct{ UpdateSchedule schSchedule }
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {name: "renamed", priority: 5}) { `+schFields+` } }`,
+			map[string]any{"id": sch.ID}).OK(t, &upd)
+		require.Equal(t, "renamed", upd.UpdateSchedule.Name)
+		b.step(t)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:10:00Z")}, ticks, "the tick due before the update fires")
+	})
+
 	t.Run("AJobThatCannotBeEnqueuedIsRecordedAndTheScheduleGoesOn", func(t *testing.T) {
 		t.Parallel()
 		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
