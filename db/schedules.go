@@ -231,9 +231,12 @@ func tickBefore(t time.Time, end *time.Time) *time.Time {
 }
 
 // check validates a schedule's settings as a whole, resolving its workflow,
-// version and robot in the caller's tenant, and sets its next tick. It is
-// shared by create and update, so both refuse the same things.
-func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch *Schedule, now time.Time) error {
+// version and robot in the caller's tenant. It is shared by create and
+// update, so both refuse the same things. It sets the schedule's next tick
+// to its first after now, unless prev (the schedule before an update)
+// ticks alike: a change of name, priority, input or jitter keeps the ticks
+// that are due and not yet fired (after a leader's downtime, say).
+func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch, prev *Schedule, now time.Time) error {
 	var err error
 	if sch.Name, err = checkName("name", sch.Name); err != nil {
 		return err
@@ -273,12 +276,13 @@ func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch *Schedul
 	if sch.StartAt != nil && sch.EndAt != nil && !sch.EndAt.After(*sch.StartAt) {
 		return fault.Invalid("endAt", "endAt (%s) must be after startAt (%s)", sch.EndAt.UTC().Format(time.RFC3339), sch.StartAt.UTC().Format(time.RFC3339))
 	}
-	sch.NextTickAt = firstTick(sp, sch, now)
-	if sch.NextTickAt == nil {
-		if sch.EndAt != nil && !sp.Next(now).IsZero() {
-			return fault.Invalid("endAt", "the schedule can never fire again: its next tick after now is after endAt (%s)", sch.EndAt.UTC().Format(time.RFC3339))
+	if prev == nil || !sameTiming(sch, prev) {
+		if sch.NextTickAt = firstTick(sp, sch, now); sch.NextTickAt == nil {
+			if sch.EndAt != nil && !sp.Next(now).IsZero() {
+				return fault.Invalid("endAt", "the schedule can never fire again: its next tick after now is after endAt (%s)", sch.EndAt.UTC().Format(time.RFC3339))
+			}
+			return fault.Invalid("cronExpression", "the schedule can never fire: cronExpression %q matches no time in the next five years", fault.Excerpt(sch.CronExpression, 100))
 		}
-		return fault.Invalid("cronExpression", "the schedule can never fire: cronExpression %q matches no time in the next five years", fault.Excerpt(sch.CronExpression, 100))
 	}
 	w, err := s.workflows.get(ctx, tx, sc, sch.WorkflowID, false)
 	if err != nil {
@@ -295,6 +299,13 @@ func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch *Schedul
 		}
 	}
 	return nil
+}
+
+// sameTiming reports whether a and b tick alike: same expression, zone,
+// start and end.
+func sameTiming(a, b *Schedule) bool {
+	same := func(x, y *time.Time) bool { return x == nil && y == nil || x != nil && y != nil && x.Equal(*y) }
+	return a.CronExpression == b.CronExpression && a.TimeZone == b.TimeZone && same(a.StartAt, b.StartAt) && same(a.EndAt, b.EndAt)
 }
 
 // Create adds a schedule; its first tick is the first after now (or at or
@@ -334,7 +345,7 @@ func (s *Schedules) Create(ctx context.Context, idb bun.IDB, in CreateScheduleIn
 		return nil, fault.Invalid("pauseNote", "pauseNote goes with paused: true")
 	}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if err := s.check(ctx, tx, sc, sch, s.now()); err != nil {
+		if err := s.check(ctx, tx, sc, sch, nil, s.now()); err != nil {
 			return err
 		}
 		if _, err := tx.NewInsert().Model(sch).Returning("*").Exec(ctx); err != nil {
@@ -365,7 +376,8 @@ func checkPauseNote(note *string) (*string, error) {
 }
 
 // Update changes a schedule's settings. A change of expression, zone, start
-// or end restarts its ticks from now; a tick BUFFER_ONE held back is kept.
+// or end restarts its ticks from now; other changes keep its ticks, those
+// due but not yet fired too. A tick BUFFER_ONE held back is kept.
 func (s *Schedules) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in UpdateScheduleInput) (*Schedule, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -376,6 +388,7 @@ func (s *Schedules) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Up
 		if err := inTenant(sc, tx.NewSelect().Model(sch).Where("s.id = ?", id), "s").For("UPDATE").Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "schedule")
 		}
+		prev := *sch
 		setIf(&sch.Name, in.Name)
 		setIf(&sch.CronExpression, in.CronExpression)
 		setIf(&sch.TimeZone, in.TimeZone)
@@ -418,7 +431,7 @@ func (s *Schedules) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Up
 				return fault.Invalid("unset", "unset lists VERSION, ROBOT_ID, START_AT or END_AT")
 			}
 		}
-		if err := s.check(ctx, tx, sc, sch, s.now()); err != nil {
+		if err := s.check(ctx, tx, sc, sch, &prev, s.now()); err != nil {
 			return err
 		}
 		_, err := tx.NewUpdate().Model(sch).WherePK().
@@ -668,7 +681,11 @@ type FireStats struct {
 // every job carries its (schedule, tick) key, so a tick fires at most one
 // job however many replicas run rounds at once or however often the
 // leader changes. A schedule whose job cannot be enqueued (its target robot
-// was deleted, say) records the error and moves on to its next tick.
+// was deleted, say) records the error and moves on to its next tick. One
+// that fails otherwise (a database error) is rolled back, to be tried
+// again at the next round, and the round goes on with the others: a
+// schedule that keeps failing must not starve those due after it. Their
+// errors are returned together, after the round, unless ctx ends it.
 func (s *Schedules) Fire(ctx context.Context, idb bun.IDB, now time.Time) (FireStats, error) {
 	var stats FireStats
 	var due []uuid.UUID
@@ -678,15 +695,26 @@ func (s *Schedules) Fire(ctx context.Context, idb bun.IDB, now time.Time) (FireS
 	if err != nil {
 		return stats, fmt.Errorf("finding due schedules: %w", err)
 	}
+	var errs []error
+	failed := 0
 	for _, id := range due {
 		err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 			return s.fireOne(ctx, tx, id, now, &stats)
 		})
-		if err != nil {
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil {
 			return stats, fmt.Errorf("firing schedule %s: %w", id, err)
 		}
+		if failed++; len(errs) < 10 {
+			errs = append(errs, fmt.Errorf("firing schedule %s: %w", id, err))
+		}
 	}
-	return stats, nil
+	if failed > len(errs) {
+		errs = append(errs, fmt.Errorf("and %d more schedules failed", failed-len(errs)))
+	}
+	return stats, errors.Join(errs...)
 }
 
 // fireOne fires one schedule's due ticks, as Fire describes.

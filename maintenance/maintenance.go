@@ -6,7 +6,9 @@
 // (locks.Maintenance, on a connection it keeps) is the leader and runs the
 // registered tasks, each at its own interval; the others try to take the
 // lock at every tick, so when the leader dies (its session ends and with it
-// the lock) another takes over within a tick. Time comes from a Clock, so
+// the lock) another takes over within a tick. A leader cut off without its
+// connection closing, or stuck, stops pinging: PostgreSQL ends its idle
+// session after Config.IdleSessionTimeout (30 s). Time comes from a Clock, so
 // tests can step through hours of ticks without waiting, and each task runs
 // with a system principal (system:<task>) in its context, so that what it
 // does through the stores is attributed to it.
@@ -14,6 +16,8 @@ package maintenance
 
 import (
 	"context"
+	"database/sql/driver"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -85,17 +89,27 @@ type Config struct {
 	// Clock defaults to SystemClock.
 	Clock Clock
 	// Tick is how often the runner checks its leadership and which tasks
-	// are due (default 1 s): the longest a dead leader goes unreplaced.
+	// are due (default 1 s): the longest a leader whose session ended goes
+	// unreplaced.
 	Tick time.Duration
-	Log  *slog.Logger
+	// IdleSessionTimeout is how long PostgreSQL lets the leader's session
+	// sit idle before it ends it, and with it the lock (default 30 s). The
+	// leader pings at every step, a tick apart, so an idle session is a
+	// leader that is stuck, or whose host vanished without closing TCP,
+	// which PostgreSQL would otherwise notice only when TCP keepalive gives
+	// up (about 2 h with the OS's defaults). A step, tasks included, must
+	// take well under it, or the leadership passes to another replica.
+	IdleSessionTimeout time.Duration
+	Log                *slog.Logger
 }
 
 // Runner elects the leader and runs the tasks on it.
 type Runner struct {
-	db    *bun.DB
-	clock Clock
-	tick  time.Duration
-	log   *slog.Logger
+	db          *bun.DB
+	clock       Clock
+	tick        time.Duration
+	idleTimeout time.Duration
+	log         *slog.Logger
 
 	mu      sync.Mutex
 	tasks   []*scheduled
@@ -104,7 +118,7 @@ type Runner struct {
 	leader *bun.Conn // held while this process holds the lock
 }
 
-// scheduled is a task and when it last ran.
+// scheduled is a task and the start of the step it last ran in.
 type scheduled struct {
 	Task
 	last time.Time
@@ -118,10 +132,13 @@ func New(cfg Config) *Runner {
 	if cfg.Tick <= 0 {
 		cfg.Tick = time.Second
 	}
+	if cfg.IdleSessionTimeout <= 0 {
+		cfg.IdleSessionTimeout = 30 * time.Second
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Runner{db: cfg.DB, clock: cfg.Clock, tick: cfg.Tick, log: cfg.Log}
+	return &Runner{db: cfg.DB, clock: cfg.Clock, tick: cfg.Tick, idleTimeout: cfg.IdleSessionTimeout, log: cfg.Log}
 }
 
 // Register adds a task; it first runs at the leader's next step.
@@ -162,7 +179,15 @@ func (r *Runner) Leading() bool {
 // that is due at the clock's time, in the order they were registered. It
 // reports whether this process leads. Run calls it every tick; tests call
 // it directly, from one goroutine at a time.
+//
+// A task is due when its interval, less half a tick for the ticker's
+// jitter, has passed between the starts of the step it last ran in and of
+// this one. Measuring from the step's start rather than from each task's
+// own (later by the leader's ping and the earlier tasks' durations, which
+// vary) keeps a task whose interval is the tick running at every tick.
+// Each task is still given the clock's time as it starts.
 func (r *Runner) Step(ctx context.Context) (bool, error) {
+	start := r.clock.Now()
 	leading, err := r.lead(ctx)
 	r.mu.Lock()
 	r.leading = leading && err == nil
@@ -172,11 +197,11 @@ func (r *Runner) Step(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	for _, t := range tasks {
-		now := r.clock.Now()
-		if !t.last.IsZero() && now.Sub(t.last) < t.Every {
+		if !t.last.IsZero() && start.Sub(t.last) < t.Every-r.tick/2 {
 			continue
 		}
-		t.last = now
+		t.last = start
+		now := r.clock.Now()
 		taskCtx := auth.WithPrincipal(ctx, auth.SystemPrincipal(t.Name))
 		if err := t.Run(taskCtx, now); err != nil && ctx.Err() == nil {
 			r.log.Error("maintenance task failed", "task", t.Name, "error", err)
@@ -186,22 +211,36 @@ func (r *Runner) Step(ctx context.Context) (bool, error) {
 }
 
 // lead reports whether this process holds the maintenance lock, trying to
-// take it when it does not.
+// take it when it does not: a leader whose session ended takes it again
+// at its next step, unless another replica did.
 func (r *Runner) lead(ctx context.Context) (bool, error) {
 	if r.leader != nil {
-		if err := r.leader.PingContext(ctx); err == nil {
+		conn := *r.leader
+		err := roundTrip(ctx, conn, func(ctx context.Context) error { return conn.PingContext(ctx) })
+		if err == nil {
 			return true, nil
 		}
-		r.log.Warn("lost the maintenance leadership: its connection is gone")
-		r.resign() // the session, and with it the lock, is gone
+		r.log.Warn("lost the maintenance leadership: its connection does not answer", "error", err)
+		if errors.Is(err, errNoAnswer) {
+			r.leader = nil // roundTrip discards it once the ping returns
+		} else {
+			r.resign() // the session, and with it the lock, is gone
+		}
 	}
-	conn, err := r.db.Conn(ctx)
+	connCtx, cancel := context.WithTimeout(ctx, leaderTimeout)
+	conn, err := r.db.Conn(connCtx)
+	cancel()
 	if err != nil {
 		return false, fmt.Errorf("connecting to compete for the maintenance lock: %w", err)
 	}
 	var got bool
-	if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock(?)", int64(locks.Maintenance)).Scan(&got); err != nil {
-		_ = conn.Close()
+	err = roundTrip(ctx, conn, func(ctx context.Context) error {
+		return conn.QueryRowContext(ctx, takeLeadSQL, int64(locks.Maintenance), fmt.Sprint(r.idleTimeout.Milliseconds())).Scan(&got)
+	})
+	if err != nil {
+		if !errors.Is(err, errNoAnswer) {
+			_ = conn.Close()
+		}
 		return false, fmt.Errorf("competing for the maintenance lock: %w", err)
 	}
 	if !got {
@@ -213,14 +252,71 @@ func (r *Runner) lead(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
+// takeLeadSQL tries the lock and, only when it got it, sets the session
+// up to be ended by PostgreSQL soon after its client vanishes (TCP
+// keepalives from 10 s idle, 3 probes 5 s apart; unacknowledged data given
+// up after 25 s) or stops pinging (idle_session_timeout, the second
+// argument, in ms). One statement, so that no session holds the lock
+// without them. The settings are the session's: the connection is
+// discarded, not pooled, when it stops leading.
+const takeLeadSQL = `SELECT CASE WHEN pg_try_advisory_lock(?) THEN
+	(set_config('tcp_keepalives_idle', '10', false) || set_config('tcp_keepalives_interval', '5', false) ||
+	 set_config('tcp_keepalives_count', '3', false) || set_config('tcp_user_timeout', '25000', false) ||
+	 set_config('idle_session_timeout', ?, false)) IS NOT NULL
+	ELSE false END`
+
+// leaderTimeout bounds each round trip of the leadership (the leader's
+// ping, an attempt at the lock); a healthy one takes milliseconds.
+const leaderTimeout = 5 * time.Second
+
+// errNoAnswer is a round trip that did not answer within leaderTimeout.
+var errNoAnswer = errors.New("the database did not answer")
+
+// roundTrip runs f on conn, waiting for it at most leaderTimeout. lib/pq
+// does not stop a read at a context's deadline (it only asks the server to
+// cancel the statement), so a statement to a vanished server would hold
+// Step until TCP gives up. When f does not return in time, roundTrip
+// returns errNoAnswer and conn is no longer the caller's: it is discarded
+// once f returns, and its session (with any lock it holds) ends then, or
+// on the server's idle timeout if the server is cut off.
+func roundTrip(ctx context.Context, conn bun.Conn, f func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, leaderTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		go func() {
+			<-done
+			discard(conn)
+		}()
+		return fmt.Errorf("%w: %w", errNoAnswer, ctx.Err())
+	}
+}
+
+// discard closes conn rather than return it to the pool, where the
+// leader's session settings must not go.
+func discard(conn bun.Conn) {
+	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	_ = conn.Close()
+}
+
 // resign gives up the lock, if held.
 func (r *Runner) resign() {
 	if r.leader == nil {
 		return
 	}
-	_, _ = r.leader.ExecContext(context.Background(), "SELECT pg_advisory_unlock(?)", int64(locks.Maintenance))
-	_ = r.leader.Close()
+	conn := *r.leader
 	r.leader = nil
+	err := roundTrip(context.Background(), conn, func(ctx context.Context) error {
+		_, err := conn.ExecContext(ctx, "SELECT pg_advisory_unlock(?)", int64(locks.Maintenance))
+		return err
+	})
+	if !errors.Is(err, errNoAnswer) {
+		discard(conn)
+	}
 	r.mu.Lock()
 	r.leading = false
 	r.mu.Unlock()

@@ -2,12 +2,17 @@ package maintenance_test
 
 import (
 	"context"
+	"database/sql"
+	"errors"
+	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"fleetgraph/auth"
 	"fleetgraph/db"
@@ -76,6 +81,34 @@ func TestRunner(t *testing.T) {
 		require.Equal(t, "system:hourly", hourly.actors[1])
 	})
 
+	// Steps come one tick apart (the ticker's), while an earlier task's
+	// duration varies: a task due every tick still runs at every step.
+	t.Run("ATaskDueEveryTickRunsAtEveryStep", func(t *testing.T) {
+		b := setup(t)
+		const tick = time.Second
+		r := maintenance.New(maintenance.Config{DB: b.db.DB, Clock: b.clock, Tick: tick})
+		slowRuns := 0
+		r.Register(maintenance.Task{Name: "slow", Every: tick, Run: func(context.Context, time.Time) error {
+			slowRuns++
+			if slowRuns%2 == 1 {
+				b.clock.Advance(20 * time.Millisecond) // it takes 20 ms every other time
+			}
+			return nil
+		}})
+		everyTick := &recorder{}
+		r.Register(maintenance.Task{Name: "every-tick", Every: tick, Run: everyTick.run})
+		start := b.clock.Now()
+		for i := range 10 {
+			b.clock.Set(start.Add(time.Duration(i) * tick))
+			leading, err := r.Step(t.Context())
+			require.NoError(t, err)
+			require.True(t, leading)
+			require.Equal(t, i+1, everyTick.count(), "the task due every tick ran at step %d", i)
+		}
+		require.Equal(t, 10, slowRuns)
+		require.Equal(t, start.Add(20*time.Millisecond), everyTick.times[0], "a task runs at the clock's time as it starts")
+	})
+
 	t.Run("OneLeaderAndATakeoverWhenItDies", func(t *testing.T) {
 		b := setup(t)
 		// Two replicas: each its own pool on the same database.
@@ -119,6 +152,90 @@ func TestRunner(t *testing.T) {
 		require.False(t, leading, "the old leader notices it lost the lock and follows")
 	})
 
+	// A leader that stops stepping (stuck, or its host gone) goes idle:
+	// PostgreSQL ends its session after the idle timeout, and with it the
+	// lock, so another replica leads.
+	t.Run("AnIdleLeaderLosesTheLock", func(t *testing.T) {
+		b := setup(t)
+		other, err := db.Open(t.Context(), b.db.DSN)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = other.Close() })
+		stuck := maintenance.New(maintenance.Config{DB: b.db.DB, Clock: b.clock, IdleSessionTimeout: time.Second})
+		second := newRunner(t, b, other)
+		ctx := t.Context()
+		leading, err := stuck.Step(ctx)
+		require.NoError(t, err)
+		require.True(t, leading)
+		require.Eventually(t, func() bool {
+			leading, err := second.Step(ctx)
+			return err == nil && leading
+		}, 30*time.Second, 10*time.Millisecond, "another replica leads once the idle leader's session is ended")
+		leading, err = stuck.Step(ctx)
+		require.NoError(t, err)
+		require.False(t, leading, "the old leader follows")
+	})
+
+	// The graph's tests step their runner with long pauses: a leader whose
+	// session was ended meanwhile simply takes the lock again.
+	t.Run("ALeaderWhoseSessionEndedLeadsAgain", func(t *testing.T) {
+		b := setup(t)
+		r := maintenance.New(maintenance.Config{DB: b.db.DB, Clock: b.clock, IdleSessionTimeout: time.Second})
+		ctx := t.Context()
+		leading, err := r.Step(ctx)
+		require.NoError(t, err)
+		require.True(t, leading)
+		require.Eventually(t, func() bool { return advisoryLocks(t, b.db.DB) == 0 }, 30*time.Second, 10*time.Millisecond,
+			"PostgreSQL ends the idle leader's session")
+		leading, err = r.Step(ctx)
+		require.NoError(t, err)
+		require.True(t, leading)
+		require.Equal(t, 1, advisoryLocks(t, b.db.DB))
+	})
+
+	// The leader's host is cut off without a word: its connection neither
+	// answers nor closes. Its next step gives up on the ping rather than
+	// wait for TCP, and another replica leads once PostgreSQL ended the
+	// silent session.
+	t.Run("AVanishedLeaderIsReplaced", func(t *testing.T) {
+		b := setup(t)
+		dialer := &vanishingDialer{gone: make(chan struct{})}
+		connector, err := pq.NewConnector(b.db.DSN)
+		require.NoError(t, err)
+		connector.Dialer(dialer)
+		vanishing := bun.NewDB(sql.OpenDB(connector), pgdialect.New())
+		t.Cleanup(func() { _ = vanishing.Close() })
+		t.Cleanup(dialer.closeAll) // before the pool: ends the reads left hanging
+		first := maintenance.New(maintenance.Config{DB: vanishing, Clock: b.clock, IdleSessionTimeout: time.Second})
+		second := newRunner(t, b, b.db.DB)
+		ctx := t.Context()
+		leading, err := first.Step(ctx)
+		require.NoError(t, err)
+		require.True(t, leading)
+
+		close(dialer.gone)
+		type result struct {
+			leading bool
+			err     error
+		}
+		stepped := make(chan result, 1)
+		go func() {
+			leading, err := first.Step(ctx)
+			stepped <- result{leading, err}
+		}()
+		require.Eventually(t, func() bool {
+			leading, err := second.Step(ctx)
+			return err == nil && leading
+		}, 30*time.Second, 10*time.Millisecond, "another replica leads once the silent session is ended")
+		select {
+		case res := <-stepped:
+			require.Error(t, res.err, "it cannot reach the database to compete again")
+			require.False(t, res.leading)
+			require.False(t, first.Leading())
+		case <-time.After(30 * time.Second):
+			require.FailNow(t, "the cut-off leader's step waits for its ping forever")
+		}
+	})
+
 	t.Run("StoppingHandsTheLockOver", func(t *testing.T) {
 		b := setup(t)
 		other, err := db.Open(t.Context(), b.db.DSN)
@@ -135,4 +252,90 @@ func TestRunner(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, leading, "a runner that stops gives its lock up at once")
 	})
+}
+
+// advisoryLocks counts the advisory locks held in the test's database.
+func advisoryLocks(t *testing.T, pool *bun.DB) int {
+	t.Helper()
+	var n int
+	require.NoError(t, pool.NewRaw(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(context.Background(), &n))
+	return n
+}
+
+// vanishingDialer connects to the database until gone is closed. From then
+// on its connections are those of a host cut off without a word: what
+// they write goes nowhere, their reads never end, nothing is closed; and
+// new connections fail.
+type vanishingDialer struct {
+	gone  chan struct{}
+	mu    sync.Mutex
+	conns []*vanishingConn
+}
+
+func (d *vanishingDialer) Dial(network, address string) (net.Conn, error) {
+	return d.DialContext(context.Background(), network, address)
+}
+
+func (d *vanishingDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return d.DialContext(ctx, network, address)
+}
+
+func (d *vanishingDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	select {
+	case <-d.gone:
+		return nil, errors.New("connect: no route to host")
+	default:
+	}
+	c, err := (&net.Dialer{}).DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	vc := &vanishingConn{Conn: c, gone: d.gone, closed: make(chan struct{})}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.conns = append(d.conns, vc)
+	return vc, nil
+}
+
+// closeAll closes every connection, ending the reads left hanging.
+func (d *vanishingDialer) closeAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.conns {
+		_ = c.Close()
+	}
+}
+
+type vanishingConn struct {
+	net.Conn
+	gone   <-chan struct{}
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (c *vanishingConn) Read(p []byte) (int, error) {
+	select {
+	case <-c.gone:
+		<-c.closed
+		return 0, net.ErrClosed
+	default:
+		return c.Conn.Read(p)
+	}
+}
+
+func (c *vanishingConn) Write(p []byte) (int, error) {
+	select {
+	case <-c.gone:
+		return len(p), nil
+	default:
+		return c.Conn.Write(p)
+	}
+}
+
+func (c *vanishingConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
 }

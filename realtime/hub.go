@@ -102,7 +102,8 @@ type Versioned struct {
 var (
 	// ErrTooSlow ends a subscriber that lets too many updates pile up.
 	ErrTooSlow = errors.New("the subscriber is not reading fast enough; updates were piling up, so the subscription was closed: resubscribe and re-query")
-	// ErrResyncFailed ends subscribers whose lost updates could not be re-read.
+	// ErrResyncFailed ends subscribers whose updates could not be read: a
+	// resync that failed, or a batch's rows that failed to load twice.
 	ErrResyncFailed = errors.New("updates were lost and could not be re-read; resubscribe and re-query")
 )
 
@@ -126,7 +127,10 @@ type Hub struct {
 	mu     sync.RWMutex
 	topics map[topic]map[*Sub]struct{}
 
-	lastFeed time.Time // when the feed was last known healthy; hub goroutine only
+	// lastFeed is when the newest notification the hub has taken was
+	// received: the feed was healthy then, so what a later loss cost is
+	// what changed after it (hub goroutine only).
+	lastFeed time.Time
 }
 
 type topic struct {
@@ -136,9 +140,13 @@ type topic struct {
 
 // NewHub returns a hub reading the change feed from l.
 func NewHub(l *Listener, source Source, log *slog.Logger) *Hub {
+	return newHub(l.Subscribe(ChangeChannel, 65536), source, log)
+}
+
+func newHub(feed *Subscription, source Source, log *slog.Logger) *Hub {
 	return &Hub{
 		source:      source,
-		feed:        l.Subscribe(ChangeChannel, 65536),
+		feed:        feed,
 		log:         log,
 		queueLimit:  1000,
 		resyncSlack: time.Minute,
@@ -174,7 +182,14 @@ func (h *Hub) Run(ctx context.Context) {
 	}
 }
 
+// process handles one batch. The window a resync re-reads starts at the
+// receipt of the newest notification taken before the batch, not at the
+// end of an earlier batch's processing: a slow resync or load, or a
+// backlog in the feed's buffer, must not move it past notifications that
+// were lost meanwhile.
 func (h *Hub) process(ctx context.Context, batch []Notification) {
+	since := h.lastFeed.Add(-h.resyncSlack)
+	h.lastFeed = batch[len(batch)-1].At
 	resync := h.feed.TakeOverflow()
 	var changes []Change
 	for _, n := range batch {
@@ -190,9 +205,8 @@ func (h *Hub) process(ctx context.Context, batch []Notification) {
 		changes = append(changes, c)
 	}
 	if resync {
-		h.resync(ctx)
+		h.resync(ctx, since)
 	}
-	h.lastFeed = time.Now()
 	h.deliver(ctx, changes)
 }
 
@@ -223,8 +237,19 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 		rows := map[string]Versioned{}
 		if len(keys) > 0 {
 			var err error
-			if rows, err = h.source.Load(ctx, loadKind, k.tenant, keys); err != nil {
-				h.log.Error("loading changed rows", "kind", loadKind, "error", err)
+			if rows, err = h.load(ctx, loadKind, k.tenant, keys); err != nil {
+				if ctx.Err() != nil {
+					return // shutting down: Run ends every subscriber
+				}
+				// The updates are lost, as in a failed resync: end their
+				// subscribers, who resubscribe and re-query, rather than
+				// leave them silently behind.
+				h.log.Error("loading changed rows; ending their subscribers", "kind", loadKind, "error", err)
+				for _, w := range ws {
+					for _, s := range w.subs {
+						s.end(ErrResyncFailed)
+					}
+				}
 				continue
 			}
 		}
@@ -242,6 +267,17 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 			}
 		}
 	}
+}
+
+// load reads a batch's changed rows, trying twice: a reset connection or a
+// pool timeout is often gone at the second attempt.
+func (h *Hub) load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (map[string]Versioned, error) {
+	rows, err := h.source.Load(ctx, kind, tenant, keys)
+	if err != nil && ctx.Err() == nil {
+		h.log.Warn("loading changed rows; trying again", "kind", kind, "error", err)
+		rows, err = h.source.Load(ctx, kind, tenant, keys)
+	}
+	return rows, err
 }
 
 func opName(op string) string {
@@ -282,8 +318,7 @@ func (h *Hub) matching(k topic, c Change) []*Sub {
 // resync re-reads, after the feed lost notifications (a reconnect, or an
 // overflow), what every live topic may have missed, and offers it as
 // CURRENT updates; subscribers drop what they already have.
-func (h *Hub) resync(ctx context.Context) {
-	since := h.lastFeed.Add(-h.resyncSlack)
+func (h *Hub) resync(ctx context.Context, since time.Time) {
 	h.mu.RLock()
 	live := make(map[topic][]*Sub, len(h.topics))
 	for k, subs := range h.topics {

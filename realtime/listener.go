@@ -29,6 +29,10 @@ type Notification struct {
 	// the listener's connection was re-established: notifications sent while
 	// it was down are lost, so receivers must re-read what they watch.
 	Reconnected bool
+	// At is when the listener received it (a marker: when the connection
+	// was back). Notifications sent after the newest one a receiver took
+	// are the ones a later loss can have cost it.
+	At time.Time
 }
 
 // Subscription receives the notifications of one channel.
@@ -206,15 +210,16 @@ func (l *Listener) Run(ctx context.Context) {
 			if n == nil {
 				// pq sends nil after a reconnect: anything sent meanwhile is lost.
 				l.Metrics.Reconnected()
+				at := time.Now()
 				for _, ch := range l.channels {
-					l.deliver(Notification{Channel: ch, Reconnected: true})
+					l.deliver(Notification{Channel: ch, Reconnected: true, At: at})
 				}
 				// pq has LISTENed again on every channel before sending nil;
 				// the markers (which clear caches) went out first.
 				l.setLive(l.connected.Load())
 				continue
 			}
-			l.deliver(Notification{Channel: n.Channel, Payload: n.Extra})
+			l.deliver(Notification{Channel: n.Channel, Payload: n.Extra, At: time.Now()})
 		case <-ticker.C:
 			// A failed ping makes pq drop and re-establish the connection.
 			// It runs beside this loop: pq reads the ping's answer on the

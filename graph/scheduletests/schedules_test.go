@@ -321,6 +321,23 @@ func TestScheduler(t *testing.T) {
 		b.s.Do(t, b.user.Token, `mutation($id: ID!) { deleteSchedule(id: $id) }`, map[string]any{"id": sch.ID}).Code(t, "NOT_FOUND")
 	})
 
+	// The leader was down at 10:10 (the clock moved, nothing stepped);
+	// renaming the schedule and changing its priority meanwhile keeps that
+	// due tick, which the next round fires.
+	t.Run("UpdateKeepsDueTicksWhenTheTimingIsUnchanged", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *"})
+		b.clock.Set(utcTime("2026-06-01T10:10:05Z"))
+		var upd struct{ UpdateSchedule schSchedule }
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {name: "renamed", priority: 5}) { `+schFields+` } }`,
+			map[string]any{"id": sch.ID}).OK(t, &upd)
+		require.Equal(t, "renamed", upd.UpdateSchedule.Name)
+		b.step(t)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:10:00Z")}, ticks, "the tick due before the update fires")
+	})
+
 	t.Run("AJobThatCannotBeEnqueuedIsRecordedAndTheScheduleGoesOn", func(t *testing.T) {
 		t.Parallel()
 		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
@@ -337,6 +354,43 @@ func TestScheduler(t *testing.T) {
 		require.Equal(t, utcTime("2026-06-01T10:40:00Z"), got.NextRuns[0], "the ticks go on")
 		ticks, _ := schTicks(t, b.s, sch.ID)
 		require.Equal(t, []time.Time{utcTime("2026-06-01T10:10:00Z")}, ticks)
+	})
+
+	// A schedule whose round fails on a database error (here a test-only
+	// trigger refusing its jobs) is due first, at every round: the others
+	// still fire, and it is tried again at the next round.
+	t.Run("AFailingScheduleDoesNotStarveTheOthers", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		failing := b.create(t, map[string]any{"cronExpression": "* * * * *"})   // due first, at 10:01
+		healthy := b.create(t, map[string]any{"cronExpression": "*/2 * * * *"}) // due at 10:02
+		ctx := t.Context()
+		_, err := b.s.DB.ExecContext(ctx, `CREATE FUNCTION refuse_job() RETURNS trigger LANGUAGE plpgsql
+			AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$`)
+		require.NoError(t, err)
+		_, err = b.s.DB.ExecContext(ctx, "CREATE TRIGGER refuse_job BEFORE INSERT ON jobs FOR EACH ROW WHEN (NEW.schedule_id = ?) EXECUTE FUNCTION refuse_job()", failing.ID)
+		require.NoError(t, err)
+
+		b.clock.Set(utcTime("2026-06-01T10:02:05Z"))
+		round := func() error {
+			ctx := auth.WithPrincipal(ctx, auth.SystemPrincipal(db.SchedulerTask))
+			_, err := b.s.App.Resolver.ScheduleStore.Fire(ctx, b.s.DB.DB, b.clock.Now())
+			return err
+		}
+		err = round()
+		require.ErrorContains(t, err, failing.ID, "the round reports the failing schedule")
+		require.ErrorContains(t, err, "injected failure")
+		ticks, _ := schTicks(t, b.s, healthy.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:02:00Z")}, ticks, "the schedule due after the failing one fired")
+		ticks, _ = schTicks(t, b.s, failing.ID)
+		require.Empty(t, ticks)
+
+		_, err = b.s.DB.ExecContext(ctx, "DROP TRIGGER refuse_job ON jobs")
+		require.NoError(t, err)
+		require.NoError(t, round())
+		ticks, _ = schTicks(t, b.s, failing.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:01:00Z"), utcTime("2026-06-01T10:02:00Z")}, ticks,
+			"the failed round was rolled back and its ticks fire at the next")
 	})
 
 	t.Run("JitterDelaysEachJobWithinItsBound", func(t *testing.T) {

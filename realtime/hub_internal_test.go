@@ -1,0 +1,129 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/auth"
+	"fleetgraph/db"
+	"fleetgraph/dbtest"
+)
+
+// faultySource is the hub's real source over a test database, with faults
+// injected: its next failLoads calls of Load fail as a reset connection
+// would. It records the windows ChangedSince re-reads.
+type faultySource struct {
+	Source
+	failLoads int
+	loads     int
+	windows   []time.Time
+}
+
+var errConnectionReset = errors.New("read tcp: connection reset by peer")
+
+func (s *faultySource) Load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (map[string]Versioned, error) {
+	s.loads++
+	if s.failLoads > 0 {
+		s.failLoads--
+		return nil, errConnectionReset
+	}
+	return s.Source.Load(ctx, kind, tenant, keys)
+}
+
+func (s *faultySource) ChangedSince(ctx context.Context, kind string, tenant uuid.UUID, since time.Time) ([]Versioned, error) {
+	s.windows = append(s.windows, since)
+	return s.Source.ChangedSince(ctx, kind, tenant, since)
+}
+
+func TestHubDelivery(t *testing.T) {
+	t.Parallel()
+
+	// hubBundle is a hub (not running: the test hands it changes) over a
+	// test database holding one machine, whose owner subscribes to it.
+	type hubBundle struct {
+		hub     *Hub
+		source  *faultySource
+		machine *db.Machine
+		change  Change
+		sub     *Sub
+	}
+	setup := func(t *testing.T) *hubBundle {
+		t.Helper()
+		d := dbtest.New(t)
+		machines := db.NewMachines()
+		owner := &auth.Principal{TenantID: uuid.New(), UserID: uuid.New(), Role: auth.RoleUser}
+		m, err := machines.Create(auth.WithPrincipal(t.Context(), owner), d.DB, db.CreateMachineInput{Name: "m"})
+		require.NoError(t, err)
+		source := &faultySource{Source: &StoreSource{DB: d.DB, Machines: machines}}
+		h := newHub(&Subscription{}, source, slog.New(slog.DiscardHandler))
+		sub := h.Subscribe(SubscribeOptions{Kind: KindMachine, Tenant: owner.TenantID, Principal: owner, Filter: func(Change) bool { return true }})
+		t.Cleanup(sub.Close)
+		c := Change{Kind: KindMachine, Op: "UPDATE", Tenant: owner.TenantID, ID: m.ID.String(), Version: m.Version, Owner: &owner.UserID}
+		return &hubBundle{hub: h, source: source, machine: m, change: c, sub: sub}
+	}
+	requireLive := func(t *testing.T, sub *Sub) {
+		t.Helper()
+		select {
+		case <-sub.Done():
+			require.FailNow(t, "the subscriber was ended", "%v", sub.Err())
+		default:
+		}
+	}
+
+	t.Run("ALoadThatFailsOnceIsRetried", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.source.failLoads = 1
+		b.hub.deliver(t.Context(), []Change{b.change})
+		require.Equal(t, 2, b.source.loads)
+		got := b.sub.Take()
+		require.Len(t, got, 1, "the update is delivered, not dropped")
+		require.Equal(t, b.machine.ID.String(), got[0].Key)
+		require.Equal(t, b.machine.Version, got[0].Version)
+		requireLive(t, b.sub)
+	})
+
+	t.Run("ALoadThatFailsTwiceEndsItsSubscribers", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// A subscriber of the same topic that did not want the change lost
+		// nothing, and goes on.
+		bystander := b.hub.Subscribe(SubscribeOptions{Kind: KindMachine, Tenant: b.change.Tenant, Principal: b.sub.principal, Filter: func(Change) bool { return false }})
+		t.Cleanup(bystander.Close)
+		b.source.failLoads = 2
+		b.hub.deliver(t.Context(), []Change{b.change})
+		select {
+		case <-b.sub.Done():
+		default:
+			require.FailNow(t, "the subscriber whose update was lost was not told")
+		}
+		require.ErrorIs(t, b.sub.Err(), ErrResyncFailed, "the failed resync's error: the client resubscribes and re-queries")
+		requireLive(t, bystander)
+	})
+
+	// The hub is an hour behind: the batch it takes now holds a
+	// notification received an hour ago. When the feed then loses
+	// notifications, the resync re-reads from that receipt (less the
+	// slack), not from when the hub got round to the batch, which would
+	// miss what changed in that hour after the feed broke.
+	t.Run("AResyncReReadsFromTheNewestNotificationReceived", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		payload, err := json.Marshal(b.change)
+		require.NoError(t, err)
+		received := time.Now().Add(-time.Hour)
+		b.hub.process(t.Context(), []Notification{{Channel: ChangeChannel, Payload: string(payload), At: received}})
+		require.Len(t, b.sub.Take(), 1)
+		b.hub.process(t.Context(), []Notification{{Channel: ChangeChannel, Reconnected: true, At: time.Now()}})
+		require.Len(t, b.source.windows, 1, "the reconnect resyncs the subscriber's topic")
+		require.True(t, b.source.windows[0].Equal(received.Add(-b.hub.resyncSlack)),
+			"the resync re-reads from %s, not from the notification's receipt %s less the slack", b.source.windows[0], received)
+	})
+}
