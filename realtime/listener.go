@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -65,6 +66,10 @@ type Listener struct {
 	log      *slog.Logger
 	ping     time.Duration
 	channels []string
+	// dialer made pql's connection, and can close it (see Run).
+	dialer *closingDialer
+	// disconnects counts pq's disconnect events.
+	disconnects atomic.Uint64
 
 	mu       sync.Mutex
 	subs     map[string]map[*Subscription]struct{}
@@ -82,7 +87,61 @@ type Listener struct {
 
 // PingInterval is how often an idle listener checks its connection, so a
 // dead one is noticed within seconds rather than at the next TCP timeout.
+// A ping not answered within an interval makes the listener untrusted
+// until it is; one not answered within pingsLost intervals closes the
+// connection, and pq makes a new one.
 const PingInterval = 5 * time.Second
+
+// pingsLost is how many ping intervals a ping may go unanswered before the
+// listener gives its connection up: a half-open connection (a peer gone
+// behind a NAT or a failover) takes the ping without error and never
+// answers, and TCP retransmits it for about 15 minutes before failing.
+const pingsLost = 3
+
+// closingDialer dials pq's connections and keeps the last one, so that a
+// listener whose pings go unanswered can close it: pq then reconnects as
+// after any failure.
+type closingDialer struct {
+	mu   sync.Mutex
+	conn net.Conn
+}
+
+// Dial implements pq.Dialer.
+func (d *closingDialer) Dial(network, address string) (net.Conn, error) {
+	return d.DialContext(context.Background(), network, address)
+}
+
+// DialTimeout implements pq.Dialer.
+func (d *closingDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
+	ctx := context.Background()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	return d.DialContext(ctx, network, address)
+}
+
+// DialContext implements pq.DialerContext, which pq prefers.
+func (d *closingDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var dialer net.Dialer
+	c, err := dialer.DialContext(ctx, network, address)
+	if err == nil {
+		d.mu.Lock()
+		d.conn = c
+		d.mu.Unlock()
+	}
+	return c, err
+}
+
+// closeConn closes the last connection dialed.
+func (d *closingDialer) closeConn() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn != nil {
+		_ = d.conn.Close()
+	}
+}
 
 // ListenerApplicationName names the listener's connection in
 // pg_stat_activity, so operators (and tests) can tell it from the pool's.
@@ -106,12 +165,18 @@ func withApplicationName(dsn, name string) string {
 // NewListener connects to dsn and LISTENs on channels. It reconnects by
 // itself when the connection drops; Run must be running to deliver.
 func NewListener(dsn string, channels []string, log *slog.Logger) (*Listener, error) {
-	l := &Listener{log: log, ping: PingInterval, channels: channels, subs: map[string]map[*Subscription]struct{}{},
-		handlers: map[string][]func(Notification){}, changed: make(chan struct{})}
-	l.pql = pq.NewListener(withApplicationName(dsn, ListenerApplicationName), 100*time.Millisecond, 5*time.Second, func(ev pq.ListenerEventType, err error) {
+	return newListener(dsn, channels, log, PingInterval)
+}
+
+// newListener is NewListener with the ping interval, which tests shorten.
+func newListener(dsn string, channels []string, log *slog.Logger, ping time.Duration) (*Listener, error) {
+	l := &Listener{log: log, ping: ping, channels: channels, subs: map[string]map[*Subscription]struct{}{},
+		handlers: map[string][]func(Notification){}, changed: make(chan struct{}), dialer: &closingDialer{}}
+	l.pql = pq.NewDialListener(l.dialer, withApplicationName(dsn, ListenerApplicationName), 100*time.Millisecond, 5*time.Second, func(ev pq.ListenerEventType, err error) {
 		switch ev {
 		case pq.ListenerEventDisconnected:
 			// Before anything else: from here notifications may be lost.
+			l.disconnects.Add(1)
 			l.connected.Store(false)
 			l.setLive(false)
 			log.Warn("notification listener disconnected", "error", err)
@@ -138,8 +203,8 @@ func NewListener(dsn string, channels []string, log *slog.Logger) (*Listener, er
 // (a disconnect, Run ending), so state derived from notifications while the
 // epoch was e is only current while Trusted still returns (e, true); after a
 // reconnect notifications sent meanwhile are lost and such state must be
-// rebuilt. A connection that dies silently is noticed at the next ping
-// (PingInterval) or when the server's RST arrives.
+// rebuilt. A connection that dies silently is noticed when a ping goes
+// unanswered for a PingInterval (or when the server's RST arrives).
 func (l *Listener) Trusted() (epoch uint64, ok bool) {
 	// Read live first: setLive bumps the epoch before changing live, so
 	// (e, true) means e began with the current live period.
@@ -201,7 +266,15 @@ func (l *Listener) Run(ctx context.Context) {
 	l.setLive(l.connected.Load())
 	ticker := time.NewTicker(l.ping)
 	defer ticker.Stop()
-	var pinging atomic.Bool
+	// The ping in flight: when it began, the disconnects counted then,
+	// whether it is overdue (the listener untrusted for it), and whether
+	// its connection was closed for it. Its answer comes on pinged.
+	var (
+		pinging, overdue, closed bool
+		pingStart                time.Time
+		pingDisconnects          uint64
+		pinged                   = make(chan error, 1)
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -225,30 +298,58 @@ func (l *Listener) Run(ctx context.Context) {
 			// It runs beside this loop: pq reads the ping's answer on the
 			// connection that delivers notifications, so waiting for it here
 			// without draining Notify deadlocks once a burst fills Notify.
-			if pinging.CompareAndSwap(false, true) {
-				go func() {
-					defer pinging.Store(false)
-					if err := l.pql.Ping(); err != nil {
-						l.log.Debug("notification listener ping failed", "error", err)
-					}
-				}()
+			if !pinging {
+				pinging, pingStart, pingDisconnects = true, time.Now(), l.disconnects.Load()
+				go func() { pinged <- l.pql.Ping() }()
+				continue
 			}
+			// Unanswered for an interval: the connection may be dead
+			// without a word, so nothing learned from it is trusted
+			// until the answer comes; after pingsLost intervals it is
+			// closed, and pq reconnects (its marker resyncs everyone).
+			if !overdue {
+				overdue = true
+				l.setLive(false)
+				l.log.Warn("notification listener ping unanswered: not trusted until it is", "waited", time.Since(pingStart).Round(time.Millisecond))
+			}
+			if !closed && time.Since(pingStart) >= pingsLost*l.ping {
+				closed = true
+				l.log.Warn("notification listener ping unanswered: closing its connection", "waited", time.Since(pingStart).Round(time.Millisecond))
+				l.dialer.closeConn()
+			}
+		case err := <-pinged:
+			if err != nil {
+				l.log.Debug("notification listener ping failed", "error", err)
+			}
+			// A late answer on a connection that never dropped lost
+			// nothing; after a disconnect, the reconnect marker restores
+			// trust instead, once it has been delivered.
+			if overdue && err == nil && l.disconnects.Load() == pingDisconnects && l.connected.Load() {
+				l.setLive(true)
+			}
+			pinging, overdue, closed = false, false, false
 		}
 	}
 }
 
 // close closes the connection, draining notifications meanwhile: a ping in
-// flight holds pq's lock until its answer is read, behind them.
+// flight holds pq's lock until its answer is read, behind them. A ping
+// that gets no answer within a ping interval (a silent connection) would
+// hold it for good, so the connection is then closed under it.
 func (l *Listener) close() {
 	closed := make(chan struct{})
 	go func() {
 		defer close(closed)
 		_ = l.pql.Close()
 	}()
+	silent := time.NewTimer(l.ping)
+	defer silent.Stop()
 	for {
 		select {
 		case <-closed:
 			return
+		case <-silent.C:
+			l.dialer.closeConn()
 		case _, ok := <-l.pql.Notify:
 			if !ok {
 				<-closed
