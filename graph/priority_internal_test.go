@@ -30,10 +30,10 @@ func TestRequestsFirstCountsRunningRequests(t *testing.T) {
 
 	ext.InterceptResponse(op(ast.Mutation), func(ctx context.Context) *graphql.Response {
 		require.EqualValues(t, 1, running.Load(), "a running mutation counts")
-		park := dispatch.Parking(ctx)
-		park(true)
+		park := dispatch.ParkingOf(ctx)
+		park.Park()
 		require.EqualValues(t, 0, running.Load(), "a parked claim does not")
-		park(false)
+		require.True(t, park.Wake(ctx))
 		require.EqualValues(t, 1, running.Load(), "a woken one does again")
 		return &graphql.Response{}
 	})
@@ -47,7 +47,7 @@ func TestRequestsFirstCountsRunningRequests(t *testing.T) {
 		require.EqualValues(t, 0, running.Load(), "a subscription's event does not count")
 		return &graphql.Response{}
 	})
-	dispatch.Parking(context.Background())(true) // without a hook: nothing happens
+	dispatch.ParkingOf(context.Background()).Park() // outside an operation: nothing happens
 	require.EqualValues(t, 0, running.Load())
 }
 
@@ -204,11 +204,11 @@ func TestParkedClaimsGiveTheirTurn(t *testing.T) {
 	ctx := t.Context()
 	parked, wake, woken := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	claim := tt.start(ctx, ast.Mutation, func(ctx context.Context) {
-		park := dispatch.Parking(ctx)
-		park(true)
+		park := dispatch.ParkingOf(ctx)
+		park.Park()
 		close(parked)
 		<-wake
-		park(false)
+		park.Wake(ctx)
 		close(woken)
 	})
 	recv(t, parked, "the claim never parked")
@@ -231,11 +231,11 @@ func TestParkedClaimsGiveTheirTurn(t *testing.T) {
 	ctx2, cancel := context.WithCancel(ctx)
 	parked2, left := make(chan struct{}), make(chan struct{})
 	leaver := tt.start(ctx2, ast.Mutation, func(ctx context.Context) {
-		park := dispatch.Parking(ctx)
-		park(true)
+		park := dispatch.ParkingOf(ctx)
+		park.Park()
 		close(parked2)
 		<-ctx.Done()
-		park(false)
+		park.Wake(ctx)
 		close(left)
 	})
 	recv(t, parked2, "the second claim never parked")
@@ -252,4 +252,45 @@ func TestParkedClaimsGiveTheirTurn(t *testing.T) {
 	close(last.release)
 	recv(t, last.done, "the last operation never ended")
 	require.EqualValues(t, 0, tt.running.Load())
+}
+
+// TestWokenClaimsWaitForATurnWithinTheirWait: a woken claim waits for a
+// turn only as long as its wait lasts (Wake's ctx); one whose wait ends
+// first goes on without a turn, and the operation's end gives back none
+// and counts it out.
+func TestWokenClaimsWaitForATurnWithinTheirWait(t *testing.T) {
+	t.Parallel()
+	tt := newTurnsTest(t, 1)
+	ctx := t.Context()
+	wait, endWait := context.WithCancel(ctx)
+	parked, wake, woke := make(chan struct{}), make(chan struct{}), make(chan bool, 1)
+	claim := tt.start(ctx, ast.Mutation, func(ctx context.Context) {
+		park := dispatch.ParkingOf(ctx)
+		park.Park()
+		close(parked)
+		<-wake
+		woke <- park.Wake(wait)
+	})
+	recv(t, parked, "the claim never parked")
+	holder := tt.start(ctx, ast.Query, nil)
+	recv(t, holder.running, "no turn while the claim was parked")
+	close(wake)
+	tt.waitFor(1)
+	endWait()
+	select {
+	case ok := <-woke:
+		require.False(t, ok, "the claim got a turn that was held")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the claim kept waiting for a turn after its wait ended")
+	}
+	tt.waitFor(0)
+	close(claim.release)
+	recv(t, claim.done, "the claim never ended")
+	close(holder.release)
+	recv(t, holder.done, "the holder never ended")
+	require.EqualValues(t, 0, tt.running.Load())
+	last := tt.start(ctx, ast.Query, nil)
+	recv(t, last.running, "a turn was lost")
+	close(last.release)
+	recv(t, last.done, "the last operation never ended")
 }
