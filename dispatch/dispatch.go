@@ -204,7 +204,7 @@ func (d *Dispatcher) ClaimMany(ctx context.Context, limit int, wait time.Duratio
 		for {
 			select {
 			case <-waitCtx.Done():
-				park.Wake(ctx)
+				park.Leave()
 				return nil, nil
 			case <-poll.C:
 				poll.Reset(d.pollInterval())
@@ -332,13 +332,17 @@ func (rc *robotClaims) give() { <-rc.turn }
 // Parking is how a waiting claim tells its operation when it works, so
 // that the operation holds a turn (and counts as running) only then
 // (WithParking). A claim calls Park when it parks, waiting for a job
-// without using the CPU, and then Wake before it works again.
+// without using the CPU, and then either Wake, to try again, or Leave.
 type Parking interface {
 	// Park says the claim waits for a job.
 	Park()
 	// Wake says the parked claim was woken to try again; it returns when
 	// the claim may, or false if ctx (the claim's wait) ended first.
 	Wake(ctx context.Context) bool
+	// Leave says the parked claim's wait is over (its deadline, a drain,
+	// its client gone): it answers null at once, and needs no turn for
+	// that, so at a shutdown parked claims do not queue behind busy turns.
+	Leave()
 }
 
 type parkingKey struct{}
@@ -361,3 +365,4 @@ type noParking struct{}
 
 func (noParking) Park()                     {}
 func (noParking) Wake(context.Context) bool { return true }
+func (noParking) Leave()                    {}

@@ -213,10 +213,12 @@ func jqParkedClaim(t *testing.T, r *jqRobot, wait int) <-chan jqClaimed {
 
 // TestClaimsAnswerWithinTheirWait: a waiting claim's answer must be written
 // by the end of its wait (dispatch.WaitWithin keeps it within the write
-// timeout), so a claim woken for a job while every turn is busy gives up at
-// its wait's end or at a drain: it answers null without waiting for a turn
-// any longer, and leaves the job queued rather than leasing it to a robot
-// that would never hear of it.
+// timeout), and a shutdown waits for it. So a claim woken for a job while
+// every turn is busy gives up at its wait's end or at a drain: it answers
+// null without waiting for a turn any longer, and leaves the job queued
+// rather than leasing it to a robot that would never hear of it. And a
+// parked claim whose wait ends, or whose server drains, answers null
+// without queueing for a turn at all.
 func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 	t.Parallel()
 
@@ -316,6 +318,32 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 		queuedForTurn(t, b, claimed)
 		requireNullWithoutTheTurn(t, claimed, release)
 		requireStillQueued(t, b, release, job)
+	})
+
+	t.Run("a parked claim answers null at its wait's end without a turn", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		claimed := jqParkedClaim(t, b.r, 6)
+		release := holdTurn(t, b)
+		select {
+		case c := <-claimed:
+			require.FailNow(t, "the claim's wait ended before the turn was held", "%+v", c)
+		default:
+		}
+		requireNullWithoutTheTurn(t, claimed, release)
+		release()
+	})
+
+	t.Run("a parked claim answers null at a drain without a turn", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		claimed := jqParkedClaim(t, b.r, dispatch.MaxWaitSeconds)
+		release := holdTurn(t, b)
+		closed := make(chan error, 1)
+		go func() { closed <- b.s.Handler.CloseStreams(t.Context()) }()
+		requireNullWithoutTheTurn(t, claimed, release)
+		require.NoError(t, <-closed)
+		release()
 	})
 
 	t.Run("a claim woken while the turns are busy answers null at a drain", func(t *testing.T) {

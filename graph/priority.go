@@ -93,9 +93,10 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 
 // parking is an operation's dispatch.Parking. A parked claim gives its
 // turn back, stops counting as running and stops its deadline's clock; a
-// woken one undoes all three, and the operation's end undoes what is left.
-// An operation's parking calls never overlap: claims are mutation fields,
-// which run one at a time.
+// woken one undoes all three; a leaving one, which only answers null,
+// counts as running again and nothing more. The operation's end counts it
+// out and gives back its turn if it holds one. An operation's parking
+// calls never overlap: claims are mutation fields, which run one at a time.
 type parking struct {
 	r        requestsFirst
 	turn     *turn
@@ -116,6 +117,9 @@ func (p parking) Wake(ctx context.Context) bool {
 	p.r.running.Add(1)
 	return p.turn.take(ctx)
 }
+
+// Leave implements dispatch.Parking.
+func (p parking) Leave() { p.r.running.Add(1) }
 
 // turn is one operation's hold on a turn.
 type turn struct {

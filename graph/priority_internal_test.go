@@ -197,7 +197,7 @@ func waitRunning(t *testing.T, running *atomic.Int64) int64 {
 
 // TestParkedClaimsGiveTheirTurn: a claim parked waiting for a job lets
 // another operation run on its turn, and when it wakes it waits for a turn
-// again; a subscription's events take no turn.
+// again, but not when it leaves; a subscription's events take no turn.
 func TestParkedClaimsGiveTheirTurn(t *testing.T) {
 	t.Parallel()
 	tt := newTurnsTest(t, 1)
@@ -226,25 +226,25 @@ func TestParkedClaimsGiveTheirTurn(t *testing.T) {
 	close(claim.release)
 	recv(t, claim.done, "the claim never ended")
 
-	// A claim whose client leaves while it is parked returns without
-	// waiting for a turn again, and gives back none it does not hold.
-	ctx2, cancel := context.WithCancel(ctx)
+	// A parked claim that leaves (its wait ended, its server drains, its
+	// client left) answers without waiting for a turn, and gives back none
+	// it does not hold.
 	parked2, left := make(chan struct{}), make(chan struct{})
-	leaver := tt.start(ctx2, ast.Mutation, func(ctx context.Context) {
+	leaver := tt.start(ctx, ast.Mutation, func(ctx context.Context) {
 		park := dispatch.ParkingOf(ctx)
 		park.Park()
 		close(parked2)
-		<-ctx.Done()
-		park.Wake(ctx)
-		close(left)
+		<-left
+		park.Leave()
 	})
 	recv(t, parked2, "the second claim never parked")
 	holder := tt.start(ctx, ast.Query, nil)
 	recv(t, holder.running, "no turn while the second claim was parked")
-	cancel()
-	recv(t, left, "a claim whose client left waited for a turn")
+	close(left)
 	close(leaver.release)
-	recv(t, leaver.done, "the leaving claim never ended")
+	recv(t, leaver.done, "a leaving claim waited for a turn")
+	tt.waitFor(0)
+	require.EqualValues(t, 1, tt.running.Load(), "the leaving claim is counted out, the holder counts")
 	close(holder.release)
 	recv(t, holder.done, "the holder never ended")
 	last := tt.start(ctx, ast.Query, nil)
