@@ -89,8 +89,9 @@ type Dispatcher struct {
 	mu     sync.Mutex
 	robots map[uuid.UUID]*robotClaims // robots with claims in flight
 
-	drainOnce sync.Once
-	draining  chan struct{} // closed by Drain
+	// drained ends when Drain is called, and with it every wait.
+	drained context.Context
+	drain   context.CancelFunc
 }
 
 // robotClaims is what the dispatcher knows of one robot's claims in flight.
@@ -117,18 +118,19 @@ func New(bdb bun.IDB, jobs *db.Jobs, listener *realtime.Listener, cfg Config) *D
 	if cfg.WakeAttempts <= 0 {
 		cfg.WakeAttempts = DefaultWakeAttempts
 	}
+	drained, drain := context.WithCancel(context.Background())
 	return &Dispatcher{
 		db: bdb, jobs: jobs, listener: listener, cfg: cfg,
-		wakes:    make(chan struct{}, cfg.WakeAttempts),
-		robots:   map[uuid.UUID]*robotClaims{},
-		draining: make(chan struct{}),
+		wakes:   make(chan struct{}, cfg.WakeAttempts),
+		robots:  map[uuid.UUID]*robotClaims{},
+		drained: drained, drain: drain,
 	}
 }
 
 // Drain ends every waiting claim with no job and makes later claims try
 // once without waiting, so that a shutting-down server is not held by
 // robots waiting for work (they ask again, of another replica).
-func (d *Dispatcher) Drain() { d.drainOnce.Do(func() { close(d.draining) }) }
+func (d *Dispatcher) Drain() { d.drain() }
 
 // MaxWait is the longest this dispatcher lets a claim wait.
 func (d *Dispatcher) MaxWait() time.Duration { return d.cfg.MaxWait }
@@ -179,30 +181,30 @@ func (d *Dispatcher) ClaimMany(ctx context.Context, limit int, wait time.Duratio
 	sub := d.listener.Subscribe(db.JobQueuedChannel, wakeBuffer)
 	defer sub.Close()
 	tenant := p.TenantID.String()
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
+	// The wait ends at its deadline, at a drain, or with the request. Its
+	// answer must be written by then (WaitWithin), so no attempt begins
+	// after it: a job leased then could reach no robot, and would sit
+	// CLAIMED until its lease expired.
+	waitCtx, endWait := context.WithTimeout(ctx, wait)
+	defer endWait()
+	stopDrain := context.AfterFunc(d.drained, endWait)
+	defer stopDrain()
 	poll := time.NewTimer(d.pollInterval())
 	defer poll.Stop()
-	parked := Parking(ctx)
+	park := ParkingOf(ctx)
 	// Subscribing after the first attempt leaves a gap in which a job could
 	// have been queued unnoticed: the loop's first round closes it.
 	for {
-		leases, err = d.wokenAttempt(ctx, rc, limit)
-		if len(leases) > 0 || err != nil || ctx.Err() != nil {
+		leases, err = d.wokenAttempt(ctx, waitCtx, rc, limit)
+		if len(leases) > 0 || err != nil || waitCtx.Err() != nil {
 			return leases, err
 		}
-		parked(true)
+		park.Park()
 	wake:
 		for {
 			select {
-			case <-ctx.Done():
-				parked(false)
-				return nil, nil
-			case <-d.draining:
-				parked(false)
-				return nil, nil
-			case <-deadline.C:
-				parked(false)
+			case <-waitCtx.Done():
+				park.Leave()
 				return nil, nil
 			case <-poll.C:
 				poll.Reset(d.pollInterval())
@@ -214,7 +216,11 @@ func (d *Dispatcher) ClaimMany(ctx context.Context, limit int, wait time.Duratio
 				}
 			}
 		}
-		parked(false)
+		// Woken: a turn again, taken within the wait, which may have
+		// ended while the claim queued for it behind busy turns.
+		if !park.Wake(waitCtx) || waitCtx.Err() != nil {
+			return nil, nil
+		}
 	}
 }
 
@@ -244,20 +250,26 @@ func (d *Dispatcher) firstAttempt(ctx context.Context, rc *robotClaims, limit in
 }
 
 // wokenAttempt claims once for a waiting claim, in the robot's turn and
-// within the process's bound on woken attempts. A claim that gets a job
-// stops counting as waiting before the turn passes on, so the next claim of
-// the robot counts the job as held and the claim as gone at once.
-func (d *Dispatcher) wokenAttempt(ctx context.Context, rc *robotClaims, limit int) ([]*db.JobLease, error) {
-	if !rc.take(ctx) {
+// within the process's bound on woken attempts; it waits for those only
+// until the claim's wait ends, and then claims nothing. The claim itself
+// runs in ctx: cut short by the wait's end, a commit could succeed unseen.
+// A claim that gets a job stops counting as waiting before the turn passes
+// on, so the next claim of the robot counts the job as held and the claim
+// as gone at once.
+func (d *Dispatcher) wokenAttempt(ctx, wait context.Context, rc *robotClaims, limit int) ([]*db.JobLease, error) {
+	if !rc.take(wait) {
 		return nil, nil
 	}
 	defer rc.give()
 	select {
 	case d.wakes <- struct{}{}:
-	case <-ctx.Done():
+	case <-wait.Done():
 		return nil, nil
 	}
 	defer func() { <-d.wakes }()
+	if wait.Err() != nil {
+		return nil, nil // both were ready, and select chose the slot
+	}
 	leases, err := d.jobs.ClaimMany(ctx, d.db, limit)
 	if len(leases) > 0 {
 		d.mu.Lock()
@@ -317,21 +329,40 @@ func (rc *robotClaims) take(ctx context.Context) bool {
 // give ends the robot's turn.
 func (rc *robotClaims) give() { <-rc.turn }
 
+// Parking is how a waiting claim tells its operation when it works, so
+// that the operation holds a turn (and counts as running) only then
+// (WithParking). A claim calls Park when it parks, waiting for a job
+// without using the CPU, and then either Wake, to try again, or Leave.
+type Parking interface {
+	// Park says the claim waits for a job.
+	Park()
+	// Wake says the parked claim was woken to try again; it returns when
+	// the claim may, or false if ctx (the claim's wait) ended first.
+	Wake(ctx context.Context) bool
+	// Leave says the parked claim's wait is over (its deadline, a drain,
+	// its client gone): it answers null at once, and needs no turn for
+	// that, so at a shutdown parked claims do not queue behind busy turns.
+	Leave()
+}
+
 type parkingKey struct{}
 
-// WithParking returns ctx with a function that a waiting claim calls with
-// true when it parks (waits for a job without using the CPU) and with
-// false when it wakes: the fan-out yields to running requests, and a
-// parked claim is not one.
-func WithParking(ctx context.Context, parked func(bool)) context.Context {
-	return context.WithValue(ctx, parkingKey{}, parked)
+// WithParking returns ctx with the parking of its operation.
+func WithParking(ctx context.Context, p Parking) context.Context {
+	return context.WithValue(ctx, parkingKey{}, p)
 }
 
-// Parking returns ctx's parking function (WithParking), or one that does
-// nothing.
-func Parking(ctx context.Context) func(bool) {
-	if fn, ok := ctx.Value(parkingKey{}).(func(bool)); ok {
-		return fn
+// ParkingOf returns ctx's parking (WithParking), or one that does nothing.
+func ParkingOf(ctx context.Context) Parking {
+	if p, ok := ctx.Value(parkingKey{}).(Parking); ok {
+		return p
 	}
-	return func(bool) {}
+	return noParking{}
 }
+
+// noParking is the parking of a claim outside an operation.
+type noParking struct{}
+
+func (noParking) Park()                     {}
+func (noParking) Wake(context.Context) bool { return true }
+func (noParking) Leave()                    {}

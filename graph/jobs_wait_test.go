@@ -2,6 +2,7 @@ package graph_test
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -167,27 +168,8 @@ func TestParkedClaimsHoldNoTurn(t *testing.T) {
 	s := apitest.New(t, apitest.Options{Running: 1})
 	tn := jqNewTenant(t, s)
 	r := tn.robot(t, "patient", jqRobotOpts{Slots: 1})
-	// The robot's second claim is refused once the first waits: it had
-	// to be given the turn the waiting claim gave back. (If the second
-	// comes first, the first is the one refused: it is sent again.)
-	var waiting <-chan jqClaimed
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		require.True(t, time.Now().Before(deadline), "the second claim was never refused for the first one's wait")
-		if waiting == nil {
-			waiting = r.claimAsync(t, 25)
-		}
-		if c := <-r.claimAsync(t, 1); c.err != nil {
-			jqRequireWaitLimit(t, c, 1)
-			break
-		}
-		select {
-		case first := <-waiting:
-			jqRequireWaitLimit(t, first, 1)
-			waiting = nil
-		default:
-		}
-	}
-	// And a user's query runs while it waits.
+	waiting := jqParkedClaim(t, r, 25)
+	// A user's query runs while it waits.
 	var out struct{ Jobs struct{ TotalCount int } }
 	tn.do(t, `{ jobs { totalCount } }`, nil, &out)
 	require.Zero(t, out.Jobs.TotalCount)
@@ -200,4 +182,196 @@ func TestParkedClaimsHoldNoTurn(t *testing.T) {
 	l := jqReceive(t, waiting, 20*time.Second)
 	require.NotNil(t, l, "the woken claim returned no job")
 	require.Equal(t, job.ID, l.Job.ID)
+}
+
+// jqParkedClaim sends a claim of r (a robot with one slot, free) that waits
+// up to wait seconds, on a server with one turn (apitest.Options.Running),
+// and returns once it is parked. The robot's second claim is refused once
+// the first waits: it had to be given the turn the waiting claim gave
+// back. (If the second comes first, the first is the one refused: it is
+// sent again.)
+func jqParkedClaim(t *testing.T, r *jqRobot, wait int) <-chan jqClaimed {
+	t.Helper()
+	var waiting <-chan jqClaimed
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		require.True(t, time.Now().Before(deadline), "the second claim was never refused for the first one's wait")
+		if waiting == nil {
+			waiting = r.claimAsync(t, wait)
+		}
+		if c := <-r.claimAsync(t, 1); c.err != nil {
+			jqRequireWaitLimit(t, c, 1)
+			return waiting
+		}
+		select {
+		case first := <-waiting:
+			jqRequireWaitLimit(t, first, 1)
+			waiting = nil
+		default:
+		}
+	}
+}
+
+// TestClaimsAnswerWithinTheirWait: a waiting claim's answer must be written
+// by the end of its wait (dispatch.WaitWithin keeps it within the write
+// timeout), and a shutdown waits for it. So a claim woken for a job while
+// every turn is busy gives up at its wait's end or at a drain: it answers
+// null without waiting for a turn any longer, and leaves the job queued
+// rather than leasing it to a robot that would never hear of it. And a
+// parked claim whose wait ends, or whose server drains, answers null
+// without queueing for a turn at all.
+func TestClaimsAnswerWithinTheirWait(t *testing.T) {
+	t.Parallel()
+
+	type testBundle struct {
+		s       *apitest.Server
+		replica *apitest.Server // shares the database, not the turns
+		tn      *jqTenant
+		r       *jqRobot
+	}
+	setup := func(t *testing.T) *testBundle {
+		// One turn, held by a query as long as the test wants.
+		s := apitest.New(t, apitest.Options{Running: 1, OperationTimeout: 10 * time.Minute, Metrics: true})
+		tn := jqNewTenant(t, s)
+		return &testBundle{s: s, replica: apitest.New(t, apitest.Options{ReplicaOf: s}), tn: tn,
+			r: tn.robot(t, "patient", jqRobotOpts{Slots: 1})}
+	}
+	// holdTurn makes a query take the server's only turn and keep it until
+	// release (idempotent): it waits on a lock the test holds.
+	holdTurn := func(t *testing.T, b *testBundle) (release func()) {
+		t.Helper()
+		unlock := lockTable(t, b.s, "machines")
+		held := make(chan error, 1)
+		go func() {
+			res, err := b.tn.gql.do(t.Context(), b.tn.user.Token, `{ machines { totalCount } }`, nil)
+			if err == nil {
+				err = res.ok(nil)
+			}
+			held <- err
+		}()
+		require.Eventually(t, func() bool {
+			var n int
+			err := b.s.DB.QueryRowContext(t.Context(),
+				`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+			return err == nil && n == 1
+		}, 20*time.Second, 10*time.Millisecond, "the query never took the turn")
+		return sync.OnceFunc(func() {
+			unlock()
+			require.NoError(t, <-held, "the query that held the turn failed")
+		})
+	}
+	// enqueue queues a job through the replica, whose turns are free.
+	enqueue := func(t *testing.T, b *testBundle) string {
+		t.Helper()
+		var out struct{ EnqueueJob struct{ ID string } }
+		b.replica.Do(t, b.tn.user.Token, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w}) { id } }`,
+			map[string]any{"w": b.tn.wf}).OK(t, &out)
+		return out.EnqueueJob.ID
+	}
+	// queuedForTurn waits until the woken claim queues for a turn.
+	queuedForTurn := func(t *testing.T, b *testBundle, claimed <-chan jqClaimed) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+			select {
+			case c := <-claimed:
+				require.FailNow(t, "the claim returned before it queued for a turn (its wait ended before the job came?)", "%+v", c)
+			case <-time.After(10 * time.Millisecond):
+			}
+			if jqOperationsWaiting(t, b.s) == 1 {
+				return
+			}
+		}
+		require.FailNow(t, "the woken claim never queued for a turn")
+	}
+	// requireNullWithoutTheTurn waits for the claim's answer, null, while
+	// the turn is still held. Otherwise it releases the turn and says what
+	// the claim did with it (the old code leased the job no one received).
+	requireNullWithoutTheTurn := func(t *testing.T, claimed <-chan jqClaimed, release func()) {
+		t.Helper()
+		select {
+		case c := <-claimed:
+			require.NoError(t, c.err)
+			require.Nil(t, c.lease, "the claim got a job without a turn")
+		case <-time.After(30 * time.Second):
+			release()
+			c := <-claimed
+			require.FailNow(t, "the claim waited for the held turn past its wait",
+				"given the turn, it answered %+v (error: %v)", c.lease, c.err)
+		}
+	}
+	// requireStillQueued releases the turn, then checks that the job was
+	// leased to no one: it is queued, and the robot's next claim gets it.
+	requireStillQueued := func(t *testing.T, b *testBundle, release func(), job string) {
+		t.Helper()
+		release()
+		require.Equal(t, "QUEUED", b.tn.job(t, job).Status, "the job was leased after its claim answered")
+		l := b.r.claim(t, 0)
+		require.NotNil(t, l, "the job was not handed out")
+		require.Equal(t, job, l.Job.ID)
+	}
+
+	t.Run("a claim woken while the turns are busy answers null at its wait's end", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		claimed := jqParkedClaim(t, b.r, 6)
+		release := holdTurn(t, b)
+		job := enqueue(t, b)
+		queuedForTurn(t, b, claimed)
+		requireNullWithoutTheTurn(t, claimed, release)
+		requireStillQueued(t, b, release, job)
+	})
+
+	t.Run("a parked claim answers null at its wait's end without a turn", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		claimed := jqParkedClaim(t, b.r, 6)
+		release := holdTurn(t, b)
+		select {
+		case c := <-claimed:
+			require.FailNow(t, "the claim's wait ended before the turn was held", "%+v", c)
+		default:
+		}
+		requireNullWithoutTheTurn(t, claimed, release)
+		release()
+	})
+
+	t.Run("a parked claim answers null at a drain without a turn", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		claimed := jqParkedClaim(t, b.r, dispatch.MaxWaitSeconds)
+		release := holdTurn(t, b)
+		closed := make(chan error, 1)
+		go func() { closed <- b.s.Handler.CloseStreams(t.Context()) }()
+		requireNullWithoutTheTurn(t, claimed, release)
+		require.NoError(t, <-closed)
+		release()
+	})
+
+	t.Run("a claim woken while the turns are busy answers null at a drain", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		claimed := jqParkedClaim(t, b.r, dispatch.MaxWaitSeconds)
+		release := holdTurn(t, b)
+		job := enqueue(t, b)
+		queuedForTurn(t, b, claimed)
+		closed := make(chan error, 1)
+		go func() { closed <- b.s.Handler.CloseStreams(t.Context()) }()
+		requireNullWithoutTheTurn(t, claimed, release)
+		require.NoError(t, <-closed)
+		requireStillQueued(t, b, release, job)
+	})
+}
+
+// jqOperationsWaiting reads fleetgraph_graphql_operations_waiting of s
+// (apitest.Options.Metrics).
+func jqOperationsWaiting(t *testing.T, s *apitest.Server) float64 {
+	t.Helper()
+	families, err := s.Metrics.Registry().Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		if f.GetName() == "fleetgraph_graphql_operations_waiting" {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	require.FailNow(t, "no fleetgraph_graphql_operations_waiting")
+	return 0
 }

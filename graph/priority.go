@@ -28,8 +28,8 @@ const DefaultRunningPerCPU = 4
 // throughput on the process's CPUs, only a larger live heap, which the
 // garbage collector scans on every cycle (BENCHMARKS.md, "Turns"). A
 // claim gives its turn back while it is parked waiting for a job
-// (dispatch.WithParking) and takes one again when it wakes, so robots'
-// long polls never hold turns.
+// (dispatch.WithParking) and takes one again when it wakes, unless its
+// wait ends first, so robots' long polls never hold turns.
 //
 // Counting: while any query or mutation waits or runs, a single writer
 // sends subscription results (live.Fanout.Yield), so a process that fans
@@ -88,20 +88,38 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 		return &graphql.Response{Errors: gqlerror.List{clientGone()}}
 	}
 	defer t.give()
-	// An operation's parking calls never overlap: claims are mutation
-	// fields, which run one at a time.
-	return next(dispatch.WithParking(ctx, func(parked bool) {
-		if parked {
-			deadline.pause()
-			r.running.Add(-1)
-			t.give()
-		} else {
-			deadline.resume()
-			r.running.Add(1)
-			t.take(ctx) // if ctx ends first, the claim returns at once without a turn
-		}
-	}))
+	return next(dispatch.WithParking(ctx, parking{r: r, turn: &t, deadline: deadline}))
 }
+
+// parking is an operation's dispatch.Parking. A parked claim gives its
+// turn back, stops counting as running and stops its deadline's clock; a
+// woken one undoes all three; a leaving one, which only answers null,
+// counts as running again and nothing more. The operation's end counts it
+// out and gives back its turn if it holds one. An operation's parking
+// calls never overlap: claims are mutation fields, which run one at a time.
+type parking struct {
+	r        requestsFirst
+	turn     *turn
+	deadline *operationDeadline
+}
+
+// Park implements dispatch.Parking.
+func (p parking) Park() {
+	p.deadline.pause()
+	p.r.running.Add(-1)
+	p.turn.give()
+}
+
+// Wake implements dispatch.Parking. The wait for a turn counts as work, as
+// an operation's first wait does.
+func (p parking) Wake(ctx context.Context) bool {
+	p.deadline.resume()
+	p.r.running.Add(1)
+	return p.turn.take(ctx)
+}
+
+// Leave implements dispatch.Parking.
+func (p parking) Leave() { p.r.running.Add(1) }
 
 // turn is one operation's hold on a turn.
 type turn struct {

@@ -30,10 +30,10 @@ func TestRequestsFirstCountsRunningRequests(t *testing.T) {
 
 	ext.InterceptResponse(op(ast.Mutation), func(ctx context.Context) *graphql.Response {
 		require.EqualValues(t, 1, running.Load(), "a running mutation counts")
-		park := dispatch.Parking(ctx)
-		park(true)
+		park := dispatch.ParkingOf(ctx)
+		park.Park()
 		require.EqualValues(t, 0, running.Load(), "a parked claim does not")
-		park(false)
+		require.True(t, park.Wake(ctx))
 		require.EqualValues(t, 1, running.Load(), "a woken one does again")
 		return &graphql.Response{}
 	})
@@ -47,7 +47,7 @@ func TestRequestsFirstCountsRunningRequests(t *testing.T) {
 		require.EqualValues(t, 0, running.Load(), "a subscription's event does not count")
 		return &graphql.Response{}
 	})
-	dispatch.Parking(context.Background())(true) // without a hook: nothing happens
+	dispatch.ParkingOf(context.Background()).Park() // outside an operation: nothing happens
 	require.EqualValues(t, 0, running.Load())
 }
 
@@ -197,18 +197,18 @@ func waitRunning(t *testing.T, running *atomic.Int64) int64 {
 
 // TestParkedClaimsGiveTheirTurn: a claim parked waiting for a job lets
 // another operation run on its turn, and when it wakes it waits for a turn
-// again; a subscription's events take no turn.
+// again, but not when it leaves; a subscription's events take no turn.
 func TestParkedClaimsGiveTheirTurn(t *testing.T) {
 	t.Parallel()
 	tt := newTurnsTest(t, 1)
 	ctx := t.Context()
 	parked, wake, woken := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	claim := tt.start(ctx, ast.Mutation, func(ctx context.Context) {
-		park := dispatch.Parking(ctx)
-		park(true)
+		park := dispatch.ParkingOf(ctx)
+		park.Park()
 		close(parked)
 		<-wake
-		park(false)
+		park.Wake(ctx)
 		close(woken)
 	})
 	recv(t, parked, "the claim never parked")
@@ -226,25 +226,25 @@ func TestParkedClaimsGiveTheirTurn(t *testing.T) {
 	close(claim.release)
 	recv(t, claim.done, "the claim never ended")
 
-	// A claim whose client leaves while it is parked returns without
-	// waiting for a turn again, and gives back none it does not hold.
-	ctx2, cancel := context.WithCancel(ctx)
+	// A parked claim that leaves (its wait ended, its server drains, its
+	// client left) answers without waiting for a turn, and gives back none
+	// it does not hold.
 	parked2, left := make(chan struct{}), make(chan struct{})
-	leaver := tt.start(ctx2, ast.Mutation, func(ctx context.Context) {
-		park := dispatch.Parking(ctx)
-		park(true)
+	leaver := tt.start(ctx, ast.Mutation, func(ctx context.Context) {
+		park := dispatch.ParkingOf(ctx)
+		park.Park()
 		close(parked2)
-		<-ctx.Done()
-		park(false)
-		close(left)
+		<-left
+		park.Leave()
 	})
 	recv(t, parked2, "the second claim never parked")
 	holder := tt.start(ctx, ast.Query, nil)
 	recv(t, holder.running, "no turn while the second claim was parked")
-	cancel()
-	recv(t, left, "a claim whose client left waited for a turn")
+	close(left)
 	close(leaver.release)
-	recv(t, leaver.done, "the leaving claim never ended")
+	recv(t, leaver.done, "a leaving claim waited for a turn")
+	tt.waitFor(0)
+	require.EqualValues(t, 1, tt.running.Load(), "the leaving claim is counted out, the holder counts")
 	close(holder.release)
 	recv(t, holder.done, "the holder never ended")
 	last := tt.start(ctx, ast.Query, nil)
@@ -252,4 +252,45 @@ func TestParkedClaimsGiveTheirTurn(t *testing.T) {
 	close(last.release)
 	recv(t, last.done, "the last operation never ended")
 	require.EqualValues(t, 0, tt.running.Load())
+}
+
+// TestWokenClaimsWaitForATurnWithinTheirWait: a woken claim waits for a
+// turn only as long as its wait lasts (Wake's ctx); one whose wait ends
+// first goes on without a turn, and the operation's end gives back none
+// and counts it out.
+func TestWokenClaimsWaitForATurnWithinTheirWait(t *testing.T) {
+	t.Parallel()
+	tt := newTurnsTest(t, 1)
+	ctx := t.Context()
+	wait, endWait := context.WithCancel(ctx)
+	parked, wake, woke := make(chan struct{}), make(chan struct{}), make(chan bool, 1)
+	claim := tt.start(ctx, ast.Mutation, func(ctx context.Context) {
+		park := dispatch.ParkingOf(ctx)
+		park.Park()
+		close(parked)
+		<-wake
+		woke <- park.Wake(wait)
+	})
+	recv(t, parked, "the claim never parked")
+	holder := tt.start(ctx, ast.Query, nil)
+	recv(t, holder.running, "no turn while the claim was parked")
+	close(wake)
+	tt.waitFor(1)
+	endWait()
+	select {
+	case ok := <-woke:
+		require.False(t, ok, "the claim got a turn that was held")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the claim kept waiting for a turn after its wait ended")
+	}
+	tt.waitFor(0)
+	close(claim.release)
+	recv(t, claim.done, "the claim never ended")
+	close(holder.release)
+	recv(t, holder.done, "the holder never ended")
+	require.EqualValues(t, 0, tt.running.Load())
+	last := tt.start(ctx, ast.Query, nil)
+	recv(t, last.running, "a turn was lost")
+	close(last.release)
+	recv(t, last.done, "the last operation never ended")
 }
