@@ -142,13 +142,17 @@ func TestEventDetailsAsText(t *testing.T) {
 				payloads <- v
 			}
 		}()
-		// An event logged before the hub registered the subscription is
-		// not sent: log until one arrives (each the same).
+		// The stream is live once its headers are out, but the earlier
+		// subtests' events may still be on their way through the hub and
+		// reach it first: wait for this one.
 		for {
 			logged(t, logVar, map[string]any{"id": m.ID, "d": "live text"})
 			select {
 			case v := <-payloads:
 				raw, _ := json.Marshal(v["payload"])
+				if !strings.Contains(string(raw), "live text") {
+					continue // an earlier subtest's event
+				}
 				require.JSONEq(t, `{"data":{"machineEventAdded":{"eventType":"note","details":{"text":"live text"},"detailsText":"live text"}}}`, string(raw))
 				return
 			case <-ctx.Done():
