@@ -97,8 +97,9 @@ type Config struct {
 	// leader pings at every step, a tick apart, so an idle session is a
 	// leader that is stuck, or whose host vanished without closing TCP,
 	// which PostgreSQL would otherwise notice only when TCP keepalive gives
-	// up (about 2 h with the OS's defaults). A step, tasks included, must
-	// take well under it, or the leadership passes to another replica.
+	// up (about 2 h with the OS's defaults). While a step's tasks run,
+	// the leader pings its session every third of it, so long tasks keep
+	// the lock.
 	IdleSessionTimeout time.Duration
 	Log                *slog.Logger
 }
@@ -196,6 +197,7 @@ func (r *Runner) Step(ctx context.Context) (bool, error) {
 	if err != nil || !leading {
 		return false, err
 	}
+	defer r.keepAlive(*r.leader)()
 	for _, t := range tasks {
 		if !t.last.IsZero() && start.Sub(t.last) < t.Every-r.tick/2 {
 			continue
@@ -208,6 +210,30 @@ func (r *Runner) Step(ctx context.Context) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// keepAlive pings the leader's session every third of the idle timeout
+// until the returned function is called, so that a step whose tasks take
+// longer than the timeout keeps its lock: the timeout is for a leader that
+// stopped (vanished, frozen), not for one at work. A ping that does not
+// answer stops the pinging; the next step's finds the session gone.
+func (r *Runner) keepAlive(conn bun.Conn) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(max(r.idleTimeout/3, time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if roundTrip(context.Background(), conn, func(ctx context.Context) error { return conn.PingContext(ctx) }) != nil {
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // lead reports whether this process holds the maintenance lock, trying to

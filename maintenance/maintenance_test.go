@@ -175,6 +175,45 @@ func TestRunner(t *testing.T) {
 		require.False(t, leading, "the old leader follows")
 	})
 
+	// A step whose tasks take longer than the idle timeout keeps the lock:
+	// the leader's session is pinged while they run.
+	t.Run("ALongStepKeepsTheLock", func(t *testing.T) {
+		b := setup(t)
+		other, err := db.Open(t.Context(), b.db.DSN)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = other.Close() })
+		leader := maintenance.New(maintenance.Config{DB: b.db.DB, Clock: b.clock, IdleSessionTimeout: 300 * time.Millisecond})
+		second := newRunner(t, b, other)
+		started, release := make(chan struct{}), make(chan struct{})
+		leader.Register(maintenance.Task{Name: "long", Every: time.Second, Run: func(ctx context.Context, _ time.Time) error {
+			close(started)
+			<-release
+			return nil
+		}})
+		ctx := t.Context()
+		stepped := make(chan bool, 1)
+		go func() {
+			leading, err := leader.Step(ctx)
+			stepped <- err == nil && leading
+		}()
+		<-started
+		// Ten idle timeouts into the task, no one else leads.
+		end := time.Now().Add(3 * time.Second)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for time.Now().Before(end) {
+			<-tick.C
+			leading, err := second.Step(ctx)
+			require.NoError(t, err)
+			require.False(t, leading, "another replica took the lock while the leader's task ran")
+		}
+		close(release)
+		require.True(t, <-stepped)
+		leading, err := leader.Step(ctx)
+		require.NoError(t, err)
+		require.True(t, leading, "the leader still leads after its long step")
+	})
+
 	// The graph's tests step their runner with long pauses: a leader whose
 	// session was ended meanwhile simply takes the lock again.
 	t.Run("ALeaderWhoseSessionEndedLeadsAgain", func(t *testing.T) {
