@@ -254,7 +254,7 @@ func declareServe(s *settings) *configSettings {
 		gcMinHeap: s.add("GC_MIN_HEAP_MB", "gc-min-heap-mb", "32",
 			"megabytes the heap may reach before the garbage collector runs, when that is more than Go's default (twice what is live); 0, or GOGC set, leaves Go's default"),
 		running: s.add("MAX_RUNNING_OPERATIONS", "max-running-operations", "0",
-			"queries and mutations executing at once; more wait their turn in arrival order (0: four per CPU); a claim waiting for a job does not count"),
+			"queries and mutations executing at once; more wait their turn, callers served in rotation (0: four per CPU); a claim waiting for a job does not count"),
 		operationTimeout: s.add("OPERATION_TIMEOUT_SECONDS", "operation-timeout-seconds", "30",
 			"seconds of work after which a query or mutation is stopped, its statements cancelled and its transaction rolled back (RATE_LIMITED, reason OPERATION_TIMEOUT); a claim waiting for a job does not count its wait; at most 50, under the 60 s in which a response must be written"),
 		logLevel:  s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),

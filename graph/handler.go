@@ -109,7 +109,7 @@ type HandlerConfig struct {
 	// stream re-checks its API key (0: 30s).
 	WebsocketKeyRecheck time.Duration
 	// Running caps the queries and mutations that execute at once; more
-	// wait their turn in arrival order (0: DefaultRunningPerCPU per CPU).
+	// wait their turn, callers in rotation (0: DefaultRunningPerCPU per CPU).
 	Running int
 	// OperationTimeout stops a query or mutation after this much work,
 	// counted from when it waits for its turn, less the time a claim waits

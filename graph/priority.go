@@ -9,7 +9,6 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
-	"golang.org/x/sync/semaphore"
 
 	"fleetgraph/dispatch"
 	"fleetgraph/metrics"
@@ -23,7 +22,8 @@ const DefaultRunningPerCPU = 4
 // their turns and counts them.
 //
 // Turns: at most a fixed number of operations execute at once (turns);
-// the rest wait, in arrival order, before their loaders and results are
+// the rest wait (fairTurns: callers in rotation, each caller's in arrival
+// order) before their loaders and results are
 // allocated. Past that number more operations in flight buy no
 // throughput on the process's CPUs, only a larger live heap, which the
 // garbage collector scans on every cycle (BENCHMARKS.md, "Turns"). A
@@ -44,7 +44,7 @@ const DefaultRunningPerCPU = 4
 type requestsFirst struct {
 	timeout time.Duration
 	running *atomic.Int64
-	turns   *semaphore.Weighted
+	turns   *fairTurns
 	metrics *metrics.Metrics
 }
 
@@ -62,7 +62,7 @@ func newRequestsFirst(n int, timeout time.Duration, running *atomic.Int64, m *me
 	if timeout <= 0 {
 		timeout = DefaultOperationTimeout
 	}
-	return requestsFirst{timeout: timeout, running: running, turns: semaphore.NewWeighted(int64(n)), metrics: m}
+	return requestsFirst{timeout: timeout, running: running, turns: newFairTurns(n), metrics: m}
 }
 
 // ExtensionName implements graphql.HandlerExtension.
@@ -129,11 +129,11 @@ type turn struct {
 
 // take waits for a turn, and reports false if ctx ended first.
 func (t *turn) take(ctx context.Context) bool {
-	if !t.r.turns.TryAcquire(1) {
+	if !t.r.turns.tryTake() {
 		done := t.r.metrics.OperationWaiting()
-		err := t.r.turns.Acquire(ctx, 1)
+		ok := t.r.turns.take(ctx, turnCaller(ctx))
 		done()
-		if err != nil {
+		if !ok {
 			return false
 		}
 	}
@@ -145,6 +145,6 @@ func (t *turn) take(ctx context.Context) bool {
 func (t *turn) give() {
 	if t.held {
 		t.held = false
-		t.r.turns.Release(1)
+		t.r.turns.give()
 	}
 }

@@ -7,9 +7,11 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 	"github.com/vektah/gqlparser/v2/ast"
 
+	"fleetgraph/auth"
 	"fleetgraph/dispatch"
 	"fleetgraph/metrics"
 )
@@ -163,6 +165,53 @@ func TestTurnsBoundRunningOperations(t *testing.T) {
 	recv(t, f.running, "a turn was lost")
 	close(e.release)
 	close(f.release)
+}
+
+// TestTurnsAreSharedBetweenCallers: a caller with many operations waiting
+// delays another's by one turn, not by all of them; each caller's run in
+// the order they came, and a caller that leaves passes its turn on.
+func TestTurnsAreSharedBetweenCallers(t *testing.T) {
+	t.Parallel()
+	tt := newTurnsTest(t, 1)
+	as := func(tenant uuid.UUID) context.Context {
+		return auth.WithPrincipal(t.Context(), &auth.Principal{TenantID: tenant, UserID: uuid.New(), Role: auth.RoleUser})
+	}
+	greedy, other := as(uuid.New()), as(uuid.New())
+	first := tt.start(greedy, ast.Query, nil)
+	recv(t, first.running, "the first operation never ran")
+	var queued []*started
+	for i := range 4 {
+		queued = append(queued, tt.start(greedy, ast.Query, nil))
+		tt.waitFor(float64(i + 1))
+	}
+	gone, cancel := context.WithCancel(other)
+	leaving := tt.start(gone, ast.Query, nil)
+	tt.waitFor(5)
+	polite := tt.start(other, ast.Query, nil)
+	tt.waitFor(6)
+	cancel() // the other caller's first leaves: its place goes with it
+	recv(t, leaving.done, "an operation whose client left still waits")
+	tt.waitFor(5)
+
+	close(first.release)
+	recv(t, queued[0].running, "the greedy caller's next did not run")
+	require.False(t, ran(polite.running))
+	close(queued[0].release)
+	recv(t, polite.running, "the other caller waited behind every operation of the greedy one")
+	require.False(t, ran(queued[1].running), "the greedy caller took the other's turn")
+	close(polite.release)
+	for _, q := range queued[1:] {
+		recv(t, q.running, "the greedy caller's operations ran out of order")
+		close(q.release)
+	}
+	for _, s := range append(queued, first, polite, leaving) {
+		recv(t, s.done, "an operation never ended")
+	}
+	tt.waitFor(0)
+	// Every turn is back.
+	again := tt.start(other, ast.Query, nil)
+	recv(t, again.running, "a turn was lost")
+	close(again.release)
 }
 
 // TestTurnsLeaveWhenTheClientDoes: an operation whose client leaves while
