@@ -71,7 +71,7 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 		// would hold half a gigabyte.
 		return limitError("SUBSCRIPTION_TOO_LARGE", "the subscription's document is %d bytes; the limit is %d, since a subscription keeps its document while it runs: send the subscription alone, without other operations or long comments", len(op.RawQuery), l.subscriptionBytes)
 	}
-	w := operationWalker{vars: op.Variables, varBytes: map[string]int{}, literalBytes: map[*ast.Value]int{}}
+	w := operationWalker{vars: op.Variables}
 	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)
 	if w.defers {
 		// gqlgen declares @defer, but its transports here send one
@@ -116,8 +116,9 @@ type operationWalker struct {
 	introspects bool
 	defers      bool // a fragment asks for @defer
 	// argBytes is the size of the argument values walked, variables
-	// expanded; varBytes and literalBytes memoise each variable's and each
-	// list or object literal's size, so that the walk stays linear.
+	// expanded; varBytes and literalBytes (made when first needed)
+	// memoise each variable's and each list or object literal's size, so
+	// that the walk stays linear.
 	argBytes     int
 	varBytes     map[string]int
 	literalBytes map[*ast.Value]int
@@ -211,6 +212,9 @@ func (w *operationWalker) valueBytes(v *ast.Value) int {
 		n, ok := w.varBytes[v.Raw]
 		if !ok {
 			n = jsonBytes(w.vars[v.Raw])
+			if w.varBytes == nil {
+				w.varBytes = map[string]int{}
+			}
 			w.varBytes[v.Raw] = n
 		}
 		return n
@@ -220,6 +224,9 @@ func (w *operationWalker) valueBytes(v *ast.Value) int {
 			n = 2
 			for _, c := range v.Children {
 				n = saturatingAdd(n, len(c.Name)+4+w.valueBytes(c.Value))
+			}
+			if w.literalBytes == nil {
+				w.literalBytes = map[*ast.Value]int{}
 			}
 			w.literalBytes[v] = n
 		}
