@@ -681,11 +681,15 @@ const releaseBatch = 500
 // attempts remain, else FAILED; waiting claims are woken for them.
 func releaseDeletedRobotsJobs(ctx context.Context, tx bun.Tx, r *Robot) error {
 	// However many jobs were queued for r, a batch at a time: each comes
-	// back whole (input and result, 64 KiB each) for its event.
+	// back whole (input and result, 64 KiB each) for its event. The outer
+	// statement repeats the subquery's conditions: a job whose row lock
+	// it waits for (completed, failed or cancelled meanwhile) is checked
+	// again as committed, which the subquery's list of ids is not.
+	live := bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning})
 	for {
 		done, err := transition(ctx, tx, tx.NewUpdate().Model((*Job)(nil)).
-			Where("j.id IN (SELECT id FROM jobs WHERE target_robot_id = ? AND status IN (?) LIMIT ?)",
-				r.ID, bun.List([]JobStatus{JobQueued, JobClaimed, JobRunning}), releaseBatch).
+			Where("j.id IN (SELECT id FROM jobs WHERE target_robot_id = ? AND status IN (?) LIMIT ?)", r.ID, live, releaseBatch).
+			Where("j.target_robot_id = ? AND j.status IN (?)", r.ID, live).
 			Set("status = ?", JobCancelled).
 			Set("error = 'its target robot was deleted: no other robot may run it'").
 			Set("finished_at = now()").Set("lease_expires_at = NULL").Set("target_lost = true").
@@ -693,7 +697,15 @@ func releaseDeletedRobotsJobs(ctx context.Context, tx bun.Tx, r *Robot) error {
 		if err != nil {
 			return fmt.Errorf("cancelling jobs aimed at the robot: %w", err)
 		}
-		if len(done) < releaseBatch {
+		if len(done) == releaseBatch {
+			continue
+		}
+		// A short batch: some of its jobs may have finished meanwhile.
+		more, err := tx.NewSelect().Model((*Job)(nil)).Where("j.target_robot_id = ? AND j.status IN (?)", r.ID, live).Exists(ctx)
+		if err != nil {
+			return fmt.Errorf("looking for jobs aimed at the robot: %w", err)
+		}
+		if !more {
 			break
 		}
 	}
