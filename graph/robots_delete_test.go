@@ -36,7 +36,9 @@ func TestDeletingARobotLeavesAJobFinishedMeanwhile(t *testing.T) {
 	require.NoError(t, err)
 
 	deleted := make(chan *apitest.Response, 1)
-	go func() { deleted <- s.Do(t, u.Token, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": robot}) }()
+	go func() {
+		deleted <- s.Do(t, u.Token, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": robot})
+	}()
 	require.Eventually(t, func() bool {
 		var n int
 		err := s.DB.QueryRowContext(context.Background(),
