@@ -49,8 +49,9 @@ type requestsFirst struct {
 }
 
 var (
-	_ graphql.HandlerExtension    = requestsFirst{}
-	_ graphql.ResponseInterceptor = requestsFirst{}
+	_ graphql.HandlerExtension     = requestsFirst{}
+	_ graphql.ResponseInterceptor  = requestsFirst{}
+	_ graphql.RootFieldInterceptor = requestsFirst{}
 )
 
 // newRequestsFirst gives n operations turns at once (0: DefaultRunningPerCPU
@@ -94,7 +95,8 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 // parking is an operation's dispatch.Parking. A parked claim gives its
 // turn back, stops counting as running and stops its deadline's clock; a
 // woken one undoes all three; a leaving one, which only answers null,
-// counts as running again and nothing more. The operation's end counts it
+// counts as running again and restarts the clock, and a field after it
+// takes a turn first (InterceptRootField). The operation's end counts it
 // out and gives back its turn if it holds one. An operation's parking
 // calls never overlap: claims are mutation fields, which run one at a time.
 type parking struct {
@@ -119,7 +121,30 @@ func (p parking) Wake(ctx context.Context) bool {
 }
 
 // Leave implements dispatch.Parking.
-func (p parking) Leave() { p.r.running.Add(1) }
+func (p parking) Leave() {
+	p.deadline.resume()
+	p.r.running.Add(1)
+}
+
+// InterceptRootField implements graphql.RootFieldInterceptor: a mutation's
+// field that follows a claim which ended its wait without a turn (Leave,
+// or a Wake that gave up) takes a turn before it runs, so every field of
+// an operation runs within the turns and its deadline.
+func (r requestsFirst) InterceptRootField(ctx context.Context, next graphql.RootResolver) graphql.Marshaler {
+	p, ok := dispatch.ParkingOf(ctx).(parking)
+	if !ok || p.turn.held {
+		return next(ctx)
+	}
+	if !p.turn.take(ctx) {
+		err := clientGone()
+		if timedOut(ctx) {
+			err = operationTimeoutError(r.timeout)
+		}
+		graphql.AddError(ctx, err)
+		return graphql.Null
+	}
+	return next(ctx)
+}
 
 // turn is one operation's hold on a turn.
 type turn struct {

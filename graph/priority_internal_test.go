@@ -214,6 +214,45 @@ func TestTurnsAreSharedBetweenCallers(t *testing.T) {
 	close(again.release)
 }
 
+// TestFieldsAfterALeavingClaimTakeATurn: a claim whose wait ended leaves
+// without a turn to answer null, but a mutation's next field takes one
+// before it runs.
+func TestFieldsAfterALeavingClaimTakeATurn(t *testing.T) {
+	t.Parallel()
+	tt := newTurnsTest(t, 1)
+	ctx := t.Context()
+	parked, left, fieldRan := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var other *started
+	claim := tt.start(ctx, ast.Mutation, func(ctx context.Context) {
+		p := dispatch.ParkingOf(ctx)
+		p.Park()
+		close(parked)
+		<-left
+		p.Leave()
+		tt.ext.InterceptRootField(ctx, func(context.Context) graphql.Marshaler {
+			close(fieldRan)
+			return graphql.Null
+		})
+	})
+	recv(t, claim.running, "the mutation never ran")
+	recv(t, parked, "the claim never parked")
+	other = tt.start(ctx, ast.Query, nil) // takes the turn the claim gave back
+	recv(t, other.running, "the other operation never ran")
+	close(left)
+	tt.waitFor(1)
+	require.False(t, ran(fieldRan), "a field after the claim ran without a turn")
+	close(other.release)
+	recv(t, fieldRan, "the field never got a turn")
+	close(claim.release)
+	recv(t, claim.done, "the mutation never ended")
+	recv(t, other.done, "the query never ended")
+	tt.waitFor(0)
+	require.EqualValues(t, 0, tt.running.Load())
+	again := tt.start(ctx, ast.Query, nil)
+	recv(t, again.running, "a turn was lost")
+	close(again.release)
+}
+
 // TestTurnsLeaveWhenTheClientDoes: an operation whose client leaves while
 // it waits ends without running, and holds no turn.
 func TestTurnsLeaveWhenTheClientDoes(t *testing.T) {
