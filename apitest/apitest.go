@@ -437,3 +437,38 @@ func (r *Response) Code(t testing.TB, code string) Error {
 	require.Equal(t, code, r.Errors[0].Code(), "response: %s", r.Raw)
 	return r.Errors[0]
 }
+
+// RequireNoLeak fails t if raw, a response, names database details: the
+// fragments of database errors that must never reach a client.
+func RequireNoLeak(t testing.TB, raw []byte) {
+	t.Helper()
+	for _, leak := range []string{"pq:", "SQLSTATE", "constraint", "violates", "duplicate key"} {
+		require.NotContains(t, strings.ToLower(string(raw)), strings.ToLower(leak), "the response leaks database details: %s", raw)
+	}
+}
+
+// RequireNoData fails t unless every top-level field of the response is null.
+func RequireNoData(t testing.TB, resp *Response) {
+	t.Helper()
+	if len(resp.Data) == 0 || string(resp.Data) == "null" {
+		return
+	}
+	var fields map[string]any
+	require.NoError(t, json.Unmarshal(resp.Data, &fields))
+	for name, v := range fields {
+		require.Nil(t, v, "field %s leaked data: %s", name, resp.Raw)
+	}
+}
+
+// LockTable takes an ACCESS EXCLUSIVE lock on table in a transaction the
+// test ends with release (idempotent; also at cleanup).
+func (s *Server) LockTable(t testing.TB, table string) (release func()) {
+	t.Helper()
+	tx, err := s.DB.BeginTx(t.Context(), nil)
+	require.NoError(t, err)
+	_, err = tx.ExecContext(t.Context(), "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE")
+	require.NoError(t, err)
+	release = func() { _ = tx.Rollback() }
+	t.Cleanup(release)
+	return release
+}

@@ -45,13 +45,13 @@ func TestCurrentJobsReadTheColumnsTheOperationSelects(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
 	last := colRecorder(t, s, func(q string) bool { return strings.Contains(q, `FROM "jobs" AS "j" WHERE (j.robot_id = ANY(`) })
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "r", jqRobotOpts{Slots: 2})
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "r", apitest.RobotOpts{Slots: 2})
 	for range 2 {
-		tn.enqueue(t, map[string]any{"input": map[string]any{"k": 1}, "priority": 7})
+		tn.Enqueue(t, map[string]any{"input": map[string]any{"k": 1}, "priority": 7})
 	}
-	require.NotNil(t, r.claim(t, 0))
-	require.NotNil(t, r.claim(t, 0))
+	require.NotNil(t, r.Claim(t, 0))
+	require.NotNil(t, r.Claim(t, 0))
 
 	type job struct {
 		ID       string
@@ -63,7 +63,7 @@ func TestCurrentJobsReadTheColumnsTheOperationSelects(t *testing.T) {
 	var narrow struct {
 		Robots struct{ Edges []struct{ Node robot } }
 	}
-	tn.do(t, `{ robots(first: 5) { edges { node { currentJobs { id status } } } } }`, nil, &narrow)
+	tn.Do(t, `{ robots(first: 5) { edges { node { currentJobs { id status } } } } }`, nil, &narrow)
 	q := last()
 	require.NotContains(t, q, `"input"`, "a selection without input does not read it: %s", q)
 	require.NotContains(t, q, `"result"`)
@@ -84,7 +84,7 @@ func TestCurrentJobsReadTheColumnsTheOperationSelects(t *testing.T) {
 			Robots struct{ Edges []struct{ Node robot } }
 			One    robot
 		}
-		tn.do(t, query, map[string]any{"id": r.ID}, &wide)
+		tn.Do(t, query, map[string]any{"id": r.ID}, &wide)
 		require.Contains(t, last(), `"input"`, query)
 		jobs := append(wide.One.CurrentJobs, wide.Robots.Edges[0].Node.CurrentJobs...)
 		require.Len(t, jobs, 4)
@@ -105,15 +105,15 @@ func TestRobotsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
 	lastPage := colRecorder(t, s, func(q string) bool {
 		return strings.Contains(q, `FROM "robots" AS "r"`) && strings.Contains(q, `ORDER BY "r".created_at DESC`)
 	})
-	tn := jqNewTenant(t, s)
-	tn.do(t, `mutation { createRobot(input: {name: "r", hostname: "h", metadata: {rack: 7}}) { id } }`, nil, nil)
+	tn := apitest.NewTenant(t, s)
+	tn.Do(t, `mutation { createRobot(input: {name: "r", hostname: "h", metadata: {rack: 7}}) { id } }`, nil, nil)
 
 	var narrow struct {
 		Robots struct {
 			Edges []struct{ Node struct{ Name string } }
 		}
 	}
-	tn.do(t, `{ robots(first: 5) { edges { cursor node { name } } } }`, nil, &narrow)
+	tn.Do(t, `{ robots(first: 5) { edges { cursor node { name } } } }`, nil, &narrow)
 	require.NotContains(t, lastPage(), `"metadata"`)
 	require.Equal(t, "r", narrow.Robots.Edges[0].Node.Name)
 
@@ -127,7 +127,7 @@ func TestRobotsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
 			}
 		}
 	}
-	tn.do(t, `{ robots(first: 5) { edges { node { ...R } } } } fragment R on Robot { name metadata }`, nil, &wide)
+	tn.Do(t, `{ robots(first: 5) { edges { node { ...R } } } } fragment R on Robot { name metadata }`, nil, &wide)
 	require.Contains(t, lastPage(), `"metadata"`)
 	require.Equal(t, map[string]any{"rack": float64(7)}, wide.Robots.Edges[0].Node.Metadata)
 }
@@ -151,10 +151,10 @@ func TestJobsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
 	})
 	lastRobots := colRecorder(t, s, func(q string) bool { return strings.Contains(q, `FROM "robots" AS "r" WHERE (r.id = ANY(`) })
 	lastWorkflows := colRecorder(t, s, func(q string) bool { return strings.Contains(q, `FROM "workflows" AS "w" WHERE (w.id = ANY(`) })
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "r", jqRobotOpts{})
-	tn.enqueue(t, map[string]any{"input": map[string]any{"k": 1}})
-	require.NotNil(t, r.claim(t, 0))
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "r", apitest.RobotOpts{})
+	tn.Enqueue(t, map[string]any{"input": map[string]any{"k": 1}})
+	require.NotNil(t, r.Claim(t, 0))
 
 	type page struct {
 		Jobs struct {
@@ -169,7 +169,7 @@ func TestJobsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
 		}
 	}
 	var narrow page
-	tn.do(t, `{ jobs(first: 5) { edges { cursor node { status robot { name } workflow { name } } } } }`, nil, &narrow)
+	tn.Do(t, `{ jobs(first: 5) { edges { cursor node { status robot { name } workflow { name } } } } }`, nil, &narrow)
 	q := lastPage()
 	require.NotContains(t, q, `"input"`, q)
 	require.NotContains(t, q, `"result"`, q)
@@ -182,7 +182,7 @@ func TestJobsPageReadsTheColumnsTheOperationSelects(t *testing.T) {
 	require.Equal(t, "main", n.Workflow.Name)
 
 	var wide page
-	tn.do(t, `{ jobs(first: 5) { edges { node { ... on Job { status input } } } } }`, nil, &wide)
+	tn.Do(t, `{ jobs(first: 5) { edges { node { ... on Job { status input } } } } }`, nil, &wide)
 	require.Contains(t, lastPage(), `"input"`)
 	require.Equal(t, map[string]any{"k": float64(1)}, wide.Jobs.Edges[0].Node.Input)
 }
@@ -200,18 +200,18 @@ func TestPointReadsReadTheColumnsTheOperationSelects(t *testing.T) {
 	lastRobot := colRecorder(t, s, func(q string) bool {
 		return strings.Contains(q, `FROM "robots" AS "r"`) && strings.Contains(q, `r.id = $`)
 	})
-	tn := jqNewTenant(t, s)
-	tn.do(t, `mutation { createRobot(input: {name: "r", hostname: "h", capabilities: [], metadata: {rack: 7}}) { id } }`, nil, nil)
+	tn := apitest.NewTenant(t, s)
+	tn.Do(t, `mutation { createRobot(input: {name: "r", hostname: "h", capabilities: [], metadata: {rack: 7}}) { id } }`, nil, nil)
 	var robots struct {
 		Robots struct {
 			Edges []struct{ Node struct{ ID string } }
 		}
 	}
-	tn.do(t, `{ robots(first: 1) { edges { node { id } } } }`, nil, &robots)
+	tn.Do(t, `{ robots(first: 1) { edges { node { id } } } }`, nil, &robots)
 	robotID := robots.Robots.Edges[0].Node.ID
-	r := tn.robot(t, "claimer", jqRobotOpts{})
-	job := tn.enqueue(t, map[string]any{"input": map[string]any{"k": 1}, "priority": 3})
-	require.NotNil(t, r.claim(t, 0))
+	r := tn.CreateRobot(t, "claimer", apitest.RobotOpts{})
+	job := tn.Enqueue(t, map[string]any{"input": map[string]any{"k": 1}, "priority": 3})
+	require.NotNil(t, r.Claim(t, 0))
 
 	type robot struct {
 		Name     string
@@ -227,7 +227,7 @@ func TestPointReadsReadTheColumnsTheOperationSelects(t *testing.T) {
 		}
 	}
 	var narrow point
-	tn.do(t, `query($id: ID!) { job(id: $id) { status robot { name } } }`, map[string]any{"id": job.ID}, &narrow)
+	tn.Do(t, `query($id: ID!) { job(id: $id) { status robot { name } } }`, map[string]any{"id": job.ID}, &narrow)
 	q := lastJob()
 	require.NotContains(t, q, `"input"`, q)
 	require.NotContains(t, q, `"metadata"`, "the joined robot is read narrowed too: %s", q)
@@ -236,7 +236,7 @@ func TestPointReadsReadTheColumnsTheOperationSelects(t *testing.T) {
 	require.Equal(t, "claimer", narrow.Job.Robot.Name)
 
 	var wide point
-	tn.do(t, `query($id: ID!) { job(id: $id) { ...J robot { ...R } } } fragment J on Job { status priority input } fragment R on Robot { name hostname metadata }`, map[string]any{"id": job.ID}, &wide)
+	tn.Do(t, `query($id: ID!) { job(id: $id) { ...J robot { ...R } } } fragment J on Job { status priority input } fragment R on Robot { name hostname metadata }`, map[string]any{"id": job.ID}, &wide)
 	q = lastJob()
 	require.Contains(t, q, `"input"`, q)
 	require.Contains(t, q, `"robot"."metadata"`, q)
@@ -246,17 +246,17 @@ func TestPointReadsReadTheColumnsTheOperationSelects(t *testing.T) {
 	require.NotNil(t, wide.Job.Robot.Metadata, "the claimer registered with metadata {}")
 
 	var alone point
-	tn.do(t, `query($id: ID!) { job(id: $id) { status } }`, map[string]any{"id": job.ID}, &alone)
+	tn.Do(t, `query($id: ID!) { job(id: $id) { status } }`, map[string]any{"id": job.ID}, &alone)
 	q = lastJob()
 	require.NotContains(t, q, `"input"`, q)
 	require.NotContains(t, q, `"robot"`, "no robot asked, none joined: %s", q)
 	require.Equal(t, "CLAIMED", alone.Job.Status)
 
 	var one struct{ Robot robot }
-	tn.do(t, `query($id: ID!) { robot(id: $id) { name } }`, map[string]any{"id": robotID}, &one)
+	tn.Do(t, `query($id: ID!) { robot(id: $id) { name } }`, map[string]any{"id": robotID}, &one)
 	require.NotContains(t, lastRobot(), `"metadata"`)
 	require.Equal(t, "r", one.Robot.Name)
-	tn.do(t, `query($id: ID!) { robot(id: $id) { ... on Robot { name metadata } } }`, map[string]any{"id": robotID}, &one)
+	tn.Do(t, `query($id: ID!) { robot(id: $id) { ... on Robot { name metadata } } }`, map[string]any{"id": robotID}, &one)
 	require.Contains(t, lastRobot(), `"metadata"`)
 	require.Equal(t, map[string]any{"rack": float64(7)}, one.Robot.Metadata)
 }

@@ -28,19 +28,6 @@ func requireTimedOut(t *testing.T, res *apitest.Response) {
 	require.NotContains(t, string(res.Raw), "canceling statement")
 }
 
-// lockTable takes an ACCESS EXCLUSIVE lock on table in a transaction the
-// test ends with release (idempotent; also at cleanup).
-func lockTable(t *testing.T, s *apitest.Server, table string) (release func()) {
-	t.Helper()
-	tx, err := s.DB.BeginTx(t.Context(), nil)
-	require.NoError(t, err)
-	_, err = tx.ExecContext(t.Context(), "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE")
-	require.NoError(t, err)
-	release = func() { _ = tx.Rollback() }
-	t.Cleanup(release)
-	return release
-}
-
 // requireNoWaiters waits until no backend but the test's waits for a lock:
 // the server's cancelled statements have ended in PostgreSQL too.
 func requireNoWaiters(t *testing.T, s *apitest.Server) {
@@ -59,7 +46,7 @@ func TestOperationDeadline(t *testing.T) {
 	u := s.NewUser(t, uuid.New())
 
 	t.Run("a query is stopped and told why, and its statements end", func(t *testing.T) {
-		release := lockTable(t, s, "machines")
+		release := s.LockTable(t, "machines")
 		res := s.Do(t, u.Token, `{ a: machines { totalCount } b: machines { edges { node { id } } } }`, nil)
 		requireTimedOut(t, res)
 		require.Len(t, res.Errors, 2, "each stopped field says so: %s", res.Raw)
@@ -71,7 +58,7 @@ func TestOperationDeadline(t *testing.T) {
 
 	t.Run("a mutation stopped halfway writes nothing", func(t *testing.T) {
 		// createMachine inserts the machine, then its created event, which waits.
-		release := lockTable(t, s, "machine_events")
+		release := s.LockTable(t, "machine_events")
 		res := s.Do(t, u.Token, `mutation { createMachine(input: {name: "halfway"}) { id } }`, nil)
 		requireTimedOut(t, res)
 		requireNoWaiters(t, s)
@@ -102,7 +89,7 @@ func TestOperationDeadlineWhileWaitingForATurn(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{OperationTimeout: time.Second, Running: 1})
 	u := s.NewUser(t, uuid.New())
-	release := lockTable(t, s, "machines")
+	release := s.LockTable(t, "machines")
 	// The first query takes the only turn and waits on the lock; the
 	// second waits for the turn. Both are stopped.
 	results := make(chan *apitest.Response, 2)

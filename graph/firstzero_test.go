@@ -18,26 +18,26 @@ import (
 func TestFirstZeroIsAnEmptyPage(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
-	tn := jqNewTenant(t, s)
-	robot := tn.robot(t, "worker", jqRobotOpts{})
+	tn := apitest.NewTenant(t, s)
+	robot := tn.CreateRobot(t, "worker", apitest.RobotOpts{})
 
 	// A row behind every list: a deployment, a heartbeat, a job with a log
 	// line, a schedule's job, an audited key refusal, a workflow version.
 	var machine struct{ CreateMachine struct{ ID string } }
-	tn.do(t, `mutation { createMachine(input: {name: "press"}) { id } }`, nil, &machine)
-	tn.do(t, `mutation($id: ID!) { deployProtocol(machineId: $id, protocol: {name: "p", version: "1.0.0"}) { id } }`,
+	tn.Do(t, `mutation { createMachine(input: {name: "press"}) { id } }`, nil, &machine)
+	tn.Do(t, `mutation($id: ID!) { deployProtocol(machineId: $id, protocol: {name: "p", version: "1.0.0"}) { id } }`,
 		map[string]any{"id": machine.CreateMachine.ID}, nil)
 	s.Do(t, robot.Key, `mutation { heartbeat(input: {status: ONLINE}) { id } }`, nil).OK(t, nil)
-	job := tn.enqueue(t, nil)
-	lease := robot.claim(t, 0)
+	job := tn.Enqueue(t, nil)
+	lease := robot.Claim(t, 0)
 	require.NotNil(t, lease)
 	require.Equal(t, job.ID, lease.Job.ID)
 	s.Do(t, robot.Key, `mutation($e: [RobotLogInput!]!) { shipLogs(entries: $e) }`, map[string]any{"e": []any{
 		map[string]any{"level": "INFO", "message": "step", "jobId": job.ID, "leaseToken": lease.LeaseToken}}}).OK(t, nil)
 	var sch struct{ CreateSchedule struct{ ID string } }
-	tn.do(t, `mutation($w: ID!) { createSchedule(input: {name: "nightly", workflowId: $w, cronExpression: "@daily"}) { id } }`,
-		map[string]any{"w": tn.wf}, &sch)
-	tn.do(t, `mutation($id: ID!) { triggerSchedule(id: $id) { id } }`, map[string]any{"id": sch.CreateSchedule.ID}, nil)
+	tn.Do(t, `mutation($w: ID!) { createSchedule(input: {name: "nightly", workflowId: $w, cronExpression: "@daily"}) { id } }`,
+		map[string]any{"w": tn.Workflow}, &sch)
+	tn.Do(t, `mutation($id: ID!) { triggerSchedule(id: $id) { id } }`, map[string]any{"id": sch.CreateSchedule.ID}, nil)
 	s.Do(t, "crpa_"+fmt.Sprintf("%043d", 0), `{ me { id } }`, nil).Code(t, "UNAUTHENTICATED")
 
 	lists := []struct {
@@ -52,7 +52,7 @@ func TestFirstZeroIsAnEmptyPage(t *testing.T) {
 		{"Job.logs", `query($id: ID!, $n: Int) { job(id: $id) { logs(first: $n) { message } } }`,
 			map[string]any{"id": job.ID}, []string{"job", "logs"}},
 		{"Workflow.versions", `query($id: ID!, $n: Int) { workflow(id: $id) { versions(first: $n) { version } } }`,
-			map[string]any{"id": tn.wf}, []string{"workflow", "versions"}},
+			map[string]any{"id": tn.Workflow}, []string{"workflow", "versions"}},
 		{"Schedule.recentJobs", `query($id: ID!, $n: Int) { schedule(id: $id) { recentJobs(first: $n) { id } } }`,
 			map[string]any{"id": sch.CreateSchedule.ID}, []string{"schedule", "recentJobs"}},
 		{"apiKeyAudit", `query($n: Int) { apiKeyAudit(first: $n) { id } }`, map[string]any{}, []string{"apiKeyAudit"}},
@@ -66,7 +66,7 @@ func TestFirstZeroIsAnEmptyPage(t *testing.T) {
 					vars[k] = v
 				}
 				var data map[string]any
-				tn.do(t, l.query, vars, &data)
+				tn.Do(t, l.query, vars, &data)
 				var at any = data
 				for _, key := range l.path {
 					obj, ok := at.(map[string]any)

@@ -134,19 +134,6 @@ var isoMutations = []isoOp{
 	{"logMachineEvent", `mutation($id: ID!) { logMachineEvent(machineId: $id, eventType: "error", details: {by: "mallory"}) { id } }`},
 }
 
-// isoRequireNoData fails t unless every top-level field of the response is null.
-func isoRequireNoData(t *testing.T, resp *apitest.Response) {
-	t.Helper()
-	if len(resp.Data) == 0 || string(resp.Data) == "null" {
-		return
-	}
-	var fields map[string]any
-	require.NoError(t, json.Unmarshal(resp.Data, &fields))
-	for name, v := range fields {
-		require.Nil(t, v, "field %s leaked data: %s", name, resp.Raw)
-	}
-}
-
 // isoRequireNotFoundLikeMissing fails t unless op on id is refused with
 // NOT_FOUND exactly as the same op on an id that exists nowhere is: another
 // caller's machine and no machine must be indistinguishable.
@@ -154,7 +141,7 @@ func isoRequireNotFoundLikeMissing(t *testing.T, s *apitest.Server, token string
 	t.Helper()
 	resp := s.Do(t, token, op.query, map[string]any{"id": id})
 	got := resp.Code(t, "NOT_FOUND")
-	isoRequireNoData(t, resp)
+	apitest.RequireNoData(t, resp)
 	missing := s.Do(t, token, op.query, map[string]any{"id": uuid.NewString()}).Code(t, "NOT_FOUND")
 	require.Equal(t, missing.Message, got.Message, "the error must not reveal that the machine exists")
 	require.Equal(t, missing.Extensions, got.Extensions)
@@ -477,7 +464,7 @@ func TestAnonymousIsRefused(t *testing.T) {
 		t.Run(op.name, func(t *testing.T) {
 			resp := s.Do(t, "", op.query, map[string]any{"id": fleet.running})
 			resp.Code(t, "UNAUTHENTICATED")
-			isoRequireNoData(t, resp)
+			apitest.RequireNoData(t, resp)
 			require.Less(t, resp.Status, 500)
 			isoRequireUnchanged(t, s, alice.Token, before)
 			require.Equal(t, rows, isoRowCounts(t, s))
@@ -610,7 +597,7 @@ func TestTokenAttacks(t *testing.T) {
 			resp := isoSend(t, s, a.authorization, query)
 			require.Equal(t, http.StatusUnauthorized, resp.Status, "response: %s", resp.Raw)
 			resp.Code(t, "UNAUTHENTICATED")
-			isoRequireNoData(t, resp)
+			apitest.RequireNoData(t, resp)
 			require.NotContains(t, string(resp.Raw), alice.ID.String())
 			require.NotContains(t, string(resp.Raw), "alice-press")
 			require.Equal(t, `Bearer realm="fleetgraph"`, resp.Header.Get("WWW-Authenticate"))

@@ -91,8 +91,8 @@ func TestRobotLogs(t *testing.T) {
 
 	t.Run("shipped lines read back newest first, WARN as WARNING, filtered", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "shipper", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "shipper", apitest.RobotOpts{})
 		now := time.Now().UTC().Truncate(time.Millisecond)
 		at := func(d time.Duration) string { return now.Add(d).Format(time.RFC3339Nano) }
 		lgShipOK(t, s, r.Key,
@@ -102,30 +102,30 @@ func TestRobotLogs(t *testing.T) {
 			map[string]any{"level": "CRITICAL", "message": "portal down", "at": at(-time.Minute)},
 			map[string]any{"level": "INFO", "message": "retrying slow page", "at": at(0)},
 		)
-		all := lgList(t, s, tn.user.Token, map[string]any{"r": r.ID})
+		all := lgList(t, s, tn.User.Token, map[string]any{"r": r.ID})
 		require.Equal(t, []string{"retrying slow page", "portal down", "captcha", "Slow page", "opening 100% of portal"}, all.messages())
 		require.Equal(t, "WARNING", all.RobotLogs.Edges[3].Node.Level, "WARN is stored as WARNING")
 		require.Equal(t, r.ID, all.RobotLogs.Edges[0].Node.RobotID)
 		require.Equal(t, map[string]any{"url": "https://portal"}, all.RobotLogs.Edges[4].Node.Fields)
 		require.True(t, now.Add(-4*time.Minute).Equal(all.RobotLogs.Edges[4].Node.At), "a line in the window keeps the robot's time")
 
-		require.Equal(t, []string{"portal down", "captcha", "Slow page"}, lgList(t, s, tn.user.Token, map[string]any{"r": r.ID, "min": "WARNING"}).messages())
-		require.Equal(t, []string{"portal down", "captcha"}, lgList(t, s, tn.user.Token, map[string]any{"r": r.ID, "min": "ERROR"}).messages())
-		require.Equal(t, []string{"retrying slow page", "Slow page"}, lgList(t, s, tn.user.Token, map[string]any{"r": r.ID, "c": "SLOW"}).messages(), "contains is case-insensitive")
-		require.Equal(t, []string{"opening 100% of portal"}, lgList(t, s, tn.user.Token, map[string]any{"c": "100%"}).messages(), "% is a character, not a wildcard")
-		require.Empty(t, lgList(t, s, tn.user.Token, map[string]any{"c": "1%p"}).messages())
-		require.Equal(t, []string{"captcha", "Slow page"}, lgList(t, s, tn.user.Token,
+		require.Equal(t, []string{"portal down", "captcha", "Slow page"}, lgList(t, s, tn.User.Token, map[string]any{"r": r.ID, "min": "WARNING"}).messages())
+		require.Equal(t, []string{"portal down", "captcha"}, lgList(t, s, tn.User.Token, map[string]any{"r": r.ID, "min": "ERROR"}).messages())
+		require.Equal(t, []string{"retrying slow page", "Slow page"}, lgList(t, s, tn.User.Token, map[string]any{"r": r.ID, "c": "SLOW"}).messages(), "contains is case-insensitive")
+		require.Equal(t, []string{"opening 100% of portal"}, lgList(t, s, tn.User.Token, map[string]any{"c": "100%"}).messages(), "% is a character, not a wildcard")
+		require.Empty(t, lgList(t, s, tn.User.Token, map[string]any{"c": "1%p"}).messages())
+		require.Equal(t, []string{"captcha", "Slow page"}, lgList(t, s, tn.User.Token,
 			map[string]any{"since": at(-3 * time.Minute), "until": at(-time.Minute)}).messages(), "since is inclusive, until exclusive")
 	})
 
 	t.Run("messages and fields arrive byte for byte", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "quoting", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "quoting", apitest.RobotOpts{})
 		msg := "quotes \" ' {braces} \\ back\\slash ? $1 :name\nnew line\ttab ünïcödé 🤖 ,;"
 		fields := map[string]any{"q": `"{a,b}"`, "b": `\`, "n": map[string]any{"deep": []any{1.5, "x\"y", nil, true}}, "empty": ""}
 		lgShipOK(t, s, r.Key, map[string]any{"level": "INFO", "message": msg, "fields": fields}, lgEntry("INFO", ""))
-		p := lgList(t, s, tn.user.Token, map[string]any{"r": r.ID})
+		p := lgList(t, s, tn.User.Token, map[string]any{"r": r.ID})
 		require.Len(t, p.RobotLogs.Edges, 2)
 		require.Equal(t, "", p.RobotLogs.Edges[0].Node.Message)
 		require.Equal(t, msg, p.RobotLogs.Edges[1].Node.Message)
@@ -134,8 +134,8 @@ func TestRobotLogs(t *testing.T) {
 
 	t.Run("pages are exact across days and ties", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "pager", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "pager", apitest.RobotOpts{})
 		now := time.Now().UTC().Truncate(time.Second)
 		var entries []map[string]any
 		var want []string
@@ -157,7 +157,7 @@ func TestRobotLogs(t *testing.T) {
 		var after *string
 		for pages := 0; ; pages++ {
 			require.Less(t, pages, 20)
-			p := lgList(t, s, tn.user.Token, map[string]any{"r": r.ID, "first": 2, "after": after})
+			p := lgList(t, s, tn.User.Token, map[string]any{"r": r.ID, "first": 2, "after": after})
 			got = append(got, p.messages()...)
 			if !p.RobotLogs.PageInfo.HasNextPage {
 				break
@@ -169,8 +169,8 @@ func TestRobotLogs(t *testing.T) {
 
 	t.Run("a line out of the window is stored at the receive time with the robot's time in fields", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "skewed", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "skewed", apitest.RobotOpts{})
 		future := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
 		old := time.Now().AddDate(0, 0, -45).UTC().Truncate(time.Millisecond)
 		before := time.Now()
@@ -179,7 +179,7 @@ func TestRobotLogs(t *testing.T) {
 			map[string]any{"level": "INFO", "message": "from long ago", "at": old.Format(time.RFC3339Nano)},
 		)
 		after := time.Now()
-		p := lgList(t, s, tn.user.Token, map[string]any{"r": r.ID})
+		p := lgList(t, s, tn.User.Token, map[string]any{"r": r.ID})
 		require.Len(t, p.RobotLogs.Edges, 2)
 		for _, e := range p.RobotLogs.Edges {
 			l := e.Node
@@ -196,35 +196,35 @@ func TestRobotLogs(t *testing.T) {
 
 	t.Run("job lines are fenced on the lease and are the job's logs", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "worker", jqRobotOpts{})
-		tn.enqueue(t, nil)
-		l := r.claim(t, 0)
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "worker", apitest.RobotOpts{})
+		tn.Enqueue(t, nil)
+		l := r.Claim(t, 0)
 		require.NotNil(t, l)
 		lgShipOK(t, s, r.Key,
 			map[string]any{"level": "INFO", "message": "about the job", "jobId": l.Job.ID, "leaseToken": l.LeaseToken},
 			lgEntry("INFO", "about the robot"))
-		logs := tn.job(t, l.Job.ID).Logs
+		logs := tn.Job(t, l.Job.ID).Logs
 		require.Len(t, logs, 1)
 		require.Equal(t, "about the job", logs[0].Message)
-		p := lgList(t, s, tn.user.Token, map[string]any{"j": l.Job.ID})
+		p := lgList(t, s, tn.User.Token, map[string]any{"j": l.Job.ID})
 		require.Equal(t, []string{"about the job"}, p.messages())
 		require.Equal(t, l.Job.ID, *p.RobotLogs.Edges[0].Node.JobID)
 
-		before := lgCount(t, s, tn.user.Tenant)
+		before := lgCount(t, s, tn.User.Tenant)
 		e := s.Do(t, r.Key, lgShip, map[string]any{"e": []any{lgEntry("INFO", "fine"),
 			map[string]any{"level": "INFO", "message": "stale", "jobId": l.Job.ID, "leaseToken": uuid.NewString()}}}).Code(t, "CONFLICT")
 		require.Equal(t, "LEASE_LOST", e.Extensions["reason"])
 		e = s.Do(t, r.Key, lgShip, map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "half", "jobId": l.Job.ID}}}).Code(t, "BAD_USER_INPUT")
 		require.Equal(t, "entries[0].leaseToken", e.Extensions["field"])
 		s.Do(t, r.Key, lgShip, map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "x", "jobId": uuid.NewString(), "leaseToken": l.LeaseToken}}}).Code(t, "NOT_FOUND")
-		require.Equal(t, before, lgCount(t, s, tn.user.Tenant), "a refused batch writes nothing")
+		require.Equal(t, before, lgCount(t, s, tn.User.Tenant), "a refused batch writes nothing")
 	})
 
 	t.Run("bad input is refused naming the line, and nothing is written", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "bad", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "bad", apitest.RobotOpts{})
 		many := func(n int) []any {
 			out := make([]any, n)
 			for i := range out {
@@ -249,19 +249,19 @@ func TestRobotLogs(t *testing.T) {
 			t.Run(c.name, func(t *testing.T) {
 				e := s.Do(t, r.Key, lgShip, map[string]any{"e": c.entries}).Code(t, "BAD_USER_INPUT")
 				require.Equal(t, c.field, e.Extensions["field"], "%s", e.Message)
-				require.Zero(t, lgCount(t, s, tn.user.Tenant))
+				require.Zero(t, lgCount(t, s, tn.User.Tenant))
 			})
 		}
 		t.Run("LevelUnknown", func(t *testing.T) {
 			resp := s.Do(t, r.Key, lgShip, map[string]any{"e": []any{lgEntry("TRACE", "m")}})
 			require.NotEmpty(t, resp.Errors)
-			require.Zero(t, lgCount(t, s, tn.user.Tenant))
+			require.Zero(t, lgCount(t, s, tn.User.Tenant))
 		})
 		t.Run("1000LinesAreFine", func(t *testing.T) {
 			var out struct{ ShipLogs int }
 			s.Do(t, r.Key, lgShip, map[string]any{"e": many(1000)}).OK(t, &out)
 			require.Equal(t, 1000, out.ShipLogs)
-			require.Equal(t, 1000, lgCount(t, s, tn.user.Tenant))
+			require.Equal(t, 1000, lgCount(t, s, tn.User.Tenant))
 		})
 		for name, vars := range map[string]map[string]any{
 			"SinceAfterUntil": {"since": "2026-02-02T00:00:00Z", "until": "2026-02-01T00:00:00Z"},
@@ -272,15 +272,15 @@ func TestRobotLogs(t *testing.T) {
 			"NegativeFirst":   {"first": -1},
 		} {
 			t.Run("Query/"+name, func(t *testing.T) {
-				s.Do(t, tn.user.Token, lgQuery, vars).Code(t, "BAD_USER_INPUT")
+				s.Do(t, tn.User.Token, lgQuery, vars).Code(t, "BAD_USER_INPUT")
 			})
 		}
 	})
 
 	t.Run("the daily summary counts per day, robot and level", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		a, b := tn.robot(t, "a", jqRobotOpts{}), tn.robot(t, "b", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		a, b := tn.CreateRobot(t, "a", apitest.RobotOpts{}), tn.CreateRobot(t, "b", apitest.RobotOpts{})
 		yesterday := time.Now().UTC().AddDate(0, 0, -1).Truncate(24 * time.Hour).Add(12 * time.Hour)
 		y := func(d time.Duration) string { return yesterday.Add(d).Format(time.RFC3339Nano) }
 		lgShipOK(t, s, a.Key, map[string]any{"level": "ERROR", "message": "1", "at": y(0)}, map[string]any{"level": "ERROR", "message": "2", "at": y(time.Hour)},
@@ -292,7 +292,7 @@ func TestRobotLogs(t *testing.T) {
 			FirstAt, LastAt     time.Time
 		}
 		var out struct{ LogSummary []row }
-		s.Do(t, tn.user.Token, `query($r: ID) { logSummary(robotId: $r) { day robotId level count firstAt lastAt } }`, map[string]any{"r": a.ID}).OK(t, &out)
+		s.Do(t, tn.User.Token, `query($r: ID) { logSummary(robotId: $r) { day robotId level count firstAt lastAt } }`, map[string]any{"r": a.ID}).OK(t, &out)
 		today := time.Now().UTC().Format(time.DateOnly)
 		require.Len(t, out.LogSummary, 2)
 		require.Equal(t, today, out.LogSummary[0].Day)
@@ -300,14 +300,14 @@ func TestRobotLogs(t *testing.T) {
 		got := out.LogSummary[1]
 		require.Equal(t, []any{yesterday.Format(time.DateOnly), a.ID, "ERROR", 2}, []any{got.Day, got.RobotID, got.Level, got.Count})
 		require.True(t, yesterday.Equal(got.FirstAt) && yesterday.Add(time.Hour).Equal(got.LastAt), "%+v", got)
-		s.Do(t, tn.user.Token, `{ logSummary { robotId level count } }`, nil).OK(t, &out)
+		s.Do(t, tn.User.Token, `{ logSummary { robotId level count } }`, nil).OK(t, &out)
 		require.Len(t, out.LogSummary, 3, "both robots without robotId")
 	})
 
 	t.Run("heartbeat history is sampled, newest first", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "beating", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "beating", apitest.RobotOpts{})
 		for _, st := range []string{"ONLINE", "ONLINE", "BUSY"} {
 			s.Do(t, r.Key, `mutation($s: RobotStatus!) { heartbeat(input: {status: $s, metrics: {cpu: 5}, agentVersion: "2.1"}) { id } }`, map[string]any{"s": st}).OK(t, nil)
 		}
@@ -320,16 +320,16 @@ func TestRobotLogs(t *testing.T) {
 				}
 			}
 		}
-		s.Do(t, tn.user.Token, `query($r: ID!) { robot(id: $r) { heartbeats { status agentVersion metrics at } } }`, map[string]any{"r": r.ID}).OK(t, &out)
+		s.Do(t, tn.User.Token, `query($r: ID!) { robot(id: $r) { heartbeats { status agentVersion metrics at } } }`, map[string]any{"r": r.ID}).OK(t, &out)
 		hb := out.Robot.Heartbeats
 		require.Len(t, hb, 2, "the second ONLINE within a minute is not sampled; the status change is")
 		require.Equal(t, "BUSY", hb[0].Status)
 		require.Equal(t, "ONLINE", hb[1].Status)
 		require.Equal(t, "2.1", hb[0].AgentVersion)
 		require.Equal(t, map[string]any{"cpu": float64(5)}, hb[0].Metrics)
-		s.Do(t, tn.user.Token, `query($r: ID!) { robot(id: $r) { heartbeats(first: 1) { status } } }`, map[string]any{"r": r.ID}).OK(t, &out)
+		s.Do(t, tn.User.Token, `query($r: ID!) { robot(id: $r) { heartbeats(first: 1) { status } } }`, map[string]any{"r": r.ID}).OK(t, &out)
 		require.Len(t, out.Robot.Heartbeats, 1)
-		s.Do(t, tn.user.Token, `query($r: ID!, $s: Time) { robot(id: $r) { heartbeats(since: $s) { status } } }`,
+		s.Do(t, tn.User.Token, `query($r: ID!, $s: Time) { robot(id: $r) { heartbeats(since: $s) { status } } }`,
 			map[string]any{"r": r.ID, "s": time.Now().Add(time.Hour).Format(time.RFC3339)}).OK(t, &out)
 		require.Empty(t, out.Robot.Heartbeats)
 	})
@@ -338,33 +338,33 @@ func TestRobotLogs(t *testing.T) {
 func TestRobotLogsIsolation(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
-	victim := jqNewTenant(t, s)
-	vr := victim.robot(t, "victim", jqRobotOpts{})
-	victim.enqueue(t, nil)
-	vl := vr.claim(t, 0)
+	victim := apitest.NewTenant(t, s)
+	vr := victim.CreateRobot(t, "victim", apitest.RobotOpts{})
+	victim.Enqueue(t, nil)
+	vl := vr.Claim(t, 0)
 	require.NotNil(t, vl)
 	lgShipOK(t, s, vr.Key, lgEntry("ERROR", "victim secret"),
 		map[string]any{"level": "INFO", "message": "victim job line", "jobId": vl.Job.ID, "leaseToken": vl.LeaseToken})
 	s.Do(t, vr.Key, `mutation { heartbeat(input: {status: ONLINE, agentVersion: "v"}) { id } }`, nil).OK(t, nil)
 
-	attacker := jqNewTenant(t, s)
-	ar := attacker.robot(t, "attacker", jqRobotOpts{})
+	attacker := apitest.NewTenant(t, s)
+	ar := attacker.CreateRobot(t, "attacker", apitest.RobotOpts{})
 	lgShipOK(t, s, ar.Key, lgEntry("INFO", "attacker line"))
-	sibling := victim.robot(t, "sibling", jqRobotOpts{}) // same tenant, another robot
+	sibling := victim.CreateRobot(t, "sibling", apitest.RobotOpts{}) // same tenant, another robot
 	lgShipOK(t, s, sibling.Key, lgEntry("INFO", "sibling line"))
 
-	victimLines := lgCount(t, s, victim.user.Tenant)
+	victimLines := lgCount(t, s, victim.User.Tenant)
 
 	t.Run("another tenant sees none of the lines", func(t *testing.T) {
-		require.Equal(t, []string{"attacker line"}, lgList(t, s, attacker.user.Token, nil).messages())
+		require.Equal(t, []string{"attacker line"}, lgList(t, s, attacker.User.Token, nil).messages())
 		require.Equal(t, []string{"attacker line"}, lgList(t, s, ar.Key, nil).messages())
-		for _, tok := range []string{attacker.user.Token, ar.Key, s.NewService(t, attacker.user.Tenant).Token} {
+		for _, tok := range []string{attacker.User.Token, ar.Key, s.NewService(t, attacker.User.Tenant).Token} {
 			s.Do(t, tok, lgQuery, map[string]any{"r": vr.ID}).Code(t, "NOT_FOUND")
 			s.Do(t, tok, lgQuery, map[string]any{"j": vl.Job.ID}).Code(t, "NOT_FOUND")
 			s.Do(t, tok, `query($r: ID) { logSummary(robotId: $r) { count } }`, map[string]any{"r": vr.ID}).Code(t, "NOT_FOUND")
 		}
 		var sum struct{ LogSummary []struct{ RobotID string } }
-		s.Do(t, attacker.user.Token, `{ logSummary { robotId } }`, nil).OK(t, &sum)
+		s.Do(t, attacker.User.Token, `{ logSummary { robotId } }`, nil).OK(t, &sum)
 		require.Len(t, sum.LogSummary, 1)
 		require.Equal(t, ar.ID, sum.LogSummary[0].RobotID)
 	})
@@ -378,7 +378,7 @@ func TestRobotLogsIsolation(t *testing.T) {
 		require.Len(t, sum.LogSummary, 1)
 		require.Equal(t, sibling.ID, sum.LogSummary[0].RobotID)
 		// The victim's user sees all three robots' lines of its tenant.
-		require.ElementsMatch(t, []string{"victim secret", "victim job line", "sibling line"}, lgList(t, s, victim.user.Token, nil).messages())
+		require.ElementsMatch(t, []string{"victim secret", "victim job line", "sibling line"}, lgList(t, s, victim.User.Token, nil).messages())
 	})
 
 	t.Run("a robot writes only its own lines", func(t *testing.T) {
@@ -388,9 +388,9 @@ func TestRobotLogsIsolation(t *testing.T) {
 			s.Do(t, key, `mutation($j: ID!, $l: ID!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: [{level: INFO, message: "forged"}]) }`,
 				map[string]any{"j": vl.Job.ID, "l": vl.LeaseToken}).Code(t, "NOT_FOUND")
 		}
-		require.Equal(t, victimLines, lgCount(t, s, victim.user.Tenant))
-		s.Do(t, victim.user.Token, lgShip, map[string]any{"e": []any{lgEntry("INFO", "user line")}}).Code(t, "FORBIDDEN")
-		require.Equal(t, victimLines, lgCount(t, s, victim.user.Tenant))
+		require.Equal(t, victimLines, lgCount(t, s, victim.User.Tenant))
+		s.Do(t, victim.User.Token, lgShip, map[string]any{"e": []any{lgEntry("INFO", "user line")}}).Code(t, "FORBIDDEN")
+		require.Equal(t, victimLines, lgCount(t, s, victim.User.Tenant))
 	})
 
 	t.Run("job logs show only the robot's own lines to a robot", func(t *testing.T) {
@@ -407,16 +407,16 @@ func TestRobotLogsIsolation(t *testing.T) {
 		var out struct {
 			Robot *struct{ Heartbeats []struct{ Status string } }
 		}
-		s.Do(t, attacker.user.Token, `query($r: ID!) { robot(id: $r) { heartbeats { status } } }`, map[string]any{"r": vr.ID}).OK(t, &out)
+		s.Do(t, attacker.User.Token, `query($r: ID!) { robot(id: $r) { heartbeats { status } } }`, map[string]any{"r": vr.ID}).OK(t, &out)
 		require.Nil(t, out.Robot)
 		s.Do(t, sibling.Key, `query($r: ID!) { robot(id: $r) { heartbeats { status } } }`, map[string]any{"r": vr.ID}).OK(t, &out)
 		require.Nil(t, out.Robot)
-		s.Do(t, victim.user.Token, `query($r: ID!) { robot(id: $r) { heartbeats { status } } }`, map[string]any{"r": vr.ID}).OK(t, &out)
+		s.Do(t, victim.User.Token, `query($r: ID!) { robot(id: $r) { heartbeats { status } } }`, map[string]any{"r": vr.ID}).OK(t, &out)
 		require.Len(t, out.Robot.Heartbeats, 1)
 	})
 
 	t.Run("only service_role cleans up and reads the history", func(t *testing.T) {
-		for _, tok := range []string{victim.user.Token, vr.Key} {
+		for _, tok := range []string{victim.User.Token, vr.Key} {
 			s.Do(t, tok, `mutation { cleanupLogs(dryRun: true) { id } }`, nil).Code(t, "FORBIDDEN")
 			s.Do(t, tok, `{ logCleanupHistory { edges { node { id } } } }`, nil).Code(t, "FORBIDDEN")
 		}
@@ -424,7 +424,7 @@ func TestRobotLogsIsolation(t *testing.T) {
 	})
 
 	t.Run("tails stay in their tenant and robot", func(t *testing.T) {
-		c := lvConnect(t, s, attacker.user.Token)
+		c := lvConnect(t, s, attacker.User.Token)
 		require.Equal(t, "NOT_FOUND", c.refused("victim", lgTailSub, map[string]any{"r": vr.ID}))
 		rc := lvConnect(t, s, sibling.Key)
 		require.Equal(t, "NOT_FOUND", rc.refused("victim", lgTailSub, map[string]any{"r": vr.ID}))
@@ -489,11 +489,11 @@ func lgSyncTail(t *testing.T, s *apitest.Server, c *lvConn, id, key string) {
 func TestRobotLogTail(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "tailed", jqRobotOpts{})
-	other := tn.robot(t, "other", jqRobotOpts{})
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "tailed", apitest.RobotOpts{})
+	other := tn.CreateRobot(t, "other", apitest.RobotOpts{})
 
-	c := lvConnect(t, s, tn.user.Token)
+	c := lvConnect(t, s, tn.User.Token)
 	c.ws.SetReadLimit(1 << 20) // a batch of 1,000 lines is one message
 	c.subscribe("warn", lgTailSub, map[string]any{"r": r.ID, "min": "WARNING"})
 	lgSyncTail(t, s, c, "warn", r.Key)
@@ -520,8 +520,8 @@ func TestRobotLogTail(t *testing.T) {
 	require.Equal(t, "bulk 999", got.Lines[999].Message)
 
 	// Job lines (appendJobLogs, progress messages) are tailed too.
-	tn.enqueue(t, nil)
-	l := r.claim(t, 0)
+	tn.Enqueue(t, nil)
+	l := r.Claim(t, 0)
 	require.NotNil(t, l)
 	s.Do(t, r.Key, `mutation($j: ID!, $l: ID!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: [{level: ERROR, message: "job failed a step"}]) }`,
 		map[string]any{"j": l.Job.ID, "l": l.LeaseToken}).OK(t, nil)
@@ -532,8 +532,8 @@ func TestRobotLogTail(t *testing.T) {
 func TestRobotLogShipSendsOneNotificationPerBatch(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "counted", jqRobotOpts{})
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "counted", apitest.RobotOpts{})
 
 	l := pq.NewListener(s.DB.DSN, time.Second, time.Minute, nil)
 	t.Cleanup(func() { _ = l.Close() })
@@ -578,8 +578,8 @@ func TestRobotLogShipSendsOneNotificationPerBatch(t *testing.T) {
 func TestCleanupLogs(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t) // its own database: retention is installation-wide
-	a, b := jqNewTenant(t, s), jqNewTenant(t, s)
-	svcA, svcB := s.NewService(t, a.user.Tenant), s.NewService(t, b.user.Tenant)
+	a, b := apitest.NewTenant(t, s), apitest.NewTenant(t, s)
+	svcA, svcB := s.NewService(t, a.User.Tenant), s.NewService(t, b.User.Tenant)
 	// The leader's first retention run happens at start; wait for it, so
 	// that the old day made below is dropped only by the runs of this test.
 	require.Eventually(t, func() bool {
@@ -592,7 +592,7 @@ func TestCleanupLogs(t *testing.T) {
 	require.NoError(t, err)
 	_, err = s.DB.ExecContext(t.Context(), `INSERT INTO robot_logs (tenant_id, robot_id, level, message, at)
 		VALUES (?, gen_random_uuid(), 20, 'a1', ?), (?, gen_random_uuid(), 20, 'a2', ?), (?, gen_random_uuid(), 20, 'b1', ?)`,
-		a.user.Tenant, old, a.user.Tenant, old, b.user.Tenant, old)
+		a.User.Tenant, old, a.User.Tenant, old, b.User.Tenant, old)
 	require.NoError(t, err)
 	partition := "robot_logs_p" + old.Format("20060102")
 	exists := func() bool {
@@ -690,15 +690,15 @@ func TestCleanupLogs(t *testing.T) {
 // locked the higher one.
 func TestShipLogsLocksJobsInIDOrder(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "r", jqRobotOpts{Slots: 2})
-	tn.enqueue(t, nil)
-	tn.enqueue(t, nil)
-	leases := []*jqLease{r.claim(t, 0), r.claim(t, 0)}
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "r", apitest.RobotOpts{Slots: 2})
+	tn.Enqueue(t, nil)
+	tn.Enqueue(t, nil)
+	leases := []*apitest.Lease{r.Claim(t, 0), r.Claim(t, 0)}
 	for _, l := range leases {
 		require.NotNil(t, l)
-		r.start(t, l)
+		r.Start(t, l)
 	}
 	sort.Slice(leases, func(i, j int) bool { // the uuids' byte order, PostgreSQL's
 		a, b := uuid.MustParse(leases[i].Job.ID), uuid.MustParse(leases[j].Job.ID)
@@ -720,7 +720,7 @@ func TestShipLogsLocksJobsInIDOrder(t *testing.T) {
 			map[string]any{"level": "INFO", "message": "about the lower", "jobId": low.Job.ID, "leaseToken": low.LeaseToken},
 		}})
 	}()
-	jqEventually(t, 10*time.Second, "shipLogs waits for the lower job", func() bool {
+	apitest.Eventually(t, 10*time.Second, "shipLogs waits for the lower job", func() bool {
 		var waiting int
 		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(ctx, &waiting))
 		return waiting > 0

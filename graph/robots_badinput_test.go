@@ -535,8 +535,8 @@ func TestRobotBadInputIsRefusedAndWritesNothing(t *testing.T) {
 			resp := s.Do(t, token, c.query, c.vars)
 
 			require.Less(t, resp.Status, 500, "response: %s", resp.Raw)
-			badRequireNoLeak(t, resp.Raw)
-			isoRequireNoData(t, resp)
+			apitest.RequireNoLeak(t, resp.Raw)
+			apitest.RequireNoData(t, resp)
 			if c.bug != "" {
 				badKnownBug(t, resp, c.bug)
 			} else {

@@ -274,7 +274,7 @@ func TestRobotTenantIsolation(t *testing.T) {
 				t.Run(a.name, func(t *testing.T) {
 					resp := s.Do(t, attacker.Token, a.query, a.vars)
 					got := resp.Code(t, "NOT_FOUND")
-					isoRequireNoData(t, resp)
+					apitest.RequireNoData(t, resp)
 					rbiRequireNoLeak(t, resp.Raw, leak)
 					if a.field != "" {
 						require.Equal(t, a.field, got.Extensions["field"])
@@ -317,7 +317,7 @@ func TestRobotTenantIsolation(t *testing.T) {
 		} {
 			resp := s.Do(t, bobKey, op, v.lease.rbVars(nil))
 			resp.Code(t, "NOT_FOUND")
-			isoRequireNoData(t, resp)
+			apitest.RequireNoData(t, resp)
 			rbiRequireNoLeak(t, resp.Raw, leak)
 		}
 		requireUnchanged(t)
@@ -467,7 +467,7 @@ func TestRobotActsOnlyAsItself(t *testing.T) {
 					e := resp.Errors[0]
 					require.Equal(t, "NOT_FOUND", e.Code(), "response: %s", resp.Raw)
 					require.NotContains(t, e.Extensions, "currentStatus", "response: %s", resp.Raw)
-					isoRequireNoData(t, resp)
+					apitest.RequireNoData(t, resp)
 					require.Equal(t, before, jobRows())
 					require.Equal(t, counts, rbRowCounts(t, s))
 				})
@@ -517,7 +517,7 @@ func TestRobotActsOnlyAsItself(t *testing.T) {
 			}
 			resp := s.Do(t, xKey, op.query, vars)
 			resp.Code(t, "FORBIDDEN")
-			isoRequireNoData(t, resp)
+			apitest.RequireNoData(t, resp)
 			require.Less(t, resp.Status, 500)
 			require.NotContains(t, string(resp.Raw), "press")
 			require.Equal(t, counts, rbRowCounts(t, s))
@@ -545,7 +545,7 @@ func TestRobotActsOnlyAsItself(t *testing.T) {
 				}
 				resp := s.Do(t, token, op.query, vars)
 				resp.Code(t, "FORBIDDEN")
-				isoRequireNoData(t, resp)
+				apitest.RequireNoData(t, resp)
 				require.Equal(t, counts, rbRowCounts(t, s))
 				require.Equal(t, row, rbRow(t, s, "jobs", xJob.ID))
 			})

@@ -704,7 +704,7 @@ func TestAPIKeys(t *testing.T) {
 			resp := post(t, http.Header{"X-Api-Key": {key}, "Authorization": {"Bearer " + key}})
 			require.Equal(t, http.StatusUnauthorized, resp.Status)
 			resp.Code(t, "UNAUTHENTICATED")
-			isoRequireNoData(t, resp)
+			apitest.RequireNoData(t, resp)
 		})
 		t.Run("XApiKeyWithAJWTIsRefused", func(t *testing.T) {
 			resp := post(t, http.Header{"X-Api-Key": {u.Token}})
@@ -779,7 +779,7 @@ func TestAPIKeys(t *testing.T) {
 			resp := s.Do(t, k.Key, `{ me { role } currentRobot { id } }`, nil)
 			require.Equal(t, http.StatusUnauthorized, resp.Status)
 			resp.Code(t, "UNAUTHENTICATED")
-			isoRequireNoData(t, resp)
+			apitest.RequireNoData(t, resp)
 		}
 		var audits []db.APIKeyAuditEntry
 		require.NoError(t, s.DB.NewSelect().Model(&audits).Where("api_key_id = ? AND event = ?", k.APIKey.ID, db.AuditUsedAfterRevoke).Scan(t.Context()))

@@ -323,20 +323,20 @@ func TestMultipartNegotiation(t *testing.T) {
 func TestShutdownEndsWaitingClaims(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "waiting", jqRobotOpts{})
-	claimed := r.claimAsync(t, 60)
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "waiting", apitest.RobotOpts{})
+	claimed := r.ClaimAsync(t, 60)
 
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	closed := make(chan error, 1)
 	go func() { closed <- s.Handler.CloseStreams(ctx) }()
 	// Well within the claim's 60 s: the old code answered only then.
-	require.Nil(t, jqReceive(t, claimed, 45*time.Second), "no job came")
+	require.Nil(t, apitest.ReceiveClaim(t, claimed, 45*time.Second), "no job came")
 	require.NoError(t, <-closed)
 
-	job := tn.enqueue(t, nil)
-	lease := r.claim(t, 60)
+	job := tn.Enqueue(t, nil)
+	lease := r.Claim(t, 60)
 	require.NotNil(t, lease)
 	require.Equal(t, job.ID, lease.Job.ID)
 }

@@ -20,49 +20,49 @@ import (
 func TestUnpagedListsHoldTheirBound(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
-	tn := jqNewTenant(t, s)
-	wf := tn.wf
+	tn := apitest.NewTenant(t, s)
+	wf := tn.Workflow
 
 	// More robots than any bound, straight into the table.
 	const robots = db.MaxStatsRows + 3
 	_, err := s.DB.ExecContext(t.Context(), `INSERT INTO robots (tenant_id, name, status, last_heartbeat_at)
 		SELECT ?, 'r' || lpad(g::text, 4, '0'), CASE WHEN g % 3 = 0 THEN 'ONLINE' ELSE 'OFFLINE' END, now() FROM generate_series(1, ?) g`,
-		tn.user.Tenant, robots)
+		tn.User.Tenant, robots)
 	require.NoError(t, err)
 	var ids []string
-	require.NoError(t, s.DB.NewRaw("SELECT id::text FROM robots WHERE tenant_id = ? ORDER BY name", tn.user.Tenant).Scan(t.Context(), &ids))
+	require.NoError(t, s.DB.NewRaw("SELECT id::text FROM robots WHERE tenant_id = ? ORDER BY name", tn.User.Tenant).Scan(t.Context(), &ids))
 	require.Len(t, ids, robots)
 
 	t.Run("Assignments", func(t *testing.T) {
 		const assign = `mutation($w: ID!, $r: ID!, $p: Int) { assignWorkflow(workflowId: $w, robotId: $r, priority: $p) { robotId } }`
 		for _, id := range ids[:db.MaxWorkflowAssignments] {
-			tn.do(t, assign, map[string]any{"w": wf, "r": id}, nil)
+			tn.Do(t, assign, map[string]any{"w": wf, "r": id}, nil)
 		}
-		e := s.Do(t, tn.user.Token, assign, map[string]any{"w": wf, "r": ids[db.MaxWorkflowAssignments]}).Code(t, "CONFLICT")
+		e := s.Do(t, tn.User.Token, assign, map[string]any{"w": wf, "r": ids[db.MaxWorkflowAssignments]}).Code(t, "CONFLICT")
 		require.Contains(t, e.Message, fmt.Sprintf("at most %d", db.MaxWorkflowAssignments))
-		tn.do(t, assign, map[string]any{"w": wf, "r": ids[0], "p": 5}, nil) // an existing one changes
+		tn.Do(t, assign, map[string]any{"w": wf, "r": ids[0], "p": 5}, nil) // an existing one changes
 		var out struct {
 			Workflow struct{ Assignments []struct{ RobotID string } }
 		}
-		tn.do(t, `query($w: ID!) { workflow(id: $w) { assignments { robotId } } }`, map[string]any{"w": wf}, &out)
+		tn.Do(t, `query($w: ID!) { workflow(id: $w) { assignments { robotId } } }`, map[string]any{"w": wf}, &out)
 		require.Len(t, out.Workflow.Assignments, db.MaxWorkflowAssignments)
 	})
 
 	t.Run("NodeOverrides", func(t *testing.T) {
 		const set = `mutation($w: ID!, $n: String!, $c: String) { setNodeRobotOverride(workflowId: $w, nodeId: $n, capability: $c) { nodeId } }`
 		for i := range db.MaxNodeOverrides {
-			tn.do(t, set, map[string]any{"w": wf, "n": fmt.Sprint("node-", i), "c": "ocr"}, nil)
+			tn.Do(t, set, map[string]any{"w": wf, "n": fmt.Sprint("node-", i), "c": "ocr"}, nil)
 		}
-		s.Do(t, tn.user.Token, set, map[string]any{"w": wf, "n": "one-more", "c": "ocr"}).Code(t, "CONFLICT")
-		tn.do(t, set, map[string]any{"w": wf, "n": "node-0", "c": "pdf"}, nil) // an existing one changes
+		s.Do(t, tn.User.Token, set, map[string]any{"w": wf, "n": "one-more", "c": "ocr"}).Code(t, "CONFLICT")
+		tn.Do(t, set, map[string]any{"w": wf, "n": "node-0", "c": "pdf"}, nil) // an existing one changes
 		var out struct {
 			Workflow struct{ NodeOverrides []struct{ NodeID string } }
 		}
-		tn.do(t, `query($w: ID!) { workflow(id: $w) { nodeOverrides { nodeId } } }`, map[string]any{"w": wf}, &out)
+		tn.Do(t, `query($w: ID!) { workflow(id: $w) { nodeOverrides { nodeId } } }`, map[string]any{"w": wf}, &out)
 		require.Len(t, out.Workflow.NodeOverrides, db.MaxNodeOverrides)
 		// A node id is trimmed when set and when removed alike.
 		var removed struct{ RemoveNodeRobotOverride bool }
-		tn.do(t, `mutation($w: ID!) { removeNodeRobotOverride(workflowId: $w, nodeId: "  node-1 ") }`, map[string]any{"w": wf}, &removed)
+		tn.Do(t, `mutation($w: ID!) { removeNodeRobotOverride(workflowId: $w, nodeId: "  node-1 ") }`, map[string]any{"w": wf}, &removed)
 		require.True(t, removed.RemoveNodeRobotOverride)
 	})
 
@@ -73,7 +73,7 @@ func TestUnpagedListsHoldTheirBound(t *testing.T) {
 				Robots                                    []struct{ Robot struct{ Name string } }
 			}
 		}
-		tn.do(t, `{ robotStats { total online busy maintenance offline robots { robot { name } } } }`, nil, &out)
+		tn.Do(t, `{ robotStats { total online busy maintenance offline robots { robot { name } } } }`, nil, &out)
 		st := out.RobotStats
 		require.Equal(t, robots, st.Total, "the counts cover every robot")
 		require.Equal(t, robots/3, st.Online)
@@ -82,22 +82,22 @@ func TestUnpagedListsHoldTheirBound(t *testing.T) {
 		require.Equal(t, "r0001", st.Robots[0].Robot.Name, "by name")
 
 		_, err := s.DB.ExecContext(t.Context(), `INSERT INTO workflows (tenant_id, name)
-			SELECT ?, 'w' || lpad(g::text, 4, '0') FROM generate_series(1, ?) g`, tn.user.Tenant, db.MaxStatsRows+1)
+			SELECT ?, 'w' || lpad(g::text, 4, '0') FROM generate_series(1, ?) g`, tn.User.Tenant, db.MaxStatsRows+1)
 		require.NoError(t, err)
 		var stats struct {
 			WorkflowAssignmentStats []struct{ Workflow struct{ Name string } }
 		}
-		tn.do(t, `{ workflowAssignmentStats { workflow { name } } }`, nil, &stats)
+		tn.Do(t, `{ workflowAssignmentStats { workflow { name } } }`, nil, &stats)
 		require.Len(t, stats.WorkflowAssignmentStats, db.MaxStatsRows)
 	})
 
 	t.Run("APIKeys", func(t *testing.T) {
 		_, err := s.DB.ExecContext(t.Context(), `INSERT INTO api_keys (tenant_id, robot_id, name, prefix, key_hash, created_by)
 			SELECT ?, ?, 'k' || g, 'crpa_xxxx', sha256(g::text::bytea || ?::bytea), 'test' FROM generate_series(1, ?) g`,
-			tn.user.Tenant, ids[0], ids[0], db.MaxPageSize+1)
+			tn.User.Tenant, ids[0], ids[0], db.MaxPageSize+1)
 		require.NoError(t, err)
 		var out struct{ ApiKeys []struct{ ID string } }
-		tn.do(t, `query($r: ID!) { apiKeys(robotId: $r) { id } }`, map[string]any{"r": ids[0]}, &out)
+		tn.Do(t, `query($r: ID!) { apiKeys(robotId: $r) { id } }`, map[string]any{"r": ids[0]}, &out)
 		require.Len(t, out.ApiKeys, db.MaxPageSize)
 	})
 }

@@ -1,4 +1,4 @@
-package graph_test
+package jobtests
 
 import (
 	"fmt"
@@ -17,12 +17,12 @@ import (
 // free slot, and an answer within the server's write timeout.
 
 // jqRequireWaitLimit asserts a claim refused for the robot's wait limit.
-func jqRequireWaitLimit(t testing.TB, c jqClaimed, free int) {
+func jqRequireWaitLimit(t testing.TB, c apitest.Claimed, free int) {
 	t.Helper()
-	require.Error(t, c.err, "the claim was not refused")
-	require.Contains(t, c.err.Error(), "RATE_LIMITED")
-	require.Contains(t, c.err.Error(), "reason:"+dispatch.ReasonWaitLimit)
-	require.Contains(t, c.err.Error(), fmt.Sprintf("freeSlots:%d", free))
+	require.Error(t, c.Err, "the claim was not refused")
+	require.Contains(t, c.Err.Error(), "RATE_LIMITED")
+	require.Contains(t, c.Err.Error(), "reason:"+dispatch.ReasonWaitLimit)
+	require.Contains(t, c.Err.Error(), fmt.Sprintf("freeSlots:%d", free))
 }
 
 func TestWaitingClaimsAreBounded(t *testing.T) {
@@ -32,26 +32,26 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		t.Parallel()
 		// Polling as in production, so waits poll while the test runs.
 		s := apitest.New(t, apitest.Options{ClaimPoll: time.Second})
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		const slots, claims = 20, 60
-		r := tn.robot(t, "greedy", jqRobotOpts{Slots: slots})
-		other := jqNewTenant(t, s)
+		r := tn.CreateRobot(t, "greedy", apitest.RobotOpts{Slots: slots})
+		other := apitest.NewTenant(t, s)
 		s.Transactions.ResetPeak()
 
-		results := make(chan jqClaimed, claims)
+		results := make(chan apitest.Claimed, claims)
 		for range claims {
-			go func() { results <- <-r.claimAsync(t, 25) }()
+			go func() { results <- <-r.ClaimAsync(t, 25) }()
 		}
 		// The claims beyond the robot's free slots are refused at once.
 		for range claims - slots {
-			var c jqClaimed
+			var c apitest.Claimed
 			select {
 			case c = <-results:
 			case <-time.After(20 * time.Second):
 				require.FailNow(t, "the claims beyond the robot's free slots were not refused")
 			}
-			if c.err == nil {
-				require.FailNow(t, "a claim returned before any job was queued", "%+v", c.lease)
+			if c.Err == nil {
+				require.FailNow(t, "a claim returned before any job was queued", "%+v", c.Lease)
 			}
 			jqRequireWaitLimit(t, c, slots)
 		}
@@ -61,22 +61,22 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		// The others wait. Notifications of the tenant that bring no job
 		// the robot may take wake them all, again and again.
 		for range 10 {
-			tn.enqueue(t, map[string]any{"requiredCapabilities": []string{"nobody-has-this"}})
+			tn.Enqueue(t, map[string]any{"requiredCapabilities": []string{"nobody-has-this"}})
 		}
 		// Another tenant's query still answers, from a pool that never ran dry.
 		var out struct{ Jobs struct{ TotalCount int } }
-		other.do(t, `{ jobs { totalCount } }`, nil, &out)
+		other.Do(t, `{ jobs { totalCount } }`, nil, &out)
 		require.Zero(t, out.Jobs.TotalCount)
 
 		// Jobs for every waiting claim: each gets one.
 		var in []map[string]any
 		for range slots {
-			in = append(in, map[string]any{"workflowId": tn.wf})
+			in = append(in, map[string]any{"workflowId": tn.Workflow})
 		}
-		tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
+		tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
 		got := map[string]bool{}
 		for range slots {
-			l := jqReceive(t, results, 40*time.Second)
+			l := apitest.ReceiveClaim(t, results, 40*time.Second)
 			require.NotNil(t, l, "a waiting claim returned null though a job was queued for it")
 			require.False(t, got[l.Job.ID], "job %s was claimed twice", l.Job.ID)
 			got[l.Job.ID] = true
@@ -91,15 +91,15 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 	t.Run("a robot waits in one claim per free slot, its other claims are refused", func(t *testing.T) {
 		t.Parallel()
 		s := apitest.New(t)
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "two-slots", jqRobotOpts{Slots: 2})
-		peer := tn.robot(t, "peer", jqRobotOpts{})
-		tn.enqueue(t, nil)
-		require.NotNil(t, r.claim(t, 0))
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "two-slots", apitest.RobotOpts{Slots: 2})
+		peer := tn.CreateRobot(t, "peer", apitest.RobotOpts{})
+		tn.Enqueue(t, nil)
+		require.NotNil(t, r.Claim(t, 0))
 		// Holding one job of two, the robot may wait in one claim: of two,
 		// whichever asks second is refused, and the other waits.
-		a, b := r.claimAsync(t, 20), r.claimAsync(t, 20)
-		var waiting <-chan jqClaimed
+		a, b := r.ClaimAsync(t, 20), r.ClaimAsync(t, 20)
+		var waiting <-chan apitest.Claimed
 		select {
 		case c := <-a:
 			jqRequireWaitLimit(t, c, 1)
@@ -112,10 +112,10 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		}
 		// A claim that does not wait is never refused so, and another
 		// robot's waits are its own.
-		require.Nil(t, r.claim(t, 0))
-		peerClaim := peer.claimAsync(t, 20)
-		j1, j2 := tn.enqueue(t, nil), tn.enqueue(t, nil)
-		l1, l2 := jqReceive(t, waiting, 20*time.Second), jqReceive(t, peerClaim, 20*time.Second)
+		require.Nil(t, r.Claim(t, 0))
+		peerClaim := peer.ClaimAsync(t, 20)
+		j1, j2 := tn.Enqueue(t, nil), tn.Enqueue(t, nil)
+		l1, l2 := apitest.ReceiveClaim(t, waiting, 20*time.Second), apitest.ReceiveClaim(t, peerClaim, 20*time.Second)
 		require.NotNil(t, l1, "the robot's waiting claim got no job")
 		require.NotNil(t, l2, "the peer's waiting claim got no job")
 		require.ElementsMatch(t, []string{j1.ID, j2.ID}, []string{l1.Job.ID, l2.Job.ID})
@@ -124,18 +124,18 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 	t.Run("a robot with no free slot cannot wait", func(t *testing.T) {
 		t.Parallel()
 		s := apitest.New(t)
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "full", jqRobotOpts{})
-		tn.enqueue(t, nil)
-		require.NotNil(t, r.claim(t, 0))
-		var c jqClaimed
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "full", apitest.RobotOpts{})
+		tn.Enqueue(t, nil)
+		require.NotNil(t, r.Claim(t, 0))
+		var c apitest.Claimed
 		select {
-		case c = <-r.claimAsync(t, 10):
+		case c = <-r.ClaimAsync(t, 10):
 		case <-time.After(20 * time.Second):
 			require.FailNow(t, "the claim of a full robot waited")
 		}
 		jqRequireWaitLimit(t, c, 0)
-		require.Nil(t, r.claim(t, 0), "a claim that does not wait answers null")
+		require.Nil(t, r.Claim(t, 0), "a claim that does not wait answers null")
 	})
 }
 
@@ -148,16 +148,16 @@ func TestLongestWaitAnswersBeforeTheWriteTimeout(t *testing.T) {
 	require.Less(t, dispatch.WaitWithin(writeTimeout), writeTimeout)
 	require.Less(t, dispatch.WaitWithin(60*time.Second), 60*time.Second, "the production server's longest wait outlasts its write timeout")
 	s := apitest.New(t, apitest.Options{WriteTimeout: writeTimeout})
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "patient", jqRobotOpts{})
-	var c jqClaimed
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "patient", apitest.RobotOpts{})
+	var c apitest.Claimed
 	select {
-	case c = <-r.claimAsync(t, dispatch.MaxWaitSeconds):
+	case c = <-r.ClaimAsync(t, dispatch.MaxWaitSeconds):
 	case <-time.After(2 * time.Minute):
 		require.FailNow(t, "the longest wait did not end")
 	}
-	require.NoError(t, c.err, "the longest wait did not answer")
-	require.Nil(t, c.lease)
+	require.NoError(t, c.Err, "the longest wait did not answer")
+	require.Nil(t, c.Lease)
 }
 
 // TestParkedClaimsHoldNoTurn: with one operation running at a time
@@ -166,20 +166,20 @@ func TestLongestWaitAnswersBeforeTheWriteTimeout(t *testing.T) {
 func TestParkedClaimsHoldNoTurn(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{Running: 1})
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "patient", jqRobotOpts{Slots: 1})
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "patient", apitest.RobotOpts{Slots: 1})
 	waiting := jqParkedClaim(t, r, 25)
 	// A user's query runs while it waits.
 	var out struct{ Jobs struct{ TotalCount int } }
-	tn.do(t, `{ jobs { totalCount } }`, nil, &out)
+	tn.Do(t, `{ jobs { totalCount } }`, nil, &out)
 	require.Zero(t, out.Jobs.TotalCount)
 	select {
 	case c := <-waiting:
 		require.FailNow(t, "the waiting claim returned before any job was queued", "%+v", c)
 	default:
 	}
-	job := tn.enqueue(t, nil)
-	l := jqReceive(t, waiting, 20*time.Second)
+	job := tn.Enqueue(t, nil)
+	l := apitest.ReceiveClaim(t, waiting, 20*time.Second)
 	require.NotNil(t, l, "the woken claim returned no job")
 	require.Equal(t, job.ID, l.Job.ID)
 }
@@ -190,15 +190,15 @@ func TestParkedClaimsHoldNoTurn(t *testing.T) {
 // the first waits: it had to be given the turn the waiting claim gave
 // back. (If the second comes first, the first is the one refused: it is
 // sent again.)
-func jqParkedClaim(t *testing.T, r *jqRobot, wait int) <-chan jqClaimed {
+func jqParkedClaim(t *testing.T, r *apitest.Robot, wait int) <-chan apitest.Claimed {
 	t.Helper()
-	var waiting <-chan jqClaimed
+	var waiting <-chan apitest.Claimed
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		require.True(t, time.Now().Before(deadline), "the second claim was never refused for the first one's wait")
 		if waiting == nil {
-			waiting = r.claimAsync(t, wait)
+			waiting = r.ClaimAsync(t, wait)
 		}
-		if c := <-r.claimAsync(t, 1); c.err != nil {
+		if c := <-r.ClaimAsync(t, 1); c.Err != nil {
 			jqRequireWaitLimit(t, c, 1)
 			return waiting
 		}
@@ -225,26 +225,26 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 	type testBundle struct {
 		s       *apitest.Server
 		replica *apitest.Server // shares the database, not the turns
-		tn      *jqTenant
-		r       *jqRobot
+		tn      *apitest.Tenant
+		r       *apitest.Robot
 	}
 	setup := func(t *testing.T) *testBundle {
 		// One turn, held by a query as long as the test wants.
 		s := apitest.New(t, apitest.Options{Running: 1, OperationTimeout: 10 * time.Minute, Metrics: true})
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		return &testBundle{s: s, replica: apitest.New(t, apitest.Options{ReplicaOf: s}), tn: tn,
-			r: tn.robot(t, "patient", jqRobotOpts{Slots: 1})}
+			r: tn.CreateRobot(t, "patient", apitest.RobotOpts{Slots: 1})}
 	}
 	// holdTurn makes a query take the server's only turn and keep it until
 	// release (idempotent): it waits on a lock the test holds.
 	holdTurn := func(t *testing.T, b *testBundle) (release func()) {
 		t.Helper()
-		unlock := lockTable(t, b.s, "machines")
+		unlock := b.s.LockTable(t, "machines")
 		held := make(chan error, 1)
 		go func() {
-			res, err := b.tn.gql.do(t.Context(), b.tn.user.Token, `{ machines { totalCount } }`, nil)
+			res, err := b.tn.Client.Do(t.Context(), b.tn.User.Token, `{ machines { totalCount } }`, nil)
 			if err == nil {
-				err = res.ok(nil)
+				err = res.Decode(nil)
 			}
 			held <- err
 		}()
@@ -263,12 +263,12 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 	enqueue := func(t *testing.T, b *testBundle) string {
 		t.Helper()
 		var out struct{ EnqueueJob struct{ ID string } }
-		b.replica.Do(t, b.tn.user.Token, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w}) { id } }`,
-			map[string]any{"w": b.tn.wf}).OK(t, &out)
+		b.replica.Do(t, b.tn.User.Token, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w}) { id } }`,
+			map[string]any{"w": b.tn.Workflow}).OK(t, &out)
 		return out.EnqueueJob.ID
 	}
 	// queuedForTurn waits until the woken claim queues for a turn.
-	queuedForTurn := func(t *testing.T, b *testBundle, claimed <-chan jqClaimed) {
+	queuedForTurn := func(t *testing.T, b *testBundle, claimed <-chan apitest.Claimed) {
 		t.Helper()
 		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
 			select {
@@ -285,17 +285,17 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 	// requireNullWithoutTheTurn waits for the claim's answer, null, while
 	// the turn is still held. Otherwise it releases the turn and says what
 	// the claim did with it (the old code leased the job no one received).
-	requireNullWithoutTheTurn := func(t *testing.T, claimed <-chan jqClaimed, release func()) {
+	requireNullWithoutTheTurn := func(t *testing.T, claimed <-chan apitest.Claimed, release func()) {
 		t.Helper()
 		select {
 		case c := <-claimed:
-			require.NoError(t, c.err)
-			require.Nil(t, c.lease, "the claim got a job without a turn")
+			require.NoError(t, c.Err)
+			require.Nil(t, c.Lease, "the claim got a job without a turn")
 		case <-time.After(30 * time.Second):
 			release()
 			c := <-claimed
 			require.FailNow(t, "the claim waited for the held turn past its wait",
-				"given the turn, it answered %+v (error: %v)", c.lease, c.err)
+				"given the turn, it answered %+v (error: %v)", c.Lease, c.Err)
 		}
 	}
 	// requireStillQueued releases the turn, then checks that the job was
@@ -303,8 +303,8 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 	requireStillQueued := func(t *testing.T, b *testBundle, release func(), job string) {
 		t.Helper()
 		release()
-		require.Equal(t, "QUEUED", b.tn.job(t, job).Status, "the job was leased after its claim answered")
-		l := b.r.claim(t, 0)
+		require.Equal(t, "QUEUED", b.tn.Job(t, job).Status, "the job was leased after its claim answered")
+		l := b.r.Claim(t, 0)
 		require.NotNil(t, l, "the job was not handed out")
 		require.Equal(t, job, l.Job.ID)
 	}

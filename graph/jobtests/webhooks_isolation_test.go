@@ -1,4 +1,4 @@
-package graph_test
+package jobtests
 
 import (
 	"strings"
@@ -32,20 +32,20 @@ func whTenantRows(t *testing.T, s *apitest.Server, user apitest.User) string {
 func TestWebhookIsolation(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
-	victim := jqNewTenant(t, s)
+	victim := apitest.NewTenant(t, s)
 	rcv := whNewReceiver(t)
 	ep, secret := whEndpoint(t, victim, rcv.srv.URL, "job.completed", "robot.online")
 	var sent struct{ SendTestWebhook struct{ ID string } }
-	victim.do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep}, &sent)
+	victim.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep}, &sent)
 	rcv.wait(t, 1)
-	jqEventually(t, time.Minute, "the test delivery is recorded", func() bool {
+	apitest.Eventually(t, time.Minute, "the test delivery is recorded", func() bool {
 		return whDeliveries(t, victim, ep)[0].Status == "SUCCEEDED"
 	})
-	victimRobot := victim.robot(t, "victim-bot", jqRobotOpts{})
+	victimRobot := victim.CreateRobot(t, "victim-bot", apitest.RobotOpts{})
 
-	attacker := jqNewTenant(t, s)
-	attackerRobot := attacker.robot(t, "attacker-bot", jqRobotOpts{})
-	before := whTenantRows(t, s, victim.user)
+	attacker := apitest.NewTenant(t, s)
+	attackerRobot := attacker.CreateRobot(t, "attacker-bot", apitest.RobotOpts{})
+	before := whTenantRows(t, s, victim.User)
 	require.NotEmpty(t, before)
 
 	ops := []struct {
@@ -62,21 +62,21 @@ func TestWebhookIsolation(t *testing.T) {
 
 	t.Run("AnotherTenantGetsNotFound", func(t *testing.T) {
 		for _, op := range ops {
-			resp := s.Do(t, attacker.user.Token, op.query, op.vars)
+			resp := s.Do(t, attacker.User.Token, op.query, op.vars)
 			resp.Code(t, "NOT_FOUND")
-			isoRequireNoData(t, resp)
+			apitest.RequireNoData(t, resp)
 			require.NotContains(t, string(resp.Raw), secret, op.name)
 			// Exactly as for an id that does not exist.
 			missing := map[string]any{}
 			for k := range op.vars {
 				missing[k] = uuid.NewString()
 			}
-			require.Equal(t, "NOT_FOUND", s.Do(t, attacker.user.Token, op.query, missing).Code(t, "NOT_FOUND").Code(), op.name)
+			require.Equal(t, "NOT_FOUND", s.Do(t, attacker.User.Token, op.query, missing).Code(t, "NOT_FOUND").Code(), op.name)
 		}
 		var out struct{ WebhookEndpoints []struct{ ID string } }
-		attacker.do(t, `{ webhookEndpoints { id } }`, nil, &out)
+		attacker.Do(t, `{ webhookEndpoints { id } }`, nil, &out)
 		require.Empty(t, out.WebhookEndpoints)
-		require.Equal(t, before, whTenantRows(t, s, victim.user), "an attack changed the victim's webhooks")
+		require.Equal(t, before, whTenantRows(t, s, victim.User), "an attack changed the victim's webhooks")
 	})
 
 	t.Run("RobotsAreForbidden", func(t *testing.T) {
@@ -93,14 +93,14 @@ func TestWebhookIsolation(t *testing.T) {
 			for _, op := range all {
 				resp := s.Do(t, key, op.query, op.vars)
 				resp.Code(t, "FORBIDDEN")
-				isoRequireNoData(t, resp)
+				apitest.RequireNoData(t, resp)
 			}
 		}
-		require.Equal(t, before, whTenantRows(t, s, victim.user), "a robot changed the victim's webhooks")
+		require.Equal(t, before, whTenantRows(t, s, victim.User), "a robot changed the victim's webhooks")
 	})
 
 	t.Run("NoSecretIsReadable", func(t *testing.T) {
-		resp := s.Do(t, victim.user.Token, `{ webhookEndpoints { id url description events enabled disabledReason previousSecretExpiresAt failingSince createdBy createdAt updatedAt } }`, nil)
+		resp := s.Do(t, victim.User.Token, `{ webhookEndpoints { id url description events enabled disabledReason previousSecretExpiresAt failingSince createdBy createdAt updatedAt } }`, nil)
 		resp.OK(t, nil)
 		require.NotContains(t, string(resp.Raw), secret)
 		require.NotContains(t, string(resp.Raw), strings.TrimPrefix(secret, "whsec_"))
@@ -108,11 +108,11 @@ func TestWebhookIsolation(t *testing.T) {
 
 	t.Run("AnotherTenantsEventsNeverReachTheEndpoint", func(t *testing.T) {
 		n := rcv.count()
-		attackerRobot.heartbeat(t, "ONLINE")
-		attackerRobot.complete(t, whRunning(t, attacker, attackerRobot, nil), nil)
+		attackerRobot.Heartbeat(t, "ONLINE")
+		attackerRobot.Complete(t, whRunning(t, attacker, attackerRobot, nil), nil)
 		// The victim's own event is delivered after them: had the attacker's
 		// been routed to the endpoint, they would have arrived first.
-		victimRobot.heartbeat(t, "ONLINE")
+		victimRobot.Heartbeat(t, "ONLINE")
 		got := rcv.wait(t, n+1)
 		for _, q := range got[n:] {
 			require.Equal(t, victimRobot.ID, q.body(t).Data["id"])

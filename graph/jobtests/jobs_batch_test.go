@@ -1,4 +1,4 @@
-package graph_test
+package jobtests
 
 import (
 	"context"
@@ -12,10 +12,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
-	"github.com/uptrace/bun"
 
 	"fleetgraph/apitest"
-	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/dispatch"
 )
@@ -25,38 +23,38 @@ import (
 // claimNext lease the next job in the same call, and startIfClaimed lets a
 // robot skip startJob. Each job of a batch keeps its own lease and fencing.
 
-const jbLeaseFields = `leaseToken leaseExpiresAt job { ` + jqJobFields + ` }`
+const jbLeaseFields = `leaseToken leaseExpiresAt job { ` + apitest.JobFields + ` }`
 
 const jbClaimJobsQuery = `mutation($n: Int!, $w: Int) { claimJobs(limit: $n, waitSeconds: $w) { ` + jbLeaseFields + ` } }`
 
 // jbFinished is a job as completeJob or failJob return it, with the next lease.
 type jbFinished struct {
-	jqJob
-	NextLease *jqLease
+	apitest.Job
+	NextLease *apitest.Lease
 }
 
 const jbCompleteQuery = `mutation($j: ID!, $l: ID!, $r: JSON, $s: Boolean, $c: Boolean) {
-	completeJob(jobId: $j, leaseToken: $l, result: $r, startIfClaimed: $s, claimNext: $c) { ` + jqJobFields + ` nextLease { ` + jbLeaseFields + ` } } }`
+	completeJob(jobId: $j, leaseToken: $l, result: $r, startIfClaimed: $s, claimNext: $c) { ` + apitest.JobFields + ` nextLease { ` + jbLeaseFields + ` } } }`
 
 const jbFailQuery = `mutation($j: ID!, $l: ID!, $e: String!, $r: Boolean, $c: Boolean) {
-	failJob(jobId: $j, leaseToken: $l, error: $e, retryable: $r, claimNext: $c) { ` + jqJobFields + ` nextLease { ` + jbLeaseFields + ` } } }`
+	failJob(jobId: $j, leaseToken: $l, error: $e, retryable: $r, claimNext: $c) { ` + apitest.JobFields + ` nextLease { ` + jbLeaseFields + ` } } }`
 
 const jbProgressQuery = `mutation($j: ID!, $l: ID!, $p: Int!, $s: Boolean) {
-	reportJobProgress(jobId: $j, leaseToken: $l, progress: $p, startIfClaimed: $s) { ` + jqJobFields + ` } }`
+	reportJobProgress(jobId: $j, leaseToken: $l, progress: $p, startIfClaimed: $s) { ` + apitest.JobFields + ` } }`
 
-// claimJobs asks for up to limit jobs, waiting up to wait seconds.
-func (r *jqRobot) claimJobs(t testing.TB, limit, wait int) []jqLease {
+// jbClaimJobs asks, as r, for up to limit jobs, waiting up to wait seconds.
+func jbClaimJobs(t testing.TB, r *apitest.Robot, limit, wait int) []apitest.Lease {
 	t.Helper()
-	var out struct{ ClaimJobs []jqLease }
-	r.tn.s.Do(t, r.Key, jbClaimJobsQuery, map[string]any{"n": limit, "w": wait}).OK(t, &out)
+	var out struct{ ClaimJobs []apitest.Lease }
+	r.Tenant.Server.Do(t, r.Key, jbClaimJobsQuery, map[string]any{"n": limit, "w": wait}).OK(t, &out)
 	require.NotNil(t, out.ClaimJobs, "claimJobs answers a list, never null")
 	return out.ClaimJobs
 }
 
-// completeWith completes l with the options startIfClaimed and claimNext.
-func (r *jqRobot) completeWith(t testing.TB, l jqLease, startIfClaimed, claimNext bool) *apitest.Response {
+// jbCompleteWith completes l as r, with the options startIfClaimed and claimNext.
+func jbCompleteWith(t testing.TB, r *apitest.Robot, l apitest.Lease, startIfClaimed, claimNext bool) *apitest.Response {
 	t.Helper()
-	return r.tn.s.Do(t, r.Key, jbCompleteQuery, map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "r": map[string]any{"n": l.Job.Input["n"]}, "s": startIfClaimed, "c": claimNext})
+	return r.Tenant.Server.Do(t, r.Key, jbCompleteQuery, map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "r": map[string]any{"n": l.Job.Input["n"]}, "s": startIfClaimed, "c": claimNext})
 }
 
 func jbDecode(t testing.TB, resp *apitest.Response, field string) jbFinished {
@@ -68,14 +66,14 @@ func jbDecode(t testing.TB, resp *apitest.Response, field string) jbFinished {
 
 // jbEnqueue queues n jobs of the tenant's workflow in one transaction,
 // with input {n: i} and the priority prio(i); it returns their ids in order.
-func jbEnqueue(t testing.TB, tn *jqTenant, n int, prio func(i int) int) []string {
+func jbEnqueue(t testing.TB, tn *apitest.Tenant, n int, prio func(i int) int) []string {
 	t.Helper()
 	in := make([]map[string]any, n)
 	for i := range in {
-		in[i] = map[string]any{"workflowId": tn.wf, "input": map[string]any{"n": i}, "priority": prio(i)}
+		in[i] = map[string]any{"workflowId": tn.Workflow, "input": map[string]any{"n": i}, "priority": prio(i)}
 	}
 	var out struct{ EnqueueJobs []struct{ ID string } }
-	tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, &out)
+	tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, &out)
 	ids := make([]string, n)
 	for i, j := range out.EnqueueJobs {
 		ids[i] = j.ID
@@ -92,10 +90,10 @@ func jbHeld(t testing.TB, s *apitest.Server, robot string) int {
 }
 
 // jbQueued counts the tenant's QUEUED jobs.
-func jbQueued(t testing.TB, tn *jqTenant) int {
+func jbQueued(t testing.TB, tn *apitest.Tenant) int {
 	t.Helper()
 	var n int
-	require.NoError(t, tn.s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status = 'QUEUED'", tn.user.Tenant).Scan(t.Context(), &n))
+	require.NoError(t, tn.Server.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status = 'QUEUED'", tn.User.Tenant).Scan(t.Context(), &n))
 	return n
 }
 
@@ -117,19 +115,19 @@ func jbRow(t testing.TB, s *apitest.Server, id string) jbLeaseRow {
 
 func TestJobBatchClaims(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
 
 	t.Run("claimJobs leases the best jobs within the free slots, each under its own lease", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "three-slots", jqRobotOpts{Slots: 3})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "three-slots", apitest.RobotOpts{Slots: 3})
 		prios := []int{0, 5, 1, 5, 2}
 		ids := jbEnqueue(t, tn, len(prios), func(i int) int { return prios[i] })
-		first := r.claim(t, 0)
+		first := r.Claim(t, 0)
 		require.NotNil(t, first)
 		require.Equal(t, ids[1], first.Job.ID, "the oldest of the highest priority goes first")
 
-		leases := r.claimJobs(t, 10, 0)
+		leases := jbClaimJobs(t, r, 10, 0)
 		require.Len(t, leases, 2, "a limit above the free slots gets the free slots")
 		require.Equal(t, []string{ids[3], ids[4]}, []string{leases[0].Job.ID, leases[1].Job.ID}, "best first: priority, then age")
 		tokens := map[string]bool{first.LeaseToken: true}
@@ -142,37 +140,37 @@ func TestJobBatchClaims(t *testing.T) {
 			jqSameTime(t, l.Job.ClaimedAt.Add(time.Hour), l.LeaseExpiresAt, "each job is leased for Lease")
 			jqSameTime(t, l.LeaseExpiresAt, *l.Job.LeaseExpiresAt, "the lease is the job's")
 		}
-		require.Empty(t, r.claimJobs(t, 3, 0), "no free slot, no job")
+		require.Empty(t, jbClaimJobs(t, r, 3, 0), "no free slot, no job")
 		require.Equal(t, 3, jbHeld(t, s, r.ID))
 		require.Equal(t, 2, jbQueued(t, tn))
 
 		// Each job of the batch is fenced on its own token.
-		jqRequireRefused(t, r.call(t, "startJob", leases[0].Job.ID, leases[1].LeaseToken), db.ReasonLeaseLost, "CLAIMED")
-		r.start(t, &leases[0])
-		r.start(t, &leases[1])
+		jqRequireRefused(t, r.Call(t, "startJob", leases[0].Job.ID, leases[1].LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+		r.Start(t, &leases[0])
+		r.Start(t, &leases[1])
 	})
 
 	t.Run("a limit of one is claimJob", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "five-slots", jqRobotOpts{Slots: 5})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "five-slots", apitest.RobotOpts{Slots: 5})
 		ids := jbEnqueue(t, tn, 3, func(int) int { return 0 })
-		got := r.claimJobs(t, 1, 0)
+		got := jbClaimJobs(t, r, 1, 0)
 		require.Len(t, got, 1)
 		require.Equal(t, ids[0], got[0].Job.ID)
 	})
 
 	t.Run("a waiting claimJobs returns once jobs come, with what it leased", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "waiter", jqRobotOpts{Slots: 3})
-		got := make(chan []jqLease, 1)
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "waiter", apitest.RobotOpts{Slots: 3})
+		got := make(chan []apitest.Lease, 1)
 		errs := make(chan error, 1)
 		go func() {
-			res, err := tn.gql.do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 3, "w": 20})
+			res, err := tn.Client.Do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 3, "w": 20})
 			if err == nil {
-				var out struct{ ClaimJobs []jqLease }
-				if err = res.ok(&out); err == nil {
+				var out struct{ ClaimJobs []apitest.Lease }
+				if err = res.Decode(&out); err == nil {
 					got <- out.ClaimJobs
 					return
 				}
@@ -191,25 +189,25 @@ func TestJobBatchClaims(t *testing.T) {
 		case <-time.After(40 * time.Second):
 			require.FailNow(t, "the waiting claimJobs did not return")
 		}
-		require.Empty(t, tn.robot(t, "idle", jqRobotOpts{Slots: 2}).claimJobs(t, 2, 1), "a wait with nothing queued returns an empty list")
+		require.Empty(t, jbClaimJobs(t, tn.CreateRobot(t, "idle", apitest.RobotOpts{Slots: 2}), 2, 1), "a wait with nothing queued returns an empty list")
 	})
 
 	t.Run("a waiting claimJobs counts as one waiting claim against the free slots", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "one-slot", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "one-slot", apitest.RobotOpts{})
 		type result struct {
-			leases []jqLease
+			leases []apitest.Lease
 			err    error
 		}
 		const claims = 3
 		results := make(chan result, claims)
 		for range claims {
 			go func() {
-				res, err := tn.gql.do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 5, "w": 25})
-				var out struct{ ClaimJobs []jqLease }
+				res, err := tn.Client.Do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 5, "w": 25})
+				var out struct{ ClaimJobs []apitest.Lease }
 				if err == nil {
-					err = res.ok(&out)
+					err = res.Decode(&out)
 				}
 				results <- result{out.ClaimJobs, err}
 			}()
@@ -228,7 +226,7 @@ func TestJobBatchClaims(t *testing.T) {
 		for range claims - 1 {
 			res := receive()
 			require.Error(t, res.err, "a claim returned before any job was queued: %+v", res.leases)
-			jqRequireWaitLimit(t, jqClaimed{err: res.err}, 1)
+			jqRequireWaitLimit(t, apitest.Claimed{Err: res.err}, 1)
 		}
 		jbEnqueue(t, tn, 2, func(int) int { return 0 })
 		res := receive()
@@ -238,16 +236,16 @@ func TestJobBatchClaims(t *testing.T) {
 
 	t.Run("completeJob and failJob with claimNext lease the next job in the same call", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "one-slot", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "one-slot", apitest.RobotOpts{})
 		ids := jbEnqueue(t, tn, 4, func(int) int { return 0 })
-		l1 := r.claim(t, 0)
+		l1 := r.Claim(t, 0)
 		require.NotNil(t, l1)
 		require.Equal(t, ids[0], l1.Job.ID)
 
 		// With its only slot taken, the robot gets its next job as it
 		// finishes the first: the slot frees and is taken in one transaction.
-		done := jbDecode(t, r.completeWith(t, *l1, true, true), "completeJob")
+		done := jbDecode(t, jbCompleteWith(t, r, *l1, true, true), "completeJob")
 		require.Equal(t, "COMPLETED", done.Status)
 		require.NotNil(t, done.StartedAt, "a completed job was started, if only by its completion")
 		require.NotNil(t, done.NextLease)
@@ -265,43 +263,45 @@ func TestJobBatchClaims(t *testing.T) {
 		require.Equal(t, ids[2], l3.Job.ID)
 
 		// A refused completion claims nothing.
-		resp := r.completeWith(t, l3, false, true)
+		resp := jbCompleteWith(t, r, l3, false, true)
 		jqRequireRefused(t, resp, db.ReasonIllegalTransition, "CLAIMED")
 		resp = s.Do(t, r.Key, jbCompleteQuery, map[string]any{"j": l3.Job.ID, "l": uuid.NewString(), "s": true, "c": true})
 		jqRequireRefused(t, resp, db.ReasonLeaseLost, "CLAIMED")
 		require.Equal(t, 1, jbQueued(t, tn), "a refused completion leased a job")
-		require.Equal(t, "CLAIMED", tn.job(t, l3.Job.ID).Status)
+		require.Equal(t, "CLAIMED", tn.Job(t, l3.Job.ID).Status)
 
-		done = jbDecode(t, r.completeWith(t, l3, true, true), "completeJob")
+		done = jbDecode(t, jbCompleteWith(t, r, l3, true, true), "completeJob")
 		require.NotNil(t, done.NextLease)
 		l4 := *done.NextLease
 		require.Equal(t, ids[3], l4.Job.ID)
 
 		// No job left: the completion stands, with no next lease.
-		done = jbDecode(t, r.completeWith(t, l4, true, true), "completeJob")
+		done = jbDecode(t, jbCompleteWith(t, r, l4, true, true), "completeJob")
 		require.Equal(t, "COMPLETED", done.Status)
 		require.Nil(t, done.NextLease)
-		require.Equal(t, "COMPLETED", tn.job(t, l4.Job.ID).Status)
+		require.Equal(t, "COMPLETED", tn.Job(t, l4.Job.ID).Status)
 		require.Zero(t, jbHeld(t, s, r.ID))
 
 		// Not asked, not leased; and nextLease is null everywhere else.
 		more := jbEnqueue(t, tn, 2, func(int) int { return 0 })
-		l5 := r.claim(t, 0)
+		l5 := r.Claim(t, 0)
 		require.NotNil(t, l5)
-		done = jbDecode(t, r.completeWith(t, *l5, true, false), "completeJob")
+		done = jbDecode(t, jbCompleteWith(t, r, *l5, true, false), "completeJob")
 		require.Nil(t, done.NextLease)
 		require.Equal(t, 1, jbQueued(t, tn))
-		var read struct{ Job struct{ NextLease *jqLease } }
-		tn.do(t, `query($id: ID!) { job(id: $id) { nextLease { leaseToken } } }`, map[string]any{"id": more[0]}, &read)
+		var read struct {
+			Job struct{ NextLease *apitest.Lease }
+		}
+		tn.Do(t, `query($id: ID!) { job(id: $id) { nextLease { leaseToken } } }`, map[string]any{"id": more[0]}, &read)
 		require.Nil(t, read.Job.NextLease)
 	})
 
 	t.Run("a failed job requeued without backoff may come straight back", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "one-slot", jqRobotOpts{})
-		id := tn.enqueue(t, nil).ID
-		l := r.claim(t, 0)
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "one-slot", apitest.RobotOpts{})
+		id := tn.Enqueue(t, nil).ID
+		l := r.Claim(t, 0)
 		require.NotNil(t, l)
 		failed := jbDecode(t, s.Do(t, r.Key, jbFailQuery, map[string]any{"j": id, "l": l.LeaseToken, "e": "flaky", "r": true, "c": true}), "failJob")
 		require.Equal(t, "QUEUED", failed.Status)
@@ -310,18 +310,18 @@ func TestJobBatchClaims(t *testing.T) {
 		require.Equal(t, id, failed.NextLease.Job.ID)
 		require.Equal(t, 2, failed.NextLease.Job.Attempt)
 		require.NotEqual(t, l.LeaseToken, failed.NextLease.LeaseToken)
-		jqRequireRefused(t, r.call(t, "startJob", id, l.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+		jqRequireRefused(t, r.Call(t, "startJob", id, l.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
 	})
 
 	t.Run("startIfClaimed: progress or completion starts a CLAIMED job in the same call", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "two-slots", jqRobotOpts{Slots: 2})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "two-slots", apitest.RobotOpts{Slots: 2})
 		jbEnqueue(t, tn, 2, func(int) int { return 0 })
-		leases := r.claimJobs(t, 2, 0)
+		leases := jbClaimJobs(t, r, 2, 0)
 		require.Len(t, leases, 2)
 
-		var out struct{ ReportJobProgress jqJob }
+		var out struct{ ReportJobProgress apitest.Job }
 		s.Do(t, r.Key, jbProgressQuery, map[string]any{"j": leases[0].Job.ID, "l": leases[0].LeaseToken, "p": 30, "s": true}).OK(t, &out)
 		p := out.ReportJobProgress
 		require.Equal(t, "RUNNING", p.Status)
@@ -334,7 +334,7 @@ func TestJobBatchClaims(t *testing.T) {
 		s.Do(t, r.Key, jbProgressQuery, map[string]any{"j": leases[0].Job.ID, "l": leases[0].LeaseToken, "p": 60, "s": true}).OK(t, &out)
 		jqSameTime(t, *p.StartedAt, *out.ReportJobProgress.StartedAt, "a later report keeps the start")
 
-		done := jbDecode(t, r.completeWith(t, leases[1], true, false), "completeJob")
+		done := jbDecode(t, jbCompleteWith(t, r, leases[1], true, false), "completeJob")
 		require.Equal(t, "COMPLETED", done.Status)
 		require.NotNil(t, done.StartedAt)
 		jqSameTime(t, *done.FinishedAt, *done.StartedAt, "the completion started the job")
@@ -343,20 +343,20 @@ func TestJobBatchClaims(t *testing.T) {
 
 		// The job's completion went to the webhook outbox path as any other:
 		// a COMPLETED job is never live again.
-		jqRequireRefused(t, r.completeWith(t, leases[1], true, false), db.ReasonIllegalTransition, "COMPLETED")
-		done = jbDecode(t, r.completeWith(t, leases[0], true, false), "completeJob")
+		jqRequireRefused(t, jbCompleteWith(t, r, leases[1], true, false), db.ReasonIllegalTransition, "COMPLETED")
+		done = jbDecode(t, jbCompleteWith(t, r, leases[0], true, false), "completeJob")
 		require.Equal(t, "COMPLETED", done.Status)
 		jqSameTime(t, *p.StartedAt, *done.StartedAt, "completing a RUNNING job keeps its start")
 	})
 
 	t.Run("rescuing one job of a batch leaves the others alone", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "batcher", jqRobotOpts{Slots: 3})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "batcher", apitest.RobotOpts{Slots: 3})
 		jbEnqueue(t, tn, 3, func(int) int { return 0 })
-		leases := r.claimJobs(t, 3, 0)
+		leases := jbClaimJobs(t, r, 3, 0)
 		require.Len(t, leases, 3)
-		r.start(t, &leases[1]) // one RUNNING, two CLAIMED
+		r.Start(t, &leases[1]) // one RUNNING, two CLAIMED
 		lost, kept := leases[0], leases[1:]
 		before := map[string]jbLeaseRow{}
 		for _, l := range kept {
@@ -364,24 +364,24 @@ func TestJobBatchClaims(t *testing.T) {
 		}
 
 		jqExpire(t, s, lost.Job.ID)
-		jqEventually(t, 20*time.Second, "the expired lease is rescued", func() bool { return jbRow(t, s, lost.Job.ID).Status == "QUEUED" })
+		apitest.Eventually(t, 20*time.Second, "the expired lease is rescued", func() bool { return jbRow(t, s, lost.Job.ID).Status == "QUEUED" })
 		for _, l := range kept {
 			require.Equal(t, before[l.Job.ID], jbRow(t, s, l.Job.ID), "the rescue of another job of the batch changed job %s", l.Job.ID)
 		}
-		jqRequireRefused(t, r.call(t, "startJob", lost.Job.ID, lost.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+		jqRequireRefused(t, r.Call(t, "startJob", lost.Job.ID, lost.LeaseToken), db.ReasonLeaseLost, "QUEUED")
 
 		// The others finish under their own leases, and the rescued job
 		// comes back as a claim-next, under a new one.
-		done := jbDecode(t, r.completeWith(t, kept[0], true, true), "completeJob")
+		done := jbDecode(t, jbCompleteWith(t, r, kept[0], true, true), "completeJob")
 		require.Equal(t, "COMPLETED", done.Status)
 		require.NotNil(t, done.NextLease)
 		again := *done.NextLease
 		require.Equal(t, lost.Job.ID, again.Job.ID)
 		require.Equal(t, 2, again.Job.Attempt)
 		require.NotEqual(t, lost.LeaseToken, again.LeaseToken)
-		require.Equal(t, "COMPLETED", jbDecode(t, r.completeWith(t, kept[1], true, false), "completeJob").Status)
-		require.Equal(t, "COMPLETED", jbDecode(t, r.completeWith(t, again, true, false), "completeJob").Status)
-		jqRequireRefused(t, r.completeWith(t, lost, true, false), db.ReasonLeaseLost, "COMPLETED")
+		require.Equal(t, "COMPLETED", jbDecode(t, jbCompleteWith(t, r, kept[1], true, false), "completeJob").Status)
+		require.Equal(t, "COMPLETED", jbDecode(t, jbCompleteWith(t, r, again, true, false), "completeJob").Status)
+		jqRequireRefused(t, jbCompleteWith(t, r, lost, true, false), db.ReasonLeaseLost, "COMPLETED")
 	})
 }
 
@@ -396,7 +396,7 @@ func TestJobBatchClaims(t *testing.T) {
 // refused (WAIT_LIMIT) while the other holds them or waits itself; the
 // refused worker then waits until the other has had an answer (it tells on
 // tell and listens on woken), and claims again.
-func jbWorker(ctx context.Context, tn *jqTenant, r *jqRobot, worker int, held *atomic.Int32, plan jcPlan, tell chan<- struct{}, woken <-chan struct{}) ([]jcHold, error) {
+func jbWorker(ctx context.Context, tn *apitest.Tenant, r *apitest.Robot, worker int, held *atomic.Int32, plan jcPlan, tell chan<- struct{}, woken <-chan struct{}) ([]jcHold, error) {
 	answered := func() {
 		select {
 		case tell <- struct{}{}:
@@ -405,15 +405,15 @@ func jbWorker(ctx context.Context, tn *jqTenant, r *jqRobot, worker int, held *a
 	}
 	defer answered()
 	var holds []jcHold
-	var mine []jqLease
+	var mine []apitest.Lease
 	call := func(query string, vars map[string]any, out any) error {
-		res, err := tn.gql.do(ctx, r.Key, query, vars)
+		res, err := tn.Client.Do(ctx, r.Key, query, vars)
 		if err != nil {
 			return err
 		}
-		return res.ok(out)
+		return res.Decode(out)
 	}
-	got := func(leases ...jqLease) error {
+	got := func(leases ...apitest.Lease) error {
 		if n := held.Add(int32(len(leases))); int(n) > r.Slots {
 			return fmt.Errorf("the robot holds %d jobs with %d slots", n, r.Slots)
 		}
@@ -422,7 +422,7 @@ func jbWorker(ctx context.Context, tn *jqTenant, r *jqRobot, worker int, held *a
 	}
 	for round := 0; ; round++ {
 		if len(mine) == 0 {
-			var out struct{ ClaimJobs []jqLease }
+			var out struct{ ClaimJobs []apitest.Lease }
 			limit := 1 + (round+worker)%(r.Slots+2) // sometimes more than the slots
 			err := call(jbClaimJobsQuery, map[string]any{"n": limit, "w": 1}, &out)
 			answered()
@@ -441,7 +441,7 @@ func jbWorker(ctx context.Context, tn *jqTenant, r *jqRobot, worker int, held *a
 			}
 			if len(out.ClaimJobs) == 0 {
 				var queued int
-				if err := tn.s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status = 'QUEUED'", tn.user.Tenant).Scan(ctx, &queued); err != nil {
+				if err := tn.Server.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status = 'QUEUED'", tn.User.Tenant).Scan(ctx, &queued); err != nil {
 					return holds, err
 				}
 				if queued == 0 {
@@ -460,7 +460,7 @@ func jbWorker(ctx context.Context, tn *jqTenant, r *jqRobot, worker int, held *a
 		startFirst := (h.n+round)%3 == 0
 		if startFirst {
 			var started struct{ StartJob struct{ Status string } }
-			if err := call(jqFencedOp("startJob").query, vars, &started); err != nil {
+			if err := call(apitest.FencedOpNamed("startJob").Query, vars, &started); err != nil {
 				return holds, fmt.Errorf("starting %s: %w", h.job, err)
 			}
 		}
@@ -498,7 +498,7 @@ func TestJobBatchConcurrency(t *testing.T) {
 	t.Run("batched claims and claim-next drain the queue: no job held twice, slots never exceeded", func(t *testing.T) {
 		t.Parallel()
 		// Failed jobs are claimable again at once; leases never run out.
-		s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
+		s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
 		const robots, jobs = 12, 800 // batches of 400; 1,200 once, cut for the suite's time
 		plan := func(n int) int {
 			switch {
@@ -509,17 +509,17 @@ func TestJobBatchConcurrency(t *testing.T) {
 			}
 			return 0
 		}
-		tn := jqNewTenant(t, s)
-		var rs []*jqRobot
+		tn := apitest.NewTenant(t, s)
+		var rs []*apitest.Robot
 		for i := range robots {
-			rs = append(rs, tn.robot(t, fmt.Sprintf("robot-%02d", i), jqRobotOpts{Slots: i%4 + 1}))
+			rs = append(rs, tn.CreateRobot(t, fmt.Sprintf("robot-%02d", i), apitest.RobotOpts{Slots: i%4 + 1}))
 		}
 		for b := 0; b < jobs; b += 400 {
 			in := make([]map[string]any, 400)
 			for i := range in {
-				in[i] = map[string]any{"workflowId": tn.wf, "input": map[string]any{"n": b + i}, "priority": (b + i) % 7, "maxAttempts": 3}
+				in[i] = map[string]any{"workflowId": tn.Workflow, "input": map[string]any{"n": b + i}, "priority": (b + i) % 7, "maxAttempts": 3}
 			}
-			tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
+			tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
 		}
 		var (
 			mu    sync.Mutex
@@ -551,7 +551,7 @@ func TestJobBatchConcurrency(t *testing.T) {
 		require.Len(t, byJob, jobs)
 		var rows []jcRow
 		require.NoError(t, s.DB.NewRaw(`SELECT id, status, attempt, robot_id, result, error, (input->>'n')::int AS n, finished_at IS NOT NULL AS finished
-			FROM jobs WHERE tenant_id = ?`, tn.user.Tenant).Scan(t.Context(), &rows))
+			FROM jobs WHERE tenant_id = ?`, tn.User.Tenant).Scan(t.Context(), &rows))
 		require.Len(t, rows, jobs)
 		for _, row := range rows {
 			hs := byJob[row.ID]
@@ -568,28 +568,28 @@ func TestJobBatchConcurrency(t *testing.T) {
 			require.Equal(t, map[string]any{"robot": last.robot, "n": float64(row.N)}, row.Result)
 		}
 		var live int
-		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status IN ('QUEUED', 'CLAIMED', 'RUNNING')", tn.user.Tenant).Scan(t.Context(), &live))
+		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status IN ('QUEUED', 'CLAIMED', 'RUNNING')", tn.User.Tenant).Scan(t.Context(), &live))
 		require.Zero(t, live)
 	})
 
 	t.Run("racing batched claims of one robot never exceed its slots", func(t *testing.T) {
 		t.Parallel()
-		s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "seven-slots", jqRobotOpts{Slots: 7})
+		s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "seven-slots", apitest.RobotOpts{Slots: 7})
 		jbEnqueue(t, tn, 40, func(int) int { return 0 })
 		const claimers = 10
 		type result struct {
-			leases []jqLease
+			leases []apitest.Lease
 			err    error
 		}
 		results := make(chan result, claimers)
 		for i := range claimers {
 			go func() {
-				res, err := tn.gql.do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 1 + i%5, "w": 0})
-				var out struct{ ClaimJobs []jqLease }
+				res, err := tn.Client.Do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 1 + i%5, "w": 0})
+				var out struct{ ClaimJobs []apitest.Lease }
 				if err == nil {
-					err = res.ok(&out)
+					err = res.Decode(&out)
 				}
 				results <- result{out.ClaimJobs, err}
 			}()
@@ -613,34 +613,34 @@ func TestJobBatchConcurrency(t *testing.T) {
 
 	t.Run("racing claim-next, batches and single claims of one robot keep its slots exact", func(t *testing.T) {
 		t.Parallel()
-		s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "three-slots", jqRobotOpts{Slots: 3})
+		s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "three-slots", apitest.RobotOpts{Slots: 3})
 		jbEnqueue(t, tn, 30, func(int) int { return 0 })
-		first := r.claimJobs(t, 3, 0)
+		first := jbClaimJobs(t, r, 3, 0)
 		require.Len(t, first, 3)
 		type result struct {
-			leases []jqLease
+			leases []apitest.Lease
 			err    error
 		}
 		results := make(chan result, 16)
-		run := func(query string, vars map[string]any, pick func(map[string]jbFinished, []jqLease, *jqLease) []jqLease) {
+		run := func(query string, vars map[string]any, pick func(map[string]jbFinished, []apitest.Lease, *apitest.Lease) []apitest.Lease) {
 			go func() {
-				res, err := tn.gql.do(t.Context(), r.Key, query, vars)
+				res, err := tn.Client.Do(t.Context(), r.Key, query, vars)
 				if err != nil {
 					results <- result{err: err}
 					return
 				}
 				var out map[string]jbFinished
-				var batch struct{ ClaimJobs []jqLease }
-				var single struct{ ClaimJob *jqLease }
+				var batch struct{ ClaimJobs []apitest.Lease }
+				var single struct{ ClaimJob *apitest.Lease }
 				switch {
 				case query == jbClaimJobsQuery:
-					err = res.ok(&batch)
-				case query == jqClaimQuery:
-					err = res.ok(&single)
+					err = res.Decode(&batch)
+				case query == apitest.ClaimQuery:
+					err = res.Decode(&single)
 				default:
-					err = res.ok(&out)
+					err = res.Decode(&out)
 				}
 				results <- result{pick(out, batch.ClaimJobs, single.ClaimJob), err}
 			}()
@@ -648,27 +648,27 @@ func TestJobBatchConcurrency(t *testing.T) {
 		calls := 0
 		for _, l := range first {
 			calls++
-			run(jbCompleteQuery, map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "s": true, "c": true}, func(out map[string]jbFinished, _ []jqLease, _ *jqLease) []jqLease {
+			run(jbCompleteQuery, map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "s": true, "c": true}, func(out map[string]jbFinished, _ []apitest.Lease, _ *apitest.Lease) []apitest.Lease {
 				if out["completeJob"].Status != "COMPLETED" {
 					return nil
 				}
 				if n := out["completeJob"].NextLease; n != nil {
-					return []jqLease{*n}
+					return []apitest.Lease{*n}
 				}
-				return []jqLease{}
+				return []apitest.Lease{}
 			})
 		}
 		for i := range 6 {
 			calls++
-			run(jbClaimJobsQuery, map[string]any{"n": 1 + i%3, "w": 0}, func(_ map[string]jbFinished, b []jqLease, _ *jqLease) []jqLease { return b })
+			run(jbClaimJobsQuery, map[string]any{"n": 1 + i%3, "w": 0}, func(_ map[string]jbFinished, b []apitest.Lease, _ *apitest.Lease) []apitest.Lease { return b })
 		}
 		for range 4 {
 			calls++
-			run(jqClaimQuery, map[string]any{"w": 0}, func(_ map[string]jbFinished, _ []jqLease, one *jqLease) []jqLease {
+			run(apitest.ClaimQuery, map[string]any{"w": 0}, func(_ map[string]jbFinished, _ []apitest.Lease, one *apitest.Lease) []apitest.Lease {
 				if one == nil {
-					return []jqLease{}
+					return []apitest.Lease{}
 				}
-				return []jqLease{*one}
+				return []apitest.Lease{*one}
 			})
 		}
 		seen := map[string]bool{}
@@ -691,45 +691,4 @@ func TestJobBatchConcurrency(t *testing.T) {
 		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM jobs WHERE robot_id = ? AND status = 'COMPLETED'", r.ID).Scan(t.Context(), &completed))
 		require.Equal(t, 3, completed)
 	})
-}
-
-// TestBatchClaimRunsWithoutJIT: a batch claim turns JIT compilation off
-// for its own transaction only (on a long queue the planner costs a batch
-// above jit_above_cost, and compiling it took longer than the claim:
-// BenchmarkClaimBatchOnALongQueue), and a single claim leaves it alone.
-func TestBatchClaimRunsWithoutJIT(t *testing.T) {
-	t.Parallel()
-	s := apitest.New(t)
-	tn := lvNewTenant(t, s)
-	r := tn.robot("r1", 5)
-	for range 3 {
-		tn.enqueue(tn.wf, nil)
-	}
-	var tenant uuid.UUID
-	require.NoError(t, s.DB.NewRaw("SELECT tenant_id FROM robots WHERE id = ?", r.ID).Scan(t.Context(), &tenant))
-	asRobot := auth.WithPrincipal(t.Context(), &auth.Principal{RobotID: uuid.MustParse(r.ID), TenantID: tenant, Role: auth.RoleRobot})
-	jitIn := func(claim func(ctx context.Context, tx bun.Tx) error) string {
-		var jit string
-		require.NoError(t, s.DB.RunInTx(t.Context(), nil, func(ctx context.Context, tx bun.Tx) error {
-			if err := claim(asRobot, tx); err != nil {
-				return err
-			}
-			return tx.NewRaw("SELECT current_setting('jit')").Scan(ctx, &jit)
-		}))
-		return jit
-	}
-	var def string
-	require.NoError(t, s.DB.NewRaw("SELECT current_setting('jit')").Scan(t.Context(), &def))
-	require.Equal(t, def, jitIn(func(ctx context.Context, tx bun.Tx) error {
-		_, err := s.App.Resolver.JobStore.Claim(ctx, tx)
-		return err
-	}), "a single claim leaves the setting alone")
-	require.Equal(t, "off", jitIn(func(ctx context.Context, tx bun.Tx) error {
-		leases, err := s.App.Resolver.JobStore.ClaimMany(ctx, tx, 2)
-		require.Len(t, leases, 2)
-		return err
-	}))
-	var after string
-	require.NoError(t, s.DB.NewRaw("SELECT current_setting('jit')").Scan(t.Context(), &after))
-	require.Equal(t, def, after, "only the claim's transaction ran without JIT")
 }

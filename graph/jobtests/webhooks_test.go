@@ -1,4 +1,4 @@
-package graph_test
+package jobtests
 
 import (
 	"crypto/hmac"
@@ -70,7 +70,7 @@ func (r *whReceiver) count() int { return len(r.requests()) }
 // wait waits until the receiver got n requests and returns them.
 func (r *whReceiver) wait(t *testing.T, n int) []whRequest {
 	t.Helper()
-	jqEventually(t, time.Minute, "the receiver got its deliveries", func() bool { return r.count() >= n })
+	apitest.Eventually(t, time.Minute, "the receiver got its deliveries", func() bool { return r.count() >= n })
 	return r.requests()
 }
 
@@ -113,7 +113,7 @@ func whSignatures(q whRequest) []string { return strings.Fields(q.Header.Get("we
 type whBundle struct {
 	s     *apitest.Server
 	clock *maintenance.ManualClock
-	tn    *jqTenant
+	tn    *apitest.Tenant
 }
 
 func whManual(t *testing.T, o apitest.Options) *whBundle {
@@ -122,7 +122,7 @@ func whManual(t *testing.T, o apitest.Options) *whBundle {
 	o.Clock = clock
 	o.Webhooks.Manual = true
 	s := apitest.New(t, o)
-	return &whBundle{s: s, clock: clock, tn: jqNewTenant(t, s)}
+	return &whBundle{s: s, clock: clock, tn: apitest.NewTenant(t, s)}
 }
 
 // round runs one delivery round at the clock's time and waits for its sends.
@@ -133,7 +133,7 @@ func (b *whBundle) round(t *testing.T) {
 }
 
 // whEndpoint creates an endpoint of the tenant and returns its id and secret.
-func whEndpoint(t *testing.T, tn *jqTenant, url string, events ...string) (string, string) {
+func whEndpoint(t *testing.T, tn *apitest.Tenant, url string, events ...string) (string, string) {
 	t.Helper()
 	var out struct {
 		CreateWebhookEndpoint struct {
@@ -141,7 +141,7 @@ func whEndpoint(t *testing.T, tn *jqTenant, url string, events ...string) (strin
 			Secret   string
 		}
 	}
-	tn.do(t, `mutation($in: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $in) { endpoint { id } secret } }`,
+	tn.Do(t, `mutation($in: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $in) { endpoint { id } secret } }`,
 		map[string]any{"in": map[string]any{"url": url, "events": events}}, &out)
 	require.True(t, strings.HasPrefix(out.CreateWebhookEndpoint.Secret, "whsec_"))
 	return out.CreateWebhookEndpoint.Endpoint.ID, out.CreateWebhookEndpoint.Secret
@@ -171,12 +171,12 @@ const whDeliveryFields = `id endpointId eventId eventType status attemptCount ne
 	attempts { at statusCode durationMs responseBody error }`
 
 // deliveries lists an endpoint's deliveries, oldest first.
-func whDeliveries(t *testing.T, tn *jqTenant, endpoint string) []whDelivery {
+func whDeliveries(t *testing.T, tn *apitest.Tenant, endpoint string) []whDelivery {
 	t.Helper()
 	var out struct {
 		WebhookDeliveries struct{ Edges []struct{ Node whDelivery } }
 	}
-	tn.do(t, `query($e: ID!) { webhookDeliveries(endpointId: $e, first: 100) { edges { node { `+whDeliveryFields+` } } } }`,
+	tn.Do(t, `query($e: ID!) { webhookDeliveries(endpointId: $e, first: 100) { edges { node { `+whDeliveryFields+` } } } }`,
 		map[string]any{"e": endpoint}, &out)
 	var ds []whDelivery
 	for i := len(out.WebhookDeliveries.Edges) - 1; i >= 0; i-- {
@@ -192,28 +192,28 @@ type whEndpointState struct {
 	FailingSince   *time.Time
 }
 
-func whEndpoints(t *testing.T, tn *jqTenant) []whEndpointState {
+func whEndpoints(t *testing.T, tn *apitest.Tenant) []whEndpointState {
 	t.Helper()
 	var out struct{ WebhookEndpoints []whEndpointState }
-	tn.do(t, `{ webhookEndpoints { id enabled disabledReason failingSince } }`, nil, &out)
+	tn.Do(t, `{ webhookEndpoints { id enabled disabledReason failingSince } }`, nil, &out)
 	return out.WebhookEndpoints
 }
 
 // finishJob enqueues a job, has robot r claim and start it, and returns its lease.
-func whRunning(t *testing.T, tn *jqTenant, r *jqRobot, in map[string]any) *jqLease {
+func whRunning(t *testing.T, tn *apitest.Tenant, r *apitest.Robot, in map[string]any) *apitest.Lease {
 	t.Helper()
-	tn.enqueue(t, in)
-	l := r.claim(t, 0)
+	tn.Enqueue(t, in)
+	l := r.Claim(t, 0)
 	require.NotNil(t, l)
-	r.start(t, l)
+	r.Start(t, l)
 	return l
 }
 
 // jobJSON is the job as the API shows it, decoded into a map.
-func whJobJSON(t *testing.T, tn *jqTenant, id string) map[string]any {
+func whJobJSON(t *testing.T, tn *apitest.Tenant, id string) map[string]any {
 	t.Helper()
 	var out struct{ Job map[string]any }
-	tn.do(t, `query($id: ID!) { job(id: $id) { `+jqJobFields+` scheduleId scheduledFor } }`, map[string]any{"id": id}, &out)
+	tn.Do(t, `query($id: ID!) { job(id: $id) { `+apitest.JobFields+` scheduleId scheduledFor } }`, map[string]any{"id": id}, &out)
 	return out.Job
 }
 
@@ -223,15 +223,15 @@ func TestWebhookDelivery(t *testing.T) {
 
 	t.Run("JobEventsAreSignedAndCarryTheJobAsTheAPIShowsIt", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		rcv := whNewReceiver(t)
 		_, secret := whEndpoint(t, tn, rcv.srv.URL, "job.completed", "job.failed", "job.cancelled")
-		r := tn.robot(t, "r1", jqRobotOpts{})
+		r := tn.CreateRobot(t, "r1", apitest.RobotOpts{})
 
-		done := r.complete(t, whRunning(t, tn, r, nil), map[string]any{"ok": true})
-		failed := r.fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 1}), "broke", false)
-		queued := tn.enqueue(t, nil)
-		tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": queued.ID}, nil)
+		done := r.Complete(t, whRunning(t, tn, r, nil), map[string]any{"ok": true})
+		failed := r.Fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 1}), "broke", false)
+		queued := tn.Enqueue(t, nil)
+		tn.Do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": queued.ID}, nil)
 
 		got := rcv.wait(t, 3)
 		require.Len(t, got, 3)
@@ -250,9 +250,9 @@ func TestWebhookDelivery(t *testing.T) {
 			require.Equal(t, whJobJSON(t, tn, id), b.Data, "the event's data is not the job as the API shows it")
 		}
 		// Each delivery is recorded as succeeded, with its attempt.
-		jqEventually(t, time.Minute, "the deliveries are recorded", func() bool {
+		apitest.Eventually(t, time.Minute, "the deliveries are recorded", func() bool {
 			var out struct{ WebhookEndpoints []struct{ ID string } }
-			tn.do(t, `{ webhookEndpoints { id } }`, nil, &out)
+			tn.Do(t, `{ webhookEndpoints { id } }`, nil, &out)
 			ds := whDeliveries(t, tn, out.WebhookEndpoints[0].ID)
 			for _, d := range ds {
 				if d.Status != "SUCCEEDED" {
@@ -265,14 +265,14 @@ func TestWebhookDelivery(t *testing.T) {
 
 	t.Run("OnlyTheEventsAnEndpointWantsAndNoneWhenDisabled", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		rcv, off := whNewReceiver(t), whNewReceiver(t)
 		whEndpoint(t, tn, rcv.srv.URL, "job.failed")
 		offID, _ := whEndpoint(t, tn, off.srv.URL, "job.completed", "job.failed")
-		tn.do(t, `mutation($id: ID!) { updateWebhookEndpoint(id: $id, input: {enabled: false}) { id } }`, map[string]any{"id": offID}, nil)
-		r := tn.robot(t, "r1", jqRobotOpts{})
-		r.complete(t, whRunning(t, tn, r, nil), nil)
-		failed := r.fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 1}), "broke", false)
+		tn.Do(t, `mutation($id: ID!) { updateWebhookEndpoint(id: $id, input: {enabled: false}) { id } }`, map[string]any{"id": offID}, nil)
+		r := tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, tn, r, nil), nil)
+		failed := r.Fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 1}), "broke", false)
 
 		got := rcv.wait(t, 1)
 		require.Equal(t, failed.ID, got[0].body(t).Data["id"])
@@ -287,14 +287,14 @@ func TestWebhookDelivery(t *testing.T) {
 
 	t.Run("RobotsComingOnlineAndGoingOffline", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		rcv := whNewReceiver(t)
 		_, secret := whEndpoint(t, tn, rcv.srv.URL, "robot.online", "robot.offline")
-		r := tn.robot(t, "r1", jqRobotOpts{})
-		r.heartbeat(t, "ONLINE")
-		r.heartbeat(t, "BUSY") // still online: no event
-		r.heartbeat(t, "OFFLINE")
-		tn.do(t, `mutation($id: ID!) { updateRobot(id: $id, input: {status: ONLINE}) { id } }`, map[string]any{"id": r.ID}, nil)
+		r := tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Heartbeat(t, "ONLINE")
+		r.Heartbeat(t, "BUSY") // still online: no event
+		r.Heartbeat(t, "OFFLINE")
+		tn.Do(t, `mutation($id: ID!) { updateRobot(id: $id, input: {status: ONLINE}) { id } }`, map[string]any{"id": r.ID}, nil)
 
 		got := rcv.wait(t, 3)
 		var types []string
@@ -311,12 +311,12 @@ func TestWebhookDelivery(t *testing.T) {
 
 	t.Run("ARescueThatFailsAJobReportsIt", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		rcv := whNewReceiver(t)
 		whEndpoint(t, tn, rcv.srv.URL, "job.failed", "job.completed")
-		r := tn.robot(t, "r1", jqRobotOpts{Slots: 2})
+		r := tn.CreateRobot(t, "r1", apitest.RobotOpts{Slots: 2})
 		// A retryable failure requeues the job: no event.
-		retried := r.fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 2}), "flaky", true)
+		retried := r.Fail(t, whRunning(t, tn, r, map[string]any{"maxAttempts": 2}), "flaky", true)
 		require.Equal(t, "QUEUED", retried.Status)
 		lost := whRunning(t, tn, r, map[string]any{"maxAttempts": 1, "priority": 10})
 		jqExpire(t, s, lost.Job.ID)
@@ -330,13 +330,13 @@ func TestWebhookDelivery(t *testing.T) {
 
 	t.Run("DeletingARobotReportsItsJobs", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		rcv := whNewReceiver(t)
 		whEndpoint(t, tn, rcv.srv.URL, "job.failed", "job.cancelled")
-		r := tn.robot(t, "r1", jqRobotOpts{Slots: 2})
+		r := tn.CreateRobot(t, "r1", apitest.RobotOpts{Slots: 2})
 		held := whRunning(t, tn, r, map[string]any{"maxAttempts": 1})
-		aimed := tn.enqueue(t, map[string]any{"robotId": r.ID, "runAt": jqTime(time.Hour)})
-		tn.do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": r.ID}, nil)
+		aimed := tn.Enqueue(t, map[string]any{"robotId": r.ID, "runAt": jqTime(time.Hour)})
+		tn.Do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": r.ID}, nil)
 
 		got := rcv.wait(t, 2)
 		types := map[string]string{}
@@ -357,8 +357,8 @@ func TestWebhookRetries(t *testing.T) {
 		rcv := whNewReceiver(t)
 		rcv.status.Store(http.StatusInternalServerError)
 		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 
 		b.round(t)
 		require.Equal(t, 1, rcv.count())
@@ -401,8 +401,8 @@ func TestWebhookRetries(t *testing.T) {
 		rcv := whNewReceiver(t)
 		rcv.status.Store(http.StatusGone)
 		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		b.round(t)
 		e := whEndpoints(t, b.tn)[0]
 		require.False(t, e.Enabled)
@@ -410,7 +410,7 @@ func TestWebhookRetries(t *testing.T) {
 		require.Contains(t, *e.DisabledReason, "410 Gone")
 		require.Equal(t, "FAILED", whDeliveries(t, b.tn, ep)[0].Status)
 		// Nothing more goes to it: not the next event, not a retry.
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		b.clock.Advance(time.Hour)
 		b.round(t)
 		require.Equal(t, 1, rcv.count())
@@ -423,14 +423,14 @@ func TestWebhookRetries(t *testing.T) {
 		rcv := whNewReceiver(t)
 		rcv.status.Store(http.StatusServiceUnavailable)
 		whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
 		start := b.clock.Now()
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		b.round(t)
 		// Every attempt fails, for 70 hours: a new event every 10 hours.
 		for b.clock.Now().Add(10*time.Hour).Sub(start) < 72*time.Hour {
 			b.clock.Advance(10 * time.Hour)
-			r.complete(t, whRunning(t, b.tn, r, nil), nil)
+			r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 			b.round(t)
 			require.True(t, whEndpoints(t, b.tn)[0].Enabled, "disabled after %s", b.clock.Now().Sub(start))
 		}
@@ -448,21 +448,21 @@ func TestWebhookRetries(t *testing.T) {
 		rcv := whNewReceiver(t)
 		rcv.status.Store(http.StatusServiceUnavailable)
 		ep, secret := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed", "job.failed")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
 		var ids []string
 		for range 3 {
-			ids = append(ids, r.complete(t, whRunning(t, b.tn, r, nil), nil).ID)
+			ids = append(ids, r.Complete(t, whRunning(t, b.tn, r, nil), nil).ID)
 		}
-		b.tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": b.tn.enqueue(t, nil).ID}, nil) // not wanted
+		b.tn.Do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": b.tn.Enqueue(t, nil).ID}, nil) // not wanted
 		// A job that fails, is retried and completes: two events of one
 		// job, the second of which must wait for the first.
 		l := whRunning(t, b.tn, r, map[string]any{"maxAttempts": 1})
-		r.fail(t, l, "broke", false)
-		b.tn.do(t, `mutation($id: ID!) { retryJob(id: $id) { id } }`, map[string]any{"id": l.Job.ID}, nil)
-		l2 := r.claim(t, 0)
+		r.Fail(t, l, "broke", false)
+		b.tn.Do(t, `mutation($id: ID!) { retryJob(id: $id) { id } }`, map[string]any{"id": l.Job.ID}, nil)
+		l2 := r.Claim(t, 0)
 		require.Equal(t, l.Job.ID, l2.Job.ID)
-		r.start(t, l2)
-		r.complete(t, l2, nil)
+		r.Start(t, l2)
+		r.Complete(t, l2, nil)
 		b.round(t)
 		require.Equal(t, 4, rcv.count(), "the job's second event went out before its first succeeded")
 		// Down for an hour, with a round every minute.
@@ -513,10 +513,10 @@ func TestWebhookRetries(t *testing.T) {
 		b := whManual(t, apitest.Options{})
 		rcv := whNewReceiver(t)
 		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "job.completed")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
 		const jobs = 20
 		for range jobs {
-			r.complete(t, whRunning(t, b.tn, r, nil), nil)
+			r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		}
 		// A second replica's deliverer over the same database, both
 		// stepping at once until every delivery is done.
@@ -560,18 +560,18 @@ func TestWebhookRetries(t *testing.T) {
 		t.Cleanup(hang.Close)
 		t.Cleanup(func() { close(release) })
 		fast := whNewReceiver(t)
-		other := jqNewTenant(t, b.s)
+		other := apitest.NewTenant(t, b.s)
 		whEndpoint(t, b.tn, hang.URL, "job.completed")
 		whEndpoint(t, other, fast.srv.URL, "job.completed")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
-		jqEventually(t, time.Minute, "the hanging receiver got its delivery", func() bool { return hung.Load() == 1 })
+		apitest.Eventually(t, time.Minute, "the hanging receiver got its delivery", func() bool { return hung.Load() == 1 })
 		// While it hangs, the other worker serves the other tenant, twice.
-		ro := other.robot(t, "r1", jqRobotOpts{})
+		ro := other.CreateRobot(t, "r1", apitest.RobotOpts{})
 		for i := 1; i <= 2; i++ {
-			ro.complete(t, whRunning(t, other, ro, nil), nil)
-			jqEventually(t, time.Minute, "the fast receiver got its delivery", func() bool {
+			ro.Complete(t, whRunning(t, other, ro, nil), nil)
+			apitest.Eventually(t, time.Minute, "the fast receiver got its delivery", func() bool {
 				require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
 				return fast.count() == i
 			})
@@ -596,22 +596,22 @@ func TestWebhookRetries(t *testing.T) {
 		t.Cleanup(hang.Close)
 		t.Cleanup(func() { close(release) })
 		fast := whNewReceiver(t)
-		other := jqNewTenant(t, b.s)
+		other := apitest.NewTenant(t, b.s)
 		// Six hanging endpoints: one job's completion is six deliveries.
 		for i := range 6 {
 			whEndpoint(t, b.tn, fmt.Sprintf("%s/%d", hang.URL, i), "job.completed")
 		}
 		whEndpoint(t, other, fast.srv.URL, "job.completed")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
-		jqEventually(t, time.Minute, "the hanging receivers got their deliveries", func() bool { return hung.Load() == 3 })
+		apitest.Eventually(t, time.Minute, "the hanging receivers got their deliveries", func() bool { return hung.Load() == 3 })
 		// The last worker is the other tenants': each of their deliveries
 		// goes out while the first tenant's hang.
-		ro := other.robot(t, "r1", jqRobotOpts{})
+		ro := other.CreateRobot(t, "r1", apitest.RobotOpts{})
 		for i := 1; i <= 3; i++ {
-			ro.complete(t, whRunning(t, other, ro, nil), nil)
-			jqEventually(t, time.Minute, "the other tenant's delivery went out", func() bool {
+			ro.Complete(t, whRunning(t, other, ro, nil), nil)
+			apitest.Eventually(t, time.Minute, "the other tenant's delivery went out", func() bool {
 				require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
 				return fast.count() == i
 			})
@@ -656,8 +656,8 @@ func TestWebhookRetries(t *testing.T) {
 		t.Cleanup(trickle.Close)
 		hugeEP, _ := whEndpoint(t, b.tn, huge.URL, "job.completed")
 		trickleEP, _ := whEndpoint(t, b.tn, trickle.URL, "job.completed")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		b.round(t) // returns: neither receiver holds a worker past the timeout
 
 		h := whDeliveries(t, b.tn, hugeEP)[0]
@@ -681,13 +681,13 @@ func TestWebhookRetries(t *testing.T) {
 				Endpoint struct{ PreviousSecretExpiresAt time.Time }
 			}
 		}
-		b.tn.do(t, `mutation($id: ID!) { rotateWebhookSecret(id: $id) { secret endpoint { previousSecretExpiresAt } } }`, map[string]any{"id": ep}, &out)
+		b.tn.Do(t, `mutation($id: ID!) { rotateWebhookSecret(id: $id) { secret endpoint { previousSecretExpiresAt } } }`, map[string]any{"id": ep}, &out)
 		fresh := out.RotateWebhookSecret.Secret
 		require.NotEqual(t, old, fresh)
 		jqSameTime(t, b.clock.Now().Add(24*time.Hour), out.RotateWebhookSecret.Endpoint.PreviousSecretExpiresAt, "previousSecretExpiresAt")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
 
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		b.round(t)
 		q := rcv.requests()[0]
 		require.Len(t, whSignatures(q), 2)
@@ -695,7 +695,7 @@ func TestWebhookRetries(t *testing.T) {
 		whVerify(t, old, q)
 
 		b.clock.Advance(24*time.Hour + time.Second)
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		b.round(t)
 		q = rcv.requests()[1]
 		require.Equal(t, []string{whSignature(t, fresh, q.Header.Get("webhook-id"), q.Header.Get("webhook-timestamp"), q.Body)}, whSignatures(q))
@@ -707,11 +707,11 @@ func TestWebhookRetries(t *testing.T) {
 		rcv := whNewReceiver(t)
 		ep, secret := whEndpoint(t, b.tn, rcv.srv.URL, "robot.offline")
 		var sent struct{ SendTestWebhook whDelivery }
-		b.tn.do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { `+whDeliveryFields+` } }`, map[string]any{"e": ep}, &sent)
+		b.tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { `+whDeliveryFields+` } }`, map[string]any{"e": ep}, &sent)
 		require.Equal(t, "PENDING", sent.SendTestWebhook.Status)
 		require.Equal(t, "webhook.test", sent.SendTestWebhook.EventType)
 		// A pending delivery is retried on its own.
-		resp := b.s.Do(t, b.tn.user.Token, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { id } }`, map[string]any{"d": sent.SendTestWebhook.ID})
+		resp := b.s.Do(t, b.tn.User.Token, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { id } }`, map[string]any{"d": sent.SendTestWebhook.ID})
 		resp.Code(t, "CONFLICT")
 		b.round(t)
 		q := rcv.requests()[0]
@@ -720,7 +720,7 @@ func TestWebhookRetries(t *testing.T) {
 		require.Equal(t, ep, q.body(t).Data["endpointId"])
 
 		var again struct{ RedeliverWebhook whDelivery }
-		b.tn.do(t, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { `+whDeliveryFields+` } }`, map[string]any{"d": sent.SendTestWebhook.ID}, &again)
+		b.tn.Do(t, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { `+whDeliveryFields+` } }`, map[string]any{"d": sent.SendTestWebhook.ID}, &again)
 		require.NotEqual(t, sent.SendTestWebhook.ID, again.RedeliverWebhook.ID)
 		b.round(t)
 		got := rcv.requests()
@@ -734,7 +734,7 @@ func TestWebhookRetries(t *testing.T) {
 				Edges []struct{ Node struct{ ID string } }
 			}
 		}
-		b.tn.do(t, `query($e: ID!) { webhookDeliveries(endpointId: $e, status: PENDING) { edges { node { id } } } }`, map[string]any{"e": ep}, &st)
+		b.tn.Do(t, `query($e: ID!) { webhookDeliveries(endpointId: $e, status: PENDING) { edges { node { id } } } }`, map[string]any{"e": ep}, &st)
 		require.Empty(t, st.WebhookDeliveries.Edges)
 	})
 
@@ -744,15 +744,15 @@ func TestWebhookRetries(t *testing.T) {
 		rcv := whNewReceiver(t)
 		port := rcv.srv.Listener.Addr().String()[len("127.0.0.1:"):]
 		for _, url := range []string{rcv.srv.URL, "http://169.254.169.254/latest/meta-data/", "http://10.0.0.7/hook", "http://[::1]:" + port + "/"} {
-			resp := b.s.Do(t, b.tn.user.Token, `mutation($in: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $in) { secret } }`,
+			resp := b.s.Do(t, b.tn.User.Token, `mutation($in: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $in) { secret } }`,
 				map[string]any{"in": map[string]any{"url": url, "events": []string{"job.completed"}}})
 			e := resp.Code(t, "BAD_USER_INPUT")
 			require.Contains(t, e.Message, "address", url)
 		}
 		// A name is checked where it leads, at connect time.
 		ep, _ := whEndpoint(t, b.tn, "http://localhost:"+port+"/hook/T0-S3CRET?token=S3CRET-TOO", "job.completed")
-		r := b.tn.robot(t, "r1", jqRobotOpts{})
-		r.complete(t, whRunning(t, b.tn, r, nil), nil)
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		b.round(t)
 		d := whDeliveries(t, b.tn, ep)[0]
 		require.Equal(t, "PENDING", d.Status)
@@ -770,14 +770,14 @@ func TestWebhookRetries(t *testing.T) {
 func TestJobRevisionIsBumpedByTheDatabase(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "r1", jqRobotOpts{})
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "r1", apitest.RobotOpts{})
 	l := whRunning(t, tn, r, nil)
-	before := tn.job(t, l.Job.ID)
+	before := tn.Job(t, l.Job.ID)
 
 	// A heartbeat extends the lease: nothing a subscriber sees changes.
-	r.heartbeat(t, "ONLINE")
-	after := tn.job(t, l.Job.ID)
+	r.Heartbeat(t, "ONLINE")
+	after := tn.Job(t, l.Job.ID)
 	require.Equal(t, before.Revision, after.Revision)
 	jqSameTime(t, before.UpdatedAt, after.UpdatedAt, "updatedAt")
 
@@ -785,10 +785,10 @@ func TestJobRevisionIsBumpedByTheDatabase(t *testing.T) {
 	// forgets to, and one cannot set it by hand.
 	_, err := s.DB.ExecContext(t.Context(), "UPDATE jobs SET priority = 7 WHERE id = ?", l.Job.ID)
 	require.NoError(t, err)
-	require.Equal(t, before.Revision+1, tn.job(t, l.Job.ID).Revision)
+	require.Equal(t, before.Revision+1, tn.Job(t, l.Job.ID).Revision)
 	_, err = s.DB.ExecContext(t.Context(), "UPDATE jobs SET revision = 1000 WHERE id = ?", l.Job.ID)
 	require.NoError(t, err)
-	require.Equal(t, before.Revision+1, tn.job(t, l.Job.ID).Revision)
+	require.Equal(t, before.Revision+1, tn.Job(t, l.Job.ID).Revision)
 }
 
 // A queued delivery wakes the leader's deliverer through NOTIFY: it goes
@@ -796,13 +796,13 @@ func TestJobRevisionIsBumpedByTheDatabase(t *testing.T) {
 func TestWebhookDeliveryIsWokenByTheOutbox(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
-	jqEventually(t, time.Minute, "the runner leads", s.App.Maintenance.Leading)
-	tn := jqNewTenant(t, s)
+	apitest.Eventually(t, time.Minute, "the runner leads", s.App.Maintenance.Leading)
+	tn := apitest.NewTenant(t, s)
 	rcv := whNewReceiver(t)
 	ep, _ := whEndpoint(t, tn, rcv.srv.URL, "job.completed")
-	r := tn.robot(t, "r1", jqRobotOpts{})
-	done := r.complete(t, whRunning(t, tn, r, nil), nil)
+	r := tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+	done := r.Complete(t, whRunning(t, tn, r, nil), nil)
 	require.Equal(t, done.ID, rcv.wait(t, 1)[0].body(t).Data["id"])
-	tn.do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep}, nil)
+	tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep}, nil)
 	require.Equal(t, "webhook.test", rcv.wait(t, 2)[1].body(t).Type)
 }

@@ -1,4 +1,4 @@
-package graph_test
+package jobtests
 
 import (
 	"context"
@@ -47,14 +47,14 @@ type jcPlan func(n int) int
 
 // jcWorker claims, starts and finishes jobs as one robot until a claim
 // returns nothing and no job is left queued.
-func jcWorker(ctx context.Context, tn *jqTenant, r *jqRobot, plan jcPlan) ([]jcHold, error) {
+func jcWorker(ctx context.Context, tn *apitest.Tenant, r *apitest.Robot, plan jcPlan) ([]jcHold, error) {
 	var holds []jcHold
 	call := func(query string, vars map[string]any, out any) error {
-		res, err := tn.gql.do(ctx, r.Key, query, vars)
+		res, err := tn.Client.Do(ctx, r.Key, query, vars)
 		if err != nil {
 			return err
 		}
-		return res.ok(out)
+		return res.Decode(out)
 	}
 	for {
 		var claim struct {
@@ -72,7 +72,7 @@ func jcWorker(ctx context.Context, tn *jqTenant, r *jqRobot, plan jcPlan) ([]jcH
 		}
 		if claim.ClaimJob == nil {
 			var queued int
-			if err := tn.s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status = 'QUEUED'", tn.user.Tenant).Scan(ctx, &queued); err != nil {
+			if err := tn.Server.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status = 'QUEUED'", tn.User.Tenant).Scan(ctx, &queued); err != nil {
 				return holds, err
 			}
 			if queued == 0 {
@@ -84,7 +84,7 @@ func jcWorker(ctx context.Context, tn *jqTenant, r *jqRobot, plan jcPlan) ([]jcH
 		h := jcHold{job: c.Job.ID, token: c.LeaseToken, robot: r.ID, n: c.Job.Input.N, attempt: c.Job.Attempt, claimed: time.Now()}
 		vars := map[string]any{"j": h.job, "l": h.token}
 		var started struct{ StartJob struct{ Status string } }
-		if err := call(jqFencedOp("startJob").query, vars, &started); err != nil {
+		if err := call(apitest.FencedOpNamed("startJob").Query, vars, &started); err != nil {
 			return holds, fmt.Errorf("starting %s: %w", h.job, err)
 		}
 		var status string
@@ -128,19 +128,19 @@ func jcExpectedStatus(h jcHold) string {
 
 // jcRun creates the robots (1-4 slots each, as many workers as slots), queues
 // the jobs and drains them; it returns every hold, and the robots by id.
-func jcRun(t *testing.T, s *apitest.Server, plan jcPlan) (*jqTenant, []jcHold, map[string]*jqRobot) {
-	tn := jqNewTenant(t, s)
-	var robots []*jqRobot
+func jcRun(t *testing.T, s *apitest.Server, plan jcPlan) (*apitest.Tenant, []jcHold, map[string]*apitest.Robot) {
+	tn := apitest.NewTenant(t, s)
+	var robots []*apitest.Robot
 	for i := range jcRobots {
-		robots = append(robots, tn.robot(t, fmt.Sprintf("robot-%02d", i), jqRobotOpts{Slots: i%4 + 1}))
+		robots = append(robots, tn.CreateRobot(t, fmt.Sprintf("robot-%02d", i), apitest.RobotOpts{Slots: i%4 + 1}))
 	}
 	for b := 0; b < jcJobs; b += jcBatchSize {
 		in := make([]map[string]any, jcBatchSize)
 		for i := range in {
-			in[i] = map[string]any{"workflowId": tn.wf, "input": map[string]any{"n": b + i}, "priority": (b + i) % 7, "maxAttempts": 3}
+			in[i] = map[string]any{"workflowId": tn.Workflow, "input": map[string]any{"n": b + i}, "priority": (b + i) % 7, "maxAttempts": 3}
 		}
 		var out struct{ EnqueueJobs []struct{ ID string } }
-		tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, &out)
+		tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, &out)
 		require.Len(t, out.EnqueueJobs, jcBatchSize)
 	}
 
@@ -169,7 +169,7 @@ func jcRun(t *testing.T, s *apitest.Server, plan jcPlan) (*jqTenant, []jcHold, m
 	wg.Wait()
 	require.NoError(t, errors.Join(errs...))
 	t.Logf("%d robots with %d workers drained %d jobs in %d claims in %s", len(robots), workers, jcJobs, len(holds), time.Since(began).Round(time.Millisecond))
-	byID := map[string]*jqRobot{}
+	byID := map[string]*apitest.Robot{}
 	for _, r := range robots {
 		byID[r.ID] = r
 	}
@@ -188,10 +188,10 @@ type jcRow struct {
 	Finished bool           `bun:"finished"`
 }
 
-func jcRows(t *testing.T, s *apitest.Server, tn *jqTenant) map[string]jcRow {
+func jcRows(t *testing.T, s *apitest.Server, tn *apitest.Tenant) map[string]jcRow {
 	var rows []jcRow
 	require.NoError(t, s.DB.NewRaw(`SELECT id, status, attempt, robot_id, result, error, (input->>'n')::int AS n, finished_at IS NOT NULL AS finished
-		FROM jobs WHERE tenant_id = ?`, tn.user.Tenant).Scan(t.Context(), &rows))
+		FROM jobs WHERE tenant_id = ?`, tn.User.Tenant).Scan(t.Context(), &rows))
 	out := make(map[string]jcRow, len(rows))
 	for _, r := range rows {
 		out[r.ID] = r
@@ -303,21 +303,21 @@ func TestJobQueueConcurrency(t *testing.T) {
 	t.Run("racing claims of one robot never exceed its slots", func(t *testing.T) {
 		t.Parallel()
 		s := apitest.New(t)
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "three-slots", jqRobotOpts{Slots: 3})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "three-slots", apitest.RobotOpts{Slots: 3})
 		var in []map[string]any
 		for range 20 {
-			in = append(in, map[string]any{"workflowId": tn.wf})
+			in = append(in, map[string]any{"workflowId": tn.Workflow})
 		}
-		tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
+		tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
 		const claimers = 12
-		results := make(chan jqClaimed, claimers)
+		results := make(chan apitest.Claimed, claimers)
 		for range claimers {
-			go func() { results <- <-r.claimAsync(t, 0) }()
+			go func() { results <- <-r.ClaimAsync(t, 0) }()
 		}
 		leases := map[string]bool{}
 		for range claimers {
-			l := jqReceive(t, results, 30*time.Second)
+			l := apitest.ReceiveClaim(t, results, 30*time.Second)
 			if l != nil {
 				require.False(t, leases[l.Job.ID], "job %s was claimed twice", l.Job.ID)
 				leases[l.Job.ID] = true
@@ -325,7 +325,7 @@ func TestJobQueueConcurrency(t *testing.T) {
 		}
 		require.Len(t, leases, 3, "a robot with 3 slots holds exactly 3 jobs after 12 racing claims")
 		var out struct{ Jobs struct{ TotalCount int } }
-		tn.do(t, `{ jobs(filter: {status: CLAIMED}) { totalCount } }`, nil, &out)
+		tn.Do(t, `{ jobs(filter: {status: CLAIMED}) { totalCount } }`, nil, &out)
 		require.Equal(t, 3, out.Jobs.TotalCount)
 	})
 }

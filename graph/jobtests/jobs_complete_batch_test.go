@@ -1,4 +1,4 @@
-package graph_test
+package jobtests
 
 import (
 	"errors"
@@ -20,23 +20,23 @@ import (
 // in the same transaction.
 
 const jbCompleteJobsQuery = `mutation($c: [JobCompletionInput!]!, $s: Boolean, $n: Int) {
-	completeJobs(completions: $c, startIfClaimed: $s, claimNext: $n) { jobs { ` + jqJobFields + ` } nextLeases { ` + jbLeaseFields + ` } } }`
+	completeJobs(completions: $c, startIfClaimed: $s, claimNext: $n) { jobs { ` + apitest.JobFields + ` } nextLeases { ` + jbLeaseFields + ` } } }`
 
 // jcbDone is completeJobs' answer.
 type jcbDone struct {
-	Jobs       []jqJob
-	NextLeases []jqLease
+	Jobs       []apitest.Job
+	NextLeases []apitest.Lease
 }
 
-// completeJobs completes leases (each with result {n: its input's n}) in
-// one call, with startIfClaimed and claimNext.
-func (r *jqRobot) completeJobs(t testing.TB, leases []jqLease, startIfClaimed bool, claimNext int) *apitest.Response {
+// jcbCompleteJobs completes leases as r (each with result {n: its input's
+// n}) in one call, with startIfClaimed and claimNext.
+func jcbCompleteJobs(t testing.TB, r *apitest.Robot, leases []apitest.Lease, startIfClaimed bool, claimNext int) *apitest.Response {
 	t.Helper()
 	c := make([]any, len(leases))
 	for i, l := range leases {
 		c[i] = map[string]any{"jobId": l.Job.ID, "leaseToken": l.LeaseToken, "result": map[string]any{"n": l.Job.Input["n"]}}
 	}
-	return r.tn.s.Do(t, r.Key, jbCompleteJobsQuery, map[string]any{"c": c, "s": startIfClaimed, "n": claimNext})
+	return r.Tenant.Server.Do(t, r.Key, jbCompleteJobsQuery, map[string]any{"c": c, "s": startIfClaimed, "n": claimNext})
 }
 
 func jcbDecode(t testing.TB, resp *apitest.Response) jcbDone {
@@ -48,20 +48,20 @@ func jcbDecode(t testing.TB, resp *apitest.Response) jcbDone {
 
 func TestCompleteJobs(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
 
 	t.Run("a batch completes in the order given and leases the next within the freed slots", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "four-slots", jqRobotOpts{Slots: 4})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "four-slots", apitest.RobotOpts{Slots: 4})
 		ids := jbEnqueue(t, tn, 6, func(int) int { return 0 })
-		leases := r.claimJobs(t, 4, 0)
+		leases := jbClaimJobs(t, r, 4, 0)
 		require.Len(t, leases, 4)
-		r.start(t, &leases[2]) // one RUNNING, three CLAIMED
+		r.Start(t, &leases[2]) // one RUNNING, three CLAIMED
 		batch := slices.Clone(leases)
 		slices.Reverse(batch)
 
-		done := jcbDecode(t, r.completeJobs(t, batch, true, 3))
+		done := jcbDecode(t, jcbCompleteJobs(t, r, batch, true, 3))
 		require.Len(t, done.Jobs, 4)
 		for i, j := range done.Jobs {
 			require.Equal(t, batch[i].Job.ID, j.ID, "the jobs come back in the order given")
@@ -72,7 +72,7 @@ func TestCompleteJobs(t *testing.T) {
 			require.NotNil(t, j.FinishedAt)
 			require.Nil(t, j.LeaseExpiresAt)
 			require.Equal(t, batch[i].Job.Revision+1+boolInt(batch[i].Job.ID == leases[2].Job.ID), j.Revision, "one statement, one revision")
-			require.Equal(t, tn.job(t, j.ID).Status, "COMPLETED")
+			require.Equal(t, tn.Job(t, j.ID).Status, "COMPLETED")
 		}
 		jqSameTime(t, *done.Jobs[0].FinishedAt, *done.Jobs[0].StartedAt, "the completion started a CLAIMED job")
 		require.True(t, done.Jobs[1].StartedAt.Before(*done.Jobs[1].FinishedAt), "a RUNNING job keeps its start")
@@ -86,81 +86,81 @@ func TestCompleteJobs(t *testing.T) {
 		require.Equal(t, 2, jbHeld(t, s, r.ID))
 
 		// No claimNext, no lease; nextLeases is an empty list.
-		done = jcbDecode(t, r.completeJobs(t, done.NextLeases, true, 0))
+		done = jcbDecode(t, jcbCompleteJobs(t, r, done.NextLeases, true, 0))
 		require.Len(t, done.Jobs, 2)
 		require.NotNil(t, done.NextLeases)
 		require.Empty(t, done.NextLeases)
 		require.Zero(t, jbHeld(t, s, r.ID))
 		// A completed batch cannot be completed again.
-		jqRequireRefused(t, r.completeJobs(t, leases[:1], true, 0), db.ReasonIllegalTransition, "COMPLETED")
+		jqRequireRefused(t, jcbCompleteJobs(t, r, leases[:1], true, 0), db.ReasonIllegalTransition, "COMPLETED")
 	})
 
 	t.Run("claimNext never leases beyond the slots the batch freed", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "three-slots", jqRobotOpts{Slots: 3})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "three-slots", apitest.RobotOpts{Slots: 3})
 		jbEnqueue(t, tn, 10, func(int) int { return 0 })
-		leases := r.claimJobs(t, 3, 0)
-		done := jcbDecode(t, r.completeJobs(t, leases[:2], true, 100))
+		leases := jbClaimJobs(t, r, 3, 0)
+		done := jcbDecode(t, jcbCompleteJobs(t, r, leases[:2], true, 100))
 		require.Len(t, done.NextLeases, 2, "two slots freed, two leased")
 		require.Equal(t, 3, jbHeld(t, s, r.ID))
 	})
 
 	t.Run("one refusal refuses the whole batch and changes nothing", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "three-slots", jqRobotOpts{Slots: 3})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "three-slots", apitest.RobotOpts{Slots: 3})
 		jbEnqueue(t, tn, 4, func(int) int { return 0 })
-		leases := r.claimJobs(t, 3, 0)
-		tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": leases[1].Job.ID}, nil)
-		before := jcbSnapshot(t, s, tn.user.Tenant.String())
-		resp := r.completeJobs(t, leases, true, 1)
+		leases := jbClaimJobs(t, r, 3, 0)
+		tn.Do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": leases[1].Job.ID}, nil)
+		before := jcbSnapshot(t, s, tn.User.Tenant.String())
+		resp := jcbCompleteJobs(t, r, leases, true, 1)
 		jqRequireRefused(t, resp, db.ReasonJobCancelled, "CANCELLED")
 		e := resp.Code(t, "CONFLICT")
 		require.Equal(t, "completions[1]", e.Extensions["field"])
 		require.Equal(t, float64(1), e.Extensions["index"])
 		require.Contains(t, e.Message, "completions[1]")
-		require.Equal(t, before, jcbSnapshot(t, s, tn.user.Tenant.String()), "a refused batch changed data")
+		require.Equal(t, before, jcbSnapshot(t, s, tn.User.Tenant.String()), "a refused batch changed data")
 		// Without the cancelled job the batch goes through.
-		done := jcbDecode(t, r.completeJobs(t, []jqLease{leases[0], leases[2]}, true, 1))
+		done := jcbDecode(t, jcbCompleteJobs(t, r, []apitest.Lease{leases[0], leases[2]}, true, 1))
 		require.Len(t, done.Jobs, 2)
 		require.Len(t, done.NextLeases, 1)
 	})
 
 	t.Run("a robot cannot complete another robot's or another tenant's job", func(t *testing.T) {
 		t.Parallel()
-		tn, other := jqNewTenant(t, s), jqNewTenant(t, s)
-		r, peer := tn.robot(t, "mine", jqRobotOpts{Slots: 2}), tn.robot(t, "peer", jqRobotOpts{Slots: 2})
-		stranger := other.robot(t, "stranger", jqRobotOpts{Slots: 2})
+		tn, other := apitest.NewTenant(t, s), apitest.NewTenant(t, s)
+		r, peer := tn.CreateRobot(t, "mine", apitest.RobotOpts{Slots: 2}), tn.CreateRobot(t, "peer", apitest.RobotOpts{Slots: 2})
+		stranger := other.CreateRobot(t, "stranger", apitest.RobotOpts{Slots: 2})
 		jbEnqueue(t, tn, 3, func(int) int { return 0 })
 		jbEnqueue(t, other, 1, func(int) int { return 0 })
-		mine, peers, theirs := r.claimJobs(t, 1, 0), peer.claimJobs(t, 2, 0), stranger.claimJobs(t, 1, 0)
+		mine, peers, theirs := jbClaimJobs(t, r, 1, 0), jbClaimJobs(t, peer, 2, 0), jbClaimJobs(t, stranger, 1, 0)
 		require.Len(t, peers, 2)
-		tenants := []string{tn.user.Tenant.String(), other.user.Tenant.String()}
+		tenants := []string{tn.User.Tenant.String(), other.User.Tenant.String()}
 		before := jcbSnapshot(t, s, tenants...)
-		for name, foreign := range map[string]jqLease{"another robot's": peers[0], "another tenant's": theirs[0]} {
+		for name, foreign := range map[string]apitest.Lease{"another robot's": peers[0], "another tenant's": theirs[0]} {
 			// The right lease token of a job the robot does not hold: as
 			// if the job did not exist.
-			resp := r.completeJobs(t, []jqLease{mine[0], foreign}, true, 2)
+			resp := jcbCompleteJobs(t, r, []apitest.Lease{mine[0], foreign}, true, 2)
 			e := resp.Code(t, "NOT_FOUND")
 			require.Equal(t, "completions[1]", e.Extensions["field"], "%s job", name)
 			require.NotContains(t, string(resp.Raw), foreign.Job.Status, "%s job's state leaked", name)
 			require.Equal(t, before, jcbSnapshot(t, s, tenants...), "completing %s job changed data", name)
 		}
-		require.Equal(t, "CLAIMED", other.job(t, theirs[0].Job.ID).Status)
+		require.Equal(t, "CLAIMED", other.Job(t, theirs[0].Job.ID).Status)
 	})
 
 	t.Run("each completed job goes to the webhook outbox, once per endpoint that wants it", func(t *testing.T) {
 		t.Parallel()
-		b := whManual(t, apitest.Options{Queue: jqLongLeases})
+		b := whManual(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
 		recv := whNewReceiver(t)
 		completed, _ := whEndpoint(t, b.tn, recv.srv.URL+"/completed", db.EventJobCompleted)
 		both, _ := whEndpoint(t, b.tn, recv.srv.URL+"/both", db.EventJobCompleted, db.EventJobFailed)
 		failed, _ := whEndpoint(t, b.tn, recv.srv.URL+"/failed", db.EventJobFailed)
-		r := b.tn.robot(t, "batcher", jqRobotOpts{Slots: 3})
+		r := b.tn.CreateRobot(t, "batcher", apitest.RobotOpts{Slots: 3})
 		jbEnqueue(t, b.tn, 3, func(int) int { return 0 })
-		leases := r.claimJobs(t, 3, 0)
-		done := jcbDecode(t, r.completeJobs(t, leases, true, 0))
+		leases := jbClaimJobs(t, r, 3, 0)
+		done := jcbDecode(t, jcbCompleteJobs(t, r, leases, true, 0))
 		for _, endpoint := range []string{completed, both} {
 			ds := whDeliveries(t, b.tn, endpoint)
 			require.Len(t, ds, 3, "endpoint %s", endpoint)
@@ -211,14 +211,14 @@ func boolInt(b bool) int {
 // Several robots then drain a queue with nothing but completeJobs.
 func TestCompleteJobsConcurrency(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
 
 	t.Run("overlapping batches of one robot take turns", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "six-slots", jqRobotOpts{Slots: 6})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "six-slots", apitest.RobotOpts{Slots: 6})
 		jbEnqueue(t, tn, 30, func(int) int { return 0 })
-		leases := r.claimJobs(t, 6, 0)
+		leases := jbClaimJobs(t, r, 6, 0)
 		require.Len(t, leases, 6)
 		// Eight calls over the same six jobs, in different orders, half
 		// with claimNext: the first to commit completes its jobs; any
@@ -229,7 +229,7 @@ func TestCompleteJobsConcurrency(t *testing.T) {
 		}
 		results := make(chan result, 8)
 		for i := range 8 {
-			batch := []jqLease{leases[i%6], leases[(i+3)%6], leases[(i+1)%6]}
+			batch := []apitest.Lease{leases[i%6], leases[(i+3)%6], leases[(i+1)%6]}
 			if i%2 == 1 {
 				slices.Reverse(batch)
 			}
@@ -238,10 +238,10 @@ func TestCompleteJobsConcurrency(t *testing.T) {
 				for k, l := range batch {
 					c[k] = map[string]any{"jobId": l.Job.ID, "leaseToken": l.LeaseToken}
 				}
-				res, err := tn.gql.do(t.Context(), r.Key, jbCompleteJobsQuery, map[string]any{"c": c, "s": true, "n": 3 * (i % 2)})
+				res, err := tn.Client.Do(t.Context(), r.Key, jbCompleteJobsQuery, map[string]any{"c": c, "s": true, "n": 3 * (i % 2)})
 				var out struct{ CompleteJobs jcbDone }
 				if err == nil {
-					err = res.ok(&out)
+					err = res.Decode(&out)
 				}
 				results <- result{out.CompleteJobs, err}
 			}()
@@ -276,7 +276,7 @@ func TestCompleteJobsConcurrency(t *testing.T) {
 
 	t.Run("robots drain a queue with completeJobs alone", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		const robots, jobs = 6, 600
 		for b := 0; b < jobs; b += 300 {
 			jbEnqueue(t, tn, 300, func(int) int { return 0 })
@@ -288,13 +288,13 @@ func TestCompleteJobsConcurrency(t *testing.T) {
 			wg   sync.WaitGroup
 		)
 		for i := range robots {
-			r := tn.robot(t, fmt.Sprintf("robot-%d", i), jqRobotOpts{Slots: 1 + i%4})
+			r := tn.CreateRobot(t, fmt.Sprintf("robot-%d", i), apitest.RobotOpts{Slots: 1 + i%4})
 			wg.Go(func() {
 				err := func() error {
-					res, err := tn.gql.do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": r.Slots})
-					var claimed struct{ ClaimJobs []jqLease }
+					res, err := tn.Client.Do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": r.Slots})
+					var claimed struct{ ClaimJobs []apitest.Lease }
 					if err == nil {
-						err = res.ok(&claimed)
+						err = res.Decode(&claimed)
 					}
 					if err != nil {
 						return err
@@ -308,10 +308,10 @@ func TestCompleteJobsConcurrency(t *testing.T) {
 						for k, l := range mine {
 							c[k] = map[string]any{"jobId": l.Job.ID, "leaseToken": l.LeaseToken, "result": map[string]any{"robot": r.ID}}
 						}
-						res, err := tn.gql.do(t.Context(), r.Key, jbCompleteJobsQuery, map[string]any{"c": c, "s": true, "n": r.Slots})
+						res, err := tn.Client.Do(t.Context(), r.Key, jbCompleteJobsQuery, map[string]any{"c": c, "s": true, "n": r.Slots})
 						var out struct{ CompleteJobs jcbDone }
 						if err == nil {
-							err = res.ok(&out)
+							err = res.Decode(&out)
 						}
 						if err != nil {
 							return err
@@ -341,10 +341,10 @@ func TestCompleteJobsConcurrency(t *testing.T) {
 			require.Equal(t, 1, n, "job %s completed %d times", id, n)
 		}
 		var live int
-		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status <> 'COMPLETED'", tn.user.Tenant).Scan(t.Context(), &live))
+		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status <> 'COMPLETED'", tn.User.Tenant).Scan(t.Context(), &live))
 		require.Zero(t, live)
 		var wrong int
-		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND result->>'robot' <> robot_id::text", tn.user.Tenant).Scan(t.Context(), &wrong))
+		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND result->>'robot' <> robot_id::text", tn.User.Tenant).Scan(t.Context(), &wrong))
 		require.Zero(t, wrong, "each job's result is the one its robot sent")
 	})
 }

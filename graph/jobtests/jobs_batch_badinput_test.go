@@ -1,4 +1,4 @@
-package graph_test
+package jobtests
 
 import (
 	"encoding/json"
@@ -17,24 +17,28 @@ import (
 // internal error, and writes nothing: no job is leased, started or
 // finished by a refused call.
 
+// jbbGQLValidation is the reason of a request GraphQL validation refuses,
+// as badGQLValidation is in package graph's tests.
+const jbbGQLValidation = "GRAPHQL_VALIDATION_FAILED"
+
 // jbbFixture is a robot with three slots holding a RUNNING and a CLAIMED
 // job, with three more jobs queued that it could take.
 type jbbFixture struct {
 	s                *apitest.Server
-	tn               *jqTenant
-	r                *jqRobot
-	running, claimed jqLease
+	tn               *apitest.Tenant
+	r                *apitest.Robot
+	running, claimed apitest.Lease
 }
 
 func jbbNewFixture(t *testing.T) jbbFixture {
 	t.Helper()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "bot", jqRobotOpts{Slots: 3})
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "bot", apitest.RobotOpts{Slots: 3})
 	jbEnqueue(t, tn, 5, func(int) int { return 0 })
-	leases := r.claimJobs(t, 2, 0)
+	leases := jbClaimJobs(t, r, 2, 0)
 	require.Len(t, leases, 2)
-	r.start(t, &leases[0])
+	r.Start(t, &leases[0])
 	require.Equal(t, 3, jbQueued(t, tn))
 	return jbbFixture{s: s, tn: tn, r: r, running: leases[0], claimed: leases[1]}
 }
@@ -54,12 +58,12 @@ func jbbSnapshot(t *testing.T, s *apitest.Server) string {
 }
 
 // jbbCompletion is l's completion in a completeJobs batch, with result.
-func jbbCompletion(l jqLease, result any) map[string]any {
+func jbbCompletion(l apitest.Lease, result any) map[string]any {
 	return map[string]any{"jobId": l.Job.ID, "leaseToken": l.LeaseToken, "result": result}
 }
 
 // jbbMany is n completions of the same lease.
-func jbbMany(l jqLease, n int) []any {
+func jbbMany(l apitest.Lease, n int) []any {
 	out := make([]any, n)
 	for i := range out {
 		out[i] = jbbCompletion(l, nil)
@@ -72,7 +76,7 @@ func TestJobBatchBadInputIsRefusedAndWritesNothing(t *testing.T) {
 	f := jbbNewFixture(t)
 	const claimJobs = `mutation($n: Int!, $w: Int) { claimJobs(limit: $n, waitSeconds: $w) { leaseToken } }`
 	claimed, running := f.claimed, f.running
-	fenced := func(l jqLease, extra map[string]any) map[string]any {
+	fenced := func(l apitest.Lease, extra map[string]any) map[string]any {
 		v := map[string]any{"j": l.Job.ID, "l": l.LeaseToken}
 		for k, x := range extra {
 			v[k] = x
@@ -96,7 +100,7 @@ func TestJobBatchBadInputIsRefusedAndWritesNothing(t *testing.T) {
 		{name: "claimJobs/LimitLiteral0", query: `mutation { claimJobs(limit: 0) { leaseToken } }`, code: "BAD_USER_INPUT", field: "limit"},
 		{name: "claimJobs/LimitOver32Bits", query: `mutation { claimJobs(limit: 2147483648) { leaseToken } }`, code: "BAD_USER_INPUT"},
 		{name: "claimJobs/LimitVariableOver32Bits", query: claimJobs, vars: map[string]any{"n": json.Number("2147483648")}, code: "BAD_USER_INPUT"},
-		{name: "claimJobs/LimitMissing", query: `mutation { claimJobs { leaseToken } }`, code: "BAD_USER_INPUT", reason: badGQLValidation},
+		{name: "claimJobs/LimitMissing", query: `mutation { claimJobs { leaseToken } }`, code: "BAD_USER_INPUT", reason: jbbGQLValidation},
 		{name: "claimJobs/LimitNull", query: claimJobs, vars: map[string]any{"n": nil}, code: "BAD_USER_INPUT"},
 		{name: "claimJobs/LimitString", query: claimJobs, vars: map[string]any{"n": "3"}, code: "BAD_USER_INPUT"},
 		{name: "claimJobs/WaitNegative", query: claimJobs, vars: map[string]any{"n": 1, "w": -1}, code: "BAD_USER_INPUT", field: "waitSeconds"},
@@ -151,14 +155,14 @@ func TestJobBatchBadInputIsRefusedAndWritesNothing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			token := f.r.Key
 			if c.user {
-				token = f.tn.user.Token
+				token = f.tn.User.Token
 			}
 			before := jbbSnapshot(t, f.s)
 			logged := len(f.s.Log.String())
 			resp := f.s.Do(t, token, c.query, c.vars)
 			require.Less(t, resp.Status, 500, "response: %s", resp.Raw)
-			badRequireNoLeak(t, resp.Raw)
-			isoRequireNoData(t, resp)
+			apitest.RequireNoLeak(t, resp.Raw)
+			apitest.RequireNoData(t, resp)
 			e := resp.Code(t, c.code)
 			require.NotEmpty(t, e.Message)
 			if c.field != "" {
@@ -179,7 +183,7 @@ func TestJobBatchBadInputIsRefusedAndWritesNothing(t *testing.T) {
 		})
 	}
 	// The fixture still works: the refusals left its leases as they were.
-	require.Len(t, f.r.claimJobs(t, 3, 0), 1, "one slot was free")
+	require.Len(t, jbClaimJobs(t, f.r, 3, 0), 1, "one slot was free")
 }
 
 // The edges of claimJobs' range are accepted: a limit of 100 on a robot
@@ -187,11 +191,11 @@ func TestJobBatchBadInputIsRefusedAndWritesNothing(t *testing.T) {
 // completeJobs takes all 100 back with claimNext 100.
 func TestJobBatchLimitEdgesAreAccepted(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "hundred", jqRobotOpts{Slots: 100})
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "hundred", apitest.RobotOpts{Slots: 100})
 	jbEnqueue(t, tn, 120, func(i int) int { return i % 3 })
-	leases := r.claimJobs(t, db.MaxClaimBatch, 60)
+	leases := jbClaimJobs(t, r, db.MaxClaimBatch, 60)
 	require.Len(t, leases, 100)
 	seen := map[string]bool{}
 	for i, l := range leases {
@@ -202,12 +206,12 @@ func TestJobBatchLimitEdgesAreAccepted(t *testing.T) {
 		}
 	}
 	require.Equal(t, 2, leases[0].Job.Priority)
-	require.Empty(t, r.claimJobs(t, 1, 0), "no slot left")
+	require.Empty(t, jbClaimJobs(t, r, 1, 0), "no slot left")
 	require.Equal(t, 100, jbHeld(t, s, r.ID))
 
 	// completeJobs' edges too: 100 completions and claimNext 100, every
 	// field of both lists selected, within the cost limit.
-	done := jcbDecode(t, r.completeJobs(t, leases, true, db.MaxClaimBatch))
+	done := jcbDecode(t, jcbCompleteJobs(t, r, leases, true, db.MaxClaimBatch))
 	require.Len(t, done.Jobs, 100)
 	require.Len(t, done.NextLeases, 20, "what was left in the queue")
 	require.Equal(t, 20, jbHeld(t, s, r.ID))

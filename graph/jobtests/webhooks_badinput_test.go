@@ -1,4 +1,4 @@
-package graph_test
+package jobtests
 
 import (
 	"strings"
@@ -48,8 +48,8 @@ func TestWebhookBadInput(t *testing.T) {
 		for _, c := range cases {
 			before := whAllRows(t, s)
 			resp := s.Do(t, token, c.query, c.vars)
-			badRequireNoLeak(t, resp.Raw)
-			isoRequireNoData(t, resp)
+			apitest.RequireNoLeak(t, resp.Raw)
+			apitest.RequireNoData(t, resp)
 			e := resp.Code(t, c.code)
 			require.NotEmpty(t, e.Message, c.name)
 			if c.field != "" {
@@ -62,10 +62,10 @@ func TestWebhookBadInput(t *testing.T) {
 	t.Run("Development", func(t *testing.T) {
 		t.Parallel()
 		s := apitest.New(t)
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		ep, _ := whEndpoint(t, tn, "https://hooks.example/ok", "job.completed")
 		vars := func(v map[string]any) map[string]any { v["id"] = ep; return v }
-		run(t, s, tn.user.Token, []bad{
+		run(t, s, tn.User.Token, []bad{
 			{"NotAURL", create, in("not a url"), "BAD_USER_INPUT", "input.url"},
 			{"Empty", create, in(""), "BAD_USER_INPUT", "input.url"},
 			{"OtherScheme", create, in("ftp://hooks.example/x"), "BAD_USER_INPUT", "input.url"},
@@ -93,8 +93,8 @@ func TestWebhookBadInput(t *testing.T) {
 			{"RedeliverNothing", `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { id } }`, map[string]any{"d": uuid.NewString()}, "NOT_FOUND", ""},
 		})
 		// A disabled endpoint is sent no test.
-		tn.do(t, update, vars(map[string]any{"in": map[string]any{"enabled": false}}), nil)
-		run(t, s, tn.user.Token, []bad{
+		tn.Do(t, update, vars(map[string]any{"in": map[string]any{"enabled": false}}), nil)
+		run(t, s, tn.User.Token, []bad{
 			{"TestToDisabled", `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep}, "CONFLICT", ""},
 		})
 	})
@@ -102,20 +102,20 @@ func TestWebhookBadInput(t *testing.T) {
 	t.Run("AtMost50Endpoints", func(t *testing.T) {
 		t.Parallel()
 		s := apitest.New(t)
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		for range 50 {
 			whEndpoint(t, tn, "https://hooks.example/x", "job.completed")
 		}
-		run(t, s, tn.user.Token, []bad{{"The51st", create, in("https://hooks.example/x"), "CONFLICT", ""}})
+		run(t, s, tn.User.Token, []bad{{"The51st", create, in("https://hooks.example/x"), "CONFLICT", ""}})
 		// Another tenant has its own 50.
-		whEndpoint(t, jqNewTenant(t, s), "https://hooks.example/x", "job.completed")
+		whEndpoint(t, apitest.NewTenant(t, s), "https://hooks.example/x", "job.completed")
 	})
 
 	t.Run("Production", func(t *testing.T) {
 		t.Parallel()
 		s := apitest.New(t, apitest.Options{WebhookGuard: true, Webhooks: app.WebhookConfig{}})
-		tn := jqNewTenant(t, s)
-		run(t, s, tn.user.Token, []bad{
+		tn := apitest.NewTenant(t, s)
+		run(t, s, tn.User.Token, []bad{
 			{"PlainHTTP", create, in("http://hooks.example/x"), "BAD_USER_INPUT", "input.url"},
 			{"Loopback", create, in("https://127.0.0.1/x"), "BAD_USER_INPUT", "input.url"},
 			{"Metadata", create, in("https://169.254.169.254/latest"), "BAD_USER_INPUT", "input.url"},

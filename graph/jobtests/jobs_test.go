@@ -1,12 +1,9 @@
-package graph_test
+package jobtests
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"math"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -24,318 +21,12 @@ import (
 // job list. Most tests share one server per top-level test and give each
 // subtest a tenant of its own, so their queues never meet.
 
-// jqGQL speaks GraphQL over HTTP without a testing.T, so goroutines can use
-// it; apitest.Server.Do fails the test, which only the test's goroutine may.
-type jqGQL struct {
-	url string
-	hc  *http.Client
-}
-
-func jqNewGQL(t testing.TB, s *apitest.Server) *jqGQL {
-	tr := &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &jqGQL{url: s.URL + "/graphql", hc: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}
-}
-
-// jqResult is a decoded GraphQL response.
-type jqResult struct {
-	Data   json.RawMessage `json:"data"`
-	Errors []apitest.Error `json:"errors"`
-}
-
-// do posts query as token (a JWT or a raw robot API key).
-func (c *jqGQL) do(ctx context.Context, token, query string, vars map[string]any) (*jqResult, error) {
-	body, err := json.Marshal(map[string]any{"query": query, "variables": vars})
-	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+token)
-	res, err := c.hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer res.Body.Close()
-	var out jqResult
-	if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
-		return nil, fmt.Errorf("decoding a %d response: %w", res.StatusCode, err)
-	}
-	return &out, nil
-}
-
-// ok decodes the data into v, or returns the first GraphQL error.
-func (r *jqResult) ok(v any) error {
-	if len(r.Errors) > 0 {
-		return fmt.Errorf("%s: %s (%v)", r.Errors[0].Code(), r.Errors[0].Message, r.Errors[0].Extensions)
-	}
-	if v == nil {
-		return nil
-	}
-	return json.Unmarshal(r.Data, v)
-}
-
-// jqTenant is a fresh tenant on a shared server: a user and a workflow
-// without assignments.
-type jqTenant struct {
-	s    *apitest.Server
-	gql  *jqGQL
-	user apitest.User
-	wf   string
-}
-
-func jqNewTenant(t testing.TB, s *apitest.Server) *jqTenant {
-	t.Helper()
-	tn := &jqTenant{s: s, gql: jqNewGQL(t, s), user: s.NewUser(t, uuid.New())}
-	tn.wf = tn.workflow(t, "main")
-	return tn
-}
-
-// do runs a query as the tenant's user that must succeed.
-func (tn *jqTenant) do(t testing.TB, query string, vars map[string]any, out any) {
-	t.Helper()
-	tn.s.Do(t, tn.user.Token, query, vars).OK(t, out)
-}
-
-func (tn *jqTenant) workflow(t testing.TB, name string) string {
-	t.Helper()
-	var out struct{ CreateWorkflow struct{ ID string } }
-	tn.do(t, `mutation($n: String!) { createWorkflow(input: {name: $n, definition: {nodes: []}}) { id } }`, map[string]any{"n": name}, &out)
-	return out.CreateWorkflow.ID
-}
-
-// jqRobotOpts are a new robot's optional settings.
-type jqRobotOpts struct {
-	Capabilities []string
-	Slots        int // maxConcurrentJobs; 0 means the default (1)
-}
-
-// jqRobot is a robot and the API key it calls with.
-type jqRobot struct {
-	ID, Key, Name string
-	Slots         int
-	tn            *jqTenant
-}
-
-func (tn *jqTenant) robot(t testing.TB, name string, o jqRobotOpts) *jqRobot {
-	t.Helper()
-	in := map[string]any{"name": name, "capabilities": o.Capabilities}
-	if o.Capabilities == nil {
-		in["capabilities"] = []string{}
-	}
-	if o.Slots > 0 {
-		in["maxConcurrentJobs"] = o.Slots
-	}
-	var robot struct{ CreateRobot struct{ ID string } }
-	tn.do(t, `mutation($in: CreateRobotInput!) { createRobot(input: $in) { id } }`, map[string]any{"in": in}, &robot)
-	var key struct{ CreateApiKey struct{ Key string } }
-	tn.do(t, `mutation($r: ID!) { createApiKey(robotId: $r, name: "agent") { key } }`, map[string]any{"r": robot.CreateRobot.ID}, &key)
-	return &jqRobot{ID: robot.CreateRobot.ID, Key: key.CreateApiKey.Key, Name: name, Slots: max(o.Slots, 1), tn: tn}
-}
-
-// jqJobFields is everything about a job a robot or user can read, but logs.
-const jqJobFields = `id workflowId workflowVersion status priority input result error progress currentNode
-	robotId targetRobotId attempt maxAttempts leaseExpiresAt runAfter requiredCapabilities
-	createdAt claimedAt startedAt finishedAt updatedAt revision`
-
-type jqJob struct {
-	ID                   string
-	WorkflowID           string
-	WorkflowVersion      int
-	Status               string
-	Priority             int
-	Input                map[string]any
-	Result               map[string]any
-	Error                *string
-	Progress             int
-	CurrentNode          *string
-	RobotID              *string
-	TargetRobotID        *string
-	Attempt              int
-	MaxAttempts          int
-	LeaseExpiresAt       *time.Time
-	RunAfter             time.Time
-	RequiredCapabilities []string
-	CreatedAt            time.Time
-	ClaimedAt            *time.Time
-	StartedAt            *time.Time
-	FinishedAt           *time.Time
-	UpdatedAt            time.Time
-	Revision             int
-	Logs                 []jqLog
-}
-
-type jqLog struct {
-	Level   string
-	Message string
-	Fields  map[string]any
-	At      time.Time
-}
-
-// enqueue queues a job of the tenant's workflow, with in's fields on top.
-func (tn *jqTenant) enqueue(t testing.TB, in map[string]any) jqJob {
-	t.Helper()
-	full := map[string]any{"workflowId": tn.wf}
-	for k, v := range in {
-		full[k] = v
-	}
-	var out struct{ EnqueueJob jqJob }
-	tn.do(t, `mutation($in: EnqueueJobInput!) { enqueueJob(input: $in) { `+jqJobFields+` } }`, map[string]any{"in": full}, &out)
-	return out.EnqueueJob
-}
-
-// job reads a job as the tenant's user, with its newest logs.
-func (tn *jqTenant) job(t testing.TB, id string) jqJob {
-	t.Helper()
-	var out struct{ Job *jqJob }
-	tn.do(t, `query($id: ID!) { job(id: $id) { `+jqJobFields+` logs { level message fields at } } }`, map[string]any{"id": id}, &out)
-	require.NotNil(t, out.Job, "job %s is not visible to its tenant's user", id)
-	return *out.Job
-}
-
-// snapshot is everything about a job as raw JSON, to prove a refused call
-// changed nothing (revision and updatedAt included).
-func (tn *jqTenant) snapshot(t testing.TB, id string) string {
-	t.Helper()
-	resp := tn.s.Do(t, tn.user.Token, `query($id: ID!) { job(id: $id) { `+jqJobFields+` logs { level message fields at } } }`, map[string]any{"id": id})
-	resp.OK(t, nil)
-	return string(resp.Data)
-}
-
-// jqLease is what claimJob returns.
-type jqLease struct {
-	LeaseToken     string
-	LeaseExpiresAt time.Time
-	Job            jqJob
-}
-
-const jqClaimQuery = `mutation($w: Int) { claimJob(waitSeconds: $w) { leaseToken leaseExpiresAt job { ` + jqJobFields + ` } } }`
-
-// claim asks for a job, waiting up to wait seconds; nil when none came.
-func (r *jqRobot) claim(t testing.TB, wait int) *jqLease {
-	t.Helper()
-	var out struct{ ClaimJob *jqLease }
-	r.tn.s.Do(t, r.Key, jqClaimQuery, map[string]any{"w": wait}).OK(t, &out)
-	return out.ClaimJob
-}
-
-// jqClaimed is the outcome of a claim made in a goroutine.
-type jqClaimed struct {
-	lease *jqLease
-	err   error
-}
-
-// claimAsync claims in a goroutine; the request ends with the test.
-func (r *jqRobot) claimAsync(t testing.TB, wait int) <-chan jqClaimed {
-	ch := make(chan jqClaimed, 1)
-	ctx := t.Context()
-	go func() {
-		res, err := r.tn.gql.do(ctx, r.Key, jqClaimQuery, map[string]any{"w": wait})
-		if err != nil {
-			ch <- jqClaimed{err: err}
-			return
-		}
-		var out struct{ ClaimJob *jqLease }
-		ch <- jqClaimed{lease: out.ClaimJob, err: res.ok(&out)}
-	}()
-	return ch
-}
-
-// jqReceive waits for a goroutine's claim, failing t after within.
-func jqReceive(t testing.TB, ch <-chan jqClaimed, within time.Duration) *jqLease {
-	t.Helper()
-	select {
-	case c := <-ch:
-		require.NoError(t, c.err)
-		return c.lease
-	case <-time.After(within):
-		require.FailNow(t, "the claim did not return", "waited %s", within)
-		return nil
-	}
-}
-
-// jqOp is a fenced robot call about one job.
-type jqOp struct {
-	name, query string
-}
-
-// jqFencedOps are the robot's calls about a job it holds, with valid arguments.
-var jqFencedOps = []jqOp{
-	{"startJob", `mutation($j: ID!, $l: ID!) { startJob(jobId: $j, leaseToken: $l) { id status } }`},
-	{"reportJobProgress", `mutation($j: ID!, $l: ID!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: 10, currentNode: "n", message: "m") { id status } }`},
-	{"completeJob", `mutation($j: ID!, $l: ID!) { completeJob(jobId: $j, leaseToken: $l, result: {ok: true}) { id status } }`},
-	{"failJob", `mutation($j: ID!, $l: ID!) { failJob(jobId: $j, leaseToken: $l, error: "broke", retryable: true) { id status } }`},
-	{"appendJobLogs", `mutation($j: ID!, $l: ID!) { appendJobLogs(jobId: $j, leaseToken: $l, entries: [{level: INFO, message: "x"}]) }`},
-}
-
-func jqFencedOp(name string) jqOp {
-	for _, op := range jqFencedOps {
-		if op.name == name {
-			return op
-		}
-	}
-	panic("no fenced op " + name)
-}
-
-// call makes a fenced call about jobID under token.
-func (r *jqRobot) call(t testing.TB, op string, jobID, token string) *apitest.Response {
-	t.Helper()
-	return r.tn.s.Do(t, r.Key, jqFencedOp(op).query, map[string]any{"j": jobID, "l": token})
-}
-
-func (r *jqRobot) start(t testing.TB, l *jqLease) {
-	t.Helper()
-	var out struct{ StartJob struct{ Status string } }
-	r.call(t, "startJob", l.Job.ID, l.LeaseToken).OK(t, &out)
-	require.Equal(t, "RUNNING", out.StartJob.Status)
-}
-
-func (r *jqRobot) complete(t testing.TB, l *jqLease, result map[string]any) jqJob {
-	t.Helper()
-	var out struct{ CompleteJob jqJob }
-	r.tn.s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $r: JSON) { completeJob(jobId: $j, leaseToken: $l, result: $r) { `+jqJobFields+` } }`,
-		map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "r": result}).OK(t, &out)
-	return out.CompleteJob
-}
-
-func (r *jqRobot) fail(t testing.TB, l *jqLease, reason string, retryable bool) jqJob {
-	t.Helper()
-	var out struct{ FailJob jqJob }
-	r.tn.s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $e: String!, $r: Boolean) { failJob(jobId: $j, leaseToken: $l, error: $e, retryable: $r) { `+jqJobFields+` } }`,
-		map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "e": reason, "r": retryable}).OK(t, &out)
-	return out.FailJob
-}
-
-func (r *jqRobot) heartbeat(t testing.TB, status string) {
-	t.Helper()
-	r.tn.s.Do(t, r.Key, `mutation($s: RobotStatus!) { heartbeat(input: {status: $s}) { id } }`, map[string]any{"s": status}).OK(t, nil)
-}
-
 // jqRequireRefused asserts a CONFLICT with reason and currentStatus.
 func jqRequireRefused(t testing.TB, resp *apitest.Response, reason, current string) {
 	t.Helper()
 	e := resp.Code(t, "CONFLICT")
 	require.Equal(t, reason, e.Extensions["reason"], "response: %s", resp.Raw)
 	require.Equal(t, current, e.Extensions["currentStatus"], "response: %s", resp.Raw)
-}
-
-// jqEventually polls cond until it holds, failing t after within.
-func jqEventually(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(within)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			require.FailNow(t, "timed out waiting until "+what, "waited %s", within)
-		case <-tick.C:
-		}
-	}
 }
 
 // jqSameTime asserts two instants are equal, whatever their locations.
@@ -352,129 +43,129 @@ func TestJobEligibility(t *testing.T) {
 
 	t.Run("only robots of the job's tenant claim it", func(t *testing.T) {
 		t.Parallel()
-		a, b := jqNewTenant(t, s), jqNewTenant(t, s)
-		job := a.enqueue(t, nil)
-		stranger := b.robot(t, "stranger", jqRobotOpts{})
-		require.Nil(t, stranger.claim(t, 0))
-		own := a.robot(t, "own", jqRobotOpts{})
-		l := own.claim(t, 0)
+		a, b := apitest.NewTenant(t, s), apitest.NewTenant(t, s)
+		job := a.Enqueue(t, nil)
+		stranger := b.CreateRobot(t, "stranger", apitest.RobotOpts{})
+		require.Nil(t, stranger.Claim(t, 0))
+		own := a.CreateRobot(t, "own", apitest.RobotOpts{})
+		l := own.Claim(t, 0)
 		require.NotNil(t, l)
 		require.Equal(t, job.ID, l.Job.ID)
 	})
 
 	t.Run("an assigned workflow's jobs go only to its assigned robots", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		assigned, other := tn.robot(t, "assigned", jqRobotOpts{}), tn.robot(t, "other", jqRobotOpts{})
-		tn.do(t, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r) { robotId } }`, map[string]any{"w": tn.wf, "r": assigned.ID}, nil)
-		job := tn.enqueue(t, nil)
-		require.Nil(t, other.claim(t, 0), "an unassigned robot took an assigned workflow's job")
-		l := assigned.claim(t, 0)
+		tn := apitest.NewTenant(t, s)
+		assigned, other := tn.CreateRobot(t, "assigned", apitest.RobotOpts{}), tn.CreateRobot(t, "other", apitest.RobotOpts{})
+		tn.Do(t, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r) { robotId } }`, map[string]any{"w": tn.Workflow, "r": assigned.ID}, nil)
+		job := tn.Enqueue(t, nil)
+		require.Nil(t, other.Claim(t, 0), "an unassigned robot took an assigned workflow's job")
+		l := assigned.Claim(t, 0)
 		require.NotNil(t, l)
 		require.Equal(t, job.ID, l.Job.ID)
 	})
 
 	t.Run("a job aimed at a robot goes only to that robot, assigned or not", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		assigned, target, other := tn.robot(t, "assigned", jqRobotOpts{}), tn.robot(t, "target", jqRobotOpts{}), tn.robot(t, "other", jqRobotOpts{})
-		tn.do(t, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r) { robotId } }`, map[string]any{"w": tn.wf, "r": assigned.ID}, nil)
-		open := tn.workflow(t, "open") // no assignments
-		onAssigned := tn.enqueue(t, map[string]any{"robotId": target.ID})
-		onOpen := tn.enqueue(t, map[string]any{"workflowId": open, "robotId": target.ID})
+		tn := apitest.NewTenant(t, s)
+		assigned, target, other := tn.CreateRobot(t, "assigned", apitest.RobotOpts{}), tn.CreateRobot(t, "target", apitest.RobotOpts{}), tn.CreateRobot(t, "other", apitest.RobotOpts{})
+		tn.Do(t, `mutation($w: ID!, $r: ID!) { assignWorkflow(workflowId: $w, robotId: $r) { robotId } }`, map[string]any{"w": tn.Workflow, "r": assigned.ID}, nil)
+		open := tn.CreateWorkflow(t, "open") // no assignments
+		onAssigned := tn.Enqueue(t, map[string]any{"robotId": target.ID})
+		onOpen := tn.Enqueue(t, map[string]any{"workflowId": open, "robotId": target.ID})
 		require.Equal(t, target.ID, *onAssigned.TargetRobotID)
-		require.Nil(t, assigned.claim(t, 0), "an assigned robot took a job aimed at another robot")
-		require.Nil(t, other.claim(t, 0), "a robot took a job aimed at another robot")
+		require.Nil(t, assigned.Claim(t, 0), "an assigned robot took a job aimed at another robot")
+		require.Nil(t, other.Claim(t, 0), "a robot took a job aimed at another robot")
 		got := map[string]bool{}
 		for range 2 {
-			l := target.claim(t, 0)
+			l := target.Claim(t, 0)
 			require.NotNil(t, l, "the target robot must claim its jobs, though it is not assigned")
 			got[l.Job.ID] = true
-			target.complete(t, jqStarted(t, target, l), nil)
+			target.Complete(t, jqStarted(t, target, l), nil)
 		}
 		require.Equal(t, map[string]bool{onAssigned.ID: true, onOpen.ID: true}, got)
 	})
 
 	t.Run("every required capability must be held", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		job := tn.enqueue(t, map[string]any{"requiredCapabilities": []string{"excel", "sap"}})
+		tn := apitest.NewTenant(t, s)
+		job := tn.Enqueue(t, map[string]any{"requiredCapabilities": []string{"excel", "sap"}})
 		require.Equal(t, []string{"excel", "sap"}, job.RequiredCapabilities)
-		require.Nil(t, tn.robot(t, "none", jqRobotOpts{}).claim(t, 0))
-		require.Nil(t, tn.robot(t, "excel-only", jqRobotOpts{Capabilities: []string{"excel"}}).claim(t, 0))
-		l := tn.robot(t, "all", jqRobotOpts{Capabilities: []string{"sap", "excel", "ocr"}}).claim(t, 0)
+		require.Nil(t, tn.CreateRobot(t, "none", apitest.RobotOpts{}).Claim(t, 0))
+		require.Nil(t, tn.CreateRobot(t, "excel-only", apitest.RobotOpts{Capabilities: []string{"excel"}}).Claim(t, 0))
+		l := tn.CreateRobot(t, "all", apitest.RobotOpts{Capabilities: []string{"sap", "excel", "ocr"}}).Claim(t, 0)
 		require.NotNil(t, l)
 		require.Equal(t, job.ID, l.Job.ID)
 	})
 
 	t.Run("a robot at its maxConcurrentJobs gets nothing until it finishes one", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "two-slots", jqRobotOpts{Slots: 2})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "two-slots", apitest.RobotOpts{Slots: 2})
 		for range 3 {
-			tn.enqueue(t, nil)
+			tn.Enqueue(t, nil)
 		}
-		first, second := r.claim(t, 0), r.claim(t, 0)
+		first, second := r.Claim(t, 0), r.Claim(t, 0)
 		require.NotNil(t, first)
 		require.NotNil(t, second)
-		require.Nil(t, r.claim(t, 0), "a robot with 2 slots claimed a third job")
-		r.complete(t, jqStarted(t, r, first), nil)
-		third := r.claim(t, 0)
+		require.Nil(t, r.Claim(t, 0), "a robot with 2 slots claimed a third job")
+		r.Complete(t, jqStarted(t, r, first), nil)
+		third := r.Claim(t, 0)
 		require.NotNil(t, third, "finishing a job frees its slot")
-		require.Nil(t, r.claim(t, 0))
-		r.fail(t, second, "gave up", false)
-		require.Nil(t, r.claim(t, 0), "the queue is empty")
+		require.Nil(t, r.Claim(t, 0))
+		r.Fail(t, second, "gave up", false)
+		require.Nil(t, r.Claim(t, 0), "the queue is empty")
 	})
 
 	t.Run("a MAINTENANCE robot gets nothing", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "serviced", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "serviced", apitest.RobotOpts{})
 		// Heartbeat first: a robot that never did is marked OFFLINE by the
 		// sweeper, which would overwrite MAINTENANCE.
-		r.heartbeat(t, "ONLINE")
-		job := tn.enqueue(t, nil)
+		r.Heartbeat(t, "ONLINE")
+		job := tn.Enqueue(t, nil)
 		setStatus := func(status string) {
 			var out struct{ UpdateRobot struct{ Status string } }
-			tn.do(t, `mutation($r: ID!, $s: RobotStatus) { updateRobot(id: $r, input: {status: $s}) { status } }`, map[string]any{"r": r.ID, "s": status}, &out)
+			tn.Do(t, `mutation($r: ID!, $s: RobotStatus) { updateRobot(id: $r, input: {status: $s}) { status } }`, map[string]any{"r": r.ID, "s": status}, &out)
 			require.Equal(t, status, out.UpdateRobot.Status)
 		}
 		setStatus("MAINTENANCE")
-		require.Nil(t, r.claim(t, 0))
-		require.Nil(t, r.claim(t, 1), "a waiting claim of a MAINTENANCE robot must not take the queued job")
-		require.Equal(t, "QUEUED", tn.job(t, job.ID).Status)
+		require.Nil(t, r.Claim(t, 0))
+		require.Nil(t, r.Claim(t, 1), "a waiting claim of a MAINTENANCE robot must not take the queued job")
+		require.Equal(t, "QUEUED", tn.Job(t, job.ID).Status)
 		setStatus("ONLINE")
-		l := r.claim(t, 0)
+		l := r.Claim(t, 0)
 		require.NotNil(t, l)
 		require.Equal(t, job.ID, l.Job.ID)
 	})
 
 	t.Run("higher priority first, then older first", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		priorities := []int{0, 5, 0, 10, 5, -3, 10}
 		ids := make([]string, len(priorities))
 		for i, p := range priorities {
-			ids[i] = tn.enqueue(t, map[string]any{"priority": p}).ID
+			ids[i] = tn.Enqueue(t, map[string]any{"priority": p}).ID
 		}
-		r := tn.robot(t, "worker", jqRobotOpts{Slots: 10})
+		r := tn.CreateRobot(t, "worker", apitest.RobotOpts{Slots: 10})
 		var got []string
 		for range priorities {
-			l := r.claim(t, 0)
+			l := r.Claim(t, 0)
 			require.NotNil(t, l)
 			got = append(got, l.Job.ID)
 		}
-		require.Nil(t, r.claim(t, 0))
+		require.Nil(t, r.Claim(t, 0))
 		want := []string{ids[3], ids[6], ids[1], ids[4], ids[0], ids[2], ids[5]}
 		require.Equal(t, want, got)
 	})
 }
 
 // jqStarted starts a claimed job and returns its lease, for chaining.
-func jqStarted(t testing.TB, r *jqRobot, l *jqLease) *jqLease {
+func jqStarted(t testing.TB, r *apitest.Robot, l *apitest.Lease) *apitest.Lease {
 	t.Helper()
 	require.NotNil(t, l)
-	r.start(t, l)
+	r.Start(t, l)
 	return l
 }
 
@@ -482,28 +173,28 @@ func TestJobRunAtIsHonoured(t *testing.T) {
 	t.Parallel()
 	// Poll fallback on: nothing announces a run-after passing.
 	s := apitest.New(t, apitest.Options{ClaimPoll: 200 * time.Millisecond})
-	tn := jqNewTenant(t, s)
-	r := tn.robot(t, "patient", jqRobotOpts{})
-	job := tn.enqueue(t, map[string]any{"runAt": jqTime(time.Hour)})
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "patient", apitest.RobotOpts{})
+	job := tn.Enqueue(t, map[string]any{"runAt": jqTime(time.Hour)})
 
 	// What one request's authentication costs, and one claim attempt.
 	before := s.Statements.Load()
 	s.Do(t, r.Key, `{ me { role } }`, nil).OK(t, nil)
 	auth := s.Statements.Load() - before
 	before = s.Statements.Load()
-	require.Nil(t, r.claim(t, 0), "a job must not be claimable before its runAt")
+	require.Nil(t, r.Claim(t, 0), "a job must not be claimable before its runAt")
 	attempt := s.Statements.Load() - before - auth
 
 	// Once the claim waits (it tried, counted its free slots, subscribed
 	// and tried again), the run-after passes, announced by nobody.
 	before = s.Statements.Load()
-	claim := r.claimAsync(t, 30)
-	jqEventually(t, 20*time.Second, "the claim to wait", func() bool { return s.Statements.Load()-before >= auth+2*attempt+1 })
+	claim := r.ClaimAsync(t, 30)
+	apitest.Eventually(t, 20*time.Second, "the claim to wait", func() bool { return s.Statements.Load()-before >= auth+2*attempt+1 })
 	require.NoError(t, jqRunAfterNow(t, tn, job.ID))
-	l := jqReceive(t, claim, 40*time.Second)
+	l := apitest.ReceiveClaim(t, claim, 40*time.Second)
 	require.NotNil(t, l, "the polling fallback must hand over the job once its runAt passed")
 	require.Equal(t, job.ID, l.Job.ID)
-	runAfter := tn.job(t, job.ID).RunAfter
+	runAfter := tn.Job(t, job.ID).RunAfter
 	require.False(t, l.Job.ClaimedAt.Before(runAfter), "claimed at %s, before its runAt %s", l.Job.ClaimedAt, runAfter)
 }
 
@@ -517,20 +208,20 @@ func TestJobStateMachine(t *testing.T) {
 		OfflineAfter: time.Hour, HeartbeatSample: time.Minute,
 	}})
 	// claimed enqueues a job in a fresh tenant and claims it with a fresh robot.
-	claimed := func(t *testing.T, in map[string]any) (*jqTenant, *jqRobot, *jqLease) {
-		tn := jqNewTenant(t, s)
-		tn.enqueue(t, in)
-		r := tn.robot(t, "worker", jqRobotOpts{Slots: 5})
-		l := r.claim(t, 0)
+	claimed := func(t *testing.T, in map[string]any) (*apitest.Tenant, *apitest.Robot, *apitest.Lease) {
+		tn := apitest.NewTenant(t, s)
+		tn.Enqueue(t, in)
+		r := tn.CreateRobot(t, "worker", apitest.RobotOpts{Slots: 5})
+		l := r.Claim(t, 0)
 		require.NotNil(t, l)
 		return tn, r, l
 	}
 
 	t.Run("QUEUED, CLAIMED, RUNNING, COMPLETED", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "worker", jqRobotOpts{})
-		queued := tn.enqueue(t, map[string]any{"input": map[string]any{"invoice": 7}})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "worker", apitest.RobotOpts{})
+		queued := tn.Enqueue(t, map[string]any{"input": map[string]any{"invoice": 7}})
 		require.Equal(t, "QUEUED", queued.Status)
 		require.Zero(t, queued.Attempt)
 		require.Equal(t, 3, queued.MaxAttempts)
@@ -538,7 +229,7 @@ func TestJobStateMachine(t *testing.T) {
 		require.Nil(t, queued.LeaseExpiresAt)
 		require.Nil(t, queued.ClaimedAt)
 
-		l := r.claim(t, 0)
+		l := r.Claim(t, 0)
 		require.NotNil(t, l)
 		require.Equal(t, queued.ID, l.Job.ID)
 		require.Equal(t, "CLAIMED", l.Job.Status)
@@ -549,20 +240,20 @@ func TestJobStateMachine(t *testing.T) {
 		jqSameTime(t, l.Job.ClaimedAt.Add(lease), l.LeaseExpiresAt, "a claim leases the job for Lease")
 		jqSameTime(t, l.LeaseExpiresAt, *l.Job.LeaseExpiresAt, "the lease is the job's")
 
-		r.start(t, l)
-		running := tn.job(t, l.Job.ID)
+		r.Start(t, l)
+		running := tn.Job(t, l.Job.ID)
 		require.Equal(t, "RUNNING", running.Status)
 		require.NotNil(t, running.StartedAt)
 		require.Nil(t, running.FinishedAt)
 
-		done := r.complete(t, l, map[string]any{"pages": 3})
+		done := r.Complete(t, l, map[string]any{"pages": 3})
 		require.Equal(t, "COMPLETED", done.Status)
 		require.Equal(t, map[string]any{"pages": float64(3)}, done.Result)
 		require.Equal(t, 100, done.Progress)
 		require.NotNil(t, done.FinishedAt)
 		require.Nil(t, done.LeaseExpiresAt)
 		require.Equal(t, r.ID, *done.RobotID, "a finished job keeps the robot that ran it")
-		require.Nil(t, r.claim(t, 0))
+		require.Nil(t, r.Claim(t, 0))
 	})
 
 	t.Run("illegal transitions are refused and change nothing", func(t *testing.T) {
@@ -570,17 +261,17 @@ func TestJobStateMachine(t *testing.T) {
 		tn, r, l := claimed(t, nil)
 		refused := func(op, current string) {
 			t.Helper()
-			before := tn.snapshot(t, l.Job.ID)
-			resp := r.call(t, op, l.Job.ID, l.LeaseToken)
+			before := tn.Snapshot(t, l.Job.ID)
+			resp := r.Call(t, op, l.Job.ID, l.LeaseToken)
 			jqRequireRefused(t, resp, db.ReasonIllegalTransition, current)
 			require.Contains(t, resp.Errors[0].Message, current)
-			require.Equal(t, before, tn.snapshot(t, l.Job.ID), "a refused %s changed the job", op)
+			require.Equal(t, before, tn.Snapshot(t, l.Job.ID), "a refused %s changed the job", op)
 		}
 		refused("completeJob", "CLAIMED")
 		refused("reportJobProgress", "CLAIMED")
-		r.start(t, l)
+		r.Start(t, l)
 		refused("startJob", "RUNNING")
-		r.complete(t, l, nil)
+		r.Complete(t, l, nil)
 		refused("completeJob", "COMPLETED")
 		refused("startJob", "COMPLETED")
 		refused("reportJobProgress", "COMPLETED")
@@ -591,37 +282,37 @@ func TestJobStateMachine(t *testing.T) {
 	t.Run("a wrong or stale lease token is LEASE_LOST and changes nothing", func(t *testing.T) {
 		t.Parallel()
 		tn, r, l := claimed(t, nil)
-		other := tn.robot(t, "other", jqRobotOpts{})
-		for _, op := range jqFencedOps {
-			before := tn.snapshot(t, l.Job.ID)
-			jqRequireRefused(t, r.call(t, op.name, l.Job.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
+		other := tn.CreateRobot(t, "other", apitest.RobotOpts{})
+		for _, op := range apitest.FencedOps() {
+			before := tn.Snapshot(t, l.Job.ID)
+			jqRequireRefused(t, r.Call(t, op.Name, l.Job.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
 			// Another robot learns nothing of the job, even with its token.
-			other.call(t, op.name, l.Job.ID, l.LeaseToken).Code(t, "NOT_FOUND")
-			require.Equal(t, before, tn.snapshot(t, l.Job.ID), "a refused %s changed the job", op.name)
+			other.Call(t, op.Name, l.Job.ID, l.LeaseToken).Code(t, "NOT_FOUND")
+			require.Equal(t, before, tn.Snapshot(t, l.Job.ID), "a refused %s changed the job", op.Name)
 		}
 		// A token from an earlier claim of the same job is stale.
-		r.fail(t, l, "flaky", true)
+		r.Fail(t, l, "flaky", true)
 		require.NoError(t, jqRunAfterNow(t, tn, l.Job.ID))
-		again := r.claim(t, 0)
+		again := r.Claim(t, 0)
 		require.NotNil(t, again)
 		require.Equal(t, l.Job.ID, again.Job.ID)
-		before := tn.snapshot(t, l.Job.ID)
-		jqRequireRefused(t, r.call(t, "startJob", l.Job.ID, l.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
-		require.Equal(t, before, tn.snapshot(t, l.Job.ID))
-		r.start(t, again)
+		before := tn.Snapshot(t, l.Job.ID)
+		jqRequireRefused(t, r.Call(t, "startJob", l.Job.ID, l.LeaseToken), db.ReasonLeaseLost, "CLAIMED")
+		require.Equal(t, before, tn.Snapshot(t, l.Job.ID))
+		r.Start(t, again)
 	})
 
 	t.Run("an unknown job is NOT_FOUND", func(t *testing.T) {
 		t.Parallel()
 		_, r, l := claimed(t, nil)
-		r.call(t, "startJob", uuid.NewString(), l.LeaseToken).Code(t, "NOT_FOUND")
+		r.Call(t, "startJob", uuid.NewString(), l.LeaseToken).Code(t, "NOT_FOUND")
 	})
 
 	t.Run("a retryable failure requeues after a doubling backoff until attempts run out", func(t *testing.T) {
 		t.Parallel()
 		tn, r, l := claimed(t, nil)
-		r.start(t, l)
-		queued := r.fail(t, l, "portal down", true)
+		r.Start(t, l)
+		queued := r.Fail(t, l, "portal down", true)
 		require.Equal(t, "QUEUED", queued.Status)
 		require.Nil(t, queued.RobotID, "a requeued job belongs to no robot")
 		require.Nil(t, queued.LeaseExpiresAt)
@@ -629,41 +320,41 @@ func TestJobStateMachine(t *testing.T) {
 		require.Equal(t, "portal down", *queued.Error)
 		require.Equal(t, 1, queued.Attempt)
 		require.Equal(t, backoff, queued.RunAfter.Sub(queued.UpdatedAt), "first retry waits RetryBackoff")
-		require.Nil(t, r.claim(t, 0), "a job in its backoff must not be claimable")
+		require.Nil(t, r.Claim(t, 0), "a job in its backoff must not be claimable")
 
 		require.NoError(t, jqRunAfterNow(t, tn, l.Job.ID)) // the backoff passes
-		l2 := r.claim(t, 0)
+		l2 := r.Claim(t, 0)
 		require.NotNil(t, l2)
 		require.Equal(t, 2, l2.Job.Attempt)
 		require.Nil(t, l2.Job.Error, "a claim clears the previous attempt's error")
-		queued = r.fail(t, l2, "portal down again", true) // from CLAIMED, too
+		queued = r.Fail(t, l2, "portal down again", true) // from CLAIMED, too
 		require.Equal(t, "QUEUED", queued.Status)
 		require.Equal(t, maxBackoff, queued.RunAfter.Sub(queued.UpdatedAt), "the doubled backoff is capped at MaxRetryBackoff")
 
 		require.NoError(t, jqRunAfterNow(t, tn, l.Job.ID))
-		l3 := r.claim(t, 0)
+		l3 := r.Claim(t, 0)
 		require.NotNil(t, l3)
 		require.Equal(t, 3, l3.Job.Attempt)
-		r.start(t, l3)
-		failed := r.fail(t, l3, "still down", true)
+		r.Start(t, l3)
+		failed := r.Fail(t, l3, "still down", true)
 		require.Equal(t, "FAILED", failed.Status, "no attempts left")
 		require.Equal(t, "still down", *failed.Error)
 		require.NotNil(t, failed.FinishedAt)
 		require.Nil(t, failed.LeaseExpiresAt)
 		require.Equal(t, r.ID, *failed.RobotID)
-		require.Nil(t, r.claim(t, 0))
+		require.Nil(t, r.Claim(t, 0))
 	})
 
 	t.Run("a non-retryable failure is final", func(t *testing.T) {
 		t.Parallel()
 		tn, r, l := claimed(t, map[string]any{"maxAttempts": 5})
-		r.start(t, l)
-		failed := r.fail(t, l, "invalid invoice", false)
+		r.Start(t, l)
+		failed := r.Fail(t, l, "invalid invoice", false)
 		require.Equal(t, "FAILED", failed.Status)
 		require.Equal(t, 1, failed.Attempt)
 		require.NotNil(t, failed.FinishedAt)
-		require.Equal(t, "invalid invoice", *tn.job(t, l.Job.ID).Error)
-		require.Nil(t, r.claim(t, 0))
+		require.Equal(t, "invalid invoice", *tn.Job(t, l.Job.ID).Error)
+		require.Nil(t, r.Claim(t, 0))
 	})
 
 	t.Run("cancelling a held job refuses the holder's next call with JOB_CANCELLED", func(t *testing.T) {
@@ -671,57 +362,57 @@ func TestJobStateMachine(t *testing.T) {
 		for _, running := range []bool{false, true} {
 			tn, r, l := claimed(t, nil)
 			if running {
-				r.start(t, l)
+				r.Start(t, l)
 			}
-			var out struct{ CancelJob jqJob }
-			tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { `+jqJobFields+` } }`, map[string]any{"id": l.Job.ID}, &out)
+			var out struct{ CancelJob apitest.Job }
+			tn.Do(t, `mutation($id: ID!) { cancelJob(id: $id) { `+apitest.JobFields+` } }`, map[string]any{"id": l.Job.ID}, &out)
 			require.Equal(t, "CANCELLED", out.CancelJob.Status)
 			require.NotNil(t, out.CancelJob.FinishedAt)
-			for _, op := range jqFencedOps {
-				before := tn.snapshot(t, l.Job.ID)
-				jqRequireRefused(t, r.call(t, op.name, l.Job.ID, l.LeaseToken), db.ReasonJobCancelled, "CANCELLED")
-				require.Equal(t, before, tn.snapshot(t, l.Job.ID), "a refused %s changed the job", op.name)
+			for _, op := range apitest.FencedOps() {
+				before := tn.Snapshot(t, l.Job.ID)
+				jqRequireRefused(t, r.Call(t, op.Name, l.Job.ID, l.LeaseToken), db.ReasonJobCancelled, "CANCELLED")
+				require.Equal(t, before, tn.Snapshot(t, l.Job.ID), "a refused %s changed the job", op.Name)
 			}
-			require.Nil(t, r.claim(t, 0), "a cancelled job is not queued")
+			require.Nil(t, r.Claim(t, 0), "a cancelled job is not queued")
 		}
 	})
 
 	t.Run("cancelling a queued job; a finished job cannot be cancelled", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		job := tn.enqueue(t, nil)
+		tn := apitest.NewTenant(t, s)
+		job := tn.Enqueue(t, nil)
 		cancel := func(id string) *apitest.Response {
-			return s.Do(t, tn.user.Token, `mutation($id: ID!) { cancelJob(id: $id) { status } }`, map[string]any{"id": id})
+			return s.Do(t, tn.User.Token, `mutation($id: ID!) { cancelJob(id: $id) { status } }`, map[string]any{"id": id})
 		}
 		var out struct{ CancelJob struct{ Status string } }
 		cancel(job.ID).OK(t, &out)
 		require.Equal(t, "CANCELLED", out.CancelJob.Status)
-		require.Nil(t, tn.robot(t, "idle", jqRobotOpts{}).claim(t, 0))
+		require.Nil(t, tn.CreateRobot(t, "idle", apitest.RobotOpts{}).Claim(t, 0))
 		jqRequireRefused(t, cancel(job.ID), db.ReasonIllegalTransition, "CANCELLED")
 
 		_, r, l := claimed(t, nil)
-		r.start(t, l)
-		r.complete(t, l, nil)
-		before := r.tn.snapshot(t, l.Job.ID)
-		resp := s.Do(t, r.tn.user.Token, `mutation($id: ID!) { cancelJob(id: $id) { status } }`, map[string]any{"id": l.Job.ID})
+		r.Start(t, l)
+		r.Complete(t, l, nil)
+		before := r.Tenant.Snapshot(t, l.Job.ID)
+		resp := s.Do(t, r.Tenant.User.Token, `mutation($id: ID!) { cancelJob(id: $id) { status } }`, map[string]any{"id": l.Job.ID})
 		jqRequireRefused(t, resp, db.ReasonIllegalTransition, "COMPLETED")
-		require.Equal(t, before, r.tn.snapshot(t, l.Job.ID))
+		require.Equal(t, before, r.Tenant.Snapshot(t, l.Job.ID))
 	})
 
 	t.Run("retry queues a FAILED or CANCELLED job afresh; a QUEUED one cannot be retried", func(t *testing.T) {
 		t.Parallel()
-		retry := func(tn *jqTenant, id string) *apitest.Response {
-			return s.Do(t, tn.user.Token, `mutation($id: ID!) { retryJob(id: $id) { `+jqJobFields+` } }`, map[string]any{"id": id})
+		retry := func(tn *apitest.Tenant, id string) *apitest.Response {
+			return s.Do(t, tn.User.Token, `mutation($id: ID!) { retryJob(id: $id) { `+apitest.JobFields+` } }`, map[string]any{"id": id})
 		}
 		for _, end := range []string{"FAILED", "CANCELLED"} {
 			tn, r, l := claimed(t, nil)
-			r.start(t, l)
+			r.Start(t, l)
 			if end == "FAILED" {
-				r.fail(t, l, "broken", false)
+				r.Fail(t, l, "broken", false)
 			} else {
-				tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": l.Job.ID}, nil)
+				tn.Do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": l.Job.ID}, nil)
 			}
-			var out struct{ RetryJob jqJob }
+			var out struct{ RetryJob apitest.Job }
 			retry(tn, l.Job.ID).OK(t, &out)
 			j := out.RetryJob
 			require.Equal(t, "QUEUED", j.Status)
@@ -730,38 +421,38 @@ func TestJobStateMachine(t *testing.T) {
 			require.Nil(t, j.RobotID)
 			require.Nil(t, j.FinishedAt)
 			require.Zero(t, j.Progress)
-			jqRequireRefused(t, r.call(t, "completeJob", l.Job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
-			again := r.claim(t, 0)
+			jqRequireRefused(t, r.Call(t, "completeJob", l.Job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+			again := r.Claim(t, 0)
 			require.NotNil(t, again, "a retried %s job is claimable", end)
 			require.Equal(t, 1, again.Job.Attempt)
 		}
-		tn := jqNewTenant(t, s)
-		job := tn.enqueue(t, nil)
+		tn := apitest.NewTenant(t, s)
+		job := tn.Enqueue(t, nil)
 		jqRequireRefused(t, retry(tn, job.ID), db.ReasonIllegalTransition, "QUEUED")
 	})
 
 	t.Run("progress is recorded, logged and extends the lease", func(t *testing.T) {
 		t.Parallel()
 		tn, r, l := claimed(t, nil)
-		r.start(t, l)
-		var out struct{ ReportJobProgress jqJob }
-		s.Do(t, r.Key, `mutation($j: ID!, $l: ID!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: 40, currentNode: "extract", message: "page 2 of 5") { `+jqJobFields+` } }`,
+		r.Start(t, l)
+		var out struct{ ReportJobProgress apitest.Job }
+		s.Do(t, r.Key, `mutation($j: ID!, $l: ID!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: 40, currentNode: "extract", message: "page 2 of 5") { `+apitest.JobFields+` } }`,
 			map[string]any{"j": l.Job.ID, "l": l.LeaseToken}).OK(t, &out)
 		p := out.ReportJobProgress
 		require.Equal(t, 40, p.Progress)
 		require.Equal(t, "extract", *p.CurrentNode)
 		jqSameTime(t, p.UpdatedAt.Add(lease), *p.LeaseExpiresAt, "progress leases the job for Lease from now")
 		require.True(t, p.LeaseExpiresAt.After(l.LeaseExpiresAt), "progress must extend the lease")
-		j := tn.job(t, l.Job.ID)
+		j := tn.Job(t, l.Job.ID)
 		require.Len(t, j.Logs, 1)
 		require.Equal(t, "INFO", j.Logs[0].Level)
 		require.Equal(t, "page 2 of 5", j.Logs[0].Message)
 		require.Equal(t, map[string]any{"progress": float64(40)}, j.Logs[0].Fields)
 		for _, bad := range []int{-1, 101} {
-			before := tn.snapshot(t, l.Job.ID)
+			before := tn.Snapshot(t, l.Job.ID)
 			s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $p: Int!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: $p) { id } }`,
 				map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "p": bad}).Code(t, "BAD_USER_INPUT")
-			require.Equal(t, before, tn.snapshot(t, l.Job.ID))
+			require.Equal(t, before, tn.Snapshot(t, l.Job.ID))
 		}
 	})
 
@@ -779,10 +470,10 @@ func TestJobStateMachine(t *testing.T) {
 			},
 		}).OK(t, &out)
 		require.Equal(t, 3, out.AppendJobLogs)
-		r.start(t, l) // RUNNING jobs take logs too
-		s.Do(t, r.Key, jqFencedOp("appendJobLogs").query, map[string]any{"j": l.Job.ID, "l": l.LeaseToken}).OK(t, nil)
+		r.Start(t, l) // RUNNING jobs take logs too
+		s.Do(t, r.Key, apitest.FencedOpNamed("appendJobLogs").Query, map[string]any{"j": l.Job.ID, "l": l.LeaseToken}).OK(t, nil)
 
-		logs := tn.job(t, l.Job.ID).Logs
+		logs := tn.Job(t, l.Job.ID).Logs
 		var got []string
 		for _, lg := range logs {
 			got = append(got, lg.Level+" "+lg.Message)
@@ -792,20 +483,22 @@ func TestJobStateMachine(t *testing.T) {
 		require.True(t, at.Equal(logs[3].At), "a line keeps the time the robot logged it: %s", logs[3].At)
 		require.Equal(t, map[string]any{}, logs[2].Fields)
 
-		var first struct{ Job struct{ Logs []jqLog } }
-		tn.do(t, `query($id: ID!) { job(id: $id) { logs(first: 2) { level message } } }`, map[string]any{"id": l.Job.ID}, &first)
+		var first struct {
+			Job struct{ Logs []apitest.JobLog }
+		}
+		tn.Do(t, `query($id: ID!) { job(id: $id) { logs(first: 2) { level message } } }`, map[string]any{"id": l.Job.ID}, &first)
 		require.Len(t, first.Job.Logs, 2)
 		require.Equal(t, "x", first.Job.Logs[0].Message)
 	})
 
 	t.Run("enqueueJobs queues a batch", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		var out struct{ EnqueueJobs []jqJob }
-		tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { `+jqJobFields+` } }`, map[string]any{"in": []map[string]any{
-			{"workflowId": tn.wf, "input": map[string]any{"n": 1}},
-			{"workflowId": tn.wf, "input": map[string]any{"n": 2}, "priority": 7},
-			{"workflowId": tn.wf, "input": map[string]any{"n": 3}, "maxAttempts": 1},
+		tn := apitest.NewTenant(t, s)
+		var out struct{ EnqueueJobs []apitest.Job }
+		tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { `+apitest.JobFields+` } }`, map[string]any{"in": []map[string]any{
+			{"workflowId": tn.Workflow, "input": map[string]any{"n": 1}},
+			{"workflowId": tn.Workflow, "input": map[string]any{"n": 2}, "priority": 7},
+			{"workflowId": tn.Workflow, "input": map[string]any{"n": 3}, "maxAttempts": 1},
 		}}, &out)
 		require.Len(t, out.EnqueueJobs, 3)
 		ids := map[string]bool{}
@@ -818,25 +511,25 @@ func TestJobStateMachine(t *testing.T) {
 		require.Equal(t, 7, out.EnqueueJobs[1].Priority)
 		require.Equal(t, 1, out.EnqueueJobs[2].MaxAttempts)
 		var list struct{ Jobs struct{ TotalCount int } }
-		tn.do(t, `{ jobs(filter: {status: QUEUED}) { totalCount } }`, nil, &list)
+		tn.Do(t, `{ jobs(filter: {status: QUEUED}) { totalCount } }`, nil, &list)
 		require.Equal(t, 3, list.Jobs.TotalCount)
 	})
 
 	t.Run("a job pinned to an older version keeps it", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
+		tn := apitest.NewTenant(t, s)
 		var v struct{ PublishWorkflowVersion struct{ Version int } }
-		tn.do(t, `mutation($w: ID!) { publishWorkflowVersion(workflowId: $w, definition: {nodes: [{id: "a"}]}) { version } }`, map[string]any{"w": tn.wf}, &v)
+		tn.Do(t, `mutation($w: ID!) { publishWorkflowVersion(workflowId: $w, definition: {nodes: [{id: "a"}]}) { version } }`, map[string]any{"w": tn.Workflow}, &v)
 		require.Equal(t, 2, v.PublishWorkflowVersion.Version)
-		pinned := tn.enqueue(t, map[string]any{"version": 1})
-		current := tn.enqueue(t, nil)
+		pinned := tn.Enqueue(t, map[string]any{"version": 1})
+		current := tn.Enqueue(t, nil)
 		require.Equal(t, 1, pinned.WorkflowVersion)
 		require.Equal(t, 2, current.WorkflowVersion)
-		s.Do(t, tn.user.Token, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w, version: 3}) { id } }`, map[string]any{"w": tn.wf}).Code(t, "BAD_USER_INPUT")
-		r := tn.robot(t, "worker", jqRobotOpts{Slots: 2})
+		s.Do(t, tn.User.Token, `mutation($w: ID!) { enqueueJob(input: {workflowId: $w, version: 3}) { id } }`, map[string]any{"w": tn.Workflow}).Code(t, "BAD_USER_INPUT")
+		r := tn.CreateRobot(t, "worker", apitest.RobotOpts{Slots: 2})
 		got := map[string]int{}
 		for range 2 {
-			l := r.claim(t, 0)
+			l := r.Claim(t, 0)
 			require.NotNil(t, l)
 			got[l.Job.ID] = l.Job.WorkflowVersion
 		}
@@ -845,18 +538,10 @@ func TestJobStateMachine(t *testing.T) {
 }
 
 // jqRunAfterNow makes a job's backoff pass at once, as if time went by.
-func jqRunAfterNow(t testing.TB, tn *jqTenant, id string) error {
-	_, err := tn.s.DB.NewRaw("UPDATE jobs SET run_after = now() WHERE id = ?", id).Exec(t.Context())
+func jqRunAfterNow(t testing.TB, tn *apitest.Tenant, id string) error {
+	_, err := tn.Server.DB.NewRaw("UPDATE jobs SET run_after = now() WHERE id = ?", id).Exec(t.Context())
 	return err
 }
-
-// jqLongLeases is a queue whose leases never run out by themselves during a
-// test (an hour, heartbeats extending them for a day), whose robots never go silent by the clock, and whose
-// rescued jobs are claimable at once. Tests make time pass for a job with
-// jqAge or jqExpire, so a busy machine can neither expire a lease early nor
-// keep one alive late.
-var jqLongLeases = db.QueueConfig{Lease: time.Hour, ProgressTimeout: 24 * time.Hour, RetryBackoff: 0, MaxRetryBackoff: 0,
-	OfflineAfter: 24 * time.Hour, HeartbeatSample: time.Minute}
 
 // jqAge makes d pass for a job, as far as the queue can tell: every instant
 // that decides when its lease runs out moves d into the past.
@@ -882,22 +567,22 @@ func jqExpire(t testing.TB, s *apitest.Server, id string) {
 
 func TestJobRescue(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
 
 	t.Run("a silent robot's job goes to a waiting robot and its late calls are refused", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		silent, waiting := tn.robot(t, "silent", jqRobotOpts{}), tn.robot(t, "waiting", jqRobotOpts{})
-		job := tn.enqueue(t, nil)
-		held := silent.claim(t, 0)
+		tn := apitest.NewTenant(t, s)
+		silent, waiting := tn.CreateRobot(t, "silent", apitest.RobotOpts{}), tn.CreateRobot(t, "waiting", apitest.RobotOpts{})
+		job := tn.Enqueue(t, nil)
+		held := silent.Claim(t, 0)
 		require.NotNil(t, held)
-		silent.start(t, held)
+		silent.Start(t, held)
 
 		// The claim polls only hourly: the rescue's NOTIFY must wake it (or
 		// the rescue comes first and the claim's first attempt finds the job).
-		claim := waiting.claimAsync(t, 30)
+		claim := waiting.ClaimAsync(t, 30)
 		jqExpire(t, s, job.ID)
-		l := jqReceive(t, claim, 40*time.Second)
+		l := apitest.ReceiveClaim(t, claim, 40*time.Second)
 		require.NotNil(t, l, "the waiting robot must get the rescued job")
 		require.Equal(t, job.ID, l.Job.ID)
 		require.Equal(t, 2, l.Job.Attempt)
@@ -906,13 +591,13 @@ func TestJobRescue(t *testing.T) {
 
 		// The job is the waiting robot's now: its old holder cannot read it,
 		// so its late calls find nothing.
-		for _, op := range jqFencedOps {
-			before := tn.snapshot(t, job.ID)
-			silent.call(t, op.name, job.ID, held.LeaseToken).Code(t, "NOT_FOUND")
-			require.Equal(t, before, tn.snapshot(t, job.ID), "the old holder's %s changed the job", op.name)
+		for _, op := range apitest.FencedOps() {
+			before := tn.Snapshot(t, job.ID)
+			silent.Call(t, op.Name, job.ID, held.LeaseToken).Code(t, "NOT_FOUND")
+			require.Equal(t, before, tn.Snapshot(t, job.ID), "the old holder's %s changed the job", op.Name)
 		}
-		waiting.start(t, l)
-		done := waiting.complete(t, l, map[string]any{"by": "waiting"})
+		waiting.Start(t, l)
+		done := waiting.Complete(t, l, map[string]any{"by": "waiting"})
 		require.Equal(t, "COMPLETED", done.Status)
 		require.Equal(t, waiting.ID, *done.RobotID)
 		require.Equal(t, 2, done.Attempt)
@@ -920,25 +605,25 @@ func TestJobRescue(t *testing.T) {
 
 	t.Run("rescues that use up the attempts fail the job with the reason", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "flaky", jqRobotOpts{})
-		job := tn.enqueue(t, map[string]any{"maxAttempts": 2})
-		first := r.claim(t, 0)
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "flaky", apitest.RobotOpts{})
+		job := tn.Enqueue(t, map[string]any{"maxAttempts": 2})
+		first := r.Claim(t, 0)
 		require.NotNil(t, first)
 		// The robot goes silent; once its job is rescued it asks again and
 		// gets the job back.
 		jqExpire(t, s, job.ID)
-		jqEventually(t, 20*time.Second, "the first lease is rescued", func() bool { return tn.job(t, job.ID).Status == "QUEUED" })
-		second := r.claim(t, 0)
+		apitest.Eventually(t, 20*time.Second, "the first lease is rescued", func() bool { return tn.Job(t, job.ID).Status == "QUEUED" })
+		second := r.Claim(t, 0)
 		require.NotNil(t, second)
 		require.Equal(t, job.ID, second.Job.ID)
 		require.Equal(t, 2, second.Job.Attempt)
-		r.start(t, second)
+		r.Start(t, second)
 
 		jqExpire(t, s, job.ID)
-		var failed jqJob
-		jqEventually(t, 20*time.Second, "the second lease is rescued and the job fails", func() bool {
-			failed = tn.job(t, job.ID)
+		var failed apitest.Job
+		apitest.Eventually(t, 20*time.Second, "the second lease is rescued and the job fails", func() bool {
+			failed = tn.Job(t, job.ID)
 			return failed.Status != "RUNNING"
 		})
 		require.Equal(t, "FAILED", failed.Status)
@@ -947,8 +632,8 @@ func TestJobRescue(t *testing.T) {
 		require.NotNil(t, failed.FinishedAt)
 		require.Nil(t, failed.LeaseExpiresAt)
 		require.Equal(t, 2, failed.Attempt)
-		jqRequireRefused(t, r.call(t, "completeJob", job.ID, second.LeaseToken), db.ReasonLeaseLost, "FAILED")
-		require.Nil(t, r.claim(t, 0))
+		jqRequireRefused(t, r.Call(t, "completeJob", job.ID, second.LeaseToken), db.ReasonLeaseLost, "FAILED")
+		require.Nil(t, r.Claim(t, 0))
 	})
 }
 
@@ -958,13 +643,13 @@ func TestJobRescue(t *testing.T) {
 // taken back from its lease) is explained with currentStatus.
 func TestJobFencedCallsAnswerAsJobDoes(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
-	tn := jqNewTenant(t, s)
-	a, b := tn.robot(t, "a", jqRobotOpts{}), tn.robot(t, "b", jqRobotOpts{Slots: 10})
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
+	tn := apitest.NewTenant(t, s)
+	a, b := tn.CreateRobot(t, "a", apitest.RobotOpts{}), tn.CreateRobot(t, "b", apitest.RobotOpts{Slots: 10})
 	// readable reports whether robot r can read the job through job(id).
-	readable := func(r *jqRobot, id string) bool {
+	readable := func(r *apitest.Robot, id string) bool {
 		var out struct{ Job *struct{ ID string } }
-		r.tn.s.Do(t, r.Key, `query($id: ID!) { job(id: $id) { id } }`, map[string]any{"id": id}).OK(t, &out)
+		r.Tenant.Server.Do(t, r.Key, `query($id: ID!) { job(id: $id) { id } }`, map[string]any{"id": id}).OK(t, &out)
 		return out.Job != nil
 	}
 	// notFound asserts that every fenced call of a about id is NOT_FOUND,
@@ -972,36 +657,36 @@ func TestJobFencedCallsAnswerAsJobDoes(t *testing.T) {
 	notFound := func(t *testing.T, id, token, state string) {
 		t.Helper()
 		require.False(t, readable(a, id), "robot a reads a %s job it never held", state)
-		for _, op := range jqFencedOps {
-			before := tn.snapshot(t, id)
-			resp := a.call(t, op.name, id, token)
+		for _, op := range apitest.FencedOps() {
+			before := tn.Snapshot(t, id)
+			resp := a.Call(t, op.Name, id, token)
 			e := resp.Code(t, "NOT_FOUND")
-			require.NotContains(t, e.Extensions, "currentStatus", "%s of a %s job: %s", op.name, state, resp.Raw)
-			require.NotContains(t, string(resp.Raw), state, "%s of a %s job names its state", op.name, state)
-			require.Equal(t, before, tn.snapshot(t, id), "robot a's %s changed a %s job", op.name, state)
+			require.NotContains(t, e.Extensions, "currentStatus", "%s of a %s job: %s", op.Name, state, resp.Raw)
+			require.NotContains(t, string(resp.Raw), state, "%s of a %s job names its state", op.Name, state)
+			require.Equal(t, before, tn.Snapshot(t, id), "robot a's %s changed a %s job", op.Name, state)
 		}
 	}
-	bClaims := func(want string) *jqLease {
+	bClaims := func(want string) *apitest.Lease {
 		t.Helper()
-		l := b.claim(t, 0)
+		l := b.Claim(t, 0)
 		require.NotNil(t, l)
 		require.Equal(t, want, l.Job.ID)
 		return l
 	}
 
-	queued := tn.enqueue(t, nil)
+	queued := tn.Enqueue(t, nil)
 	notFound(t, queued.ID, uuid.NewString(), "QUEUED")
 
 	claimed := bClaims(queued.ID)
-	running := jqStarted(t, b, bClaims(tn.enqueue(t, nil).ID))
-	done := jqStarted(t, b, bClaims(tn.enqueue(t, nil).ID))
-	b.complete(t, done, map[string]any{"secret": true})
-	failed := jqStarted(t, b, bClaims(tn.enqueue(t, map[string]any{"maxAttempts": 1}).ID))
-	b.fail(t, failed, "broke", false)
-	cancelled := bClaims(tn.enqueue(t, nil).ID)
-	tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": cancelled.Job.ID}, nil)
+	running := jqStarted(t, b, bClaims(tn.Enqueue(t, nil).ID))
+	done := jqStarted(t, b, bClaims(tn.Enqueue(t, nil).ID))
+	b.Complete(t, done, map[string]any{"secret": true})
+	failed := jqStarted(t, b, bClaims(tn.Enqueue(t, map[string]any{"maxAttempts": 1}).ID))
+	b.Fail(t, failed, "broke", false)
+	cancelled := bClaims(tn.Enqueue(t, nil).ID)
+	tn.Do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": cancelled.Job.ID}, nil)
 	for _, c := range []struct {
-		l     *jqLease
+		l     *apitest.Lease
 		state string
 	}{{claimed, "CLAIMED"}, {running, "RUNNING"}, {done, "COMPLETED"}, {failed, "FAILED"}, {cancelled, "CANCELLED"}} {
 		// With a made-up token, and with the holder's own.
@@ -1010,14 +695,14 @@ func TestJobFencedCallsAnswerAsJobDoes(t *testing.T) {
 	}
 
 	// A's own job, taken back from its lease, is explained to a...
-	mine := tn.enqueue(t, map[string]any{"priority": 5})
-	lost := a.claim(t, 0)
+	mine := tn.Enqueue(t, map[string]any{"priority": 5})
+	lost := a.Claim(t, 0)
 	require.NotNil(t, lost)
 	require.Equal(t, mine.ID, lost.Job.ID)
-	jqRequireRefused(t, a.call(t, "completeJob", mine.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
+	jqRequireRefused(t, a.Call(t, "completeJob", mine.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
 	jqExpire(t, s, mine.ID)
-	jqEventually(t, 20*time.Second, "a's lease is rescued", func() bool { return tn.job(t, mine.ID).Status == "QUEUED" })
-	jqRequireRefused(t, a.call(t, "startJob", mine.ID, lost.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+	apitest.Eventually(t, 20*time.Second, "a's lease is rescued", func() bool { return tn.Job(t, mine.ID).Status == "QUEUED" })
+	jqRequireRefused(t, a.Call(t, "startJob", mine.ID, lost.LeaseToken), db.ReasonLeaseLost, "QUEUED")
 	// ...until another robot takes it: then it is that robot's business.
 	bClaims(mine.ID)
 	notFound(t, mine.ID, lost.LeaseToken, "CLAIMED")
@@ -1029,78 +714,78 @@ func TestJobFencedCallsAnswerAsJobDoes(t *testing.T) {
 // attempt); and the schema says so.
 func TestDeletingARobotLetsGoOfItsJobs(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases, Introspection: true})
-	tn := jqNewTenant(t, s)
-	doomed, peer := tn.robot(t, "doomed", jqRobotOpts{Slots: 4}), tn.robot(t, "peer", jqRobotOpts{})
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue(), Introspection: true})
+	tn := apitest.NewTenant(t, s)
+	doomed, peer := tn.CreateRobot(t, "doomed", apitest.RobotOpts{Slots: 4}), tn.CreateRobot(t, "peer", apitest.RobotOpts{})
 	// A finished job aimed at the doomed robot, which no retry may give
 	// to another robot once it is gone.
-	aimedFailed := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "maxAttempts": 1})
-	l := doomed.claim(t, 0)
+	aimedFailed := tn.Enqueue(t, map[string]any{"robotId": doomed.ID, "maxAttempts": 1})
+	l := doomed.Claim(t, 0)
 	require.Equal(t, aimedFailed.ID, l.Job.ID)
-	doomed.start(t, l)
-	require.Equal(t, "FAILED", doomed.fail(t, l, "broke", false).Status)
+	doomed.Start(t, l)
+	require.Equal(t, "FAILED", doomed.Fail(t, l, "broke", false).Status)
 	// Claimed in priority order by the doomed robot.
-	aimed := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 4})
-	aimedLast := tn.enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 3, "maxAttempts": 1})
-	free := tn.enqueue(t, map[string]any{"priority": 2})
-	freeLast := tn.enqueue(t, map[string]any{"priority": 1, "maxAttempts": 1})
+	aimed := tn.Enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 4})
+	aimedLast := tn.Enqueue(t, map[string]any{"robotId": doomed.ID, "priority": 3, "maxAttempts": 1})
+	free := tn.Enqueue(t, map[string]any{"priority": 2})
+	freeLast := tn.Enqueue(t, map[string]any{"priority": 1, "maxAttempts": 1})
 	for _, want := range []string{aimed.ID, aimedLast.ID, free.ID, freeLast.ID} {
-		l := doomed.claim(t, 0)
+		l := doomed.Claim(t, 0)
 		require.NotNil(t, l)
 		require.Equal(t, want, l.Job.ID)
 		if want == aimed.ID || want == free.ID {
-			doomed.start(t, l)
+			doomed.Start(t, l)
 		}
 	}
-	aimedQueued := tn.enqueue(t, map[string]any{"robotId": doomed.ID})
+	aimedQueued := tn.Enqueue(t, map[string]any{"robotId": doomed.ID})
 	// More jobs queued for it than one batch of cancellations takes.
 	for range 2 {
 		var in []map[string]any
 		for range 600 {
-			in = append(in, map[string]any{"workflowId": tn.wf, "robotId": doomed.ID})
+			in = append(in, map[string]any{"workflowId": tn.Workflow, "robotId": doomed.ID})
 		}
-		tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
+		tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
 	}
 
-	tn.do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
+	tn.Do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
 	var live int
 	require.NoError(t, s.DB.QueryRowContext(t.Context(), `SELECT count(*) FROM jobs WHERE target_robot_id = ? AND status <> 'CANCELLED' AND status <> 'FAILED'`, doomed.ID).Scan(&live))
 	require.Zero(t, live, "jobs aimed at the deleted robot are left")
 
 	for _, id := range []string{aimed.ID, aimedLast.ID, aimedQueued.ID} {
-		j := tn.job(t, id)
+		j := tn.Job(t, id)
 		require.Equal(t, "CANCELLED", j.Status, "a job aimed at the deleted robot")
 		require.Equal(t, "its target robot was deleted: no other robot may run it", *j.Error)
 		require.NotNil(t, j.FinishedAt)
 		require.Nil(t, j.LeaseExpiresAt)
 	}
-	j := tn.job(t, free.ID)
+	j := tn.Job(t, free.ID)
 	require.Equal(t, "QUEUED", j.Status, "a job any robot may run goes back to the queue")
 	require.Nil(t, j.RobotID)
 	require.Nil(t, j.LeaseExpiresAt)
 	require.Nil(t, j.FinishedAt)
-	j = tn.job(t, freeLast.ID)
+	j = tn.Job(t, freeLast.ID)
 	require.Equal(t, "FAILED", j.Status, "a job on its last attempt fails")
 	require.Equal(t, "its robot was deleted (attempt 1 of 1)", *j.Error)
 
-	l = peer.claim(t, 0)
+	l = peer.Claim(t, 0)
 	require.NotNil(t, l)
 	require.Equal(t, free.ID, l.Job.ID)
 	require.Equal(t, 2, l.Job.Attempt)
-	require.Nil(t, peer.claim(t, 0), "only the requeued job is left to claim")
+	require.Nil(t, peer.Claim(t, 0), "only the requeued job is left to claim")
 
 	// A job aimed at the deleted robot, cancelled by the deletion or
 	// finished before it, cannot be retried: no other robot may run it.
 	const retry = `mutation($id: ID!) { retryJob(id: $id) { id status } }`
 	for _, id := range []string{aimed.ID, aimedFailed.ID} {
-		before := tn.snapshot(t, id)
-		e := s.Do(t, tn.user.Token, retry, map[string]any{"id": id}).Code(t, "CONFLICT")
+		before := tn.Snapshot(t, id)
+		e := s.Do(t, tn.User.Token, retry, map[string]any{"id": id}).Code(t, "CONFLICT")
 		require.Contains(t, e.Message, "aimed at a robot that has been deleted")
-		require.Equal(t, before, tn.snapshot(t, id), "a refused retry writes nothing")
+		require.Equal(t, before, tn.Snapshot(t, id), "a refused retry writes nothing")
 	}
-	require.Nil(t, peer.claim(t, 0), "nothing of the deleted robot's reached another robot")
+	require.Nil(t, peer.Claim(t, 0), "nothing of the deleted robot's reached another robot")
 	var retried struct{ RetryJob struct{ Status string } }
-	tn.do(t, retry, map[string]any{"id": freeLast.ID}, &retried)
+	tn.Do(t, retry, map[string]any{"id": freeLast.ID}, &retried)
 	require.Equal(t, "QUEUED", retried.RetryJob.Status, "a job any robot may run is retried")
 
 	var schema struct {
@@ -1108,7 +793,7 @@ func TestDeletingARobotLetsGoOfItsJobs(t *testing.T) {
 			Fields []struct{ Name, Description string }
 		} `json:"__type"`
 	}
-	tn.do(t, `{ __type(name: "Mutation") { fields { name description } } }`, nil, &schema)
+	tn.Do(t, `{ __type(name: "Mutation") { fields { name description } } }`, nil, &schema)
 	for _, f := range schema.Type.Fields {
 		if f.Name == "deleteRobot" {
 			doc := strings.Join(strings.Fields(f.Description), " ")
@@ -1125,12 +810,12 @@ func TestDeletingARobotLetsGoOfItsJobs(t *testing.T) {
 // keeps its job, the silent one loses its own.
 func TestJobLeaseKeptByHeartbeats(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
-	tn := jqNewTenant(t, s)
-	alive, silent := tn.robot(t, "alive", jqRobotOpts{}), tn.robot(t, "silent", jqRobotOpts{})
-	kept, lost := tn.enqueue(t, nil), tn.enqueue(t, nil)
-	lk := jqStarted(t, alive, alive.claim(t, 0))
-	ll := jqStarted(t, silent, silent.claim(t, 0))
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
+	tn := apitest.NewTenant(t, s)
+	alive, silent := tn.CreateRobot(t, "alive", apitest.RobotOpts{}), tn.CreateRobot(t, "silent", apitest.RobotOpts{})
+	kept, lost := tn.Enqueue(t, nil), tn.Enqueue(t, nil)
+	lk := jqStarted(t, alive, alive.Claim(t, 0))
+	ll := jqStarted(t, silent, silent.Claim(t, 0))
 	require.Equal(t, kept.ID, lk.Job.ID)
 	require.Equal(t, lost.ID, ll.Job.ID)
 
@@ -1143,17 +828,17 @@ func TestJobLeaseKeptByHeartbeats(t *testing.T) {
 		jqAge(t, s, kept.ID, step)
 		jqAge(t, s, lost.ID, step)
 		if i == 0 {
-			alive.heartbeat(t, "BUSY")
+			alive.Heartbeat(t, "BUSY")
 		}
 	}
-	jqEventually(t, 20*time.Second, "the silent robot's job is rescued", func() bool { return tn.job(t, lost.ID).Status == "QUEUED" })
+	apitest.Eventually(t, 20*time.Second, "the silent robot's job is rescued", func() bool { return tn.Job(t, lost.ID).Status == "QUEUED" })
 
 	// The rescue that took the silent robot's job saw the other one too.
-	j := tn.job(t, kept.ID)
+	j := tn.Job(t, kept.ID)
 	require.Equal(t, "RUNNING", j.Status)
 	require.Equal(t, alive.ID, *j.RobotID)
 	require.Equal(t, 1, j.Attempt)
-	done := alive.complete(t, lk, nil)
+	done := alive.Complete(t, lk, nil)
 	require.Equal(t, "COMPLETED", done.Status, "the heartbeating robot kept its lease throughout")
 }
 
@@ -1163,20 +848,20 @@ func TestJobLeaseKeptByHeartbeats(t *testing.T) {
 // steps.
 func TestJobLeaseNeedsProgress(t *testing.T) {
 	t.Parallel()
-	q := jqLongLeases
+	q := apitest.LongLeaseQueue()
 	q.ProgressTimeout = 2 * time.Hour
 	s := apitest.New(t, apitest.Options{Queue: q})
 	const step = 40 * time.Minute
-	progress := func(t *testing.T, r *jqRobot, l *jqLease, p int) {
+	progress := func(t *testing.T, r *apitest.Robot, l *apitest.Lease, p int) {
 		t.Helper()
-		r.tn.s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $p: Int!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: $p) { id } }`,
+		r.Tenant.Server.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $p: Int!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: $p) { id } }`,
 			map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "p": p}).OK(t, nil)
 	}
-	rescued := func(t *testing.T, tn *jqTenant, id string) jqJob {
+	rescued := func(t *testing.T, tn *apitest.Tenant, id string) apitest.Job {
 		t.Helper()
-		var j jqJob
-		jqEventually(t, 20*time.Second, "the job is rescued", func() bool {
-			j = tn.job(t, id)
+		var j apitest.Job
+		apitest.Eventually(t, 20*time.Second, "the job is rescued", func() bool {
+			j = tn.Job(t, id)
 			return j.Status == "QUEUED"
 		})
 		require.Nil(t, j.RobotID)
@@ -1186,53 +871,53 @@ func TestJobLeaseNeedsProgress(t *testing.T) {
 
 	t.Run("a claim not started within its lease is taken back though its robot heartbeats", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "hoarder", jqRobotOpts{})
-		job := tn.enqueue(t, nil)
-		l := r.claim(t, 0)
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "hoarder", apitest.RobotOpts{})
+		job := tn.Enqueue(t, nil)
+		l := r.Claim(t, 0)
 		require.NotNil(t, l)
 		for range 2 {
-			r.heartbeat(t, "BUSY")
+			r.Heartbeat(t, "BUSY")
 			jqAge(t, s, job.ID, step)
 		}
 		j := rescued(t, tn, job.ID)
 		require.Contains(t, *j.Error, "did not start the job within its lease")
-		jqRequireRefused(t, r.call(t, "startJob", job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+		jqRequireRefused(t, r.Call(t, "startJob", job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
 	})
 
 	t.Run("a running job without progress is taken back though its robot heartbeats", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "stuck", jqRobotOpts{})
-		job := tn.enqueue(t, nil)
-		l := jqStarted(t, r, r.claim(t, 0))
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "stuck", apitest.RobotOpts{})
+		job := tn.Enqueue(t, nil)
+		l := jqStarted(t, r, r.Claim(t, 0))
 		// Four steps pass 2 h 40 min after the start: past the progress
 		// timeout, though each step is shorter than the lease.
 		for range 4 {
-			r.heartbeat(t, "BUSY")
+			r.Heartbeat(t, "BUSY")
 			jqAge(t, s, job.ID, step)
 		}
 		j := rescued(t, tn, job.ID)
 		require.Contains(t, *j.Error, "no progress reported for 7200 seconds")
-		jqRequireRefused(t, r.call(t, "completeJob", job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
+		jqRequireRefused(t, r.Call(t, "completeJob", job.ID, l.LeaseToken), db.ReasonLeaseLost, "QUEUED")
 	})
 
 	t.Run("a job making progress keeps its lease through heartbeats", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r, silent := tn.robot(t, "worker", jqRobotOpts{}), tn.robot(t, "witness", jqRobotOpts{})
-		job := tn.enqueue(t, map[string]any{"priority": 1})
-		witness := tn.enqueue(t, nil)
-		l := jqStarted(t, r, r.claim(t, 0))
+		tn := apitest.NewTenant(t, s)
+		r, silent := tn.CreateRobot(t, "worker", apitest.RobotOpts{}), tn.CreateRobot(t, "witness", apitest.RobotOpts{})
+		job := tn.Enqueue(t, map[string]any{"priority": 1})
+		witness := tn.Enqueue(t, nil)
+		l := jqStarted(t, r, r.Claim(t, 0))
 		require.Equal(t, job.ID, l.Job.ID)
-		require.NotNil(t, silent.claim(t, 0))
+		require.NotNil(t, silent.Claim(t, 0))
 		// Progress every other step, heartbeats in between: 2 h 40 min in
 		// all, never two hours without a report nor an hour without either.
 		for i := range 4 {
 			if i%2 == 0 {
 				progress(t, r, l, 10*(i+1))
 			} else {
-				r.heartbeat(t, "BUSY")
+				r.Heartbeat(t, "BUSY")
 			}
 			jqAge(t, s, job.ID, step)
 		}
@@ -1240,9 +925,9 @@ func TestJobLeaseNeedsProgress(t *testing.T) {
 		// same sweep saw the worker's job too and left it alone.
 		jqExpire(t, s, witness.ID)
 		rescued(t, tn, witness.ID)
-		j := tn.job(t, job.ID)
+		j := tn.Job(t, job.ID)
 		require.Equal(t, "RUNNING", j.Status)
-		require.Equal(t, "COMPLETED", r.complete(t, l, nil).Status)
+		require.Equal(t, "COMPLETED", r.Complete(t, l, nil).Status)
 	})
 }
 
@@ -1253,13 +938,13 @@ func TestJobDispatch(t *testing.T) {
 	for i := range 4 {
 		t.Run(fmt.Sprintf("a waiting claim gets a job enqueued meanwhile #%d", i), func(t *testing.T) {
 			t.Parallel()
-			tn := jqNewTenant(t, s)
-			r := tn.robot(t, "waiter", jqRobotOpts{})
+			tn := apitest.NewTenant(t, s)
+			r := tn.CreateRobot(t, "waiter", apitest.RobotOpts{})
 			// Whether the claim is already waiting when the job is queued or
 			// not, it must get the job: the test holds for every interleaving.
-			claim := r.claimAsync(t, 10)
-			job := tn.enqueue(t, nil)
-			l := jqReceive(t, claim, 20*time.Second)
+			claim := r.ClaimAsync(t, 10)
+			job := tn.Enqueue(t, nil)
+			l := apitest.ReceiveClaim(t, claim, 20*time.Second)
 			require.NotNil(t, l, "the waiting claim returned null")
 			require.Equal(t, job.ID, l.Job.ID)
 		})
@@ -1267,52 +952,52 @@ func TestJobDispatch(t *testing.T) {
 
 	t.Run("a waiting claim is woken by a retry", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "waiter", jqRobotOpts{})
-		job := tn.enqueue(t, nil)
-		tn.do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": job.ID}, nil)
-		claim := r.claimAsync(t, 10)
-		tn.do(t, `mutation($id: ID!) { retryJob(id: $id) { id } }`, map[string]any{"id": job.ID}, nil)
-		l := jqReceive(t, claim, 20*time.Second)
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "waiter", apitest.RobotOpts{})
+		job := tn.Enqueue(t, nil)
+		tn.Do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": job.ID}, nil)
+		claim := r.ClaimAsync(t, 10)
+		tn.Do(t, `mutation($id: ID!) { retryJob(id: $id) { id } }`, map[string]any{"id": job.ID}, nil)
+		l := apitest.ReceiveClaim(t, claim, 20*time.Second)
 		require.NotNil(t, l)
 		require.Equal(t, job.ID, l.Job.ID)
 	})
 
 	t.Run("a waiting claim gets the jobs of a deleted robot", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		doomed, waiter := tn.robot(t, "doomed", jqRobotOpts{}), tn.robot(t, "waiter", jqRobotOpts{})
-		job := tn.enqueue(t, nil)
-		jqStarted(t, doomed, doomed.claim(t, 0))
-		claim := waiter.claimAsync(t, 10)
-		tn.do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
-		l := jqReceive(t, claim, 20*time.Second)
+		tn := apitest.NewTenant(t, s)
+		doomed, waiter := tn.CreateRobot(t, "doomed", apitest.RobotOpts{}), tn.CreateRobot(t, "waiter", apitest.RobotOpts{})
+		job := tn.Enqueue(t, nil)
+		jqStarted(t, doomed, doomed.Claim(t, 0))
+		claim := waiter.ClaimAsync(t, 10)
+		tn.Do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
+		l := apitest.ReceiveClaim(t, claim, 20*time.Second)
 		require.NotNil(t, l, "the deleted robot's job went back to the queue but the waiting claim was not woken")
 		require.Equal(t, job.ID, l.Job.ID)
 	})
 
 	t.Run("a waiting claim is not given another tenant's job", func(t *testing.T) {
 		t.Parallel()
-		a, b := jqNewTenant(t, s), jqNewTenant(t, s)
-		r := a.robot(t, "waiter", jqRobotOpts{})
-		claim := r.claimAsync(t, 2)
-		job := b.enqueue(t, nil)
-		require.Nil(t, jqReceive(t, claim, 20*time.Second), "a robot got another tenant's job")
-		require.Equal(t, "QUEUED", b.job(t, job.ID).Status)
+		a, b := apitest.NewTenant(t, s), apitest.NewTenant(t, s)
+		r := a.CreateRobot(t, "waiter", apitest.RobotOpts{})
+		claim := r.ClaimAsync(t, 2)
+		job := b.Enqueue(t, nil)
+		require.Nil(t, apitest.ReceiveClaim(t, claim, 20*time.Second), "a robot got another tenant's job")
+		require.Equal(t, "QUEUED", b.Job(t, job.ID).Status)
 	})
 
 	t.Run("a wait with nothing queued returns null", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		require.Nil(t, tn.robot(t, "idle", jqRobotOpts{}).claim(t, 1))
+		tn := apitest.NewTenant(t, s)
+		require.Nil(t, tn.CreateRobot(t, "idle", apitest.RobotOpts{}).Claim(t, 1))
 	})
 
 	t.Run("waitSeconds must be 0-60", func(t *testing.T) {
 		t.Parallel()
-		tn := jqNewTenant(t, s)
-		r := tn.robot(t, "eager", jqRobotOpts{})
+		tn := apitest.NewTenant(t, s)
+		r := tn.CreateRobot(t, "eager", apitest.RobotOpts{})
 		for _, w := range []int{-1, 61} {
-			s.Do(t, r.Key, jqClaimQuery, map[string]any{"w": w}).Code(t, "BAD_USER_INPUT")
+			s.Do(t, r.Key, apitest.ClaimQuery, map[string]any{"w": w}).Code(t, "BAD_USER_INPUT")
 		}
 	})
 }
@@ -1335,15 +1020,15 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 			t.Parallel()
 			s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
 			ctx := t.Context()
-			tn := jqNewTenant(t, s)
-			r := tn.robot(t, "waiter", jqRobotOpts{})
+			tn := apitest.NewTenant(t, s)
+			r := tn.CreateRobot(t, "waiter", apitest.RobotOpts{})
 			// Not claimable yet: the burst below makes it claimable.
-			job := tn.enqueue(t, map[string]any{"runAt": jqTime(time.Hour)})
+			job := tn.Enqueue(t, map[string]any{"runAt": jqTime(time.Hour)})
 
 			lockWaiters := func(n int) {
 				t.Helper()
 				var activity []map[string]any
-				jqEventually(t, 20*time.Second, fmt.Sprintf("%d transactions wait for a lock (seen: %v)", n, &activity), func() bool {
+				apitest.Eventually(t, 20*time.Second, fmt.Sprintf("%d transactions wait for a lock (seen: %v)", n, &activity), func() bool {
 					activity = activity[:0]
 					// Only the claim's robot-row locks and our table locks
 					// count (a sweep, say, could wait on robots too).
@@ -1374,7 +1059,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 
 			release, err := lockRobots()
 			require.NoError(t, err)
-			claim := r.claimAsync(t, 5)
+			claim := r.ClaimAsync(t, 5)
 			lockWaiters(1) // the claim's first attempt, before it subscribes
 			type locked struct {
 				commit func()
@@ -1410,7 +1095,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 				_, err = tx.ExecContext(ctx, "SELECT pg_notify(?, ?)", db.JobQueuedChannel, uuid.NewString())
 				require.NoError(t, err)
 			}
-			_, err = tx.ExecContext(ctx, "SELECT pg_notify(?, ?)", db.JobQueuedChannel, tn.user.Tenant.String())
+			_, err = tx.ExecContext(ctx, "SELECT pg_notify(?, ?)", db.JobQueuedChannel, tn.User.Tenant.String())
 			require.NoError(t, err)
 			require.NoError(t, tx.Commit())
 			// Wait until the listener has delivered the robot's tenant's
@@ -1419,7 +1104,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 			for own := false; !own; {
 				select {
 				case n := <-sub.C:
-					own = n.Payload == tn.user.Tenant.String()
+					own = n.Payload == tn.User.Tenant.String()
 				case <-time.After(20 * time.Second):
 					require.FailNow(t, "the listener did not deliver the notifications")
 				}
@@ -1427,7 +1112,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 			s.App.Listener.Subscribe(db.JobQueuedChannel, 1).Close()
 			hold.commit()
 
-			l := jqReceive(t, claim, 20*time.Second)
+			l := apitest.ReceiveClaim(t, claim, 20*time.Second)
 			require.NotNil(t, l, "the waiting claim missed its tenant's job: its wake-up was lost behind %d other tenants' notifications", others)
 			require.Equal(t, job.ID, l.Job.ID)
 		})
@@ -1440,28 +1125,28 @@ func TestJobListStatementCount(t *testing.T) {
 	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
 	const q = `query($n: Int) { jobs(first: $n) { edges { node { id robot { name } workflow { name } logs { message } } } } }`
 	statements := func(n int) int64 {
-		tn := jqNewTenant(t, s)
-		other := tn.workflow(t, "other")
-		robots := []*jqRobot{tn.robot(t, "r1", jqRobotOpts{}), tn.robot(t, "r2", jqRobotOpts{})}
+		tn := apitest.NewTenant(t, s)
+		other := tn.CreateWorkflow(t, "other")
+		robots := []*apitest.Robot{tn.CreateRobot(t, "r1", apitest.RobotOpts{}), tn.CreateRobot(t, "r2", apitest.RobotOpts{})}
 		for done := 0; done < n; {
 			batch := make([]map[string]any, 0, min(n-done, db.MaxEnqueueBatch))
 			for i := range cap(batch) {
-				wf := tn.wf
+				wf := tn.Workflow
 				if (done+i)%2 == 1 {
 					wf = other
 				}
 				batch = append(batch, map[string]any{"workflowId": wf})
 			}
-			tn.do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": batch}, nil)
+			tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": batch}, nil)
 			done += len(batch)
 		}
 		// Two of every three jobs get a robot, and each a log line.
 		_, err := s.DB.NewRaw(`UPDATE jobs SET status = 'RUNNING', robot_id = CASE WHEN random() < 0.5 THEN ?::uuid ELSE ?::uuid END
 			WHERE tenant_id = ? AND id IN (SELECT id FROM jobs WHERE tenant_id = ? ORDER BY id LIMIT ?)`,
-			robots[0].ID, robots[1].ID, tn.user.Tenant, tn.user.Tenant, max(1, 2*n/3)).Exec(t.Context())
+			robots[0].ID, robots[1].ID, tn.User.Tenant, tn.User.Tenant, max(1, 2*n/3)).Exec(t.Context())
 		require.NoError(t, err)
 		_, err = s.DB.NewRaw(`INSERT INTO robot_logs (job_id, tenant_id, robot_id, level, message, at) SELECT id, tenant_id, coalesce(robot_id, ?), 20, 'hello', now() FROM jobs WHERE tenant_id = ?`,
-			robots[0].ID, tn.user.Tenant).Exec(t.Context())
+			robots[0].ID, tn.User.Tenant).Exec(t.Context())
 		require.NoError(t, err)
 
 		best := int64(math.MaxInt64)
@@ -1479,7 +1164,7 @@ func TestJobListStatementCount(t *testing.T) {
 				}
 			}
 			before := s.Statements.Load()
-			tn.do(t, q, map[string]any{"n": n}, &out)
+			tn.Do(t, q, map[string]any{"n": n}, &out)
 			best = min(best, s.Statements.Load()-before)
 			require.Len(t, out.Jobs.Edges, n)
 			withRobot := 0
@@ -1509,11 +1194,11 @@ func TestJobListStatementCount(t *testing.T) {
 func TestJobPointReadJoinsItsRobot(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{SweepEvery: time.Hour})
-	tn := jqNewTenant(t, s)
-	holder := tn.robot(t, "holder", jqRobotOpts{})
-	other := tn.robot(t, "other", jqRobotOpts{})
-	a, b := tn.enqueue(t, nil), tn.enqueue(t, nil)
-	l := holder.claim(t, 0)
+	tn := apitest.NewTenant(t, s)
+	holder := tn.CreateRobot(t, "holder", apitest.RobotOpts{})
+	other := tn.CreateRobot(t, "other", apitest.RobotOpts{})
+	a, b := tn.Enqueue(t, nil), tn.Enqueue(t, nil)
+	l := holder.Claim(t, 0)
 	require.NotNil(t, l)
 	held, queued := a, b
 	if l.Job.ID == b.ID {
@@ -1537,13 +1222,13 @@ func TestJobPointReadJoinsItsRobot(t *testing.T) {
 		`query($id: ID!) { job(id: $id) { id ... on Job { robot { name } } } }`,
 		`query($id: ID!) { job(id: $id) { id ...R } } fragment R on Job { robot { name } }`,
 	} {
-		out, n := read(tn.user.Token, query, held.ID)
+		out, n := read(tn.User.Token, query, held.ID)
 		require.NotNil(t, out.Job)
 		require.NotNil(t, out.Job.Robot, query)
 		require.Equal(t, "holder", out.Job.Robot.Name)
 		require.EqualValues(t, 1, n, "the job and its robot in one statement: %s", query)
 
-		out, n = read(tn.user.Token, query, queued.ID)
+		out, n = read(tn.User.Token, query, queued.ID)
 		require.NotNil(t, out.Job)
 		require.Nil(t, out.Job.Robot, "a queued job has no robot")
 		require.EqualValues(t, 1, n)
@@ -1554,7 +1239,7 @@ func TestJobPointReadJoinsItsRobot(t *testing.T) {
 	require.Equal(t, "holder", out.Job.Robot.Name)
 	out, _ = read(other.Key, q, held.ID)
 	require.Nil(t, out.Job, "another robot does not see the job")
-	out, _ = read(jqNewTenant(t, s).user.Token, q, held.ID)
+	out, _ = read(apitest.NewTenant(t, s).User.Token, q, held.ID)
 	require.Nil(t, out.Job, "another tenant does not see the job")
 }
 
@@ -1564,20 +1249,20 @@ func TestJobPointReadJoinsItsRobot(t *testing.T) {
 // answer and the job's webhook event alike.
 func TestJobJSONPassesThroughAsStored(t *testing.T) {
 	t.Parallel()
-	b := whManual(t, apitest.Options{Queue: jqLongLeases})
+	b := whManual(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
 	recv := whNewReceiver(t)
 	whEndpoint(t, b.tn, recv.srv.URL, db.EventJobCompleted)
 	const big, precise = "12345678901234567890123", "3.14159265358979323846264338327950288"
 	input := map[string]any{"big": json.Number(big), "nested": map[string]any{"pi": json.Number(precise)}, "text": "<&>"}
-	job := b.tn.enqueue(t, map[string]any{"input": input})
-	read := b.s.Do(t, b.tn.user.Token, `query($id: ID!) { job(id: $id) { input } }`, map[string]any{"id": job.ID})
+	job := b.tn.Enqueue(t, map[string]any{"input": input})
+	read := b.s.Do(t, b.tn.User.Token, `query($id: ID!) { job(id: $id) { input } }`, map[string]any{"id": job.ID})
 	read.OK(t, nil)
 	require.Contains(t, string(read.Raw), big)
 	require.Contains(t, string(read.Raw), precise)
 	require.Contains(t, string(read.Raw), `"<&>"`, "JSON as stored, not HTML-escaped again")
 
-	r := b.tn.robot(t, "r", jqRobotOpts{})
-	l := r.claim(t, 0)
+	r := b.tn.CreateRobot(t, "r", apitest.RobotOpts{})
+	l := r.Claim(t, 0)
 	require.NotNil(t, l)
 	done := b.s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $r: JSON) { completeJob(jobId: $j, leaseToken: $l, result: $r, startIfClaimed: true) { input result } }`,
 		map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "r": map[string]any{"count": json.Number(big)}})
@@ -1596,23 +1281,23 @@ func TestJobJSONPassesThroughAsStored(t *testing.T) {
 // progress, current node and start were the other robot's.
 func TestANewAttemptStartsClean(t *testing.T) {
 	t.Parallel()
-	s := apitest.New(t, apitest.Options{Queue: jqLongLeases})
-	tn := jqNewTenant(t, s)
-	first, second := tn.robot(t, "first", jqRobotOpts{}), tn.robot(t, "second", jqRobotOpts{})
-	job := tn.enqueue(t, nil)
-	l := first.claim(t, 0)
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
+	tn := apitest.NewTenant(t, s)
+	first, second := tn.CreateRobot(t, "first", apitest.RobotOpts{}), tn.CreateRobot(t, "second", apitest.RobotOpts{})
+	job := tn.Enqueue(t, nil)
+	l := first.Claim(t, 0)
 	require.Equal(t, job.ID, l.Job.ID)
-	first.start(t, l)
-	first.call(t, "reportJobProgress", l.Job.ID, l.LeaseToken).OK(t, nil) // progress 10 at node "n"
-	require.Equal(t, "QUEUED", first.fail(t, l, "flaky", true).Status)
+	first.Start(t, l)
+	first.Call(t, "reportJobProgress", l.Job.ID, l.LeaseToken).OK(t, nil) // progress 10 at node "n"
+	require.Equal(t, "QUEUED", first.Fail(t, l, "flaky", true).Status)
 
-	again := second.claim(t, 0)
+	again := second.Claim(t, 0)
 	require.NotNil(t, again)
 	require.Equal(t, job.ID, again.Job.ID)
 	require.Equal(t, 2, again.Job.Attempt)
 	require.Zero(t, again.Job.Progress, "the last attempt's progress")
 	require.Nil(t, again.Job.CurrentNode, "the last attempt's node")
 	require.Nil(t, again.Job.StartedAt, "the last attempt's start")
-	second.start(t, again)
-	require.NotNil(t, tn.job(t, job.ID).StartedAt, "this attempt's own start")
+	second.Start(t, again)
+	require.NotNil(t, tn.Job(t, job.ID).StartedAt, "this attempt's own start")
 }
