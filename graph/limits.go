@@ -255,6 +255,10 @@ func jsonBytes(v any) int {
 			n = saturatingAdd(n, 1+jsonBytes(e))
 		}
 		return n
+	case nil:
+		return 4
+	case bool:
+		return 5
 	default:
 		return 8
 	}

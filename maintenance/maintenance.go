@@ -264,8 +264,10 @@ func (r *Runner) lead(ctx context.Context) (bool, error) {
 		return conn.QueryRowContext(ctx, takeLeadSQL, int64(locks.Maintenance), fmt.Sprint(r.idleTimeout.Milliseconds())).Scan(&got)
 	})
 	if err != nil {
+		// The lock may have been taken before the statement failed:
+		// the session must not go back to the pool holding it.
 		if !errors.Is(err, errNoAnswer) {
-			_ = conn.Close()
+			discard(conn)
 		}
 		return false, fmt.Errorf("competing for the maintenance lock: %w", err)
 	}

@@ -312,7 +312,9 @@ func (l *Listener) Run(ctx context.Context) {
 				l.setLive(false)
 				l.log.Warn("notification listener ping unanswered: not trusted until it is", "waited", time.Since(pingStart).Round(time.Millisecond))
 			}
-			if !closed && time.Since(pingStart) >= pingsLost*l.ping {
+			// (Only the connection the ping went out on: after a
+			// disconnect pq has dialed another.)
+			if !closed && time.Since(pingStart) >= pingsLost*l.ping && l.disconnects.Load() == pingDisconnects {
 				closed = true
 				l.log.Warn("notification listener ping unanswered: closing its connection", "waited", time.Since(pingStart).Round(time.Millisecond))
 				l.dialer.closeConn()
