@@ -58,12 +58,13 @@ type Deliverer struct {
 	// share the free slots.
 	running sync.Mutex
 
-	// claiming serialises claims, so that inflight is exact when a claim
-	// decides whom to exclude.
-	claiming sync.Mutex
 	share    int
 	mu       sync.Mutex
 	inflight map[uuid.UUID]int // deliveries in flight per tenant
+	// looking counts claimFair's claims under way; settled is signalled
+	// (on mu) when one ends or a delivery does.
+	looking int
+	settled *sync.Cond
 	// soloUntil: until then, no tenant under its share had a delivery due.
 	soloUntil time.Time
 }
@@ -89,7 +90,9 @@ func NewDeliverer(cfg Config) *Deliverer {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Deliverer{cfg: cfg, slots: make(chan struct{}, cfg.Workers), share: max(1, cfg.Workers/4), inflight: map[uuid.UUID]int{}}
+	d := &Deliverer{cfg: cfg, slots: make(chan struct{}, cfg.Workers), share: max(1, cfg.Workers/4), inflight: map[uuid.UUID]int{}}
+	d.settled = sync.NewCond(&d.mu)
+	return d
 }
 
 // lease is how long a claimed delivery stays its sender's: well past an
@@ -147,41 +150,80 @@ func (d *Deliverer) next(ctx context.Context) (*db.DueDelivery, time.Time) {
 // due one of a tenant under its share, else (when spare workers would
 // stay free beside it, at least a share) the oldest due one of any tenant.
 func (d *Deliverer) claim(ctx context.Context, now time.Time, spare int) (*db.DueDelivery, error) {
-	d.claiming.Lock()
-	defer d.claiming.Unlock()
+	dd, anyFull, err := d.claimFair(ctx, now)
+	if err != nil || dd != nil || !anyFull || spare < d.share {
+		return dd, err
+	}
+	// Every tenant with a delivery due is at its share (or was, within
+	// soloFor): the oldest of any tenant's. These claims run side by
+	// side; spare counts the workers' slots, which they do not change.
+	due, err := d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, 1, d.lease())
+	if err != nil || len(due) == 0 {
+		return nil, err
+	}
+	d.count(due[0])
+	return due[0], nil
+}
+
+// claimFair claims the oldest due delivery of a tenant under its share,
+// and reports whether some tenant is at its share. Such claims run side
+// by side only as far as no tenant could pass its share if they all went
+// to it (the most a tenant under its share holds, plus the claims under
+// way, stays within the share); beyond that a claim waits for one to end,
+// or, when some tenant is at its share, goes on to claim's second step.
+func (d *Deliverer) claimFair(ctx context.Context, now time.Time) (*db.DueDelivery, bool, error) {
 	d.mu.Lock()
 	var full []uuid.UUID
-	for tenant, n := range d.inflight {
-		if n >= d.share {
-			full = append(full, tenant)
+	for {
+		full = full[:0]
+		most := 0 // held by a tenant under its share
+		for tenant, n := range d.inflight {
+			if n >= d.share {
+				full = append(full, tenant)
+			} else {
+				most = max(most, n)
+			}
 		}
-	}
-	solo := now.Before(d.soloUntil)
-	d.mu.Unlock()
-	var due []*db.DueDelivery
-	var err error
-	if len(full) == 0 || !solo {
-		if due, err = d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, 1, d.lease(), full...); err != nil {
-			return nil, err
-		}
-		if len(due) == 0 && len(full) > 0 {
-			d.mu.Lock()
-			d.soloUntil = now.Add(soloFor)
+		if len(full) > 0 && now.Before(d.soloUntil) {
 			d.mu.Unlock()
+			return nil, true, nil
 		}
+		if most+d.looking < d.share {
+			break
+		}
+		if len(full) > 0 {
+			d.mu.Unlock()
+			return nil, true, nil
+		}
+		d.settled.Wait()
 	}
-	if len(due) == 0 && len(full) > 0 && spare >= d.share {
-		if due, err = d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, 1, d.lease()); err != nil {
-			return nil, err
-		}
+	d.looking++
+	d.mu.Unlock()
+
+	due, err := d.cfg.Store.ClaimDue(ctx, d.cfg.DB, now, 1, d.lease(), full...)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.looking--
+	d.settled.Broadcast()
+	if err != nil {
+		return nil, false, err
 	}
 	if len(due) == 0 {
-		return nil, nil
+		if len(full) > 0 {
+			d.soloUntil = now.Add(soloFor)
+		}
+		return nil, len(full) > 0, nil
 	}
-	d.mu.Lock()
 	d.inflight[due[0].TenantID]++
-	d.mu.Unlock()
-	return due[0], nil
+	return due[0], len(full) > 0, nil
+}
+
+// count counts dd's delivery as in flight.
+func (d *Deliverer) count(dd *db.DueDelivery) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.inflight[dd.TenantID]++
 }
 
 // done counts dd's delivery as no longer in flight.
@@ -191,6 +233,7 @@ func (d *Deliverer) done(dd *db.DueDelivery) {
 	if d.inflight[dd.TenantID]--; d.inflight[dd.TenantID] <= 0 {
 		delete(d.inflight, dd.TenantID)
 	}
+	d.settled.Broadcast()
 }
 
 // Wait waits for the deliveries in flight.
