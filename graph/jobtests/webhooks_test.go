@@ -548,20 +548,10 @@ func TestWebhookRetries(t *testing.T) {
 	t.Run("AHangingReceiverDoesNotDelayOthers", func(t *testing.T) {
 		t.Parallel()
 		b := whManual(t, apitest.Options{Webhooks: app.WebhookConfig{Workers: 2, Timeout: time.Hour}})
-		release := make(chan struct{})
-		var hung atomic.Int64
-		hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			hung.Add(1)
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-		}))
-		t.Cleanup(hang.Close)
-		t.Cleanup(func() { close(release) })
+		hang, hung := whHangingReceiver(t)
 		fast := whNewReceiver(t)
 		other := apitest.NewTenant(t, b.s)
-		whEndpoint(t, b.tn, hang.URL, "job.completed")
+		whEndpoint(t, b.tn, hang, "job.completed")
 		whEndpoint(t, other, fast.srv.URL, "job.completed")
 		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
 		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
@@ -584,22 +574,12 @@ func TestWebhookRetries(t *testing.T) {
 		// Four workers: a tenant's share is one, and it may hold more
 		// only while one more stays free.
 		b := whManual(t, apitest.Options{Webhooks: app.WebhookConfig{Workers: 4, Timeout: time.Hour}})
-		release := make(chan struct{})
-		var hung atomic.Int64
-		hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			hung.Add(1)
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-		}))
-		t.Cleanup(hang.Close)
-		t.Cleanup(func() { close(release) })
+		hang, hung := whHangingReceiver(t)
 		fast := whNewReceiver(t)
 		other := apitest.NewTenant(t, b.s)
 		// Six hanging endpoints: one job's completion is six deliveries.
 		for i := range 6 {
-			whEndpoint(t, b.tn, fmt.Sprintf("%s/%d", hang.URL, i), "job.completed")
+			whEndpoint(t, b.tn, fmt.Sprintf("%s/%d", hang, i), "job.completed")
 		}
 		whEndpoint(t, other, fast.srv.URL, "job.completed")
 		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
@@ -805,4 +785,22 @@ func TestWebhookDeliveryIsWokenByTheOutbox(t *testing.T) {
 	require.Equal(t, done.ID, rcv.wait(t, 1)[0].body(t).Data["id"])
 	tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep}, nil)
 	require.Equal(t, "webhook.test", rcv.wait(t, 2)[1].body(t).Type)
+}
+
+// whHangingReceiver is a receiver that never answers until the test ends;
+// hung counts the deliveries it holds.
+func whHangingReceiver(t *testing.T) (url string, hung *atomic.Int64) {
+	t.Helper()
+	release := make(chan struct{})
+	hung = new(atomic.Int64)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hung.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	return srv.URL, hung
 }
