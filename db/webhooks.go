@@ -811,6 +811,19 @@ func (s *Webhooks) ClaimDue(ctx context.Context, idb bun.IDB, now time.Time, lim
 	return rows, nil
 }
 
+// ReleaseClaim gives back d's claim, its attempt uncounted, when the
+// attempt was cut short (the sender is shutting down): the delivery is
+// due again at once, to any process. It changes nothing when the claim is
+// stale (another attempt took over).
+func (s *Webhooks) ReleaseClaim(ctx context.Context, idb bun.IDB, d *DueDelivery) error {
+	if _, err := idb.NewUpdate().Model((*WebhookDelivery)(nil)).
+		Where("d.id = ? AND d.status = 'PENDING' AND d.attempt_count = ? AND d.lease_until IS NOT NULL", d.ID, d.AttemptCount).
+		Set("attempt_count = d.attempt_count - 1").Set("lease_until = NULL").Exec(ctx); err != nil {
+		return fmt.Errorf("giving back a webhook delivery: %w", err)
+	}
+	return nil
+}
+
 // AttemptResult is the outcome of sending a delivery once.
 type AttemptResult struct {
 	Attempt WebhookAttempt

@@ -240,11 +240,18 @@ func (d *Deliverer) done(dd *db.DueDelivery) {
 func (d *Deliverer) Wait() { d.wg.Wait() }
 
 // deliver makes one attempt at dd and records it. When ctx ends first
-// (shutdown), nothing is recorded: the lease runs out and the delivery is
-// attempted again, at least once, by whichever process leads then.
+// (shutdown), the attempt is not recorded: the claim is given back, its
+// attempt uncounted, so that whichever process leads next sends it again
+// at once and the retry schedule loses no step. (After a crash the lease
+// runs out instead, and that attempt counts.)
 func (d *Deliverer) deliver(ctx context.Context, dd *db.DueDelivery, claimedAt time.Time) {
 	res := d.send(ctx, dd)
 	if ctx.Err() != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := d.cfg.Store.ReleaseClaim(rctx, d.cfg.DB, dd); err != nil {
+			d.cfg.Log.Warn("giving back a webhook delivery cut short", "delivery", dd.ID, "error", err)
+		}
 		return
 	}
 	if err := d.cfg.Store.RecordAttempt(ctx, d.cfg.DB, dd, claimedAt, res); err != nil {

@@ -1,6 +1,7 @@
 package jobtests
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -567,6 +568,26 @@ func TestWebhookRetries(t *testing.T) {
 			})
 			require.EqualValues(t, 1, hung.Load())
 		}
+	})
+
+	t.Run("ADeliveryCutShortByAShutdownIsGivenBack", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{Webhooks: app.WebhookConfig{Workers: 2, Timeout: time.Hour}})
+		hang, hung := whHangingReceiver(t)
+		ep, _ := whEndpoint(t, b.tn, hang, "job.completed")
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
+		ctx, shutdown := context.WithCancel(t.Context())
+		require.NoError(t, b.s.App.Webhooks.Run(ctx, b.clock.Now()))
+		apitest.Eventually(t, time.Minute, "the receiver got the delivery", func() bool { return hung.Load() == 1 })
+		shutdown()
+		b.s.App.Webhooks.Wait()
+		d := whDeliveries(t, b.tn, ep)[0]
+		require.Equal(t, "PENDING", d.Status)
+		require.Zero(t, d.AttemptCount, "the attempt cut short counted")
+		// Due again at once, not when its lease would have run out.
+		require.NoError(t, b.s.App.Webhooks.Run(t.Context(), b.clock.Now()))
+		apitest.Eventually(t, time.Minute, "the delivery was not sent again", func() bool { return hung.Load() == 2 })
 	})
 
 	t.Run("ATenantHoldsNoMoreThanItsShareOfTheWorkers", func(t *testing.T) {
