@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vektah/gqlparser/v2/gqlerror"
-
 	"fleetgraph/fault"
 )
 
@@ -91,15 +89,4 @@ func operationTimeout(d time.Duration) *fault.Error {
 			"for example with narrower filters or smaller pages, or split it into several requests", d),
 		Extra: map[string]any{"reason": "OPERATION_TIMEOUT", "limit": "OPERATION_TIMEOUT_SECONDS", "max": int(d / time.Second)},
 	}
-}
-
-// operationTimeoutError is operationTimeout as a response's error, as the
-// error presenter would show it.
-func operationTimeoutError(d time.Duration) *gqlerror.Error {
-	fe := operationTimeout(d)
-	ext := map[string]any{"code": fe.Code}
-	for k, v := range fe.Extra {
-		ext[k] = v
-	}
-	return &gqlerror.Error{Message: fe.Message, Err: fe, Extensions: ext}
 }

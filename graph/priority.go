@@ -8,7 +8,6 @@ import (
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
-	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/dispatch"
 	"fleetgraph/metrics"
@@ -83,10 +82,8 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 	defer r.running.Add(-1)
 	t := turn{r: r}
 	if !t.take(ctx) {
-		if timedOut(ctx) {
-			return &graphql.Response{Errors: gqlerror.List{operationTimeoutError(r.timeout)}}
-		}
-		return &graphql.Response{Errors: gqlerror.List{clientGone()}}
+		graphql.AddError(ctx, r.stopped(ctx))
+		return &graphql.Response{Errors: graphql.GetErrors(ctx)}
 	}
 	defer t.give()
 	return next(dispatch.WithParking(ctx, parking{r: r, turn: &t, deadline: deadline}))
@@ -136,14 +133,19 @@ func (r requestsFirst) InterceptRootField(ctx context.Context, next graphql.Root
 		return next(ctx)
 	}
 	if !p.turn.take(ctx) {
-		err := clientGone()
-		if timedOut(ctx) {
-			err = operationTimeoutError(r.timeout)
-		}
-		graphql.AddError(ctx, err)
+		graphql.AddError(ctx, r.stopped(ctx))
 		return graphql.Null
 	}
 	return next(ctx)
+}
+
+// stopped is why an operation in ctx got no turn: its deadline passed, or
+// its client left.
+func (r requestsFirst) stopped(ctx context.Context) error {
+	if timedOut(ctx) {
+		return operationTimeout(r.timeout)
+	}
+	return clientGone()
 }
 
 // turn is one operation's hold on a turn.

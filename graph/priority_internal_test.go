@@ -16,8 +16,10 @@ import (
 	"fleetgraph/metrics"
 )
 
-// opContext is a context carrying an operation of the given kind.
+// opContext is a context carrying an operation of the given kind, in a
+// response as the executor gives one (with gqlgen's default presenter).
 func opContext(ctx context.Context, kind ast.Operation) context.Context {
+	ctx = graphql.WithResponseContext(ctx, graphql.DefaultErrorPresenter, nil)
 	return graphql.WithOperationContext(ctx, &graphql.OperationContext{Operation: &ast.OperationDefinition{Operation: kind}})
 }
 
