@@ -225,13 +225,20 @@ func bounded(resp *graphql.Response, maxErrors int) *graphql.Response {
 		resp.Data = []byte("null")
 		resp.Errors = gqlerror.List{err}
 	}
-	if len(resp.Errors) > maxErrors {
-		rest := len(resp.Errors) - (maxErrors - 1)
-		more := limitError("TOO_MANY_ERRORS", "%d more errors were left out", rest)
-		more.Extensions = map[string]any{"code": "BAD_USER_INPUT", "reason": "TOO_MANY_ERRORS"}
-		resp.Errors = append(resp.Errors[:maxErrors-1:maxErrors-1], more)
-	}
+	resp.Errors = firstOf(resp.Errors, maxErrors)
 	return resp
+}
+
+// firstOf keeps at most max of errs, the last of them saying how many more
+// there were. That error carries its extensions as presented, since it
+// may be added after the presenter has run.
+func firstOf(errs gqlerror.List, max int) gqlerror.List {
+	if len(errs) <= max {
+		return errs
+	}
+	more := limitError("TOO_MANY_ERRORS", "%d more errors were left out", len(errs)-(max-1))
+	more.Extensions = map[string]any{"code": "BAD_USER_INPUT", "reason": "TOO_MANY_ERRORS"}
+	return append(errs[:max-1:max-1], more)
 }
 
 // firstErrors is the executor every transport is given (errorsBounded): a
@@ -247,11 +254,7 @@ type firstErrors struct {
 
 // DispatchError implements graphql.GraphExecutor.
 func (e firstErrors) DispatchError(ctx context.Context, list gqlerror.List) *graphql.Response {
-	if len(list) > e.max {
-		more := limitError("TOO_MANY_ERRORS", "%d more errors were left out", len(list)-(e.max-1))
-		list = append(list[:e.max-1:e.max-1], more)
-	}
-	return e.GraphExecutor.DispatchError(ctx, list)
+	return e.GraphExecutor.DispatchError(ctx, firstOf(list, e.max))
 }
 
 // errorsBounded gives a transport the firstErrors executor.

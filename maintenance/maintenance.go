@@ -227,7 +227,7 @@ func (r *Runner) keepAlive(conn bun.Conn) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				if roundTrip(context.Background(), conn, func(ctx context.Context) error { return conn.PingContext(ctx) }) != nil {
+				if ping(context.Background(), conn) != nil {
 					return
 				}
 			}
@@ -242,7 +242,7 @@ func (r *Runner) keepAlive(conn bun.Conn) (stop func()) {
 func (r *Runner) lead(ctx context.Context) (bool, error) {
 	if r.leader != nil {
 		conn := *r.leader
-		err := roundTrip(ctx, conn, func(ctx context.Context) error { return conn.PingContext(ctx) })
+		err := ping(ctx, conn)
 		if err == nil {
 			return true, nil
 		}
@@ -322,6 +322,11 @@ func roundTrip(ctx context.Context, conn bun.Conn, f func(context.Context) error
 		}()
 		return fmt.Errorf("%w: %w", errNoAnswer, ctx.Err())
 	}
+}
+
+// ping is the leader's round trip on its session (roundTrip).
+func ping(ctx context.Context, conn bun.Conn) error {
+	return roundTrip(ctx, conn, func(ctx context.Context) error { return conn.PingContext(ctx) })
 }
 
 // discard closes conn rather than return it to the pool, where the
