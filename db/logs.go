@@ -484,6 +484,44 @@ type LogCleanup struct {
 // Cursor is the run's position in logCleanupHistory, newest first.
 func (c *LogCleanup) Cursor() string { return encodeCursor("logcleanup", strconv.FormatInt(c.ID, 10)) }
 
+// partitionCount is one tenant's lines in a partition.
+type partitionCount struct {
+	Tenant uuid.UUID `bun:"tenant_id"`
+	N      int64     `bun:"n"`
+}
+
+// countPartition counts the lines of the partition name per tenant, and
+// their total. For a tenant's dry run (ownOnly) it counts only tenant's
+// lines, through the tenant's index, and takes the total, which only
+// divides the partition's size into shares, from PostgreSQL's estimate
+// (pg_class.reltuples, kept by autovacuum; an expired day takes no more
+// writes): counting every tenant's lines would make each dry run a scan
+// of whole days of the installation's logs, at a tenant's request, as
+// often as it liked, until the leader's daily run dropped them.
+func countPartition(ctx context.Context, tx bun.Tx, name string, ownOnly bool, tenant uuid.UUID) ([]partitionCount, int64, error) {
+	var counts []partitionCount
+	if !ownOnly {
+		if err := tx.NewRaw("SELECT tenant_id, count(*) AS n FROM ? GROUP BY tenant_id", bun.Ident(name)).Scan(ctx, &counts); err != nil {
+			return nil, 0, fmt.Errorf("counting the lines of %s: %w", name, err)
+		}
+		var total int64
+		for _, c := range counts {
+			total += c.N
+		}
+		return counts, total, nil
+	}
+	var own, estimate int64
+	err := tx.NewRaw("SELECT (SELECT count(*) FROM ? WHERE tenant_id = ?), (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = ?::regclass)",
+		bun.Ident(name), tenant, name).Scan(ctx, &own, &estimate)
+	if err != nil {
+		return nil, 0, fmt.Errorf("counting the lines of %s: %w", name, err)
+	}
+	if own > 0 {
+		counts = []partitionCount{{Tenant: tenant, N: own}}
+	}
+	return counts, max(own, estimate), nil
+}
+
 // tenantShare is a tenant's part of a run.
 type tenantShare struct {
 	rows, bytes, heartbeats int64
@@ -545,16 +583,9 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 			if err := tx.NewRaw("SELECT pg_total_relation_size(?::regclass)", p.Name).Scan(ctx, &size); err != nil {
 				return fmt.Errorf("sizing %s: %w", p.Name, err)
 			}
-			var counts []struct {
-				Tenant uuid.UUID `bun:"tenant_id"`
-				N      int64     `bun:"n"`
-			}
-			if err := tx.NewRaw("SELECT tenant_id, count(*) AS n FROM ? GROUP BY tenant_id", bun.Ident(p.Name)).Scan(ctx, &counts); err != nil {
-				return fmt.Errorf("counting the lines of %s: %w", p.Name, err)
-			}
-			var total int64
-			for _, c := range counts {
-				total += c.N
+			counts, total, err := countPartition(ctx, tx, p.Name, dryRun && !system, sc.tenant)
+			if err != nil {
+				return err
 			}
 			for _, c := range counts {
 				sh := share(c.Tenant)
@@ -570,10 +601,7 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 		if !dryRun {
 			hb = "WITH d AS (DELETE FROM robot_heartbeats WHERE at < ? RETURNING tenant_id) SELECT tenant_id, count(*) AS n FROM d GROUP BY tenant_id"
 		}
-		var counts []struct {
-			Tenant uuid.UUID `bun:"tenant_id"`
-			N      int64     `bun:"n"`
-		}
+		var counts []partitionCount
 		if err := tx.NewRaw(hb, cutoff).Scan(ctx, &counts); err != nil {
 			return fmt.Errorf("pruning heartbeat history: %w", err)
 		}

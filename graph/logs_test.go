@@ -682,6 +682,69 @@ func TestCleanupLogs(t *testing.T) {
 	s.Do(t, svcA.Token, `{ logCleanupHistory(after: "bm9wZQ") { edges { cursor } } }`, nil).Code(t, "BAD_USER_INPUT")
 }
 
+// TestCleanupDryRunReadsOnlyTheCallersLines checks that a tenant's dry
+// run counts its own lines through the tenant index and scans no other
+// tenant's: a day of another tenant's 20,000 lines is not read (the
+// partition's count of rows read by sequential scans stays still once its
+// index scan is counted), and the dry run still reports the caller's exact lines and a
+// share of the bytes.
+func TestCleanupDryRunReadsOnlyTheCallersLines(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t) // its own database: retention is installation-wide
+	a, b := apitest.NewTenant(t, s), apitest.NewTenant(t, s)
+	svcA := s.NewService(t, a.User.Tenant)
+	require.Eventually(t, func() bool { // the leader's run at start, so that none runs below
+		return rbCount(t, s, "robot_log_cleanups", "actor = 'system:log-retention'") > 0
+	}, lvWait, 10*time.Millisecond)
+
+	old := time.Now().UTC().AddDate(0, 0, -45)
+	partition := "robot_logs_p" + old.Format("20060102")
+	ctx := t.Context()
+	_, err := s.DB.ExecContext(ctx, "SELECT fleetgraph_ensure_log_partition(?::date)", old.Format(time.DateOnly))
+	require.NoError(t, err)
+	_, err = s.DB.ExecContext(ctx, `INSERT INTO robot_logs (tenant_id, robot_id, level, message, at)
+		SELECT CASE WHEN i <= 5 THEN ?::uuid ELSE ?::uuid END, gen_random_uuid(), 20, 'line', ? FROM generate_series(1, 20005) AS i`,
+		a.User.Tenant, b.User.Tenant, old)
+	require.NoError(t, err)
+	_, err = s.DB.ExecContext(ctx, "VACUUM ANALYZE "+partition)
+	require.NoError(t, err)
+
+	type scans struct{ SeqRead, Index int64 }
+	read := func() scans {
+		var sc scans
+		_, err := s.DB.ExecContext(ctx, "SELECT pg_stat_clear_snapshot()")
+		require.NoError(t, err)
+		require.NoError(t, s.DB.NewRaw(`SELECT coalesce(seq_tup_read, 0), coalesce(idx_scan, 0)
+			FROM pg_stat_user_tables WHERE relname = ?`, partition).Scan(ctx, &sc.SeqRead, &sc.Index))
+		return sc
+	}
+	before := read()
+
+	var out struct {
+		CleanupLogs struct {
+			DryRun            bool
+			PartitionsDropped []string
+			LinesDropped      float64
+			BytesFreed        float64
+		}
+	}
+	s.Do(t, svcA.Token, `mutation { cleanupLogs(dryRun: true) { dryRun partitionsDropped linesDropped bytesFreed } }`, nil).OK(t, &out)
+	require.True(t, out.CleanupLogs.DryRun)
+	require.Equal(t, []string{old.Format(time.DateOnly)}, out.CleanupLogs.PartitionsDropped)
+	require.EqualValues(t, 5, out.CleanupLogs.LinesDropped, "tenant A's own lines")
+	require.Positive(t, out.CleanupLogs.BytesFreed)
+
+	// The server's session reports its counters when it next finishes a
+	// transaction a second after its last report, or when idle: wait for the
+	// index scan to show, then check no sequential scan came with it.
+	var after scans
+	apitest.Eventually(t, 30*time.Second, "the dry run's index scan in the statistics", func() bool {
+		after = read()
+		return after.Index > before.Index || after.SeqRead > before.SeqRead
+	})
+	require.Less(t, after.SeqRead-before.SeqRead, int64(1000), "the partition was scanned: %+v then %+v", before, after)
+}
+
 // TestShipLogsLocksJobsInIDOrder checks that shipLogs locks the jobs its
 // lines are about in id order, whatever order the lines come in, as a
 // heartbeat extending the same jobs' leases does: in the lines' order the
