@@ -173,6 +173,7 @@ type config struct {
 	autoMigrate    bool
 	queue          db.QueueConfig
 	logs           db.LogConfig
+	retention      db.RetentionConfig
 	live           live.Limits
 	webhooks       app.WebhookConfig
 	logLevel       slog.Level
@@ -211,6 +212,7 @@ type configSettings struct {
 	logFormat                                                 *setting
 	jobLease, jobProgress, offlineAfter                       *setting
 	logRetention, logPartitionsAhead                          *setting
+	auditRetention, webhookRetention                          *setting
 	subsPerConnection, subsPerPrincipal                       *setting
 	metricsAddr                                               *setting
 	webhookAllowPrivate, webhookAllowHTTP, webhookTimeout     *setting
@@ -236,6 +238,10 @@ func declareServe(s *settings) *configSettings {
 		offlineAfter:  s.add("ROBOT_OFFLINE_THRESHOLD", "robot-offline-threshold", "90", "seconds without a heartbeat after which a robot is OFFLINE"),
 		logRetention: s.add("LOG_RETENTION_DAYS", "log-retention-days", strconv.Itoa(db.DefaultLogConfig.RetentionDays),
 			"days of robot logs and heartbeat history kept; older whole days are dropped daily"),
+		auditRetention: s.add("API_KEY_AUDIT_RETENTION_DAYS", "api-key-audit-retention-days", strconv.Itoa(db.DefaultRetentionConfig.AuditDays),
+			"days of the API key audit (creations, revocations, refused keys) kept; older entries are deleted daily"),
+		webhookRetention: s.add("WEBHOOK_RETENTION_DAYS", "webhook-retention-days", strconv.Itoa(db.DefaultRetentionConfig.WebhookDays),
+			"days finished webhook deliveries (and their events) are kept; older ones are deleted daily, pending ones never"),
 		logPartitionsAhead: s.add("LOG_PARTITIONS_AHEAD", "log-partitions-ahead", strconv.Itoa(db.DefaultLogConfig.PartitionsAhead),
 			"days after today whose robot log partitions are kept ready"),
 		subsPerConnection: s.add("MAX_SUBSCRIPTIONS_PER_CONNECTION", "max-subscriptions-per-connection", strconv.Itoa(live.DefaultLimits.PerConnection),
@@ -339,6 +345,12 @@ func (cs *configSettings) resolve() (*config, error) {
 		return nil, err
 	}
 	if c.logs.PartitionsAhead, err = cs.logPartitionsAhead.Int(1, 60); err != nil {
+		return nil, err
+	}
+	if c.retention.AuditDays, err = cs.auditRetention.Int(1, 3650); err != nil {
+		return nil, err
+	}
+	if c.retention.WebhookDays, err = cs.webhookRetention.Int(1, 3650); err != nil {
 		return nil, err
 	}
 	if c.live.PerConnection, err = cs.subsPerConnection.Int(1, 100_000); err != nil {

@@ -50,6 +50,9 @@ type Config struct {
 	// Logs configures robot logs: retention and partitions ahead (zero
 	// fields: db.DefaultLogConfig). Its clock is Clock.
 	Logs db.LogConfig
+	// Retention says how long the API key audit and finished webhook
+	// deliveries are kept (zero fields: db.DefaultRetentionConfig's).
+	Retention db.RetentionConfig
 	// InitTimeout bounds a websocket's wait for connection_init (0: the handler's default).
 	InitTimeout time.Duration
 	// KeepAlive is the interval of websocket and SSE keep-alives (0: the handler's default).
@@ -188,6 +191,7 @@ func New(cfg Config) (*App, error) {
 	registerScheduleTasks(runner, cfg.DB, schedules, cfg.Logger)
 	deliverer := registerWebhookTasks(runner, cfg.DB, webhooks, cfg.Webhooks, clock, cfg.SweepEvery, cfg.Logger)
 	registerLogTasks(runner, cfg.DB, logs, cfg.Logger)
+	registerRetentionTask(runner, cfg.DB, cfg.Retention, cfg.Logger)
 	return &App{
 		Handler:     h,
 		Resolver:    r,
@@ -259,6 +263,25 @@ func registerLogTasks(r *maintenance.Runner, bdb *bun.DB, logs *db.Logs, log *sl
 		run, err := logs.Cleanup(ctx, bdb, nil, false)
 		if err == nil && len(run.Partitions) > 0 {
 			log.Info("dropped old log partitions", "days", run.Partitions, "lines", run.Rows, "bytes", run.Bytes, "heartbeats", run.Heartbeats)
+		}
+		return err
+	}})
+}
+
+// registerRetentionTask registers the daily pruning of the history no
+// partition drop removes: the API key audit past its retention, and
+// finished webhook deliveries (with their events) past theirs.
+func registerRetentionTask(r *maintenance.Runner, bdb *bun.DB, cfg db.RetentionConfig, log *slog.Logger) {
+	if cfg.AuditDays == 0 {
+		cfg.AuditDays = db.DefaultRetentionConfig.AuditDays
+	}
+	if cfg.WebhookDays == 0 {
+		cfg.WebhookDays = db.DefaultRetentionConfig.WebhookDays
+	}
+	r.Register(maintenance.Task{Name: "history-retention", Every: 24 * time.Hour, Run: func(ctx context.Context, now time.Time) error {
+		st, err := db.Prune(ctx, bdb, cfg, now)
+		if st != (db.PruneStats{}) {
+			log.Info("pruned history past retention", "audit_entries", st.Audit, "webhook_deliveries", st.Deliveries, "webhook_events", st.Events)
 		}
 		return err
 	}})

@@ -90,7 +90,9 @@ type APIKeys struct {
 	// at most two minutes of writes, and at most maxDueEntries each.
 	written, before map[string]time.Time
 	window          time.Time // when written began
-	now             func() time.Time
+	// anonymous counts the refusals of unknown keys written this window.
+	anonymous int
+	now       func() time.Time
 }
 
 // maxDueEntries caps the writes one window remembers: a flood of refusals
@@ -98,6 +100,12 @@ type APIKeys struct {
 // it (nor are last uses recorded) until the next window, rather than
 // growing the map or writing a row per address.
 const maxDueEntries = 50_000
+
+// maxAnonymousAudits caps the refusals of unknown keys a window writes, one
+// per address: anyone can send them, from as many addresses as they hold,
+// and each is a row of the audit kept for API_KEY_AUDIT_RETENTION_DAYS;
+// keys a tenant made are bounded by the tenant's keys instead.
+const maxAnonymousAudits = 1_000
 
 // NewAPIKeys returns the API key store.
 func NewAPIKeys() *APIKeys { return NewAPIKeysAt(time.Now) }
@@ -109,13 +117,19 @@ func NewAPIKeysAt(now func() time.Time) *APIKeys {
 }
 
 // due reports whether the write named by key may happen now, and if so
-// records it. It takes constant time: old writes leave with their window.
-func (s *APIKeys) due(key string) bool {
+// records it; anonymous writes (refusals of unknown keys) are also capped
+// at maxAnonymousAudits a window. It takes constant time: old writes leave
+// with their window.
+func (s *APIKeys) due(key string, anonymous bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
 	if now.Sub(s.window) >= auditEvery {
 		s.before, s.written, s.window = s.written, make(map[string]time.Time, len(s.written)), now
+		s.anonymous = 0
+	}
+	if anonymous && s.anonymous >= maxAnonymousAudits {
+		return false
 	}
 	for _, m := range []map[string]time.Time{s.written, s.before} {
 		if t, ok := m[key]; ok && now.Sub(t) < auditEvery {
@@ -126,6 +140,9 @@ func (s *APIKeys) due(key string) bool {
 		return false
 	}
 	s.written[key] = now
+	if anonymous {
+		s.anonymous++
+	}
 	return true
 }
 
@@ -140,7 +157,7 @@ func hashKey(raw string) []byte {
 // verification records it as a read one does, so last_used_at stays true
 // to within a minute whatever the cache does.
 func (s *APIKeys) recordUse(ctx context.Context, idb bun.IDB, keyID uuid.UUID, ip string) error {
-	if !s.due("used:" + keyID.String()) {
+	if !s.due("used:"+keyID.String(), false) {
 		return nil
 	}
 	if _, err := idb.NewUpdate().Model((*APIKey)(nil)).Where("k.id = ?", keyID).
@@ -334,7 +351,7 @@ func (s *APIKeys) refuse(ctx context.Context, idb bun.IDB, k *APIKey, event, ip,
 	if k != nil {
 		subject = k.ID.String()
 	}
-	if s.due(event + ":" + subject) {
+	if s.due(event+":"+subject, k == nil) {
 		if err := s.audit(ctx, idb, k, event, "", ip, detail); err != nil {
 			return err
 		}

@@ -1,0 +1,135 @@
+package db
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+)
+
+// RetentionConfig says how long the history that no partition drop
+// removes is kept: the API key audit trail and finished webhook deliveries
+// with their events. Robot logs and heartbeats have LogConfig's retention.
+type RetentionConfig struct {
+	// AuditDays is how many days of api_key_audit are kept
+	// (API_KEY_AUDIT_RETENTION_DAYS, default 365). Anonymous refusals
+	// (UNKNOWN_KEY) are written there too, so without it the table grew
+	// with every address that ever sent a wrong key.
+	AuditDays int
+	// WebhookDays is how many days finished (SUCCEEDED or FAILED) webhook
+	// deliveries, and their events once no delivery refers to them, are
+	// kept (WEBHOOK_RETENTION_DAYS, default 30). Pending ones are kept
+	// whatever their age.
+	WebhookDays int
+}
+
+// DefaultRetentionConfig is production's.
+var DefaultRetentionConfig = RetentionConfig{AuditDays: 365, WebhookDays: 30}
+
+// pruneBatch is how many rows one statement of a prune deletes: a day of
+// history goes in many short transactions, not one that holds its locks
+// and its WAL for the whole day's rows.
+const pruneBatch = 5_000
+
+// PruneStats counts what one Prune deleted.
+type PruneStats struct {
+	Audit, Deliveries, Events int64
+}
+
+// Prune deletes the API key audit entries older than cfg.AuditDays and the
+// finished webhook deliveries (with their events, once no delivery is
+// left) created more than cfg.WebhookDays before now, pruneBatch rows a
+// statement; each batch commits on its own, so a prune cut short keeps
+// what it did. It is the leader's daily history-retention task.
+//
+// Both tables grow in the order of their identity (api_key_audit.id,
+// webhook_deliveries.seq), which their primary or unique index keeps, so
+// the end of the old rows is found by walking that index from its start
+// through the old rows only, and no index on their times is needed.
+func Prune(ctx context.Context, idb bun.IDB, cfg RetentionConfig, now time.Time) (PruneStats, error) {
+	var st PruneStats
+	if cfg.AuditDays > 0 {
+		n, err := pruneAudit(ctx, idb, now.AddDate(0, 0, -cfg.AuditDays))
+		st.Audit = n
+		if err != nil {
+			return st, err
+		}
+	}
+	if cfg.WebhookDays > 0 {
+		d, e, err := pruneDeliveries(ctx, idb, now.AddDate(0, 0, -cfg.WebhookDays))
+		st.Deliveries, st.Events = d, e
+		if err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+// pruneAudit deletes api_key_audit rows from before cutoff.
+func pruneAudit(ctx context.Context, idb bun.IDB, cutoff time.Time) (int64, error) {
+	// The first entry at or after the cutoff bounds the old ones (none: all
+	// are old); ids grow with time, up to the length of a transaction.
+	var bound int64
+	if err := idb.NewRaw(`SELECT coalesce(
+			(SELECT id FROM api_key_audit WHERE at >= ? ORDER BY id LIMIT 1),
+			(SELECT max(id) + 1 FROM api_key_audit), 0)`, cutoff).Scan(ctx, &bound); err != nil {
+		return 0, fmt.Errorf("finding the audit entries past retention: %w", err)
+	}
+	var total int64
+	for {
+		res, err := idb.NewRaw(`DELETE FROM api_key_audit WHERE id IN (
+				SELECT id FROM api_key_audit WHERE id < ? AND at < ? ORDER BY id LIMIT ?)`, bound, cutoff, pruneBatch).Exec(ctx)
+		if err != nil {
+			return total, fmt.Errorf("pruning the API key audit: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+		if n < pruneBatch {
+			return total, nil
+		}
+	}
+}
+
+// pruneDeliveries deletes finished webhook deliveries created before
+// cutoff, and the events they leave without deliveries.
+func pruneDeliveries(ctx context.Context, idb bun.IDB, cutoff time.Time) (deliveries, events int64, err error) {
+	var bound int64
+	if err := idb.NewRaw(`SELECT coalesce(
+			(SELECT seq FROM webhook_deliveries WHERE created_at >= ? ORDER BY seq LIMIT 1),
+			(SELECT max(seq) + 1 FROM webhook_deliveries), 0)`, cutoff).Scan(ctx, &bound); err != nil {
+		return 0, 0, fmt.Errorf("finding the webhook deliveries past retention: %w", err)
+	}
+	for {
+		var n, gone int64
+		err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			var ids []uuid.UUID
+			err := tx.NewRaw(`DELETE FROM webhook_deliveries WHERE seq IN (
+					SELECT seq FROM webhook_deliveries
+					WHERE seq < ? AND created_at < ? AND status <> 'PENDING' ORDER BY seq LIMIT ?)
+				RETURNING event_id`, bound, cutoff, pruneBatch).Scan(ctx, &ids)
+			if err != nil {
+				return fmt.Errorf("pruning webhook deliveries: %w", err)
+			}
+			n = int64(len(ids))
+			if n == 0 {
+				return nil
+			}
+			res, err := tx.NewRaw(`DELETE FROM webhook_events AS e WHERE e.id IN (?)
+					AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.event_id = e.id)`, bun.In(ids)).Exec(ctx)
+			if err != nil {
+				return fmt.Errorf("pruning webhook events: %w", err)
+			}
+			gone, _ = res.RowsAffected()
+			return nil
+		})
+		if err != nil {
+			return deliveries, events, err
+		}
+		deliveries, events = deliveries+n, events+gone
+		if n < pruneBatch {
+			return deliveries, events, nil
+		}
+	}
+}
