@@ -16,8 +16,8 @@ import (
 	"fleetgraph/maintenance"
 )
 
-// The leader's daily history-retention task deletes the API key audit
-// past API_KEY_AUDIT_RETENTION_DAYS, in batches, and the finished webhook
+// The leader's daily history-retention task deletes the API key audit and
+// the log cleanup history past AUDIT_RETENTION_DAYS, in batches, and the finished webhook
 // deliveries past WEBHOOK_RETENTION_DAYS with the events they leave
 // without deliveries; it keeps what is younger, and pending deliveries
 // (with their events) whatever their age.
@@ -49,6 +49,10 @@ func TestHistoryRetention(t *testing.T) {
 	exec(`INSERT INTO api_key_audit (event, ip, at) VALUES ('UNKNOWN_KEY', '10.0.0.2', ?), ('UNKNOWN_KEY', '10.0.0.3', ?)`, days(89), days(1))
 
 	tenant := uuid.New()
+	var oldCleanup int64
+	require.NoError(t, d.DB.NewRaw(`INSERT INTO robot_log_cleanups (actor, actor_tenant, dry_run, retention_days, cutoff, partitions, rows, bytes, heartbeats, at)
+		VALUES ('user:x', ?, true, 30, ?, '{}', 0, 0, 0, ?) RETURNING id`, tenant, days(121), days(91)).Scan(ctx, &oldCleanup))
+	exec(`INSERT INTO robot_log_cleanup_tenants (cleanup_id, tenant_id, rows, bytes, heartbeats) VALUES (?, ?, 0, 0, 0)`, oldCleanup, tenant)
 	var endpoint uuid.UUID
 	require.NoError(t, d.DB.NewRaw(`INSERT INTO webhook_endpoints (tenant_id, url, events, secret, created_by)
 		VALUES (?, 'https://example.com/hook', '{job.completed}', 'whsec_x', 'test') RETURNING id`, tenant).Scan(ctx, &endpoint))
@@ -77,6 +81,9 @@ func TestHistoryRetention(t *testing.T) {
 
 	require.Equal(t, 2, count(`SELECT count(*) FROM api_key_audit`), "the entries of the last 90 days")
 	require.Zero(t, count(`SELECT count(*) FROM api_key_audit WHERE at < ?`, days(90)))
+	require.Zero(t, count(`SELECT count(*) FROM robot_log_cleanups WHERE id = ?`, oldCleanup), "a dry run's record past the retention")
+	require.Zero(t, count(`SELECT count(*) FROM robot_log_cleanup_tenants WHERE cleanup_id = ?`, oldCleanup))
+	require.Positive(t, count(`SELECT count(*) FROM robot_log_cleanups`), "the leader's run of today")
 	require.Zero(t, count(`SELECT count(*) FROM webhook_events WHERE id = ?`, oldDone), "an old event whose deliveries are all finished")
 	require.Zero(t, count(`SELECT count(*) FROM webhook_deliveries WHERE event_id = ?`, oldDone))
 	require.Equal(t, 1, count(`SELECT count(*) FROM webhook_events WHERE id = ?`, oldPending), "an event with a pending delivery")

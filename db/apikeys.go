@@ -103,7 +103,7 @@ const maxDueEntries = 50_000
 
 // maxAnonymousAudits caps the refusals of unknown keys a window writes, one
 // per address: anyone can send them, from as many addresses as they hold,
-// and each is a row of the audit kept for API_KEY_AUDIT_RETENTION_DAYS;
+// and each is a row of the audit kept for AUDIT_RETENTION_DAYS;
 // keys a tenant made are bounded by the tenant's keys instead.
 const maxAnonymousAudits = 1_000
 

@@ -10,13 +10,14 @@ import (
 )
 
 // RetentionConfig says how long the history that no partition drop
-// removes is kept: the API key audit trail and finished webhook deliveries
-// with their events. Robot logs and heartbeats have LogConfig's retention.
+// removes is kept: the audit trails and finished webhook deliveries with
+// their events. Robot logs and heartbeats have LogConfig's retention.
 type RetentionConfig struct {
-	// AuditDays is how many days of api_key_audit are kept
-	// (API_KEY_AUDIT_RETENTION_DAYS, default 365). Anonymous refusals
-	// (UNKNOWN_KEY) are written there too, so without it the table grew
-	// with every address that ever sent a wrong key.
+	// AuditDays is how many days the audit trails are kept: the API key
+	// audit (api_key_audit) and the log cleanup history
+	// (robot_log_cleanups) (AUDIT_RETENTION_DAYS, default 365). Anonymous
+	// refusals (UNKNOWN_KEY) and any service's dry runs are written there,
+	// so without it both grew with every such request.
 	AuditDays int
 	// WebhookDays is how many days finished (SUCCEEDED or FAILED) webhook
 	// deliveries, and their events once no delivery refers to them, are
@@ -35,10 +36,13 @@ const pruneBatch = 5_000
 
 // PruneStats counts what one Prune deleted.
 type PruneStats struct {
+	// Audit counts the audit trails' rows, Deliveries and Events the
+	// webhook history's.
 	Audit, Deliveries, Events int64
 }
 
-// Prune deletes the API key audit entries older than cfg.AuditDays and the
+// Prune deletes the audit entries (API keys, log cleanups) older than
+// cfg.AuditDays and the
 // finished webhook deliveries (with their events, once no delivery is
 // left) created more than cfg.WebhookDays before now, pruneBatch rows a
 // statement; each batch commits on its own, so a prune cut short keeps
@@ -51,10 +55,12 @@ type PruneStats struct {
 func Prune(ctx context.Context, idb bun.IDB, cfg RetentionConfig, now time.Time) (PruneStats, error) {
 	var st PruneStats
 	if cfg.AuditDays > 0 {
-		n, err := pruneAudit(ctx, idb, now.AddDate(0, 0, -cfg.AuditDays))
-		st.Audit = n
-		if err != nil {
-			return st, err
+		for _, table := range []string{"api_key_audit", "robot_log_cleanups"} {
+			n, err := pruneTrail(ctx, idb, table, now.AddDate(0, 0, -cfg.AuditDays))
+			st.Audit += n
+			if err != nil {
+				return st, err
+			}
 		}
 	}
 	if cfg.WebhookDays > 0 {
@@ -67,22 +73,24 @@ func Prune(ctx context.Context, idb bun.IDB, cfg RetentionConfig, now time.Time)
 	return st, nil
 }
 
-// pruneAudit deletes api_key_audit rows from before cutoff.
-func pruneAudit(ctx context.Context, idb bun.IDB, cutoff time.Time) (int64, error) {
-	// The first entry at or after the cutoff bounds the old ones (none: all
+// pruneTrail deletes the rows of an audit trail (a table with an identity
+// id and a time at) from before cutoff; a log cleanup's per-tenant shares
+// go with it (ON DELETE CASCADE).
+func pruneTrail(ctx context.Context, idb bun.IDB, table string, cutoff time.Time) (int64, error) {
+	// The first row at or after the cutoff bounds the old ones (none: all
 	// are old); ids grow with time, up to the length of a transaction.
 	var bound int64
 	if err := idb.NewRaw(`SELECT coalesce(
-			(SELECT id FROM api_key_audit WHERE at >= ? ORDER BY id LIMIT 1),
-			(SELECT max(id) + 1 FROM api_key_audit), 0)`, cutoff).Scan(ctx, &bound); err != nil {
-		return 0, fmt.Errorf("finding the audit entries past retention: %w", err)
+			(SELECT id FROM ? WHERE at >= ? ORDER BY id LIMIT 1),
+			(SELECT max(id) + 1 FROM ?), 0)`, bun.Ident(table), cutoff, bun.Ident(table)).Scan(ctx, &bound); err != nil {
+		return 0, fmt.Errorf("finding the rows of %s past retention: %w", table, err)
 	}
 	var total int64
 	for {
-		res, err := idb.NewRaw(`DELETE FROM api_key_audit WHERE id IN (
-				SELECT id FROM api_key_audit WHERE id < ? AND at < ? ORDER BY id LIMIT ?)`, bound, cutoff, pruneBatch).Exec(ctx)
+		res, err := idb.NewRaw(`DELETE FROM ? WHERE id IN (SELECT id FROM ? WHERE id < ? AND at < ? ORDER BY id LIMIT ?)`,
+			bun.Ident(table), bun.Ident(table), bound, cutoff, pruneBatch).Exec(ctx)
 		if err != nil {
-			return total, fmt.Errorf("pruning the API key audit: %w", err)
+			return total, fmt.Errorf("pruning %s: %w", table, err)
 		}
 		n, _ := res.RowsAffected()
 		total += n
