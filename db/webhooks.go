@@ -693,6 +693,7 @@ type jobView struct {
 	Revision             int64      `json:"revision"`
 	ScheduleID           *uuid.UUID `json:"scheduleId"`
 	ScheduledFor         *apiTime   `json:"scheduledFor"`
+	CreatedBy            string     `json:"createdBy"`
 }
 
 func jobViewOf(j *Job) jobView {
@@ -704,7 +705,7 @@ func jobViewOf(j *Job) jobView {
 		RequiredCapabilities: nonNilStrings(j.RequiredCapabilities), CreatedAt: apiTime(j.CreatedAt),
 		ClaimedAt: apiTimePtr(j.ClaimedAt), StartedAt: apiTimePtr(j.StartedAt), FinishedAt: apiTimePtr(j.FinishedAt),
 		UpdatedAt: apiTime(j.UpdatedAt), Revision: j.Revision,
-		ScheduleID: j.ScheduleID, ScheduledFor: apiTimePtr(j.ScheduledFor),
+		ScheduleID: j.ScheduleID, ScheduledFor: apiTimePtr(j.ScheduledFor), CreatedBy: j.CreatedBy,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/vektah/gqlparser/v2"
+	"github.com/vektah/gqlparser/v2/ast"
 
 	"fleetgraph/apitest"
 	"fleetgraph/app"
@@ -214,8 +217,32 @@ func whRunning(t *testing.T, tn *apitest.Tenant, r *apitest.Robot, in map[string
 func whJobJSON(t *testing.T, tn *apitest.Tenant, id string) map[string]any {
 	t.Helper()
 	var out struct{ Job map[string]any }
-	tn.Do(t, `query($id: ID!) { job(id: $id) { `+apitest.JobFields+` scheduleId scheduledFor } }`, map[string]any{"id": id}, &out)
+	tn.Do(t, `query($id: ID!) { job(id: $id) { `+whScalarFields(t, "Job")+` } }`, map[string]any{"id": id}, &out)
 	return out.Job
+}
+
+// whScalarFields lists the fields of the schema's type typ that take no
+// arguments and hold a scalar or an enum (a list of them included): what
+// the data of an event about one carries. It reads the schema itself, so
+// a field added to the type is expected in the events too.
+func whScalarFields(t *testing.T, typ string) string {
+	t.Helper()
+	src, err := os.ReadFile("../../schema.graphqls")
+	require.NoError(t, err)
+	schema, gerr := gqlparser.LoadSchema(&ast.Source{Name: "schema.graphqls", Input: string(src)})
+	require.Nil(t, gerr)
+	def := schema.Types[typ]
+	require.NotNil(t, def, typ)
+	var names []string
+	for _, f := range def.Fields {
+		if len(f.Arguments) > 0 || strings.HasPrefix(f.Name, "__") {
+			continue
+		}
+		if k := schema.Types[f.Type.Name()].Kind; k == ast.Scalar || k == ast.Enum {
+			names = append(names, f.Name)
+		}
+	}
+	return strings.Join(names, " ")
 }
 
 func TestWebhookDelivery(t *testing.T) {
@@ -308,6 +335,10 @@ func TestWebhookDelivery(t *testing.T) {
 		}
 		// A robot's events reach an endpoint in order.
 		require.Equal(t, []string{"robot.online:ONLINE", "robot.offline:OFFLINE", "robot.online:ONLINE"}, types)
+		// The last is the robot as the API shows it now.
+		var now struct{ Robot map[string]any }
+		tn.Do(t, `query($id: ID!) { robot(id: $id) { `+whScalarFields(t, "Robot")+` } }`, map[string]any{"id": r.ID}, &now)
+		require.Equal(t, now.Robot, got[2].body(t).Data, "the event's data is not the robot as the API shows it")
 	})
 
 	t.Run("ARescueThatFailsAJobReportsIt", func(t *testing.T) {
