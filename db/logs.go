@@ -654,10 +654,13 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 }
 
 // CleanupHistory returns retention runs newest first, as the caller may see
-// them (service_role only): a tenant sees the runs that dropped something
-// (they dropped its lines too) and its own dry runs, with its own share of
-// the figures; another tenant's service appears as "service". The system
-// sees every run with the installation's figures.
+// them (service_role only): a tenant sees its own runs, dry or not, the
+// system's runs that were not dry (the leader's, the CLI's), and other
+// tenants' runs that dropped something (they dropped its lines too), with
+// its own share of the figures; another tenant's service appears as
+// "service". No one else's dry run, the system's included: its days say
+// which days hold lines, of any tenant. The system sees every run with
+// the installation's figures.
 func (s *Logs) CleanupHistory(ctx context.Context, idb bun.IDB, p PageArgs) (Page[LogCleanup], error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -682,7 +685,7 @@ func (s *Logs) CleanupHistory(ctx context.Context, idb bun.IDB, p PageArgs) (Pag
 		q = q.ColumnExpr("CASE WHEN c.actor_tenant IS NULL OR c.actor_tenant = ? THEN c.actor ELSE 'service' END AS actor", sc.tenant).
 			ColumnExpr("coalesce(t.rows, 0) AS rows, coalesce(t.bytes, 0) AS bytes, coalesce(t.heartbeats, 0) AS heartbeats").
 			Join("LEFT JOIN robot_log_cleanup_tenants AS t ON t.cleanup_id = c.id AND t.tenant_id = ?", sc.tenant).
-			Where("c.actor_tenant IS NULL OR c.actor_tenant = ? OR (NOT c.dry_run AND cardinality(c.partitions) > 0)", sc.tenant)
+			Where("c.actor_tenant = ? OR (NOT c.dry_run AND (c.actor_tenant IS NULL OR cardinality(c.partitions) > 0))", sc.tenant)
 	}
 	if after > 0 {
 		q = q.Where("c.id < ?", after)

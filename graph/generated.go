@@ -3635,9 +3635,10 @@ type Query {
   logSummary(since: Time, until: Time, robotId: ID): [LogSummary!]!
   """
   (service_role) Retention runs, newest first: the leader's daily runs and
-  runs by hand. A tenant sees the runs that dropped lines and its own dry
-  runs, with its own share of the figures; another tenant's service shows as
-  ` + "`" + `service` + "`" + `.
+  runs by hand. A tenant sees its own runs (dry runs included), the
+  leader's and the CLI's runs that were not dry, and other tenants' runs
+  that dropped lines, with its own share of the figures; another tenant's
+  service shows as ` + "`" + `service` + "`" + `.
   """
   logCleanupHistory(first: Int, after: String): LogCleanupConnection!
   "One schedule of the caller's tenant (users only)."

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
+	"fleetgraph/auth"
 )
 
 // Robot logs through the API: shipping (limits, the time window, job lines
@@ -630,6 +631,13 @@ func TestCleanupLogs(t *testing.T) {
 	require.Equal(t, "user:"+svcA.ID.String(), dry.Actor)
 	require.True(t, exists(), "a dry run drops nothing")
 
+	// The operator's dry run (the CLI's, as the system): its days say which
+	// days hold lines, of any tenant, so only the system sees it.
+	sysCtx := auth.WithPrincipal(t.Context(), auth.SystemPrincipal("cli"))
+	sysDry, err := s.App.Resolver.LogStore.Cleanup(sysCtx, s.DB, nil, true)
+	require.NoError(t, err)
+	require.Equal(t, []string{oldDay}, sysDry.Partitions)
+
 	s.Do(t, svcA.Token, `mutation { cleanupLogs { `+fields+` } }`, nil).OK(t, &out)
 	real := out.CleanupLogs
 	require.False(t, real.DryRun)
@@ -667,7 +675,7 @@ func TestCleanupLogs(t *testing.T) {
 			seen = append(seen, e.Node)
 		}
 	}
-	require.Len(t, seen, 1)
+	require.Len(t, seen, 1, "B sees neither A's dry run nor the system's: %+v", seen)
 	require.Equal(t, real.ID, seen[0].ID)
 	require.Equal(t, "service", seen[0].Actor)
 	require.EqualValues(t, 1, seen[0].LinesDropped)
