@@ -38,6 +38,8 @@ const (
 	ReasonJobCancelled      = "JOB_CANCELLED"
 	ReasonLeaseLost         = "LEASE_LOST"
 	ReasonIllegalTransition = "ILLEGAL_TRANSITION"
+	// ReasonScheduleEnded refuses to resume a schedule whose end is past.
+	ReasonScheduleEnded = "SCHEDULE_ENDED"
 )
 
 // Job is one run of a workflow version.

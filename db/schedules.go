@@ -491,6 +491,12 @@ func (s *Schedules) Resume(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Sch
 			return err
 		}
 		next := firstTick(sp, sch, s.now())
+		if next == nil {
+			// Creation and update refuse a schedule that never fires again;
+			// resuming one would leave it unpaused and dead.
+			return &fault.Error{Code: fault.Conflict, Field: "endAt", Extra: map[string]any{"reason": ReasonScheduleEnded},
+				Message: "the schedule can never fire again: its next tick after now is past its endAt; move or unset endAt with updateSchedule first"}
+		}
 		id := sch.ID
 		sch = new(Schedule) // bun leaves a pointer set when it scans NULL into it
 		err = tx.NewUpdate().Model(sch).Where("s.id = ?", id).Where("s.paused").

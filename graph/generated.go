@@ -3854,7 +3854,7 @@ type Mutation {
   updateSchedule(id: ID!, input: UpdateScheduleInput!): Schedule!
   "Stops a schedule's ticks until resumeSchedule; ticks while paused never fire. CONFLICT when already paused."
   pauseSchedule(id: ID!, note: String): Schedule!
-  "Restarts a paused schedule's ticks from now (no catch-up of the paused ones). CONFLICT when not paused."
+  "Restarts a paused schedule's ticks from now (no catch-up of the paused ones). CONFLICT when not paused, and CONFLICT (reason SCHEDULE_ENDED, field endAt) when it would never fire again: move or unset endAt first."
   resumeSchedule(id: ID!): Schedule!
   "Deletes a schedule; the jobs it enqueued stay, with scheduleId null. Returns its id."
   deleteSchedule(id: ID!): ID!

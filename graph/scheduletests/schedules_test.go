@@ -247,6 +247,24 @@ func TestScheduler(t *testing.T) {
 		}
 	})
 
+	t.Run("ResumingAScheduleThatEndedIsRefused", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+		sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *", "endAt": "2026-06-01T11:00:00Z"})
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { pauseSchedule(id: $id) { id } }`, map[string]any{"id": sch.ID}).OK(t, nil)
+		b.clock.Set(utcTime("2026-06-01T12:00:00Z"))
+		e := b.s.Do(t, b.user.Token, `mutation($id: ID!) { resumeSchedule(id: $id) { id } }`, map[string]any{"id": sch.ID}).Code(t, "CONFLICT")
+		require.Equal(t, "SCHEDULE_ENDED", e.Extensions["reason"])
+		require.Equal(t, "endAt", e.Extensions["field"])
+		require.True(t, b.get(t, sch.ID).Paused, "still paused")
+
+		// Moving its end first lets it resume.
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {unset: [END_AT]}) { id } }`, map[string]any{"id": sch.ID}).OK(t, nil)
+		var res struct{ ResumeSchedule schSchedule }
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { resumeSchedule(id: $id) { `+schFields+` } }`, map[string]any{"id": sch.ID}).OK(t, &res)
+		require.Equal(t, utcTime("2026-06-01T12:10:00Z"), res.ResumeSchedule.NextRuns[0])
+	})
+
 	t.Run("PauseAndResume", func(t *testing.T) {
 		t.Parallel()
 		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
