@@ -214,6 +214,7 @@ type configSettings struct {
 	logRetention, logPartitionsAhead                          *setting
 	auditRetention, webhookRetention                          *setting
 	subsPerConnection, subsPerPrincipal                       *setting
+	socketsPerCaller, sockets                                 *setting
 	metricsAddr                                               *setting
 	webhookAllowPrivate, webhookAllowHTTP, webhookTimeout     *setting
 	webhookWorkers                                            *setting
@@ -248,6 +249,10 @@ func declareServe(s *settings) *configSettings {
 			"subscriptions one websocket may hold at once; more are refused with RATE_LIMITED"),
 		subsPerPrincipal: s.add("MAX_SUBSCRIPTIONS_PER_PRINCIPAL", "max-subscriptions-per-principal", strconv.Itoa(live.DefaultLimits.PerPrincipal),
 			"subscriptions and SSE or multipart streams one caller (user, robot, service) may hold at once across its connections to this process"),
+		socketsPerCaller: s.add("MAX_WEBSOCKETS_PER_CALLER", "max-websockets-per-caller", strconv.Itoa(live.DefaultLimits.SocketsPerCaller),
+			"websockets one caller (a user, a robot, a service; before and without a credential, an address) may hold open at once on this process; more are refused (429, or closed with 1013 at connection_init)"),
+		sockets: s.add("MAX_WEBSOCKETS", "max-websockets", "0",
+			"websockets this process holds open at once, all callers together; more are refused (503) (0: half the process's open-file limit)"),
 		webhookAllowPrivate: s.addBool("WEBHOOK_ALLOW_PRIVATE", "webhook-allow-private",
 			"deliver webhooks to loopback, private, link-local and metadata addresses (default: on with the private database, else off)"),
 		webhookAllowHTTP: s.addBool("WEBHOOK_ALLOW_HTTP", "webhook-allow-http",
@@ -357,6 +362,12 @@ func (cs *configSettings) resolve() (*config, error) {
 		return nil, err
 	}
 	if c.live.PerPrincipal, err = cs.subsPerPrincipal.Int(1, 1_000_000); err != nil {
+		return nil, err
+	}
+	if c.live.SocketsPerCaller, err = cs.socketsPerCaller.Int(1, 1_000_000); err != nil {
+		return nil, err
+	}
+	if c.live.Sockets, err = cs.sockets.Int(0, 10_000_000); err != nil {
 		return nil, err
 	}
 	allowPrivate, err := cs.webhookAllowPrivate.Bool()

@@ -88,6 +88,10 @@ func startServer(ctx context.Context, o options, stderr io.Writer, shared string
 		// (500) would refuse all but the first few hundred.
 		env = append(env, fmt.Sprintf("MAX_SUBSCRIPTIONS_PER_PRINCIPAL=%d", o.subscribers+100))
 	}
+	if os.Getenv("MAX_WEBSOCKETS_PER_CALLER") == "" {
+		// The same: one user's socket per subscriber.
+		env = append(env, fmt.Sprintf("MAX_WEBSOCKETS_PER_CALLER=%d", o.subscribers+100))
+	}
 	if shared != "" {
 		env = append(env, "METRICS_ADDR=off") // the first server's are enough
 	} else {

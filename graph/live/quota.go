@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"sync"
+	"syscall"
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
@@ -22,10 +23,20 @@ type Limits struct {
 	// role; anonymous callers by address) holds at once across all its
 	// connections to this process.
 	PerPrincipal int
+	// SocketsPerCaller caps the websockets one caller holds open at once on
+	// this process: by its credential once it has one (from the upgrade
+	// request or connection_init), by its address before and without one.
+	// An idle socket costs a file descriptor and some 15 KiB, and without
+	// it one client could hold them until the process ran out of files.
+	SocketsPerCaller int
+	// Sockets caps the websockets this process holds open at once, all
+	// callers together (0: half the process's open-file limit), so that
+	// HTTP requests, health checks and the database always have files.
+	Sockets int
 }
 
 // DefaultLimits fit any dashboard or robot with room to spare.
-var DefaultLimits = Limits{PerConnection: 100, PerPrincipal: 500}
+var DefaultLimits = Limits{PerConnection: 100, PerPrincipal: 500, SocketsPerCaller: 500}
 
 // Quota counts each caller's subscriptions and SSE and multipart streams
 // in this process against Limits.PerPrincipal. The websocket, SSE and
@@ -36,9 +47,13 @@ type Quota struct {
 
 	mu   sync.Mutex
 	held map[string]int
+	// sockets counts each caller's open websockets, open all of them.
+	sockets map[string]int
+	open    int
 }
 
-// NewQuota returns a quota enforcing l; zero fields take DefaultLimits'.
+// NewQuota returns a quota enforcing l; zero fields take DefaultLimits'
+// (Sockets: half the open-file limit).
 func NewQuota(l Limits) *Quota {
 	if l.PerConnection <= 0 {
 		l.PerConnection = DefaultLimits.PerConnection
@@ -46,7 +61,108 @@ func NewQuota(l Limits) *Quota {
 	if l.PerPrincipal <= 0 {
 		l.PerPrincipal = DefaultLimits.PerPrincipal
 	}
-	return &Quota{limits: l, held: map[string]int{}}
+	if l.SocketsPerCaller <= 0 {
+		l.SocketsPerCaller = DefaultLimits.SocketsPerCaller
+	}
+	if l.Sockets <= 0 {
+		l.Sockets = DefaultSockets()
+	}
+	return &Quota{limits: l, held: map[string]int{}, sockets: map[string]int{}}
+}
+
+// DefaultSockets is Limits.Sockets' default: half the process's limit on
+// open files (which Go raises to the hard limit at start), at least 100.
+func DefaultSockets() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+		return 1 << 20
+	}
+	return max(int(rl.Cur/2), 100)
+}
+
+// SocketPlace is one open websocket's place in the quota: in the count of
+// the process's sockets and of its caller's. A nil place limits nothing.
+type SocketPlace struct {
+	q      *Quota
+	key    string
+	closed bool
+}
+
+// OpenSocket takes a place for a websocket of the caller key (callerKey),
+// or refuses with RATE_LIMITED: the caller holds SocketsPerCaller already
+// (perCaller true), or the process holds Sockets. A nil quota returns a
+// nil place.
+func (q *Quota) OpenSocket(key string) (place *SocketPlace, perCaller bool, err error) {
+	if q == nil {
+		return nil, false, nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.open >= q.limits.Sockets {
+		return nil, false, limitError("MAX_WEBSOCKETS", q.limits.Sockets,
+			"this server holds as many websockets as it may (MAX_WEBSOCKETS); try again shortly")
+	}
+	if err := q.socketRoom(key); err != nil {
+		return nil, true, err
+	}
+	q.open++
+	q.sockets[key]++
+	return &SocketPlace{q: q, key: key}, false, nil
+}
+
+// socketRoom refuses when key holds SocketsPerCaller sockets (under q.mu).
+func (q *Quota) socketRoom(key string) error {
+	if q.sockets[key] >= q.limits.SocketsPerCaller {
+		return limitError("MAX_WEBSOCKETS_PER_CALLER", q.limits.SocketsPerCaller,
+			"you already hold %d websockets on this server, the most one caller may (MAX_WEBSOCKETS_PER_CALLER); close one, or share one socket between subscriptions",
+			q.limits.SocketsPerCaller)
+	}
+	return nil
+}
+
+// Move counts the socket as the caller key's from now on (when its
+// connection_init named a credential), or refuses, keeping it where it
+// was, when that caller holds SocketsPerCaller sockets.
+func (p *SocketPlace) Move(key string) error {
+	if p == nil {
+		return nil
+	}
+	q := p.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if p.closed || key == p.key {
+		return nil
+	}
+	if err := q.socketRoom(key); err != nil {
+		return err
+	}
+	q.dropSocket(p.key)
+	q.sockets[key]++
+	p.key = key
+	return nil
+}
+
+// Close gives the place back; it may be called more than once.
+func (p *SocketPlace) Close() {
+	if p == nil {
+		return
+	}
+	q := p.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.closed = true
+	q.open--
+	q.dropSocket(p.key)
+}
+
+// dropSocket uncounts one of key's sockets (under q.mu).
+func (q *Quota) dropSocket(key string) {
+	if q.sockets[key]--; q.sockets[key] <= 0 {
+		delete(q.sockets, key)
+	}
 }
 
 // perConnection is the per-websocket cap (DefaultLimits' for a nil quota).

@@ -88,6 +88,19 @@ func (Websocket) Supports(r *http.Request) bool {
 // (shutdown), so a detached request's context must be one net/http does
 // not cancel when the handler returns (graph.sockets gives it one).
 func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	ctx := r.Context()
+	// A place for the socket, before anything is held for it: counted as
+	// its caller's, by the upgrade's credential or else its address.
+	place, perCaller, err := t.Quota.OpenSocket(callerKey(auth.FromContext(ctx), auth.ClientIPFrom(ctx)))
+	if err != nil {
+		status := http.StatusServiceUnavailable
+		if perCaller {
+			status = http.StatusTooManyRequests
+		}
+		w.Header().Set("Retry-After", "5")
+		writeRefusal(ctx, w, status, err)
+		return
+	}
 	// An upgrade has no body to trickle: the socket lives as long as its
 	// subscriptions, under the init timeout and keep-alives instead of the
 	// server's request deadlines, which the hijacked connection would keep.
@@ -101,6 +114,7 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 		InsecureSkipVerify: true,
 	})
 	if err != nil {
+		place.Close()
 		t.Log.Debug("websocket upgrade failed", "error", err)
 		return
 	}
@@ -110,12 +124,12 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 	case ProtocolLegacyWS:
 		d = legacyWS
 	default:
+		place.Close()
 		_ = conn.Close(4406, "Subprotocol not acceptable: use graphql-transport-ws")
 		return
 	}
 	conn.SetReadLimit(t.ReadLimit)
-	ctx := r.Context()
-	c := &wsConn{t: t, d: d, conn: conn, sock: cw.conn, exec: exec, ip: auth.ClientIPFrom(ctx),
+	c := &wsConn{t: t, d: d, conn: conn, sock: cw.conn, exec: exec, ip: auth.ClientIPFrom(ctx), place: place,
 		principal: auth.FromContext(ctx), ops: map[string]*wsOp{}, closed: make(chan struct{})}
 	// A robot's upgrade request's own credentials, re-checked like a
 	// payload's: only they and the address are kept for it, not the
@@ -124,6 +138,7 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 		c.reauth = requestReauth(t.Auth, r)
 	}
 	serve := func() {
+		defer place.Close()
 		defer func() {
 			if p := recover(); p != nil {
 				// As net/http does for a handler: log it, drop the connection.
@@ -171,6 +186,8 @@ type wsConn struct {
 	sock *corkConn
 	exec graphql.GraphExecutor
 	ip   string
+	// place is the socket's in the quota, its caller's once init names one.
+	place *SocketPlace
 
 	// writeMu makes each send's batch whole on the wire.
 	writeMu sync.Mutex
@@ -538,6 +555,15 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 			_ = c.write(wsMessage{Type: "connection_error", Payload: mustJSON(present(ctx, err))})
 		}
 		return code, closeReason(reason), time.Time{}
+	}
+	if p != nil {
+		// The socket counts as its credential's from now on.
+		if err := c.place.Move(callerKey(p, c.ip)); err != nil {
+			if c.d.legacy {
+				_ = c.write(wsMessage{Type: "connection_error", Payload: mustJSON(present(ctx, err))})
+			}
+			return CloseTryAgainLater, closeReason("Try again later: " + err.Error()), time.Time{}
+		}
 	}
 	c.mu.Lock()
 	if p != nil {

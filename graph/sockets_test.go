@@ -1,0 +1,109 @@
+package graph_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+	"fleetgraph/graph/live"
+)
+
+// sockDial opens a graphql-transport-ws socket and sends nothing on it.
+// On a refused upgrade it returns the response's status and error.
+func sockDial(t *testing.T, s *apitest.Server) (*websocket.Conn, int, apitest.Error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	conn, resp, err := websocket.Dial(ctx, wsURL(s), &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
+	if err == nil {
+		t.Cleanup(func() { _ = conn.CloseNow() })
+		return conn, http.StatusSwitchingProtocols, apitest.Error{}
+	}
+	require.NotNil(t, resp, "%v", err)
+	body, _ := io.ReadAll(resp.Body)
+	var out struct{ Errors []apitest.Error }
+	require.NoError(t, json.Unmarshal(body, &out), "%s", body)
+	require.Len(t, out.Errors, 1)
+	require.NotEmpty(t, resp.Header.Get("Retry-After"))
+	return nil, resp.StatusCode, out.Errors[0]
+}
+
+// TestWebsocketsAreCapped checks that one caller holds at most
+// MAX_WEBSOCKETS_PER_CALLER open websockets, counted by address until a
+// credential names the caller, and the process at most MAX_WEBSOCKETS:
+// idle sockets, which hold no subscription, used to be unlimited, and
+// one anonymous client could take every file the process may open.
+func TestWebsocketsAreCapped(t *testing.T) {
+	t.Parallel()
+
+	t.Run("AnAddressWithoutCredentials", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{SocketsPerCaller: 3}})
+		var open []*websocket.Conn
+		for range 3 {
+			c, status, _ := sockDial(t, s)
+			require.Equal(t, http.StatusSwitchingProtocols, status)
+			open = append(open, c)
+		}
+		_, status, e := sockDial(t, s)
+		require.Equal(t, http.StatusTooManyRequests, status)
+		require.Equal(t, "RATE_LIMITED", e.Code())
+		require.Equal(t, "MAX_WEBSOCKETS_PER_CALLER", e.Extensions["limit"])
+		require.EqualValues(t, 3, e.Extensions["max"])
+
+		// A closed socket gives its place back.
+		require.NoError(t, open[0].Close(websocket.StatusNormalClosure, ""))
+		apitest.Eventually(t, 10*time.Second, "a place once a socket closed", func() bool {
+			_, status, _ := sockDial(t, s)
+			return status == http.StatusSwitchingProtocols
+		})
+	})
+
+	t.Run("ACredentialCountsItsOwn", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{SocketsPerCaller: 3}})
+		a, b := s.NewUser(t, uuid.New()), s.NewUser(t, uuid.New())
+		// Initialised, a's sockets are a's: the address's places are free.
+		for range 3 {
+			wsDial(t, s, map[string]any{"Authorization": "Bearer " + a.Token}, nil)
+		}
+		conn, status, _ := sockDial(t, s)
+		require.Equal(t, http.StatusSwitchingProtocols, status, "the address holds none of a's")
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, wsjson.Write(ctx, conn, map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + a.Token}}))
+		_, _, err := conn.Read(ctx)
+		require.Equal(t, websocket.StatusCode(live.CloseTryAgainLater), websocket.CloseStatus(err), "%v", err)
+		require.Contains(t, err.Error(), "MAX_WEBSOCKETS_PER_CALLER")
+
+		// Another caller from the same address is not held back by a.
+		wsDial(t, s, map[string]any{"Authorization": "Bearer " + b.Token}, nil)
+		// Nor is a credential given with the upgrade request counted as the
+		// address's: a's fourth is refused at the upgrade.
+		_, resp, err := websocket.Dial(ctx, wsURL(s), &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"},
+			HTTPHeader: http.Header{"Authorization": {"Bearer " + a.Token}}})
+		require.Error(t, err)
+		require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	})
+
+	t.Run("TheProcess", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{Sockets: 4}})
+		for range 4 {
+			wsDial(t, s, map[string]any{"Authorization": "Bearer " + s.NewUser(t, uuid.New()).Token}, nil)
+		}
+		_, status, e := sockDial(t, s)
+		require.Equal(t, http.StatusServiceUnavailable, status)
+		require.Equal(t, "RATE_LIMITED", e.Code())
+		require.Equal(t, "MAX_WEBSOCKETS", e.Extensions["limit"])
+	})
+}
