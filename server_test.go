@@ -389,6 +389,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "OperationTimeoutZero", env: env{"OPERATION_TIMEOUT_SECONDS": "0"}, want: "OPERATION_TIMEOUT_SECONDS"},
 		{name: "OperationTimeoutPastTheWriteTimeout", env: env{"OPERATION_TIMEOUT_SECONDS": "51"}, want: "OPERATION_TIMEOUT_SECONDS"},
 		{name: "OperationTimeoutNotANumber", env: env{"OPERATION_TIMEOUT_SECONDS": "1m"}, want: "OPERATION_TIMEOUT_SECONDS"},
+		{name: "WebsocketsPerCallerZero", env: env{"MAX_WEBSOCKETS_PER_CALLER": "0"}, want: "MAX_WEBSOCKETS_PER_CALLER"},
+		{name: "WebsocketsNegative", env: env{"MAX_WEBSOCKETS": "-1"}, want: "MAX_WEBSOCKETS"},
 		{name: "AuditRetentionZero", env: env{"AUDIT_RETENTION_DAYS": "0"}, want: "AUDIT_RETENTION_DAYS"},
 		{name: "AuditRetentionPastTenYears", env: env{"AUDIT_RETENTION_DAYS": "3651"}, want: "AUDIT_RETENTION_DAYS"},
 		{name: "WebhookRetentionNegative", env: env{"WEBHOOK_RETENTION_DAYS": "-1"}, want: "WEBHOOK_RETENTION_DAYS"},
