@@ -21,6 +21,10 @@ func (r *subscriptionResolver) robotLogAdded(ctx context.Context, robotID *uuid.
 	}
 	if robotID != nil {
 		if _, err := r.RobotStore.Get(ctx, r.DB, *robotID); err != nil {
+			if fault.CodeOf(err) == fault.NotFound {
+				// Named as the robotLogs query names it.
+				return nil, &fault.Error{Code: fault.NotFound, Field: "robotId", Message: "robot not found"}
+			}
 			return nil, err
 		}
 	}

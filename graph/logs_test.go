@@ -426,7 +426,9 @@ func TestRobotLogsIsolation(t *testing.T) {
 
 	t.Run("tails stay in their tenant and robot", func(t *testing.T) {
 		c := lvConnect(t, s, attacker.User.Token)
-		require.Equal(t, "NOT_FOUND", c.refused("victim", lgTailSub, map[string]any{"r": vr.ID}))
+		e := c.refusal("victim", lgTailSub, map[string]any{"r": vr.ID})
+		require.Equal(t, "NOT_FOUND", e.Code())
+		require.Equal(t, "robotId", e.Extensions["field"], "named as the robotLogs query names it")
 		rc := lvConnect(t, s, sibling.Key)
 		require.Equal(t, "NOT_FOUND", rc.refused("victim", lgTailSub, map[string]any{"r": vr.ID}))
 

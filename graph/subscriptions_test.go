@@ -234,13 +234,19 @@ func (c *lvConn) value(id string, out any) {
 // message, and returns its first error code.
 func (c *lvConn) refused(id, query string, vars map[string]any) string {
 	c.t.Helper()
+	return c.refusal(id, query, vars).Code()
+}
+
+// refusal subscribes and returns the error that refuses the subscription.
+func (c *lvConn) refusal(id, query string, vars map[string]any) apitest.Error {
+	c.t.Helper()
 	c.subscribe(id, query, vars)
 	m := c.next(id)
 	require.Equal(c.t, "error", m.Type, "expected the subscription to be refused, got %+v %s", m, m.Payload)
 	var errs []apitest.Error
 	require.NoError(c.t, json.Unmarshal(m.Payload, &errs))
 	require.NotEmpty(c.t, errs)
-	return errs[0].Code()
+	return errs[0]
 }
 
 // sync makes subscription id live: it pokes until a probe message arrives,
