@@ -265,6 +265,7 @@ func (s *Logs) Ship(ctx context.Context, idb bun.IDB, entries []RobotLogInput) (
 	lines := make([]logLine, len(entries))
 	type lease struct{ job, token uuid.UUID }
 	var leases []lease
+	first := map[lease]int{} // the first line about each lease, which a refusal names
 	for i, e := range entries {
 		if lines[i], err = s.line(i, now, e.Level, e.Message, e.Fields, e.At); err != nil {
 			return 0, err
@@ -278,6 +279,7 @@ func (s *Logs) Ship(ctx context.Context, idb bun.IDB, entries []RobotLogInput) (
 			lines[i].job = e.JobID
 			if l := (lease{*e.JobID, *e.LeaseToken}); !slices.Contains(leases, l) {
 				leases = append(leases, l)
+				first[l] = i
 			}
 		}
 	}
@@ -289,7 +291,7 @@ func (s *Logs) Ship(ctx context.Context, idb bun.IDB, entries []RobotLogInput) (
 		for _, l := range leases {
 			// A no-op fenced update proves the robot holds the job (and locks it).
 			if err := s.holdsJob(ctx, tx, l.job, l.token); err != nil {
-				return err
+				return namedLine(err, first[l])
 			}
 		}
 		return insertLines(ctx, tx, sc.tenant, sc.robot, lines)
@@ -298,6 +300,22 @@ func (s *Logs) Ship(ctx context.Context, idb bun.IDB, entries []RobotLogInput) (
 		return 0, err
 	}
 	return len(lines), nil
+}
+
+// namedLine names, in a refusal of a line's job (not found, or a lease the
+// robot does not hold), the line it refused: entries[i].jobId for a job
+// the robot cannot see, entries[i].leaseToken for one whose lease it lost.
+func namedLine(err error, i int) error {
+	var f *fault.Error
+	if !errors.As(err, &f) || f.Field != "" {
+		return err
+	}
+	named := *f
+	named.Field = "entries[" + strconv.Itoa(i) + "].leaseToken"
+	if f.Code == fault.NotFound {
+		named.Field = "entries[" + strconv.Itoa(i) + "].jobId"
+	}
+	return &named
 }
 
 // AppendJobLogs adds up to MaxLogBatch lines to a job the robot holds

@@ -216,9 +216,12 @@ func TestRobotLogs(t *testing.T) {
 		e := s.Do(t, r.Key, lgShip, map[string]any{"e": []any{lgEntry("INFO", "fine"),
 			map[string]any{"level": "INFO", "message": "stale", "jobId": l.Job.ID, "leaseToken": uuid.NewString()}}}).Code(t, "CONFLICT")
 		require.Equal(t, "LEASE_LOST", e.Extensions["reason"])
+		require.Equal(t, "entries[1].leaseToken", e.Extensions["field"], "the refused line is named")
 		e = s.Do(t, r.Key, lgShip, map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "half", "jobId": l.Job.ID}}}).Code(t, "BAD_USER_INPUT")
 		require.Equal(t, "entries[0].leaseToken", e.Extensions["field"])
-		s.Do(t, r.Key, lgShip, map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "x", "jobId": uuid.NewString(), "leaseToken": l.LeaseToken}}}).Code(t, "NOT_FOUND")
+		e = s.Do(t, r.Key, lgShip, map[string]any{"e": []any{lgEntry("INFO", "fine"), lgEntry("INFO", "fine"),
+			map[string]any{"level": "INFO", "message": "x", "jobId": uuid.NewString(), "leaseToken": l.LeaseToken}}}).Code(t, "NOT_FOUND")
+		require.Equal(t, "entries[2].jobId", e.Extensions["field"])
 		require.Equal(t, before, lgCount(t, s, tn.User.Tenant), "a refused batch writes nothing")
 	})
 
