@@ -280,11 +280,11 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 
 	if cfg.embedded() || cfg.autoMigrate {
 		applied, err := migrations.Up(ctx, d.DB)
-		if err != nil {
-			return err
-		}
 		if len(applied) > 0 {
 			log.Info("applied migrations", "migrations", applied)
+		}
+		if err != nil {
+			return err
 		}
 	} else if st, err := migrations.CurrentStatus(ctx, d.DB); err != nil {
 		return err
@@ -585,10 +585,13 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	switch rest[0] {
 	case "up":
 		applied, err := migrations.Up(ctx, d.DB)
-		if err != nil {
+		if err != nil && len(applied) == 0 {
 			return err
 		}
 		_, _ = fmt.Fprintf(stdout, "applied %d migration(s) %s\n", len(applied), strings.Join(applied, " "))
+		if err != nil {
+			return err
+		}
 	case "down":
 		rolled, err := migrations.Down(ctx, d.DB)
 		if err != nil {

@@ -569,6 +569,30 @@ func TestMigrateCommand(t *testing.T) {
 		require.Equal(t, "applied: none\npending: "+all+"\n", stdout)
 	})
 
+	// A migration that fails stays pending, and the next migrate up runs it.
+	t.Run("FailedMigrationStaysPending", func(t *testing.T) {
+		t.Parallel()
+		dsn, bdb := emptyDatabase(t)
+		e := baseEnv(t).with("DATABASE_URL", dsn)
+		names := migrationNames(t)
+		_, err := bdb.ExecContext(context.Background(), "CREATE TABLE schedules (x int)")
+		require.NoError(t, err)
+
+		code, stdout, stderr := runCLI(t, e, "migrate", "up")
+		require.Equal(t, 1, code, stdout)
+		require.Equal(t, fmt.Sprintf("applied 4 migration(s) %s\n", strings.Join(names[:4], " ")), stdout)
+		require.Contains(t, stderr, "0005")
+		code, stdout, stderr = runCLI(t, e, "migrate", "status")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, "applied: "+strings.Join(names[:4], " ")+"\npending: "+strings.Join(names[4:], " ")+"\n", stdout)
+
+		_, err = bdb.ExecContext(context.Background(), "DROP TABLE schedules")
+		require.NoError(t, err)
+		code, stdout, stderr = runCLI(t, e, "migrate", "up")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, fmt.Sprintf("applied %d migration(s) %s\n", len(names)-4, strings.Join(names[4:], " ")), stdout)
+	})
+
 	t.Run("UnknownMigrationInStatus", func(t *testing.T) {
 		t.Parallel()
 		d := dbtest.New(t)

@@ -58,16 +58,22 @@ func embedded() (*migrate.Migrations, error) {
 	return ms, nil
 }
 
-// Up applies every pending migration and returns the names it applied.
+// Up applies every pending migration and returns the names it applied. It
+// stops at the first that fails, which stays pending; the names it returns
+// then are those applied before it.
 func Up(ctx context.Context, db *bun.DB) ([]string, error) {
 	var applied []string
 	err := locked(ctx, db, func(m *migrate.Migrator) error {
 		group, err := m.Migrate(ctx)
+		done := group.Migrations
+		if err != nil && len(done) > 0 {
+			done = done[:len(done)-1] // the last one is the one that failed
+		}
+		for _, mig := range done {
+			applied = append(applied, mig.Name)
+		}
 		if err != nil {
 			return fmt.Errorf("applying migrations: %w", err)
-		}
-		for _, mig := range group.Migrations {
-			applied = append(applied, mig.Name)
 		}
 		return nil
 	})
@@ -133,7 +139,12 @@ func locked(ctx context.Context, db *bun.DB, fn func(*migrate.Migrator) error) e
 	if err != nil {
 		return err
 	}
-	m := migrate.NewMigrator(db, ms)
+	// A migration is marked applied only once its up has succeeded, and
+	// unmarked only once its down has: bun's default marks first, so a
+	// migration that failed would be recorded as applied and skipped by the
+	// next run, and one whose rollback failed recorded as pending while its
+	// schema is still there.
+	m := migrate.NewMigrator(db, ms, migrate.WithMarkAppliedOnSuccess(true))
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("connecting for the migration lock: %w", err)

@@ -159,6 +159,54 @@ func TestMigrations(t *testing.T) {
 		require.True(t, status(t, bdb).Current())
 	})
 
+	// A migration that fails is not recorded: it stays pending, and the
+	// next Up applies it once what stood in its way is gone.
+	t.Run("FailedUpStaysPending", func(t *testing.T) {
+		t.Parallel()
+		_, bdb := emptyDatabase(t)
+		_, err := bdb.ExecContext(ctx, "CREATE TABLE schedules (x int)")
+		require.NoError(t, err)
+
+		applied, err := migrations.Up(ctx, bdb)
+		require.ErrorContains(t, err, "0005")
+		require.Equal(t, all[:4], applied, "Up names the migrations it applied before the failure")
+		st := status(t, bdb)
+		require.Equal(t, all[:4], st.Applied, "the migrations before the failed one are applied")
+		require.Equal(t, all[4:], st.Pending, "the failed one and those after it are pending")
+		require.False(t, tableExists(t, bdb, "webhook_endpoints"), "nothing after the failed one ran")
+
+		_, err = bdb.ExecContext(ctx, "DROP TABLE schedules")
+		require.NoError(t, err)
+		applied, err = migrations.Up(ctx, bdb)
+		require.NoError(t, err)
+		require.Equal(t, all[4:], applied, "the next Up applies the failed one")
+		require.True(t, status(t, bdb).Current())
+		var cols int
+		require.NoError(t, bdb.NewRaw("SELECT count(*) FROM information_schema.columns WHERE table_name = 'schedules' AND column_name = 'cron_expression'").Scan(ctx, &cols))
+		require.Equal(t, 1, cols, "schedules is the migration's table")
+	})
+
+	// A rollback that fails leaves its migration applied, as its schema is.
+	t.Run("FailedDownStaysApplied", func(t *testing.T) {
+		t.Parallel()
+		d := dbtest.New(t)
+		// 0011's down drops jobs.target_lost, which this view depends on.
+		_, err := d.ExecContext(ctx, "CREATE VIEW lost_jobs AS SELECT id FROM jobs WHERE target_lost")
+		require.NoError(t, err)
+
+		rolled, err := migrations.Down(ctx, d.DB)
+		require.ErrorContains(t, err, all[len(all)-1])
+		require.Empty(t, rolled)
+		require.True(t, status(t, d.DB).Current(), "every migration is still applied")
+
+		_, err = d.ExecContext(ctx, "DROP VIEW lost_jobs")
+		require.NoError(t, err)
+		rolled, err = migrations.Down(ctx, d.DB)
+		require.NoError(t, err)
+		require.Equal(t, all, rolled)
+		require.Equal(t, all, status(t, d.DB).Pending)
+	})
+
 	t.Run("UnknownAppliedMigration", func(t *testing.T) {
 		t.Parallel()
 		d := dbtest.New(t)
