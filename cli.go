@@ -851,7 +851,8 @@ func verifyDatabase(ctx context.Context, r *verifyReport, d *database, log *slog
 	case err != nil:
 		r.add("migrations", "fail", err.Error(), "check that the user may read the bun_migrations table")
 	case len(st.Unknown) > 0:
-		r.add("migrations", "fail", st.Problem(), "run the Fleetgraph version that migrated this database, or roll back with its `migrate down`")
+		r.add("migrations", "fail", st.Problem(), "run the Fleetgraph version that migrated this database; before rolling back with its `migrate down`, "+
+			"run that without --yes to see what it would roll back (after a first install: every table)")
 	case len(st.Pending) > 0:
 		r.add("migrations", "fail", st.Problem(), "run `fleetgraph migrate up` with the same settings (or start serve once with --auto-migrate)")
 	default:

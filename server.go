@@ -58,7 +58,7 @@ const usage = `Fleetgraph serves a GraphQL API for fleets of machines over Postg
 
 Usage:
   fleetgraph [serve] [flags]          serve the API (the default)
-  fleetgraph migrate up|down|status   manage the database schema
+  fleetgraph migrate up|down|status   manage the database schema (down asks for --yes)
   fleetgraph token [flags]            print a signed JWT for the configured secret
   fleetgraph schema [--introspection] print the GraphQL schema (SDL, or introspection JSON)
   fleetgraph verify [--json]          check the installation: settings, database, triggers, partitions, feed
@@ -544,12 +544,15 @@ func displayAddr(a net.Addr) string {
 }
 
 func migrate(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
-	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations.", stderr, env)
+	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations. "+
+		"The last batch is what the last `migrate up` (or start) applied: after a first install, every migration, so down drops every table "+
+		"and its data. Without --yes, down only lists what it would roll back.", stderr, env)
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
 	connectWait := addConnectTimeout(s)
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
 	logLevel := s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error")
 	logFormat := s.add("LOG_FORMAT", "log-format", "text", "text or json")
+	yes := s.addBool("", "yes", "with down: roll the batch back (without it, down lists the batch and changes nothing)")
 	// The action may come first (`migrate up --data-dir x`), where the flag
 	// package would stop parsing, or after the flags.
 	var action []string
@@ -569,6 +572,10 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 		return err
 	}
 	wait, err := connectWait.Seconds(0, 3600)
+	if err != nil {
+		return err
+	}
+	confirmed, err := yes.Bool()
 	if err != nil {
 		return err
 	}
@@ -593,7 +600,12 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 			return err
 		}
 	case "down":
-		rolled, err := migrations.Down(ctx, d.DB)
+		rolled, err := migrations.Down(ctx, d.DB, func(names []string) error {
+			if len(names) == 0 || (confirmed != nil && *confirmed) {
+				return nil
+			}
+			return unconfirmedDown(ctx, d.DB, names)
+		})
 		if err != nil {
 			return err
 		}
@@ -609,6 +621,17 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 		}
 	}
 	return nil
+}
+
+// unconfirmedDown refuses a rollback the operator did not confirm with
+// --yes, saying what it would have rolled back.
+func unconfirmedDown(ctx context.Context, bdb *bun.DB, names []string) error {
+	what := "dropping what they created, data included"
+	if st, err := migrations.CurrentStatus(ctx, bdb); err == nil && len(st.Applied) == len(names) {
+		what = "that is every migration: it drops every table of Fleetgraph and all their data"
+	}
+	return usageError("migrate down would roll back %d migration(s), %s (%s); nothing was changed: run `fleetgraph migrate down --yes` to roll them back",
+		len(names), strings.Join(names, " "), what)
 }
 
 func listOrNone(names []string) string {

@@ -29,6 +29,7 @@ import (
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
 	"fleetgraph/demo"
+	"fleetgraph/migrations"
 	"fleetgraph/realtime/faulttest"
 )
 
@@ -558,15 +559,49 @@ func TestMigrateCommand(t *testing.T) {
 		require.Equal(t, 0, code, stderr)
 		require.Equal(t, "applied: "+all+"\npending: none\n", stdout)
 
+		// Without --yes, down says what it would roll back and changes nothing.
 		code, stdout, stderr = runCLI(t, e, "migrate", "down")
+		require.Equal(t, 2, code, stdout)
+		require.Empty(t, stdout)
+		require.Contains(t, stderr, fmt.Sprintf("migrate down would roll back %d migration(s), %s (that is every migration", len(names), all))
+		require.Contains(t, stderr, "fleetgraph migrate down --yes")
+		require.True(t, tableExists(t, bdb, "machines"), "nothing was rolled back")
+		code, stdout, _ = runCLI(t, e, "migrate", "status")
+		require.Equal(t, 0, code)
+		require.Equal(t, "applied: "+all+"\npending: none\n", stdout)
+
+		code, stdout, stderr = runCLI(t, e, "migrate", "down", "--yes")
 		require.Equal(t, 0, code, stderr)
 		require.Equal(t, fmt.Sprintf("rolled back %d migration(s) %s\n", len(names), all), stdout)
 		require.False(t, tableExists(t, bdb, "machines"))
 
+		// With nothing to roll back, down needs no --yes.
+		code, stdout, stderr = runCLI(t, e, "migrate", "down")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, "rolled back 0 migration(s) \n", stdout)
+
+		// A batch of its own is rolled back alone, and named as such.
+		_, err := migrations.Up(context.Background(), bdb)
+		require.NoError(t, err)
+		_, err = bdb.ExecContext(context.Background(), "DELETE FROM bun_migrations WHERE name = ?", names[len(names)-1])
+		require.NoError(t, err)
+		_, err = bdb.ExecContext(context.Background(), "ALTER TABLE jobs DROP COLUMN target_lost")
+		require.NoError(t, err)
+		code, stdout, stderr = runCLI(t, e, "migrate", "up")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, "applied 1 migration(s) "+names[len(names)-1]+"\n", stdout)
+		code, _, stderr = runCLI(t, e, "migrate", "down")
+		require.Equal(t, 2, code)
+		require.Contains(t, stderr, "would roll back 1 migration(s), "+names[len(names)-1]+" (dropping what they created")
+		code, stdout, stderr = runCLI(t, e, "migrate", "--yes", "down")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, "rolled back 1 migration(s) "+names[len(names)-1]+"\n", stdout)
+		require.True(t, tableExists(t, bdb, "machines"), "only the last batch was rolled back")
+
 		// The action may also come before the flags.
 		code, stdout, stderr = runCLI(t, baseEnv(t), "migrate", "status", "--database-url", dsn)
 		require.Equal(t, 0, code, stderr)
-		require.Equal(t, "applied: none\npending: "+all+"\n", stdout)
+		require.Equal(t, "applied: "+strings.Join(names[:len(names)-1], " ")+"\npending: "+names[len(names)-1]+"\n", stdout)
 	})
 
 	// A migration that fails stays pending, and the next migrate up runs it.

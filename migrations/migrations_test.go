@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"os"
 	"slices"
 	"strings"
@@ -139,7 +140,7 @@ func TestMigrations(t *testing.T) {
 		require.NoError(t, err)
 		require.Empty(t, applied, "a second Up has nothing to apply")
 
-		rolled, err := migrations.Down(ctx, bdb)
+		rolled, err := migrations.Down(ctx, bdb, nil)
 		require.NoError(t, err)
 		require.Equal(t, all, rolled)
 		requireTables(t, bdb, false)
@@ -148,7 +149,7 @@ func TestMigrations(t *testing.T) {
 		require.Equal(t, all, st.Pending)
 		require.False(t, st.Current())
 
-		rolled, err = migrations.Down(ctx, bdb)
+		rolled, err = migrations.Down(ctx, bdb, nil)
 		require.NoError(t, err)
 		require.Empty(t, rolled, "Down with nothing applied rolls nothing back")
 
@@ -194,17 +195,44 @@ func TestMigrations(t *testing.T) {
 		_, err := d.ExecContext(ctx, "CREATE VIEW lost_jobs AS SELECT id FROM jobs WHERE target_lost")
 		require.NoError(t, err)
 
-		rolled, err := migrations.Down(ctx, d.DB)
+		rolled, err := migrations.Down(ctx, d.DB, nil)
 		require.ErrorContains(t, err, all[len(all)-1])
 		require.Empty(t, rolled)
 		require.True(t, status(t, d.DB).Current(), "every migration is still applied")
 
 		_, err = d.ExecContext(ctx, "DROP VIEW lost_jobs")
 		require.NoError(t, err)
-		rolled, err = migrations.Down(ctx, d.DB)
+		rolled, err = migrations.Down(ctx, d.DB, nil)
 		require.NoError(t, err)
 		require.Equal(t, all, rolled)
 		require.Equal(t, all, status(t, d.DB).Pending)
+	})
+
+	// Down shows approve the group it would roll back before it changes
+	// anything, and a refusal rolls nothing back.
+	t.Run("DownAsksFirst", func(t *testing.T) {
+		t.Parallel()
+		d := dbtest.New(t)
+		refused := errors.New("not now")
+		var asked []string
+		rolled, err := migrations.Down(ctx, d.DB, func(names []string) error {
+			asked = names
+			return refused
+		})
+		require.ErrorIs(t, err, refused)
+		require.Empty(t, rolled)
+		require.Equal(t, all, asked, "the first Up applied every migration as one group")
+		require.True(t, status(t, d.DB).Current(), "a refusal rolls nothing back")
+
+		rolled, err = migrations.Down(ctx, d.DB, func(names []string) error { asked = names; return nil })
+		require.NoError(t, err)
+		require.Equal(t, all, asked)
+		require.Equal(t, all, rolled)
+
+		rolled, err = migrations.Down(ctx, d.DB, func(names []string) error { asked = names; return nil })
+		require.NoError(t, err)
+		require.Empty(t, asked, "with nothing applied there is nothing to approve")
+		require.Empty(t, rolled)
 	})
 
 	t.Run("UnknownAppliedMigration", func(t *testing.T) {
@@ -226,7 +254,7 @@ func TestMigrations(t *testing.T) {
 		// This binary neither migrates nor rolls back such a database.
 		_, err = migrations.Up(ctx, d.DB)
 		require.ErrorContains(t, err, "9999")
-		rolled, err := migrations.Down(ctx, d.DB)
+		rolled, err := migrations.Down(ctx, d.DB, nil)
 		require.ErrorContains(t, err, "newer release")
 		require.Empty(t, rolled)
 		require.Equal(t, st, status(t, d.DB), "nothing changed")
@@ -290,7 +318,7 @@ func TestMigrations(t *testing.T) {
 		}
 
 		leaveLock(t)
-		rolled, err := migrations.Down(ctx, d.DB)
+		rolled, err := migrations.Down(ctx, d.DB, nil)
 		require.NoError(t, err)
 		require.Equal(t, all, rolled)
 
