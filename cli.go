@@ -104,12 +104,26 @@ func parseArgs(s *settings, args []string) ([]string, error) {
 	}
 }
 
-// noArgs refuses positional arguments a command does not take.
+// noArgs refuses positional arguments a command does not take. A command's
+// name among them (`fleetgraph --listen :0 migrate status`, which runs serve
+// with the flag) is explained: the command comes first.
 func noArgs(rest []string) error {
-	if len(rest) > 0 {
-		return usageError("unexpected argument %q", rest[0])
+	if len(rest) == 0 {
+		return nil
 	}
-	return nil
+	if isCommand(rest[0]) {
+		return usageError("unexpected argument %q: to run the %s command, name it before its flags (fleetgraph %s [flags])", rest[0], rest[0], rest[0])
+	}
+	return usageError("unexpected argument %q", rest[0])
+}
+
+// isCommand reports whether name is one of the commands run dispatches on.
+func isCommand(name string) bool {
+	switch name {
+	case "serve", "migrate", "token", "schema", "verify", "robots", "keys", "logs", "help":
+		return true
+	}
+	return false
 }
 
 // jsonFlag declares --json and returns a reader of its value.

@@ -250,7 +250,11 @@ const httpWriteTimeout = 60 * time.Second
 func serve(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("serve", "Serves the GraphQL API, /healthz, /readyz and (optionally) the playground at /.", stderr, env)
 	cs := declareServe(s)
-	if _, err := s.parse(args); err != nil {
+	rest, err := s.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(rest); err != nil {
 		return err
 	}
 	cfg, err := cs.resolve()
@@ -651,7 +655,11 @@ func token(args []string, env func(string) string, stdout, stderr io.Writer) err
 	tenant := s.add("", "tenant", "", "tenant id (UUID); unset means the default tenant")
 	role := s.add("", "role", string(auth.RoleUser), "authenticated or service_role")
 	ttl := s.add("", "ttl", "24h", "lifetime, e.g. 30m, 24h")
-	if _, err := s.parse(args); err != nil {
+	rest, err := s.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(rest); err != nil {
 		return err
 	}
 	userID, err := uuid.Parse(sub.String())

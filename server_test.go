@@ -346,6 +346,17 @@ func TestCommands(t *testing.T) {
 		require.Contains(t, stderr, "unexpected argument")
 	})
 
+	// A command named after serve's flags is not run as serve with the
+	// command ignored.
+	t.Run("CommandAfterFlags", func(t *testing.T) {
+		t.Parallel()
+		e := baseEnv(t).with("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?sslmode=disable", "DATABASE_CONNECT_TIMEOUT", "0", "JWT_SECRET", testSecret)
+		code, stdout, stderr := runCLI(t, e, "--listen", "127.0.0.1:0", "migrate", "status")
+		require.Equal(t, 2, code, stderr)
+		require.Empty(t, stdout)
+		require.Contains(t, stderr, `fleetgraph serve: unexpected argument "migrate": to run the migrate command, name it before its flags (fleetgraph migrate [flags])`)
+	})
+
 	t.Run("UnknownCommand", func(t *testing.T) {
 		t.Parallel()
 		code, _, stderr := runCLI(t, baseEnv(t), "frobnicate")
@@ -366,6 +377,7 @@ func TestCommands(t *testing.T) {
 
 func TestServeConfigErrors(t *testing.T) {
 	t.Parallel()
+	unreachable := env{"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none?sslmode=disable", "DATABASE_CONNECT_TIMEOUT": "0", "JWT_SECRET": testSecret}
 
 	for _, tt := range []struct {
 		name   string
@@ -402,6 +414,11 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "FlagOverridesGoodEnv", env: env{"LOG_FORMAT": "json"}, args: []string{"--log-format", "xml"}, want: `LOG_FORMAT (--log-format) must be text or json, not "xml"`},
 		{name: "BareBoolFlagTakesNoValue", args: []string{"--auto-migrate", "--log-level", "loud"}, want: "LOG_LEVEL", notWas: "AUTO_MIGRATE"},
 		{name: "BoolFlagOverridesEnv", env: env{"PLAYGROUND": "maybe", "LOG_LEVEL": "loud"}, args: []string{"--playground=false"}, want: "LOG_LEVEL", notWas: "PLAYGROUND"},
+		// Words after the flags are refused, not ignored by a server that
+		// starts anyway (here it would fail on the database instead).
+		{name: "ExtraArgument", env: unreachable, args: []string{"--listen", "127.0.0.1:0", "bogus"}, want: `unexpected argument "bogus"`},
+		{name: "CommandAfterFlags", env: unreachable, args: []string{"--listen", "127.0.0.1:0", "migrate", "status"},
+			want: `unexpected argument "migrate": to run the migrate command, name it before its flags`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -517,6 +534,7 @@ func TestToken(t *testing.T) {
 		{"BadTTL", []string{"--ttl", "soon"}, nil, "--ttl must be a positive duration"},
 		{"ShortSecret", nil, env{"JWT_SECRET": "too-short"}, "JWT_SECRET"},
 		{"EmptyAudience", []string{"--jwt-audience", " "}, nil, "JWT_AUDIENCE"},
+		{"ExtraArgument", []string{"--ttl", "1h", "service_role"}, nil, `unexpected argument "service_role"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
