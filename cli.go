@@ -466,8 +466,10 @@ func parseExpiry(st *setting, now time.Time) (*time.Time, error) {
 	if days, ok := strings.CutSuffix(v, "d"); ok {
 		var n int
 		n, err = strconv.Atoi(days)
-		if n > maxKeyDays {
-			n = 0 // refused below, before it can overflow
+		if n <= 0 || n > maxKeyDays {
+			// Refused below, before the multiplication can overflow (a
+			// large negative count wrapped into a valid lifetime).
+			n = 0
 		}
 		d = time.Duration(n) * 24 * time.Hour
 	}

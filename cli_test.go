@@ -374,6 +374,9 @@ func TestKeysCommands(t *testing.T) {
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "soon"}, "--expires"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "99999999999d"}, "--expires"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "0d"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "-1d"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "-281474976710626d"}, "--expires"}, // wrapped to +30 days
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "-9223372036854775808d"}, "--expires"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "9999-12-31T23:59:59-23:00"}, "--expires"}, // year 10000 in UTC
 		{[]string{"keys", "create", "--robot", "lyon-1", "--tenant", "00000000-0000-0000-0000-000000000000"}, "--tenant"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--name", " "}, "--name"},
