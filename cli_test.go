@@ -283,6 +283,10 @@ func TestRobotsCommands(t *testing.T) {
 		{[]string{"robots", "list", "--status", "ASLEEP"}, "--status"},
 		{[]string{"robots", "list", "--no-such-flag"}, "no-such-flag"},
 		{[]string{"robots", "list", "extra"}, `"extra"`},
+		// Not UTF-8: refused by the store, not failed by the driver or stored as U+FFFD.
+		{[]string{"robots", "list", "--name-contains", "\xff"}, "--name-contains: filter.nameContains must be valid UTF-8"},
+		{[]string{"robots", "create", "--name", "h", "--hostname", "h\xff"}, "--hostname: hostname must be valid UTF-8"},
+		{[]string{"robots", "create", "--name", "h\xff"}, "--name: name must be valid UTF-8"},
 		{[]string{"robots", "create", "a", "b"}, "unexpected argument"},
 		{[]string{"robots"}, "robots list|create"},
 		{[]string{"robots", "delete"}, `"delete"`},
