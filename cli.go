@@ -9,6 +9,7 @@ package main
 // stdout, notices to stderr; --json prints what a table shows as JSON.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -271,21 +272,78 @@ func viewRobot(r *db.Robot) robotView {
 		LastHeartbeatAt: r.LastHeartbeatAt, CreatedAt: r.CreatedAt}
 }
 
-func printRobots(w io.Writer, asJSON bool, rs []*db.Robot) error {
-	if asJSON {
-		out := make([]robotView, 0, len(rs))
-		for _, r := range rs {
-			out = append(out, viewRobot(r))
+// listPrinter prints a list page by page as it is read, so that a list
+// of any length takes one page of memory: with --json one array whose
+// elements are written with each page (the same text writeJSON writes for
+// the whole array), else a table whose columns are aligned within each page.
+type listPrinter[T any] struct {
+	w      io.Writer
+	asJSON bool
+	header string          // the table's header line, tab-separated
+	view   func(*T) any    // an item as JSON shows it
+	row    func(*T) string // an item as a table line, tab-separated
+	n      int             // items printed so far
+	headed bool            // the table's header is printed
+	buf    bytes.Buffer    // the page being printed
+}
+
+// page prints one page of items.
+func (p *listPrinter[T]) page(items []*T) error {
+	p.buf.Reset()
+	if p.asJSON {
+		for _, it := range items {
+			b, err := json.MarshalIndent(p.view(it), "  ", "  ")
+			if err != nil {
+				return err
+			}
+			if p.n == 0 {
+				p.buf.WriteString("[\n  ")
+			} else {
+				p.buf.WriteString(",\n  ")
+			}
+			p.buf.Write(b)
+			p.n++
 		}
-		return writeJSON(w, out)
+	} else {
+		tw := tabwriter.NewWriter(&p.buf, 0, 4, 2, ' ', 0)
+		if !p.headed {
+			_, _ = fmt.Fprintln(tw, p.header)
+			p.headed = true
+		}
+		for _, it := range items {
+			_, _ = fmt.Fprintln(tw, p.row(it))
+			p.n++
+		}
+		_ = tw.Flush() // into the buffer, which does not fail
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	_, _ = fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tCAPABILITIES\tMAX JOBS\tLAST HEARTBEAT")
-	for _, r := range rs {
-		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", r.ID, r.Name, r.Status, orDash(strings.Join(r.Capabilities, ",")),
-			r.MaxConcurrentJobs, timeOrDash(r.LastHeartbeatAt))
+	_, err := p.w.Write(p.buf.Bytes())
+	return err
+}
+
+// end finishes the list (a table with no rows still has its header).
+func (p *listPrinter[T]) end() error {
+	switch {
+	case p.asJSON && p.n == 0:
+		_, err := io.WriteString(p.w, "[]\n")
+		return err
+	case p.asJSON:
+		_, err := io.WriteString(p.w, "\n]\n")
+		return err
+	case !p.headed:
+		return p.page(nil)
 	}
-	return tw.Flush()
+	return nil
+}
+
+func robotPrinter(w io.Writer, asJSON bool) *listPrinter[db.Robot] {
+	return &listPrinter[db.Robot]{w: w, asJSON: asJSON,
+		header: "ID\tNAME\tSTATUS\tCAPABILITIES\tMAX JOBS\tLAST HEARTBEAT",
+		view:   func(r *db.Robot) any { return viewRobot(r) },
+		row: func(r *db.Robot) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", r.ID, r.Name, r.Status, orDash(strings.Join(r.Capabilities, ",")),
+				r.MaxConcurrentJobs, timeOrDash(r.LastHeartbeatAt))
+		},
+	}
 }
 
 func orDash(s string) string {
@@ -346,20 +404,23 @@ func robotsList(ctx context.Context, args []string, env func(string) string, std
 		return err
 	}
 	defer o.close()
-	var all []*db.Robot
+	// Page by page, each printed before the next is read: a tenant's
+	// robots may be many more than fit in memory comfortably.
+	out := robotPrinter(stdout, o.json)
 	page := db.PageArgs{First: new(db.MaxPageSize)}
 	for {
 		p, err := o.robots.List(o.ctx, o.d.DB, f, page)
 		if err != nil {
 			return inputError(err, map[string]string{"filter.capability": "capability", "filter.nameContains": "name-contains"})
 		}
-		all = append(all, p.Items...)
+		if err := out.page(p.Items); err != nil {
+			return err
+		}
 		if !p.HasNext || len(p.Items) == 0 {
-			break
+			return out.end()
 		}
 		page.After = new(p.Items[len(p.Items)-1].Cursor())
 	}
-	return printRobots(stdout, o.json, all)
 }
 
 func robotsCreate(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
@@ -413,7 +474,11 @@ func robotsCreate(ctx context.Context, args []string, env func(string) string, s
 	if o.json {
 		return writeJSON(stdout, viewRobot(r))
 	}
-	return printRobots(stdout, false, []*db.Robot{r})
+	out := robotPrinter(stdout, false)
+	if err := out.page([]*db.Robot{r}); err != nil {
+		return err
+	}
+	return out.end()
 }
 
 // keyView is an API key as the CLI prints it in JSON; the raw key appears

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"regexp"
@@ -624,4 +625,83 @@ func TestOperatorRefusesUnmigrated(t *testing.T) {
 		require.Contains(t, stderr, "run `fleetgraph migrate up`", cmd)
 	}
 	require.False(t, tableExists(t, bdb, "bun_migrations"))
+}
+
+// firstWriteHook is an io.Writer that runs hook before its first write.
+type firstWriteHook struct {
+	bytes.Buffer
+	hook func()
+}
+
+func (w *firstWriteHook) Write(p []byte) (int, error) {
+	if w.hook != nil {
+		w.hook()
+		w.hook = nil
+	}
+	return w.Buffer.Write(p)
+}
+
+// robots list prints each page before it reads the next, so that a tenant
+// of any size takes one page of memory: when the tenant's robots are
+// deleted as the first page is written, the list ends after that page. The
+// JSON is the one array writeJSON would print, and the table has one header.
+func TestRobotsListPrintsPageByPage(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	const robots = db.MaxPageSize + 1
+	fill := func(t *testing.T) uuid.UUID {
+		tenant := uuid.New()
+		_, err := d.ExecContext(ctx, "INSERT INTO robots (tenant_id, name) SELECT ?, 'r' || g FROM generate_series(1, ?) g", tenant, robots)
+		require.NoError(t, err)
+		return tenant
+	}
+	list := func(t *testing.T, tenant uuid.UUID, hook func(), args ...string) string {
+		t.Helper()
+		out := &firstWriteHook{hook: hook}
+		var stderr bytes.Buffer
+		code := run(ctx, append([]string{"robots", "list", "--tenant", tenant.String()}, args...), e.get, out, &stderr)
+		require.Equal(t, 0, code, stderr.String())
+		return out.String()
+	}
+	deleteTenant := func(tenant uuid.UUID) func() {
+		return func() {
+			_, err := d.ExecContext(ctx, "DELETE FROM robots WHERE tenant_id = ?", tenant)
+			require.NoError(t, err)
+		}
+	}
+	rowRE := regexp.MustCompile(`(?m)^[0-9a-f-]{36}\s+r\d+\s+OFFLINE\s`)
+
+	t.Run("JSON", func(t *testing.T) {
+		tenant := fill(t)
+		var all []robotView
+		text := list(t, tenant, nil, "--json")
+		require.NoError(t, json.Unmarshal([]byte(text), &all))
+		require.Len(t, all, robots)
+		var again bytes.Buffer
+		require.NoError(t, writeJSON(&again, all))
+		require.Equal(t, again.String(), text, "the array writeJSON prints")
+
+		var first []robotView
+		require.NoError(t, json.Unmarshal([]byte(list(t, tenant, deleteTenant(tenant), "--json")), &first))
+		require.Len(t, first, db.MaxPageSize, "the first page was printed before the second was read")
+
+		var none []robotView
+		text = list(t, tenant, nil, "--json")
+		require.Equal(t, "[]\n", text)
+		require.NoError(t, json.Unmarshal([]byte(text), &none))
+	})
+
+	t.Run("Table", func(t *testing.T) {
+		tenant := fill(t)
+		text := list(t, tenant, nil)
+		require.Len(t, rowRE.FindAllString(text, -1), robots)
+		require.Equal(t, 1, strings.Count(text, "LAST HEARTBEAT"), "one header")
+
+		text = list(t, tenant, deleteTenant(tenant))
+		require.Len(t, rowRE.FindAllString(text, -1), db.MaxPageSize, "the first page was printed before the second was read")
+
+		require.Regexp(t, `^ID\s+NAME\s+STATUS\s+CAPABILITIES\s+MAX JOBS\s+LAST HEARTBEAT\n$`, list(t, tenant, nil), "an empty table keeps its header")
+	})
 }
