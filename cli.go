@@ -624,25 +624,30 @@ func keysList(ctx context.Context, args []string, env func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	keys, err := o.keys.List(o.ctx, o.d.DB, r.ID, withRevoked != nil && *withRevoked)
-	if err != nil {
-		return err
+	out := &listPrinter[db.APIKey]{w: stdout, asJSON: o.json,
+		header: "ID\tNAME\tPREFIX\tCREATED\tEXPIRES\tLAST USED\tREVOKED",
+		view:   func(k *db.APIKey) any { return viewKey(k) },
+		row: func(k *db.APIKey) string {
+			created := k.CreatedAt
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", k.ID, k.Name, k.Prefix, timeOrDash(&created),
+				orNever(k.ExpiresAt), timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt))
+		},
 	}
-	if o.json {
-		out := make([]keyView, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, viewKey(k))
+	// Every key, page by page: the store's List stops at MaxPageSize.
+	page := db.PageArgs{First: new(db.MaxPageSize)}
+	for {
+		p, err := o.keys.ListPage(o.ctx, o.d.DB, r.ID, withRevoked != nil && *withRevoked, page)
+		if err != nil {
+			return err
 		}
-		return writeJSON(stdout, out)
+		if err := out.page(p.Items); err != nil {
+			return err
+		}
+		if !p.HasNext || len(p.Items) == 0 {
+			return out.end()
+		}
+		page.After = new(p.Items[len(p.Items)-1].Cursor())
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	_, _ = fmt.Fprintln(tw, "ID\tNAME\tPREFIX\tCREATED\tEXPIRES\tLAST USED\tREVOKED")
-	for _, k := range keys {
-		created := k.CreatedAt
-		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Prefix, timeOrDash(&created),
-			orNever(k.ExpiresAt), timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt))
-	}
-	return tw.Flush()
 }
 
 func keysRevoke(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {

@@ -705,3 +705,39 @@ func TestRobotsListPrintsPageByPage(t *testing.T) {
 		require.Regexp(t, `^ID\s+NAME\s+STATUS\s+CAPABILITIES\s+MAX JOBS\s+LAST HEARTBEAT\n$`, list(t, tenant, nil), "an empty table keeps its header")
 	})
 }
+
+// keys list lists every key of the robot, past the store's MaxPageSize,
+// while the API's apiKeys keeps its first page.
+func TestKeysListEveryKey(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	r := robotJSON(t, e, "--name", "many")
+	const keys = db.MaxPageSize + 2
+	_, err := d.ExecContext(ctx, `INSERT INTO api_keys (tenant_id, robot_id, name, prefix, key_hash, created_by, revoked_at)
+		SELECT tenant_id, id, 'k' || g, 'crpa_x', decode(md5(g::text), 'hex'), 'test', CASE WHEN g = 1 THEN now() END
+		FROM robots, generate_series(1, ?) g WHERE id = ?`, keys, r.ID)
+	require.NoError(t, err)
+
+	code, stdout, stderr := runCLI(t, e, "keys", "list", "--robot", "many", "--json")
+	require.Equal(t, 0, code, stderr)
+	var listed []keyView
+	require.NoError(t, json.Unmarshal([]byte(stdout), &listed))
+	require.Len(t, listed, keys-1, "every live key")
+	seen := map[uuid.UUID]bool{}
+	for _, k := range listed {
+		require.False(t, seen[k.ID], "no key twice")
+		seen[k.ID] = true
+		require.Nil(t, k.RevokedAt)
+	}
+
+	code, stdout, stderr = runCLI(t, e, "keys", "list", "--robot", "many", "--all")
+	require.Equal(t, 0, code, stderr)
+	require.Len(t, regexp.MustCompile(`(?m)^[0-9a-f-]{36}\s+k\d+\s+crpa_x\s`).FindAllString(stdout, -1), keys, "--all: the revoked one too")
+
+	svc := auth.WithPrincipal(ctx, auth.SystemPrincipal("cli", auth.DefaultTenant))
+	first, err := db.NewAPIKeys().List(svc, d.DB, r.ID, true)
+	require.NoError(t, err)
+	require.Len(t, first, db.MaxPageSize, "the API's list is unchanged: its first page")
+}
