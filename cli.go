@@ -340,7 +340,7 @@ func robotPrinter(w io.Writer, asJSON bool) *listPrinter[db.Robot] {
 		header: "ID\tNAME\tSTATUS\tCAPABILITIES\tMAX JOBS\tLAST HEARTBEAT",
 		view:   func(r *db.Robot) any { return viewRobot(r) },
 		row: func(r *db.Robot) string {
-			return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", r.ID, r.Name, r.Status, orDash(strings.Join(r.Capabilities, ",")),
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", r.ID, terminalText(r.Name), r.Status, orDash(strings.Join(r.Capabilities, ",")),
 				r.MaxConcurrentJobs, timeOrDash(r.LastHeartbeatAt))
 		},
 	}
@@ -589,7 +589,7 @@ func keysCreate(ctx context.Context, args []string, env func(string) string, std
 	}
 	k := created.APIKey
 	_, _ = fmt.Fprintf(stderr, "created API key %s (%q) for robot %s; it expires %s.\nThis is the only time the key is shown: store it now.\n",
-		k.ID, k.Name, r.Name, orNever(k.ExpiresAt))
+		k.ID, k.Name, terminalText(r.Name), orNever(k.ExpiresAt))
 	_, err = fmt.Fprintln(stdout, created.Key)
 	return err
 }
@@ -629,7 +629,7 @@ func keysList(ctx context.Context, args []string, env func(string) string, stdou
 		view:   func(k *db.APIKey) any { return viewKey(k) },
 		row: func(k *db.APIKey) string {
 			created := k.CreatedAt
-			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", k.ID, k.Name, k.Prefix, timeOrDash(&created),
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", k.ID, terminalText(k.Name), k.Prefix, timeOrDash(&created),
 				orNever(k.ExpiresAt), timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt))
 		},
 	}

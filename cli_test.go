@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -740,4 +741,35 @@ func TestKeysListEveryKey(t *testing.T) {
 	first, err := db.NewAPIKeys().List(svc, d.DB, r.ID, true)
 	require.NoError(t, err)
 	require.Len(t, first, db.MaxPageSize, "the API's list is unchanged: its first page")
+}
+
+// Names a tenant's users chose are printed in tables as visible text: one
+// with a bidirectional override (which names may hold) is quoted with Go's
+// escapes, so it cannot reorder the rest of its line.
+func TestTablesEscapeNames(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	name := "invoice\u202efdp.exe"
+	robotJSON(t, e, "--name", name)
+	code, stdout, stderr := runCLI(t, e, "keys", "create", "--robot", name, "--name", "key\u2066x")
+	require.Equal(t, 0, code, stderr)
+	requireTerminalSafe(t, stdout)
+	requireTerminalSafe(t, stderr)
+	require.Contains(t, stderr, "for robot "+strconv.Quote(name))
+
+	code, stdout, stderr = runCLI(t, e, "robots", "list")
+	require.Equal(t, 0, code, stderr)
+	requireTerminalSafe(t, stdout)
+	require.Contains(t, stdout, strconv.Quote(name))
+	code, stdout, stderr = runCLI(t, e, "keys", "list", "--robot", name)
+	require.Equal(t, 0, code, stderr)
+	requireTerminalSafe(t, stdout)
+	require.Contains(t, stdout, strconv.Quote("key\u2066x"))
+
+	code, stdout, _ = runCLI(t, e, "robots", "list", "--json")
+	require.Equal(t, 0, code)
+	var list []robotView
+	require.NoError(t, json.Unmarshal([]byte(stdout), &list))
+	require.Equal(t, name, list[0].Name, "JSON carries the name as it is")
 }
