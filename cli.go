@@ -581,17 +581,27 @@ func keysCreate(ctx context.Context, args []string, env func(string) string, std
 	if err != nil {
 		return inputError(err, keyFlags)
 	}
+	k := created.APIKey
 	if o.json {
-		return writeJSON(stdout, struct {
+		err = writeJSON(stdout, struct {
 			Key    string  `json:"key"`
 			APIKey keyView `json:"apiKey"`
-		}{created.Key, viewKey(created.APIKey)})
+		}{created.Key, viewKey(k)})
+	} else {
+		_, _ = fmt.Fprintf(stderr, "created API key %s (%q) for robot %s; it expires %s.\nThis is the only time the key is shown: store it now.\n",
+			k.ID, k.Name, terminalText(r.Name), orNever(k.ExpiresAt))
+		_, err = fmt.Fprintln(stdout, created.Key)
 	}
-	k := created.APIKey
-	_, _ = fmt.Fprintf(stderr, "created API key %s (%q) for robot %s; it expires %s.\nThis is the only time the key is shown: store it now.\n",
-		k.ID, k.Name, terminalText(r.Name), orNever(k.ExpiresAt))
-	_, err = fmt.Fprintln(stdout, created.Key)
-	return err
+	if err == nil {
+		return nil
+	}
+	// Nobody got the raw key, which exists nowhere else: a key left active
+	// would be one nobody can use or knows to rotate. Revoke it, even if
+	// the command is being interrupted.
+	if _, rerr := o.keys.Revoke(context.WithoutCancel(o.ctx), o.d.DB, k.ID); rerr != nil {
+		return fmt.Errorf("printing the new API key %s failed (%w), and so did revoking it (%v): it is active; revoke it with `fleetgraph keys revoke %s`", k.ID, err, rerr, k.ID)
+	}
+	return fmt.Errorf("printing the new API key %s failed (%w), so it was revoked at once: run keys create again with an output that can be written", k.ID, err)
 }
 
 func orNever(t *time.Time) string { return timeOr(t, "never") }

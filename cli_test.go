@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"regexp"
 	"slices"
 	"strconv"
@@ -772,4 +773,30 @@ func TestTablesEscapeNames(t *testing.T) {
 	var list []robotView
 	require.NoError(t, json.Unmarshal([]byte(stdout), &list))
 	require.Equal(t, name, list[0].Name, "JSON carries the name as it is")
+}
+
+// failingWriter fails every write, as stdout redirected to /dev/full does.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// keys create revokes a key it could not print: nobody has the raw key, so
+// it must not stay active; stderr says so.
+func TestKeysCreateRevokesAKeyItCouldNotPrint(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	robotJSON(t, e, "--name", "lyon-1")
+	for _, args := range [][]string{nil, {"--json"}} {
+		var stderr bytes.Buffer
+		code := run(ctx, append([]string{"keys", "create", "--robot", "lyon-1"}, args...), e.get, failingWriter{}, &stderr)
+		require.Equal(t, 1, code, stderr.String())
+		require.Contains(t, stderr.String(), "no space left on device")
+		require.Contains(t, stderr.String(), "so it was revoked at once")
+	}
+	var live, revoked int
+	require.NoError(t, d.NewRaw("SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*) FILTER (WHERE revoked_by = 'system:cli') FROM api_keys").Scan(ctx, &live, &revoked))
+	require.Zero(t, live, "no key nobody has stays active")
+	require.Equal(t, 2, revoked)
 }
