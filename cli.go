@@ -2,8 +2,8 @@ package main
 
 // The operator commands: verify, robots, keys and schema. They read the
 // same settings as serve (same variables, flags, defaults and errors), open
-// the database the way migrate does (openDatabase: DATABASE_URL, or the
-// private PostgreSQL in DATA_DIR), and provision through the same stores as
+// the database with openDatabase (DATABASE_URL, or the private PostgreSQL in
+// DATA_DIR, which they borrow but never create), and provision through the same stores as
 // the API, acting as auth.SystemPrincipal("cli", tenant): a service role of
 // one tenant whose actor in audit trails is "system:cli". Tables go to
 // stdout, notices to stderr; --json prints what a table shows as JSON.
@@ -69,7 +69,7 @@ func (c *connection) open(ctx context.Context, stderr io.Writer) (*database, *sl
 		return nil, nil, usageError("%s must be text or json, not %q", c.logFormat.name(), cfg.logFormat)
 	}
 	log := newLogger(stderr, level, cfg.logFormat)
-	d, err := openDatabase(ctx, cfg, log)
+	d, err := openDatabase(ctx, cfg, log, borrowPrivate)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -823,9 +823,13 @@ func verify(ctx context.Context, args []string, env func(string) string, stdout,
 	if dataDir == "" {
 		dataDir = ".data"
 	}
-	d, err := openDatabase(ctx, &config{databaseURL: cs.databaseURL.String(), dataDir: dataDir}, log)
+	d, err := openDatabase(ctx, &config{databaseURL: cs.databaseURL.String(), dataDir: dataDir}, log, borrowPrivate)
 	if err != nil {
-		r.add("database reachable", "fail", err.Error(), "check DATABASE_URL (host, port, user, password, database, sslmode) and that PostgreSQL accepts connections from here")
+		advice := "check DATABASE_URL (host, port, user, password, database, sslmode) and that PostgreSQL accepts connections from here"
+		if errors.Is(err, errNoPrivateDatabase) {
+			advice = "check DATA_DIR; start `fleetgraph serve` with the same settings once (it creates the private PostgreSQL and its database), or set DATABASE_URL"
+		}
+		r.add("database reachable", "fail", err.Error(), advice)
 		for _, name := range []string{"PostgreSQL version", "migrations", "change-feed triggers", "log partitions", "change feed"} {
 			r.add(name, "skipped", "the database is unreachable", "")
 		}

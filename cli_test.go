@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
 	"fleetgraph/fault"
+	"fleetgraph/localpg"
 )
 
 // checkOf returns the named check of a verify report, failing if absent.
@@ -799,4 +801,50 @@ func TestKeysCreateRevokesAKeyItCouldNotPrint(t *testing.T) {
 	require.NoError(t, d.NewRaw("SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*) FILTER (WHERE revoked_by = 'system:cli') FROM api_keys").Scan(ctx, &live, &revoked))
 	require.Zero(t, live, "no key nobody has stays active")
 	require.Equal(t, 2, revoked)
+}
+
+// With DATABASE_URL unset, the operator commands use the private database
+// in DATA_DIR but never create it: a DATA_DIR that holds none (a typo, or
+// no server started there yet) is refused with what to do, and left as it
+// was. Only serve and migrate create (and keep up) the private PostgreSQL.
+func TestOperatorRefusesADataDirWithoutDatabase(t *testing.T) {
+	t.Parallel()
+	parent := pgDataDir(t) // short: the cluster's socket lives inside
+	dataDir := filepath.Join(parent, "typo")
+	e := env{"DATA_DIR": dataDir}
+	for _, cmd := range [][]string{
+		{"robots", "list"}, {"robots", "create", "x"}, {"keys", "list", "--robot", "x"}, {"keys", "create", "--robot", "x"},
+		{"keys", "revoke", uuid.NewString()}, {"logs", "cleanup", "--dry-run"}, {"logs", "tail", "--robot", "x"},
+	} {
+		code, stdout, stderr := runCLI(t, e, cmd...)
+		require.Equal(t, 1, code, "%v: %s", cmd, stderr)
+		require.Empty(t, stdout, cmd)
+		require.Contains(t, stderr, "DATA_DIR "+dataDir+" holds no Fleetgraph database (no PostgreSQL cluster in "+filepath.Join(dataDir, "postgres")+")", cmd)
+		require.Contains(t, stderr, "start `fleetgraph serve` with this DATA_DIR once to create it, or set DATABASE_URL", cmd)
+		require.NotContains(t, stderr, "auto-migrate", cmd)
+	}
+	code, r, _ := runVerifyJSON(t, e)
+	require.Equal(t, 1, code)
+	c := checkOf(t, r, "database reachable")
+	require.Equal(t, "fail", c.Status)
+	require.Contains(t, c.Detail, "holds no Fleetgraph database")
+	require.Contains(t, c.Advice, "start `fleetgraph serve`")
+	require.NoDirExists(t, dataDir, "nothing was created")
+
+	// A cluster without the fleetgraph database is refused too, and left so.
+	pgDir := filepath.Join(parent, "other", "postgres")
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	cluster, err := localpg.Start(ctx, localpg.Options{Dir: pgDir, Settings: map[string]string{"fsync": "off"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, cluster.Stop(context.Background())) })
+	code, _, stderr := runCLI(t, env{"DATA_DIR": filepath.Dir(pgDir)}, "robots", "list")
+	require.Equal(t, 1, code, stderr)
+	require.Contains(t, stderr, "its PostgreSQL cluster has no fleetgraph database")
+	admin, err := db.Open(ctx, cluster.DSN("postgres"))
+	require.NoError(t, err)
+	defer admin.Close()
+	var exists bool
+	require.NoError(t, admin.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'fleetgraph')").Scan(ctx, &exists))
+	require.False(t, exists, "robots list created no database")
 }

@@ -136,8 +136,8 @@ func isHelpFlag(arg string) bool {
 }
 
 // database is an open database, with the private cluster behind it when
-// DATABASE_URL is unset. The cluster is supervised while the database is
-// open: if this process started it, it is restarted when it dies; if this
+// DATABASE_URL is unset. For serve and migrate (ownPrivate) the cluster is
+// supervised while the database is open: if this process started it, it is restarted when it dies; if this
 // process attached to another one's, it takes the cluster over (starts and
 // owns it) when that one goes away. The pool and the notification listener
 // reconnect by themselves, so /readyz turns back to 200 once it is up.
@@ -150,7 +150,24 @@ type database struct {
 // dbName is the database the private cluster keeps Fleetgraph's data in.
 const dbName = "fleetgraph"
 
-func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database, error) {
+// privateUse says what a command does with the private PostgreSQL.
+type privateUse int
+
+const (
+	// ownPrivate creates the cluster and its database where they are
+	// missing, and supervises the cluster while the database is open:
+	// serve and migrate.
+	ownPrivate privateUse = iota
+	// borrowPrivate uses the cluster that is there, the running server's
+	// or started for the command and stopped after it, unsupervised, and
+	// creates nothing: the operator commands, which a DATA_DIR typo must
+	// not turn into a new, empty installation.
+	borrowPrivate
+)
+
+// openDatabase opens DATABASE_URL, or the private PostgreSQL in DATA_DIR
+// as use allows.
+func openDatabase(ctx context.Context, cfg *config, log *slog.Logger, use privateUse) (*database, error) {
 	if !cfg.embedded() {
 		bdb, err := db.OpenWaiting(ctx, cfg.databaseURL, cfg.dbConnectWait, log)
 		if err != nil {
@@ -158,12 +175,21 @@ func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database
 		}
 		return &database{DB: bdb, dsn: cfg.databaseURL}, nil
 	}
-	cluster, err := localpg.Start(ctx, localpg.Options{Dir: filepath.Join(cfg.dataDir, "postgres"), Logger: log, Supervise: true})
+	dir := filepath.Join(cfg.dataDir, "postgres")
+	cluster, err := localpg.Start(ctx, localpg.Options{Dir: dir, Logger: log, Supervise: use == ownPrivate, Existing: use == borrowPrivate})
+	if errors.Is(err, localpg.ErrNoCluster) {
+		return nil, noPrivateDatabase(cfg.dataDir, "no PostgreSQL cluster in "+dir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("starting the private PostgreSQL: %w", err)
 	}
 	d := &database{cluster: cluster, dsn: cluster.DSN(dbName)}
-	if err := createDatabase(ctx, cluster); err != nil {
+	if use == borrowPrivate {
+		err = requireDatabase(ctx, cluster, cfg.dataDir)
+	} else {
+		err = createDatabase(ctx, cluster)
+	}
+	if err != nil {
 		d.close(log)
 		return nil, err
 	}
@@ -174,6 +200,40 @@ func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database
 	return d, nil
 }
 
+// errNoPrivateDatabase marks a DATA_DIR without the private database.
+var errNoPrivateDatabase = errors.New("no Fleetgraph database")
+
+// noPrivateDatabase says that DATA_DIR holds no private database, and how
+// to get one.
+func noPrivateDatabase(dataDir, why string) error {
+	return fmt.Errorf("DATA_DIR %s holds %w (%s): start `fleetgraph serve` with this DATA_DIR once to create it, "+
+		"or set DATABASE_URL to use your own PostgreSQL", dataDir, errNoPrivateDatabase, why)
+}
+
+// requireDatabase checks that the private cluster holds the Fleetgraph database.
+func requireDatabase(ctx context.Context, cluster *localpg.Cluster, dataDir string) error {
+	admin, err := db.Open(ctx, cluster.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	exists, err := hasDatabase(ctx, admin)
+	if err == nil && !exists {
+		err = noPrivateDatabase(dataDir, "its PostgreSQL cluster has no "+dbName+" database")
+	}
+	return err
+}
+
+// hasDatabase reports whether the private cluster (admin is connected to
+// its postgres database) holds the Fleetgraph database.
+func hasDatabase(ctx context.Context, admin *bun.DB) (bool, error) {
+	var exists bool
+	if err := admin.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", dbName).Scan(ctx, &exists); err != nil {
+		return false, fmt.Errorf("looking for the %s database: %w", dbName, err)
+	}
+	return exists, nil
+}
+
 // createDatabase creates the Fleetgraph database in a fresh private cluster.
 func createDatabase(ctx context.Context, cluster *localpg.Cluster) error {
 	admin, err := db.Open(ctx, cluster.DSN("postgres"))
@@ -181,12 +241,8 @@ func createDatabase(ctx context.Context, cluster *localpg.Cluster) error {
 		return err
 	}
 	defer admin.Close()
-	var exists bool
-	if err := admin.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", dbName).Scan(ctx, &exists); err != nil {
-		return fmt.Errorf("looking for the %s database: %w", dbName, err)
-	}
-	if exists {
-		return nil
+	if exists, err := hasDatabase(ctx, admin); err != nil || exists {
+		return err
 	}
 	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+dbName); err != nil && !strings.Contains(err.Error(), "already exists") {
 		return fmt.Errorf("creating the %s database: %w", dbName, err)
@@ -276,7 +332,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return usageError("JWT_SECRET: %v", err)
 	}
 
-	d, err := openDatabase(ctx, cfg, log)
+	d, err := openDatabase(ctx, cfg, log, ownPrivate)
 	if err != nil {
 		return err
 	}
@@ -588,7 +644,7 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 		return usageError("%s must be text or json, not %q", logFormat.name(), f)
 	}
 	log := newLogger(stderr, level, logFormat.String())
-	d, err := openDatabase(ctx, cfg, log)
+	d, err := openDatabase(ctx, cfg, log, ownPrivate)
 	if err != nil {
 		return err
 	}

@@ -897,6 +897,17 @@ func TestServeEmbedded(t *testing.T) {
 		require.Equal(t, http.StatusOK, status, body)
 	})
 
+	t.Run("OperatorCommandsAttachToRunningCluster", func(t *testing.T) {
+		code, stdout, stderr := runCLI(t, e, "robots", "list", "--tenant", demo.Tenant.String(), "--json")
+		require.Equal(t, 0, code, stderr)
+		var robots []robotView
+		require.NoError(t, json.Unmarshal([]byte(stdout), &robots))
+		require.Len(t, robots, 2, "the demo fleet's robots")
+		after, ok := postmasterPID(pgDir)
+		require.True(t, ok, "robots list must not stop the server's PostgreSQL")
+		require.Equal(t, pid, after)
+	})
+
 	t.Run("ShutdownClosesWebsocketsWithGoingAway", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -935,6 +946,15 @@ func TestServeEmbedded(t *testing.T) {
 		}
 		require.Equal(t, 0, p.stop(t), p.stderr.String())
 		requireStopped(t, pgDir, pid)
+	})
+
+	// With no server running, an operator command starts the cluster for
+	// its own run and stops it after.
+	t.Run("OperatorCommandsStartAStoppedCluster", func(t *testing.T) {
+		code, stdout, stderr := runCLI(t, e, "robots", "list", "--tenant", demo.Tenant.String())
+		require.Equal(t, 0, code, stderr)
+		require.Contains(t, stdout, "robot-lyon-1")
+		require.NoFileExists(t, filepath.Join(pgDir, "postmaster.pid"), "the cluster is stopped again")
 	})
 
 	t.Run("RestartKeepsData", func(t *testing.T) {
