@@ -42,12 +42,13 @@ import (
 // connection is the part of serve's settings the operator commands need to
 // reach the database, declared with serve's names, defaults and help.
 type connection struct {
-	databaseURL, dataDir, logLevel, logFormat *setting
+	databaseURL, connectWait, dataDir, logLevel, logFormat *setting
 }
 
 func declareConnection(s *settings) *connection {
 	return &connection{
 		databaseURL: s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR"),
+		connectWait: addConnectTimeout(s),
 		dataDir:     s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL"),
 		logLevel:    s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat:   s.add("LOG_FORMAT", "log-format", "text", "text or json"),
@@ -63,6 +64,9 @@ func (c *connection) open(ctx context.Context, stderr io.Writer) (*database, *sl
 	}
 	level, err := parseLevel(c.logLevel)
 	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.dbConnectWait, err = c.connectWait.Seconds(0, 3600); err != nil {
 		return nil, nil, err
 	}
 	if cfg.logFormat != "text" && cfg.logFormat != "json" {
@@ -823,7 +827,15 @@ func verify(ctx context.Context, args []string, env func(string) string, stdout,
 	if dataDir == "" {
 		dataDir = ".data"
 	}
-	d, err := openDatabase(ctx, &config{databaseURL: cs.databaseURL.String(), dataDir: dataDir}, log, borrowPrivate)
+	// DATABASE_CONNECT_TIMEOUT as serve reads it; a bad value (reported
+	// by the settings check) tries once.
+	var connectWait time.Duration
+	if cfg != nil {
+		connectWait = cfg.dbConnectWait
+	} else if w, err := cs.dbConnectWait.Seconds(0, 3600); err == nil {
+		connectWait = w
+	}
+	d, err := openDatabase(ctx, &config{databaseURL: cs.databaseURL.String(), dbConnectWait: connectWait, dataDir: dataDir}, log, borrowPrivate)
 	if err != nil {
 		advice := "check DATABASE_URL (host, port, user, password, database, sslmode) and that PostgreSQL accepts connections from here"
 		if errors.Is(err, errNoPrivateDatabase) {

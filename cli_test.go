@@ -209,14 +209,18 @@ func TestVerify(t *testing.T) {
 		require.Contains(t, c.Detail, "JWT_SECRET is unset")
 	})
 
+	// An unreachable database is retried for DATABASE_CONNECT_TIMEOUT, as
+	// serve retries it, then reported.
 	t.Run("Unreachable", func(t *testing.T) {
 		t.Parallel()
 		e := baseEnv(t).with("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?sslmode=disable", "JWT_SECRET", testSecret)
-		code, r, _ := runVerifyJSON(t, e)
+		code, r, stderr := runVerifyJSON(t, e, "--database-connect-timeout", "1")
 		require.Equal(t, 1, code)
 		c := checkOf(t, r, "database reachable")
 		require.Equal(t, "fail", c.Status)
+		require.Contains(t, c.Detail, "still unreachable after")
 		require.Contains(t, c.Advice, "DATABASE_URL")
+		require.Contains(t, stderr, "the database is not reachable yet; retrying")
 		require.Equal(t, "skipped", checkOf(t, r, "change feed").Status)
 	})
 
@@ -847,4 +851,21 @@ func TestOperatorRefusesADataDirWithoutDatabase(t *testing.T) {
 	var exists bool
 	require.NoError(t, admin.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'fleetgraph')").Scan(ctx, &exists))
 	require.False(t, exists, "robots list created no database")
+}
+
+// The operator commands read DATABASE_CONNECT_TIMEOUT as serve does: an
+// unreachable database is retried that long, with a log line per attempt.
+func TestOperatorCommandsWaitForTheDatabase(t *testing.T) {
+	t.Parallel()
+	e := baseEnv(t).with("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?sslmode=disable")
+	for _, cmd := range [][]string{{"robots", "list"}, {"logs", "cleanup", "--dry-run"}} {
+		code, _, stderr := runCLI(t, e, append(cmd, "--database-connect-timeout", "1")...)
+		require.Equal(t, 1, code, "%v: %s", cmd, stderr)
+		require.Contains(t, stderr, "the database is not reachable yet; retrying", cmd)
+		require.Contains(t, stderr, "still unreachable after", cmd)
+
+		code, _, stderr = runCLI(t, e.with("DATABASE_CONNECT_TIMEOUT", "soon"), cmd...)
+		require.Equal(t, 2, code, cmd)
+		require.Contains(t, stderr, "DATABASE_CONNECT_TIMEOUT (--database-connect-timeout) must be a whole number of seconds", cmd)
+	}
 }
