@@ -35,10 +35,13 @@ func logsCmd(ctx context.Context, args []string, env func(string) string, stdout
 // does, and records the run; --dry-run reports what would go and drops
 // nothing.
 func logsCleanup(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
-	s := newSettings("logs cleanup [--retention-days N] [--dry-run]",
+	s := newSettings("logs cleanup [--log-retention-days N] [--dry-run]",
 		"Drops the days of robot logs older than the retention, for every tenant, and records the run in the cleanup history.", stderr, env)
 	conn := declareConnection(s)
-	retention := s.add("LOG_RETENTION_DAYS", "retention-days", strconv.Itoa(db.DefaultLogConfig.RetentionDays), "days of logs to keep (1-3650)")
+	// serve's setting, under its name; --retention-days is what this
+	// command called it first.
+	retention := s.add("LOG_RETENTION_DAYS", "log-retention-days", strconv.Itoa(db.DefaultLogConfig.RetentionDays), "days of logs to keep (1-3650)")
+	s.alias(retention, "retention-days")
 	dryRun := s.addBool("", "dry-run", "report what would be dropped, and drop nothing")
 	asJSON := jsonFlag(s)
 	rest, err := parseArgs(s, args)

@@ -40,7 +40,8 @@ func TestLogsCleanupCommand(t *testing.T) {
 		return n
 	}
 
-	code, stdout, stderr := runCLI(t, e, "logs", "cleanup", "--retention-days", "30", "--dry-run", "--json")
+	// serve's flag name; LOG_RETENTION_DAYS yields to it.
+	code, stdout, stderr := runCLI(t, e.with("LOG_RETENTION_DAYS", "0"), "logs", "cleanup", "--log-retention-days", "30", "--dry-run", "--json")
 	require.Equal(t, 0, code, stderr)
 	var run struct {
 		DryRun     bool
@@ -55,7 +56,9 @@ func TestLogsCleanupCommand(t *testing.T) {
 	require.Equal(t, "system:cli", run.Actor)
 	require.Equal(t, 2, lines(), "a dry run drops nothing")
 
-	code, stdout, stderr = runCLI(t, e, "logs", "cleanup", "--retention-days", "30")
+	// The command's first name for it still works, and also overrides
+	// the variable.
+	code, stdout, stderr = runCLI(t, e.with("LOG_RETENTION_DAYS", "0"), "logs", "cleanup", "--retention-days", "30")
 	require.Equal(t, 0, code, stderr)
 	require.Contains(t, stdout, "dropped 1 day(s) of logs")
 	require.Equal(t, 1, lines(), "only the day past the retention is gone")
@@ -65,10 +68,15 @@ func TestLogsCleanupCommand(t *testing.T) {
 
 	code, _, stderr = runCLI(t, e, "logs", "cleanup", "--retention-days", "0")
 	require.Equal(t, 2, code)
-	require.Contains(t, stderr, "retention-days")
-	code, stdout, _ = runCLI(t, e, "logs", "cleanup", "--help")
+	require.Contains(t, stderr, "LOG_RETENTION_DAYS (--log-retention-days) must be a whole number from 1 to 3650")
+	code, _, stderr = runCLI(t, e.with("LOG_RETENTION_DAYS", "0"), "logs", "cleanup", "--dry-run")
+	require.Equal(t, 2, code, "the variable, unless a flag overrides it")
+	require.Contains(t, stderr, "LOG_RETENTION_DAYS")
+	code, stdout, stderr = runCLI(t, e, "logs", "cleanup", "--help")
 	require.Equal(t, 0, code)
 	require.Empty(t, stdout)
+	require.Contains(t, stderr, "-log-retention-days string")
+	require.Contains(t, stderr, "[env LOG_RETENTION_DAYS]")
 }
 
 // startCommand runs a long-running command (args in full) until the end of
