@@ -102,11 +102,36 @@ func parseArgs(s *settings, args []string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
+		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") || endsWithTerminator(s.fs, args[:len(args)-len(rest)]) {
 			return append(pos, rest...), nil
 		}
 		args = rest
 	}
+}
+
+// endsWithTerminator reports whether the flags fs parsed (consumed: flags
+// and their values, as the flag package read them) ended with "--", after
+// which everything is positional. A "--" that is a flag's value
+// (`--name --`) is not one.
+func endsWithTerminator(fs *flag.FlagSet, consumed []string) bool {
+	for i := 0; i < len(consumed); i++ {
+		arg := consumed[i]
+		if arg == "--" {
+			return true
+		}
+		name := strings.TrimLeft(arg, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue // not a flag of fs: parse would have refused it
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !ok || !b.IsBoolFlag() {
+			i++ // its value is the next argument
+		}
+	}
+	return false
 }
 
 // noArgs refuses positional arguments a command does not take. A command's
@@ -439,8 +464,8 @@ func robotsCreate(ctx context.Context, args []string, env func(string) string, s
 	if err != nil {
 		return err
 	}
-	if len(rest) == 1 && name.String() == "" {
-		*name.value, rest = rest[0], nil // `robots create NAME` reads as --name NAME
+	if len(rest) > 0 && name.String() == "" {
+		*name.value, rest = rest[0], rest[1:] // `robots create NAME` reads as --name NAME
 	}
 	if err := noArgs(rest); err != nil {
 		return err

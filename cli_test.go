@@ -305,10 +305,23 @@ func TestRobotsCommands(t *testing.T) {
 		require.Contains(t, stderr, tt.flag, tt.args)
 	}
 
+	// After "--" everything is positional, a name that looks like a flag too,
+	// but a "--" that is a flag's value ends nothing.
+	code, _, stderr = runCLI(t, e, "robots", "create", "--", "dashname", "--json")
+	require.Equal(t, 2, code, stderr)
+	require.Contains(t, stderr, `unexpected argument "--json"`)
+
 	code, stdout, _ = runCLI(t, e, "robots", "list", "--json")
 	require.Equal(t, 0, code)
 	require.NoError(t, json.Unmarshal([]byte(stdout), &list))
 	require.Len(t, list, 2, "refused commands wrote nothing")
+
+	dashed := robotJSON(t, e, "--", "-dashed")
+	require.Equal(t, "-dashed", dashed.Name)
+	valued := robotJSON(t, e, "--environment", "--", "valued", "--max-jobs", "3")
+	require.Equal(t, "--", valued.Environment)
+	require.Equal(t, "valued", valued.Name)
+	require.Equal(t, 3, valued.MaxConcurrentJobs, "flags after a -- that was a value are read")
 }
 
 func TestKeysCommands(t *testing.T) {
