@@ -701,6 +701,14 @@ func listOrNone(names []string) string {
 	return strings.Join(names, " ")
 }
 
+// The lifetimes token accepts: a token of less than a second has expired
+// when it is written (exp is in whole seconds), and one of centuries is a
+// secret that never expires in practice.
+const (
+	minTokenTTL = time.Second
+	maxTokenTTL = 100 * 365 * 24 * time.Hour
+)
+
 func token(args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("token", "Prints a signed JWT that this server accepts, and nothing else.", stderr, env)
 	secret := s.add("JWT_SECRET", "jwt-secret", "", "HS256 secret; unset reads the one kept in DATA_DIR")
@@ -710,7 +718,7 @@ func token(args []string, env func(string) string, stdout, stderr io.Writer) err
 	sub := s.add("", "sub", demo.Alice.String(), "user id (UUID); defaults to the demo user alice")
 	tenant := s.add("", "tenant", "", "tenant id (UUID); unset means the default tenant")
 	role := s.add("", "role", string(auth.RoleUser), "authenticated or service_role")
-	ttl := s.add("", "ttl", "24h", "lifetime, e.g. 30m, 24h")
+	ttl := s.add("", "ttl", "24h", "lifetime from 1s to 100 years (876000h), e.g. 30m, 24h")
 	rest, err := s.parse(args)
 	if err != nil {
 		return err
@@ -718,19 +726,21 @@ func token(args []string, env func(string) string, stdout, stderr io.Writer) err
 	if err := noArgs(rest); err != nil {
 		return err
 	}
+	// The server refuses the nil UUID as sub and as tenant: a token
+	// carrying it would be minted only to be refused.
 	userID, err := uuid.Parse(sub.String())
-	if err != nil {
-		return usageError("%s must be a UUID", sub.name())
+	if err != nil || userID == uuid.Nil {
+		return usageError("%s must be a UUID other than the nil one", sub.name())
 	}
 	var tenantID uuid.UUID
 	if tenant.String() != "" {
-		if tenantID, err = uuid.Parse(tenant.String()); err != nil {
-			return usageError("%s must be a UUID", tenant.name())
+		if tenantID, err = uuid.Parse(tenant.String()); err != nil || tenantID == uuid.Nil {
+			return usageError("%s must be a UUID other than the nil one (leave it unset for the default tenant)", tenant.name())
 		}
 	}
 	lifetime, err := time.ParseDuration(ttl.String())
-	if err != nil || lifetime <= 0 {
-		return usageError("%s must be a positive duration such as 30m or 24h", ttl.name())
+	if err != nil || lifetime < minTokenTTL || lifetime > maxTokenTTL {
+		return usageError("%s must be a duration from 1s to 100 years (876000h) such as 30m or 24h, not %q", ttl.name(), ttl.String())
 	}
 	r := auth.Role(role.String())
 	if r != auth.RoleUser && r != auth.RoleService {

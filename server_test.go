@@ -475,6 +475,15 @@ func TestToken(t *testing.T) {
 		require.Error(t, err, "the token carries the configured issuer")
 	})
 
+	t.Run("TTLBounds", func(t *testing.T) {
+		t.Parallel()
+		for _, ttl := range []string{"1s", "876000h"} {
+			code, stdout, stderr := runCLI(t, secretEnv(t), "token", "--ttl", ttl)
+			require.Equal(t, 0, code, "%s: %s", ttl, stderr)
+			singleToken(t, stdout)
+		}
+	})
+
 	t.Run("SecretFlagOverridesEnv", func(t *testing.T) {
 		t.Parallel()
 		other := strings.Repeat("k", 40)
@@ -526,12 +535,16 @@ func TestToken(t *testing.T) {
 		want string
 	}{
 		{"BadSub", []string{"--sub", "alice"}, nil, "--sub must be a UUID"},
+		{"NilSub", []string{"--sub", uuid.Nil.String()}, nil, "--sub must be a UUID other than the nil one"},
 		{"BadTenant", []string{"--tenant", "acme"}, nil, "--tenant must be a UUID"},
+		{"NilTenant", []string{"--tenant", uuid.Nil.String()}, nil, "--tenant must be a UUID other than the nil one"},
 		{"BadRole", []string{"--role", "anon"}, nil, "--role must be"},
 		{"EmptyRole", []string{"--role", ""}, nil, "--role must be"},
-		{"ZeroTTL", []string{"--ttl", "0s"}, nil, "--ttl must be a positive duration"},
-		{"NegativeTTL", []string{"--ttl", "-1h"}, nil, "--ttl must be a positive duration"},
-		{"BadTTL", []string{"--ttl", "soon"}, nil, "--ttl must be a positive duration"},
+		{"ZeroTTL", []string{"--ttl", "0s"}, nil, "--ttl must be a duration from 1s to 100 years"},
+		{"NegativeTTL", []string{"--ttl", "-1h"}, nil, "--ttl must be a duration from 1s to 100 years"},
+		{"BadTTL", []string{"--ttl", "soon"}, nil, "--ttl must be a duration from 1s to 100 years"},
+		{"ExpiredTTL", []string{"--ttl", "1ns"}, nil, "--ttl must be a duration from 1s to 100 years"},
+		{"CenturiesTTL", []string{"--ttl", "2562047h"}, nil, "--ttl must be a duration from 1s to 100 years"}, // 292 years
 		{"ShortSecret", nil, env{"JWT_SECRET": "too-short"}, "JWT_SECRET"},
 		{"EmptyAudience", []string{"--jwt-audience", " "}, nil, "JWT_AUDIENCE"},
 		{"ExtraArgument", []string{"--ttl", "1h", "service_role"}, nil, `unexpected argument "service_role"`},
