@@ -2,13 +2,14 @@ package main
 
 // The operator commands: verify, robots, keys and schema. They read the
 // same settings as serve (same variables, flags, defaults and errors), open
-// the database the way migrate does (openDatabase: DATABASE_URL, or the
-// private PostgreSQL in DATA_DIR), and provision through the same stores as
+// the database with openDatabase (DATABASE_URL, or the private PostgreSQL in
+// DATA_DIR, which they borrow but never create), and provision through the same stores as
 // the API, acting as auth.SystemPrincipal("cli", tenant): a service role of
 // one tenant whose actor in audit trails is "system:cli". Tables go to
 // stdout, notices to stderr; --json prints what a table shows as JSON.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -41,12 +42,13 @@ import (
 // connection is the part of serve's settings the operator commands need to
 // reach the database, declared with serve's names, defaults and help.
 type connection struct {
-	databaseURL, dataDir, logLevel, logFormat *setting
+	databaseURL, connectWait, dataDir, logLevel, logFormat *setting
 }
 
 func declareConnection(s *settings) *connection {
 	return &connection{
 		databaseURL: s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR"),
+		connectWait: addConnectTimeout(s),
 		dataDir:     s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL"),
 		logLevel:    s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error"),
 		logFormat:   s.add("LOG_FORMAT", "log-format", "text", "text or json"),
@@ -64,11 +66,14 @@ func (c *connection) open(ctx context.Context, stderr io.Writer) (*database, *sl
 	if err != nil {
 		return nil, nil, err
 	}
+	if cfg.dbConnectWait, err = c.connectWait.Seconds(0, 3600); err != nil {
+		return nil, nil, err
+	}
 	if cfg.logFormat != "text" && cfg.logFormat != "json" {
 		return nil, nil, usageError("%s must be text or json, not %q", c.logFormat.name(), cfg.logFormat)
 	}
 	log := newLogger(stderr, level, cfg.logFormat)
-	d, err := openDatabase(ctx, cfg, log)
+	d, err := openDatabase(ctx, cfg, log, borrowPrivate)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -97,19 +102,58 @@ func parseArgs(s *settings, args []string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
+		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") || endsWithTerminator(s.fs, args[:len(args)-len(rest)]) {
 			return append(pos, rest...), nil
 		}
 		args = rest
 	}
 }
 
-// noArgs refuses positional arguments a command does not take.
-func noArgs(rest []string) error {
-	if len(rest) > 0 {
-		return usageError("unexpected argument %q", rest[0])
+// endsWithTerminator reports whether the flags fs parsed (consumed: flags
+// and their values, as the flag package read them) ended with "--", after
+// which everything is positional. A "--" that is a flag's value
+// (`--name --`) is not one.
+func endsWithTerminator(fs *flag.FlagSet, consumed []string) bool {
+	for i := 0; i < len(consumed); i++ {
+		arg := consumed[i]
+		if arg == "--" {
+			return true
+		}
+		name := strings.TrimLeft(arg, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue // not a flag of fs: parse would have refused it
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !ok || !b.IsBoolFlag() {
+			i++ // its value is the next argument
+		}
 	}
-	return nil
+	return false
+}
+
+// noArgs refuses positional arguments a command does not take. A command's
+// name among them (`fleetgraph --listen :0 migrate status`, which runs serve
+// with the flag) is explained: the command comes first.
+func noArgs(rest []string) error {
+	if len(rest) == 0 {
+		return nil
+	}
+	if isCommand(rest[0]) {
+		return usageError("unexpected argument %q: to run the %s command, name it before its flags (fleetgraph %s [flags])", rest[0], rest[0], rest[0])
+	}
+	return usageError("unexpected argument %q", rest[0])
+}
+
+// isCommand reports whether name is one of the commands run dispatches on.
+func isCommand(name string) bool {
+	switch name {
+	case "serve", "migrate", "token", "schema", "verify", "robots", "keys", "logs", "help":
+		return true
+	}
+	return false
 }
 
 // jsonFlag declares --json and returns a reader of its value.
@@ -257,21 +301,78 @@ func viewRobot(r *db.Robot) robotView {
 		LastHeartbeatAt: r.LastHeartbeatAt, CreatedAt: r.CreatedAt}
 }
 
-func printRobots(w io.Writer, asJSON bool, rs []*db.Robot) error {
-	if asJSON {
-		out := make([]robotView, 0, len(rs))
-		for _, r := range rs {
-			out = append(out, viewRobot(r))
+// listPrinter prints a list page by page as it is read, so that a list
+// of any length takes one page of memory: with --json one array whose
+// elements are written with each page (the same text writeJSON writes for
+// the whole array), else a table whose columns are aligned within each page.
+type listPrinter[T any] struct {
+	w      io.Writer
+	asJSON bool
+	header string          // the table's header line, tab-separated
+	view   func(*T) any    // an item as JSON shows it
+	row    func(*T) string // an item as a table line, tab-separated
+	n      int             // items printed so far
+	headed bool            // the table's header is printed
+	buf    bytes.Buffer    // the page being printed
+}
+
+// page prints one page of items.
+func (p *listPrinter[T]) page(items []*T) error {
+	p.buf.Reset()
+	if p.asJSON {
+		for _, it := range items {
+			b, err := json.MarshalIndent(p.view(it), "  ", "  ")
+			if err != nil {
+				return err
+			}
+			if p.n == 0 {
+				p.buf.WriteString("[\n  ")
+			} else {
+				p.buf.WriteString(",\n  ")
+			}
+			p.buf.Write(b)
+			p.n++
 		}
-		return writeJSON(w, out)
+	} else {
+		tw := tabwriter.NewWriter(&p.buf, 0, 4, 2, ' ', 0)
+		if !p.headed {
+			_, _ = fmt.Fprintln(tw, p.header)
+			p.headed = true
+		}
+		for _, it := range items {
+			_, _ = fmt.Fprintln(tw, p.row(it))
+			p.n++
+		}
+		_ = tw.Flush() // into the buffer, which does not fail
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	_, _ = fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tCAPABILITIES\tMAX JOBS\tLAST HEARTBEAT")
-	for _, r := range rs {
-		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", r.ID, r.Name, r.Status, orDash(strings.Join(r.Capabilities, ",")),
-			r.MaxConcurrentJobs, timeOrDash(r.LastHeartbeatAt))
+	_, err := p.w.Write(p.buf.Bytes())
+	return err
+}
+
+// end finishes the list (a table with no rows still has its header).
+func (p *listPrinter[T]) end() error {
+	switch {
+	case p.asJSON && p.n == 0:
+		_, err := io.WriteString(p.w, "[]\n")
+		return err
+	case p.asJSON:
+		_, err := io.WriteString(p.w, "\n]\n")
+		return err
+	case !p.headed:
+		return p.page(nil)
 	}
-	return tw.Flush()
+	return nil
+}
+
+func robotPrinter(w io.Writer, asJSON bool) *listPrinter[db.Robot] {
+	return &listPrinter[db.Robot]{w: w, asJSON: asJSON,
+		header: "ID\tNAME\tSTATUS\tCAPABILITIES\tMAX JOBS\tLAST HEARTBEAT",
+		view:   func(r *db.Robot) any { return viewRobot(r) },
+		row: func(r *db.Robot) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", r.ID, terminalText(r.Name), r.Status, orDash(strings.Join(r.Capabilities, ",")),
+				r.MaxConcurrentJobs, timeOrDash(r.LastHeartbeatAt))
+		},
+	}
 }
 
 func orDash(s string) string {
@@ -332,20 +433,23 @@ func robotsList(ctx context.Context, args []string, env func(string) string, std
 		return err
 	}
 	defer o.close()
-	var all []*db.Robot
+	// Page by page, each printed before the next is read: a tenant's
+	// robots may be many more than fit in memory comfortably.
+	out := robotPrinter(stdout, o.json)
 	page := db.PageArgs{First: new(db.MaxPageSize)}
 	for {
 		p, err := o.robots.List(o.ctx, o.d.DB, f, page)
 		if err != nil {
 			return inputError(err, map[string]string{"filter.capability": "capability", "filter.nameContains": "name-contains"})
 		}
-		all = append(all, p.Items...)
+		if err := out.page(p.Items); err != nil {
+			return err
+		}
 		if !p.HasNext || len(p.Items) == 0 {
-			break
+			return out.end()
 		}
 		page.After = new(p.Items[len(p.Items)-1].Cursor())
 	}
-	return printRobots(stdout, o.json, all)
 }
 
 func robotsCreate(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
@@ -360,8 +464,8 @@ func robotsCreate(ctx context.Context, args []string, env func(string) string, s
 	if err != nil {
 		return err
 	}
-	if len(rest) == 1 && name.String() == "" {
-		*name.value, rest = rest[0], nil // `robots create NAME` reads as --name NAME
+	if len(rest) > 0 && name.String() == "" {
+		*name.value, rest = rest[0], rest[1:] // `robots create NAME` reads as --name NAME
 	}
 	if err := noArgs(rest); err != nil {
 		return err
@@ -399,7 +503,11 @@ func robotsCreate(ctx context.Context, args []string, env func(string) string, s
 	if o.json {
 		return writeJSON(stdout, viewRobot(r))
 	}
-	return printRobots(stdout, false, []*db.Robot{r})
+	out := robotPrinter(stdout, false)
+	if err := out.page([]*db.Robot{r}); err != nil {
+		return err
+	}
+	return out.end()
 }
 
 // keyView is an API key as the CLI prints it in JSON; the raw key appears
@@ -452,8 +560,10 @@ func parseExpiry(st *setting, now time.Time) (*time.Time, error) {
 	if days, ok := strings.CutSuffix(v, "d"); ok {
 		var n int
 		n, err = strconv.Atoi(days)
-		if n > maxKeyDays {
-			n = 0 // refused below, before it can overflow
+		if n <= 0 || n > maxKeyDays {
+			// Refused below, before the multiplication can overflow (a
+			// large negative count wrapped into a valid lifetime).
+			n = 0
 		}
 		d = time.Duration(n) * 24 * time.Hour
 	}
@@ -500,17 +610,27 @@ func keysCreate(ctx context.Context, args []string, env func(string) string, std
 	if err != nil {
 		return inputError(err, keyFlags)
 	}
+	k := created.APIKey
 	if o.json {
-		return writeJSON(stdout, struct {
+		err = writeJSON(stdout, struct {
 			Key    string  `json:"key"`
 			APIKey keyView `json:"apiKey"`
-		}{created.Key, viewKey(created.APIKey)})
+		}{created.Key, viewKey(k)})
+	} else {
+		_, _ = fmt.Fprintf(stderr, "created API key %s (%q) for robot %s; it expires %s.\nThis is the only time the key is shown: store it now.\n",
+			k.ID, k.Name, terminalText(r.Name), orNever(k.ExpiresAt))
+		_, err = fmt.Fprintln(stdout, created.Key)
 	}
-	k := created.APIKey
-	_, _ = fmt.Fprintf(stderr, "created API key %s (%q) for robot %s; it expires %s.\nThis is the only time the key is shown: store it now.\n",
-		k.ID, k.Name, r.Name, orNever(k.ExpiresAt))
-	_, err = fmt.Fprintln(stdout, created.Key)
-	return err
+	if err == nil {
+		return nil
+	}
+	// Nobody got the raw key, which exists nowhere else: a key left active
+	// would be one nobody can use or knows to rotate. Revoke it, even if
+	// the command is being interrupted.
+	if _, rerr := o.keys.Revoke(context.WithoutCancel(o.ctx), o.d.DB, k.ID); rerr != nil {
+		return fmt.Errorf("printing the new API key %s failed (%w), and so did revoking it (%v): it is active; revoke it with `fleetgraph keys revoke %s`", k.ID, err, rerr, k.ID)
+	}
+	return fmt.Errorf("printing the new API key %s failed (%w), so it was revoked at once: run keys create again with an output that can be written", k.ID, err)
 }
 
 func orNever(t *time.Time) string { return timeOr(t, "never") }
@@ -543,25 +663,30 @@ func keysList(ctx context.Context, args []string, env func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	keys, err := o.keys.List(o.ctx, o.d.DB, r.ID, withRevoked != nil && *withRevoked)
-	if err != nil {
-		return err
+	out := &listPrinter[db.APIKey]{w: stdout, asJSON: o.json,
+		header: "ID\tNAME\tPREFIX\tCREATED\tEXPIRES\tLAST USED\tREVOKED",
+		view:   func(k *db.APIKey) any { return viewKey(k) },
+		row: func(k *db.APIKey) string {
+			created := k.CreatedAt
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", k.ID, terminalText(k.Name), k.Prefix, timeOrDash(&created),
+				orNever(k.ExpiresAt), timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt))
+		},
 	}
-	if o.json {
-		out := make([]keyView, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, viewKey(k))
+	// Every key, page by page: the store's List stops at MaxPageSize.
+	page := db.PageArgs{First: new(db.MaxPageSize)}
+	for {
+		p, err := o.keys.ListPage(o.ctx, o.d.DB, r.ID, withRevoked != nil && *withRevoked, page)
+		if err != nil {
+			return err
 		}
-		return writeJSON(stdout, out)
+		if err := out.page(p.Items); err != nil {
+			return err
+		}
+		if !p.HasNext || len(p.Items) == 0 {
+			return out.end()
+		}
+		page.After = new(p.Items[len(p.Items)-1].Cursor())
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	_, _ = fmt.Fprintln(tw, "ID\tNAME\tPREFIX\tCREATED\tEXPIRES\tLAST USED\tREVOKED")
-	for _, k := range keys {
-		created := k.CreatedAt
-		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Prefix, timeOrDash(&created),
-			orNever(k.ExpiresAt), timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt))
-	}
-	return tw.Flush()
 }
 
 func keysRevoke(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
@@ -727,9 +852,21 @@ func verify(ctx context.Context, args []string, env func(string) string, stdout,
 	if dataDir == "" {
 		dataDir = ".data"
 	}
-	d, err := openDatabase(ctx, &config{databaseURL: cs.databaseURL.String(), dataDir: dataDir}, log)
+	// DATABASE_CONNECT_TIMEOUT as serve reads it; a bad value (reported
+	// by the settings check) tries once.
+	var connectWait time.Duration
+	if cfg != nil {
+		connectWait = cfg.dbConnectWait
+	} else if w, err := cs.dbConnectWait.Seconds(0, 3600); err == nil {
+		connectWait = w
+	}
+	d, err := openDatabase(ctx, &config{databaseURL: cs.databaseURL.String(), dbConnectWait: connectWait, dataDir: dataDir}, log, borrowPrivate)
 	if err != nil {
-		r.add("database reachable", "fail", err.Error(), "check DATABASE_URL (host, port, user, password, database, sslmode) and that PostgreSQL accepts connections from here")
+		advice := "check DATABASE_URL (host, port, user, password, database, sslmode) and that PostgreSQL accepts connections from here"
+		if errors.Is(err, errNoPrivateDatabase) {
+			advice = "check DATA_DIR; start `fleetgraph serve` with the same settings once (it creates the private PostgreSQL and its database), or set DATABASE_URL"
+		}
+		r.add("database reachable", "fail", err.Error(), advice)
 		for _, name := range []string{"PostgreSQL version", "migrations", "change-feed triggers", "log partitions", "change feed"} {
 			r.add(name, "skipped", "the database is unreachable", "")
 		}
@@ -851,7 +988,8 @@ func verifyDatabase(ctx context.Context, r *verifyReport, d *database, log *slog
 	case err != nil:
 		r.add("migrations", "fail", err.Error(), "check that the user may read the bun_migrations table")
 	case len(st.Unknown) > 0:
-		r.add("migrations", "fail", st.Problem(), "run the Fleetgraph version that migrated this database, or roll back with its `migrate down`")
+		r.add("migrations", "fail", st.Problem(), "run the Fleetgraph version that migrated this database; before rolling back with its `migrate down`, "+
+			"run that without --yes to see what it would roll back (after a first install: every table)")
 	case len(st.Pending) > 0:
 		r.add("migrations", "fail", st.Problem(), "run `fleetgraph migrate up` with the same settings (or start serve once with --auto-migrate)")
 	default:

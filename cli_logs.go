@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -33,10 +35,13 @@ func logsCmd(ctx context.Context, args []string, env func(string) string, stdout
 // does, and records the run; --dry-run reports what would go and drops
 // nothing.
 func logsCleanup(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
-	s := newSettings("logs cleanup [--retention-days N] [--dry-run]",
+	s := newSettings("logs cleanup [--log-retention-days N] [--dry-run]",
 		"Drops the days of robot logs older than the retention, for every tenant, and records the run in the cleanup history.", stderr, env)
 	conn := declareConnection(s)
-	retention := s.add("LOG_RETENTION_DAYS", "retention-days", strconv.Itoa(db.DefaultLogConfig.RetentionDays), "days of logs to keep (1-3650)")
+	// serve's setting, under its name; --retention-days is what this
+	// command called it first.
+	retention := s.add("LOG_RETENTION_DAYS", "log-retention-days", strconv.Itoa(db.DefaultLogConfig.RetentionDays), "days of logs to keep (1-3650)")
+	s.alias(retention, "retention-days")
 	dryRun := s.addBool("", "dry-run", "report what would be dropped, and drop nothing")
 	asJSON := jsonFlag(s)
 	rest, err := parseArgs(s, args)
@@ -160,7 +165,7 @@ func logsTail(ctx context.Context, args []string, env func(string) string, stdou
 		return err
 	}
 	probe.Close()
-	_, _ = fmt.Fprintf(stderr, "tailing robot %s (%s); Ctrl-C to stop\n", robot.Name, robot.ID)
+	_, _ = fmt.Fprintf(stderr, "tailing robot %s (%s); Ctrl-C to stop\n", terminalText(robot.Name), robot.ID)
 
 	enc := json.NewEncoder(stdout)
 	for {
@@ -225,13 +230,15 @@ func printTailItem(w io.Writer, enc *json.Encoder, asJSON bool, item realtime.Lo
 			}
 			continue
 		}
-		line := fmt.Sprintf("%s %-8s %s", l.At.UTC().Format("2006-01-02T15:04:05.000Z"), l.Level, l.Message)
+		// The message and fields are the robot's: escaped, so that they
+		// make one line of text and cannot command the terminal.
+		line := fmt.Sprintf("%s %-8s %s", l.At.UTC().Format("2006-01-02T15:04:05.000Z"), l.Level, terminalText(l.Message))
 		if l.JobID != nil {
 			line += " job=" + l.JobID.String()
 		}
 		if fields, err := l.Fields.Object(); err == nil && len(fields) > 0 {
 			if b, err := json.Marshal(fields); err == nil {
-				line += " " + string(b)
+				line += " " + terminalJSON(b)
 			}
 		}
 		if _, err := fmt.Fprintln(w, line); err != nil {
@@ -239,4 +246,45 @@ func printTailItem(w io.Writer, enc *json.Encoder, asJSON bool, item realtime.Lo
 		}
 	}
 	return nil
+}
+
+// terminalText returns text someone else stored (a robot's log message, a
+// robot's or key's name) as it may be printed on an operator's terminal:
+// unchanged when it holds nothing a terminal acts on, else quoted with Go's
+// escapes (strconv.Quote), so that it stays one line of visible text. Raw,
+// it could clear the screen, set the window title, ring the bell, forge a
+// line of its own after a newline or carriage return, or reorder the text
+// after it with a bidirectional override.
+func terminalText(s string) string {
+	if utf8.ValidString(s) && strings.IndexFunc(s, actsOnTerminal) < 0 {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// terminalJSON returns JSON text (as encoding/json writes it, which escapes
+// C0 controls but not DEL, C1 controls or bidirectional controls) with
+// every character a terminal acts on written as a \u escape: the same JSON
+// value, safe to print.
+func terminalJSON(b []byte) string {
+	s := string(b)
+	if strings.IndexFunc(s, actsOnTerminal) < 0 {
+		return s
+	}
+	var out strings.Builder
+	for _, r := range s {
+		if actsOnTerminal(r) {
+			fmt.Fprintf(&out, `\u%04x`, r)
+			continue
+		}
+		out.WriteRune(r)
+	}
+	return out.String()
+}
+
+// actsOnTerminal reports whether r is a control character (C0, DEL, C1:
+// escape sequences, newlines, the bell), a line or paragraph separator, or
+// a bidirectional control (overrides, embeddings, isolates, marks).
+func actsOnTerminal(r rune) bool {
+	return unicode.IsControl(r) || r == '\u2028' || r == '\u2029' || unicode.Is(unicode.Bidi_Control, r)
 }

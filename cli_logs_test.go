@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,7 +40,8 @@ func TestLogsCleanupCommand(t *testing.T) {
 		return n
 	}
 
-	code, stdout, stderr := runCLI(t, e, "logs", "cleanup", "--retention-days", "30", "--dry-run", "--json")
+	// serve's flag name; LOG_RETENTION_DAYS yields to it.
+	code, stdout, stderr := runCLI(t, e.with("LOG_RETENTION_DAYS", "0"), "logs", "cleanup", "--log-retention-days", "30", "--dry-run", "--json")
 	require.Equal(t, 0, code, stderr)
 	var run struct {
 		DryRun     bool
@@ -53,7 +56,9 @@ func TestLogsCleanupCommand(t *testing.T) {
 	require.Equal(t, "system:cli", run.Actor)
 	require.Equal(t, 2, lines(), "a dry run drops nothing")
 
-	code, stdout, stderr = runCLI(t, e, "logs", "cleanup", "--retention-days", "30")
+	// The command's first name for it still works, and also overrides
+	// the variable.
+	code, stdout, stderr = runCLI(t, e.with("LOG_RETENTION_DAYS", "0"), "logs", "cleanup", "--retention-days", "30")
 	require.Equal(t, 0, code, stderr)
 	require.Contains(t, stdout, "dropped 1 day(s) of logs")
 	require.Equal(t, 1, lines(), "only the day past the retention is gone")
@@ -63,10 +68,15 @@ func TestLogsCleanupCommand(t *testing.T) {
 
 	code, _, stderr = runCLI(t, e, "logs", "cleanup", "--retention-days", "0")
 	require.Equal(t, 2, code)
-	require.Contains(t, stderr, "retention-days")
-	code, stdout, _ = runCLI(t, e, "logs", "cleanup", "--help")
+	require.Contains(t, stderr, "LOG_RETENTION_DAYS (--log-retention-days) must be a whole number from 1 to 3650")
+	code, _, stderr = runCLI(t, e.with("LOG_RETENTION_DAYS", "0"), "logs", "cleanup", "--dry-run")
+	require.Equal(t, 2, code, "the variable, unless a flag overrides it")
+	require.Contains(t, stderr, "LOG_RETENTION_DAYS")
+	code, stdout, stderr = runCLI(t, e, "logs", "cleanup", "--help")
 	require.Equal(t, 0, code)
 	require.Empty(t, stdout)
+	require.Contains(t, stderr, "-log-retention-days string")
+	require.Contains(t, stderr, "[env LOG_RETENTION_DAYS]")
 }
 
 // startCommand runs a long-running command (args in full) until the end of
@@ -162,4 +172,71 @@ func TestLogsTailMissedNotice(t *testing.T) {
 	require.Contains(t, text.String(), "7 line(s) missed")
 	require.NoError(t, printTailItem(&js, json.NewEncoder(&js), true, realtime.LogTailItem{Missed: 7}))
 	require.JSONEq(t, `{"missedLines":7}`, js.String())
+}
+
+// requireTerminalSafe fails if text holds a character a terminal acts on
+// other than the newlines ending its lines.
+func requireTerminalSafe(t *testing.T, text string) {
+	t.Helper()
+	for _, r := range text {
+		require.False(t, r != '\n' && actsOnTerminal(r), "%U reaches the terminal in %q", r, text)
+	}
+}
+
+// A robot's message and fields are printed as one line of visible text in
+// the text format: control characters (escape sequences, the bell, new
+// lines, C1), line separators and bidirectional controls are escaped, and
+// plain text is printed as it is.
+func TestLogsTailEscapesTheRobotsText(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 12, 2, 16, 4, 11, 120e6, time.UTC)
+	print := func(t *testing.T, message string, fields string) string {
+		t.Helper()
+		var out bytes.Buffer
+		item := realtime.LogTailItem{Lines: []*db.RobotLog{{Level: db.LogInfo, Message: message, Fields: db.RawJSON(fields), At: at}}}
+		require.NoError(t, printTailItem(&out, json.NewEncoder(&out), false, item))
+		return out.String()
+	}
+
+	for _, message := range []string{
+		"ok\n2026-01-01T00:00:00.000Z CRITICAL forged line", // a forged line
+		"\x1b[2J\x1b]0;pwned\x07",                           // clear the screen, set the title, bell
+		"carriage\rreturn",
+		"c1 \u009b2J csi",
+		"del \x7f",
+		"invoice \u202efdp.exe", // right-to-left override
+		"isolate \u2067x\u2069",
+		"separator\u2028line",
+	} {
+		out := print(t, message, "{}")
+		requireTerminalSafe(t, out)
+		require.Equal(t, "2026-12-02T16:04:11.120Z INFO     "+strconv.Quote(message)+"\n", out, "Go's escapes, quoted")
+	}
+
+	out := print(t, "plain: déjà vu, 100%", `{"step": "export\u001b[31m", "note\u202e": "\u0085x", "ok": "é"}`)
+	requireTerminalSafe(t, out)
+	require.True(t, strings.HasPrefix(out, "2026-12-02T16:04:11.120Z INFO     plain: déjà vu, 100% {"), "plain text as it is: %s", out)
+	var fields map[string]string
+	require.NoError(t, json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &fields), "the fields are still JSON: %s", out)
+	require.Equal(t, map[string]string{"step": "export\x1b[31m", "note\u202e": "\u0085x", "ok": "é"}, fields, "the same values")
+}
+
+// The same, end to end: a line a robot ships with a forged second line
+// and escape sequences reaches the tail as one escaped line.
+func TestLogsTailCommandEscapes(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	tenant := uuid.New()
+	robot := robotJSON(t, e, "--name", "tailed", "--tenant", tenant.String())
+	p := startCommand(t, e, "logs", "tail", "--robot", "tailed", "--tenant", tenant.String())
+	p.waitFor(t, p.stderr, regexp.MustCompile(`tailing robot tailed`))
+	forged := "ok\n2026-01-01T00:00:00.000Z CRITICAL forged line \x1b[2J\x1b]0;pwned\x07"
+	shipAs(t, d, tenant, robot.ID, db.RobotLogInput{Level: db.LogInfo, Message: forged, Fields: map[string]any{"x": "\u009b2J"}})
+	p.waitFor(t, p.stdout, regexp.MustCompile(`forged.*\n`))
+	require.Equal(t, 0, p.stop(t))
+	out := p.stdout.String()
+	requireTerminalSafe(t, out)
+	require.Equal(t, 1, strings.Count(out, "\n"), "one line a log line: %q", out)
+	require.Contains(t, out, strconv.Quote(forged)+` {"x":"\u009b2J"}`)
 }

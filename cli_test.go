@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +22,7 @@ import (
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
 	"fleetgraph/fault"
+	"fleetgraph/localpg"
 )
 
 // checkOf returns the named check of a verify report, failing if absent.
@@ -204,14 +209,18 @@ func TestVerify(t *testing.T) {
 		require.Contains(t, c.Detail, "JWT_SECRET is unset")
 	})
 
+	// An unreachable database is retried for DATABASE_CONNECT_TIMEOUT, as
+	// serve retries it, then reported.
 	t.Run("Unreachable", func(t *testing.T) {
 		t.Parallel()
 		e := baseEnv(t).with("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?sslmode=disable", "JWT_SECRET", testSecret)
-		code, r, _ := runVerifyJSON(t, e)
+		code, r, stderr := runVerifyJSON(t, e, "--database-connect-timeout", "1")
 		require.Equal(t, 1, code)
 		c := checkOf(t, r, "database reachable")
 		require.Equal(t, "fail", c.Status)
+		require.Contains(t, c.Detail, "still unreachable after")
 		require.Contains(t, c.Advice, "DATABASE_URL")
+		require.Contains(t, stderr, "the database is not reachable yet; retrying")
 		require.Equal(t, "skipped", checkOf(t, r, "change feed").Status)
 	})
 
@@ -283,6 +292,10 @@ func TestRobotsCommands(t *testing.T) {
 		{[]string{"robots", "list", "--status", "ASLEEP"}, "--status"},
 		{[]string{"robots", "list", "--no-such-flag"}, "no-such-flag"},
 		{[]string{"robots", "list", "extra"}, `"extra"`},
+		// Not UTF-8: refused by the store, not failed by the driver or stored as U+FFFD.
+		{[]string{"robots", "list", "--name-contains", "\xff"}, "--name-contains: filter.nameContains must be valid UTF-8"},
+		{[]string{"robots", "create", "--name", "h", "--hostname", "h\xff"}, "--hostname: hostname must be valid UTF-8"},
+		{[]string{"robots", "create", "--name", "h\xff"}, "--name: name must be valid UTF-8"},
 		{[]string{"robots", "create", "a", "b"}, "unexpected argument"},
 		{[]string{"robots"}, "robots list|create"},
 		{[]string{"robots", "delete"}, `"delete"`},
@@ -292,10 +305,23 @@ func TestRobotsCommands(t *testing.T) {
 		require.Contains(t, stderr, tt.flag, tt.args)
 	}
 
+	// After "--" everything is positional, a name that looks like a flag too,
+	// but a "--" that is a flag's value ends nothing.
+	code, _, stderr = runCLI(t, e, "robots", "create", "--", "dashname", "--json")
+	require.Equal(t, 2, code, stderr)
+	require.Contains(t, stderr, `unexpected argument "--json"`)
+
 	code, stdout, _ = runCLI(t, e, "robots", "list", "--json")
 	require.Equal(t, 0, code)
 	require.NoError(t, json.Unmarshal([]byte(stdout), &list))
 	require.Len(t, list, 2, "refused commands wrote nothing")
+
+	dashed := robotJSON(t, e, "--", "-dashed")
+	require.Equal(t, "-dashed", dashed.Name)
+	valued := robotJSON(t, e, "--environment", "--", "valued", "--max-jobs", "3")
+	require.Equal(t, "--", valued.Environment)
+	require.Equal(t, "valued", valued.Name)
+	require.Equal(t, 3, valued.MaxConcurrentJobs, "flags after a -- that was a value are read")
 }
 
 func TestKeysCommands(t *testing.T) {
@@ -374,6 +400,9 @@ func TestKeysCommands(t *testing.T) {
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "soon"}, "--expires"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "99999999999d"}, "--expires"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "0d"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "-1d"}, "--expires"},
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "-281474976710626d"}, "--expires"}, // wrapped to +30 days
+		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "-9223372036854775808d"}, "--expires"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--expires", "9999-12-31T23:59:59-23:00"}, "--expires"}, // year 10000 in UTC
 		{[]string{"keys", "create", "--robot", "lyon-1", "--tenant", "00000000-0000-0000-0000-000000000000"}, "--tenant"},
 		{[]string{"keys", "create", "--robot", "lyon-1", "--name", " "}, "--name"},
@@ -617,4 +646,239 @@ func TestOperatorRefusesUnmigrated(t *testing.T) {
 		require.Contains(t, stderr, "run `fleetgraph migrate up`", cmd)
 	}
 	require.False(t, tableExists(t, bdb, "bun_migrations"))
+}
+
+// firstWriteHook is an io.Writer that runs hook before its first write.
+type firstWriteHook struct {
+	bytes.Buffer
+	hook func()
+}
+
+func (w *firstWriteHook) Write(p []byte) (int, error) {
+	if w.hook != nil {
+		w.hook()
+		w.hook = nil
+	}
+	return w.Buffer.Write(p)
+}
+
+// robots list prints each page before it reads the next, so that a tenant
+// of any size takes one page of memory: when the tenant's robots are
+// deleted as the first page is written, the list ends after that page. The
+// JSON is the one array writeJSON would print, and the table has one header.
+func TestRobotsListPrintsPageByPage(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	const robots = db.MaxPageSize + 1
+	fill := func(t *testing.T) uuid.UUID {
+		tenant := uuid.New()
+		_, err := d.ExecContext(ctx, "INSERT INTO robots (tenant_id, name) SELECT ?, 'r' || g FROM generate_series(1, ?) g", tenant, robots)
+		require.NoError(t, err)
+		return tenant
+	}
+	list := func(t *testing.T, tenant uuid.UUID, hook func(), args ...string) string {
+		t.Helper()
+		out := &firstWriteHook{hook: hook}
+		var stderr bytes.Buffer
+		code := run(ctx, append([]string{"robots", "list", "--tenant", tenant.String()}, args...), e.get, out, &stderr)
+		require.Equal(t, 0, code, stderr.String())
+		return out.String()
+	}
+	deleteTenant := func(tenant uuid.UUID) func() {
+		return func() {
+			_, err := d.ExecContext(ctx, "DELETE FROM robots WHERE tenant_id = ?", tenant)
+			require.NoError(t, err)
+		}
+	}
+	rowRE := regexp.MustCompile(`(?m)^[0-9a-f-]{36}\s+r\d+\s+OFFLINE\s`)
+
+	t.Run("JSON", func(t *testing.T) {
+		tenant := fill(t)
+		var all []robotView
+		text := list(t, tenant, nil, "--json")
+		require.NoError(t, json.Unmarshal([]byte(text), &all))
+		require.Len(t, all, robots)
+		var again bytes.Buffer
+		require.NoError(t, writeJSON(&again, all))
+		require.Equal(t, again.String(), text, "the array writeJSON prints")
+
+		var first []robotView
+		require.NoError(t, json.Unmarshal([]byte(list(t, tenant, deleteTenant(tenant), "--json")), &first))
+		require.Len(t, first, db.MaxPageSize, "the first page was printed before the second was read")
+
+		var none []robotView
+		text = list(t, tenant, nil, "--json")
+		require.Equal(t, "[]\n", text)
+		require.NoError(t, json.Unmarshal([]byte(text), &none))
+	})
+
+	t.Run("Table", func(t *testing.T) {
+		tenant := fill(t)
+		text := list(t, tenant, nil)
+		require.Len(t, rowRE.FindAllString(text, -1), robots)
+		require.Equal(t, 1, strings.Count(text, "LAST HEARTBEAT"), "one header")
+
+		text = list(t, tenant, deleteTenant(tenant))
+		require.Len(t, rowRE.FindAllString(text, -1), db.MaxPageSize, "the first page was printed before the second was read")
+
+		require.Regexp(t, `^ID\s+NAME\s+STATUS\s+CAPABILITIES\s+MAX JOBS\s+LAST HEARTBEAT\n$`, list(t, tenant, nil), "an empty table keeps its header")
+	})
+}
+
+// keys list lists every key of the robot, past the store's MaxPageSize,
+// while the API's apiKeys keeps its first page.
+func TestKeysListEveryKey(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	r := robotJSON(t, e, "--name", "many")
+	const keys = db.MaxPageSize + 2
+	_, err := d.ExecContext(ctx, `INSERT INTO api_keys (tenant_id, robot_id, name, prefix, key_hash, created_by, revoked_at)
+		SELECT tenant_id, id, 'k' || g, 'crpa_x', decode(md5(g::text), 'hex'), 'test', CASE WHEN g = 1 THEN now() END
+		FROM robots, generate_series(1, ?) g WHERE id = ?`, keys, r.ID)
+	require.NoError(t, err)
+
+	code, stdout, stderr := runCLI(t, e, "keys", "list", "--robot", "many", "--json")
+	require.Equal(t, 0, code, stderr)
+	var listed []keyView
+	require.NoError(t, json.Unmarshal([]byte(stdout), &listed))
+	require.Len(t, listed, keys-1, "every live key")
+	seen := map[uuid.UUID]bool{}
+	for _, k := range listed {
+		require.False(t, seen[k.ID], "no key twice")
+		seen[k.ID] = true
+		require.Nil(t, k.RevokedAt)
+	}
+
+	code, stdout, stderr = runCLI(t, e, "keys", "list", "--robot", "many", "--all")
+	require.Equal(t, 0, code, stderr)
+	require.Len(t, regexp.MustCompile(`(?m)^[0-9a-f-]{36}\s+k\d+\s+crpa_x\s`).FindAllString(stdout, -1), keys, "--all: the revoked one too")
+
+	svc := auth.WithPrincipal(ctx, auth.SystemPrincipal("cli", auth.DefaultTenant))
+	first, err := db.NewAPIKeys().List(svc, d.DB, r.ID, true)
+	require.NoError(t, err)
+	require.Len(t, first, db.MaxPageSize, "the API's list is unchanged: its first page")
+}
+
+// Names a tenant's users chose are printed in tables as visible text: one
+// with a bidirectional override (which names may hold) is quoted with Go's
+// escapes, so it cannot reorder the rest of its line.
+func TestTablesEscapeNames(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	name := "invoice\u202efdp.exe"
+	robotJSON(t, e, "--name", name)
+	code, stdout, stderr := runCLI(t, e, "keys", "create", "--robot", name, "--name", "key\u2066x")
+	require.Equal(t, 0, code, stderr)
+	requireTerminalSafe(t, stdout)
+	requireTerminalSafe(t, stderr)
+	require.Contains(t, stderr, "for robot "+strconv.Quote(name))
+
+	code, stdout, stderr = runCLI(t, e, "robots", "list")
+	require.Equal(t, 0, code, stderr)
+	requireTerminalSafe(t, stdout)
+	require.Contains(t, stdout, strconv.Quote(name))
+	code, stdout, stderr = runCLI(t, e, "keys", "list", "--robot", name)
+	require.Equal(t, 0, code, stderr)
+	requireTerminalSafe(t, stdout)
+	require.Contains(t, stdout, strconv.Quote("key\u2066x"))
+
+	code, stdout, _ = runCLI(t, e, "robots", "list", "--json")
+	require.Equal(t, 0, code)
+	var list []robotView
+	require.NoError(t, json.Unmarshal([]byte(stdout), &list))
+	require.Equal(t, name, list[0].Name, "JSON carries the name as it is")
+}
+
+// failingWriter fails every write, as stdout redirected to /dev/full does.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// keys create revokes a key it could not print: nobody has the raw key, so
+// it must not stay active; stderr says so.
+func TestKeysCreateRevokesAKeyItCouldNotPrint(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	robotJSON(t, e, "--name", "lyon-1")
+	for _, args := range [][]string{nil, {"--json"}} {
+		var stderr bytes.Buffer
+		code := run(ctx, append([]string{"keys", "create", "--robot", "lyon-1"}, args...), e.get, failingWriter{}, &stderr)
+		require.Equal(t, 1, code, stderr.String())
+		require.Contains(t, stderr.String(), "no space left on device")
+		require.Contains(t, stderr.String(), "so it was revoked at once")
+	}
+	var live, revoked int
+	require.NoError(t, d.NewRaw("SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*) FILTER (WHERE revoked_by = 'system:cli') FROM api_keys").Scan(ctx, &live, &revoked))
+	require.Zero(t, live, "no key nobody has stays active")
+	require.Equal(t, 2, revoked)
+}
+
+// With DATABASE_URL unset, the operator commands use the private database
+// in DATA_DIR but never create it: a DATA_DIR that holds none (a typo, or
+// no server started there yet) is refused with what to do, and left as it
+// was. Only serve and migrate create (and keep up) the private PostgreSQL.
+func TestOperatorRefusesADataDirWithoutDatabase(t *testing.T) {
+	t.Parallel()
+	parent := pgDataDir(t) // short: the cluster's socket lives inside
+	dataDir := filepath.Join(parent, "typo")
+	e := env{"DATA_DIR": dataDir}
+	for _, cmd := range [][]string{
+		{"robots", "list"}, {"robots", "create", "x"}, {"keys", "list", "--robot", "x"}, {"keys", "create", "--robot", "x"},
+		{"keys", "revoke", uuid.NewString()}, {"logs", "cleanup", "--dry-run"}, {"logs", "tail", "--robot", "x"},
+	} {
+		code, stdout, stderr := runCLI(t, e, cmd...)
+		require.Equal(t, 1, code, "%v: %s", cmd, stderr)
+		require.Empty(t, stdout, cmd)
+		require.Contains(t, stderr, "DATA_DIR "+dataDir+" holds no Fleetgraph database (no PostgreSQL cluster in "+filepath.Join(dataDir, "postgres")+")", cmd)
+		require.Contains(t, stderr, "start `fleetgraph serve` with this DATA_DIR once to create it, or set DATABASE_URL", cmd)
+		require.NotContains(t, stderr, "auto-migrate", cmd)
+	}
+	code, r, _ := runVerifyJSON(t, e)
+	require.Equal(t, 1, code)
+	c := checkOf(t, r, "database reachable")
+	require.Equal(t, "fail", c.Status)
+	require.Contains(t, c.Detail, "holds no Fleetgraph database")
+	require.Contains(t, c.Advice, "start `fleetgraph serve`")
+	require.NoDirExists(t, dataDir, "nothing was created")
+
+	// A cluster without the fleetgraph database is refused too, and left so.
+	pgDir := filepath.Join(parent, "other", "postgres")
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	cluster, err := localpg.Start(ctx, localpg.Options{Dir: pgDir, Settings: map[string]string{"fsync": "off"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, cluster.Stop(context.Background())) })
+	code, _, stderr := runCLI(t, env{"DATA_DIR": filepath.Dir(pgDir)}, "robots", "list")
+	require.Equal(t, 1, code, stderr)
+	require.Contains(t, stderr, "its PostgreSQL cluster has no fleetgraph database")
+	admin, err := db.Open(ctx, cluster.DSN("postgres"))
+	require.NoError(t, err)
+	defer admin.Close()
+	var exists bool
+	require.NoError(t, admin.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'fleetgraph')").Scan(ctx, &exists))
+	require.False(t, exists, "robots list created no database")
+}
+
+// The operator commands read DATABASE_CONNECT_TIMEOUT as serve does: an
+// unreachable database is retried that long, with a log line per attempt.
+func TestOperatorCommandsWaitForTheDatabase(t *testing.T) {
+	t.Parallel()
+	e := baseEnv(t).with("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?sslmode=disable")
+	for _, cmd := range [][]string{{"robots", "list"}, {"logs", "cleanup", "--dry-run"}} {
+		code, _, stderr := runCLI(t, e, append(cmd, "--database-connect-timeout", "1")...)
+		require.Equal(t, 1, code, "%v: %s", cmd, stderr)
+		require.Contains(t, stderr, "the database is not reachable yet; retrying", cmd)
+		require.Contains(t, stderr, "still unreachable after", cmd)
+
+		code, _, stderr = runCLI(t, e.with("DATABASE_CONNECT_TIMEOUT", "soon"), cmd...)
+		require.Equal(t, 2, code, cmd)
+		require.Contains(t, stderr, "DATABASE_CONNECT_TIMEOUT (--database-connect-timeout) must be a whole number of seconds", cmd)
+	}
 }

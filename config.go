@@ -28,6 +28,8 @@ func usageError(format string, args ...any) error {
 type setting struct {
 	env, flag, def, help string
 	value                *string
+	// aliases are other names of the flag, kept for compatibility.
+	aliases []string
 }
 
 // settings reads a subcommand's configuration: flag if given, else the
@@ -58,6 +60,12 @@ func (s *settings) add(env, flagName, def, help string) *setting {
 	s.fs.StringVar(st.value, flagName, def, flagUsage(env, help))
 	s.list = append(s.list, st)
 	return st
+}
+
+// alias declares name as another flag for st, which sets the same value.
+func (s *settings) alias(st *setting, name string) {
+	s.fs.StringVar(st.value, name, st.def, "the same as --"+st.flag)
+	st.aliases = append(st.aliases, name)
 }
 
 // addBool declares an optional boolean setting (read with Bool). Its flag
@@ -103,7 +111,11 @@ func (s *settings) parse(args []string) ([]string, error) {
 	s.set = map[string]bool{}
 	s.fs.Visit(func(f *flag.Flag) { s.set[f.Name] = true })
 	for _, st := range s.list {
-		if !s.set[st.flag] && st.env != "" {
+		given := s.set[st.flag]
+		for _, a := range st.aliases {
+			given = given || s.set[a]
+		}
+		if !given && st.env != "" {
 			if v, ok := lookup(s.env, st.env); ok {
 				*st.value = v
 			}

@@ -58,7 +58,7 @@ const usage = `Fleetgraph serves a GraphQL API for fleets of machines over Postg
 
 Usage:
   fleetgraph [serve] [flags]          serve the API (the default)
-  fleetgraph migrate up|down|status   manage the database schema
+  fleetgraph migrate up|down|status   manage the database schema (down asks for --yes)
   fleetgraph token [flags]            print a signed JWT for the configured secret
   fleetgraph schema [--introspection] print the GraphQL schema (SDL, or introspection JSON)
   fleetgraph verify [--json]          check the installation: settings, database, triggers, partitions, feed
@@ -136,8 +136,8 @@ func isHelpFlag(arg string) bool {
 }
 
 // database is an open database, with the private cluster behind it when
-// DATABASE_URL is unset. The cluster is supervised while the database is
-// open: if this process started it, it is restarted when it dies; if this
+// DATABASE_URL is unset. For serve and migrate (ownPrivate) the cluster is
+// supervised while the database is open: if this process started it, it is restarted when it dies; if this
 // process attached to another one's, it takes the cluster over (starts and
 // owns it) when that one goes away. The pool and the notification listener
 // reconnect by themselves, so /readyz turns back to 200 once it is up.
@@ -150,7 +150,24 @@ type database struct {
 // dbName is the database the private cluster keeps Fleetgraph's data in.
 const dbName = "fleetgraph"
 
-func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database, error) {
+// privateUse says what a command does with the private PostgreSQL.
+type privateUse int
+
+const (
+	// ownPrivate creates the cluster and its database where they are
+	// missing, and supervises the cluster while the database is open:
+	// serve and migrate.
+	ownPrivate privateUse = iota
+	// borrowPrivate uses the cluster that is there, the running server's
+	// or started for the command and stopped after it, unsupervised, and
+	// creates nothing: the operator commands, which a DATA_DIR typo must
+	// not turn into a new, empty installation.
+	borrowPrivate
+)
+
+// openDatabase opens DATABASE_URL, or the private PostgreSQL in DATA_DIR
+// as use allows.
+func openDatabase(ctx context.Context, cfg *config, log *slog.Logger, use privateUse) (*database, error) {
 	if !cfg.embedded() {
 		bdb, err := db.OpenWaiting(ctx, cfg.databaseURL, cfg.dbConnectWait, log)
 		if err != nil {
@@ -158,12 +175,21 @@ func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database
 		}
 		return &database{DB: bdb, dsn: cfg.databaseURL}, nil
 	}
-	cluster, err := localpg.Start(ctx, localpg.Options{Dir: filepath.Join(cfg.dataDir, "postgres"), Logger: log, Supervise: true})
+	dir := filepath.Join(cfg.dataDir, "postgres")
+	cluster, err := localpg.Start(ctx, localpg.Options{Dir: dir, Logger: log, Supervise: use == ownPrivate, Existing: use == borrowPrivate})
+	if errors.Is(err, localpg.ErrNoCluster) {
+		return nil, noPrivateDatabase(cfg.dataDir, "no PostgreSQL cluster in "+dir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("starting the private PostgreSQL: %w", err)
 	}
 	d := &database{cluster: cluster, dsn: cluster.DSN(dbName)}
-	if err := createDatabase(ctx, cluster); err != nil {
+	if use == borrowPrivate {
+		err = requireDatabase(ctx, cluster, cfg.dataDir)
+	} else {
+		err = createDatabase(ctx, cluster)
+	}
+	if err != nil {
 		d.close(log)
 		return nil, err
 	}
@@ -174,6 +200,40 @@ func openDatabase(ctx context.Context, cfg *config, log *slog.Logger) (*database
 	return d, nil
 }
 
+// errNoPrivateDatabase marks a DATA_DIR without the private database.
+var errNoPrivateDatabase = errors.New("no Fleetgraph database")
+
+// noPrivateDatabase says that DATA_DIR holds no private database, and how
+// to get one.
+func noPrivateDatabase(dataDir, why string) error {
+	return fmt.Errorf("DATA_DIR %s holds %w (%s): start `fleetgraph serve` with this DATA_DIR once to create it, "+
+		"or set DATABASE_URL to use your own PostgreSQL", dataDir, errNoPrivateDatabase, why)
+}
+
+// requireDatabase checks that the private cluster holds the Fleetgraph database.
+func requireDatabase(ctx context.Context, cluster *localpg.Cluster, dataDir string) error {
+	admin, err := db.Open(ctx, cluster.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	exists, err := hasDatabase(ctx, admin)
+	if err == nil && !exists {
+		err = noPrivateDatabase(dataDir, "its PostgreSQL cluster has no "+dbName+" database")
+	}
+	return err
+}
+
+// hasDatabase reports whether the private cluster (admin is connected to
+// its postgres database) holds the Fleetgraph database.
+func hasDatabase(ctx context.Context, admin *bun.DB) (bool, error) {
+	var exists bool
+	if err := admin.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", dbName).Scan(ctx, &exists); err != nil {
+		return false, fmt.Errorf("looking for the %s database: %w", dbName, err)
+	}
+	return exists, nil
+}
+
 // createDatabase creates the Fleetgraph database in a fresh private cluster.
 func createDatabase(ctx context.Context, cluster *localpg.Cluster) error {
 	admin, err := db.Open(ctx, cluster.DSN("postgres"))
@@ -181,12 +241,8 @@ func createDatabase(ctx context.Context, cluster *localpg.Cluster) error {
 		return err
 	}
 	defer admin.Close()
-	var exists bool
-	if err := admin.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", dbName).Scan(ctx, &exists); err != nil {
-		return fmt.Errorf("looking for the %s database: %w", dbName, err)
-	}
-	if exists {
-		return nil
+	if exists, err := hasDatabase(ctx, admin); err != nil || exists {
+		return err
 	}
 	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+dbName); err != nil && !strings.Contains(err.Error(), "already exists") {
 		return fmt.Errorf("creating the %s database: %w", dbName, err)
@@ -250,7 +306,11 @@ const httpWriteTimeout = 60 * time.Second
 func serve(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("serve", "Serves the GraphQL API, /healthz, /readyz and (optionally) the playground at /.", stderr, env)
 	cs := declareServe(s)
-	if _, err := s.parse(args); err != nil {
+	rest, err := s.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(rest); err != nil {
 		return err
 	}
 	cfg, err := cs.resolve()
@@ -272,7 +332,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return usageError("JWT_SECRET: %v", err)
 	}
 
-	d, err := openDatabase(ctx, cfg, log)
+	d, err := openDatabase(ctx, cfg, log, ownPrivate)
 	if err != nil {
 		return err
 	}
@@ -280,11 +340,11 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 
 	if cfg.embedded() || cfg.autoMigrate {
 		applied, err := migrations.Up(ctx, d.DB)
-		if err != nil {
-			return err
-		}
 		if len(applied) > 0 {
 			log.Info("applied migrations", "migrations", applied)
+		}
+		if err != nil {
+			return err
 		}
 	} else if st, err := migrations.CurrentStatus(ctx, d.DB); err != nil {
 		return err
@@ -545,12 +605,15 @@ func displayAddr(a net.Addr) string {
 }
 
 func migrate(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
-	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations.", stderr, env)
+	s := newSettings("migrate up|down|status", "Applies (up), rolls back the last batch of (down), or lists (status) the schema migrations. "+
+		"The last batch is what the last `migrate up` (or start) applied: after a first install, every migration, so down drops every table "+
+		"and its data. Without --yes, down only lists what it would roll back.", stderr, env)
 	databaseURL := s.add("DATABASE_URL", "database-url", "", "PostgreSQL URL; unset uses the private PostgreSQL in DATA_DIR")
 	connectWait := addConnectTimeout(s)
 	dataDir := s.add("DATA_DIR", "data-dir", ".data", "folder of the private PostgreSQL")
 	logLevel := s.add("LOG_LEVEL", "log-level", "info", "debug, info, warn or error")
 	logFormat := s.add("LOG_FORMAT", "log-format", "text", "text or json")
+	yes := s.addBool("", "yes", "with down: roll the batch back (without it, down lists the batch and changes nothing)")
 	// The action may come first (`migrate up --data-dir x`), where the flag
 	// package would stop parsing, or after the flags.
 	var action []string
@@ -573,12 +636,16 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	if err != nil {
 		return err
 	}
+	confirmed, err := yes.Bool()
+	if err != nil {
+		return err
+	}
 	cfg := &config{databaseURL: databaseURL.String(), dbConnectWait: wait, dataDir: dataDir.String()}
 	if f := logFormat.String(); f != "text" && f != "json" {
 		return usageError("%s must be text or json, not %q", logFormat.name(), f)
 	}
 	log := newLogger(stderr, level, logFormat.String())
-	d, err := openDatabase(ctx, cfg, log)
+	d, err := openDatabase(ctx, cfg, log, ownPrivate)
 	if err != nil {
 		return err
 	}
@@ -586,12 +653,20 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	switch rest[0] {
 	case "up":
 		applied, err := migrations.Up(ctx, d.DB)
-		if err != nil {
+		if err != nil && len(applied) == 0 {
 			return err
 		}
 		_, _ = fmt.Fprintf(stdout, "applied %d migration(s) %s\n", len(applied), strings.Join(applied, " "))
+		if err != nil {
+			return err
+		}
 	case "down":
-		rolled, err := migrations.Down(ctx, d.DB)
+		rolled, err := migrations.Down(ctx, d.DB, func(names []string) error {
+			if len(names) == 0 || (confirmed != nil && *confirmed) {
+				return nil
+			}
+			return unconfirmedDown(ctx, d.DB, names)
+		})
 		if err != nil {
 			return err
 		}
@@ -609,12 +684,31 @@ func migrate(ctx context.Context, args []string, env func(string) string, stdout
 	return nil
 }
 
+// unconfirmedDown refuses a rollback the operator did not confirm with
+// --yes, saying what it would have rolled back.
+func unconfirmedDown(ctx context.Context, bdb *bun.DB, names []string) error {
+	what := "dropping what they created, data included"
+	if st, err := migrations.CurrentStatus(ctx, bdb); err == nil && len(st.Applied) == len(names) {
+		what = "that is every migration: it drops every table of Fleetgraph and all their data"
+	}
+	return usageError("migrate down would roll back %d migration(s), %s (%s); nothing was changed: run `fleetgraph migrate down --yes` to roll them back",
+		len(names), strings.Join(names, " "), what)
+}
+
 func listOrNone(names []string) string {
 	if len(names) == 0 {
 		return "none"
 	}
 	return strings.Join(names, " ")
 }
+
+// The lifetimes token accepts: a token of less than a second has expired
+// when it is written (exp is in whole seconds), and one of centuries is a
+// secret that never expires in practice.
+const (
+	minTokenTTL = time.Second
+	maxTokenTTL = 100 * 365 * 24 * time.Hour
+)
 
 func token(args []string, env func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("token", "Prints a signed JWT that this server accepts, and nothing else.", stderr, env)
@@ -625,23 +719,29 @@ func token(args []string, env func(string) string, stdout, stderr io.Writer) err
 	sub := s.add("", "sub", demo.Alice.String(), "user id (UUID); defaults to the demo user alice")
 	tenant := s.add("", "tenant", "", "tenant id (UUID); unset means the default tenant")
 	role := s.add("", "role", string(auth.RoleUser), "authenticated or service_role")
-	ttl := s.add("", "ttl", "24h", "lifetime, e.g. 30m, 24h")
-	if _, err := s.parse(args); err != nil {
+	ttl := s.add("", "ttl", "24h", "lifetime from 1s to 100 years (876000h), e.g. 30m, 24h")
+	rest, err := s.parse(args)
+	if err != nil {
 		return err
 	}
+	if err := noArgs(rest); err != nil {
+		return err
+	}
+	// The server refuses the nil UUID as sub and as tenant: a token
+	// carrying it would be minted only to be refused.
 	userID, err := uuid.Parse(sub.String())
-	if err != nil {
-		return usageError("%s must be a UUID", sub.name())
+	if err != nil || userID == uuid.Nil {
+		return usageError("%s must be a UUID other than the nil one", sub.name())
 	}
 	var tenantID uuid.UUID
 	if tenant.String() != "" {
-		if tenantID, err = uuid.Parse(tenant.String()); err != nil {
-			return usageError("%s must be a UUID", tenant.name())
+		if tenantID, err = uuid.Parse(tenant.String()); err != nil || tenantID == uuid.Nil {
+			return usageError("%s must be a UUID other than the nil one (leave it unset for the default tenant)", tenant.name())
 		}
 	}
 	lifetime, err := time.ParseDuration(ttl.String())
-	if err != nil || lifetime <= 0 {
-		return usageError("%s must be a positive duration such as 30m or 24h", ttl.name())
+	if err != nil || lifetime < minTokenTTL || lifetime > maxTokenTTL {
+		return usageError("%s must be a duration from 1s to 100 years (876000h) such as 30m or 24h, not %q", ttl.name(), ttl.String())
 	}
 	r := auth.Role(role.String())
 	if r != auth.RoleUser && r != auth.RoleService {

@@ -29,6 +29,7 @@ import (
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
 	"fleetgraph/demo"
+	"fleetgraph/migrations"
 	"fleetgraph/realtime/faulttest"
 )
 
@@ -345,6 +346,17 @@ func TestCommands(t *testing.T) {
 		require.Contains(t, stderr, "unexpected argument")
 	})
 
+	// A command named after serve's flags is not run as serve with the
+	// command ignored.
+	t.Run("CommandAfterFlags", func(t *testing.T) {
+		t.Parallel()
+		e := baseEnv(t).with("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?sslmode=disable", "DATABASE_CONNECT_TIMEOUT", "0", "JWT_SECRET", testSecret)
+		code, stdout, stderr := runCLI(t, e, "--listen", "127.0.0.1:0", "migrate", "status")
+		require.Equal(t, 2, code, stderr)
+		require.Empty(t, stdout)
+		require.Contains(t, stderr, `fleetgraph serve: unexpected argument "migrate": to run the migrate command, name it before its flags (fleetgraph migrate [flags])`)
+	})
+
 	t.Run("UnknownCommand", func(t *testing.T) {
 		t.Parallel()
 		code, _, stderr := runCLI(t, baseEnv(t), "frobnicate")
@@ -365,6 +377,7 @@ func TestCommands(t *testing.T) {
 
 func TestServeConfigErrors(t *testing.T) {
 	t.Parallel()
+	unreachable := env{"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none?sslmode=disable", "DATABASE_CONNECT_TIMEOUT": "0", "JWT_SECRET": testSecret}
 
 	for _, tt := range []struct {
 		name   string
@@ -407,6 +420,11 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "FlagOverridesGoodEnv", env: env{"LOG_FORMAT": "json"}, args: []string{"--log-format", "xml"}, want: `LOG_FORMAT (--log-format) must be text or json, not "xml"`},
 		{name: "BareBoolFlagTakesNoValue", args: []string{"--auto-migrate", "--log-level", "loud"}, want: "LOG_LEVEL", notWas: "AUTO_MIGRATE"},
 		{name: "BoolFlagOverridesEnv", env: env{"PLAYGROUND": "maybe", "LOG_LEVEL": "loud"}, args: []string{"--playground=false"}, want: "LOG_LEVEL", notWas: "PLAYGROUND"},
+		// Words after the flags are refused, not ignored by a server that
+		// starts anyway (here it would fail on the database instead).
+		{name: "ExtraArgument", env: unreachable, args: []string{"--listen", "127.0.0.1:0", "bogus"}, want: `unexpected argument "bogus"`},
+		{name: "CommandAfterFlags", env: unreachable, args: []string{"--listen", "127.0.0.1:0", "migrate", "status"},
+			want: `unexpected argument "migrate": to run the migrate command, name it before its flags`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -463,6 +481,15 @@ func TestToken(t *testing.T) {
 		require.Error(t, err, "the token carries the configured issuer")
 	})
 
+	t.Run("TTLBounds", func(t *testing.T) {
+		t.Parallel()
+		for _, ttl := range []string{"1s", "876000h"} {
+			code, stdout, stderr := runCLI(t, secretEnv(t), "token", "--ttl", ttl)
+			require.Equal(t, 0, code, "%s: %s", ttl, stderr)
+			singleToken(t, stdout)
+		}
+	})
+
 	t.Run("SecretFlagOverridesEnv", func(t *testing.T) {
 		t.Parallel()
 		other := strings.Repeat("k", 40)
@@ -514,14 +541,19 @@ func TestToken(t *testing.T) {
 		want string
 	}{
 		{"BadSub", []string{"--sub", "alice"}, nil, "--sub must be a UUID"},
+		{"NilSub", []string{"--sub", uuid.Nil.String()}, nil, "--sub must be a UUID other than the nil one"},
 		{"BadTenant", []string{"--tenant", "acme"}, nil, "--tenant must be a UUID"},
+		{"NilTenant", []string{"--tenant", uuid.Nil.String()}, nil, "--tenant must be a UUID other than the nil one"},
 		{"BadRole", []string{"--role", "anon"}, nil, "--role must be"},
 		{"EmptyRole", []string{"--role", ""}, nil, "--role must be"},
-		{"ZeroTTL", []string{"--ttl", "0s"}, nil, "--ttl must be a positive duration"},
-		{"NegativeTTL", []string{"--ttl", "-1h"}, nil, "--ttl must be a positive duration"},
-		{"BadTTL", []string{"--ttl", "soon"}, nil, "--ttl must be a positive duration"},
+		{"ZeroTTL", []string{"--ttl", "0s"}, nil, "--ttl must be a duration from 1s to 100 years"},
+		{"NegativeTTL", []string{"--ttl", "-1h"}, nil, "--ttl must be a duration from 1s to 100 years"},
+		{"BadTTL", []string{"--ttl", "soon"}, nil, "--ttl must be a duration from 1s to 100 years"},
+		{"ExpiredTTL", []string{"--ttl", "1ns"}, nil, "--ttl must be a duration from 1s to 100 years"},
+		{"CenturiesTTL", []string{"--ttl", "2562047h"}, nil, "--ttl must be a duration from 1s to 100 years"}, // 292 years
 		{"ShortSecret", nil, env{"JWT_SECRET": "too-short"}, "JWT_SECRET"},
 		{"EmptyAudience", []string{"--jwt-audience", " "}, nil, "JWT_AUDIENCE"},
+		{"ExtraArgument", []string{"--ttl", "1h", "service_role"}, nil, `unexpected argument "service_role"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -564,15 +596,73 @@ func TestMigrateCommand(t *testing.T) {
 		require.Equal(t, 0, code, stderr)
 		require.Equal(t, "applied: "+all+"\npending: none\n", stdout)
 
+		// Without --yes, down says what it would roll back and changes nothing.
 		code, stdout, stderr = runCLI(t, e, "migrate", "down")
+		require.Equal(t, 2, code, stdout)
+		require.Empty(t, stdout)
+		require.Contains(t, stderr, fmt.Sprintf("migrate down would roll back %d migration(s), %s (that is every migration", len(names), all))
+		require.Contains(t, stderr, "fleetgraph migrate down --yes")
+		require.True(t, tableExists(t, bdb, "machines"), "nothing was rolled back")
+		code, stdout, _ = runCLI(t, e, "migrate", "status")
+		require.Equal(t, 0, code)
+		require.Equal(t, "applied: "+all+"\npending: none\n", stdout)
+
+		code, stdout, stderr = runCLI(t, e, "migrate", "down", "--yes")
 		require.Equal(t, 0, code, stderr)
 		require.Equal(t, fmt.Sprintf("rolled back %d migration(s) %s\n", len(names), all), stdout)
 		require.False(t, tableExists(t, bdb, "machines"))
 
+		// With nothing to roll back, down needs no --yes.
+		code, stdout, stderr = runCLI(t, e, "migrate", "down")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, "rolled back 0 migration(s) \n", stdout)
+
+		// A batch of its own is rolled back alone, and named as such.
+		_, err := migrations.Up(context.Background(), bdb)
+		require.NoError(t, err)
+		_, err = bdb.ExecContext(context.Background(), "DELETE FROM bun_migrations WHERE name = ?", names[len(names)-1])
+		require.NoError(t, err)
+		_, err = bdb.ExecContext(context.Background(), "ALTER TABLE jobs DROP COLUMN target_lost")
+		require.NoError(t, err)
+		code, stdout, stderr = runCLI(t, e, "migrate", "up")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, "applied 1 migration(s) "+names[len(names)-1]+"\n", stdout)
+		code, _, stderr = runCLI(t, e, "migrate", "down")
+		require.Equal(t, 2, code)
+		require.Contains(t, stderr, "would roll back 1 migration(s), "+names[len(names)-1]+" (dropping what they created")
+		code, stdout, stderr = runCLI(t, e, "migrate", "--yes", "down")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, "rolled back 1 migration(s) "+names[len(names)-1]+"\n", stdout)
+		require.True(t, tableExists(t, bdb, "machines"), "only the last batch was rolled back")
+
 		// The action may also come before the flags.
 		code, stdout, stderr = runCLI(t, baseEnv(t), "migrate", "status", "--database-url", dsn)
 		require.Equal(t, 0, code, stderr)
-		require.Equal(t, "applied: none\npending: "+all+"\n", stdout)
+		require.Equal(t, "applied: "+strings.Join(names[:len(names)-1], " ")+"\npending: "+names[len(names)-1]+"\n", stdout)
+	})
+
+	// A migration that fails stays pending, and the next migrate up runs it.
+	t.Run("FailedMigrationStaysPending", func(t *testing.T) {
+		t.Parallel()
+		dsn, bdb := emptyDatabase(t)
+		e := baseEnv(t).with("DATABASE_URL", dsn)
+		names := migrationNames(t)
+		_, err := bdb.ExecContext(context.Background(), "CREATE TABLE schedules (x int)")
+		require.NoError(t, err)
+
+		code, stdout, stderr := runCLI(t, e, "migrate", "up")
+		require.Equal(t, 1, code, stdout)
+		require.Equal(t, fmt.Sprintf("applied 4 migration(s) %s\n", strings.Join(names[:4], " ")), stdout)
+		require.Contains(t, stderr, "0005")
+		code, stdout, stderr = runCLI(t, e, "migrate", "status")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, "applied: "+strings.Join(names[:4], " ")+"\npending: "+strings.Join(names[4:], " ")+"\n", stdout)
+
+		_, err = bdb.ExecContext(context.Background(), "DROP TABLE schedules")
+		require.NoError(t, err)
+		code, stdout, stderr = runCLI(t, e, "migrate", "up")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, fmt.Sprintf("applied %d migration(s) %s\n", len(names)-4, strings.Join(names[4:], " ")), stdout)
 	})
 
 	t.Run("UnknownMigrationInStatus", func(t *testing.T) {
@@ -826,6 +916,17 @@ func TestServeEmbedded(t *testing.T) {
 		require.Equal(t, http.StatusOK, status, body)
 	})
 
+	t.Run("OperatorCommandsAttachToRunningCluster", func(t *testing.T) {
+		code, stdout, stderr := runCLI(t, e, "robots", "list", "--tenant", demo.Tenant.String(), "--json")
+		require.Equal(t, 0, code, stderr)
+		var robots []robotView
+		require.NoError(t, json.Unmarshal([]byte(stdout), &robots))
+		require.Len(t, robots, 2, "the demo fleet's robots")
+		after, ok := postmasterPID(pgDir)
+		require.True(t, ok, "robots list must not stop the server's PostgreSQL")
+		require.Equal(t, pid, after)
+	})
+
 	t.Run("ShutdownClosesWebsocketsWithGoingAway", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -864,6 +965,15 @@ func TestServeEmbedded(t *testing.T) {
 		}
 		require.Equal(t, 0, p.stop(t), p.stderr.String())
 		requireStopped(t, pgDir, pid)
+	})
+
+	// With no server running, an operator command starts the cluster for
+	// its own run and stops it after.
+	t.Run("OperatorCommandsStartAStoppedCluster", func(t *testing.T) {
+		code, stdout, stderr := runCLI(t, e, "robots", "list", "--tenant", demo.Tenant.String())
+		require.Equal(t, 0, code, stderr)
+		require.Contains(t, stdout, "robot-lyon-1")
+		require.NoFileExists(t, filepath.Join(pgDir, "postmaster.pid"), "the cluster is stopped again")
 	})
 
 	t.Run("RestartKeepsData", func(t *testing.T) {

@@ -261,22 +261,30 @@ func (s *APIKeys) Revoke(ctx context.Context, idb bun.IDB, id uuid.UUID) (*APIKe
 	return k, nil
 }
 
-// List returns a robot's keys, newest first: at most MaxPageSize.
+// List returns a robot's keys, newest first: at most MaxPageSize (the
+// first page of ListPage).
 func (s *APIKeys) List(ctx context.Context, idb bun.IDB, robotID uuid.UUID, includeRevoked bool) ([]*APIKey, error) {
+	page, err := s.ListPage(ctx, idb, robotID, includeRevoked, PageArgs{First: new(MaxPageSize)})
+	return page.Items, err
+}
+
+// ListPage returns a page of a robot's keys, newest first, so that a
+// caller that needs every key (the CLI's keys list) can read past the
+// first MaxPageSize.
+func (s *APIKeys) ListPage(ctx context.Context, idb bun.IDB, robotID uuid.UUID, includeRevoked bool, p PageArgs) (Page[APIKey], error) {
 	sc, err := userScope(ctx)
 	if err != nil {
-		return nil, err
+		return Page[APIKey]{}, err
 	}
-	var keys []*APIKey
-	q := inTenant(sc, idb.NewSelect().Model(&keys).Where("k.robot_id = ?", robotID), "k").OrderExpr("k.created_at DESC, k.id DESC")
+	q := inTenant(sc, idb.NewSelect().Model((*APIKey)(nil)).Where("k.robot_id = ?", robotID), "k")
 	if !includeRevoked {
 		q = q.Where("k.revoked_at IS NULL")
 	}
-	if err := q.Apply(limitRows(MaxPageSize)).Scan(ctx); err != nil {
-		return nil, fmt.Errorf("listing keys: %w", err)
-	}
-	return keys, nil
+	return newestFirst[APIKey](ctx, q, nil, "apikey", "k", p)
 }
+
+// Cursor is the key's position in ListPage's order.
+func (k *APIKey) Cursor() string { return encodeTimeID("apikey", k.CreatedAt, k.ID) }
 
 // Audit returns the tenant's newest audit entries, optionally of one robot.
 func (s *APIKeys) Audit(ctx context.Context, idb bun.IDB, robotID *uuid.UUID, first *int) ([]*APIKeyAuditEntry, error) {

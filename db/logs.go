@@ -200,7 +200,7 @@ func checkLogMessage(field, msg string) error {
 	if n := utf8.RuneCountInString(msg); n > MaxLogMessage {
 		return fault.Invalid(field, "%s is %d characters; the limit is %d", field, n, MaxLogMessage)
 	}
-	return noNUL(field, msg)
+	return checkText(field, msg)
 }
 
 // line validates one line (field names it, e.g. entries[3]) and places it
@@ -219,7 +219,7 @@ func (s *Logs) line(i int, now time.Time, level LogLevel, message string, fields
 	}
 	// Bytes bound characters: a message of at most MaxLogMessage bytes
 	// needs no counting.
-	if len(message) > MaxLogMessage || strings.IndexByte(message, 0) >= 0 {
+	if len(message) > MaxLogMessage || strings.IndexByte(message, 0) >= 0 || !utf8.ValidString(message) {
 		if err := checkLogMessage(field()+".message", message); err != nil {
 			return logLine{}, err
 		}

@@ -39,7 +39,7 @@ func checkFilterText(field, s string) (string, error) {
 	if len(s) > 100 {
 		return "", fault.Invalid(field, "%s must be at most 100 bytes", field)
 	}
-	return s, noNUL(field, s)
+	return s, checkText(field, s)
 }
 
 // EventPageKey selects one page of one machine's events. It holds values

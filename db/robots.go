@@ -174,7 +174,7 @@ func checkShortText(field, v string, max int) (string, error) {
 	if len(v) > max {
 		return "", fault.Invalid(field, "%s must be at most %d bytes", field, max)
 	}
-	return v, noNUL(field, v)
+	return v, checkText(field, v)
 }
 
 func checkSlots(field string, n int) error {

@@ -372,7 +372,7 @@ func checkPauseNote(note *string) (*string, error) {
 	if len([]rune(*note)) > 500 {
 		return nil, fault.Invalid("note", "note must be at most 500 characters")
 	}
-	return note, noNUL("note", *note)
+	return note, checkText("note", *note)
 }
 
 // Update changes a schedule's settings. A change of expression, zone, start

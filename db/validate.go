@@ -75,6 +75,8 @@ func checkJSONObjectText(field string, v map[string]any) (map[string]any, string
 	w := jsonWalk{size: size}
 	w.walk(v)
 	switch {
+	case w.notUTF8:
+		return nil, "", fault.Invalid(field, "%s must be valid UTF-8 (a key or string is not)", field)
 	case w.nul:
 		return nil, "", fault.Invalid(field, "%s must not contain NUL characters", field)
 	case w.badNumber != "":
@@ -120,6 +122,7 @@ const (
 type jsonWalk struct {
 	size      int // compact size, corrected for expanded numbers
 	nul       bool
+	notUTF8   bool // a key or string holds bytes that are not UTF-8 (encoded as U+FFFD)
 	badNumber string
 }
 
@@ -128,6 +131,7 @@ func (w *jsonWalk) walk(v any) {
 	case map[string]any:
 		for k, e := range t {
 			w.nul = w.nul || strings.ContainsRune(k, 0)
+			w.notUTF8 = w.notUTF8 || !utf8.ValidString(k)
 			w.walk(e)
 		}
 	case []any:
@@ -136,6 +140,7 @@ func (w *jsonWalk) walk(v any) {
 		}
 	case string:
 		w.nul = w.nul || strings.ContainsRune(t, 0)
+		w.notUTF8 = w.notUTF8 || !utf8.ValidString(t)
 	case json.Number, float64, float32, int, int64, int32:
 		lit, _ := json.Marshal(t) // the same text the whole document was encoded with
 		n, ok := storedNumberLen(string(lit))
@@ -228,8 +233,14 @@ func AsStored(t time.Time) (stored time.Time, ok bool) {
 	return t.Truncate(time.Microsecond), true
 }
 
-// noNUL refuses text PostgreSQL cannot store: a NUL character.
-func noNUL(field, s string) error {
+// checkText refuses text PostgreSQL cannot store as given: bytes that are
+// not UTF-8 (a bound parameter fails the statement with the driver's
+// "invalid byte sequence", one bun writes inline is stored as U+FFFD), and
+// the NUL character. Every free-text input of the package passes through it.
+func checkText(field, s string) error {
+	if !utf8.ValidString(s) {
+		return fault.Invalid(field, "%s must be valid UTF-8", field)
+	}
 	if strings.ContainsRune(s, 0) {
 		return fault.Invalid(field, "%s must not contain NUL characters", field)
 	}

@@ -316,7 +316,7 @@ func checkDescription(field, v string) (string, error) {
 	if len([]rune(v)) > 500 {
 		return "", fault.Invalid(field, "%s must be at most 500 characters", field)
 	}
-	return v, noNUL(field, v)
+	return v, checkText(field, v)
 }
 
 // CreateEndpoint adds an endpoint to the caller's tenant and returns it

@@ -49,6 +49,10 @@ const oldBackendsMessage = "pre-existing shared memory block"
 // path inside Dir would exceed the kernel's limit.
 var ErrSocketPathTooLong = errors.New("unix socket path too long")
 
+// ErrNoCluster is returned (wrapped) by Start with Options.Existing when
+// Dir holds no cluster.
+var ErrNoCluster = errors.New("no PostgreSQL cluster")
+
 const (
 	// maxSocketPath is the longest unix socket path: sockaddr_un.sun_path is
 	// 108 bytes on Linux, including the terminating NUL.
@@ -85,6 +89,10 @@ type Options struct {
 	// it off where a stopped cluster must stay stopped, as in tests of
 	// outages.
 	Supervise bool
+	// Existing uses a cluster that is already there and creates nothing:
+	// Start returns ErrNoCluster (wrapped) for a Dir that holds none,
+	// instead of running initdb, and leaves the folder as it is.
+	Existing bool
 }
 
 // Cluster is a PostgreSQL cluster reachable over a unix socket. Its
@@ -144,6 +152,16 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("starting local PostgreSQL in %s: its socket %s would be %d bytes, over the %d-byte unix socket limit (%w); use a shorter folder, e.g. under /tmp",
 			dir, sock, len(sock), maxSocketPath, ErrSocketPathTooLong)
 	}
+	if opts.Existing {
+		// Checked before anything is created, the parent folder and the
+		// lock file included. (A cluster removed after this check is
+		// reported by launch, which does not create one either.)
+		if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s holds %w", dir, ErrNoCluster)
+		} else if err != nil {
+			return nil, fmt.Errorf("checking whether %s holds a PostgreSQL cluster: %w", dir, err)
+		}
+	}
 
 	binDir := opts.BinDir
 	if binDir == "" {
@@ -161,7 +179,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 
 	c := &Cluster{dir: dir, binDir: binDir, acct: acct, settings: opts.Settings, logger: logger}
 	for delay := firstRestartDelay; ; delay = min(2*delay, maxRestartDelay) {
-		if c.pm, err = c.launch(ctx, true); !errors.Is(err, errOldBackends) {
+		if c.pm, err = c.launch(ctx, !opts.Existing); !errors.Is(err, errOldBackends) {
 			break
 		}
 		if delay == firstRestartDelay {

@@ -146,6 +146,30 @@ func TestCluster(t *testing.T) {
 		require.Equal(t, "1", psql(t, binDir, clusters[1], "select 1"))
 	})
 
+	// Existing uses a cluster that is there, running or stopped, and
+	// creates nothing where there is none: no initdb, no folder, no lock.
+	t.Run("ExistingCreatesNothing", func(t *testing.T) {
+		t.Parallel()
+		parent := tempDir(t)
+		dir := filepath.Join(parent, "typo", "postgres")
+		_, err := Start(ctxWithTimeout(t), Options{Dir: dir, Existing: true})
+		require.ErrorIs(t, err, ErrNoCluster)
+		require.NoDirExists(t, filepath.Join(parent, "typo"))
+
+		bundle := setup(t)
+		attached, err := Start(ctxWithTimeout(t), Options{Dir: bundle.dir, Existing: true})
+		require.NoError(t, err)
+		require.False(t, attached.Owned(), "a running cluster is attached to")
+		require.NoError(t, attached.Stop(ctxWithTimeout(t)))
+
+		require.NoError(t, bundle.cluster.Stop(ctxWithTimeout(t)))
+		started, err := Start(ctxWithTimeout(t), Options{Dir: bundle.dir, Existing: true, Settings: testSettings})
+		require.NoError(t, err)
+		require.True(t, started.Owned(), "a stopped cluster is started")
+		require.Equal(t, "1", psql(t, binDir, started, "select 1"))
+		require.NoError(t, started.Stop(ctxWithTimeout(t)))
+	})
+
 	t.Run("SocketPathTooLong", func(t *testing.T) {
 		t.Parallel()
 		dir := filepath.Join(tempDir(t), strings.Repeat("d", 100))

@@ -42,7 +42,8 @@ func (s Status) Current() bool { return len(s.Pending) == 0 && len(s.Unknown) ==
 func (s Status) Problem() string {
 	switch {
 	case len(s.Unknown) > 0:
-		return fmt.Sprintf("the database has migrations this binary does not know (%s): it was migrated by a newer Fleetgraph; run that version, or roll back with its `migrate down`", strings.Join(s.Unknown, ", "))
+		return fmt.Sprintf("the database has migrations this binary does not know (%s): it was migrated by a newer Fleetgraph; run that version "+
+			"(its `migrate down` rolls back the whole group it last applied, every table if it created the database: run it without --yes to see the list first)", strings.Join(s.Unknown, ", "))
 	case len(s.Pending) > 0:
 		return fmt.Sprintf("the database is missing migrations %s: run `fleetgraph migrate up` (or start with --auto-migrate)", strings.Join(s.Pending, ", "))
 	}
@@ -58,26 +59,50 @@ func embedded() (*migrate.Migrations, error) {
 	return ms, nil
 }
 
-// Up applies every pending migration and returns the names it applied.
+// Up applies every pending migration and returns the names it applied. It
+// stops at the first that fails, which stays pending; the names it returns
+// then are those applied before it.
 func Up(ctx context.Context, db *bun.DB) ([]string, error) {
 	var applied []string
 	err := locked(ctx, db, func(m *migrate.Migrator) error {
 		group, err := m.Migrate(ctx)
+		done := group.Migrations
+		if err != nil && len(done) > 0 {
+			done = done[:len(done)-1] // the last one is the one that failed
+		}
+		for _, mig := range done {
+			applied = append(applied, mig.Name)
+		}
 		if err != nil {
 			return fmt.Errorf("applying migrations: %w", err)
-		}
-		for _, mig := range group.Migrations {
-			applied = append(applied, mig.Name)
 		}
 		return nil
 	})
 	return applied, err
 }
 
-// Down rolls back the last group of migrations applied together and returns their names.
-func Down(ctx context.Context, db *bun.DB) ([]string, error) {
+// Down rolls back the last group of migrations applied together and
+// returns their names. The group is what one Up applied: after a first
+// install, every migration, so a rollback drops every table. approve, when
+// not nil, is given the group's names (oldest first; none when nothing is
+// applied) under the migration lock before anything changes, and an error
+// it returns ends Down with nothing rolled back.
+func Down(ctx context.Context, db *bun.DB, approve func(names []string) error) ([]string, error) {
 	var rolled []string
 	err := locked(ctx, db, func(m *migrate.Migrator) error {
+		if approve != nil {
+			ms, err := m.MigrationsWithStatus(ctx)
+			if err != nil {
+				return fmt.Errorf("reading applied migrations: %w", err)
+			}
+			var names []string
+			for _, mig := range ms.LastGroup().Migrations {
+				names = append(names, mig.Name)
+			}
+			if err := approve(names); err != nil {
+				return err
+			}
+		}
 		group, err := m.Rollback(ctx)
 		if err != nil {
 			return fmt.Errorf("rolling back migrations: %w", err)
@@ -133,7 +158,12 @@ func locked(ctx context.Context, db *bun.DB, fn func(*migrate.Migrator) error) e
 	if err != nil {
 		return err
 	}
-	m := migrate.NewMigrator(db, ms)
+	// A migration is marked applied only once its up has succeeded, and
+	// unmarked only once its down has: bun's default marks first, so a
+	// migration that failed would be recorded as applied and skipped by the
+	// next run, and one whose rollback failed recorded as pending while its
+	// schema is still there.
+	m := migrate.NewMigrator(db, ms, migrate.WithMarkAppliedOnSuccess(true))
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("connecting for the migration lock: %w", err)

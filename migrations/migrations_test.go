@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"os"
 	"slices"
 	"strings"
@@ -139,7 +140,7 @@ func TestMigrations(t *testing.T) {
 		require.NoError(t, err)
 		require.Empty(t, applied, "a second Up has nothing to apply")
 
-		rolled, err := migrations.Down(ctx, bdb)
+		rolled, err := migrations.Down(ctx, bdb, nil)
 		require.NoError(t, err)
 		require.Equal(t, all, rolled)
 		requireTables(t, bdb, false)
@@ -148,7 +149,7 @@ func TestMigrations(t *testing.T) {
 		require.Equal(t, all, st.Pending)
 		require.False(t, st.Current())
 
-		rolled, err = migrations.Down(ctx, bdb)
+		rolled, err = migrations.Down(ctx, bdb, nil)
 		require.NoError(t, err)
 		require.Empty(t, rolled, "Down with nothing applied rolls nothing back")
 
@@ -157,6 +158,81 @@ func TestMigrations(t *testing.T) {
 		require.Equal(t, all, applied)
 		requireTables(t, bdb, true)
 		require.True(t, status(t, bdb).Current())
+	})
+
+	// A migration that fails is not recorded: it stays pending, and the
+	// next Up applies it once what stood in its way is gone.
+	t.Run("FailedUpStaysPending", func(t *testing.T) {
+		t.Parallel()
+		_, bdb := emptyDatabase(t)
+		_, err := bdb.ExecContext(ctx, "CREATE TABLE schedules (x int)")
+		require.NoError(t, err)
+
+		applied, err := migrations.Up(ctx, bdb)
+		require.ErrorContains(t, err, "0005")
+		require.Equal(t, all[:4], applied, "Up names the migrations it applied before the failure")
+		st := status(t, bdb)
+		require.Equal(t, all[:4], st.Applied, "the migrations before the failed one are applied")
+		require.Equal(t, all[4:], st.Pending, "the failed one and those after it are pending")
+		require.False(t, tableExists(t, bdb, "webhook_endpoints"), "nothing after the failed one ran")
+
+		_, err = bdb.ExecContext(ctx, "DROP TABLE schedules")
+		require.NoError(t, err)
+		applied, err = migrations.Up(ctx, bdb)
+		require.NoError(t, err)
+		require.Equal(t, all[4:], applied, "the next Up applies the failed one")
+		require.True(t, status(t, bdb).Current())
+		var cols int
+		require.NoError(t, bdb.NewRaw("SELECT count(*) FROM information_schema.columns WHERE table_name = 'schedules' AND column_name = 'cron_expression'").Scan(ctx, &cols))
+		require.Equal(t, 1, cols, "schedules is the migration's table")
+	})
+
+	// A rollback that fails leaves its migration applied, as its schema is.
+	t.Run("FailedDownStaysApplied", func(t *testing.T) {
+		t.Parallel()
+		d := dbtest.New(t)
+		// 0011's down drops jobs.target_lost, which this view depends on.
+		_, err := d.ExecContext(ctx, "CREATE VIEW lost_jobs AS SELECT id FROM jobs WHERE target_lost")
+		require.NoError(t, err)
+
+		rolled, err := migrations.Down(ctx, d.DB, nil)
+		require.ErrorContains(t, err, all[len(all)-1])
+		require.Empty(t, rolled)
+		require.True(t, status(t, d.DB).Current(), "every migration is still applied")
+
+		_, err = d.ExecContext(ctx, "DROP VIEW lost_jobs")
+		require.NoError(t, err)
+		rolled, err = migrations.Down(ctx, d.DB, nil)
+		require.NoError(t, err)
+		require.Equal(t, all, rolled)
+		require.Equal(t, all, status(t, d.DB).Pending)
+	})
+
+	// Down shows approve the group it would roll back before it changes
+	// anything, and a refusal rolls nothing back.
+	t.Run("DownAsksFirst", func(t *testing.T) {
+		t.Parallel()
+		d := dbtest.New(t)
+		refused := errors.New("not now")
+		var asked []string
+		rolled, err := migrations.Down(ctx, d.DB, func(names []string) error {
+			asked = names
+			return refused
+		})
+		require.ErrorIs(t, err, refused)
+		require.Empty(t, rolled)
+		require.Equal(t, all, asked, "the first Up applied every migration as one group")
+		require.True(t, status(t, d.DB).Current(), "a refusal rolls nothing back")
+
+		rolled, err = migrations.Down(ctx, d.DB, func(names []string) error { asked = names; return nil })
+		require.NoError(t, err)
+		require.Equal(t, all, asked)
+		require.Equal(t, all, rolled)
+
+		rolled, err = migrations.Down(ctx, d.DB, func(names []string) error { asked = names; return nil })
+		require.NoError(t, err)
+		require.Empty(t, asked, "with nothing applied there is nothing to approve")
+		require.Empty(t, rolled)
 	})
 
 	t.Run("UnknownAppliedMigration", func(t *testing.T) {
@@ -178,7 +254,7 @@ func TestMigrations(t *testing.T) {
 		// This binary neither migrates nor rolls back such a database.
 		_, err = migrations.Up(ctx, d.DB)
 		require.ErrorContains(t, err, "9999")
-		rolled, err := migrations.Down(ctx, d.DB)
+		rolled, err := migrations.Down(ctx, d.DB, nil)
 		require.ErrorContains(t, err, "newer release")
 		require.Empty(t, rolled)
 		require.Equal(t, st, status(t, d.DB), "nothing changed")
@@ -242,7 +318,7 @@ func TestMigrations(t *testing.T) {
 		}
 
 		leaveLock(t)
-		rolled, err := migrations.Down(ctx, d.DB)
+		rolled, err := migrations.Down(ctx, d.DB, nil)
 		require.NoError(t, err)
 		require.Equal(t, all, rolled)
 
