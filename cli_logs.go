@@ -76,7 +76,7 @@ func logsCleanup(ctx context.Context, args []string, env func(string) string, st
 		return err
 	}
 	if jsonOut {
-		return writeJSON(stdout, run)
+		return writeJSON(stdout, cleanupViewOf(run))
 	}
 	verb := "dropped"
 	if run.DryRun {
@@ -94,10 +94,31 @@ func listDays(days []string) string {
 	return " (" + strings.Join(days, ", ") + ")"
 }
 
+// cleanupView is a retention run as `logs cleanup --json` prints it: with
+// the names and types of the API's LogCleanupRun.
+type cleanupView struct {
+	ID                int64     `json:"id,string"`
+	At                time.Time `json:"at"`
+	Actor             string    `json:"actor"`
+	DryRun            bool      `json:"dryRun"`
+	RetentionDays     int       `json:"retentionDays"`
+	Cutoff            time.Time `json:"cutoff"`
+	PartitionsDropped []string  `json:"partitionsDropped"`
+	LinesDropped      int64     `json:"linesDropped"`
+	BytesFreed        int64     `json:"bytesFreed"`
+	HeartbeatsDropped int64     `json:"heartbeatsDropped"`
+}
+
+func cleanupViewOf(r *db.LogCleanup) cleanupView {
+	return cleanupView{ID: r.ID, At: r.At, Actor: r.Actor, DryRun: r.DryRun, RetentionDays: r.RetentionDays, Cutoff: r.Cutoff,
+		PartitionsDropped: r.Partitions, LinesDropped: r.Rows, BytesFreed: r.Bytes, HeartbeatsDropped: r.Heartbeats}
+}
+
 // logLineView is a tailed line as `logs tail --json` prints it, one JSON
-// object a line; a missed-lines notice is {"missedLines": N}.
+// object a line, with the names and types of the API's RobotLog (its id a
+// string, as an ID is); a missed-lines notice is {"missedLines": N}.
 type logLineView struct {
-	ID      int64       `json:"id"`
+	ID      int64       `json:"id,string"`
 	RobotID uuid.UUID   `json:"robotId"`
 	JobID   *uuid.UUID  `json:"jobId"`
 	Level   db.LogLevel `json:"level"`

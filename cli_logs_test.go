@@ -43,17 +43,17 @@ func TestLogsCleanupCommand(t *testing.T) {
 	// serve's flag name; LOG_RETENTION_DAYS yields to it.
 	code, stdout, stderr := runCLI(t, e.with("LOG_RETENTION_DAYS", "0"), "logs", "cleanup", "--log-retention-days", "30", "--dry-run", "--json")
 	require.Equal(t, 0, code, stderr)
-	var run struct {
-		DryRun     bool
-		Partitions []string
-		Rows       int64
-		Actor      string
-	}
+	// The API's LogCleanupRun names, exactly (a map: no case folding).
+	var run map[string]any
 	require.NoError(t, json.Unmarshal([]byte(stdout), &run), stdout)
-	require.True(t, run.DryRun)
-	require.Equal(t, []string{old.Format("2006-01-02")}, run.Partitions)
-	require.EqualValues(t, 1, run.Rows)
-	require.Equal(t, "system:cli", run.Actor)
+	require.Equal(t, true, run["dryRun"], stdout)
+	require.Equal(t, []any{old.Format("2006-01-02")}, run["partitionsDropped"])
+	require.EqualValues(t, 1, run["linesDropped"])
+	require.Equal(t, "system:cli", run["actor"])
+	require.IsType(t, "", run["id"], "an ID is a string")
+	for _, k := range []string{"at", "retentionDays", "cutoff", "bytesFreed", "heartbeatsDropped"} {
+		require.Contains(t, run, k)
+	}
 	require.Equal(t, 2, lines(), "a dry run drops nothing")
 
 	// The command's first name for it still works, and also overrides
@@ -130,6 +130,7 @@ func TestLogsTailCommand(t *testing.T) {
 	line := j.waitFor(t, j.stdout, regexp.MustCompile(`(?m)^\{.*\}\n`))[0]
 	var v logLineView
 	require.NoError(t, json.Unmarshal([]byte(line), &v), line)
+	require.Regexp(t, `"id":"\d+"`, line, "an ID is a string, as the API's RobotLog.id")
 	require.Equal(t, robot.ID, v.RobotID)
 	require.Equal(t, db.LogDebug, v.Level)
 	require.Equal(t, "as json", v.Message)
