@@ -92,6 +92,11 @@ func startServer(ctx context.Context, o options, stderr io.Writer, shared string
 		// The same: one user's socket per subscriber.
 		env = append(env, fmt.Sprintf("MAX_WEBSOCKETS_PER_CALLER=%d", o.subscribers+100))
 	}
+	if os.Getenv("MAX_WEBSOCKETS") == "" {
+		// Half the open-file limit by default, which 10,000 subscribers
+		// may reach here: the tool measures the fan-out, not the cap.
+		env = append(env, fmt.Sprintf("MAX_WEBSOCKETS=%d", o.subscribers+100))
+	}
 	if shared != "" {
 		env = append(env, "METRICS_ADDR=off") // the first server's are enough
 	} else {
