@@ -144,3 +144,43 @@ func TestStatusByMediaType(t *testing.T) {
 		res.Code(t, "BAD_USER_INPUT")
 	})
 }
+
+// An Upgrade other than websocket is a plain request: curl --http2 on an
+// http:// URL offers h2c, which a server may ignore (RFC 9110, section
+// 7.8), and this one upgrades to nothing else. A request that offers a
+// websocket, in any case, is never answered as a plain query.
+func TestOtherUpgradesArePlainRequests(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+	send := func(t *testing.T, method, upgrade string) *apitest.Response {
+		t.Helper()
+		var req *http.Request
+		var err error
+		if method == http.MethodGet {
+			req, err = http.NewRequest(method, s.URL+"/graphql?"+url.Values{"query": {"{ me { id } }"}}.Encode(), nil)
+		} else {
+			req, err = http.NewRequest(method, s.URL+"/graphql", strings.NewReader(`{"query": "{ me { id } }"}`))
+			req.Header.Set("Content-Type", "application/json")
+		}
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+u.Token)
+		req.Header.Set("Connection", "Upgrade, HTTP2-Settings")
+		req.Header.Set("Upgrade", upgrade)
+		req.Header.Set("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+		return s.Send(t, req)
+	}
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		for _, upgrade := range []string{"h2c", "HTTP/2.0, h2c", "foo/1"} {
+			res := send(t, method, upgrade)
+			require.Equal(t, http.StatusOK, res.Status, "%s with Upgrade %q: %s", method, upgrade, res.Raw)
+			res.OK(t, nil)
+			require.Contains(t, string(res.Data), u.ID.String())
+		}
+		for _, upgrade := range []string{"websocket", "WebSocket", "h2c, websocket"} {
+			res := send(t, method, upgrade)
+			require.NotEqual(t, http.StatusOK, res.Status, "%s with Upgrade %q answered as a plain request: %s", method, upgrade, res.Raw)
+			res.Code(t, "BAD_USER_INPUT")
+		}
+	}
+}

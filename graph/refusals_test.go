@@ -125,7 +125,7 @@ func refTransportRefusals(t *testing.T, s *apitest.Server) {
 		{name: "PATCH", method: http.MethodPatch, contentType: "application/json", body: body(""), status: http.StatusMethodNotAllowed},
 		{name: "OPTIONSWithoutPreflight", method: http.MethodOptions, rawQuery: q("query", query), status: http.StatusMethodNotAllowed},
 		{name: "GETWithoutQuery", method: http.MethodGet},
-		{name: "GETWithAnotherUpgrade", method: http.MethodGet, rawQuery: q("query", query), header: http.Header{"Upgrade": {"h2c-" + refMarker}, "Connection": {"Upgrade"}}},
+		{name: "POSTWebsocketUpgrade", method: http.MethodPost, contentType: "application/json", body: body(""), header: http.Header{"Upgrade": {"websocket"}, "Connection": {"Upgrade"}}},
 		{name: "POSTTextPlain", method: http.MethodPost, contentType: "text/plain", body: body(""), status: http.StatusUnsupportedMediaType},
 		{name: "POSTWithoutContentType", method: http.MethodPost, body: body(""), status: http.StatusUnsupportedMediaType},
 		{name: "POSTForm", method: http.MethodPost, contentType: "application/x-www-form-urlencoded", body: []byte(q("query", query))},
@@ -185,6 +185,17 @@ func refTransportRefusals(t *testing.T, s *apitest.Server) {
 	t.Run("ControlGETQueryRuns", func(t *testing.T) {
 		t.Parallel()
 		a := refSend(t, s, http.MethodGet, q("query", query), "", auth, nil)
+		require.Equal(t, http.StatusOK, a.status, "%s", a.body)
+		require.Contains(t, string(a.body), u.ID.String())
+	})
+
+	t.Run("ControlGETWithAnotherUpgradeRuns", func(t *testing.T) {
+		// An Upgrade other than websocket is ignored (TestOtherUpgradesArePlainRequests).
+		h := http.Header{"Upgrade": {"h2c-" + refMarker}, "Connection": {"Upgrade"}}
+		for k, v := range auth {
+			h[k] = v
+		}
+		a := refSend(t, s, http.MethodGet, q("query", query), "", h, nil)
 		require.Equal(t, http.StatusOK, a.status, "%s", a.body)
 		require.Contains(t, string(a.body), u.ID.String())
 	})
