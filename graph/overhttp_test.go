@@ -1,6 +1,8 @@
 package graph_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -183,4 +185,57 @@ func TestOtherUpgradesArePlainRequests(t *testing.T) {
 			res.Code(t, "BAD_USER_INPUT")
 		}
 	}
+}
+
+// A request body with a Content-Encoding other than identity is refused
+// with 415 and Accept-Encoding: identity (RFC 7694), saying so: a gzip
+// body used to be refused as "not a JSON object", and a plain body
+// labelled br was run.
+func TestEncodedBodiesAreRefused(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+	const query = `{"query": "{ me { id } }"}`
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, err := zw.Write([]byte(query))
+	require.NoError(t, err)
+	require.NoError(t, zw.Close())
+	post := func(t *testing.T, body []byte, encodings ...string) *apitest.Response {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, s.URL+"/graphql", bytes.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+u.Token)
+		req.Header.Set("Content-Type", "application/json")
+		for _, e := range encodings {
+			req.Header.Add("Content-Encoding", e)
+		}
+		return s.Send(t, req)
+	}
+	for _, c := range []struct {
+		name      string
+		body      []byte
+		encodings []string
+	}{
+		{"Gzip", gz.Bytes(), []string{"gzip"}},
+		{"BrOnAPlainBody", []byte(query), []string{"br"}},
+		{"UnknownCoding", []byte(query), []string{"x-made-up"}},
+		{"GzipAmongIdentity", gz.Bytes(), []string{"identity, GZIP"}},
+		{"SecondHeader", gz.Bytes(), []string{"identity", "gzip"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			res := post(t, c.body, c.encodings...)
+			require.Equal(t, http.StatusUnsupportedMediaType, res.Status, "%s", res.Raw)
+			require.Equal(t, "identity", res.Header.Get("Accept-Encoding"))
+			require.Contains(t, res.Code(t, "BAD_USER_INPUT").Message, "Content-Encoding")
+		})
+	}
+	t.Run("Identity", func(t *testing.T) {
+		for _, encodings := range [][]string{nil, {"identity"}, {"Identity"}} {
+			res := post(t, []byte(query), encodings...)
+			require.Equal(t, http.StatusOK, res.Status, "Content-Encoding %q: %s", encodings, res.Raw)
+			res.OK(t, nil)
+			require.Contains(t, string(res.Data), u.ID.String())
+		}
+	})
 }
