@@ -241,7 +241,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = withLivePresenter(presenter, h)
 	h = socks.track(h)
 	h = noteCaller(h)
-	h = cfg.Auth.Middleware(h)
+	h = cfg.Auth.Middleware(cfg.Logger, h)
 	h = checkBody(cfg.Limits.BodyBytes, h)
 	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = allowOptions(h)

@@ -345,3 +345,31 @@ func TestInternalErrorsAreScrubbed(t *testing.T) {
 	require.Contains(t, s.Log.String(), id, "the log ties the real error to the request id")
 	require.Contains(t, s.Log.String(), "sql: database is closed")
 }
+
+// A credential that cannot be checked is answered 500 INTERNAL by the auth
+// middleware, before GraphQL: the client is told to quote a request id,
+// so the cause is logged, once, under that id.
+func TestInternalErrorsOfAuthenticationAreLogged(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+	_, key := s.RobotWithKey(t, u.Token, "logged-robot")
+	_, err := s.DB.ExecContext(t.Context(), "ALTER TABLE api_keys RENAME TO api_keys_gone")
+	require.NoError(t, err)
+
+	r := s.Post(t, key, "application/json", []byte(`{"query": "{ __typename }"}`))
+	require.Equal(t, http.StatusInternalServerError, r.Status, "%s", r.Raw)
+	e := r.Code(t, "INTERNAL")
+	id := r.Header.Get("X-Request-Id")
+	require.Equal(t, id, e.Extensions["requestId"])
+	require.NotContains(t, string(r.Raw), "api_keys")
+	apitest.RequireNoLeak(t, r.Raw)
+	var causes []string
+	for line := range strings.Lines(s.Log.String()) {
+		if strings.Contains(line, "request_id="+id) && strings.Contains(line, "level=ERROR") {
+			causes = append(causes, line)
+		}
+	}
+	require.Len(t, causes, 1, "one error line under the request id; log:\n%s", s.Log.String())
+	require.Contains(t, causes[0], `relation \"api_keys\" does not exist`)
+}
