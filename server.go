@@ -404,17 +404,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	})
 	mux.Handle("GET /readyz", readiness(d.DB))
 	if cfg.devDefault(cfg.playground) {
-		var opts []playground.Option
-		if cfg.embedded() {
-			// The development mode's playground opens signed in as the
-			// demo user, as the welcome message says.
-			tok, err := demoToken(jwt)
-			if err != nil {
-				return err
-			}
-			opts = append(opts, playground.WithDefaultHeaders(`{"Authorization": "Bearer `+tok+`"}`))
-		}
-		pg := playground.Handler("Fleetgraph", "/graphql", opts...)
+		pg := newPlayground(cfg.embedded(), jwt)
 		mux.Handle("GET /{$}", pg)
 		mux.Handle("GET /playground/", pg)
 	}
@@ -572,6 +562,25 @@ func demoToken(jwt *auth.JWT) (string, error) {
 		return "", fmt.Errorf("minting the demo token: %w", err)
 	}
 	return tok, nil
+}
+
+// newPlayground is the playground. The development mode's opens signed in
+// as the demo user, as the welcome message says: with a token minted for
+// each page, so a server left running longer than demoTokenTTL still
+// serves a valid one, and only to a browser on this machine that opened
+// it as localhost (playground.WithDefaultHeaders says why).
+func newPlayground(embedded bool, jwt *auth.JWT) http.Handler {
+	var opts []playground.Option
+	if embedded {
+		opts = append(opts, playground.WithDefaultHeadersFunc(func() (string, error) {
+			tok, err := demoToken(jwt)
+			if err != nil {
+				return "", err
+			}
+			return `{"Authorization": "Bearer ` + tok + `"}`, nil
+		}))
+	}
+	return playground.Handler("Fleetgraph", "/graphql", opts...)
 }
 
 func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool, dataDir string) error {
