@@ -485,14 +485,7 @@ func serveMetrics(m *metrics.Metrics, ln net.Listener, log *slog.Logger) *http.S
 	if ln == nil {
 		return nil
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", m.Handler())
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := metricsServer(m, log)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("serving metrics", "error", err)
@@ -500,6 +493,24 @@ func serveMetrics(m *metrics.Metrics, ln net.Listener, log *slog.Logger) *http.S
 	}()
 	log.Info("serving metrics", "addr", ln.Addr().String(), "metrics", "http://"+displayAddr(ln.Addr())+"/metrics")
 	return srv
+}
+
+// metricsServer is the server of GET /metrics. A scrape is one small
+// request every few seconds, so each connection is bounded like the
+// API's: a client trickling its request, or holding an idle keep-alive
+// connection, is cut off (m.Handler serves at most a few scrapes at once).
+func metricsServer(m *metrics.Metrics, log *slog.Logger) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute, // above any scrape interval, so scrapers keep their connection
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }
 
 // readiness answers 200 when the database is reachable and its schema is

@@ -233,12 +233,20 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// MaxScrapesInFlight caps the scrapes Handler serves at once; more are
+// answered 503 at once. Each scrape gathers every collector, the job
+// queue's COUNT in the database among them, and a pair of Prometheus
+// servers scraping a replica needs two.
+const MaxScrapesInFlight = 2
+
 // Handler serves the registry in the Prometheus text (or OpenMetrics)
-// format. A collector that fails is logged and left out; the rest are served.
+// format, at most MaxScrapesInFlight scrapes at once. A collector that
+// fails is logged and left out; the rest are served.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
-		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
-		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:            slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: MaxScrapesInFlight,
 	})
 }
 
