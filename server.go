@@ -513,33 +513,6 @@ func metricsServer(m *metrics.Metrics, log *slog.Logger) *http.Server {
 	}
 }
 
-// readiness answers 200 when the database is reachable and its schema is
-// exactly this binary's, else 503 with the reason.
-func readiness(bdb *bun.DB) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		defer cancel()
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := bdb.PingContext(ctx); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, "database unreachable\n")
-			return
-		}
-		st, err := migrations.CurrentStatus(ctx, bdb)
-		if err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, "cannot read migration status\n")
-			return
-		}
-		if !st.Current() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, st.Problem()+"\n")
-			return
-		}
-		_, _ = io.WriteString(w, "ready\n")
-	})
-}
-
 // seedOnce seeds the demo fleet the first time the private database starts.
 // A marker file keeps a later start from re-seeding a fleet the user changed.
 func seedOnce(ctx context.Context, cfg *config, bdb *bun.DB, log *slog.Logger) error {
