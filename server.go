@@ -404,17 +404,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	})
 	mux.Handle("GET /readyz", readiness(d.DB))
 	if cfg.devDefault(cfg.playground) {
-		var opts []playground.Option
-		if cfg.embedded() {
-			// The development mode's playground opens signed in as the
-			// demo user, as the welcome message says.
-			tok, err := demoToken(jwt)
-			if err != nil {
-				return err
-			}
-			opts = append(opts, playground.WithDefaultHeaders(`{"Authorization": "Bearer `+tok+`"}`))
-		}
-		pg := playground.Handler("Fleetgraph", "/graphql", opts...)
+		pg := newPlayground(cfg.embedded(), jwt)
 		mux.Handle("GET /{$}", pg)
 		mux.Handle("GET /playground/", pg)
 	}
@@ -495,14 +485,7 @@ func serveMetrics(m *metrics.Metrics, ln net.Listener, log *slog.Logger) *http.S
 	if ln == nil {
 		return nil
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", m.Handler())
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := metricsServer(m, log)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("serving metrics", "error", err)
@@ -512,31 +495,22 @@ func serveMetrics(m *metrics.Metrics, ln net.Listener, log *slog.Logger) *http.S
 	return srv
 }
 
-// readiness answers 200 when the database is reachable and its schema is
-// exactly this binary's, else 503 with the reason.
-func readiness(bdb *bun.DB) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		defer cancel()
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := bdb.PingContext(ctx); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, "database unreachable\n")
-			return
-		}
-		st, err := migrations.CurrentStatus(ctx, bdb)
-		if err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, "cannot read migration status\n")
-			return
-		}
-		if !st.Current() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, st.Problem()+"\n")
-			return
-		}
-		_, _ = io.WriteString(w, "ready\n")
-	})
+// metricsServer is the server of GET /metrics. A scrape is one small
+// request every few seconds, so each connection is bounded like the
+// API's: a client trickling its request, or holding an idle keep-alive
+// connection, is cut off (m.Handler serves at most a few scrapes at once).
+func metricsServer(m *metrics.Metrics, log *slog.Logger) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute, // above any scrape interval, so scrapers keep their connection
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }
 
 // seedOnce seeds the demo fleet the first time the private database starts.
@@ -572,6 +546,25 @@ func demoToken(jwt *auth.JWT) (string, error) {
 		return "", fmt.Errorf("minting the demo token: %w", err)
 	}
 	return tok, nil
+}
+
+// newPlayground is the playground. The development mode's opens signed in
+// as the demo user, as the welcome message says: with a token minted for
+// each page, so a server left running longer than demoTokenTTL still
+// serves a valid one, and only to a browser on this machine that opened
+// it as localhost (playground.WithDefaultHeaders says why).
+func newPlayground(embedded bool, jwt *auth.JWT) http.Handler {
+	var opts []playground.Option
+	if embedded {
+		opts = append(opts, playground.WithDefaultHeadersFunc(func() (string, error) {
+			tok, err := demoToken(jwt)
+			if err != nil {
+				return "", err
+			}
+			return `{"Authorization": "Bearer ` + tok + `"}`, nil
+		}))
+	}
+	return playground.Handler("Fleetgraph", "/graphql", opts...)
 }
 
 func printWelcome(w io.Writer, jwt *auth.JWT, url string, withPlayground bool, dataDir string) error {

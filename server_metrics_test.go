@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bufio"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"regexp"
@@ -13,6 +16,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/dbtest"
 	"fleetgraph/demo"
+	"fleetgraph/metrics"
 )
 
 // metricsLog matches the log line serve writes once it serves /metrics.
@@ -177,4 +181,40 @@ func TestMetricsAddrDefaults(t *testing.T) {
 			require.True(t, strings.HasPrefix(defaultMetricsAddr, "127.0.0.1:"), "the default is loopback only")
 		})
 	}
+}
+
+// The metrics server bounds its connections as the API's does: it reads
+// a request within a deadline and closes a keep-alive connection left
+// idle (here after a short IdleTimeout, for the test).
+func TestMetricsServerClosesIdleConnections(t *testing.T) {
+	t.Parallel()
+	srv := metricsServer(metrics.New(nil), slog.New(slog.DiscardHandler))
+	require.Positive(t, srv.ReadHeaderTimeout)
+	require.Positive(t, srv.ReadTimeout)
+	require.Positive(t, srv.WriteTimeout)
+	require.Positive(t, srv.IdleTimeout)
+
+	srv.IdleTimeout = 100 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	conn, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(30*time.Second)))
+	_, err = io.WriteString(conn, "GET /metrics HTTP/1.1\r\nHost: scraper\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	_, err = io.Copy(io.Discard, res.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.False(t, res.Close, "the connection is kept alive after the scrape")
+
+	// The server closes the idle connection: EOF, well before the deadline.
+	_, err = br.ReadByte()
+	require.ErrorIs(t, err, io.EOF, "the idle connection is still open")
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -860,6 +861,21 @@ func TestServeEmbedded(t *testing.T) {
 		require.NotNil(t, m, "the page carries the demo user's header: %s", body)
 		require.Equal(t, "no-store", header.Get("Cache-Control"))
 		require.Equal(t, 3, machineCount(t, url, m[1]))
+
+		// A page of another site whose name was rebound to this
+		// address reads the page with its own Host: no token for it.
+		req, err := http.NewRequest(http.MethodGet, url+"/", nil)
+		require.NoError(t, err)
+		req.Host = "rebind.attacker.example:8080"
+		res, err := httpClient.Do(req)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		rebound, err := io.ReadAll(res.Body)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		require.Contains(t, string(rebound), `id="graphiql"`)
+		require.NotContains(t, string(rebound), "data-default-headers")
+		require.NotContains(t, string(rebound), m[1])
 	})
 
 	t.Run("DemoFleetWithPrintedToken", func(t *testing.T) {
@@ -989,6 +1005,37 @@ func TestServeEmbedded(t *testing.T) {
 		require.Equal(t, 0, p2.stop(t), p2.stderr.String())
 		requireStopped(t, pgDir, pid2)
 	})
+}
+
+// The development playground's token is minted for each page: a server
+// left running longer than the token lives still hands out a valid one.
+func TestPlaygroundTokenIsMintedPerPage(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	j, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(testSecret), Audience: "authenticated", Now: func() time.Time { return now }})
+	require.NoError(t, err)
+	pg := newPlayground(true, j)
+	headerOf := regexp.MustCompile(`data-default-headers="{&#34;Authorization&#34;: &#34;Bearer ([^&]+)&#34;}"`)
+	pageToken := func() string {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.Host, req.RemoteAddr = "localhost:8080", "127.0.0.1:50000"
+		rec := httptest.NewRecorder()
+		pg.ServeHTTP(rec, req)
+		m := headerOf.FindStringSubmatch(rec.Body.String())
+		require.NotNil(t, m, "the page carries the demo user's header: %s", rec.Body.String())
+		return m[1]
+	}
+	first := pageToken()
+	p, err := j.Verify(first)
+	require.NoError(t, err)
+	require.Equal(t, demo.Alice, p.UserID)
+
+	now = now.Add(demoTokenTTL + time.Hour) // the server ran on; the first token expired
+	_, err = j.Verify(first)
+	require.Error(t, err)
+	p, err = j.Verify(pageToken())
+	require.NoError(t, err, "a page served now carries a valid token")
+	require.Equal(t, demo.Alice, p.UserID)
 }
 
 // Guard against a helper silently matching nothing.

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -122,7 +123,13 @@ func ClientIP(r *http.Request) string {
 // without credentials goes on anonymously (the API refuses what needs a
 // caller); a request with bad credentials is refused here with 401 and a
 // GraphQL-shaped UNAUTHENTICATED error, so no resolver ever runs for it.
-func (a *Authenticator) Middleware(next http.Handler) http.Handler {
+// A credential that could not be checked (the key lookup failed) is a 500
+// INTERNAL whose cause goes to log at error level, with the request id the
+// client is told to quote (the response's X-Request-Id); nil log discards.
+func (a *Authenticator) Middleware(log *slog.Logger, next http.Handler) http.Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(WithClientIP(r.Context(), ClientIP(r)))
 		p, err := a.FromRequest(r)
@@ -130,6 +137,8 @@ func (a *Authenticator) Middleware(next http.Handler) http.Handler {
 			status := http.StatusUnauthorized
 			if fault.CodeOf(err) == fault.Internal {
 				status = http.StatusInternalServerError
+				log.ErrorContext(r.Context(), "internal error: checking credentials",
+					"request_id", w.Header().Get("X-Request-Id"), "error", err)
 			}
 			WriteError(w, status, err)
 			return
@@ -144,7 +153,8 @@ func (a *Authenticator) Middleware(next http.Handler) http.Handler {
 // WriteError answers a request that never reached GraphQL execution with a
 // GraphQL-shaped error body, so clients parse every failure the same way.
 // An INTERNAL error carries the request id (the X-Request-Id the response
-// already has), as the GraphQL presenter's do.
+// already has), as the GraphQL presenter's do; the caller logs its cause
+// with that id, since WriteError has no logger.
 func WriteError(w http.ResponseWriter, status int, err error) {
 	code := fault.CodeOf(err)
 	msg := err.Error()

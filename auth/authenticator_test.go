@@ -1,9 +1,11 @@
 package auth_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -124,9 +126,10 @@ func TestAuthenticator(t *testing.T) {
 		}
 	})
 
-	// serve runs a request through Middleware and reports the principal the
-	// next handler saw, and whether it ran at all.
-	serve := func(t *testing.T, a *auth.Authenticator, header string) (rec *httptest.ResponseRecorder, ran bool, seen *auth.Principal) {
+	// serveLogged runs a request through Middleware, behind a request id,
+	// and reports the principal the next handler saw, whether it ran at
+	// all, and what the middleware logged.
+	serveLogged := func(t *testing.T, a *auth.Authenticator, header string) (rec *httptest.ResponseRecorder, ran bool, seen *auth.Principal, logged string) {
 		t.Helper()
 		next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			ran = true
@@ -138,9 +141,38 @@ func TestAuthenticator(t *testing.T) {
 			req.Header.Set("Authorization", header)
 		}
 		rec = httptest.NewRecorder()
-		a.Middleware(next).ServeHTTP(rec, req)
+		rec.Header().Set("X-Request-Id", "req-0123456789")
+		var log bytes.Buffer
+		a.Middleware(slog.New(slog.NewTextHandler(&log, nil)), next).ServeHTTP(rec, req)
+		return rec, ran, seen, log.String()
+	}
+	// serve is serveLogged for tests that do not read the log.
+	serve := func(t *testing.T, a *auth.Authenticator, header string) (rec *httptest.ResponseRecorder, ran bool, seen *auth.Principal) {
+		t.Helper()
+		rec, ran, seen, _ = serveLogged(t, a, header)
 		return rec, ran, seen
 	}
+
+	t.Run("MiddlewareLogsInternalErrors", func(t *testing.T) {
+		t.Parallel()
+		// A key lookup that fails is not the caller's fault: 500, and the
+		// cause is logged under the request id the client is told to quote.
+		errLookup := errors.New(`looking up the API key: pq: relation "api_keys" does not exist`)
+		a := auth.NewAuthenticator(newJWT(t, ""), func(context.Context, string, string) (*auth.Principal, error) { return nil, errLookup })
+		rec, ran, _, logged := serveLogged(t, a, "Bearer "+auth.KeyPrefix+"0123456789")
+		require.False(t, ran)
+		require.Equal(t, http.StatusInternalServerError, rec.Code)
+		require.NotContains(t, rec.Body.String(), "api_keys")
+		require.Contains(t, rec.Body.String(), "req-0123456789")
+		require.Contains(t, logged, "level=ERROR")
+		require.Contains(t, logged, "request_id=req-0123456789")
+		require.Contains(t, logged, `relation \"api_keys\" does not exist`)
+
+		// A refusal is the caller's: nothing to log.
+		rec, _, _, logged = serveLogged(t, setup(t).auth, "Bearer not-a-token")
+		require.Equal(t, http.StatusUnauthorized, rec.Code)
+		require.Empty(t, logged)
+	})
 
 	t.Run("MiddlewareAnonymousPassesThrough", func(t *testing.T) {
 		t.Parallel()

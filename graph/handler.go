@@ -241,9 +241,10 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = withLivePresenter(presenter, h)
 	h = socks.track(h)
 	h = noteCaller(h)
-	h = cfg.Auth.Middleware(h)
+	h = cfg.Auth.Middleware(cfg.Logger, h)
 	h = checkBody(cfg.Limits.BodyBytes, h)
 	h = queriesOnly(cfg.Limits.Tokens, h)
+	h = allowOptions(h)
 	h = cors(cfg.AllowedOrigins, h)
 	h = observe(cfg.Metrics, cfg.Logger, h)
 	// A websocket is served past its handler, so that net/http's state

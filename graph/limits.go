@@ -311,10 +311,11 @@ func isMutation(query, operationName string, tokens int) bool {
 func isQueriesOnly(ctx context.Context) bool { v, _ := ctx.Value(queriesOnlyKey{}).(bool); return v }
 
 // checkBody reads a POST body up to max bytes and refuses, before GraphQL
-// sees it, what is too large (413), not JSON (415) or not a JSON object
-// (400), each with a GraphQL-shaped BAD_USER_INPUT error that does not echo
-// the body back. Other methods pass through; the websocket transport has
-// its own message limit.
+// sees it, what is encoded (415, with Accept-Encoding: identity as RFC 7694
+// asks), too large (413), not JSON (415) or not a JSON object (400), each
+// with a GraphQL-shaped BAD_USER_INPUT error that does not echo the body
+// back. Other methods pass through; the websocket transport has its own
+// message limit.
 func checkBody(max int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
@@ -323,6 +324,13 @@ func checkBody(max int64, next http.Handler) http.Handler {
 		}
 		refuse := func(status int, format string, args ...any) {
 			auth.WriteError(w, status, fault.New(fault.BadUserInput, format, args...))
+		}
+		// A gzip body read as JSON would be refused as "not a JSON object",
+		// and a plain body labelled br accepted: neither says what is wrong.
+		if !identityEncoded(r.Header) {
+			w.Header().Set("Accept-Encoding", "identity")
+			refuse(http.StatusUnsupportedMediaType, "the request body must not be compressed: send it without Content-Encoding (identity)")
+			return
 		}
 		if r.ContentLength > max {
 			refuse(http.StatusRequestEntityTooLarge, "the request body is %d bytes; the limit is %d", r.ContentLength, max)
@@ -353,6 +361,19 @@ func checkBody(max int64, next http.Handler) http.Handler {
 	})
 }
 
+// identityEncoded reports whether a request's Content-Encoding headers,
+// if any, name no coding but identity.
+func identityEncoded(h http.Header) bool {
+	for _, v := range h.Values("Content-Encoding") {
+		for coding := range strings.SplitSeq(v, ",") {
+			if c := strings.TrimSpace(coding); c != "" && !strings.EqualFold(c, "identity") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // cors lets browser apps on allowed origins call the API. Requests from other
 // origins get no CORS headers, so browsers refuse to hand them the response;
 // websockets check origins separately, in the transport.
@@ -369,7 +390,7 @@ func cors(patterns []string, next http.Handler) http.Handler {
 		h.Set("Access-Control-Allow-Credentials", "true")
 		h.Set("Access-Control-Expose-Headers", "X-Request-Id")
 		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-			h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+			h.Set("Access-Control-Allow-Methods", allowedMethods)
 			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Api-Key, X-Request-Id")
 			h.Set("Access-Control-Max-Age", strconv.Itoa(600))
 			w.WriteHeader(http.StatusNoContent)

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
+	"fleetgraph/metrics"
 )
 
 // Operators' view of the endpoint: what /metrics shows after real requests
@@ -231,6 +232,26 @@ func TestMetricsOperationNamesAreBounded(t *testing.T) {
 	m = mtScrape(t, s)
 	require.Equal(t, 1.0, m[`fleetgraph_graphql_operation_duration_seconds_count{operation="Named",outcome="ok",type="query"}`])
 	require.Equal(t, 1.0, m[`fleetgraph_graphql_operation_duration_seconds_count{operation="(unnamed)",outcome="ok",type="query"}`])
+}
+
+// TestMetricsOneCallerCannotUseUpOperationNames: a signed-in caller making
+// up names gets MaxOperationNamesPerCaller of them as labels and the rest
+// as (other); the names it could not take are left for other callers.
+func TestMetricsOneCallerCannotUseUpOperationNames(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Metrics: true})
+	squatter, other := mtUserTenant(t, s), mtUserTenant(t, s)
+	for i := range metrics.MaxOperationNames + 5 {
+		s.Do(t, squatter.Token, fmt.Sprintf(`query AcmeCorp_customer_%d { __typename }`, i), nil).OK(t, nil)
+	}
+	s.Do(t, other.Token, `query RealDashboard { __typename }`, nil).OK(t, nil)
+	m := mtScrape(t, s)
+	const key = `fleetgraph_graphql_operation_duration_seconds_count{operation="%s",outcome="ok",type="query"}`
+	require.Equal(t, 1.0, m[fmt.Sprintf(key, "RealDashboard")], "another caller's name is a label")
+	require.Equal(t, 1.0, m[fmt.Sprintf(key, "AcmeCorp_customer_0")])
+	require.Equal(t, 1.0, m[fmt.Sprintf(key, fmt.Sprintf("AcmeCorp_customer_%d", metrics.MaxOperationNamesPerCaller-1))])
+	require.Zero(t, m[fmt.Sprintf(key, fmt.Sprintf("AcmeCorp_customer_%d", metrics.MaxOperationNamesPerCaller))])
+	require.Equal(t, float64(metrics.MaxOperationNames+5-metrics.MaxOperationNamesPerCaller), m[fmt.Sprintf(key, "(other)")])
 }
 
 // TestAccessLog: one line per request at info, with what operators need to

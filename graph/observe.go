@@ -193,7 +193,7 @@ func (o operationMetrics) InterceptOperation(ctx context.Context, next graphql.O
 		return next(ctx)
 	}
 	typ := string(rc.Operation.Operation)
-	label := o.m.OperationLabel(name, auth.FromContext(ctx) != nil)
+	label := o.m.OperationLabel(name, nameCaller(ctx))
 	start := rc.Stats.OperationStart
 	if start.IsZero() {
 		start = time.Now()
@@ -247,7 +247,7 @@ func (o operationMetrics) InterceptResponse(ctx context.Context, next graphql.Re
 		if rc.Operation != nil {
 			typ = string(rc.Operation.Operation)
 			metrics.RequestOf(ctx).AddOperation(rc.Operation.Name)
-			label = o.m.OperationLabel(rc.Operation.Name, auth.FromContext(ctx) != nil)
+			label = o.m.OperationLabel(rc.Operation.Name, nameCaller(ctx))
 		}
 	}
 	if o.m == nil {
@@ -260,6 +260,16 @@ func (o operationMetrics) InterceptResponse(ctx context.Context, next graphql.Re
 	o.m.Operation(typ, label, outcomeRejected, d)
 	countErrors(o.m, resp.Errors)
 	return resp
+}
+
+// nameCaller is whose share of the operation label's names an operation
+// of ctx draws on: its principal, named as for turns (tenant and actor),
+// or "" for an anonymous caller, who adds no names.
+func nameCaller(ctx context.Context) string {
+	if auth.FromContext(ctx) == nil {
+		return ""
+	}
+	return turnCaller(ctx)
 }
 
 // countErrors counts each error by its extensions.code.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/gqlerror"
@@ -37,8 +38,26 @@ var _ graphql.Transport = overHTTP{}
 
 // Supports implements graphql.Transport: POST and GET, not websocket
 // upgrades. checkBody has already refused POST bodies other than JSON.
+// Another Upgrade (curl --http2 offers h2c on http://) is a plain request:
+// a server may ignore the header (RFC 9110, section 7.8), and this one
+// upgrades to nothing but websockets.
 func (overHTTP) Supports(r *http.Request) bool {
-	return r.Header.Get("Upgrade") == "" && (r.Method == http.MethodPost || r.Method == http.MethodGet)
+	return (r.Method == http.MethodPost || r.Method == http.MethodGet) && !offersWebsocket(r.Header)
+}
+
+// offersWebsocket reports whether a request's Upgrade headers name the
+// websocket protocol among theirs (a comma-separated list of tokens, each
+// possibly with a version, compared case-insensitively).
+func offersWebsocket(h http.Header) bool {
+	for _, v := range h.Values("Upgrade") {
+		for token := range strings.SplitSeq(v, ",") {
+			name, _, _ := strings.Cut(strings.TrimSpace(token), "/")
+			if strings.EqualFold(name, "websocket") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Do implements graphql.Transport.

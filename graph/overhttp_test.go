@@ -1,6 +1,8 @@
 package graph_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -142,5 +144,98 @@ func TestStatusByMediaType(t *testing.T) {
 		require.Equal(t, http.StatusMethodNotAllowed, res.Status, "%s", res.Raw)
 		require.Equal(t, "POST", res.Header.Get("Allow"))
 		res.Code(t, "BAD_USER_INPUT")
+	})
+}
+
+// An Upgrade other than websocket is a plain request: curl --http2 on an
+// http:// URL offers h2c, which a server may ignore (RFC 9110, section
+// 7.8), and this one upgrades to nothing else. A request that offers a
+// websocket, in any case, is never answered as a plain query.
+func TestOtherUpgradesArePlainRequests(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+	send := func(t *testing.T, method, upgrade string) *apitest.Response {
+		t.Helper()
+		var req *http.Request
+		var err error
+		if method == http.MethodGet {
+			req, err = http.NewRequest(method, s.URL+"/graphql?"+url.Values{"query": {"{ me { id } }"}}.Encode(), nil)
+		} else {
+			req, err = http.NewRequest(method, s.URL+"/graphql", strings.NewReader(`{"query": "{ me { id } }"}`))
+			req.Header.Set("Content-Type", "application/json")
+		}
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+u.Token)
+		req.Header.Set("Connection", "Upgrade, HTTP2-Settings")
+		req.Header.Set("Upgrade", upgrade)
+		req.Header.Set("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+		return s.Send(t, req)
+	}
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		for _, upgrade := range []string{"h2c", "HTTP/2.0, h2c", "foo/1"} {
+			res := send(t, method, upgrade)
+			require.Equal(t, http.StatusOK, res.Status, "%s with Upgrade %q: %s", method, upgrade, res.Raw)
+			res.OK(t, nil)
+			require.Contains(t, string(res.Data), u.ID.String())
+		}
+		for _, upgrade := range []string{"websocket", "WebSocket", "h2c, websocket"} {
+			res := send(t, method, upgrade)
+			require.NotEqual(t, http.StatusOK, res.Status, "%s with Upgrade %q answered as a plain request: %s", method, upgrade, res.Raw)
+			res.Code(t, "BAD_USER_INPUT")
+		}
+	}
+}
+
+// A request body with a Content-Encoding other than identity is refused
+// with 415 and Accept-Encoding: identity (RFC 7694), saying so: a gzip
+// body used to be refused as "not a JSON object", and a plain body
+// labelled br was run.
+func TestEncodedBodiesAreRefused(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+	const query = `{"query": "{ me { id } }"}`
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, err := zw.Write([]byte(query))
+	require.NoError(t, err)
+	require.NoError(t, zw.Close())
+	post := func(t *testing.T, body []byte, encodings ...string) *apitest.Response {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, s.URL+"/graphql", bytes.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+u.Token)
+		req.Header.Set("Content-Type", "application/json")
+		for _, e := range encodings {
+			req.Header.Add("Content-Encoding", e)
+		}
+		return s.Send(t, req)
+	}
+	for _, c := range []struct {
+		name      string
+		body      []byte
+		encodings []string
+	}{
+		{"Gzip", gz.Bytes(), []string{"gzip"}},
+		{"BrOnAPlainBody", []byte(query), []string{"br"}},
+		{"UnknownCoding", []byte(query), []string{"x-made-up"}},
+		{"GzipAmongIdentity", gz.Bytes(), []string{"identity, GZIP"}},
+		{"SecondHeader", gz.Bytes(), []string{"identity", "gzip"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			res := post(t, c.body, c.encodings...)
+			require.Equal(t, http.StatusUnsupportedMediaType, res.Status, "%s", res.Raw)
+			require.Equal(t, "identity", res.Header.Get("Accept-Encoding"))
+			require.Contains(t, res.Code(t, "BAD_USER_INPUT").Message, "Content-Encoding")
+		})
+	}
+	t.Run("Identity", func(t *testing.T) {
+		for _, encodings := range [][]string{nil, {"identity"}, {"Identity"}} {
+			res := post(t, []byte(query), encodings...)
+			require.Equal(t, http.StatusOK, res.Status, "Content-Encoding %q: %s", encodings, res.Raw)
+			res.OK(t, nil)
+			require.Contains(t, string(res.Data), u.ID.String())
+		}
 	})
 }

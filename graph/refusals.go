@@ -201,7 +201,7 @@ func (w *refusalWriter) rewrite(body []byte) {
 	switch {
 	case original == "transport not supported" && w.r.Method != http.MethodGet && w.r.Method != http.MethodPost:
 		status = http.StatusMethodNotAllowed
-		h.Set("Allow", "GET, POST, OPTIONS")
+		h.Set("Allow", allowedMethods)
 		msg = fmt.Sprintf("%s is not supported: send a GraphQL request as a POST with Content-Type: application/json, a GET with a query parameter, or a websocket upgrade", methodName(w.r.Method))
 	case original == "transport not supported":
 		msg = "this is not a GraphQL request: send a POST with Content-Type: application/json, a GET with a query parameter, or a websocket upgrade"
@@ -226,8 +226,31 @@ func (w *refusalWriter) rewrite(body []byte) {
 	h.Del("X-Content-Type-Options")
 	h.Set("Content-Type", "application/json")
 	w.ResponseWriter.WriteHeader(status)
-	out, _ := json.Marshal(&graphql.Response{Errors: gqlerror.List{{Message: msg, Extensions: map[string]any{"code": code}}}})
+	// A request error: errors and no data entry, as overHTTP writes one.
+	out, _ := json.Marshal(struct {
+		Errors gqlerror.List `json:"errors"`
+	}{gqlerror.List{{Message: msg, Extensions: map[string]any{"code": code}}}})
 	_, _ = w.ResponseWriter.Write(out)
+}
+
+// allowedMethods are the methods /graphql answers, for Allow headers: GET
+// and POST carry GraphQL requests, OPTIONS says so (allowOptions). HEAD is
+// refused (405) like every other method: it would run a query to send
+// nothing of its result.
+const allowedMethods = "GET, POST, OPTIONS"
+
+// allowOptions answers OPTIONS requests that are not CORS preflights (cors
+// answers those) with 204 and the methods in Allow, before authentication
+// or any transport: the answer describes the endpoint, not a caller.
+func allowOptions(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodOptions {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Allow", allowedMethods)
+		w.WriteHeader(http.StatusNoContent)
+	})
 }
 
 // codeForStatus is the code of an uncoded refusal with the given status.

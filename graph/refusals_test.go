@@ -76,6 +76,10 @@ func refRequireCodedRefusal(t *testing.T, a refAnswer) string {
 	}
 	require.NoError(t, json.Unmarshal(a.body, &resp), "not a GraphQL error body: %s", a.body)
 	require.NotEmpty(t, resp.Errors, "%s", a.body)
+	var members map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal(a.body, &members))
+	_, hasData := members["data"]
+	require.False(t, hasData, "a refusal is a request error, with no data entry: %s", a.body)
 	codes := map[string]bool{"BAD_USER_INPUT": true, "NOT_FOUND": true, "FORBIDDEN": true, "UNAUTHENTICATED": true, "RATE_LIMITED": true, "CONFLICT": true}
 	for _, e := range resp.Errors {
 		require.NotEmpty(t, e.Message, "%s", a.body)
@@ -123,9 +127,8 @@ func refTransportRefusals(t *testing.T, s *apitest.Server) {
 		{name: "PUT", method: http.MethodPut, contentType: "application/json", body: body(""), status: http.StatusMethodNotAllowed},
 		{name: "DELETE", method: http.MethodDelete, rawQuery: q("query", query), status: http.StatusMethodNotAllowed},
 		{name: "PATCH", method: http.MethodPatch, contentType: "application/json", body: body(""), status: http.StatusMethodNotAllowed},
-		{name: "OPTIONSWithoutPreflight", method: http.MethodOptions, rawQuery: q("query", query), status: http.StatusMethodNotAllowed},
 		{name: "GETWithoutQuery", method: http.MethodGet},
-		{name: "GETWithAnotherUpgrade", method: http.MethodGet, rawQuery: q("query", query), header: http.Header{"Upgrade": {"h2c-" + refMarker}, "Connection": {"Upgrade"}}},
+		{name: "POSTWebsocketUpgrade", method: http.MethodPost, contentType: "application/json", body: body(""), header: http.Header{"Upgrade": {"websocket"}, "Connection": {"Upgrade"}}},
 		{name: "POSTTextPlain", method: http.MethodPost, contentType: "text/plain", body: body(""), status: http.StatusUnsupportedMediaType},
 		{name: "POSTWithoutContentType", method: http.MethodPost, body: body(""), status: http.StatusUnsupportedMediaType},
 		{name: "POSTForm", method: http.MethodPost, contentType: "application/x-www-form-urlencoded", body: []byte(q("query", query))},
@@ -182,9 +185,42 @@ func refTransportRefusals(t *testing.T, s *apitest.Server) {
 		})
 	}
 
+	// OPTIONS is allowed, so it is answered (not 405) with what is
+	// allowed, whatever credentials it carries; HEAD is refused like PUT,
+	// and the Allow header of a 405 names no method that is itself refused.
+	t.Run("OPTIONSWithoutPreflight", func(t *testing.T) {
+		t.Parallel()
+		for _, h := range []http.Header{auth, {"Authorization": {"Bearer not-a-token"}}, {}} {
+			a := refSend(t, s, http.MethodOptions, q("query", query), "", h, nil)
+			require.Equal(t, http.StatusNoContent, a.status, "%s", a.body)
+			require.Equal(t, "GET, POST, OPTIONS", a.header.Get("Allow"))
+			require.Empty(t, a.body)
+		}
+	})
+	t.Run("HEAD", func(t *testing.T) {
+		t.Parallel()
+		a := refSend(t, s, http.MethodHead, q("query", query), "", auth, nil)
+		require.Equal(t, http.StatusMethodNotAllowed, a.status)
+		require.Equal(t, "GET, POST, OPTIONS", a.header.Get("Allow"))
+		require.Empty(t, a.body)
+		put := refSend(t, s, http.MethodPut, "", "application/json", auth, body(""))
+		require.Equal(t, a.header.Get("Allow"), put.header.Get("Allow"))
+	})
+
 	t.Run("ControlGETQueryRuns", func(t *testing.T) {
 		t.Parallel()
 		a := refSend(t, s, http.MethodGet, q("query", query), "", auth, nil)
+		require.Equal(t, http.StatusOK, a.status, "%s", a.body)
+		require.Contains(t, string(a.body), u.ID.String())
+	})
+
+	t.Run("ControlGETWithAnotherUpgradeRuns", func(t *testing.T) {
+		// An Upgrade other than websocket is ignored (TestOtherUpgradesArePlainRequests).
+		h := http.Header{"Upgrade": {"h2c-" + refMarker}, "Connection": {"Upgrade"}}
+		for k, v := range auth {
+			h[k] = v
+		}
+		a := refSend(t, s, http.MethodGet, q("query", query), "", h, nil)
 		require.Equal(t, http.StatusOK, a.status, "%s", a.body)
 		require.Contains(t, string(a.body), u.ID.String())
 	})

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -119,14 +120,40 @@ func TestWebsocket(t *testing.T) {
 		defer cancel()
 		_, res, err := websocket.Dial(ctx, wsURL(s), &websocket.DialOptions{
 			Subprotocols: []string{"graphql-transport-ws"},
-			HTTPHeader:   http.Header{"Origin": {"https://evil.example"}},
+			HTTPHeader:   http.Header{"Origin": {"https://evil.example/" + refMarker}},
 		})
 		require.Error(t, err)
 		require.Equal(t, http.StatusForbidden, res.StatusCode)
+		body, err := io.ReadAll(res.Body)
+		require.NoError(t, err)
+		var refusal apitest.Response
+		require.NoError(t, json.Unmarshal(body, &refusal), "%s", body)
+		require.Contains(t, refusal.Code(t, "FORBIDDEN").Message, "ALLOWED_ORIGINS")
+		require.NotContains(t, string(body), refMarker, "the refusal repeats the Origin header")
+		require.NotContains(t, string(body), "evil.example", "the refusal repeats the Origin header")
 	})
 
 	t.Run("AllowedOriginAccepted", func(t *testing.T) {
 		wsDial(t, s, map[string]any{"Authorization": "Bearer " + c.token}, http.Header{"Origin": {"https://app.example.com"}})
+	})
+
+	// An upgrade refused at shutdown is to be retried elsewhere, as an SSE
+	// stream refused then is: RATE_LIMITED with Retry-After, not a
+	// credential problem.
+	t.Run("UpgradeRefusedAtShutdown", func(t *testing.T) {
+		s := apitest.New(t)
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		require.NoError(t, s.Handler.CloseStreams(ctx))
+		_, res, err := websocket.Dial(ctx, wsURL(s), &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
+		require.Error(t, err)
+		require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
+		require.Equal(t, "1", res.Header.Get("Retry-After"))
+		body, err := io.ReadAll(res.Body)
+		require.NoError(t, err)
+		var refusal apitest.Response
+		require.NoError(t, json.Unmarshal(body, &refusal), "%s", body)
+		require.Contains(t, refusal.Code(t, "RATE_LIMITED").Message, "shutting down")
 	})
 
 	t.Run("ShutdownClosesWith1001", func(t *testing.T) {
@@ -317,4 +344,32 @@ func TestInternalErrorsAreScrubbed(t *testing.T) {
 	require.NotContains(t, string(r.Raw), "sql")
 	require.Contains(t, s.Log.String(), id, "the log ties the real error to the request id")
 	require.Contains(t, s.Log.String(), "sql: database is closed")
+}
+
+// A credential that cannot be checked is answered 500 INTERNAL by the auth
+// middleware, before GraphQL: the client is told to quote a request id,
+// so the cause is logged, once, under that id.
+func TestInternalErrorsOfAuthenticationAreLogged(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+	_, key := s.RobotWithKey(t, u.Token, "logged-robot")
+	_, err := s.DB.ExecContext(t.Context(), "ALTER TABLE api_keys RENAME TO api_keys_gone")
+	require.NoError(t, err)
+
+	r := s.Post(t, key, "application/json", []byte(`{"query": "{ __typename }"}`))
+	require.Equal(t, http.StatusInternalServerError, r.Status, "%s", r.Raw)
+	e := r.Code(t, "INTERNAL")
+	id := r.Header.Get("X-Request-Id")
+	require.Equal(t, id, e.Extensions["requestId"])
+	require.NotContains(t, string(r.Raw), "api_keys")
+	apitest.RequireNoLeak(t, r.Raw)
+	var causes []string
+	for line := range strings.Lines(s.Log.String()) {
+		if strings.Contains(line, "request_id="+id) && strings.Contains(line, "level=ERROR") {
+			causes = append(causes, line)
+		}
+	}
+	require.Len(t, causes, 1, "one error line under the request id; log:\n%s", s.Log.String())
+	require.Contains(t, causes[0], `relation \"api_keys\" does not exist`)
 }

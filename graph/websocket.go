@@ -42,7 +42,7 @@ func (s *sockets) track(next http.Handler) http.Handler {
 		}
 		if origin := r.Header.Get("Origin"); origin != "" && !sameHost(origin, r.Host) && !originAllowed(origin, s.origins) {
 			auth.WriteError(w, http.StatusForbidden, fault.New(fault.Forbidden,
-				"websocket origin %q is not allowed; add its host to ALLOWED_ORIGINS", origin))
+				"this page's origin may not open websockets here; add its host to ALLOWED_ORIGINS"))
 			return
 		}
 		// The socket's context: closeAll cancels it, net/http does not
@@ -54,7 +54,8 @@ func (s *sockets) track(next http.Handler) http.Handler {
 		if s.going {
 			s.mu.Unlock()
 			cancel()
-			auth.WriteError(w, http.StatusServiceUnavailable, fault.New(fault.Unauthenticated, "the server is shutting down"))
+			w.Header().Set("Retry-After", "1") // as SSE and multipart streams refused at shutdown
+			auth.WriteError(w, http.StatusServiceUnavailable, fault.New(fault.RateLimited, "the server is shutting down; retry against another replica or in a moment"))
 			return
 		}
 		key := &cancel // the socket's entry: not the request, which its end would keep

@@ -29,13 +29,19 @@ import (
 // keep as label values; later names are counted as "(other)".
 const MaxOperationNames = 200
 
+// MaxOperationNamesPerCaller caps the names one caller may add to the
+// label's values, so that one caller making up names cannot use up
+// MaxOperationNames for everyone: past it, that caller's new names are
+// "(other)", while names already known stay labels for anyone.
+const MaxOperationNamesPerCaller = 20
+
 // Label values that cannot be GraphQL operation names.
 const (
 	// Unnamed is the operation label of anonymous operations ({ ... }).
 	Unnamed = "(unnamed)"
-	// Other is the operation label of names past the cap, of names first
-	// seen from anonymous callers, and of requests refused before an
-	// operation was known.
+	// Other is the operation label of names past the cap or past their
+	// caller's share of it, of names first seen from anonymous callers,
+	// and of requests refused before an operation was known.
 	Other = "(other)"
 )
 
@@ -83,7 +89,7 @@ func New(log *slog.Logger) *Metrics {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &Metrics{reg: prometheus.NewRegistry(), log: log, names: operationNames{max: MaxOperationNames, known: map[string]struct{}{}}}
+	m := &Metrics{reg: prometheus.NewRegistry(), log: log, names: newOperationNames(MaxOperationNames, MaxOperationNamesPerCaller)}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -227,12 +233,20 @@ func (c *jobsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// MaxScrapesInFlight caps the scrapes Handler serves at once; more are
+// answered 503 at once. Each scrape gathers every collector, the job
+// queue's COUNT in the database among them, and a pair of Prometheus
+// servers scraping a replica needs two.
+const MaxScrapesInFlight = 2
+
 // Handler serves the registry in the Prometheus text (or OpenMetrics)
-// format. A collector that fails is logged and left out; the rest are served.
+// format, at most MaxScrapesInFlight scrapes at once. A collector that
+// fails is logged and left out; the rest are served.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
-		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
-		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:            slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: MaxScrapesInFlight,
 	})
 }
 
@@ -399,28 +413,37 @@ func (m *Metrics) LeaseRescued(status string) {
 }
 
 // OperationLabel is the label value for an operation name: the name when
-// it is known or may be added (authenticated callers add names until
-// MaxOperationNames are known), else Other; Unnamed for "".
-func (m *Metrics) OperationLabel(name string, authenticated bool) string {
+// it is known or may be added, else Other; Unnamed for "". caller names
+// who sent it (its principal, by tenant and actor), "" for an anonymous
+// caller, who adds no names; a caller adds at most
+// MaxOperationNamesPerCaller, and all callers together MaxOperationNames.
+func (m *Metrics) OperationLabel(name, caller string) string {
 	if m == nil {
 		return Other
 	}
-	return m.names.label(name, authenticated)
+	return m.names.label(name, caller)
 }
 
 // operationNames bounds the operation label: anonymous callers cannot add
-// names (an unauthenticated flood of made-up names stays one series), and
-// signed-in callers add at most max.
+// names (an unauthenticated flood of made-up names stays one series),
+// signed-in callers add at most perCaller each, and all of them at most
+// max. added holds only callers that added a name, so it never has more
+// than max entries.
 type operationNames struct {
-	max   int
-	mu    sync.RWMutex
-	known map[string]struct{}
+	max, perCaller int
+	mu             sync.RWMutex
+	known          map[string]struct{}
+	added          map[string]int // names added, by caller
+}
+
+func newOperationNames(max, perCaller int) operationNames {
+	return operationNames{max: max, perCaller: perCaller, known: map[string]struct{}{}, added: map[string]int{}}
 }
 
 // maxNameLength caps a name kept as a label value.
 const maxNameLength = 64
 
-func (n *operationNames) label(name string, mayAdd bool) string {
+func (n *operationNames) label(name, caller string) string {
 	if name == "" {
 		return Unnamed
 	}
@@ -429,20 +452,24 @@ func (n *operationNames) label(name string, mayAdd bool) string {
 	}
 	n.mu.RLock()
 	_, ok := n.known[name]
-	full := len(n.known) >= n.max
+	full := len(n.known) >= n.max || n.added[caller] >= n.perCaller
 	n.mu.RUnlock()
 	if ok {
 		return name
 	}
-	if !mayAdd || full {
+	if caller == "" || full {
 		return Other
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if len(n.known) >= n.max {
+	if _, ok := n.known[name]; ok {
+		return name
+	}
+	if len(n.known) >= n.max || n.added[caller] >= n.perCaller {
 		return Other
 	}
 	n.known[name] = struct{}{}
+	n.added[caller]++
 	return name
 }
 

@@ -37,6 +37,7 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
@@ -90,10 +91,14 @@ type asset struct {
 
 // handler serves the page and its assets; see the package documentation.
 type handler struct {
-	page    []byte
+	page    []byte   // the page without default headers
+	data    pageData // what the page is rendered from, for pages with them
 	assets  map[string]*asset
 	connect []string // connect-src sources besides 'self' and the request's own ws(s) origin
-	private bool     // the page carries default headers: never stored by caches
+	// headers makes the default headers of a page (nil: none), which
+	// carry a credential: such a handler's pages are never stored by
+	// caches, and only loopback requests get them (loopbackRequest).
+	headers func() (string, error)
 }
 
 // Handler returns the playground for a GraphQL endpoint. Title is the page's
@@ -114,28 +119,38 @@ func Handler(title, endpoint string, opts ...Option) http.Handler {
 		// in a binary whose tests passed.
 		panic(fmt.Sprintf("playground: %v", err))
 	}
-	page, err := renderPage(pageData{Title: title, Endpoint: endpoint, DefaultHeaders: o.defaultHeaders, assets: assets})
+	data := pageData{Title: title, Endpoint: endpoint, assets: assets}
+	page, err := renderPage(data)
 	if err != nil {
 		panic(fmt.Sprintf("playground: %v", err))
 	}
-	h := &handler{page: page, assets: assets, connect: endpointSources(endpoint)}
-	if o.defaultHeaders != "" {
-		h.private = true
-	}
-	return h
+	return &handler{page: page, data: data, assets: assets, connect: endpointSources(endpoint), headers: o.defaultHeaders}
 }
 
 // Option adjusts the playground page.
 type Option func(*options)
 
-type options struct{ defaultHeaders string }
+type options struct{ defaultHeaders func() (string, error) }
 
 // WithDefaultHeaders fills GraphiQL's headers editor with headers (a JSON
 // object such as {"Authorization": "Bearer ..."}) whenever the page is
 // opened without a headers parameter, so a development server's playground
-// opens ready to use. The page then carries a credential: it is served with
-// Cache-Control: no-store, and only a development server should use this.
+// opens ready to use. The page then carries a credential, so it is served
+// with Cache-Control: no-store, and with the headers only to a request
+// from this machine for a loopback host (localhost, 127.0.0.1, [::1]): a
+// page of another site whose name was rebound to this server's address
+// (DNS rebinding) reads the page with its own Host, and a client from
+// another machine is not this machine's developer. Others get the page
+// without them. Only a development server should use this.
 func WithDefaultHeaders(headers string) Option {
+	return WithDefaultHeadersFunc(func() (string, error) { return headers, nil })
+}
+
+// WithDefaultHeadersFunc is WithDefaultHeaders with headers made for each
+// page served, such as a token minted then: a server left running longer
+// than a token lives still serves a valid one. A page whose headers cannot
+// be made is served without them.
+func WithDefaultHeadersFunc(headers func() (string, error)) Option {
 	return func(o *options) { o.defaultHeaders = headers }
 }
 
@@ -196,7 +211,8 @@ func (d pageData) Asset(name string) (string, error) {
 	return strings.TrimPrefix(AssetPrefix, "/") + a.name + "?v=" + a.version, nil
 }
 
-// renderPage renders the HTML page once; it does not change per request.
+// renderPage renders the HTML page: once without default headers, and for
+// each request that gets them.
 func renderPage(data pageData) ([]byte, error) {
 	var buf bytes.Buffer
 	if err := pageTemplate.Execute(&buf, data); err != nil {
@@ -257,13 +273,47 @@ func (h *handler) servePage(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("Referrer-Policy", "no-referrer")
 	// The page names asset versions, so it must be revalidated to pick up new
-	// ones after an upgrade; one that carries default headers is not kept.
-	if h.private {
+	// ones after an upgrade; one that may carry default headers is not kept.
+	if h.headers != nil {
 		hdr.Set("Cache-Control", "no-store")
 	} else {
 		hdr.Set("Cache-Control", "no-cache")
 	}
-	http.ServeContent(w, r, "index.html", time.Time{}, bytes.NewReader(h.page))
+	page := h.page
+	if h.headers != nil && loopbackRequest(r) {
+		if headers, err := h.headers(); err == nil {
+			data := h.data
+			data.DefaultHeaders = headers
+			if p, err := renderPage(data); err == nil {
+				page = p
+			}
+		}
+	}
+	http.ServeContent(w, r, "index.html", time.Time{}, bytes.NewReader(page))
+}
+
+// loopbackRequest reports whether r names a loopback host (localhost, or a
+// loopback address such as 127.0.0.1 or [::1], with any port) and comes
+// from a loopback address: a browser on this machine that opened the page
+// as such. A DNS-rebound name reaches the same listener with its own Host;
+// a Host header set by hand from another machine fails the second test.
+func loopbackRequest(r *http.Request) bool {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if !strings.EqualFold(host, "localhost") {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			return false
+		}
+	}
+	peer, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		peer = r.RemoteAddr
+	}
+	ip := net.ParseIP(peer)
+	return ip != nil && ip.IsLoopback()
 }
 
 // contentSecurityPolicy builds the page's policy. 'self' in connect-src does

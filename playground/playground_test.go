@@ -7,6 +7,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"image/png"
 	"io"
 	"net/http"
@@ -670,4 +672,72 @@ func TestHandlerDefaultHeaders(t *testing.T) {
 	res, body = get(t, plain.URL+"/", nil)
 	require.Equal(t, "no-cache", res.Header.Get("Cache-Control"))
 	require.NotContains(t, string(body), "data-default-headers")
+}
+
+// The default headers carry a credential: a page gets them only when a
+// browser on this machine opened it as a loopback host. A page served to
+// a DNS-rebound name (whose Host is the attacker's) or to another machine
+// has none, and neither is stored.
+func TestHandlerDefaultHeadersOnlyForLoopback(t *testing.T) {
+	t.Parallel()
+	h := playground.Handler("fleetgraph", "/graphql", playground.WithDefaultHeaders(`{"Authorization": "Bearer secret-token"}`))
+	page := func(host, remoteAddr string) (*httptest.ResponseRecorder, string) {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.Host, req.RemoteAddr = host, remoteAddr
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusOK, rec.Code)
+		require.Equal(t, "no-store", rec.Header().Get("Cache-Control"))
+		return rec, rec.Body.String()
+	}
+	for _, host := range []string{"localhost:8080", "LocalHost:8080", "localhost", "127.0.0.1:8080", "127.0.0.1", "[::1]:8080", "[::1]"} {
+		for _, peer := range []string{"127.0.0.1:50000", "[::1]:50000"} {
+			_, body := page(host, peer)
+			require.Contains(t, body, "secret-token", "Host %s from %s", host, peer)
+		}
+	}
+	for _, c := range []struct{ host, peer string }{
+		{"rebind.attacker.example:8080", "127.0.0.1:50000"}, // DNS rebinding: a browser here, another site's name
+		{"192.168.1.20:8080", "127.0.0.1:50000"},
+		{"localhost.attacker.example:8080", "127.0.0.1:50000"},
+		{"127.0.0.1.nip.io:8080", "127.0.0.1:50000"},
+		{"localhost:8080:1", "127.0.0.1:50000"},
+		{"", "127.0.0.1:50000"},
+		{"localhost:8080", "192.168.1.30:50000"}, // another machine, Host set by hand
+		{"127.0.0.1:8080", "192.168.1.30:50000"},
+	} {
+		_, body := page(c.host, c.peer)
+		require.NotContains(t, body, "secret-token", "Host %s from %s", c.host, c.peer)
+		require.NotContains(t, body, "data-default-headers", "Host %s from %s", c.host, c.peer)
+		require.Contains(t, body, `id="graphiql"`, "the page is served, without the headers")
+	}
+}
+
+// Headers made per page are made again for each page served (a token
+// minted then never outlives a long-running server), and a page whose
+// headers cannot be made is served without them.
+func TestHandlerDefaultHeadersPerPage(t *testing.T) {
+	t.Parallel()
+	var pages int
+	h := playground.Handler("fleetgraph", "/graphql", playground.WithDefaultHeadersFunc(func() (string, error) {
+		pages++
+		if pages == 3 {
+			return "", errors.New("no token today")
+		}
+		return fmt.Sprintf(`{"Authorization": "Bearer token-%d"}`, pages), nil
+	}))
+	load := func() string {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.Host, req.RemoteAddr = "localhost:8080", "127.0.0.1:50000"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusOK, rec.Code)
+		return rec.Body.String()
+	}
+	require.Contains(t, load(), "token-1")
+	require.Contains(t, load(), "token-2")
+	third := load()
+	require.NotContains(t, third, "data-default-headers")
+	require.Contains(t, third, `id="graphiql"`)
+	require.Contains(t, load(), "token-4")
 }
