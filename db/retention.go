@@ -125,7 +125,7 @@ func pruneDeliveries(ctx context.Context, idb bun.IDB, cutoff time.Time) (delive
 				return nil
 			}
 			res, err := tx.NewRaw(`DELETE FROM webhook_events AS e WHERE e.id IN (?)
-					AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.event_id = e.id)`, bun.In(ids)).Exec(ctx)
+					AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.event_id = e.id)`, bun.List(ids)).Exec(ctx)
 			if err != nil {
 				return fmt.Errorf("pruning webhook events: %w", err)
 			}
