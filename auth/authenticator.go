@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -159,6 +160,19 @@ func WriteError(w http.ResponseWriter, status int, err error) {
 	code := fault.CodeOf(err)
 	msg := err.Error()
 	ext := map[string]any{"code": code}
+	// What the error presenter adds to a refusal: the field it names and
+	// its extras (reason, limit, max).
+	var f *fault.Error
+	if code != fault.Internal && errors.As(err, &f) {
+		if f.Field != "" {
+			ext["field"] = f.Field
+		}
+		for k, v := range f.Extra {
+			if _, taken := ext[k]; !taken {
+				ext[k] = v
+			}
+		}
+	}
 	if code == fault.Internal {
 		msg = "internal error"
 		if id := w.Header().Get("X-Request-Id"); id != "" {

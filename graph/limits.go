@@ -352,7 +352,10 @@ func checkBody(max int64, next http.Handler) http.Handler {
 			return
 		}
 		if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) {
-			refuse(http.StatusBadRequest, "the request body must be a JSON object such as {\"query\": \"{ me { id } }\"}")
+			// As overHTTP refuses a body whose members are not a request's.
+			e := fault.New(fault.BadUserInput, "the request body must be a JSON object such as {\"query\": \"{ me { id } }\"}")
+			e.Extra = map[string]any{"reason": "NOT_A_GRAPHQL_REQUEST"}
+			auth.WriteError(w, http.StatusBadRequest, e)
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))

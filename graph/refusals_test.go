@@ -185,6 +185,21 @@ func refTransportRefusals(t *testing.T, s *apitest.Server) {
 		})
 	}
 
+	// A body that is not one request object (a batch, a bare value, two
+	// objects) is refused as not a GraphQL request, as a body whose members
+	// are of the wrong types is.
+	t.Run("NotARequestObject", func(t *testing.T) {
+		t.Parallel()
+		for _, b := range []string{`[` + string(body("")) + `]`, `"` + refMarker + `"`, `5`, string(body("")) + ` {"x": "` + refMarker + `"}`, `{"query": 5, "x": "` + refMarker + `"}`} {
+			a := refSend(t, s, http.MethodPost, "", "application/json", auth, []byte(b))
+			require.Equal(t, http.StatusBadRequest, a.status, "%s", b)
+			var out struct{ Errors []apitest.Error }
+			require.NoError(t, json.Unmarshal(a.body, &out), "%s", a.body)
+			require.Len(t, out.Errors, 1)
+			require.Equal(t, "NOT_A_GRAPHQL_REQUEST", out.Errors[0].Extensions["reason"], "%s: %s", b, a.body)
+		}
+	})
+
 	// OPTIONS is allowed, so it is answered (not 405) with what is
 	// allowed, whatever credentials it carries; HEAD is refused like PUT,
 	// and the Allow header of a 405 names no method that is itself refused.
