@@ -358,6 +358,10 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		}
 	}
 
+	if cfg.devDefault(cfg.playground) && !cfg.devDefault(cfg.introspection) {
+		// verify fails the same: the page would say "Error fetching schema".
+		log.Warn("the playground is on but introspection is off: it cannot load the schema; set INTROSPECTION=true as well, or PLAYGROUND=false")
+	}
 	m, metricsLn, err := listenMetrics(cfg, log)
 	if err != nil {
 		return err

@@ -1198,3 +1198,15 @@ func TestServeEmbeddedShutdownDuringRestart(t *testing.T) {
 	}
 	require.NotRegexp(t, postgresBackLog, p.stderr.String())
 }
+
+// A playground that cannot load the schema (introspection off) is warned
+// about at start, as verify fails it: the page would only say "Error
+// fetching schema".
+func TestServeWarnsOfAPlaygroundWithoutIntrospection(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN, "JWT_SECRET", testSecret, "PLAYGROUND", "true", "INTROSPECTION", "false")
+	p := startServe(t, e, "--listen", "127.0.0.1:0")
+	p.waitFor(t, p.stderr, regexp.MustCompile(`level=WARN msg="the playground is on but introspection is off`))
+	p.waitFor(t, p.stderr, servingLog)
+}
