@@ -495,7 +495,13 @@ func (s *Webhooks) Redeliver(ctx context.Context, idb bun.IDB, deliveryID uuid.U
 	var out *WebhookDelivery
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		d := new(WebhookDelivery)
-		if err := inTenant(sc, tx.NewSelect().Model(d).Where("d.id = ?", deliveryID), "d").Scan(ctx); err != nil {
+		// FOR SHARE: the retention prune deletes old deliveries, then their
+		// events once no delivery refers to them. Holding the delivery
+		// makes a prune that took it first finish (and this answer
+		// NOT_FOUND), or a prune that comes second wait and then see the
+		// new delivery, which keeps the event: without it, a prune could
+		// delete the event, and by cascade the committed redelivery.
+		if err := inTenant(sc, tx.NewSelect().Model(d).Where("d.id = ?", deliveryID), "d").For("SHARE").Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "webhook delivery")
 		}
 		if d.Status == DeliveryPending {

@@ -733,6 +733,56 @@ func TestWebhookRetries(t *testing.T) {
 		require.Equal(t, []string{whSignature(t, fresh, q.Header.Get("webhook-id"), q.Header.Get("webhook-timestamp"), q.Body)}, whSignatures(q))
 	})
 
+	// A redelivery of a delivery the retention prune is deleting waits for
+	// the prune, then answers NOT_FOUND: it used to queue a delivery at
+	// once whose event the prune then deleted, and the queued delivery with
+	// it. The test's transaction deletes as the prune does.
+	t.Run("RedeliverWaitsForAPruneOfItsDelivery", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "robot.offline")
+		var sent struct{ SendTestWebhook whDelivery }
+		b.tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { `+whDeliveryFields+` } }`, map[string]any{"e": ep}, &sent)
+		b.round(t)
+		require.Len(t, rcv.requests(), 1)
+
+		ctx := t.Context()
+		prune, err := b.s.DB.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		defer prune.Rollback()
+		var event string
+		require.NoError(t, prune.QueryRowContext(ctx, "DELETE FROM webhook_deliveries WHERE id = ? RETURNING event_id", sent.SendTestWebhook.ID).Scan(&event))
+
+		done := make(chan *apitest.Response, 1)
+		go func() {
+			done <- b.s.Do(t, b.tn.User.Token, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { id } }`, map[string]any{"d": sent.SendTestWebhook.ID})
+		}()
+		apitest.Eventually(t, 30*time.Second, "the redelivery waits for the prune's lock", func() bool {
+			select {
+			case r := <-done:
+				done <- r
+				return true // answered without waiting: the check below says so
+			default:
+			}
+			var n int
+			require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%webhook_deliveries%'`).Scan(ctx, &n))
+			return n > 0
+		})
+		select {
+		case r := <-done:
+			require.FailNow(t, "the redelivery did not wait for the prune", "%s", r.Raw)
+		default:
+		}
+		_, err = prune.ExecContext(ctx, "DELETE FROM webhook_events AS e WHERE e.id = ? AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.event_id = e.id)", event)
+		require.NoError(t, err)
+		require.NoError(t, prune.Commit())
+		(<-done).Code(t, "NOT_FOUND")
+		var left int
+		require.NoError(t, b.s.DB.NewRaw("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = ?", ep).Scan(ctx, &left))
+		require.Zero(t, left, "no delivery of a deleted event")
+	})
+
 	t.Run("RedeliverAndTest", func(t *testing.T) {
 		t.Parallel()
 		b := whManual(t, apitest.Options{})
