@@ -25,9 +25,13 @@ type Limits struct {
 	PerPrincipal int
 	// SocketsPerCaller caps the websockets one caller holds open at once on
 	// this process: by its credential once it has one (from the upgrade
-	// request or connection_init), by its address before and without one.
-	// An idle socket costs a file descriptor and some 15 KiB, and without
-	// it one client could hold them until the process ran out of files.
+	// request or connection_init), by its address when connection_init
+	// named none. An idle socket costs a file descriptor and some 15 KiB,
+	// and without it one client could hold them until the process ran out
+	// of files. A socket waiting for its connection_init (at most the init
+	// timeout) counts only in Sockets: behind a load balancer every
+	// browser's upgrade comes from the balancer's address, and one client
+	// holding that address's allowance would shut every browser out.
 	SocketsPerCaller int
 	// Sockets caps the websockets this process holds open at once, all
 	// callers together (0: half the process's open-file limit), so that
@@ -88,10 +92,11 @@ type SocketPlace struct {
 	closed bool
 }
 
-// OpenSocket takes a place for a websocket of the caller key (callerKey),
-// or refuses with RATE_LIMITED: the caller holds SocketsPerCaller already
-// (perCaller true), or the process holds Sockets. A nil quota returns a
-// nil place.
+// OpenSocket takes a place for a websocket of the caller key (callerKey of
+// the upgrade's credential; "" for a socket without one, which counts only
+// in the process's sockets until Move), or refuses with RATE_LIMITED: the
+// caller holds SocketsPerCaller already (perCaller true), or the process
+// holds Sockets. A nil quota returns a nil place.
 func (q *Quota) OpenSocket(key string) (place *SocketPlace, perCaller bool, err error) {
 	if q == nil {
 		return nil, false, nil
@@ -106,13 +111,14 @@ func (q *Quota) OpenSocket(key string) (place *SocketPlace, perCaller bool, err 
 		return nil, true, err
 	}
 	q.open++
-	q.sockets[key]++
+	q.addSocket(key)
 	return &SocketPlace{q: q, key: key}, false, nil
 }
 
-// socketRoom refuses when key holds SocketsPerCaller sockets (under q.mu).
+// socketRoom refuses when key holds SocketsPerCaller sockets (under q.mu);
+// the key "" (no caller yet) is not counted.
 func (q *Quota) socketRoom(key string) error {
-	if q.sockets[key] >= q.limits.SocketsPerCaller {
+	if key != "" && q.sockets[key] >= q.limits.SocketsPerCaller {
 		return limitError("MAX_WEBSOCKETS_PER_CALLER", q.limits.SocketsPerCaller,
 			"you already hold %d websockets on this server, the most one caller may (MAX_WEBSOCKETS_PER_CALLER); close one, or share one socket between subscriptions",
 			q.limits.SocketsPerCaller)
@@ -137,7 +143,7 @@ func (p *SocketPlace) Move(key string) error {
 		return err
 	}
 	q.dropSocket(p.key)
-	q.sockets[key]++
+	q.addSocket(key)
 	p.key = key
 	return nil
 }
@@ -158,8 +164,19 @@ func (p *SocketPlace) Close() {
 	q.dropSocket(p.key)
 }
 
+// addSocket counts one more of key's sockets (under q.mu); "" is not
+// counted.
+func (q *Quota) addSocket(key string) {
+	if key != "" {
+		q.sockets[key]++
+	}
+}
+
 // dropSocket uncounts one of key's sockets (under q.mu).
 func (q *Quota) dropSocket(key string) {
+	if key == "" {
+		return
+	}
 	if q.sockets[key]--; q.sockets[key] <= 0 {
 		delete(q.sockets, key)
 	}

@@ -90,8 +90,13 @@ func (Websocket) Supports(r *http.Request) bool {
 func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
 	ctx := r.Context()
 	// A place for the socket, before anything is held for it: counted as
-	// its caller's, by the upgrade's credential or else its address.
-	place, perCaller, err := t.Quota.OpenSocket(callerKey(auth.FromContext(ctx), auth.ClientIPFrom(ctx)))
+	// its caller's when the upgrade carries a credential; otherwise only in
+	// the process's count until connection_init names its caller.
+	key := ""
+	if p := auth.FromContext(ctx); p != nil {
+		key = callerKey(p, auth.ClientIPFrom(ctx))
+	}
+	place, perCaller, err := t.Quota.OpenSocket(key)
 	if err != nil {
 		status := http.StatusServiceUnavailable
 		if perCaller {
@@ -556,14 +561,19 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 		}
 		return code, closeReason(reason), time.Time{}
 	}
+	// The socket counts as its caller's from now on: its credential's, or
+	// its address's when it has none.
+	c.mu.Lock()
+	caller := c.principal
+	c.mu.Unlock()
 	if p != nil {
-		// The socket counts as its credential's from now on.
-		if err := c.place.Move(callerKey(p, c.ip)); err != nil {
-			if c.d.legacy {
-				_ = c.write(wsMessage{Type: "connection_error", Payload: mustJSON(present(ctx, err))})
-			}
-			return CloseTryAgainLater, closeReason("Try again later: " + err.Error()), time.Time{}
+		caller = p
+	}
+	if err := c.place.Move(callerKey(caller, c.ip)); err != nil {
+		if c.d.legacy {
+			_ = c.write(wsMessage{Type: "connection_error", Payload: mustJSON(present(ctx, err))})
 		}
+		return CloseTryAgainLater, closeReason("Try again later: " + err.Error()), time.Time{}
 	}
 	c.mu.Lock()
 	if p != nil {
