@@ -19,8 +19,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -611,6 +613,9 @@ func keysCreate(ctx context.Context, args []string, env func(string) string, std
 		return inputError(err, keyFlags)
 	}
 	k := created.APIKey
+	// A write to a closed pipe (`keys create | cmd` whose cmd has exited)
+	// must fail as an error, for the revoke below, not kill the process.
+	signal.Ignore(syscall.SIGPIPE)
 	if o.json {
 		err = writeJSON(stdout, struct {
 			Key    string  `json:"key"`

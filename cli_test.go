@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -818,6 +820,34 @@ func TestKeysCreateRevokesAKeyItCouldNotPrint(t *testing.T) {
 	require.NoError(t, d.NewRaw("SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*) FILTER (WHERE revoked_by = 'system:cli') FROM api_keys").Scan(ctx, &live, &revoked))
 	require.Zero(t, live, "no key nobody has stays active")
 	require.Equal(t, 2, revoked)
+}
+
+// keys create into a pipe whose reader has gone revokes the key too: the
+// write fails (EPIPE) instead of the process dying of SIGPIPE before it
+// could revoke. The binary's main runs in a process of its own, with
+// stdout a pipe already closed at its other end.
+func TestKeysCreateIntoAClosedPipeRevokesTheKey(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	d := dbtest.New(t)
+	e := baseEnv(t).with("DATABASE_URL", d.DSN)
+	robotJSON(t, e, "--name", "lyon-1")
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	cmd := exec.CommandContext(ctx, os.Args[0], "keys", "create", "--robot", "lyon-1")
+	cmd.Env = append(os.Environ(), "FLEETGRAPH_TEST_RUN_MAIN=1", "DATABASE_URL="+d.DSN, "DATA_DIR="+e["DATA_DIR"])
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	err = cmd.Run()
+	require.NoError(t, w.Close())
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, stderr.String())
+	require.Equal(t, 1, exit.ExitCode(), "an error, not a death by SIGPIPE: %s", stderr.String())
+	require.Contains(t, stderr.String(), "so it was revoked at once")
+	var live int
+	require.NoError(t, d.NewRaw("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").Scan(ctx, &live))
+	require.Zero(t, live, "no key nobody has stays active")
 }
 
 // With DATABASE_URL unset, the operator commands use the private database

@@ -34,7 +34,14 @@ import (
 	"fleetgraph/realtime/faulttest"
 )
 
-func TestMain(m *testing.M) { dbtest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv("FLEETGRAPH_TEST_RUN_MAIN") != "" {
+		// A test runs the binary's main in a process of its own (runMain).
+		main()
+		return
+	}
+	dbtest.Main(m)
+}
 
 // testSecret is a JWT secret long enough for the server.
 const testSecret = "server-test-secret-server-test-secret-0123"
