@@ -268,7 +268,7 @@ func registerLogTasks(r *maintenance.Runner, bdb *bun.DB, logs *db.Logs, log *sl
 	}})
 }
 
-// registerRetentionTask registers the daily pruning of the history no
+// registerRetentionTask registers the hourly pruning of the history no
 // partition drop removes: the API key audit past its retention, and
 // finished webhook deliveries (with their events) past theirs.
 func registerRetentionTask(r *maintenance.Runner, bdb *bun.DB, cfg db.RetentionConfig, log *slog.Logger) {
@@ -278,7 +278,8 @@ func registerRetentionTask(r *maintenance.Runner, bdb *bun.DB, cfg db.RetentionC
 	if cfg.WebhookDays == 0 {
 		cfg.WebhookDays = db.DefaultRetentionConfig.WebhookDays
 	}
-	r.Register(maintenance.Task{Name: "history-retention", Every: 24 * time.Hour, Run: func(ctx context.Context, now time.Time) error {
+	// Hourly, each run bounded (BatchesPerRun): a backlog goes over runs.
+	r.Register(maintenance.Task{Name: "history-retention", Every: time.Hour, Run: func(ctx context.Context, now time.Time) error {
 		st, err := db.Prune(ctx, bdb, cfg, now)
 		if st != (db.PruneStats{}) {
 			log.Info("pruned history past retention", "audit_entries", st.Audit, "webhook_deliveries", st.Deliveries, "webhook_events", st.Events)

@@ -16,8 +16,9 @@ import (
 	"fleetgraph/maintenance"
 )
 
-// The leader's daily history-retention task deletes the API key audit and
-// the log cleanup history past AUDIT_RETENTION_DAYS, in batches, and the finished webhook
+// The leader's hourly history-retention task deletes the API key audit and
+// the log cleanup history past AUDIT_RETENTION_DAYS, in batches and a
+// bounded number of them a run, and the finished webhook
 // deliveries past WEBHOOK_RETENTION_DAYS with the events they leave
 // without deliveries; it keeps what is younger, and pending deliveries
 // (with their events) whatever their age.
@@ -28,7 +29,7 @@ func TestHistoryRetention(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	clock := maintenance.NewManualClock(now)
 	a, err := app.New(app.Config{DB: d.DB, DSN: d.DSN, JWT: jwt, Logger: slog.New(slog.DiscardHandler), Clock: clock,
-		Retention: db.RetentionConfig{AuditDays: 90, WebhookDays: 30}})
+		Retention: db.RetentionConfig{AuditDays: 90, WebhookDays: 30, BatchesPerRun: 2}})
 	require.NoError(t, err)
 	ctx := t.Context()
 	exec := func(q string, args ...any) {
@@ -75,10 +76,18 @@ func TestHistoryRetention(t *testing.T) {
 	oldPending := event(days(40), "SUCCEEDED", "PENDING")
 	young := event(days(29), "SUCCEEDED")
 
-	leading, err := a.Maintenance.Step(ctx)
-	require.NoError(t, err)
-	require.True(t, leading)
-
+	step := func() {
+		t.Helper()
+		leading, err := a.Maintenance.Step(ctx)
+		require.NoError(t, err)
+		require.True(t, leading)
+	}
+	step()
+	// A run deletes at most BatchesPerRun batches a table (2 × 5,000):
+	// the next run, an hour later, the rest.
+	require.Equal(t, 12000-10000+2, count(`SELECT count(*) FROM api_key_audit`), "a run is bounded")
+	clock.Advance(time.Hour + time.Second)
+	step()
 	require.Equal(t, 2, count(`SELECT count(*) FROM api_key_audit`), "the entries of the last 90 days")
 	require.Zero(t, count(`SELECT count(*) FROM api_key_audit WHERE at < ?`, days(90)))
 	require.Zero(t, count(`SELECT count(*) FROM robot_log_cleanups WHERE id = ?`, oldCleanup), "a dry run's record past the retention")
@@ -92,9 +101,7 @@ func TestHistoryRetention(t *testing.T) {
 
 	// A day later the young audit entry of 89 days ages out too.
 	clock.Advance(25 * time.Hour)
-	leading, err = a.Maintenance.Step(ctx)
-	require.NoError(t, err)
-	require.True(t, leading)
+	step()
 	require.Equal(t, 1, count(`SELECT count(*) FROM api_key_audit`))
 }
 

@@ -24,10 +24,16 @@ type RetentionConfig struct {
 	// kept (WEBHOOK_RETENTION_DAYS, default 30). Pending ones are kept
 	// whatever their age.
 	WebhookDays int
+	// BatchesPerRun bounds what one Prune deletes from each table, in
+	// batches of pruneBatch rows (0: DefaultRetentionConfig's), so that a
+	// backlog goes over several runs instead of holding the leader's other
+	// tasks (the scheduler, lease rescue) behind one long run.
+	BatchesPerRun int
 }
 
-// DefaultRetentionConfig is production's.
-var DefaultRetentionConfig = RetentionConfig{AuditDays: 365, WebhookDays: 30}
+// DefaultRetentionConfig is production's: up to 40 batches (200,000 rows)
+// a table a run, run hourly.
+var DefaultRetentionConfig = RetentionConfig{AuditDays: 365, WebhookDays: 30, BatchesPerRun: 40}
 
 // pruneBatch is how many rows one statement of a prune deletes: a day of
 // history goes in many short transactions, not one that holds its locks
@@ -45,8 +51,9 @@ type PruneStats struct {
 // cfg.AuditDays and the
 // finished webhook deliveries (with their events, once no delivery is
 // left) created more than cfg.WebhookDays before now, pruneBatch rows a
-// statement; each batch commits on its own, so a prune cut short keeps
-// what it did. It is the leader's daily history-retention task.
+// statement, at most cfg.BatchesPerRun statements a table; each batch
+// commits on its own, so a prune cut short keeps what it did. It is the
+// leader's hourly history-retention task.
 //
 // Both tables grow in the order of their identity (api_key_audit.id,
 // webhook_deliveries.seq), which their primary or unique index keeps, so
@@ -54,9 +61,12 @@ type PruneStats struct {
 // through the old rows only, and no index on their times is needed.
 func Prune(ctx context.Context, idb bun.IDB, cfg RetentionConfig, now time.Time) (PruneStats, error) {
 	var st PruneStats
+	if cfg.BatchesPerRun <= 0 {
+		cfg.BatchesPerRun = DefaultRetentionConfig.BatchesPerRun
+	}
 	if cfg.AuditDays > 0 {
 		for _, table := range []string{"api_key_audit", "robot_log_cleanups"} {
-			n, err := pruneTrail(ctx, idb, table, now.AddDate(0, 0, -cfg.AuditDays))
+			n, err := pruneTrail(ctx, idb, table, now.AddDate(0, 0, -cfg.AuditDays), cfg.BatchesPerRun)
 			st.Audit += n
 			if err != nil {
 				return st, err
@@ -64,7 +74,7 @@ func Prune(ctx context.Context, idb bun.IDB, cfg RetentionConfig, now time.Time)
 		}
 	}
 	if cfg.WebhookDays > 0 {
-		d, e, err := pruneDeliveries(ctx, idb, now.AddDate(0, 0, -cfg.WebhookDays))
+		d, e, err := pruneDeliveries(ctx, idb, now.AddDate(0, 0, -cfg.WebhookDays), cfg.BatchesPerRun)
 		st.Deliveries, st.Events = d, e
 		if err != nil {
 			return st, err
@@ -76,7 +86,7 @@ func Prune(ctx context.Context, idb bun.IDB, cfg RetentionConfig, now time.Time)
 // pruneTrail deletes the rows of an audit trail (a table with an identity
 // id and a time at) from before cutoff; a log cleanup's per-tenant shares
 // go with it (ON DELETE CASCADE).
-func pruneTrail(ctx context.Context, idb bun.IDB, table string, cutoff time.Time) (int64, error) {
+func pruneTrail(ctx context.Context, idb bun.IDB, table string, cutoff time.Time, batches int) (int64, error) {
 	// The first row at or after the cutoff bounds the old ones (none: all
 	// are old); ids grow with time, up to the length of a transaction.
 	var bound int64
@@ -86,7 +96,7 @@ func pruneTrail(ctx context.Context, idb bun.IDB, table string, cutoff time.Time
 		return 0, fmt.Errorf("finding the rows of %s past retention: %w", table, err)
 	}
 	var total int64
-	for {
+	for range batches {
 		res, err := idb.NewRaw(`DELETE FROM ? WHERE id IN (SELECT id FROM ? WHERE id < ? AND at < ? ORDER BY id LIMIT ?)`,
 			bun.Ident(table), bun.Ident(table), bound, cutoff, pruneBatch).Exec(ctx)
 		if err != nil {
@@ -95,21 +105,22 @@ func pruneTrail(ctx context.Context, idb bun.IDB, table string, cutoff time.Time
 		n, _ := res.RowsAffected()
 		total += n
 		if n < pruneBatch {
-			return total, nil
+			break
 		}
 	}
+	return total, nil
 }
 
 // pruneDeliveries deletes finished webhook deliveries created before
 // cutoff, and the events they leave without deliveries.
-func pruneDeliveries(ctx context.Context, idb bun.IDB, cutoff time.Time) (deliveries, events int64, err error) {
+func pruneDeliveries(ctx context.Context, idb bun.IDB, cutoff time.Time, batches int) (deliveries, events int64, err error) {
 	var bound int64
 	if err := idb.NewRaw(`SELECT coalesce(
 			(SELECT seq FROM webhook_deliveries WHERE created_at >= ? ORDER BY seq LIMIT 1),
 			(SELECT max(seq) + 1 FROM webhook_deliveries), 0)`, cutoff).Scan(ctx, &bound); err != nil {
 		return 0, 0, fmt.Errorf("finding the webhook deliveries past retention: %w", err)
 	}
-	for {
+	for range batches {
 		var n, gone int64
 		err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 			var ids []uuid.UUID
@@ -137,7 +148,8 @@ func pruneDeliveries(ctx context.Context, idb bun.IDB, cutoff time.Time) (delive
 		}
 		deliveries, events = deliveries+n, events+gone
 		if n < pruneBatch {
-			return deliveries, events, nil
+			break
 		}
 	}
+	return deliveries, events, nil
 }
