@@ -3616,7 +3616,7 @@ type Query {
   workflowAssignmentStats: [WorkflowAssignmentStats!]!
   "The robot calling (robots only)."
   currentRobot: Robot!
-  "The tenant's API key audit trail, newest first: creations, revocations, and refused uses of its keys."
+  "The tenant's API key audit trail, newest first: creations, revocations, and refused uses of its keys; kept AUDIT_RETENTION_DAYS (365)."
   apiKeyAudit(robotId: ID, first: Int): [ApiKeyAuditEntry!]!
 
   """
@@ -3638,7 +3638,7 @@ type Query {
   runs by hand. A tenant sees its own runs (dry runs included), the
   leader's and the CLI's runs that were not dry, and other tenants' runs
   that dropped lines, with its own share of the figures; another tenant's
-  service shows as ` + "`" + `service` + "`" + `.
+  service shows as ` + "`" + `service` + "`" + `. Kept AUDIT_RETENTION_DAYS (365).
   """
   logCleanupHistory(first: Int, after: String): LogCleanupConnection!
   "One schedule of the caller's tenant (users only)."
@@ -3649,7 +3649,7 @@ type Query {
   # --- Webhooks ---
   "The tenant's webhook endpoints (at most 50), newest first. Users only."
   webhookEndpoints: [WebhookEndpoint!]!
-  "An endpoint's deliveries, newest first, optionally of one status. Users only."
+  "An endpoint's deliveries, newest first, optionally of one status. Users only. Finished ones are kept WEBHOOK_RETENTION_DAYS (30)."
   webhookDeliveries(endpointId: ID!, status: WebhookDeliveryStatus, first: Int, after: String): WebhookDeliveryConnection!
 }
 
@@ -3881,7 +3881,7 @@ type Mutation {
   for 24 hours, so that receivers can switch over without losing a delivery.
   """
   rotateWebhookSecret(id: ID!): CreatedWebhookEndpoint!
-  "Sends a finished (SUCCEEDED or FAILED) delivery's event again, as a new delivery with the same webhook-id."
+  "Sends a finished (SUCCEEDED or FAILED) delivery's event again, as a new delivery with the same webhook-id. NOT_FOUND once the delivery is past WEBHOOK_RETENTION_DAYS and pruned."
   redeliverWebhook(deliveryId: ID!): WebhookDelivery!
   "Sends a webhook.test event to an enabled endpoint, whatever events it subscribed to."
   sendTestWebhook(endpointId: ID!): WebhookDelivery!
