@@ -513,7 +513,8 @@ type partitionCount struct {
 // lines, through the tenant's index, and takes the total, which only
 // divides the partition's size into shares, from PostgreSQL's estimate
 // (pg_class.reltuples, kept by autovacuum; an expired day takes no more
-// writes): counting every tenant's lines would make each dry run a scan
+// writes; counted when the partition was never analyzed): counting every
+// tenant's lines would make each dry run a scan
 // of whole days of the installation's logs, at a tenant's request, as
 // often as it liked, until the leader's daily run dropped them.
 func countPartition(ctx context.Context, tx bun.Tx, name string, ownOnly bool, tenant uuid.UUID) ([]partitionCount, int64, error) {
@@ -529,10 +530,17 @@ func countPartition(ctx context.Context, tx bun.Tx, name string, ownOnly bool, t
 		return counts, total, nil
 	}
 	var own, estimate int64
-	err := tx.NewRaw("SELECT (SELECT count(*) FROM ? WHERE tenant_id = ?), (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = ?::regclass)",
+	err := tx.NewRaw("SELECT (SELECT count(*) FROM ? WHERE tenant_id = ?), (SELECT reltuples::bigint FROM pg_class WHERE oid = ?::regclass)",
 		bun.Ident(name), tenant, name).Scan(ctx, &own, &estimate)
 	if err != nil {
 		return nil, 0, fmt.Errorf("counting the lines of %s: %w", name, err)
+	}
+	if estimate < 0 {
+		// Never analyzed (a restored database, autovacuum off): no
+		// estimate, so count; the day's share would otherwise be all of it.
+		if err := tx.NewRaw("SELECT count(*) FROM ?", bun.Ident(name)).Scan(ctx, &estimate); err != nil {
+			return nil, 0, fmt.Errorf("counting the lines of %s: %w", name, err)
+		}
 	}
 	if own > 0 {
 		counts = []partitionCount{{Tenant: tenant, N: own}}
@@ -615,12 +623,16 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 			run.Partitions = append(run.Partitions, p.Day.Format(time.DateOnly))
 			drop = append(drop, p.Name)
 		}
-		hb := "SELECT tenant_id, count(*) AS n FROM robot_heartbeats WHERE at < ? GROUP BY tenant_id"
+		hb, hbArgs := "SELECT tenant_id, count(*) AS n FROM robot_heartbeats WHERE at < ? GROUP BY tenant_id", []any{cutoff}
+		if dryRun && !system {
+			// A tenant's dry run: its own samples only (and it records them).
+			hb, hbArgs = "SELECT tenant_id, count(*) AS n FROM robot_heartbeats WHERE at < ? AND tenant_id = ? GROUP BY tenant_id", []any{cutoff, sc.tenant}
+		}
 		if !dryRun {
 			hb = "WITH d AS (DELETE FROM robot_heartbeats WHERE at < ? RETURNING tenant_id) SELECT tenant_id, count(*) AS n FROM d GROUP BY tenant_id"
 		}
 		var counts []partitionCount
-		if err := tx.NewRaw(hb, cutoff).Scan(ctx, &counts); err != nil {
+		if err := tx.NewRaw(hb, hbArgs...).Scan(ctx, &counts); err != nil {
 			return fmt.Errorf("pruning heartbeat history: %w", err)
 		}
 		for _, c := range counts {
