@@ -408,16 +408,34 @@ func (s *Webhooks) UpdateEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 	return w, nil
 }
 
-// DeleteEndpoint removes an endpoint with its deliveries.
+// DeleteEndpoint removes an endpoint with its deliveries, and the events no
+// other endpoint's delivery refers to.
 func (s *Webhooks) DeleteEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
 		return uuid.Nil, err
 	}
 	var deleted uuid.UUID
-	if err := inTenant(sc, idb.NewDelete().Model((*WebhookEndpoint)(nil)).Where("w.id = ?", id), "w").
-		Returning("w.id").Scan(ctx, &deleted); err != nil {
-		return uuid.Nil, notFoundIfNoRows(err, "webhook endpoint")
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if err := inTenant(sc, tx.NewSelect().Model((*WebhookEndpoint)(nil)).Column("w.id").Where("w.id = ?", id), "w").
+			For("UPDATE").Scan(ctx, &deleted); err != nil {
+			return notFoundIfNoRows(err, "webhook endpoint")
+		}
+		// Its deliveries go with it (ON DELETE CASCADE); the events only
+		// they referred to go first, as retention would have taken them
+		// with their deliveries and now could not find them.
+		if _, err := tx.NewRaw(`DELETE FROM webhook_events AS e
+			WHERE e.id IN (SELECT event_id FROM webhook_deliveries WHERE endpoint_id = ?)
+			AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.event_id = e.id AND d.endpoint_id <> ?)`, id, id).Exec(ctx); err != nil {
+			return fmt.Errorf("deleting the endpoint's events: %w", err)
+		}
+		if _, err := tx.NewDelete().Model((*WebhookEndpoint)(nil)).Where("w.id = ?", id).Exec(ctx); err != nil {
+			return fmt.Errorf("deleting the webhook endpoint: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return uuid.Nil, err
 	}
 	return deleted, nil
 }

@@ -783,6 +783,33 @@ func TestWebhookRetries(t *testing.T) {
 		require.Zero(t, left, "no delivery of a deleted event")
 	})
 
+	// Deleting an endpoint deletes its deliveries and the events only they
+	// referred to (retention finds events through deliveries, and would
+	// never find these); an event another endpoint's delivery refers to
+	// stays.
+	t.Run("DeletingAnEndpointTakesTheEventsOnlyItHad", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		one, two := whNewReceiver(t), whNewReceiver(t)
+		ep1, _ := whEndpoint(t, b.tn, one.srv.URL, "job.completed")
+		ep2, _ := whEndpoint(t, b.tn, two.srv.URL, "job.completed")
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil) // one event, a delivery to each
+		b.tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep1}, nil)
+		events := func() int {
+			var n int
+			require.NoError(t, b.s.DB.NewRaw("SELECT count(*) FROM webhook_events WHERE tenant_id = ?", b.tn.User.Tenant).Scan(t.Context(), &n))
+			return n
+		}
+		require.Equal(t, 2, events())
+		del := `mutation($e: ID!) { deleteWebhookEndpoint(id: $e) }`
+		b.tn.Do(t, del, map[string]any{"e": ep1}, nil)
+		require.Equal(t, 1, events(), "the test event was ep1's alone; the job's event is ep2's too")
+		b.tn.Do(t, del, map[string]any{"e": ep2}, nil)
+		require.Zero(t, events())
+		b.s.Do(t, b.tn.User.Token, del, map[string]any{"e": ep2}).Code(t, "NOT_FOUND")
+	})
+
 	t.Run("RedeliverAndTest", func(t *testing.T) {
 		t.Parallel()
 		b := whManual(t, apitest.Options{})
