@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -258,7 +257,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 // may detach from its handler (live.WithLifetime).
 func withLifetime(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		if live.OffersWebsocket(r.Header) {
 			r = r.WithContext(live.WithLifetime(r.Context()))
 		}
 		next.ServeHTTP(w, r)

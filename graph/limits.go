@@ -279,7 +279,7 @@ type queriesOnlyKey struct{}
 // still catches what only resolves later (a persisted query).
 func queriesOnly(tokens int, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		if r.Method == http.MethodGet && !live.OffersWebsocket(r.Header) {
 			if q := r.URL.Query(); isMutation(q.Get("query"), q.Get("operationName"), tokens) {
 				w.Header().Set("Allow", http.MethodPost)
 				auth.WriteError(w, http.StatusMethodNotAllowed, mutationOverGet)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/gqlerror"
@@ -42,22 +41,7 @@ var _ graphql.Transport = overHTTP{}
 // a server may ignore the header (RFC 9110, section 7.8), and this one
 // upgrades to nothing but websockets.
 func (overHTTP) Supports(r *http.Request) bool {
-	return (r.Method == http.MethodPost || r.Method == http.MethodGet) && !offersWebsocket(r.Header)
-}
-
-// offersWebsocket reports whether a request's Upgrade headers name the
-// websocket protocol among theirs (a comma-separated list of tokens, each
-// possibly with a version, compared case-insensitively).
-func offersWebsocket(h http.Header) bool {
-	for _, v := range h.Values("Upgrade") {
-		for token := range strings.SplitSeq(v, ",") {
-			name, _, _ := strings.Cut(strings.TrimSpace(token), "/")
-			if strings.EqualFold(name, "websocket") {
-				return true
-			}
-		}
-	}
-	return false
+	return (r.Method == http.MethodPost || r.Method == http.MethodGet) && !live.OffersWebsocket(r.Header)
 }
 
 // Do implements graphql.Transport.

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -184,6 +185,29 @@ func TestOtherUpgradesArePlainRequests(t *testing.T) {
 			require.NotEqual(t, http.StatusOK, res.Status, "%s with Upgrade %q answered as a plain request: %s", method, upgrade, res.Raw)
 			res.Code(t, "BAD_USER_INPUT")
 		}
+	}
+}
+
+// A websocket offered among other protocols, or with a version, is
+// upgraded as the websocket library reads it: every check of "is this an
+// upgrade" reads the Upgrade header one way (live.OffersWebsocket); the
+// middleware used to compare the whole header, and refused these with 400.
+func TestWebsocketOfferedInAListIsUpgraded(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	for _, upgrade := range []string{"h2c, websocket", "WebSocket", "websocket"} {
+		req, err := http.NewRequest(http.MethodGet, s.URL+"/graphql", nil)
+		require.NoError(t, err)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", upgrade)
+		req.Header.Set("Sec-WebSocket-Version", "13")
+		req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+		req.Header.Set("Sec-WebSocket-Protocol", "graphql-transport-ws")
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
+		_ = res.Body.Close()
+		require.Equal(t, http.StatusSwitchingProtocols, res.StatusCode, "Upgrade %q: %s", upgrade, body)
 	}
 }
 

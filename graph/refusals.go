@@ -14,6 +14,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/fault"
+	"fleetgraph/graph/live"
 )
 
 // gqlgen's transports (and coder/websocket, inside the websocket transport)
@@ -212,7 +213,7 @@ func (w *refusalWriter) rewrite(body []byte) {
 	case msg != "":
 	case w.r.Method == http.MethodGet && strings.Contains(original, "URL escape"):
 		msg = "the query string is not valid URL encoding"
-	case strings.EqualFold(w.r.Header.Get("Upgrade"), "websocket") && status < 500:
+	case live.OffersWebsocket(w.r.Header) && status < 500:
 		msg = "the websocket handshake is not valid: " + http.StatusText(status)
 	default:
 		code, msg = codeForStatus(status), "the request was refused: "+http.StatusText(status)

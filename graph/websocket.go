@@ -36,7 +36,7 @@ func newSockets(allowedOrigins []string) *sockets {
 // each accepted one a context that closeAll cancels.
 func (s *sockets) track(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		if !live.OffersWebsocket(r.Header) {
 			next.ServeHTTP(w, r)
 			return
 		}

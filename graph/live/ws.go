@@ -77,7 +77,23 @@ var _ graphql.Transport = Websocket{}
 // Supports implements graphql.Transport: websocket upgrade requests, which
 // are GETs.
 func (Websocket) Supports(r *http.Request) bool {
-	return r.Method == http.MethodGet && strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+	return r.Method == http.MethodGet && OffersWebsocket(r.Header)
+}
+
+// OffersWebsocket reports whether a request's Upgrade headers name the
+// websocket protocol among theirs (a comma-separated list of tokens, the
+// token "websocket" compared case-insensitively, without a version), as
+// the websocket library's handshake reads them: every check of "is this an
+// upgrade" uses it, so that none disagrees with the transport.
+func OffersWebsocket(h http.Header) bool {
+	for _, v := range h.Values("Upgrade") {
+		for token := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(token), "websocket") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Do implements graphql.Transport. It serves the socket until it closes,
