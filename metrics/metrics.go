@@ -17,6 +17,7 @@ import (
 	"database/sql"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,11 @@ const MaxOperationNames = 200
 // MaxOperationNames for everyone: past it, that caller's new names are
 // "(other)", while names already known stay labels for anyone.
 const MaxOperationNamesPerCaller = 20
+
+// MaxOperationNamesPerTenant caps the names all of one tenant's callers may
+// add together: a tenant can make robots and users, each a caller, but not
+// take more than a quarter of MaxOperationNames.
+const MaxOperationNamesPerTenant = 50
 
 // Label values that cannot be GraphQL operation names.
 const (
@@ -89,7 +95,7 @@ func New(log *slog.Logger) *Metrics {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &Metrics{reg: prometheus.NewRegistry(), log: log, names: newOperationNames(MaxOperationNames, MaxOperationNamesPerCaller)}
+	m := &Metrics{reg: prometheus.NewRegistry(), log: log, names: newOperationNames(MaxOperationNames, MaxOperationNamesPerCaller, MaxOperationNamesPerTenant)}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -416,7 +422,9 @@ func (m *Metrics) LeaseRescued(status string) {
 // it is known or may be added, else Other; Unnamed for "". caller names
 // who sent it (its principal, by tenant and actor), "" for an anonymous
 // caller, who adds no names; a caller adds at most
-// MaxOperationNamesPerCaller, and all callers together MaxOperationNames.
+// MaxOperationNamesPerCaller, a tenant's callers (caller's part before its
+// first "/") MaxOperationNamesPerTenant, and all callers together
+// MaxOperationNames.
 func (m *Metrics) OperationLabel(name, caller string) string {
 	if m == nil {
 		return Other
@@ -426,18 +434,27 @@ func (m *Metrics) OperationLabel(name, caller string) string {
 
 // operationNames bounds the operation label: anonymous callers cannot add
 // names (an unauthenticated flood of made-up names stays one series),
-// signed-in callers add at most perCaller each, and all of them at most
-// max. added holds only callers that added a name, so it never has more
-// than max entries.
+// signed-in callers add at most perCaller each, a tenant's callers at most
+// perTenant together, and all of them at most max. added and byTenant hold
+// only callers and tenants that added a name, so neither has more than max
+// entries.
 type operationNames struct {
-	max, perCaller int
-	mu             sync.RWMutex
-	known          map[string]struct{}
-	added          map[string]int // names added, by caller
+	max, perCaller, perTenant int
+	mu                        sync.RWMutex
+	known                     map[string]struct{}
+	added                     map[string]int // names added, by caller
+	byTenant                  map[string]int // names added, by the caller's tenant
 }
 
-func newOperationNames(max, perCaller int) operationNames {
-	return operationNames{max: max, perCaller: perCaller, known: map[string]struct{}{}, added: map[string]int{}}
+func newOperationNames(max, perCaller, perTenant int) operationNames {
+	return operationNames{max: max, perCaller: perCaller, perTenant: perTenant,
+		known: map[string]struct{}{}, added: map[string]int{}, byTenant: map[string]int{}}
+}
+
+// fullFor reports whether caller (of tenant) may add no more names (under
+// n.mu, read or write).
+func (n *operationNames) fullFor(caller, tenant string) bool {
+	return len(n.known) >= n.max || n.added[caller] >= n.perCaller || n.byTenant[tenant] >= n.perTenant
 }
 
 // maxNameLength caps a name kept as a label value.
@@ -450,9 +467,10 @@ func (n *operationNames) label(name, caller string) string {
 	if len(name) > maxNameLength {
 		return Other
 	}
+	tenant, _, _ := strings.Cut(caller, "/")
 	n.mu.RLock()
 	_, ok := n.known[name]
-	full := len(n.known) >= n.max || n.added[caller] >= n.perCaller
+	full := n.fullFor(caller, tenant)
 	n.mu.RUnlock()
 	if ok {
 		return name
@@ -465,11 +483,12 @@ func (n *operationNames) label(name, caller string) string {
 	if _, ok := n.known[name]; ok {
 		return name
 	}
-	if len(n.known) >= n.max || n.added[caller] >= n.perCaller {
+	if n.fullFor(caller, tenant) {
 		return Other
 	}
 	n.known[name] = struct{}{}
 	n.added[caller]++
+	n.byTenant[tenant]++
 	return name
 }
 

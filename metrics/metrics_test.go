@@ -18,7 +18,7 @@ import (
 func TestOperationLabelsAreBounded(t *testing.T) {
 	t.Parallel()
 	m := New(nil)
-	caller := func(i int) string { return fmt.Sprintf("tenant/user:%d", i) }
+	caller := func(i int) string { return fmt.Sprintf("tenant-%d/user:%d", i, i) }
 	require.Equal(t, Unnamed, m.OperationLabel("", caller(0)))
 	require.Equal(t, Other, m.OperationLabel("FromNobody", ""), "anonymous callers add no names")
 	require.Equal(t, Other, m.OperationLabel(strings.Repeat("A", maxNameLength+1), caller(0)), "overlong names are not labels")
@@ -51,6 +51,25 @@ func TestOperationLabelsAreSharedOut(t *testing.T) {
 	require.Equal(t, "RealDashboard", m.OperationLabel("RealDashboard", "other/user:someone"), "another caller still adds names")
 	require.Equal(t, "RealDashboard", m.OperationLabel("RealDashboard", "acme/user:squatter"), "a name another caller added is known to all")
 	require.Len(t, m.names.known, MaxOperationNamesPerCaller+1)
+}
+
+// A tenant's callers together add at most MaxOperationNamesPerTenant: a
+// tenant can make many robots and users, each a caller, but cannot take
+// the label's values from the others.
+func TestOperationLabelsPerTenant(t *testing.T) {
+	t.Parallel()
+	m := New(nil)
+	added := 0
+	for c := range 10 {
+		for i := range MaxOperationNamesPerCaller {
+			name := fmt.Sprintf("Acme_%d_%d", c, i)
+			if m.OperationLabel(name, fmt.Sprintf("acme/robot:%d", c)) == name {
+				added++
+			}
+		}
+	}
+	require.Equal(t, MaxOperationNamesPerTenant, added, "ten callers of one tenant")
+	require.Equal(t, "RealDashboard", m.OperationLabel("RealDashboard", "other/user:someone"), "another tenant still adds names")
 }
 
 func TestNilMetricsRecordNothing(t *testing.T) {
