@@ -145,8 +145,8 @@ func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.Graph
 	case ProtocolLegacyWS:
 		d = legacyWS
 	default:
-		place.Close()
 		_ = conn.Close(4406, "Subprotocol not acceptable: use graphql-transport-ws")
+		place.Close() // after the close handshake, which holds the socket
 		return
 	}
 	conn.SetReadLimit(t.ReadLimit)
