@@ -48,13 +48,40 @@ func TestWebsocketsAreCapped(t *testing.T) {
 	t.Run("AnAddressWithoutCredentials", func(t *testing.T) {
 		t.Parallel()
 		s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{SocketsPerCaller: 3}})
-		// Sockets still waiting for connection_init count only in the
-		// process's total (behind a load balancer every browser's upgrade
-		// has the balancer's address): more than 3 are taken.
-		for range 4 {
-			_, status, _ := sockDial(t, s)
+		// Sockets still waiting for connection_init count by address, up to
+		// PendingPerAddress times more (behind a load balancer every
+		// browser's handshake has the balancer's address).
+		var pending []*websocket.Conn
+		for range 3 * live.PendingPerAddress {
+			c, status, _ := sockDial(t, s)
 			require.Equal(t, http.StatusSwitchingProtocols, status)
+			pending = append(pending, c)
 		}
+		_, status, e := sockDial(t, s)
+		require.Equal(t, http.StatusTooManyRequests, status)
+		require.Equal(t, "MAX_WEBSOCKETS_PER_CALLER", e.Extensions["limit"])
+		require.EqualValues(t, 3*live.PendingPerAddress, e.Extensions["max"])
+		for _, c := range pending {
+			_ = c.CloseNow()
+		}
+		// Closed, they give their places back: half of them at once (the
+		// sockets below need a few).
+		apitest.Eventually(t, 10*time.Second, "the pending places back", func() bool {
+			var got []*websocket.Conn
+			defer func() {
+				for _, c := range got {
+					_ = c.CloseNow()
+				}
+			}()
+			for range 3 * live.PendingPerAddress / 2 {
+				c, status, _ := sockDial(t, s)
+				if status != http.StatusSwitchingProtocols {
+					return false
+				}
+				got = append(got, c)
+			}
+			return true
+		})
 		// Initialised without a credential, sockets count as the address's.
 		var open []*websocket.Conn
 		for range 3 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -28,16 +29,26 @@ type Limits struct {
 	// request or connection_init), by its address when connection_init
 	// named none. An idle socket costs a file descriptor and some 15 KiB,
 	// and without it one client could hold them until the process ran out
-	// of files. A socket waiting for its connection_init (at most the init
-	// timeout) counts only in Sockets: behind a load balancer every
-	// browser's upgrade comes from the balancer's address, and one client
-	// holding that address's allowance would shut every browser out.
+	// of files. Sockets waiting for their connection_init (each at most
+	// the init timeout) count by address too, up to PendingPerAddress
+	// times as many: behind a load balancer every browser's upgrade comes
+	// from the balancer's address.
 	SocketsPerCaller int
 	// Sockets caps the websockets this process holds open at once, all
 	// callers together (0: half the process's open-file limit), so that
 	// HTTP requests, health checks and the database always have files.
 	Sockets int
 }
+
+// PendingPerAddress is how many times SocketsPerCaller one address may
+// hold sockets waiting for their connection_init: one client cannot fill
+// the process's Sockets with them, and a balancer's address has room for
+// that many browsers' handshakes at once.
+const PendingPerAddress = 4
+
+// pendingKey is the quota key of an address's sockets waiting for
+// their connection_init.
+func pendingKey(ip string) string { return "pending@" + ip }
 
 // DefaultLimits fit any dashboard or robot with room to spare.
 var DefaultLimits = Limits{PerConnection: 100, PerPrincipal: 500, SocketsPerCaller: 500}
@@ -93,10 +104,10 @@ type SocketPlace struct {
 }
 
 // OpenSocket takes a place for a websocket of the caller key (callerKey of
-// the upgrade's credential; "" for a socket without one, which counts only
-// in the process's sockets until Move), or refuses with RATE_LIMITED: the
-// caller holds SocketsPerCaller already (perCaller true), or the process
-// holds Sockets. A nil quota returns a nil place.
+// the upgrade's credential, or pendingKey of its address until Move), or
+// refuses with RATE_LIMITED: the caller holds SocketsPerCaller already
+// (PendingPerAddress times that for a pending key; perCaller true), or
+// the process holds Sockets. A nil quota returns a nil place.
 func (q *Quota) OpenSocket(key string) (place *SocketPlace, perCaller bool, err error) {
 	if q == nil {
 		return nil, false, nil
@@ -115,13 +126,16 @@ func (q *Quota) OpenSocket(key string) (place *SocketPlace, perCaller bool, err 
 	return &SocketPlace{q: q, key: key}, false, nil
 }
 
-// socketRoom refuses when key holds SocketsPerCaller sockets (under q.mu);
-// the key "" (no caller yet) is not counted.
+// socketRoom refuses when key holds as many sockets as it may (under q.mu).
 func (q *Quota) socketRoom(key string) error {
-	if key != "" && q.sockets[key] >= q.limits.SocketsPerCaller {
-		return limitError("MAX_WEBSOCKETS_PER_CALLER", q.limits.SocketsPerCaller,
+	limit := q.limits.SocketsPerCaller
+	if strings.HasPrefix(key, "pending@") {
+		limit *= PendingPerAddress
+	}
+	if q.sockets[key] >= limit {
+		return limitError("MAX_WEBSOCKETS_PER_CALLER", limit,
 			"you already hold %d websockets on this server, the most one caller may (MAX_WEBSOCKETS_PER_CALLER); close one, or share one socket between subscriptions",
-			q.limits.SocketsPerCaller)
+			limit)
 	}
 	return nil
 }
@@ -164,19 +178,11 @@ func (p *SocketPlace) Close() {
 	q.dropSocket(p.key)
 }
 
-// addSocket counts one more of key's sockets (under q.mu); "" is not
-// counted.
-func (q *Quota) addSocket(key string) {
-	if key != "" {
-		q.sockets[key]++
-	}
-}
+// addSocket counts one more of key's sockets (under q.mu).
+func (q *Quota) addSocket(key string) { q.sockets[key]++ }
 
 // dropSocket uncounts one of key's sockets (under q.mu).
 func (q *Quota) dropSocket(key string) {
-	if key == "" {
-		return
-	}
 	if q.sockets[key]--; q.sockets[key] <= 0 {
 		delete(q.sockets, key)
 	}

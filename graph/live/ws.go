@@ -106,9 +106,9 @@ func OffersWebsocket(h http.Header) bool {
 func (t Websocket) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
 	ctx := r.Context()
 	// A place for the socket, before anything is held for it: counted as
-	// its caller's when the upgrade carries a credential; otherwise only in
-	// the process's count until connection_init names its caller.
-	key := ""
+	// its caller's when the upgrade carries a credential; otherwise as its
+	// address's pending sockets until connection_init names its caller.
+	key := pendingKey(auth.ClientIPFrom(ctx))
 	if p := auth.FromContext(ctx); p != nil {
 		key = callerKey(p, auth.ClientIPFrom(ctx))
 	}
