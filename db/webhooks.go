@@ -417,17 +417,26 @@ func (s *Webhooks) DeleteEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 	}
 	var deleted uuid.UUID
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		// Locks in the order every other writer of these rows takes them,
+		// so that none deadlocks with this: deliveries first (the prune,
+		// redeliverWebhook and a recorded attempt start there), then the
+		// endpoint, then events.
+		if _, err := tx.NewRaw(`SELECT 1 FROM webhook_deliveries WHERE endpoint_id = ? AND tenant_id = ? ORDER BY seq FOR UPDATE`,
+			id, sc.tenant).Exec(ctx); err != nil {
+			return fmt.Errorf("locking the endpoint's deliveries: %w", err)
+		}
 		if err := inTenant(sc, tx.NewSelect().Model((*WebhookEndpoint)(nil)).Column("w.id").Where("w.id = ?", id), "w").
 			For("UPDATE").Scan(ctx, &deleted); err != nil {
 			return notFoundIfNoRows(err, "webhook endpoint")
 		}
-		// Its deliveries go with it (ON DELETE CASCADE); the events only
-		// they referred to go first, as retention would have taken them
-		// with their deliveries and now could not find them.
-		if _, err := tx.NewRaw(`DELETE FROM webhook_events AS e
-			WHERE e.id IN (SELECT event_id FROM webhook_deliveries WHERE endpoint_id = ?)
-			AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.event_id = e.id AND d.endpoint_id <> ?)`, id, id).Exec(ctx); err != nil {
-			return fmt.Errorf("deleting the endpoint's events: %w", err)
+		// Its deliveries go, then the events only they referred to (which
+		// retention, finding events through deliveries, could never find).
+		// One statement sees one snapshot: the other endpoints' deliveries
+		// are what keeps an event.
+		if _, err := tx.NewRaw(`WITH d AS (DELETE FROM webhook_deliveries WHERE endpoint_id = ? RETURNING event_id)
+			DELETE FROM webhook_events AS e WHERE e.id IN (SELECT event_id FROM d)
+			AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS x WHERE x.event_id = e.id AND x.endpoint_id <> ?)`, id, id).Exec(ctx); err != nil {
+			return fmt.Errorf("deleting the endpoint's deliveries and events: %w", err)
 		}
 		if _, err := tx.NewDelete().Model((*WebhookEndpoint)(nil)).Where("w.id = ?", id).Exec(ctx); err != nil {
 			return fmt.Errorf("deleting the webhook endpoint: %w", err)

@@ -766,7 +766,7 @@ func TestWebhookRetries(t *testing.T) {
 			default:
 			}
 			var n int
-			require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%webhook_deliveries%'`).Scan(ctx, &n))
+			require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%webhook_deliveries%'`).Scan(ctx, &n))
 			return n > 0
 		})
 		select {
@@ -808,6 +808,44 @@ func TestWebhookRetries(t *testing.T) {
 		b.tn.Do(t, del, map[string]any{"e": ep2}, nil)
 		require.Zero(t, events())
 		b.s.Do(t, b.tn.User.Token, del, map[string]any{"e": ep2}).Code(t, "NOT_FOUND")
+	})
+
+	// Deleting an endpoint takes its locks in the order the prune,
+	// redeliverWebhook and a recorded attempt do: its deliveries before
+	// the endpoint. With one of its deliveries held (as a prune deleting
+	// it holds it), the deletion waits without holding the endpoint, which
+	// a redelivery's insert can still take KEY SHARE on (NOWAIT): locked
+	// the other way round, the two deadlocked.
+	t.Run("DeletingAnEndpointLocksItsDeliveriesFirst", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		rcv := whNewReceiver(t)
+		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "robot.offline")
+		var sent struct{ SendTestWebhook whDelivery }
+		b.tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { `+whDeliveryFields+` } }`, map[string]any{"e": ep}, &sent)
+		b.round(t)
+
+		ctx := t.Context()
+		holder, err := b.s.DB.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		defer holder.Rollback()
+		_, err = holder.ExecContext(ctx, "SELECT 1 FROM webhook_deliveries WHERE id = ? FOR UPDATE", sent.SendTestWebhook.ID)
+		require.NoError(t, err)
+
+		done := make(chan *apitest.Response, 1)
+		go func() {
+			done <- b.s.Do(t, b.tn.User.Token, `mutation($e: ID!) { deleteWebhookEndpoint(id: $e) }`, map[string]any{"e": ep})
+		}()
+		apitest.Eventually(t, 30*time.Second, "the deletion waits for the held delivery", func() bool {
+			var n int
+			require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+				AND wait_event_type = 'Lock' AND query LIKE '%webhook_%'`).Scan(ctx, &n))
+			return n > 0
+		})
+		_, err = holder.ExecContext(ctx, "SELECT 1 FROM webhook_endpoints WHERE id = ? FOR KEY SHARE NOWAIT", ep)
+		require.NoError(t, err, "the waiting deletion holds the endpoint")
+		require.NoError(t, holder.Rollback())
+		(<-done).OK(t, nil)
 	})
 
 	t.Run("RedeliverAndTest", func(t *testing.T) {
