@@ -188,7 +188,7 @@ func TestOtherUpgradesArePlainRequests(t *testing.T) {
 	}
 }
 
-// A websocket offered among other protocols, or with a version, is
+// A websocket offered among other protocols, or in another case, is
 // upgraded as the websocket library reads it: every check of "is this an
 // upgrade" reads the Upgrade header one way (live.OffersWebsocket); the
 // middleware used to compare the whole header, and refused these with 400.
