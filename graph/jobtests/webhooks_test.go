@@ -245,6 +245,35 @@ func whScalarFields(t *testing.T, typ string) string {
 	return strings.Join(names, " ")
 }
 
+// whDelivered is a manual bundle with one endpoint and one test delivery,
+// sent and succeeded.
+func whDelivered(t *testing.T) (*whBundle, string, whDelivery) {
+	t.Helper()
+	b := whManual(t, apitest.Options{})
+	rcv := whNewReceiver(t)
+	ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "robot.offline")
+	var sent struct{ SendTestWebhook whDelivery }
+	b.tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { `+whDeliveryFields+` } }`, map[string]any{"e": ep}, &sent)
+	b.round(t)
+	require.Len(t, rcv.requests(), 1)
+	return b, ep, sent.SendTestWebhook
+}
+
+// whAwaitLockWait waits until a session of the test's database waits for a
+// lock in a statement about webhooks, or done says there is no need.
+func whAwaitLockWait(t *testing.T, b *whBundle, what string, done func() bool) {
+	t.Helper()
+	apitest.Eventually(t, 30*time.Second, what, func() bool {
+		if done() {
+			return true
+		}
+		var n int
+		require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE '%webhook_%'`).Scan(t.Context(), &n))
+		return n > 0
+	})
+}
+
 func TestWebhookDelivery(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
@@ -739,35 +768,26 @@ func TestWebhookRetries(t *testing.T) {
 	// it. The test's transaction deletes as the prune does.
 	t.Run("RedeliverWaitsForAPruneOfItsDelivery", func(t *testing.T) {
 		t.Parallel()
-		b := whManual(t, apitest.Options{})
-		rcv := whNewReceiver(t)
-		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "robot.offline")
-		var sent struct{ SendTestWebhook whDelivery }
-		b.tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { `+whDeliveryFields+` } }`, map[string]any{"e": ep}, &sent)
-		b.round(t)
-		require.Len(t, rcv.requests(), 1)
-
+		b, ep, sent := whDelivered(t)
 		ctx := t.Context()
 		prune, err := b.s.DB.BeginTx(ctx, nil)
 		require.NoError(t, err)
 		defer prune.Rollback()
 		var event string
-		require.NoError(t, prune.QueryRowContext(ctx, "DELETE FROM webhook_deliveries WHERE id = ? RETURNING event_id", sent.SendTestWebhook.ID).Scan(&event))
+		require.NoError(t, prune.QueryRowContext(ctx, "DELETE FROM webhook_deliveries WHERE id = ? RETURNING event_id", sent.ID).Scan(&event))
 
 		done := make(chan *apitest.Response, 1)
 		go func() {
-			done <- b.s.Do(t, b.tn.User.Token, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { id } }`, map[string]any{"d": sent.SendTestWebhook.ID})
+			done <- b.s.Do(t, b.tn.User.Token, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { id } }`, map[string]any{"d": sent.ID})
 		}()
-		apitest.Eventually(t, 30*time.Second, "the redelivery waits for the prune's lock", func() bool {
+		whAwaitLockWait(t, b, "the redelivery waits for the prune's lock", func() bool {
 			select {
 			case r := <-done:
 				done <- r
 				return true // answered without waiting: the check below says so
 			default:
+				return false
 			}
-			var n int
-			require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%webhook_deliveries%'`).Scan(ctx, &n))
-			return n > 0
 		})
 		select {
 		case r := <-done:
@@ -818,30 +838,19 @@ func TestWebhookRetries(t *testing.T) {
 	// the other way round, the two deadlocked.
 	t.Run("DeletingAnEndpointLocksItsDeliveriesFirst", func(t *testing.T) {
 		t.Parallel()
-		b := whManual(t, apitest.Options{})
-		rcv := whNewReceiver(t)
-		ep, _ := whEndpoint(t, b.tn, rcv.srv.URL, "robot.offline")
-		var sent struct{ SendTestWebhook whDelivery }
-		b.tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { `+whDeliveryFields+` } }`, map[string]any{"e": ep}, &sent)
-		b.round(t)
-
+		b, ep, sent := whDelivered(t)
 		ctx := t.Context()
 		holder, err := b.s.DB.BeginTx(ctx, nil)
 		require.NoError(t, err)
 		defer holder.Rollback()
-		_, err = holder.ExecContext(ctx, "SELECT 1 FROM webhook_deliveries WHERE id = ? FOR UPDATE", sent.SendTestWebhook.ID)
+		_, err = holder.ExecContext(ctx, "SELECT 1 FROM webhook_deliveries WHERE id = ? FOR UPDATE", sent.ID)
 		require.NoError(t, err)
 
 		done := make(chan *apitest.Response, 1)
 		go func() {
 			done <- b.s.Do(t, b.tn.User.Token, `mutation($e: ID!) { deleteWebhookEndpoint(id: $e) }`, map[string]any{"e": ep})
 		}()
-		apitest.Eventually(t, 30*time.Second, "the deletion waits for the held delivery", func() bool {
-			var n int
-			require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-				AND wait_event_type = 'Lock' AND query LIKE '%webhook_%'`).Scan(ctx, &n))
-			return n > 0
-		})
+		whAwaitLockWait(t, b, "the deletion waits for the held delivery", func() bool { return false })
 		_, err = holder.ExecContext(ctx, "SELECT 1 FROM webhook_endpoints WHERE id = ? FOR KEY SHARE NOWAIT", ep)
 		require.NoError(t, err, "the waiting deletion holds the endpoint")
 		require.NoError(t, holder.Rollback())
