@@ -122,7 +122,7 @@ func (q *Quota) OpenSocket(key string) (place *SocketPlace, perCaller bool, err 
 		return nil, true, err
 	}
 	q.open++
-	q.addSocket(key)
+	q.sockets[key]++
 	return &SocketPlace{q: q, key: key}, false, nil
 }
 
@@ -156,8 +156,8 @@ func (p *SocketPlace) Move(key string) error {
 	if err := q.socketRoom(key); err != nil {
 		return err
 	}
-	q.dropSocket(p.key)
-	q.addSocket(key)
+	uncount(q.sockets, p.key)
+	q.sockets[key]++
 	p.key = key
 	return nil
 }
@@ -175,16 +175,15 @@ func (p *SocketPlace) Close() {
 	}
 	p.closed = true
 	q.open--
-	q.dropSocket(p.key)
+	uncount(q.sockets, p.key)
 }
 
-// addSocket counts one more of key's sockets (under q.mu).
-func (q *Quota) addSocket(key string) { q.sockets[key]++ }
-
-// dropSocket uncounts one of key's sockets (under q.mu).
-func (q *Quota) dropSocket(key string) {
-	if q.sockets[key]--; q.sockets[key] <= 0 {
-		delete(q.sockets, key)
+// uncount takes one from key's count in m (a Quota's held or sockets,
+// under its mu), forgetting the key at zero so that m holds only keys in
+// use.
+func uncount(m map[string]int, key string) {
+	if m[key]--; m[key] <= 0 {
+		delete(m, key)
 	}
 }
 
@@ -229,9 +228,7 @@ func (q *Quota) hold(key string) (func(), error) {
 		once.Do(func() {
 			q.mu.Lock()
 			defer q.mu.Unlock()
-			if q.held[key]--; q.held[key] <= 0 {
-				delete(q.held, key)
-			}
+			uncount(q.held, key)
 		})
 	}, nil
 }
