@@ -135,13 +135,8 @@ func pruneDeliveries(ctx context.Context, idb bun.IDB, cutoff time.Time, batches
 			if n == 0 {
 				return nil
 			}
-			res, err := tx.NewRaw(`DELETE FROM webhook_events AS e WHERE e.id IN (?)
-					AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.event_id = e.id)`, bun.List(ids)).Exec(ctx)
-			if err != nil {
-				return fmt.Errorf("pruning webhook events: %w", err)
-			}
-			gone, _ = res.RowsAffected()
-			return nil
+			gone, err = deleteEventsWithoutDeliveries(ctx, tx, ids)
+			return err
 		})
 		if err != nil {
 			return deliveries, events, err

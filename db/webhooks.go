@@ -408,6 +408,30 @@ func (s *Webhooks) UpdateEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 	return w, nil
 }
 
+// deleteEventsWithoutDeliveries deletes those of events (whose deliveries
+// tx has just deleted) that no delivery refers to any more. It locks them
+// first, in id order, and checks in a statement of its own: two
+// transactions that each delete all of an event's deliveries but the
+// other's (two of its endpoints deleted at once, or a deletion and the
+// prune) would each see the other's still there and keep the event, which
+// nothing could then find. Locked, the second waits for the first to
+// commit, and its check then sees the first's deletions.
+func deleteEventsWithoutDeliveries(ctx context.Context, tx bun.Tx, events []uuid.UUID) (int64, error) {
+	if len(events) == 0 {
+		return 0, nil
+	}
+	if _, err := tx.NewRaw(`SELECT 1 FROM webhook_events WHERE id IN (?) ORDER BY id FOR UPDATE`, bun.List(events)).Exec(ctx); err != nil {
+		return 0, fmt.Errorf("locking webhook events: %w", err)
+	}
+	res, err := tx.NewRaw(`DELETE FROM webhook_events AS e WHERE e.id IN (?)
+		AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.event_id = e.id)`, bun.List(events)).Exec(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("deleting webhook events without deliveries: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
+}
+
 // DeleteEndpoint removes an endpoint with its deliveries, and the events no
 // other endpoint's delivery refers to.
 func (s *Webhooks) DeleteEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
@@ -431,12 +455,12 @@ func (s *Webhooks) DeleteEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 		}
 		// Its deliveries go, then the events only they referred to (which
 		// retention, finding events through deliveries, could never find).
-		// One statement sees one snapshot: the other endpoints' deliveries
-		// are what keeps an event.
-		if _, err := tx.NewRaw(`WITH d AS (DELETE FROM webhook_deliveries WHERE endpoint_id = ? RETURNING event_id)
-			DELETE FROM webhook_events AS e WHERE e.id IN (SELECT event_id FROM d)
-			AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS x WHERE x.event_id = e.id AND x.endpoint_id <> ?)`, id, id).Exec(ctx); err != nil {
-			return fmt.Errorf("deleting the endpoint's deliveries and events: %w", err)
+		var events []uuid.UUID
+		if err := tx.NewRaw(`DELETE FROM webhook_deliveries WHERE endpoint_id = ? RETURNING event_id`, id).Scan(ctx, &events); err != nil {
+			return fmt.Errorf("deleting the endpoint's deliveries: %w", err)
+		}
+		if _, err := deleteEventsWithoutDeliveries(ctx, tx, events); err != nil {
+			return err
 		}
 		if _, err := tx.NewDelete().Model((*WebhookEndpoint)(nil)).Where("w.id = ?", id).Exec(ctx); err != nil {
 			return fmt.Errorf("deleting the webhook endpoint: %w", err)

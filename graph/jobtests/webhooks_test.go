@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 	"github.com/vektah/gqlparser/v2"
 	"github.com/vektah/gqlparser/v2/ast"
@@ -828,6 +829,47 @@ func TestWebhookRetries(t *testing.T) {
 		b.tn.Do(t, del, map[string]any{"e": ep2}, nil)
 		require.Zero(t, events())
 		b.s.Do(t, b.tn.User.Token, del, map[string]any{"e": ep2}).Code(t, "NOT_FOUND")
+	})
+
+	// Two endpoints of one event deleted at once: each deletes its own
+	// deliveries and sees the other's, uncommitted, still there. Without a
+	// lock on the event both kept it, and no prune could find it again.
+	// With the event held, both deletions must come to wait for it; the
+	// second to go on sees the first's deletions, and the event goes.
+	t.Run("DeletingTwoEndpointsAtOnceLeavesNoEventBehind", func(t *testing.T) {
+		t.Parallel()
+		b := whManual(t, apitest.Options{})
+		ep1, _ := whEndpoint(t, b.tn, whNewReceiver(t).srv.URL, "job.completed")
+		ep2, _ := whEndpoint(t, b.tn, whNewReceiver(t).srv.URL, "job.completed")
+		r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil) // one event, a delivery to each
+		ctx := t.Context()
+		var event uuid.UUID
+		require.NoError(t, b.s.DB.NewRaw("SELECT id FROM webhook_events WHERE tenant_id = ?", b.tn.User.Tenant).Scan(ctx, &event))
+		holder, err := b.s.DB.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		defer holder.Rollback()
+		_, err = holder.ExecContext(ctx, "SELECT 1 FROM webhook_events WHERE id = ? FOR UPDATE", event)
+		require.NoError(t, err)
+
+		done := make(chan *apitest.Response, 2)
+		for _, ep := range []string{ep1, ep2} {
+			go func() {
+				done <- b.s.Do(t, b.tn.User.Token, `mutation($e: ID!) { deleteWebhookEndpoint(id: $e) }`, map[string]any{"e": ep})
+			}()
+		}
+		apitest.Eventually(t, 30*time.Second, "both deletions wait for the event", func() bool {
+			var n int
+			require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+				AND wait_event_type = 'Lock' AND query LIKE '%webhook_events%'`).Scan(ctx, &n))
+			return n == 2
+		})
+		require.NoError(t, holder.Rollback())
+		(<-done).OK(t, nil)
+		(<-done).OK(t, nil)
+		var left int
+		require.NoError(t, b.s.DB.NewRaw("SELECT count(*) FROM webhook_events WHERE tenant_id = ?", b.tn.User.Tenant).Scan(ctx, &left))
+		require.Zero(t, left, "the event of two deleted endpoints")
 	})
 
 	// Deleting an endpoint takes its locks in the order the prune,
