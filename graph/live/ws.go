@@ -40,6 +40,10 @@ const (
 	CloseTryAgainLater = 1013
 	// CloseInternalError (RFC 6455) ends a socket the server failed on.
 	CloseInternalError = 1011
+	// CloseNotUTF8 (RFC 6455, section 8.1) ends a socket whose text message
+	// is not UTF-8: decoding it would replace the bad bytes with U+FFFD, and
+	// what a mutation then stored would not be what the client sent.
+	CloseNotUTF8 = 1007
 )
 
 // Subprotocols.
@@ -386,6 +390,10 @@ func (c *wsConn) handleAside(ctx context.Context, typ coderws.MessageType, data 
 				code, reason = CloseInternalError, "Internal server error"
 			}
 		}()
+		if typ == coderws.MessageText && !utf8.Valid(data) {
+			code, reason = CloseNotUTF8, "Invalid message received: not UTF-8 text"
+			return
+		}
 		var m wsMessage
 		if typ != coderws.MessageText || json.Unmarshal(data, &m) != nil || m.Type == "" {
 			code, reason = CloseBadRequest, "Invalid message received: expected a JSON object with a type"

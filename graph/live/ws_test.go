@@ -334,6 +334,34 @@ func TestLiveWSCloseCodes(t *testing.T) {
 		}
 	})
 
+	// A text message that is not UTF-8 fails the connection (RFC 6455,
+	// section 8.1) in both protocols: decoded, its bad bytes would become
+	// U+FFFD and the mutation would store what the client never sent, where
+	// HTTP refuses the same body.
+	t.Run("1007NotUTF8", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t, s)
+		const logEvent = `mutation($id: ID!, $d: JSON) { logMachineEvent(machineId: $id, eventType: "note", details: $d) { id } }`
+		msg := func(id, typ string) []byte {
+			b := mustJSON(t, map[string]any{"id": id, "type": typ, "payload": map[string]any{
+				"query": logEvent, "variables": map[string]any{"id": f.machine, "d": map[string]any{"k": "a@@b"}}}})
+			return bytes.Replace([]byte(b), []byte("@@"), []byte{0xff, 0xfe}, 1)
+		}
+		c := connect(t, s, f.user.Token)
+		c.sendRaw(websocket.MessageText, msg("1", "subscribe"))
+		require.Contains(t, c.requireClosed(1007), "not UTF-8")
+
+		legacy := dial(t, s, "graphql-ws")
+		legacy.send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + f.user.Token}})
+		require.Equal(t, "connection_ack", legacy.readAny().Type)
+		legacy.sendRaw(websocket.MessageText, msg("1", "start"))
+		require.Contains(t, legacy.requireClosed(1007), "not UTF-8")
+
+		var notes int
+		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM machine_events WHERE machine_id = ? AND event_type = 'note'", f.machine).Scan(t.Context(), &notes))
+		require.Zero(t, notes, "nothing is stored from a message that is not UTF-8")
+	})
+
 	t.Run("4401SubscribeBeforeInit", func(t *testing.T) {
 		t.Parallel()
 		c := dial(t, s, "graphql-transport-ws")
