@@ -292,6 +292,55 @@ func TestShutdownEndsStreams(t *testing.T) {
 	require.False(t, errors.Is(ctx.Err(), context.DeadlineExceeded))
 }
 
+// Shutdown lets a query or mutation on a stream finish and send its result,
+// as it does one over a plain POST: only subscriptions are cut. The old
+// code cancelled the mutation (its statement stopped, its transaction
+// rolled back) and ended the stream with a bare `complete`.
+func TestShutdownLetsAStreamedMutationFinish(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	c := newClient(t, s)
+	m := c.create("shutdown-mutation")
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	// The machine's row held, the mutation waits for it.
+	holder, err := s.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer holder.Rollback()
+	_, err = holder.ExecContext(ctx, "SELECT 1 FROM machines WHERE id = ? FOR UPDATE", m.ID)
+	require.NoError(t, err)
+	sse := streamRequest(t, ctx, s, c.token, "text/event-stream", `mutation($id: ID!) { startMachine(id: $id) { status } }`, map[string]any{"id": m.ID})
+	require.Contains(t, sse.Header.Get("Content-Type"), "text/event-stream")
+	apitest.Eventually(t, 30*time.Second, "the mutation waits for the machine's row", func() bool {
+		var n int
+		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE '%machines%'`).Scan(ctx, &n))
+		return n > 0
+	})
+
+	closed := make(chan error, 1)
+	go func() { closed <- s.Handler.CloseStreams(ctx) }()
+	apitest.Eventually(t, 30*time.Second, "the server shuts its streams", func() bool {
+		res := streamRequest(t, ctx, s, c.token, "text/event-stream", streamSub, map[string]any{"id": m.ID})
+		_ = res.Body.Close()
+		return res.StatusCode == http.StatusServiceUnavailable
+	})
+	require.NoError(t, holder.Rollback())
+
+	lines := bufio.NewScanner(sse.Body)
+	var events []string
+	for lines.Scan() {
+		events = append(events, lines.Text())
+	}
+	require.Contains(t, events, `data: {"data":{"startMachine":{"status":"RUNNING"}}}`, "events: %v", events)
+	require.Contains(t, events, "event: complete")
+	require.NoError(t, <-closed)
+	var status string
+	require.NoError(t, s.DB.NewRaw("SELECT status FROM machines WHERE id = ?", m.ID).Scan(ctx, &status))
+	require.Equal(t, "RUNNING", status, "the mutation committed")
+}
+
 // Multipart is chosen as SSE is: when the Accept header prefers it by
 // q-value, then order, and only with a subscriptionSpec (Apollo's @defer
 // format, deferSpec, is another protocol).

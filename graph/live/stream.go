@@ -318,9 +318,19 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 				return
 			}
 		case <-going:
-			// Shutdown: stop the operation, wait until its resolver has
-			// let go (the database closes after this), then end the stream
-			// as a completed one so the client knows it was not cut.
+			if errs != nil || !isSubscription(oc) {
+				// A query or mutation finishes, as one over a plain POST
+				// does (shutdown waits for both; waiting claims are
+				// drained, and the operation's deadline bounds the rest):
+				// cut, a mutation would be rolled back or, done, its
+				// result lost.
+				going = nil
+				continue
+			}
+			// Shutdown: stop the subscription, wait until its resolver
+			// has let go (the database closes after this), then end the
+			// stream as a completed one so the client knows it was not
+			// cut.
 			cancel()
 			<-done
 			if waiting() {

@@ -237,6 +237,11 @@ type wsConn struct {
 	// finishing counts operations that ended on their own and are sending
 	// their last message (added to under mu, with the op's removal).
 	finishing sync.WaitGroup
+	// draining is set when the server shuts down: no operation starts
+	// after it. running counts the queries and mutations that have not
+	// finished (added to under mu, unless draining).
+	draining bool
+	running  sync.WaitGroup
 }
 
 type wsOp struct {
@@ -267,7 +272,7 @@ const MaxOperationID = 128
 // the rest (the init timeout, keep-alives, key rechecks, the credential's
 // expiry, shutdown), each ending the socket through shut.
 func (c *wsConn) serve(ctx context.Context) {
-	stopShutdown := context.AfterFunc(ctx, func() { c.shut(CloseGoingAway, "server shutting down") })
+	stopShutdown := context.AfterFunc(ctx, c.drain)
 	defer stopShutdown()
 
 	// Timers an idle socket does not need are dropped: the init timeout
@@ -406,6 +411,28 @@ func (c *wsConn) handleAside(ctx context.Context, typ coderws.MessageType, data 
 	<-done
 	return code, reason, expires
 }
+
+// drain ends the socket when the server shuts down, as http.Server's
+// Shutdown ends a POST: its subscriptions stop at once, its queries and
+// mutations finish and send their results (waiting claims are drained at
+// shutdown, and the operation deadline bounds the rest; cut, a mutation
+// would be rolled back or its result lost), then the socket closes with
+// 1001, which graphql-ws clients retry.
+func (c *wsConn) drain() {
+	c.mu.Lock()
+	c.draining = true
+	for _, op := range c.ops {
+		if op.subscription {
+			op.end()
+		}
+	}
+	c.mu.Unlock()
+	c.running.Wait()
+	c.shut(CloseGoingAway, "server shutting down")
+}
+
+// errShuttingDown refuses an operation sent while the socket drains.
+var errShuttingDown = fault.New(fault.RateLimited, "the server is shutting down; retry against another replica or in a moment")
 
 // over reports whether the socket is closing or closed: timers that re-arm
 // themselves stop.
@@ -649,7 +676,10 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 		c.refuse(ctx, m.ID, unchecked)
 		return 0, "", time.Time{}
 	}
-	opCtx, cancel := context.WithCancel(ctx)
+	// An operation ends by its cancel (op.end: the client's complete, the
+	// socket's end), not with ctx, which shutdown cancels: drain lets
+	// queries and mutations finish.
+	opCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.mu.Lock()
 	p := c.principal
 	c.mu.Unlock()
@@ -672,8 +702,20 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 		return 0, "", time.Time{}
 	}
 	c.mu.Lock()
-	c.ops[m.ID] = op
+	draining := c.draining
+	if !draining {
+		c.ops[m.ID] = op
+		if !op.subscription {
+			c.running.Add(1)
+		}
+	}
 	c.mu.Unlock()
+	if draining {
+		cancel()
+		op.release()
+		c.refuse(ctx, m.ID, errShuttingDown)
+		return 0, "", time.Time{}
+	}
 	c.start(base, opCtx, m.ID, op, rc)
 	return 0, "", time.Time{}
 }
@@ -767,6 +809,9 @@ var envelopeEnd = []byte("}")
 // finish reports how operation id ended: its error, or its completion,
 // unless the client stopped it or the server ended it already.
 func (c *wsConn) finish(ctx context.Context, id string, op *wsOp, out outcome) {
+	if !op.subscription {
+		defer c.running.Done() // last: after its last message
+	}
 	defer op.cancel()
 	defer op.release()
 	c.mu.Lock()

@@ -1154,3 +1154,63 @@ func TestLiveWSNumbersKeepTheirDigits(t *testing.T) {
 	require.Contains(t, string(r.Data), big)
 	require.Contains(t, string(r.Data), "1"+strings.Repeat("0", 400))
 }
+
+// Shutdown drains a websocket as http.Server's Shutdown drains a POST: its
+// subscriptions stop at once, a mutation under way finishes and sends its
+// result, an operation sent meanwhile is refused, and only then does the
+// socket close with 1001. The old code cancelled the mutation (its
+// transaction rolled back) and closed at once.
+func TestLiveWSShutdownLetsAMutationFinish(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	f := newFixture(t, s)
+	ctx := t.Context()
+	holder, err := s.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer holder.Rollback()
+	_, err = holder.ExecContext(ctx, "SELECT 1 FROM machines WHERE id = ? FOR UPDATE", f.machine)
+	require.NoError(t, err)
+
+	c := connect(t, s, f.user.Token)
+	c.subscribe("sub", machineSub, map[string]any{"id": f.machine})
+	require.Equal(t, "next", c.readFor("sub").Type, "CURRENT")
+	c.subscribe("start", `mutation($id: ID!) { startMachine(id: $id) { status } }`, map[string]any{"id": f.machine})
+	apitest.Eventually(t, wait, "the mutation waits for the machine's row", func() bool {
+		var n int
+		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE '%machines%'`).Scan(ctx, &n))
+		return n > 0
+	})
+
+	closed := make(chan error, 1)
+	go func() { closed <- s.Handler.CloseStreams(ctx) }()
+	// Draining: a new operation is refused, and the socket stays open.
+	var refused msg
+	attempt := 0
+	apitest.Eventually(t, wait, "an operation sent while the socket drains is refused", func() bool {
+		attempt++
+		id := fmt.Sprint("late", attempt)
+		c.subscribe(id, `{ me { id } }`, nil)
+		for {
+			switch m := c.readFor(id); m.Type {
+			case "error":
+				refused = m
+				return true
+			case "complete":
+				return false // before the drain
+			}
+		}
+	})
+	require.Contains(t, string(refused.Payload), "RATE_LIMITED")
+	require.NoError(t, holder.Rollback())
+
+	next := c.readFor("start")
+	require.Equal(t, "next", next.Type)
+	require.JSONEq(t, `{"data":{"startMachine":{"status":"RUNNING"}}}`, string(next.Payload))
+	require.Equal(t, msg{ID: "start", Type: "complete"}, c.readFor("start"))
+	require.Contains(t, c.requireClosed(websocket.StatusGoingAway), "shutting down")
+	require.NoError(t, <-closed)
+	var status string
+	require.NoError(t, s.DB.NewRaw("SELECT status FROM machines WHERE id = ?", f.machine).Scan(ctx, &status))
+	require.Equal(t, "RUNNING", status, "the mutation committed")
+}
