@@ -88,6 +88,48 @@ var listSizes = map[string]listSize{
 	"WebhookDeliveryConnection.edges": {},
 }
 
+// scanWeight is what a field costs on top of its selection when its
+// statement reads rows in proportion to the tenant's data rather than to
+// what it returns: an aggregate over its jobs, a count of a whole list, a
+// text search no index serves. Each such statement may take a second on a
+// large tenant; at 5,000 the complexity limit (50,000 by default) lets
+// fewer than ten into one operation, where 50 aliases of `robotStats`
+// held every connection of the pool for 25 s.
+const scanWeight = 5000
+
+// scans names the fields that scan, each with the arguments that make it
+// scan when given (not null), or nil when it always does.
+var scans = map[string][]string{
+	"Query.robotStats":              nil,
+	"Query.workflowAssignmentStats": nil,
+	"Query.logSummary":              nil,
+	"Query.robotLogs":               {"contains", "minLevel"},
+	// The tenant's jobs, counted. The other connections' counts are of
+	// smaller sets (a tenant's robots, workflows, schedules; a user's
+	// machines; one machine's events, batched by machine).
+	"JobConnection.totalCount": nil,
+}
+
+// scanCost is what f costs for the rows its statement scans, given the
+// operation's variables.
+func scanCost(parent string, f *ast.Field, vars map[string]any) int {
+	args, ok := scans[parent+"."+f.Name]
+	if !ok {
+		return 0
+	}
+	if args == nil {
+		return scanWeight
+	}
+	for _, name := range args {
+		if a := f.Arguments.ForName(name); a != nil {
+			if v, err := a.Value.Value(vars); err == nil && v != nil {
+				return scanWeight
+			}
+		}
+	}
+	return 0
+}
+
 // jsonWeight is what one JSON value costs: it may hold up to db.MaxJSONBytes.
 const jsonWeight = 10
 

@@ -192,6 +192,36 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 		s.Do(t, owner.Token, `{robots(first:50){edges{node{heartbeats(first:10){at}}}}}`, nil).OK(t, nil)
 	})
 
+	// A field whose statement scans the tenant's data (an aggregate, a
+	// count of a whole list, a text search no index serves) costs the
+	// scan: 50 aliases of robotStats in a kilobyte held every connection
+	// of the pool for 25 s. A few in one operation, as a dashboard asks,
+	// still pass.
+	t.Run("ScansCarryTheirCost", func(t *testing.T) {
+		many := func(field string, n int) string {
+			var b strings.Builder
+			b.WriteString("{")
+			for i := range n {
+				fmt.Fprintf(&b, "a%d: %s ", i, field)
+			}
+			return b.String() + "}"
+		}
+		for _, field := range []string{
+			`robotStats{total}`,
+			`workflowAssignmentStats{queuedJobs}`,
+			`logSummary{count}`,
+			`robotLogs(first:1, contains:"zq"){edges{cursor}}`,
+			`robotLogs(first:1, minLevel:CRITICAL){edges{cursor}}`,
+			`jobs(first:1){totalCount}`,
+		} {
+			refused(t, owner.Token, many(field, 11), "COMPLEXITY_LIMIT_EXCEEDED")
+			s.Do(t, owner.Token, many(field, 2), nil).OK(t, nil)
+		}
+		// Without a filter that scans, a page of lines is a page.
+		s.Do(t, owner.Token, many(`robotLogs(first:1){edges{cursor}}`, 40), nil).OK(t, nil)
+		s.Do(t, owner.Token, `{robotStats{total} workflowAssignmentStats{queuedJobs} jobs(first:20){totalCount edges{node{id}}}}`, nil).OK(t, nil)
+	})
+
 	t.Run("ResponseBudget", func(t *testing.T) {
 		// Within the cost limit, but every job repeats its workflow's 20
 		// versions of 60 KB each: 100 jobs would answer 120 MB.
@@ -285,4 +315,17 @@ func TestIntrospectionQueryPassesTheLimits(t *testing.T) {
 	// With introspection off it is refused as such, not by a data limit.
 	off := apitest.New(t)
 	off.Do(t, "", graphiqlIntrospection, nil).Code(t, "FORBIDDEN")
+
+	// One __schema per operation, and a few __type: the field limit alone
+	// let 30 copies of the whole schema (4 MB) into one anonymous KB.
+	twice := `{a: __schema{types{name}} b: __schema{types{name}}}`
+	require.Equal(t, "INTROSPECTION_LIMIT_EXCEEDED", s.Do(t, "", twice, nil).Code(t, "BAD_USER_INPUT").Extensions["reason"])
+	var types strings.Builder
+	types.WriteString("{")
+	for i := range 11 {
+		fmt.Fprintf(&types, `t%d: __type(name: "Machine"){name} `, i)
+	}
+	types.WriteString("}")
+	require.Equal(t, "INTROSPECTION_LIMIT_EXCEEDED", s.Do(t, "", types.String(), nil).Code(t, "BAD_USER_INPUT").Extensions["reason"])
+	s.Do(t, "", `{__schema{queryType{name}} a: __type(name: "Machine"){name} b: __type(name: "Robot"){name}}`, nil).OK(t, nil)
 }

@@ -2,6 +2,8 @@ package graph_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,4 +109,42 @@ func TestOperationDeadlineWhileWaitingForATurn(t *testing.T) {
 	requireNoWaiters(t, s)
 	release()
 	s.Do(t, u.Token, `{ machines { totalCount } }`, nil).OK(t, nil)
+}
+
+// A query runs a few of its root fields at once (parallelRootFields), not
+// all: 50 aliases of one aggregate used to take every connection of the
+// pool. Each alias's statement waits here on a locked table, so the
+// waiting statements are the fields running at once.
+func TestAQueryRunsAFewRootFieldsAtOnce(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.New())
+	waiting := func() int {
+		var n int
+		require.NoError(t, s.DB.QueryRowContext(t.Context(),
+			`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n))
+		return n
+	}
+	release := s.LockTable(t, "machines")
+	var q strings.Builder
+	q.WriteString("{")
+	for i := range 10 {
+		fmt.Fprintf(&q, "a%d: machines(first: 1) { edges { cursor } } ", i)
+	}
+	q.WriteString("}")
+	done := make(chan *apitest.Response, 1)
+	go func() { done <- s.Do(t, u.Token, q.String(), nil) }()
+	require.Eventually(t, func() bool { return waiting() >= 3 }, 30*time.Second, 10*time.Millisecond, "three fields run")
+	// A barrier above, and a short look for a fourth below (the old code
+	// ran all ten at once).
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for range 30 {
+		<-tick.C
+		require.Equal(t, 3, waiting(), "fields of one query running at once")
+	}
+	release()
+	var out map[string]any
+	(<-done).OK(t, &out)
+	require.Len(t, out, 10)
 }

@@ -80,8 +80,11 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 		// over until the subscription ended.
 		return limitError("DEFER_NOT_SUPPORTED", "@defer is not supported: select the fields directly (they come in the one answer)")
 	}
-	if w.introspects && !l.introspection {
+	if w.introspects > 0 && !l.introspection {
 		return &gqlerror.Error{Message: "introspection is disabled on this server", Err: fault.New(fault.Forbidden, "introspection is disabled on this server")}
+	}
+	if w.schemas > 1 || w.introspects-w.schemas > maxTypeIntrospections {
+		return limitError("INTROSPECTION_LIMIT_EXCEEDED", "the operation asks for __schema %d times and __type %d times; the limits are 1 and %d: ask once for what you need", w.schemas, w.introspects-w.schemas, maxTypeIntrospections)
 	}
 	if depth > l.depth {
 		return limitError("DEPTH_LIMIT_EXCEEDED", "the operation nests %d levels deep; the limit is %d", depth, l.depth)
@@ -98,6 +101,13 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 	return nil
 }
 
+// maxTypeIntrospections caps an operation's __type fields; __schema may
+// come once. Introspection fields cost 1 each (data limits must not refuse
+// a client's schema query), so the field limit alone let about 30 copies
+// of the whole schema into one anonymous kilobyte: 4 MB of answer. One
+// __schema is what GraphiQL, codegen and clients send.
+const maxTypeIntrospections = 10
+
 func limitError(reason, format string, args ...any) *gqlerror.Error {
 	fe := fault.New(fault.BadUserInput, format, args...)
 	fe.Extra = map[string]any{"reason": reason}
@@ -111,10 +121,12 @@ func clientGone() *gqlerror.Error {
 
 // operationWalker measures a validated operation.
 type operationWalker struct {
-	vars        map[string]any
-	aliases     int
-	introspects bool
-	defers      bool // a fragment asks for @defer
+	vars    map[string]any
+	aliases int
+	// introspects counts the __schema and __type fields, schemas the
+	// first.
+	introspects, schemas int
+	defers               bool // a fragment asks for @defer
 	// argBytes is the size of the argument values walked, variables
 	// expanded; varBytes and literalBytes (made when first needed)
 	// memoise each variable's and each list or object literal's size, so
@@ -164,13 +176,17 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 	}
 	if strings.HasPrefix(f.Name, "__") {
 		if f.Name == "__schema" || f.Name == "__type" {
-			w.introspects = true
+			w.introspects++
+		}
+		if f.Name == "__schema" {
+			w.schemas++
 		}
 		return 1, depth - 1
 	}
 	if f.Definition == nil || f.ObjectDefinition == nil {
 		return 1, depth
 	}
+	scan := scanCost(f.ObjectDefinition.Name, f, w.vars)
 	if len(f.SelectionSet) == 0 {
 		if f.Definition.Type.Name() == "JSON" {
 			return jsonWeight, depth
@@ -180,7 +196,7 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 			// (Schedule.nextRuns): each item is computed.
 			return size.count(f, w.vars), depth
 		}
-		return 1, depth
+		return 1 + scan, depth
 	}
 	t := f.Definition.Type
 	size := sizeOf(f.ObjectDefinition.Name, f.Name)
@@ -198,7 +214,7 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 	default:
 		child, deepest = w.walk(f.SelectionSet, depth+1, 0)
 	}
-	return saturatingAdd(1+size.statement, child), deepest
+	return saturatingAdd(1+size.statement+scan, child), deepest
 }
 
 // valueBytes is about how many bytes v takes as JSON once its variables

@@ -86,8 +86,23 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 		return &graphql.Response{Errors: graphql.GetErrors(ctx)}
 	}
 	defer t.give()
+	if rc := graphql.GetOperationContext(ctx); rc.Operation.Operation == ast.Query {
+		ctx = context.WithValue(ctx, rootFieldSlotsKey{}, make(chan struct{}, parallelRootFields))
+	}
 	return next(dispatch.WithParking(ctx, parking{r: r, turn: &t, deadline: deadline}))
 }
+
+// parallelRootFields is how many root fields of one query run at once
+// (with everything below them). gqlgen runs them all concurrently, each
+// with its own statements: 50 aliases of an aggregate held all 25 of the
+// pool's connections, and every other caller's statements waited for one.
+// Three keeps an operation's share near the pool's size over the turns
+// (25 over 8 on two CPUs). Mutations' fields run one at a time anyway.
+const parallelRootFields = 3
+
+// rootFieldSlotsKey holds a query's root field slots: a channel of
+// parallelRootFields places.
+type rootFieldSlotsKey struct{}
 
 // parking is an operation's dispatch.Parking. A parked claim gives its
 // turn back, stops counting as running and stops its deadline's clock; a
@@ -123,11 +138,22 @@ func (p parking) Leave() {
 	p.r.running.Add(1)
 }
 
-// InterceptRootField implements graphql.RootFieldInterceptor: a mutation's
-// field that follows a claim which ended its wait without a turn (Leave,
+// InterceptRootField implements graphql.RootFieldInterceptor: a query's
+// field waits for one of its operation's parallelRootFields slots; a
+// mutation's field that follows a claim which ended its wait without a turn (Leave,
 // or a Wake that gave up) takes a turn before it runs, so every field of
 // an operation runs within the turns and its deadline.
 func (r requestsFirst) InterceptRootField(ctx context.Context, next graphql.RootResolver) graphql.Marshaler {
+	if slots, ok := ctx.Value(rootFieldSlotsKey{}).(chan struct{}); ok {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			graphql.AddError(ctx, r.stopped(ctx))
+			return graphql.Null
+		}
+		defer func() { <-slots }()
+		return next(ctx)
+	}
 	p, ok := dispatch.ParkingOf(ctx).(parking)
 	if !ok || p.turn.held {
 		return next(ctx)
