@@ -180,7 +180,10 @@ func logsTail(ctx context.Context, args []string, env func(string) string, stdou
 		<-done
 		<-done
 	}()
-	tail := hub.TailLogs(auth.FromContext(o.ctx), &robot.ID, min)
+	tail, err := hub.TailLogs(ctx, auth.FromContext(o.ctx), &robot.ID, min)
+	if err != nil {
+		return err
+	}
 	defer tail.Close()
 	if err := awaitListening(ctx, o.d, probe); err != nil {
 		return err

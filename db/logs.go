@@ -104,6 +104,10 @@ type RobotLog struct {
 	Message  string     `bun:"message"`
 	Fields   RawJSON    `bun:"fields,type:jsonb"`
 	At       time.Time  `bun:"at"`
+	// Xact is the top-level transaction that wrote the line (0: before
+	// migration 0012), read only by ChangedSince: a resync offers a line
+	// to the tails it was committed after (Snapshot.Committed).
+	Xact uint64 `bun:"xact,scanonly"`
 }
 
 // Cursor is the line's position in robotLogs, newest first.

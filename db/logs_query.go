@@ -328,31 +328,37 @@ const MaxResyncLines = 10_000
 
 // ChangedSince re-reads, for live tails after the change feed lost
 // notifications, the visible lines timestamped at or after since (at most
-// MaxResyncLines, the newest), as batches per robot of at most
-// MaxShipBatch lines, oldest first. Lines a robot
-// stamped earlier than since but shipped meanwhile are not found: the
-// tail's replay is best effort, and robotLogs is the record.
+// MaxResyncLines, the newest), as batches per robot and writing
+// transaction (each line's Xact, so a tail can keep the batches committed
+// after it subscribed) of at most MaxShipBatch lines, oldest first. Lines
+// a robot stamped earlier than since but shipped meanwhile are not found:
+// the tail's replay is best effort, and robotLogs is the record.
 func (s *Logs) ChangedSince(ctx context.Context, idb bun.IDB, since time.Time) ([]*LogBatch, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var rows []*RobotLog
-	err = logsVisible(sc, idb.NewSelect().Model(&rows).Where("l.at >= ?", since), "l").
+	err = logsVisible(sc, idb.NewSelect().Model(&rows).ColumnExpr("l.*").Where("l.at >= ?", since), "l").
 		OrderExpr("l.at DESC, l.id DESC").Apply(limitRows(MaxResyncLines)).Scan(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("re-reading log lines: %w", err)
 	}
-	byRobot := map[uuid.UUID]*LogBatch{}
+	type source struct {
+		robot uuid.UUID
+		xact  uint64
+	}
+	bySource := map[source]*LogBatch{}
 	var out []*LogBatch
 	for i := len(rows) - 1; i >= 0; i-- { // oldest first
 		l := rows[i]
-		b := byRobot[l.RobotID]
+		k := source{l.RobotID, l.Xact}
+		b := bySource[k]
 		if b == nil || len(b.Lines) == MaxShipBatch {
 			// A batch holds what one shipLogs may (RobotLogBatch.lines
 			// is counted at that): a longer replay is several.
 			b = &LogBatch{TenantID: l.TenantID, RobotID: l.RobotID}
-			byRobot[l.RobotID] = b
+			bySource[k] = b
 			out = append(out, b)
 		}
 		b.Lines = append(b.Lines, l)

@@ -62,6 +62,10 @@ type MachineEvent struct {
 	// OwnerID is the machine's owner, read only by the live path's loads
 	// (EventsByID, EventsSince), which check it against each subscriber.
 	OwnerID uuid.UUID `bun:"owner_id,scanonly"`
+	// Xact is the top-level transaction that wrote the event (0: before
+	// migration 0012), read only by EventsSince: a resync offers an event
+	// to the subscribers it was committed after (Snapshot.Committed).
+	Xact uint64 `bun:"xact,scanonly"`
 }
 
 // Cursor is the event's position in a machine's log, newest first.

@@ -34,7 +34,10 @@ func (r *subscriptionResolver) robotLogAdded(ctx context.Context, robotID *uuid.
 			return nil, fault.Invalid("minLevel", "minLevel is not a log level")
 		}
 	}
-	tail := r.Hub.TailLogs(auth.FromContext(ctx), robotID, min)
+	tail, err := r.Hub.TailLogs(ctx, auth.FromContext(ctx), robotID, min)
+	if err != nil {
+		return nil, err
+	}
 	return stream(ctx, tail.Sub(), nil, func(u realtime.Update) *model.RobotLogBatch {
 		item, ok := tail.Item(u)
 		switch {

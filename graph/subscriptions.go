@@ -146,13 +146,18 @@ func (r *subscriptionResolver) machineEventAdded(ctx context.Context, machineID 
 		return nil, err
 	}
 	p := auth.FromContext(ctx)
-	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
-		Kind: realtime.KindMachineEvent, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt, Append: true,
+	// Append-only: a resync after lost notifications offers only the
+	// events committed after this subscription, never the machine's history.
+	sub, err := r.Hub.SubscribeAppend(ctx, realtime.SubscribeOptions{
+		Kind: realtime.KindMachineEvent, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
 		Filter: func(c realtime.Change) bool {
 			return c.Machine != nil && *c.Machine == machineID && db.CanSee(p, "machine_event", c.Tenant, c.Owner, nil)
 		},
 		MatchRow: func(v any) bool { return v.(*db.MachineEvent).MachineID == machineID },
 	})
+	if err != nil {
+		return nil, err
+	}
 	return stream(ctx, sub, nil, func(u realtime.Update) *db.MachineEvent {
 		e, _ := u.Value.(*db.MachineEvent)
 		return e

@@ -191,8 +191,8 @@ func TestMigrations(t *testing.T) {
 	t.Run("FailedDownStaysApplied", func(t *testing.T) {
 		t.Parallel()
 		d := dbtest.New(t)
-		// 0011's down drops jobs.target_lost, which this view depends on.
-		_, err := d.ExecContext(ctx, "CREATE VIEW lost_jobs AS SELECT id FROM jobs WHERE target_lost")
+		// 0012's down drops machine_events.xact, which this view depends on.
+		_, err := d.ExecContext(ctx, "CREATE VIEW event_xacts AS SELECT xact FROM machine_events")
 		require.NoError(t, err)
 
 		rolled, err := migrations.Down(ctx, d.DB, nil)
@@ -200,7 +200,7 @@ func TestMigrations(t *testing.T) {
 		require.Empty(t, rolled)
 		require.True(t, status(t, d.DB).Current(), "every migration is still applied")
 
-		_, err = d.ExecContext(ctx, "DROP VIEW lost_jobs")
+		_, err = d.ExecContext(ctx, "DROP VIEW event_xacts")
 		require.NoError(t, err)
 		rolled, err = migrations.Down(ctx, d.DB, nil)
 		require.NoError(t, err)

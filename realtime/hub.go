@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -87,8 +88,12 @@ type Source interface {
 	// Load returns the current rows of kind with these keys in tenant, keyed
 	// by key, each with its version. Missing keys are gone.
 	Load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (map[string]Versioned, error)
-	// ChangedSince returns the rows of kind in tenant changed at or after since.
+	// ChangedSince returns the rows of kind in tenant changed at or after
+	// since; rows of append-only kinds carry the transaction that wrote them.
 	ChangedSince(ctx context.Context, kind string, tenant uuid.UUID, since time.Time) ([]Versioned, error)
+	// Snapshot returns which transactions have committed now
+	// (pg_current_snapshot), for SubscribeAppend.
+	Snapshot(ctx context.Context) (db.Snapshot, error)
 }
 
 // Versioned is a row with its key and version.
@@ -96,6 +101,10 @@ type Versioned struct {
 	Key     string
 	Version int64
 	Value   any
+	// Xact is the top-level transaction that wrote an append-only row
+	// (machine events, log batches; 0 for other kinds), which a resync
+	// compares with each append-only subscriber's SubscribeOptions.Committed.
+	Xact uint64
 }
 
 // Errors that end a subscription.
@@ -317,7 +326,10 @@ func (h *Hub) matching(k topic, c Change) []*Sub {
 
 // resync re-reads, after the feed lost notifications (a reconnect, or an
 // overflow), what every live topic may have missed, and offers it as
-// CURRENT updates; subscribers drop what they already have.
+// CURRENT updates; subscribers drop what they already have. Append-only
+// rows go only to the subscribers that registered before they were
+// committed (SubscribeAppend): the window re-read starts well before the
+// loss, and the rows in it older than a subscriber are its history.
 func (h *Hub) resync(ctx context.Context, since time.Time) {
 	h.mu.RLock()
 	live := make(map[topic][]*Sub, len(h.topics))
@@ -342,6 +354,11 @@ func (h *Hub) resync(ctx context.Context, since time.Time) {
 		for _, row := range rows {
 			u := Update{Kind: k.kind, Op: "CURRENT", Key: row.Key, Version: row.Version, Value: row.Value}
 			for _, s := range subs {
+				if s.append && s.committed.Committed(row.Xact) {
+					// Committed before the subscriber registered: not
+					// news to it, and not something it could have missed.
+					continue
+				}
 				if s.matchRow == nil || s.matchRow(row.Value) {
 					s.offer(u)
 				}
@@ -398,7 +415,14 @@ type SubscribeOptions struct {
 	// MatchRow decides for rows re-read by a resync (nil: all of the topic's rows).
 	MatchRow func(value any) bool
 	// Append marks append-only feeds (events): updates are never coalesced.
+	// Subscribe them with SubscribeAppend, which sets Committed.
 	Append bool
+	// Committed is which transactions had committed when an append-only
+	// subscriber registered (taken just before). A resync, which re-reads
+	// rows by time with a margin, offers such a subscriber only rows of
+	// other transactions: those it could have missed. The zero Snapshot
+	// counts every row as new.
+	Committed db.Snapshot
 	// Lossy subscribers (log tails) are not ended when they fall behind:
 	// updates past the queue limit are dropped and counted, and the next
 	// Take ends with an Op "MISSED" update whose Version is how many.
@@ -411,10 +435,36 @@ type SubscribeOptions struct {
 	Expires time.Time
 }
 
+// SubscribeAppend registers an append-only subscriber (o.Append is set)
+// after one statement that takes a snapshot (o.Committed) of the
+// transactions committed by then.
+//
+// A resync re-reads the rows created since shortly before the feed was
+// last healthy, and only the rows committed after the subscriber
+// registered are ones it could have missed; the others it found, if it
+// wants them, by query. Neither ids nor times tell them apart (a sequence
+// value and created_at are taken before their transaction commits, in any
+// order, and the database's clock is not the hub's); the snapshot does,
+// from the xact column each row records (migration 0012), which names
+// the top-level transaction even when a savepoint wrote the row (xmin
+// would name the subtransaction, which a snapshot does not list). It is
+// taken before the registration, so no row committed after the
+// registration counts as committed: a row committed between the two may
+// be offered although the client found it by query, but none the
+// subscriber could have missed is withheld.
+func (h *Hub) SubscribeAppend(ctx context.Context, o SubscribeOptions) (*Sub, error) {
+	snap, err := h.source.Snapshot(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("subscribing to %s: %w", o.Kind, err)
+	}
+	o.Append, o.Committed = true, snap
+	return h.Subscribe(o), nil
+}
+
 // Subscribe registers a subscriber; call Sub.Close when done.
 func (h *Hub) Subscribe(o SubscribeOptions) *Sub {
 	s := &Sub{
-		hub: h, topic: topic{o.Kind, o.Tenant}, principal: o.Principal, filter: o.Filter, matchRow: o.MatchRow, append: o.Append,
+		hub: h, topic: topic{o.Kind, o.Tenant}, principal: o.Principal, filter: o.Filter, matchRow: o.MatchRow, append: o.Append, committed: o.Committed,
 		lossy: o.Lossy, weight: o.Weight, limit: cmp.Or(o.Limit, h.queueLimit), pending: map[string]int{}, sent: map[string]int64{},
 		ready: make(chan struct{}, 1), done: make(chan struct{}),
 	}
@@ -471,6 +521,7 @@ type Sub struct {
 	filter    func(Change) bool
 	matchRow  func(any) bool
 	append    bool
+	committed db.Snapshot
 	lossy     bool
 	weight    func(Update) int
 	limit     int

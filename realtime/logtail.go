@@ -1,6 +1,8 @@
 package realtime
 
 import (
+	"context"
+
 	"github.com/google/uuid"
 
 	"fleetgraph/auth"
@@ -30,14 +32,15 @@ type LogTailItem struct {
 }
 
 // TailLogs subscribes p to the lines of robot (nil: every robot p may see
-// in its tenant) at minLevel (a severity, 0 for all) or above. The caller
+// in its tenant) at minLevel (a severity, 0 for all) or above, committed
+// after it subscribed (Hub.SubscribeAppend: one statement). The caller
 // checks beforehand that p may see robot; the hub checks every batch.
-func (h *Hub) TailLogs(p *auth.Principal, robot *uuid.UUID, minLevel int16) *LogTail {
+func (h *Hub) TailLogs(ctx context.Context, p *auth.Principal, robot *uuid.UUID, minLevel int16) (*LogTail, error) {
 	t := &LogTail{min: minLevel, sent: map[int64]bool{}}
 	wanted := func(r uuid.UUID) bool { return robot == nil || r == *robot }
-	t.sub = h.Subscribe(SubscribeOptions{
+	sub, err := h.SubscribeAppend(ctx, SubscribeOptions{
 		Kind: KindLog, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
-		Append: true, Lossy: true, Limit: TailQueueLimit,
+		Lossy: true, Limit: TailQueueLimit,
 		Filter: func(c Change) bool {
 			return c.Robot != nil && wanted(*c.Robot) && c.Level >= int(minLevel) && db.CanSee(p, "log", c.Tenant, nil, c.Robot)
 		},
@@ -54,7 +57,11 @@ func (h *Hub) TailLogs(p *auth.Principal, robot *uuid.UUID, minLevel int16) *Log
 			return 0
 		},
 	})
-	return t
+	if err != nil {
+		return nil, err
+	}
+	t.sub = sub
+	return t, nil
 }
 
 // Sub is the tail's hub subscription (Ready, Done, Err, Close).

@@ -108,6 +108,11 @@ func (s *StoreSource) Load(ctx context.Context, kind string, tenant uuid.UUID, k
 	return out, nil
 }
 
+// Snapshot implements Source.
+func (s *StoreSource) Snapshot(ctx context.Context) (db.Snapshot, error) {
+	return db.CurrentSnapshot(ctx, s.DB)
+}
+
 // ChangedSince implements Source.
 func (s *StoreSource) ChangedSince(ctx context.Context, kind string, tenant uuid.UUID, since time.Time) ([]Versioned, error) {
 	ctx = tenantContext(ctx, tenant)
@@ -128,7 +133,7 @@ func (s *StoreSource) ChangedSince(ctx context.Context, kind string, tenant uuid
 		}
 		for _, e := range rows {
 			k := strconv.FormatInt(e.ID, 10)
-			out = append(out, Versioned{Key: k, Version: e.ID, Value: e})
+			out = append(out, Versioned{Key: k, Version: e.ID, Value: e, Xact: e.Xact})
 		}
 	case KindRobot:
 		rows, err := s.Robots.ChangedSince(ctx, s.DB, since)
@@ -155,7 +160,8 @@ func (s *StoreSource) ChangedSince(ctx context.Context, kind string, tenant uuid
 			last := b.Lines[len(b.Lines)-1].ID
 			// A key of its own: tails drop the lines they already sent.
 			k := "resync:" + b.RobotID.String() + ":" + strconv.FormatInt(last, 10)
-			out = append(out, Versioned{Key: k, Version: last, Value: b})
+			// One transaction's lines (db.Logs.ChangedSince).
+			out = append(out, Versioned{Key: k, Version: last, Value: b, Xact: b.Lines[0].Xact})
 		}
 	default:
 		return nil, fmt.Errorf("re-reading rows of unknown kind %q", kind)

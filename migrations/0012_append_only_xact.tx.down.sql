@@ -1,0 +1,2 @@
+ALTER TABLE robot_logs DROP COLUMN IF EXISTS xact;
+ALTER TABLE machine_events DROP COLUMN IF EXISTS xact;
