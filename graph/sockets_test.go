@@ -145,6 +145,30 @@ func TestWebsocketsAreCapped(t *testing.T) {
 		require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
 	})
 
+	// A socket without a credential closes after AnonymousLifetime (4401):
+	// no subscription serves it, and left open, sockets from a few
+	// addresses could hold every place the process has. A socket with a
+	// credential, older than it, stays.
+	t.Run("AnAnonymousSocketEnds", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{AnonymousLifetime: 200 * time.Millisecond}})
+		u := s.NewUser(t, uuid.New())
+		signedIn := wsDial(t, s, map[string]any{"Authorization": "Bearer " + u.Token}, nil)
+		anonymous := wsDial(t, s, map[string]any{}, nil)
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		var err error
+		for err == nil {
+			_, _, err = anonymous.Read(ctx) // pings until the close
+		}
+		require.Equal(t, websocket.StatusCode(live.CloseUnauthorized), websocket.CloseStatus(err), "%v", err)
+		require.Contains(t, err.Error(), "without a credential")
+
+		require.NoError(t, wsjson.Write(ctx, signedIn, map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": "{ me { id } }"}}))
+		next := wsRead(t, signedIn)
+		require.Equal(t, "next", next["type"], "%v", next)
+	})
+
 	t.Run("TheProcess", func(t *testing.T) {
 		t.Parallel()
 		s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{Sockets: 4}})

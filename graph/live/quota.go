@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
@@ -38,6 +39,12 @@ type Limits struct {
 	// callers together (0: half the process's open-file limit), so that
 	// HTTP requests, health checks and the database always have files.
 	Sockets int
+	// AnonymousLifetime is how long a websocket whose connection_init
+	// named no credential stays open (0: a minute). No subscription
+	// serves an anonymous caller, so such a socket is useful for little
+	// more than its first answers; without an end, a few addresses could
+	// hold open every socket the process allows, at no cost.
+	AnonymousLifetime time.Duration
 }
 
 // PendingPerAddress is how many times SocketsPerCaller one address may
@@ -51,7 +58,7 @@ const PendingPerAddress = 4
 func pendingKey(ip string) string { return "pending@" + ip }
 
 // DefaultLimits fit any dashboard or robot with room to spare.
-var DefaultLimits = Limits{PerConnection: 100, PerPrincipal: 500, SocketsPerCaller: 500}
+var DefaultLimits = Limits{PerConnection: 100, PerPrincipal: 500, SocketsPerCaller: 500, AnonymousLifetime: time.Minute}
 
 // Quota counts each caller's subscriptions and SSE and multipart streams
 // in this process against Limits.PerPrincipal. The websocket, SSE and
@@ -81,6 +88,9 @@ func NewQuota(l Limits) *Quota {
 	}
 	if l.Sockets <= 0 {
 		l.Sockets = DefaultSockets()
+	}
+	if l.AnonymousLifetime <= 0 {
+		l.AnonymousLifetime = DefaultLimits.AnonymousLifetime
 	}
 	return &Quota{limits: l, held: map[string]int{}, sockets: map[string]int{}}
 }
@@ -188,6 +198,13 @@ func uncount(m map[string]int, key string) {
 }
 
 // perConnection is the per-websocket cap (DefaultLimits' for a nil quota).
+func (q *Quota) anonymousLifetime() time.Duration {
+	if q == nil {
+		return DefaultLimits.AnonymousLifetime
+	}
+	return q.limits.AnonymousLifetime
+}
+
 func (q *Quota) perConnection() int {
 	if q == nil {
 		return DefaultLimits.PerConnection

@@ -342,6 +342,14 @@ func (c *wsConn) serve(ctx context.Context) {
 			expiry.Stop()
 		}
 	}()
+	// An acknowledged socket without a credential lives
+	// Limits.AnonymousLifetime.
+	var anonymous *time.Timer
+	defer func() {
+		if anonymous != nil {
+			anonymous.Stop()
+		}
+	}()
 
 	// Reads are never cancelled: cancelling a blocked coder/websocket Read
 	// closes the connection at once, before shut could send the close
@@ -361,6 +369,15 @@ func (c *wsConn) serve(ctx context.Context) {
 		if initTimer != nil && c.initialised() {
 			initTimer.Stop()
 			initTimer = nil
+		}
+		if anonymous == nil && c.anonymous() {
+			anonymous = time.AfterFunc(c.t.Quota.anonymousLifetime(), func() {
+				c.turn.Lock()
+				c.endAll(ctx, errAnonymousLifetime)
+				c.turn.Unlock()
+				c.finishing.Wait()
+				c.shut(CloseUnauthorized, "Unauthorized: a socket without a credential closes after a while; send one in connection_init")
+			})
 		}
 		armRecheck()
 		if !exp.IsZero() {
@@ -535,6 +552,18 @@ func (c *wsConn) robot() bool {
 	defer c.mu.Unlock()
 	return c.principal != nil && c.principal.RobotID != uuid.Nil
 }
+
+// anonymous reports whether the socket was acknowledged without a
+// credential.
+func (c *wsConn) anonymous() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.acked && c.principal == nil
+}
+
+// errAnonymousLifetime ends an anonymous socket's operations when its
+// lifetime is over.
+var errAnonymousLifetime = fault.New(fault.Unauthenticated, "a connection without a credential closes after a while; reconnect with one in connection_init")
 
 func (c *wsConn) initialised() bool {
 	c.mu.Lock()
