@@ -140,9 +140,9 @@ func (p parking) Leave() {
 
 // InterceptRootField implements graphql.RootFieldInterceptor: a query's
 // field waits for one of its operation's parallelRootFields slots; a
-// mutation's field that follows a claim which ended its wait without a turn (Leave,
-// or a Wake that gave up) takes a turn before it runs, so every field of
-// an operation runs within the turns and its deadline.
+// mutation's field that follows a claim which ended its wait without a
+// turn (Leave, or a Wake that gave up) takes a turn before it runs, so
+// every field of an operation runs within the turns and its deadline.
 func (r requestsFirst) InterceptRootField(ctx context.Context, next graphql.RootResolver) graphql.Marshaler {
 	if slots, ok := ctx.Value(rootFieldSlotsKey{}).(chan struct{}); ok {
 		select {
