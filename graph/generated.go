@@ -3630,7 +3630,8 @@ type Query {
   robotLogs(robotId: ID, jobId: ID, minLevel: LogLevel, since: Time, until: Time, contains: String, first: Int, after: String): RobotLogConnection!
   """
   Visible lines counted per UTC day, robot and level, newest day first, at
-  most 500 rows; ` + "`" + `since` + "`" + ` defaults to 7 days ago.
+  most 500 rows; ` + "`" + `since` + "`" + ` defaults to 7 days ago, and starts no earlier than
+  the retention keeps lines (the UTC day LOG_RETENTION_DAYS before today).
   """
   logSummary(since: Time, until: Time, robotId: ID): [LogSummary!]!
   """
