@@ -117,7 +117,7 @@ func TestWorkflowAssignmentStats(t *testing.T) {
 				_, err := db.NewWorkflows().AssignmentStats(f.as(ctx, tc.tenant), idb)
 				return err
 			})
-			scans := jobScans(plan)
+			scans := scansOf(plan, "jobs")
 			require.Len(t, scans, 1, "one scan of jobs: %s", plan)
 			read := scans[0].ActualRows + scans[0].RemovedByFilter + scans[0].RemovedByRecheck
 			require.Equal(t, 1.0, scans[0].ActualLoops, "%s", plan)
@@ -162,9 +162,9 @@ func explainStatement(t *testing.T, d *dbtest.Database, call func(context.Contex
 	return plan
 }
 
-// jobScans lists the plan's scans of the jobs table's rows (a bitmap
-// heap scan counts for its bitmap index scans).
-func jobScans(plan string) []planNode {
+// scansOf lists the plan's scans of relation's rows (a bitmap heap scan
+// counts for its bitmap index scans).
+func scansOf(plan, relation string) []planNode {
 	var top []struct{ Plan planNode }
 	if err := json.Unmarshal([]byte(plan), &top); err != nil || len(top) == 0 {
 		return nil
@@ -172,7 +172,7 @@ func jobScans(plan string) []planNode {
 	var out []planNode
 	var walk func(n planNode)
 	walk = func(n planNode) {
-		if n.Relation == "jobs" {
+		if n.Relation == relation {
 			out = append(out, n)
 		}
 		for _, c := range n.Plans {
