@@ -224,7 +224,7 @@ type configSettings struct {
 	logFormat                                                 *setting
 	jobLease, jobProgress, offlineAfter                       *setting
 	logRetention, logPartitionsAhead                          *setting
-	auditRetention, webhookRetention                          *setting
+	auditRetention, webhookRetention, jobRetention            *setting
 	subsPerConnection, subsPerPrincipal                       *setting
 	socketsPerCaller, sockets                                 *setting
 	metricsAddr                                               *setting
@@ -255,6 +255,8 @@ func declareServe(s *settings) *configSettings {
 			"days the audit trails are kept: the API key audit (creations, revocations, refused keys) and the log cleanup history; older entries are deleted hourly"),
 		webhookRetention: s.add("WEBHOOK_RETENTION_DAYS", "webhook-retention-days", strconv.Itoa(db.DefaultRetentionConfig.WebhookDays),
 			"days finished webhook deliveries (and their events) are kept; older ones are deleted hourly, pending ones never"),
+		jobRetention: s.add("JOB_RETENTION_DAYS", "job-retention-days", strconv.Itoa(db.DefaultRetentionConfig.JobDays),
+			"days finished (COMPLETED, FAILED, CANCELLED) jobs are kept after they finish; older ones are deleted hourly, live ones never"),
 		logPartitionsAhead: s.add("LOG_PARTITIONS_AHEAD", "log-partitions-ahead", strconv.Itoa(db.DefaultLogConfig.PartitionsAhead),
 			"days after today whose robot log partitions are kept ready"),
 		subsPerConnection: s.add("MAX_SUBSCRIPTIONS_PER_CONNECTION", "max-subscriptions-per-connection", strconv.Itoa(live.DefaultLimits.PerConnection),
@@ -368,6 +370,9 @@ func (cs *configSettings) resolve() (*config, error) {
 		return nil, err
 	}
 	if c.retention.WebhookDays, err = cs.webhookRetention.Int(1, 3650); err != nil {
+		return nil, err
+	}
+	if c.retention.JobDays, err = cs.jobRetention.Int(1, 3650); err != nil {
 		return nil, err
 	}
 	if c.live.PerConnection, err = cs.subsPerConnection.Int(1, 100_000); err != nil {

@@ -416,6 +416,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "AuditRetentionPastTenYears", env: env{"AUDIT_RETENTION_DAYS": "3651"}, want: "AUDIT_RETENTION_DAYS"},
 		{name: "WebhookRetentionNegative", env: env{"WEBHOOK_RETENTION_DAYS": "-1"}, want: "WEBHOOK_RETENTION_DAYS"},
 		{name: "WebhookRetentionNotANumber", env: env{"WEBHOOK_RETENTION_DAYS": "30d"}, want: "WEBHOOK_RETENTION_DAYS"},
+		{name: "JobRetentionZero", env: env{"JOB_RETENTION_DAYS": "0"}, want: "JOB_RETENTION_DAYS"},
+		{name: "JobRetentionPastTenYears", env: env{"JOB_RETENTION_DAYS": "3651"}, want: "JOB_RETENTION_DAYS"},
 		{name: "Playground", env: env{"PLAYGROUND": "maybe"}, want: "PLAYGROUND"},
 		{name: "Introspection", env: env{"INTROSPECTION": "2x"}, want: "INTROSPECTION"},
 		{name: "AutoMigrate", env: env{"AUTO_MIGRATE": "sometimes"}, want: "AUTO_MIGRATE"},

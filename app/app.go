@@ -50,8 +50,9 @@ type Config struct {
 	// Logs configures robot logs: retention and partitions ahead (zero
 	// fields: db.DefaultLogConfig). Its clock is Clock.
 	Logs db.LogConfig
-	// Retention says how long the API key audit and finished webhook
-	// deliveries are kept (zero fields: db.DefaultRetentionConfig's).
+	// Retention says how long the API key audit, finished webhook
+	// deliveries and finished jobs are kept (zero fields:
+	// db.DefaultRetentionConfig's).
 	Retention db.RetentionConfig
 	// InitTimeout bounds a websocket's wait for connection_init (0: the handler's default).
 	InitTimeout time.Duration
@@ -269,8 +270,9 @@ func registerLogTasks(r *maintenance.Runner, bdb *bun.DB, logs *db.Logs, log *sl
 }
 
 // registerRetentionTask registers the hourly pruning of the history no
-// partition drop removes: the API key audit past its retention, and
-// finished webhook deliveries (with their events) past theirs.
+// partition drop removes: the API key audit past its retention, finished
+// webhook deliveries (with their events) past theirs, and finished jobs
+// past theirs.
 func registerRetentionTask(r *maintenance.Runner, bdb *bun.DB, cfg db.RetentionConfig, log *slog.Logger) {
 	if cfg.AuditDays == 0 {
 		cfg.AuditDays = db.DefaultRetentionConfig.AuditDays
@@ -278,11 +280,14 @@ func registerRetentionTask(r *maintenance.Runner, bdb *bun.DB, cfg db.RetentionC
 	if cfg.WebhookDays == 0 {
 		cfg.WebhookDays = db.DefaultRetentionConfig.WebhookDays
 	}
+	if cfg.JobDays == 0 {
+		cfg.JobDays = db.DefaultRetentionConfig.JobDays
+	}
 	// Hourly, each run bounded (BatchesPerRun): a backlog goes over runs.
 	r.Register(maintenance.Task{Name: "history-retention", Every: time.Hour, Run: func(ctx context.Context, now time.Time) error {
 		st, err := db.Prune(ctx, bdb, cfg, now)
 		if st != (db.PruneStats{}) {
-			log.Info("pruned history past retention", "audit_entries", st.Audit, "webhook_deliveries", st.Deliveries, "webhook_events", st.Events)
+			log.Info("pruned history past retention", "audit_entries", st.Audit, "webhook_deliveries", st.Deliveries, "webhook_events", st.Events, "jobs", st.Jobs)
 		}
 		return err
 	}})

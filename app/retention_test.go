@@ -112,3 +112,94 @@ func statuses(t *testing.T, d *dbtest.Database, event uuid.UUID) []string {
 	require.NoError(t, d.DB.NewRaw(`SELECT status FROM webhook_deliveries WHERE event_id = ? ORDER BY status`, event).Scan(t.Context(), &out))
 	return out
 }
+
+// The history-retention task deletes the jobs that finished more than
+// JOB_RETENTION_DAYS ago, in bounded runs, and nothing else: live jobs of
+// any age, jobs finished since, and a finished job a retry holds (its row
+// locked, then QUEUED again) stay. What keeps a deleted job's id (its log
+// lines, its webhook events, its schedule) is untouched.
+func TestJobRetention(t *testing.T) {
+	d := dbtest.New(t)
+	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(strings.Repeat("s", 40)), Audience: "authenticated"})
+	require.NoError(t, err)
+	now := time.Now().UTC().Truncate(time.Second)
+	clock := maintenance.NewManualClock(now)
+	a, err := app.New(app.Config{DB: d.DB, DSN: d.DSN, JWT: jwt, Logger: slog.New(slog.DiscardHandler), Clock: clock,
+		Retention: db.RetentionConfig{JobDays: 30, BatchesPerRun: 2}})
+	require.NoError(t, err)
+	ctx := t.Context()
+	exec := func(q string, args ...any) {
+		t.Helper()
+		_, err := d.DB.ExecContext(ctx, q, args...)
+		require.NoError(t, err)
+	}
+	count := func(q string, args ...any) int {
+		t.Helper()
+		var n int
+		require.NoError(t, d.DB.NewRaw(q, args...).Scan(ctx, &n))
+		return n
+	}
+	days := func(n int) time.Time { return now.AddDate(0, 0, -n) }
+	step := func() {
+		t.Helper()
+		leading, err := a.Maintenance.Step(ctx)
+		require.NoError(t, err)
+		require.True(t, leading)
+	}
+
+	tenant := uuid.New()
+	var workflow, robot, schedule uuid.UUID
+	require.NoError(t, d.DB.NewRaw(`INSERT INTO workflows (tenant_id, name) VALUES (?, 'wf') RETURNING id`, tenant).Scan(ctx, &workflow))
+	exec(`INSERT INTO workflow_versions (workflow_id, version, tenant_id, definition, created_by) VALUES (?, 1, ?, '{}', 'test')`, workflow, tenant)
+	require.NoError(t, d.DB.NewRaw(`INSERT INTO robots (tenant_id, name) VALUES (?, 'r') RETURNING id`, tenant).Scan(ctx, &robot))
+	job := func(status string, created time.Time, finished *time.Time) uuid.UUID {
+		t.Helper()
+		var id uuid.UUID
+		require.NoError(t, d.DB.NewRaw(`INSERT INTO jobs (tenant_id, workflow_id, workflow_version, status, robot_id, created_by, created_at, finished_at)
+			VALUES (?, ?, 1, ?, ?, 'test', ?, ?) RETURNING id`, tenant, workflow, status, robot, created, finished).Scan(ctx, &id))
+		return id
+	}
+	at := func(t time.Time) *time.Time { return &t }
+
+	// More old finished jobs than one run deletes (2 batches of 5,000).
+	exec(`INSERT INTO jobs (tenant_id, workflow_id, workflow_version, status, robot_id, created_by, created_at, finished_at)
+		SELECT ?, ?, 1, (ARRAY['COMPLETED', 'FAILED', 'CANCELLED'])[1 + g % 3], ?, 'test', ?, ?
+		FROM generate_series(1, 12000) g`, tenant, workflow, robot, days(40), days(31))
+	oldCompleted := job("COMPLETED", days(90), at(days(60)))
+	young := job("FAILED", days(40), at(days(29)))
+	liveOld := []uuid.UUID{job("QUEUED", days(400), nil), job("CLAIMED", days(400), nil), job("RUNNING", days(400), nil)}
+	retried := job("FAILED", days(50), at(days(45)))
+
+	// What refers to the old job by its id, without a foreign key.
+	require.NoError(t, d.DB.NewRaw(`INSERT INTO schedules (tenant_id, workflow_id, name, cron_expression, paused, created_by)
+		VALUES (?, ?, 's', '0 * * * *', true, 'test') RETURNING id`, tenant, workflow).Scan(ctx, &schedule))
+	exec(`UPDATE jobs SET schedule_id = ?, scheduled_for = ? WHERE id = ?`, schedule, days(90), oldCompleted)
+	exec(`INSERT INTO robot_logs (tenant_id, robot_id, job_id, level, message, at) VALUES (?, ?, ?, 20, 'done', ?)`, tenant, robot, oldCompleted, now)
+	exec(`INSERT INTO webhook_events (tenant_id, type, subject_id, data, created_at) VALUES (?, 'job.completed', ?, '{}', ?)`, tenant, oldCompleted, now)
+
+	// A retry holds the old failed job while the prune runs.
+	tx, err := d.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	_, err = tx.ExecContext(ctx, "SELECT id FROM jobs WHERE id = ? FOR UPDATE", retried)
+	require.NoError(t, err)
+
+	step()
+	require.Equal(t, 12000+2-10000, count(`SELECT count(*) FROM jobs WHERE finished_at < ?`, days(30)), "a run is bounded")
+	require.Equal(t, 1, count(`SELECT count(*) FROM jobs WHERE id = ?`, retried), "the job a retry holds is skipped")
+	_, err = tx.ExecContext(ctx, "UPDATE jobs SET status = 'QUEUED', finished_at = NULL WHERE id = ?", retried)
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit())
+
+	clock.Advance(time.Hour + time.Second)
+	step()
+	require.Zero(t, count(`SELECT count(*) FROM jobs WHERE finished_at < ?`, days(30)), "every job finished before the retention")
+	require.Equal(t, 1, count(`SELECT count(*) FROM jobs WHERE id = ?`, young), "finished within the retention")
+	for _, id := range append(liveOld, retried) {
+		require.Equal(t, 1, count(`SELECT count(*) FROM jobs WHERE id = ?`, id), "a live job, whatever its age")
+	}
+	require.Equal(t, 5, count(`SELECT count(*) FROM jobs`))
+	require.Equal(t, 1, count(`SELECT count(*) FROM schedules WHERE id = ?`, schedule))
+	require.Equal(t, 1, count(`SELECT count(*) FROM robot_logs WHERE job_id = ?`, oldCompleted))
+	require.Equal(t, 1, count(`SELECT count(*) FROM webhook_events WHERE subject_id = ?`, oldCompleted))
+}

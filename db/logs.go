@@ -432,6 +432,15 @@ func ensurePartitions(ctx context.Context, idb bun.IDB, days []string) error {
 	return nil
 }
 
+// retainedSince is the start of what the retention keeps at now: the
+// start of the UTC day RetentionDays before today. The daily cleanup drops
+// every partition of a day before it (Cleanup's cutoff), and ingest stores
+// no line older than RetentionDays at its own time, so a read need not
+// look further back.
+func (s *Logs) retainedSince(now time.Time) time.Time {
+	return day(now).AddDate(0, 0, -s.cfg.RetentionDays)
+}
+
 // day is the UTC day of t.
 func day(t time.Time) time.Time {
 	return t.UTC().Truncate(24 * time.Hour)

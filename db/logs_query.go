@@ -160,7 +160,8 @@ const MaxSummaryRows = 500
 // Summary counts the visible lines per UTC day, robot and level between
 // since (default: 7 days ago) and until (default: now), newest day first,
 // at most MaxSummaryRows rows: the old robot_logs_daily_summary view,
-// computed on the lines of the window only.
+// computed on the lines of the window only. The window starts no earlier
+// than the retention keeps lines (retainedSince).
 func (s *Logs) Summary(ctx context.Context, idb bun.IDB, since, until *time.Time, robotID *uuid.UUID) ([]*LogSummaryRow, error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
@@ -172,11 +173,19 @@ func (s *Logs) Summary(ctx context.Context, idb bun.IDB, since, until *time.Time
 	q := logsVisible(sc, idb.NewSelect().Model((*RobotLog)(nil)), "l").
 		ColumnExpr("to_char((l.at AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD') AS day, l.robot_id, l.level").
 		ColumnExpr("count(*) AS lines, min(l.at) AS first_at, max(l.at) AS last_at")
-	if since == nil {
-		q = q.Where("l.at >= ?", s.cfg.Now().Add(-7*24*time.Hour))
-	} else {
-		q = q.Where("l.at >= ?", *since)
+	now := s.cfg.Now()
+	from := now.Add(-7 * 24 * time.Hour)
+	if since != nil {
+		from = *since
 	}
+	// Nothing before the retention's cutoff is kept, so a window that
+	// starts earlier (since: 2000-01-01) is clamped to it: the bound on
+	// at is what lets the planner skip the partitions outside the window,
+	// and an unbounded one made the summary read every partition left.
+	if kept := s.retainedSince(now); from.Before(kept) {
+		from = kept
+	}
+	q = q.Where("l.at >= ?", from)
 	if until != nil {
 		q = q.Where("l.at < ?", *until)
 	}

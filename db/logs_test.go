@@ -97,3 +97,41 @@ func TestCleanupDropsPartitionsLast(t *testing.T) {
 	require.True(t, slices.ContainsFunc(rec.texts[:first], func(q string) bool { return strings.Contains(q, "robot_heartbeats") }))
 	require.True(t, slices.ContainsFunc(rec.texts[:first], func(q string) bool { return strings.Contains(q, "robot_log_cleanup_tenants") }))
 }
+
+// TestSummaryKeepsToTheRetention checks that logSummary's window starts no
+// earlier than what LOG_RETENTION_DAYS keeps: lines of older days still
+// waiting for the daily cleanup are not counted, and their partitions are
+// not read, however early since is.
+func TestSummaryKeepsToTheRetention(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	ctx := t.Context()
+	tenant, robot := uuid.New(), uuid.New()
+	now := time.Now().UTC()
+	kept := now.Truncate(24*time.Hour).AddDate(0, 0, -30)
+	for _, at := range []time.Time{now.AddDate(0, 0, -45), kept.Add(-time.Minute), kept, now.AddDate(0, 0, -1)} {
+		_, err := d.ExecContext(ctx, "SELECT fleetgraph_ensure_log_partition(?::date)", at.Format(time.DateOnly))
+		require.NoError(t, err)
+		_, err = d.ExecContext(ctx, "INSERT INTO robot_logs (tenant_id, robot_id, level, message, at) VALUES (?, ?, 20, 'line', ?)", tenant, robot, at)
+		require.NoError(t, err)
+	}
+	logs := db.NewLogs(db.LogConfig{RetentionDays: 30, Now: func() time.Time { return now }}, nil)
+	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
+	since := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	rows, err := logs.Summary(svc, d.DB, &since, nil, nil)
+	require.NoError(t, err)
+	var days []string
+	for _, r := range rows {
+		days = append(days, r.Day)
+	}
+	require.Equal(t, []string{now.AddDate(0, 0, -1).Format(time.DateOnly), kept.Format(time.DateOnly)}, days,
+		"the days the retention keeps, newest first")
+
+	plan := explainStatement(t, d, func(ctx context.Context, idb bun.IDB) error {
+		_, err := logs.Summary(auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService}), idb, &since, nil, nil)
+		return err
+	})
+	for _, old := range []time.Time{now.AddDate(0, 0, -45), kept.Add(-time.Minute)} {
+		require.NotContains(t, plan, "robot_logs_p"+old.Format("20060102"), "a partition past the retention is not read")
+	}
+}

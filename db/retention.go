@@ -10,8 +10,9 @@ import (
 )
 
 // RetentionConfig says how long the history that no partition drop
-// removes is kept: the audit trails and finished webhook deliveries with
-// their events. Robot logs and heartbeats have LogConfig's retention.
+// removes is kept: the audit trails, finished webhook deliveries with
+// their events, and finished jobs. Robot logs and heartbeats have
+// LogConfig's retention.
 type RetentionConfig struct {
 	// AuditDays is how many days the audit trails are kept: the API key
 	// audit (api_key_audit) and the log cleanup history
@@ -24,6 +25,12 @@ type RetentionConfig struct {
 	// kept (WEBHOOK_RETENTION_DAYS, default 30). Pending ones are kept
 	// whatever their age.
 	WebhookDays int
+	// JobDays is how many days finished jobs (COMPLETED, FAILED or
+	// CANCELLED) are kept after they finished (JOB_RETENTION_DAYS, default
+	// 30); live ones (QUEUED, CLAIMED, RUNNING) are kept whatever their
+	// age. Without it every statistic over finished jobs (robotStats,
+	// jobs' totalCount) read a table that only grew.
+	JobDays int
 	// BatchesPerRun bounds what one Prune deletes from each table, in
 	// batches of pruneBatch rows (0: DefaultRetentionConfig's), so that a
 	// backlog goes over several runs instead of holding the leader's other
@@ -33,7 +40,7 @@ type RetentionConfig struct {
 
 // DefaultRetentionConfig is production's: up to 40 batches (200,000 rows)
 // a table a run, run hourly.
-var DefaultRetentionConfig = RetentionConfig{AuditDays: 365, WebhookDays: 30, BatchesPerRun: 40}
+var DefaultRetentionConfig = RetentionConfig{AuditDays: 365, WebhookDays: 30, JobDays: 30, BatchesPerRun: 40}
 
 // pruneBatch is how many rows one statement of a prune deletes: a day of
 // history goes in many short transactions, not one that holds its locks
@@ -43,14 +50,15 @@ const pruneBatch = 5_000
 // PruneStats counts what one Prune deleted.
 type PruneStats struct {
 	// Audit counts the audit trails' rows, Deliveries and Events the
-	// webhook history's.
-	Audit, Deliveries, Events int64
+	// webhook history's, Jobs the finished jobs.
+	Audit, Deliveries, Events, Jobs int64
 }
 
 // Prune deletes the audit entries (API keys, log cleanups) older than
 // cfg.AuditDays and the
 // finished webhook deliveries (with their events, once no delivery is
-// left) created more than cfg.WebhookDays before now, pruneBatch rows a
+// left) created more than cfg.WebhookDays before now, and the jobs that
+// finished more than cfg.JobDays before now, pruneBatch rows a
 // statement, at most cfg.BatchesPerRun statements a table; each batch
 // commits on its own, so a prune cut short keeps what it did. It is the
 // leader's hourly history-retention task.
@@ -58,7 +66,9 @@ type PruneStats struct {
 // Both tables grow in the order of their identity (api_key_audit.id,
 // webhook_deliveries.seq), which their primary or unique index keeps, so
 // the end of the old rows is found by walking that index from its start
-// through the old rows only, and no index on their times is needed.
+// through the old rows only, and no index on their times is needed. Jobs
+// finish in no order of any key, so jobs_finished_idx (a partial index of
+// finished jobs by finish time) finds the old ones.
 func Prune(ctx context.Context, idb bun.IDB, cfg RetentionConfig, now time.Time) (PruneStats, error) {
 	var st PruneStats
 	if cfg.BatchesPerRun <= 0 {
@@ -80,7 +90,42 @@ func Prune(ctx context.Context, idb bun.IDB, cfg RetentionConfig, now time.Time)
 			return st, err
 		}
 	}
+	if cfg.JobDays > 0 {
+		n, err := pruneJobs(ctx, idb, now.AddDate(0, 0, -cfg.JobDays), cfg.BatchesPerRun)
+		st.Jobs = n
+		if err != nil {
+			return st, err
+		}
+	}
 	return st, nil
+}
+
+// pruneJobs deletes the jobs that finished before cutoff, oldest first
+// (jobs_finished_idx). Nothing refers to a job by a foreign key (robot log
+// lines and webhook events keep its id as data, and age out on their own
+// retention), so a job goes alone. A live job is never deleted: the
+// batch's rows are locked as they are chosen, a row a concurrent
+// transaction holds (a retryJob making it QUEUED) is skipped, and one it
+// changed meanwhile is checked again against the condition once locked;
+// a locked row cannot change before the DELETE. Each deleted job
+// notifies the change feed, as any deletion does: its subscribers see it
+// DELETED.
+func pruneJobs(ctx context.Context, idb bun.IDB, cutoff time.Time, batches int) (int64, error) {
+	var total int64
+	for range batches {
+		res, err := idb.NewRaw(`DELETE FROM jobs WHERE id IN (
+				SELECT id FROM jobs WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND finished_at < ?
+				ORDER BY finished_at LIMIT ? FOR UPDATE SKIP LOCKED)`, cutoff, pruneBatch).Exec(ctx)
+		if err != nil {
+			return total, fmt.Errorf("pruning finished jobs: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+		if n < pruneBatch {
+			break
+		}
+	}
+	return total, nil
 }
 
 // pruneTrail deletes the rows of an audit trail (a table with an identity

@@ -95,6 +95,14 @@ func (s *Robots) Stats(ctx context.Context, idb bun.IDB) (*RobotStats, error) {
 
 // AssignmentStats returns, per workflow of the caller's tenant, its assigned
 // robots and its backlog, in one statement.
+//
+// The page of workflows is joined to two grouped aggregates, each read
+// once: the tenant's assignments, and the tenant's live jobs (QUEUED,
+// CLAIMED, RUNNING), which jobs_tenant_status_idx finds without touching
+// finished jobs or other tenants' jobs. Counting per workflow in
+// correlated subqueries instead read, for every workflow, every entry of
+// the live-job indexes (jobs_lease_idx has no tenant), whatever the
+// tenant's own backlog: seconds for a page of 500.
 func (s *Workflows) AssignmentStats(ctx context.Context, idb bun.IDB) ([]*WorkflowAssignmentStats, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -108,16 +116,33 @@ func (s *Workflows) AssignmentStats(ctx context.Context, idb bun.IDB) ([]*Workfl
 		Queued    int        `bun:"queued"`
 		Running   int        `bun:"running"`
 	}
-	err = inTenant(sc, idb.NewSelect().
-		TableExpr("workflows AS w").
+	page := inTenant(sc, idb.NewSelect().TableExpr("workflows AS w").ColumnExpr("w.*"), "w").
+		OrderExpr("w.name, w.id").Apply(limitRows(MaxStatsRows))
+	assignments := inTenant(sc, idb.NewSelect().TableExpr("workflow_assignments AS a"), "a").
+		ColumnExpr("a.workflow_id").
+		ColumnExpr("count(*) AS assigned").
+		ColumnExpr("count(*) FILTER (WHERE r.status IN ('ONLINE', 'BUSY')) AS available").
+		// At most one assignment of a workflow is its default
+		// (workflow_assignments_one_default_key).
+		ColumnExpr("(array_agg(a.robot_id) FILTER (WHERE a.is_default))[1] AS default_robot_id").
+		Join("LEFT JOIN robots AS r ON r.id = a.robot_id").
+		GroupExpr("a.workflow_id")
+	backlog := inTenant(sc, idb.NewSelect().TableExpr("jobs AS j"), "j").
+		ColumnExpr("j.workflow_id").
+		ColumnExpr("count(*) FILTER (WHERE j.status = 'QUEUED') AS queued").
+		ColumnExpr("count(*) FILTER (WHERE j.status IN ('CLAIMED', 'RUNNING')) AS running").
+		Where("j.status IN ('QUEUED', 'CLAIMED', 'RUNNING')").
+		GroupExpr("j.workflow_id")
+	err = idb.NewSelect().With("w", page).TableExpr("w").
 		ColumnExpr("w.*").
-		ColumnExpr("(SELECT count(*) FROM workflow_assignments a WHERE a.workflow_id = w.id) AS assigned").
-		ColumnExpr(`(SELECT count(*) FROM workflow_assignments a JOIN robots r ON r.id = a.robot_id
-			WHERE a.workflow_id = w.id AND r.status IN ('ONLINE', 'BUSY')) AS available`).
-		ColumnExpr("(SELECT a.robot_id FROM workflow_assignments a WHERE a.workflow_id = w.id AND a.is_default) AS default_robot_id").
-		ColumnExpr("(SELECT count(*) FROM jobs j WHERE j.workflow_id = w.id AND j.status = 'QUEUED') AS queued").
-		ColumnExpr("(SELECT count(*) FROM jobs j WHERE j.workflow_id = w.id AND j.status IN ('CLAIMED', 'RUNNING')) AS running").
-		OrderExpr("w.name, w.id").Apply(limitRows(MaxStatsRows)), "w").Scan(ctx, &rows)
+		ColumnExpr("coalesce(a.assigned, 0) AS assigned").
+		ColumnExpr("coalesce(a.available, 0) AS available").
+		ColumnExpr("a.default_robot_id").
+		ColumnExpr("coalesce(b.queued, 0) AS queued").
+		ColumnExpr("coalesce(b.running, 0) AS running").
+		Join("LEFT JOIN (?) AS a ON a.workflow_id = w.id", assignments).
+		Join("LEFT JOIN (?) AS b ON b.workflow_id = w.id", backlog).
+		OrderExpr("w.name, w.id").Scan(ctx, &rows)
 	if err != nil {
 		return nil, fmt.Errorf("computing workflow assignment statistics: %w", err)
 	}

@@ -3608,9 +3608,13 @@ type Query {
   workflows(first: Int, after: String, nameContains: String): WorkflowConnection!
   "One job; a robot sees only the jobs it holds or held."
   job(id: ID!): Job
-  "The tenant's jobs, newest first (a robot: only its own)."
+  """
+  The tenant's jobs, newest first (a robot: only its own). Finished jobs
+  (COMPLETED, FAILED, CANCELLED) are kept JOB_RETENTION_DAYS (default 30)
+  after they finish; live ones until they finish.
+  """
   jobs(first: Int, after: String, filter: JobFilter): JobConnection!
-  "Fleet statistics: robots by status, and per robot (the first 500 by name) its job outcomes."
+  "Fleet statistics: robots by status, and per robot (the first 500 by name) its job outcomes over the retained jobs (those finished in the last JOB_RETENTION_DAYS, default 30)."
   robotStats: RobotStats!
   "Per workflow (the first 500 by name): its assigned robots and its queued and running jobs."
   workflowAssignmentStats: [WorkflowAssignmentStats!]!
@@ -3630,7 +3634,8 @@ type Query {
   robotLogs(robotId: ID, jobId: ID, minLevel: LogLevel, since: Time, until: Time, contains: String, first: Int, after: String): RobotLogConnection!
   """
   Visible lines counted per UTC day, robot and level, newest day first, at
-  most 500 rows; ` + "`" + `since` + "`" + ` defaults to 7 days ago.
+  most 500 rows; ` + "`" + `since` + "`" + ` defaults to 7 days ago, and starts no earlier than
+  the retention keeps lines (the UTC day LOG_RETENTION_DAYS before today).
   """
   logSummary(since: Time, until: Time, robotId: ID): [LogSummary!]!
   """
@@ -4399,11 +4404,13 @@ type RobotStats {
 
 type RobotStat {
   robot: Robot!
+  "Its COMPLETED jobs among the retained ones (finished in the last JOB_RETENTION_DAYS)."
   jobsCompleted: Int!
+  "Its FAILED jobs among the retained ones."
   jobsFailed: Int!
-  "completed / (completed + failed); null before any finished job."
+  "completed / (completed + failed); null before any retained finished job."
   successRate: Float
-  "Average seconds from start to finish of completed jobs; null before any."
+  "Average seconds from start to finish of its retained completed jobs; null before any."
   averageDurationSeconds: Float
   lastHeartbeatAt: Time
 }
@@ -4443,6 +4450,7 @@ type WorkflowEdge {
 type JobConnection {
   edges: [JobEdge!]!
   pageInfo: PageInfo!
+  "The jobs matching the filter over the retained jobs: live ones, and finished ones for JOB_RETENTION_DAYS."
   totalCount: Int!
 }
 

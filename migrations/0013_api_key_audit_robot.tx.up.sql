@@ -1,0 +1,12 @@
+-- A robot's API key audit, newest first (apiKeyAudit(robotId:)): without
+-- it the read walked the tenant's whole trail (api_key_audit_tenant_idx)
+-- to find a robot's few entries. One more entry per audit row, which is
+-- written at most once a minute per key or address for refusals.
+--
+-- Built in the migration's transaction, which blocks writes to the table
+-- while it reads it (about a second a million rows). Not CONCURRENTLY: that
+-- waits for every transaction older than itself, the other migrators'
+-- waits for the migration lock included, which wait for it. On a table
+-- too large for that pause, create the index first, CONCURRENTLY and with
+-- this definition: IF NOT EXISTS then keeps it.
+CREATE INDEX IF NOT EXISTS api_key_audit_robot_idx ON api_key_audit (tenant_id, robot_id, id DESC);

@@ -1,0 +1,16 @@
+-- Finished jobs by finish time, for the hourly job retention
+-- (JOB_RETENTION_DAYS): it walks this index from its start through the
+-- jobs past retention only. No other index finds them: jobs finish in no
+-- order of their keys, and jobs_robot_finished_idx leaves out CANCELLED
+-- and has no time. The index is partial, so a live job has no entry: a
+-- job costs one index entry when it finishes (a transition that changes
+-- indexed columns anyway, so it was never a HOT update) and none while
+-- it is queued, claimed, running or extended by heartbeats.
+--
+-- Built in the migration's transaction, which blocks writes to the table
+-- while it reads it (about a second a million rows). Not CONCURRENTLY: that
+-- waits for every transaction older than itself, the other migrators'
+-- waits for the migration lock included, which wait for it. On a table
+-- too large for that pause, create the index first, CONCURRENTLY and with
+-- this definition: IF NOT EXISTS then keeps it.
+CREATE INDEX IF NOT EXISTS jobs_finished_idx ON jobs (finished_at) WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED');
