@@ -196,11 +196,11 @@ func TestMigrations(t *testing.T) {
 		// 0012's down drops machine_events.xact, which this view depends on.
 		_, err := d.ExecContext(ctx, "CREATE VIEW event_xacts AS SELECT xact FROM machine_events")
 		require.NoError(t, err)
-		failing := slices.Index(all, "0011")
+		failing := slices.Index(all, "0012")
 		require.Positive(t, failing)
 
 		rolled, err := migrations.Down(ctx, d.DB, nil)
-		require.ErrorContains(t, err, "0011")
+		require.ErrorContains(t, err, "0012")
 		require.Empty(t, rolled)
 		st := status(t, d.DB)
 		require.Equal(t, all[:failing+1], st.Applied, "the failed one and those before it are still applied")
