@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/app"
@@ -177,6 +178,11 @@ func TestJobRetention(t *testing.T) {
 	exec(`INSERT INTO robot_logs (tenant_id, robot_id, job_id, level, message, at) VALUES (?, ?, ?, 20, 'done', ?)`, tenant, robot, oldCompleted, now)
 	exec(`INSERT INTO webhook_events (tenant_id, type, subject_id, data, created_at) VALUES (?, 'job.completed', ?, '{}', ?)`, tenant, oldCompleted, now)
 
+	// The change feed hears of no job the prune deletes.
+	l := pq.NewListener(d.DSN, time.Second, time.Minute, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	require.NoError(t, l.Listen("fleetgraph_change"))
+
 	// A retry holds the old failed job while the prune runs.
 	tx, err := d.DB.BeginTx(ctx, nil)
 	require.NoError(t, err)
@@ -202,4 +208,21 @@ func TestJobRetention(t *testing.T) {
 	require.Equal(t, 1, count(`SELECT count(*) FROM schedules WHERE id = ?`, schedule))
 	require.Equal(t, 1, count(`SELECT count(*) FROM robot_logs WHERE job_id = ?`, oldCompleted))
 	require.Equal(t, 1, count(`SELECT count(*) FROM webhook_events WHERE subject_id = ?`, oldCompleted))
+
+	// Notifications come in commit order: by the time a deletion by hand
+	// notifies, the prune's would have come before it.
+	exec(`DELETE FROM jobs WHERE id = ?`, young)
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case n := <-l.Notify:
+			if n == nil || !strings.Contains(n.Extra, `"op" : "DELETE"`) {
+				continue // the retry's update, or a reconnect
+			}
+			require.Contains(t, n.Extra, young.String(), "the prune's deletions are quiet: %s", n.Extra)
+			return
+		case <-deadline:
+			require.FailNow(t, "no notification of the deletion by hand")
+		}
+	}
 }
