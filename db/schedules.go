@@ -335,7 +335,7 @@ func (s *Schedules) Create(ctx context.Context, idb bun.IDB, in CreateScheduleIn
 	setIf(&sch.CatchupWindowSeconds, in.CatchupWindowSeconds)
 	setIf(&sch.JitterSeconds, in.JitterSeconds)
 	if in.Paused != nil && *in.Paused {
-		note, err := checkPauseNote(in.PauseNote)
+		note, err := checkPauseNote("pauseNote", in.PauseNote)
 		if err != nil {
 			return nil, err
 		}
@@ -365,14 +365,16 @@ func setIf[T any](dst *T, v *T) {
 	}
 }
 
-func checkPauseNote(note *string) (*string, error) {
+// checkPauseNote validates a pause note sent as field: createSchedule's
+// pauseNote, pauseSchedule's note.
+func checkPauseNote(field string, note *string) (*string, error) {
 	if note == nil {
 		return nil, nil
 	}
 	if len([]rune(*note)) > 500 {
-		return nil, fault.Invalid("note", "note must be at most 500 characters")
+		return nil, fault.Invalid(field, "%s must be at most 500 characters", field)
 	}
-	return note, checkText("note", *note)
+	return note, checkText(field, *note)
 }
 
 // Update changes a schedule's settings. A change of expression, zone, start
@@ -455,7 +457,7 @@ func (s *Schedules) Pause(ctx context.Context, idb bun.IDB, id uuid.UUID, note *
 	if err != nil {
 		return nil, err
 	}
-	if note, err = checkPauseNote(note); err != nil {
+	if note, err = checkPauseNote("note", note); err != nil {
 		return nil, err
 	}
 	sch := new(Schedule)

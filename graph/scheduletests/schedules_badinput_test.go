@@ -76,7 +76,8 @@ func TestScheduleBadInput(t *testing.T) {
 		{"NoSuchWorkflow", map[string]any{"workflowId": uuid.NewString()}, "NOT_FOUND", "workflowId", "workflow not found"},
 		{"NoSuchRobot", map[string]any{"robotId": uuid.NewString()}, "NOT_FOUND", "robotId", "robot not found"},
 		{"NoteWithoutPause", map[string]any{"pauseNote": "why"}, "BAD_USER_INPUT", "pauseNote", "paused"},
-		{"LongNote", map[string]any{"paused": true, "pauseNote": strings.Repeat("n", 501)}, "BAD_USER_INPUT", "note", "at most 500"},
+		{"LongNote", map[string]any{"paused": true, "pauseNote": strings.Repeat("n", 501)}, "BAD_USER_INPUT", "pauseNote", "pauseNote must be at most 500"},
+		{"NULNote", map[string]any{"paused": true, "pauseNote": "a\x00b"}, "BAD_USER_INPUT", "pauseNote", "pauseNote"},
 	}
 	before := schSnapshot(t, b)
 	for _, c := range cases {
@@ -93,7 +94,7 @@ func TestScheduleBadInput(t *testing.T) {
 			require.Equal(t, before, schSnapshot(t, b), "nothing written")
 		})
 		switch c.name {
-		case "DuplicateName", "NoteWithoutPause", "LongNote", "NoSuchWorkflow":
+		case "DuplicateName", "NoteWithoutPause", "LongNote", "NULNote", "NoSuchWorkflow":
 			continue // not fields of UpdateScheduleInput, or the schedule's own name
 		case "EndInThePast", "FirstTickPastYear9999":
 			continue // against the stored start or end, another field is wrong first
