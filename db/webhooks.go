@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -210,7 +211,7 @@ func newWebhookSecret() string {
 }
 
 // checkWebhookURL validates an endpoint URL: absolute, https (or http when
-// allowed), no credentials, and no literal address that delivery would
+// allowed), a port (if any) between 1 and 65535, no credentials, and no literal address that delivery would
 // refuse anyway.
 func (s *Webhooks) checkWebhookURL(field, raw string) (string, error) {
 	raw = strings.TrimSpace(raw)
@@ -228,6 +229,13 @@ func (s *Webhooks) checkWebhookURL(field, raw string) (string, error) {
 		return "", fault.Invalid(field, "%s must use https (http is allowed only in development, with WEBHOOK_ALLOW_HTTP=true)", field)
 	default:
 		return "", fault.Invalid(field, "%s must be an https URL", field)
+	}
+	if p := u.Port(); p != "" {
+		// url.Parse takes any digits; a port outside 1-65535 cannot be
+		// dialled, and every delivery to it would fail for days.
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "", fault.Invalid(field, "%s must have a port between 1 and 65535 (got %.12s)", field, p)
+		}
 	}
 	if u.User != nil {
 		return "", fault.Invalid(field, "%s must not carry credentials; verify deliveries by their signature instead", field)
