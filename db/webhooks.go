@@ -483,20 +483,35 @@ func (s *Webhooks) DeleteEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 
 // RotateSecret gives an endpoint a new secret, returned this once; the
 // previous one keeps signing alongside it for WebhookSecretOverlap, so
-// that receivers can switch without losing a delivery.
+// that receivers can switch without losing a delivery. A second rotation
+// within that overlap is CONFLICT: it would drop at once the secret
+// receivers may still verify with (one previous secret is kept), and the
+// refusal says when it becomes possible.
 func (s *Webhooks) RotateSecret(ctx context.Context, idb bun.IDB, id uuid.UUID) (*CreatedWebhookEndpoint, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
 	secret := newWebhookSecret()
+	now := s.cfg.Now()
 	w := new(WebhookEndpoint)
 	err = inTenant(sc, idb.NewUpdate().Model(w).Where("w.id = ?", id), "w").
+		Where("w.previous_secret_expires_at IS NULL OR w.previous_secret_expires_at <= ?", now).
 		Set("previous_secret = w.secret").Set("secret = ?", secret).
-		Set("previous_secret_expires_at = ?", s.cfg.Now().Add(WebhookSecretOverlap)).
+		Set("previous_secret_expires_at = ?", now.Add(WebhookSecretOverlap)).
 		Set("updated_at = now()").Returning("*").Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		var until time.Time
+		err := inTenant(sc, idb.NewSelect().Model((*WebhookEndpoint)(nil)).Column("w.previous_secret_expires_at").Where("w.id = ?", id), "w").
+			Scan(ctx, &until)
+		if err != nil {
+			return nil, notFoundIfNoRows(err, "webhook endpoint")
+		}
+		return nil, fault.New(fault.Conflict, "the secret was rotated less than %d hours ago, and the previous one signs alongside it until %s: "+
+			"rotating again now would drop it at once; rotate again after then", int(WebhookSecretOverlap.Hours()), until.UTC().Format(time.RFC3339))
+	}
 	if err != nil {
-		return nil, notFoundIfNoRows(err, "webhook endpoint")
+		return nil, fmt.Errorf("rotating the endpoint's secret: %w", err)
 	}
 	return &CreatedWebhookEndpoint{Endpoint: w, Secret: secret}, nil
 }
