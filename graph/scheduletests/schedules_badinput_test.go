@@ -2,6 +2,7 @@ package scheduletests
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
+	"fleetgraph/db"
 )
 
 // schSnapshot is every schedule and scheduled job of the server, as rows:
@@ -178,4 +180,25 @@ func TestScheduleBadInput(t *testing.T) {
 			map[string]any{"id": sch.ID, "e": "\t@daily" + strings.Repeat(" ", 300)}).OK(t, &upd)
 		require.Equal(t, "@daily", upd.UpdateSchedule.CronExpression)
 	})
+}
+
+// A tenant has at most db.MaxSchedules schedules (the scheduler is one
+// task on one leader): the next is CONFLICT, says the cap and what to do,
+// and writes nothing. Another tenant has its own.
+func TestScheduleCap(t *testing.T) {
+	t.Parallel()
+	b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+	for i := range db.MaxSchedules {
+		b.create(t, map[string]any{"name": fmt.Sprintf("s%03d", i), "cronExpression": "@hourly"})
+	}
+	before := schSnapshot(t, b)
+	in := map[string]any{"name": "one-too-many", "workflowId": b.workflow, "cronExpression": "@hourly"}
+	e := b.s.Do(t, b.user.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { id } }`, map[string]any{"in": in}).Code(t, "CONFLICT")
+	require.Contains(t, e.Message, fmt.Sprintf("at most %d schedules", db.MaxSchedules))
+	require.Contains(t, e.Message, "delete one")
+	require.Equal(t, before, schSnapshot(t, b), "nothing written")
+
+	other := b.s.NewUser(t, uuid.New())
+	in["workflowId"] = b.s.CreateWorkflow(t, other.Token, "other")
+	b.s.Do(t, other.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { id } }`, map[string]any{"in": in}).OK(t, nil)
 }
