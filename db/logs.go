@@ -425,7 +425,7 @@ func insertLines(ctx context.Context, tx bun.Tx, tenant, robot uuid.UUID, lines 
 
 // ensurePartitions makes sure the partitions of days (YYYY-MM-DD) exist.
 // It costs one catalog lookup per day when they do. Making one waits for
-// no reader or writer of robot_logs (migration 0013 attaches it), and at
+// no reader or writer of robot_logs (migration 0016 attaches it), and at
 // most 2 s for anything else (a retention run, DDL by hand): then the batch
 // is refused with CONFLICT, to be shipped again.
 func ensurePartitions(ctx context.Context, idb bun.IDB, days []string) error {
@@ -453,7 +453,7 @@ func day(t time.Time) time.Time {
 // EnsurePartitions creates the partitions of the day of now and of
 // PartitionsAhead days after it that do not exist yet, and returns the
 // names it created. It is maintenance work (task log-partitions). A day's
-// partition is created standalone and attached (migration 0013), which
+// partition is created standalone and attached (migration 0016), which
 // blocks neither reads nor writes of robot_logs and waits at most 2 s for
 // stronger locks: a busy moment fails the run, which the runner retries
 // a minute later, long before the days ahead are needed.
