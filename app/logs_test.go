@@ -186,6 +186,60 @@ func TestLogPartitionsAndRetention(t *testing.T) {
 		require.Equal(t, "system:cli", h[3].Actor)
 	})
 
+	// A reader of robot_logs (pg_dump, a slow robotLogs, an operator's open
+	// transaction) holds its lock for as long as it likes: making a day's
+	// partition, by the leader or on demand by shipLogs, does not wait for
+	// it, and no log read or write queues behind the partition's creation.
+	t.Run("making a partition waits for no reader of robot_logs", func(t *testing.T) {
+		t.Parallel()
+		b := setupLogs(t, time.Date(2031, 5, 1, 12, 0, 0, 0, time.UTC), db.LogConfig{PartitionsAhead: 3})
+		b.step(t)
+		b.ship(t, tenant, robot, "before the reader")
+		reader, err := b.db.DB.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		release := func() { _ = reader.Rollback() }
+		t.Cleanup(release)
+		var n int
+		require.NoError(t, reader.NewRaw("SELECT count(*) FROM robot_logs").Scan(t.Context(), &n))
+		require.Equal(t, 1, n)
+
+		// within runs f, and fails the test when it has not returned within
+		// 5 s while the reader holds its lock (then releases the reader, so
+		// that f can end).
+		within := func(what string, f func()) {
+			t.Helper()
+			done := make(chan struct{})
+			go func() { defer close(done); f() }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				release()
+				<-done
+				require.FailNow(t, what+" waited for a reader of robot_logs")
+			}
+		}
+		b.clock.Advance(24 * time.Hour) // the leader makes 2031-05-05
+		var stepErr error
+		within("the maintenance step", func() { _, stepErr = b.app.Maintenance.Step(context.Background()) })
+		require.NoError(t, stepErr)
+		require.Contains(t, b.days(t), "2031-05-05")
+
+		// Ten days on, before the leader's next run: shipLogs makes today's.
+		b.clock.Set(time.Date(2031, 5, 12, 12, 0, 0, 0, time.UTC))
+		other := uuid.New()
+		within("shipLogs", func() { b.ship(t, tenant, other, "on a day without a partition") })
+		require.Contains(t, b.days(t), "2031-05-12")
+
+		// The partitions made so are those PARTITION OF made: same indexes,
+		// no leftover range constraint.
+		var indexes, checks int
+		require.NoError(t, b.db.NewRaw(`SELECT count(*) FROM pg_index WHERE indrelid = 'robot_logs_p20310512'::regclass`).Scan(t.Context(), &indexes))
+		require.Equal(t, 4, indexes)
+		require.NoError(t, b.db.NewRaw(`SELECT count(*) FROM pg_constraint WHERE conrelid = 'robot_logs_p20310512'::regclass AND conname LIKE '%\_range'`).Scan(t.Context(), &checks))
+		require.Zero(t, checks)
+		require.NoError(t, reader.Commit())
+	})
+
 	t.Run("a line's day gets its partition on demand", func(t *testing.T) {
 		t.Parallel()
 		// A fresh server whose leader has not run yet: yesterday has no

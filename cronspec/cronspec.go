@@ -21,6 +21,7 @@ package cronspec
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"strings"
 	"time"
 
@@ -210,3 +211,151 @@ func wallOf(t time.Time) time.Time {
 }
 
 func sameWall(t, c time.Time) bool { return wallOf(t).Equal(c) }
+
+// guard is how close to a change of the zone's offset Count steps from
+// tick to tick rather than counting: wider than any offset change, so that
+// the counted stretches hold only wall-clock times that occur once.
+const guard = 3 * time.Hour
+
+// Count returns the number of ticks t with after < t <= until. Its work
+// grows with the days between the two and with the ticks within a few
+// hours of a daylight-saving change, not with the ticks in between: a
+// year of an every-second expression costs about as much as a day, so
+// the scheduler counts the ticks of a long outage without visiting them.
+func (s *Spec) Count(after, until time.Time) int64 {
+	if !until.After(after) {
+		return 0
+	}
+	if s.every > 0 {
+		secs := int64(s.every / time.Second)
+		return floorDiv(until.Unix(), secs) - floorDiv(after.Unix(), secs)
+	}
+	var n int64
+	for cur := after; cur.Before(until); {
+		start, end := cur.In(s.loc).ZoneBounds()
+		var near time.Time // the end of the stretch to step through, if cur is near a change
+		switch {
+		case !start.IsZero() && cur.Before(start.Add(guard)):
+			near = start.Add(guard)
+		case !end.IsZero() && !cur.Before(end.Add(-guard)):
+			near = end.Add(guard)
+		}
+		if !near.IsZero() {
+			near = minTime(near, until)
+			for t := s.Next(cur); !t.IsZero() && !t.After(near); t = s.Next(t) {
+				n++
+			}
+			cur = near
+			continue
+		}
+		to := until
+		if !end.IsZero() {
+			to = minTime(to, end.Add(-guard))
+		}
+		// One offset, away from its changes: instants and wall-clock
+		// times map one to one.
+		n += s.wallCount(wallOf(cur.In(s.loc)), wallOf(to.In(s.loc)))
+		cur = to
+	}
+	return n
+}
+
+// Prev returns the last tick at or before t, or the zero time when there
+// is none within five years before it. Like Count, it does not visit the
+// ticks between.
+func (s *Spec) Prev(t time.Time) time.Time {
+	if s.every > 0 {
+		secs := int64(s.every / time.Second)
+		return time.Unix(floorDiv(t.Unix(), secs)*secs, 0).UTC()
+	}
+	// Ticks are whole seconds. Widen a window back from t until it holds
+	// a tick, then find the last one by bisection: the least whole second
+	// x with no tick in (x, t] is it.
+	top := floorDiv(t.Unix(), 1)
+	for span := int64(1); span <= 5*366*24*3600; span *= 2 {
+		lo := top - span // a second with a tick after it, once Count says so
+		if s.Count(time.Unix(lo, 0), t) == 0 {
+			continue
+		}
+		hi := top // no tick in (hi, t]
+		for hi-lo > 1 {
+			mid := lo + (hi-lo)/2
+			if s.Count(time.Unix(mid, 0), t) == 0 {
+				hi = mid
+			} else {
+				lo = mid
+			}
+		}
+		return time.Unix(hi, 0).UTC()
+	}
+	return time.Time{}
+}
+
+// wallCount is the number of wall-clock times w the expression matches
+// with a < w <= b (fields of UTC times, whole seconds).
+func (s *Spec) wallCount(a, b time.Time) int64 {
+	c := s.civil
+	perDay := ones(c.Hour) * ones(c.Minute) * ones(c.Second)
+	var n int64
+	dayB := b.Truncate(24 * time.Hour)
+	for d := a.Truncate(24 * time.Hour); d.Before(dayB); d = d.AddDate(0, 0, 1) {
+		if s.dayMatches(d) {
+			n += perDay
+		}
+	}
+	return n + s.upTo(b) - s.upTo(a)
+}
+
+// upTo is the number of wall-clock times the expression matches on c's
+// day at or before c's time of day.
+func (s *Spec) upTo(c time.Time) int64 {
+	if !s.dayMatches(c) {
+		return 0
+	}
+	sp := s.civil
+	h, m, sec := c.Clock()
+	n := ones(sp.Hour&below(h)) * ones(sp.Minute) * ones(sp.Second)
+	if has(sp.Hour, h) {
+		n += ones(sp.Minute&below(m)) * ones(sp.Second)
+		if has(sp.Minute, m) {
+			n += ones(sp.Second & below(sec+1))
+		}
+	}
+	return n
+}
+
+// dayMatches is robfig/cron's rule for a day: its month, and its day of
+// month and day of week (both when either is a wildcard, else either).
+func (s *Spec) dayMatches(d time.Time) bool {
+	sp := s.civil
+	if !has(sp.Month, int(d.Month())) {
+		return false
+	}
+	dom, dow := has(sp.Dom, d.Day()), has(sp.Dow, int(d.Weekday()))
+	if sp.Dom&starBit != 0 || sp.Dow&starBit != 0 {
+		return dom && dow
+	}
+	return dom || dow
+}
+
+// starBit marks a field written as a wildcard in robfig/cron's bit sets.
+const starBit = 1 << 63
+
+func ones(set uint64) int64      { return int64(bits.OnesCount64(set &^ starBit)) }
+func has(set uint64, i int) bool { return set&(1<<uint(i)) != 0 }
+func below(i int) uint64         { return 1<<uint(i) - 1 }
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}

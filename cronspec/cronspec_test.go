@@ -110,3 +110,43 @@ func TestParseErrors(t *testing.T) {
 		require.Error(t, err, zone)
 	}
 }
+
+// Count and Prev agree with stepping through the ticks one by one, over
+// stretches that cross daylight-saving changes (a 30-minute one in
+// Lord Howe), month ends and leap days, for every kind of expression.
+func TestCountAndPrev(t *testing.T) {
+	t.Parallel()
+	exprs := []string{"* * * * * *", "*/7 * * * * *", "0 30 2 * * *", "15 1-3 * * *", "0 9-17 * * 1-5",
+		"0 0 29 2 *", "0 0 1,15 * 5", "30 2 * 3,10 0", "@hourly", "@daily", "@every 90s", "@every 7h"}
+	zones := []string{"UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe"}
+	starts := []time.Time{utc("2026-03-08T05:59:58Z"), utc("2026-03-28T22:00:00Z"), utc("2026-10-24T23:10:07Z"), utc("2028-02-27T12:00:00Z"), utc("2026-04-04T14:00:00Z"),
+		utc("2026-10-31T20:00:00Z"), utc("2026-10-03T14:00:00Z")}
+	spans := []time.Duration{0, time.Second, 61 * time.Second, 3 * time.Hour, 26 * time.Hour, 9 * 24 * time.Hour}
+	for _, expr := range exprs {
+		for _, zone := range zones {
+			s := mustSpec(t, expr, zone)
+			for _, from := range starts {
+				for _, span := range spans {
+					if expr == "* * * * * *" && span > 26*time.Hour {
+						continue // a million ticks to step through: the test's, not Count's, cost
+					}
+					from := from.Add(123 * time.Millisecond)
+					to := from.Add(span)
+					want := ticks(s, from, to)
+					require.EqualValues(t, len(want), s.Count(from, to), "%s in %s, (%s, %s]", expr, zone, from, to)
+					if len(want) > 0 {
+						require.Equal(t, want[len(want)-1], s.Prev(to), "%s in %s, last tick by %s", expr, zone, to)
+						require.Equal(t, want[len(want)-1], s.Prev(want[len(want)-1]), "%s in %s: a tick is its own Prev", expr, zone)
+					}
+				}
+			}
+		}
+	}
+	// Work that does not grow with the ticks: a year of every second, less
+	// the hour clocks skip in March (its wall-clock times are one tick, at
+	// the jump) and the repeated hour of October (fired once).
+	s := mustSpec(t, "* * * * * *", "Europe/Paris")
+	from := utc("2026-01-01T00:00:00Z")
+	require.EqualValues(t, 365*24*3600-3600, s.Count(from, from.AddDate(1, 0, 0)))
+	require.Equal(t, from.AddDate(1, 0, 0), s.Prev(from.AddDate(1, 0, 0).Add(999*time.Millisecond)))
+}

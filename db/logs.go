@@ -424,9 +424,15 @@ func insertLines(ctx context.Context, tx bun.Tx, tenant, robot uuid.UUID, lines 
 }
 
 // ensurePartitions makes sure the partitions of days (YYYY-MM-DD) exist.
-// It costs one catalog lookup per day when they do.
+// It costs one catalog lookup per day when they do. Making one waits for
+// no reader or writer of robot_logs (migration 0016 attaches it), and at
+// most 2 s for anything else (a retention run, DDL by hand): then the batch
+// is refused with CONFLICT, to be shipped again.
 func ensurePartitions(ctx context.Context, idb bun.IDB, days []string) error {
 	if _, err := idb.NewRaw("SELECT fleetgraph_ensure_log_partition(d) FROM unnest(?::date[]) AS d", pgdialect.Array(days)).Exec(ctx); err != nil {
+		if isLockTimeout(err) {
+			return fault.New(fault.Conflict, "the log partition of a line's day is being changed (a retention run, or maintenance by hand); ship the lines again")
+		}
 		return fmt.Errorf("preparing log partitions: %w", err)
 	}
 	return nil
@@ -441,6 +447,13 @@ func (s *Logs) retainedSince(now time.Time) time.Time {
 	return day(now).AddDate(0, 0, -s.cfg.RetentionDays)
 }
 
+// isLockTimeout reports whether err is a statement that gave up waiting
+// for a lock (lock_not_available, after lock_timeout).
+func isLockTimeout(err error) bool {
+	var pqErr *pq.Error
+	return errors.As(err, &pqErr) && pqErr.Code == "55P03"
+}
+
 // day is the UTC day of t.
 func day(t time.Time) time.Time {
 	return t.UTC().Truncate(24 * time.Hour)
@@ -448,7 +461,11 @@ func day(t time.Time) time.Time {
 
 // EnsurePartitions creates the partitions of the day of now and of
 // PartitionsAhead days after it that do not exist yet, and returns the
-// names it created. It is maintenance work (task log-partitions).
+// names it created. It is maintenance work (task log-partitions). A day's
+// partition is created standalone and attached (migration 0016), which
+// blocks neither reads nor writes of robot_logs and waits at most 2 s for
+// stronger locks: a busy moment fails the run, which the runner retries
+// a minute later, long before the days ahead are needed.
 func (s *Logs) EnsurePartitions(ctx context.Context, idb bun.IDB, now time.Time) ([]string, error) {
 	var created []string
 	for i := range s.cfg.PartitionsAhead + 1 {
@@ -683,8 +700,7 @@ func (s *Logs) Cleanup(ctx context.Context, idb bun.IDB, retentionDays *int, dry
 		return nil
 	})
 	if err != nil {
-		var pqErr *pq.Error
-		if errors.As(err, &pqErr) && pqErr.Code == "55P03" {
+		if isLockTimeout(err) {
 			return nil, fault.New(fault.Conflict, "the log partitions are busy (a long transaction holds them); try again")
 		}
 		return nil, err

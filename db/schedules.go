@@ -17,6 +17,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/cronspec"
 	"fleetgraph/fault"
+	"fleetgraph/locks"
 )
 
 // OverlapPolicy says what a schedule does at a tick while a job it enqueued
@@ -47,14 +48,22 @@ const (
 	MinCatchupWindow     = 10 * time.Second
 	MaxCatchupWindow     = 30 * 24 * time.Hour
 	MaxJitter            = time.Hour
-	// MaxTicksPerRound caps the ticks one schedule fires in one scheduler
-	// round; the rest fire in the next rounds.
+	// MaxTicksPerRound caps the ticks one schedule enqueues (or holds
+	// back, for BUFFER_ONE) in one scheduler round; the rest fire in the
+	// next rounds. Ticks counted as missed or skipped are counted, not
+	// visited (cronspec.Spec.Count), and cost the same however many.
 	MaxTicksPerRound = 1000
+	// TenantTicksPerRound caps the ticks one tenant's schedules enqueue (or
+	// hold back) in one round, so that one tenant's catch-up does not take
+	// the round from the others; its remaining due schedules go on at the
+	// next rounds. A round takes tenants in turn: every tenant's most
+	// overdue schedule, then every tenant's second, and so on.
+	TenantTicksPerRound = 1000
+	// MaxSchedules caps a tenant's schedules: the scheduler is one task on
+	// one leader, and each schedule costs it a transaction at each tick.
+	MaxSchedules = 200
 	// MaxNextRuns caps Schedule.nextRuns.
 	MaxNextRuns = 100
-	// maxMissedCount caps the missed ticks counted one by one after a long
-	// outage; past it the scheduler jumps to the catch-up window.
-	maxMissedCount = 100_000
 )
 
 // SchedulerTask is the maintenance task that fires schedules; the jobs it
@@ -335,7 +344,7 @@ func (s *Schedules) Create(ctx context.Context, idb bun.IDB, in CreateScheduleIn
 	setIf(&sch.CatchupWindowSeconds, in.CatchupWindowSeconds)
 	setIf(&sch.JitterSeconds, in.JitterSeconds)
 	if in.Paused != nil && *in.Paused {
-		note, err := checkPauseNote(in.PauseNote)
+		note, err := checkPauseNote("pauseNote", in.PauseNote)
 		if err != nil {
 			return nil, err
 		}
@@ -347,6 +356,18 @@ func (s *Schedules) Create(ctx context.Context, idb bun.IDB, in CreateScheduleIn
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		if err := s.check(ctx, tx, sc, sch, nil, s.now()); err != nil {
 			return err
+		}
+		// A lock on the tenant's schedules keeps two creations from both
+		// passing the count check.
+		if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(?, hashtext(?))", locks.Schedules, sc.tenant.String()); err != nil {
+			return fmt.Errorf("locking the tenant's schedules: %w", err)
+		}
+		n, err := inTenant(sc, tx.NewSelect().Model((*Schedule)(nil)), "s").Count(ctx)
+		if err != nil {
+			return fmt.Errorf("counting schedules: %w", err)
+		}
+		if n >= MaxSchedules {
+			return &fault.Error{Code: fault.Conflict, Message: fmt.Sprintf("a tenant may have at most %d schedules; delete one first", MaxSchedules)}
 		}
 		if _, err := tx.NewInsert().Model(sch).Returning("*").Exec(ctx); err != nil {
 			return constraintError(err, scheduleConstraints)
@@ -365,14 +386,16 @@ func setIf[T any](dst *T, v *T) {
 	}
 }
 
-func checkPauseNote(note *string) (*string, error) {
+// checkPauseNote validates a pause note sent as field: createSchedule's
+// pauseNote, pauseSchedule's note.
+func checkPauseNote(field string, note *string) (*string, error) {
 	if note == nil {
 		return nil, nil
 	}
 	if len([]rune(*note)) > 500 {
-		return nil, fault.Invalid("note", "note must be at most 500 characters")
+		return nil, fault.Invalid(field, "%s must be at most 500 characters", field)
 	}
-	return note, checkText("note", *note)
+	return note, checkText(field, *note)
 }
 
 // Update changes a schedule's settings. A change of expression, zone, start
@@ -455,7 +478,7 @@ func (s *Schedules) Pause(ctx context.Context, idb bun.IDB, id uuid.UUID, note *
 	if err != nil {
 		return nil, err
 	}
-	if note, err = checkPauseNote(note); err != nil {
+	if note, err = checkPauseNote("note", note); err != nil {
 		return nil, err
 	}
 	sch := new(Schedule)
@@ -694,22 +717,39 @@ type FireStats struct {
 // errors are returned together, after the round, unless ctx ends it.
 func (s *Schedules) Fire(ctx context.Context, idb bun.IDB, now time.Time) (FireStats, error) {
 	var stats FireStats
-	var due []uuid.UUID
-	err := idb.NewSelect().Model((*Schedule)(nil)).Column("s.id").
-		Where("NOT s.paused AND (s.next_tick_at <= ? OR s.buffered_tick_at IS NOT NULL)", now).
-		OrderExpr("s.next_tick_at").Apply(limitRows(10_000)).Scan(ctx, &due)
+	var due []struct {
+		ID     uuid.UUID `bun:"id"`
+		Tenant uuid.UUID `bun:"tenant_id"`
+	}
+	// Tenants in turn: each one's most overdue schedule first, then each
+	// one's second, and so on.
+	err := idb.NewRaw(`SELECT id, tenant_id FROM (
+			SELECT s.id, s.tenant_id, s.next_tick_at,
+			       row_number() OVER (PARTITION BY s.tenant_id ORDER BY s.next_tick_at) AS turn
+			FROM schedules AS s
+			WHERE NOT s.paused AND (s.next_tick_at <= ? OR s.buffered_tick_at IS NOT NULL)) AS d
+		ORDER BY turn, next_tick_at LIMIT 10000`, now).Scan(ctx, &due)
 	if err != nil {
 		return stats, fmt.Errorf("finding due schedules: %w", err)
 	}
 	var errs []error
 	failed := 0
-	for _, id := range due {
+	used := map[uuid.UUID]int{} // ticks enqueued or held back, per tenant
+	for _, d := range due {
+		left := TenantTicksPerRound - used[d.Tenant]
+		if left <= 0 {
+			continue // the tenant's share of the round is spent
+		}
+		var one FireStats
 		err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-			return s.fireOne(ctx, tx, id, now, &stats)
+			return s.fireOne(ctx, tx, d.ID, now, min(left, MaxTicksPerRound), &one)
 		})
 		if err == nil {
+			used[d.Tenant] += one.Fired + one.Buffered
+			stats.Fired, stats.Skipped, stats.Missed, stats.Buffered = stats.Fired+one.Fired, stats.Skipped+one.Skipped, stats.Missed+one.Missed, stats.Buffered+one.Buffered
 			continue
 		}
+		id := d.ID
 		if ctx.Err() != nil {
 			return stats, fmt.Errorf("firing schedule %s: %w", id, err)
 		}
@@ -723,8 +763,9 @@ func (s *Schedules) Fire(ctx context.Context, idb bun.IDB, now time.Time) (FireS
 	return stats, errors.Join(errs...)
 }
 
-// fireOne fires one schedule's due ticks, as Fire describes.
-func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now time.Time, stats *FireStats) error {
+// fireOne fires one schedule's due ticks, as Fire describes, enqueueing
+// (or holding back) at most limit of them.
+func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now time.Time, limit int, stats *FireStats) error {
 	sch := new(Schedule)
 	err := tx.NewSelect().Model(sch).Where("s.id = ?", id).
 		Where("NOT s.paused AND (s.next_tick_at <= ? OR s.buffered_tick_at IS NOT NULL)", now).
@@ -763,10 +804,10 @@ func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now ti
 		stats.Fired++
 		return nil
 	}
-	skip := func(tick time.Time) {
-		sch.SkippedTicks++
-		sch.LastSkippedAt = &tick
-		stats.Skipped++
+	skip := func(n int, last time.Time) {
+		sch.SkippedTicks += n
+		sch.LastSkippedAt = &last
+		stats.Skipped += n
 	}
 	if sch.BufferedTickAt != nil && !live {
 		tick := *sch.BufferedTickAt
@@ -781,20 +822,27 @@ func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now ti
 			msg := "the schedule stopped: " + err.Error()
 			sch.LastError, sch.LastErrorAt, sch.NextTickAt = &msg, &now, nil
 		} else {
-			due := s.dueTicks(sp, sch, now, stats)
+			missTicks(sp, sch, now, stats)
 			switch sch.OverlapPolicy {
 			case OverlapSkip:
-				for i, tick := range due {
-					if live || i < len(due)-1 {
-						skip(tick) // catching up, SKIP fires only the latest
-						continue
+				// Catching up, SKIP fires only the latest tick, however
+				// many are due: all are consumed at once.
+				first := sch.NextTickAt
+				latest, n := latestTick(sp, sch, now)
+				switch {
+				case n == 0:
+				case live:
+					skip(n, latest)
+				default:
+					if n > 1 {
+						skip(n-1, maxTime(sp.Prev(latest.Add(-time.Nanosecond)), *first))
 					}
-					if err := fire(tick); err != nil {
+					if err := fire(latest); err != nil {
 						return err
 					}
 				}
 			case OverlapBufferOne:
-				for _, tick := range due {
+				for _, tick := range dueTicks(sp, sch, now, limit) {
 					switch {
 					case !live && sch.BufferedTickAt == nil:
 						if err := fire(tick); err != nil {
@@ -805,11 +853,11 @@ func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now ti
 						sch.BufferedTickAt = &t
 						stats.Buffered++
 					default:
-						skip(tick)
+						skip(1, tick)
 					}
 				}
 			default:
-				for _, tick := range due {
+				for _, tick := range dueTicks(sp, sch, now, limit) {
 					if err := fire(tick); err != nil {
 						return err
 					}
@@ -849,32 +897,68 @@ func (sch *Schedule) tickState() tickState {
 		missed: sch.MissedTicks, skipped: sch.SkippedTicks}
 }
 
-// dueTicks consumes the schedule's ticks up to now, at most
-// MaxTicksPerRound: those older than the catch-up window are counted as
-// missed, the others returned in order. NextTickAt is left at the first
-// tick not consumed.
-func (s *Schedules) dueTicks(sp *cronspec.Spec, sch *Schedule, now time.Time, stats *FireStats) []time.Time {
+// missTicks consumes the schedule's ticks older than its catch-up window,
+// counting them as missed without visiting them (cronspec.Spec.Count):
+// the same cost after a minute's outage as after a month's.
+func missTicks(sp *cronspec.Spec, sch *Schedule, now time.Time, stats *FireStats) {
 	cutoff := now.Add(-time.Duration(sch.CatchupWindowSeconds) * time.Second)
 	t := sch.NextTickAt
-	for n := 0; t != nil && t.Before(cutoff); n++ {
-		sch.MissedTicks++
-		sch.LastMissedAt = t
-		stats.Missed++
-		if n == maxMissedCount {
-			// A long outage of a frequent schedule: stop counting one by
-			// one and go on from the start of the window.
-			t = tickBefore(sp.Next(cutoff.Add(-time.Nanosecond)), sch.EndAt)
-			break
-		}
-		t = tickBefore(sp.Next(*t), sch.EndAt)
+	if t == nil || !t.Before(cutoff) {
+		return
 	}
+	last := cutoff.Add(-time.Nanosecond)
+	if sch.EndAt != nil && sch.EndAt.Before(last) {
+		last = *sch.EndAt
+	}
+	n := 1 + sp.Count(*t, last) // t is a tick, and so are the others counted
+	latest := *t
+	if n > 1 {
+		latest = maxTime(sp.Prev(last), latest)
+	}
+	sch.MissedTicks += int(n)
+	sch.LastMissedAt = &latest
+	stats.Missed += int(n)
+	sch.NextTickAt = tickBefore(sp.Next(latest), sch.EndAt)
+}
+
+// latestTick consumes every tick of the schedule due by now and returns
+// the latest and how many there were, without visiting those between.
+func latestTick(sp *cronspec.Spec, sch *Schedule, now time.Time) (time.Time, int) {
+	t := sch.NextTickAt
+	if t == nil || t.After(now) {
+		return time.Time{}, 0
+	}
+	last := now
+	if sch.EndAt != nil && sch.EndAt.Before(last) {
+		last = *sch.EndAt
+	}
+	n := 1 + sp.Count(*t, last)
+	latest := *t
+	if n > 1 {
+		latest = maxTime(sp.Prev(last), latest)
+	}
+	sch.NextTickAt = tickBefore(sp.Next(latest), sch.EndAt)
+	return latest, int(n)
+}
+
+// dueTicks consumes the schedule's ticks due by now, at most limit, and
+// returns them in order. NextTickAt is left at the first tick not consumed.
+func dueTicks(sp *cronspec.Spec, sch *Schedule, now time.Time, limit int) []time.Time {
+	t := sch.NextTickAt
 	var due []time.Time
-	for t != nil && !t.After(now) && len(due) < MaxTicksPerRound {
+	for t != nil && !t.After(now) && len(due) < limit {
 		due = append(due, *t)
 		t = tickBefore(sp.Next(*t), sch.EndAt)
 	}
 	sch.NextTickAt = t
 	return due
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // enqueueTick enqueues the schedule's job for tick through the job store,

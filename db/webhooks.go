@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -210,7 +211,7 @@ func newWebhookSecret() string {
 }
 
 // checkWebhookURL validates an endpoint URL: absolute, https (or http when
-// allowed), no credentials, and no literal address that delivery would
+// allowed), a port (if any) between 1 and 65535, no credentials, and no literal address that delivery would
 // refuse anyway.
 func (s *Webhooks) checkWebhookURL(field, raw string) (string, error) {
 	raw = strings.TrimSpace(raw)
@@ -228,6 +229,13 @@ func (s *Webhooks) checkWebhookURL(field, raw string) (string, error) {
 		return "", fault.Invalid(field, "%s must use https (http is allowed only in development, with WEBHOOK_ALLOW_HTTP=true)", field)
 	default:
 		return "", fault.Invalid(field, "%s must be an https URL", field)
+	}
+	if p := u.Port(); p != "" {
+		// url.Parse takes any digits; a port outside 1-65535 cannot be
+		// dialled, and every delivery to it would fail for days.
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "", fault.Invalid(field, "%s must have a port between 1 and 65535 (got %.12s)", field, p)
+		}
 	}
 	if u.User != nil {
 		return "", fault.Invalid(field, "%s must not carry credentials; verify deliveries by their signature instead", field)
@@ -475,20 +483,35 @@ func (s *Webhooks) DeleteEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 
 // RotateSecret gives an endpoint a new secret, returned this once; the
 // previous one keeps signing alongside it for WebhookSecretOverlap, so
-// that receivers can switch without losing a delivery.
+// that receivers can switch without losing a delivery. A second rotation
+// within that overlap is CONFLICT: it would drop at once the secret
+// receivers may still verify with (one previous secret is kept), and the
+// refusal says when it becomes possible.
 func (s *Webhooks) RotateSecret(ctx context.Context, idb bun.IDB, id uuid.UUID) (*CreatedWebhookEndpoint, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
 	secret := newWebhookSecret()
+	now := s.cfg.Now()
 	w := new(WebhookEndpoint)
 	err = inTenant(sc, idb.NewUpdate().Model(w).Where("w.id = ?", id), "w").
+		Where("w.previous_secret_expires_at IS NULL OR w.previous_secret_expires_at <= ?", now).
 		Set("previous_secret = w.secret").Set("secret = ?", secret).
-		Set("previous_secret_expires_at = ?", s.cfg.Now().Add(WebhookSecretOverlap)).
+		Set("previous_secret_expires_at = ?", now.Add(WebhookSecretOverlap)).
 		Set("updated_at = now()").Returning("*").Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		var until time.Time
+		err := inTenant(sc, idb.NewSelect().Model((*WebhookEndpoint)(nil)).Column("w.previous_secret_expires_at").Where("w.id = ?", id), "w").
+			Scan(ctx, &until)
+		if err != nil {
+			return nil, notFoundIfNoRows(err, "webhook endpoint")
+		}
+		return nil, fault.New(fault.Conflict, "the secret was rotated less than %d hours ago, and the previous one signs alongside it until %s: "+
+			"rotating again now would drop it at once; rotate again after then", int(WebhookSecretOverlap.Hours()), until.UTC().Format(time.RFC3339))
+	}
 	if err != nil {
-		return nil, notFoundIfNoRows(err, "webhook endpoint")
+		return nil, fmt.Errorf("rotating the endpoint's secret: %w", err)
 	}
 	return &CreatedWebhookEndpoint{Endpoint: w, Secret: secret}, nil
 }

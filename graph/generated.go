@@ -3853,6 +3853,7 @@ type Mutation {
   unique per tenant (case-insensitive). Refused with BAD_USER_INPUT naming the
   field: an unparsable expression (the message says which of its fields), an
   unknown time zone, endAt not after startAt, a schedule that can never fire.
+  A tenant has at most 200 schedules; the next is CONFLICT.
   """
   createSchedule(input: CreateScheduleInput!): Schedule!
   "Changes a schedule's settings; a new expression, zone, start or end restarts its ticks from now. ` + "`" + `unset` + "`" + ` clears optional settings."
@@ -3884,6 +3885,8 @@ type Mutation {
   Gives an endpoint a new signing secret, shown only this once. The previous
   secret keeps signing alongside it (a second signature in webhook-signature)
   for 24 hours, so that receivers can switch over without losing a delivery.
+  Rotating again within those 24 hours is CONFLICT (it would drop the previous
+  secret at once); the message says when it becomes possible.
   """
   rotateWebhookSecret(id: ID!): CreatedWebhookEndpoint!
   "Sends a finished (SUCCEEDED or FAILED) delivery's event again, as a new delivery with the same webhook-id. NOT_FOUND once the delivery is past WEBHOOK_RETENTION_DAYS and pruned."

@@ -26,4 +26,7 @@ const (
 	// WebhookEndpoints, with a tenant, serialises creations of the
 	// tenant's webhook endpoints so that its cap holds.
 	WebhookEndpoints int32 = 0x77686b01
+	// Schedules, with a tenant, serialises creations of the tenant's
+	// schedules so that its cap (db.MaxSchedules) holds.
+	Schedules int32 = 0x73636801
 )

@@ -78,10 +78,18 @@ type Task struct {
 	Name string
 	// Every is how often the task is due.
 	Every time.Duration
-	// Run does one round at now. An error is logged; the task is due again
-	// at its next interval.
+	// Run does one round at now. An error is logged, and the task is due
+	// again after RetryEvery (or Every, when shorter) rather than after a
+	// whole interval: a daily task that met a busy table once must not
+	// wait a day.
 	Run func(ctx context.Context, now time.Time) error
 }
+
+// RetryEvery is how soon a task whose last run failed is due again, unless
+// its own interval is shorter: soon enough that one failure of a daily task
+// costs minutes, not a day, and seldom enough that a task that keeps
+// failing does not hammer the database.
+const RetryEvery = time.Minute
 
 // Config is what New needs.
 type Config struct {
@@ -119,10 +127,20 @@ type Runner struct {
 	leader *bun.Conn // held while this process holds the lock
 }
 
-// scheduled is a task and the start of the step it last ran in.
+// scheduled is a task, the start of the step it last ran in, and whether
+// that run failed.
 type scheduled struct {
 	Task
-	last time.Time
+	last   time.Time
+	failed bool
+}
+
+// interval is how long after its last run the task is due again.
+func (t *scheduled) interval() time.Duration {
+	if t.failed {
+		return min(t.Every, RetryEvery)
+	}
+	return t.Every
 }
 
 // New returns a runner with no tasks.
@@ -186,7 +204,8 @@ func (r *Runner) Leading() bool {
 // this one. Measuring from the step's start rather than from each task's
 // own (later by the leader's ping and the earlier tasks' durations, which
 // vary) keeps a task whose interval is the tick running at every tick.
-// Each task is still given the clock's time as it starts.
+// Each task is still given the clock's time as it starts. A task whose
+// run failed is due again after RetryEvery, or its interval when shorter.
 func (r *Runner) Step(ctx context.Context) (bool, error) {
 	start := r.clock.Now()
 	leading, err := r.lead(ctx)
@@ -199,14 +218,16 @@ func (r *Runner) Step(ctx context.Context) (bool, error) {
 	}
 	defer r.keepAlive(*r.leader)()
 	for _, t := range tasks {
-		if !t.last.IsZero() && start.Sub(t.last) < t.Every-r.tick/2 {
+		if !t.last.IsZero() && start.Sub(t.last) < t.interval()-r.tick/2 {
 			continue
 		}
 		t.last = start
 		now := r.clock.Now()
 		taskCtx := auth.WithPrincipal(ctx, auth.SystemPrincipal(t.Name))
-		if err := t.Run(taskCtx, now); err != nil && ctx.Err() == nil {
-			r.log.Error("maintenance task failed", "task", t.Name, "error", err)
+		err := t.Run(taskCtx, now)
+		t.failed = err != nil
+		if err != nil && ctx.Err() == nil {
+			r.log.Error("maintenance task failed", "task", t.Name, "error", err, "retry_in", t.interval())
 		}
 	}
 	return true, nil

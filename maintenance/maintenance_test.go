@@ -81,6 +81,38 @@ func TestRunner(t *testing.T) {
 		require.Equal(t, "system:hourly", hourly.actors[1])
 	})
 
+	// A daily task that fails (its table was busy) is due again a minute
+	// later, not a day later, and not at every step either; once it
+	// succeeds it keeps its interval.
+	t.Run("AFailedTaskIsRetriedSoonWithoutHammering", func(t *testing.T) {
+		b := setup(t)
+		r := newRunner(t, b, b.db.DB)
+		daily := &recorder{}
+		fail := 2
+		r.Register(maintenance.Task{Name: "daily", Every: 24 * time.Hour, Run: func(ctx context.Context, now time.Time) error {
+			_ = daily.run(ctx, now)
+			if fail > 0 {
+				fail--
+				return errors.New("the table is busy")
+			}
+			return nil
+		}})
+		start := b.clock.Now()
+		// Ten minutes in 20-second steps.
+		for range 30 {
+			leading, err := r.Step(t.Context())
+			require.NoError(t, err)
+			require.True(t, leading)
+			b.clock.Advance(20 * time.Second)
+		}
+		require.Equal(t, []time.Time{start, start.Add(time.Minute), start.Add(2 * time.Minute)}, daily.times,
+			"two failures, each retried a minute later; the success waits its day")
+		b.clock.Set(start.Add(2*time.Minute + 24*time.Hour))
+		_, err := r.Step(t.Context())
+		require.NoError(t, err)
+		require.Equal(t, 4, daily.count())
+	})
+
 	// Steps come one tick apart (the ticker's), while an earlier task's
 	// duration varies: a task due every tick still runs at every step.
 	t.Run("ATaskDueEveryTickRunsAtEveryStep", func(t *testing.T) {

@@ -72,6 +72,10 @@ func TestWebhookBadInput(t *testing.T) {
 			{"NoHost", create, in("https:///path"), "BAD_USER_INPUT", "input.url"},
 			{"Credentials", create, in("https://user:pass@hooks.example/x"), "BAD_USER_INPUT", "input.url"},
 			{"Fragment", create, in("https://hooks.example/x#frag"), "BAD_USER_INPUT", "input.url"},
+			{"PortZero", create, in("https://hooks.example:0/x"), "BAD_USER_INPUT", "input.url"},
+			{"PortTooLarge", create, in("https://hooks.example:99999/x"), "BAD_USER_INPUT", "input.url"},
+			{"PortFarTooLarge", create, in("https://hooks.example:99999999999999999999/x"), "BAD_USER_INPUT", "input.url"},
+			{"UpdatePortTooLarge", update, vars(map[string]any{"in": map[string]any{"url": "https://hooks.example:65536/x"}}), "BAD_USER_INPUT", "input.url"},
 			{"TooLong", create, in("https://hooks.example/" + strings.Repeat("a", 2000)), "BAD_USER_INPUT", "input.url"},
 			// Within the limit as sent, past it once escaped as stored.
 			{"TooLongEscaped", create, in("https://hooks.example/" + strings.Repeat(" ", 1970) + "x"), "BAD_USER_INPUT", "input.url"},

@@ -756,11 +756,28 @@ func TestWebhookRetries(t *testing.T) {
 		whVerify(t, fresh, q)
 		whVerify(t, old, q)
 
-		b.clock.Advance(24*time.Hour + time.Second)
+		// A second rotation within the overlap would drop old at once: it
+		// is refused, says until when, and changes nothing.
+		const rotate = `mutation($id: ID!) { rotateWebhookSecret(id: $id) { secret endpoint { previousSecretExpiresAt } } }`
+		b.clock.Advance(23 * time.Hour)
+		e := b.s.Do(t, b.tn.User.Token, rotate, map[string]any{"id": ep}).Code(t, "CONFLICT")
+		require.Contains(t, e.Message, "until "+out.RotateWebhookSecret.Endpoint.PreviousSecretExpiresAt.UTC().Format(time.RFC3339))
 		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
 		b.round(t)
 		q = rcv.requests()[1]
+		whVerify(t, fresh, q)
+		whVerify(t, old, q)
+
+		b.clock.Advance(time.Hour + time.Second)
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
+		b.round(t)
+		q = rcv.requests()[2]
 		require.Equal(t, []string{whSignature(t, fresh, q.Header.Get("webhook-id"), q.Header.Get("webhook-timestamp"), q.Body)}, whSignatures(q))
+
+		// Past the overlap, rotating again is allowed.
+		b.tn.Do(t, rotate, map[string]any{"id": ep}, &out)
+		require.NotEqual(t, fresh, out.RotateWebhookSecret.Secret)
+		jqSameTime(t, b.clock.Now().Add(24*time.Hour), out.RotateWebhookSecret.Endpoint.PreviousSecretExpiresAt, "previousSecretExpiresAt")
 	})
 
 	// A redelivery of a delivery the retention prune is deleting waits for

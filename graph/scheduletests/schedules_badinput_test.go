@@ -2,6 +2,7 @@ package scheduletests
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
+	"fleetgraph/db"
 )
 
 // schSnapshot is every schedule and scheduled job of the server, as rows:
@@ -76,7 +78,8 @@ func TestScheduleBadInput(t *testing.T) {
 		{"NoSuchWorkflow", map[string]any{"workflowId": uuid.NewString()}, "NOT_FOUND", "workflowId", "workflow not found"},
 		{"NoSuchRobot", map[string]any{"robotId": uuid.NewString()}, "NOT_FOUND", "robotId", "robot not found"},
 		{"NoteWithoutPause", map[string]any{"pauseNote": "why"}, "BAD_USER_INPUT", "pauseNote", "paused"},
-		{"LongNote", map[string]any{"paused": true, "pauseNote": strings.Repeat("n", 501)}, "BAD_USER_INPUT", "note", "at most 500"},
+		{"LongNote", map[string]any{"paused": true, "pauseNote": strings.Repeat("n", 501)}, "BAD_USER_INPUT", "pauseNote", "pauseNote must be at most 500"},
+		{"NULNote", map[string]any{"paused": true, "pauseNote": "a\x00b"}, "BAD_USER_INPUT", "pauseNote", "pauseNote"},
 	}
 	before := schSnapshot(t, b)
 	for _, c := range cases {
@@ -93,7 +96,7 @@ func TestScheduleBadInput(t *testing.T) {
 			require.Equal(t, before, schSnapshot(t, b), "nothing written")
 		})
 		switch c.name {
-		case "DuplicateName", "NoteWithoutPause", "LongNote", "NoSuchWorkflow":
+		case "DuplicateName", "NoteWithoutPause", "LongNote", "NULNote", "NoSuchWorkflow":
 			continue // not fields of UpdateScheduleInput, or the schedule's own name
 		case "EndInThePast", "FirstTickPastYear9999":
 			continue // against the stored start or end, another field is wrong first
@@ -177,4 +180,25 @@ func TestScheduleBadInput(t *testing.T) {
 			map[string]any{"id": sch.ID, "e": "\t@daily" + strings.Repeat(" ", 300)}).OK(t, &upd)
 		require.Equal(t, "@daily", upd.UpdateSchedule.CronExpression)
 	})
+}
+
+// A tenant has at most db.MaxSchedules schedules (the scheduler is one
+// task on one leader): the next is CONFLICT, says the cap and what to do,
+// and writes nothing. Another tenant has its own.
+func TestScheduleCap(t *testing.T) {
+	t.Parallel()
+	b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+	for i := range db.MaxSchedules {
+		b.create(t, map[string]any{"name": fmt.Sprintf("s%03d", i), "cronExpression": "@hourly"})
+	}
+	before := schSnapshot(t, b)
+	in := map[string]any{"name": "one-too-many", "workflowId": b.workflow, "cronExpression": "@hourly"}
+	e := b.s.Do(t, b.user.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { id } }`, map[string]any{"in": in}).Code(t, "CONFLICT")
+	require.Contains(t, e.Message, fmt.Sprintf("at most %d schedules", db.MaxSchedules))
+	require.Contains(t, e.Message, "delete one")
+	require.Equal(t, before, schSnapshot(t, b), "nothing written")
+
+	other := b.s.NewUser(t, uuid.New())
+	in["workflowId"] = b.s.CreateWorkflow(t, other.Token, "other")
+	b.s.Do(t, other.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { id } }`, map[string]any{"in": in}).OK(t, nil)
 }

@@ -510,6 +510,77 @@ func TestSchedulerCatchUp(t *testing.T) {
 	})
 }
 
+// TestSchedulerLongOutages: after downtime, SKIP fires once in all, for the
+// latest tick, and ticks are counted without being visited, however long
+// the outage; one tenant's catch-up takes at most its share of a round.
+func TestSchedulerLongOutages(t *testing.T) {
+	t.Parallel()
+	start := utcTime("2026-06-01T10:00:00Z")
+
+	// 3,000 every-second ticks due, all within the window: one job, for
+	// the latest; the round after fires only the tick that is new.
+	t.Run("SkipFiresOnlyTheLatestOfThousandsOfTicks", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, start)
+		sch := b.create(t, map[string]any{"cronExpression": "* * * * * *", "overlapPolicy": "SKIP", "catchupWindowSeconds": 3600})
+		b.advance(t, 3000*time.Second)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:50:00Z")}, ticks)
+		got := b.get(t, sch.ID)
+		require.Equal(t, 2999, got.SkippedTicks)
+		require.Equal(t, utcTime("2026-06-01T10:49:59Z"), got.LastSkippedAt.UTC())
+		require.Zero(t, got.MissedTicks)
+		for range 3 {
+			b.s.Do(t, b.user.Token, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": b.get(t, sch.ID).RecentJobs[0].ID}).OK(t, nil)
+			b.advance(t, time.Second)
+		}
+		ticks, _ = schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{utcTime("2026-06-01T10:50:00Z"), utcTime("2026-06-01T10:50:01Z"),
+			utcTime("2026-06-01T10:50:02Z"), utcTime("2026-06-01T10:50:03Z")}, ticks, "one job a second from then on")
+		require.Equal(t, 2999, b.get(t, sch.ID).SkippedTicks)
+	})
+
+	// Sixty days down: every tick before the window is counted as missed,
+	// exactly, and the one round that does so fires the latest tick.
+	t.Run("MissedTicksOfAMonthsLongOutageAreCountedExactly", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, start)
+		sch := b.create(t, map[string]any{"cronExpression": "* * * * * *", "timeZone": "Europe/Paris", "overlapPolicy": "SKIP", "catchupWindowSeconds": 3600})
+		b.advance(t, 60*24*time.Hour)
+		got := b.get(t, sch.ID)
+		require.Equal(t, 60*24*3600-3601, got.MissedTicks, "every second before the window (10:00:01 to the window's start, excluded)")
+		require.Equal(t, start.Add(60*24*time.Hour-3601*time.Second), got.LastMissedAt.UTC())
+		require.Equal(t, 3600, got.SkippedTicks, "every second within the window but the last")
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Equal(t, []time.Time{start.Add(60 * 24 * time.Hour)}, ticks)
+	})
+
+	// Tenant A has two schedules each 1,500 ticks behind; tenant B one
+	// tick due. A round enqueues A's share and B's tick; A catches up
+	// over the next rounds.
+	t.Run("ATenantsCatchUpTakesItsShareOfARound", func(t *testing.T) {
+		t.Parallel()
+		b := schSetup(t, start)
+		a1 := b.create(t, map[string]any{"cronExpression": "* * * * * *", "catchupWindowSeconds": 3600})
+		a2 := b.create(t, map[string]any{"cronExpression": "* * * * * *", "catchupWindowSeconds": 3600})
+		other := b.s.NewUser(t, uuid.New())
+		var created struct{ CreateSchedule struct{ ID string } }
+		b.s.Do(t, other.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { id } }`, map[string]any{"in": map[string]any{
+			"name": "b", "workflowId": b.s.CreateWorkflow(t, other.Token, "other"), "cronExpression": "*/20 * * * *"}}).OK(t, &created)
+		b.advance(t, 1500*time.Second)
+		n1, _ := schTicks(t, b.s, a1.ID)
+		n2, _ := schTicks(t, b.s, a2.ID)
+		require.Equal(t, 1000, len(n1)+len(n2), "tenant A enqueued its share of the round")
+		nb, _ := schTicks(t, b.s, created.CreateSchedule.ID)
+		require.Len(t, nb, 1, "tenant B's tick fired in the same round")
+		b.advance(t, time.Second)
+		b.advance(t, time.Second)
+		n1, _ = schTicks(t, b.s, a1.ID)
+		n2, _ = schTicks(t, b.s, a2.ID)
+		require.Equal(t, 3000, len(n1)+len(n2), "and more at each of the next rounds")
+	})
+}
+
 // TestSchedulerFailover runs two replicas on one database, each with its
 // maintenance runner and scheduler, through two hours of minutes: the
 // leader dies in the middle, and at some ticks both replicas run the
