@@ -486,8 +486,10 @@ func (s *Webhooks) DeleteEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 // that receivers can switch without losing a delivery. A second rotation
 // within that overlap is CONFLICT: it would drop at once the secret
 // receivers may still verify with (one previous secret is kept), and the
-// refusal says when it becomes possible.
-func (s *Webhooks) RotateSecret(ctx context.Context, idb bun.IDB, id uuid.UUID) (*CreatedWebhookEndpoint, error) {
+// refusal says when it becomes possible. With dropPrevious the rotation
+// goes ahead at any time and only the new secret signs: for one that
+// leaked.
+func (s *Webhooks) RotateSecret(ctx context.Context, idb bun.IDB, id uuid.UUID, dropPrevious bool) (*CreatedWebhookEndpoint, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
@@ -495,11 +497,14 @@ func (s *Webhooks) RotateSecret(ctx context.Context, idb bun.IDB, id uuid.UUID) 
 	secret := newWebhookSecret()
 	now := s.cfg.Now()
 	w := new(WebhookEndpoint)
-	err = inTenant(sc, idb.NewUpdate().Model(w).Where("w.id = ?", id), "w").
-		Where("w.previous_secret_expires_at IS NULL OR w.previous_secret_expires_at <= ?", now).
-		Set("previous_secret = w.secret").Set("secret = ?", secret).
-		Set("previous_secret_expires_at = ?", now.Add(WebhookSecretOverlap)).
-		Set("updated_at = now()").Returning("*").Scan(ctx)
+	q := inTenant(sc, idb.NewUpdate().Model(w).Where("w.id = ?", id), "w").Set("secret = ?", secret)
+	if dropPrevious {
+		q = q.Set("previous_secret = NULL").Set("previous_secret_expires_at = NULL")
+	} else {
+		q = q.Where("w.previous_secret_expires_at IS NULL OR w.previous_secret_expires_at <= ?", now).
+			Set("previous_secret = w.secret").Set("previous_secret_expires_at = ?", now.Add(WebhookSecretOverlap))
+	}
+	err = q.Set("updated_at = now()").Returning("*").Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
 		var until time.Time
 		err := inTenant(sc, idb.NewSelect().Model((*WebhookEndpoint)(nil)).Column("w.previous_secret_expires_at").Where("w.id = ?", id), "w").
@@ -508,7 +513,7 @@ func (s *Webhooks) RotateSecret(ctx context.Context, idb bun.IDB, id uuid.UUID) 
 			return nil, notFoundIfNoRows(err, "webhook endpoint")
 		}
 		return nil, fault.New(fault.Conflict, "the secret was rotated less than %d hours ago, and the previous one signs alongside it until %s: "+
-			"rotating again now would drop it at once; rotate again after then", int(WebhookSecretOverlap.Hours()), until.UTC().Format(time.RFC3339))
+			"rotating again now would drop it at once; rotate again after then, or with dropPrevious: true if a secret leaked", int(WebhookSecretOverlap.Hours()), until.UTC().Format(time.RFC3339))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("rotating the endpoint's secret: %w", err)

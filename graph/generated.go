@@ -292,7 +292,7 @@ type ComplexityRoot struct {
 		ResumeSchedule          func(childComplexity int, id uuid.UUID) int
 		RetryJob                func(childComplexity int, id uuid.UUID) int
 		RevokeAPIKey            func(childComplexity int, id uuid.UUID) int
-		RotateWebhookSecret     func(childComplexity int, id uuid.UUID) int
+		RotateWebhookSecret     func(childComplexity int, id uuid.UUID, dropPrevious *bool) int
 		SendTestWebhook         func(childComplexity int, endpointID uuid.UUID) int
 		SetNodeRobotOverride    func(childComplexity int, workflowID uuid.UUID, nodeID string, robotID *uuid.UUID, capability *string) int
 		ShipLogs                func(childComplexity int, entries []*db.RobotLogInput) int
@@ -667,7 +667,7 @@ type MutationResolver interface {
 	CreateWebhookEndpoint(ctx context.Context, input db.CreateWebhookEndpointInput) (*db.CreatedWebhookEndpoint, error)
 	UpdateWebhookEndpoint(ctx context.Context, id uuid.UUID, input db.UpdateWebhookEndpointInput) (*db.WebhookEndpoint, error)
 	DeleteWebhookEndpoint(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
-	RotateWebhookSecret(ctx context.Context, id uuid.UUID) (*db.CreatedWebhookEndpoint, error)
+	RotateWebhookSecret(ctx context.Context, id uuid.UUID, dropPrevious *bool) (*db.CreatedWebhookEndpoint, error)
 	RedeliverWebhook(ctx context.Context, deliveryID uuid.UUID) (*db.WebhookDelivery, error)
 	SendTestWebhook(ctx context.Context, endpointID uuid.UUID) (*db.WebhookDelivery, error)
 }
@@ -1960,7 +1960,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Mutation.RotateWebhookSecret(childComplexity, args["id"].(uuid.UUID)), true
+		return e.ComplexityRoot.Mutation.RotateWebhookSecret(childComplexity, args["id"].(uuid.UUID), args["dropPrevious"].(*bool)), true
 	case "Mutation.sendTestWebhook":
 		if e.ComplexityRoot.Mutation.SendTestWebhook == nil {
 			break
@@ -3886,9 +3886,11 @@ type Mutation {
   secret keeps signing alongside it (a second signature in webhook-signature)
   for 24 hours, so that receivers can switch over without losing a delivery.
   Rotating again within those 24 hours is CONFLICT (it would drop the previous
-  secret at once); the message says when it becomes possible.
+  secret at once); the message says when it becomes possible. With
+  ` + "`" + `dropPrevious: true` + "`" + ` the rotation goes ahead at any time and no earlier
+  secret signs any more: for a secret that leaked.
   """
-  rotateWebhookSecret(id: ID!): CreatedWebhookEndpoint!
+  rotateWebhookSecret(id: ID!, dropPrevious: Boolean = false): CreatedWebhookEndpoint!
   "Sends a finished (SUCCEEDED or FAILED) delivery's event again, as a new delivery with the same webhook-id. NOT_FOUND once the delivery is past WEBHOOK_RETENTION_DAYS and pruned."
   redeliverWebhook(deliveryId: ID!): WebhookDelivery!
   "Sends a webhook.test event to an enabled endpoint, whatever events it subscribed to."
@@ -6692,6 +6694,14 @@ func (ec *executionContext) field_Mutation_rotateWebhookSecret_args(ctx context.
 		return nil, err
 	}
 	args["id"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "dropPrevious",
+		func(ctx context.Context, v any) (*bool, error) {
+			return ec.unmarshalOBoolean2ᚖbool(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["dropPrevious"] = arg1
 	return args, nil
 }
 
@@ -11439,7 +11449,7 @@ func (ec *executionContext) _Mutation_rotateWebhookSecret(ctx context.Context, f
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Mutation().RotateWebhookSecret(ctx, fc.Args["id"].(uuid.UUID))
+			return ec.Resolvers.Mutation().RotateWebhookSecret(ctx, fc.Args["id"].(uuid.UUID), fc.Args["dropPrevious"].(*bool))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *db.CreatedWebhookEndpoint) graphql.Marshaler {

@@ -324,8 +324,8 @@ func (r *mutationResolver) DeleteWebhookEndpoint(ctx context.Context, id uuid.UU
 }
 
 // RotateWebhookSecret is the resolver for the rotateWebhookSecret field.
-func (r *mutationResolver) RotateWebhookSecret(ctx context.Context, id uuid.UUID) (*db.CreatedWebhookEndpoint, error) {
-	return r.WebhookStore.RotateSecret(ctx, r.DB, id)
+func (r *mutationResolver) RotateWebhookSecret(ctx context.Context, id uuid.UUID, dropPrevious *bool) (*db.CreatedWebhookEndpoint, error) {
+	return r.WebhookStore.RotateSecret(ctx, r.DB, id, deref(dropPrevious))
 }
 
 // RedeliverWebhook is the resolver for the redeliverWebhook field.

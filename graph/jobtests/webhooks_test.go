@@ -778,6 +778,22 @@ func TestWebhookRetries(t *testing.T) {
 		b.tn.Do(t, rotate, map[string]any{"id": ep}, &out)
 		require.NotEqual(t, fresh, out.RotateWebhookSecret.Secret)
 		jqSameTime(t, b.clock.Now().Add(24*time.Hour), out.RotateWebhookSecret.Endpoint.PreviousSecretExpiresAt, "previousSecretExpiresAt")
+
+		// A secret that leaked is replaced at once, within the overlap too,
+		// and then only the new one signs.
+		var dropped struct {
+			RotateWebhookSecret struct {
+				Secret   string
+				Endpoint struct{ PreviousSecretExpiresAt *time.Time }
+			}
+		}
+		b.tn.Do(t, `mutation($id: ID!) { rotateWebhookSecret(id: $id, dropPrevious: true) { secret endpoint { previousSecretExpiresAt } } }`,
+			map[string]any{"id": ep}, &dropped)
+		require.Nil(t, dropped.RotateWebhookSecret.Endpoint.PreviousSecretExpiresAt)
+		r.Complete(t, whRunning(t, b.tn, r, nil), nil)
+		b.round(t)
+		q = rcv.requests()[3]
+		require.Equal(t, []string{whSignature(t, dropped.RotateWebhookSecret.Secret, q.Header.Get("webhook-id"), q.Header.Get("webhook-timestamp"), q.Body)}, whSignatures(q))
 	})
 
 	// A redelivery of a delivery the retention prune is deleting waits for
