@@ -96,13 +96,13 @@ func (s *Robots) Stats(ctx context.Context, idb bun.IDB) (*RobotStats, error) {
 // AssignmentStats returns, per workflow of the caller's tenant, its assigned
 // robots and its backlog, in one statement.
 //
-// The page of workflows is joined to two grouped aggregates, each read
-// once: the tenant's assignments, and the tenant's live jobs (QUEUED,
-// CLAIMED, RUNNING), which jobs_tenant_status_idx finds without touching
-// finished jobs or other tenants' jobs. Counting per workflow in
-// correlated subqueries instead read, for every workflow, every entry of
-// the live-job indexes (jobs_lease_idx has no tenant), whatever the
-// tenant's own backlog: seconds for a page of 500.
+// The page of workflows is joined to each one's assignments (on the
+// primary key) and to one grouped aggregate, read once, of the tenant's
+// live jobs (QUEUED, CLAIMED, RUNNING), which jobs_tenant_status_idx
+// finds without touching finished jobs or other tenants' jobs. Counting
+// jobs per workflow in correlated subqueries instead read, for every
+// workflow, every entry of the live-job indexes (jobs_lease_idx has no
+// tenant), whatever the tenant's own backlog: seconds for a page of 500.
 func (s *Workflows) AssignmentStats(ctx context.Context, idb bun.IDB) ([]*WorkflowAssignmentStats, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -118,15 +118,18 @@ func (s *Workflows) AssignmentStats(ctx context.Context, idb bun.IDB) ([]*Workfl
 	}
 	page := inTenant(sc, idb.NewSelect().TableExpr("workflows AS w").ColumnExpr("w.*"), "w").
 		OrderExpr("w.name, w.id").Apply(limitRows(MaxStatsRows))
+	// Each workflow's assignments, on the primary key (workflow_id,
+	// robot_id): at most 50 for each of the page's workflows. No index
+	// starts with the tenant, so one grouped aggregate of the tenant's
+	// assignments would walk every tenant's.
 	assignments := inTenant(sc, idb.NewSelect().TableExpr("workflow_assignments AS a"), "a").
-		ColumnExpr("a.workflow_id").
 		ColumnExpr("count(*) AS assigned").
 		ColumnExpr("count(*) FILTER (WHERE r.status IN ('ONLINE', 'BUSY')) AS available").
 		// At most one assignment of a workflow is its default
 		// (workflow_assignments_one_default_key).
 		ColumnExpr("(array_agg(a.robot_id) FILTER (WHERE a.is_default))[1] AS default_robot_id").
 		Join("LEFT JOIN robots AS r ON r.id = a.robot_id").
-		GroupExpr("a.workflow_id")
+		Where("a.workflow_id = w.id")
 	backlog := inTenant(sc, idb.NewSelect().TableExpr("jobs AS j"), "j").
 		ColumnExpr("j.workflow_id").
 		ColumnExpr("count(*) FILTER (WHERE j.status = 'QUEUED') AS queued").
@@ -140,7 +143,7 @@ func (s *Workflows) AssignmentStats(ctx context.Context, idb bun.IDB) ([]*Workfl
 		ColumnExpr("a.default_robot_id").
 		ColumnExpr("coalesce(b.queued, 0) AS queued").
 		ColumnExpr("coalesce(b.running, 0) AS running").
-		Join("LEFT JOIN (?) AS a ON a.workflow_id = w.id", assignments).
+		Join("LEFT JOIN LATERAL (?) AS a ON true", assignments).
 		Join("LEFT JOIN (?) AS b ON b.workflow_id = w.id", backlog).
 		OrderExpr("w.name, w.id").Scan(ctx, &rows)
 	if err != nil {
