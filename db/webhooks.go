@@ -417,13 +417,13 @@ func (s *Webhooks) UpdateEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 }
 
 // deleteEventsWithoutDeliveries deletes those of events (whose deliveries
-// tx has just deleted) that no delivery refers to any more. It locks them
-// first, in id order, and checks in a statement of its own: two
-// transactions that each delete all of an event's deliveries but the
-// other's (two of its endpoints deleted at once, or a deletion and the
-// prune) would each see the other's still there and keep the event, which
-// nothing could then find. Locked, the second waits for the first to
-// commit, and its check then sees the first's deletions.
+// tx has just deleted, at most a prune's batch) that no delivery refers to
+// any more. It locks them first, in id order, and checks in a statement of
+// its own: two transactions that each delete all of an event's deliveries
+// but the other's (a prune and an endpoint's deletion, or two deletions,
+// which lock the same way) would each see the other's still there and keep
+// the event, which nothing could then find. Locked, the second waits for
+// the first to commit, and its check then sees the first's deletions.
 func deleteEventsWithoutDeliveries(ctx context.Context, tx bun.Tx, events []uuid.UUID) (int64, error) {
 	if len(events) == 0 {
 		return 0, nil
@@ -462,13 +462,19 @@ func (s *Webhooks) DeleteEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 			return notFoundIfNoRows(err, "webhook endpoint")
 		}
 		// Its deliveries go, then the events only they referred to (which
-		// retention, finding events through deliveries, could never find).
-		var events []uuid.UUID
-		if err := tx.NewRaw(`DELETE FROM webhook_deliveries WHERE endpoint_id = ? RETURNING event_id`, id).Scan(ctx, &events); err != nil {
-			return fmt.Errorf("deleting the endpoint's deliveries: %w", err)
+		// retention, finding events through deliveries, could never find),
+		// in SQL: a busy endpoint's deliveries are millions. The events
+		// are locked first, as deleteEventsWithoutDeliveries does and for
+		// the same reason; the statement after it sees, in its snapshot,
+		// the deletions of a transaction that held them before.
+		if _, err := tx.NewRaw(`SELECT 1 FROM webhook_events WHERE id IN (
+				SELECT event_id FROM webhook_deliveries WHERE endpoint_id = ?) ORDER BY id FOR UPDATE`, id).Exec(ctx); err != nil {
+			return fmt.Errorf("locking the endpoint's events: %w", err)
 		}
-		if _, err := deleteEventsWithoutDeliveries(ctx, tx, events); err != nil {
-			return err
+		if _, err := tx.NewRaw(`WITH d AS (DELETE FROM webhook_deliveries WHERE endpoint_id = ? RETURNING event_id)
+			DELETE FROM webhook_events AS e WHERE e.id IN (SELECT event_id FROM d)
+			AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS x WHERE x.event_id = e.id AND x.endpoint_id <> ?)`, id, id).Exec(ctx); err != nil {
+			return fmt.Errorf("deleting the endpoint's deliveries and events: %w", err)
 		}
 		if _, err := tx.NewDelete().Model((*WebhookEndpoint)(nil)).Where("w.id = ?", id).Exec(ctx); err != nil {
 			return fmt.Errorf("deleting the webhook endpoint: %w", err)

@@ -328,4 +328,7 @@ func TestIntrospectionQueryPassesTheLimits(t *testing.T) {
 	types.WriteString("}")
 	require.Equal(t, "INTROSPECTION_LIMIT_EXCEEDED", s.Do(t, "", types.String(), nil).Code(t, "BAD_USER_INPUT").Extensions["reason"])
 	s.Do(t, "", `{__schema{queryType{name}} a: __type(name: "Machine"){name} b: __type(name: "Robot"){name}}`, nil).OK(t, nil)
+	// Fields of one response key are one answer, from however many
+	// fragments.
+	s.Do(t, "", `{ ...A ...B } fragment A on Query { __schema { queryType { name } } } fragment B on Query { __schema { types { name } } }`, nil).OK(t, nil)
 }

@@ -80,11 +80,11 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 		// over until the subscription ended.
 		return limitError("DEFER_NOT_SUPPORTED", "@defer is not supported: select the fields directly (they come in the one answer)")
 	}
-	if w.introspects > 0 && !l.introspection {
+	if len(w.introspects) > 0 && !l.introspection {
 		return &gqlerror.Error{Message: "introspection is disabled on this server", Err: fault.New(fault.Forbidden, "introspection is disabled on this server")}
 	}
-	if w.schemas > 1 || w.introspects-w.schemas > maxTypeIntrospections {
-		return limitError("INTROSPECTION_LIMIT_EXCEEDED", "the operation asks for __schema %d times and __type %d times; the limits are 1 and %d: ask once for what you need", w.schemas, w.introspects-w.schemas, maxTypeIntrospections)
+	if schemas, types := w.introspections(); schemas > 1 || types > maxTypeIntrospections {
+		return limitError("INTROSPECTION_LIMIT_EXCEEDED", "the operation asks for __schema %d times and __type %d times; the limits are 1 and %d: ask once for what you need", schemas, types, maxTypeIntrospections)
 	}
 	if depth > l.depth {
 		return limitError("DEPTH_LIMIT_EXCEEDED", "the operation nests %d levels deep; the limit is %d", depth, l.depth)
@@ -123,10 +123,11 @@ func clientGone() *gqlerror.Error {
 type operationWalker struct {
 	vars    map[string]any
 	aliases int
-	// introspects counts the __schema and __type fields, schemas the
-	// first.
-	introspects, schemas int
-	defers               bool // a fragment asks for @defer
+	// introspects holds the response keys (alias, or name) of the
+	// __schema and __type fields, each with its field's name: fields of
+	// one key, from several fragments, are one in the answer.
+	introspects map[string]string
+	defers      bool // a fragment asks for @defer
 	// argBytes is the size of the argument values walked, variables
 	// expanded; varBytes and literalBytes (made when first needed)
 	// memoise each variable's and each list or object literal's size, so
@@ -176,10 +177,14 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 	}
 	if strings.HasPrefix(f.Name, "__") {
 		if f.Name == "__schema" || f.Name == "__type" {
-			w.introspects++
-		}
-		if f.Name == "__schema" {
-			w.schemas++
+			if w.introspects == nil {
+				w.introspects = map[string]string{}
+			}
+			key := f.Alias
+			if key == "" {
+				key = f.Name
+			}
+			w.introspects[key] = f.Name
 		}
 		return 1, depth - 1
 	}
@@ -215,6 +220,18 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 		child, deepest = w.walk(f.SelectionSet, depth+1, 0)
 	}
 	return saturatingAdd(1+size.statement+scan, child), deepest
+}
+
+// introspections counts the operation's __schema and __type answers.
+func (w *operationWalker) introspections() (schemas, types int) {
+	for _, name := range w.introspects {
+		if name == "__schema" {
+			schemas++
+		} else {
+			types++
+		}
+	}
+	return schemas, types
 }
 
 // valueBytes is about how many bytes v takes as JSON once its variables
