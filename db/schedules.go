@@ -357,17 +357,8 @@ func (s *Schedules) Create(ctx context.Context, idb bun.IDB, in CreateScheduleIn
 		if err := s.check(ctx, tx, sc, sch, nil, s.now()); err != nil {
 			return err
 		}
-		// A lock on the tenant's schedules keeps two creations from both
-		// passing the count check.
-		if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(?, hashtext(?))", locks.Schedules, sc.tenant.String()); err != nil {
-			return fmt.Errorf("locking the tenant's schedules: %w", err)
-		}
-		n, err := inTenant(sc, tx.NewSelect().Model((*Schedule)(nil)), "s").Count(ctx)
-		if err != nil {
-			return fmt.Errorf("counting schedules: %w", err)
-		}
-		if n >= MaxSchedules {
-			return &fault.Error{Code: fault.Conflict, Message: fmt.Sprintf("a tenant may have at most %d schedules; delete one first", MaxSchedules)}
+		if err := underTenantCap(ctx, tx, sc, locks.Schedules, (*Schedule)(nil), "s", MaxSchedules, "schedules"); err != nil {
+			return err
 		}
 		if _, err := tx.NewInsert().Model(sch).Returning("*").Exec(ctx); err != nil {
 			return constraintError(err, scheduleConstraints)

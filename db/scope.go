@@ -2,8 +2,10 @@ package db
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/google/uuid"
+	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/schema"
 
 	"fleetgraph/auth"
@@ -303,4 +305,22 @@ func CheckCaller(ctx context.Context, usersOnly bool) error {
 	}
 	_, err := scopeOf(ctx)
 	return err
+}
+
+// underTenantCap refuses (CONFLICT) to add one more row of model (a table
+// of tenant-scoped rows, aliased alias) when the caller's tenant already
+// has max of them, named what. It takes the advisory lock key for the
+// tenant until tx ends, so that two creations cannot both pass the count.
+func underTenantCap(ctx context.Context, tx bun.Tx, sc scope, key int32, model any, alias string, max int, what string) error {
+	if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(?, hashtext(?))", key, sc.tenant.String()); err != nil {
+		return fmt.Errorf("locking the tenant's %s: %w", what, err)
+	}
+	n, err := inTenant(sc, tx.NewSelect().Model(model), alias).Count(ctx)
+	if err != nil {
+		return fmt.Errorf("counting %s: %w", what, err)
+	}
+	if n >= max {
+		return &fault.Error{Code: fault.Conflict, Message: fmt.Sprintf("a tenant may have at most %d %s; delete one first", max, what)}
+	}
+	return nil
 }

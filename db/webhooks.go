@@ -350,17 +350,8 @@ func (s *Webhooks) CreateEndpoint(ctx context.Context, idb bun.IDB, in CreateWeb
 		w.Enabled = *in.Enabled
 	}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		// A lock on the tenant's endpoints keeps two creations from both
-		// passing the count check.
-		if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(?, hashtext(?))", locks.WebhookEndpoints, sc.tenant.String()); err != nil {
-			return fmt.Errorf("locking the tenant's endpoints: %w", err)
-		}
-		n, err := inTenant(sc, tx.NewSelect().Model((*WebhookEndpoint)(nil)), "w").Count(ctx)
-		if err != nil {
-			return fmt.Errorf("counting endpoints: %w", err)
-		}
-		if n >= MaxWebhookEndpoints {
-			return &fault.Error{Code: fault.Conflict, Message: fmt.Sprintf("a tenant may have at most %d webhook endpoints; delete one first", MaxWebhookEndpoints)}
+		if err := underTenantCap(ctx, tx, sc, locks.WebhookEndpoints, (*WebhookEndpoint)(nil), "w", MaxWebhookEndpoints, "webhook endpoints"); err != nil {
+			return err
 		}
 		if _, err := tx.NewInsert().Model(w).Returning("*").Exec(ctx); err != nil {
 			return fmt.Errorf("creating the endpoint: %w", err)
