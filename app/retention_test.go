@@ -24,27 +24,8 @@ import (
 // without deliveries; it keeps what is younger, and pending deliveries
 // (with their events) whatever their age.
 func TestHistoryRetention(t *testing.T) {
-	d := dbtest.New(t)
-	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(strings.Repeat("s", 40)), Audience: "authenticated"})
-	require.NoError(t, err)
-	now := time.Now().UTC().Truncate(time.Second)
-	clock := maintenance.NewManualClock(now)
-	a, err := app.New(app.Config{DB: d.DB, DSN: d.DSN, JWT: jwt, Logger: slog.New(slog.DiscardHandler), Clock: clock,
-		Retention: db.RetentionConfig{AuditDays: 90, WebhookDays: 30, BatchesPerRun: 2}})
-	require.NoError(t, err)
-	ctx := t.Context()
-	exec := func(q string, args ...any) {
-		t.Helper()
-		_, err := d.DB.ExecContext(ctx, q, args...)
-		require.NoError(t, err)
-	}
-	count := func(q string, args ...any) int {
-		t.Helper()
-		var n int
-		require.NoError(t, d.DB.NewRaw(q, args...).Scan(ctx, &n))
-		return n
-	}
-	days := func(n int) time.Time { return now.AddDate(0, 0, -n) }
+	f := newRetentionFixture(t, db.RetentionConfig{AuditDays: 90, WebhookDays: 30, BatchesPerRun: 2})
+	d, ctx, clock, exec, count, days, step := f.d, t.Context(), f.clock, f.exec, f.count, f.days, f.step
 
 	// More old audit entries than one batch deletes, and two young ones.
 	exec(`INSERT INTO api_key_audit (event, ip, at) SELECT 'UNKNOWN_KEY', '10.0.0.1', ? FROM generate_series(1, 12000)`, days(91))
@@ -77,12 +58,6 @@ func TestHistoryRetention(t *testing.T) {
 	oldPending := event(days(40), "SUCCEEDED", "PENDING")
 	young := event(days(29), "SUCCEEDED")
 
-	step := func() {
-		t.Helper()
-		leading, err := a.Maintenance.Step(ctx)
-		require.NoError(t, err)
-		require.True(t, leading)
-	}
 	step()
 	// A run deletes at most BatchesPerRun batches a table (2 × 5,000):
 	// the next run, an hour later, the rest.
@@ -106,6 +81,52 @@ func TestHistoryRetention(t *testing.T) {
 	require.Equal(t, 1, count(`SELECT count(*) FROM api_key_audit`))
 }
 
+// retentionFixture is a database, a leader with a manual clock whose
+// retention is cfg, and helpers to write rows and count them.
+type retentionFixture struct {
+	t     *testing.T
+	d     *dbtest.Database
+	a     *app.App
+	now   time.Time
+	clock *maintenance.ManualClock
+}
+
+func newRetentionFixture(t *testing.T, cfg db.RetentionConfig) *retentionFixture {
+	t.Helper()
+	d := dbtest.New(t)
+	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(strings.Repeat("s", 40)), Audience: "authenticated"})
+	require.NoError(t, err)
+	now := time.Now().UTC().Truncate(time.Second)
+	clock := maintenance.NewManualClock(now)
+	a, err := app.New(app.Config{DB: d.DB, DSN: d.DSN, JWT: jwt, Logger: slog.New(slog.DiscardHandler), Clock: clock, Retention: cfg})
+	require.NoError(t, err)
+	return &retentionFixture{t: t, d: d, a: a, now: now, clock: clock}
+}
+
+func (f *retentionFixture) exec(q string, args ...any) {
+	f.t.Helper()
+	_, err := f.d.DB.ExecContext(f.t.Context(), q, args...)
+	require.NoError(f.t, err)
+}
+
+func (f *retentionFixture) count(q string, args ...any) int {
+	f.t.Helper()
+	var n int
+	require.NoError(f.t, f.d.DB.NewRaw(q, args...).Scan(f.t.Context(), &n))
+	return n
+}
+
+// days is n days before the fixture's start.
+func (f *retentionFixture) days(n int) time.Time { return f.now.AddDate(0, 0, -n) }
+
+// step runs one maintenance step, as the leader.
+func (f *retentionFixture) step() {
+	f.t.Helper()
+	leading, err := f.a.Maintenance.Step(f.t.Context())
+	require.NoError(f.t, err)
+	require.True(f.t, leading)
+}
+
 // statuses lists the statuses of event's deliveries.
 func statuses(t *testing.T, d *dbtest.Database, event uuid.UUID) []string {
 	t.Helper()
@@ -120,33 +141,8 @@ func statuses(t *testing.T, d *dbtest.Database, event uuid.UUID) []string {
 // locked, then QUEUED again) stay. What keeps a deleted job's id (its log
 // lines, its webhook events, its schedule) is untouched.
 func TestJobRetention(t *testing.T) {
-	d := dbtest.New(t)
-	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(strings.Repeat("s", 40)), Audience: "authenticated"})
-	require.NoError(t, err)
-	now := time.Now().UTC().Truncate(time.Second)
-	clock := maintenance.NewManualClock(now)
-	a, err := app.New(app.Config{DB: d.DB, DSN: d.DSN, JWT: jwt, Logger: slog.New(slog.DiscardHandler), Clock: clock,
-		Retention: db.RetentionConfig{JobDays: 30, BatchesPerRun: 2}})
-	require.NoError(t, err)
-	ctx := t.Context()
-	exec := func(q string, args ...any) {
-		t.Helper()
-		_, err := d.DB.ExecContext(ctx, q, args...)
-		require.NoError(t, err)
-	}
-	count := func(q string, args ...any) int {
-		t.Helper()
-		var n int
-		require.NoError(t, d.DB.NewRaw(q, args...).Scan(ctx, &n))
-		return n
-	}
-	days := func(n int) time.Time { return now.AddDate(0, 0, -n) }
-	step := func() {
-		t.Helper()
-		leading, err := a.Maintenance.Step(ctx)
-		require.NoError(t, err)
-		require.True(t, leading)
-	}
+	f := newRetentionFixture(t, db.RetentionConfig{JobDays: 30, BatchesPerRun: 2})
+	d, ctx, clock, exec, count, days, step, now := f.d, t.Context(), f.clock, f.exec, f.count, f.days, f.step, f.now
 
 	tenant := uuid.New()
 	var workflow, robot, schedule uuid.UUID
