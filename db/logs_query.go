@@ -84,9 +84,15 @@ func (s *Logs) List(ctx context.Context, idb bun.IDB, f LogFilter, p PageArgs) (
 		}
 		q = q.Where("l.level >= ?", f.MinLevel.Severity())
 	}
-	if f.Since != nil {
-		q = q.Where("l.at >= ?", *f.Since)
+	// Nothing before the retention's cutoff is kept: the window starts
+	// there at the earliest, as the summary's does, so that a search
+	// (contains, minLevel) that finds less than a page skips the
+	// partitions the daily cleanup has yet to drop.
+	from := s.retainedSince(s.cfg.Now())
+	if f.Since != nil && f.Since.After(from) {
+		from = *f.Since
 	}
+	q = q.Where("l.at >= ?", from)
 	if f.Until != nil {
 		q = q.Where("l.at < ?", *f.Until)
 	}

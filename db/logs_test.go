@@ -134,4 +134,18 @@ func TestSummaryKeepsToTheRetention(t *testing.T) {
 	for _, old := range []time.Time{now.AddDate(0, 0, -45), kept.Add(-time.Minute)} {
 		require.NotContains(t, plan, "robot_logs_p"+old.Format("20060102"), "a partition past the retention is not read")
 	}
+
+	// The list too: a search that finds less than a page reads no
+	// partition past the retention, and lists no line of one.
+	page, err := logs.List(svc, d.DB, db.LogFilter{Since: &since}, db.PageArgs{})
+	require.NoError(t, err)
+	require.Len(t, page.Items, 2, "the lines the retention keeps")
+	contains := "nothing like it"
+	plan = explainStatement(t, d, func(ctx context.Context, idb bun.IDB) error {
+		_, err := logs.List(auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService}), idb, db.LogFilter{Contains: &contains}, db.PageArgs{})
+		return err
+	})
+	for _, old := range []time.Time{now.AddDate(0, 0, -45), kept.Add(-time.Minute)} {
+		require.NotContains(t, plan, "robot_logs_p"+old.Format("20060102"), "a partition past the retention is not searched")
+	}
 }
