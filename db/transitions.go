@@ -114,6 +114,12 @@ func (s *Jobs) Retry(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, erro
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		j, err = transitionOne(ctx, tx, inTenant(sc, tx.NewUpdate().Model((*Job)(nil)).Where("j.id = ?", id), "j").
 			Where("j.status IN (?)", bun.List([]JobStatus{JobFailed, JobCancelled})).Where("NOT j.target_lost").
+			// Its target robot held (KEY SHARE) until the retry commits:
+			// a deletion of it waits, then cancels the job queued again.
+			// Unheld, a retry committed between the deletion's cancelling
+			// of the live jobs aimed at it and its marking of the others
+			// left the job QUEUED without a target, for any robot to run.
+			Where("(j.target_robot_id IS NULL OR EXISTS (SELECT 1 FROM robots AS t WHERE t.id = j.target_robot_id FOR KEY SHARE))").
 			Set("status = ?", JobQueued).Set("attempt = 0").Set("error = NULL").Set("result = NULL").
 			Set("progress = 0").Set("current_node = NULL").Set("robot_id = NULL").
 			Set("lease_expires_at = NULL").Set("run_after = now()"). // the last lease token stays (see explainFence)
@@ -169,7 +175,7 @@ WITH candidate AS (
 	SELECT j.id FROM jobs j
 	WHERE j.tenant_id = ?1 AND j.status = 'QUEUED' AND j.run_after <= now()
 	  AND j.required_capabilities <@ ?2::text[]
-	  AND (j.target_robot_id IS NULL OR j.target_robot_id = ?0)
+	  AND (j.target_robot_id IS NULL OR j.target_robot_id = ?0) AND NOT j.target_lost
 	  AND (j.target_robot_id = ?0
 	       OR NOT EXISTS (SELECT 1 FROM workflow_assignments a WHERE a.workflow_id = j.workflow_id)
 	       OR EXISTS (SELECT 1 FROM workflow_assignments a WHERE a.workflow_id = j.workflow_id AND a.robot_id = ?0))

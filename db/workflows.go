@@ -227,14 +227,20 @@ func (s *Workflows) Publish(ctx context.Context, idb bun.IDB, workflowID uuid.UU
 	return v, nil
 }
 
-// requireRobot checks that robotID is a robot of the scope's tenant.
-func requireRobot(ctx context.Context, idb bun.IDB, sc scope, robotID uuid.UUID, field string) error {
-	exists, err := inTenant(sc, idb.NewSelect().Model((*Robot)(nil)).Where("r.id = ?", robotID), "r").Exists(ctx)
+// requireRobot checks that robotID is a robot of the scope's tenant, and
+// holds it (FOR KEY SHARE) until tx ends, as the foreign key of the row tx
+// then writes would: a robot being deleted is waited for and then not
+// found. Unlocked, the check passed during the deletion and the insert's
+// foreign key failed after it, an INTERNAL for a client's race.
+func requireRobot(ctx context.Context, tx bun.Tx, sc scope, robotID uuid.UUID, field string) error {
+	var id uuid.UUID
+	err := inTenant(sc, tx.NewSelect().Model((*Robot)(nil)).Column("r.id").Where("r.id = ?", robotID), "r").
+		For("KEY SHARE").Scan(ctx, &id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return &fault.Error{Code: fault.NotFound, Field: field, Message: "robot not found"}
+	}
 	if err != nil {
 		return fmt.Errorf("finding the robot: %w", err)
-	}
-	if !exists {
-		return &fault.Error{Code: fault.NotFound, Field: field, Message: "robot not found"}
 	}
 	return nil
 }
