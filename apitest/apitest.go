@@ -460,6 +460,18 @@ func RequireNoData(t testing.TB, resp *Response) {
 	}
 }
 
+// LockWaiters counts the sessions of the server's database that wait for a
+// lock in a statement whose text is LIKE like ("%" for any): with a row or
+// table the test holds, a test can wait until the calls it sent queue
+// behind it, whatever the machine's load.
+func (s *Server) LockWaiters(t testing.TB, like string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+		AND wait_event_type = 'Lock' AND query LIKE ?`, like).Scan(t.Context(), &n))
+	return n
+}
+
 // LockTable takes an ACCESS EXCLUSIVE lock on table in a transaction the
 // test ends with release (idempotent; also at cleanup).
 func (s *Server) LockTable(t testing.TB, table string) (release func()) {

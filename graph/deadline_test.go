@@ -119,12 +119,7 @@ func TestAQueryRunsAFewRootFieldsAtOnce(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
 	u := s.NewUser(t, uuid.New())
-	waiting := func() int {
-		var n int
-		require.NoError(t, s.DB.QueryRowContext(t.Context(),
-			`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n))
-		return n
-	}
+	waiting := func() int { return s.LockWaiters(t, "%") }
 	release := s.LockTable(t, "machines")
 	var q strings.Builder
 	q.WriteString("{")
@@ -134,7 +129,7 @@ func TestAQueryRunsAFewRootFieldsAtOnce(t *testing.T) {
 	q.WriteString("}")
 	done := make(chan *apitest.Response, 1)
 	go func() { done <- s.Do(t, u.Token, q.String(), nil) }()
-	require.Eventually(t, func() bool { return waiting() >= 3 }, 30*time.Second, 10*time.Millisecond, "three fields run")
+	apitest.Eventually(t, 30*time.Second, "three fields run", func() bool { return waiting() >= 3 })
 	// A barrier above, and a short look for a fourth below (the old code
 	// ran all ten at once).
 	tick := time.NewTicker(10 * time.Millisecond)

@@ -799,9 +799,7 @@ func TestShipLogsLocksJobsInIDOrder(t *testing.T) {
 		}})
 	}()
 	apitest.Eventually(t, 10*time.Second, "shipLogs waits for the lower job", func() bool {
-		var waiting int
-		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(ctx, &waiting))
-		return waiting > 0
+		return s.LockWaiters(t, "%") > 0
 	})
 	probe, err := s.DB.BeginTx(ctx, nil)
 	require.NoError(t, err)

@@ -313,10 +313,7 @@ func TestShutdownLetsAStreamedMutationFinish(t *testing.T) {
 	sse := streamRequest(t, ctx, s, c.token, "text/event-stream", `mutation($id: ID!) { startMachine(id: $id) { status } }`, map[string]any{"id": m.ID})
 	require.Contains(t, sse.Header.Get("Content-Type"), "text/event-stream")
 	apitest.Eventually(t, 30*time.Second, "the mutation waits for the machine's row", func() bool {
-		var n int
-		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-			AND wait_event_type = 'Lock' AND query LIKE '%machines%'`).Scan(ctx, &n))
-		return n > 0
+		return s.LockWaiters(t, "%machines%") > 0
 	})
 
 	closed := make(chan error, 1)

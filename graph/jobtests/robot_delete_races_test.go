@@ -19,9 +19,7 @@ import (
 func rdWaiting(t *testing.T, s *apitest.Server, n int) {
 	t.Helper()
 	apitest.Eventually(t, 30*time.Second, "statements wait for locks", func() bool {
-		var c int
-		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(t.Context(), &c))
-		return c >= n
+		return s.LockWaiters(t, "%") >= n
 	})
 }
 

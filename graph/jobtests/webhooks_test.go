@@ -268,10 +268,7 @@ func whAwaitLockWait(t *testing.T, b *whBundle, what string, done func() bool) {
 		if done() {
 			return true
 		}
-		var n int
-		require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-			AND wait_event_type = 'Lock' AND query LIKE '%webhook_%'`).Scan(t.Context(), &n))
-		return n > 0
+		return b.s.LockWaiters(t, "%webhook_%") > 0
 	})
 }
 
@@ -892,10 +889,7 @@ func TestWebhookRetries(t *testing.T) {
 			}()
 		}
 		apitest.Eventually(t, 30*time.Second, "both deletions wait for the event", func() bool {
-			var n int
-			require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-				AND wait_event_type = 'Lock' AND query LIKE '%webhook_events%'`).Scan(ctx, &n))
-			return n == 2
+			return b.s.LockWaiters(t, "%webhook_events%") == 2
 		})
 		require.NoError(t, holder.Rollback())
 		(<-done).OK(t, nil)

@@ -1176,10 +1176,7 @@ func TestLiveWSShutdownLetsAMutationFinish(t *testing.T) {
 	require.Equal(t, "next", c.readFor("sub").Type, "CURRENT")
 	c.subscribe("start", `mutation($id: ID!) { startMachine(id: $id) { status } }`, map[string]any{"id": f.machine})
 	apitest.Eventually(t, wait, "the mutation waits for the machine's row", func() bool {
-		var n int
-		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-			AND wait_event_type = 'Lock' AND query LIKE '%machines%'`).Scan(ctx, &n))
-		return n > 0
+		return s.LockWaiters(t, "%machines%") > 0
 	})
 
 	closed := make(chan error, 1)
