@@ -110,10 +110,10 @@ var scans = map[string][]string{
 	"JobConnection.totalCount": nil,
 }
 
-// scanCost is what f costs for the rows its statement scans, given the
-// operation's variables.
-func scanCost(parent string, f *ast.Field, vars map[string]any) int {
-	args, ok := scans[parent+"."+f.Name]
+// scanCost is what f, the field key names (Type.field), costs for the rows
+// its statement scans, given the operation's variables.
+func scanCost(key string, f *ast.Field, vars map[string]any) int {
+	args, ok := scans[key]
 	if !ok {
 		return 0
 	}
@@ -174,10 +174,10 @@ func asInt(v any) (int, bool) {
 	return 0, false
 }
 
-// sizeOf looks up the list size of a field of parent, failing closed for a
-// list the table does not know.
-func sizeOf(parent, field string) listSize {
-	if s, ok := listSizes[parent+"."+field]; ok {
+// sizeOf looks up the list size of the field key names (Type.field),
+// failing closed for a list the table does not know.
+func sizeOf(key string) listSize {
+	if s, ok := listSizes[key]; ok {
 		return s
 	}
 	return listSize{def: db.MaxPageSize, max: db.MaxPageSize}

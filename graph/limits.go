@@ -191,12 +191,13 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 	if f.Definition == nil || f.ObjectDefinition == nil {
 		return 1, depth
 	}
-	scan := scanCost(f.ObjectDefinition.Name, f, w.vars)
+	key := f.ObjectDefinition.Name + "." + f.Name
+	scan := scanCost(key, f, w.vars)
 	if len(f.SelectionSet) == 0 {
 		if f.Definition.Type.Name() == "JSON" {
 			return jsonWeight, depth
 		}
-		if size, ok := listSizes[f.ObjectDefinition.Name+"."+f.Name]; ok && f.Definition.Type.Elem != nil {
+		if size, ok := listSizes[key]; ok && f.Definition.Type.Elem != nil {
 			// A list of scalars whose length an argument sets
 			// (Schedule.nextRuns): each item is computed.
 			return size.count(f, w.vars), depth
@@ -204,7 +205,7 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 		return 1 + scan, depth
 	}
 	t := f.Definition.Type
-	size := sizeOf(f.ObjectDefinition.Name, f.Name)
+	size := sizeOf(key)
 	var child int
 	switch {
 	case edges > 0 && (f.Name == "edges" || f.Name == "nodes"):
