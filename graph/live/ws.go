@@ -372,27 +372,30 @@ func (c *wsConn) serve(ctx context.Context) {
 		}
 		if anonymous == nil && c.anonymous() {
 			anonymous = time.AfterFunc(c.t.Quota.anonymousLifetime(), func() {
-				c.turn.Lock()
-				c.endAll(ctx, errAnonymousLifetime)
-				c.turn.Unlock()
-				c.finishing.Wait()
-				c.shut(CloseUnauthorized, "Unauthorized: a socket without a credential closes after a while; send one in connection_init")
+				c.endThenShut(ctx, errAnonymousLifetime, CloseUnauthorized, "Unauthorized: a socket without a credential closes after a while; send one in connection_init")
 			})
 		}
 		armRecheck()
 		if !exp.IsZero() {
 			expiry = time.AfterFunc(time.Until(exp), func() {
-				c.turn.Lock()
-				c.endAll(ctx, fault.New(fault.Unauthenticated, "your credential has expired; reconnect with a fresh one"))
-				c.turn.Unlock()
-				// Operations that ended just before (their own expiry) send
-				// their error before the close, as endAll does for the others.
-				c.finishing.Wait()
-				c.shut(CloseForbidden, "Forbidden: credential expired")
+				c.endThenShut(ctx, fault.New(fault.Unauthenticated, "your credential has expired; reconnect with a fresh one"),
+					CloseForbidden, "Forbidden: credential expired")
 			})
 		}
 	}
 	<-c.closed
+}
+
+// endThenShut ends every operation with err, in the connection's turn, and
+// closes the socket with code and reason once the operations that ended
+// just before (on their own) have sent their last message too, as endAll
+// does for the others.
+func (c *wsConn) endThenShut(ctx context.Context, err error, code int, reason string) {
+	c.turn.Lock()
+	c.endAll(ctx, err)
+	c.turn.Unlock()
+	c.finishing.Wait()
+	c.shut(code, reason)
 }
 
 // handleAside decodes a client message and handles it on a goroutine of its
