@@ -113,10 +113,8 @@ func Prune(ctx context.Context, idb bun.IDB, cfg RetentionConfig, now time.Time)
 // every replica and dashboard; they leave the lists as a dropped day of
 // log lines does.
 func pruneJobs(ctx context.Context, idb bun.IDB, cutoff time.Time, batches int) (int64, error) {
-	var total int64
-	for range batches {
-		var n int64
-		err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	return inBatches(batches, func() (n int64, err error) {
+		err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 			if _, err := tx.ExecContext(ctx, "SET LOCAL fleetgraph.retention = 'on'"); err != nil {
 				return err
 			}
@@ -130,7 +128,21 @@ func pruneJobs(ctx context.Context, idb bun.IDB, cutoff time.Time, batches int) 
 			return nil
 		})
 		if err != nil {
-			return total, fmt.Errorf("pruning finished jobs: %w", err)
+			return 0, fmt.Errorf("pruning finished jobs: %w", err)
+		}
+		return n, nil
+	})
+}
+
+// inBatches runs batch, which deletes at most pruneBatch rows and says
+// how many, until one deletes fewer or it has run batches times, and
+// returns how many rows they deleted.
+func inBatches(batches int, batch func() (int64, error)) (int64, error) {
+	var total int64
+	for range batches {
+		n, err := batch()
+		if err != nil {
+			return total, err
 		}
 		total += n
 		if n < pruneBatch {
@@ -152,20 +164,15 @@ func pruneTrail(ctx context.Context, idb bun.IDB, table string, cutoff time.Time
 			(SELECT max(id) + 1 FROM ?), 0)`, bun.Ident(table), cutoff, bun.Ident(table)).Scan(ctx, &bound); err != nil {
 		return 0, fmt.Errorf("finding the rows of %s past retention: %w", table, err)
 	}
-	var total int64
-	for range batches {
+	return inBatches(batches, func() (int64, error) {
 		res, err := idb.NewRaw(`DELETE FROM ? WHERE id IN (SELECT id FROM ? WHERE id < ? AND at < ? ORDER BY id LIMIT ?)`,
 			bun.Ident(table), bun.Ident(table), bound, cutoff, pruneBatch).Exec(ctx)
 		if err != nil {
-			return total, fmt.Errorf("pruning %s: %w", table, err)
+			return 0, fmt.Errorf("pruning %s: %w", table, err)
 		}
 		n, _ := res.RowsAffected()
-		total += n
-		if n < pruneBatch {
-			break
-		}
-	}
-	return total, nil
+		return n, nil
+	})
 }
 
 // pruneDeliveries deletes finished webhook deliveries created before
@@ -177,9 +184,9 @@ func pruneDeliveries(ctx context.Context, idb bun.IDB, cutoff time.Time, batches
 			(SELECT max(seq) + 1 FROM webhook_deliveries), 0)`, cutoff).Scan(ctx, &bound); err != nil {
 		return 0, 0, fmt.Errorf("finding the webhook deliveries past retention: %w", err)
 	}
-	for range batches {
-		var n, gone int64
-		err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	deliveries, err = inBatches(batches, func() (n int64, err error) {
+		var gone int64
+		err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 			var ids []uuid.UUID
 			err := tx.NewRaw(`DELETE FROM webhook_deliveries WHERE seq IN (
 					SELECT seq FROM webhook_deliveries
@@ -196,12 +203,10 @@ func pruneDeliveries(ctx context.Context, idb bun.IDB, cutoff time.Time, batches
 			return err
 		})
 		if err != nil {
-			return deliveries, events, err
+			return 0, err
 		}
-		deliveries, events = deliveries+n, events+gone
-		if n < pruneBatch {
-			break
-		}
-	}
-	return deliveries, events, nil
+		events += gone
+		return n, nil
+	})
+	return deliveries, events, err
 }
