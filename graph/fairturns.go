@@ -21,6 +21,7 @@ type fairTurns struct {
 	callers *list.List               // of *callerQueue with waiters, in round-robin order
 	byKey   map[string]*list.Element // into callers
 	next    *list.Element            // the caller served next; nil: the first
+	waiting func() (done func())     // counts an operation as waiting (metrics)
 }
 
 // callerQueue is one caller's waiting operations, oldest first.
@@ -36,8 +37,10 @@ type turnWaiter struct {
 	granted bool
 }
 
-func newFairTurns(n int) *fairTurns {
-	return &fairTurns{free: n, callers: list.New(), byKey: map[string]*list.Element{}}
+// newFairTurns hands out n turns; waiting counts each operation that
+// waits, from when it is queued to when its wait ends.
+func newFairTurns(n int, waiting func() (done func())) *fairTurns {
+	return &fairTurns{free: n, callers: list.New(), byKey: map[string]*list.Element{}, waiting: waiting}
 }
 
 // turnCaller names the caller of ctx for fairTurns.
@@ -46,17 +49,6 @@ func turnCaller(ctx context.Context) string {
 		return p.TenantID.String() + "/" + p.Actor()
 	}
 	return "anonymous@" + auth.ClientIPFrom(ctx)
-}
-
-// tryTake takes a turn if one is free and nobody waits.
-func (f *fairTurns) tryTake() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.free > 0 && f.callers.Len() == 0 {
-		f.free--
-		return true
-	}
-	return false
 }
 
 // take waits for a turn for caller, and reports false if ctx ended first.
@@ -75,7 +67,10 @@ func (f *fairTurns) take(ctx context.Context, caller string) bool {
 	}
 	q := e.Value.(*callerQueue)
 	q.waiters = append(q.waiters, w)
+	// Counted once queued, so whoever sees the count sees the queue.
+	done := f.waiting()
 	f.mu.Unlock()
+	defer done()
 
 	select {
 	case <-w.ready:

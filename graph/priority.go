@@ -44,7 +44,6 @@ type requestsFirst struct {
 	timeout time.Duration
 	running *atomic.Int64
 	turns   *fairTurns
-	metrics *metrics.Metrics
 }
 
 var (
@@ -62,7 +61,7 @@ func newRequestsFirst(n int, timeout time.Duration, running *atomic.Int64, m *me
 	if timeout <= 0 {
 		timeout = DefaultOperationTimeout
 	}
-	return requestsFirst{timeout: timeout, running: running, turns: newFairTurns(n), metrics: m}
+	return requestsFirst{timeout: timeout, running: running, turns: newFairTurns(n, m.OperationWaiting)}
 }
 
 // ExtensionName implements graphql.HandlerExtension.
@@ -182,13 +181,8 @@ type turn struct {
 
 // take waits for a turn, and reports false if ctx ended first.
 func (t *turn) take(ctx context.Context) bool {
-	if !t.r.turns.tryTake() {
-		done := t.r.metrics.OperationWaiting()
-		ok := t.r.turns.take(ctx, turnCaller(ctx))
-		done()
-		if !ok {
-			return false
-		}
+	if !t.r.turns.take(ctx, turnCaller(ctx)) {
+		return false
 	}
 	t.held = true
 	return true
