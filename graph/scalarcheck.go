@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/errcode"
@@ -15,20 +16,31 @@ import (
 	"fleetgraph/graph/scalar"
 )
 
-// scalarCheck refuses, before anything runs, every Int and Time of an
+// scalarCheck refuses, before anything runs, every argument value of an
 // operation (literal or variable, at any depth of lists and input objects)
-// that the scalars in graph/scalar refuse: an Int beyond the 32 bits GraphQL
-// gives it (gqlparser's validation only refuses literals beyond 64 bits), a
-// Time PostgreSQL cannot store. The scalars alone refuse such a value only
-// when a field reads its arguments, after the mutation fields before it have
-// run.
+// that a field would refuse when it reads its arguments, after the mutation
+// fields before it have run and committed:
+//   - an Int beyond the 32 bits GraphQL gives it (gqlparser's validation
+//     only refuses literals beyond 64 bits), a Time PostgreSQL cannot store,
+//     an ID that is not a UUID, a JSON that is not an object (a string too
+//     where the argument has @acceptsText): the scalars of graph/scalar;
+//   - an enum value in a variable written in another case: gqlparser's
+//     validation takes "offline" for OFFLINE in a variable (not in a
+//     literal), and the stores would compare it as given.
+//
+// Each value is checked at the position it is used, with that position's
+// type, so a variable used twice is checked twice.
 type scalarCheck struct{ schema *ast.Schema }
 
 // checkedScalars are the scalars checked before execution, by name; each
-// takes a literal's or variable's value as gqlgen would pass it.
+// takes a literal's or variable's value as gqlgen would pass it, and
+// refuses what the field's own unmarshalling would. Every ID a client sends
+// is a UUID (TestEveryIDArgumentIsAUUID keeps it so).
 var checkedScalars = map[string]func(v any) error{
 	"Int":  func(v any) error { _, err := scalar.UnmarshalInt(v); return err },
 	"Time": func(v any) error { _, err := scalar.UnmarshalTime(v); return err },
+	"ID":   func(v any) error { _, err := scalar.UnmarshalID(v); return err },
+	"JSON": func(v any) error { _, err := scalar.UnmarshalJSON(v); return err },
 }
 
 var (
@@ -40,7 +52,7 @@ var (
 func (*scalarCheck) ExtensionName() string { return "ScalarCheck" }
 
 // Validate implements graphql.HandlerExtension; it keeps the schema, whose
-// input types tell which variable members are checked scalars.
+// input types tell the type of each position in an argument.
 func (r *scalarCheck) Validate(es graphql.ExecutableSchema) error {
 	r.schema = es.Schema()
 	return nil
@@ -52,48 +64,52 @@ func (r *scalarCheck) MutateOperationContext(_ context.Context, oc *graphql.Oper
 		return nil
 	}
 	for _, v := range oc.Operation.VariableDefinitions {
-		if val, ok := oc.Variables[v.Variable]; ok {
-			if err := r.variable(val, v.Type, ast.Path{ast.PathName("variable"), ast.PathName(v.Variable)}); err != nil {
-				return err
-			}
-		}
 		if err := literal(v.DefaultValue, "$"+v.Variable); err != nil {
 			return err
 		}
 	}
-	seen := map[string]bool{}
-	return selections(oc.Doc, oc.Operation.SelectionSet, seen)
+	w := checkWalk{r: r, doc: oc.Doc, vars: oc.Variables, seen: map[string]bool{}}
+	return w.selections(oc.Operation.SelectionSet)
 }
 
-// selections checks the literal arguments of a selection set and of the
-// fragments it spreads (each fragment once).
-func selections(doc *ast.QueryDocument, set ast.SelectionSet, seen map[string]bool) *gqlerror.Error {
+// checkWalk is one operation's check: its document, its coerced variables
+// and the fragments already checked.
+type checkWalk struct {
+	r    *scalarCheck
+	doc  *ast.QueryDocument
+	vars map[string]any
+	seen map[string]bool
+}
+
+// selections checks the arguments of a selection set and of the fragments
+// it spreads (each fragment once).
+func (w *checkWalk) selections(set ast.SelectionSet) *gqlerror.Error {
 	for _, sel := range set {
 		switch sel := sel.(type) {
 		case *ast.Field:
-			if err := arguments(sel.Arguments, sel.Directives); err != nil {
+			if err := w.field(sel); err != nil {
 				return err
 			}
-			if err := selections(doc, sel.SelectionSet, seen); err != nil {
+			if err := w.selections(sel.SelectionSet); err != nil {
 				return err
 			}
 		case *ast.InlineFragment:
-			if err := arguments(nil, sel.Directives); err != nil {
+			if err := directives(sel.Directives); err != nil {
 				return err
 			}
-			if err := selections(doc, sel.SelectionSet, seen); err != nil {
+			if err := w.selections(sel.SelectionSet); err != nil {
 				return err
 			}
 		case *ast.FragmentSpread:
-			if err := arguments(nil, sel.Directives); err != nil {
+			if err := directives(sel.Directives); err != nil {
 				return err
 			}
-			if seen[sel.Name] {
+			if w.seen[sel.Name] {
 				continue
 			}
-			seen[sel.Name] = true
-			if f := doc.Fragments.ForName(sel.Name); f != nil {
-				if err := selections(doc, f.SelectionSet, seen); err != nil {
+			w.seen[sel.Name] = true
+			if f := w.doc.Fragments.ForName(sel.Name); f != nil {
+				if err := w.selections(f.SelectionSet); err != nil {
 					return err
 				}
 			}
@@ -102,20 +118,98 @@ func selections(doc *ast.QueryDocument, set ast.SelectionSet, seen map[string]bo
 	return nil
 }
 
-func arguments(args ast.ArgumentList, dirs ast.DirectiveList) *gqlerror.Error {
-	for _, d := range dirs {
-		args = append(args[:len(args):len(args)], d.Arguments...)
+// field checks a field's arguments, each at its definition's type.
+func (w *checkWalk) field(f *ast.Field) *gqlerror.Error {
+	if err := directives(f.Directives); err != nil {
+		return err
 	}
-	for _, a := range args {
+	for _, a := range f.Arguments {
 		if err := literal(a.Value, a.Name); err != nil {
+			return err
+		}
+		if f.Definition == nil {
+			continue
+		}
+		def := f.Definition.Arguments.ForName(a.Name)
+		if def == nil {
+			continue // validation refused it
+		}
+		text := def.Directives.ForName("acceptsText") != nil
+		if err := w.value(a.Value, def.Type, text, a.Name); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// literal checks a literal of a checked scalar, and those inside a list or
-// object literal; field names the argument path for the message.
+// directives checks the number literals of directives' arguments (the
+// operation's directives are the built-in ones, of Boolean arguments).
+func directives(dirs ast.DirectiveList) *gqlerror.Error {
+	for _, d := range dirs {
+		for _, a := range d.Arguments {
+			if err := literal(a.Value, a.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// value checks v, written where a value of typ goes (a string is also
+// taken for a JSON if text); name is the argument path for the message.
+func (w *checkWalk) value(v *ast.Value, typ *ast.Type, text bool, name string) *gqlerror.Error {
+	if v == nil || typ == nil {
+		return nil
+	}
+	switch {
+	case v.Kind == ast.Variable:
+		val, ok := w.vars[v.Raw]
+		if !ok {
+			return nil
+		}
+		return w.r.variable(val, typ, text, ast.Path{ast.PathName("variable"), ast.PathName(v.Raw)})
+	case typ.Elem != nil && v.Kind == ast.ListValue:
+		for i, c := range v.Children {
+			if err := w.value(c.Value, typ.Elem, false, fmt.Sprintf("%s[%d]", name, i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	case typ.Elem != nil:
+		return w.value(v, typ.Elem, text, name) // a single value for a list
+	}
+	def := w.r.schema.Types[typ.NamedType]
+	if def != nil && def.Kind == ast.InputObject && v.Kind == ast.ObjectValue {
+		for _, c := range v.Children {
+			if f := def.Fields.ForName(c.Name); f != nil {
+				if err := w.value(c.Value, f.Type, false, name+"."+c.Name); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	check := checkedScalars[typ.NamedType]
+	if check == nil || v.Kind == ast.NullValue || text && typ.NamedType == "JSON" && (v.Kind == ast.StringValue || v.Kind == ast.BlockValue) {
+		return nil // enum literals are matched exactly by validation
+	}
+	val, err := v.Value(w.vars)
+	if err == nil {
+		err = check(val)
+	}
+	if err != nil {
+		e := refusal(name, err)
+		if v.Position != nil {
+			e.Locations = []gqlerror.Location{{Line: v.Position.Line, Column: v.Position.Column}}
+		}
+		return e
+	}
+	return nil
+}
+
+// literal refuses a number literal, in v or inside a list or object literal
+// in it, that gqlparser cannot turn into a Go value; field names the
+// argument path for the message.
 func literal(v *ast.Value, field string) *gqlerror.Error {
 	if v == nil {
 		return nil
@@ -135,20 +229,9 @@ func literal(v *ast.Value, field string) *gqlerror.Error {
 		if _, err := strconv.ParseFloat(v.Raw, 64); err != nil {
 			return at(refusal(field, errors.New("a number literal must be a finite 64-bit float; pass larger or more precise numbers in a variable")))
 		}
-	case ast.IntValue, ast.StringValue, ast.BlockValue:
-		var val any = v.Raw
-		if v.Kind == ast.IntValue {
-			n, err := strconv.ParseInt(v.Raw, 10, 64)
-			if err != nil {
-				return at(refusal(field, errors.New("a whole number literal must fit in 64 bits; pass larger numbers in a variable")))
-			}
-			val = n
-		}
-		if v.Definition == nil || checkedScalars[v.Definition.Name] == nil {
-			return nil
-		}
-		if err := checkedScalars[v.Definition.Name](val); err != nil {
-			return at(refusal(field, err))
+	case ast.IntValue:
+		if _, err := strconv.ParseInt(v.Raw, 10, 64); err != nil {
+			return at(refusal(field, errors.New("a whole number literal must fit in 64 bits; pass larger numbers in a variable")))
 		}
 	case ast.ListValue:
 		for i, c := range v.Children {
@@ -166,40 +249,61 @@ func literal(v *ast.Value, field string) *gqlerror.Error {
 	return nil
 }
 
-// variable checks a coerced variable value of type typ.
-func (r *scalarCheck) variable(val any, typ *ast.Type, path ast.Path) *gqlerror.Error {
+// variable checks a coerced variable value used where a value of typ goes
+// (a string is also taken for a JSON if text).
+func (r *scalarCheck) variable(val any, typ *ast.Type, text bool, path ast.Path) *gqlerror.Error {
 	if val == nil || typ == nil {
 		return nil
 	}
 	if typ.Elem != nil {
 		list, ok := val.([]any)
 		if !ok {
-			return r.variable(val, typ.Elem, path) // a single value for a list
+			return r.variable(val, typ.Elem, text, path) // a single value for a list
 		}
 		for i, e := range list {
-			if err := r.variable(e, typ.Elem, append(path[:len(path):len(path)], ast.PathIndex(i))); err != nil {
+			if err := r.variable(e, typ.Elem, false, append(path[:len(path):len(path)], ast.PathIndex(i))); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
+	refuse := func(err error) *gqlerror.Error {
+		e := refusal("variable "+variableName(path), err)
+		e.Err.(*fault.Error).Field = ""
+		e.Path = path
+		return e
+	}
 	if check := checkedScalars[typ.NamedType]; check != nil {
+		if _, isText := val.(string); text && isText && typ.NamedType == "JSON" {
+			return nil
+		}
 		if err := check(val); err != nil {
-			e := refusal("variable "+variableName(path), err)
-			e.Err.(*fault.Error).Field = ""
-			e.Path = path
-			return e
+			return refuse(err)
 		}
 		return nil
 	}
 	def := r.schema.Types[typ.NamedType]
-	obj, ok := val.(map[string]any)
-	if def == nil || def.Kind != ast.InputObject || !ok {
+	if def == nil {
 		return nil
 	}
-	for _, f := range def.Fields {
-		if err := r.variable(obj[f.Name], f.Type, append(path[:len(path):len(path)], ast.PathName(f.Name))); err != nil {
-			return err
+	switch def.Kind {
+	case ast.Enum:
+		if s, ok := val.(string); ok && def.EnumValues.ForName(s) == nil {
+			names := make([]string, len(def.EnumValues))
+			for i, ev := range def.EnumValues {
+				names[i] = ev.Name
+			}
+			return refuse(fmt.Errorf("%q is not a %s value: enum values are case-sensitive, one of %s", fault.Excerpt(s, 64), def.Name, strings.Join(names, ", ")))
+		}
+	case ast.InputObject:
+		obj, ok := val.(map[string]any)
+		if !ok {
+			return nil
+		}
+		for _, f := range def.Fields {
+			if err := r.variable(obj[f.Name], f.Type, false, append(path[:len(path):len(path)], ast.PathName(f.Name))); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
