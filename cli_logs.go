@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -260,10 +261,10 @@ func printTailItem(w io.Writer, enc *json.Encoder, asJSON bool, item realtime.Lo
 		if l.JobID != nil {
 			line += " job=" + l.JobID.String()
 		}
-		if fields, err := l.Fields.Object(); err == nil && len(fields) > 0 {
-			if b, err := json.Marshal(fields); err == nil {
-				line += " " + terminalJSON(b)
-			}
+		// Compacted as stored, not decoded: numbers keep every digit.
+		var fields bytes.Buffer
+		if json.Compact(&fields, l.Fields) == nil && fields.Len() > len("{}") {
+			line += " " + terminalJSON(fields.Bytes())
 		}
 		if _, err := fmt.Fprintln(w, line); err != nil {
 			return err

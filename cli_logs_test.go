@@ -115,8 +115,9 @@ func TestLogsTailCommand(t *testing.T) {
 	shipAs(t, d, tenant, robot.ID,
 		db.RobotLogInput{Level: db.LogDebug, Message: "too-quiet"},
 		db.RobotLogInput{Level: db.LogWarn, Message: "disk almost full", Fields: map[string]any{"free": "2%"}},
-		db.RobotLogInput{Level: db.LogError, Message: "disk full"})
-	m := p.waitFor(t, p.stdout, regexp.MustCompile(`(?s)WARNING\s+disk almost full \{"free":"2%"\}\n.*ERROR\s+disk full\n`))
+		db.RobotLogInput{Level: db.LogError, Message: "disk full", Fields: map[string]any{"bytes": json.Number("12345678901234567890123")}})
+	// Fields print as stored: a number keeps every digit.
+	m := p.waitFor(t, p.stdout, regexp.MustCompile(`(?s)WARNING\s+disk almost full \{"free":"2%"\}\n.*ERROR\s+disk full \{"bytes":12345678901234567890123\}\n`))
 	require.NotContains(t, m[0], "too-quiet")
 	require.Equal(t, 0, p.stop(t), "an interrupt ends the tail cleanly")
 	out := p.stdout.String()

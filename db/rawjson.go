@@ -74,14 +74,3 @@ func (r *RawJSON) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Object decodes the value as a JSON object (nil for null).
-func (r RawJSON) Object() (map[string]any, error) {
-	if r == nil {
-		return nil, nil
-	}
-	var m map[string]any
-	if err := json.Unmarshal(r, &m); err != nil {
-		return nil, fmt.Errorf("db: decoding a JSON object: %w", err)
-	}
-	return m, nil
-}

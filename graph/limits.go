@@ -326,7 +326,7 @@ func queriesOnly(tokens int, next http.Handler) http.Handler {
 }
 
 // mutationOverGet is the refusal of a mutation sent by GET.
-var mutationOverGet = &fault.Error{Code: fault.BadUserInput, Message: "a GET request cannot run a mutation: send it with POST (or over a websocket)", Extra: map[string]any{"reason": "MUTATION_OVER_GET"}}
+var mutationOverGet = &fault.Error{Code: fault.BadUserInput, Message: "a GET request cannot run a mutation: send it with POST (or over a websocket)", Extra: map[string]any{"reason": live.ReasonMutationOverGet}}
 
 // isMutation reports whether query's operation (named, or the only one) is
 // a mutation; a document that does not parse is left to the transport.

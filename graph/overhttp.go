@@ -49,7 +49,7 @@ func (t overHTTP) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphE
 	ctx := r.Context()
 	h := w.Header()
 	h.Add("Vary", "Accept")
-	mediaType := accept.Choose(r.Header.Get("Accept"), accept.JSON, accept.GraphQLResponse)
+	mediaType := accept.Choose(accept.Header(r.Header), accept.JSON, accept.GraphQLResponse)
 	if mediaType == "" {
 		h.Set("Content-Type", accept.JSON)
 		t.write(w, r, http.StatusNotAcceptable, false, httpRefusal("the Accept header accepts no type this endpoint answers in: accept application/json or application/graphql-response+json (or text/event-stream for a stream)", "NOT_ACCEPTABLE"))

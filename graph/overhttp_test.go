@@ -3,6 +3,8 @@ package graph_test
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -156,7 +158,7 @@ func TestOtherUpgradesArePlainRequests(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
 	u := s.NewUser(t, uuid.Nil)
-	send := func(t *testing.T, method, upgrade string) *apitest.Response {
+	send := func(t *testing.T, method, upgrade string, accept ...string) *apitest.Response {
 		t.Helper()
 		var req *http.Request
 		var err error
@@ -171,6 +173,9 @@ func TestOtherUpgradesArePlainRequests(t *testing.T) {
 		req.Header.Set("Connection", "Upgrade, HTTP2-Settings")
 		req.Header.Set("Upgrade", upgrade)
 		req.Header.Set("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+		for _, a := range accept {
+			req.Header.Set("Accept", a)
+		}
 		return s.Send(t, req)
 	}
 	for _, method := range []string{http.MethodGet, http.MethodPost} {
@@ -181,10 +186,17 @@ func TestOtherUpgradesArePlainRequests(t *testing.T) {
 			require.Contains(t, string(res.Data), u.ID.String())
 		}
 		for _, upgrade := range []string{"websocket", "WebSocket", "h2c, websocket"} {
-			res := send(t, method, upgrade)
+			res := send(t, method, upgrade, "application/json")
 			require.NotEqual(t, http.StatusOK, res.Status, "%s with Upgrade %q answered as a plain request: %s", method, upgrade, res.Raw)
 			res.Code(t, "BAD_USER_INPUT")
 		}
+	}
+	// Nor as a stream: a POST that offers a websocket is refused whatever
+	// it accepts, saying that only a GET upgrades.
+	for _, accept := range []string{"application/json", "text/event-stream", `multipart/mixed;subscriptionSpec="1.0"`} {
+		res := send(t, http.MethodPost, "websocket", accept)
+		require.Equal(t, http.StatusBadRequest, res.Status, "Accept %q: %s", accept, res.Raw)
+		require.Contains(t, res.Code(t, "BAD_USER_INPUT").Message, "GET")
 	}
 }
 
@@ -262,4 +274,62 @@ func TestEncodedBodiesAreRefused(t *testing.T) {
 			require.Contains(t, string(res.Data), u.ID.String())
 		}
 	})
+}
+
+// An Accept header split over several lines is one list (RFC 9110 §5.3):
+// every transport read only its first line, so a second line's JSON was
+// refused (406) and a second line's event stream went unseen.
+func TestAcceptOverSeveralLines(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+	send := func(t *testing.T, accepts ...string) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, s.URL+"/graphql", strings.NewReader(`{"query": "{ me { id } }"}`))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+u.Token)
+		for _, a := range accepts {
+			req.Header.Add("Accept", a)
+		}
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, res.Body)
+		_ = res.Body.Close()
+		return res
+	}
+	res := send(t, "text/plain", "application/json")
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Equal(t, "application/json", res.Header.Get("Content-Type"))
+	res = send(t, "application/json;q=0.1", "text/event-stream")
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Equal(t, "text/event-stream", res.Header.Get("Content-Type"))
+	res = send(t, "application/json;q=0.1", `multipart/mixed;subscriptionSpec="1.0"`)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Contains(t, res.Header.Get("Content-Type"), "multipart/mixed")
+}
+
+// A persisted mutation sent by GET is 405 with Allow: POST on every
+// transport, as a mutation written in the query string is: over SSE and
+// multipart it was a 200 stream carrying the refusal.
+func TestPersistedMutationsByGetAre405OnEveryTransport(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.Nil)
+	const mutation = `mutation M { __typename }`
+	sum := sha256.Sum256([]byte(mutation))
+	ext := `{"persistedQuery":{"version":1,"sha256Hash":"` + hex.EncodeToString(sum[:]) + `"}}`
+	b, err := json.Marshal(map[string]any{"query": mutation, "extensions": json.RawMessage(ext)})
+	require.NoError(t, err)
+	s.Post(t, u.Token, "application/json", b).OK(t, nil) // now remembered
+	for _, accept := range []string{"application/json", "application/graphql-response+json", "text/event-stream", `multipart/mixed;subscriptionSpec="1.0"`} {
+		req, err := http.NewRequest(http.MethodGet, s.URL+"/graphql?"+url.Values{"extensions": {ext}}.Encode(), nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+u.Token)
+		req.Header.Set("Accept", accept)
+		res := s.Send(t, req)
+		require.Equal(t, http.StatusMethodNotAllowed, res.Status, "Accept %q: %s", accept, res.Raw)
+		require.Equal(t, "POST", res.Header.Get("Allow"))
+		require.Equal(t, "MUTATION_OVER_GET", res.Code(t, "BAD_USER_INPUT").Extensions["reason"])
+	}
 }

@@ -204,6 +204,10 @@ func (w *refusalWriter) rewrite(body []byte) {
 		status = http.StatusMethodNotAllowed
 		h.Set("Allow", allowedMethods)
 		msg = fmt.Sprintf("%s is not supported: send a GraphQL request as a POST with Content-Type: application/json, a GET with a query parameter, or a websocket upgrade", methodName(w.r.Method))
+	case original == "transport not supported" && live.OffersWebsocket(w.r.Header):
+		// Only a GET upgrades; no transport serves another request that
+		// offers one, in whatever it accepts.
+		msg = "a websocket upgrade is a GET request: send this request without the Upgrade header, or open the websocket with a GET"
 	case original == "transport not supported":
 		msg = "this is not a GraphQL request: send a POST with Content-Type: application/json, a GET with a query parameter, or a websocket upgrade"
 	case strings.HasPrefix(original, "GET requests only allow query operations"):

@@ -6,9 +6,15 @@ package accept
 
 import (
 	"mime"
+	"net/http"
 	"strconv"
 	"strings"
 )
+
+// Header is the Accept header of h as one list: a list header may be
+// split over several lines (RFC 9110 §5.3), which mean the same as one
+// line joined with commas.
+func Header(h http.Header) string { return strings.Join(h.Values("Accept"), ", ") }
 
 // Choose returns the offer the Accept header ranks highest, or "" when it
 // accepts none of them. Each offer takes the q-value of the most specific

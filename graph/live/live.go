@@ -127,6 +127,20 @@ func prepare(ctx context.Context, exec graphql.GraphExecutor, params *graphql.Ra
 	return graphql.WithOperationContext(ctx, rc), rc, nil
 }
 
+// ReasonMutationOverGet is extensions.reason of a mutation refused because
+// it came by GET, which only runs queries and subscriptions.
+const ReasonMutationOverGet = "MUTATION_OVER_GET"
+
+// hasReason reports whether a presented error of errs has reason.
+func hasReason(errs gqlerror.List, reason string) bool {
+	for _, e := range errs {
+		if e.Extensions["reason"] == reason {
+			return true
+		}
+	}
+	return false
+}
+
 // isSubscription reports whether a prepared operation is a subscription.
 func isSubscription(rc *graphql.OperationContext) bool {
 	return rc.Operation != nil && rc.Operation.Operation == ast.Subscription

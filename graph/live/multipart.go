@@ -9,6 +9,7 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 
 	"fleetgraph/auth"
+	"fleetgraph/graph/accept"
 )
 
 // Multipart serves operations as Apollo's multipart HTTP subscriptions
@@ -46,12 +47,13 @@ var _ graphql.Transport = Multipart{}
 const multipartBoundary = "graphql"
 
 // Supports implements graphql.Transport: POST and GET requests whose
-// Accept header prefers multipart subscriptions (see PrefersMultipart).
+// Accept header prefers multipart subscriptions (see PrefersMultipart),
+// not offering a websocket.
 func (Multipart) Supports(r *http.Request) bool {
 	if r.Method != http.MethodPost && r.Method != http.MethodGet {
 		return false
 	}
-	return PrefersMultipart(r.Header.Get("Accept"))
+	return PrefersMultipart(accept.Header(r.Header)) && !OffersWebsocket(r.Header)
 }
 
 // Do implements graphql.Transport. Each part is followed by the next

@@ -12,6 +12,7 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 
 	"fleetgraph/auth"
+	"fleetgraph/graph/accept"
 )
 
 // SSE serves operations as server-sent events, for clients that cannot open
@@ -43,12 +44,13 @@ type SSE struct {
 var _ graphql.Transport = SSE{}
 
 // Supports implements graphql.Transport: POST and GET requests whose
-// Accept header prefers text/event-stream (see PrefersEventStream).
+// Accept header prefers text/event-stream (see PrefersEventStream), not
+// offering a websocket (only a GET upgrades, on the websocket transport).
 func (SSE) Supports(r *http.Request) bool {
 	if r.Method != http.MethodPost && r.Method != http.MethodGet {
 		return false
 	}
-	return PrefersEventStream(r.Header.Get("Accept"))
+	return PrefersEventStream(accept.Header(r.Header)) && !OffersWebsocket(r.Header)
 }
 
 // Do implements graphql.Transport.

@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"sync"
 	"time"
@@ -181,6 +182,14 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	// before it runs (invalid, over a limit) takes no place in its
 	// caller's quota, not even while its refusal is written.
 	opCtx, oc, errs := prepare(ctx, exec, params)
+	if r.Method == http.MethodGet && hasReason(errs, ReasonMutationOverGet) {
+		// A persisted mutation by GET: 405, as over a plain GET.
+		w.Header().Set("Allow", http.MethodPost)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		_ = json.NewEncoder(w).Encode(map[string]any{"errors": errs})
+		return
+	}
 	if errs == nil {
 		release, err := t.quota.Hold(r.Context())
 		if err != nil {
