@@ -82,7 +82,7 @@ func parse(header string) []mediaRange {
 		}
 		q := 1.0
 		if v, ok := params["q"]; ok {
-			if q, err = strconv.ParseFloat(v, 64); err != nil || q < 0 || q > 1 {
+			if q, err = strconv.ParseFloat(v, 64); err != nil || !(q >= 0 && q <= 1) { // NaN too
 				continue
 			}
 		}

@@ -35,6 +35,9 @@ func TestChoose(t *testing.T) {
 		"application/json;q=bad": accept.JSON, // nothing parses: as if absent
 		"text/*;q=1, */*;q=0":    "",
 		"APPLICATION/JSON":       accept.JSON,
+		// A q-value that is no number from 0 to 1 drops its range.
+		"application/json;q=NaN, application/graphql-response+json;q=0.5": accept.GraphQLResponse,
+		"application/json;q=Inf, application/graphql-response+json;q=0.5": accept.GraphQLResponse,
 	}
 	for header, want := range cases {
 		require.Equal(t, want, accept.Choose(header, offers...), "Accept: %q", header)
