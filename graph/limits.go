@@ -388,7 +388,7 @@ func checkBody(max int64, next http.Handler) http.Handler {
 		if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) {
 			// As overHTTP refuses a body whose members are not a request's.
 			e := fault.New(fault.BadUserInput, "the request body must be a JSON object such as {\"query\": \"{ me { id } }\"}")
-			e.Extra = map[string]any{"reason": "NOT_A_GRAPHQL_REQUEST"}
+			e.Extra = map[string]any{"reason": live.ReasonNotAGraphQLRequest}
 			auth.WriteError(w, http.StatusBadRequest, e)
 			return
 		}

@@ -60,7 +60,7 @@ func (t overHTTP) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphE
 	params := &graphql.RawParams{Headers: r.Header}
 	start := graphql.Now()
 	if err := live.ReadParams(r, params); err != nil {
-		t.write(w, r, http.StatusBadRequest, false, httpRefusal(err.Error(), "NOT_A_GRAPHQL_REQUEST"))
+		t.write(w, r, http.StatusBadRequest, false, httpRefusal(err.Error(), live.ReasonNotAGraphQLRequest))
 		return
 	}
 	params.ReadTime = graphql.TraceTiming{Start: start, End: graphql.Now()}

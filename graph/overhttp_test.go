@@ -102,10 +102,10 @@ func TestStatusByMediaType(t *testing.T) {
 	t.Run("NotAGraphQLRequest", func(t *testing.T) {
 		// 400 in either type: the body is JSON but not a GraphQL request.
 		for _, body := range []string{`{}`, `{"query": 1}`, `{"query": "{ me { id } }", "variables": "x"}`, `{"query": "{ me { id } }", "operationName": false}`, `{"query": "{ me { id } }", "extensions": []}`, `{"qeury": "{ me { id } }"}`} {
-			for _, accept := range []string{"application/json", "application/graphql-response+json"} {
+			for _, accept := range []string{"application/json", "application/graphql-response+json", "text/event-stream", `multipart/mixed;subscriptionSpec="1.0"`} {
 				res := post(t, accept, "application/json", body)
 				require.Equal(t, http.StatusBadRequest, res.Status, "%s, Accept %q: %s", body, accept, res.Raw)
-				res.Code(t, "BAD_USER_INPUT")
+				require.Equal(t, "NOT_A_GRAPHQL_REQUEST", res.Code(t, "BAD_USER_INPUT").Extensions["reason"], "%s, Accept %q", body, accept)
 				require.NotContains(t, string(res.Raw), "RawParams", "no decoder internals")
 			}
 		}

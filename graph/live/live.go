@@ -127,6 +127,10 @@ func prepare(ctx context.Context, exec graphql.GraphExecutor, params *graphql.Ra
 	return graphql.WithOperationContext(ctx, rc), rc, nil
 }
 
+// ReasonNotAGraphQLRequest is extensions.reason of a request whose body
+// or query string is not a GraphQL request's.
+const ReasonNotAGraphQLRequest = "NOT_A_GRAPHQL_REQUEST"
+
 // ReasonMutationOverGet is extensions.reason of a mutation refused because
 // it came by GET, which only runs queries and subscriptions.
 const ReasonMutationOverGet = "MUTATION_OVER_GET"

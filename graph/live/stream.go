@@ -167,7 +167,9 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	params := &graphql.RawParams{Headers: r.Header}
 	if err := ReadParams(r, params); err != nil {
 		metrics.SentError(r.Context(), string(fault.BadUserInput))
-		writeRefusal(r.Context(), w, http.StatusBadRequest, fault.New(fault.BadUserInput, "%s", err.Error()))
+		e := fault.New(fault.BadUserInput, "%s", err.Error())
+		e.Extra = map[string]any{"reason": ReasonNotAGraphQLRequest}
+		writeRefusal(r.Context(), w, http.StatusBadRequest, e)
 		return
 	}
 	check, every := t.robotRecheck(r)
