@@ -558,6 +558,8 @@ func TestOperatorHelpAndFlags(t *testing.T) {
 		{[]string{"keys", "revoke", "--help"}, []string{"Usage: fleetgraph keys revoke ID", "-json", "-tenant"}},
 		{[]string{"schema", "--help"}, []string{"Usage: fleetgraph schema", "-introspection"}},
 		{[]string{"help"}, []string{"verify", "robots list|create", "keys create|list|revoke", "schema [--introspection]"}},
+		{[]string{"help", "robots", "list"}, []string{"Usage: fleetgraph robots list", "-status"}},
+		{[]string{"help", "logs", "cleanup"}, []string{"Usage: fleetgraph logs cleanup", "-retention-days", "-dry-run"}},
 	} {
 		code, stdout, stderr := runCLI(t, baseEnv(t), tt.args...)
 		require.Equal(t, 0, code, "%v: %s", tt.args, stderr)

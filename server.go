@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -82,8 +83,9 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 		_, _ = io.WriteString(stdout, usage)
 		return 0
 	case len(args) > 1 && args[0] == "help":
-		// `fleetgraph help serve` is `fleetgraph serve --help`.
-		cmd, args = args[1], []string{"--help"}
+		// `fleetgraph help serve` is `fleetgraph serve --help`, and
+		// `fleetgraph help robots list` is `fleetgraph robots list --help`.
+		cmd, args = args[1], append(slices.Clip(args[2:]), "--help")
 	case len(args) > 0 && !strings.HasPrefix(args[0], "-"):
 		cmd, args = args[0], args[1:]
 	}
