@@ -233,15 +233,16 @@ func (r *Runner) Step(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// keepAlive pings the leader's session every third of the idle timeout
-// until the returned function is called, so that a step whose tasks take
+// keepAlive pings the leader's session every tenth of the idle timeout
+// (a stalled process or database must lose nine pings in a row before
+// the session ends) until the returned function is called, so that a step whose tasks take
 // longer than the timeout keeps its lock: the timeout is for a leader that
 // stopped (vanished, frozen), not for one at work. A ping that does not
 // answer stops the pinging; the next step's finds the session gone.
 func (r *Runner) keepAlive(conn bun.Conn) (stop func()) {
 	done := make(chan struct{})
 	go func() {
-		t := time.NewTicker(max(r.idleTimeout/3, time.Millisecond))
+		t := time.NewTicker(max(r.idleTimeout/10, time.Millisecond))
 		defer t.Stop()
 		for {
 			select {

@@ -214,7 +214,7 @@ func TestRunner(t *testing.T) {
 		other, err := db.Open(t.Context(), b.db.DSN)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = other.Close() })
-		leader := maintenance.New(maintenance.Config{DB: b.db.DB, Clock: b.clock, IdleSessionTimeout: 300 * time.Millisecond})
+		leader := maintenance.New(maintenance.Config{DB: b.db.DB, Clock: b.clock, IdleSessionTimeout: time.Second})
 		second := newRunner(t, b, other)
 		started, release := make(chan struct{}), make(chan struct{})
 		leader.Register(maintenance.Task{Name: "long", Every: time.Second, Run: func(ctx context.Context, _ time.Time) error {
@@ -229,8 +229,8 @@ func TestRunner(t *testing.T) {
 			stepped <- err == nil && leading
 		}()
 		<-started
-		// Ten idle timeouts into the task, no one else leads.
-		end := time.Now().Add(3 * time.Second)
+		// Four idle timeouts into the task, no one else leads.
+		end := time.Now().Add(4 * time.Second)
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for time.Now().Before(end) {
