@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,6 +43,18 @@ func requireClients(t *testing.T) string {
 			return
 		}
 		clients.node = node
+		if err := installed(); err == nil {
+			return
+		}
+		// Another test binary of this checkout (a second `go test ./...`)
+		// may be installing: npm ci deletes node_modules first, so the two
+		// take turns, and the second finds the first's install.
+		unlock, err := lockFile(".npm-install.lock")
+		if err != nil {
+			clients.skip = fmt.Sprintf("locking e2e/ for npm ci: %v", err)
+			return
+		}
+		defer unlock()
 		if err := installed(); err != nil {
 			clients.skip = install(err)
 		}
@@ -74,6 +87,20 @@ func installed() error {
 		}
 	}
 	return nil
+}
+
+// lockFile takes an exclusive lock on the file at path (created if need
+// be), waiting for another process that holds it; unlock releases it.
+func lockFile(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() { _ = f.Close() }, nil // closing releases the lock
 }
 
 // install runs `npm ci` in this folder because of why, and returns why the
