@@ -318,18 +318,20 @@ func (a *App) Run(ctx context.Context) {
 	wg.Go(func() { a.Hub.Run(ctx) })
 	wg.Go(func() { a.Maintenance.Run(ctx) })
 	if a.wakeDeliverer {
-		wg.Go(func() { a.wakeWebhooks(ctx) })
+		// Subscribed before Run's goroutines start: a delivery queued once
+		// the runner leads wakes the deliverer.
+		sub := a.Listener.Subscribe(db.WebhookDueChannel, 1)
+		wg.Go(func() { a.wakeWebhooks(ctx, sub) })
 	}
 	wg.Wait()
 	a.Webhooks.Wait() // the sends in flight, which ctx cut short
 }
 
 // wakeWebhooks runs a delivery round, on the leader, whenever deliveries
-// are queued (NOTIFY on db.WebhookDueChannel, sent on commit), so that an
+// are queued (NOTIFY on db.WebhookDueChannel, sent on commit, heard on sub), so that an
 // event goes out in milliseconds instead of at the next maintenance tick;
 // the tick still catches what a lost notification missed, and retries.
-func (a *App) wakeWebhooks(ctx context.Context) {
-	sub := a.Listener.Subscribe(db.WebhookDueChannel, 1)
+func (a *App) wakeWebhooks(ctx context.Context, sub *realtime.Subscription) {
 	defer sub.Close()
 	ctx = auth.WithPrincipal(ctx, auth.SystemPrincipal("webhooks"))
 	for {
