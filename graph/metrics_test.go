@@ -273,6 +273,23 @@ func TestAccessLog(t *testing.T) {
 			require.Contains(t, line, want)
 		}
 
+		// An anonymous request is anonymous; one refused before its
+		// credential was read (a body too large) is of an unknown caller,
+		// whatever credential it carried.
+		req, err = http.NewRequest(http.MethodPost, s.URL+"/graphql", strings.NewReader(`{"query":"{ __typename }"}`))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Request-Id", "access-log-test-anon")
+		s.Send(t, req).OK(t, nil)
+		require.Contains(t, mtLogLine(t, s, "access-log-test-anon"), "caller=anonymous")
+		req, err = http.NewRequest(http.MethodPost, s.URL+"/graphql", strings.NewReader(`{"query":"{ __typename }"}`))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "text/plain")
+		req.Header.Set("Authorization", "Bearer "+user.Token)
+		req.Header.Set("X-Request-Id", "access-log-test-415")
+		require.Equal(t, http.StatusUnsupportedMediaType, s.Send(t, req).Status)
+		require.Contains(t, mtLogLine(t, s, "access-log-test-415"), "caller=unknown")
+
 		// A websocket logs once, when it closes, with the caller it
 		// authenticated as in connection_init.
 		ctx, cancel := context.WithTimeout(context.Background(), mtWait)

@@ -92,12 +92,11 @@ func truncateName(s string) string {
 	return s
 }
 
-// noteCaller records who called, once the auth middleware knows.
+// noteCaller records who called (anonymous when no credential came), once
+// the auth middleware knows.
 func noteCaller(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p := auth.FromContext(r.Context()); p != nil {
-			metrics.RequestOf(r.Context()).SetCaller(p)
-		}
+		metrics.RequestOf(r.Context()).SetCaller(auth.FromContext(r.Context()))
 		next.ServeHTTP(w, r)
 	})
 }

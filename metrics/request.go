@@ -81,15 +81,17 @@ func (r *Request) SetCaller(p *auth.Principal) {
 	r.caller = CallerKind(p)
 }
 
-// Caller returns the caller kind noted, "anonymous" when none was.
+// Caller returns the caller kind noted, or "unknown" for a request
+// refused before its credential was read (a body over the limit, a
+// mutation by GET).
 func (r *Request) Caller() string {
 	if r == nil {
-		return "anonymous"
+		return "unknown"
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.caller == "" {
-		return "anonymous"
+		return "unknown"
 	}
 	return r.caller
 }
