@@ -61,6 +61,11 @@ func TestArgumentsAreCheckedBeforeAnythingRuns(t *testing.T) {
 			require.Contains(t, res.Errors[0].Message, c.mentions)
 		})
 	}
+	// A variable's refusal names where it is in the arguments too.
+	res := s.Do(t, key, `mutation($e: [RobotLogInput!]!) { shipLogs(entries: $e) }`,
+		map[string]any{"e": []any{map[string]any{"level": "INFO", "message": "m"}, map[string]any{"level": "INFO", "message": "m", "fields": []any{}}}})
+	require.Equal(t, "entries[1].fields", res.Code(t, "BAD_USER_INPUT").Extensions["field"], "%s", res.Raw)
+
 	n, err := s.DB.NewSelect().Table("machine_events").Where("event_type IN ('first', 'second')").Count(t.Context())
 	require.NoError(t, err)
 	require.Zero(t, n, "a refused operation wrote an event")
@@ -76,7 +81,7 @@ func TestArgumentsAreCheckedBeforeAnythingRuns(t *testing.T) {
 	s.Do(t, u.Token, `mutation($m: ID!) { logMachineEvent(machineId: $m, eventType: "lit", details: "text") { id } }`, map[string]any{"m": id}).OK(t, nil)
 	// A JSON variable used where text is taken and where it is not is
 	// checked at each: text is refused where an object is needed.
-	res := s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) {
+	res = s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) {
 		a: logMachineEvent(machineId: $m, eventType: "first", details: $d) { id }
 		b: createMachine(input: {name: "n", configuration: $d}) { id } }`, map[string]any{"m": id, "d": "text"})
 	res.Code(t, "BAD_USER_INPUT")

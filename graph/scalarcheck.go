@@ -167,7 +167,7 @@ func (w *checkWalk) value(v *ast.Value, typ *ast.Type, text bool, name string) *
 		if !ok {
 			return nil
 		}
-		return w.r.variable(val, typ, text, ast.Path{ast.PathName("variable"), ast.PathName(v.Raw)})
+		return w.r.variable(val, typ, text, ast.Path{ast.PathName("variable"), ast.PathName(v.Raw)}, name)
 	case typ.Elem != nil && v.Kind == ast.ListValue:
 		for i, c := range v.Children {
 			if err := w.value(c.Value, typ.Elem, false, fmt.Sprintf("%s[%d]", name, i)); err != nil {
@@ -250,18 +250,19 @@ func literal(v *ast.Value, field string) *gqlerror.Error {
 }
 
 // variable checks a coerced variable value used where a value of typ goes
-// (a string is also taken for a JSON if text).
-func (r *scalarCheck) variable(val any, typ *ast.Type, text bool, path ast.Path) *gqlerror.Error {
+// (a string is also taken for a JSON if text); path is where the value is
+// in the variables, field where it is in the arguments.
+func (r *scalarCheck) variable(val any, typ *ast.Type, text bool, path ast.Path, field string) *gqlerror.Error {
 	if val == nil || typ == nil {
 		return nil
 	}
 	if typ.Elem != nil {
 		list, ok := val.([]any)
 		if !ok {
-			return r.variable(val, typ.Elem, text, path) // a single value for a list
+			return r.variable(val, typ.Elem, text, path, field) // a single value for a list
 		}
 		for i, e := range list {
-			if err := r.variable(e, typ.Elem, false, append(path[:len(path):len(path)], ast.PathIndex(i))); err != nil {
+			if err := r.variable(e, typ.Elem, false, append(path[:len(path):len(path)], ast.PathIndex(i)), fmt.Sprintf("%s[%d]", field, i)); err != nil {
 				return err
 			}
 		}
@@ -269,7 +270,7 @@ func (r *scalarCheck) variable(val any, typ *ast.Type, text bool, path ast.Path)
 	}
 	refuse := func(err error) *gqlerror.Error {
 		e := refusal("variable "+variableName(path), err)
-		e.Err.(*fault.Error).Field = ""
+		e.Err.(*fault.Error).Field = field
 		e.Path = path
 		return e
 	}
@@ -301,7 +302,7 @@ func (r *scalarCheck) variable(val any, typ *ast.Type, text bool, path ast.Path)
 			return nil
 		}
 		for _, f := range def.Fields {
-			if err := r.variable(obj[f.Name], f.Type, false, append(path[:len(path):len(path)], ast.PathName(f.Name))); err != nil {
+			if err := r.variable(obj[f.Name], f.Type, false, append(path[:len(path):len(path)], ast.PathName(f.Name)), field+"."+f.Name); err != nil {
 				return err
 			}
 		}
