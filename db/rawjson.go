@@ -73,4 +73,3 @@ func (r *RawJSON) UnmarshalJSON(b []byte) error {
 	*r = append(RawJSON(nil), b...)
 	return nil
 }
-
