@@ -40,7 +40,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 
 		results := make(chan apitest.Claimed, claims)
 		for range claims {
-			go func() { results <- <-r.ClaimAsync(t, 25) }()
+			go func() { results <- <-r.ClaimAsync(t, jqWakeWait) }()
 		}
 		// The claims beyond the robot's free slots are refused at once.
 		for range claims - slots {
@@ -76,7 +76,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
 		got := map[string]bool{}
 		for range slots {
-			l := apitest.ReceiveClaim(t, results, 40*time.Second)
+			l := apitest.ReceiveClaim(t, results, jqWakeWithin)
 			require.NotNil(t, l, "a waiting claim returned null though a job was queued for it")
 			require.False(t, got[l.Job.ID], "job %s was claimed twice", l.Job.ID)
 			got[l.Job.ID] = true
@@ -98,7 +98,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		require.NotNil(t, r.Claim(t, 0))
 		// Holding one job of two, the robot may wait in one claim: of two,
 		// whichever asks second is refused, and the other waits.
-		a, b := r.ClaimAsync(t, 20), r.ClaimAsync(t, 20)
+		a, b := r.ClaimAsync(t, jqWakeWait), r.ClaimAsync(t, jqWakeWait)
 		var waiting <-chan apitest.Claimed
 		select {
 		case c := <-a:
@@ -113,9 +113,9 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		// A claim that does not wait is never refused so, and another
 		// robot's waits are its own.
 		require.Nil(t, r.Claim(t, 0))
-		peerClaim := peer.ClaimAsync(t, 20)
+		peerClaim := peer.ClaimAsync(t, jqWakeWait)
 		j1, j2 := tn.Enqueue(t, nil), tn.Enqueue(t, nil)
-		l1, l2 := apitest.ReceiveClaim(t, waiting, 20*time.Second), apitest.ReceiveClaim(t, peerClaim, 20*time.Second)
+		l1, l2 := apitest.ReceiveClaim(t, waiting, jqWakeWithin), apitest.ReceiveClaim(t, peerClaim, jqWakeWithin)
 		require.NotNil(t, l1, "the robot's waiting claim got no job")
 		require.NotNil(t, l2, "the peer's waiting claim got no job")
 		require.ElementsMatch(t, []string{j1.ID, j2.ID}, []string{l1.Job.ID, l2.Job.ID})
@@ -168,7 +168,7 @@ func TestParkedClaimsHoldNoTurn(t *testing.T) {
 	s := apitest.New(t, apitest.Options{Running: 1})
 	tn := apitest.NewTenant(t, s)
 	r := tn.CreateRobot(t, "patient", apitest.RobotOpts{Slots: 1})
-	waiting := jqParkedClaim(t, r, 25)
+	waiting := jqParkedClaim(t, r, jqWakeWait)
 	// A user's query runs while it waits.
 	var out struct{ Jobs struct{ TotalCount int } }
 	tn.Do(t, `{ jobs { totalCount } }`, nil, &out)
@@ -179,7 +179,7 @@ func TestParkedClaimsHoldNoTurn(t *testing.T) {
 	default:
 	}
 	job := tn.Enqueue(t, nil)
-	l := apitest.ReceiveClaim(t, waiting, 20*time.Second)
+	l := apitest.ReceiveClaim(t, waiting, jqWakeWithin)
 	require.NotNil(t, l, "the woken claim returned no job")
 	require.Equal(t, job.ID, l.Job.ID)
 }
