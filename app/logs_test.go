@@ -204,15 +204,17 @@ func TestLogPartitionsAndRetention(t *testing.T) {
 		require.Equal(t, 1, n)
 
 		// within runs f, and fails the test when it has not returned within
-		// 5 s while the reader holds its lock (then releases the reader, so
-		// that f can end).
+		// 30 s while the reader holds its lock (then releases the reader, so
+		// that f can end). What this catches is a wait that would never end,
+		// so the limit is generous: a whole maintenance step must fit on a
+		// busy machine.
 		within := func(what string, f func()) {
 			t.Helper()
 			done := make(chan struct{})
 			go func() { defer close(done); f() }()
 			select {
 			case <-done:
-			case <-time.After(5 * time.Second):
+			case <-time.After(30 * time.Second):
 				release()
 				<-done
 				require.FailNow(t, what+" waited for a reader of robot_logs")
