@@ -246,8 +246,12 @@ func TestLogPartitionsAndRetention(t *testing.T) {
 		t.Parallel()
 		// A fresh server whose leader has not run yet: yesterday has no
 		// partition, and a robot's line of yesterday is still stored.
-		b := setupLogs(t, time.Now(), db.LogConfig{})
-		yesterday := time.Now().UTC().AddDate(0, 0, -1)
+		// Yesterday is the day before now, taken before the database is
+		// made: its partitions are of the day it was migrated (that day or
+		// later, should midnight pass) and after.
+		now := time.Now()
+		yesterday := now.UTC().AddDate(0, 0, -1)
+		b := setupLogs(t, now, db.LogConfig{})
 		require.NotContains(t, b.days(t), yesterday.Format(time.DateOnly))
 		ctx := auth.WithPrincipal(context.Background(), &auth.Principal{TenantID: tenant, RobotID: robot, Role: auth.RoleRobot})
 		_, err := b.app.Resolver.LogStore.Ship(ctx, b.db.DB, []db.RobotLogInput{{Level: db.LogInfo, Message: "late", At: &yesterday}})
