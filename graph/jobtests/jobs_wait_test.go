@@ -282,16 +282,26 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 		}
 		require.FailNow(t, "the woken claim never queued for a turn")
 	}
-	// requireNullWithoutTheTurn waits for the claim's answer, null, while
-	// the turn is still held. Otherwise it releases the turn and says what
-	// the claim did with it (the old code leased the job no one received).
-	requireNullWithoutTheTurn := func(t *testing.T, claimed <-chan apitest.Claimed, release func()) {
+	// endingWait is the wait of the claims whose end the test awaits: long
+	// enough for everything before it (parking, holding the turn, the
+	// replica's enqueue and the wake) on a busy machine.
+	const endingWait = 20
+	// A claim queued for the held turn never answers, so these only bound
+	// the wait for its null: endWithin outlasts an endingWait with room to
+	// spare; drainWithin is for a drain, which answers at once (it stays
+	// short of the drained claims' wait, MaxWaitSeconds).
+	const endWithin, drainWithin = endingWait*time.Second + 30*time.Second, 30 * time.Second
+	// requireNullWithoutTheTurn waits up to within for the claim's answer,
+	// null, while the turn is still held. Otherwise it releases the turn and
+	// says what the claim did with it (the old code leased the job no one
+	// received).
+	requireNullWithoutTheTurn := func(t *testing.T, claimed <-chan apitest.Claimed, release func(), within time.Duration) {
 		t.Helper()
 		select {
 		case c := <-claimed:
 			require.NoError(t, c.Err)
 			require.Nil(t, c.Lease, "the claim got a job without a turn")
-		case <-time.After(30 * time.Second):
+		case <-time.After(within):
 			release()
 			c := <-claimed
 			require.FailNow(t, "the claim waited for the held turn past its wait",
@@ -312,25 +322,25 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 	t.Run("a claim woken while the turns are busy answers null at its wait's end", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		claimed := jqParkedClaim(t, b.r, 6)
+		claimed := jqParkedClaim(t, b.r, endingWait)
 		release := holdTurn(t, b)
 		job := enqueue(t, b)
 		queuedForTurn(t, b, claimed)
-		requireNullWithoutTheTurn(t, claimed, release)
+		requireNullWithoutTheTurn(t, claimed, release, endWithin)
 		requireStillQueued(t, b, release, job)
 	})
 
 	t.Run("a parked claim answers null at its wait's end without a turn", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		claimed := jqParkedClaim(t, b.r, 6)
+		claimed := jqParkedClaim(t, b.r, endingWait)
 		release := holdTurn(t, b)
 		select {
 		case c := <-claimed:
 			require.FailNow(t, "the claim's wait ended before the turn was held", "%+v", c)
 		default:
 		}
-		requireNullWithoutTheTurn(t, claimed, release)
+		requireNullWithoutTheTurn(t, claimed, release, endWithin)
 		release()
 	})
 
@@ -341,7 +351,7 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 		release := holdTurn(t, b)
 		closed := make(chan error, 1)
 		go func() { closed <- b.s.Handler.CloseStreams(t.Context()) }()
-		requireNullWithoutTheTurn(t, claimed, release)
+		requireNullWithoutTheTurn(t, claimed, release, drainWithin)
 		require.NoError(t, <-closed)
 		release()
 	})
@@ -355,7 +365,7 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 		queuedForTurn(t, b, claimed)
 		closed := make(chan error, 1)
 		go func() { closed <- b.s.Handler.CloseStreams(t.Context()) }()
-		requireNullWithoutTheTurn(t, claimed, release)
+		requireNullWithoutTheTurn(t, claimed, release, drainWithin)
 		require.NoError(t, <-closed)
 		requireStillQueued(t, b, release, job)
 	})
