@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"fleetgraph/porttest"
 )
 
 // pgAddress returns where a DSN (URL or key=value, TCP or unix socket)
@@ -65,12 +67,10 @@ func viaAddr(t *testing.T, dsn, addr string) string {
 	return dsn + " host=" + host + " port=" + port // later keys win
 }
 
-// proxy forwards every connection to addr to the database at network/target
-// until the test ends.
-func proxy(t *testing.T, addr, network, target string) {
+// proxy forwards every connection ln accepts to the database at
+// network/target until the test ends.
+func proxy(t *testing.T, ln net.Listener, network, target string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	require.NoError(t, err, "listening on %s, which the server was told to use", addr)
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		_ = ln.Close()
@@ -104,7 +104,9 @@ var retryingLog = regexp.MustCompile(`the database is not reachable yet; retryin
 
 // Containers start in any order: serve waits for a DATABASE_URL that is
 // not reachable yet, up to DATABASE_CONNECT_TIMEOUT, then gives up with a
-// clear error; Ctrl-C ends the wait.
+// clear error; Ctrl-C ends the wait. The unreachable database is a port the
+// test holds (porttest.Refusing), refusing connections, until it proxies
+// the real database there.
 func TestServeWaitsForTheDatabase(t *testing.T) {
 	t.Parallel()
 
@@ -112,11 +114,11 @@ func TestServeWaitsForTheDatabase(t *testing.T) {
 		t.Parallel()
 		dsn, _ := emptyDatabase(t)
 		network, target := pgAddress(t, dsn)
-		addr := freeAddr(t)
-		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, addr), "JWT_SECRET", testSecret, "DATABASE_CONNECT_TIMEOUT", "600")
+		dbPort := porttest.Refusing(t)
+		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, dbPort.Addr), "JWT_SECRET", testSecret, "DATABASE_CONNECT_TIMEOUT", "600")
 		p := startServe(t, e, "--listen", "127.0.0.1:0", "--auto-migrate")
 		p.waitFor(t, p.stderr, retryingLog)
-		proxy(t, addr, network, target)
+		proxy(t, dbPort.Listen(t), network, target)
 		base := p.waitFor(t, p.stderr, servingLog)[1]
 		require.Contains(t, p.stderr.String(), "connected to the database")
 		status, _, body := get(t, base+"/readyz")
@@ -127,7 +129,7 @@ func TestServeWaitsForTheDatabase(t *testing.T) {
 	t.Run("GivesUpWithAClearError", func(t *testing.T) {
 		t.Parallel()
 		dsn, _ := emptyDatabase(t)
-		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, freeAddr(t)), "JWT_SECRET", testSecret, "DATABASE_CONNECT_TIMEOUT", "1")
+		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, porttest.Refusing(t).Addr), "JWT_SECRET", testSecret, "DATABASE_CONNECT_TIMEOUT", "1")
 		code, stdout, stderr := runCLI(t, e, "serve", "--listen", "127.0.0.1:0")
 		require.Equal(t, 1, code, stderr)
 		require.Empty(t, stdout)
@@ -139,7 +141,7 @@ func TestServeWaitsForTheDatabase(t *testing.T) {
 	t.Run("ZeroTriesOnce", func(t *testing.T) {
 		t.Parallel()
 		dsn, _ := emptyDatabase(t)
-		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, freeAddr(t)), "JWT_SECRET", testSecret, "DATABASE_CONNECT_TIMEOUT", "0")
+		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, porttest.Refusing(t).Addr), "JWT_SECRET", testSecret, "DATABASE_CONNECT_TIMEOUT", "0")
 		code, _, stderr := runCLI(t, e, "serve", "--listen", "127.0.0.1:0")
 		require.Equal(t, 1, code, stderr)
 		require.Contains(t, stderr, "check DATABASE_URL")
@@ -149,7 +151,7 @@ func TestServeWaitsForTheDatabase(t *testing.T) {
 	t.Run("InterruptEndsTheWait", func(t *testing.T) {
 		t.Parallel()
 		dsn, _ := emptyDatabase(t)
-		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, freeAddr(t)), "JWT_SECRET", testSecret, "DATABASE_CONNECT_TIMEOUT", "3600")
+		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, porttest.Refusing(t).Addr), "JWT_SECRET", testSecret, "DATABASE_CONNECT_TIMEOUT", "3600")
 		p := startServe(t, e, "--listen", "127.0.0.1:0")
 		p.waitFor(t, p.stderr, retryingLog)
 		require.Equal(t, 1, p.stop(t))
@@ -160,8 +162,8 @@ func TestServeWaitsForTheDatabase(t *testing.T) {
 		t.Parallel()
 		dsn, _ := emptyDatabase(t)
 		network, target := pgAddress(t, dsn)
-		addr := freeAddr(t)
-		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, addr), "DATABASE_CONNECT_TIMEOUT", "600")
+		dbPort := porttest.Refusing(t)
+		e := baseEnv(t).with("DATABASE_URL", viaAddr(t, dsn, dbPort.Addr), "DATABASE_CONNECT_TIMEOUT", "600")
 		ctx, cancel := context.WithTimeout(t.Context(), startTimeout)
 		defer cancel()
 		out, errOut := newSyncBuffer(), newSyncBuffer()
@@ -169,7 +171,7 @@ func TestServeWaitsForTheDatabase(t *testing.T) {
 		go func() { exit <- run(ctx, []string{"migrate", "up"}, e.get, out, errOut) }()
 		p := &serveProcess{stdout: out, stderr: errOut, exit: exit, cancel: cancel}
 		p.waitFor(t, errOut, retryingLog)
-		proxy(t, addr, network, target)
+		proxy(t, dbPort.Listen(t), network, target)
 		require.Equal(t, 0, <-exit, errOut.String())
 		require.Contains(t, out.String(), "applied")
 	})

@@ -17,6 +17,7 @@ import (
 	"fleetgraph/dbtest"
 	"fleetgraph/demo"
 	"fleetgraph/metrics"
+	"fleetgraph/porttest"
 )
 
 // metricsLog matches the log line serve writes once it serves /metrics.
@@ -76,8 +77,9 @@ func TestServeMetrics(t *testing.T) {
 		d := dbtest.New(t)
 		e := baseEnv(t).with("DATABASE_URL", d.DSN, "JWT_SECRET", testSecret, "LOG_LEVEL", "warn")
 		// Nothing at info is logged, the serving line included: the test
-		// picks the address and waits for it to answer.
-		addr := freeAddr(t)
+		// picks the address (held for serve, see porttest.ForServer) and
+		// waits for it to answer.
+		addr := porttest.ForServer(t)
 		p := startServe(t, e, "--listen", addr, "--metrics-addr", "127.0.0.1:0")
 		waitHealthy(t, p, "http://"+addr)
 		tok, err := verifier(t, testSecret, "").Mint(auth.MintOptions{UserID: demo.Alice, Role: auth.RoleUser, TTL: time.Minute})
@@ -119,16 +121,6 @@ func TestServeMetrics(t *testing.T) {
 			require.Contains(t, stderr, "METRICS_ADDR (--metrics-addr)")
 		})
 	}
-}
-
-// freeAddr returns a loopback address nothing listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
 }
 
 // waitHealthy polls url/healthz until serve answers, failing t after

@@ -204,15 +204,17 @@ func TestLogPartitionsAndRetention(t *testing.T) {
 		require.Equal(t, 1, n)
 
 		// within runs f, and fails the test when it has not returned within
-		// 5 s while the reader holds its lock (then releases the reader, so
-		// that f can end).
+		// 30 s while the reader holds its lock (then releases the reader, so
+		// that f can end). What this catches is a wait that would never end,
+		// so the limit is generous: a whole maintenance step must fit on a
+		// busy machine.
 		within := func(what string, f func()) {
 			t.Helper()
 			done := make(chan struct{})
 			go func() { defer close(done); f() }()
 			select {
 			case <-done:
-			case <-time.After(5 * time.Second):
+			case <-time.After(30 * time.Second):
 				release()
 				<-done
 				require.FailNow(t, what+" waited for a reader of robot_logs")
@@ -244,8 +246,12 @@ func TestLogPartitionsAndRetention(t *testing.T) {
 		t.Parallel()
 		// A fresh server whose leader has not run yet: yesterday has no
 		// partition, and a robot's line of yesterday is still stored.
-		b := setupLogs(t, time.Now(), db.LogConfig{})
-		yesterday := time.Now().UTC().AddDate(0, 0, -1)
+		// Yesterday is the day before now, taken before the database is
+		// made: its partitions are of the day it was migrated (that day or
+		// later, should midnight pass) and after.
+		now := time.Now()
+		yesterday := now.UTC().AddDate(0, 0, -1)
+		b := setupLogs(t, now, db.LogConfig{})
 		require.NotContains(t, b.days(t), yesterday.Format(time.DateOnly))
 		ctx := auth.WithPrincipal(context.Background(), &auth.Principal{TenantID: tenant, RobotID: robot, Role: auth.RoleRobot})
 		_, err := b.app.Resolver.LogStore.Ship(ctx, b.db.DB, []db.RobotLogInput{{Level: db.LogInfo, Message: "late", At: &yesterday}})

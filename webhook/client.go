@@ -93,7 +93,10 @@ func Describe(err error) string {
 		return "the endpoint does not answer in TLS"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "the endpoint refused the connection"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		// net/http's words for a close that came while the request was
+		// being written (a POST is not sent again): the same hang-up.
+		strings.Contains(err.Error(), "http: server closed idle connection"):
 		return "the endpoint closed the connection"
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return "the endpoint's host is unreachable"

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"fleetgraph/porttest"
 )
 
 // post sends an empty JSON object to url with c, within a minute, and
@@ -122,11 +124,8 @@ func TestClientGuard(t *testing.T) {
 // the resolver, the server's own addresses).
 func TestDescribeTellsNoAddresses(t *testing.T) {
 	t.Parallel()
-	// A port nothing listens on.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	closedPort := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	// A port nothing listens on (held, so that no one else takes it).
+	closedPort := porttest.Refusing(t).Port
 	// A listener that hangs up on every connection.
 	hangup, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

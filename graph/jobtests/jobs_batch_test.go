@@ -167,7 +167,7 @@ func TestJobBatchClaims(t *testing.T) {
 		got := make(chan []apitest.Lease, 1)
 		errs := make(chan error, 1)
 		go func() {
-			res, err := tn.Client.Do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 3, "w": 20})
+			res, err := tn.Client.Do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 3, "w": jqWakeWait})
 			if err == nil {
 				var out struct{ ClaimJobs []apitest.Lease }
 				if err = res.Decode(&out); err == nil {
@@ -186,7 +186,7 @@ func TestJobBatchClaims(t *testing.T) {
 			require.ElementsMatch(t, ids, []string{leases[0].Job.ID, leases[1].Job.ID})
 		case err := <-errs:
 			require.NoError(t, err)
-		case <-time.After(40 * time.Second):
+		case <-time.After(jqWakeWithin):
 			require.FailNow(t, "the waiting claimJobs did not return")
 		}
 		require.Empty(t, jbClaimJobs(t, tn.CreateRobot(t, "idle", apitest.RobotOpts{Slots: 2}), 2, 1), "a wait with nothing queued returns an empty list")
@@ -204,7 +204,7 @@ func TestJobBatchClaims(t *testing.T) {
 		results := make(chan result, claims)
 		for range claims {
 			go func() {
-				res, err := tn.Client.Do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 5, "w": 25})
+				res, err := tn.Client.Do(t.Context(), r.Key, jbClaimJobsQuery, map[string]any{"n": 5, "w": jqWakeWait})
 				var out struct{ ClaimJobs []apitest.Lease }
 				if err == nil {
 					err = res.Decode(&out)
@@ -216,7 +216,7 @@ func TestJobBatchClaims(t *testing.T) {
 			select {
 			case res := <-results:
 				return res
-			case <-time.After(40 * time.Second):
+			case <-time.After(jqWakeWithin):
 				require.FailNow(t, "a claim did not return")
 				return result{}
 			}

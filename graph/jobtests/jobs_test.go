@@ -13,6 +13,7 @@ import (
 
 	"fleetgraph/apitest"
 	"fleetgraph/db"
+	"fleetgraph/dispatch"
 )
 
 // The job queue's rules, through the API: who may claim what and in which
@@ -161,6 +162,18 @@ func TestJobEligibility(t *testing.T) {
 	})
 }
 
+// jqWakeWait is the wait of a claim the test wakes (with a job, a retry, a
+// rescue...): the longest allowed, so that nothing the test must do first
+// (requests, locks, notifications, on a busy machine) can outlast it. The
+// claim returns as soon as it gets its job, so a passing test waits no
+// longer for it.
+const jqWakeWait = dispatch.MaxWaitSeconds
+
+// jqWakeWithin is how long a test waits for such a claim's answer: past the
+// end of its wait, so that a lost wake-up shows as the null the claim
+// answers, under the test's own message.
+const jqWakeWithin = (dispatch.MaxWaitSeconds + 30) * time.Second
+
 // jqStarted starts a claimed job and returns its lease, for chaining.
 func jqStarted(t testing.TB, r *apitest.Robot, l *apitest.Lease) *apitest.Lease {
 	t.Helper()
@@ -188,10 +201,10 @@ func TestJobRunAtIsHonoured(t *testing.T) {
 	// Once the claim waits (it tried, counted its free slots, subscribed
 	// and tried again), the run-after passes, announced by nobody.
 	before = s.Statements.Load()
-	claim := r.ClaimAsync(t, 30)
+	claim := r.ClaimAsync(t, jqWakeWait)
 	apitest.Eventually(t, 20*time.Second, "the claim to wait", func() bool { return s.Statements.Load()-before >= auth+2*attempt+1 })
 	require.NoError(t, jqRunAfterNow(t, tn, job.ID))
-	l := apitest.ReceiveClaim(t, claim, 40*time.Second)
+	l := apitest.ReceiveClaim(t, claim, jqWakeWithin)
 	require.NotNil(t, l, "the polling fallback must hand over the job once its runAt passed")
 	require.Equal(t, job.ID, l.Job.ID)
 	runAfter := tn.Job(t, job.ID).RunAfter
@@ -580,9 +593,9 @@ func TestJobRescue(t *testing.T) {
 
 		// The claim polls only hourly: the rescue's NOTIFY must wake it (or
 		// the rescue comes first and the claim's first attempt finds the job).
-		claim := waiting.ClaimAsync(t, 30)
+		claim := waiting.ClaimAsync(t, jqWakeWait)
 		jqExpire(t, s, job.ID)
-		l := apitest.ReceiveClaim(t, claim, 40*time.Second)
+		l := apitest.ReceiveClaim(t, claim, jqWakeWithin)
 		require.NotNil(t, l, "the waiting robot must get the rescued job")
 		require.Equal(t, job.ID, l.Job.ID)
 		require.Equal(t, 2, l.Job.Attempt)
@@ -942,9 +955,9 @@ func TestJobDispatch(t *testing.T) {
 			r := tn.CreateRobot(t, "waiter", apitest.RobotOpts{})
 			// Whether the claim is already waiting when the job is queued or
 			// not, it must get the job: the test holds for every interleaving.
-			claim := r.ClaimAsync(t, 10)
+			claim := r.ClaimAsync(t, jqWakeWait)
 			job := tn.Enqueue(t, nil)
-			l := apitest.ReceiveClaim(t, claim, 20*time.Second)
+			l := apitest.ReceiveClaim(t, claim, jqWakeWithin)
 			require.NotNil(t, l, "the waiting claim returned null")
 			require.Equal(t, job.ID, l.Job.ID)
 		})
@@ -956,9 +969,9 @@ func TestJobDispatch(t *testing.T) {
 		r := tn.CreateRobot(t, "waiter", apitest.RobotOpts{})
 		job := tn.Enqueue(t, nil)
 		tn.Do(t, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": job.ID}, nil)
-		claim := r.ClaimAsync(t, 10)
+		claim := r.ClaimAsync(t, jqWakeWait)
 		tn.Do(t, `mutation($id: ID!) { retryJob(id: $id) { id } }`, map[string]any{"id": job.ID}, nil)
-		l := apitest.ReceiveClaim(t, claim, 20*time.Second)
+		l := apitest.ReceiveClaim(t, claim, jqWakeWithin)
 		require.NotNil(t, l)
 		require.Equal(t, job.ID, l.Job.ID)
 	})
@@ -969,9 +982,9 @@ func TestJobDispatch(t *testing.T) {
 		doomed, waiter := tn.CreateRobot(t, "doomed", apitest.RobotOpts{}), tn.CreateRobot(t, "waiter", apitest.RobotOpts{})
 		job := tn.Enqueue(t, nil)
 		jqStarted(t, doomed, doomed.Claim(t, 0))
-		claim := waiter.ClaimAsync(t, 10)
+		claim := waiter.ClaimAsync(t, jqWakeWait)
 		tn.Do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
-		l := apitest.ReceiveClaim(t, claim, 20*time.Second)
+		l := apitest.ReceiveClaim(t, claim, jqWakeWithin)
 		require.NotNil(t, l, "the deleted robot's job went back to the queue but the waiting claim was not woken")
 		require.Equal(t, job.ID, l.Job.ID)
 	})
@@ -1059,7 +1072,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 
 			release, err := lockRobots()
 			require.NoError(t, err)
-			claim := r.ClaimAsync(t, 5)
+			claim := r.ClaimAsync(t, jqWakeWait)
 			lockWaiters(1) // the claim's first attempt, before it subscribes
 			type locked struct {
 				commit func()
@@ -1112,7 +1125,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 			s.App.Listener.Subscribe(db.JobQueuedChannel, 1).Close()
 			hold.commit()
 
-			l := apitest.ReceiveClaim(t, claim, 20*time.Second)
+			l := apitest.ReceiveClaim(t, claim, jqWakeWithin)
 			require.NotNil(t, l, "the waiting claim missed its tenant's job: its wake-up was lost behind %d other tenants' notifications", others)
 			require.Equal(t, job.ID, l.Job.ID)
 		})

@@ -40,7 +40,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 
 		results := make(chan apitest.Claimed, claims)
 		for range claims {
-			go func() { results <- <-r.ClaimAsync(t, 25) }()
+			go func() { results <- <-r.ClaimAsync(t, jqWakeWait) }()
 		}
 		// The claims beyond the robot's free slots are refused at once.
 		for range claims - slots {
@@ -76,7 +76,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		tn.Do(t, `mutation($in: [EnqueueJobInput!]!) { enqueueJobs(input: $in) { id } }`, map[string]any{"in": in}, nil)
 		got := map[string]bool{}
 		for range slots {
-			l := apitest.ReceiveClaim(t, results, 40*time.Second)
+			l := apitest.ReceiveClaim(t, results, jqWakeWithin)
 			require.NotNil(t, l, "a waiting claim returned null though a job was queued for it")
 			require.False(t, got[l.Job.ID], "job %s was claimed twice", l.Job.ID)
 			got[l.Job.ID] = true
@@ -98,7 +98,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		require.NotNil(t, r.Claim(t, 0))
 		// Holding one job of two, the robot may wait in one claim: of two,
 		// whichever asks second is refused, and the other waits.
-		a, b := r.ClaimAsync(t, 20), r.ClaimAsync(t, 20)
+		a, b := r.ClaimAsync(t, jqWakeWait), r.ClaimAsync(t, jqWakeWait)
 		var waiting <-chan apitest.Claimed
 		select {
 		case c := <-a:
@@ -113,9 +113,9 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		// A claim that does not wait is never refused so, and another
 		// robot's waits are its own.
 		require.Nil(t, r.Claim(t, 0))
-		peerClaim := peer.ClaimAsync(t, 20)
+		peerClaim := peer.ClaimAsync(t, jqWakeWait)
 		j1, j2 := tn.Enqueue(t, nil), tn.Enqueue(t, nil)
-		l1, l2 := apitest.ReceiveClaim(t, waiting, 20*time.Second), apitest.ReceiveClaim(t, peerClaim, 20*time.Second)
+		l1, l2 := apitest.ReceiveClaim(t, waiting, jqWakeWithin), apitest.ReceiveClaim(t, peerClaim, jqWakeWithin)
 		require.NotNil(t, l1, "the robot's waiting claim got no job")
 		require.NotNil(t, l2, "the peer's waiting claim got no job")
 		require.ElementsMatch(t, []string{j1.ID, j2.ID}, []string{l1.Job.ID, l2.Job.ID})
@@ -168,7 +168,7 @@ func TestParkedClaimsHoldNoTurn(t *testing.T) {
 	s := apitest.New(t, apitest.Options{Running: 1})
 	tn := apitest.NewTenant(t, s)
 	r := tn.CreateRobot(t, "patient", apitest.RobotOpts{Slots: 1})
-	waiting := jqParkedClaim(t, r, 25)
+	waiting := jqParkedClaim(t, r, jqWakeWait)
 	// A user's query runs while it waits.
 	var out struct{ Jobs struct{ TotalCount int } }
 	tn.Do(t, `{ jobs { totalCount } }`, nil, &out)
@@ -179,7 +179,7 @@ func TestParkedClaimsHoldNoTurn(t *testing.T) {
 	default:
 	}
 	job := tn.Enqueue(t, nil)
-	l := apitest.ReceiveClaim(t, waiting, 20*time.Second)
+	l := apitest.ReceiveClaim(t, waiting, jqWakeWithin)
 	require.NotNil(t, l, "the woken claim returned no job")
 	require.Equal(t, job.ID, l.Job.ID)
 }
@@ -282,16 +282,26 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 		}
 		require.FailNow(t, "the woken claim never queued for a turn")
 	}
-	// requireNullWithoutTheTurn waits for the claim's answer, null, while
-	// the turn is still held. Otherwise it releases the turn and says what
-	// the claim did with it (the old code leased the job no one received).
-	requireNullWithoutTheTurn := func(t *testing.T, claimed <-chan apitest.Claimed, release func()) {
+	// endingWait is the wait of the claims whose end the test awaits: long
+	// enough for everything before it (parking, holding the turn, the
+	// replica's enqueue and the wake) on a busy machine.
+	const endingWait = 20
+	// A claim queued for the held turn never answers, so these only bound
+	// the wait for its null: endWithin outlasts an endingWait with room to
+	// spare; drainWithin is for a drain, which answers at once (it stays
+	// short of the drained claims' wait, MaxWaitSeconds).
+	const endWithin, drainWithin = endingWait*time.Second + 30*time.Second, 30 * time.Second
+	// requireNullWithoutTheTurn waits up to within for the claim's answer,
+	// null, while the turn is still held. Otherwise it releases the turn and
+	// says what the claim did with it (the old code leased the job no one
+	// received).
+	requireNullWithoutTheTurn := func(t *testing.T, claimed <-chan apitest.Claimed, release func(), within time.Duration) {
 		t.Helper()
 		select {
 		case c := <-claimed:
 			require.NoError(t, c.Err)
 			require.Nil(t, c.Lease, "the claim got a job without a turn")
-		case <-time.After(30 * time.Second):
+		case <-time.After(within):
 			release()
 			c := <-claimed
 			require.FailNow(t, "the claim waited for the held turn past its wait",
@@ -312,25 +322,25 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 	t.Run("a claim woken while the turns are busy answers null at its wait's end", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		claimed := jqParkedClaim(t, b.r, 6)
+		claimed := jqParkedClaim(t, b.r, endingWait)
 		release := holdTurn(t, b)
 		job := enqueue(t, b)
 		queuedForTurn(t, b, claimed)
-		requireNullWithoutTheTurn(t, claimed, release)
+		requireNullWithoutTheTurn(t, claimed, release, endWithin)
 		requireStillQueued(t, b, release, job)
 	})
 
 	t.Run("a parked claim answers null at its wait's end without a turn", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		claimed := jqParkedClaim(t, b.r, 6)
+		claimed := jqParkedClaim(t, b.r, endingWait)
 		release := holdTurn(t, b)
 		select {
 		case c := <-claimed:
 			require.FailNow(t, "the claim's wait ended before the turn was held", "%+v", c)
 		default:
 		}
-		requireNullWithoutTheTurn(t, claimed, release)
+		requireNullWithoutTheTurn(t, claimed, release, endWithin)
 		release()
 	})
 
@@ -341,7 +351,7 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 		release := holdTurn(t, b)
 		closed := make(chan error, 1)
 		go func() { closed <- b.s.Handler.CloseStreams(t.Context()) }()
-		requireNullWithoutTheTurn(t, claimed, release)
+		requireNullWithoutTheTurn(t, claimed, release, drainWithin)
 		require.NoError(t, <-closed)
 		release()
 	})
@@ -355,7 +365,7 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 		queuedForTurn(t, b, claimed)
 		closed := make(chan error, 1)
 		go func() { closed <- b.s.Handler.CloseStreams(t.Context()) }()
-		requireNullWithoutTheTurn(t, claimed, release)
+		requireNullWithoutTheTurn(t, claimed, release, drainWithin)
 		require.NoError(t, <-closed)
 		requireStillQueued(t, b, release, job)
 	})

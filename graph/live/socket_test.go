@@ -29,6 +29,12 @@ import (
 // a group's members hold none. The test's own clients do not read, so they
 // hold none either. Not parallel: other tests' goroutines would blur the
 // count.
+//
+// The server's background work (maintenance sweeps, their queries, the
+// hub) starts and ends goroutines of its own meanwhile, and so does the
+// test's polling: many sockets are counted against a bound of one each with
+// half as many again to spare, which no such noise reaches, while a second
+// goroutine per socket passes it by a margin as large.
 func TestIdleSocketHoldsOneGoroutine(t *testing.T) {
 	s := apitest.New(t)
 	f := newFixture(t, s)
@@ -57,7 +63,7 @@ func TestIdleSocketHoldsOneGoroutine(t *testing.T) {
 	members(1)
 	base := runtime.NumGoroutine()
 
-	const n = 40
+	const n = 100
 	for range n {
 		open()
 	}
@@ -67,7 +73,7 @@ func TestIdleSocketHoldsOneGoroutine(t *testing.T) {
 	var got int
 	require.Eventually(t, func() bool {
 		got = runtime.NumGoroutine() - base
-		return got <= n+4
+		return got <= n+n/2
 	}, wait, 10*time.Millisecond, "%d idle sockets hold %d goroutines: at most one each", n, got)
 }
 
