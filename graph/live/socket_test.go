@@ -156,3 +156,96 @@ func TestSubscriptionKeepsNoExtensions(t *testing.T) {
 	runtime.KeepAlive(message)
 	require.Less(t, kept, int64(len(message)), "a subscription sent in %d bytes keeps %d", len(message), kept)
 }
+
+// TestASubscribeWhileTheSocketShutsHoldsNothing: a robot's subscribe is
+// still being handled (its key re-check waits on the database) when the
+// socket is shut by another path, here a keep-alive write failing after
+// the client reset the connection. The subscription used to be added after
+// shut had ended every operation, and so held the robot's only place of
+// MAX_SUBSCRIPTIONS_PER_PRINCIPAL, a hub subscriber and a fan-out member
+// until an event's write failed: for robotUpdated, maybe never.
+func TestASubscribeWhileTheSocketShutsHoldsNothing(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Metrics: true, KeepAlive: 100 * time.Millisecond, LiveLimits: live.Limits{PerPrincipal: 1}})
+	robot := apitest.NewTenant(t, s).CreateRobot(t, "r", apitest.RobotOpts{})
+	const sub = `subscription { robotUpdated { op id } }`
+	gauge := func(name string) float64 {
+		mfs, err := s.Metrics.Registry().Gather()
+		require.NoError(t, err)
+		var v float64
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				for _, m := range mf.GetMetric() {
+					v += m.GetGauge().GetValue()
+				}
+			}
+		}
+		return v
+	}
+
+	// A socket on a bare connection, so that it can end with an RST.
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "http://"), wait)
+	require.NoError(t, err)
+	defer nc.Close()
+	key := make([]byte, 16)
+	_, _ = rand.Read(key)
+	_, err = fmt.Fprintf(nc, "GET /graphql HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
+		strings.TrimPrefix(s.URL, "http://"), base64.StdEncoding.EncodeToString(key))
+	require.NoError(t, err)
+	send := func(v any) {
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		_, err = nc.Write(maskedTextFrame(b))
+		require.NoError(t, err)
+	}
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	send(map[string]any{"type": "connection_init", "payload": map[string]any{"apiKey": robot.Key}})
+	var ack msg
+	require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &ack))
+	require.Equal(t, "connection_ack", ack.Type)
+
+	release := s.LockTable(t, "api_keys")
+	send(map[string]any{"id": "held", "type": "subscribe", "payload": map[string]any{"query": sub}})
+	apitest.Eventually(t, wait, "the subscribe's key re-check waits for the lock", func() bool { return s.LockWaiters(t, "%api_keys%") > 0 })
+	require.NoError(t, nc.(*net.TCPConn).SetLinger(0))
+	require.NoError(t, nc.Close()) // an RST: the next keep-alive's write fails
+	apitest.Eventually(t, wait, "the socket shuts", func() bool { return strings.Contains(s.Log.String(), "websocket keep-alive failed") })
+	release()
+	// The subscribe ends: dropped (now), or registered on the closed
+	// socket (before).
+	apitest.Eventually(t, wait, "the held subscribe ends", func() bool {
+		return strings.Contains(s.Log.String(), "websocket operation dropped") || gauge("fleetgraph_hub_subscribers") > 0
+	})
+
+	// The robot's one place comes back: a new socket's subscription is
+	// taken (answered by the pong after it, not by a refusal).
+	c := dial(t, s, "graphql-transport-ws")
+	c.send(map[string]any{"type": "connection_init", "payload": map[string]any{"apiKey": robot.Key}})
+	require.Equal(t, "connection_ack", c.read().Type)
+	reply := func() msg { // the next message that is not the server's keep-alive
+		m := c.readAny()
+		for m.Type == "ping" {
+			m = c.readAny()
+		}
+		return m
+	}
+	deadline := time.Now().Add(wait)
+	for i := 0; ; i++ {
+		id := fmt.Sprint("next-", i)
+		c.subscribe(id, sub, nil)
+		c.send(map[string]any{"type": "ping"})
+		m := reply()
+		if m.Type == "pong" {
+			break
+		}
+		require.Equal(t, id, m.ID, "%+v %s", m, m.Payload)
+		require.Equal(t, "RATE_LIMITED", m.errors(t)[0].code(), "%s", m.Payload)
+		require.True(t, time.Now().Before(deadline), "the shut socket's subscription still holds the robot's place")
+		require.Equal(t, "pong", reply().Type)
+	}
+	require.Equal(t, 1.0, gauge("fleetgraph_hub_subscribers"), "one subscriber: the new socket's")
+}

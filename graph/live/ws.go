@@ -297,6 +297,7 @@ func (c *wsConn) serve(ctx context.Context) {
 		}
 		if c.initialised() {
 			if err := c.write(wsMessage{Type: c.d.keepAlive}); err != nil {
+				c.t.Log.Debug("websocket keep-alive failed; closing it", "error", err)
 				c.shut(CloseNormal, "")
 				return
 			}
@@ -733,19 +734,28 @@ func (c *wsConn) subscribe(ctx context.Context, m wsMessage) (int, string, time.
 		c.refuse(ctx, m.ID, err)
 		return 0, "", time.Time{}
 	}
+	// A socket that is draining, or was shut while this message was
+	// handled (a failed keep-alive write, another operation's write
+	// timeout: shut does not wait for the message's turn), takes no new
+	// operation: shut's stopAll has ended those it had, and nothing would
+	// end one added after it.
 	c.mu.Lock()
-	draining := c.draining
-	if !draining {
+	draining, shut := c.draining, c.shutting
+	if !draining && !shut {
 		c.ops[m.ID] = op
 		if !op.subscription {
 			c.running.Add(1)
 		}
 	}
 	c.mu.Unlock()
-	if draining {
+	if draining || shut {
 		cancel()
 		op.release()
-		c.refuse(ctx, m.ID, errShuttingDown)
+		if shut {
+			c.t.Log.Debug("websocket operation dropped: its socket closed while it was read", "id", m.ID)
+		} else {
+			c.refuse(ctx, m.ID, errShuttingDown)
+		}
 		return 0, "", time.Time{}
 	}
 	c.start(base, opCtx, m.ID, op, rc)
