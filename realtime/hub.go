@@ -618,6 +618,16 @@ func (s *Sub) offerDeleted(kind, key string) {
 	s.offer(Update{Kind: kind, Op: "DELETED", Key: key, Version: v})
 }
 
+// maxSentKeys bounds what a subscriber remembers of what it was sent
+// (Sub.sent, LogTail.sent), past which it forgets it all: an append-only
+// feed (events, log lines) or a tenant-wide one (jobUpdated) meets a new
+// key with almost every update, and kept each for the subscription's life,
+// some 4 MB a subscriber at the old bound of 100,000. At this bound it is
+// under half a megabyte. What is forgotten is only de-duplication: a
+// resync may send again a row the subscriber already has, at the same
+// version.
+const maxSentKeys = 10_000
+
 // Take returns the waiting updates, oldest first, and marks them delivered.
 func (s *Sub) Take() []Update {
 	s.mu.Lock()
@@ -646,8 +656,10 @@ func (s *Sub) Take() []Update {
 		s.missed = 0
 	}
 	s.hub.Metrics.Delivered(s.topic.kind, len(q))
-	if len(s.sent) > 100_000 {
-		clear(s.sent) // only de-duplication is lost
+	if len(s.sent) > maxSentKeys {
+		// Only de-duplication is lost. A fresh map, not clear: a cleared
+		// one keeps its buckets (some 3.5 MB at 100,000 keys).
+		s.sent = make(map[string]int64)
 	}
 	return q
 }

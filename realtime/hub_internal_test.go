@@ -127,3 +127,30 @@ func TestHubDelivery(t *testing.T) {
 			"the resync re-reads from %s, not from the notification's receipt %s less the slack", b.source.windows[0], received)
 	})
 }
+
+// TestWhatASubscriberRemembersIsBounded: a subscriber that meets a new
+// entity with every update (a tenant's jobs, an append-only feed) keeps at
+// most maxSentKeys of them, and a fresh map past it, not the old one's
+// buckets. It kept up to 100,000 (4 MB) for its whole life.
+func TestWhatASubscriberRemembersIsBounded(t *testing.T) {
+	t.Parallel()
+	owner := &auth.Principal{TenantID: uuid.New(), UserID: uuid.New(), Role: auth.RoleUser}
+	h := newHub(&Subscription{}, nil, slog.New(slog.DiscardHandler))
+	sub := h.Subscribe(SubscribeOptions{Kind: KindMachine, Tenant: owner.TenantID, Principal: owner, Filter: func(Change) bool { return true }})
+	t.Cleanup(sub.Close)
+	most := 0
+	for range 3 * maxSentKeys {
+		m := &db.Machine{ID: uuid.New(), TenantID: owner.TenantID, OwnerID: owner.UserID, Version: 1}
+		sub.offer(Update{Kind: KindMachine, Op: "UPDATED", Key: m.ID.String(), Version: 1, Value: m})
+		require.Len(t, sub.Take(), 1)
+		most = max(most, len(sub.sent))
+	}
+	require.LessOrEqual(t, most, maxSentKeys+1)
+
+	tail := &LogTail{sent: map[int64]bool{}}
+	for i := range 3 * maxSentKeys {
+		_, ok := tail.Item(Update{Value: &db.LogBatch{Lines: []*db.RobotLog{{ID: int64(i + 1), Level: db.LogInfo}}}})
+		require.True(t, ok)
+		require.LessOrEqual(t, len(tail.sent), maxSentKeys+1)
+	}
+}

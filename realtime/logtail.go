@@ -100,8 +100,8 @@ func (t *LogTail) Item(u Update) (item LogTailItem, ok bool) {
 			lines = append(lines, l)
 		}
 	}
-	if len(t.sent) > 100_000 {
-		clear(t.sent) // only de-duplication of overlapping batches is lost
+	if len(t.sent) > maxSentKeys {
+		t.sent = map[int64]bool{} // only de-duplication of overlapping batches is lost
 	}
 	return LogTailItem{Robot: b.RobotID, Lines: lines}, len(lines) > 0
 }
