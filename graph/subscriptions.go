@@ -26,7 +26,11 @@ import (
 
 // stream pumps a hub subscription into a channel: first (when non-nil),
 // then every update convert accepts. It ends when ctx does (the client
-// stopped) or when the hub ends the subscription (with its reason).
+// stopped), when the hub ends the subscription (with its reason), or, for
+// a subscription to one entity (first is its state), once the entity's
+// deletion is sent: nothing more can come, and the client is told so
+// (complete) instead of holding its subscription, and its place of
+// MAX_SUBSCRIPTIONS_PER_PRINCIPAL, for nothing.
 func stream[T any](ctx context.Context, sub *realtime.Sub, first *T, convert func(realtime.Update) *T) <-chan *T {
 	out := make(chan *T)
 	go func() {
@@ -67,6 +71,9 @@ func stream[T any](ctx context.Context, sub *realtime.Sub, first *T, convert fun
 					live.Tag(ctx, u.Key)
 					if !send(v) {
 						live.End(ctx, streamError(sub))
+						return
+					}
+					if first != nil && u.Op == string(model.ChangeOpDeleted) {
 						return
 					}
 				}

@@ -568,6 +568,8 @@ func TestSubscriptionMachineUpdated(t *testing.T) {
 		require.Equal(t, "DELETED", got.Op)
 		require.Equal(t, m.ID, got.ID)
 		require.Nil(t, got.Machine)
+		// Nothing more can come: the subscription completes.
+		require.Equal(t, "complete", ws.next("m").Type)
 	})
 
 	t.Run("AllMachines", func(t *testing.T) {
@@ -708,6 +710,7 @@ func TestSubscriptionRobotUpdated(t *testing.T) {
 		require.Equal(t, "DELETED", got.Op)
 		require.Equal(t, r.ID, got.ID)
 		require.Nil(t, got.Robot)
+		require.Equal(t, "complete", ws.next("r").Type, "nothing more can come")
 	})
 
 	t.Run("Fleet", func(t *testing.T) {
