@@ -19,8 +19,10 @@ func (r *subscriptionResolver) robotLogAdded(ctx context.Context, robotID *uuid.
 	if err := db.CheckCaller(ctx, false); err != nil {
 		return nil, err
 	}
+	var robot *db.Robot
 	if robotID != nil {
-		if _, err := r.RobotStore.Get(ctx, r.DB, *robotID); err != nil {
+		var err error
+		if robot, err = r.RobotStore.Get(ctx, r.DB, *robotID); err != nil {
 			if fault.CodeOf(err) == fault.NotFound {
 				// Named as the robotLogs query names it.
 				return nil, &fault.Error{Code: fault.NotFound, Field: "robotId", Message: "robot not found"}
@@ -38,7 +40,12 @@ func (r *subscriptionResolver) robotLogAdded(ctx context.Context, robotID *uuid.
 	if err != nil {
 		return nil, err
 	}
-	return stream(ctx, tail.Sub(), nil, func(u realtime.Update) *model.RobotLogBatch {
+	var gone <-chan struct{}
+	if robot != nil {
+		// A deleted robot ships no more lines: the tail completes.
+		gone = r.deletionOf(ctx, auth.FromContext(ctx), realtime.KindRobot, robot.ID, robot.Revision)
+	}
+	return streamUntil(ctx, tail.Sub(), nil, gone, func(u realtime.Update) *model.RobotLogBatch {
 		item, ok := tail.Item(u)
 		switch {
 		case !ok:

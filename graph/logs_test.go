@@ -533,6 +533,16 @@ func TestRobotLogTail(t *testing.T) {
 		map[string]any{"j": l.Job.ID, "l": l.LeaseToken}).OK(t, nil)
 	c.value("warn", &got)
 	require.Equal(t, []string{"job failed a step"}, got.messages())
+
+	// A deleted robot ships no more lines: its tail completes; a tail of
+	// every robot goes on.
+	c.subscribe("all", lgTailSub, nil)
+	lgSyncTail(t, s, c, "all", other.Key)
+	tn.Do(t, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": r.ID}, nil)
+	require.Equal(t, "complete", c.next("warn").Type)
+	lgShipOK(t, s, other.Key, lgEntry("INFO", "still tailed"))
+	c.value("all", &got)
+	require.Equal(t, []string{"still tailed"}, got.messages())
 }
 
 func TestRobotLogShipSendsOneNotificationPerBatch(t *testing.T) {

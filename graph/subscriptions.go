@@ -32,6 +32,13 @@ import (
 // (complete) instead of holding its subscription, and its place of
 // MAX_SUBSCRIPTIONS_PER_PRINCIPAL, for nothing.
 func stream[T any](ctx context.Context, sub *realtime.Sub, first *T, convert func(realtime.Update) *T) <-chan *T {
+	return streamUntil(ctx, sub, first, nil, convert)
+}
+
+// streamUntil is stream for a feed of an entity's rows (a machine's events,
+// a robot's log lines) that ends, with complete, once the entity is gone
+// (deletionOf closes gone): what was already queued is sent first.
+func streamUntil[T any](ctx context.Context, sub *realtime.Sub, first *T, gone <-chan struct{}, convert func(realtime.Update) *T) <-chan *T {
 	out := make(chan *T)
 	go func() {
 		defer close(out)
@@ -53,29 +60,31 @@ func stream[T any](ctx context.Context, sub *realtime.Sub, first *T, convert fun
 				return
 			}
 		}
-		for {
+		for ended := false; !ended; {
 			select {
 			case <-ctx.Done():
 				return
 			case <-sub.Done():
 				live.End(ctx, streamError(sub))
 				return
+			case <-gone:
+				ended = true // after what is queued
 			case <-sub.Ready():
-				for _, u := range sub.Take() {
-					v := convert(u)
-					if v == nil {
-						continue
-					}
-					// A group sharing this stream's results keeps, for a
-					// member that falls behind, the newest of each entity.
-					live.Tag(ctx, u.Key)
-					if !send(v) {
-						live.End(ctx, streamError(sub))
-						return
-					}
-					if first != nil && u.Op == string(model.ChangeOpDeleted) {
-						return
-					}
+			}
+			for _, u := range sub.Take() {
+				v := convert(u)
+				if v == nil {
+					continue
+				}
+				// A group sharing this stream's results keeps, for a
+				// member that falls behind, the newest of each entity.
+				live.Tag(ctx, u.Key)
+				if !send(v) {
+					live.End(ctx, streamError(sub))
+					return
+				}
+				if first != nil && u.Op == string(model.ChangeOpDeleted) {
+					return
 				}
 			}
 		}
@@ -148,8 +157,41 @@ func (r *subscriptionResolver) machineUpdated(ctx context.Context, id *uuid.UUID
 	}), nil
 }
 
+// deletionOf returns a channel closed when the entity of kind with id,
+// which p has seen at version, is deleted (its DELETE notification, or a
+// resync that finds it gone). The watch ends with ctx.
+func (r *subscriptionResolver) deletionOf(ctx context.Context, p *auth.Principal, kind string, id uuid.UUID, version int64) <-chan struct{} {
+	gone, key := make(chan struct{}), id.String()
+	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
+		Kind: kind, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
+		Filter:   func(c realtime.Change) bool { return c.Op == "DELETE" && c.ID == key },
+		MatchRow: func(any) bool { return false }, // a resync's rows: only a deletion matters
+	})
+	sub.Seed(key, version) // so a resync reports the entity gone
+	go func() {
+		defer sub.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sub.Done():
+				return
+			case <-sub.Ready():
+				for _, u := range sub.Take() {
+					if u.Op == string(model.ChangeOpDeleted) && u.Key == key {
+						close(gone)
+						return
+					}
+				}
+			}
+		}
+	}()
+	return gone
+}
+
 func (r *subscriptionResolver) machineEventAdded(ctx context.Context, machineID uuid.UUID) (<-chan *db.MachineEvent, error) {
-	if _, err := r.MachineStore.Get(ctx, r.DB, machineID); err != nil {
+	m, err := r.MachineStore.Get(ctx, r.DB, machineID)
+	if err != nil {
 		return nil, err
 	}
 	p := auth.FromContext(ctx)
@@ -165,7 +207,8 @@ func (r *subscriptionResolver) machineEventAdded(ctx context.Context, machineID 
 	if err != nil {
 		return nil, err
 	}
-	return stream(ctx, sub, nil, func(u realtime.Update) *db.MachineEvent {
+	// A deleted machine has no more events: the subscription completes.
+	return streamUntil(ctx, sub, nil, r.deletionOf(ctx, p, realtime.KindMachine, m.ID, m.Version), func(u realtime.Update) *db.MachineEvent {
 		e, _ := u.Value.(*db.MachineEvent)
 		return e
 	}), nil

@@ -666,6 +666,10 @@ func TestSubscriptionMachineEventAdded(t *testing.T) {
 	var got lvEvent
 	ws.value("e", &got)
 	require.Equal(t, last.ID, got.ID)
+
+	// A deleted machine has no more events: the subscription completes.
+	c.do(`mutation($id: ID!) { deleteMachine(id: $id) }`, map[string]any{"id": m.ID}, nil)
+	require.Equal(t, "complete", ws.next("e").Type)
 }
 
 func TestSubscriptionRobotUpdated(t *testing.T) {
