@@ -88,6 +88,24 @@ func TestArgumentsAreCheckedBeforeAnythingRuns(t *testing.T) {
 	require.Nil(t, res.Data, "%s", res.Raw)
 }
 
+// A field that @skip or @include leaves out runs nothing and reads no
+// argument: a placeholder for its variable (a common client pattern for a
+// non-null one) is not refused.
+func TestArgumentsOfFieldsLeftOutAreNotChecked(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.New())
+	const placeholder = `query($id: ID!, $has: Boolean!) { me { id }
+		machine(id: $id) @include(if: $has) { id }
+		... on Query @skip(if: true) { none: machine(id: "x") { id } }
+		...F @include(if: $has) }
+		fragment F on Query { again: machine(id: $id) { id } }`
+	s.Do(t, u.Token, placeholder, map[string]any{"id": "", "has": false}).OK(t, nil)
+	res := s.Do(t, u.Token, placeholder, map[string]any{"id": "", "has": true})
+	res.Code(t, "BAD_USER_INPUT")
+	require.Nil(t, res.Data, "%s", res.Raw)
+}
+
 // An enum value in a variable must be written as the schema writes it, as
 // it must in a literal: gqlparser's validation takes "offline" for OFFLINE
 // in a variable, and the stores compared it as given, so a filter matched

@@ -215,9 +215,11 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	srv.SetParserTokenLimit(cfg.Limits.Tokens)
 	// After the persisted query is resolved, before gqlgen validates.
 	use(documentLimit{tokens: cfg.Limits.Tokens, fields: cfg.Limits.Fields, overlaps: cfg.Limits.Overlaps, validated: validated})
-	use(&scalarCheck{})
+	use(literalCheck{})
 	use(operationLimit{complexity: cfg.Limits.Complexity, depth: cfg.Limits.Depth, aliases: cfg.Limits.Aliases,
 		argumentBytes: int(min(cfg.Limits.BodyBytes, math.MaxInt32)), subscriptionBytes: cfg.Limits.SubscriptionBytes, introspection: cfg.Introspection})
+	// After the operation limit, which bounds the arguments it walks.
+	use(&scalarCheck{})
 	if cfg.Introspection {
 		use(extension.Introspection{})
 	}

@@ -95,6 +95,20 @@ func TestRepeatedVariablesAreCountedWhereUsed(t *testing.T) {
 		require.Zero(t, n)
 	})
 
+	t.Run("AListOfStringsRepeatedInInputObjects", func(t *testing.T) {
+		// The argument check ran first, and walked the list at each use:
+		// minutes of CPU for this request. The limit refuses it first now,
+		// as it refuses it with a bad id in it.
+		var objs strings.Builder
+		for range 800 {
+			objs.WriteString(`{workflowId: $w, requiredCapabilities: $s} `)
+		}
+		q := `mutation($w: ID!, $s: [String!]) { enqueueJobs(input: [` + objs.String() + `]) { id } }`
+		caps := make([]string, 300_000)
+		requireRefusedCheaply(t, q, map[string]any{"w": wf, "s": caps})
+		requireRefusedCheaply(t, q, map[string]any{"w": "not-an-id", "s": caps})
+	})
+
 	t.Run("TheSameValuesOnceEachAreAccepted", func(t *testing.T) {
 		// Ten jobs of 60 KB, each its own value: about what the request carries.
 		var in []map[string]any

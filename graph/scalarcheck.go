@@ -30,7 +30,12 @@ import (
 //
 // Each value is checked at the position it is used, with that position's
 // type, so a variable used twice is checked twice.
-type scalarCheck struct{ schema *ast.Schema }
+type scalarCheck struct {
+	schema *ast.Schema
+	// checked names the types that hold something to check: a checked
+	// scalar, an enum, or an input object with a field of such a type.
+	checked map[string]bool
+}
 
 // checkedScalars are the scalars checked before execution, by name; each
 // takes a literal's or variable's value as gqlgen would pass it, and
@@ -55,11 +60,61 @@ func (*scalarCheck) ExtensionName() string { return "ScalarCheck" }
 // input types tell the type of each position in an argument.
 func (r *scalarCheck) Validate(es graphql.ExecutableSchema) error {
 	r.schema = es.Schema()
+	r.checked = map[string]bool{}
+	for name, def := range r.schema.Types {
+		r.checked[name] = checkedScalars[name] != nil || def.Kind == ast.Enum
+	}
+	// Input objects hold what their fields hold, to any depth.
+	for changed := true; changed; {
+		changed = false
+		for name, def := range r.schema.Types {
+			if def.Kind != ast.InputObject || r.checked[name] {
+				continue
+			}
+			for _, f := range def.Fields {
+				if r.checked[f.Type.Name()] {
+					r.checked[name], changed = true, true
+					break
+				}
+			}
+		}
+	}
 	return nil
 }
 
-// MutateOperationContext implements graphql.OperationContextMutator.
+// needsCheck reports whether a value of typ may hold something to check.
+func (r *scalarCheck) needsCheck(typ *ast.Type) bool { return r.checked[typ.Name()] }
+
+// MutateOperationContext implements graphql.OperationContextMutator. It
+// runs after operationLimit, which bounds the arguments' size with each
+// variable counted wherever it is used, and so bounds this walk too.
 func (r *scalarCheck) MutateOperationContext(_ context.Context, oc *graphql.OperationContext) *gqlerror.Error {
+	if oc.Doc == nil || oc.Operation == nil {
+		return nil
+	}
+	w := checkWalk{r: r, doc: oc.Doc, vars: oc.Variables, seen: map[string]bool{}, used: map[variableUse]bool{}}
+	return w.selections(oc.Operation.SelectionSet)
+}
+
+// literalCheck refuses, before anything reads an argument (the operation
+// limit's page sizes included), the number literals gqlparser cannot turn
+// into Go values (see literal), in every argument of the operation and in
+// its variables' defaults.
+type literalCheck struct{}
+
+var (
+	_ graphql.HandlerExtension        = literalCheck{}
+	_ graphql.OperationContextMutator = literalCheck{}
+)
+
+// ExtensionName implements graphql.HandlerExtension.
+func (literalCheck) ExtensionName() string { return "LiteralCheck" }
+
+// Validate implements graphql.HandlerExtension.
+func (literalCheck) Validate(graphql.ExecutableSchema) error { return nil }
+
+// MutateOperationContext implements graphql.OperationContextMutator.
+func (literalCheck) MutateOperationContext(_ context.Context, oc *graphql.OperationContext) *gqlerror.Error {
 	if oc.Doc == nil || oc.Operation == nil {
 		return nil
 	}
@@ -68,17 +123,52 @@ func (r *scalarCheck) MutateOperationContext(_ context.Context, oc *graphql.Oper
 			return err
 		}
 	}
-	w := checkWalk{r: r, doc: oc.Doc, vars: oc.Variables, seen: map[string]bool{}}
+	w := checkWalk{doc: oc.Doc, vars: oc.Variables, seen: map[string]bool{}, literalsOnly: true}
 	return w.selections(oc.Operation.SelectionSet)
 }
 
-// checkWalk is one operation's check: its document, its coerced variables
-// and the fragments already checked.
+// checkWalk is one operation's walk: its document, its coerced variables,
+// the fragments already walked and, for scalarCheck (r), the variables
+// already checked at a type. literalCheck's (literalsOnly) checks the
+// number literals of every field and directive; scalarCheck's, the
+// arguments of the fields that run (not those @skip or @include leave
+// out, whose arguments no one reads).
 type checkWalk struct {
-	r    *scalarCheck
-	doc  *ast.QueryDocument
-	vars map[string]any
-	seen map[string]bool
+	r            *scalarCheck
+	doc          *ast.QueryDocument
+	vars         map[string]any
+	seen         map[string]bool
+	used         map[variableUse]bool
+	literalsOnly bool
+}
+
+// variableUse is a variable checked where a value of a type goes.
+type variableUse struct {
+	name, typ string
+	text      bool
+}
+
+// excluded reports whether directives leave their selection out:
+// @skip(if: true) or @include(if: false), literal or variable.
+func (w *checkWalk) excluded(dirs ast.DirectiveList) bool {
+	cond := func(name string) (bool, bool) {
+		d := dirs.ForName(name)
+		if d == nil {
+			return false, false
+		}
+		a := d.Arguments.ForName("if")
+		if a == nil || a.Value == nil {
+			return false, false
+		}
+		v, err := a.Value.Value(w.vars)
+		b, ok := v.(bool)
+		return b, err == nil && ok
+	}
+	if skip, ok := cond("skip"); ok && skip {
+		return true
+	}
+	include, ok := cond("include")
+	return ok && !include
 }
 
 // selections checks the arguments of a selection set and of the fragments
@@ -87,6 +177,9 @@ func (w *checkWalk) selections(set ast.SelectionSet) *gqlerror.Error {
 	for _, sel := range set {
 		switch sel := sel.(type) {
 		case *ast.Field:
+			if !w.literalsOnly && w.excluded(sel.Directives) {
+				continue
+			}
 			if err := w.field(sel); err != nil {
 				return err
 			}
@@ -94,15 +187,23 @@ func (w *checkWalk) selections(set ast.SelectionSet) *gqlerror.Error {
 				return err
 			}
 		case *ast.InlineFragment:
-			if err := directives(sel.Directives); err != nil {
-				return err
+			if w.literalsOnly {
+				if err := directives(sel.Directives); err != nil {
+					return err
+				}
+			} else if w.excluded(sel.Directives) {
+				continue
 			}
 			if err := w.selections(sel.SelectionSet); err != nil {
 				return err
 			}
 		case *ast.FragmentSpread:
-			if err := directives(sel.Directives); err != nil {
-				return err
+			if w.literalsOnly {
+				if err := directives(sel.Directives); err != nil {
+					return err
+				}
+			} else if w.excluded(sel.Directives) {
+				continue // walked again if spread elsewhere
 			}
 			if w.seen[sel.Name] {
 				continue
@@ -118,15 +219,21 @@ func (w *checkWalk) selections(set ast.SelectionSet) *gqlerror.Error {
 	return nil
 }
 
-// field checks a field's arguments, each at its definition's type.
+// field checks a field's arguments: their number literals, or each at its
+// definition's type.
 func (w *checkWalk) field(f *ast.Field) *gqlerror.Error {
-	if err := directives(f.Directives); err != nil {
-		return err
-	}
-	for _, a := range f.Arguments {
-		if err := literal(a.Value, a.Name); err != nil {
+	if w.literalsOnly {
+		if err := directives(f.Directives); err != nil {
 			return err
 		}
+		for _, a := range f.Arguments {
+			if err := literal(a.Value, a.Name); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, a := range f.Arguments {
 		if f.Definition == nil {
 			continue
 		}
@@ -164,9 +271,11 @@ func (w *checkWalk) value(v *ast.Value, typ *ast.Type, text bool, name string) *
 	switch {
 	case v.Kind == ast.Variable:
 		val, ok := w.vars[v.Raw]
-		if !ok {
+		use := variableUse{name: v.Raw, typ: typ.String(), text: text}
+		if !ok || w.used[use] || !w.r.needsCheck(typ) {
 			return nil
 		}
+		w.used[use] = true // a variable used a thousand times is checked once
 		return w.r.variable(val, typ, text, ast.Path{ast.PathName("variable"), ast.PathName(v.Raw)}, name)
 	case typ.Elem != nil && v.Kind == ast.ListValue:
 		for i, c := range v.Children {
@@ -302,6 +411,9 @@ func (r *scalarCheck) variable(val any, typ *ast.Type, text bool, path ast.Path,
 			return nil
 		}
 		for _, f := range def.Fields {
+			if !r.needsCheck(f.Type) {
+				continue
+			}
 			if err := r.variable(obj[f.Name], f.Type, false, append(path[:len(path):len(path)], ast.PathName(f.Name)), field+"."+f.Name); err != nil {
 				return err
 			}
