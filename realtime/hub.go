@@ -226,16 +226,24 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 		change Change
 		subs   []*Sub
 	}
+	// Topics are offered in the order of their first change in the batch,
+	// not a map's: a robot's log lines shipped before its deletion reach
+	// a tail before the deletion that ends it (deletionOf) does.
 	byTopic := map[topic][]wanted{}
+	var order []topic
 	for _, c := range changes {
 		for _, k := range topicsOf(c) {
 			subs := h.matching(k, c)
 			if len(subs) > 0 {
+				if _, ok := byTopic[k]; !ok {
+					order = append(order, k)
+				}
 				byTopic[k] = append(byTopic[k], wanted{c, subs})
 			}
 		}
 	}
-	for k, ws := range byTopic {
+	for _, k := range order {
+		ws := byTopic[k]
 		loadKind := loadKind(k.kind)
 		var keys []string
 		for _, w := range ws {

@@ -154,3 +154,52 @@ func TestWhatASubscriberRemembersIsBounded(t *testing.T) {
 		require.LessOrEqual(t, len(tail.sent), maxSentKeys+1)
 	}
 }
+
+// orderSource records whether a deletion was offered before the log batch
+// it loads: it has no rows, and looks at the deletion's subscriber.
+type orderSource struct {
+	del          *Sub
+	deletedFirst bool
+}
+
+func (s *orderSource) Load(_ context.Context, kind string, _ uuid.UUID, _ []string) (map[string]Versioned, error) {
+	if kind == KindLog {
+		s.del.mu.Lock()
+		s.deletedFirst = len(s.del.queue) > 0
+		s.del.mu.Unlock()
+	}
+	return map[string]Versioned{}, nil
+}
+
+func (s *orderSource) ChangedSince(context.Context, string, uuid.UUID, time.Time) ([]Versioned, error) {
+	return nil, nil
+}
+
+func (s *orderSource) Snapshot(context.Context) (db.Snapshot, error) { return db.Snapshot{}, nil }
+
+// TestABatchIsOfferedInItsOrder: a robot ships lines, then is deleted, and
+// both notifications reach the hub in one batch. The topics were offered
+// in a map's order, so the deletion could come first: a robot's log tail
+// (which ends at its robot's deletion) completed without its last lines.
+func TestABatchIsOfferedInItsOrder(t *testing.T) {
+	t.Parallel()
+	tenant, robot := uuid.New(), uuid.New()
+	p := &auth.Principal{TenantID: tenant, UserID: uuid.New(), Role: auth.RoleUser}
+	for range 50 { // a map's order is random: the old code failed one run in ten
+		src := &orderSource{}
+		h := newHub(&Subscription{}, src, slog.New(slog.DiscardHandler))
+		key := robot.String()
+		del := h.Subscribe(SubscribeOptions{Kind: KindRobot, Tenant: tenant, Principal: p,
+			Filter: func(c Change) bool { return c.Op == "DELETE" && c.ID == key }})
+		src.del = del
+		tail := h.Subscribe(SubscribeOptions{Kind: KindLog, Tenant: tenant, Principal: p, Append: true, Lossy: true,
+			Filter: func(c Change) bool { return c.Robot != nil && *c.Robot == robot }})
+		h.deliver(t.Context(), []Change{
+			{Kind: KindLog, Op: "INSERT", Tenant: tenant, ID: "1-10", Robot: &robot},
+			{Kind: KindRobot, Op: "DELETE", Tenant: tenant, ID: key, Version: 3},
+		})
+		require.False(t, src.deletedFirst, "the robot's deletion was offered before the lines shipped before it")
+		del.Close()
+		tail.Close()
+	}
+}
