@@ -560,6 +560,10 @@ func TestOperatorHelpAndFlags(t *testing.T) {
 		{[]string{"help"}, []string{"verify", "robots list|create", "keys create|list|revoke", "schema [--introspection]"}},
 		{[]string{"help", "robots", "list"}, []string{"Usage: fleetgraph robots list", "-status"}},
 		{[]string{"help", "logs", "cleanup"}, []string{"Usage: fleetgraph logs cleanup", "-retention-days", "-dry-run"}},
+		// A flag after help's words is not the command's: it would take
+		// --help as its value and run the command.
+		{[]string{"help", "token", "--jwt-issuer"}, []string{"Usage: fleetgraph token"}},
+		{[]string{"help", "serve", "--data-dir"}, []string{"Usage: fleetgraph serve"}},
 	} {
 		code, stdout, stderr := runCLI(t, baseEnv(t), tt.args...)
 		require.Equal(t, 0, code, "%v: %s", tt.args, stderr)

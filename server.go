@@ -84,8 +84,14 @@ func run(ctx context.Context, args []string, env func(string) string, stdout, st
 		return 0
 	case len(args) > 1 && args[0] == "help":
 		// `fleetgraph help serve` is `fleetgraph serve --help`, and
-		// `fleetgraph help robots list` is `fleetgraph robots list --help`.
-		cmd, args = args[1], append(slices.Clip(args[2:]), "--help")
+		// `fleetgraph help robots list` is `fleetgraph robots list --help`:
+		// the words naming a command, never a flag after them, which
+		// could take "--help" as its value and run the command.
+		words := args[2:]
+		if i := slices.IndexFunc(words, func(w string) bool { return strings.HasPrefix(w, "-") }); i >= 0 {
+			words = words[:i]
+		}
+		cmd, args = args[1], append(slices.Clip(words), "--help")
 	case len(args) > 0 && !strings.HasPrefix(args[0], "-"):
 		cmd, args = args[0], args[1:]
 	}
