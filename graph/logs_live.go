@@ -19,10 +19,19 @@ func (r *subscriptionResolver) robotLogAdded(ctx context.Context, robotID *uuid.
 	if err := db.CheckCaller(ctx, false); err != nil {
 		return nil, err
 	}
+	var min int16
+	if minLevel != nil {
+		if min = minLevel.Severity(); min == 0 {
+			return nil, fault.Invalid("minLevel", "minLevel is not a log level")
+		}
+	}
 	var robot *db.Robot
+	var deleted deletionWatch
 	if robotID != nil {
+		deleted = r.watchDeletion(auth.FromContext(ctx), realtime.KindRobot, *robotID)
 		var err error
 		if robot, err = r.RobotStore.Get(ctx, r.DB, *robotID); err != nil {
+			deleted.sub.Close()
 			if fault.CodeOf(err) == fault.NotFound {
 				// Named as the robotLogs query names it.
 				return nil, &fault.Error{Code: fault.NotFound, Field: "robotId", Message: "robot not found"}
@@ -30,20 +39,17 @@ func (r *subscriptionResolver) robotLogAdded(ctx context.Context, robotID *uuid.
 			return nil, err
 		}
 	}
-	var min int16
-	if minLevel != nil {
-		if min = minLevel.Severity(); min == 0 {
-			return nil, fault.Invalid("minLevel", "minLevel is not a log level")
-		}
-	}
 	tail, err := r.Hub.TailLogs(ctx, auth.FromContext(ctx), robotID, min)
 	if err != nil {
+		if robot != nil {
+			deleted.sub.Close()
+		}
 		return nil, err
 	}
 	var gone <-chan struct{}
 	if robot != nil {
 		// A deleted robot ships no more lines: the tail completes.
-		gone = r.deletionOf(ctx, auth.FromContext(ctx), realtime.KindRobot, robot.ID, robot.Revision)
+		gone = deleted.until(ctx, robot.Revision)
 	}
 	return streamUntil(ctx, tail.Sub(), nil, gone, func(u realtime.Update) *model.RobotLogBatch {
 		item, ok := tail.Item(u)

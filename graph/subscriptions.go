@@ -37,7 +37,7 @@ func stream[T any](ctx context.Context, sub *realtime.Sub, first *T, convert fun
 
 // streamUntil is stream for a feed of an entity's rows (a machine's events,
 // a robot's log lines) that ends, with complete, once the entity is gone
-// (deletionOf closes gone): what was already queued is sent first.
+// (deletionWatch.until closes gone): what was already queued is sent first.
 func streamUntil[T any](ctx context.Context, sub *realtime.Sub, first *T, gone <-chan struct{}, convert func(realtime.Update) *T) <-chan *T {
 	out := make(chan *T)
 	go func() {
@@ -157,28 +157,42 @@ func (r *subscriptionResolver) machineUpdated(ctx context.Context, id *uuid.UUID
 	}), nil
 }
 
-// deletionOf returns a channel closed when the entity of kind with id,
-// which p has seen at version, is deleted (its DELETE notification, or a
-// resync that finds it gone). The watch ends with ctx.
-func (r *subscriptionResolver) deletionOf(ctx context.Context, p *auth.Principal, kind string, id uuid.UUID, version int64) <-chan struct{} {
-	gone, key := make(chan struct{}), id.String()
-	sub := r.Hub.Subscribe(realtime.SubscribeOptions{
+// deletionWatch watches, from the hub, for the deletion of one entity:
+// made before the entity is read (watchDeletion), so a deletion committed
+// after the read is seen, then started with what was read (until).
+type deletionWatch struct {
+	sub *realtime.Sub
+	key string
+}
+
+// watchDeletion starts watching for the deletion of the entity of kind
+// with id, as p.
+func (r *subscriptionResolver) watchDeletion(p *auth.Principal, kind string, id uuid.UUID) deletionWatch {
+	key := id.String()
+	return deletionWatch{key: key, sub: r.Hub.Subscribe(realtime.SubscribeOptions{
 		Kind: kind, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
 		Filter:   func(c realtime.Change) bool { return c.Op == "DELETE" && c.ID == key },
 		MatchRow: func(any) bool { return false }, // a resync's rows: only a deletion matters
-	})
-	sub.Seed(key, version) // so a resync reports the entity gone
+	})}
+}
+
+// until returns a channel closed when the entity, read at version, is
+// deleted (its DELETE notification, or a resync that finds it gone). The
+// watch ends with ctx.
+func (w deletionWatch) until(ctx context.Context, version int64) <-chan struct{} {
+	gone := make(chan struct{})
+	w.sub.Seed(w.key, version) // so a resync reports the entity gone
 	go func() {
-		defer sub.Close()
+		defer w.sub.Close()
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-sub.Done():
+			case <-w.sub.Done():
 				return
-			case <-sub.Ready():
-				for _, u := range sub.Take() {
-					if u.Op == string(model.ChangeOpDeleted) && u.Key == key {
+			case <-w.sub.Ready():
+				for _, u := range w.sub.Take() {
+					if u.Op == string(model.ChangeOpDeleted) && u.Key == w.key {
 						close(gone)
 						return
 					}
@@ -190,11 +204,16 @@ func (r *subscriptionResolver) deletionOf(ctx context.Context, p *auth.Principal
 }
 
 func (r *subscriptionResolver) machineEventAdded(ctx context.Context, machineID uuid.UUID) (<-chan *db.MachineEvent, error) {
-	m, err := r.MachineStore.Get(ctx, r.DB, machineID)
-	if err != nil {
+	if err := db.CheckCaller(ctx, false); err != nil {
 		return nil, err
 	}
 	p := auth.FromContext(ctx)
+	deleted := r.watchDeletion(p, realtime.KindMachine, machineID)
+	m, err := r.MachineStore.Get(ctx, r.DB, machineID)
+	if err != nil {
+		deleted.sub.Close()
+		return nil, err
+	}
 	// Append-only: a resync after lost notifications offers only the
 	// events committed after this subscription, never the machine's history.
 	sub, err := r.Hub.SubscribeAppend(ctx, realtime.SubscribeOptions{
@@ -205,10 +224,11 @@ func (r *subscriptionResolver) machineEventAdded(ctx context.Context, machineID 
 		MatchRow: func(v any) bool { return v.(*db.MachineEvent).MachineID == machineID },
 	})
 	if err != nil {
+		deleted.sub.Close()
 		return nil, err
 	}
 	// A deleted machine has no more events: the subscription completes.
-	return streamUntil(ctx, sub, nil, r.deletionOf(ctx, p, realtime.KindMachine, m.ID, m.Version), func(u realtime.Update) *db.MachineEvent {
+	return streamUntil(ctx, sub, nil, deleted.until(ctx, m.Version), func(u realtime.Update) *db.MachineEvent {
 		e, _ := u.Value.(*db.MachineEvent)
 		return e
 	}), nil
