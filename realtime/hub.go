@@ -473,7 +473,7 @@ func (h *Hub) SubscribeAppend(ctx context.Context, o SubscribeOptions) (*Sub, er
 func (h *Hub) Subscribe(o SubscribeOptions) *Sub {
 	s := &Sub{
 		hub: h, topic: topic{o.Kind, o.Tenant}, principal: o.Principal, filter: o.Filter, matchRow: o.MatchRow, append: o.Append, committed: o.Committed,
-		lossy: o.Lossy, weight: o.Weight, limit: cmp.Or(o.Limit, h.queueLimit), pending: map[string]int{}, sent: map[string]int64{},
+		lossy: o.Lossy, weight: o.Weight, limit: cmp.Or(o.Limit, h.queueLimit), pending: map[string]int{},
 		ready: make(chan struct{}, 1), done: make(chan struct{}),
 	}
 	if !o.Expires.IsZero() {
@@ -537,9 +537,9 @@ type Sub struct {
 
 	mu      sync.Mutex
 	queue   []Update
-	pending map[string]int   // key -> index in queue (coalescing)
-	sent    map[string]int64 // key -> version last delivered
-	missed  int              // what was dropped since the last Take (Lossy)
+	pending map[string]int        // key -> index in queue (coalescing)
+	sent    recent[string, int64] // key -> version last delivered
+	missed  int                   // what was dropped since the last Take (Lossy)
 	err     error
 	ready   chan struct{}
 	done    chan struct{}
@@ -564,7 +564,7 @@ func (s *Sub) Err() error {
 func (s *Sub) Seed(key string, version int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.sent[key] = version
+	s.sent.set(key, version)
 }
 
 func (s *Sub) offer(u Update) {
@@ -576,10 +576,10 @@ func (s *Sub) offer(u Update) {
 	if s.err != nil {
 		return
 	}
-	if u.Op != "DELETED" && u.Version <= s.sent[u.Key] {
+	if u.Op != "DELETED" && u.Version <= s.sent.at(u.Key) {
 		return // the subscriber has this version (or event) already
 	}
-	if u.Op == "CREATED" && s.sent[u.Key] > 0 {
+	if u.Op == "CREATED" && s.sent.at(u.Key) > 0 {
 		// The subscriber holds an older state of the entity (its first
 		// state, read after the creation): the news is a later state.
 		u.Op = "UPDATED"
@@ -618,7 +618,7 @@ func (s *Sub) offer(u Update) {
 // replaces a queued update.
 func (s *Sub) offerDeleted(kind, key string) {
 	s.mu.Lock()
-	v := s.sent[key]
+	v := s.sent.at(key)
 	if i, ok := s.pending[key]; ok && s.queue[i].Version > v {
 		v = s.queue[i].Version
 	}
@@ -627,14 +627,62 @@ func (s *Sub) offerDeleted(kind, key string) {
 }
 
 // maxSentKeys bounds what a subscriber remembers of what it was sent
-// (Sub.sent, LogTail.sent), past which it forgets it all: an append-only
-// feed (events, log lines) or a tenant-wide one (jobUpdated) meets a new
-// key with almost every update, and kept each for the subscription's life,
-// some 4 MB a subscriber at the old bound of 100,000. At this bound it is
-// under half a megabyte. What is forgotten is only de-duplication: a
-// resync may send again a row the subscriber already has, at the same
-// version.
+// (Sub.sent, LogTail.sent): the newest maxSentKeys keys at least, twice
+// as many at most (recent). An append-only feed (events, log lines) or a
+// tenant-wide one (jobUpdated) meets a new key with almost every update,
+// and kept each for the subscription's life up to 100,000, some 4 MB a
+// subscriber. What is forgotten is only de-duplication of old keys: a
+// resync may send again a row the subscriber already had, at the same
+// version, or miss the deletion of an entity it saw long ago.
 const maxSentKeys = 10_000
+
+// recent remembers values by key in two generations: past maxSentKeys in
+// the current one, the previous one is dropped and the current one takes
+// its place, so the newest maxSentKeys keys are always remembered. The
+// zero value is empty and ready.
+type recent[K comparable, V any] struct{ cur, prev map[K]V }
+
+func (r *recent[K, V]) get(k K) (V, bool) {
+	if v, ok := r.cur[k]; ok {
+		return v, true
+	}
+	v, ok := r.prev[k]
+	return v, ok
+}
+
+// at is k's value, or the zero value.
+func (r *recent[K, V]) at(k K) V { v, _ := r.get(k); return v }
+
+func (r *recent[K, V]) set(k K, v V) {
+	if r.cur == nil {
+		r.cur = map[K]V{}
+	}
+	r.cur[k] = v
+	if len(r.cur) > maxSentKeys {
+		r.prev, r.cur = r.cur, map[K]V{}
+	}
+}
+
+func (r *recent[K, V]) delete(k K) {
+	delete(r.cur, k)
+	delete(r.prev, k)
+}
+
+func (r *recent[K, V]) len() int { return len(r.cur) + len(r.prev) }
+
+// keys lists the keys remembered, each once.
+func (r *recent[K, V]) keys() []K {
+	keys := make([]K, 0, r.len())
+	for k := range r.cur {
+		keys = append(keys, k)
+	}
+	for k := range r.prev {
+		if _, ok := r.cur[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
 
 // Take returns the waiting updates, oldest first, and marks them delivered.
 func (s *Sub) Take() []Update {
@@ -646,13 +694,13 @@ func (s *Sub) Take() []Update {
 	out := q[:0]
 	for _, u := range q {
 		if u.Op == "DELETED" {
-			delete(s.sent, u.Key)
-		} else if u.Version <= s.sent[u.Key] {
+			s.sent.delete(u.Key)
+		} else if u.Version <= s.sent.at(u.Key) {
 			// Offered before Seed recorded the subscriber's first state,
 			// which is as new or newer: sending it would go backwards.
 			continue
 		} else {
-			s.sent[u.Key] = u.Version
+			s.sent.set(u.Key, u.Version)
 		}
 		out = append(out, u)
 	}
@@ -664,11 +712,6 @@ func (s *Sub) Take() []Update {
 		s.missed = 0
 	}
 	s.hub.Metrics.Delivered(s.topic.kind, len(q))
-	if len(s.sent) > maxSentKeys {
-		// Only de-duplication is lost. A fresh map, not clear: a cleared
-		// one keeps its buckets (some 3.5 MB at 100,000 keys).
-		s.sent = make(map[string]int64)
-	}
 	return q
 }
 
@@ -676,12 +719,9 @@ func (s *Sub) Take() []Update {
 func (s *Sub) seenKeys() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	keys := make([]string, 0, len(s.sent)+len(s.pending))
-	for k := range s.sent {
-		keys = append(keys, k)
-	}
+	keys := s.sent.keys()
 	for k := range s.pending {
-		if _, ok := s.sent[k]; !ok {
+		if _, ok := s.sent.get(k); !ok {
 			keys = append(keys, k)
 		}
 	}

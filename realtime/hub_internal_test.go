@@ -130,29 +130,42 @@ func TestHubDelivery(t *testing.T) {
 
 // TestWhatASubscriberRemembersIsBounded: a subscriber that meets a new
 // entity with every update (a tenant's jobs, an append-only feed) keeps at
-// most maxSentKeys of them, and a fresh map past it, not the old one's
-// buckets. It kept up to 100,000 (4 MB) for its whole life.
+// most twice maxSentKeys of them, and always the newest maxSentKeys (a
+// resync replays up to db.MaxResyncLines lines, which it must not send
+// twice). It kept up to 100,000 (4 MB) for its whole life.
 func TestWhatASubscriberRemembersIsBounded(t *testing.T) {
 	t.Parallel()
 	owner := &auth.Principal{TenantID: uuid.New(), UserID: uuid.New(), Role: auth.RoleUser}
 	h := newHub(&Subscription{}, nil, slog.New(slog.DiscardHandler))
 	sub := h.Subscribe(SubscribeOptions{Kind: KindMachine, Tenant: owner.TenantID, Principal: owner, Filter: func(Change) bool { return true }})
 	t.Cleanup(sub.Close)
-	most := 0
-	for range 3 * maxSentKeys {
+	var keys []string
+	for i := range 5 * maxSentKeys {
 		m := &db.Machine{ID: uuid.New(), TenantID: owner.TenantID, OwnerID: owner.UserID, Version: 1}
+		keys = append(keys, m.ID.String())
 		sub.offer(Update{Kind: KindMachine, Op: "UPDATED", Key: m.ID.String(), Version: 1, Value: m})
 		require.Len(t, sub.Take(), 1)
-		most = max(most, len(sub.sent))
+		require.LessOrEqual(t, sub.sent.len(), 2*maxSentKeys+1)
+		if i%997 == 0 && i >= maxSentKeys {
+			for _, k := range keys[i-maxSentKeys+1 : i+1] {
+				_, ok := sub.sent.get(k)
+				require.True(t, ok, "a key among the newest was forgotten")
+			}
+		}
 	}
-	require.LessOrEqual(t, most, maxSentKeys+1)
+	// What it remembers it does not send again.
+	m := &db.Machine{ID: uuid.MustParse(keys[len(keys)-1]), TenantID: owner.TenantID, OwnerID: owner.UserID, Version: 1}
+	sub.offer(Update{Kind: KindMachine, Op: "UPDATED", Key: m.ID.String(), Version: 1, Value: m})
+	require.Empty(t, sub.Take())
 
-	tail := &LogTail{sent: map[int64]bool{}}
-	for i := range 3 * maxSentKeys {
+	var tail LogTail
+	for i := range 5 * maxSentKeys {
 		_, ok := tail.Item(Update{Value: &db.LogBatch{Lines: []*db.RobotLog{{ID: int64(i + 1), Level: db.LogInfo}}}})
 		require.True(t, ok)
-		require.LessOrEqual(t, len(tail.sent), maxSentKeys+1)
+		require.LessOrEqual(t, tail.sent.len(), 2*maxSentKeys+1)
 	}
+	_, ok := tail.Item(Update{Value: &db.LogBatch{Lines: []*db.RobotLog{{ID: int64(5*maxSentKeys - maxSentKeys/2), Level: db.LogInfo}}}})
+	require.False(t, ok, "a recent line is not delivered twice")
 }
 
 // orderSource records whether a deletion was offered before the log batch

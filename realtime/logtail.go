@@ -19,7 +19,7 @@ const TailQueueLimit = 64
 type LogTail struct {
 	sub  *Sub
 	min  int16
-	sent map[int64]bool
+	sent recent[int64, bool]
 }
 
 // LogTailItem is what a tail delivers: a batch's lines at the tail's level
@@ -36,7 +36,7 @@ type LogTailItem struct {
 // after it subscribed (Hub.SubscribeAppend: one statement). The caller
 // checks beforehand that p may see robot; the hub checks every batch.
 func (h *Hub) TailLogs(ctx context.Context, p *auth.Principal, robot *uuid.UUID, minLevel int16) (*LogTail, error) {
-	t := &LogTail{min: minLevel, sent: map[int64]bool{}}
+	t := &LogTail{min: minLevel}
 	wanted := func(r uuid.UUID) bool { return robot == nil || r == *robot }
 	sub, err := h.SubscribeAppend(ctx, SubscribeOptions{
 		Kind: KindLog, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
@@ -95,13 +95,10 @@ func (t *LogTail) Item(u Update) (item LogTailItem, ok bool) {
 	}
 	var lines []*db.RobotLog
 	for _, l := range t.shown(b) {
-		if !t.sent[l.ID] {
-			t.sent[l.ID] = true
+		if !t.sent.at(l.ID) {
+			t.sent.set(l.ID, true)
 			lines = append(lines, l)
 		}
-	}
-	if len(t.sent) > maxSentKeys {
-		t.sent = map[int64]bool{} // only de-duplication of overlapping batches is lost
 	}
 	return LogTailItem{Robot: b.RobotID, Lines: lines}, len(lines) > 0
 }
