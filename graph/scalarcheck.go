@@ -142,10 +142,13 @@ type checkWalk struct {
 	literalsOnly bool
 }
 
-// variableUse is a variable checked where a value of a type goes.
+// variableUse is a variable checked where a value of a type goes (the
+// schema's type of that place: the same pointer at every use of the
+// place).
 type variableUse struct {
-	name, typ string
-	text      bool
+	name string
+	typ  *ast.Type
+	text bool
 }
 
 // excluded reports whether directives leave their selection out:
@@ -271,7 +274,7 @@ func (w *checkWalk) value(v *ast.Value, typ *ast.Type, text bool, name string) *
 	switch {
 	case v.Kind == ast.Variable:
 		val, ok := w.vars[v.Raw]
-		use := variableUse{name: v.Raw, typ: typ.String(), text: text}
+		use := variableUse{name: v.Raw, typ: typ, text: text}
 		if !ok || w.used[use] || !w.r.needsCheck(typ) {
 			return nil
 		}
