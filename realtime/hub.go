@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/lib/pq"
 
 	"fleetgraph/auth"
 	"fleetgraph/db"
@@ -288,13 +289,35 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 
 // load reads a batch's changed rows, trying twice: a reset connection or a
 // pool timeout is often gone at the second attempt.
-func (h *Hub) load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (map[string]Versioned, error) {
-	rows, err := h.source.Load(ctx, kind, tenant, keys)
-	if err != nil && ctx.Err() == nil {
-		h.log.Warn("loading changed rows; trying again", "kind", kind, "error", err)
+func (h *Hub) load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (rows map[string]Versioned, err error) {
+	err = h.retrying(ctx, "loading changed rows", kind, func() error {
 		rows, err = h.source.Load(ctx, kind, tenant, keys)
-	}
+		return err
+	})
 	return rows, err
+}
+
+// staleConnections is how many attempts a read of the hub's may make while
+// each fails on its connection: after PostgreSQL restarts, every idle
+// connection of the pool (db.Open keeps up to 25) fails the first
+// statement sent on it, and is then discarded.
+const staleConnections = 26
+
+// retrying runs read, what of kind, again when it fails: once after any
+// error, and up to staleConnections times while it fails on its connection
+// (not with an error PostgreSQL answered), so that a resync right after a
+// restart does not end every subscriber on the pool's dead connections.
+func (h *Hub) retrying(ctx context.Context, what, kind string, read func() error) error {
+	err := read()
+	for attempt := 1; err != nil && ctx.Err() == nil; attempt++ {
+		var pqErr *pq.Error
+		if attempt > 1 && (errors.As(err, &pqErr) || attempt >= staleConnections) {
+			break
+		}
+		h.log.Warn(what+"; trying again", "kind", kind, "error", err)
+		err = read()
+	}
+	return err
 }
 
 func opName(op string) string {
@@ -351,7 +374,11 @@ func (h *Hub) resync(ctx context.Context, since time.Time) {
 	h.Metrics.Resynced()
 	for k, subs := range live {
 		kind := loadKind(k.kind)
-		rows, err := h.source.ChangedSince(ctx, kind, k.tenant, since)
+		var rows []Versioned
+		err := h.retrying(ctx, "resynchronising", kind, func() (err error) {
+			rows, err = h.source.ChangedSince(ctx, kind, k.tenant, since)
+			return err
+		})
 		if err != nil {
 			h.log.Error("resynchronising", "kind", kind, "error", err)
 			for _, s := range subs {
@@ -396,7 +423,7 @@ func (h *Hub) resyncDeletions(ctx context.Context, kind string, k topic, subs []
 	for key := range holders {
 		keys = append(keys, key)
 	}
-	rows, err := h.source.Load(ctx, kind, k.tenant, keys)
+	rows, err := h.load(ctx, kind, k.tenant, keys)
 	if err != nil {
 		h.log.Error("resynchronising deletions", "kind", kind, "error", err)
 		return

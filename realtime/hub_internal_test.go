@@ -90,14 +90,25 @@ func TestHubDelivery(t *testing.T) {
 		requireLive(t, b.sub)
 	})
 
-	t.Run("ALoadThatFailsTwiceEndsItsSubscribers", func(t *testing.T) {
+	t.Run("ALoadThatFailsOnEveryDeadConnectionIsRetried", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// After a restart, each of the pool's idle connections fails once.
+		b.source.failLoads = staleConnections - 1
+		b.hub.deliver(t.Context(), []Change{b.change})
+		require.Equal(t, staleConnections, b.source.loads)
+		require.Len(t, b.sub.Take(), 1, "the update is delivered, not dropped")
+		requireLive(t, b.sub)
+	})
+
+	t.Run("ALoadThatKeepsFailingEndsItsSubscribers", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		// A subscriber of the same topic that did not want the change lost
 		// nothing, and goes on.
 		bystander := b.hub.Subscribe(SubscribeOptions{Kind: KindMachine, Tenant: b.change.Tenant, Principal: b.sub.principal, Filter: func(Change) bool { return false }})
 		t.Cleanup(bystander.Close)
-		b.source.failLoads = 2
+		b.source.failLoads = staleConnections
 		b.hub.deliver(t.Context(), []Change{b.change})
 		select {
 		case <-b.sub.Done():
