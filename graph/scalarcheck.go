@@ -28,8 +28,10 @@ import (
 //     validation takes "offline" for OFFLINE in a variable (not in a
 //     literal), and the stores would compare it as given.
 //
-// Each value is checked at the position it is used, with that position's
-// type, so a variable used twice is checked twice.
+// Each value is checked at the place it is used, with that place's type:
+// a variable once per place (however often it is used there), after
+// operationLimit has bounded the arguments' size. Fields @skip or
+// @include leave out are not checked: nothing reads their arguments.
 type scalarCheck struct {
 	schema *ast.Schema
 	// checked names the types that hold something to check: a checked
