@@ -312,13 +312,17 @@ func (w *checkWalk) value(v *ast.Value, typ *ast.Type, text bool, name string) *
 		err = check(val)
 	}
 	if err != nil {
-		e := refusal(name, err)
-		if v.Position != nil {
-			e.Locations = []gqlerror.Location{{Line: v.Position.Line, Column: v.Position.Column}}
-		}
-		return e
+		return at(v, refusal(name, err))
 	}
 	return nil
+}
+
+// at gives e the location of the literal v it refuses.
+func at(v *ast.Value, e *gqlerror.Error) *gqlerror.Error {
+	if v.Position != nil {
+		e.Locations = []gqlerror.Location{{Line: v.Position.Line, Column: v.Position.Column}}
+	}
+	return e
 }
 
 // literal refuses a number literal, in v or inside a list or object literal
@@ -328,12 +332,6 @@ func literal(v *ast.Value, field string) *gqlerror.Error {
 	if v == nil {
 		return nil
 	}
-	at := func(e *gqlerror.Error) *gqlerror.Error {
-		if v.Position != nil {
-			e.Locations = []gqlerror.Location{{Line: v.Position.Line, Column: v.Position.Column}}
-		}
-		return e
-	}
 	switch v.Kind {
 	case ast.FloatValue:
 		// gqlparser turns every number literal into a Go value when a field
@@ -341,11 +339,11 @@ func literal(v *ast.Value, field string) *gqlerror.Error {
 		// checks Int and Float positions, not custom scalars (Time, JSON)
 		// nor the numbers inside a JSON object literal.
 		if _, err := strconv.ParseFloat(v.Raw, 64); err != nil {
-			return at(refusal(field, errors.New("a number literal must be a finite 64-bit float; pass larger or more precise numbers in a variable")))
+			return at(v, refusal(field, errors.New("a number literal must be a finite 64-bit float; pass larger or more precise numbers in a variable")))
 		}
 	case ast.IntValue:
 		if _, err := strconv.ParseInt(v.Raw, 10, 64); err != nil {
-			return at(refusal(field, errors.New("a whole number literal must fit in 64 bits; pass larger numbers in a variable")))
+			return at(v, refusal(field, errors.New("a whole number literal must fit in 64 bits; pass larger numbers in a variable")))
 		}
 	case ast.ListValue:
 		for i, c := range v.Children {
