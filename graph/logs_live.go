@@ -46,7 +46,7 @@ func (r *subscriptionResolver) robotLogAdded(ctx context.Context, robotID *uuid.
 		}
 		return nil, err
 	}
-	var gone <-chan struct{}
+	var gone <-chan error
 	if robot != nil {
 		// A deleted robot ships no more lines: the tail completes.
 		gone = deleted.until(ctx, robot.Revision)

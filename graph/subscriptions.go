@@ -37,8 +37,11 @@ func stream[T any](ctx context.Context, sub *realtime.Sub, first *T, convert fun
 
 // streamUntil is stream for a feed of an entity's rows (a machine's events,
 // a robot's log lines) that ends, with complete, once the entity is gone
-// (deletionWatch.until closes gone): what was already queued is sent first.
-func streamUntil[T any](ctx context.Context, sub *realtime.Sub, first *T, gone <-chan struct{}, convert func(realtime.Update) *T) <-chan *T {
+// (deletionWatch.until closes gone): what was already queued is sent
+// first. Should the watch itself end first (the hub failed its resync or
+// the credential expired), the feed ends with the watch's reason: it could
+// no longer complete on the deletion it promises.
+func streamUntil[T any](ctx context.Context, sub *realtime.Sub, first *T, gone <-chan error, convert func(realtime.Update) *T) <-chan *T {
 	out := make(chan *T)
 	go func() {
 		defer close(out)
@@ -67,7 +70,11 @@ func streamUntil[T any](ctx context.Context, sub *realtime.Sub, first *T, gone <
 			case <-sub.Done():
 				live.End(ctx, streamError(sub))
 				return
-			case <-gone:
+			case err := <-gone:
+				if err != nil {
+					live.End(ctx, err)
+					return
+				}
 				ended = true // after what is queued
 			case <-sub.Ready():
 			}
@@ -177,10 +184,11 @@ func (r *subscriptionResolver) watchDeletion(p *auth.Principal, kind string, id 
 }
 
 // until returns a channel closed when the entity, read at version, is
-// deleted (its DELETE notification, or a resync that finds it gone). The
-// watch ends with ctx.
-func (w deletionWatch) until(ctx context.Context, version int64) <-chan struct{} {
-	gone := make(chan struct{})
+// deleted (its DELETE notification, or a resync that finds it gone), or
+// given the client-facing reason the hub ended the watch first. The watch
+// ends with ctx.
+func (w deletionWatch) until(ctx context.Context, version int64) <-chan error {
+	gone := make(chan error, 1)
 	w.sub.Seed(w.key, version) // so a resync reports the entity gone
 	go func() {
 		defer w.sub.Close()
@@ -189,6 +197,9 @@ func (w deletionWatch) until(ctx context.Context, version int64) <-chan struct{}
 			case <-ctx.Done():
 				return
 			case <-w.sub.Done():
+				if err := streamError(w.sub); err != nil {
+					gone <- err
+				}
 				return
 			case <-w.sub.Ready():
 				for _, u := range w.sub.Take() {

@@ -287,8 +287,8 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 	}
 }
 
-// load reads a batch's changed rows, trying twice: a reset connection or a
-// pool timeout is often gone at the second attempt.
+// load reads a batch's changed rows, again while that fails (retrying): a
+// reset connection or a pool timeout is often gone at the next attempt.
 func (h *Hub) load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (rows map[string]Versioned, err error) {
 	err = h.retrying(ctx, "loading changed rows", kind, func() error {
 		rows, err = h.source.Load(ctx, kind, tenant, keys)
@@ -425,7 +425,15 @@ func (h *Hub) resyncDeletions(ctx context.Context, kind string, k topic, subs []
 	}
 	rows, err := h.load(ctx, kind, k.tenant, keys)
 	if err != nil {
+		// A holder may have missed a deletion it would never hear of
+		// again (a one-entity subscription would not complete): it ends,
+		// as the resync's other failures end theirs, and resubscribes.
 		h.log.Error("resynchronising deletions", "kind", kind, "error", err)
+		for _, hs := range holders {
+			for _, s := range hs {
+				s.end(ErrResyncFailed)
+			}
+		}
 		return
 	}
 	for _, key := range keys {

@@ -119,6 +119,24 @@ func TestHubDelivery(t *testing.T) {
 		requireLive(t, bystander)
 	})
 
+	// A resync that re-reads the topic but cannot read which of the rows a
+	// subscriber holds are gone ends their holders: each may have missed a
+	// deletion it would never hear of again.
+	t.Run("AResyncThatCannotCheckDeletionsEndsTheirHolders", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.hub.deliver(t.Context(), []Change{b.change})
+		require.Len(t, b.sub.Take(), 1)
+		b.source.failLoads = staleConnections
+		b.hub.process(t.Context(), []Notification{{Channel: ChangeChannel, Reconnected: true, At: time.Now()}})
+		select {
+		case <-b.sub.Done():
+		default:
+			require.FailNow(t, "the holder of a row whose deletion could not be checked was not told")
+		}
+		require.ErrorIs(t, b.sub.Err(), ErrResyncFailed)
+	})
+
 	// The hub is an hour behind: the batch it takes now holds a
 	// notification received an hour ago. When the feed then loses
 	// notifications, the resync re-reads from that receipt (less the
