@@ -28,6 +28,9 @@ type scope struct {
 	tenant uuid.UUID
 	user   uuid.UUID
 	robot  uuid.UUID
+	// key is the API key a robot called with (none for a robot of an
+	// internal task): what checks it again, a claim that waited, reads it.
+	key uuid.UUID
 	// wholeTenant is true for service_role.
 	wholeTenant bool
 	// installation is true for a system task of no tenant (the operator
@@ -49,6 +52,7 @@ func scopeOf(ctx context.Context) (scope, error) {
 		tenant:       p.TenantID,
 		user:         p.UserID,
 		robot:        p.RobotID,
+		key:          p.APIKeyID,
 		wholeTenant:  p.Role == auth.RoleService,
 		installation: p.System != "" && p.TenantID == uuid.Nil,
 		actor:        p.Actor(),

@@ -244,14 +244,39 @@ func CheckClaimLimit(limit int) error {
 // every path that locks both takes the robot's row before its jobs'
 // (heartbeats, claims, a completion that claims the next job), so they
 // cannot deadlock.
+//
+// The API key the robot called with must still be live (not revoked, not
+// expired) when it claims: the key was checked when the request came, but
+// a claim may have waited up to dispatch.MaxWaitSeconds since (or behind
+// the key cache's TTL), and a key revoked meanwhile must lease nothing.
 func lockClaimingRobot(ctx context.Context, tx bun.Tx, sc scope) (*Robot, error) {
 	var p Params
 	r := new(Robot)
-	if err := scanBound(ctx, robotsVisible(sc.binding(&p), tx.NewSelect().Model(r).Where("r.id = ?", p.Bind(sc.robot)), "r").For("UPDATE"), &p); err != nil {
+	q := robotsVisible(sc.binding(&p), tx.NewSelect().Model(r).Where("r.id = ?", p.Bind(sc.robot)), "r")
+	if sc.key != uuid.Nil {
+		q = q.Where("EXISTS (SELECT 1 FROM api_keys AS k WHERE k.id = ? AND k.robot_id = r.id AND k.tenant_id = r.tenant_id"+
+			" AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))", p.Bind(sc.key))
+	}
+	err := scanBound(ctx, q.For("UPDATE"), &p)
+	if errors.Is(err, sql.ErrNoRows) && sc.key != uuid.Nil {
+		// Gone, or called with a key that no longer passes: which?
+		var robot bool
+		if err := tx.NewRaw("SELECT EXISTS (SELECT 1 FROM robots WHERE id = ? AND tenant_id = ?)", sc.robot, sc.tenant).Scan(ctx, &robot); err != nil {
+			return nil, fmt.Errorf("checking the claiming robot: %w", err)
+		}
+		if robot {
+			return nil, errKeyNoLongerValid
+		}
+	}
+	if err != nil {
 		return nil, notFoundIfNoRows(err, "robot")
 	}
 	return r, nil
 }
+
+// errKeyNoLongerValid refuses a claim whose API key was revoked, or
+// expired, after the request's credential was checked.
+var errKeyNoLongerValid = fault.New(fault.Unauthenticated, "this API key was revoked or has expired")
 
 // claimLocked leases up to limit jobs to robot r, whose row tx has locked
 // (lockClaimingRobot), best first, within its free slots. A robot in

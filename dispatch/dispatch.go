@@ -164,6 +164,12 @@ func (d *Dispatcher) ClaimMany(ctx context.Context, limit int, wait time.Duratio
 	if p == nil || p.RobotID == uuid.Nil {
 		return d.jobs.ClaimMany(ctx, d.db, limit) // refuses the caller as the store does
 	}
+	if !p.ExpiresAt.IsZero() {
+		// A key that expires while its claim waits leases nothing after
+		// (the claim's statement checks the key too, see db.Jobs.ClaimMany):
+		// the wait ends then.
+		wait = min(wait, max(0, time.Until(p.ExpiresAt)))
+	}
 	rc := d.enter(p.RobotID)
 	defer d.leave(p.RobotID, rc)
 
