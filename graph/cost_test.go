@@ -99,6 +99,31 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 		q := strings.Replace(doublingFragments(24), "query { ...F0 }", "query { me { id } }", 1)
 		refused(t, "", q, "FIELD_LIMIT_EXCEEDED")
 	})
+	// Chains of fragments that select no field pass the field count; the
+	// overlap count once walked each of their 2^levels spreads (a 1.1 KB
+	// document cost minutes of CPU), and one spreading itself through a
+	// field recursed until the stack overflowed, ending the process.
+	t.Run("DoublingFragmentsEndingUndefined", func(t *testing.T) {
+		q := strings.Replace(doublingFragments(40), "{ me { id } }", "{ ...Nope }", 1)
+		require.Less(t, len(q), 2000)
+		refused(t, "", q, "OVERLAP_LIMIT_EXCEEDED")
+	})
+	invalid := func(t *testing.T, query, message string) {
+		t.Helper()
+		var resp *apitest.Response
+		cost := measure(t, func() { resp = s.Do(t, "", query, nil) })
+		require.NotEmpty(t, resp.Errors, "%s", resp.Raw)
+		require.Contains(t, string(resp.Raw), message)
+		requireCheap(t, cost, cheapBound)
+		s.Do(t, "", "{ __typename }", nil).OK(t, nil) // the server is still up
+	}
+	t.Run("DoublingFragmentsEndingInACycle", func(t *testing.T) {
+		q := strings.Replace(doublingFragments(40), "{ me { id } }", "{ ...F0 }", 1)
+		invalid(t, q, "Cannot spread fragment")
+	})
+	t.Run("AFragmentSpreadingItselfThroughAField", func(t *testing.T) {
+		invalid(t, "query { ...F0 } fragment F0 on Query { me { ...F0 } }", "Cannot spread fragment")
+	})
 	t.Run("RepeatedFields", func(t *testing.T) {
 		q := "{ me { " + strings.Repeat("id ", 9_000) + "} }"
 		require.Greater(t, len(q), 25_000)

@@ -28,9 +28,16 @@ import (
 //     merged selection sets, as validation and execution merge them, and
 //     refuses more than overlaps.
 //
-// Both counts cost time linear in the expanded document, which fields
-// bounds. Documents gqlgen has validated before (its query cache) are not
-// measured again: they passed here on their way in.
+// Neither count expands a fragment on a cycle of spreads (validation
+// refuses the document: NoFragmentCycles), and the comparisons stop as
+// soon as they pass overlaps, counting each pair as they meet it: every
+// spread met in a merged group pairs with those met before it, so a chain
+// of fragments that each spread the next twice, which selects no field
+// (it ends in a cycle or an undefined fragment) and so passes the field
+// count, is cut off after a few hundred spreads rather than walked 2^n
+// times. So both cost time linear in the document and the limits, and
+// nothing recurses without end. Documents gqlgen has validated before
+// (its query cache) are not measured again: they passed here on their way in.
 type documentLimit struct {
 	tokens, fields, overlaps int
 	validated                graphql.Cache[*ast.QueryDocument]
@@ -71,21 +78,96 @@ func (l documentLimit) MutateOperationParameters(ctx context.Context, params *gr
 // documentMeasure measures one parsed, unvalidated document: fragments may
 // be undefined, duplicated or cyclic (validation refuses those later).
 type documentMeasure struct {
-	doc      *ast.QueryDocument
-	frags    map[string]*ast.FragmentDefinition
-	size     map[string]int // expanded fields of a fragment; -1 while expanding it
-	ceiling  int
-	visiting map[string]bool
+	doc     *ast.QueryDocument
+	frags   map[string]*ast.FragmentDefinition
+	size    map[string]int // expanded fields of a fragment
+	ceiling int
+	// cyclic names the fragments on a cycle of spreads (through fields
+	// or not): never expanded, since their expansion has no end.
+	cyclic map[string]bool
+	// steps counts the selections the comparisons walked (for tests).
+	steps int
 }
 
 func newDocumentMeasure(doc *ast.QueryDocument, limit int) *documentMeasure {
-	m := &documentMeasure{doc: doc, frags: map[string]*ast.FragmentDefinition{}, size: map[string]int{}, ceiling: limit + 1, visiting: map[string]bool{}}
+	m := &documentMeasure{doc: doc, frags: map[string]*ast.FragmentDefinition{}, size: map[string]int{}, ceiling: limit + 1}
 	for _, f := range doc.Fragments {
 		if _, dup := m.frags[f.Name]; !dup {
 			m.frags[f.Name] = f
 		}
 	}
+	m.cyclic = cyclicFragments(m.frags)
 	return m
+}
+
+// cyclicFragments returns the fragments that spread themselves, directly
+// or through others, anywhere in their selections: the members of the
+// spread graph's cycles (Tarjan's strongly connected components).
+func cyclicFragments(frags map[string]*ast.FragmentDefinition) map[string]bool {
+	spreads := make(map[string][]string, len(frags))
+	for name, f := range frags {
+		var walk func(ast.SelectionSet)
+		walk = func(set ast.SelectionSet) {
+			for _, sel := range set {
+				switch s := sel.(type) {
+				case *ast.Field:
+					walk(s.SelectionSet)
+				case *ast.InlineFragment:
+					walk(s.SelectionSet)
+				case *ast.FragmentSpread:
+					if frags[s.Name] != nil {
+						spreads[name] = append(spreads[name], s.Name)
+					}
+				}
+			}
+		}
+		walk(f.SelectionSet)
+	}
+	cyclic := map[string]bool{}
+	index, low := map[string]int{}, map[string]int{}
+	onStack := map[string]bool{}
+	var stack []string
+	var visit func(string)
+	visit = func(v string) {
+		index[v], low[v] = len(index), len(index)
+		stack = append(stack, v)
+		onStack[v] = true
+		for _, w := range spreads[v] {
+			if _, seen := index[w]; !seen {
+				visit(w)
+				low[v] = min(low[v], low[w])
+			} else if onStack[w] {
+				low[v] = min(low[v], index[w])
+			}
+			if w == v {
+				cyclic[v] = true // spreads itself
+			}
+		}
+		if low[v] != index[v] {
+			return
+		}
+		var component []string
+		for {
+			w := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			onStack[w] = false
+			component = append(component, w)
+			if w == v {
+				break
+			}
+		}
+		if len(component) > 1 {
+			for _, w := range component {
+				cyclic[w] = true
+			}
+		}
+	}
+	for name := range frags {
+		if _, seen := index[name]; !seen {
+			visit(name)
+		}
+	}
+	return cyclic
 }
 
 // expanded returns the fields of every operation and every fragment
@@ -122,13 +204,12 @@ func (m *documentMeasure) setSize(set ast.SelectionSet) int {
 
 func (m *documentMeasure) fragmentSize(name string) int {
 	if n, ok := m.size[name]; ok {
-		return max(n, 0) // a cycle counts nothing more; validation refuses it
+		return n
 	}
 	f := m.frags[name]
-	if f == nil {
-		return 0
+	if f == nil || m.cyclic[name] {
+		return 0 // validation refuses the document
 	}
-	m.size[name] = -1
 	n := m.setSize(f.SelectionSet)
 	m.size[name] = n
 	return n
@@ -156,7 +237,9 @@ func (m *documentMeasure) comparisons(limit int) int {
 // group (the sub-selections of fields that share a response name): pairs
 // of same-named fields (fragments expanded) and pairs of fragment spreads,
 // which the rule compares even when undefined; then recurses into each
-// group of same-named fields.
+// group of same-named fields. Each pair is counted as it is met (a field
+// pairs with the same-named ones before it, a spread with the spreads
+// before it), and the walk stops once n is over limit.
 func (m *documentMeasure) merged(sets []ast.SelectionSet, n, limit int) int {
 	groups := map[string][]ast.SelectionSet{}
 	var order []string
@@ -165,6 +248,10 @@ func (m *documentMeasure) merged(sets []ast.SelectionSet, n, limit int) int {
 	var collect func(set ast.SelectionSet)
 	collect = func(set ast.SelectionSet) {
 		for _, sel := range set {
+			if n > limit {
+				return
+			}
+			m.steps++
 			switch s := sel.(type) {
 			case *ast.Field:
 				name := s.Alias
@@ -174,6 +261,7 @@ func (m *documentMeasure) merged(sets []ast.SelectionSet, n, limit int) int {
 				if counts[name] == 0 {
 					order = append(order, name)
 				}
+				n += counts[name]
 				counts[name]++
 				if len(s.SelectionSet) > 0 {
 					groups[name] = append(groups[name], s.SelectionSet)
@@ -181,23 +269,16 @@ func (m *documentMeasure) merged(sets []ast.SelectionSet, n, limit int) int {
 			case *ast.InlineFragment:
 				collect(s.SelectionSet)
 			case *ast.FragmentSpread:
+				n += spreads
 				spreads++
-				if f := m.frags[s.Name]; f != nil && !m.visiting[s.Name] {
-					m.visiting[s.Name] = true
+				if f := m.frags[s.Name]; f != nil && !m.cyclic[s.Name] {
 					collect(f.SelectionSet)
-					delete(m.visiting, s.Name)
 				}
 			}
 		}
 	}
 	for _, set := range sets {
-		collect(set)
-	}
-	n += spreads * (spreads - 1) / 2
-	for _, name := range order {
-		k := counts[name]
-		n += k * (k - 1) / 2
-		if n > limit {
+		if collect(set); n > limit {
 			return n
 		}
 	}

@@ -2,11 +2,14 @@ package graph
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/parser"
 )
 
 // The document caches are bounded by the text they hold, not only by
@@ -36,4 +39,42 @@ func TestDocumentCacheIsBoundedByBytes(t *testing.T) {
 		c.Add(ctx, "29", kib)
 	}
 	require.Equal(t, 10<<10, c.bytes)
+}
+
+// The measure walks a bounded part of any document the token limit lets
+// through: fragments on a cycle of spreads are not expanded (one through
+// a field once recursed until the stack overflowed and took the process
+// down), and a chain of fragments that each spread the next twice but
+// select no field is cut off by its pairs of spreads, not walked 2^n times.
+func TestDocumentMeasureIsBounded(t *testing.T) {
+	chain := func(levels int, last string) string {
+		var b strings.Builder
+		b.WriteString("query { ...F0 }\n")
+		for i := range levels {
+			fmt.Fprintf(&b, "fragment F%d on Query { ...F%d ...F%d }\n", i, i+1, i+1)
+		}
+		fmt.Fprintf(&b, "fragment F%d on Query { %s }\n", levels, last)
+		return b.String()
+	}
+	for _, tc := range []struct {
+		name, doc string
+		overLimit bool
+	}{
+		{"ACycleThroughAField", "query { ...F0 } fragment F0 on Query { me { ...F0 } }", false},
+		{"ACycleThroughFields", "query { ...A } fragment A on Query { me { ...B } } fragment B on Query { robots { ...A } }", false},
+		{"ASelfSpread", "query { ...F0 } fragment F0 on Query { ...F0 me { id } }", false},
+		{"ADoublingChainEndingInACycle", chain(600, "...F0"), false},
+		{"ADoublingChainEndingUndefined", chain(600, "...Nope"), true},
+		{"ADoublingChainEndingEmpty", chain(600, "__typename"), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			doc, err := parser.ParseQueryWithTokenLimit(&ast.Source{Input: tc.doc}, DefaultLimits.Tokens)
+			require.NoError(t, err)
+			m := newDocumentMeasure(doc, DefaultLimits.Fields)
+			require.LessOrEqual(t, m.expanded(), DefaultLimits.Fields+1)
+			n := m.comparisons(DefaultLimits.Overlaps)
+			require.Equal(t, tc.overLimit, n > DefaultLimits.Overlaps, "%d comparisons", n)
+			require.Less(t, m.steps, 100_000, "the walk is bounded by the limits and the document")
+		})
+	}
 }
