@@ -189,12 +189,10 @@ func (s *APIKeys) Create(ctx context.Context, idb bun.IDB, robotID uuid.UUID, na
 	k := &APIKey{TenantID: sc.tenant, RobotID: robotID, Name: name, Prefix: raw[:len(auth.KeyPrefix)+8],
 		KeyHash: hashKey(raw), CreatedBy: sc.actor, ExpiresAt: expiresAt}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		exists, err := inTenant(sc, tx.NewSelect().Model((*Robot)(nil)).Where("r.id = ?", robotID), "r").Exists(ctx)
-		if err != nil {
-			return fmt.Errorf("finding the robot: %w", err)
-		}
-		if !exists {
-			return fault.Missing("robot")
+		// Held (KEY SHARE) until the key is stored: a deletion of the robot
+		// meanwhile would fail the insert on its foreign key.
+		if err := requireRobot(ctx, tx, sc, robotID, "robotId"); err != nil {
+			return err
 		}
 		if _, err := tx.NewInsert().Model(k).Returning("*").Exec(ctx); err != nil {
 			return fmt.Errorf("storing the key: %w", err)

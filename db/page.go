@@ -125,7 +125,7 @@ func decodeTimeID(kind string, after *string) (*timeIDCursor, error) {
 	if err != nil {
 		return nil, badCursor()
 	}
-	return &timeIDCursor{at: at, id: uid}, nil
+	return &timeIDCursor{at: at.UTC(), id: uid}, nil
 }
 
 // decodeSeq decodes a cursor over a bigint identity ordered newest first; 0 means none.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/lib/pq"
 	"github.com/uptrace/bun"
@@ -44,6 +45,13 @@ func (p *Params) Bind(v any) bun.Safe {
 	dv, err := driver.DefaultParameterConverter.ConvertValue(v)
 	if err != nil && p.err == nil {
 		p.err = fmt.Errorf("binding a parameter: %w", err)
+	}
+	if t, ok := dv.(time.Time); ok {
+		// lib/pq sends a time with its offset as written, and PostgreSQL
+		// refuses offsets past ±15:59 that RFC 3339 allows (+23:59): the
+		// instant in UTC is the same and always accepted (bun writes the
+		// times it formats in UTC too).
+		dv = t.UTC()
 	}
 	p.args = append(p.args, driver.NamedValue{Ordinal: len(p.args) + 1, Value: dv})
 	return bun.Safe("$" + strconv.Itoa(len(p.args)))

@@ -223,14 +223,14 @@ func TimeInRange(t time.Time) bool {
 	return u >= minTimeUnix && (u < maxTimeUnix || (u == maxTimeUnix && t.Nanosecond() <= maxTimeNano))
 }
 
-// AsStored is t as PostgreSQL will store it, to the microsecond (the driver
+// AsStored is t as PostgreSQL will store it, in UTC to the microsecond (the driver
 // writes six digits), so that what is checked (end after start, say) is
 // what is stored; ok is false for a time out of TimeRange.
 func AsStored(t time.Time) (stored time.Time, ok bool) {
 	if !TimeInRange(t) {
 		return time.Time{}, false
 	}
-	return t.Truncate(time.Microsecond), true
+	return t.UTC().Truncate(time.Microsecond), true
 }
 
 // checkText refuses text PostgreSQL cannot store as given: bytes that are

@@ -598,9 +598,11 @@ func (s *Webhooks) Redeliver(ctx context.Context, idb bun.IDB, deliveryID uuid.U
 }
 
 // requireEnabled refuses (CONFLICT) to queue a delivery to a disabled endpoint.
-func (s *Webhooks) requireEnabled(ctx context.Context, tx bun.IDB, sc scope, endpointID uuid.UUID) error {
+func (s *Webhooks) requireEnabled(ctx context.Context, tx bun.Tx, sc scope, endpointID uuid.UUID) error {
 	w := new(WebhookEndpoint)
-	if err := inTenant(sc, tx.NewSelect().Model(w).Where("w.id = ?", endpointID), "w").Scan(ctx); err != nil {
+	// Held (KEY SHARE) until the delivery is stored: a deletion of the
+	// endpoint meanwhile would fail its insert on the foreign key.
+	if err := inTenant(sc, tx.NewSelect().Model(w).Where("w.id = ?", endpointID), "w").For("KEY SHARE").Scan(ctx); err != nil {
 		return notFoundIfNoRows(err, "webhook endpoint")
 	}
 	if !w.Enabled {

@@ -93,3 +93,28 @@ func TestEnqueueRacingARobotsDeletion(t *testing.T) {
 	require.Equal(t, "NOT_FOUND", out.Errors[0].Code(), "%+v", out.Errors)
 	require.Equal(t, "input.robotId", out.Errors[0].Extensions["field"], "%+v", out.Errors)
 }
+
+// A key created for a robot whose deletion is in flight is refused as the
+// robot not found (it once failed the insert on its foreign key: INTERNAL),
+// and nothing of it is written.
+func TestCreatingAKeyWhileTheRobotIsDeleted(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "doomed", apitest.RobotOpts{})
+	tx, err := s.DB.BeginTx(t.Context(), nil)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	_, err = tx.ExecContext(t.Context(), "DELETE FROM robots WHERE id = ?", r.ID)
+	require.NoError(t, err)
+	created := rdAsync(tn, `mutation($r: ID!) { createApiKey(robotId: $r, name: "late") { key } }`, map[string]any{"r": r.ID})
+	rdWaiting(t, s, 1)
+	require.NoError(t, tx.Commit())
+	out := <-created
+	require.NotEmpty(t, out.Errors)
+	require.Equal(t, "NOT_FOUND", out.Errors[0].Code(), "%+v", out.Errors)
+	require.Equal(t, "robotId", out.Errors[0].Extensions["field"])
+	var keys int
+	require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM api_keys WHERE name = 'late'`).Scan(t.Context(), &keys))
+	require.Zero(t, keys)
+}

@@ -1049,3 +1049,34 @@ func whHangingReceiver(t *testing.T) (url string, hung *atomic.Int64) {
 	t.Cleanup(func() { close(release) })
 	return srv.URL, hung
 }
+
+// A test delivery sent while its endpoint is deleted either lands before
+// the deletion (which then deletes it) or finds the endpoint gone; it once
+// failed its insert on the foreign key (INTERNAL). The send is held after
+// reading the endpoint by a lock on webhook_events, the deletion queued
+// behind it.
+func TestSendingATestWebhookWhileTheEndpointIsDeleted(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	tn := apitest.NewTenant(t, s)
+	var wh struct {
+		CreateWebhookEndpoint struct{ Endpoint struct{ ID string } }
+	}
+	tn.Do(t, `mutation { createWebhookEndpoint(input: {url: "http://127.0.0.1:1/x", events: ["job.completed"]}) { endpoint { id } } }`, nil, &wh)
+	id := wh.CreateWebhookEndpoint.Endpoint.ID
+	release := s.LockTable(t, "webhook_events")
+	send := rdAsync(tn, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": id})
+	rdWaiting(t, s, 1)
+	del := rdAsync(tn, `mutation($e: ID!) { deleteWebhookEndpoint(id: $e) }`, map[string]any{"e": id})
+	rdWaiting(t, s, 2)
+	release()
+	sent, deleted := <-send, <-del
+	for _, out := range []*apitest.Result{sent, deleted} {
+		for _, e := range out.Errors {
+			require.Equal(t, "NOT_FOUND", e.Code(), "%+v", out.Errors)
+		}
+	}
+	var left int
+	require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = ?`, id).Scan(t.Context(), &left))
+	require.Zero(t, left, "the endpoint's deliveries went with it")
+}
