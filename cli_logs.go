@@ -145,6 +145,9 @@ func logsTail(ctx context.Context, args []string, env func(string) string, stdou
 	if err := noArgs(rest); err != nil {
 		return err
 	}
+	if robotFlag.String() == "" {
+		return usageError("%s is required: the robot's name or id", robotFlag.name())
+	}
 	var min int16
 	if lv := strings.ToUpper(levelFlag.String()); lv != "" {
 		if min = db.LogLevel(lv).Severity(); min == 0 {

@@ -160,6 +160,12 @@ func TestLogsTailErrors(t *testing.T) {
 	code, _, stderr = runCLI(t, e, "logs", "tail", "--tenant", tenantA)
 	require.Equal(t, 2, code)
 	require.Contains(t, stderr, "--robot is required")
+	// Refused before the database is opened, as keys create is: with none
+	// to reach, the usage error still comes at once.
+	unreachable := baseEnv(t).with("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?sslmode=disable&connect_timeout=1")
+	code, _, stderr = runCLI(t, unreachable, "logs", "tail", "--robot", "")
+	require.Equal(t, 2, code, "%s", stderr)
+	require.Contains(t, stderr, "--robot is required")
 	code, stdout, stderr := runCLI(t, e, "logs", "tail", "--help")
 	require.Equal(t, 0, code)
 	require.Empty(t, stdout)
