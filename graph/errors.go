@@ -137,6 +137,7 @@ func presentError(log *slog.Logger, hideSchema bool, timeout time.Duration) grap
 				}
 				hideSchemaNames(gqlErr, query)
 			}
+			gqlErr.Message = excerptInput(gqlErr.Message)
 			gqlErr.Extensions = map[string]any{"code": fault.BadUserInput}
 			if code != "" {
 				gqlErr.Extensions["reason"] = code
@@ -151,6 +152,28 @@ func presentError(log *slog.Logger, hideSchema bool, timeout time.Duration) grap
 			Extensions: map[string]any{"code": fault.Internal, "requestId": id},
 		}
 	}
+}
+
+// quotedInput is a quoted name or value in a parser's or validator's
+// message, long enough to be cut.
+var quotedInput = regexp.MustCompile(`"[^"]{65,}"`)
+
+// maxRefusalMessage bounds a parser's or validator's message, which quotes
+// the request's names and values as written: a 900 KB field name came back
+// in a 900 KB message.
+const maxRefusalMessage = 1024
+
+// excerptInput cuts what msg quotes of the request to 64 bytes each, and
+// msg itself (a value it quotes unquoted, such as a list literal) to
+// maxRefusalMessage.
+func excerptInput(msg string) string {
+	if len(msg) <= 64 {
+		return msg
+	}
+	msg = quotedInput.ReplaceAllStringFunc(msg, func(q string) string {
+		return `"` + fault.Excerpt(q[1:len(q)-1], 64) + `"`
+	})
+	return fault.Excerpt(msg, maxRefusalMessage)
 }
 
 // argumentPath names the argument or input field an error's path points

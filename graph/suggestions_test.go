@@ -178,3 +178,28 @@ func TestSuggestionLeakDetector(t *testing.T) {
 	raw = []byte(`{"errors":[{"message":"must be defined","path":["variable","in","name"],"extensions":{"code":"BAD_USER_INPUT"}}]}`)
 	require.Len(t, sugLeaks(t, schema, `mutation($in: CreateMachineInput!) { createMachine(input: $in) { id } }`, map[string]any{"in": map[string]any{}}, raw), 1)
 }
+
+// A refusal quotes what it refuses in a few bytes, not as sent: a 100 KB
+// field name, argument name or list literal once came back whole in the
+// message, on both sides of the introspection switch.
+func TestRefusalsQuoteInputInAFewBytes(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("x", 100_000)
+	deep := strings.Repeat("[", 4000) + strings.Repeat("]", 4000)
+	for _, introspection := range []bool{false, true} {
+		s := apitest.New(t, apitest.Options{Introspection: introspection})
+		u := s.NewUser(t, uuid.Nil)
+		for _, q := range []string{
+			`{ ` + long + ` }`,
+			`{ machines(` + long + `: 1) { totalCount } }`,
+			`{ machines(filter: {nameContains: ` + deep + `}) { totalCount } }`,
+		} {
+			resp := s.Do(t, u.Token, q, nil)
+			resp.Code(t, "BAD_USER_INPUT")
+			require.Less(t, len(resp.Raw), 8<<10, "introspection %v: a %d-byte refusal of a %d-byte query", introspection, len(resp.Raw), len(q))
+			for _, e := range resp.Errors {
+				require.LessOrEqual(t, len(e.Message), 1024+len("…"), "%.200s", e.Message)
+			}
+		}
+	}
+}
