@@ -113,6 +113,9 @@ type Options struct {
 	// KeyCacheTTL turns the API key cache on (default off, so tests that
 	// revoke see it at once without waiting for the notification).
 	KeyCacheTTL time.Duration
+	// KeyCheckTimeout bounds each API key check (default
+	// auth.DefaultKeyCheckTimeout).
+	KeyCheckTimeout time.Duration
 	// ReplicaOf, when set, makes this server a second replica of another:
 	// it serves that server's database over a pool and a listener of its
 	// own (and counts its own statements).
@@ -210,6 +213,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		OperationTimeout: o.OperationTimeout,
 		KeyRecheck:       o.KeyRecheck,
 		KeyCacheTTL:      o.KeyCacheTTL,
+		KeyCheckTimeout:  o.KeyCheckTimeout,
 		Clock:            o.Clock,
 		Logs:             o.Logs,
 		Metrics:          s.Metrics,

@@ -77,6 +77,9 @@ type Config struct {
 	// KeyCacheTTL is how long a verified API key is trusted without reading
 	// it again (0: no cache; API_KEY_CACHE_TTL, db.DefaultKeyCacheTTL).
 	KeyCacheTTL time.Duration
+	// KeyCheckTimeout bounds each API key check against the database (0:
+	// auth.DefaultKeyCheckTimeout).
+	KeyCheckTimeout time.Duration
 }
 
 // WebhookConfig shapes webhook delivery (see package webhook).
@@ -171,9 +174,11 @@ func New(cfg Config) (*App, error) {
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
 		return keys.Verify(ctx, cfg.DB, key, ip)
 	}
+	authenticator := auth.NewAuthenticator(cfg.JWT, verifyKey)
+	authenticator.KeyCheckTimeout = cfg.KeyCheckTimeout
 	h := graph.NewHandler(graph.HandlerConfig{
 		Resolver:             r,
-		Auth:                 auth.NewAuthenticator(cfg.JWT, verifyKey),
+		Auth:                 authenticator,
 		Logger:               cfg.Logger,
 		AllowedOrigins:       cfg.AllowedOrigins,
 		Introspection:        cfg.Introspection,

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"fleetgraph/fault"
 )
@@ -26,7 +27,20 @@ type KeyVerifier func(ctx context.Context, key, ip string) (*Principal, error)
 type Authenticator struct {
 	jwt  *JWT
 	keys KeyVerifier
+	// KeyCheckTimeout bounds each check of an API key (DefaultKeyCheckTimeout
+	// when 0).
+	KeyCheckTimeout time.Duration
 }
+
+// DefaultKeyCheckTimeout bounds one check of an API key against the
+// database (its lookup, its last use, an audit of a refusal). A blocked
+// database (a locked table, a pool at its limit) must not hold a request,
+// a websocket's connection_init or a stream's re-check, and what they hold
+// (the socket's place, its reader, a goroutine), for as long as it stays
+// blocked: a check out of time could not be made, which is INTERNAL as in
+// an outage (a 500, a websocket closed with "try again later", a stream's
+// re-check left for the next).
+const DefaultKeyCheckTimeout = 10 * time.Second
 
 // NewAuthenticator returns an Authenticator that accepts the tokens j
 // verifies and the API keys keys verifies (nil: API keys are refused).
@@ -40,6 +54,12 @@ func (a *Authenticator) credential(ctx context.Context, cred, ip string) (*Princ
 		if a.keys == nil {
 			return nil, fault.New(fault.Unauthenticated, "API keys are not accepted here")
 		}
+		timeout := a.KeyCheckTimeout
+		if timeout <= 0 {
+			timeout = DefaultKeyCheckTimeout
+		}
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
 		return a.keys(ctx, cred, ip)
 	}
 	return a.jwt.Verify(cred)

@@ -249,3 +249,28 @@ func TestASubscribeWhileTheSocketShutsHoldsNothing(t *testing.T) {
 	}
 	require.Equal(t, 1.0, gauge("fleetgraph_hub_subscribers"), "one subscriber: the new socket's")
 }
+
+// A key check the database cannot answer (here: its table locked) ends
+// after the authenticator's bound, as an outage does: a request gets its
+// 500, a connection_init its close with "try again later", instead of
+// holding the socket, its place and its reader while the database stays
+// blocked.
+func TestAKeyCheckTheDatabaseCannotAnswerEnds(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{KeyCheckTimeout: 300 * time.Millisecond})
+	robot := apitest.NewTenant(t, s).CreateRobot(t, "r", apitest.RobotOpts{})
+	release := s.LockTable(t, "api_keys")
+	defer release()
+
+	resp := s.Do(t, robot.Key, `{ me { role } }`, nil)
+	require.Equal(t, http.StatusInternalServerError, resp.Status, "%s", resp.Raw)
+	resp.Code(t, "INTERNAL")
+
+	c := dial(t, s, "graphql-transport-ws")
+	c.send(map[string]any{"type": "connection_init", "payload": map[string]any{"apiKey": robot.Key}})
+	reason := c.requireClosed(live.CloseTryAgainLater)
+	require.Contains(t, reason, "Try again later")
+
+	release()
+	s.Do(t, robot.Key, `{ me { role } }`, nil).OK(t, nil)
+}
