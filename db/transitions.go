@@ -218,9 +218,12 @@ func (s *Jobs) ClaimMany(ctx context.Context, idb bun.IDB, limit int) ([]*JobLea
 	}
 	var jobs []*Job
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		r, err := lockClaimingRobot(ctx, tx, sc)
+		r, keyLive, err := lockClaimingRobot(ctx, tx, sc)
 		if err != nil {
 			return err
+		}
+		if !keyLive {
+			return errKeyNoLongerValid
 		}
 		jobs, err = s.claimLocked(ctx, tx, r, limit)
 		return err
@@ -245,33 +248,33 @@ func CheckClaimLimit(limit int) error {
 // (heartbeats, claims, a completion that claims the next job), so they
 // cannot deadlock.
 //
-// The API key the robot called with must still be live (not revoked, not
-// expired) when it claims: the key was checked when the request came, but
-// a claim may have waited up to dispatch.MaxWaitSeconds since (or behind
-// the key cache's TTL), and a key revoked meanwhile must lease nothing.
-func lockClaimingRobot(ctx context.Context, tx bun.Tx, sc scope) (*Robot, error) {
+// keyLive reports whether the API key the robot called with is still live
+// (not revoked, not expired) as the lock is taken: the key was checked when
+// the request came, but a claim may have waited up to
+// dispatch.MaxWaitSeconds since (or passed on the key cache, up to its
+// TTL), and a key revoked meanwhile must lease nothing. A claim is then
+// refused (errKeyNoLongerValid); a completion still completes, and leases
+// no next job. A robot of no key (an internal task's) is always live.
+func lockClaimingRobot(ctx context.Context, tx bun.Tx, sc scope) (r *Robot, keyLive bool, err error) {
 	var p Params
-	r := new(Robot)
-	q := robotsVisible(sc.binding(&p), tx.NewSelect().Model(r).Where("r.id = ?", p.Bind(sc.robot)), "r")
+	cr := new(claimingRobot)
+	q := robotsVisible(sc.binding(&p), tx.NewSelect().Model(cr).ColumnExpr("r.*").Where("r.id = ?", p.Bind(sc.robot)), "r")
 	if sc.key != uuid.Nil {
-		q = q.Where("EXISTS (SELECT 1 FROM api_keys AS k WHERE k.id = ? AND k.robot_id = r.id AND k.tenant_id = r.tenant_id"+
-			" AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))", p.Bind(sc.key))
+		q = q.ColumnExpr("EXISTS (SELECT 1 FROM api_keys AS k WHERE k.id = ? AND k.robot_id = r.id AND k.tenant_id = r.tenant_id"+
+			" AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS key_live", p.Bind(sc.key))
+	} else {
+		q = q.ColumnExpr("true AS key_live")
 	}
-	err := scanBound(ctx, q.For("UPDATE"), &p)
-	if errors.Is(err, sql.ErrNoRows) && sc.key != uuid.Nil {
-		// Gone, or called with a key that no longer passes: which?
-		var robot bool
-		if err := tx.NewRaw("SELECT EXISTS (SELECT 1 FROM robots WHERE id = ? AND tenant_id = ?)", sc.robot, sc.tenant).Scan(ctx, &robot); err != nil {
-			return nil, fmt.Errorf("checking the claiming robot: %w", err)
-		}
-		if robot {
-			return nil, errKeyNoLongerValid
-		}
+	if err := scanBound(ctx, q.For("UPDATE OF r"), &p); err != nil {
+		return nil, false, notFoundIfNoRows(err, "robot")
 	}
-	if err != nil {
-		return nil, notFoundIfNoRows(err, "robot")
-	}
-	return r, nil
+	return &cr.Robot, cr.KeyLive, nil
+}
+
+// claimingRobot is a robot's row as lockClaimingRobot reads it.
+type claimingRobot struct {
+	Robot   `bun:",extend"`
+	KeyLive bool `bun:"key_live,scanonly"`
 }
 
 // errKeyNoLongerValid refuses a claim whose API key was revoked, or
@@ -385,9 +388,12 @@ func (s *Jobs) fencedThen(ctx context.Context, idb bun.IDB, jobID, token uuid.UU
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		var r *Robot
 		if claimNext {
-			if r, err = lockClaimingRobot(ctx, tx, sc); err != nil {
+			var keyLive bool
+			if r, keyLive, err = lockClaimingRobot(ctx, tx, sc); err != nil {
 				return err
 			}
+			// The completion stands; a dead key leases nothing more.
+			claimNext = keyLive
 		}
 		if j, err = s.fenced(ctx, tx, jobID, token, from, action, set); err != nil {
 			return err
@@ -581,9 +587,12 @@ func (s *Jobs) CompleteMany(ctx context.Context, idb bun.IDB, batch []JobComplet
 		// The robot's row first, as every claim takes it: one robot's
 		// batches (and claims) take turns, so two overlapping batches
 		// cannot deadlock on their jobs' rows.
-		r, err := lockClaimingRobot(ctx, tx, sc)
+		r, keyLive, err := lockClaimingRobot(ctx, tx, sc)
 		if err != nil {
 			return err
+		}
+		if !keyLive {
+			claimNext = 0 // the completions stand; a dead key leases nothing more
 		}
 		// c is the batch.
 		var p Params

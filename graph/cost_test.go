@@ -124,6 +124,24 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 	t.Run("AFragmentSpreadingItselfThroughAField", func(t *testing.T) {
 		invalid(t, "query { ...F0 } fragment F0 on Query { me { ...F0 } }", "Cannot spread fragment")
 	})
+	t.Run("ALongCycleOfDoublingFragments", func(t *testing.T) {
+		// Validation walks the cycle from every fragment: seconds, were
+		// it not refused first.
+		q := strings.Replace(doublingFragments(900), "{ me { id } }", "{ ...F0 }", 1)
+		invalid(t, q, `Cannot spread fragment \"F0\" within itself`)
+	})
+	t.Run("NestedInlineFragmentsSpreadEverywhere", func(t *testing.T) {
+		// Few fields, but each of the 100 places G is spread costs its
+		// 1,500 inline fragments, in validation too.
+		var b strings.Builder
+		b.WriteString("query { ")
+		for i := range 100 {
+			fmt.Fprintf(&b, "a%d: me { ...G } ", i)
+		}
+		b.WriteString("}\nfragment G on Viewer { " + strings.Repeat("... { ", 1500) + "id" + strings.Repeat(" }", 1500) + " }\n")
+		require.Less(t, b.Len(), 16_000)
+		refused(t, "", b.String(), "FIELD_LIMIT_EXCEEDED")
+	})
 	t.Run("RepeatedFields", func(t *testing.T) {
 		q := "{ me { " + strings.Repeat("id ", 9_000) + "} }"
 		require.Greater(t, len(q), 25_000)

@@ -6,11 +6,13 @@ import (
 	"sync"
 
 	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/errcode"
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 	"github.com/vektah/gqlparser/v2/parser"
 
+	"fleetgraph/fault"
 	"fleetgraph/graph/scalar"
 )
 
@@ -28,15 +30,21 @@ import (
 //     merged selection sets, as validation and execution merge them, and
 //     refuses more than overlaps.
 //
-// Neither count expands a fragment on a cycle of spreads (validation
-// refuses the document: NoFragmentCycles), and the comparisons stop as
+// A document with a fragment on a cycle of spreads is refused at once, as
+// validation would refuse it (NoFragmentCycles) after walking the cycle
+// from every operation and fragment (seconds for a few hundred); neither
+// count expands such a fragment. The comparisons walk each fragment where
+// it is used, so they stop past stepsPerField selections per field of the
+// limit (FIELD_LIMIT_EXCEEDED: a fragment of a thousand nested inline
+// fragments, spread in a hundred places, selects no field but costs its
+// size at each place, in validation too); and they stop as
 // soon as they pass overlaps, counting each pair as they meet it: every
 // spread met in a merged group pairs with those met before it, so a chain
 // of fragments that each spread the next twice, which selects no field
-// (it ends in a cycle or an undefined fragment) and so passes the field
-// count, is cut off after a few hundred spreads rather than walked 2^n
-// times. So both cost time linear in the document and the limits, and
-// nothing recurses without end. Documents gqlgen has validated before
+// (it ends in an undefined fragment) and so passes the field count, is
+// cut off after a few hundred spreads rather than walked 2^n times. So
+// both cost time bounded by the document and the limits, and nothing
+// recurses without end. Documents gqlgen has validated before
 // (its query cache) are not measured again: they passed here on their way in.
 type documentLimit struct {
 	tokens, fields, overlaps int
@@ -66,10 +74,20 @@ func (l documentLimit) MutateOperationParameters(ctx context.Context, params *gr
 		return nil // gqlgen parses it again and reports the error
 	}
 	m := newDocumentMeasure(doc, l.fields)
+	if name := m.firstCyclic(); name != "" {
+		// Validation refuses it too (NoFragmentCycles), but only after
+		// walking the cycle from every operation and fragment: seconds
+		// for a few hundred fragments.
+		return limitError(errcode.ValidationFailed, "Cannot spread fragment %q within itself.", fault.Excerpt(name, 64))
+	}
 	if n := m.expanded(); n > l.fields {
 		return limitError("FIELD_LIMIT_EXCEEDED", "the document selects over %d fields once its fragments are expanded; the limit is %d", l.fields, l.fields)
 	}
-	if n := m.comparisons(l.overlaps); n > l.overlaps {
+	n := m.comparisons(l.overlaps)
+	if m.steps > m.maxSteps {
+		return limitError("FIELD_LIMIT_EXCEEDED", "the document's selections (fields, fragments and spreads) number over %d once its fragments are expanded where they are used; the limit is %d", m.maxSteps, m.maxSteps)
+	}
+	if n > l.overlaps {
 		return limitError("OVERLAP_LIMIT_EXCEEDED", "the document repeats fields under one response name (or fragment spreads in one selection set) too often: validating it would take over %d comparisons; the limit is %d", l.overlaps, l.overlaps)
 	}
 	return nil
@@ -85,12 +103,29 @@ type documentMeasure struct {
 	// cyclic names the fragments on a cycle of spreads (through fields
 	// or not): never expanded, since their expansion has no end.
 	cyclic map[string]bool
-	// steps counts the selections the comparisons walked (for tests).
-	steps int
+	// steps counts the selections the comparisons walked, which stop past
+	// maxSteps: a fragment of many nested inline fragments (no field)
+	// spread in many places costs its size at each.
+	steps, maxSteps int
+}
+
+// stepsPerField is how many selections (fields, inline fragments, spreads)
+// a document may expand to per field of the field limit.
+const stepsPerField = 50
+
+// firstCyclic names a fragment on a cycle of spreads, the first in the
+// document, or is "" when there is none.
+func (m *documentMeasure) firstCyclic() string {
+	for _, f := range m.doc.Fragments {
+		if m.cyclic[f.Name] {
+			return f.Name
+		}
+	}
+	return ""
 }
 
 func newDocumentMeasure(doc *ast.QueryDocument, limit int) *documentMeasure {
-	m := &documentMeasure{doc: doc, frags: map[string]*ast.FragmentDefinition{}, size: map[string]int{}, ceiling: limit + 1}
+	m := &documentMeasure{doc: doc, frags: map[string]*ast.FragmentDefinition{}, size: map[string]int{}, ceiling: limit + 1, maxSteps: limit * stepsPerField}
 	for _, f := range doc.Fragments {
 		if _, dup := m.frags[f.Name]; !dup {
 			m.frags[f.Name] = f
@@ -221,12 +256,12 @@ func (m *documentMeasure) fragmentSize(name string) int {
 func (m *documentMeasure) comparisons(limit int) int {
 	n := 0
 	for _, op := range m.doc.Operations {
-		if n = m.merged([]ast.SelectionSet{op.SelectionSet}, n, limit); n > limit {
+		if n = m.merged([]ast.SelectionSet{op.SelectionSet}, n, limit); n > limit || m.steps > m.maxSteps {
 			return n
 		}
 	}
 	for _, f := range m.doc.Fragments {
-		if n = m.merged([]ast.SelectionSet{f.SelectionSet}, n, limit); n > limit {
+		if n = m.merged([]ast.SelectionSet{f.SelectionSet}, n, limit); n > limit || m.steps > m.maxSteps {
 			return n
 		}
 	}
@@ -248,7 +283,7 @@ func (m *documentMeasure) merged(sets []ast.SelectionSet, n, limit int) int {
 	var collect func(set ast.SelectionSet)
 	collect = func(set ast.SelectionSet) {
 		for _, sel := range set {
-			if n > limit {
+			if n > limit || m.steps > m.maxSteps {
 				return
 			}
 			m.steps++
@@ -278,13 +313,13 @@ func (m *documentMeasure) merged(sets []ast.SelectionSet, n, limit int) int {
 		}
 	}
 	for _, set := range sets {
-		if collect(set); n > limit {
+		if collect(set); n > limit || m.steps > m.maxSteps {
 			return n
 		}
 	}
 	for _, name := range order {
 		if sub := groups[name]; len(sub) > 0 {
-			if n = m.merged(sub, n, limit); n > limit {
+			if n = m.merged(sub, n, limit); n > limit || m.steps > m.maxSteps {
 				return n
 			}
 		}

@@ -56,25 +56,36 @@ func TestDocumentMeasureIsBounded(t *testing.T) {
 		fmt.Fprintf(&b, "fragment F%d on Query { %s }\n", levels, last)
 		return b.String()
 	}
+	// nested is a fragment of depth nested inline fragments ending in an
+	// undefined spread, spread 2^levels times through a doubling chain.
+	nested := func(levels, depth int) string {
+		var b strings.Builder
+		b.WriteString(strings.Replace(chain(levels, "...G"), "query { ...F0 }\n", "query { ...F0 }\nfragment G on Query { ", 1))
+		doc := b.String()
+		inner := strings.Repeat("... { ", depth) + "...Nope" + strings.Repeat(" }", depth)
+		return strings.Replace(doc, "fragment G on Query { ", "fragment G on Query { "+inner+" }\n", 1)
+	}
 	for _, tc := range []struct {
-		name, doc string
-		overLimit bool
+		name, doc         string
+		cyclic, overLimit bool
 	}{
-		{"ACycleThroughAField", "query { ...F0 } fragment F0 on Query { me { ...F0 } }", false},
-		{"ACycleThroughFields", "query { ...A } fragment A on Query { me { ...B } } fragment B on Query { robots { ...A } }", false},
-		{"ASelfSpread", "query { ...F0 } fragment F0 on Query { ...F0 me { id } }", false},
-		{"ADoublingChainEndingInACycle", chain(600, "...F0"), false},
-		{"ADoublingChainEndingUndefined", chain(600, "...Nope"), true},
-		{"ADoublingChainEndingEmpty", chain(600, "__typename"), true},
+		{"ACycleThroughAField", "query { ...F0 } fragment F0 on Query { me { ...F0 } }", true, false},
+		{"ACycleThroughFields", "query { ...A } fragment A on Query { me { ...B } } fragment B on Query { robots { ...A } }", true, false},
+		{"ASelfSpread", "query { ...F0 } fragment F0 on Query { ...F0 me { id } }", true, false},
+		{"ADoublingChainEndingInACycle", chain(600, "...F0"), true, false},
+		{"ADoublingChainEndingUndefined", chain(600, "...Nope"), false, true},
+		{"ADoublingChainEndingEmpty", chain(600, "__typename"), false, true},
+		{"NestedInlineFragmentsSpreadEverywhere", nested(7, 1500), false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			doc, err := parser.ParseQueryWithTokenLimit(&ast.Source{Input: tc.doc}, DefaultLimits.Tokens)
 			require.NoError(t, err)
 			m := newDocumentMeasure(doc, DefaultLimits.Fields)
+			require.Equal(t, tc.cyclic, m.firstCyclic() != "")
 			require.LessOrEqual(t, m.expanded(), DefaultLimits.Fields+1)
 			n := m.comparisons(DefaultLimits.Overlaps)
-			require.Equal(t, tc.overLimit, n > DefaultLimits.Overlaps, "%d comparisons", n)
-			require.Less(t, m.steps, 100_000, "the walk is bounded by the limits and the document")
+			require.Equal(t, tc.overLimit, n > DefaultLimits.Overlaps || m.steps > m.maxSteps, "%d comparisons, %d steps", n, m.steps)
+			require.LessOrEqual(t, m.steps, m.maxSteps+1, "the walk stops at its bound")
 		})
 	}
 }

@@ -74,7 +74,11 @@ func TestAWaitingClaimOutlivesNoKey(t *testing.T) {
 		job := tn.Enqueue(t, nil)
 		select {
 		case c := <-claim:
-			require.NoError(t, c.Err)
+			// It ends with no job at the key's expiry; or, woken just then
+			// (its timer late on a busy machine), its attempt is refused.
+			if c.Err != nil {
+				require.True(t, strings.HasPrefix(c.Err.Error(), "UNAUTHENTICATED: this API key was revoked or has expired"), "%v", c.Err)
+			}
 			require.Nil(t, c.Lease, "a claim whose key expired while it waited leased %+v", c.Lease)
 		case <-time.After(jqWakeWithin):
 			require.FailNow(t, "the claim did not return")
