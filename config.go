@@ -266,7 +266,7 @@ func declareServe(s *settings) *configSettings {
 		socketsPerCaller: s.add("MAX_WEBSOCKETS_PER_CALLER", "max-websockets-per-caller", strconv.Itoa(live.DefaultLimits.SocketsPerCaller),
 			"websockets one caller (a user, a robot, a service; an address when connection_init names no credential, and four times as many waiting for their connection_init) may hold open at once on this process; more are refused (429, or closed with 1013 at connection_init)"),
 		sockets: s.add("MAX_WEBSOCKETS", "max-websockets", "0",
-			"websockets this process holds open at once, all callers together; more are refused (503) (0: half the process's open-file limit)"),
+			"websockets and SSE and multipart streams this process holds open at once, all callers together; more are refused (503) (0: half the process's open-file limit)"),
 		webhookAllowPrivate: s.addBool("WEBHOOK_ALLOW_PRIVATE", "webhook-allow-private",
 			"deliver webhooks to loopback, private, link-local and metadata addresses (default: on with the private database, else off)"),
 		webhookAllowHTTP: s.addBool("WEBHOOK_ALLOW_HTTP", "webhook-allow-http",

@@ -8,6 +8,7 @@ import (
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/dispatch"
 	"fleetgraph/metrics"
@@ -30,6 +31,9 @@ const DefaultRunningPerCPU = 4
 // (dispatch.WithParking) and takes one again when it wakes, unless its
 // wait ends first, so robots' long polls never hold turns.
 //
+// A subscription takes a turn only while its resolver subscribes and reads
+// (InterceptOperation), never for its stream.
+//
 // Counting: while any query or mutation waits or runs, a single writer
 // sends subscription results (live.Fanout.Yield), so a process that fans
 // out at full speed keeps a CPU for its requests. Subscription events are
@@ -48,6 +52,7 @@ type requestsFirst struct {
 
 var (
 	_ graphql.HandlerExtension     = requestsFirst{}
+	_ graphql.OperationInterceptor = requestsFirst{}
 	_ graphql.ResponseInterceptor  = requestsFirst{}
 	_ graphql.RootFieldInterceptor = requestsFirst{}
 )
@@ -69,6 +74,25 @@ func (requestsFirst) ExtensionName() string { return "RequestsFirst" }
 
 // Validate implements graphql.HandlerExtension.
 func (requestsFirst) Validate(graphql.ExecutableSchema) error { return nil }
+
+// InterceptOperation implements graphql.OperationInterceptor: a
+// subscription's resolver, which subscribes and reads its entity's first
+// state or checks its arguments (gqlgen calls it as the operation is
+// dispatched), runs in a turn as a query does. Without one, a caller's 48
+// sockets subscribing and completing in a loop held all of the pool's
+// connections and everyone else's queries waited seconds for one. The
+// stream that follows holds no turn.
+func (r requestsFirst) InterceptOperation(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
+	if rc := graphql.GetOperationContext(ctx); rc.Operation == nil || rc.Operation.Operation != ast.Subscription {
+		return next(ctx)
+	}
+	t := turn{r: r}
+	if !t.take(ctx) {
+		return graphql.OneShot(&graphql.Response{Errors: gqlerror.List{clientGone()}})
+	}
+	defer t.give()
+	return next(ctx)
+}
 
 // InterceptResponse implements graphql.ResponseInterceptor.
 func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {

@@ -35,9 +35,10 @@ type Limits struct {
 	// times as many: behind a load balancer every browser's upgrade comes
 	// from the balancer's address.
 	SocketsPerCaller int
-	// Sockets caps the websockets this process holds open at once, all
-	// callers together (0: half the process's open-file limit), so that
-	// HTTP requests, health checks and the database always have files.
+	// Sockets caps the websockets and SSE and multipart streams this
+	// process holds open at once, all callers together (0: half the
+	// process's open-file limit), so that HTTP requests, health checks and
+	// the database always have files.
 	Sockets int
 	// AnonymousLifetime is how long a websocket whose connection_init
 	// named no credential stays open (0: a minute). No subscription
@@ -125,8 +126,7 @@ func (q *Quota) OpenSocket(key string) (place *SocketPlace, perCaller bool, err 
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.open >= q.limits.Sockets {
-		return nil, false, limitError("MAX_WEBSOCKETS", q.limits.Sockets,
-			"this server holds as many websockets as it may (MAX_WEBSOCKETS); try again shortly")
+		return nil, false, q.full()
 	}
 	if err := q.socketRoom(key); err != nil {
 		return nil, true, err
@@ -134,6 +134,39 @@ func (q *Quota) OpenSocket(key string) (place *SocketPlace, perCaller bool, err 
 	q.open++
 	q.sockets[key]++
 	return &SocketPlace{q: q, key: key}, false, nil
+}
+
+// OpenStream takes a place for an SSE or multipart stream in the count of
+// the process's live connections (Limits.Sockets, which websockets
+// share), or refuses with RATE_LIMITED when the process holds Sockets: a
+// stream holds a connection and two goroutines for as long as it lasts,
+// and PerPrincipal streams from each of a few callers could otherwise
+// take every file the process has. release gives the place back; it may
+// be called more than once.
+func (q *Quota) OpenStream() (release func(), err error) {
+	if q == nil {
+		return func() {}, nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.open >= q.limits.Sockets {
+		return nil, q.full()
+	}
+	q.open++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			q.open--
+		})
+	}, nil
+}
+
+// full is the refusal of a websocket or stream past Limits.Sockets.
+func (q *Quota) full() error {
+	return limitError("MAX_WEBSOCKETS", q.limits.Sockets,
+		"this server holds as many websockets and streams as it may (MAX_WEBSOCKETS); try again shortly")
 }
 
 // socketRoom refuses when key holds as many sockets as it may (under q.mu).

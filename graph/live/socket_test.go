@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
@@ -273,4 +275,75 @@ func TestAKeyCheckTheDatabaseCannotAnswerEnds(t *testing.T) {
 
 	release()
 	s.Do(t, robot.Key, `{ me { role } }`, nil).OK(t, nil)
+}
+
+// A subscription's resolver (it subscribes and reads the machine's first
+// state) runs in a turn, as a query does: with one turn, held by a query
+// waiting on a lock, the subscribe waits for it, and its first state comes
+// once the query is done. Subscribes once ran outside the turns, and one
+// caller's sockets subscribing in a loop held all of the pool.
+func TestASubscribeTakesATurn(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Metrics: true, Running: 1})
+	u := s.NewUser(t, uuid.New())
+	var m struct{ CreateMachine struct{ ID string } }
+	s.Do(t, u.Token, `mutation { createMachine(input: {name: "m"}) { id } }`, nil).OK(t, &m)
+	waiting := func() float64 {
+		mfs, err := s.Metrics.Registry().Gather()
+		require.NoError(t, err)
+		for _, mf := range mfs {
+			if mf.GetName() == "fleetgraph_graphql_operations_waiting" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		return 0
+	}
+
+	release := s.LockTable(t, "robots")
+	query := make(chan *apitest.Response, 1)
+	go func() { query <- s.Do(t, u.Token, `{ robots { totalCount } }`, nil) }()
+	apitest.Eventually(t, wait, "the query holds the turn, waiting on the lock", func() bool { return s.LockWaiters(t, "%robots%") > 0 })
+
+	c := connect(t, s, u.Token)
+	c.subscribe("m", `subscription($id: ID!) { machineUpdated(id: $id) { op id } }`, map[string]any{"id": m.CreateMachine.ID})
+	apitest.Eventually(t, wait, "the subscribe waits for a turn", func() bool { return waiting() == 1 })
+	release()
+	first := c.read()
+	require.Equal(t, "next", first.Type, "%s", first.Payload)
+	require.Contains(t, string(first.Payload), `"op":"CURRENT"`)
+	(<-query).OK(t, nil)
+}
+
+// SSE and multipart streams count toward MAX_WEBSOCKETS with the
+// websockets: each holds a connection and two goroutines, and a few
+// callers' PerPrincipal streams could otherwise take every file the
+// process has.
+func TestStreamsShareTheProcesssPlaces(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{LiveLimits: live.Limits{Sockets: 1}})
+	u := s.NewUser(t, uuid.New())
+	const sub = `subscription { machineUpdated { op } }`
+
+	stream := postSSE(t, s, u.Token, sub, nil)
+	require.Equal(t, http.StatusOK, stream.StatusCode)
+
+	refused := postSSE(t, s, u.Token, sub, nil)
+	require.Equal(t, http.StatusServiceUnavailable, refused.StatusCode)
+	require.NotEmpty(t, refused.Header.Get("Retry-After"))
+	body, err := io.ReadAll(refused.Body)
+	require.NoError(t, err)
+	require.Contains(t, string(body), "MAX_WEBSOCKETS")
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	_, res, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(s.URL, "http")+"/graphql",
+		&websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
+	require.Error(t, err, "the stream holds the process's one place")
+	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
+
+	require.NoError(t, stream.Body.Close())
+	apitest.Eventually(t, wait, "the ended stream's place comes back", func() bool {
+		res := postSSE(t, s, u.Token, sub, nil)
+		defer res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	})
 }

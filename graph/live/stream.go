@@ -200,6 +200,14 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 			return
 		}
 		defer release()
+		free, err := t.quota.OpenStream()
+		if err != nil {
+			metrics.SentError(r.Context(), string(fault.CodeOf(err)))
+			w.Header().Set("Retry-After", "5")
+			writeRefusal(r.Context(), w, http.StatusServiceUnavailable, err)
+			return
+		}
+		defer free()
 	}
 	going, leave, ok := t.streams.join()
 	if !ok {
