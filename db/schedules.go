@@ -645,21 +645,47 @@ func (s *Schedules) Count(ctx context.Context, idb bun.IDB, f ScheduleFilter) (i
 	return countOf(ctx, q, err, "schedules")
 }
 
-// NextRuns returns up to count of the schedule's next ticks after now
-// (none while it is paused), within its start and end.
+// NextRuns returns up to count of the ticks the scheduler fires next (none
+// while the schedule is paused), from its stored state as the scheduler
+// reads it: first a tick BUFFER_ONE holds back (its job is the next one
+// enqueued, when the live job finishes, though its time has passed), then
+// the stored next tick and its successors within the end. That next tick
+// may be due and not yet fired (the leader down or behind), or later than
+// the clock's next tick (after a leader's clock stepped back: the ticks it
+// enqueued do not fire again). As the scheduler's next round would at now,
+// ticks already older than the catch-up window are left out (they will be
+// counted as missed) and SKIP's due ticks collapse into the latest. Whether
+// a live job then skips or holds back a later tick is not foreseen. A
+// schedule without a stored next tick falls back to the clock's.
 func (s *Schedules) NextRuns(sch *Schedule, count int) ([]*time.Time, error) {
 	if count < 0 || count > MaxNextRuns {
 		return nil, fault.Invalid("count", "count must be between 0 and %d", MaxNextRuns)
 	}
-	if sch.Paused {
-		return []*time.Time{}, nil
+	runs := []*time.Time{}
+	if sch.Paused || count == 0 {
+		return runs, nil
 	}
 	sp, err := s.spec(sch.CronExpression, sch.TimeZone)
 	if err != nil {
 		return nil, err
 	}
-	runs := []*time.Time{}
-	for t := firstTick(sp, sch, s.now()); t != nil && len(runs) < count; t = tickBefore(sp.Next(*t), sch.EndAt) {
+	now := s.now()
+	if sch.BufferedTickAt != nil {
+		runs = append(runs, sch.BufferedTickAt)
+	}
+	// A copy the scheduler's own helpers consume, as its next round would.
+	next := *sch
+	if next.NextTickAt == nil {
+		next.NextTickAt = firstTick(sp, sch, now)
+	} else {
+		missTicks(sp, &next, now, &FireStats{})
+		if next.OverlapPolicy == OverlapSkip {
+			if latest, n := latestTick(sp, &next, now); n > 0 && len(runs) < count {
+				runs = append(runs, &latest)
+			}
+		}
+	}
+	for t := next.NextTickAt; t != nil && len(runs) < count; t = tickBefore(sp.Next(*t), sch.EndAt) {
 		runs = append(runs, t)
 	}
 	return runs, nil

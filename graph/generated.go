@@ -4663,7 +4663,17 @@ type Schedule {
   pauseNote: String
   pausedBy: String
   pausedAt: Time
-  "Up to ` + "`" + `count` + "`" + ` (0-100) next ticks from now, within startAt and endAt; empty while paused."
+  """
+  Up to ` + "`" + `count` + "`" + ` (0-100) ticks the scheduler fires next, in order, within
+  startAt and endAt; empty while paused. It lists what fires next, not the
+  clock's next ticks: a tick that is due but not yet fired (the scheduler's
+  leader down or behind) comes first, and so does, before it, the tick
+  BUFFER_ONE holds back (bufferedTickAt), though their times have passed; a
+  tick already enqueued is not listed again. Ticks older than the catch-up
+  window (to be counted in missedTicks) are left out, and of SKIP's due ticks
+  only the latest is listed. A tick that the overlap policy will skip or hold
+  back because a job is still live when it comes is listed all the same.
+  """
   nextRuns(count: Int = 5): [Time!]!
   "The tick (or triggerSchedule time) of the last job the schedule enqueued."
   lastFiredAt: Time
