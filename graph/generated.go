@@ -4620,10 +4620,11 @@ enum OverlapPolicy {
 Enqueues jobs of a workflow at the ticks of a cron expression, on the
 server's leader, as system:scheduler.
 
-Expressions: five fields (minute hour day-of-month month day-of-week), six
-with a leading seconds field, or a descriptor (@yearly, @monthly, @weekly,
-@daily, @hourly, or @every <duration>, whose ticks are whole multiples of the
-duration since the Unix epoch). Field ticks are wall-clock times in timeZone.
+Expressions (see cronExpression): five fields (minute hour day-of-month month
+day-of-week, where 7 is Sunday as well as 0), six with a leading seconds
+field, or a descriptor (@yearly, @monthly, @weekly, @daily, @hourly, or
+@every <duration>, whose ticks are whole multiples of the duration since the
+Unix epoch). Field ticks are wall-clock times in timeZone.
 On daylight-saving days, a local time that does not exist (clocks go forward)
 fires once, at the next valid instant (the moment of the change); one that
 occurs twice (clocks go back) fires once, at its first occurrence.
@@ -4641,6 +4642,21 @@ type Schedule {
   workflow: Workflow
   "The pinned published version; null runs the workflow's current version at each tick."
   workflowVersion: Int
+  """
+  Five fields, ` + "`" + `minute hour day-of-month month day-of-week` + "`" + `, or six with a
+  leading seconds field; or a descriptor: @yearly (@annually), @monthly,
+  @weekly, @daily (@midnight), @hourly, @every <duration> (whole seconds, 1s
+  to 8784h). Each field takes ` + "`" + `*` + "`" + `, a number, a range ` + "`" + `a-b` + "`" + `, a step ` + "`" + `*/n` + "`" + `,
+  ` + "`" + `a-b/n` + "`" + ` or ` + "`" + `a/n` + "`" + ` (a to the field's end), ` + "`" + `?` + "`" + ` as ` + "`" + `*` + "`" + `, and
+  comma-separated lists of these; months also JAN-DEC and days of the week
+  SUN-SAT, in any case. Days of the week are 0-7, 0 and 7 both Sunday as in
+  standard cron and pg_cron (` + "`" + `5-7` + "`" + ` is Friday to Sunday, ` + "`" + `MON-SUN` + "`" + ` every day,
+  ` + "`" + `1-7/2` + "`" + ` Monday, Wednesday, Friday and Sunday). When both day fields are
+  restricted, a day matching either fires. Not accepted: L, W and # (last
+  day, nearest weekday, nth weekday), pg_cron's ` + "`" + `$` + "`" + ` (last day of the month)
+  and "N seconds" interval syntax, year fields, and TZ= or CRON_TZ= prefixes
+  (use timeZone).
+  """
   cronExpression: String!
   "An IANA time zone name, e.g. Europe/Paris; default UTC."
   timeZone: String!
@@ -4701,7 +4717,7 @@ input CreateScheduleInput {
   workflowId: ID!
   "Pin a published version; default: the workflow's current version at each tick."
   version: Int
-  "At most 200 bytes; see Schedule."
+  "At most 200 bytes; see Schedule.cronExpression for the forms accepted."
   cronExpression: String!
   "IANA name; default UTC."
   timeZone: String
