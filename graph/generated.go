@@ -3856,7 +3856,13 @@ type Mutation {
   A tenant has at most 200 schedules; the next is CONFLICT.
   """
   createSchedule(input: CreateScheduleInput!): Schedule!
-  "Changes a schedule's settings; a new expression, zone, start or end restarts its ticks from now. ` + "`" + `unset` + "`" + ` clears optional settings."
+  """
+  Changes a schedule's settings; a new expression, zone, start or end restarts
+  its ticks from now. ` + "`" + `unset` + "`" + ` clears optional settings. A robotId not found is
+  NOT_FOUND (field robotId); a schedule whose stored target robot was deleted
+  is CONFLICT (reason TARGET_ROBOT_DELETED) until the change unsets it
+  (unset: [ROBOT_ID]) or sets another robotId.
+  """
   updateSchedule(id: ID!, input: UpdateScheduleInput!): Schedule!
   "Stops a schedule's ticks until resumeSchedule; ticks while paused never fire. CONFLICT when already paused."
   pauseSchedule(id: ID!, note: String): Schedule!
@@ -3867,7 +3873,9 @@ type Mutation {
   """
   Runs a schedule now: enqueues one job at once (created by the caller, with
   scheduledFor now), whatever its overlap policy and even while paused. Its
-  ticks go on as before.
+  ticks go on as before. CONFLICT (reason TARGET_ROBOT_DELETED) when the
+  schedule's target robot was deleted: unset it or set another with
+  updateSchedule.
   """
   triggerSchedule(id: ID!): Job!
 
@@ -4701,7 +4709,12 @@ type Schedule {
   "Ticks not fired because of the overlap policy."
   skippedTicks: Int!
   lastSkippedAt: Time
-  "Why the last job could not be enqueued (e.g. its target robot was deleted); the schedule goes on."
+  """
+  Why the last job could not be enqueued, for which tick (e.g. its target
+  robot was deleted: each tick then passes without a job, not counted as
+  missed or skipped, until updateSchedule unsets or replaces robotId); the
+  schedule goes on. It stays after later ticks fire; lastErrorAt says when.
+  """
   lastError: String
   lastErrorAt: Time
   "The newest jobs it enqueued, by tick, newest first."

@@ -367,7 +367,7 @@ func TestScheduler(t *testing.T) {
 		b.advance(t, 10*time.Minute)
 		got := b.get(t, sch.ID)
 		require.NotNil(t, got.LastError)
-		require.Contains(t, *got.LastError, "robot not found")
+		require.Contains(t, *got.LastError, "target robot was deleted")
 		require.Contains(t, *got.LastError, "2026-06-01T10:30:00Z")
 		require.Equal(t, utcTime("2026-06-01T10:40:00Z"), got.NextRuns[0], "the ticks go on")
 		ticks, _ := schTicks(t, b.s, sch.ID)
