@@ -576,8 +576,9 @@ func (s *Schedules) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid
 
 // Trigger runs a schedule now: one job at once, enqueued by the caller,
 // whatever its overlap policy and even while paused. Its ticks go on as
-// before. A schedule whose target robot was deleted is CONFLICT
-// (targetRobotDeleted).
+// before, and the job is the schedule's live job for its overlap policy
+// (SKIP skips the ticks while it is live, BUFFER_ONE holds one back). A
+// schedule whose target robot was deleted is CONFLICT (targetRobotDeleted).
 func (s *Schedules) Trigger(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error) {
 	sc, err := userScope(ctx)
 	if err != nil {

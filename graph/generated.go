@@ -3873,7 +3873,9 @@ type Mutation {
   """
   Runs a schedule now: enqueues one job at once (created by the caller, with
   scheduledFor now), whatever its overlap policy and even while paused. Its
-  ticks go on as before. CONFLICT (reason TARGET_ROBOT_DELETED) when the
+  ticks go on as before, and the job counts as the schedule's live job for
+  its overlap policy: while it is QUEUED, CLAIMED or RUNNING, SKIP skips the
+  ticks that come and BUFFER_ONE holds one back until it finishes. CONFLICT (reason TARGET_ROBOT_DELETED) when the
   schedule's target robot was deleted: unset it or set another with
   updateSchedule.
   """
