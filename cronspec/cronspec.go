@@ -4,6 +4,8 @@
 // Expressions are parsed by robfig/cron/v3: five fields (minute hour
 // day-of-month month day-of-week), an optional leading seconds field, or a
 // descriptor (@yearly, @monthly, @weekly, @daily, @hourly, @every <duration>).
+// In the day-of-week field 7 is Sunday as well as 0, as in standard cron and
+// pg_cron (robfig/cron knows only 0-6: Parse rewrites the field first).
 // The ticks of a field expression are the local wall-clock times it matches
 // in its zone, mapped to instants like this:
 //
@@ -22,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"strconv"
 	"strings"
 	"time"
 
@@ -92,25 +95,98 @@ func Parse(expr string, loc *time.Location) (*Spec, error) {
 	if len(fields) != 5 && len(fields) != 6 {
 		return nil, fmt.Errorf("the expression has %d fields; give five (minute hour day-of-month month day-of-week) or six (seconds first)", len(fields))
 	}
-	s, err := parser.Parse(expr)
+	parsed := append([]string(nil), fields...)
+	parsed[len(parsed)-1] = sundaySeven(parsed[len(parsed)-1]) // day-of-week is always last
+	s, err := parser.Parse(strings.Join(parsed, " "))
 	if err != nil {
-		return nil, fieldError(fields, err)
+		return nil, fieldError(parsed, fields, err)
 	}
 	return civilSpec(s, loc), nil
 }
 
 // fieldError finds the field that makes robfig/cron refuse the expression
-// by parsing each one alone among wildcards.
-func fieldError(fields []string, whole error) error {
+// by parsing each one alone among wildcards. parsed are the fields given
+// to robfig/cron, fields as written, which the error quotes.
+func fieldError(parsed, fields []string, whole error) error {
 	offset := 6 - len(fields) // five fields have no seconds
-	for i, f := range fields {
+	for i, f := range parsed {
 		probe := []string{"*", "*", "*", "*", "*", "*"}
 		probe[i+offset] = f
 		if _, err := parser.Parse(strings.Join(probe, " ")); err != nil {
-			return fmt.Errorf("the %s field %q is invalid: %v", fieldNames[i+offset], excerpt(f), err)
+			hint := ""
+			if i == len(parsed)-1 {
+				// robfig/cron's own maximum (6) is not ours.
+				hint = " (days are 0-7, 0 and 7 both Sunday, or SUN-SAT)"
+			}
+			return fmt.Errorf("the %s field %q is invalid: %v%s", fieldNames[i+offset], excerpt(fields[i]), err, hint)
 		}
 	}
 	return fmt.Errorf("the expression is invalid: %v", whole)
+}
+
+// sundaySeven rewrites a day-of-week field for robfig/cron, which knows
+// only 0-6, so that 7 is Sunday too. Each comma-separated part that reaches
+// 7 (7 itself, a range ending at 7, or at SUN after another day, as in
+// MON-SUN) becomes the list of its days, counted over 0-7 with its step
+// and 7 written 0: 5-7 is 5,6,0 and 1-7/2 is 1,3,5,0. The other parts
+// (wildcards such as */2, which never reach 7, included) and whatever it
+// cannot read are left as written, for robfig/cron to accept or refuse: 8
+// and 7-1 are still refused. Only parts without a wildcard are rewritten,
+// so the field's wildcard marker, which decides how day-of-month and
+// day-of-week combine, is unchanged.
+func sundaySeven(field string) string {
+	parts := strings.Split(field, ",")
+	for i, p := range parts {
+		parts[i] = sundaySevenPart(p)
+	}
+	return strings.Join(parts, ",")
+}
+
+func sundaySevenPart(p string) string {
+	rng, step := p, 1
+	if r, st, ok := strings.Cut(p, "/"); ok {
+		n, err := strconv.Atoi(st)
+		if err != nil || n < 1 {
+			return p
+		}
+		rng, step = r, n
+	}
+	loText, hiText, isRange := strings.Cut(rng, "-")
+	lo, ok := weekday(loText)
+	if !ok {
+		return p
+	}
+	hi := lo // a lone day; robfig/cron reads N/step as N through 6, which 7 is past
+	if isRange {
+		if hi, ok = weekday(hiText); !ok {
+			return p
+		}
+		if hi == 0 && lo > 0 && strings.EqualFold(hiText, "sun") {
+			hi = 7 // a range ending on SUN ends at the week's end
+		}
+	}
+	if hi != 7 || lo > hi {
+		return p
+	}
+	var days []string
+	for d := lo; d <= hi; d += step {
+		days = append(days, strconv.Itoa(d%7))
+	}
+	return strings.Join(days, ",")
+}
+
+// weekday reads a day of the week as a number 0-7 or a name (SUN-SAT,
+// any case).
+func weekday(s string) (int, bool) {
+	if n, err := strconv.Atoi(s); err == nil {
+		return n, n >= 0 && n <= 7
+	}
+	for i, name := range []string{"sun", "mon", "tue", "wed", "thu", "fri", "sat"} {
+		if strings.EqualFold(s, name) {
+			return i, true
+		}
+	}
+	return 0, false
 }
 
 func excerpt(s string) string {

@@ -150,3 +150,54 @@ func TestCountAndPrev(t *testing.T) {
 	require.EqualValues(t, 365*24*3600-3600, s.Count(from, from.AddDate(1, 0, 0)))
 	require.Equal(t, from.AddDate(1, 0, 0), s.Prev(from.AddDate(1, 0, 0).Add(999*time.Millisecond)))
 }
+
+// Day-of-week 7 is Sunday, as in standard cron and pg_cron: alone, in
+// lists, as a range's end (SUN too), with steps counted over 0-7. Each
+// expression fires exactly as its 0-based equivalent, over five weeks in
+// Paris (a daylight-saving change among them), and counts alike.
+func TestDayOfWeekSeven(t *testing.T) {
+	t.Parallel()
+	for expr, same := range map[string]string{
+		"0 0 * * 7":          "0 0 * * 0",
+		"0 0 * * 7-7":        "0 0 * * 0",
+		"0 0 * * 1,7":        "0 0 * * 1,0",
+		"0 0 * * 5-7":        "0 0 * * 5,6,0",
+		"0 0 * * 0-7":        "0 0 * * 0-6",
+		"0 0 * * MON-SUN":    "0 0 * * 1-6,0",
+		"0 0 * * sat-sun":    "0 0 * * 6,0",
+		"0 0 * * 1-7/2":      "0 0 * * 1,3,5,0",
+		"0 0 * * FRI-SUN/2":  "0 0 * * 5,0",
+		"0 0 * * 0-7/7":      "0 0 * * 0",
+		"0 0 * * */2":        "0 0 * * 0,2,4,6",
+		"0 0 * * 7,3-4":      "0 0 * * 0,3,4",
+		"7 7 * * 7":          "7 7 * * 0",
+		"0 0 0 * * 7":        "0 0 0 * * 0",
+		"30 9 13 * 7":        "30 9 13 * 0", // a day of month and a weekday: either
+		"0 12 * 3,4 MON-SUN": "0 12 * 3,4 1-6,0",
+	} {
+		s, want := mustSpec(t, expr, "Europe/Paris"), mustSpec(t, same, "Europe/Paris")
+		from, to := utc("2026-03-01T00:00:00Z"), utc("2026-04-05T00:00:00Z")
+		require.NotEmpty(t, ticks(want, from, to), same)
+		require.Equal(t, ticks(want, from, to), ticks(s, from, to), "%q fires as %q", expr, same)
+		require.Equal(t, want.Count(from, to), s.Count(from, to), "%q counts as %q", expr, same)
+	}
+	// Still refused: past 7, a range ending before it starts, and the forms
+	// robfig/cron does not know (last, weekday, nth weekday, pg_cron's $ and
+	// interval syntax).
+	for expr, want := range map[string]string{
+		"0 0 * * 8":     "day-of-week field \"8\"",
+		"0 0 * * 6-8":   "day-of-week field \"6-8\"",
+		"0 0 * * 7-1":   "day-of-week field \"7-1\"",
+		"0 0 * * 1-0":   "day-of-week field \"1-0\"",
+		"0 0 * * 5L":    "day-of-week field",
+		"0 0 * * 5#3":   "day-of-week field",
+		"0 0 L * *":     "day-of-month field",
+		"0 0 15W * *":   "day-of-month field",
+		"0 0 $ * *":     "day-of-month field",
+		"10 seconds":    "2 fields",
+		"7 7 7 7 7 7 7": "7 fields",
+	} {
+		_, err := cronspec.Parse(expr, time.UTC)
+		require.ErrorContains(t, err, want, expr)
+	}
+}

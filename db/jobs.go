@@ -40,6 +40,9 @@ const (
 	ReasonIllegalTransition = "ILLEGAL_TRANSITION"
 	// ReasonScheduleEnded refuses to resume a schedule whose end is past.
 	ReasonScheduleEnded = "SCHEDULE_ENDED"
+	// ReasonTargetRobotDeleted refuses to run or change a schedule whose
+	// target robot was deleted, until the schedule is given another.
+	ReasonTargetRobotDeleted = "TARGET_ROBOT_DELETED"
 )
 
 // Job is one run of a workflow version.

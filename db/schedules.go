@@ -241,11 +241,12 @@ func tickBefore(t time.Time, end *time.Time) *time.Time {
 
 // check validates a schedule's settings as a whole, resolving its workflow,
 // version and robot in the caller's tenant. It is shared by create and
-// update, so both refuse the same things. It sets the schedule's next tick
+// update, so both refuse the same things; robotNamed says whether the
+// input named the target robot (see requireTarget). It sets the schedule's next tick
 // to its first after now, unless prev (the schedule before an update)
 // ticks alike: a change of name, priority, input or jitter keeps the ticks
 // that are due and not yet fired (after a leader's downtime, say).
-func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch, prev *Schedule, now time.Time) error {
+func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch, prev *Schedule, now time.Time, robotNamed bool) error {
 	var err error
 	if sch.Name, err = checkName("name", sch.Name); err != nil {
 		return err
@@ -302,12 +303,33 @@ func (s *Schedules) check(ctx context.Context, tx bun.Tx, sc scope, sch, prev *S
 			return err
 		}
 	}
-	if sch.TargetRobotID != nil {
-		if err := requireRobot(ctx, tx, sc, *sch.TargetRobotID, "robotId"); err != nil {
-			return err
-		}
+	return requireTarget(ctx, tx, sc, sch, robotNamed)
+}
+
+// requireTarget checks that the schedule's target robot, if it has one, is
+// a robot of the caller's tenant, and holds it (KEY SHARE) until the
+// transaction ends, so that the jobs enqueued meanwhile find it. A robot the
+// input named (named) that is not found is NOT_FOUND in field robotId; the
+// stored one, deleted since, is CONFLICT (targetRobotDeleted), naming no
+// field: the caller sent none.
+func requireTarget(ctx context.Context, tx bun.Tx, sc scope, sch *Schedule, named bool) error {
+	if sch.TargetRobotID == nil {
+		return nil
 	}
-	return nil
+	err := requireRobot(ctx, tx, sc, *sch.TargetRobotID, "robotId")
+	var fe *fault.Error
+	if !named && errors.As(err, &fe) && fe.Code == fault.NotFound {
+		return targetRobotDeleted()
+	}
+	return err
+}
+
+// targetRobotDeleted refuses to run or change a schedule whose target robot
+// was deleted, saying how to fix it; the scheduler records its message as
+// each tick's lastError.
+func targetRobotDeleted() *fault.Error {
+	return &fault.Error{Code: fault.Conflict, Extra: map[string]any{"reason": ReasonTargetRobotDeleted},
+		Message: "the schedule's target robot was deleted: unset it (unset: [ROBOT_ID]) or set another robotId"}
 }
 
 // sameTiming reports whether a and b tick alike: same expression, zone,
@@ -354,7 +376,7 @@ func (s *Schedules) Create(ctx context.Context, idb bun.IDB, in CreateScheduleIn
 		return nil, fault.Invalid("pauseNote", "pauseNote goes with paused: true")
 	}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if err := s.check(ctx, tx, sc, sch, nil, s.now()); err != nil {
+		if err := s.check(ctx, tx, sc, sch, nil, s.now(), true); err != nil {
 			return err
 		}
 		if err := underTenantCap(ctx, tx, sc, locks.Schedules, (*Schedule)(nil), "s", MaxSchedules, "schedules"); err != nil {
@@ -445,7 +467,7 @@ func (s *Schedules) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Up
 				return fault.Invalid("unset", "unset lists VERSION, ROBOT_ID, START_AT or END_AT")
 			}
 		}
-		if err := s.check(ctx, tx, sc, sch, &prev, s.now()); err != nil {
+		if err := s.check(ctx, tx, sc, sch, &prev, s.now(), in.RobotID != nil); err != nil {
 			return err
 		}
 		_, err := tx.NewUpdate().Model(sch).WherePK().
@@ -554,7 +576,9 @@ func (s *Schedules) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid
 
 // Trigger runs a schedule now: one job at once, enqueued by the caller,
 // whatever its overlap policy and even while paused. Its ticks go on as
-// before.
+// before, and the job is the schedule's live job for its overlap policy
+// (SKIP skips the ticks while it is live, BUFFER_ONE holds one back). A
+// schedule whose target robot was deleted is CONFLICT (targetRobotDeleted).
 func (s *Schedules) Trigger(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Job, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -565,6 +589,9 @@ func (s *Schedules) Trigger(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Jo
 		sch := new(Schedule)
 		if err := inTenant(sc, tx.NewSelect().Model(sch).Where("s.id = ?", id), "s").For("UPDATE").Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "schedule")
+		}
+		if err := requireTarget(ctx, tx, sc, sch, false); err != nil {
+			return err
 		}
 		now := s.now()
 		if job, err = s.jobs.Enqueue(ctx, tx, s.jobOf(sch, now, now)); err != nil {
@@ -645,21 +672,47 @@ func (s *Schedules) Count(ctx context.Context, idb bun.IDB, f ScheduleFilter) (i
 	return countOf(ctx, q, err, "schedules")
 }
 
-// NextRuns returns up to count of the schedule's next ticks after now
-// (none while it is paused), within its start and end.
+// NextRuns returns up to count of the ticks the scheduler fires next (none
+// while the schedule is paused), from its stored state as the scheduler
+// reads it: first a tick BUFFER_ONE holds back (its job is the next one
+// enqueued, when the live job finishes, though its time has passed), then
+// the stored next tick and its successors within the end. That next tick
+// may be due and not yet fired (the leader down or behind), or later than
+// the clock's next tick (after a leader's clock stepped back: the ticks it
+// enqueued do not fire again). As the scheduler's next round would at now,
+// ticks already older than the catch-up window are left out (they will be
+// counted as missed) and SKIP's due ticks collapse into the latest. Whether
+// a live job then skips or holds back a later tick is not foreseen. A
+// schedule without a stored next tick falls back to the clock's.
 func (s *Schedules) NextRuns(sch *Schedule, count int) ([]*time.Time, error) {
 	if count < 0 || count > MaxNextRuns {
 		return nil, fault.Invalid("count", "count must be between 0 and %d", MaxNextRuns)
 	}
-	if sch.Paused {
-		return []*time.Time{}, nil
+	runs := []*time.Time{}
+	if sch.Paused || count == 0 {
+		return runs, nil
 	}
 	sp, err := s.spec(sch.CronExpression, sch.TimeZone)
 	if err != nil {
 		return nil, err
 	}
-	runs := []*time.Time{}
-	for t := firstTick(sp, sch, s.now()); t != nil && len(runs) < count; t = tickBefore(sp.Next(*t), sch.EndAt) {
+	now := s.now()
+	if sch.BufferedTickAt != nil {
+		runs = append(runs, sch.BufferedTickAt)
+	}
+	// A copy the scheduler's own helpers consume, as its next round would.
+	next := *sch
+	if next.NextTickAt == nil {
+		next.NextTickAt = firstTick(sp, sch, now)
+	} else {
+		missTicks(sp, &next, now, &FireStats{})
+		if next.OverlapPolicy == OverlapSkip {
+			if latest, n := latestTick(sp, &next, now); n > 0 && len(runs) < count {
+				runs = append(runs, &latest)
+			}
+		}
+	}
+	for t := next.NextTickAt; t != nil && len(runs) < count; t = tickBefore(sp.Next(*t), sch.EndAt) {
 		runs = append(runs, t)
 	}
 	return runs, nil
@@ -768,6 +821,10 @@ func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now ti
 		return fmt.Errorf("locking the schedule: %w", err)
 	}
 	ctx = auth.WithPrincipal(ctx, auth.SystemPrincipal(SchedulerTask, sch.TenantID))
+	sc, err := userScope(ctx)
+	if err != nil {
+		return err
+	}
 	before := sch.tickState()
 	live := false
 	if sch.OverlapPolicy != OverlapAllow {
@@ -777,8 +834,19 @@ func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now ti
 			return fmt.Errorf("looking for the schedule's live job: %w", err)
 		}
 	}
+	// A target robot deleted since fails every tick alike, checked once at
+	// the first tick to fire: each is recorded in lastError (what to do
+	// included) and passes unfired.
+	var target error
+	checked := false
 	fire := func(tick time.Time) error {
-		err := s.enqueueTick(ctx, tx, sch, tick)
+		if !checked {
+			target, checked = requireTarget(ctx, tx, sc, sch, false), true
+		}
+		err := target
+		if err == nil {
+			err = s.enqueueTick(ctx, tx, sch, tick)
+		}
 		var fe *fault.Error
 		switch {
 		case errors.Is(err, errTickTaken):

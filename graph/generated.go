@@ -3856,7 +3856,13 @@ type Mutation {
   A tenant has at most 200 schedules; the next is CONFLICT.
   """
   createSchedule(input: CreateScheduleInput!): Schedule!
-  "Changes a schedule's settings; a new expression, zone, start or end restarts its ticks from now. ` + "`" + `unset` + "`" + ` clears optional settings."
+  """
+  Changes a schedule's settings; a new expression, zone, start or end restarts
+  its ticks from now. ` + "`" + `unset` + "`" + ` clears optional settings. A robotId not found is
+  NOT_FOUND (field robotId); a schedule whose stored target robot was deleted
+  is CONFLICT (reason TARGET_ROBOT_DELETED) until the change unsets it
+  (unset: [ROBOT_ID]) or sets another robotId.
+  """
   updateSchedule(id: ID!, input: UpdateScheduleInput!): Schedule!
   "Stops a schedule's ticks until resumeSchedule; ticks while paused never fire. CONFLICT when already paused."
   pauseSchedule(id: ID!, note: String): Schedule!
@@ -3867,7 +3873,11 @@ type Mutation {
   """
   Runs a schedule now: enqueues one job at once (created by the caller, with
   scheduledFor now), whatever its overlap policy and even while paused. Its
-  ticks go on as before.
+  ticks go on as before, and the job counts as the schedule's live job for
+  its overlap policy: while it is QUEUED, CLAIMED or RUNNING, SKIP skips the
+  ticks that come and BUFFER_ONE holds one back until it finishes. CONFLICT (reason TARGET_ROBOT_DELETED) when the
+  schedule's target robot was deleted: unset it or set another with
+  updateSchedule.
   """
   triggerSchedule(id: ID!): Job!
 
@@ -4620,10 +4630,11 @@ enum OverlapPolicy {
 Enqueues jobs of a workflow at the ticks of a cron expression, on the
 server's leader, as system:scheduler.
 
-Expressions: five fields (minute hour day-of-month month day-of-week), six
-with a leading seconds field, or a descriptor (@yearly, @monthly, @weekly,
-@daily, @hourly, or @every <duration>, whose ticks are whole multiples of the
-duration since the Unix epoch). Field ticks are wall-clock times in timeZone.
+Expressions (see cronExpression): five fields (minute hour day-of-month month
+day-of-week, where 7 is Sunday as well as 0), six with a leading seconds
+field, or a descriptor (@yearly, @monthly, @weekly, @daily, @hourly, or
+@every <duration>, whose ticks are whole multiples of the duration since the
+Unix epoch). Field ticks are wall-clock times in timeZone.
 On daylight-saving days, a local time that does not exist (clocks go forward)
 fires once, at the next valid instant (the moment of the change); one that
 occurs twice (clocks go back) fires once, at its first occurrence.
@@ -4641,6 +4652,21 @@ type Schedule {
   workflow: Workflow
   "The pinned published version; null runs the workflow's current version at each tick."
   workflowVersion: Int
+  """
+  Five fields, ` + "`" + `minute hour day-of-month month day-of-week` + "`" + `, or six with a
+  leading seconds field; or a descriptor: @yearly (@annually), @monthly,
+  @weekly, @daily (@midnight), @hourly, @every <duration> (whole seconds, 1s
+  to 8784h). Each field takes ` + "`" + `*` + "`" + `, a number, a range ` + "`" + `a-b` + "`" + `, a step ` + "`" + `*/n` + "`" + `,
+  ` + "`" + `a-b/n` + "`" + ` or ` + "`" + `a/n` + "`" + ` (a to the field's end), ` + "`" + `?` + "`" + ` as ` + "`" + `*` + "`" + `, and
+  comma-separated lists of these; months also JAN-DEC and days of the week
+  SUN-SAT, in any case. Days of the week are 0-7, 0 and 7 both Sunday as in
+  standard cron and pg_cron (` + "`" + `5-7` + "`" + ` is Friday to Sunday, ` + "`" + `MON-SUN` + "`" + ` every day,
+  ` + "`" + `1-7/2` + "`" + ` Monday, Wednesday, Friday and Sunday). When both day fields are
+  restricted, a day matching either fires. Not accepted: L, W and # (last
+  day, nearest weekday, nth weekday), pg_cron's ` + "`" + `$` + "`" + ` (last day of the month)
+  and "N seconds" interval syntax, year fields, and TZ= or CRON_TZ= prefixes
+  (use timeZone).
+  """
   cronExpression: String!
   "An IANA time zone name, e.g. Europe/Paris; default UTC."
   timeZone: String!
@@ -4663,7 +4689,17 @@ type Schedule {
   pauseNote: String
   pausedBy: String
   pausedAt: Time
-  "Up to ` + "`" + `count` + "`" + ` (0-100) next ticks from now, within startAt and endAt; empty while paused."
+  """
+  Up to ` + "`" + `count` + "`" + ` (0-100) ticks the scheduler fires next, in order, within
+  startAt and endAt; empty while paused. It lists what fires next, not the
+  clock's next ticks: a tick that is due but not yet fired (the scheduler's
+  leader down or behind) comes first, and so does, before it, the tick
+  BUFFER_ONE holds back (bufferedTickAt), though their times have passed; a
+  tick already enqueued is not listed again. Ticks older than the catch-up
+  window (to be counted in missedTicks) are left out, and of SKIP's due ticks
+  only the latest is listed. A tick that the overlap policy will skip or hold
+  back because a job is still live when it comes is listed all the same.
+  """
   nextRuns(count: Int = 5): [Time!]!
   "The tick (or triggerSchedule time) of the last job the schedule enqueued."
   lastFiredAt: Time
@@ -4675,7 +4711,12 @@ type Schedule {
   "Ticks not fired because of the overlap policy."
   skippedTicks: Int!
   lastSkippedAt: Time
-  "Why the last job could not be enqueued (e.g. its target robot was deleted); the schedule goes on."
+  """
+  Why the last job could not be enqueued, for which tick (e.g. its target
+  robot was deleted: each tick then passes without a job, not counted as
+  missed or skipped, until updateSchedule unsets or replaces robotId); the
+  schedule goes on. It stays after later ticks fire; lastErrorAt says when.
+  """
   lastError: String
   lastErrorAt: Time
   "The newest jobs it enqueued, by tick, newest first."
@@ -4691,7 +4732,7 @@ input CreateScheduleInput {
   workflowId: ID!
   "Pin a published version; default: the workflow's current version at each tick."
   version: Int
-  "At most 200 bytes; see Schedule."
+  "At most 200 bytes; see Schedule.cronExpression for the forms accepted."
   cronExpression: String!
   "IANA name; default UTC."
   timeZone: String

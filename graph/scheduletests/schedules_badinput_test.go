@@ -202,3 +202,55 @@ func TestScheduleCap(t *testing.T) {
 	in["workflowId"] = b.s.CreateWorkflow(t, other.Token, "other")
 	b.s.Do(t, other.Token, `mutation($in: CreateScheduleInput!) { createSchedule(input: $in) { id } }`, map[string]any{"in": in}).OK(t, nil)
 }
+
+// A schedule whose target robot was deleted: running it now, changing it
+// without naming a robot, and its ticks all say so and how to fix it,
+// naming the field robotId only when the input named a robot; nothing is
+// written until it is fixed.
+func TestScheduleWhoseTargetRobotWasDeleted(t *testing.T) {
+	t.Parallel()
+	b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+	robot, _ := b.s.RobotWithKey(t, b.user.Token, "gone")
+	sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *", "robotId": robot})
+	b.s.Do(t, b.user.Token, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": robot}).OK(t, nil)
+	before := schSnapshot(t, b)
+	deleted := func(t *testing.T, e apitest.Error) {
+		t.Helper()
+		require.Contains(t, e.Message, "the schedule's target robot was deleted")
+		require.Contains(t, e.Message, "unset: [ROBOT_ID]")
+		require.Equal(t, db.ReasonTargetRobotDeleted, e.Extensions["reason"])
+		require.NotContains(t, e.Extensions, "field", "the input named no robot")
+		require.Equal(t, before, schSnapshot(t, b), "nothing written")
+	}
+	vars := map[string]any{"id": sch.ID}
+
+	t.Run("Trigger", func(t *testing.T) {
+		deleted(t, b.s.Do(t, b.user.Token, `mutation($id: ID!) { triggerSchedule(id: $id) { id } }`, vars).Code(t, "CONFLICT"))
+	})
+	t.Run("UpdateWithoutARobot", func(t *testing.T) {
+		deleted(t, b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {priority: 5}) { id } }`, vars).Code(t, "CONFLICT"))
+	})
+	t.Run("UpdateNamingTheDeletedRobot", func(t *testing.T) {
+		e := b.s.Do(t, b.user.Token, `mutation($id: ID!, $r: ID!) { updateSchedule(id: $id, input: {priority: 5, robotId: $r}) { id } }`,
+			map[string]any{"id": sch.ID, "r": robot}).Code(t, "NOT_FOUND")
+		require.Equal(t, "robotId", e.Extensions["field"])
+		require.Equal(t, "robot not found", e.Message)
+		require.Equal(t, before, schSnapshot(t, b))
+	})
+	t.Run("TheScheduler", func(t *testing.T) {
+		b.advance(t, 10*time.Minute)
+		got := b.get(t, sch.ID)
+		require.NotNil(t, got.LastError)
+		require.Equal(t, "the job for 2026-06-01T10:10:00Z was not enqueued: the schedule's target robot was deleted: unset it (unset: [ROBOT_ID]) or set another robotId", *got.LastError)
+		require.Equal(t, utcTime("2026-06-01T10:20:00Z"), got.NextRuns[0], "its ticks go on")
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Empty(t, ticks)
+	})
+	t.Run("Fixed", func(t *testing.T) {
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { updateSchedule(id: $id, input: {unset: [ROBOT_ID]}) { id } }`, vars).OK(t, nil)
+		b.s.Do(t, b.user.Token, `mutation($id: ID!) { triggerSchedule(id: $id) { id } }`, vars).OK(t, nil)
+		b.advance(t, 10*time.Minute)
+		ticks, _ := schTicks(t, b.s, sch.ID)
+		require.Len(t, ticks, 2, "the triggered job and the 10:20 tick's")
+	})
+}

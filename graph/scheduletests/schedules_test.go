@@ -312,6 +312,38 @@ func TestScheduler(t *testing.T) {
 		require.Equal(t, b.clock.Now(), b.get(t, sch.ID).LastFiredAt.UTC())
 	})
 
+	// A job triggerSchedule enqueued is the schedule's live job for its
+	// overlap policy: SKIP skips the next tick while it is queued,
+	// BUFFER_ONE holds that tick back until it finishes.
+	t.Run("ATriggeredJobIsTheLiveJobOfTheOverlapPolicy", func(t *testing.T) {
+		t.Parallel()
+		for policy, skipped := range map[string]int{"SKIP": 1, "BUFFER_ONE": 0} {
+			t.Run(policy, func(t *testing.T) {
+				t.Parallel()
+				b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
+				sch := b.create(t, map[string]any{"cronExpression": "*/10 * * * *", "overlapPolicy": policy})
+				var out struct{ TriggerSchedule schJob }
+				b.s.Do(t, b.user.Token, `mutation($id: ID!) { triggerSchedule(id: $id) { id } }`, map[string]any{"id": sch.ID}).OK(t, &out)
+				b.advance(t, 10*time.Minute)
+				ticks, _ := schTicks(t, b.s, sch.ID)
+				require.Equal(t, []time.Time{utcTime("2026-06-01T10:00:05Z")}, ticks, "10:10 did not fire while the triggered job was queued")
+				got := b.get(t, sch.ID)
+				require.Equal(t, skipped, got.SkippedTicks)
+				if policy == "BUFFER_ONE" {
+					require.Equal(t, utcTime("2026-06-01T10:10:00Z"), got.BufferedTickAt.UTC())
+				}
+				b.s.Do(t, b.user.Token, `mutation($id: ID!) { cancelJob(id: $id) { id } }`, map[string]any{"id": out.TriggerSchedule.ID}).OK(t, nil)
+				b.advance(t, time.Second)
+				ticks, _ = schTicks(t, b.s, sch.ID)
+				if policy == "BUFFER_ONE" {
+					require.Equal(t, []time.Time{utcTime("2026-06-01T10:00:05Z"), utcTime("2026-06-01T10:10:00Z")}, ticks, "the held-back tick fires once it finished")
+				} else {
+					require.Len(t, ticks, 1)
+				}
+			})
+		}
+	})
+
 	t.Run("UpdateRestartsTicksAndDeleteKeepsTheJobs", func(t *testing.T) {
 		t.Parallel()
 		b := schSetup(t, utcTime("2026-06-01T10:00:05Z"))
@@ -367,7 +399,7 @@ func TestScheduler(t *testing.T) {
 		b.advance(t, 10*time.Minute)
 		got := b.get(t, sch.ID)
 		require.NotNil(t, got.LastError)
-		require.Contains(t, *got.LastError, "robot not found")
+		require.Contains(t, *got.LastError, "target robot was deleted")
 		require.Contains(t, *got.LastError, "2026-06-01T10:30:00Z")
 		require.Equal(t, utcTime("2026-06-01T10:40:00Z"), got.NextRuns[0], "the ticks go on")
 		ticks, _ := schTicks(t, b.s, sch.ID)
