@@ -661,21 +661,38 @@ func (s *Sub) offerDeleted(kind, key string) {
 	s.offer(Update{Kind: kind, Op: "DELETED", Key: key, Version: v})
 }
 
-// maxSentKeys bounds what a subscriber remembers of what it was sent
-// (Sub.sent, LogTail.sent): the newest maxSentKeys keys at least, twice
-// as many at most (recent). An append-only feed (events, log lines) or a
-// tenant-wide one (jobUpdated) meets a new key with almost every update,
-// and kept each for the subscription's life up to 100,000, some 4 MB a
-// subscriber. What is forgotten is only de-duplication of old keys: a
-// resync may send again a row the subscriber already had, at the same
-// version, or miss the deletion of an entity it saw long ago.
-const maxSentKeys = 10_000
+// maxSentKeys bounds what a subscriber remembers of the entities it was
+// sent (Sub.sent): the newest maxSentKeys keys at least, twice as many at
+// most (recent), about 50 bytes each. An append-only feed (events) or a
+// tenant-wide one (jobUpdated) meets a new key with almost every update;
+// distinct documents do not share a hub subscriber, and at 10,000 (up to
+// 20,000 keys, about 1 MB) a user's 500 subscriptions could hold 0.5 GB.
+//
+// What is forgotten is only de-duplication of old keys, which nothing
+// else depends on: the updates of one entity reach a subscriber in the
+// order their rows were read, and a one-entity subscription (whose first
+// state Seed records) meets only its own key. A resync (which re-reads
+// every row changed since shortly before the loss) may send again, as
+// CURRENT, a row the subscriber already had at the same version when more
+// than maxSentKeys other entities reached it since (a tenant-wide feed of
+// a busy tenant; an append-only subscriber may then get an event twice),
+// and does not report the deletion of an entity it saw that long ago.
+const maxSentKeys = 1_000
 
-// recent remembers values by key in two generations: past maxSentKeys in
+// maxSentLines bounds what a log tail remembers of the lines it was sent
+// (LogTail.sent; 8-byte ids): a resync replays up to db.MaxResyncLines
+// lines, and a tail must not show one twice.
+const maxSentLines = 10_000
+
+// recent remembers values by key in two generations: past its limit in
 // the current one, the previous one is dropped and the current one takes
-// its place, so the newest maxSentKeys keys are always remembered. The
-// zero value is empty and ready.
-type recent[K comparable, V any] struct{ cur, prev map[K]V }
+// its place, so the newest keys up to the limit are always remembered, and
+// at most twice as many. The zero value is empty and ready, with
+// maxSentKeys as its limit.
+type recent[K comparable, V any] struct {
+	cur, prev map[K]V
+	limit     int // 0: maxSentKeys
+}
 
 func (r *recent[K, V]) get(k K) (V, bool) {
 	if v, ok := r.cur[k]; ok {
@@ -693,7 +710,7 @@ func (r *recent[K, V]) set(k K, v V) {
 		r.cur = map[K]V{}
 	}
 	r.cur[k] = v
-	if len(r.cur) > maxSentKeys {
+	if len(r.cur) > cmp.Or(r.limit, maxSentKeys) {
 		r.prev, r.cur = r.cur, map[K]V{}
 	}
 }

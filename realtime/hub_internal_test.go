@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -159,22 +160,25 @@ func TestHubDelivery(t *testing.T) {
 
 // TestWhatASubscriberRemembersIsBounded: a subscriber that meets a new
 // entity with every update (a tenant's jobs, an append-only feed) keeps at
-// most twice maxSentKeys of them, and always the newest maxSentKeys (a
-// resync replays up to db.MaxResyncLines lines, which it must not send
-// twice). It kept up to 100,000 (4 MB) for its whole life.
+// most 2,001 of them (about 100 KB), and always the newest maxSentKeys. It
+// kept up to 20,000 (about 1 MB a subscription, 0.5 GB for a user's 500).
+// A log tail remembers the newest db.MaxResyncLines lines at least (a
+// resync replays that many, which it must not show twice).
 func TestWhatASubscriberRemembersIsBounded(t *testing.T) {
 	t.Parallel()
+	const atMost = 2_001 // the newest 1,000 keys and up to 1,001 older ones
 	owner := &auth.Principal{TenantID: uuid.New(), UserID: uuid.New(), Role: auth.RoleUser}
 	h := newHub(&Subscription{}, nil, slog.New(slog.DiscardHandler))
 	sub := h.Subscribe(SubscribeOptions{Kind: KindMachine, Tenant: owner.TenantID, Principal: owner, Filter: func(Change) bool { return true }})
 	t.Cleanup(sub.Close)
 	var keys []string
-	for i := range 5 * maxSentKeys {
+	most := 0
+	for i := range 30_000 {
 		m := &db.Machine{ID: uuid.New(), TenantID: owner.TenantID, OwnerID: owner.UserID, Version: 1}
 		keys = append(keys, m.ID.String())
 		sub.offer(Update{Kind: KindMachine, Op: "UPDATED", Key: m.ID.String(), Version: 1, Value: m})
 		require.Len(t, sub.Take(), 1)
-		require.LessOrEqual(t, sub.sent.len(), 2*maxSentKeys+1)
+		most = max(most, sub.sent.len())
 		if i%997 == 0 && i >= maxSentKeys {
 			for _, k := range keys[i-maxSentKeys+1 : i+1] {
 				_, ok := sub.sent.get(k)
@@ -182,19 +186,83 @@ func TestWhatASubscriberRemembersIsBounded(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("sent 30,000 keys; remembered at most %d", most)
+	require.LessOrEqual(t, most, atMost)
 	// What it remembers it does not send again.
 	m := &db.Machine{ID: uuid.MustParse(keys[len(keys)-1]), TenantID: owner.TenantID, OwnerID: owner.UserID, Version: 1}
 	sub.offer(Update{Kind: KindMachine, Op: "UPDATED", Key: m.ID.String(), Version: 1, Value: m})
 	require.Empty(t, sub.Take())
 
-	var tail LogTail
-	for i := range 5 * maxSentKeys {
+	tail := newLogTail(0)
+	for i := range 5 * db.MaxResyncLines {
 		_, ok := tail.Item(Update{Value: &db.LogBatch{Lines: []*db.RobotLog{{ID: int64(i + 1), Level: db.LogInfo}}}})
 		require.True(t, ok)
-		require.LessOrEqual(t, tail.sent.len(), 2*maxSentKeys+1)
+		require.LessOrEqual(t, tail.sent.len(), 2*maxSentLines+1)
 	}
-	_, ok := tail.Item(Update{Value: &db.LogBatch{Lines: []*db.RobotLog{{ID: int64(5*maxSentKeys - maxSentKeys/2), Level: db.LogInfo}}}})
-	require.False(t, ok, "a recent line is not delivered twice")
+	for _, id := range []int64{5 * db.MaxResyncLines, 4*db.MaxResyncLines + 1} { // the newest and the oldest of the newest MaxResyncLines
+		_, ok := tail.Item(Update{Value: &db.LogBatch{Lines: []*db.RobotLog{{ID: id, Level: db.LogInfo}}}})
+		require.False(t, ok, "a recent line is not delivered twice")
+	}
+}
+
+// resyncSource re-reads rows for a resync: ChangedSince returns rows, and
+// Load finds every key (nothing was deleted).
+type resyncSource struct{ rows []Versioned }
+
+func (s *resyncSource) Load(_ context.Context, _ string, _ uuid.UUID, keys []string) (map[string]Versioned, error) {
+	out := map[string]Versioned{}
+	for _, k := range keys {
+		out[k] = Versioned{Key: k, Version: 1}
+	}
+	return out, nil
+}
+
+func (s *resyncSource) ChangedSince(context.Context, string, uuid.UUID, time.Time) ([]Versioned, error) {
+	return s.rows, nil
+}
+
+func (s *resyncSource) Snapshot(context.Context) (db.Snapshot, error) { return db.Snapshot{}, nil }
+
+// TestAResyncSkipsWhatWasRecentlySent: after lost notifications a resync
+// re-reads the rows changed lately; a subscriber that was sent far more
+// entities than it remembers still skips the newest maxSentKeys at the
+// versions it has, and gets what is new. An entity it was sent before
+// those may come again, at the version it has: the documented price of
+// the bound, a duplicate.
+func TestAResyncSkipsWhatWasRecentlySent(t *testing.T) {
+	t.Parallel()
+	owner := &auth.Principal{TenantID: uuid.New(), UserID: uuid.New(), Role: auth.RoleUser}
+	src := &resyncSource{}
+	h := newHub(&Subscription{}, src, slog.New(slog.DiscardHandler))
+	sub := h.Subscribe(SubscribeOptions{Kind: KindMachine, Tenant: owner.TenantID, Principal: owner, Filter: func(Change) bool { return true }})
+	t.Cleanup(sub.Close)
+	machine := func(key string, version int64) Versioned {
+		m := &db.Machine{ID: uuid.MustParse(key), TenantID: owner.TenantID, OwnerID: owner.UserID, Version: version}
+		return Versioned{Key: key, Version: version, Value: m}
+	}
+	var keys []string
+	for range 20 * maxSentKeys {
+		v := machine(uuid.NewString(), 3)
+		keys = append(keys, v.Key)
+		sub.offer(Update{Kind: KindMachine, Op: "UPDATED", Key: v.Key, Version: v.Version, Value: v.Value})
+		require.Len(t, sub.Take(), 1)
+	}
+
+	newest := keys[len(keys)-maxSentKeys:]
+	for _, k := range newest {
+		src.rows = append(src.rows, machine(k, 3)) // what it has
+	}
+	src.rows = append(src.rows, machine(newest[0], 4)) // news
+	newcomer := machine(uuid.NewString(), 1)
+	src.rows = append(src.rows, newcomer, machine(keys[0], 3)) // news, and one it was sent long ago
+	h.resync(t.Context(), time.Now())
+
+	var got []string
+	for _, u := range sub.Take() {
+		got = append(got, fmt.Sprint(u.Key, "@", u.Version))
+	}
+	require.Equal(t, []string{newest[0] + "@4", newcomer.Key + "@1", keys[0] + "@3"}, got,
+		"the newest entities it was sent are skipped at the versions it has")
 }
 
 // orderSource records whether a deletion was offered before the log batch

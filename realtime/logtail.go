@@ -36,7 +36,7 @@ type LogTailItem struct {
 // after it subscribed (Hub.SubscribeAppend: one statement). The caller
 // checks beforehand that p may see robot; the hub checks every batch.
 func (h *Hub) TailLogs(ctx context.Context, p *auth.Principal, robot *uuid.UUID, minLevel int16) (*LogTail, error) {
-	t := &LogTail{min: minLevel}
+	t := newLogTail(minLevel)
 	wanted := func(r uuid.UUID) bool { return robot == nil || r == *robot }
 	sub, err := h.SubscribeAppend(ctx, SubscribeOptions{
 		Kind: KindLog, Tenant: p.TenantID, Principal: p, Expires: p.ExpiresAt,
@@ -62,6 +62,11 @@ func (h *Hub) TailLogs(ctx context.Context, p *auth.Principal, robot *uuid.UUID,
 	}
 	t.sub = sub
 	return t, nil
+}
+
+// newLogTail returns a tail of lines at minLevel or above, not subscribed.
+func newLogTail(minLevel int16) *LogTail {
+	return &LogTail{min: minLevel, sent: recent[int64, bool]{limit: maxSentLines}}
 }
 
 // Sub is the tail's hub subscription (Ready, Done, Err, Close).

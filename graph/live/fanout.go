@@ -49,6 +49,9 @@ type Fanout struct {
 	// one waiting) a member may leave unsent before it is ended as a slow
 	// consumer (0: DefaultMemberQueue).
 	Limit int
+	// Bytes bounds the payload bytes those results hold, past which the
+	// member is ended as a slow consumer too (0: DefaultMemberBytes).
+	Bytes int
 	// Writers bounds the members written to at once (0: one per CPU).
 	Writers int
 	// Yield reports whether requests (queries, mutations) are running:
@@ -72,6 +75,21 @@ type Fanout struct {
 // DefaultMemberQueue is how many rendered results a member of a group may
 // have waiting, as the hub's queue bounds a subscriber's updates.
 const DefaultMemberQueue = 1000
+
+// DefaultMemberBytes is how many bytes of rendered results a member may
+// have waiting. The count alone did not bound memory: a result may be up
+// to scalar.MaxResponseBytes (16 MiB), and a client that stopped reading
+// a subscription whose results were 2.4 MB each made the server hold
+// 700 MB for one socket before its write timed out. What waits is what
+// arrived while the member's previous batch was being written: a client
+// that reads takes 8 MiB in well under the write timeout, and one result
+// larger than the bound still goes out on its own (a member with nothing
+// waiting always takes the next result), so this ends only members that
+// fall behind by more than a few large results. A member thus holds at
+// most 8 MiB, or one result, waiting, besides the batch being written.
+// The payloads are shared by a group's members: each member counts all
+// the bytes it keeps alive.
+const DefaultMemberBytes = 8 << 20
 
 // indexFrom is the queue length from which a member indexes its queue by
 // entity (member.pending) rather than scanning it.
@@ -140,15 +158,19 @@ type group struct {
 // (drain) and by its own end conditions (its context, its credential's
 // expiry); finish is called exactly once, after the last write.
 type member struct {
-	f      *Fanout
-	g      *group
-	ctx    context.Context
-	limit  int
-	write  func(payloads [][]byte) error
-	finish func(outcome)
+	f     *Fanout
+	g     *group
+	ctx   context.Context
+	limit int
+	// maxBytes bounds the payload bytes of queue (0 or less:
+	// DefaultMemberBytes).
+	maxBytes int
+	write    func(payloads [][]byte) error
+	finish   func(outcome)
 
 	mu    sync.Mutex
 	queue []queued
+	bytes int // the payload bytes of queue
 	// pending indexes queue by entity, for coalescing, once the queue is
 	// long enough (indexFrom) that a scan would cost more than the map;
 	// nil before. Every result of the common case, one waiting at a time,
@@ -243,13 +265,14 @@ func (f *Fanout) shareable(ctx context.Context, rc *graphql.OperationContext) (g
 // called once when the member ends: when the group's execution ended (its
 // outcome, after every result rendered before it was written), when ctx
 // ends (stopped), when a write fails (stopped), when the member falls
-// behind by Limit results (RATE_LIMITED) or when its credential expires
-// (UNAUTHENTICATED). No goroutine waits for the member in between.
+// behind by Limit results or by Bytes of them (RATE_LIMITED) or when its
+// credential expires (UNAUTHENTICATED). No goroutine waits for the member
+// in between.
 //
 // ctx is the member's own context (its cancellation, its caller); a group
 // it starts runs in prepared, the operation's context, derived from ctx.
 func (f *Fanout) attach(ctx, prepared context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, write func([][]byte) error, finish func(outcome)) {
-	m := &member{f: f, ctx: ctx, limit: f.Limit, write: write, finish: finish}
+	m := &member{f: f, ctx: ctx, limit: f.Limit, maxBytes: f.Bytes, write: write, finish: finish}
 	if m.limit <= 0 {
 		m.limit = DefaultMemberQueue
 	}
@@ -269,7 +292,9 @@ func (f *Fanout) attach(ctx, prepared context.Context, exec graphql.GraphExecuto
 
 // push queues a rendered result about entity key (from the group's
 // execution). A newer result of an entity replaces one still waiting, in
-// its place; the limit counts what waits.
+// its place; the limits count what waits: its results and their bytes (a
+// replaced result's bytes no longer count). A result alone in the queue
+// is always kept, however large.
 func (m *member) push(payload []byte, key string) {
 	m.mu.Lock()
 	if m.ending != nil {
@@ -277,16 +302,21 @@ func (m *member) push(payload []byte, key string) {
 		return
 	}
 	if i := m.waiting(key); i >= 0 {
+		bytes := m.bytes - len(m.queue[i].payload) + len(payload)
+		if bytes > m.byteLimit() && len(m.queue) > 1 {
+			m.slow()
+			return
+		}
 		m.queue[i].payload = payload
+		m.bytes = bytes
 		m.mu.Unlock()
 		return
 	}
-	if len(m.queue) >= m.limit {
-		m.mu.Unlock()
-		metrics.SentError(m.ctx, string(fault.RateLimited))
-		m.end(outcome{errs: gqlerror.List{present(m.ctx, errSlowMember)}}, false)
+	if len(m.queue) >= m.limit || (len(m.queue) > 0 && m.bytes+len(payload) > m.byteLimit()) {
+		m.slow()
 		return
 	}
+	m.bytes += len(payload)
 	if key != "" && m.pending != nil {
 		m.pending[key] = len(m.queue)
 	}
@@ -305,6 +335,22 @@ func (m *member) push(payload []byte, key string) {
 	if list {
 		m.f.list(m)
 	}
+}
+
+// byteLimit is how many payload bytes may wait.
+func (m *member) byteLimit() int {
+	if m.maxBytes > 0 {
+		return m.maxBytes
+	}
+	return DefaultMemberBytes
+}
+
+// slow ends the member as a slow consumer, its queue dropped. m.mu must be
+// held; slow releases it.
+func (m *member) slow() {
+	m.mu.Unlock()
+	metrics.SentError(m.ctx, string(fault.RateLimited))
+	m.end(outcome{errs: gqlerror.List{present(m.ctx, errSlowMember)}}, false)
 }
 
 // waiting returns where the result about entity key waits in the queue,
@@ -340,7 +386,7 @@ func (m *member) end(out outcome, keep bool) {
 	}
 	m.ending = &out
 	if !keep {
-		m.queue, m.pending = nil, nil
+		m.queue, m.pending, m.bytes = nil, nil, 0
 	}
 	if m.f.leave(m.g, m) {
 		// The last member stops the execution, and its end is told once
@@ -388,7 +434,7 @@ func (m *member) drain(scratch [][]byte) [][]byte {
 			}
 			return scratch[:0]
 		}
-		m.queue, m.pending = nil, nil
+		m.queue, m.pending, m.bytes = nil, nil, 0
 		m.mu.Unlock()
 		scratch = scratch[:0]
 		for _, r := range q {

@@ -3,6 +3,8 @@ package live
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -333,5 +335,133 @@ func TestJoinReturnsWithTheGroupSubscribed(t *testing.T) {
 		case <-time.After(wait):
 			t.Fatal("a member that left never finished")
 		}
+	}
+}
+
+// TestMemberQueueBoundsItsBytes checks a member's queue against its byte
+// bound while no writer takes it: large results end the member as a slow
+// consumer once what waits passes DefaultMemberBytes, far under the count
+// limit; a result that replaces its entity's counts only once; and one
+// result larger than the bound is kept when nothing else waits.
+func TestMemberQueueBoundsItsBytes(t *testing.T) {
+	t.Parallel()
+	const size = 1 << 20
+	f := NewFanout(nil)
+	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
+	m := &member{f: f, g: g, ctx: context.Background(), limit: DefaultMemberQueue, listed: true, // nothing drains
+		write: func([][]byte) error { return nil }, finish: func(outcome) {}}
+	g.members[m] = struct{}{}
+	waiting := func() (n int) {
+		for _, q := range m.queue {
+			n += len(q.payload)
+		}
+		return n
+	}
+
+	huge := make([]byte, DefaultMemberBytes+1)
+	m.push(huge, "big")
+	require.Nil(t, m.ending, "one result over the bound is kept when nothing else waits")
+	m.push(make([]byte, size), "big")
+	require.Nil(t, m.ending, "and replaced by a newer one of its entity")
+	require.Equal(t, size, waiting())
+
+	for i := 1; i < DefaultMemberBytes/size; i++ {
+		m.push(make([]byte, size), fmt.Sprint("e", i))
+	}
+	require.Nil(t, m.ending)
+	require.Equal(t, DefaultMemberBytes, waiting(), "at the bound")
+	for range 100 {
+		m.push(make([]byte, size), "e1") // replaces e1's: the same bytes wait
+	}
+	require.Nil(t, m.ending, "a replaced result's bytes count once")
+	require.Equal(t, DefaultMemberBytes, waiting())
+
+	m.push(make([]byte, size+1), "e2") // replaces e2's with one a byte larger
+	require.NotNil(t, m.ending, "a replacement that passes the bound ends the member")
+	require.Equal(t, "SLOW_CONSUMER", m.ending.errs[0].Extensions["reason"])
+	require.Less(t, len(m.queue)+DefaultMemberBytes/size, DefaultMemberQueue)
+	require.Empty(t, m.queue, "its queue is dropped")
+	require.Zero(t, m.bytes)
+
+	// A new entity past the bound, the same way.
+	m2 := &member{f: f, g: g, ctx: context.Background(), limit: DefaultMemberQueue, listed: true,
+		write: func([][]byte) error { return nil }, finish: func(outcome) {}}
+	g.members[m2] = struct{}{}
+	for i := 0; m2.ending == nil; i++ {
+		require.LessOrEqual(t, m2.bytes, DefaultMemberBytes)
+		require.Less(t, i, DefaultMemberQueue/10, "ended by its bytes, far under the count limit")
+		m2.push(make([]byte, size), fmt.Sprint("e", i))
+	}
+	require.Equal(t, "SLOW_CONSUMER", m2.ending.errs[0].Extensions["reason"])
+}
+
+// TestAMemberThatDoesNotReadHoldsBoundedMemory is the reviewer's case
+// through a group: one member reads, the other's write never returns (its
+// client stopped reading), and the group renders 100 results of 1 MiB,
+// 100 MiB in all, far under the count limit. The reader gets them all; the
+// other member is ended as a slow consumer once its waiting results pass
+// DefaultMemberBytes, and the heap holds at most that and the batch stuck
+// in its write, not the 100 MiB rendered.
+func TestAMemberThatDoesNotReadHoldsBoundedMemory(t *testing.T) {
+	// Not parallel: the heap is measured.
+	const (
+		wait    = 10 * time.Second
+		results = 100
+		size    = 1 << 20
+	)
+	f := NewFanout(nil)
+	f.Writers = 2
+	exec := &streamExec{results: make(chan *graphql.Response)}
+	rc := &graphql.OperationContext{Operation: &ast.OperationDefinition{Operation: ast.Subscription}}
+	key := groupKey{class: "test"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	read := make(chan int, results)
+	f.attach(ctx, ctx, exec, rc, key, func(p [][]byte) error { read <- len(p); return nil }, func(outcome) {})
+	stuck, release := make(chan struct{}, 1), make(chan struct{})
+	ended := make(chan outcome, 1)
+	f.attach(ctx, ctx, exec, rc, key, func([][]byte) error {
+		stuck <- struct{}{}
+		<-release
+		return nil
+	}, func(o outcome) { ended <- o })
+	defer close(release)
+
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	data := []byte(`{"s":"` + strings.Repeat("x", size) + `"}`)
+	for range results {
+		exec.results <- &graphql.Response{Data: data}
+	}
+	for got := 0; got < results; {
+		select {
+		case n := <-read:
+			got += n
+		case <-time.After(wait):
+			t.Fatalf("the reading member got %d results of %d", got, results)
+		}
+	}
+	select {
+	case <-stuck:
+	case <-time.After(wait):
+		t.Fatal("the other member's write never began")
+	}
+	grown := int64(heap()) - int64(before)
+	t.Logf("heap grew by %.1f MiB for %d MiB rendered", float64(grown)/(1<<20), results*size>>20)
+	require.Less(t, grown, int64(DefaultMemberBytes+8*size), "a member that does not read holds its bound and its stuck batch, not every result")
+
+	release <- struct{}{}
+	select {
+	case o := <-ended:
+		require.NotNil(t, o.errs, "%+v", o)
+		require.Equal(t, "SLOW_CONSUMER", o.errs[0].Extensions["reason"])
+	case <-time.After(wait):
+		t.Fatal("the member that did not read was never ended")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/google/uuid"
 	"github.com/vektah/gqlparser/v2/gqlerror"
+	"golang.org/x/sync/semaphore"
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
@@ -218,16 +219,9 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	}
 	defer leave()
 	// A few results may wait, so that a burst goes out in one flush.
-	events := make(chan []byte, 16)
+	events := newBacklog()
 	done := make(chan outcome, 1)
-	next := func(payload []byte) error {
-		select {
-		case events <- payload:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	next := func(payload []byte) error { return events.put(ctx, payload) }
 	// A shared subscription joins its group, which hands results to next
 	// from its writers: the stream holds no goroutine but this one. Any
 	// other operation runs on a goroutine of its own. Either way a
@@ -283,7 +277,8 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 					return err
 				}
 				select {
-				case data = <-events:
+				case data = <-events.c:
+					events.took(data)
 				default:
 					return nil
 				}
@@ -294,7 +289,8 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	// they came before its end.
 	waiting := func() bool {
 		select {
-		case data := <-events:
+		case data := <-events.c:
+			events.took(data)
 			return results(data)
 		default:
 			return true
@@ -328,7 +324,8 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 				write(func() error { return f.end(w) })
 			}
 			return
-		case data := <-events:
+		case data := <-events.c:
+			events.took(data)
 			if !results(data) {
 				return
 			}
@@ -368,3 +365,48 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 		}
 	}
 }
+
+// backlogResults and backlogBytes bound the results that wait between an
+// SSE or multipart stream's operation and its writes, so that a burst goes
+// out in one flush. Bounded by count alone, 16 results of up to 16 MiB
+// each could wait for a client that does not read; now at most 1 MiB, or
+// one larger result, does. Past it the operation waits (its own goroutine,
+// or a shared group's writer, which hands over after slowWrite: the
+// member's queue then fills, and ends it by its own bounds).
+const (
+	backlogResults = 16
+	backlogBytes   = 1 << 20
+)
+
+// backlog is the results a stream has yet to write. Each result takes
+// room for its bytes, or for all of backlogBytes when larger, so a large
+// result waits alone.
+type backlog struct {
+	c    chan []byte
+	room *semaphore.Weighted
+}
+
+// newBacklog returns an empty backlog.
+func newBacklog() *backlog {
+	return &backlog{c: make(chan []byte, backlogResults), room: semaphore.NewWeighted(backlogBytes)}
+}
+
+// weight is the room payload takes in a backlog.
+func weight(payload []byte) int64 { return min(int64(len(payload)), backlogBytes) }
+
+// put waits for room for payload and queues it, or returns ctx's error.
+func (w *backlog) put(ctx context.Context, payload []byte) error {
+	if err := w.room.Acquire(ctx, weight(payload)); err != nil {
+		return err
+	}
+	select {
+	case w.c <- payload:
+		return nil
+	case <-ctx.Done():
+		w.room.Release(weight(payload))
+		return ctx.Err()
+	}
+}
+
+// took gives back the room of a result received from c.
+func (w *backlog) took(payload []byte) { w.room.Release(weight(payload)) }
