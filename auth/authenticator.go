@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -147,6 +148,8 @@ func ClientIP(r *http.Request) string {
 // A credential that could not be checked (the key lookup failed) is a 500
 // INTERNAL whose cause goes to log at error level, with the request id the
 // client is told to quote (the response's X-Request-Id); nil log discards.
+// A credential refused as RATE_LIMITED (an address past its lookups of API
+// keys) is a 429 with Retry-After.
 func (a *Authenticator) Middleware(log *slog.Logger, next http.Handler) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -156,7 +159,11 @@ func (a *Authenticator) Middleware(log *slog.Logger, next http.Handler) http.Han
 		p, err := a.FromRequest(r)
 		if err != nil {
 			status := http.StatusUnauthorized
-			if fault.CodeOf(err) == fault.Internal {
+			switch fault.CodeOf(err) {
+			case fault.RateLimited:
+				status = http.StatusTooManyRequests
+				w.Header().Set("Retry-After", strconv.Itoa(RetryAfter(err)))
+			case fault.Internal:
 				status = http.StatusInternalServerError
 				log.ErrorContext(r.Context(), "internal error: checking credentials",
 					"request_id", w.Header().Get("X-Request-Id"), "error", err)
@@ -169,6 +176,18 @@ func (a *Authenticator) Middleware(log *slog.Logger, next http.Handler) http.Han
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// RetryAfter is the seconds a RATE_LIMITED refusal asks its client to
+// wait: its extensions.retryAfter, at least 1.
+func RetryAfter(err error) int {
+	var f *fault.Error
+	if errors.As(err, &f) {
+		if n, ok := f.Extra["retryAfter"].(int); ok && n > 1 {
+			return n
+		}
+	}
+	return 1
 }
 
 // WriteError answers a request that never reached GraphQL execution with a
