@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -139,6 +140,26 @@ func ClientIP(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// AddressKey names the client an address (as ClientIP returns it) is for
+// every per-address limit: an IPv4 address is itself (an IPv4-mapped IPv6
+// address counts as its IPv4 address), an IPv6 address is its /64, which
+// is what one host is routinely given: keyed by its full address, one
+// such host was as many clients as it cared to be. An address that does
+// not parse is its own key. What is recorded of an address (a key's
+// last_used_ip, audit rows) stays the full address.
+func AddressKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return a.String()
+	}
+	p, _ := a.Prefix(64)
+	return p.String()
 }
 
 // Middleware puts the caller's Principal in the request context. A request

@@ -317,9 +317,9 @@ func (s *APIKeys) Audit(ctx context.Context, idb bun.IDB, robotID *uuid.UUID, fi
 // use is written at most once a minute, not on every request. With a Cache,
 // a key verified in the last seconds is not read again (refusals are never
 // cached, so they are read and audited as before). A key the cache does not
-// hold is read only while its address is within its KeyLookupLimit: each
-// read takes one of the address's lookups, which only a key that verifies
-// gives back; past the limit the key is refused at once with RATE_LIMITED
+// hold is read only while its address (auth.AddressKey: an IPv6 client's
+// /64) is within its KeyLookupLimit: each read takes one of the address's
+// lookups, which only a key that verifies gives back; past the limit the key is refused at once with RATE_LIMITED
 // (extensions.retryAfter: seconds), without a read.
 func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*auth.Principal, error) {
 	refused := fault.New(fault.Unauthenticated, "invalid API key")
@@ -333,7 +333,7 @@ func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*aut
 		}
 		return p, nil
 	}
-	token, err := s.lookups.take(ip)
+	token, err := s.lookups.take(auth.AddressKey(ip))
 	if err != nil {
 		return nil, err
 	}
@@ -367,9 +367,11 @@ func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*aut
 	return p, nil
 }
 
-// refuse audits a refused key (rate-limited) and returns the refusal.
+// refuse audits a refused key (rate-limited: once a minute per key, or for
+// an unknown key per address by auth.AddressKey, an IPv6 client's /64;
+// the row records the full address) and returns the refusal.
 func (s *APIKeys) refuse(ctx context.Context, idb bun.IDB, k *APIKey, event, ip, detail string, refusal error) error {
-	subject := ip
+	subject := auth.AddressKey(ip)
 	if k != nil {
 		subject = k.ID.String()
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -148,4 +149,38 @@ func TestUnknownKeysAreLimitedOverWebsocket(t *testing.T) {
 	_, _, err := conn.Read(ctx)
 	require.Equal(t, websocket.StatusCode(live.CloseTryAgainLater), websocket.CloseStatus(err), "%v", err)
 	require.Contains(t, err.Error(), "try again in")
+}
+
+// Addresses of one IPv6 /64 are one client to every per-address limit:
+// to the key lookups' and to the audit of unknown keys (whose rows still
+// record each full address). Another /64 is another client, and an
+// IPv4-mapped address is its IPv4 address.
+func TestKeyLookupsKeyIPv6ByItsSlash64(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{KeyLookups: klLimit})
+	// Each request from its own address of 2001:db8:1:2::/64.
+	for i := range klBurst {
+		r, ran := klAsk(t, s, fmt.Sprintf("[2001:db8:1:2::%x]:40000", i+1), klRandomKey())
+		r.Code(t, "UNAUTHENTICATED")
+		require.Positive(t, ran)
+	}
+	r, ran := klAsk(t, s, "[2001:db8:1:2:ffff:ffff:ffff:ffff]:40000", klRandomKey())
+	require.Equal(t, http.StatusTooManyRequests, r.Status, "%s", r.Raw)
+	r.Code(t, "RATE_LIMITED")
+	require.Zero(t, ran)
+	r, _ = klAsk(t, s, "[2001:db8:1:3::1]:40000", klRandomKey())
+	r.Code(t, "UNAUTHENTICATED")
+
+	var audits []db.APIKeyAuditEntry
+	require.NoError(t, s.DB.NewSelect().Model(&audits).Where("ip LIKE '2001:db8:1:%'").Order("id").Scan(t.Context()))
+	require.Len(t, audits, 2, "one row a minute for each /64")
+	require.Equal(t, "2001:db8:1:2::1", *audits[0].IP, "the row records the full address")
+	require.Equal(t, "2001:db8:1:3::1", *audits[1].IP)
+
+	for range klBurst {
+		r, _ := klAsk(t, s, "198.51.100.9:40000", klRandomKey())
+		r.Code(t, "UNAUTHENTICATED")
+	}
+	r, _ = klAsk(t, s, "[::ffff:198.51.100.9]:40000", klRandomKey())
+	r.Code(t, "RATE_LIMITED")
 }
