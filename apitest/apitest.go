@@ -116,6 +116,9 @@ type Options struct {
 	// KeyCheckTimeout bounds each API key check (default
 	// auth.DefaultKeyCheckTimeout).
 	KeyCheckTimeout time.Duration
+	// KeyLookups bounds the reads of API keys that do not verify, per
+	// address (default db.DefaultKeyLookupLimit).
+	KeyLookups db.KeyLookupLimit
 	// ReplicaOf, when set, makes this server a second replica of another:
 	// it serves that server's database over a pool and a listener of its
 	// own (and counts its own statements).
@@ -214,6 +217,7 @@ func New(t testing.TB, opts ...Options) *Server {
 		KeyRecheck:       o.KeyRecheck,
 		KeyCacheTTL:      o.KeyCacheTTL,
 		KeyCheckTimeout:  o.KeyCheckTimeout,
+		KeyLookups:       o.KeyLookups,
 		Clock:            o.Clock,
 		Logs:             o.Logs,
 		Metrics:          s.Metrics,

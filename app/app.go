@@ -80,6 +80,9 @@ type Config struct {
 	// KeyCheckTimeout bounds each API key check against the database (0:
 	// auth.DefaultKeyCheckTimeout).
 	KeyCheckTimeout time.Duration
+	// KeyLookups bounds, per address, the reads of API keys that do not
+	// verify (zero fields: db.DefaultKeyLookupLimit's).
+	KeyLookups db.KeyLookupLimit
 }
 
 // WebhookConfig shapes webhook delivery (see package webhook).
@@ -135,6 +138,7 @@ func New(cfg Config) (*App, error) {
 	jobs := db.NewJobs(cfg.Queue, workflows)
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
+	keys.LimitLookups(cfg.KeyLookups)
 	// The key cache trusts itself only while the listener delivers its
 	// invalidations, which it handles in the listener's own loop.
 	keys.Cache = db.NewKeyCache(cfg.KeyCacheTTL, listener, nil)

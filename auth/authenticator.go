@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -140,6 +142,26 @@ func ClientIP(r *http.Request) string {
 	return host
 }
 
+// AddressKey names the client an address (as ClientIP returns it) is for
+// every per-address limit: an IPv4 address is itself (an IPv4-mapped IPv6
+// address counts as its IPv4 address), an IPv6 address is its /64, which
+// is what one host is routinely given: keyed by its full address, one
+// such host was as many clients as it cared to be. An address that does
+// not parse is its own key. What is recorded of an address (a key's
+// last_used_ip, audit rows) stays the full address.
+func AddressKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return a.String()
+	}
+	p, _ := a.Prefix(64)
+	return p.String()
+}
+
 // Middleware puts the caller's Principal in the request context. A request
 // without credentials goes on anonymously (the API refuses what needs a
 // caller); a request with bad credentials is refused here with 401 and a
@@ -147,6 +169,8 @@ func ClientIP(r *http.Request) string {
 // A credential that could not be checked (the key lookup failed) is a 500
 // INTERNAL whose cause goes to log at error level, with the request id the
 // client is told to quote (the response's X-Request-Id); nil log discards.
+// A credential refused as RATE_LIMITED (an address past its lookups of API
+// keys) is a 429 with Retry-After.
 func (a *Authenticator) Middleware(log *slog.Logger, next http.Handler) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -156,7 +180,11 @@ func (a *Authenticator) Middleware(log *slog.Logger, next http.Handler) http.Han
 		p, err := a.FromRequest(r)
 		if err != nil {
 			status := http.StatusUnauthorized
-			if fault.CodeOf(err) == fault.Internal {
+			switch fault.CodeOf(err) {
+			case fault.RateLimited:
+				status = http.StatusTooManyRequests
+				w.Header().Set("Retry-After", strconv.Itoa(RetryAfter(err)))
+			case fault.Internal:
 				status = http.StatusInternalServerError
 				log.ErrorContext(r.Context(), "internal error: checking credentials",
 					"request_id", w.Header().Get("X-Request-Id"), "error", err)
@@ -169,6 +197,18 @@ func (a *Authenticator) Middleware(log *slog.Logger, next http.Handler) http.Han
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// RetryAfter is the seconds a RATE_LIMITED refusal asks its client to
+// wait: its extensions.retryAfter, at least 1.
+func RetryAfter(err error) int {
+	var f *fault.Error
+	if errors.As(err, &f) {
+		if n, ok := f.Extra["retryAfter"].(int); ok && n > 1 {
+			return n
+		}
+	}
+	return 1
 }
 
 // WriteError answers a request that never reached GraphQL execution with a

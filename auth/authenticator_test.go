@@ -234,3 +234,25 @@ func TestAuthenticator(t *testing.T) {
 			"extensions":{"code":"INTERNAL","requestId":"req-0123456789"}}]}`, rec.Body.String())
 	})
 }
+
+// Per-address limits key IPv6 clients by their /64 (one host routinely
+// has one) and IPv4-mapped addresses as IPv4.
+func TestAddressKey(t *testing.T) {
+	for ip, want := range map[string]string{
+		"203.0.113.5":                   "203.0.113.5",
+		"::ffff:203.0.113.5":            "203.0.113.5",
+		"2001:db8:1:2::1":               "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff:ffff:ffff:1": "2001:db8:1:2::/64",
+		"2001:db8:1:3::1":               "2001:db8:1:3::/64",
+		"fe80::1%eth0":                  "fe80::/64",
+		"::1":                           "::/64",
+		"not an address":                "not an address",
+		"":                              "",
+	} {
+		require.Equal(t, want, auth.AddressKey(ip), "AddressKey(%q)", ip)
+	}
+	// ClientIP's result, from a request's RemoteAddr, keys as well.
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.RemoteAddr = "[2001:db8:1:2::abcd]:443"
+	require.Equal(t, "2001:db8:1:2::/64", auth.AddressKey(auth.ClientIP(r)))
+}

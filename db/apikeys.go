@@ -93,6 +93,8 @@ type APIKeys struct {
 	// anonymous counts the refusals of unknown keys written this window.
 	anonymous int
 	now       func() time.Time
+	// lookups limits the reads of keys that do not verify, per address.
+	lookups *keyLookups
 }
 
 // maxDueEntries caps the writes one window remembers: a flood of refusals
@@ -113,8 +115,12 @@ func NewAPIKeys() *APIKeys { return NewAPIKeysAt(time.Now) }
 // NewAPIKeysAt returns the API key store on the clock now, which decides
 // expiry (tests of expiry move it).
 func NewAPIKeysAt(now func() time.Time) *APIKeys {
-	return &APIKeys{written: map[string]time.Time{}, now: now}
+	return &APIKeys{written: map[string]time.Time{}, now: now, lookups: newKeyLookups(DefaultKeyLookupLimit, now)}
 }
+
+// LimitLookups replaces DefaultKeyLookupLimit (zero fields keep its
+// values). Call it before use.
+func (s *APIKeys) LimitLookups(l KeyLookupLimit) { s.lookups = newKeyLookups(l, s.now) }
 
 // due reports whether the write named by key may happen now, and if so
 // records it; anonymous writes (refusals of unknown keys) are also capped
@@ -310,7 +316,11 @@ func (s *APIKeys) Audit(ctx context.Context, idb bun.IDB, robotID *uuid.UUID, fi
 // audited (each at most once a minute per key or address). The key's last
 // use is written at most once a minute, not on every request. With a Cache,
 // a key verified in the last seconds is not read again (refusals are never
-// cached, so they are read and audited as before).
+// cached, so they are read and audited as before). A key the cache does not
+// hold is read only while its address (auth.AddressKey: an IPv6 client's
+// /64) is within its KeyLookupLimit: each read takes one of the address's
+// lookups, which only a key that verifies gives back; past the limit the key is refused at once with RATE_LIMITED
+// (extensions.retryAfter: seconds), without a read.
 func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*auth.Principal, error) {
 	refused := fault.New(fault.Unauthenticated, "invalid API key")
 	if !strings.HasPrefix(raw, auth.KeyPrefix) || len(raw) != keyLength {
@@ -323,9 +333,13 @@ func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*aut
 		}
 		return p, nil
 	}
+	token, err := s.lookups.take(auth.AddressKey(ip))
+	if err != nil {
+		return nil, err
+	}
 	ticket := s.Cache.ticket()
 	k := new(APIKey)
-	err := idb.NewSelect().Model(k).
+	err = idb.NewSelect().Model(k).
 		Join("JOIN robots AS r ON r.id = k.robot_id AND r.tenant_id = k.tenant_id").
 		Where("k.key_hash = ?", hash[:]).Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -340,6 +354,8 @@ func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*aut
 	case k.ExpiresAt != nil && !k.ExpiresAt.After(s.now()):
 		return nil, s.refuse(ctx, idb, k, AuditExpired, ip, "", fault.New(fault.Unauthenticated, "this API key has expired"))
 	}
+	// The key verified: its lookup costs its address nothing.
+	s.lookups.give(token)
 	if err := s.recordUse(ctx, idb, k.ID, ip); err != nil {
 		return nil, err
 	}
@@ -351,9 +367,11 @@ func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*aut
 	return p, nil
 }
 
-// refuse audits a refused key (rate-limited) and returns the refusal.
+// refuse audits a refused key (rate-limited: once a minute per key, or for
+// an unknown key per address by auth.AddressKey, an IPv6 client's /64;
+// the row records the full address) and returns the refusal.
 func (s *APIKeys) refuse(ctx context.Context, idb bun.IDB, k *APIKey, event, ip, detail string, refusal error) error {
-	subject := ip
+	subject := auth.AddressKey(ip)
 	if k != nil {
 		subject = k.ID.String()
 	}

@@ -43,12 +43,13 @@ func newFairTurns(n int, waiting func() (done func())) *fairTurns {
 	return &fairTurns{free: n, callers: list.New(), byKey: map[string]*list.Element{}, waiting: waiting}
 }
 
-// turnCaller names the caller of ctx for fairTurns.
+// turnCaller names the caller of ctx for fairTurns: its principal, else
+// its address (by auth.AddressKey: an IPv6 client's /64).
 func turnCaller(ctx context.Context) string {
 	if p := auth.FromContext(ctx); p != nil {
 		return p.TenantID.String() + "/" + p.Actor()
 	}
-	return "anonymous@" + auth.ClientIPFrom(ctx)
+	return "anonymous@" + auth.AddressKey(auth.ClientIPFrom(ctx))
 }
 
 // take waits for a turn for caller, and reports false if ctx ended first.

@@ -55,8 +55,8 @@ type Limits struct {
 const PendingPerAddress = 4
 
 // pendingKey is the quota key of an address's sockets waiting for
-// their connection_init.
-func pendingKey(ip string) string { return "pending@" + ip }
+// their connection_init (by auth.AddressKey: an IPv6 client's /64).
+func pendingKey(ip string) string { return "pending@" + auth.AddressKey(ip) }
 
 // DefaultLimits fit any dashboard or robot with room to spare.
 var DefaultLimits = Limits{PerConnection: 100, PerPrincipal: 500, SocketsPerCaller: 500, AnonymousLifetime: time.Minute}
@@ -245,10 +245,12 @@ func (q *Quota) perConnection() int {
 	return q.limits.PerConnection
 }
 
-// callerKey names whose budget an operation of ctx draws on.
+// callerKey names whose budget an operation of ctx draws on: its
+// principal's, else its address's (by auth.AddressKey: an IPv6 client's
+// /64).
 func callerKey(p *auth.Principal, ip string) string {
 	if p == nil {
-		return "anonymous@" + ip
+		return "anonymous@" + auth.AddressKey(ip)
 	}
 	return p.TenantID.String() + "/" + p.Actor()
 }

@@ -310,8 +310,8 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 		select {
 		case <-recheck:
 			_, err := check(ctx)
-			if err == nil || fault.CodeOf(err) == fault.Internal {
-				continue // valid, or not checkable now: an outage is not a revocation
+			if code := fault.CodeOf(err); err == nil || code == fault.Internal || code == fault.RateLimited {
+				continue // valid, or not checkable now (an outage, the address past its key lookups): not a revocation
 			}
 			cancel()
 			<-done

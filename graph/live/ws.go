@@ -516,7 +516,7 @@ const recheckEvery = 30 * time.Second
 // revoked since connection_init). When the key no longer passes, every
 // operation ends with UNAUTHENTICATED and the socket is to close with 4403.
 // When the check cannot be made (the database is unreachable: an outage is
-// not a revocation), the socket stays and unchecked is the client-fit
+// not a revocation; or the address is past its key lookups), the socket stays and unchecked is the client-fit
 // reason; the error itself is logged, never sent.
 func (c *wsConn) recheck(ctx context.Context) (code int, reason string, unchecked error) {
 	c.mu.Lock()
@@ -532,7 +532,9 @@ func (c *wsConn) recheck(ctx context.Context) (code int, reason string, unchecke
 	switch {
 	case err == nil:
 		return 0, "", nil
-	case fault.CodeOf(err) == fault.Internal:
+	case fault.CodeOf(err) == fault.Internal || fault.CodeOf(err) == fault.RateLimited:
+		// RATE_LIMITED: the address is past its lookups of keys (a valid
+		// key the cache does not hold is not read then), not a refusal.
 		c.t.Log.Warn("could not re-check a robot's API key; the websocket stays open until the next check", "robot", p.RobotID, "error", err)
 		return 0, "", errCannotVerify
 	}
@@ -635,10 +637,14 @@ func (c *wsConn) init(ctx context.Context, m wsMessage) (int, string, time.Time)
 	}
 	if err != nil {
 		code, reason := CloseForbidden, "Forbidden: "+err.Error()
-		if fault.CodeOf(err) == fault.Internal {
+		switch fault.CodeOf(err) {
+		case fault.Internal:
 			// Not a refusal: the credential could not be checked (an outage).
 			c.t.Log.Warn("could not check a websocket's credentials", "error", err)
 			err, code, reason = errCannotVerify, CloseTryAgainLater, "Try again later: "+errCannotVerify.Message
+		case fault.RateLimited:
+			// Not checked either: the address is past its key lookups.
+			code, reason = CloseTryAgainLater, "Try again later: "+err.Error()
 		}
 		if c.d.legacy {
 			_ = c.write(wsMessage{Type: "connection_error", Payload: mustJSON(present(ctx, err))})
