@@ -44,6 +44,23 @@ type Authenticator struct {
 // re-check left for the next).
 const DefaultKeyCheckTimeout = 10 * time.Second
 
+type recheckKey struct{}
+
+// Recheck marks ctx as a connection's check, again, of the credential it
+// opened with (a robot's websocket or stream does so while it lasts): such
+// checks are bounded by the connections, and must see a revocation
+// whatever else comes from the address, so per-address limits of key
+// lookups leave them out.
+func Recheck(ctx context.Context) context.Context {
+	return context.WithValue(ctx, recheckKey{}, true)
+}
+
+// IsRecheck reports whether ctx is a re-check (Recheck).
+func IsRecheck(ctx context.Context) bool {
+	v, _ := ctx.Value(recheckKey{}).(bool)
+	return v
+}
+
 // NewAuthenticator returns an Authenticator that accepts the tokens j
 // verifies and the API keys keys verifies (nil: API keys are refused).
 func NewAuthenticator(j *JWT, keys KeyVerifier) *Authenticator {

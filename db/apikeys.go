@@ -93,8 +93,10 @@ type APIKeys struct {
 	// anonymous counts the refusals of unknown keys written this window.
 	anonymous int
 	now       func() time.Time
-	// lookups limits the reads of keys that do not verify, per address.
+	// lookups limits the reads of keys that do not verify, per address;
+	// known keys are never limited.
 	lookups *keyLookups
+	known   *knownKeys
 }
 
 // maxDueEntries caps the writes one window remembers: a flood of refusals
@@ -115,7 +117,7 @@ func NewAPIKeys() *APIKeys { return NewAPIKeysAt(time.Now) }
 // NewAPIKeysAt returns the API key store on the clock now, which decides
 // expiry (tests of expiry move it).
 func NewAPIKeysAt(now func() time.Time) *APIKeys {
-	return &APIKeys{written: map[string]time.Time{}, now: now, lookups: newKeyLookups(DefaultKeyLookupLimit, now)}
+	return &APIKeys{written: map[string]time.Time{}, now: now, lookups: newKeyLookups(DefaultKeyLookupLimit, now), known: newKnownKeys()}
 }
 
 // LimitLookups replaces DefaultKeyLookupLimit (zero fields keep its
@@ -318,9 +320,12 @@ func (s *APIKeys) Audit(ctx context.Context, idb bun.IDB, robotID *uuid.UUID, fi
 // a key verified in the last seconds is not read again (refusals are never
 // cached, so they are read and audited as before). A key the cache does not
 // hold is read only while its address (auth.AddressKey: an IPv6 client's
-// /64) is within its KeyLookupLimit: each read takes one of the address's
-// lookups, which only a key that verifies gives back; past the limit the key is refused at once with RATE_LIMITED
-// (extensions.retryAfter: seconds), without a read.
+// /64) is within its KeyLookupLimit, which each refused key is charged to
+// (a key that verifies, or a read that fails, costs nothing); past the
+// limit the key is refused at once with RATE_LIMITED
+// (extensions.retryAfter: seconds), without a read. Neither a key that
+// verified before (until a lookup refuses it) nor a connection's re-check
+// of its key (auth.Recheck) is limited.
 func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*auth.Principal, error) {
 	refused := fault.New(fault.Unauthenticated, "invalid API key")
 	if !strings.HasPrefix(raw, auth.KeyPrefix) || len(raw) != keyLength {
@@ -333,29 +338,39 @@ func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*aut
 		}
 		return p, nil
 	}
-	token, err := s.lookups.take(auth.AddressKey(ip))
-	if err != nil {
-		return nil, err
+	// A connection's re-check of the key it opened with is bounded by the
+	// connections (one each 30 s), and must see a revocation whatever
+	// else comes from its address; a key that verified before is in use:
+	// neither is limited.
+	addr, limited := auth.AddressKey(ip), !auth.IsRecheck(ctx) && !s.known.has(hash)
+	if limited {
+		if err := s.lookups.allow(addr); err != nil {
+			return nil, err
+		}
+	}
+	refusal := func(k *APIKey, event string, err error) error {
+		s.known.remove(hash)
+		s.lookups.spend(addr)
+		return s.refuse(ctx, idb, k, event, ip, "", err)
 	}
 	ticket := s.Cache.ticket()
 	k := new(APIKey)
-	err = idb.NewSelect().Model(k).
+	err := idb.NewSelect().Model(k).
 		Join("JOIN robots AS r ON r.id = k.robot_id AND r.tenant_id = k.tenant_id").
 		Where("k.key_hash = ?", hash[:]).Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, s.refuse(ctx, idb, nil, AuditUnknownKey, ip, "", refused)
+		return nil, refusal(nil, AuditUnknownKey, refused)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("looking up the API key: %w", err)
 	}
 	switch {
 	case k.RevokedAt != nil:
-		return nil, s.refuse(ctx, idb, k, AuditUsedAfterRevoke, ip, "", fault.New(fault.Unauthenticated, "this API key was revoked"))
+		return nil, refusal(k, AuditUsedAfterRevoke, fault.New(fault.Unauthenticated, "this API key was revoked"))
 	case k.ExpiresAt != nil && !k.ExpiresAt.After(s.now()):
-		return nil, s.refuse(ctx, idb, k, AuditExpired, ip, "", fault.New(fault.Unauthenticated, "this API key has expired"))
+		return nil, refusal(k, AuditExpired, fault.New(fault.Unauthenticated, "this API key has expired"))
 	}
-	// The key verified: its lookup costs its address nothing.
-	s.lookups.give(token)
+	s.known.add(hash)
 	if err := s.recordUse(ctx, idb, k.ID, ip); err != nil {
 		return nil, err
 	}

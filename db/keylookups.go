@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+
 	"fleetgraph/fault"
 )
 
@@ -36,15 +38,20 @@ var DefaultKeyLookupLimit = KeyLookupLimit{PerSecond: 20, Burst: 100}
 // rate, rather than memory or lookups.
 const maxLookupAddresses = 50_000
 
-// keyLookups is a token bucket per address: a lookup takes a token before
-// it reads the database, and a key that verifies gives it back. An address
-// without a token is refused at once (RATE_LIMITED), without a read.
+// keyLookups is a token bucket per address, charged for the lookups whose
+// key was refused (unknown, revoked, expired): a lookup is allowed while
+// its address has a token, and charged once its key is refused, so a key
+// that verifies, or a lookup that fails (an outage), costs nothing, and
+// valid keys in flight never use up their address's tokens. Lookups
+// allowed at once may run an address into debt, by at most as many as it
+// has in flight; it then waits for the debt to refill. An address without
+// a token is refused at once (RATE_LIMITED), without a read.
 //
 // Memory is bounded as the audit throttle's is: buckets live in the map of
 // this window or of the one before, windows last as long as an empty
 // bucket takes to fill, and a bucket untouched for a whole window is full,
-// so forgetting it changes nothing. Each window holds at most
-// maxLookupAddresses buckets.
+// so forgetting it changes nothing. Only charged addresses have buckets,
+// at most maxLookupAddresses in a window.
 type keyLookups struct {
 	limit  KeyLookupLimit
 	fill   time.Duration // an empty bucket's time to fill: the window
@@ -58,7 +65,6 @@ type keyLookups struct {
 
 // lookupBucket is one address's tokens as of at.
 type lookupBucket struct {
-	key    string
 	tokens float64
 	at     time.Time
 }
@@ -75,19 +81,9 @@ func newKeyLookups(l KeyLookupLimit, now func() time.Time) *keyLookups {
 		shared: lookupBucket{tokens: float64(l.Burst), at: now()}}
 }
 
-// refill brings b's tokens up to now (under mu).
-func (k *keyLookups) refill(b *lookupBucket, now time.Time) {
-	if d := now.Sub(b.at); d > 0 {
-		b.tokens = min(float64(k.limit.Burst), b.tokens+d.Seconds()*k.limit.PerSecond)
-		b.at = now
-	}
-}
-
-// take takes a token for a lookup from addr, or refuses with
-// RATE_LIMITED when addr has none. The bucket it returns is for give.
-func (k *keyLookups) take(addr string) (*lookupBucket, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
+// bucket returns addr's bucket brought up to now, or nil when addr has
+// none and create is false (under mu).
+func (k *keyLookups) bucket(addr string, create bool) *lookupBucket {
 	now := k.now()
 	if now.Sub(k.window) >= k.fill {
 		k.prev, k.cur, k.window = k.cur, make(map[string]*lookupBucket, len(k.cur)), now
@@ -96,34 +92,82 @@ func (k *keyLookups) take(addr string) (*lookupBucket, error) {
 	if !ok {
 		if b, ok = k.prev[addr]; ok {
 			delete(k.prev, addr)
-		} else {
-			b = &lookupBucket{key: addr, tokens: float64(k.limit.Burst), at: now}
-		}
-		if len(k.cur) < maxLookupAddresses {
 			k.cur[addr] = b
-		} else if !ok {
+		} else if !create {
+			if len(k.cur) < maxLookupAddresses {
+				return nil
+			}
+			b = &k.shared
+		} else if len(k.cur) < maxLookupAddresses {
+			b = &lookupBucket{tokens: float64(k.limit.Burst), at: now}
+			k.cur[addr] = b
+		} else {
 			b = &k.shared
 		}
 	}
-	k.refill(b, now)
-	if b.tokens < 1 {
-		wait := math.Ceil((1 - b.tokens) / k.limit.PerSecond)
-		e := fault.New(fault.RateLimited,
-			"too many API keys from your address were refused; try again in %.0f s", wait)
-		e.Extra = map[string]any{"limit": "API_KEY_LOOKUPS", "max": k.limit.PerSecond, "retryAfter": int(wait)}
-		return nil, e
+	if d := now.Sub(b.at); d > 0 {
+		b.tokens = min(float64(k.limit.Burst), b.tokens+d.Seconds()*k.limit.PerSecond)
+		b.at = now
 	}
-	b.tokens--
-	return b, nil
+	return b
 }
 
-// give returns the token of a lookup whose key verified; a bucket full
-// again is forgotten, so the table holds only addresses in debt.
-func (k *keyLookups) give(b *lookupBucket) {
+// allow refuses with RATE_LIMITED when addr has no token for a lookup.
+func (k *keyLookups) allow(addr string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	b.tokens = min(float64(k.limit.Burst), b.tokens+1)
-	if b.tokens >= float64(k.limit.Burst) && k.cur[b.key] == b {
-		delete(k.cur, b.key)
+	b := k.bucket(addr, false)
+	if b == nil || b.tokens >= 1 {
+		return nil
 	}
+	wait := math.Ceil((1 - b.tokens) / k.limit.PerSecond)
+	e := fault.New(fault.RateLimited,
+		"too many API keys from your address were refused; try again in %.0f s", wait)
+	e.Extra = map[string]any{"limit": "API_KEY_LOOKUPS", "max": k.limit.PerSecond, "retryAfter": int(wait)}
+	return e
+}
+
+// spend charges addr one lookup whose key was refused.
+func (k *keyLookups) spend(addr string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.bucket(addr, true).tokens--
+}
+
+// maxKnownKeys bounds the keys knownKeys remembers (32 bytes each).
+const maxKnownKeys = 100_000
+
+// knownKeys remembers the hashes of keys that verified (the newest
+// maxKnownKeys), so that the lookup limit never refuses a key in use:
+// behind a load balancer every client shares one address, and a client
+// sending bad keys there would otherwise have every robot's key refused
+// whenever the cache misses it. A key is forgotten as soon as a lookup
+// refuses it (revoked, expired), so a key once valid buys no unlimited
+// lookups. Only keys that verified get in: a flood cannot fill it.
+type knownKeys struct {
+	mu  sync.Mutex
+	lru *simplelru.LRU[[32]byte, struct{}]
+}
+
+func newKnownKeys() *knownKeys {
+	l, _ := simplelru.NewLRU[[32]byte, struct{}](maxKnownKeys, nil)
+	return &knownKeys{lru: l}
+}
+
+func (k *knownKeys) has(h [32]byte) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.lru.Contains(h)
+}
+
+func (k *knownKeys) add(h [32]byte) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.lru.Add(h, struct{}{})
+}
+
+func (k *knownKeys) remove(h [32]byte) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.lru.Remove(h)
 }

@@ -10,57 +10,55 @@ import (
 	"fleetgraph/fault"
 )
 
-// The key lookup limiter on a clock the test moves: a bucket empties,
-// refills at its rate, takes back the token of a key that verified, and
-// the table forgets full buckets and holds at most maxLookupAddresses.
+// The key lookup limiter on a clock the test moves: an address is allowed
+// lookups until its refused keys have spent its tokens, then refused until
+// they refill at its rate; lookups allowed at once may run it into debt;
+// only charged addresses have buckets, forgotten once full, and at most
+// maxLookupAddresses in a window.
 func TestKeyLookupsLimiter(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	k := newKeyLookups(KeyLookupLimit{PerSecond: 1, Burst: 2}, func() time.Time { return now })
 
-	_, err := k.take("a")
-	require.NoError(t, err)
-	b, err := k.take("a")
-	require.NoError(t, err)
-	_, err = k.take("a")
+	for range 5 {
+		require.NoError(t, k.allow("a"), "allowed, never charged: valid keys, failed reads")
+	}
+	require.Empty(t, k.cur, "nothing charged, nothing held")
+	k.spend("a")
+	require.NoError(t, k.allow("a"))
+	k.spend("a")
+	err := k.allow("a")
 	require.True(t, fault.Has(err, fault.RateLimited), "%v", err)
 	var f *fault.Error
 	require.ErrorAs(t, err, &f)
 	require.Equal(t, 1, f.Extra["retryAfter"])
-	_, err = k.take("b")
-	require.NoError(t, err, "another address")
+	require.NoError(t, k.allow("b"), "another address")
 
-	k.give(b) // a key that verified
-	_, err = k.take("a")
-	require.NoError(t, err)
 	now = now.Add(time.Second)
-	_, err = k.take("a")
-	require.NoError(t, err, "a token earned back")
-
-	// A bucket full again is forgotten.
-	c, err := k.take("c")
-	require.NoError(t, err)
-	k.give(c)
-	require.NotContains(t, k.cur, "c")
+	require.NoError(t, k.allow("a"), "a token earned back")
+	// Two refusals in flight at once run the address into debt.
+	k.spend("a")
+	k.spend("a")
+	now = now.Add(time.Second)
+	require.Error(t, k.allow("a"), "still in debt")
+	now = now.Add(time.Second)
+	require.NoError(t, k.allow("a"))
 
 	// Buckets untouched for two windows (full by then) are forgotten.
 	now = now.Add(2 * k.fill)
-	_, _ = k.take("d")
+	k.spend("d")
 	now = now.Add(k.fill)
-	_, _ = k.take("d")
+	k.spend("d")
 	require.NotContains(t, k.cur, "a")
 	require.NotContains(t, k.prev, "a")
 
 	// Past maxLookupAddresses, new addresses share one bucket.
 	for i := len(k.cur); i < maxLookupAddresses; i++ {
-		_, err := k.take(strconv.Itoa(i))
-		require.NoError(t, err)
+		k.spend(strconv.Itoa(i))
 	}
 	require.Len(t, k.cur, maxLookupAddresses)
-	_, err = k.take("new-1")
-	require.NoError(t, err)
-	_, err = k.take("new-2")
-	require.NoError(t, err)
-	_, err = k.take("new-3")
-	require.True(t, fault.Has(err, fault.RateLimited), "the shared bucket is empty: %v", err)
+	k.spend("new-1")
+	require.NoError(t, k.allow("new-2"))
+	k.spend("new-2")
+	require.True(t, fault.Has(k.allow("new-3"), fault.RateLimited), "the shared bucket is spent")
 	require.Len(t, k.cur, maxLookupAddresses)
 }

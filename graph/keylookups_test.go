@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -56,7 +57,7 @@ func klRandomKey() string {
 }
 
 // An address that presents unknown keys may have only so many looked up:
-// past its limit, every key it sends (known or not, unless cached) is
+// past its limit, every key it sends that has not verified before is
 // refused at once with 429 RATE_LIMITED, without a statement, while
 // another address goes on as before.
 func TestUnknownKeysAreLimitedPerAddress(t *testing.T) {
@@ -183,4 +184,87 @@ func TestKeyLookupsKeyIPv6ByItsSlash64(t *testing.T) {
 	}
 	r, _ = klAsk(t, s, "[::ffff:198.51.100.9]:40000", klRandomKey())
 	r.Code(t, "RATE_LIMITED")
+}
+
+// The limit never keeps a revocation from a robot's open stream, nor
+// refuses a valid key because other keys are in flight or the database is
+// down: a connection's re-check of its key is not limited (a revoked
+// robot could otherwise keep its streams by keeping its address over the
+// limit), and only refused keys are charged (valid keys waiting on a slow
+// database, and reads that failed, once used up the address's lookups).
+func TestTheLookupLimitRefusesOnlyRefusedKeys(t *testing.T) {
+	t.Parallel()
+
+	t.Run("ARevokedStreamEndsWhileItsAddressIsOver", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t, apitest.Options{KeyRecheck: 20 * time.Millisecond, KeyLookups: klLimit})
+		u := s.NewUser(t, uuid.New())
+		robot, key := s.RobotWithKey(t, u.Token, "r")
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		res := streamRequest(t, ctx, s, key, "text/event-stream", `subscription { jobUpdated { id } }`, nil)
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		for range klBurst + 1 { // the loopback address is over its limit
+			s.Do(t, klRandomKey(), `{ me { robotId } }`, nil)
+		}
+		s.Do(t, klRandomKey(), `{ me { robotId } }`, nil).Code(t, "RATE_LIMITED")
+		var keys struct{ ApiKeys []struct{ ID string } }
+		s.Do(t, u.Token, `query($r: ID!) { apiKeys(robotId: $r) { id } }`, map[string]any{"r": robot}).OK(t, &keys)
+		s.Do(t, u.Token, `mutation($id: ID!) { revokeApiKey(id: $id) { id } }`, map[string]any{"id": keys.ApiKeys[0].ID}).OK(t, nil)
+		rest, err := io.ReadAll(res.Body) // the stream ends
+		require.NoError(t, err)
+		require.Contains(t, string(rest), `"UNAUTHENTICATED"`)
+	})
+
+	t.Run("AKnownKeyThroughABusyAddress", func(t *testing.T) {
+		// Behind a load balancer every client has its address: one
+		// sending bad keys must not have everyone's keys refused.
+		t.Parallel()
+		s := apitest.New(t, apitest.Options{KeyLookups: klLimit})
+		u := s.NewUser(t, uuid.New())
+		robot, key := s.RobotWithKey(t, u.Token, "r")
+		s.Do(t, key, `{ me { robotId } }`, nil).OK(t, nil)
+		for range klBurst + 1 {
+			s.Do(t, klRandomKey(), `{ me { robotId } }`, nil)
+		}
+		s.Do(t, klRandomKey(), `{ me { robotId } }`, nil).Code(t, "RATE_LIMITED")
+		s.Do(t, key, `{ me { robotId } }`, nil).OK(t, nil)
+
+		// Revoked, it is refused, then forgotten: limited like any other.
+		var keys struct{ ApiKeys []struct{ ID string } }
+		s.Do(t, u.Token, `query($r: ID!) { apiKeys(robotId: $r) { id } }`, map[string]any{"r": robot}).OK(t, &keys)
+		s.Do(t, u.Token, `mutation($id: ID!) { revokeApiKey(id: $id) { id } }`, map[string]any{"id": keys.ApiKeys[0].ID}).OK(t, nil)
+		s.Do(t, key, `{ me { robotId } }`, nil).Code(t, "UNAUTHENTICATED")
+		s.Do(t, key, `{ me { robotId } }`, nil).Code(t, "RATE_LIMITED")
+	})
+
+	t.Run("ValidKeysInFlight", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t, apitest.Options{KeyLookups: klLimit})
+		svc := s.NewService(t, uuid.New())
+		_, key := s.RobotWithKey(t, svc.Token, "r")
+		release := s.LockTable(t, "api_keys")
+		answers := make(chan *apitest.Response, 2*klBurst)
+		for range cap(answers) {
+			go func() { answers <- s.Do(t, key, `{ me { robotId } }`, nil) }()
+		}
+		apitest.Eventually(t, 30*time.Second, "the lookups wait on the lock", func() bool { return s.LockWaiters(t, "%api_keys%") >= cap(answers) })
+		release()
+		for range cap(answers) {
+			(<-answers).OK(t, nil)
+		}
+	})
+
+	t.Run("AfterAnOutage", func(t *testing.T) {
+		t.Parallel()
+		s := apitest.New(t, apitest.Options{KeyLookups: klLimit, KeyCheckTimeout: 200 * time.Millisecond})
+		svc := s.NewService(t, uuid.New())
+		_, key := s.RobotWithKey(t, svc.Token, "r")
+		release := s.LockTable(t, "api_keys")
+		for range 2 * klBurst {
+			s.Do(t, key, `{ me { robotId } }`, nil).Code(t, "INTERNAL")
+		}
+		release()
+		s.Do(t, key, `{ me { robotId } }`, nil).OK(t, nil)
+	})
 }

@@ -493,7 +493,7 @@ func requestReauth(a *auth.Authenticator, r *http.Request) func(context.Context)
 	}
 	again := &http.Request{Header: creds, RemoteAddr: r.RemoteAddr}
 	return func(ctx context.Context) (*auth.Principal, error) {
-		return a.FromRequest(again.WithContext(ctx))
+		return a.FromRequest(again.WithContext(auth.Recheck(ctx)))
 	}
 }
 
@@ -505,7 +505,7 @@ func requestReauth(a *auth.Authenticator, r *http.Request) func(context.Context)
 func initReauth(a *auth.Authenticator, payload map[string]any, ip string) func(context.Context) (*auth.Principal, error) {
 	cred := auth.InitCredential(payload)
 	return func(ctx context.Context) (*auth.Principal, error) {
-		return a.FromInitPayload(ctx, cred, ip)
+		return a.FromInitPayload(auth.Recheck(ctx), cred, ip)
 	}
 }
 
