@@ -2,6 +2,7 @@ package graph
 
 import (
 	"context"
+	"maps"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -86,9 +87,19 @@ func (r requestsFirst) InterceptOperation(ctx context.Context, next graphql.Oper
 	if rc := graphql.GetOperationContext(ctx); rc.Operation == nil || rc.Operation.Operation != ast.Subscription {
 		return next(ctx)
 	}
+	// The wait is bounded as an operation's is: a shared group's start
+	// waits on a context nothing cancels, while its socket's reader waits.
+	wait, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
 	t := turn{r: r}
-	if !t.take(ctx) {
-		return graphql.OneShot(&graphql.Response{Errors: gqlerror.List{clientGone()}})
+	if !t.take(wait) {
+		if ctx.Err() != nil {
+			return graphql.OneShot(&graphql.Response{Errors: gqlerror.List{clientGone()}})
+		}
+		fe := operationTimeout(r.timeout)
+		ext := map[string]any{"code": fe.Code}
+		maps.Copy(ext, fe.Extra)
+		return graphql.OneShot(&graphql.Response{Errors: gqlerror.List{{Message: fe.Message, Extensions: ext}}})
 	}
 	defer t.give()
 	return next(ctx)
