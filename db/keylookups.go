@@ -53,7 +53,9 @@ const maxLookupAddresses = 50_000
 // so forgetting it changes nothing. Only charged addresses have buckets,
 // at most maxLookupAddresses in a window.
 type keyLookups struct {
-	limit  KeyLookupLimit
+	limit KeyLookupLimit
+	// refusal is the error of a key with no token; wait is in seconds.
+	refusal func(wait float64) error
 	fill   time.Duration // an empty bucket's time to fill: the window
 	now    func() time.Time
 	mu     sync.Mutex
@@ -78,7 +80,12 @@ func newKeyLookups(l KeyLookupLimit, now func() time.Time) *keyLookups {
 	}
 	fill := max(time.Duration(float64(l.Burst)/l.PerSecond*float64(time.Second)), time.Second)
 	return &keyLookups{limit: l, fill: fill, now: now, cur: map[string]*lookupBucket{},
-		shared: lookupBucket{tokens: float64(l.Burst), at: now()}}
+		shared: lookupBucket{tokens: float64(l.Burst), at: now()},
+		refusal: func(wait float64) error {
+			e := fault.New(fault.RateLimited, "too many API keys from your address were refused; try again in %.0f s", wait)
+			e.Extra = map[string]any{"limit": "API_KEY_LOOKUPS", "max": l.PerSecond, "retryAfter": int(wait)}
+			return e
+		}}
 }
 
 // bucket returns addr's bucket brought up to now, or nil when addr has
@@ -120,11 +127,7 @@ func (k *keyLookups) allow(addr string) error {
 	if b == nil || b.tokens >= 1 {
 		return nil
 	}
-	wait := math.Ceil((1 - b.tokens) / k.limit.PerSecond)
-	e := fault.New(fault.RateLimited,
-		"too many API keys from your address were refused; try again in %.0f s", wait)
-	e.Extra = map[string]any{"limit": "API_KEY_LOOKUPS", "max": k.limit.PerSecond, "retryAfter": int(wait)}
-	return e
+	return k.refusal(math.Ceil((1 - b.tokens) / k.limit.PerSecond))
 }
 
 // spend charges addr one lookup whose key was refused.

@@ -140,10 +140,29 @@ type Robots struct {
 	// evicts its keys here before answering, as a revoke does (other
 	// replicas evict when the delete's notification arrives).
 	Keys *KeyCache
+	// comings limits each robot's heartbeats that take it OFFLINE or back.
+	comings *keyLookups
 }
 
+// StatusChangeLimit bounds, per robot and process, the heartbeats that
+// take a robot OFFLINE or back: each writes a robot.online or
+// robot.offline event, a delivery to each of the tenant's endpoints (up to
+// 50) and a history sample, and notifies the tenant's dashboards. A robot
+// flapping its status in a loop made 2,200 deliveries a second. A robot
+// that comes and goes as it should (a restart, a network blip) fits in the
+// burst of 5; past it, one such change each 10 s.
+var StatusChangeLimit = KeyLookupLimit{PerSecond: 0.1, Burst: 5}
+
 // NewRobots returns the robot store.
-func NewRobots(cfg QueueConfig) *Robots { return &Robots{cfg: cfg} }
+func NewRobots(cfg QueueConfig) *Robots {
+	comings := newKeyLookups(StatusChangeLimit, time.Now)
+	comings.refusal = func(wait float64) error {
+		e := fault.New(fault.RateLimited, "this robot went OFFLINE or came back too often; send the heartbeat again in %.0f s", wait)
+		e.Extra = map[string]any{"limit": "ROBOT_STATUS_CHANGES", "max": StatusChangeLimit.PerSecond, "retryAfter": int(wait)}
+		return e
+	}
+	return &Robots{cfg: cfg, comings: comings}
+}
 
 var robotConstraints = map[string]*fault.Error{
 	"robots_tenant_name_key": {Code: fault.Conflict, Field: "name", Message: "the tenant already has a robot with this name"},
@@ -461,6 +480,14 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 		var prev Robot
 		if err := robotsVisible(sc, tx.NewSelect().Model(&prev).Where("r.id = ?", sc.robot), "r").For("UPDATE").Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "robot")
+		}
+		if (prev.Status == RobotOffline) != (in.Status == RobotOffline) {
+			// Nothing is written for a refused change: the heartbeat is
+			// sent again later.
+			if err := s.comings.allow(prev.ID.String()); err != nil {
+				return err
+			}
+			s.comings.spend(prev.ID.String())
 		}
 		changed := prev.Status != in.Status || (agentVersion != nil && *agentVersion != prev.AgentVersion)
 		q := tx.NewUpdate().Model(r).Where("r.id = ?", prev.ID).

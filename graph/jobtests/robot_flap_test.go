@@ -1,0 +1,49 @@
+package jobtests
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"fleetgraph/apitest"
+)
+
+// A robot that goes OFFLINE and back in a loop is refused past a burst:
+// each such heartbeat writes a robot.online or robot.offline event, a
+// delivery to each of the tenant's webhook endpoints and a history sample,
+// and one robot flapping made 2,200 deliveries a second. A refused
+// heartbeat writes nothing; changes that keep the robot online are not
+// limited.
+func TestARobotFlappingItsStatusIsLimited(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "flapper", apitest.RobotOpts{})
+	tn.Do(t, `mutation { createWebhookEndpoint(input: {url: "http://127.0.0.1:1/x", events: ["robot.online", "robot.offline"]}) { endpoint { id } } }`, nil, nil)
+	events := func() int {
+		var n int
+		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM webhook_events WHERE tenant_id = ? AND type IN ('robot.online', 'robot.offline')`,
+			tn.User.Tenant).Scan(t.Context(), &n))
+		return n
+	}
+	heartbeat := func(status string) *apitest.Response {
+		return s.Do(t, r.Key, `mutation($s: RobotStatus!) { heartbeat(input: {status: $s}) { status } }`, map[string]any{"s": status})
+	}
+
+	// From OFFLINE (a new robot) five comings and goings pass.
+	for i, status := range []string{"ONLINE", "OFFLINE", "ONLINE", "OFFLINE", "ONLINE"} {
+		heartbeat(status).OK(t, nil)
+		require.Equal(t, i+1, events())
+	}
+	// Online all along: not limited.
+	for range 10 {
+		heartbeat("BUSY").OK(t, nil)
+		heartbeat("ONLINE").OK(t, nil)
+	}
+	e := heartbeat("OFFLINE").Code(t, "RATE_LIMITED")
+	require.Equal(t, "ROBOT_STATUS_CHANGES", e.Extensions["limit"])
+	require.Equal(t, 5, events(), "a refused heartbeat writes nothing")
+	var out struct{ Robot struct{ Status string } }
+	tn.Do(t, `query($id: ID!) { robot(id: $id) { status } }`, map[string]any{"id": r.ID}, &out)
+	require.Equal(t, "ONLINE", out.Robot.Status)
+}
