@@ -47,3 +47,38 @@ func TestARobotFlappingItsStatusIsLimited(t *testing.T) {
 	tn.Do(t, `query($id: ID!) { robot(id: $id) { status } }`, map[string]any{"id": r.ID}, &out)
 	require.Equal(t, "ONLINE", out.Robot.Status)
 }
+
+// A progress report that changes nothing a client can see (the same
+// progress and node) makes no new revision, so no notification to the
+// tenant's jobUpdated subscribers: it still restarts the progress timeout.
+// Each once made a revision, and a robot reporting in a loop a
+// notification per call to every dashboard.
+func TestAProgressReportOfNothingNewIsQuiet(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	tn := apitest.NewTenant(t, s)
+	r := tn.CreateRobot(t, "r", apitest.RobotOpts{})
+	tn.Enqueue(t, nil)
+	l := r.Claim(t, 0)
+	require.NotNil(t, l)
+	s.Do(t, r.Key, `mutation($j: ID!, $l: ID!) { startJob(jobId: $j, leaseToken: $l) { id } }`,
+		map[string]any{"j": l.Job.ID, "l": l.LeaseToken}).OK(t, nil)
+	revision := func() int {
+		return tn.Job(t, l.Job.ID).Revision
+	}
+	report := func(progress int) {
+		s.Do(t, r.Key, `mutation($j: ID!, $l: ID!, $p: Int!) { reportJobProgress(jobId: $j, leaseToken: $l, progress: $p, currentNode: "n") { id } }`,
+			map[string]any{"j": l.Job.ID, "l": l.LeaseToken, "p": progress}).OK(t, nil)
+	}
+	report(10)
+	after := revision()
+	var progressAt1, progressAt2 string
+	require.NoError(t, s.DB.NewRaw(`SELECT progress_at::text FROM jobs WHERE id = ?`, l.Job.ID).Scan(t.Context(), &progressAt1))
+	report(10)
+	report(10)
+	require.Equal(t, after, revision(), "the same progress again is no change")
+	require.NoError(t, s.DB.NewRaw(`SELECT progress_at::text FROM jobs WHERE id = ?`, l.Job.ID).Scan(t.Context(), &progressAt2))
+	require.NotEqual(t, progressAt1, progressAt2, "the report still restarts the progress timeout")
+	report(20)
+	require.Equal(t, after+1, revision())
+}
