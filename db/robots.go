@@ -144,6 +144,9 @@ type Robots struct {
 	comings *keyLookups
 }
 
+// MaxOfflinePerSweep bounds the robots one MarkSilentOffline marks.
+const MaxOfflinePerSweep = 1000
+
 // StatusChangeLimit bounds, per robot and process, the heartbeats that
 // take a robot OFFLINE or back: each writes a robot.online or
 // robot.offline event, a delivery to each of the tenant's endpoints (up to
@@ -526,23 +529,30 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 // MarkSilentOffline sets OFFLINE every robot of any tenant whose last
 // heartbeat is older than OfflineAfter, and returns them. It is maintenance
 // work, run by the maintenance runner, not on behalf of a caller.
+//
+// One call marks at most MaxOfflinePerSweep robots (those a heartbeat holds
+// are skipped: it answers for them), with their robot.offline events in
+// one statement, so one tenant's thousands of robots going silent at once
+// cost the leader a bounded step, and the rest go at the next sweep.
 func (s *Robots) MarkSilentOffline(ctx context.Context, idb bun.IDB) ([]*Robot, error) {
 	var rows []*Robot
 	err := idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		err := tx.NewUpdate().Model(&rows).
+		silent := tx.NewSelect().Model((*Robot)(nil)).Column("r.id").
 			Where("r.status <> ?", RobotOffline).
 			Where("r.last_heartbeat_at IS NULL OR r.last_heartbeat_at < now() - make_interval(secs => ?)", seconds(s.cfg.OfflineAfter)).
+			OrderExpr("r.id").Limit(MaxOfflinePerSweep).For("UPDATE SKIP LOCKED")
+		err := tx.NewUpdate().With("silent", silent).Model(&rows).TableExpr("silent").
+			Where("r.id = silent.id").
 			Set("status = ?", RobotOffline).Set("updated_at = now()").Set("revision = r.revision + 1").
-			Returning("*").Scan(ctx)
+			Returning("r.*").Scan(ctx)
 		if err != nil {
 			return fmt.Errorf("marking silent robots offline: %w", err)
 		}
-		for _, r := range rows {
-			if err := recordRobotChange(ctx, tx, RobotOnline, r); err != nil {
-				return err
-			}
+		events := make([]outboxEvent, len(rows))
+		for i, r := range rows {
+			events[i] = outboxEvent{r.TenantID, EventRobotOffline, r.ID, r.UpdatedAt, robotViewOf(r)}
 		}
-		return nil
+		return recordEvents(ctx, tx, events)
 	})
 	if err != nil {
 		return nil, err
