@@ -56,13 +56,13 @@ type keyLookups struct {
 	limit KeyLookupLimit
 	// refusal is the error of a key with no token; wait is in seconds.
 	refusal func(wait float64) error
-	fill   time.Duration // an empty bucket's time to fill: the window
-	now    func() time.Time
-	mu     sync.Mutex
-	cur    map[string]*lookupBucket
-	prev   map[string]*lookupBucket
-	window time.Time    // when cur began
-	shared lookupBucket // addresses past maxLookupAddresses
+	fill    time.Duration // an empty bucket's time to fill: the window
+	now     func() time.Time
+	mu      sync.Mutex
+	cur     map[string]*lookupBucket
+	prev    map[string]*lookupBucket
+	window  time.Time    // when cur began
+	shared  lookupBucket // addresses past maxLookupAddresses
 }
 
 // lookupBucket is one address's tokens as of at.
