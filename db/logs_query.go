@@ -1,14 +1,18 @@
 package db
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"fleetgraph/fault"
 )
@@ -248,28 +252,75 @@ func ParseLogBatchKey(key string) (LogBatchKey, bool) {
 	return LogBatchKey{Robot: robot, Lo: n[0], Hi: n[1], From: time.UnixMicro(n[2]), To: time.UnixMicro(n[3])}, true
 }
 
-// Batches re-reads announced batches of lines the caller may see, by key.
-// A key's range may also hold lines of a concurrent batch of the same
-// robot; tails drop lines they already sent.
-func (s *Logs) Batches(ctx context.Context, idb bun.IDB, keys []LogBatchKey) (map[LogBatchKey]*LogBatch, error) {
+// MaxTailLines caps the log lines one hub batch reads for a tenant's live
+// tails (Batches, and the hub's choice of which announced batches to read):
+// tails are lossy, and the lines past it reach them as a missedLines notice.
+const MaxTailLines = 10_000
+
+// Batches re-reads announced batches of lines the caller may see, by key,
+// in one statement, reading at most MaxTailLines distinct lines. A key's
+// range may also hold lines of a concurrent batch of the same robot (a
+// line is read once, and given to every key whose range holds it); tails
+// drop lines they already sent. A key whose lines were not all read within
+// the cap is unread; a key with no lines (deleted since) is in neither.
+func (s *Logs) Batches(ctx context.Context, idb bun.IDB, keys []LogBatchKey) (read map[LogBatchKey]*LogBatch, unread []LogBatchKey, err error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make(map[LogBatchKey]*LogBatch, len(keys))
+	if len(keys) == 0 {
+		return nil, nil, nil
+	}
+	robots := make([]uuid.UUID, len(keys))
+	los, his := make([]int64, len(keys)), make([]int64, len(keys))
+	froms, tos := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		robots[i], los[i], his[i] = k.Robot, k.Lo, k.Hi
+		froms[i], tos[i] = k.From.UTC().Format(time.RFC3339Nano), k.To.UTC().Format(time.RFC3339Nano)
+	}
+	// Per key, the lines of its robot in its id and time ranges (the time
+	// range lets the planner skip other days' partitions).
+	inner := logsVisible(sc, idb.NewSelect().Model((*RobotLog)(nil)).
+		Where("l.robot_id = k.robot AND l.at >= k.a0 AND l.at <= k.a1 AND l.id BETWEEN k.lo AND k.hi"), "l")
+	var rows []*RobotLog
+	err = idb.NewSelect().
+		TableExpr("unnest(?::uuid[], ?::bigint[], ?::bigint[], ?::timestamptz[], ?::timestamptz[]) AS k(robot, lo, hi, a0, a1)",
+			pgUUIDs(robots), pgdialect.Array(los), pgdialect.Array(his), pgdialect.Array(froms), pgdialect.Array(tos)).
+		Join("CROSS JOIN LATERAL (?) AS l", inner).
+		DistinctOn("l.id").ColumnExpr("l.*").OrderExpr("l.id").Limit(MaxTailLines+1).Scan(ctx, &rows)
+	if err != nil {
+		return nil, nil, fmt.Errorf("re-reading log lines: %w", err)
+	}
+	// Past the cap, a key whose range goes beyond the last line kept may
+	// have lines that were not read.
+	last := int64(math.MaxInt64)
+	if len(rows) > MaxTailLines {
+		rows = rows[:MaxTailLines]
+		last = rows[len(rows)-1].ID
+	}
+	read = make(map[LogBatchKey]*LogBatch, len(keys))
 	for _, k := range keys {
-		var rows []*RobotLog
-		err := logsVisible(sc, idb.NewSelect().Model(&rows), "l").
-			Where("l.robot_id = ? AND l.at >= ? AND l.at <= ? AND l.id BETWEEN ? AND ?", k.Robot, k.From, k.To, k.Lo, k.Hi).
-			OrderExpr("l.id").Scan(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("re-reading log lines: %w", err)
+		if k.Hi > last {
+			unread = append(unread, k)
+			continue
 		}
-		if len(rows) > 0 {
-			out[k] = &LogBatch{TenantID: rows[0].TenantID, RobotID: k.Robot, Lines: rows}
+		// rows are in id order: the key's range starts at the first line
+		// not below Lo.
+		i, _ := slices.BinarySearchFunc(rows, k.Lo, func(l *RobotLog, id int64) int { return cmp.Compare(l.ID, id) })
+		var lines []*RobotLog
+		for _, l := range rows[i:] {
+			if l.ID > k.Hi {
+				break
+			}
+			if l.RobotID == k.Robot && !l.At.Before(k.From) && !l.At.After(k.To) {
+				lines = append(lines, l)
+			}
+		}
+		if len(lines) > 0 {
+			read[k] = &LogBatch{TenantID: lines[0].TenantID, RobotID: k.Robot, Lines: lines}
 		}
 	}
-	return out, nil
+	return read, unread, nil
 }
 
 // LogsOf returns each visible job's newest log lines, at most limit each

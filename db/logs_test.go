@@ -149,3 +149,55 @@ func TestSummaryKeepsToTheRetention(t *testing.T) {
 		require.NotContains(t, plan, "robot_logs_p"+old.Format("20060102"), "a partition past the retention is not searched")
 	}
 }
+
+// TestBatchesReadsAtMostMaxTailLines: the keys of a hub batch are read in
+// one statement, each with its own robot's lines in its range (the range
+// also holds another robot's), a line shared by overlapping keys going to
+// both; past MaxTailLines lines, the keys whose range goes beyond the last
+// line read are unread, not read in part.
+func TestBatchesReadsAtMostMaxTailLines(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	ctx := t.Context()
+	tenant, a, b := uuid.New(), uuid.New(), uuid.New()
+	const total, chunk = db.MaxTailLines + 2_000, 1_000
+	_, err := d.ExecContext(ctx, `INSERT INTO robot_logs (tenant_id, robot_id, level, message, at)
+		SELECT ?, CASE WHEN g % 2 = 0 THEN ?::uuid ELSE ?::uuid END, 20, 'line ' || g, now() FROM generate_series(1, ?) g`, tenant, a, b, total)
+	require.NoError(t, err)
+	var ids []int64
+	require.NoError(t, d.NewSelect().Table("robot_logs").Column("id").Order("id").Scan(ctx, &ids))
+	require.Len(t, ids, total)
+	now := time.Now()
+	key := func(robot uuid.UUID, from, to int) db.LogBatchKey {
+		return db.LogBatchKey{Robot: robot, Lo: ids[from], Hi: ids[to-1], From: now.Add(-time.Hour), To: now.Add(time.Hour)}
+	}
+	var keys []db.LogBatchKey
+	for i := 0; i < total; i += chunk {
+		keys = append(keys, key(a, i, i+chunk), key(b, i, i+chunk))
+	}
+	overlap := key(a, 0, 2*chunk)
+	keys = append(keys, overlap)
+
+	statements := &stmtLog{}
+	d.AddQueryHook(statements)
+	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
+	read, unread, err := db.NewLogs(db.DefaultLogConfig, nil).Batches(svc, d.DB, keys)
+	require.NoError(t, err)
+	require.Len(t, statements.texts, 1, "one statement")
+	require.ElementsMatch(t, keys[2*db.MaxTailLines/chunk:len(keys)-1], unread, "the keys past the cap are unread")
+	require.Len(t, read, 2*db.MaxTailLines/chunk+1)
+	for k, batch := range read {
+		want := chunk / 2
+		if k == overlap {
+			want = chunk
+		}
+		require.Len(t, batch.Lines, want)
+		for i, l := range batch.Lines {
+			require.Equal(t, k.Robot, l.RobotID, "only the key's robot's lines")
+			require.True(t, l.ID >= k.Lo && l.ID <= k.Hi)
+			if i > 0 {
+				require.Greater(t, l.ID, batch.Lines[i-1].ID, "in order")
+			}
+		}
+	}
+}

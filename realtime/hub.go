@@ -87,7 +87,8 @@ type Update struct {
 // Source reads rows for the hub, through the same scoped stores the queries use.
 type Source interface {
 	// Load returns the current rows of kind with these keys in tenant, keyed
-	// by key, each with its version. Missing keys are gone.
+	// by key, each with its version. Missing keys are gone; a key with a
+	// nil Value exists but was not read (a log batch past db.MaxTailLines).
 	Load(ctx context.Context, kind string, tenant uuid.UUID, keys []string) (map[string]Versioned, error)
 	// ChangedSince returns the rows of kind in tenant changed at or after
 	// since; rows of append-only kinds carry the transaction that wrote them.
@@ -247,8 +248,19 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 		ws := byTopic[k]
 		loadKind := loadKind(k.kind)
 		var keys []string
+		// Log batches are read up to db.MaxTailLines lines a topic, in
+		// the batch's order: one statement of bounded size, however many
+		// batches a tenant's robots shipped. The lines of the batches
+		// past it are not read; their tails are told they missed them.
+		unread := map[string]bool{}
+		budget := db.MaxTailLines
 		for _, w := range ws {
-			if w.change.Op != "DELETE" {
+			switch {
+			case w.change.Op == "DELETE":
+			case k.kind == KindLog && (len(unread) > 0 || w.change.Count > budget):
+				unread[w.change.ID] = true
+			default:
+				budget -= w.change.Count
 				keys = append(keys, w.change.ID)
 			}
 		}
@@ -275,6 +287,12 @@ func (h *Hub) deliver(ctx context.Context, changes []Change) {
 			u := Update{Kind: k.kind, Key: w.change.ID, Version: w.change.Version, Change: w.change, Op: opName(w.change.Op)}
 			if w.change.Op != "DELETE" {
 				row, ok := rows[w.change.ID]
+				if unread[w.change.ID] || ok && row.Value == nil {
+					for _, s := range w.subs {
+						s.skip(u)
+					}
+					continue
+				}
 				if !ok {
 					continue // deleted since; its DELETE notification follows
 				}
@@ -647,6 +665,40 @@ func (s *Sub) offer(u Update) {
 	}
 }
 
+// skip tells the subscriber of u that the hub did not read u's row (a log
+// batch past db.MaxTailLines): a Lossy subscriber gets, where the row
+// would have been, a MISSED notice of what its Weight counts for u (a
+// notice right before it grows instead); any other is ended, as when a
+// load fails.
+func (s *Sub) skip(u Update) {
+	if !s.lossy {
+		s.end(ErrResyncFailed)
+		return
+	}
+	n := 1
+	if s.weight != nil {
+		n = s.weight(u)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil || n <= 0 {
+		return
+	}
+	if len(s.queue) >= s.limit {
+		s.missed += n
+		return
+	}
+	if last := len(s.queue) - 1; last >= 0 && s.queue[last].Op == OpMissed {
+		s.queue[last].Version += int64(n)
+		return
+	}
+	s.queue = append(s.queue, Update{Kind: s.topic.kind, Op: OpMissed, Version: int64(n)})
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
 // offerDeleted queues the deletion of key that a resync found: the row is
 // gone, so its last version is unknown; the deletion carries the last one
 // the subscriber has or has queued (a client-visible GraphQL Int), and
@@ -745,6 +797,10 @@ func (s *Sub) Take() []Update {
 	clear(s.pending)
 	out := q[:0]
 	for _, u := range q {
+		if u.Op == OpMissed { // a notice Sub.skip queued: no entity
+			out = append(out, u)
+			continue
+		}
 		if u.Op == "DELETED" {
 			s.sent.delete(u.Key)
 		} else if u.Version <= s.sent.at(u.Key) {

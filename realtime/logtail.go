@@ -54,7 +54,9 @@ func (h *Hub) TailLogs(ctx context.Context, p *auth.Principal, robot *uuid.UUID,
 			if b, ok := u.Value.(*db.LogBatch); ok {
 				return len(t.shown(b))
 			}
-			return 0
+			// A batch the hub did not read (past db.MaxTailLines): its
+			// lines at every level, as notified.
+			return u.Change.Count
 		},
 	})
 	if err != nil {

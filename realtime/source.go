@@ -95,12 +95,15 @@ func (s *StoreSource) Load(ctx context.Context, kind string, tenant uuid.UUID, k
 				byKey[bk] = k
 			}
 		}
-		rows, err := s.Logs.Batches(ctx, s.DB, slices.Collect(maps.Keys(byKey)))
+		rows, unread, err := s.Logs.Batches(ctx, s.DB, slices.Collect(maps.Keys(byKey)))
 		if err != nil {
 			return nil, err
 		}
 		for bk, b := range rows {
 			out[byKey[bk]] = Versioned{Key: byKey[bk], Version: bk.Hi, Value: b}
+		}
+		for _, bk := range unread { // past db.MaxTailLines: no Value
+			out[byKey[bk]] = Versioned{Key: byKey[bk], Version: bk.Hi}
 		}
 	default:
 		return nil, fmt.Errorf("loading rows of unknown kind %q", kind)
