@@ -287,7 +287,7 @@ func (s *Logs) Batches(ctx context.Context, idb bun.IDB, keys []LogBatchKey) (re
 		TableExpr("unnest(?::uuid[], ?::bigint[], ?::bigint[], ?::timestamptz[], ?::timestamptz[]) AS k(robot, lo, hi, a0, a1)",
 			pgUUIDs(robots), pgdialect.Array(los), pgdialect.Array(his), pgdialect.Array(froms), pgdialect.Array(tos)).
 		Join("CROSS JOIN LATERAL (?) AS l", inner).
-		DistinctOn("l.id").ColumnExpr("l.*").OrderExpr("l.id").Limit(MaxTailLines+1).Scan(ctx, &rows)
+		DistinctOn("l.id").ColumnExpr("l.*").OrderExpr("l.id").Apply(limitRows(MaxTailLines+1)).Scan(ctx, &rows)
 	if err != nil {
 		return nil, nil, fmt.Errorf("re-reading log lines: %w", err)
 	}

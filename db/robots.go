@@ -540,7 +540,7 @@ func (s *Robots) MarkSilentOffline(ctx context.Context, idb bun.IDB) ([]*Robot, 
 		silent := tx.NewSelect().Model((*Robot)(nil)).Column("r.id").
 			Where("r.status <> ?", RobotOffline).
 			Where("r.last_heartbeat_at IS NULL OR r.last_heartbeat_at < now() - make_interval(secs => ?)", seconds(s.cfg.OfflineAfter)).
-			OrderExpr("r.id").Limit(MaxOfflinePerSweep).For("UPDATE SKIP LOCKED")
+			OrderExpr("r.id").Apply(limitRows(MaxOfflinePerSweep)).For("UPDATE SKIP LOCKED")
 		err := tx.NewUpdate().With("silent", silent).Model(&rows).TableExpr("silent").
 			Where("r.id = silent.id").
 			Set("status = ?", RobotOffline).Set("updated_at = now()").Set("revision = r.revision + 1").
