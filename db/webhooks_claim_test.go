@@ -85,3 +85,63 @@ func TestClaimSkipsABlockedBacklog(t *testing.T) {
 	}
 	require.ElementsMatch(t, []uuid.UUID{nextID, okID}, ids)
 }
+
+// TestWaitingSurvivesAConcurrentFinish checks the waiting mark when a
+// delivery is queued behind a pending one that finishes at the same time,
+// in either order: the new delivery never waits behind nothing, and the
+// next claim returns it.
+func TestWaitingSurvivesAConcurrentFinish(t *testing.T) {
+	t.Parallel()
+	for _, insertFirst := range []bool{false, true} {
+		d := dbtest.New(t)
+		ctx := t.Context()
+		tenant, subject := uuid.New(), uuid.New()
+		var ep, ev, head uuid.UUID
+		require.NoError(t, d.NewRaw(`INSERT INTO webhook_endpoints (tenant_id, url, events, secret, created_by)
+			VALUES (?, 'https://example.com/hook', '{robot.online}', 'whsec_x', 'test') RETURNING id`, tenant).Scan(ctx, &ep))
+		require.NoError(t, d.NewRaw(`INSERT INTO webhook_events (tenant_id, type, subject_id, data)
+			VALUES (?, 'robot.online', ?, '{}') RETURNING id`, tenant, subject).Scan(ctx, &ev))
+		const insert = `INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id, subject_id, event_type)
+			VALUES (?, ?, ?, ?, 'robot.online') RETURNING id`
+		require.NoError(t, d.NewRaw(insert, tenant, ep, ev, subject).Scan(ctx, &head))
+		finish := func(ctx context.Context, idb bun.IDB) error {
+			_, err := idb.ExecContext(ctx, `UPDATE webhook_deliveries SET status = 'SUCCEEDED' WHERE id = ?`, head)
+			return err
+		}
+		var next uuid.UUID
+		queue := func(ctx context.Context, idb bun.IDB) error {
+			return idb.NewRaw(insert, tenant, ep, ev, subject).Scan(ctx, &next)
+		}
+		// first runs in a transaction left open while second, which must
+		// wait for it, starts; then first commits.
+		first, second := finish, queue
+		if insertFirst {
+			first, second = queue, finish
+		}
+		tx, err := d.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		require.NoError(t, first(ctx, tx))
+		done := make(chan error, 1)
+		go func() { done <- second(ctx, d.DB) }()
+		require.Eventually(t, func() bool {
+			var n int
+			err := d.QueryRowContext(ctx,
+				`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+			return err == nil && n == 1
+		}, 30*time.Second, 10*time.Millisecond, "the second statement (insert first: %v) does not wait for the first", insertFirst)
+		require.NoError(t, tx.Commit())
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("the second statement never ended")
+		}
+		var waiting bool
+		require.NoError(t, d.NewRaw(`SELECT waiting FROM webhook_deliveries WHERE id = ?`, next).Scan(ctx, &waiting))
+		require.False(t, waiting, "insert first: %v", insertFirst)
+		due, err := db.NewWebhooks(db.WebhookConfig{}).ClaimDue(ctx, d.DB, time.Now(), 1, time.Minute)
+		require.NoError(t, err)
+		require.Len(t, due, 1)
+		require.Equal(t, next, due[0].ID)
+	}
+}
