@@ -170,7 +170,7 @@ type WebhookDelivery struct {
 	CreatedAt     time.Time             `bun:"created_at,nullzero,default:clock_timestamp()"`
 	FinishedAt    *time.Time            `bun:"finished_at"`
 	// Waiting is true while an earlier delivery of the subject to the
-	// endpoint is pending; the database sets it (migration 0017).
+	// endpoint is pending; the database sets it (migration 0018).
 	Waiting bool `bun:"waiting,scanonly"`
 }
 
