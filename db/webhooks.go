@@ -169,6 +169,9 @@ type WebhookDelivery struct {
 	Attempts      []WebhookAttempt      `bun:"attempts,type:jsonb"`
 	CreatedAt     time.Time             `bun:"created_at,nullzero,default:clock_timestamp()"`
 	FinishedAt    *time.Time            `bun:"finished_at"`
+	// Waiting is true while an earlier delivery of the subject to the
+	// endpoint is pending; the database sets it (migration 0018).
+	Waiting bool `bun:"waiting,scanonly"`
 }
 
 // Cursor is the delivery's position in webhookDeliveries, newest first.
@@ -853,13 +856,20 @@ func (d *DueDelivery) Secrets(now time.Time) []string {
 // pending one of its subject to its endpoint, so that each endpoint gets a
 // job's events in order. SKIP LOCKED and the lease keep two claimers from
 // taking the same delivery.
+//
+// It reads only deliveries that are not waiting behind an earlier one of
+// their subject (webhook_deliveries_ready_idx), so a subject's blocked
+// backlog, however long, is never scanned. The NOT EXISTS still guards the
+// order when two transactions queued a subject's first deliveries at once
+// (neither saw the other's, so neither waits): the later one goes out only
+// after the earlier one finished.
 const claimDueSQL = `
 UPDATE webhook_deliveries d SET attempt_count = d.attempt_count + 1,
 	lease_until = ?0::timestamptz + make_interval(secs => ?1)
 FROM webhook_endpoints w, webhook_events e
 WHERE d.id IN (
 	SELECT c.id FROM webhook_deliveries c JOIN webhook_endpoints ce ON ce.id = c.endpoint_id
-	WHERE c.status = 'PENDING' AND ce.enabled %s
+	WHERE c.status = 'PENDING' AND NOT c.waiting AND ce.enabled %s
 	  AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= ?0)
 	  AND (c.lease_until IS NULL OR c.lease_until <= ?0)
 	  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.endpoint_id = c.endpoint_id
