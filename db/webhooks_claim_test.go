@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/uptrace/bun"
 
+	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
 )
@@ -143,5 +144,54 @@ func TestWaitingSurvivesAConcurrentFinish(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, due, 1)
 		require.Equal(t, next, due[0].ID)
+	}
+}
+
+// TestQueueingDoesNotDeadlockWithAnEndpointsDeletion: a transaction queues
+// deliveries of two subjects of one endpoint (as recordEvents does for a
+// sweep or a batch of jobs) while deleteWebhookEndpoint, which locks the
+// endpoint's deliveries in seq order, runs. Queueing once locked each
+// subject's oldest pending delivery in its own order, and the two
+// deadlocked; both now succeed.
+func TestQueueingDoesNotDeadlockWithAnEndpointsDeletion(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	ctx := t.Context()
+	tenant, s1, s2 := uuid.New(), uuid.New(), uuid.New()
+	var ep, ev uuid.UUID
+	require.NoError(t, d.NewRaw(`INSERT INTO webhook_endpoints (tenant_id, url, events, secret, created_by)
+		VALUES (?, 'https://example.com/hook', '{robot.online}', 'whsec_x', 'test') RETURNING id`, tenant).Scan(ctx, &ep))
+	require.NoError(t, d.NewRaw(`INSERT INTO webhook_events (tenant_id, type, subject_id, data)
+		VALUES (?, 'robot.online', ?, '{}') RETURNING id`, tenant, s1).Scan(ctx, &ev))
+	const insert = `INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id, subject_id, event_type) VALUES (?, ?, ?, ?, 'robot.online')`
+	for _, s := range []uuid.UUID{s2, s1} { // pending heads: s2 first, then s1
+		_, err := d.ExecContext(ctx, insert, tenant, ep, ev, s)
+		require.NoError(t, err)
+	}
+	tx, err := d.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	_, err = tx.ExecContext(ctx, insert, tenant, ep, ev, s1)
+	require.NoError(t, err)
+	deleted := make(chan error, 1)
+	user := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, UserID: uuid.New(), Role: auth.RoleUser})
+	go func() {
+		_, err := db.NewWebhooks(db.WebhookConfig{}).DeleteEndpoint(user, d.DB, ep)
+		deleted <- err
+	}()
+	require.Eventually(t, func() bool {
+		var n int
+		err := d.QueryRowContext(ctx,
+			`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+		return err == nil && n == 1
+	}, 30*time.Second, 10*time.Millisecond, "the deletion waits for the queueing transaction")
+	_, err = tx.ExecContext(ctx, insert, tenant, ep, ev, s2)
+	require.NoError(t, err, "queueing the second subject")
+	require.NoError(t, tx.Commit())
+	select {
+	case err := <-deleted:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		require.FailNow(t, "the deletion did not end")
 	}
 }

@@ -5,3 +5,4 @@ DROP FUNCTION fleetgraph_delivery_finished();
 DROP TRIGGER webhook_deliveries_waiting ON webhook_deliveries;
 DROP FUNCTION fleetgraph_delivery_waits();
 ALTER TABLE webhook_deliveries DROP COLUMN waiting;
+DROP FUNCTION fleetgraph_delivery_queue_key(uuid, uuid);
