@@ -355,9 +355,11 @@ func (s *APIKeys) Verify(ctx context.Context, idb bun.IDB, raw, ip string) (*aut
 	}
 	ticket := s.Cache.ticket()
 	k := new(APIKey)
-	err := idb.NewSelect().Model(k).
-		Join("JOIN robots AS r ON r.id = k.robot_id AND r.tenant_id = k.tenant_id").
-		Where("k.key_hash = ?", hash[:]).Scan(ctx)
+	err := within(ctx, func() error {
+		return idb.NewSelect().Model(k).
+			Join("JOIN robots AS r ON r.id = k.robot_id AND r.tenant_id = k.tenant_id").
+			Where("k.key_hash = ?", hash[:]).Scan(ctx)
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, refusal(nil, AuditUnknownKey, refused)
 	}
@@ -396,4 +398,23 @@ func (s *APIKeys) refuse(ctx context.Context, idb bun.IDB, k *APIKey, event, ip,
 		}
 	}
 	return refusal
+}
+
+// within runs read and returns its error, or ctx's as soon as ctx ends,
+// even if read goes on: lib/pq cancels a statement on ctx's end only at
+// best (a cancel that reaches the server before the statement is lost,
+// and the statement then waits for as long as what it waits for, a locked
+// table say), and a key check must end with its deadline
+// (auth.DefaultKeyCheckTimeout). read must not touch what the caller uses
+// once within has returned early; its connection goes back to the pool
+// when it ends.
+func within(ctx context.Context, read func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- read() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("the database did not answer in time: %w", context.Cause(ctx))
+	}
 }
