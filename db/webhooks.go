@@ -442,43 +442,62 @@ func (s *Webhooks) DeleteEndpoint(ctx context.Context, idb bun.IDB, id uuid.UUID
 		return uuid.Nil, err
 	}
 	var deleted uuid.UUID
-	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		// Locks in the order every other writer of these rows takes them,
-		// so that none deadlocks with this: deliveries first (the prune,
-		// redeliverWebhook and a recorded attempt start there), then the
-		// endpoint, then events.
-		if _, err := tx.NewRaw(`SELECT 1 FROM webhook_deliveries WHERE endpoint_id = ? AND tenant_id = ? ORDER BY seq FOR UPDATE`,
-			id, sc.tenant).Exec(ctx); err != nil {
-			return fmt.Errorf("locking the endpoint's deliveries: %w", err)
-		}
-		if err := inTenant(sc, tx.NewSelect().Model((*WebhookEndpoint)(nil)).Column("w.id").Where("w.id = ?", id), "w").
-			For("UPDATE").Scan(ctx, &deleted); err != nil {
-			return notFoundIfNoRows(err, "webhook endpoint")
-		}
-		// Its deliveries go, then the events only they referred to (which
-		// retention, finding events through deliveries, could never find),
-		// in SQL: a busy endpoint's deliveries are millions. The events
-		// are locked first, as deleteEventsWithoutDeliveries does and for
-		// the same reason; the statement after it sees, in its snapshot,
-		// the deletions of a transaction that held them before.
-		if _, err := tx.NewRaw(`SELECT 1 FROM webhook_events WHERE id IN (
+	// A deadlock with a delivery being attempted meanwhile (the deliverer
+	// records its attempt on a delivery queued after the first lock below,
+	// whose event this then locks) rolls the deletion back whole: it is
+	// tried again, as PostgreSQL advises.
+	err = retryDeadlocks(func() error {
+		return idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			// Locks in the order every other writer of these rows takes them,
+			// so that none deadlocks with this: deliveries first (the prune,
+			// redeliverWebhook and a recorded attempt start there), then the
+			// endpoint, then events.
+			if _, err := tx.NewRaw(`SELECT 1 FROM webhook_deliveries WHERE endpoint_id = ? AND tenant_id = ? ORDER BY seq FOR UPDATE`,
+				id, sc.tenant).Exec(ctx); err != nil {
+				return fmt.Errorf("locking the endpoint's deliveries: %w", err)
+			}
+			if err := inTenant(sc, tx.NewSelect().Model((*WebhookEndpoint)(nil)).Column("w.id").Where("w.id = ?", id), "w").
+				For("UPDATE").Scan(ctx, &deleted); err != nil {
+				return notFoundIfNoRows(err, "webhook endpoint")
+			}
+			// Its deliveries go, then the events only they referred to (which
+			// retention, finding events through deliveries, could never find),
+			// in SQL: a busy endpoint's deliveries are millions. The events
+			// are locked first, as deleteEventsWithoutDeliveries does and for
+			// the same reason; the statement after it sees, in its snapshot,
+			// the deletions of a transaction that held them before.
+			if _, err := tx.NewRaw(`SELECT 1 FROM webhook_events WHERE id IN (
 				SELECT event_id FROM webhook_deliveries WHERE endpoint_id = ?) ORDER BY id FOR UPDATE`, id).Exec(ctx); err != nil {
-			return fmt.Errorf("locking the endpoint's events: %w", err)
-		}
-		if _, err := tx.NewRaw(`WITH d AS (DELETE FROM webhook_deliveries WHERE endpoint_id = ? RETURNING event_id)
+				return fmt.Errorf("locking the endpoint's events: %w", err)
+			}
+			if _, err := tx.NewRaw(`WITH d AS (DELETE FROM webhook_deliveries WHERE endpoint_id = ? RETURNING event_id)
 			DELETE FROM webhook_events AS e WHERE e.id IN (SELECT event_id FROM d)
 			AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS x WHERE x.event_id = e.id AND x.endpoint_id <> ?)`, id, id).Exec(ctx); err != nil {
-			return fmt.Errorf("deleting the endpoint's deliveries and events: %w", err)
-		}
-		if _, err := tx.NewDelete().Model((*WebhookEndpoint)(nil)).Where("w.id = ?", id).Exec(ctx); err != nil {
-			return fmt.Errorf("deleting the webhook endpoint: %w", err)
-		}
-		return nil
+				return fmt.Errorf("deleting the endpoint's deliveries and events: %w", err)
+			}
+			if _, err := tx.NewDelete().Model((*WebhookEndpoint)(nil)).Where("w.id = ?", id).Exec(ctx); err != nil {
+				return fmt.Errorf("deleting the webhook endpoint: %w", err)
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return uuid.Nil, err
 	}
 	return deleted, nil
+}
+
+// retryDeadlocks runs a transaction, again (up to three times in all) when
+// PostgreSQL ended it as a deadlock's victim (40P01): nothing of it
+// committed, and the other transaction has gone on.
+func retryDeadlocks(run func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := run()
+		var pqErr *pq.Error
+		if attempt == 3 || !errors.As(err, &pqErr) || pqErr.Code != "40P01" {
+			return err
+		}
+	}
 }
 
 // RotateSecret gives an endpoint a new secret, returned this once; the

@@ -1041,7 +1041,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 			lockWaiters := func(n int) {
 				t.Helper()
 				var activity []map[string]any
-				apitest.Eventually(t, 20*time.Second, fmt.Sprintf("%d transactions wait for a lock (seen: %v)", n, &activity), func() bool {
+				apitest.Eventually(t, time.Minute, fmt.Sprintf("%d transactions wait for a lock (seen: %v)", n, &activity), func() bool {
 					activity = activity[:0]
 					// Only the claim's robot-row locks and our table locks
 					// count (a sweep, say, could wait on robots too).
