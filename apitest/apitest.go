@@ -118,7 +118,7 @@ type Options struct {
 	KeyCheckTimeout time.Duration
 	// KeyLookups bounds the reads of API keys that do not verify, per
 	// address (default db.DefaultKeyLookupLimit).
-	KeyLookups db.KeyLookupLimit
+	KeyLookups db.RateLimit
 	// ReplicaOf, when set, makes this server a second replica of another:
 	// it serves that server's database over a pool and a listener of its
 	// own (and counts its own statements).

@@ -82,7 +82,7 @@ type Config struct {
 	KeyCheckTimeout time.Duration
 	// KeyLookups bounds, per address, the reads of API keys that do not
 	// verify (zero fields: db.DefaultKeyLookupLimit's).
-	KeyLookups db.KeyLookupLimit
+	KeyLookups db.RateLimit
 }
 
 // WebhookConfig shapes webhook delivery (see package webhook).

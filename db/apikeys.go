@@ -95,7 +95,7 @@ type APIKeys struct {
 	now       func() time.Time
 	// lookups limits the reads of keys that do not verify, per address;
 	// known keys are never limited.
-	lookups *keyLookups
+	lookups *tokenBuckets
 	known   *knownKeys
 }
 
@@ -122,7 +122,7 @@ func NewAPIKeysAt(now func() time.Time) *APIKeys {
 
 // LimitLookups replaces DefaultKeyLookupLimit (zero fields keep its
 // values). Call it before use.
-func (s *APIKeys) LimitLookups(l KeyLookupLimit) { s.lookups = newKeyLookups(l, s.now) }
+func (s *APIKeys) LimitLookups(l RateLimit) { s.lookups = newKeyLookups(l, s.now) }
 
 // due reports whether the write named by key may happen now, and if so
 // records it; anonymous writes (refusals of unknown keys) are also capped
@@ -320,7 +320,7 @@ func (s *APIKeys) Audit(ctx context.Context, idb bun.IDB, robotID *uuid.UUID, fi
 // a key verified in the last seconds is not read again (refusals are never
 // cached, so they are read and audited as before). A key the cache does not
 // hold is read only while its address (auth.AddressKey: an IPv6 client's
-// /64) is within its KeyLookupLimit, which each refused key is charged to
+// /64) is within its key lookup limit, which each refused key is charged to
 // (a key that verifies, or a read that fails, costs nothing); past the
 // limit the key is refused at once with RATE_LIMITED
 // (extensions.retryAfter: seconds), without a read. Neither a key that

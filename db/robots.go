@@ -141,7 +141,7 @@ type Robots struct {
 	// replicas evict when the delete's notification arrives).
 	Keys *KeyCache
 	// comings limits each robot's heartbeats that take it OFFLINE or back.
-	comings *keyLookups
+	comings *tokenBuckets
 }
 
 // MaxOfflinePerSweep bounds the robots one MarkSilentOffline marks.
@@ -154,16 +154,15 @@ const MaxOfflinePerSweep = 1000
 // flapping its status in a loop made 2,200 deliveries a second. A robot
 // that comes and goes as it should (a restart, a network blip) fits in the
 // burst of 5; past it, one such change each 10 s.
-var StatusChangeLimit = KeyLookupLimit{PerSecond: 0.1, Burst: 5}
+var StatusChangeLimit = RateLimit{PerSecond: 0.1, Burst: 5}
 
 // NewRobots returns the robot store.
 func NewRobots(cfg QueueConfig) *Robots {
-	comings := newKeyLookups(StatusChangeLimit, time.Now)
-	comings.refusal = func(wait float64) error {
+	comings := newTokenBuckets(StatusChangeLimit, time.Now, func(wait float64) error {
 		e := fault.New(fault.RateLimited, "this robot went OFFLINE or came back too often; send the heartbeat again in %.0f s", wait)
 		e.Extra = map[string]any{"limit": "ROBOT_STATUS_CHANGES", "max": StatusChangeLimit.PerSecond, "retryAfter": int(wait)}
 		return e
-	}
+	})
 	return &Robots{cfg: cfg, comings: comings}
 }
 

@@ -27,7 +27,7 @@ import (
 // (one an hour) earns none back while a test runs, so counts are exact.
 const klBurst = 5
 
-var klLimit = db.KeyLookupLimit{PerSecond: 1.0 / 3600, Burst: klBurst}
+var klLimit = db.RateLimit{PerSecond: 1.0 / 3600, Burst: klBurst}
 
 // klAsk sends `{ me { robotId } }` with key in X-Api-Key from the address
 // remote (host:port) through the handler, and returns the answer and the

@@ -10,14 +10,15 @@ import (
 	"fleetgraph/fault"
 )
 
-// The key lookup limiter on a clock the test moves: an address is allowed
+// The token buckets on a clock the test moves (as the key lookup limiter
+// uses them, a key is an address): an address is allowed
 // lookups until its refused keys have spent its tokens, then refused until
 // they refill at its rate; lookups allowed at once may run it into debt;
 // only charged addresses have buckets, forgotten once full, and at most
-// maxLookupAddresses in a window.
-func TestKeyLookupsLimiter(t *testing.T) {
+// maxBucketKeys in a window.
+func TestTokenBuckets(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
-	k := newKeyLookups(KeyLookupLimit{PerSecond: 1, Burst: 2}, func() time.Time { return now })
+	k := newKeyLookups(RateLimit{PerSecond: 1, Burst: 2}, func() time.Time { return now })
 
 	for range 5 {
 		require.NoError(t, k.allow("a"), "allowed, never charged: valid keys, failed reads")
@@ -51,14 +52,14 @@ func TestKeyLookupsLimiter(t *testing.T) {
 	require.NotContains(t, k.cur, "a")
 	require.NotContains(t, k.prev, "a")
 
-	// Past maxLookupAddresses, new addresses share one bucket.
-	for i := len(k.cur); i < maxLookupAddresses; i++ {
+	// Past maxBucketKeys, new addresses share one bucket.
+	for i := len(k.cur); i < maxBucketKeys; i++ {
 		k.spend(strconv.Itoa(i))
 	}
-	require.Len(t, k.cur, maxLookupAddresses)
+	require.Len(t, k.cur, maxBucketKeys)
 	k.spend("new-1")
 	require.NoError(t, k.allow("new-2"))
 	k.spend("new-2")
 	require.True(t, fault.Has(k.allow("new-3"), fault.RateLimited), "the shared bucket is spent")
-	require.Len(t, k.cur, maxLookupAddresses)
+	require.Len(t, k.cur, maxBucketKeys)
 }
