@@ -179,6 +179,8 @@ type config struct {
 	jwtSecret      string
 	jwtAudience    string
 	jwtIssuer      string
+	// requireTenant refuses tokens that name no tenant.
+	requireTenant  bool
 	allowedOrigins []string
 	playground     *bool
 	introspection  *bool
@@ -219,7 +221,7 @@ func (c *config) devDefault(b *bool) bool {
 // configSettings declares the settings shared by the subcommands that need them.
 type configSettings struct {
 	listen, databaseURL, dbConnectWait, dataDir, jwtSecret    *setting
-	jwtAudience, jwtIssuer                                    *setting
+	jwtAudience, jwtIssuer, requireTenant                     *setting
 	origins, playground, introspection, autoMigrate, logLevel *setting
 	logFormat                                                 *setting
 	jobLease, jobProgress, offlineAfter                       *setting
@@ -242,6 +244,8 @@ func declareServe(s *settings) *configSettings {
 		jwtSecret:     s.add("JWT_SECRET", "jwt-secret", "", "HS256 secret for tokens (at least 32 bytes); required with DATABASE_URL"),
 		jwtAudience:   s.add("JWT_AUDIENCE", "jwt-audience", "authenticated", "required aud claim"),
 		jwtIssuer:     s.add("JWT_ISSUER", "jwt-issuer", "", "required iss claim, when set"),
+		requireTenant: s.addBool("REQUIRE_TENANT_CLAIM", "require-tenant-claim",
+			"refuse tokens without a tenant_id claim instead of placing them in the default tenant (set it when tenants share an identity provider)"),
 		origins:       s.add("ALLOWED_ORIGINS", "allowed-origins", "", "comma-separated browser origin host patterns allowed for CORS and websockets, e.g. app.example.com,*.example.com"),
 		playground:    s.addBool("PLAYGROUND", "playground", "serve the GraphiQL playground at / (default: on with the private database, else off)"),
 		introspection: s.addBool("INTROSPECTION", "introspection", "allow schema introspection and suggestions (default: on with the private database, else off)"),
@@ -346,6 +350,11 @@ func (cs *configSettings) resolve() (*config, error) {
 		return nil, err
 	}
 	c.autoMigrate = auto != nil && *auto
+	requireTenant, err := cs.requireTenant.Bool()
+	if err != nil {
+		return nil, err
+	}
+	c.requireTenant = requireTenant != nil && *requireTenant
 	c.queue = db.DefaultQueueConfig
 	if c.queue.Lease, err = cs.jobLease.Seconds(5, 3600); err != nil {
 		return nil, err

@@ -335,7 +335,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err != nil {
 		return err
 	}
-	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: secret, Audience: cfg.jwtAudience, Issuer: cfg.jwtIssuer})
+	jwt, err := auth.NewJWT(auth.JWTConfig{Secret: secret, Audience: cfg.jwtAudience, Issuer: cfg.jwtIssuer, RequireTenant: cfg.requireTenant})
 	if err != nil {
 		return usageError("JWT_SECRET: %v", err)
 	}
@@ -738,7 +738,9 @@ func token(args []string, env func(string) string, stdout, stderr io.Writer) err
 	if err != nil || userID == uuid.Nil {
 		return usageError("%s must be a UUID other than the nil one", sub.name())
 	}
-	var tenantID uuid.UUID
+	// The tenant is always named, so the token works where
+	// REQUIRE_TENANT_CLAIM is set too.
+	tenantID := auth.DefaultTenant
 	if tenant.String() != "" {
 		if tenantID, err = uuid.Parse(tenant.String()); err != nil || tenantID == uuid.Nil {
 			return usageError("%s must be a UUID other than the nil one (leave it unset for the default tenant)", tenant.name())

@@ -421,6 +421,7 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "Playground", env: env{"PLAYGROUND": "maybe"}, want: "PLAYGROUND"},
 		{name: "Introspection", env: env{"INTROSPECTION": "2x"}, want: "INTROSPECTION"},
 		{name: "AutoMigrate", env: env{"AUTO_MIGRATE": "sometimes"}, want: "AUTO_MIGRATE"},
+		{name: "RequireTenantClaim", env: env{"REQUIRE_TENANT_CLAIM": "yes please"}, want: "REQUIRE_TENANT_CLAIM"},
 		{name: "ListenAddr", env: env{"LISTEN_ADDR": "nonsense"}, want: "LISTEN_ADDR"},
 		{name: "ShortJWTSecret", env: env{"JWT_SECRET": "too-short"}, want: "JWT_SECRET"},
 		{name: "EmptyAudience", args: []string{"--jwt-audience", " "}, want: "JWT_AUDIENCE"},
@@ -778,6 +779,29 @@ func TestServeExternalDatabase(t *testing.T) {
 		entries, err := os.ReadDir(e["DATA_DIR"])
 		require.NoError(t, err)
 		require.Empty(t, entries, "with DATABASE_URL nothing is written to DATA_DIR")
+	})
+
+	// REQUIRE_TENANT_CLAIM=true refuses a token naming no tenant, over
+	// HTTP; the token command names the default tenant, so its tokens
+	// still pass.
+	t.Run("RequireTenantClaim", func(t *testing.T) {
+		t.Parallel()
+		dsn, _ := emptyDatabase(t)
+		e := baseEnv(t).with("DATABASE_URL", dsn, "JWT_SECRET", testSecret, "REQUIRE_TENANT_CLAIM", "true")
+		p := startServe(t, e, "--listen", "127.0.0.1:0", "--auto-migrate")
+		url := p.waitFor(t, p.stderr, servingLog)[1]
+		tenantless, err := verifier(t, testSecret, "").Mint(auth.MintOptions{UserID: demo.Alice, Role: auth.RoleUser, TTL: time.Minute})
+		require.NoError(t, err)
+		status, resp := postGraphQL(t, url, "Bearer "+tenantless, `{ machines { totalCount } }`)
+		require.Equal(t, http.StatusUnauthorized, status)
+		require.Len(t, resp.Errors, 1)
+		require.Contains(t, resp.Errors[0].Message, "names no tenant")
+		require.Contains(t, []string{"", "null"}, string(resp.Data))
+
+		code, stdout, stderr := runCLI(t, baseEnv(t).with("JWT_SECRET", testSecret), "token")
+		require.Equal(t, 0, code, stderr)
+		require.Zero(t, machineCount(t, url, singleToken(t, stdout)))
+		require.Equal(t, 0, p.stop(t), p.stderr.String())
 	})
 
 	t.Run("AutoMigrateFromEnv", func(t *testing.T) {

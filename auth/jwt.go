@@ -29,6 +29,10 @@ type JWTConfig struct {
 	Audience string
 	// Issuer, when set, must equal the token's iss claim.
 	Issuer string
+	// RequireTenant refuses a token that names no tenant; without it such
+	// a token is in DefaultTenant (a single-tenant installation taking an
+	// identity provider's tokens unchanged).
+	RequireTenant bool
 	// Now is the clock tokens are checked and minted by (nil: time.Now).
 	Now func() time.Time
 }
@@ -135,9 +139,9 @@ func NewJWT(cfg JWTConfig) (*JWT, error) {
 type claims struct {
 	jwt.RegisteredClaims
 	Role        string `json:"role"`
-	TenantID    string `json:"tenant_id,omitempty"`
+	TenantID    *string `json:"tenant_id,omitempty"`
 	AppMetadata struct {
-		TenantID string `json:"tenant_id,omitempty"`
+		TenantID *string `json:"tenant_id,omitempty"`
 	} `json:"app_metadata"`
 }
 
@@ -163,17 +167,44 @@ func (j *JWT) Verify(token string) (*Principal, error) {
 	if role != RoleUser && role != RoleService {
 		return nil, fault.New(fault.Unauthenticated, "invalid token: role %q is not allowed; use %q or %q", c.Role, RoleUser, RoleService)
 	}
-	tenant := DefaultTenant
-	if raw := cmpOr(c.TenantID, c.AppMetadata.TenantID); raw != "" {
-		// The nil UUID is no tenant: a principal without one is the
-		// installation's own (the operator CLI), never a token's.
-		if tenant, err = uuid.Parse(raw); err != nil || tenant == uuid.Nil {
-			return nil, fault.New(fault.Unauthenticated, "invalid token: tenant_id must be a UUID, not the nil one")
-		}
+	tenant, err := j.tenant(&c)
+	if err != nil {
+		return nil, err
 	}
 	p := &Principal{UserID: userID, TenantID: tenant, Role: role, ExpiresAt: c.ExpiresAt.Time}
 	j.cache.put(token, p)
 	return p, nil
+}
+
+// tenant returns the tenant c names, at the top level or in app_metadata.
+// A claim that is present names a tenant or the token is refused: an
+// empty one, the nil UUID (a principal without a tenant is the
+// installation's own, the operator CLI, never a token's) and two claims
+// naming different tenants are mistakes of the issuer, not a request for
+// the default. A token naming none is in DefaultTenant, unless
+// RequireTenant.
+func (j *JWT) tenant(c *claims) (uuid.UUID, error) {
+	var tenant uuid.UUID
+	for _, raw := range []*string{c.TenantID, c.AppMetadata.TenantID} {
+		if raw == nil {
+			continue
+		}
+		t, err := uuid.Parse(*raw)
+		if err != nil || t == uuid.Nil {
+			return uuid.Nil, fault.New(fault.Unauthenticated, "invalid token: tenant_id must be a UUID, not the nil one")
+		}
+		if tenant != uuid.Nil && t != tenant {
+			return uuid.Nil, fault.New(fault.Unauthenticated, "invalid token: tenant_id and app_metadata.tenant_id name different tenants")
+		}
+		tenant = t
+	}
+	switch {
+	case tenant != uuid.Nil:
+		return tenant, nil
+	case j.cfg.RequireTenant:
+		return uuid.Nil, fault.New(fault.Unauthenticated, "invalid token: it names no tenant (a tenant_id claim, at the top level or in app_metadata)")
+	}
+	return DefaultTenant, nil
 }
 
 // maxNumericDate is 9999-12-31T23:59:59Z: a NumericDate past it (or before
@@ -324,13 +355,6 @@ func uniqueValue(dec *json.Decoder, depth int) bool {
 	return err == nil
 }
 
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
 // tokenProblem turns a jwt error into a short, safe explanation.
 func tokenProblem(err error) string {
 	switch {
@@ -391,7 +415,8 @@ func (j *JWT) Mint(o MintOptions) (string, error) {
 		Role: string(o.Role),
 	}
 	if o.TenantID != uuid.Nil {
-		c.TenantID = o.TenantID.String()
+		t := o.TenantID.String()
+		c.TenantID = &t
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(j.cfg.Secret)
 }

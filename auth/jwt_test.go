@@ -41,6 +41,12 @@ func newJWT(t *testing.T, iss string) *auth.JWT {
 	return j
 }
 
+// withClaim returns c with name set to v (nil: present as JSON null).
+func withClaim(c jwt.MapClaims, name string, v any) jwt.MapClaims {
+	c[name] = v
+	return c
+}
+
 // validClaims are the claims of a token Verify accepts; tests change one thing.
 func validClaims() jwt.MapClaims {
 	now := time.Now()
@@ -136,11 +142,11 @@ func TestJWTVerify(t *testing.T) {
 		require.Equal(t, testTenant, p.TenantID)
 	})
 
-	t.Run("TopLevelTenantWinsOverAppMetadata", func(t *testing.T) {
+	t.Run("SameTenantInBothPlaces", func(t *testing.T) {
 		t.Parallel()
 		c := validClaims()
 		c["tenant_id"] = testTenant.String()
-		c["app_metadata"] = map[string]any{"tenant_id": uuid.NewString()}
+		c["app_metadata"] = map[string]any{"tenant_id": strings.ToUpper(testTenant.String())}
 		p, err := newJWT(t, "").Verify(sign(t, c))
 		require.NoError(t, err)
 		require.Equal(t, testTenant, p.TenantID)
@@ -153,6 +159,30 @@ func TestJWTVerify(t *testing.T) {
 		p, err := newJWT(t, "").Verify(sign(t, c))
 		require.NoError(t, err)
 		require.Equal(t, auth.DefaultTenant, p.TenantID)
+	})
+
+	// With RequireTenant a token naming no tenant is refused, and one that
+	// names one still passes.
+	t.Run("RequireTenant", func(t *testing.T) {
+		t.Parallel()
+		j, err := auth.NewJWT(auth.JWTConfig{Secret: []byte(testSecret), Audience: testAudience, RequireTenant: true})
+		require.NoError(t, err)
+		for _, c := range []jwt.MapClaims{validClaims(), withClaim(validClaims(), "app_metadata", map[string]any{"provider": "email"}),
+			withClaim(validClaims(), "tenant_id", nil)} {
+			token := sign(t, c)
+			p, err := j.Verify(token)
+			require.Nil(t, p)
+			requireUnauthenticated(t, err, token, "names no tenant")
+		}
+		tok, err := j.Mint(auth.MintOptions{UserID: testUser, Role: auth.RoleUser, TTL: time.Minute})
+		require.NoError(t, err)
+		_, err = j.Verify(tok)
+		requireUnauthenticated(t, err, tok, "names no tenant")
+		c := validClaims()
+		c["app_metadata"] = map[string]any{"tenant_id": testTenant.String()}
+		p, err := j.Verify(sign(t, c))
+		require.NoError(t, err)
+		require.Equal(t, testTenant, p.TenantID)
 	})
 
 	t.Run("ExpiredWithinLeewayAccepted", func(t *testing.T) {
@@ -313,6 +343,29 @@ func TestJWTVerify(t *testing.T) {
 			c["app_metadata"] = map[string]any{"tenant_id": uuid.Nil.String()}
 			return sign(t, c)
 		}, "tenant_id"},
+		// A tenant claim that is there names a tenant: an empty one is the
+		// issuer's mistake, not a request for the default tenant.
+		{"TenantEmpty", "", func(t *testing.T) string {
+			return sign(t, withClaim(validClaims(), "tenant_id", ""))
+		}, "tenant_id"},
+		{"AppMetadataTenantEmpty", "", func(t *testing.T) string {
+			return sign(t, withClaim(validClaims(), "app_metadata", map[string]any{"tenant_id": ""}))
+		}, "tenant_id"},
+		{"TenantEmptyAppMetadataTenantSet", "", func(t *testing.T) string {
+			c := withClaim(validClaims(), "tenant_id", "")
+			c["app_metadata"] = map[string]any{"tenant_id": testTenant.String()}
+			return sign(t, c)
+		}, "tenant_id"},
+		{"TenantNotAString", "", func(t *testing.T) string {
+			return sign(t, withClaim(validClaims(), "tenant_id", 42))
+		}, ""},
+		// Two claims naming different tenants: which one the issuer meant
+		// is unknown, so neither.
+		{"TenantsDisagree", "", func(t *testing.T) string {
+			c := withClaim(validClaims(), "tenant_id", testTenant.String())
+			c["app_metadata"] = map[string]any{"tenant_id": uuid.NewString()}
+			return sign(t, c)
+		}, "different tenants"},
 	}
 	for _, tt := range refusals {
 		t.Run("Refuses"+tt.name, func(t *testing.T) {
