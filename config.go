@@ -174,11 +174,11 @@ type config struct {
 	listenAddr  string
 	databaseURL string
 	// dbConnectWait is how long to retry a DATABASE_URL that is not reachable yet.
-	dbConnectWait  time.Duration
-	dataDir        string
-	jwtSecret      string
-	jwtAudience    string
-	jwtIssuer      string
+	dbConnectWait time.Duration
+	dataDir       string
+	jwtSecret     string
+	jwtAudience   string
+	jwtIssuer     string
 	// requireTenant refuses tokens that name no tenant.
 	requireTenant  bool
 	allowedOrigins []string

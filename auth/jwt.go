@@ -138,7 +138,7 @@ func NewJWT(cfg JWTConfig) (*JWT, error) {
 // claims are the parts of a Supabase access token we read.
 type claims struct {
 	jwt.RegisteredClaims
-	Role        string `json:"role"`
+	Role        string  `json:"role"`
 	TenantID    *string `json:"tenant_id,omitempty"`
 	AppMetadata struct {
 		TenantID *string `json:"tenant_id,omitempty"`
