@@ -272,11 +272,26 @@ var forbiddenPrefixes = []struct {
 	{netip.MustParsePrefix("192.0.0.0/24"), "reserved"},
 	{netip.MustParsePrefix("198.18.0.0/15"), "reserved"},
 	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
+	// Azure's host endpoint (WireServer), its metadata's sibling.
+	{netip.MustParsePrefix("168.63.129.16/32"), "cloud metadata"},
+	// IPv6 that carries an IPv4 address to a relay or translator, which
+	// may lead anywhere inside: Teredo, 6to4. (64:ff9b::/96, the
+	// well-known NAT64 prefix, is judged by its IPv4 address instead; the
+	// local-use one, 64:ff9b:1::/48, is outside 2000::/3 and refused.)
+	{netip.MustParsePrefix("2001::/32"), "tunnel (Teredo)"},
+	{netip.MustParsePrefix("2002::/16"), "tunnel (6to4)"},
+	{netip.MustParsePrefix("2001:db8::/32"), "documentation"},
 }
+
+// globalUnicast6 is IPv6's global unicast space: webhooks go to nothing
+// else over IPv6 (no IPv4-compatible, IPv4-translated, site-local or
+// local-use NAT64 address, nor any range assigned later).
+var globalUnicast6 = netip.MustParsePrefix("2000::/3")
 
 // ForbiddenAddress says why ip is no place for a webhook (loopback,
 // private, link-local (metadata services live there), ...), or "" when it
-// is a public address. IPv4 inside IPv6 (mapped or NAT64) is judged as IPv4.
+// is a public address. IPv4 inside IPv6 (mapped or NAT64) is judged as
+// IPv4; other IPv6 must be global unicast, and not a tunnel's.
 func ForbiddenAddress(ip netip.Addr) string {
 	ip = ip.Unmap()
 	if ip.Is6() && netip.MustParsePrefix("64:ff9b::/96").Contains(ip) {
@@ -303,6 +318,9 @@ func ForbiddenAddress(ip netip.Addr) string {
 		if p.prefix.Contains(ip) {
 			return p.what
 		}
+	}
+	if ip.Is6() && !globalUnicast6.Contains(ip) {
+		return "reserved (not global unicast)"
 	}
 	return ""
 }
