@@ -561,15 +561,36 @@ func (s *Schedules) pauseConflict(ctx context.Context, idb bun.IDB, sc scope, id
 
 // Delete removes a schedule. The jobs it enqueued stay, without their
 // scheduleId.
+//
+// Its jobs lose their scheduleId here, locked in id order as heartbeats,
+// the rescue and batched completions lock jobs, before the row goes. The
+// foreign key's ON DELETE SET NULL locked them in the order of the tick
+// index instead, and deadlocked with the heartbeat of a robot running
+// several of them. The schedule's row is locked first: the scheduler and
+// triggerSchedule enqueue under it, so no job of it appears meanwhile.
 func (s *Schedules) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
 		return uuid.Nil, err
 	}
 	var deleted uuid.UUID
-	err = inTenant(sc, idb.NewDelete().Model((*Schedule)(nil)).Where("s.id = ?", id), "s").Returning("s.id").Scan(ctx, &deleted)
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if err := inTenant(sc, tx.NewSelect().Model((*Schedule)(nil)).Column("s.id").Where("s.id = ?", id), "s").
+			For("UPDATE").Scan(ctx, &deleted); err != nil {
+			return notFoundIfNoRows(err, "schedule")
+		}
+		if _, err := tx.NewUpdate().Model((*Job)(nil)).
+			Where("j.id IN (SELECT id FROM jobs WHERE schedule_id = ? ORDER BY id FOR UPDATE)", deleted).
+			Set("schedule_id = NULL").Exec(ctx); err != nil {
+			return fmt.Errorf("detaching the schedule's jobs: %w", err)
+		}
+		if _, err := tx.NewDelete().Model((*Schedule)(nil)).Where("s.id = ?", deleted).Exec(ctx); err != nil {
+			return fmt.Errorf("deleting the schedule: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return uuid.Nil, notFoundIfNoRows(err, "schedule")
+		return uuid.Nil, err
 	}
 	return deleted, nil
 }

@@ -598,7 +598,11 @@ func (s *Jobs) CompleteMany(ctx context.Context, idb bun.IDB, batch []JobComplet
 		var p Params
 		c := tx.NewRaw("SELECT * FROM unnest(?::uuid[], ?::uuid[], ?::text[]::jsonb[]) AS c(id, token, result)",
 			p.Bind(pgUUIDs(ids)), p.Bind(pgUUIDs(tokens)), p.Bind(pq.StringArray(results)))
-		q := tx.NewUpdate().With("c", c).Model((*Job)(nil)).TableExpr("c").Where("j.id = c.id AND j.lease_token = c.token")
+		// The robot's jobs of the batch are locked in id order, as
+		// heartbeats, the rescue and deleteSchedule lock jobs: the join
+		// alone locks them in its own order.
+		q := tx.NewUpdate().With("c", c).Model((*Job)(nil)).TableExpr("c").Where("j.id = c.id AND j.lease_token = c.token").
+			Where("j.id IN (SELECT id FROM jobs WHERE id IN (SELECT id FROM c) AND robot_id = ? ORDER BY id FOR UPDATE)", p.Bind(sc.robot))
 		q = inTenant(sc.binding(&p), q, "j").
 			Where("j.robot_id = ? AND j.status IN (?)", p.Bind(sc.robot), bun.List(runningOrClaimed(startIfClaimed)))
 		q = startedIfClaimed(startIfClaimed, q).Set("status = ?", JobCompleted).Set("result = c.result").Set("progress = 100").
