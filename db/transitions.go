@@ -190,6 +190,34 @@ UPDATE jobs j SET status = 'CLAIMED', robot_id = ?0, lease_token = gen_random_uu
 FROM candidate WHERE j.id = candidate.id
 RETURNING j.*`
 
+// GiveBack returns to the queue leases the calling robot never received
+// (the answer that carried them was not delivered): QUEUED as if they had
+// not been claimed, their attempt uncounted, their slots free at once.
+// A lease the robot has since used (the job is no longer CLAIMED under it)
+// is left alone. Jobs are locked in id order, as every path locking
+// several jobs does.
+func (s *Jobs) GiveBack(ctx context.Context, idb bun.IDB, leases []*JobLease) error {
+	sc, err := robotScope(ctx)
+	if err != nil || len(leases) == 0 {
+		return err
+	}
+	ids, tokens := make([]uuid.UUID, len(leases)), make([]uuid.UUID, len(leases))
+	for i, l := range leases {
+		ids[i], tokens[i] = l.Job.ID, l.LeaseToken
+	}
+	q := idb.NewUpdate().Model((*Job)(nil)).
+		Where("j.id IN (SELECT id FROM jobs WHERE id = ANY(?::uuid[]) AND robot_id = ? ORDER BY id FOR UPDATE)", pgUUIDs(ids), sc.robot).
+		Where("(j.id, j.lease_token) IN (SELECT * FROM unnest(?::uuid[], ?::uuid[]))", pgUUIDs(ids), pgUUIDs(tokens)).
+		Where("j.status = ?", JobClaimed)
+	_, err = jobsVisible(sc, q, "j").
+		Set("status = ?", JobQueued).Set("robot_id = NULL").Set("lease_expires_at = NULL").Set("claimed_at = NULL").
+		Set("attempt = j.attempt - 1").Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("giving back undelivered leases: %w", err)
+	}
+	return nil
+}
+
 // MaxClaimBatch is the most jobs one claimJobs may lease: as many as a
 // robot may hold (maxConcurrentJobs is at most 100).
 const MaxClaimBatch = 100

@@ -232,8 +232,14 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	stores := dataloaders.Stores{DB: r.DB, Machines: r.MachineStore, Robots: r.RobotStore, Workflows: r.WorkflowStore, Jobs: r.JobStore, Logs: r.LogStore, Columns: loaderColumns}
 	// Loaders per response, not per operation: a subscription is one long
 	// operation, and each of its events must read fresh relations.
+	// Leases per response too: one that is not delivered gives them back.
 	srv.AroundResponses(func(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {
-		return bounded(next(dataloaders.With(ctx, stores)), cfg.Limits.Errors)
+		ctx, handed := withHandOuts(ctx)
+		resp, dropped := bounded(next(dataloaders.With(ctx, stores)), cfg.Limits.Errors)
+		if dropped {
+			handed.giveBack(ctx, r.JobStore, r.DB, cfg.Logger)
+		}
+		return resp
 	})
 
 	var h http.Handler = codedRefusals(cfg.Logger, srv)

@@ -213,12 +213,14 @@ func (r *mutationResolver) Heartbeat(ctx context.Context, input db.HeartbeatInpu
 // ClaimJob is the resolver for the claimJob field.
 func (r *mutationResolver) ClaimJob(ctx context.Context, waitSeconds *int) (*db.JobLease, error) {
 	row, err := r.Dispatcher.Claim(ctx, time.Duration(deref(waitSeconds))*time.Second)
+	handOut(ctx, row)
 	return alone(ctx, row), err
 }
 
 // ClaimJobs is the resolver for the claimJobs field.
 func (r *mutationResolver) ClaimJobs(ctx context.Context, limit int, waitSeconds *int) ([]*db.JobLease, error) {
 	leases, err := r.Dispatcher.ClaimMany(ctx, limit, time.Duration(deref(waitSeconds))*time.Second)
+	handOut(ctx, leases...)
 	rememberJobs(ctx, jobsOf(leases))
 	return leases, err
 }
@@ -238,12 +240,14 @@ func (r *mutationResolver) ReportJobProgress(ctx context.Context, jobID uuid.UUI
 // CompleteJob is the resolver for the completeJob field.
 func (r *mutationResolver) CompleteJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, result map[string]any, startIfClaimed *bool, claimNext *bool) (*db.Job, error) {
 	row, err := r.JobStore.Complete(ctx, r.DB, jobID, leaseToken, result, db.JobCallOptions{StartIfClaimed: deref(startIfClaimed), ClaimNext: deref(claimNext)})
+	handOut(ctx, nextLease(row))
 	return alone(ctx, row), err
 }
 
 // FailJob is the resolver for the failJob field.
 func (r *mutationResolver) FailJob(ctx context.Context, jobID uuid.UUID, leaseToken uuid.UUID, error string, retryable *bool, claimNext *bool) (*db.Job, error) {
 	row, err := r.JobStore.Fail(ctx, r.DB, jobID, leaseToken, error, deref(retryable), db.JobCallOptions{ClaimNext: deref(claimNext)})
+	handOut(ctx, nextLease(row))
 	return alone(ctx, row), err
 }
 
@@ -253,6 +257,7 @@ func (r *mutationResolver) CompleteJobs(ctx context.Context, completions []*db.J
 	if err != nil {
 		return nil, err
 	}
+	handOut(ctx, out.NextLeases...)
 	rememberJobs(ctx, out.Jobs)
 	rememberJobs(ctx, jobsOf(out.NextLeases))
 	return out, nil
