@@ -51,6 +51,10 @@ type Limits struct {
 	// SubscriptionBytes caps the document of a subscription (its text, as
 	// sent or persisted), which it keeps, parsed, for as long as it runs.
 	SubscriptionBytes int
+	// DecodeBytes is the memory the request bodies and websocket messages
+	// being decoded and run may take at once, by weight (live.DecodeBudget;
+	// 0: live.DefaultDecodeBudget).
+	DecodeBytes int64
 }
 
 // The caches of validated documents and of automatic persisted queries
@@ -179,6 +183,8 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	fanout.Yield = func() bool { return running.Load() > 0 }
 	// Every transport presents at most Limits.Errors of a refused
 	// request's errors (firstErrors).
+	// One budget for what request bodies and websocket messages decode to.
+	decoding := live.NewDecodeBudget(cfg.Limits.DecodeBytes)
 	addTransport := func(t graphql.Transport) { srv.AddTransport(errorsBounded{Transport: t, max: cfg.Limits.Errors}) }
 	addTransport(live.SSE{KeepAlive: cfg.WebsocketKeepAlive, WriteTimeout: 30 * time.Second, Quota: quota, Streams: streams, Fanout: fanout,
 		Auth: cfg.Auth, KeyRecheck: cfg.WebsocketKeyRecheck})
@@ -191,6 +197,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 		KeepAlive:    cfg.WebsocketKeepAlive,
 		WriteTimeout: 30 * time.Second,
 		ReadLimit:    cfg.Limits.BodyBytes,
+		Decoding:     decoding,
 		Quota:        quota,
 		KeyRecheck:   cfg.WebsocketKeyRecheck,
 		Fanout:       fanout,
@@ -249,7 +256,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	h = socks.track(h)
 	h = noteCaller(h)
 	h = cfg.Auth.Middleware(cfg.Logger, h)
-	h = checkBody(cfg.Limits.BodyBytes, h)
+	h = checkBody(cfg.Limits.BodyBytes, decoding, h)
 	h = queriesOnly(cfg.Limits.Tokens, h)
 	h = allowOptions(h)
 	h = cors(cfg.AllowedOrigins, h)

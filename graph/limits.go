@@ -350,7 +350,7 @@ func isQueriesOnly(ctx context.Context) bool { v, _ := ctx.Value(queriesOnlyKey{
 // with a GraphQL-shaped BAD_USER_INPUT error that does not echo the body
 // back. Other methods pass through; the websocket transport has its own
 // message limit.
-func checkBody(max int64, next http.Handler) http.Handler {
+func checkBody(max int64, budget *live.DecodeBudget, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			next.ServeHTTP(w, r)
@@ -392,6 +392,19 @@ func checkBody(max int64, next http.Handler) http.Handler {
 			auth.WriteError(w, http.StatusBadRequest, e)
 			return
 		}
+		// What decoding it costs is bounded too, before it is decoded,
+		// for as long as its values are held.
+		release, err := budget.Take(r.Context(), auth.AddressKey(auth.ClientIP(r)), body)
+		if err != nil {
+			status := http.StatusBadRequest
+			if fault.CodeOf(err) == fault.RateLimited {
+				status = http.StatusTooManyRequests
+				w.Header().Set("Retry-After", "1")
+			}
+			auth.WriteError(w, status, err)
+			return
+		}
+		defer release()
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		next.ServeHTTP(w, r)

@@ -104,7 +104,7 @@ func TestRepeatedVariablesAreCountedWhereUsed(t *testing.T) {
 			objs.WriteString(`{workflowId: $w, requiredCapabilities: $s} `)
 		}
 		q := `mutation($w: ID!, $s: [String!]) { enqueueJobs(input: [` + objs.String() + `]) { id } }`
-		caps := make([]string, 300_000)
+		caps := make([]string, 150_000) // within live.MaxDocumentElements
 		requireRefusedCheaply(t, q, map[string]any{"w": wf, "s": caps})
 		requireRefusedCheaply(t, q, map[string]any{"w": "not-an-id", "s": caps})
 	})

@@ -129,8 +129,8 @@ func maskedTextFrame(payload []byte) []byte {
 }
 
 // TestSubscriptionKeepsNoExtensions subscribes with a message padded to
-// about a megabyte in its extensions, which decode to tens of megabytes of
-// maps, and measures the heap the subscription keeps once it runs: less
+// about a megabyte in its extensions (within MaxDocumentElements), which
+// decode to megabytes of maps, and measures the heap the subscription keeps once it runs: less
 // than the message itself (a persisted query's hash is read as the
 // subscription is created; nothing needs its extensions after). Not
 // parallel: other tests would blur the heap.
@@ -150,7 +150,7 @@ func TestSubscriptionKeepsNoExtensions(t *testing.T) {
 	query, err := json.Marshal(machineSub)
 	require.NoError(t, err)
 	message := []byte(`{"id":"padded","type":"subscribe","payload":{"query":` + string(query) + `,"variables":{"id":"` + f.machine +
-		`"},"extensions":{"pad":[` + strings.Repeat("{},", 300_000) + `{}]}}}`)
+		`"},"extensions":{"pad":[` + strings.Repeat(`{"k":"0123456789"},`, 50_000) + `{}]}}}`)
 	before := heap()
 	c.sendRaw(websocket.MessageText, message)
 	require.Equal(t, "CURRENT", machineChange(t, c.readFor("padded")).Op)

@@ -66,6 +66,9 @@ type Websocket struct {
 	WriteTimeout time.Duration
 	// ReadLimit caps one client message, in bytes.
 	ReadLimit int64
+	// Decoding bounds what the messages being handled decode to (nil:
+	// only their elements are checked).
+	Decoding *DecodeBudget
 	// Quota caps the subscriptions of one connection and of one caller
 	// across connections (nil: DefaultLimits per connection, none per caller).
 	Quota *Quota
@@ -362,7 +365,19 @@ func (c *wsConn) serve(ctx context.Context) {
 			c.shut(CloseNormal, "") // the client closed or vanished, unless a close was under way
 			break
 		}
+		// What the message decodes to is bounded as a request body's is,
+		// until it is handled (a subscription's start included).
+		release, err := c.t.Decoding.Take(ctx, auth.AddressKey(c.ip), data)
+		if err != nil {
+			code, reason := CloseTryAgainLater, "Try again later: too many large messages are being handled"
+			if fault.CodeOf(err) == fault.BadUserInput {
+				code, reason = CloseBadRequest, closeReason(fmt.Sprintf("Invalid message received: over %d JSON elements", MaxDocumentElements))
+			}
+			c.shut(code, reason)
+			break
+		}
 		code, reason, exp := c.handleAside(ctx, typ, data)
+		release()
 		if code != 0 {
 			c.shut(code, reason)
 			break
