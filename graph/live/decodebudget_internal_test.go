@@ -13,13 +13,13 @@ import (
 func TestJSONElements(t *testing.T) {
 	t.Parallel()
 	for doc, want := range map[string]int{
-		`{}`:                            1,
-		`{"a":1}`:                       1,
-		`{"a":1,"b":[1,2,3]}`:           5,
-		`[{},{},{}]`:                    6,
-		`"{[,]}"`:                       0,
+		`{}`:                           1,
+		`{"a":1}`:                      1,
+		`{"a":1,"b":[1,2,3]}`:          5,
+		`[{},{},{}]`:                   6,
+		`"{[,]}"`:                      0,
 		`{"a\"{[,":"\\",  "b" : [ ] }`: 3,
-		``:                              0,
+		``:                             0,
 	} {
 		require.Equal(t, want, JSONElements([]byte(doc)), doc)
 	}
