@@ -377,8 +377,15 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if metricsLn != nil {
 		defer metricsLn.Close()
 	}
+	// Credential checks and readiness have connections of their own.
+	control, err := db.OpenPool(ctx, d.dsn, db.ControlPoolSize)
+	if err != nil {
+		return err
+	}
+	defer control.Close()
 	a, err := app.New(app.Config{
 		DB:               d.DB,
+		ControlDB:        control,
 		DSN:              d.dsn,
 		JWT:              jwt,
 		Logger:           log,
@@ -414,7 +421,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	mux.Handle("GET /readyz", readiness(d.DB))
+	mux.Handle("GET /readyz", readiness(control))
 	if cfg.devDefault(cfg.playground) {
 		pg := newPlayground(cfg.embedded(), jwt)
 		mux.Handle("GET /{$}", pg)

@@ -197,8 +197,17 @@ func New(t testing.TB, opts ...Options) *Server {
 		t.Cleanup(ms.Close)
 		s.MetricsURL = ms.URL + "/metrics"
 	}
+	// A control pool as serve opens one, counted as the main one is.
+	control, err := db.OpenPool(t.Context(), s.DB.DSN, db.ControlPoolSize)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = control.Close() })
+	control.AddQueryHook(counter{&s.Statements, &s.Transactions, s.Log})
+	if o.DB != nil {
+		control = o.DB
+	}
 	a, err := app.New(app.Config{
 		DB:               resolverDB,
+		ControlDB:        control,
 		DSN:              s.DB.DSN,
 		JWT:              jwt,
 		Logger:           log,

@@ -28,6 +28,11 @@ import (
 // Config is what the application needs.
 type Config struct {
 	DB *bun.DB
+	// ControlDB, when set, is a small pool of the same database for
+	// credential checks (db.ControlPoolSize), apart from the requests'
+	// pool, so that operations holding that one never stall them (nil:
+	// DB).
+	ControlDB *bun.DB
 	// DSN is the same database's connection string, for the LISTEN connection.
 	DSN            string
 	JWT            *auth.JWT
@@ -175,8 +180,12 @@ func New(cfg Config) (*App, error) {
 		WebhookStore:  webhooks,
 	}
 	r.Dispatcher.Metrics = cfg.Metrics
+	control := cfg.ControlDB
+	if control == nil {
+		control = cfg.DB
+	}
 	verifyKey := func(ctx context.Context, key, ip string) (*auth.Principal, error) {
-		return keys.Verify(ctx, cfg.DB, key, ip)
+		return keys.Verify(ctx, control, key, ip)
 	}
 	authenticator := auth.NewAuthenticator(cfg.JWT, verifyKey)
 	authenticator.KeyCheckTimeout = cfg.KeyCheckTimeout

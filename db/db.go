@@ -21,9 +21,25 @@ import (
 	"fleetgraph/fault"
 )
 
+// PoolSize is the connections of the pool Open opens: the one requests,
+// the hub and maintenance share.
+const PoolSize = 25
+
+// ControlPoolSize is the connections of the control pool
+// (OpenPool(ctx, dsn, ControlPoolSize)): credential checks and readiness
+// probes run there, so that operations holding every connection of the
+// main pool (a tenant's slow queries) neither turn a robot's key check
+// into an error nor make /readyz report the database unreachable.
+const ControlPoolSize = 4
+
 // Open connects to PostgreSQL at dsn (a URL or key=value DSN) through lib/pq and
-// checks the connection.
+// checks the connection, with a pool of PoolSize connections.
 func Open(ctx context.Context, dsn string) (*bun.DB, error) {
+	return OpenPool(ctx, dsn, PoolSize)
+}
+
+// OpenPool is Open with a pool of size connections.
+func OpenPool(ctx context.Context, dsn string, size int) (*bun.DB, error) {
 	cfg, err := pq.NewConfig(dsn)
 	if err != nil {
 		// The parser's error quotes the DSN, password and all; it is
@@ -43,8 +59,8 @@ func Open(ctx context.Context, dsn string) (*bun.DB, error) {
 	// (PgBouncer, Supavisor), where a named statement cannot outlive a
 	// transaction: bound statements are then sent unprepared.
 	sqldb := sql.OpenDB(connector{Connector: pqc, prepare: !cfg.BinaryParameters})
-	sqldb.SetMaxOpenConns(25)
-	sqldb.SetMaxIdleConns(25)
+	sqldb.SetMaxOpenConns(size)
+	sqldb.SetMaxIdleConns(size)
 	sqldb.SetConnMaxIdleTime(5 * time.Minute)
 	bdb := bun.NewDB(sqldb, pgdialect.New())
 	fastUUIDScans(bdb.Dialect())

@@ -268,7 +268,7 @@ func nameCaller(ctx context.Context) string {
 	if auth.FromContext(ctx) == nil {
 		return ""
 	}
-	return turnCaller(ctx)
+	return turnCaller(ctx).caller
 }
 
 // countErrors counts each error by its extensions.code.

@@ -210,16 +210,18 @@ func (r requestsFirst) stopped(ctx context.Context) error {
 
 // turn is one operation's hold on a turn.
 type turn struct {
-	r    requestsFirst
-	held bool
+	r     requestsFirst
+	held  bool
+	owner turnOwner // who holds it, while held
 }
 
 // take waits for a turn, and reports false if ctx ended first.
 func (t *turn) take(ctx context.Context) bool {
-	if !t.r.turns.take(ctx, turnCaller(ctx)) {
+	o := turnCaller(ctx)
+	if !t.r.turns.take(ctx, o) {
 		return false
 	}
-	t.held = true
+	t.held, t.owner = true, o
 	return true
 }
 
@@ -227,6 +229,6 @@ func (t *turn) take(ctx context.Context) bool {
 func (t *turn) give() {
 	if t.held {
 		t.held = false
-		t.r.turns.give()
+		t.r.turns.give(t.owner)
 	}
 }
