@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/uuid"
@@ -143,40 +144,98 @@ type EventCountKey struct {
 	Types     string // as EventPageKey.Types
 }
 
-// EventCounts counts events per key in one statement per distinct type filter.
+// EventCounts counts the events of each key's machine that match its type
+// filter, every key in one statement, however many filters the keys have
+// (a statement per filter, one after another, took 24.5 s for 50 of them
+// over a million events): the events of the keys' machines are counted by
+// machine and by type, the types no filter names together as one, and each
+// key's count is summed from those. When every key has a filter, only
+// events of the types they name are read (machine_events_machine_type_idx);
+// a key without one reads all events of the keys' machines once.
+// Machines the caller may not see count 0.
 func (s *Machines) EventCounts(ctx context.Context, idb bun.IDB, keys []EventCountKey) (map[EventCountKey]int, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
 		return nil, err
 	}
-	byTypes := map[string][]uuid.UUID{}
+	var ids []uuid.UUID
+	seenID := map[uuid.UUID]bool{}
+	named := map[string]bool{}
+	filters := map[string][]string{} // each distinct filter's types, once each
+	everyKeyFilters := true
 	for _, k := range keys {
-		byTypes[k.Types] = append(byTypes[k.Types], k.MachineID)
+		if !seenID[k.MachineID] {
+			seenID[k.MachineID] = true
+			ids = append(ids, k.MachineID)
+		}
+		if _, ok := filters[k.Types]; ok {
+			continue
+		}
+		ts := splitTypes(k.Types)
+		if err := checkEventTypes(ts); err != nil {
+			return nil, err
+		}
+		if len(ts) == 0 {
+			everyKeyFilters = false
+		}
+		var once []string
+		for _, t := range ts {
+			if !slices.Contains(once, t) {
+				once = append(once, t)
+			}
+			named[t] = true
+		}
+		filters[k.Types] = once
+	}
+	types := make([]string, 0, len(named))
+	for t := range named {
+		types = append(types, t)
+	}
+	slices.Sort(types)
+	q := ownedBy(sc, idb.NewSelect().
+		TableExpr("machine_events AS e").
+		Join("JOIN machines AS m ON m.id = e.machine_id").
+		ColumnExpr("e.machine_id").
+		// null for the types no filter names
+		ColumnExpr("CASE WHEN e.event_type = ANY(?) THEN e.event_type END AS event_type", pgdialect.Array(types)).
+		ColumnExpr("count(*) AS n").
+		Where("e.machine_id = ANY(?::uuid[])", pgUUIDs(ids)).
+		GroupExpr("1, 2"), "m")
+	if everyKeyFilters {
+		q = q.Where("e.event_type = ANY(?)", pgdialect.Array(types))
+	}
+	var rows []struct {
+		MachineID uuid.UUID `bun:"machine_id"`
+		EventType *string   `bun:"event_type"`
+		N         int       `bun:"n"`
+	}
+	if err := q.Scan(ctx, &rows); err != nil {
+		return nil, fmt.Errorf("counting machine events: %w", err)
+	}
+	type machineType struct {
+		machine uuid.UUID
+		typ     string
+	}
+	all := map[uuid.UUID]int{}
+	byType := map[machineType]int{}
+	for _, r := range rows {
+		all[r.MachineID] += r.N
+		if r.EventType != nil {
+			byType[machineType{r.MachineID, *r.EventType}] = r.N
+		}
 	}
 	out := make(map[EventCountKey]int, len(keys))
-	for types, ids := range byTypes {
-		q := ownedBy(sc, idb.NewSelect().
-			TableExpr("machine_events AS e").
-			Join("JOIN machines AS m ON m.id = e.machine_id").
-			ColumnExpr("e.machine_id, count(*) AS n").
-			Where("e.machine_id = ANY(?::uuid[])", pgUUIDs(ids)).
-			GroupExpr("e.machine_id"), "m")
-		if ts := splitTypes(types); len(ts) > 0 {
-			if err := checkEventTypes(ts); err != nil {
-				return nil, err
-			}
-			q = q.Where("e.event_type = ANY(?)", pgdialect.Array(ts))
+	for _, k := range keys {
+		ts := filters[k.Types]
+		if len(ts) == 0 {
+			out[k] = all[k.MachineID]
+			continue
 		}
-		var rows []struct {
-			MachineID uuid.UUID `bun:"machine_id"`
-			N         int       `bun:"n"`
+		n := 0
+		for _, t := range ts {
+			n += byType[machineType{k.MachineID, t}]
 		}
-		if err := q.Scan(ctx, &rows); err != nil {
-			return nil, fmt.Errorf("counting machine events: %w", err)
-		}
-		for _, r := range rows {
-			out[EventCountKey{r.MachineID, types}] = r.N
-		}
+		out[k] = n
 	}
 	return out, nil
 }

@@ -73,6 +73,7 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 	}
 	w := operationWalker{vars: op.Variables}
 	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)
+	cost = saturatingAdd(cost, w.batchedScans)
 	if w.defers {
 		// gqlgen declares @defer, but its transports here send one
 		// answer: a deferred part over HTTP never came, and in a
@@ -128,6 +129,9 @@ type operationWalker struct {
 	// one key, from several fragments, are one in the answer.
 	introspects map[string]string
 	defers      bool // a fragment asks for @defer
+	// batchedScans is the cost of the scanning fields paid once per place
+	// in the document (scan.batched), outside any list's multiplication.
+	batchedScans int
 	// argBytes is the size of the argument values walked, variables
 	// expanded; varBytes and literalBytes (made when first needed)
 	// memoise each variable's and each list or object literal's size, so
@@ -192,7 +196,11 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 		return 1, depth
 	}
 	key := f.ObjectDefinition.Name + "." + f.Name
-	scan := scanCost(key, f, w.vars)
+	scan, batched := scanCost(key, f, w.vars)
+	if batched {
+		w.batchedScans = saturatingAdd(w.batchedScans, scan)
+		scan = 0
+	}
 	if len(f.SelectionSet) == 0 {
 		if f.Definition.Type.Name() == "JSON" {
 			return jsonWeight, depth

@@ -239,20 +239,36 @@ func (d *Deliverer) done(dd *db.DueDelivery) {
 // Wait waits for the deliveries in flight.
 func (d *Deliverer) Wait() { d.wg.Wait() }
 
-// deliver makes one attempt at dd and records it. When ctx ends first
-// (shutdown), the attempt is not recorded: the claim is given back, its
-// attempt uncounted, so that whichever process leads next sends it again
-// at once and the retry schedule loses no step. (After a crash the lease
-// runs out instead, and that attempt counts.)
+// recordTimeout bounds the recording of an attempt, or the giving back of
+// a claim, once the deliverer's context has ended (shutdown).
+const recordTimeout = 5 * time.Second
+
+// deliver makes one attempt at dd and records it. An attempt that got an
+// answer is recorded even when ctx ends meanwhile (shutdown while the
+// answer is read, or after): the receiver has the event, and given back,
+// the delivery would be sent again by whichever process leads next,
+// though only a sender that died may send one twice. When ctx ends before
+// an answer came, the attempt is not recorded: the claim is given back,
+// its attempt uncounted, so that the next leader sends it again at once
+// and the retry schedule loses no step. (After a crash the lease runs out
+// instead, and that attempt counts.)
 func (d *Deliverer) deliver(ctx context.Context, dd *db.DueDelivery, claimedAt time.Time) {
 	res := d.send(ctx, dd)
-	if ctx.Err() != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	answered := res.Attempt.StatusCode != nil
+	if !answered && ctx.Err() != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 		defer cancel()
 		if err := d.cfg.Store.ReleaseClaim(rctx, d.cfg.DB, dd); err != nil {
 			d.cfg.Log.Warn("giving back a webhook delivery cut short", "delivery", dd.ID, "error", err)
 		}
 		return
+	}
+	if answered {
+		// Not cut short by a shutdown from here on: the answer is the
+		// receiver's, and must not be lost.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+		defer cancel()
 	}
 	if err := d.cfg.Store.RecordAttempt(ctx, d.cfg.DB, dd, claimedAt, res); err != nil {
 		d.cfg.Log.Error("recording a webhook attempt", "delivery", dd.ID, "error", err)

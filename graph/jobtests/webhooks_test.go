@@ -648,6 +648,60 @@ func TestWebhookRetries(t *testing.T) {
 		apitest.Eventually(t, time.Minute, "the delivery was not sent again", func() bool { return hung.Load() == 2 })
 	})
 
+	// An answer that came is recorded though a shutdown cuts its reading
+	// short: the claim was given back, uncounted, and the next leader sent
+	// the event again, though the receiver had it and only a sender that
+	// died may send one twice. A 2xx is a success; another answer an
+	// attempt of the retry schedule.
+	t.Run("AnAnswerCutShortByAShutdownIsRecorded", func(t *testing.T) {
+		t.Parallel()
+		for _, status := range []int{http.StatusOK, http.StatusServiceUnavailable} {
+			b := whManual(t, apitest.Options{Webhooks: app.WebhookConfig{Timeout: time.Hour}})
+			url, sent := whStalledAnswer(t, status)
+			ep, _ := whEndpoint(t, b.tn, url, "job.completed")
+			b.tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": ep}, nil)
+			// The deliverer's client says when the answer's head came;
+			// its body never ends until the request does.
+			answered := make(chan struct{}, 1)
+			transport := &http.Transport{}
+			t.Cleanup(transport.CloseIdleConnections)
+			d := webhook.NewDeliverer(webhook.Config{
+				DB: b.s.DB.DB, Store: b.s.App.Resolver.WebhookStore, Timeout: time.Hour, Now: b.clock.Now,
+				Client: &http.Client{Transport: whRoundTrip(func(req *http.Request) (*http.Response, error) {
+					res, err := transport.RoundTrip(req)
+					if err == nil {
+						answered <- struct{}{}
+					}
+					return res, err
+				})},
+			})
+			ctx, shutdown := context.WithCancel(t.Context())
+			require.NoError(t, d.Run(ctx, b.clock.Now()))
+			select {
+			case <-answered:
+			case <-time.After(time.Minute):
+				t.Fatal("the receiver did not answer")
+			}
+			shutdown()
+			d.Wait()
+			got := whDeliveries(t, b.tn, ep)[0]
+			require.Equal(t, 1, got.AttemptCount, "the answered attempt was not counted (%d)", status)
+			require.Len(t, got.Attempts, 1)
+			require.NotNil(t, got.Attempts[0].StatusCode)
+			require.Equal(t, status, *got.Attempts[0].StatusCode)
+			if status == http.StatusOK {
+				require.Equal(t, "SUCCEEDED", got.Status)
+			} else {
+				require.Equal(t, "PENDING", got.Status)
+				require.True(t, got.NextAttemptAt.After(b.clock.Now()), "retried after the schedule's wait")
+			}
+			// Nothing is due: the next round sends nothing.
+			require.NoError(t, d.Run(t.Context(), b.clock.Now()))
+			d.Wait()
+			require.EqualValues(t, 1, sent.Load(), "the answered delivery was sent again (%d)", status)
+		}
+	})
+
 	t.Run("ATenantHoldsNoMoreThanItsShareOfTheWorkers", func(t *testing.T) {
 		t.Parallel()
 		// Four workers: a tenant's share is one, and it may hold more
@@ -1049,6 +1103,33 @@ func whHangingReceiver(t *testing.T) (url string, hung *atomic.Int64) {
 	t.Cleanup(func() { close(release) })
 	return srv.URL, hung
 }
+
+// whStalledAnswer is a receiver that answers status and the first bytes
+// of a body whose rest never comes while the request lasts; sent counts
+// the deliveries it got.
+func whStalledAnswer(t *testing.T, status int) (url string, sent *atomic.Int64) {
+	t.Helper()
+	release := make(chan struct{})
+	sent = new(atomic.Int64)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sent.Add(1)
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, "partial")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	return srv.URL, sent
+}
+
+// whRoundTrip is an http.RoundTripper of a function.
+type whRoundTrip func(*http.Request) (*http.Response, error)
+
+func (f whRoundTrip) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 // A test delivery sent while its endpoint is deleted either lands before
 // the deletion (which then deletes it) or finds the endpoint gone; it once
