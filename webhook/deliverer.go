@@ -243,6 +243,11 @@ func (d *Deliverer) Wait() { d.wg.Wait() }
 // a claim, once the deliverer's context has ended (shutdown).
 const recordTimeout = 5 * time.Second
 
+// answeredRecordTimeout bounds the recording of an answered attempt while
+// the deliverer runs: past it the record is lost and the delivery is sent
+// again once its lease runs out.
+const answeredRecordTimeout = 30 * time.Second
+
 // deliver makes one attempt at dd and records it. An attempt that got an
 // answer is recorded even when ctx ends meanwhile (shutdown while the
 // answer is read, or after): the receiver has the event, and given back,
@@ -265,9 +270,15 @@ func (d *Deliverer) deliver(ctx context.Context, dd *db.DueDelivery, claimedAt t
 	}
 	if answered {
 		// Not cut short by a shutdown from here on: the answer is the
-		// receiver's, and must not be lost.
+		// receiver's, and must not be lost. The bound is the shutdown's
+		// (recordTimeout) only once the deliverer is stopping; while it
+		// runs, a slow database gets as long as the attempt's lease.
+		wait := answeredRecordTimeout
+		if ctx.Err() != nil {
+			wait = recordTimeout
+		}
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), wait)
 		defer cancel()
 	}
 	if err := d.cfg.Store.RecordAttempt(ctx, d.cfg.DB, dd, claimedAt, res); err != nil {
