@@ -13,6 +13,7 @@ import (
 
 	"fleetgraph/app"
 	"fleetgraph/db"
+	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 )
 
@@ -336,6 +337,9 @@ func (cs *configSettings) resolve() (*config, error) {
 	}
 	for _, o := range strings.Split(cs.origins.String(), ",") {
 		if o = strings.TrimSpace(o); o != "" {
+			if err := graph.CheckOriginPattern(o); err != nil {
+				return nil, usageError("%s: %v", cs.origins.name(), err)
+			}
 			c.allowedOrigins = append(c.allowedOrigins, o)
 		}
 	}
