@@ -13,6 +13,7 @@ import (
 
 	"fleetgraph/app"
 	"fleetgraph/db"
+	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 )
 
@@ -319,8 +320,8 @@ func (cs *configSettings) resolve() (*config, error) {
 	if c.dbConnectWait, err = cs.dbConnectWait.Seconds(0, 3600); err != nil {
 		return nil, err
 	}
-	if _, _, err := net.SplitHostPort(c.listenAddr); err != nil {
-		return nil, usageError("%s must be host:port or :port, not %q", cs.listen.name(), c.listenAddr)
+	if _, err := listenPort(c.listenAddr); err != nil {
+		return nil, usageError("%s must be host:port or :port with a port from 0 to 65535, not %q", cs.listen.name(), c.listenAddr)
 	}
 	if c.dataDir == "" {
 		return nil, usageError("%s must not be empty", cs.dataDir.name())
@@ -336,6 +337,9 @@ func (cs *configSettings) resolve() (*config, error) {
 	}
 	for _, o := range strings.Split(cs.origins.String(), ",") {
 		if o = strings.TrimSpace(o); o != "" {
+			if err := graph.CheckOriginPattern(o); err != nil {
+				return nil, usageError("%s: %v", cs.origins.name(), err)
+			}
 			c.allowedOrigins = append(c.allowedOrigins, o)
 		}
 	}
@@ -437,16 +441,28 @@ func (cs *configSettings) resolve() (*config, error) {
 	case addr == "" && c.embedded():
 		c.metricsAddr, c.metricsDefaulted = defaultMetricsAddr, true
 	case addr != "":
-		_, port, err := net.SplitHostPort(addr)
+		port, err := listenPort(addr)
 		if err != nil {
-			return nil, usageError("%s must be host:port, :port or off, not %q", cs.metricsAddr.name(), addr)
+			return nil, usageError("%s must be host:port, :port (a port from 0 to 65535) or off, not %q", cs.metricsAddr.name(), addr)
 		}
-		if addr == c.listenAddr && port != "0" {
+		if addr == c.listenAddr && port != 0 {
 			return nil, usageError("%s must differ from LISTEN_ADDR: metrics are served apart from the API", cs.metricsAddr.name())
 		}
 		c.metricsAddr = addr
 	}
 	return c, nil
+}
+
+// listenPort checks an address to listen on as net.Listen reads it
+// (host:port or :port; the port a number from 0 to 65535, or a service
+// name), and returns its port; checked only when the server listened, a
+// bad port was found after the private database had started.
+func listenPort(addr string) (int, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, err
+	}
+	return net.LookupPort("tcp", port)
 }
 
 func parseLevel(st *setting) (slog.Level, error) {

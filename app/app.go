@@ -143,6 +143,7 @@ func New(cfg Config) (*App, error) {
 	jobs := db.NewJobs(cfg.Queue, workflows)
 	robots := db.NewRobots(cfg.Queue)
 	keys := db.NewAPIKeys()
+	keys.Log = cfg.Logger
 	keys.LimitLookups(cfg.KeyLookups)
 	// The key cache trusts itself only while the listener delivers its
 	// invalidations, which it handles in the listener's own loop.

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -82,6 +83,9 @@ type APIKeys struct {
 	// Cache, when set, spares Verify the read of keys verified in the last
 	// seconds (see KeyCache). Set it before use.
 	Cache *KeyCache
+	// Log receives what the store cannot report to the caller (a refusal's
+	// audit that failed); nil logs to slog.Default. Set it before use.
+	Log *slog.Logger
 
 	mu sync.Mutex
 	// written holds the writes of this window and of the one before it
@@ -213,12 +217,21 @@ func (s *APIKeys) Create(ctx context.Context, idb bun.IDB, robotID uuid.UUID, na
 	return &CreatedAPIKey{Key: raw, APIKey: k}, nil
 }
 
+// audit writes an entry of the key audit about k (nil: an unknown key).
+// The entry names the key only if it still exists, which it locks (KEY
+// SHARE) for the insert: a refused key whose robot is being deleted (the
+// deletion takes its keys along) is waited for, and then the entry names
+// no key, as the deletion's ON DELETE SET NULL would have left it; it
+// keeps the tenant and robot. Naming it regardless, the entry failed on
+// its foreign key.
 func (s *APIKeys) audit(ctx context.Context, idb bun.IDB, k *APIKey, event, actor, ip, detail string) error {
-	e := &APIKeyAuditEntry{Event: event, Actor: nilIfEmpty(actor), IP: nilIfEmpty(ip), Detail: nilIfEmpty(detail)}
+	var tenant, key, robot *uuid.UUID
 	if k != nil {
-		e.TenantID, e.APIKeyID, e.RobotID = &k.TenantID, &k.ID, &k.RobotID
+		tenant, key, robot = &k.TenantID, &k.ID, &k.RobotID
 	}
-	if _, err := idb.NewInsert().Model(e).Exec(ctx); err != nil {
+	if _, err := idb.NewRaw(`INSERT INTO api_key_audit (tenant_id, api_key_id, robot_id, event, actor, ip, detail)
+		SELECT ?::uuid, (SELECT k.id FROM api_keys AS k WHERE k.id = ?::uuid FOR KEY SHARE), ?::uuid, ?, ?, ?, ?`,
+		tenant, key, robot, event, nilIfEmpty(actor), nilIfEmpty(ip), nilIfEmpty(detail)).Exec(ctx); err != nil {
 		return fmt.Errorf("auditing %s: %w", event, err)
 	}
 	return nil
@@ -393,11 +406,20 @@ func (s *APIKeys) refuse(ctx context.Context, idb bun.IDB, k *APIKey, event, ip,
 		subject = k.ID.String()
 	}
 	if s.due(event+":"+subject, k == nil) {
+		// The refusal stands whatever becomes of its record: a client
+		// whose key is refused learns that, not that the audit failed.
 		if err := s.audit(ctx, idb, k, event, "", ip, detail); err != nil {
-			return err
+			s.logger().ErrorContext(ctx, "auditing a refused API key failed", "event", event, "subject", subject, "error", err)
 		}
 	}
 	return refusal
+}
+
+func (s *APIKeys) logger() *slog.Logger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return slog.Default()
 }
 
 // within runs read and returns its error, or ctx's as soon as ctx ends,

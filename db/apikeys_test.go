@@ -1,8 +1,11 @@
 package db_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -11,6 +14,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
+	"fleetgraph/fault"
 )
 
 // TestAuditOfARobot checks that apiKeyAudit(robotId:) returns the robot's
@@ -57,4 +61,49 @@ func TestAuditOfARobot(t *testing.T) {
 	require.Len(t, scans, 1, "%s", plan)
 	require.LessOrEqual(t, scans[0].ActualRows+scans[0].RemovedByFilter+scans[0].RemovedByRecheck, 3.0,
 		"only the robot's entries are read: %s", plan)
+}
+
+// TestARefusalStandsWhenItsAuditFails checks that a refused key is refused
+// UNAUTHENTICATED even when its audit entry cannot be written (here: its
+// statement cancelled while it waits for the audit table), and that the
+// failure is logged: it once replaced the refusal, and the client got an
+// internal error instead.
+func TestARefusalStandsWhenItsAuditFails(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	ctx := t.Context()
+	keys := db.NewAPIKeys()
+	var logged bytes.Buffer
+	keys.Log = slog.New(slog.NewTextHandler(&logged, nil))
+	tenant, robot := uuid.New(), uuid.New()
+	_, err := d.ExecContext(ctx, `INSERT INTO robots (id, tenant_id, name) VALUES (?, ?, 'r')`, robot, tenant)
+	require.NoError(t, err)
+	created, err := keys.Create(auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService}), d.DB, robot, "k", nil)
+	require.NoError(t, err)
+	_, err = d.ExecContext(ctx, `UPDATE api_keys SET revoked_at = now() WHERE id = ?`, created.APIKey.ID)
+	require.NoError(t, err)
+
+	holder, err := d.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer holder.Rollback()
+	_, err = holder.ExecContext(ctx, `LOCK TABLE api_key_audit IN ACCESS EXCLUSIVE MODE`)
+	require.NoError(t, err)
+	verifyCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	refused := make(chan error, 1)
+	go func() {
+		_, err := keys.Verify(verifyCtx, d.DB, created.Key, "192.0.2.1")
+		refused <- err
+	}()
+	require.Eventually(t, func() bool {
+		var n int
+		require.NoError(t, d.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO%api_key_audit%'`).Scan(ctx, &n))
+		return n == 1
+	}, 30*time.Second, 10*time.Millisecond, "the refusal's audit waits for the table")
+	cancel()
+	err = <-refused
+	require.Equal(t, fault.Unauthenticated, fault.CodeOf(err), "%v", err)
+	require.ErrorContains(t, err, "revoked")
+	require.Contains(t, logged.String(), "auditing a refused API key failed")
 }

@@ -141,14 +141,19 @@ func (s *Machines) Get(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Machine
 	if err != nil {
 		return nil, err
 	}
-	return s.get(ctx, idb, sc, id, false)
+	return s.get(ctx, idb, sc, id, "")
 }
 
-func (s *Machines) get(ctx context.Context, idb bun.IDB, sc scope, id uuid.UUID, forUpdate bool) (*Machine, error) {
+// get reads one visible machine, NOT_FOUND when there is none; lock, when
+// not empty, is the row lock it takes (UPDATE, KEY SHARE): a machine read
+// in order to write a row of its own (an event, a deployment) must be
+// locked, at least FOR KEY SHARE, or its deletion meanwhile fails that
+// write on the foreign key instead of waiting for it.
+func (s *Machines) get(ctx context.Context, idb bun.IDB, sc scope, id uuid.UUID, lock string) (*Machine, error) {
 	m := new(Machine)
 	q := ownedBy(sc, idb.NewSelect().Model(m).Where("m.id = ?", id), "m")
-	if forUpdate {
-		q = q.For("UPDATE")
+	if lock != "" {
+		q = q.For(lock)
 	}
 	if err := q.Scan(ctx); err != nil {
 		return nil, notFoundIfNoRows(err, "machine")
@@ -259,7 +264,7 @@ func (s *Machines) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Upd
 		changed = append(changed, "configuration")
 	}
 	if len(changed) == 0 {
-		return s.get(ctx, idb, sc, id, false)
+		return s.get(ctx, idb, sc, id, "")
 	}
 	m := new(Machine)
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
@@ -319,7 +324,7 @@ func (s *Machines) transition(ctx context.Context, idb bun.IDB, id uuid.UUID, to
 			Set("version = m.version + 1").
 			Returning("*").Scan(ctx, m)
 		if errors.Is(err, sql.ErrNoRows) {
-			m, err = s.get(ctx, tx, sc, id, false)
+			m, err = s.get(ctx, tx, sc, id, "")
 			return err
 		}
 		if err != nil {
@@ -409,7 +414,7 @@ func (s *Machines) Deploy(ctx context.Context, idb bun.IDB, machineID uuid.UUID,
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		// Locking the machine orders this deployment against concurrent
 		// starts, stops and deployments of the same machine.
-		m, err := s.get(ctx, tx, sc, machineID, true)
+		m, err := s.get(ctx, tx, sc, machineID, "UPDATE")
 		if err != nil {
 			return err
 		}
@@ -474,7 +479,16 @@ func (s *Machines) LogEvent(ctx context.Context, idb bun.IDB, machineID uuid.UUI
 	}
 	ev := new(MachineEvent)
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		m, err := s.get(ctx, tx, sc, machineID, eventType == "error")
+		// The machine is locked so that its deletion waits for the event,
+		// or the event finds it gone (NOT_FOUND): read without a lock, it
+		// could be deleted before the insert, which then failed on the
+		// foreign key. An error changes its status, so it takes the
+		// lock a deployment takes; any other event only keeps it there.
+		lock := "KEY SHARE"
+		if eventType == "error" {
+			lock = "UPDATE"
+		}
+		m, err := s.get(ctx, tx, sc, machineID, lock)
 		if err != nil {
 			return err
 		}

@@ -698,20 +698,38 @@ func insertEvent(ctx context.Context, tx bun.IDB, tenant uuid.UUID, typ string, 
 // It is one prepared statement however many events a transition finished.
 // Parameters (arrays, one element per event): tenants, types, subjects,
 // data, times; then the channel.
+//
+// The endpoints are read once (w, materialized) and locked FOR KEY SHARE,
+// as the deliveries' foreign key would lock them, but before anything is
+// written: an endpoint being deleted (deleteWebhookEndpoint holds it FOR
+// UPDATE from early in its transaction) is waited for, and once deleted
+// it drops out of w (READ COMMITTED re-checks a locked row), so neither
+// the event nor a delivery refers to it. Checked by the foreign key
+// instead, after the insert, the delivery failed (23503) and took the job
+// change with it. The event and its deliveries read the same w, so no
+// event is written without a delivery. A key share conflicts with no
+// other writer of endpoints (updates do not change the key), and the
+// statement takes it before the delivery trigger's advisory lock
+// (migration 0018), which deleteWebhookEndpoint never takes.
 const recordEventsSQL = `
 WITH e AS (
 	SELECT * FROM unnest(?::uuid[], ?::text[], ?::uuid[], ?::text[]::jsonb[], ?::text[]::timestamptz[])
 		WITH ORDINALITY AS e(tenant_id, type, subject_id, data, created_at, n)
+), w AS MATERIALIZED (
+	SELECT w.id, w.tenant_id, w.events FROM webhook_endpoints w
+	WHERE w.enabled AND EXISTS (SELECT 1 FROM e WHERE e.tenant_id = w.tenant_id AND e.type = ANY(w.events))
+	ORDER BY w.id
+	FOR KEY SHARE OF w
 ), event AS (
 	INSERT INTO webhook_events (tenant_id, type, subject_id, data, created_at)
 	SELECT e.tenant_id, e.type, e.subject_id, e.data, e.created_at FROM e
-	WHERE EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = e.tenant_id AND w.enabled AND e.type = ANY(w.events))
+	WHERE EXISTS (SELECT 1 FROM w WHERE w.tenant_id = e.tenant_id AND e.type = ANY(w.events))
 	ORDER BY e.n
 	RETURNING id, tenant_id, type, subject_id
 ), delivery AS (
 	INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id, subject_id, event_type)
 	SELECT event.tenant_id, w.id, event.id, event.subject_id, event.type
-	FROM event JOIN webhook_endpoints w ON w.tenant_id = event.tenant_id AND w.enabled AND event.type = ANY(w.events)
+	FROM event JOIN w ON w.tenant_id = event.tenant_id AND event.type = ANY(w.events)
 	ORDER BY event.id, w.id
 	RETURNING 1
 )

@@ -95,8 +95,9 @@ type HandlerConfig struct {
 	Resolver *Resolver
 	Auth     *auth.Authenticator
 	Logger   *slog.Logger
-	// AllowedOrigins are host patterns (path.Match syntax, e.g. "*.example.com")
-	// of browser origins allowed to call the API and open websockets.
+	// AllowedOrigins are host patterns (path.Match syntax, e.g. "*.example.com";
+	// with a scheme, patterns of the whole origin) of browser origins allowed
+	// to call the API and open websockets. CheckOriginPattern checks one.
 	AllowedOrigins []string
 	// Introspection enables schema introspection and "did you mean" suggestions.
 	Introspection bool

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -456,6 +457,30 @@ func cors(patterns []string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// CheckOriginPattern reports why p cannot be an allowed-origin pattern
+// (HandlerConfig.AllowedOrigins), or nil. A pattern is matched by
+// path.Match against an Origin header's host (host or host:port), or
+// against the whole origin (scheme://host[:port]) when it has a scheme;
+// an origin has no path. A malformed pattern (path.ErrBadPattern, which
+// the matcher ignores) or one with a path (a slash, e.g. a trailing one)
+// would silently match no origin at all.
+func CheckOriginPattern(p string) error {
+	if _, err := path.Match(strings.ToLower(p), ""); err != nil {
+		return fmt.Errorf("%q is not a valid pattern (path.Match: %v)", p, err)
+	}
+	host := p
+	if scheme, rest, ok := strings.Cut(p, "://"); ok {
+		if scheme == "" || rest == "" {
+			return fmt.Errorf("%q needs a scheme and a host, as scheme://host (or just a host pattern)", p)
+		}
+		host = rest
+	}
+	if strings.Contains(host, "/") {
+		return fmt.Errorf("%q has a path, which no origin has: write a host pattern such as app.example.com", p)
+	}
+	return nil
 }
 
 // originAllowed matches an Origin header's host (or whole origin, when the

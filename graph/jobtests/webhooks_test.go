@@ -1161,3 +1161,77 @@ func TestSendingATestWebhookWhileTheEndpointIsDeleted(t *testing.T) {
 	require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = ?`, id).Scan(t.Context(), &left))
 	require.Zero(t, left, "the endpoint's deliveries went with it")
 }
+
+// A job finished while a webhook endpoint of its tenant is being deleted:
+// the deletion holds the endpoint from early in its transaction, and the
+// outbox statement of the completion waits for it. Once the deletion
+// committed, the completion left the endpoint out; its deliveries' foreign
+// key once failed instead (INTERNAL, the completion rolled back). The
+// deletion is held, after it locked the endpoint, by a lock on the event
+// of the endpoint's test delivery. With another endpoint, the job's event
+// goes to that one alone; without, no event is written (none without a
+// delivery).
+func TestFinishingAJobWhileAnEndpointIsDeleted(t *testing.T) {
+	t.Parallel()
+	for _, other := range []bool{false, true} {
+		t.Run(fmt.Sprintf("another endpoint %v", other), func(t *testing.T) {
+			t.Parallel()
+			b := whManual(t, apitest.Options{})
+			ctx := t.Context()
+			doomed, _ := whEndpoint(t, b.tn, whNewReceiver(t).srv.URL, "job.completed")
+			var kept string
+			if other {
+				kept, _ = whEndpoint(t, b.tn, whNewReceiver(t).srv.URL, "job.completed")
+			}
+			var sent struct{ SendTestWebhook whDelivery }
+			b.tn.Do(t, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { `+whDeliveryFields+` } }`, map[string]any{"e": doomed}, &sent)
+			r := b.tn.CreateRobot(t, "r1", apitest.RobotOpts{})
+			l := whRunning(t, b.tn, r, nil)
+
+			holder, err := b.s.DB.BeginTx(ctx, nil)
+			require.NoError(t, err)
+			defer holder.Rollback()
+			_, err = holder.ExecContext(ctx, "SELECT 1 FROM webhook_events WHERE id = ? FOR UPDATE", sent.SendTestWebhook.EventID)
+			require.NoError(t, err)
+
+			deleted := rdAsync(b.tn, `mutation($e: ID!) { deleteWebhookEndpoint(id: $e) }`, map[string]any{"e": doomed})
+			apitest.Eventually(t, 30*time.Second, "the deletion holds the endpoint and waits for its events", func() bool {
+				return b.s.LockWaiters(t, "%FROM webhook_events WHERE id IN%FOR UPDATE%") == 1
+			})
+			completed := make(chan *apitest.Result, 1)
+			go func() {
+				out, err := b.tn.Client.Do(context.Background(), r.Key,
+					`mutation($j: ID!, $l: ID!) { completeJob(jobId: $j, leaseToken: $l, result: {ok: true}) { id status } }`,
+					map[string]any{"j": l.Job.ID, "l": l.LeaseToken})
+				if err != nil {
+					out = &apitest.Result{Errors: []apitest.Error{{Message: err.Error()}}}
+				}
+				completed <- out
+			}()
+			apitest.Eventually(t, 30*time.Second, "the completion's outbox statement waits for the endpoint", func() bool {
+				return b.s.LockWaiters(t, "%INSERT INTO webhook_deliveries%") == 1
+			})
+			require.NoError(t, holder.Rollback())
+
+			d, c := <-deleted, <-completed
+			require.Empty(t, d.Errors, "the deletion: %+v", d.Errors)
+			require.Empty(t, c.Errors, "the completion: %+v\nserver log:\n%s", c.Errors, b.s.Log.String())
+			var done struct{ CompleteJob struct{ Status string } }
+			require.NoError(t, c.Decode(&done))
+			require.Equal(t, "COMPLETED", done.CompleteJob.Status)
+
+			var endpoints []string
+			require.NoError(t, b.s.DB.NewRaw(`SELECT d.endpoint_id::text FROM webhook_deliveries d WHERE d.subject_id = ?`, l.Job.ID).
+				Scan(ctx, &endpoints))
+			var events int
+			require.NoError(t, b.s.DB.NewRaw(`SELECT count(*) FROM webhook_events WHERE subject_id = ?`, l.Job.ID).Scan(ctx, &events))
+			if other {
+				require.Equal(t, []string{kept}, endpoints, "the job's deliveries")
+				require.Equal(t, 1, events, "the job's events")
+			} else {
+				require.Empty(t, endpoints, "the job's deliveries")
+				require.Zero(t, events, "an event without a delivery")
+			}
+		})
+	}
+}
