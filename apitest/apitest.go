@@ -49,6 +49,9 @@ type Server struct {
 	// own) are set when Options.Metrics asked for them.
 	Metrics    *metrics.Metrics
 	MetricsURL string
+	// Control is the server's pool for credential checks (app.Config's
+	// ControlDB), on DB's database.
+	Control *bun.DB
 	// Statements counts SQL statements run through DB for requests.
 	Statements atomic.Int64
 	// Transactions gauges the transactions of requests open at once on DB,
@@ -205,6 +208,7 @@ func New(t testing.TB, opts ...Options) *Server {
 	if o.DB != nil {
 		control = o.DB
 	}
+	s.Control = control
 	a, err := app.New(app.Config{
 		DB:               resolverDB,
 		ControlDB:        control,

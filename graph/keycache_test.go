@@ -44,7 +44,7 @@ func kcSetup(t *testing.T) *kcReplicas {
 	r := &kcReplicas{}
 	r.a = apitest.New(t, apitest.Options{KeyCacheTTL: time.Hour})
 	r.b = apitest.New(t, apitest.Options{KeyCacheTTL: time.Hour, ReplicaOf: r.a})
-	r.b.DB.AddQueryHook(kcLookups{&r.bLookups})
+	r.b.Control.AddQueryHook(kcLookups{&r.bLookups}) // where key checks read
 	r.svc = r.a.NewService(t, uuid.New())
 	var robot struct{ CreateRobot struct{ ID string } }
 	r.a.Do(t, r.svc.Token, `mutation { createRobot(input: {name: "cached", hostname: "h1"}) { id } }`, nil).OK(t, &robot)

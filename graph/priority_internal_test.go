@@ -133,16 +133,20 @@ func ran(c chan struct{}) bool {
 
 // TestTurnsBoundRunningOperations: with two turns, a third and a fourth
 // operation wait, and run in the order they came as turns are given back.
+// Each comes from a caller of its own tenant (one tenant holds at most one
+// of two turns: see TestFairTurnsCapACallerAndATenant).
 func TestTurnsBoundRunningOperations(t *testing.T) {
 	t.Parallel()
 	tt := newTurnsTest(t, 2)
-	ctx := t.Context()
-	a, b := tt.start(ctx, ast.Query, nil), tt.start(ctx, ast.Mutation, nil)
+	caller := func() context.Context {
+		return auth.WithPrincipal(t.Context(), &auth.Principal{TenantID: uuid.New(), UserID: uuid.New(), Role: auth.RoleUser})
+	}
+	a, b := tt.start(caller(), ast.Query, nil), tt.start(caller(), ast.Mutation, nil)
 	recv(t, a.running, "first operation never ran")
 	recv(t, b.running, "second operation never ran")
-	c := tt.start(ctx, ast.Query, nil)
+	c := tt.start(caller(), ast.Query, nil)
 	tt.waitFor(1)
-	d := tt.start(ctx, ast.Query, nil)
+	d := tt.start(caller(), ast.Query, nil)
 	tt.waitFor(2)
 	require.EqualValues(t, 4, tt.running.Load(), "waiting operations count for the fan-out's yield")
 
@@ -162,7 +166,7 @@ func TestTurnsBoundRunningOperations(t *testing.T) {
 	require.EqualValues(t, 0, tt.running.Load())
 
 	// Every turn is back: two run at once again.
-	e, f := tt.start(ctx, ast.Query, nil), tt.start(ctx, ast.Query, nil)
+	e, f := tt.start(caller(), ast.Query, nil), tt.start(caller(), ast.Query, nil)
 	recv(t, e.running, "a turn was lost")
 	recv(t, f.running, "a turn was lost")
 	close(e.release)
