@@ -192,7 +192,8 @@ RETURNING j.*`
 
 // GiveBack returns to the queue leases the calling robot never received
 // (the answer that carried them was not delivered): QUEUED as if they had
-// not been claimed, their attempt uncounted, their slots free at once.
+// not been claimed, their attempt uncounted, their slots free at once,
+// and waiting claims told.
 // A lease the robot has since used (the job is no longer CLAIMED under it)
 // is left alone. Jobs are locked in id order, as every path locking
 // several jobs does.
@@ -205,13 +206,23 @@ func (s *Jobs) GiveBack(ctx context.Context, idb bun.IDB, leases []*JobLease) er
 	for i, l := range leases {
 		ids[i], tokens[i] = l.Job.ID, l.LeaseToken
 	}
-	q := idb.NewUpdate().Model((*Job)(nil)).
-		Where("j.id IN (SELECT id FROM jobs WHERE id = ANY(?::uuid[]) AND robot_id = ? ORDER BY id FOR UPDATE)", pgUUIDs(ids), sc.robot).
-		Where("(j.id, j.lease_token) IN (SELECT * FROM unnest(?::uuid[], ?::uuid[]))", pgUUIDs(ids), pgUUIDs(tokens)).
-		Where("j.status = ?", JobClaimed)
-	_, err = jobsVisible(sc, q, "j").
-		Set("status = ?", JobQueued).Set("robot_id = NULL").Set("lease_expires_at = NULL").Set("claimed_at = NULL").
-		Set("attempt = j.attempt - 1").Exec(ctx)
+	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		q := tx.NewUpdate().Model((*Job)(nil)).
+			Where("j.id IN (SELECT id FROM jobs WHERE id = ANY(?::uuid[]) AND robot_id = ? ORDER BY id FOR UPDATE)", pgUUIDs(ids), sc.robot).
+			Where("(j.id, j.lease_token) IN (SELECT * FROM unnest(?::uuid[], ?::uuid[]))", pgUUIDs(ids), pgUUIDs(tokens)).
+			Where("j.status = ?", JobClaimed)
+		res, err := jobsVisible(sc, q, "j").
+			Set("status = ?", JobQueued).Set("robot_id = NULL").Set("lease_expires_at = NULL").Set("claimed_at = NULL").
+			Set("attempt = j.attempt - 1").Exec(ctx)
+		if err != nil {
+			return err
+		}
+		// Waiting claims learn of them at once, as of any job queued.
+		if n, _ := res.RowsAffected(); n > 0 {
+			return notifyQueued(ctx, tx, sc.tenant)
+		}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("giving back undelivered leases: %w", err)
 	}

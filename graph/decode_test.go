@@ -1,10 +1,13 @@
 package graph_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"runtime"
 	"strings"
 	"sync"
@@ -16,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
+	"fleetgraph/graph"
 	"fleetgraph/graph/live"
 )
 
@@ -115,4 +119,60 @@ func TestDecodingIsBounded(t *testing.T) {
 		require.NotZero(t, answered.Load())
 		require.Less(t, grew, int64(400<<20), "40 MiB of anonymous bodies held %d MiB of heap", grew>>20)
 	})
+}
+
+// A stream's body takes its share of the decode budget only until the
+// stream starts: streams live for hours, and held, 64 padded streams from
+// an address (behind a load balancer, everyone's) refused every large
+// request. A GET's variables are weighed as a body's are.
+func TestDecodingSharesAreGivenBack(t *testing.T) {
+	t.Parallel()
+	// 4 MiB in all, 1 MiB per address.
+	s := apitest.New(t, apitest.Options{Limits: graph.Limits{DecodeBytes: 4 << 20}})
+	c := newClient(t, s)
+	m := c.create("streamed")
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	send := func(method, url string, body []byte, accept string) *http.Response {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		req.Header.Set("Content-Type", "application/json")
+		if accept != "" {
+			req.Header.Set("Accept", accept)
+		}
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		return res
+	}
+
+	body, err := json.Marshal(map[string]any{"query": streamSub, "variables": map[string]any{"id": m.ID}})
+	require.NoError(t, err)
+	// 900 KB of whitespace: a valid body that weighs most of the share.
+	padded := append(append(bytes.TrimSuffix(body, []byte("}")), bytes.Repeat([]byte(" "), 900<<10)...), '}')
+	stream := send(http.MethodPost, s.URL+"/graphql", padded, "text/event-stream")
+	defer stream.Body.Close()
+	require.Equal(t, http.StatusOK, stream.StatusCode)
+	lines := bufio.NewScanner(stream.Body)
+	for lines.Scan() && !strings.HasPrefix(lines.Text(), "event: next") {
+	}
+	require.NoError(t, lines.Err())
+
+	// The stream runs; a request as large from the same address passes.
+	big, err := json.Marshal(map[string]any{"query": `mutation($n: String!) { createMachine(input: {name: $n}) { id } }`,
+		"variables": map[string]any{"n": "big", "pad": strings.Repeat("y", 900<<10)}})
+	require.NoError(t, err)
+	res := send(http.MethodPost, s.URL+"/graphql", big, "")
+	out, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode, "%.300s", out)
+
+	// A GET whose variables weigh more than the share is refused as a body.
+	q := url.Values{"query": {"{ __typename }"}, "variables": {`{"v":[` + strings.Repeat("[],", 20000) + `[]]}`}}
+	res = send(http.MethodGet, s.URL+"/graphql?"+q.Encode(), nil, "")
+	out, _ = io.ReadAll(res.Body)
+	res.Body.Close()
+	require.Equal(t, http.StatusTooManyRequests, res.StatusCode, "%.300s", out)
+	require.Contains(t, string(out), "LARGE_REQUESTS")
 }

@@ -329,22 +329,20 @@ func (m *documentMeasure) merged(sets []ast.SelectionSet, n, limit int) int {
 
 // bounded keeps a response within its budgets: a response whose data grew
 // past scalar.MaxResponseBytes lost values on the way (see there) and
-// becomes one error (dropped is then true: its data is not delivered), and
-// at most maxErrors errors are listed, the last of them saying how many
-// more there were.
-func bounded(resp *graphql.Response, maxErrors int) (_ *graphql.Response, dropped bool) {
+// becomes one error, and at most maxErrors errors are listed, the last of
+// them saying how many more there were.
+func bounded(resp *graphql.Response, maxErrors int) *graphql.Response {
 	if resp == nil {
-		return nil, false
+		return nil
 	}
 	if len(resp.Data) > scalar.MaxResponseBytes {
 		err := limitError("RESPONSE_TOO_LARGE", "the response would be over %d bytes: ask for smaller pages or fewer fields", scalar.MaxResponseBytes)
 		err.Extensions = map[string]any{"code": "BAD_USER_INPUT", "reason": "RESPONSE_TOO_LARGE"}
 		resp.Data = []byte("null")
 		resp.Errors = gqlerror.List{err}
-		dropped = true
 	}
 	resp.Errors = firstOf(resp.Errors, maxErrors)
-	return resp, dropped
+	return resp
 }
 
 // firstOf keeps at most max of errs, the last of them saying how many more

@@ -240,13 +240,15 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	stores := dataloaders.Stores{DB: r.DB, Machines: r.MachineStore, Robots: r.RobotStore, Workflows: r.WorkflowStore, Jobs: r.JobStore, Logs: r.LogStore, Columns: loaderColumns}
 	// Loaders per response, not per operation: a subscription is one long
 	// operation, and each of its events must read fresh relations.
-	// Leases per response too: one that is not delivered gives them back.
+	// Leases per response too: the ones it does not carry go back.
 	srv.AroundResponses(func(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {
 		ctx, handed := withHandOuts(ctx)
-		resp, dropped := bounded(next(dataloaders.With(ctx, stores)), cfg.Limits.Errors)
-		if dropped {
-			handed.giveBack(ctx, r.JobStore, r.DB, cfg.Logger)
+		resp := bounded(next(dataloaders.With(ctx, stores)), cfg.Limits.Errors)
+		var data []byte
+		if resp != nil {
+			data = resp.Data
 		}
+		handed.giveBack(ctx, data, r.JobStore, r.DB, cfg.Logger)
 		return resp
 	})
 

@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"sync"
@@ -13,10 +14,11 @@ import (
 
 // handedOut collects the job leases an operation's resolvers hand out
 // (claims, and completions that claim the next job), so that a response
-// that never carries them gives them back: a claim answered with
-// RESPONSE_TOO_LARGE (a batch selecting its workflows' definitions) had
-// leased its jobs all the same, and they sat CLAIMED, the robot's slots
-// full, until their leases ran out and each lost an attempt.
+// that does not carry them gives them back: a claim answered with
+// RESPONSE_TOO_LARGE (a batch selecting its workflows' definitions), or
+// whose data a later field's error nulled, had leased its jobs all the
+// same, and they sat CLAIMED, the robot's slots full, until their leases
+// ran out and each lost an attempt.
 type handedOut struct {
 	mu     sync.Mutex
 	leases []*db.JobLease
@@ -49,14 +51,28 @@ func handOut(ctx context.Context, leases ...*db.JobLease) {
 // (and possibly its deadline) is over.
 const giveBackTimeout = 10 * time.Second
 
-// giveBack returns the recorded leases to the queue: the response that
-// was to carry them was replaced by an error.
-func (h *handedOut) giveBack(ctx context.Context, jobs *db.Jobs, idb bun.IDB, log *slog.Logger) {
+// giveBack returns to the queue the recorded leases whose token data (the
+// response's, as sent) does not carry: the response was replaced by an
+// error (RESPONSE_TOO_LARGE), or an error in a field that may not be null
+// nulled its parent and the lease with it (a claim followed by a field
+// that failed, in one operation), or the selection left the token out.
+// A lease whose token the robot never got cannot be used (no other field
+// shows a lease token), and would hold its slot until it ran out.
+func (h *handedOut) giveBack(ctx context.Context, data []byte, jobs *db.Jobs, idb bun.IDB, log *slog.Logger) {
 	h.mu.Lock()
-	leases := h.leases
+	recorded := h.leases
 	h.leases = nil
 	h.mu.Unlock()
-	if len(leases) == 0 || jobs == nil {
+	if len(recorded) == 0 || jobs == nil {
+		return
+	}
+	var leases []*db.JobLease
+	for _, l := range recorded {
+		if !bytes.Contains(data, []byte(l.LeaseToken.String())) {
+			leases = append(leases, l)
+		}
+	}
+	if len(leases) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), giveBackTimeout)

@@ -360,7 +360,39 @@ func isQueriesOnly(ctx context.Context) bool { v, _ := ctx.Value(queriesOnlyKey{
 // back. Other methods pass through; the websocket transport has its own
 // message limit.
 func checkBody(max int64, budget *live.DecodeBudget, next http.Handler) http.Handler {
+	// take reserves what doc decodes to (refusing the request when it
+	// cannot) and returns r carrying the release for a stream
+	// (live.DecodeDone), and the release; ok is false once refused.
+	take := func(w http.ResponseWriter, r *http.Request, doc []byte) (_ *http.Request, release func(), ok bool) {
+		release, err := budget.Take(r.Context(), auth.AddressKey(auth.ClientIP(r)), doc)
+		if err != nil {
+			status := http.StatusBadRequest
+			if fault.CodeOf(err) == fault.RateLimited {
+				status = http.StatusTooManyRequests
+				w.Header().Set("Retry-After", "1")
+			}
+			auth.WriteError(w, status, err)
+			return r, nil, false
+		}
+		if release != nil {
+			r = r.WithContext(live.WithDecodeRelease(r.Context(), release))
+		}
+		return r, release, true
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && len(r.URL.RawQuery) > getFreeQueryBytes {
+			// A GET's variables and extensions decode as a body's do.
+			q := r.URL.Query()
+			r, release, ok := take(w, r, []byte(q.Get("variables")+q.Get("extensions")))
+			if !ok {
+				return
+			}
+			if release != nil {
+				defer release()
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
 		if r.Method != http.MethodPost {
 			next.ServeHTTP(w, r)
 			return
@@ -402,23 +434,23 @@ func checkBody(max int64, budget *live.DecodeBudget, next http.Handler) http.Han
 			return
 		}
 		// What decoding it costs is bounded too, before it is decoded,
-		// for as long as its values are held.
-		release, err := budget.Take(r.Context(), auth.AddressKey(auth.ClientIP(r)), body)
-		if err != nil {
-			status := http.StatusBadRequest
-			if fault.CodeOf(err) == fault.RateLimited {
-				status = http.StatusTooManyRequests
-				w.Header().Set("Retry-After", "1")
-			}
-			auth.WriteError(w, status, err)
+		// while it is decoded and run (a stream's only until it starts).
+		r, release, ok := take(w, r, body)
+		if !ok {
 			return
 		}
-		defer release()
+		if release != nil {
+			defer release()
+		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		next.ServeHTTP(w, r)
 	})
 }
+
+// getFreeQueryBytes is the query string under which a GET's variables
+// are not measured: too few bytes to weigh what the decode budget counts.
+const getFreeQueryBytes = 1024
 
 // identityEncoded reports whether a request's Content-Encoding headers,
 // if any, name no coding but identity.

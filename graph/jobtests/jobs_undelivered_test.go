@@ -1,6 +1,7 @@
 package jobtests
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -72,4 +73,30 @@ func TestAnUndeliveredClaimLeasesNothing(t *testing.T) {
 	require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM jobs WHERE tenant_id = ? AND status = 'COMPLETED'", tn.User.Tenant).Scan(t.Context(), &completed))
 	require.Equal(t, 10, completed)
 	require.Equal(t, jobs, jbQueued(t, tn))
+}
+
+// Leases go back whenever the answer does not carry their tokens: a later
+// field's error that nulls the whole data (shipLogs is non-null), and a
+// selection that leaves the token out. A lease the answer carries stays.
+func TestLeasesTheAnswerDoesNotCarryGoBack(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
+	tn := apitest.NewTenant(t, s)
+	jbEnqueue(t, tn, 10, func(int) int { return 0 })
+	r := tn.CreateRobot(t, "r", apitest.RobotOpts{Slots: 10})
+
+	resp := s.Do(t, r.Key, `mutation($m: String!) { claimJobs(limit: 5) { leaseToken job { id } } shipLogs(entries: [{level: INFO, message: $m}]) }`,
+		map[string]any{"m": strings.Repeat("x", 10_000)})
+	require.NotEmpty(t, resp.Errors)
+	require.Contains(t, []string{"", "null"}, string(resp.Data), "the error nulled the data, leases with it")
+	require.Zero(t, jbHeld(t, s, r.ID), "no token was sent, so nothing is held")
+
+	s.Do(t, r.Key, `mutation { claimJob { job { id } } }`, nil).OK(t, nil)
+	require.Zero(t, jbHeld(t, s, r.ID), "a claim that did not ask for its token holds nothing")
+
+	var got struct{ ClaimJob struct{ LeaseToken string } }
+	s.Do(t, r.Key, `mutation { claimJob { leaseToken } }`, nil).OK(t, &got)
+	require.NotEmpty(t, got.ClaimJob.LeaseToken)
+	require.Equal(t, 1, jbHeld(t, s, r.ID), "a delivered lease stays")
+	require.Equal(t, 9, jbQueued(t, tn))
 }

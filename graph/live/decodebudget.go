@@ -87,8 +87,9 @@ func NewDecodeBudget(total int64) *DecodeBudget {
 
 // Take checks doc's elements (BAD_USER_INPUT past MaxDocumentElements)
 // and reserves its weight for addr (an auth.AddressKey). The caller calls
-// release once the document's values are no longer held. A nil budget
-// only checks the elements.
+// release, which may be called again, once the document is decoded and
+// its operation started; it is nil when nothing was reserved (a small
+// document, a nil budget, which only checks the elements).
 func (b *DecodeBudget) Take(ctx context.Context, addr string, doc []byte) (release func(), err error) {
 	n := JSONElements(doc)
 	if n > MaxDocumentElements {
@@ -98,7 +99,7 @@ func (b *DecodeBudget) Take(ctx context.Context, addr string, doc []byte) (relea
 	}
 	weight := int64(len(doc)) + int64(n)*elementBytes
 	if b == nil || weight < freeDocumentBytes {
-		return func() {}, nil
+		return nil, nil
 	}
 	b.mu.Lock()
 	if b.held[addr]+weight > b.perAddr {
@@ -131,5 +132,23 @@ func (b *DecodeBudget) forget(addr string, weight int64) {
 	defer b.mu.Unlock()
 	if b.held[addr] -= weight; b.held[addr] <= 0 {
 		delete(b.held, addr)
+	}
+}
+
+type decodeReleaseKey struct{}
+
+// WithDecodeRelease gives the request of ctx the release of its decode
+// budget (DecodeBudget.Take), for DecodeDone.
+func WithDecodeRelease(ctx context.Context, release func()) context.Context {
+	return context.WithValue(ctx, decodeReleaseKey{}, release)
+}
+
+// DecodeDone gives back the decode budget the request of ctx took, if
+// any: a streaming transport calls it once its request has become a
+// stream (decoded, its operation started), so that streams, which live
+// for hours, do not hold the budget that bounds decoding.
+func DecodeDone(ctx context.Context) {
+	if release, ok := ctx.Value(decodeReleaseKey{}).(func()); ok {
+		release()
 	}
 }

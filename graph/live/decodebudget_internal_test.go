@@ -37,8 +37,8 @@ func TestDecodeBudget(t *testing.T) {
 	require.Equal(t, fault.BadUserInput, fault.CodeOf(err), "a nil budget still counts the elements")
 
 	small, err := NewDecodeBudget(1).Take(t.Context(), "a", []byte(`{"query":"{ me { id } }"}`))
-	require.NoError(t, err, "a small document takes nothing")
-	small()
+	require.NoError(t, err)
+	require.Nil(t, small, "a small document takes nothing")
 
 	// Each document weighs 1,000 elements: 128,000 bytes and its own.
 	doc := []byte("[" + strings.Repeat("{},", 999) + "{}]")

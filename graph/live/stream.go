@@ -247,7 +247,9 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	// The body is read: only now does the request become a stream, which
 	// lives as long as its operation. Until here the server's read timeout
 	// stood, so a client trickling a body cannot hold a connection. Each
-	// write below sets its own deadline.
+	// write below sets its own deadline. Its decoding is over, and its
+	// share of the decode budget goes back.
+	DecodeDone(r.Context())
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{})
 	h := w.Header()

@@ -377,7 +377,9 @@ func (c *wsConn) serve(ctx context.Context) {
 			break
 		}
 		code, reason, exp := c.handleAside(ctx, typ, data)
-		release()
+		if release != nil {
+			release()
+		}
 		if code != 0 {
 			c.shut(code, reason)
 			break
