@@ -177,7 +177,8 @@ func (j *JWT) Verify(token string) (*Principal, error) {
 }
 
 // tenant returns the tenant c names, at the top level or in app_metadata.
-// A claim that is present names a tenant or the token is refused: an
+// A claim that is present (not JSON null, which reads as absent) names a
+// tenant or the token is refused: an
 // empty one, the nil UUID (a principal without a tenant is the
 // installation's own, the operator CLI, never a token's) and two claims
 // naming different tenants are mistakes of the issuer, not a request for

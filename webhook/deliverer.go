@@ -270,16 +270,14 @@ func (d *Deliverer) deliver(ctx context.Context, dd *db.DueDelivery, claimedAt t
 	}
 	if answered {
 		// Not cut short by a shutdown from here on: the answer is the
-		// receiver's, and must not be lost. The bound is the shutdown's
-		// (recordTimeout) only once the deliverer is stopping; while it
-		// runs, a slow database gets as long as the attempt's lease.
-		wait := answeredRecordTimeout
-		if ctx.Err() != nil {
-			wait = recordTimeout
-		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), wait)
+		// receiver's, and must not be lost. While the deliverer runs, a
+		// slow database gets answeredRecordTimeout; once it is stopping
+		// (now or while the record runs), recordTimeout more at most.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), answeredRecordTimeout)
 		defer cancel()
+		stop := context.AfterFunc(ctx, func() { time.AfterFunc(recordTimeout, cancel) })
+		defer stop()
+		ctx = rctx
 	}
 	if err := d.cfg.Store.RecordAttempt(ctx, d.cfg.DB, dd, claimedAt, res); err != nil {
 		d.cfg.Log.Error("recording a webhook attempt", "delivery", dd.ID, "error", err)
