@@ -429,6 +429,17 @@ func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Updat
 // Delete removes a robot with its keys, assignments and heartbeats, and
 // lets its jobs go (see releaseDeletedRobotsJobs): jobs aimed at it are
 // cancelled, its other live jobs go back to the queue.
+//
+// Under the robot's row lock it first locks what the deletion will change
+// or check (lockRobotsJobs): the schedules of the robot's jobs, then the
+// jobs themselves in id order, as heartbeats, the rescue, CompleteMany
+// and deleteSchedule (its schedule, then its jobs) lock them. Unlocked,
+// the release's batches and the foreign keys' ON DELETE SET NULL
+// (jobs.robot_id and jobs.target_robot_id, finished jobs included)
+// locked the jobs in an index's order, and the second change of a job in
+// the transaction checked its schedule_id again (KEY SHARE on the
+// schedule): a deleteSchedule of the same jobs deadlocked with it both
+// ways.
 func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UUID, error) {
 	sc, err := userScope(ctx)
 	if err != nil {
@@ -439,6 +450,9 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 		r := new(Robot)
 		if err := inTenant(sc, tx.NewSelect().Model(r).Where("r.id = ?", id), "r").For("UPDATE").Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "robot")
+		}
+		if err := lockRobotsJobs(ctx, tx, r.ID); err != nil {
+			return err
 		}
 		if err := releaseDeletedRobotsJobs(ctx, tx, r); err != nil {
 			return err
@@ -452,6 +466,40 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 		s.Keys.Invalidate("robot:"+deleted.String(), false)
 	}
 	return deleted, err
+}
+
+// lockRobotsJobs locks, for a deletion of robot in tx, every job that the
+// robot holds, held or is aimed at, finished or not, in id order, and
+// before them the schedules those jobs came from (FOR KEY SHARE, in id
+// order). Once the robot's row is locked no job can come to name it (a
+// claim locks the row first; an insert naming it waits on the row's key),
+// so these are all the jobs the deletion changes after it. A job changed
+// twice in one transaction has its foreign keys checked again, and the
+// deletion changes a job aimed at the robot twice (cancelled or marked
+// target_lost, then the ON DELETE SET NULL): its schedule's KEY SHARE is
+// taken here, before the jobs, where deleteSchedule takes its schedule's
+// row, rather than after them. (A schedule that fires for this robot takes
+// its row and then the robot's: that order stays opposite.)
+//
+// One statement orders all the jobs: two, each in id order, would not be
+// in id order together. jobs_robot_created_idx serves robot_id;
+// target_robot_id has no index, so each statement reads the table once,
+// as the foreign key's ON DELETE SET NULL on it does already.
+func lockRobotsJobs(ctx context.Context, tx bun.Tx, robot uuid.UUID) error {
+	var n int
+	if err := tx.NewRaw(`SELECT count(*) FROM (
+			SELECT 1 FROM schedules WHERE id IN (
+				SELECT schedule_id FROM jobs WHERE (robot_id = ? OR target_robot_id = ?) AND schedule_id IS NOT NULL)
+			ORDER BY id FOR KEY SHARE) AS s`,
+		robot, robot).Scan(ctx, &n); err != nil {
+		return fmt.Errorf("locking the schedules of the robot's jobs: %w", err)
+	}
+	if err := tx.NewRaw(`SELECT count(*) FROM (
+			SELECT 1 FROM jobs WHERE robot_id = ? OR target_robot_id = ? ORDER BY id FOR UPDATE) AS j`,
+		robot, robot).Scan(ctx, &n); err != nil {
+		return fmt.Errorf("locking the robot's jobs: %w", err)
+	}
+	return nil
 }
 
 // Heartbeat records that the calling robot is alive: its status, a sampled

@@ -105,3 +105,112 @@ func TestDeletingAScheduleWhileItsRobotWorks(t *testing.T) {
 		require.NoError(t, err)
 	}
 }
+
+// Deleting a robot and a schedule that share jobs, at once, without a
+// deadlock, whichever comes first. The robot's live job L (held, or aimed
+// at it) has the larger id, its finished job F the smaller; a transaction
+// holds the job the first deletion would lock first (L for deleteRobot, F
+// for deleteSchedule) while the first, then the second deletion come to
+// wait; then it lets go. deleteRobot used to lock L (its release) before
+// F (the robot's deletion), where deleteSchedule locks F, then L; and
+// after its second change of a job aimed at the robot it took the
+// schedule's KEY SHARE, which deleteSchedule holds from its start. Every
+// one of the four cases deadlocked.
+func TestDeletingARobotAndAScheduleOfItsJobsTogether(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ aimed, robotFirst bool }{{false, true}, {true, true}, {false, false}, {true, false}} {
+		aimed := tc.aimed
+		t.Run(fmt.Sprintf("aimed=%v,robotFirst=%v", tc.aimed, tc.robotFirst), func(t *testing.T) {
+			t.Parallel()
+			d := dbtest.New(t)
+			ctx := t.Context()
+			tenant := uuid.New()
+			svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
+			workflows := db.NewWorkflows()
+			jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
+			robots := db.NewRobots(db.DefaultQueueConfig)
+			schedules := db.NewSchedules(jobs, workflows, time.Now)
+			slots := 2
+			r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r", MaxConcurrentJobs: &slots})
+			require.NoError(t, err)
+			robot := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, RobotID: r.ID, Role: auth.RoleRobot})
+			wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
+			require.NoError(t, err)
+			sch, err := schedules.Create(svc, d.DB, db.CreateScheduleInput{Name: "s", WorkflowID: wf.ID, CronExpression: "@yearly"})
+			require.NoError(t, err)
+			tick := time.Now().Add(-time.Hour).Truncate(time.Second)
+			for i := range 2 {
+				in := db.EnqueueJobInput{WorkflowID: wf.ID, ScheduleID: &sch.ID, ScheduledFor: new(tick.Add(time.Duration(i) * time.Second))}
+				if aimed {
+					in.RobotID = &r.ID
+				}
+				_, err := jobs.Enqueue(svc, d.DB, in)
+				require.NoError(t, err)
+			}
+			held, err := jobs.ClaimMany(robot, d.DB, 2)
+			require.NoError(t, err)
+			require.Len(t, held, 2)
+			slices.SortFunc(held, func(a, b *db.JobLease) int { return slices.Compare(a.Job.ID[:], b.Job.ID[:]) })
+			f, l := held[0], held[1]
+			_, err = jobs.Complete(robot, d.DB, f.Job.ID, f.LeaseToken, nil, db.JobCallOptions{StartIfClaimed: true})
+			require.NoError(t, err)
+			_, err = jobs.Start(robot, d.DB, l.Job.ID, l.LeaseToken)
+			require.NoError(t, err)
+
+			waiting := func(n int, msg string) {
+				t.Helper()
+				require.Eventually(t, func() bool {
+					var got int
+					err := d.QueryRowContext(ctx,
+						`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got)
+					return err == nil && got == n
+				}, 30*time.Second, 10*time.Millisecond, msg)
+			}
+			hold, err := d.BeginTx(ctx, nil)
+			require.NoError(t, err)
+			defer func() { _ = hold.Rollback() }()
+			robotDeleted, scheduleDeleted := make(chan error, 1), make(chan error, 1)
+			deleteRobot := func() { _, err := robots.Delete(svc, d.DB, r.ID); robotDeleted <- err }
+			deleteSchedule := func() { _, err := schedules.Delete(svc, d.DB, sch.ID); scheduleDeleted <- err }
+			locked, first, second := l.Job.ID, deleteRobot, deleteSchedule
+			if !tc.robotFirst {
+				locked, first, second = f.Job.ID, deleteSchedule, deleteRobot
+			}
+			_, err = hold.ExecContext(ctx, "SELECT 1 FROM jobs WHERE id = ? FOR UPDATE", locked)
+			require.NoError(t, err)
+			go first()
+			waiting(1, "the first deletion waits for the held job")
+			go second()
+			waiting(2, "the second deletion waits too")
+			require.NoError(t, hold.Commit())
+			for name, done := range map[string]chan error{"deleteRobot": robotDeleted, "deleteSchedule": scheduleDeleted} {
+				select {
+				case err := <-done:
+					require.NoError(t, err, name)
+				case <-time.After(30 * time.Second):
+					require.FailNow(t, name+" did not end")
+				}
+			}
+
+			var rows []struct {
+				ID         uuid.UUID
+				Status     string
+				RobotID    *uuid.UUID
+				ScheduleID *uuid.UUID
+				TargetLost bool
+			}
+			require.NoError(t, d.NewRaw("SELECT id, status, robot_id, schedule_id, target_lost FROM jobs ORDER BY id").Scan(ctx, &rows))
+			require.Len(t, rows, 2)
+			want := map[uuid.UUID]string{f.Job.ID: "COMPLETED", l.Job.ID: "QUEUED"}
+			if aimed {
+				want[l.Job.ID] = "CANCELLED"
+			}
+			for _, j := range rows {
+				require.Equal(t, want[j.ID], j.Status)
+				require.Nil(t, j.RobotID)
+				require.Nil(t, j.ScheduleID)
+				require.Equal(t, aimed, j.TargetLost)
+			}
+		})
+	}
+}

@@ -25,8 +25,9 @@ import (
 // operationLimit refuses, with a clear error before execution, operations
 // that would cost more than the limits: estimated cost (table-driven, see
 // listSizes), nesting depth, aliases, the document a subscription keeps,
-// and introspection when it is off; and operations that use @defer, which
-// no transport here delivers. Every transport's operations pass here
+// and introspection when it is off; subscriptions that select a field
+// priced as a scan (scanCost), which each event would run again; and
+// operations that use @defer, which no transport here delivers. Every transport's operations pass here
 // before they run (the streaming ones before a subscription takes its
 // place in its caller's quota). Its walk expands fragments; documentLimit
 // has already bounded the expanded size, so the walk is linear in what it
@@ -75,6 +76,13 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 	w := operationWalker{vars: op.Variables}
 	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)
 	cost = saturatingAdd(cost, w.batchedScans)
+	if op.Operation.Operation == ast.Subscription && w.scanning != "" {
+		// The cost is paid once, when the subscription starts, but its
+		// selection is resolved again for every event: 20 subscriptions
+		// to a machine's events' totalCount counted them 20 times on
+		// every change of the machine.
+		return limitError(scanInSubscription, "the subscription selects %s, which reads the tenant's data in bulk (a count, an aggregate or a text search) and would do so again for every event: select it in a query instead (once, or when an event says it changed)", w.scanning)
+	}
 	if w.defers {
 		// gqlgen declares @defer, but its transports here send one
 		// answer: a deferred part over HTTP never came, and in a
@@ -133,6 +141,9 @@ type operationWalker struct {
 	// batchedScans is the cost of the scanning fields paid once per place
 	// in the document (scan.batched), outside any list's multiplication.
 	batchedScans int
+	// scanning names (Type.field) the first field walked that scans with
+	// its arguments (scanCost), which a subscription may not select.
+	scanning string
 	// argBytes is the size of the argument values walked, variables
 	// expanded; varBytes and literalBytes (made when first needed)
 	// memoise each variable's and each list or object literal's size, so
@@ -198,6 +209,9 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 	}
 	key := f.ObjectDefinition.Name + "." + f.Name
 	scan, batched := scanCost(key, f, w.vars)
+	if scan > 0 && w.scanning == "" {
+		w.scanning = key
+	}
 	if batched {
 		w.batchedScans = saturatingAdd(w.batchedScans, scan)
 		scan = 0
@@ -310,6 +324,10 @@ func jsonBytes(v any) int {
 // subscriptionNeedsStream is the reason of a subscription refused on a
 // transport that answers once.
 const subscriptionNeedsStream = "SUBSCRIPTION_NEEDS_STREAM"
+
+// scanInSubscription is the reason of a subscription refused for a field
+// priced as a scan (see scans), which it would run again on every event.
+const scanInSubscription = "SCAN_IN_SUBSCRIPTION"
 
 type queriesOnlyKey struct{}
 

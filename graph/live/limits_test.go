@@ -214,3 +214,61 @@ func requireTooLarge(t *testing.T, errs []gqlError, limit int) {
 	require.Equal(t, "SUBSCRIPTION_TOO_LARGE", errs[0].Extensions["reason"])
 	require.Contains(t, errs[0].Message, fmt.Sprintf("is %d bytes; the limit is %d", limit+1, limit))
 }
+
+// TestLiveSubscriptionRefusesScans: a field priced as a scan (a count of a
+// machine's events here) is priced once when a subscription starts but
+// resolved again for every event, so a subscription selecting it is
+// refused before it starts, on a websocket and as an SSE stream, with
+// BAD_USER_INPUT, reason SCAN_IN_SUBSCRIPTION and the field named,
+// however it is selected (directly, in a named or an inline fragment).
+// The same subscription without the count runs and sees a change, and a
+// query may still count.
+func TestLiveSubscriptionRefusesScans(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	f := newFixture(t, s)
+	vars := map[string]any{"id": f.machine}
+	scanning := []string{
+		`subscription($id: ID) { machineUpdated(id: $id) { op machine { id events(first: 1) { totalCount } } } }`,
+		`subscription($id: ID) { machineUpdated(id: $id) { op ...M } } fragment M on MachineChange { machine { events { totalCount } } }`,
+		`subscription($id: ID) { machineUpdated(id: $id) { op machine { ... on Machine { events { n: totalCount } } } } }`,
+	}
+	requireRefused := func(t *testing.T, errs []gqlError) {
+		t.Helper()
+		require.Len(t, errs, 1)
+		require.Equal(t, "BAD_USER_INPUT", errs[0].code())
+		require.Equal(t, "SCAN_IN_SUBSCRIPTION", errs[0].Extensions["reason"])
+		require.Contains(t, errs[0].Message, "MachineEventConnection.totalCount")
+		require.Contains(t, errs[0].Message, "in a query instead")
+	}
+	c := connect(t, s, f.user.Token)
+	for i, q := range scanning {
+		id := fmt.Sprint("scan", i)
+		c.subscribe(id, q, vars)
+		requireRefused(t, c.readFor(id).errors(t))
+		st := openSSE(t, s, f.user.Token, q, vars)
+		requireRefused(t, st.result().Errors)
+		st.requireEnd()
+	}
+
+	const listing = `subscription($id: ID) { machineUpdated(id: $id) { op machine { id status events(first: 1) { edges { node { eventType } } } } } }`
+	c.subscribe("list", listing, vars)
+	require.Equal(t, "CURRENT", machineChange(t, c.readFor("list")).Op)
+	st := openSSE(t, s, f.user.Token, listing, vars)
+	first := st.result()
+	require.Empty(t, first.Errors)
+	require.Contains(t, string(first.Data), `"op":"CURRENT"`)
+	f.set(t, "startMachine")
+	got := machineChange(t, c.readFor("list"))
+	require.Equal(t, "UPDATED", got.Op)
+	require.Equal(t, "RUNNING", got.Machine.Status)
+	next := st.result()
+	require.Empty(t, next.Errors)
+	require.Contains(t, string(next.Data), `"status":"RUNNING"`)
+
+	var counted struct {
+		Machine struct{ Events struct{ TotalCount int } }
+	}
+	s.Do(t, f.user.Token, `query($id: ID!) { machine(id: $id) { events { totalCount } } }`, vars).OK(t, &counted)
+	require.Positive(t, counted.Machine.Events.TotalCount)
+}
