@@ -45,7 +45,7 @@ func TestAWaitingClaimOutlivesNoKey(t *testing.T) {
 
 		before := s.Statements.Load()
 		claim := r.ClaimAsync(t, jqWakeWait)
-		apitest.Eventually(t, 20*time.Second, "the claim to wait", func() bool { return s.Statements.Load()-before >= auth+2*attempt+1 })
+		apitest.Eventually(t, apitest.Patience, "the claim to wait", func() bool { return s.Statements.Load()-before >= auth+2*attempt+1 })
 		tn.Do(t, `mutation($id: ID!) { revokeApiKey(id: $id) { revokedAt } }`, map[string]any{"id": keys.ApiKeys[0].ID}, nil)
 		job := tn.Enqueue(t, map[string]any{"input": map[string]any{"secret": "s3cr3t"}})
 
