@@ -324,6 +324,13 @@ func (r *Robot) Heartbeat(t testing.TB, status string) {
 	r.Tenant.Server.Do(t, r.Key, `mutation($s: RobotStatus!) { heartbeat(input: {status: $s}) { id } }`, map[string]any{"s": status}).OK(t, nil)
 }
 
+// Patience bounds a test's wait for something it expects to happen (a
+// message, a state, a claim's return, a lock waiter). It is reached only
+// when that never happens, so it is generous: a machine running two suites
+// at once on 2 cores has stalled a test past 20 s. It is not for durations
+// a test expects to run out, nor for "nothing happens for d" checks.
+const Patience = 2 * time.Minute
+
 // Eventually polls cond until it holds, failing t after within.
 func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,6 +29,11 @@ var clients struct {
 	once sync.Once
 	node string
 	skip string // why the tests cannot run here, when they cannot
+	// lock is .npm-install.lock, held shared from the check that found
+	// node_modules installed until the binary exits, so that another
+	// test binary of this checkout (a second `go test ./...`) cannot run
+	// `npm ci`, which deletes node_modules first, under its scripts.
+	lock *os.File
 }
 
 // requireClients returns the node binary, installing the pinned client
@@ -43,26 +49,56 @@ func requireClients(t *testing.T) string {
 			return
 		}
 		clients.node = node
-		if err := installed(); err == nil {
-			return
-		}
-		// Another test binary of this checkout (a second `go test ./...`)
-		// may be installing: npm ci deletes node_modules first, so the two
-		// take turns, and the second finds the first's install.
-		unlock, err := lockFile(".npm-install.lock")
-		if err != nil {
-			clients.skip = fmt.Sprintf("locking e2e/ for npm ci: %v", err)
-			return
-		}
-		defer unlock()
-		if err := installed(); err != nil {
-			clients.skip = install(err)
-		}
+		clients.lock, clients.skip = useClients(".npm-install.lock")
 	})
 	if clients.skip != "" {
 		t.Skip(clients.skip)
 	}
 	return clients.node
+}
+
+// useClients checks, under a shared lock on the file at path (created if
+// need be), that node_modules is installed, installing it under the
+// exclusive lock when it is not, and returns the file with the shared lock
+// held (the binary keeps it until it exits), or why the tests must be
+// skipped. The check was once made without the lock, and could pass on a
+// node_modules another binary's `npm ci` was rewriting.
+func useClients(path string) (*os.File, string) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Sprintf("locking e2e/ for npm ci: %v", err)
+	}
+	for {
+		// Shared: waits only for a binary installing.
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
+			_ = f.Close()
+			return nil, fmt.Sprintf("locking e2e/ for npm ci: %v", err)
+		}
+		why := installed()
+		if why == nil {
+			return f, ""
+		}
+		// Exclusive to install, without waiting: another binary holding
+		// the lock is checking, or installing, or has installed and holds
+		// it shared for its run (which a blocking wait would outlast). A
+		// failed attempt drops the shared lock (flock(2)), so the loop
+		// takes it again, after any install, and looks again.
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			continue
+		}
+		if err != nil {
+			_ = f.Close()
+			return nil, fmt.Sprintf("locking e2e/ for npm ci: %v", err)
+		}
+		if why := installed(); why != nil {
+			if skip := install(why); skip != "" {
+				_ = f.Close() // releases the lock
+				return nil, skip
+			}
+		}
+		// Installed: the loop takes the lock shared again.
+	}
 }
 
 // installed checks that node_modules holds every dependency at the exact
@@ -87,20 +123,6 @@ func installed() error {
 		}
 	}
 	return nil
-}
-
-// lockFile takes an exclusive lock on the file at path (created if need
-// be), waiting for another process that holds it; unlock releases it.
-func lockFile(path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		_ = f.Close()
-		return nil, err
-	}
-	return func() { _ = f.Close() }, nil // closing releases the lock
 }
 
 // install runs `npm ci` in this folder because of why, and returns why the

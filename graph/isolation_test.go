@@ -640,7 +640,7 @@ type isoWS struct {
 // the connection instead.
 func isoWSOpen(t *testing.T, s *apitest.Server, payload map[string]any) (*isoWS, map[string]any, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 	defer cancel()
 	conn, _, err := websocket.Dial(ctx, "ws"+s.URL[len("http"):]+"/graphql",
 		&websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
@@ -670,7 +670,7 @@ func (w *isoWS) read(ctx context.Context) (map[string]any, error) {
 // after checking that the server completes it.
 func (w *isoWS) run(t *testing.T, id, query string, vars map[string]any) map[string]any {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 	defer cancel()
 	require.NoError(t, wsjson.Write(ctx, w.conn, map[string]any{"id": id, "type": "subscribe",
 		"payload": map[string]any{"query": query, "variables": vars}}))
@@ -783,7 +783,7 @@ func TestWebsocketIsolation(t *testing.T) {
 	}
 
 	t.Run("BadTokenOnUpgradeIsRefusedWith401", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 		defer cancel()
 		conn, resp, err := websocket.Dial(ctx, "ws"+s.URL[len("http"):]+"/graphql", &websocket.DialOptions{
 			Subprotocols: []string{"graphql-transport-ws"},

@@ -269,6 +269,18 @@ func TestTheLookupLimitRefusesOnlyRefusedKeys(t *testing.T) {
 			s.Do(t, key, `{ me { robotId } }`, nil).Code(t, "INTERNAL")
 		}
 		release()
-		s.Do(t, key, `{ me { robotId } }`, nil).OK(t, nil)
+		// The key check keeps its 200 ms bound after the release, and a
+		// stalled machine can still run it out (INTERNAL): retry until
+		// the database answers in time. Only INTERNAL is retried: a
+		// failed read is not charged to the lookup limit, so a
+		// RATE_LIMITED here is still the bug this test is about.
+		apitest.Eventually(t, time.Minute, "the key check passes again", func() bool {
+			resp := s.Do(t, key, `{ me { robotId } }`, nil)
+			if len(resp.Errors) > 0 && resp.Errors[0].Code() == "INTERNAL" {
+				return false
+			}
+			resp.OK(t, nil)
+			return true
+		})
 	})
 }

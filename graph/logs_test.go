@@ -808,7 +808,7 @@ func TestShipLogsLocksJobsInIDOrder(t *testing.T) {
 			map[string]any{"level": "INFO", "message": "about the lower", "jobId": low.Job.ID, "leaseToken": low.LeaseToken},
 		}})
 	}()
-	apitest.Eventually(t, 10*time.Second, "shipLogs waits for the lower job", func() bool {
+	apitest.Eventually(t, apitest.Patience, "shipLogs waits for the lower job", func() bool {
 		return s.LockWaiters(t, "%") > 0
 	})
 	probe, err := s.DB.BeginTx(ctx, nil)
@@ -821,7 +821,7 @@ func TestShipLogsLocksJobsInIDOrder(t *testing.T) {
 	select {
 	case resp := <-shipped:
 		resp.OK(t, nil)
-	case <-time.After(10 * time.Second):
+	case <-time.After(apitest.Patience):
 		t.Fatal("shipLogs never finished")
 	}
 }

@@ -107,17 +107,22 @@ func (tt *turnsTest) waiting() float64 {
 	return 0
 }
 
+// patience bounds the waits for what the test expects to happen, as
+// apitest.Patience (which this package's internal tests cannot import):
+// reached only when it never happens, so generous for a busy machine.
+const patience = 2 * time.Minute
+
 // waitFor waits until n operations wait for a turn.
 func (tt *turnsTest) waitFor(n float64) {
 	tt.t.Helper()
-	require.Eventually(tt.t, func() bool { return tt.waiting() == n }, 10*time.Second, time.Millisecond, "operations waiting: want %v", n)
+	require.Eventually(tt.t, func() bool { return tt.waiting() == n }, patience, time.Millisecond, "operations waiting: want %v", n)
 }
 
 func recv(t *testing.T, c chan struct{}, what string) {
 	t.Helper()
 	select {
 	case <-c:
-	case <-time.After(10 * time.Second):
+	case <-time.After(patience):
 		t.Fatal(what)
 	}
 }
@@ -285,7 +290,7 @@ func TestTurnsLeaveWhenTheClientDoes(t *testing.T) {
 
 // waitRunning waits until nothing is counted as running and returns the count.
 func waitRunning(t *testing.T, running *atomic.Int64) int64 {
-	require.Eventually(t, func() bool { return running.Load() == 0 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return running.Load() == 0 }, patience, time.Millisecond)
 	return running.Load()
 }
 
@@ -374,7 +379,7 @@ func TestWokenClaimsWaitForATurnWithinTheirWait(t *testing.T) {
 	select {
 	case ok := <-woke:
 		require.False(t, ok, "the claim got a turn that was held")
-	case <-time.After(10 * time.Second):
+	case <-time.After(patience):
 		t.Fatal("the claim kept waiting for a turn after its wait ended")
 	}
 	tt.waitFor(0)

@@ -609,7 +609,7 @@ func TestDeletingARobotWakesWaitingClaims(t *testing.T) {
 		r.lease = body.Data.ClaimJob
 	}()
 	// The claim is parked once it has tried twice: before and after it subscribed.
-	rbEventually(t, 10*time.Second, "the claim to start waiting", func() bool {
+	rbEventually(t, apitest.Patience, "the claim to start waiting", func() bool {
 		return s.Statements.Load()-before >= auth+2*attempt
 	})
 	isoDo(t, s, u.Token, `mutation($id: ID!) { deleteRobot(id: $id) }`, map[string]any{"id": doomed.ID}, nil)
@@ -619,7 +619,7 @@ func TestDeletingARobotWakesWaitingClaims(t *testing.T) {
 		require.NoError(t, r.err)
 		require.NotNil(t, r.lease, "the waiting claim was not woken by the requeued job: %s", r.raw)
 		require.Equal(t, job.ID, r.lease.Job.ID)
-	case <-time.After(10 * time.Second):
+	case <-time.After(apitest.Patience):
 		require.FailNow(t, "the waiting claim was not woken by the requeued job")
 	}
 }
@@ -1079,7 +1079,7 @@ func TestSilentRobotGoesOffline(t *testing.T) {
 	u := s.NewUser(t, uuid.Nil)
 	r, key := rbRobotWithKey(t, s, u.Token, map[string]any{"name": "r"})
 	beat := rbHeartbeat(t, s, key, "BUSY")
-	rbEventually(t, 10*time.Second, "the silent robot to go OFFLINE", func() bool {
+	rbEventually(t, apitest.Patience, "the silent robot to go OFFLINE", func() bool {
 		return rbGetRobot(t, s, u.Token, r.ID).Status == "OFFLINE"
 	})
 	got := rbGetRobot(t, s, u.Token, r.ID)

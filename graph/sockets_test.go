@@ -21,7 +21,7 @@ import (
 // On a refused upgrade it returns the response's status and error.
 func sockDial(t *testing.T, s *apitest.Server) (*websocket.Conn, int, apitest.Error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 	defer cancel()
 	conn, resp, err := websocket.Dial(ctx, wsURL(s), &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
 	if err == nil {
@@ -66,7 +66,7 @@ func TestWebsocketsAreCapped(t *testing.T) {
 		}
 		// Closed, they give their places back: half of them at once (the
 		// sockets below need a few).
-		apitest.Eventually(t, 10*time.Second, "the pending places back", func() bool {
+		apitest.Eventually(t, apitest.Patience, "the pending places back", func() bool {
 			var got []*websocket.Conn
 			defer func() {
 				for _, c := range got {
@@ -90,7 +90,7 @@ func TestWebsocketsAreCapped(t *testing.T) {
 		initAndExpectClose := func() error {
 			conn, status, _ := sockDial(t, s)
 			require.Equal(t, http.StatusSwitchingProtocols, status)
-			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 			defer cancel()
 			require.NoError(t, wsjson.Write(ctx, conn, map[string]any{"type": "connection_init", "payload": map[string]any{}}))
 			_, _, err := conn.Read(ctx)
@@ -105,12 +105,12 @@ func TestWebsocketsAreCapped(t *testing.T) {
 
 		// A closed socket gives its place back.
 		require.NoError(t, open[0].Close(websocket.StatusNormalClosure, ""))
-		apitest.Eventually(t, 10*time.Second, "a place once a socket closed", func() bool {
+		apitest.Eventually(t, apitest.Patience, "a place once a socket closed", func() bool {
 			conn, status, _ := sockDial(t, s)
 			if status != http.StatusSwitchingProtocols {
 				return false
 			}
-			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 			defer cancel()
 			require.NoError(t, wsjson.Write(ctx, conn, map[string]any{"type": "connection_init", "payload": map[string]any{}}))
 			var ack map[string]any
@@ -128,7 +128,7 @@ func TestWebsocketsAreCapped(t *testing.T) {
 		}
 		conn, status, _ := sockDial(t, s)
 		require.Equal(t, http.StatusSwitchingProtocols, status)
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 		defer cancel()
 		require.NoError(t, wsjson.Write(ctx, conn, map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + a.Token}}))
 		_, _, err := conn.Read(ctx)
@@ -155,7 +155,7 @@ func TestWebsocketsAreCapped(t *testing.T) {
 		u := s.NewUser(t, uuid.New())
 		signedIn := wsDial(t, s, map[string]any{"Authorization": "Bearer " + u.Token}, nil)
 		anonymous := wsDial(t, s, map[string]any{}, nil)
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 		defer cancel()
 		var err error
 		for err == nil {

@@ -29,7 +29,7 @@ import (
 // are for messages, bounded by deadlines; "nothing arrives" is asserted with
 // a barrier: a later change whose message must be the next one.
 
-const lvWait = 10 * time.Second
+const lvWait = apitest.Patience
 
 const (
 	lvMachineSub  = `subscription($id: ID) { machineUpdated(id: $id) { op id version machine { id name status version } } }`

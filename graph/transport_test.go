@@ -55,7 +55,7 @@ func wsURL(s *apitest.Server) string { return "ws" + strings.TrimPrefix(s.URL, "
 // with payload as connection_init.
 func wsDial(t *testing.T, s *apitest.Server, payload map[string]any, header http.Header) *websocket.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 	defer cancel()
 	conn, _, err := websocket.Dial(ctx, wsURL(s), &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}, HTTPHeader: header})
 	require.NoError(t, err)
@@ -70,7 +70,7 @@ func wsDial(t *testing.T, s *apitest.Server, payload map[string]any, header http
 // wsRead reads the next protocol message that is not a ping/pong.
 func wsRead(t *testing.T, conn *websocket.Conn) map[string]any {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 	defer cancel()
 	for {
 		var msg map[string]any
@@ -159,7 +159,7 @@ func TestWebsocket(t *testing.T) {
 	t.Run("ShutdownClosesWith1001", func(t *testing.T) {
 		s := apitest.New(t)
 		conn := wsDial(t, s, nil, nil)
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), apitest.Patience)
 		go func() { _ = s.Handler.CloseWebsockets(ctx) }()
 		defer cancel()
 		var msg map[string]any

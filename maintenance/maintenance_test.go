@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -214,7 +215,12 @@ func TestRunner(t *testing.T) {
 		other, err := db.Open(t.Context(), b.db.DSN)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = other.Close() })
-		leader := maintenance.New(maintenance.Config{DB: b.db.DB, Clock: b.clock, IdleSessionTimeout: time.Second})
+		// 5 s, not 1 s: the pings come from this process, and a stall of
+		// it longer than the timeout (a busy machine; 1 s was seen) lets
+		// PostgreSQL end the leader's session, which is what the timeout is
+		// for. The length of the task is not a time the test picks (below).
+		const idle = 5 * time.Second
+		leader := maintenance.New(maintenance.Config{DB: b.db.DB, Clock: b.clock, IdleSessionTimeout: idle})
 		second := newRunner(t, b, other)
 		started, release := make(chan struct{}), make(chan struct{})
 		leader.Register(maintenance.Task{Name: "long", Every: time.Second, Run: func(ctx context.Context, _ time.Time) error {
@@ -229,19 +235,39 @@ func TestRunner(t *testing.T) {
 			stepped <- err == nil && leading
 		}()
 		<-started
-		// Four idle timeouts into the task, no one else leads.
-		end := time.Now().Add(4 * time.Second)
+		// The task runs until PostgreSQL has ended a session of the test's,
+		// idle with the same timeout since after the leader's last
+		// statement of its own: by then an unpinged leader's session would
+		// have been ended first. Meanwhile, and after, no one else leads.
+		witness, err := db.Open(ctx, b.db.DSN)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = witness.Close() })
+		wconn, err := witness.Conn(ctx)
+		require.NoError(t, err)
+		var pid int
+		require.NoError(t, wconn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
+		_, err = wconn.ExecContext(ctx, "SELECT set_config('idle_session_timeout', ?, false)", fmt.Sprint(idle.Milliseconds()))
+		require.NoError(t, err)
+		witnessEnded := func() bool {
+			var n int
+			require.NoError(t, b.db.NewRaw("SELECT count(*) FROM pg_stat_activity WHERE pid = ?", pid).Scan(ctx, &n))
+			return n == 0
+		}
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
-		for time.Now().Before(end) {
+		for deadline := time.Now().Add(time.Minute); !witnessEnded(); {
+			require.True(t, time.Now().Before(deadline), "PostgreSQL never ended the idle witness session")
 			<-tick.C
 			leading, err := second.Step(ctx)
 			require.NoError(t, err)
 			require.False(t, leading, "another replica took the lock while the leader's task ran")
 		}
+		leading, err := second.Step(ctx)
+		require.NoError(t, err)
+		require.False(t, leading, "another replica took the lock while the leader's task ran")
 		close(release)
 		require.True(t, <-stepped)
-		leading, err := leader.Step(ctx)
+		leading, err = leader.Step(ctx)
 		require.NoError(t, err)
 		require.True(t, leading, "the leader still leads after its long step")
 	})

@@ -364,7 +364,7 @@ func TestJobBatchClaims(t *testing.T) {
 		}
 
 		jqExpire(t, s, lost.Job.ID)
-		apitest.Eventually(t, 20*time.Second, "the expired lease is rescued", func() bool { return jbRow(t, s, lost.Job.ID).Status == "QUEUED" })
+		apitest.Eventually(t, apitest.Patience, "the expired lease is rescued", func() bool { return jbRow(t, s, lost.Job.ID).Status == "QUEUED" })
 		for _, l := range kept {
 			require.Equal(t, before[l.Job.ID], jbRow(t, s, l.Job.ID), "the rescue of another job of the batch changed job %s", l.Job.ID)
 		}

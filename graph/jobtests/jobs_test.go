@@ -202,7 +202,7 @@ func TestJobRunAtIsHonoured(t *testing.T) {
 	// and tried again), the run-after passes, announced by nobody.
 	before = s.Statements.Load()
 	claim := r.ClaimAsync(t, jqWakeWait)
-	apitest.Eventually(t, 20*time.Second, "the claim to wait", func() bool { return s.Statements.Load()-before >= auth+2*attempt+1 })
+	apitest.Eventually(t, apitest.Patience, "the claim to wait", func() bool { return s.Statements.Load()-before >= auth+2*attempt+1 })
 	require.NoError(t, jqRunAfterNow(t, tn, job.ID))
 	l := apitest.ReceiveClaim(t, claim, jqWakeWithin)
 	require.NotNil(t, l, "the polling fallback must hand over the job once its runAt passed")
@@ -626,7 +626,7 @@ func TestJobRescue(t *testing.T) {
 		// The robot goes silent; once its job is rescued it asks again and
 		// gets the job back.
 		jqExpire(t, s, job.ID)
-		apitest.Eventually(t, 20*time.Second, "the first lease is rescued", func() bool { return tn.Job(t, job.ID).Status == "QUEUED" })
+		apitest.Eventually(t, apitest.Patience, "the first lease is rescued", func() bool { return tn.Job(t, job.ID).Status == "QUEUED" })
 		second := r.Claim(t, 0)
 		require.NotNil(t, second)
 		require.Equal(t, job.ID, second.Job.ID)
@@ -635,7 +635,7 @@ func TestJobRescue(t *testing.T) {
 
 		jqExpire(t, s, job.ID)
 		var failed apitest.Job
-		apitest.Eventually(t, 20*time.Second, "the second lease is rescued and the job fails", func() bool {
+		apitest.Eventually(t, apitest.Patience, "the second lease is rescued and the job fails", func() bool {
 			failed = tn.Job(t, job.ID)
 			return failed.Status != "RUNNING"
 		})
@@ -714,7 +714,7 @@ func TestJobFencedCallsAnswerAsJobDoes(t *testing.T) {
 	require.Equal(t, mine.ID, lost.Job.ID)
 	jqRequireRefused(t, a.Call(t, "completeJob", mine.ID, uuid.NewString()), db.ReasonLeaseLost, "CLAIMED")
 	jqExpire(t, s, mine.ID)
-	apitest.Eventually(t, 20*time.Second, "a's lease is rescued", func() bool { return tn.Job(t, mine.ID).Status == "QUEUED" })
+	apitest.Eventually(t, apitest.Patience, "a's lease is rescued", func() bool { return tn.Job(t, mine.ID).Status == "QUEUED" })
 	jqRequireRefused(t, a.Call(t, "startJob", mine.ID, lost.LeaseToken), db.ReasonLeaseLost, "QUEUED")
 	// ...until another robot takes it: then it is that robot's business.
 	bClaims(mine.ID)
@@ -844,7 +844,7 @@ func TestJobLeaseKeptByHeartbeats(t *testing.T) {
 			alive.Heartbeat(t, "BUSY")
 		}
 	}
-	apitest.Eventually(t, 20*time.Second, "the silent robot's job is rescued", func() bool { return tn.Job(t, lost.ID).Status == "QUEUED" })
+	apitest.Eventually(t, apitest.Patience, "the silent robot's job is rescued", func() bool { return tn.Job(t, lost.ID).Status == "QUEUED" })
 
 	// The rescue that took the silent robot's job saw the other one too.
 	j := tn.Job(t, kept.ID)
@@ -873,7 +873,7 @@ func TestJobLeaseNeedsProgress(t *testing.T) {
 	rescued := func(t *testing.T, tn *apitest.Tenant, id string) apitest.Job {
 		t.Helper()
 		var j apitest.Job
-		apitest.Eventually(t, 20*time.Second, "the job is rescued", func() bool {
+		apitest.Eventually(t, apitest.Patience, "the job is rescued", func() bool {
 			j = tn.Job(t, id)
 			return j.Status == "QUEUED"
 		})
@@ -995,7 +995,7 @@ func TestJobDispatch(t *testing.T) {
 		r := a.CreateRobot(t, "waiter", apitest.RobotOpts{})
 		claim := r.ClaimAsync(t, 2)
 		job := b.Enqueue(t, nil)
-		require.Nil(t, apitest.ReceiveClaim(t, claim, 20*time.Second), "a robot got another tenant's job")
+		require.Nil(t, apitest.ReceiveClaim(t, claim, apitest.Patience), "a robot got another tenant's job")
 		require.Equal(t, "QUEUED", b.Job(t, job.ID).Status)
 	})
 
@@ -1089,7 +1089,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 			select {
 			case hold = <-second:
 				require.NoError(t, hold.err)
-			case <-time.After(20 * time.Second):
+			case <-time.After(apitest.Patience):
 				require.FailNow(t, "the second lock was not granted")
 			}
 			// The first attempt found nothing; the claim subscribed and its
@@ -1118,7 +1118,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 				select {
 				case n := <-sub.C:
 					own = n.Payload == tn.User.Tenant.String()
-				case <-time.After(20 * time.Second):
+				case <-time.After(apitest.Patience):
 					require.FailNow(t, "the listener did not deliver the notifications")
 				}
 			}

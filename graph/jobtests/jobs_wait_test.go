@@ -47,7 +47,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 			var c apitest.Claimed
 			select {
 			case c = <-results:
-			case <-time.After(20 * time.Second):
+			case <-time.After(apitest.Patience):
 				require.FailNow(t, "the claims beyond the robot's free slots were not refused")
 			}
 			if c.Err == nil {
@@ -107,7 +107,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		case c := <-b:
 			jqRequireWaitLimit(t, c, 1)
 			waiting = a
-		case <-time.After(20 * time.Second):
+		case <-time.After(apitest.Patience):
 			require.FailNow(t, "neither claim was refused")
 		}
 		// A claim that does not wait is never refused so, and another
@@ -131,7 +131,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		var c apitest.Claimed
 		select {
 		case c = <-r.ClaimAsync(t, 10):
-		case <-time.After(20 * time.Second):
+		case <-time.After(apitest.Patience):
 			require.FailNow(t, "the claim of a full robot waited")
 		}
 		jqRequireWaitLimit(t, c, 0)
@@ -193,7 +193,7 @@ func TestParkedClaimsHoldNoTurn(t *testing.T) {
 func jqParkedClaim(t *testing.T, r *apitest.Robot, wait int) <-chan apitest.Claimed {
 	t.Helper()
 	var waiting <-chan apitest.Claimed
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	for deadline := time.Now().Add(apitest.Patience); ; {
 		require.True(t, time.Now().Before(deadline), "the second claim was never refused for the first one's wait")
 		if waiting == nil {
 			waiting = r.ClaimAsync(t, wait)
@@ -253,7 +253,7 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 			err := b.s.DB.QueryRowContext(t.Context(),
 				`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
 			return err == nil && n == 1
-		}, 20*time.Second, 10*time.Millisecond, "the query never took the turn")
+		}, apitest.Patience, 10*time.Millisecond, "the query never took the turn")
 		return sync.OnceFunc(func() {
 			unlock()
 			require.NoError(t, <-held, "the query that held the turn failed")
@@ -270,7 +270,7 @@ func TestClaimsAnswerWithinTheirWait(t *testing.T) {
 	// queuedForTurn waits until the woken claim queues for a turn.
 	queuedForTurn := func(t *testing.T, b *testBundle, claimed <-chan apitest.Claimed) {
 		t.Helper()
-		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		for deadline := time.Now().Add(apitest.Patience); time.Now().Before(deadline); {
 			select {
 			case c := <-claimed:
 				require.FailNow(t, "the claim returned before it queued for a turn (its wait ended before the job came?)", "%+v", c)

@@ -15,7 +15,12 @@ import (
 // behind it, however busy the machine is.
 
 // rdWaiting waits until at least n statements of the test's database wait
-// for a lock.
+// for a lock. Any statement counts ("%"): in these tests the server's
+// background work cannot wait on the rows they hold (the offline sweep
+// and the lease rescue take their rows FOR UPDATE SKIP LOCKED, and no
+// table is locked). A test that locks a table a background task reads
+// (TestSendingATestWebhookWhileTheEndpointIsDeleted) counts its own
+// statements instead.
 func rdWaiting(t *testing.T, s *apitest.Server, n int) {
 	t.Helper()
 	apitest.Eventually(t, 30*time.Second, "statements wait for locks", func() bool {

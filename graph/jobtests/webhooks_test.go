@@ -1146,10 +1146,20 @@ func TestSendingATestWebhookWhileTheEndpointIsDeleted(t *testing.T) {
 	tn.Do(t, `mutation { createWebhookEndpoint(input: {url: "http://127.0.0.1:1/x", events: ["job.completed"]}) { endpoint { id } } }`, nil, &wh)
 	id := wh.CreateWebhookEndpoint.Endpoint.ID
 	release := s.LockTable(t, "webhook_events")
+	// Waiting counted by the requests' own statements, not rdWaiting's
+	// "%": this server's deliverer claims due deliveries every step in a
+	// statement joining webhook_events, which waits on the locked table
+	// too, and counted as the send (then the deletion) before either
+	// waited. The send waits in its insert of the event; the deletion
+	// behind it, for the endpoint the send holds.
+	waitingIn := func(what, like string) {
+		t.Helper()
+		apitest.Eventually(t, 30*time.Second, what, func() bool { return s.LockWaiters(t, like) > 0 })
+	}
 	send := rdAsync(tn, `mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }`, map[string]any{"e": id})
-	rdWaiting(t, s, 1)
+	waitingIn("the send waits for the events' table", "INSERT INTO webhook_events%")
 	del := rdAsync(tn, `mutation($e: ID!) { deleteWebhookEndpoint(id: $e) }`, map[string]any{"e": id})
-	rdWaiting(t, s, 2)
+	waitingIn("the deletion waits for the endpoint", `SELECT%FROM "webhook_endpoints"%FOR UPDATE`)
 	release()
 	sent, deleted := <-send, <-del
 	for _, out := range []*apitest.Result{sent, deleted} {

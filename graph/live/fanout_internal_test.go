@@ -269,7 +269,7 @@ func (e *streamExec) DispatchError(_ context.Context, errs gqlerror.List) *graph
 // client can order its own changes after its subscription.
 func TestJoinReturnsWithTheGroupSubscribed(t *testing.T) {
 	t.Parallel()
-	const wait = 10 * time.Second
+	const wait = 2 * time.Minute // a bound only: as apitest.Patience, which this package cannot import
 	f := NewFanout(nil)
 	exec := &streamExec{entered: make(chan struct{}, 1), release: make(chan struct{}), results: make(chan *graphql.Response)}
 	rc := &graphql.OperationContext{Operation: &ast.OperationDefinition{Operation: ast.Subscription}}
@@ -405,7 +405,7 @@ func TestMemberQueueBoundsItsBytes(t *testing.T) {
 func TestAMemberThatDoesNotReadHoldsBoundedMemory(t *testing.T) {
 	// Not parallel: the heap is measured.
 	const (
-		wait    = 10 * time.Second
+		wait    = 2 * time.Minute // a bound only: as apitest.Patience
 		results = 100
 		size    = 1 << 20
 	)

@@ -29,8 +29,9 @@ import (
 
 func TestMain(m *testing.M) { dbtest.Main(m) }
 
-// wait bounds every wait for something the server should do.
-const wait = 10 * time.Second
+// wait bounds every wait for something the server should do: reached
+// only when it never does, so as generous as apitest.Patience.
+const wait = apitest.Patience
 
 const machineSub = `subscription($id: ID) { machineUpdated(id: $id) { op id version machine { id status } } }`
 
