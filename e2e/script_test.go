@@ -85,6 +85,8 @@ func useClients(path string) (*os.File, string) {
 		// takes it again, after any install, and looks again.
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if errors.Is(err, syscall.EWOULDBLOCK) {
+			// Not a busy loop while another binary holds it for its run.
+			time.Sleep(200 * time.Millisecond)
 			continue
 		}
 		if err != nil {
