@@ -59,7 +59,7 @@ func TestRevokedKeyEndsItsStreams(t *testing.T) {
 		var claimed struct {
 			ClaimJob struct{ Job struct{ ID string } }
 		}
-		s.Do(t, kept, `mutation { claimJob { job { id } } }`, nil).OK(t, &claimed)
+		s.Do(t, kept, `mutation { claimJob { leaseToken job { id } } }`, nil).OK(t, &claimed)
 		r := bufio.NewReader(stays.Body)
 		for {
 			line, err := r.ReadString('\n')
