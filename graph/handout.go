@@ -51,13 +51,13 @@ func handOut(ctx context.Context, leases ...*db.JobLease) {
 // (and possibly its deadline) is over.
 const giveBackTimeout = 10 * time.Second
 
-// giveBack returns to the queue the recorded leases whose token data (the
-// response's, as sent) does not carry: the response was replaced by an
-// error (RESPONSE_TOO_LARGE), or an error in a field that may not be null
-// nulled its parent and the lease with it (a claim followed by a field
-// that failed, in one operation), or the selection left the token out.
-// A lease whose token the robot never got cannot be used (no other field
-// shows a lease token), and would hold its slot until it ran out.
+// giveBack returns to the queue the recorded leases that data (the
+// response's, as sent) does not carry, neither their token nor their job:
+// the response was replaced by an error (RESPONSE_TOO_LARGE), or an error
+// in a field that may not be null nulled its parent and the lease with it
+// (a claim followed by a field that failed, in one operation). A lease the
+// robot never heard of would hold its slot until it ran out. A claim that
+// shows its job but not its token stands: the client chose what to read.
 func (h *handedOut) giveBack(ctx context.Context, data []byte, jobs *db.Jobs, idb bun.IDB, log *slog.Logger) {
 	h.mu.Lock()
 	recorded := h.leases
@@ -68,7 +68,7 @@ func (h *handedOut) giveBack(ctx context.Context, data []byte, jobs *db.Jobs, id
 	}
 	var leases []*db.JobLease
 	for _, l := range recorded {
-		if !bytes.Contains(data, []byte(l.LeaseToken.String())) {
+		if !bytes.Contains(data, []byte(l.LeaseToken.String())) && (l.Job == nil || !bytes.Contains(data, []byte(l.Job.ID.String()))) {
 			leases = append(leases, l)
 		}
 	}
