@@ -80,9 +80,15 @@ func useClients(path string) (*os.File, string) {
 		}
 		// Exclusive to install, without waiting: another binary holding
 		// the lock is checking, or installing, or has installed and holds
-		// it shared for its run (which a blocking wait would outlast). A
-		// failed attempt drops the shared lock (flock(2)), so the loop
-		// takes it again, after any install, and looks again.
+		// it shared for its run (which a blocking wait would outlast). The
+		// shared lock is dropped first (Linux drops it on a failed
+		// upgrade, BSDs keep it, and two binaries each keeping theirs
+		// would wait on each other for ever), so the loop takes it again,
+		// after any install, and looks again.
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_UN); err != nil {
+			_ = f.Close()
+			return nil, fmt.Sprintf("locking e2e/ for npm ci: %v", err)
+		}
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			// Not a busy loop while another binary holds it for its run.

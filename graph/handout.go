@@ -68,7 +68,7 @@ func (h *handedOut) giveBack(ctx context.Context, data []byte, jobs *db.Jobs, id
 	}
 	var leases []*db.JobLease
 	for _, l := range recorded {
-		if !bytes.Contains(data, []byte(l.LeaseToken.String())) && (l.Job == nil || !bytes.Contains(data, []byte(l.Job.ID.String()))) {
+		if l.Job != nil && !bytes.Contains(data, []byte(l.LeaseToken.String())) && !bytes.Contains(data, []byte(l.Job.ID.String())) {
 			leases = append(leases, l)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -34,8 +35,9 @@ func requireRateLimited(t *testing.T, m msg, id, limit string) {
 func (c *conn) sync() {
 	c.t.Helper()
 	c.send(map[string]any{"type": "ping"})
+	deadline := time.Now().Add(wait)
 	for {
-		m := c.readAny()
+		m := c.readUntil(deadline)
 		if m.Type == "pong" {
 			return
 		}

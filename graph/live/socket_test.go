@@ -228,10 +228,11 @@ func TestASubscribeWhileTheSocketShutsHoldsNothing(t *testing.T) {
 	c := dial(t, s, "graphql-transport-ws")
 	c.send(map[string]any{"type": "connection_init", "payload": map[string]any{"apiKey": robot.Key}})
 	require.Equal(t, "connection_ack", c.read().Type)
-	reply := func() msg { // the next message that is not the server's keep-alive
-		m := c.readAny()
+	reply := func() msg { // the next message that is not the server's keep-alive, within one deadline
+		deadline := time.Now().Add(wait)
+		m := c.readUntil(deadline)
 		for m.Type == "ping" {
-			m = c.readAny()
+			m = c.readUntil(deadline)
 		}
 		return m
 	}

@@ -3,6 +3,7 @@ package live
 import (
 	"context"
 	"encoding/json"
+	"github.com/vektah/gqlparser/v2/ast"
 	"net/http"
 	"sync"
 	"time"
@@ -247,9 +248,12 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	// The body is read: only now does the request become a stream, which
 	// lives as long as its operation. Until here the server's read timeout
 	// stood, so a client trickling a body cannot hold a connection. Each
-	// write below sets its own deadline. Its decoding is over, and its
-	// share of the decode budget goes back.
-	DecodeDone(r.Context())
+	// write below sets its own deadline. A subscription's decoding is
+	// over, and its share of the decode budget goes back (it may run for
+	// hours); a query or mutation keeps its share while it runs.
+	if errs == nil && oc.Operation != nil && oc.Operation.Operation == ast.Subscription {
+		DecodeDone(r.Context())
+	}
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{})
 	h := w.Header()

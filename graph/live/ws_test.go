@@ -158,7 +158,14 @@ func (c *conn) subscribe(id, query string, vars map[string]any) {
 // readAny returns the next message, keep-alives included.
 func (c *conn) readAny() msg {
 	c.t.Helper()
-	timeout := time.NewTimer(wait)
+	return c.readUntil(time.Now().Add(wait))
+}
+
+// readUntil returns the next message, keep-alives included, failing at
+// deadline.
+func (c *conn) readUntil(deadline time.Time) msg {
+	c.t.Helper()
+	timeout := time.NewTimer(time.Until(deadline))
 	defer timeout.Stop()
 	select {
 	case m := <-c.msgs:
@@ -176,11 +183,14 @@ func (c *conn) readAny() msg {
 	return msg{}
 }
 
-// read returns the next message that is not a keep-alive (ping, pong, ka).
+// read returns the next message that is not a keep-alive (ping, pong,
+// ka), within one deadline: the server's keep-alives (every 15 s) must not
+// restart it.
 func (c *conn) read() msg {
 	c.t.Helper()
+	deadline := time.Now().Add(wait)
 	for {
-		if m := c.readAny(); m.Type != "ping" && m.Type != "pong" && m.Type != "ka" {
+		if m := c.readUntil(deadline); m.Type != "ping" && m.Type != "pong" && m.Type != "ka" {
 			return m
 		}
 	}
@@ -919,7 +929,13 @@ func postSSE(t *testing.T, s *apitest.Server, token, query string, vars map[stri
 // nextAny returns the next event or comment.
 func (st *sseStream) nextAny() sseEvent {
 	st.t.Helper()
-	timeout := time.NewTimer(wait)
+	return st.nextUntil(time.Now().Add(wait))
+}
+
+// nextUntil returns the next event or comment, failing at deadline.
+func (st *sseStream) nextUntil(deadline time.Time) sseEvent {
+	st.t.Helper()
+	timeout := time.NewTimer(time.Until(deadline))
 	defer timeout.Stop()
 	select {
 	case ev := <-st.events:
@@ -937,11 +953,13 @@ func (st *sseStream) nextAny() sseEvent {
 	return sseEvent{}
 }
 
-// next returns the next event that is not a comment.
+// next returns the next event that is not a comment, within one deadline
+// (keep-alive comments must not restart it).
 func (st *sseStream) next() sseEvent {
 	st.t.Helper()
+	deadline := time.Now().Add(wait)
 	for {
-		if ev := st.nextAny(); !ev.comment {
+		if ev := st.nextUntil(deadline); !ev.comment {
 			return ev
 		}
 	}
