@@ -202,9 +202,11 @@ func (s *Jobs) GiveBack(ctx context.Context, idb bun.IDB, leases []*JobLease) er
 	if err != nil || len(leases) == 0 {
 		return err
 	}
-	ids, tokens := make([]uuid.UUID, len(leases)), make([]uuid.UUID, len(leases))
-	for i, l := range leases {
-		ids[i], tokens[i] = l.Job.ID, l.LeaseToken
+	var ids, tokens []uuid.UUID
+	for _, l := range leases {
+		if l != nil && l.Job != nil {
+			ids, tokens = append(ids, l.Job.ID), append(tokens, l.LeaseToken)
+		}
 	}
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		q := tx.NewUpdate().Model((*Job)(nil)).

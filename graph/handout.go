@@ -14,7 +14,7 @@ import (
 
 // handedOut collects the job leases an operation's resolvers hand out
 // (claims, and completions that claim the next job), so that a response
-// that does not carry them gives them back: a claim answered with
+// whose data is lost gives them back: a claim answered with
 // RESPONSE_TOO_LARGE (a batch selecting its workflows' definitions), or
 // whose data a later field's error nulled, had leased its jobs all the
 // same, and they sat CLAIMED, the robot's slots full, until their leases
@@ -51,28 +51,22 @@ func handOut(ctx context.Context, leases ...*db.JobLease) {
 // (and possibly its deadline) is over.
 const giveBackTimeout = 10 * time.Second
 
-// giveBack returns to the queue the recorded leases that data (the
-// response's, as sent) does not carry, neither their token nor their job:
-// the response was replaced by an error (RESPONSE_TOO_LARGE), or an error
-// in a field that may not be null nulled its parent and the lease with it
-// (a claim followed by a field that failed, in one operation). A lease the
-// robot never heard of would hold its slot until it ran out. A claim that
-// shows its job but not its token stands: the client chose what to read.
+// giveBack returns the recorded leases to the queue when data (the
+// response's, as sent) is null: the response was replaced by an error
+// (RESPONSE_TOO_LARGE), or an error in a root field that may not be null
+// (most mutations' are) nulled the whole data, and the leases with it, as in a claim followed by a field that failed in one
+// operation. A lease the robot never heard of would hold its slot until it
+// ran out. Data that is there stands whatever it shows of the lease: the
+// client chose what to read.
 func (h *handedOut) giveBack(ctx context.Context, data []byte, jobs *db.Jobs, idb bun.IDB, log *slog.Logger) {
 	h.mu.Lock()
-	recorded := h.leases
+	leases := h.leases
 	h.leases = nil
 	h.mu.Unlock()
-	if len(recorded) == 0 || jobs == nil {
+	if len(leases) == 0 || jobs == nil {
 		return
 	}
-	var leases []*db.JobLease
-	for _, l := range recorded {
-		if l.Job != nil && !bytes.Contains(data, []byte(l.LeaseToken.String())) && !bytes.Contains(data, []byte(l.Job.ID.String())) {
-			leases = append(leases, l)
-		}
-	}
-	if len(leases) == 0 {
+	if d := bytes.TrimSpace(data); len(d) > 0 && !bytes.Equal(d, []byte("null")) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), giveBackTimeout)

@@ -75,10 +75,9 @@ func TestAnUndeliveredClaimLeasesNothing(t *testing.T) {
 	require.Equal(t, jobs, jbQueued(t, tn))
 }
 
-// Leases go back whenever the answer carries neither their tokens nor
-// their jobs: a later field's error that nulls the whole data (shipLogs is
-// non-null). A lease the answer carries stays, as does one whose job it
-// shows without the token (the client chose what to read).
+// Leases go back when a later field's error nulls the whole data
+// (shipLogs is non-null). A lease the answer carries stays, as does one
+// whose job it shows without the token (the client chose what to read).
 func TestLeasesTheAnswerDoesNotCarryGoBack(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{Queue: apitest.LongLeaseQueue()})
