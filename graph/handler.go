@@ -240,8 +240,13 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	stores := dataloaders.Stores{DB: r.DB, Machines: r.MachineStore, Robots: r.RobotStore, Workflows: r.WorkflowStore, Jobs: r.JobStore, Logs: r.LogStore, Columns: loaderColumns}
 	// Loaders per response, not per operation: a subscription is one long
 	// operation, and each of its events must read fresh relations.
-	// Leases per response too: the ones it does not carry go back.
+	// A mutation's leases are recorded too: a response whose data is lost
+	// gives them back. Only mutations hand leases out, so queries and
+	// subscription events pay nothing for it.
 	srv.AroundResponses(func(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {
+		if oc := graphql.GetOperationContext(ctx); oc.Operation == nil || oc.Operation.Operation != ast.Mutation {
+			return bounded(next(dataloaders.With(ctx, stores)), cfg.Limits.Errors)
+		}
 		ctx, handed := withHandOuts(ctx)
 		resp := bounded(next(dataloaders.With(ctx, stores)), cfg.Limits.Errors)
 		var data []byte

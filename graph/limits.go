@@ -210,7 +210,8 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 	key := f.ObjectDefinition.Name + "." + f.Name
 	scan, batched := scanCost(key, f, w.vars)
 	if scan > 0 && w.scanning == "" {
-		w.scanning = key
+		// A copy: key itself stays off the heap for every other field.
+		w.scanning = strings.Clone(key)
 	}
 	if batched {
 		w.batchedScans = saturatingAdd(w.batchedScans, scan)
@@ -382,12 +383,12 @@ func checkBody(max int64, budget *live.DecodeBudget, next http.Handler) http.Han
 	// cannot) and returns r carrying the release for a stream
 	// (live.DecodeDone), and the release; ok is false once refused.
 	take := func(w http.ResponseWriter, r *http.Request, doc []byte) (_ *http.Request, release func(), ok bool) {
-		release, err := budget.Take(r.Context(), auth.AddressKey(auth.ClientIP(r)), doc)
+		release, err := budget.Take(r.Context(), func() string { return auth.AddressKey(auth.ClientIP(r)) }, doc)
 		if err != nil {
 			status := http.StatusBadRequest
 			if fault.CodeOf(err) == fault.RateLimited {
 				status = http.StatusTooManyRequests
-				w.Header().Set("Retry-After", "1")
+				w.Header().Set("Retry-After", strconv.Itoa(auth.RetryAfter(err)))
 			}
 			auth.WriteError(w, status, err)
 			return r, nil, false

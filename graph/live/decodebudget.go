@@ -86,11 +86,12 @@ func NewDecodeBudget(total int64) *DecodeBudget {
 }
 
 // Take checks doc's elements (BAD_USER_INPUT past MaxDocumentElements)
-// and reserves its weight for addr (an auth.AddressKey). The caller calls
+// and reserves its weight for the address addr names (an auth.AddressKey,
+// worked out only for a document that weighs enough to take a share). The caller calls
 // release, which may be called again, once the document is decoded and
 // its operation started; it is nil when nothing was reserved (a small
 // document, a nil budget, which only checks the elements).
-func (b *DecodeBudget) Take(ctx context.Context, addr string, doc []byte) (release func(), err error) {
+func (b *DecodeBudget) Take(ctx context.Context, addrOf func() string, doc []byte) (release func(), err error) {
 	n := JSONElements(doc)
 	if n > MaxDocumentElements {
 		e := fault.New(fault.BadUserInput, "the document has over %d JSON elements (objects, arrays and their members); send fewer", MaxDocumentElements)
@@ -101,6 +102,7 @@ func (b *DecodeBudget) Take(ctx context.Context, addr string, doc []byte) (relea
 	if b == nil || weight < freeDocumentBytes {
 		return nil, nil
 	}
+	addr := addrOf()
 	b.mu.Lock()
 	if b.held[addr]+weight > b.perAddr {
 		b.mu.Unlock()

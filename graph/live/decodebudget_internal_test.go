@@ -10,6 +10,9 @@ import (
 	"fleetgraph/fault"
 )
 
+// addr names an address for Take.
+func addr(a string) func() string { return func() string { return a } }
+
 func TestJSONElements(t *testing.T) {
 	t.Parallel()
 	for doc, want := range map[string]int{
@@ -31,12 +34,12 @@ func TestJSONElements(t *testing.T) {
 func TestDecodeBudget(t *testing.T) {
 	t.Parallel()
 	many := []byte("[" + strings.Repeat("0,", MaxDocumentElements) + "0]")
-	_, err := NewDecodeBudget(0).Take(t.Context(), "a", many)
+	_, err := NewDecodeBudget(0).Take(t.Context(), addr("a"), many)
 	require.Equal(t, fault.BadUserInput, fault.CodeOf(err), "%v", err)
-	_, err = (*DecodeBudget)(nil).Take(t.Context(), "a", many)
+	_, err = (*DecodeBudget)(nil).Take(t.Context(), addr("a"), many)
 	require.Equal(t, fault.BadUserInput, fault.CodeOf(err), "a nil budget still counts the elements")
 
-	small, err := NewDecodeBudget(1).Take(t.Context(), "a", []byte(`{"query":"{ me { id } }"}`))
+	small, err := NewDecodeBudget(1).Take(t.Context(), addr("a"), []byte(`{"query":"{ me { id } }"}`))
 	require.NoError(t, err)
 	require.Nil(t, small, "a small document takes nothing")
 
@@ -44,23 +47,23 @@ func TestDecodeBudget(t *testing.T) {
 	doc := []byte("[" + strings.Repeat("{},", 999) + "{}]")
 	weight := int64(len(doc)) + 2000*elementBytes
 	b := NewDecodeBudget(4 * 2 * weight) // two documents per address
-	r1, err := b.Take(t.Context(), "a", doc)
+	r1, err := b.Take(t.Context(), addr("a"), doc)
 	require.NoError(t, err)
-	r2, err := b.Take(t.Context(), "a", doc)
+	r2, err := b.Take(t.Context(), addr("a"), doc)
 	require.NoError(t, err)
-	_, err = b.Take(t.Context(), "a", doc)
+	_, err = b.Take(t.Context(), addr("a"), doc)
 	require.Equal(t, fault.RateLimited, fault.CodeOf(err), "a third at once from one address: %v", err)
 
 	// Other addresses fill the rest of the budget; the next waits.
 	var others []func()
-	for _, addr := range []string{"b", "b", "c", "c", "d", "d"} {
-		r, err := b.Take(t.Context(), addr, doc)
+	for _, a := range []string{"b", "b", "c", "c", "d", "d"} {
+		r, err := b.Take(t.Context(), addr(a), doc)
 		require.NoError(t, err)
 		others = append(others, r)
 	}
 	took := make(chan error, 1)
 	go func() {
-		r, err := b.Take(context.Background(), "e", doc)
+		r, err := b.Take(context.Background(), addr("e"), doc)
 		if err == nil {
 			r()
 		}
@@ -82,11 +85,11 @@ func TestDecodeBudget(t *testing.T) {
 
 	// A wait that ends refuses as busy.
 	full := NewDecodeBudget(4 * weight)
-	hold, err := full.Take(t.Context(), "a", doc)
+	hold, err := full.Take(t.Context(), addr("a"), doc)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	_, err = full.Take(ctx, "b", doc)
+	_, err = full.Take(ctx, addr("b"), doc)
 	require.Equal(t, fault.RateLimited, fault.CodeOf(err), "%v", err)
 	hold()
 }

@@ -367,7 +367,7 @@ func (c *wsConn) serve(ctx context.Context) {
 		}
 		// What the message decodes to is bounded as a request body's is,
 		// until it is handled (a subscription's start included).
-		release, err := c.t.Decoding.Take(ctx, auth.AddressKey(c.ip), data)
+		release, err := c.t.Decoding.Take(ctx, func() string { return auth.AddressKey(c.ip) }, data)
 		if err != nil {
 			code, reason := CloseTryAgainLater, "Try again later: too many large messages are being handled"
 			if fault.CodeOf(err) == fault.BadUserInput {
