@@ -95,13 +95,14 @@ func (s *Machines) EventPages(ctx context.Context, idb bun.IDB, keys []EventPage
 		if err := checkEventTypes(types); err != nil {
 			return nil, err
 		}
-		inner := idb.NewSelect().Model((*MachineEvent)(nil)).Where("e.machine_id = k.id").
-			OrderExpr("e.id DESC").Apply(limitRows(g.First + 1))
+		inner := idb.NewSelect().Model((*MachineEvent)(nil)).Where("e.machine_id = k.id")
 		if after > 0 {
 			inner = inner.Where("e.id < ?", after)
 		}
 		if len(types) > 0 {
-			inner = inner.Where("e.event_type = ANY(?)", pgdialect.Array(types))
+			inner = eachTypesNewest(idb, inner, types, g.First+1)
+		} else {
+			inner = inner.OrderExpr("e.id DESC").Apply(limitRows(g.First + 1))
 		}
 		var rows []*MachineEvent
 		err = ownedBy(sc, idb.NewSelect().
@@ -124,6 +125,30 @@ func (s *Machines) EventPages(ctx context.Context, idb bun.IDB, keys []EventPage
 		}
 	}
 	return out, nil
+}
+
+// eachTypesNewest returns the newest n of the events machine selects
+// (a machine's, aliased e) that have one of the given types: each type's
+// newest n come from its own walk of machine_events_machine_type_idx, the
+// only index that gives them in that order, and the newest n of those are
+// kept. A single `event_type = ANY(types)` filter let the planner walk the
+// machine's events newest first and skip the other types', reading every
+// event of the machine when the types named are rare or old, however small
+// the page; this way at most len(types)×n events are read.
+func eachTypesNewest(idb bun.IDB, machine *bun.SelectQuery, types []string, n int) *bun.SelectQuery {
+	var once []string
+	for _, t := range types {
+		if !slices.Contains(once, t) {
+			once = append(once, t)
+		}
+	}
+	perType := machine.Where("e.event_type = t.type").
+		OrderExpr("e.event_type, e.id DESC").Apply(limitRows(n))
+	return idb.NewSelect().
+		TableExpr("unnest(?::text[]) AS t(type)", pgdialect.Array(once)).
+		Join("CROSS JOIN LATERAL (?) AS e", perType).
+		ColumnExpr("e.*").
+		OrderExpr("e.id DESC").Apply(limitRows(n))
 }
 
 func checkEventTypes(types []string) error {

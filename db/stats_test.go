@@ -151,16 +151,19 @@ type planNode struct {
 
 // explainStatement runs call, which must run exactly one statement, and
 // returns the plan EXPLAIN ANALYZE gives that statement with sequential
-// scans off, in a transaction rolled back.
-func explainStatement(t *testing.T, d *dbtest.Database, call func(context.Context, bun.IDB) error) string {
+// scans off, and any other planner settings given ("enable_sort = off"),
+// in a transaction rolled back.
+func explainStatement(t *testing.T, d *dbtest.Database, call func(context.Context, bun.IDB) error, settings ...string) string {
 	t.Helper()
 	ctx := t.Context()
 	rec := &stmtLog{}
 	tx, err := d.BeginTx(ctx, nil)
 	require.NoError(t, err)
 	defer func() { _ = tx.Rollback() }()
-	_, err = tx.ExecContext(ctx, "SET LOCAL enable_seqscan = off")
-	require.NoError(t, err)
+	for _, set := range append([]string{"enable_seqscan = off"}, settings...) {
+		_, err = tx.ExecContext(ctx, "SET LOCAL "+set)
+		require.NoError(t, err)
+	}
 	d.DB.AddQueryHook(rec)
 	err = call(ctx, tx)
 	require.NoError(t, err)
