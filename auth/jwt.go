@@ -138,11 +138,52 @@ func NewJWT(cfg JWTConfig) (*JWT, error) {
 // claims are the parts of a Supabase access token we read.
 type claims struct {
 	jwt.RegisteredClaims
-	Role        string  `json:"role"`
-	TenantID    *string `json:"tenant_id,omitempty"`
-	AppMetadata struct {
-		TenantID *string `json:"tenant_id,omitempty"`
-	} `json:"app_metadata"`
+	Role        string      `json:"role"`
+	TenantID    *string     `json:"tenant_id,omitempty"`
+	AppMetadata appMetadata `json:"app_metadata"`
+}
+
+// appMetadata is the part of app_metadata we read.
+type appMetadata struct {
+	TenantID *string `json:"tenant_id,omitempty"`
+}
+
+// UnmarshalJSON reads each claim by its exact name. encoding/json binds a
+// member to a field whose name it equals ignoring case, and folds ſ to s
+// and K (Kelvin) to k: "ROLE", "Tenant_Id" or "ſub", which an identity
+// provider's hook copying a user's metadata into the token may not guard,
+// would have set role, tenant or subject, the last of the look-alikes
+// winning. A member whose name differs is another claim, which we ignore.
+func (c *claims) UnmarshalJSON(b []byte) error {
+	return exactMembers(b, map[string]any{
+		"iss": &c.Issuer, "sub": &c.Subject, "aud": &c.Audience,
+		"exp": &c.ExpiresAt, "nbf": &c.NotBefore, "iat": &c.IssuedAt, "jti": &c.ID,
+		"role": &c.Role, "tenant_id": &c.TenantID, "app_metadata": &c.AppMetadata,
+	})
+}
+
+// UnmarshalJSON reads app_metadata's members by their exact names, as
+// claims.UnmarshalJSON does.
+func (m *appMetadata) UnmarshalJSON(b []byte) error {
+	return exactMembers(b, map[string]any{"tenant_id": &m.TenantID})
+}
+
+// exactMembers decodes the JSON object b, each member named in fields into
+// its value, by exact name; other members are ignored. A JSON null is an
+// object without members, as encoding/json reads it into a struct.
+func exactMembers(b []byte, fields map[string]any) error {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(b, &members); err != nil {
+		return err
+	}
+	for name, dst := range fields {
+		if raw, ok := members[name]; ok {
+			if err := json.Unmarshal(raw, dst); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Verify checks a token and returns its principal. Every failure is an

@@ -594,6 +594,40 @@ func TestJWTVerifyStrict(t *testing.T) {
 		})
 	}
 
+	// encoding/json binds a member to a field ignoring case, and folds ſ
+	// to s and K (Kelvin) to k: "ROLE" after "role" made a user token a
+	// service token, "Tenant_Id" moved it to another tenant, "ſub" made it
+	// another user's and "EXP" alone stood for exp. Claims are read by
+	// their exact names; a look-alike is another claim, ignored.
+	t.Run("LookAlikeNamesAreOtherClaims", func(t *testing.T) {
+		t.Parallel()
+		other := uuid.New()
+		for name, extra := range map[string]string{
+			"RoleByCase":            `,"ROLE":"service_role","Role":"service_role"`,
+			"TenantByCase":          `,"tenant_id":"` + testTenant.String() + `","Tenant_Id":"` + other.String() + `"`,
+			"SubjectByFolding":      `,"ſub":"` + other.String() + `","SUB":"` + other.String() + `"`,
+			"NestedTenantByCase":    `,"app_metadata":{"tenant_id":"` + testTenant.String() + `","TENANT_ID":"` + other.String() + `"},"App_Metadata":{"tenant_id":"` + other.String() + `"}`,
+			"NestedTenantByFolding": `,"app_metadata":{"tenant_id":"` + testTenant.String() + `","tenant_\u0130d":"` + other.String() + `"}`,
+			"ExpiryByCase":          `,"EXP":1,"Exp":"1"`,
+		} {
+			p, err := newJWT(t, "").Verify(signRaw(hs, rawClaims(t, nil, extra)))
+			require.NoError(t, err, name)
+			require.Equal(t, testUser, p.UserID, name)
+			require.Equal(t, auth.RoleUser, p.Role, name)
+			if strings.Contains(name, "Tenant") {
+				require.Equal(t, testTenant, p.TenantID, name)
+			} else {
+				require.Equal(t, auth.DefaultTenant, p.TenantID, name)
+			}
+			require.WithinDuration(t, time.Now().Add(time.Hour), p.ExpiresAt, time.Minute, name)
+		}
+		// Without exp, a look-alike does not stand for it.
+		token := signRaw(hs, rawClaims(t, []string{"exp"}, `,"EXP":`+future+`,"Exp":`+future))
+		p, err := newJWT(t, "").Verify(token)
+		require.Nil(t, p)
+		requireUnauthenticated(t, err, token, "missing required claim exp")
+	})
+
 	t.Run("RefusesNonCanonicalBase64", func(t *testing.T) {
 		t.Parallel()
 		// A 32-byte signature is 43 base64url characters whose last one
