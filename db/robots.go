@@ -478,8 +478,10 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 // deletion changes a job aimed at the robot twice (cancelled or marked
 // target_lost, then the ON DELETE SET NULL): its schedule's KEY SHARE is
 // taken here, before the jobs, where deleteSchedule takes its schedule's
-// row, rather than after them. (A schedule that fires for this robot takes
-// its row and then the robot's: that order stays opposite.)
+// row, rather than after them. A schedule that fires for this robot, or
+// is triggered or changed, holds its row and then the robot's KEY SHARE:
+// it holds its row FOR NO KEY UPDATE (scheduleChange), which lets the
+// KEY SHARE taken here through.
 //
 // One statement orders all the jobs: two, each in id order, would not be
 // in id order together. jobs_robot_created_idx serves robot_id;

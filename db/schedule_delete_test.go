@@ -1,6 +1,7 @@
 package db_test
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/dbtest"
+	"fleetgraph/fault"
 )
 
 // Deleting a schedule detaches its jobs while its robot heartbeats and
@@ -212,5 +214,62 @@ func TestDeletingARobotAndAScheduleOfItsJobsTogether(t *testing.T) {
 				require.Equal(t, aimed, j.TargetLost)
 			}
 		})
+	}
+}
+
+// A schedule that fires, is triggered or is changed while its target robot
+// is deleted ends without a deadlock: the schedule's row is locked, then
+// the robot's (KEY SHARE, to check and enqueue for it), while the deletion
+// locks the robot's row and then the schedules of its jobs (KEY SHARE).
+// Under FOR UPDATE on the schedule the two waited for each other.
+func TestASchedulesRobotDeletedWhileItFires(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	ctx := t.Context()
+	tenant := uuid.New()
+	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
+	workflows := db.NewWorkflows()
+	jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
+	robots := db.NewRobots(db.DefaultQueueConfig)
+	schedules := db.NewSchedules(jobs, workflows, time.Now)
+	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
+	require.NoError(t, err)
+	// A client's mistake or a lost race, never a deadlock or another error.
+	lost := func(err error) bool {
+		var fe *fault.Error
+		return err == nil || errors.As(err, &fe) && fe.Code == fault.Conflict && fe.Extra["reason"] == db.ReasonTargetRobotDeleted
+	}
+	for i := range 40 {
+		r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: fmt.Sprintf("r%d", i)})
+		require.NoError(t, err)
+		sch, err := schedules.Create(svc, d.DB, db.CreateScheduleInput{Name: fmt.Sprintf("s%d", i), WorkflowID: wf.ID, CronExpression: "* * * * *", RobotID: &r.ID})
+		require.NoError(t, err)
+		_, err = schedules.Trigger(svc, d.DB, sch.ID) // a job of the schedule aimed at the robot
+		require.NoError(t, err)
+		_, err = d.ExecContext(ctx, "UPDATE schedules SET next_tick_at = now() - interval '1 second' WHERE id = ?", sch.ID)
+		require.NoError(t, err)
+
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		errs := make([]error, 4)
+		for k, call := range []func() error{
+			func() error { _, err := robots.Delete(svc, d.DB, r.ID); return err },
+			func() error { _, err := schedules.Trigger(svc, d.DB, sch.ID); return err },
+			func() error { _, err := schedules.Fire(ctx, d.DB, time.Now()); return err },
+			func() error {
+				_, err := schedules.Update(svc, d.DB, sch.ID, db.UpdateScheduleInput{Priority: new(i)})
+				return err
+			},
+		} {
+			wg.Go(func() { <-start; errs[k] = call() })
+		}
+		close(start)
+		wg.Wait()
+		require.NoError(t, errs[0], "deleteRobot, round %d", i)
+		for k, name := range []string{"", "trigger", "fire", "update"} {
+			if k > 0 {
+				require.True(t, lost(errs[k]), "%s, round %d: %v", name, i, errs[k])
+			}
+		}
 	}
 }
