@@ -98,3 +98,17 @@ func notFoundIfNoRows(err error, what string) error {
 	}
 	return err
 }
+
+// parentChange is the lock on a row that other rows reference (a robot,
+// a workflow, a schedule) held while it changes, not its key, or while
+// it serialises changes under it: FOR NO KEY UPDATE, as an UPDATE of it
+// takes anyway. FOR UPDATE would also hold off every foreign-key check
+// of its children (KEY SHARE), and a child changed twice in a
+// transaction is checked again, so two transactions locking a parent
+// and a child in opposite orders deadlocked: a schedule firing for a
+// robot (its row, then the robot's) with the robot's deletion (the
+// robot's, then the schedule's: lockRobotsJobs), and assignWorkflow
+// (the workflow's, then the robot's) with the deletion (the robot's,
+// then through its jobs the workflow's). Only a deletion (deleteRobot,
+// deleteSchedule) takes FOR UPDATE.
+const parentChange = "NO KEY UPDATE"

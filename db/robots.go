@@ -412,7 +412,7 @@ func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Updat
 		// The status before the change tells whether it is a robot.online
 		// or robot.offline event for webhooks.
 		var was RobotStatus
-		if err := inTenant(sc, tx.NewSelect().Model((*Robot)(nil)).Column("status").Where("r.id = ?", id), "r").For("UPDATE").Scan(ctx, &was); err != nil {
+		if err := inTenant(sc, tx.NewSelect().Model((*Robot)(nil)).Column("status").Where("r.id = ?", id), "r").For(parentChange).Scan(ctx, &was); err != nil {
 			return notFoundIfNoRows(err, "robot")
 		}
 		if err := q.Conn(tx).Returning("*").Scan(ctx, r); err != nil {
@@ -480,13 +480,13 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 // taken here, before the jobs, where deleteSchedule takes its schedule's
 // row, rather than after them. A schedule that fires for this robot, or
 // is triggered or changed, holds its row and then the robot's KEY SHARE:
-// it holds its row FOR NO KEY UPDATE (scheduleChange), which lets the
+// it holds its row FOR NO KEY UPDATE (parentChange), which lets the
 // KEY SHARE taken here through.
 //
 // One statement orders all the jobs: two, each in id order, would not be
-// in id order together. jobs_robot_created_idx serves robot_id;
-// target_robot_id has no index, so each statement reads the table once,
-// as the foreign key's ON DELETE SET NULL on it does already.
+// in id order together. jobs_robot_created_idx serves robot_id and
+// jobs_target_robot_idx target_robot_id (migration 0019; the foreign
+// key's ON DELETE SET NULL used to read the whole table for it).
 func lockRobotsJobs(ctx context.Context, tx bun.Tx, robot uuid.UUID) error {
 	var n int
 	if err := tx.NewRaw(`SELECT count(*) FROM (
@@ -530,7 +530,7 @@ func (s *Robots) Heartbeat(ctx context.Context, idb bun.IDB, in HeartbeatInput) 
 	r := new(Robot)
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		var prev Robot
-		if err := robotsVisible(sc, tx.NewSelect().Model(&prev).Where("r.id = ?", sc.robot), "r").For("UPDATE").Scan(ctx); err != nil {
+		if err := robotsVisible(sc, tx.NewSelect().Model(&prev).Where("r.id = ?", sc.robot), "r").For(parentChange).Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "robot")
 		}
 		if (prev.Status == RobotOffline) != (in.Status == RobotOffline) {
@@ -589,7 +589,7 @@ func (s *Robots) MarkSilentOffline(ctx context.Context, idb bun.IDB) ([]*Robot, 
 		silent := tx.NewSelect().Model((*Robot)(nil)).Column("r.id").
 			Where("r.status <> ?", RobotOffline).
 			Where("r.last_heartbeat_at IS NULL OR r.last_heartbeat_at < now() - make_interval(secs => ?)", seconds(s.cfg.OfflineAfter)).
-			OrderExpr("r.id").Apply(limitRows(MaxOfflinePerSweep)).For("UPDATE SKIP LOCKED")
+			OrderExpr("r.id").Apply(limitRows(MaxOfflinePerSweep)).For(parentChange + " SKIP LOCKED")
 		err := tx.NewUpdate().With("silent", silent).Model(&rows).TableExpr("silent").
 			Where("r.id = silent.id").
 			Set("status = ?", RobotOffline).Set("updated_at = now()").Set("revision = r.revision + 1").

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -159,15 +160,7 @@ func TestDeletingARobotAndAScheduleOfItsJobsTogether(t *testing.T) {
 			_, err = jobs.Start(robot, d.DB, l.Job.ID, l.LeaseToken)
 			require.NoError(t, err)
 
-			waiting := func(n int, msg string) {
-				t.Helper()
-				require.Eventually(t, func() bool {
-					var got int
-					err := d.QueryRowContext(ctx,
-						`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got)
-					return err == nil && got == n
-				}, 30*time.Second, 10*time.Millisecond, msg)
-			}
+			waiting := func(n int, msg string) { t.Helper(); waitForLockWaiters(t, d, n, msg) }
 			hold, err := d.BeginTx(ctx, nil)
 			require.NoError(t, err)
 			defer func() { _ = hold.Rollback() }()
@@ -272,4 +265,141 @@ func TestASchedulesRobotDeletedWhileItFires(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Deleting a robot reads only its own jobs and the jobs aimed at it, by
+// index: every statement it sends, and the foreign key's ON DELETE SET
+// NULL on jobs.target_robot_id, which PostgreSQL runs for it. Without an
+// index on target_robot_id, each read the whole jobs table while the
+// robot's row was locked.
+func TestDeletingARobotReadsOnlyItsJobs(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	ctx := t.Context()
+	tenant := uuid.New()
+	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
+	workflows := db.NewWorkflows()
+	jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
+	robots := db.NewRobots(db.DefaultQueueConfig)
+	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
+	require.NoError(t, err)
+	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
+	require.NoError(t, err)
+	for range 2 {
+		_, err := jobs.Enqueue(svc, d.DB, db.EnqueueJobInput{WorkflowID: wf.ID, RobotID: &r.ID})
+		require.NoError(t, err)
+	}
+	// Everyone else's jobs, finished, as most of a jobs table is.
+	_, err = d.ExecContext(ctx, `INSERT INTO jobs (tenant_id, workflow_id, workflow_version, status, finished_at, created_by)
+		SELECT tenant_id, id, 1, 'COMPLETED', now(), 'test' FROM workflows, generate_series(1, 5000)`)
+	require.NoError(t, err)
+	_, err = d.ExecContext(ctx, "ANALYZE jobs")
+	require.NoError(t, err)
+
+	rec := &stmtLog{}
+	d.DB.AddQueryHook(rec)
+	tx, err := d.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	_, err = robots.Delete(svc, tx, r.ID)
+	require.NoError(t, err)
+	require.NoError(t, tx.Rollback())
+	rec.mu.Lock()
+	texts := append(slices.Clone(rec.texts),
+		fmt.Sprintf(`UPDATE ONLY jobs SET target_robot_id = NULL WHERE '%s' = target_robot_id`, r.ID))
+	rec.mu.Unlock()
+
+	plans, err := d.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer func() { _ = plans.Rollback() }()
+	_, err = plans.ExecContext(ctx, "SET LOCAL enable_seqscan = off")
+	require.NoError(t, err)
+	read := 0
+	for _, text := range texts {
+		if !strings.Contains(text, "jobs") || strings.HasPrefix(text, "INSERT") {
+			continue
+		}
+		var plan string
+		require.NoError(t, plans.NewRaw("EXPLAIN (FORMAT JSON) "+text).Scan(ctx, &plan))
+		for _, s := range scansOf(plan, "jobs") {
+			require.NotEqual(t, "Seq Scan", s.NodeType, "%s\n%s", text, plan)
+			read++
+		}
+	}
+	require.NotZero(t, read, "the deletion's statements read jobs: %q", texts)
+}
+
+// Assigning a robot to a workflow, or overriding a node with it, while the
+// robot is deleted ends without a deadlock: the change locks the
+// workflow's row and then the robot's (KEY SHARE), and the deletion,
+// holding the robot's row, changes a job of the workflow twice (released,
+// then the foreign key's SET NULL), so the job's workflow_id is checked
+// again (KEY SHARE on the workflow). Under FOR UPDATE on the workflow
+// they waited for each other.
+func TestAssigningARobotWhileItIsDeleted(t *testing.T) {
+	t.Parallel()
+	for _, change := range []string{"assign", "override"} {
+		t.Run(change, func(t *testing.T) {
+			t.Parallel()
+			d := dbtest.New(t)
+			ctx := t.Context()
+			tenant := uuid.New()
+			svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
+			workflows := db.NewWorkflows()
+			jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
+			robots := db.NewRobots(db.DefaultQueueConfig)
+			wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{map[string]any{"id": "n1"}}}})
+			require.NoError(t, err)
+			r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
+			require.NoError(t, err)
+			_, err = jobs.Enqueue(svc, d.DB, db.EnqueueJobInput{WorkflowID: wf.ID, RobotID: &r.ID})
+			require.NoError(t, err)
+
+			waiting := func(n int, msg string) { t.Helper(); waitForLockWaiters(t, d, n, msg) }
+			// The deletion locks the robot's row, then waits here.
+			hold, err := d.BeginTx(ctx, nil)
+			require.NoError(t, err)
+			defer func() { _ = hold.Rollback() }()
+			_, err = hold.ExecContext(ctx, "LOCK TABLE schedules")
+			require.NoError(t, err)
+			deleted, changed := make(chan error, 1), make(chan error, 1)
+			go func() { _, err := robots.Delete(svc, d.DB, r.ID); deleted <- err }()
+			waiting(1, "the deletion holds the robot and waits")
+			go func() {
+				var err error
+				if change == "assign" {
+					_, err = workflows.Assign(svc, d.DB, wf.ID, r.ID, false, 0)
+				} else {
+					_, err = workflows.SetOverride(svc, d.DB, wf.ID, "n1", &r.ID, nil)
+				}
+				changed <- err
+			}()
+			waiting(2, "the change holds the workflow and waits for the robot")
+			require.NoError(t, hold.Commit())
+
+			for name, done := range map[string]chan error{"deleteRobot": deleted, change: changed} {
+				select {
+				case err := <-done:
+					if name == change {
+						require.Equal(t, fault.NotFound, fault.CodeOf(err), "%v", err)
+						continue
+					}
+					require.NoError(t, err, name)
+				case <-time.After(2 * time.Minute):
+					require.FailNow(t, name+" did not end")
+				}
+			}
+		})
+	}
+}
+
+// waitForLockWaiters waits until n sessions of d's database wait for a lock.
+func waitForLockWaiters(t *testing.T, d *dbtest.Database, n int, msg string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var got int
+		err := d.QueryRowContext(t.Context(),
+			`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got)
+		return err == nil && got == n
+	}, 2*time.Minute, 10*time.Millisecond, msg)
 }

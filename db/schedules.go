@@ -411,16 +411,6 @@ func checkPauseNote(field string, note *string) (*string, error) {
 	return note, checkText(field, *note)
 }
 
-// scheduleChange is the lock a schedule's row is held by while it is
-// changed or fires, where the change may check or enqueue for its target
-// robot (KEY SHARE on the robot's row). It lets the row's KEY SHARE
-// through, which deleteRobot takes (lockRobotsJobs) while it holds the
-// robot's row: under FOR UPDATE, a schedule firing for a robot (its row,
-// then the robot's) and the robot's deletion (the robot's, then the
-// schedule's) deadlocked. Only deleteSchedule, which removes the key,
-// takes FOR UPDATE.
-const scheduleChange = "NO KEY UPDATE"
-
 // Update changes a schedule's settings. A change of expression, zone, start
 // or end restarts its ticks from now; other changes keep its ticks, those
 // due but not yet fired too. A tick BUFFER_ONE held back is kept.
@@ -431,7 +421,7 @@ func (s *Schedules) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Up
 	}
 	sch := new(Schedule)
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if err := inTenant(sc, tx.NewSelect().Model(sch).Where("s.id = ?", id), "s").For(scheduleChange).Scan(ctx); err != nil {
+		if err := inTenant(sc, tx.NewSelect().Model(sch).Where("s.id = ?", id), "s").For(parentChange).Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "schedule")
 		}
 		prev := *sch
@@ -526,7 +516,7 @@ func (s *Schedules) Resume(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Sch
 	}
 	sch := new(Schedule)
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if err := inTenant(sc, tx.NewSelect().Model(sch).Where("s.id = ?", id), "s").For(scheduleChange).Scan(ctx); err != nil {
+		if err := inTenant(sc, tx.NewSelect().Model(sch).Where("s.id = ?", id), "s").For(parentChange).Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "schedule")
 		}
 		if !sch.Paused {
@@ -618,7 +608,7 @@ func (s *Schedules) Trigger(ctx context.Context, idb bun.IDB, id uuid.UUID) (*Jo
 	var job *Job
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		sch := new(Schedule)
-		if err := inTenant(sc, tx.NewSelect().Model(sch).Where("s.id = ?", id), "s").For(scheduleChange).Scan(ctx); err != nil {
+		if err := inTenant(sc, tx.NewSelect().Model(sch).Where("s.id = ?", id), "s").For(parentChange).Scan(ctx); err != nil {
 			return notFoundIfNoRows(err, "schedule")
 		}
 		if err := requireTarget(ctx, tx, sc, sch, false); err != nil {
@@ -844,7 +834,7 @@ func (s *Schedules) fireOne(ctx context.Context, tx bun.Tx, id uuid.UUID, now ti
 	sch := new(Schedule)
 	err := tx.NewSelect().Model(sch).Where("s.id = ?", id).
 		Where("NOT s.paused AND (s.next_tick_at <= ? OR s.buffered_tick_at IS NOT NULL)", now).
-		For(scheduleChange + " SKIP LOCKED").Scan(ctx)
+		For(parentChange + " SKIP LOCKED").Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil // another replica has it, or it changed since the list
 	}

@@ -306,7 +306,7 @@ func lockClaimingRobot(ctx context.Context, tx bun.Tx, sc scope) (r *Robot, keyL
 	} else {
 		q = q.ColumnExpr("true AS key_live")
 	}
-	if err := scanBound(ctx, q.For("UPDATE OF r"), &p); err != nil {
+	if err := scanBound(ctx, q.For(parentChange+" OF r"), &p); err != nil {
 		return nil, false, notFoundIfNoRows(err, "robot")
 	}
 	return &cr.Robot, cr.KeyLive, nil

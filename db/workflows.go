@@ -103,7 +103,7 @@ func (s *Workflows) get(ctx context.Context, idb bun.IDB, sc scope, id uuid.UUID
 	w := new(Workflow)
 	q := inTenant(sc, idb.NewSelect().Model(w).Where("w.id = ?", id), "w")
 	if forUpdate {
-		q = q.For("UPDATE")
+		q = q.For(parentChange)
 	}
 	if err := q.Scan(ctx); err != nil {
 		return nil, notFoundIfNoRows(err, "workflow")

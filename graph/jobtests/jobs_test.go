@@ -1047,7 +1047,7 @@ func TestJobDispatchOtherTenantsCannotCrowdOut(t *testing.T) {
 					// count (a sweep, say, could wait on robots too).
 					require.NoError(t, s.DB.NewRaw(`SELECT state, wait_event_type, wait_event, left(query, 60) AS query FROM pg_stat_activity
 						WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'
-						AND (query LIKE '%FROM "robots"%FOR UPDATE%' OR query LIKE 'LOCK TABLE robots%')`).Scan(ctx, &activity))
+						AND (query LIKE '%FROM "robots"%FOR NO KEY UPDATE%' OR query LIKE 'LOCK TABLE robots%')`).Scan(ctx, &activity))
 					got := 0
 					for _, a := range activity {
 						if a["wait_event_type"] == "Lock" {
