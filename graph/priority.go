@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,15 +33,15 @@ const DefaultRunningPerCPU = 4
 // (dispatch.WithParking) and takes one again when it wakes, unless its
 // wait ends first, so robots' long polls never hold turns.
 //
-// A subscription takes a turn only while its resolver subscribes and reads
-// (InterceptOperation), never for its stream.
+// A subscription takes a turn while its resolver subscribes and reads
+// (InterceptOperation), and for each result it renders (renderTurn), never
+// while it waits for a change or while its result is written.
 //
 // Counting: while any query or mutation waits or runs, a single writer
 // sends subscription results (live.Fanout.Yield), so a process that fans
 // out at full speed keeps a CPU for its requests. Subscription events are
-// neither counted nor given turns (the fan-out bounds their work), nor is
-// a parked claim counted: robots' long polls would otherwise hold the
-// fan-out to one writer all the time.
+// not counted, nor is a parked claim: robots' long polls would otherwise
+// hold the fan-out to one writer all the time.
 //
 // Deadline: an operation is stopped after timeout of work, counted from
 // when it starts waiting for its turn, less the time a claim spends parked
@@ -81,12 +82,25 @@ func (requestsFirst) Validate(graphql.ExecutableSchema) error { return nil }
 // state or checks its arguments (gqlgen calls it as the operation is
 // dispatched), runs in a turn as a query does. Without one, a caller's 48
 // sockets subscribing and completing in a loop held all of the pool's
-// connections and everyone else's queries waited seconds for one. The
-// stream that follows holds no turn.
+// connections and everyone else's queries waited seconds for one. Each
+// result of the stream that follows is rendered in a turn of its own
+// (renderTurn).
 func (r requestsFirst) InterceptOperation(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
 	if rc := graphql.GetOperationContext(ctx); rc.Operation == nil || rc.Operation.Operation != ast.Subscription {
 		return next(ctx)
 	}
+	rt := &renderTurn{r: r, reading: make(chan struct{}, 1)}
+	ctx = context.WithValue(ctx, renderTurnKey{}, rt)
+	results := r.subscribe(ctx, next)
+	return func(ctx context.Context) *graphql.Response {
+		rt.read()
+		defer rt.rendered()
+		return results(ctx)
+	}
+}
+
+// subscribe calls a subscription's resolver in a turn.
+func (r requestsFirst) subscribe(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
 	// The wait is bounded as an operation's is: a shared group's start
 	// waits on a context nothing cancels, while its socket's reader waits.
 	wait, cancel := context.WithTimeout(ctx, r.timeout)
@@ -230,5 +244,81 @@ func (t *turn) give() {
 	if t.held {
 		t.held = false
 		t.r.turns.give(t.owner)
+	}
+}
+
+// renderTurn gives each result of one subscription a turn while it is
+// rendered: its selection resolved (loaders, statements) and marshalled.
+// Rendering is the work a subscription costs, and without a turn it had
+// no bound: a user's twenty 122-byte subscriptions, each selecting 240
+// events' details, rendered at once on their own goroutines, allocated
+// 2.6 GB and held 1.4 GB of heap, again on every change of the machine.
+// In turns, renders run a few at a time, in rotation with every caller's
+// queries, and one caller's at most as many as its queries may.
+//
+// gqlgen's result handler waits for the resolver's next value and then
+// renders it, in one call, so the resolver's goroutine takes the turn
+// (awaitRender, in stream) once the reader waits for a value and before
+// it sends one, and the reader gives it back once the result is rendered,
+// before it is written: a turn is never held waiting for a change or for
+// a slow client.
+type renderTurn struct {
+	r    requestsFirst
+	mu   sync.Mutex
+	turn turn // the turn taken, until given back
+	// reading holds a token while the subscription's reader waits for a
+	// value to render.
+	reading chan struct{}
+}
+
+type renderTurnKey struct{}
+
+// read says the reader is about to wait for the next value.
+func (rt *renderTurn) read() {
+	select {
+	case rt.reading <- struct{}{}:
+	default:
+	}
+}
+
+// rendered gives back the turn the last value was rendered in.
+func (rt *renderTurn) rendered() {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.turn.give()
+}
+
+// awaitRender waits, in the resolver's goroutine of the subscription in
+// ctx, until its reader waits for a value and a turn is taken for
+// rendering it; false if ctx or done ended first. After true the caller
+// sends its value, or calls rendered if it cannot. A subscription that
+// is not run by the handler (no renderTurn) renders without one.
+func awaitRender(ctx context.Context, done <-chan struct{}) bool {
+	rt, ok := ctx.Value(renderTurnKey{}).(*renderTurn)
+	if !ok {
+		return true
+	}
+	select {
+	case <-rt.reading:
+	case <-ctx.Done():
+		return false
+	case <-done:
+		return false
+	}
+	t := turn{r: rt.r}
+	if !t.take(ctx) {
+		return false
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.turn = t
+	return true
+}
+
+// renderedWithout gives back the turn awaitRender took for a value that
+// was not sent after all.
+func renderedWithout(ctx context.Context) {
+	if rt, ok := ctx.Value(renderTurnKey{}).(*renderTurn); ok {
+		rt.rendered()
 	}
 }

@@ -47,14 +47,17 @@ func streamUntil[T any](ctx context.Context, sub *realtime.Sub, first *T, gone <
 		defer close(out)
 		defer sub.Close()
 		send := func(v *T) bool {
+			if !awaitRender(ctx, sub.Done()) {
+				return false
+			}
 			select {
 			case out <- v:
 				return true
 			case <-ctx.Done():
-				return false
 			case <-sub.Done():
-				return false
 			}
+			renderedWithout(ctx)
+			return false
 		}
 		if first != nil {
 			live.Tag(ctx, "")
