@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
+	"fleetgraph/apitest"
 	"fleetgraph/app"
 	"fleetgraph/auth"
 	"fleetgraph/db"
@@ -113,6 +114,9 @@ func TestSubscribersSurvivePostgresRestart(t *testing.T) {
 		DB: bdb, DSN: listenerDSN, JWT: jwt,
 		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		ClaimPoll: time.Hour,
+		// Leases that outlast a slow restart on a busy machine: the job
+		// claimed before it is started after it.
+		Queue: apitest.LongLeaseQueue(),
 	})
 	require.NoError(t, err)
 	runCtx, stopApp := context.WithCancel(context.Background())
