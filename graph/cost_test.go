@@ -256,10 +256,25 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 			`robotLogs(first:1, contains:"zq"){edges{cursor}}`,
 			`robotLogs(first:1, minLevel:CRITICAL){edges{cursor}}`,
 			`jobs(first:1){totalCount}`,
+			// Two filters no one index serves together: a page of a
+			// workflow's CANCELLED jobs read all its COMPLETED ones.
+			`jobs(first:1, filter:{status:CANCELLED, workflowId:"` + uuid.NewString() + `"}){edges{cursor}}`,
+			`jobs(first:1, filter:{robotId:"` + uuid.NewString() + `", workflowId:"` + uuid.NewString() + `"}){edges{cursor}}`,
+			`webhookDeliveries(endpointId:"` + uuid.NewString() + `", status:FAILED, first:1){edges{cursor}}`,
 		} {
 			refused(t, owner.Token, many(field, 11), "COMPLEXITY_LIMIT_EXCEEDED")
-			s.Do(t, owner.Token, many(field, 2), nil).OK(t, nil)
+			resp := s.Do(t, owner.Token, many(field, 2), nil)
+			for _, e := range resp.Errors {
+				require.Equal(t, "NOT_FOUND", e.Code(), "%s: %s", field, resp.Raw) // the endpoint
+			}
 		}
+		// The same filters given as a variable are priced alike.
+		resp := s.Do(t, owner.Token, strings.Replace(many(`jobs(first:1, filter:$f){edges{cursor}}`, 11), "{", "query($f: JobFilter) {", 1),
+			map[string]any{"f": map[string]any{"status": "QUEUED", "robotId": uuid.NewString()}})
+		require.Equal(t, "COMPLEXITY_LIMIT_EXCEEDED", resp.Code(t, "BAD_USER_INPUT").Extensions["reason"], "%s", resp.Raw)
+		// One filter is served by its index: a page is a page.
+		s.Do(t, owner.Token, many(`jobs(first:1, filter:{status:CANCELLED}){edges{cursor}}`, 40), nil).OK(t, nil)
+		s.Do(t, owner.Token, many(`jobs(first:1, filter:{workflowId:"`+uuid.NewString()+`", createdAfter:"2026-01-01T00:00:00Z"}){edges{cursor}}`, 40), nil).OK(t, nil)
 		// A machine's events, counted: one count of a million events took
 		// 0.84 s, and 50 aliases, each with another filter, 24.5 s at a
 		// complexity of about 150.
