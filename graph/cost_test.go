@@ -272,6 +272,11 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 		resp := s.Do(t, owner.Token, strings.Replace(many(`jobs(first:1, filter:$f){edges{cursor}}`, 11), "{", "query($f: JobFilter) {", 1),
 			map[string]any{"f": map[string]any{"status": "QUEUED", "robotId": uuid.NewString()}})
 		require.Equal(t, "COMPLEXITY_LIMIT_EXCEEDED", resp.Code(t, "BAD_USER_INPUT").Extensions["reason"], "%s", resp.Raw)
+		// A robot's jobs are its own (robot_id): one filter more is two.
+		robot := apitest.NewTenant(t, s).CreateRobot(t, "reader", apitest.RobotOpts{})
+		resp = s.Do(t, robot.Key, many(`jobs(first:1, filter:{status:CANCELLED}){edges{cursor}}`, 11), nil)
+		require.Equal(t, "COMPLEXITY_LIMIT_EXCEEDED", resp.Code(t, "BAD_USER_INPUT").Extensions["reason"], "%s", resp.Raw)
+		s.Do(t, robot.Key, many(`jobs(first:1){edges{cursor}}`, 40), nil).OK(t, nil)
 		// One filter is served by its index: a page is a page.
 		s.Do(t, owner.Token, many(`jobs(first:1, filter:{status:CANCELLED}){edges{cursor}}`, 40), nil).OK(t, nil)
 		s.Do(t, owner.Token, many(`jobs(first:1, filter:{workflowId:"`+uuid.NewString()+`", createdAfter:"2026-01-01T00:00:00Z"}){edges{cursor}}`, 40), nil).OK(t, nil)

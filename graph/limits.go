@@ -73,7 +73,8 @@ func (l operationLimit) MutateOperationContext(ctx context.Context, op *graphql.
 		// would hold half a gigabyte.
 		return limitError("SUBSCRIPTION_TOO_LARGE", "the subscription's document is %d bytes; the limit is %d, since a subscription keeps its document while it runs: send the subscription alone, without other operations or long comments", len(op.RawQuery), l.subscriptionBytes)
 	}
-	w := operationWalker{vars: op.Variables}
+	p := auth.FromContext(ctx)
+	w := operationWalker{vars: op.Variables, robot: p != nil && p.Role == auth.RoleRobot}
 	cost, depth := w.walk(op.Operation.SelectionSet, 1, 0)
 	cost = saturatingAdd(cost, w.batchedScans)
 	if op.Operation.Operation == ast.Subscription && w.scanning != "" {
@@ -132,6 +133,7 @@ func clientGone() *gqlerror.Error {
 // operationWalker measures a validated operation.
 type operationWalker struct {
 	vars    map[string]any
+	robot   bool // a robot asks: its reads are of its own rows (scanCost)
 	aliases int
 	// introspects holds the response keys (alias, or name) of the
 	// __schema and __type fields, each with its field's name: fields of
@@ -208,7 +210,7 @@ func (w *operationWalker) field(f *ast.Field, depth, edges int) (cost, deepest i
 		return 1, depth
 	}
 	key := f.ObjectDefinition.Name + "." + f.Name
-	scan, batched := scanCost(key, f, w.vars)
+	scan, batched := scanCost(key, f, w.vars, w.robot)
 	if scan > 0 && w.scanning == "" {
 		// A copy: key itself stays off the heap for every other field.
 		w.scanning = strings.Clone(key)

@@ -13,6 +13,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"fleetgraph/dispatch"
+	"fleetgraph/graph/live"
 	"fleetgraph/metrics"
 )
 
@@ -93,9 +94,19 @@ func (r requestsFirst) InterceptOperation(ctx context.Context, next graphql.Oper
 	ctx = context.WithValue(ctx, renderTurnKey{}, rt)
 	results := r.subscribe(ctx, next)
 	return func(ctx context.Context) *graphql.Response {
-		rt.read()
+		render, stop := context.WithCancelCause(ctx)
+		defer stop(context.Canceled)
+		rt.read(stop)
 		defer rt.rendered()
-		return results(ctx)
+		resp := results(render)
+		if timedOut(render) {
+			// Stopped at its deadline: the subscription ends so, as an
+			// operation stopped at its deadline does; what it rendered
+			// meanwhile is dropped.
+			live.End(ctx, operationTimeout(r.timeout))
+			return nil
+		}
+		return resp
 	}
 }
 
@@ -262,10 +273,20 @@ func (t *turn) give() {
 // it sends one, and the reader gives it back once the result is rendered,
 // before it is written: a turn is never held waiting for a change or for
 // a slow client.
+//
+// A render has an operation's time (OPERATION_TIMEOUT_SECONDS) from when
+// its turn is taken: past it, its statements are cancelled, its turn goes
+// back and the subscription ends with OPERATION_TIMEOUT. A render blocked
+// on a lock held every turn it had, and other callers' queries, which
+// touched nothing locked, timed out waiting for one.
 type renderTurn struct {
 	r    requestsFirst
 	mu   sync.Mutex
 	turn turn // the turn taken, until given back
+	// stop ends the render the reader waits to run; deadline, armed when
+	// its turn is taken, calls it with errOperationTimeout.
+	stop     context.CancelCauseFunc
+	deadline *time.Timer
 	// reading holds a token while the subscription's reader waits for a
 	// value to render.
 	reading chan struct{}
@@ -273,8 +294,12 @@ type renderTurn struct {
 
 type renderTurnKey struct{}
 
-// read says the reader is about to wait for the next value.
-func (rt *renderTurn) read() {
+// read says the reader is about to wait for the next value, whose render
+// stop ends.
+func (rt *renderTurn) read(stop context.CancelCauseFunc) {
+	rt.mu.Lock()
+	rt.stop = stop
+	rt.mu.Unlock()
 	select {
 	case rt.reading <- struct{}{}:
 	default:
@@ -285,6 +310,10 @@ func (rt *renderTurn) read() {
 func (rt *renderTurn) rendered() {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
+	if rt.deadline != nil {
+		rt.deadline.Stop()
+		rt.deadline = nil
+	}
 	rt.turn.give()
 }
 
@@ -312,6 +341,8 @@ func awaitRender(ctx context.Context, done <-chan struct{}) bool {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	rt.turn = t
+	stop := rt.stop
+	rt.deadline = time.AfterFunc(rt.r.timeout, func() { stop(errOperationTimeout) })
 	return true
 }
 

@@ -86,3 +86,32 @@ func operationsWaiting(t *testing.T, s *apitest.Server) float64 {
 	require.FailNow(t, "no fleetgraph_graphql_operations_waiting")
 	return 0
 }
+
+// A render has an operation's time from when it takes its turn: one
+// blocked on a lock is stopped at the deadline, its subscription ends with
+// OPERATION_TIMEOUT and its turn goes back, so another tenant's query,
+// which reads nothing locked, runs. (It held the only turn until the lock
+// went, and every other query timed out waiting.)
+func TestARenderStopsAtItsDeadline(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Running: 1, OperationTimeout: 2 * time.Second})
+	c := newClient(t, s)
+	ws := lvConnect(t, s, c.token)
+	m := c.create("render-deadline")
+	ws.subscribe("m", `subscription($id: ID) { machineUpdated(id: $id) { op machine { events(first: 1) { edges { cursor } } } } }`, map[string]any{"id": m.ID})
+	var first struct{ Op string }
+	ws.value("m", &first)
+	require.Equal(t, "CURRENT", first.Op)
+
+	release := s.LockTable(t, "machine_events")
+	defer release()
+	_, err := s.DB.ExecContext(t.Context(), "UPDATE machines SET name = 'renamed', version = version + 1 WHERE id = ?", m.ID)
+	require.NoError(t, err)
+	end := ws.next("m")
+	require.Equal(t, "error", end.Type, "%s", end.Payload)
+	require.Contains(t, string(end.Payload), "OPERATION_TIMEOUT")
+
+	// The lock is still held; the turn is free.
+	other := s.NewUser(t, uuid.New())
+	s.Do(t, other.Token, `{ robots(first: 1) { edges { cursor } } }`, nil).OK(t, nil)
+}

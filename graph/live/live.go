@@ -219,6 +219,11 @@ func (d dispatched) run(next func(payload []byte) error) (out outcome) {
 			return outcome{errs: resp.Errors}
 		}
 		if err := next(mustJSON(resp)); err != nil {
+			var fe *fault.Error
+			if errors.As(err, &fe) { // the transport ends it (errSlowMember)
+				metrics.SentError(ctx, string(fe.Code))
+				return outcome{errs: gqlerror.List{present(ctx, fe)}}
+			}
 			return outcome{stopped: true}
 		}
 	}

@@ -73,6 +73,9 @@ type Quota struct {
 	// sockets counts each caller's open websockets, open all of them.
 	sockets map[string]int
 	open    int
+	// waiting counts the bytes of each caller's results rendered and not
+	// yet written (HoldResult).
+	waiting map[string]int
 }
 
 // NewQuota returns a quota enforcing l; zero fields take DefaultLimits'
@@ -112,6 +115,61 @@ type SocketPlace struct {
 	q      *Quota
 	key    string
 	closed bool
+	// waiting is the bytes of the socket's results held (HoldResult).
+	waiting int
+}
+
+// SocketResultBytes is how many bytes of a websocket's own (unshared)
+// results may wait for the socket at once, and CallerResultBytes how many
+// of all a caller's sockets' together. Each subscription of a socket
+// renders its result and then waits for the socket's writer: a client
+// that stopped reading held one result of each, up to 100 subscriptions
+// of 16 MiB for one socket, until the write timeout, and a caller's 500
+// sockets as many. A result is refused (the subscription ends,
+// SLOW_CONSUMER) when others wait already and it would pass a bound; one
+// result alone always waits, so a socket holds at most 8 MiB or one
+// result, and a caller 64 MiB and one result. A shared group's members
+// are bounded by their group (DefaultMemberBytes).
+const (
+	SocketResultBytes = 8 << 20
+	CallerResultBytes = 64 << 20
+)
+
+// HoldResult counts n bytes of a result waiting to be written to the
+// socket, or reports false when it may not wait (SocketResultBytes,
+// CallerResultBytes). A nil place holds anything. ReleaseResult gives
+// the bytes back once written.
+func (p *SocketPlace) HoldResult(n int) bool {
+	if p == nil {
+		return true
+	}
+	q := p.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	caller := q.waiting[p.key]
+	if p.waiting > 0 && p.waiting+n > SocketResultBytes || caller > 0 && caller+n > CallerResultBytes {
+		return false
+	}
+	p.waiting += n
+	if q.waiting == nil {
+		q.waiting = map[string]int{}
+	}
+	q.waiting[p.key] += n
+	return true
+}
+
+// ReleaseResult gives back n bytes HoldResult counted.
+func (p *SocketPlace) ReleaseResult(n int) {
+	if p == nil {
+		return
+	}
+	q := p.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	p.waiting -= n
+	if q.waiting[p.key] -= n; q.waiting[p.key] <= 0 {
+		delete(q.waiting, p.key)
+	}
 }
 
 // OpenSocket takes a place for a websocket of the caller key (callerKey of
@@ -201,6 +259,12 @@ func (p *SocketPlace) Move(key string) error {
 	}
 	uncount(q.sockets, p.key)
 	q.sockets[key]++
+	if p.waiting > 0 { // results held under the old key move with it
+		if q.waiting[p.key] -= p.waiting; q.waiting[p.key] <= 0 {
+			delete(q.waiting, p.key)
+		}
+		q.waiting[key] += p.waiting
+	}
 	p.key = key
 	return nil
 }

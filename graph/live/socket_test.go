@@ -367,3 +367,90 @@ func TestStreamsShareTheProcesssPlaces(t *testing.T) {
 		return res.StatusCode == http.StatusOK
 	})
 }
+
+// A socket that stops reading holds at most live.SocketResultBytes of its
+// subscriptions' results (or one result), not one of each: the others end
+// with SLOW_CONSUMER while the socket stays open. Each subscription
+// rendered its result and waited for the socket's writer until the write
+// timeout; a client's 100 subscriptions of 16 MiB results held 1.6 GB.
+func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Metrics: true})
+	u := s.NewUser(t, uuid.New())
+	var m struct{ CreateMachine struct{ ID string } }
+	s.Do(t, u.Token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
+	blob := strings.Repeat("x", 60_000)
+	for range 60 { // each result: 3.6 MB
+		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
+			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
+	}
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "http://"), wait)
+	require.NoError(t, err)
+	defer nc.Close()
+	key := make([]byte, 16)
+	_, _ = rand.Read(key)
+	_, err = fmt.Fprintf(nc, "GET /graphql HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
+		strings.TrimPrefix(s.URL, "http://"), base64.StdEncoding.EncodeToString(key))
+	require.NoError(t, err)
+	send := func(v any) {
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		_, err = nc.Write(maskedTextFrame(b))
+		require.NoError(t, err)
+	}
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + u.Token}})
+	var ack msg
+	for ack.Type == "" || ack.Type == "ping" {
+		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &ack))
+	}
+	require.Equal(t, "connection_ack", ack.Type)
+
+	// Twenty subscriptions of one machine each render its current state
+	// at once (72 MB), and the client reads none of it.
+	const subs = 20
+	for i := range subs {
+		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
+			"query":     `subscription($m: ID!) { machineUpdated(id: $m) { version machine { events(first: 60) { edges { node { details } } } } } }`,
+			"variables": map[string]any{"m": m.CreateMachine.ID},
+		}})
+	}
+	apitest.Eventually(t, wait, "most subscriptions end as slow, the socket open", func() bool {
+		mfs, err := s.Metrics.Registry().Gather()
+		require.NoError(t, err)
+		for _, mf := range mfs {
+			if mf.GetName() == "fleetgraph_graphql_errors_total" {
+				for _, m := range mf.GetMetric() {
+					if m.GetLabel()[0].GetValue() == "RATE_LIMITED" {
+						return m.GetCounter().GetValue() >= subs/2
+					}
+				}
+			}
+		}
+		return false
+	})
+
+	// Reading now: the results that waited, and the others' SLOW_CONSUMER,
+	// on a socket still open.
+	slow := 0
+	for slow == 0 {
+		var got msg
+		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &got))
+		if got.Type == "error" {
+			require.Contains(t, string(got.Payload), "SLOW_CONSUMER")
+			slow++
+		}
+	}
+	send(map[string]any{"type": "ping"})
+	for {
+		var got msg
+		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &got))
+		if got.Type == "pong" {
+			break
+		}
+	}
+}

@@ -864,7 +864,13 @@ func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graph
 	}
 	d := dispatch(ctx, c.exec, rc)
 	go func() {
-		c.finish(ctx, id, op, d.run(func(payload []byte) error { return write([][]byte{payload}) }))
+		c.finish(ctx, id, op, d.run(func(payload []byte) error {
+			if !c.place.HoldResult(len(payload)) {
+				return errSlowMember
+			}
+			defer c.place.ReleaseResult(len(payload))
+			return write([][]byte{payload})
+		}))
 	}()
 }
 
@@ -886,6 +892,10 @@ func (c *wsConn) finish(ctx context.Context, id string, op *wsOp, out outcome) {
 		delete(c.ops, id)
 	}
 	op.release() // before the last message: a client may reuse the place once it has it
+	// Its work is over: what it holds (a hub subscriber, its resolver's
+	// goroutine) goes before the last message, which a client that does
+	// not read may hold up until the write timeout.
+	op.cancel()
 	if !done {
 		c.finishing.Add(1)
 	}
