@@ -71,7 +71,7 @@ func (a rank) better(b rank) bool {
 // range with a malformed q is dropped.
 func parse(header string) []mediaRange {
 	var out []mediaRange
-	for i, part := range strings.Split(header, ",") {
+	for i, part := range elements(header) {
 		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
 		if err != nil {
 			continue
@@ -136,7 +136,7 @@ const (
 // format (deferSpec), which this server does not speak, so they must not
 // select the multipart transport.
 func WithoutPlainMultipart(header string) string {
-	parts := strings.Split(header, ",")
+	parts := elements(header)
 	kept := parts[:0]
 	for _, part := range parts {
 		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
@@ -146,4 +146,25 @@ func WithoutPlainMultipart(header string) string {
 		kept = append(kept, part)
 	}
 	return strings.Join(kept, ",")
+}
+
+// elements splits a header's comma-separated list (RFC 9110 §5.6.1),
+// leaving the commas inside a quoted parameter value (§5.6.4, where a
+// backslash escapes the next character) in their element:
+// `text/event-stream;note="a,b"` is one range, not two that fail to parse.
+func elements(header string) []string {
+	var out []string
+	start, quoted := 0, false
+	for i := 0; i < len(header); i++ {
+		switch c := header[i]; {
+		case quoted && c == '\\':
+			i++
+		case c == '"':
+			quoted = !quoted
+		case c == ',' && !quoted:
+			out = append(out, header[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, header[start:])
 }

@@ -38,6 +38,10 @@ func TestChoose(t *testing.T) {
 		// A q-value that is no number from 0 to 1 drops its range.
 		"application/json;q=NaN, application/graphql-response+json;q=0.5": accept.GraphQLResponse,
 		"application/json;q=Inf, application/graphql-response+json;q=0.5": accept.GraphQLResponse,
+		// A comma inside a quoted parameter value does not end the range.
+		`application/graphql-response+json;note="a,b", application/json;q=0.5`:      accept.GraphQLResponse,
+		`application/graphql-response+json;note="a\",b", application/json;q=0.5`:    accept.GraphQLResponse,
+		`application/graphql-response+json;q=0.1;note="x,", application/json;q=0.5`: accept.JSON,
 	}
 	for header, want := range cases {
 		require.Equal(t, want, accept.Choose(header, offers...), "Accept: %q", header)
