@@ -1,5 +1,13 @@
 -- Jobs aimed at a robot, by robot: deleting a robot finds them (its locks,
 -- the release of its jobs, the foreign key's ON DELETE SET NULL), and
 -- without an index each of those read the whole jobs table while the
--- robot's row was locked. Partial: most jobs are aimed at no robot.
+-- robot's row was locked. Partial: most jobs are aimed at no robot and
+-- have no entry.
+--
+-- Built in the migration's transaction, which blocks writes to the table
+-- while it reads it (about a second a million rows). Not CONCURRENTLY: that
+-- waits for every transaction older than itself, the other migrators'
+-- waits for the migration lock included, which wait for it. On a table
+-- too large for that pause, create the index first, CONCURRENTLY and with
+-- this definition: IF NOT EXISTS then keeps it.
 CREATE INDEX IF NOT EXISTS jobs_target_robot_idx ON jobs (target_robot_id) WHERE target_robot_id IS NOT NULL;
