@@ -140,26 +140,27 @@ type Robots struct {
 	// evicts its keys here before answering, as a revoke does (other
 	// replicas evict when the delete's notification arrives).
 	Keys *KeyCache
-	// comings limits each robot's heartbeats that take it OFFLINE or back.
+	// comings limits each robot's changes that take it OFFLINE or back.
 	comings *tokenBuckets
 }
 
 // MaxOfflinePerSweep bounds the robots one MarkSilentOffline marks.
 const MaxOfflinePerSweep = 1000
 
-// StatusChangeLimit bounds, per robot and process, the heartbeats that
-// take a robot OFFLINE or back: each writes a robot.online or
-// robot.offline event, a delivery to each of the tenant's endpoints (up to
-// 50) and a history sample, and notifies the tenant's dashboards. A robot
-// flapping its status in a loop made 2,200 deliveries a second. A robot
-// that comes and goes as it should (a restart, a network blip) fits in the
-// burst of 5; past it, one such change each 10 s.
+// StatusChangeLimit bounds, per robot and process, the changes that take
+// a robot OFFLINE or back, by its heartbeats or by updateRobot: each
+// writes a robot.online or robot.offline event, a delivery to each of the
+// tenant's endpoints (up to 50) and a history sample, and notifies the
+// tenant's dashboards. A robot flapping its status in a loop made 2,200
+// deliveries a second, and one updateRobot request of 50 aliases 2,500. A
+// robot that comes and goes as it should (a restart, a network blip) fits
+// in the burst of 5; past it, one such change each 10 s.
 var StatusChangeLimit = RateLimit{PerSecond: 0.1, Burst: 5}
 
 // NewRobots returns the robot store.
 func NewRobots(cfg QueueConfig) *Robots {
 	comings := newTokenBuckets(StatusChangeLimit, time.Now, func(wait float64) error {
-		e := fault.New(fault.RateLimited, "this robot went OFFLINE or came back too often; send the heartbeat again in %.0f s", wait)
+		e := fault.New(fault.RateLimited, "this robot went OFFLINE or came back too often; try again in %.0f s", wait)
 		e.Extra = map[string]any{"limit": "ROBOT_STATUS_CHANGES", "max": StatusChangeLimit.PerSecond, "retryAfter": int(wait)}
 		return e
 	})
@@ -414,6 +415,12 @@ func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Updat
 		var was RobotStatus
 		if err := inTenant(sc, tx.NewSelect().Model((*Robot)(nil)).Column("status").Where("r.id = ?", id), "r").For(parentChange).Scan(ctx, &was); err != nil {
 			return notFoundIfNoRows(err, "robot")
+		}
+		if in.Status != nil && (was == RobotOffline) != (*in.Status == RobotOffline) {
+			if err := s.comings.allow(id.String()); err != nil {
+				return err
+			}
+			s.comings.spend(id.String())
 		}
 		if err := q.Conn(tx).Returning("*").Scan(ctx, r); err != nil {
 			return notFoundIfNoRows(constraintError(err, robotConstraints), "robot")

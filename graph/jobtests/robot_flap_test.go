@@ -1,6 +1,8 @@
 package jobtests
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -46,6 +48,29 @@ func TestARobotFlappingItsStatusIsLimited(t *testing.T) {
 	var out struct{ Robot struct{ Status string } }
 	tn.Do(t, `query($id: ID!) { robot(id: $id) { status } }`, map[string]any{"id": r.ID}, &out)
 	require.Equal(t, "ONLINE", out.Robot.Status)
+
+	// A user changing the status writes the same events, and is limited
+	// alike: one request of 50 aliases made 2,500 deliveries.
+	other := tn.CreateRobot(t, "flipped", apitest.RobotOpts{})
+	flip := func(status string) *apitest.Response {
+		return s.Do(t, tn.User.Token, `mutation($id: ID!, $s: RobotStatus!) { updateRobot(id: $id, input: {status: $s}) { status } }`,
+			map[string]any{"id": other.ID, "s": status})
+	}
+	for _, status := range []string{"ONLINE", "OFFLINE", "ONLINE", "OFFLINE", "ONLINE"} {
+		flip(status).OK(t, nil)
+	}
+	require.Equal(t, 10, events())
+	flip("BUSY").OK(t, nil) // online all along: not limited
+	e = flip("OFFLINE").Code(t, "RATE_LIMITED")
+	require.Equal(t, "ROBOT_STATUS_CHANGES", e.Extensions["limit"])
+	require.Equal(t, 10, events(), "a refused change writes nothing")
+	var aliases strings.Builder
+	aliases.WriteString(`mutation($id: ID!) {`)
+	for i := range 50 {
+		fmt.Fprintf(&aliases, ` a%d: updateRobot(id: $id, input: {status: %s}) { status }`, i, []string{"ONLINE", "OFFLINE"}[i%2])
+	}
+	s.Do(t, tn.User.Token, aliases.String()+"}", map[string]any{"id": other.ID})
+	require.Equal(t, 10, events(), "nor in a request of many")
 }
 
 // A progress report that changes nothing a client can see (the same

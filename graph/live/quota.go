@@ -120,16 +120,18 @@ type SocketPlace struct {
 }
 
 // SocketResultBytes is how many bytes of a websocket's own (unshared)
-// results may wait for the socket at once, and CallerResultBytes how many
-// of all a caller's sockets' together. Each subscription of a socket
-// renders its result and then waits for the socket's writer: a client
-// that stopped reading held one result of each, up to 100 subscriptions
-// of 16 MiB for one socket, until the write timeout, and a caller's 500
-// sockets as many. A result is refused (the subscription ends,
-// SLOW_CONSUMER) when others wait already and it would pass a bound; one
-// result alone always waits, so a socket holds at most 8 MiB or one
-// result, and a caller 64 MiB and one result. A shared group's members
-// are bounded by their group (DefaultMemberBytes).
+// subscriptions' results may wait for the socket's writer at once, and
+// CallerResultBytes how many of all a caller's sockets' together. Each
+// subscription of a socket renders its result and then waits for the
+// writer: a client that stopped reading held one result of each, up to
+// 100 subscriptions of 16 MiB for one socket, until the write timeout, and
+// a caller's 500 sockets as many. A result is refused (the subscription
+// ends, SLOW_CONSUMER) when others wait already and it would pass a bound;
+// one result alone always waits, so a socket holds at most 8 MiB or one
+// result waiting, besides the one being written, and a caller 64 MiB and
+// one result. A shared group's members are bounded by their group
+// (DefaultMemberBytes); a query's or mutation's answer, which has run,
+// always waits (a socket runs at most MaxRunningPerConnection of them).
 const (
 	SocketResultBytes = 8 << 20
 	CallerResultBytes = 64 << 20

@@ -454,3 +454,98 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 		}
 	}
 }
+
+// A query's or mutation's answer waits for the socket's writer whatever
+// the socket holds: it has run, and a mutation committed. Refused past the
+// socket's bound (SLOW_CONSUMER), a mutation sent while a 9 MB answer was
+// being written committed and told its client it had failed.
+func TestAnAnswerWaitsForABusySocket(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t, apitest.Options{Metrics: true})
+	u := s.NewUser(t, uuid.New())
+	var m struct{ CreateMachine struct{ ID string } }
+	s.Do(t, u.Token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
+	blob := strings.Repeat("x", 60_000)
+	for range 150 { // the query's result: 9 MB
+		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
+			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
+	}
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "http://"), wait)
+	require.NoError(t, err)
+	defer nc.Close()
+	key := make([]byte, 16)
+	_, _ = rand.Read(key)
+	_, err = fmt.Fprintf(nc, "GET /graphql HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
+		strings.TrimPrefix(s.URL, "http://"), base64.StdEncoding.EncodeToString(key))
+	require.NoError(t, err)
+	send := func(v any) {
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		_, err = nc.Write(maskedTextFrame(b))
+		require.NoError(t, err)
+	}
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + u.Token}})
+	var ack msg
+	for ack.Type == "" || ack.Type == "ping" {
+		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &ack))
+	}
+	require.Equal(t, "connection_ack", ack.Type)
+
+	send(map[string]any{"id": "big", "type": "subscribe", "payload": map[string]any{
+		"query":     `query($m: ID!) { machine(id: $m) { events(first: 150) { edges { node { details } } } } }`,
+		"variables": map[string]any{"m": m.CreateMachine.ID},
+	}})
+	// Read up to the header of the big result's frame: the server is
+	// writing it. Then pause reading.
+	var size int
+	for {
+		var h [2]byte
+		_, err := io.ReadFull(br, h[:])
+		require.NoError(t, err)
+		if n := int(h[1] & 0x7f); n < 126 {
+			_, err = io.ReadFull(br, make([]byte, n)) // a ping
+			require.NoError(t, err)
+			continue
+		} else if n == 126 {
+			var l [2]byte
+			_, err = io.ReadFull(br, l[:])
+			require.NoError(t, err)
+			size = int(l[0])<<8 | int(l[1])
+		} else {
+			var l [8]byte
+			_, err = io.ReadFull(br, l[:])
+			require.NoError(t, err)
+			for _, b := range l {
+				size = size<<8 | int(b)
+			}
+		}
+		break
+	}
+	require.Greater(t, size, live.SocketResultBytes)
+
+	send(map[string]any{"id": "mut", "type": "subscribe", "payload": map[string]any{
+		"query": `mutation { createMachine(input: {name: "after"}) { id name } }`,
+	}})
+	apitest.Eventually(t, wait, "the mutation committed", func() bool {
+		var n int
+		require.NoError(t, s.DB.NewRaw("SELECT count(*) FROM machines WHERE name = 'after'").Scan(t.Context(), &n))
+		return n == 1
+	})
+	// The client reads again: the big result, then the mutation's answer.
+	_, err = io.ReadFull(br, make([]byte, size))
+	require.NoError(t, err)
+	for {
+		var got msg
+		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &got))
+		if got.ID != "mut" {
+			continue
+		}
+		require.Equal(t, "next", got.Type, "the committed mutation's answer: %s", got.Payload)
+		return
+	}
+}

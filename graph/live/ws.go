@@ -845,11 +845,13 @@ func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graph
 	// and shared by a group's members), not encoded again; the results a
 	// group's writer finds waiting leave in one send.
 	prefix := envelopePrefix(id, c.d.next)
-	write := func(payloads [][]byte) error {
+	// writing is called once the socket's writer is this operation's.
+	write := func(payloads [][]byte, writing func()) error {
 		if c.isDone(op) {
 			return context.Canceled
 		}
 		return c.send(func(text func(prefix, payload, suffix []byte) error) error {
+			writing()
 			for _, payload := range payloads {
 				if err := text(prefix, payload, envelopeEnd); err != nil {
 					return err
@@ -859,17 +861,29 @@ func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graph
 		})
 	}
 	if key, ok := c.t.Fanout.shareable(ctx, rc); ok {
-		c.t.Fanout.attach(base, ctx, c.exec, rc, key, write, func(out outcome) { c.finish(base, id, op, out) })
+		c.t.Fanout.attach(base, ctx, c.exec, rc, key, func(payloads [][]byte) error { return write(payloads, func() {}) },
+			func(out outcome) { c.finish(base, id, op, out) })
 		return
 	}
 	d := dispatch(ctx, c.exec, rc)
 	go func() {
 		c.finish(ctx, id, op, d.run(func(payload []byte) error {
-			if !c.place.HoldResult(len(payload)) {
+			if !op.subscription {
+				// A query's or mutation's one answer waits for the writer
+				// whatever its size: it has run (and a mutation committed).
+				return write([][]byte{payload}, func() {})
+			}
+			// A subscription's result waits within the socket's and its
+			// caller's bounds (SocketResultBytes): counted until the
+			// writer takes it, not while it is written.
+			n := len(payload)
+			if !c.place.HoldResult(n) {
 				return errSlowMember
 			}
-			defer c.place.ReleaseResult(len(payload))
-			return write([][]byte{payload})
+			var once sync.Once
+			release := func() { once.Do(func() { c.place.ReleaseResult(n) }) }
+			defer release()
+			return write([][]byte{payload}, release)
 		}))
 	}()
 }
