@@ -392,11 +392,20 @@ func (s *Jobs) FreeSlots(ctx context.Context, idb bun.IDB) (int, error) {
 // however alive its robot is. CLAIMED jobs are not extended: a claim must
 // be started within its lease. Rows are locked in id order, as the
 // sweeper's rescue does, so the two can never deadlock.
+//
+// Only a lease that moves by half a lease or more is written, that is one
+// with less than half of it left: lease_expires_at is indexed, so each
+// extension writes a new version of the job and of its index entries, and
+// a robot heartbeating in a loop (50 heartbeats in a 2 KB request, 100
+// running jobs) wrote 9 MB of WAL. A robot that heartbeats within its
+// lease keeps it as before.
 func extendRunningLeases(ctx context.Context, tx bun.Tx, cfg QueueConfig, robot uuid.UUID) error {
+	const extended = "least(now() + make_interval(secs => ?), progress_at + make_interval(secs => ?))"
+	lease, progress := seconds(cfg.Lease), seconds(cfg.progressTimeout())
 	_, err := tx.NewUpdate().Model((*Job)(nil)).
-		Where("j.id IN (SELECT id FROM jobs WHERE robot_id = ? AND status = ? ORDER BY id FOR UPDATE)", robot, JobRunning).
-		Set("lease_expires_at = least(now() + make_interval(secs => ?), j.progress_at + make_interval(secs => ?))",
-			seconds(cfg.Lease), seconds(cfg.progressTimeout())).
+		Where("j.id IN (SELECT id FROM jobs WHERE robot_id = ? AND status = ? AND "+extended+" > lease_expires_at + make_interval(secs => ?) ORDER BY id FOR UPDATE)",
+			robot, JobRunning, lease, progress, lease/2).
+		Set("lease_expires_at = "+extended, lease, progress).
 		Exec(ctx)
 	if err != nil {
 		return fmt.Errorf("extending leases: %w", err)
