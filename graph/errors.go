@@ -40,13 +40,29 @@ func withRequestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Request-Id")
 		if !clientRequestID.MatchString(id) {
-			var b [12]byte
-			_, _ = rand.Read(b[:])
-			id = hex.EncodeToString(b[:])
+			id = newRequestID()
 		}
 		w.Header().Set("X-Request-Id", id)
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id)))
 	})
+}
+
+// newRequestID returns a fresh request id.
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// groupRequestID gives a shared subscription's execution a request id of
+// its own (live.Fanout.Detach), logging which member's request started it
+// so that a member quoting the group's id can be traced to its request.
+func groupRequestID(log *slog.Logger) func(context.Context) context.Context {
+	return func(ctx context.Context) context.Context {
+		id := newRequestID()
+		log.Debug("shared subscription started", "request_id", id, "started_by", RequestID(ctx))
+		return context.WithValue(ctx, requestIDKey{}, id)
+	}
 }
 
 // reasons maps gqlgen's own error codes for requests it refused before

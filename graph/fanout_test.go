@@ -410,3 +410,58 @@ func (st *fanSSEStream) until(t *testing.T, want func(data string) bool) string 
 		}
 	}
 }
+
+// A shared group's errors carry a request id of the group's own, not its
+// first member's: that id, which its client may choose (X-Request-Id),
+// reached every other member of the group, another user among them.
+func TestASharedRenderCarriesItsOwnRequestID(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	tn := lvNewTenant(t, s)
+	bob := s.NewUser(t, tn.user.Tenant)
+
+	const doc = `subscription { jobUpdated { op id job { id input logs(first: 1) { message } } } }`
+	dial := func(token, rid string) *lvConn {
+		h := http.Header{}
+		h.Set("X-Request-Id", rid)
+		ws := wsDial(t, s, map[string]any{"Authorization": "Bearer " + token}, h)
+		c := &lvConn{t: t, ws: ws, msgs: make(chan lvMsg, 4096), closed: make(chan struct{}), skip: map[string]func(lvMsg) bool{}}
+		go func() {
+			defer close(c.closed)
+			for {
+				var m lvMsg
+				if err := wsjson.Read(context.Background(), ws, &m); err != nil {
+					c.err = err
+					return
+				}
+				c.msgs <- m
+			}
+		}()
+		return c
+	}
+	alice := dial(tn.user.Token, "alice-private-marker-0001")
+	alice.subscribe("a", doc, nil)
+	fanStats(t, s, 1, 1)
+	fanLive(t, tn, alice, "a")
+	b := dial(bob.Token, "bob-own-request-0002")
+	b.subscribe("b", doc, nil)
+	fanStats(t, s, 1, 2)
+
+	// Provoke an INTERNAL field error in the shared render.
+	_, err := s.DB.ExecContext(t.Context(), "ALTER TABLE robot_logs RENAME TO robot_logs_gone")
+	require.NoError(t, err)
+	j := tn.enqueue(tn.wf, nil)
+	for {
+		m, ok := b.recv(lvWait)
+		require.True(t, ok)
+		if m.field("id") != j.ID {
+			continue
+		}
+		var p struct{ Errors []apitest.Error }
+		require.NoError(t, json.Unmarshal(m.Payload, &p))
+		require.NotEmpty(t, p.Errors)
+		require.NotContains(t, string(m.Payload), "alice-private-marker-0001", "bob got alice's request id")
+		require.NotEmpty(t, p.Errors[0].Extensions["requestId"], "the group's own")
+		return
+	}
+}

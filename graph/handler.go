@@ -180,6 +180,7 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	// share one execution and its encoded results, on every transport.
 	fanout := live.NewFanout(shareSubscription)
 	fanout.Metrics = cfg.Metrics
+	fanout.Detach = groupRequestID(cfg.Logger)
 	var running atomic.Int64
 	fanout.Yield = func() bool { return running.Load() > 0 }
 	// Every transport presents at most Limits.Errors of a refused

@@ -58,6 +58,11 @@ type Fanout struct {
 	// while they are, one writer runs, so that a process saturated by
 	// delivery keeps CPU for its requests (nil: never).
 	Yield func() bool
+	// Detach, when set, gives a group's execution context what is its own
+	// rather than the starting member's (a request id of its own: every
+	// member gets the group's errors, and one member's request id, which
+	// its client may choose, reached the others).
+	Detach func(context.Context) context.Context
 	// Metrics counts shared renders (nil: off).
 	Metrics *metrics.Metrics
 
@@ -569,6 +574,9 @@ func (f *Fanout) join(ctx context.Context, exec graphql.GraphExecutor, rc *graph
 	// not its cancellation, and its principal does not expire (each member
 	// ends at its own credential's expiry, in attach).
 	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if f.Detach != nil {
+		gctx = f.Detach(gctx)
+	}
 	if p := auth.FromContext(ctx); p != nil {
 		shared := *p
 		shared.ExpiresAt = time.Time{}
