@@ -112,3 +112,20 @@ func notFoundIfNoRows(err error, what string) error {
 // then through its jobs the workflow's). Only a deletion (deleteRobot,
 // deleteSchedule) takes FOR UPDATE.
 const parentChange = "NO KEY UPDATE"
+
+// quietly runs fn, in tx, with the change feed quiet for the jobs it
+// updates (fleetgraph.detach, migration 0020): a deletion detaching the
+// finished jobs that name what it deletes, which would otherwise notify
+// every dashboard of the tenant once per job of its history.
+func quietly(ctx context.Context, tx bun.Tx, fn func() error) error {
+	if _, err := tx.ExecContext(ctx, "SET LOCAL fleetgraph.detach = 'on'"); err != nil {
+		return fmt.Errorf("quieting the change feed: %w", err)
+	}
+	if err := fn(); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, "SET LOCAL fleetgraph.detach = 'off'"); err != nil {
+		return fmt.Errorf("restoring the change feed: %w", err)
+	}
+	return nil
+}

@@ -29,6 +29,9 @@ const (
 // liveJobStatuses are the states in which a robot holds a job.
 var liveJobStatuses = []JobStatus{JobClaimed, JobRunning}
 
+// finishedJobStatuses are the statuses a job ends in: its history.
+var finishedJobStatuses = []JobStatus{JobCompleted, JobFailed, JobCancelled}
+
 // JobQueuedChannel is the NOTIFY channel told (with the tenant id) whenever
 // jobs become claimable, so waiting claims wake at once.
 const JobQueuedChannel = "fleetgraph_job_queued"

@@ -464,10 +464,14 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 		if err := releaseDeletedRobotsJobs(ctx, tx, r); err != nil {
 			return err
 		}
-		if _, err := tx.NewDelete().Model(r).WherePK().Returning("id").Exec(ctx, &deleted); err != nil {
-			return fmt.Errorf("deleting the robot: %w", err)
-		}
-		return nil
+		// Its live jobs are released; the foreign keys' SET NULL now
+		// detaches its history, quietly.
+		return quietly(ctx, tx, func() error {
+			if _, err := tx.NewDelete().Model(r).WherePK().Returning("id").Exec(ctx, &deleted); err != nil {
+				return fmt.Errorf("deleting the robot: %w", err)
+			}
+			return nil
+		})
 	})
 	if err == nil {
 		s.Keys.Invalidate("robot:"+deleted.String(), false)

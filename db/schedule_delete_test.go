@@ -1,6 +1,7 @@
 package db_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/auth"
@@ -402,4 +404,70 @@ func waitForLockWaiters(t *testing.T, d *dbtest.Database, n int, msg string) {
 			`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got)
 		return err == nil && got == n
 	}, 2*time.Minute, 10*time.Millisecond, msg)
+}
+
+// Deleting a schedule or a robot detaches its finished jobs without a
+// notification each: a schedule with 20,000 jobs of history notified
+// 20,000 times, and every dashboard of the tenant fell behind and was
+// ended. Its live jobs are detached (or released) with their events.
+func TestDeletingDetachesHistoryQuietly(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	ctx := t.Context()
+	tenant := uuid.New()
+	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
+	workflows := db.NewWorkflows()
+	jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
+	robots := db.NewRobots(db.DefaultQueueConfig)
+	schedules := db.NewSchedules(jobs, workflows, time.Now)
+	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
+	require.NoError(t, err)
+	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
+	require.NoError(t, err)
+	sch, err := schedules.Create(svc, d.DB, db.CreateScheduleInput{Name: "s", WorkflowID: wf.ID, CronExpression: "@yearly"})
+	require.NoError(t, err)
+	// History: 300 finished jobs of the schedule, run by the robot.
+	_, err = d.ExecContext(ctx, `INSERT INTO jobs (tenant_id, workflow_id, workflow_version, status, finished_at, created_by, schedule_id, scheduled_for, robot_id)
+		SELECT ?, ?, 1, 'COMPLETED', now(), 'test', ?, now() - make_interval(mins => i), ? FROM generate_series(1, 300) i`, tenant, wf.ID, sch.ID, r.ID)
+	require.NoError(t, err)
+	live, err := schedules.Trigger(svc, d.DB, sch.ID) // queued
+	require.NoError(t, err)
+
+	l := pq.NewListener(d.DSN, time.Second, time.Minute, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	require.NoError(t, l.Listen("fleetgraph_change"))
+	// heard returns the job notifications that come before the marker's.
+	heard := func() (ids []string) {
+		t.Helper()
+		marker, err := jobs.Enqueue(svc, d.DB, db.EnqueueJobInput{WorkflowID: wf.ID})
+		require.NoError(t, err)
+		deadline := time.After(2 * time.Minute)
+		for {
+			select {
+			case n := <-l.Notify:
+				if n == nil || !strings.Contains(n.Extra, `"k" : "job"`) {
+					continue
+				}
+				if strings.Contains(n.Extra, marker.ID.String()) {
+					return ids
+				}
+				var c struct{ ID string }
+				require.NoError(t, json.Unmarshal([]byte(n.Extra), &c))
+				ids = append(ids, c.ID)
+			case <-deadline:
+				require.FailNow(t, "no notification of the marker")
+			}
+		}
+	}
+	heard() // the listener is listening
+
+	_, err = schedules.Delete(svc, d.DB, sch.ID)
+	require.NoError(t, err)
+	require.Equal(t, []string{live.ID.String()}, heard(), "only the live job's detachment is heard")
+	_, err = robots.Delete(svc, d.DB, r.ID)
+	require.NoError(t, err)
+	require.Empty(t, heard(), "the robot's history is detached quietly")
+	var named int
+	require.NoError(t, d.NewRaw(`SELECT count(*) FROM jobs WHERE schedule_id IS NOT NULL OR robot_id IS NOT NULL`).Scan(ctx, &named))
+	require.Zero(t, named, "detached all the same")
 }
