@@ -197,12 +197,37 @@ type UpdateWebhookEndpointInput struct {
 // Webhooks is the store of webhook endpoints, the outbox and deliveries.
 type Webhooks struct {
 	cfg WebhookConfig
+	// sends limits each endpoint's test sends and redeliveries.
+	sends *tokenBuckets
 }
+
+// ManualSendLimit bounds, per endpoint and process, the deliveries a
+// tenant queues by hand (sendTestWebhook, redeliverWebhook): each is an
+// outbound request to the endpoint's address, which may be a third
+// party's, and one request of 50 aliases queued 50 of them, as often as
+// it was sent. A person testing an endpoint fits in the burst of 10; past
+// it, one a second.
+var ManualSendLimit = RateLimit{PerSecond: 1, Burst: 10}
 
 // NewWebhooks returns the webhook store.
 func NewWebhooks(cfg WebhookConfig) *Webhooks {
 	cfg.defaults()
-	return &Webhooks{cfg: cfg}
+	sends := newTokenBuckets(ManualSendLimit, time.Now, func(wait float64) error {
+		e := fault.New(fault.RateLimited, "too many deliveries were sent to this endpoint by hand; try again in %.0f s", wait)
+		e.Extra = map[string]any{"limit": "WEBHOOK_MANUAL_SENDS", "max": ManualSendLimit.PerSecond, "retryAfter": int(wait)}
+		return e
+	})
+	return &Webhooks{cfg: cfg, sends: sends}
+}
+
+// sendByHand charges endpoint one delivery queued by hand, or refuses
+// (ManualSendLimit).
+func (s *Webhooks) sendByHand(endpoint uuid.UUID) error {
+	if err := s.sends.allow(endpoint.String()); err != nil {
+		return err
+	}
+	s.sends.spend(endpoint.String())
+	return nil
 }
 
 // newWebhookSecret returns a Standard Webhooks secret: whsec_ and the
@@ -627,6 +652,9 @@ func (s *Webhooks) Redeliver(ctx context.Context, idb bun.IDB, deliveryID uuid.U
 		if err := s.requireEnabled(ctx, tx, sc, d.EndpointID); err != nil {
 			return err
 		}
+		if err := s.sendByHand(d.EndpointID); err != nil {
+			return err
+		}
 		out = &WebhookDelivery{TenantID: d.TenantID, EndpointID: d.EndpointID, EventID: d.EventID, SubjectID: d.SubjectID,
 			EventType: d.EventType, Status: DeliveryPending, Attempts: []WebhookAttempt{}}
 		if _, err := tx.NewInsert().Model(out).Returning("*").Exec(ctx); err != nil {
@@ -661,6 +689,9 @@ func (s *Webhooks) SendTest(ctx context.Context, idb bun.IDB, endpointID uuid.UU
 	var out *WebhookDelivery
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		if err := s.requireEnabled(ctx, tx, sc, endpointID); err != nil {
+			return err
+		}
+		if err := s.sendByHand(endpointID); err != nil {
 			return err
 		}
 		data := map[string]any{"endpointId": endpointID, "message": "a test event sent by " + sc.actor}

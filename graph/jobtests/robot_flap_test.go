@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/apitest"
+	"fleetgraph/db"
 )
 
 // A robot that goes OFFLINE and back in a loop is refused past a burst:
@@ -142,4 +143,40 @@ func TestAHeartbeatExtendsOnlyLeasesThatNeedIt(t *testing.T) {
 	_, left = version()
 	require.Greater(t, left, 50*time.Minute, "extended from now")
 	require.Equal(t, "COMPLETED", r.Complete(t, l, nil).Status)
+}
+
+// Deliveries queued by hand (sendTestWebhook, redeliverWebhook) are
+// limited per endpoint: each is an outbound request to an address the
+// tenant chose, a third party's perhaps, and one request of 50 aliases
+// queued 50, as often as it was sent.
+func TestDeliveriesByHandAreLimited(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	tn := apitest.NewTenant(t, s)
+	var ep struct{ CreateWebhookEndpoint struct{ Endpoint struct{ ID string } } }
+	tn.Do(t, `mutation { createWebhookEndpoint(input: {url: "http://127.0.0.1:1/x", events: ["job.completed"]}) { endpoint { id } } }`, nil, &ep)
+	id := ep.CreateWebhookEndpoint.Endpoint.ID
+	deliveries := func() int {
+		var n int
+		require.NoError(t, s.DB.NewRaw(`SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = ?`, id).Scan(t.Context(), &n))
+		return n
+	}
+	var aliases strings.Builder
+	aliases.WriteString(`mutation($e: ID!) {`)
+	for i := range 50 {
+		fmt.Fprintf(&aliases, ` a%d: sendTestWebhook(endpointId: $e) { id }`, i)
+	}
+	res := s.Do(t, tn.User.Token, aliases.String()+"}", map[string]any{"e": id})
+	require.Equal(t, db.ManualSendLimit.Burst, deliveries(), "the burst, not 50")
+	e := res.Code(t, "RATE_LIMITED")
+	require.Equal(t, "WEBHOOK_MANUAL_SENDS", e.Extensions["limit"])
+
+	var first struct{ WebhookDeliveries struct{ Edges []struct{ Node struct{ ID string } } } }
+	tn.Do(t, `query($e: ID!) { webhookDeliveries(endpointId: $e, first: 1) { edges { node { id } } } }`, map[string]any{"e": id}, &first)
+	delivery := first.WebhookDeliveries.Edges[0].Node.ID
+	_, err := s.DB.ExecContext(t.Context(), `UPDATE webhook_deliveries SET status = 'FAILED' WHERE id = ?`, delivery) // as if it had failed
+	require.NoError(t, err)
+	r := s.Do(t, tn.User.Token, `mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { id } }`, map[string]any{"d": delivery})
+	require.Equal(t, "WEBHOOK_MANUAL_SENDS", r.Code(t, "RATE_LIMITED").Extensions["limit"], "redeliveries share the limit")
+	require.Equal(t, db.ManualSendLimit.Burst, deliveries())
 }
