@@ -153,7 +153,9 @@ func TestDeliveriesByHandAreLimited(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
 	tn := apitest.NewTenant(t, s)
-	var ep struct{ CreateWebhookEndpoint struct{ Endpoint struct{ ID string } } }
+	var ep struct {
+		CreateWebhookEndpoint struct{ Endpoint struct{ ID string } }
+	}
 	tn.Do(t, `mutation { createWebhookEndpoint(input: {url: "http://127.0.0.1:1/x", events: ["job.completed"]}) { endpoint { id } } }`, nil, &ep)
 	id := ep.CreateWebhookEndpoint.Endpoint.ID
 	deliveries := func() int {
@@ -171,7 +173,11 @@ func TestDeliveriesByHandAreLimited(t *testing.T) {
 	e := res.Code(t, "RATE_LIMITED")
 	require.Equal(t, "WEBHOOK_MANUAL_SENDS", e.Extensions["limit"])
 
-	var first struct{ WebhookDeliveries struct{ Edges []struct{ Node struct{ ID string } } } }
+	var first struct {
+		WebhookDeliveries struct {
+			Edges []struct{ Node struct{ ID string } }
+		}
+	}
 	tn.Do(t, `query($e: ID!) { webhookDeliveries(endpointId: $e, first: 1) { edges { node { id } } } }`, map[string]any{"e": id}, &first)
 	delivery := first.WebhookDeliveries.Edges[0].Node.ID
 	_, err := s.DB.ExecContext(t.Context(), `UPDATE webhook_deliveries SET status = 'FAILED' WHERE id = ?`, delivery) // as if it had failed
