@@ -113,10 +113,11 @@ func notFoundIfNoRows(err error, what string) error {
 // deleteSchedule) takes FOR UPDATE.
 const parentChange = "NO KEY UPDATE"
 
-// quietly runs fn, in tx, with the change feed quiet for the jobs it
-// updates (fleetgraph.detach, migration 0020): a deletion detaching the
-// finished jobs that name what it deletes, which would otherwise notify
-// every dashboard of the tenant once per job of its history.
+// quietly runs fn, in tx, with the change feed quiet for the finished
+// jobs it updates that stay finished (fleetgraph.detach, migration 0020):
+// a deletion detaching the history that names what it deletes, which
+// would otherwise notify every dashboard of the tenant once per job. A
+// live job fn changes, or one it finishes, notifies as ever.
 func quietly(ctx context.Context, tx bun.Tx, fn func() error) error {
 	if _, err := tx.ExecContext(ctx, "SET LOCAL fleetgraph.detach = 'on'"); err != nil {
 		return fmt.Errorf("quieting the change feed: %w", err)

@@ -416,14 +416,17 @@ func (s *Robots) Update(ctx context.Context, idb bun.IDB, id uuid.UUID, in Updat
 		if err := inTenant(sc, tx.NewSelect().Model((*Robot)(nil)).Column("status").Where("r.id = ?", id), "r").For(parentChange).Scan(ctx, &was); err != nil {
 			return notFoundIfNoRows(err, "robot")
 		}
-		if in.Status != nil && (was == RobotOffline) != (*in.Status == RobotOffline) {
+		coming := in.Status != nil && (was == RobotOffline) != (*in.Status == RobotOffline)
+		if coming {
 			if err := s.comings.allow(id.String()); err != nil {
 				return err
 			}
-			s.comings.spend(id.String())
 		}
 		if err := q.Conn(tx).Returning("*").Scan(ctx, r); err != nil {
 			return notFoundIfNoRows(constraintError(err, robotConstraints), "robot")
+		}
+		if coming { // charged once written: a refused name costs no change
+			s.comings.spend(id.String())
 		}
 		return recordRobotChange(ctx, tx, was, r)
 	})
@@ -461,12 +464,13 @@ func (s *Robots) Delete(ctx context.Context, idb bun.IDB, id uuid.UUID) (uuid.UU
 		if err := lockRobotsJobs(ctx, tx, r.ID); err != nil {
 			return err
 		}
-		if err := releaseDeletedRobotsJobs(ctx, tx, r); err != nil {
-			return err
-		}
-		// Its live jobs are released; the foreign keys' SET NULL now
-		// detaches its history, quietly.
+		// Its live jobs are released (or cancelled) with their events; its
+		// history, marked target_lost and detached by the foreign keys'
+		// SET NULL, quietly.
 		return quietly(ctx, tx, func() error {
+			if err := releaseDeletedRobotsJobs(ctx, tx, r); err != nil {
+				return err
+			}
 			if _, err := tx.NewDelete().Model(r).WherePK().Returning("id").Exec(ctx, &deleted); err != nil {
 				return fmt.Errorf("deleting the robot: %w", err)
 			}

@@ -426,11 +426,16 @@ func TestDeletingDetachesHistoryQuietly(t *testing.T) {
 	require.NoError(t, err)
 	sch, err := schedules.Create(svc, d.DB, db.CreateScheduleInput{Name: "s", WorkflowID: wf.ID, CronExpression: "@yearly"})
 	require.NoError(t, err)
-	// History: 300 finished jobs of the schedule, run by the robot.
+	// History: 300 finished jobs of the schedule, run by the robot, and
+	// 100 more aimed at it.
 	_, err = d.ExecContext(ctx, `INSERT INTO jobs (tenant_id, workflow_id, workflow_version, status, finished_at, created_by, schedule_id, scheduled_for, robot_id)
 		SELECT ?, ?, 1, 'COMPLETED', now(), 'test', ?, now() - make_interval(mins => i), ? FROM generate_series(1, 300) i`, tenant, wf.ID, sch.ID, r.ID)
 	require.NoError(t, err)
-	live, err := schedules.Trigger(svc, d.DB, sch.ID) // queued
+	_, err = d.ExecContext(ctx, `INSERT INTO jobs (tenant_id, workflow_id, workflow_version, status, finished_at, created_by, robot_id, target_robot_id)
+		SELECT ?, ?, 1, 'FAILED', now(), 'test', ?, ? FROM generate_series(1, 100) i`, tenant, wf.ID, r.ID, r.ID)
+	require.NoError(t, err)
+	aimed, err := jobs.Enqueue(svc, d.DB, db.EnqueueJobInput{WorkflowID: wf.ID, RobotID: &r.ID}) // queued, aimed
+	live, err := schedules.Trigger(svc, d.DB, sch.ID)                                            // queued
 	require.NoError(t, err)
 
 	l := pq.NewListener(d.DSN, time.Second, time.Minute, nil)
@@ -466,8 +471,10 @@ func TestDeletingDetachesHistoryQuietly(t *testing.T) {
 	require.Equal(t, []string{live.ID.String()}, heard(), "only the live job's detachment is heard")
 	_, err = robots.Delete(svc, d.DB, r.ID)
 	require.NoError(t, err)
-	require.Empty(t, heard(), "the robot's history is detached quietly")
-	var named int
-	require.NoError(t, d.NewRaw(`SELECT count(*) FROM jobs WHERE schedule_id IS NOT NULL OR robot_id IS NOT NULL`).Scan(ctx, &named))
+	require.Equal(t, []string{aimed.ID.String()}, heard(), "only the live job aimed at it is heard (cancelled); its history quietly")
+	var named, lost int
+	require.NoError(t, d.NewRaw(`SELECT count(*) FROM jobs WHERE schedule_id IS NOT NULL OR robot_id IS NOT NULL OR target_robot_id IS NOT NULL`).Scan(ctx, &named))
 	require.Zero(t, named, "detached all the same")
+	require.NoError(t, d.NewRaw(`SELECT count(*) FROM jobs WHERE target_lost`).Scan(ctx, &lost))
+	require.Equal(t, 101, lost)
 }

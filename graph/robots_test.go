@@ -1043,8 +1043,10 @@ func TestHeartbeat(t *testing.T) {
 		rbMustClaim(t, s, otherKey, others.ID)
 
 		// Leases far from running out, and a value that no extension would
-		// choose.
-		_, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = now() + interval '2 days' WHERE id IN (?, ?, ?)`, claimed.ID, running.ID, others.ID).Exec(t.Context())
+		// choose; the running job's about to run out.
+		_, err := s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = now() + interval '2 days' WHERE id IN (?, ?)`, claimed.ID, others.ID).Exec(t.Context())
+		require.NoError(t, err)
+		_, err = s.DB.NewRaw(`UPDATE jobs SET lease_expires_at = now() + interval '1 second' WHERE id = ?`, running.ID).Exec(t.Context())
 		require.NoError(t, err)
 		// leaseAfterBeat is a job's lease as it stands, counted from its
 		// holder's last heartbeat (both written by the database's clock).

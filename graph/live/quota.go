@@ -128,10 +128,12 @@ type SocketPlace struct {
 // a caller's 500 sockets as many. A result is refused (the subscription
 // ends, SLOW_CONSUMER) when others wait already and it would pass a bound;
 // one result alone always waits, so a socket holds at most 8 MiB or one
-// result waiting, besides the one being written, and a caller 64 MiB and
-// one result. A shared group's members are bounded by their group
-// (DefaultMemberBytes); a query's or mutation's answer, which has run,
-// always waits (a socket runs at most MaxRunningPerConnection of them).
+// result waiting, and a caller 64 MiB and one result, besides the one
+// result each socket is writing (until its write timeout, for a client
+// that stopped reading). A shared group's members are bounded by their
+// group (DefaultMemberBytes); a query's or mutation's answer, which has
+// run, always waits (a socket runs at most MaxRunningPerConnection of
+// them).
 const (
 	SocketResultBytes = 8 << 20
 	CallerResultBytes = 64 << 20
