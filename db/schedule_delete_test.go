@@ -435,7 +435,8 @@ func TestDeletingDetachesHistoryQuietly(t *testing.T) {
 		SELECT ?, ?, 1, 'FAILED', now(), 'test', ?, ? FROM generate_series(1, 100) i`, tenant, wf.ID, r.ID, r.ID)
 	require.NoError(t, err)
 	aimed, err := jobs.Enqueue(svc, d.DB, db.EnqueueJobInput{WorkflowID: wf.ID, RobotID: &r.ID}) // queued, aimed
-	live, err := schedules.Trigger(svc, d.DB, sch.ID)                                            // queued
+	require.NoError(t, err)
+	live, err := schedules.Trigger(svc, d.DB, sch.ID) // queued
 	require.NoError(t, err)
 
 	l := pq.NewListener(d.DSN, time.Second, time.Minute, nil)
