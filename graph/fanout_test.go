@@ -424,20 +424,7 @@ func TestASharedRenderCarriesItsOwnRequestID(t *testing.T) {
 	dial := func(token, rid string) *lvConn {
 		h := http.Header{}
 		h.Set("X-Request-Id", rid)
-		ws := wsDial(t, s, map[string]any{"Authorization": "Bearer " + token}, h)
-		c := &lvConn{t: t, ws: ws, msgs: make(chan lvMsg, 4096), closed: make(chan struct{}), skip: map[string]func(lvMsg) bool{}}
-		go func() {
-			defer close(c.closed)
-			for {
-				var m lvMsg
-				if err := wsjson.Read(context.Background(), ws, &m); err != nil {
-					c.err = err
-					return
-				}
-				c.msgs <- m
-			}
-		}()
-		return c
+		return lvConnectWith(t, s, token, h)
 	}
 	alice := dial(tn.user.Token, "alice-private-marker-0001")
 	alice.subscribe("a", doc, nil)

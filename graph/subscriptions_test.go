@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -157,11 +158,17 @@ type lvConn struct {
 // lvConnect opens an acknowledged connection for a user's token or a robot's key.
 func lvConnect(t *testing.T, s *apitest.Server, credential string) *lvConn {
 	t.Helper()
+	return lvConnectWith(t, s, credential, nil)
+}
+
+// lvConnectWith is lvConnect with the upgrade request's header.
+func lvConnectWith(t *testing.T, s *apitest.Server, credential string, header http.Header) *lvConn {
+	t.Helper()
 	payload := map[string]any{}
 	if credential != "" {
 		payload["Authorization"] = "Bearer " + credential
 	}
-	ws := wsDial(t, s, payload, nil)
+	ws := wsDial(t, s, payload, header)
 	c := &lvConn{t: t, ws: ws, msgs: make(chan lvMsg, 4096), closed: make(chan struct{}), skip: map[string]func(lvMsg) bool{}}
 	go func() {
 		defer close(c.closed)

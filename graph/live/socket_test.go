@@ -186,32 +186,7 @@ func TestASubscribeWhileTheSocketShutsHoldsNothing(t *testing.T) {
 	}
 
 	// A socket on a bare connection, so that it can end with an RST.
-	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "http://"), wait)
-	require.NoError(t, err)
-	defer nc.Close()
-	key := make([]byte, 16)
-	_, _ = rand.Read(key)
-	_, err = fmt.Fprintf(nc, "GET /graphql HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
-		strings.TrimPrefix(s.URL, "http://"), base64.StdEncoding.EncodeToString(key))
-	require.NoError(t, err)
-	send := func(v any) {
-		b, err := json.Marshal(v)
-		require.NoError(t, err)
-		_, err = nc.Write(maskedTextFrame(b))
-		require.NoError(t, err)
-	}
-	br := bufio.NewReader(nc)
-	resp, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
-	send(map[string]any{"type": "connection_init", "payload": map[string]any{"apiKey": robot.Key}})
-	// Keep-alive pings (every 100 ms) may come first on a busy machine.
-	var ack msg
-	for ack.Type == "" || ack.Type == "ping" {
-		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &ack))
-	}
-	require.Equal(t, "connection_ack", ack.Type)
+	nc, _, send := rawSocket(t, s, map[string]any{"apiKey": robot.Key})
 
 	release := s.LockTable(t, "api_keys")
 	send(map[string]any{"id": "held", "type": "subscribe", "payload": map[string]any{"query": sub}})
@@ -384,31 +359,7 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
 			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
 	}
-	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "http://"), wait)
-	require.NoError(t, err)
-	defer nc.Close()
-	key := make([]byte, 16)
-	_, _ = rand.Read(key)
-	_, err = fmt.Fprintf(nc, "GET /graphql HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
-		strings.TrimPrefix(s.URL, "http://"), base64.StdEncoding.EncodeToString(key))
-	require.NoError(t, err)
-	send := func(v any) {
-		b, err := json.Marshal(v)
-		require.NoError(t, err)
-		_, err = nc.Write(maskedTextFrame(b))
-		require.NoError(t, err)
-	}
-	br := bufio.NewReader(nc)
-	resp, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
-	send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + u.Token}})
-	var ack msg
-	for ack.Type == "" || ack.Type == "ping" {
-		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &ack))
-	}
-	require.Equal(t, "connection_ack", ack.Type)
+	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
 
 	// Twenty subscriptions of one machine each render its current state
 	// at once (72 MB), and the client reads none of it.
@@ -470,31 +421,7 @@ func TestAnAnswerWaitsForABusySocket(t *testing.T) {
 		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
 			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
 	}
-	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "http://"), wait)
-	require.NoError(t, err)
-	defer nc.Close()
-	key := make([]byte, 16)
-	_, _ = rand.Read(key)
-	_, err = fmt.Fprintf(nc, "GET /graphql HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
-		strings.TrimPrefix(s.URL, "http://"), base64.StdEncoding.EncodeToString(key))
-	require.NoError(t, err)
-	send := func(v any) {
-		b, err := json.Marshal(v)
-		require.NoError(t, err)
-		_, err = nc.Write(maskedTextFrame(b))
-		require.NoError(t, err)
-	}
-	br := bufio.NewReader(nc)
-	resp, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
-	send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + u.Token}})
-	var ack msg
-	for ack.Type == "" || ack.Type == "ping" {
-		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &ack))
-	}
-	require.Equal(t, "connection_ack", ack.Type)
+	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
 
 	send(map[string]any{"id": "big", "type": "subscribe", "payload": map[string]any{
 		"query":     `query($m: ID!) { machine(id: $m) { events(first: 150) { edges { node { details } } } } }`,
@@ -537,7 +464,7 @@ func TestAnAnswerWaitsForABusySocket(t *testing.T) {
 		return n == 1
 	})
 	// The client reads again: the big result, then the mutation's answer.
-	_, err = io.ReadFull(br, make([]byte, size))
+	_, err := io.ReadFull(br, make([]byte, size))
 	require.NoError(t, err)
 	for {
 		var got msg
@@ -548,4 +475,39 @@ func TestAnAnswerWaitsForABusySocket(t *testing.T) {
 		require.Equal(t, "next", got.Type, "the committed mutation's answer: %s", got.Payload)
 		return
 	}
+}
+
+// rawSocket opens a graphql-transport-ws socket on a bare connection, so
+// that a test can stop reading it (or end it with an RST), and
+// acknowledges it with init's payload: the connection, its reader (past
+// the ack) and a sender of client frames.
+func rawSocket(t *testing.T, s *apitest.Server, init map[string]any) (net.Conn, *bufio.Reader, func(any)) {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "http://"), wait)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = nc.Close() })
+	key := make([]byte, 16)
+	_, _ = rand.Read(key)
+	_, err = fmt.Fprintf(nc, "GET /graphql HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
+		strings.TrimPrefix(s.URL, "http://"), base64.StdEncoding.EncodeToString(key))
+	require.NoError(t, err)
+	send := func(v any) {
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		_, err = nc.Write(maskedTextFrame(b))
+		require.NoError(t, err)
+	}
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	send(map[string]any{"type": "connection_init", "payload": init})
+	// Keep-alive pings may come first on a busy machine.
+	var ack msg
+	for ack.Type == "" || ack.Type == "ping" {
+		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &ack))
+	}
+	require.Equal(t, "connection_ack", ack.Type)
+	return nc, br, send
 }
