@@ -28,6 +28,10 @@ func TestResyncBatchesHoldWhatAShipHolds(t *testing.T) {
 	ctx := t.Context()
 	tenant, a, b := uuid.New(), uuid.New(), uuid.New()
 	const lines = 2*db.MaxShipBatch + 7
+	// The lines span the last 2,007 seconds: yesterday's too, just after
+	// midnight (UTC), whose partition a template migrated today lacks.
+	_, err := d.ExecContext(ctx, "SELECT fleetgraph_ensure_log_partition(((now() - make_interval(secs => ?)) AT TIME ZONE 'UTC')::date)", lines)
+	require.NoError(t, err)
 	for _, robot := range []uuid.UUID{a, b} {
 		_, err := d.ExecContext(ctx, `INSERT INTO robot_logs (tenant_id, robot_id, level, message, at)
 			SELECT ?, ?, 20, 'line ' || g, now() - make_interval(secs => ? - g) FROM generate_series(1, ?) g`, tenant, robot, lines, lines)
