@@ -136,12 +136,7 @@ func (s *Machines) EventPages(ctx context.Context, idb bun.IDB, keys []EventPage
 // event of the machine when the types named are rare or old, however small
 // the page; this way at most len(types)×n events are read.
 func eachTypesNewest(idb bun.IDB, machine *bun.SelectQuery, types []string, n int) *bun.SelectQuery {
-	var once []string
-	for _, t := range types {
-		if !slices.Contains(once, t) {
-			once = append(once, t)
-		}
-	}
+	once := distinct(types)
 	perType := machine.Where("e.event_type = t.type").
 		OrderExpr("e.event_type, e.id DESC").Apply(limitRows(n))
 	return idb.NewSelect().
@@ -149,6 +144,18 @@ func eachTypesNewest(idb bun.IDB, machine *bun.SelectQuery, types []string, n in
 		Join("CROSS JOIN LATERAL (?) AS e", perType).
 		ColumnExpr("e.*").
 		OrderExpr("e.id DESC").Apply(limitRows(n))
+}
+
+// distinct returns types without repeats, in their first order (an event
+// type filter names at most 50).
+func distinct(types []string) []string {
+	var once []string
+	for _, t := range types {
+		if !slices.Contains(once, t) {
+			once = append(once, t)
+		}
+	}
+	return once
 }
 
 func checkEventTypes(types []string) error {
@@ -203,11 +210,8 @@ func (s *Machines) EventCounts(ctx context.Context, idb bun.IDB, keys []EventCou
 		if len(ts) == 0 {
 			everyKeyFilters = false
 		}
-		var once []string
-		for _, t := range ts {
-			if !slices.Contains(once, t) {
-				once = append(once, t)
-			}
+		once := distinct(ts)
+		for _, t := range once {
 			named[t] = true
 		}
 		filters[k.Types] = once
