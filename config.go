@@ -225,7 +225,7 @@ type configSettings struct {
 	jwtAudience, jwtIssuer, requireTenant                     *setting
 	origins, playground, introspection, autoMigrate, logLevel *setting
 	logFormat                                                 *setting
-	jobLease, jobProgress, offlineAfter                       *setting
+	jobLease, jobProgress, offlineAfter, takeoverGrace        *setting
 	logRetention, logPartitionsAhead                          *setting
 	auditRetention, webhookRetention, jobRetention            *setting
 	subsPerConnection, subsPerPrincipal                       *setting
@@ -254,6 +254,7 @@ func declareServe(s *settings) *configSettings {
 		jobLease:      s.add("JOB_LEASE_SECONDS", "job-lease-seconds", "60", "how long a claimed job's lease lasts: a claim must be started within it; heartbeats and progress reports extend a running job's"),
 		jobProgress:   s.add("JOB_PROGRESS_TIMEOUT_SECONDS", "job-progress-timeout-seconds", "600", "how long heartbeats keep a running job leased after its last progress report (at least JOB_LEASE_SECONDS)"),
 		offlineAfter:  s.add("ROBOT_OFFLINE_THRESHOLD", "robot-offline-threshold", "90", "seconds without a heartbeat after which a robot is OFFLINE"),
+		takeoverGrace: s.add("ROBOT_TAKEOVER_GRACE_SECONDS", "robot-takeover-grace-seconds", "60", "seconds a replica that takes over the maintenance (at start, after a database outage) gives robots to heartbeat before it marks silent ones OFFLINE and rescues expired leases (0: none)"),
 		logRetention: s.add("LOG_RETENTION_DAYS", "log-retention-days", strconv.Itoa(db.DefaultLogConfig.RetentionDays),
 			"days of robot logs and heartbeat history kept; older whole days are dropped daily"),
 		auditRetention: s.add("AUDIT_RETENTION_DAYS", "audit-retention-days", strconv.Itoa(db.DefaultRetentionConfig.AuditDays),
@@ -371,6 +372,9 @@ func (cs *configSettings) resolve() (*config, error) {
 			int(c.queue.Lease.Seconds()), int(c.queue.ProgressTimeout.Seconds()))
 	}
 	if c.queue.OfflineAfter, err = cs.offlineAfter.Seconds(5, 86400); err != nil {
+		return nil, err
+	}
+	if c.queue.TakeoverGrace, err = cs.takeoverGrace.Seconds(0, 86400); err != nil {
 		return nil, err
 	}
 	if c.logs.RetentionDays, err = cs.logRetention.Int(1, 3650); err != nil {

@@ -401,6 +401,7 @@ func TestServeConfigErrors(t *testing.T) {
 		{name: "JobProgressTimeout", env: env{"JOB_PROGRESS_TIMEOUT_SECONDS": "later"}, want: "JOB_PROGRESS_TIMEOUT_SECONDS"},
 		{name: "JobProgressTimeoutBelowLease", env: env{"JOB_LEASE_SECONDS": "120", "JOB_PROGRESS_TIMEOUT_SECONDS": "60"}, want: "JOB_PROGRESS_TIMEOUT_SECONDS (--job-progress-timeout-seconds) must be at least JOB_LEASE_SECONDS"},
 		{name: "OfflineThreshold", env: env{"ROBOT_OFFLINE_THRESHOLD": "-5"}, want: "ROBOT_OFFLINE_THRESHOLD"},
+		{name: "TakeoverGrace", env: env{"ROBOT_TAKEOVER_GRACE_SECONDS": "-1"}, want: "ROBOT_TAKEOVER_GRACE_SECONDS"},
 		{name: "SubscriptionsPerConnection", env: env{"MAX_SUBSCRIPTIONS_PER_CONNECTION": "0"}, want: "MAX_SUBSCRIPTIONS_PER_CONNECTION"},
 		{name: "SubscriptionsPerPrincipal", env: env{"MAX_SUBSCRIPTIONS_PER_PRINCIPAL": "many"}, want: "MAX_SUBSCRIPTIONS_PER_PRINCIPAL"},
 		{name: "GCMinHeap", env: env{"GC_MIN_HEAP_MB": "-1"}, want: "GC_MIN_HEAP_MB"},

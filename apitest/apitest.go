@@ -147,10 +147,11 @@ type Options struct {
 // but with leases of an hour (heartbeats extending them for a day) and
 // robots silent for an hour before they are OFFLINE, so that no lease runs
 // out and no robot goes offline because a busy machine ran a test slowly.
-// Tests of expiry make time pass in the database, or set their own timings.
+// Tests of expiry make time pass in the database, or set their own timings;
+// no takeover grace holds back the first sweep after the server starts.
 func DefaultQueue() db.QueueConfig {
 	q := db.DefaultQueueConfig
-	q.Lease, q.ProgressTimeout, q.OfflineAfter = time.Hour, 24*time.Hour, time.Hour
+	q.Lease, q.ProgressTimeout, q.OfflineAfter, q.TakeoverGrace = time.Hour, 24*time.Hour, time.Hour, 0
 	return q
 }
 

@@ -207,7 +207,7 @@ func New(cfg Config) (*App, error) {
 	})
 	// The runner steps at least every second, for the scheduler.
 	runner := maintenance.New(maintenance.Config{DB: cfg.DB, Clock: cfg.Clock, Tick: min(cfg.SweepEvery, ScheduleEvery), Log: cfg.Logger})
-	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Logger, cfg.Metrics)
+	registerQueueTasks(runner, cfg.DB, robots, jobs, cfg.SweepEvery, cfg.Queue.TakeoverGrace, cfg.Logger, cfg.Metrics)
 	registerScheduleTasks(runner, cfg.DB, schedules, cfg.Logger)
 	deliverer := registerWebhookTasks(runner, cfg.DB, webhooks, cfg.Webhooks, clock, cfg.SweepEvery, cfg.Logger)
 	registerLogTasks(runner, cfg.DB, logs, cfg.Logger)
@@ -245,16 +245,17 @@ func registerWebhookTasks(r *maintenance.Runner, bdb *bun.DB, store *db.Webhooks
 
 // registerQueueTasks registers the robot fleet's upkeep: robots that stopped
 // heartbeating go OFFLINE, and jobs whose leases expired are taken back
-// (queued again while attempts remain, else failed).
-func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, jobs *db.Jobs, every time.Duration, log *slog.Logger, m *metrics.Metrics) {
-	r.Register(maintenance.Task{Name: "robots-offline", Every: every, Run: func(ctx context.Context, _ time.Time) error {
+// (queued again while attempts remain, else failed), both from
+// TakeoverGrace after the replica took the lead.
+func registerQueueTasks(r *maintenance.Runner, bdb *bun.DB, robots *db.Robots, jobs *db.Jobs, every, grace time.Duration, log *slog.Logger, m *metrics.Metrics) {
+	r.Register(maintenance.Task{Name: "robots-offline", Every: every, Grace: grace, Run: func(ctx context.Context, _ time.Time) error {
 		offline, err := robots.MarkSilentOffline(ctx, bdb)
 		if len(offline) > 0 {
 			log.Info("robots went offline", "count", len(offline))
 		}
 		return err
 	}})
-	r.Register(maintenance.Task{Name: "lease-rescue", Every: every, Run: func(ctx context.Context, _ time.Time) error {
+	r.Register(maintenance.Task{Name: "lease-rescue", Every: every, Grace: grace, Run: func(ctx context.Context, _ time.Time) error {
 		rescued, err := jobs.RescueExpired(ctx, bdb)
 		for _, j := range rescued {
 			m.LeaseRescued(string(j.Status))

@@ -109,6 +109,14 @@ type QueueConfig struct {
 	// HeartbeatSample is the least time between two stored heartbeats of a
 	// robot with an unchanged status.
 	HeartbeatSample time.Duration
+	// TakeoverGrace is how long after a replica takes over the maintenance
+	// (at its start, when the database comes back, when the leader before
+	// it stops) it waits before it marks silent robots OFFLINE and rescues
+	// expired leases. While no replica led, robots could not be heard
+	// from: after an outage longer than a lease, every robot would
+	// otherwise go OFFLINE and every running job be queued again while its
+	// robot still works on it. 0: no grace.
+	TakeoverGrace time.Duration
 }
 
 // DefaultProgressTimeout is ProgressTimeout when none is configured.
@@ -131,6 +139,7 @@ var DefaultQueueConfig = QueueConfig{
 	MaxRetryBackoff: 10 * time.Minute,
 	OfflineAfter:    90 * time.Second,
 	HeartbeatSample: time.Minute,
+	TakeoverGrace:   60 * time.Second,
 }
 
 // Robots is the store of robots and their heartbeats.

@@ -795,7 +795,7 @@ func TestSubscriptionFleetPresence(t *testing.T) {
 	t.Run("SilentRobotGoesOffline", func(t *testing.T) {
 		t.Parallel()
 		q := db.DefaultQueueConfig
-		q.OfflineAfter = time.Second
+		q.OfflineAfter, q.TakeoverGrace = time.Second, 0
 		s := apitest.New(t, apitest.Options{Queue: q})
 		tn := lvNewTenant(t, s)
 		r := tn.robot("r1", 1)

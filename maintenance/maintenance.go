@@ -83,6 +83,13 @@ type Task struct {
 	// whole interval: a daily task that met a busy table once must not
 	// wait a day.
 	Run func(ctx context.Context, now time.Time) error
+	// Grace, if set, is how long after this replica takes the leadership
+	// (at its start, when the database comes back, or when the leader
+	// before it stops) the task first runs. It is for tasks that judge
+	// robots by their silence: while no replica led (the database or every
+	// replica down) robots could not be heard from, so each gets Grace to
+	// get in touch before its silence counts.
+	Grace time.Duration
 }
 
 // RetryEvery is how soon a task whose last run failed is due again, unless
@@ -125,6 +132,7 @@ type Runner struct {
 	leading bool // read by Leading; leader is the runner goroutine's own
 
 	leader *bun.Conn // held while this process holds the lock
+	since  time.Time // the clock's time when it took the lock
 }
 
 // scheduled is a task, the start of the step it last ran in, and whether
@@ -218,7 +226,7 @@ func (r *Runner) Step(ctx context.Context) (bool, error) {
 	}
 	defer r.keepAlive(*r.leader)()
 	for _, t := range tasks {
-		if !t.last.IsZero() && start.Sub(t.last) < t.interval()-r.tick/2 {
+		if !t.last.IsZero() && start.Sub(t.last) < t.interval()-r.tick/2 || t.Grace > 0 && start.Sub(r.since) < t.Grace {
 			continue
 		}
 		t.last = start
@@ -297,7 +305,7 @@ func (r *Runner) lead(ctx context.Context) (bool, error) {
 		_ = conn.Close()
 		return false, nil
 	}
-	r.leader = &conn
+	r.leader, r.since = &conn, r.clock.Now()
 	r.log.Info("leading maintenance")
 	return true, nil
 }

@@ -185,6 +185,48 @@ func TestRunner(t *testing.T) {
 		require.False(t, leading, "the old leader notices it lost the lock and follows")
 	})
 
+	// A task with a grace first runs that long after its replica took the
+	// leadership, at its start and at a takeover alike; the others at once.
+	t.Run("ATaskWithAGraceWaitsAfterATakeover", func(t *testing.T) {
+		b := setup(t)
+		other, err := db.Open(t.Context(), b.db.DSN)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = other.Close() })
+		first, second := newRunner(t, b, b.db.DB), newRunner(t, b, other)
+		patient1, patient2, eager := &recorder{}, &recorder{}, &recorder{}
+		first.Register(maintenance.Task{Name: "patient", Every: time.Second, Grace: time.Minute, Run: patient1.run})
+		first.Register(maintenance.Task{Name: "eager", Every: time.Second, Run: eager.run})
+		second.Register(maintenance.Task{Name: "patient", Every: time.Second, Grace: time.Minute, Run: patient2.run})
+		ctx := t.Context()
+		start := b.clock.Now()
+		for range 61 {
+			leading, err := first.Step(ctx)
+			require.NoError(t, err)
+			require.True(t, leading)
+			b.clock.Advance(time.Second)
+		}
+		require.Equal(t, 61, eager.count())
+		require.Equal(t, []time.Time{start.Add(time.Minute)}, patient1.times, "a minute after the first step took the lead")
+
+		// The leader's session dies; the other replica takes over and
+		// waits its own minute.
+		var pid int
+		require.NoError(t, b.db.NewRaw("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").Scan(ctx, &pid))
+		_, err = other.ExecContext(ctx, "SELECT pg_terminate_backend(?)", pid)
+		require.NoError(t, err)
+		took := b.clock.Now()
+		require.Eventually(t, func() bool {
+			leading, err := second.Step(ctx)
+			return err == nil && leading
+		}, 30*time.Second, 10*time.Millisecond)
+		for range 60 {
+			b.clock.Advance(time.Second)
+			_, err := second.Step(ctx)
+			require.NoError(t, err)
+		}
+		require.Equal(t, []time.Time{took.Add(time.Minute)}, patient2.times)
+	})
+
 	// A leader that stops stepping (stuck, or its host gone) goes idle:
 	// PostgreSQL ends its session after the idle timeout, and with it the
 	// lock, so another replica leads.
