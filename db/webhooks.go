@@ -197,36 +197,43 @@ type UpdateWebhookEndpointInput struct {
 // Webhooks is the store of webhook endpoints, the outbox and deliveries.
 type Webhooks struct {
 	cfg WebhookConfig
-	// sends limits each endpoint's test sends and redeliveries.
+	// sends limits the test sends and redeliveries to each host, per tenant.
 	sends *tokenBuckets
 }
 
-// ManualSendLimit bounds, per endpoint and process, the deliveries a
-// tenant queues by hand (sendTestWebhook, redeliverWebhook): each is an
-// outbound request to the endpoint's address, which may be a third
-// party's, and one request of 50 aliases queued 50 of them, as often as
-// it was sent. A person testing an endpoint fits in the burst of 10; past
-// it, one a second.
+// ManualSendLimit bounds, per tenant, receiving host and process, the
+// deliveries a tenant queues by hand (sendTestWebhook, redeliverWebhook):
+// each is an outbound request to the endpoint's address, which may be a
+// third party's, and one request of 50 aliases queued 50 of them, as often
+// as it was sent. A person testing an endpoint fits in the burst of 10;
+// past it, one a second.
 var ManualSendLimit = RateLimit{PerSecond: 1, Burst: 10}
 
 // NewWebhooks returns the webhook store.
 func NewWebhooks(cfg WebhookConfig) *Webhooks {
 	cfg.defaults()
 	sends := newTokenBuckets(ManualSendLimit, time.Now, func(wait float64) error {
-		e := fault.New(fault.RateLimited, "too many deliveries were sent to this endpoint by hand; try again in %.0f s", wait)
+		e := fault.New(fault.RateLimited, "too many deliveries were sent to this endpoint's host by hand; try again in %.0f s", wait)
 		e.Extra = map[string]any{"limit": "WEBHOOK_MANUAL_SENDS", "max": ManualSendLimit.PerSecond, "retryAfter": int(wait)}
 		return e
 	})
 	return &Webhooks{cfg: cfg, sends: sends}
 }
 
-// sendByHand charges endpoint one delivery queued by hand, or refuses
-// (ManualSendLimit).
-func (s *Webhooks) sendByHand(endpoint uuid.UUID) error {
-	if err := s.sends.allow(endpoint.String()); err != nil {
+// sendByHand charges the address of endpoint w one delivery queued by
+// hand, or refuses (ManualSendLimit). The bucket is the tenant's and the
+// URL's host, not the endpoint's id: a tenant mints ids at will (50 at a
+// time, and again after deleting them), but not the address it sends to.
+func (s *Webhooks) sendByHand(w *WebhookEndpoint) error {
+	host := w.URL
+	if u, err := url.Parse(w.URL); err == nil {
+		host = strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	}
+	key := w.TenantID.String() + " " + host
+	if err := s.sends.allow(key); err != nil {
 		return err
 	}
-	s.sends.spend(endpoint.String())
+	s.sends.spend(key)
 	return nil
 }
 
@@ -649,10 +656,11 @@ func (s *Webhooks) Redeliver(ctx context.Context, idb bun.IDB, deliveryID uuid.U
 			return &fault.Error{Code: fault.Conflict, Message: "the delivery is still pending: it is retried on its own",
 				Extra: map[string]any{"currentStatus": string(d.Status)}}
 		}
-		if err := s.requireEnabled(ctx, tx, sc, d.EndpointID); err != nil {
+		w, err := s.requireEnabled(ctx, tx, sc, d.EndpointID)
+		if err != nil {
 			return err
 		}
-		if err := s.sendByHand(d.EndpointID); err != nil {
+		if err := s.sendByHand(w); err != nil {
 			return err
 		}
 		out = &WebhookDelivery{TenantID: d.TenantID, EndpointID: d.EndpointID, EventID: d.EventID, SubjectID: d.SubjectID,
@@ -666,17 +674,17 @@ func (s *Webhooks) Redeliver(ctx context.Context, idb bun.IDB, deliveryID uuid.U
 }
 
 // requireEnabled refuses (CONFLICT) to queue a delivery to a disabled endpoint.
-func (s *Webhooks) requireEnabled(ctx context.Context, tx bun.Tx, sc scope, endpointID uuid.UUID) error {
+func (s *Webhooks) requireEnabled(ctx context.Context, tx bun.Tx, sc scope, endpointID uuid.UUID) (*WebhookEndpoint, error) {
 	w := new(WebhookEndpoint)
 	// Held (KEY SHARE) until the delivery is stored: a deletion of the
 	// endpoint meanwhile would fail its insert on the foreign key.
 	if err := inTenant(sc, tx.NewSelect().Model(w).Where("w.id = ?", endpointID), "w").For("KEY SHARE").Scan(ctx); err != nil {
-		return notFoundIfNoRows(err, "webhook endpoint")
+		return nil, notFoundIfNoRows(err, "webhook endpoint")
 	}
 	if !w.Enabled {
-		return &fault.Error{Code: fault.Conflict, Message: "the endpoint is disabled: enable it first (updateWebhookEndpoint)"}
+		return nil, &fault.Error{Code: fault.Conflict, Message: "the endpoint is disabled: enable it first (updateWebhookEndpoint)"}
 	}
-	return nil
+	return w, nil
 }
 
 // SendTest queues a webhook.test event to one endpoint, whatever events it
@@ -688,10 +696,11 @@ func (s *Webhooks) SendTest(ctx context.Context, idb bun.IDB, endpointID uuid.UU
 	}
 	var out *WebhookDelivery
 	err = idb.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if err := s.requireEnabled(ctx, tx, sc, endpointID); err != nil {
+		w, err := s.requireEnabled(ctx, tx, sc, endpointID)
+		if err != nil {
 			return err
 		}
-		if err := s.sendByHand(endpointID); err != nil {
+		if err := s.sendByHand(w); err != nil {
 			return err
 		}
 		data := map[string]any{"endpointId": endpointID, "message": "a test event sent by " + sc.actor}
@@ -748,7 +757,7 @@ WITH e AS (
 		WITH ORDINALITY AS e(tenant_id, type, subject_id, data, created_at, n)
 ), w AS MATERIALIZED (
 	SELECT w.id, w.tenant_id, w.events FROM webhook_endpoints w
-	WHERE w.enabled AND EXISTS (SELECT 1 FROM e WHERE e.tenant_id = w.tenant_id AND e.type = ANY(w.events))
+	WHERE w.tenant_id = ANY(?::uuid[]) AND w.enabled AND EXISTS (SELECT 1 FROM e WHERE e.tenant_id = w.tenant_id AND e.type = ANY(w.events))
 	ORDER BY w.id
 	FOR KEY SHARE OF w
 ), event AS (
@@ -795,7 +804,7 @@ func recordEvents(ctx context.Context, tx bun.IDB, events []outboxEvent) error {
 	var p Params
 	var none any
 	err := scanBound(ctx, tx.NewRaw(recordEventsSQL, p.Bind(pgUUIDs(tenants)), p.Bind(pq.StringArray(types)), p.Bind(pgUUIDs(subjects)),
-		p.Bind(pq.StringArray(data)), p.Bind(pq.StringArray(times)), p.Bind(WebhookDueChannel)), &p, &none)
+		p.Bind(pq.StringArray(data)), p.Bind(pq.StringArray(times)), p.Bind(pgUUIDs(tenants)), p.Bind(WebhookDueChannel)), &p, &none)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("recording the %s event: %w", events[0].typ, err)
 	}

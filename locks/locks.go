@@ -17,6 +17,10 @@ const (
 	// partitions (transaction-scoped). Migration 0007's
 	// fleetgraph_ensure_log_partition takes it by value (112615743648775).
 	LogPartitions Key = 0x666c656574_07
+	// DeliveryQueues is the first of 256 transaction-scoped keys (this and
+	// the 255 after it) of the webhook deliveries' queues per endpoint and
+	// subject (migration 0021's fleetgraph_delivery_queue_key, by value).
+	DeliveryQueues Key = 0x666c656574_080000
 )
 
 // Keys of the two-integer form, pg_advisory_xact_lock(class, id), a key
