@@ -253,7 +253,13 @@ func printTailItem(w io.Writer, enc *json.Encoder, asJSON bool, item realtime.Lo
 	}
 	for _, l := range item.Lines {
 		if asJSON {
-			if err := enc.Encode(logLineView{ID: l.ID, RobotID: l.RobotID, JobID: l.JobID, Level: l.Level, Message: l.Message, Fields: l.Fields, At: l.At}); err != nil {
+			// The same JSON value, with what a terminal acts on (bidi
+			// overrides, C1, DEL) escaped as in the text format.
+			b, err := json.Marshal(logLineView{ID: l.ID, RobotID: l.RobotID, JobID: l.JobID, Level: l.Level, Message: l.Message, Fields: l.Fields, At: l.At})
+			if err != nil {
+				return err
+			}
+			if _, err := io.WriteString(w, terminalJSON(b)+"\n"); err != nil {
 				return err
 			}
 			continue

@@ -227,6 +227,21 @@ func TestLogsTailEscapesTheRobotsText(t *testing.T) {
 	var fields map[string]string
 	require.NoError(t, json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &fields), "the fields are still JSON: %s", out)
 	require.Equal(t, map[string]string{"step": "export\x1b[31m", "note\u202e": "\u0085x", "ok": "é"}, fields, "the same values")
+
+	// With --json too: the same JSON values, with what a terminal acts on
+	// escaped (encoding/json leaves bidi controls, C1 and DEL as they are).
+	var js bytes.Buffer
+	message := "invoice \u202efdp.exe c1 \u009b2J del \x7f"
+	item := realtime.LogTailItem{Lines: []*db.RobotLog{{ID: 1, Level: db.LogInfo, At: at, Message: message, Fields: db.RawJSON(`{"note": "\u202e\u0085"}`)}}}
+	require.NoError(t, printTailItem(&js, json.NewEncoder(&js), true, item))
+	requireTerminalSafe(t, js.String())
+	var line struct {
+		Message string
+		Fields  map[string]string
+	}
+	require.NoError(t, json.Unmarshal(js.Bytes(), &line))
+	require.Equal(t, message, line.Message)
+	require.Equal(t, map[string]string{"note": "\u202e\u0085"}, line.Fields)
 }
 
 // The same, end to end: a line a robot ships with a forged second line

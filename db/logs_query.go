@@ -257,19 +257,35 @@ func ParseLogBatchKey(key string) (LogBatchKey, bool) {
 // tails are lossy, and the lines past it reach them as a missedLines notice.
 const MaxTailLines = 10_000
 
+// MaxTailSpan is the widest time range of a shipped batch that live tails
+// re-read. A key is found by its robot's lines in its time range (the
+// index's order), so a batch of two lines stamped eight days apart read
+// every line the robot shipped in those days; a wider batch (lines a
+// robot buffered for a while) reaches tails as a missedLines notice, and
+// its lines are in robotLogs.
+const MaxTailSpan = 5 * time.Minute
+
 // Batches re-reads announced batches of lines the caller may see, by key,
 // in one statement, reading at most MaxTailLines distinct lines. A key's
 // range may also hold lines of a concurrent batch of the same robot (a
 // line is read once, and given to every key whose range holds it); tails
 // drop lines they already sent. A key whose lines were not all read within
-// the cap is unread; a key with no lines (deleted since) is in neither.
+// the cap, or whose time range is wider than MaxTailSpan, is unread; a key
+// with no lines (deleted since) is in neither.
 func (s *Logs) Batches(ctx context.Context, idb bun.IDB, keys []LogBatchKey) (read map[LogBatchKey]*LogBatch, unread []LogBatchKey, err error) {
 	sc, err := scopeOf(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	keys = slices.DeleteFunc(slices.Clone(keys), func(k LogBatchKey) bool {
+		wide := k.To.Sub(k.From) > MaxTailSpan
+		if wide {
+			unread = append(unread, k)
+		}
+		return wide
+	})
 	if len(keys) == 0 {
-		return nil, nil, nil
+		return nil, unread, nil
 	}
 	robots := make([]uuid.UUID, len(keys))
 	los, his := make([]int64, len(keys)), make([]int64, len(keys))
@@ -280,8 +296,12 @@ func (s *Logs) Batches(ctx context.Context, idb bun.IDB, keys []LogBatchKey) (re
 	}
 	// Per key, the lines of its robot in its id and time ranges (the time
 	// range lets the planner skip other days' partitions).
+	// The LIMIT (the statement's own) keeps the subquery a lookup per key:
+	// flattened into a join, the planner hashed the keys and read every
+	// line the tenant kept.
 	inner := logsVisible(sc, idb.NewSelect().Model((*RobotLog)(nil)).
-		Where("l.robot_id = k.robot AND l.at >= k.a0 AND l.at <= k.a1 AND l.id BETWEEN k.lo AND k.hi"), "l")
+		Where("l.robot_id = k.robot AND l.at >= k.a0 AND l.at <= k.a1 AND l.id BETWEEN k.lo AND k.hi"), "l").
+		OrderExpr("l.id").Apply(limitRows(MaxTailLines + 1))
 	var rows []*RobotLog
 	err = idb.NewSelect().
 		TableExpr("unnest(?::uuid[], ?::bigint[], ?::bigint[], ?::timestamptz[], ?::timestamptz[]) AS k(robot, lo, hi, a0, a1)",

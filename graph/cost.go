@@ -122,7 +122,13 @@ var scans = map[string]scan{
 	"Query.robotStats":              {},
 	"Query.workflowAssignmentStats": {},
 	"Query.logSummary":              {},
-	"Query.robotLogs":               {args: []string{"contains", "minLevel"}},
+	// A text search or a level no index serves, or a job's lines of one
+	// robot (a robot's reads are its own: robot_id): one index serves the
+	// job or the robot, and the rows of the one are read to find the
+	// other's (a job's 200,000 lines of another robot, read for none).
+	"Query.robotLogs": {when: func(args map[string]any, robot bool) bool {
+		return args["contains"] != nil || args["minLevel"] != nil || (args["jobId"] != nil && (robot || args["robotId"] != nil))
+	}},
 	// The tenant's jobs, counted.
 	"JobConnection.totalCount": {},
 	// A page of jobs filtered on two of status, robot and workflow (a

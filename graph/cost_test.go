@@ -255,6 +255,10 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 			`logSummary{count}`,
 			`robotLogs(first:1, contains:"zq"){edges{cursor}}`,
 			`robotLogs(first:1, minLevel:CRITICAL){edges{cursor}}`,
+			// One index serves the robot or the job: the other's lines
+			// are read to find the page (a job's 200,000 lines of
+			// another robot, read for none).
+			`robotLogs(first:1, robotId:"` + uuid.NewString() + `", jobId:"` + uuid.NewString() + `"){edges{cursor}}`,
 			`jobs(first:1){totalCount}`,
 			// Two filters no one index serves together: a page of a
 			// workflow's CANCELLED jobs read all its COMPLETED ones.
@@ -277,6 +281,12 @@ func TestCheapRequestsStayCheap(t *testing.T) {
 		resp = s.Do(t, robot.Key, many(`jobs(first:1, filter:{status:CANCELLED}){edges{cursor}}`, 11), nil)
 		require.Equal(t, "COMPLEXITY_LIMIT_EXCEEDED", resp.Code(t, "BAD_USER_INPUT").Extensions["reason"], "%s", resp.Raw)
 		s.Do(t, robot.Key, many(`jobs(first:1){edges{cursor}}`, 40), nil).OK(t, nil)
+		resp = s.Do(t, robot.Key, many(`robotLogs(first:1, jobId:"`+uuid.NewString()+`"){edges{cursor}}`, 11), nil)
+		require.Equal(t, "COMPLEXITY_LIMIT_EXCEEDED", resp.Code(t, "BAD_USER_INPUT").Extensions["reason"], "%s", resp.Raw)
+		s.Do(t, robot.Key, many(`robotLogs(first:1){edges{cursor}}`, 40), nil).OK(t, nil)
+		for _, e := range s.Do(t, owner.Token, many(`robotLogs(first:1, jobId:"`+uuid.NewString()+`"){edges{cursor}}`, 15), nil).Errors {
+			require.Equal(t, "NOT_FOUND", e.Code(), "a job's lines alone are a page: %v", e) // the job
+		}
 		// One filter is served by its index: a page is a page.
 		s.Do(t, owner.Token, many(`jobs(first:1, filter:{status:CANCELLED}){edges{cursor}}`, 40), nil).OK(t, nil)
 		s.Do(t, owner.Token, many(`jobs(first:1, filter:{workflowId:"`+uuid.NewString()+`", createdAfter:"2026-01-01T00:00:00Z"}){edges{cursor}}`, 40), nil).OK(t, nil)
