@@ -3501,9 +3501,9 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 	case ast.Subscription:
 		next := ec._Subscription(ctx, opCtx.Operation.SelectionSet)
 
-		var buf bytes.Buffer
 		return func(ctx context.Context) *graphql.Response {
-			buf.Reset()
+			// A buffer per result, not one kept for the subscription's life (graph/internal/sequential).
+			var buf bytes.Buffer
 			data := next(ctx)
 
 			if data == nil {
@@ -17749,6 +17749,7 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -17827,6 +17828,7 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -17926,6 +17928,7 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -18133,6 +18136,7 @@ func (ec *executionContext) _JobConnection(ctx context.Context, sel ast.Selectio
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -18656,6 +18660,7 @@ func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, 
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -18695,6 +18700,7 @@ func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, 
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -18733,6 +18739,7 @@ func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, 
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -18874,6 +18881,7 @@ func (ec *executionContext) _MachineConnection(ctx context.Context, sel ast.Sele
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -19076,6 +19084,7 @@ func (ec *executionContext) _MachineEventConnection(ctx context.Context, sel ast
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -20332,6 +20341,7 @@ func (ec *executionContext) _Robot(ctx context.Context, sel ast.SelectionSet, ob
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -20370,6 +20380,7 @@ func (ec *executionContext) _Robot(ctx context.Context, sel ast.SelectionSet, ob
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -20511,6 +20522,7 @@ func (ec *executionContext) _RobotConnection(ctx context.Context, sel ast.Select
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -21050,6 +21062,7 @@ func (ec *executionContext) _Schedule(ctx context.Context, sel ast.SelectionSet,
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -21174,6 +21187,7 @@ func (ec *executionContext) _Schedule(ctx context.Context, sel ast.SelectionSet,
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -21252,6 +21266,7 @@ func (ec *executionContext) _Schedule(ctx context.Context, sel ast.SelectionSet,
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -21352,6 +21367,7 @@ func (ec *executionContext) _ScheduleConnection(ctx context.Context, sel ast.Sel
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -21504,6 +21520,7 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -21542,6 +21559,7 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -21582,6 +21600,7 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -21620,6 +21639,7 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -22056,6 +22076,7 @@ func (ec *executionContext) _Workflow(ctx context.Context, sel ast.SelectionSet,
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -22095,6 +22116,7 @@ func (ec *executionContext) _Workflow(ctx context.Context, sel ast.SelectionSet,
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -22133,6 +22155,7 @@ func (ec *executionContext) _Workflow(ctx context.Context, sel ast.SelectionSet,
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -22218,6 +22241,7 @@ func (ec *executionContext) _WorkflowAssignment(ctx context.Context, sel ast.Sel
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -22384,6 +22408,7 @@ func (ec *executionContext) _WorkflowConnection(ctx context.Context, sel ast.Sel
 			}
 
 			if field.IsDeferred() {
+				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1

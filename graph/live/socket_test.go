@@ -159,6 +159,47 @@ func TestSubscriptionKeepsNoExtensions(t *testing.T) {
 	require.Less(t, kept, int64(len(message)), "a subscription sent in %d bytes keeps %d", len(message), kept)
 }
 
+// TestIdleSubscriptionsHoldNoResult: twenty subscriptions, each of whose
+// current states (3.6 MB) the client read, hold next to nothing between
+// changes. gqlgen's executor kept one buffer per subscription, as large
+// as its largest result, for the subscription's life: they held 79 MiB.
+// Not parallel: other tests would blur the heap.
+func TestIdleSubscriptionsHoldNoResult(t *testing.T) {
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.New())
+	var m struct{ CreateMachine struct{ ID string } }
+	s.Do(t, u.Token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
+	blob := strings.Repeat("x", 60_000)
+	for range 60 { // each result: 3.6 MB
+		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
+			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
+	}
+	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
+	heap := func() int64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	before := heap()
+	const subs = 20
+	for i := range subs { // one at a time: each current state read before the next
+		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
+			"query":     `subscription($m: ID!) { machineUpdated(id: $m) { version machine { events(first: 60) { edges { node { details } } } } } }`,
+			"variables": map[string]any{"m": m.CreateMachine.ID}}})
+		for {
+			var got msg
+			require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &got))
+			require.NotEqual(t, "error", got.Type, "%s", got.Payload)
+			if got.Type == "next" {
+				break
+			}
+		}
+	}
+	held := heap() - before
+	require.Less(t, held, int64(16<<20), "%d idle subscriptions, every result read, hold %d MiB", subs, held>>20)
+}
+
 // TestASubscribeWhileTheSocketShutsHoldsNothing: a robot's subscribe is
 // still being handled (its key re-check waits on the database) when the
 // socket is shut by another path, here a keep-alive write failing after
