@@ -117,7 +117,7 @@ func (r requestsFirst) subscribe(ctx context.Context, next graphql.OperationHand
 	wait, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	t := turn{r: r}
-	if !t.take(wait) {
+	if !t.takeWhateverRoom(wait) {
 		if ctx.Err() != nil {
 			return graphql.OneShot(&graphql.Response{Errors: gqlerror.List{clientGone()}})
 		}
@@ -240,8 +240,33 @@ type turn struct {
 	owner turnOwner // who holds it, while held
 }
 
-// take waits for a turn, and reports false if ctx ended first.
+// take waits for a turn, and reports false if ctx ended first. An
+// operation of a websocket takes one only while its socket has room for
+// another result (live.AwaitRoom): a client that reads slowly, or not at
+// all, has nothing more run or rendered for it, whatever it sends, until
+// its results are written. Room is looked at again once the turn is
+// taken, so that the operations waiting together for a turn do not all
+// render into the room one of them had.
 func (t *turn) take(ctx context.Context) bool {
+	o := turnCaller(ctx)
+	for {
+		if !live.AwaitRoom(ctx) || !t.r.turns.take(ctx, o) {
+			return false
+		}
+		if live.HasRoom(ctx) {
+			t.held, t.owner = true, o
+			return true
+		}
+		t.r.turns.give(o)
+	}
+}
+
+// takeWhateverRoom is take without waiting for room, for a subscription's
+// resolver: it runs on the socket's reader (so that the subscription is
+// live before the next message is read) and renders nothing; its results
+// wait for room as they render (awaitRender). Waiting there, it stopped
+// the socket's reader, and with it the client's complete messages.
+func (t *turn) takeWhateverRoom(ctx context.Context) bool {
 	o := turnCaller(ctx)
 	if !t.r.turns.take(ctx, o) {
 		return false

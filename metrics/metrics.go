@@ -64,7 +64,10 @@ type Metrics struct {
 
 	operations *prometheus.HistogramVec // type, operation, outcome
 	waiting    prometheus.Gauge
-	errors     *prometheus.CounterVec // code
+	// waitingForClient counts websockets' operations waiting for their
+	// client to read.
+	waitingForClient prometheus.Gauge
+	errors           *prometheus.CounterVec // code
 
 	subscribers   *prometheus.GaugeVec   // kind
 	deliveries    *prometheus.CounterVec // kind
@@ -128,6 +131,10 @@ func New(log *slog.Logger) *Metrics {
 		Name: "fleetgraph_graphql_operations_waiting",
 		Help: "Queries and mutations waiting for a turn to execute (MAX_RUNNING_OPERATIONS are given turns at once).",
 	})
+	m.waitingForClient = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "fleetgraph_websocket_operations_waiting_for_client",
+		Help: "Websocket operations waiting, before their turn, for their client to read the results its socket holds (past 8 MiB a socket, 64 MiB a caller).",
+	})
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "fleetgraph_graphql_errors_total",
 		Help: "GraphQL errors sent to clients, by extensions.code.",
@@ -186,7 +193,7 @@ func New(log *slog.Logger) *Metrics {
 		Help: "Jobs taken back from an expired lease, by the status they went to (QUEUED again, or FAILED).",
 	}, []string{"to"})
 	for _, c := range []prometheus.Collector{m.httpRequests, m.httpDuration, m.streamsOpen, m.streamsTotal,
-		m.operations, m.waiting, m.errors, m.subscribers, m.deliveries, m.coalesced, m.slowConsumers, m.resyncs,
+		m.operations, m.waiting, m.waitingForClient, m.errors, m.subscribers, m.deliveries, m.coalesced, m.slowConsumers, m.resyncs,
 		m.sharedGroups, m.sharedSubscribers, m.sharedRenders, m.sharedSends, m.reconnects, m.dropped, m.claimWait, m.rescues} {
 		f(c)
 	}
@@ -281,6 +288,16 @@ func (m *Metrics) OperationWaiting() (done func()) {
 	}
 	m.waiting.Inc()
 	return m.waiting.Dec
+}
+
+// WaitingForClient counts a websocket's operation as waiting for its
+// client to read; call the returned function when the wait ends.
+func (m *Metrics) WaitingForClient() (done func()) {
+	if m == nil {
+		return func() {}
+	}
+	m.waitingForClient.Inc()
+	return m.waitingForClient.Dec
 }
 
 // StreamOpened counts a websocket or SSE stream as open; call the returned

@@ -170,12 +170,22 @@ type member struct {
 	// maxBytes bounds the payload bytes of queue (0 or less:
 	// DefaultMemberBytes).
 	maxBytes int
-	write    func(payloads [][]byte) error
-	finish   func(outcome)
+	// place is the member's socket's (nil: none), which counts the bytes
+	// of its queue with the socket's other results (SocketResultBytes).
+	place *SocketPlace
+	// write sends payloads to the member's client, calling writing once
+	// the client's socket is the member's to write to.
+	write  func(payloads [][]byte, writing func()) error
+	finish func(outcome)
+
+	// written gives back to place the bytes a writer took (releaseTaken,
+	// made at the first drain: a method value per write allocates).
+	written func()
 
 	mu    sync.Mutex
 	queue []queued
 	bytes int // the payload bytes of queue
+	taken int // the payload bytes a writer took and has not written
 	// pending indexes queue by entity, for coalescing, once the queue is
 	// long enough (indexFrom) that a scan would cost more than the map;
 	// nil before. Every result of the common case, one waiting at a time,
@@ -276,8 +286,8 @@ func (f *Fanout) shareable(ctx context.Context, rc *graphql.OperationContext) (g
 //
 // ctx is the member's own context (its cancellation, its caller); a group
 // it starts runs in prepared, the operation's context, derived from ctx.
-func (f *Fanout) attach(ctx, prepared context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, write func([][]byte) error, finish func(outcome)) {
-	m := &member{f: f, ctx: ctx, limit: f.Limit, maxBytes: f.Bytes, write: write, finish: finish}
+func (f *Fanout) attach(ctx, prepared context.Context, exec graphql.GraphExecutor, rc *graphql.OperationContext, key groupKey, place *SocketPlace, write func(payloads [][]byte, writing func()) error, finish func(outcome)) {
+	m := &member{f: f, ctx: ctx, limit: f.Limit, maxBytes: f.Bytes, place: place, write: write, finish: finish}
 	if m.limit <= 0 {
 		m.limit = DefaultMemberQueue
 	}
@@ -308,7 +318,7 @@ func (m *member) push(payload []byte, key string) {
 	}
 	if i := m.waiting(key); i >= 0 {
 		bytes := m.bytes - len(m.queue[i].payload) + len(payload)
-		if bytes > m.byteLimit() && len(m.queue) > 1 {
+		if bytes > m.byteLimit() && len(m.queue) > 1 || !m.place.holdShared(bytes-m.bytes) {
 			m.slow()
 			return
 		}
@@ -317,7 +327,7 @@ func (m *member) push(payload []byte, key string) {
 		m.mu.Unlock()
 		return
 	}
-	if len(m.queue) >= m.limit || (len(m.queue) > 0 && m.bytes+len(payload) > m.byteLimit()) {
+	if len(m.queue) >= m.limit || (len(m.queue) > 0 && m.bytes+len(payload) > m.byteLimit()) || !m.place.holdShared(len(payload)) {
 		m.slow()
 		return
 	}
@@ -379,6 +389,16 @@ func (m *member) waiting(key string) int {
 	return -1
 }
 
+// releaseTaken gives back to the socket's place the bytes the writer took
+// from the queue, once they are written or given up.
+func (m *member) releaseTaken() {
+	m.mu.Lock()
+	n := m.taken
+	m.taken = 0
+	m.mu.Unlock()
+	m.place.Release(n)
+}
+
 // end decides how the member ends. With keep (the group's execution
 // ended), what was rendered before still goes out first; otherwise the
 // queue is dropped. The member leaves its group at once; finish runs as
@@ -391,6 +411,7 @@ func (m *member) end(out outcome, keep bool) {
 	}
 	m.ending = &out
 	if !keep {
+		m.place.Release(m.bytes)
 		m.queue, m.pending, m.bytes = nil, nil, 0
 	}
 	if m.f.leave(m.g, m) {
@@ -439,13 +460,21 @@ func (m *member) drain(scratch [][]byte) [][]byte {
 			}
 			return scratch[:0]
 		}
+		// The bytes count until the socket's writer takes them (written):
+		// a writer handed over past slowWrite waits for that socket, as
+		// the next may, each with its member's queue.
+		m.taken = m.bytes
+		if m.written == nil {
+			m.written = m.releaseTaken
+		}
 		m.queue, m.pending, m.bytes = nil, nil, 0
 		m.mu.Unlock()
 		scratch = scratch[:0]
 		for _, r := range q {
 			scratch = append(scratch, r.payload)
 		}
-		err := m.write(scratch)
+		err := m.write(scratch, m.written)
+		m.written()
 		clear(scratch)
 		if err != nil {
 			m.end(outcome{stopped: true}, false)

@@ -27,7 +27,7 @@ func TestMemberQueueCoalesces(t *testing.T) {
 	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
 	var finished []outcome
 	m := &member{f: f, g: g, ctx: context.Background(), limit: 3, listed: true, // a writer is "busy": nothing drains
-		write: func([][]byte) error { return nil }, finish: func(o outcome) { finished = append(finished, o) }}
+		write: func([][]byte, func()) error { return nil }, finish: func(o outcome) { finished = append(finished, o) }}
 	g.members[m] = struct{}{}
 	payloads := func() []string {
 		var out []string
@@ -94,8 +94,8 @@ func TestDrainWritesWhatWaitsAtOnce(t *testing.T) {
 
 // recordWrites is a member's write that appends each write's payloads, as
 // strings, to writes.
-func recordWrites(writes *[][]string) func([][]byte) error {
-	return func(payloads [][]byte) error {
+func recordWrites(writes *[][]string) func([][]byte, func()) error {
+	return func(payloads [][]byte, _ func()) error {
 		var w []string
 		for _, p := range payloads {
 			w = append(w, string(p))
@@ -151,7 +151,7 @@ func TestOneResultAtATimeAllocatesNothing(t *testing.T) {
 	f := NewFanout(nil)
 	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
 	m := &member{f: f, g: g, ctx: context.Background(), limit: 10, listed: true,
-		write: func([][]byte) error { return nil }, finish: func(outcome) {}}
+		write: func([][]byte, func()) error { return nil }, finish: func(outcome) {}}
 	g.members[m] = struct{}{}
 	payload := []byte("p")
 	scratch := make([][]byte, 0, 4)
@@ -198,7 +198,7 @@ func TestWritersYieldToRequests(t *testing.T) {
 	release := make(chan struct{})
 	newMember := func(name string, block bool) *member {
 		m := &member{f: f, g: g, ctx: context.Background(), limit: 10,
-			write: func(p [][]byte) error {
+			write: func(p [][]byte, _ func()) error {
 				written <- name
 				if block {
 					<-release
@@ -285,13 +285,13 @@ func TestJoinReturnsWithTheGroupSubscribed(t *testing.T) {
 	attach := func(i int) {
 		ctx, cancel := context.WithCancel(context.Background())
 		ctxs[i] = cancel
-		write := func(payloads [][]byte) error {
+		write := func(payloads [][]byte, _ func()) error {
 			for _, p := range payloads {
 				delivered <- delivery{i, string(p)}
 			}
 			return nil
 		}
-		f.attach(ctx, ctx, exec, rc, key, write, func(o outcome) { finished <- o })
+		f.attach(ctx, ctx, exec, rc, key, nil, write, func(o outcome) { finished <- o })
 		attached <- exec.dispatched.Load() // what attach had done when it returned
 	}
 
@@ -349,7 +349,7 @@ func TestMemberQueueBoundsItsBytes(t *testing.T) {
 	f := NewFanout(nil)
 	g := &group{members: map[*member]struct{}{}, done: make(chan struct{}), cancel: func() {}}
 	m := &member{f: f, g: g, ctx: context.Background(), limit: DefaultMemberQueue, listed: true, // nothing drains
-		write: func([][]byte) error { return nil }, finish: func(outcome) {}}
+		write: func([][]byte, func()) error { return nil }, finish: func(outcome) {}}
 	g.members[m] = struct{}{}
 	waiting := func() (n int) {
 		for _, q := range m.queue {
@@ -385,7 +385,7 @@ func TestMemberQueueBoundsItsBytes(t *testing.T) {
 
 	// A new entity past the bound, the same way.
 	m2 := &member{f: f, g: g, ctx: context.Background(), limit: DefaultMemberQueue, listed: true,
-		write: func([][]byte) error { return nil }, finish: func(outcome) {}}
+		write: func([][]byte, func()) error { return nil }, finish: func(outcome) {}}
 	g.members[m2] = struct{}{}
 	for i := 0; m2.ending == nil; i++ {
 		require.LessOrEqual(t, m2.bytes, DefaultMemberBytes)
@@ -418,10 +418,10 @@ func TestAMemberThatDoesNotReadHoldsBoundedMemory(t *testing.T) {
 	defer cancel()
 
 	read := make(chan int, results)
-	f.attach(ctx, ctx, exec, rc, key, func(p [][]byte) error { read <- len(p); return nil }, func(outcome) {})
+	f.attach(ctx, ctx, exec, rc, key, nil, func(p [][]byte, _ func()) error { read <- len(p); return nil }, func(outcome) {})
 	stuck, release := make(chan struct{}, 1), make(chan struct{})
 	ended := make(chan outcome, 1)
-	f.attach(ctx, ctx, exec, rc, key, func([][]byte) error {
+	f.attach(ctx, ctx, exec, rc, key, nil, func([][]byte, func()) error {
 		stuck <- struct{}{}
 		<-release
 		return nil

@@ -210,13 +210,19 @@ func (d dispatched) run(next func(payload []byte) error) (out outcome) {
 			out = recovered(ctx, d.rc, r)
 		}
 	}()
-	for first := true; ; first = false {
+	for first := true; d.responses != nil; first = false {
 		resp := d.responses(ctx)
 		if resp == nil {
 			break
 		}
 		if first && d.subscription && len(resp.Errors) > 0 && isNull(resp.Data) {
 			return outcome{errs: resp.Errors}
+		}
+		if !d.subscription && (resp.HasNext == nil || !*resp.HasNext) {
+			// A query's or mutation's last answer: its handler (gqlgen's
+			// OneShot) would keep it, as large as its encoding, for as
+			// long as the encoding waits for the socket's writer.
+			d.responses = nil
 		}
 		if err := next(mustJSON(resp)); err != nil {
 			var fe *fault.Error

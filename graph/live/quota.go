@@ -11,6 +11,7 @@ import (
 
 	"fleetgraph/auth"
 	"fleetgraph/fault"
+	"fleetgraph/metrics"
 )
 
 // Limits bound the state the streaming transports hold for their clients.
@@ -74,8 +75,11 @@ type Quota struct {
 	sockets map[string]int
 	open    int
 	// waiting counts the bytes of each caller's results rendered and not
-	// yet written (HoldResult).
+	// yet written (Hold).
 	waiting map[string]int
+	// released is closed, and replaced, whenever waiting bytes are given
+	// back: AwaitRoom's waiters look again.
+	released chan struct{}
 }
 
 // NewQuota returns a quota enforcing l; zero fields take DefaultLimits'
@@ -96,7 +100,7 @@ func NewQuota(l Limits) *Quota {
 	if l.AnonymousLifetime <= 0 {
 		l.AnonymousLifetime = DefaultLimits.AnonymousLifetime
 	}
-	return &Quota{limits: l, held: map[string]int{}, sockets: map[string]int{}}
+	return &Quota{limits: l, held: map[string]int{}, sockets: map[string]int{}, waiting: map[string]int{}, released: make(chan struct{})}
 }
 
 // DefaultSockets is Limits.Sockets' default: half the process's limit on
@@ -115,64 +119,142 @@ type SocketPlace struct {
 	q      *Quota
 	key    string
 	closed bool
-	// waiting is the bytes of the socket's results held (HoldResult).
+	// waiting is the bytes of the socket's results held (Hold).
 	waiting int
 }
 
-// SocketResultBytes is how many bytes of a websocket's own (unshared)
-// subscriptions' results may wait for the socket's writer at once, and
+// SocketResultBytes is how many bytes of results may wait for a
+// websocket's writer before the socket's operations wait for room, and
 // CallerResultBytes how many of all a caller's sockets' together. Each
-// subscription of a socket renders its result and then waits for the
-// writer: a client that stopped reading held one result of each, up to
-// 100 subscriptions of 16 MiB for one socket, until the write timeout, and
-// a caller's 500 sockets as many. A result is refused (the subscription
-// ends, SLOW_CONSUMER) when others wait already and it would pass a bound;
-// one result alone always waits, so a socket holds at most 8 MiB or one
-// result waiting, and a caller 64 MiB and one result, besides the one
-// result each socket is writing (until its write timeout, for a client
-// that stopped reading). A shared group's members are bounded by their
-// group (DefaultMemberBytes); a query's or mutation's answer, which has
-// run, always waits (a socket runs at most MaxRunningPerConnection of
-// them).
+// operation of a socket renders its result and then waits for the writer:
+// a client that stopped reading held one result of each, up to 100
+// subscriptions' and 100 queries' results of 16 MiB for one socket, until
+// the write timeout, and a caller's 500 sockets as many.
+//
+// The bound is back-pressure, not a refusal: an operation of a socket
+// past a bound takes no turn (no query runs, no subscription renders its
+// next result) until the writer has taken enough (AwaitRoom). Refusing
+// ended the subscriptions of a client that read as fast as loopback
+// allows, whose 30 subscriptions of 3 MB results rendered faster than one
+// socket writes. Besides what waits, a socket holds the results rendering
+// in its caller's turns and the one it is writing (until its write
+// timeout, for a client that stopped reading). Shared groups' results
+// count too (their members' queues); a member whose results would take its
+// socket past twice the bounds ends SLOW_CONSUMER, since its group renders
+// for every member and cannot wait for one.
 const (
 	SocketResultBytes = 8 << 20
 	CallerResultBytes = 64 << 20
 )
 
-// HoldResult counts n bytes of a result waiting to be written to the
-// socket, or reports false when it may not wait (SocketResultBytes,
-// CallerResultBytes). A nil place holds anything. ReleaseResult gives
-// the bytes back once written.
-func (p *SocketPlace) HoldResult(n int) bool {
+// placeKey holds the SocketPlace of the websocket an operation runs on.
+type placeKey struct{}
+
+// withPlace gives the operations of ctx the socket's place to wait for room in.
+func withPlace(ctx context.Context, p *SocketPlace) context.Context {
+	return context.WithValue(ctx, placeKey{}, p)
+}
+
+// AwaitRoom waits until the websocket the operation of ctx runs on (none:
+// at once) has room for another result: less than SocketResultBytes of
+// its results, and less than CallerResultBytes of its caller's sockets',
+// wait for their writers. It reports false if ctx ended first. A turn is
+// taken only with room (graph's turns), so a socket whose client reads
+// slowly or not at all runs nothing more until its results are written.
+func AwaitRoom(ctx context.Context) bool {
+	p, _ := ctx.Value(placeKey{}).(*SocketPlace)
 	if p == nil {
 		return true
 	}
-	q := p.q
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	caller := q.waiting[p.key]
-	if p.waiting > 0 && p.waiting+n > SocketResultBytes || caller > 0 && caller+n > CallerResultBytes {
-		return false
+	for counted := false; ; counted = true {
+		q := p.q
+		q.mu.Lock()
+		room := p.roomFor(0, 1)
+		changed := q.released
+		q.mu.Unlock()
+		if room {
+			return true
+		}
+		if !counted {
+			defer metrics.RequestOf(ctx).Metrics().WaitingForClient()()
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false
+		}
 	}
-	p.waiting += n
-	if q.waiting == nil {
-		q.waiting = map[string]int{}
-	}
-	q.waiting[p.key] += n
-	return true
 }
 
-// ReleaseResult gives back n bytes HoldResult counted.
-func (p *SocketPlace) ReleaseResult(n int) {
+// HasRoom reports whether AwaitRoom would return at once.
+func HasRoom(ctx context.Context) bool {
+	p, _ := ctx.Value(placeKey{}).(*SocketPlace)
+	if p == nil {
+		return true
+	}
+	p.q.mu.Lock()
+	defer p.q.mu.Unlock()
+	return p.roomFor(0, 1)
+}
+
+// roomFor reports whether n more bytes keep the socket below times its
+// bound and its caller below times theirs (under q.mu).
+func (p *SocketPlace) roomFor(n, times int) bool {
+	return p.waiting+n < times*SocketResultBytes && p.q.waiting[p.key]+n < times*CallerResultBytes
+}
+
+// Hold counts n bytes of a result waiting for the socket's writer; Release
+// gives them back once the writer took them. A nil place counts nothing.
+func (p *SocketPlace) Hold(n int) {
 	if p == nil {
 		return
 	}
+	p.q.mu.Lock()
+	defer p.q.mu.Unlock()
+	p.add(n)
+}
+
+// holdShared is Hold for a shared group's member, which is refused (false)
+// past twice the bounds: unless n is not more (a result that replaces a
+// larger one), or the socket holds nothing and its caller is within twice
+// its bound (one result, however large, goes out alone).
+func (p *SocketPlace) holdShared(n int) bool {
+	if p == nil {
+		return true
+	}
+	p.q.mu.Lock()
+	defer p.q.mu.Unlock()
+	alone := p.waiting == 0 && p.q.waiting[p.key] < 2*CallerResultBytes
+	if n > 0 && !alone && !p.roomFor(n-1, 2) {
+		return false
+	}
+	p.add(n)
+	return true
+}
+
+// Release gives back n bytes Hold counted.
+func (p *SocketPlace) Release(n int) {
+	if p == nil {
+		return
+	}
+	p.q.mu.Lock()
+	defer p.q.mu.Unlock()
+	p.add(-n)
+}
+
+// add counts n bytes (less when negative) for the socket and its caller,
+// waking AwaitRoom's waiters when bytes go (under q.mu).
+func (p *SocketPlace) add(n int) {
 	q := p.q
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	p.waiting -= n
-	if q.waiting[p.key] -= n; q.waiting[p.key] <= 0 {
-		delete(q.waiting, p.key)
+	p.waiting += n
+	if !p.closed { // a closed socket's bytes left its caller's count
+		if q.waiting[p.key] += n; q.waiting[p.key] <= 0 {
+			delete(q.waiting, p.key)
+		}
+	}
+	if n < 0 {
+		close(q.released)
+		q.released = make(chan struct{})
 	}
 }
 
@@ -268,6 +350,8 @@ func (p *SocketPlace) Move(key string) error {
 			delete(q.waiting, p.key)
 		}
 		q.waiting[key] += p.waiting
+		close(q.released) // the old key's sockets may have room now
+		q.released = make(chan struct{})
 	}
 	p.key = key
 	return nil
@@ -287,6 +371,15 @@ func (p *SocketPlace) Close() {
 	p.closed = true
 	q.open--
 	uncount(q.sockets, p.key)
+	// What its operations still hold goes as they end; its caller's
+	// other sockets need not wait for that.
+	if p.waiting > 0 {
+		if q.waiting[p.key] -= p.waiting; q.waiting[p.key] <= 0 {
+			delete(q.waiting, p.key)
+		}
+		close(q.released)
+		q.released = make(chan struct{})
+	}
 }
 
 // uncount takes one from key's count in m (a Quota's held or sockets,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -45,10 +46,12 @@ func TestQuotasKeyIPv6ByItsSlash64(t *testing.T) {
 	require.True(t, fault.Has(err, fault.RateLimited), "anonymous sockets of the /64: %v", err)
 }
 
-// A socket's own results wait for its writer within SocketResultBytes,
-// and all of a caller's sockets' within CallerResultBytes: past a bound a
-// result is refused unless nothing else waits, so one large result always
-// goes out on its own. Held bytes move with the socket to its caller.
+// A socket has room for another result while less than SocketResultBytes
+// of its results, and less than CallerResultBytes of its caller's
+// sockets', wait for their writers; an operation without room waits
+// (AwaitRoom) until the writer takes enough. A shared group's member is
+// refused past twice the bounds, unless its socket holds nothing. Held
+// bytes move with the socket to its caller.
 func TestResultsWaitingForASocketAreBounded(t *testing.T) {
 	q := NewQuota(Limits{Sockets: 1000})
 	open := func(key string) *SocketPlace {
@@ -57,36 +60,64 @@ func TestResultsWaitingForASocketAreBounded(t *testing.T) {
 		require.NoError(t, err)
 		return p
 	}
+	room := func(p *SocketPlace) bool { return HasRoom(withPlace(context.Background(), p)) }
 	const mib = 1 << 20
 	a := open("user/a")
-	require.True(t, a.HoldResult(20*mib), "alone, a result larger than the bound waits")
-	require.False(t, a.HoldResult(1), "nothing more while it waits")
-	a.ReleaseResult(20 * mib)
-	for range 8 {
-		require.True(t, a.HoldResult(mib))
+	require.True(t, room(a))
+	a.Hold(20 * mib)
+	require.False(t, room(a), "a result larger than the bound waits; nothing more runs")
+
+	// A waiter gets room once the writer takes the result, not before.
+	got := make(chan bool, 1)
+	go func() { got <- AwaitRoom(withPlace(context.Background(), a)) }()
+	select {
+	case <-got:
+		require.FailNow(t, "room while 20 MiB wait")
+	case <-time.After(10 * time.Millisecond):
 	}
-	require.False(t, a.HoldResult(1), "the socket's 8 MiB")
+	a.Release(20 * mib)
+	require.True(t, <-got)
+	for range 7 {
+		a.Hold(mib)
+		require.True(t, room(a))
+	}
+	a.Hold(mib)
+	require.False(t, room(a), "the socket's 8 MiB")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.False(t, AwaitRoom(withPlace(ctx, a)), "a waiter whose operation ended")
 	for range 8 {
-		a.ReleaseResult(mib)
+		a.Release(mib)
 	}
 	require.Empty(t, q.waiting, "given back, nothing is counted")
+	require.True(t, a.holdShared(20*mib), "a member's result alone on its socket")
+	require.False(t, a.holdShared(1), "nothing more past twice the bound")
+	require.True(t, a.holdShared(-mib), "a smaller result replacing a larger one")
+	a.Release(19 * mib)
 
 	// The caller's sockets together: 64 MiB, whatever each holds.
 	var socks []*SocketPlace
 	for range 8 {
 		p := open("user/b")
-		require.True(t, p.HoldResult(8*mib))
+		p.Hold(8 * mib)
 		socks = append(socks, p)
 	}
 	late := open("user/b")
-	require.False(t, late.HoldResult(1), "the caller's 64 MiB")
-	require.True(t, open("user/c").HoldResult(8*mib), "another caller's sockets are not counted")
-	socks[0].ReleaseResult(8 * mib)
-	require.True(t, late.HoldResult(mib))
+	require.False(t, room(late), "the caller's 64 MiB")
+	require.True(t, room(open("user/c")), "another caller's sockets are not counted")
+	socks[0].Release(8 * mib)
+	require.True(t, room(late))
 
 	// A pending socket's held bytes move to the caller it becomes.
 	p := open(pendingKey("192.0.2.1"))
-	require.True(t, p.HoldResult(mib))
+	p.Hold(mib)
 	require.NoError(t, p.Move("user/d"))
-	require.Equal(t, map[string]int{"user/b": 7*8*mib + mib, "user/c": 8 * mib, "user/d": mib}, q.waiting)
+	require.Equal(t, map[string]int{"user/b": 7 * 8 * mib, "user/d": mib}, q.waiting)
+
+	// A closed socket's bytes leave its caller's count at once, and come
+	// back from its operations as they end without counting twice.
+	p.Close()
+	require.Equal(t, map[string]int{"user/b": 7 * 8 * mib}, q.waiting)
+	p.Release(mib)
+	require.Equal(t, map[string]int{"user/b": 7 * 8 * mib}, q.waiting)
 }

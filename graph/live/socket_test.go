@@ -384,14 +384,19 @@ func TestStreamsShareTheProcesssPlaces(t *testing.T) {
 	})
 }
 
-// A socket that stops reading holds at most live.SocketResultBytes of its
-// subscriptions' results (or one result), not one of each: the others end
-// with SLOW_CONSUMER while the socket stays open. Each subscription
-// rendered its result and waited for the socket's writer until the write
-// timeout; a client's 100 subscriptions of 16 MiB results held 1.6 GB.
+// TestASocketThatStopsReadingHoldsFewResults: a client that sends twenty
+// subscriptions and twenty queries of one machine (3.6 MB each) and
+// reads nothing makes the server hold few of their results: past the
+// socket's SocketResultBytes its operations wait for the client before
+// they run, and once it reads, every result arrives, none refused. Each
+// rendered its result and waited for the writer: 40 results, 144 MB, for
+// one socket. Then thirty shared subscriptions (groups of their own, by
+// their selections) of the machine: past twice the bound, a member's
+// result ends it SLOW_CONSUMER, as its group cannot wait for it. Not
+// parallel: other tests would blur the heap.
 func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
-	t.Parallel()
-	s := apitest.New(t, apitest.Options{Metrics: true})
+	const turns = 4
+	s := apitest.New(t, apitest.Options{Metrics: true, Running: turns})
 	u := s.NewUser(t, uuid.New())
 	var m struct{ CreateMachine struct{ ID string } }
 	s.Do(t, u.Token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
@@ -400,49 +405,122 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
 			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
 	}
-	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
-
-	// Twenty subscriptions of one machine each render its current state
-	// at once (72 MB), and the client reads none of it.
-	const subs = 20
-	for i := range subs {
-		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
-			"query":     `subscription($m: ID!) { machineUpdated(id: $m) { version machine { events(first: 60) { edges { node { details } } } } } }`,
-			"variables": map[string]any{"m": m.CreateMachine.ID},
-		}})
-	}
-	apitest.Eventually(t, wait, "most subscriptions end as slow, the socket open", func() bool {
+	metric := func(name, label string) float64 {
 		mfs, err := s.Metrics.Registry().Gather()
 		require.NoError(t, err)
 		for _, mf := range mfs {
-			if mf.GetName() == "fleetgraph_graphql_errors_total" {
+			if mf.GetName() == name {
 				for _, m := range mf.GetMetric() {
-					if m.GetLabel()[0].GetValue() == "RATE_LIMITED" {
-						return m.GetCounter().GetValue() >= subs/2
+					if label == "" || m.GetLabel()[0].GetValue() == label {
+						if m.GetGauge() != nil {
+							return m.GetGauge().GetValue()
+						}
+						return m.GetCounter().GetValue()
 					}
 				}
 			}
 		}
-		return false
-	})
-
-	// Reading now: the results that waited, and the others' SLOW_CONSUMER,
-	// on a socket still open.
-	slow := 0
-	for slow == 0 {
-		var got msg
-		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &got))
-		if got.Type == "error" {
-			require.Contains(t, string(got.Payload), "SLOW_CONSUMER")
-			slow++
-		}
+		return 0
 	}
-	send(map[string]any{"type": "ping"})
+	heap := func() int64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	// 8 MiB waiting, and the results rendering in the turns and being
+	// written, each as its rows (a query's loaders keep them until it is
+	// written) and as its encoding.
+	const held = 2*8<<20 + (turns+2)*2*3_600_000
+	read := func(br *bufio.Reader, n int) (next, errs int) {
+		for next+errs < n {
+			var got msg
+			require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &got))
+			switch got.Type {
+			case "next":
+				next++
+			case "error":
+				require.Contains(t, string(got.Payload), "SLOW_CONSUMER")
+				errs++
+			}
+		}
+		return next, errs
+	}
+
+	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
+	before := heap()
+	const ops = 40
+	for i := range ops {
+		query := `subscription($m: ID!) { machineUpdated(id: $m) { version machine { events(first: 60) { edges { node { details } } } } } }`
+		if i%2 == 1 {
+			query = `query($m: ID!) { machine(id: $m) { events(first: 60) { edges { node { details } } } } }`
+		}
+		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
+			"query": query, "variables": map[string]any{"m": m.CreateMachine.ID}}})
+	}
+	apitest.Eventually(t, wait, "most operations wait for the client", func() bool {
+		return metric("fleetgraph_websocket_operations_waiting_for_client", "") >= ops-12
+	})
+	require.Less(t, heap()-before, int64(held), "a socket whose client reads nothing")
+	next, errs := read(br, ops)
+	require.Equal(t, ops, next, "every result, once the client reads")
+	require.Zero(t, errs)
+
+	_, br, send = rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
+	const shared = 30
+	for i := range shared {
+		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
+			"query": fmt.Sprintf(`subscription { machineUpdated { version machine { events(first: %d) { edges { node { details } } } } } }`, 31+i%30)}})
+	}
+	send(map[string]any{"type": "ping"}) // subscribed once the pong comes
 	for {
 		var got msg
 		require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &got))
 		if got.Type == "pong" {
 			break
+		}
+	}
+	before = heap()
+	slow, renders := metric("fleetgraph_graphql_errors_total", "RATE_LIMITED"), metric("fleetgraph_live_shared_renders_total", "")
+	s.Do(t, u.Token, `mutation($m: ID!) { updateMachine(id: $m, input: {name: "renamed"}) { id } }`, map[string]any{"m": m.CreateMachine.ID}).OK(t, nil)
+	apitest.Eventually(t, wait, "every group renders, and most members end as slow", func() bool {
+		return metric("fleetgraph_live_shared_renders_total", "")-renders >= shared &&
+			metric("fleetgraph_graphql_errors_total", "RATE_LIMITED")-slow >= shared-12 // results of 1.9 to 3.6 MB past 16 MiB
+	})
+	require.Less(t, heap()-before, int64(held+8<<20), "shared results on a socket whose client reads nothing (twice the bound)")
+	next, errs = read(br, shared)
+	require.Equal(t, shared, next+errs)
+	require.Positive(t, next)
+}
+
+// A client that reads as fast as it can gets every result, however large:
+// thirty subscriptions of one machine, with results of 1.9 to 3.6 MB,
+// rendered faster than one socket writes, and some of them were ended as
+// slow consumers though the client read everything.
+func TestAReadingClientGetsEveryResult(t *testing.T) {
+	t.Parallel()
+	s := apitest.New(t)
+	u := s.NewUser(t, uuid.New())
+	var m struct{ CreateMachine struct{ ID string } }
+	s.Do(t, u.Token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
+	blob := strings.Repeat("x", 60_000)
+	for range 60 {
+		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
+			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
+	}
+	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
+	const subs = 30
+	for i := range subs {
+		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
+			"query":     fmt.Sprintf(`subscription($m: ID!) { machineUpdated(id: $m) { version machine { events(first: %d) { edges { node { details } } } } } }`, 31+i),
+			"variables": map[string]any{"m": m.CreateMachine.ID}}})
+	}
+	for next := 0; next < subs; {
+		frame := live.ReadServerFrame(t, br)
+		head := string(frame[:min(len(frame), 64)]) // the type is near the start
+		require.NotContains(t, head, `"type":"error"`, "%.300s", frame)
+		if strings.Contains(head, `"type":"next"`) {
+			next++
 		}
 	}
 }

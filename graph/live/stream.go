@@ -231,7 +231,7 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	if errs != nil {
 		done <- outcome{errs: errs}
 	} else if key, ok := t.fanout.shareable(opCtx, oc); ok {
-		write := func(payloads [][]byte) error {
+		write := func(payloads [][]byte, _ func()) error {
 			for _, p := range payloads {
 				if err := next(p); err != nil {
 					return err
@@ -239,7 +239,7 @@ func (t streamer) serve(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 			}
 			return nil
 		}
-		t.fanout.attach(ctx, opCtx, exec, oc, key, write, func(out outcome) { done <- out })
+		t.fanout.attach(ctx, opCtx, exec, oc, key, nil, write, func(out outcome) { done <- out })
 	} else {
 		d := dispatch(opCtx, exec, oc)
 		go func() { done <- d.run(next) }()

@@ -861,27 +861,21 @@ func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graph
 		})
 	}
 	if key, ok := c.t.Fanout.shareable(ctx, rc); ok {
-		c.t.Fanout.attach(base, ctx, c.exec, rc, key, func(payloads [][]byte) error { return write(payloads, func() {}) },
+		c.t.Fanout.attach(base, ctx, c.exec, rc, key, c.place, write,
 			func(out outcome) { c.finish(base, id, op, out) })
 		return
 	}
-	d := dispatch(ctx, c.exec, rc)
+	// Its turns wait for room on the socket (AwaitRoom), and each result
+	// counts until the writer takes it, not while it is written: a
+	// subscription's next result, a query's or a mutation's answer (which
+	// has run, and a mutation committed, so it always waits).
+	d := dispatch(withPlace(ctx, c.place), c.exec, rc)
 	go func() {
 		c.finish(ctx, id, op, d.run(func(payload []byte) error {
-			if !op.subscription {
-				// A query's or mutation's one answer waits for the writer
-				// whatever its size: it has run (and a mutation committed).
-				return write([][]byte{payload}, func() {})
-			}
-			// A subscription's result waits within the socket's and its
-			// caller's bounds (SocketResultBytes): counted until the
-			// writer takes it, not while it is written.
 			n := len(payload)
-			if !c.place.HoldResult(n) {
-				return errSlowMember
-			}
+			c.place.Hold(n)
 			var once sync.Once
-			release := func() { once.Do(func() { c.place.ReleaseResult(n) }) }
+			release := func() { once.Do(func() { c.place.Release(n) }) }
 			defer release()
 			return write([][]byte{payload}, release)
 		}))
