@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -61,7 +62,12 @@ func LoadZone(name string) (*time.Location, error) {
 	if name == "" || name == "UTC" {
 		return time.UTC, nil
 	}
-	if name == "Local" || len(name) > 64 || strings.ContainsAny(name, "\x00\\") || strings.Contains(name, "..") {
+	// IANA names are components that start with a capital letter. The
+	// host's zoneinfo folder has other files LoadLocation would read:
+	// localtime (its /etc/localtime, Local by another name), posixrules,
+	// right/... and posix/..., which the binary's tzdata lacks, so a
+	// replica without the folder would refuse them.
+	if name == "Local" || len(name) > 64 || !ianaName.MatchString(name) {
 		return nil, fmt.Errorf("%q is not an IANA time zone name such as Europe/Paris or UTC", name)
 	}
 	loc, err := time.LoadLocation(name)
@@ -70,6 +76,9 @@ func LoadZone(name string) (*time.Location, error) {
 	}
 	return loc, nil
 }
+
+// ianaName is the shape of every name in the IANA time zone database.
+var ianaName = regexp.MustCompile(`^[A-Z][A-Za-z0-9_+-]*(/[A-Z][A-Za-z0-9_+-]*)*$`)
 
 // Parse parses expr for the zone loc. Its error says which field is wrong
 // and why.

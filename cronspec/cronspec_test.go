@@ -1,6 +1,10 @@
 package cronspec_test
 
 import (
+	"archive/zip"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,9 +109,24 @@ func TestParseErrors(t *testing.T) {
 		_, err := cronspec.Parse(expr, time.UTC)
 		require.ErrorContains(t, err, want, expr)
 	}
-	for _, zone := range []string{"Mars/Olympus", "Local", "../etc/passwd", "Europe/Paris\x00"} {
+	// Names only the host's zoneinfo folder knows, which the binary's
+	// tzdata lacks: localtime is the host's own zone (Local) by another
+	// name, so one schedule fired at different instants on two hosts, and
+	// a replica without the folder refused the others.
+	for _, zone := range []string{"Mars/Olympus", "Local", "../etc/passwd", "Europe/Paris\x00", "localtime", "posixrules", "right/UTC", "posix/Europe/Paris"} {
 		_, err := cronspec.LoadZone(zone)
 		require.Error(t, err, zone)
+	}
+	// Every zone of the tzdata the binary embeds loads.
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	require.NoError(t, err)
+	zr, err := zip.OpenReader(filepath.Join(strings.TrimSpace(string(goroot)), "lib", "time", "zoneinfo.zip"))
+	require.NoError(t, err)
+	defer zr.Close()
+	require.Greater(t, len(zr.File), 500)
+	for _, f := range zr.File {
+		_, err := cronspec.LoadZone(f.Name)
+		require.NoError(t, err, f.Name)
 	}
 }
 

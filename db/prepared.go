@@ -114,14 +114,37 @@ type connector struct {
 	prepare bool
 }
 
-// Connect implements driver.Connector.
+// Connect implements driver.Connector. A new session gets sessionBounds
+// (not behind a transaction pooler, whose server sessions are not ours).
 func (c connector) Connect(ctx context.Context) (driver.Conn, error) {
 	inner, err := c.Connector.Connect(ctx)
 	if err != nil {
 		return nil, err
 	}
+	if c.prepare {
+		if _, err := inner.(driver.ExecerContext).ExecContext(ctx, sessionBounds, nil); err != nil {
+			_ = inner.Close()
+			return nil, fmt.Errorf("setting the session's timeouts: %w", err)
+		}
+	}
 	return &conn{Conn: inner, stmts: map[string]driver.Stmt{}, prepare: c.prepare}, nil
 }
+
+// sessionBounds sets, where the server, the role or DATABASE_URL set
+// nothing, how soon PostgreSQL ends a session whose client vanished: TCP
+// keepalives from 10 s idle, 3 probes 5 s apart, unacknowledged data given
+// up after 25 s, as the maintenance leader's session has; and a
+// transaction left idle for a minute (no transaction here waits on a
+// client). A leader cut off in the middle of a round kept the rows its
+// round had locked (a schedule, a thousand robots) for the two hours TCP
+// takes by default, and the leader after it skipped them. As a statement,
+// not startup parameters, which poolers such as PgBouncer refuse.
+const sessionBounds = `SELECT
+	CASE WHEN current_setting('tcp_keepalives_idle') = '0' THEN set_config('tcp_keepalives_idle', '10', false) END,
+	CASE WHEN current_setting('tcp_keepalives_interval') = '0' THEN set_config('tcp_keepalives_interval', '5', false) END,
+	CASE WHEN current_setting('tcp_keepalives_count') = '0' THEN set_config('tcp_keepalives_count', '3', false) END,
+	CASE WHEN current_setting('tcp_user_timeout') = '0' THEN set_config('tcp_user_timeout', '25000', false) END,
+	CASE WHEN current_setting('idle_in_transaction_session_timeout') = '0' THEN set_config('idle_in_transaction_session_timeout', '60000', false) END`
 
 // maxPrepared bounds the statements a connection keeps; the hot paths have
 // a few dozen texts (a shape per scope kind).

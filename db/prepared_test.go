@@ -117,3 +117,22 @@ func TestTransactionPoolerModeSendsBoundStatementsUnprepared(t *testing.T) {
 	require.NoError(t, bdb.NewRaw(`SELECT count(*) FROM pg_prepared_statements`).Scan(t.Context(), &n))
 	require.Zero(t, n, "nothing is prepared behind a transaction pooler")
 }
+
+// TestSessionsEndWhenTheirClientVanishes: every session of the pool ends
+// a transaction left idle for a minute (a leader cut off in the middle of
+// a round kept its rows locked for the two hours TCP takes by default),
+// unless the server, the role or the connection string said otherwise.
+func TestSessionsEndWhenTheirClientVanishes(t *testing.T) {
+	t.Parallel()
+	d := dbtest.New(t)
+	setting := func(bdb *bun.DB) string {
+		var v string
+		require.NoError(t, bdb.NewRaw(`SELECT current_setting('idle_in_transaction_session_timeout')`).Scan(t.Context(), &v))
+		return v
+	}
+	require.Equal(t, "1min", setting(oneConnection(t, d.DSN)))
+	// dbtest's DSN is of the key=value form.
+	require.Equal(t, "5min", setting(oneConnection(t, d.DSN+" options='-c idle_in_transaction_session_timeout=300000'")), "the DSN's own")
+	pooled := oneConnection(t, d.DSN+" binary_parameters=yes")
+	require.Equal(t, "0", setting(pooled), "behind a transaction pooler, the pooler's")
+}

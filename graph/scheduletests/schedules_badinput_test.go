@@ -55,6 +55,8 @@ func TestScheduleBadInput(t *testing.T) {
 		{"NeverFires", map[string]any{"cronExpression": "0 0 30 2 *"}, "BAD_USER_INPUT", "cronExpression", "can never fire"},
 		{"UnknownZone", map[string]any{"timeZone": "Mars/Olympus_Mons"}, "BAD_USER_INPUT", "timeZone", "not an IANA time zone"},
 		{"ServerLocalZone", map[string]any{"timeZone": "Local"}, "BAD_USER_INPUT", "timeZone", "not an IANA time zone"},
+		{"HostLocalZone", map[string]any{"timeZone": "localtime"}, "BAD_USER_INPUT", "timeZone", "not an IANA time zone"},
+		{"HostOnlyZone", map[string]any{"timeZone": "right/Europe/Paris"}, "BAD_USER_INPUT", "timeZone", "not an IANA time zone"},
 		{"PathAsZone", map[string]any{"timeZone": "../../etc/passwd"}, "BAD_USER_INPUT", "timeZone", "not an IANA time zone"},
 		{"EndBeforeStart", map[string]any{"startAt": "2026-07-01T00:00:00Z", "endAt": "2026-06-15T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "must be after startAt"},
 		{"EndEqualsStart", map[string]any{"startAt": "2026-07-01T00:00:00Z", "endAt": "2026-07-01T00:00:00Z"}, "BAD_USER_INPUT", "endAt", "must be after startAt"},
