@@ -78,8 +78,9 @@ type Quota struct {
 	// yet written (Hold).
 	waiting map[string]int
 	// released is closed, and replaced, whenever waiting bytes are given
-	// back: AwaitRoom's waiters look again.
+	// back while AwaitRoom has waiters (waiters): they look again.
 	released chan struct{}
+	waiters  int
 }
 
 // NewQuota returns a quota enforcing l; zero fields take DefaultLimits'
@@ -166,17 +167,23 @@ func AwaitRoom(ctx context.Context) bool {
 	if p == nil {
 		return true
 	}
+	q := p.q
 	for counted := false; ; counted = true {
-		q := p.q
 		q.mu.Lock()
 		room := p.roomFor(0, 1)
 		changed := q.released
+		if !room && !counted {
+			q.waiters++
+			defer func() {
+				q.mu.Lock()
+				q.waiters--
+				q.mu.Unlock()
+			}()
+			defer metrics.RequestOf(ctx).Metrics().WaitingForClient()()
+		}
 		q.mu.Unlock()
 		if room {
 			return true
-		}
-		if !counted {
-			defer metrics.RequestOf(ctx).Metrics().WaitingForClient()()
 		}
 		select {
 		case <-changed:
@@ -253,8 +260,7 @@ func (p *SocketPlace) add(n int) {
 		}
 	}
 	if n < 0 {
-		close(q.released)
-		q.released = make(chan struct{})
+		q.wake()
 	}
 }
 
@@ -350,8 +356,7 @@ func (p *SocketPlace) Move(key string) error {
 			delete(q.waiting, p.key)
 		}
 		q.waiting[key] += p.waiting
-		close(q.released) // the old key's sockets may have room now
-		q.released = make(chan struct{})
+		q.wake() // the old key's sockets may have room now
 	}
 	p.key = key
 	return nil
@@ -377,6 +382,13 @@ func (p *SocketPlace) Close() {
 		if q.waiting[p.key] -= p.waiting; q.waiting[p.key] <= 0 {
 			delete(q.waiting, p.key)
 		}
+		q.wake()
+	}
+}
+
+// wake has AwaitRoom's waiters, if any, look again (under q.mu).
+func (q *Quota) wake() {
+	if q.waiters > 0 {
 		close(q.released)
 		q.released = make(chan struct{})
 	}
