@@ -140,21 +140,15 @@ func TestSubscriptionKeepsNoExtensions(t *testing.T) {
 	c := connect(t, s, f.user.Token)
 	c.subscribe("first", machineSub, map[string]any{"id": f.machine})
 	require.Equal(t, "CURRENT", machineChange(t, c.readFor("first")).Op)
-	heap := func() int64 {
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapAlloc)
-	}
 
 	query, err := json.Marshal(machineSub)
 	require.NoError(t, err)
 	message := []byte(`{"id":"padded","type":"subscribe","payload":{"query":` + string(query) + `,"variables":{"id":"` + f.machine +
 		`"},"extensions":{"pad":[` + strings.Repeat(`{"k":"0123456789"},`, 50_000) + `{}]}}}`)
-	before := heap()
+	before := liveHeap()
 	c.sendRaw(websocket.MessageText, message)
 	require.Equal(t, "CURRENT", machineChange(t, c.readFor("padded")).Op)
-	kept := heap() - before
+	kept := liveHeap() - before
 	runtime.KeepAlive(message)
 	require.Less(t, kept, int64(len(message)), "a subscription sent in %d bytes keeps %d", len(message), kept)
 }
@@ -167,26 +161,14 @@ func TestSubscriptionKeepsNoExtensions(t *testing.T) {
 func TestIdleSubscriptionsHoldNoResult(t *testing.T) {
 	s := apitest.New(t)
 	u := s.NewUser(t, uuid.New())
-	var m struct{ CreateMachine struct{ ID string } }
-	s.Do(t, u.Token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
-	blob := strings.Repeat("x", 60_000)
-	for range 60 { // each result: 3.6 MB
-		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
-			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
-	}
+	m := bigMachine(t, s, u.Token, 60)
 	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
-	heap := func() int64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return int64(ms.HeapAlloc)
-	}
-	before := heap()
+	before := liveHeap()
 	const subs = 20
 	for i := range subs { // one at a time: each current state read before the next
 		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
 			"query":     `subscription($m: ID!) { machineUpdated(id: $m) { version machine { events(first: 60) { edges { node { details } } } } } }`,
-			"variables": map[string]any{"m": m.CreateMachine.ID}}})
+			"variables": map[string]any{"m": m}}})
 		for {
 			var got msg
 			require.NoError(t, json.Unmarshal(live.ReadServerFrame(t, br), &got))
@@ -196,7 +178,7 @@ func TestIdleSubscriptionsHoldNoResult(t *testing.T) {
 			}
 		}
 	}
-	held := heap() - before
+	held := liveHeap() - before
 	require.Less(t, held, int64(16<<20), "%d idle subscriptions, every result read, hold %d MiB", subs, held>>20)
 }
 
@@ -341,7 +323,7 @@ func TestASubscribeTakesATurn(t *testing.T) {
 	apitest.Eventually(t, wait, "the query holds the turn, waiting on the lock", func() bool { return s.LockWaiters(t, `SELECT%FROM "robots"%`) > 0 })
 
 	c := connect(t, s, u.Token)
-	c.subscribe("m", `subscription($id: ID!) { machineUpdated(id: $id) { op id } }`, map[string]any{"id": m.CreateMachine.ID})
+	c.subscribe("m", `subscription($id: ID!) { machineUpdated(id: $id) { op id } }`, map[string]any{"id": m})
 	apitest.Eventually(t, wait, "the subscribe waits for a turn", func() bool { return waiting() == 1 })
 	release()
 	first := c.read()
@@ -398,13 +380,7 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 	const turns = 4
 	s := apitest.New(t, apitest.Options{Metrics: true, Running: turns})
 	u := s.NewUser(t, uuid.New())
-	var m struct{ CreateMachine struct{ ID string } }
-	s.Do(t, u.Token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
-	blob := strings.Repeat("x", 60_000)
-	for range 60 { // each result: 3.6 MB
-		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
-			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
-	}
+	m := bigMachine(t, s, u.Token, 60)
 	metric := func(name, label string) float64 {
 		mfs, err := s.Metrics.Registry().Gather()
 		require.NoError(t, err)
@@ -421,12 +397,6 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 			}
 		}
 		return 0
-	}
-	heap := func() int64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return int64(ms.HeapAlloc)
 	}
 	// 8 MiB waiting, and the results rendering in the turns and being
 	// written, each as its rows (a query's loaders keep them until it is
@@ -448,7 +418,7 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 	}
 
 	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
-	before := heap()
+	before := liveHeap()
 	const ops = 40
 	for i := range ops {
 		query := `subscription($m: ID!) { machineUpdated(id: $m) { version machine { events(first: 60) { edges { node { details } } } } } }`
@@ -456,12 +426,12 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 			query = `query($m: ID!) { machine(id: $m) { events(first: 60) { edges { node { details } } } } }`
 		}
 		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
-			"query": query, "variables": map[string]any{"m": m.CreateMachine.ID}}})
+			"query": query, "variables": map[string]any{"m": m}}})
 	}
 	apitest.Eventually(t, wait, "most operations wait for the client", func() bool {
 		return metric("fleetgraph_websocket_operations_waiting_for_client", "") >= ops-12
 	})
-	require.Less(t, heap()-before, int64(held), "a socket whose client reads nothing")
+	require.Less(t, liveHeap()-before, int64(held), "a socket whose client reads nothing")
 	next, errs := read(br, ops)
 	require.Equal(t, ops, next, "every result, once the client reads")
 	require.Zero(t, errs)
@@ -480,14 +450,14 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 			break
 		}
 	}
-	before = heap()
+	before = liveHeap()
 	slow, renders := metric("fleetgraph_graphql_errors_total", "RATE_LIMITED"), metric("fleetgraph_live_shared_renders_total", "")
-	s.Do(t, u.Token, `mutation($m: ID!) { updateMachine(id: $m, input: {name: "renamed"}) { id } }`, map[string]any{"m": m.CreateMachine.ID}).OK(t, nil)
+	s.Do(t, u.Token, `mutation($m: ID!) { updateMachine(id: $m, input: {name: "renamed"}) { id } }`, map[string]any{"m": m}).OK(t, nil)
 	apitest.Eventually(t, wait, "every group renders, and most members end as slow", func() bool {
 		return metric("fleetgraph_live_shared_renders_total", "")-renders >= shared &&
 			metric("fleetgraph_graphql_errors_total", "RATE_LIMITED")-slow >= shared-12 // results of 1.9 to 3.6 MB past 16 MiB
 	})
-	require.Less(t, heap()-before, int64(held+8<<20), "shared results on a socket whose client reads nothing (twice the bound)")
+	require.Less(t, liveHeap()-before, int64(held+8<<20), "shared results on a socket whose client reads nothing (twice the bound)")
 	next, errs = read(br, shared)
 	require.Equal(t, shared, next+errs)
 	require.Positive(t, next)
@@ -501,19 +471,13 @@ func TestAReadingClientGetsEveryResult(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t)
 	u := s.NewUser(t, uuid.New())
-	var m struct{ CreateMachine struct{ ID string } }
-	s.Do(t, u.Token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
-	blob := strings.Repeat("x", 60_000)
-	for range 60 {
-		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
-			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
-	}
+	m := bigMachine(t, s, u.Token, 60)
 	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
 	const subs = 30
 	for i := range subs {
 		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
 			"query":     fmt.Sprintf(`subscription($m: ID!) { machineUpdated(id: $m) { version machine { events(first: %d) { edges { node { details } } } } } }`, 31+i),
-			"variables": map[string]any{"m": m.CreateMachine.ID}}})
+			"variables": map[string]any{"m": m}}})
 	}
 	for next := 0; next < subs; {
 		frame := live.ReadServerFrame(t, br)
@@ -533,18 +497,12 @@ func TestAnAnswerWaitsForABusySocket(t *testing.T) {
 	t.Parallel()
 	s := apitest.New(t, apitest.Options{Metrics: true})
 	u := s.NewUser(t, uuid.New())
-	var m struct{ CreateMachine struct{ ID string } }
-	s.Do(t, u.Token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
-	blob := strings.Repeat("x", 60_000)
-	for range 150 { // the query's result: 9 MB
-		s.Do(t, u.Token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
-			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
-	}
+	m := bigMachine(t, s, u.Token, 150)
 	_, br, send := rawSocket(t, s, map[string]any{"Authorization": "Bearer " + u.Token})
 
 	send(map[string]any{"id": "big", "type": "subscribe", "payload": map[string]any{
 		"query":     `query($m: ID!) { machine(id: $m) { events(first: 150) { edges { node { details } } } } }`,
-		"variables": map[string]any{"m": m.CreateMachine.ID},
+		"variables": map[string]any{"m": m},
 	}})
 	// Read up to the header of the big result's frame: the server is
 	// writing it. Then pause reading.
@@ -629,4 +587,26 @@ func rawSocket(t *testing.T, s *apitest.Server, init map[string]any) (net.Conn, 
 	}
 	require.Equal(t, "connection_ack", ack.Type)
 	return nc, br, send
+}
+
+// bigMachine creates a machine of token's with events of 60 KB each: its
+// events(first: events) { details } renders 60 KB per event.
+func bigMachine(t *testing.T, s *apitest.Server, token string, events int) string {
+	t.Helper()
+	var m struct{ CreateMachine struct{ ID string } }
+	s.Do(t, token, `mutation { createMachine(input: {name: "big"}) { id } }`, nil).OK(t, &m)
+	blob := strings.Repeat("x", 60_000)
+	for range events {
+		s.Do(t, token, `mutation($m: ID!, $d: JSON) { logMachineEvent(machineId: $m, eventType: "note", details: $d) { id } }`,
+			map[string]any{"m": m.CreateMachine.ID, "d": map[string]any{"blob": blob}}).OK(t, nil)
+	}
+	return m.CreateMachine.ID
+}
+
+// liveHeap is the heap's live bytes, after a collection.
+func liveHeap() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
 }
