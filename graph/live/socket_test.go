@@ -323,7 +323,7 @@ func TestASubscribeTakesATurn(t *testing.T) {
 	apitest.Eventually(t, wait, "the query holds the turn, waiting on the lock", func() bool { return s.LockWaiters(t, `SELECT%FROM "robots"%`) > 0 })
 
 	c := connect(t, s, u.Token)
-	c.subscribe("m", `subscription($id: ID!) { machineUpdated(id: $id) { op id } }`, map[string]any{"id": m})
+	c.subscribe("m", `subscription($id: ID!) { machineUpdated(id: $id) { op id } }`, map[string]any{"id": m.CreateMachine.ID})
 	apitest.Eventually(t, wait, "the subscribe waits for a turn", func() bool { return waiting() == 1 })
 	release()
 	first := c.read()
