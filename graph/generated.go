@@ -17749,7 +17749,6 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -17828,7 +17827,6 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -17928,7 +17926,6 @@ func (ec *executionContext) _Job(ctx context.Context, sel ast.SelectionSet, obj 
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -18136,7 +18133,6 @@ func (ec *executionContext) _JobConnection(ctx context.Context, sel ast.Selectio
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -18660,7 +18656,6 @@ func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, 
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -18700,7 +18695,6 @@ func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, 
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -18739,7 +18733,6 @@ func (ec *executionContext) _Machine(ctx context.Context, sel ast.SelectionSet, 
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -18881,7 +18874,6 @@ func (ec *executionContext) _MachineConnection(ctx context.Context, sel ast.Sele
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -19084,7 +19076,6 @@ func (ec *executionContext) _MachineEventConnection(ctx context.Context, sel ast
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -20341,7 +20332,6 @@ func (ec *executionContext) _Robot(ctx context.Context, sel ast.SelectionSet, ob
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -20380,7 +20370,6 @@ func (ec *executionContext) _Robot(ctx context.Context, sel ast.SelectionSet, ob
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -20522,7 +20511,6 @@ func (ec *executionContext) _RobotConnection(ctx context.Context, sel ast.Select
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -21062,7 +21050,6 @@ func (ec *executionContext) _Schedule(ctx context.Context, sel ast.SelectionSet,
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -21187,7 +21174,6 @@ func (ec *executionContext) _Schedule(ctx context.Context, sel ast.SelectionSet,
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -21266,7 +21252,6 @@ func (ec *executionContext) _Schedule(ctx context.Context, sel ast.SelectionSet,
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -21367,7 +21352,6 @@ func (ec *executionContext) _ScheduleConnection(ctx context.Context, sel ast.Sel
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -21520,7 +21504,6 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -21559,7 +21542,6 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -21600,7 +21582,6 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -21639,7 +21620,6 @@ func (ec *executionContext) _Viewer(ctx context.Context, sel ast.SelectionSet, o
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -22076,7 +22056,6 @@ func (ec *executionContext) _Workflow(ctx context.Context, sel ast.SelectionSet,
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -22116,7 +22095,6 @@ func (ec *executionContext) _Workflow(ctx context.Context, sel ast.SelectionSet,
 
 			if field.IsDeferred() {
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
 				deferredFieldSet.Concurrently(fieldIndex, func(ctx context.Context) graphql.Marshaler {
@@ -22155,7 +22133,6 @@ func (ec *executionContext) _Workflow(ctx context.Context, sel ast.SelectionSet,
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -22241,7 +22218,6 @@ func (ec *executionContext) _WorkflowAssignment(ctx context.Context, sel ast.Sel
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1
@@ -22408,7 +22384,6 @@ func (ec *executionContext) _WorkflowConnection(ctx context.Context, sel ast.Sel
 			}
 
 			if field.IsDeferred() {
-				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)
 				deferredFieldSet.AddField(field)
 				fieldIndex := len(deferredFieldSet.Values) - 1

@@ -184,8 +184,7 @@ var rewrites = []rewrite{
 	{scalarContext, literally(scalarContext, "scalarFieldContext($1, field, $2, $3)"), "scalarFieldContext("},
 	{deferredSets, literally(deferredSets, "\tvar deferredFieldSet *graphql.FieldSet\n\tvar deferLabelToView map[string]*graphql.FieldSetView\n"),
 		"\tvar deferredFieldSet *graphql.FieldSet\n"},
-	{deferredAdd, literally(deferredAdd, "\t\t\t\tdeferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)\n\t\t\t\tdeferredFieldSet.AddField(field)\n"),
-		"deferring(deferredFieldSet, deferLabelToView)"},
+	{deferredAdd, unlessAfter(deferring, literally(deferredAdd, deferring+"\t\t\t\tdeferredFieldSet.AddField(field)\n")), deferring},
 	{objectReturn, literally(objectReturn, "\n\treturn set.object(fields)\n}\n"), "\treturn set.object(fields)\n"},
 	{objectSet, literally(objectSet, "\tset := newObjectSet(fields)\n\tout := &set.fs\n"), "\tout := &set.fs\n"},
 	{deferredGroup, literally(deferredGroup, "\n\tif len(deferLabelToView) > 0 {\n\t\tec.ProcessDeferredGroup(graphql.DeferredGroup{\n\t\t\tDefers:   deferLabelToView,\n\t\t\tPath:     graphql.GetPath(ctx),\n\t\t\tFieldSet: deferredFieldSet,\n\t\t\tContext:  ctx,\n\t\t})\n\t}\n"),
@@ -201,6 +200,21 @@ var rewrites = []rewrite{
 // large as its largest result (twenty idle ones of 4 MiB results held 79
 // MiB). The transports copy a result's bytes out of it anyway.
 const bufferPerResult = "\t\t\t// A buffer per result, not one kept for the subscription's life (graph/internal/sequential).\n"
+
+// deferring is the line the deferredAdd rewrite puts before each
+// AddField, which it leaves alone once it is there.
+const deferring = "\t\t\t\tdeferredFieldSet, deferLabelToView = deferring(deferredFieldSet, deferLabelToView)\n"
+
+// unlessAfter is to, except for a match right after before, which stays
+// as it is: for a rewrite whose output holds what it matches.
+func unlessAfter(before string, to func([]byte, []int) []byte) func([]byte, []int) []byte {
+	return func(src []byte, m []int) []byte {
+		if bytes.HasSuffix(src[:m[0]], []byte(before)) {
+			return src[m[0]:m[1]]
+		}
+		return to(src, m)
+	}
+}
 
 // noUnmarshalerMap marks where gqlgen built its map of input unmarshallers.
 const noUnmarshalerMap = "\t// No map of input unmarshallers: nothing calls graphql.UnmarshalInputFromContext (graph/internal/sequential).\n"
@@ -301,11 +315,20 @@ func run() error {
 	if len(inPlace) == 0 {
 		return fmt.Errorf("%s has no marshaller of a String, ID or Time to read in place: did gqlgen change its generated code?", file)
 	}
+	if src, err = rewriteAll(src); err != nil {
+		return err
+	}
+	return os.WriteFile(file, src, 0o644)
+}
+
+// rewriteAll applies every rewrite to src. A file it rewrote already comes
+// back unchanged.
+func rewriteAll(src []byte) ([]byte, error) {
 	for _, r := range rewrites {
 		if !r.from.Match(src) && !bytes.Contains(src, []byte(r.done)) {
-			return fmt.Errorf("%s has nothing matching %s to rewrite: did gqlgen change its generated code?", file, r.from)
+			return nil, fmt.Errorf("%s has nothing matching %s to rewrite: did gqlgen change its generated code?", file, r.from)
 		}
 		src = replaceAll(r.from, src, r.to)
 	}
-	return os.WriteFile(file, src, 0o644)
+	return src, nil
 }

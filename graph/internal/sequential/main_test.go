@@ -148,3 +148,22 @@ func TestPlainFieldsReadInPlace(t *testing.T) {
 		}
 	}
 }
+
+// The rewrites leave a file they rewrote as it is: the deferred fields'
+// rewrite matched its own output, and each run added its line again.
+func TestRewritesAreIdempotent(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join("..", "..", "generated.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := rewriteAll(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(again) != string(src) {
+		t.Error("a second run changed graph/generated.go")
+	}
+	if n := strings.Count(string(src), deferring+deferring); n > 0 {
+		t.Errorf("graph/generated.go makes the set of deferred fields twice in a row %d times", n)
+	}
+}
