@@ -173,7 +173,7 @@ func TestBatchesReadsAtMostMaxTailLines(t *testing.T) {
 	require.Len(t, ids, total)
 	now := time.Now()
 	key := func(robot uuid.UUID, from, to int) db.LogBatchKey {
-		return db.LogBatchKey{Robot: robot, Lo: ids[from], Hi: ids[to-1], From: now.Add(-time.Hour), To: now.Add(time.Hour)}
+		return db.LogBatchKey{Robot: robot, Lo: ids[from], Hi: ids[to-1], From: now.Add(-time.Minute), To: now.Add(time.Minute)} // within MaxTailSpan
 	}
 	var keys []db.LogBatchKey
 	for i := 0; i < total; i += chunk {

@@ -197,12 +197,12 @@ type UpdateWebhookEndpointInput struct {
 // Webhooks is the store of webhook endpoints, the outbox and deliveries.
 type Webhooks struct {
 	cfg WebhookConfig
-	// sends limits the test sends and redeliveries to each host, per tenant.
+	// sends limits each tenant's test sends and redeliveries.
 	sends *tokenBuckets
 }
 
-// ManualSendLimit bounds, per tenant, receiving host and process, the
-// deliveries a tenant queues by hand (sendTestWebhook, redeliverWebhook):
+// ManualSendLimit bounds, per tenant and process, the deliveries a
+// tenant queues by hand (sendTestWebhook, redeliverWebhook):
 // each is an outbound request to the endpoint's address, which may be a
 // third party's, and one request of 50 aliases queued 50 of them, as often
 // as it was sent. A person testing an endpoint fits in the burst of 10;
@@ -213,23 +213,20 @@ var ManualSendLimit = RateLimit{PerSecond: 1, Burst: 10}
 func NewWebhooks(cfg WebhookConfig) *Webhooks {
 	cfg.defaults()
 	sends := newTokenBuckets(ManualSendLimit, time.Now, func(wait float64) error {
-		e := fault.New(fault.RateLimited, "too many deliveries were sent to this endpoint's host by hand; try again in %.0f s", wait)
+		e := fault.New(fault.RateLimited, "too many webhook deliveries were queued by hand (sendTestWebhook, redeliverWebhook); try again in %.0f s", wait)
 		e.Extra = map[string]any{"limit": "WEBHOOK_MANUAL_SENDS", "max": ManualSendLimit.PerSecond, "retryAfter": int(wait)}
 		return e
 	})
 	return &Webhooks{cfg: cfg, sends: sends}
 }
 
-// sendByHand charges the address of endpoint w one delivery queued by
-// hand, or refuses (ManualSendLimit). The bucket is the tenant's and the
-// URL's host, not the endpoint's id: a tenant mints ids at will (50 at a
-// time, and again after deleting them), but not the address it sends to.
+// sendByHand charges the tenant of endpoint w one delivery queued by hand,
+// or refuses (ManualSendLimit). The bucket is the tenant's, not the
+// endpoint's or its host's: a tenant mints endpoint ids at will (50 at a
+// time, and again after deleting them), and host names too (any wildcard
+// DNS zone names one address under endless names), but not tenants.
 func (s *Webhooks) sendByHand(w *WebhookEndpoint) error {
-	host := w.URL
-	if u, err := url.Parse(w.URL); err == nil {
-		host = strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
-	}
-	key := w.TenantID.String() + " " + host
+	key := w.TenantID.String()
 	if err := s.sends.allow(key); err != nil {
 		return err
 	}

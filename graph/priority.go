@@ -137,6 +137,13 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 	}
 	ctx, deadline := newOperationDeadline(ctx, r.timeout)
 	defer deadline.stop()
+	// An operation whose socket's client has not read its results is not
+	// running yet: counted, it held the fan-out to one writer (Yield) for
+	// as long as its client did not read.
+	if !live.AwaitRoom(ctx) {
+		graphql.AddError(ctx, r.stopped(ctx))
+		return &graphql.Response{Errors: graphql.GetErrors(ctx)}
+	}
 	r.running.Add(1)
 	defer r.running.Add(-1)
 	t := turn{r: r}
@@ -187,8 +194,9 @@ func (p parking) Park() {
 // an operation's first wait does.
 func (p parking) Wake(ctx context.Context) bool {
 	p.deadline.resume()
+	room := live.AwaitRoom(ctx) // not running while it waits for its client
 	p.r.running.Add(1)
-	return p.turn.take(ctx)
+	return room && p.turn.take(ctx)
 }
 
 // Leave implements dispatch.Parking.

@@ -77,10 +77,18 @@ type Quota struct {
 	// waiting counts the bytes of each caller's results rendered and not
 	// yet written (Hold).
 	waiting map[string]int
-	// released is closed, and replaced, whenever waiting bytes are given
-	// back while AwaitRoom has waiters (waiters): they look again.
-	released chan struct{}
-	waiters  int
+	// rooms holds, per caller key, the channel AwaitRoom's waiters of that
+	// caller's sockets wait on: closed (and forgotten) when bytes of that
+	// caller are given back. Room depends only on the socket's and its
+	// caller's counts, so no other caller's release wakes them.
+	rooms map[string]*roomWaiters
+}
+
+// roomWaiters is the wake-up channel of one caller's waiters, and how many
+// wait on it.
+type roomWaiters struct {
+	ch chan struct{}
+	n  int
 }
 
 // NewQuota returns a quota enforcing l; zero fields take DefaultLimits'
@@ -101,7 +109,7 @@ func NewQuota(l Limits) *Quota {
 	if l.AnonymousLifetime <= 0 {
 		l.AnonymousLifetime = DefaultLimits.AnonymousLifetime
 	}
-	return &Quota{limits: l, held: map[string]int{}, sockets: map[string]int{}, waiting: map[string]int{}, released: make(chan struct{})}
+	return &Quota{limits: l, held: map[string]int{}, sockets: map[string]int{}, waiting: map[string]int{}, rooms: map[string]*roomWaiters{}}
 }
 
 // DefaultSockets is Limits.Sockets' default: half the process's limit on
@@ -170,24 +178,33 @@ func AwaitRoom(ctx context.Context) bool {
 	q := p.q
 	for counted := false; ; counted = true {
 		q.mu.Lock()
-		room := p.roomFor(0, 1)
-		changed := q.released
-		if !room && !counted {
-			q.waiters++
-			defer func() {
-				q.mu.Lock()
-				q.waiters--
-				q.mu.Unlock()
-			}()
-			defer metrics.RequestOf(ctx).Metrics().WaitingForClient()()
-		}
-		q.mu.Unlock()
-		if room {
+		if p.roomFor(0, 1) {
+			q.mu.Unlock()
 			return true
 		}
+		key := p.key
+		w := q.rooms[key]
+		if w == nil {
+			w = &roomWaiters{ch: make(chan struct{})}
+			q.rooms[key] = w
+		}
+		w.n++
+		q.mu.Unlock()
+		if !counted {
+			defer metrics.RequestOf(ctx).Metrics().WaitingForClient()()
+		}
+		var ended bool
 		select {
-		case <-changed:
+		case <-w.ch:
 		case <-ctx.Done():
+			ended = true
+		}
+		q.mu.Lock()
+		if w.n--; w.n == 0 && q.rooms[key] == w {
+			delete(q.rooms, key)
+		}
+		q.mu.Unlock()
+		if ended {
 			return false
 		}
 	}
@@ -260,7 +277,7 @@ func (p *SocketPlace) add(n int) {
 		}
 	}
 	if n < 0 {
-		q.wake()
+		q.wake(p.key)
 	}
 }
 
@@ -356,7 +373,7 @@ func (p *SocketPlace) Move(key string) error {
 			delete(q.waiting, p.key)
 		}
 		q.waiting[key] += p.waiting
-		q.wake() // the old key's sockets may have room now
+		q.wake(p.key) // the old key's sockets may have room now
 	}
 	p.key = key
 	return nil
@@ -382,15 +399,16 @@ func (p *SocketPlace) Close() {
 		if q.waiting[p.key] -= p.waiting; q.waiting[p.key] <= 0 {
 			delete(q.waiting, p.key)
 		}
-		q.wake()
+		q.wake(p.key)
 	}
 }
 
-// wake has AwaitRoom's waiters, if any, look again (under q.mu).
-func (q *Quota) wake() {
-	if q.waiters > 0 {
-		close(q.released)
-		q.released = make(chan struct{})
+// wake has AwaitRoom's waiters on key's sockets, if any, look again
+// (under q.mu).
+func (q *Quota) wake(key string) {
+	if w := q.rooms[key]; w != nil {
+		close(w.ch)
+		delete(q.rooms, key)
 	}
 }
 

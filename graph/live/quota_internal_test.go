@@ -121,3 +121,44 @@ func TestResultsWaitingForASocketAreBounded(t *testing.T) {
 	p.Release(mib)
 	require.Equal(t, map[string]int{"user/b": 7 * 8 * mib}, q.waiting)
 }
+
+// A caller's waiters for room are woken by its own releases, not by every
+// release of every caller: the fan-out releases on each delivery, and each
+// woke every parked operation of the process, which took the quota's lock
+// to find nothing changed.
+func TestAnotherCallersReleaseWakesNoWaiter(t *testing.T) {
+	q := NewQuota(Limits{Sockets: 1000})
+	x, _, err := q.OpenSocket("tenant/x")
+	require.NoError(t, err)
+	y, _, err := q.OpenSocket("tenant/y")
+	require.NoError(t, err)
+	x.Hold(SocketResultBytes) // x's client reads nothing: its operations wait
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const waiters = 20
+	done := make(chan bool, waiters)
+	for range waiters {
+		go func() { done <- AwaitRoom(withPlace(ctx, x)) }()
+	}
+	parked := func() *roomWaiters {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.rooms["tenant/x"]
+	}
+	require.Eventually(t, func() bool { w := parked(); return w != nil && w.n == waiters }, time.Minute, time.Millisecond)
+	w := parked()
+	for range 20 { // y's deliveries
+		y.Hold(1000)
+		y.Release(1000)
+	}
+	select {
+	case <-w.ch:
+		require.FailNow(t, "another caller's release woke x's waiters")
+	default:
+	}
+	require.Same(t, w, parked())
+	x.Release(SocketResultBytes)
+	for range waiters {
+		require.True(t, <-done, "x's own release gives its waiters room")
+	}
+}
