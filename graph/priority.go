@@ -137,16 +137,9 @@ func (r requestsFirst) InterceptResponse(ctx context.Context, next graphql.Respo
 	}
 	ctx, deadline := newOperationDeadline(ctx, r.timeout)
 	defer deadline.stop()
-	// An operation whose socket's client has not read its results is not
-	// running yet: counted, it held the fan-out to one writer (Yield) for
-	// as long as its client did not read.
-	if !live.AwaitRoom(ctx) {
-		graphql.AddError(ctx, r.stopped(ctx))
-		return &graphql.Response{Errors: graphql.GetErrors(ctx)}
-	}
 	r.running.Add(1)
 	defer r.running.Add(-1)
-	t := turn{r: r}
+	t := turn{r: r, counted: true}
 	if !t.take(ctx) {
 		graphql.AddError(ctx, r.stopped(ctx))
 		return &graphql.Response{Errors: graphql.GetErrors(ctx)}
@@ -194,9 +187,8 @@ func (p parking) Park() {
 // an operation's first wait does.
 func (p parking) Wake(ctx context.Context) bool {
 	p.deadline.resume()
-	room := live.AwaitRoom(ctx) // not running while it waits for its client
 	p.r.running.Add(1)
-	return room && p.turn.take(ctx)
+	return p.turn.take(ctx)
 }
 
 // Leave implements dispatch.Parking.
@@ -246,6 +238,9 @@ type turn struct {
 	r     requestsFirst
 	held  bool
 	owner turnOwner // who holds it, while held
+	// counted: its operation counts as running (requestsFirst.running),
+	// which it does not while it waits for room.
+	counted bool
 }
 
 // take waits for a turn, and reports false if ctx ended first. An
@@ -258,7 +253,7 @@ type turn struct {
 func (t *turn) take(ctx context.Context) bool {
 	o := turnCaller(ctx)
 	for {
-		if !live.AwaitRoom(ctx) || !t.r.turns.take(ctx, o) {
+		if !t.awaitRoom(ctx) || !t.r.turns.take(ctx, o) {
 			return false
 		}
 		if live.HasRoom(ctx) {
@@ -267,6 +262,15 @@ func (t *turn) take(ctx context.Context) bool {
 		}
 		t.r.turns.give(o)
 	}
+}
+
+// awaitRoom is live.AwaitRoom, not counted as running while it waits.
+func (t *turn) awaitRoom(ctx context.Context) bool {
+	if t.counted && !live.HasRoom(ctx) {
+		t.r.running.Add(-1)
+		defer t.r.running.Add(1)
+	}
+	return live.AwaitRoom(ctx)
 }
 
 // takeWhateverRoom is take without waiting for room, for a subscription's

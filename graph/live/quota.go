@@ -159,8 +159,10 @@ const (
 // placeKey holds the SocketPlace of the websocket an operation runs on.
 type placeKey struct{}
 
-// withPlace gives the operations of ctx the socket's place to wait for room in.
-func withPlace(ctx context.Context, p *SocketPlace) context.Context {
+// WithPlace gives the operations of ctx the socket's place to wait for
+// room in (AwaitRoom). The websocket transport gives it to each operation
+// of a socket.
+func WithPlace(ctx context.Context, p *SocketPlace) context.Context {
 	return context.WithValue(ctx, placeKey{}, p)
 }
 

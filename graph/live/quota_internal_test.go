@@ -60,7 +60,7 @@ func TestResultsWaitingForASocketAreBounded(t *testing.T) {
 		require.NoError(t, err)
 		return p
 	}
-	room := func(p *SocketPlace) bool { return HasRoom(withPlace(context.Background(), p)) }
+	room := func(p *SocketPlace) bool { return HasRoom(WithPlace(context.Background(), p)) }
 	const mib = 1 << 20
 	a := open("user/a")
 	require.True(t, room(a))
@@ -69,7 +69,7 @@ func TestResultsWaitingForASocketAreBounded(t *testing.T) {
 
 	// A waiter gets room once the writer takes the result, not before.
 	got := make(chan bool, 1)
-	go func() { got <- AwaitRoom(withPlace(context.Background(), a)) }()
+	go func() { got <- AwaitRoom(WithPlace(context.Background(), a)) }()
 	select {
 	case <-got:
 		require.FailNow(t, "room while 20 MiB wait")
@@ -85,7 +85,7 @@ func TestResultsWaitingForASocketAreBounded(t *testing.T) {
 	require.False(t, room(a), "the socket's 8 MiB")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	require.False(t, AwaitRoom(withPlace(ctx, a)), "a waiter whose operation ended")
+	require.False(t, AwaitRoom(WithPlace(ctx, a)), "a waiter whose operation ended")
 	for range 8 {
 		a.Release(mib)
 	}
@@ -138,7 +138,7 @@ func TestAnotherCallersReleaseWakesNoWaiter(t *testing.T) {
 	const waiters = 20
 	done := make(chan bool, waiters)
 	for range waiters {
-		go func() { done <- AwaitRoom(withPlace(ctx, x)) }()
+		go func() { done <- AwaitRoom(WithPlace(ctx, x)) }()
 	}
 	parked := func() *roomWaiters {
 		q.mu.Lock()

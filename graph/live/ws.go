@@ -869,7 +869,7 @@ func (c *wsConn) start(base, ctx context.Context, id string, op *wsOp, rc *graph
 	// counts until the writer takes it, not while it is written: a
 	// subscription's next result, a query's or a mutation's answer (which
 	// has run, and a mutation committed, so it always waits).
-	d := dispatch(withPlace(ctx, c.place), c.exec, rc)
+	d := dispatch(WithPlace(ctx, c.place), c.exec, rc)
 	go func() {
 		c.finish(ctx, id, op, d.run(func(payload []byte) error {
 			n := len(payload)
