@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -178,7 +179,7 @@ func TestIdleSubscriptionsHoldNoResult(t *testing.T) {
 			}
 		}
 	}
-	held := liveHeap() - before
+	held := settledHeap(t, func() bool { return true }) - before
 	require.Less(t, held, int64(16<<20), "%d idle subscriptions, every result read, hold %d MiB", subs, held>>20)
 }
 
@@ -428,10 +429,8 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 		send(map[string]any{"id": fmt.Sprint(i), "type": "subscribe", "payload": map[string]any{
 			"query": query, "variables": map[string]any{"m": m}}})
 	}
-	apitest.Eventually(t, wait, "most operations wait for the client", func() bool {
-		return metric("fleetgraph_websocket_operations_waiting_for_client", "") >= ops-12
-	})
-	require.Less(t, liveHeap()-before, int64(held), "a socket whose client reads nothing")
+	require.Less(t, settledHeap(t, func() bool { return metric("fleetgraph_websocket_operations_waiting_for_client", "") >= ops-12 })-before,
+		int64(held), "a socket whose client reads nothing")
 	next, errs := read(br, ops)
 	require.Equal(t, ops, next, "every result, once the client reads")
 	require.Zero(t, errs)
@@ -453,11 +452,10 @@ func TestASocketThatStopsReadingHoldsFewResults(t *testing.T) {
 	before = liveHeap()
 	slow, renders := metric("fleetgraph_graphql_errors_total", "RATE_LIMITED"), metric("fleetgraph_live_shared_renders_total", "")
 	s.Do(t, u.Token, `mutation($m: ID!) { updateMachine(id: $m, input: {name: "renamed"}) { id } }`, map[string]any{"m": m}).OK(t, nil)
-	apitest.Eventually(t, wait, "every group renders, and most members end as slow", func() bool {
-		return metric("fleetgraph_live_shared_renders_total", "")-renders >= shared &&
+	require.Less(t, settledHeap(t, func() bool {
+		return metric("fleetgraph_live_shared_renders_total", "")-renders >= shared && // every group rendered
 			metric("fleetgraph_graphql_errors_total", "RATE_LIMITED")-slow >= shared-12 // results of 1.9 to 3.6 MB past 16 MiB
-	})
-	require.Less(t, liveHeap()-before, int64(held+8<<20), "shared results on a socket whose client reads nothing (twice the bound)")
+	})-before, int64(held+8<<20), "shared results on a socket whose client reads nothing (twice the bound)")
 	next, errs = read(br, shared)
 	require.Equal(t, shared, next+errs)
 	require.Positive(t, next)
@@ -609,4 +607,24 @@ func liveHeap() int64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return int64(ms.HeapAlloc)
+}
+
+// settledHeap waits until ready holds and the live heap has stayed within
+// a MiB over five readings (20 ms apart): no result is being rendered. It
+// returns the last reading.
+func settledHeap(t *testing.T, ready func() bool) int64 {
+	t.Helper()
+	var readings []int64
+	apitest.Eventually(t, wait, "the heap settles", func() bool {
+		if !ready() {
+			return false
+		}
+		readings = append(readings, liveHeap())
+		if len(readings) < 5 {
+			return false
+		}
+		last := readings[len(readings)-5:]
+		return slices.Max(last)-slices.Min(last) < 1<<20
+	})
+	return readings[len(readings)-1]
 }
