@@ -372,8 +372,9 @@ func TestStreamsShareTheProcesssPlaces(t *testing.T) {
 // reads nothing makes the server hold few of their results: past the
 // socket's SocketResultBytes its operations wait for the client before
 // they run, and once it reads, every result arrives, none refused. Each
-// rendered its result and waited for the writer: 40 results, 144 MB, for
-// one socket. Then thirty shared subscriptions (groups of their own, by
+// rendered its result and waited for the writer: forty queries held 133
+// MiB on one socket, and subscriptions past the bound were ended rather
+// than made to wait. Then thirty shared subscriptions (groups of their own, by
 // their selections) of the machine: past twice the bound, a member's
 // result ends it SLOW_CONSUMER, as its group cannot wait for it. Not
 // parallel: other tests would blur the heap.
