@@ -5,12 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"fleetgraph/auth"
 	"fleetgraph/db"
-	"fleetgraph/dbtest"
 	"fleetgraph/fault"
 )
 
@@ -20,14 +18,9 @@ import (
 // ones first, then the live ones, deadlocked with such a batch.
 func TestDeletingAScheduleWhileABatchCompletes(t *testing.T) {
 	t.Parallel()
-	d := dbtest.New(t)
-	ctx := t.Context()
-	tenant := uuid.New()
-	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-	workflows := db.NewWorkflows()
-	jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
-	robots := db.NewRobots(db.DefaultQueueConfig)
-	schedules := db.NewSchedules(jobs, workflows, time.Now)
+	fx := newStoreFixture(t, time.Now)
+	d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
+	workflows, jobs, robots, schedules := fx.workflows, fx.jobs, fx.robots, fx.schedules
 	slots := 4
 	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r", MaxConcurrentJobs: &slots})
 	require.NoError(t, err)
@@ -103,13 +96,9 @@ func TestDeletingAScheduleWhileABatchCompletes(t *testing.T) {
 // as if its robot had stopped reporting.
 func TestHeartbeatsReachTheProgressCap(t *testing.T) {
 	t.Parallel()
-	d := dbtest.New(t)
-	ctx := t.Context()
-	tenant := uuid.New()
-	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-	workflows := db.NewWorkflows()
-	jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
-	robots := db.NewRobots(db.DefaultQueueConfig)
+	fx := newStoreFixture(t, time.Now)
+	d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
+	workflows, jobs, robots := fx.workflows, fx.jobs, fx.robots
 	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
 	require.NoError(t, err)
 	robot := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, RobotID: r.ID, Role: auth.RoleRobot})
@@ -138,11 +127,9 @@ func TestHeartbeatsReachTheProgressCap(t *testing.T) {
 // else five such mistakes refused the next, valid change.
 func TestAFailedUpdateSpendsNoStatusChange(t *testing.T) {
 	t.Parallel()
-	d := dbtest.New(t)
-	ctx := t.Context()
-	tenant := uuid.New()
-	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-	robots := db.NewRobots(db.DefaultQueueConfig)
+	fx := newStoreFixture(t, time.Now)
+	d, svc := fx.d, fx.svc
+	robots := fx.robots
 	a, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "a"})
 	require.NoError(t, err)
 	_, err = robots.Create(svc, d.DB, db.CreateRobotInput{Name: "b"})

@@ -1,6 +1,7 @@
 package db_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,15 +28,10 @@ import (
 // heartbeat deadlocked on the first try.)
 func TestDeletingAScheduleWhileItsRobotWorks(t *testing.T) {
 	t.Parallel()
-	d := dbtest.New(t)
-	ctx := t.Context()
-	tenant := uuid.New()
-	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-	workflows := db.NewWorkflows()
-	jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
-	robots := db.NewRobots(db.DefaultQueueConfig)
 	base := time.Now().Add(-time.Hour).Truncate(time.Second)
-	schedules := db.NewSchedules(jobs, workflows, func() time.Time { return base })
+	fx := newStoreFixture(t, func() time.Time { return base })
+	d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
+	workflows, jobs, robots, schedules := fx.workflows, fx.jobs, fx.robots, fx.schedules
 	slots, half := 100, min(50, db.MaxClaimBatch)
 	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r", MaxConcurrentJobs: &slots})
 	require.NoError(t, err)
@@ -127,14 +123,9 @@ func TestDeletingARobotAndAScheduleOfItsJobsTogether(t *testing.T) {
 		aimed := tc.aimed
 		t.Run(fmt.Sprintf("aimed=%v,robotFirst=%v", tc.aimed, tc.robotFirst), func(t *testing.T) {
 			t.Parallel()
-			d := dbtest.New(t)
-			ctx := t.Context()
-			tenant := uuid.New()
-			svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-			workflows := db.NewWorkflows()
-			jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
-			robots := db.NewRobots(db.DefaultQueueConfig)
-			schedules := db.NewSchedules(jobs, workflows, time.Now)
+			fx := newStoreFixture(t, time.Now)
+			d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
+			workflows, jobs, robots, schedules := fx.workflows, fx.jobs, fx.robots, fx.schedules
 			slots := 2
 			r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r", MaxConcurrentJobs: &slots})
 			require.NoError(t, err)
@@ -219,14 +210,9 @@ func TestDeletingARobotAndAScheduleOfItsJobsTogether(t *testing.T) {
 // Under FOR UPDATE on the schedule the two waited for each other.
 func TestASchedulesRobotDeletedWhileItFires(t *testing.T) {
 	t.Parallel()
-	d := dbtest.New(t)
-	ctx := t.Context()
-	tenant := uuid.New()
-	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-	workflows := db.NewWorkflows()
-	jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
-	robots := db.NewRobots(db.DefaultQueueConfig)
-	schedules := db.NewSchedules(jobs, workflows, time.Now)
+	fx := newStoreFixture(t, time.Now)
+	d, ctx, svc := fx.d, fx.ctx, fx.svc
+	workflows, robots, schedules := fx.workflows, fx.robots, fx.schedules
 	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
 	require.NoError(t, err)
 	// A client's mistake or a lost race, never a deadlock or another error.
@@ -276,13 +262,9 @@ func TestASchedulesRobotDeletedWhileItFires(t *testing.T) {
 // robot's row was locked.
 func TestDeletingARobotReadsOnlyItsJobs(t *testing.T) {
 	t.Parallel()
-	d := dbtest.New(t)
-	ctx := t.Context()
-	tenant := uuid.New()
-	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-	workflows := db.NewWorkflows()
-	jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
-	robots := db.NewRobots(db.DefaultQueueConfig)
+	fx := newStoreFixture(t, time.Now)
+	d, ctx, svc := fx.d, fx.ctx, fx.svc
+	workflows, jobs, robots := fx.workflows, fx.jobs, fx.robots
 	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
 	require.NoError(t, err)
 	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
@@ -343,13 +325,9 @@ func TestAssigningARobotWhileItIsDeleted(t *testing.T) {
 	for _, change := range []string{"assign", "override"} {
 		t.Run(change, func(t *testing.T) {
 			t.Parallel()
-			d := dbtest.New(t)
-			ctx := t.Context()
-			tenant := uuid.New()
-			svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-			workflows := db.NewWorkflows()
-			jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
-			robots := db.NewRobots(db.DefaultQueueConfig)
+			fx := newStoreFixture(t, time.Now)
+			d, ctx, svc := fx.d, fx.ctx, fx.svc
+			workflows, jobs, robots := fx.workflows, fx.jobs, fx.robots
 			wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{map[string]any{"id": "n1"}}}})
 			require.NoError(t, err)
 			r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
@@ -412,14 +390,9 @@ func waitForLockWaiters(t *testing.T, d *dbtest.Database, n int, msg string) {
 // ended. Its live jobs are detached (or released) with their events.
 func TestDeletingDetachesHistoryQuietly(t *testing.T) {
 	t.Parallel()
-	d := dbtest.New(t)
-	ctx := t.Context()
-	tenant := uuid.New()
-	svc := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, Role: auth.RoleService})
-	workflows := db.NewWorkflows()
-	jobs := db.NewJobs(db.DefaultQueueConfig, workflows)
-	robots := db.NewRobots(db.DefaultQueueConfig)
-	schedules := db.NewSchedules(jobs, workflows, time.Now)
+	fx := newStoreFixture(t, time.Now)
+	d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
+	workflows, jobs, robots, schedules := fx.workflows, fx.jobs, fx.robots, fx.schedules
 	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
 	require.NoError(t, err)
 	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
@@ -478,4 +451,27 @@ func TestDeletingDetachesHistoryQuietly(t *testing.T) {
 	require.Zero(t, named, "detached all the same")
 	require.NoError(t, d.NewRaw(`SELECT count(*) FROM jobs WHERE target_lost`).Scan(ctx, &lost))
 	require.Equal(t, 101, lost)
+}
+
+// storeFixture is a test database and one tenant's stores, with the
+// tenant's service role (svc) to call them as.
+type storeFixture struct {
+	d         *dbtest.Database
+	ctx, svc  context.Context
+	tenant    uuid.UUID
+	workflows *db.Workflows
+	jobs      *db.Jobs
+	robots    *db.Robots
+	schedules *db.Schedules
+}
+
+// newStoreFixture makes a database and the stores of a new tenant, with
+// the default queue; the schedules' clock is now.
+func newStoreFixture(t *testing.T, now func() time.Time) *storeFixture {
+	t.Helper()
+	f := &storeFixture{d: dbtest.New(t), ctx: t.Context(), tenant: uuid.New(), workflows: db.NewWorkflows(), robots: db.NewRobots(db.DefaultQueueConfig)}
+	f.svc = auth.WithPrincipal(f.ctx, &auth.Principal{TenantID: f.tenant, Role: auth.RoleService})
+	f.jobs = db.NewJobs(db.DefaultQueueConfig, f.workflows)
+	f.schedules = db.NewSchedules(f.jobs, f.workflows, now)
+	return f
 }
