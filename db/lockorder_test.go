@@ -7,7 +7,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"fleetgraph/auth"
 	"fleetgraph/db"
 	"fleetgraph/fault"
 )
@@ -19,14 +18,10 @@ import (
 func TestDeletingAScheduleWhileABatchCompletes(t *testing.T) {
 	t.Parallel()
 	fx := newStoreFixture(t, time.Now)
-	d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
-	workflows, jobs, robots, schedules := fx.workflows, fx.jobs, fx.robots, fx.schedules
-	slots := 4
-	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r", MaxConcurrentJobs: &slots})
-	require.NoError(t, err)
-	robot := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, RobotID: r.ID, Role: auth.RoleRobot})
-	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
-	require.NoError(t, err)
+	d, ctx, svc := fx.d, fx.ctx, fx.svc
+	jobs, schedules := fx.jobs, fx.schedules
+	_, robot := fx.robot(t, 4)
+	wf := fx.workflow(t)
 	sch, err := schedules.Create(svc, d.DB, db.CreateScheduleInput{Name: "s", WorkflowID: wf.ID, CronExpression: "@yearly"})
 	require.NoError(t, err)
 	tick := time.Now().Add(-time.Hour).Truncate(time.Second)
@@ -97,14 +92,11 @@ func TestDeletingAScheduleWhileABatchCompletes(t *testing.T) {
 func TestHeartbeatsReachTheProgressCap(t *testing.T) {
 	t.Parallel()
 	fx := newStoreFixture(t, time.Now)
-	d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
-	workflows, jobs, robots := fx.workflows, fx.jobs, fx.robots
-	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
-	require.NoError(t, err)
-	robot := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, RobotID: r.ID, Role: auth.RoleRobot})
-	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
-	require.NoError(t, err)
-	_, err = jobs.Enqueue(svc, d.DB, db.EnqueueJobInput{WorkflowID: wf.ID})
+	d, ctx, svc := fx.d, fx.ctx, fx.svc
+	jobs, robots := fx.jobs, fx.robots
+	_, robot := fx.robot(t, 0)
+	wf := fx.workflow(t)
+	_, err := jobs.Enqueue(svc, d.DB, db.EnqueueJobInput{WorkflowID: wf.ID})
 	require.NoError(t, err)
 	held, err := jobs.ClaimMany(robot, d.DB, 1)
 	require.NoError(t, err)

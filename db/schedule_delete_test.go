@@ -30,14 +30,11 @@ func TestDeletingAScheduleWhileItsRobotWorks(t *testing.T) {
 	t.Parallel()
 	base := time.Now().Add(-time.Hour).Truncate(time.Second)
 	fx := newStoreFixture(t, func() time.Time { return base })
-	d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
-	workflows, jobs, robots, schedules := fx.workflows, fx.jobs, fx.robots, fx.schedules
+	d, ctx, svc := fx.d, fx.ctx, fx.svc
+	jobs, robots, schedules := fx.jobs, fx.robots, fx.schedules
 	slots, half := 100, min(50, db.MaxClaimBatch)
-	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r", MaxConcurrentJobs: &slots})
-	require.NoError(t, err)
-	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
-	require.NoError(t, err)
-	robot := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, RobotID: r.ID, Role: auth.RoleRobot})
+	r, robot := fx.robot(t, slots)
+	wf := fx.workflow(t)
 
 	for round := range 4 {
 		sch, err := schedules.Create(svc, d.DB, db.CreateScheduleInput{Name: fmt.Sprint("s", round), WorkflowID: wf.ID, CronExpression: "@every 1s"})
@@ -124,14 +121,11 @@ func TestDeletingARobotAndAScheduleOfItsJobsTogether(t *testing.T) {
 		t.Run(fmt.Sprintf("aimed=%v,robotFirst=%v", tc.aimed, tc.robotFirst), func(t *testing.T) {
 			t.Parallel()
 			fx := newStoreFixture(t, time.Now)
-			d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
-			workflows, jobs, robots, schedules := fx.workflows, fx.jobs, fx.robots, fx.schedules
+			d, ctx, svc := fx.d, fx.ctx, fx.svc
+			jobs, robots, schedules := fx.jobs, fx.robots, fx.schedules
 			slots := 2
-			r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r", MaxConcurrentJobs: &slots})
-			require.NoError(t, err)
-			robot := auth.WithPrincipal(ctx, &auth.Principal{TenantID: tenant, RobotID: r.ID, Role: auth.RoleRobot})
-			wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
-			require.NoError(t, err)
+			r, robot := fx.robot(t, slots)
+			wf := fx.workflow(t)
 			sch, err := schedules.Create(svc, d.DB, db.CreateScheduleInput{Name: "s", WorkflowID: wf.ID, CronExpression: "@yearly"})
 			require.NoError(t, err)
 			tick := time.Now().Add(-time.Hour).Truncate(time.Second)
@@ -212,9 +206,8 @@ func TestASchedulesRobotDeletedWhileItFires(t *testing.T) {
 	t.Parallel()
 	fx := newStoreFixture(t, time.Now)
 	d, ctx, svc := fx.d, fx.ctx, fx.svc
-	workflows, robots, schedules := fx.workflows, fx.robots, fx.schedules
-	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
-	require.NoError(t, err)
+	robots, schedules := fx.robots, fx.schedules
+	wf := fx.workflow(t)
 	// A client's mistake or a lost race, never a deadlock or another error.
 	lost := func(err error) bool {
 		var fe *fault.Error
@@ -264,9 +257,8 @@ func TestDeletingARobotReadsOnlyItsJobs(t *testing.T) {
 	t.Parallel()
 	fx := newStoreFixture(t, time.Now)
 	d, ctx, svc := fx.d, fx.ctx, fx.svc
-	workflows, jobs, robots := fx.workflows, fx.jobs, fx.robots
-	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
-	require.NoError(t, err)
+	jobs, robots := fx.jobs, fx.robots
+	wf := fx.workflow(t)
 	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
 	require.NoError(t, err)
 	for range 2 {
@@ -392,9 +384,8 @@ func TestDeletingDetachesHistoryQuietly(t *testing.T) {
 	t.Parallel()
 	fx := newStoreFixture(t, time.Now)
 	d, ctx, tenant, svc := fx.d, fx.ctx, fx.tenant, fx.svc
-	workflows, jobs, robots, schedules := fx.workflows, fx.jobs, fx.robots, fx.schedules
-	wf, err := workflows.Create(svc, d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
-	require.NoError(t, err)
+	jobs, robots, schedules := fx.jobs, fx.robots, fx.schedules
+	wf := fx.workflow(t)
 	r, err := robots.Create(svc, d.DB, db.CreateRobotInput{Name: "r"})
 	require.NoError(t, err)
 	sch, err := schedules.Create(svc, d.DB, db.CreateScheduleInput{Name: "s", WorkflowID: wf.ID, CronExpression: "@yearly"})
@@ -474,4 +465,25 @@ func newStoreFixture(t *testing.T, now func() time.Time) *storeFixture {
 	f.jobs = db.NewJobs(db.DefaultQueueConfig, f.workflows)
 	f.schedules = db.NewSchedules(f.jobs, f.workflows, now)
 	return f
+}
+
+// robot creates the tenant's robot "r" with slots (0: the default) and
+// returns it with a context acting as it.
+func (f *storeFixture) robot(t *testing.T, slots int) (*db.Robot, context.Context) {
+	t.Helper()
+	in := db.CreateRobotInput{Name: "r"}
+	if slots > 0 {
+		in.MaxConcurrentJobs = &slots
+	}
+	r, err := f.robots.Create(f.svc, f.d.DB, in)
+	require.NoError(t, err)
+	return r, auth.WithPrincipal(f.ctx, &auth.Principal{TenantID: f.tenant, RobotID: r.ID, Role: auth.RoleRobot})
+}
+
+// workflow creates the tenant's workflow "w", of no nodes.
+func (f *storeFixture) workflow(t *testing.T) *db.Workflow {
+	t.Helper()
+	wf, err := f.workflows.Create(f.svc, f.d.DB, db.CreateWorkflowInput{Name: "w", Definition: map[string]any{"nodes": []any{}}})
+	require.NoError(t, err)
+	return wf
 }

@@ -171,10 +171,7 @@ func TestRunner(t *testing.T) {
 
 		// The leader's session dies (a crash, a network cut): its lock goes
 		// with it, and the other replica leads at its next step.
-		var pid int
-		require.NoError(t, b.db.NewRaw("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").Scan(ctx, &pid))
-		_, err = other.ExecContext(ctx, "SELECT pg_terminate_backend(?)", pid)
-		require.NoError(t, err)
+		endLeadersSession(t, other)
 		require.Eventually(t, func() bool {
 			leading, err := second.Step(ctx)
 			return err == nil && leading
@@ -210,10 +207,7 @@ func TestRunner(t *testing.T) {
 
 		// The leader's session dies; the other replica takes over and
 		// waits its own minute.
-		var pid int
-		require.NoError(t, b.db.NewRaw("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").Scan(ctx, &pid))
-		_, err = other.ExecContext(ctx, "SELECT pg_terminate_backend(?)", pid)
-		require.NoError(t, err)
+		endLeadersSession(t, other)
 		took := b.clock.Now()
 		require.Eventually(t, func() bool {
 			leading, err := second.Step(ctx)
@@ -394,6 +388,17 @@ func TestRunner(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, leading, "a runner that stops gives its lock up at once")
 	})
+}
+
+// endLeadersSession ends, from pool, the session that holds the test
+// database's advisory lock (the leader's): a crash, a network cut.
+func endLeadersSession(t *testing.T, pool *bun.DB) {
+	t.Helper()
+	var pid int
+	require.NoError(t, pool.NewRaw(`SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(t.Context(), &pid))
+	_, err := pool.ExecContext(t.Context(), "SELECT pg_terminate_backend(?)", pid)
+	require.NoError(t, err)
 }
 
 // advisoryLocks counts the advisory locks held in the test's database.
